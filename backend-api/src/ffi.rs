@@ -1,0 +1,151 @@
+//! The ABI proper: the root module and the trait objects that cross the library boundary.
+//!
+//! Plugin authors do not implement these traits themselves: they implement the safe
+//! traits of [`crate::plugin`], and [`crate::export_plugin!`] wraps them so that every call
+//! is guarded against panics. The host calls these objects directly.
+
+// sabi_trait generates impls inside constants.
+#![allow(non_local_definitions)]
+
+use abi_stable::{
+    StableAbi, declare_root_module_statics,
+    library::RootModule,
+    sabi_trait,
+    sabi_types::VersionStrings,
+    std_types::{RBox, RSlice, RStr, RString, RVec},
+};
+
+use crate::types::*;
+
+/// Receives log records from the plugin; implemented by the host, which forwards them to
+/// its `tracing` output.
+#[sabi_trait]
+pub trait FfiLogSink: Send + Sync {
+    /// Records one log line.
+    #[sabi(last_prefix_field)]
+    fn log(&self, level: LogLevel, target: RStr<'_>, message: RStr<'_>);
+}
+
+/// An owned, type-erased [`FfiLogSink`].
+pub type LogSinkBox = FfiLogSink_TO<'static, RBox<()>>;
+
+/// What the host gives a plugin at init.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct HostServices {
+    /// Where the plugin's log records go. [`crate::export_plugin!`] installs it as the
+    /// plugin's `log` logger, so plugins just use the `log` macros.
+    pub log: LogSinkBox,
+    /// The plugin's options from the host's config (`[backends.NAME]` table), as a JSON
+    /// object. Parse with [`HostServices::options`].
+    pub options_json: RString,
+    /// The host's version, for messages.
+    pub host_version: RString,
+    /// The most verbose level the host will show; records above it need not be sent.
+    pub max_log_level: LogLevel,
+}
+
+impl HostServices {
+    /// Deserialises the plugin's options. An empty options table gives `T::default()`
+    /// through serde's `#[serde(default)]`; unknown keys are the plugin's call.
+    pub fn options<T: serde::de::DeserializeOwned>(&self) -> Result<T, BackendError> {
+        let text = if self.options_json.trim().is_empty() { "{}" } else { self.options_json.as_str() };
+        serde_json::from_str(text)
+            .map_err(|e| BackendError::invalid(format!("invalid backend options: {e}")))
+    }
+}
+
+/// A loaded, initialised backend: an engine and the devices it drives.
+#[sabi_trait]
+pub trait FfiBackend: Send + Sync {
+    /// The compute devices this backend will use.
+    fn devices(&self) -> RVec<DeviceInfo>;
+    /// Loads a model.
+    fn load_model(&self, spec: &ModelSpec) -> BackendResult<ModelBox>;
+    /// A one-line description of the engine build (version, compiled features).
+    #[sabi(last_prefix_field)]
+    fn describe(&self) -> RString;
+}
+
+/// An owned, type-erased [`FfiBackend`].
+pub type BackendBox = FfiBackend_TO<'static, RBox<()>>;
+
+/// A loaded model: weights, vocabulary, metadata. Shared by all of its contexts.
+#[sabi_trait]
+pub trait FfiModel: Send + Sync {
+    /// Architecture, sizes and raw metadata.
+    fn metadata(&self) -> ModelMetadata;
+    /// Number of tokens in the vocabulary.
+    fn vocab_size(&self) -> u32;
+    /// bos, eos, end-of-turn and end-of-generation tokens.
+    fn special_tokens(&self) -> SpecialTokens;
+    /// Text to tokens. `add_special` adds bos/eos as the model wants; `parse_special`
+    /// turns the text of special tokens (`<|im_start|>`) into those tokens.
+    fn tokenize(&self, text: RStr<'_>, add_special: bool, parse_special: bool) -> BackendResult<RVec<u32>>;
+    /// The bytes of one token. A token may hold part of a UTF-8 character, so these are
+    /// bytes, not text; the host assembles characters when it streams.
+    fn token_to_bytes(&self, token: u32) -> BackendResult<RVec<u8>>;
+    /// Tokens to text (lossy where the tokens do not form valid UTF-8).
+    fn detokenize(&self, tokens: RSlice<'_, u32>) -> BackendResult<RString>;
+    /// Creates a context (a KV cache and its compute buffers).
+    #[sabi(last_prefix_field)]
+    fn new_context(&self, params: &ContextParams) -> BackendResult<ContextBox>;
+}
+
+/// An owned, type-erased [`FfiModel`].
+pub type ModelBox = FfiModel_TO<'static, RBox<()>>;
+
+/// A context: a KV cache holding several sequences, and the batch decoder over it.
+/// The host drives a context from one thread at a time (it is `Send`, not `Sync`).
+#[sabi_trait]
+pub trait FfiContext: Send {
+    /// Parameters the context was made with, after the engine's adjustments.
+    fn params(&self) -> ContextParams;
+    /// Runs the model over a batch. Entries may belong to different sequences; each
+    /// sequence's positions must continue what its KV cache holds.
+    fn decode(&mut self, batch: RSlice<'_, BatchEntry>) -> BackendResult<()>;
+    /// Copies the logits of batch entry `index` of the last `decode` (which must have
+    /// asked for them) into `out`, replacing its contents.
+    fn logits(&self, index: u32, out: &mut RVec<f32>) -> BackendResult<()>;
+    /// The pooled embedding of sequence `seq` after the last `decode` (contexts made with
+    /// `embeddings: true`).
+    fn embeddings(&self, seq: u32) -> BackendResult<RVec<f32>>;
+    /// Removes positions `[p0, p1)` of sequence `seq` from the KV cache; `p1 < 0` means
+    /// to the end; `seq < 0` means every sequence.
+    fn kv_remove(&mut self, seq: i32, p0: i32, p1: i32) -> BackendResult<()>;
+    /// Makes positions `[p0, p1)` of `src` visible to `dst` as well (`p1 < 0`: to the end).
+    fn kv_copy(&mut self, src: u32, dst: u32, p0: i32, p1: i32) -> BackendResult<()>;
+    /// The largest position sequence `seq` holds, or `-1` when it is empty.
+    fn kv_pos_max(&self, seq: u32) -> i32;
+    /// Empties the whole KV cache.
+    #[sabi(last_prefix_field)]
+    fn kv_clear(&mut self) -> BackendResult<()>;
+}
+
+/// An owned, type-erased [`FfiContext`].
+pub type ContextBox = FfiContext_TO<'static, RBox<()>>;
+
+/// The root module every plugin library exports. A prefix type: later ABI minors append
+/// fields after the last one, and a host reading an older plugin sees them as absent.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = PluginRootRef)))]
+#[sabi(missing_field(panic))]
+pub struct PluginRoot {
+    /// ABI major the plugin was built for; the host refuses any other.
+    pub abi_major: u32,
+    /// ABI minor the plugin was built for; a host accepts any minor of its major.
+    pub abi_minor: u32,
+    /// The plugin's identity.
+    pub info: extern "C" fn() -> PluginInfo,
+    /// Initialises the engine. Called at most once per process.
+    #[sabi(last_prefix_field)]
+    pub init: extern "C" fn(services: HostServices) -> BackendResult<BackendBox>,
+}
+
+impl RootModule for PluginRootRef {
+    declare_root_module_statics! {PluginRootRef}
+    const BASE_NAME: &'static str = "corral_plugin";
+    const NAME: &'static str = "corral_plugin";
+    const VERSION_STRINGS: VersionStrings = VersionStrings::new(crate::ABI_VERSION);
+}

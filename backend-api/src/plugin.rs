@@ -1,0 +1,328 @@
+//! The side a plugin author writes: safe Rust traits, the panic guard and the log bridge.
+//!
+//! Implement [`Backend`], [`Model`] and [`Context`] for your engine, then export it with
+//! [`crate::export_plugin!`]. Every call the host makes goes through a guard that catches
+//! panics and turns them into [`ErrorKind::Panic`] errors, so a bug in your engine never
+//! unwinds into the host.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use abi_stable::{
+    prefix_type::PrefixTypeTrait,
+    sabi_trait::TD_Opaque,
+    std_types::{RErr, ROk, RSlice, RStr, RString, RVec},
+};
+
+use crate::ffi::*;
+use crate::types::*;
+
+/// A backend engine, as its author writes it.
+pub trait Backend: Send + Sync + 'static {
+    /// The engine's model type.
+    type Model: Model;
+    /// Devices the engine computes on.
+    fn devices(&self) -> Vec<DeviceInfo>;
+    /// Loads a model. Report a file that does not exist as [`ErrorKind::NotFound`], a file
+    /// that does not parse as [`ErrorKind::InvalidInput`] and an architecture the engine
+    /// lacks as [`ErrorKind::Unsupported`].
+    fn load_model(&self, spec: &ModelSpec) -> Result<Self::Model, BackendError>;
+    /// One line about the engine build.
+    fn describe(&self) -> String;
+}
+
+/// A loaded model, as its author writes it.
+pub trait Model: Send + Sync + 'static {
+    /// The engine's context type.
+    type Context: Context;
+    /// Architecture, sizes and raw metadata.
+    fn metadata(&self) -> ModelMetadata;
+    /// Vocabulary size.
+    fn vocab_size(&self) -> u32;
+    /// Special tokens.
+    fn special_tokens(&self) -> SpecialTokens;
+    /// Text to tokens.
+    fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>, BackendError>;
+    /// The bytes of one token; an error for a token out of range.
+    fn token_to_bytes(&self, token: u32) -> Result<Vec<u8>, BackendError>;
+    /// Tokens to text. The default concatenates [`Model::token_to_bytes`] and decodes
+    /// lossily.
+    fn detokenize(&self, tokens: &[u32]) -> Result<String, BackendError> {
+        let mut bytes = Vec::new();
+        for &t in tokens {
+            bytes.extend(self.token_to_bytes(t)?);
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+    /// Creates a context.
+    fn new_context(&self, params: &ContextParams) -> Result<Self::Context, BackendError>;
+}
+
+/// A context (KV cache plus batch decoder), as its author writes it.
+pub trait Context: Send + 'static {
+    /// Effective parameters.
+    fn params(&self) -> ContextParams;
+    /// Decodes a batch; see [`FfiContext::decode`]. Validate every entry (token, position,
+    /// sequence id) and answer [`ErrorKind::InvalidInput`] for one out of range.
+    fn decode(&mut self, batch: &[BatchEntry]) -> Result<(), BackendError>;
+    /// Logits of batch entry `index` of the last decode.
+    fn logits(&self, index: u32) -> Result<&[f32], BackendError>;
+    /// Pooled embedding of a sequence.
+    fn embeddings(&self, seq: u32) -> Result<Vec<f32>, BackendError>;
+    /// See [`FfiContext::kv_remove`].
+    fn kv_remove(&mut self, seq: i32, p0: i32, p1: i32) -> Result<(), BackendError>;
+    /// See [`FfiContext::kv_copy`].
+    fn kv_copy(&mut self, src: u32, dst: u32, p0: i32, p1: i32) -> Result<(), BackendError>;
+    /// See [`FfiContext::kv_pos_max`].
+    fn kv_pos_max(&self, seq: u32) -> i32;
+    /// Empties the KV cache.
+    fn kv_clear(&mut self) -> Result<(), BackendError>;
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}
+
+/// Runs `f`, turning a panic into an [`ErrorKind::Panic`] error that names `call`.
+pub fn guard<T>(call: &str, f: impl FnOnce() -> Result<T, BackendError>) -> BackendResult<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => ROk(v),
+        Ok(Err(e)) => RErr(e),
+        Err(payload) => {
+            let msg = panic_message(payload.as_ref());
+            log::error!("plugin panicked in {call}: {msg}");
+            RErr(BackendError::new(ErrorKind::Panic, format!("plugin panicked in {call}: {msg}")))
+        }
+    }
+}
+
+/// Like [`guard`] for calls that cannot report an error: a panic gives `fallback`.
+fn guard_infallible<T>(call: &str, fallback: T, f: impl FnOnce() -> T) -> T {
+    match guard(call, || Ok(f())) {
+        ROk(v) => v,
+        RErr(_) => fallback,
+    }
+}
+
+struct GuardedBackend<B: Backend>(B);
+struct GuardedModel<M: Model>(M);
+struct GuardedContext<C: Context>(C);
+
+impl<B: Backend> FfiBackend for GuardedBackend<B> {
+    fn devices(&self) -> RVec<DeviceInfo> {
+        guard_infallible("devices", Vec::new(), || self.0.devices()).into()
+    }
+    fn load_model(&self, spec: &ModelSpec) -> BackendResult<ModelBox> {
+        guard("load_model", || {
+            let model = self.0.load_model(spec)?;
+            Ok(ModelBox::from_value(GuardedModel(model), TD_Opaque))
+        })
+    }
+    fn describe(&self) -> RString {
+        guard_infallible("describe", String::new(), || self.0.describe()).into()
+    }
+}
+
+impl<M: Model> FfiModel for GuardedModel<M> {
+    fn metadata(&self) -> ModelMetadata {
+        let empty = ModelMetadata {
+            architecture: RString::new(),
+            name: RString::new(),
+            parameter_count: 0,
+            context_length: 0,
+            embedding_length: 0,
+            block_count: 0,
+            quantization: RString::new(),
+            size_bytes: 0,
+            kv: RVec::new(),
+        };
+        guard_infallible("metadata", empty, || self.0.metadata())
+    }
+    fn vocab_size(&self) -> u32 {
+        guard_infallible("vocab_size", 0, || self.0.vocab_size())
+    }
+    fn special_tokens(&self) -> SpecialTokens {
+        guard_infallible("special_tokens", SpecialTokens::default(), || self.0.special_tokens())
+    }
+    fn tokenize(&self, text: RStr<'_>, add_special: bool, parse_special: bool) -> BackendResult<RVec<u32>> {
+        guard("tokenize", || Ok(self.0.tokenize(text.as_str(), add_special, parse_special)?.into()))
+    }
+    fn token_to_bytes(&self, token: u32) -> BackendResult<RVec<u8>> {
+        guard("token_to_bytes", || Ok(self.0.token_to_bytes(token)?.into()))
+    }
+    fn detokenize(&self, tokens: RSlice<'_, u32>) -> BackendResult<RString> {
+        guard("detokenize", || Ok(self.0.detokenize(tokens.as_slice())?.into()))
+    }
+    fn new_context(&self, params: &ContextParams) -> BackendResult<ContextBox> {
+        guard("new_context", || {
+            let ctx = self.0.new_context(params)?;
+            Ok(ContextBox::from_value(GuardedContext(ctx), TD_Opaque))
+        })
+    }
+}
+
+impl<C: Context> FfiContext for GuardedContext<C> {
+    fn params(&self) -> ContextParams {
+        guard_infallible("params", ContextParams::default(), || self.0.params())
+    }
+    fn decode(&mut self, batch: RSlice<'_, BatchEntry>) -> BackendResult<()> {
+        guard("decode", || self.0.decode(batch.as_slice()))
+    }
+    fn logits(&self, index: u32, out: &mut RVec<f32>) -> BackendResult<()> {
+        guard("logits", || {
+            let l = self.0.logits(index)?;
+            out.clear();
+            out.extend_from_slice(l);
+            Ok(())
+        })
+    }
+    fn embeddings(&self, seq: u32) -> BackendResult<RVec<f32>> {
+        guard("embeddings", || Ok(self.0.embeddings(seq)?.into()))
+    }
+    fn kv_remove(&mut self, seq: i32, p0: i32, p1: i32) -> BackendResult<()> {
+        guard("kv_remove", || self.0.kv_remove(seq, p0, p1))
+    }
+    fn kv_copy(&mut self, src: u32, dst: u32, p0: i32, p1: i32) -> BackendResult<()> {
+        guard("kv_copy", || self.0.kv_copy(src, dst, p0, p1))
+    }
+    fn kv_pos_max(&self, seq: u32) -> i32 {
+        guard_infallible("kv_pos_max", -1, || self.0.kv_pos_max(seq))
+    }
+    fn kv_clear(&mut self) -> BackendResult<()> {
+        guard("kv_clear", || self.0.kv_clear())
+    }
+}
+
+/// Forwards the `log` crate's records to the host's sink.
+struct HostLogger {
+    sink: LogSinkBox,
+}
+
+impl log::Log for HostLogger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level()
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let level = match record.level() {
+            log::Level::Error => LogLevel::Error,
+            log::Level::Warn => LogLevel::Warn,
+            log::Level::Info => LogLevel::Info,
+            log::Level::Debug => LogLevel::Debug,
+            log::Level::Trace => LogLevel::Trace,
+        };
+        let message = record.args().to_string();
+        self.sink.log(level, RStr::from(record.target()), RStr::from(message.as_str()));
+    }
+    fn flush(&self) {}
+}
+
+fn install_logger(services: &mut HostServices) {
+    let filter = match services.max_log_level {
+        LogLevel::Error => log::LevelFilter::Error,
+        LogLevel::Warn => log::LevelFilter::Warn,
+        LogLevel::Info => log::LevelFilter::Info,
+        LogLevel::Debug => log::LevelFilter::Debug,
+        LogLevel::Trace => log::LevelFilter::Trace,
+    };
+    // The sink moves into the logger; the plugin keeps a no-op sink in its services.
+    let sink = std::mem::replace(&mut services.log, LogSinkBox::from_value(NullSink, TD_Opaque));
+    if log::set_boxed_logger(Box::new(HostLogger { sink })).is_ok() {
+        log::set_max_level(filter);
+    }
+}
+
+struct NullSink;
+impl FfiLogSink for NullSink {
+    fn log(&self, _: LogLevel, _: RStr<'_>, _: RStr<'_>) {}
+}
+
+#[doc(hidden)]
+pub fn __init_guarded<B: Backend>(
+    mut services: HostServices,
+    init: fn(&HostServices) -> Result<B, BackendError>,
+) -> BackendResult<BackendBox> {
+    install_logger(&mut services);
+    guard("init", || {
+        let backend = init(&services)?;
+        Ok(BackendBox::from_value(GuardedBackend(backend), TD_Opaque))
+    })
+}
+
+#[doc(hidden)]
+pub fn __make_root(
+    abi_major: u32,
+    info: extern "C" fn() -> PluginInfo,
+    init: extern "C" fn(HostServices) -> BackendResult<BackendBox>,
+) -> PluginRootRef {
+    PluginRoot { abi_major, abi_minor: crate::ABI_MINOR, info, init }.leak_into_prefix()
+}
+
+/// Exports a backend as a corral plugin. Use it once, at the root of a `cdylib` crate:
+///
+/// ```ignore
+/// corral_backend_api::export_plugin! {
+///     name: "my-engine",
+///     variant: "cpu",
+///     version: env!("CARGO_PKG_VERSION"),
+///     init: MyBackend::init,   // fn(&HostServices) -> Result<MyBackend, BackendError>
+/// }
+/// ```
+///
+/// `name` and `variant` must match the plugin's manifest.
+#[macro_export]
+macro_rules! export_plugin {
+    (name: $name:expr, variant: $variant:expr, version: $version:expr, init: $init:expr $(,)?) => {
+        $crate::export_plugin! { @abi_major $crate::ABI_MAJOR, name: $name, variant: $variant, version: $version, init: $init }
+    };
+    (@abi_major $major:expr, name: $name:expr, variant: $variant:expr, version: $version:expr, init: $init:expr $(,)?) => {
+        /// The ABI major this plugin was built for, readable before the library's root
+        /// module is touched.
+        #[unsafe(no_mangle)]
+        pub static corral_plugin_abi_major: u32 = $major;
+
+        #[doc(hidden)]
+        pub fn __corral_plugin_root() -> $crate::ffi::PluginRootRef {
+            extern "C" fn info() -> $crate::types::PluginInfo {
+                $crate::types::PluginInfo {
+                    name: $crate::abi_stable::std_types::RString::from($name),
+                    variant: $crate::abi_stable::std_types::RString::from($variant),
+                    version: $crate::abi_stable::std_types::RString::from($version),
+                    abi_major: $major,
+                    abi_minor: $crate::ABI_MINOR,
+                }
+            }
+            extern "C" fn init(
+                services: $crate::ffi::HostServices,
+            ) -> $crate::types::BackendResult<$crate::ffi::BackendBox> {
+                $crate::plugin::__init_guarded(services, $init)
+            }
+            $crate::plugin::__make_root($major, info, init)
+        }
+
+        // What abi_stable's `#[export_root_module]` expands to, written with `$crate` paths
+        // so that the plugin crate needs no direct dependency on abi_stable.
+        #[doc(hidden)]
+        #[unsafe(export_name = "_1as_0lib_1header_0root_bmodule_bloader")]
+        pub static __CORRAL_ROOT_MODULE_HEADER: $crate::abi_stable::library::LibHeader = {
+            extern "C" fn erased_module() -> $crate::abi_stable::library::RootModuleResult {
+                $crate::abi_stable::library::__call_root_module_loader(__corral_plugin_root)
+            }
+            // SAFETY: `erased_module` returns the root module of type `PluginRootRef`, whose
+            // layout constants are the ones passed here, as abi_stable's own attribute does.
+            unsafe {
+                $crate::abi_stable::library::LibHeader::from_constructor(
+                    $crate::abi_stable::sabi_types::Constructor(erased_module),
+                    <$crate::ffi::PluginRootRef as $crate::abi_stable::library::RootModule>::CONSTANTS,
+                )
+            }
+        };
+    };
+}

@@ -1,0 +1,1 @@
+//! corral-backend-llama-cpp (work in progress).

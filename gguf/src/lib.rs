@@ -1,0 +1,1 @@
+//! corral-gguf (work in progress).

@@ -1,0 +1,1 @@
+//! corral-probe (work in progress).

@@ -1,0 +1,1 @@
+//! corral-registry (work in progress).

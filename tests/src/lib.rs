@@ -1,0 +1,1 @@
+//! corral-e2e (work in progress).
