@@ -49,7 +49,8 @@ impl HostServices {
     /// Deserialises the plugin's options. An empty options table gives `T::default()`
     /// through serde's `#[serde(default)]`; unknown keys are the plugin's call.
     pub fn options<T: serde::de::DeserializeOwned>(&self) -> Result<T, BackendError> {
-        let text = if self.options_json.trim().is_empty() { "{}" } else { self.options_json.as_str() };
+        let text =
+            if self.options_json.trim().is_empty() { "{}" } else { self.options_json.as_str() };
         serde_json::from_str(text)
             .map_err(|e| BackendError::invalid(format!("invalid backend options: {e}")))
     }
@@ -81,7 +82,12 @@ pub trait FfiModel: Send + Sync {
     fn special_tokens(&self) -> SpecialTokens;
     /// Text to tokens. `add_special` adds bos/eos as the model wants; `parse_special`
     /// turns the text of special tokens (`<|im_start|>`) into those tokens.
-    fn tokenize(&self, text: RStr<'_>, add_special: bool, parse_special: bool) -> BackendResult<RVec<u32>>;
+    fn tokenize(
+        &self,
+        text: RStr<'_>,
+        add_special: bool,
+        parse_special: bool,
+    ) -> BackendResult<RVec<u32>>;
     /// The bytes of one token. A token may hold part of a UTF-8 character, so these are
     /// bytes, not text; the host assembles characters when it streams.
     fn token_to_bytes(&self, token: u32) -> BackendResult<RVec<u8>>;

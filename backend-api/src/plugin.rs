@@ -41,7 +41,12 @@ pub trait Model: Send + Sync + 'static {
     /// Special tokens.
     fn special_tokens(&self) -> SpecialTokens;
     /// Text to tokens.
-    fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>, BackendError>;
+    fn tokenize(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+    ) -> Result<Vec<u32>, BackendError>;
     /// The bytes of one token; an error for a token out of range.
     fn token_to_bytes(&self, token: u32) -> Result<Vec<u8>, BackendError>;
     /// Tokens to text. The default concatenates [`Model::token_to_bytes`] and decodes
@@ -149,7 +154,12 @@ impl<M: Model> FfiModel for GuardedModel<M> {
     fn special_tokens(&self) -> SpecialTokens {
         guard_infallible("special_tokens", SpecialTokens::default(), || self.0.special_tokens())
     }
-    fn tokenize(&self, text: RStr<'_>, add_special: bool, parse_special: bool) -> BackendResult<RVec<u32>> {
+    fn tokenize(
+        &self,
+        text: RStr<'_>,
+        add_special: bool,
+        parse_special: bool,
+    ) -> BackendResult<RVec<u32>> {
         guard("tokenize", || Ok(self.0.tokenize(text.as_str(), add_special, parse_special)?.into()))
     }
     fn token_to_bytes(&self, token: u32) -> BackendResult<RVec<u8>> {
