@@ -1,0 +1,1 @@
+//! corral-generation (work in progress).
