@@ -1,0 +1,879 @@
+//! The local model store, laid out as Ollama lays it out.
+//!
+//! ```text
+//! <root>/manifests/<host>/<namespace>/<model>/<tag>   Docker v2 manifest (JSON)
+//! <root>/blobs/sha256-<hex>                           content-addressed blobs
+//! <root>/corral-tmp/                                  temporary and partial files (ours)
+//! ```
+//!
+//! Writes are atomic: a temporary file in `corral-tmp/` (same file system), written,
+//! fsynced, then renamed into place, and the directory fsynced. A blob's sha256 is
+//! computed while it is written and compared with the expected digest before the rename,
+//! so a blob that is visible under `blobs/` always has the content its name says. A
+//! failed write (disk full, I/O error, cancelled) leaves at most a temporary file, never
+//! a visible blob or manifest; temporaries are removed on drop and by [`Store::prune`].
+//!
+//! # Linked models
+//!
+//! `corral create --link` registers a GGUF file without copying it. The manifest then
+//! holds a layer of media type [`MEDIA_TYPE_LINK`] whose blob is a small JSON document,
+//! [`LinkInfo`]: the file's absolute path, size, modification time and full sha256 (all
+//! computed once, at create time). Opening the model compares size and modification time
+//! with the file (cheap); a mismatch is an error telling the user to re-create the model
+//! ([`Store::verify_link`] re-hashes the whole file when asked). A push uploads the linked
+//! file as an ordinary `application/vnd.ollama.image.model` layer, so registries and
+//! Ollama never see the link layer. A store made by Ollama never holds link layers and
+//! opens unchanged.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::digest::Digest;
+use crate::error::{Error, IoContext, Result};
+use crate::manifest::*;
+use crate::name::ModelName;
+
+/// Largest manifest accepted from disk or from a registry.
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+/// Largest text layer (template, system, license, messages, params, link) read into memory.
+pub const MAX_TEXT_LAYER_BYTES: u64 = 16 << 20;
+
+/// The environment variable that overrides the store location.
+pub const MODELS_ENV: &str = "CORRAL_MODELS";
+
+const TMP_DIR: &str = "corral-tmp";
+
+/// How to open a store.
+#[derive(Clone, Debug, Default)]
+pub struct StoreOptions {
+    /// Refuse every write (for pointing at someone else's Ollama store).
+    pub read_only: bool,
+}
+
+/// A model store on disk. Cheap to clone; every method works on the file system directly,
+/// so several processes can share a store.
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+    read_only: bool,
+}
+
+/// One line of `corral list`.
+#[derive(Clone, Debug)]
+pub struct ModelSummary {
+    /// The model's name.
+    pub name: ModelName,
+    /// sha256 of the manifest bytes (what `ollama list` shows as ID, first 12 chars).
+    pub digest: Digest,
+    /// Sum of the sizes of config and layers (a linked file counts with its size).
+    pub size: u64,
+    /// The manifest file's modification time.
+    pub modified: SystemTime,
+}
+
+/// A chat message stored in a model (`MESSAGE` in a Modelfile).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// The text.
+    pub content: String,
+}
+
+/// The blob of a [`MEDIA_TYPE_LINK`] layer: a GGUF file referenced in place.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkInfo {
+    /// Absolute path of the file.
+    pub path: PathBuf,
+    /// Size in bytes at create time.
+    pub size: u64,
+    /// Modification time at create time, nanoseconds since the Unix epoch.
+    pub mtime_ns: u128,
+    /// sha256 of the whole file at create time.
+    pub digest: Digest,
+}
+
+/// Everything a model is made of, resolved to paths and values.
+#[derive(Clone, Debug)]
+pub struct ResolvedModel {
+    /// The name it was opened under.
+    pub name: ModelName,
+    /// The manifest.
+    pub manifest: Manifest,
+    /// sha256 of the manifest bytes.
+    pub manifest_digest: Digest,
+    /// The parsed config blob (empty if the config is not Ollama's).
+    pub config: ModelConfig,
+    /// The GGUF to load: the model blob, or the linked file.
+    pub model_path: PathBuf,
+    /// The digest of the weights (of the linked file for a linked model).
+    pub model_digest: Digest,
+    /// Size of the weights in bytes.
+    pub model_size: u64,
+    /// Set for a model created with `--link`.
+    pub link: Option<LinkInfo>,
+    /// TEMPLATE (Go template syntax, as Ollama stores it).
+    pub template: Option<String>,
+    /// SYSTEM.
+    pub system: Option<String>,
+    /// PARAMETERs, a JSON object (`stop` is an array).
+    pub params: serde_json::Map<String, serde_json::Value>,
+    /// MESSAGEs.
+    pub messages: Vec<Message>,
+    /// LICENSE texts (a model may carry several).
+    pub license: Vec<String>,
+    /// ADAPTER blobs (LoRA, GGUF).
+    pub adapters: Vec<PathBuf>,
+    /// Projector blobs (multimodal).
+    pub projectors: Vec<PathBuf>,
+    /// The manifest file's modification time.
+    pub modified: SystemTime,
+}
+
+/// What [`Store::prune`] removed.
+#[derive(Clone, Debug, Default)]
+pub struct PruneReport {
+    /// Blobs removed.
+    pub removed: Vec<Digest>,
+    /// Bytes freed.
+    pub freed_bytes: u64,
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A temporary file inside the store that becomes visible only through [`TempFile::commit`].
+/// Dropped uncommitted, it is removed.
+pub(crate) struct TempFile {
+    path: PathBuf,
+    file: File,
+    committed: bool,
+}
+
+impl TempFile {
+    pub(crate) fn file(&mut self) -> &mut File {
+        &mut self.file
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// fsync, rename onto `dest`, fsync the directory.
+    pub(crate) fn commit(mut self, dest: &Path) -> Result<()> {
+        self.file.sync_all().ctx("syncing", &self.path)?;
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent).ctx("creating directory", parent)?;
+        }
+        fs::rename(&self.path, dest).ctx("renaming into place", dest)?;
+        self.committed = true;
+        if let Some(parent) = dest.parent() {
+            sync_dir(parent);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    #[cfg(unix)]
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+}
+
+/// Reads at most `max` bytes of `path`; more is an error.
+pub(crate) fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
+    let f = File::open(path).ctx("opening", path)?;
+    let mut buf = Vec::new();
+    f.take(max + 1).read_to_end(&mut buf).ctx("reading", path)?;
+    if buf.len() as u64 > max {
+        return Err(Error::io(
+            "reading",
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("larger than {max} bytes")),
+        ));
+    }
+    Ok(buf)
+}
+
+fn mtime_ns(meta: &fs::Metadata) -> u128 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// Hashes a whole file (streaming, 1 MiB buffer).
+pub fn hash_file(path: &Path, mut progress: impl FnMut(u64)) -> Result<(Digest, u64)> {
+    let mut f = File::open(path).ctx("opening", path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf).ctx("reading", path)?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+        progress(n);
+    }
+    Ok((Digest::from_hasher(h), n))
+}
+
+impl Store {
+    /// Opens (and unless read-only, creates) a store at `root`.
+    pub fn open(root: impl Into<PathBuf>, opts: StoreOptions) -> Result<Store> {
+        let root = root.into();
+        if opts.read_only {
+            if !root.is_dir() {
+                return Err(Error::io(
+                    "opening model store",
+                    &root,
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
+                ));
+            }
+        } else {
+            for d in ["blobs", "manifests", TMP_DIR] {
+                let p = root.join(d);
+                fs::create_dir_all(&p).ctx("creating directory", &p)?;
+            }
+        }
+        Ok(Store { root, read_only: opts.read_only })
+    }
+
+    /// The default store location: `$CORRAL_MODELS` if set and not empty, else
+    /// `<data dir>/corral/models` where the data dir is `$XDG_DATA_HOME` or
+    /// `~/.local/share` on Linux, `~/Library/Application Support` on macOS and
+    /// `%APPDATA%` on Windows.
+    pub fn default_root() -> Result<PathBuf> {
+        if let Some(v) = std::env::var_os(MODELS_ENV).filter(|v| !v.is_empty()) {
+            return Ok(expand_tilde(PathBuf::from(v)));
+        }
+        dirs::data_dir().map(|d| d.join("corral").join("models")).ok_or_else(|| {
+            Error::io(
+                "locating the model store",
+                "",
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no home or data directory; set CORRAL_MODELS",
+                ),
+            )
+        })
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Whether writes are refused.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// `<root>/blobs/sha256-<hex>`.
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.root.join("blobs").join(d.blob_file_name())
+    }
+
+    /// The directory holding temporary and partial files.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join(TMP_DIR)
+    }
+
+    /// Whether a blob is present.
+    pub fn has_blob(&self, d: &Digest) -> bool {
+        self.blob_path(d).is_file()
+    }
+
+    /// The path of a model's manifest file.
+    pub fn manifest_path(&self, name: &ModelName) -> PathBuf {
+        self.root.join(name.manifest_rel_path())
+    }
+
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        if self.read_only { Err(Error::ReadOnly(self.root.clone())) } else { Ok(()) }
+    }
+
+    /// A new uniquely named temporary file in the store's temp area.
+    pub(crate) fn temp_file(&self, prefix: &str) -> Result<TempFile> {
+        self.check_writable()?;
+        let dir = self.tmp_dir();
+        fs::create_dir_all(&dir).ctx("creating directory", &dir)?;
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!(
+            "{prefix}.{}.{n}.{:08x}.tmp",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .ctx("creating temporary file", &path)?;
+        Ok(TempFile { path, file, committed: false })
+    }
+
+    /// Stores `bytes` as a blob and returns its digest.
+    pub fn write_blob_bytes(&self, bytes: &[u8]) -> Result<Digest> {
+        let d = Digest::of_bytes(bytes);
+        if self.has_blob(&d) {
+            return Ok(d);
+        }
+        let mut t = self.temp_file("blob")?;
+        t.file().write_all(bytes).ctx("writing", &t.path)?;
+        t.commit(&self.blob_path(&d))?;
+        Ok(d)
+    }
+
+    /// Streams `reader` into a blob, hashing as it goes. With `expected`, the content must
+    /// hash to it or nothing becomes visible ([`Error::DigestMismatch`]). `progress` gets
+    /// the number of bytes written so far.
+    pub fn write_blob_from_reader(
+        &self,
+        mut reader: impl Read,
+        expected: Option<&Digest>,
+        mut progress: impl FnMut(u64),
+    ) -> Result<(Digest, u64)> {
+        let mut t = self.temp_file("blob")?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut n = 0u64;
+        loop {
+            let k = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(k) => k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io("reading the source of a blob", "", e)),
+            };
+            h.update(&buf[..k]);
+            let path = t.path.clone();
+            t.file().write_all(&buf[..k]).ctx("writing", path)?;
+            n += k as u64;
+            progress(n);
+        }
+        let d = Digest::from_hasher(h);
+        if let Some(e) = expected
+            && *e != d
+        {
+            return Err(Error::DigestMismatch {
+                what: "blob".into(),
+                expected: e.to_string(),
+                actual: d.to_string(),
+            });
+        }
+        if !self.has_blob(&d) {
+            t.commit(&self.blob_path(&d))?;
+        }
+        Ok((d, n))
+    }
+
+    /// Copies a file into the store as a blob.
+    pub fn import_file(&self, path: &Path, progress: impl FnMut(u64)) -> Result<(Digest, u64)> {
+        let f = File::open(path).ctx("opening", path)?;
+        self.write_blob_from_reader(f, None, progress)
+    }
+
+    /// Reads a blob into memory, refusing one larger than `max` bytes.
+    pub fn read_blob(&self, d: &Digest, max: u64) -> Result<Vec<u8>> {
+        read_bounded(&self.blob_path(d), max)
+    }
+
+    /// Reads a model's manifest and the sha256 of its bytes.
+    pub fn read_manifest(&self, name: &ModelName) -> Result<(Manifest, Digest)> {
+        let path = self.manifest_path(name);
+        if !path.is_file() {
+            return Err(Error::ModelNotFound(name.to_string()));
+        }
+        let bytes = read_bounded(&path, MAX_MANIFEST_BYTES)?;
+        let digest = Digest::of_bytes(&bytes);
+        if let Some(want) = name.digest()
+            && *want != digest
+        {
+            return Err(Error::DigestMismatch {
+                what: format!("manifest of {name}"),
+                expected: want.to_string(),
+                actual: digest.to_string(),
+            });
+        }
+        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::InvalidManifest {
+            model: name.to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok((m, digest))
+    }
+
+    /// Writes a manifest (atomically) after checking that every blob it names is present.
+    pub fn write_manifest(&self, name: &ModelName, m: &Manifest) -> Result<Digest> {
+        for l in m.blobs() {
+            if !self.has_blob(&l.digest) {
+                return Err(Error::BlobMissing {
+                    model: name.to_string(),
+                    digest: l.digest.to_string(),
+                    path: self.blob_path(&l.digest),
+                });
+            }
+        }
+        self.write_manifest_bytes(name, &m.to_json())
+    }
+
+    pub(crate) fn write_manifest_bytes(&self, name: &ModelName, bytes: &[u8]) -> Result<Digest> {
+        let mut t = self.temp_file("manifest")?;
+        t.file().write_all(bytes).ctx("writing", &t.path)?;
+        t.commit(&self.manifest_path(name))?;
+        Ok(Digest::of_bytes(bytes))
+    }
+
+    /// Every model in the store. Entries whose path is not a valid name or whose manifest
+    /// cannot be read are skipped with a warning.
+    pub fn list(&self) -> Result<Vec<ModelSummary>> {
+        let mut out = Vec::new();
+        for (name, path) in self.manifest_files()? {
+            let meta = match fs::metadata(&path) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!("skipping {}: {e}", path.display());
+                    continue;
+                }
+            };
+            match self.read_manifest(&name) {
+                Ok((m, digest)) => out.push(ModelSummary {
+                    size: self.displayed_size(&m),
+                    name,
+                    digest,
+                    modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                }),
+                Err(e) => tracing::warn!("skipping {}: {e}", path.display()),
+            }
+        }
+        out.sort_by(|a, b| b.modified.cmp(&a.modified));
+        Ok(out)
+    }
+
+    fn displayed_size(&self, m: &Manifest) -> u64 {
+        m.blobs()
+            .map(|l| {
+                if l.media_type == MEDIA_TYPE_LINK {
+                    self.read_link(&l.digest).map(|li| li.size).unwrap_or(l.size)
+                } else {
+                    l.size
+                }
+            })
+            .sum()
+    }
+
+    /// (name, manifest path) of every manifest file with a valid name.
+    fn manifest_files(&self) -> Result<Vec<(ModelName, PathBuf)>> {
+        let mut out = Vec::new();
+        let base = self.root.join("manifests");
+        if !base.is_dir() {
+            return Ok(out);
+        }
+        for host in read_dir_sorted(&base)? {
+            for ns in read_dir_sorted(&host)? {
+                for model in read_dir_sorted(&ns)? {
+                    for tag in read_dir_sorted(&model)? {
+                        if !tag.is_file() {
+                            continue;
+                        }
+                        let part = |p: &Path| {
+                            p.file_name().and_then(|s| s.to_str()).unwrap_or("").to_string()
+                        };
+                        match ModelName::from_parts(
+                            &part(&host),
+                            &part(&ns),
+                            &part(&model),
+                            &part(&tag),
+                        ) {
+                            Ok(n) => out.push((n, tag)),
+                            Err(e) => tracing::warn!("skipping {}: {e}", tag.display()),
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn read_link(&self, d: &Digest) -> Result<LinkInfo> {
+        let bytes = self.read_blob(d, MAX_TEXT_LAYER_BYTES)?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::InvalidManifest {
+            model: String::new(),
+            reason: format!("link layer {d}: {e}"),
+        })
+    }
+
+    fn read_text(&self, name: &ModelName, l: &Layer) -> Result<String> {
+        let path = self.blob_path(&l.digest);
+        if !path.is_file() {
+            return Err(Error::BlobMissing {
+                model: name.to_string(),
+                digest: l.digest.to_string(),
+                path,
+            });
+        }
+        let bytes = read_bounded(&path, MAX_TEXT_LAYER_BYTES)?;
+        String::from_utf8(bytes).map_err(|_| Error::InvalidManifest {
+            model: name.to_string(),
+            reason: format!("layer {} ({}) is not UTF-8 text", l.digest, l.media_type),
+        })
+    }
+
+    /// Checks a linked file cheaply: it exists, and its size and modification time are
+    /// those recorded at create time.
+    pub fn check_link(link: &LinkInfo) -> Result<()> {
+        let meta = fs::metadata(&link.path).map_err(|e| Error::LinkBroken {
+            path: link.path.clone(),
+            reason: format!("{e}; re-create the model or remove it"),
+        })?;
+        if meta.len() != link.size || mtime_ns(&meta) != link.mtime_ns {
+            return Err(Error::LinkBroken {
+                path: link.path.clone(),
+                reason: format!(
+                    "the file changed since the model was created (size {} now, {} then); \
+                     run `corral create` again",
+                    meta.len(),
+                    link.size
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Re-hashes a linked file and compares with the digest recorded at create time.
+    pub fn verify_link(link: &LinkInfo) -> Result<()> {
+        let (d, _) = hash_file(&link.path, |_| {})?;
+        if d != link.digest {
+            return Err(Error::DigestMismatch {
+                what: format!("linked file {}", link.path.display()),
+                expected: link.digest.to_string(),
+                actual: d.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Opens a model: manifest, config, weights path, template, system, parameters,
+    /// messages, license, adapters and projectors. Every referenced blob must exist.
+    pub fn get(&self, name: &ModelName) -> Result<ResolvedModel> {
+        let (manifest, manifest_digest) = self.read_manifest(name)?;
+        let modified = fs::metadata(self.manifest_path(name))
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let missing = |l: &Layer| Error::BlobMissing {
+            model: name.to_string(),
+            digest: l.digest.to_string(),
+            path: self.blob_path(&l.digest),
+        };
+        for l in manifest.blobs() {
+            if !self.has_blob(&l.digest) {
+                return Err(missing(l));
+            }
+        }
+        let config = match self.read_blob(&manifest.config.digest, MAX_TEXT_LAYER_BYTES) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
+            Err(_) => ModelConfig::default(),
+        };
+        let mut r = ResolvedModel {
+            name: name.clone(),
+            model_path: PathBuf::new(),
+            model_digest: manifest.config.digest,
+            model_size: 0,
+            link: None,
+            template: None,
+            system: None,
+            params: serde_json::Map::new(),
+            messages: Vec::new(),
+            license: Vec::new(),
+            adapters: Vec::new(),
+            projectors: Vec::new(),
+            config,
+            manifest_digest,
+            modified,
+            manifest: manifest.clone(),
+        };
+        let mut have_model = false;
+        for l in &manifest.layers {
+            match l.media_type.as_str() {
+                MEDIA_TYPE_MODEL if !have_model => {
+                    have_model = true;
+                    r.model_path = self.blob_path(&l.digest);
+                    r.model_digest = l.digest;
+                    r.model_size = l.size;
+                }
+                MEDIA_TYPE_LINK if !have_model => {
+                    have_model = true;
+                    let li = self.read_link(&l.digest).map_err(|e| Error::InvalidManifest {
+                        model: name.to_string(),
+                        reason: e.to_string(),
+                    })?;
+                    Store::check_link(&li)?;
+                    r.model_path = li.path.clone();
+                    r.model_digest = li.digest;
+                    r.model_size = li.size;
+                    r.link = Some(li);
+                }
+                MEDIA_TYPE_TEMPLATE => r.template = Some(self.read_text(name, l)?),
+                MEDIA_TYPE_SYSTEM => r.system = Some(self.read_text(name, l)?),
+                MEDIA_TYPE_LICENSE => r.license.push(self.read_text(name, l)?),
+                MEDIA_TYPE_PARAMS => {
+                    let t = self.read_text(name, l)?;
+                    r.params = serde_json::from_str(&t).map_err(|e| Error::InvalidManifest {
+                        model: name.to_string(),
+                        reason: format!("params layer {}: {e}", l.digest),
+                    })?;
+                }
+                MEDIA_TYPE_MESSAGES => {
+                    let t = self.read_text(name, l)?;
+                    r.messages = serde_json::from_str(&t).map_err(|e| Error::InvalidManifest {
+                        model: name.to_string(),
+                        reason: format!("messages layer {}: {e}", l.digest),
+                    })?;
+                }
+                MEDIA_TYPE_ADAPTER => r.adapters.push(self.blob_path(&l.digest)),
+                MEDIA_TYPE_PROJECTOR => r.projectors.push(self.blob_path(&l.digest)),
+                _ => {}
+            }
+        }
+        if !have_model {
+            return Err(Error::InvalidManifest {
+                model: name.to_string(),
+                reason: "the manifest has no model layer".into(),
+            });
+        }
+        Ok(r)
+    }
+
+    /// Copies a model under a new name (the manifest only; blobs are shared).
+    pub fn copy(&self, src: &ModelName, dst: &ModelName) -> Result<()> {
+        self.check_writable()?;
+        let path = self.manifest_path(src);
+        if !path.is_file() {
+            return Err(Error::ModelNotFound(src.to_string()));
+        }
+        let bytes = read_bounded(&path, MAX_MANIFEST_BYTES)?;
+        self.write_manifest_bytes(dst, &bytes)?;
+        Ok(())
+    }
+
+    /// Removes a model, then the blobs it used that no other model references.
+    pub fn remove(&self, name: &ModelName) -> Result<PruneReport> {
+        self.check_writable()?;
+        let (m, _) = self.read_manifest(name)?;
+        let path = self.manifest_path(name);
+        fs::remove_file(&path).ctx("removing", &path)?;
+        // Remove now-empty directories up to manifests/.
+        let stop = self.root.join("manifests");
+        let mut dir = path.parent().map(Path::to_path_buf);
+        while let Some(d) = dir {
+            if d == stop || fs::remove_dir(&d).is_err() {
+                break;
+            }
+            dir = d.parent().map(Path::to_path_buf);
+        }
+        let referenced = self.referenced_blobs()?;
+        let mut report = PruneReport::default();
+        let candidates: BTreeSet<Digest> = m.blobs().map(|l| l.digest).collect();
+        for d in candidates {
+            if !referenced.contains(&d) {
+                self.remove_blob(&d, &mut report);
+            }
+        }
+        Ok(report)
+    }
+
+    fn remove_blob(&self, d: &Digest, report: &mut PruneReport) {
+        let p = self.blob_path(d);
+        let size = fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+        if fs::remove_file(&p).is_ok() {
+            report.removed.push(*d);
+            report.freed_bytes += size;
+        }
+    }
+
+    /// Digests referenced by any manifest. Fails if any manifest cannot be read, so that
+    /// pruning never deletes blobs of a model it failed to understand.
+    pub fn referenced_blobs(&self) -> Result<HashSet<Digest>> {
+        let mut set = HashSet::new();
+        for (name, _) in self.manifest_files()? {
+            let (m, _) = self.read_manifest(&name)?;
+            set.extend(m.blobs().map(|l| l.digest));
+        }
+        Ok(set)
+    }
+
+    /// Removes blobs no manifest references, and temporary files older than an hour that
+    /// no one holds a lock on. Partial downloads are kept so that pulls can resume.
+    pub fn prune(&self) -> Result<PruneReport> {
+        self.check_writable()?;
+        let referenced = self.referenced_blobs()?;
+        let mut report = PruneReport::default();
+        let blobs = self.root.join("blobs");
+        for p in read_dir_sorted(&blobs)? {
+            let Some(fname) = p.file_name().and_then(|s| s.to_str()) else { continue };
+            let Ok(d) = Digest::from_blob_file_name(fname) else { continue };
+            if !referenced.contains(&d) {
+                self.remove_blob(&d, &mut report);
+            }
+        }
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        for p in read_dir_sorted(&self.tmp_dir()).unwrap_or_default() {
+            let is_tmp = p.extension().is_some_and(|e| e == "tmp");
+            let old = fs::metadata(&p).and_then(|m| m.modified()).is_ok_and(|t| t < hour_ago);
+            if is_tmp && old {
+                let _ = fs::remove_file(&p);
+            }
+        }
+        Ok(report)
+    }
+}
+
+fn expand_tilde(p: PathBuf) -> PathBuf {
+    if let Ok(rest) = p.strip_prefix("~")
+        && let Some(home) = dirs::home_dir()
+    {
+        return home.join(rest);
+    }
+    p
+}
+
+fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .ctx("listing", dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Builds a [`LinkInfo`] for a file by hashing it once.
+pub fn link_info_for(path: &Path, progress: impl FnMut(u64)) -> Result<LinkInfo> {
+    let abs = fs::canonicalize(path).ctx("resolving", path)?;
+    let meta = fs::metadata(&abs).ctx("reading metadata of", &abs)?;
+    let (digest, size) = hash_file(&abs, progress)?;
+    let after = fs::metadata(&abs).ctx("reading metadata of", &abs)?;
+    if after.len() != size || mtime_ns(&after) != mtime_ns(&meta) {
+        return Err(Error::LinkBroken {
+            path: abs,
+            reason: "the file changed while it was being hashed".into(),
+        });
+    }
+    Ok(LinkInfo { path: abs, size, mtime_ns: mtime_ns(&meta), digest })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn blob_digest_checked_before_visible() {
+        let (_d, s) = store();
+        let wrong = Digest::of_bytes(b"other");
+        let e = s.write_blob_from_reader(&b"hello"[..], Some(&wrong), |_| {}).unwrap_err();
+        assert!(matches!(e, Error::DigestMismatch { .. }), "{e}");
+        assert!(!s.has_blob(&wrong));
+        assert!(!s.has_blob(&Digest::of_bytes(b"hello")));
+        assert_eq!(fs::read_dir(s.tmp_dir()).unwrap().count(), 0, "temp file left behind");
+    }
+
+    struct FailingReader(usize);
+    impl Read for FailingReader {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0 == 0 {
+                return Err(std::io::Error::other("No space left on device (simulated)"));
+            }
+            let k = buf.len().min(self.0).min(1000);
+            buf[..k].fill(7);
+            self.0 -= k;
+            Ok(k)
+        }
+    }
+
+    #[test]
+    fn failed_write_leaves_nothing() {
+        let (_d, s) = store();
+        assert!(s.write_blob_from_reader(FailingReader(5000), None, |_| {}).is_err());
+        assert_eq!(fs::read_dir(s.root.join("blobs")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(s.tmp_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn write_list_get_copy_remove_prune() {
+        let (_d, s) = store();
+        let model = s.write_blob_bytes(b"GGUF fake weights").unwrap();
+        let tmpl = s.write_blob_bytes(b"{{ .Prompt }}").unwrap();
+        let cfg = s.write_blob_bytes(br#"{"model_format":"gguf"}"#).unwrap();
+        let orphan = s.write_blob_bytes(b"orphan").unwrap();
+        let m = Manifest::new(
+            Layer { media_type: MEDIA_TYPE_CONFIG.into(), digest: cfg, size: 23, from: None },
+            vec![
+                Layer { media_type: MEDIA_TYPE_MODEL.into(), digest: model, size: 17, from: None },
+                Layer { media_type: MEDIA_TYPE_TEMPLATE.into(), digest: tmpl, size: 13, from: None },
+            ],
+        );
+        let a = ModelName::parse("a").unwrap();
+        s.write_manifest(&a, &m).unwrap();
+        let r = s.get(&a).unwrap();
+        assert_eq!(r.template.as_deref(), Some("{{ .Prompt }}"));
+        assert_eq!(fs::read(&r.model_path).unwrap(), b"GGUF fake weights");
+        assert_eq!(r.config.model_format, "gguf");
+        let b = ModelName::parse("ns/b:1").unwrap();
+        s.copy(&a, &b).unwrap();
+        let names: Vec<String> = s.list().unwrap().iter().map(|m| m.name.to_string()).collect();
+        assert_eq!(names.len(), 2);
+        assert!(names.contains(&"a:latest".to_string()) && names.contains(&"ns/b:1".to_string()));
+        let rep = s.remove(&a).unwrap();
+        assert!(rep.removed.is_empty(), "blobs still used by b");
+        assert!(s.get(&b).is_ok());
+        let rep = s.prune().unwrap();
+        assert_eq!(rep.removed, vec![orphan]);
+        let rep = s.remove(&b).unwrap();
+        assert_eq!(rep.removed.len(), 3);
+        assert!(s.list().unwrap().is_empty());
+        assert!(matches!(s.get(&b), Err(Error::ModelNotFound(_))));
+    }
+
+    #[test]
+    fn manifest_with_missing_blob_refused() {
+        let (_d, s) = store();
+        let d = Digest::of_bytes(b"nope");
+        let m = Manifest::new(
+            Layer { media_type: MEDIA_TYPE_CONFIG.into(), digest: d, size: 4, from: None },
+            vec![],
+        );
+        let e = s.write_manifest(&ModelName::parse("x").unwrap(), &m).unwrap_err();
+        assert!(matches!(e, Error::BlobMissing { .. }), "{e}");
+    }
+
+    #[test]
+    fn read_only_refuses_writes() {
+        let (d, _s) = store();
+        let ro = Store::open(d.path(), StoreOptions { read_only: true }).unwrap();
+        assert!(matches!(ro.write_blob_bytes(b"x"), Err(Error::ReadOnly(_))));
+        assert!(matches!(ro.prune(), Err(Error::ReadOnly(_))));
+    }
+}
