@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# build-variant.sh VARIANT OUTDIR: builds one variant of the llama.cpp plugin and installs
+# it as OUTDIR/llama-cpp-VARIANT/{manifest.toml, libcorral_backend_llama_cpp.so}.
+#
+# VARIANT: cpu | cpu-x86-64-v3 | cpu-x86-64-v4 | vulkan | cuda12 | rocm6 | metal
+#
+# Each variant builds in its own target dir, target/llama-VARIANT under the repository
+# root (LLAMA_TARGET_ROOT overrides the parent), because variants differ in RUSTFLAGS and
+# features. The vulkan variant fetches Vulkan headers with vulkan-sdk.sh into
+# target/vulkan-sdk when VULKAN_SDK is not set. Extra cargo arguments: CARGO_ARGS.
+set -euo pipefail
+
+if [[ $# -ne 2 ]]; then
+    sed -n '2,10p' "$0" >&2
+    exit 2
+fi
+VARIANT=$1
+OUTDIR=$2
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+TARGET_ROOT=${LLAMA_TARGET_ROOT:-$REPO/target}
+TARGET_DIR="$TARGET_ROOT/llama-$VARIANT"
+MANIFEST="$HERE/manifests/llama-cpp-$VARIANT.toml"
+
+if [[ ! -f "$MANIFEST" ]]; then
+    echo "build-variant.sh: unknown variant '$VARIANT' (no $MANIFEST)" >&2
+    exit 2
+fi
+
+RUSTFLAGS_EXTRA=""
+case "$VARIANT" in
+    cpu) FEATURES=cpu ;;
+    cpu-x86-64-v3) FEATURES=cpu; RUSTFLAGS_EXTRA="-C target-cpu=x86-64-v3" ;;
+    cpu-x86-64-v4) FEATURES=cpu; RUSTFLAGS_EXTRA="-C target-cpu=x86-64-v4" ;;
+    vulkan)
+        FEATURES=vulkan
+        if [[ -z "${VULKAN_SDK:-}" && ! -f /usr/include/vulkan/vulkan_core.h ]] \
+            || ! grep -qs VK_EXT_layer_settings "${VULKAN_SDK:-/usr}/include/vulkan/vulkan_core.h"; then
+            eval "$("$HERE/vulkan-sdk.sh" "$TARGET_ROOT/vulkan-sdk")"
+        fi
+        ;;
+    cuda12) FEATURES=cuda ;;
+    rocm6) FEATURES=rocm ;;
+    metal) FEATURES=metal ;;
+    *) echo "build-variant.sh: no build recipe for '$VARIANT'" >&2; exit 2 ;;
+esac
+
+export CORRAL_LLAMA_VARIANT="$VARIANT"
+export RUSTFLAGS="${RUSTFLAGS:-} $RUSTFLAGS_EXTRA"
+echo "build-variant.sh: $VARIANT: features=$FEATURES RUSTFLAGS='$RUSTFLAGS' target=$TARGET_DIR" >&2
+(
+    cd "$REPO"
+    # shellcheck disable=SC2086
+    cargo build --release -p corral-backend-llama-cpp --no-default-features \
+        --features "$FEATURES" --target-dir "$TARGET_DIR" ${CARGO_ARGS:-}
+)
+
+case "$(uname -s)" in
+    Darwin) LIB=libcorral_backend_llama_cpp.dylib ;;
+    *) LIB=libcorral_backend_llama_cpp.so ;;
+esac
+DEST="$OUTDIR/llama-cpp-$VARIANT"
+mkdir -p "$DEST"
+install -m 0755 "$TARGET_DIR/release/$LIB" "$DEST/$LIB"
+install -m 0644 "$MANIFEST" "$DEST/manifest.toml"
+echo "build-variant.sh: installed $DEST/manifest.toml and $DEST/$LIB" >&2
+echo "$DEST"

@@ -1,0 +1,225 @@
+//! The backend object: init, devices, model loading.
+
+use std::ffi::{CStr, CString};
+use std::path::Path;
+use std::sync::{Arc, Once};
+
+use corral_backend_api::{
+    BackendError, DeviceInfo, DeviceKind, ErrorKind, HostServices, ModelSpec, RString,
+    plugin::Backend,
+};
+use llama_cpp_sys_2 as sys;
+use serde::Deserialize;
+
+use crate::gguf_check::{self, check_gguf};
+use crate::logging;
+use crate::model::{LlamaModel, ModelInner};
+
+/// The plugin's options: the `[options]` table of its manifest, overridden by the host
+/// config's `[backends.llama-cpp]` table. Unknown keys are ignored.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct LlamaOptions {
+    /// Threads for single-token decoding when a context does not say (`0`: the number of
+    /// CPUs the process may use).
+    pub n_threads: u32,
+    /// Threads for prompt batches when a context does not say (`0`: as `n_threads`).
+    pub n_threads_batch: u32,
+    /// Physical batch size (llama.cpp's `n_ubatch`; `0`: 512, capped at `n_batch`).
+    pub n_ubatch: u32,
+    /// Flash attention: `None` lets llama.cpp decide (its `auto`).
+    pub flash_attn: Option<bool>,
+    /// Vulkan builds: also use CPU-type Vulkan devices (Mesa's lavapipe), which llama.cpp
+    /// skips by default. Sets `GGML_VK_VISIBLE_DEVICES=0` unless that is already set.
+    pub allow_cpu_devices: bool,
+}
+
+impl LlamaOptions {
+    /// Threads to use when a caller asks for `requested` (`0`: the default).
+    pub(crate) fn threads(&self, requested: u32) -> i32 {
+        let n = if requested > 0 {
+            requested
+        } else if self.n_threads > 0 {
+            self.n_threads
+        } else {
+            std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(4)
+        };
+        n.min(i32::MAX as u32) as i32
+    }
+
+    /// Threads for prompt batches when a caller asks for `requested` (`0`: the default).
+    pub(crate) fn threads_batch(&self, requested: u32) -> i32 {
+        if requested == 0 && self.n_threads_batch > 0 {
+            self.n_threads_batch.min(i32::MAX as u32) as i32
+        } else {
+            self.threads(requested)
+        }
+    }
+}
+
+/// The llama.cpp backend: an initialised llama.cpp and the plugin's options.
+pub struct LlamaBackend {
+    options: Arc<LlamaOptions>,
+}
+
+static INIT: Once = Once::new();
+
+/// Initialises llama.cpp once per process: log routing and `llama_backend_init`.
+pub(crate) fn init_llama(options: &LlamaOptions) {
+    INIT.call_once(|| {
+        if cfg!(feature = "vulkan")
+            && options.allow_cpu_devices
+            && std::env::var_os("GGML_VK_VISIBLE_DEVICES").is_none()
+        {
+            // SAFETY: set once, during init, before ggml reads it; the host initialises a
+            // plugin before it starts threads that could read the environment concurrently.
+            unsafe { std::env::set_var("GGML_VK_VISIBLE_DEVICES", "0") };
+            log::info!("allow_cpu_devices: GGML_VK_VISIBLE_DEVICES=0 (CPU Vulkan devices allowed)");
+        }
+        logging::install();
+        // SAFETY: called once per process, before any other llama.cpp call of this plugin.
+        unsafe { sys::llama_backend_init() };
+    });
+}
+
+impl LlamaBackend {
+    /// Initialises llama.cpp (once per process) with options from the host.
+    pub fn init(services: &HostServices) -> Result<Self, BackendError> {
+        let options: LlamaOptions = services.options()?;
+        Self::with_options(options)
+    }
+
+    /// Initialises llama.cpp (once per process) with `options`; what tests call.
+    pub fn with_options(options: LlamaOptions) -> Result<Self, BackendError> {
+        init_llama(&options);
+        let backend = LlamaBackend { options: Arc::new(options) };
+        log::info!("{}", backend.describe());
+        Ok(backend)
+    }
+
+    /// The options in effect.
+    pub fn options(&self) -> &LlamaOptions {
+        &self.options
+    }
+}
+
+fn cstr_or_empty(p: *const std::ffi::c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: ggml returns NUL-terminated strings that live as long as the device registry.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+impl Backend for LlamaBackend {
+    type Model = LlamaModel;
+
+    fn devices(&self) -> Vec<DeviceInfo> {
+        let mut gpus = Vec::new();
+        let mut others = Vec::new();
+        // SAFETY: the registry is initialised by llama_backend_init; indices stay below the
+        // count it reports, and the out-pointers of dev_memory point to live locals.
+        unsafe {
+            for i in 0..sys::ggml_backend_dev_count() {
+                let dev = sys::ggml_backend_dev_get(i);
+                if dev.is_null() {
+                    continue;
+                }
+                let name = cstr_or_empty(sys::ggml_backend_dev_name(dev));
+                let desc = cstr_or_empty(sys::ggml_backend_dev_description(dev));
+                let (mut free, mut total) = (0usize, 0usize);
+                sys::ggml_backend_dev_memory(dev, &mut free, &mut total);
+                let kind = match sys::ggml_backend_dev_type(dev) {
+                    sys::GGML_BACKEND_DEVICE_TYPE_CPU => DeviceKind::Cpu,
+                    sys::GGML_BACKEND_DEVICE_TYPE_GPU | sys::GGML_BACKEND_DEVICE_TYPE_IGPU => {
+                        DeviceKind::Gpu
+                    }
+                    _ => DeviceKind::Accelerator,
+                };
+                let label =
+                    if desc.is_empty() || desc == name { name } else { format!("{desc} ({name})") };
+                let info = DeviceInfo {
+                    index: 0,
+                    name: RString::from(label),
+                    kind,
+                    memory_total: total as u64,
+                    memory_free: free as u64,
+                };
+                if kind == DeviceKind::Gpu { gpus.push(info) } else { others.push(info) }
+            }
+        }
+        // GPUs first, numbered as llama.cpp's `main_gpu` counts them; then the rest.
+        gpus.into_iter()
+            .chain(others)
+            .enumerate()
+            .map(|(i, mut d)| {
+                d.index = i as u32;
+                d
+            })
+            .collect()
+    }
+
+    fn load_model(&self, spec: &ModelSpec) -> Result<LlamaModel, BackendError> {
+        if !spec.format.is_empty() && !spec.format.eq_ignore_ascii_case("gguf") {
+            return Err(BackendError::unsupported(format!(
+                "the llama-cpp backend loads GGUF files, not '{}'",
+                spec.format
+            )));
+        }
+        let path = Path::new(spec.path.as_str());
+        let summary = check_gguf(path)?;
+        let opts = &spec.options;
+        let cpath = CString::new(spec.path.as_str())
+            .map_err(|_| BackendError::invalid("model path contains a NUL byte"))?;
+
+        // SAFETY: returns a plain struct by value.
+        let mut params = unsafe { sys::llama_model_default_params() };
+        params.n_gpu_layers = opts.n_gpu_layers;
+        params.main_gpu = opts.main_gpu;
+        params.load_mode = match (opts.use_mmap, opts.use_mlock) {
+            (true, true) => sys::LLAMA_LOAD_MODE_MMAP_MLOCK,
+            (true, false) => sys::LLAMA_LOAD_MODE_MMAP,
+            (false, true) => sys::LLAMA_LOAD_MODE_MLOCK,
+            (false, false) => sys::LLAMA_LOAD_MODE_NONE,
+        };
+        if opts.main_gpu < 0 {
+            return Err(BackendError::invalid(format!(
+                "main_gpu must be 0 or more, got {}",
+                opts.main_gpu
+            )));
+        }
+
+        logging::clear_errors();
+        // SAFETY: `cpath` is a valid C string; params is a fully initialised struct whose
+        // pointers are the defaults (null).
+        let model = unsafe { sys::llama_model_load_from_file(cpath.as_ptr(), params) };
+        if model.is_null() {
+            let errors = logging::take_errors();
+            let kind = gguf_check::load_error_kind(&errors);
+            let arch = summary.architecture.as_deref().unwrap_or("(none)");
+            let detail = if errors.is_empty() {
+                "llama.cpp gave no reason".to_string()
+            } else {
+                errors.join("; ")
+            };
+            let message = match kind {
+                ErrorKind::Unsupported => format!(
+                    "llama.cpp does not support the model architecture '{arch}' of {}: {detail}",
+                    path.display()
+                ),
+                _ => format!("llama.cpp could not load {}: {detail}", path.display()),
+            };
+            return Err(BackendError::new(kind, message));
+        }
+        let inner = ModelInner::new(model, summary, self.options.clone());
+        Ok(LlamaModel::new(Arc::new(inner)))
+    }
+
+    fn describe(&self) -> String {
+        // SAFETY: both return static NUL-terminated strings.
+        let (version, system) = unsafe {
+            (cstr_or_empty(sys::llama_version()), cstr_or_empty(sys::llama_print_system_info()))
+        };
+        format!("llama.cpp {version} ({}; {})", crate::VARIANT, system.trim())
+    }
+}

@@ -1,0 +1,420 @@
+//! `llama-raw`: raw llama.cpp through its C API, the reference that corral's figures and
+//! outputs are compared against. It uses `llama-cpp-sys-2` directly, not the plugin.
+//!
+//! ```text
+//! llama-raw bench  MODEL [--threads N] [--pp 512] [--tg 128] [--reps 5] [--json]
+//! llama-raw greedy MODEL --prompt TEXT [--n 32] [--json]
+//! llama-raw logits MODEL --prompt TEXT [--json]
+//! common: [--ctx N] [--gpu-layers N] [--threads N]
+//! ```
+//!
+//! `bench` follows llama-bench: one warm-up, then per repetition pp = one batch of N
+//! random prompt tokens on an empty cache, timed; tg = N single-token decodes on an empty
+//! cache, timed together. It reports the median, min, max and standard deviation in
+//! tokens/s. `greedy` tokenizes with llama.cpp (add_special and parse_special on),
+//! decodes the prompt, then takes the argmax token N times (stopping early at an
+//! end-of-generation token). `logits` prints the logits of the last prompt position.
+
+use std::ffi::{CStr, CString};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use llama_cpp_sys_2 as sys;
+use serde_json::json;
+
+struct Args {
+    cmd: String,
+    model: String,
+    threads: i32,
+    pp: usize,
+    tg: usize,
+    reps: usize,
+    json: bool,
+    prompt: Option<String>,
+    n: usize,
+    ctx: u32,
+    gpu_layers: i32,
+}
+
+const USAGE: &str = "usage: llama-raw (bench|greedy|logits) MODEL [--threads N] [--pp N] \
+[--tg N] [--reps N] [--prompt TEXT] [--n N] [--ctx N] [--gpu-layers N] [--json]";
+
+fn parse_args() -> Result<Args, String> {
+    let mut it = std::env::args().skip(1);
+    let cmd = it.next().ok_or(USAGE)?;
+    if cmd == "-h" || cmd == "--help" {
+        return Err(USAGE.into());
+    }
+    let model = it.next().ok_or(USAGE)?;
+    let mut a = Args {
+        cmd,
+        model,
+        threads: std::thread::available_parallelism().map(|n| n.get() as i32).unwrap_or(4),
+        pp: 512,
+        tg: 128,
+        reps: 5,
+        json: false,
+        prompt: None,
+        n: 32,
+        ctx: 0,
+        gpu_layers: -1,
+    };
+    while let Some(flag) = it.next() {
+        if flag == "--json" {
+            a.json = true;
+            continue;
+        }
+        let val = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let num = |v: &str| v.parse::<i64>().map_err(|_| format!("{flag}: '{v}' is not a number"));
+        match flag.as_str() {
+            "--threads" | "-t" => a.threads = num(&val)?.clamp(1, 1024) as i32,
+            "--pp" => a.pp = num(&val)?.max(0) as usize,
+            "--tg" => a.tg = num(&val)?.max(0) as usize,
+            "--reps" | "-r" => a.reps = num(&val)?.max(1) as usize,
+            "--prompt" | "-p" => a.prompt = Some(val),
+            "--n" | "-n" => a.n = num(&val)?.max(0) as usize,
+            "--ctx" | "-c" => a.ctx = num(&val)?.clamp(0, 1 << 24) as u32,
+            "--gpu-layers" | "-ngl" => a.gpu_layers = num(&val)?.clamp(-1, 100_000) as i32,
+            _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
+        }
+    }
+    Ok(a)
+}
+
+struct Model(*mut sys::llama_model);
+impl Drop for Model {
+    fn drop(&mut self) {
+        // SAFETY: loaded once, freed once.
+        unsafe { sys::llama_model_free(self.0) }
+    }
+}
+struct Ctx(*mut sys::llama_context);
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        // SAFETY: created once, freed once, before the model (declared after it).
+        unsafe { sys::llama_free(self.0) }
+    }
+}
+
+unsafe extern "C" fn quiet_log(
+    level: sys::ggml_log_level,
+    text: *const std::ffi::c_char,
+    _: *mut std::ffi::c_void,
+) {
+    if level == sys::GGML_LOG_LEVEL_ERROR && !text.is_null() {
+        // SAFETY: llama.cpp passes a NUL-terminated string.
+        eprint!("{}", unsafe { CStr::from_ptr(text) }.to_string_lossy());
+    }
+}
+
+fn load(a: &Args) -> Result<Model, String> {
+    let meta = std::fs::metadata(&a.model).map_err(|e| format!("{}: {e}", a.model))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a file", a.model));
+    }
+    let path = CString::new(a.model.as_str()).map_err(|_| "model path has a NUL byte")?;
+    // SAFETY: plain init calls and a by-value default struct; the path is a C string.
+    unsafe {
+        if std::env::var_os("LLAMA_RAW_VERBOSE").is_none() {
+            sys::llama_log_set(Some(quiet_log), std::ptr::null_mut());
+        }
+        sys::llama_backend_init();
+        let mut mp = sys::llama_model_default_params();
+        mp.n_gpu_layers = a.gpu_layers;
+        mp.load_mode = sys::LLAMA_LOAD_MODE_MMAP;
+        let m = sys::llama_model_load_from_file(path.as_ptr(), mp);
+        if m.is_null() {
+            return Err(format!("llama.cpp could not load {}", a.model));
+        }
+        Ok(Model(m))
+    }
+}
+
+fn new_ctx(m: &Model, a: &Args, n_ctx: u32, n_batch: u32) -> Result<Ctx, String> {
+    // SAFETY: model is live; params by value.
+    unsafe {
+        let mut cp = sys::llama_context_default_params();
+        cp.n_ctx = n_ctx;
+        cp.n_batch = n_batch;
+        cp.n_ubatch = 512.min(n_batch);
+        cp.n_seq_max = 1;
+        cp.n_threads = a.threads;
+        cp.n_threads_batch = a.threads;
+        cp.kv_unified = true;
+        let c = sys::llama_init_from_model(m.0, cp);
+        if c.is_null() {
+            return Err("llama.cpp could not create a context".into());
+        }
+        Ok(Ctx(c))
+    }
+}
+
+fn n_vocab(m: &Model) -> usize {
+    // SAFETY: live model.
+    unsafe { sys::llama_vocab_n_tokens(sys::llama_model_get_vocab(m.0)).max(0) as usize }
+}
+
+/// Decodes `tokens` at positions `start..` of sequence 0, logits for the last only.
+fn decode(c: &Ctx, tokens: &[i32], start: i32, n_batch: usize) -> Result<(), String> {
+    for (ci, chunk) in tokens.chunks(n_batch.max(1)).enumerate() {
+        // SAFETY: the batch holds chunk.len() entries with one seq id each, all written.
+        unsafe {
+            let mut b = sys::llama_batch_init(chunk.len() as i32, 0, 1);
+            for (i, &t) in chunk.iter().enumerate() {
+                *b.token.add(i) = t;
+                *b.pos.add(i) = start + (ci * n_batch + i) as i32;
+                *b.n_seq_id.add(i) = 1;
+                *(*b.seq_id.add(i)) = 0;
+                *b.logits.add(i) = i8::from(ci * n_batch + i + 1 == tokens.len());
+            }
+            b.n_tokens = chunk.len() as i32;
+            let rc = sys::llama_decode(c.0, b);
+            sys::llama_batch_free(b);
+            if rc != 0 {
+                return Err(format!("llama_decode returned {rc}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn clear(c: &Ctx) {
+    // SAFETY: live context.
+    unsafe { sys::llama_memory_clear(sys::llama_get_memory(c.0), true) }
+}
+
+fn stats(samples: &[f64]) -> serde_json::Value {
+    let mut s = samples.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    let median = if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 };
+    let mean = s.iter().sum::<f64>() / n as f64;
+    let sd = if n > 1 {
+        (s.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+    } else {
+        0.0
+    };
+    json!({"median_tps": median, "mean_tps": mean, "min_tps": s[0], "max_tps": s[n - 1],
+           "stddev_tps": sd, "samples_tps": samples})
+}
+
+fn bench(a: &Args) -> Result<(), String> {
+    let m = load(a)?;
+    let nv = n_vocab(&m) as u64;
+    let n_ctx = (a.pp + a.tg).max(16) as u32;
+    let n_batch = a.pp.clamp(1, 2048) as u32;
+    let c = new_ctx(&m, a, n_ctx, n_batch)?;
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut rand_tok = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % nv) as i32
+    };
+    // Warm-up, as llama-bench does.
+    if a.pp > 0 {
+        let toks: Vec<i32> = (0..a.pp).map(|_| rand_tok()).collect();
+        decode(&c, &toks, 0, n_batch as usize)?;
+        clear(&c);
+    }
+    if a.tg > 0 {
+        decode(&c, &[rand_tok()], 0, 1)?;
+        clear(&c);
+    }
+    let (mut pp, mut tg) = (Vec::new(), Vec::new());
+    for _ in 0..a.reps {
+        if a.pp > 0 {
+            let toks: Vec<i32> = (0..a.pp).map(|_| rand_tok()).collect();
+            clear(&c);
+            let t = Instant::now();
+            decode(&c, &toks, 0, n_batch as usize)?;
+            // SAFETY: live context.
+            unsafe { sys::llama_synchronize(c.0) };
+            pp.push(a.pp as f64 / t.elapsed().as_secs_f64());
+        }
+        if a.tg > 0 {
+            clear(&c);
+            let t = Instant::now();
+            for i in 0..a.tg {
+                decode(&c, &[rand_tok()], i as i32, 1)?;
+            }
+            // SAFETY: live context.
+            unsafe { sys::llama_synchronize(c.0) };
+            tg.push(a.tg as f64 / t.elapsed().as_secs_f64());
+        }
+    }
+    // SAFETY: static strings.
+    let (version, sysinfo) = unsafe {
+        (
+            CStr::from_ptr(sys::llama_version()).to_string_lossy().into_owned(),
+            CStr::from_ptr(sys::llama_print_system_info()).to_string_lossy().into_owned(),
+        )
+    };
+    let out = json!({
+        "engine": "llama.cpp (raw C API)",
+        "llama_cpp_version": version,
+        "system_info": sysinfo.trim(),
+        "model": a.model,
+        "threads": a.threads,
+        "reps": a.reps,
+        "pp": if a.pp > 0 { json!({"n_tokens": a.pp, "stats": stats(&pp)}) } else { json!(null) },
+        "tg": if a.tg > 0 { json!({"n_tokens": a.tg, "stats": stats(&tg)}) } else { json!(null) },
+    });
+    if a.json {
+        println!("{out}");
+    } else {
+        println!("llama.cpp {version}, {} threads, {} reps", a.threads, a.reps);
+        for (name, n, s) in [("pp", a.pp, &out["pp"]), ("tg", a.tg, &out["tg"])] {
+            if n > 0 {
+                let st = &s["stats"];
+                println!(
+                    "{name}{n}: {:.2} t/s (min {:.2}, max {:.2}, sd {:.2})",
+                    st["median_tps"].as_f64().unwrap_or(0.0),
+                    st["min_tps"].as_f64().unwrap_or(0.0),
+                    st["max_tps"].as_f64().unwrap_or(0.0),
+                    st["stddev_tps"].as_f64().unwrap_or(0.0)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn tokenize(m: &Model, text: &str) -> Result<Vec<i32>, String> {
+    let len = i32::try_from(text.len()).map_err(|_| "prompt too long")?;
+    let mut cap = text.len() + 4;
+    for _ in 0..2 {
+        let mut out = vec![0i32; cap];
+        // SAFETY: text valid for len bytes, out holds cap tokens.
+        let n = unsafe {
+            sys::llama_tokenize(
+                sys::llama_model_get_vocab(m.0),
+                text.as_ptr().cast(),
+                len,
+                out.as_mut_ptr(),
+                cap as i32,
+                true,
+                true,
+            )
+        };
+        if n >= 0 {
+            out.truncate(n as usize);
+            return Ok(out);
+        }
+        cap = n.unsigned_abs() as usize;
+    }
+    Err("tokenization failed".into())
+}
+
+fn piece(m: &Model, t: i32) -> Vec<u8> {
+    let mut buf = vec![0u8; 256];
+    // SAFETY: t comes from argmax over the vocabulary; buf holds 256 bytes.
+    let n = unsafe {
+        sys::llama_token_to_piece(
+            sys::llama_model_get_vocab(m.0),
+            t,
+            buf.as_mut_ptr().cast(),
+            256,
+            0,
+            true,
+        )
+    };
+    buf.truncate(n.max(0) as usize);
+    buf
+}
+
+fn last_logits(c: &Ctx, nv: usize) -> Result<Vec<f32>, String> {
+    // SAFETY: the last decode asked for logits of its last entry; nv floats are there.
+    unsafe {
+        let p = sys::llama_get_logits_ith(c.0, -1);
+        if p.is_null() {
+            return Err("no logits".into());
+        }
+        Ok(std::slice::from_raw_parts(p, nv).to_vec())
+    }
+}
+
+fn argmax(l: &[f32]) -> i32 {
+    let mut best = 0;
+    for (i, &v) in l.iter().enumerate() {
+        if v > l[best] {
+            best = i;
+        }
+    }
+    best as i32
+}
+
+fn greedy(a: &Args, logits_only: bool) -> Result<(), String> {
+    let prompt = a.prompt.as_deref().ok_or("--prompt is required")?;
+    let m = load(a)?;
+    let nv = n_vocab(&m);
+    let toks = tokenize(&m, prompt)?;
+    if toks.is_empty() {
+        return Err("the prompt tokenizes to nothing".into());
+    }
+    let n_ctx = if a.ctx > 0 { a.ctx } else { (toks.len() + a.n + 8) as u32 };
+    let c = new_ctx(&m, a, n_ctx, 512)?;
+    decode(&c, &toks, 0, 512)?;
+    if logits_only {
+        let l = last_logits(&c, nv)?;
+        if a.json {
+            println!("{}", json!({"prompt_tokens": toks, "n_vocab": nv, "logits": l}));
+        } else {
+            println!("argmax {} of {nv}", argmax(&l));
+        }
+        return Ok(());
+    }
+    let vocab = {
+        // SAFETY: live model.
+        unsafe { sys::llama_model_get_vocab(m.0) }
+    };
+    let mut out = Vec::new();
+    let mut text = Vec::new();
+    let mut stop = "length";
+    for i in 0..a.n {
+        let t = argmax(&last_logits(&c, nv)?);
+        // SAFETY: t < n_vocab.
+        if unsafe { sys::llama_vocab_is_eog(vocab, t) } {
+            stop = "eog";
+            break;
+        }
+        out.push(t);
+        text.extend(piece(&m, t));
+        if i + 1 < a.n {
+            decode(&c, &[t], (toks.len() + i) as i32, 1)?;
+        }
+    }
+    let text = String::from_utf8_lossy(&text).into_owned();
+    if a.json {
+        println!(
+            "{}",
+            json!({"prompt_tokens": toks, "tokens": out, "text": text, "stop_reason": stop})
+        );
+    } else {
+        println!("{text}");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let a = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let r = match a.cmd.as_str() {
+        "bench" => bench(&a),
+        "greedy" => greedy(&a, false),
+        "logits" => greedy(&a, true),
+        other => Err(format!("unknown command {other}\n{USAGE}")),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("llama-raw: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

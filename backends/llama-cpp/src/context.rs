@@ -1,0 +1,361 @@
+//! A context: llama.cpp's KV cache plus the batch decoder over it.
+
+use std::sync::Arc;
+
+use corral_backend_api::{BackendError, BatchEntry, ContextParams, ErrorKind, plugin::Context};
+use llama_cpp_sys_2 as sys;
+
+use crate::logging;
+use crate::model::ModelInner;
+
+/// A llama.cpp context made by [`crate::LlamaModel`]. Every batch entry is validated
+/// before llama.cpp sees it (some bad input makes llama.cpp abort the process).
+pub struct LlamaContext {
+    ptr: *mut sys::llama_context,
+    mem: sys::llama_memory_t,
+    batch: sys::llama_batch,
+    model: Arc<ModelInner>,
+    params: ContextParams,
+    /// For each entry of the last successful decode: whether its logits were computed.
+    outputs: Vec<bool>,
+    /// Sequences that had entries in the last successful decode (embedding contexts).
+    decoded_seqs: Vec<bool>,
+}
+
+// SAFETY: a llama_context may move between threads; the host drives it from one thread
+// at a time (the type is not Sync), and the model it uses is kept alive by the Arc.
+unsafe impl Send for LlamaContext {}
+
+impl Drop for LlamaContext {
+    fn drop(&mut self) {
+        // SAFETY: both were allocated in `new` and are freed once; the context goes before
+        // the model, which `self.model` still holds.
+        unsafe {
+            sys::llama_batch_free(self.batch);
+            sys::llama_free(self.ptr);
+        }
+    }
+}
+
+impl LlamaContext {
+    pub(crate) fn new(model: Arc<ModelInner>, p: &ContextParams) -> Result<Self, BackendError> {
+        if p.n_ctx == 0 || p.n_batch == 0 || p.n_seq_max == 0 {
+            return Err(BackendError::invalid(format!(
+                "context sizes must be positive (n_ctx {}, n_batch {}, n_seq_max {})",
+                p.n_ctx, p.n_batch, p.n_seq_max
+            )));
+        }
+        // llama.cpp's LLAMA_MAX_SEQ.
+        const MAX_SEQ: u32 = 256;
+        if p.n_seq_max > MAX_SEQ {
+            return Err(BackendError::invalid(format!(
+                "n_seq_max {} is above llama.cpp's limit of {MAX_SEQ}",
+                p.n_seq_max
+            )));
+        }
+        if p.n_ctx > i32::MAX as u32 / 2 || p.n_batch > i32::MAX as u32 / 2 {
+            return Err(BackendError::invalid("n_ctx or n_batch is too large"));
+        }
+        let opts = &model.options;
+        let n_batch = p.n_batch.min(p.n_ctx);
+        let n_ubatch = if p.embeddings {
+            // Pooled embeddings (and non-causal models) need the whole batch in one ubatch.
+            n_batch
+        } else {
+            match opts.n_ubatch {
+                0 => 512.min(n_batch),
+                u => u.min(n_batch),
+            }
+        };
+        // SAFETY: returns a plain struct by value.
+        let mut cp = unsafe { sys::llama_context_default_params() };
+        cp.n_ctx = p.n_ctx;
+        cp.n_batch = n_batch;
+        cp.n_ubatch = n_ubatch;
+        cp.n_seq_max = p.n_seq_max;
+        cp.n_threads = opts.threads(p.n_threads);
+        cp.n_threads_batch = opts.threads_batch(p.n_threads_batch);
+        // One KV buffer shared by every sequence: each may use up to n_ctx positions.
+        cp.kv_unified = true;
+        cp.embeddings = p.embeddings;
+        if p.embeddings {
+            cp.pooling_type = sys::LLAMA_POOLING_TYPE_MEAN;
+        }
+        if let Some(fa) = opts.flash_attn {
+            cp.flash_attn_type = if fa {
+                sys::LLAMA_FLASH_ATTN_TYPE_ENABLED
+            } else {
+                sys::LLAMA_FLASH_ATTN_TYPE_DISABLED
+            };
+        }
+        logging::clear_errors();
+        // SAFETY: the model is alive (held by `model`); `cp` is fully initialised.
+        let ptr = unsafe { sys::llama_init_from_model(model.ptr, cp) };
+        if ptr.is_null() {
+            let errors = logging::take_errors();
+            let kind = if errors.iter().any(|e| e.contains("alloc") || e.contains("memory")) {
+                ErrorKind::OutOfMemory
+            } else {
+                ErrorKind::Internal
+            };
+            return Err(BackendError::new(
+                kind,
+                format!(
+                    "llama.cpp could not create a context of {} tokens: {}",
+                    p.n_ctx,
+                    if errors.is_empty() { "no reason given".into() } else { errors.join("; ") }
+                ),
+            ));
+        }
+        // SAFETY: `ptr` is a live context; the batch holds n_batch entries of one seq id.
+        let (mem, batch, n_ctx, n_batch) = unsafe {
+            (
+                sys::llama_get_memory(ptr),
+                sys::llama_batch_init(n_batch as i32, 0, 1),
+                sys::llama_n_ctx(ptr),
+                sys::llama_n_batch(ptr),
+            )
+        };
+        let params = ContextParams {
+            n_ctx,
+            n_batch: n_batch.min(cp.n_batch),
+            n_seq_max: p.n_seq_max,
+            n_threads: cp.n_threads as u32,
+            n_threads_batch: cp.n_threads_batch as u32,
+            embeddings: p.embeddings,
+            seed: p.seed,
+        };
+        Ok(LlamaContext {
+            ptr,
+            mem,
+            batch,
+            model,
+            params,
+            outputs: Vec::new(),
+            decoded_seqs: Vec::new(),
+        })
+    }
+
+    /// The raw `llama_context` pointer, for this crate's tools.
+    pub fn as_ptr(&self) -> *mut sys::llama_context {
+        self.ptr
+    }
+
+    fn check_seq(&self, seq: u32) -> Result<(), BackendError> {
+        if seq < self.params.n_seq_max {
+            Ok(())
+        } else {
+            Err(BackendError::invalid(format!(
+                "sequence id {seq} is out of range: this context has n_seq_max = {}",
+                self.params.n_seq_max
+            )))
+        }
+    }
+
+    fn validate(&self, batch: &[BatchEntry]) -> Result<(), BackendError> {
+        if batch.is_empty() {
+            return Err(BackendError::invalid("cannot decode an empty batch"));
+        }
+        if batch.len() > self.params.n_batch as usize {
+            return Err(BackendError::invalid(format!(
+                "batch of {} entries is larger than this context's n_batch of {}",
+                batch.len(),
+                self.params.n_batch
+            )));
+        }
+        for (i, e) in batch.iter().enumerate() {
+            self.model.check_token(e.token).map_err(|err| {
+                BackendError::invalid(format!("batch entry {i}: {}", err.message))
+            })?;
+            self.check_seq(e.seq).map_err(|err| {
+                BackendError::invalid(format!("batch entry {i}: {}", err.message))
+            })?;
+            if e.pos >= self.params.n_ctx {
+                return Err(BackendError::invalid(format!(
+                    "batch entry {i}: position {} is out of range: the context holds {} positions",
+                    e.pos, self.params.n_ctx
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Context for LlamaContext {
+    fn params(&self) -> ContextParams {
+        self.params.clone()
+    }
+
+    fn decode(&mut self, batch: &[BatchEntry]) -> Result<(), BackendError> {
+        self.validate(batch)?;
+        let emb = self.params.embeddings;
+        // SAFETY: the batch was allocated for n_batch entries with one seq id each and
+        // `batch.len() <= n_batch` was checked; every field written is within those arrays.
+        unsafe {
+            let b = &mut self.batch;
+            for (i, e) in batch.iter().enumerate() {
+                *b.token.add(i) = e.token as sys::llama_token;
+                *b.pos.add(i) = e.pos as sys::llama_pos;
+                *b.n_seq_id.add(i) = 1;
+                *(*b.seq_id.add(i)) = e.seq as sys::llama_seq_id;
+                // Pooled embeddings need every entry as an output.
+                *b.logits.add(i) = i8::from(e.logits || emb);
+            }
+            b.n_tokens = batch.len() as i32;
+        }
+        self.outputs.clear();
+        self.decoded_seqs.clear();
+        logging::clear_errors();
+        // SAFETY: the context is live and the batch filled as above.
+        let rc = unsafe { sys::llama_decode(self.ptr, self.batch) };
+        match rc {
+            0 => {
+                self.outputs = batch.iter().map(|e| e.logits && !emb).collect();
+                self.decoded_seqs = vec![false; self.params.n_seq_max as usize];
+                for e in batch {
+                    self.decoded_seqs[e.seq as usize] = true;
+                }
+                Ok(())
+            }
+            1 => Err(BackendError::new(
+                ErrorKind::ContextFull,
+                format!(
+                    "no room in the KV cache for a batch of {} entries (n_ctx {}); remove \
+                     finished sequences or use a larger context",
+                    batch.len(),
+                    self.params.n_ctx
+                ),
+            )),
+            -1 => {
+                let errors = logging::take_errors();
+                Err(BackendError::invalid(format!(
+                    "llama.cpp refused the batch: {}",
+                    if errors.is_empty() {
+                        "invalid batch (positions must continue each sequence's KV cache)"
+                            .to_string()
+                    } else {
+                        errors.join("; ")
+                    }
+                )))
+            }
+            2 => Err(BackendError::internal("llama.cpp aborted the decode")),
+            rc => {
+                let errors = logging::take_errors();
+                Err(BackendError::internal(format!(
+                    "llama_decode failed with code {rc}: {}",
+                    errors.join("; ")
+                )))
+            }
+        }
+    }
+
+    fn logits(&self, index: u32) -> Result<&[f32], BackendError> {
+        if self.params.embeddings {
+            return Err(BackendError::unsupported(
+                "this context computes embeddings; create one with embeddings off for logits",
+            ));
+        }
+        match self.outputs.get(index as usize) {
+            None => {
+                return Err(BackendError::invalid(format!(
+                    "batch entry {index} is out of range: the last decode had {} entries",
+                    self.outputs.len()
+                )));
+            }
+            Some(false) => {
+                return Err(BackendError::invalid(format!(
+                    "batch entry {index} did not ask for logits in the last decode"
+                )));
+            }
+            Some(true) => {}
+        }
+        // SAFETY: entry `index` of the last successful decode asked for logits, so
+        // llama.cpp holds n_vocab floats for it until the next decode, which needs
+        // `&mut self` and so cannot happen while the returned borrow lives.
+        unsafe {
+            let p = sys::llama_get_logits_ith(self.ptr, index as i32);
+            if p.is_null() {
+                return Err(BackendError::internal(format!(
+                    "llama.cpp has no logits for batch entry {index}"
+                )));
+            }
+            Ok(std::slice::from_raw_parts(p, self.model.n_vocab as usize))
+        }
+    }
+
+    fn embeddings(&self, seq: u32) -> Result<Vec<f32>, BackendError> {
+        if !self.params.embeddings {
+            return Err(BackendError::invalid(
+                "this context was made without embeddings; create one with embeddings: true",
+            ));
+        }
+        self.check_seq(seq)?;
+        if !self.decoded_seqs.get(seq as usize).copied().unwrap_or(false) {
+            return Err(BackendError::invalid(format!(
+                "sequence {seq} had no entries in the last decode, so it has no embedding"
+            )));
+        }
+        // SAFETY: live context; the pooled vector of a sequence decoded last holds
+        // n_embd_out floats.
+        unsafe {
+            let n = sys::llama_model_n_embd_out(self.model.ptr).max(0) as usize;
+            let p = sys::llama_get_embeddings_seq(self.ptr, seq as sys::llama_seq_id);
+            if p.is_null() || n == 0 {
+                return Err(BackendError::internal(format!(
+                    "llama.cpp has no pooled embedding for sequence {seq}"
+                )));
+            }
+            Ok(std::slice::from_raw_parts(p, n).to_vec())
+        }
+    }
+
+    fn kv_remove(&mut self, seq: i32, p0: i32, p1: i32) -> Result<(), BackendError> {
+        if seq >= 0 {
+            self.check_seq(seq as u32)?;
+        }
+        // SAFETY: live memory handle; seq is negative (all) or in range.
+        let ok = unsafe { sys::llama_memory_seq_rm(self.mem, seq, p0, p1) };
+        if ok {
+            Ok(())
+        } else {
+            Err(BackendError::unsupported(format!(
+                "this model's memory cannot remove part of sequence {seq} ([{p0}, {p1}))"
+            )))
+        }
+    }
+
+    fn kv_copy(&mut self, src: u32, dst: u32, p0: i32, p1: i32) -> Result<(), BackendError> {
+        self.check_seq(src)?;
+        self.check_seq(dst)?;
+        if src == dst {
+            return Ok(());
+        }
+        // SAFETY: live memory handle; both sequence ids are in range.
+        unsafe {
+            sys::llama_memory_seq_cp(
+                self.mem,
+                src as sys::llama_seq_id,
+                dst as sys::llama_seq_id,
+                p0,
+                p1,
+            )
+        };
+        Ok(())
+    }
+
+    fn kv_pos_max(&self, seq: u32) -> i32 {
+        if seq >= self.params.n_seq_max {
+            return -1;
+        }
+        // SAFETY: live memory handle; seq in range.
+        unsafe { sys::llama_memory_seq_pos_max(self.mem, seq as sys::llama_seq_id) }
+    }
+
+    fn kv_clear(&mut self) -> Result<(), BackendError> {
+        // SAFETY: live memory handle.
+        unsafe { sys::llama_memory_clear(self.mem, true) };
+        self.outputs.clear();
+        self.decoded_seqs.clear();
+        Ok(())
+    }
+}

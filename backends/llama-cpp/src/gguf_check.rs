@@ -1,0 +1,259 @@
+//! Checks a model file before llama.cpp sees it.
+//!
+//! llama.cpp handles most bad files by returning null, but its messages go to the log and
+//! some malformed input reaches asserts. So the plugin first checks, itself: that the file
+//! exists ([`ErrorKind::NotFound`]), that it starts with the GGUF magic (`InvalidInput`,
+//! "not a GGUF file"), that ggml's GGUF reader parses its header, key/values and tensor
+//! table (metadata only, no tensor data is read), and that the file is long enough to
+//! hold every tensor the table names ("truncated").
+
+use std::ffi::{CStr, CString};
+use std::io::Read;
+use std::path::Path;
+
+use corral_backend_api::{BackendError, ErrorKind};
+use llama_cpp_sys_2 as sys;
+
+use crate::logging;
+
+/// The four bytes every GGUF file starts with.
+pub const GGUF_MAGIC: &[u8; 4] = b"GGUF";
+
+/// What the pre-check learned about a GGUF file.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GgufSummary {
+    /// `general.architecture`, if present.
+    pub architecture: Option<String>,
+    /// `general.file_type` (llama.cpp's `llama_ftype`), if present.
+    pub file_type: Option<u32>,
+    /// Number of tensors in the file.
+    pub n_tensors: u64,
+    /// Array-valued keys, summarised as `[N × TYPE]` (llama.cpp's own metadata API skips
+    /// arrays).
+    pub arrays: Vec<(String, String)>,
+}
+
+/// Checks `path` as described in the module docs and summarises its metadata.
+pub fn check_gguf(path: &Path) -> Result<GgufSummary, BackendError> {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            BackendError::not_found(format!("model file {} does not exist", path.display()))
+        } else {
+            BackendError::invalid(format!("cannot read model file {}: {e}", path.display()))
+        }
+    })?;
+    if !meta.is_file() {
+        return Err(BackendError::invalid(format!(
+            "{} is not a file (the llama-cpp backend loads single GGUF files)",
+            path.display()
+        )));
+    }
+    let mut magic = [0u8; 4];
+    let mut file = std::fs::File::open(path).map_err(|e| {
+        BackendError::invalid(format!("cannot open model file {}: {e}", path.display()))
+    })?;
+    let n = read_up_to(&mut file, &mut magic)
+        .map_err(|e| BackendError::invalid(format!("cannot read {}: {e}", path.display())))?;
+    if n < 4 || &magic != GGUF_MAGIC {
+        return Err(BackendError::invalid(format!(
+            "{} is not a GGUF file (it does not start with the GGUF magic bytes)",
+            path.display()
+        )));
+    }
+    drop(file);
+
+    let cpath = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
+        BackendError::invalid(format!("model path {} contains a NUL byte", path.display()))
+    })?;
+    let params = sys::gguf_init_params { no_alloc: true, ctx: std::ptr::null_mut() };
+    logging::clear_errors();
+    // SAFETY: `cpath` is a valid NUL-terminated path; with `no_alloc` and a null `ctx`
+    // ggml reads only the header, key/values and tensor table.
+    let ctx = unsafe { sys::gguf_init_from_file(cpath.as_ptr(), params) };
+    if ctx.is_null() {
+        let why = logging::take_errors().join("; ");
+        return Err(BackendError::invalid(format!(
+            "{} is a malformed or truncated GGUF file: {}",
+            path.display(),
+            if why.is_empty() { "ggml could not parse its header" } else { &why }
+        )));
+    }
+    let guard = GgufCtx(ctx);
+    let summary = summarise(&guard, path, meta.len());
+    drop(guard);
+    summary
+}
+
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Owns a `gguf_context` and frees it.
+struct GgufCtx(*mut sys::gguf_context);
+
+impl Drop for GgufCtx {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from gguf_init_from_file and is freed once, here.
+        unsafe { sys::gguf_free(self.0) };
+    }
+}
+
+fn cstr(p: *const std::ffi::c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: ggml returns NUL-terminated strings owned by the gguf context, alive while
+    // the context is.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+fn summarise(g: &GgufCtx, path: &Path, file_len: u64) -> Result<GgufSummary, BackendError> {
+    let ctx = g.0;
+    let mut s = GgufSummary::default();
+    // SAFETY (all calls below): `ctx` is a live gguf context; indices are in range of the
+    // counts ggml reports.
+    unsafe {
+        let data_offset = sys::gguf_get_data_offset(ctx) as u64;
+        let n_tensors = sys::gguf_get_n_tensors(ctx).max(0);
+        s.n_tensors = n_tensors as u64;
+        let mut data_end = data_offset;
+        for i in 0..n_tensors {
+            let off = sys::gguf_get_tensor_offset(ctx, i) as u64;
+            let size = sys::gguf_get_tensor_size(ctx, i) as u64;
+            let end = data_offset.saturating_add(off).saturating_add(size);
+            data_end = data_end.max(end);
+        }
+        if data_end > file_len {
+            return Err(BackendError::invalid(format!(
+                "{} is a truncated GGUF file: its tensors need {data_end} bytes but the file \
+                 has {file_len}; download or generate it again",
+                path.display()
+            )));
+        }
+        for i in 0..sys::gguf_get_n_kv(ctx).max(0) {
+            let key = cstr(sys::gguf_get_key(ctx, i));
+            let ty = sys::gguf_get_kv_type(ctx, i);
+            if ty == sys::GGUF_TYPE_ARRAY {
+                let at = sys::gguf_get_arr_type(ctx, i);
+                let n = sys::gguf_get_arr_n(ctx, i);
+                let tname = cstr(sys::gguf_type_name(at));
+                s.arrays.push((key, format!("[{n} × {tname}]")));
+            } else if key == "general.architecture" && ty == sys::GGUF_TYPE_STRING {
+                s.architecture = Some(cstr(sys::gguf_get_val_str(ctx, i)));
+            } else if key == "general.file_type" {
+                s.file_type = match ty {
+                    sys::GGUF_TYPE_UINT32 => Some(sys::gguf_get_val_u32(ctx, i)),
+                    sys::GGUF_TYPE_INT32 => u32::try_from(sys::gguf_get_val_i32(ctx, i)).ok(),
+                    _ => None,
+                };
+            }
+        }
+    }
+    Ok(s)
+}
+
+/// Name of a `llama_ftype` (`general.file_type`), as llama.cpp and Ollama print it.
+pub(crate) fn file_type_name(ftype: u32) -> String {
+    let name = match ftype {
+        0 => "F32",
+        1 => "F16",
+        2 => "Q4_0",
+        3 => "Q4_1",
+        7 => "Q8_0",
+        8 => "Q5_0",
+        9 => "Q5_1",
+        10 => "Q2_K",
+        11 => "Q3_K_S",
+        12 => "Q3_K_M",
+        13 => "Q3_K_L",
+        14 => "Q4_K_S",
+        15 => "Q4_K_M",
+        16 => "Q5_K_S",
+        17 => "Q5_K_M",
+        18 => "Q6_K",
+        19 => "IQ2_XXS",
+        20 => "IQ2_XS",
+        21 => "Q2_K_S",
+        22 => "IQ3_XS",
+        23 => "IQ3_XXS",
+        24 => "IQ1_S",
+        25 => "IQ4_NL",
+        26 => "IQ3_S",
+        27 => "IQ3_M",
+        28 => "IQ2_S",
+        29 => "IQ2_M",
+        30 => "IQ4_XS",
+        31 => "IQ1_M",
+        32 => "BF16",
+        36 => "TQ1_0",
+        37 => "TQ2_0",
+        38 => "MXFP4_MOE",
+        _ => return format!("ftype {ftype}"),
+    };
+    name.to_string()
+}
+
+/// Whether llama.cpp's load errors say the architecture is unknown to it.
+pub(crate) fn is_unsupported_arch(errors: &[String]) -> bool {
+    errors.iter().any(|e| e.contains("unknown model architecture"))
+}
+
+/// Kind for a load that llama.cpp refused.
+pub(crate) fn load_error_kind(errors: &[String]) -> ErrorKind {
+    if is_unsupported_arch(errors) {
+        ErrorKind::Unsupported
+    } else if errors.iter().any(|e| e.contains("failed to allocate") || e.contains("out of memory"))
+    {
+        ErrorKind::OutOfMemory
+    } else {
+        ErrorKind::InvalidInput
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_file_is_not_found() {
+        let e = check_gguf(Path::new("/nonexistent/model.gguf")).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn non_gguf_is_invalid() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.gguf");
+        std::fs::write(&p, b"PK\x03\x04 not a model").unwrap();
+        let e = check_gguf(&p).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidInput);
+        assert!(e.message.contains("not a GGUF file"), "{}", e.message);
+        std::fs::write(&p, b"GG").unwrap();
+        assert!(check_gguf(&p).unwrap_err().message.contains("not a GGUF file"));
+    }
+
+    #[test]
+    fn garbage_after_magic_is_invalid() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.gguf");
+        std::fs::write(&p, b"GGUF\x03\x00\x00\x00\xff\xff").unwrap();
+        let e = check_gguf(&p).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn arch_errors_are_unsupported() {
+        let errs = vec!["error loading model architecture: unknown model architecture: 'x'".into()];
+        assert_eq!(load_error_kind(&errs), ErrorKind::Unsupported);
+        assert_eq!(file_type_name(2), "Q4_0");
+    }
+}
