@@ -161,10 +161,6 @@ impl TempFile {
         &mut self.file
     }
 
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// fsync, rename onto `dest`, fsync the directory.
     pub(crate) fn commit(mut self, dest: &Path) -> Result<()> {
         self.file.sync_all().ctx("syncing", &self.path)?;
@@ -513,7 +509,7 @@ impl Store {
         Ok(out)
     }
 
-    fn read_link(&self, d: &Digest) -> Result<LinkInfo> {
+    pub(crate) fn read_link(&self, d: &Digest) -> Result<LinkInfo> {
         let bytes = self.read_blob(d, MAX_TEXT_LAYER_BYTES)?;
         serde_json::from_slice(&bytes).map_err(|e| Error::InvalidManifest {
             model: String::new(),
@@ -707,6 +703,24 @@ impl Store {
             report.removed.push(*d);
             report.freed_bytes += size;
         }
+    }
+
+    /// Repositories (`namespace/model`) of `host` other than `except` whose manifests
+    /// reference blob `d` (candidates for a cross-repository mount).
+    pub fn repositories_with_blob(&self, host: &str, d: &Digest, except: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, _) in self.manifest_files().unwrap_or_default() {
+            let repo = name.repository();
+            if name.host() != host || repo == except || out.contains(&repo) {
+                continue;
+            }
+            if let Ok((m, _)) = self.read_manifest(&name)
+                && m.blobs().any(|l| l.digest == *d)
+            {
+                out.push(repo);
+            }
+        }
+        out
     }
 
     /// Digests referenced by any manifest. Fails if any manifest cannot be read, so that

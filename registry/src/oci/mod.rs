@@ -1,0 +1,592 @@
+//! Pull and push over the OCI distribution protocol (reqwest + tokio).
+//!
+//! - Manifests: `GET/PUT /v2/<namespace>/<model>/manifests/<tag>`, at most
+//!   [`MAX_MANIFEST_BYTES`](crate::store::MAX_MANIFEST_BYTES).
+//! - Pull ([`Client::pull`]): every blob is fetched with `Range` requests in up to
+//!   [`ClientOptions::parallel`] parts at once, written at its offset into a partial file
+//!   in the store's temp area, and hashed (sha256) in order by a separate thread while the
+//!   parts arrive. A stalled or broken part is retried from where it stopped, with
+//!   exponential backoff. The progress of each part is saved beside the partial file, so
+//!   an interrupted pull (cancelled, killed, network gone) resumes where it stopped. The
+//!   blob becomes visible only after its digest matched; a mismatch deletes the partial
+//!   file. The manifest is written last, byte for byte as the registry sent it.
+//! - Push ([`Client::push`]): `HEAD` each blob, try a cross-repository mount from another
+//!   repository of the same registry that holds it, else upload it in chunks (`POST`, then
+//!   `PATCH` per chunk, then `PUT ?digest=`), and put the manifest last.
+//! - Auth: a `401` answer's `WWW-Authenticate` challenge is followed: `Bearer` fetches a
+//!   token from the realm (with basic credentials if there are any for the registry) and
+//!   retries; `Basic` retries with the credentials of the [credentials file](Credentials).
+//! - Bounds: manifests, token answers and error bodies are read with size limits, at most
+//!   [`ClientOptions::max_redirects`] redirects are followed, blobs are never read past
+//!   their announced size, and no content encoding is negotiated (reqwest is built without
+//!   gzip/brotli/deflate), so no decompression bomb can be served.
+//! - Several pulls of the same model at once are safe: a blob is downloaded under a lock
+//!   file (`corral-tmp/sha256-<hex>.lock`); the others wait and then find it present.
+
+mod pull;
+mod push;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::name::ModelName;
+
+pub use pull::PullOutcome;
+pub use push::PushOutcome;
+
+/// A progress event, as Ollama's `/api/pull` and `/api/push` stream them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// `pulling manifest`, `pulling <hex12>`, `verifying sha256 digest`, `writing
+    /// manifest`, `pushing <hex12>`, `success`, ...
+    pub status: String,
+    /// The blob concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// The blob's size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+    /// Bytes of it done so far (including what was present before a resume).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed: Option<u64>,
+}
+
+impl Progress {
+    pub(crate) fn status(s: impl Into<String>) -> Progress {
+        Progress { status: s.into(), digest: None, total: None, completed: None }
+    }
+}
+
+/// The progress callback: called from the pulling task, must be cheap.
+pub type ProgressFn<'a> = &'a (dyn Fn(&Progress) + Send + Sync);
+
+/// Options of a [`Client`].
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Use plain HTTP (for local registries such as `localhost:5000`).
+    pub insecure: bool,
+    /// The credentials file; `None` reads [`Credentials::default_path`] if it exists.
+    pub credentials_file: Option<PathBuf>,
+    /// Parts fetched in parallel per blob.
+    pub parallel: usize,
+    /// A blob is split into parts of at least this size.
+    pub min_part_size: u64,
+    /// A body that delivers nothing for this long is abandoned and retried.
+    pub stall_timeout: Duration,
+    /// Retries of one part (or request) without progress before giving up.
+    pub max_retries: u32,
+    /// First backoff delay; doubled at every retry, capped at 10 s.
+    pub retry_backoff: Duration,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Redirects followed at most.
+    pub max_redirects: usize,
+    /// Chunk size of uploads.
+    pub upload_chunk_size: u64,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            insecure: false,
+            credentials_file: None,
+            parallel: 4,
+            min_part_size: 32 << 20,
+            stall_timeout: Duration::from_secs(30),
+            max_retries: 5,
+            retry_backoff: Duration::from_millis(500),
+            connect_timeout: Duration::from_secs(30),
+            max_redirects: 10,
+            upload_chunk_size: 64 << 20,
+        }
+    }
+}
+
+/// Registry credentials, read from a JSON file.
+///
+/// Location: `$CORRAL_REGISTRY_AUTH`, else `<config dir>/corral/registries.json`
+/// (`~/.config/corral/registries.json` on Linux). Format (Docker's `config.json` form is
+/// accepted too, so `~/.docker/config.json` can be pointed at):
+///
+/// ```json
+/// {
+///   "registries": { "localhost:5000": { "username": "me", "password": "secret" } },
+///   "auths": { "ghcr.io": { "auth": "<base64 of user:password>" } }
+/// }
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    by_host: HashMap<String, (String, String)>,
+}
+
+#[derive(Deserialize)]
+struct CredFile {
+    #[serde(default)]
+    registries: HashMap<String, UserPass>,
+    #[serde(default)]
+    auths: HashMap<String, DockerAuth>,
+}
+#[derive(Deserialize)]
+struct UserPass {
+    username: String,
+    password: String,
+}
+#[derive(Deserialize)]
+struct DockerAuth {
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+impl Credentials {
+    /// `$CORRAL_REGISTRY_AUTH`, else `<config dir>/corral/registries.json`.
+    pub fn default_path() -> Option<PathBuf> {
+        if let Some(p) = std::env::var_os("CORRAL_REGISTRY_AUTH").filter(|p| !p.is_empty()) {
+            return Some(PathBuf::from(p));
+        }
+        dirs::config_dir().map(|d| d.join("corral").join("registries.json"))
+    }
+
+    /// Reads a credentials file (at most 1 MiB).
+    pub fn load(path: &std::path::Path) -> Result<Credentials> {
+        use base64::Engine as _;
+        let bytes = crate::store::read_bounded(path, 1 << 20)?;
+        let f: CredFile = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::io("parsing credentials file", path, std::io::Error::other(e.to_string()))
+        })?;
+        let mut by_host = HashMap::new();
+        for (h, up) in f.auths {
+            let pair = match (up.auth, up.username, up.password) {
+                (_, Some(u), Some(p)) => Some((u, p)),
+                (Some(a), _, _) => base64::engine::general_purpose::STANDARD
+                    .decode(a.trim())
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .and_then(|s| s.split_once(':').map(|(u, p)| (u.to_string(), p.to_string()))),
+                _ => None,
+            };
+            if let Some(pair) = pair {
+                by_host.insert(strip_scheme(&h), pair);
+            }
+        }
+        for (h, up) in f.registries {
+            by_host.insert(strip_scheme(&h), (up.username, up.password));
+        }
+        Ok(Credentials { by_host })
+    }
+
+    /// Credentials from explicit pairs (host → (user, password)).
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (String, String, String)>) -> Credentials {
+        Credentials { by_host: pairs.into_iter().map(|(h, u, p)| (h, (u, p))).collect() }
+    }
+
+    fn get(&self, host: &str) -> Option<&(String, String)> {
+        self.by_host.get(host)
+    }
+}
+
+fn strip_scheme(h: &str) -> String {
+    let h = h.trim_start_matches("https://").trim_start_matches("http://");
+    h.split('/').next().unwrap_or(h).to_string()
+}
+
+#[derive(Clone, Debug)]
+enum AuthState {
+    Bearer(String),
+    Basic,
+}
+
+/// An OCI registry client. One per process is enough; it is `Sync`.
+pub struct Client {
+    http: reqwest::Client,
+    opts: ClientOptions,
+    creds: Credentials,
+    auth: Mutex<HashMap<String, AuthState>>,
+}
+
+/// Who a request is for: used in errors and for auth.
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    pub(crate) host: String,
+    pub(crate) model: String,
+    pub(crate) repo: String,
+    pub(crate) push: bool,
+}
+
+impl Ctx {
+    pub(crate) fn new(name: &ModelName, push: bool) -> Ctx {
+        Ctx {
+            host: name.host().to_string(),
+            model: name.fully_qualified(),
+            repo: name.repository(),
+            push,
+        }
+    }
+    pub(crate) fn err(&self, message: impl Into<String>) -> Error {
+        Error::Registry { registry: self.host.clone(), model: self.model.clone(), message: message.into() }
+    }
+}
+
+/// A readable description of a reqwest error, with its causes.
+pub(crate) fn describe(e: &reqwest::Error) -> String {
+    let mut s = if e.is_redirect() {
+        "too many redirects (redirect loop?)".to_string()
+    } else if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_connect() {
+        "could not connect".to_string()
+    } else {
+        e.to_string()
+    };
+    let mut src = std::error::Error::source(e);
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+impl Client {
+    /// A client with these options. Reads the credentials file if there is one.
+    pub fn new(opts: ClientOptions) -> Result<Client> {
+        let creds = match opts.credentials_file.clone().or_else(Credentials::default_path) {
+            Some(p) if p.is_file() => Credentials::load(&p)?,
+            Some(p) if opts.credentials_file.is_some() => {
+                return Err(Error::io(
+                    "reading credentials file",
+                    p,
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "not found"),
+                ));
+            }
+            _ => Credentials::default(),
+        };
+        Self::with_credentials(opts, creds)
+    }
+
+    /// A client with explicit credentials.
+    pub fn with_credentials(opts: ClientOptions, creds: Credentials) -> Result<Client> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("corral/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::limited(opts.max_redirects))
+            .connect_timeout(opts.connect_timeout)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| Error::Registry {
+                registry: String::new(),
+                model: String::new(),
+                message: format!("building the HTTP client: {}", describe(&e)),
+            })?;
+        Ok(Client { http, opts, creds, auth: Mutex::new(HashMap::new()) })
+    }
+
+    /// The options in use.
+    pub fn options(&self) -> &ClientOptions {
+        &self.opts
+    }
+
+    pub(crate) fn url(&self, ctx: &Ctx, rest: &str) -> String {
+        let scheme = if self.opts.insecure { "http" } else { "https" };
+        format!("{scheme}://{}/v2/{}/{rest}", ctx.host, ctx.repo)
+    }
+
+    /// Resolves a `Location` header against the registry's base URL.
+    pub(crate) fn resolve_location(&self, ctx: &Ctx, loc: &str) -> Result<String> {
+        let scheme = if self.opts.insecure { "http" } else { "https" };
+        let base = reqwest::Url::parse(&format!("{scheme}://{}/", ctx.host))
+            .map_err(|e| ctx.err(format!("bad registry URL: {e}")))?;
+        base.join(loc).map(|u| u.to_string()).map_err(|e| ctx.err(format!("bad Location {loc:?}: {e}")))
+    }
+
+    fn apply_auth(&self, host: &str, rb: RequestBuilder) -> RequestBuilder {
+        let state = self.auth.lock().ok().and_then(|m| m.get(host).cloned());
+        match state {
+            Some(AuthState::Bearer(t)) => rb.bearer_auth(t),
+            Some(AuthState::Basic) => match self.creds.get(host) {
+                Some((u, p)) => rb.basic_auth(u, Some(p)),
+                None => rb,
+            },
+            None => rb,
+        }
+    }
+
+    /// Sends a request built by `build`, following one auth challenge.
+    pub(crate) async fn send(
+        &self,
+        ctx: &Ctx,
+        what: &str,
+        build: impl Fn(&reqwest::Client) -> RequestBuilder,
+    ) -> Result<Response> {
+        let mut challenged = false;
+        loop {
+            let rb = self.apply_auth(&ctx.host, build(&self.http));
+            let resp = rb.send().await.map_err(|e| ctx.err(format!("{what}: {}", describe(&e))))?;
+            if resp.status() == StatusCode::UNAUTHORIZED && !challenged {
+                challenged = true;
+                let header = resp
+                    .headers()
+                    .get(reqwest::header::WWW_AUTHENTICATE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                match header {
+                    Some(h) => self.answer_challenge(ctx, &h).await?,
+                    None => return Err(ctx.err(format!("{what}: 401 Unauthorized without a challenge"))),
+                }
+                continue;
+            }
+            if resp.status() == StatusCode::UNAUTHORIZED || resp.status() == StatusCode::FORBIDDEN {
+                let hint = match Credentials::default_path() {
+                    Some(p) => format!("; add credentials for {} to {}", ctx.host, p.display()),
+                    None => String::new(),
+                };
+                return Err(ctx.err(format!("{what}: {} (access denied){hint}", resp.status())));
+            }
+            return Ok(resp);
+        }
+    }
+
+    async fn answer_challenge(&self, ctx: &Ctx, header: &str) -> Result<()> {
+        let (scheme, params) = parse_challenge(header);
+        match scheme.to_ascii_lowercase().as_str() {
+            "basic" => {
+                if self.creds.get(&ctx.host).is_none() {
+                    let p = Credentials::default_path().map(|p| p.display().to_string()).unwrap_or_default();
+                    return Err(ctx.err(format!(
+                        "the registry asks for a user name and password; add them for {} to {p}",
+                        ctx.host
+                    )));
+                }
+                self.set_auth(&ctx.host, AuthState::Basic);
+                Ok(())
+            }
+            "bearer" => {
+                let realm = params.get("realm").ok_or_else(|| ctx.err("Bearer challenge without a realm"))?;
+                let mut url = reqwest::Url::parse(realm)
+                    .map_err(|e| ctx.err(format!("bad token realm {realm:?}: {e}")))?;
+                let default_scope = format!(
+                    "repository:{}:{}",
+                    ctx.repo,
+                    if ctx.push { "pull,push" } else { "pull" }
+                );
+                {
+                    let mut q = url.query_pairs_mut();
+                    if let Some(s) = params.get("service") {
+                        q.append_pair("service", s);
+                    }
+                    q.append_pair("scope", params.get("scope").map(String::as_str).unwrap_or(&default_scope));
+                }
+                let mut rb = self.http.get(url.clone());
+                if let Some((u, p)) = self.creds.get(&ctx.host) {
+                    rb = rb.basic_auth(u, Some(p));
+                }
+                let resp = rb
+                    .send()
+                    .await
+                    .map_err(|e| ctx.err(format!("fetching a token from {realm}: {}", describe(&e))))?;
+                if !resp.status().is_success() {
+                    return Err(ctx.err(format!("fetching a token from {realm}: {}", resp.status())));
+                }
+                let body = read_limited(resp, 1 << 20)
+                    .await
+                    .map_err(|m| ctx.err(format!("fetching a token from {realm}: {m}")))?;
+                #[derive(Deserialize)]
+                struct Tok {
+                    token: Option<String>,
+                    access_token: Option<String>,
+                }
+                let t: Tok = serde_json::from_slice(&body)
+                    .map_err(|e| ctx.err(format!("token answer from {realm}: {e}")))?;
+                let token = t
+                    .token
+                    .or(t.access_token)
+                    .ok_or_else(|| ctx.err(format!("token answer from {realm} holds no token")))?;
+                self.set_auth(&ctx.host, AuthState::Bearer(token));
+                Ok(())
+            }
+            _ => Err(ctx.err(format!("unsupported authentication scheme {scheme:?}"))),
+        }
+    }
+
+    fn set_auth(&self, host: &str, s: AuthState) {
+        if let Ok(mut m) = self.auth.lock() {
+            m.insert(host.to_string(), s);
+        }
+    }
+
+    /// Fetches a manifest: (parsed, raw bytes, digest of the bytes).
+    pub async fn fetch_manifest(
+        &self,
+        name: &ModelName,
+    ) -> Result<(crate::Manifest, Vec<u8>, crate::Digest)> {
+        let ctx = Ctx::new(name, false);
+        self.fetch_manifest_ctx(&ctx, name).await
+    }
+
+    pub(crate) async fn fetch_manifest_ctx(
+        &self,
+        ctx: &Ctx,
+        name: &ModelName,
+    ) -> Result<(crate::Manifest, Vec<u8>, crate::Digest)> {
+        let reference = match name.digest() {
+            Some(d) => d.to_string(),
+            None => name.tag().to_string(),
+        };
+        let url = self.url(ctx, &format!("manifests/{reference}"));
+        let accept = format!(
+            "{}, {}",
+            crate::manifest::MEDIA_TYPE_MANIFEST,
+            crate::manifest::MEDIA_TYPE_OCI_MANIFEST
+        );
+        let resp = self
+            .send(ctx, "fetching the manifest", |c| {
+                c.request(Method::GET, &url).header(reqwest::header::ACCEPT, &accept).timeout(Duration::from_secs(120))
+            })
+            .await?;
+        let status = resp.status();
+        if status == StatusCode::NOT_FOUND {
+            return Err(ctx.err("model not found on the registry (manifest 404)".to_string()));
+        }
+        if !status.is_success() {
+            let body = error_body(resp).await;
+            return Err(ctx.err(format!("fetching the manifest: {status}{body}")));
+        }
+        let max = crate::store::MAX_MANIFEST_BYTES;
+        let bytes = read_limited(resp, max)
+            .await
+            .map_err(|m| ctx.err(format!("reading the manifest: {m}")))?;
+        let digest = crate::Digest::of_bytes(&bytes);
+        if let Some(want) = name.digest()
+            && *want != digest
+        {
+            return Err(Error::DigestMismatch {
+                what: format!("manifest of {} from {}", ctx.model, ctx.host),
+                expected: want.to_string(),
+                actual: digest.to_string(),
+            });
+        }
+        let m: crate::Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| ctx.err(format!("the manifest is not valid: {e}")))?;
+        if m.layers.len() > 10_000 {
+            return Err(ctx.err("the manifest lists more than 10000 layers"));
+        }
+        Ok((m, bytes, digest))
+    }
+}
+
+/// Reads a whole body, refusing more than `max` bytes.
+pub(crate) async fn read_limited(mut resp: Response, max: u64) -> std::result::Result<Vec<u8>, String> {
+    if let Some(len) = resp.content_length()
+        && len > max
+    {
+        return Err(format!("answer of {len} bytes exceeds the limit of {max} bytes"));
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("body cut short: {}", describe(&e)))? {
+        if out.len() as u64 + chunk.len() as u64 > max {
+            return Err(format!("answer exceeds the limit of {max} bytes"));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// The start of an error body (registries explain errors in JSON), for messages.
+pub(crate) async fn error_body(resp: Response) -> String {
+    match read_limited(resp, 64 << 10).await {
+        Ok(b) if !b.is_empty() => {
+            let s = String::from_utf8_lossy(&b);
+            let s: String = s.chars().take(300).collect();
+            format!(": {}", s.trim())
+        }
+        _ => String::new(),
+    }
+}
+
+/// Parses `Bearer realm="...",service="...",scope="..."`.
+pub(crate) fn parse_challenge(h: &str) -> (String, HashMap<String, String>) {
+    let h = h.trim();
+    let (scheme, rest) = h.split_once(' ').unwrap_or((h, ""));
+    let mut params = HashMap::new();
+    let mut chars = rest.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
+            chars.next();
+        }
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() {
+            break;
+        }
+        let mut val = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some(n) = chars.next() {
+                            val.push(n);
+                        }
+                    }
+                    '"' => break,
+                    c => val.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.peek() {
+                if *c == ',' {
+                    break;
+                }
+                val.push(*c);
+                chars.next();
+            }
+        }
+        params.insert(key.trim().to_ascii_lowercase(), val.trim().to_string());
+    }
+    (scheme.to_string(), params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_challenges() {
+        let (s, p) = parse_challenge(
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#,
+        );
+        assert_eq!(s, "Bearer");
+        assert_eq!(p["realm"], "https://auth.example/token");
+        assert_eq!(p["service"], "registry.example");
+        assert_eq!(p["scope"], "repository:a/b:pull,push");
+        let (s, p) = parse_challenge(r#"Basic realm="Registry Realm""#);
+        assert_eq!(s, "Basic");
+        assert_eq!(p["realm"], "Registry Realm");
+    }
+
+    #[test]
+    fn credentials_file_formats() {
+        use base64::Engine as _;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.json");
+        let enc = base64::engine::general_purpose::STANDARD.encode("bob:pw2");
+        std::fs::write(
+            &p,
+            format!(
+                r#"{{"registries":{{"localhost:5000":{{"username":"al","password":"pw"}}}},
+                   "auths":{{"https://ghcr.io":{{"auth":"{enc}"}}}}}}"#
+            ),
+        )
+        .unwrap();
+        let c = Credentials::load(&p).unwrap();
+        assert_eq!(c.get("localhost:5000"), Some(&("al".to_string(), "pw".to_string())));
+        assert_eq!(c.get("ghcr.io"), Some(&("bob".to_string(), "pw2".to_string())));
+    }
+}

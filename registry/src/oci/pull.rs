@@ -1,0 +1,510 @@
+//! `Client::pull`: manifest, then every missing blob in parallel ranges, resumable.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use reqwest::StatusCode;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use super::{Client, Ctx, Progress, ProgressFn, describe};
+use crate::digest::Digest;
+use crate::error::{Error, IoContext, Result};
+use crate::manifest::{Layer, MEDIA_TYPE_LINK};
+use crate::name::ModelName;
+use crate::store::Store;
+
+/// What a pull did.
+#[derive(Clone, Debug)]
+pub struct PullOutcome {
+    /// sha256 of the manifest bytes.
+    pub manifest_digest: Digest,
+    /// Bytes received from the registry for blobs (not counting what a resume reused).
+    pub bytes_fetched: u64,
+    /// Blobs downloaded (completely or by resuming).
+    pub blobs_fetched: usize,
+    /// Blobs that were already in the store.
+    pub blobs_present: usize,
+}
+
+struct Part {
+    start: u64,
+    end: u64,
+    done: AtomicU64,
+}
+
+struct Shared {
+    parts: Vec<Part>,
+    cancelled: AtomicBool,
+    mx: Mutex<()>,
+    cv: Condvar,
+    fetched: AtomicU64,
+    last_emit: AtomicU64,
+}
+
+impl Shared {
+    fn completed(&self) -> u64 {
+        self.parts.iter().map(|p| p.done.load(Ordering::Acquire)).sum()
+    }
+    fn notify(&self) {
+        let _g = self.mx.lock();
+        self.cv.notify_all();
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedState {
+    size: u64,
+    parts: Vec<(u64, u64, u64)>,
+}
+
+fn save_state(path: &Path, sh: &Shared, size: u64) {
+    let st = SavedState {
+        size,
+        parts: sh.parts.iter().map(|p| (p.start, p.end, p.done.load(Ordering::Acquire))).collect(),
+    };
+    let tmp = path.with_extension("json.tmp");
+    if let Ok(json) = serde_json::to_vec(&st)
+        && fs::write(&tmp, json).is_ok()
+    {
+        let _ = fs::rename(&tmp, path);
+    }
+}
+
+fn load_state(path: &Path, size: u64) -> Option<Vec<Part>> {
+    let bytes = crate::store::read_bounded(path, 1 << 20).ok()?;
+    let st: SavedState = serde_json::from_slice(&bytes).ok()?;
+    if st.size != size {
+        return None;
+    }
+    let mut expect = 0;
+    for &(s, e, d) in &st.parts {
+        if s != expect || e < s || d > e - s {
+            return None;
+        }
+        expect = e;
+    }
+    if expect != size {
+        return None;
+    }
+    Some(st.parts.into_iter().map(|(start, end, d)| Part { start, end, done: AtomicU64::new(d) }).collect())
+}
+
+fn split(size: u64, parallel: usize, min_part: u64) -> Vec<Part> {
+    if size == 0 {
+        return Vec::new();
+    }
+    let n = size.div_ceil(min_part.max(1)).clamp(1, parallel.max(1) as u64);
+    let step = size.div_ceil(n);
+    (0..n)
+        .map(|i| Part { start: i * step, end: ((i + 1) * step).min(size), done: AtomicU64::new(0) })
+        .filter(|p| p.end > p.start)
+        .collect()
+}
+
+/// Saves the progress and stops the hasher when the download ends in any way.
+struct Guard {
+    shared: Arc<Shared>,
+    state_path: PathBuf,
+    size: u64,
+    save: bool,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.shared.cancelled.store(true, Ordering::Release);
+        self.shared.notify();
+        if self.save {
+            save_state(&self.state_path, &self.shared, self.size);
+        }
+    }
+}
+
+#[cfg(unix)]
+fn write_at(f: &File, buf: &[u8], off: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(f, buf, off)
+}
+#[cfg(unix)]
+fn read_at(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(f, buf, off)
+}
+#[cfg(windows)]
+fn write_at(f: &File, mut buf: &[u8], mut off: u64) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        let n = std::os::windows::fs::FileExt::seek_write(f, buf, off)?;
+        buf = &buf[n..];
+        off += n as u64;
+    }
+    Ok(())
+}
+#[cfg(windows)]
+fn read_at(f: &File, mut buf: &mut [u8], mut off: u64) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        let n = std::os::windows::fs::FileExt::seek_read(f, buf, off)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf = &mut buf[n..];
+        off += n as u64;
+    }
+    Ok(())
+}
+
+/// Hashes the partial file in order, following the parts as they fill.
+fn hash_follow(f: &File, sh: &Shared) -> std::io::Result<Option<Digest>> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 4 << 20];
+    for p in &sh.parts {
+        let mut pos = p.start;
+        while pos < p.end {
+            let avail = p.start + p.done.load(Ordering::Acquire);
+            if pos < avail {
+                let n = (avail - pos).min(buf.len() as u64) as usize;
+                read_at(f, &mut buf[..n], pos)?;
+                h.update(&buf[..n]);
+                pos += n as u64;
+                continue;
+            }
+            let g = sh.mx.lock().map_err(|_| std::io::Error::other("poisoned lock"))?;
+            if sh.cancelled.load(Ordering::Acquire) {
+                return Ok(None);
+            }
+            if p.start + p.done.load(Ordering::Acquire) <= pos {
+                let _ = sh.cv.wait_timeout(g, Duration::from_millis(200));
+            }
+        }
+    }
+    Ok(Some(Digest::from_hasher(h)))
+}
+
+enum PartErr {
+    Retry(String),
+    Fatal(Error),
+}
+
+struct BlobJob<'a> {
+    ctx: &'a Ctx,
+    url: String,
+    layer: &'a Layer,
+    file: &'a File,
+    sh: &'a Shared,
+    progress: ProgressFn<'a>,
+    status: String,
+}
+
+impl BlobJob<'_> {
+    fn emit(&self, force: bool) {
+        let done = self.sh.completed();
+        let step = (self.layer.size / 200).max(1 << 20);
+        let last = self.sh.last_emit.load(Ordering::Relaxed);
+        if force || done >= last + step || done == self.layer.size {
+            self.sh.last_emit.store(done, Ordering::Relaxed);
+            (self.progress)(&Progress {
+                status: self.status.clone(),
+                digest: Some(self.layer.digest.to_string()),
+                total: Some(self.layer.size),
+                completed: Some(done),
+            });
+        }
+    }
+}
+
+impl Client {
+    /// Pulls a model into `store`: the manifest, then every blob not already present,
+    /// then the manifest is written. Dropping the future cancels the pull; a later pull
+    /// resumes it.
+    pub async fn pull(&self, store: &Store, name: &ModelName, progress: ProgressFn<'_>) -> Result<PullOutcome> {
+        store.check_writable()?;
+        let ctx = Ctx::new(name, false);
+        progress(&Progress::status("pulling manifest"));
+        let (m, bytes, manifest_digest) = self.fetch_manifest_ctx(&ctx, name).await?;
+        if m.blobs().any(|l| l.media_type == MEDIA_TYPE_LINK) {
+            return Err(ctx.err("the manifest holds a corral link layer, which only local models may have"));
+        }
+        let mut out = PullOutcome { manifest_digest, bytes_fetched: 0, blobs_fetched: 0, blobs_present: 0 };
+        let mut seen = HashSet::new();
+        for l in m.blobs() {
+            if !seen.insert(l.digest) {
+                continue;
+            }
+            if store.has_blob(&l.digest) {
+                out.blobs_present += 1;
+                progress(&Progress {
+                    status: format!("pulling {}", &l.digest.hex()[..12]),
+                    digest: Some(l.digest.to_string()),
+                    total: Some(l.size),
+                    completed: Some(l.size),
+                });
+                continue;
+            }
+            out.bytes_fetched += self.download_blob(&ctx, store, l, progress).await?;
+            out.blobs_fetched += 1;
+        }
+        progress(&Progress::status("writing manifest"));
+        for l in m.blobs() {
+            if !store.has_blob(&l.digest) {
+                return Err(ctx.err(format!("blob {} vanished from the store during the pull", l.digest)));
+            }
+        }
+        store.write_manifest_bytes(&name.without_digest(), &bytes)?;
+        progress(&Progress::status("success"));
+        Ok(out)
+    }
+
+    async fn download_blob(&self, ctx: &Ctx, store: &Store, layer: &Layer, progress: ProgressFn<'_>) -> Result<u64> {
+        let d = layer.digest;
+        let size = layer.size;
+        let tmp = store.tmp_dir();
+        fs::create_dir_all(&tmp).ctx("creating directory", &tmp)?;
+        let base = d.blob_file_name();
+        let lock_path = tmp.join(format!("{base}.lock"));
+        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).ctx("opening lock file", &lock_path)?;
+        let mut told = false;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) => {
+                    if !told {
+                        told = true;
+                        progress(&Progress::status(format!("waiting for another download of {}", &d.hex()[..12])));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(Error::io("locking", &lock_path, e)),
+            }
+        }
+        if store.has_blob(&d) {
+            return Ok(0);
+        }
+        let part_path = tmp.join(format!("{base}.partial"));
+        let state_path = tmp.join(format!("{base}.partial.json"));
+        let resumable = fs::metadata(&part_path).map(|m| m.len() == size).unwrap_or(false);
+        let parts = if resumable { load_state(&state_path, size) } else { None };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&part_path)
+            .ctx("opening partial file", &part_path)?;
+        let parts = match parts {
+            Some(p) => p,
+            None => {
+                file.set_len(0).ctx("truncating", &part_path)?;
+                file.set_len(size).ctx("allocating", &part_path)?;
+                split(size, self.opts.parallel, self.opts.min_part_size)
+            }
+        };
+        let shared = Arc::new(Shared {
+            parts,
+            cancelled: AtomicBool::new(false),
+            mx: Mutex::new(()),
+            cv: Condvar::new(),
+            fetched: AtomicU64::new(0),
+            last_emit: AtomicU64::new(0),
+        });
+        let mut guard = Guard { shared: shared.clone(), state_path: state_path.clone(), size, save: true };
+        save_state(&state_path, &shared, size);
+
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let hfile = file.try_clone().ctx("opening", &part_path)?;
+        let hsh = shared.clone();
+        std::thread::Builder::new()
+            .name("corral-sha256".into())
+            .spawn(move || {
+                let _ = tx.send(hash_follow(&hfile, &hsh));
+            })
+            .map_err(|e| Error::io("starting the hashing thread", &part_path, e))?;
+
+        let job = BlobJob {
+            ctx,
+            url: self.url(ctx, &format!("blobs/{d}")),
+            layer,
+            file: &file,
+            sh: &shared,
+            progress,
+            status: format!("pulling {}", &d.hex()[..12]),
+        };
+        job.emit(true);
+        let mut tasks: FuturesUnordered<_> =
+            (0..shared.parts.len()).map(|i| self.fetch_part(&job, i, &state_path)).collect();
+        while let Some(r) = tasks.next().await {
+            r?;
+        }
+        drop(tasks);
+        job.emit(true);
+        let fetched = shared.fetched.load(Ordering::Acquire);
+
+        progress(&Progress::status("verifying sha256 digest"));
+        let got = match rx.await {
+            Ok(Ok(Some(g))) => g,
+            Ok(Ok(None)) => return Err(Error::Cancelled),
+            Ok(Err(e)) => return Err(Error::io("hashing", &part_path, e)),
+            Err(_) => return Err(ctx.err("the hashing thread stopped")),
+        };
+        guard.save = false;
+        drop(guard);
+        if got != d {
+            let _ = fs::remove_file(&part_path);
+            let _ = fs::remove_file(&state_path);
+            return Err(Error::DigestMismatch {
+                what: format!("blob of {} from registry {}", ctx.model, ctx.host),
+                expected: d.to_string(),
+                actual: got.to_string(),
+            });
+        }
+        file.sync_all().ctx("syncing", &part_path)?;
+        drop(file);
+        let dest = store.blob_path(&d);
+        fs::rename(&part_path, &dest).ctx("moving the finished blob into place", &dest)?;
+        if let Some(p) = dest.parent()
+            && let Ok(dir) = File::open(p)
+        {
+            let _ = dir.sync_all();
+        }
+        let _ = fs::remove_file(&state_path);
+        drop(lock);
+        Ok(fetched)
+    }
+
+    async fn fetch_part(&self, job: &BlobJob<'_>, i: usize, state_path: &Path) -> Result<()> {
+        let p = &job.sh.parts[i];
+        let mut failures = 0u32;
+        loop {
+            let before = p.start + p.done.load(Ordering::Acquire);
+            if before >= p.end {
+                return Ok(());
+            }
+            match self.fetch_range(job, p, state_path).await {
+                Ok(()) => {}
+                Err(PartErr::Fatal(e)) => return Err(e),
+                Err(PartErr::Retry(msg)) => {
+                    let now = p.start + p.done.load(Ordering::Acquire);
+                    failures = if now > before { 1 } else { failures + 1 };
+                    if failures > self.opts.max_retries {
+                        return Err(job.ctx.err(format!(
+                            "downloading blob {}: {msg} (gave up after {} attempts without progress)",
+                            job.layer.digest, failures
+                        )));
+                    }
+                    let delay = self
+                        .opts
+                        .retry_backoff
+                        .saturating_mul(1 << (failures - 1).min(16))
+                        .min(Duration::from_secs(10));
+                    tracing::warn!(
+                        "{}: blob {} bytes {now}-{}: {msg}; retrying in {delay:?}",
+                        job.ctx.model,
+                        job.layer.digest,
+                        p.end
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    async fn fetch_range(&self, job: &BlobJob<'_>, p: &Part, state_path: &Path) -> std::result::Result<(), PartErr> {
+        let off = p.start + p.done.load(Ordering::Acquire);
+        let range = format!("bytes={off}-{}", p.end - 1);
+        let mut resp = self
+            .send(job.ctx, "fetching a blob", |c| c.get(&job.url).header(reqwest::header::RANGE, &range))
+            .await
+            .map_err(|e| PartErr::Retry(e.to_string()))?;
+        let status = resp.status();
+        let mut skip = match status {
+            StatusCode::PARTIAL_CONTENT => {
+                let cr = resp.headers().get(reqwest::header::CONTENT_RANGE).and_then(|v| v.to_str().ok()).unwrap_or("");
+                if !cr.starts_with(&format!("bytes {off}-")) {
+                    return Err(PartErr::Fatal(job.ctx.err(format!(
+                        "blob {}: asked for {range}, the registry answered Content-Range {cr:?}",
+                        job.layer.digest
+                    ))));
+                }
+                0
+            }
+            // Range ignored: the whole blob comes; skip to our offset.
+            StatusCode::OK => off,
+            StatusCode::NOT_FOUND => {
+                return Err(PartErr::Fatal(job.ctx.err(format!(
+                    "blob {} named by the manifest does not exist on the registry (404)",
+                    job.layer.digest
+                ))));
+            }
+            s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS || s == StatusCode::REQUEST_TIMEOUT => {
+                return Err(PartErr::Retry(format!("HTTP {s}")));
+            }
+            s => {
+                let body = super::error_body(resp).await;
+                return Err(PartErr::Fatal(
+                    job.ctx.err(format!("fetching blob {}: HTTP {s}{body}", job.layer.digest)),
+                ));
+            }
+        };
+        let mut pos = off;
+        let mut since_save = 0u64;
+        loop {
+            let chunk = match tokio::time::timeout(self.opts.stall_timeout, resp.chunk()).await {
+                Err(_) => return Err(PartErr::Retry(format!("no data for {:?} (stalled)", self.opts.stall_timeout))),
+                Ok(Err(e)) => return Err(PartErr::Retry(describe(&e))),
+                Ok(Ok(None)) => break,
+                Ok(Ok(Some(c))) => c,
+            };
+            let mut c = &chunk[..];
+            if skip > 0 {
+                let k = (skip.min(c.len() as u64)) as usize;
+                c = &c[k..];
+                skip -= k as u64;
+            }
+            if c.is_empty() {
+                continue;
+            }
+            let take = ((p.end - pos).min(c.len() as u64)) as usize;
+            write_at(job.file, &c[..take], pos).map_err(|e| {
+                PartErr::Fatal(Error::io("writing the partial blob", state_path.with_extension(""), e))
+            })?;
+            pos += take as u64;
+            p.done.fetch_add(take as u64, Ordering::AcqRel);
+            job.sh.fetched.fetch_add(take as u64, Ordering::Relaxed);
+            job.sh.notify();
+            job.emit(false);
+            since_save += take as u64;
+            if since_save >= 16 << 20 {
+                since_save = 0;
+                save_state(state_path, job.sh, job.layer.size);
+            }
+            if pos == p.end {
+                return Ok(());
+            }
+        }
+        Err(PartErr::Retry(format!(
+            "the body ended early (truncated) at byte {pos}, expected up to {}",
+            p.end
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_covers_everything() {
+        for (size, par, min) in [(0u64, 4, 10), (1, 4, 10), (100, 4, 10), (101, 4, 10), (99, 3, 1000), (1000, 7, 1)] {
+            let parts = split(size, par, min);
+            let mut expect = 0;
+            for p in &parts {
+                assert_eq!(p.start, expect);
+                assert!(p.end > p.start);
+                expect = p.end;
+            }
+            assert_eq!(expect, size);
+            assert!(parts.len() <= par);
+        }
+    }
+}
