@@ -13,7 +13,7 @@
 //! [`Bpe::encode`] is a reference encoder (GPT-2's rank-based merge loop), which gives
 //! the same ids as llama.cpp's BPE tokenizer with the "gpt-2" pre-tokenizer.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use fancy_regex::Regex;
 use rand::{Rng, SeedableRng};
@@ -372,6 +372,7 @@ fn split_pieces<'t>(re: &Regex, text: &'t str) -> Vec<&'t str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
     use std::sync::OnceLock;
 
     fn bpe() -> &'static Bpe {

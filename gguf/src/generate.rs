@@ -1,0 +1,686 @@
+//! The model generator: llama-architecture GGUF files with random weights and a real
+//! byte-level BPE vocabulary, loadable by llama.cpp.
+//!
+//! ```no_run
+//! use corral_gguf::generate::{generate_llama, GenerateOptions, ModelShape, WeightType};
+//! # fn main() -> Result<(), corral_gguf::GgufError> {
+//! let opts = GenerateOptions {
+//!     shape: ModelShape::tiny(),
+//!     weight_type: WeightType::F16,
+//!     seed: 1,
+//!     name: "tiny-test".into(),
+//!     chat_template: None,
+//! };
+//! let report = generate_llama("tiny.gguf".as_ref(), &opts)?;
+//! println!("{report}");
+//! # Ok(()) }
+//! ```
+//!
+//! Weights: 1-D norm weights are F32 near 1.0; matrices are normal with standard
+//! deviation `1/sqrt(row length)` (the output matrix scaled by [`OUTPUT_GAIN`] so the
+//! logits spread widely and greedy decoding never ties); the token embeddings have
+//! standard deviation 1. Data are generated in chunks of rows, each chunk from its own
+//! RNG stream derived from (seed, tensor, chunk), on every core, so the file is the same
+//! whatever the thread count, and only a few MiB are in memory at any time.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rand_distr::StandardNormal;
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+use crate::bpe::{Bpe, LLAMA_CPP_PRE};
+use crate::error::GgufError;
+use crate::quant;
+use crate::types::{GgmlType, Value, ValueType};
+use crate::writer::{GgufBuilder, GgufWriter};
+
+/// The ChatML template written to `tokenizer.chat_template` unless another is given.
+pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + \
+message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}\
+{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+/// Scale of the output matrix relative to `1/sqrt(n_embd)`: the logits come out with a
+/// standard deviation of about this much.
+pub const OUTPUT_GAIN: f32 = 3.0;
+/// `llama.rope.freq_base`.
+pub const ROPE_FREQ_BASE: f32 = 10_000.0;
+/// `llama.attention.layer_norm_rms_epsilon`.
+pub const RMS_NORM_EPS: f32 = 1e-5;
+/// Elements generated per RNG stream (rounded to whole rows).
+const CHUNK_ELEMS: usize = 1 << 16;
+/// Chunks each thread handles per batch.
+const CHUNKS_PER_THREAD: usize = 16;
+
+/// The hyperparameters of a llama-architecture model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelShape {
+    /// Vocabulary size, the 4 special tokens included.
+    pub n_vocab: u32,
+    /// Width of the residual stream.
+    pub n_embd: u32,
+    /// Number of transformer blocks.
+    pub n_layer: u32,
+    /// Hidden width of the feed-forward network.
+    pub n_ff: u32,
+    /// Attention (query) heads.
+    pub n_head: u32,
+    /// Key/value heads (grouped-query attention when fewer than `n_head`).
+    pub n_head_kv: u32,
+    /// Training context length (`llama.context_length`).
+    pub n_ctx_train: u32,
+}
+
+impl ModelShape {
+    /// A model small enough to generate in a few milliseconds: 512 tokens, 64 wide,
+    /// 2 layers, 4 heads over 2 KV heads, context 512 (about 140K parameters).
+    pub fn tiny() -> Self {
+        ModelShape {
+            n_vocab: 512,
+            n_embd: 64,
+            n_layer: 2,
+            n_ff: 128,
+            n_head: 4,
+            n_head_kv: 2,
+            n_ctx_train: 512,
+        }
+    }
+
+    /// About 5M parameters: 4096 tokens, 256 wide, 4 layers, 8 heads over 4.
+    pub fn small() -> Self {
+        ModelShape {
+            n_vocab: 4096,
+            n_embd: 256,
+            n_layer: 4,
+            n_ff: 768,
+            n_head: 8,
+            n_head_kv: 4,
+            n_ctx_train: 1024,
+        }
+    }
+
+    /// About 110M parameters: 16384 tokens, 768 wide, 12 layers, 12 heads over 4.
+    pub fn medium() -> Self {
+        ModelShape {
+            n_vocab: 16384,
+            n_embd: 768,
+            n_layer: 12,
+            n_ff: 2048,
+            n_head: 12,
+            n_head_kv: 4,
+            n_ctx_train: 2048,
+        }
+    }
+
+    /// TinyLlama 1.1B's shape: 32000 tokens, 2048 wide, 22 layers, FFN 5632, 32 heads
+    /// over 4 KV heads, context 2048.
+    pub fn tinyllama() -> Self {
+        ModelShape {
+            n_vocab: 32000,
+            n_embd: 2048,
+            n_layer: 22,
+            n_ff: 5632,
+            n_head: 32,
+            n_head_kv: 4,
+            n_ctx_train: 2048,
+        }
+    }
+
+    /// Parses a preset name ("tiny", "small", "medium", "tinyllama" or "1b"), optionally
+    /// followed by overrides: `tiny:n_layer=4,n_ctx_train=1024`. The keys are the field
+    /// names, also accepted without the `n_` prefix (`layer=4`).
+    pub fn parse(spec: &str) -> Result<ModelShape, GgufError> {
+        let (name, overrides) = spec.split_once(':').unwrap_or((spec, ""));
+        let mut shape = match name.trim().to_ascii_lowercase().as_str() {
+            "tiny" => Self::tiny(),
+            "small" => Self::small(),
+            "medium" => Self::medium(),
+            "tinyllama" | "tinyllama-1.1b" | "1b" => Self::tinyllama(),
+            other => {
+                return Err(GgufError::Generate(format!(
+                    "unknown model shape '{other}' (known: tiny, small, medium, tinyllama)"
+                )));
+            }
+        };
+        for kv in overrides.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (k, v) = kv.split_once('=').ok_or_else(|| {
+                GgufError::Generate(format!("shape override '{kv}' is not key=value"))
+            })?;
+            let v: u32 = v.trim().parse().map_err(|_| {
+                GgufError::Generate(format!("shape override '{kv}': not a whole number"))
+            })?;
+            let k = k.trim();
+            let field = match k.strip_prefix("n_").unwrap_or(k) {
+                "vocab" => &mut shape.n_vocab,
+                "embd" => &mut shape.n_embd,
+                "layer" => &mut shape.n_layer,
+                "ff" => &mut shape.n_ff,
+                "head" => &mut shape.n_head,
+                "head_kv" => &mut shape.n_head_kv,
+                "ctx_train" | "ctx" => &mut shape.n_ctx_train,
+                _ => {
+                    return Err(GgufError::Generate(format!(
+                        "unknown shape field '{k}' (n_vocab, n_embd, n_layer, n_ff, n_head, \
+                         n_head_kv, n_ctx_train)"
+                    )));
+                }
+            };
+            *field = v;
+        }
+        shape.validate()?;
+        Ok(shape)
+    }
+
+    /// Checks the shape is consistent: everything positive, heads divide the width,
+    /// KV heads divide the heads, an even head size (for RoPE), room for the vocabulary.
+    pub fn validate(&self) -> Result<(), GgufError> {
+        let bad = |m: String| Err(GgufError::Generate(format!("invalid shape {self:?}: {m}")));
+        let s = self;
+        if [s.n_embd, s.n_layer, s.n_ff, s.n_head, s.n_head_kv, s.n_ctx_train].contains(&0) {
+            return bad("every dimension must be positive".into());
+        }
+        if s.n_vocab < 260 {
+            return bad("n_vocab must be at least 260 (256 bytes and 4 special tokens)".into());
+        }
+        if s.n_embd % s.n_head != 0 || (s.n_embd / s.n_head) % 2 != 0 {
+            return bad("n_embd must be n_head times an even head size".into());
+        }
+        if s.n_head % s.n_head_kv != 0 {
+            return bad("n_head must be a multiple of n_head_kv".into());
+        }
+        Ok(())
+    }
+
+    /// Size of one attention head.
+    pub fn head_dim(&self) -> u32 {
+        self.n_embd / self.n_head
+    }
+
+    /// Width of the K and V projections.
+    pub fn n_embd_kv(&self) -> u32 {
+        self.head_dim() * self.n_head_kv
+    }
+
+    /// Total parameters (tensor elements) of the generated model.
+    pub fn parameter_count(&self) -> u64 {
+        let (e, v, f, kv) = (self.n_embd as u64, self.n_vocab as u64, self.n_ff as u64, self.n_embd_kv() as u64);
+        let block = 2 * e + 2 * e * e + 2 * e * kv + 3 * e * f;
+        2 * e * v + e + self.n_layer as u64 * block
+    }
+}
+
+impl FromStr for ModelShape {
+    type Err = GgufError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+/// The storage type of the weight matrices (norm weights are always F32).
+#[allow(non_camel_case_types)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WeightType {
+    /// Everything F32 (`general.file_type` 0, ALL_F32).
+    F32,
+    /// Matrices F16 (file type 1, MOSTLY_F16).
+    F16,
+    /// Matrices Q8_0 (file type 7, MOSTLY_Q8_0).
+    Q8_0,
+    /// Matrices Q4_0 (file type 2, MOSTLY_Q4_0).
+    Q4_0,
+}
+
+impl WeightType {
+    /// All four, in order of decreasing precision.
+    pub const ALL: [WeightType; 4] =
+        [WeightType::F32, WeightType::F16, WeightType::Q8_0, WeightType::Q4_0];
+
+    /// The ggml type of the matrices.
+    pub fn ggml_type(self) -> GgmlType {
+        match self {
+            WeightType::F32 => GgmlType::F32,
+            WeightType::F16 => GgmlType::F16,
+            WeightType::Q8_0 => GgmlType::Q8_0,
+            WeightType::Q4_0 => GgmlType::Q4_0,
+        }
+    }
+
+    /// llama.cpp's `general.file_type` number.
+    pub fn file_type(self) -> u32 {
+        match self {
+            WeightType::F32 => 0,
+            WeightType::F16 => 1,
+            WeightType::Q4_0 => 2,
+            WeightType::Q8_0 => 7,
+        }
+    }
+
+    /// "F32", "F16", "Q8_0" or "Q4_0".
+    pub fn name(self) -> &'static str {
+        self.ggml_type().name()
+    }
+
+    /// Parses a name, case-insensitively ("q4_0", "Q8_0", "f16", "f32").
+    pub fn parse(s: &str) -> Result<WeightType, GgufError> {
+        Self::ALL.into_iter().find(|w| w.name().eq_ignore_ascii_case(s.trim())).ok_or_else(|| {
+            GgufError::Generate(format!("unknown weight type '{s}' (F32, F16, Q8_0, Q4_0)"))
+        })
+    }
+}
+
+impl FromStr for WeightType {
+    type Err = GgufError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for WeightType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What to generate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateOptions {
+    /// The hyperparameters.
+    pub shape: ModelShape,
+    /// Storage type of the weight matrices.
+    pub weight_type: WeightType,
+    /// Seed of every random choice (weights and filler merges); the same options give
+    /// a byte-identical file.
+    pub seed: u64,
+    /// `general.name`.
+    pub name: String,
+    /// `tokenizer.chat_template`; `None` writes [`CHATML_TEMPLATE`].
+    pub chat_template: Option<String>,
+}
+
+impl Default for GenerateOptions {
+    /// The tiny shape in F16, seed 0, named "corral-random-tiny".
+    fn default() -> Self {
+        GenerateOptions {
+            shape: ModelShape::tiny(),
+            weight_type: WeightType::F16,
+            seed: 0,
+            name: "corral-random-tiny".into(),
+            chat_template: None,
+        }
+    }
+}
+
+/// What [`generate_llama`] wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateReport {
+    /// The file written.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub file_size: u64,
+    /// Total tensor elements.
+    pub parameter_count: u64,
+    /// Number of tensors.
+    pub tensor_count: usize,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Merges learned from the corpus (the rest are seeded filler).
+    pub learned_merges: usize,
+    /// Total merges.
+    pub merges: usize,
+    /// Threads used to make the weights.
+    pub threads: usize,
+    /// Wall time of the whole generation.
+    pub elapsed: Duration,
+}
+
+impl fmt::Display for GenerateReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {:.1} MB, {} parameters in {} tensors, {} tokens ({} merges, {} learned), \
+             {:.2} s on {} threads",
+            self.path.display(),
+            self.file_size as f64 / 1e6,
+            self.parameter_count,
+            self.tensor_count,
+            self.vocab_size,
+            self.merges,
+            self.learned_merges,
+            self.elapsed.as_secs_f64(),
+            self.threads
+        )
+    }
+}
+
+/// How a tensor's values are drawn.
+#[derive(Debug, Clone, Copy)]
+enum Init {
+    /// Norm weights: 1 + 0.05 * N(0, 1).
+    Norm,
+    /// N(0, std^2).
+    Normal(f32),
+}
+
+#[derive(Debug, Clone)]
+struct Plan {
+    name: String,
+    dims: Vec<u64>,
+    ty: GgmlType,
+    init: Init,
+}
+
+fn plan_tensors(shape: &ModelShape, wt: WeightType) -> Vec<Plan> {
+    let (e, v, f, kv) = (shape.n_embd as u64, shape.n_vocab as u64, shape.n_ff as u64, shape.n_embd_kv() as u64);
+    let matrix_type = |row: u64| {
+        let t = wt.ggml_type();
+        if t.row_bytes(row).is_some() {
+            t
+        } else if wt == WeightType::F32 {
+            GgmlType::F32
+        } else {
+            GgmlType::F16
+        }
+    };
+    let mat = |name: String, row: u64, rows: u64, std: f32| Plan {
+        name,
+        dims: vec![row, rows],
+        ty: matrix_type(row),
+        init: Init::Normal(std),
+    };
+    let norm = |name: String| Plan { name, dims: vec![e], ty: GgmlType::F32, init: Init::Norm };
+    let inv = |n: u64| 1.0 / (n as f32).sqrt();
+
+    let mut plans = vec![
+        mat("token_embd.weight".into(), e, v, 1.0),
+        norm("output_norm.weight".into()),
+        mat("output.weight".into(), e, v, OUTPUT_GAIN * inv(e)),
+    ];
+    for i in 0..shape.n_layer {
+        let p = |s: &str| format!("blk.{i}.{s}.weight");
+        plans.push(norm(p("attn_norm")));
+        plans.push(mat(p("attn_q"), e, e, inv(e)));
+        plans.push(mat(p("attn_k"), e, kv, inv(e)));
+        plans.push(mat(p("attn_v"), e, kv, inv(e)));
+        plans.push(mat(p("attn_output"), e, e, inv(e)));
+        plans.push(norm(p("ffn_norm")));
+        plans.push(mat(p("ffn_gate"), e, f, inv(e)));
+        plans.push(mat(p("ffn_up"), e, f, inv(e)));
+        plans.push(mat(p("ffn_down"), f, e, inv(f)));
+    }
+    plans
+}
+
+/// Writes a llama-architecture GGUF with random weights to `path` (through a
+/// `.partial` file renamed at the end, so an interrupted run leaves no broken model).
+pub fn generate_llama(path: &Path, opts: &GenerateOptions) -> Result<GenerateReport, GgufError> {
+    let start = Instant::now();
+    let shape = &opts.shape;
+    shape.validate()?;
+    let bpe = Bpe::train(shape.n_vocab as usize, opts.seed)?;
+    let plans = plan_tensors(shape, opts.weight_type);
+
+    let mut b = GgufBuilder::new();
+    let arch = "llama";
+    let u32v = Value::U32;
+    b.add_metadata("general.architecture", Value::String(arch.into()))?;
+    b.add_metadata("general.name", Value::String(opts.name.clone()))?;
+    b.add_metadata("general.alignment", u32v(32))?;
+    b.add_metadata("general.file_type", u32v(opts.weight_type.file_type()))?;
+    if matches!(opts.weight_type, WeightType::Q4_0 | WeightType::Q8_0) {
+        b.add_metadata("general.quantization_version", u32v(2))?;
+    }
+    b.add_metadata("general.random_weights", Value::Bool(true))?;
+    b.add_metadata("corral.generator.seed", Value::U64(opts.seed))?;
+    b.add_metadata(format!("{arch}.vocab_size"), u32v(shape.n_vocab))?;
+    b.add_metadata(format!("{arch}.context_length"), u32v(shape.n_ctx_train))?;
+    b.add_metadata(format!("{arch}.embedding_length"), u32v(shape.n_embd))?;
+    b.add_metadata(format!("{arch}.block_count"), u32v(shape.n_layer))?;
+    b.add_metadata(format!("{arch}.feed_forward_length"), u32v(shape.n_ff))?;
+    b.add_metadata(format!("{arch}.attention.head_count"), u32v(shape.n_head))?;
+    b.add_metadata(format!("{arch}.attention.head_count_kv"), u32v(shape.n_head_kv))?;
+    b.add_metadata(format!("{arch}.rope.dimension_count"), u32v(shape.head_dim()))?;
+    b.add_metadata(format!("{arch}.rope.freq_base"), Value::F32(ROPE_FREQ_BASE))?;
+    b.add_metadata(format!("{arch}.attention.layer_norm_rms_epsilon"), Value::F32(RMS_NORM_EPS))?;
+    b.add_metadata("tokenizer.ggml.model", Value::String("gpt2".into()))?;
+    b.add_metadata("tokenizer.ggml.pre", Value::String(LLAMA_CPP_PRE.into()))?;
+    b.add_metadata("tokenizer.ggml.tokens", Value::string_array(bpe.tokens().iter().cloned()))?;
+    b.add_metadata(
+        "tokenizer.ggml.token_type",
+        Value::Array {
+            elem_type: ValueType::I32,
+            values: bpe.token_types().iter().map(|&t| Value::I32(t)).collect(),
+        },
+    )?;
+    b.add_metadata("tokenizer.ggml.merges", Value::string_array(bpe.merges_text()))?;
+    b.add_metadata("tokenizer.ggml.bos_token_id", u32v(bpe.bos_id()))?;
+    b.add_metadata("tokenizer.ggml.eos_token_id", u32v(bpe.eos_id()))?;
+    b.add_metadata("tokenizer.ggml.eot_token_id", u32v(bpe.im_end_id()))?;
+    b.add_metadata("tokenizer.ggml.add_bos_token", Value::Bool(true))?;
+    b.add_metadata("tokenizer.ggml.add_eos_token", Value::Bool(false))?;
+    let template = opts.chat_template.clone().unwrap_or_else(|| CHATML_TEMPLATE.to_string());
+    b.add_metadata("tokenizer.chat_template", Value::String(template))?;
+    for p in &plans {
+        b.add_tensor(p.name.clone(), &p.dims, p.ty)?;
+    }
+
+    let partial = partial_path(path);
+    let file = File::create(&partial)
+        .map_err(|e| GgufError::io(format!("creating {}", partial.display()), e))?;
+    let threads = std::thread::available_parallelism().map_or(1, usize::from).clamp(1, 16);
+    let result = (|| {
+        let mut w = b.begin(BufWriter::with_capacity(8 << 20, file))?;
+        for (i, p) in plans.iter().enumerate() {
+            write_tensor(&mut w, p, chunk_seed_base(opts.seed, i as u64), threads)?;
+        }
+        let out = w.finish()?;
+        let file = out.into_inner().map_err(|e| {
+            GgufError::io(format!("writing {}", partial.display()), e.into_error())
+        })?;
+        file.sync_all().map_err(|e| GgufError::io(format!("syncing {}", partial.display()), e))
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
+    }
+    std::fs::rename(&partial, path).map_err(|e| {
+        GgufError::io(format!("renaming {} to {}", partial.display(), path.display()), e)
+    })?;
+    let file_size = std::fs::metadata(path)
+        .map_err(|e| GgufError::io(format!("reading the size of {}", path.display()), e))?
+        .len();
+    Ok(GenerateReport {
+        path: path.to_path_buf(),
+        file_size,
+        parameter_count: shape.parameter_count(),
+        tensor_count: plans.len(),
+        vocab_size: bpe.vocab_size(),
+        learned_merges: bpe.learned_merges(),
+        merges: bpe.n_merges(),
+        threads,
+        elapsed: start.elapsed(),
+    })
+}
+
+fn partial_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".partial");
+    path.with_file_name(name)
+}
+
+/// SplitMix64's finaliser: a good 64-bit mix.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn chunk_seed_base(seed: u64, tensor: u64) -> u64 {
+    mix(mix(seed) ^ mix(tensor.wrapping_add(0x7465_6e73_6f72)))
+}
+
+/// Fills `out` with chunk `chunk` of a tensor.
+fn fill(init: Init, base: u64, chunk: u64, out: &mut [f32]) {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix(base ^ mix(chunk)));
+    match init {
+        Init::Norm => {
+            for x in out {
+                *x = 1.0 + 0.05 * rng.sample::<f32, _>(StandardNormal);
+            }
+        }
+        Init::Normal(std) => {
+            for x in out {
+                *x = std * rng.sample::<f32, _>(StandardNormal);
+            }
+        }
+    }
+}
+
+/// Generates and writes one tensor in batches of chunks, the chunks of a batch spread
+/// over `threads` threads.
+fn write_tensor<W: Write>(
+    w: &mut GgufWriter<W>,
+    p: &Plan,
+    base: u64,
+    threads: usize,
+) -> Result<(), GgufError> {
+    let row_len = p.dims[0] as usize;
+    let n_rows: usize = p.dims[1..].iter().map(|&d| d as usize).product();
+    let row_bytes = p.ty.row_bytes(row_len as u64).ok_or_else(|| {
+        GgufError::Generate(format!("tensor '{}' cannot be stored as {}", p.name, p.ty))
+    })? as usize;
+    let rows_per_chunk = (CHUNK_ELEMS / row_len).max(1);
+    let n_chunks = n_rows.div_ceil(rows_per_chunk);
+    let chunks_per_batch = threads * CHUNKS_PER_THREAD;
+    let mut out = vec![0u8; chunks_per_batch.min(n_chunks) * rows_per_chunk * row_bytes];
+    let mut first = 0;
+    while first < n_chunks {
+        let last = (first + chunks_per_batch).min(n_chunks);
+        let rows = (last * rows_per_chunk).min(n_rows) - first * rows_per_chunk;
+        let buf = &mut out[..rows * row_bytes];
+        let mut jobs: Vec<(u64, &mut [u8])> = buf
+            .chunks_mut(rows_per_chunk * row_bytes)
+            .enumerate()
+            .map(|(i, s)| ((first + i) as u64, s))
+            .collect();
+        let work = |jobs: &mut [(u64, &mut [u8])]| -> Result<(), GgufError> {
+            let mut scratch = vec![0f32; rows_per_chunk * row_len];
+            for (chunk, dst) in jobs.iter_mut() {
+                let vals = &mut scratch[..dst.len() / row_bytes * row_len];
+                fill(p.init, base, *chunk, vals);
+                quant::quantize(p.ty, vals, dst)?;
+            }
+            Ok(())
+        };
+        let per_thread = jobs.len().div_ceil(threads);
+        if threads == 1 || jobs.len() == 1 {
+            work(&mut jobs)?;
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> =
+                    jobs.chunks_mut(per_thread).map(|group| s.spawn(|| work(group))).collect();
+                handles.into_iter().try_for_each(|h| {
+                    h.join().map_err(|_| {
+                        GgufError::Generate(format!("a worker panicked on tensor '{}'", p.name))
+                    })?
+                })
+            })?;
+        }
+        w.write_data(buf)?;
+        first = last;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reader::GgufFile;
+
+    #[test]
+    fn shapes_parse_and_validate() {
+        assert_eq!(ModelShape::parse("tiny").unwrap(), ModelShape::tiny());
+        assert_eq!(ModelShape::parse("TinyLlama").unwrap(), ModelShape::tinyllama());
+        assert_eq!(ModelShape::parse("1b").unwrap(), ModelShape::tinyllama());
+        let s = ModelShape::parse("tiny:n_layer=3, ctx=1024").unwrap();
+        assert_eq!((s.n_layer, s.n_ctx_train), (3, 1024));
+        assert!(ModelShape::parse("huge").unwrap_err().to_string().contains("unknown model shape"));
+        assert!(ModelShape::parse("tiny:n_head=3").is_err());
+        assert!(ModelShape::parse("tiny:n_head_kv=3").is_err());
+        assert!(ModelShape::parse("tiny:vocab=100").is_err());
+        assert!(ModelShape::parse("tiny:bogus=1").is_err());
+        for s in [ModelShape::tiny(), ModelShape::small(), ModelShape::medium()] {
+            s.validate().unwrap();
+        }
+        let p = ModelShape::tinyllama().parameter_count();
+        assert!((1_000_000_000..1_200_000_000).contains(&p), "{p}");
+    }
+
+    #[test]
+    fn weight_types() {
+        assert_eq!(WeightType::parse("q4_0").unwrap(), WeightType::Q4_0);
+        assert_eq!("F16".parse::<WeightType>().unwrap(), WeightType::F16);
+        assert!(WeightType::parse("q5_k").is_err());
+        assert_eq!(WeightType::Q8_0.file_type(), 7);
+    }
+
+    #[test]
+    fn same_seed_same_file_other_seed_other_weights() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("c"));
+        let mut o = GenerateOptions { weight_type: WeightType::Q4_0, ..Default::default() };
+        generate_llama(&a, &o).unwrap();
+        generate_llama(&b, &o).unwrap();
+        o.seed = 1;
+        generate_llama(&c, &o).unwrap();
+        let (a, b, c) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap(), std::fs::read(c).unwrap());
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn thread_count_does_not_change_the_data() {
+        let p = Plan {
+            name: "t".into(),
+            dims: vec![64, 5000],
+            ty: GgmlType::Q8_0,
+            init: Init::Normal(0.1),
+        };
+        let mut outs = Vec::new();
+        for threads in [1, 3] {
+            let mut b = GgufBuilder::new();
+            b.add_tensor("t", &p.dims, p.ty).unwrap();
+            let mut w = b.begin(Vec::new()).unwrap();
+            write_tensor(&mut w, &p, 5, threads).unwrap();
+            outs.push(w.finish().unwrap());
+        }
+        assert_eq!(outs[0], outs[1]);
+    }
+
+    #[test]
+    fn weights_have_the_intended_statistics() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        let o = GenerateOptions { weight_type: WeightType::F32, ..Default::default() };
+        generate_llama(&path, &o).unwrap();
+        let f = GgufFile::open(&path).unwrap();
+        let stats = |name: &str| {
+            let t = f.tensor(name).unwrap();
+            let v = quant::dequantize(t.ggml_type, &f.read_tensor_bytes(t).unwrap(), t.n_elements() as usize).unwrap();
+            let mean = v.iter().sum::<f32>() / v.len() as f32;
+            let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / v.len() as f32;
+            (mean, var.sqrt())
+        };
+        let (m, s) = stats("blk.0.attn_norm.weight");
+        assert!((m - 1.0).abs() < 0.03 && s < 0.1, "{m} {s}");
+        let (m, s) = stats("blk.1.ffn_down.weight");
+        assert!(m.abs() < 0.01 && (s - 1.0 / 128f32.sqrt()).abs() < 0.01, "{m} {s}");
+        let (_, s) = stats("output.weight");
+        assert!((s - OUTPUT_GAIN / 8.0).abs() < 0.02, "{s}");
+    }
+}

@@ -1,0 +1,133 @@
+//! Generates the tiny model in every weight type and reads it back with the reader.
+
+use std::time::Instant;
+
+use corral_gguf::GgmlType;
+use corral_gguf::bpe::{Bpe, IM_END_TOKEN};
+use corral_gguf::generate::{GenerateOptions, ModelShape, WeightType, generate_llama};
+use corral_gguf::quant;
+use corral_gguf::reader::GgufFile;
+
+#[test]
+fn tiny_model_in_every_weight_type_reads_back() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let shape = ModelShape::tiny();
+    for wt in WeightType::ALL {
+        let path = dir.path().join(format!("tiny-{wt}.gguf"));
+        let opts = GenerateOptions {
+            shape,
+            weight_type: wt,
+            seed: 7,
+            name: format!("tiny-{wt}"),
+            chat_template: None,
+        };
+        let t0 = Instant::now();
+        let report = generate_llama(&path, &opts).expect("generate");
+        println!("{wt}: {report} (test saw {:?})", t0.elapsed());
+        assert!(!dir.path().join(format!("tiny-{wt}.gguf.partial")).exists());
+
+        let f = GgufFile::open(&path).expect("read back");
+        assert_eq!(f.version(), 3);
+        assert_eq!(f.file_len(), report.file_size);
+        assert_eq!(f.alignment(), 32);
+        assert_eq!(f.architecture(), Some("llama"));
+        assert_eq!(f.get_str("general.name"), Some(opts.name.as_str()));
+        assert_eq!(f.get_u32("general.file_type"), Some(wt.file_type()));
+        assert_eq!(f.get_bool("general.random_weights"), Some(true));
+        assert_eq!(f.get_u64("corral.generator.seed"), Some(7));
+        assert_eq!(f.get_u32("llama.context_length"), Some(shape.n_ctx_train));
+        assert_eq!(f.get_u32("llama.embedding_length"), Some(shape.n_embd));
+        assert_eq!(f.get_u32("llama.block_count"), Some(shape.n_layer));
+        assert_eq!(f.get_u32("llama.feed_forward_length"), Some(shape.n_ff));
+        assert_eq!(f.get_u32("llama.attention.head_count"), Some(shape.n_head));
+        assert_eq!(f.get_u32("llama.attention.head_count_kv"), Some(shape.n_head_kv));
+        assert_eq!(f.get_u32("llama.rope.dimension_count"), Some(shape.n_embd / shape.n_head));
+        assert_eq!(f.get_u32("llama.vocab_size"), Some(shape.n_vocab));
+        assert_eq!(f.get_f64("llama.rope.freq_base"), Some(10000.0));
+        let eps = f.get_f64("llama.attention.layer_norm_rms_epsilon").expect("eps");
+        assert!((eps - 1e-5).abs() < 1e-9);
+        assert_eq!(f.get_str("tokenizer.ggml.model"), Some("gpt2"));
+        assert_eq!(f.get_str("tokenizer.ggml.pre"), Some("gpt-2"));
+        let n_vocab = shape.n_vocab as usize;
+        assert_eq!(f.get_array_len("tokenizer.ggml.tokens"), Some(n_vocab));
+        assert_eq!(f.get_array_len("tokenizer.ggml.token_type"), Some(n_vocab));
+        assert_eq!(f.get_array_len("tokenizer.ggml.merges"), Some(report.merges));
+        let tokens = f.get_str_array("tokenizer.ggml.tokens").expect("tokens");
+        assert_eq!(tokens[f.get_u32("tokenizer.ggml.eot_token_id").expect("eot") as usize], IM_END_TOKEN);
+        assert_eq!(tokens[f.get_u32("tokenizer.ggml.bos_token_id").expect("bos") as usize], "<|begin_of_text|>");
+        assert_eq!(tokens[f.get_u32("tokenizer.ggml.eos_token_id").expect("eos") as usize], "<|end_of_text|>");
+        assert_eq!(f.get_bool("tokenizer.ggml.add_bos_token"), Some(true));
+        let template = f.get_str("tokenizer.chat_template").expect("template");
+        assert!(template.contains("<|im_start|>") && template.contains("add_generation_prompt"));
+
+        // Tensors: names, dims, types, sizes, and the data ends at the end of the file.
+        let (e, v, ff, kv) = (64u64, 512u64, 128u64, 32u64);
+        let mat = wt.ggml_type();
+        let mut expected = vec![
+            ("token_embd.weight".to_string(), vec![e, v], mat),
+            ("output_norm.weight".to_string(), vec![e], GgmlType::F32),
+            ("output.weight".to_string(), vec![e, v], mat),
+        ];
+        for i in 0..2 {
+            let n = |s: &str| format!("blk.{i}.{s}.weight");
+            expected.extend([
+                (n("attn_norm"), vec![e], GgmlType::F32),
+                (n("attn_q"), vec![e, e], mat),
+                (n("attn_k"), vec![e, kv], mat),
+                (n("attn_v"), vec![e, kv], mat),
+                (n("attn_output"), vec![e, e], mat),
+                (n("ffn_norm"), vec![e], GgmlType::F32),
+                (n("ffn_gate"), vec![e, ff], mat),
+                (n("ffn_up"), vec![e, ff], mat),
+                (n("ffn_down"), vec![ff, e], mat),
+            ]);
+        }
+        assert_eq!(f.tensors().len(), expected.len());
+        let mut end = 0;
+        for (name, dims, ty) in &expected {
+            let t = f.tensor(name).unwrap_or_else(|| panic!("{wt}: missing {name}"));
+            assert_eq!(&t.dims, dims, "{name}");
+            assert_eq!(t.ggml_type, *ty, "{name}");
+            let n: u64 = dims.iter().product();
+            assert_eq!(t.size, n / ty.block_size() * ty.type_size(), "{name}");
+            assert_eq!(t.offset % 32, 0);
+            end = end.max(f.data_offset() + t.offset + t.size);
+        }
+        assert_eq!(end.div_ceil(32) * 32, f.file_len());
+        assert_eq!(f.tensors().iter().map(|t| t.n_elements()).sum::<u64>(), shape.parameter_count());
+
+        // The data decodes to what was intended: norms near 1, matrices spread.
+        let norm = f.tensor("output_norm.weight").expect("norm");
+        let vals = quant::dequantize(norm.ggml_type, &f.read_tensor_bytes(norm).expect("read"), 64)
+            .expect("decode");
+        assert!(vals.iter().all(|x| (0.7..1.3).contains(x)), "{vals:?}");
+        let q = f.tensor("blk.1.attn_q.weight").expect("q");
+        let vals = quant::dequantize(q.ggml_type, &f.read_tensor_bytes(q).expect("read"), 4096)
+            .expect("decode");
+        let rms = (vals.iter().map(|x| x * x).sum::<f32>() / vals.len() as f32).sqrt();
+        assert!((rms - 0.125).abs() < 0.02, "{wt}: rms {rms}");
+
+        let s = f.summary();
+        assert_eq!(s.architecture.as_deref(), Some("llama"));
+        assert_eq!(s.quantization, wt.name());
+        assert_eq!(s.context_length, Some(512));
+        assert_eq!(s.embedding_length, Some(64));
+        assert_eq!(s.block_count, Some(2));
+        assert_eq!(s.parameter_count, shape.parameter_count());
+        assert!(s.chat_template.is_some());
+    }
+}
+
+#[test]
+fn the_vocabulary_in_the_file_encodes_like_the_reference() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("m.gguf");
+    let opts = GenerateOptions { seed: 3, ..Default::default() };
+    generate_llama(&path, &opts).expect("generate");
+    let f = GgufFile::open(&path).expect("read");
+    let bpe = Bpe::train(512, 3).expect("train");
+    assert_eq!(f.get_str_array("tokenizer.ggml.tokens").expect("tokens"), bpe.tokens());
+    assert_eq!(f.get_str_array("tokenizer.ggml.merges").expect("merges"), bpe.merges_text());
+    let ids = bpe.encode("Hello world, the café is open.");
+    assert_eq!(bpe.decode(&ids), "Hello world, the café is open.".as_bytes());
+}
