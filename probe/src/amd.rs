@@ -93,7 +93,8 @@ pub(crate) fn probe_amd(opts: &ProbeOptions, gpus: &mut Vec<GpuInfo>, notes: &mu
             notes.push(format!("AMD: {name} reports no gfx_target_version in the KFD topology"));
         }
 
-        let vram_total = drm.as_ref().and_then(|d| fsutil::read_u64(&d.join("mem_info_vram_total")));
+        let vram_total =
+            drm.as_ref().and_then(|d| fsutil::read_u64(&d.join("mem_info_vram_total")));
         let vram_used = drm.as_ref().and_then(|d| fsutil::read_u64(&d.join("mem_info_vram_used")));
         let memory_total_bytes = vram_total.or_else(|| bank_sizes(&node));
         let memory_free_bytes = match (memory_total_bytes, vram_used) {

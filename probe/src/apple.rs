@@ -16,8 +16,12 @@ pub(crate) fn fill_cpu(
     model: &mut Option<String>,
     vendor: &mut Option<String>,
     logical: &mut Option<u32>,
+    physical: &mut Option<u32>,
     notes: &mut Vec<String>,
 ) {
+    if physical.is_none() {
+        *physical = sysctl("hw.physicalcpu").and_then(|v| v.parse().ok());
+    }
     if model.is_none() {
         *model = sysctl("machdep.cpu.brand_string");
     }

@@ -155,9 +155,8 @@ fn parse_cpuinfo(text: &str) -> ParsedCpuinfo {
         }
         if out.raw_flags.is_empty() {
             if let Some(flags) = colon_value(block, "flags") {
-                out.architecture =
-                    Some(if flags.split_whitespace().any(|f| f == "lm") { "x86_64" } else { "x86" })
-                        .map(str::to_string);
+                let lm = flags.split_whitespace().any(|f| f == "lm");
+                out.architecture = Some(if lm { "x86_64" } else { "x86" }.to_string());
                 out.raw_flags = flags.split_whitespace().map(str::to_string).collect();
                 for (flag, name) in X86_FLAGS {
                     if out.raw_flags.contains(*flag) {
@@ -188,7 +187,8 @@ fn parse_cpuinfo(text: &str) -> ParsedCpuinfo {
         let imp_id = fsutil::parse_u64(imp);
         let vendor = arm_implementer(imp_id);
         if out.vendor.is_none() {
-            out.vendor = Some(vendor.map_or_else(|| format!("ARM implementer {imp}"), str::to_string));
+            out.vendor =
+                Some(vendor.map_or_else(|| format!("ARM implementer {imp}"), str::to_string));
         }
         if out.model_name.is_none() {
             let part_name = part.and_then(fsutil::parse_u64).and_then(|p| arm_part(imp_id, p));
@@ -241,7 +241,10 @@ fn physical_from_sysfs(opts: &ProbeOptions) -> Option<u32> {
     let mut cores = BTreeSet::new();
     for cpu in fsutil::list_dir(&dir) {
         let name = cpu.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if !name.strip_prefix("cpu").is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit())) {
+        if !name
+            .strip_prefix("cpu")
+            .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+        {
             continue;
         }
         let topo = cpu.join("topology");
@@ -273,19 +276,21 @@ pub(crate) fn probe_cpu(opts: &ProbeOptions, notes: &mut Vec<String>) -> CpuInfo
         std::env::consts::ARCH.to_string()
     } else {
         architecture.unwrap_or_else(|| {
-            notes.push("CPU: architecture not recognisable from cpuinfo; assuming the host's".into());
+            notes.push(
+                "CPU: architecture not recognisable from cpuinfo; assuming the host's".into(),
+            );
             std::env::consts::ARCH.to_string()
         })
     };
     let logical_cores = (logical > 0).then_some(logical);
     let physical_cores = physical.or_else(|| physical_from_sysfs(opts));
     #[cfg(target_os = "macos")]
-    let (model_name, vendor, logical_cores) = {
-        let (mut model_name, mut vendor, mut logical_cores) = (model_name, vendor, logical_cores);
+    let (model_name, vendor, logical_cores, physical_cores) = {
+        let mut cpu = (model_name, vendor, logical_cores, physical_cores);
         if real {
-            crate::apple::fill_cpu(&mut model_name, &mut vendor, &mut logical_cores, notes);
+            crate::apple::fill_cpu(&mut cpu.0, &mut cpu.1, &mut cpu.2, &mut cpu.3, notes);
         }
-        (model_name, vendor, logical_cores)
+        cpu
     };
 
     let usable_threads = if real {
@@ -293,6 +298,8 @@ pub(crate) fn probe_cpu(opts: &ProbeOptions, notes: &mut Vec<String>) -> CpuInfo
     } else {
         None
     };
+    // Without /proc/cpuinfo (not Linux), the standard library's count is the best there is.
+    let logical_cores = logical_cores.or(usable_threads);
     if real {
         runtime_cross_check(&mut features, notes);
     }

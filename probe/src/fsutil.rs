@@ -88,8 +88,10 @@ mod tests {
         assert_eq!(parse_u64("0x10de"), Some(0x10de));
         assert_eq!(parse_u64(" 42\n"), Some(42));
         assert_eq!(parse_u64("max"), None);
-        assert_eq!(kv_value("simd_count 0\ngfx_target_version 110000\n", "gfx_target_version"),
-            Some("110000"));
+        assert_eq!(
+            kv_value("simd_count 0\ngfx_target_version 110000\n", "gfx_target_version"),
+            Some("110000")
+        );
         assert_eq!(colon_value("Model: \t NVIDIA X\nIRQ: 3", "Model"), Some("NVIDIA X"));
         assert_eq!(under(Path::new("/fake"), "/proc/cpuinfo"), Path::new("/fake/proc/cpuinfo"));
         assert_eq!(numeric_suffix(Path::new("/a/nodes/12")), Some(12));

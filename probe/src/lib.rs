@@ -128,7 +128,7 @@ impl CpuInfo {
     /// Whether the CPU has `feature` (any spelling [`normalize_cpu_feature`] accepts).
     pub fn has_feature(&self, feature: &str) -> bool {
         let wanted = normalize_cpu_feature(feature);
-        self.features.iter().any(|f| *f == wanted)
+        self.features.contains(&wanted)
     }
 }
 

@@ -108,21 +108,14 @@ fn cgroup_memory(root: &Path) -> Option<CgroupMemory> {
     let v2_mount = under(root, "/sys/fs/cgroup");
     if v2_mount.join("cgroup.controllers").exists() || v2_mount.join("memory.max").exists() {
         let dirs = cgroup_dirs(&v2_mount, v2_path.as_deref());
-        if let Some(found) =
-            read_limits(&dirs, 2, "memory.max", "memory.current", "inactive_file")
+        if let Some(found) = read_limits(&dirs, 2, "memory.max", "memory.current", "inactive_file")
         {
             return Some(found);
         }
     }
     let v1_mount = under(root, "/sys/fs/cgroup/memory");
     let dirs = cgroup_dirs(&v1_mount, v1_path.as_deref());
-    read_limits(
-        &dirs,
-        1,
-        "memory.limit_in_bytes",
-        "memory.usage_in_bytes",
-        "total_inactive_file",
-    )
+    read_limits(&dirs, 1, "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
 }
 
 pub(crate) fn probe_memory(opts: &ProbeOptions, notes: &mut Vec<String>) -> MemoryInfo {
@@ -202,11 +195,20 @@ mod tests {
         write(root, "/sys/fs/cgroup/memory/memory.limit_in_bytes", "9223372036854771712\n");
         write(root, "/sys/fs/cgroup/memory/docker/abc/memory.limit_in_bytes", "2147483648\n");
         write(root, "/sys/fs/cgroup/memory/docker/abc/memory.usage_in_bytes", "1073741824\n");
-        write(root, "/sys/fs/cgroup/memory/docker/abc/memory.stat", "total_inactive_file 536870912\n");
+        write(
+            root,
+            "/sys/fs/cgroup/memory/docker/abc/memory.stat",
+            "total_inactive_file 536870912\n",
+        );
         let cg = cgroup_memory(root).expect("limit found");
         assert_eq!(
             cg,
-            CgroupMemory { version: 1, limit: 2 << 30, usage: Some(1 << 30), reclaimable: 512 << 20 }
+            CgroupMemory {
+                version: 1,
+                limit: 2 << 30,
+                usage: Some(1 << 30),
+                reclaimable: 512 << 20
+            }
         );
     }
 

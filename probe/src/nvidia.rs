@@ -54,7 +54,7 @@ fn probe_nvml(notes: &mut Vec<String>) -> Result<(Option<String>, Vec<GpuInfo>),
     use nvml_wrapper::error::NvmlError;
 
     let nvml = Nvml::init().map_err(|err| match err {
-        NvmlError::LibloadingError(e) => format!("libnvidia-ml.so.1 could not be opened: {e}"),
+        NvmlError::LibloadingError(e) => e.to_string(),
         NvmlError::DriverNotLoaded => "the NVIDIA kernel driver is not loaded".to_string(),
         other => format!("NVML initialisation failed: {other}"),
     })?;
@@ -107,7 +107,8 @@ fn parse_driver_version(text: &str) -> Option<String> {
     let line = text.lines().find(|l| l.starts_with("NVRM version"))?;
     line.split_whitespace()
         .find(|tok| {
-            tok.contains('.') && tok.split('.').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+            tok.contains('.')
+                && tok.split('.').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
         })
         .map(str::to_string)
 }

@@ -71,14 +71,18 @@ pub(crate) fn render(m: &MachineInfo) -> String {
     let model = cpu.model_name.as_deref().unwrap_or("unknown model");
     let vendor = cpu.vendor.as_deref().map(|v| format!(" ({v})")).unwrap_or_default();
     let count = |n: Option<u32>| n.map_or_else(|| "?".to_string(), |n| n.to_string());
-    let mut cores =
-        format!("{} logical / {} physical cores", count(cpu.logical_cores), count(cpu.physical_cores));
+    let mut cores = format!(
+        "{} logical / {} physical cores",
+        count(cpu.logical_cores),
+        count(cpu.physical_cores)
+    );
     if let Some(usable) = cpu.usable_threads.filter(|u| Some(*u) != cpu.logical_cores) {
         let _ = write!(cores, ", {usable} usable");
     }
     let _ = writeln!(out, "CPU:      {model}{vendor}, {cores}");
     let level = cpu.x86_64_level.map(|l| format!("x86-64-v{l}; ")).unwrap_or_default();
-    let features = if cpu.features.is_empty() { "none known".to_string() } else { cpu.features.join(" ") };
+    let features =
+        if cpu.features.is_empty() { "none known".to_string() } else { cpu.features.join(" ") };
     let _ = writeln!(out, "          {level}features: {features}");
 
     let mem = &m.memory;

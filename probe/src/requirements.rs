@@ -86,18 +86,16 @@ fn article(word: &str) -> &'static str {
 pub fn check(req: &Requirements, machine: &MachineInfo) -> Result<(), Unmet> {
     let mut reasons = Vec::new();
 
-    if let Some(os) = &req.os {
-        if normalize_os(os) != machine.os {
-            reasons.push(format!("needs operating system {os}, this is {}", machine.os));
-        }
+    if let Some(os) = &req.os
+        && normalize_os(os) != machine.os
+    {
+        reasons.push(format!("needs operating system {os}, this is {}", machine.os));
     }
-    if let Some(arch) = &req.arch {
-        if normalize_arch(arch) != machine.cpu.architecture {
-            reasons.push(format!(
-                "needs CPU architecture {arch}, this is {}",
-                machine.cpu.architecture
-            ));
-        }
+    if let Some(arch) = &req.arch
+        && normalize_arch(arch) != machine.cpu.architecture
+    {
+        reasons
+            .push(format!("needs CPU architecture {arch}, this is {}", machine.cpu.architecture));
     }
     for feature in &req.cpu_features {
         if !machine.cpu.has_feature(feature) {
@@ -206,8 +204,10 @@ fn check_gpu(req: &Requirements, machine: &MachineInfo, reasons: &mut Vec<String
             format!(" visible ({} hidden by {hidden})", of_kind.len())
         } else {
             match api {
-                Some(GpuApi::Vulkan) => library_reason(&machine.libraries.vulkan.error),
-                Some(GpuApi::Cuda) => library_reason(&machine.libraries.nvml.error),
+                Some(GpuApi::Vulkan) => library_reason("", &machine.libraries.vulkan.error),
+                Some(GpuApi::Cuda) => {
+                    library_reason("NVML not available: ", &machine.libraries.nvml.error)
+                }
                 _ => String::new(),
             }
         };
@@ -263,12 +263,16 @@ fn check_gpu(req: &Requirements, machine: &MachineInfo, reasons: &mut Vec<String
     if found.is_empty() {
         found.push("no single GPU that meets all of it".to_string());
     }
-    reasons.push(format!("needs {wanted}, found {} ({})", found.join(" and "), describe_list(&usable)));
+    reasons.push(format!(
+        "needs {wanted}, found {} ({})",
+        found.join(" and "),
+        describe_list(&usable)
+    ));
 }
 
-fn library_reason(error: &Option<String>) -> String {
+fn library_reason(prefix: &str, error: &Option<String>) -> String {
     match error {
-        Some(e) => format!(" ({e})"),
+        Some(e) => format!(" ({prefix}{e})"),
         None => String::new(),
     }
 }

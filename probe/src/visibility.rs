@@ -123,7 +123,10 @@ mod tests {
     #[test]
     fn uuids_and_prefixes() {
         assert_eq!(select("GPU-bbbb2222", &UUIDS), [false, true, false]);
-        assert_eq!(select("gpu-AAAA1111-0000-0000-0000-000000000000", &UUIDS), [true, false, false]);
+        assert_eq!(
+            select("gpu-AAAA1111-0000-0000-0000-000000000000", &UUIDS),
+            [true, false, false]
+        );
         // Ambiguous prefix stops the list.
         assert_eq!(select("GPU-", &UUIDS), [false, false, false]);
     }

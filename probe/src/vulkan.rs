@@ -2,6 +2,8 @@
 //! with no layers, and every physical device it enumerates.
 
 use std::ffi::CStr;
+use std::sync::mpsc;
+use std::time::Duration;
 
 use ash::vk;
 
@@ -19,7 +21,7 @@ pub(crate) fn probe_vulkan(
         notes.push("Vulkan: not probed (runtime libraries disabled)".to_string());
         return LibraryStatus::not_attempted();
     }
-    match enumerate() {
+    match enumerate_with_timeout() {
         Ok((instance_version, devices, device_notes)) => {
             notes.extend(device_notes);
             if devices.is_empty() {
@@ -37,9 +39,40 @@ pub(crate) fn probe_vulkan(
     }
 }
 
+/// How long Vulkan enumeration may take before the probe gives up on it (a broken
+/// driver can hang in instance creation; the host must still start).
+const VULKAN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// [`enumerate`] on its own thread, abandoned (and reported) if it hangs.
+fn enumerate_with_timeout() -> Result<Enumerated, String> {
+    let (tx, rx) = mpsc::channel();
+    let spawned = std::thread::Builder::new().name("corral-probe-vulkan".into()).spawn(move || {
+        // The receiver may be gone after a timeout; nothing to do then.
+        let _ = tx.send(enumerate());
+    });
+    if let Err(e) = spawned {
+        return Err(format!("could not start the Vulkan probe thread: {e}"));
+    }
+    match rx.recv_timeout(VULKAN_TIMEOUT) {
+        Ok(result) => result,
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(format!(
+            "Vulkan enumeration did not finish within {} s (a driver hangs); skipped",
+            VULKAN_TIMEOUT.as_secs()
+        )),
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            Err("the Vulkan probe thread panicked (a driver crashed); skipped".to_string())
+        }
+    }
+}
+
 /// `major.minor.patch` of a Vulkan API version.
 pub(crate) fn api_version_string(v: u32) -> String {
-    format!("{}.{}.{}", vk::api_version_major(v), vk::api_version_minor(v), vk::api_version_patch(v))
+    format!(
+        "{}.{}.{}",
+        vk::api_version_major(v),
+        vk::api_version_minor(v),
+        vk::api_version_patch(v)
+    )
 }
 
 /// A driver version in its vendor's encoding (NVIDIA packs 10.8.8.6 bits).
@@ -61,15 +94,16 @@ fn device_type(t: vk::PhysicalDeviceType) -> VulkanDeviceType {
     }
 }
 
-/// `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, as NVML writes NVIDIA UUIDs (NVIDIA's
-/// Vulkan deviceUUID is the same 16 bytes, so entries can be matched).
-fn uuid_string(bytes: &[u8; 16]) -> Option<String> {
+/// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`; for NVIDIA with the `GPU-` prefix NVML uses
+/// (NVIDIA's Vulkan deviceUUID is the same 16 bytes, so entries can be matched).
+fn uuid_string(vendor_id: u32, bytes: &[u8; 16]) -> Option<String> {
     if bytes.iter().all(|b| *b == 0) {
         return None;
     }
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let prefix = if vendor_id == 0x10de { "GPU-" } else { "" };
     Some(format!(
-        "GPU-{}-{}-{}-{}-{}",
+        "{prefix}{}-{}-{}-{}-{}",
         &hex[0..8],
         &hex[8..12],
         &hex[12..16],
@@ -87,8 +121,8 @@ type Enumerated = (String, Vec<GpuInfo>, Vec<String>);
 fn enumerate() -> Result<Enumerated, String> {
     // SAFETY: loading the Vulkan loader runs its initialisers; libvulkan is a well-known
     // system library and we keep the Entry alive for every call made through it.
-    let entry = unsafe { ash::Entry::load() }
-        .map_err(|e| format!("Vulkan loader not found: {e}"))?;
+    let entry =
+        unsafe { ash::Entry::load() }.map_err(|e| format!("Vulkan loader not found: {e}"))?;
     // SAFETY: a global command with no arguments, on a loaded entry.
     let instance_version = match unsafe { entry.try_enumerate_instance_version() } {
         Ok(Some(v)) => v,
@@ -133,7 +167,8 @@ fn describe(instance: &ash::Instance, pd: vk::PhysicalDevice, index: u32, api: u
     let props = unsafe { instance.get_physical_device_properties(pd) };
     // SAFETY: as above.
     let memory = unsafe { instance.get_physical_device_memory_properties(pd) };
-    let heaps = &memory.memory_heaps[..memory.memory_heap_count.min(vk::MAX_MEMORY_HEAPS as u32) as usize];
+    let heaps =
+        &memory.memory_heaps[..memory.memory_heap_count.min(vk::MAX_MEMORY_HEAPS as u32) as usize];
     let local: u64 = heaps
         .iter()
         .filter(|h| h.flags.contains(vk::MemoryHeapFlags::DEVICE_LOCAL))
@@ -162,7 +197,7 @@ fn describe(instance: &ash::Instance, pd: vk::PhysicalDevice, index: u32, api: u
         // core in 1.1; driver properties only when 1.2 or VK_KHR_driver_properties is
         // available), all alive for the call.
         unsafe { instance.get_physical_device_properties2(pd, &mut props2) };
-        uuid = uuid_string(&id_props.device_uuid);
+        uuid = uuid_string(props.vendor_id, &id_props.device_uuid);
         if has_driver_props {
             driver_name = c_str(drv_props.driver_name_as_c_str());
             driver_info = c_str(drv_props.driver_info_as_c_str());
@@ -212,9 +247,12 @@ mod tests {
     #[test]
     fn uuids() {
         let mut b = [0u8; 16];
-        assert_eq!(uuid_string(&b), None);
+        assert_eq!(uuid_string(0x10de, &b), None);
         b[0] = 0xab;
         b[15] = 0x01;
-        assert_eq!(uuid_string(&b).as_deref(), Some("GPU-ab000000-0000-0000-0000-000000000001"));
+        let nv = uuid_string(0x10de, &b);
+        assert_eq!(nv.as_deref(), Some("GPU-ab000000-0000-0000-0000-000000000001"));
+        let mesa = uuid_string(0x10005, &b);
+        assert_eq!(mesa.as_deref(), Some("ab000000-0000-0000-0000-000000000001"));
     }
 }

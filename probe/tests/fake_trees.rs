@@ -11,7 +11,8 @@ fn fixture(name: &str) -> PathBuf {
 
 fn probe_fixture(name: &str, env: &[(&str, &str)]) -> MachineInfo {
     let mut opts = ProbeOptions::fake(fixture(name));
-    opts.env = env.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect::<BTreeMap<_, _>>();
+    opts.env =
+        env.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect::<BTreeMap<_, _>>();
     let machine = probe(&opts);
     println!("{}", machine.render_text());
     machine
