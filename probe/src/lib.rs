@@ -17,6 +17,8 @@
 //! println!("{}", machine.render_text());
 //! ```
 
+#![warn(missing_docs)]
+
 mod amd;
 #[cfg(target_os = "macos")]
 mod apple;

@@ -20,7 +20,7 @@ fn library(status: &LibraryStatus) -> String {
     match (status.loaded, &status.version, &status.error) {
         (true, Some(v), _) => format!("loaded ({v})"),
         (true, None, _) => "loaded".to_string(),
-        (false, _, Some(e)) => format!("not loaded: {e}"),
+        (false, _, Some(e)) => format!("not loaded ({e})"),
         (false, _, None) => "not loaded".to_string(),
     }
 }
@@ -28,7 +28,7 @@ fn library(status: &LibraryStatus) -> String {
 fn gpu_lines(out: &mut String, g: &GpuInfo) {
     let mut head = format!("  [{} {}] {} ({})", g.api, g.index, g.name, g.source);
     if let Some(hidden) = &g.hidden_by {
-        let _ = write!(head, "  hidden by {hidden}");
+        let _ = write!(head, " - hidden by {hidden}");
     }
     let _ = writeln!(out, "{head}");
     let mut facts = Vec::new();
