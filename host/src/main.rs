@@ -1,1 +1,111 @@
-fn main() {}
+//! The `corral` command line. See `corral --help`.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use corral_host::runtime::GlobalOptions;
+
+mod cli;
+
+/// Run language models on any hardware; engines are plugins.
+#[derive(Parser, Debug)]
+#[command(name = "corral", version, about, long_about = None)]
+struct Cli {
+    /// Config file (default: ~/.config/corral/config.toml, then /etc/corral/config.toml).
+    #[arg(long, global = true, env = "CORRAL_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Extra directory to search for backend plugins (repeatable; also CORRAL_PLUGIN_PATH).
+    #[arg(long = "plugin-dir", global = true, value_name = "DIR")]
+    plugin_dirs: Vec<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show what hardware this machine has (CPU, memory, GPUs, Vulkan devices).
+    Probe(cli::ProbeArgs),
+    /// List backend plugins, which one would be chosen, and why.
+    Backends(cli::BackendsArgs),
+    /// Start the HTTP server (Ollama and OpenAI APIs).
+    Serve(cli::ServeArgs),
+    /// Run a model: one-shot with a prompt, interactive chat without one.
+    Run(cli::RunArgs),
+    /// Measure prompt processing and generation speed (pp512, tg128).
+    Bench(cli::BenchArgs),
+    /// Plugin tools.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// Model tools.
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum PluginCommand {
+    /// Run the backend conformance suite against a plugin.
+    Check(cli::CheckArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum ModelCommand {
+    /// Write a GGUF model with random weights and a real BPE vocabulary.
+    Generate(GenerateArgs),
+}
+
+/// Arguments of `corral model generate`.
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Output file.
+    pub output: PathBuf,
+    /// Shape preset: tiny, small, tinyllama.
+    #[arg(long, default_value = "tiny")]
+    pub shape: String,
+    /// Weight type: f32, f16, q8_0, q4_0.
+    #[arg(long = "type", default_value = "f32")]
+    pub weight_type: String,
+    /// Random seed.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+/// Logs go to stderr; `CORRAL_LOG` or `RUST_LOG` set the filter (default: `info` for
+/// the server, `warn` for one-shot commands), `CORRAL_LOG_FORMAT=json` for JSON lines.
+fn init_tracing(default_filter: &str) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = std::env::var("CORRAL_LOG")
+        .ok()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| default_filter.to_string());
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("warn"));
+    let json = std::env::var("CORRAL_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(true);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" });
+    let global = GlobalOptions { config: cli.config, plugin_dirs: cli.plugin_dirs };
+    let result: Result<()> = match cli.command {
+        Command::Probe(a) => cli::probe(&a),
+        Command::Backends(a) => cli::backends(&global, &a),
+        Command::Serve(a) => cli::serve(&global, a),
+        Command::Run(a) => cli::run(&global, a),
+        Command::Bench(a) => cli::bench(&global, &a),
+        Command::Plugin(PluginCommand::Check(a)) => cli::plugin_check(&global, &a),
+        Command::Model(ModelCommand::Generate(a)) => cli::generate_model(&a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(cli::exit_code(&e))
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! `corral run` and `corral bench`.
+
+use std::{
+    io::{BufRead, IsTerminal, Write},
+    path::PathBuf,
+    sync::{Arc, atomic::AtomicBool},
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+use corral_backend_api::{BatchEntry, ContextParams, LoadOptions};
+use corral_generation::{
+    context::{ContextPolicy, fit_prompt},
+    options::SamplingOptions,
+};
+use serde::Serialize;
+
+use crate::{
+    engine::Model,
+    engine_loop::{EngineHandle, Event, LoopConfig, Request, Stats},
+    prompt::{self, Message},
+    runtime::{self, GlobalOptions, Runtime},
+};
+
+/// Options shared by `run` and `bench` for loading a model.
+#[derive(Args, Debug, Clone)]
+pub struct LoadArgs {
+    /// Backend to use (name, variant or name:variant); default auto.
+    #[arg(long, env = "CORRAL_BACKEND")]
+    pub backend: Option<String>,
+    /// Compute threads (default: the engine's choice).
+    #[arg(long, short = 't')]
+    pub threads: Option<u32>,
+    /// Layers to offload to the GPU (-1 all, 0 none).
+    #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+    pub n_gpu_layers: i32,
+}
+
+/// Loads the model at `path` through the chosen backend.
+pub fn load_model(global: &GlobalOptions, load: &LoadArgs, path: &std::path::Path) -> Result<(Arc<Model>, std::time::Duration)> {
+    let rt = Runtime::new(global)?;
+    let format = runtime::format_of(path);
+    let (plugin, _) = rt.choose(&rt.selector(load.backend.as_deref(), Some(format)))?;
+    tracing::info!("backend {}", plugin.manifest.id());
+    let options = LoadOptions { n_threads: load.threads.unwrap_or(0), n_gpu_layers: load.n_gpu_layers, ..Default::default() };
+    let t = Instant::now();
+    let model = Model::load(plugin.clone(), &path.to_string_lossy(), format, options)
+        .with_context(|| format!("{} could not load {}", plugin.manifest.id(), path.display()))?;
+    Ok((Arc::new(model), t.elapsed()))
+}
+
+/// `corral run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Model: a GGUF file.
+    pub model: String,
+    /// Prompt; without one, read stdin (when it is not a terminal) or chat interactively.
+    pub prompt: Vec<String>,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Random seed (same seed, same text).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Temperature (0 = greedy).
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Tokens to generate at most (-1 no limit, -2 fill the context).
+    #[arg(long, allow_hyphen_values = true)]
+    pub num_predict: Option<i32>,
+    /// Top-k.
+    #[arg(long, allow_hyphen_values = true)]
+    pub top_k: Option<i32>,
+    /// Top-p.
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Min-p.
+    #[arg(long)]
+    pub min_p: Option<f32>,
+    /// Repeat penalty.
+    #[arg(long)]
+    pub repeat_penalty: Option<f32>,
+    /// Context length.
+    #[arg(long)]
+    pub num_ctx: Option<u32>,
+    /// Stop string (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// More options as JSON, Ollama's names: '{"typical_p":0.9}'.
+    #[arg(long, value_name = "JSON")]
+    pub options: Option<String>,
+    /// System prompt.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Send the prompt as is, without the chat template.
+    #[arg(long)]
+    pub raw: bool,
+    /// Refuse a prompt longer than the context instead of truncating it from the front.
+    #[arg(long)]
+    pub no_truncate: bool,
+    /// Print timings and token rates after each answer.
+    #[arg(long)]
+    pub verbose: bool,
+}
+
+fn sampling_options(a: &RunArgs) -> Result<SamplingOptions> {
+    let mut o = SamplingOptions::default();
+    if let Some(json) = &a.options {
+        let v: serde_json::Value = serde_json::from_str(json).context("--options is not valid JSON")?;
+        o.apply_json(&v)?;
+    }
+    let mut set = serde_json::Map::new();
+    macro_rules! put {
+        ($field:ident) => {
+            if let Some(v) = a.$field {
+                set.insert(stringify!($field).into(), serde_json::json!(v));
+            }
+        };
+    }
+    put!(seed);
+    put!(temperature);
+    put!(num_predict);
+    put!(top_k);
+    put!(top_p);
+    put!(min_p);
+    put!(repeat_penalty);
+    put!(num_ctx);
+    if !a.stop.is_empty() {
+        set.insert("stop".into(), serde_json::json!(a.stop));
+    }
+    o.apply_json(&serde_json::Value::Object(set))?;
+    o.validate()?;
+    Ok(o)
+}
+
+/// Generates one answer, streaming its text to `out`. Returns the text and stats.
+pub fn generate(
+    engine: &EngineHandle,
+    prompt: Vec<u32>,
+    options: SamplingOptions,
+    mut out: impl FnMut(&str),
+) -> Result<(String, Stats)> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    engine.submit(Request {
+        prompt,
+        options,
+        constraint: None,
+        events: tx,
+        cancel: Arc::new(AtomicBool::new(false)),
+        submitted: Instant::now(),
+    })?;
+    let mut text = String::new();
+    while let Some(ev) = rx.blocking_recv() {
+        match ev {
+            Event::PromptDone { .. } => {}
+            Event::Text(t) => {
+                out(&t);
+                text.push_str(&t);
+            }
+            Event::Done(stats) => return Ok((text, stats)),
+            Event::Error(e) => return Err(e.into()),
+        }
+    }
+    bail!("the engine stopped before the answer was complete")
+}
+
+fn print_stats(load: std::time::Duration, s: &Stats) {
+    let rate = |n: usize, d: std::time::Duration| if d.as_secs_f64() > 0.0 { n as f64 / d.as_secs_f64() } else { 0.0 };
+    let evaluated = s.prompt_tokens - s.cached_tokens;
+    eprintln!("load duration:        {:.3}s", load.as_secs_f64());
+    eprintln!("prompt eval count:    {} token(s) ({} cached)", s.prompt_tokens, s.cached_tokens);
+    eprintln!("prompt eval duration: {:.3}s", s.prompt_eval.as_secs_f64());
+    eprintln!("prompt eval rate:     {:.2} tokens/s", rate(evaluated, s.prompt_eval));
+    eprintln!("eval count:           {} token(s)", s.eval_count);
+    eprintln!("eval duration:        {:.3}s", s.eval.as_secs_f64());
+    eprintln!("eval rate:            {:.2} tokens/s", rate(s.eval_count, s.eval));
+    eprintln!("done reason:          {}", s.done_reason.map(|r| r.as_str()).unwrap_or("-"));
+}
+
+/// `corral run`.
+pub fn run(global: &GlobalOptions, a: RunArgs) -> Result<()> {
+    let options = sampling_options(&a)?;
+    let path = runtime::model_path(&a.model)?;
+    let (model, load_time) = load_model(global, &a.load, &path)?;
+    let num_ctx = options.num_ctx_or(Some(model.meta.context_length.min(2048)));
+    let engine = EngineHandle::start(
+        model.clone(),
+        LoopConfig { n_parallel: 1, num_ctx, n_batch: 512, n_threads: a.load.threads.unwrap_or(0) },
+    )?;
+    let policy = if a.no_truncate { ContextPolicy::Refuse } else { ContextPolicy::Truncate };
+    let template = prompt::Templater::for_model(&model)?;
+    let mut history: Vec<Message> = Vec::new();
+    if let Some(s) = &a.system {
+        history.push(Message::new("system", s));
+    }
+
+    let one_shot = if !a.prompt.is_empty() {
+        Some(a.prompt.join(" "))
+    } else if !std::io::stdin().is_terminal() {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("cannot read stdin")?;
+        Some(s)
+    } else {
+        None
+    };
+
+    let turn = |user: &str, history: &mut Vec<Message>| -> Result<()> {
+        if user.trim().is_empty() {
+            bail!("the prompt is empty");
+        }
+        let tokens = if a.raw {
+            model.tokenize(user, true, true)?
+        } else {
+            history.push(Message::new("user", user));
+            template.tokenize_chat(&model, history, true)?
+        };
+        let tokens = fit_prompt(&tokens, num_ctx as usize, options.num_keep, options.num_predict, policy)?;
+        let stdout = std::io::stdout();
+        let (text, stats) = generate(&engine, tokens, options.clone(), |t| {
+            let mut o = stdout.lock();
+            let _ = o.write_all(t.as_bytes());
+            let _ = o.flush();
+        })?;
+        println!();
+        if !a.raw {
+            history.push(Message::new("assistant", &text));
+        }
+        if a.verbose {
+            print_stats(load_time, &stats);
+        }
+        Ok(())
+    };
+
+    if let Some(p) = one_shot {
+        return turn(&p, &mut history);
+    }
+    eprintln!("corral: chatting with {} (type /bye to leave)", path.display());
+    let stdin = std::io::stdin();
+    loop {
+        eprint!(">>> ");
+        let _ = std::io::stderr().flush();
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let line = line.trim_end_matches(['\n', '\r']);
+        match line.trim() {
+            "/bye" | "/exit" | "/quit" => return Ok(()),
+            "" => continue,
+            "/clear" => {
+                history.retain(|m| m.role == "system");
+                eprintln!("cleared the conversation");
+                continue;
+            }
+            _ => {}
+        }
+        if let Err(e) = turn(line, &mut history) {
+            eprintln!("error: {e:#}");
+            history.pop();
+        }
+    }
+}
+
+/// `corral bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Model: a GGUF file.
+    pub model: String,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Prompt tokens per prompt-processing test.
+    #[arg(long, default_value_t = 512)]
+    pub pp: u32,
+    /// Tokens per generation test.
+    #[arg(long, default_value_t = 128)]
+    pub tg: u32,
+    /// Repetitions of each test.
+    #[arg(long, short = 'r', default_value_t = 5)]
+    pub reps: u32,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Do not measure raw llama.cpp beside corral.
+    #[arg(long)]
+    pub no_raw: bool,
+    /// The raw llama.cpp bench binary (default: `llama-raw` beside corral, beside the
+    /// chosen plugin's library, or on PATH).
+    #[arg(long, value_name = "PATH")]
+    pub raw_bin: Option<PathBuf>,
+}
+
+/// One measured test.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct BenchResult {
+    /// `corral (llama-cpp:cpu)` or `llama.cpp (raw)`.
+    pub engine: String,
+    /// `pp512` or `tg128`.
+    pub test: String,
+    /// Median tokens/s.
+    pub median_tps: f64,
+    /// Standard deviation of tokens/s.
+    pub stddev_tps: f64,
+    /// Every repetition's tokens/s.
+    pub samples: Vec<f64>,
+}
+
+fn summarize(engine: &str, test: String, samples: Vec<f64>) -> BenchResult {
+    let mut s = samples.clone();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let median = if s.is_empty() { 0.0 } else if s.len() % 2 == 1 { s[s.len() / 2] } else { (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0 };
+    let mean = s.iter().sum::<f64>() / s.len().max(1) as f64;
+    let var = s.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (s.len().max(2) - 1) as f64;
+    BenchResult { engine: engine.to_string(), test, median_tps: median, stddev_tps: var.sqrt(), samples }
+}
+
+/// Measures pp and tg through corral's plugin path, the way llama-bench does.
+pub fn bench_corral(model: &Model, a: &BenchArgs) -> Result<Vec<BenchResult>> {
+    let n_ctx = (a.pp + a.tg + 16).next_power_of_two().max(256);
+    let threads = a.load.threads.unwrap_or(0);
+    let mut ctx = model.new_context(&ContextParams {
+        n_ctx,
+        n_batch: a.pp.max(1),
+        n_seq_max: 1,
+        n_threads: threads,
+        n_threads_batch: threads,
+        ..Default::default()
+    })?;
+    let vocab = model.vocab_size.max(2);
+    // Deterministic pseudo-random tokens, as llama-bench uses random tokens.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut next_token = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % u64::from(vocab - 1)) as u32 + 1
+    };
+    let engine = format!("corral ({})", model.plugin.manifest.id());
+    // Warm-up, as llama-bench does.
+    ctx.kv_clear()?;
+    ctx.decode(&[BatchEntry { token: next_token(), pos: 0, seq: 0, logits: true }])?;
+    let mut out = Vec::new();
+    if a.pp > 0 {
+        let mut samples = Vec::new();
+        for _ in 0..a.reps {
+            ctx.kv_clear()?;
+            let tokens: Vec<u32> = (0..a.pp).map(|_| next_token()).collect();
+            let t = Instant::now();
+            let i = ctx.prefill(0, 0, &tokens)?;
+            ctx.logits(i)?;
+            samples.push(f64::from(a.pp) / t.elapsed().as_secs_f64());
+        }
+        out.push(summarize(&engine, format!("pp{}", a.pp), samples));
+    }
+    if a.tg > 0 {
+        let mut samples = Vec::new();
+        for _ in 0..a.reps {
+            ctx.kv_clear()?;
+            let t = Instant::now();
+            for pos in 0..a.tg {
+                ctx.decode(&[BatchEntry { token: next_token(), pos, seq: 0, logits: true }])?;
+                ctx.logits(0)?;
+            }
+            samples.push(f64::from(a.tg) / t.elapsed().as_secs_f64());
+        }
+        out.push(summarize(&engine, format!("tg{}", a.tg), samples));
+    }
+    Ok(out)
+}
+
+fn find_raw_bin(a: &BenchArgs, model: &Model) -> Option<PathBuf> {
+    if let Some(p) = &a.raw_bin {
+        return Some(p.clone());
+    }
+    let mut dirs = Vec::new();
+    if let Some(d) = model.plugin.library_path.parent() {
+        dirs.push(d.to_path_buf());
+    }
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(d) = exe.parent()
+    {
+        dirs.push(d.to_path_buf());
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
+    dirs.into_iter().map(|d| d.join("llama-raw")).find(|p| p.is_file())
+}
+
+/// Runs `llama-raw bench` on the same file and parses its JSON results.
+pub fn bench_raw(bin: &std::path::Path, path: &std::path::Path, a: &BenchArgs) -> Result<Vec<BenchResult>> {
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg("bench")
+        .arg(path)
+        .args(["--pp", &a.pp.to_string(), "--tg", &a.tg.to_string(), "--reps", &a.reps.to_string(), "--json"]);
+    if let Some(t) = a.load.threads {
+        cmd.args(["--threads", &t.to_string()]);
+    }
+    cmd.args(["--n-gpu-layers", &a.load.n_gpu_layers.to_string()]);
+    let out = cmd.output().with_context(|| format!("cannot run {}", bin.display()))?;
+    if !out.status.success() {
+        bail!("{} failed: {}", bin.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let results: Vec<BenchResult> = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("{} printed unexpected output", bin.display()))?;
+    Ok(results)
+}
+
+/// `corral bench`.
+pub fn bench(global: &GlobalOptions, a: &BenchArgs) -> Result<()> {
+    if a.reps == 0 {
+        bail!("--reps must be at least 1");
+    }
+    let path = runtime::model_path(&a.model)?;
+    let (model, _) = load_model(global, &a.load, &path)?;
+    let mut results = bench_corral(&model, a)?;
+    let raw_bin = if a.no_raw { None } else { find_raw_bin(a, &model) };
+    // Free the model before raw llama.cpp loads the same file.
+    drop(model);
+    let mut raw_note = None;
+    match raw_bin {
+        Some(bin) => results.extend(bench_raw(&bin, &path, a)?),
+        None if !a.no_raw => {
+            raw_note = Some("llama-raw not found (build backends/llama-cpp or pass --raw-bin); no ratio".to_string())
+        }
+        None => {}
+    }
+    let raw_of = |test: &str| results.iter().find(|r| r.engine.starts_with("llama.cpp") && r.test == test).map(|r| r.median_tps);
+    if a.json {
+        let rows: Vec<serde_json::Value> = results
+            .iter()
+            .map(|r| {
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                if let (Some(raw), Some(obj)) = (raw_of(&r.test), v.as_object_mut()) {
+                    obj.insert("ratio_to_llama_cpp".into(), serde_json::json!(r.median_tps / raw));
+                }
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"model": path, "threads": a.load.threads, "results": rows}))?);
+    } else {
+        println!("model: {}  threads: {}  reps: {}", path.display(), a.load.threads.map_or("auto".into(), |t| t.to_string()), a.reps);
+        println!("| {:<28} | {:<6} | {:>10} | {:>8} | {:>9} |", "engine", "test", "t/s", "±", "vs raw");
+        println!("|{:-<30}|{:-<8}|{:-<12}|{:-<10}|{:-<11}|", "", "", "", "", "");
+        for r in &results {
+            let ratio = raw_of(&r.test).map_or("-".into(), |raw| format!("{:.3}", r.median_tps / raw));
+            println!("| {:<28} | {:<6} | {:>10.2} | {:>8.2} | {:>9} |", r.engine, r.test, r.median_tps, r.stddev_tps, ratio);
+        }
+        if let Some(n) = raw_note {
+            println!("note: {n}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! The TOML config file: where it is, what it holds, and errors that name file, line and key.
+//!
+//! Precedence for every setting is: command-line flag, then `CORRAL_*` environment
+//! variable (both handled by clap), then this file, then the built-in default.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+/// A config file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file exists but could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file does not parse or holds a wrong value.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, with line, column and key.
+        message: String,
+    },
+    /// `--config FILE` named a file that does not exist.
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+}
+
+/// The whole config file. Every field is optional.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Backend to use: `auto` (default), a plugin name (`llama-cpp`), a variant
+    /// (`vulkan`) or both (`llama-cpp:vulkan`).
+    pub backend: Option<String>,
+    /// Order of preference among available backends when `backend` is `auto`: names,
+    /// variants or `name:variant`, best first.
+    pub preference: Vec<String>,
+    /// Extra directories searched for plugins, before the built-in ones.
+    pub plugin_dirs: Vec<PathBuf>,
+    /// Per-backend options, passed to the plugin's init: `[backends.llama-cpp]`.
+    pub backends: BTreeMap<String, toml::Table>,
+    /// Server settings.
+    pub server: ServerConfig,
+    /// Where models are stored.
+    pub models: Option<PathBuf>,
+}
+
+/// `[server]`: settings of `corral serve`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Listen address (`127.0.0.1:11434` by default).
+    pub host: Option<String>,
+    /// Default keep-alive, e.g. `"5m"`.
+    pub keep_alive: Option<String>,
+    /// Models loaded at once.
+    pub max_loaded_models: Option<usize>,
+    /// Parallel sequences per model.
+    pub num_parallel: Option<usize>,
+    /// Requests waiting at most.
+    pub max_queue: Option<usize>,
+    /// Allowed CORS origins beyond the local ones.
+    pub origins: Vec<String>,
+    /// Context length per sequence.
+    pub num_ctx: Option<u32>,
+    /// Compute threads.
+    pub threads: Option<u32>,
+}
+
+impl Config {
+    /// Parses config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().replace('\n', "\n  "),
+        })
+    }
+
+    /// Loads `explicit` if given (it must exist), else the first of
+    /// `~/.config/corral/config.toml` and `/etc/corral/config.toml` that exists, else
+    /// the defaults. Returns the config and the file it came from.
+    pub fn load(explicit: Option<&Path>) -> Result<(Config, Option<PathBuf>), ConfigError> {
+        let path = match explicit {
+            Some(p) if p.exists() => p.to_path_buf(),
+            Some(p) => return Err(ConfigError::Missing(p.to_path_buf())),
+            None => match default_paths().into_iter().find(|p| p.exists()) {
+                Some(p) => p,
+                None => return Ok((Config::default(), None)),
+            },
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+        Ok((Config::parse(&text, &path)?, Some(path)))
+    }
+
+    /// The plugin's options as a JSON object (what `HostServices::options_json` carries).
+    pub fn backend_options_json(&self, name: &str) -> String {
+        self.backends
+            .get(name)
+            .and_then(|t| serde_json::to_string(t).ok())
+            .unwrap_or_else(|| "{}".to_string())
+    }
+}
+
+/// The config files looked for, in order.
+pub fn default_paths() -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
+        v.push(PathBuf::from(dir).join("corral/config.toml"));
+    } else if let Some(home) = std::env::var_os("HOME") {
+        v.push(PathBuf::from(home).join(".config/corral/config.toml"));
+    }
+    v.push(PathBuf::from("/etc/corral/config.toml"));
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_config() {
+        let c = Config::parse(
+            r#"
+backend = "vulkan"
+preference = ["llama-cpp:vulkan", "llama-cpp"]
+[backends.llama-cpp]
+n_threads = 4
+[server]
+host = "0.0.0.0:8080"
+"#,
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.backend.as_deref(), Some("vulkan"));
+        assert_eq!(c.backend_options_json("llama-cpp"), r#"{"n_threads":4}"#);
+        assert_eq!(c.backend_options_json("other"), "{}");
+    }
+
+    #[test]
+    fn syntax_error_names_file_line_and_key() {
+        let err = Config::parse("backend = \"x\"\n[server]\nmax_queue = \"ten\"\n", Path::new("/etc/c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/etc/c.toml"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("max_queue"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        let err = Config::parse("bakend = \"x\"\n", Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.contains("bakend"), "{err}");
+    }
+}

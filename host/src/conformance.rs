@@ -1,0 +1,320 @@
+//! The backend conformance suite: one set of checks every backend plugin must pass,
+//! run through the real ABI. `cargo test` runs it on every plugin in the workspace;
+//! `corral plugin check PATH --model FILE` runs it on a third party's plugin.
+
+use corral_backend_api::{BatchEntry, ContextParams, ErrorKind};
+use serde::Serialize;
+
+use crate::engine::{Context, Model};
+
+/// Outcome of one check.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckResult {
+    /// Check name.
+    pub name: &'static str,
+    /// `pass`, `fail` or `skip`.
+    pub outcome: Outcome,
+    /// What was seen.
+    pub detail: String,
+}
+
+/// Pass, fail or skip.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// The plugin behaves as the contract says.
+    Pass,
+    /// It does not.
+    Fail,
+    /// The check does not apply (e.g. embeddings on an engine without them).
+    Skip,
+}
+
+/// Tolerances for logits comparisons: `|a - b| <= atol + rtol * max|a|`.
+#[derive(Debug, Clone, Copy)]
+pub struct Tolerance {
+    /// Absolute part.
+    pub atol: f32,
+    /// Relative part (to the largest magnitude in the reference vector).
+    pub rtol: f32,
+}
+
+impl Default for Tolerance {
+    /// Batched and single-sequence decodes run different kernels (different reduction
+    /// orders), so they may differ by float rounding; 1e-3 absolute plus 1% of the largest
+    /// logit is far below what a real bug (a wrong position, a mixed-up sequence) causes,
+    /// which moves logits by O(1).
+    fn default() -> Self {
+        Tolerance { atol: 1e-3, rtol: 1e-2 }
+    }
+}
+
+type CheckFn = fn(&Model, &Tolerance) -> Result<String, String>;
+
+const PROMPTS: [&str; 3] = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Once upon a time, in a land far away",
+    "fn main() { println!(\"héllo, wörld — 日本語 🦀\"); }",
+];
+
+/// Runs every check on `model`.
+pub fn run_all(model: &Model, tol: &Tolerance) -> Vec<CheckResult> {
+    let checks: [(&'static str, CheckFn); 10] = [
+        ("tokenize_roundtrip", tokenize_roundtrip),
+        ("token_bytes_concat", token_bytes_concat),
+        ("determinism", determinism),
+        ("batch_equals_sequential", batch_equals_sequential),
+        ("kv_remove_redecode", kv_remove_redecode),
+        ("kv_copy", kv_copy),
+        ("kv_clear", kv_clear),
+        ("invalid_input_errors", invalid_input_errors),
+        ("other_thread", other_thread),
+        ("embeddings", embeddings),
+    ];
+    checks
+        .iter()
+        .map(|(name, f)| {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(model, tol)));
+            let (outcome, detail) = match r {
+                Ok(Ok(d)) if d.starts_with("skip:") => (Outcome::Skip, d[5..].trim().to_string()),
+                Ok(Ok(d)) => (Outcome::Pass, d),
+                Ok(Err(d)) => (Outcome::Fail, d),
+                Err(_) => (Outcome::Fail, "the check panicked in the host".to_string()),
+            };
+            CheckResult { name, outcome, detail }
+        })
+        .collect()
+}
+
+fn ctx(model: &Model, n_seq: u32) -> Result<Context, String> {
+    model
+        .new_context(&ContextParams { n_ctx: 512, n_batch: 512, n_seq_max: n_seq, ..Default::default() })
+        .map_err(|e| format!("new_context failed: {e}"))
+}
+
+fn toks(model: &Model, text: &str) -> Result<Vec<u32>, String> {
+    let t = model.tokenize(text, true, false).map_err(|e| format!("tokenize failed: {e}"))?;
+    if t.len() < 3 {
+        return Err(format!("tokenize({text:?}) gave only {} tokens", t.len()));
+    }
+    Ok(t)
+}
+
+/// Logits of the last token of `tokens` decoded alone in seq 0 of a fresh context.
+fn single(model: &Model, tokens: &[u32]) -> Result<Vec<f32>, String> {
+    let mut c = ctx(model, 1)?;
+    let i = c.prefill(0, 0, tokens).map_err(|e| format!("decode failed: {e}"))?;
+    c.logits(i).map(<[f32]>::to_vec).map_err(|e| format!("logits failed: {e}"))
+}
+
+fn compare(what: &str, reference: &[f32], got: &[f32], tol: &Tolerance) -> Result<f32, String> {
+    if reference.len() != got.len() {
+        return Err(format!("{what}: logits length {} vs {}", got.len(), reference.len()));
+    }
+    let scale = reference.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let mut worst = 0f32;
+    for (i, (a, b)) in reference.iter().zip(got).enumerate() {
+        let d = (a - b).abs();
+        if !d.is_finite() || d > tol.atol + tol.rtol * scale {
+            return Err(format!("{what}: logit {i} differs: {a} vs {b} (tolerance {} + {} x {scale})", tol.atol, tol.rtol));
+        }
+        worst = worst.max(d);
+    }
+    Ok(worst)
+}
+
+fn tokenize_roundtrip(model: &Model, _: &Tolerance) -> Result<String, String> {
+    for text in PROMPTS.iter().chain(&["  leading spaces", "tabs\tand\nnewlines\n"]) {
+        let t = model.tokenize(text, false, false).map_err(|e| e.to_string())?;
+        let back = model.detokenize(&t).map_err(|e| e.to_string())?;
+        if back != *text {
+            return Err(format!("detokenize(tokenize({text:?})) = {back:?}"));
+        }
+    }
+    Ok("5 texts round-trip exactly".into())
+}
+
+fn token_bytes_concat(model: &Model, _: &Tolerance) -> Result<String, String> {
+    let text = PROMPTS[2];
+    let t = model.tokenize(text, false, false).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    for &tok in &t {
+        bytes.extend(model.token_bytes(tok).map_err(|e| e.to_string())?);
+    }
+    if bytes != text.as_bytes() {
+        return Err(format!("token bytes concatenate to {:?}", String::from_utf8_lossy(&bytes)));
+    }
+    Ok(format!("{} tokens' bytes rebuild the UTF-8 text", t.len()))
+}
+
+fn determinism(model: &Model, _: &Tolerance) -> Result<String, String> {
+    let t = toks(model, PROMPTS[0])?;
+    let (a, b) = (single(model, &t)?, single(model, &t)?);
+    if a != b {
+        return Err("two fresh contexts gave different logits for the same prompt".into());
+    }
+    Ok("identical logits from two contexts".into())
+}
+
+fn batch_equals_sequential(model: &Model, tol: &Tolerance) -> Result<String, String> {
+    let seqs: Vec<Vec<u32>> = PROMPTS.iter().map(|p| toks(model, p)).collect::<Result<_, _>>()?;
+    let reference: Vec<Vec<f32>> = seqs.iter().map(|s| single(model, s)).collect::<Result<_, _>>()?;
+    let mut c = ctx(model, 3)?;
+    // Interleave the three sequences' tokens in one batch.
+    let mut batch = Vec::new();
+    let mut last = [0usize; 3];
+    let longest = seqs.iter().map(Vec::len).max().unwrap_or(0);
+    for pos in 0..longest {
+        for (s, toks) in seqs.iter().enumerate() {
+            if let Some(&token) = toks.get(pos) {
+                let is_last = pos + 1 == toks.len();
+                if is_last {
+                    last[s] = batch.len();
+                }
+                batch.push(BatchEntry { token, pos: pos as u32, seq: s as u32, logits: is_last });
+            }
+        }
+    }
+    c.decode(&batch).map_err(|e| format!("mixed batch decode failed: {e}"))?;
+    let mut worst = 0f32;
+    for s in 0..3 {
+        let got = c.logits(last[s]).map_err(|e| e.to_string())?.to_vec();
+        worst = worst.max(compare(&format!("sequence {s}"), &reference[s], &got, tol)?);
+    }
+    // And one more step for all three at once, against one more step alone.
+    Ok(format!("3 interleaved sequences match single decodes (max |diff| {worst:.2e})"))
+}
+
+fn kv_remove_redecode(model: &Model, tol: &Tolerance) -> Result<String, String> {
+    let t = toks(model, PROMPTS[1])?;
+    let n = t.len();
+    let mut c = ctx(model, 1)?;
+    let i = c.prefill(0, 0, &t).map_err(|e| e.to_string())?;
+    let first = c.logits(i).map_err(|e| e.to_string())?.to_vec();
+    if c.kv_pos_max(0) != n as i32 - 1 {
+        return Err(format!("kv_pos_max = {} after {n} tokens", c.kv_pos_max(0)));
+    }
+    // Drop the last 2 positions, then decode them again.
+    c.kv_remove(0, n as i32 - 2, -1).map_err(|e| e.to_string())?;
+    if c.kv_pos_max(0) != n as i32 - 3 {
+        return Err(format!("kv_pos_max = {} after removing the tail", c.kv_pos_max(0)));
+    }
+    let i = c.prefill(0, n as u32 - 2, &t[n - 2..]).map_err(|e| e.to_string())?;
+    let again = c.logits(i).map_err(|e| e.to_string())?.to_vec();
+    let worst = compare("re-decode after kv_remove", &first, &again, tol)?;
+    // A different token in the re-decoded slot must change the logits.
+    c.kv_remove(0, n as i32 - 1, -1).map_err(|e| e.to_string())?;
+    let other = (t[n - 1] + 1) % model.vocab_size;
+    c.decode(&[BatchEntry { token: other, pos: n as u32 - 1, seq: 0, logits: true }]).map_err(|e| e.to_string())?;
+    let changed = c.logits(0).map_err(|e| e.to_string())?.to_vec();
+    if compare("", &first, &changed, &Tolerance { atol: 1e-6, rtol: 0.0 }).is_ok() {
+        return Err("replacing the last token did not change the logits: kv_remove had no effect".into());
+    }
+    Ok(format!("removed tail re-decodes to the same logits (max |diff| {worst:.2e})"))
+}
+
+fn kv_copy(model: &Model, tol: &Tolerance) -> Result<String, String> {
+    let t = toks(model, PROMPTS[0])?;
+    let n = t.len();
+    let mut c = ctx(model, 2)?;
+    let i = c.prefill(0, 0, &t).map_err(|e| e.to_string())?;
+    let reference = c.logits(i).map_err(|e| e.to_string())?.to_vec();
+    // Share all but the last token with seq 1, then decode the last token there.
+    c.kv_copy(0, 1, 0, n as i32 - 1).map_err(|e| e.to_string())?;
+    if c.kv_pos_max(1) != n as i32 - 2 {
+        return Err(format!("kv_pos_max(1) = {} after copying {} positions", c.kv_pos_max(1), n - 1));
+    }
+    c.decode(&[BatchEntry { token: t[n - 1], pos: n as u32 - 1, seq: 1, logits: true }])
+        .map_err(|e| e.to_string())?;
+    let got = c.logits(0).map_err(|e| e.to_string())?.to_vec();
+    let worst = compare("copied sequence", &reference, &got, tol)?;
+    Ok(format!("a copied prefix continues like the original (max |diff| {worst:.2e})"))
+}
+
+fn kv_clear(model: &Model, _: &Tolerance) -> Result<String, String> {
+    let t = toks(model, PROMPTS[0])?;
+    let mut c = ctx(model, 2)?;
+    c.prefill(0, 0, &t).map_err(|e| e.to_string())?;
+    c.prefill(1, 0, &t).map_err(|e| e.to_string())?;
+    c.kv_clear().map_err(|e| e.to_string())?;
+    if c.kv_pos_max(0) != -1 || c.kv_pos_max(1) != -1 {
+        return Err("sequences not empty after kv_clear".into());
+    }
+    c.prefill(0, 0, &t).map_err(|e| e.to_string())?;
+    c.kv_remove(-1, 0, -1).map_err(|e| e.to_string())?;
+    if c.kv_pos_max(0) != -1 {
+        return Err("kv_remove(-1, 0, -1) left sequence 0 non-empty".into());
+    }
+    Ok("clear and remove-all empty every sequence".into())
+}
+
+fn expect_invalid(what: &str, r: Result<(), corral_backend_api::BackendError>) -> Result<(), String> {
+    match r {
+        Err(e) if e.kind == ErrorKind::InvalidInput => Ok(()),
+        Err(e) => Err(format!("{what}: expected an invalid-input error, got {e}")),
+        Ok(()) => Err(format!("{what}: accepted")),
+    }
+}
+
+fn invalid_input_errors(model: &Model, _: &Tolerance) -> Result<String, String> {
+    let mut c = ctx(model, 2)?;
+    let n_ctx = c.params.n_ctx;
+    let e = |token, pos, seq| [BatchEntry { token, pos, seq, logits: true }];
+    expect_invalid("token == vocab_size", c.decode(&e(model.vocab_size, 0, 0)))?;
+    expect_invalid("token u32::MAX", c.decode(&e(u32::MAX, 0, 0)))?;
+    expect_invalid("position == n_ctx", c.decode(&e(1, n_ctx, 0)))?;
+    expect_invalid("sequence == n_seq_max", c.decode(&e(1, 0, 2)))?;
+    expect_invalid("empty batch", c.decode(&[]))?;
+    expect_invalid("token_to_bytes(vocab_size)", model.token_bytes(model.vocab_size).map(|_| ()))?;
+    // The context still works afterwards.
+    c.decode(&e(1, 0, 0)).map_err(|e| format!("context unusable after errors: {e}"))?;
+    if c.logits(5).is_ok() {
+        return Err("logits of a batch entry that does not exist were returned".into());
+    }
+    Ok("bad tokens, positions, sequences and empty batches are refused; context still usable".into())
+}
+
+fn other_thread(model: &Model, tol: &Tolerance) -> Result<String, String> {
+    let t = toks(model, PROMPTS[2])?;
+    let reference = single(model, &t)?;
+    let c = ctx(model, 1)?;
+    let got = std::thread::scope(|s| {
+        s.spawn(move || {
+            let mut c = c;
+            let i = c.prefill(0, 0, &t).map_err(|e| e.to_string())?;
+            c.logits(i).map(<[f32]>::to_vec).map_err(|e| e.to_string())
+        })
+        .join()
+        .map_err(|_| "the other thread panicked".to_string())?
+    })?;
+    let worst = compare("decode on another thread", &reference, &got, tol)?;
+    Ok(format!("a context moved to another thread decodes the same (max |diff| {worst:.2e})"))
+}
+
+fn embeddings(model: &Model, _: &Tolerance) -> Result<String, String> {
+    let params = ContextParams { n_ctx: 512, n_batch: 512, n_seq_max: 2, embeddings: true, ..Default::default() };
+    let mut c = match model.new_context(&params) {
+        Ok(c) => c,
+        Err(e) if e.kind == ErrorKind::Unsupported => return Ok(format!("skip: {e}")),
+        Err(e) => return Err(format!("embeddings context: {e}")),
+    };
+    let a = toks(model, PROMPTS[0])?;
+    let b = toks(model, PROMPTS[1])?;
+    let mut batch: Vec<BatchEntry> =
+        a.iter().enumerate().map(|(i, &t)| BatchEntry { token: t, pos: i as u32, seq: 0, logits: true }).collect();
+    batch.extend(b.iter().enumerate().map(|(i, &t)| BatchEntry { token: t, pos: i as u32, seq: 1, logits: true }));
+    match c.decode(&batch) {
+        Ok(()) => {}
+        Err(e) if e.kind == ErrorKind::Unsupported => return Ok(format!("skip: {e}")),
+        Err(e) => return Err(format!("embeddings decode: {e}")),
+    }
+    let ea = c.embeddings(0).map_err(|e| e.to_string())?;
+    let eb = c.embeddings(1).map_err(|e| e.to_string())?;
+    if ea.is_empty() || ea.len() != eb.len() || ea.iter().any(|x| !x.is_finite()) {
+        return Err(format!("bad embedding vectors (len {} and {})", ea.len(), eb.len()));
+    }
+    if ea == eb {
+        return Err("two different texts gave the same embedding".into());
+    }
+    Ok(format!("two sequences pooled to {}-dimensional vectors", ea.len()))
+}

@@ -1,0 +1,428 @@
+//! The engine loop: one thread per loaded model that decodes every active sequence
+//! together each step (continuous batching), admits new requests between steps, prefills
+//! prompts in chunks so running streams keep flowing, reuses cached prefixes, and frees a
+//! sequence as soon as its client goes away.
+//!
+//! Sampling, stop strings, UTF-8 streaming and length limits come from
+//! `corral-generation`, so every backend behaves the same.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
+};
+
+use corral_backend_api::{BackendError, BatchEntry, ContextParams, ErrorKind};
+use corral_generation::{
+    context::{DoneReason, length_limit},
+    detok::Detokenizer,
+    options::SamplingOptions,
+    sampler::{Constraint, Sampler},
+    stop::StopMatcher,
+};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::engine::{Context, Model};
+
+/// What a request's stream receives.
+#[derive(Debug)]
+pub enum Event {
+    /// The prompt has been processed; generation starts.
+    PromptDone {
+        /// Prompt tokens actually evaluated (after prefix reuse).
+        evaluated: usize,
+    },
+    /// A piece of generated text (whole UTF-8 characters, stop strings withheld).
+    Text(String),
+    /// Generation finished.
+    Done(Stats),
+    /// Generation failed.
+    Error(BackendError),
+}
+
+/// Counters of one finished request, in Ollama's terms.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Prompt tokens served from the prefix cache.
+    pub cached_tokens: usize,
+    /// Time from admission to the prompt's logits.
+    pub prompt_eval: Duration,
+    /// Tokens generated.
+    pub eval_count: usize,
+    /// Time from the prompt's logits to the end.
+    pub eval: Duration,
+    /// Time spent waiting in the queue.
+    pub queued: Duration,
+    /// Why it ended.
+    pub done_reason: Option<DoneReason>,
+    /// The generated token ids (for the `context` field and tests).
+    pub tokens: Vec<u32>,
+}
+
+/// A generation request.
+pub struct Request {
+    /// Prompt tokens (already templated, tokenized and fitted to the context).
+    pub prompt: Vec<u32>,
+    /// Sampling and stopping options.
+    pub options: SamplingOptions,
+    /// A grammar that constrains sampling (structured output), if any.
+    pub constraint: Option<Box<dyn Constraint>>,
+    /// Where events go. A closed receiver cancels the request.
+    pub events: UnboundedSender<Event>,
+    /// Set to cancel.
+    pub cancel: Arc<AtomicBool>,
+    /// When it was submitted.
+    pub submitted: Instant,
+}
+
+/// Sizes of the loop.
+#[derive(Debug, Clone)]
+pub struct LoopConfig {
+    /// Parallel sequences.
+    pub n_parallel: u32,
+    /// Context per sequence.
+    pub num_ctx: u32,
+    /// Largest batch per step (prompt chunks fill it).
+    pub n_batch: u32,
+    /// Threads.
+    pub n_threads: u32,
+}
+
+/// A handle to a running engine loop.
+pub struct EngineHandle {
+    tx: mpsc::Sender<Request>,
+    /// Sequences decoding or waiting right now.
+    pub active: Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// The model.
+    pub model: Arc<Model>,
+    /// Loop sizes.
+    pub config: LoopConfig,
+}
+
+impl EngineHandle {
+    /// Creates the context and starts the loop thread.
+    pub fn start(model: Arc<Model>, config: LoopConfig) -> Result<EngineHandle, BackendError> {
+        let params = ContextParams {
+            n_ctx: config.num_ctx.saturating_mul(config.n_parallel),
+            n_batch: config.n_batch,
+            n_seq_max: config.n_parallel,
+            n_threads: config.n_threads,
+            n_threads_batch: config.n_threads,
+            embeddings: false,
+            seed: 0,
+        };
+        let ctx = model.new_context(&params)?;
+        let (tx, rx) = mpsc::channel();
+        let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut state = LoopState::new(model.clone(), ctx, config.clone(), active.clone());
+        let thread = std::thread::Builder::new()
+            .name("corral-engine".into())
+            .spawn(move || state.run(rx))
+            .map_err(|e| BackendError::internal(format!("cannot start the engine thread: {e}")))?;
+        Ok(EngineHandle { tx, active, thread: Some(thread), model, config })
+    }
+
+    /// Queues a request.
+    pub fn submit(&self, request: Request) -> Result<(), BackendError> {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        self.tx.send(request).map_err(|_| {
+            self.active.fetch_sub(1, Ordering::SeqCst);
+            BackendError::internal("the engine loop has stopped")
+        })
+    }
+}
+
+impl Drop for EngineHandle {
+    fn drop(&mut self) {
+        // Closing the channel ends the loop once its sequences finish.
+        let (dead, _) = mpsc::channel();
+        self.tx = dead;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Slot {
+    /// Tokens whose KV entries this sequence holds (prefix cache).
+    cached: Vec<u32>,
+    job: Option<Job>,
+}
+
+struct Job {
+    req: Request,
+    /// Prompt tokens still to prefill: `prompt[pending..]`.
+    pending: usize,
+    sampler: Sampler,
+    detok: Detokenizer,
+    stop: StopMatcher,
+    /// Token sampled but not yet decoded.
+    next: Option<u32>,
+    stats: Stats,
+    admitted: Instant,
+    first_logits: Option<Instant>,
+}
+
+struct LoopState {
+    model: Arc<Model>,
+    ctx: Context,
+    config: LoopConfig,
+    slots: Vec<Slot>,
+    waiting: std::collections::VecDeque<Request>,
+    active: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+impl LoopState {
+    fn new(model: Arc<Model>, ctx: Context, config: LoopConfig, active: Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        let slots = (0..config.n_parallel).map(|_| Slot { cached: Vec::new(), job: None }).collect();
+        LoopState { model, ctx, config, slots, waiting: Default::default(), active }
+    }
+
+    fn run(&mut self, rx: mpsc::Receiver<Request>) {
+        let mut open = true;
+        loop {
+            let busy = self.slots.iter().any(|s| s.job.is_some());
+            if !busy && self.waiting.is_empty() {
+                if !open {
+                    return;
+                }
+                match rx.recv() {
+                    Ok(r) => self.waiting.push_back(r),
+                    Err(_) => return,
+                }
+            }
+            loop {
+                match rx.try_recv() {
+                    Ok(r) => self.waiting.push_back(r),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+            self.admit();
+            self.step();
+        }
+    }
+
+    fn finish(&mut self, slot: usize, outcome: Result<DoneReason, BackendError>) {
+        let Some(mut job) = self.slots[slot].job.take() else { return };
+        self.active.fetch_sub(1, Ordering::SeqCst);
+        match outcome {
+            Ok(reason) => {
+                let tail = job.detok.finish();
+                let mut text = job.stop.push(&tail).emit;
+                if !job.stop.is_stopped() {
+                    text.push_str(&job.stop.finish());
+                }
+                if !text.is_empty() {
+                    let _ = job.req.events.send(Event::Text(text));
+                }
+                job.stats.done_reason = Some(reason);
+                if let Some(t) = job.first_logits {
+                    job.stats.eval = t.elapsed();
+                }
+                let _ = job.req.events.send(Event::Done(job.stats));
+            }
+            Err(e) => {
+                // The KV state of this sequence is unknown now: forget it.
+                let _ = self.ctx.kv_remove(slot as i32, 0, -1);
+                self.slots[slot].cached.clear();
+                let _ = job.req.events.send(Event::Error(e));
+            }
+        }
+    }
+
+    fn admit(&mut self) {
+        while !self.waiting.is_empty() {
+            let free: Vec<usize> = (0..self.slots.len()).filter(|&i| self.slots[i].job.is_none()).collect();
+            if free.is_empty() {
+                return;
+            }
+            let Some(mut req) = self.waiting.pop_front() else { return };
+            if req.cancel.load(Ordering::Relaxed) || req.events.is_closed() {
+                self.active.fetch_sub(1, Ordering::SeqCst);
+                continue;
+            }
+            // Prefix caching: the free slot whose cached tokens share the longest prefix.
+            let (slot, mut reuse) = free
+                .iter()
+                .map(|&i| (i, common_prefix(&self.slots[i].cached, &req.prompt)))
+                .max_by_key(|&(i, n)| (n, std::cmp::Reverse(i)))
+                .unwrap_or((free[0], 0));
+            if reuse >= req.prompt.len() {
+                reuse = req.prompt.len().saturating_sub(1); // re-decode one token for logits
+            }
+            if self.ctx.kv_remove(slot as i32, reuse as i32, -1).is_err() {
+                reuse = 0;
+                let _ = self.ctx.kv_remove(slot as i32, 0, -1);
+            }
+            self.slots[slot].cached.truncate(reuse);
+            let mut sampler = match Sampler::new(&req.options, self.model.vocab_size as usize) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.active.fetch_sub(1, Ordering::SeqCst);
+                    let _ = req.events.send(Event::Error(BackendError::invalid(e.to_string())));
+                    continue;
+                }
+            };
+            sampler.set_constraint(req.constraint.take());
+            let stats = Stats {
+                prompt_tokens: req.prompt.len(),
+                cached_tokens: reuse,
+                queued: req.submitted.elapsed(),
+                ..Default::default()
+            };
+            let job = Job {
+                pending: reuse,
+                stop: StopMatcher::new(req.options.stop.iter()),
+                sampler,
+                detok: Detokenizer::new(),
+                next: None,
+                stats,
+                admitted: Instant::now(),
+                first_logits: None,
+                req,
+            };
+            self.slots[slot].job = Some(job);
+        }
+    }
+
+    /// One decode step over every active sequence.
+    fn step(&mut self) {
+        // Drop cancelled jobs first.
+        for i in 0..self.slots.len() {
+            if let Some(job) = &self.slots[i].job
+                && (job.req.cancel.load(Ordering::Relaxed) || job.req.events.is_closed())
+            {
+                self.slots[i].job = None;
+                self.active.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let n_batch = self.config.n_batch.max(1) as usize;
+        let mut batch: Vec<BatchEntry> = Vec::with_capacity(n_batch);
+        // (slot, batch index) of entries whose logits we will sample from.
+        let mut wants: Vec<(usize, usize)> = Vec::new();
+        // Generating sequences first: one token each, so streams keep flowing.
+        for (i, slot) in self.slots.iter().enumerate() {
+            if let Some(job) = &slot.job
+                && let Some(t) = job.next
+            {
+                wants.push((i, batch.len()));
+                batch.push(BatchEntry { token: t, pos: slot.cached.len() as u32, seq: i as u32, logits: true });
+            }
+        }
+        // Then prompt chunks in the room left.
+        for (i, slot) in self.slots.iter().enumerate() {
+            let Some(job) = &slot.job else { continue };
+            let pending = &job.req.prompt[job.pending..];
+            if job.next.is_some() || pending.is_empty() {
+                continue;
+            }
+            let room = n_batch - batch.len();
+            if room == 0 {
+                break;
+            }
+            let take = room.min(pending.len());
+            let base = slot.cached.len();
+            for (k, &t) in pending[..take].iter().enumerate() {
+                let last = take == pending.len() && k + 1 == take;
+                if last {
+                    wants.push((i, batch.len()));
+                }
+                batch.push(BatchEntry { token: t, pos: (base + k) as u32, seq: i as u32, logits: last });
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self.ctx.decode(&batch) {
+            let slots: std::collections::BTreeSet<u32> = batch.iter().map(|b| b.seq).collect();
+            let panicked = e.kind == ErrorKind::Panic;
+            for s in slots {
+                self.finish(s as usize, Err(e.clone()));
+            }
+            if panicked {
+                tracing::error!("the backend panicked in decode; the context's state is reset");
+                let _ = self.ctx.kv_clear();
+                self.slots.iter_mut().for_each(|s| s.cached.clear());
+            }
+            return;
+        }
+        // Book-keeping: what is now in each sequence's KV cache.
+        for b in &batch {
+            let slot = &mut self.slots[b.seq as usize];
+            slot.cached.push(b.token);
+            if let Some(job) = &mut slot.job {
+                if job.next == Some(b.token) && b.logits {
+                    job.next = None;
+                } else if job.pending < job.req.prompt.len() {
+                    job.pending += 1;
+                }
+            }
+        }
+        for (slot, index) in wants {
+            self.sample_one(slot, index);
+        }
+    }
+
+    fn sample_one(&mut self, slot: usize, index: usize) {
+        match self.sample_step(slot, index) {
+            Ok(None) => {}
+            Ok(Some(reason)) => self.finish(slot, Ok(reason)),
+            Err(e) => self.finish(slot, Err(e)),
+        }
+    }
+
+    /// Samples the next token of `slot` from batch entry `index`; `Some` when the
+    /// sequence is done.
+    fn sample_step(&mut self, slot: usize, index: usize) -> Result<Option<DoneReason>, BackendError> {
+        let num_ctx = self.config.num_ctx as usize;
+        let mut logits = self.ctx.logits(index)?.to_vec();
+        let Slot { cached, job } = &mut self.slots[slot];
+        let Some(job) = job.as_mut() else { return Ok(None) };
+        if job.first_logits.is_none() {
+            job.first_logits = Some(Instant::now());
+            job.stats.prompt_eval = job.admitted.elapsed();
+            let _ = job.req.events.send(Event::PromptDone {
+                evaluated: job.stats.prompt_tokens - job.stats.cached_tokens,
+            });
+        }
+        let token = job.sampler.sample(&mut logits, cached);
+        if self.model.is_eog(token) {
+            return Ok(Some(DoneReason::Stop));
+        }
+        job.stats.eval_count += 1;
+        job.stats.tokens.push(token);
+        let bytes = self.model.token_bytes(token)?;
+        let text = job.detok.push(&bytes);
+        let step = job.stop.push(&text);
+        if !step.emit.is_empty() && job.req.events.send(Event::Text(step.emit)).is_err() {
+            // The client went away: free the sequence now.
+            self.slots[slot].job = None;
+            self.active.fetch_sub(1, Ordering::SeqCst);
+            return Ok(None);
+        }
+        if step.stopped {
+            return Ok(Some(DoneReason::Stop));
+        }
+        if let Some(r) =
+            length_limit(job.stats.eval_count, cached.len() + 1, num_ctx, job.req.options.num_predict, false)
+        {
+            return Ok(Some(r));
+        }
+        job.next = Some(token);
+        Ok(None)
+    }
+}
