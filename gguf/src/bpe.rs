@@ -79,7 +79,13 @@ pub struct Bpe {
     merges: Vec<(u32, u32, u32)>,
     ranks: HashMap<(u32, u32), (u32, u32)>,
     learned_merges: usize,
-    n_normal: usize,
+    /// Token id of each byte value, if the vocabulary has one.
+    byte_ids: [Option<u32>; 256],
+    /// Control tokens recognised by [`Bpe::encode_with_special`], longest first.
+    specials: Vec<(String, u32)>,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    eot: Option<u32>,
     split: Regex,
 }
 
@@ -204,9 +210,139 @@ impl Bpe {
             token_bytes.push(s.as_bytes().to_vec());
             token_types.push(TOKEN_TYPE_CONTROL);
         }
+        let n = n_normal as u32;
+        Ok(Bpe::assemble(
+            tokens,
+            token_bytes,
+            token_types,
+            merges,
+            learned_merges,
+            [Some(n), Some(n + 1), Some(n + 3)],
+            split,
+        ))
+    }
+
+    fn assemble(
+        tokens: Vec<String>,
+        token_bytes: Vec<Vec<u8>>,
+        token_types: Vec<i32>,
+        merges: Vec<(u32, u32, u32)>,
+        learned_merges: usize,
+        [bos, eos, eot]: [Option<u32>; 3],
+        split: Regex,
+    ) -> Bpe {
         let ranks =
             merges.iter().enumerate().map(|(r, &(a, b, id))| ((a, b), (r as u32, id))).collect();
-        Ok(Bpe { tokens, token_bytes, token_types, merges, ranks, learned_merges, n_normal, split })
+        let mut byte_ids = [None; 256];
+        for (id, (b, ty)) in token_bytes.iter().zip(&token_types).enumerate().rev() {
+            if let ([byte], true) = (b.as_slice(), *ty != TOKEN_TYPE_CONTROL) {
+                byte_ids[*byte as usize] = Some(id as u32);
+            }
+        }
+        let mut specials: Vec<(String, u32)> = tokens
+            .iter()
+            .zip(&token_types)
+            .enumerate()
+            .filter(|(_, (t, ty))| **ty == TOKEN_TYPE_CONTROL && !t.is_empty())
+            .map(|(id, (t, _))| (t.clone(), id as u32))
+            .collect();
+        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+        Bpe {
+            tokens,
+            token_bytes,
+            token_types,
+            merges,
+            ranks,
+            learned_merges,
+            byte_ids,
+            specials,
+            bos,
+            eos,
+            eot,
+            split,
+        }
+    }
+
+    /// Builds the tokenizer of a GGUF file with a GPT-2 style vocabulary
+    /// (`tokenizer.ggml.model` "gpt2": tokens, token types and merges). Use it to
+    /// tokenize the way llama.cpp does for files made by [`crate::generate`] (whose
+    /// `tokenizer.ggml.pre` is "gpt-2"); other pre-tokenizers are not reproduced.
+    pub fn from_gguf(file: &crate::reader::GgufFile) -> Result<Bpe, GgufError> {
+        let model = file.get_str("tokenizer.ggml.model").unwrap_or("");
+        if model != "gpt2" {
+            return Err(GgufError::Invalid(format!(
+                "tokenizer.ggml.model is '{model}', not a GPT-2 style BPE ('gpt2')"
+            )));
+        }
+        let tokens = file.get_str_array("tokenizer.ggml.tokens").ok_or_else(|| {
+            GgufError::Invalid("tokenizer.ggml.tokens is missing or not strings".into())
+        })?;
+        let types: Vec<i32> = match file.get("tokenizer.ggml.token_type") {
+            Some(v) => v
+                .as_array()
+                .and_then(|a| a.iter().map(|x| x.as_i64().map(|t| t as i32)).collect())
+                .ok_or_else(|| {
+                    GgufError::Invalid("tokenizer.ggml.token_type is not integers".into())
+                })?,
+            None => vec![TOKEN_TYPE_NORMAL; tokens.len()],
+        };
+        if types.len() != tokens.len() {
+            return Err(GgufError::Invalid(format!(
+                "{} tokens but {} token types",
+                tokens.len(),
+                types.len()
+            )));
+        }
+        let merges_text = file.get_str_array("tokenizer.ggml.merges").unwrap_or_default();
+        let reverse: HashMap<char, u8> =
+            bytes_to_unicode().iter().enumerate().map(|(b, &c)| (c, b as u8)).collect();
+        let token_bytes: Vec<Vec<u8>> = tokens
+            .iter()
+            .zip(&types)
+            .map(|(t, &ty)| {
+                let mapped: Option<Vec<u8>> = t.chars().map(|c| reverse.get(&c).copied()).collect();
+                match mapped {
+                    Some(b) if ty != TOKEN_TYPE_CONTROL => b,
+                    _ => t.as_bytes().to_vec(),
+                }
+            })
+            .collect();
+        let ids: HashMap<&str, u32> =
+            tokens.iter().enumerate().map(|(i, t)| (*t, i as u32)).collect();
+        let mut merges = Vec::with_capacity(merges_text.len());
+        for m in merges_text {
+            // llama.cpp splits at the first space after the first character.
+            let Some(pos) = m.char_indices().skip(1).find(|&(_, c)| c == ' ').map(|(i, _)| i)
+            else {
+                continue;
+            };
+            let (l, r) = (&m[..pos], &m[pos + 1..]);
+            let joined = format!("{l}{r}");
+            if let (Some(&a), Some(&b), Some(&id)) =
+                (ids.get(l), ids.get(r), ids.get(joined.as_str()))
+            {
+                merges.push((a, b, id));
+            }
+        }
+        let n_tokens = tokens.len();
+        let special = |key: &str| file.get_u32(key).filter(|&id| (id as usize) < n_tokens);
+        let tokens: Vec<String> = tokens.into_iter().map(str::to_string).collect();
+        let split = Regex::new(GPT2_SPLIT_REGEX)
+            .map_err(|e| GgufError::Invalid(format!("GPT-2 split regex: {e}")))?;
+        let n_merges = merges.len();
+        Ok(Bpe::assemble(
+            tokens,
+            token_bytes,
+            types,
+            merges,
+            n_merges,
+            [
+                special("tokenizer.ggml.bos_token_id"),
+                special("tokenizer.ggml.eos_token_id"),
+                special("tokenizer.ggml.eot_token_id"),
+            ],
+            split,
+        ))
     }
 
     /// Number of tokens, special ones included.
@@ -252,28 +388,28 @@ impl Bpe {
         self.learned_merges
     }
 
-    /// Id of `<|begin_of_text|>`.
-    pub fn bos_id(&self) -> u32 {
-        self.n_normal as u32
+    /// Id of the BOS token (`<|begin_of_text|>` in a trained vocabulary).
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos
     }
 
-    /// Id of `<|end_of_text|>`.
-    pub fn eos_id(&self) -> u32 {
-        self.n_normal as u32 + 1
+    /// Id of the EOS token (`<|end_of_text|>` in a trained vocabulary).
+    pub fn eos_id(&self) -> Option<u32> {
+        self.eos
     }
 
-    /// Id of `<|im_start|>`.
-    pub fn im_start_id(&self) -> u32 {
-        self.n_normal as u32 + 2
+    /// Id of the end-of-turn token (`<|im_end|>` in a trained vocabulary).
+    pub fn eot_id(&self) -> Option<u32> {
+        self.eot
     }
 
-    /// Id of `<|im_end|>` (end of turn).
-    pub fn im_end_id(&self) -> u32 {
-        self.n_normal as u32 + 3
+    /// The control tokens, longest text first.
+    pub fn special_tokens(&self) -> &[(String, u32)] {
+        &self.specials
     }
 
-    /// Encodes `text` as plain text: special-token strings in it are encoded as
-    /// ordinary text, never as special tokens.
+    /// Encodes `text` as plain text (no BOS is added): special-token strings in it are
+    /// encoded as ordinary text, never as special tokens.
     pub fn encode(&self, text: &str) -> Vec<u32> {
         let mut out = Vec::new();
         for piece in split_pieces(&self.split, text) {
@@ -287,15 +423,17 @@ impl Bpe {
         let mut out = Vec::new();
         let mut rest = text;
         loop {
-            let next = SPECIAL_TOKENS
+            // The leftmost special token; at equal positions the longest.
+            let next = self
+                .specials
                 .iter()
                 .enumerate()
-                .filter_map(|(i, s)| rest.find(s).map(|at| (at, i, s.len())))
+                .filter_map(|(i, (s, id))| rest.find(s.as_str()).map(|at| (at, i, *id, s.len())))
                 .min();
             match next {
-                Some((at, i, len)) => {
+                Some((at, _, id, len)) => {
                     out.extend(self.encode(&rest[..at]));
-                    out.push(self.n_normal as u32 + i as u32);
+                    out.push(id);
                     rest = &rest[at + len..];
                 }
                 None => {
@@ -309,7 +447,8 @@ impl Bpe {
     /// GPT-2's merge loop on one pre-token: repeatedly merge every occurrence of the
     /// adjacent pair of lowest rank.
     fn encode_piece(&self, bytes: &[u8], out: &mut Vec<u32>) {
-        let mut syms: Vec<u32> = bytes.iter().map(|&b| u32::from(b)).collect();
+        // A byte without a token (never in a trained vocabulary) is dropped.
+        let mut syms: Vec<u32> = bytes.iter().filter_map(|&b| self.byte_ids[b as usize]).collect();
         while syms.len() > 1 {
             let best = syms
                 .windows(2)
@@ -398,10 +537,14 @@ mod tests {
         assert_eq!(b.vocab_size(), 1024);
         assert_eq!(b.tokens()[b'a' as usize], "a");
         assert_eq!(b.tokens()[b' ' as usize], "Ġ");
-        assert_eq!(b.tokens()[b.bos_id() as usize], BOS_TOKEN);
-        assert_eq!(b.tokens()[b.im_end_id() as usize], IM_END_TOKEN);
-        assert_eq!(b.eos_id(), 1021);
-        assert_eq!(b.token_types()[b.im_start_id() as usize], TOKEN_TYPE_CONTROL);
+        assert_eq!(b.bos_id(), Some(1020));
+        assert_eq!(b.tokens()[1020], BOS_TOKEN);
+        assert_eq!(b.eos_id(), Some(1021));
+        assert_eq!(b.tokens()[1021], EOS_TOKEN);
+        assert_eq!(b.token_id(IM_START_TOKEN), Some(1022));
+        assert_eq!(b.eot_id(), Some(1023));
+        assert_eq!(b.tokens()[1023], IM_END_TOKEN);
+        assert_eq!(b.token_types()[1022], TOKEN_TYPE_CONTROL);
         assert_eq!(b.token_types()[300], TOKEN_TYPE_NORMAL);
         let unique: HashSet<&String> = b.tokens().iter().collect();
         assert_eq!(unique.len(), b.vocab_size(), "token texts must be unique");
@@ -465,15 +608,17 @@ mod tests {
         for _ in 0..200 {
             let len = rng.random_range(0..40);
             let s: String = (0..len)
-                .map(|_| loop {
-                    let c = match rng.random_range(0..4) {
-                        0 => rng.random_range(0x20..0x7f),
-                        1 => rng.random_range(0..0x20),
-                        2 => rng.random_range(0x80..0x800),
-                        _ => rng.random_range(0x800..0x110000),
-                    };
-                    if let Some(c) = char::from_u32(c) {
-                        break c;
+                .map(|_| {
+                    loop {
+                        let c = match rng.random_range(0..4) {
+                            0 => rng.random_range(0x20..0x7f),
+                            1 => rng.random_range(0..0x20),
+                            2 => rng.random_range(0x80..0x800),
+                            _ => rng.random_range(0x800..0x110000),
+                        };
+                        if let Some(c) = char::from_u32(c) {
+                            break c;
+                        }
                     }
                 })
                 .collect();
@@ -501,11 +646,11 @@ mod tests {
     fn special_tokens() {
         let b = bpe();
         let ids = b.encode_with_special("<|im_start|>user\nhi<|im_end|>");
-        assert_eq!(ids[0], b.im_start_id());
-        assert_eq!(*ids.last().unwrap(), b.im_end_id());
+        assert_eq!(ids[0], 1022);
+        assert_eq!(*ids.last().unwrap(), 1023);
         assert_eq!(b.decode(&ids), b"<|im_start|>user\nhi<|im_end|>");
         // As plain text they are not special.
-        assert!(!b.encode("<|im_end|>").contains(&b.im_end_id()));
+        assert!(!b.encode("<|im_end|>").contains(&1023));
     }
 
     #[test]

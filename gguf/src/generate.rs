@@ -187,10 +187,10 @@ impl ModelShape {
         if s.n_vocab < 260 {
             return bad("n_vocab must be at least 260 (256 bytes and 4 special tokens)".into());
         }
-        if s.n_embd % s.n_head != 0 || (s.n_embd / s.n_head) % 2 != 0 {
+        if !s.n_embd.is_multiple_of(s.n_head) || !(s.n_embd / s.n_head).is_multiple_of(2) {
             return bad("n_embd must be n_head times an even head size".into());
         }
-        if s.n_head % s.n_head_kv != 0 {
+        if !s.n_head.is_multiple_of(s.n_head_kv) {
             return bad("n_head must be a multiple of n_head_kv".into());
         }
         Ok(())
@@ -208,7 +208,8 @@ impl ModelShape {
 
     /// Total parameters (tensor elements) of the generated model.
     pub fn parameter_count(&self) -> u64 {
-        let (e, v, f, kv) = (self.n_embd as u64, self.n_vocab as u64, self.n_ff as u64, self.n_embd_kv() as u64);
+        let (e, v, f, kv) =
+            (self.n_embd as u64, self.n_vocab as u64, self.n_ff as u64, self.n_embd_kv() as u64);
         let block = 2 * e + 2 * e * e + 2 * e * kv + 3 * e * f;
         2 * e * v + e + self.n_layer as u64 * block
     }
@@ -375,7 +376,8 @@ struct Plan {
 }
 
 fn plan_tensors(shape: &ModelShape, wt: WeightType) -> Vec<Plan> {
-    let (e, v, f, kv) = (shape.n_embd as u64, shape.n_vocab as u64, shape.n_ff as u64, shape.n_embd_kv() as u64);
+    let (e, v, f, kv) =
+        (shape.n_embd as u64, shape.n_vocab as u64, shape.n_ff as u64, shape.n_embd_kv() as u64);
     let matrix_type = |row: u64| {
         let t = wt.ggml_type();
         if t.row_bytes(row).is_some() {
@@ -457,9 +459,13 @@ pub fn generate_llama(path: &Path, opts: &GenerateOptions) -> Result<GenerateRep
         },
     )?;
     b.add_metadata("tokenizer.ggml.merges", Value::string_array(bpe.merges_text()))?;
-    b.add_metadata("tokenizer.ggml.bos_token_id", u32v(bpe.bos_id()))?;
-    b.add_metadata("tokenizer.ggml.eos_token_id", u32v(bpe.eos_id()))?;
-    b.add_metadata("tokenizer.ggml.eot_token_id", u32v(bpe.im_end_id()))?;
+    let special = |id: Option<u32>, what: &str| {
+        id.map(Value::U32)
+            .ok_or_else(|| GgufError::Generate(format!("the vocabulary has no {what} token")))
+    };
+    b.add_metadata("tokenizer.ggml.bos_token_id", special(bpe.bos_id(), "BOS")?)?;
+    b.add_metadata("tokenizer.ggml.eos_token_id", special(bpe.eos_id(), "EOS")?)?;
+    b.add_metadata("tokenizer.ggml.eot_token_id", special(bpe.eot_id(), "end-of-turn")?)?;
     b.add_metadata("tokenizer.ggml.add_bos_token", Value::Bool(true))?;
     b.add_metadata("tokenizer.ggml.add_eos_token", Value::Bool(false))?;
     let template = opts.chat_template.clone().unwrap_or_else(|| CHATML_TEMPLATE.to_string());
@@ -478,9 +484,9 @@ pub fn generate_llama(path: &Path, opts: &GenerateOptions) -> Result<GenerateRep
             write_tensor(&mut w, p, chunk_seed_base(opts.seed, i as u64), threads)?;
         }
         let out = w.finish()?;
-        let file = out.into_inner().map_err(|e| {
-            GgufError::io(format!("writing {}", partial.display()), e.into_error())
-        })?;
+        let file = out
+            .into_inner()
+            .map_err(|e| GgufError::io(format!("writing {}", partial.display()), e.into_error()))?;
         file.sync_all().map_err(|e| GgufError::io(format!("syncing {}", partial.display()), e))
     })();
     if let Err(e) = result {
@@ -638,7 +644,8 @@ mod tests {
         generate_llama(&b, &o).unwrap();
         o.seed = 1;
         generate_llama(&c, &o).unwrap();
-        let (a, b, c) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap(), std::fs::read(c).unwrap());
+        let (a, b, c) =
+            (std::fs::read(a).unwrap(), std::fs::read(b).unwrap(), std::fs::read(c).unwrap());
         assert_eq!(a, b);
         assert_ne!(a, c);
     }
@@ -671,7 +678,12 @@ mod tests {
         let f = GgufFile::open(&path).unwrap();
         let stats = |name: &str| {
             let t = f.tensor(name).unwrap();
-            let v = quant::dequantize(t.ggml_type, &f.read_tensor_bytes(t).unwrap(), t.n_elements() as usize).unwrap();
+            let v = quant::dequantize(
+                t.ggml_type,
+                &f.read_tensor_bytes(t).unwrap(),
+                t.n_elements() as usize,
+            )
+            .unwrap();
             let mean = v.iter().sum::<f32>() / v.len() as f32;
             let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / v.len() as f32;
             (mean, var.sqrt())

@@ -440,7 +440,9 @@ impl<R: Read> Parser<'_, R> {
                     ggml_type.block_size()
                 ))
             })?;
-            let size = if row == 0 { Some(0) } else { row_bytes.checked_mul(n_elements / row) }
+            let size = n_elements
+                .checked_div(row)
+                .map_or(Some(0), |rows| row_bytes.checked_mul(rows))
                 .ok_or_else(|| GgufError::Invalid(format!("tensor '{name}' is too large")))?;
             if offset % alignment != 0 {
                 return Err(GgufError::Invalid(format!(
@@ -669,7 +671,7 @@ mod tests {
             self
         }
         fn pad_to(&mut self, align: usize) -> &mut Self {
-            while self.0.len() % align != 0 {
+            while !self.0.len().is_multiple_of(align) {
                 self.0.push(0);
             }
             self

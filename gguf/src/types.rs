@@ -47,8 +47,8 @@ impl GgmlType {
         use GgmlType::*;
         [
             F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K,
-            IQ2_XXS, IQ2_XS, IQ3_XXS, IQ1_S, IQ4_NL, IQ3_S, IQ2_S, IQ4_XS, I8, I16, I32, I64,
-            F64, IQ1_M, BF16, TQ1_0, TQ2_0, MXFP4,
+            IQ2_XXS, IQ2_XS, IQ3_XXS, IQ1_S, IQ4_NL, IQ3_S, IQ2_S, IQ4_XS, I8, I16, I32, I64, F64,
+            IQ1_M, BF16, TQ1_0, TQ2_0, MXFP4,
         ]
     };
 
@@ -112,7 +112,7 @@ impl GgmlType {
     /// Bytes taken by a row of `n` elements, or `None` when `n` is not a whole number
     /// of blocks.
     pub fn row_bytes(self, n: u64) -> Option<u64> {
-        if n % self.block_size() != 0 {
+        if !n.is_multiple_of(self.block_size()) {
             return None;
         }
         (n / self.block_size()).checked_mul(self.type_size())
@@ -334,7 +334,10 @@ impl Value {
 
     /// An array of i32.
     pub fn i32_array(items: impl IntoIterator<Item = i32>) -> Value {
-        Value::Array { elem_type: ValueType::I32, values: items.into_iter().map(Value::I32).collect() }
+        Value::Array {
+            elem_type: ValueType::I32,
+            values: items.into_iter().map(Value::I32).collect(),
+        }
     }
 
     /// The value as a string slice, if it is a string.

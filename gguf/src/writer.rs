@@ -414,7 +414,9 @@ mod tests {
         assert!(b.add_tensor("q", &[33], GgmlType::Q8_0).is_err());
         assert!(b.add_tensor("q", &[], GgmlType::F32).is_err());
         b.add_tensor("a", &[4], GgmlType::F32).unwrap();
-        assert!(b.add_tensor("a", &[4], GgmlType::F32).unwrap_err().to_string().contains("duplicate"));
+        assert!(
+            b.add_tensor("a", &[4], GgmlType::F32).unwrap_err().to_string().contains("duplicate")
+        );
         b.add_metadata("k", Value::U8(1)).unwrap();
         assert!(b.add_metadata("k", Value::U8(1)).is_err());
         let bad = Value::Array { elem_type: ValueType::U8, values: vec![Value::I8(1)] };

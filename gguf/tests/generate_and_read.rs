@@ -53,9 +53,18 @@ fn tiny_model_in_every_weight_type_reads_back() {
         assert_eq!(f.get_array_len("tokenizer.ggml.token_type"), Some(n_vocab));
         assert_eq!(f.get_array_len("tokenizer.ggml.merges"), Some(report.merges));
         let tokens = f.get_str_array("tokenizer.ggml.tokens").expect("tokens");
-        assert_eq!(tokens[f.get_u32("tokenizer.ggml.eot_token_id").expect("eot") as usize], IM_END_TOKEN);
-        assert_eq!(tokens[f.get_u32("tokenizer.ggml.bos_token_id").expect("bos") as usize], "<|begin_of_text|>");
-        assert_eq!(tokens[f.get_u32("tokenizer.ggml.eos_token_id").expect("eos") as usize], "<|end_of_text|>");
+        assert_eq!(
+            tokens[f.get_u32("tokenizer.ggml.eot_token_id").expect("eot") as usize],
+            IM_END_TOKEN
+        );
+        assert_eq!(
+            tokens[f.get_u32("tokenizer.ggml.bos_token_id").expect("bos") as usize],
+            "<|begin_of_text|>"
+        );
+        assert_eq!(
+            tokens[f.get_u32("tokenizer.ggml.eos_token_id").expect("eos") as usize],
+            "<|end_of_text|>"
+        );
         assert_eq!(f.get_bool("tokenizer.ggml.add_bos_token"), Some(true));
         let template = f.get_str("tokenizer.chat_template").expect("template");
         assert!(template.contains("<|im_start|>") && template.contains("add_generation_prompt"));
@@ -94,7 +103,10 @@ fn tiny_model_in_every_weight_type_reads_back() {
             end = end.max(f.data_offset() + t.offset + t.size);
         }
         assert_eq!(end.div_ceil(32) * 32, f.file_len());
-        assert_eq!(f.tensors().iter().map(|t| t.n_elements()).sum::<u64>(), shape.parameter_count());
+        assert_eq!(
+            f.tensors().iter().map(|t| t.n_elements()).sum::<u64>(),
+            shape.parameter_count()
+        );
 
         // The data decodes to what was intended: norms near 1, matrices spread.
         let norm = f.tensor("output_norm.weight").expect("norm");
@@ -130,4 +142,35 @@ fn the_vocabulary_in_the_file_encodes_like_the_reference() {
     assert_eq!(f.get_str_array("tokenizer.ggml.merges").expect("merges"), bpe.merges_text());
     let ids = bpe.encode("Hello world, the café is open.");
     assert_eq!(bpe.decode(&ids), "Hello world, the café is open.".as_bytes());
+}
+
+#[test]
+fn tokenizer_loaded_from_the_file_matches_the_trained_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("m.gguf");
+    let opts = GenerateOptions {
+        shape: ModelShape::parse("tiny:n_vocab=3000").expect("shape"),
+        seed: 11,
+        ..Default::default()
+    };
+    generate_llama(&path, &opts).expect("generate");
+    let f = GgufFile::open(&path).expect("read");
+    let loaded = Bpe::from_gguf(&f).expect("tokenizer from file");
+    let trained = Bpe::train(3000, 11).expect("train");
+    assert_eq!(loaded.vocab_size(), 3000);
+    assert_eq!(
+        (loaded.bos_id(), loaded.eos_id(), loaded.eot_id()),
+        (Some(2996), Some(2997), Some(2999))
+    );
+    for text in [
+        "Hello world, the café is open.",
+        "fn main() { let x = 42; }\n\n  indented",
+        "naïve 日本語 🙂 ~!@#$%^&*()",
+    ] {
+        let ids = loaded.encode(text);
+        assert_eq!(ids, trained.encode(text), "{text:?}");
+        assert_eq!(loaded.decode(&ids), text.as_bytes());
+    }
+    let chat = "<|im_start|>user\nhi<|im_end|>\n";
+    assert_eq!(loaded.encode_with_special(chat), trained.encode_with_special(chat));
 }
