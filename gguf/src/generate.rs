@@ -483,11 +483,10 @@ pub fn generate_llama(path: &Path, opts: &GenerateOptions) -> Result<GenerateRep
         for (i, p) in plans.iter().enumerate() {
             write_tensor(&mut w, p, chunk_seed_base(opts.seed, i as u64), threads)?;
         }
-        let out = w.finish()?;
-        let file = out
-            .into_inner()
-            .map_err(|e| GgufError::io(format!("writing {}", partial.display()), e.into_error()))?;
-        file.sync_all().map_err(|e| GgufError::io(format!("syncing {}", partial.display()), e))
+        // Flushing is enough: the rename below makes the file appear whole or not at
+        // all, and these files are cheap to make again, so no fsync.
+        w.finish()?;
+        Ok(())
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&partial);
