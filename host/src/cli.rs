@@ -205,7 +205,10 @@ fn find_manifest(path: &std::path::Path) -> Result<PathBuf> {
     if own.is_file() {
         return Ok(own);
     }
-    bail!("no manifest beside {} names it; a plugin ships a manifest TOML with its library", path.display())
+    bail!(
+        "no manifest beside {} names it; a plugin ships a manifest TOML with its library",
+        path.display()
+    )
 }
 
 pub fn plugin_check(global: &GlobalOptions, a: &CheckArgs) -> Result<()> {
@@ -215,7 +218,11 @@ pub fn plugin_check(global: &GlobalOptions, a: &CheckArgs) -> Result<()> {
     if let Err(unmet) = corral_probe::check(&manifest.requires, &rt.machine) {
         eprintln!("warning: {} says it cannot run here: {unmet}; checking anyway", manifest.id());
     }
-    let plugin = Arc::new(plugins::load(&manifest, &manifest_path, plugins::merged_options(&manifest, &rt.config))?);
+    let plugin = Arc::new(plugins::load(
+        &manifest,
+        &manifest_path,
+        plugins::merged_options(&manifest, &rt.config),
+    )?);
     let _tmp;
     let model_path = match &a.model {
         Some(m) => m.clone(),

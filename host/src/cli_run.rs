@@ -35,15 +35,26 @@ pub struct LoadArgs {
     /// Layers to offload to the GPU (-1 all, 0 none).
     #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
     pub n_gpu_layers: i32,
+    /// Model format (default: from the path: a directory or .onnx is onnx, else gguf).
+    #[arg(long)]
+    pub format: Option<String>,
 }
 
 /// Loads the model at `path` through the chosen backend.
-pub fn load_model(global: &GlobalOptions, load: &LoadArgs, path: &std::path::Path) -> Result<(Arc<Model>, std::time::Duration)> {
+pub fn load_model(
+    global: &GlobalOptions,
+    load: &LoadArgs,
+    path: &std::path::Path,
+) -> Result<(Arc<Model>, std::time::Duration)> {
     let rt = Runtime::new(global)?;
-    let format = runtime::format_of(path);
+    let format = load.format.as_deref().unwrap_or_else(|| runtime::format_of(path));
     let (plugin, _) = rt.choose(&rt.selector(load.backend.as_deref(), Some(format)))?;
     tracing::info!("backend {}", plugin.manifest.id());
-    let options = LoadOptions { n_threads: load.threads.unwrap_or(0), n_gpu_layers: load.n_gpu_layers, ..Default::default() };
+    let options = LoadOptions {
+        n_threads: load.threads.unwrap_or(0),
+        n_gpu_layers: load.n_gpu_layers,
+        ..Default::default()
+    };
     let t = Instant::now();
     let model = Model::load(plugin.clone(), &path.to_string_lossy(), format, options)
         .with_context(|| format!("{} could not load {}", plugin.manifest.id(), path.display()))?;
@@ -106,7 +117,8 @@ pub struct RunArgs {
 fn sampling_options(a: &RunArgs) -> Result<SamplingOptions> {
     let mut o = SamplingOptions::default();
     if let Some(json) = &a.options {
-        let v: serde_json::Value = serde_json::from_str(json).context("--options is not valid JSON")?;
+        let v: serde_json::Value =
+            serde_json::from_str(json).context("--options is not valid JSON")?;
         o.apply_json(&v)?;
     }
     let mut set = serde_json::Map::new();
@@ -165,7 +177,9 @@ pub fn generate(
 }
 
 fn print_stats(load: std::time::Duration, s: &Stats) {
-    let rate = |n: usize, d: std::time::Duration| if d.as_secs_f64() > 0.0 { n as f64 / d.as_secs_f64() } else { 0.0 };
+    let rate = |n: usize, d: std::time::Duration| {
+        if d.as_secs_f64() > 0.0 { n as f64 / d.as_secs_f64() } else { 0.0 }
+    };
     let evaluated = s.prompt_tokens - s.cached_tokens;
     eprintln!("load duration:        {:.3}s", load.as_secs_f64());
     eprintln!("prompt eval count:    {} token(s) ({} cached)", s.prompt_tokens, s.cached_tokens);
@@ -198,7 +212,8 @@ pub fn run(global: &GlobalOptions, a: RunArgs) -> Result<()> {
         Some(a.prompt.join(" "))
     } else if !std::io::stdin().is_terminal() {
         let mut s = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("cannot read stdin")?;
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .context("cannot read stdin")?;
         Some(s)
     } else {
         None
@@ -214,7 +229,8 @@ pub fn run(global: &GlobalOptions, a: RunArgs) -> Result<()> {
             history.push(Message::new("user", user));
             template.tokenize_chat(&model, history, true)?
         };
-        let tokens = fit_prompt(&tokens, num_ctx as usize, options.num_keep, options.num_predict, policy)?;
+        let tokens =
+            fit_prompt(&tokens, num_ctx as usize, options.num_keep, options.num_predict, policy)?;
         let stdout = std::io::stdout();
         let (text, stats) = generate(&engine, tokens, options.clone(), |t| {
             let mut o = stdout.lock();
@@ -307,10 +323,22 @@ pub struct BenchResult {
 fn summarize(engine: &str, test: String, samples: Vec<f64>) -> BenchResult {
     let mut s = samples.clone();
     s.sort_by(|a, b| a.total_cmp(b));
-    let median = if s.is_empty() { 0.0 } else if s.len() % 2 == 1 { s[s.len() / 2] } else { (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0 };
+    let median = if s.is_empty() {
+        0.0
+    } else if s.len() % 2 == 1 {
+        s[s.len() / 2]
+    } else {
+        (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
+    };
     let mean = s.iter().sum::<f64>() / s.len().max(1) as f64;
     let var = s.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (s.len().max(2) - 1) as f64;
-    BenchResult { engine: engine.to_string(), test, median_tps: median, stddev_tps: var.sqrt(), samples }
+    BenchResult {
+        engine: engine.to_string(),
+        test,
+        median_tps: median,
+        stddev_tps: var.sqrt(),
+        samples,
+    }
 }
 
 /// Measures pp and tg through corral's plugin path, the way llama-bench does.
@@ -387,11 +415,21 @@ fn find_raw_bin(a: &BenchArgs, model: &Model) -> Option<PathBuf> {
 }
 
 /// Runs `llama-raw bench` on the same file and parses its JSON results.
-pub fn bench_raw(bin: &std::path::Path, path: &std::path::Path, a: &BenchArgs) -> Result<Vec<BenchResult>> {
+pub fn bench_raw(
+    bin: &std::path::Path,
+    path: &std::path::Path,
+    a: &BenchArgs,
+) -> Result<Vec<BenchResult>> {
     let mut cmd = std::process::Command::new(bin);
-    cmd.arg("bench")
-        .arg(path)
-        .args(["--pp", &a.pp.to_string(), "--tg", &a.tg.to_string(), "--reps", &a.reps.to_string(), "--json"]);
+    cmd.arg("bench").arg(path).args([
+        "--pp",
+        &a.pp.to_string(),
+        "--tg",
+        &a.tg.to_string(),
+        "--reps",
+        &a.reps.to_string(),
+        "--json",
+    ]);
     if let Some(t) = a.load.threads {
         cmd.args(["--threads", &t.to_string()]);
     }
@@ -420,11 +458,19 @@ pub fn bench(global: &GlobalOptions, a: &BenchArgs) -> Result<()> {
     match raw_bin {
         Some(bin) => results.extend(bench_raw(&bin, &path, a)?),
         None if !a.no_raw => {
-            raw_note = Some("llama-raw not found (build backends/llama-cpp or pass --raw-bin); no ratio".to_string())
+            raw_note = Some(
+                "llama-raw not found (build backends/llama-cpp or pass --raw-bin); no ratio"
+                    .to_string(),
+            )
         }
         None => {}
     }
-    let raw_of = |test: &str| results.iter().find(|r| r.engine.starts_with("llama.cpp") && r.test == test).map(|r| r.median_tps);
+    let raw_of = |test: &str| {
+        results
+            .iter()
+            .find(|r| r.engine.starts_with("llama.cpp") && r.test == test)
+            .map(|r| r.median_tps)
+    };
     if a.json {
         let rows: Vec<serde_json::Value> = results
             .iter()
@@ -436,14 +482,31 @@ pub fn bench(global: &GlobalOptions, a: &BenchArgs) -> Result<()> {
                 v
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"model": path, "threads": a.load.threads, "results": rows}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"model": path, "threads": a.load.threads, "results": rows})
+            )?
+        );
     } else {
-        println!("model: {}  threads: {}  reps: {}", path.display(), a.load.threads.map_or("auto".into(), |t| t.to_string()), a.reps);
-        println!("| {:<28} | {:<6} | {:>10} | {:>8} | {:>9} |", "engine", "test", "t/s", "±", "vs raw");
+        println!(
+            "model: {}  threads: {}  reps: {}",
+            path.display(),
+            a.load.threads.map_or("auto".into(), |t| t.to_string()),
+            a.reps
+        );
+        println!(
+            "| {:<28} | {:<6} | {:>10} | {:>8} | {:>9} |",
+            "engine", "test", "t/s", "±", "vs raw"
+        );
         println!("|{:-<30}|{:-<8}|{:-<12}|{:-<10}|{:-<11}|", "", "", "", "", "");
         for r in &results {
-            let ratio = raw_of(&r.test).map_or("-".into(), |raw| format!("{:.3}", r.median_tps / raw));
-            println!("| {:<28} | {:<6} | {:>10.2} | {:>8.2} | {:>9} |", r.engine, r.test, r.median_tps, r.stddev_tps, ratio);
+            let ratio =
+                raw_of(&r.test).map_or("-".into(), |raw| format!("{:.3}", r.median_tps / raw));
+            println!(
+                "| {:<28} | {:<6} | {:>10.2} | {:>8.2} | {:>9} |",
+                r.engine, r.test, r.median_tps, r.stddev_tps, ratio
+            );
         }
         if let Some(n) = raw_note {
             println!("note: {n}");

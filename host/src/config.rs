@@ -148,9 +148,12 @@ host = "0.0.0.0:8080"
 
     #[test]
     fn syntax_error_names_file_line_and_key() {
-        let err = Config::parse("backend = \"x\"\n[server]\nmax_queue = \"ten\"\n", Path::new("/etc/c.toml"))
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse(
+            "backend = \"x\"\n[server]\nmax_queue = \"ten\"\n",
+            Path::new("/etc/c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("/etc/c.toml"), "{err}");
         assert!(err.contains("line 3"), "{err}");
         assert!(err.contains("max_queue"), "{err}");

@@ -88,7 +88,12 @@ pub fn run_all(model: &Model, tol: &Tolerance) -> Vec<CheckResult> {
 
 fn ctx(model: &Model, n_seq: u32) -> Result<Context, String> {
     model
-        .new_context(&ContextParams { n_ctx: 512, n_batch: 512, n_seq_max: n_seq, ..Default::default() })
+        .new_context(&ContextParams {
+            n_ctx: 512,
+            n_batch: 512,
+            n_seq_max: n_seq,
+            ..Default::default()
+        })
         .map_err(|e| format!("new_context failed: {e}"))
 }
 
@@ -116,7 +121,10 @@ fn compare(what: &str, reference: &[f32], got: &[f32], tol: &Tolerance) -> Resul
     for (i, (a, b)) in reference.iter().zip(got).enumerate() {
         let d = (a - b).abs();
         if !d.is_finite() || d > tol.atol + tol.rtol * scale {
-            return Err(format!("{what}: logit {i} differs: {a} vs {b} (tolerance {} + {} x {scale})", tol.atol, tol.rtol));
+            return Err(format!(
+                "{what}: logit {i} differs: {a} vs {b} (tolerance {} + {} x {scale})",
+                tol.atol, tol.rtol
+            ));
         }
         worst = worst.max(d);
     }
@@ -158,7 +166,8 @@ fn determinism(model: &Model, _: &Tolerance) -> Result<String, String> {
 
 fn batch_equals_sequential(model: &Model, tol: &Tolerance) -> Result<String, String> {
     let seqs: Vec<Vec<u32>> = PROMPTS.iter().map(|p| toks(model, p)).collect::<Result<_, _>>()?;
-    let reference: Vec<Vec<f32>> = seqs.iter().map(|s| single(model, s)).collect::<Result<_, _>>()?;
+    let reference: Vec<Vec<f32>> =
+        seqs.iter().map(|s| single(model, s)).collect::<Result<_, _>>()?;
     let mut c = ctx(model, 3)?;
     // Interleave the three sequences' tokens in one batch.
     let mut batch = Vec::new();
@@ -205,10 +214,13 @@ fn kv_remove_redecode(model: &Model, tol: &Tolerance) -> Result<String, String> 
     // A different token in the re-decoded slot must change the logits.
     c.kv_remove(0, n as i32 - 1, -1).map_err(|e| e.to_string())?;
     let other = (t[n - 1] + 1) % model.vocab_size;
-    c.decode(&[BatchEntry { token: other, pos: n as u32 - 1, seq: 0, logits: true }]).map_err(|e| e.to_string())?;
+    c.decode(&[BatchEntry { token: other, pos: n as u32 - 1, seq: 0, logits: true }])
+        .map_err(|e| e.to_string())?;
     let changed = c.logits(0).map_err(|e| e.to_string())?.to_vec();
     if compare("", &first, &changed, &Tolerance { atol: 1e-6, rtol: 0.0 }).is_ok() {
-        return Err("replacing the last token did not change the logits: kv_remove had no effect".into());
+        return Err(
+            "replacing the last token did not change the logits: kv_remove had no effect".into()
+        );
     }
     Ok(format!("removed tail re-decodes to the same logits (max |diff| {worst:.2e})"))
 }
@@ -222,7 +234,11 @@ fn kv_copy(model: &Model, tol: &Tolerance) -> Result<String, String> {
     // Share all but the last token with seq 1, then decode the last token there.
     c.kv_copy(0, 1, 0, n as i32 - 1).map_err(|e| e.to_string())?;
     if c.kv_pos_max(1) != n as i32 - 2 {
-        return Err(format!("kv_pos_max(1) = {} after copying {} positions", c.kv_pos_max(1), n - 1));
+        return Err(format!(
+            "kv_pos_max(1) = {} after copying {} positions",
+            c.kv_pos_max(1),
+            n - 1
+        ));
     }
     c.decode(&[BatchEntry { token: t[n - 1], pos: n as u32 - 1, seq: 1, logits: true }])
         .map_err(|e| e.to_string())?;
@@ -248,7 +264,10 @@ fn kv_clear(model: &Model, _: &Tolerance) -> Result<String, String> {
     Ok("clear and remove-all empty every sequence".into())
 }
 
-fn expect_invalid(what: &str, r: Result<(), corral_backend_api::BackendError>) -> Result<(), String> {
+fn expect_invalid(
+    what: &str,
+    r: Result<(), corral_backend_api::BackendError>,
+) -> Result<(), String> {
     match r {
         Err(e) if e.kind == ErrorKind::InvalidInput => Ok(()),
         Err(e) => Err(format!("{what}: expected an invalid-input error, got {e}")),
@@ -271,7 +290,8 @@ fn invalid_input_errors(model: &Model, _: &Tolerance) -> Result<String, String> 
     if c.logits(5).is_ok() {
         return Err("logits of a batch entry that does not exist were returned".into());
     }
-    Ok("bad tokens, positions, sequences and empty batches are refused; context still usable".into())
+    Ok("bad tokens, positions, sequences and empty batches are refused; context still usable"
+        .into())
 }
 
 fn other_thread(model: &Model, tol: &Tolerance) -> Result<String, String> {
@@ -292,7 +312,13 @@ fn other_thread(model: &Model, tol: &Tolerance) -> Result<String, String> {
 }
 
 fn embeddings(model: &Model, _: &Tolerance) -> Result<String, String> {
-    let params = ContextParams { n_ctx: 512, n_batch: 512, n_seq_max: 2, embeddings: true, ..Default::default() };
+    let params = ContextParams {
+        n_ctx: 512,
+        n_batch: 512,
+        n_seq_max: 2,
+        embeddings: true,
+        ..Default::default()
+    };
     let mut c = match model.new_context(&params) {
         Ok(c) => c,
         Err(e) if e.kind == ErrorKind::Unsupported => return Ok(format!("skip: {e}")),
@@ -300,9 +326,17 @@ fn embeddings(model: &Model, _: &Tolerance) -> Result<String, String> {
     };
     let a = toks(model, PROMPTS[0])?;
     let b = toks(model, PROMPTS[1])?;
-    let mut batch: Vec<BatchEntry> =
-        a.iter().enumerate().map(|(i, &t)| BatchEntry { token: t, pos: i as u32, seq: 0, logits: true }).collect();
-    batch.extend(b.iter().enumerate().map(|(i, &t)| BatchEntry { token: t, pos: i as u32, seq: 1, logits: true }));
+    let mut batch: Vec<BatchEntry> = a
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| BatchEntry { token: t, pos: i as u32, seq: 0, logits: true })
+        .collect();
+    batch.extend(b.iter().enumerate().map(|(i, &t)| BatchEntry {
+        token: t,
+        pos: i as u32,
+        seq: 1,
+        logits: true,
+    }));
     match c.decode(&batch) {
         Ok(()) => {}
         Err(e) if e.kind == ErrorKind::Unsupported => return Ok(format!("skip: {e}")),

@@ -42,7 +42,12 @@ impl Model {
     }
 
     /// Text to tokens.
-    pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>, BackendError> {
+    pub fn tokenize(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+    ) -> Result<Vec<u32>, BackendError> {
         Ok(self.inner.tokenize(text.into(), add_special, parse_special).into_result()?.into_vec())
     }
 
@@ -90,7 +95,8 @@ impl Context {
 
     /// Logits of entry `index` of the last batch (valid until the next call).
     pub fn logits(&mut self, index: usize) -> Result<&[f32], BackendError> {
-        let index = u32::try_from(index).map_err(|_| BackendError::invalid("batch index too large"))?;
+        let index =
+            u32::try_from(index).map_err(|_| BackendError::invalid("batch index too large"))?;
         self.inner.logits(index, &mut self.logits).into_result()?;
         Ok(self.logits.as_slice())
     }

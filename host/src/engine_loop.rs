@@ -183,8 +183,14 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 }
 
 impl LoopState {
-    fn new(model: Arc<Model>, ctx: Context, config: LoopConfig, active: Arc<std::sync::atomic::AtomicUsize>) -> Self {
-        let slots = (0..config.n_parallel).map(|_| Slot { cached: Vec::new(), job: None }).collect();
+    fn new(
+        model: Arc<Model>,
+        ctx: Context,
+        config: LoopConfig,
+        active: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> Self {
+        let slots =
+            (0..config.n_parallel).map(|_| Slot { cached: Vec::new(), job: None }).collect();
         LoopState { model, ctx, config, slots, waiting: Default::default(), active }
     }
 
@@ -246,7 +252,8 @@ impl LoopState {
 
     fn admit(&mut self) {
         while !self.waiting.is_empty() {
-            let free: Vec<usize> = (0..self.slots.len()).filter(|&i| self.slots[i].job.is_none()).collect();
+            let free: Vec<usize> =
+                (0..self.slots.len()).filter(|&i| self.slots[i].job.is_none()).collect();
             if free.is_empty() {
                 return;
             }
@@ -320,7 +327,12 @@ impl LoopState {
                 && let Some(t) = job.next
             {
                 wants.push((i, batch.len()));
-                batch.push(BatchEntry { token: t, pos: slot.cached.len() as u32, seq: i as u32, logits: true });
+                batch.push(BatchEntry {
+                    token: t,
+                    pos: slot.cached.len() as u32,
+                    seq: i as u32,
+                    logits: true,
+                });
             }
         }
         // Then prompt chunks in the room left.
@@ -341,7 +353,12 @@ impl LoopState {
                 if last {
                     wants.push((i, batch.len()));
                 }
-                batch.push(BatchEntry { token: t, pos: (base + k) as u32, seq: i as u32, logits: last });
+                batch.push(BatchEntry {
+                    token: t,
+                    pos: (base + k) as u32,
+                    seq: i as u32,
+                    logits: last,
+                });
             }
         }
         if batch.is_empty() {
@@ -387,7 +404,11 @@ impl LoopState {
 
     /// Samples the next token of `slot` from batch entry `index`; `Some` when the
     /// sequence is done.
-    fn sample_step(&mut self, slot: usize, index: usize) -> Result<Option<DoneReason>, BackendError> {
+    fn sample_step(
+        &mut self,
+        slot: usize,
+        index: usize,
+    ) -> Result<Option<DoneReason>, BackendError> {
         let num_ctx = self.config.num_ctx as usize;
         let mut logits = self.ctx.logits(index)?.to_vec();
         let Slot { cached, job } = &mut self.slots[slot];
@@ -417,9 +438,13 @@ impl LoopState {
         if step.stopped {
             return Ok(Some(DoneReason::Stop));
         }
-        if let Some(r) =
-            length_limit(job.stats.eval_count, cached.len() + 1, num_ctx, job.req.options.num_predict, false)
-        {
+        if let Some(r) = length_limit(
+            job.stats.eval_count,
+            cached.len() + 1,
+            num_ctx,
+            job.req.options.num_predict,
+            false,
+        ) {
             return Ok(Some(r));
         }
         job.next = Some(token);

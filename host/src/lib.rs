@@ -9,13 +9,13 @@
 //! choice), [`engine`] (safe handles over plugin objects), [`conformance`] (the shared
 //! backend suite), [`runtime`] (what every command does first: config, probe, choice).
 
-pub mod conformance;
+pub mod cli_run;
 pub mod config;
+pub mod conformance;
 pub mod engine;
+pub mod engine_loop;
 pub mod manifest;
 pub mod plugins;
-pub mod runtime;
-pub mod cli_run;
-pub mod engine_loop;
 pub mod prompt;
+pub mod runtime;
 pub mod server;

@@ -82,7 +82,8 @@ impl Manifest {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().replace('\n', "\n  "),
         })?;
-        m.validate().map_err(|message| ManifestError::Invalid { path: path.to_path_buf(), message })?;
+        m.validate()
+            .map_err(|message| ManifestError::Invalid { path: path.to_path_buf(), message })?;
         Ok(m)
     }
 

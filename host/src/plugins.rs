@@ -33,14 +33,17 @@ pub const DIR_MANIFEST_NAME: &str = "manifest.toml";
 /// The plugin search path, in order, without duplicates: `--plugin-dir` flags,
 /// `CORRAL_PLUGIN_PATH` entries, the config's `plugin_dirs`, then
 /// `<exe>/../lib/corral/backends` (installed) and the executable's own directory (a
-/// cargo target directory during development).
+/// cargo target directory during development). With `CORRAL_PLUGIN_PATH_ONLY=1` the last
+/// two are left out, so only the named directories are searched.
 pub fn search_path(flags: &[PathBuf], env: Option<&str>, config: &[PathBuf]) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = flags.to_vec();
     if let Some(env) = env {
         dirs.extend(env.split(':').filter(|s| !s.is_empty()).map(PathBuf::from));
     }
     dirs.extend(config.iter().cloned());
-    if let Ok(exe) = std::env::current_exe()
+    let only_named = std::env::var("CORRAL_PLUGIN_PATH_ONLY").is_ok_and(|v| v == "1");
+    if !only_named
+        && let Ok(exe) = std::env::current_exe()
         && let Some(bin_dir) = exe.parent()
     {
         if let Some(prefix) = bin_dir.parent() {
@@ -81,7 +84,11 @@ pub fn discover(dirs: &[PathBuf]) -> Vec<Discovered> {
         for p in paths {
             let candidate = if p.is_dir() {
                 p.join(DIR_MANIFEST_NAME)
-            } else if p.file_name().and_then(|f| f.to_str()).is_some_and(|f| f.ends_with(FLAT_MANIFEST_SUFFIX)) {
+            } else if p
+                .file_name()
+                .and_then(|f| f.to_str())
+                .is_some_and(|f| f.ends_with(FLAT_MANIFEST_SUFFIX))
+            {
                 p
             } else {
                 continue;
@@ -107,7 +114,9 @@ pub enum LoadError {
         manifest: PathBuf,
     },
     /// The manifest declares another ABI major.
-    #[error("{plugin} declares ABI {declared} in its manifest but this host speaks ABI {ABI_MAJOR}.{ABI_MINOR}; install a build of the plugin for corral ABI {ABI_MAJOR}")]
+    #[error(
+        "{plugin} declares ABI {declared} in its manifest but this host speaks ABI {ABI_MAJOR}.{ABI_MINOR}; install a build of the plugin for corral ABI {ABI_MAJOR}"
+    )]
     ManifestAbi {
         /// `name:variant`.
         plugin: String,
@@ -131,13 +140,17 @@ pub enum LoadError {
         detail: String,
     },
     /// A shared library without corral's ABI symbol.
-    #[error("{library} is a shared library but not a corral plugin (it exports no `{ABI_MAJOR_SYMBOL}`)")]
+    #[error(
+        "{library} is a shared library but not a corral plugin (it exports no `{ABI_MAJOR_SYMBOL}`)"
+    )]
     NotAPlugin {
         /// Library path.
         library: PathBuf,
     },
     /// A plugin built against another ABI major.
-    #[error("{library} was built for corral plugin ABI {found}.x but this host speaks ABI {ABI_MAJOR}.{ABI_MINOR}; rebuild it against corral-backend-api {ABI_MAJOR}.x")]
+    #[error(
+        "{library} was built for corral plugin ABI {found}.x but this host speaks ABI {ABI_MAJOR}.{ABI_MINOR}; rebuild it against corral-backend-api {ABI_MAJOR}.x"
+    )]
     AbiMajor {
         /// Library path.
         library: PathBuf,
@@ -208,11 +221,17 @@ impl FfiLogSink for TracingSink {
     fn log(&self, level: LogLevel, target: RStr<'_>, message: RStr<'_>) {
         let (plugin, target, message) = (self.plugin.as_str(), target.as_str(), message.as_str());
         match level {
-            LogLevel::Error => tracing::error!(target: "corral::plugin", plugin, target, "{message}"),
+            LogLevel::Error => {
+                tracing::error!(target: "corral::plugin", plugin, target, "{message}")
+            }
             LogLevel::Warn => tracing::warn!(target: "corral::plugin", plugin, target, "{message}"),
             LogLevel::Info => tracing::info!(target: "corral::plugin", plugin, target, "{message}"),
-            LogLevel::Debug => tracing::debug!(target: "corral::plugin", plugin, target, "{message}"),
-            LogLevel::Trace => tracing::trace!(target: "corral::plugin", plugin, target, "{message}"),
+            LogLevel::Debug => {
+                tracing::debug!(target: "corral::plugin", plugin, target, "{message}")
+            }
+            LogLevel::Trace => {
+                tracing::trace!(target: "corral::plugin", plugin, target, "{message}")
+            }
         }
     }
 }
@@ -230,7 +249,8 @@ fn host_max_log_level() -> LogLevel {
 
 fn classify_dlopen_error(library: &Path, e: &libloading::Error) -> LoadError {
     let detail = e.to_string();
-    let lib_name = library.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let lib_name =
+        library.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
     // glibc names the object it could not open; when that is not the plugin itself, a
     // dependency is missing.
     let missing_dep = detail.contains("cannot open shared object file")
@@ -245,7 +265,8 @@ fn classify_dlopen_error(library: &Path, e: &libloading::Error) -> LoadError {
 
 fn layout_error(library: &Path, e: LibraryError) -> LoadError {
     let text = e.to_string();
-    let detail: String = text.lines().filter(|l| !l.trim().is_empty()).take(6).collect::<Vec<_>>().join(" | ");
+    let detail: String =
+        text.lines().filter(|l| !l.trim().is_empty()).take(6).collect::<Vec<_>>().join(" | ");
     LoadError::Layout { library: library.to_path_buf(), detail }
 }
 
@@ -258,10 +279,7 @@ pub fn load(
 ) -> Result<LoadedPlugin, LoadError> {
     let library = manifest_path.parent().unwrap_or(Path::new(".")).join(&manifest.library);
     if !library.is_file() {
-        return Err(LoadError::MissingLibrary {
-            library,
-            manifest: manifest_path.to_path_buf(),
-        });
+        return Err(LoadError::MissingLibrary { library, manifest: manifest_path.to_path_buf() });
     }
     match manifest.abi_version() {
         Ok((major, _)) if major == ABI_MAJOR => {}
@@ -327,7 +345,9 @@ pub fn load(
 /// config wins) and renders them as JSON for init.
 pub fn merged_options(manifest: &Manifest, config: &crate::config::Config) -> String {
     let mut table = manifest.options.clone();
-    for key in [manifest.name.clone(), manifest.id(), format!("{}-{}", manifest.name, manifest.variant)] {
+    for key in
+        [manifest.name.clone(), manifest.id(), format!("{}-{}", manifest.name, manifest.variant)]
+    {
         if let Some(t) = config.backends.get(&key) {
             table.extend(t.clone());
         }
@@ -426,8 +446,10 @@ pub fn choose(
     if let Some(asked) = explicit {
         let any = discovered.iter().any(|d| d.manifest.as_ref().is_ok_and(|m| m.matches(asked)));
         if !any {
-            let mut names: Vec<String> =
-                discovered.iter().filter_map(|d| d.manifest.as_ref().ok().map(Manifest::id)).collect();
+            let mut names: Vec<String> = discovered
+                .iter()
+                .filter_map(|d| d.manifest.as_ref().ok().map(Manifest::id))
+                .collect();
             names.dedup();
             let installed = if names.is_empty() {
                 "none (no plugin manifests on the plugin path; see `corral backends`)".to_string()
@@ -477,7 +499,10 @@ pub fn choose(
         let mut unmet = Vec::new();
         match m.abi_version() {
             Ok((major, _)) if major == ABI_MAJOR => {}
-            _ => unmet.push(format!("built for ABI {} but this host speaks ABI {ABI_MAJOR}.{ABI_MINOR}", m.abi)),
+            _ => unmet.push(format!(
+                "built for ABI {} but this host speaks ABI {ABI_MAJOR}.{ABI_MINOR}",
+                m.abi
+            )),
         }
         if let Err(u) = corral_probe::check(&m.requires, machine) {
             unmet.push(u.to_string());
@@ -502,9 +527,8 @@ pub fn choose(
     }
 
     // Rank: the explicit choice first, then the config's preference order, then priority.
-    let pref_rank = |m: &Manifest| {
-        selector.preference.iter().position(|p| m.matches(p)).unwrap_or(usize::MAX)
-    };
+    let pref_rank =
+        |m: &Manifest| selector.preference.iter().position(|p| m.matches(p)).unwrap_or(usize::MAX);
     candidates.sort_by(|a, b| {
         let ea = explicit.is_some_and(|x| a.1.matches(x));
         let eb = explicit.is_some_and(|x| b.1.matches(x));
@@ -519,10 +543,18 @@ pub fn choose(
         let why: Vec<String> = reports
             .iter()
             .filter(|r| r.status == Status::Unavailable && r.reason.len() > 0)
-            .filter(|r| discovered.iter().any(|d| d.manifest_path == r.manifest && d.manifest.as_ref().is_ok_and(|m| m.matches(asked))))
+            .filter(|r| {
+                discovered.iter().any(|d| {
+                    d.manifest_path == r.manifest
+                        && d.manifest.as_ref().is_ok_and(|m| m.matches(asked))
+                })
+            })
             .map(|r| format!("{}:{}: {}", r.name, r.variant, r.reason))
             .collect();
-        tracing::warn!("backend {asked:?} cannot run here ({}); falling back to the next candidate", why.join("; "));
+        tracing::warn!(
+            "backend {asked:?} cannot run here ({}); falling back to the next candidate",
+            why.join("; ")
+        );
     }
 
     let mut chosen = None;
@@ -539,7 +571,8 @@ pub fn choose(
                 let r = &mut reports[idx];
                 r.status = Status::Chosen;
                 r.reason = why_chosen(m, selector, explicit);
-                r.devices = p.devices().iter().map(|d| format!("{} ({:?})", d.name, d.kind)).collect();
+                r.devices =
+                    p.devices().iter().map(|d| format!("{} ({:?})", d.name, d.kind)).collect();
                 r.engine = p.backend.describe().into_string();
                 tracing::info!("chose backend {}: {}", m.id(), r.reason);
                 chosen = Some(Arc::new(p));

@@ -24,8 +24,13 @@ impl Templater {
 
     /// A template from `source` (a Modelfile's TEMPLATE, say) for `model`.
     pub fn with_source(model: &Model, source: Option<&str>) -> Result<Templater> {
-        let template = ChatTemplate::from_model(source).context("the model's chat template does not compile")?;
-        let text = |t: Option<u32>| t.and_then(|t| model.token_bytes(t).ok()).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        let template = ChatTemplate::from_model(source)
+            .context("the model's chat template does not compile")?;
+        let text = |t: Option<u32>| {
+            t.and_then(|t| model.token_bytes(t).ok())
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        };
         Ok(Templater {
             template,
             bos_text: text(model.special.bos.into_option()),
@@ -61,7 +66,12 @@ impl Templater {
     }
 
     /// Renders and tokenizes a conversation.
-    pub fn tokenize_chat(&self, model: &Model, messages: &[Message], add_generation_prompt: bool) -> Result<Vec<u32>> {
+    pub fn tokenize_chat(
+        &self,
+        model: &Model,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>> {
         let text = self.render(messages, None, None, add_generation_prompt)?;
         self.tokenize(model, &text)
     }

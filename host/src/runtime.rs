@@ -39,7 +39,8 @@ impl Runtime {
         let (config, config_path) = Config::load(global.config.as_deref())?;
         let machine = corral_probe::probe(&corral_probe::ProbeOptions::system());
         let env_path = std::env::var("CORRAL_PLUGIN_PATH").ok();
-        let plugin_path = plugins::search_path(&global.plugin_dirs, env_path.as_deref(), &config.plugin_dirs);
+        let plugin_path =
+            plugins::search_path(&global.plugin_dirs, env_path.as_deref(), &config.plugin_dirs);
         let discovered = plugins::discover(&plugin_path);
         tracing::debug!(?plugin_path, found = discovered.len(), "plugin discovery");
         Ok(Runtime { config, config_path, machine, plugin_path, discovered })
@@ -56,7 +57,10 @@ impl Runtime {
     }
 
     /// Chooses and loads a backend; an error when none can be loaded.
-    pub fn choose(&self, selector: &Selector) -> Result<(std::sync::Arc<plugins::LoadedPlugin>, Choice)> {
+    pub fn choose(
+        &self,
+        selector: &Selector,
+    ) -> Result<(std::sync::Arc<plugins::LoadedPlugin>, Choice)> {
         let choice = plugins::choose(&self.discovered, &self.machine, selector, &self.config)?;
         match &choice.chosen {
             Some(p) => Ok((p.clone(), choice)),
@@ -68,7 +72,11 @@ impl Runtime {
                 if choice.reports.is_empty() {
                     msg.push_str(&format!(
                         ": no plugin manifests found on the plugin path ({})",
-                        self.plugin_path.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":")
+                        self.plugin_path
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(":")
                     ));
                 }
                 for r in &choice.reports {
@@ -91,5 +99,7 @@ pub fn model_path(arg: &str) -> Result<PathBuf> {
     if p.exists() {
         return p.canonicalize().with_context(|| format!("cannot resolve {arg}"));
     }
-    bail!("model {arg:?} not found: no such file (names from the model store come with `corral pull`)")
+    bail!(
+        "model {arg:?} not found: no such file (names from the model store come with `corral pull`)"
+    )
 }

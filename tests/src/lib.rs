@@ -1,1 +1,124 @@
-//! corral-e2e (work in progress).
+//! Harness for corral's end-to-end tests: finds the built `corral` binary and plugins in
+//! the cargo target directory, runs commands, and builds broken plugin fixtures.
+//!
+//! The tests need `cargo build --workspace` to have run first (the README's test command
+//! does it), because cargo does not build other packages' binaries and cdylibs for a
+//! test crate.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+/// `target/<profile>` of the build under test.
+pub fn profile_dir() -> PathBuf {
+    // This test binary lives in target/<profile>/deps/.
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf()
+}
+
+/// The `corral` binary, which must have been built.
+pub fn corral_bin() -> PathBuf {
+    let p = profile_dir().join("corral");
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --workspace` before the tests",
+        p.display()
+    );
+    p
+}
+
+/// A built plugin library in the target directory, e.g. `libcorral_plugin_example.so`.
+pub fn plugin_lib(file: &str) -> PathBuf {
+    let p = profile_dir().join(file);
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --workspace` before the tests",
+        p.display()
+    );
+    p
+}
+
+/// A `corral` command that sees only the plugins in `plugin_dirs` and no user config.
+pub fn corral(plugin_dirs: &[&Path]) -> Command {
+    let mut c = Command::new(corral_bin());
+    c.env_remove("CORRAL_PLUGIN_PATH")
+        .env_remove("CORRAL_BACKEND")
+        .env_remove("CORRAL_CONFIG")
+        .env("CORRAL_PLUGIN_PATH_ONLY", "1")
+        .env("XDG_CONFIG_HOME", "/nonexistent-corral-test")
+        .env("HOME", "/nonexistent-corral-test")
+        .env("CORRAL_LOG", "warn");
+    for d in plugin_dirs {
+        c.arg("--plugin-dir").arg(d);
+    }
+    c
+}
+
+/// Runs a command, returning its output with stdout and stderr as text.
+pub fn run(mut cmd: Command) -> (Output, String, String) {
+    let out = cmd.output().expect("run corral");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stdout, stderr)
+}
+
+/// Writes a plugin directory `<dir>/<name>/` holding `manifest.toml` and, when given,
+/// a copy of `library` under the manifest's library name.
+pub fn plugin_dir(dir: &Path, name: &str, manifest: &str, library: Option<&Path>) -> PathBuf {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).expect("mkdir");
+    std::fs::write(d.join("manifest.toml"), manifest).expect("write manifest");
+    if let Some(lib) = library {
+        let file = manifest
+            .lines()
+            .find_map(|l| l.strip_prefix("library = "))
+            .map(|v| v.trim().trim_matches('"').to_string())
+            .expect("manifest names a library");
+        std::fs::copy(lib, d.join(file)).expect("copy library");
+    }
+    d
+}
+
+/// A manifest for the example plugin under another identity or ABI.
+pub fn example_manifest(variant: &str, abi: &str, library: &str) -> String {
+    format!(
+        "name = \"example\"\nvariant = \"{variant}\"\nversion = \"0.1.0\"\nabi = \"{abi}\"\nlibrary = \"{library}\"\nformats = [\"toy\"]\npriority = 0\n"
+    )
+}
+
+/// Compiles a C shared library with the system C compiler; `None` when there is none.
+pub fn cc_shared(dir: &Path, name: &str, source: &str, link: &[&str]) -> Option<PathBuf> {
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(&src, source).ok()?;
+    let out = dir.join(format!("lib{name}.so"));
+    let status = Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .arg(format!("-L{}", dir.display()))
+        .args(link)
+        .status()
+        .ok()?;
+    status.success().then_some(out)
+}
+
+/// Copies a plugin library and rewrites its exported `corral_plugin_abi_major` static,
+/// giving a library exactly like one built against another ABI major.
+pub fn patch_abi_major(library: &Path, out: &Path, major: u32) {
+    use object::{Object, ObjectSection, ObjectSymbol};
+    let mut bytes = std::fs::read(library).expect("read library");
+    let offset = {
+        let file = object::File::parse(&*bytes).expect("parse ELF");
+        let sym = file
+            .dynamic_symbols()
+            .find(|s| s.name() == Ok("corral_plugin_abi_major"))
+            .expect("library exports corral_plugin_abi_major");
+        let section =
+            file.section_by_index(sym.section_index().expect("symbol section")).expect("section");
+        let (sec_off, _) = section.file_range().expect("section in file");
+        (sec_off + (sym.address() - section.address())) as usize
+    };
+    bytes[offset..offset + 4].copy_from_slice(&major.to_le_bytes());
+    std::fs::write(out, bytes).expect("write patched library");
+}

@@ -293,9 +293,9 @@ impl Context for ExampleContext {
     fn logits(&self, index: u32) -> Result<&[f32], BackendError> {
         match self.logits.get(index as usize) {
             Some(Some(l)) => Ok(l),
-            Some(None) => Err(BackendError::invalid(format!(
-                "batch entry {index} did not ask for logits"
-            ))),
+            Some(None) => {
+                Err(BackendError::invalid(format!("batch entry {index} did not ask for logits")))
+            }
             None => Err(BackendError::invalid(format!(
                 "batch entry {index} is out of range (last batch had {})",
                 self.logits.len()
@@ -337,17 +337,13 @@ impl Context for ExampleContext {
         let (s, d) = (self.seq(src)?, self.seq(dst)?);
         let lo = p0.max(0) as u32;
         let hi = if p1 < 0 { u32::MAX } else { p1 as u32 };
-        let copied: Vec<(u32, u32)> =
-            self.seqs[s].range(lo..hi).map(|(&p, &t)| (p, t)).collect();
+        let copied: Vec<(u32, u32)> = self.seqs[s].range(lo..hi).map(|(&p, &t)| (p, t)).collect();
         self.seqs[d].extend(copied);
         Ok(())
     }
 
     fn kv_pos_max(&self, seq: u32) -> i32 {
-        self.seqs
-            .get(seq as usize)
-            .and_then(|s| s.keys().next_back())
-            .map_or(-1, |&p| p as i32)
+        self.seqs.get(seq as usize).and_then(|s| s.keys().next_back()).map_or(-1, |&p| p as i32)
     }
 
     fn kv_clear(&mut self) -> Result<(), BackendError> {
@@ -369,8 +365,7 @@ mod tests {
 
     fn ctx(n_seq: u32) -> ExampleContext {
         let m = ExampleModel { seed: 1, size: 1, panic_on_token: None };
-        m.new_context(&ContextParams { n_seq_max: n_seq, n_ctx: 64, ..Default::default() })
-            .unwrap()
+        m.new_context(&ContextParams { n_seq_max: n_seq, n_ctx: 64, ..Default::default() }).unwrap()
     }
 
     fn e(token: u32, pos: u32, seq: u32) -> BatchEntry {

@@ -1,0 +1,243 @@
+//! Plugin loading, choice and every way a plugin can be broken: each ends with a clear
+//! message, and the host keeps running (it lists the rest, or falls back).
+
+use std::path::Path;
+
+use corral_e2e::*;
+
+fn example_lib() -> std::path::PathBuf {
+    plugin_lib("libcorral_plugin_example.so")
+}
+
+fn backends_json(dirs: &[&Path], extra: &[&str]) -> serde_json::Value {
+    let mut c = corral(dirs);
+    c.args(["backends", "--json"]).args(extra);
+    let (out, stdout, stderr) = run(c);
+    assert!(out.status.success(), "corral backends failed: {stderr}");
+    serde_json::from_str(&stdout).expect("backends --json prints JSON")
+}
+
+fn report<'a>(v: &'a serde_json::Value, variant: &str) -> &'a serde_json::Value {
+    v["plugins"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["variant"] == variant))
+        .unwrap_or_else(|| panic!("no plugin with variant {variant} in {v:#}"))
+}
+
+#[test]
+fn example_plugin_is_listed_and_chosen() {
+    let dir = tempfile::tempdir().unwrap();
+    plugin_dir(
+        dir.path(),
+        "example",
+        &example_manifest("cpu", "1.0", "libexample.so"),
+        Some(&example_lib()),
+    );
+    let v = backends_json(&[dir.path()], &[]);
+    let r = report(&v, "cpu");
+    assert_eq!(r["status"], "chosen", "{v:#}");
+    assert_eq!(r["abi"], "1.0");
+    assert!(r["engine"].as_str().unwrap().contains("example toy engine"), "{r}");
+}
+
+#[test]
+fn broken_plugins_are_each_explained_and_the_good_one_still_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A good plugin, so the host has something to choose.
+    plugin_dir(d, "good", &example_manifest("cpu", "1.0", "libexample.so"), Some(&example_lib()));
+    // A file that is not a shared library.
+    let not_lib = d.join("notlib.so");
+    std::fs::write(&not_lib, "this is text, not ELF").unwrap();
+    plugin_dir(d, "notlib", &example_manifest("notlib", "1.0", "libnotlib.so"), Some(&not_lib));
+    // A shared library that is not a corral plugin.
+    let plain = cc_shared(d, "plain", "int answer(void) { return 42; }\n", &[]);
+    if let Some(plain) = &plain {
+        plugin_dir(d, "plain", &example_manifest("plain", "1.0", "libplain.so"), Some(plain));
+    } else {
+        eprintln!("skipping the not-a-plugin case: no C compiler (cc) on this machine");
+    }
+    // A plugin built against another ABI major (the exported major patched to 2).
+    let abi2 = d.join("abi2.so");
+    patch_abi_major(&example_lib(), &abi2, 2);
+    plugin_dir(d, "abi2", &example_manifest("abi2", "1.0", "libabi2.so"), Some(&abi2));
+    // A manifest that declares another ABI.
+    plugin_dir(
+        d,
+        "manifest-abi",
+        &example_manifest("manifestabi", "2.0", "libexample.so"),
+        Some(&example_lib()),
+    );
+    // A manifest that does not parse.
+    plugin_dir(d, "garbled", "name = \"example\"\nvariant = [oops\n", None);
+    // A manifest naming a library that is not there.
+    plugin_dir(d, "nolib", &example_manifest("nolib", "1.0", "libmissing-plugin.so"), None);
+    // A plugin whose library needs a shared object the machine lacks.
+    let needs_missing =
+        cc_shared(d, "gone", "int gone(void) { return 1; }\n", &[]).and_then(|_| {
+            let lib = cc_shared(
+                d,
+                "needy",
+                "int gone(void);\nint needy(void) { return gone(); }\n",
+                &["-lgone"],
+            );
+            std::fs::remove_file(d.join("libgone.so")).ok();
+            lib
+        });
+    if let Some(lib) = &needs_missing {
+        plugin_dir(d, "needy", &example_manifest("needy", "1.0", "libneedy.so"), Some(lib));
+    }
+
+    let v = backends_json(&[d], &[]);
+    assert_eq!(report(&v, "cpu")["status"], "chosen", "{v:#}");
+    let reason = |variant: &str| {
+        let r = report(&v, variant);
+        assert_eq!(r["status"], "unavailable", "{r}");
+        r["reason"].as_str().unwrap().to_string()
+    };
+    // Unavailable plugins are only opened when ranked above the chosen one; force each.
+    let forced = |variant: &str| {
+        let mut c = corral(&[d]);
+        c.args(["backends", "--json", "--backend", variant]);
+        let (out, stdout, stderr) = run(c);
+        assert!(out.status.success(), "{stderr}");
+        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        report(&v, variant)["reason"].as_str().unwrap().to_string()
+    };
+    let r = forced("notlib");
+    assert!(r.contains("is not a shared library"), "{r}");
+    if plain.is_some() {
+        let r = forced("plain");
+        assert!(r.contains("not a corral plugin"), "{r}");
+    }
+    let r = forced("abi2");
+    assert!(r.contains("built for corral plugin ABI 2.x") && r.contains("speaks ABI 1.0"), "{r}");
+    let r = reason("manifestabi");
+    assert!(r.contains("built for ABI 2.0") && r.contains("ABI 1.0"), "{r}");
+    let garbled = v["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"].as_str().unwrap().contains("garbled"))
+        .unwrap();
+    assert!(
+        garbled["reason"].as_str().unwrap().contains("does not parse")
+            && garbled["reason"].as_str().unwrap().contains("line 2"),
+        "{garbled}"
+    );
+    let r = reason("nolib");
+    assert!(r.contains("libmissing-plugin.so does not exist"), "{r}");
+    if needs_missing.is_some() {
+        let r = forced("needy");
+        assert!(
+            r.contains("needs a shared library this machine lacks") && r.contains("libgone.so"),
+            "{r}"
+        );
+    }
+}
+
+#[test]
+fn init_error_falls_back_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    plugin_dir(
+        dir.path(),
+        "a",
+        &example_manifest("cpu", "1.0", "libexample.so"),
+        Some(&example_lib()),
+    );
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, "[backends.example]\nfail_init = true\n").unwrap();
+    let mut c = corral(&[dir.path()]);
+    c.arg("--config").arg(&cfg).args(["backends", "--json"]);
+    let (out, stdout, stderr) = run(c);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let r = report(&v, "cpu");
+    assert_eq!(r["status"], "unavailable");
+    assert!(
+        r["reason"].as_str().unwrap().contains("failed to initialise")
+            && r["reason"].as_str().unwrap().contains("fail_init"),
+        "{r}"
+    );
+}
+
+#[test]
+fn unknown_backend_fails_at_once_listing_what_is_installed() {
+    let dir = tempfile::tempdir().unwrap();
+    plugin_dir(
+        dir.path(),
+        "a",
+        &example_manifest("cpu", "1.0", "libexample.so"),
+        Some(&example_lib()),
+    );
+    let mut c = corral(&[dir.path()]);
+    c.args(["serve", "--backend", "nosuch", "--host", "127.0.0.1:0"]);
+    let (out, _, stderr) = run(c);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no installed backend is called \"nosuch\"")
+            && stderr.contains("example:cpu"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn config_syntax_error_names_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, "backend = \"auto\"\n[server]\nmax_queue = \"lots\"\n").unwrap();
+    let mut c = corral(&[]);
+    c.arg("--config").arg(&cfg).arg("backends");
+    let (out, _, stderr) = run(c);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&cfg.display().to_string())
+            && stderr.contains("line 3")
+            && stderr.contains("max_queue"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn panic_in_decode_is_an_error_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    plugin_dir(
+        dir.path(),
+        "a",
+        &example_manifest("cpu", "1.0", "libexample.so"),
+        Some(&example_lib()),
+    );
+    let cfg = dir.path().join("config.toml");
+    // Token 104 is the byte 'h'.
+    std::fs::write(&cfg, "[backends.example]\npanic_on_token = 104\n").unwrap();
+    let model = dir.path().join("model.toy");
+    std::fs::write(&model, "toy weights").unwrap();
+    let mut c = corral(&[dir.path()]);
+    c.arg("--config")
+        .arg(&cfg)
+        .args(["run", "--format", "toy", "--temperature", "0", "--raw"])
+        .arg(&model)
+        .arg("hello");
+    let (out, _, stderr) = run(c);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("plugin panicked in decode") && stderr.contains("panic_on_token"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn conformance_suite_passes_on_the_example_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = plugin_dir(
+        dir.path(),
+        "a",
+        &example_manifest("cpu", "1.0", "libexample.so"),
+        Some(&example_lib()),
+    );
+    let mut c = corral(&[]);
+    c.args(["plugin", "check"]).arg(&p);
+    let (out, stdout, stderr) = run(c);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("10 passed, 0 failed"), "{stdout}");
+}
