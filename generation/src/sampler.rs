@@ -468,6 +468,14 @@ mod tests {
     }
 
     #[test]
+    fn top_k_ties_keep_lowest_ids() {
+        let o = SamplingOptions { top_k: 2, ..opts() };
+        let freq = histogram(&o, &[1.0, 1.0, 1.0, 1.0], 2000);
+        assert_eq!(freq[2] + freq[3], 0.0, "{freq:?}");
+        assert!((freq[0] - 0.5).abs() < 0.05, "{freq:?}");
+    }
+
+    #[test]
     fn top_p_excludes_tail() {
         // probs of [3,2,1,0] ~ [0.644, 0.237, 0.087, 0.032]; top_p 0.85 keeps 0 and 1.
         let logits = [0.0, 1.0, 2.0, 3.0];
