@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what building and testing corral needs on a fresh Debian machine:
+# the C/C++ toolchain for llama.cpp, Vulkan (Mesa's software driver), the reference
+# OCI registry for the registry tests, and a Python venv with the official clients.
+# Idempotent: a second run only checks.
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+
+need_apt=()
+for pkg in cmake libclang-dev clang build-essential pkg-config git curl \
+           docker-registry mesa-vulkan-drivers libvulkan1 vulkan-tools glslc glslang-tools \
+           python3-venv; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing: ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo not found: install Rust (https://rustup.rs) first" >&2
+  exit 1
+fi
+
+# Python clients for the end-to-end API tests, and onnxruntime for the ONNX backend.
+venv="${CORRAL_VENV:-$here/target/pyenv}"
+if [ ! -x "$venv/bin/pytest" ] || ! "$venv/bin/python" -c "import ollama, openai, jsonschema" 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade pip
+  "$venv/bin/pip" install -q -r "$here/tests/python/requirements.txt"
+fi
+echo "dependencies ready (python venv: $venv)"

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite: build every crate and plugin, run the Rust tests (unit and
+# end-to-end: the real binary, real plugins, real HTTP, a real registry), then the
+# Python client tests against a real `corral serve`.
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$here"
+"$here/scripts/install-deps.sh"
+
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# The e2e tests run the binaries and plugins that this build puts in the target dir.
+cargo build --workspace --all-targets
+cargo test --workspace --no-fail-fast
+
+venv="${CORRAL_VENV:-$here/target/pyenv}"
+target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+if [ -d tests/python ] && ls tests/python/test_*.py >/dev/null 2>&1; then
+  CORRAL_TARGET_DIR="$target_dir/debug" "$venv/bin/pytest" -q tests/python
+fi
