@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# One command on a fresh machine: install build dependencies, build corral and its
+# llama.cpp plugin (release), generate a small model with random weights (no download
+# needed), register it as `corral-tiny`, and start `corral serve` on 127.0.0.1:11434.
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$here"
+"$here/scripts/install-deps.sh"
+cargo build --release -p corral -p corral-backend-llama-cpp
+bin="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release"
+models="${CORRAL_MODELS:-$HOME/.local/share/corral/models}"
+mkdir -p "$models"
+gguf="$models/../corral-tiny.gguf"
+[ -f "$gguf" ] || "$bin/corral" model generate "$gguf" --shape small --type q8_0
+if "$bin/corral" create --help >/dev/null 2>&1; then
+  printf 'FROM %s\nPARAMETER temperature 0.7\n' "$(realpath "$gguf")" > "$models/../Modelfile.corral-tiny"
+  "$bin/corral" create corral-tiny -f "$models/../Modelfile.corral-tiny" >/dev/null || true
+fi
+echo "model: corral-tiny ($(realpath "$gguf"))"
+exec "$bin/corral" serve "$@"
