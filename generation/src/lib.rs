@@ -67,3 +67,18 @@ pub use options::{DEFAULT_NUM_CTX, OptionsError, SamplingOptions};
 pub use sampler::{Constraint, Sampler, argmax};
 pub use stop::{StopMatcher, StopStep};
 pub use template::{CHATML_TEMPLATE, ChatInput, ChatMessage, ChatTemplate, TemplateError};
+
+#[cfg(test)]
+mod tests {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+
+    #[test]
+    fn types_cross_threads() {
+        send_sync::<crate::ChatTemplate>();
+        send_sync::<crate::SamplingOptions>();
+        send_sync::<crate::StopMatcher>();
+        send_sync::<crate::Detokenizer>();
+        send::<crate::Sampler>();
+    }
+}

@@ -120,8 +120,9 @@ impl Sampler {
     pub fn new(options: &SamplingOptions, vocab_size: usize) -> Result<Self, OptionsError> {
         options.validate()?;
         let seed = options.seed.unwrap_or_else(random_seed);
+        // -1 means the whole context, and the history never exceeds the context.
         let penalty_last_n = match options.repeat_last_n {
-            n if n < 0 => options.num_ctx_or(None) as usize,
+            n if n < 0 => usize::MAX,
             n => n as usize,
         };
         Ok(Sampler {
@@ -514,12 +515,16 @@ mod tests {
 
     #[test]
     fn typical_p_keeps_typical_tokens() {
-        // One dominant token and many tiny ones: with a low typical_p the near-entropy
-        // tokens win, and the set is never empty.
+        // probs [1/2, 1/4, 1/8, 1/8]: entropy 1.75 ln 2; surprisal closest to it is token
+        // 1's (ln 4), then token 0's. typical_p 0.2 keeps only token 1 (not the most
+        // likely one); 0.7 keeps tokens 1 and 0.
+        let logits = [0.5f32.ln(), 0.25f32.ln(), 0.125f32.ln(), 0.125f32.ln()];
         let o = SamplingOptions { typical_p: 0.2, ..opts() };
-        let freq = histogram(&o, &LOGITS, 2000);
-        let kept = freq.iter().filter(|&&f| f > 0.0).count();
-        assert!(kept >= 1 && kept < LOGITS.len(), "{freq:?}");
+        assert_eq!(histogram(&o, &logits, 300)[1], 1.0);
+        let o = SamplingOptions { typical_p: 0.7, ..opts() };
+        let freq = histogram(&o, &logits, 3000);
+        assert_eq!(freq[2] + freq[3], 0.0, "{freq:?}");
+        assert!((freq[0] - 2.0 / 3.0).abs() < 0.03, "{freq:?}");
     }
 
     #[test]
@@ -555,6 +560,12 @@ mod tests {
         let mut l2 = [4.0, -2.0, 1.0, 1.0, 0.0, 5.0];
         s.sample(&mut l2, &[0, 1]);
         assert_eq!(l2, [4.0, -2.0, 1.0, 1.0, 0.0, 5.0]);
+        // -1 = the whole history.
+        let all = SamplingOptions { repeat_last_n: -1, ..o.clone() };
+        let mut s = Sampler::new(&all, 6).unwrap();
+        let mut l3 = [4.0, -2.0, 1.0, 1.0, 0.0, 5.0];
+        s.sample(&mut l3, &[5, 1, 0, 1]);
+        assert_eq!(l3[5], 5.0 / 2.0 - 0.75);
         // Out-of-vocabulary history entries are ignored.
         let mut s = Sampler::new(&o, 6).unwrap();
         s.sample(&mut l2, &[99, 100, 0]);
