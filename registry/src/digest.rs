@@ -34,8 +34,10 @@ impl Digest {
             digest: name.chars().take(100).collect(),
             reason: "blob file name must start with \"sha256-\"",
         })?;
-        Self::from_hex(hex_part)
-            .map_err(|reason| Error::InvalidDigest { digest: name.chars().take(100).collect(), reason })
+        Self::from_hex(hex_part).map_err(|reason| Error::InvalidDigest {
+            digest: name.chars().take(100).collect(),
+            reason,
+        })
     }
 
     fn from_hex(h: &str) -> std::result::Result<Digest, &'static str> {

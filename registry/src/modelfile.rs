@@ -92,9 +92,8 @@ fn param_type(name: &str) -> Option<ParamType> {
     Some(match name {
         "num_keep" | "seed" | "num_predict" | "top_k" | "repeat_last_n" | "mirostat"
         | "num_ctx" | "num_batch" | "num_gpu" | "main_gpu" | "num_thread" => Int,
-        "temperature" | "top_p" | "min_p" | "typical_p" | "repeat_penalty"
-        | "presence_penalty" | "frequency_penalty" | "mirostat_tau" | "mirostat_eta"
-        | "tfs_z" => Float,
+        "temperature" | "top_p" | "min_p" | "typical_p" | "repeat_penalty" | "presence_penalty"
+        | "frequency_penalty" | "mirostat_tau" | "mirostat_eta" | "tfs_z" => Float,
         "penalize_newline" | "numa" | "use_mmap" | "use_mlock" | "low_vram" | "f16_kv"
         | "vocab_only" | "logits_all" => Bool,
         "stop" => StringList,
@@ -203,7 +202,9 @@ impl<'a> Scanner<'a> {
                             out.push(c);
                         }
                         None => {
-                            return Err(self.err(pos, format!("unterminated quoted string in {what}")));
+                            return Err(
+                                self.err(pos, format!("unterminated quoted string in {what}"))
+                            );
                         }
                     },
                     Some('"') => break,
@@ -261,12 +262,18 @@ pub fn parse(text: &str) -> Result<Modelfile> {
                 let (vpos, raw) = sc.value(&format!("PARAMETER {name}"))?;
                 let bad = |t: &str| sc.err(vpos, format!("PARAMETER {name}: {raw:?} is not {t}"));
                 let value = match ty {
-                    ParamType::Int => Value::from(raw.parse::<i64>().map_err(|_| bad("an integer"))?),
+                    ParamType::Int => {
+                        Value::from(raw.parse::<i64>().map_err(|_| bad("an integer"))?)
+                    }
                     ParamType::Float => {
                         let f = raw.parse::<f64>().map_err(|_| bad("a number"))?;
-                        serde_json::Number::from_f64(f).map(Value::Number).ok_or_else(|| bad("a finite number"))?
+                        serde_json::Number::from_f64(f)
+                            .map(Value::Number)
+                            .ok_or_else(|| bad("a finite number"))?
                     }
-                    ParamType::Bool => Value::Bool(raw.parse::<bool>().map_err(|_| bad("true or false"))?),
+                    ParamType::Bool => {
+                        Value::Bool(raw.parse::<bool>().map_err(|_| bad("true or false"))?)
+                    }
                     ParamType::StringList => Value::String(raw),
                 };
                 (vpos, Directive::Parameter { name, value })
@@ -330,7 +337,8 @@ fn resolve_path(base_dir: &Path, v: &str) -> PathBuf {
 }
 
 fn check_gguf(path: &Path, cmd: &Command) -> Result<()> {
-    let at = |m: String| Error::Modelfile { line: cmd.value_pos.0, column: cmd.value_pos.1, message: m };
+    let at =
+        |m: String| Error::Modelfile { line: cmd.value_pos.0, column: cmd.value_pos.1, message: m };
     let meta = std::fs::metadata(path).map_err(|e| at(format!("{}: {e}", path.display())))?;
     if meta.is_dir() {
         return Err(at(format!(
@@ -389,14 +397,21 @@ pub fn create(
                 let path = resolve_path(base_dir, v);
                 if looks_like_path(v) || path.is_file() {
                     check_gguf(&path, cmd)?;
-                    layers.retain(|l| l.media_type != MEDIA_TYPE_MODEL && l.media_type != MEDIA_TYPE_LINK);
+                    layers.retain(|l| {
+                        l.media_type != MEDIA_TYPE_MODEL && l.media_type != MEDIA_TYPE_LINK
+                    });
                     let layer = if opts.link {
                         progress("hashing model file");
                         let li = link_info_for(&path, |_| {})?;
                         let json = serde_json::to_vec(&li).unwrap_or_default();
                         let digest = store.write_blob_bytes(&json)?;
                         progress(&format!("linking {}", li.path.display()));
-                        Layer { media_type: MEDIA_TYPE_LINK.into(), digest, size: json.len() as u64, from: None }
+                        Layer {
+                            media_type: MEDIA_TYPE_LINK.into(),
+                            digest,
+                            size: json.len() as u64,
+                            from: None,
+                        }
                     } else {
                         progress("copying model data");
                         let (digest, size) = store.import_file(&path, |_| {})?;
@@ -419,7 +434,9 @@ pub fn create(
                         .manifest
                         .layers
                         .iter()
-                        .filter(|l| l.media_type != MEDIA_TYPE_PARAMS && l.media_type != MEDIA_TYPE_MESSAGES)
+                        .filter(|l| {
+                            l.media_type != MEDIA_TYPE_PARAMS && l.media_type != MEDIA_TYPE_MESSAGES
+                        })
                         .cloned()
                         .collect();
                     params = r.params;
@@ -432,7 +449,12 @@ pub fn create(
                 check_gguf(&path, cmd)?;
                 progress("copying adapter");
                 let (digest, size) = store.import_file(&path, |_| {})?;
-                layers.push(Layer { media_type: MEDIA_TYPE_ADAPTER.into(), digest, size, from: None });
+                layers.push(Layer {
+                    media_type: MEDIA_TYPE_ADAPTER.into(),
+                    digest,
+                    size,
+                    from: None,
+                });
             }
             Directive::Template(t) => {
                 layers.retain(|l| l.media_type != MEDIA_TYPE_TEMPLATE);
@@ -478,7 +500,11 @@ pub fn create(
         layers.push(text_layer(store, MEDIA_TYPE_MESSAGES, &json)?);
     }
     if !layers.iter().any(|l| l.media_type == MEDIA_TYPE_MODEL || l.media_type == MEDIA_TYPE_LINK) {
-        return Err(Error::Modelfile { line: 1, column: 1, message: "the FROM model has no weights".into() });
+        return Err(Error::Modelfile {
+            line: 1,
+            column: 1,
+            message: "the FROM model has no weights".into(),
+        });
     }
     config.rootfs = Some(RootFs {
         kind: "layers".into(),
@@ -487,7 +513,12 @@ pub fn create(
     let cfg_json = serde_json::to_vec(&config).unwrap_or_default();
     let cfg_digest = store.write_blob_bytes(&cfg_json)?;
     let manifest = Manifest::new(
-        Layer { media_type: MEDIA_TYPE_CONFIG.into(), digest: cfg_digest, size: cfg_json.len() as u64, from: None },
+        Layer {
+            media_type: MEDIA_TYPE_CONFIG.into(),
+            digest: cfg_digest,
+            size: cfg_json.len() as u64,
+            from: None,
+        },
         layers,
     );
     progress("writing manifest");
@@ -671,7 +702,15 @@ LICENSE """MIT"""
         // Round trip through show --modelfile.
         let text = to_modelfile(&r);
         let again = parse(&text).unwrap();
-        let r2 = create(&store, &ModelName::parse("tiny2").unwrap(), &again, dir.path(), &CreateOptions::default(), &mut |_| {}).unwrap();
+        let r2 = create(
+            &store,
+            &ModelName::parse("tiny2").unwrap(),
+            &again,
+            dir.path(),
+            &CreateOptions::default(),
+            &mut |_| {},
+        )
+        .unwrap();
         assert_eq!(r2.params, r.params);
         assert_eq!(r2.template, r.template);
         assert_eq!(r2.messages, r.messages);
@@ -679,7 +718,15 @@ LICENSE """MIT"""
 
         // FROM an existing model, overriding the system prompt.
         let mf = parse("FROM tiny\nSYSTEM other\nPARAMETER temperature 0.1").unwrap();
-        let r3 = create(&store, &ModelName::parse("tiny3").unwrap(), &mf, dir.path(), &CreateOptions::default(), &mut |_| {}).unwrap();
+        let r3 = create(
+            &store,
+            &ModelName::parse("tiny3").unwrap(),
+            &mf,
+            dir.path(),
+            &CreateOptions::default(),
+            &mut |_| {},
+        )
+        .unwrap();
         assert_eq!(r3.system.as_deref(), Some("other"));
         assert_eq!(r3.params["stop"], serde_json::json!(["<|eot|>", "User:"]));
         assert_eq!(r3.params["temperature"], serde_json::json!(0.1));
@@ -687,7 +734,15 @@ LICENSE """MIT"""
 
         // --link: nothing copied, path is the file itself.
         let mf = parse("FROM ./m.gguf").unwrap();
-        let r4 = create(&store, &ModelName::parse("linked").unwrap(), &mf, dir.path(), &CreateOptions { link: true }, &mut |_| {}).unwrap();
+        let r4 = create(
+            &store,
+            &ModelName::parse("linked").unwrap(),
+            &mf,
+            dir.path(),
+            &CreateOptions { link: true },
+            &mut |_| {},
+        )
+        .unwrap();
         assert_eq!(r4.model_path, std::fs::canonicalize(&gguf).unwrap());
         assert_eq!(r4.model_digest, r.model_digest);
         Store::verify_link(r4.link.as_ref().unwrap()).unwrap();
@@ -698,14 +753,17 @@ LICENSE """MIT"""
 
         // Errors.
         let mf = parse("FROM ./missing.gguf").unwrap();
-        let e = create(&store, &name, &mf, dir.path(), &CreateOptions::default(), &mut |_| {}).unwrap_err();
+        let e = create(&store, &name, &mf, dir.path(), &CreateOptions::default(), &mut |_| {})
+            .unwrap_err();
         assert!(matches!(e, Error::Modelfile { line: 1, column: 6, .. }), "{e}");
         let mf = parse("FROM nosuchmodel").unwrap();
-        let e = create(&store, &name, &mf, dir.path(), &CreateOptions::default(), &mut |_| {}).unwrap_err();
+        let e = create(&store, &name, &mf, dir.path(), &CreateOptions::default(), &mut |_| {})
+            .unwrap_err();
         assert!(e.to_string().contains("no model"), "{e}");
         std::fs::write(dir.path().join("bad.gguf"), b"nope").unwrap();
         let mf = parse("FROM ./bad.gguf").unwrap();
-        let e = create(&store, &name, &mf, dir.path(), &CreateOptions::default(), &mut |_| {}).unwrap_err();
+        let e = create(&store, &name, &mf, dir.path(), &CreateOptions::default(), &mut |_| {})
+            .unwrap_err();
         assert!(e.to_string().contains("not a GGUF"), "{e}");
     }
 }

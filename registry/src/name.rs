@@ -63,7 +63,8 @@ impl Kind {
 }
 
 fn check_part(full: &str, kind: Kind, part: &str) -> Result<()> {
-    let err = |reason: String| Error::InvalidName { name: full.chars().take(400).collect(), reason };
+    let err =
+        |reason: String| Error::InvalidName { name: full.chars().take(400).collect(), reason };
     if part.is_empty() {
         return Err(err(format!("the {} is empty", kind.label())));
     }
@@ -129,7 +130,9 @@ impl ModelName {
             [m] => (None, None, *m),
             [n, m] => (None, Some(*n), *m),
             [h, n, m] => (Some(*h), Some(*n), *m),
-            _ => return Err(err("too many '/' separated parts; expected [host/][namespace/]model")),
+            _ => {
+                return Err(err("too many '/' separated parts; expected [host/][namespace/]model"));
+            }
         };
         if rest.is_empty() && digest.is_some() {
             return Err(err("a name with only a digest is not supported; give the model name too"));
@@ -274,10 +277,7 @@ mod tests {
         assert_eq!(n.to_string(), "localhost:5000/ns/m:1.0");
         let n = ModelName::parse("localhost:5000/ns/m").unwrap();
         assert_eq!(n.tag(), "latest");
-        assert_eq!(
-            n.manifest_rel_path(),
-            PathBuf::from("manifests/localhost:5000/ns/m/latest")
-        );
+        assert_eq!(n.manifest_rel_path(), PathBuf::from("manifests/localhost:5000/ns/m/latest"));
         let d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
         let n = ModelName::parse(&format!("llama3.2:1b@{d}")).unwrap();
         assert_eq!(n.model(), "llama3.2");

@@ -202,7 +202,10 @@ pub(crate) fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
         return Err(Error::io(
             "reading",
             path,
-            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("larger than {max} bytes")),
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("larger than {max} bytes"),
+            ),
         ));
     }
     Ok(buf)
@@ -460,7 +463,7 @@ impl Store {
                 Err(e) => tracing::warn!("skipping {}: {e}", path.display()),
             }
         }
-        out.sort_by(|a, b| b.modified.cmp(&a.modified));
+        out.sort_by_key(|m| std::cmp::Reverse(m.modified));
         Ok(out)
     }
 
@@ -770,10 +773,8 @@ fn expand_tilde(p: PathBuf) -> PathBuf {
 }
 
 fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut v: Vec<PathBuf> = fs::read_dir(dir)
-        .ctx("listing", dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
+    let mut v: Vec<PathBuf> =
+        fs::read_dir(dir).ctx("listing", dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
     v.sort();
     Ok(v)
 }
@@ -846,7 +847,12 @@ mod tests {
             Layer { media_type: MEDIA_TYPE_CONFIG.into(), digest: cfg, size: 23, from: None },
             vec![
                 Layer { media_type: MEDIA_TYPE_MODEL.into(), digest: model, size: 17, from: None },
-                Layer { media_type: MEDIA_TYPE_TEMPLATE.into(), digest: tmpl, size: 13, from: None },
+                Layer {
+                    media_type: MEDIA_TYPE_TEMPLATE.into(),
+                    digest: tmpl,
+                    size: 13,
+                    from: None,
+                },
             ],
         );
         let a = ModelName::parse("a").unwrap();

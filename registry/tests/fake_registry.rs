@@ -62,7 +62,9 @@ async fn oversized_manifest_is_refused() {
 
 #[tokio::test]
 async fn redirect_loop_is_refused() {
-    let port = fake_server(|r, _| Resp::Full(302, vec![("Location".into(), r.path.clone())], vec![])).await;
+    let port =
+        fake_server(|r, _| Resp::Full(302, vec![("Location".into(), r.path.clone())], vec![]))
+            .await;
     let (_d, s) = store();
     let n = ModelName::parse(&format!("127.0.0.1:{port}/ns/m:x")).unwrap();
     let e = client().pull(&s, &n, &quiet).await.unwrap_err().to_string();

@@ -42,7 +42,8 @@ async fn push_remove_pull_round_trip() {
     let c = client();
     let n = ModelName::parse(&name).unwrap();
     let events = std::sync::Mutex::new(Vec::new());
-    let pushed = c.push(&store, &n, &|p: &Progress| events.lock().unwrap().push(p.clone())).await.unwrap();
+    let pushed =
+        c.push(&store, &n, &|p: &Progress| events.lock().unwrap().push(p.clone())).await.unwrap();
     assert_eq!(pushed.uploaded.len(), 5, "{pushed:?}"); // config, model, template, system, params
     assert!(pushed.bytes_uploaded >= original.len() as u64);
     assert!(events.lock().unwrap().iter().any(|e| e.status == "success"));
@@ -65,21 +66,23 @@ async fn push_remove_pull_round_trip() {
     assert!(store.list().unwrap().is_empty());
     assert!(!store.has_blob(&made.model_digest));
     let events = std::sync::Mutex::new(Vec::new());
-    let out = c.pull(&store, &n, &|p: &Progress| events.lock().unwrap().push(p.clone())).await.unwrap();
+    let out =
+        c.pull(&store, &n, &|p: &Progress| events.lock().unwrap().push(p.clone())).await.unwrap();
     assert_eq!(out.manifest_digest, made.manifest_digest);
     assert_eq!(out.blobs_fetched, 5);
     let got = store.get(&n).unwrap();
     assert_eq!(std::fs::read(&got.model_path).unwrap(), original);
     assert_eq!(got.template, made.template);
     assert_eq!(got.params, made.params);
-    let ev = events.lock().unwrap();
-    let last_model = ev
-        .iter()
-        .filter(|e| e.digest.as_deref() == Some(&made.model_digest.to_string()))
-        .next_back()
-        .unwrap();
-    assert_eq!(last_model.completed, Some(original.len() as u64));
-    assert_eq!(ev.last().unwrap().status, "success");
+    {
+        let ev = events.lock().unwrap();
+        let last_model = ev
+            .iter()
+            .rfind(|e| e.digest.as_deref() == Some(&made.model_digest.to_string()))
+            .unwrap();
+        assert_eq!(last_model.completed, Some(original.len() as u64));
+        assert_eq!(ev.last().unwrap().status, "success");
+    }
     // Pulling again fetches nothing.
     let out = c.pull(&store, &n, &quiet).await.unwrap();
     assert_eq!((out.blobs_fetched, out.bytes_fetched, out.blobs_present), (0, 0, 5));

@@ -232,7 +232,11 @@ impl Ctx {
         }
     }
     pub(crate) fn err(&self, message: impl Into<String>) -> Error {
-        Error::Registry { registry: self.host.clone(), model: self.model.clone(), message: message.into() }
+        Error::Registry {
+            registry: self.host.clone(),
+            model: self.model.clone(),
+            message: message.into(),
+        }
     }
 }
 
@@ -304,7 +308,9 @@ impl Client {
         let scheme = if self.opts.insecure { "http" } else { "https" };
         let base = reqwest::Url::parse(&format!("{scheme}://{}/", ctx.host))
             .map_err(|e| ctx.err(format!("bad registry URL: {e}")))?;
-        base.join(loc).map(|u| u.to_string()).map_err(|e| ctx.err(format!("bad Location {loc:?}: {e}")))
+        base.join(loc)
+            .map(|u| u.to_string())
+            .map_err(|e| ctx.err(format!("bad Location {loc:?}: {e}")))
     }
 
     fn apply_auth(&self, host: &str, rb: RequestBuilder) -> RequestBuilder {
@@ -339,7 +345,11 @@ impl Client {
                     .map(str::to_string);
                 match header {
                     Some(h) => self.answer_challenge(ctx, &h).await?,
-                    None => return Err(ctx.err(format!("{what}: 401 Unauthorized without a challenge"))),
+                    None => {
+                        return Err(
+                            ctx.err(format!("{what}: 401 Unauthorized without a challenge"))
+                        );
+                    }
                 }
                 continue;
             }
@@ -359,7 +369,9 @@ impl Client {
         match scheme.to_ascii_lowercase().as_str() {
             "basic" => {
                 if self.creds.get(&ctx.host).is_none() {
-                    let p = Credentials::default_path().map(|p| p.display().to_string()).unwrap_or_default();
+                    let p = Credentials::default_path()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default();
                     return Err(ctx.err(format!(
                         "the registry asks for a user name and password; add them for {} to {p}",
                         ctx.host
@@ -369,7 +381,9 @@ impl Client {
                 Ok(())
             }
             "bearer" => {
-                let realm = params.get("realm").ok_or_else(|| ctx.err("Bearer challenge without a realm"))?;
+                let realm = params
+                    .get("realm")
+                    .ok_or_else(|| ctx.err("Bearer challenge without a realm"))?;
                 let mut url = reqwest::Url::parse(realm)
                     .map_err(|e| ctx.err(format!("bad token realm {realm:?}: {e}")))?;
                 let default_scope = format!(
@@ -382,18 +396,22 @@ impl Client {
                     if let Some(s) = params.get("service") {
                         q.append_pair("service", s);
                     }
-                    q.append_pair("scope", params.get("scope").map(String::as_str).unwrap_or(&default_scope));
+                    q.append_pair(
+                        "scope",
+                        params.get("scope").map(String::as_str).unwrap_or(&default_scope),
+                    );
                 }
                 let mut rb = self.http.get(url.clone());
                 if let Some((u, p)) = self.creds.get(&ctx.host) {
                     rb = rb.basic_auth(u, Some(p));
                 }
-                let resp = rb
-                    .send()
-                    .await
-                    .map_err(|e| ctx.err(format!("fetching a token from {realm}: {}", describe(&e))))?;
+                let resp = rb.send().await.map_err(|e| {
+                    ctx.err(format!("fetching a token from {realm}: {}", describe(&e)))
+                })?;
                 if !resp.status().is_success() {
-                    return Err(ctx.err(format!("fetching a token from {realm}: {}", resp.status())));
+                    return Err(
+                        ctx.err(format!("fetching a token from {realm}: {}", resp.status()))
+                    );
                 }
                 let body = read_limited(resp, 1 << 20)
                     .await
@@ -448,7 +466,9 @@ impl Client {
         );
         let resp = self
             .send(ctx, "fetching the manifest", |c| {
-                c.request(Method::GET, &url).header(reqwest::header::ACCEPT, &accept).timeout(Duration::from_secs(120))
+                c.request(Method::GET, &url)
+                    .header(reqwest::header::ACCEPT, &accept)
+                    .timeout(Duration::from_secs(120))
             })
             .await?;
         let status = resp.status();
@@ -483,14 +503,19 @@ impl Client {
 }
 
 /// Reads a whole body, refusing more than `max` bytes.
-pub(crate) async fn read_limited(mut resp: Response, max: u64) -> std::result::Result<Vec<u8>, String> {
+pub(crate) async fn read_limited(
+    mut resp: Response,
+    max: u64,
+) -> std::result::Result<Vec<u8>, String> {
     if let Some(len) = resp.content_length()
         && len > max
     {
         return Err(format!("answer of {len} bytes exceeds the limit of {max} bytes"));
     }
     let mut out = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("body cut short: {}", describe(&e)))? {
+    while let Some(chunk) =
+        resp.chunk().await.map_err(|e| format!("body cut short: {}", describe(&e)))?
+    {
         if out.len() as u64 + chunk.len() as u64 > max {
             return Err(format!("answer exceeds the limit of {max} bytes"));
         }

@@ -92,7 +92,12 @@ fn load_state(path: &Path, size: u64) -> Option<Vec<Part>> {
     if expect != size {
         return None;
     }
-    Some(st.parts.into_iter().map(|(start, end, d)| Part { start, end, done: AtomicU64::new(d) }).collect())
+    Some(
+        st.parts
+            .into_iter()
+            .map(|(start, end, d)| Part { start, end, done: AtomicU64::new(d) })
+            .collect(),
+    )
 }
 
 fn split(size: u64, parallel: usize, min_part: u64) -> Vec<Part> {
@@ -218,15 +223,23 @@ impl Client {
     /// Pulls a model into `store`: the manifest, then every blob not already present,
     /// then the manifest is written. Dropping the future cancels the pull; a later pull
     /// resumes it.
-    pub async fn pull(&self, store: &Store, name: &ModelName, progress: ProgressFn<'_>) -> Result<PullOutcome> {
+    pub async fn pull(
+        &self,
+        store: &Store,
+        name: &ModelName,
+        progress: ProgressFn<'_>,
+    ) -> Result<PullOutcome> {
         store.check_writable()?;
         let ctx = Ctx::new(name, false);
         progress(&Progress::status("pulling manifest"));
         let (m, bytes, manifest_digest) = self.fetch_manifest_ctx(&ctx, name).await?;
         if m.blobs().any(|l| l.media_type == MEDIA_TYPE_LINK) {
-            return Err(ctx.err("the manifest holds a corral link layer, which only local models may have"));
+            return Err(
+                ctx.err("the manifest holds a corral link layer, which only local models may have")
+            );
         }
-        let mut out = PullOutcome { manifest_digest, bytes_fetched: 0, blobs_fetched: 0, blobs_present: 0 };
+        let mut out =
+            PullOutcome { manifest_digest, bytes_fetched: 0, blobs_fetched: 0, blobs_present: 0 };
         let mut seen = HashSet::new();
         for l in m.blobs() {
             if !seen.insert(l.digest) {
@@ -248,7 +261,9 @@ impl Client {
         progress(&Progress::status("writing manifest"));
         for l in m.blobs() {
             if !store.has_blob(&l.digest) {
-                return Err(ctx.err(format!("blob {} vanished from the store during the pull", l.digest)));
+                return Err(
+                    ctx.err(format!("blob {} vanished from the store during the pull", l.digest))
+                );
             }
         }
         store.write_manifest_bytes(&name.without_digest(), &bytes)?;
@@ -256,14 +271,25 @@ impl Client {
         Ok(out)
     }
 
-    async fn download_blob(&self, ctx: &Ctx, store: &Store, layer: &Layer, progress: ProgressFn<'_>) -> Result<u64> {
+    async fn download_blob(
+        &self,
+        ctx: &Ctx,
+        store: &Store,
+        layer: &Layer,
+        progress: ProgressFn<'_>,
+    ) -> Result<u64> {
         let d = layer.digest;
         let size = layer.size;
         let tmp = store.tmp_dir();
         fs::create_dir_all(&tmp).ctx("creating directory", &tmp)?;
         let base = d.blob_file_name();
         let lock_path = tmp.join(format!("{base}.lock"));
-        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).ctx("opening lock file", &lock_path)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .ctx("opening lock file", &lock_path)?;
         let mut told = false;
         loop {
             match lock.try_lock() {
@@ -271,7 +297,10 @@ impl Client {
                 Err(fs::TryLockError::WouldBlock) => {
                     if !told {
                         told = true;
-                        progress(&Progress::status(format!("waiting for another download of {}", &d.hex()[..12])));
+                        progress(&Progress::status(format!(
+                            "waiting for another download of {}",
+                            &d.hex()[..12]
+                        )));
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -308,7 +337,8 @@ impl Client {
             fetched: AtomicU64::new(0),
             last_emit: AtomicU64::new(0),
         });
-        let mut guard = Guard { shared: shared.clone(), state_path: state_path.clone(), size, save: true };
+        let mut guard =
+            Guard { shared: shared.clone(), state_path: state_path.clone(), size, save: true };
         save_state(&state_path, &shared, size);
 
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -409,17 +439,28 @@ impl Client {
         }
     }
 
-    async fn fetch_range(&self, job: &BlobJob<'_>, p: &Part, state_path: &Path) -> std::result::Result<(), PartErr> {
+    async fn fetch_range(
+        &self,
+        job: &BlobJob<'_>,
+        p: &Part,
+        state_path: &Path,
+    ) -> std::result::Result<(), PartErr> {
         let off = p.start + p.done.load(Ordering::Acquire);
         let range = format!("bytes={off}-{}", p.end - 1);
         let mut resp = self
-            .send(job.ctx, "fetching a blob", |c| c.get(&job.url).header(reqwest::header::RANGE, &range))
+            .send(job.ctx, "fetching a blob", |c| {
+                c.get(&job.url).header(reqwest::header::RANGE, &range)
+            })
             .await
             .map_err(|e| PartErr::Retry(e.to_string()))?;
         let status = resp.status();
         let mut skip = match status {
             StatusCode::PARTIAL_CONTENT => {
-                let cr = resp.headers().get(reqwest::header::CONTENT_RANGE).and_then(|v| v.to_str().ok()).unwrap_or("");
+                let cr = resp
+                    .headers()
+                    .get(reqwest::header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
                 if !cr.starts_with(&format!("bytes {off}-")) {
                     return Err(PartErr::Fatal(job.ctx.err(format!(
                         "blob {}: asked for {range}, the registry answered Content-Range {cr:?}",
@@ -436,7 +477,10 @@ impl Client {
                     job.layer.digest
                 ))));
             }
-            s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS || s == StatusCode::REQUEST_TIMEOUT => {
+            s if s.is_server_error()
+                || s == StatusCode::TOO_MANY_REQUESTS
+                || s == StatusCode::REQUEST_TIMEOUT =>
+            {
                 return Err(PartErr::Retry(format!("HTTP {s}")));
             }
             s => {
@@ -450,7 +494,12 @@ impl Client {
         let mut since_save = 0u64;
         loop {
             let chunk = match tokio::time::timeout(self.opts.stall_timeout, resp.chunk()).await {
-                Err(_) => return Err(PartErr::Retry(format!("no data for {:?} (stalled)", self.opts.stall_timeout))),
+                Err(_) => {
+                    return Err(PartErr::Retry(format!(
+                        "no data for {:?} (stalled)",
+                        self.opts.stall_timeout
+                    )));
+                }
                 Ok(Err(e)) => return Err(PartErr::Retry(describe(&e))),
                 Ok(Ok(None)) => break,
                 Ok(Ok(Some(c))) => c,
@@ -466,7 +515,11 @@ impl Client {
             }
             let take = ((p.end - pos).min(c.len() as u64)) as usize;
             write_at(job.file, &c[..take], pos).map_err(|e| {
-                PartErr::Fatal(Error::io("writing the partial blob", state_path.with_extension(""), e))
+                PartErr::Fatal(Error::io(
+                    "writing the partial blob",
+                    state_path.with_extension(""),
+                    e,
+                ))
             })?;
             pos += take as u64;
             p.done.fetch_add(take as u64, Ordering::AcqRel);
@@ -495,7 +548,9 @@ mod tests {
 
     #[test]
     fn split_covers_everything() {
-        for (size, par, min) in [(0u64, 4, 10), (1, 4, 10), (100, 4, 10), (101, 4, 10), (99, 3, 1000), (1000, 7, 1)] {
+        for (size, par, min) in
+            [(0u64, 4, 10), (1, 4, 10), (100, 4, 10), (101, 4, 10), (99, 3, 1000), (1000, 7, 1)]
+        {
             let parts = split(size, par, min);
             let mut expect = 0;
             for p in &parts {

@@ -43,10 +43,18 @@ impl Client {
     /// Pushes a local model to its registry (the host in its name). A model created with
     /// `--link` is pushed as an ordinary model: the linked file is uploaded as its model
     /// layer.
-    pub async fn push(&self, store: &Store, name: &ModelName, progress: ProgressFn<'_>) -> Result<PushOutcome> {
+    pub async fn push(
+        &self,
+        store: &Store,
+        name: &ModelName,
+        progress: ProgressFn<'_>,
+    ) -> Result<PushOutcome> {
         let ctx = Ctx::new(name, true);
         let (mut manifest, _) = store.read_manifest(name)?;
-        let mut raw = crate::store::read_bounded(&store.manifest_path(name), crate::store::MAX_MANIFEST_BYTES)?;
+        let mut raw = crate::store::read_bounded(
+            &store.manifest_path(name),
+            crate::store::MAX_MANIFEST_BYTES,
+        )?;
         let mut sources: HashMap<Digest, PathBuf> = HashMap::new();
         if manifest.layers.iter().any(|l| l.media_type == MEDIA_TYPE_LINK) {
             for l in &mut manifest.layers {
@@ -54,13 +62,15 @@ impl Client {
                     let li = store.read_link(&l.digest)?;
                     Store::check_link(&li)?;
                     sources.insert(li.digest, li.path.clone());
-                    *l = Layer { media_type: MEDIA_TYPE_MODEL.into(), digest: li.digest, size: li.size, from: None };
+                    *l = Layer {
+                        media_type: MEDIA_TYPE_MODEL.into(),
+                        digest: li.digest,
+                        size: li.size,
+                        from: None,
+                    };
                 }
             }
             raw = manifest.to_json();
-        }
-        for l in &mut manifest.layers {
-            l.from = None;
         }
         let mut out = PushOutcome::default();
         let mut seen = HashSet::new();
@@ -68,9 +78,14 @@ impl Client {
             if !seen.insert(l.digest) {
                 continue;
             }
-            let path = sources.get(&l.digest).cloned().unwrap_or_else(|| store.blob_path(&l.digest));
+            let path =
+                sources.get(&l.digest).cloned().unwrap_or_else(|| store.blob_path(&l.digest));
             if !path.is_file() {
-                return Err(Error::BlobMissing { model: name.to_string(), digest: l.digest.to_string(), path });
+                return Err(Error::BlobMissing {
+                    model: name.to_string(),
+                    digest: l.digest.to_string(),
+                    path,
+                });
             }
             self.push_blob(&ctx, store, name, l, &path, progress, &mut out).await?;
         }
@@ -79,7 +94,9 @@ impl Client {
         let body = Bytes::from(raw);
         let resp = self
             .send(&ctx, "putting the manifest", |c| {
-                c.put(&url).header(reqwest::header::CONTENT_TYPE, MEDIA_TYPE_MANIFEST).body(body.clone())
+                c.put(&url)
+                    .header(reqwest::header::CONTENT_TYPE, MEDIA_TYPE_MANIFEST)
+                    .body(body.clone())
             })
             .await?;
         if !resp.status().is_success() {
@@ -132,7 +149,11 @@ impl Client {
             u.query_pairs_mut().append_pair("mount", &d.to_string()).append_pair("from", from);
             upload_url = u.to_string();
         }
-        let resp = self.send(ctx, "starting an upload", |c| c.post(&upload_url).header(reqwest::header::CONTENT_LENGTH, 0)).await?;
+        let resp = self
+            .send(ctx, "starting an upload", |c| {
+                c.post(&upload_url).header(reqwest::header::CONTENT_LENGTH, 0)
+            })
+            .await?;
         let mut loc = match resp.status() {
             StatusCode::CREATED if !from.is_empty() => {
                 out.mounted.push(d);
@@ -145,7 +166,8 @@ impl Client {
                 return Err(ctx.err(format!("starting the upload of blob {d}: HTTP {s}{b}")));
             }
         };
-        let mut file = tokio::fs::File::open(path).await.map_err(|e| Error::io("opening", path, e))?;
+        let mut file =
+            tokio::fs::File::open(path).await.map_err(|e| Error::io("opening", path, e))?;
         let chunk = self.opts.upload_chunk_size.max(1 << 16);
         let mut hasher = Sha256::new();
         let mut sent = 0u64;
@@ -189,7 +211,9 @@ impl Client {
         u.query_pairs_mut().append_pair("digest", &d.to_string());
         let url = u.to_string();
         let resp = self
-            .send(ctx, "finishing an upload", |c| c.put(&url).header(reqwest::header::CONTENT_LENGTH, 0))
+            .send(ctx, "finishing an upload", |c| {
+                c.put(&url).header(reqwest::header::CONTENT_LENGTH, 0)
+            })
             .await?;
         if resp.status() != StatusCode::CREATED && !resp.status().is_success() {
             let s = resp.status();
