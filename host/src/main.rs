@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use corral_host::runtime::GlobalOptions;
 
 mod cli;
+mod cli_client;
 
 /// Run language models on any hardware; engines are plugins.
 #[derive(Parser, Debug)]
@@ -34,6 +35,10 @@ enum Command {
     Run(cli::RunArgs),
     /// Measure prompt processing and generation speed (pp512, tg128).
     Bench(cli::BenchArgs),
+    /// List the models a running server has loaded.
+    Ps(cli_client::PsArgs),
+    /// Unload a model from a running server.
+    Stop(cli_client::StopArgs),
     /// Plugin tools.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -98,6 +103,8 @@ fn main() -> ExitCode {
         Command::Serve(a) => cli::serve(&global, a),
         Command::Run(a) => cli::run(&global, a),
         Command::Bench(a) => cli::bench(&global, &a),
+        Command::Ps(a) => cli_client::ps(&a),
+        Command::Stop(a) => cli_client::stop(&a),
         Command::Plugin(PluginCommand::Check(a)) => cli::plugin_check(&global, &a),
         Command::Model(ModelCommand::Generate(a)) => cli::generate_model(&a),
     };

@@ -122,3 +122,90 @@ pub fn patch_abi_major(library: &Path, out: &Path, major: u32) {
     bytes[offset..offset + 4].copy_from_slice(&major.to_le_bytes());
     std::fs::write(out, bytes).expect("write patched library");
 }
+
+/// A running `corral serve` on a free loopback port, stopped (SIGTERM, then kill) when
+/// dropped. Its stderr is collected in a background thread.
+pub struct Server {
+    /// The child process.
+    pub child: std::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Everything the server printed on stderr so far.
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Server {
+    /// Starts `corral serve --host 127.0.0.1:0` seeing only `plugin_dirs`, with extra
+    /// environment variables and arguments, and waits for its `listening on` line.
+    pub fn start(plugin_dirs: &[&Path], env: &[(&str, &str)], args: &[&str]) -> Server {
+        use std::io::BufRead;
+        let mut c = corral(plugin_dirs);
+        c.args(["serve", "--host", "127.0.0.1:0"]).args(args);
+        c.env("CORRAL_LOG", "info");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
+        let mut child = c.spawn().expect("start corral serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+                let mut l = log2.lock().unwrap_or_else(|e| e.into_inner());
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let url = match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(u) => u,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("corral serve did not start:\n{}", log.lock().unwrap());
+            }
+        };
+        Server { child, url, log }
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the exit; true if it exited.
+    pub fn terminate(&mut self, timeout: std::time::Duration) -> bool {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let t = std::time::Instant::now();
+        while t.elapsed() < timeout {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.terminate(std::time::Duration::from_secs(5));
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A plugin directory holding the example plugin (format `toy`) under `dir/example`.
+pub fn example_plugin_dir(dir: &Path) -> PathBuf {
+    plugin_dir(
+        dir,
+        "example",
+        &example_manifest("cpu", "1.0", "libcorral_plugin_example.so"),
+        Some(&plugin_lib("libcorral_plugin_example.so")),
+    )
+}

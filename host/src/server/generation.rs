@@ -1,0 +1,245 @@
+//! What every generating endpoint does: resolve and load the model, build the prompt,
+//! apply options and the structured-output constraint, submit to the engine loop, and
+//! turn its events into a stream whose drop cancels the sequence.
+
+use std::{
+    sync::{Arc, atomic::AtomicBool},
+    time::{Duration, Instant},
+};
+
+use corral_generation::{
+    context::{ContextPolicy, fit_prompt},
+    options::SamplingOptions,
+    sampler::Constraint,
+};
+use serde_json::Value;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::{
+    AppState,
+    scheduler::{ModelRef, UseGuard},
+    structured::{Grammar, JsonConstraint},
+    util::ApiError,
+};
+use crate::{
+    engine_loop::{Event, Request, Stats},
+    prompt::Message,
+};
+
+/// What to generate from.
+pub enum PromptSpec {
+    /// A chat: messages, tools.
+    Chat { messages: Vec<Message>, tools: Option<Vec<Value>> },
+    /// A completion prompt: text, system, raw (no template), earlier context tokens,
+    /// a per-request template override.
+    Completion {
+        prompt: String,
+        system: Option<String>,
+        raw: bool,
+        context: Vec<u32>,
+        template: Option<String>,
+    },
+}
+
+/// A running generation: the events, the model in use, and timing.
+pub struct Running {
+    /// Engine events.
+    pub rx: UnboundedReceiver<Event>,
+    /// Keeps the model loaded; starts its keep-alive when dropped.
+    pub guard: UseGuard,
+    /// When the request arrived.
+    pub started: Instant,
+    /// Time spent loading the model for it.
+    pub load: Duration,
+    /// The prompt tokens submitted.
+    pub prompt: Vec<u32>,
+    /// The model's name.
+    pub model: String,
+    state: Arc<AppState>,
+    first: bool,
+}
+
+/// One item of a generation's output.
+pub enum Piece {
+    /// Text.
+    Text(String),
+    /// The end, with counters.
+    Done(Stats),
+    /// A failure (before or after some text).
+    Error(ApiError),
+}
+
+impl Running {
+    /// The next piece; `None` after `Done`/`Error`.
+    pub async fn next(&mut self) -> Option<Piece> {
+        loop {
+            let Some(ev) = self.rx.recv().await else {
+                self.rx.close();
+                return if self.state.shutting_down() {
+                    Some(Piece::Error(ApiError::busy("the server is shutting down")))
+                } else {
+                    None
+                };
+            };
+            match ev {
+                Event::PromptDone { .. } => continue,
+                Event::Text(t) => {
+                    if self.first {
+                        self.first = false;
+                        self.state.metrics.ttft(self.started.elapsed().as_secs_f64());
+                    }
+                    return Some(Piece::Text(t));
+                }
+                Event::Done(s) => {
+                    self.state.metrics.generation(
+                        s.prompt_tokens - s.cached_tokens,
+                        s.eval_count,
+                        s.eval,
+                    );
+                    return Some(Piece::Done(s));
+                }
+                Event::Error(e) => return Some(Piece::Error(ApiError::from(e))),
+            }
+        }
+    }
+
+    /// Collects everything: the text and the stats.
+    pub async fn collect(mut self) -> Result<(String, Stats, Running), ApiError> {
+        let mut text = String::new();
+        while let Some(p) = self.next().await {
+            match p {
+                Piece::Text(t) => text.push_str(&t),
+                Piece::Done(s) => return Ok((text, s, self)),
+                Piece::Error(e) => return Err(e),
+            }
+        }
+        Err(ApiError::internal("the engine stopped before the answer was complete"))
+    }
+}
+
+/// Prompt tokens evaluated as reported in `prompt_eval_count`: the tokens actually run
+/// through the model (prefix-cache hits excluded; at least 1).
+pub fn evaluated(s: &Stats) -> usize {
+    (s.prompt_tokens - s.cached_tokens).max(1)
+}
+
+/// The parsed, validated parts of a generation request (before the model is loaded).
+pub struct GenRequest {
+    /// The model.
+    pub model: ModelRef,
+    /// keep_alive of the request (`None`: the default).
+    pub keep_alive: Option<Option<Duration>>,
+    /// Options JSON of the request (Ollama's names).
+    pub options: Option<Value>,
+    /// Structured output grammar.
+    pub grammar: Option<Arc<Grammar>>,
+    /// The prompt.
+    pub prompt: PromptSpec,
+}
+
+/// Starts a generation.
+pub async fn start(state: &Arc<AppState>, req: GenRequest) -> Result<Running, ApiError> {
+    let started = Instant::now();
+    let options = super::scheduler::Scheduler::options_for(&req.model, req.options.as_ref())?;
+    let (guard, load) = state.sched.acquire(&req.model, req.keep_alive).await?;
+    let loaded = guard.loaded.clone();
+    let model_name = req.model.name.clone();
+    let state2 = state.clone();
+    // Tokenizing and the token table touch the plugin: keep them off the async threads.
+    let (prompt, constraint, options) = tokio::task::spawn_blocking(move || {
+        build(&loaded, &req.model, req.prompt, req.grammar, options)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("prompt task failed: {e}")))??;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    guard.loaded.submit(
+        Request {
+            prompt: prompt.clone(),
+            options,
+            constraint,
+            events: tx,
+            cancel: state2.cancel_all.clone(),
+            submitted: Instant::now(),
+        },
+        state2.sched.settings.max_queue,
+    )?;
+    Ok(Running { rx, guard, started, load, prompt, model: model_name, state: state2, first: true })
+}
+
+type Built = (Vec<u32>, Option<Box<dyn Constraint>>, SamplingOptions);
+
+fn build(
+    loaded: &super::scheduler::Loaded,
+    model: &ModelRef,
+    spec: PromptSpec,
+    grammar: Option<Arc<Grammar>>,
+    options: SamplingOptions,
+) -> Result<Built, ApiError> {
+    let m = &loaded.model;
+    let bad = |e: anyhow::Error| ApiError::bad_request(format!("{e:#}"));
+    let tokens = match spec {
+        PromptSpec::Chat { mut messages, tools } => {
+            if let Some(sys) = &model.system
+                && messages.first().is_none_or(|m| m.role != "system")
+            {
+                messages.insert(0, Message::new("system", sys));
+            }
+            let text = loaded
+                .templater
+                .render(&messages, None, tools.as_deref(), true)
+                .map_err(bad)?;
+            loaded.templater.tokenize(m, &text).map_err(bad)?
+        }
+        PromptSpec::Completion { prompt, system, raw, context, template } => {
+            let mut tokens = context;
+            if raw {
+                tokens.extend(m.tokenize(&prompt, tokens.is_empty(), true)?);
+            } else {
+                let own;
+                let templater = match template.as_deref() {
+                    Some(t) => {
+                        own = crate::prompt::Templater::with_source(m, Some(t)).map_err(bad)?;
+                        &own
+                    }
+                    None => &loaded.templater,
+                };
+                let system = system.or_else(|| model.system.clone());
+                let msgs = [Message::new("user", prompt)];
+                let text = templater.render(&msgs, system.as_deref(), None, true).map_err(bad)?;
+                tokens.extend(templater.tokenize(m, &text).map_err(bad)?);
+            }
+            tokens
+        }
+    };
+    let tokens = fit_prompt(
+        &tokens,
+        loaded.num_ctx as usize,
+        options.num_keep,
+        options.num_predict,
+        ContextPolicy::Truncate,
+    )
+    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if tokens.is_empty() {
+        return Err(ApiError::bad_request("the prompt is empty after tokenization"));
+    }
+    let constraint: Option<Box<dyn Constraint>> = match grammar {
+        Some(g) => Some(Box::new(JsonConstraint::new(g, loaded.token_table()?))),
+        None => None,
+    };
+    Ok((tokens, constraint, options))
+}
+
+/// Parses `format` (Ollama) into a grammar; 400 on an invalid schema.
+pub fn grammar_of(format: Option<&Value>) -> Result<Option<Arc<Grammar>>, ApiError> {
+    match format {
+        None => Ok(None),
+        Some(f) => Grammar::from_format(f)
+            .map(|g| g.map(Arc::new))
+            .map_err(|e| ApiError::bad_request(e.to_string())),
+    }
+}
+
+/// A shared flag for cancelling every request (shutdown).
+pub fn new_cancel_flag() -> Arc<AtomicBool> {
+    Arc::new(AtomicBool::new(false))
+}

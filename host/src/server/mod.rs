@@ -1,0 +1,395 @@
+//! `corral serve`: Ollama's and OpenAI's HTTP APIs over the scheduler and engine loops.
+//!
+//! - [`ollama`]: `/api/generate`, `/api/chat`, `/api/embed`, `/api/embeddings`,
+//!   `/api/tags`, `/api/show`, `/api/ps`, `/api/version`.
+//! - [`openai`]: `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
+//!   `/v1/models`, `/v1/models/{model}`.
+//! - [`store_api`]: `/api/pull`, `/api/push`, `/api/create`, `/api/copy`, `/api/delete`,
+//!   `/api/blobs/{digest}`, through corral-registry.
+//! - [`scheduler`]: loading, keep-alive, LRU eviction, memory estimate, queue bound.
+//! - [`generation`]: prompt, options, constraint, submission, event streams.
+//! - [`structured`]: the JSON / JSON-schema constrained sampler.
+//! - [`metrics`]: `/metrics` in Prometheus text format.
+//!
+//! Safety nets: request bodies are bounded (32 MiB, 413 beyond; blob uploads are
+//! streamed to disk instead), CORS allows local origins only unless `CORRAL_ORIGINS`
+//! adds more, and while bound to a loopback address only requests whose `Host` is
+//! `localhost`, a loopback IP or the bound address are served (403 otherwise: the DNS
+//! rebinding defence of CVE-2024-28224). SIGINT/SIGTERM stop accepting connections, give
+//! running requests a grace period (`CORRAL_SHUTDOWN_GRACE`, 10 s) and then cancel them.
+
+pub mod generation;
+pub mod metrics;
+pub mod ollama;
+pub mod openai;
+pub mod scheduler;
+pub mod store_api;
+pub mod structured;
+pub mod util;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use axum::{
+    Router,
+    body::Body,
+    extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    http::{HeaderValue, Method, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, head, post},
+};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use self::{metrics::Metrics, scheduler::Scheduler, util::ApiError};
+use crate::runtime::Runtime;
+
+pub use scheduler::Settings;
+
+/// Largest request body accepted (blob uploads excepted).
+pub const MAX_BODY: usize = 32 << 20;
+
+/// Everything the handlers share.
+pub struct AppState {
+    /// The scheduler (models, queue).
+    pub sched: Arc<Scheduler>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Set at shutdown after the grace period: every running request is cancelled.
+    pub cancel_all: Arc<AtomicBool>,
+    /// Extra allowed CORS origins.
+    pub origins: Vec<String>,
+    /// The bound address.
+    pub bound: SocketAddr,
+}
+
+impl AppState {
+    /// Whether shutdown has cancelled the requests.
+    pub fn shutting_down(&self) -> bool {
+        self.cancel_all.load(Ordering::Relaxed)
+    }
+}
+
+/// Server options beyond the scheduler's.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// Listen address.
+    pub host: String,
+    /// Scheduler settings.
+    pub settings: Settings,
+    /// Extra CORS origins (`CORRAL_ORIGINS`, config `origins`).
+    pub origins: Vec<String>,
+    /// Model store root (`CORRAL_MODELS`, config `models`, else the default).
+    pub models: Option<std::path::PathBuf>,
+    /// Grace period at shutdown before running requests are cancelled.
+    pub shutdown_grace: Duration,
+}
+
+/// Whether `origin` is a local one (allowed by default), as Ollama's defaults.
+pub fn is_local_origin(origin: &str) -> bool {
+    for scheme in ["http://", "https://"] {
+        if let Some(rest) = origin.strip_prefix(scheme) {
+            let host = match rest.strip_prefix('[') {
+                Some(r) => r.split(']').next().unwrap_or(""),
+                None => rest.split(':').next().unwrap_or(""),
+            };
+            return matches!(host, "localhost" | "127.0.0.1" | "::1" | "0.0.0.0");
+        }
+    }
+    ["app://", "file://", "tauri://", "vscode-webview://", "vscode-file://"]
+        .iter()
+        .any(|p| origin.starts_with(p))
+}
+
+fn origin_allowed(origin: &str, extra: &[String]) -> bool {
+    is_local_origin(origin)
+        || extra.iter().any(|o| {
+            o == "*"
+                || o == origin
+                || o.strip_suffix('*').is_some_and(|prefix| origin.starts_with(prefix))
+        })
+}
+
+/// The DNS-rebinding check: with a loopback bind, `Host` must name this machine.
+pub fn host_allowed(host: Option<&str>, bound: &SocketAddr) -> bool {
+    if !bound.ip().is_loopback() {
+        return true;
+    }
+    let Some(host) = host else { return true };
+    let name = if let Some(r) = host.strip_prefix('[') {
+        r.split(']').next().unwrap_or("")
+    } else {
+        match host.rsplit_once(':') {
+            Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+            _ => host,
+        }
+    };
+    let name = name.to_ascii_lowercase();
+    if name == "localhost" || name.ends_with(".localhost") {
+        return true;
+    }
+    match name.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback() || ip == bound.ip() || ip.is_unspecified(),
+        Err(_) => false,
+    }
+}
+
+async fn host_check(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+    if !host_allowed(host, &state.bound) {
+        tracing::warn!(host = host.unwrap_or(""), "refused a request with a foreign Host header");
+        return ApiError {
+            status: StatusCode::FORBIDDEN,
+            message: "forbidden: the Host header does not name this server".into(),
+        }
+        .into_response();
+    }
+    next.run(req).await
+}
+
+async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let path = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "other".to_string());
+    let method = req.method().clone();
+    let t = std::time::Instant::now();
+    let resp = next.run(req).await;
+    state.metrics.request(&path, resp.status().as_u16());
+    tracing::debug!(%method, %path, status = resp.status().as_u16(), ms = t.elapsed().as_millis() as u64, "request");
+    resp
+}
+
+/// Turns axum's own rejections (413 from the body limit, 405, ...) into JSON errors.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if (status.is_client_error() || status.is_server_error()) && !is_json {
+        let message = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                format!("request body too large (the limit is {} MiB)", MAX_BODY >> 20)
+            }
+            StatusCode::METHOD_NOT_ALLOWED => "method not allowed".to_string(),
+            StatusCode::NOT_FOUND => "404 page not found".to_string(),
+            s => s.canonical_reason().unwrap_or("error").to_string(),
+        };
+        // HEAD answers and blob checks keep their bare status.
+        if resp.headers().get(header::CONTENT_LENGTH).is_some_and(|l| l == "0")
+            && status != StatusCode::PAYLOAD_TOO_LARGE
+        {
+            return resp;
+        }
+        return ApiError { status, message }.into_response();
+    }
+    resp
+}
+
+async fn metrics_handler(State(state): State<Arc<AppState>>) -> Response {
+    let per_model: Vec<(String, usize, usize)> = state
+        .sched
+        .loaded()
+        .iter()
+        .map(|l| (l.model_ref.name.clone(), l.active(), l.queued()))
+        .collect();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(&per_model),
+    )
+        .into_response()
+}
+
+/// Limits a handler's body by reading it here (so the limit answers 413 with JSON).
+async fn limit_body(req: Request, next: Next) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    if let Some(len) = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok())
+        && len.parse::<u64>().is_ok_and(|n| n > MAX_BODY as u64)
+    {
+        return Err(too_large());
+    }
+    let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| too_large())?;
+    Ok(next.run(Request::from_parts(parts, Body::from(bytes))).await)
+}
+
+fn too_large() -> ApiError {
+    ApiError {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        message: format!("request body too large (the limit is {} MiB)", MAX_BODY >> 20),
+    }
+}
+
+/// The router with every endpoint and middleware.
+pub fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/api/generate", post(ollama::generate))
+        .route("/api/chat", post(ollama::chat))
+        .route("/api/embed", post(ollama::embed))
+        .route("/api/embeddings", post(ollama::embeddings))
+        .route("/api/show", post(ollama::show))
+        .route("/api/pull", post(store_api::pull))
+        .route("/api/push", post(store_api::push))
+        .route("/api/create", post(store_api::create))
+        .route("/api/copy", post(store_api::copy))
+        .route("/api/delete", axum::routing::delete(store_api::delete))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/embeddings", post(openai::embeddings))
+        .layer(middleware::from_fn(limit_body))
+        .layer(DefaultBodyLimit::max(MAX_BODY));
+    let extra = state.origins.clone();
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |origin: &HeaderValue, _| {
+            origin.to_str().is_ok_and(|o| origin_allowed(o, &extra))
+        }))
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::HEAD, Method::OPTIONS])
+        .allow_headers(tower_http::cors::AllowHeaders::mirror_request());
+    Router::new()
+        .route("/", get(|| async { "corral is running" }).head(|| async { StatusCode::OK }))
+        .route("/api/version", get(ollama::version))
+        .route("/api/tags", get(ollama::tags))
+        .route("/api/ps", get(ollama::ps))
+        .route("/v1/models", get(openai::models))
+        .route("/v1/models/{*model}", get(openai::model))
+        .route("/metrics", get(metrics_handler))
+        .route(
+            "/api/blobs/{digest}",
+            head(store_api::blob_head).post(store_api::blob_post).layer(DefaultBodyLimit::disable()),
+        )
+        .merge(api)
+        .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .layer(cors)
+        .layer(middleware::from_fn_with_state(state.clone(), host_check))
+        .with_state(state)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// Binds and serves until SIGINT/SIGTERM.
+pub fn serve_blocking(rt: Runtime, opts: ServeOptions) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&opts.host)
+            .await
+            .with_context(|| format!("cannot listen on {}", opts.host))?;
+        let bound = listener.local_addr()?;
+        let store_root = match &opts.models {
+            Some(p) => Some(p.clone()),
+            None => corral_registry::Store::default_root().ok(),
+        };
+        let store = store_root.and_then(|root| {
+            match corral_registry::Store::open(&root, corral_registry::StoreOptions::default()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!("model store {} unavailable: {e}", root.display());
+                    None
+                }
+            }
+        });
+        let metrics = Arc::new(Metrics::default());
+        let sched = Arc::new(Scheduler::new(opts.settings.clone(), rt, store, metrics.clone()));
+        let state = Arc::new(AppState {
+            sched: sched.clone(),
+            metrics,
+            cancel_all: generation::new_cancel_flag(),
+            origins: opts.origins.clone(),
+            bound,
+        });
+        let reaper = {
+            let sched = sched.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    sched.reap().await;
+                }
+            })
+        };
+        tracing::info!(
+            num_parallel = opts.settings.num_parallel,
+            max_loaded_models = opts.settings.max_loaded_models,
+            max_queue = opts.settings.max_queue,
+            keep_alive = ?opts.settings.keep_alive,
+            "scheduler settings"
+        );
+        eprintln!("listening on http://{bound}");
+        let app = router(state.clone());
+        let cancel = state.cancel_all.clone();
+        let grace = opts.shutdown_grace;
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                tracing::info!("shutting down: waiting up to {grace:?} for running requests");
+                tokio::spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    tracing::info!("grace period over: cancelling running requests");
+                    cancel.store(true, Ordering::SeqCst);
+                });
+            })
+            .await?;
+        reaper.abort();
+        sched.unload_all().await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_header_check() {
+        let lo: SocketAddr = "127.0.0.1:11434".parse().unwrap();
+        for ok in ["localhost", "localhost:11434", "127.0.0.1:11434", "[::1]:11434", "app.localhost"] {
+            assert!(host_allowed(Some(ok), &lo), "{ok}");
+        }
+        for bad in ["evil.com", "evil.com:11434", "127.0.0.1.nip.io", "localhost.evil.com"] {
+            assert!(!host_allowed(Some(bad), &lo), "{bad}");
+        }
+        assert!(host_allowed(None, &lo));
+        let any: SocketAddr = "0.0.0.0:11434".parse().unwrap();
+        assert!(host_allowed(Some("evil.com"), &any));
+    }
+
+    #[test]
+    fn cors_origins() {
+        assert!(is_local_origin("http://localhost:3000"));
+        assert!(is_local_origin("https://127.0.0.1"));
+        assert!(is_local_origin("http://[::1]:8080"));
+        assert!(!is_local_origin("http://evil.com"));
+        assert!(!is_local_origin("http://localhost.evil.com"));
+        assert!(origin_allowed("https://chat.example.org", &["https://chat.example.org".into()]));
+        assert!(origin_allowed("https://a.example.org", &["https://*".into()]));
+        assert!(!origin_allowed("https://chat.example.org", &[]));
+    }
+}

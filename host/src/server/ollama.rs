@@ -1,0 +1,590 @@
+//! Ollama's API: generate, chat, embed, embeddings, tags, show, ps, version.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    body::{Body, Bytes},
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use futures_util::stream;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{
+    AppState,
+    generation::{self, GenRequest, Piece, PromptSpec, Running, evaluated},
+    scheduler::ModelRef,
+    util::{ApiError, nanos, now_rfc3339, parse_body, parse_keep_alive, rfc3339},
+};
+use crate::{engine_loop::Stats, prompt::Message};
+
+/// `POST /api/generate` body. Fields Ollama accepts but corral ignores are listed so a
+/// client sending them is not refused; anything else is.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateRequest {
+    model: String,
+    #[serde(default)]
+    prompt: Option<String>,
+    #[serde(default)]
+    suffix: Option<String>,
+    #[serde(default)]
+    images: Option<Vec<String>>,
+    #[serde(default)]
+    format: Option<Value>,
+    #[serde(default)]
+    options: Option<Value>,
+    #[serde(default)]
+    system: Option<String>,
+    #[serde(default)]
+    template: Option<String>,
+    #[serde(default)]
+    context: Option<Vec<u32>>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    raw: Option<bool>,
+    #[serde(default)]
+    keep_alive: Option<Value>,
+    #[serde(default)]
+    think: Option<Value>,
+    #[serde(default)]
+    truncate: Option<bool>,
+    #[serde(default)]
+    shift: Option<bool>,
+    #[serde(default)]
+    logprobs: Option<bool>,
+    #[serde(default)]
+    top_logprobs: Option<u32>,
+}
+
+/// `POST /api/chat` body.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ChatRequest {
+    model: String,
+    #[serde(default)]
+    messages: Option<Vec<Message>>,
+    #[serde(default)]
+    tools: Option<Vec<Value>>,
+    #[serde(default)]
+    format: Option<Value>,
+    #[serde(default)]
+    options: Option<Value>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    keep_alive: Option<Value>,
+    #[serde(default)]
+    think: Option<Value>,
+    #[serde(default)]
+    truncate: Option<bool>,
+    #[serde(default)]
+    shift: Option<bool>,
+    #[serde(default)]
+    logprobs: Option<bool>,
+    #[serde(default)]
+    top_logprobs: Option<u32>,
+}
+
+fn keep_alive_of(v: &Option<Value>) -> Result<Option<Option<Duration>>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => parse_keep_alive(v).map(Some),
+    }
+}
+
+/// NDJSON response from a stream of JSON values.
+pub fn ndjson<S>(s: S) -> Response
+where
+    S: futures_util::Stream<Item = Value> + Send + 'static,
+{
+    use futures_util::StreamExt;
+    let body = s.map(|v| {
+        let mut line = serde_json::to_vec(&v).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<Bytes, std::io::Error>(Bytes::from(line))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+fn final_fields(v: &mut Value, s: &Stats, r: &Running) {
+    let o = v.as_object_mut();
+    let Some(o) = o else { return };
+    o.insert("done_reason".into(), json!(s.done_reason.map(|d| d.as_str()).unwrap_or("stop")));
+    o.insert("total_duration".into(), json!(nanos(r.started.elapsed())));
+    o.insert("load_duration".into(), json!(nanos(r.load)));
+    o.insert("prompt_eval_count".into(), json!(evaluated(s)));
+    o.insert("prompt_eval_duration".into(), json!(nanos(s.prompt_eval)));
+    o.insert("eval_count".into(), json!(s.eval_count));
+    o.insert("eval_duration".into(), json!(nanos(s.eval)));
+}
+
+/// Load-only / unload-only answer (empty prompt or messages).
+async fn load_only(
+    state: &Arc<AppState>,
+    model: &ModelRef,
+    keep_alive: Option<Option<Duration>>,
+    chat: bool,
+) -> Result<Response, ApiError> {
+    let unload = keep_alive == Some(Some(Duration::ZERO));
+    let reason = if unload {
+        state.sched.unload(&model.name).await;
+        "unload"
+    } else {
+        let (guard, _) = state.sched.acquire(model, keep_alive).await?;
+        drop(guard);
+        "load"
+    };
+    let mut v = json!({"model": model.name, "created_at": now_rfc3339(), "done": true, "done_reason": reason});
+    if chat {
+        v["message"] = json!({"role": "assistant", "content": ""});
+    } else {
+        v["response"] = json!("");
+    }
+    Ok(axum::Json(v).into_response())
+}
+
+/// `POST /api/generate`.
+pub async fn generate(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let req: GenerateRequest = parse_body(&body)?;
+    let _ = (&req.images, &req.think, &req.truncate, &req.shift, &req.logprobs, &req.top_logprobs);
+    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::bad_request("suffix (fill-in-the-middle) is not supported yet"));
+    }
+    let grammar = generation::grammar_of(req.format.as_ref())?;
+    let keep_alive = keep_alive_of(&req.keep_alive)?;
+    let model = state.sched.resolve(&req.model)?;
+    let prompt = req.prompt.clone().unwrap_or_default();
+    if prompt.is_empty() && req.context.as_ref().is_none_or(Vec::is_empty) {
+        return load_only(&state, &model, keep_alive, false).await;
+    }
+    let spec = PromptSpec::Completion {
+        prompt,
+        system: req.system.clone(),
+        raw: req.raw.unwrap_or(false),
+        context: req.context.clone().unwrap_or_default(),
+        template: req.template.clone().filter(|t| !t.is_empty()),
+    };
+    let running = generation::start(
+        &state,
+        GenRequest { model, keep_alive, options: req.options.clone(), grammar, prompt: spec },
+    )
+    .await?;
+    if req.stream == Some(false) {
+        let (text, s, r) = running.collect().await?;
+        let mut v = json!({"model": r.model, "created_at": now_rfc3339(), "response": text, "done": true});
+        final_fields(&mut v, &s, &r);
+        let mut ctx = r.prompt.clone();
+        ctx.extend(&s.tokens);
+        v["context"] = json!(ctx);
+        return Ok(axum::Json(v).into_response());
+    }
+    Ok(ndjson(stream::unfold(Some(running), |r| async move {
+        let mut r = r?;
+        match r.next().await {
+            Some(Piece::Text(t)) => Some((
+                json!({"model": r.model, "created_at": now_rfc3339(), "response": t, "done": false}),
+                Some(r),
+            )),
+            Some(Piece::Done(s)) => {
+                let mut v = json!({"model": r.model, "created_at": now_rfc3339(), "response": "", "done": true});
+                final_fields(&mut v, &s, &r);
+                let mut ctx = r.prompt.clone();
+                ctx.extend(&s.tokens);
+                v["context"] = json!(ctx);
+                Some((v, None))
+            }
+            Some(Piece::Error(e)) => Some((json!({"error": e.message}), None)),
+            None => None,
+        }
+    })))
+}
+
+fn check_messages(messages: &[Message]) -> Result<(), ApiError> {
+    for (i, m) in messages.iter().enumerate() {
+        if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "tool") {
+            return Err(ApiError::bad_request(format!(
+                "messages[{i}]: unknown role {:?} (system, user, assistant or tool)",
+                m.role
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `POST /api/chat`.
+pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let req: ChatRequest = parse_body(&body)?;
+    let _ = (&req.think, &req.truncate, &req.shift, &req.logprobs, &req.top_logprobs);
+    let grammar = generation::grammar_of(req.format.as_ref())?;
+    let keep_alive = keep_alive_of(&req.keep_alive)?;
+    let messages = req.messages.clone().unwrap_or_default();
+    check_messages(&messages)?;
+    let model = state.sched.resolve(&req.model)?;
+    if messages.is_empty() {
+        return load_only(&state, &model, keep_alive, true).await;
+    }
+    let spec = PromptSpec::Chat { messages, tools: req.tools.clone().filter(|t| !t.is_empty()) };
+    let running = generation::start(
+        &state,
+        GenRequest { model, keep_alive, options: req.options.clone(), grammar, prompt: spec },
+    )
+    .await?;
+    if req.stream == Some(false) {
+        let (text, s, r) = running.collect().await?;
+        let mut v = json!({"model": r.model, "created_at": now_rfc3339(),
+            "message": {"role": "assistant", "content": text}, "done": true});
+        final_fields(&mut v, &s, &r);
+        return Ok(axum::Json(v).into_response());
+    }
+    Ok(ndjson(stream::unfold(Some(running), |r| async move {
+        let mut r = r?;
+        match r.next().await {
+            Some(Piece::Text(t)) => Some((
+                json!({"model": r.model, "created_at": now_rfc3339(),
+                    "message": {"role": "assistant", "content": t}, "done": false}),
+                Some(r),
+            )),
+            Some(Piece::Done(s)) => {
+                let mut v = json!({"model": r.model, "created_at": now_rfc3339(),
+                    "message": {"role": "assistant", "content": ""}, "done": true});
+                final_fields(&mut v, &s, &r);
+                Some((v, None))
+            }
+            Some(Piece::Error(e)) => Some((json!({"error": e.message}), None)),
+            None => None,
+        }
+    })))
+}
+
+/// `POST /api/embed` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedRequest {
+    model: String,
+    #[serde(default)]
+    input: Option<Value>,
+    #[serde(default)]
+    truncate: Option<bool>,
+    #[serde(default)]
+    options: Option<Value>,
+    #[serde(default)]
+    keep_alive: Option<Value>,
+    #[serde(default)]
+    dimensions: Option<usize>,
+}
+
+/// `POST /api/embeddings` (legacy) body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingsRequest {
+    model: String,
+    #[serde(default)]
+    prompt: Option<String>,
+    #[serde(default)]
+    options: Option<Value>,
+    #[serde(default)]
+    keep_alive: Option<Value>,
+}
+
+/// Inputs of an embedding request: a string or a list of strings.
+pub fn embed_inputs(v: Option<&Value>) -> Result<Vec<String>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(vec![]),
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| {
+                x.as_str().map(str::to_string).ok_or_else(|| {
+                    ApiError::bad_request(format!("input must be a string or a list of strings, got {x}"))
+                })
+            })
+            .collect(),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "input must be a string or a list of strings, got {other}"
+        ))),
+    }
+}
+
+/// Embeds `inputs`; returns vectors, tokens evaluated and load time.
+pub async fn embed_texts(
+    state: &Arc<AppState>,
+    model: &ModelRef,
+    keep_alive: Option<Option<Duration>>,
+    inputs: Vec<String>,
+    truncate: bool,
+) -> Result<(Vec<Vec<f32>>, usize, Duration), ApiError> {
+    let (guard, load) = state.sched.acquire(model, keep_alive).await?;
+    let loaded = guard.loaded.clone();
+    let (vecs, count) = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        let mut count = 0;
+        for text in &inputs {
+            let mut tokens = loaded.model.tokenize(text, true, false)?;
+            let n_ctx = loaded.num_ctx as usize;
+            if tokens.len() > n_ctx {
+                if !truncate {
+                    return Err(ApiError::bad_request(format!(
+                        "input of {} tokens exceeds the context length {n_ctx}",
+                        tokens.len()
+                    )));
+                }
+                tokens.truncate(n_ctx);
+            }
+            if tokens.is_empty() {
+                return Err(ApiError::bad_request("cannot embed an empty input"));
+            }
+            count += tokens.len();
+            out.push(loaded.embed(&tokens)?);
+        }
+        Ok((out, count))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("embedding task failed: {e}")))??;
+    drop(guard);
+    Ok((vecs, count, load))
+}
+
+fn normalize(v: &mut [f32]) {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if n > 0.0 {
+        v.iter_mut().for_each(|x| *x /= n);
+    }
+}
+
+/// `POST /api/embed`.
+pub async fn embed(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let t = std::time::Instant::now();
+    let req: EmbedRequest = parse_body(&body)?;
+    let _ = &req.options;
+    let keep_alive = keep_alive_of(&req.keep_alive)?;
+    let inputs = embed_inputs(req.input.as_ref())?;
+    let model = state.sched.resolve(&req.model)?;
+    if inputs.is_empty() {
+        let (g, _) = state.sched.acquire(&model, keep_alive).await?;
+        drop(g);
+        return Ok(axum::Json(json!({"model": model.name, "embeddings": []})).into_response());
+    }
+    let (mut vecs, count, load) =
+        embed_texts(&state, &model, keep_alive, inputs, req.truncate.unwrap_or(true)).await?;
+    for v in &mut vecs {
+        if let Some(d) = req.dimensions.filter(|&d| d > 0 && d < v.len()) {
+            v.truncate(d);
+        }
+        normalize(v);
+    }
+    Ok(axum::Json(json!({
+        "model": model.name,
+        "embeddings": vecs,
+        "total_duration": nanos(t.elapsed()),
+        "load_duration": nanos(load),
+        "prompt_eval_count": count,
+    }))
+    .into_response())
+}
+
+/// `POST /api/embeddings` (legacy: one prompt, not normalized).
+pub async fn embeddings(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let req: EmbeddingsRequest = parse_body(&body)?;
+    let _ = &req.options;
+    let keep_alive = keep_alive_of(&req.keep_alive)?;
+    let model = state.sched.resolve(&req.model)?;
+    let prompt = req.prompt.unwrap_or_default();
+    if prompt.is_empty() {
+        let (g, _) = state.sched.acquire(&model, keep_alive).await?;
+        drop(g);
+        return Ok(axum::Json(json!({"embedding": []})).into_response());
+    }
+    let (mut vecs, _, _) = embed_texts(&state, &model, keep_alive, vec![prompt], true).await?;
+    Ok(axum::Json(json!({"embedding": vecs.pop().unwrap_or_default()})).into_response())
+}
+
+/// Details of a model file (`details` in tags/show/ps).
+pub fn details_of(path: &std::path::Path) -> (Value, Value) {
+    let Ok(g) = corral_gguf::reader::GgufFile::open(path) else {
+        return (
+            json!({"parent_model": "", "format": path.extension().and_then(|e| e.to_str()).unwrap_or(""),
+                   "family": "", "families": null, "parameter_size": "", "quantization_level": ""}),
+            json!({}),
+        );
+    };
+    let s = g.summary();
+    let family = s.architecture.clone().unwrap_or_default();
+    let details = json!({
+        "parent_model": "",
+        "format": "gguf",
+        "family": family,
+        "families": [family],
+        "parameter_size": s.parameter_count_short(),
+        "quantization_level": s.quantization,
+    });
+    let mut info = serde_json::Map::new();
+    for (k, v) in g.metadata() {
+        if k.starts_with("tokenizer.ggml.") && !k.ends_with("model") && !k.ends_with("_id") {
+            info.insert(k.clone(), Value::Null); // long arrays: named, not copied
+            continue;
+        }
+        if k == "tokenizer.chat_template" {
+            continue;
+        }
+        let val = if let Some(x) = v.as_str() {
+            json!(x)
+        } else if let Some(b) = v.as_bool() {
+            json!(b)
+        } else if let Some(a) = v.as_array() {
+            if a.len() > 64 { Value::Null } else { json!(a.iter().map(|x| x.to_string()).collect::<Vec<_>>()) }
+        } else if let Some(i) = v.as_i64() {
+            json!(i)
+        } else if let Some(f) = v.as_f64() {
+            json!(f)
+        } else {
+            json!(v.to_string())
+        };
+        info.insert(k.clone(), val);
+    }
+    info.insert("general.parameter_count".into(), json!(s.parameter_count));
+    (details, Value::Object(info))
+}
+
+/// `GET /api/tags`.
+pub async fn tags(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let Some(store) = state.sched.store.clone() else {
+        return Ok(axum::Json(json!({"models": []})).into_response());
+    };
+    let models = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, ApiError> {
+        let mut out = Vec::new();
+        for m in store.list()? {
+            let details = store
+                .get(&m.name)
+                .map(|r| details_of(&r.model_path).0)
+                .unwrap_or_else(|_| json!({}));
+            out.push(json!({
+                "name": m.name.to_string(),
+                "model": m.name.to_string(),
+                "modified_at": rfc3339(m.modified),
+                "size": m.size,
+                "digest": m.digest.to_string().trim_start_matches("sha256:"),
+                "details": details,
+            }));
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(axum::Json(json!({"models": models})).into_response())
+}
+
+/// `POST /api/show` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShowRequest {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    verbose: Option<bool>,
+    #[serde(default)]
+    system: Option<String>,
+    #[serde(default)]
+    template: Option<String>,
+    #[serde(default)]
+    options: Option<Value>,
+}
+
+/// `POST /api/show`.
+pub async fn show(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let req: ShowRequest = parse_body(&body)?;
+    let _ = (&req.verbose, &req.system, &req.template, &req.options);
+    let name = req.model.or(req.name).unwrap_or_default();
+    let model = state.sched.resolve(&name)?;
+    let store = state.sched.store.clone();
+    let v = tokio::task::spawn_blocking(move || -> Result<Value, ApiError> {
+        let (details, info) = details_of(&model.path);
+        let resolved = if std::path::Path::new(&name).is_absolute() {
+            None
+        } else {
+            match (&store, corral_registry::ModelName::parse(&name)) {
+                (Some(s), Ok(n)) => s.get(&n).ok(),
+                _ => None,
+            }
+        };
+        let template = model.template.clone().unwrap_or_else(|| {
+            corral_gguf::reader::GgufFile::open(&model.path)
+                .ok()
+                .and_then(|g| g.get_str("tokenizer.chat_template").map(str::to_string))
+                .unwrap_or_default()
+        });
+        let mut v = json!({
+            "template": template,
+            "details": details,
+            "model_info": info,
+            "modified_at": rfc3339(model.modified),
+            "capabilities": ["completion"],
+        });
+        match &resolved {
+            Some(r) => {
+                v["modelfile"] = json!(corral_registry::modelfile::to_modelfile(r));
+                v["parameters"] = json!(corral_registry::modelfile::parameters_text(r));
+                v["license"] = json!(r.license.join("\n"));
+                if let Some(s) = &r.system {
+                    v["system"] = json!(s);
+                }
+            }
+            None => {
+                v["modelfile"] = json!(format!("FROM {}\n", model.path.display()));
+                v["parameters"] = json!("");
+            }
+        }
+        Ok(v)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(axum::Json(v).into_response())
+}
+
+/// `GET /api/ps`.
+pub async fn ps(State(state): State<Arc<AppState>>) -> Response {
+    let models: Vec<Value> = state
+        .sched
+        .loaded()
+        .iter()
+        .map(|l| {
+            let r = &l.model_ref;
+            let expires = if l.inflight.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                None
+            } else {
+                *l.expires_wall.lock().unwrap_or_else(|e| e.into_inner())
+            };
+            let expires_at = match expires {
+                Some(t) => rfc3339(t),
+                None => "2318-08-23T00:00:00Z".to_string(),
+            };
+            json!({
+                "name": r.name,
+                "model": r.name,
+                "size": l.size_estimate,
+                "digest": r.digest,
+                "details": details_of(&r.path).0,
+                "expires_at": expires_at,
+                "size_vram": 0,
+                "context_length": l.num_ctx,
+                "active_sequences": l.active(),
+                "queued_requests": l.queued(),
+                "num_parallel": l.engine.config.n_parallel,
+            })
+        })
+        .collect();
+    axum::Json(json!({"models": models})).into_response()
+}
+
+/// `GET /api/version`.
+pub async fn version() -> Response {
+    axum::Json(json!({"version": env!("CARGO_PKG_VERSION")})).into_response()
+}

@@ -1,0 +1,572 @@
+//! OpenAI's API: chat completions, completions, embeddings, models.
+
+use std::sync::Arc;
+
+use axum::{
+    body::{Body, Bytes},
+    extract::{Path, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use futures_util::stream;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::{
+    AppState,
+    generation::{self, GenRequest, Piece, PromptSpec, Running},
+    structured::Grammar,
+    util::{ApiError, base64, parse_body, unix_now},
+};
+use crate::{engine_loop::Stats, prompt::Message};
+
+/// OpenAI-style error body: `{"error": {"message", "type", "code"}}`.
+pub struct OaiError(pub ApiError);
+
+impl From<ApiError> for OaiError {
+    fn from(e: ApiError) -> Self {
+        OaiError(e)
+    }
+}
+
+impl IntoResponse for OaiError {
+    fn into_response(self) -> Response {
+        let kind = match self.0.status.as_u16() {
+            400 | 413 => "invalid_request_error",
+            404 => "not_found_error",
+            503 => "server_busy",
+            _ => "api_error",
+        };
+        let body = json!({"error": {"message": self.0.message, "type": kind, "param": null, "code": null}});
+        (self.0.status, axum::Json(body)).into_response()
+    }
+}
+
+type OaiResult = Result<Response, OaiError>;
+
+/// `POST /v1/chat/completions` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatCompletionRequest {
+    model: String,
+    messages: Vec<Value>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    max_tokens: Option<i64>,
+    #[serde(default)]
+    max_completion_tokens: Option<i64>,
+    #[serde(default)]
+    temperature: Option<f64>,
+    #[serde(default)]
+    top_p: Option<f64>,
+    #[serde(default)]
+    seed: Option<i64>,
+    #[serde(default)]
+    stop: Option<Value>,
+    #[serde(default)]
+    response_format: Option<Value>,
+    #[serde(default)]
+    frequency_penalty: Option<f64>,
+    #[serde(default)]
+    presence_penalty: Option<f64>,
+    #[serde(default)]
+    n: Option<u32>,
+    #[serde(default)]
+    tools: Option<Vec<Value>>,
+    #[serde(default)]
+    tool_choice: Option<Value>,
+    #[serde(default)]
+    parallel_tool_calls: Option<bool>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    logprobs: Option<bool>,
+    #[serde(default)]
+    top_logprobs: Option<u32>,
+    #[serde(default)]
+    logit_bias: Option<Value>,
+    #[serde(default)]
+    metadata: Option<Value>,
+    #[serde(default)]
+    store: Option<bool>,
+    #[serde(default)]
+    service_tier: Option<Value>,
+    #[serde(default)]
+    reasoning_effort: Option<Value>,
+    #[serde(default)]
+    modalities: Option<Value>,
+}
+
+/// `stream_options`.
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// `POST /v1/completions` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompletionRequest {
+    model: String,
+    prompt: Value,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    max_tokens: Option<i64>,
+    #[serde(default)]
+    temperature: Option<f64>,
+    #[serde(default)]
+    top_p: Option<f64>,
+    #[serde(default)]
+    seed: Option<i64>,
+    #[serde(default)]
+    stop: Option<Value>,
+    #[serde(default)]
+    frequency_penalty: Option<f64>,
+    #[serde(default)]
+    presence_penalty: Option<f64>,
+    #[serde(default)]
+    n: Option<u32>,
+    #[serde(default)]
+    suffix: Option<String>,
+    #[serde(default)]
+    echo: Option<bool>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    logprobs: Option<u32>,
+    #[serde(default)]
+    logit_bias: Option<Value>,
+    #[serde(default)]
+    best_of: Option<u32>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn options_json(
+    max_tokens: Option<i64>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    seed: Option<i64>,
+    stop: &Option<Value>,
+    frequency_penalty: Option<f64>,
+    presence_penalty: Option<f64>,
+) -> Result<Value, ApiError> {
+    let mut o = Map::new();
+    if let Some(m) = max_tokens {
+        if m < 1 {
+            return Err(ApiError::bad_request(format!("max_tokens must be at least 1, got {m}")));
+        }
+        o.insert("num_predict".into(), json!(m.min(i64::from(i32::MAX))));
+    }
+    if let Some(t) = temperature {
+        if !(0.0..=2.0).contains(&t) {
+            return Err(ApiError::bad_request(format!("temperature must be in [0, 2], got {t}")));
+        }
+        o.insert("temperature".into(), json!(t));
+    }
+    if let Some(p) = top_p {
+        o.insert("top_p".into(), json!(p));
+    }
+    if let Some(s) = seed {
+        o.insert("seed".into(), json!(s));
+    }
+    match stop {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => {
+            o.insert("stop".into(), json!([s]));
+        }
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) && a.len() <= 16 => {
+            o.insert("stop".into(), json!(a));
+        }
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "stop must be a string or a list of at most 16 strings, got {other}"
+            )));
+        }
+    }
+    if let Some(f) = frequency_penalty {
+        o.insert("frequency_penalty".into(), json!(f));
+    }
+    if let Some(p) = presence_penalty {
+        o.insert("presence_penalty".into(), json!(p));
+    }
+    Ok(Value::Object(o))
+}
+
+fn grammar_of_response_format(rf: Option<&Value>) -> Result<Option<Arc<Grammar>>, ApiError> {
+    let Some(rf) = rf else { return Ok(None) };
+    let bad = |m: String| ApiError::bad_request(m);
+    match rf.get("type").and_then(Value::as_str) {
+        None | Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(Arc::new(Grammar::any_json()))),
+        Some("json_schema") => {
+            let schema = rf
+                .get("json_schema")
+                .and_then(|j| j.get("schema"))
+                .ok_or_else(|| bad("response_format json_schema needs json_schema.schema".into()))?;
+            Grammar::from_schema(schema).map(|g| Some(Arc::new(g))).map_err(|e| bad(e.to_string()))
+        }
+        Some(t) => Err(bad(format!(
+            "response_format.type {t:?} is not supported (text, json_object, json_schema)"
+        ))),
+    }
+}
+
+/// Message content: a string or a list of parts (`{"type":"text","text":...}`).
+fn message_of(i: usize, v: &Value) -> Result<Message, ApiError> {
+    let role = v
+        .get("role")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request(format!("messages[{i}] has no role")))?;
+    let role = if role == "developer" { "system" } else { role };
+    if !matches!(role, "system" | "user" | "assistant" | "tool") {
+        return Err(ApiError::bad_request(format!("messages[{i}]: unknown role {role:?}")));
+    }
+    let content = match v.get("content") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => {
+            let mut s = String::new();
+            for p in parts {
+                match p.get("type").and_then(Value::as_str) {
+                    Some("text") => s.push_str(p.get("text").and_then(Value::as_str).unwrap_or("")),
+                    Some(t) => {
+                        return Err(ApiError::bad_request(format!(
+                            "messages[{i}]: content part type {t:?} is not supported"
+                        )));
+                    }
+                    None => return Err(ApiError::bad_request(format!("messages[{i}]: content part without type"))),
+                }
+            }
+            s
+        }
+        Some(other) => {
+            return Err(ApiError::bad_request(format!("messages[{i}].content must be a string or parts, got {other}")));
+        }
+    };
+    let mut m = Message::new(role, content);
+    if let Some(tc) = v.get("tool_calls").and_then(Value::as_array) {
+        m.tool_calls = Some(tc.clone());
+    }
+    if let Some(id) = v.get("tool_call_id") {
+        m.extra.insert("tool_call_id".into(), id.clone());
+    }
+    Ok(m)
+}
+
+fn finish_reason(s: &Stats) -> &'static str {
+    s.done_reason.map(|d| d.as_str()).unwrap_or("stop")
+}
+
+fn usage(s: &Stats) -> Value {
+    json!({
+        "prompt_tokens": s.prompt_tokens,
+        "completion_tokens": s.eval_count,
+        "total_tokens": s.prompt_tokens + s.eval_count,
+        "prompt_tokens_details": {"cached_tokens": s.cached_tokens},
+    })
+}
+
+fn sse<S>(s: S) -> Response
+where
+    S: futures_util::Stream<Item = String> + Send + 'static,
+{
+    use futures_util::StreamExt;
+    let body = s.map(|line| Ok::<Bytes, std::io::Error>(Bytes::from(line)));
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+fn data(v: &Value) -> String {
+    format!("data: {v}\n\n")
+}
+
+fn new_id(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{:x}{n:04x}", unix_now())
+}
+
+struct SseState {
+    r: Option<Running>,
+    id: String,
+    created: u64,
+    chat: bool,
+    usage: bool,
+    queue: std::collections::VecDeque<String>,
+    sent_role: bool,
+}
+
+fn chunk(st: &SseState, delta_text: Option<&str>, finish: Option<&str>) -> Value {
+    let model = st.r.as_ref().map(|r| r.model.clone()).unwrap_or_default();
+    if st.chat {
+        let mut delta = json!({});
+        if !st.sent_role {
+            delta["role"] = json!("assistant");
+        }
+        if let Some(t) = delta_text {
+            delta["content"] = json!(t);
+        }
+        json!({"id": st.id, "object": "chat.completion.chunk", "created": st.created, "model": model,
+               "system_fingerprint": "fp_corral",
+               "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
+    } else {
+        json!({"id": st.id, "object": "text_completion", "created": st.created, "model": model,
+               "choices": [{"index": 0, "text": delta_text.unwrap_or(""), "logprobs": null, "finish_reason": finish}]})
+    }
+}
+
+fn stream_response(running: Running, chat: bool, include_usage: bool) -> Response {
+    let st = SseState {
+        r: Some(running),
+        id: new_id(if chat { "chatcmpl" } else { "cmpl" }),
+        created: unix_now(),
+        chat,
+        usage: include_usage,
+        queue: Default::default(),
+        sent_role: false,
+    };
+    sse(stream::unfold(st, |mut st| async move {
+        if let Some(line) = st.queue.pop_front() {
+            return Some((line, st));
+        }
+        let r = st.r.as_mut()?;
+        match r.next().await {
+            Some(Piece::Text(t)) => {
+                let line = data(&chunk(&st, Some(&t), None));
+                st.sent_role = true;
+                Some((line, st))
+            }
+            Some(Piece::Done(s)) => {
+                let last = chunk(&st, None, Some(finish_reason(&s)));
+                if st.usage {
+                    let model = st.r.as_ref().map(|r| r.model.clone()).unwrap_or_default();
+                    let object = if st.chat { "chat.completion.chunk" } else { "text_completion" };
+                    st.queue.push_back(data(&json!({"id": st.id, "object": object, "created": st.created,
+                        "model": model, "choices": [], "usage": usage(&s)})));
+                }
+                st.queue.push_back("data: [DONE]\n\n".to_string());
+                st.r = None;
+                Some((data(&last), st))
+            }
+            Some(Piece::Error(e)) => {
+                st.r = None;
+                st.queue.push_back("data: [DONE]\n\n".to_string());
+                Some((data(&json!({"error": {"message": e.message, "type": "api_error"}})), st))
+            }
+            None => None,
+        }
+    }))
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> OaiResult {
+    let req: ChatCompletionRequest = parse_body(&body)?;
+    let _ = (&req.tool_choice, &req.parallel_tool_calls, &req.user, &req.logprobs, &req.top_logprobs);
+    let _ = (&req.logit_bias, &req.metadata, &req.store, &req.service_tier, &req.reasoning_effort, &req.modalities);
+    if req.n.is_some_and(|n| n != 1) {
+        return Err(ApiError::bad_request("n must be 1").into());
+    }
+    let messages = req.messages.iter().enumerate().map(|(i, m)| message_of(i, m)).collect::<Result<Vec<_>, _>>()?;
+    if messages.is_empty() {
+        return Err(ApiError::bad_request("messages must not be empty").into());
+    }
+    let grammar = grammar_of_response_format(req.response_format.as_ref())?;
+    let options = options_json(
+        req.max_completion_tokens.or(req.max_tokens),
+        req.temperature,
+        req.top_p,
+        req.seed,
+        &req.stop,
+        req.frequency_penalty,
+        req.presence_penalty,
+    )?;
+    let model = state.sched.resolve(&req.model)?;
+    let tools = req.tools.clone().filter(|t| !t.is_empty());
+    let running = generation::start(
+        &state,
+        GenRequest {
+            model,
+            keep_alive: None,
+            options: Some(options),
+            grammar,
+            prompt: PromptSpec::Chat { messages, tools },
+        },
+    )
+    .await?;
+    if req.stream == Some(true) {
+        let include = req.stream_options.clone().unwrap_or_default().include_usage;
+        return Ok(stream_response(running, true, include));
+    }
+    let (text, s, r) = running.collect().await?;
+    Ok(axum::Json(json!({
+        "id": new_id("chatcmpl"),
+        "object": "chat.completion",
+        "created": unix_now(),
+        "model": r.model,
+        "system_fingerprint": "fp_corral",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                     "logprobs": null, "finish_reason": finish_reason(&s)}],
+        "usage": usage(&s),
+    }))
+    .into_response())
+}
+
+/// `POST /v1/completions`.
+pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> OaiResult {
+    let req: CompletionRequest = parse_body(&body)?;
+    let _ = (&req.user, &req.logprobs, &req.logit_bias, &req.best_of);
+    if req.n.is_some_and(|n| n != 1) {
+        return Err(ApiError::bad_request("n must be 1").into());
+    }
+    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::bad_request("suffix is not supported").into());
+    }
+    let prompt = match &req.prompt {
+        Value::String(s) => s.clone(),
+        Value::Array(a) if a.len() == 1 && a[0].is_string() => a[0].as_str().unwrap_or("").to_string(),
+        other => {
+            return Err(ApiError::bad_request(format!("prompt must be a string (one prompt per request), got {other}")).into());
+        }
+    };
+    if prompt.is_empty() {
+        return Err(ApiError::bad_request("prompt must not be empty").into());
+    }
+    let options = options_json(
+        req.max_tokens,
+        req.temperature,
+        req.top_p,
+        req.seed,
+        &req.stop,
+        req.frequency_penalty,
+        req.presence_penalty,
+    )?;
+    let model = state.sched.resolve(&req.model)?;
+    let running = generation::start(
+        &state,
+        GenRequest {
+            model,
+            keep_alive: None,
+            options: Some(options),
+            grammar: None,
+            prompt: PromptSpec::Completion {
+                prompt: prompt.clone(),
+                system: None,
+                raw: true,
+                context: vec![],
+                template: None,
+            },
+        },
+    )
+    .await?;
+    if req.stream == Some(true) {
+        let include = req.stream_options.clone().unwrap_or_default().include_usage;
+        return Ok(stream_response(running, false, include));
+    }
+    let (text, s, r) = running.collect().await?;
+    let text = if req.echo == Some(true) { format!("{prompt}{text}") } else { text };
+    Ok(axum::Json(json!({
+        "id": new_id("cmpl"),
+        "object": "text_completion",
+        "created": unix_now(),
+        "model": r.model,
+        "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason(&s)}],
+        "usage": usage(&s),
+    }))
+    .into_response())
+}
+
+/// `POST /v1/embeddings` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingRequest {
+    model: String,
+    input: Value,
+    #[serde(default)]
+    encoding_format: Option<String>,
+    #[serde(default)]
+    dimensions: Option<usize>,
+    #[serde(default)]
+    user: Option<String>,
+}
+
+/// `POST /v1/embeddings`.
+pub async fn embeddings(State(state): State<Arc<AppState>>, body: Bytes) -> OaiResult {
+    let req: EmbeddingRequest = parse_body(&body)?;
+    let _ = &req.user;
+    let b64 = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(f) => return Err(ApiError::bad_request(format!("encoding_format {f:?}: float or base64")).into()),
+    };
+    let inputs = super::ollama::embed_inputs(Some(&req.input))?;
+    if inputs.is_empty() {
+        return Err(ApiError::bad_request("input must not be empty").into());
+    }
+    let model = state.sched.resolve(&req.model)?;
+    let (vecs, count, _) = super::ollama::embed_texts(&state, &model, None, inputs, true).await?;
+    let data: Vec<Value> = vecs
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut v)| {
+            if let Some(d) = req.dimensions.filter(|&d| d > 0 && d < v.len()) {
+                v.truncate(d);
+            }
+            let emb = if b64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64(&bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "embedding": emb, "index": i})
+        })
+        .collect();
+    Ok(axum::Json(json!({
+        "object": "list",
+        "data": data,
+        "model": model.name,
+        "usage": {"prompt_tokens": count, "total_tokens": count},
+    }))
+    .into_response())
+}
+
+fn model_obj(name: &str, created: u64) -> Value {
+    json!({"id": name, "object": "model", "created": created, "owned_by": "library"})
+}
+
+/// `GET /v1/models`.
+pub async fn models(State(state): State<Arc<AppState>>) -> OaiResult {
+    let Some(store) = state.sched.store.clone() else {
+        return Ok(axum::Json(json!({"object": "list", "data": []})).into_response());
+    };
+    let list = tokio::task::spawn_blocking(move || store.list())
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(ApiError::from)?;
+    let data: Vec<Value> = list
+        .iter()
+        .map(|m| {
+            let t = m.modified.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            model_obj(&m.name.to_string(), t)
+        })
+        .collect();
+    Ok(axum::Json(json!({"object": "list", "data": data})).into_response())
+}
+
+/// `GET /v1/models/{model}`.
+pub async fn model(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> OaiResult {
+    let r = state.sched.resolve(&name)?;
+    let t = r.modified.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    Ok(axum::Json(model_obj(&r.name, t)).into_response())
+}

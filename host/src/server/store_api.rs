@@ -1,0 +1,363 @@
+//! The store endpoints, through corral-registry: pull, push, create, copy, delete, blobs.
+
+use std::sync::Arc;
+
+use axum::{
+    body::{Body, Bytes},
+    extract::{Path, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use corral_registry::{
+    Digest, ModelName, Store,
+    modelfile::{self, Command, Directive, Modelfile},
+    oci,
+};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{
+    AppState,
+    ollama::ndjson,
+    util::{ApiError, parse_body},
+};
+
+fn store_of(state: &AppState) -> Result<Store, ApiError> {
+    state.sched.store.clone().ok_or_else(|| {
+        ApiError::internal("no model store could be opened (set CORRAL_MODELS to a writable directory)")
+    })
+}
+
+fn name_of(s: &str) -> Result<ModelName, ApiError> {
+    if s.trim().is_empty() {
+        return Err(ApiError::bad_request("model is required"));
+    }
+    ModelName::parse(s).map_err(ApiError::from)
+}
+
+/// `POST /api/pull` and `/api/push` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferRequest {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    insecure: Option<bool>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+async fn transfer(state: Arc<AppState>, body: Bytes, push: bool) -> Result<Response, ApiError> {
+    let req: TransferRequest = parse_body(&body)?;
+    let _ = (&req.username, &req.password);
+    let name = name_of(&req.model.or(req.name).unwrap_or_default())?;
+    let store = store_of(&state)?;
+    let client = oci::Client::new(oci::ClientOptions {
+        insecure: req.insecure.unwrap_or(false),
+        ..Default::default()
+    })
+    .map_err(ApiError::from)?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let task = tokio::spawn(async move {
+        let progress = |p: &oci::Progress| {
+            let _ = tx.send(serde_json::to_value(p).unwrap_or_default());
+        };
+        let result = if push {
+            client.push(&store, &name, &progress).await.map(|_| ())
+        } else {
+            client.pull(&store, &name, &progress).await.map(|_| ())
+        };
+        match result {
+            Ok(()) => {
+                let _ = tx.send(json!({"status": "success"}));
+                Ok(())
+            }
+            Err(e) => Err(ApiError::from(e)),
+        }
+    });
+    if req.stream == Some(false) {
+        let result = task.await.map_err(|e| ApiError::internal(e.to_string()))?;
+        result?;
+        return Ok(axum::Json(json!({"status": "success"})).into_response());
+    }
+    // Progress lines, then an error line if the transfer failed.
+    let progress = tokio_stream_from(rx);
+    let tail = futures_util::stream::once(async move {
+        match task.await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(json!({"error": e.message})),
+            Err(e) => Some(json!({"error": e.to_string()})),
+        }
+    })
+    .filter_map(|x| async move { x });
+    Ok(ndjson(progress.chain(tail)))
+}
+
+fn tokio_stream_from(
+    rx: tokio::sync::mpsc::UnboundedReceiver<Value>,
+) -> impl futures_util::Stream<Item = Value> + Send + 'static {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
+}
+
+/// `POST /api/pull`.
+pub async fn pull(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    transfer(state, body, false).await
+}
+
+/// `POST /api/push`.
+pub async fn push(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    transfer(state, body, true).await
+}
+
+/// `POST /api/create` body: a Modelfile, or Ollama's structured fields.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    modelfile: Option<String>,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    files: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    adapters: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    template: Option<String>,
+    #[serde(default)]
+    system: Option<String>,
+    #[serde(default)]
+    license: Option<Value>,
+    #[serde(default)]
+    parameters: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    messages: Option<Vec<Value>>,
+    #[serde(default)]
+    quantize: Option<String>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    path: Option<String>,
+}
+
+fn cmd(directive: Directive) -> Command {
+    Command { line: 1, column: 1, value_pos: (1, 1), directive }
+}
+
+fn structured_modelfile(store: &Store, req: &CreateRequest) -> Result<Modelfile, ApiError> {
+    let mut commands = Vec::new();
+    let from = match (&req.from, &req.files) {
+        (Some(f), _) if !f.is_empty() => f.clone(),
+        (_, Some(files)) if !files.is_empty() => {
+            let digest = files
+                .values()
+                .next()
+                .ok_or_else(|| ApiError::bad_request("files is empty"))?;
+            let d = Digest::parse(digest).map_err(ApiError::from)?;
+            if !store.has_blob(&d) {
+                return Err(ApiError::bad_request(format!(
+                    "blob {d} was not uploaded (POST /api/blobs/{d} first)"
+                )));
+            }
+            store.blob_path(&d).to_string_lossy().into_owned()
+        }
+        _ => return Err(ApiError::bad_request("neither from nor files nor modelfile given")),
+    };
+    commands.push(cmd(Directive::From(from)));
+    if let Some(t) = &req.template {
+        commands.push(cmd(Directive::Template(t.clone())));
+    }
+    if let Some(s) = &req.system {
+        commands.push(cmd(Directive::System(s.clone())));
+    }
+    for (k, v) in req.parameters.iter().flatten() {
+        match v {
+            Value::Array(a) => {
+                for x in a {
+                    commands.push(cmd(Directive::Parameter { name: k.clone(), value: x.clone() }));
+                }
+            }
+            v => commands.push(cmd(Directive::Parameter { name: k.clone(), value: v.clone() })),
+        }
+    }
+    for m in req.messages.iter().flatten() {
+        let role = m.get("role").and_then(Value::as_str).unwrap_or("user").to_string();
+        let content = m.get("content").and_then(Value::as_str).unwrap_or("").to_string();
+        commands.push(cmd(Directive::Message { role, content }));
+    }
+    match &req.license {
+        Some(Value::String(s)) => commands.push(cmd(Directive::License(s.clone()))),
+        Some(Value::Array(a)) => {
+            for l in a.iter().filter_map(Value::as_str) {
+                commands.push(cmd(Directive::License(l.to_string())));
+            }
+        }
+        _ => {}
+    }
+    Ok(Modelfile { commands })
+}
+
+/// `POST /api/create`.
+pub async fn create(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let req: CreateRequest = parse_body(&body)?;
+    let _ = (&req.path, &req.adapters);
+    if req.quantize.as_deref().is_some_and(|q| !q.is_empty()) {
+        return Err(ApiError::bad_request("quantize is not supported"));
+    }
+    let name = name_of(&req.model.clone().or(req.name.clone()).unwrap_or_default())?;
+    let store = store_of(&state)?;
+    let stream = req.stream != Some(false);
+    let lines = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, ApiError> {
+        let mf = match &req.modelfile {
+            Some(text) if !text.trim().is_empty() => modelfile::parse(text).map_err(ApiError::from)?,
+            _ => structured_modelfile(&store, &req)?,
+        };
+        let mut lines = Vec::new();
+        let mut progress = |s: &str| lines.push(json!({"status": s}));
+        modelfile::create(
+            &store,
+            &name,
+            &mf,
+            std::path::Path::new("/"),
+            &modelfile::CreateOptions::default(),
+            &mut progress,
+        )
+        .map_err(|e| match e {
+            corral_registry::Error::ModelNotFound(m) => {
+                ApiError::bad_request(format!("FROM names model {m}, which is not in the store"))
+            }
+            e => ApiError::from(e),
+        })?;
+        lines.push(json!({"status": "success"}));
+        Ok(lines)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    if !stream {
+        return Ok(axum::Json(json!({"status": "success"})).into_response());
+    }
+    Ok(ndjson(futures_util::stream::iter(lines)))
+}
+
+/// `POST /api/copy` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopyRequest {
+    source: String,
+    destination: String,
+}
+
+/// `POST /api/copy`.
+pub async fn copy(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let req: CopyRequest = parse_body(&body)?;
+    let (src, dst) = (name_of(&req.source)?, name_of(&req.destination)?);
+    let store = store_of(&state)?;
+    tokio::task::spawn_blocking(move || store.copy(&src, &dst))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(ApiError::from)?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `DELETE /api/delete` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteRequest {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// `DELETE /api/delete`.
+pub async fn delete(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let req: DeleteRequest = parse_body(&body)?;
+    let name = name_of(&req.model.or(req.name).unwrap_or_default())?;
+    let store = store_of(&state)?;
+    state.sched.unload(&name.to_string()).await;
+    tokio::task::spawn_blocking(move || store.remove(&name))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(ApiError::from)?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `HEAD /api/blobs/{digest}`: 200 if the store has it, else 404.
+pub async fn blob_head(State(state): State<Arc<AppState>>, Path(digest): Path<String>) -> Response {
+    let (Ok(store), Ok(d)) = (store_of(&state), Digest::parse(&digest)) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    if store.has_blob(&d) { StatusCode::OK } else { StatusCode::NOT_FOUND }.into_response()
+}
+
+struct ChanReader {
+    rx: std::sync::mpsc::Receiver<Bytes>,
+    cur: Bytes,
+}
+
+impl std::io::Read for ChanReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.recv() {
+                Ok(b) => self.cur = b,
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur[..n]);
+        self.cur = self.cur.slice(n..);
+        Ok(n)
+    }
+}
+
+/// `POST /api/blobs/{digest}`: streams the body into the store, verified against the
+/// digest; 201 when stored, 400 on a mismatch.
+pub async fn blob_post(
+    State(state): State<Arc<AppState>>,
+    Path(digest): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let d = Digest::parse(&digest).map_err(ApiError::from)?;
+    let store = store_of(&state)?;
+    if store.has_blob(&d) {
+        return Ok(StatusCode::OK.into_response());
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(8);
+    let d2 = d.clone();
+    let writer = tokio::task::spawn_blocking(move || {
+        store.write_blob_from_reader(ChanReader { rx, cur: Bytes::new() }, Some(&d2), |_| {})
+    });
+    let mut s = body.into_data_stream();
+    let mut failed = None;
+    while let Some(chunk) = s.next().await {
+        match chunk {
+            Ok(c) => {
+                let tx = tx.clone();
+                // A bounded channel: wait off the async threads when the writer lags.
+                if tokio::task::spawn_blocking(move || tx.send(c)).await.map_or(true, |r| r.is_err()) {
+                    break;
+                }
+            }
+            Err(e) => {
+                failed = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    drop(tx);
+    if let Some(e) = failed {
+        return Err(ApiError::bad_request(format!("upload interrupted: {e}")));
+    }
+    writer.await.map_err(|e| ApiError::internal(e.to_string()))?.map_err(ApiError::from)?;
+    Ok(StatusCode::CREATED.into_response())
+}

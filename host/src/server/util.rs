@@ -1,0 +1,279 @@
+//! Shared pieces of the HTTP layer: the error type with Ollama's status codes, request
+//! body parsing with clear messages, durations (`keep_alive`) and timestamps.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::{
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde::de::DeserializeOwned;
+
+/// An error answered as `{"error": "..."}` with a status code.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// The message a person reads.
+    pub message: String,
+}
+
+impl ApiError {
+    /// 400.
+    pub fn bad_request(msg: impl Into<String>) -> Self {
+        ApiError { status: StatusCode::BAD_REQUEST, message: msg.into() }
+    }
+    /// 404.
+    pub fn not_found(msg: impl Into<String>) -> Self {
+        ApiError { status: StatusCode::NOT_FOUND, message: msg.into() }
+    }
+    /// 500.
+    pub fn internal(msg: impl Into<String>) -> Self {
+        ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: msg.into() }
+    }
+    /// 503.
+    pub fn busy(msg: impl Into<String>) -> Self {
+        ApiError { status: StatusCode::SERVICE_UNAVAILABLE, message: msg.into() }
+    }
+    /// The model was not found (Ollama's wording).
+    pub fn model_not_found(name: &str) -> Self {
+        Self::not_found(format!("model \"{name}\" not found, try pulling it first"))
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.status)
+    }
+}
+
+impl From<corral_backend_api::BackendError> for ApiError {
+    fn from(e: corral_backend_api::BackendError) -> Self {
+        use corral_backend_api::ErrorKind;
+        let status = match e.kind {
+            ErrorKind::InvalidInput | ErrorKind::Unsupported => StatusCode::BAD_REQUEST,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError { status, message: e.to_string() }
+    }
+}
+
+impl From<corral_generation::options::OptionsError> for ApiError {
+    fn from(e: corral_generation::options::OptionsError) -> Self {
+        ApiError::bad_request(e.to_string())
+    }
+}
+
+impl From<corral_registry::Error> for ApiError {
+    fn from(e: corral_registry::Error) -> Self {
+        use corral_registry::Error as E;
+        let status = match &e {
+            E::InvalidName { .. } | E::InvalidDigest { .. } | E::Modelfile { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            E::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            E::ReadOnly(_) => StatusCode::FORBIDDEN,
+            E::DigestMismatch { .. } => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError { status, message: e.to_string() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.message });
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+/// Parses a JSON request body into `T`, with a message that says what is wrong and where.
+/// An empty body is refused (Ollama: "missing request body").
+pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("missing request body"));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        let what = match e.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                "invalid JSON in the request body"
+            }
+            _ => "invalid request",
+        };
+        ApiError::bad_request(format!("{what}: {e}"))
+    })
+}
+
+/// `keep_alive` as Ollama accepts it: a number of seconds, or a Go duration string
+/// (`"5m"`, `"1h30m"`, `"10s"`, `"-1"`, `"0"`). `None` means "forever" (negative).
+pub fn parse_keep_alive(v: &serde_json::Value) -> Result<Option<Duration>, ApiError> {
+    let bad = || {
+        ApiError::bad_request(format!(
+            "invalid keep_alive {v}: use a number of seconds or a duration such as \"5m\" (negative keeps the model loaded forever)"
+        ))
+    };
+    match v {
+        serde_json::Value::Number(n) => {
+            let secs = n.as_f64().ok_or_else(bad)?;
+            if secs < 0.0 {
+                Ok(None)
+            } else if secs.is_finite() && secs < 1e12 {
+                Ok(Some(Duration::from_secs_f64(secs)))
+            } else {
+                Err(bad())
+            }
+        }
+        serde_json::Value::String(s) => parse_duration(s).ok_or_else(bad),
+        _ => Err(bad()),
+    }
+}
+
+/// A Go-style duration string (`1h2m3.5s`, `300ms`, `-1m`, a bare number of seconds).
+/// `Some(None)` for a negative duration (forever).
+pub fn parse_duration(s: &str) -> Option<Option<Duration>> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    if let Ok(n) = s.parse::<f64>() {
+        if n < 0.0 {
+            return Some(None);
+        }
+        return (n.is_finite() && n < 1e12).then(|| Some(Duration::from_secs_f64(n)));
+    }
+    let (neg, mut rest) = match s.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        if end == 0 {
+            return None;
+        }
+        let n: f64 = rest[..end].parse().ok()?;
+        rest = &rest[end..];
+        let uend = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit = match &rest[..uend] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        rest = &rest[uend..];
+        total += n * unit;
+    }
+    if neg && total > 0.0 {
+        return Some(None);
+    }
+    (total.is_finite() && total < 1e12).then(|| Some(Duration::from_secs_f64(total)))
+}
+
+/// RFC 3339 time with nanoseconds in UTC, as Ollama writes `created_at`.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, dd) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60,
+        d.subsec_nanos()
+    )
+}
+
+/// Now, RFC 3339.
+pub fn now_rfc3339() -> String {
+    rfc3339(SystemTime::now())
+}
+
+/// Seconds since the epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Howard Hinnant's days-to-civil algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// Nanoseconds of a duration as Ollama's integer fields carry them.
+pub fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Standard base64 (with padding), for OpenAI's `encoding_format: "base64"`.
+pub fn base64(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for c in bytes.chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        out.push(T[(n >> 18) as usize & 63] as char);
+        out.push(T[(n >> 12) as usize & 63] as char);
+        out.push(if c.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
+        out.push(if c.len() > 2 { T[n as usize & 63] as char } else { '=' });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_go() {
+        assert_eq!(parse_duration("5m"), Some(Some(Duration::from_secs(300))));
+        assert_eq!(parse_duration("1h30m"), Some(Some(Duration::from_secs(5400))));
+        assert_eq!(parse_duration("250ms"), Some(Some(Duration::from_millis(250))));
+        assert_eq!(parse_duration("0"), Some(Some(Duration::ZERO)));
+        assert_eq!(parse_duration("-1"), Some(None));
+        assert_eq!(parse_duration("-1m"), Some(None));
+        assert_eq!(parse_duration("10"), Some(Some(Duration::from_secs(10))));
+        assert_eq!(parse_duration("abc"), None);
+        assert_eq!(parse_duration("5x"), None);
+        assert_eq!(parse_duration(""), None);
+    }
+
+    #[test]
+    fn keep_alive_numbers_and_strings() {
+        use serde_json::json;
+        assert_eq!(parse_keep_alive(&json!(0)).unwrap(), Some(Duration::ZERO));
+        assert_eq!(parse_keep_alive(&json!(-1)).unwrap(), None);
+        assert_eq!(parse_keep_alive(&json!("2s")).unwrap(), Some(Duration::from_secs(2)));
+        assert!(parse_keep_alive(&json!(true)).is_err());
+    }
+
+    #[test]
+    fn timestamps_and_base64() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000000000Z");
+        let t = UNIX_EPOCH + Duration::from_secs(1_709_251_200); // 2024-03-01
+        assert_eq!(&rfc3339(t)[..10], "2024-03-01");
+        assert_eq!(base64(b"hello"), "aGVsbG8=");
+        assert_eq!(base64(b"hi!"), "aGkh");
+        assert_eq!(base64(b"h"), "aA==");
+    }
+
+    #[test]
+    fn body_errors_are_clear() {
+        let e = parse_body::<serde_json::Value>(b"{oops").unwrap_err();
+        assert!(e.message.contains("invalid JSON"), "{}", e.message);
+        let e = parse_body::<serde_json::Value>(b"").unwrap_err();
+        assert!(e.message.contains("missing request body"));
+    }
+}

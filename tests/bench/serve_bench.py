@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""Concurrent streaming chat benchmark for `corral serve` (standard library only).
+
+Sends N concurrent streaming /api/chat requests (for each N in --concurrency) and reports,
+per N: aggregate tokens/s (all tokens generated / wall time from the first request to the
+last token), per-stream tokens/s (the server's eval_count / eval_duration, and wall-clock
+between first and last token), and time to first token.
+
+Either point it at a running server (--url, --model), or let it start one:
+  serve_bench.py --corral target/release/corral --plugin-dir DIR --gguf /tmp/tl.gguf --threads 2
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+PROMPTS = [
+    "Write a long story about a lighthouse keeper.",
+    "Explain how a steam engine works, in detail.",
+    "Describe a journey across a desert.",
+    "List the steps of baking bread and why each matters.",
+    "Tell the history of a small mountain village.",
+    "Describe the life cycle of a star.",
+    "Write a letter from a sailor to his family.",
+    "Explain the rules of chess to a beginner.",
+]
+
+
+def one_stream(url, model, prompt, tokens, seed, out):
+    body = json.dumps({
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "stream": True,
+        "options": {"num_predict": tokens, "temperature": 0.8, "seed": seed},
+    }).encode()
+    req = urllib.request.Request(url + "/api/chat", data=body, headers={"Content-Type": "application/json"})
+    t0 = time.perf_counter()
+    first = None
+    last = None
+    final = None
+    with urllib.request.urlopen(req, timeout=600) as r:
+        for line in r:
+            v = json.loads(line)
+            if "error" in v:
+                raise RuntimeError(v["error"])
+            now = time.perf_counter()
+            if v.get("message", {}).get("content") and first is None:
+                first = now
+            last = now
+            if v.get("done"):
+                final = v
+    out.append({"t0": t0, "first": first, "last": last, "final": final})
+
+
+def run_level(url, model, n, tokens):
+    results = []
+    threads = [threading.Thread(target=one_stream, args=(url, model, PROMPTS[i % len(PROMPTS)], tokens, i, results))
+               for i in range(n)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    end = max(r["last"] for r in results)
+    total = sum(r["final"]["eval_count"] for r in results)
+    server_rates = [r["final"]["eval_count"] / (r["final"]["eval_duration"] / 1e9) for r in results]
+    wall_rates = [(r["final"]["eval_count"] - 1) / (r["last"] - r["first"]) for r in results if r["last"] > r["first"]]
+    ttfts = [r["first"] - r["t0"] for r in results]
+    return {
+        "streams": n,
+        "tokens": total,
+        "aggregate_tps": total / (end - start),
+        "per_stream_server_tps": statistics.mean(server_rates),
+        "per_stream_wall_tps": statistics.mean(wall_rates) if wall_rates else 0.0,
+        "ttft_mean_s": statistics.mean(ttfts),
+        "ttft_max_s": max(ttfts),
+    }
+
+
+def start_server(args):
+    env = dict(os.environ, CORRAL_PLUGIN_PATH_ONLY="1", XDG_CONFIG_HOME="/nonexistent-corral-bench",
+               CORRAL_LOG="warn", CORRAL_NUM_PARALLEL=str(max(args.concurrency)))
+    cmd = [args.corral, "--plugin-dir", args.plugin_dir, "serve", "--host", "127.0.0.1:0",
+           "--threads", str(args.threads)]
+    p = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    for line in p.stderr:
+        m = re.match(r"listening on (http://\S+)", line)
+        if m:
+            threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
+            return p, m.group(1)
+    raise RuntimeError("server did not start")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--url")
+    ap.add_argument("--model", help="model name or absolute GGUF path (default: --gguf)")
+    ap.add_argument("--corral")
+    ap.add_argument("--plugin-dir")
+    ap.add_argument("--gguf")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--concurrency", default="1,4,8")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    args.concurrency = [int(x) for x in args.concurrency.split(",")]
+    proc = None
+    url = args.url
+    model = args.model or (os.path.abspath(args.gguf) if args.gguf else None)
+    if not url:
+        if not (args.corral and args.plugin_dir and model):
+            ap.error("give --url and --model, or --corral, --plugin-dir and --gguf")
+        proc, url = start_server(args)
+    try:
+        # Warm-up: load the model and run a short generation.
+        one_stream(url, model, "warm up", 8, 0, [])
+        rows = [run_level(url, model, n, args.tokens) for n in args.concurrency]
+    finally:
+        if proc:
+            proc.terminate()
+            proc.wait(30)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    base = rows[0]["aggregate_tps"]
+    print(f"{'streams':>7} {'aggregate t/s':>14} {'vs 1':>6} {'per-stream t/s (server)':>24} "
+          f"{'per-stream t/s (wall)':>22} {'TTFT mean':>10} {'TTFT max':>9}")
+    for r in rows:
+        print(f"{r['streams']:>7} {r['aggregate_tps']:>14.2f} {r['aggregate_tps'] / base:>6.2f} "
+              f"{r['per_stream_server_tps']:>24.2f} {r['per_stream_wall_tps']:>22.2f} "
+              f"{r['ttft_mean_s']:>9.3f}s {r['ttft_max_s']:>8.3f}s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The official `ollama` and `openai` Python clients against a real `corral serve` with a
+generated tiny GGUF on the llama.cpp plugin: generate, chat (streaming and not),
+embeddings, list, show, and structured output."""
+
+import json
+
+import jsonschema
+import ollama
+import openai
+import pytest
+
+
+@pytest.fixture(scope="module")
+def oc(corral_env):
+    return ollama.Client(host=corral_env["url"])
+
+
+@pytest.fixture(scope="module")
+def ai(corral_env):
+    return openai.OpenAI(base_url=corral_env["url"] + "/v1", api_key="unused")
+
+
+OPTS = {"num_predict": 12, "temperature": 0, "seed": 1}
+
+
+def test_list_and_show(oc, corral_env):
+    names = [m.model for m in oc.list().models]
+    assert "tiny:latest" in names
+    info = oc.show("tiny")
+    assert info.details.format == "gguf"
+    assert info.modelinfo["general.architecture"] == "llama"
+    assert "FROM" in info.modelfile
+
+
+def test_generate(oc):
+    r = oc.generate(model="tiny", prompt="Why is the sky blue?", options=OPTS)
+    assert r.done and r.done_reason == "length"
+    assert r.eval_count == 12
+    assert r.prompt_eval_count > 0 and r.total_duration > 0
+    assert isinstance(r.context, list) and len(r.context) > 12
+    streamed = "".join(c.response for c in oc.generate(model="tiny", prompt="Why is the sky blue?",
+                                                        options=OPTS, stream=True))
+    assert streamed == r.response
+
+
+def test_chat(oc):
+    msgs = [{"role": "user", "content": "Hello there"}]
+    r = oc.chat(model="tiny", messages=msgs, options=OPTS)
+    assert r.message.role == "assistant"
+    assert r.eval_count == 12
+    parts = list(oc.chat(model="tiny", messages=msgs, options=OPTS, stream=True))
+    assert parts[-1].done and parts[-1].done_reason == "length"
+    assert "".join(p.message.content for p in parts) == r.message.content
+    # The next turn reuses the first turn's KV cache.
+    msgs2 = msgs + [{"role": "assistant", "content": r.message.content},
+                    {"role": "user", "content": "And then?"}]
+    r2 = oc.chat(model="tiny", messages=msgs2, options=OPTS)
+    assert r2.prompt_eval_count < r.prompt_eval_count + 12
+
+
+def test_embeddings(oc):
+    r = oc.embed(model="tiny", input=["hello", "world"])
+    assert len(r.embeddings) == 2 and len(r.embeddings[0]) > 0
+    norm = sum(x * x for x in r.embeddings[0])
+    assert abs(norm - 1) < 1e-3
+    old = oc.embeddings(model="tiny", prompt="hello")
+    assert len(old.embedding) == len(r.embeddings[0])
+
+
+def test_structured_output(oc):
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
+                                               "population": {"type": "integer"}},
+              "required": ["city", "population"]}
+    for seed in range(5):
+        r = oc.chat(model="tiny", messages=[{"role": "user", "content": "A city as JSON"}],
+                    format=schema, options={"temperature": 1, "seed": seed, "num_predict": 300})
+        jsonschema.validate(json.loads(r.message.content), schema)
+
+
+def test_errors(oc):
+    with pytest.raises(ollama.ResponseError) as e:
+        oc.generate(model="does-not-exist", prompt="x")
+    assert e.value.status_code == 404
+
+
+def test_openai_chat(ai):
+    r = ai.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}],
+                                   max_tokens=10, temperature=0, seed=2)
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage.completion_tokens == 10
+    chunks = list(ai.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}],
+                                             max_tokens=10, temperature=0, seed=2, stream=True,
+                                             stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == r.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == 10
+
+
+def test_openai_json_schema(ai):
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    r = ai.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "ok?"}], max_tokens=50,
+        response_format={"type": "json_schema", "json_schema": {"name": "r", "schema": schema}})
+    jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+
+
+def test_openai_embeddings_and_models(ai):
+    r = ai.embeddings.create(model="tiny", input=["a", "b"])
+    assert len(r.data) == 2 and len(r.data[0].embedding) > 0
+    ids = [m.id for m in ai.models.list().data]
+    assert "tiny:latest" in ids
+    with pytest.raises(openai.NotFoundError):
+        ai.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])

@@ -1,0 +1,555 @@
+//! `corral serve` end to end on the example plugin (format `toy`): the real binary, real
+//! HTTP. Ollama and OpenAI endpoints, the bad inputs of issue 4, the scheduler
+//! (keep_alive, LRU eviction, queue bound, disconnects) and shutdown.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use corral_e2e::*;
+use serde_json::{Value, json};
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap()
+}
+
+struct Env {
+    _dir: tempfile::TempDir,
+    plugins: PathBuf,
+    models: PathBuf,
+    model: String,
+    model2: String,
+}
+
+fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    example_plugin_dir(&plugins);
+    let model = dir.path().join("a.toy");
+    std::fs::write(&model, "toy weights a").unwrap();
+    let model2 = dir.path().join("b.toy");
+    std::fs::write(&model2, "toy weights b").unwrap();
+    let models = dir.path().join("store");
+    Env {
+        plugins,
+        models,
+        model: model.to_string_lossy().into_owned(),
+        model2: model2.to_string_lossy().into_owned(),
+        _dir: dir,
+    }
+}
+
+fn start(e: &Env, vars: &[(&str, &str)]) -> Server {
+    let store = e.models.to_string_lossy().into_owned();
+    let mut all: Vec<(&str, &str)> = vec![("CORRAL_MODELS", store.as_str())];
+    all.extend_from_slice(vars);
+    Server::start(&[e.plugins.as_path()], &all, &[])
+}
+
+fn post(s: &Server, path: &str, body: &Value) -> (u16, Value) {
+    let r = client().post(format!("{}{path}", s.url)).json(body).send().unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+fn post_raw(s: &Server, path: &str, body: Vec<u8>) -> (u16, Value) {
+    let r = client()
+        .post(format!("{}{path}", s.url))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+fn get(s: &Server, path: &str) -> (u16, Value) {
+    let r = client().get(format!("{}{path}", s.url)).send().unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+fn ndjson_lines(s: &Server, path: &str, body: &Value) -> Vec<Value> {
+    let r = client().post(format!("{}{path}", s.url)).json(body).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["content-type"], "application/x-ndjson");
+    r.text().unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn ps_models(s: &Server) -> Vec<Value> {
+    get(s, "/api/ps").1["models"].as_array().cloned().unwrap_or_default()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while t.elapsed() < timeout {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn ollama_endpoints_answer_with_ollamas_fields() {
+    let e = env();
+    let s = start(&e, &[]);
+    let r = client().get(&s.url).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.text().unwrap(), "corral is running");
+    assert_eq!(client().head(&s.url).send().unwrap().status().as_u16(), 200);
+    assert!(get(&s, "/api/version").1["version"].is_string());
+    assert_eq!(get(&s, "/api/tags").1, json!({"models": []}));
+
+    // Non-streaming generate: every field Ollama sends.
+    let (st, v) = post(
+        &s,
+        "/api/generate",
+        &json!({"model": e.model, "prompt": "hello", "stream": false,
+                "options": {"num_predict": 8, "seed": 1, "temperature": 0}}),
+    );
+    assert_eq!(st, 200, "{v}");
+    for k in [
+        "model", "created_at", "response", "done", "done_reason", "context", "total_duration",
+        "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count", "eval_duration",
+    ] {
+        assert!(v.get(k).is_some(), "missing {k} in {v}");
+    }
+    assert_eq!(v["done"], true);
+    assert_eq!(v["eval_count"], 8);
+    assert_eq!(v["done_reason"], "length");
+    println!("generate: {v}");
+
+    // Streaming: same text as greedy non-streaming, final line with stats.
+    let lines = ndjson_lines(
+        &s,
+        "/api/generate",
+        &json!({"model": e.model, "prompt": "hello",
+                "options": {"num_predict": 8, "seed": 1, "temperature": 0}}),
+    );
+    let text: String = lines.iter().filter_map(|l| l["response"].as_str()).collect();
+    assert_eq!(text, v["response"].as_str().unwrap());
+    let last = lines.last().unwrap();
+    assert_eq!(last["done"], true);
+    assert!(lines[..lines.len() - 1].iter().all(|l| l["done"] == false));
+
+    // Chat, streaming and not; a second turn reuses the cached prefix.
+    let msgs = json!([{"role": "user", "content": "Tell me a long story about a cat."}]);
+    let (st, c1) = post(
+        &s,
+        "/api/chat",
+        &json!({"model": e.model, "messages": msgs, "stream": false,
+                "options": {"num_predict": 6, "temperature": 0}}),
+    );
+    assert_eq!(st, 200, "{c1}");
+    assert_eq!(c1["message"]["role"], "assistant");
+    let first_eval = c1["prompt_eval_count"].as_u64().unwrap();
+    let mut turn2 = msgs.as_array().unwrap().clone();
+    turn2.push(c1["message"].clone());
+    turn2.push(json!({"role": "user", "content": "And then?"}));
+    let lines = ndjson_lines(
+        &s,
+        "/api/chat",
+        &json!({"model": e.model, "messages": turn2, "options": {"num_predict": 4, "temperature": 0}}),
+    );
+    let last = lines.last().unwrap();
+    assert_eq!(last["done"], true, "{last}");
+    let second_eval = last["prompt_eval_count"].as_u64().unwrap();
+    println!("prefix reuse: turn 1 evaluated {first_eval} prompt tokens, turn 2 evaluated {second_eval}");
+    assert!(second_eval < first_eval, "turn 2 should reuse turn 1's prefix: {second_eval} vs {first_eval}");
+
+    // Embeddings (normalized) and the legacy endpoint.
+    let (st, em) = post(&s, "/api/embed", &json!({"model": e.model, "input": ["a", "bc"]}));
+    assert_eq!(st, 200, "{em}");
+    let vecs = em["embeddings"].as_array().unwrap();
+    assert_eq!(vecs.len(), 2);
+    let norm: f64 = vecs[0].as_array().unwrap().iter().map(|x| x.as_f64().unwrap().powi(2)).sum();
+    assert!((norm - 1.0).abs() < 1e-3, "{norm}");
+    let (st, old) = post(&s, "/api/embeddings", &json!({"model": e.model, "prompt": "a"}));
+    assert_eq!(st, 200);
+    assert!(!old["embedding"].as_array().unwrap().is_empty());
+
+    let (st, show) = post(&s, "/api/show", &json!({"model": e.model}));
+    assert_eq!(st, 200, "{show}");
+    assert!(show["modelfile"].as_str().unwrap().starts_with("FROM "));
+
+    let ps = ps_models(&s);
+    assert_eq!(ps.len(), 1);
+    assert_eq!(ps[0]["name"], e.model.as_str());
+    assert!(ps[0]["expires_at"].is_string());
+
+    let m = client().get(format!("{}/metrics", s.url)).send().unwrap().text().unwrap();
+    assert!(m.contains("corral_requests_total{endpoint=\"/api/generate\",status=\"200\"} 2"), "{m}");
+    assert!(m.contains("corral_time_to_first_token_seconds_count"), "{m}");
+    assert!(m.contains("corral_loaded_models 1"), "{m}");
+}
+
+#[test]
+fn openai_endpoints() {
+    let e = env();
+    let s = start(&e, &[]);
+    let (st, v) = post(
+        &s,
+        "/v1/chat/completions",
+        &json!({"model": e.model, "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 5, "seed": 3, "temperature": 0}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["usage"]["completion_tokens"], 5);
+
+    // SSE with include_usage, ending in [DONE].
+    let r = client()
+        .post(format!("{}/v1/chat/completions", s.url))
+        .json(&json!({"model": e.model, "messages": [{"role": "user", "content": "hi"}],
+                      "max_tokens": 5, "stream": true, "stream_options": {"include_usage": true},
+                      "seed": 3, "temperature": 0}))
+        .send()
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let body = r.text().unwrap();
+    let events: Vec<&str> = body.split("\n\n").filter(|x| !x.is_empty()).collect();
+    assert_eq!(*events.last().unwrap(), "data: [DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e.strip_prefix("data: ").unwrap()).unwrap())
+        .collect();
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["completion_tokens"], 5);
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, v["choices"][0]["message"]["content"].as_str().unwrap());
+    assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "length"));
+
+    let (st, c) = post(&s, "/v1/completions", &json!({"model": e.model, "prompt": "abc", "max_tokens": 3}));
+    assert_eq!(st, 200, "{c}");
+    assert_eq!(c["object"], "text_completion");
+    let (st, em) = post(&s, "/v1/embeddings", &json!({"model": e.model, "input": "abc"}));
+    assert_eq!(st, 200, "{em}");
+    assert_eq!(em["data"][0]["object"], "embedding");
+    let (st, em64) = post(
+        &s,
+        "/v1/embeddings",
+        &json!({"model": e.model, "input": "abc", "encoding_format": "base64"}),
+    );
+    assert_eq!(st, 200);
+    assert!(em64["data"][0]["embedding"].is_string());
+    let (st, models) = get(&s, "/v1/models");
+    assert_eq!(st, 200);
+    assert_eq!(models["object"], "list");
+    // response_format json_schema.
+    let schema = json!({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]});
+    let (st, v) = post(
+        &s,
+        "/v1/chat/completions",
+        &json!({"model": e.model, "messages": [{"role": "user", "content": "n?"}], "max_tokens": 200,
+                "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}}),
+    );
+    assert_eq!(st, 200, "{v}");
+    let out: Value = serde_json::from_str(v["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
+    assert!(out["n"].is_i64(), "{out}");
+    // Errors in OpenAI's shape.
+    let (st, err) = post(&s, "/v1/chat/completions", &json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]}));
+    assert_eq!(st, 404);
+    assert!(err["error"]["message"].as_str().unwrap().contains("not found"), "{err}");
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_the_server_stays_up() {
+    let e = env();
+    let s = start(&e, &[]);
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("/api/generate", b"{\"model\": ".to_vec(), 400, "invalid JSON"),
+        ("/api/generate", b"".to_vec(), 400, "missing request body"),
+        ("/api/chat", br#"{"model":"x","messages":[],"bogus":1}"#.to_vec(), 400, "unknown field `bogus`"),
+        ("/api/generate", br#"{"model":"x","prompt":5}"#.to_vec(), 400, "invalid type"),
+        ("/api/generate", br#"{"model":"x","stream":"yes"}"#.to_vec(), 400, "invalid type"),
+        ("/api/generate", br#"{"model":"nothere","prompt":"hi"}"#.to_vec(), 404, "not found"),
+        ("/api/chat", br#"{"model":"/nonexistent/m.gguf","messages":[{"role":"user","content":"x"}]}"#.to_vec(), 404, "not found"),
+        ("/api/chat", br#"{"model":"x","messages":[{"role":"wizard","content":"x"}]}"#.to_vec(), 400, "unknown role"),
+        ("/api/generate", br#"{"model":"x","prompt":"hi","format":{"type":"strin"}}"#.to_vec(), 400, "invalid JSON schema"),
+        ("/api/generate", br#"{"model":"x","prompt":"hi","format":"yaml"}"#.to_vec(), 400, "format"),
+        ("/api/generate", br#"{"model":"x","prompt":"hi","keep_alive":"forever"}"#.to_vec(), 400, "keep_alive"),
+        ("/v1/chat/completions", br#"{"model":"x","messages":[],"max_tokens":-3}"#.to_vec(), 400, "messages"),
+    ];
+    for (path, body, status, needle) in cases {
+        let (st, v) = post_raw(&s, path, body.clone());
+        assert_eq!(st, status, "{path} {}: {v}", String::from_utf8_lossy(&body));
+        let msg = v["error"].as_str().map(str::to_string).unwrap_or_else(|| v["error"]["message"].to_string());
+        assert!(msg.contains(needle), "{path}: {msg:?} should mention {needle:?}");
+        println!("{status} {path}: {msg}");
+    }
+    // Options: a negative num_predict other than -1/-2 is refused, -1 and -2 work.
+    let (st, v) = post(&s, "/api/generate", &json!({"model": e.model, "prompt": "x", "options": {"num_predict": -5}}));
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("num_predict"), "{v}");
+    let (st, v) = post(&s, "/api/generate", &json!({"model": e.model, "prompt": "x", "stream": false,
+        "options": {"num_predict": -2, "num_ctx": 64}}));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["done_reason"], "length");
+    let (st, v) = post(&s, "/api/generate", &json!({"model": e.model, "prompt": "x", "options": {"temperature": "hot"}}));
+    assert_eq!(st, 400, "{v}");
+    // Body over the limit: 413 with a JSON error.
+    let big = format!("{{\"model\":\"x\",\"prompt\":\"{}\"}}", "a".repeat(33 << 20));
+    let (st, v) = post_raw(&s, "/api/generate", big.into_bytes());
+    assert_eq!(st, 413, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("too large"), "{v}");
+    // DNS rebinding: a foreign Host header is refused.
+    let r = client().get(format!("{}/api/tags", s.url)).header("host", "evil.example:11434").send().unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let r = client().get(format!("{}/api/tags", s.url)).header("host", "localhost:11434").send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    // CORS: local origins are allowed, others are not.
+    let r = client().get(format!("{}/api/tags", s.url)).header("origin", "http://localhost:3000").send().unwrap();
+    assert_eq!(r.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap()), Some("http://localhost:3000"));
+    let r = client().get(format!("{}/api/tags", s.url)).header("origin", "http://evil.example").send().unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    // Still serving.
+    let (st, _) = post(&s, "/api/generate", &json!({"model": e.model, "prompt": "x", "stream": false, "options": {"num_predict": 2}}));
+    assert_eq!(st, 200);
+}
+
+#[test]
+fn structured_output_validates_against_its_schema() {
+    let e = env();
+    let s = start(&e, &[]);
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 10},
+            "age": {"type": "integer"},
+            "pets": {"type": "array", "items": {"enum": ["cat", "dog"]}, "maxItems": 3},
+            "ok": {"type": "boolean"}
+        },
+        "required": ["name", "age", "ok"]
+    });
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    for seed in 0..20 {
+        let (st, v) = post(
+            &s,
+            "/api/chat",
+            &json!({"model": e.model, "messages": [{"role": "user", "content": "json please"}],
+                    "format": schema, "stream": false,
+                    "options": {"temperature": 1, "seed": seed, "num_predict": 400}}),
+        );
+        assert_eq!(st, 200, "{v}");
+        let text = v["message"]["content"].as_str().unwrap();
+        let out: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("seed {seed}: {e}: {text}"));
+        assert!(validator.is_valid(&out), "seed {seed}: {text}");
+        assert_eq!(v["done_reason"], "stop", "{v}");
+    }
+    let (st, v) = post(&s, "/api/generate", &json!({"model": e.model, "prompt": "x", "format": "json",
+        "stream": false, "options": {"seed": 5, "num_predict": 400}}));
+    assert_eq!(st, 200);
+    let _: Value = serde_json::from_str(v["response"].as_str().unwrap()).unwrap();
+}
+
+#[test]
+fn a_client_that_disconnects_frees_its_slot() {
+    let e = env();
+    let s = start(&e, &[("CORRAL_NUM_PARALLEL", "1")]);
+    let r = client()
+        .post(format!("{}/api/generate", s.url))
+        .json(&json!({"model": e.model, "prompt": "go", "options": {"num_predict": -1, "num_ctx": 1000000}}))
+        .send()
+        .unwrap();
+    let mut reader = BufReader::new(r);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.contains("\"done\":false"), "{line}");
+    assert_eq!(ps_models(&s)[0]["active_sequences"], 1);
+    drop(reader); // the client goes away mid-stream
+    wait_until("the sequence to be freed", Duration::from_secs(5), || {
+        ps_models(&s).first().is_some_and(|m| m["active_sequences"] == 0)
+    });
+    // The single slot serves the next request at once.
+    let (st, v) = post(&s, "/api/generate", &json!({"model": e.model, "prompt": "x", "stream": false, "options": {"num_predict": 3}}));
+    assert_eq!(st, 200, "{v}");
+    let m = client().get(format!("{}/metrics", s.url)).send().unwrap().text().unwrap();
+    assert!(m.contains(&format!("corral_active_sequences{{model=\"{}\"}} 0", e.model)), "{m}");
+}
+
+#[test]
+fn a_flood_beyond_the_queue_gets_503_and_the_rest_complete() {
+    let e = env();
+    let s = start(&e, &[("CORRAL_NUM_PARALLEL", "1"), ("CORRAL_MAX_QUEUE", "2")]);
+    // Load first so that every request meets the queue, not the loader.
+    post(&s, "/api/generate", &json!({"model": e.model, "prompt": ""}));
+    let url = s.url.clone();
+    let model = e.model.clone();
+    let handles: Vec<_> = (0..10)
+        .map(|i| {
+            let (url, model) = (url.clone(), model.clone());
+            std::thread::spawn(move || {
+                let r = client()
+                    .post(format!("{url}/api/generate"))
+                    .json(&json!({"model": model, "prompt": format!("p{i}"), "stream": false,
+                                  "options": {"num_predict": 3000, "num_ctx": 100000}}))
+                    .send()
+                    .unwrap();
+                let st = r.status().as_u16();
+                (st, r.text().unwrap())
+            })
+        })
+        .collect();
+    let results: Vec<(u16, String)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let ok = results.iter().filter(|r| r.0 == 200).count();
+    let busy: Vec<_> = results.iter().filter(|r| r.0 == 503).collect();
+    println!("flood: {ok} completed, {} answered 503", busy.len());
+    assert!(ok >= 3, "{results:?}");
+    assert!(!busy.is_empty(), "expected some 503s: {results:?}");
+    assert_eq!(ok + busy.len(), 10, "{results:?}");
+    assert!(busy[0].1.contains("server busy"), "{}", busy[0].1);
+    for r in results.iter().filter(|r| r.0 == 200) {
+        let v: Value = serde_json::from_str(&r.1).unwrap();
+        assert_eq!(v["eval_count"], 3000);
+    }
+}
+
+#[test]
+fn keep_alive_expiry_unload_and_lru_eviction() {
+    let e = env();
+    let s = start(&e, &[("CORRAL_MAX_LOADED_MODELS", "1")]);
+    // keep_alive 1s: loaded, then gone.
+    let (st, v) = post(&s, "/api/generate", &json!({"model": e.model, "prompt": "", "keep_alive": "1s"}));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["done_reason"], "load");
+    assert_eq!(ps_models(&s).len(), 1);
+    wait_until("keep_alive expiry", Duration::from_secs(5), || ps_models(&s).is_empty());
+    // LRU: loading b evicts a (max 1 loaded).
+    post(&s, "/api/generate", &json!({"model": e.model, "prompt": ""}));
+    post(&s, "/api/generate", &json!({"model": e.model2, "prompt": "", "keep_alive": -1}));
+    let ps = ps_models(&s);
+    assert_eq!(ps.len(), 1, "{ps:?}");
+    assert_eq!(ps[0]["name"], e.model2.as_str());
+    assert!(ps[0]["expires_at"].as_str().unwrap().starts_with("2318"), "{ps:?}");
+    assert!(s.log().contains("evicting the least recently used model"), "{}", s.log());
+    // keep_alive 0 unloads at once (what `corral stop` sends).
+    let (st, v) = post(&s, "/api/generate", &json!({"model": e.model2, "prompt": "", "keep_alive": 0}));
+    assert_eq!(st, 200);
+    assert_eq!(v["done_reason"], "unload");
+    assert!(ps_models(&s).is_empty());
+}
+
+#[test]
+fn ps_and_stop_talk_to_a_running_server() {
+    let e = env();
+    let s = start(&e, &[]);
+    post(&s, "/api/generate", &json!({"model": e.model, "prompt": ""}));
+    let host = s.url.trim_start_matches("http://").to_string();
+    let mut c = corral(&[]);
+    c.env("CORRAL_HOST", &host).arg("ps");
+    let (out, stdout, stderr) = run(c);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("a.toy"), "{stdout}");
+    println!("{stdout}");
+    let mut c = corral(&[]);
+    c.env("CORRAL_HOST", &host).args(["stop", &e.model]);
+    let (out, _, stderr) = run(c);
+    assert!(out.status.success(), "{stderr}");
+    assert!(ps_models(&s).is_empty());
+    // No server: a clear message.
+    let mut c = corral(&[]);
+    c.env("CORRAL_HOST", "127.0.0.1:9").arg("ps");
+    let (out, _, stderr) = run(c);
+    assert!(!out.status.success());
+    assert!(stderr.contains("is `corral serve` running?"), "{stderr}");
+}
+
+#[test]
+fn sigterm_cancels_running_requests_after_the_grace_period() {
+    let e = env();
+    let store = e.models.to_string_lossy().into_owned();
+    let mut s = Server::start(
+        &[e.plugins.as_path()],
+        &[("CORRAL_MODELS", store.as_str())],
+        &["--shutdown-grace", "1"],
+    );
+    let url = s.url.clone();
+    let model = e.model.clone();
+    let h = std::thread::spawn(move || {
+        let r = client()
+            .post(format!("{url}/api/generate"))
+            .json(&json!({"model": model, "prompt": "go", "options": {"num_predict": -1, "num_ctx": 1000000}}))
+            .send()
+            .unwrap();
+        r.text().unwrap_or_default()
+    });
+    wait_until("the request to run", Duration::from_secs(10), || {
+        ps_models(&s).first().is_some_and(|m| m["active_sequences"] == 1)
+    });
+    let t = Instant::now();
+    assert!(s.terminate(Duration::from_secs(15)), "server did not exit:\n{}", s.log());
+    println!("exited {:.1}s after SIGTERM", t.elapsed().as_secs_f64());
+    let body = h.join().unwrap();
+    let last = body.lines().last().unwrap_or("");
+    assert!(last.contains("shutting down"), "last line: {last}");
+    assert!(s.log().contains("grace period over"), "{}", s.log());
+}
+
+#[test]
+fn store_endpoints_create_copy_show_delete() {
+    let e = env();
+    let gguf = e.models.parent().unwrap().join("tiny.gguf");
+    let mut c = corral(&[]);
+    c.args(["model", "generate"]).arg(&gguf);
+    let (out, _, stderr) = run(c);
+    assert!(out.status.success(), "{stderr}");
+    let s = start(&e, &[]);
+    // Upload the file as a blob, then create from it (what ollama-python's create does).
+    let bytes = std::fs::read(&gguf).unwrap();
+    let digest = format!("sha256:{}", sha256_hex(&gguf));
+    let url = format!("{}/api/blobs/{digest}", s.url);
+    assert_eq!(client().head(&url).send().unwrap().status().as_u16(), 404);
+    assert_eq!(client().post(&url).body(bytes.clone()).send().unwrap().status().as_u16(), 201);
+    assert_eq!(client().head(&url).send().unwrap().status().as_u16(), 200);
+    let bad = format!("{}/api/blobs/sha256:{}", s.url, "0".repeat(64));
+    assert_eq!(client().post(&bad).body(bytes).send().unwrap().status().as_u16(), 400);
+    let r = client().head(format!("{}/api/blobs/sha256:..%2F..%2Fetc%2Fpasswd", s.url)).send().unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let lines = ndjson_lines(
+        &s,
+        "/api/create",
+        &json!({"model": "tiny", "files": {"tiny.gguf": digest}, "system": "be brief",
+                "parameters": {"temperature": 0.5, "stop": ["<x>"]}}),
+    );
+    assert_eq!(lines.last().unwrap()["status"], "success", "{lines:?}");
+    let (st, tags) = get(&s, "/api/tags");
+    assert_eq!(st, 200);
+    assert_eq!(tags["models"][0]["name"], "tiny:latest", "{tags}");
+    assert_eq!(tags["models"][0]["details"]["format"], "gguf");
+    let (st, _) = post(&s, "/api/copy", &json!({"source": "tiny", "destination": "tiny2:v1"}));
+    assert_eq!(st, 200);
+    let (st, show) = post(&s, "/api/show", &json!({"model": "tiny2:v1"}));
+    assert_eq!(st, 200, "{show}");
+    assert!(show["parameters"].as_str().unwrap().contains("temperature"), "{show}");
+    assert_eq!(show["system"], "be brief");
+    let (st, m) = get(&s, "/v1/models/tiny2:v1");
+    assert_eq!(st, 200, "{m}");
+    let r = client().delete(format!("{}/api/delete", s.url)).json(&json!({"model": "tiny2:v1"})).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = client().delete(format!("{}/api/delete", s.url)).json(&json!({"model": "tiny2:v1"})).send().unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let (st, _) = post(&s, "/api/create", &json!({"model": "bad/../name", "from": "tiny"}));
+    assert_eq!(st, 400);
+    let (st, v) = post(&s, "/api/create", &json!({"model": "x", "modelfile": "FROM tiny\nBOGUS 1\n"}));
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("line 2"), "{v}");
+}
+
+fn sha256_hex(p: &Path) -> String {
+    let out = std::process::Command::new("sha256sum").arg(p).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+}
