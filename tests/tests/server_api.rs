@@ -82,6 +82,14 @@ fn ndjson_lines(s: &Server, path: &str, body: &Value) -> Vec<Value> {
     r.text().unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
+/// A request that runs for `n` tokens: a string schema too long to finish keeps the toy
+/// model from sampling its end-of-sequence token.
+fn long_request(model: &str, prompt: &str, n: i64, stream: bool) -> Value {
+    json!({"model": model, "prompt": prompt, "stream": stream,
+           "format": {"type": "string", "minLength": 900000},
+           "options": {"num_predict": n, "temperature": 0}})
+}
+
 fn ps_models(s: &Server) -> Vec<Value> {
     get(s, "/api/ps").1["models"].as_array().cloned().unwrap_or_default()
 }
@@ -141,7 +149,8 @@ fn ollama_endpoints_answer_with_ollamas_fields() {
     assert!(lines[..lines.len() - 1].iter().all(|l| l["done"] == false));
 
     // Chat, streaming and not; a second turn reuses the cached prefix.
-    let msgs = json!([{"role": "user", "content": "Tell me a long story about a cat."}]);
+    let long = "Tell me a long story about a cat. ".repeat(12);
+    let msgs = json!([{"role": "user", "content": long}]);
     let (st, c1) = post(
         &s,
         "/api/chat",
@@ -295,10 +304,9 @@ fn bad_input_gets_clear_errors_and_the_server_stays_up() {
     let (st, v) = post(&s, "/api/generate", &json!({"model": e.model, "prompt": "x", "options": {"num_predict": -5}}));
     assert_eq!(st, 400, "{v}");
     assert!(v["error"].as_str().unwrap().contains("num_predict"), "{v}");
-    let (st, v) = post(&s, "/api/generate", &json!({"model": e.model, "prompt": "x", "stream": false,
-        "options": {"num_predict": -2, "num_ctx": 64}}));
+    let (st, v) = post(&s, "/api/generate", &long_request(&e.model, "x", -2, false));
     assert_eq!(st, 200, "{v}");
-    assert_eq!(v["done_reason"], "length");
+    assert_eq!(v["done_reason"], "length", "-2 fills the context");
     let (st, v) = post(&s, "/api/generate", &json!({"model": e.model, "prompt": "x", "options": {"temperature": "hot"}}));
     assert_eq!(st, 400, "{v}");
     // Body over the limit: 413 with a JSON error.
@@ -359,10 +367,10 @@ fn structured_output_validates_against_its_schema() {
 #[test]
 fn a_client_that_disconnects_frees_its_slot() {
     let e = env();
-    let s = start(&e, &[("CORRAL_NUM_PARALLEL", "1")]);
+    let s = start(&e, &[("CORRAL_NUM_PARALLEL", "1"), ("CORRAL_CONTEXT_LENGTH", "100000")]);
     let r = client()
         .post(format!("{}/api/generate", s.url))
-        .json(&json!({"model": e.model, "prompt": "go", "options": {"num_predict": -1, "num_ctx": 1000000}}))
+        .json(&long_request(&e.model, "go", -1, true))
         .send()
         .unwrap();
     let mut reader = BufReader::new(r);
@@ -384,7 +392,7 @@ fn a_client_that_disconnects_frees_its_slot() {
 #[test]
 fn a_flood_beyond_the_queue_gets_503_and_the_rest_complete() {
     let e = env();
-    let s = start(&e, &[("CORRAL_NUM_PARALLEL", "1"), ("CORRAL_MAX_QUEUE", "2")]);
+    let s = start(&e, &[("CORRAL_NUM_PARALLEL", "1"), ("CORRAL_MAX_QUEUE", "2"), ("CORRAL_CONTEXT_LENGTH", "8192")]);
     // Load first so that every request meets the queue, not the loader.
     post(&s, "/api/generate", &json!({"model": e.model, "prompt": ""}));
     let url = s.url.clone();
@@ -395,8 +403,7 @@ fn a_flood_beyond_the_queue_gets_503_and_the_rest_complete() {
             std::thread::spawn(move || {
                 let r = client()
                     .post(format!("{url}/api/generate"))
-                    .json(&json!({"model": model, "prompt": format!("p{i}"), "stream": false,
-                                  "options": {"num_predict": 3000, "num_ctx": 100000}}))
+                    .json(&long_request(&model, &format!("p{i}"), 3000, false))
                     .send()
                     .unwrap();
                 let st = r.status().as_u16();
@@ -474,7 +481,7 @@ fn sigterm_cancels_running_requests_after_the_grace_period() {
     let store = e.models.to_string_lossy().into_owned();
     let mut s = Server::start(
         &[e.plugins.as_path()],
-        &[("CORRAL_MODELS", store.as_str())],
+        &[("CORRAL_MODELS", store.as_str()), ("CORRAL_CONTEXT_LENGTH", "100000")],
         &["--shutdown-grace", "1"],
     );
     let url = s.url.clone();
@@ -482,7 +489,7 @@ fn sigterm_cancels_running_requests_after_the_grace_period() {
     let h = std::thread::spawn(move || {
         let r = client()
             .post(format!("{url}/api/generate"))
-            .json(&json!({"model": model, "prompt": "go", "options": {"num_predict": -1, "num_ctx": 1000000}}))
+            .json(&long_request(&model, "go", -1, true))
             .send()
             .unwrap();
         r.text().unwrap_or_default()
