@@ -27,7 +27,11 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         if cause.downcast_ref::<plugins::ChoiceError>().is_some() {
             return 2;
         }
-        if cause.downcast_ref::<corral_host::config::ConfigError>().is_some() {
+        if cause.downcast_ref::<corral_host::config::ConfigError>().is_some()
+            || cause.downcast_ref::<corral_generation::context::ContextError>().is_some()
+            || cause.downcast_ref::<corral_generation::options::OptionsError>().is_some()
+            || cause.downcast_ref::<corral_generation::template::TemplateError>().is_some()
+        {
             return 2;
         }
     }
@@ -225,10 +229,7 @@ pub fn serve(global: &GlobalOptions, a: ServeArgs) -> Result<()> {
     let mut origins = a.origins.clone();
     origins.extend(cfg.origins.iter().cloned());
     origins.retain(|o| !o.trim().is_empty());
-    let host = a
-        .host
-        .or_else(|| cfg.host.clone())
-        .unwrap_or_else(|| "127.0.0.1:11434".to_string());
+    let host = a.host.or_else(|| cfg.host.clone()).unwrap_or_else(|| "127.0.0.1:11434".to_string());
     let host = if host.contains(':') { host } else { format!("{host}:11434") };
     let models = a
         .models
@@ -328,7 +329,8 @@ pub fn plugin_check(global: &GlobalOptions, a: &CheckArgs) -> Result<()> {
     };
     let model = Model::load(plugin, &model_path.to_string_lossy(), &format, LoadOptions::default())
         .with_context(|| format!("{} could not load {}", manifest.id(), model_path.display()))?;
-    let results = conformance::run_all(&model, &conformance::Tolerance::default());
+    let tolerance = conformance::Tolerance::for_quantization(&model.meta.quantization);
+    let results = conformance::run_all(&model, &tolerance);
     let failed = results.iter().filter(|r| r.outcome == Outcome::Fail).count();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&results)?);

@@ -22,7 +22,11 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
-async fn call(method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> Result<serde_json::Value> {
+async fn call(
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<serde_json::Value> {
     let url = format!("{}{path}", server_url());
     let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(120)).build()?;
     let mut req = client.request(method, &url);
@@ -30,13 +34,21 @@ async fn call(method: reqwest::Method, path: &str, body: Option<serde_json::Valu
         req = req.json(&b);
     }
     let resp = req.send().await.with_context(|| {
-        format!("could not reach corral at {} (is `corral serve` running? set CORRAL_HOST)", server_url())
+        format!(
+            "could not reach corral at {} (is `corral serve` running? set CORRAL_HOST)",
+            server_url()
+        )
     })?;
     let status = resp.status();
     let text = resp.text().await.context("reading the server's answer")?;
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    let v: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
     if !status.is_success() {
-        let msg = v.get("error").and_then(|e| e.as_str()).map(str::to_string).unwrap_or_else(|| v.to_string());
+        let msg = v
+            .get("error")
+            .and_then(|e| e.as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string());
         bail!("server answered {status}: {msg}");
     }
     Ok(v)
@@ -87,7 +99,8 @@ pub struct StopArgs {
 
 /// Unloads a model from the server (a generate request with `keep_alive: 0`).
 pub fn stop(a: &StopArgs) -> Result<()> {
-    let body = serde_json::json!({"model": a.model, "prompt": "", "keep_alive": 0, "stream": false});
+    let body =
+        serde_json::json!({"model": a.model, "prompt": "", "keep_alive": 0, "stream": false});
     runtime()?.block_on(call(reqwest::Method::POST, "/api/generate", Some(body)))?;
     eprintln!("stopped {}", a.model);
     Ok(())

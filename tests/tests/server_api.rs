@@ -125,8 +125,18 @@ fn ollama_endpoints_answer_with_ollamas_fields() {
     );
     assert_eq!(st, 200, "{v}");
     for k in [
-        "model", "created_at", "response", "done", "done_reason", "context", "total_duration",
-        "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count", "eval_duration",
+        "model",
+        "created_at",
+        "response",
+        "done",
+        "done_reason",
+        "context",
+        "total_duration",
+        "load_duration",
+        "prompt_eval_count",
+        "prompt_eval_duration",
+        "eval_count",
+        "eval_duration",
     ] {
         assert!(v.get(k).is_some(), "missing {k} in {v}");
     }
@@ -171,8 +181,13 @@ fn ollama_endpoints_answer_with_ollamas_fields() {
     let last = lines.last().unwrap();
     assert_eq!(last["done"], true, "{last}");
     let second_eval = last["prompt_eval_count"].as_u64().unwrap();
-    println!("prefix reuse: turn 1 evaluated {first_eval} prompt tokens, turn 2 evaluated {second_eval}");
-    assert!(second_eval < first_eval, "turn 2 should reuse turn 1's prefix: {second_eval} vs {first_eval}");
+    println!(
+        "prefix reuse: turn 1 evaluated {first_eval} prompt tokens, turn 2 evaluated {second_eval}"
+    );
+    assert!(
+        second_eval < first_eval,
+        "turn 2 should reuse turn 1's prefix: {second_eval} vs {first_eval}"
+    );
 
     // Embeddings (normalized) and the legacy endpoint.
     let (st, em) = post(&s, "/api/embed", &json!({"model": e.model, "input": ["a", "bc"]}));
@@ -195,7 +210,10 @@ fn ollama_endpoints_answer_with_ollamas_fields() {
     assert!(ps[0]["expires_at"].is_string());
 
     let m = client().get(format!("{}/metrics", s.url)).send().unwrap().text().unwrap();
-    assert!(m.contains("corral_requests_total{endpoint=\"/api/generate\",status=\"200\"} 2"), "{m}");
+    assert!(
+        m.contains("corral_requests_total{endpoint=\"/api/generate\",status=\"200\"} 2"),
+        "{m}"
+    );
     assert!(m.contains("corral_time_to_first_token_seconds_count"), "{m}");
     assert!(m.contains("corral_loaded_models 1"), "{m}");
 }
@@ -235,14 +253,13 @@ fn openai_endpoints() {
     let usage = chunks.last().unwrap();
     assert_eq!(usage["choices"], json!([]));
     assert_eq!(usage["usage"]["completion_tokens"], 5);
-    let text: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let text: String =
+        chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
     assert_eq!(text, v["choices"][0]["message"]["content"].as_str().unwrap());
     assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "length"));
 
-    let (st, c) = post(&s, "/v1/completions", &json!({"model": e.model, "prompt": "abc", "max_tokens": 3}));
+    let (st, c) =
+        post(&s, "/v1/completions", &json!({"model": e.model, "prompt": "abc", "max_tokens": 3}));
     assert_eq!(st, 200, "{c}");
     assert_eq!(c["object"], "text_completion");
     let (st, em) = post(&s, "/v1/embeddings", &json!({"model": e.model, "input": "abc"}));
@@ -259,7 +276,8 @@ fn openai_endpoints() {
     assert_eq!(st, 200);
     assert_eq!(models["object"], "list");
     // response_format json_schema.
-    let schema = json!({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]});
+    let schema =
+        json!({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]});
     let (st, v) = post(
         &s,
         "/v1/chat/completions",
@@ -267,10 +285,15 @@ fn openai_endpoints() {
                 "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}}),
     );
     assert_eq!(st, 200, "{v}");
-    let out: Value = serde_json::from_str(v["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
+    let out: Value =
+        serde_json::from_str(v["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
     assert!(out["n"].is_i64(), "{out}");
     // Errors in OpenAI's shape.
-    let (st, err) = post(&s, "/v1/chat/completions", &json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]}));
+    let (st, err) = post(
+        &s,
+        "/v1/chat/completions",
+        &json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]}),
+    );
     assert_eq!(st, 404);
     assert!(err["error"]["message"].as_str().unwrap().contains("not found"), "{err}");
 }
@@ -282,32 +305,79 @@ fn bad_input_gets_clear_errors_and_the_server_stays_up() {
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
         ("/api/generate", b"{\"model\": ".to_vec(), 400, "invalid JSON"),
         ("/api/generate", b"".to_vec(), 400, "missing request body"),
-        ("/api/chat", br#"{"model":"x","messages":[],"bogus":1}"#.to_vec(), 400, "unknown field `bogus`"),
+        (
+            "/api/chat",
+            br#"{"model":"x","messages":[],"bogus":1}"#.to_vec(),
+            400,
+            "unknown field `bogus`",
+        ),
         ("/api/generate", br#"{"model":"x","prompt":5}"#.to_vec(), 400, "invalid type"),
         ("/api/generate", br#"{"model":"x","stream":"yes"}"#.to_vec(), 400, "invalid type"),
         ("/api/generate", br#"{"model":"nothere","prompt":"hi"}"#.to_vec(), 404, "not found"),
-        ("/api/chat", br#"{"model":"/nonexistent/m.gguf","messages":[{"role":"user","content":"x"}]}"#.to_vec(), 404, "not found"),
-        ("/api/chat", br#"{"model":"x","messages":[{"role":"wizard","content":"x"}]}"#.to_vec(), 400, "unknown role"),
-        ("/api/generate", br#"{"model":"x","prompt":"hi","format":{"type":"strin"}}"#.to_vec(), 400, "invalid JSON schema"),
-        ("/api/generate", br#"{"model":"x","prompt":"hi","format":"yaml"}"#.to_vec(), 400, "format"),
-        ("/api/generate", br#"{"model":"x","prompt":"hi","keep_alive":"forever"}"#.to_vec(), 400, "keep_alive"),
-        ("/v1/chat/completions", br#"{"model":"x","messages":[],"max_tokens":-3}"#.to_vec(), 400, "messages"),
+        (
+            "/api/chat",
+            br#"{"model":"/nonexistent/m.gguf","messages":[{"role":"user","content":"x"}]}"#
+                .to_vec(),
+            404,
+            "not found",
+        ),
+        (
+            "/api/chat",
+            br#"{"model":"x","messages":[{"role":"wizard","content":"x"}]}"#.to_vec(),
+            400,
+            "unknown role",
+        ),
+        (
+            "/api/generate",
+            br#"{"model":"x","prompt":"hi","format":{"type":"strin"}}"#.to_vec(),
+            400,
+            "invalid JSON schema",
+        ),
+        (
+            "/api/generate",
+            br#"{"model":"x","prompt":"hi","format":"yaml"}"#.to_vec(),
+            400,
+            "format",
+        ),
+        (
+            "/api/generate",
+            br#"{"model":"x","prompt":"hi","keep_alive":"forever"}"#.to_vec(),
+            400,
+            "keep_alive",
+        ),
+        (
+            "/v1/chat/completions",
+            br#"{"model":"x","messages":[],"max_tokens":-3}"#.to_vec(),
+            400,
+            "messages",
+        ),
     ];
     for (path, body, status, needle) in cases {
         let (st, v) = post_raw(&s, path, body.clone());
         assert_eq!(st, status, "{path} {}: {v}", String::from_utf8_lossy(&body));
-        let msg = v["error"].as_str().map(str::to_string).unwrap_or_else(|| v["error"]["message"].to_string());
+        let msg = v["error"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v["error"]["message"].to_string());
         assert!(msg.contains(needle), "{path}: {msg:?} should mention {needle:?}");
         println!("{status} {path}: {msg}");
     }
     // Options: a negative num_predict other than -1/-2 is refused, -1 and -2 work.
-    let (st, v) = post(&s, "/api/generate", &json!({"model": e.model, "prompt": "x", "options": {"num_predict": -5}}));
+    let (st, v) = post(
+        &s,
+        "/api/generate",
+        &json!({"model": e.model, "prompt": "x", "options": {"num_predict": -5}}),
+    );
     assert_eq!(st, 400, "{v}");
     assert!(v["error"].as_str().unwrap().contains("num_predict"), "{v}");
     let (st, v) = post(&s, "/api/generate", &long_request(&e.model, "x", -2, false));
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["done_reason"], "length", "-2 fills the context");
-    let (st, v) = post(&s, "/api/generate", &json!({"model": e.model, "prompt": "x", "options": {"temperature": "hot"}}));
+    let (st, v) = post(
+        &s,
+        "/api/generate",
+        &json!({"model": e.model, "prompt": "x", "options": {"temperature": "hot"}}),
+    );
     assert_eq!(st, 400, "{v}");
     // Body over the limit: 413 with a JSON error.
     let big = format!("{{\"model\":\"x\",\"prompt\":\"{}\"}}", "a".repeat(33 << 20));
@@ -315,17 +385,40 @@ fn bad_input_gets_clear_errors_and_the_server_stays_up() {
     assert_eq!(st, 413, "{v}");
     assert!(v["error"].as_str().unwrap().contains("too large"), "{v}");
     // DNS rebinding: a foreign Host header is refused.
-    let r = client().get(format!("{}/api/tags", s.url)).header("host", "evil.example:11434").send().unwrap();
+    let r = client()
+        .get(format!("{}/api/tags", s.url))
+        .header("host", "evil.example:11434")
+        .send()
+        .unwrap();
     assert_eq!(r.status().as_u16(), 403);
-    let r = client().get(format!("{}/api/tags", s.url)).header("host", "localhost:11434").send().unwrap();
+    let r = client()
+        .get(format!("{}/api/tags", s.url))
+        .header("host", "localhost:11434")
+        .send()
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     // CORS: local origins are allowed, others are not.
-    let r = client().get(format!("{}/api/tags", s.url)).header("origin", "http://localhost:3000").send().unwrap();
-    assert_eq!(r.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap()), Some("http://localhost:3000"));
-    let r = client().get(format!("{}/api/tags", s.url)).header("origin", "http://evil.example").send().unwrap();
+    let r = client()
+        .get(format!("{}/api/tags", s.url))
+        .header("origin", "http://localhost:3000")
+        .send()
+        .unwrap();
+    assert_eq!(
+        r.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap()),
+        Some("http://localhost:3000")
+    );
+    let r = client()
+        .get(format!("{}/api/tags", s.url))
+        .header("origin", "http://evil.example")
+        .send()
+        .unwrap();
     assert!(r.headers().get("access-control-allow-origin").is_none());
     // Still serving.
-    let (st, _) = post(&s, "/api/generate", &json!({"model": e.model, "prompt": "x", "stream": false, "options": {"num_predict": 2}}));
+    let (st, _) = post(
+        &s,
+        "/api/generate",
+        &json!({"model": e.model, "prompt": "x", "stream": false, "options": {"num_predict": 2}}),
+    );
     assert_eq!(st, 200);
 }
 
@@ -354,12 +447,17 @@ fn structured_output_validates_against_its_schema() {
         );
         assert_eq!(st, 200, "{v}");
         let text = v["message"]["content"].as_str().unwrap();
-        let out: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("seed {seed}: {e}: {text}"));
+        let out: Value =
+            serde_json::from_str(text).unwrap_or_else(|e| panic!("seed {seed}: {e}: {text}"));
         assert!(validator.is_valid(&out), "seed {seed}: {text}");
         assert_eq!(v["done_reason"], "stop", "{v}");
     }
-    let (st, v) = post(&s, "/api/generate", &json!({"model": e.model, "prompt": "x", "format": "json",
-        "stream": false, "options": {"seed": 5, "num_predict": 400}}));
+    let (st, v) = post(
+        &s,
+        "/api/generate",
+        &json!({"model": e.model, "prompt": "x", "format": "json",
+        "stream": false, "options": {"seed": 5, "num_predict": 400}}),
+    );
     assert_eq!(st, 200);
     let _: Value = serde_json::from_str(v["response"].as_str().unwrap()).unwrap();
 }
@@ -383,7 +481,11 @@ fn a_client_that_disconnects_frees_its_slot() {
         ps_models(&s).first().is_some_and(|m| m["active_sequences"] == 0)
     });
     // The single slot serves the next request at once.
-    let (st, v) = post(&s, "/api/generate", &json!({"model": e.model, "prompt": "x", "stream": false, "options": {"num_predict": 3}}));
+    let (st, v) = post(
+        &s,
+        "/api/generate",
+        &json!({"model": e.model, "prompt": "x", "stream": false, "options": {"num_predict": 3}}),
+    );
     assert_eq!(st, 200, "{v}");
     let m = client().get(format!("{}/metrics", s.url)).send().unwrap().text().unwrap();
     assert!(m.contains(&format!("corral_active_sequences{{model=\"{}\"}} 0", e.model)), "{m}");
@@ -392,7 +494,14 @@ fn a_client_that_disconnects_frees_its_slot() {
 #[test]
 fn a_flood_beyond_the_queue_gets_503_and_the_rest_complete() {
     let e = env();
-    let s = start(&e, &[("CORRAL_NUM_PARALLEL", "1"), ("CORRAL_MAX_QUEUE", "2"), ("CORRAL_CONTEXT_LENGTH", "8192")]);
+    let s = start(
+        &e,
+        &[
+            ("CORRAL_NUM_PARALLEL", "1"),
+            ("CORRAL_MAX_QUEUE", "2"),
+            ("CORRAL_CONTEXT_LENGTH", "8192"),
+        ],
+    );
     // Load first so that every request meets the queue, not the loader.
     post(&s, "/api/generate", &json!({"model": e.model, "prompt": ""}));
     let url = s.url.clone();
@@ -430,7 +539,8 @@ fn keep_alive_expiry_unload_and_lru_eviction() {
     let e = env();
     let s = start(&e, &[("CORRAL_MAX_LOADED_MODELS", "1")]);
     // keep_alive 1s: loaded, then gone.
-    let (st, v) = post(&s, "/api/generate", &json!({"model": e.model, "prompt": "", "keep_alive": "1s"}));
+    let (st, v) =
+        post(&s, "/api/generate", &json!({"model": e.model, "prompt": "", "keep_alive": "1s"}));
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["done_reason"], "load");
     assert_eq!(ps_models(&s).len(), 1);
@@ -444,7 +554,8 @@ fn keep_alive_expiry_unload_and_lru_eviction() {
     assert!(ps[0]["expires_at"].as_str().unwrap().starts_with("2318"), "{ps:?}");
     assert!(s.log().contains("evicting the least recently used model"), "{}", s.log());
     // keep_alive 0 unloads at once (what `corral stop` sends).
-    let (st, v) = post(&s, "/api/generate", &json!({"model": e.model2, "prompt": "", "keep_alive": 0}));
+    let (st, v) =
+        post(&s, "/api/generate", &json!({"model": e.model2, "prompt": "", "keep_alive": 0}));
     assert_eq!(st, 200);
     assert_eq!(v["done_reason"], "unload");
     assert!(ps_models(&s).is_empty());
@@ -524,7 +635,8 @@ fn store_endpoints_create_copy_show_delete() {
     assert_eq!(client().head(&url).send().unwrap().status().as_u16(), 200);
     let bad = format!("{}/api/blobs/sha256:{}", s.url, "0".repeat(64));
     assert_eq!(client().post(&bad).body(bytes).send().unwrap().status().as_u16(), 400);
-    let r = client().head(format!("{}/api/blobs/sha256:..%2F..%2Fetc%2Fpasswd", s.url)).send().unwrap();
+    let r =
+        client().head(format!("{}/api/blobs/sha256:..%2F..%2Fetc%2Fpasswd", s.url)).send().unwrap();
     assert_eq!(r.status().as_u16(), 400);
     let lines = ndjson_lines(
         &s,
@@ -545,13 +657,22 @@ fn store_endpoints_create_copy_show_delete() {
     assert_eq!(show["system"], "be brief");
     let (st, m) = get(&s, "/v1/models/tiny2:v1");
     assert_eq!(st, 200, "{m}");
-    let r = client().delete(format!("{}/api/delete", s.url)).json(&json!({"model": "tiny2:v1"})).send().unwrap();
+    let r = client()
+        .delete(format!("{}/api/delete", s.url))
+        .json(&json!({"model": "tiny2:v1"}))
+        .send()
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let r = client().delete(format!("{}/api/delete", s.url)).json(&json!({"model": "tiny2:v1"})).send().unwrap();
+    let r = client()
+        .delete(format!("{}/api/delete", s.url))
+        .json(&json!({"model": "tiny2:v1"}))
+        .send()
+        .unwrap();
     assert_eq!(r.status().as_u16(), 404);
     let (st, _) = post(&s, "/api/create", &json!({"model": "bad/../name", "from": "tiny"}));
     assert_eq!(st, 400);
-    let (st, v) = post(&s, "/api/create", &json!({"model": "x", "modelfile": "FROM tiny\nBOGUS 1\n"}));
+    let (st, v) =
+        post(&s, "/api/create", &json!({"model": "x", "modelfile": "FROM tiny\nBOGUS 1\n"}));
     assert_eq!(st, 400, "{v}");
     assert!(v["error"].as_str().unwrap().contains("line 2"), "{v}");
 }

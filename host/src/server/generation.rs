@@ -184,10 +184,8 @@ fn build(
             {
                 messages.insert(0, Message::new("system", sys));
             }
-            let text = loaded
-                .templater
-                .render(&messages, None, tools.as_deref(), true)
-                .map_err(bad)?;
+            let text =
+                loaded.templater.render(&messages, None, tools.as_deref(), true).map_err(bad)?;
             loaded.templater.tokenize(m, &text).map_err(bad)?
         }
         PromptSpec::Completion { prompt, system, raw, context, template } => {

@@ -11,7 +11,8 @@ use std::{
 };
 
 /// Upper bounds (seconds) of the time-to-first-token histogram.
-const TTFT_BUCKETS: [f64; 12] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+const TTFT_BUCKETS: [f64; 12] =
+    [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
 /// Server counters.
 #[derive(Default)]
@@ -60,7 +61,10 @@ impl Metrics {
     /// The exposition text. `per_model` gives (model, active sequences, queued requests).
     pub fn render(&self, per_model: &[(String, usize, usize)]) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "# HELP corral_requests_total HTTP requests answered, by endpoint and status.");
+        let _ = writeln!(
+            s,
+            "# HELP corral_requests_total HTTP requests answered, by endpoint and status."
+        );
         let _ = writeln!(s, "# TYPE corral_requests_total counter");
         for ((ep, st), n) in self.requests.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             let _ = writeln!(s, "corral_requests_total{{endpoint=\"{ep}\",status=\"{st}\"}} {n}");
@@ -68,20 +72,30 @@ impl Metrics {
         let pt = self.prompt_tokens.load(Ordering::Relaxed);
         let gt = self.generated_tokens.load(Ordering::Relaxed);
         let us = self.eval_micros.load(Ordering::Relaxed);
-        let _ = writeln!(s, "# HELP corral_prompt_tokens_total Prompt tokens evaluated (after prefix reuse).");
+        let _ = writeln!(
+            s,
+            "# HELP corral_prompt_tokens_total Prompt tokens evaluated (after prefix reuse)."
+        );
         let _ = writeln!(s, "# TYPE corral_prompt_tokens_total counter");
         let _ = writeln!(s, "corral_prompt_tokens_total {pt}");
         let _ = writeln!(s, "# HELP corral_generated_tokens_total Tokens generated.");
         let _ = writeln!(s, "# TYPE corral_generated_tokens_total counter");
         let _ = writeln!(s, "corral_generated_tokens_total {gt}");
-        let _ = writeln!(s, "# HELP corral_generation_seconds_total Time spent generating, summed over requests.");
+        let _ = writeln!(
+            s,
+            "# HELP corral_generation_seconds_total Time spent generating, summed over requests."
+        );
         let _ = writeln!(s, "# TYPE corral_generation_seconds_total counter");
         let _ = writeln!(s, "corral_generation_seconds_total {}", us as f64 / 1e6);
         let tps = if us > 0 { gt as f64 / (us as f64 / 1e6) } else { 0.0 };
-        let _ = writeln!(s, "# HELP corral_tokens_per_second Mean per-request generation rate so far.");
+        let _ =
+            writeln!(s, "# HELP corral_tokens_per_second Mean per-request generation rate so far.");
         let _ = writeln!(s, "# TYPE corral_tokens_per_second gauge");
         let _ = writeln!(s, "corral_tokens_per_second {tps:.3}");
-        let _ = writeln!(s, "# HELP corral_time_to_first_token_seconds Time from request to first token.");
+        let _ = writeln!(
+            s,
+            "# HELP corral_time_to_first_token_seconds Time from request to first token."
+        );
         let _ = writeln!(s, "# TYPE corral_time_to_first_token_seconds histogram");
         {
             let h = self.ttft.lock().unwrap_or_else(|e| e.into_inner());
@@ -96,7 +110,8 @@ impl Metrics {
         let _ = writeln!(s, "# HELP corral_loaded_models Models loaded now.");
         let _ = writeln!(s, "# TYPE corral_loaded_models gauge");
         let _ = writeln!(s, "corral_loaded_models {}", per_model.len());
-        let _ = writeln!(s, "# HELP corral_active_sequences Sequences decoding or waiting, per model.");
+        let _ =
+            writeln!(s, "# HELP corral_active_sequences Sequences decoding or waiting, per model.");
         let _ = writeln!(s, "# TYPE corral_active_sequences gauge");
         let _ = writeln!(s, "# HELP corral_queue_depth Requests waiting for a sequence slot.");
         let _ = writeln!(s, "# TYPE corral_queue_depth gauge");
@@ -124,7 +139,10 @@ mod tests {
         m.ttft(0.03);
         m.generation(10, 5, std::time::Duration::from_secs(1));
         let t = m.render(&[("tiny:latest".into(), 1, 0)]);
-        assert!(t.contains("corral_requests_total{endpoint=\"/api/chat\",status=\"200\"} 2"), "{t}");
+        assert!(
+            t.contains("corral_requests_total{endpoint=\"/api/chat\",status=\"200\"} 2"),
+            "{t}"
+        );
         assert!(t.contains("corral_time_to_first_token_seconds_bucket{le=\"0.05\"} 1"), "{t}");
         assert!(t.contains("corral_time_to_first_token_seconds_bucket{le=\"0.025\"} 0"), "{t}");
         assert!(t.contains("corral_generated_tokens_total 5"));

@@ -203,10 +203,7 @@ async fn metrics_handler(State(state): State<Arc<AppState>>) -> Response {
         .iter()
         .map(|l| (l.model_ref.name.clone(), l.active(), l.queued()))
         .collect();
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(&per_model),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render(&per_model))
         .into_response()
 }
 
@@ -252,7 +249,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .allow_origin(AllowOrigin::predicate(move |origin: &HeaderValue, _| {
             origin.to_str().is_ok_and(|o| origin_allowed(o, &extra))
         }))
-        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::HEAD, Method::OPTIONS])
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::HEAD,
+            Method::OPTIONS,
+        ])
         .allow_headers(tower_http::cors::AllowHeaders::mirror_request());
     Router::new()
         .route("/", get(|| async { "corral is running" }).head(|| async { StatusCode::OK }))
@@ -264,7 +268,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics_handler))
         .route(
             "/api/blobs/{digest}",
-            head(store_api::blob_head).post(store_api::blob_post).layer(DefaultBodyLimit::disable()),
+            head(store_api::blob_head)
+                .post(store_api::blob_post)
+                .layer(DefaultBodyLimit::disable()),
         )
         .merge(api)
         .layer(middleware::from_fn(json_errors))
@@ -370,7 +376,9 @@ mod tests {
     #[test]
     fn host_header_check() {
         let lo: SocketAddr = "127.0.0.1:11434".parse().unwrap();
-        for ok in ["localhost", "localhost:11434", "127.0.0.1:11434", "[::1]:11434", "app.localhost"] {
+        for ok in
+            ["localhost", "localhost:11434", "127.0.0.1:11434", "[::1]:11434", "app.localhost"]
+        {
             assert!(host_allowed(Some(ok), &lo), "{ok}");
         }
         for bad in ["evil.com", "evil.com:11434", "127.0.0.1.nip.io", "localhost.evil.com"] {

@@ -151,7 +151,10 @@ async fn load_only(
 }
 
 /// `POST /api/generate`.
-pub async fn generate(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn generate(
+    State(state): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let req: GenerateRequest = parse_body(&body)?;
     let _ = (&req.images, &req.think, &req.truncate, &req.shift, &req.logprobs, &req.top_logprobs);
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
@@ -178,7 +181,8 @@ pub async fn generate(State(state): State<Arc<AppState>>, body: Bytes) -> Result
     .await?;
     if req.stream == Some(false) {
         let (text, s, r) = running.collect().await?;
-        let mut v = json!({"model": r.model, "created_at": now_rfc3339(), "response": text, "done": true});
+        let mut v =
+            json!({"model": r.model, "created_at": now_rfc3339(), "response": text, "done": true});
         final_fields(&mut v, &s, &r);
         let mut ctx = r.prompt.clone();
         ctx.extend(&s.tokens);
@@ -302,7 +306,9 @@ pub fn embed_inputs(v: Option<&Value>) -> Result<Vec<String>, ApiError> {
             .iter()
             .map(|x| {
                 x.as_str().map(str::to_string).ok_or_else(|| {
-                    ApiError::bad_request(format!("input must be a string or a list of strings, got {x}"))
+                    ApiError::bad_request(format!(
+                        "input must be a string or a list of strings, got {x}"
+                    ))
                 })
             })
             .collect(),
@@ -390,7 +396,10 @@ pub async fn embed(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Re
 }
 
 /// `POST /api/embeddings` (legacy: one prompt, not normalized).
-pub async fn embeddings(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn embeddings(
+    State(state): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let req: EmbeddingsRequest = parse_body(&body)?;
     let _ = &req.options;
     let keep_alive = keep_alive_of(&req.keep_alive)?;
@@ -438,7 +447,11 @@ pub fn details_of(path: &std::path::Path) -> (Value, Value) {
         } else if let Some(b) = v.as_bool() {
             json!(b)
         } else if let Some(a) = v.as_array() {
-            if a.len() > 64 { Value::Null } else { json!(a.iter().map(|x| x.to_string()).collect::<Vec<_>>()) }
+            if a.len() > 64 {
+                Value::Null
+            } else {
+                json!(a.iter().map(|x| x.to_string()).collect::<Vec<_>>())
+            }
         } else if let Some(i) = v.as_i64() {
             json!(i)
         } else if let Some(f) = v.as_f64() {

@@ -207,10 +207,9 @@ fn grammar_of_response_format(rf: Option<&Value>) -> Result<Option<Arc<Grammar>>
         None | Some("text") => Ok(None),
         Some("json_object") => Ok(Some(Arc::new(Grammar::any_json()))),
         Some("json_schema") => {
-            let schema = rf
-                .get("json_schema")
-                .and_then(|j| j.get("schema"))
-                .ok_or_else(|| bad("response_format json_schema needs json_schema.schema".into()))?;
+            let schema = rf.get("json_schema").and_then(|j| j.get("schema")).ok_or_else(|| {
+                bad("response_format json_schema needs json_schema.schema".into())
+            })?;
             Grammar::from_schema(schema).map(|g| Some(Arc::new(g))).map_err(|e| bad(e.to_string()))
         }
         Some(t) => Err(bad(format!(
@@ -242,13 +241,19 @@ fn message_of(i: usize, v: &Value) -> Result<Message, ApiError> {
                             "messages[{i}]: content part type {t:?} is not supported"
                         )));
                     }
-                    None => return Err(ApiError::bad_request(format!("messages[{i}]: content part without type"))),
+                    None => {
+                        return Err(ApiError::bad_request(format!(
+                            "messages[{i}]: content part without type"
+                        )));
+                    }
                 }
             }
             s
         }
         Some(other) => {
-            return Err(ApiError::bad_request(format!("messages[{i}].content must be a string or parts, got {other}")));
+            return Err(ApiError::bad_request(format!(
+                "messages[{i}].content must be a string or parts, got {other}"
+            )));
         }
     };
     let mut m = Message::new(role, content);
@@ -353,8 +358,10 @@ fn stream_response(running: Running, chat: bool, include_usage: bool) -> Respons
                 if st.usage {
                     let model = st.r.as_ref().map(|r| r.model.clone()).unwrap_or_default();
                     let object = if st.chat { "chat.completion.chunk" } else { "text_completion" };
-                    st.queue.push_back(data(&json!({"id": st.id, "object": object, "created": st.created,
-                        "model": model, "choices": [], "usage": usage(&s)})));
+                    st.queue.push_back(data(
+                        &json!({"id": st.id, "object": object, "created": st.created,
+                        "model": model, "choices": [], "usage": usage(&s)}),
+                    ));
                 }
                 st.queue.push_back("data: [DONE]\n\n".to_string());
                 st.r = None;
@@ -373,12 +380,25 @@ fn stream_response(running: Running, chat: bool, include_usage: bool) -> Respons
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> OaiResult {
     let req: ChatCompletionRequest = parse_body(&body)?;
-    let _ = (&req.tool_choice, &req.parallel_tool_calls, &req.user, &req.logprobs, &req.top_logprobs);
-    let _ = (&req.logit_bias, &req.metadata, &req.store, &req.service_tier, &req.reasoning_effort, &req.modalities);
+    let _ =
+        (&req.tool_choice, &req.parallel_tool_calls, &req.user, &req.logprobs, &req.top_logprobs);
+    let _ = (
+        &req.logit_bias,
+        &req.metadata,
+        &req.store,
+        &req.service_tier,
+        &req.reasoning_effort,
+        &req.modalities,
+    );
     if req.n.is_some_and(|n| n != 1) {
         return Err(ApiError::bad_request("n must be 1").into());
     }
-    let messages = req.messages.iter().enumerate().map(|(i, m)| message_of(i, m)).collect::<Result<Vec<_>, _>>()?;
+    let messages = req
+        .messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| message_of(i, m))
+        .collect::<Result<Vec<_>, _>>()?;
     if messages.is_empty() {
         return Err(ApiError::bad_request("messages must not be empty").into());
     }
@@ -435,9 +455,14 @@ pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Oai
     }
     let prompt = match &req.prompt {
         Value::String(s) => s.clone(),
-        Value::Array(a) if a.len() == 1 && a[0].is_string() => a[0].as_str().unwrap_or("").to_string(),
+        Value::Array(a) if a.len() == 1 && a[0].is_string() => {
+            a[0].as_str().unwrap_or("").to_string()
+        }
         other => {
-            return Err(ApiError::bad_request(format!("prompt must be a string (one prompt per request), got {other}")).into());
+            return Err(ApiError::bad_request(format!(
+                "prompt must be a string (one prompt per request), got {other}"
+            ))
+            .into());
         }
     };
     if prompt.is_empty() {
@@ -508,7 +533,11 @@ pub async fn embeddings(State(state): State<Arc<AppState>>, body: Bytes) -> OaiR
     let b64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
-        Some(f) => return Err(ApiError::bad_request(format!("encoding_format {f:?}: float or base64")).into()),
+        Some(f) => {
+            return Err(
+                ApiError::bad_request(format!("encoding_format {f:?}: float or base64")).into()
+            );
+        }
     };
     let inputs = super::ollama::embed_inputs(Some(&req.input))?;
     if inputs.is_empty() {
@@ -557,7 +586,8 @@ pub async fn models(State(state): State<Arc<AppState>>) -> OaiResult {
     let data: Vec<Value> = list
         .iter()
         .map(|m| {
-            let t = m.modified.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let t =
+                m.modified.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
             model_obj(&m.name.to_string(), t)
         })
         .collect();

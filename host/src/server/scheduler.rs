@@ -150,7 +150,10 @@ impl Loaded {
 
     /// Requests waiting (not yet decoding) in this model's loop.
     pub fn queued(&self) -> usize {
-        self.engine.active.load(Ordering::SeqCst).saturating_sub(self.engine.config.n_parallel as usize)
+        self.engine
+            .active
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.engine.config.n_parallel as usize)
     }
 
     /// Sequences active (decoding or waiting).
@@ -219,7 +222,10 @@ pub fn estimate_memory(path: &std::path::Path, n_ctx_total: u64) -> u64 {
     let file = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let Ok(g) = corral_gguf::reader::GgufFile::open(path) else { return file };
     let arch = g.architecture().unwrap_or("llama").to_string();
-    let get = |k: &str| g.get_u64(&format!("{arch}.{k}")).or_else(|| g.get_u32(&format!("{arch}.{k}")).map(u64::from));
+    let get = |k: &str| {
+        g.get_u64(&format!("{arch}.{k}"))
+            .or_else(|| g.get_u32(&format!("{arch}.{k}")).map(u64::from))
+    };
     let n_layer = get("block_count").unwrap_or(0);
     let n_embd = get("embedding_length").unwrap_or(0);
     let n_head = get("attention.head_count").unwrap_or(1).max(1);
@@ -256,7 +262,7 @@ impl Scheduler {
                 .rt
                 .discovered
                 .iter()
-                .any(|d| d.manifest.as_ref().is_ok_and(|m| m.formats.iter().any(|f| *f == ext)));
+                .any(|d| d.manifest.as_ref().is_ok_and(|m| m.formats.contains(&ext)));
             if declared {
                 return ext;
             }
@@ -315,10 +321,7 @@ impl Scheduler {
             return Ok(p.clone());
         }
         let selector = self.rt.selector(self.settings.backend.as_deref(), Some(format));
-        let (p, _) = self
-            .rt
-            .choose(&selector)
-            .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        let (p, _) = self.rt.choose(&selector).map_err(|e| ApiError::internal(format!("{e:#}")))?;
         tracing::info!(format, backend = %p.manifest.id(), "backend chosen");
         plugins.insert(format.to_string(), p.clone());
         Ok(p)
@@ -406,15 +409,9 @@ impl Scheduler {
         .map_err(|e| ApiError::internal(format!("{e:#}")))?;
         let engine = EngineHandle::start(
             model.clone(),
-            LoopConfig {
-                n_parallel,
-                num_ctx,
-                n_batch: 512,
-                n_threads: self.settings.threads,
-            },
+            LoopConfig { n_parallel, num_ctx, n_batch: 512, n_threads: self.settings.threads },
         )?;
-        let size_estimate =
-            estimate_memory(&r.path, u64::from(num_ctx) * u64::from(n_parallel));
+        let size_estimate = estimate_memory(&r.path, u64::from(num_ctx) * u64::from(n_parallel));
         Ok(Loaded {
             model_ref: r,
             model,
@@ -545,10 +542,7 @@ impl Scheduler {
     }
 
     /// Sampling options for a request: the model's PARAMETERs, then the request's options.
-    pub fn options_for(
-        r: &ModelRef,
-        request: Option<&Value>,
-    ) -> Result<SamplingOptions, ApiError> {
+    pub fn options_for(r: &ModelRef, request: Option<&Value>) -> Result<SamplingOptions, ApiError> {
         let mut o = SamplingOptions::default();
         o.apply_json(&Value::Object(r.params.clone()))?;
         if let Some(v) = request {

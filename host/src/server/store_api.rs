@@ -25,7 +25,9 @@ use super::{
 
 fn store_of(state: &AppState) -> Result<Store, ApiError> {
     state.sched.store.clone().ok_or_else(|| {
-        ApiError::internal("no model store could be opened (set CORRAL_MODELS to a writable directory)")
+        ApiError::internal(
+            "no model store could be opened (set CORRAL_MODELS to a writable directory)",
+        )
     })
 }
 
@@ -159,10 +161,8 @@ fn structured_modelfile(store: &Store, req: &CreateRequest) -> Result<Modelfile,
     let from = match (&req.from, &req.files) {
         (Some(f), _) if !f.is_empty() => f.clone(),
         (_, Some(files)) if !files.is_empty() => {
-            let digest = files
-                .values()
-                .next()
-                .ok_or_else(|| ApiError::bad_request("files is empty"))?;
+            let digest =
+                files.values().next().ok_or_else(|| ApiError::bad_request("files is empty"))?;
             let d = Digest::parse(digest).map_err(ApiError::from)?;
             if !store.has_blob(&d) {
                 return Err(ApiError::bad_request(format!(
@@ -219,7 +219,9 @@ pub async fn create(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
     let stream = req.stream != Some(false);
     let lines = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, ApiError> {
         let mf = match &req.modelfile {
-            Some(text) if !text.trim().is_empty() => modelfile::parse(text).map_err(ApiError::from)?,
+            Some(text) if !text.trim().is_empty() => {
+                modelfile::parse(text).map_err(ApiError::from)?
+            }
             _ => structured_modelfile(&store, &req)?,
         };
         let mut lines = Vec::new();
@@ -333,7 +335,7 @@ pub async fn blob_post(
         return Ok(StatusCode::OK.into_response());
     }
     let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(8);
-    let d2 = d.clone();
+    let d2 = d;
     let writer = tokio::task::spawn_blocking(move || {
         store.write_blob_from_reader(ChanReader { rx, cur: Bytes::new() }, Some(&d2), |_| {})
     });
@@ -344,7 +346,10 @@ pub async fn blob_post(
             Ok(c) => {
                 let tx = tx.clone();
                 // A bounded channel: wait off the async threads when the writer lags.
-                if tokio::task::spawn_blocking(move || tx.send(c)).await.map_or(true, |r| r.is_err()) {
+                if tokio::task::spawn_blocking(move || tx.send(c))
+                    .await
+                    .map_or(true, |r| r.is_err())
+                {
                     break;
                 }
             }

@@ -47,10 +47,24 @@ const MAX_PROPS: usize = 64;
 enum Node {
     /// Placeholder while a `$ref` is being compiled.
     Pending,
-    Object { props: Vec<(Vec<u8>, u32)>, required: u64, free_value: Option<u32> },
-    Array { items: u32, min: u32, max: u32 },
-    String { min: u32, max: u32 },
-    Number { integer: bool, nonneg: bool },
+    Object {
+        props: Vec<(Vec<u8>, u32)>,
+        required: u64,
+        free_value: Option<u32>,
+    },
+    Array {
+        items: u32,
+        min: u32,
+        max: u32,
+    },
+    String {
+        min: u32,
+        max: u32,
+    },
+    Number {
+        integer: bool,
+        nonneg: bool,
+    },
     Literals(Vec<Vec<u8>>),
     AnyOf(Vec<u32>),
 }
@@ -132,11 +146,8 @@ impl Compiler<'_> {
         }
         let string = self.push(Node::String { min: 0, max: DEFAULT_MAX_STRING })?;
         let number = self.push(Node::Number { integer: false, nonneg: false })?;
-        let lits = self.push(Node::Literals(vec![
-            b"true".to_vec(),
-            b"false".to_vec(),
-            b"null".to_vec(),
-        ]))?;
+        let lits =
+            self.push(Node::Literals(vec![b"true".to_vec(), b"false".to_vec(), b"null".to_vec()]))?;
         let mut alts = vec![string, number, lits];
         if depth > 0 {
             let inner = self.any(depth - 1)?;
@@ -257,7 +268,9 @@ impl Compiler<'_> {
             Some(Value::String(s)) => vec![s.as_str()],
             Some(Value::Array(a)) if !a.is_empty() => a
                 .iter()
-                .map(|t| t.as_str().ok_or_else(|| SchemaError("`type` entries must be strings".into())))
+                .map(|t| {
+                    t.as_str().ok_or_else(|| SchemaError("`type` entries must be strings".into()))
+                })
                 .collect::<Result<_, _>>()?,
             Some(other) => return err(format!("`type` must be a string or an array, got {other}")),
         };
@@ -288,7 +301,9 @@ impl Compiler<'_> {
                 let props = match obj.get("properties") {
                     None => None,
                     Some(Value::Object(p)) => Some(p),
-                    Some(other) => return err(format!("`properties` must be an object, got {other}")),
+                    Some(other) => {
+                        return err(format!("`properties` must be an object, got {other}"));
+                    }
                 };
                 let required: Vec<&str> = match obj.get("required") {
                     None => vec![],
@@ -326,8 +341,8 @@ impl Compiler<'_> {
                         }
                         let mut list = Vec::new();
                         for (k, s) in p {
-                            let key = serde_json::to_string(k)
-                                .map_err(|e| SchemaError(e.to_string()))?;
+                            let key =
+                                serde_json::to_string(k).map_err(|e| SchemaError(e.to_string()))?;
                             let key = key.as_bytes()[1..key.len() - 1].to_vec();
                             list.push((key, self.compile(s, level + 1)?));
                         }
@@ -380,8 +395,12 @@ impl Compiler<'_> {
 impl Grammar {
     /// Any JSON value (`format: "json"`).
     pub fn any_json() -> Grammar {
-        let mut c =
-            Compiler { root_schema: &Value::Null, nodes: vec![], refs: HashMap::new(), any: vec![None; MAX_DEPTH + 1] };
+        let mut c = Compiler {
+            root_schema: &Value::Null,
+            nodes: vec![],
+            refs: HashMap::new(),
+            any: vec![None; MAX_DEPTH + 1],
+        };
         // Cannot fail: a few nodes.
         let root = c.any(MAX_DEPTH).unwrap_or(0);
         Grammar { nodes: c.nodes, root }
@@ -818,9 +837,9 @@ fn step(g: &Grammar, mut st: Stack, b: u8, out: &mut Vec<Stack>) {
                 let mut st2 = st.clone();
                 complete(&mut st2);
                 // A literal that ends in a digit must not run into more digits.
-                let ends_digit = alts
-                    .iter()
-                    .any(|&a| l[a as usize].len() == p && l[a as usize].last().is_some_and(|c| is_digit(*c)));
+                let ends_digit = alts.iter().any(|&a| {
+                    l[a as usize].len() == p && l[a as usize].last().is_some_and(|c| is_digit(*c))
+                });
                 if !(ends_digit && (is_digit(b) || b".eE".contains(&b))) {
                     step(g, st2, b, out);
                 }
@@ -871,7 +890,10 @@ impl TokenTable {
                     && b.iter().all(|&c| c >= 0x20 && c != b'"' && c != b'\\' && c != 0x7f)
             })
             .collect();
-        let chars = by_id.iter().map(|b| b.iter().filter(|&&c| !(0x80..0xc0).contains(&c)).count() as u32).collect();
+        let chars = by_id
+            .iter()
+            .map(|b| b.iter().filter(|&&c| !(0x80..0xc0).contains(&c)).count() as u32)
+            .collect();
         TokenTable { sorted, eog, by_id, plain, chars }
     }
 
@@ -1095,7 +1117,8 @@ mod tests {
             let mut out = Vec::new();
             let mut history = Vec::new();
             for _ in 0..4000 {
-                let mut logits: Vec<f32> = (0..v.len()).map(|_| rng.random_range(-3.0..3.0)).collect();
+                let mut logits: Vec<f32> =
+                    (0..v.len()).map(|_| rng.random_range(-3.0..3.0)).collect();
                 let t = sampler.sample(&mut logits, &history);
                 history.push(t);
                 if t == eos {
