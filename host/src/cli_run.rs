@@ -114,8 +114,14 @@ pub struct RunArgs {
     pub verbose: bool,
 }
 
-fn sampling_options(a: &RunArgs) -> Result<SamplingOptions> {
+fn sampling_options(
+    a: &RunArgs,
+    defaults: &serde_json::Map<String, serde_json::Value>,
+) -> Result<SamplingOptions> {
     let mut o = SamplingOptions::default();
+    // The store model's PARAMETERs first; --options and flags override them.
+    o.apply_json(&serde_json::Value::Object(defaults.clone()))
+        .context("the model's PARAMETERs are not valid options")?;
     if let Some(json) = &a.options {
         let v: serde_json::Value =
             serde_json::from_str(json).context("--options is not valid JSON")?;
@@ -193,20 +199,32 @@ fn print_stats(load: std::time::Duration, s: &Stats) {
 
 /// `corral run`.
 pub fn run(global: &GlobalOptions, a: RunArgs) -> Result<()> {
-    let options = sampling_options(&a)?;
-    let path = runtime::model_path(&a.model)?;
-    let (model, load_time) = load_model(global, &a.load, &path)?;
+    let mref = crate::models::resolve_for(global, &a.model)?;
+    let options = sampling_options(&a, &mref.params)?;
+    let path = mref.path.clone();
+    let mut load = a.load.clone();
+    load.format.get_or_insert_with(|| mref.format.clone());
+    let (model, load_time) = load_model(global, &load, &path)?;
     let num_ctx = options.num_ctx_or(Some(model.meta.context_length.min(2048)));
     let engine = EngineHandle::start(
         model.clone(),
         LoopConfig { n_parallel: 1, num_ctx, n_batch: 512, n_threads: a.load.threads.unwrap_or(0) },
     )?;
     let policy = if a.no_truncate { ContextPolicy::Refuse } else { ContextPolicy::Truncate };
-    let template = prompt::Templater::for_model(&model)?;
+    // The store model's TEMPLATE (Go templates translated), SYSTEM and MESSAGEs are the
+    // defaults; --system overrides SYSTEM.
+    let template = match mref.template.as_deref() {
+        Some(t) => prompt::Templater::with_source(&model, Some(t)).or_else(|e| {
+            tracing::warn!("the model's TEMPLATE is not usable ({e:#}); using the file's own");
+            prompt::Templater::for_model(&model)
+        })?,
+        None => prompt::Templater::for_model(&model)?,
+    };
     let mut history: Vec<Message> = Vec::new();
-    if let Some(s) = &a.system {
+    if let Some(s) = a.system.as_ref().or(mref.system.as_ref()) {
         history.push(Message::new("system", s));
     }
+    history.extend(mref.messages.iter().map(|m| Message::new(&m.role, &m.content)));
 
     let one_shot = if !a.prompt.is_empty() {
         Some(a.prompt.join(" "))
@@ -250,7 +268,7 @@ pub fn run(global: &GlobalOptions, a: RunArgs) -> Result<()> {
     if let Some(p) = one_shot {
         return turn(&p, &mut history);
     }
-    eprintln!("corral: chatting with {} (type /bye to leave)", path.display());
+    eprintln!("corral: chatting with {} (type /bye to leave)", mref.name);
     let stdin = std::io::stdin();
     loop {
         eprint!(">>> ");

@@ -8,6 +8,7 @@ use corral_host::runtime::GlobalOptions;
 
 mod cli;
 mod cli_client;
+mod cli_models;
 
 /// Run language models on any hardware; engines are plugins.
 #[derive(Parser, Debug)]
@@ -45,6 +46,21 @@ enum Command {
     /// Model tools.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Create a model from a Modelfile.
+    Create(cli_models::CreateArgs),
+    /// List the models in the store.
+    #[command(alias = "ls")]
+    List(cli_models::ListArgs),
+    /// Show a model's details, Modelfile, parameters, template, system or license.
+    Show(cli_models::ShowArgs),
+    /// Copy a model under a new name.
+    Cp(cli_models::CpArgs),
+    /// Remove models.
+    Rm(cli_models::RmArgs),
+    /// Pull a model from a registry.
+    Pull(cli_models::TransferArgs),
+    /// Push a model to a registry.
+    Push(cli_models::TransferArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -107,12 +123,19 @@ fn main() -> ExitCode {
         Command::Stop(a) => cli_client::stop(&a),
         Command::Plugin(PluginCommand::Check(a)) => cli::plugin_check(&global, &a),
         Command::Model(ModelCommand::Generate(a)) => cli::generate_model(&a),
+        Command::Create(a) => cli_models::create(&global, &a),
+        Command::List(a) => cli_models::list(&global, &a),
+        Command::Show(a) => cli_models::show(&global, &a),
+        Command::Cp(a) => cli_models::cp(&global, &a),
+        Command::Rm(a) => cli_models::rm(&global, &a),
+        Command::Pull(a) => cli_models::pull(&global, &a),
+        Command::Push(a) => cli_models::push(&global, &a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(cli::exit_code(&e))
+            ExitCode::from(corral_host::models::exit_code(&e).unwrap_or_else(|| cli::exit_code(&e)))
         }
     }
 }

@@ -93,13 +93,12 @@ pub fn format_of(path: &std::path::Path) -> &'static str {
     if path.is_dir() || path.extension().is_some_and(|e| e == "onnx") { "onnx" } else { "gguf" }
 }
 
-/// Resolves a user's model argument to a file that exists.
+/// Resolves a user's model argument to a file that exists: a path, or a model of the
+/// store (`$CORRAL_MODELS`, the default config's `models`, or the platform default).
 pub fn model_path(arg: &str) -> Result<PathBuf> {
     let p = PathBuf::from(arg);
     if p.exists() {
         return p.canonicalize().with_context(|| format!("cannot resolve {arg}"));
     }
-    bail!(
-        "model {arg:?} not found: no such file (names from the model store come with `corral pull`)"
-    )
+    Ok(crate::models::resolve_for(&GlobalOptions::default(), arg)?.path)
 }
