@@ -328,9 +328,9 @@ macro_rules! export_plugin {
             // SAFETY: `erased_module` returns the root module of type `PluginRootRef`, whose
             // layout constants are the ones passed here, as abi_stable's own attribute does.
             unsafe {
-                $crate::abi_stable::library::LibHeader::from_constructor(
-                    $crate::abi_stable::sabi_types::Constructor(erased_module),
-                    <$crate::ffi::PluginRootRef as $crate::abi_stable::library::RootModule>::CONSTANTS,
+                $crate::abi_stable::library::LibHeader::from_constructor::<$crate::ffi::PluginRootRef>(
+                    erased_module,
+                    $crate::abi_stable::library::CheckTypeLayout::Yes,
                 )
             }
         };

@@ -127,26 +127,34 @@ fn sampling_options(
             serde_json::from_str(json).context("--options is not valid JSON")?;
         o.apply_json(&v)?;
     }
-    let mut set = serde_json::Map::new();
-    macro_rules! put {
-        ($field:ident) => {
-            if let Some(v) = a.$field {
-                set.insert(stringify!($field).into(), serde_json::json!(v));
-            }
-        };
+    // Flags are assigned directly (not through JSON, where NaN would become null).
+    if let Some(v) = a.seed {
+        o.seed = Some(v);
     }
-    put!(seed);
-    put!(temperature);
-    put!(num_predict);
-    put!(top_k);
-    put!(top_p);
-    put!(min_p);
-    put!(repeat_penalty);
-    put!(num_ctx);
+    if let Some(v) = a.temperature {
+        o.temperature = v;
+    }
+    if let Some(v) = a.num_predict {
+        o.num_predict = v;
+    }
+    if let Some(v) = a.top_k {
+        o.top_k = v;
+    }
+    if let Some(v) = a.top_p {
+        o.top_p = v;
+    }
+    if let Some(v) = a.min_p {
+        o.min_p = v;
+    }
+    if let Some(v) = a.repeat_penalty {
+        o.repeat_penalty = v;
+    }
+    if let Some(v) = a.num_ctx {
+        o.num_ctx = Some(v);
+    }
     if !a.stop.is_empty() {
-        set.insert("stop".into(), serde_json::json!(a.stop));
+        o.stop = a.stop.clone();
     }
-    o.apply_json(&serde_json::Value::Object(set))?;
     o.validate()?;
     Ok(o)
 }
@@ -239,7 +247,7 @@ pub fn run(global: &GlobalOptions, a: RunArgs) -> Result<()> {
 
     let turn = |user: &str, history: &mut Vec<Message>| -> Result<()> {
         if user.trim().is_empty() {
-            bail!("the prompt is empty");
+            return Err(corral_backend_api::BackendError::invalid("the prompt is empty").into());
         }
         let tokens = if a.raw {
             model.tokenize(user, true, true)?

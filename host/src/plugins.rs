@@ -74,10 +74,16 @@ impl Discovered {
 }
 
 /// Finds every manifest in `dirs` (flat `*.corral-plugin.toml` files and
-/// `<subdir>/manifest.toml`), in directory order then file name order.
+/// `<subdir>/manifest.toml`; a directory that is itself one plugin's directory, holding
+/// `manifest.toml`, counts too), in directory order then file name order.
 pub fn discover(dirs: &[PathBuf]) -> Vec<Discovered> {
     let mut found = Vec::new();
     for dir in dirs {
+        let own = dir.join(DIR_MANIFEST_NAME);
+        if own.is_file() {
+            found.push(Discovered { manifest: Manifest::load(&own), manifest_path: own });
+            continue;
+        }
         let Ok(entries) = std::fs::read_dir(dir) else { continue };
         let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         paths.sort();

@@ -209,3 +209,29 @@ pub fn example_plugin_dir(dir: &Path) -> PathBuf {
         Some(&plugin_lib("libcorral_plugin_example.so")),
     )
 }
+
+/// The repository root (parent of this crate).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+}
+
+/// A plugin directory holding the llama.cpp plugin built by this build (cpu variant), or
+/// `None` (with the reason printed) when it was not built.
+pub fn llama_cpp_plugin_dir(dir: &Path) -> Option<PathBuf> {
+    let lib = profile_dir().join("libcorral_backend_llama_cpp.so");
+    if !lib.is_file() {
+        eprintln!("SKIP: {} not built (cargo build --workspace builds it)", lib.display());
+        return None;
+    }
+    let manifest = std::fs::read_to_string(repo_root().join("backends/llama-cpp/manifests/llama-cpp-cpu.toml"))
+        .expect("llama-cpp manifest");
+    Some(plugin_dir(dir, "llama-cpp-cpu", &manifest, Some(&lib)))
+}
+
+/// Generates a model with `corral model generate`.
+pub fn generate_model(path: &Path, shape: &str, weight_type: &str) {
+    let mut c = corral(&[]);
+    c.args(["model", "generate"]).arg(path).args(["--shape", shape, "--type", weight_type]);
+    let (out, _, stderr) = run(c);
+    assert!(out.status.success(), "model generate failed: {stderr}");
+}

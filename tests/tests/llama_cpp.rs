@@ -1,0 +1,110 @@
+//! The llama.cpp backend through the real host: the conformance suite, and greedy
+//! continuations through `corral run` equal to raw llama.cpp's on the same file.
+
+use corral_e2e::*;
+
+#[test]
+fn conformance_suite_passes_on_llama_cpp() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(plugin) = llama_cpp_plugin_dir(dir.path()) else { return };
+    for ty in ["f32", "q8_0"] {
+        let model = dir.path().join(format!("tiny-{ty}.gguf"));
+        generate_model(&model, "tiny", ty);
+        let mut c = corral(&[]);
+        c.args(["plugin", "check"]).arg(&plugin).arg("--model").arg(&model);
+        let (out, stdout, stderr) = run(c);
+        assert!(out.status.success(), "{ty}: {stdout}\n{stderr}");
+        assert!(stdout.contains("10 passed, 0 failed"), "{ty}: {stdout}");
+    }
+}
+
+#[test]
+fn greedy_run_equals_raw_llama_cpp() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(plugin) = llama_cpp_plugin_dir(dir.path()) else { return };
+    let raw = profile_dir().join("llama-raw");
+    assert!(raw.is_file(), "llama-raw is built with the llama.cpp plugin");
+    for ty in ["f32", "f16"] {
+        let model = dir.path().join(format!("tiny-{ty}.gguf"));
+        generate_model(&model, "tiny", ty);
+        for prompt in ["Hello there", "The capital of France is"] {
+            let out = std::process::Command::new(&raw)
+                .arg("greedy")
+                .arg(&model)
+                .args(["--prompt", prompt, "--n", "32", "--json"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let expected = v["text"].as_str().unwrap().to_string();
+            let mut c = corral(&[&plugin]);
+            // Pure argmax: temperature 0 and no repeat penalty (Ollama's default 1.1 applies
+            // even at temperature 0).
+            c.args(["run", "--backend", "llama-cpp", "--raw", "--temperature", "0", "--repeat-penalty", "1", "--num-predict", "32"])
+                .arg(&model)
+                .arg(prompt);
+            let (out, stdout, stderr) = run(c);
+            assert!(out.status.success(), "{stderr}");
+            let got = stdout.strip_suffix('\n').unwrap_or(&stdout);
+            assert_eq!(got, expected, "{ty} {prompt:?}: corral run vs llama-raw greedy");
+            assert!(v["tokens"].as_array().unwrap().len() >= 8, "continuation too short to mean much: {v}");
+        }
+    }
+}
+
+#[test]
+fn bad_model_files_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(plugin) = llama_cpp_plugin_dir(dir.path()) else { return };
+    let not_gguf = dir.path().join("notes.gguf");
+    std::fs::write(&not_gguf, "this is not a model").unwrap();
+    let good = dir.path().join("tiny.gguf");
+    generate_model(&good, "tiny", "f32");
+    let bytes = std::fs::read(&good).unwrap();
+    let truncated = dir.path().join("truncated.gguf");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let cases: [(&std::path::Path, &str); 3] = [
+        (&not_gguf, "not a GGUF file"),
+        (&truncated, "truncated"),
+        (std::path::Path::new("/nonexistent/model.gguf"), "does not exist"),
+    ];
+    for (path, expect) in cases {
+        let mut c = corral(&[&plugin]);
+        c.args(["run", "--raw", "--temperature", "0"]).arg(path).arg("hi");
+        let (out, _, stderr) = run(c);
+        assert!(!out.status.success(), "{}: accepted", path.display());
+        assert!(out.status.code().is_some(), "{}: killed by a signal: {stderr}", path.display());
+        assert!(stderr.to_lowercase().contains(&expect.to_lowercase()), "{}: {stderr}", path.display());
+    }
+    // Empty prompt and invalid options.
+    for (args, expect) in [
+        (vec![""], "empty"),
+        (vec!["--top-k", "-1", "hi"], "top_k"),
+        (vec!["--temperature", "NaN", "hi"], "temperature"),
+    ] {
+        let mut c = corral(&[&plugin]);
+        c.args(["run", "--raw"]).arg(&good).args(&args);
+        let (out, _, stderr) = run(c);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn prompt_longer_than_context_is_truncated_or_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(plugin) = llama_cpp_plugin_dir(dir.path()) else { return };
+    let model = dir.path().join("tiny.gguf");
+    generate_model(&model, "tiny", "f32");
+    let long = "word ".repeat(400);
+    let mut c = corral(&[&plugin]);
+    c.args(["run", "--raw", "--temperature", "0", "--num-ctx", "128", "--num-predict", "4", "--no-truncate"]).arg(&model).arg(&long);
+    let (out, _, stderr) = run(c);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("num_ctx") || stderr.contains("context"), "{stderr}");
+    let mut c = corral(&[&plugin]);
+    c.args(["run", "--raw", "--temperature", "0", "--num-ctx", "128", "--num-predict", "4", "--verbose"]).arg(&model).arg(&long);
+    let (out, _, stderr) = run(c);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("done reason:"), "{stderr}");
+}
