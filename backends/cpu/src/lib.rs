@@ -1,0 +1,1 @@
+//! corral-backend-cpu (work in progress).

@@ -1,0 +1,1 @@
+//! corral-backend-onnx (work in progress).
