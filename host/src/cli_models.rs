@@ -154,7 +154,7 @@ pub fn human_time(t: SystemTime, now: SystemTime) -> String {
 pub fn list(global: &GlobalOptions, a: &ListArgs) -> Result<()> {
     let store = a.store.open(global)?;
     let mut models = store.list()?;
-    models.sort_by(|a, b| b.modified.cmp(&a.modified));
+    models.sort_by_key(|m| std::cmp::Reverse(m.modified));
     let now = SystemTime::now();
     let rows: Vec<[String; 4]> = models
         .iter()
@@ -412,6 +412,8 @@ impl ProgressUi {
                 pb.set_position(done);
                 if done >= total && !pb.is_finished() {
                     pb.finish();
+                    // The next status line (verifying, writing) is new again.
+                    self.last.lock().unwrap_or_else(|e| e.into_inner()).clear();
                     if !self.tty {
                         eprintln!("{}... 100% {}", p.status, human_bytes(total));
                     }

@@ -425,7 +425,7 @@ struct Parser {
 /// How a list of nodes ended.
 enum End {
     Eof,
-    End,
+    Close,
     Else { line: usize, rest: Vec<Token> },
 }
 
@@ -452,7 +452,7 @@ impl Parser {
                     if top {
                         return err(line, "unexpected {{end}}");
                     }
-                    return Ok((nodes, End::End));
+                    return Ok((nodes, End::Close));
                 }
                 "else" => {
                     if top {
@@ -469,7 +469,7 @@ impl Parser {
                         branches.push((pipe, body));
                         match end {
                             End::Eof => return err(line, format!("unclosed {{{{{kw}}}}}")),
-                            End::End => break,
+                            End::Close => break,
                             End::Else { line, rest } => {
                                 if rest.first().is_some_and(|t| t.tok == Tok::Ident(kw.into())) {
                                     pipe = parse_pipe(&rest[1..], line, true)?;
@@ -479,7 +479,7 @@ impl Parser {
                                     return err(line, "unexpected tokens after else");
                                 }
                                 let (body, end) = self.parse_list(false)?;
-                                if !matches!(end, End::End) {
+                                if !matches!(end, End::Close) {
                                     return err(line, format!("{{{{else}}}} of {kw} not closed"));
                                 }
                                 else_ = body;
@@ -498,13 +498,13 @@ impl Parser {
                     let (body, end) = self.parse_list(false)?;
                     let else_ = match end {
                         End::Eof => return err(line, "unclosed {{range}}"),
-                        End::End => Vec::new(),
+                        End::Close => Vec::new(),
                         End::Else { line, rest } => {
                             if !rest.is_empty() {
                                 return err(line, "range has only a plain {{else}}");
                             }
                             let (body, end) = self.parse_list(false)?;
-                            if !matches!(end, End::End) {
+                            if !matches!(end, End::Close) {
                                 return err(line, "{{else}} of range not closed");
                             }
                             body

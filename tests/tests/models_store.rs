@@ -253,7 +253,6 @@ fn link_keeps_no_copy_and_from_an_existing_model() {
     std::fs::write(&mf, format!("FROM {}\nPARAMETER num_ctx 256\n", gguf.display())).unwrap();
     let (code, _, stderr) = go(&store, &["create", "linked", "-f", mf.to_str().unwrap(), "--link"]);
     assert_eq!(code, 0, "{stderr}");
-    let gguf_len = std::fs::metadata(&gguf).unwrap().len();
     let blobs = files_under(&store.join("blobs"));
     assert!(!blobs.is_empty());
     for b in &blobs {
