@@ -1656,6 +1656,70 @@ last={{ $lastUser }} n={{ len .Messages }}
         }
     }
 
+    const QWEN3: &str = r#"{{- $lastUserIdx := -1 -}}
+{{- range $idx, $msg := .Messages -}}
+{{- if eq $msg.Role "user" }}{{ $lastUserIdx = $idx }}{{ end -}}
+{{- end }}
+{{- if or .System .Tools }}<|im_start|>system
+{{ if .System }}
+{{ .System }}
+{{- end }}<|im_end|>
+{{ end }}
+{{- range $i, $_ := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 -}}
+{{- if eq .Role "user" }}<|im_start|>user
+{{ .Content }}
+{{- if and $.IsThinkSet (eq $i $lastUserIdx) }}
+   {{- if $.Think -}}
+      {{- " "}}/think
+   {{- else -}}
+      {{- " "}}/no_think
+   {{- end -}}
+{{- end }}<|im_end|>
+{{ else if eq .Role "assistant" }}<|im_start|>assistant
+{{ if (and $.IsThinkSet (and .Thinking (or $last (gt $i $lastUserIdx)))) -}}
+<think>{{ .Thinking }}</think>
+{{ end -}}
+{{ if .Content }}{{ .Content }}
+{{- end }}{{ if not $last }}<|im_end|>
+{{ end }}
+{{- end }}
+{{- if and (ne .Role "assistant") $last }}<|im_start|>assistant
+{{ if and $.IsThinkSet (not $.Think) -}}
+<think>
+
+</think>
+
+{{ end -}}
+{{ end }}
+{{- end }}"#;
+
+    #[test]
+    fn qwen3_thinking_switches_and_outer_variable_assignment() {
+        assert_eq!(
+            render(QWEN3, &[("user", "Hi")]),
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let jinja = to_jinja(QWEN3).unwrap();
+        let t = ChatTemplate::new(jinja).unwrap();
+        let mut extra = serde_json::Map::new();
+        extra.insert("enable_thinking".into(), json!(false));
+        let msgs = [msg("user", "A"), msg("assistant", "B"), msg("user", "C")];
+        let out = t
+            .render(&ChatInput {
+                messages: &msgs,
+                add_generation_prompt: true,
+                extra: Some(&extra),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            out,
+            "<|im_start|>user\nA<|im_end|>\n<|im_start|>assistant\nB<|im_end|>\n\
+             <|im_start|>user\nC /no_think<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+        );
+    }
+
     #[test]
     fn json_keys() {
         assert_eq!(json_key("ToolCalls"), "tool_calls");
