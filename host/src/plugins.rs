@@ -548,7 +548,7 @@ pub fn choose(
     {
         let why: Vec<String> = reports
             .iter()
-            .filter(|r| r.status == Status::Unavailable && r.reason.len() > 0)
+            .filter(|r| r.status == Status::Unavailable && !r.reason.is_empty())
             .filter(|r| {
                 discovered.iter().any(|d| {
                     d.manifest_path == r.manifest

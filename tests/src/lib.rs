@@ -223,8 +223,10 @@ pub fn llama_cpp_plugin_dir(dir: &Path) -> Option<PathBuf> {
         eprintln!("SKIP: {} not built (cargo build --workspace builds it)", lib.display());
         return None;
     }
-    let manifest = std::fs::read_to_string(repo_root().join("backends/llama-cpp/manifests/llama-cpp-cpu.toml"))
-        .expect("llama-cpp manifest");
+    let manifest = std::fs::read_to_string(
+        repo_root().join("backends/llama-cpp/manifests/llama-cpp-cpu.toml"),
+    )
+    .expect("llama-cpp manifest");
     Some(plugin_dir(dir, "llama-cpp-cpu", &manifest, Some(&lib)))
 }
 

@@ -40,14 +40,28 @@ fn greedy_run_equals_raw_llama_cpp() {
             let mut c = corral(&[&plugin]);
             // Pure argmax: temperature 0 and no repeat penalty (Ollama's default 1.1 applies
             // even at temperature 0).
-            c.args(["run", "--backend", "llama-cpp", "--raw", "--temperature", "0", "--repeat-penalty", "1", "--num-predict", "32"])
-                .arg(&model)
-                .arg(prompt);
+            c.args([
+                "run",
+                "--backend",
+                "llama-cpp",
+                "--raw",
+                "--temperature",
+                "0",
+                "--repeat-penalty",
+                "1",
+                "--num-predict",
+                "32",
+            ])
+            .arg(&model)
+            .arg(prompt);
             let (out, stdout, stderr) = run(c);
             assert!(out.status.success(), "{stderr}");
             let got = stdout.strip_suffix('\n').unwrap_or(&stdout);
             assert_eq!(got, expected, "{ty} {prompt:?}: corral run vs llama-raw greedy");
-            assert!(v["tokens"].as_array().unwrap().len() >= 8, "continuation too short to mean much: {v}");
+            assert!(
+                v["tokens"].as_array().unwrap().len() >= 8,
+                "continuation too short to mean much: {v}"
+            );
         }
     }
 }
@@ -74,7 +88,11 @@ fn bad_model_files_are_clear_errors() {
         let (out, _, stderr) = run(c);
         assert!(!out.status.success(), "{}: accepted", path.display());
         assert!(out.status.code().is_some(), "{}: killed by a signal: {stderr}", path.display());
-        assert!(stderr.to_lowercase().contains(&expect.to_lowercase()), "{}: {stderr}", path.display());
+        assert!(
+            stderr.to_lowercase().contains(&expect.to_lowercase()),
+            "{}: {stderr}",
+            path.display()
+        );
     }
     // Empty prompt and invalid options.
     for (args, expect) in [
@@ -98,12 +116,36 @@ fn prompt_longer_than_context_is_truncated_or_refused() {
     generate_model(&model, "tiny", "f32");
     let long = "word ".repeat(400);
     let mut c = corral(&[&plugin]);
-    c.args(["run", "--raw", "--temperature", "0", "--num-ctx", "128", "--num-predict", "4", "--no-truncate"]).arg(&model).arg(&long);
+    c.args([
+        "run",
+        "--raw",
+        "--temperature",
+        "0",
+        "--num-ctx",
+        "128",
+        "--num-predict",
+        "4",
+        "--no-truncate",
+    ])
+    .arg(&model)
+    .arg(&long);
     let (out, _, stderr) = run(c);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("num_ctx") || stderr.contains("context"), "{stderr}");
     let mut c = corral(&[&plugin]);
-    c.args(["run", "--raw", "--temperature", "0", "--num-ctx", "128", "--num-predict", "4", "--verbose"]).arg(&model).arg(&long);
+    c.args([
+        "run",
+        "--raw",
+        "--temperature",
+        "0",
+        "--num-ctx",
+        "128",
+        "--num-predict",
+        "4",
+        "--verbose",
+    ])
+    .arg(&model)
+    .arg(&long);
     let (out, _, stderr) = run(c);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("done reason:"), "{stderr}");
