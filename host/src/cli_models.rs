@@ -35,9 +35,28 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
+    /// Opens the store, creating it if needed (commands that write).
     fn open(&self, global: &GlobalOptions) -> Result<Store> {
         let (config, _) = Config::load(global.config.as_deref())?;
         Ok(models::open_store(self.models.as_deref(), self.models_readonly, &config)?)
+    }
+
+    /// Opens the store if it exists (commands that only read never create one).
+    fn open_existing(&self, global: &GlobalOptions) -> Result<Option<Store>> {
+        let (config, _) = Config::load(global.config.as_deref())?;
+        let root = models::store_root(self.models.as_deref(), &config)?;
+        if !root.exists() {
+            return Ok(None);
+        }
+        Ok(Some(models::open_store(Some(&root), self.models_readonly, &config)?))
+    }
+
+    /// The existing store, or "not found" for `name` when there is none.
+    fn open_with(&self, global: &GlobalOptions, name: &str) -> Result<Store> {
+        match self.open_existing(global)? {
+            Some(s) => Ok(s),
+            None => Err(ModelsError::NotFound(name.to_string()).into()),
+        }
     }
 }
 
@@ -152,8 +171,10 @@ pub fn human_time(t: SystemTime, now: SystemTime) -> String {
 
 /// `corral list`: NAME, ID, SIZE, MODIFIED.
 pub fn list(global: &GlobalOptions, a: &ListArgs) -> Result<()> {
-    let store = a.store.open(global)?;
-    let mut models = store.list()?;
+    let mut models = match a.store.open_existing(global)? {
+        Some(store) => store.list()?,
+        None => Vec::new(),
+    };
     models.sort_by_key(|m| std::cmp::Reverse(m.modified));
     let now = SystemTime::now();
     let rows: Vec<[String; 4]> = models
@@ -234,7 +255,7 @@ fn indent(text: &str, by: &str) -> String {
 
 /// `corral show NAME [--modelfile|--parameters|--template|--system|--license]`.
 pub fn show(global: &GlobalOptions, a: &ShowArgs) -> Result<()> {
-    let store = a.store.open(global)?;
+    let store = a.store.open_with(global, &a.name)?;
     let r = get(&store, &a.name)?;
     if a.modelfile {
         print!("{}", modelfile::to_modelfile(&r));
@@ -314,7 +335,7 @@ pub struct CpArgs {
 /// `corral cp SRC DST`.
 pub fn cp(global: &GlobalOptions, a: &CpArgs) -> Result<()> {
     let (src, dst) = (parse_name(&a.source)?, parse_name(&a.destination)?);
-    let store = a.store.open(global)?;
+    let store = a.store.open_with(global, &a.source)?;
     match store.copy(&src, &dst) {
         Err(corral_registry::Error::ModelNotFound(_)) => {
             return Err(ModelsError::NotFound(a.source.clone()).into());
@@ -338,7 +359,7 @@ pub struct RmArgs {
 /// `corral rm NAME...`: each model's manifest, then the blobs no other model uses.
 pub fn rm(global: &GlobalOptions, a: &RmArgs) -> Result<()> {
     let names = a.names.iter().map(|n| parse_name(n)).collect::<Result<Vec<_>>>()?;
-    let store = a.store.open(global)?;
+    let store = a.store.open_with(global, &a.names[0])?;
     for (arg, name) in a.names.iter().zip(&names) {
         match store.remove(name) {
             Ok(_) => println!("deleted '{arg}'"),
@@ -432,7 +453,7 @@ impl ProgressUi {
 
 fn transfer(global: &GlobalOptions, a: &TransferArgs, push: bool) -> Result<()> {
     let name = parse_name(&a.name)?;
-    let store = a.store.open(global)?;
+    let store = if push { a.store.open_with(global, &a.name)? } else { a.store.open(global)? };
     let client =
         oci::Client::new(oci::ClientOptions { insecure: a.insecure, ..Default::default() })?;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -278,10 +278,21 @@ pub fn resolve_for(global: &GlobalOptions, arg: &str) -> anyhow::Result<ModelRef
     if p.exists() {
         return Ok(from_path(arg, &p)?);
     }
+    if ModelName::parse(arg).is_err() {
+        // Not a name: a missing file or a bad name, without touching the store.
+        return Ok(resolve(arg, None)?);
+    }
     let (config, _) = Config::load(global.config.as_deref())?;
-    // A store that cannot be opened (read-only and absent, say) holds no models.
-    let store =
-        open_store(None, false, &config).map_err(|e| tracing::debug!("model store: {e}")).ok();
+    // Resolving never creates a store: one that does not exist (or cannot be opened)
+    // holds no models.
+    let root = store_root(None, &config)?;
+    let store = if root.is_dir() {
+        Store::open(root, StoreOptions { read_only: env_read_only() })
+            .map_err(|e| tracing::debug!("model store: {e}"))
+            .ok()
+    } else {
+        None
+    };
     Ok(resolve(arg, store.as_ref())?)
 }
 
