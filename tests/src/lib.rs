@@ -237,3 +237,85 @@ pub fn generate_model(path: &Path, shape: &str, weight_type: &str) {
     let (out, _, stderr) = run(c);
     assert!(out.status.success(), "model generate failed: {stderr}");
 }
+
+/// A Python interpreter that has what the ONNX test-model generators need (onnx,
+/// onnxruntime, numpy, tokenizers, gguf): `$CORRAL_VENV`, ./target/pyenv, the CI venv, then
+/// `python3`. `None` (with the reason printed) when there is none.
+pub fn onnx_python() -> Option<PathBuf> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(v) = std::env::var_os("CORRAL_VENV").filter(|v| !v.is_empty()) {
+        candidates.push(PathBuf::from(v).join("bin/python"));
+    }
+    candidates.push(repo_root().join("target/pyenv/bin/python"));
+    candidates.push(PathBuf::from("/var/tmp/corral-ci-venv/bin/python"));
+    candidates.push(PathBuf::from("python3"));
+    for py in &candidates {
+        let ok = Command::new(py)
+            .args(["-c", "import onnx, onnxruntime, numpy, tokenizers, gguf"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Some(py.clone());
+        }
+    }
+    eprintln!(
+        "SKIP: no Python with onnx, onnxruntime, numpy, tokenizers and gguf (tried {}); \
+         scripts/install-deps.sh installs them",
+        candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    );
+    None
+}
+
+/// The libonnxruntime of `python`'s onnxruntime package.
+pub fn onnxruntime_library(python: &Path) -> Option<PathBuf> {
+    let out = Command::new(python)
+        .args(["-c", "import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))"])
+        .output()
+        .ok()?;
+    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("capi");
+    let mut libs: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libonnxruntime.so")))
+        .collect();
+    libs.sort();
+    libs.pop()
+}
+
+/// Runs a generator script of tests/python/gen_onnx with `python`; panics with its output
+/// when it fails.
+pub fn gen_onnx(python: &Path, script: &str, args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new(python)
+        .arg(repo_root().join("tests/python/gen_onnx").join(script))
+        .args(args)
+        .output()
+        .expect("run the ONNX generator");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// A plugin directory holding the ONNX Runtime plugin built by this build (cpu variant),
+/// its manifest's `library_path` set to `library` when given; `None` (with the reason
+/// printed) when the plugin was not built.
+pub fn onnx_plugin_dir(dir: &Path, library: Option<&Path>) -> Option<PathBuf> {
+    let lib = profile_dir().join("libcorral_backend_onnx.so");
+    if !lib.is_file() {
+        eprintln!("SKIP: {} not built (cargo build --workspace builds it)", lib.display());
+        return None;
+    }
+    let mut manifest =
+        std::fs::read_to_string(repo_root().join("backends/onnx/manifests/onnx-cpu.toml"))
+            .expect("onnx manifest");
+    if let Some(l) = library {
+        manifest = manifest
+            .replace("[options]\n", &format!("[options]\nlibrary_path = {:?}\n", l.display().to_string()));
+    }
+    Some(plugin_dir(dir, "onnx-cpu", &manifest, Some(&lib)))
+}
