@@ -29,7 +29,15 @@ fi
 
 RUSTFLAGS_EXTRA=""
 case "$VARIANT" in
-    cpu) FEATURES=cpu ;;
+    cpu)
+        # ggml turns AVX/AVX2/FMA/F16C/BMI2/SSE4.2 ON by default in any non-native x86
+        # build; the portable variant must run on every x86-64 CPU, so switch them off.
+        FEATURES=cpu
+        if [[ "$(uname -m)" == x86_64 ]]; then
+            export GGML_SSE42=OFF GGML_AVX=OFF GGML_AVX2=OFF GGML_FMA=OFF GGML_F16C=OFF \
+                GGML_BMI2=OFF GGML_AVX_VNNI=OFF GGML_AVX512=OFF
+        fi
+        ;;
     cpu-x86-64-v3) FEATURES=cpu; RUSTFLAGS_EXTRA="-C target-cpu=x86-64-v3" ;;
     cpu-x86-64-v4) FEATURES=cpu; RUSTFLAGS_EXTRA="-C target-cpu=x86-64-v4" ;;
     vulkan)
