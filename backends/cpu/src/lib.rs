@@ -1,1 +1,146 @@
-//! corral-backend-cpu (work in progress).
+//! # corral-backend-cpu
+//!
+//! corral's pure-Rust CPU engine: a backend plugin that runs llama-family GGUF models
+//! (llama, mistral, qwen2) in F32, F16, Q8_0 and Q4_0 with no C or C++ code and no
+//! system library. It builds with cargo alone.
+//!
+//! - [`model`]: loads a GGUF file by memory-mapping it; weights are used in place.
+//! - [`tokenizer`]: byte-level BPE (`gpt2`) and SentencePiece-style (`llama`) vocabularies.
+//! - [`forward`]: the transformer over a batch that mixes sequences.
+//! - [`kernels`]: SIMD dot products (AVX-512 VNNI, AVX2/FMA/F16C or scalar, chosen at
+//!   compile time; one plugin variant per x86-64 level), llama.cpp's quantized scheme.
+//! - [`weights`]: the threaded matrix multiplication over mapped weights.
+//! - [`kv`]: the per-sequence KV cache.
+//! - [`context`]: the backend-api context: validation, decode, logits, embeddings, KV ops.
+//!
+//! Options (`[backends.cpu]` in the host config, or `[options]` in the manifest):
+//! `n_threads`, `n_threads_batch` (used when a context asks for 0 threads).
+
+pub mod context;
+pub mod forward;
+pub mod kernels;
+pub mod kv;
+pub mod model;
+pub mod tokenizer;
+pub mod weights;
+
+use corral_backend_api::{
+    BackendError, DeviceInfo, DeviceKind, HostServices, ModelSpec, plugin::Backend,
+};
+use serde::Deserialize;
+
+pub use context::CpuContext;
+pub use model::CpuModel;
+
+/// Errors inside the engine, before they become [`BackendError`]s.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file asks for something this engine does not implement.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The file is malformed.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The SIMD level this build was compiled for.
+pub const SIMD: &str = if cfg!(all(
+    target_arch = "x86_64",
+    target_feature = "avx512vnni",
+    target_feature = "avx512vl",
+    target_feature = "avx2"
+)) {
+    "AVX-512 VNNI"
+} else if cfg!(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")) {
+    "AVX2+FMA"
+} else {
+    "scalar"
+};
+
+/// The variant name this build reports: `CORRAL_CPU_VARIANT` at build time, else derived
+/// from the target features (`cpu-x86-64-v4`, `cpu-x86-64-v3`, `cpu`).
+pub const VARIANT: &str = match option_env!("CORRAL_CPU_VARIANT") {
+    Some(v) => v,
+    None => {
+        if cfg!(all(
+            target_arch = "x86_64",
+            target_feature = "avx512vnni",
+            target_feature = "avx512bw"
+        )) {
+            "cpu-x86-64-v4"
+        } else if cfg!(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))
+        {
+            "cpu-x86-64-v3"
+        } else {
+            "cpu"
+        }
+    }
+};
+
+/// Engine options from the host config.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CpuOptions {
+    /// Threads for single-token decodes when a context asks for 0.
+    pub n_threads: Option<u32>,
+    /// Threads for batches when a context asks for 0.
+    pub n_threads_batch: Option<u32>,
+}
+
+/// The backend.
+pub struct CpuBackend {
+    options: CpuOptions,
+}
+
+impl CpuBackend {
+    /// Plugin entry point.
+    pub fn init(services: &HostServices) -> Result<Self, BackendError> {
+        let options: CpuOptions = services.options()?;
+        log::info!("cpu backend {} ({VARIANT}, {SIMD}) initialised", env!("CARGO_PKG_VERSION"));
+        Ok(CpuBackend { options })
+    }
+
+    /// A backend with the given options, for use without the host.
+    pub fn with_options(options: CpuOptions) -> Self {
+        CpuBackend { options }
+    }
+}
+
+impl Backend for CpuBackend {
+    type Model = CpuModel;
+
+    fn devices(&self) -> Vec<DeviceInfo> {
+        vec![DeviceInfo {
+            index: 0,
+            name: format!("CPU ({SIMD})").into(),
+            kind: DeviceKind::Cpu,
+            memory_total: 0,
+            memory_free: 0,
+        }]
+    }
+
+    fn load_model(&self, spec: &ModelSpec) -> Result<CpuModel, BackendError> {
+        if !spec.format.as_str().eq_ignore_ascii_case("gguf") {
+            return Err(BackendError::unsupported(format!(
+                "the cpu backend runs GGUF models, not '{}'",
+                spec.format
+            )));
+        }
+        let mut options = self.options.clone();
+        if spec.options.n_threads > 0 && options.n_threads.is_none() {
+            options.n_threads = Some(spec.options.n_threads);
+        }
+        model::load(spec.path.as_str(), options)
+    }
+
+    fn describe(&self) -> String {
+        format!("corral cpu engine {} ({VARIANT}, {SIMD})", env!("CARGO_PKG_VERSION"))
+    }
+}
+
+corral_backend_api::export_plugin! {
+    name: "cpu",
+    variant: VARIANT,
+    version: env!("CARGO_PKG_VERSION"),
+    init: CpuBackend::init,
+}

@@ -1,0 +1,253 @@
+//! `cpu-raw`: the cpu engine driven directly (no host), with the same commands and JSON
+//! as the llama.cpp backend's `llama-raw`, so outputs can be compared file for file.
+//!
+//! ```text
+//! cpu-raw logits MODEL --prompt TEXT [--json]
+//! cpu-raw greedy MODEL --prompt TEXT [--n 32] [--json]
+//! cpu-raw bench  MODEL [--threads N] [--pp 512] [--tg 128] [--reps 3] [--json]
+//! ```
+//! Set `CORRAL_CPU_PROFILE=1` to print time per forward-pass phase after `bench`.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use corral_backend_api::{
+    BatchEntry, ContextParams, LoadOptions, ModelSpec,
+    plugin::{Backend, Context, Model},
+};
+use corral_backend_cpu::{CpuBackend, CpuContext, CpuModel, CpuOptions};
+
+struct Args {
+    cmd: String,
+    model: String,
+    prompt: String,
+    n: usize,
+    threads: u32,
+    pp: u32,
+    tg: u32,
+    reps: usize,
+    json: bool,
+}
+
+fn parse() -> Result<Args, String> {
+    let usage = "usage: cpu-raw (logits|greedy|bench) MODEL [--prompt T] [--n N] [--threads N] \
+                 [--pp N] [--tg N] [--reps N] [--json]";
+    let mut it = std::env::args().skip(1);
+    let cmd = it.next().ok_or(usage)?;
+    let model = it.next().ok_or(usage)?;
+    let mut a = Args {
+        cmd,
+        model,
+        prompt: String::new(),
+        n: 32,
+        threads: 0,
+        pp: 512,
+        tg: 128,
+        reps: 3,
+        json: false,
+    };
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--prompt" => a.prompt = val()?,
+            "--n" => a.n = val()?.parse().map_err(|e| format!("--n: {e}"))?,
+            "--threads" => a.threads = val()?.parse().map_err(|e| format!("--threads: {e}"))?,
+            "--pp" => a.pp = val()?.parse().map_err(|e| format!("--pp: {e}"))?,
+            "--tg" => a.tg = val()?.parse().map_err(|e| format!("--tg: {e}"))?,
+            "--reps" => a.reps = val()?.parse().map_err(|e| format!("--reps: {e}"))?,
+            "--json" => a.json = true,
+            other => return Err(format!("unknown argument {other}\n{usage}")),
+        }
+    }
+    Ok(a)
+}
+
+fn load(a: &Args) -> Result<CpuModel, String> {
+    let b = CpuBackend::with_options(CpuOptions::default());
+    b.load_model(&ModelSpec {
+        path: a.model.as_str().into(),
+        format: "gguf".into(),
+        options: LoadOptions::default(),
+    })
+    .map_err(|e| e.to_string())
+}
+
+fn ctx(m: &CpuModel, a: &Args, n_ctx: u32, n_batch: u32) -> Result<CpuContext, String> {
+    m.new_context(&ContextParams {
+        n_ctx,
+        n_batch,
+        n_seq_max: 1,
+        n_threads: a.threads,
+        n_threads_batch: a.threads,
+        ..Default::default()
+    })
+    .map_err(|e| e.to_string())
+}
+
+fn decode(c: &mut CpuContext, start: u32, toks: &[u32]) -> Result<Vec<f32>, String> {
+    let batch: Vec<BatchEntry> = toks
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| BatchEntry {
+            token: t,
+            pos: start + i as u32,
+            seq: 0,
+            logits: i + 1 == toks.len(),
+        })
+        .collect();
+    c.decode(&batch).map_err(|e| e.to_string())?;
+    c.logits(toks.len() as u32 - 1).map(<[f32]>::to_vec).map_err(|e| e.to_string())
+}
+
+fn argmax(l: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in l.iter().enumerate() {
+        if v > l[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn greedy(a: &Args, logits_only: bool) -> Result<(), String> {
+    let m = load(a)?;
+    let toks = m.tokenize(&a.prompt, true, true).map_err(|e| e.to_string())?;
+    if toks.is_empty() {
+        return Err("the prompt tokenizes to nothing".into());
+    }
+    let n_ctx = (toks.len() + a.n + 8) as u32;
+    let mut c = ctx(&m, a, n_ctx.max(64), toks.len() as u32)?;
+    let mut l = decode(&mut c, 0, &toks)?;
+    if logits_only {
+        let nv = l.len();
+        let v: Vec<String> = l.iter().map(|x| format!("{x}")).collect();
+        println!("{{\"prompt_tokens\":{toks:?},\"n_vocab\":{nv},\"logits\":[{}]}}", v.join(","));
+        return Ok(());
+    }
+    let eog = m.special_tokens().eog;
+    let mut out = Vec::new();
+    let mut reason = "length";
+    for i in 0..a.n {
+        let t = argmax(&l);
+        if eog.contains(&t) {
+            reason = "eog";
+            break;
+        }
+        out.push(t);
+        if i + 1 < a.n {
+            l = decode(&mut c, (toks.len() + i) as u32, &[t])?;
+        }
+    }
+    let text = m.detokenize(&out).map_err(|e| e.to_string())?;
+    if a.json {
+        let esc: String = text
+            .chars()
+            .map(|ch| match ch {
+                '"' => "\\\"".to_string(),
+                '\\' => "\\\\".to_string(),
+                c if (c as u32) < 0x20 => format!("\\u{:04x}", c as u32),
+                c => c.to_string(),
+            })
+            .collect();
+        println!(
+            "{{\"prompt_tokens\":{toks:?},\"stop_reason\":\"{reason}\",\"text\":\"{esc}\",\"tokens\":{out:?}}}"
+        );
+    } else {
+        println!("{text}");
+    }
+    Ok(())
+}
+
+fn stats(s: &mut [f64]) -> (f64, f64, f64, f64) {
+    s.sort_by(f64::total_cmp);
+    let med = s[s.len() / 2];
+    let mean = s.iter().sum::<f64>() / s.len() as f64;
+    (med, mean, s[0], s[s.len() - 1])
+}
+
+fn bench(a: &Args) -> Result<(), String> {
+    let m = load(a)?;
+    let nv = m.vocab_size();
+    let n_ctx = (a.pp + a.tg + 16).next_power_of_two().max(256);
+    let mut c = ctx(&m, a, n_ctx, a.pp.max(1))?;
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % u64::from(nv - 1)) as u32 + 1
+    };
+    decode(&mut c, 0, &[next()])?;
+    c.kv_clear().map_err(|e| e.to_string())?;
+    let _ = c.take_profile();
+    let mut pp = Vec::new();
+    let mut tg = Vec::new();
+    for _ in 0..a.reps {
+        if a.pp > 0 {
+            c.kv_clear().map_err(|e| e.to_string())?;
+            let toks: Vec<u32> = (0..a.pp).map(|_| next()).collect();
+            let t = Instant::now();
+            decode(&mut c, 0, &toks)?;
+            pp.push(f64::from(a.pp) / t.elapsed().as_secs_f64());
+        }
+    }
+    let pp_prof = c.take_profile();
+    for _ in 0..a.reps {
+        if a.tg > 0 {
+            c.kv_clear().map_err(|e| e.to_string())?;
+            let t = Instant::now();
+            for p in 0..a.tg {
+                decode(&mut c, p, &[next()])?;
+            }
+            tg.push(f64::from(a.tg) / t.elapsed().as_secs_f64());
+        }
+    }
+    let tg_prof = c.take_profile();
+    let params = c.params();
+    for (name, s) in [(format!("pp{}", a.pp), &mut pp), (format!("tg{}", a.tg), &mut tg)] {
+        if s.is_empty() {
+            continue;
+        }
+        let (med, mean, min, max) = stats(s);
+        if a.json {
+            println!(
+                "{{\"test\":\"{name}\",\"threads\":{},\"median_tps\":{med:.3},\"mean_tps\":{mean:.3},\"min_tps\":{min:.3},\"max_tps\":{max:.3}}}",
+                params.n_threads
+            );
+        } else {
+            println!(
+                "{name}: median {med:.2} t/s (mean {mean:.2}, min {min:.2}, max {max:.2}), {} threads",
+                params.n_threads
+            );
+        }
+    }
+    for (name, p) in [("pp", pp_prof), ("tg", tg_prof)] {
+        if let Some(p) = p {
+            let total: f64 = p.phases.iter().map(|x| x.1).sum();
+            eprintln!("profile {name}: total {total:.3} s");
+            for (phase, secs, calls) in p.phases {
+                eprintln!(
+                    "  {phase:<16} {secs:>8.3} s {:>5.1}%  ({calls} calls)",
+                    100.0 * secs / total
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let r = parse().and_then(|a| match a.cmd.as_str() {
+        "logits" => greedy(&a, true),
+        "greedy" => greedy(&a, false),
+        "bench" => bench(&a),
+        other => Err(format!("unknown command {other}")),
+    });
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cpu-raw: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! A context: the KV caches of its sequences, a thread pool and the batch decoder.
+
+use std::sync::Arc;
+
+use corral_backend_api::{BackendError, BatchEntry, ContextParams, ErrorKind, plugin::Context};
+
+use crate::forward::{Output, Profile, Scratch, forward};
+use crate::kv::{SeqCache, range};
+use crate::model::ModelInner;
+
+/// Largest number of sequences a context accepts.
+pub const MAX_SEQ: u32 = 256;
+
+/// A context of [`crate::CpuModel`].
+pub struct CpuContext {
+    model: Arc<ModelInner>,
+    params: ContextParams,
+    pool: rayon::ThreadPool,
+    /// Pool for single-token decodes when `n_threads` differs from `n_threads_batch`.
+    pool_single: Option<rayon::ThreadPool>,
+    caches: Vec<SeqCache>,
+    scratch: Scratch,
+    /// Per entry of the last decode: its row in `logits`, if it asked for logits.
+    out_index: Vec<Option<usize>>,
+    logits: Vec<f32>,
+    /// Pooled embeddings of the sequences of the last decode (embedding contexts).
+    pooled: Vec<Option<Vec<f32>>>,
+}
+
+fn default_threads() -> u32 {
+    std::thread::available_parallelism().map_or(4, |n| n.get() as u32)
+}
+
+fn build_pool(n: u32) -> Result<rayon::ThreadPool, BackendError> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n as usize)
+        .thread_name(|i| format!("corral-cpu-{i}"))
+        .build()
+        .map_err(|e| BackendError::internal(format!("cannot start {n} compute threads: {e}")))
+}
+
+impl CpuContext {
+    pub(crate) fn new(model: Arc<ModelInner>, p: &ContextParams) -> Result<Self, BackendError> {
+        if p.n_ctx == 0 || p.n_batch == 0 || p.n_seq_max == 0 {
+            return Err(BackendError::invalid(format!(
+                "context sizes must be positive (n_ctx {}, n_batch {}, n_seq_max {})",
+                p.n_ctx, p.n_batch, p.n_seq_max
+            )));
+        }
+        if p.n_seq_max > MAX_SEQ {
+            return Err(BackendError::invalid(format!(
+                "n_seq_max {} is above the cpu backend's limit of {MAX_SEQ}",
+                p.n_seq_max
+            )));
+        }
+        if p.n_ctx > i32::MAX as u32 / 2 {
+            return Err(BackendError::invalid("n_ctx is too large"));
+        }
+        let opts = &model.options;
+        let pick = |asked: u32, opt: Option<u32>| match (asked, opt) {
+            (0, Some(o)) if o > 0 => o,
+            (0, _) => default_threads(),
+            (n, _) => n,
+        };
+        let n_threads = pick(p.n_threads, opts.n_threads).clamp(1, 512);
+        let n_threads_batch =
+            pick(p.n_threads_batch, opts.n_threads_batch.or(opts.n_threads)).clamp(1, 512);
+        let pool = build_pool(n_threads_batch)?;
+        let pool_single =
+            if n_threads != n_threads_batch { Some(build_pool(n_threads)?) } else { None };
+        let n_batch = p.n_batch.min(p.n_ctx);
+        let params = ContextParams {
+            n_ctx: p.n_ctx,
+            n_batch,
+            n_seq_max: p.n_seq_max,
+            n_threads,
+            n_threads_batch,
+            embeddings: p.embeddings,
+            seed: p.seed,
+        };
+        let n_layer = model.hp.n_layer;
+        let mut scratch = Scratch::default();
+        scratch.profile = std::env::var_os("CORRAL_CPU_PROFILE").map(|_| Profile::default());
+        Ok(CpuContext {
+            caches: (0..p.n_seq_max).map(|_| SeqCache::new(n_layer)).collect(),
+            model,
+            params,
+            pool,
+            pool_single,
+            scratch,
+            out_index: Vec::new(),
+            logits: Vec::new(),
+            pooled: Vec::new(),
+        })
+    }
+
+    /// Time per phase of the forward passes so far (`CORRAL_CPU_PROFILE` set), and
+    /// resets it.
+    pub fn take_profile(&mut self) -> Option<Profile> {
+        let p = self.scratch.profile.take();
+        if p.is_some() {
+            self.scratch.profile = Some(Profile::default());
+        }
+        p
+    }
+
+    fn check_seq(&self, seq: u32) -> Result<(), BackendError> {
+        if seq < self.params.n_seq_max {
+            Ok(())
+        } else {
+            Err(BackendError::invalid(format!(
+                "sequence id {seq} is out of range: this context has n_seq_max = {}",
+                self.params.n_seq_max
+            )))
+        }
+    }
+
+    fn validate(&self, batch: &[BatchEntry]) -> Result<(), BackendError> {
+        if batch.is_empty() {
+            return Err(BackendError::invalid("cannot decode an empty batch"));
+        }
+        if batch.len() > self.params.n_batch as usize {
+            return Err(BackendError::invalid(format!(
+                "batch of {} entries is larger than this context's n_batch of {}",
+                batch.len(),
+                self.params.n_batch
+            )));
+        }
+        let n_seq = self.params.n_seq_max as usize;
+        // Per sequence: (count, min pos, max pos) of the batch's entries.
+        let mut seen: Vec<(u32, u32, u32)> = vec![(0, u32::MAX, 0); n_seq];
+        for (i, e) in batch.iter().enumerate() {
+            self.model.check_token(e.token).map_err(|err| {
+                BackendError::invalid(format!("batch entry {i}: {}", err.message))
+            })?;
+            self.check_seq(e.seq).map_err(|err| {
+                BackendError::invalid(format!("batch entry {i}: {}", err.message))
+            })?;
+            if e.pos >= self.params.n_ctx {
+                return Err(BackendError::invalid(format!(
+                    "batch entry {i}: position {} is out of range: the context holds {} positions",
+                    e.pos, self.params.n_ctx
+                )));
+            }
+            let s = &mut seen[e.seq as usize];
+            s.0 += 1;
+            s.1 = s.1.min(e.pos);
+            s.2 = s.2.max(e.pos);
+        }
+        let mut new_cells = 0usize;
+        for (seq, &(count, lo, hi)) in seen.iter().enumerate() {
+            if count == 0 {
+                continue;
+            }
+            new_cells += count as usize;
+            let last = self.caches[seq].pos_max();
+            if last >= 0 && lo as i64 != last as i64 + 1 {
+                return Err(BackendError::invalid(format!(
+                    "sequence {seq}: the batch starts at position {lo} but the KV cache ends at \
+                     position {last}; positions must continue the sequence ({})",
+                    last + 1
+                )));
+            }
+            if hi - lo + 1 != count {
+                return Err(BackendError::invalid(format!(
+                    "sequence {seq}: the batch's positions {lo}..={hi} are not {count} \
+                     consecutive positions"
+                )));
+            }
+        }
+        let used: usize = self.caches.iter().map(SeqCache::len).sum();
+        if used + new_cells > self.params.n_ctx as usize {
+            return Err(BackendError::new(
+                ErrorKind::ContextFull,
+                format!(
+                    "no room in the KV cache for a batch of {} entries ({used} of {} cells in \
+                     use); remove finished sequences or use a larger context",
+                    batch.len(),
+                    self.params.n_ctx
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Context for CpuContext {
+    fn params(&self) -> ContextParams {
+        self.params.clone()
+    }
+
+    fn decode(&mut self, batch: &[BatchEntry]) -> Result<(), BackendError> {
+        self.validate(batch)?;
+        self.out_index.clear();
+        self.logits.clear();
+        self.pooled.clear();
+        let emb = self.params.embeddings;
+        let out_rows: Vec<usize> = (0..batch.len()).filter(|&i| emb || batch[i].logits).collect();
+        let pool = match (&self.pool_single, batch.len()) {
+            (Some(p), 1) => p,
+            _ => &self.pool,
+        };
+        let model = &self.model;
+        let caches = &mut self.caches;
+        let scratch = &mut self.scratch;
+        let out = pool.install(|| forward(model, caches, batch, &out_rows, emb, scratch));
+        match out {
+            Output::Logits(l) => {
+                self.logits = l;
+                let mut row = 0;
+                for e in batch {
+                    if e.logits {
+                        self.out_index.push(Some(row));
+                        row += 1;
+                    } else {
+                        self.out_index.push(None);
+                    }
+                }
+            }
+            Output::Hidden(h) => {
+                // Mean pooling per sequence over its entries of this batch.
+                let d = self.model.hp.n_embd;
+                let mut sums: Vec<Option<(Vec<f64>, usize)>> =
+                    vec![None; self.params.n_seq_max as usize];
+                for (row, &i) in out_rows.iter().enumerate() {
+                    let slot = sums[batch[i].seq as usize].get_or_insert_with(|| (vec![0.0; d], 0));
+                    for (s, v) in slot.0.iter_mut().zip(&h[row * d..(row + 1) * d]) {
+                        *s += *v as f64;
+                    }
+                    slot.1 += 1;
+                }
+                self.pooled = sums
+                    .into_iter()
+                    .map(|s| s.map(|(v, n)| v.into_iter().map(|x| (x / n as f64) as f32).collect()))
+                    .collect();
+                self.out_index = vec![None; batch.len()];
+            }
+        }
+        Ok(())
+    }
+
+    fn logits(&self, index: u32) -> Result<&[f32], BackendError> {
+        if self.params.embeddings {
+            return Err(BackendError::unsupported(
+                "this context computes embeddings; create one with embeddings off for logits",
+            ));
+        }
+        match self.out_index.get(index as usize) {
+            None => Err(BackendError::invalid(format!(
+                "batch entry {index} is out of range: the last decode had {} entries",
+                self.out_index.len()
+            ))),
+            Some(None) => Err(BackendError::invalid(format!(
+                "batch entry {index} did not ask for logits in the last decode"
+            ))),
+            Some(Some(row)) => {
+                let nv = self.model.hp.n_vocab;
+                Ok(&self.logits[row * nv..(row + 1) * nv])
+            }
+        }
+    }
+
+    fn embeddings(&self, seq: u32) -> Result<Vec<f32>, BackendError> {
+        if !self.params.embeddings {
+            return Err(BackendError::invalid(
+                "this context was made without embeddings; create one with embeddings: true",
+            ));
+        }
+        self.check_seq(seq)?;
+        match self.pooled.get(seq as usize) {
+            Some(Some(v)) => Ok(v.clone()),
+            _ => Err(BackendError::invalid(format!(
+                "sequence {seq} had no entries in the last decode, so it has no embedding"
+            ))),
+        }
+    }
+
+    fn kv_remove(&mut self, seq: i32, p0: i32, p1: i32) -> Result<(), BackendError> {
+        let kv_dim = self.model.hp.kv_dim();
+        let r = range(p0, p1);
+        if seq < 0 {
+            for c in &mut self.caches {
+                c.retain(kv_dim, |p| !r(p));
+            }
+        } else {
+            self.check_seq(seq as u32)?;
+            self.caches[seq as usize].retain(kv_dim, |p| !r(p));
+        }
+        Ok(())
+    }
+
+    fn kv_copy(&mut self, src: u32, dst: u32, p0: i32, p1: i32) -> Result<(), BackendError> {
+        self.check_seq(src)?;
+        self.check_seq(dst)?;
+        if src == dst {
+            return Ok(());
+        }
+        let kv_dim = self.model.hp.kv_dim();
+        let r = range(p0, p1);
+        let source = std::mem::take(&mut self.caches[src as usize]);
+        let d = &mut self.caches[dst as usize];
+        // Copied positions replace any the destination held.
+        let copied: std::collections::HashSet<u32> =
+            source.pos.iter().copied().filter(|&p| r(p)).collect();
+        d.retain(kv_dim, |p| !copied.contains(&p));
+        d.append_from(&source, kv_dim, &r);
+        self.caches[src as usize] = source;
+        Ok(())
+    }
+
+    fn kv_pos_max(&self, seq: u32) -> i32 {
+        self.caches.get(seq as usize).map_or(-1, SeqCache::pos_max)
+    }
+
+    fn kv_clear(&mut self) -> Result<(), BackendError> {
+        for c in &mut self.caches {
+            c.clear();
+        }
+        self.out_index.clear();
+        self.logits.clear();
+        self.pooled.clear();
+        Ok(())
+    }
+}

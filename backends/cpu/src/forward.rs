@@ -1,0 +1,324 @@
+//! The forward pass of a llama-family transformer over a batch that mixes sequences.
+//!
+//! Numerics follow llama.cpp's CPU backend where it matters for agreement: RMS norm with a
+//! double-precision sum, RoPE angles built by repeated multiplication as ggml's cache
+//! does, activations rounded to f16 for F16 weights and quantized to Q8_0 for Q8_0/Q4_0
+//! weights, keys and values stored as F16.
+
+use half::f16;
+use rayon::prelude::*;
+
+use corral_backend_api::BatchEntry;
+
+use crate::kernels;
+use crate::kv::SeqCache;
+use crate::model::{ModelInner, RopeKind};
+use crate::weights::{Prepared, Weight, matmul};
+
+/// Reusable buffers of a context.
+#[derive(Default)]
+pub struct Scratch {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    tmp: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    rope: Vec<f32>,
+    prep: Prepared,
+    /// Timing per phase, when profiling is on.
+    pub profile: Option<Profile>,
+}
+
+/// Accumulated time per phase of the forward pass (set `CORRAL_CPU_PROFILE=1`).
+#[derive(Default, Debug, Clone)]
+pub struct Profile {
+    /// (phase, seconds, calls).
+    pub phases: Vec<(&'static str, f64, u64)>,
+}
+
+impl Profile {
+    fn add(&mut self, name: &'static str, secs: f64) {
+        match self.phases.iter_mut().find(|p| p.0 == name) {
+            Some(p) => {
+                p.1 += secs;
+                p.2 += 1;
+            }
+            None => self.phases.push((name, secs, 1)),
+        }
+    }
+}
+
+struct Timer(Option<std::time::Instant>);
+
+impl Timer {
+    fn start(on: bool) -> Timer {
+        Timer(on.then(std::time::Instant::now))
+    }
+    fn lap(&mut self, p: &mut Option<Profile>, name: &'static str) {
+        if let (Some(t), Some(p)) = (self.0.as_mut(), p.as_mut()) {
+            let now = std::time::Instant::now();
+            p.add(name, (now - *t).as_secs_f64());
+            *t = now;
+        }
+    }
+}
+
+fn rms_norm(x: &[f32], w: &[f32], out: &mut [f32], eps: f32) {
+    let n = w.len();
+    out[..x.len()].par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(o, x)| {
+        let sum: f64 = x.iter().map(|v| (v * v) as f64).sum();
+        let mean = (sum / n as f64) as f32;
+        let scale = 1.0 / (mean + eps).sqrt();
+        for ((o, x), w) in o.iter_mut().zip(x).zip(w) {
+            *o = (x * scale) * w;
+        }
+    });
+}
+
+/// Fills `table` with (cos, sin) of each rotated pair for each batch position.
+fn rope_table(m: &ModelInner, batch: &[BatchEntry], table: &mut Vec<f32>) {
+    let hp = &m.hp;
+    let half = hp.n_rot / 2;
+    let theta_scale = hp.rope_base.powf(-2.0 / hp.n_rot as f32);
+    table.resize(batch.len() * half * 2, 0.0);
+    for (e, t) in batch.iter().zip(table.chunks_mut(half * 2)) {
+        let mut theta = e.pos as f32;
+        for i in 0..half {
+            let th = hp.rope_freq_scale * theta;
+            t[2 * i] = th.cos();
+            t[2 * i + 1] = th.sin();
+            theta *= theta_scale;
+        }
+    }
+}
+
+fn apply_rope(m: &ModelInner, x: &mut [f32], n_heads: usize, table: &[f32]) {
+    let hp = &m.hp;
+    let hd = hp.head_dim;
+    let half = hp.n_rot / 2;
+    let kind = hp.rope_kind;
+    x.par_chunks_mut(n_heads * hd).zip(table.par_chunks(half * 2)).for_each(|(row, t)| {
+        for head in row.chunks_mut(hd) {
+            for i in 0..half {
+                let (c, s) = (t[2 * i], t[2 * i + 1]);
+                let (a, b) = match kind {
+                    RopeKind::Norm => (2 * i, 2 * i + 1),
+                    RopeKind::Neox => (i, i + half),
+                };
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0 * c - x1 * s;
+                head[b] = x0 * s + x1 * c;
+            }
+        }
+    });
+}
+
+fn add_bias(x: &mut [f32], bias: &Option<Vec<f32>>) {
+    if let Some(b) = bias {
+        for row in x.chunks_mut(b.len()) {
+            for (v, b) in row.iter_mut().zip(b) {
+                *v += b;
+            }
+        }
+    }
+}
+
+/// Multiplies `x` (n rows) by `w` into `y`, preparing the activations unless `reuse`
+/// says the scratch already holds them prepared for this weight type and input.
+fn mm(
+    map: &[u8],
+    w: &Weight,
+    prep: &mut Prepared,
+    x: &[f32],
+    n: usize,
+    y: &mut Vec<f32>,
+    reuse: bool,
+) {
+    if !reuse {
+        prep.prepare(w.ty, x, n, w.cols);
+    }
+    y.resize(n * w.rows, 0.0);
+    matmul(map, w, prep, y);
+}
+
+/// What a forward pass produces for the rows that asked for output.
+pub enum Output {
+    /// Logits, `rows × n_vocab`.
+    Logits(Vec<f32>),
+    /// Final (normed) hidden states, `rows × n_embd`.
+    Hidden(Vec<f32>),
+}
+
+/// Runs the model over `batch`, appending each entry's keys and values to its
+/// sequence's cache (`caches[seq]`), and returns the output of the entries in `out_rows`
+/// (batch indices, ascending). Must run inside the context's thread pool.
+pub fn forward(
+    m: &ModelInner,
+    caches: &mut [SeqCache],
+    batch: &[BatchEntry],
+    out_rows: &[usize],
+    hidden: bool,
+    s: &mut Scratch,
+) -> Output {
+    let hp = &m.hp;
+    let map = m.bytes();
+    let n = batch.len();
+    let d = hp.n_embd;
+    let hd = hp.head_dim;
+    let kv_dim = hp.kv_dim();
+    let q_dim = hp.n_head * hd;
+    let mut prof = s.profile.take();
+    let mut timer = Timer::start(prof.is_some());
+
+    // Token embeddings.
+    s.x.resize(n * d, 0.0);
+    for (e, row) in batch.iter().zip(s.x.chunks_mut(d)) {
+        m.tok_embd.dequantize_row(map, e.token as usize, row);
+    }
+    rope_table(m, batch, &mut s.rope);
+
+    // Each entry's cell index in its sequence's cache; positions are appended now, keys
+    // and values layer by layer.
+    let mut cell = Vec::with_capacity(n);
+    for e in batch {
+        let c = &mut caches[e.seq as usize];
+        cell.push(c.pos.len());
+        c.pos.push(e.pos);
+    }
+    for e in batch {
+        let c = &mut caches[e.seq as usize];
+        let cells = c.pos.len();
+        for l in 0..hp.n_layer {
+            c.k[l].resize(cells * kv_dim, f16::ZERO);
+            c.v[l].resize(cells * kv_dim, f16::ZERO);
+        }
+    }
+    timer.lap(&mut prof, "embed");
+
+    let scale = 1.0 / (hd as f32).sqrt();
+    let group = hp.n_head / hp.n_head_kv;
+    for (l, layer) in m.layers.iter().enumerate() {
+        rms_norm(&s.x, &layer.attn_norm, &mut resize(&mut s.h, n * d)[..], hp.eps);
+        timer.lap(&mut prof, "norm");
+        mm(map, &layer.wq, &mut s.prep, &s.h, n, &mut s.q, false);
+        let same_k = layer.wk.ty == layer.wq.ty;
+        mm(map, &layer.wk, &mut s.prep, &s.h, n, &mut s.k, same_k);
+        let same_v = layer.wv.ty == layer.wk.ty;
+        mm(map, &layer.wv, &mut s.prep, &s.h, n, &mut s.v, same_v);
+        timer.lap(&mut prof, "matmul qkv");
+        add_bias(&mut s.q, &layer.bq);
+        add_bias(&mut s.k, &layer.bk);
+        add_bias(&mut s.v, &layer.bv);
+        apply_rope(m, &mut s.q, hp.n_head, &s.rope);
+        apply_rope(m, &mut s.k, hp.n_head_kv, &s.rope);
+        for (i, e) in batch.iter().enumerate() {
+            let c = &mut caches[e.seq as usize];
+            let at = cell[i] * kv_dim;
+            for (dst, src) in c.k[l][at..at + kv_dim].iter_mut().zip(&s.k[i * kv_dim..]) {
+                *dst = f16::from_f32(*src);
+            }
+            for (dst, src) in c.v[l][at..at + kv_dim].iter_mut().zip(&s.v[i * kv_dim..]) {
+                *dst = f16::from_f32(*src);
+            }
+        }
+        timer.lap(&mut prof, "rope+kv store");
+
+        // Attention, one task per (entry, head).
+        let caches_ro: &[SeqCache] = caches;
+        let q = &s.q;
+        resize(&mut s.att, n * q_dim).par_chunks_mut(hd).enumerate().for_each_init(
+            Vec::new,
+            |scores: &mut Vec<f32>, (idx, out)| {
+                let (i, h) = (idx / hp.n_head, idx % hp.n_head);
+                let e = &batch[i];
+                let c = &caches_ro[e.seq as usize];
+                let g = h / group;
+                let qv = &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
+                let ks = &c.k[l];
+                let vs = &c.v[l];
+                scores.clear();
+                let mut max = f32::NEG_INFINITY;
+                for (cidx, &p) in c.pos.iter().enumerate() {
+                    let sc = if p <= e.pos {
+                        let kr = &ks[cidx * kv_dim + g * hd..cidx * kv_dim + (g + 1) * hd];
+                        kernels::dot_f32_f16(qv, kr) * scale
+                    } else {
+                        f32::NEG_INFINITY
+                    };
+                    max = max.max(sc);
+                    scores.push(sc);
+                }
+                let mut sum = 0f64;
+                for sc in scores.iter_mut() {
+                    *sc = if *sc == f32::NEG_INFINITY { 0.0 } else { (*sc - max).exp() };
+                    sum += *sc as f64;
+                }
+                let inv = (1.0 / sum) as f32;
+                out.fill(0.0);
+                for (cidx, &p) in scores.iter().enumerate() {
+                    if p != 0.0 {
+                        let vr = &vs[cidx * kv_dim + g * hd..cidx * kv_dim + (g + 1) * hd];
+                        kernels::axpy_f16(out, p * inv, vr);
+                    }
+                }
+            },
+        );
+        timer.lap(&mut prof, "attention");
+        mm(map, &layer.wo, &mut s.prep, &s.att, n, &mut s.tmp, false);
+        timer.lap(&mut prof, "matmul wo");
+        add_in_place(&mut s.x, &s.tmp);
+
+        rms_norm(&s.x, &layer.ffn_norm, &mut resize(&mut s.h, n * d)[..], hp.eps);
+        timer.lap(&mut prof, "norm");
+        mm(map, &layer.w_gate, &mut s.prep, &s.h, n, &mut s.gate, false);
+        let same_up = layer.w_up.ty == layer.w_gate.ty;
+        mm(map, &layer.w_up, &mut s.prep, &s.h, n, &mut s.up, same_up);
+        timer.lap(&mut prof, "matmul gate+up");
+        let nff = hp.n_ff;
+        s.gate.par_chunks_mut(nff).zip(s.up.par_chunks(nff)).for_each(|(g, u)| {
+            for (g, u) in g.iter_mut().zip(u) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+        });
+        timer.lap(&mut prof, "swiglu");
+        mm(map, &layer.w_down, &mut s.prep, &s.gate, n, &mut s.tmp, false);
+        timer.lap(&mut prof, "matmul down");
+        add_in_place(&mut s.x, &s.tmp);
+    }
+
+    // Output rows only.
+    let r = out_rows.len();
+    let mut hsel = Vec::with_capacity(r * d);
+    for &i in out_rows {
+        hsel.extend_from_slice(&s.x[i * d..(i + 1) * d]);
+    }
+    let mut normed = vec![0f32; r * d];
+    rms_norm(&hsel, &m.output_norm, &mut normed, hp.eps);
+    let out = if hidden {
+        Output::Hidden(normed)
+    } else {
+        let mut logits = Vec::new();
+        if r > 0 {
+            mm(map, &m.output, &mut s.prep, &normed, r, &mut logits, false);
+        }
+        Output::Logits(logits)
+    };
+    timer.lap(&mut prof, "output");
+    s.profile = prof;
+    out
+}
+
+fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    v.resize(n, 0.0);
+    &mut v[..n]
+}
+
+fn add_in_place(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
