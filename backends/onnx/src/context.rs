@@ -205,19 +205,24 @@ impl OnnxContext {
         let shared = self.shared.clone();
         let (heads, hd) = (io.n_kv_heads, io.head_dim);
         let vocab = shared.vocab as usize;
+        // Check every sequence's room first, so a refused batch changes nothing.
         for (&s, idx) in groups {
-            let seq = &self.seqs[s as usize];
-            let past = seq.len();
-            let n = idx.len();
-            if past + n > self.params.n_ctx as usize {
+            let past = self.seqs[s as usize].len();
+            if past + idx.len() > self.params.n_ctx as usize {
                 return Err(BackendError::new(
                     ErrorKind::ContextFull,
                     format!(
-                        "sequence {s} holds {past} tokens; {n} more exceed n_ctx {}",
+                        "sequence {s} holds {past} tokens; {} more exceed n_ctx {}",
+                        idx.len(),
                         self.params.n_ctx
                     ),
                 ));
             }
+        }
+        for (&s, idx) in groups {
+            let seq = &self.seqs[s as usize];
+            let past = seq.len();
+            let n = idx.len();
             let ids: Vec<i64> = idx.iter().map(|&i| i64::from(batch[i].token)).collect();
             let positions: Vec<i64> = idx.iter().map(|&i| i64::from(batch[i].pos)).collect();
             let mask = vec![1i64; past + n];

@@ -3,11 +3,12 @@
 //! tests/python/gen_onnx/gen_llama.py, this crate's backend for the ONNX side and
 //! `llama-raw logits` (the llama.cpp plugin's raw tool) for the reference.
 //!
-//! Tolerance: |onnx - llama.cpp| <= 2e-2 + 2e-3 x max|llama.cpp| per logit. llama.cpp keeps
-//! its KV cache in F16 and, with F16 weights, rounds activations to F16 for the matrix
-//! products, so the two engines differ by float rounding (measured: about 3e-3 with F32
-//! weights, about 1e-2 with F16, on logits of magnitude about 10); a real bug (a wrong
-//! rotary convention, head grouping or mask) moves logits by O(1).
+//! Tolerance: |onnx - llama.cpp| <= 1e-2 + 1e-3 x max|llama.cpp| per logit (about 2e-2 for
+//! these logits of magnitude about 10), and the same argmax. llama.cpp keeps its KV cache
+//! in F16 and, with F16 weights, rounds activations to F16 for the matrix products, so the
+//! engines differ by float rounding (measured: at most 4.3e-3 with F32 weights, 7.1e-3
+//! with F16); a real bug (a wrong rotary convention, head grouping or mask) moves logits
+//! by O(1).
 //!
 //! Skips, printing why, when no Python has the generator's packages, when ONNX Runtime
 //! cannot be found, or when `llama-raw` was not built into this target directory.
@@ -147,7 +148,7 @@ fn logits_agree_with_llama_cpp() {
             assert_eq!(tokens, ref_tokens, "{ty} {prompt:?}: tokenization differs from llama.cpp");
             assert_eq!(got.len(), reference.len());
             let scale = reference.iter().fold(0f32, |m, x| m.max(x.abs()));
-            let tol = 2e-2 + 2e-3 * scale;
+            let tol = 1e-2 + 1e-3 * scale;
             let d = reference.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             println!("{ty} {:>3} tokens: max |diff| {d:.2e} (max |logit| {scale:.2}, tolerance {tol:.2e})", tokens.len());
             assert!(d <= tol, "{ty} {prompt:?}: max |diff| {d} > {tol}");
