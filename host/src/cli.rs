@@ -199,7 +199,8 @@ pub fn serve(global: &GlobalOptions, a: ServeArgs) -> Result<()> {
                 eprintln!("  skipped {}:{}: {}", r.name, r.variant, r.reason);
             }
         }
-        Err(e) => eprintln!("warning: {e:#}"),
+        // An unknown --backend fails at once, listing what is installed.
+        Err(e) => return Err(e.into()),
     }
     let cfg = &rt.config.server;
     let defaults = Settings::default();

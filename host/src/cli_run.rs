@@ -112,6 +112,9 @@ pub struct RunArgs {
     /// Print timings and token rates after each answer.
     #[arg(long)]
     pub verbose: bool,
+    /// Run in this process even when a `corral serve` answers at CORRAL_HOST.
+    #[arg(long)]
+    pub local: bool,
 }
 
 fn sampling_options(
@@ -207,6 +210,11 @@ fn print_stats(load: std::time::Duration, s: &Stats) {
 
 /// `corral run`.
 pub fn run(global: &GlobalOptions, a: RunArgs) -> Result<()> {
+    if !a.local
+        && let Some(url) = crate::remote::reachable_server()
+    {
+        return crate::remote::run(&url, &a);
+    }
     let mref = crate::models::resolve_for(global, &a.model)?;
     let options = sampling_options(&a, &mref.params)?;
     let path = mref.path.clone();

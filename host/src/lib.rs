@@ -19,5 +19,6 @@ pub mod manifest;
 pub mod models;
 pub mod plugins;
 pub mod prompt;
+pub mod remote;
 pub mod runtime;
 pub mod server;

@@ -322,12 +322,22 @@ pub fn load(
         .and_then(|header| header.init_root_module::<PluginRootRef>())
         .map_err(|e| layout_error(&library, e))?;
     let info = (root.info())();
-    if info.name.as_str() != manifest.name || info.variant.as_str() != manifest.variant {
+    // The name must match; a variant may differ, because one library can serve several
+    // manifests (a multi-device build listed once per device API, with different options).
+    if info.name.as_str() != manifest.name {
         return Err(LoadError::IdentityMismatch {
             library,
             found: format!("{}:{}", info.name, info.variant),
             expected: manifest.id(),
         });
+    }
+    if info.variant.as_str() != manifest.variant {
+        tracing::debug!(
+            "{} reports variant {} under manifest variant {}",
+            library.display(),
+            info.variant,
+            manifest.variant
+        );
     }
     let services = HostServices {
         log: LogSinkBox::from_value(TracingSink { plugin: manifest.id() }, TD_Opaque),

@@ -48,7 +48,10 @@ pub fn corral(plugin_dirs: &[&Path]) -> Command {
         .env("CORRAL_PLUGIN_PATH_ONLY", "1")
         .env("XDG_CONFIG_HOME", "/nonexistent-corral-test")
         .env("HOME", "/nonexistent-corral-test")
-        .env("CORRAL_LOG", "warn");
+        .env("CORRAL_LOG", "warn")
+        // `corral run` talks to a server at CORRAL_HOST when one answers; point it at a
+        // port nothing listens on so tests run in-process unless they start a server.
+        .env("CORRAL_HOST", "127.0.0.1:9");
     for d in plugin_dirs {
         c.arg("--plugin-dir").arg(d);
     }
@@ -278,7 +281,9 @@ pub fn onnxruntime_library(python: &Path) -> Option<PathBuf> {
         .ok()?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libonnxruntime.so")))
+        .filter(|p| {
+            p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libonnxruntime.so"))
+        })
         .collect();
     libs.sort();
     libs.pop()
@@ -314,8 +319,10 @@ pub fn onnx_plugin_dir(dir: &Path, library: Option<&Path>) -> Option<PathBuf> {
         std::fs::read_to_string(repo_root().join("backends/onnx/manifests/onnx-cpu.toml"))
             .expect("onnx manifest");
     if let Some(l) = library {
-        manifest = manifest
-            .replace("[options]\n", &format!("[options]\nlibrary_path = {:?}\n", l.display().to_string()));
+        manifest = manifest.replace(
+            "[options]\n",
+            &format!("[options]\nlibrary_path = {:?}\n", l.display().to_string()),
+        );
     }
     Some(plugin_dir(dir, "onnx-cpu", &manifest, Some(&lib)))
 }

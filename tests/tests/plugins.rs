@@ -241,3 +241,45 @@ fn conformance_suite_passes_on_the_example_plugin() {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("10 passed, 0 failed"), "{stdout}");
 }
+
+/// A plugin whose manifest needs a Vulkan device is chosen when one exists (Mesa's
+/// lavapipe counts) and asked for, and skipped with the reason when the machine has none,
+/// falling back to the next candidate.
+#[test]
+fn vulkan_requirement_is_matched_against_the_probe() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    plugin_dir(d, "cpu", &example_manifest("cpu", "1.0", "libexample.so"), Some(&example_lib()));
+    let vk =
+        example_manifest("vulkan", "1.0", "libexample.so") + "[requires]\ngpu_api = \"vulkan\"\n";
+    plugin_dir(d, "vulkan", &vk, Some(&example_lib()));
+
+    // No Vulkan driver visible: the vulkan variant is unavailable, cpu is chosen.
+    let mut c = corral(&[d]);
+    c.env("VK_DRIVER_FILES", "/nonexistent/icd.json")
+        .env("VK_ICD_FILENAMES", "/nonexistent/icd.json")
+        .args(["backends", "--json", "--backend", "vulkan"]);
+    let (out, stdout, stderr) = run(c);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report(&v, "cpu")["status"], "chosen", "{v:#}");
+    let r = report(&v, "vulkan");
+    assert_eq!(r["status"], "unavailable");
+    assert!(r["reason"].as_str().unwrap().contains("Vulkan"), "{r}");
+
+    // With the machine's own Vulkan devices (lavapipe on a CI machine), it is chosen.
+    let mut c = corral(&[]);
+    c.args(["probe", "--json"]);
+    let (_, probe, _) = run(c);
+    let has_vulkan = probe.contains("\"vulkan\"") && probe.contains("llvmpipe")
+        || probe.contains("\"source\": \"vulkan\"");
+    if !has_vulkan {
+        eprintln!(
+            "SKIP (second half): this machine has no Vulkan device (install mesa-vulkan-drivers)"
+        );
+        return;
+    }
+    let v = backends_json(&[d], &["--backend", "vulkan"]);
+    assert_eq!(report(&v, "vulkan")["status"], "chosen", "{v:#}");
+    assert!(report(&v, "vulkan")["reason"].as_str().unwrap().contains("asked for"), "{v:#}");
+}

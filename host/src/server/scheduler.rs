@@ -306,7 +306,8 @@ impl Scheduler {
             name: m.name.to_string(),
             format: self.format_of(&m.model_path),
             path: m.model_path.clone(),
-            template: m.template.clone(),
+            // Ollama's Go templates are translated to Jinja, so pulled models chat right.
+            template: crate::models::jinja_template(&m.name.to_string(), m.template.as_deref()),
             system: m.system.clone(),
             params: m.params.clone(),
             digest: m.manifest_digest.to_string().trim_start_matches("sha256:").to_string(),

@@ -1,0 +1,214 @@
+//! `corral run` as a client: when a `corral serve` answers at `CORRAL_HOST` (default
+//! 127.0.0.1:11434), `run` sends its prompts there, as `ollama run` does, so the model
+//! stays loaded between runs. `--local` runs in-process instead.
+
+use std::{
+    io::{BufRead, IsTerminal, Write},
+    net::{TcpStream, ToSocketAddrs},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use futures_util::StreamExt;
+use serde_json::{Map, Value, json};
+
+use crate::cli_run::RunArgs;
+
+/// The server's base URL from `CORRAL_HOST` (`host:port`, `http://host:port` or a host).
+pub fn server_url() -> String {
+    let host = std::env::var("CORRAL_HOST").ok().filter(|h| !h.trim().is_empty());
+    let host = host.unwrap_or_else(|| "127.0.0.1:11434".to_string());
+    let host = host.trim_end_matches('/');
+    let url = if host.contains("://") { host.to_string() } else { format!("http://{host}") };
+    let after = url.split("://").nth(1).unwrap_or("");
+    if after.contains(':') { url } else { format!("{url}:11434") }
+}
+
+/// The server URL when something accepts connections there within 300 ms.
+pub fn reachable_server() -> Option<String> {
+    let url = server_url();
+    let authority = url.split("://").nth(1)?.split('/').next()?.to_string();
+    let addr = authority.to_socket_addrs().ok()?.next()?;
+    TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
+    Some(url)
+}
+
+fn options_json(a: &RunArgs) -> Result<Map<String, Value>> {
+    let mut o = match &a.options {
+        Some(text) => {
+            match serde_json::from_str::<Value>(text).context("--options is not valid JSON")? {
+                Value::Object(m) => m,
+                _ => bail!("--options must be a JSON object"),
+            }
+        }
+        None => Map::new(),
+    };
+    let mut put = |k: &str, v: Value| {
+        o.insert(k.to_string(), v);
+    };
+    if let Some(v) = a.seed {
+        put("seed", json!(v));
+    }
+    if let Some(v) = a.temperature {
+        if !v.is_finite() {
+            return Err(corral_backend_api::BackendError::invalid(format!(
+                "option `temperature` is {v}, but it must be a finite number >= 0"
+            ))
+            .into());
+        }
+        put("temperature", json!(v));
+    }
+    for (k, v) in [("num_predict", a.num_predict), ("top_k", a.top_k)] {
+        if let Some(v) = v {
+            put(k, json!(v));
+        }
+    }
+    for (k, v) in [("top_p", a.top_p), ("min_p", a.min_p), ("repeat_penalty", a.repeat_penalty)] {
+        if let Some(v) = v {
+            put(k, json!(v));
+        }
+    }
+    if let Some(v) = a.num_ctx {
+        put("num_ctx", json!(v));
+    }
+    if !a.stop.is_empty() {
+        put("stop", json!(a.stop));
+    }
+    Ok(o)
+}
+
+fn model_arg(a: &RunArgs) -> String {
+    // A file path travels as an absolute path, which the server accepts.
+    match std::path::Path::new(&a.model).canonicalize() {
+        Ok(p) if std::path::Path::new(&a.model).exists() => p.to_string_lossy().into_owned(),
+        _ => a.model.clone(),
+    }
+}
+
+/// Streams one request's NDJSON answer, printing text as it comes; returns the text.
+async fn stream(client: &reqwest::Client, url: &str, body: Value, verbose: bool) -> Result<String> {
+    let resp =
+        client.post(url).json(&body).send().await.with_context(|| format!("cannot reach {url}"))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let text = resp.text().await.unwrap_or_default();
+        let msg = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
+            .unwrap_or(text);
+        bail!("{msg} (server answered {status})");
+    }
+    let mut bytes = resp.bytes_stream();
+    let mut buf = Vec::new();
+    let mut text = String::new();
+    let mut out = std::io::stdout();
+    while let Some(chunk) = bytes.next().await {
+        buf.extend_from_slice(&chunk.context("the server's stream broke off")?);
+        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=nl).collect();
+            let v: Value =
+                serde_json::from_slice(&line).context("the server sent a line that is not JSON")?;
+            if let Some(e) = v.get("error").and_then(Value::as_str) {
+                bail!("{e}");
+            }
+            let piece = v
+                .pointer("/message/content")
+                .or_else(|| v.get("response"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let _ = out.write_all(piece.as_bytes());
+            let _ = out.flush();
+            text.push_str(piece);
+            if v.get("done").and_then(Value::as_bool) == Some(true) && verbose {
+                let ns = |k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(0.0) / 1e9;
+                let n = |k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+                eprintln!();
+                eprintln!("load duration:        {:.3}s", ns("load_duration"));
+                eprintln!("prompt eval count:    {} token(s)", n("prompt_eval_count"));
+                eprintln!("prompt eval duration: {:.3}s", ns("prompt_eval_duration"));
+                eprintln!("eval count:           {} token(s)", n("eval_count"));
+                eprintln!("eval duration:        {:.3}s", ns("eval_duration"));
+                if ns("eval_duration") > 0.0 {
+                    eprintln!(
+                        "eval rate:            {:.2} tokens/s",
+                        n("eval_count") / ns("eval_duration")
+                    );
+                }
+                eprintln!(
+                    "done reason:          {}",
+                    v.get("done_reason").and_then(Value::as_str).unwrap_or("-")
+                );
+            }
+        }
+    }
+    println!();
+    Ok(text)
+}
+
+/// `corral run` against the server at `url`.
+pub fn run(url: &str, a: &RunArgs) -> Result<()> {
+    let options = options_json(a)?;
+    let model = model_arg(a);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let client = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build()?;
+    let one_shot = if !a.prompt.is_empty() {
+        Some(a.prompt.join(" "))
+    } else if !std::io::stdin().is_terminal() {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .context("cannot read stdin")?;
+        Some(s)
+    } else {
+        None
+    };
+    let mut messages: Vec<Value> = Vec::new();
+    if let Some(s) = &a.system {
+        messages.push(json!({"role": "system", "content": s}));
+    }
+    let turn = |prompt: &str, messages: &mut Vec<Value>| -> Result<()> {
+        if prompt.trim().is_empty() {
+            return Err(corral_backend_api::BackendError::invalid("the prompt is empty").into());
+        }
+        if a.raw {
+            let body = json!({"model": model, "prompt": prompt, "raw": true, "stream": true, "options": options});
+            rt.block_on(stream(&client, &format!("{url}/api/generate"), body, a.verbose))?;
+        } else {
+            messages.push(json!({"role": "user", "content": prompt}));
+            let body =
+                json!({"model": model, "messages": messages, "stream": true, "options": options});
+            match rt.block_on(stream(&client, &format!("{url}/api/chat"), body, a.verbose)) {
+                Ok(answer) => messages.push(json!({"role": "assistant", "content": answer})),
+                Err(e) => {
+                    messages.pop();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    };
+    if let Some(p) = one_shot {
+        return turn(&p, &mut messages);
+    }
+    eprintln!("corral: chatting with {model} on {url} (type /bye to leave)");
+    let stdin = std::io::stdin();
+    loop {
+        eprint!(">>> ");
+        let _ = std::io::stderr().flush();
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        match line.trim() {
+            "/bye" | "/exit" | "/quit" => return Ok(()),
+            "" => continue,
+            "/clear" => {
+                messages.retain(|m| m["role"] == "system");
+                continue;
+            }
+            _ => {}
+        }
+        if let Err(e) = turn(line.trim_end_matches(['\n', '\r']), &mut messages) {
+            eprintln!("error: {e:#}");
+        }
+    }
+}
