@@ -3,7 +3,8 @@
 //! from the same target directory finds the plugin with no install step.
 
 fn main() {
-    let feature = |f: &str| std::env::var_os(format!("CARGO_FEATURE_{}", f.to_uppercase())).is_some();
+    let feature =
+        |f: &str| std::env::var_os(format!("CARGO_FEATURE_{}", f.to_uppercase())).is_some();
     let manifest = if feature("cuda") || feature("tensorrt") {
         "manifests/onnx-cuda12.toml"
     } else if feature("rocm") || feature("migraphx") {

@@ -65,7 +65,8 @@ fn greedy_run_equals_llama_cpp_on_the_same_weights() {
     let Some(llama) = llama_cpp_plugin_dir(&s.root) else { return };
     for ty in ["f32", "f16"] {
         let (gguf, onnx) = llama_pair(&s, ty);
-        for prompt in ["Hello there", "The capital of France is", "fn main() { println!(\"hi\"); }"] {
+        for prompt in ["Hello there", "The capital of France is", "fn main() { println!(\"hi\"); }"]
+        {
             let greedy = |plugin: &Path, model: &Path| {
                 let mut c = corral(&[plugin]);
                 c.args(["run", "--raw", "--temperature", "0", "--repeat-penalty", "1"])
@@ -85,7 +86,8 @@ fn greedy_run_equals_llama_cpp_on_the_same_weights() {
 }
 
 fn embed_http(url: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
-    let r = reqwest::blocking::Client::new().post(format!("{url}{path}")).json(&body).send().unwrap();
+    let r =
+        reqwest::blocking::Client::new().post(format!("{url}{path}")).json(&body).send().unwrap();
     let status = r.status();
     let v: serde_json::Value = r.json().unwrap();
     assert!(status.is_success(), "{path}: {status} {v}");
@@ -121,17 +123,29 @@ fn embeddings_match_onnxruntime_python_reference() {
         // /api/embeddings returns the backend's vector as is (pooled, normalised only if
         // the model's config says so).
         for (i, text) in texts.iter().enumerate() {
-            let v = embed_http(&server.url, "/api/embeddings", serde_json::json!({"model": name, "prompt": text}));
+            let v = embed_http(
+                &server.url,
+                "/api/embeddings",
+                serde_json::json!({"model": name, "prompt": text}),
+            );
             let d = max_diff(&v["embedding"], &reference["embeddings"][i]);
             assert!(d < 1e-4, "{name} {text:?}: max |diff| {d} vs the onnxruntime reference");
         }
         if normalized {
-            let v = embed_http(&server.url, "/api/embed", serde_json::json!({"model": name, "input": texts}));
+            let v = embed_http(
+                &server.url,
+                "/api/embed",
+                serde_json::json!({"model": name, "input": texts}),
+            );
             for i in 0..texts.len() {
                 let d = max_diff(&v["embeddings"][i], &reference["embeddings"][i]);
                 assert!(d < 1e-4, "{name} /api/embed {i}: max |diff| {d}");
             }
-            let v = embed_http(&server.url, "/v1/embeddings", serde_json::json!({"model": name, "input": texts[0]}));
+            let v = embed_http(
+                &server.url,
+                "/v1/embeddings",
+                serde_json::json!({"model": name, "input": texts[0]}),
+            );
             let d = max_diff(&v["data"][0]["embedding"], &reference["embeddings"][0]);
             assert!(d < 1e-4, "{name} /v1/embeddings: max |diff| {d}");
         }
@@ -230,11 +244,17 @@ fn runtime_found_missing_or_too_old_is_reported() {
     // Without the option, ORT_DYLIB_PATH is next; a missing file is the reason given.
     let bare = onnx_plugin_dir(&s.root.join("bare"), None).unwrap();
     let line = backends_line(&bare, &[("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")]);
-    assert!(line.contains("unavailable") && line.contains("/nonexistent/libonnxruntime.so"), "{line}");
+    assert!(
+        line.contains("unavailable") && line.contains("/nonexistent/libonnxruntime.so"),
+        "{line}"
+    );
     // A library that is not ONNX Runtime, and one that is too old.
     let line = backends_line(
         &bare,
-        &[("ORT_DYLIB_PATH", &profile_dir().join("libcorral_plugin_example.so").display().to_string())],
+        &[(
+            "ORT_DYLIB_PATH",
+            &profile_dir().join("libcorral_plugin_example.so").display().to_string(),
+        )],
     );
     assert!(line.contains("not an ONNX Runtime library"), "{line}");
     match cc_shared(&s.root, "fakeort", FAKE_OLD_ORT, &[]) {
@@ -247,7 +267,11 @@ fn runtime_found_missing_or_too_old_is_reported() {
     // Nothing anywhere: every place looked is named, with how to install it.
     let line = backends_line(
         &bare,
-        &[("CORRAL_VENV", "/nonexistent"), ("VIRTUAL_ENV", "/nonexistent"), ("PATH", "/nonexistent")],
+        &[
+            ("CORRAL_VENV", "/nonexistent"),
+            ("VIRTUAL_ENV", "/nonexistent"),
+            ("PATH", "/nonexistent"),
+        ],
     );
     if line.contains("unavailable") {
         assert!(line.contains("pip install onnxruntime"), "{line}");

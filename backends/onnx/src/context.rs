@@ -138,7 +138,8 @@ impl OnnxContext {
             return Err(invalid(format!("n_seq_max {} is more than 4096", params.n_seq_max)));
         }
         if params.n_ctx == 0 {
-            params.n_ctx = if shared.meta.context_length > 0 { shared.meta.context_length } else { 2048 };
+            params.n_ctx =
+                if shared.meta.context_length > 0 { shared.meta.context_length } else { 2048 };
         }
         if params.n_batch == 0 {
             params.n_batch = params.n_ctx;
@@ -250,11 +251,15 @@ impl OnnxContext {
                 let v = seq.v.get(l).unwrap_or(&empty);
                 inputs.push((
                     Cow::from(io.past_key[l].as_str()),
-                    TensorRef::from_array_view(([1usize, heads, past, hd], &k[..])).map_err(t)?.into(),
+                    TensorRef::from_array_view(([1usize, heads, past, hd], &k[..]))
+                        .map_err(t)?
+                        .into(),
                 ));
                 inputs.push((
                     Cow::from(io.past_value[l].as_str()),
-                    TensorRef::from_array_view(([1usize, heads, past, hd], &v[..])).map_err(t)?.into(),
+                    TensorRef::from_array_view(([1usize, heads, past, hd], &v[..]))
+                        .map_err(t)?
+                        .into(),
                 ));
             }
             let mut session = shared.session.lock().unwrap_or_else(|e| e.into_inner());
@@ -273,7 +278,11 @@ impl OnnxContext {
             let per_pos = logits.len() / vocab;
             for (j, &i) in idx.iter().enumerate() {
                 if batch[i].logits {
-                    let row = if per_pos == n { j } else if j + 1 == n { per_pos - 1 } else {
+                    let row = if per_pos == n {
+                        j
+                    } else if j + 1 == n {
+                        per_pos - 1
+                    } else {
                         return Err(BackendError::unsupported(
                             "this graph returns logits for the last token only; request logits \
                              for the last entry of each sequence only",
@@ -297,7 +306,9 @@ impl OnnxContext {
             let mut new_k = Vec::with_capacity(io.past_key.len());
             let mut new_v = Vec::with_capacity(io.past_key.len());
             for l in 0..io.past_key.len() {
-                for (name, dst) in [(&io.present_key[l], &mut new_k), (&io.present_value[l], &mut new_v)] {
+                for (name, dst) in
+                    [(&io.present_key[l], &mut new_k), (&io.present_value[l], &mut new_v)]
+                {
                     let (shape, data) = outputs[name.as_str()]
                         .try_extract_tensor::<f32>()
                         .map_err(|e| ort_err("reading the present KV", e))?;
@@ -338,14 +349,18 @@ impl OnnxContext {
         for (&s, idx) in groups {
             // Tokens in position order: the cached ones plus the new ones.
             let seq = &self.seqs[s as usize];
-            let mut cells: Vec<(u32, u32)> = seq.pos.iter().copied().zip(seq.tokens.iter().copied()).collect();
+            let mut cells: Vec<(u32, u32)> =
+                seq.pos.iter().copied().zip(seq.tokens.iter().copied()).collect();
             cells.extend(idx.iter().map(|&i| (batch[i].pos, batch[i].token)));
             cells.sort_by_key(|c| c.0);
             let n = cells.len();
             if n > io.max_len {
                 return Err(BackendError::new(
                     ErrorKind::ContextFull,
-                    format!("sequence {s} has {n} tokens; this encoder takes at most {}", io.max_len),
+                    format!(
+                        "sequence {s} has {n} tokens; this encoder takes at most {}",
+                        io.max_len
+                    ),
                 ));
             }
             let ids: Vec<i64> = cells.iter().map(|c| i64::from(c.1)).collect();
@@ -405,7 +420,10 @@ impl OnnxContext {
         } else if (seq as u32) < self.params.n_seq_max {
             Ok(seq as usize..seq as usize + 1)
         } else {
-            Err(invalid(format!("sequence {seq} is out of range (n_seq_max {})", self.params.n_seq_max)))
+            Err(invalid(format!(
+                "sequence {seq} is out of range (n_seq_max {})",
+                self.params.n_seq_max
+            )))
         }
     }
 
@@ -518,14 +536,18 @@ impl corral_backend_api::plugin::Context for OnnxContext {
     fn kv_copy(&mut self, src: u32, dst: u32, p0: i32, p1: i32) -> Result<(), BackendError> {
         let n = self.params.n_seq_max;
         if src >= n || dst >= n {
-            return Err(invalid(format!("sequence {} is out of range (n_seq_max {n})", src.max(dst))));
+            return Err(invalid(format!(
+                "sequence {} is out of range (n_seq_max {n})",
+                src.max(dst)
+            )));
         }
         if src == dst {
             return Ok(());
         }
         let (heads, hd) = self.kv_dims();
         // The destination's cells in the range are replaced by the source's.
-        let keep: Vec<bool> = self.seqs[dst as usize].pos.iter().map(|&p| !in_range(p, p0, p1)).collect();
+        let keep: Vec<bool> =
+            self.seqs[dst as usize].pos.iter().map(|&p| !in_range(p, p0, p1)).collect();
         self.seqs[dst as usize].retain(&keep, heads, hd);
         let source = self.seqs[src as usize].clone();
         let take: Vec<bool> = source.pos.iter().map(|&p| in_range(p, p0, p1)).collect();
@@ -534,10 +556,7 @@ impl corral_backend_api::plugin::Context for OnnxContext {
     }
 
     fn kv_pos_max(&self, seq: u32) -> i32 {
-        self.seqs
-            .get(seq as usize)
-            .and_then(|s| s.pos.iter().max())
-            .map_or(-1, |&p| p as i32)
+        self.seqs.get(seq as usize).and_then(|s| s.pos.iter().max()).map_or(-1, |&p| p as i32)
     }
 
     fn kv_clear(&mut self) -> Result<(), BackendError> {

@@ -236,7 +236,10 @@ pub struct SessionSettings<'a> {
     pub device_id: i32,
 }
 
-fn open_session(graph: &Path, s: &SessionSettings<'_>) -> Result<(Session, Provider), BackendError> {
+fn open_session(
+    graph: &Path,
+    s: &SessionSettings<'_>,
+) -> Result<(Session, Provider), BackendError> {
     let mut last_err = String::new();
     for &p in s.providers {
         let r = (|| -> Result<Session, String> {
@@ -248,7 +251,9 @@ fn open_session(graph: &Path, s: &SessionSettings<'_>) -> Result<(Session, Provi
                 .with_optimization_level(ort::session::builder::GraphOptimizationLevel::Level3)
                 .map_err(|e| e.to_string())?;
             if let Some(d) = p.dispatch(s.device_id) {
-                b = b.with_execution_providers([d.error_on_failure()]).map_err(|e| e.to_string())?;
+                b = b
+                    .with_execution_providers([d.error_on_failure()])
+                    .map_err(|e| e.to_string())?;
             }
             b.commit_from_file(graph).map_err(|e| e.to_string())
         })();
@@ -261,7 +266,11 @@ fn open_session(graph: &Path, s: &SessionSettings<'_>) -> Result<(Session, Provi
                 )));
             }
             Err(e) => {
-                log::warn!("execution provider {} not usable for {}: {e}", p.key(), graph.display());
+                log::warn!(
+                    "execution provider {} not usable for {}: {e}",
+                    p.key(),
+                    graph.display()
+                );
                 last_err = e;
             }
         }
@@ -405,12 +414,16 @@ impl OnnxModel {
                 )));
             }
             let shape = tensor_shape(past_t).unwrap_or_default();
-            let heads = shape.get(1).copied().filter(|&d| d > 0).map(|d| d as usize).or_else(|| {
-                u64_at(&g, &["model", "decoder", "num_key_value_heads"]).map(|d| d as usize)
-            });
-            let hd = shape.get(3).copied().filter(|&d| d > 0).map(|d| d as usize).or_else(|| {
-                u64_at(&g, &["model", "decoder", "head_size"]).map(|d| d as usize)
-            });
+            let heads =
+                shape.get(1).copied().filter(|&d| d > 0).map(|d| d as usize).or_else(|| {
+                    u64_at(&g, &["model", "decoder", "num_key_value_heads"]).map(|d| d as usize)
+                });
+            let hd = shape
+                .get(3)
+                .copied()
+                .filter(|&d| d > 0)
+                .map(|d| d as usize)
+                .or_else(|| u64_at(&g, &["model", "decoder", "head_size"]).map(|d| d as usize));
             let (Some(heads), Some(hd)) = (heads, hd) else {
                 return Err(BackendError::invalid(format!(
                     "cannot tell the KV cache shape: {} has shape {shape:?} and genai_config.json \
@@ -505,7 +518,8 @@ impl OnnxModel {
             )));
         }
 
-        let special = special_tokens(&tok, loc.genai.as_ref(), tok_config.as_ref(), config.as_ref());
+        let special =
+            special_tokens(&tok, loc.genai.as_ref(), tok_config.as_ref(), config.as_ref());
         let arch = loc
             .genai
             .as_ref()
@@ -536,7 +550,10 @@ impl OnnxModel {
         let mut kv: Vec<(String, String)> = vec![
             ("general.architecture".into(), arch.clone()),
             ("onnx.model_file".into(), loc.graph.display().to_string()),
-            ("onnx.kind".into(), if matches!(kind, Kind::Decoder(_)) { "decoder" } else { "encoder" }.into()),
+            (
+                "onnx.kind".into(),
+                if matches!(kind, Kind::Decoder(_)) { "decoder" } else { "encoder" }.into(),
+            ),
             ("onnx.execution_provider".into(), provider.ort_name().into()),
             ("onnx.tokenizer".into(), tok_path.display().to_string()),
         ];

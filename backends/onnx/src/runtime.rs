@@ -105,9 +105,10 @@ pub fn load(library_path: Option<&Path>) -> Result<Runtime, RuntimeError> {
         }
     }
     // Report the first failure: the most preferred candidate's reason.
-    Err(failures.into_iter().next().unwrap_or(RuntimeError::NotFound {
-        looked: searched_places(library_path),
-    }))
+    Err(failures
+        .into_iter()
+        .next()
+        .unwrap_or(RuntimeError::NotFound { looked: searched_places(library_path) }))
 }
 
 fn unusable(c: &Candidate, reason: impl Into<String>) -> RuntimeError {
@@ -151,7 +152,8 @@ fn try_load(c: &Candidate) -> Result<Runtime, RuntimeError> {
 fn library_version(path: &Path) -> Result<String, String> {
     // SAFETY: loading a shared library runs its initialisers; libonnxruntime's are benign.
     // The library stays loaded (ort opens it again and keeps it for the process).
-    let lib = unsafe { libloading::Library::new(path) }.map_err(|e| format!("dlopen failed: {e}"))?;
+    let lib =
+        unsafe { libloading::Library::new(path) }.map_err(|e| format!("dlopen failed: {e}"))?;
     type GetBase = unsafe extern "C" fn() -> *const ort::sys::OrtApiBase;
     // SAFETY: `OrtGetApiBase` has this signature in every ONNX Runtime release.
     let get: libloading::Symbol<'_, GetBase> = unsafe { lib.get(b"OrtGetApiBase") }
@@ -333,19 +335,31 @@ fn python_package_dir() -> Option<PathBuf> {
 fn candidates(library_path: Option<&Path>) -> Vec<Candidate> {
     let mut out = Vec::new();
     if let Some(p) = library_path {
-        let path = if p.is_dir() { library_in_dir(p).unwrap_or_else(|| p.join(lib_names()[0])) } else { p.to_path_buf() };
+        let path = if p.is_dir() {
+            library_in_dir(p).unwrap_or_else(|| p.join(lib_names()[0]))
+        } else {
+            p.to_path_buf()
+        };
         // An explicit choice is the only candidate: it is used or init fails with why.
         out.push(Candidate { path, source: "plugin option library_path".into(), explicit: true });
         return out;
     }
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|v| !v.is_empty()) {
-        out.push(Candidate { path: PathBuf::from(p), source: "ORT_DYLIB_PATH".into(), explicit: true });
+        out.push(Candidate {
+            path: PathBuf::from(p),
+            source: "ORT_DYLIB_PATH".into(),
+            explicit: true,
+        });
         return out;
     }
     if let Some(dir) = plugin_dir()
         && let Some(p) = library_in_dir(&dir)
     {
-        out.push(Candidate { path: p, source: "library shipped beside the plugin".into(), explicit: false });
+        out.push(Candidate {
+            path: p,
+            source: "library shipped beside the plugin".into(),
+            explicit: false,
+        });
     }
     for (prefix, label) in venv_prefixes() {
         for sp in site_packages(&prefix) {
@@ -369,9 +383,19 @@ fn candidates(library_path: Option<&Path>) -> Vec<Candidate> {
             explicit: false,
         });
     }
-    for dir in ["/usr/local/lib", "/usr/lib", "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/opt/homebrew/lib"] {
+    for dir in [
+        "/usr/local/lib",
+        "/usr/lib",
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/opt/homebrew/lib",
+    ] {
         if let Some(p) = library_in_dir(Path::new(dir)) {
-            out.push(Candidate { path: p, source: format!("system library in {dir}"), explicit: false });
+            out.push(Candidate {
+                path: p,
+                source: format!("system library in {dir}"),
+                explicit: false,
+            });
         }
     }
     out
@@ -475,17 +499,23 @@ impl Provider {
         let _ = device_id;
         match self {
             #[cfg(feature = "tensorrt")]
-            Provider::TensorRt => Some(ort::ep::TensorRT::default().with_device_id(device_id).build()),
+            Provider::TensorRt => {
+                Some(ort::ep::TensorRT::default().with_device_id(device_id).build())
+            }
             #[cfg(feature = "cuda")]
             Provider::Cuda => Some(ort::ep::CUDA::default().with_device_id(device_id).build()),
             #[cfg(feature = "rocm")]
             Provider::Rocm => Some(ort::ep::ROCm::default().with_device_id(device_id).build()),
             #[cfg(feature = "migraphx")]
-            Provider::MiGraphX => Some(ort::ep::MIGraphX::default().with_device_id(device_id).build()),
+            Provider::MiGraphX => {
+                Some(ort::ep::MIGraphX::default().with_device_id(device_id).build())
+            }
             #[cfg(feature = "coreml")]
             Provider::CoreMl => Some(ort::ep::CoreML::default().build()),
             #[cfg(feature = "directml")]
-            Provider::DirectMl => Some(ort::ep::DirectML::default().with_device_id(device_id).build()),
+            Provider::DirectMl => {
+                Some(ort::ep::DirectML::default().with_device_id(device_id).build())
+            }
             _ => None,
         }
     }
@@ -494,7 +524,10 @@ impl Provider {
 /// The providers to try, most preferred first, ending with the CPU: the configured list
 /// when given (unknown names are an error), else every provider this build has, each
 /// kept only if the loaded ONNX Runtime has it.
-pub fn provider_plan(configured: Option<&[String]>, available: &[String]) -> Result<Vec<Provider>, String> {
+pub fn provider_plan(
+    configured: Option<&[String]>,
+    available: &[String],
+) -> Result<Vec<Provider>, String> {
     let mut plan = Vec::new();
     match configured {
         Some(list) if !list.is_empty() => {

@@ -38,10 +38,8 @@ const MAX_TOKENIZER_BYTES: u64 = 64 << 20;
 
 /// GPT-2's bytes_to_unicode table, inverted: char → byte.
 fn unicode_to_byte() -> HashMap<char, u8> {
-    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
-        .chain(0xA1..=0xAC)
-        .chain(0xAE..=0xFF)
-        .collect();
+    let mut bs: Vec<u32> =
+        (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
     let mut cs = bs.clone();
     let mut n = 0;
     for b in 0..256u32 {
@@ -51,10 +49,7 @@ fn unicode_to_byte() -> HashMap<char, u8> {
             n += 1;
         }
     }
-    bs.iter()
-        .zip(&cs)
-        .filter_map(|(&b, &c)| char::from_u32(c).map(|ch| (ch, b as u8)))
-        .collect()
+    bs.iter().zip(&cs).filter_map(|(&b, &c)| char::from_u32(c).map(|ch| (ch, b as u8))).collect()
 }
 
 fn decoder_kind(json: &serde_json::Value) -> PieceKind {

@@ -92,7 +92,9 @@ fn logits_agree_with_llama_cpp() {
         return;
     };
     let Some(raw) = llama_raw() else {
-        eprintln!("SKIP: llama-raw not built in this target dir (cargo build -p corral-backend-llama-cpp)");
+        eprintln!(
+            "SKIP: llama-raw not built in this target dir (cargo build -p corral-backend-llama-cpp)"
+        );
         return;
     };
     let backend = match OnnxBackend::with_options(OnnxOptions {
@@ -136,8 +138,12 @@ fn logits_agree_with_llama_cpp() {
                 .unwrap();
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            let reference: Vec<f32> =
-                v["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+            let reference: Vec<f32> = v["logits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect();
             let ref_tokens: Vec<u32> = v["prompt_tokens"]
                 .as_array()
                 .unwrap()
@@ -150,11 +156,13 @@ fn logits_agree_with_llama_cpp() {
             let scale = reference.iter().fold(0f32, |m, x| m.max(x.abs()));
             let tol = 1e-2 + 1e-3 * scale;
             let d = reference.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            println!("{ty} {:>3} tokens: max |diff| {d:.2e} (max |logit| {scale:.2}, tolerance {tol:.2e})", tokens.len());
+            println!(
+                "{ty} {:>3} tokens: max |diff| {d:.2e} (max |logit| {scale:.2}, tolerance {tol:.2e})",
+                tokens.len()
+            );
             assert!(d <= tol, "{ty} {prompt:?}: max |diff| {d} > {tol}");
-            let argmax = |v: &[f32]| {
-                v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i)
-            };
+            let argmax =
+                |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);
             assert_eq!(argmax(&got), argmax(&reference), "{ty} {prompt:?}: argmax differs");
             worst = worst.max(d);
         }
