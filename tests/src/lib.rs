@@ -326,3 +326,37 @@ pub fn onnx_plugin_dir(dir: &Path, library: Option<&Path>) -> Option<PathBuf> {
     }
     Some(plugin_dir(dir, "onnx-cpu", &manifest, Some(&lib)))
 }
+
+/// A plugin directory holding the pure-Rust cpu plugin built by this build (its dev
+/// manifest `cpu.corral-plugin.toml` names the variant the build reports), or `None`
+/// (with the reason printed) when it was not built.
+pub fn cpu_plugin_dir(dir: &Path) -> Option<PathBuf> {
+    let lib = profile_dir().join("libcorral_backend_cpu.so");
+    if !lib.is_file() {
+        eprintln!("SKIP: {} not built (cargo build --workspace builds it)", lib.display());
+        return None;
+    }
+    let dev_manifest = profile_dir().join("cpu.corral-plugin.toml");
+    let manifest = std::fs::read_to_string(&dev_manifest).unwrap_or_else(|_| {
+        std::fs::read_to_string(repo_root().join("backends/cpu/manifests/cpu.toml"))
+            .expect("cpu manifest")
+    });
+    Some(plugin_dir(dir, "cpu", &manifest, Some(&lib)))
+}
+
+/// The `llama-raw` reference binary: `CORRAL_LLAMA_RAW` if set, else the one built beside
+/// the tests; `None` (with the reason printed) when there is none.
+pub fn llama_raw_bin() -> Option<PathBuf> {
+    let p = std::env::var_os("CORRAL_LLAMA_RAW")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| profile_dir().join("llama-raw"));
+    if p.is_file() {
+        Some(p)
+    } else {
+        eprintln!(
+            "SKIP: {} not found (build corral-backend-llama-cpp or set CORRAL_LLAMA_RAW)",
+            p.display()
+        );
+        None
+    }
+}

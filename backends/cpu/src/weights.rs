@@ -163,9 +163,15 @@ pub fn matmul(map: &[u8], w: &Weight, a: &Prepared, y: &mut [f32]) {
     assert!(y.len() >= n * m, "output buffer too small");
     assert!(w.offset + m * w.row_bytes <= map.len(), "weight outside the mapped file");
     let threads = rayon::current_num_threads().max(1);
-    // Enough chunks to balance the threads, rows per chunk a multiple of 4.
-    let target = if n == 1 { threads * 8 } else { threads * 4 };
-    let chunk = m.div_ceil(target).next_multiple_of(4).max(4);
+    // Enough chunks to balance the threads, rows per chunk a multiple of 4. Batches use
+    // small chunks so that a chunk's weights stay in L1/L2 while every token tile of the
+    // batch streams past them.
+    let chunk = if n == 1 {
+        m.div_ceil(threads * 8).next_multiple_of(4).max(4)
+    } else {
+        let by_cache = (16 * 1024 / w.row_bytes.max(1)).clamp(4, 64) / 4 * 4;
+        by_cache.min(m.div_ceil(threads * 4).next_multiple_of(4)).max(4)
+    };
     let out = OutPtr(y.as_mut_ptr());
     (0..m.div_ceil(chunk)).into_par_iter().for_each(|c| {
         let out = out;
