@@ -50,13 +50,22 @@ fn bert(s: &Setup, name: &str, args: &[&str]) -> PathBuf {
 #[test]
 fn conformance_suite_passes_on_onnx_decoder() {
     let Some(s) = setup() else { return };
-    let (_, model) = llama_pair(&s, "f32");
-    let mut c = corral(&[]);
-    c.args(["plugin", "check"]).arg(&s.plugin).arg("--model").arg(&model);
-    let (out, stdout, stderr) = run(c);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("10 passed, 0 failed, 0 skipped"), "{stdout}");
-    assert!(stdout.contains("PASS embeddings"), "{stdout}");
+    let (gguf, f32_io) = llama_pair(&s, "f32");
+    // The same weights with float16 KV cache and logits tensors, as GPU exports have them.
+    let f16_io = s.root.join("llama-f16-io");
+    gen_onnx(
+        &s.python,
+        "gen_llama.py",
+        &[gguf.as_os_str(), f16_io.as_os_str(), "--f16-io".as_ref()],
+    );
+    for model in [f32_io, f16_io] {
+        let mut c = corral(&[]);
+        c.args(["plugin", "check"]).arg(&s.plugin).arg("--model").arg(&model);
+        let (out, stdout, stderr) = run(c);
+        assert!(out.status.success(), "{}: {stdout}\n{stderr}", model.display());
+        assert!(stdout.contains("10 passed, 0 failed, 0 skipped"), "{}: {stdout}", model.display());
+        assert!(stdout.contains("PASS embeddings"), "{stdout}");
+    }
 }
 
 #[test]

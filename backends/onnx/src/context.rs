@@ -16,8 +16,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use corral_backend_api::{BackendError, BatchEntry, ContextParams, ErrorKind};
+use half::f16;
 use ort::session::SessionInputValue;
-use ort::value::TensorRef;
+use ort::value::{DynValue, TensorRef};
 
 use crate::model::{DecoderIo, EncoderIo, Kind, Pooling, Shared};
 
@@ -246,27 +247,42 @@ impl OnnxContext {
                 ));
             }
             let empty: Vec<f32> = Vec::new();
-            for l in 0..io.past_key.len() {
-                let k = seq.k.get(l).unwrap_or(&empty);
-                let v = seq.v.get(l).unwrap_or(&empty);
-                inputs.push((
-                    Cow::from(io.past_key[l].as_str()),
-                    TensorRef::from_array_view(([1usize, heads, past, hd], &k[..]))
-                        .map_err(t)?
-                        .into(),
-                ));
-                inputs.push((
-                    Cow::from(io.past_value[l].as_str()),
-                    TensorRef::from_array_view(([1usize, heads, past, hd], &v[..]))
-                        .map_err(t)?
-                        .into(),
-                ));
+            // A float16 cache goes in converted (the cache itself stays float32 here).
+            let half_cache: Vec<(Vec<f16>, Vec<f16>)> = if io.kv_f16 {
+                (0..io.past_key.len())
+                    .map(|l| {
+                        let conv = |x: Option<&Vec<f32>>| {
+                            x.unwrap_or(&empty).iter().map(|&v| f16::from_f32(v)).collect()
+                        };
+                        (conv(seq.k.get(l)), conv(seq.v.get(l)))
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let no_half = (Vec::new(), Vec::new());
+            for (l, (pk, pv)) in io.past_key.iter().zip(&io.past_value).enumerate() {
+                let shape = [1usize, heads, past, hd];
+                let (k, v): (SessionInputValue<'_>, SessionInputValue<'_>) = if io.kv_f16 {
+                    let (hk, hv) = half_cache.get(l).unwrap_or(&no_half);
+                    (
+                        TensorRef::from_array_view((shape, &hk[..])).map_err(t)?.into(),
+                        TensorRef::from_array_view((shape, &hv[..])).map_err(t)?.into(),
+                    )
+                } else {
+                    let k = seq.k.get(l).unwrap_or(&empty);
+                    let v = seq.v.get(l).unwrap_or(&empty);
+                    (
+                        TensorRef::from_array_view((shape, &k[..])).map_err(t)?.into(),
+                        TensorRef::from_array_view((shape, &v[..])).map_err(t)?.into(),
+                    )
+                };
+                inputs.push((Cow::from(pk.as_str()), k));
+                inputs.push((Cow::from(pv.as_str()), v));
             }
             let mut session = shared.session.lock().unwrap_or_else(|e| e.into_inner());
             let outputs = session.run(inputs).map_err(|e| ort_err("running the decoder", e))?;
-            let (_, logits) = outputs[io.logits.as_str()]
-                .try_extract_tensor::<f32>()
-                .map_err(|e| ort_err("reading the logits", e))?;
+            let (_, logits) = floats(&outputs[io.logits.as_str()], "the logits")?;
             if logits.len() < n * vocab {
                 return Err(BackendError::internal(format!(
                     "the logits output has {} values, expected {n} x {vocab}",
@@ -294,9 +310,7 @@ impl OnnxContext {
             if self.params.embeddings
                 && let Some(h) = &io.hidden
             {
-                let (shape, hidden) = outputs[h.as_str()]
-                    .try_extract_tensor::<f32>()
-                    .map_err(|e| ort_err("reading the hidden state", e))?;
+                let (shape, hidden) = floats(&outputs[h.as_str()], "the hidden state")?;
                 let width = shape.last().copied().unwrap_or(0).max(0) as usize;
                 if width == 0 || hidden.len() < n * width {
                     return Err(BackendError::internal("hidden-state output has an odd shape"));
@@ -309,9 +323,7 @@ impl OnnxContext {
                 for (name, dst) in
                     [(&io.present_key[l], &mut new_k), (&io.present_value[l], &mut new_v)]
                 {
-                    let (shape, data) = outputs[name.as_str()]
-                        .try_extract_tensor::<f32>()
-                        .map_err(|e| ort_err("reading the present KV", e))?;
+                    let (shape, data) = floats(&outputs[name.as_str()], name)?;
                     let expect = heads * (past + n) * hd;
                     if data.len() != expect {
                         return Err(BackendError::internal(format!(
@@ -319,7 +331,7 @@ impl OnnxContext {
                             past + n
                         )));
                     }
-                    dst.push(data.to_vec());
+                    dst.push(data.into_owned());
                 }
             }
             drop(outputs);
@@ -433,6 +445,17 @@ impl OnnxContext {
             Kind::Encoder(_) => (0, 0),
         }
     }
+}
+
+/// A float tensor's shape and values as float32 (float16 outputs are converted).
+fn floats<'a>(value: &'a DynValue, what: &str) -> Result<(Vec<i64>, Cow<'a, [f32]>), BackendError> {
+    if let Ok((shape, data)) = value.try_extract_tensor::<f32>() {
+        return Ok((shape.iter().copied().collect(), Cow::Borrowed(data)));
+    }
+    let (shape, data) = value
+        .try_extract_tensor::<f16>()
+        .map_err(|e| ort_err(&format!("reading {what} (float32 or float16 expected)"), e))?;
+    Ok((shape.iter().copied().collect(), Cow::Owned(data.iter().map(|x| x.to_f32()).collect())))
 }
 
 fn in_range(p: u32, p0: i32, p1: i32) -> bool {

@@ -56,6 +56,8 @@ pub struct DecoderIo {
     pub n_kv_heads: usize,
     /// Head width.
     pub head_dim: usize,
+    /// Whether the past/present tensors are float16 (GPU exports); float32 otherwise.
+    pub kv_f16: bool,
 }
 
 /// What an encoder graph takes and gives.
@@ -285,6 +287,10 @@ fn tensor_shape(t: &ValueType) -> Option<Vec<i64>> {
     }
 }
 
+fn is_f16(t: &ValueType) -> bool {
+    matches!(t, ValueType::Tensor { ty: ort::value::TensorElementType::Float16, .. })
+}
+
 fn is_f32(t: &ValueType) -> bool {
     matches!(t, ValueType::Tensor { ty: ort::value::TensorElementType::Float32, .. })
 }
@@ -370,6 +376,7 @@ impl OnnxModel {
                 logits,
                 n_kv_heads: 0,
                 head_dim: 0,
+                kv_f16: false,
             };
             // Every name the config gives must be in the graph, and every graph input
             // must be one this backend feeds.
@@ -407,10 +414,11 @@ impl OnnxModel {
             else {
                 return Err(BackendError::internal("past key input vanished"));
             };
-            if !is_f32(past_t) {
+            let kv_f16 = is_f16(past_t);
+            if !is_f32(past_t) && !kv_f16 {
                 return Err(BackendError::unsupported(format!(
-                    "the KV cache inputs are {past_t:?}; this backend runs float32 KV caches only \
-                     (export the model for the CPU, e.g. onnxruntime-genai's builder with -e cpu)"
+                    "the KV cache inputs are {past_t:?}; this backend runs float32 and float16 KV \
+                     caches"
                 )));
             }
             let shape = tensor_shape(past_t).unwrap_or_default();
@@ -453,7 +461,7 @@ impl OnnxModel {
             };
             let hidden = u64_at(&g, &["model", "decoder", "hidden_size"]).unwrap_or(0) as u32;
             let ctx = u64_at(&g, &["model", "context_length"]).unwrap_or(0) as u32;
-            let io = DecoderIo { n_kv_heads: heads, head_dim: hd, ..io };
+            let io = DecoderIo { n_kv_heads: heads, head_dim: hd, kv_f16, ..io };
             (Kind::Decoder(io), vocab, n_layer as u32, hidden, ctx)
         } else {
             if !has_in("input_ids") {
@@ -571,7 +579,10 @@ impl OnnxModel {
             context_length: ctx_len,
             embedding_length: hidden_size,
             block_count: n_layer,
-            quantization: RString::from("F32"),
+            quantization: RString::from(match &kind {
+                Kind::Decoder(d) if d.kv_f16 => "F16",
+                _ => "F32",
+            }),
             size_bytes,
             kv: kv.into_iter().map(|(k, v)| Tuple2(RString::from(k), RString::from(v))).collect(),
         };

@@ -3,7 +3,10 @@
 `corral model generate` (F32 or F16 weights), so the ONNX and llama.cpp backends can be
 compared on the same weights.
 
-    gen_llama.py MODEL.gguf OUT_DIR
+    gen_llama.py MODEL.gguf OUT_DIR [--f16-io]
+
+--f16-io makes the past/present KV tensors and the logits float16, as GPU exports of
+onnxruntime-genai have them (the arithmetic inside stays float32).
 
 OUT_DIR receives:
   model.onnx            inputs  input_ids [B,S] i64, attention_mask [B,P+S] i64,
@@ -60,9 +63,12 @@ def tensors(reader):
 
 
 def main():
-    if len(sys.argv) != 3:
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    f16_io = "--f16-io" in sys.argv[1:]
+    if len(args) != 2 or any(a.startswith("--") and a != "--f16-io" for a in sys.argv[1:]):
         sys.exit(__doc__)
-    src, out_dir = sys.argv[1], sys.argv[2]
+    src, out_dir = args
+    io_type = TensorProto.FLOAT16 if f16_io else TensorProto.FLOAT
     os.makedirs(out_dir, exist_ok=True)
     r = GGUFReader(src)
     arch = field_str(r, "general.architecture")
@@ -181,23 +187,31 @@ def main():
         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]),
         helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
     ]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch_size", "sequence_length", n_vocab])]
+    outputs = [helper.make_tensor_value_info("logits", io_type, ["batch_size", "sequence_length", n_vocab])]
     scale = const(np.array(1.0 / np.sqrt(head_dim), dtype=np.float32))
     for i in range(n_layer):
         p = f"blk.{i}."
         pk, pv = f"past_key_values.{i}.key", f"past_key_values.{i}.value"
-        inputs.append(helper.make_tensor_value_info(pk, TensorProto.FLOAT, ["batch_size", n_head_kv, "past_sequence_length", head_dim]))
-        inputs.append(helper.make_tensor_value_info(pv, TensorProto.FLOAT, ["batch_size", n_head_kv, "past_sequence_length", head_dim]))
+        inputs.append(helper.make_tensor_value_info(pk, io_type, ["batch_size", n_head_kv, "past_sequence_length", head_dim]))
+        inputs.append(helper.make_tensor_value_info(pv, io_type, ["batch_size", n_head_kv, "past_sequence_length", head_dim]))
+        if f16_io:
+            pk = node("Cast", [pk], to=TensorProto.FLOAT)
+            pv = node("Cast", [pv], to=TensorProto.FLOAT)
         x = rms_norm(h, p + "attn_norm.weight")
         q = rope(linear(x, p + "attn_q.weight"), n_head)
         k = rope(linear(x, p + "attn_k.weight"), n_head_kv)
         v = heads_of(linear(x, p + "attn_v.weight"), n_head_kv)
         k_all = f"present.{i}.key"
         v_all = f"present.{i}.value"
+        if f16_io:
+            k_all, v_all = name("k_all"), name("v_all")
         nodes.append(helper.make_node("Concat", [pk, k], [k_all], axis=2))
         nodes.append(helper.make_node("Concat", [pv, v], [v_all], axis=2))
-        outputs.append(helper.make_tensor_value_info(k_all, TensorProto.FLOAT, ["batch_size", n_head_kv, "total_sequence_length", head_dim]))
-        outputs.append(helper.make_tensor_value_info(v_all, TensorProto.FLOAT, ["batch_size", n_head_kv, "total_sequence_length", head_dim]))
+        if f16_io:
+            nodes.append(helper.make_node("Cast", [k_all], [f"present.{i}.key"], to=TensorProto.FLOAT16))
+            nodes.append(helper.make_node("Cast", [v_all], [f"present.{i}.value"], to=TensorProto.FLOAT16))
+        outputs.append(helper.make_tensor_value_info(f"present.{i}.key", io_type, ["batch_size", n_head_kv, "total_sequence_length", head_dim]))
+        outputs.append(helper.make_tensor_value_info(f"present.{i}.value", io_type, ["batch_size", n_head_kv, "total_sequence_length", head_dim]))
         kt = node("Transpose", [repeat_kv(k_all)], perm=[0, 1, 3, 2])
         scores = node("Add", [node("Mul", [node("MatMul", [q, kt]), scale]), bias])
         probs = node("Softmax", [scores], axis=-1)
@@ -213,7 +227,10 @@ def main():
     x = rms_norm(h, "output_norm.weight")
     nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"]))
     outputs.append(helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch_size", "sequence_length", n_embd]))
-    nodes.append(helper.make_node("MatMul", [x, weight("output.weight", transpose=True)], ["logits"]))
+    if f16_io:
+        nodes.append(helper.make_node("Cast", [node("MatMul", [x, weight("output.weight", transpose=True)])], ["logits"], to=TensorProto.FLOAT16))
+    else:
+        nodes.append(helper.make_node("MatMul", [x, weight("output.weight", transpose=True)], ["logits"]))
 
     graph = helper.make_graph(nodes, "corral-tiny-llama", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="corral gen_llama.py")
