@@ -1,6 +1,7 @@
 //! The ONNX Runtime backend through the real host: the conformance suite on a genai-layout
 //! decoder made from a generated GGUF, greedy continuations equal to llama.cpp's on the
-//! same weights, sentence embeddings equal to onnxruntime's Python API with numpy pooling,
+//! same weights (and decoder embeddings equal to llama.cpp's), sentence embeddings equal to
+//! onnxruntime's Python API with numpy pooling,
 //! clear errors for bad model directories, and a missing or too old ONNX Runtime reported
 //! as the reason the plugin is unavailable.
 //!
@@ -286,5 +287,26 @@ fn runtime_found_missing_or_too_old_is_reported() {
         assert!(line.contains("pip install onnxruntime"), "{line}");
     } else {
         eprintln!("note: this machine has onnxruntime in a system place: {line}");
+    }
+}
+
+#[test]
+fn decoder_embeddings_equal_llama_cpp_on_the_same_weights() {
+    let Some(s) = setup() else { return };
+    let Some(llama) = llama_cpp_plugin_dir(&s.root) else { return };
+    let (gguf, onnx) = llama_pair(&s, "f32");
+    // One server, both backends: GGUF files go to llama.cpp, ONNX directories to onnx.
+    let server = Server::start(&[&s.plugin, &llama], &[], &[]);
+    let texts = ["The quick brown fox jumps over the lazy dog.", "Once upon a time"];
+    let embed = |model: &Path| {
+        let body = serde_json::json!({"model": model.display().to_string(), "input": texts});
+        embed_http(&server.url, "/api/embed", body)
+    };
+    let (a, b) = (embed(&gguf), embed(&onnx));
+    for i in 0..texts.len() {
+        // Mean-pooled final hidden state, normalised; llama.cpp's F16 KV cache is the
+        // difference (measured about 9e-5).
+        let d = max_diff(&a["embeddings"][i], &b["embeddings"][i]);
+        assert!(d < 1e-3, "text {i}: onnx vs llama.cpp embedding max |diff| {d}");
     }
 }
