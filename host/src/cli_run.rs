@@ -312,7 +312,7 @@ pub fn run(global: &GlobalOptions, a: RunArgs) -> Result<()> {
 }
 
 /// `corral bench`.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Model: a GGUF file.
     pub model: String,
@@ -467,13 +467,34 @@ pub fn bench_raw(
     if let Some(t) = a.load.threads {
         cmd.args(["--threads", &t.to_string()]);
     }
-    cmd.args(["--n-gpu-layers", &a.load.n_gpu_layers.to_string()]);
+    cmd.args(["--gpu-layers", &a.load.n_gpu_layers.to_string()]);
     let out = cmd.output().with_context(|| format!("cannot run {}", bin.display()))?;
     if !out.status.success() {
         bail!("{} failed: {}", bin.display(), String::from_utf8_lossy(&out.stderr).trim());
     }
-    let results: Vec<BenchResult> = serde_json::from_slice(&out.stdout)
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("{} printed unexpected output", bin.display()))?;
+    let mut results = Vec::new();
+    for key in ["pp", "tg"] {
+        let Some(t) = v.get(key) else { continue };
+        let n = t.get("n_tokens").and_then(serde_json::Value::as_u64).unwrap_or(0);
+        let stats = &t["stats"];
+        let f = |k: &str| stats.get(k).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+        results.push(BenchResult {
+            engine: "llama.cpp (raw C API)".to_string(),
+            test: format!("{key}{n}"),
+            median_tps: f("median_tps"),
+            stddev_tps: f("stddev_tps"),
+            samples: stats
+                .get("samples_tps")
+                .and_then(serde_json::Value::as_array)
+                .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
+                .unwrap_or_default(),
+        });
+    }
+    if results.is_empty() {
+        bail!("{} printed no pp/tg results", bin.display());
+    }
     Ok(results)
 }
 
@@ -484,21 +505,31 @@ pub fn bench(global: &GlobalOptions, a: &BenchArgs) -> Result<()> {
     }
     let path = runtime::model_path(&a.model)?;
     let (model, _) = load_model(global, &a.load, &path)?;
-    let mut results = bench_corral(&model, a)?;
     let raw_bin = if a.no_raw { None } else { find_raw_bin(a, &model) };
-    // Free the model before raw llama.cpp loads the same file.
-    drop(model);
-    let mut raw_note = None;
-    match raw_bin {
-        Some(bin) => results.extend(bench_raw(&bin, &path, a)?),
-        None if !a.no_raw => {
-            raw_note = Some(
-                "llama-raw not found (build backends/llama-cpp or pass --raw-bin); no ratio"
-                    .to_string(),
-            )
+    let raw_note = (raw_bin.is_none() && !a.no_raw).then(|| {
+        "llama-raw not found (build backends/llama-cpp or pass --raw-bin); no ratio".to_string()
+    });
+    // Repetitions alternate between corral and raw llama.cpp, so a change in the
+    // machine's load affects both sides alike.
+    let one = BenchArgs { reps: 1, ..a.clone() };
+    let mut samples: Vec<(String, String, Vec<f64>)> = Vec::new();
+    let mut add = |rs: Vec<BenchResult>| {
+        for r in rs {
+            match samples.iter_mut().find(|(e, t, _)| *e == r.engine && *t == r.test) {
+                Some((_, _, v)) => v.extend(r.samples),
+                None => samples.push((r.engine, r.test, r.samples)),
+            }
         }
-        None => {}
+    };
+    for _ in 0..a.reps {
+        add(bench_corral(&model, &one)?);
+        if let Some(bin) = &raw_bin {
+            add(bench_raw(bin, &path, &one)?);
+        }
     }
+    drop(model);
+    let results: Vec<BenchResult> =
+        samples.into_iter().map(|(e, t, v)| summarize(&e, t, v)).collect();
     let raw_of = |test: &str| {
         results
             .iter()
