@@ -227,43 +227,44 @@ pub fn forward(
         }
         timer.lap(&mut prof, "rope+kv store");
 
-        // Attention, one task per (entry, head).
+        // Attention, one task per (entry, head), computed as llama.cpp's CPU flash
+        // attention does: the query rounded to f16, an online softmax over the cells in
+        // cache order, and an f16 accumulator for the weighted values.
         let caches_ro: &[SeqCache] = caches;
         let q = &s.q;
         resize(&mut s.att, n * q_dim).par_chunks_mut(hd).enumerate().for_each_init(
-            Vec::new,
-            |scores: &mut Vec<f32>, (idx, out)| {
+            || vec![0f32; hd],
+            |qh: &mut Vec<f32>, (idx, out)| {
                 let (i, h) = (idx / hp.n_head, idx % hp.n_head);
                 let e = &batch[i];
                 let c = &caches_ro[e.seq as usize];
                 let g = h / group;
-                let qv = &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
+                qh.copy_from_slice(&q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd]);
+                kernels::round_f16(qh);
                 let ks = &c.k[l];
                 let vs = &c.v[l];
-                scores.clear();
+                let mut sum = 0f32;
                 let mut max = f32::NEG_INFINITY;
-                for (cidx, &p) in c.pos.iter().enumerate() {
-                    let sc = if p <= e.pos {
-                        let kr = &ks[cidx * kv_dim + g * hd..cidx * kv_dim + (g + 1) * hd];
-                        kernels::dot_f32_f16(qv, kr) * scale
-                    } else {
-                        f32::NEG_INFINITY
-                    };
-                    max = max.max(sc);
-                    scores.push(sc);
-                }
-                let mut sum = 0f64;
-                for sc in scores.iter_mut() {
-                    *sc = if *sc == f32::NEG_INFINITY { 0.0 } else { (*sc - max).exp() };
-                    sum += *sc as f64;
-                }
-                let inv = (1.0 / sum) as f32;
                 out.fill(0.0);
-                for (cidx, &p) in scores.iter().enumerate() {
-                    if p != 0.0 {
-                        let vr = &vs[cidx * kv_dim + g * hd..cidx * kv_dim + (g + 1) * hd];
-                        kernels::axpy_f16(out, p * inv, vr);
+                for (cidx, &p) in c.pos.iter().enumerate() {
+                    if p > e.pos {
+                        continue;
                     }
+                    let row = cidx * kv_dim + g * hd..cidx * kv_dim + (g + 1) * hd;
+                    let sc = kernels::dot_f32_f16(qh, &ks[row.clone()]) * scale;
+                    let (ms, w) = if sc > max {
+                        let ms = (max - sc).exp();
+                        max = sc;
+                        (ms, 1.0)
+                    } else {
+                        (1.0, (sc - max).exp())
+                    };
+                    kernels::fa_step_f16(out, ms, w, &vs[row]);
+                    sum = sum * ms + w;
+                }
+                let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+                for o in out.iter_mut() {
+                    *o *= inv;
                 }
             },
         );

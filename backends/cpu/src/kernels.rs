@@ -258,6 +258,44 @@ pub fn axpy_f16(out: &mut [f32], p: f32, v: &[f16]) {
     }
 }
 
+/// `acc = f16(f16(acc * ms) + p * v)` element-wise: one step of llama.cpp's CPU flash
+/// attention with an F16 accumulator (`ms` is 1 when the running maximum did not move).
+/// The rounding to f16 after each step is llama.cpp's; keeping it makes this engine's
+/// attention agree with llama.cpp's to float-summation order.
+#[inline]
+pub fn fa_step_f16(acc: &mut [f32], ms: f32, p: f32, v: &[f16]) {
+    debug_assert_eq!(acc.len(), v.len());
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
+    {
+        // SAFETY: features enabled at compile time; lengths equal.
+        unsafe { simd::fa_step_f16(acc, ms, p, v.as_ptr().cast()) }
+    }
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    )))]
+    {
+        for (a, x) in acc.iter_mut().zip(v) {
+            let scaled = if ms != 1.0 { f16::from_f32(*a * ms).to_f32() } else { *a };
+            *a = f16::from_f32(x.to_f32().mul_add(p, scaled)).to_f32();
+        }
+    }
+}
+
+/// Rounds every element to the nearest f16 value (as ggml converts a row for F16 dots).
+pub fn round_f16(x: &mut [f32]) {
+    for v in x {
+        *v = f16::from_f32(*v).to_f32();
+    }
+}
+
 /// Dequantizes one row of `ty`'s raw bytes into `out`.
 pub fn dequantize_row(ty: crate::weights::WType, w: &[u8], out: &mut [f32]) {
     use crate::weights::WType;
@@ -520,6 +558,35 @@ mod simd {
             i += 1;
         }
         s
+    }
+
+    #[cfg(target_feature = "f16c")]
+    #[inline(always)]
+    pub(super) unsafe fn fa_step_f16(acc: &mut [f32], ms: f32, p: f32, v: *const u8) {
+        const R: i32 = _MM_FROUND_TO_NEAREST_INT;
+        let n = acc.len();
+        let ap = acc.as_mut_ptr();
+        let pv = _mm256_set1_ps(p);
+        let msv = _mm256_set1_ps(ms);
+        let mut i = 0;
+        while i + 8 <= n {
+            let mut a = _mm256_loadu_ps(ap.add(i));
+            if ms != 1.0 {
+                a = _mm256_cvtph_ps(_mm256_cvtps_ph::<R>(_mm256_mul_ps(a, msv)));
+            }
+            let vv = _mm256_cvtph_ps(_mm_loadu_si128(v.add(2 * i).cast()));
+            let r = _mm256_cvtph_ps(_mm256_cvtps_ph::<R>(_mm256_fmadd_ps(vv, pv, a)));
+            _mm256_storeu_ps(ap.add(i), r);
+            i += 8;
+        }
+        while i < n {
+            let mut a = *ap.add(i);
+            if ms != 1.0 {
+                a = half::f16::from_f32(a * ms).to_f32();
+            }
+            *ap.add(i) = half::f16::from_f32(scale(v.add(2 * i)).mul_add(p, a)).to_f32();
+            i += 1;
+        }
     }
 
     #[cfg(target_feature = "f16c")]
