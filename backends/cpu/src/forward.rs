@@ -13,7 +13,7 @@ use corral_backend_api::BatchEntry;
 use crate::kernels;
 use crate::kv::SeqCache;
 use crate::model::{ModelInner, RopeKind};
-use crate::weights::{Prepared, Weight, matmul};
+use crate::weights::{Prepared, Weight, matmul, matmul_multi};
 
 /// Reusable buffers of a context.
 #[derive(Default)]
@@ -204,11 +204,25 @@ pub fn forward(
     for (l, layer) in m.layers.iter().enumerate() {
         rms_norm(&s.x, &layer.attn_norm, &mut resize(&mut s.h, n * d)[..], hp.eps);
         timer.lap(&mut prof, "norm");
-        mm(map, &layer.wq, &mut s.prep, &s.h, n, &mut s.q, false);
-        let same_k = layer.wk.ty == layer.wq.ty;
-        mm(map, &layer.wk, &mut s.prep, &s.h, n, &mut s.k, same_k);
-        let same_v = layer.wv.ty == layer.wk.ty;
-        mm(map, &layer.wv, &mut s.prep, &s.h, n, &mut s.v, same_v);
+        if layer.wk.ty == layer.wq.ty && layer.wv.ty == layer.wq.ty {
+            s.prep.prepare(layer.wq.ty, &s.h, n, d);
+            s.q.resize(n * q_dim, 0.0);
+            s.k.resize(n * kv_dim, 0.0);
+            s.v.resize(n * kv_dim, 0.0);
+            matmul_multi(
+                map,
+                &mut [
+                    (&layer.wq, &mut s.q[..]),
+                    (&layer.wk, &mut s.k[..]),
+                    (&layer.wv, &mut s.v[..]),
+                ],
+                &s.prep,
+            );
+        } else {
+            mm(map, &layer.wq, &mut s.prep, &s.h, n, &mut s.q, false);
+            mm(map, &layer.wk, &mut s.prep, &s.h, n, &mut s.k, false);
+            mm(map, &layer.wv, &mut s.prep, &s.h, n, &mut s.v, false);
+        }
         timer.lap(&mut prof, "matmul qkv");
         add_bias(&mut s.q, &layer.bq);
         add_bias(&mut s.k, &layer.bk);
@@ -275,9 +289,19 @@ pub fn forward(
 
         rms_norm(&s.x, &layer.ffn_norm, &mut resize(&mut s.h, n * d)[..], hp.eps);
         timer.lap(&mut prof, "norm");
-        mm(map, &layer.w_gate, &mut s.prep, &s.h, n, &mut s.gate, false);
-        let same_up = layer.w_up.ty == layer.w_gate.ty;
-        mm(map, &layer.w_up, &mut s.prep, &s.h, n, &mut s.up, same_up);
+        if layer.w_up.ty == layer.w_gate.ty {
+            s.prep.prepare(layer.w_gate.ty, &s.h, n, d);
+            s.gate.resize(n * hp.n_ff, 0.0);
+            s.up.resize(n * hp.n_ff, 0.0);
+            matmul_multi(
+                map,
+                &mut [(&layer.w_gate, &mut s.gate[..]), (&layer.w_up, &mut s.up[..])],
+                &s.prep,
+            );
+        } else {
+            mm(map, &layer.w_gate, &mut s.prep, &s.h, n, &mut s.gate, false);
+            mm(map, &layer.w_up, &mut s.prep, &s.h, n, &mut s.up, false);
+        }
         timer.lap(&mut prof, "matmul gate+up");
         let nff = hp.n_ff;
         s.gate.par_chunks_mut(nff).zip(s.up.par_chunks(nff)).for_each(|(g, u)| {

@@ -388,12 +388,29 @@ mod simd {
     /// The integer dot product of a Q4_0 block (nibbles `wu`) with activation block `b`,
     /// offset 8 folded in, as floats.
     #[inline(always)]
-    unsafe fn q4_block(wu: __m256i, a: &ActRow<'_>, b: usize) -> __m256 {
-        let start = _mm256_zextsi128_si256(_mm_cvtsi32_si128(*a.c.get_unchecked(b)));
-        let av = _mm256_loadu_si256(a.qs.as_ptr().add(b * QK).cast());
-        _mm256_cvtepi32_ps(dot_u8_i8(start, wu, av))
+    unsafe fn scales4(p: *const u8, stride: usize) -> __m128 {
+        let h = |j: usize| i16::from_le_bytes([*p.add(j * stride), *p.add(j * stride + 1)]);
+        _mm_cvtph_ps(_mm_set_epi16(0, 0, 0, 0, h(3), h(2), h(1), h(0)))
     }
 
+    /// Sums each of four i32x8 block products to one lane per 128-bit half:
+    /// `[p0 p1 p2 p3 | p0' p1' p2' p3']` (the two halves add up to the block sums).
+    #[inline(always)]
+    unsafe fn reduce4(p0: __m256i, p1: __m256i, p2: __m256i, p3: __m256i) -> __m256 {
+        let h = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));
+        _mm256_cvtepi32_ps(h)
+    }
+
+    #[inline(always)]
+    unsafe fn q4_int(wu: __m256i, a: &ActRow<'_>, b: usize) -> __m256i {
+        let start = _mm256_zextsi128_si256(_mm_cvtsi32_si128(*a.c.get_unchecked(b)));
+        let av = _mm256_loadu_si256(a.qs.as_ptr().add(b * QK).cast());
+        dot_u8_i8(start, wu, av)
+    }
+
+    /// Q4_0 row times `T` activation rows, four blocks at a time: the four blocks'
+    /// integer sums are gathered into one vector (horizontal adds) so that converting to
+    /// float and applying the scales costs one instruction each per four blocks.
     #[inline(always)]
     pub(super) unsafe fn dot_q4_0<const T: usize>(
         w: &[u8],
@@ -401,43 +418,38 @@ mod simd {
         nb: usize,
     ) -> [f32; T] {
         let wp = w.as_ptr();
-        if T == 1 {
-            // One row, one token: four independent accumulators so consecutive blocks do
-            // not wait on each other's FMA.
-            let a0 = &a[0];
-            let mut acc = [_mm256_setzero_ps(); 4];
-            let mut b = 0;
-            while b + 4 <= nb {
-                for (j, acc) in acc.iter_mut().enumerate() {
-                    let blk = wp.add((b + j) * Q4_0_BYTES);
-                    let p = q4_block(nibbles(blk), a0, b + j);
-                    let sc = scale(blk) * *a0.d.get_unchecked(b + j);
-                    *acc = _mm256_fmadd_ps(p, _mm256_set1_ps(sc), *acc);
-                }
-                b += 4;
-            }
-            while b < nb {
-                let blk = wp.add(b * Q4_0_BYTES);
-                let p = q4_block(nibbles(blk), a0, b);
-                let sc = scale(blk) * *a0.d.get_unchecked(b);
-                acc[0] = _mm256_fmadd_ps(p, _mm256_set1_ps(sc), acc[0]);
-                b += 1;
-            }
-            let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-            let mut out = [0f32; T];
-            out[0] = hsum(s);
-            return out;
-        }
         let mut acc = [_mm256_setzero_ps(); T];
-        for b in 0..nb {
+        let mut b = 0;
+        while b + 4 <= nb {
+            let blk = wp.add(b * Q4_0_BYTES);
+            let dw = scales4(blk, Q4_0_BYTES);
+            let w0 = nibbles(blk);
+            let w1 = nibbles(blk.add(Q4_0_BYTES));
+            let w2 = nibbles(blk.add(2 * Q4_0_BYTES));
+            let w3 = nibbles(blk.add(3 * Q4_0_BYTES));
+            for t in 0..T {
+                let r = &a[t];
+                let f = reduce4(
+                    q4_int(w0, r, b),
+                    q4_int(w1, r, b + 1),
+                    q4_int(w2, r, b + 2),
+                    q4_int(w3, r, b + 3),
+                );
+                let s4 = _mm_mul_ps(dw, _mm_loadu_ps(r.d.as_ptr().add(b)));
+                acc[t] = _mm256_fmadd_ps(f, _mm256_set_m128(s4, s4), acc[t]);
+            }
+            b += 4;
+        }
+        while b < nb {
             let blk = wp.add(b * Q4_0_BYTES);
             let dw = scale(blk);
             let wu = nibbles(blk);
             for t in 0..T {
-                let p = q4_block(wu, &a[t], b);
+                let p = _mm256_cvtepi32_ps(q4_int(wu, &a[t], b));
                 let sc = dw * *a[t].d.get_unchecked(b);
                 acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(sc), acc[t]);
             }
+            b += 1;
         }
         let mut out = [0f32; T];
         for t in 0..T {

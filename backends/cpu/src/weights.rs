@@ -150,33 +150,52 @@ unsafe impl Send for OutPtr {}
 // SAFETY: as above.
 unsafe impl Sync for OutPtr {}
 
-/// Tokens per tile in the batched kernels.
-const TILE: usize = 4;
+/// Tokens per tile in the batched kernels: 8 accumulators fit AVX-512's 32 vector
+/// registers, 4 fit AVX2's 16.
+const TILE: usize = if cfg!(target_feature = "avx512f") { 8 } else { 4 };
 
 /// `y[t][r] = W[r] · x[t]` for the `n` prepared rows, `y` laid out `n × w.rows`. Runs on
 /// the current rayon pool, splitting the weight's rows.
 pub fn matmul(map: &[u8], w: &Weight, a: &Prepared, y: &mut [f32]) {
+    matmul_multi(map, &mut [(w, y)], a);
+}
+
+/// Several weights of the same input width times the same prepared activations, in one
+/// parallel region (q/k/v, gate/up): fewer thread wake-ups per token.
+pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared) {
     let n = a.n;
-    let m = w.rows;
-    assert_eq!(a.kind, Some(w.ty.acts()), "activations prepared for another weight type");
-    assert_eq!(a.k, w.cols, "activation width differs from the weight's row length");
-    assert!(y.len() >= n * m, "output buffer too small");
-    assert!(w.offset + m * w.row_bytes <= map.len(), "weight outside the mapped file");
     let threads = rayon::current_num_threads().max(1);
-    // Enough chunks to balance the threads, rows per chunk a multiple of 4. Batches use
-    // small chunks so that a chunk's weights stay in L1/L2 while every token tile of the
-    // batch streams past them.
-    let chunk = if n == 1 {
-        m.div_ceil(threads * 8).next_multiple_of(4).max(4)
-    } else {
-        let by_cache = (16 * 1024 / w.row_bytes.max(1)).clamp(4, 64) / 4 * 4;
-        by_cache.min(m.div_ceil(threads * 4).next_multiple_of(4)).max(4)
-    };
-    let out = OutPtr(y.as_mut_ptr());
-    (0..m.div_ceil(chunk)).into_par_iter().for_each(|c| {
-        let out = out;
-        let r0 = c * chunk;
-        let r1 = (r0 + chunk).min(m);
+    let total_rows: usize = jobs.iter().map(|j| j.0.rows).sum();
+    // (job, first row, end row) chunks.
+    let mut chunks = Vec::new();
+    let mut outs = Vec::with_capacity(jobs.len());
+    for (ji, (w, y)) in jobs.iter_mut().enumerate() {
+        let m = w.rows;
+        assert_eq!(a.kind, Some(w.ty.acts()), "activations prepared for another weight type");
+        assert_eq!(a.k, w.cols, "activation width differs from the weight's row length");
+        assert!(y.len() >= n * m, "output buffer too small");
+        assert!(w.offset + m * w.row_bytes <= map.len(), "weight outside the mapped file");
+        // Enough chunks to balance the threads, rows per chunk a multiple of 4. Batches
+        // use small chunks so that a chunk's weights stay in L1/L2 while every token tile
+        // of the batch streams past them.
+        let share = (m * threads * 8).div_ceil(total_rows.max(1)).max(1);
+        let chunk = if n == 1 {
+            m.div_ceil(share).next_multiple_of(4).max(4)
+        } else {
+            let by_cache = (16 * 1024 / w.row_bytes.max(1)).clamp(4, 64) / 4 * 4;
+            by_cache.min(m.div_ceil(threads * 4).next_multiple_of(4)).max(4)
+        };
+        let mut r0 = 0;
+        while r0 < m {
+            chunks.push((ji, r0, (r0 + chunk).min(m)));
+            r0 += chunk;
+        }
+        outs.push((OutPtr(y.as_mut_ptr()), *w));
+    }
+    let outs = &outs;
+    chunks.into_par_iter().for_each(|(ji, r0, r1)| {
+        let (out, w) = outs[ji];
+        let m = w.rows;
         let put = |t: usize, r: usize, v: f32| {
             // SAFETY: t < n and r < m, so the index is inside y (checked above); rows
             // r0..r1 belong to this task alone.
@@ -184,7 +203,7 @@ pub fn matmul(map: &[u8], w: &Weight, a: &Prepared, y: &mut [f32]) {
         };
         match w.ty.acts() {
             ActKind::Q8 => {
-                let dot4 = match w.ty {
+                let dot_tile = match w.ty {
                     WType::Q4_0 => kernels::dot_q4_0::<TILE>,
                     _ => kernels::dot_q8_0::<TILE>,
                 };
@@ -194,14 +213,27 @@ pub fn matmul(map: &[u8], w: &Weight, a: &Prepared, y: &mut [f32]) {
                 };
                 let mut t = 0;
                 while t + TILE <= n {
-                    let rows = [a.q.row(t), a.q.row(t + 1), a.q.row(t + 2), a.q.row(t + 3)];
+                    let rows: [_; TILE] = std::array::from_fn(|i| a.q.row(t + i));
                     for r in r0..r1 {
-                        let v = dot4(w.row(map, r), rows);
+                        let v = dot_tile(w.row(map, r), rows);
                         for (i, v) in v.into_iter().enumerate() {
                             put(t + i, r, v);
                         }
                     }
                     t += TILE;
+                }
+                let dot4 = match w.ty {
+                    WType::Q4_0 => kernels::dot_q4_0::<4>,
+                    _ => kernels::dot_q8_0::<4>,
+                };
+                while TILE > 4 && t + 4 <= n {
+                    let rows: [_; 4] = std::array::from_fn(|i| a.q.row(t + i));
+                    for r in r0..r1 {
+                        for (i, v) in dot4(w.row(map, r), rows).into_iter().enumerate() {
+                            put(t + i, r, v);
+                        }
+                    }
+                    t += 4;
                 }
                 for t in t..n {
                     for r in r0..r1 {
