@@ -166,7 +166,7 @@ pub fn forward(
 ) -> Output {
     let hp = &m.hp;
     let map = m.bytes();
-    let n = batch.len();
+    let mut n = batch.len();
     let d = hp.n_embd;
     let hd = hp.head_dim;
     let kv_dim = hp.kv_dim();
@@ -200,6 +200,7 @@ pub fn forward(
     timer.lap(&mut prof, "embed");
 
     let scale = 1.0 / (hd as f32).sqrt();
+    let mut compacted = false;
     let group = hp.n_head / hp.n_head_kv;
     for (l, layer) in m.layers.iter().enumerate() {
         rms_norm(&s.x, &layer.attn_norm, &mut resize(&mut s.h, n * d)[..], hp.eps);
@@ -283,6 +284,21 @@ pub fn forward(
             },
         );
         timer.lap(&mut prof, "attention");
+        // After the last layer's attention only the rows that produce output matter (as
+        // llama.cpp's inp_out_ids): keep those rows of x and att.
+        if l + 1 == hp.n_layer && out_rows.len() < n {
+            for (j, &i) in out_rows.iter().enumerate() {
+                s.x.copy_within(i * d..(i + 1) * d, j * d);
+                s.att.copy_within(i * q_dim..(i + 1) * q_dim, j * q_dim);
+            }
+            n = out_rows.len();
+            s.x.truncate(n * d);
+            s.att.truncate(n * q_dim);
+            compacted = true;
+            if n == 0 {
+                break;
+            }
+        }
         mm(map, &layer.wo, &mut s.prep, &s.att, n, &mut s.tmp, false);
         timer.lap(&mut prof, "matmul wo");
         add_in_place(&mut s.x, &s.tmp);
@@ -318,8 +334,9 @@ pub fn forward(
     // Output rows only.
     let r = out_rows.len();
     let mut hsel = Vec::with_capacity(r * d);
-    for &i in out_rows {
-        hsel.extend_from_slice(&s.x[i * d..(i + 1) * d]);
+    for (j, &i) in out_rows.iter().enumerate() {
+        let row = if compacted { j } else { i };
+        hsel.extend_from_slice(&s.x[row * d..(row + 1) * d]);
     }
     let mut normed = vec![0f32; r * d];
     rms_norm(&hsel, &m.output_norm, &mut normed, hp.eps);
