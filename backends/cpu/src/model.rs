@@ -251,7 +251,7 @@ pub fn load(path: &str, options: CpuOptions) -> Result<CpuModel, BackendError> {
                 t.ggml_type.name()
             ))
         })?;
-        if cols % ty.block() != 0 {
+        if !cols.is_multiple_of(ty.block()) {
             return Err(BackendError::invalid(format!("{path}: tensor {name}: bad row length")));
         }
         let row_bytes = ty.row_bytes(cols);

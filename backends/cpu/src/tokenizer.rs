@@ -117,10 +117,8 @@ impl Tokenizer {
         special: &SpecialTokens,
     ) -> Vec<u32> {
         let mut out = Vec::new();
-        if add_special && special.add_bos {
-            if let Some(b) = special.bos.into_option() {
-                out.push(b);
-            }
+        if let (true, Some(b)) = (add_special && special.add_bos, special.bos.into_option()) {
+            out.push(b);
         }
         match self {
             Tokenizer::Bpe(b) => {
@@ -132,10 +130,8 @@ impl Tokenizer {
             }
             Tokenizer::Spm(s) => s.encode(text, parse_special, &mut out),
         }
-        if add_special && special.add_eos {
-            if let Some(e) = special.eos.into_option() {
-                out.push(e);
-            }
+        if let (true, Some(e)) = (add_special && special.add_eos, special.eos.into_option()) {
+            out.push(e);
         }
         out
     }
@@ -234,7 +230,7 @@ impl Spm {
             .filter(|(i, t)| !t.is_empty() && matches!(types[*i], TYPE_CONTROL | TYPE_USER_DEFINED))
             .map(|(i, t)| (t.clone(), i as u32))
             .collect();
-        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        specials.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
         let unk = file
             .get_u32("tokenizer.ggml.unknown_token_id")
             .or_else(|| types.iter().position(|&t| t == TYPE_UNKNOWN).map(|i| i as u32))
@@ -346,9 +342,8 @@ impl Spm {
                 Some(&id) => out.push(id),
                 None => {
                     for byte in piece.bytes() {
-                        match self.byte_ids[byte as usize].or(self.unk) {
-                            Some(id) => out.push(id),
-                            None => {}
+                        if let Some(id) = self.byte_ids[byte as usize].or(self.unk) {
+                            out.push(id);
                         }
                     }
                 }
