@@ -75,8 +75,8 @@ impl LlamaContext {
         cp.n_seq_max = p.n_seq_max;
         cp.n_threads = opts.threads(p.n_threads);
         cp.n_threads_batch = opts.threads_batch(p.n_threads_batch);
-        // One KV buffer shared by every sequence: each may use up to n_ctx positions.
-        cp.kv_unified = true;
+        // By default one KV buffer shared by every sequence: each may use up to n_ctx.
+        cp.kv_unified = opts.kv_unified.unwrap_or(true);
         cp.embeddings = p.embeddings;
         if p.embeddings {
             cp.pooling_type = sys::LLAMA_POOLING_TYPE_MEAN;
