@@ -30,6 +30,12 @@ pub const MEDIA_TYPE_PROJECTOR: &str = "application/vnd.ollama.image.projector";
 /// file outside the store. Only in local manifests; never pushed.
 pub const MEDIA_TYPE_LINK: &str = "application/vnd.corral.link";
 
+/// One file of an ONNX model directory (model.onnx, tokenizer.json, genai_config.json,
+/// ...), its path inside the directory in the [`ANNOTATION_TITLE`] annotation.
+pub const MEDIA_TYPE_ONNX_FILE: &str = "application/vnd.corral.onnx.file";
+/// The OCI annotation naming a layer's file.
+pub const ANNOTATION_TITLE: &str = "org.opencontainers.image.title";
+
 /// One layer (or the config) of a manifest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -43,6 +49,10 @@ pub struct Layer {
     /// Where a layer was taken from (Ollama writes this for layers from a parent model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    /// OCI annotations; ONNX model files carry their relative path in
+    /// [`ANNOTATION_TITLE`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// A Docker v2 image manifest.

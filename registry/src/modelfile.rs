@@ -336,6 +336,53 @@ fn resolve_path(base_dir: &Path, v: &str) -> PathBuf {
     base_dir.join(v)
 }
 
+/// Most files an ONNX model directory may hold.
+const MAX_ONNX_FILES: usize = 256;
+
+/// The regular files of an ONNX model directory (recursively, at most 3 levels, hidden
+/// files skipped), as (relative path with `/`, absolute path); an error when there is no
+/// `.onnx` file.
+fn onnx_dir_files(dir: &Path) -> std::result::Result<Vec<(String, PathBuf)>, String> {
+    fn walk(
+        dir: &Path,
+        prefix: &str,
+        depth: usize,
+        out: &mut Vec<(String, PathBuf)>,
+    ) -> std::result::Result<(), String> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .filter_map(|e| e.ok())
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let rel = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
+            let ty = e.file_type().map_err(|err| format!("{}: {err}", e.path().display()))?;
+            if ty.is_dir() && depth < 3 {
+                walk(&e.path(), &rel, depth + 1, out)?;
+            } else if ty.is_file() || (ty.is_symlink() && e.path().is_file()) {
+                out.push((rel, e.path()));
+            }
+            if out.len() > MAX_ONNX_FILES {
+                return Err(format!("{} holds more than {MAX_ONNX_FILES} files", dir.display()));
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, "", 0, &mut out)?;
+    if !out.iter().any(|(rel, _)| rel.ends_with(".onnx")) {
+        return Err(format!(
+            "{} is a directory without a .onnx model (an ONNX model directory holds model.onnx and its tokenizer and config)",
+            dir.display()
+        ));
+    }
+    Ok(out)
+}
+
 fn check_gguf(path: &Path, cmd: &Command) -> Result<()> {
     let at =
         |m: String| Error::Modelfile { line: cmd.value_pos.0, column: cmd.value_pos.1, message: m };
@@ -358,7 +405,13 @@ fn check_gguf(path: &Path, cmd: &Command) -> Result<()> {
 
 fn text_layer(store: &Store, media_type: &str, text: &str) -> Result<Layer> {
     let digest = store.write_blob_bytes(text.as_bytes())?;
-    Ok(Layer { media_type: media_type.into(), digest, size: text.len() as u64, from: None })
+    Ok(Layer {
+        media_type: media_type.into(),
+        digest,
+        size: text.len() as u64,
+        from: None,
+        annotations: None,
+    })
 }
 
 /// Creates (or replaces) model `name` from a parsed Modelfile. Relative paths are taken
@@ -395,7 +448,29 @@ pub fn create(
         match &cmd.directive {
             Directive::From(v) => {
                 let path = resolve_path(base_dir, v);
-                if looks_like_path(v) || path.is_file() {
+                if path.is_dir() {
+                    // An ONNX model directory: every file becomes a layer of its own.
+                    let files = onnx_dir_files(&path).map_err(at)?;
+                    layers.retain(|l| {
+                        l.media_type != MEDIA_TYPE_MODEL
+                            && l.media_type != MEDIA_TYPE_LINK
+                            && l.media_type != MEDIA_TYPE_ONNX_FILE
+                    });
+                    progress(&format!("copying {} ONNX model files", files.len()));
+                    for (rel, abs) in files {
+                        let (digest, size) = store.import_file(&abs, |_| {})?;
+                        let mut ann = std::collections::BTreeMap::new();
+                        ann.insert(ANNOTATION_TITLE.to_string(), rel);
+                        layers.push(Layer {
+                            media_type: MEDIA_TYPE_ONNX_FILE.into(),
+                            digest,
+                            size,
+                            from: None,
+                            annotations: Some(ann),
+                        });
+                    }
+                    config.model_format = "onnx".into();
+                } else if looks_like_path(v) || path.is_file() {
                     check_gguf(&path, cmd)?;
                     layers.retain(|l| {
                         l.media_type != MEDIA_TYPE_MODEL && l.media_type != MEDIA_TYPE_LINK
@@ -411,11 +486,18 @@ pub fn create(
                             digest,
                             size: json.len() as u64,
                             from: None,
+                            annotations: None,
                         }
                     } else {
                         progress("copying model data");
                         let (digest, size) = store.import_file(&path, |_| {})?;
-                        Layer { media_type: MEDIA_TYPE_MODEL.into(), digest, size, from: None }
+                        Layer {
+                            media_type: MEDIA_TYPE_MODEL.into(),
+                            digest,
+                            size,
+                            from: None,
+                            annotations: None,
+                        }
                     };
                     layers.insert(0, layer);
                 } else {
@@ -454,6 +536,7 @@ pub fn create(
                     digest,
                     size,
                     from: None,
+                    annotations: None,
                 });
             }
             Directive::Template(t) => {
@@ -499,7 +582,11 @@ pub fn create(
         let json = serde_json::to_string(&messages).unwrap_or_default();
         layers.push(text_layer(store, MEDIA_TYPE_MESSAGES, &json)?);
     }
-    if !layers.iter().any(|l| l.media_type == MEDIA_TYPE_MODEL || l.media_type == MEDIA_TYPE_LINK) {
+    if !layers.iter().any(|l| {
+        l.media_type == MEDIA_TYPE_MODEL
+            || l.media_type == MEDIA_TYPE_LINK
+            || l.media_type == MEDIA_TYPE_ONNX_FILE
+    }) {
         return Err(Error::Modelfile {
             line: 1,
             column: 1,
@@ -518,6 +605,7 @@ pub fn create(
             digest: cfg_digest,
             size: cfg_json.len() as u64,
             from: None,
+            annotations: None,
         },
         layers,
     );

@@ -308,6 +308,34 @@ impl Store {
         self.root.join(name.manifest_rel_path())
     }
 
+    /// An ONNX model is a directory of files; its layers are blobs, so the directory is
+    /// made of symbolic links to them, named by each layer's path annotation, under
+    /// `corral-tmp/onnx/<manifest hex>` (or the system temp dir for a read-only store).
+    fn materialize_onnx(
+        &self,
+        manifest: &Digest,
+        files: &[(String, PathBuf, u64)],
+    ) -> Result<PathBuf> {
+        let hex = manifest.to_string().trim_start_matches("sha256:").to_string();
+        let dir = if self.read_only {
+            std::env::temp_dir().join(format!("corral-onnx-{hex}"))
+        } else {
+            self.root.join("corral-tmp").join("onnx").join(&hex)
+        };
+        for (rel, blob, _) in files {
+            let link = dir.join(rel);
+            if let Some(parent) = link.parent() {
+                fs::create_dir_all(parent).ctx("create the ONNX model directory", parent)?;
+            }
+            if fs::read_link(&link).ok().as_deref() == Some(blob.as_path()) {
+                continue;
+            }
+            let _ = fs::remove_file(&link);
+            std::os::unix::fs::symlink(blob, &link).ctx("link an ONNX model file", &link)?;
+        }
+        Ok(dir)
+    }
+
     pub(crate) fn check_writable(&self) -> Result<()> {
         if self.read_only { Err(Error::ReadOnly(self.root.clone())) } else { Ok(()) }
     }
@@ -610,8 +638,30 @@ impl Store {
             manifest: manifest.clone(),
         };
         let mut have_model = false;
+        let mut onnx_files: Vec<(String, PathBuf, u64)> = Vec::new();
         for l in &manifest.layers {
             match l.media_type.as_str() {
+                MEDIA_TYPE_ONNX_FILE => {
+                    let title = l
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(ANNOTATION_TITLE))
+                        .cloned()
+                        .unwrap_or_default();
+                    if !safe_relative_path(&title) {
+                        return Err(Error::InvalidManifest {
+                            model: name.to_string(),
+                            reason: format!(
+                                "ONNX file layer {} has an unsafe path {title:?}",
+                                l.digest
+                            ),
+                        });
+                    }
+                    onnx_files.push((title, self.blob_path(&l.digest), l.size));
+                    if !have_model && l.media_type == MEDIA_TYPE_ONNX_FILE {
+                        r.model_digest = l.digest;
+                    }
+                }
                 MEDIA_TYPE_MODEL if !have_model => {
                     have_model = true;
                     r.model_path = self.blob_path(&l.digest);
@@ -651,6 +701,12 @@ impl Store {
                 MEDIA_TYPE_PROJECTOR => r.projectors.push(self.blob_path(&l.digest)),
                 _ => {}
             }
+        }
+        if !onnx_files.is_empty() && !have_model {
+            have_model = true;
+            r.model_size = onnx_files.iter().map(|f| f.2).sum();
+            r.model_path = self.materialize_onnx(&r.manifest_digest, &onnx_files)?;
+            r.config.model_format = "onnx".into();
         }
         if !have_model {
             return Err(Error::InvalidManifest {
@@ -794,6 +850,14 @@ pub fn link_info_for(path: &Path, progress: impl FnMut(u64)) -> Result<LinkInfo>
     Ok(LinkInfo { path: abs, size, mtime_ns: mtime_ns(&meta), digest })
 }
 
+/// Whether a layer's path annotation is a plain relative path (no `..`, not absolute).
+fn safe_relative_path(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= 1024
+        && !p.contains('\0')
+        && Path::new(p).components().all(|c| matches!(c, std::path::Component::Normal(_)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -844,14 +908,27 @@ mod tests {
         let cfg = s.write_blob_bytes(br#"{"model_format":"gguf"}"#).unwrap();
         let orphan = s.write_blob_bytes(b"orphan").unwrap();
         let m = Manifest::new(
-            Layer { media_type: MEDIA_TYPE_CONFIG.into(), digest: cfg, size: 23, from: None },
+            Layer {
+                media_type: MEDIA_TYPE_CONFIG.into(),
+                digest: cfg,
+                size: 23,
+                from: None,
+                annotations: None,
+            },
             vec![
-                Layer { media_type: MEDIA_TYPE_MODEL.into(), digest: model, size: 17, from: None },
+                Layer {
+                    media_type: MEDIA_TYPE_MODEL.into(),
+                    digest: model,
+                    size: 17,
+                    from: None,
+                    annotations: None,
+                },
                 Layer {
                     media_type: MEDIA_TYPE_TEMPLATE.into(),
                     digest: tmpl,
                     size: 13,
                     from: None,
+                    annotations: None,
                 },
             ],
         );
@@ -882,7 +959,13 @@ mod tests {
         let (_d, s) = store();
         let d = Digest::of_bytes(b"nope");
         let m = Manifest::new(
-            Layer { media_type: MEDIA_TYPE_CONFIG.into(), digest: d, size: 4, from: None },
+            Layer {
+                media_type: MEDIA_TYPE_CONFIG.into(),
+                digest: d,
+                size: 4,
+                from: None,
+                annotations: None,
+            },
             vec![],
         );
         let e = s.write_manifest(&ModelName::parse("x").unwrap(), &m).unwrap_err();

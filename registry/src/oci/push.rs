@@ -67,6 +67,7 @@ impl Client {
                         digest: li.digest,
                         size: li.size,
                         from: None,
+                        annotations: None,
                     };
                 }
             }
