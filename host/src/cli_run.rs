@@ -377,7 +377,8 @@ fn summarize(engine: &str, test: String, samples: Vec<f64>) -> BenchResult {
 
 /// Measures pp and tg through corral's plugin path, the way llama-bench does.
 pub fn bench_corral(model: &Model, a: &BenchArgs) -> Result<Vec<BenchResult>> {
-    let n_ctx = (a.pp + a.tg + 16).next_power_of_two().max(256);
+    // The same context size as llama-raw (and llama-bench) use.
+    let n_ctx = (a.pp + a.tg).max(16);
     let threads = a.load.threads.unwrap_or(0);
     let mut ctx = model.new_context(&ContextParams {
         n_ctx,
