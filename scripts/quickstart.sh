@@ -10,11 +10,12 @@ cargo build --release -p corral -p corral-backend-llama-cpp
 bin="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release"
 models="${CORRAL_MODELS:-$HOME/.local/share/corral/models}"
 mkdir -p "$models"
-gguf="$models/../corral-tiny.gguf"
+data="$(cd "$models/.." && pwd)"
+gguf="$data/corral-tiny.gguf"
 [ -f "$gguf" ] || "$bin/corral" model generate "$gguf" --shape small --type q8_0
 if "$bin/corral" create --help >/dev/null 2>&1; then
-  printf 'FROM %s\nPARAMETER temperature 0.7\n' "$(realpath "$gguf")" > "$models/../Modelfile.corral-tiny"
-  "$bin/corral" create corral-tiny -f "$models/../Modelfile.corral-tiny" >/dev/null || true
+  printf 'FROM %s\nPARAMETER temperature 0.7\n' "$gguf" > "$data/Modelfile.corral-tiny"
+  "$bin/corral" create corral-tiny -f "$data/Modelfile.corral-tiny" >/dev/null || true
 fi
-echo "model: corral-tiny ($(realpath "$gguf"))"
+echo "model: corral-tiny ($gguf); try: curl http://127.0.0.1:11434/api/generate -d '{\"model\":\"corral-tiny\",\"prompt\":\"Hello\"}'"
 exec "$bin/corral" serve "$@"
