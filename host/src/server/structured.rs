@@ -792,7 +792,9 @@ fn step(g: &Grammar, mut st: Stack, b: u8, out: &mut Vec<Stack>) {
         Frame::Num { integer, st: s, digits } => {
             let integer = *integer;
             let next = match (*s, b) {
-                (NumSt::Minus, b'0') => Some((NumSt::Zero, 1)),
+                // "-0" is a valid JSON number, but parsers read it as the float -0.0:
+                // integers never start with it.
+                (NumSt::Minus, b'0') if !integer => Some((NumSt::Zero, 1)),
                 (NumSt::Minus, b'1'..=b'9') => Some((NumSt::Int, 1)),
                 (NumSt::Int, b'0'..=b'9') if *digits < MAX_INT_DIGITS => {
                     Some((NumSt::Int, *digits + 1))
@@ -1044,6 +1046,16 @@ mod tests {
         assert!(accepts(&any, r#"{"a":[1,2.5e3,{"b":null}],"c":true}"#));
         assert!(accepts(&any, "-0.25"));
         assert!(!accepts(&any, "{} {}"));
+    }
+
+    #[test]
+    fn integers_never_start_with_minus_zero() {
+        let g = Grammar::from_schema(&json!({"type": "integer"})).unwrap();
+        assert!(accepts(&g, "-12"));
+        assert!(accepts(&g, "0"));
+        assert!(!accepts(&g, "-0"));
+        let n = Grammar::from_schema(&json!({"type": "number"})).unwrap();
+        assert!(accepts(&n, "-0.5"));
     }
 
     #[test]
