@@ -4,19 +4,7 @@
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
-/// Where the server is: `CORRAL_HOST` as `host:port`, `http://host:port`, or a bare host.
-pub fn server_url() -> String {
-    let host = std::env::var("CORRAL_HOST").ok().filter(|h| !h.trim().is_empty());
-    let host = host.unwrap_or_else(|| "127.0.0.1:11434".to_string());
-    let host = host.trim_end_matches('/');
-    let with_scheme = if host.starts_with("http://") || host.starts_with("https://") {
-        host.to_string()
-    } else {
-        format!("http://{host}")
-    };
-    let after = with_scheme.split("://").nth(1).unwrap_or("");
-    if after.contains(':') { with_scheme } else { format!("{with_scheme}:11434") }
-}
+use corral_host::remote::server_url;
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)

@@ -242,16 +242,7 @@ pub fn run(global: &GlobalOptions, a: RunArgs) -> Result<()> {
     }
     history.extend(mref.messages.iter().map(|m| Message::new(&m.role, &m.content)));
 
-    let one_shot = if !a.prompt.is_empty() {
-        Some(a.prompt.join(" "))
-    } else if !std::io::stdin().is_terminal() {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
-            .context("cannot read stdin")?;
-        Some(s)
-    } else {
-        None
-    };
+    let one_shot = one_shot_prompt(&a.prompt)?;
 
     let turn = |user: &str, history: &mut Vec<Message>| -> Result<()> {
         if user.trim().is_empty() {
@@ -285,6 +276,43 @@ pub fn run(global: &GlobalOptions, a: RunArgs) -> Result<()> {
         return turn(&p, &mut history);
     }
     eprintln!("corral: chatting with {} (type /bye to leave)", mref.name);
+    chat_loop(|input| match input {
+        ChatLine::Clear => {
+            history.retain(|m| m.role == "system");
+            Ok(())
+        }
+        ChatLine::Text(line) => turn(line, &mut history).inspect_err(|_| {
+            history.pop();
+        }),
+    })
+}
+
+/// The prompt of a one-shot run: the arguments joined, else all of stdin when it is not
+/// a terminal; `None` means an interactive chat.
+pub fn one_shot_prompt(args: &[String]) -> Result<Option<String>> {
+    if !args.is_empty() {
+        return Ok(Some(args.join(" ")));
+    }
+    if std::io::stdin().is_terminal() {
+        return Ok(None);
+    }
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("cannot read stdin")?;
+    Ok(Some(s))
+}
+
+/// What the user typed in the interactive chat.
+pub enum ChatLine<'a> {
+    /// `/clear`: forget the conversation (keep the system prompt).
+    Clear,
+    /// A message.
+    Text(&'a str),
+}
+
+/// The interactive chat of `corral run`: reads lines at a `>>> ` prompt until `/bye` (or
+/// `/exit`, `/quit`) or the end of input, and hands each to `on_line`; an error is printed
+/// and the chat goes on.
+pub fn chat_loop(mut on_line: impl FnMut(ChatLine<'_>) -> Result<()>) -> Result<()> {
     let stdin = std::io::stdin();
     loop {
         eprint!(">>> ");
@@ -294,19 +322,17 @@ pub fn run(global: &GlobalOptions, a: RunArgs) -> Result<()> {
             return Ok(());
         }
         let line = line.trim_end_matches(['\n', '\r']);
-        match line.trim() {
+        let input = match line.trim() {
             "/bye" | "/exit" | "/quit" => return Ok(()),
             "" => continue,
-            "/clear" => {
-                history.retain(|m| m.role == "system");
-                eprintln!("cleared the conversation");
-                continue;
-            }
-            _ => {}
-        }
-        if let Err(e) = turn(line, &mut history) {
-            eprintln!("error: {e:#}");
-            history.pop();
+            "/clear" => ChatLine::Clear,
+            _ => ChatLine::Text(line),
+        };
+        let cleared = matches!(input, ChatLine::Clear);
+        match on_line(input) {
+            Err(e) => eprintln!("error: {e:#}"),
+            Ok(()) if cleared => eprintln!("cleared the conversation"),
+            Ok(()) => {}
         }
     }
 }

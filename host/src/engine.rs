@@ -95,10 +95,16 @@ impl Context {
 
     /// Logits of entry `index` of the last batch (valid until the next call).
     pub fn logits(&mut self, index: usize) -> Result<&[f32], BackendError> {
+        self.logits_mut(index).map(|l| &*l)
+    }
+
+    /// Like [`Context::logits`], but the host-owned copy may be modified in place (the
+    /// sampler does), sparing the engine loop a second copy per token.
+    pub fn logits_mut(&mut self, index: usize) -> Result<&mut [f32], BackendError> {
         let index =
             u32::try_from(index).map_err(|_| BackendError::invalid("batch index too large"))?;
         self.inner.logits(index, &mut self.logits).into_result()?;
-        Ok(self.logits.as_slice())
+        Ok(self.logits.as_mut_slice())
     }
 
     /// Pooled embedding of a sequence.

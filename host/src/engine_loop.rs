@@ -410,7 +410,7 @@ impl LoopState {
         index: usize,
     ) -> Result<Option<DoneReason>, BackendError> {
         let num_ctx = self.config.num_ctx as usize;
-        let mut logits = self.ctx.logits(index)?.to_vec();
+        let logits = self.ctx.logits_mut(index)?;
         let Slot { cached, job } = &mut self.slots[slot];
         let Some(job) = job.as_mut() else { return Ok(None) };
         if job.first_logits.is_none() {
@@ -420,7 +420,7 @@ impl LoopState {
                 evaluated: job.stats.prompt_tokens - job.stats.cached_tokens,
             });
         }
-        let token = job.sampler.sample(&mut logits, cached);
+        let token = job.sampler.sample(logits, cached);
         if self.model.is_eog(token) {
             return Ok(Some(DoneReason::Stop));
         }

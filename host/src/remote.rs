@@ -3,7 +3,7 @@
 //! stays loaded between runs. `--local` runs in-process instead.
 
 use std::{
-    io::{BufRead, IsTerminal, Write},
+    io::Write,
     net::{TcpStream, ToSocketAddrs},
     time::Duration,
 };
@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, bail};
 use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 
-use crate::cli_run::RunArgs;
+use crate::cli_run::{ChatLine, RunArgs};
 
 /// The server's base URL from `CORRAL_HOST` (`host:port`, `http://host:port` or a host).
 pub fn server_url() -> String {
@@ -151,16 +151,7 @@ pub fn run(url: &str, a: &RunArgs) -> Result<()> {
     let model = model_arg(a);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let client = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build()?;
-    let one_shot = if !a.prompt.is_empty() {
-        Some(a.prompt.join(" "))
-    } else if !std::io::stdin().is_terminal() {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
-            .context("cannot read stdin")?;
-        Some(s)
-    } else {
-        None
-    };
+    let one_shot = crate::cli_run::one_shot_prompt(&a.prompt)?;
     let mut messages: Vec<Value> = Vec::new();
     if let Some(s) = &a.system {
         messages.push(json!({"role": "system", "content": s}));
@@ -190,25 +181,11 @@ pub fn run(url: &str, a: &RunArgs) -> Result<()> {
         return turn(&p, &mut messages);
     }
     eprintln!("corral: chatting with {model} on {url} (type /bye to leave)");
-    let stdin = std::io::stdin();
-    loop {
-        eprint!(">>> ");
-        let _ = std::io::stderr().flush();
-        let mut line = String::new();
-        if stdin.lock().read_line(&mut line)? == 0 {
-            return Ok(());
+    crate::cli_run::chat_loop(|input| match input {
+        ChatLine::Clear => {
+            messages.retain(|m| m["role"] == "system");
+            Ok(())
         }
-        match line.trim() {
-            "/bye" | "/exit" | "/quit" => return Ok(()),
-            "" => continue,
-            "/clear" => {
-                messages.retain(|m| m["role"] == "system");
-                continue;
-            }
-            _ => {}
-        }
-        if let Err(e) = turn(line.trim_end_matches(['\n', '\r']), &mut messages) {
-            eprintln!("error: {e:#}");
-        }
-    }
+        ChatLine::Text(line) => turn(line, &mut messages),
+    })
 }
