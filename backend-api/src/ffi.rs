@@ -96,6 +96,13 @@ pub trait FfiModel: Send + Sync {
     /// Creates a context (a KV cache and its compute buffers).
     #[sabi(last_prefix_field)]
     fn new_context(&self, params: &ContextParams) -> BackendResult<ContextBox>;
+    /// ABI 1.1. Creates a context whose KV cache is split evenly between its sequences:
+    /// each of the `n_seq_max` sequences may hold up to `n_ctx / n_seq_max` positions
+    /// (the engine may round that up). A weaker promise than [`FfiModel::new_context`],
+    /// which engines may use to attend over one sequence's cells only; an engine that
+    /// gains nothing from it answers with a shared context. Absent from 1.0 plugins: the
+    /// host checks the plugin's `abi_minor` before calling it.
+    fn new_context_per_sequence(&self, params: &ContextParams) -> BackendResult<ContextBox>;
 }
 
 /// An owned, type-erased [`FfiModel`].

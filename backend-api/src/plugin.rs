@@ -60,6 +60,15 @@ pub trait Model: Send + Sync + 'static {
     }
     /// Creates a context.
     fn new_context(&self, params: &ContextParams) -> Result<Self::Context, BackendError>;
+    /// Creates a context whose KV cache is split evenly between its sequences (see
+    /// [`FfiModel::new_context_per_sequence`]). The default makes a shared context, which
+    /// keeps that promise too.
+    fn new_context_per_sequence(
+        &self,
+        params: &ContextParams,
+    ) -> Result<Self::Context, BackendError> {
+        self.new_context(params)
+    }
 }
 
 /// A context (KV cache plus batch decoder), as its author writes it.
@@ -171,6 +180,12 @@ impl<M: Model> FfiModel for GuardedModel<M> {
     fn new_context(&self, params: &ContextParams) -> BackendResult<ContextBox> {
         guard("new_context", || {
             let ctx = self.0.new_context(params)?;
+            Ok(ContextBox::from_value(GuardedContext(ctx), TD_Opaque))
+        })
+    }
+    fn new_context_per_sequence(&self, params: &ContextParams) -> BackendResult<ContextBox> {
+        guard("new_context_per_sequence", || {
+            let ctx = self.0.new_context_per_sequence(params)?;
             Ok(ContextBox::from_value(GuardedContext(ctx), TD_Opaque))
         })
     }

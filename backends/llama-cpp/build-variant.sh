@@ -2,7 +2,7 @@
 # build-variant.sh VARIANT OUTDIR: builds one variant of the llama.cpp plugin and installs
 # it as OUTDIR/llama-cpp-VARIANT/{manifest.toml, libcorral_backend_llama_cpp.so}.
 #
-# VARIANT: cpu | cpu-x86-64-v3 | cpu-x86-64-v4 | vulkan | cuda12 | rocm6 | metal
+# VARIANT: cpu | cpu-x86-64-v3 | cpu-x86-64-v4 | cpu-x86-64-v4-vnni | vulkan | cuda12 | rocm6 | metal
 #
 # Each variant builds in its own target dir, target/llama-VARIANT under the repository
 # root (LLAMA_TARGET_ROOT overrides the parent), because variants differ in RUSTFLAGS and
@@ -40,6 +40,10 @@ case "$VARIANT" in
         ;;
     cpu-x86-64-v3) FEATURES=cpu; RUSTFLAGS_EXTRA="-C target-cpu=x86-64-v3" ;;
     cpu-x86-64-v4) FEATURES=cpu; RUSTFLAGS_EXTRA="-C target-cpu=x86-64-v4" ;;
+    cpu-x86-64-v4-vnni)
+        # llama-cpp-sys-2 maps these target features to GGML_AVX512_VNNI / _VBMI.
+        FEATURES=cpu
+        RUSTFLAGS_EXTRA="-C target-cpu=x86-64-v4 -C target-feature=+avx512vnni,+avx512vbmi" ;;
     vulkan)
         FEATURES=vulkan
         if [[ -z "${VULKAN_SDK:-}" && ! -f /usr/include/vulkan/vulkan_core.h ]] \

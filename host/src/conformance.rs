@@ -74,11 +74,12 @@ const PROMPTS: [&str; 3] = [
 
 /// Runs every check on `model`.
 pub fn run_all(model: &Model, tol: &Tolerance) -> Vec<CheckResult> {
-    let checks: [(&'static str, CheckFn); 10] = [
+    let checks: [(&'static str, CheckFn); 11] = [
         ("tokenize_roundtrip", tokenize_roundtrip),
         ("token_bytes_concat", token_bytes_concat),
         ("determinism", determinism),
         ("batch_equals_sequential", batch_equals_sequential),
+        ("per_sequence_context", per_sequence_context),
         ("kv_remove_redecode", kv_remove_redecode),
         ("kv_copy", kv_copy),
         ("kv_clear", kv_clear),
@@ -181,12 +182,61 @@ fn determinism(model: &Model, _: &Tolerance) -> Result<String, String> {
 
 fn batch_equals_sequential(model: &Model, tol: &Tolerance) -> Result<String, String> {
     let seqs: Vec<Vec<u32>> = PROMPTS.iter().map(|p| toks(model, p)).collect::<Result<_, _>>()?;
+    let mut c = ctx(model, 3)?;
+    let worst = interleaved_matches_single(model, &mut c, &seqs, tol)?;
+    Ok(format!("3 interleaved sequences match single decodes (max |diff| {worst:.2e})"))
+}
+
+/// ABI 1.1's per-sequence context (the server's) decodes like single contexts: the three
+/// prompts interleaved in one batch, then one more token of each in a batch of three, as
+/// the server's decode steps do.
+fn per_sequence_context(model: &Model, tol: &Tolerance) -> Result<String, String> {
+    let seqs: Vec<Vec<u32>> = PROMPTS.iter().map(|p| toks(model, p)).collect::<Result<_, _>>()?;
+    let mut c = model
+        .new_context_per_sequence(&ContextParams {
+            n_ctx: 3 * 256,
+            n_batch: 512,
+            n_seq_max: 3,
+            ..Default::default()
+        })
+        .map_err(|e| format!("new_context_per_sequence failed: {e}"))?;
+    let mut worst = interleaved_matches_single(model, &mut c, &seqs, tol)?;
+    let next = [seqs[1][1], seqs[2][1], seqs[0][1]];
+    let step: Vec<BatchEntry> = (0..3)
+        .map(|s| BatchEntry {
+            token: next[s],
+            pos: seqs[s].len() as u32,
+            seq: s as u32,
+            logits: true,
+        })
+        .collect();
+    c.decode(&step).map_err(|e| format!("a step of 3 sequences failed: {e}"))?;
+    for (s, seq) in seqs.iter().enumerate() {
+        let mut longer = seq.clone();
+        longer.push(next[s]);
+        let reference = single(model, &longer)?;
+        let got = c.logits(s).map_err(|e| e.to_string())?.to_vec();
+        worst = worst.max(compare(&format!("step of sequence {s}"), &reference, &got, tol)?);
+    }
+    Ok(format!(
+        "3 sequences in a per-sequence context match single decodes, prompt and step \
+         (max |diff| {worst:.2e})"
+    ))
+}
+
+/// Decodes `seqs` interleaved in one batch of `c` (sequence i as id i) and compares each
+/// one's last logits with a single decode; the largest difference.
+fn interleaved_matches_single(
+    model: &Model,
+    c: &mut Context,
+    seqs: &[Vec<u32>],
+    tol: &Tolerance,
+) -> Result<f32, String> {
     let reference: Vec<Vec<f32>> =
         seqs.iter().map(|s| single(model, s)).collect::<Result<_, _>>()?;
-    let mut c = ctx(model, 3)?;
-    // Interleave the three sequences' tokens in one batch.
+    // Interleave the sequences' tokens in one batch.
     let mut batch = Vec::new();
-    let mut last = [0usize; 3];
+    let mut last = vec![0usize; seqs.len()];
     let longest = seqs.iter().map(Vec::len).max().unwrap_or(0);
     for pos in 0..longest {
         for (s, toks) in seqs.iter().enumerate() {
@@ -201,12 +251,11 @@ fn batch_equals_sequential(model: &Model, tol: &Tolerance) -> Result<String, Str
     }
     c.decode(&batch).map_err(|e| format!("mixed batch decode failed: {e}"))?;
     let mut worst = 0f32;
-    for s in 0..3 {
-        let got = c.logits(last[s]).map_err(|e| e.to_string())?.to_vec();
+    for (s, &index) in last.iter().enumerate() {
+        let got = c.logits(index).map_err(|e| e.to_string())?.to_vec();
         worst = worst.max(compare(&format!("sequence {s}"), &reference[s], &got, tol)?);
     }
-    // And one more step for all three at once, against one more step alone.
-    Ok(format!("3 interleaved sequences match single decodes (max |diff| {worst:.2e})"))
+    Ok(worst)
 }
 
 fn kv_remove_redecode(model: &Model, tol: &Tolerance) -> Result<String, String> {

@@ -77,6 +77,26 @@ impl Model {
         let params = inner.params();
         Ok(Context { inner, params, logits: RVec::new() })
     }
+
+    /// Creates a context whose KV cache is split evenly between its sequences: each may
+    /// hold `n_ctx / n_seq_max` positions. Plugins built for ABI 1.0 lack the call and get
+    /// [`Model::new_context`], whose shared cache keeps the same promise.
+    pub fn new_context_per_sequence(
+        &self,
+        params: &ContextParams,
+    ) -> Result<Context, BackendError> {
+        if !has_per_sequence_contexts(self.plugin.info.abi_minor) {
+            return self.new_context(params);
+        }
+        let inner = self.inner.new_context_per_sequence(params).into_result()?;
+        let params = inner.params();
+        Ok(Context { inner, params, logits: RVec::new() })
+    }
+}
+
+/// Whether a plugin built for ABI 1.`abi_minor` has `new_context_per_sequence` (1.1+).
+fn has_per_sequence_contexts(abi_minor: u32) -> bool {
+    abi_minor >= 1
 }
 
 /// A context: KV cache plus decoder. Drive it from one thread at a time.
@@ -158,5 +178,17 @@ impl Context {
             last = chunk.len() - 1;
         }
         Ok(last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_sequence_contexts_start_at_abi_1_1() {
+        assert!(!has_per_sequence_contexts(0));
+        assert!(has_per_sequence_contexts(1));
+        assert!(has_per_sequence_contexts(corral_backend_api::ABI_MINOR));
     }
 }

@@ -117,7 +117,9 @@ impl EngineHandle {
             embeddings: false,
             seed: 0,
         };
-        let ctx = model.new_context(&params)?;
+        // Each slot is limited to num_ctx anyway, so the cache may be split per sequence
+        // (llama.cpp then attends over one sequence's cells, not all of them).
+        let ctx = model.new_context_per_sequence(&params)?;
         let (tx, rx) = mpsc::channel();
         let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut state = LoopState::new(model.clone(), ctx, config.clone(), active.clone());

@@ -111,9 +111,9 @@ fn broken_plugins_are_each_explained_and_the_good_one_still_loads() {
         assert!(r.contains("not a corral plugin"), "{r}");
     }
     let r = forced("abi2");
-    assert!(r.contains("built for corral plugin ABI 2.x") && r.contains("speaks ABI 1.0"), "{r}");
+    assert!(r.contains("built for corral plugin ABI 2.x") && r.contains("speaks ABI 1."), "{r}");
     let r = reason("manifestabi");
-    assert!(r.contains("built for ABI 2.0") && r.contains("ABI 1.0"), "{r}");
+    assert!(r.contains("built for ABI 2.0") && r.contains("ABI 1."), "{r}");
     let garbled = v["plugins"]
         .as_array()
         .unwrap()
@@ -239,7 +239,7 @@ fn conformance_suite_passes_on_the_example_plugin() {
     c.args(["plugin", "check"]).arg(&p);
     let (out, stdout, stderr) = run(c);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("10 passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("11 passed, 0 failed"), "{stdout}");
 }
 
 /// A plugin whose manifest needs a Vulkan device is chosen when one exists (Mesa's

@@ -32,9 +32,10 @@ pub struct LlamaOptions {
     /// Vulkan builds: also use CPU-type Vulkan devices (Mesa's lavapipe), which llama.cpp
     /// skips by default. Sets `GGML_VK_VISIBLE_DEVICES=0` unless that is already set.
     pub allow_cpu_devices: bool,
-    /// One KV buffer for all sequences (`true`, default: each sequence may use up to
-    /// `n_ctx`), or one stream per sequence (`false`: each gets `n_ctx / n_seq_max` and
-    /// attends over its own cells only, which is cheaper with many parallel sequences).
+    /// One KV buffer for all sequences (`true`: each sequence may use up to `n_ctx`), or
+    /// one stream per sequence (`false`: each gets `n_ctx / n_seq_max` and attends over its
+    /// own cells only, which is cheaper with many parallel sequences). Unset (default):
+    /// shared for `new_context`, per sequence for `new_context_per_sequence` (the server).
     pub kv_unified: Option<bool>,
 }
 

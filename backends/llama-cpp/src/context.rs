@@ -20,6 +20,9 @@ pub struct LlamaContext {
     outputs: Vec<bool>,
     /// Sequences that had entries in the last successful decode (embedding contexts).
     decoded_seqs: Vec<bool>,
+    /// Positions one sequence may hold: `n_ctx` with a unified KV cache, `n_ctx /
+    /// n_seq_max` (rounded up by llama.cpp) with one stream per sequence.
+    n_ctx_seq: u32,
 }
 
 // SAFETY: a llama_context may move between threads; the host drives it from one thread
@@ -38,7 +41,13 @@ impl Drop for LlamaContext {
 }
 
 impl LlamaContext {
-    pub(crate) fn new(model: Arc<ModelInner>, p: &ContextParams) -> Result<Self, BackendError> {
+    /// A context; `per_sequence` asks for one KV stream per sequence (`kv_unified` off)
+    /// unless the backend's `kv_unified` option says otherwise.
+    pub(crate) fn new(
+        model: Arc<ModelInner>,
+        p: &ContextParams,
+        per_sequence: bool,
+    ) -> Result<Self, BackendError> {
         if p.n_ctx == 0 || p.n_batch == 0 || p.n_seq_max == 0 {
             return Err(BackendError::invalid(format!(
                 "context sizes must be positive (n_ctx {}, n_batch {}, n_seq_max {})",
@@ -75,8 +84,9 @@ impl LlamaContext {
         cp.n_seq_max = p.n_seq_max;
         cp.n_threads = opts.threads(p.n_threads);
         cp.n_threads_batch = opts.threads_batch(p.n_threads_batch);
-        // By default one KV buffer shared by every sequence: each may use up to n_ctx.
-        cp.kv_unified = opts.kv_unified.unwrap_or(true);
+        // A shared context: one KV buffer, each sequence may use up to n_ctx. A
+        // per-sequence one: a stream per sequence, so attention covers one sequence's cells.
+        cp.kv_unified = opts.kv_unified.unwrap_or(!per_sequence);
         cp.embeddings = p.embeddings;
         if p.embeddings {
             cp.pooling_type = sys::LLAMA_POOLING_TYPE_MEAN;
@@ -108,12 +118,13 @@ impl LlamaContext {
             ));
         }
         // SAFETY: `ptr` is a live context; the batch holds n_batch entries of one seq id.
-        let (mem, batch, n_ctx, n_batch) = unsafe {
+        let (mem, batch, n_ctx, n_batch, n_ctx_seq) = unsafe {
             (
                 sys::llama_get_memory(ptr),
                 sys::llama_batch_init(n_batch as i32, 0, 1),
                 sys::llama_n_ctx(ptr),
                 sys::llama_n_batch(ptr),
+                sys::llama_n_ctx_seq(ptr),
             )
         };
         let params = ContextParams {
@@ -133,6 +144,7 @@ impl LlamaContext {
             params,
             outputs: Vec::new(),
             decoded_seqs: Vec::new(),
+            n_ctx_seq: n_ctx_seq.min(n_ctx),
         })
     }
 
@@ -170,10 +182,11 @@ impl LlamaContext {
             self.check_seq(e.seq).map_err(|err| {
                 BackendError::invalid(format!("batch entry {i}: {}", err.message))
             })?;
-            if e.pos >= self.params.n_ctx {
+            if e.pos >= self.n_ctx_seq {
                 return Err(BackendError::invalid(format!(
-                    "batch entry {i}: position {} is out of range: the context holds {} positions",
-                    e.pos, self.params.n_ctx
+                    "batch entry {i}: position {} is out of range: a sequence of this context \
+                     holds {} positions",
+                    e.pos, self.n_ctx_seq
                 )));
             }
         }

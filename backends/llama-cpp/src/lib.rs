@@ -52,6 +52,17 @@ const fn variant() -> &'static str {
         target_feature = "avx512bw",
         target_feature = "avx512vl",
         target_feature = "avx512dq",
+        target_feature = "avx512vnni",
+        target_feature = "avx512vbmi",
+        target_feature = "avx2"
+    )) {
+        "cpu-x86-64-v4-vnni"
+    } else if cfg!(all(
+        target_arch = "x86_64",
+        target_feature = "avx512f",
+        target_feature = "avx512bw",
+        target_feature = "avx512vl",
+        target_feature = "avx512dq",
         target_feature = "avx2"
     )) {
         "cpu-x86-64-v4"

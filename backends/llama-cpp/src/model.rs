@@ -264,6 +264,13 @@ impl Model for LlamaModel {
     }
 
     fn new_context(&self, params: &ContextParams) -> Result<LlamaContext, BackendError> {
-        LlamaContext::new(self.inner.clone(), params)
+        LlamaContext::new(self.inner.clone(), params, false)
+    }
+
+    fn new_context_per_sequence(
+        &self,
+        params: &ContextParams,
+    ) -> Result<LlamaContext, BackendError> {
+        LlamaContext::new(self.inner.clone(), params, true)
     }
 }

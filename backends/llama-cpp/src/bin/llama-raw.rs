@@ -5,6 +5,7 @@
 //! llama-raw bench  MODEL [--threads N] [--pp 512] [--tg 128] [--reps 5] [--json]
 //! llama-raw greedy MODEL --prompt TEXT [--n 32] [--json]
 //! llama-raw logits MODEL --prompt TEXT [--json]
+//! llama-raw batched MODEL [--np 1,2,4,8] [--pp 128] [--tg 64] [--unified 1] [--json]
 //! common: [--ctx N] [--gpu-layers N] [--threads N]
 //! ```
 //!
@@ -14,6 +15,10 @@
 //! tokens/s. `greedy` tokenizes with llama.cpp (add_special and parse_special on),
 //! decodes the prompt, then takes the argmax token N times (stopping early at an
 //! end-of-generation token). `logits` prints the logits of the last prompt position.
+//! `batched` follows llama-batched-bench: for each n in `--np`, a context with n
+//! sequences, a prompt of `--pp` tokens per sequence, then `--tg` steps that decode one
+//! token of every sequence in one batch; it reports the step time and the aggregate
+//! tokens/s, which is the ceiling for a server's n parallel streams.
 
 use std::ffi::{CStr, CString};
 use std::process::ExitCode;
@@ -34,10 +39,13 @@ struct Args {
     n: usize,
     ctx: u32,
     gpu_layers: i32,
+    nps: Vec<usize>,
+    unified: bool,
 }
 
-const USAGE: &str = "usage: llama-raw (bench|greedy|logits) MODEL [--threads N] [--pp N] \
-[--tg N] [--reps N] [--prompt TEXT] [--n N] [--ctx N] [--gpu-layers N] [--json]";
+const USAGE: &str = "usage: llama-raw (bench|greedy|logits|batched) MODEL [--threads N] \
+[--pp N] [--tg N] [--reps N] [--prompt TEXT] [--n N] [--ctx N] [--gpu-layers N] \
+[--np N,N,..] [--unified 0|1] [--json]";
 
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
@@ -58,6 +66,8 @@ fn parse_args() -> Result<Args, String> {
         n: 32,
         ctx: 0,
         gpu_layers: -1,
+        nps: vec![1, 2, 4, 8],
+        unified: true,
     };
     while let Some(flag) = it.next() {
         if flag == "--json" {
@@ -75,6 +85,13 @@ fn parse_args() -> Result<Args, String> {
             "--n" | "-n" => a.n = num(&val)?.max(0) as usize,
             "--ctx" | "-c" => a.ctx = num(&val)?.clamp(0, 1 << 24) as u32,
             "--gpu-layers" | "-ngl" => a.gpu_layers = num(&val)?.clamp(-1, 100_000) as i32,
+            "--np" => {
+                a.nps = val
+                    .split(',')
+                    .map(|v| num(v.trim()).map(|n| n.clamp(1, 256) as usize))
+                    .collect::<Result<_, _>>()?
+            }
+            "--unified" => a.unified = num(&val)? != 0,
             _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
         }
     }
@@ -131,16 +148,27 @@ fn load(a: &Args) -> Result<Model, String> {
 }
 
 fn new_ctx(m: &Model, a: &Args, n_ctx: u32, n_batch: u32) -> Result<Ctx, String> {
+    new_ctx_seqs(m, a, n_ctx, n_batch, 1, true)
+}
+
+fn new_ctx_seqs(
+    m: &Model,
+    a: &Args,
+    n_ctx: u32,
+    n_batch: u32,
+    n_seq: u32,
+    unified: bool,
+) -> Result<Ctx, String> {
     // SAFETY: model is live; params by value.
     unsafe {
         let mut cp = sys::llama_context_default_params();
         cp.n_ctx = n_ctx;
         cp.n_batch = n_batch;
         cp.n_ubatch = 512.min(n_batch);
-        cp.n_seq_max = 1;
+        cp.n_seq_max = n_seq;
         cp.n_threads = a.threads;
         cp.n_threads_batch = a.threads;
-        cp.kv_unified = true;
+        cp.kv_unified = unified;
         let c = sys::llama_init_from_model(m.0, cp);
         if c.is_null() {
             return Err("llama.cpp could not create a context".into());
@@ -280,6 +308,96 @@ fn bench(a: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// One batch holding `(token, pos, seq)` entries, logits for every entry.
+fn decode_entries(c: &Ctx, entries: &[(i32, i32, i32)]) -> Result<(), String> {
+    // SAFETY: the batch holds entries.len() slots with one seq id each, all written.
+    unsafe {
+        let mut b = sys::llama_batch_init(entries.len() as i32, 0, 1);
+        for (i, &(t, p, s)) in entries.iter().enumerate() {
+            *b.token.add(i) = t;
+            *b.pos.add(i) = p;
+            *b.n_seq_id.add(i) = 1;
+            *(*b.seq_id.add(i)) = s;
+            *b.logits.add(i) = 1;
+        }
+        b.n_tokens = entries.len() as i32;
+        let rc = sys::llama_decode(c.0, b);
+        sys::llama_batch_free(b);
+        if rc != 0 {
+            return Err(format!("llama_decode returned {rc}"));
+        }
+    }
+    Ok(())
+}
+
+fn batched(a: &Args) -> Result<(), String> {
+    let m = load(a)?;
+    let nv = n_vocab(&m) as u64;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rand_tok = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % nv) as i32
+    };
+    let mut rows = Vec::new();
+    for &np in &a.nps {
+        let per_seq = (a.pp + a.tg + 1) as u32;
+        let n_ctx = if a.ctx > 0 { a.ctx } else { per_seq * np as u32 };
+        let n_batch = (a.pp * np).clamp(np, 2048) as u32;
+        let c = new_ctx_seqs(&m, a, n_ctx, n_batch, np as u32, a.unified)?;
+        let mut tg = Vec::new();
+        for rep in 0..=a.reps {
+            clear(&c);
+            let mut prompt = Vec::new();
+            for s in 0..np {
+                for p in 0..a.pp {
+                    prompt.push((rand_tok(), p as i32, s as i32));
+                }
+            }
+            for chunk in prompt.chunks(n_batch as usize) {
+                decode_entries(&c, chunk)?;
+            }
+            let t = Instant::now();
+            for i in 0..a.tg {
+                let step: Vec<_> =
+                    (0..np).map(|s| (rand_tok(), (a.pp + i) as i32, s as i32)).collect();
+                decode_entries(&c, &step)?;
+            }
+            // SAFETY: live context.
+            unsafe { sys::llama_synchronize(c.0) };
+            if rep > 0 {
+                // repetition 0 is the warm-up
+                tg.push((a.tg * np) as f64 / t.elapsed().as_secs_f64());
+            }
+        }
+        let st = stats(&tg);
+        let agg = st["median_tps"].as_f64().unwrap_or(0.0);
+        rows.push(json!({"n_seq": np, "pp": a.pp, "tg": a.tg,
+            "step_ms": 1000.0 * np as f64 / agg.max(1e-9), "stats": st}));
+    }
+    let base = rows.first().and_then(|r| r["stats"]["median_tps"].as_f64()).unwrap_or(1.0);
+    if a.json {
+        println!("{}", json!({"threads": a.threads, "unified": a.unified, "rows": rows}));
+    } else {
+        println!("{} threads, kv_unified {}, pp {} per sequence", a.threads, a.unified, a.pp);
+        println!("| n_seq | step ms | aggregate t/s | vs first | sd |");
+        for r in &rows {
+            let st = &r["stats"];
+            let agg = st["median_tps"].as_f64().unwrap_or(0.0);
+            println!(
+                "| {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                r["n_seq"],
+                r["step_ms"].as_f64().unwrap_or(0.0),
+                agg,
+                agg / base,
+                st["stddev_tps"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
+    Ok(())
+}
+
 fn tokenize(m: &Model, text: &str) -> Result<Vec<i32>, String> {
     let len = i32::try_from(text.len()).map_err(|_| "prompt too long")?;
     let mut cap = text.len() + 4;
@@ -408,6 +526,7 @@ fn main() -> ExitCode {
         "bench" => bench(&a),
         "greedy" => greedy(&a, false),
         "logits" => greedy(&a, true),
+        "batched" => batched(&a),
         other => Err(format!("unknown command {other}\n{USAGE}")),
     };
     match r {
