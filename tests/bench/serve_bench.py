@@ -6,8 +6,15 @@ per N: aggregate tokens/s (all tokens generated / wall time from the first reque
 last token), per-stream tokens/s (the server's eval_count / eval_duration, and wall-clock
 between first and last token), and time to first token.
 
+Each level runs --reps times, the levels interleaved (1, 4, 8, 1, 4, 8, ...) so that a
+slow minute of a shared machine does not land on one level only; the table gives medians.
+
 Either point it at a running server (--url, --model), or let it start one:
   serve_bench.py --corral target/release/corral --plugin-dir DIR --gguf /tmp/tl.gguf --threads 2
+
+With --engine-bench (needs --corral), it first runs `corral bench --pp 0 --tg TOKENS` on the
+same file, plugin and threads, before the server starts, and reports the single stream's
+server-side rate (eval_count / eval_duration) as a ratio to the engine's own tg rate.
 """
 
 import argparse
@@ -59,9 +66,13 @@ def one_stream(url, model, prompt, tokens, seed, out):
     out.append({"t0": t0, "first": first, "last": last, "final": final})
 
 
-def run_level(url, model, n, tokens):
+def run_level(url, model, n, tokens, rep=0):
+    """N concurrent streams. Each repetition words its prompts differently from the start,
+    so the server's prefix cache cannot skip prompt processing in later repetitions."""
     results = []
-    threads = [threading.Thread(target=one_stream, args=(url, model, PROMPTS[i % len(PROMPTS)], tokens, i, results))
+    threads = [threading.Thread(target=one_stream,
+                                args=(url, model, f"Request {rep}.{i}: {PROMPTS[i % len(PROMPTS)]}",
+                                      tokens, i, results))
                for i in range(n)]
     start = time.perf_counter()
     for t in threads:
@@ -82,6 +93,26 @@ def run_level(url, model, n, tokens):
         "ttft_mean_s": statistics.mean(ttfts),
         "ttft_max_s": max(ttfts),
     }
+
+
+def median_row(samples):
+    """The median of each figure over the repetitions of one level."""
+    keys = [k for k in samples[0] if k != "streams"]
+    row = {"streams": samples[0]["streams"], "reps": len(samples)}
+    for k in keys:
+        row[k] = statistics.median(s[k] for s in samples)
+    row["aggregate_tps_samples"] = [s["aggregate_tps"] for s in samples]
+    return row
+
+
+def engine_bench(args, model):
+    """`corral bench`'s tg rate on the same file, plugin and threads (server not running)."""
+    env = dict(os.environ, CORRAL_PLUGIN_PATH_ONLY="1", XDG_CONFIG_HOME="/nonexistent-corral-bench")
+    cmd = [args.corral, "--plugin-dir", args.plugin_dir, "bench", model, "--threads", str(args.threads),
+           "--pp", "0", "--tg", str(args.tokens), "--reps", "3", "--no-raw", "--json"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    r = json.loads(out)["results"][0]
+    return {"engine": r["engine"], "test": r["test"], "median_tps": r["median_tps"]}
 
 
 def start_server(args):
@@ -108,12 +139,18 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--concurrency", default="1,4,8")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions of each level (median reported)")
+    ap.add_argument("--engine-bench", action="store_true",
+                    help="also run `corral bench` tg on the same model first, for the HTTP/engine ratio")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     args.concurrency = [int(x) for x in args.concurrency.split(",")]
     proc = None
     url = args.url
     model = args.model or (os.path.abspath(args.gguf) if args.gguf else None)
+    if args.engine_bench and not (args.corral and args.plugin_dir and model):
+        ap.error("--engine-bench needs --corral, --plugin-dir and --gguf")
+    engine = engine_bench(args, model) if args.engine_bench else None
     if not url:
         if not (args.corral and args.plugin_dir and model):
             ap.error("give --url and --model, or --corral, --plugin-dir and --gguf")
@@ -121,21 +158,31 @@ def main():
     try:
         # Warm-up: load the model and run a short generation.
         one_stream(url, model, "warm up", 8, 0, [])
-        rows = [run_level(url, model, n, args.tokens) for n in args.concurrency]
+        samples = {n: [] for n in args.concurrency}
+        for rep in range(max(1, args.reps)):
+            for n in args.concurrency:
+                samples[n].append(run_level(url, model, n, args.tokens, rep))
+        rows = [median_row(samples[n]) for n in args.concurrency]
     finally:
         if proc:
             proc.terminate()
             proc.wait(30)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"engine_bench": engine, "levels": rows}, indent=2))
         return
     base = rows[0]["aggregate_tps"]
+    print(f"medians of {rows[0]['reps']} repetitions per level, {args.tokens} tokens per stream")
     print(f"{'streams':>7} {'aggregate t/s':>14} {'vs 1':>6} {'per-stream t/s (server)':>24} "
           f"{'per-stream t/s (wall)':>22} {'TTFT mean':>10} {'TTFT max':>9}")
     for r in rows:
         print(f"{r['streams']:>7} {r['aggregate_tps']:>14.2f} {r['aggregate_tps'] / base:>6.2f} "
               f"{r['per_stream_server_tps']:>24.2f} {r['per_stream_wall_tps']:>22.2f} "
               f"{r['ttft_mean_s']:>9.3f}s {r['ttft_max_s']:>8.3f}s")
+
+    if engine:
+        one = rows[0]["per_stream_server_tps"]
+        print(f"single stream through HTTP: {one:.2f} t/s (server eval rate) vs {engine['engine']} "
+              f"{engine['test']} {engine['median_tps']:.2f} t/s: {one / engine['median_tps']:.3f}")
 
 
 if __name__ == "__main__":

@@ -150,3 +150,66 @@ fn prompt_longer_than_context_is_truncated_or_refused() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("done reason:"), "{stderr}");
 }
+
+/// Four concurrent greedy requests to `corral serve` (continuous batching over llama.cpp's
+/// per-sequence KV streams, ABI 1.1) each continue exactly as raw llama.cpp does alone.
+#[test]
+fn parallel_server_streams_equal_raw_llama_cpp() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(plugin) = llama_cpp_plugin_dir(dir.path()) else { return };
+    let raw = profile_dir().join("llama-raw");
+    assert!(raw.is_file(), "llama-raw is built with the llama.cpp plugin");
+    let model = dir.path().join("tiny-f32.gguf");
+    generate_model(&model, "tiny", "f32");
+    let prompts = ["Hello there", "The capital of France is", "Once upon a time", "fn main() {"];
+    let expected: Vec<String> = prompts
+        .iter()
+        .map(|prompt| {
+            let out = std::process::Command::new(&raw)
+                .arg("greedy")
+                .arg(&model)
+                .args(["--prompt", prompt, "--n", "24", "--json"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            v["text"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let server = Server::start(
+        &[plugin.as_path()],
+        &[("CORRAL_NUM_PARALLEL", "4"), ("CORRAL_BACKEND", "llama-cpp")],
+        &[],
+    );
+    let model_path = model.to_string_lossy().into_owned();
+    let answers: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = prompts
+            .iter()
+            .map(|prompt| {
+                let (url, model_path) = (&server.url, &model_path);
+                s.spawn(move || {
+                    let body = serde_json::json!({
+                        "model": model_path, "prompt": prompt, "raw": true, "stream": false,
+                        "options": {"temperature": 0, "repeat_penalty": 1, "num_predict": 24}
+                    });
+                    let r = reqwest::blocking::Client::new()
+                        .post(format!("{url}/api/generate"))
+                        .json(&body)
+                        .timeout(std::time::Duration::from_secs(120))
+                        .send()
+                        .unwrap();
+                    assert_eq!(r.status().as_u16(), 200);
+                    let v: serde_json::Value = r.json().unwrap();
+                    v["response"].as_str().unwrap().to_string()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for ((prompt, got), want) in prompts.iter().zip(&answers).zip(&expected) {
+        assert!(want.len() >= 8, "{prompt:?}: continuation too short to mean much: {want:?}");
+        assert_eq!(got, want, "{prompt:?}: served in parallel vs llama-raw greedy alone");
+    }
+    let log = server.log();
+    assert!(log.contains("llama-cpp"), "{log}");
+}

@@ -41,11 +41,13 @@ struct Args {
     gpu_layers: i32,
     nps: Vec<usize>,
     unified: bool,
+    /// Flash attention: `None` is llama.cpp's auto.
+    flash_attn: Option<bool>,
 }
 
 const USAGE: &str = "usage: llama-raw (bench|greedy|logits|batched) MODEL [--threads N] \
 [--pp N] [--tg N] [--reps N] [--prompt TEXT] [--n N] [--ctx N] [--gpu-layers N] \
-[--np N,N,..] [--unified 0|1] [--json]";
+[--np N,N,..] [--unified 0|1] [--fa 0|1] [--json]";
 
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
@@ -68,6 +70,7 @@ fn parse_args() -> Result<Args, String> {
         gpu_layers: -1,
         nps: vec![1, 2, 4, 8],
         unified: true,
+        flash_attn: None,
     };
     while let Some(flag) = it.next() {
         if flag == "--json" {
@@ -92,6 +95,7 @@ fn parse_args() -> Result<Args, String> {
                     .collect::<Result<_, _>>()?
             }
             "--unified" => a.unified = num(&val)? != 0,
+            "--fa" => a.flash_attn = Some(num(&val)? != 0),
             _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
         }
     }
@@ -139,6 +143,9 @@ fn load(a: &Args) -> Result<Model, String> {
         let mut mp = sys::llama_model_default_params();
         mp.n_gpu_layers = a.gpu_layers;
         mp.load_mode = sys::LLAMA_LOAD_MODE_MMAP;
+        if std::env::var_os("LLAMA_RAW_NO_REPACK").is_some() {
+            mp.use_extra_bufts = false;
+        }
         let m = sys::llama_model_load_from_file(path.as_ptr(), mp);
         if m.is_null() {
             return Err(format!("llama.cpp could not load {}", a.model));
@@ -169,6 +176,13 @@ fn new_ctx_seqs(
         cp.n_threads = a.threads;
         cp.n_threads_batch = a.threads;
         cp.kv_unified = unified;
+        if let Some(fa) = a.flash_attn {
+            cp.flash_attn_type = if fa {
+                sys::LLAMA_FLASH_ATTN_TYPE_ENABLED
+            } else {
+                sys::LLAMA_FLASH_ATTN_TYPE_DISABLED
+            };
+        }
         let c = sys::llama_init_from_model(m.0, cp);
         if c.is_null() {
             return Err("llama.cpp could not create a context".into());
