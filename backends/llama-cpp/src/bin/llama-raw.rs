@@ -18,7 +18,9 @@
 //! `batched` follows llama-batched-bench: for each n in `--np`, a context with n
 //! sequences, a prompt of `--pp` tokens per sequence, then `--tg` steps that decode one
 //! token of every sequence in one batch; it reports the step time and the aggregate
-//! tokens/s, which is the ceiling for a server's n parallel streams.
+//! tokens/s, which is the ceiling for a server's n parallel streams; and the same with
+//! the prompts' time counted (all n prompts decoded in one batch first), the ceiling for a
+//! benchmark whose streams each start with a prompt.
 
 use std::ffi::{CStr, CString};
 use std::process::ExitCode;
@@ -360,7 +362,7 @@ fn batched(a: &Args) -> Result<(), String> {
         let n_ctx = if a.ctx > 0 { a.ctx } else { per_seq * np as u32 };
         let n_batch = (a.pp * np).clamp(np, 2048) as u32;
         let c = new_ctx_seqs(&m, a, n_ctx, n_batch, np as u32, a.unified)?;
-        let mut tg = Vec::new();
+        let (mut tg, mut with_prompt) = (Vec::new(), Vec::new());
         for rep in 0..=a.reps {
             clear(&c);
             let mut prompt = Vec::new();
@@ -369,9 +371,13 @@ fn batched(a: &Args) -> Result<(), String> {
                     prompt.push((rand_tok(), p as i32, s as i32));
                 }
             }
+            let t_prompt = Instant::now();
             for chunk in prompt.chunks(n_batch as usize) {
                 decode_entries(&c, chunk)?;
             }
+            // SAFETY: live context.
+            unsafe { sys::llama_synchronize(c.0) };
+            let prompt_s = t_prompt.elapsed().as_secs_f64();
             let t = Instant::now();
             for i in 0..a.tg {
                 let step: Vec<_> =
@@ -382,30 +388,40 @@ fn batched(a: &Args) -> Result<(), String> {
             unsafe { sys::llama_synchronize(c.0) };
             if rep > 0 {
                 // repetition 0 is the warm-up
-                tg.push((a.tg * np) as f64 / t.elapsed().as_secs_f64());
+                let tg_s = t.elapsed().as_secs_f64();
+                tg.push((a.tg * np) as f64 / tg_s);
+                with_prompt.push((a.tg * np) as f64 / (tg_s + prompt_s));
             }
         }
         let st = stats(&tg);
         let agg = st["median_tps"].as_f64().unwrap_or(0.0);
         rows.push(json!({"n_seq": np, "pp": a.pp, "tg": a.tg,
-            "step_ms": 1000.0 * np as f64 / agg.max(1e-9), "stats": st}));
+            "step_ms": 1000.0 * np as f64 / agg.max(1e-9), "stats": st,
+            "with_prompt": stats(&with_prompt)}));
     }
     let base = rows.first().and_then(|r| r["stats"]["median_tps"].as_f64()).unwrap_or(1.0);
     if a.json {
         println!("{}", json!({"threads": a.threads, "unified": a.unified, "rows": rows}));
     } else {
         println!("{} threads, kv_unified {}, pp {} per sequence", a.threads, a.unified, a.pp);
-        println!("| n_seq | step ms | aggregate t/s | vs first | sd |");
+        let base_wp =
+            rows.first().and_then(|r| r["with_prompt"]["median_tps"].as_f64()).unwrap_or(1.0);
+        println!(
+            "| n_seq | step ms | aggregate t/s | vs first | sd | with prompts t/s | vs first |"
+        );
         for r in &rows {
             let st = &r["stats"];
             let agg = st["median_tps"].as_f64().unwrap_or(0.0);
+            let wp = r["with_prompt"]["median_tps"].as_f64().unwrap_or(0.0);
             println!(
-                "| {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
                 r["n_seq"],
                 r["step_ms"].as_f64().unwrap_or(0.0),
                 agg,
                 agg / base,
-                st["stddev_tps"].as_f64().unwrap_or(0.0)
+                st["stddev_tps"].as_f64().unwrap_or(0.0),
+                wp,
+                wp / base_wp
             );
         }
     }
