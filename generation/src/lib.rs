@@ -57,6 +57,7 @@ pub mod options;
 pub mod sampler;
 pub mod stop;
 pub mod template;
+pub mod toolcall;
 
 pub use context::{
     ContextError, ContextPolicy, DoneReason, effective_keep, fit_prompt, length_limit,

@@ -1,6 +1,6 @@
 """The official `ollama` and `openai` Python clients against a real `corral serve` with a
 generated tiny GGUF on the llama.cpp plugin: generate, chat (streaming and not),
-embeddings, list, show, and structured output."""
+embeddings, list, show, structured output and tool calls."""
 
 import json
 
@@ -77,6 +77,30 @@ def test_structured_output(oc):
         jsonschema.validate(json.loads(r.message.content), schema)
 
 
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+# A random-weight model never decides to call a tool; structured output makes it.
+CALL_SCHEMA = {"type": "object", "properties": {
+    "name": {"const": "get_weather"},
+    "arguments": {"type": "object", "properties": {"city": {"enum": ["Paris", "Oslo"]}},
+                  "required": ["city"]}},
+    "required": ["name", "arguments"]}
+
+
+def test_tool_calls(oc):
+    r = oc.chat(model="tiny", messages=[{"role": "user", "content": "Weather in Paris?"}],
+                tools=[WEATHER_TOOL], format=CALL_SCHEMA, options={"seed": 4, "num_predict": 200})
+    calls = r.message.tool_calls
+    assert calls and calls[0].function.name == "get_weather"
+    assert calls[0].function.arguments["city"] in ("Paris", "Oslo")
+    streamed = [c for part in oc.chat(model="tiny", messages=[{"role": "user", "content": "Weather?"}],
+                                      tools=[WEATHER_TOOL], format=CALL_SCHEMA, stream=True,
+                                      options={"seed": 4, "num_predict": 200})
+                for c in (part.message.tool_calls or [])]
+    assert [c.function.name for c in streamed] == ["get_weather"]
+
+
 def test_errors(oc):
     with pytest.raises(ollama.ResponseError) as e:
         oc.generate(model="does-not-exist", prompt="x")
@@ -103,6 +127,18 @@ def test_openai_json_schema(ai):
         model="tiny", messages=[{"role": "user", "content": "ok?"}], max_tokens=50,
         response_format={"type": "json_schema", "json_schema": {"name": "r", "schema": schema}})
     jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+
+
+def test_openai_tool_calls(ai):
+    r = ai.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "Weather in Oslo?"}], tools=[WEATHER_TOOL],
+        max_tokens=200, seed=4,
+        response_format={"type": "json_schema", "json_schema": {"name": "call", "schema": CALL_SCHEMA}})
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    call = choice.message.tool_calls[0]
+    assert call.type == "function" and call.function.name == "get_weather"
+    assert json.loads(call.function.arguments)["city"] in ("Paris", "Oslo")
 
 
 def test_openai_embeddings_and_models(ai):

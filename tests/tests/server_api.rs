@@ -483,6 +483,92 @@ fn structured_output_validates_against_its_schema() {
     let _: Value = serde_json::from_str(v["response"].as_str().unwrap()).unwrap();
 }
 
+/// A schema whose every output is a call of `get_weather` (the toy model cannot decide
+/// to call a tool, so structured output makes it), and the tool offered for it.
+fn weather_tool_and_call_schema() -> (Value, Value) {
+    let tool = json!({"type": "function", "function": {"name": "get_weather",
+        "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                       "required": ["city"]}}});
+    let schema = json!({"type": "object",
+        "properties": {"name": {"const": "get_weather"},
+                       "arguments": {"type": "object",
+                                     "properties": {"city": {"enum": ["Paris", "Oslo"]}},
+                                     "required": ["city"]}},
+        "required": ["name", "arguments"]});
+    (tool, schema)
+}
+
+#[test]
+fn tool_calls_in_the_output_come_back_as_tool_calls() {
+    let e = env();
+    let s = start(&e, &[]);
+    let (tool, schema) = weather_tool_and_call_schema();
+    let chat = |stream: bool, format: &Value| {
+        json!({"model": e.model, "messages": [{"role": "user", "content": "weather?"}],
+               "tools": [tool], "format": format, "stream": stream,
+               "options": {"seed": 3, "num_predict": 200}})
+    };
+    let city_ok = |v: &Value| matches!(v.as_str(), Some("Paris" | "Oslo"));
+    // Ollama, one object.
+    let (st, v) = post(&s, "/api/chat", &chat(false, &schema));
+    assert_eq!(st, 200, "{v}");
+    let calls = v["message"]["tool_calls"].as_array().unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(calls.len(), 1, "{v}");
+    assert_eq!(calls[0]["function"]["name"], "get_weather");
+    assert!(city_ok(&calls[0]["function"]["arguments"]["city"]), "{v}");
+    assert_eq!(v["message"]["content"], "", "{v}");
+    // Ollama, streamed: no content chunks, one chunk with the call, then done.
+    let lines = ndjson_lines(&s, "/api/chat", &chat(true, &schema));
+    let with_calls: Vec<&Value> =
+        lines.iter().filter(|l| l["message"].get("tool_calls").is_some()).collect();
+    assert_eq!(with_calls.len(), 1, "{lines:?}");
+    assert_eq!(with_calls[0]["message"]["tool_calls"][0]["function"]["name"], "get_weather");
+    assert!(lines.iter().all(|l| l["message"]["content"] == ""), "{lines:?}");
+    assert_eq!(lines.last().unwrap()["done"], true);
+    // Output that is JSON but not a call stays content.
+    let not_a_call = json!({"type": "object", "properties": {"answer": {"enum": ["sunny"]}},
+                            "required": ["answer"]});
+    let (st, v) = post(&s, "/api/chat", &chat(false, &not_a_call));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["message"]["content"], "{\"answer\":\"sunny\"}", "{v}");
+    assert!(v["message"].get("tool_calls").is_none(), "{v}");
+    // OpenAI, one object and streamed.
+    let oai = |stream: bool| {
+        json!({"model": e.model, "messages": [{"role": "user", "content": "weather?"}],
+               "tools": [tool], "stream": stream, "seed": 3, "max_tokens": 200,
+               "response_format": {"type": "json_schema",
+                                   "json_schema": {"name": "call", "schema": schema}}})
+    };
+    let (st, v) = post(&s, "/v1/chat/completions", &oai(false));
+    assert_eq!(st, 200, "{v}");
+    let choice = &v["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{v}");
+    assert_eq!(choice["message"]["content"], Value::Null, "{v}");
+    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(call["type"], "function");
+    assert!(call["id"].as_str().is_some_and(|id| id.starts_with("call")), "{v}");
+    assert_eq!(call["function"]["name"], "get_weather");
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert!(city_ok(&args["city"]), "{v}");
+    let body =
+        client().post(format!("{}/v1/chat/completions", s.url)).json(&oai(true)).send().unwrap();
+    let text = body.text().unwrap();
+    let events: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let deltas: Vec<&Value> =
+        events.iter().filter(|e| e["choices"][0]["delta"].get("tool_calls").is_some()).collect();
+    assert_eq!(deltas.len(), 1, "{text}");
+    assert_eq!(deltas[0]["choices"][0]["delta"]["tool_calls"][0]["index"], 0);
+    assert_eq!(events.last().unwrap()["choices"][0]["finish_reason"], "tool_calls", "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"));
+}
+
 #[test]
 fn a_client_that_disconnects_frees_its_slot() {
     let e = env();

@@ -11,6 +11,7 @@ use corral_generation::{
     context::{ContextPolicy, fit_prompt},
     options::SamplingOptions,
     sampler::Constraint,
+    toolcall::{ToolCall, ToolCallParser},
 };
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -57,12 +58,18 @@ pub struct Running {
     pub model: String,
     state: Arc<AppState>,
     first: bool,
+    /// Set for chats that offer tools: holds back and parses tool calls.
+    tools: Option<ToolCallParser>,
+    /// Pieces decided but not yet returned.
+    pending: std::collections::VecDeque<Piece>,
 }
 
 /// One item of a generation's output.
 pub enum Piece {
     /// Text.
     Text(String),
+    /// Tool calls the model made (chats that offer tools; before `Done`).
+    ToolCalls(Vec<ToolCall>),
     /// The end, with counters.
     Done(Stats),
     /// A failure (before or after some text).
@@ -70,8 +77,19 @@ pub enum Piece {
 }
 
 impl Running {
+    /// Parses the output for calls of `tools` (an empty list: no parsing): text that
+    /// starts like a tool call is held back and comes out as [`Piece::ToolCalls`] (or as
+    /// text, if it is not one).
+    pub fn with_tools(mut self, tools: Option<&[Value]>) -> Self {
+        self.tools = tools.filter(|t| !t.is_empty()).map(ToolCallParser::new);
+        self
+    }
+
     /// The next piece; `None` after `Done`/`Error`.
     pub async fn next(&mut self) -> Option<Piece> {
+        if let Some(p) = self.pending.pop_front() {
+            return Some(p);
+        }
         loop {
             let Some(ev) = self.rx.recv().await else {
                 self.rx.close();
@@ -88,6 +106,13 @@ impl Running {
                         self.first = false;
                         self.state.metrics.ttft(self.started.elapsed().as_secs_f64());
                     }
+                    let t = match &mut self.tools {
+                        Some(parser) => parser.push(&t),
+                        None => t,
+                    };
+                    if t.is_empty() {
+                        continue;
+                    }
                     return Some(Piece::Text(t));
                 }
                 Event::Done(s) => {
@@ -96,6 +121,17 @@ impl Running {
                         s.eval_count,
                         s.eval,
                     );
+                    if let Some(parser) = self.tools.take() {
+                        let (rest, calls) = parser.finish();
+                        if !rest.is_empty() {
+                            self.pending.push_back(Piece::Text(rest));
+                        }
+                        if !calls.is_empty() {
+                            self.pending.push_back(Piece::ToolCalls(calls));
+                        }
+                        self.pending.push_back(Piece::Done(s));
+                        return self.pending.pop_front();
+                    }
                     return Some(Piece::Done(s));
                 }
                 Event::Error(e) => return Some(Piece::Error(ApiError::from(e))),
@@ -103,13 +139,15 @@ impl Running {
         }
     }
 
-    /// Collects everything: the text and the stats.
-    pub async fn collect(mut self) -> Result<(String, Stats, Running), ApiError> {
+    /// Collects everything: the text, the tool calls and the stats.
+    pub async fn collect(mut self) -> Result<(String, Vec<ToolCall>, Stats, Running), ApiError> {
         let mut text = String::new();
+        let mut calls = Vec::new();
         while let Some(p) = self.next().await {
             match p {
                 Piece::Text(t) => text.push_str(&t),
-                Piece::Done(s) => return Ok((text, s, self)),
+                Piece::ToolCalls(c) => calls.extend(c),
+                Piece::Done(s) => return Ok((text, calls, s, self)),
                 Piece::Error(e) => return Err(e),
             }
         }
@@ -163,7 +201,18 @@ pub async fn start(state: &Arc<AppState>, req: GenRequest) -> Result<Running, Ap
         },
         state2.sched.settings.max_queue,
     )?;
-    Ok(Running { rx, guard, started, load, prompt, model: model_name, state: state2, first: true })
+    Ok(Running {
+        rx,
+        guard,
+        started,
+        load,
+        prompt,
+        model: model_name,
+        state: state2,
+        first: true,
+        tools: None,
+        pending: Default::default(),
+    })
 }
 
 type Built = (Vec<u32>, Option<Box<dyn Constraint>>, SamplingOptions);

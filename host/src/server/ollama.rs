@@ -18,6 +18,8 @@ use super::{
     scheduler::ModelRef,
     util::{ApiError, nanos, now_rfc3339, parse_body, parse_keep_alive, rfc3339},
 };
+use corral_generation::toolcall::ToolCall;
+
 use crate::{engine_loop::Stats, prompt::Message};
 
 /// `POST /api/generate` body. Fields Ollama accepts but corral ignores are listed so a
@@ -180,7 +182,7 @@ pub async fn generate(
     )
     .await?;
     if req.stream == Some(false) {
-        let (text, s, r) = running.collect().await?;
+        let (text, _, s, r) = running.collect().await?;
         let mut v =
             json!({"model": r.model, "created_at": now_rfc3339(), "response": text, "done": true});
         final_fields(&mut v, &s, &r);
@@ -204,10 +206,24 @@ pub async fn generate(
                 v["context"] = json!(ctx);
                 Some((v, None))
             }
+            // Completions offer no tools.
+            Some(Piece::ToolCalls(_)) => Some((
+                json!({"model": r.model, "created_at": now_rfc3339(), "response": "", "done": false}),
+                Some(r),
+            )),
             Some(Piece::Error(e)) => Some((json!({"error": e.message}), None)),
             None => None,
         }
     })))
+}
+
+/// Tool calls as Ollama answers them: `[{"function": {"index", "name", "arguments"}}]`.
+fn ollama_tool_calls(calls: &[ToolCall]) -> Value {
+    calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| json!({"function": {"index": i, "name": c.name, "arguments": c.arguments}}))
+        .collect()
 }
 
 fn check_messages(messages: &[Message]) -> Result<(), ApiError> {
@@ -234,16 +250,22 @@ pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Res
     if messages.is_empty() {
         return load_only(&state, &model, keep_alive, true).await;
     }
-    let spec = PromptSpec::Chat { messages, tools: req.tools.clone().filter(|t| !t.is_empty()) };
+    let tools = req.tools.clone().filter(|t| !t.is_empty());
+    let spec = PromptSpec::Chat { messages, tools: tools.clone() };
     let running = generation::start(
         &state,
         GenRequest { model, keep_alive, options: req.options.clone(), grammar, prompt: spec },
     )
-    .await?;
+    .await?
+    .with_tools(tools.as_deref());
     if req.stream == Some(false) {
-        let (text, s, r) = running.collect().await?;
+        let (text, calls, s, r) = running.collect().await?;
+        let mut message = json!({"role": "assistant", "content": text});
+        if !calls.is_empty() {
+            message["tool_calls"] = ollama_tool_calls(&calls);
+        }
         let mut v = json!({"model": r.model, "created_at": now_rfc3339(),
-            "message": {"role": "assistant", "content": text}, "done": true});
+            "message": message, "done": true});
         final_fields(&mut v, &s, &r);
         return Ok(axum::Json(v).into_response());
     }
@@ -253,6 +275,12 @@ pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Res
             Some(Piece::Text(t)) => Some((
                 json!({"model": r.model, "created_at": now_rfc3339(),
                     "message": {"role": "assistant", "content": t}, "done": false}),
+                Some(r),
+            )),
+            Some(Piece::ToolCalls(calls)) => Some((
+                json!({"model": r.model, "created_at": now_rfc3339(),
+                    "message": {"role": "assistant", "content": "",
+                        "tool_calls": ollama_tool_calls(&calls)}, "done": false}),
                 Some(r),
             )),
             Some(Piece::Done(s)) => {

@@ -18,6 +18,8 @@ use super::{
     structured::Grammar,
     util::{ApiError, base64, parse_body, unix_now},
 };
+use corral_generation::toolcall::ToolCall;
+
 use crate::{engine_loop::Stats, prompt::Message};
 
 /// OpenAI-style error body: `{"error": {"message", "type", "code"}}`.
@@ -311,6 +313,25 @@ struct SseState {
     usage: bool,
     queue: std::collections::VecDeque<String>,
     sent_role: bool,
+    /// The model called tools: the finish reason is `tool_calls`.
+    called_tools: bool,
+}
+
+/// Tool calls as OpenAI answers them (arguments as a JSON string); `index` for stream
+/// deltas.
+fn openai_tool_calls(calls: &[ToolCall], with_index: bool) -> Value {
+    calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut v = json!({"id": new_id("call"), "type": "function",
+                "function": {"name": c.name, "arguments": Value::Object(c.arguments.clone()).to_string()}});
+            if with_index {
+                v["index"] = json!(i);
+            }
+            v
+        })
+        .collect()
 }
 
 fn chunk(st: &SseState, delta_text: Option<&str>, finish: Option<&str>) -> Value {
@@ -341,6 +362,7 @@ fn stream_response(running: Running, chat: bool, include_usage: bool) -> Respons
         usage: include_usage,
         queue: Default::default(),
         sent_role: false,
+        called_tools: false,
     };
     sse(stream::unfold(st, |mut st| async move {
         if let Some(line) = st.queue.pop_front() {
@@ -353,8 +375,16 @@ fn stream_response(running: Running, chat: bool, include_usage: bool) -> Respons
                 st.sent_role = true;
                 Some((line, st))
             }
+            Some(Piece::ToolCalls(calls)) => {
+                let mut v = chunk(&st, None, None);
+                v["choices"][0]["delta"]["tool_calls"] = openai_tool_calls(&calls, true);
+                st.sent_role = true;
+                st.called_tools = true;
+                Some((data(&v), st))
+            }
             Some(Piece::Done(s)) => {
-                let last = chunk(&st, None, Some(finish_reason(&s)));
+                let reason = if st.called_tools { "tool_calls" } else { finish_reason(&s) };
+                let last = chunk(&st, None, Some(reason));
                 if st.usage {
                     let model = st.r.as_ref().map(|r| r.model.clone()).unwrap_or_default();
                     let object = if st.chat { "chat.completion.chunk" } else { "text_completion" };
@@ -414,6 +444,8 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -
     )?;
     let model = state.sched.resolve(&req.model)?;
     let tools = req.tools.clone().filter(|t| !t.is_empty());
+    // tool_choice "none": the tools stay in the prompt, but the output is not parsed.
+    let parse_tools = req.tool_choice.as_ref().and_then(Value::as_str) != Some("none");
     let running = generation::start(
         &state,
         GenRequest {
@@ -421,23 +453,34 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -
             keep_alive: None,
             options: Some(options),
             grammar,
-            prompt: PromptSpec::Chat { messages, tools },
+            prompt: PromptSpec::Chat { messages, tools: tools.clone() },
         },
     )
-    .await?;
+    .await?
+    .with_tools(tools.as_deref().filter(|_| parse_tools));
     if req.stream == Some(true) {
         let include = req.stream_options.clone().unwrap_or_default().include_usage;
         return Ok(stream_response(running, true, include));
     }
-    let (text, s, r) = running.collect().await?;
+    let (text, calls, s, r) = running.collect().await?;
+    let (message, reason) = if calls.is_empty() {
+        (json!({"role": "assistant", "content": text}), finish_reason(&s))
+    } else {
+        let content = if text.is_empty() { Value::Null } else { json!(text) };
+        (
+            json!({"role": "assistant", "content": content,
+                   "tool_calls": openai_tool_calls(&calls, false)}),
+            "tool_calls",
+        )
+    };
     Ok(axum::Json(json!({
         "id": new_id("chatcmpl"),
         "object": "chat.completion",
         "created": unix_now(),
         "model": r.model,
         "system_fingerprint": "fp_corral",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                     "logprobs": null, "finish_reason": finish_reason(&s)}],
+        "choices": [{"index": 0, "message": message,
+                     "logprobs": null, "finish_reason": reason}],
         "usage": usage(&s),
     }))
     .into_response())
@@ -499,7 +542,7 @@ pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Oai
         let include = req.stream_options.clone().unwrap_or_default().include_usage;
         return Ok(stream_response(running, false, include));
     }
-    let (text, s, r) = running.collect().await?;
+    let (text, _, s, r) = running.collect().await?;
     let text = if req.echo == Some(true) { format!("{prompt}{text}") } else { text };
     Ok(axum::Json(json!({
         "id": new_id("cmpl"),
