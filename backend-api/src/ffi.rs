@@ -133,6 +133,12 @@ pub trait FfiContext: Send {
     /// Empties the whole KV cache.
     #[sabi(last_prefix_field)]
     fn kv_clear(&mut self) -> BackendResult<()>;
+    /// ABI 1.1. Adds `delta` to the positions `[p0, p1)` of sequence `seq` (`p1 < 0`: to
+    /// the end), re-encoding whatever depends on position (RoPE'd keys), so that a
+    /// sequence can continue after `kv_remove` cut a hole in it (a context shift).
+    /// `ErrorKind::Unsupported` when the engine cannot. Absent from 1.0 plugins: the host
+    /// checks the plugin's `abi_minor` before calling it.
+    fn kv_shift(&mut self, seq: u32, p0: i32, p1: i32, delta: i32) -> BackendResult<()>;
 }
 
 /// An owned, type-erased [`FfiContext`].

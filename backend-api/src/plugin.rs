@@ -90,6 +90,12 @@ pub trait Context: Send + 'static {
     fn kv_pos_max(&self, seq: u32) -> i32;
     /// Empties the KV cache.
     fn kv_clear(&mut self) -> Result<(), BackendError>;
+    /// See [`FfiContext::kv_shift`]. The default answers `Unsupported`: the host then
+    /// ends a generation that fills the context instead of shifting it.
+    fn kv_shift(&mut self, seq: u32, p0: i32, p1: i32, delta: i32) -> Result<(), BackendError> {
+        let _ = (seq, p0, p1, delta);
+        Err(BackendError::unsupported("this engine cannot shift positions in its KV cache"))
+    }
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -220,6 +226,9 @@ impl<C: Context> FfiContext for GuardedContext<C> {
     }
     fn kv_clear(&mut self) -> BackendResult<()> {
         guard("kv_clear", || self.0.kv_clear())
+    }
+    fn kv_shift(&mut self, seq: u32, p0: i32, p1: i32, delta: i32) -> BackendResult<()> {
+        guard("kv_shift", || self.0.kv_shift(seq, p0, p1, delta))
     }
 }
 

@@ -177,6 +177,7 @@ pub fn generate(
         events: tx,
         cancel: Arc::new(AtomicBool::new(false)),
         submitted: Instant::now(),
+        shift: true,
     })?;
     let mut text = String::new();
     while let Some(ev) = rx.blocking_recv() {

@@ -74,7 +74,7 @@ const PROMPTS: [&str; 3] = [
 
 /// Runs every check on `model`.
 pub fn run_all(model: &Model, tol: &Tolerance) -> Vec<CheckResult> {
-    let checks: [(&'static str, CheckFn); 11] = [
+    let checks: [(&'static str, CheckFn); 12] = [
         ("tokenize_roundtrip", tokenize_roundtrip),
         ("token_bytes_concat", token_bytes_concat),
         ("determinism", determinism),
@@ -83,6 +83,7 @@ pub fn run_all(model: &Model, tol: &Tolerance) -> Vec<CheckResult> {
         ("kv_remove_redecode", kv_remove_redecode),
         ("kv_copy", kv_copy),
         ("kv_clear", kv_clear),
+        ("kv_shift", kv_shift),
         ("invalid_input_errors", invalid_input_errors),
         ("other_thread", other_thread),
         ("embeddings", embeddings),
@@ -326,6 +327,44 @@ fn kv_clear(model: &Model, _: &Tolerance) -> Result<String, String> {
         return Err("kv_remove(-1, 0, -1) left sequence 0 non-empty".into());
     }
     Ok("clear and remove-all empty every sequence".into())
+}
+
+/// ABI 1.1's `kv_shift`: a whole sequence moved up by 7 positions continues exactly as
+/// before (position encodings like RoPE depend on distances only, so only the rounding of
+/// the re-encoded keys differs), and moved back down again too. Skipped for engines that
+/// answer `Unsupported`. (A shift after cutting a hole cannot be checked this way: the
+/// kept tokens' states attended to the cut ones.)
+fn kv_shift(model: &Model, tol: &Tolerance) -> Result<String, String> {
+    let t = toks(model, PROMPTS[1])?;
+    let n = t.len();
+    let reference = single(model, &t)?;
+    let mut c = ctx(model, 1)?;
+    c.prefill(0, 0, &t[..n - 1]).map_err(|e| e.to_string())?;
+    match c.kv_shift(0, 0, -1, 7) {
+        Err(e) if e.kind == ErrorKind::Unsupported => {
+            return Ok(format!("skip: the engine cannot shift ({e})"));
+        }
+        r => r.map_err(|e| format!("kv_shift(0, 0, -1, 7) failed: {e}"))?,
+    }
+    let pos_max = c.kv_pos_max(0);
+    if pos_max != (n - 2 + 7) as i32 {
+        return Err(format!("after a shift by 7, kv_pos_max is {pos_max}, not {}", n - 2 + 7));
+    }
+    let step = |c: &mut Context, pos: usize| -> Result<Vec<f32>, String> {
+        c.decode(&[BatchEntry { token: t[n - 1], pos: pos as u32, seq: 0, logits: true }])
+            .map_err(|e| format!("decode after the shift failed: {e}"))?;
+        c.logits(0).map(<[f32]>::to_vec).map_err(|e| e.to_string())
+    };
+    let up = step(&mut c, n - 1 + 7)?;
+    let mut worst = compare("sequence shifted by +7", &reference, &up, tol)?;
+    // Back down: drop the last token, shift by -7, decode it again at its first position.
+    c.kv_remove(0, (n - 1 + 7) as i32, -1).map_err(|e| e.to_string())?;
+    c.kv_shift(0, 7, -1, -7).map_err(|e| format!("kv_shift(0, 7, -1, -7) failed: {e}"))?;
+    let down = step(&mut c, n - 1)?;
+    worst = worst.max(compare("sequence shifted back by -7", &reference, &down, tol)?);
+    Ok(format!(
+        "a sequence moved up 7 positions and back continues as before (max |diff| {worst:.2e})"
+    ))
 }
 
 fn expect_invalid(

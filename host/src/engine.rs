@@ -75,7 +75,8 @@ impl Model {
     pub fn new_context(&self, params: &ContextParams) -> Result<Context, BackendError> {
         let inner = self.inner.new_context(params).into_result()?;
         let params = inner.params();
-        Ok(Context { inner, params, logits: RVec::new() })
+        let abi_minor = self.plugin.info.abi_minor;
+        Ok(Context { inner, params, logits: RVec::new(), abi_minor })
     }
 
     /// Creates a context whose KV cache is split evenly between its sequences: each may
@@ -90,11 +91,13 @@ impl Model {
         }
         let inner = self.inner.new_context_per_sequence(params).into_result()?;
         let params = inner.params();
-        Ok(Context { inner, params, logits: RVec::new() })
+        let abi_minor = self.plugin.info.abi_minor;
+        Ok(Context { inner, params, logits: RVec::new(), abi_minor })
     }
 }
 
-/// Whether a plugin built for ABI 1.`abi_minor` has `new_context_per_sequence` (1.1+).
+/// Whether a plugin built for ABI 1.`abi_minor` has `new_context_per_sequence` and
+/// `kv_shift` (1.1+).
 fn has_per_sequence_contexts(abi_minor: u32) -> bool {
     abi_minor >= 1
 }
@@ -105,6 +108,8 @@ pub struct Context {
     /// Effective parameters.
     pub params: ContextParams,
     logits: RVec<f32>,
+    /// The plugin's ABI minor: calls appended in later minors are checked against it.
+    abi_minor: u32,
 }
 
 impl Context {
@@ -150,6 +155,30 @@ impl Context {
     /// Empties the cache.
     pub fn kv_clear(&mut self) -> Result<(), BackendError> {
         self.inner.kv_clear().into_result()
+    }
+
+    /// Adds `delta` to positions `[p0, p1)` of `seq` (ABI 1.1; `Unsupported` from a 1.0
+    /// plugin or an engine that cannot).
+    pub fn kv_shift(&mut self, seq: u32, p0: i32, p1: i32, delta: i32) -> Result<(), BackendError> {
+        if !has_per_sequence_contexts(self.abi_minor) {
+            return Err(BackendError::unsupported(
+                "the plugin was built for ABI 1.0, which has no kv_shift",
+            ));
+        }
+        self.inner.kv_shift(seq, p0, p1, delta).into_result()
+    }
+
+    /// Context shift, as Ollama does when a sequence fills its window: removes positions
+    /// `[keep, keep + discard)` of `seq` and moves the rest down by `discard`. A shift by
+    /// 0 first asks whether the engine can, so an engine that cannot is left untouched.
+    pub fn shift_out(&mut self, seq: u32, keep: u32, discard: u32) -> Result<(), BackendError> {
+        let too_large = || BackendError::invalid("context shift beyond i32 positions");
+        let keep = i32::try_from(keep).map_err(|_| too_large())?;
+        let end = keep.checked_add(i32::try_from(discard).map_err(|_| too_large())?);
+        let end = end.ok_or_else(too_large)?;
+        self.kv_shift(seq, end, -1, 0)?;
+        self.kv_remove(seq as i32, keep, end)?;
+        self.kv_shift(seq, end, -1, keep - end)
     }
 
     /// Decodes `tokens` into `seq` starting at `pos0`, in chunks of `n_batch`, asking for

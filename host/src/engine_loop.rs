@@ -17,7 +17,7 @@ use std::{
 
 use corral_backend_api::{BackendError, BatchEntry, ContextParams, ErrorKind};
 use corral_generation::{
-    context::{DoneReason, length_limit},
+    context::{DoneReason, effective_keep, length_limit, shift_discard},
     detok::Detokenizer,
     options::SamplingOptions,
     sampler::{Constraint, Sampler},
@@ -78,6 +78,9 @@ pub struct Request {
     pub cancel: Arc<AtomicBool>,
     /// When it was submitted.
     pub submitted: Instant,
+    /// Whether a sequence that fills its window shifts (drops the older half after
+    /// `num_keep`, as Ollama's `shift`, default on) instead of ending for length.
+    pub shift: bool,
 }
 
 /// Sizes of the loop.
@@ -178,6 +181,8 @@ struct LoopState {
     slots: Vec<Slot>,
     waiting: std::collections::VecDeque<Request>,
     active: Arc<std::sync::atomic::AtomicUsize>,
+    /// The engine answered a context shift with `Unsupported`: end full sequences.
+    cannot_shift: bool,
 }
 
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
@@ -193,7 +198,15 @@ impl LoopState {
     ) -> Self {
         let slots =
             (0..config.n_parallel).map(|_| Slot { cached: Vec::new(), job: None }).collect();
-        LoopState { model, ctx, config, slots, waiting: Default::default(), active }
+        LoopState {
+            model,
+            ctx,
+            config,
+            slots,
+            waiting: Default::default(),
+            active,
+            cannot_shift: false,
+        }
     }
 
     fn run(&mut self, rx: mpsc::Receiver<Request>) {
@@ -440,16 +453,52 @@ impl LoopState {
         if step.stopped {
             return Ok(Some(DoneReason::Stop));
         }
+        let can_shift = job.req.shift && !self.cannot_shift;
         if let Some(r) = length_limit(
             job.stats.eval_count,
             cached.len() + 1,
             num_ctx,
             job.req.options.num_predict,
-            false,
+            can_shift,
         ) {
             return Ok(Some(r));
         }
         job.next = Some(token);
+        if cached.len() + 1 >= num_ctx && !self.shift(slot) {
+            return Ok(Some(DoneReason::Length));
+        }
         Ok(None)
+    }
+
+    /// Ollama's context shift for a sequence that filled its window: keeps the first
+    /// `num_keep` tokens, drops half of the rest, moves the remainder down. `false` when
+    /// it cannot (the engine lacks `kv_shift`, or nothing is left to drop).
+    fn shift(&mut self, slot: usize) -> bool {
+        let num_ctx = self.config.num_ctx as usize;
+        let Slot { cached, job } = &mut self.slots[slot];
+        let Some(job) = job.as_ref() else { return false };
+        let keep = effective_keep(job.req.options.num_keep, job.req.prompt.len(), num_ctx);
+        let discard = shift_discard(num_ctx, keep);
+        if keep + discard > cached.len() {
+            return false;
+        }
+        match self.ctx.shift_out(slot as u32, keep as u32, discard as u32) {
+            Ok(()) => {
+                cached.drain(keep..keep + discard);
+                tracing::debug!(slot, keep, discard, "context shift");
+                true
+            }
+            Err(e) => {
+                if e.kind == ErrorKind::Unsupported {
+                    self.cannot_shift = true;
+                } else {
+                    // The cache may now be half-shifted: forget this sequence's cache.
+                    let _ = self.ctx.kv_remove(slot as i32, 0, -1);
+                    cached.clear();
+                }
+                tracing::info!("context shift not possible ({e}); ending at the window");
+                false
+            }
+        }
     }
 }

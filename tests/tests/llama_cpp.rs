@@ -14,7 +14,7 @@ fn conformance_suite_passes_on_llama_cpp() {
         c.args(["plugin", "check"]).arg(&plugin).arg("--model").arg(&model);
         let (out, stdout, stderr) = run(c);
         assert!(out.status.success(), "{ty}: {stdout}\n{stderr}");
-        assert!(stdout.contains("11 passed, 0 failed"), "{ty}: {stdout}");
+        assert!(stdout.contains("12 passed, 0 failed"), "{ty}: {stdout}");
     }
 }
 
@@ -212,4 +212,43 @@ fn parallel_server_streams_equal_raw_llama_cpp() {
     }
     let log = server.log();
     assert!(log.contains("llama-cpp"), "{log}");
+}
+
+/// A generation that fills its window shifts the context (ABI 1.1 `kv_shift`, Ollama's
+/// default) and keeps going to `num_predict`; with `"shift": false` it ends at the window.
+#[test]
+fn server_shifts_the_context_when_a_generation_fills_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(plugin) = llama_cpp_plugin_dir(dir.path()) else { return };
+    let model = dir.path().join("tiny-f32.gguf");
+    generate_model(&model, "tiny", "f32");
+    let server = Server::start(
+        &[plugin.as_path()],
+        &[("CORRAL_CONTEXT_LENGTH", "64"), ("CORRAL_BACKEND", "llama-cpp")],
+        &[],
+    );
+    let generate = |shift: bool| -> serde_json::Value {
+        // A string schema too long to finish keeps the model from ending early.
+        let body = serde_json::json!({
+            "model": model.to_string_lossy(), "prompt": "Once upon a time", "raw": true,
+            "stream": false, "shift": shift,
+            "format": {"type": "string", "minLength": 900000},
+            "options": {"temperature": 0.8, "seed": 1, "num_predict": 150}
+        });
+        let r = reqwest::blocking::Client::new()
+            .post(format!("{}/api/generate", server.url))
+            .json(&body)
+            .timeout(std::time::Duration::from_secs(120))
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        r.json().unwrap()
+    };
+    let shifted = generate(true);
+    assert_eq!(shifted["done_reason"], "length", "{shifted}");
+    assert_eq!(shifted["eval_count"], 150, "went past the 64-token window: {shifted}");
+    let stopped = generate(false);
+    assert_eq!(stopped["done_reason"], "length", "{stopped}");
+    let n = stopped["eval_count"].as_u64().unwrap();
+    assert!(n < 64, "without shift the window ends it: {stopped}");
 }

@@ -289,6 +289,35 @@ impl Context for CpuContext {
         Ok(())
     }
 
+    fn kv_shift(&mut self, seq: u32, p0: i32, p1: i32, delta: i32) -> Result<(), BackendError> {
+        self.check_seq(seq)?;
+        let r = range(p0, p1);
+        let cache = &mut self.caches[seq as usize];
+        if cache.pos.iter().any(|&p| r(p) && (i64::from(p) + i64::from(delta)) < 0) {
+            return Err(BackendError::invalid(format!(
+                "shifting positions [{p0}, {p1}) of sequence {seq} by {delta} makes one negative"
+            )));
+        }
+        if delta == 0 {
+            return Ok(());
+        }
+        let kv_dim = self.model.hp.kv_dim();
+        for c in 0..cache.pos.len() {
+            if !r(cache.pos[c]) {
+                continue;
+            }
+            cache.pos[c] = (i64::from(cache.pos[c]) + i64::from(delta)) as u32;
+            for layer in cache.k.iter_mut() {
+                crate::forward::rerotate_keys(
+                    &self.model,
+                    &mut layer[c * kv_dim..(c + 1) * kv_dim],
+                    delta,
+                );
+            }
+        }
+        Ok(())
+    }
+
     fn kv_copy(&mut self, src: u32, dst: u32, p0: i32, p1: i32) -> Result<(), BackendError> {
         self.check_seq(src)?;
         self.check_seq(dst)?;

@@ -117,6 +117,33 @@ fn apply_rope(m: &ModelInner, x: &mut [f32], n_heads: usize, table: &[f32]) {
     });
 }
 
+/// Rotates the cached keys of one cell (`kv_dim` F16 values, every KV head) further by
+/// `delta` positions: RoPE rotations compose, so keys stored at position p become the keys
+/// of position p + delta (a context shift).
+pub(crate) fn rerotate_keys(m: &ModelInner, k: &mut [f16], delta: i32) {
+    let hp = &m.hp;
+    let (hd, half) = (hp.head_dim, hp.n_rot / 2);
+    let theta_scale = hp.rope_base.powf(-2.0 / hp.n_rot as f32);
+    let mut theta = delta as f32;
+    let mut table = Vec::with_capacity(half);
+    for _ in 0..half {
+        let th = hp.rope_freq_scale * theta;
+        table.push((th.cos(), th.sin()));
+        theta *= theta_scale;
+    }
+    for head in k.chunks_mut(hd) {
+        for (i, &(c, s)) in table.iter().enumerate() {
+            let (a, b) = match hp.rope_kind {
+                RopeKind::Norm => (2 * i, 2 * i + 1),
+                RopeKind::Neox => (i, i + half),
+            };
+            let (x0, x1) = (head[a].to_f32(), head[b].to_f32());
+            head[a] = f16::from_f32(x0 * c - x1 * s);
+            head[b] = f16::from_f32(x0 * s + x1 * c);
+        }
+    }
+}
+
 fn add_bias(x: &mut [f32], bias: &Option<Vec<f32>>) {
     if let Some(b) = bias {
         for row in x.chunks_mut(b.len()) {

@@ -371,4 +371,23 @@ impl Context for LlamaContext {
         self.decoded_seqs.clear();
         Ok(())
     }
+
+    fn kv_shift(&mut self, seq: u32, p0: i32, p1: i32, delta: i32) -> Result<(), BackendError> {
+        self.check_seq(seq)?;
+        if p0 < 0 || (p1 >= 0 && p1 < p0) || p0.checked_add(delta).is_none_or(|p| p < 0) {
+            return Err(BackendError::invalid(format!(
+                "cannot shift positions [{p0}, {p1}) of sequence {seq} by {delta}"
+            )));
+        }
+        // SAFETY: live memory handle.
+        if !unsafe { sys::llama_memory_can_shift(self.mem) } {
+            return Err(BackendError::unsupported(
+                "this model's memory cannot shift positions (llama_memory_can_shift is false)",
+            ));
+        }
+        // SAFETY: live memory handle; seq in range; llama.cpp re-rotates the keys at the
+        // next decode.
+        unsafe { sys::llama_memory_seq_add(self.mem, seq as sys::llama_seq_id, p0, p1, delta) };
+        Ok(())
+    }
 }

@@ -173,6 +173,8 @@ pub struct GenRequest {
     pub grammar: Option<Arc<Grammar>>,
     /// The prompt.
     pub prompt: PromptSpec,
+    /// Shift the context when a sequence fills it (Ollama's `shift`, default true).
+    pub shift: bool,
 }
 
 /// Starts a generation.
@@ -182,6 +184,7 @@ pub async fn start(state: &Arc<AppState>, req: GenRequest) -> Result<Running, Ap
     let (guard, load) = state.sched.acquire(&req.model, req.keep_alive).await?;
     let loaded = guard.loaded.clone();
     let model_name = req.model.name.clone();
+    let shift = req.shift;
     let state2 = state.clone();
     // Tokenizing and the token table touch the plugin: keep them off the async threads.
     let (prompt, constraint, options) = tokio::task::spawn_blocking(move || {
@@ -198,6 +201,7 @@ pub async fn start(state: &Arc<AppState>, req: GenRequest) -> Result<Running, Ap
             events: tx,
             cancel: state2.cancel_all.clone(),
             submitted: Instant::now(),
+            shift,
         },
         state2.sched.settings.max_queue,
     )?;

@@ -158,7 +158,7 @@ pub async fn generate(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req: GenerateRequest = parse_body(&body)?;
-    let _ = (&req.images, &req.think, &req.truncate, &req.shift, &req.logprobs, &req.top_logprobs);
+    let _ = (&req.images, &req.think, &req.truncate, &req.logprobs, &req.top_logprobs);
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::bad_request("suffix (fill-in-the-middle) is not supported yet"));
     }
@@ -178,7 +178,14 @@ pub async fn generate(
     };
     let running = generation::start(
         &state,
-        GenRequest { model, keep_alive, options: req.options.clone(), grammar, prompt: spec },
+        GenRequest {
+            model,
+            keep_alive,
+            options: req.options.clone(),
+            grammar,
+            prompt: spec,
+            shift: req.shift.unwrap_or(true),
+        },
     )
     .await?;
     if req.stream == Some(false) {
@@ -241,7 +248,7 @@ fn check_messages(messages: &[Message]) -> Result<(), ApiError> {
 /// `POST /api/chat`.
 pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let req: ChatRequest = parse_body(&body)?;
-    let _ = (&req.think, &req.truncate, &req.shift, &req.logprobs, &req.top_logprobs);
+    let _ = (&req.think, &req.truncate, &req.logprobs, &req.top_logprobs);
     let grammar = generation::grammar_of(req.format.as_ref())?;
     let keep_alive = keep_alive_of(&req.keep_alive)?;
     let messages = req.messages.clone().unwrap_or_default();
@@ -254,7 +261,14 @@ pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Res
     let spec = PromptSpec::Chat { messages, tools: tools.clone() };
     let running = generation::start(
         &state,
-        GenRequest { model, keep_alive, options: req.options.clone(), grammar, prompt: spec },
+        GenRequest {
+            model,
+            keep_alive,
+            options: req.options.clone(),
+            grammar,
+            prompt: spec,
+            shift: req.shift.unwrap_or(true),
+        },
     )
     .await?
     .with_tools(tools.as_deref());

@@ -453,6 +453,7 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -
             keep_alive: None,
             options: Some(options),
             grammar,
+            shift: true,
             prompt: PromptSpec::Chat { messages, tools: tools.clone() },
         },
     )
@@ -528,6 +529,7 @@ pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Oai
             keep_alive: None,
             options: Some(options),
             grammar: None,
+            shift: true,
             prompt: PromptSpec::Completion {
                 prompt: prompt.clone(),
                 system: None,
