@@ -360,3 +360,44 @@ pub fn llama_raw_bin() -> Option<PathBuf> {
         None
     }
 }
+
+/// Raw llama.cpp's greedy continuation of `prompt` (`llama-raw greedy --json`): `text`,
+/// `tokens`, `prompt_tokens`, `stop_reason`.
+pub fn raw_greedy(raw: &Path, model: &Path, prompt: &str, n: usize) -> serde_json::Value {
+    let out = Command::new(raw)
+        .arg("greedy")
+        .arg(model)
+        .args(["--prompt", prompt, "--n", &n.to_string(), "--json"])
+        .output()
+        .expect("run llama-raw");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("llama-raw prints JSON")
+}
+
+/// `corral run --backend BACKEND --raw` at temperature 0 without repeat penalty equals
+/// raw llama.cpp's greedy text on generated tiny F32 and F16 models, two prompts each.
+pub fn assert_greedy_run_equals_raw(plugin: &Path, raw: &Path, backend: &str, dir: &Path) {
+    for ty in ["f32", "f16"] {
+        let model = dir.join(format!("tiny-{ty}.gguf"));
+        generate_model(&model, "tiny", ty);
+        for prompt in ["Hello there", "The capital of France is"] {
+            let v = raw_greedy(raw, &model, prompt, 32);
+            let expected = v["text"].as_str().unwrap_or_default();
+            assert!(
+                v["tokens"].as_array().map_or(0, Vec::len) >= 8,
+                "continuation too short to mean much: {v}"
+            );
+            let mut c = corral(&[plugin]);
+            // Pure argmax: temperature 0 and no repeat penalty (Ollama's default 1.1
+            // applies even at temperature 0).
+            c.args(["run", "--backend", backend, "--raw", "--temperature", "0"])
+                .args(["--repeat-penalty", "1", "--num-predict", "32"])
+                .arg(&model)
+                .arg(prompt);
+            let (out, stdout, stderr) = run(c);
+            assert!(out.status.success(), "{stderr}");
+            let got = stdout.strip_suffix('\n').unwrap_or(&stdout);
+            assert_eq!(got, expected, "{ty} {prompt:?}: corral run ({backend}) vs llama-raw");
+        }
+    }
+}

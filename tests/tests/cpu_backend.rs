@@ -24,40 +24,7 @@ fn greedy_run_on_cpu_equals_raw_llama_cpp() {
     let dir = tempfile::tempdir().unwrap();
     let Some(plugin) = cpu_plugin_dir(dir.path()) else { return };
     let Some(raw) = llama_raw_bin() else { return };
-    for ty in ["f32", "f16"] {
-        let model = dir.path().join(format!("tiny-{ty}.gguf"));
-        generate_model(&model, "tiny", ty);
-        for prompt in ["Hello there", "The capital of France is"] {
-            let out = std::process::Command::new(&raw)
-                .arg("greedy")
-                .arg(&model)
-                .args(["--prompt", prompt, "--n", "32", "--json"])
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            let expected = v["text"].as_str().unwrap().to_string();
-            let mut c = corral(&[&plugin]);
-            c.args([
-                "run",
-                "--backend",
-                "cpu",
-                "--raw",
-                "--temperature",
-                "0",
-                "--repeat-penalty",
-                "1",
-                "--num-predict",
-                "32",
-            ])
-            .arg(&model)
-            .arg(prompt);
-            let (out, stdout, stderr) = run(c);
-            assert!(out.status.success(), "{stderr}");
-            let got = stdout.strip_suffix('\n').unwrap_or(&stdout);
-            assert_eq!(got, expected, "{ty} {prompt:?}: corral run (cpu) vs llama-raw greedy");
-        }
-    }
+    assert_greedy_run_equals_raw(&plugin, &raw, "cpu", dir.path());
 }
 
 #[test]

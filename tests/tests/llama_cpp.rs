@@ -24,46 +24,7 @@ fn greedy_run_equals_raw_llama_cpp() {
     let Some(plugin) = llama_cpp_plugin_dir(dir.path()) else { return };
     let raw = profile_dir().join("llama-raw");
     assert!(raw.is_file(), "llama-raw is built with the llama.cpp plugin");
-    for ty in ["f32", "f16"] {
-        let model = dir.path().join(format!("tiny-{ty}.gguf"));
-        generate_model(&model, "tiny", ty);
-        for prompt in ["Hello there", "The capital of France is"] {
-            let out = std::process::Command::new(&raw)
-                .arg("greedy")
-                .arg(&model)
-                .args(["--prompt", prompt, "--n", "32", "--json"])
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            let expected = v["text"].as_str().unwrap().to_string();
-            let mut c = corral(&[&plugin]);
-            // Pure argmax: temperature 0 and no repeat penalty (Ollama's default 1.1 applies
-            // even at temperature 0).
-            c.args([
-                "run",
-                "--backend",
-                "llama-cpp",
-                "--raw",
-                "--temperature",
-                "0",
-                "--repeat-penalty",
-                "1",
-                "--num-predict",
-                "32",
-            ])
-            .arg(&model)
-            .arg(prompt);
-            let (out, stdout, stderr) = run(c);
-            assert!(out.status.success(), "{stderr}");
-            let got = stdout.strip_suffix('\n').unwrap_or(&stdout);
-            assert_eq!(got, expected, "{ty} {prompt:?}: corral run vs llama-raw greedy");
-            assert!(
-                v["tokens"].as_array().unwrap().len() >= 8,
-                "continuation too short to mean much: {v}"
-            );
-        }
-    }
+    assert_greedy_run_equals_raw(&plugin, &raw, "llama-cpp", dir.path());
 }
 
 #[test]
@@ -164,17 +125,7 @@ fn parallel_server_streams_equal_raw_llama_cpp() {
     let prompts = ["Hello there", "The capital of France is", "Once upon a time", "fn main() {"];
     let expected: Vec<String> = prompts
         .iter()
-        .map(|prompt| {
-            let out = std::process::Command::new(&raw)
-                .arg("greedy")
-                .arg(&model)
-                .args(["--prompt", prompt, "--n", "24", "--json"])
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            v["text"].as_str().unwrap().to_string()
-        })
+        .map(|prompt| raw_greedy(&raw, &model, prompt, 24)["text"].as_str().unwrap().to_string())
         .collect();
     let server = Server::start(
         &[plugin.as_path()],

@@ -201,23 +201,13 @@ fn n_vocab(m: &Model) -> usize {
 /// Decodes `tokens` at positions `start..` of sequence 0, logits for the last only.
 fn decode(c: &Ctx, tokens: &[i32], start: i32, n_batch: usize) -> Result<(), String> {
     for (ci, chunk) in tokens.chunks(n_batch.max(1)).enumerate() {
-        // SAFETY: the batch holds chunk.len() entries with one seq id each, all written.
-        unsafe {
-            let mut b = sys::llama_batch_init(chunk.len() as i32, 0, 1);
-            for (i, &t) in chunk.iter().enumerate() {
-                *b.token.add(i) = t;
-                *b.pos.add(i) = start + (ci * n_batch + i) as i32;
-                *b.n_seq_id.add(i) = 1;
-                *(*b.seq_id.add(i)) = 0;
-                *b.logits.add(i) = i8::from(ci * n_batch + i + 1 == tokens.len());
-            }
-            b.n_tokens = chunk.len() as i32;
-            let rc = sys::llama_decode(c.0, b);
-            sys::llama_batch_free(b);
-            if rc != 0 {
-                return Err(format!("llama_decode returned {rc}"));
-            }
-        }
+        let base = ci * n_batch.max(1);
+        let entries: Vec<_> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| (t, start + (base + i) as i32, 0, base + i + 1 == tokens.len()))
+            .collect();
+        decode_entries(c, &entries)?;
     }
     Ok(())
 }
@@ -324,17 +314,17 @@ fn bench(a: &Args) -> Result<(), String> {
     Ok(())
 }
 
-/// One batch holding `(token, pos, seq)` entries, logits for every entry.
-fn decode_entries(c: &Ctx, entries: &[(i32, i32, i32)]) -> Result<(), String> {
+/// One batch of `(token, pos, seq, logits)` entries.
+fn decode_entries(c: &Ctx, entries: &[(i32, i32, i32, bool)]) -> Result<(), String> {
     // SAFETY: the batch holds entries.len() slots with one seq id each, all written.
     unsafe {
         let mut b = sys::llama_batch_init(entries.len() as i32, 0, 1);
-        for (i, &(t, p, s)) in entries.iter().enumerate() {
+        for (i, &(t, p, s, logits)) in entries.iter().enumerate() {
             *b.token.add(i) = t;
             *b.pos.add(i) = p;
             *b.n_seq_id.add(i) = 1;
             *(*b.seq_id.add(i)) = s;
-            *b.logits.add(i) = 1;
+            *b.logits.add(i) = i8::from(logits);
         }
         b.n_tokens = entries.len() as i32;
         let rc = sys::llama_decode(c.0, b);
@@ -368,7 +358,7 @@ fn batched(a: &Args) -> Result<(), String> {
             let mut prompt = Vec::new();
             for s in 0..np {
                 for p in 0..a.pp {
-                    prompt.push((rand_tok(), p as i32, s as i32));
+                    prompt.push((rand_tok(), p as i32, s as i32, p + 1 == a.pp));
                 }
             }
             let t_prompt = Instant::now();
@@ -381,7 +371,7 @@ fn batched(a: &Args) -> Result<(), String> {
             let t = Instant::now();
             for i in 0..a.tg {
                 let step: Vec<_> =
-                    (0..np).map(|s| (rand_tok(), (a.pp + i) as i32, s as i32)).collect();
+                    (0..np).map(|s| (rand_tok(), (a.pp + i) as i32, s as i32, true)).collect();
                 decode_entries(&c, &step)?;
             }
             // SAFETY: live context.
