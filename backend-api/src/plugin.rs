@@ -98,6 +98,59 @@ pub trait Context: Send + 'static {
     }
 }
 
+/// What a context accepts in one batch, for [`check_batch`].
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    /// Most entries per batch (`ContextParams::n_batch`).
+    pub n_batch: u32,
+    /// Positions one sequence may hold: `n_ctx`, or `n_ctx / n_seq_max` (rounded as the
+    /// engine does) for a per-sequence context.
+    pub positions: u32,
+    /// Sequence ids are `0..n_seq_max`.
+    pub n_seq_max: u32,
+    /// Token ids are `0..vocab_size`.
+    pub vocab_size: u32,
+}
+
+/// The checks every `Context::decode` owes the host before its engine sees a batch: not
+/// empty, at most `n_batch` entries, and every token, position and sequence id in range.
+/// Each failure is an [`ErrorKind::InvalidInput`] naming the entry. Engine-specific rules
+/// (positions continuing each sequence, room in the cache) stay with the engine.
+pub fn check_batch(batch: &[BatchEntry], limits: &BatchLimits) -> Result<(), BackendError> {
+    if batch.is_empty() {
+        return Err(BackendError::invalid("cannot decode an empty batch"));
+    }
+    if batch.len() > limits.n_batch as usize {
+        return Err(BackendError::invalid(format!(
+            "batch of {} entries is larger than this context's n_batch of {}",
+            batch.len(),
+            limits.n_batch
+        )));
+    }
+    for (i, e) in batch.iter().enumerate() {
+        if e.token >= limits.vocab_size {
+            return Err(BackendError::invalid(format!(
+                "batch entry {i}: token {} is out of range (vocabulary size {})",
+                e.token, limits.vocab_size
+            )));
+        }
+        if e.seq >= limits.n_seq_max {
+            return Err(BackendError::invalid(format!(
+                "batch entry {i}: sequence id {} is out of range: this context has n_seq_max = {}",
+                e.seq, limits.n_seq_max
+            )));
+        }
+        if e.pos >= limits.positions {
+            return Err(BackendError::invalid(format!(
+                "batch entry {i}: position {} is out of range: a sequence of this context holds \
+                 {} positions",
+                e.pos, limits.positions
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()
@@ -301,7 +354,7 @@ pub fn __make_root(
 
 /// Exports a backend as a corral plugin. Use it once, at the root of a `cdylib` crate:
 ///
-/// ```ignore
+/// ```text
 /// corral_backend_api::export_plugin! {
 ///     name: "my-engine",
 ///     variant: "cpu",
@@ -359,4 +412,28 @@ macro_rules! export_plugin {
             }
         };
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_batch_names_the_bad_entry() {
+        let limits = BatchLimits { n_batch: 4, positions: 16, n_seq_max: 2, vocab_size: 100 };
+        let e = |token, pos, seq| BatchEntry { token, pos, seq, logits: false };
+        assert!(check_batch(&[e(1, 0, 0), e(99, 15, 1)], &limits).is_ok());
+        let cases: [(Vec<BatchEntry>, &str); 5] = [
+            (vec![], "empty batch"),
+            (vec![e(1, 0, 0); 5], "larger than this context's n_batch of 4"),
+            (vec![e(1, 0, 0), e(100, 1, 0)], "batch entry 1: token 100 is out of range"),
+            (vec![e(1, 0, 2)], "batch entry 0: sequence id 2 is out of range"),
+            (vec![e(1, 16, 0)], "batch entry 0: position 16 is out of range"),
+        ];
+        for (batch, want) in cases {
+            let err = check_batch(&batch, &limits).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::InvalidInput);
+            assert!(err.message.contains(want), "{} does not say {want:?}", err.message);
+        }
+    }
 }

@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use corral_backend_api::{BackendError, BatchEntry, ContextParams, ErrorKind, plugin::Context};
+use corral_backend_api::{
+    BackendError, BatchEntry, ContextParams, ErrorKind,
+    plugin::{BatchLimits, Context, check_batch},
+};
 
 use crate::forward::{Output, Profile, Scratch, forward};
 use crate::kv::{SeqCache, range};
@@ -116,32 +119,19 @@ impl CpuContext {
     }
 
     fn validate(&self, batch: &[BatchEntry]) -> Result<(), BackendError> {
-        if batch.is_empty() {
-            return Err(BackendError::invalid("cannot decode an empty batch"));
-        }
-        if batch.len() > self.params.n_batch as usize {
-            return Err(BackendError::invalid(format!(
-                "batch of {} entries is larger than this context's n_batch of {}",
-                batch.len(),
-                self.params.n_batch
-            )));
-        }
+        check_batch(
+            batch,
+            &BatchLimits {
+                n_batch: self.params.n_batch,
+                positions: self.params.n_ctx,
+                n_seq_max: self.params.n_seq_max,
+                vocab_size: self.model.hp.n_vocab as u32,
+            },
+        )?;
         let n_seq = self.params.n_seq_max as usize;
         // Per sequence: (count, min pos, max pos) of the batch's entries.
         let mut seen: Vec<(u32, u32, u32)> = vec![(0, u32::MAX, 0); n_seq];
-        for (i, e) in batch.iter().enumerate() {
-            self.model.check_token(e.token).map_err(|err| {
-                BackendError::invalid(format!("batch entry {i}: {}", err.message))
-            })?;
-            self.check_seq(e.seq).map_err(|err| {
-                BackendError::invalid(format!("batch entry {i}: {}", err.message))
-            })?;
-            if e.pos >= self.params.n_ctx {
-                return Err(BackendError::invalid(format!(
-                    "batch entry {i}: position {} is out of range: the context holds {} positions",
-                    e.pos, self.params.n_ctx
-                )));
-            }
+        for e in batch {
             let s = &mut seen[e.seq as usize];
             s.0 += 1;
             s.1 = s.1.min(e.pos);

@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use corral_backend_api::{BackendError, BatchEntry, ContextParams, ErrorKind, plugin::Context};
+use corral_backend_api::{
+    BackendError, BatchEntry, ContextParams, ErrorKind,
+    plugin::{BatchLimits, Context, check_batch},
+};
 use llama_cpp_sys_2 as sys;
 
 use crate::logging;
@@ -165,32 +168,15 @@ impl LlamaContext {
     }
 
     fn validate(&self, batch: &[BatchEntry]) -> Result<(), BackendError> {
-        if batch.is_empty() {
-            return Err(BackendError::invalid("cannot decode an empty batch"));
-        }
-        if batch.len() > self.params.n_batch as usize {
-            return Err(BackendError::invalid(format!(
-                "batch of {} entries is larger than this context's n_batch of {}",
-                batch.len(),
-                self.params.n_batch
-            )));
-        }
-        for (i, e) in batch.iter().enumerate() {
-            self.model.check_token(e.token).map_err(|err| {
-                BackendError::invalid(format!("batch entry {i}: {}", err.message))
-            })?;
-            self.check_seq(e.seq).map_err(|err| {
-                BackendError::invalid(format!("batch entry {i}: {}", err.message))
-            })?;
-            if e.pos >= self.n_ctx_seq {
-                return Err(BackendError::invalid(format!(
-                    "batch entry {i}: position {} is out of range: a sequence of this context \
-                     holds {} positions",
-                    e.pos, self.n_ctx_seq
-                )));
-            }
-        }
-        Ok(())
+        check_batch(
+            batch,
+            &BatchLimits {
+                n_batch: self.params.n_batch,
+                positions: self.n_ctx_seq,
+                n_seq_max: self.params.n_seq_max,
+                vocab_size: self.model.n_vocab,
+            },
+        )
     }
 }
 

@@ -15,7 +15,10 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use corral_backend_api::{BackendError, BatchEntry, ContextParams, ErrorKind};
+use corral_backend_api::{
+    BackendError, BatchEntry, ContextParams, ErrorKind,
+    plugin::{BatchLimits, check_batch},
+};
 use half::f16;
 use ort::session::SessionInputValue;
 use ort::value::{DynValue, TensorRef};
@@ -165,37 +168,15 @@ impl OnnxContext {
     }
 
     fn validate(&self, batch: &[BatchEntry]) -> Result<(), BackendError> {
-        if batch.is_empty() {
-            return Err(invalid("empty batch"));
-        }
-        if batch.len() > self.params.n_batch as usize {
-            return Err(invalid(format!(
-                "batch of {} entries is larger than n_batch {}",
-                batch.len(),
-                self.params.n_batch
-            )));
-        }
-        for (i, e) in batch.iter().enumerate() {
-            if e.token >= self.shared.vocab {
-                return Err(invalid(format!(
-                    "batch entry {i}: token {} is out of range (vocabulary size {})",
-                    e.token, self.shared.vocab
-                )));
-            }
-            if e.pos >= self.params.n_ctx {
-                return Err(invalid(format!(
-                    "batch entry {i}: position {} is out of range (n_ctx {})",
-                    e.pos, self.params.n_ctx
-                )));
-            }
-            if e.seq >= self.params.n_seq_max {
-                return Err(invalid(format!(
-                    "batch entry {i}: sequence {} is out of range (n_seq_max {})",
-                    e.seq, self.params.n_seq_max
-                )));
-            }
-        }
-        Ok(())
+        check_batch(
+            batch,
+            &BatchLimits {
+                n_batch: self.params.n_batch,
+                positions: self.params.n_ctx,
+                n_seq_max: self.params.n_seq_max,
+                vocab_size: self.shared.vocab,
+            },
+        )
     }
 
     fn decode_decoder(

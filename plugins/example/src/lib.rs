@@ -20,7 +20,7 @@ use corral_backend_api::{
     BackendError, BatchEntry, ContextParams, DeviceInfo, DeviceKind, ErrorKind, HostServices,
     ModelMetadata, ModelSpec, RString, RVec, SpecialTokens, Tuple2,
     abi_stable::std_types::ROption,
-    plugin::{Backend, Context, Model},
+    plugin::{Backend, BatchLimits, Context, Model, check_batch},
 };
 use serde::Deserialize;
 
@@ -244,31 +244,16 @@ impl Context for ExampleContext {
     }
 
     fn decode(&mut self, batch: &[BatchEntry]) -> Result<(), BackendError> {
-        if batch.is_empty() {
-            return Err(BackendError::invalid("empty batch"));
-        }
-        if batch.len() > self.params.n_batch as usize {
-            return Err(BackendError::invalid(format!(
-                "batch of {} entries exceeds n_batch {}",
-                batch.len(),
-                self.params.n_batch
-            )));
-        }
-        for e in batch {
-            if e.token >= VOCAB {
-                return Err(BackendError::invalid(format!(
-                    "token {} is out of range (vocab {VOCAB})",
-                    e.token
-                )));
-            }
-            if e.pos >= self.params.n_ctx {
-                return Err(BackendError::invalid(format!(
-                    "position {} is out of range (n_ctx {})",
-                    e.pos, self.params.n_ctx
-                )));
-            }
-            self.seq(e.seq)?;
-        }
+        // The range checks every engine owes the host, from corral-backend-api.
+        check_batch(
+            batch,
+            &BatchLimits {
+                n_batch: self.params.n_batch,
+                positions: self.params.n_ctx,
+                n_seq_max: self.params.n_seq_max,
+                vocab_size: VOCAB,
+            },
+        )?;
         let new = batch.iter().filter(|e| !self.seqs[e.seq as usize].contains_key(&e.pos)).count();
         if self.used() + new > self.params.n_ctx as usize {
             return Err(BackendError::new(
