@@ -112,6 +112,19 @@ pub struct BatchLimits {
     pub vocab_size: u32,
 }
 
+impl BatchLimits {
+    /// The limits of a context made with `params` (each sequence may use all of `n_ctx`)
+    /// over a vocabulary of `vocab_size` tokens.
+    pub fn for_context(params: &ContextParams, vocab_size: u32) -> BatchLimits {
+        BatchLimits {
+            n_batch: params.n_batch,
+            positions: params.n_ctx,
+            n_seq_max: params.n_seq_max,
+            vocab_size,
+        }
+    }
+}
+
 /// The checks every `Context::decode` owes the host before its engine sees a batch: not
 /// empty, at most `n_batch` entries, and every token, position and sequence id in range.
 /// Each failure is an [`ErrorKind::InvalidInput`] naming the entry. Engine-specific rules

@@ -119,15 +119,7 @@ impl CpuContext {
     }
 
     fn validate(&self, batch: &[BatchEntry]) -> Result<(), BackendError> {
-        check_batch(
-            batch,
-            &BatchLimits {
-                n_batch: self.params.n_batch,
-                positions: self.params.n_ctx,
-                n_seq_max: self.params.n_seq_max,
-                vocab_size: self.model.hp.n_vocab as u32,
-            },
-        )?;
+        check_batch(batch, &BatchLimits::for_context(&self.params, self.model.hp.n_vocab as u32))?;
         let n_seq = self.params.n_seq_max as usize;
         // Per sequence: (count, min pos, max pos) of the batch's entries.
         let mut seen: Vec<(u32, u32, u32)> = vec![(0, u32::MAX, 0); n_seq];

@@ -168,15 +168,11 @@ impl LlamaContext {
     }
 
     fn validate(&self, batch: &[BatchEntry]) -> Result<(), BackendError> {
-        check_batch(
-            batch,
-            &BatchLimits {
-                n_batch: self.params.n_batch,
-                positions: self.n_ctx_seq,
-                n_seq_max: self.params.n_seq_max,
-                vocab_size: self.model.n_vocab,
-            },
-        )
+        let limits = BatchLimits {
+            positions: self.n_ctx_seq,
+            ..BatchLimits::for_context(&self.params, self.model.n_vocab)
+        };
+        check_batch(batch, &limits)
     }
 }
 

@@ -168,15 +168,7 @@ impl OnnxContext {
     }
 
     fn validate(&self, batch: &[BatchEntry]) -> Result<(), BackendError> {
-        check_batch(
-            batch,
-            &BatchLimits {
-                n_batch: self.params.n_batch,
-                positions: self.params.n_ctx,
-                n_seq_max: self.params.n_seq_max,
-                vocab_size: self.shared.vocab,
-            },
-        )
+        check_batch(batch, &BatchLimits::for_context(&self.params, self.shared.vocab))
     }
 
     fn decode_decoder(

@@ -245,15 +245,7 @@ impl Context for ExampleContext {
 
     fn decode(&mut self, batch: &[BatchEntry]) -> Result<(), BackendError> {
         // The range checks every engine owes the host, from corral-backend-api.
-        check_batch(
-            batch,
-            &BatchLimits {
-                n_batch: self.params.n_batch,
-                positions: self.params.n_ctx,
-                n_seq_max: self.params.n_seq_max,
-                vocab_size: VOCAB,
-            },
-        )?;
+        check_batch(batch, &BatchLimits::for_context(&self.params, VOCAB))?;
         let new = batch.iter().filter(|e| !self.seqs[e.seq as usize].contains_key(&e.pos)).count();
         if self.used() + new > self.params.n_ctx as usize {
             return Err(BackendError::new(
