@@ -53,6 +53,7 @@
 
 pub mod context;
 pub mod detok;
+pub mod logprobs;
 pub mod options;
 pub mod sampler;
 pub mod stop;

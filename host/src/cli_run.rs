@@ -178,11 +178,12 @@ pub fn generate(
         cancel: Arc::new(AtomicBool::new(false)),
         submitted: Instant::now(),
         shift: true,
+        logprobs: None,
     })?;
     let mut text = String::new();
     while let Some(ev) = rx.blocking_recv() {
         match ev {
-            Event::PromptDone { .. } => {}
+            Event::PromptDone { .. } | Event::Logprob(_) => {}
             Event::Text(t) => {
                 out(&t);
                 text.push_str(&t);

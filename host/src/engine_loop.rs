@@ -19,6 +19,7 @@ use corral_backend_api::{BackendError, BatchEntry, ContextParams, ErrorKind};
 use corral_generation::{
     context::{DoneReason, effective_keep, length_limit, shift_discard},
     detok::Detokenizer,
+    logprobs::StepLogprobs,
     options::SamplingOptions,
     sampler::{Constraint, Sampler},
     stop::StopMatcher,
@@ -35,12 +36,27 @@ pub enum Event {
         /// Prompt tokens actually evaluated (after prefix reuse).
         evaluated: usize,
     },
+    /// The log-probability of a sampled token (requests that ask for logprobs), sent
+    /// before the text it produces.
+    Logprob(TokenLogprob),
     /// A piece of generated text (whole UTF-8 characters, stop strings withheld).
     Text(String),
     /// Generation finished.
     Done(Stats),
     /// Generation failed.
     Error(BackendError),
+}
+
+/// One sampled token's log-probability and the most likely alternatives, from the
+/// model's raw distribution (see `corral_generation::logprobs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// The token's bytes (a token may hold part of a UTF-8 character).
+    pub bytes: Vec<u8>,
+    /// Its log-probability.
+    pub logprob: f32,
+    /// The most likely tokens at that step: bytes and log-probability, most likely first.
+    pub top: Vec<(Vec<u8>, f32)>,
 }
 
 /// Counters of one finished request, in Ollama's terms.
@@ -81,6 +97,9 @@ pub struct Request {
     /// Whether a sequence that fills its window shifts (drops the older half after
     /// `num_keep`, as Ollama's `shift`, default on) instead of ending for length.
     pub shift: bool,
+    /// Send [`Event::Logprob`] for every sampled token, with this many alternatives
+    /// (at most 20); `None`: no log-probabilities.
+    pub logprobs: Option<u8>,
 }
 
 /// Sizes of the loop.
@@ -435,6 +454,11 @@ impl LoopState {
                 evaluated: job.stats.prompt_tokens - job.stats.cached_tokens,
             });
         }
+        // Log-probabilities come from the raw logits, before the sampler changes them.
+        let step_logprobs = job.req.logprobs.map(|n| {
+            let s = StepLogprobs::of(logits, usize::from(n.min(20)));
+            (s, logits.to_vec())
+        });
         let token = job.sampler.sample(logits, cached);
         if self.model.is_eog(token) {
             return Ok(Some(DoneReason::Stop));
@@ -442,6 +466,18 @@ impl LoopState {
         job.stats.eval_count += 1;
         job.stats.tokens.push(token);
         let bytes = self.model.token_bytes(token)?;
+        if let Some((s, raw)) = step_logprobs {
+            let mut top = Vec::with_capacity(s.top.len());
+            for &(t, lp) in &s.top {
+                top.push((self.model.token_bytes(t)?, lp));
+            }
+            let logprob = s.logprob_of_logit(raw.get(token as usize).copied().unwrap_or(f32::NAN));
+            let _ = job.req.events.send(Event::Logprob(TokenLogprob {
+                bytes: bytes.clone(),
+                logprob,
+                top,
+            }));
+        }
         let text = job.detok.push(&bytes);
         let step = job.stop.push(&text);
         if !step.emit.is_empty() && job.req.events.send(Event::Text(step.emit)).is_err() {

@@ -141,6 +141,17 @@ def test_openai_tool_calls(ai):
     assert json.loads(call.function.arguments)["city"] in ("Paris", "Oslo")
 
 
+def test_logprobs(oc, ai):
+    r = ai.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}],
+                                   max_tokens=6, temperature=0, logprobs=True, top_logprobs=2)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens
+    assert all(t.logprob <= 0 and len(t.top_logprobs) == 2 for t in content)
+    g = oc.generate(model="tiny", prompt="Hi", logprobs=True, top_logprobs=1,
+                    options={"num_predict": 6, "temperature": 0})
+    assert len(g.logprobs) == g.eval_count
+
+
 def test_openai_embeddings_and_models(ai):
     r = ai.embeddings.create(model="tiny", input=["a", "b"])
     assert len(r.data) == 2 and len(r.data[0].embedding) > 0

@@ -570,6 +570,110 @@ fn tool_calls_in_the_output_come_back_as_tool_calls() {
 }
 
 #[test]
+fn logprobs_of_every_token_in_both_apis() {
+    let e = env();
+    let s = start(&e, &[]);
+    // Greedy without penalties: every sampled token is the most likely one.
+    let opts = json!({"temperature": 0, "repeat_penalty": 1, "num_predict": 12, "seed": 1});
+    let check = |entries: &[Value], top_n: usize| {
+        for t in entries {
+            let lp = t["logprob"].as_f64().unwrap();
+            assert!(lp <= 0.0, "{t}");
+            let top = t["top_logprobs"].as_array().unwrap();
+            assert_eq!(top.len(), top_n, "{t}");
+            assert!((top[0]["logprob"].as_f64().unwrap() - lp).abs() < 1e-5, "greedy: {t}");
+            assert!(top.windows(2).all(|w| w[0]["logprob"].as_f64() >= w[1]["logprob"].as_f64()));
+            let bytes: Vec<u8> =
+                t["bytes"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u8).collect();
+            assert_eq!(String::from_utf8_lossy(&bytes), t["token"].as_str().unwrap());
+        }
+    };
+    let (st, v) = post(
+        &s,
+        "/api/generate",
+        &json!({"model": e.model, "prompt": "hi", "stream": false, "logprobs": true,
+                "top_logprobs": 3, "options": opts}),
+    );
+    assert_eq!(st, 200, "{v}");
+    let entries = v["logprobs"].as_array().unwrap();
+    assert_eq!(entries.len() as u64, v["eval_count"].as_u64().unwrap(), "{v}");
+    check(entries, 3);
+    // Tokens may split a character: their bytes together make the text.
+    let bytes: Vec<u8> = entries
+        .iter()
+        .flat_map(|t| t["bytes"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u8))
+        .collect();
+    assert_eq!(String::from_utf8_lossy(&bytes), v["response"].as_str().unwrap());
+    // Streamed chat: the chunks' lists add up to every token.
+    let lines = ndjson_lines(
+        &s,
+        "/api/chat",
+        &json!({"model": e.model, "messages": [{"role": "user", "content": "hi"}],
+                "logprobs": true, "top_logprobs": 2, "options": opts}),
+    );
+    let streamed: Vec<Value> =
+        lines.iter().flat_map(|l| l["logprobs"].as_array().cloned().unwrap_or_default()).collect();
+    assert_eq!(streamed.len() as u64, lines.last().unwrap()["eval_count"].as_u64().unwrap());
+    check(&streamed, 2);
+    // Not asked for: no field.
+    let (_, v) = post(
+        &s,
+        "/api/generate",
+        &json!({"model": e.model, "prompt": "hi", "stream": false, "options": opts}),
+    );
+    assert!(v.get("logprobs").is_none(), "{v}");
+    // OpenAI chat and legacy completions.
+    let (st, v) = post(
+        &s,
+        "/v1/chat/completions",
+        &json!({"model": e.model, "messages": [{"role": "user", "content": "hi"}],
+                "logprobs": true, "top_logprobs": 2, "max_tokens": 8, "temperature": 0}),
+    );
+    assert_eq!(st, 200, "{v}");
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(content.len() as u64, v["usage"]["completion_tokens"].as_u64().unwrap());
+    let (st, v) = post(
+        &s,
+        "/v1/completions",
+        &json!({"model": e.model, "prompt": "hi", "logprobs": 2, "max_tokens": 8,
+                "temperature": 0}),
+    );
+    assert_eq!(st, 200, "{v}");
+    let lp = &v["choices"][0]["logprobs"];
+    let n = v["usage"]["completion_tokens"].as_u64().unwrap() as usize;
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), n, "{lp}");
+    assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), n, "{lp}");
+    assert_eq!(lp["text_offset"][0], 0);
+    // Keyed by text: two alternatives that print the same share one key.
+    assert!((1..=2).contains(&lp["top_logprobs"][0].as_object().unwrap().len()), "{lp}");
+    // Bad requests.
+    for (path, body, says) in [
+        (
+            "/api/generate",
+            json!({"model": e.model, "prompt": "hi", "logprobs": true,
+                                 "top_logprobs": 21}),
+            "between 0 and 20",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": e.model, "top_logprobs": 2,
+            "messages": [{"role": "user", "content": "hi"}]}),
+            "needs logprobs: true",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": e.model, "logit_bias": {"5": 10},
+            "messages": [{"role": "user", "content": "hi"}]}),
+            "logit_bias is not supported",
+        ),
+    ] {
+        let (st, v) = post(&s, path, &body);
+        assert_eq!(st, 400, "{path}: {v}");
+        assert!(v.to_string().contains(says), "{path}: {v}");
+    }
+}
+
+#[test]
 fn a_client_that_disconnects_frees_its_slot() {
     let e = env();
     let s = start(&e, &[("CORRAL_NUM_PARALLEL", "1"), ("CORRAL_CONTEXT_LENGTH", "100000")]);

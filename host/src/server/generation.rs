@@ -23,7 +23,7 @@ use super::{
     util::ApiError,
 };
 use crate::{
-    engine_loop::{Event, Request, Stats},
+    engine_loop::{Event, Request, Stats, TokenLogprob},
     prompt::Message,
 };
 
@@ -62,6 +62,8 @@ pub struct Running {
     tools: Option<ToolCallParser>,
     /// Pieces decided but not yet returned.
     pending: std::collections::VecDeque<Piece>,
+    /// Log-probabilities of tokens sampled since the last [`Running::take_logprobs`].
+    logprobs: Vec<TokenLogprob>,
 }
 
 /// One item of a generation's output.
@@ -85,6 +87,12 @@ impl Running {
         self
     }
 
+    /// The log-probabilities of the tokens sampled so far and not yet taken (requests
+    /// that asked for them); take them when sending the text the tokens produced.
+    pub fn take_logprobs(&mut self) -> Vec<TokenLogprob> {
+        std::mem::take(&mut self.logprobs)
+    }
+
     /// The next piece; `None` after `Done`/`Error`.
     pub async fn next(&mut self) -> Option<Piece> {
         if let Some(p) = self.pending.pop_front() {
@@ -101,6 +109,10 @@ impl Running {
             };
             match ev {
                 Event::PromptDone { .. } => continue,
+                Event::Logprob(lp) => {
+                    self.logprobs.push(lp);
+                    continue;
+                }
                 Event::Text(t) => {
                     if self.first {
                         self.first = false;
@@ -175,6 +187,8 @@ pub struct GenRequest {
     pub prompt: PromptSpec,
     /// Shift the context when a sequence fills it (Ollama's `shift`, default true).
     pub shift: bool,
+    /// Log-probabilities with this many alternatives per token (`None`: none).
+    pub logprobs: Option<u8>,
 }
 
 /// Starts a generation.
@@ -184,7 +198,7 @@ pub async fn start(state: &Arc<AppState>, req: GenRequest) -> Result<Running, Ap
     let (guard, load) = state.sched.acquire(&req.model, req.keep_alive).await?;
     let loaded = guard.loaded.clone();
     let model_name = req.model.name.clone();
-    let shift = req.shift;
+    let (shift, logprobs) = (req.shift, req.logprobs);
     let state2 = state.clone();
     // Tokenizing and the token table touch the plugin: keep them off the async threads.
     let (prompt, constraint, options) = tokio::task::spawn_blocking(move || {
@@ -202,6 +216,7 @@ pub async fn start(state: &Arc<AppState>, req: GenRequest) -> Result<Running, Ap
             cancel: state2.cancel_all.clone(),
             submitted: Instant::now(),
             shift,
+            logprobs,
         },
         state2.sched.settings.max_queue,
     )?;
@@ -216,6 +231,7 @@ pub async fn start(state: &Arc<AppState>, req: GenRequest) -> Result<Running, Ap
         first: true,
         tools: None,
         pending: Default::default(),
+        logprobs: Vec::new(),
     })
 }
 

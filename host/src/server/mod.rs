@@ -19,6 +19,7 @@
 //! running requests a grace period (`CORRAL_SHUTDOWN_GRACE`, 10 s) and then cancel them.
 
 pub mod generation;
+pub mod logprobs;
 pub mod metrics;
 pub mod ollama;
 pub mod openai;

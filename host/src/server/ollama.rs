@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use super::{
     AppState,
     generation::{self, GenRequest, Piece, PromptSpec, Running, evaluated},
+    logprobs,
     scheduler::ModelRef,
     util::{ApiError, nanos, now_rfc3339, parse_body, parse_keep_alive, rfc3339},
 };
@@ -158,7 +159,8 @@ pub async fn generate(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req: GenerateRequest = parse_body(&body)?;
-    let _ = (&req.images, &req.think, &req.truncate, &req.logprobs, &req.top_logprobs);
+    let _ = (&req.images, &req.think, &req.truncate);
+    let logprobs = logprobs::requested(req.logprobs, req.top_logprobs, false)?;
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::bad_request("suffix (fill-in-the-middle) is not supported yet"));
     }
@@ -185,29 +187,34 @@ pub async fn generate(
             grammar,
             prompt: spec,
             shift: req.shift.unwrap_or(true),
+            logprobs,
         },
     )
     .await?;
     if req.stream == Some(false) {
-        let (text, _, s, r) = running.collect().await?;
+        let (text, _, s, mut r) = running.collect().await?;
         let mut v =
             json!({"model": r.model, "created_at": now_rfc3339(), "response": text, "done": true});
         final_fields(&mut v, &s, &r);
+        with_logprobs(&mut v, &mut r, logprobs.is_some());
         let mut ctx = r.prompt.clone();
         ctx.extend(&s.tokens);
         v["context"] = json!(ctx);
         return Ok(axum::Json(v).into_response());
     }
-    Ok(ndjson(stream::unfold(Some(running), |r| async move {
+    let wanted = logprobs.is_some();
+    Ok(ndjson(stream::unfold(Some(running), move |r| async move {
         let mut r = r?;
         match r.next().await {
-            Some(Piece::Text(t)) => Some((
-                json!({"model": r.model, "created_at": now_rfc3339(), "response": t, "done": false}),
-                Some(r),
-            )),
+            Some(Piece::Text(t)) => {
+                let mut v = json!({"model": r.model, "created_at": now_rfc3339(), "response": t, "done": false});
+                with_logprobs(&mut v, &mut r, wanted);
+                Some((v, Some(r)))
+            }
             Some(Piece::Done(s)) => {
                 let mut v = json!({"model": r.model, "created_at": now_rfc3339(), "response": "", "done": true});
                 final_fields(&mut v, &s, &r);
+                with_logprobs(&mut v, &mut r, wanted);
                 let mut ctx = r.prompt.clone();
                 ctx.extend(&s.tokens);
                 v["context"] = json!(ctx);
@@ -222,6 +229,13 @@ pub async fn generate(
             None => None,
         }
     })))
+}
+
+/// Adds the log-probabilities of the tokens since the last chunk, when asked for.
+fn with_logprobs(v: &mut Value, r: &mut Running, wanted: bool) {
+    if wanted {
+        v["logprobs"] = logprobs::entries(&r.take_logprobs());
+    }
 }
 
 /// Tool calls as Ollama answers them: `[{"function": {"index", "name", "arguments"}}]`.
@@ -248,7 +262,8 @@ fn check_messages(messages: &[Message]) -> Result<(), ApiError> {
 /// `POST /api/chat`.
 pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let req: ChatRequest = parse_body(&body)?;
-    let _ = (&req.think, &req.truncate, &req.logprobs, &req.top_logprobs);
+    let _ = (&req.think, &req.truncate);
+    let logprobs = logprobs::requested(req.logprobs, req.top_logprobs, false)?;
     let grammar = generation::grammar_of(req.format.as_ref())?;
     let keep_alive = keep_alive_of(&req.keep_alive)?;
     let messages = req.messages.clone().unwrap_or_default();
@@ -268,12 +283,13 @@ pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Res
             grammar,
             prompt: spec,
             shift: req.shift.unwrap_or(true),
+            logprobs,
         },
     )
     .await?
     .with_tools(tools.as_deref());
     if req.stream == Some(false) {
-        let (text, calls, s, r) = running.collect().await?;
+        let (text, calls, s, mut r) = running.collect().await?;
         let mut message = json!({"role": "assistant", "content": text});
         if !calls.is_empty() {
             message["tool_calls"] = ollama_tool_calls(&calls);
@@ -281,16 +297,19 @@ pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Res
         let mut v = json!({"model": r.model, "created_at": now_rfc3339(),
             "message": message, "done": true});
         final_fields(&mut v, &s, &r);
+        with_logprobs(&mut v, &mut r, logprobs.is_some());
         return Ok(axum::Json(v).into_response());
     }
-    Ok(ndjson(stream::unfold(Some(running), |r| async move {
+    let wanted = logprobs.is_some();
+    Ok(ndjson(stream::unfold(Some(running), move |r| async move {
         let mut r = r?;
         match r.next().await {
-            Some(Piece::Text(t)) => Some((
-                json!({"model": r.model, "created_at": now_rfc3339(),
-                    "message": {"role": "assistant", "content": t}, "done": false}),
-                Some(r),
-            )),
+            Some(Piece::Text(t)) => {
+                let mut v = json!({"model": r.model, "created_at": now_rfc3339(),
+                    "message": {"role": "assistant", "content": t}, "done": false});
+                with_logprobs(&mut v, &mut r, wanted);
+                Some((v, Some(r)))
+            }
             Some(Piece::ToolCalls(calls)) => Some((
                 json!({"model": r.model, "created_at": now_rfc3339(),
                     "message": {"role": "assistant", "content": "",
@@ -301,6 +320,7 @@ pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Res
                 let mut v = json!({"model": r.model, "created_at": now_rfc3339(),
                     "message": {"role": "assistant", "content": ""}, "done": true});
                 final_fields(&mut v, &s, &r);
+                with_logprobs(&mut v, &mut r, wanted);
                 Some((v, None))
             }
             Some(Piece::Error(e)) => Some((json!({"error": e.message}), None)),

@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 use super::{
     AppState,
     generation::{self, GenRequest, Piece, PromptSpec, Running},
+    logprobs,
     structured::Grammar,
     util::{ApiError, base64, parse_body, unix_now},
 };
@@ -315,6 +316,35 @@ struct SseState {
     sent_role: bool,
     /// The model called tools: the finish reason is `tool_calls`.
     called_tools: bool,
+    /// Log-probabilities asked for: chunks carry those of their tokens.
+    logprobs: bool,
+    /// Characters streamed so far (`text_offset` of the legacy completions form).
+    offset: usize,
+}
+
+/// The `logprobs` of a chunk or answer: chat's `{content: [...]}` or completions'
+/// legacy form; `null` when not asked for.
+fn logprobs_value(r: Option<&mut Running>, wanted: bool, chat: bool, offset: usize) -> Value {
+    match r {
+        Some(r) if wanted => {
+            let lps = r.take_logprobs();
+            if chat {
+                json!({"content": logprobs::entries(&lps)})
+            } else {
+                logprobs::legacy(&lps, offset)
+            }
+        }
+        _ => Value::Null,
+    }
+}
+
+/// `logit_bias` is not applied by corral's sampler: refuse it rather than ignore it.
+fn refuse_logit_bias(bias: Option<&Value>) -> Result<(), ApiError> {
+    match bias {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::Object(m)) if m.is_empty() => Ok(()),
+        Some(_) => Err(ApiError::bad_request("logit_bias is not supported")),
+    }
 }
 
 /// Tool calls as OpenAI answers them (arguments as a JSON string); `index` for stream
@@ -353,7 +383,12 @@ fn chunk(st: &SseState, delta_text: Option<&str>, finish: Option<&str>) -> Value
     }
 }
 
-fn stream_response(running: Running, chat: bool, include_usage: bool) -> Response {
+fn stream_response(
+    running: Running,
+    chat: bool,
+    include_usage: bool,
+    wanted_logprobs: bool,
+) -> Response {
     let st = SseState {
         r: Some(running),
         id: new_id(if chat { "chatcmpl" } else { "cmpl" }),
@@ -363,6 +398,8 @@ fn stream_response(running: Running, chat: bool, include_usage: bool) -> Respons
         queue: Default::default(),
         sent_role: false,
         called_tools: false,
+        logprobs: wanted_logprobs,
+        offset: 0,
     };
     sse(stream::unfold(st, |mut st| async move {
         if let Some(line) = st.queue.pop_front() {
@@ -371,9 +408,12 @@ fn stream_response(running: Running, chat: bool, include_usage: bool) -> Respons
         let r = st.r.as_mut()?;
         match r.next().await {
             Some(Piece::Text(t)) => {
-                let line = data(&chunk(&st, Some(&t), None));
+                let mut v = chunk(&st, Some(&t), None);
+                v["choices"][0]["logprobs"] =
+                    logprobs_value(st.r.as_mut(), st.logprobs, st.chat, st.offset);
+                st.offset += t.chars().count();
                 st.sent_role = true;
-                Some((line, st))
+                Some((data(&v), st))
             }
             Some(Piece::ToolCalls(calls)) => {
                 let mut v = chunk(&st, None, None);
@@ -384,7 +424,9 @@ fn stream_response(running: Running, chat: bool, include_usage: bool) -> Respons
             }
             Some(Piece::Done(s)) => {
                 let reason = if st.called_tools { "tool_calls" } else { finish_reason(&s) };
-                let last = chunk(&st, None, Some(reason));
+                let mut last = chunk(&st, None, Some(reason));
+                last["choices"][0]["logprobs"] =
+                    logprobs_value(st.r.as_mut(), st.logprobs, st.chat, st.offset);
                 if st.usage {
                     let model = st.r.as_ref().map(|r| r.model.clone()).unwrap_or_default();
                     let object = if st.chat { "chat.completion.chunk" } else { "text_completion" };
@@ -410,16 +452,10 @@ fn stream_response(running: Running, chat: bool, include_usage: bool) -> Respons
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> OaiResult {
     let req: ChatCompletionRequest = parse_body(&body)?;
-    let _ =
-        (&req.tool_choice, &req.parallel_tool_calls, &req.user, &req.logprobs, &req.top_logprobs);
-    let _ = (
-        &req.logit_bias,
-        &req.metadata,
-        &req.store,
-        &req.service_tier,
-        &req.reasoning_effort,
-        &req.modalities,
-    );
+    let _ = (&req.parallel_tool_calls, &req.user);
+    let logprobs = logprobs::requested(req.logprobs, req.top_logprobs, true)?;
+    refuse_logit_bias(req.logit_bias.as_ref())?;
+    let _ = (&req.metadata, &req.store, &req.service_tier, &req.reasoning_effort, &req.modalities);
     if req.n.is_some_and(|n| n != 1) {
         return Err(ApiError::bad_request("n must be 1").into());
     }
@@ -454,6 +490,7 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -
             options: Some(options),
             grammar,
             shift: true,
+            logprobs,
             prompt: PromptSpec::Chat { messages, tools: tools.clone() },
         },
     )
@@ -461,9 +498,10 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -
     .with_tools(tools.as_deref().filter(|_| parse_tools));
     if req.stream == Some(true) {
         let include = req.stream_options.clone().unwrap_or_default().include_usage;
-        return Ok(stream_response(running, true, include));
+        return Ok(stream_response(running, true, include, logprobs.is_some()));
     }
-    let (text, calls, s, r) = running.collect().await?;
+    let (text, calls, s, mut r) = running.collect().await?;
+    let lp = logprobs_value(Some(&mut r), logprobs.is_some(), true, 0);
     let (message, reason) = if calls.is_empty() {
         (json!({"role": "assistant", "content": text}), finish_reason(&s))
     } else {
@@ -481,7 +519,7 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -
         "model": r.model,
         "system_fingerprint": "fp_corral",
         "choices": [{"index": 0, "message": message,
-                     "logprobs": null, "finish_reason": reason}],
+                     "logprobs": lp, "finish_reason": reason}],
         "usage": usage(&s),
     }))
     .into_response())
@@ -490,10 +528,15 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -
 /// `POST /v1/completions`.
 pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> OaiResult {
     let req: CompletionRequest = parse_body(&body)?;
-    let _ = (&req.user, &req.logprobs, &req.logit_bias, &req.best_of);
+    let _ = &req.user;
     if req.n.is_some_and(|n| n != 1) {
         return Err(ApiError::bad_request("n must be 1").into());
     }
+    if req.best_of.is_some_and(|n| n != 1) {
+        return Err(ApiError::bad_request("best_of must be 1").into());
+    }
+    refuse_logit_bias(req.logit_bias.as_ref())?;
+    let logprobs = logprobs::requested(req.logprobs.map(|_| true), req.logprobs, false)?;
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::bad_request("suffix is not supported").into());
     }
@@ -530,6 +573,7 @@ pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Oai
             options: Some(options),
             grammar: None,
             shift: true,
+            logprobs,
             prompt: PromptSpec::Completion {
                 prompt: prompt.clone(),
                 system: None,
@@ -542,16 +586,18 @@ pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Oai
     .await?;
     if req.stream == Some(true) {
         let include = req.stream_options.clone().unwrap_or_default().include_usage;
-        return Ok(stream_response(running, false, include));
+        return Ok(stream_response(running, false, include, logprobs.is_some()));
     }
-    let (text, _, s, r) = running.collect().await?;
+    let (text, _, s, mut r) = running.collect().await?;
+    let echoed = if req.echo == Some(true) { prompt.chars().count() } else { 0 };
+    let lp = logprobs_value(Some(&mut r), logprobs.is_some(), false, echoed);
     let text = if req.echo == Some(true) { format!("{prompt}{text}") } else { text };
     Ok(axum::Json(json!({
         "id": new_id("cmpl"),
         "object": "text_completion",
         "created": unix_now(),
         "model": r.model,
-        "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason(&s)}],
+        "choices": [{"index": 0, "text": text, "logprobs": lp, "finish_reason": finish_reason(&s)}],
         "usage": usage(&s),
     }))
     .into_response())
