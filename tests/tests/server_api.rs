@@ -674,6 +674,27 @@ fn logprobs_of_every_token_in_both_apis() {
 }
 
 #[test]
+fn a_prompt_over_the_window_is_truncated_or_refused_as_asked() {
+    let e = env();
+    let s = start(&e, &[("CORRAL_CONTEXT_LENGTH", "32")]);
+    let long = "word ".repeat(100);
+    let body = |truncate: Option<bool>| {
+        let mut b = json!({"model": e.model, "prompt": long, "raw": true, "stream": false,
+                           "options": {"num_predict": 2}});
+        if let Some(t) = truncate {
+            b["truncate"] = json!(t);
+        }
+        b
+    };
+    let (st, v) = post(&s, "/api/generate", &body(None));
+    assert_eq!(st, 200, "{v}");
+    assert!(v["prompt_eval_count"].as_u64().unwrap() < 32, "{v}");
+    let (st, v) = post(&s, "/api/generate", &body(Some(false)));
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("context window"), "{v}");
+}
+
+#[test]
 fn a_client_that_disconnects_frees_its_slot() {
     let e = env();
     let s = start(&e, &[("CORRAL_NUM_PARALLEL", "1"), ("CORRAL_CONTEXT_LENGTH", "100000")]);

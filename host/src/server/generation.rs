@@ -189,6 +189,9 @@ pub struct GenRequest {
     pub shift: bool,
     /// Log-probabilities with this many alternatives per token (`None`: none).
     pub logprobs: Option<u8>,
+    /// A prompt longer than the window keeps its start and end (`true`, Ollama's
+    /// default) or is refused with 400 (`"truncate": false`).
+    pub truncate: bool,
 }
 
 /// Starts a generation.
@@ -199,10 +202,11 @@ pub async fn start(state: &Arc<AppState>, req: GenRequest) -> Result<Running, Ap
     let loaded = guard.loaded.clone();
     let model_name = req.model.name.clone();
     let (shift, logprobs) = (req.shift, req.logprobs);
+    let policy = if req.truncate { ContextPolicy::Truncate } else { ContextPolicy::Refuse };
     let state2 = state.clone();
     // Tokenizing and the token table touch the plugin: keep them off the async threads.
     let (prompt, constraint, options) = tokio::task::spawn_blocking(move || {
-        build(&loaded, &req.model, req.prompt, req.grammar, options)
+        build(&loaded, &req.model, req.prompt, req.grammar, options, policy)
     })
     .await
     .map_err(|e| ApiError::internal(format!("prompt task failed: {e}")))??;
@@ -243,6 +247,7 @@ fn build(
     spec: PromptSpec,
     grammar: Option<Arc<Grammar>>,
     options: SamplingOptions,
+    policy: ContextPolicy,
 ) -> Result<Built, ApiError> {
     let m = &loaded.model;
     let bad = |e: anyhow::Error| ApiError::bad_request(format!("{e:#}"));
@@ -278,14 +283,9 @@ fn build(
             tokens
         }
     };
-    let tokens = fit_prompt(
-        &tokens,
-        loaded.num_ctx as usize,
-        options.num_keep,
-        options.num_predict,
-        ContextPolicy::Truncate,
-    )
-    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let tokens =
+        fit_prompt(&tokens, loaded.num_ctx as usize, options.num_keep, options.num_predict, policy)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
     if tokens.is_empty() {
         return Err(ApiError::bad_request("the prompt is empty after tokenization"));
     }

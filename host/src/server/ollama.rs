@@ -159,7 +159,7 @@ pub async fn generate(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req: GenerateRequest = parse_body(&body)?;
-    let _ = (&req.images, &req.think, &req.truncate);
+    let _ = (&req.images, &req.think);
     let logprobs = logprobs::requested(req.logprobs, req.top_logprobs, false)?;
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::bad_request("suffix (fill-in-the-middle) is not supported yet"));
@@ -188,6 +188,7 @@ pub async fn generate(
             prompt: spec,
             shift: req.shift.unwrap_or(true),
             logprobs,
+            truncate: req.truncate.unwrap_or(true),
         },
     )
     .await?;
@@ -262,7 +263,7 @@ fn check_messages(messages: &[Message]) -> Result<(), ApiError> {
 /// `POST /api/chat`.
 pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let req: ChatRequest = parse_body(&body)?;
-    let _ = (&req.think, &req.truncate);
+    let _ = &req.think;
     let logprobs = logprobs::requested(req.logprobs, req.top_logprobs, false)?;
     let grammar = generation::grammar_of(req.format.as_ref())?;
     let keep_alive = keep_alive_of(&req.keep_alive)?;
@@ -284,6 +285,7 @@ pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Res
             prompt: spec,
             shift: req.shift.unwrap_or(true),
             logprobs,
+            truncate: req.truncate.unwrap_or(true),
         },
     )
     .await?

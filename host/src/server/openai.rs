@@ -490,6 +490,7 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -
             options: Some(options),
             grammar,
             shift: true,
+            truncate: true,
             logprobs,
             prompt: PromptSpec::Chat { messages, tools: tools.clone() },
         },
@@ -573,6 +574,7 @@ pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Oai
             options: Some(options),
             grammar: None,
             shift: true,
+            truncate: true,
             logprobs,
             prompt: PromptSpec::Completion {
                 prompt: prompt.clone(),
