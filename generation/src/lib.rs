@@ -58,6 +58,7 @@ pub mod options;
 pub mod sampler;
 pub mod stop;
 pub mod template;
+pub mod thinking;
 pub mod toolcall;
 
 pub use context::{

@@ -695,6 +695,46 @@ fn a_prompt_over_the_window_is_truncated_or_refused_as_asked() {
 }
 
 #[test]
+fn thinking_is_split_out_for_thinking_templates_and_refused_for_others() {
+    let e = env();
+    let s = start(&e, &[]);
+    let chat = |think: Value| {
+        json!({"model": e.model, "messages": [{"role": "user", "content": "hi"}],
+               "think": think, "stream": false, "options": {"num_predict": 6, "seed": 2}})
+    };
+    // The toy model's template does not think: as Ollama, 400 for think: true.
+    let (st, v) = post(&s, "/api/chat", &chat(json!(true)));
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("does not support thinking"), "{v}");
+    let (st, v) = post(&s, "/api/chat", &chat(json!("sideways")));
+    assert_eq!(st, 400, "{v}");
+    let (st, v) = post(&s, "/api/chat", &chat(json!(false)));
+    assert_eq!(st, 200, "{v}");
+    assert!(v["message"].get("thinking").is_none(), "{v}");
+    // A (Go) template that opens a <think> block: the whole output is thinking, unless
+    // think is false.
+    let generate = |think: Option<bool>, stream: bool| {
+        let mut b = json!({"model": e.model, "prompt": "hi", "stream": stream,
+            "template": "{{ .Prompt }}<think>", "options": {"num_predict": 6, "seed": 2}});
+        if let Some(t) = think {
+            b["think"] = json!(t);
+        }
+        b
+    };
+    let (st, v) = post(&s, "/api/generate", &generate(None, false));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["response"], "", "{v}");
+    let thinking = v["thinking"].as_str().unwrap().to_string();
+    assert!(!thinking.is_empty(), "{v}");
+    let lines = ndjson_lines(&s, "/api/generate", &generate(Some(true), true));
+    let streamed: String = lines.iter().filter_map(|l| l["thinking"].as_str()).collect();
+    assert_eq!(streamed, thinking, "{lines:?}");
+    let (_, v) = post(&s, "/api/generate", &generate(Some(false), false));
+    assert_eq!(v["response"].as_str().unwrap(), thinking, "think: false leaves it as content");
+    assert!(v.get("thinking").is_none(), "{v}");
+}
+
+#[test]
 fn a_client_that_disconnects_frees_its_slot() {
     let e = env();
     let s = start(&e, &[("CORRAL_NUM_PARALLEL", "1"), ("CORRAL_CONTEXT_LENGTH", "100000")]);

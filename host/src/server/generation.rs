@@ -11,6 +11,7 @@ use corral_generation::{
     context::{ContextPolicy, fit_prompt},
     options::SamplingOptions,
     sampler::Constraint,
+    thinking::{ThinkingParser, template_thinks},
     toolcall::{ToolCall, ToolCallParser},
 };
 use serde_json::Value;
@@ -58,6 +59,8 @@ pub struct Running {
     pub model: String,
     state: Arc<AppState>,
     first: bool,
+    /// Set for thinking models: splits `<think>` blocks from the answer.
+    thinking: Option<ThinkingParser>,
     /// Set for chats that offer tools: holds back and parses tool calls.
     tools: Option<ToolCallParser>,
     /// Pieces decided but not yet returned.
@@ -70,6 +73,8 @@ pub struct Running {
 pub enum Piece {
     /// Text.
     Text(String),
+    /// Thinking text (models whose template thinks, unless `think: false`).
+    Thinking(String),
     /// Tool calls the model made (chats that offer tools; before `Done`).
     ToolCalls(Vec<ToolCall>),
     /// The end, with counters.
@@ -118,14 +123,27 @@ impl Running {
                         self.first = false;
                         self.state.metrics.ttft(self.started.elapsed().as_secs_f64());
                     }
+                    let t = match &mut self.thinking {
+                        Some(parser) => {
+                            let split = parser.push(&t);
+                            if !split.thinking.is_empty() {
+                                self.pending.push_back(Piece::Thinking(split.thinking));
+                            }
+                            split.content
+                        }
+                        None => t,
+                    };
                     let t = match &mut self.tools {
                         Some(parser) => parser.push(&t),
                         None => t,
                     };
-                    if t.is_empty() {
-                        continue;
+                    if !t.is_empty() {
+                        self.pending.push_back(Piece::Text(t));
                     }
-                    return Some(Piece::Text(t));
+                    match self.pending.pop_front() {
+                        Some(p) => return Some(p),
+                        None => continue,
+                    }
                 }
                 Event::Done(s) => {
                     self.state.metrics.generation(
@@ -133,7 +151,19 @@ impl Running {
                         s.eval_count,
                         s.eval,
                     );
-                    if let Some(parser) = self.tools.take() {
+                    let mut tail = String::new();
+                    if let Some(parser) = self.thinking.take() {
+                        let split = parser.finish();
+                        if !split.thinking.is_empty() {
+                            self.pending.push_back(Piece::Thinking(split.thinking));
+                        }
+                        tail = split.content;
+                    }
+                    if let Some(mut parser) = self.tools.take() {
+                        let streamed = parser.push(&tail);
+                        if !streamed.is_empty() {
+                            self.pending.push_back(Piece::Text(streamed));
+                        }
                         let (rest, calls) = parser.finish();
                         if !rest.is_empty() {
                             self.pending.push_back(Piece::Text(rest));
@@ -141,30 +171,47 @@ impl Running {
                         if !calls.is_empty() {
                             self.pending.push_back(Piece::ToolCalls(calls));
                         }
-                        self.pending.push_back(Piece::Done(s));
-                        return self.pending.pop_front();
+                    } else if !tail.is_empty() {
+                        self.pending.push_back(Piece::Text(tail));
                     }
-                    return Some(Piece::Done(s));
+                    self.pending.push_back(Piece::Done(s));
+                    return self.pending.pop_front();
                 }
                 Event::Error(e) => return Some(Piece::Error(ApiError::from(e))),
             }
         }
     }
 
-    /// Collects everything: the text, the tool calls and the stats.
-    pub async fn collect(mut self) -> Result<(String, Vec<ToolCall>, Stats, Running), ApiError> {
-        let mut text = String::new();
-        let mut calls = Vec::new();
+    /// Collects everything: the text, thinking, tool calls and the stats.
+    pub async fn collect(mut self) -> Result<(Collected, Running), ApiError> {
+        let mut c = Collected::default();
         while let Some(p) = self.next().await {
             match p {
-                Piece::Text(t) => text.push_str(&t),
-                Piece::ToolCalls(c) => calls.extend(c),
-                Piece::Done(s) => return Ok((text, calls, s, self)),
+                Piece::Text(t) => c.text.push_str(&t),
+                Piece::Thinking(t) => c.thinking.push_str(&t),
+                Piece::ToolCalls(calls) => c.calls.extend(calls),
+                Piece::Done(s) => {
+                    c.stats = s;
+                    return Ok((c, self));
+                }
                 Piece::Error(e) => return Err(e),
             }
         }
         Err(ApiError::internal("the engine stopped before the answer was complete"))
     }
+}
+
+/// A whole answer, for `stream: false`.
+#[derive(Debug, Default)]
+pub struct Collected {
+    /// The answer.
+    pub text: String,
+    /// Its thinking (thinking models).
+    pub thinking: String,
+    /// Tool calls (chats that offer tools).
+    pub calls: Vec<ToolCall>,
+    /// Counters.
+    pub stats: Stats,
 }
 
 /// Prompt tokens evaluated as reported in `prompt_eval_count`: the tokens actually run
@@ -192,6 +239,10 @@ pub struct GenRequest {
     /// A prompt longer than the window keeps its start and end (`true`, Ollama's
     /// default) or is refused with 400 (`"truncate": false`).
     pub truncate: bool,
+    /// Ollama's `think`: `Some(true)` asks for thinking (400 for a model that does not
+    /// think), `Some(false)` leaves `<think>` blocks in the content, `None` splits them
+    /// out for a thinking model.
+    pub think: Option<bool>,
 }
 
 /// Starts a generation.
@@ -205,11 +256,17 @@ pub async fn start(state: &Arc<AppState>, req: GenRequest) -> Result<Running, Ap
     let policy = if req.truncate { ContextPolicy::Truncate } else { ContextPolicy::Refuse };
     let state2 = state.clone();
     // Tokenizing and the token table touch the plugin: keep them off the async threads.
-    let (prompt, constraint, options) = tokio::task::spawn_blocking(move || {
+    let think = req.think;
+    let built = tokio::task::spawn_blocking(move || {
         build(&loaded, &req.model, req.prompt, req.grammar, options, policy)
     })
     .await
     .map_err(|e| ApiError::internal(format!("prompt task failed: {e}")))??;
+    let Built { tokens: prompt, constraint, options, thinks, opens_think } = built;
+    if think == Some(true) && !thinks {
+        return Err(ApiError::bad_request(format!("\"{model_name}\" does not support thinking")));
+    }
+    let thinking = (thinks && think != Some(false)).then(|| ThinkingParser::new(opens_think));
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     guard.loaded.submit(
         Request {
@@ -233,13 +290,23 @@ pub async fn start(state: &Arc<AppState>, req: GenRequest) -> Result<Running, Ap
         model: model_name,
         state: state2,
         first: true,
+        thinking,
         tools: None,
         pending: Default::default(),
         logprobs: Vec::new(),
     })
 }
 
-type Built = (Vec<u32>, Option<Box<dyn Constraint>>, SamplingOptions);
+/// A prompt ready for the engine loop.
+struct Built {
+    tokens: Vec<u32>,
+    constraint: Option<Box<dyn Constraint>>,
+    options: SamplingOptions,
+    /// The template is a thinking model's.
+    thinks: bool,
+    /// The rendered prompt ends inside an opened `<think>` block.
+    opens_think: bool,
+}
 
 fn build(
     loaded: &super::scheduler::Loaded,
@@ -251,6 +318,10 @@ fn build(
 ) -> Result<Built, ApiError> {
     let m = &loaded.model;
     let bad = |e: anyhow::Error| ApiError::bad_request(format!("{e:#}"));
+    // (thinks, opens_think) of the template used and the text it rendered.
+    let think_of =
+        |source: &str, text: &str| (template_thinks(source), text.trim_end().ends_with("<think>"));
+    let mut thinking = (false, false);
     let tokens = match spec {
         PromptSpec::Chat { mut messages, tools } => {
             if let Some(sys) = &model.system
@@ -260,6 +331,7 @@ fn build(
             }
             let text =
                 loaded.templater.render(&messages, None, tools.as_deref(), true).map_err(bad)?;
+            thinking = think_of(loaded.templater.template.source(), &text);
             loaded.templater.tokenize(m, &text).map_err(bad)?
         }
         PromptSpec::Completion { prompt, system, raw, context, template } => {
@@ -270,7 +342,11 @@ fn build(
                 let own;
                 let templater = match template.as_deref() {
                     Some(t) => {
-                        own = crate::prompt::Templater::with_source(m, Some(t)).map_err(bad)?;
+                        // Ollama's clients send Go templates: translate as for the store.
+                        let jinja = crate::gotemplate::prepare(t)
+                            .map_err(|e| ApiError::bad_request(format!("template: {e:#}")))?;
+                        own =
+                            crate::prompt::Templater::with_source(m, Some(&jinja)).map_err(bad)?;
                         &own
                     }
                     None => &loaded.templater,
@@ -278,6 +354,7 @@ fn build(
                 let system = system.or_else(|| model.system.clone());
                 let msgs = [Message::new("user", prompt)];
                 let text = templater.render(&msgs, system.as_deref(), None, true).map_err(bad)?;
+                thinking = think_of(templater.template.source(), &text);
                 tokens.extend(templater.tokenize(m, &text).map_err(bad)?);
             }
             tokens
@@ -293,7 +370,8 @@ fn build(
         Some(g) => Some(Box::new(JsonConstraint::new(g, loaded.token_table()?))),
         None => None,
     };
-    Ok((tokens, constraint, options))
+    let (thinks, opens_think) = thinking;
+    Ok(Built { tokens, constraint, options, thinks, opens_think })
 }
 
 /// Parses `format` (Ollama) into a grammar; 400 on an invalid schema.

@@ -159,7 +159,7 @@ pub async fn generate(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req: GenerateRequest = parse_body(&body)?;
-    let _ = (&req.images, &req.think);
+    let _ = &req.images;
     let logprobs = logprobs::requested(req.logprobs, req.top_logprobs, false)?;
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::bad_request("suffix (fill-in-the-middle) is not supported yet"));
@@ -189,13 +189,18 @@ pub async fn generate(
             shift: req.shift.unwrap_or(true),
             logprobs,
             truncate: req.truncate.unwrap_or(true),
+            think: think_of(&req.think)?,
         },
     )
     .await?;
     if req.stream == Some(false) {
-        let (text, _, s, mut r) = running.collect().await?;
-        let mut v =
-            json!({"model": r.model, "created_at": now_rfc3339(), "response": text, "done": true});
+        let (c, mut r) = running.collect().await?;
+        let s = c.stats;
+        let mut v = json!({"model": r.model, "created_at": now_rfc3339(), "response": c.text,
+            "done": true});
+        if !c.thinking.is_empty() {
+            v["thinking"] = json!(c.thinking);
+        }
         final_fields(&mut v, &s, &r);
         with_logprobs(&mut v, &mut r, logprobs.is_some());
         let mut ctx = r.prompt.clone();
@@ -221,6 +226,11 @@ pub async fn generate(
                 v["context"] = json!(ctx);
                 Some((v, None))
             }
+            Some(Piece::Thinking(t)) => Some((
+                json!({"model": r.model, "created_at": now_rfc3339(), "response": "",
+                    "thinking": t, "done": false}),
+                Some(r),
+            )),
             // Completions offer no tools.
             Some(Piece::ToolCalls(_)) => Some((
                 json!({"model": r.model, "created_at": now_rfc3339(), "response": "", "done": false}),
@@ -230,6 +240,19 @@ pub async fn generate(
             None => None,
         }
     })))
+}
+
+/// Ollama's `think`: a boolean, or an effort level (`"low"`, `"medium"`, `"high"`) that
+/// asks for thinking too.
+fn think_of(v: &Option<Value>) -> Result<Option<bool>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(Value::String(s)) if matches!(s.as_str(), "low" | "medium" | "high") => Ok(Some(true)),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "think must be true, false, \"low\", \"medium\" or \"high\", not {other}"
+        ))),
+    }
 }
 
 /// Adds the log-probabilities of the tokens since the last chunk, when asked for.
@@ -263,7 +286,6 @@ fn check_messages(messages: &[Message]) -> Result<(), ApiError> {
 /// `POST /api/chat`.
 pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let req: ChatRequest = parse_body(&body)?;
-    let _ = &req.think;
     let logprobs = logprobs::requested(req.logprobs, req.top_logprobs, false)?;
     let grammar = generation::grammar_of(req.format.as_ref())?;
     let keep_alive = keep_alive_of(&req.keep_alive)?;
@@ -286,15 +308,20 @@ pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Res
             shift: req.shift.unwrap_or(true),
             logprobs,
             truncate: req.truncate.unwrap_or(true),
+            think: think_of(&req.think)?,
         },
     )
     .await?
     .with_tools(tools.as_deref());
     if req.stream == Some(false) {
-        let (text, calls, s, mut r) = running.collect().await?;
-        let mut message = json!({"role": "assistant", "content": text});
-        if !calls.is_empty() {
-            message["tool_calls"] = ollama_tool_calls(&calls);
+        let (c, mut r) = running.collect().await?;
+        let s = c.stats;
+        let mut message = json!({"role": "assistant", "content": c.text});
+        if !c.thinking.is_empty() {
+            message["thinking"] = json!(c.thinking);
+        }
+        if !c.calls.is_empty() {
+            message["tool_calls"] = ollama_tool_calls(&c.calls);
         }
         let mut v = json!({"model": r.model, "created_at": now_rfc3339(),
             "message": message, "done": true});
@@ -316,6 +343,12 @@ pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Res
                 json!({"model": r.model, "created_at": now_rfc3339(),
                     "message": {"role": "assistant", "content": "",
                         "tool_calls": ollama_tool_calls(&calls)}, "done": false}),
+                Some(r),
+            )),
+            Some(Piece::Thinking(t)) => Some((
+                json!({"model": r.model, "created_at": now_rfc3339(),
+                    "message": {"role": "assistant", "content": "", "thinking": t},
+                    "done": false}),
                 Some(r),
             )),
             Some(Piece::Done(s)) => {

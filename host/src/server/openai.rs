@@ -415,6 +415,12 @@ fn stream_response(
                 st.sent_role = true;
                 Some((data(&v), st))
             }
+            Some(Piece::Thinking(t)) => {
+                let mut v = chunk(&st, None, None);
+                v["choices"][0]["delta"]["reasoning"] = json!(t);
+                st.sent_role = true;
+                Some((data(&v), st))
+            }
             Some(Piece::ToolCalls(calls)) => {
                 let mut v = chunk(&st, None, None);
                 v["choices"][0]["delta"]["tool_calls"] = openai_tool_calls(&calls, true);
@@ -455,7 +461,19 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -
     let _ = (&req.parallel_tool_calls, &req.user);
     let logprobs = logprobs::requested(req.logprobs, req.top_logprobs, true)?;
     refuse_logit_bias(req.logit_bias.as_ref())?;
-    let _ = (&req.metadata, &req.store, &req.service_tier, &req.reasoning_effort, &req.modalities);
+    let _ = (&req.metadata, &req.store, &req.service_tier, &req.modalities);
+    // As Ollama's compatibility layer: an effort asks for thinking, "none" turns it off.
+    let think = match &req.reasoning_effort {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s == "none" => Some(false),
+        Some(Value::String(s)) if matches!(s.as_str(), "low" | "medium" | "high") => Some(true),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "reasoning_effort must be \"low\", \"medium\", \"high\" or \"none\", not {other}"
+            ))
+            .into());
+        }
+    };
     if req.n.is_some_and(|n| n != 1) {
         return Err(ApiError::bad_request("n must be 1").into());
     }
@@ -492,6 +510,7 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -
             shift: true,
             truncate: true,
             logprobs,
+            think,
             prompt: PromptSpec::Chat { messages, tools: tools.clone() },
         },
     )
@@ -501,18 +520,22 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -
         let include = req.stream_options.clone().unwrap_or_default().include_usage;
         return Ok(stream_response(running, true, include, logprobs.is_some()));
     }
-    let (text, calls, s, mut r) = running.collect().await?;
+    let (c, mut r) = running.collect().await?;
+    let s = c.stats;
     let lp = logprobs_value(Some(&mut r), logprobs.is_some(), true, 0);
-    let (message, reason) = if calls.is_empty() {
-        (json!({"role": "assistant", "content": text}), finish_reason(&s))
+    let (mut message, reason) = if c.calls.is_empty() {
+        (json!({"role": "assistant", "content": c.text}), finish_reason(&s))
     } else {
-        let content = if text.is_empty() { Value::Null } else { json!(text) };
+        let content = if c.text.is_empty() { Value::Null } else { json!(c.text) };
         (
             json!({"role": "assistant", "content": content,
-                   "tool_calls": openai_tool_calls(&calls, false)}),
+                   "tool_calls": openai_tool_calls(&c.calls, false)}),
             "tool_calls",
         )
     };
+    if !c.thinking.is_empty() {
+        message["reasoning"] = json!(c.thinking);
+    }
     Ok(axum::Json(json!({
         "id": new_id("chatcmpl"),
         "object": "chat.completion",
@@ -576,6 +599,7 @@ pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Oai
             shift: true,
             truncate: true,
             logprobs,
+            think: None,
             prompt: PromptSpec::Completion {
                 prompt: prompt.clone(),
                 system: None,
@@ -590,7 +614,8 @@ pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Oai
         let include = req.stream_options.clone().unwrap_or_default().include_usage;
         return Ok(stream_response(running, false, include, logprobs.is_some()));
     }
-    let (text, _, s, mut r) = running.collect().await?;
+    let (c, mut r) = running.collect().await?;
+    let (text, s) = (c.text, c.stats);
     let echoed = if req.echo == Some(true) { prompt.chars().count() } else { 0 };
     let lp = logprobs_value(Some(&mut r), logprobs.is_some(), false, echoed);
     let text = if req.echo == Some(true) { format!("{prompt}{text}") } else { text };
