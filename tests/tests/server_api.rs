@@ -708,6 +708,21 @@ fn thinking_is_split_out_for_thinking_templates_and_refused_for_others() {
     assert!(v["error"].as_str().unwrap().contains("does not support thinking"), "{v}");
     let (st, v) = post(&s, "/api/chat", &chat(json!("sideways")));
     assert_eq!(st, 400, "{v}");
+    // Nor does it see images.
+    let (st, v) = post(
+        &s,
+        "/api/chat",
+        &json!({"model": e.model, "messages": [{"role": "user", "content": "what is this?",
+                                                 "images": ["aGVsbG8="]}]}),
+    );
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("does not support images"), "{v}");
+    let (st, _) = post(
+        &s,
+        "/api/generate",
+        &json!({"model": e.model, "prompt": "what is this?", "images": ["aGVsbG8="]}),
+    );
+    assert_eq!(st, 400);
     let (st, v) = post(&s, "/api/chat", &chat(json!(false)));
     assert_eq!(st, 200, "{v}");
     assert!(v["message"].get("thinking").is_none(), "{v}");

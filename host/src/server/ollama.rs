@@ -159,7 +159,9 @@ pub async fn generate(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req: GenerateRequest = parse_body(&body)?;
-    let _ = &req.images;
+    if req.images.as_ref().is_some_and(|i| !i.is_empty()) {
+        return Err(no_vision(&req.model));
+    }
     let logprobs = logprobs::requested(req.logprobs, req.top_logprobs, false)?;
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::bad_request("suffix (fill-in-the-middle) is not supported yet"));
@@ -271,8 +273,17 @@ fn ollama_tool_calls(calls: &[ToolCall]) -> Value {
         .collect()
 }
 
-fn check_messages(messages: &[Message]) -> Result<(), ApiError> {
+/// No corral engine takes images yet: refuse them as Ollama does for a text-only model,
+/// rather than answer as if they had been seen.
+fn no_vision(model: &str) -> ApiError {
+    ApiError::bad_request(format!("\"{model}\" does not support images (vision)"))
+}
+
+fn check_messages(model: &str, messages: &[Message]) -> Result<(), ApiError> {
     for (i, m) in messages.iter().enumerate() {
+        if !m.images.is_empty() {
+            return Err(no_vision(model));
+        }
         if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "tool") {
             return Err(ApiError::bad_request(format!(
                 "messages[{i}]: unknown role {:?} (system, user, assistant or tool)",
@@ -290,7 +301,7 @@ pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Res
     let grammar = generation::grammar_of(req.format.as_ref())?;
     let keep_alive = keep_alive_of(&req.keep_alive)?;
     let messages = req.messages.clone().unwrap_or_default();
-    check_messages(&messages)?;
+    check_messages(&req.model, &messages)?;
     let model = state.sched.resolve(&req.model)?;
     if messages.is_empty() {
         return load_only(&state, &model, keep_alive, true).await;
