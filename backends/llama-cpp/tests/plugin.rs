@@ -278,7 +278,7 @@ fn bad_batches_are_refused_before_llama_cpp() {
     let e = |token, pos, seq| BatchEntry { token, pos, seq, logits: true };
     let err = c.decode(&[e(512, 0, 0)]).unwrap_err();
     assert_eq!(err.kind, ErrorKind::InvalidInput);
-    assert!(err.message.contains("token id 512"), "{}", err.message);
+    assert!(err.message.contains("token 512"), "{}", err.message);
     let err = c.decode(&[e(1, 0, 2)]).unwrap_err();
     assert_eq!(err.kind, ErrorKind::InvalidInput);
     assert!(err.message.contains("sequence id 2"), "{}", err.message);
