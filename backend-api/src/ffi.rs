@@ -100,8 +100,9 @@ pub trait FfiModel: Send + Sync {
     /// each of the `n_seq_max` sequences may hold up to `n_ctx / n_seq_max` positions
     /// (the engine may round that up). A weaker promise than [`FfiModel::new_context`],
     /// which engines may use to attend over one sequence's cells only; an engine that
-    /// gains nothing from it answers with a shared context. Absent from 1.0 plugins: the
-    /// host checks the plugin's `abi_minor` before calling it.
+    /// gains nothing from it answers with a shared context. Such a context may copy only
+    /// whole sequences in `kv_copy` (`ErrorKind::Unsupported` for a range). Absent from
+    /// 1.0 plugins: the host checks the plugin's `abi_minor` before calling it.
     fn new_context_per_sequence(&self, params: &ContextParams) -> BackendResult<ContextBox>;
 }
 

@@ -30,6 +30,8 @@ enum State {
 pub struct ThinkingParser {
     state: State,
     held: String,
+    /// Inside the block, some non-whitespace thinking has been seen.
+    started: bool,
 }
 
 /// What one piece of output turned into.
@@ -47,6 +49,7 @@ impl ThinkingParser {
         ThinkingParser {
             state: if in_block { State::Thinking } else { State::Start },
             held: String::new(),
+            started: false,
         }
     }
 
@@ -68,6 +71,7 @@ impl ThinkingParser {
                     if let Some(rest) = trimmed.strip_prefix(OPEN) {
                         self.held = rest.to_string();
                         self.state = State::Thinking;
+                        self.started = false;
                     } else if OPEN.starts_with(trimmed) {
                         return out;
                     } else {
@@ -75,8 +79,18 @@ impl ThinkingParser {
                     }
                 }
                 State::Thinking => {
+                    if !self.started {
+                        // Whitespace right after `<think>` is layout, not thought.
+                        let trimmed = self.held.trim_start();
+                        if trimmed.is_empty() {
+                            self.held.clear();
+                            return out;
+                        }
+                        self.held = trimmed.to_string();
+                        self.started = true;
+                    }
                     if let Some(at) = self.held.find(CLOSE) {
-                        out.thinking.push_str(&self.held[..at]);
+                        out.thinking.push_str(self.held[..at].trim_end());
                         let rest = self.held[at + CLOSE.len()..].trim_start().to_string();
                         self.held = rest;
                         self.state = State::Content;
@@ -143,6 +157,14 @@ mod tests {
         assert_eq!(p.push("Hi").content, "Hi");
         assert_eq!(p.push(" <think>not a block").content, " <think>not a block");
         assert_eq!(run(false, &["<thin", "g>"]).content, "<thing>");
+    }
+
+    #[test]
+    fn layout_whitespace_is_not_thinking() {
+        let s = run(false, &["<think>\n\n", "</think>\n\nHello"]);
+        assert_eq!(s, Split { thinking: String::new(), content: "Hello".into() });
+        let s = run(true, &["\n", " a b \n</think>x"]);
+        assert_eq!(s.thinking, "a b");
     }
 
     #[test]

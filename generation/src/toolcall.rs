@@ -114,16 +114,25 @@ impl ToolCallParser {
     }
 }
 
-/// The calls in `text` (wrappers removed), or `None` when it is not entirely calls of
-/// offered tools.
+/// The calls in `text`, or `None` when it is not entirely calls of offered tools. Wrapper
+/// tags and code fences are skipped only between JSON values, never inside one, so an
+/// argument that contains such text stays as written.
 fn parse_calls(text: &str, names: &[String]) -> Option<Vec<ToolCall>> {
-    let mut body = text.to_string();
-    for w in WRAPPERS {
-        body = body.replace(w, " ");
-    }
     let mut calls = Vec::new();
-    for value in serde_json::Deserializer::from_str(&body).into_iter::<Value>() {
-        match value.ok()? {
+    let mut rest = text;
+    loop {
+        rest = rest.trim_start();
+        if rest.is_empty() {
+            return Some(calls);
+        }
+        if let Some(w) = WRAPPERS.iter().find(|w| rest.starts_with(**w)) {
+            rest = &rest[w.len()..];
+            continue;
+        }
+        let mut values = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
+        let value = values.next()?.ok()?;
+        rest = &rest[values.byte_offset()..];
+        match value {
             Value::Array(items) => {
                 for item in items {
                     calls.push(call_of(&item, names)?);
@@ -132,7 +141,6 @@ fn parse_calls(text: &str, names: &[String]) -> Option<Vec<ToolCall>> {
             item => calls.push(call_of(&item, names)?),
         }
     }
-    Some(calls)
 }
 
 /// One call object: `{"name", "arguments"|"parameters"}` or `{"function": {...}}`; the
@@ -257,6 +265,13 @@ mod tests {
         assert_eq!(p.push("day> is"), "  <today> is");
         assert_eq!(p.push(" fine"), " fine");
         assert_eq!(p.finish(), (String::new(), Vec::new()));
+    }
+
+    #[test]
+    fn wrapper_text_inside_arguments_is_kept() {
+        let text = "<tool_call>{\"name\": \"add\", \"arguments\": {\"code\": \"```x``` <tool_call>\"}}</tool_call>";
+        let (_, _, calls) = run(&[text]);
+        assert_eq!(calls[0].arguments["code"], "```x``` <tool_call>");
     }
 
     #[test]

@@ -168,19 +168,6 @@ impl Context {
         self.inner.kv_shift(seq, p0, p1, delta).into_result()
     }
 
-    /// Context shift, as Ollama does when a sequence fills its window: removes positions
-    /// `[keep, keep + discard)` of `seq` and moves the rest down by `discard`. A shift by
-    /// 0 first asks whether the engine can, so an engine that cannot is left untouched.
-    pub fn shift_out(&mut self, seq: u32, keep: u32, discard: u32) -> Result<(), BackendError> {
-        let too_large = || BackendError::invalid("context shift beyond i32 positions");
-        let keep = i32::try_from(keep).map_err(|_| too_large())?;
-        let end = keep.checked_add(i32::try_from(discard).map_err(|_| too_large())?);
-        let end = end.ok_or_else(too_large)?;
-        self.kv_shift(seq, end, -1, 0)?;
-        self.kv_remove(seq as i32, keep, end)?;
-        self.kv_shift(seq, end, -1, keep - end)
-    }
-
     /// Decodes `tokens` into `seq` starting at `pos0`, in chunks of `n_batch`, asking for
     /// logits of the last token only. Returns the batch index of that token's logits in
     /// the final chunk.

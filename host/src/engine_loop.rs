@@ -176,6 +176,10 @@ impl Drop for EngineHandle {
 struct Slot {
     /// Tokens whose KV entries this sequence holds (prefix cache).
     cached: Vec<u32>,
+    /// How many leading entries of `cached` are what a fresh decode of those tokens
+    /// gives: all, until a context shift kept the first `keep` and moved later ones that
+    /// had attended to dropped tokens. Prefix reuse stops there.
+    exact: usize,
     job: Option<Job>,
 }
 
@@ -191,6 +195,10 @@ struct Job {
     stats: Stats,
     admitted: Instant,
     first_logits: Option<Instant>,
+    /// Log-probabilities of tokens whose text has not been sent yet (held by the
+    /// detokenizer or the stop matcher); they go out just before that text, and those of
+    /// a stop string's tokens are dropped with it.
+    logprobs: Vec<TokenLogprob>,
 }
 
 struct LoopState {
@@ -215,8 +223,9 @@ impl LoopState {
         config: LoopConfig,
         active: Arc<std::sync::atomic::AtomicUsize>,
     ) -> Self {
-        let slots =
-            (0..config.n_parallel).map(|_| Slot { cached: Vec::new(), job: None }).collect();
+        let slots = (0..config.n_parallel)
+            .map(|_| Slot { cached: Vec::new(), exact: usize::MAX, job: None })
+            .collect();
         LoopState {
             model,
             ctx,
@@ -267,6 +276,9 @@ impl LoopState {
                     text.push_str(&job.stop.finish());
                 }
                 if !text.is_empty() {
+                    for lp in job.logprobs.drain(..) {
+                        let _ = job.req.events.send(Event::Logprob(lp));
+                    }
                     let _ = job.req.events.send(Event::Text(text));
                 }
                 job.stats.done_reason = Some(reason);
@@ -299,7 +311,10 @@ impl LoopState {
             // Prefix caching: the free slot whose cached tokens share the longest prefix.
             let (slot, mut reuse) = free
                 .iter()
-                .map(|&i| (i, common_prefix(&self.slots[i].cached, &req.prompt)))
+                .map(|&i| {
+                    let s = &self.slots[i];
+                    (i, common_prefix(&s.cached, &req.prompt).min(s.exact))
+                })
                 .max_by_key(|&(i, n)| (n, std::cmp::Reverse(i)))
                 .unwrap_or((free[0], 0));
             if reuse >= req.prompt.len() {
@@ -310,6 +325,7 @@ impl LoopState {
                 let _ = self.ctx.kv_remove(slot as i32, 0, -1);
             }
             self.slots[slot].cached.truncate(reuse);
+            self.slots[slot].exact = usize::MAX;
             let mut sampler = match Sampler::new(&req.options, self.model.vocab_size as usize) {
                 Ok(s) => s,
                 Err(e) => {
@@ -334,6 +350,7 @@ impl LoopState {
                 stats,
                 admitted: Instant::now(),
                 first_logits: None,
+                logprobs: Vec::new(),
                 req,
             };
             self.slots[slot].job = Some(job);
@@ -445,7 +462,7 @@ impl LoopState {
     ) -> Result<Option<DoneReason>, BackendError> {
         let num_ctx = self.config.num_ctx as usize;
         let logits = self.ctx.logits_mut(index)?;
-        let Slot { cached, job } = &mut self.slots[slot];
+        let Slot { cached, job, .. } = &mut self.slots[slot];
         let Some(job) = job.as_mut() else { return Ok(None) };
         if job.first_logits.is_none() {
             job.first_logits = Some(Instant::now());
@@ -472,14 +489,15 @@ impl LoopState {
                 top.push((self.model.token_bytes(t)?, lp));
             }
             let logprob = s.logprob_of_logit(raw.get(token as usize).copied().unwrap_or(f32::NAN));
-            let _ = job.req.events.send(Event::Logprob(TokenLogprob {
-                bytes: bytes.clone(),
-                logprob,
-                top,
-            }));
+            job.logprobs.push(TokenLogprob { bytes: bytes.clone(), logprob, top });
         }
         let text = job.detok.push(&bytes);
         let step = job.stop.push(&text);
+        if !step.emit.is_empty() {
+            for lp in job.logprobs.drain(..) {
+                let _ = job.req.events.send(Event::Logprob(lp));
+            }
+        }
         if !step.emit.is_empty() && job.req.events.send(Event::Text(step.emit)).is_err() {
             // The client went away: free the sequence now.
             self.slots[slot].job = None;
@@ -511,28 +529,43 @@ impl LoopState {
     /// it cannot (the engine lacks `kv_shift`, or nothing is left to drop).
     fn shift(&mut self, slot: usize) -> bool {
         let num_ctx = self.config.num_ctx as usize;
-        let Slot { cached, job } = &mut self.slots[slot];
-        let Some(job) = job.as_ref() else { return false };
+        let s = &self.slots[slot];
+        let Some(job) = s.job.as_ref() else { return false };
         let keep = effective_keep(job.req.options.num_keep, job.req.prompt.len(), num_ctx);
         let discard = shift_discard(num_ctx, keep);
-        if keep + discard > cached.len() {
+        if keep + discard > s.cached.len() {
             return false;
         }
-        match self.ctx.shift_out(slot as u32, keep as u32, discard as u32) {
+        let (Ok(seq), Ok(keep_pos), Ok(end)) =
+            (i32::try_from(slot), i32::try_from(keep), i32::try_from(keep + discard))
+        else {
+            return false;
+        };
+        // Ask first with a shift by 0, which changes nothing, whether the engine can.
+        if let Err(e) = self.ctx.kv_shift(seq as u32, end, -1, 0) {
+            if e.kind == ErrorKind::Unsupported {
+                self.cannot_shift = true;
+            }
+            tracing::info!("context shift not possible ({e}); ending at the window");
+            return false;
+        }
+        let shifted = self
+            .ctx
+            .kv_remove(seq, keep_pos, end)
+            .and_then(|()| self.ctx.kv_shift(seq as u32, end, -1, keep_pos - end));
+        match shifted {
             Ok(()) => {
-                cached.drain(keep..keep + discard);
+                let s = &mut self.slots[slot];
+                s.cached.drain(keep..keep + discard);
+                s.exact = s.exact.min(keep);
                 tracing::debug!(slot, keep, discard, "context shift");
                 true
             }
             Err(e) => {
-                if e.kind == ErrorKind::Unsupported {
-                    self.cannot_shift = true;
-                } else {
-                    // The cache may now be half-shifted: forget this sequence's cache.
-                    let _ = self.ctx.kv_remove(slot as i32, 0, -1);
-                    cached.clear();
-                }
-                tracing::info!("context shift not possible ({e}); ending at the window");
+                // The cache may be half-shifted: forget this sequence's cache.
+                let _ = self.ctx.kv_remove(seq, 0, -1);
+                self.slots[slot].cached.clear();
+                tracing::warn!("context shift failed ({e}); ending at the window");
                 false
             }
         }

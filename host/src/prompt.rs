@@ -46,6 +46,23 @@ impl Templater {
         tools: Option<&[serde_json::Value]>,
         add_generation_prompt: bool,
     ) -> Result<String> {
+        self.render_thinking(messages, system, tools, add_generation_prompt, None)
+    }
+
+    /// Renders a conversation with the request's `think` setting as the template's
+    /// `enable_thinking` (what Hugging Face thinking templates read, and what translated
+    /// Ollama templates turn into `.Think` / `.IsThinkSet`); `None` leaves it undefined.
+    pub fn render_thinking(
+        &self,
+        messages: &[Message],
+        system: Option<&str>,
+        tools: Option<&[serde_json::Value]>,
+        add_generation_prompt: bool,
+        think: Option<bool>,
+    ) -> Result<String> {
+        let extra: Option<serde_json::Map<String, serde_json::Value>> = think.map(|t| {
+            [("enable_thinking".to_string(), serde_json::Value::Bool(t))].into_iter().collect()
+        });
         let input = ChatInput {
             messages,
             system,
@@ -53,7 +70,7 @@ impl Templater {
             add_generation_prompt,
             bos_token: &self.bos_text,
             eos_token: &self.eos_text,
-            extra: None,
+            extra: extra.as_ref(),
         };
         Ok(self.template.render(&input)?)
     }

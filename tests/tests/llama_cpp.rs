@@ -161,8 +161,6 @@ fn parallel_server_streams_equal_raw_llama_cpp() {
         assert!(want.len() >= 8, "{prompt:?}: continuation too short to mean much: {want:?}");
         assert_eq!(got, want, "{prompt:?}: served in parallel vs llama-raw greedy alone");
     }
-    let log = server.log();
-    assert!(log.contains("llama-cpp"), "{log}");
 }
 
 /// A generation that fills its window shifts the context (ABI 1.1 `kv_shift`, Ollama's
@@ -200,6 +198,7 @@ fn server_shifts_the_context_when_a_generation_fills_it() {
     assert_eq!(shifted["eval_count"], 150, "went past the 64-token window: {shifted}");
     let stopped = generate(false);
     assert_eq!(stopped["done_reason"], "length", "{stopped}");
-    let n = stopped["eval_count"].as_u64().unwrap();
-    assert!(n < 64, "without shift the window ends it: {stopped}");
+    let used =
+        stopped["eval_count"].as_u64().unwrap() + stopped["prompt_eval_count"].as_u64().unwrap();
+    assert!((60..=64).contains(&used), "without shift the window ends it: {stopped}");
 }

@@ -26,6 +26,8 @@ pub struct LlamaContext {
     /// Positions one sequence may hold: `n_ctx` with a unified KV cache, `n_ctx /
     /// n_seq_max` (rounded up by llama.cpp) with one stream per sequence.
     n_ctx_seq: u32,
+    /// One KV buffer for every sequence (`kv_unified`); otherwise a stream each.
+    unified: bool,
 }
 
 // SAFETY: a llama_context may move between threads; the host drives it from one thread
@@ -148,6 +150,7 @@ impl LlamaContext {
             outputs: Vec::new(),
             decoded_seqs: Vec::new(),
             n_ctx_seq: n_ctx_seq.min(n_ctx),
+            unified: cp.kv_unified,
         })
     }
 
@@ -325,7 +328,16 @@ impl Context for LlamaContext {
         if src == dst {
             return Ok(());
         }
-        // SAFETY: live memory handle; both sequence ids are in range.
+        // Between streams llama.cpp copies whole buffers only and asserts (aborting the
+        // process) on a range: refuse ranges here. A whole copy replaces dst's contents.
+        if !self.unified && (p0 > 0 || p1 >= 0) {
+            return Err(BackendError::unsupported(format!(
+                "this context keeps a KV stream per sequence: kv_copy copies whole sequences \
+                 only (p0 <= 0, p1 < 0), not [{p0}, {p1})"
+            )));
+        }
+        // SAFETY: live memory handle; both sequence ids are in range; between streams
+        // only whole sequences reach here.
         unsafe {
             sys::llama_memory_seq_cp(
                 self.mem,
@@ -356,7 +368,8 @@ impl Context for LlamaContext {
 
     fn kv_shift(&mut self, seq: u32, p0: i32, p1: i32, delta: i32) -> Result<(), BackendError> {
         self.check_seq(seq)?;
-        if p0 < 0 || (p1 >= 0 && p1 < p0) || p0.checked_add(delta).is_none_or(|p| p < 0) {
+        let p0 = p0.max(0); // as kv_remove: a negative p0 is 0
+        if (p1 >= 0 && p1 < p0) || p0.checked_add(delta).is_none_or(|p| p < 0) {
             return Err(BackendError::invalid(format!(
                 "cannot shift positions [{p0}, {p1}) of sequence {seq} by {delta}"
             )));

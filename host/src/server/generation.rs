@@ -258,7 +258,7 @@ pub async fn start(state: &Arc<AppState>, req: GenRequest) -> Result<Running, Ap
     // Tokenizing and the token table touch the plugin: keep them off the async threads.
     let think = req.think;
     let built = tokio::task::spawn_blocking(move || {
-        build(&loaded, &req.model, req.prompt, req.grammar, options, policy)
+        build(&loaded, &req.model, req.prompt, req.grammar, options, policy, think)
     })
     .await
     .map_err(|e| ApiError::internal(format!("prompt task failed: {e}")))??;
@@ -315,6 +315,7 @@ fn build(
     grammar: Option<Arc<Grammar>>,
     options: SamplingOptions,
     policy: ContextPolicy,
+    think: Option<bool>,
 ) -> Result<Built, ApiError> {
     let m = &loaded.model;
     let bad = |e: anyhow::Error| ApiError::bad_request(format!("{e:#}"));
@@ -329,8 +330,10 @@ fn build(
             {
                 messages.insert(0, Message::new("system", sys));
             }
-            let text =
-                loaded.templater.render(&messages, None, tools.as_deref(), true).map_err(bad)?;
+            let text = loaded
+                .templater
+                .render_thinking(&messages, None, tools.as_deref(), true, think)
+                .map_err(bad)?;
             thinking = think_of(loaded.templater.template.source(), &text);
             loaded.templater.tokenize(m, &text).map_err(bad)?
         }
@@ -353,7 +356,9 @@ fn build(
                 };
                 let system = system.or_else(|| model.system.clone());
                 let msgs = [Message::new("user", prompt)];
-                let text = templater.render(&msgs, system.as_deref(), None, true).map_err(bad)?;
+                let text = templater
+                    .render_thinking(&msgs, system.as_deref(), None, true, think)
+                    .map_err(bad)?;
                 thinking = think_of(templater.template.source(), &text);
                 tokens.extend(templater.tokenize(m, &text).map_err(bad)?);
             }

@@ -261,7 +261,25 @@ fn message_of(i: usize, v: &Value) -> Result<Message, ApiError> {
     };
     let mut m = Message::new(role, content);
     if let Some(tc) = v.get("tool_calls").and_then(Value::as_array) {
-        m.tool_calls = Some(tc.clone());
+        // OpenAI sends arguments as a JSON string; templates expect an object (they
+        // `tojson` it themselves), as Ollama's compatibility layer hands them over.
+        let mut calls = tc.clone();
+        for (j, call) in calls.iter_mut().enumerate() {
+            let args = call.get_mut("function").and_then(|f| f.get_mut("arguments"));
+            if let Some(a) = args
+                && let Value::String(text) = a
+            {
+                *a = match serde_json::from_str::<Value>(text) {
+                    Ok(obj @ Value::Object(_)) => obj,
+                    _ => {
+                        return Err(ApiError::bad_request(format!(
+                            "messages[{i}].tool_calls[{j}].function.arguments is not a JSON object"
+                        )));
+                    }
+                };
+            }
+        }
+        m.tool_calls = Some(calls);
     }
     if let Some(id) = v.get("tool_call_id") {
         m.extra.insert("tool_call_id".into(), id.clone());
@@ -466,10 +484,13 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -
     let think = match &req.reasoning_effort {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s == "none" => Some(false),
-        Some(Value::String(s)) if matches!(s.as_str(), "low" | "medium" | "high") => Some(true),
+        Some(Value::String(s)) if matches!(s.as_str(), "minimal" | "low" | "medium" | "high") => {
+            Some(true)
+        }
         Some(other) => {
             return Err(ApiError::bad_request(format!(
-                "reasoning_effort must be \"low\", \"medium\", \"high\" or \"none\", not {other}"
+                "reasoning_effort must be \"minimal\", \"low\", \"medium\", \"high\" or \
+                 \"none\", not {other}"
             ))
             .into());
         }
@@ -560,6 +581,12 @@ pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Oai
         return Err(ApiError::bad_request("best_of must be 1").into());
     }
     refuse_logit_bias(req.logit_bias.as_ref())?;
+    if let Some(n) = req.logprobs.filter(|&n| n > 20) {
+        return Err(ApiError::bad_request(format!(
+            "logprobs is {n}, but it must be between 0 and 20"
+        ))
+        .into());
+    }
     let logprobs = logprobs::requested(req.logprobs.map(|_| true), req.logprobs, false)?;
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::bad_request("suffix is not supported").into());
