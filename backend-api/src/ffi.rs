@@ -96,6 +96,7 @@ pub trait FfiModel: Send + Sync {
     /// Creates a context (a KV cache and its compute buffers).
     #[sabi(last_prefix_field)]
     fn new_context(&self, params: &ContextParams) -> BackendResult<ContextBox>;
+    // abi-1.1 {  (tests/tests/plugins.rs strips these blocks to build a 1.0 plugin)
     /// ABI 1.1. Creates a context whose KV cache is split evenly between its sequences:
     /// each of the `n_seq_max` sequences may hold up to `n_ctx / n_seq_max` positions
     /// (the engine may round that up). A weaker promise than [`FfiModel::new_context`],
@@ -104,6 +105,7 @@ pub trait FfiModel: Send + Sync {
     /// whole sequences in `kv_copy` (`ErrorKind::Unsupported` for a range). Absent from
     /// 1.0 plugins: the host checks the plugin's `abi_minor` before calling it.
     fn new_context_per_sequence(&self, params: &ContextParams) -> BackendResult<ContextBox>;
+    // abi-1.1 }
 }
 
 /// An owned, type-erased [`FfiModel`].
@@ -134,12 +136,14 @@ pub trait FfiContext: Send {
     /// Empties the whole KV cache.
     #[sabi(last_prefix_field)]
     fn kv_clear(&mut self) -> BackendResult<()>;
+    // abi-1.1 {
     /// ABI 1.1. Adds `delta` to the positions `[p0, p1)` of sequence `seq` (`p1 < 0`: to
     /// the end), re-encoding whatever depends on position (RoPE'd keys), so that a
     /// sequence can continue after `kv_remove` cut a hole in it (a context shift).
     /// `ErrorKind::Unsupported` when the engine cannot. Absent from 1.0 plugins: the host
     /// checks the plugin's `abi_minor` before calling it.
     fn kv_shift(&mut self, seq: u32, p0: i32, p1: i32, delta: i32) -> BackendResult<()>;
+    // abi-1.1 }
 }
 
 /// An owned, type-erased [`FfiContext`].

@@ -60,6 +60,7 @@ pub trait Model: Send + Sync + 'static {
     }
     /// Creates a context.
     fn new_context(&self, params: &ContextParams) -> Result<Self::Context, BackendError>;
+    // abi-1.1 {
     /// Creates a context whose KV cache is split evenly between its sequences (see
     /// [`FfiModel::new_context_per_sequence`]). The default makes a shared context, which
     /// keeps that promise too.
@@ -69,6 +70,7 @@ pub trait Model: Send + Sync + 'static {
     ) -> Result<Self::Context, BackendError> {
         self.new_context(params)
     }
+    // abi-1.1 }
 }
 
 /// A context (KV cache plus batch decoder), as its author writes it.
@@ -90,12 +92,14 @@ pub trait Context: Send + 'static {
     fn kv_pos_max(&self, seq: u32) -> i32;
     /// Empties the KV cache.
     fn kv_clear(&mut self) -> Result<(), BackendError>;
+    // abi-1.1 {
     /// See [`FfiContext::kv_shift`]. The default answers `Unsupported`: the host then
     /// ends a generation that fills the context instead of shifting it.
     fn kv_shift(&mut self, seq: u32, p0: i32, p1: i32, delta: i32) -> Result<(), BackendError> {
         let _ = (seq, p0, p1, delta);
         Err(BackendError::unsupported("this engine cannot shift positions in its KV cache"))
     }
+    // abi-1.1 }
 }
 
 /// What a context accepts in one batch, for [`check_batch`].
@@ -255,12 +259,14 @@ impl<M: Model> FfiModel for GuardedModel<M> {
             Ok(ContextBox::from_value(GuardedContext(ctx), TD_Opaque))
         })
     }
+    // abi-1.1 {
     fn new_context_per_sequence(&self, params: &ContextParams) -> BackendResult<ContextBox> {
         guard("new_context_per_sequence", || {
             let ctx = self.0.new_context_per_sequence(params)?;
             Ok(ContextBox::from_value(GuardedContext(ctx), TD_Opaque))
         })
     }
+    // abi-1.1 }
 }
 
 impl<C: Context> FfiContext for GuardedContext<C> {
@@ -293,9 +299,11 @@ impl<C: Context> FfiContext for GuardedContext<C> {
     fn kv_clear(&mut self) -> BackendResult<()> {
         guard("kv_clear", || self.0.kv_clear())
     }
+    // abi-1.1 {
     fn kv_shift(&mut self, seq: u32, p0: i32, p1: i32, delta: i32) -> BackendResult<()> {
         guard("kv_shift", || self.0.kv_shift(seq, p0, p1, delta))
     }
+    // abi-1.1 }
 }
 
 /// Forwards the `log` crate's records to the host's sink.

@@ -75,31 +75,19 @@ impl Model {
     pub fn new_context(&self, params: &ContextParams) -> Result<Context, BackendError> {
         let inner = self.inner.new_context(params).into_result()?;
         let params = inner.params();
-        let abi_minor = self.plugin.info.abi_minor;
-        Ok(Context { inner, params, logits: RVec::new(), abi_minor })
+        Ok(Context { inner, params, logits: RVec::new() })
     }
 
     /// Creates a context whose KV cache is split evenly between its sequences: each may
-    /// hold `n_ctx / n_seq_max` positions. Plugins built for ABI 1.0 lack the call and get
-    /// [`Model::new_context`], whose shared cache keeps the same promise.
+    /// hold `n_ctx / n_seq_max` positions (ABI 1.1; the loader refuses older plugins).
     pub fn new_context_per_sequence(
         &self,
         params: &ContextParams,
     ) -> Result<Context, BackendError> {
-        if !has_per_sequence_contexts(self.plugin.info.abi_minor) {
-            return self.new_context(params);
-        }
         let inner = self.inner.new_context_per_sequence(params).into_result()?;
         let params = inner.params();
-        let abi_minor = self.plugin.info.abi_minor;
-        Ok(Context { inner, params, logits: RVec::new(), abi_minor })
+        Ok(Context { inner, params, logits: RVec::new() })
     }
-}
-
-/// Whether a plugin built for ABI 1.`abi_minor` has `new_context_per_sequence` and
-/// `kv_shift` (1.1+).
-fn has_per_sequence_contexts(abi_minor: u32) -> bool {
-    abi_minor >= 1
 }
 
 /// A context: KV cache plus decoder. Drive it from one thread at a time.
@@ -108,8 +96,6 @@ pub struct Context {
     /// Effective parameters.
     pub params: ContextParams,
     logits: RVec<f32>,
-    /// The plugin's ABI minor: calls appended in later minors are checked against it.
-    abi_minor: u32,
 }
 
 impl Context {
@@ -157,14 +143,9 @@ impl Context {
         self.inner.kv_clear().into_result()
     }
 
-    /// Adds `delta` to positions `[p0, p1)` of `seq` (ABI 1.1; `Unsupported` from a 1.0
-    /// plugin or an engine that cannot).
+    /// Adds `delta` to positions `[p0, p1)` of `seq` (ABI 1.1; `Unsupported` from an
+    /// engine that cannot).
     pub fn kv_shift(&mut self, seq: u32, p0: i32, p1: i32, delta: i32) -> Result<(), BackendError> {
-        if !has_per_sequence_contexts(self.abi_minor) {
-            return Err(BackendError::unsupported(
-                "the plugin was built for ABI 1.0, which has no kv_shift",
-            ));
-        }
         self.inner.kv_shift(seq, p0, p1, delta).into_result()
     }
 
@@ -194,17 +175,5 @@ impl Context {
             last = chunk.len() - 1;
         }
         Ok(last)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn per_sequence_contexts_start_at_abi_1_1() {
-        assert!(!has_per_sequence_contexts(0));
-        assert!(has_per_sequence_contexts(1));
-        assert!(has_per_sequence_contexts(corral_backend_api::ABI_MINOR));
     }
 }

@@ -163,6 +163,16 @@ pub enum LoadError {
         /// The plugin's major.
         found: u32,
     },
+    /// The plugin was built for an older minor of this ABI major.
+    #[error(
+        "{library} was built for corral plugin ABI {ABI_MAJOR}.{found}, older than this host's ABI {ABI_MAJOR}.{ABI_MINOR} (a host loads plugins built for its own ABI minor or a newer one); rebuild it against corral-backend-api {ABI_MAJOR}.{ABI_MINOR}"
+    )]
+    AbiMinor {
+        /// Library path.
+        library: PathBuf,
+        /// The plugin's minor.
+        found: u32,
+    },
     /// abi_stable's header, version or layout check failed.
     #[error("{library} failed the ABI layout check (its types differ from this host's): {detail}")]
     Layout {
@@ -271,6 +281,7 @@ fn classify_dlopen_error(library: &Path, e: &libloading::Error) -> LoadError {
 
 fn layout_error(library: &Path, e: LibraryError) -> LoadError {
     let text = e.to_string();
+    tracing::debug!(library = %library.display(), "ABI layout check failed in full:\n{text}");
     let detail: String =
         text.lines().filter(|l| !l.trim().is_empty()).take(6).collect::<Vec<_>>().join(" | ");
     LoadError::Layout { library: library.to_path_buf(), detail }
@@ -318,9 +329,16 @@ pub fn load(
     // too): objects it created may outlive any scope we could give it.
     std::mem::forget(lib);
 
-    let root: PluginRootRef = lib_header_from_path(&library)
-        .and_then(|header| header.init_root_module::<PluginRootRef>())
-        .map_err(|e| layout_error(&library, e))?;
+    let header = lib_header_from_path(&library).map_err(|e| layout_error(&library, e))?;
+    // abi_stable lets a library be newer than its user, not older: a plugin's vtables must
+    // have every method this host's have. Say so plainly before the layout check would.
+    let version = header.version_strings();
+    let minor = version.version.as_str().split('.').nth(1).and_then(|m| m.parse::<u32>().ok());
+    if let Some(minor) = minor.filter(|&m| m < ABI_MINOR) {
+        return Err(LoadError::AbiMinor { library, found: minor });
+    }
+    let root: PluginRootRef =
+        header.init_root_module::<PluginRootRef>().map_err(|e| layout_error(&library, e))?;
     let info = (root.info())();
     // The name must match; a variant may differ, because one library can serve several
     // manifests (a multi-device build listed once per device API, with different options).

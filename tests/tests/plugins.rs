@@ -283,3 +283,118 @@ fn vulkan_requirement_is_matched_against_the_probe() {
     assert_eq!(report(&v, "vulkan")["status"], "chosen", "{v:#}");
     assert!(report(&v, "vulkan")["reason"].as_str().unwrap().contains("asked for"), "{v:#}");
 }
+
+/// Copies `from` (a directory of sources) to `to`, leaving out `target/`.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        if entry.file_type().unwrap().is_dir() {
+            if entry.file_name() != "target" {
+                copy_tree(&src, &dst);
+            }
+        } else {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+/// backend-api's sources as they were at ABI 1.0: the `// abi-1.1 {` ... `// abi-1.1 }`
+/// blocks (the items 1.1 appended) removed and the version constants set back.
+fn strip_to_abi_1_0(src: &str) -> String {
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in src.lines() {
+        let t = line.trim_start();
+        if t.starts_with("// abi-1.1 {") {
+            skipping = true;
+        } else if t.starts_with("// abi-1.1 }") {
+            skipping = false;
+        } else if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out.replace("pub const ABI_MINOR: u32 = 1;", "pub const ABI_MINOR: u32 = 0;").replace(
+        "pub const ABI_VERSION: &str = \"1.1.0\";",
+        "pub const ABI_VERSION: &str = \"1.0.0\";",
+    )
+}
+
+/// Builds the example plugin against backend-api 1.0 (this tree's backend-api with the
+/// 1.1 items stripped) in its own workspace and target directory; the library's path.
+fn build_example_for_abi_1_0() -> std::path::PathBuf {
+    let root = repo_root();
+    let base = profile_dir().parent().unwrap().join("abi-1.0-fixture");
+    let tree = base.join("src");
+    let _ = std::fs::remove_dir_all(&tree);
+    copy_tree(&root.join("backend-api"), &tree.join("backend-api"));
+    copy_tree(&root.join("plugins/example"), &tree.join("plugins/example"));
+    for file in ["ffi.rs", "plugin.rs", "lib.rs"] {
+        let p = tree.join("backend-api/src").join(file);
+        let stripped = strip_to_abi_1_0(&std::fs::read_to_string(&p).unwrap());
+        std::fs::write(&p, stripped).unwrap();
+    }
+    let toml = tree.join("backend-api/Cargo.toml");
+    let t = std::fs::read_to_string(&toml)
+        .unwrap()
+        .replace("version = \"1.1.0\"", "version = \"1.0.0\"");
+    std::fs::write(&toml, t).unwrap();
+    // A workspace of the two crates, with the root's versions of their dependencies.
+    let root_toml = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let dep = |name: &str| {
+        root_toml
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} = ")))
+            .unwrap_or_else(|| panic!("{name} is not in the root [workspace.dependencies]"))
+            .to_string()
+    };
+    let ws = format!(
+        "[workspace]\nresolver = \"3\"\nmembers = [\"backend-api\", \"plugins/example\"]\n\n\
+         [workspace.package]\nedition = \"2024\"\nlicense = \"MIT OR Apache-2.0\"\n\n\
+         [workspace.dependencies]\n{}\n{}\n{}\n{}\n",
+        dep("abi_stable"),
+        dep("log"),
+        dep("serde"),
+        dep("serde_json")
+    );
+    std::fs::write(tree.join("Cargo.toml"), ws).unwrap();
+    std::fs::copy(root.join("Cargo.lock"), tree.join("Cargo.lock")).unwrap();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["build", "-p", "corral-plugin-example", "--manifest-path"])
+        .arg(tree.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(base.join("target"))
+        .env_remove("RUSTFLAGS")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    base.join("target/debug/libcorral_plugin_example.so")
+}
+
+/// A plugin really built against ABI 1.0 (before `new_context_per_sequence` and
+/// `kv_shift` were appended to the vtables) is refused by this 1.1 host with a message
+/// that says why and what to do, not with abi_stable's layout dump: abi_stable lets a
+/// plugin be newer than its host (extra methods are ignored), never older.
+#[test]
+fn a_plugin_built_for_an_older_abi_minor_is_refused_with_a_clear_message() {
+    let lib = build_example_for_abi_1_0();
+    let dir = tempfile::tempdir().unwrap();
+    let p = plugin_dir(dir.path(), "old", &example_manifest("cpu", "1.0", "libold.so"), Some(&lib));
+    let v = backends_json(&[dir.path()], &[]);
+    let r = report(&v, "cpu");
+    assert_eq!(r["status"], "unavailable", "{r}");
+    let reason = r["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("was built for corral plugin ABI 1.0, older than this host's ABI 1.1")
+            && reason.contains("rebuild it against corral-backend-api 1.1"),
+        "{reason}"
+    );
+    let mut c = corral(&[]);
+    c.args(["plugin", "check"]).arg(&p);
+    let (out, stdout, stderr) = run(c);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stderr.contains("older than this host's ABI 1.1"), "{stderr}");
+}
