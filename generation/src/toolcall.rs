@@ -81,6 +81,12 @@ impl ToolCallParser {
                     return std::mem::take(&mut self.held) + text;
                 }
                 self.held.push_str(text);
+                // A value can only have ended where a bracket closed (or a line ended,
+                // which shows text that is not JSON soon enough).
+                if text.contains(['}', ']', '\n']) && !self.first_value_may_be_a_call() {
+                    self.mode = Mode::Text;
+                    return std::mem::take(&mut self.held);
+                }
                 return String::new();
             }
             Mode::Undecided => {}
@@ -92,12 +98,42 @@ impl ToolCallParser {
         }
         if OPENERS.iter().any(|o| start.starts_with(o)) {
             self.mode = Mode::Call;
+            if self.held.contains(['}', ']', '\n']) && !self.first_value_may_be_a_call() {
+                self.mode = Mode::Text;
+                return std::mem::take(&mut self.held);
+            }
             String::new()
         } else if OPENERS.iter().any(|o| o.starts_with(start)) {
             String::new()
         } else {
             self.mode = Mode::Text;
             std::mem::take(&mut self.held)
+        }
+    }
+
+    /// Whether the held text can still turn out to be calls: its first JSON value (after
+    /// wrappers) is unfinished, or is a call of an offered tool. A finished value that
+    /// is not one, or text that is not JSON, means the answer is ordinary content and
+    /// may stream.
+    fn first_value_may_be_a_call(&self) -> bool {
+        let mut rest = self.held.as_str();
+        loop {
+            rest = rest.trim_start();
+            match WRAPPERS.iter().find(|w| rest.starts_with(**w)) {
+                Some(w) => rest = &rest[w.len()..],
+                None => break,
+            }
+        }
+        if rest.is_empty() {
+            return true;
+        }
+        match serde_json::Deserializer::from_str(rest).into_iter::<Value>().next() {
+            None => true,
+            Some(Err(e)) => e.is_eof(),
+            Some(Ok(Value::Array(items))) => {
+                items.iter().all(|i| call_of(i, &self.names).is_some())
+            }
+            Some(Ok(v)) => call_of(&v, &self.names).is_some(),
         }
     }
 
@@ -272,6 +308,21 @@ mod tests {
         let text = "<tool_call>{\"name\": \"add\", \"arguments\": {\"code\": \"```x``` <tool_call>\"}}</tool_call>";
         let (_, _, calls) = run(&[text]);
         assert_eq!(calls[0].arguments["code"], "```x``` <tool_call>");
+    }
+
+    #[test]
+    fn json_that_is_not_a_call_streams_once_its_first_value_ends() {
+        let mut p = ToolCallParser::new(&tools());
+        assert_eq!(p.push("{\"answer\": "), "");
+        assert_eq!(p.push("42}"), "{\"answer\": 42}", "released when the value closes");
+        assert_eq!(p.push(" more"), " more");
+        let mut p = ToolCallParser::new(&tools());
+        assert_eq!(p.push("```py"), "", "a fence may hold JSON");
+        assert_eq!(p.push("thon\nprint(1)"), "```python\nprint(1)", "not JSON: released");
+        // A call keeps being held.
+        let mut p = ToolCallParser::new(&tools());
+        assert_eq!(p.push("{\"name\": \"add\", \"arguments\": {}}"), "");
+        assert_eq!(p.finish().1.len(), 1);
     }
 
     #[test]
