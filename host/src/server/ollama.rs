@@ -228,11 +228,12 @@ pub async fn generate(
                 v["context"] = json!(ctx);
                 Some((v, None))
             }
-            Some(Piece::Thinking(t)) => Some((
-                json!({"model": r.model, "created_at": now_rfc3339(), "response": "",
-                    "thinking": t, "done": false}),
-                Some(r),
-            )),
+            Some(Piece::Thinking(t)) => {
+                let mut v = json!({"model": r.model, "created_at": now_rfc3339(),
+                    "response": "", "thinking": t, "done": false});
+                with_logprobs(&mut v, &mut r, wanted);
+                Some((v, Some(r)))
+            }
             // Completions offer no tools.
             Some(Piece::ToolCalls(_)) => Some((
                 json!({"model": r.model, "created_at": now_rfc3339(), "response": "", "done": false}),
@@ -356,12 +357,13 @@ pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Res
                         "tool_calls": ollama_tool_calls(&calls)}, "done": false}),
                 Some(r),
             )),
-            Some(Piece::Thinking(t)) => Some((
-                json!({"model": r.model, "created_at": now_rfc3339(),
+            Some(Piece::Thinking(t)) => {
+                let mut v = json!({"model": r.model, "created_at": now_rfc3339(),
                     "message": {"role": "assistant", "content": "", "thinking": t},
-                    "done": false}),
-                Some(r),
-            )),
+                    "done": false});
+                with_logprobs(&mut v, &mut r, wanted);
+                Some((v, Some(r)))
+            }
             Some(Piece::Done(s)) => {
                 let mut v = json!({"model": r.model, "created_at": now_rfc3339(),
                     "message": {"role": "assistant", "content": ""}, "done": true});
