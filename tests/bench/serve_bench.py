@@ -15,6 +15,12 @@ Either point it at a running server (--url, --model), or let it start one:
 With --engine-bench (needs --corral), it first runs `corral bench --pp 0 --tg TOKENS` on the
 same file, plugin and threads, before the server starts, and reports the single stream's
 server-side rate (eval_count / eval_duration) as a ratio to the engine's own tg rate.
+
+With --raw-bin PATH (the `llama-raw` built with the plugin), after the server has stopped
+it runs `llama-raw batched` on the same file and threads: raw llama.cpp decoding N
+sequences together, their prompts (of the median prompt length the server reported)
+decoded first, with the same number of tokens each. Its aggregate counting the prompts is
+what N streams could reach at best; the table shows corral against it.
 """
 
 import argparse
@@ -92,6 +98,7 @@ def run_level(url, model, n, tokens, rep=0):
         "per_stream_wall_tps": statistics.mean(wall_rates) if wall_rates else 0.0,
         "ttft_mean_s": statistics.mean(ttfts),
         "ttft_max_s": max(ttfts),
+        "prompt_tokens": statistics.median(r["final"]["prompt_eval_count"] for r in results),
     }
 
 
@@ -113,6 +120,15 @@ def engine_bench(args, model):
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     r = json.loads(out)["results"][0]
     return {"engine": r["engine"], "test": r["test"], "median_tps": r["median_tps"]}
+
+
+def raw_batched(args, model, levels, prompt_tokens):
+    """llama.cpp's own aggregate for each level (prompts counted), from `llama-raw batched`."""
+    cmd = [args.raw_bin, "batched", model, "--threads", str(args.threads),
+           "--np", ",".join(str(n) for n in levels), "--pp", str(max(1, int(prompt_tokens))),
+           "--tg", str(args.tokens), "--reps", "3", "--unified", "0", "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return {r["n_seq"]: r["with_prompt"]["median_tps"] for r in json.loads(out)["rows"]}
 
 
 def start_server(args):
@@ -142,6 +158,7 @@ def main():
     ap.add_argument("--reps", type=int, default=3, help="repetitions of each level (median reported)")
     ap.add_argument("--engine-bench", action="store_true",
                     help="also run `corral bench` tg on the same model first, for the HTTP/engine ratio")
+    ap.add_argument("--raw-bin", help="llama-raw of the same build: adds llama.cpp's batched ceiling")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     args.concurrency = [int(x) for x in args.concurrency.split(",")]
@@ -167,17 +184,30 @@ def main():
         if proc:
             proc.terminate()
             proc.wait(30)
+    raw = None
+    if args.raw_bin:
+        if not model:
+            ap.error("--raw-bin needs the model file (--gguf, or --model as a path)")
+        raw = raw_batched(args, model, args.concurrency, rows[0]["prompt_tokens"])
+        for r in rows:
+            r["llama_cpp_batched_tps"] = raw.get(r["streams"])
     if args.json:
         print(json.dumps({"engine_bench": engine, "levels": rows}, indent=2))
         return
     base = rows[0]["aggregate_tps"]
     print(f"medians of {rows[0]['reps']} repetitions per level, {args.tokens} tokens per stream")
+    raw_head = f" {'llama.cpp t/s':>14} {'corral/llama.cpp':>17} {'llama.cpp vs 1':>15}" if raw else ""
     print(f"{'streams':>7} {'aggregate t/s':>14} {'vs 1':>6} {'per-stream t/s (server)':>24} "
-          f"{'per-stream t/s (wall)':>22} {'TTFT mean':>10} {'TTFT max':>9}")
+          f"{'per-stream t/s (wall)':>22} {'TTFT mean':>10} {'TTFT max':>9}" + raw_head)
     for r in rows:
-        print(f"{r['streams']:>7} {r['aggregate_tps']:>14.2f} {r['aggregate_tps'] / base:>6.2f} "
-              f"{r['per_stream_server_tps']:>24.2f} {r['per_stream_wall_tps']:>22.2f} "
-              f"{r['ttft_mean_s']:>9.3f}s {r['ttft_max_s']:>8.3f}s")
+        line = (f"{r['streams']:>7} {r['aggregate_tps']:>14.2f} {r['aggregate_tps'] / base:>6.2f} "
+                f"{r['per_stream_server_tps']:>24.2f} {r['per_stream_wall_tps']:>22.2f} "
+                f"{r['ttft_mean_s']:>9.3f}s {r['ttft_max_s']:>8.3f}s")
+        if raw and r.get("llama_cpp_batched_tps"):
+            lc = r["llama_cpp_batched_tps"]
+            line += (f" {lc:>14.2f} {r['aggregate_tps'] / lc:>17.3f} "
+                     f"{lc / raw[rows[0]['streams']]:>15.2f}")
+        print(line)
 
     if engine:
         one = rows[0]["per_stream_server_tps"]
