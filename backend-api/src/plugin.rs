@@ -129,6 +129,18 @@ impl BatchLimits {
     }
 }
 
+/// A sequence id is one of `0..n_seq_max` (`ErrorKind::InvalidInput` otherwise), as
+/// every `kv_*` call and every batch entry needs.
+pub fn check_seq(seq: u32, n_seq_max: u32) -> Result<(), BackendError> {
+    if seq < n_seq_max {
+        Ok(())
+    } else {
+        Err(BackendError::invalid(format!(
+            "sequence id {seq} is out of range: this context has n_seq_max = {n_seq_max}"
+        )))
+    }
+}
+
 /// The checks every `Context::decode` owes the host before its engine sees a batch: not
 /// empty, at most `n_batch` entries, and every token, position and sequence id in range.
 /// Each failure is an [`ErrorKind::InvalidInput`] naming the entry. Engine-specific rules
@@ -151,12 +163,8 @@ pub fn check_batch(batch: &[BatchEntry], limits: &BatchLimits) -> Result<(), Bac
                 e.token, limits.vocab_size
             )));
         }
-        if e.seq >= limits.n_seq_max {
-            return Err(BackendError::invalid(format!(
-                "batch entry {i}: sequence id {} is out of range: this context has n_seq_max = {}",
-                e.seq, limits.n_seq_max
-            )));
-        }
+        check_seq(e.seq, limits.n_seq_max)
+            .map_err(|err| BackendError::invalid(format!("batch entry {i}: {}", err.message)))?;
         if e.pos >= limits.positions {
             return Err(BackendError::invalid(format!(
                 "batch entry {i}: position {} is out of range: a sequence of this context holds \

@@ -629,6 +629,14 @@ impl<R: Read> Parser<'_, R> {
     }
 }
 
+/// Whether `r` starts with the GGUF magic (reads at most 4 bytes). A short or empty
+/// input is not GGUF.
+pub fn starts_with_magic(r: &mut impl Read) -> std::io::Result<bool> {
+    let mut magic = [0u8; 4];
+    let n = read_up_to(r, &mut magic)?;
+    Ok(n == 4 && magic == GGUF_MAGIC)
+}
+
 /// Reads until `buf` is full or the reader ends; returns the bytes read.
 fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;

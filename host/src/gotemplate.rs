@@ -298,16 +298,7 @@ fn lex_action(src: &str, start: usize, line: usize) -> Result<(Option<Vec<Token>
                 i = j + 1;
             }
             '.' if next.is_some_and(|n| n.is_alphabetic() || n == '_') => {
-                let mut j = i + 1;
-                let mut name = String::new();
-                while let Some(&(_, ch)) = chars.get(j) {
-                    if ch.is_alphanumeric() || ch == '_' {
-                        name.push(ch);
-                        j += 1;
-                    } else {
-                        break;
-                    }
-                }
+                let (name, j) = scan_name(&chars, i + 1);
                 push(Tok::Field(name), &mut toks);
                 i = j;
             }
@@ -316,16 +307,7 @@ fn lex_action(src: &str, start: usize, line: usize) -> Result<(Option<Vec<Token>
                 i += 1;
             }
             '$' => {
-                let mut j = i + 1;
-                let mut name = String::new();
-                while let Some(&(_, ch)) = chars.get(j) {
-                    if ch.is_alphanumeric() || ch == '_' {
-                        name.push(ch);
-                        j += 1;
-                    } else {
-                        break;
-                    }
-                }
+                let (name, j) = scan_name(&chars, i + 1);
                 push(Tok::Var(name), &mut toks);
                 i = j;
             }
@@ -359,16 +341,7 @@ fn lex_action(src: &str, start: usize, line: usize) -> Result<(Option<Vec<Token>
                 i = j;
             }
             c if c.is_alphabetic() || c == '_' => {
-                let mut j = i;
-                let mut name = String::new();
-                while let Some(&(_, ch)) = chars.get(j) {
-                    if ch.is_alphanumeric() || ch == '_' {
-                        name.push(ch);
-                        j += 1;
-                    } else {
-                        break;
-                    }
-                }
+                let (name, j) = scan_name(&chars, i);
                 push(Tok::Ident(name), &mut toks);
                 i = j;
             }
@@ -377,6 +350,17 @@ fn lex_action(src: &str, start: usize, line: usize) -> Result<(Option<Vec<Token>
         joined = true;
     }
     err(line, "unclosed action: missing }}")
+}
+
+/// The name (letters, digits, `_`) starting at `chars[start]`, and the index after it.
+fn scan_name(chars: &[(usize, char)], start: usize) -> (String, usize) {
+    let name: String = chars[start.min(chars.len())..]
+        .iter()
+        .map(|&(_, ch)| ch)
+        .take_while(|&ch| ch.is_alphanumeric() || ch == '_')
+        .collect();
+    let end = start + name.chars().count();
+    (name, end)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -401,3 +401,48 @@ pub fn assert_greedy_run_equals_raw(plugin: &Path, raw: &Path, backend: &str, di
         }
     }
 }
+
+/// `corral plugin check PLUGIN --model M` on a generated tiny model of each weight type
+/// passes, printing `expected` (e.g. "12 passed, 0 failed").
+pub fn assert_conformance_on_generated(plugin: &Path, types: &[&str], expected: &str, dir: &Path) {
+    for ty in types {
+        let model = dir.join(format!("tiny-{ty}.gguf"));
+        generate_model(&model, "tiny", ty);
+        let mut c = corral(&[]);
+        c.args(["plugin", "check"]).arg(plugin).arg("--model").arg(&model);
+        let (out, stdout, stderr) = run(c);
+        assert!(out.status.success(), "{ty}: {stdout}\n{stderr}");
+        assert!(stdout.contains(expected), "{ty}: {stdout}");
+    }
+}
+
+/// `corral run` with `run_args` (e.g. `--backend cpu`) on a file that is not GGUF, a
+/// truncated one and a missing one: each fails with an exit code (no signal) and a
+/// message saying which. Returns a good generated tiny F32 model for further checks.
+pub fn assert_bad_model_files_are_clear(plugin: &Path, run_args: &[&str], dir: &Path) -> PathBuf {
+    let not_gguf = dir.join("notes.gguf");
+    std::fs::write(&not_gguf, "this is not a model").expect("write a test file");
+    let good = dir.join("tiny.gguf");
+    generate_model(&good, "tiny", "f32");
+    let bytes = std::fs::read(&good).expect("read the generated model");
+    let truncated = dir.join("truncated.gguf");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).expect("write a test file");
+    let cases: [(&Path, &str); 3] = [
+        (&not_gguf, "not a GGUF file"),
+        (&truncated, "truncated"),
+        (Path::new("/nonexistent/model.gguf"), "does not exist"),
+    ];
+    for (path, expect) in cases {
+        let mut c = corral(&[plugin]);
+        c.arg("run").args(run_args).args(["--raw", "--temperature", "0"]).arg(path).arg("hi");
+        let (out, _, stderr) = run(c);
+        assert!(!out.status.success(), "{}: accepted", path.display());
+        assert!(out.status.code().is_some(), "{}: killed by a signal: {stderr}", path.display());
+        assert!(
+            stderr.to_lowercase().contains(&expect.to_lowercase()),
+            "{}: {stderr}",
+            path.display()
+        );
+    }
+    good
+}

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use corral_backend_api::{
     BackendError, BatchEntry, ContextParams, ErrorKind,
-    plugin::{BatchLimits, Context, check_batch},
+    plugin::{BatchLimits, Context, check_batch, check_seq},
 };
 
 use crate::forward::{Output, Profile, Scratch, forward};
@@ -108,14 +108,7 @@ impl CpuContext {
     }
 
     fn check_seq(&self, seq: u32) -> Result<(), BackendError> {
-        if seq < self.params.n_seq_max {
-            Ok(())
-        } else {
-            Err(BackendError::invalid(format!(
-                "sequence id {seq} is out of range: this context has n_seq_max = {}",
-                self.params.n_seq_max
-            )))
-        }
+        check_seq(seq, self.params.n_seq_max)
     }
 
     fn validate(&self, batch: &[BatchEntry]) -> Result<(), BackendError> {

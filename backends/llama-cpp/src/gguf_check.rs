@@ -8,16 +8,12 @@
 //! hold every tensor the table names ("truncated").
 
 use std::ffi::{CStr, CString};
-use std::io::Read;
 use std::path::Path;
 
 use corral_backend_api::{BackendError, ErrorKind};
 use llama_cpp_sys_2 as sys;
 
 use crate::logging;
-
-/// The four bytes every GGUF file starts with.
-pub const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 
 /// What the pre-check learned about a GGUF file.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -48,13 +44,12 @@ pub fn check_gguf(path: &Path) -> Result<GgufSummary, BackendError> {
             path.display()
         )));
     }
-    let mut magic = [0u8; 4];
     let mut file = std::fs::File::open(path).map_err(|e| {
         BackendError::invalid(format!("cannot open model file {}: {e}", path.display()))
     })?;
-    let n = read_up_to(&mut file, &mut magic)
+    let is_gguf = corral_gguf::reader::starts_with_magic(&mut file)
         .map_err(|e| BackendError::invalid(format!("cannot read {}: {e}", path.display())))?;
-    if n < 4 || &magic != GGUF_MAGIC {
+    if !is_gguf {
         return Err(BackendError::invalid(format!(
             "{} is not a GGUF file (it does not start with the GGUF magic bytes)",
             path.display()
@@ -82,19 +77,6 @@ pub fn check_gguf(path: &Path) -> Result<GgufSummary, BackendError> {
     let summary = summarise(&guard, path, meta.len());
     drop(guard);
     summary
-}
-
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// Owns a `gguf_context` and frees it.
@@ -161,45 +143,11 @@ fn summarise(g: &GgufCtx, path: &Path, file_len: u64) -> Result<GgufSummary, Bac
     Ok(s)
 }
 
-/// Name of a `llama_ftype` (`general.file_type`), as llama.cpp and Ollama print it.
+/// Name of a `llama_ftype` (`general.file_type`), as llama.cpp and Ollama print it;
+/// `ftype N` for one this build does not know.
 pub(crate) fn file_type_name(ftype: u32) -> String {
-    let name = match ftype {
-        0 => "F32",
-        1 => "F16",
-        2 => "Q4_0",
-        3 => "Q4_1",
-        7 => "Q8_0",
-        8 => "Q5_0",
-        9 => "Q5_1",
-        10 => "Q2_K",
-        11 => "Q3_K_S",
-        12 => "Q3_K_M",
-        13 => "Q3_K_L",
-        14 => "Q4_K_S",
-        15 => "Q4_K_M",
-        16 => "Q5_K_S",
-        17 => "Q5_K_M",
-        18 => "Q6_K",
-        19 => "IQ2_XXS",
-        20 => "IQ2_XS",
-        21 => "Q2_K_S",
-        22 => "IQ3_XS",
-        23 => "IQ3_XXS",
-        24 => "IQ1_S",
-        25 => "IQ4_NL",
-        26 => "IQ3_S",
-        27 => "IQ3_M",
-        28 => "IQ2_S",
-        29 => "IQ2_M",
-        30 => "IQ4_XS",
-        31 => "IQ1_M",
-        32 => "BF16",
-        36 => "TQ1_0",
-        37 => "TQ2_0",
-        38 => "MXFP4_MOE",
-        _ => return format!("ftype {ftype}"),
-    };
-    name.to_string()
+    corral_gguf::types::file_type_name(ftype)
+        .map_or_else(|| format!("ftype {ftype}"), str::to_string)
 }
 
 /// Whether llama.cpp's load errors say the architecture is unknown to it.
