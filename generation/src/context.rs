@@ -13,6 +13,30 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+/// The context window when nothing sets one and the model does not say its own.
+pub const FALLBACK_NUM_CTX: u32 = 2048;
+/// The largest context window chosen by default: a model trained on more still gets
+/// this many positions per sequence unless a setting asks for more (its KV cache grows
+/// with the window, and most chats need far less).
+pub const MAX_DEFAULT_NUM_CTX: u32 = 4096;
+
+/// The context-length rule, the same for `corral run`, `corral serve` and
+/// `corral bench`: the window per sequence is
+///
+/// 1. `requested` when set: the model's `num_ctx` PARAMETER, or a command's
+///    `--num-ctx` / options (`bench` asks for exactly what its test needs);
+/// 2. else `setting` when set (`CORRAL_CONTEXT_LENGTH`, `--num-ctx` of `serve`, the
+///    config's `[server] num_ctx`);
+/// 3. else the model's training context (`model_max`), at most [`MAX_DEFAULT_NUM_CTX`];
+/// 4. else, for a model that does not say (`model_max == 0`), [`FALLBACK_NUM_CTX`].
+///
+/// The result is at least 1.
+pub fn context_length(requested: Option<u32>, setting: Option<u32>, model_max: u32) -> u32 {
+    let default =
+        if model_max == 0 { FALLBACK_NUM_CTX } else { model_max.min(MAX_DEFAULT_NUM_CTX) };
+    requested.or(setting).unwrap_or(default).max(1)
+}
+
 /// What to do with a prompt longer than the context window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ContextPolicy {
@@ -164,6 +188,16 @@ pub fn length_limit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn context_length_rule() {
+        assert_eq!(context_length(Some(100), Some(8192), 32768), 100);
+        assert_eq!(context_length(None, Some(8192), 32768), 8192);
+        assert_eq!(context_length(None, None, 32768), MAX_DEFAULT_NUM_CTX);
+        assert_eq!(context_length(None, None, 512), 512);
+        assert_eq!(context_length(None, None, 0), FALLBACK_NUM_CTX);
+        assert_eq!(context_length(Some(0), None, 0), 1);
+    }
 
     fn seq(n: u32) -> Vec<u32> {
         (0..n).collect()

@@ -49,24 +49,30 @@
 //! - [`template`]: [`ChatTemplate`], Hugging Face chat templates rendered by minijinja.
 //! - [`detok`]: [`Detokenizer`], complete UTF-8 out of token bytes.
 //! - [`stop`]: [`StopMatcher`], stop strings across token boundaries.
-//! - [`context`]: [`fit_prompt`], context shifts and [`DoneReason`].
+//! - [`context`]: [`fit_prompt`], context shifts, the context-length rule and [`DoneReason`].
+//! - [`gotemplate`]: Ollama's Go templates (Modelfile `TEMPLATE`) translated to Jinja.
+//! - [`structured`]: JSON-schema structured output as a [`Constraint`] over token bytes.
+//! - [`logprobs`], [`thinking`], [`toolcall`]: log-probabilities, `<think>` blocks and
+//!   tool calls parsed out of the generated text.
 
 pub mod context;
 pub mod detok;
+pub mod gotemplate;
 pub mod logprobs;
 pub mod options;
 pub mod sampler;
 pub mod stop;
+pub mod structured;
 pub mod template;
 pub mod thinking;
 pub mod toolcall;
 
 pub use context::{
-    ContextError, ContextPolicy, DoneReason, effective_keep, fit_prompt, length_limit,
-    shift_discard,
+    ContextError, ContextPolicy, DoneReason, context_length, effective_keep, fit_prompt,
+    length_limit, shift_discard,
 };
 pub use detok::Detokenizer;
-pub use options::{DEFAULT_NUM_CTX, OptionsError, SamplingOptions};
+pub use options::{OptionsError, SamplingOptions};
 pub use sampler::{Constraint, Sampler, argmax};
 pub use stop::{StopMatcher, StopStep};
 pub use template::{CHATML_TEMPLATE, ChatInput, ChatMessage, ChatTemplate, TemplateError};

@@ -14,9 +14,6 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
-/// Ollama's default context window when neither the request nor the model sets one.
-pub const DEFAULT_NUM_CTX: u32 = 2048;
-
 /// An invalid option value; the message names the option, the value and what is allowed.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum OptionsError {
@@ -78,8 +75,8 @@ pub struct SamplingOptions {
     pub num_predict: i32,
     /// Stop strings; generation ends before the first occurrence of any of them.
     pub stop: Vec<String>,
-    /// Context window in tokens; `None` = the model's or Ollama's default (see
-    /// [`num_ctx_or`](Self::num_ctx_or)).
+    /// Context window in tokens; `None` = the default of
+    /// [`crate::context::context_length`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub num_ctx: Option<u32>,
     /// Tokens at the start of the prompt kept when the context is truncated or shifted;
@@ -235,11 +232,6 @@ impl SamplingOptions {
         Ok(())
     }
 
-    /// The context window: the value set, else `model_default`, else [`DEFAULT_NUM_CTX`].
-    pub fn num_ctx_or(&self, model_default: Option<u32>) -> u32 {
-        self.num_ctx.or(model_default).unwrap_or(DEFAULT_NUM_CTX)
-    }
-
     /// Checks every value's range; the error names the option, its value and what is
     /// allowed, so it can go back to the user as a 400.
     pub fn validate(&self) -> Result<(), OptionsError> {
@@ -333,8 +325,7 @@ mod tests {
         assert_eq!(o.seed, None);
         assert_eq!(o.num_predict, -1);
         assert_eq!(o.num_keep, 4);
-        assert_eq!(o.num_ctx_or(None), 2048);
-        assert_eq!(o.num_ctx_or(Some(8192)), 8192);
+        assert_eq!(o.num_ctx, None);
         assert!(o.validate().is_ok());
     }
 

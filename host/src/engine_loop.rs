@@ -8,7 +8,7 @@
 
 use std::{
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
         mpsc,
     },
@@ -26,7 +26,7 @@ use corral_generation::{
 };
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::engine::{Context, Model};
+use corral_plugin_host::{Context, Model};
 
 /// What a request's stream receives.
 #[derive(Debug)]
@@ -115,12 +115,14 @@ pub struct LoopConfig {
     pub n_threads: u32,
 }
 
-/// A handle to a running engine loop.
+/// A handle to a running engine loop. Dropping it closes the loop's queue without
+/// waiting: the thread ends by itself once its running sequences finish.
+/// [`EngineHandle::shutdown`] also waits for that (call it off async workers).
 pub struct EngineHandle {
-    tx: mpsc::Sender<Request>,
+    tx: Mutex<Option<mpsc::Sender<Request>>>,
     /// Sequences decoding or waiting right now.
     pub active: Arc<std::sync::atomic::AtomicUsize>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The model.
     pub model: Arc<Model>,
     /// Loop sizes.
@@ -149,27 +151,42 @@ impl EngineHandle {
             .name("corral-engine".into())
             .spawn(move || state.run(rx))
             .map_err(|e| BackendError::internal(format!("cannot start the engine thread: {e}")))?;
-        Ok(EngineHandle { tx, active, thread: Some(thread), model, config })
+        Ok(EngineHandle {
+            tx: Mutex::new(Some(tx)),
+            active,
+            thread: Mutex::new(Some(thread)),
+            model,
+            config,
+        })
     }
 
     /// Queues a request.
     pub fn submit(&self, request: Request) -> Result<(), BackendError> {
+        let stopped = || BackendError::internal("the engine loop has stopped");
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone().ok_or_else(stopped)?;
         self.active.fetch_add(1, Ordering::SeqCst);
-        self.tx.send(request).map_err(|_| {
+        tx.send(request).map_err(|_| {
             self.active.fetch_sub(1, Ordering::SeqCst);
-            BackendError::internal("the engine loop has stopped")
+            stopped()
         })
+    }
+
+    /// Closes the queue and waits until the loop's thread has ended (its running
+    /// sequences finish first). Blocking: never call it on an async worker.
+    pub fn shutdown(&self) {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
     }
 }
 
 impl Drop for EngineHandle {
     fn drop(&mut self) {
-        // Closing the channel ends the loop once its sequences finish.
-        let (dead, _) = mpsc::channel();
-        self.tx = dead;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        // Closing the channel ends the loop once its sequences finish; the thread is
+        // detached, not joined, so dropping never blocks the caller.
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 }
 

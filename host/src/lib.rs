@@ -1,24 +1,26 @@
-//! # corral (the host)
+//! # corral (the host library)
 //!
-//! The `corral` binary: CLI, config, hardware probe, plugin discovery/loading/choice,
-//! the engine loop over a plugin's contexts, the conformance suite, and (in `serve`)
-//! the HTTP APIs. It links no engine and no GPU library: engines are plugins opened at
-//! run time through `corral-backend-api`.
+//! Everything `corral` does between its command line and the engines, with no `unsafe`
+//! code (the plugin ABI's unsafe half lives in `corral-plugin-host`) and no CLI types
+//! (those live in the binary, `src/cli/`).
 //!
-//! Code map: [`config`] (TOML file), [`manifest`] and [`plugins`] (discovery, loading,
-//! choice), [`engine`] (safe handles over plugin objects), [`conformance`] (the shared
-//! backend suite), [`runtime`] (what every command does first: config, probe, choice).
+//! - [`config`]: the TOML config file.
+//! - [`runtime`]: config + probe + plugin catalog, what every command does first.
+//! - [`models`]: the one model resolution (argument → [`models::ModelRef`]) and the
+//!   store-root rule.
+//! - [`errors`]: the one mapping from an error to an exit code and an HTTP status.
+//! - [`prompt`]: chat templates → tokens.
+//! - [`engine_loop`]: continuous batching over one model's context, one thread per
+//!   loaded model.
+//! - [`client`]: talking to a running `corral serve` (finding it, requests, streams).
+//! - [`server`]: `corral serve`: the HTTP APIs and the scheduler.
+#![forbid(unsafe_code)]
 
-pub mod cli_run;
+pub mod client;
 pub mod config;
-pub mod conformance;
-pub mod engine;
 pub mod engine_loop;
-pub mod gotemplate;
-pub mod manifest;
+pub mod errors;
 pub mod models;
-pub mod plugins;
 pub mod prompt;
-pub mod remote;
 pub mod runtime;
 pub mod server;

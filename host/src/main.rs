@@ -1,4 +1,5 @@
-//! The `corral` command line. See `corral --help`.
+//! The `corral` command line. See `corral --help`. The commands live in [`cli`].
+#![forbid(unsafe_code)]
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -7,8 +8,8 @@ use clap::{Args, Parser, Subcommand};
 use corral_host::runtime::GlobalOptions;
 
 mod cli;
-mod cli_client;
-mod cli_models;
+
+use cli::{client as cli_client, models as cli_models, run as cli_run, serve as cli_serve, system};
 
 /// Run language models on any hardware; engines are plugins.
 #[derive(Parser, Debug)]
@@ -27,15 +28,15 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Show what hardware this machine has (CPU, memory, GPUs, Vulkan devices).
-    Probe(cli::ProbeArgs),
+    Probe(system::ProbeArgs),
     /// List backend plugins, which one would be chosen, and why.
-    Backends(cli::BackendsArgs),
+    Backends(system::BackendsArgs),
     /// Start the HTTP server (Ollama and OpenAI APIs).
-    Serve(cli::ServeArgs),
+    Serve(cli_serve::ServeArgs),
     /// Run a model: one-shot with a prompt, interactive chat without one.
-    Run(cli::RunArgs),
+    Run(cli_run::RunArgs),
     /// Measure prompt processing and generation speed (pp512, tg128).
-    Bench(cli::BenchArgs),
+    Bench(cli_run::BenchArgs),
     /// List the models a running server has loaded.
     Ps(cli_client::PsArgs),
     /// Unload a model from a running server.
@@ -66,7 +67,7 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum PluginCommand {
     /// Run the backend conformance suite against a plugin.
-    Check(cli::CheckArgs),
+    Check(system::CheckArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -114,15 +115,15 @@ fn main() -> ExitCode {
     init_tracing(if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" });
     let global = GlobalOptions { config: cli.config, plugin_dirs: cli.plugin_dirs };
     let result: Result<()> = match cli.command {
-        Command::Probe(a) => cli::probe(&a),
-        Command::Backends(a) => cli::backends(&global, &a),
-        Command::Serve(a) => cli::serve(&global, a),
-        Command::Run(a) => cli::run(&global, a),
-        Command::Bench(a) => cli::bench(&global, &a),
+        Command::Probe(a) => system::probe(&a),
+        Command::Backends(a) => system::backends(&global, &a),
+        Command::Serve(a) => cli_serve::serve(&global, a),
+        Command::Run(a) => cli_run::run(&global, a),
+        Command::Bench(a) => cli_run::bench(&global, &a),
         Command::Ps(a) => cli_client::ps(&a),
         Command::Stop(a) => cli_client::stop(&a),
-        Command::Plugin(PluginCommand::Check(a)) => cli::plugin_check(&global, &a),
-        Command::Model(ModelCommand::Generate(a)) => cli::generate_model(&a),
+        Command::Plugin(PluginCommand::Check(a)) => system::plugin_check(&global, &a),
+        Command::Model(ModelCommand::Generate(a)) => system::generate_model(&a),
         Command::Create(a) => cli_models::create(&global, &a),
         Command::List(a) => cli_models::list(&global, &a),
         Command::Show(a) => cli_models::show(&global, &a),
@@ -135,7 +136,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(corral_host::models::exit_code(&e).unwrap_or_else(|| cli::exit_code(&e)))
+            ExitCode::from(corral_host::errors::ErrorClass::of(&e).exit_code())
         }
     }
 }

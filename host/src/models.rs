@@ -1,7 +1,9 @@
-//! Model resolution shared by the CLI and the server: a user's model argument (a file
-//! path or a store name such as `llama3` or `127.0.0.1:5000/test/tiny:latest`) becomes a
-//! [`ModelRef`]: the weights file, its format, and the model's defaults (TEMPLATE as
-//! Jinja, SYSTEM, PARAMETERs, MESSAGEs).
+//! Model resolution, the one path from a user's model argument to what is loaded, for
+//! the CLI and the server alike: a file path or a store name (`llama3`,
+//! `127.0.0.1:5000/test/tiny:latest`) becomes a [`ModelRef`]: the weights file, its
+//! format (one rule: [`corral_plugin_host::format::sniff`]), and the model's defaults
+//! (TEMPLATE translated to Jinja, SYSTEM, PARAMETERs, MESSAGEs). The server resolves a
+//! name only when it loads the model; a loaded model keeps its `ModelRef`.
 //!
 //! The store lives at (first that is set) the `--models DIR` flag, `$CORRAL_MODELS`, the
 //! config's `models = "..."`, or [`Store::default_root`]. `CORRAL_MODELS_READONLY=1` (or
@@ -13,10 +15,11 @@ use std::{
     time::SystemTime,
 };
 
+use corral_plugin_host::format::sniff;
 use corral_registry::{ModelName, Store, StoreOptions};
 use serde_json::{Map, Value};
 
-use crate::{config::Config, runtime::GlobalOptions};
+use crate::{config::Config, errors::ErrorClass, runtime::GlobalOptions};
 
 /// The environment variable that opens the store read-only (`1`, `true`, `yes`).
 pub const READONLY_ENV: &str = "CORRAL_MODELS_READONLY";
@@ -39,50 +42,14 @@ pub enum ModelsError {
 }
 
 impl ModelsError {
-    /// The exit code of the CLI: 2 bad input, 3 not found, 1 other.
-    pub fn exit_code(&self) -> u8 {
+    /// What kind of failure this is (see [`crate::errors`]).
+    pub fn class(&self) -> ErrorClass {
         match self {
-            ModelsError::NotFound(_) | ModelsError::NoSuchFile(_) => 3,
-            ModelsError::InvalidName(_) => 2,
-            ModelsError::Store(e) => registry_exit_code(e),
+            ModelsError::NotFound(_) | ModelsError::NoSuchFile(_) => ErrorClass::NotFound,
+            ModelsError::InvalidName(_) => ErrorClass::BadInput,
+            ModelsError::Store(e) => ErrorClass::of_registry(e),
         }
     }
-
-    /// The HTTP status of the API: 404 not found, 400 bad input, 500 other.
-    pub fn http_status(&self) -> u16 {
-        match self.exit_code() {
-            3 => 404,
-            2 => 400,
-            _ => 500,
-        }
-    }
-}
-
-/// The exit code for a registry error: 2 bad input (name, digest, Modelfile, read-only
-/// store), 3 not found (locally or on the registry), 1 other.
-pub fn registry_exit_code(e: &corral_registry::Error) -> u8 {
-    use corral_registry::Error as E;
-    match e {
-        E::InvalidName { .. } | E::InvalidDigest { .. } | E::Modelfile { .. } | E::ReadOnly(_) => 2,
-        E::ModelNotFound(_) => 3,
-        E::Registry { message, .. } if message.contains("model not found") => 3,
-        E::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => 3,
-        _ => 1,
-    }
-}
-
-/// The exit code an error calls for, when it comes from model resolution or the store.
-/// `None` for other errors (the caller's own mapping applies).
-pub fn exit_code(e: &anyhow::Error) -> Option<u8> {
-    for cause in e.chain() {
-        if let Some(m) = cause.downcast_ref::<ModelsError>() {
-            return Some(m.exit_code());
-        }
-        if let Some(r) = cause.downcast_ref::<corral_registry::Error>() {
-            return Some(registry_exit_code(r));
-        }
-    }
-    None
 }
 
 /// A resolved model: what to load and its defaults.
@@ -160,11 +127,6 @@ pub fn open_store(
     Store::open(root, StoreOptions { read_only }).map_err(ModelsError::Store)
 }
 
-/// Opens the store named by a [`crate::runtime::Runtime`]'s config (and the environment).
-pub fn open_store_for(rt: &crate::runtime::Runtime) -> Result<Store, ModelsError> {
-    open_store(None, false, &rt.config)
-}
-
 /// Whether an argument that is not a valid name was meant as a path.
 fn looks_like_path(arg: &str) -> bool {
     arg.starts_with('/')
@@ -175,27 +137,11 @@ fn looks_like_path(arg: &str) -> bool {
         || [".gguf", ".onnx", ".bin"].iter().any(|e| arg.to_ascii_lowercase().ends_with(e))
 }
 
-/// The format of a weights file: GGUF by its magic, else by path ([`crate::runtime::format_of`]),
-/// else the store config's `model_format` when it names another one.
-fn sniff_format(path: &Path, declared: Option<&str>) -> String {
-    use std::io::Read as _;
-    let mut magic = [0u8; 4];
-    let is_gguf = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok()
-        && &magic == b"GGUF";
-    if is_gguf {
-        return "gguf".into();
-    }
-    match declared {
-        Some(d) if !d.is_empty() && d != "gguf" => d.to_string(),
-        _ => crate::runtime::format_of(path).to_string(),
-    }
-}
-
 /// Translates a stored TEMPLATE for the Jinja renderer; a template that cannot be used is
 /// reported and dropped (the model's own template applies).
 pub fn jinja_template(name: &str, source: Option<&str>) -> Option<String> {
     let src = source?;
-    match crate::gotemplate::prepare(src) {
+    match corral_generation::gotemplate::prepare(src) {
         Ok(j) => Some(j),
         Err(e) => {
             tracing::warn!(model = name, "TEMPLATE not usable ({e}); using the model's own");
@@ -204,96 +150,132 @@ pub fn jinja_template(name: &str, source: Option<&str>) -> Option<String> {
     }
 }
 
-/// A [`ModelRef`] for a file or directory on disk.
-pub fn from_path(arg: &str, path: &Path) -> Result<ModelRef, ModelsError> {
-    let meta = std::fs::metadata(path).map_err(|_| ModelsError::NoSuchFile(arg.to_string()))?;
-    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    Ok(ModelRef {
-        name: arg.to_string(),
-        format: sniff_format(&path, None),
-        path,
-        template: None,
-        template_source: None,
-        system: None,
-        params: Map::new(),
-        messages: Vec::new(),
-        digest: String::new(),
-        size: meta.len(),
-        modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-        resolved: None,
-    })
+/// Which file paths a resolution accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathRule {
+    /// Any path that exists, relative to the working directory or absolute (the CLI).
+    Any,
+    /// Absolute paths only (the server: a client's working directory means nothing
+    /// there).
+    AbsoluteOnly,
 }
 
-/// A [`ModelRef`] for a model of the store.
-pub fn from_store(r: corral_registry::ResolvedModel) -> ModelRef {
-    let name = r.name.to_string();
-    ModelRef {
-        format: sniff_format(&r.model_path, Some(r.config.model_format.as_str())),
-        path: r.model_path.clone(),
-        template: jinja_template(&name, r.template.as_deref()),
-        template_source: r.template.clone(),
-        system: r.system.clone(),
-        params: r.params.clone(),
-        messages: r.messages.clone(),
-        digest: r.manifest_digest.hex(),
-        size: r.model_size,
-        modified: r.modified,
-        name,
-        resolved: Some(Box::new(r)),
-    }
+/// What a resolution needs besides the argument: the store (if any), which formats the
+/// installed plugins declare, and which paths are accepted.
+pub struct Resolver<'a> {
+    /// The model store, when one exists.
+    pub store: Option<&'a Store>,
+    /// Whether some plugin declares a format (for files named by extension).
+    pub plugin_formats: &'a dyn Fn(&str) -> bool,
+    /// Which paths are accepted.
+    pub paths: PathRule,
 }
 
-/// Resolves a model argument: an existing file or directory is that file; otherwise a
-/// store name looked up in `store`.
-pub fn resolve(arg: &str, store: Option<&Store>) -> Result<ModelRef, ModelsError> {
-    if arg.trim().is_empty() {
-        return Err(ModelsError::InvalidName(corral_registry::Error::InvalidName {
-            name: arg.to_string(),
-            reason: "the model name is empty".into(),
-        }));
-    }
-    let p = expand_tilde(Path::new(arg));
-    if p.exists() {
-        return from_path(arg, &p);
-    }
-    let name = match ModelName::parse(arg) {
-        Ok(n) => n,
-        Err(_) if looks_like_path(arg) => return Err(ModelsError::NoSuchFile(arg.to_string())),
-        Err(e) => return Err(ModelsError::InvalidName(e)),
-    };
-    let Some(store) = store else { return Err(ModelsError::NotFound(arg.to_string())) };
-    match store.get(&name) {
-        Ok(r) => Ok(from_store(r)),
-        Err(corral_registry::Error::ModelNotFound(_)) => {
-            Err(ModelsError::NotFound(arg.to_string()))
+impl Resolver<'_> {
+    /// Resolves a model argument: an existing file or directory is that file; otherwise
+    /// a store name looked up in the store.
+    pub fn resolve(&self, arg: &str) -> Result<ModelRef, ModelsError> {
+        if arg.trim().is_empty() {
+            return Err(ModelsError::InvalidName(corral_registry::Error::InvalidName {
+                name: arg.to_string(),
+                reason: "the model name is empty".into(),
+            }));
         }
-        Err(e) => Err(ModelsError::Store(e)),
+        let p = expand_tilde(Path::new(arg));
+        let path_ok = self.paths == PathRule::Any || p.is_absolute();
+        if path_ok && p.exists() {
+            return self.from_path(arg, &p);
+        }
+        let name = match ModelName::parse(arg) {
+            Ok(n) => n,
+            Err(_) if looks_like_path(arg) => {
+                return Err(ModelsError::NoSuchFile(arg.to_string()));
+            }
+            Err(e) => return Err(ModelsError::InvalidName(e)),
+        };
+        let Some(store) = self.store else { return Err(ModelsError::NotFound(arg.to_string())) };
+        match store.get(&name) {
+            Ok(r) => Ok(self.from_store(r)),
+            Err(corral_registry::Error::ModelNotFound(_)) => {
+                Err(ModelsError::NotFound(arg.to_string()))
+            }
+            Err(e) => Err(ModelsError::Store(e)),
+        }
     }
+
+    fn from_path(&self, arg: &str, path: &Path) -> Result<ModelRef, ModelsError> {
+        let meta = std::fs::metadata(path).map_err(|_| ModelsError::NoSuchFile(arg.to_string()))?;
+        let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        Ok(ModelRef {
+            name: arg.to_string(),
+            format: sniff(&path, None, self.plugin_formats),
+            path,
+            template: None,
+            template_source: None,
+            system: None,
+            params: Map::new(),
+            messages: Vec::new(),
+            digest: String::new(),
+            size: meta.len(),
+            modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            resolved: None,
+        })
+    }
+
+    fn from_store(&self, r: corral_registry::ResolvedModel) -> ModelRef {
+        let name = r.name.to_string();
+        ModelRef {
+            format: sniff(&r.model_path, Some(r.config.model_format.as_str()), self.plugin_formats),
+            path: r.model_path.clone(),
+            template: jinja_template(&name, r.template.as_deref()),
+            template_source: r.template.clone(),
+            system: r.system.clone(),
+            params: r.params.clone(),
+            messages: r.messages.clone(),
+            digest: r.manifest_digest.hex(),
+            size: r.model_size,
+            modified: r.modified,
+            name,
+            resolved: Some(Box::new(r)),
+        }
+    }
+}
+
+/// The key under which a model argument is loaded: a store name in its canonical form
+/// (`tiny` and `tiny:latest` are one model), a path as given. Needs no I/O.
+pub fn load_key(arg: &str) -> String {
+    match ModelName::parse(arg) {
+        Ok(n) if !Path::new(arg).is_absolute() => n.to_string(),
+        _ => arg.to_string(),
+    }
+}
+
+/// Opens the store for resolving names without creating it: a store that does not
+/// exist (or cannot be opened) holds no models.
+pub fn existing_store(config: &Config) -> Result<Option<Store>, ModelsError> {
+    let root = store_root(None, config)?;
+    if !root.is_dir() {
+        return Ok(None);
+    }
+    Ok(Store::open(root, StoreOptions { read_only: env_read_only() })
+        .map_err(|e| tracing::debug!("model store: {e}"))
+        .ok())
 }
 
 /// Resolves a model argument for a command: files directly; names in the store named by
-/// the config (`--config`), `$CORRAL_MODELS` and `CORRAL_MODELS_READONLY`.
-pub fn resolve_for(global: &GlobalOptions, arg: &str) -> anyhow::Result<ModelRef> {
-    let p = expand_tilde(Path::new(arg));
-    if p.exists() {
-        return Ok(from_path(arg, &p)?);
-    }
-    if ModelName::parse(arg).is_err() {
-        // Not a name: a missing file or a bad name, without touching the store.
-        return Ok(resolve(arg, None)?);
-    }
+/// the config (`--config`), `$CORRAL_MODELS` and `CORRAL_MODELS_READONLY`; formats
+/// declared by `catalog`'s plugins.
+pub fn resolve_for(
+    global: &GlobalOptions,
+    catalog: Option<&corral_plugin_host::PluginCatalog>,
+    arg: &str,
+) -> anyhow::Result<ModelRef> {
     let (config, _) = Config::load(global.config.as_deref())?;
-    // Resolving never creates a store: one that does not exist (or cannot be opened)
-    // holds no models.
-    let root = store_root(None, &config)?;
-    let store = if root.is_dir() {
-        Store::open(root, StoreOptions { read_only: env_read_only() })
-            .map_err(|e| tracing::debug!("model store: {e}"))
-            .ok()
-    } else {
-        None
-    };
-    Ok(resolve(arg, store.as_ref())?)
+    let store = if ModelName::parse(arg).is_ok() { existing_store(&config)? } else { None };
+    let declares = |f: &str| catalog.is_some_and(|c| c.declares_format(f));
+    let resolver =
+        Resolver { store: store.as_ref(), plugin_formats: &declares, paths: PathRule::Any };
+    Ok(resolver.resolve(arg)?)
 }
 
 #[cfg(test)]
@@ -305,6 +287,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("m.gguf");
         std::fs::write(&f, b"GGUF\x03\0\0\0").unwrap();
+        let none = |_: &str| false;
+        let resolve = |arg: &str, store: Option<&Store>| {
+            Resolver { store, plugin_formats: &none, paths: PathRule::Any }.resolve(arg)
+        };
         let r = resolve(f.to_str().unwrap(), None).unwrap();
         assert_eq!(r.format, "gguf");
         assert!(r.template.is_none());
@@ -312,12 +298,12 @@ mod tests {
         let store = Store::open(dir.path().join("store"), StoreOptions::default()).unwrap();
         let e = resolve("nope", Some(&store)).unwrap_err();
         assert_eq!(e.to_string(), "model \"nope\" not found, try pulling it first");
-        assert_eq!(e.exit_code(), 3);
-        assert_eq!(e.http_status(), 404);
+        assert_eq!(e.class().exit_code(), 3);
+        assert_eq!(e.class().http_status(), 404);
         let e = resolve("a/b/c/d", Some(&store)).unwrap_err();
-        assert_eq!(e.exit_code(), 2, "{e}");
+        assert_eq!(e.class().exit_code(), 2, "{e}");
         let e = resolve("./missing.gguf", Some(&store)).unwrap_err();
-        assert_eq!(e.exit_code(), 3, "{e}");
+        assert_eq!(e.class().exit_code(), 3, "{e}");
         assert!(e.to_string().contains("does not exist"), "{e}");
     }
 
@@ -336,7 +322,11 @@ mod tests {
         let name = ModelName::parse("tiny").unwrap();
         modelfile::create(&store, &name, &mf, dir.path(), &Default::default(), &mut |_| {})
             .unwrap();
-        let r = resolve("tiny", Some(&store)).unwrap();
+        let none = |_: &str| false;
+        let r =
+            Resolver { store: Some(&store), plugin_formats: &none, paths: PathRule::AbsoluteOnly }
+                .resolve("tiny")
+                .unwrap();
         assert_eq!(r.name, "tiny:latest");
         assert_eq!(r.format, "gguf");
         assert_eq!(r.system.as_deref(), Some("be brief"));

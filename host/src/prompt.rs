@@ -3,7 +3,7 @@
 use anyhow::{Context as _, Result};
 use corral_generation::template::{ChatInput, ChatTemplate};
 
-use crate::engine::Model;
+use corral_plugin_host::Model;
 
 /// A chat message (role, content, images, tool calls).
 pub use corral_generation::template::ChatMessage as Message;

@@ -1,14 +1,11 @@
 //! What every command that needs an engine does first: read the config, probe the
-//! machine, find the plugins, and choose one.
+//! machine, find the plugins ([`corral_plugin_host::PluginCatalog`]), and choose one.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, sync::Arc};
 
-use anyhow::{Context as _, Result, bail};
+use corral_plugin_host::{Choice, LoadedPlugin, NoBackend, PluginCatalog, Selector};
 
-use crate::{
-    config::Config,
-    plugins::{self, Choice, Discovered, Selector},
-};
+use crate::config::{Config, ConfigError};
 
 /// Options shared by every command (global CLI flags and their environment variables).
 #[derive(Debug, Clone, Default)]
@@ -19,31 +16,29 @@ pub struct GlobalOptions {
     pub plugin_dirs: Vec<PathBuf>,
 }
 
-/// Config, probe and discovered plugins.
+/// The config in force and the plugin catalog.
 pub struct Runtime {
     /// The config in force.
     pub config: Config,
     /// Where it came from.
     pub config_path: Option<PathBuf>,
-    /// The machine.
-    pub machine: corral_probe::MachineInfo,
-    /// The plugin search path.
-    pub plugin_path: Vec<PathBuf>,
-    /// Every manifest found.
-    pub discovered: Vec<Discovered>,
+    /// The machine's plugins; each is opened at most once per process.
+    pub catalog: PluginCatalog,
 }
 
 impl Runtime {
     /// Reads the config, probes, discovers plugins.
-    pub fn new(global: &GlobalOptions) -> Result<Runtime> {
+    pub fn new(global: &GlobalOptions) -> Result<Runtime, ConfigError> {
         let (config, config_path) = Config::load(global.config.as_deref())?;
         let machine = corral_probe::probe(&corral_probe::ProbeOptions::system());
         let env_path = std::env::var("CORRAL_PLUGIN_PATH").ok();
-        let plugin_path =
-            plugins::search_path(&global.plugin_dirs, env_path.as_deref(), &config.plugin_dirs);
-        let discovered = plugins::discover(&plugin_path);
-        tracing::debug!(?plugin_path, found = discovered.len(), "plugin discovery");
-        Ok(Runtime { config, config_path, machine, plugin_path, discovered })
+        let search_path = corral_plugin_host::search_path(
+            &global.plugin_dirs,
+            env_path.as_deref(),
+            &config.plugin_dirs,
+        );
+        let catalog = PluginCatalog::new(search_path, machine, config.backends.clone());
+        Ok(Runtime { config, config_path, catalog })
     }
 
     /// The selector from a `--backend` flag (already merged with `CORRAL_BACKEND` by
@@ -56,49 +51,9 @@ impl Runtime {
         }
     }
 
-    /// Chooses and loads a backend; an error when none can be loaded.
-    pub fn choose(
-        &self,
-        selector: &Selector,
-    ) -> Result<(std::sync::Arc<plugins::LoadedPlugin>, Choice)> {
-        let choice = plugins::choose(&self.discovered, &self.machine, selector, &self.config)?;
-        match &choice.chosen {
-            Some(p) => Ok((p.clone(), choice)),
-            None => {
-                let mut msg = String::from("no backend could be loaded");
-                if let Some(f) = &selector.format {
-                    msg.push_str(&format!(" for {f} models"));
-                }
-                if choice.reports.is_empty() {
-                    msg.push_str(&format!(
-                        ": no plugin manifests found on the plugin path ({})",
-                        self.plugin_path
-                            .iter()
-                            .map(|p| p.display().to_string())
-                            .collect::<Vec<_>>()
-                            .join(":")
-                    ));
-                }
-                for r in &choice.reports {
-                    msg.push_str(&format!("\n  {}:{}: {}", r.name, r.variant, r.reason));
-                }
-                bail!(msg)
-            }
-        }
+    /// Chooses and opens a backend (reusing one opened before); an error listing every
+    /// plugin and why it cannot serve when none can.
+    pub fn choose(&self, selector: &Selector) -> Result<(Arc<LoadedPlugin>, Choice), NoBackend> {
+        self.catalog.choose_one(selector)
     }
-}
-
-/// Model format from a path: a directory is ONNX, `.onnx` is ONNX, anything else GGUF.
-pub fn format_of(path: &std::path::Path) -> &'static str {
-    if path.is_dir() || path.extension().is_some_and(|e| e == "onnx") { "onnx" } else { "gguf" }
-}
-
-/// Resolves a user's model argument to a file that exists: a path, or a model of the
-/// store (`$CORRAL_MODELS`, the default config's `models`, or the platform default).
-pub fn model_path(arg: &str) -> Result<PathBuf> {
-    let p = PathBuf::from(arg);
-    if p.exists() {
-        return p.canonicalize().with_context(|| format!("cannot resolve {arg}"));
-    }
-    Ok(crate::models::resolve_for(&GlobalOptions::default(), arg)?.path)
 }

@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use corral_generation::structured::{Grammar, JsonConstraint};
 use corral_generation::{
     context::{ContextPolicy, fit_prompt},
     options::SamplingOptions,
@@ -17,12 +18,7 @@ use corral_generation::{
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::{
-    AppState,
-    scheduler::{ModelRef, UseGuard},
-    structured::{Grammar, JsonConstraint},
-    util::ApiError,
-};
+use super::{AppState, scheduler::UseGuard, util::ApiError};
 use crate::{
     engine_loop::{Event, Request, Stats, TokenLogprob},
     prompt::Message,
@@ -222,8 +218,8 @@ pub fn evaluated(s: &Stats) -> usize {
 
 /// The parsed, validated parts of a generation request (before the model is loaded).
 pub struct GenRequest {
-    /// The model.
-    pub model: ModelRef,
+    /// The model as the request names it (resolved when it is loaded).
+    pub model: String,
     /// keep_alive of the request (`None`: the default).
     pub keep_alive: Option<Option<Duration>>,
     /// Options JSON of the request (Ollama's names).
@@ -248,17 +244,24 @@ pub struct GenRequest {
 /// Starts a generation.
 pub async fn start(state: &Arc<AppState>, req: GenRequest) -> Result<Running, ApiError> {
     let started = Instant::now();
-    let options = super::scheduler::Scheduler::options_for(&req.model, req.options.as_ref())?;
+    // Bad options are a 400 before any model is loaded for them.
+    if let Some(o) = &req.options {
+        let mut check = SamplingOptions::default();
+        check.apply_json(o)?;
+        check.validate()?;
+    }
     let (guard, load) = state.sched.acquire(&req.model, req.keep_alive).await?;
     let loaded = guard.loaded.clone();
-    let model_name = req.model.name.clone();
+    let options =
+        super::scheduler::Scheduler::options_for(&loaded.model_ref, req.options.as_ref())?;
+    let model_name = loaded.model_ref.name.clone();
     let (shift, logprobs) = (req.shift, req.logprobs);
     let policy = if req.truncate { ContextPolicy::Truncate } else { ContextPolicy::Refuse };
     let state2 = state.clone();
     // Tokenizing and the token table touch the plugin: keep them off the async threads.
     let think = req.think;
     let built = tokio::task::spawn_blocking(move || {
-        build(&loaded, &req.model, req.prompt, req.grammar, options, policy, think)
+        build(&loaded, req.prompt, req.grammar, options, policy, think)
     })
     .await
     .map_err(|e| ApiError::internal(format!("prompt task failed: {e}")))??;
@@ -310,7 +313,6 @@ struct Built {
 
 fn build(
     loaded: &super::scheduler::Loaded,
-    model: &ModelRef,
     spec: PromptSpec,
     grammar: Option<Arc<Grammar>>,
     options: SamplingOptions,
@@ -318,18 +320,24 @@ fn build(
     think: Option<bool>,
 ) -> Result<Built, ApiError> {
     let m = &loaded.model;
+    let model = &loaded.model_ref;
+    // The Modelfile's MESSAGEs: a conversation put before the request's.
+    let model_messages = model.messages.iter().map(|x| Message::new(&x.role, &x.content));
     let bad = |e: anyhow::Error| ApiError::bad_request(format!("{e:#}"));
     // (thinks, opens_think) of the template used and the text it rendered.
     let think_of =
         |source: &str, text: &str| (template_thinks(source), text.trim_end().ends_with("<think>"));
     let mut thinking = (false, false);
     let tokens = match spec {
-        PromptSpec::Chat { mut messages, tools } => {
+        PromptSpec::Chat { messages: asked, tools } => {
+            let mut messages: Vec<Message> = Vec::with_capacity(asked.len() + 1);
             if let Some(sys) = &model.system
-                && messages.first().is_none_or(|m| m.role != "system")
+                && asked.first().is_none_or(|m| m.role != "system")
             {
-                messages.insert(0, Message::new("system", sys));
+                messages.push(Message::new("system", sys));
             }
+            messages.extend(model_messages);
+            messages.extend(asked);
             let text = loaded
                 .templater
                 .render_thinking(&messages, None, tools.as_deref(), true, think)
@@ -346,7 +354,7 @@ fn build(
                 let templater = match template.as_deref() {
                     Some(t) => {
                         // Ollama's clients send Go templates: translate as for the store.
-                        let jinja = crate::gotemplate::prepare(t)
+                        let jinja = corral_generation::gotemplate::prepare(t)
                             .map_err(|e| ApiError::bad_request(format!("template: {e:#}")))?;
                         own =
                             crate::prompt::Templater::with_source(m, Some(&jinja)).map_err(bad)?;
@@ -355,7 +363,10 @@ fn build(
                     None => &loaded.templater,
                 };
                 let system = system.or_else(|| model.system.clone());
-                let msgs = [Message::new("user", prompt)];
+                // Earlier turns come as `context` tokens; the MESSAGEs start a fresh one.
+                let mut msgs: Vec<Message> =
+                    if tokens.is_empty() { model_messages.collect() } else { Vec::new() };
+                msgs.push(Message::new("user", prompt));
                 let text = templater
                     .render_thinking(&msgs, system.as_deref(), None, true, think)
                     .map_err(bad)?;

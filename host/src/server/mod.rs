@@ -8,7 +8,6 @@
 //!   `/api/blobs/{digest}`, through corral-registry.
 //! - [`scheduler`]: loading, keep-alive, LRU eviction, memory estimate, queue bound.
 //! - [`generation`]: prompt, options, constraint, submission, event streams.
-//! - [`structured`]: the JSON / JSON-schema constrained sampler.
 //! - [`metrics`]: `/metrics` in Prometheus text format.
 //!
 //! Safety nets: request bodies are bounded (32 MiB, 413 beyond; blob uploads are
@@ -25,7 +24,6 @@ pub mod ollama;
 pub mod openai;
 pub mod scheduler;
 pub mod store_api;
-pub mod structured;
 pub mod util;
 
 use std::{
@@ -87,7 +85,7 @@ pub struct ServeOptions {
     pub settings: Settings,
     /// Extra CORS origins (`CORRAL_ORIGINS`, config `origins`).
     pub origins: Vec<String>,
-    /// Model store root (`CORRAL_MODELS`, config `models`, else the default).
+    /// `--models DIR` of `serve`; `None` applies the store-root rule of [`crate::models::store_root`].
     pub models: Option<std::path::PathBuf>,
     /// Grace period at shutdown before running requests are cancelled.
     pub shutdown_grace: Duration,
@@ -310,19 +308,14 @@ pub fn serve_blocking(rt: Runtime, opts: ServeOptions) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", opts.host))?;
         let bound = listener.local_addr()?;
-        let store_root = match &opts.models {
-            Some(p) => Some(p.clone()),
-            None => corral_registry::Store::default_root().ok(),
-        };
-        let store = store_root.and_then(|root| {
-            match corral_registry::Store::open(&root, corral_registry::StoreOptions::default()) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::warn!("model store {} unavailable: {e}", root.display());
-                    None
-                }
+        // The one store-root rule (`--models`, `CORRAL_MODELS`, the config, the default).
+        let store = match crate::models::open_store(opts.models.as_deref(), false, &rt.config) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!("model store unavailable: {e}");
+                None
             }
-        });
+        };
         let metrics = Arc::new(Metrics::default());
         let sched = Arc::new(Scheduler::new(opts.settings.clone(), rt, store, metrics.clone()));
         let state = Arc::new(AppState {

@@ -16,7 +16,7 @@ use super::{
     AppState,
     generation::{self, GenRequest, Piece, PromptSpec, Running, evaluated},
     logprobs,
-    scheduler::ModelRef,
+    scheduler::Named,
     util::{ApiError, nanos, now_rfc3339, parse_body, parse_keep_alive, rfc3339},
 };
 use corral_generation::toolcall::ToolCall;
@@ -131,7 +131,7 @@ fn final_fields(v: &mut Value, s: &Stats, r: &Running) {
 /// Load-only / unload-only answer (empty prompt or messages).
 async fn load_only(
     state: &Arc<AppState>,
-    model: &ModelRef,
+    model: &Named,
     keep_alive: Option<Option<Duration>>,
     chat: bool,
 ) -> Result<Response, ApiError> {
@@ -140,7 +140,7 @@ async fn load_only(
         state.sched.unload(&model.name).await;
         "unload"
     } else {
-        let (guard, _) = state.sched.acquire(model, keep_alive).await?;
+        let (guard, _) = state.sched.acquire(&model.name, keep_alive).await?;
         drop(guard);
         "load"
     };
@@ -168,7 +168,7 @@ pub async fn generate(
     }
     let grammar = generation::grammar_of(req.format.as_ref())?;
     let keep_alive = keep_alive_of(&req.keep_alive)?;
-    let model = state.sched.resolve(&req.model)?;
+    let model = state.sched.named(&req.model)?;
     let prompt = req.prompt.clone().unwrap_or_default();
     if prompt.is_empty() && req.context.as_ref().is_none_or(Vec::is_empty) {
         return load_only(&state, &model, keep_alive, false).await;
@@ -183,7 +183,7 @@ pub async fn generate(
     let running = generation::start(
         &state,
         GenRequest {
-            model,
+            model: model.name.clone(),
             keep_alive,
             options: req.options.clone(),
             grammar,
@@ -303,7 +303,7 @@ pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Res
     let keep_alive = keep_alive_of(&req.keep_alive)?;
     let messages = req.messages.clone().unwrap_or_default();
     check_messages(&req.model, &messages)?;
-    let model = state.sched.resolve(&req.model)?;
+    let model = state.sched.named(&req.model)?;
     if messages.is_empty() {
         return load_only(&state, &model, keep_alive, true).await;
     }
@@ -312,7 +312,7 @@ pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Res
     let running = generation::start(
         &state,
         GenRequest {
-            model,
+            model: model.name.clone(),
             keep_alive,
             options: req.options.clone(),
             grammar,
@@ -431,12 +431,12 @@ pub fn embed_inputs(v: Option<&Value>) -> Result<Vec<String>, ApiError> {
 /// Embeds `inputs`; returns vectors, tokens evaluated and load time.
 pub async fn embed_texts(
     state: &Arc<AppState>,
-    model: &ModelRef,
+    model: &Named,
     keep_alive: Option<Option<Duration>>,
     inputs: Vec<String>,
     truncate: bool,
 ) -> Result<(Vec<Vec<f32>>, usize, Duration), ApiError> {
-    let (guard, load) = state.sched.acquire(model, keep_alive).await?;
+    let (guard, load) = state.sched.acquire(&model.name, keep_alive).await?;
     let loaded = guard.loaded.clone();
     let (vecs, count) = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
@@ -481,9 +481,9 @@ pub async fn embed(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Re
     let _ = &req.options;
     let keep_alive = keep_alive_of(&req.keep_alive)?;
     let inputs = embed_inputs(req.input.as_ref())?;
-    let model = state.sched.resolve(&req.model)?;
+    let model = state.sched.named(&req.model)?;
     if inputs.is_empty() {
-        let (g, _) = state.sched.acquire(&model, keep_alive).await?;
+        let (g, _) = state.sched.acquire(&model.name, keep_alive).await?;
         drop(g);
         return Ok(axum::Json(json!({"model": model.name, "embeddings": []})).into_response());
     }
@@ -513,10 +513,10 @@ pub async fn embeddings(
     let req: EmbeddingsRequest = parse_body(&body)?;
     let _ = &req.options;
     let keep_alive = keep_alive_of(&req.keep_alive)?;
-    let model = state.sched.resolve(&req.model)?;
+    let model = state.sched.named(&req.model)?;
     let prompt = req.prompt.unwrap_or_default();
     if prompt.is_empty() {
-        let (g, _) = state.sched.acquire(&model, keep_alive).await?;
+        let (g, _) = state.sched.acquire(&model.name, keep_alive).await?;
         drop(g);
         return Ok(axum::Json(json!({"embedding": []})).into_response());
     }

@@ -16,10 +16,9 @@ use super::{
     AppState,
     generation::{self, GenRequest, Piece, PromptSpec, Running},
     logprobs,
-    structured::Grammar,
     util::{ApiError, base64, parse_body, unix_now},
 };
-use corral_generation::toolcall::ToolCall;
+use corral_generation::{structured::Grammar, toolcall::ToolCall};
 
 use crate::{engine_loop::Stats, prompt::Message};
 
@@ -517,14 +516,14 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -
         req.frequency_penalty,
         req.presence_penalty,
     )?;
-    let model = state.sched.resolve(&req.model)?;
+    let model = state.sched.named(&req.model)?;
     let tools = req.tools.clone().filter(|t| !t.is_empty());
     // tool_choice "none": the tools stay in the prompt, but the output is not parsed.
     let parse_tools = req.tool_choice.as_ref().and_then(Value::as_str) != Some("none");
     let running = generation::start(
         &state,
         GenRequest {
-            model,
+            model: model.name.clone(),
             keep_alive: None,
             options: Some(options),
             grammar,
@@ -615,11 +614,11 @@ pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Oai
         req.frequency_penalty,
         req.presence_penalty,
     )?;
-    let model = state.sched.resolve(&req.model)?;
+    let model = state.sched.named(&req.model)?;
     let running = generation::start(
         &state,
         GenRequest {
-            model,
+            model: model.name.clone(),
             keep_alive: None,
             options: Some(options),
             grammar: None,
@@ -688,7 +687,7 @@ pub async fn embeddings(State(state): State<Arc<AppState>>, body: Bytes) -> OaiR
     if inputs.is_empty() {
         return Err(ApiError::bad_request("input must not be empty").into());
     }
-    let model = state.sched.resolve(&req.model)?;
+    let model = state.sched.named(&req.model)?;
     let (vecs, count, _) = super::ollama::embed_texts(&state, &model, None, inputs, true).await?;
     let data: Vec<Value> = vecs
         .into_iter()

@@ -8,10 +8,16 @@
 //! is busy, a load waits up to 30 s for one to become idle, then answers 503. Each loaded
 //! model has one engine loop with `num_parallel` sequences; a request beyond them waits
 //! in that loop's queue, and beyond `max_queue` waiting it is answered 503.
+//!
+//! Locks: a request for a loaded model takes only the short `models` map lock, never
+//! an await on a load; loads of one model are serialised by a per-model lock (so one
+//! load serves every request that waits for it), and loads and evictions of different
+//! models by `load_lock`. Resolution (store lookup, template translation) happens when
+//! a model loads; a loaded model keeps its [`ModelRef`]. Engine threads are joined only
+//! on the blocking pool, never on an async worker.
 
 use std::{
     collections::HashMap,
-    path::PathBuf,
     sync::{
         Arc, Mutex, OnceLock,
         atomic::{AtomicUsize, Ordering},
@@ -20,14 +26,16 @@ use std::{
 };
 
 use corral_backend_api::{ContextParams, LoadOptions};
-use corral_generation::options::SamplingOptions;
-use serde_json::{Map, Value};
+use corral_generation::{context::context_length, options::SamplingOptions};
+use corral_plugin_host::{Context, LoadedPlugin, Model};
+use serde_json::Value;
 
-use super::{metrics::Metrics, structured::TokenTable, util::ApiError};
+use corral_generation::structured::TokenTable;
+
+use super::{metrics::Metrics, util::ApiError};
 use crate::{
-    engine::{Context, Model},
     engine_loop::{EngineHandle, LoopConfig, Request},
-    plugins::LoadedPlugin,
+    models::{ModelRef, PathRule, Resolver},
     prompt::Templater,
     runtime::Runtime,
 };
@@ -43,7 +51,8 @@ pub struct Settings {
     pub num_parallel: u32,
     /// Requests waiting per model beyond the running ones.
     pub max_queue: usize,
-    /// Context per sequence (default: the model's, at most 2048... see `num_ctx_for`).
+    /// Context per sequence (`None`: the rule of
+    /// [`corral_generation::context::context_length`]).
     pub num_ctx: Option<u32>,
     /// Compute threads (0: the engine's choice).
     pub threads: u32,
@@ -65,27 +74,11 @@ impl Default for Settings {
     }
 }
 
-/// A model a request names, resolved to a file and its defaults.
+/// A model as a request names it, before it is resolved.
 #[derive(Debug, Clone)]
-pub struct ModelRef {
-    /// The name as shown in answers (`tiny:latest`, or the path).
+pub struct Named {
+    /// The canonical name (`tiny:latest`) or the path.
     pub name: String,
-    /// The weights file.
-    pub path: PathBuf,
-    /// Its format (`gguf`, `onnx`, or a plugin's own).
-    pub format: String,
-    /// TEMPLATE of the store model, if any.
-    pub template: Option<String>,
-    /// SYSTEM of the store model, if any.
-    pub system: Option<String>,
-    /// PARAMETERs of the store model: generation defaults.
-    pub params: Map<String, Value>,
-    /// Digest (manifest digest for store models, empty for paths).
-    pub digest: String,
-    /// Weights size in bytes.
-    pub size: u64,
-    /// Modification time.
-    pub modified: SystemTime,
 }
 
 /// A loaded model with its engine loop.
@@ -207,8 +200,8 @@ pub struct Scheduler {
     /// Settings in force.
     pub settings: Settings,
     rt: Runtime,
-    plugins: Mutex<HashMap<String, Arc<LoadedPlugin>>>,
     models: Mutex<HashMap<String, Arc<Loaded>>>,
+    loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     load_lock: tokio::sync::Mutex<()>,
     /// The model store, when one could be opened.
     pub store: Option<corral_registry::Store>,
@@ -216,9 +209,10 @@ pub struct Scheduler {
     pub metrics: Arc<Metrics>,
 }
 
-/// Memory estimate: the weights file plus an f16 KV cache for every sequence
-/// (2 × n_layer × n_ctx × n_embd_kv × 2 bytes).
-pub fn estimate_memory(path: &std::path::Path, n_ctx_total: u64) -> u64 {
+/// Memory estimate: the weights file plus an f16 KV cache for `n_parallel` sequences
+/// of `num_ctx` positions (2 × n_layer × n_ctx × n_embd_kv × 2 bytes); `num_ctx: None`
+/// takes the context-length rule's default for the file's own training context.
+pub fn estimate_memory(path: &std::path::Path, num_ctx: Option<u32>, n_parallel: u32) -> u64 {
     let file = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let Ok(g) = corral_gguf::reader::GgufFile::open(path) else { return file };
     let arch = g.architecture().unwrap_or("llama").to_string();
@@ -226,6 +220,9 @@ pub fn estimate_memory(path: &std::path::Path, n_ctx_total: u64) -> u64 {
         g.get_u64(&format!("{arch}.{k}"))
             .or_else(|| g.get_u32(&format!("{arch}.{k}")).map(u64::from))
     };
+    let trained = get("context_length").and_then(|c| u32::try_from(c).ok()).unwrap_or(0);
+    let n_ctx_total = u64::from(num_ctx.unwrap_or_else(|| context_length(None, None, trained)))
+        * u64::from(n_parallel);
     let n_layer = get("block_count").unwrap_or(0);
     let n_embd = get("embedding_length").unwrap_or(0);
     let n_head = get("attention.head_count").unwrap_or(1).max(1);
@@ -245,29 +242,12 @@ impl Scheduler {
         Scheduler {
             settings,
             rt,
-            plugins: Mutex::new(HashMap::new()),
             models: Mutex::new(HashMap::new()),
+            loading: Mutex::new(HashMap::new()),
             load_lock: tokio::sync::Mutex::new(()),
             store,
             metrics,
         }
-    }
-
-    /// The model format of a file: a format some plugin declares as its extension
-    /// (the example plugin's `toy`), else the usual rule (directory/.onnx: onnx, else gguf).
-    pub fn format_of(&self, path: &std::path::Path) -> String {
-        if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
-            let ext = ext.to_ascii_lowercase();
-            let declared = self
-                .rt
-                .discovered
-                .iter()
-                .any(|d| d.manifest.as_ref().is_ok_and(|m| m.formats.contains(&ext)));
-            if declared {
-                return ext;
-            }
-        }
-        crate::runtime::format_of(path).to_string()
     }
 
     /// Resolves a request's `model`: an absolute path to a model file, or a store name.
@@ -275,68 +255,37 @@ impl Scheduler {
         if name.trim().is_empty() {
             return Err(ApiError::bad_request("model is required"));
         }
-        let p = std::path::Path::new(name);
-        if p.is_absolute() {
-            let meta = std::fs::metadata(p).map_err(|_| ApiError::model_not_found(name))?;
-            return Ok(ModelRef {
-                name: name.to_string(),
-                path: p.to_path_buf(),
-                format: self.format_of(p),
-                template: None,
-                system: None,
-                params: Map::new(),
-                digest: String::new(),
-                size: meta.len(),
-                modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-            });
-        }
-        let parsed = corral_registry::ModelName::parse(name).map_err(|e| match e {
-            corral_registry::Error::InvalidName { .. } => ApiError::model_not_found(name),
-            e => ApiError::from(e),
-        })?;
-        let Some(store) = &self.store else { return Err(ApiError::model_not_found(name)) };
-        let m = match store.get(&parsed) {
-            Ok(m) => m,
-            Err(corral_registry::Error::ModelNotFound(_)) => {
-                return Err(ApiError::model_not_found(name));
-            }
-            Err(e) => return Err(ApiError::internal(e.to_string())),
+        let declares = |f: &str| self.rt.catalog.declares_format(f);
+        let resolver = Resolver {
+            store: self.store.as_ref(),
+            plugin_formats: &declares,
+            paths: PathRule::AbsoluteOnly,
         };
-        Ok(ModelRef {
-            name: m.name.to_string(),
-            format: self.format_of(&m.model_path),
-            path: m.model_path.clone(),
-            // Ollama's Go templates are translated to Jinja, so pulled models chat right.
-            template: crate::models::jinja_template(&m.name.to_string(), m.template.as_deref()),
-            system: m.system.clone(),
-            params: m.params.clone(),
-            digest: m.manifest_digest.to_string().trim_start_matches("sha256:").to_string(),
-            size: m.model_size,
-            modified: m.modified,
-        })
+        resolver.resolve(name).map_err(ApiError::from)
+    }
+
+    /// A request's `model` in the form models are loaded under (see
+    /// [`crate::models::load_key`]); 400 when it is empty. Needs no I/O: the name is
+    /// resolved only when the model is not loaded yet.
+    pub fn named(&self, model: &str) -> Result<Named, ApiError> {
+        if model.trim().is_empty() {
+            return Err(ApiError::bad_request("model is required"));
+        }
+        Ok(Named { name: crate::models::load_key(model) })
     }
 
     fn plugin_for(&self, format: &str) -> Result<Arc<LoadedPlugin>, ApiError> {
-        let mut plugins = self.plugins.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = plugins.get(format) {
-            return Ok(p.clone());
-        }
         let selector = self.rt.selector(self.settings.backend.as_deref(), Some(format));
-        let (p, _) = self.rt.choose(&selector).map_err(|e| ApiError::internal(format!("{e:#}")))?;
-        tracing::info!(format, backend = %p.manifest.id(), "backend chosen");
-        plugins.insert(format.to_string(), p.clone());
+        let (p, _) = self.rt.choose(&selector).map_err(|e| ApiError::internal(e.to_string()))?;
         Ok(p)
     }
 
-    /// The context length for a model: the setting, else the model's, at most 4096.
-    fn num_ctx_for(&self, model: &Model, params: &Map<String, Value>) -> u32 {
-        if let Some(n) = params.get("num_ctx").and_then(Value::as_u64) {
-            return n.clamp(1, u64::from(u32::MAX)) as u32;
-        }
-        self.settings.num_ctx.unwrap_or_else(|| {
-            let m = model.meta.context_length;
-            if m == 0 { 2048 } else { m.min(4096) }
-        })
+    /// The loaded model under `key`, counted as in use.
+    fn use_loaded(&self, key: &str, keep_alive: Option<Duration>) -> Option<UseGuard> {
+        let models = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        let l = models.get(key)?;
+        l.inflight.fetch_add(1, Ordering::SeqCst);
+        Some(UseGuard { loaded: l.clone(), keep_alive })
     }
 
     /// The loaded models.
@@ -347,38 +296,54 @@ impl Scheduler {
         v
     }
 
-    /// Uses `r` (loading it if needed) for one request. Returns the guard and the load
-    /// time (zero when it was loaded already).
+    /// Uses the model a request names (resolving and loading it if it is not loaded)
+    /// for one request. Returns the guard and the load time (zero when it was loaded
+    /// already). A loaded model is served without waiting for any other model's load.
     pub async fn acquire(
         self: &Arc<Self>,
-        r: &ModelRef,
+        name: &str,
         keep_alive: Option<Option<Duration>>,
     ) -> Result<(UseGuard, Duration), ApiError> {
         let keep_alive = keep_alive.unwrap_or(self.settings.keep_alive);
-        let _lock = self.load_lock.lock().await;
-        if let Some(l) = self.models.lock().unwrap_or_else(|e| e.into_inner()).get(&r.name) {
-            l.inflight.fetch_add(1, Ordering::SeqCst);
-            return Ok((UseGuard { loaded: l.clone(), keep_alive }, Duration::ZERO));
+        let key = crate::models::load_key(name);
+        if let Some(g) = self.use_loaded(&key, keep_alive) {
+            return Ok((g, Duration::ZERO));
         }
+        // One load per model: requests for the same model wait for it here.
+        let model_lock = self
+            .loading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let _model_guard = model_lock.lock().await;
+        if let Some(g) = self.use_loaded(&key, keep_alive) {
+            return Ok((g, Duration::ZERO));
+        }
+        let r = self.resolve(name)?;
         let n_parallel = self.settings.num_parallel.max(1);
-        let ctx_guess = self.settings.num_ctx.unwrap_or(2048);
-        let estimate = estimate_memory(&r.path, u64::from(ctx_guess) * u64::from(n_parallel));
+        let requested = r
+            .params
+            .get("num_ctx")
+            .and_then(Value::as_u64)
+            .map(|n| n.min(u64::from(u32::MAX)) as u32);
+        let estimate = estimate_memory(&r.path, requested.or(self.settings.num_ctx), n_parallel);
+        // Loads and evictions of different models, one at a time.
+        let _lock = self.load_lock.lock().await;
         self.make_room(estimate).await?;
         let plugin = self.plugin_for(&r.format)?;
         let me = self.clone();
-        let r2 = r.clone();
         let t = Instant::now();
-        let loaded = tokio::task::spawn_blocking(move || me.load_blocking(plugin, r2, n_parallel))
+        let loaded = tokio::task::spawn_blocking(move || me.load_blocking(plugin, r, n_parallel))
             .await
             .map_err(|e| ApiError::internal(format!("model load task failed: {e}")))??;
         let load_time = t.elapsed();
-        tracing::info!(model = %r.name, secs = load_time.as_secs_f64(), "model loaded");
+        tracing::info!(model = %loaded.model_ref.name, secs = load_time.as_secs_f64(), "model loaded");
         let loaded = Arc::new(loaded);
         loaded.inflight.fetch_add(1, Ordering::SeqCst);
-        self.models
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(r.name.clone(), loaded.clone());
+        self.models.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), loaded.clone());
+        self.loading.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
         self.metrics.loaded_models.store(self.loaded().len(), Ordering::Relaxed);
         Ok((UseGuard { loaded, keep_alive }, load_time))
     }
@@ -399,7 +364,12 @@ impl Scheduler {
                 ))
             })?;
         let model = Arc::new(model);
-        let num_ctx = self.num_ctx_for(&model, &r.params);
+        let requested = r
+            .params
+            .get("num_ctx")
+            .and_then(Value::as_u64)
+            .map(|n| n.min(u64::from(u32::MAX)) as u32);
+        let num_ctx = context_length(requested, self.settings.num_ctx, model.meta.context_length);
         let templater = match r.template.as_deref() {
             Some(t) => Templater::with_source(&model, Some(t)).or_else(|e| {
                 tracing::warn!(model = %r.name, "TEMPLATE not usable ({e:#}); using the model's own");
@@ -412,7 +382,7 @@ impl Scheduler {
             model.clone(),
             LoopConfig { n_parallel, num_ctx, n_batch: 512, n_threads: self.settings.threads },
         )?;
-        let size_estimate = estimate_memory(&r.path, u64::from(num_ctx) * u64::from(n_parallel));
+        let size_estimate = estimate_memory(&r.path, Some(num_ctx), n_parallel);
         Ok(Loaded {
             model_ref: r,
             model,
@@ -492,14 +462,28 @@ impl Scheduler {
         m.memory.effective_available_bytes.map(|a| a + used_by_us)
     }
 
-    /// Unloads `name` now (waits for its engine thread to end).
+    /// Forgets the loaded model `name` (after its name was re-created, copied over or
+    /// pulled again): the next request loads what the name means now, while requests
+    /// running on the old one finish on it.
+    pub fn forget(&self, name: &str) {
+        let key = crate::models::load_key(name);
+        if let Some(l) = self.models.lock().unwrap_or_else(|e| e.into_inner()).remove(&key) {
+            tracing::info!(model = %key, "forgetting the loaded model: its name changed");
+            self.metrics.loaded_models.store(self.loaded().len(), Ordering::Relaxed);
+            // Its engine ends when the last request on it does.
+            drop(l);
+        }
+    }
+
+    /// Unloads `name` now (waits, on the blocking pool, for its engine thread to end).
     pub async fn unload(&self, name: &str) -> bool {
-        let removed = self.models.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+        let key = crate::models::load_key(name);
+        let removed = self.models.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
         self.metrics.loaded_models.store(self.loaded().len(), Ordering::Relaxed);
         match removed {
             Some(l) => {
-                tracing::info!(model = %name, "unloading");
-                let _ = tokio::task::spawn_blocking(move || drop(l)).await;
+                tracing::info!(model = %key, "unloading");
+                let _ = tokio::task::spawn_blocking(move || l.engine.shutdown()).await;
                 true
             }
             None => false,

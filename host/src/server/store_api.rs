@@ -67,6 +67,7 @@ async fn transfer(state: Arc<AppState>, body: Bytes, push: bool) -> Result<Respo
     })
     .map_err(ApiError::from)?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let sched = state.sched.clone();
     let task = tokio::spawn(async move {
         let progress = |p: &oci::Progress| {
             let _ = tx.send(serde_json::to_value(p).unwrap_or_default());
@@ -78,6 +79,9 @@ async fn transfer(state: Arc<AppState>, body: Bytes, push: bool) -> Result<Respo
         };
         match result {
             Ok(()) => {
+                if !push {
+                    sched.forget(&name.to_string());
+                }
                 let _ = tx.send(json!({"status": "success"}));
                 Ok(())
             }
@@ -217,6 +221,7 @@ pub async fn create(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
     let name = name_of(&req.model.clone().or(req.name.clone()).unwrap_or_default())?;
     let store = store_of(&state)?;
     let stream = req.stream != Some(false);
+    let created = name.to_string();
     let lines = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, ApiError> {
         let mf = match &req.modelfile {
             Some(text) if !text.trim().is_empty() => {
@@ -245,6 +250,7 @@ pub async fn create(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
+    state.sched.forget(&created);
     if !stream {
         return Ok(axum::Json(json!({"status": "success"})).into_response());
     }
@@ -264,10 +270,12 @@ pub async fn copy(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Res
     let req: CopyRequest = parse_body(&body)?;
     let (src, dst) = (name_of(&req.source)?, name_of(&req.destination)?);
     let store = store_of(&state)?;
+    let copied = dst.to_string();
     tokio::task::spawn_blocking(move || store.copy(&src, &dst))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(ApiError::from)?;
+    state.sched.forget(&copied);
     Ok(StatusCode::OK.into_response())
 }
 

@@ -1,6 +1,7 @@
 //! Shared pieces of the HTTP layer: the error type with Ollama's status codes, request
 //! body parsing with clear messages, durations (`keep_alive`) and timestamps.
 
+use crate::errors::ErrorClass;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::{
@@ -47,15 +48,18 @@ impl std::fmt::Display for ApiError {
     }
 }
 
+impl ApiError {
+    /// An error of `class` (see [`crate::errors`]) with `message`.
+    pub fn of_class(class: ErrorClass, message: impl Into<String>) -> Self {
+        let status =
+            StatusCode::from_u16(class.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        ApiError { status, message: message.into() }
+    }
+}
+
 impl From<corral_backend_api::BackendError> for ApiError {
     fn from(e: corral_backend_api::BackendError) -> Self {
-        use corral_backend_api::ErrorKind;
-        let status = match e.kind {
-            ErrorKind::InvalidInput | ErrorKind::Unsupported => StatusCode::BAD_REQUEST,
-            ErrorKind::NotFound => StatusCode::NOT_FOUND,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError { status, message: e.to_string() }
+        ApiError::of_class(ErrorClass::of_backend(e.kind), e.to_string())
     }
 }
 
@@ -67,17 +71,13 @@ impl From<corral_generation::options::OptionsError> for ApiError {
 
 impl From<corral_registry::Error> for ApiError {
     fn from(e: corral_registry::Error) -> Self {
-        use corral_registry::Error as E;
-        let status = match &e {
-            E::InvalidName { .. } | E::InvalidDigest { .. } | E::Modelfile { .. } => {
-                StatusCode::BAD_REQUEST
-            }
-            E::ModelNotFound(_) => StatusCode::NOT_FOUND,
-            E::ReadOnly(_) => StatusCode::FORBIDDEN,
-            E::DigestMismatch { .. } => StatusCode::BAD_REQUEST,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError { status, message: e.to_string() }
+        ApiError::of_class(ErrorClass::of_registry(&e), e.to_string())
+    }
+}
+
+impl From<crate::models::ModelsError> for ApiError {
+    fn from(e: crate::models::ModelsError) -> Self {
+        ApiError::of_class(e.class(), e.to_string())
     }
 }
 

@@ -1,5 +1,5 @@
 //! Ollama's chat templates: Go `text/template` source translated to Jinja, so the one
-//! Jinja renderer ([`crate::prompt::Templater`]) renders every model's template.
+//! Jinja renderer ([`crate::ChatTemplate`]) renders every model's template.
 //!
 //! Models pulled from an Ollama registry carry a TEMPLATE layer in Go's template syntax
 //! (`{{ .System }}`, `{{ range .Messages }}{{ if eq .Role "user" }}...{{ end }}{{ end }}`).
@@ -1274,7 +1274,7 @@ pub fn to_jinja(src: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use corral_generation::template::{ChatInput, ChatMessage, ChatTemplate};
+    use crate::template::{ChatInput, ChatMessage, ChatTemplate};
     use serde_json::{Value, json};
 
     fn msg(role: &str, content: &str) -> ChatMessage {
@@ -1456,7 +1456,7 @@ For each function call, return a json object with function name and arguments wi
         for jinja in [
             "{% for m in messages %}{{ m.content }}{% endfor %}",
             "{{ messages[0]['content'] }}",
-            corral_generation::template::CHATML_TEMPLATE,
+            crate::template::CHATML_TEMPLATE,
         ] {
             assert!(!is_go_template(jinja), "{jinja}");
         }

@@ -2,6 +2,8 @@
 //! run through the real ABI. `cargo test` runs it on every plugin in the workspace;
 //! `corral plugin check PATH --model FILE` runs it on a third party's plugin.
 
+use std::path::Path;
+
 use corral_backend_api::{BatchEntry, ContextParams, ErrorKind};
 use serde::Serialize;
 
@@ -101,6 +103,171 @@ pub fn run_all(model: &Model, tol: &Tolerance) -> Vec<CheckResult> {
             CheckResult { name, outcome, detail }
         })
         .collect()
+}
+
+/// The outcome of the whole suite on one plugin and model.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// `name:variant` of the plugin.
+    pub plugin: String,
+    /// The model the checks ran on.
+    pub model: std::path::PathBuf,
+    /// Every check, in order.
+    pub results: Vec<CheckResult>,
+}
+
+impl Report {
+    /// Checks with `outcome`.
+    pub fn count(&self, outcome: Outcome) -> usize {
+        self.results.iter().filter(|r| r.outcome == outcome).count()
+    }
+
+    /// Whether no check failed.
+    pub fn passed(&self) -> bool {
+        self.count(Outcome::Fail) == 0
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "conformance of {} on {}:", self.plugin, self.model.display())?;
+        for r in &self.results {
+            let tag = match r.outcome {
+                Outcome::Pass => "PASS",
+                Outcome::Fail => "FAIL",
+                Outcome::Skip => "SKIP",
+            };
+            writeln!(f, "  {tag} {:<26} {}", r.name, r.detail)?;
+        }
+        write!(
+            f,
+            "{} passed, {} failed, {} skipped",
+            self.count(Outcome::Pass),
+            self.count(Outcome::Fail),
+            self.count(Outcome::Skip)
+        )
+    }
+}
+
+/// Why [`check_plugin`] could not run the suite at all.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// No manifest could be found for the path given.
+    #[error("{0}")]
+    NoManifest(String),
+    /// The manifest does not parse.
+    #[error(transparent)]
+    Manifest(#[from] crate::manifest::ManifestError),
+    /// The plugin does not load.
+    #[error(transparent)]
+    Load(#[from] crate::loader::LoadError),
+    /// The test model could not be written.
+    #[error("cannot generate the test model: {0}")]
+    Generate(String),
+    /// The plugin cannot load the model.
+    #[error("{plugin} could not load {model}: {error}")]
+    LoadModel {
+        /// `name:variant`.
+        plugin: String,
+        /// The model file.
+        model: std::path::PathBuf,
+        /// The plugin's error.
+        error: corral_backend_api::BackendError,
+    },
+}
+
+/// The manifest of the plugin at `path`: a manifest file, a plugin directory holding
+/// `manifest.toml`, or a library with a manifest beside it that names it.
+pub fn find_manifest(path: &Path) -> Result<std::path::PathBuf, CheckError> {
+    use crate::discovery::DIR_MANIFEST_NAME;
+    let none = |m: String| Err(CheckError::NoManifest(m));
+    if path.is_dir() {
+        let m = path.join(DIR_MANIFEST_NAME);
+        if m.is_file() {
+            return Ok(m);
+        }
+        return none(format!("{} holds no {DIR_MANIFEST_NAME}", path.display()));
+    }
+    if !path.exists() {
+        return none(format!("{} does not exist", path.display()));
+    }
+    if path.extension().is_some_and(|e| e == "toml") {
+        return Ok(path.to_path_buf());
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let lib = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    for d in crate::discovery::discover(&[dir.to_path_buf()]) {
+        if d.manifest.as_ref().is_ok_and(|m| m.library == lib) {
+            return Ok(d.manifest_path);
+        }
+    }
+    let own = dir.join(DIR_MANIFEST_NAME);
+    if own.is_file() {
+        return Ok(own);
+    }
+    none(format!(
+        "no manifest beside {} names it; a plugin ships a manifest TOML with its library",
+        path.display()
+    ))
+}
+
+/// Loads the plugin at `plugin` (see [`find_manifest`]) in this process with
+/// `options_json` for its init, and runs the whole suite on `model`, or on a tiny
+/// generated F32 GGUF model when `model` is `None`. This is what `corral plugin check`
+/// runs, and what a third party calls from its own `cargo test`.
+pub fn check_plugin_with(
+    plugin: &Path,
+    model: Option<&Path>,
+    options_json: Option<String>,
+) -> Result<Report, CheckError> {
+    let manifest_path = find_manifest(plugin)?;
+    let manifest = crate::manifest::Manifest::load(&manifest_path)?;
+    let options = options_json.unwrap_or_else(|| {
+        crate::choice::merged_options(&manifest, &crate::choice::BackendOptions::new())
+    });
+    let loaded = std::sync::Arc::new(crate::loader::load(&manifest, &manifest_path, options)?);
+    let _tmp;
+    let model_path = match model {
+        Some(m) => m.to_path_buf(),
+        None => {
+            let dir = tempfile::tempdir().map_err(|e| CheckError::Generate(e.to_string()))?;
+            let p = dir.path().join("tiny.gguf");
+            let opts = corral_gguf::generate::GenerateOptions {
+                weight_type: corral_gguf::generate::WeightType::F32,
+                ..Default::default()
+            };
+            corral_gguf::generate::generate_llama(&p, &opts)
+                .map_err(|e| CheckError::Generate(e.to_string()))?;
+            _tmp = dir;
+            p
+        }
+    };
+    let sniffed =
+        crate::format::sniff(&model_path, None, &|f| manifest.formats.iter().any(|x| x == f));
+    let format = if manifest.formats.iter().any(|f| *f == sniffed) {
+        sniffed
+    } else {
+        manifest.formats.first().cloned().unwrap_or_else(|| "gguf".into())
+    };
+    let model = Model::load(
+        loaded,
+        &model_path.to_string_lossy(),
+        &format,
+        corral_backend_api::LoadOptions::default(),
+    )
+    .map_err(|error| CheckError::LoadModel {
+        plugin: manifest.id(),
+        model: model_path.clone(),
+        error,
+    })?;
+    let tolerance = Tolerance::for_quantization(&model.meta.quantization);
+    let results = run_all(&model, &tolerance);
+    Ok(Report { plugin: manifest.id(), model: model_path, results })
+}
+
+/// [`check_plugin_with`] with the manifest's default options.
+pub fn check_plugin(plugin: &Path, model: Option<&Path>) -> Result<Report, CheckError> {
+    check_plugin_with(plugin, model, None)
 }
 
 fn ctx(model: &Model, n_seq: u32) -> Result<Context, String> {

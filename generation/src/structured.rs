@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 
-use corral_generation::sampler::Constraint;
+use crate::sampler::Constraint;
 use serde_json::Value;
 
 /// A schema this module cannot turn into a grammar.
@@ -1009,7 +1009,7 @@ impl Constraint for JsonConstraint {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use corral_generation::{options::SamplingOptions, sampler::Sampler};
+    use crate::{options::SamplingOptions, sampler::Sampler};
     use rand::{Rng, SeedableRng};
     use serde_json::json;
     use std::sync::Arc;

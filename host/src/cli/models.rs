@@ -1,8 +1,8 @@
 //! The model store commands: `corral create`, `list`, `show`, `cp`, `rm`, `pull`, `push`.
 //!
-//! Errors carry their exit code through [`corral_host::models::exit_code`]: 2 for bad
-//! input (a bad name, a Modelfile error with line and column, a read-only store), 3 for a
-//! model or file that does not exist, 1 otherwise.
+//! Errors carry their exit code through [`corral_host::errors`]: 2 for bad input (a bad
+//! name, a Modelfile error with line and column, a read-only store), 3 for a model or
+//! file that does not exist, 1 otherwise.
 
 use std::{
     collections::HashMap,

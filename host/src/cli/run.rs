@@ -11,17 +11,18 @@ use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use corral_backend_api::{BatchEntry, ContextParams, LoadOptions};
 use corral_generation::{
-    context::{ContextPolicy, fit_prompt},
+    context::{ContextPolicy, context_length, fit_prompt},
     options::SamplingOptions,
 };
 use serde::Serialize;
 
-use crate::{
-    engine::Model,
+use corral_host::{
     engine_loop::{EngineHandle, Event, LoopConfig, Request, Stats},
+    models::ModelRef,
     prompt::{self, Message},
-    runtime::{self, GlobalOptions, Runtime},
+    runtime::{GlobalOptions, Runtime},
 };
+use corral_plugin_host::Model;
 
 /// Options shared by `run` and `bench` for loading a model.
 #[derive(Args, Debug, Clone)]
@@ -40,14 +41,17 @@ pub struct LoadArgs {
     pub format: Option<String>,
 }
 
-/// Loads the model at `path` through the chosen backend.
+/// Resolves a model argument (the one resolution of [`corral_host::models`]) and loads
+/// it through the chosen backend.
 pub fn load_model(
     global: &GlobalOptions,
     load: &LoadArgs,
-    path: &std::path::Path,
-) -> Result<(Arc<Model>, std::time::Duration)> {
+    arg: &str,
+) -> Result<(ModelRef, Arc<Model>, std::time::Duration)> {
     let rt = Runtime::new(global)?;
-    let format = load.format.as_deref().unwrap_or_else(|| runtime::format_of(path));
+    let mref = corral_host::models::resolve_for(global, Some(&rt.catalog), arg)?;
+    let path = mref.path.as_path();
+    let format = load.format.as_deref().unwrap_or(mref.format.as_str());
     let (plugin, _) = rt.choose(&rt.selector(load.backend.as_deref(), Some(format)))?;
     tracing::info!("backend {}", plugin.manifest.id());
     let options = LoadOptions {
@@ -58,7 +62,7 @@ pub fn load_model(
     let t = Instant::now();
     let model = Model::load(plugin.clone(), &path.to_string_lossy(), format, options)
         .with_context(|| format!("{} could not load {}", plugin.manifest.id(), path.display()))?;
-    Ok((Arc::new(model), t.elapsed()))
+    Ok((mref, Arc::new(model), t.elapsed()))
 }
 
 /// `corral run`.
@@ -213,17 +217,14 @@ fn print_stats(load: std::time::Duration, s: &Stats) {
 /// `corral run`.
 pub fn run(global: &GlobalOptions, a: RunArgs) -> Result<()> {
     if !a.local
-        && let Some(url) = crate::remote::reachable_server()
+        && let Some(url) = corral_host::client::reachable_server()
     {
-        return crate::remote::run(&url, &a);
+        return super::remote::run(&url, &a);
     }
-    let mref = crate::models::resolve_for(global, &a.model)?;
+    let (mref, model, load_time) = load_model(global, &a.load, &a.model)?;
     let options = sampling_options(&a, &mref.params)?;
-    let path = mref.path.clone();
-    let mut load = a.load.clone();
-    load.format.get_or_insert_with(|| mref.format.clone());
-    let (model, load_time) = load_model(global, &load, &path)?;
-    let num_ctx = options.num_ctx_or(Some(model.meta.context_length.min(2048)));
+    // The one context-length rule; `corral run` has no server-wide setting.
+    let num_ctx = context_length(options.num_ctx, None, model.meta.context_length);
     let engine = EngineHandle::start(
         model.clone(),
         LoopConfig { n_parallel: 1, num_ctx, n_batch: 512, n_threads: a.load.threads.unwrap_or(0) },
@@ -405,8 +406,9 @@ fn summarize(engine: &str, test: String, samples: Vec<f64>) -> BenchResult {
 
 /// Measures pp and tg through corral's plugin path, the way llama-bench does.
 pub fn bench_corral(model: &Model, a: &BenchArgs) -> Result<Vec<BenchResult>> {
-    // The same context size as llama-raw (and llama-bench) use.
-    let n_ctx = (a.pp + a.tg).max(16);
+    // The context-length rule with the size the test needs, as llama-raw (and
+    // llama-bench) ask for.
+    let n_ctx = context_length(Some((a.pp + a.tg).max(16)), None, model.meta.context_length);
     let threads = a.load.threads.unwrap_or(0);
     let mut ctx = model.new_context(&ContextParams {
         n_ctx,
@@ -532,8 +534,8 @@ pub fn bench(global: &GlobalOptions, a: &BenchArgs) -> Result<()> {
     if a.reps == 0 {
         bail!("--reps must be at least 1");
     }
-    let path = runtime::model_path(&a.model)?;
-    let (model, _) = load_model(global, &a.load, &path)?;
+    let (mref, model, _) = load_model(global, &a.load, &a.model)?;
+    let path = mref.path;
     let raw_bin = if a.no_raw { None } else { find_raw_bin(a, &model) };
     let raw_note = (raw_bin.is_none() && !a.no_raw).then(|| {
         "llama-raw not found (build backends/llama-cpp or pass --raw-bin); no ratio".to_string()

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 /// The most bytes a manifest may have; larger files are refused unread.
 pub const MAX_MANIFEST_BYTES: u64 = 64 * 1024;
 
-/// A plugin manifest (see `backend-api/README.md` and DESIGN.md's plugin contract).
+/// A plugin manifest (see `backend-api/README.md` and ARCHITECTURE.md's plugin contract).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {

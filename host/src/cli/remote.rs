@@ -1,37 +1,15 @@
 //! `corral run` as a client: when a `corral serve` answers at `CORRAL_HOST` (default
 //! 127.0.0.1:11434), `run` sends its prompts there, as `ollama run` does, so the model
-//! stays loaded between runs. `--local` runs in-process instead.
+//! stays loaded between runs (the rule of [`corral_host::client`]). `--local` runs
+//! in-process instead.
 
-use std::{
-    io::Write,
-    net::{TcpStream, ToSocketAddrs},
-    time::Duration,
-};
+use std::{io::Write, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 
-use crate::cli_run::{ChatLine, RunArgs};
-
-/// The server's base URL from `CORRAL_HOST` (`host:port`, `http://host:port` or a host).
-pub fn server_url() -> String {
-    let host = std::env::var("CORRAL_HOST").ok().filter(|h| !h.trim().is_empty());
-    let host = host.unwrap_or_else(|| "127.0.0.1:11434".to_string());
-    let host = host.trim_end_matches('/');
-    let url = if host.contains("://") { host.to_string() } else { format!("http://{host}") };
-    let after = url.split("://").nth(1).unwrap_or("");
-    if after.contains(':') { url } else { format!("{url}:11434") }
-}
-
-/// The server URL when something accepts connections there within 300 ms.
-pub fn reachable_server() -> Option<String> {
-    let url = server_url();
-    let authority = url.split("://").nth(1)?.split('/').next()?.to_string();
-    let addr = authority.to_socket_addrs().ok()?.next()?;
-    TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
-    Some(url)
-}
+use super::run::{ChatLine, RunArgs};
 
 fn options_json(a: &RunArgs) -> Result<Map<String, Value>> {
     let mut o = match &a.options {
@@ -151,7 +129,7 @@ pub fn run(url: &str, a: &RunArgs) -> Result<()> {
     let model = model_arg(a);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let client = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build()?;
-    let one_shot = crate::cli_run::one_shot_prompt(&a.prompt)?;
+    let one_shot = super::run::one_shot_prompt(&a.prompt)?;
     let mut messages: Vec<Value> = Vec::new();
     if let Some(s) = &a.system {
         messages.push(json!({"role": "system", "content": s}));
@@ -181,7 +159,7 @@ pub fn run(url: &str, a: &RunArgs) -> Result<()> {
         return turn(&p, &mut messages);
     }
     eprintln!("corral: chatting with {model} on {url} (type /bye to leave)");
-    crate::cli_run::chat_loop(|input| match input {
+    super::run::chat_loop(|input| match input {
         ChatLine::Clear => {
             messages.retain(|m| m["role"] == "system");
             Ok(())

@@ -1,0 +1,118 @@
+//! `corral serve`: settings merged (flag, `CORRAL_*`, config file, default), the backend
+//! for GGUF models chosen and reported, then the server.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+use corral_host::{
+    runtime::{GlobalOptions, Runtime},
+    server::{ServeOptions, Settings, serve_blocking, util::parse_duration},
+};
+use corral_plugin_host::Status;
+
+/// `corral serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Backend to use (name, variant or name:variant); default auto.
+    #[arg(long, env = "CORRAL_BACKEND")]
+    pub backend: Option<String>,
+    /// Address to listen on (default 127.0.0.1:11434; port 0 picks a free one).
+    #[arg(long, env = "CORRAL_HOST")]
+    pub host: Option<String>,
+    /// How long a model stays loaded after its last request (5m, 30s, 0, -1 = forever).
+    #[arg(long, env = "CORRAL_KEEP_ALIVE", allow_hyphen_values = true)]
+    pub keep_alive: Option<String>,
+    /// Models loaded at once (least recently used unloaded first).
+    #[arg(long, env = "CORRAL_MAX_LOADED_MODELS")]
+    pub max_loaded_models: Option<usize>,
+    /// Parallel sequences per model.
+    #[arg(long, env = "CORRAL_NUM_PARALLEL")]
+    pub num_parallel: Option<u32>,
+    /// Requests waiting per model beyond the running ones; more get 503.
+    #[arg(long, env = "CORRAL_MAX_QUEUE")]
+    pub max_queue: Option<usize>,
+    /// Context length per sequence (default: the model's, at most 4096).
+    #[arg(long, env = "CORRAL_CONTEXT_LENGTH")]
+    pub num_ctx: Option<u32>,
+    /// Compute threads (default: the engine's choice).
+    #[arg(long, short = 't', env = "CORRAL_NUM_THREADS")]
+    pub threads: Option<u32>,
+    /// Extra allowed CORS origins, comma-separated (local origins are always allowed).
+    #[arg(long, env = "CORRAL_ORIGINS", value_delimiter = ',')]
+    pub origins: Vec<String>,
+    /// Model store directory (default: $CORRAL_MODELS, the config's `models`, else the
+    /// platform's data directory).
+    #[arg(long)]
+    pub models: Option<PathBuf>,
+    /// Seconds running requests get to finish at shutdown before they are cancelled.
+    #[arg(long, env = "CORRAL_SHUTDOWN_GRACE", default_value_t = 10)]
+    pub shutdown_grace: u64,
+}
+
+pub fn serve(global: &GlobalOptions, a: ServeArgs) -> Result<()> {
+    let rt = Runtime::new(global)?;
+    // Say which backend serves GGUF models; models of other formats choose their own
+    // backend on first use.
+    let selector = rt.selector(a.backend.as_deref(), Some("gguf"));
+    // The catalog keeps the plugin it opens here: the scheduler reuses it, so the
+    // plugin is initialised once.
+    match rt.catalog.choose(&selector) {
+        Ok(choice) => {
+            if let Some(r) = choice.reports.iter().find(|r| r.status == Status::Chosen) {
+                eprintln!(
+                    "corral {}: backend {}:{} for gguf: {}",
+                    env!("CARGO_PKG_VERSION"),
+                    r.name,
+                    r.variant,
+                    r.reason
+                );
+            } else {
+                eprintln!("corral {}: no backend for gguf models", env!("CARGO_PKG_VERSION"));
+            }
+            for r in choice.reports.iter().filter(|r| r.status != Status::Chosen) {
+                eprintln!("  skipped {}:{}: {}", r.name, r.variant, r.reason);
+            }
+        }
+        // An unknown --backend fails at once, listing what is installed.
+        Err(e) => return Err(e.into()),
+    }
+    let cfg = &rt.config.server;
+    let defaults = Settings::default();
+    let keep_alive = match a.keep_alive.as_deref().or(cfg.keep_alive.as_deref()) {
+        Some(s) => parse_duration(s).with_context(|| {
+            format!("invalid keep-alive {s:?}: use a duration such as 5m, 30s, 0 or -1")
+        })?,
+        None => defaults.keep_alive,
+    };
+    let settings = Settings {
+        keep_alive,
+        max_loaded_models: a
+            .max_loaded_models
+            .or(cfg.max_loaded_models)
+            .unwrap_or(defaults.max_loaded_models)
+            .max(1),
+        num_parallel: a
+            .num_parallel
+            .or(cfg.num_parallel.map(|n| n as u32))
+            .unwrap_or(defaults.num_parallel)
+            .max(1),
+        max_queue: a.max_queue.or(cfg.max_queue).unwrap_or(defaults.max_queue),
+        num_ctx: a.num_ctx.or(cfg.num_ctx),
+        threads: a.threads.or(cfg.threads).unwrap_or(0),
+        backend: a.backend.clone(),
+    };
+    let mut origins = a.origins.clone();
+    origins.extend(cfg.origins.iter().cloned());
+    origins.retain(|o| !o.trim().is_empty());
+    let host = a.host.or_else(|| cfg.host.clone()).unwrap_or_else(|| "127.0.0.1:11434".to_string());
+    let host = if host.contains(':') { host } else { format!("{host}:11434") };
+    let opts = ServeOptions {
+        host,
+        settings,
+        origins,
+        models: a.models,
+        shutdown_grace: std::time::Duration::from_secs(a.shutdown_grace),
+    };
+    serve_blocking(rt, opts)
+}

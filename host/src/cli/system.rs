@@ -1,0 +1,162 @@
+//! `corral probe`, `backends`, `plugin check` and `model generate`.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use corral_host::runtime::{GlobalOptions, Runtime};
+use corral_plugin_host::{
+    PluginReport, Status,
+    conformance::{self, Outcome},
+};
+
+/// `corral probe`.
+#[derive(Args, Debug)]
+pub struct ProbeArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Probe a fake root (a directory tree with /proc and /sys files) instead of this
+    /// machine; GPU runtime libraries are not opened then.
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub root: Option<PathBuf>,
+}
+
+pub fn probe(a: &ProbeArgs) -> Result<()> {
+    let opts = match &a.root {
+        Some(root) => corral_probe::ProbeOptions {
+            root: root.clone(),
+            use_runtime_libraries: false,
+            ..corral_probe::ProbeOptions::system()
+        },
+        None => corral_probe::ProbeOptions::system(),
+    };
+    let machine = corral_probe::probe(&opts);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&machine)?);
+    } else {
+        print!("{}", machine.render_text());
+    }
+    Ok(())
+}
+
+/// `corral backends`.
+#[derive(Args, Debug)]
+pub struct BackendsArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Backend to choose (name, variant or name:variant); default auto.
+    #[arg(long, env = "CORRAL_BACKEND")]
+    pub backend: Option<String>,
+    /// Only consider plugins that run this model format (gguf, onnx).
+    #[arg(long)]
+    pub format: Option<String>,
+}
+
+fn print_reports(reports: &[PluginReport]) {
+    if reports.is_empty() {
+        println!("no backend plugins found");
+        return;
+    }
+    println!(
+        "{:<14} {:<16} {:<8} {:<5} {:<10} {:<11} REASON",
+        "NAME", "VARIANT", "VERSION", "ABI", "FORMATS", "STATUS"
+    );
+    for r in reports {
+        let status = match r.status {
+            Status::Chosen => "chosen",
+            Status::Available => "available",
+            Status::Unavailable => "unavailable",
+        };
+        println!(
+            "{:<14} {:<16} {:<8} {:<5} {:<10} {:<11} {}",
+            r.name,
+            r.variant,
+            r.version,
+            r.abi,
+            r.formats.join(","),
+            status,
+            r.reason
+        );
+        if !r.engine.is_empty() {
+            println!("{:>16} engine: {}", "", r.engine);
+        }
+        for d in &r.devices {
+            println!("{:>16} device: {d}", "");
+        }
+    }
+}
+
+pub fn backends(global: &GlobalOptions, a: &BackendsArgs) -> Result<()> {
+    let rt = Runtime::new(global)?;
+    let selector = rt.selector(a.backend.as_deref(), a.format.as_deref());
+    let choice = rt.catalog.choose(&selector)?;
+    if a.json {
+        let out = serde_json::json!({
+            "plugin_path": rt.catalog.search_path,
+            "config": rt.config_path,
+            "plugins": choice.reports,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "plugin path: {}",
+            rt.catalog
+                .search_path
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(":")
+        );
+        print_reports(&choice.reports);
+    }
+    Ok(())
+}
+
+/// `corral plugin check`.
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// The plugin: its manifest, its directory, or its library (with a manifest beside it).
+    pub path: PathBuf,
+    /// Model to run the checks on (default: a tiny generated GGUF model).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `corral plugin check`: the conformance suite on one plugin, in this process.
+pub fn plugin_check(global: &GlobalOptions, a: &CheckArgs) -> Result<()> {
+    let rt = Runtime::new(global)?;
+    let manifest_path = conformance::find_manifest(&a.path)?;
+    let manifest = corral_plugin_host::Manifest::load(&manifest_path)?;
+    if let Err(unmet) = corral_probe::check(&manifest.requires, &rt.catalog.machine) {
+        eprintln!("warning: {} says it cannot run here: {unmet}; checking anyway", manifest.id());
+    }
+    let options = corral_plugin_host::choice::merged_options(&manifest, &rt.catalog.options);
+    let report = conformance::check_plugin_with(&manifest_path, a.model.as_deref(), Some(options))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report.results)?);
+    } else {
+        println!("{report}");
+    }
+    let failed = report.count(Outcome::Fail);
+    if failed > 0 {
+        bail!("{} failed {failed} conformance check(s)", manifest.id());
+    }
+    Ok(())
+}
+
+pub fn generate_model(a: &crate::GenerateArgs) -> Result<()> {
+    use corral_gguf::generate::{GenerateOptions, ModelShape, WeightType, generate_llama};
+    let shape = ModelShape::parse(&a.shape)?;
+    let weight_type = WeightType::parse(&a.weight_type)?;
+    let name = format!("corral-random-{}", a.shape.split(':').next().unwrap_or("model"));
+    let opts = GenerateOptions { shape, weight_type, seed: a.seed, name, chat_template: None };
+    let t = std::time::Instant::now();
+    let report = generate_llama(&a.output, &opts)?;
+    eprintln!("wrote {} in {:.1}s: {report:?}", a.output.display(), t.elapsed().as_secs_f64());
+    Ok(())
+}

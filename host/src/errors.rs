@@ -1,0 +1,148 @@
+//! The one mapping from an error to what the user sees: the CLI's exit code and the
+//! HTTP API's status. Every error type of the host and its libraries is classified
+//! here, once; `main` and the server's `ApiError` both ask [`ErrorClass::of`].
+//!
+//! | class | exit code | HTTP |
+//! | --- | --- | --- |
+//! | bad input (options, names, config, templates, unsupported requests) | 2 | 400 |
+//! | forbidden (a read-only store) | 2 | 403 |
+//! | not found (model, file, registry model) | 3 | 404 |
+//! | busy (queue full, every model in use) | 1 | 503 |
+//! | out of memory (the engine could not allocate) | 1 | 507 |
+//! | anything else | 1 | 500 |
+
+use corral_backend_api::{BackendError, ErrorKind};
+
+/// What kind of failure an error is, for exit codes and HTTP statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Input the user can fix.
+    BadInput,
+    /// Not allowed (a read-only store).
+    Forbidden,
+    /// A model, file or resource that does not exist.
+    NotFound,
+    /// The server is at capacity; retry later.
+    Busy,
+    /// The engine could not allocate memory.
+    OutOfMemory,
+    /// A failure at run time.
+    Internal,
+}
+
+impl ErrorClass {
+    /// The exit code of the CLI.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorClass::BadInput | ErrorClass::Forbidden => 2,
+            ErrorClass::NotFound => 3,
+            ErrorClass::Busy | ErrorClass::OutOfMemory | ErrorClass::Internal => 1,
+        }
+    }
+
+    /// The HTTP status of the API.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorClass::BadInput => 400,
+            ErrorClass::Forbidden => 403,
+            ErrorClass::NotFound => 404,
+            ErrorClass::Busy => 503,
+            ErrorClass::OutOfMemory => 507,
+            ErrorClass::Internal => 500,
+        }
+    }
+
+    /// The class of a backend error kind.
+    pub fn of_backend(kind: ErrorKind) -> ErrorClass {
+        match kind {
+            ErrorKind::InvalidInput | ErrorKind::Unsupported => ErrorClass::BadInput,
+            ErrorKind::NotFound => ErrorClass::NotFound,
+            ErrorKind::OutOfMemory => ErrorClass::OutOfMemory,
+            ErrorKind::ContextFull | ErrorKind::Internal | ErrorKind::Panic => ErrorClass::Internal,
+        }
+    }
+
+    /// The class of a registry or store error.
+    pub fn of_registry(e: &corral_registry::Error) -> ErrorClass {
+        use corral_registry::Error as E;
+        match e {
+            E::InvalidName { .. }
+            | E::InvalidDigest { .. }
+            | E::DigestMismatch { .. }
+            | E::Modelfile { .. } => ErrorClass::BadInput,
+            E::ReadOnly(_) => ErrorClass::Forbidden,
+            E::ModelNotFound(_) => ErrorClass::NotFound,
+            E::Registry { message, .. } if message.contains("model not found") => {
+                ErrorClass::NotFound
+            }
+            E::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                ErrorClass::NotFound
+            }
+            _ => ErrorClass::Internal,
+        }
+    }
+
+    /// The class of one error value, without looking at its sources; `None` when the
+    /// type is not one this mapping knows.
+    fn of_one(e: &(dyn std::error::Error + 'static)) -> Option<ErrorClass> {
+        if let Some(b) = e.downcast_ref::<BackendError>() {
+            return Some(ErrorClass::of_backend(b.kind));
+        }
+        if let Some(r) = e.downcast_ref::<corral_registry::Error>() {
+            return Some(ErrorClass::of_registry(r));
+        }
+        if let Some(s) = e.downcast_ref::<crate::client::ServerError>() {
+            return Some(match s.status {
+                400 | 413 | 422 => ErrorClass::BadInput,
+                401 | 403 => ErrorClass::Forbidden,
+                404 => ErrorClass::NotFound,
+                503 => ErrorClass::Busy,
+                507 => ErrorClass::OutOfMemory,
+                _ => ErrorClass::Internal,
+            });
+        }
+        if let Some(m) = e.downcast_ref::<crate::models::ModelsError>() {
+            return Some(m.class());
+        }
+        if let Some(n) = e.downcast_ref::<corral_plugin_host::NoBackend>() {
+            return Some(match n {
+                corral_plugin_host::NoBackend::Choice(_) => ErrorClass::BadInput,
+                corral_plugin_host::NoBackend::None(_) => ErrorClass::Internal,
+            });
+        }
+        let bad_input = e.is::<corral_plugin_host::ChoiceError>()
+            || e.is::<crate::config::ConfigError>()
+            || e.is::<corral_generation::context::ContextError>()
+            || e.is::<corral_generation::options::OptionsError>()
+            || e.is::<corral_generation::template::TemplateError>()
+            || e.is::<corral_generation::structured::SchemaError>();
+        bad_input.then_some(ErrorClass::BadInput)
+    }
+
+    /// The class of `e`: the first error in its chain that this mapping knows, else
+    /// [`ErrorClass::Internal`].
+    pub fn of(e: &anyhow::Error) -> ErrorClass {
+        e.chain().find_map(ErrorClass::of_one).unwrap_or(ErrorClass::Internal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_statuses() {
+        let oom = anyhow::Error::from(BackendError::new(ErrorKind::OutOfMemory, "no memory"));
+        assert_eq!(ErrorClass::of(&oom).http_status(), 507);
+        assert_eq!(ErrorClass::of(&oom).exit_code(), 1);
+        let bad = anyhow::Error::from(BackendError::invalid("token 99")).context("decoding");
+        assert_eq!(ErrorClass::of(&bad).http_status(), 400);
+        assert_eq!(ErrorClass::of(&bad).exit_code(), 2);
+        let missing = anyhow::Error::from(corral_registry::Error::ModelNotFound("x".into()));
+        assert_eq!(
+            (ErrorClass::of(&missing).exit_code(), ErrorClass::of(&missing).http_status()),
+            (3, 404)
+        );
+        assert_eq!(ErrorClass::of(&anyhow::anyhow!("boom")).http_status(), 500);
+    }
+}

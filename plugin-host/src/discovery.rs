@@ -1,0 +1,91 @@
+//! Discovery: the plugin search path and the manifests on it. Reads manifests only;
+//! no library is opened here.
+
+use std::path::{Path, PathBuf};
+
+use crate::manifest::{Manifest, ManifestError};
+
+/// Suffix of a manifest that sits directly in a plugin directory (the development
+/// layout: `target/debug/llama-cpp-cpu.corral-plugin.toml` beside the library).
+pub const FLAT_MANIFEST_SUFFIX: &str = ".corral-plugin.toml";
+/// Name of the manifest in a plugin's own directory (the packaged layout:
+/// `lib/corral/backends/llama-cpp-vulkan/manifest.toml`).
+pub const DIR_MANIFEST_NAME: &str = "manifest.toml";
+
+/// The plugin search path, in order, without duplicates: `--plugin-dir` flags,
+/// `CORRAL_PLUGIN_PATH` entries, the config's `plugin_dirs`, then
+/// `<exe>/../lib/corral/backends` (installed) and the executable's own directory (a
+/// cargo target directory during development). With `CORRAL_PLUGIN_PATH_ONLY=1` the last
+/// two are left out, so only the named directories are searched.
+pub fn search_path(flags: &[PathBuf], env: Option<&str>, config: &[PathBuf]) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = flags.to_vec();
+    if let Some(env) = env {
+        dirs.extend(env.split(':').filter(|s| !s.is_empty()).map(PathBuf::from));
+    }
+    dirs.extend(config.iter().cloned());
+    let only_named = std::env::var("CORRAL_PLUGIN_PATH_ONLY").is_ok_and(|v| v == "1");
+    if !only_named
+        && let Ok(exe) = std::env::current_exe()
+        && let Some(bin_dir) = exe.parent()
+    {
+        if let Some(prefix) = bin_dir.parent() {
+            dirs.push(prefix.join("lib/corral/backends"));
+        }
+        dirs.push(bin_dir.to_path_buf());
+    }
+    let mut seen = std::collections::HashSet::new();
+    dirs.retain(|d| seen.insert(d.canonicalize().unwrap_or_else(|_| d.clone())));
+    dirs
+}
+
+/// A manifest found on the search path, parsed or not.
+#[derive(Debug)]
+pub struct Discovered {
+    /// Where the manifest is.
+    pub manifest_path: PathBuf,
+    /// The manifest, or why it cannot be used.
+    pub manifest: Result<Manifest, ManifestError>,
+}
+
+impl Discovered {
+    /// The library the manifest names (absolute).
+    pub fn library_path(&self) -> Option<PathBuf> {
+        let m = self.manifest.as_ref().ok()?;
+        Some(self.manifest_path.parent().unwrap_or(Path::new(".")).join(&m.library))
+    }
+}
+
+/// Finds every manifest in `dirs` (flat `*.corral-plugin.toml` files and
+/// `<subdir>/manifest.toml`; a directory that is itself one plugin's directory, holding
+/// `manifest.toml`, counts too), in directory order then file name order.
+pub fn discover(dirs: &[PathBuf]) -> Vec<Discovered> {
+    let mut found = Vec::new();
+    for dir in dirs {
+        let own = dir.join(DIR_MANIFEST_NAME);
+        if own.is_file() {
+            found.push(Discovered { manifest: Manifest::load(&own), manifest_path: own });
+            continue;
+        }
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for p in paths {
+            let candidate = if p.is_dir() {
+                p.join(DIR_MANIFEST_NAME)
+            } else if p
+                .file_name()
+                .and_then(|f| f.to_str())
+                .is_some_and(|f| f.ends_with(FLAT_MANIFEST_SUFFIX))
+            {
+                p
+            } else {
+                continue;
+            };
+            if candidate.is_file() {
+                let manifest = Manifest::load(&candidate);
+                found.push(Discovered { manifest_path: candidate, manifest });
+            }
+        }
+    }
+    found
+}

@@ -1,0 +1,262 @@
+//! Loading one plugin in checked steps, each with its own message: the library file
+//! exists and `dlopen` accepts it; it exports `corral_plugin_abi_major` (else it is not a
+//! corral plugin) with this host's major; its ABI minor is this host's or newer;
+//! abi_stable's version and layout check of the root module passes; the identity matches
+//! the manifest; `init` succeeds. This file holds all of the host's `unsafe` code.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use abi_stable::{
+    library::{LibraryError, lib_header_from_path},
+    sabi_trait::TD_Opaque,
+    std_types::{RStr, RString},
+};
+use corral_backend_api::{
+    ABI_MAJOR, ABI_MAJOR_SYMBOL, ABI_MINOR, HostServices, LogSinkBox, PluginRootRef,
+    ffi::FfiLogSink, types::LogLevel,
+};
+
+use crate::{engine::LoadedPlugin, in_process::InProcessBackend, manifest::Manifest};
+
+/// Why a plugin could not be loaded. Each variant's message is one line a person can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The manifest names a library that is not there.
+    #[error("library {library} named by manifest {manifest} does not exist")]
+    MissingLibrary {
+        /// Library path.
+        library: PathBuf,
+        /// Manifest path.
+        manifest: PathBuf,
+    },
+    /// The manifest declares another ABI major.
+    #[error(
+        "{plugin} declares ABI {declared} in its manifest but this host speaks ABI {ABI_MAJOR}.{ABI_MINOR}; install a build of the plugin for corral ABI {ABI_MAJOR}"
+    )]
+    ManifestAbi {
+        /// `name:variant`.
+        plugin: String,
+        /// What the manifest says.
+        declared: String,
+    },
+    /// `dlopen` refused the file: not a shared library for this machine.
+    #[error("{library} is not a shared library this machine can load: {detail}")]
+    NotALibrary {
+        /// Library path.
+        library: PathBuf,
+        /// The loader's message.
+        detail: String,
+    },
+    /// `dlopen` failed because a library it links against is missing.
+    #[error("{library} needs a shared library this machine lacks: {detail}")]
+    MissingDependency {
+        /// Library path.
+        library: PathBuf,
+        /// The loader's message (names the missing object).
+        detail: String,
+    },
+    /// A shared library without corral's ABI symbol.
+    #[error(
+        "{library} is a shared library but not a corral plugin (it exports no `{ABI_MAJOR_SYMBOL}`)"
+    )]
+    NotAPlugin {
+        /// Library path.
+        library: PathBuf,
+    },
+    /// A plugin built against another ABI major.
+    #[error(
+        "{library} was built for corral plugin ABI {found}.x but this host speaks ABI {ABI_MAJOR}.{ABI_MINOR}; rebuild it against corral-backend-api {ABI_MAJOR}.x"
+    )]
+    AbiMajor {
+        /// Library path.
+        library: PathBuf,
+        /// The plugin's major.
+        found: u32,
+    },
+    /// The plugin was built for an older minor of this ABI major.
+    #[error(
+        "{library} was built for corral plugin ABI {ABI_MAJOR}.{found}, older than this host's ABI {ABI_MAJOR}.{ABI_MINOR} (a host loads plugins built for its own ABI minor or a newer one); rebuild it against corral-backend-api {ABI_MAJOR}.{ABI_MINOR}"
+    )]
+    AbiMinor {
+        /// Library path.
+        library: PathBuf,
+        /// The plugin's minor.
+        found: u32,
+    },
+    /// abi_stable's header, version or layout check failed.
+    #[error("{library} failed the ABI layout check (its types differ from this host's): {detail}")]
+    Layout {
+        /// Library path.
+        library: PathBuf,
+        /// abi_stable's explanation, first lines.
+        detail: String,
+    },
+    /// The library's identity differs from its manifest's.
+    #[error("{library} says it is {found} but its manifest says {expected}")]
+    IdentityMismatch {
+        /// Library path.
+        library: PathBuf,
+        /// From the library.
+        found: String,
+        /// From the manifest.
+        expected: String,
+    },
+    /// The plugin's init returned an error.
+    #[error("{plugin} failed to initialise: {detail}")]
+    Init {
+        /// `name:variant`.
+        plugin: String,
+        /// The plugin's error.
+        detail: String,
+    },
+}
+
+/// Forwards a plugin's log records into the host's `tracing` output.
+struct TracingSink {
+    plugin: String,
+}
+
+impl FfiLogSink for TracingSink {
+    fn log(&self, level: LogLevel, target: RStr<'_>, message: RStr<'_>) {
+        let (plugin, target, message) = (self.plugin.as_str(), target.as_str(), message.as_str());
+        match level {
+            LogLevel::Error => {
+                tracing::error!(target: "corral::plugin", plugin, target, "{message}")
+            }
+            LogLevel::Warn => tracing::warn!(target: "corral::plugin", plugin, target, "{message}"),
+            LogLevel::Info => tracing::info!(target: "corral::plugin", plugin, target, "{message}"),
+            LogLevel::Debug => {
+                tracing::debug!(target: "corral::plugin", plugin, target, "{message}")
+            }
+            LogLevel::Trace => {
+                tracing::trace!(target: "corral::plugin", plugin, target, "{message}")
+            }
+        }
+    }
+}
+
+fn host_max_log_level() -> LogLevel {
+    use tracing::level_filters::LevelFilter;
+    match LevelFilter::current() {
+        LevelFilter::TRACE => LogLevel::Trace,
+        LevelFilter::DEBUG => LogLevel::Debug,
+        LevelFilter::INFO => LogLevel::Info,
+        LevelFilter::WARN => LogLevel::Warn,
+        _ => LogLevel::Error,
+    }
+}
+
+fn classify_dlopen_error(library: &Path, e: &libloading::Error) -> LoadError {
+    let detail = e.to_string();
+    let lib_name =
+        library.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    // glibc names the object it could not open; when that is not the plugin itself, a
+    // dependency is missing.
+    let missing_dep = detail.contains("cannot open shared object file")
+        && !detail.contains(&format!("{}: cannot open", library.display()))
+        && !detail.starts_with(&format!("{lib_name}: cannot open"));
+    if missing_dep {
+        LoadError::MissingDependency { library: library.to_path_buf(), detail }
+    } else {
+        LoadError::NotALibrary { library: library.to_path_buf(), detail }
+    }
+}
+
+fn layout_error(library: &Path, e: LibraryError) -> LoadError {
+    let text = e.to_string();
+    tracing::debug!(library = %library.display(), "ABI layout check failed in full:\n{text}");
+    let detail: String =
+        text.lines().filter(|l| !l.trim().is_empty()).take(6).collect::<Vec<_>>().join(" | ");
+    LoadError::Layout { library: library.to_path_buf(), detail }
+}
+
+/// Opens and initialises the plugin a manifest describes. `options_json` is the merged
+/// options object passed to init.
+pub fn load(
+    manifest: &Manifest,
+    manifest_path: &Path,
+    options_json: String,
+) -> Result<LoadedPlugin, LoadError> {
+    let library = manifest_path.parent().unwrap_or(Path::new(".")).join(&manifest.library);
+    if !library.is_file() {
+        return Err(LoadError::MissingLibrary { library, manifest: manifest_path.to_path_buf() });
+    }
+    match manifest.abi_version() {
+        Ok((major, _)) if major == ABI_MAJOR => {}
+        _ => {
+            return Err(LoadError::ManifestAbi {
+                plugin: manifest.id(),
+                declared: manifest.abi.clone(),
+            });
+        }
+    }
+
+    // SAFETY: opening a library runs its initialisers. The library comes from a plugin
+    // directory the user configured (or the installation's own), which is trusted code by
+    // definition, the same trust as the host binary itself.
+    let lib = unsafe { libloading::Library::new(&library) }
+        .map_err(|e| classify_dlopen_error(&library, &e))?;
+    // SAFETY: the symbol, when present, is the `u32` static that `export_plugin!` emits.
+    let found = unsafe { lib.get::<*const u32>(ABI_MAJOR_SYMBOL.as_bytes()) }
+        .ok()
+        // SAFETY: the pointer comes from the loaded library's symbol table and points at a
+        // `u32` static that lives as long as the library, which is never unloaded.
+        .map(|sym| unsafe { **sym });
+    let Some(found) = found else {
+        return Err(LoadError::NotAPlugin { library });
+    };
+    if found != ABI_MAJOR {
+        return Err(LoadError::AbiMajor { library, found });
+    }
+    // The library stays loaded for the life of the process (abi_stable leaks its handle
+    // too): objects it created may outlive any scope we could give it.
+    std::mem::forget(lib);
+
+    let header = lib_header_from_path(&library).map_err(|e| layout_error(&library, e))?;
+    // abi_stable lets a library be newer than its user, not older: a plugin's vtables must
+    // have every method this host's have. Say so plainly before the layout check would.
+    let version = header.version_strings();
+    let minor = version.version.as_str().split('.').nth(1).and_then(|m| m.parse::<u32>().ok());
+    if let Some(minor) = minor.filter(|&m| m < ABI_MINOR) {
+        return Err(LoadError::AbiMinor { library, found: minor });
+    }
+    let root: PluginRootRef =
+        header.init_root_module::<PluginRootRef>().map_err(|e| layout_error(&library, e))?;
+    let info = (root.info())();
+    // The name must match; a variant may differ, because one library can serve several
+    // manifests (a multi-device build listed once per device API, with different options).
+    if info.name.as_str() != manifest.name {
+        return Err(LoadError::IdentityMismatch {
+            library,
+            found: format!("{}:{}", info.name, info.variant),
+            expected: manifest.id(),
+        });
+    }
+    if info.variant.as_str() != manifest.variant {
+        tracing::debug!(
+            "{} reports variant {} under manifest variant {}",
+            library.display(),
+            info.variant,
+            manifest.variant
+        );
+    }
+    let services = HostServices {
+        log: LogSinkBox::from_value(TracingSink { plugin: manifest.id() }, TD_Opaque),
+        options_json: RString::from(options_json),
+        host_version: RString::from(env!("CARGO_PKG_VERSION")),
+        max_log_level: host_max_log_level(),
+    };
+    let backend = (root.init())(services)
+        .into_result()
+        .map_err(|e| LoadError::Init { plugin: manifest.id(), detail: e.to_string() })?;
+    Ok(LoadedPlugin {
+        manifest: manifest.clone(),
+        manifest_path: manifest_path.to_path_buf(),
+        library_path: library,
+        version: info.version.into_string(),
+        backend: Arc::new(InProcessBackend::new(backend)),
+    })
+}
