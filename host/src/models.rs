@@ -31,7 +31,7 @@ pub enum ModelsError {
     #[error("model {0:?} not found, try pulling it first")]
     NotFound(String),
     /// A path-like argument that names no file.
-    #[error("model file {0} does not exist")]
+    #[error("model file {0} not found: it does not exist")]
     NoSuchFile(String),
     /// Not a valid model name.
     #[error("{0}")]

@@ -171,3 +171,77 @@ fn server_shifts_the_context_when_a_generation_fills_it() {
         stopped["eval_count"].as_u64().unwrap() + stopped["prompt_eval_count"].as_u64().unwrap();
     assert!((60..=64).contains(&used), "without shift the window ends it: {stopped}");
 }
+
+/// A Modelfile's MESSAGE lines are a conversation put before the request's, in
+/// `/api/chat` as in `corral run` (they used to be dropped by the server). The TEMPLATE
+/// renders every message's content in order, so the prompt grows by exactly the
+/// MESSAGEs' tokens.
+#[test]
+fn modelfile_messages_reach_api_chat() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(plugin) = llama_cpp_plugin_dir(dir.path()) else { return };
+    let model = dir.path().join("tiny-f32.gguf");
+    generate_model(&model, "tiny", "f32");
+    let store = dir.path().join("store");
+    let template = "{{ range .Messages }}[{{ .Role }}] {{ .Content }}\n{{ end }}";
+    for (name, messages) in [
+        ("plain", String::new()),
+        ("primed", "MESSAGE user Where is Paris?\nMESSAGE assistant In France.\n".to_string()),
+    ] {
+        let modelfile = dir.path().join(format!("{name}.Modelfile"));
+        std::fs::write(
+            &modelfile,
+            format!("FROM {}\nTEMPLATE \"\"\"{template}\"\"\"\n{messages}", model.display()),
+        )
+        .unwrap();
+        let mut c = corral(&[plugin.as_path()]);
+        c.env("CORRAL_MODELS", &store).args(["create", name, "--local", "-f"]).arg(&modelfile);
+        let (out, _, stderr) = run(c);
+        assert!(out.status.success(), "create {name}: {stderr}");
+    }
+    let store_s = store.to_string_lossy().into_owned();
+    let server = Server::start(
+        &[plugin.as_path()],
+        &[("CORRAL_MODELS", store_s.as_str()), ("CORRAL_BACKEND", "llama-cpp")],
+        &[],
+    );
+    let prompt_tokens = |model: &str| {
+        let body = serde_json::json!({
+            "model": model, "stream": false,
+            "messages": [{"role": "user", "content": "And Rome?"}],
+            "options": {"temperature": 0, "num_predict": 1}
+        });
+        let r = reqwest::blocking::Client::new()
+            .post(format!("{}/api/chat", server.url))
+            .json(&body)
+            .timeout(std::time::Duration::from_secs(120))
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let v: serde_json::Value = r.json().unwrap();
+        v["prompt_eval_count"].as_u64().unwrap()
+    };
+    let (plain, primed) = (prompt_tokens("plain"), prompt_tokens("primed"));
+    // The same texts tokenized raw (BOS added, as the template's prompt gets it).
+    let raw_tokens = |text: &str| {
+        let mut c = corral(&[plugin.as_path()]);
+        c.args(["run", "--local", "--raw", "--num-predict", "1", "--verbose"])
+            .arg(&model)
+            .arg(text);
+        let (out, _, stderr) = run(c);
+        assert!(out.status.success(), "{stderr}");
+        stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("prompt eval count:"))
+            .and_then(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no prompt eval count in {stderr}"))
+    };
+    let want_plain = raw_tokens("[user] And Rome?\n");
+    let want_primed =
+        raw_tokens("[user] Where is Paris?\n[assistant] In France.\n[user] And Rome?\n");
+    println!(
+        "prompt tokens: plain {plain} (raw {want_plain}), with MESSAGEs {primed} (raw {want_primed})"
+    );
+    assert_eq!(plain, want_plain);
+    assert_eq!(primed, want_primed, "the MESSAGEs come before the request's messages");
+}
