@@ -6,7 +6,8 @@
 //! `create`, `cp`, `rm`, `pull`, `push`; `ps` and `stop` always): when a server answers
 //! at `CORRAL_HOST`, the command goes through it, so it sees and changes the server's
 //! store and loaded models; when none answers, it works on the local store in-process.
-//! `--local` forces the local store.
+//! `--local` forces the local store, and so do `--models DIR` and `--models-readonly`
+//! (they name a local store).
 
 use std::{
     net::{TcpStream, ToSocketAddrs},

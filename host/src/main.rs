@@ -12,8 +12,14 @@ mod cli;
 use cli::{client as cli_client, models as cli_models, run as cli_run, serve as cli_serve, system};
 
 /// Run language models on any hardware; engines are plugins.
+///
+/// The commands that touch models (run, list, show, create, cp, rm, pull, push; ps and
+/// stop always) go through the `corral serve` at CORRAL_HOST (default 127.0.0.1:11434)
+/// when one answers there, so they see and change the server's store and loaded models.
+/// When none answers, they work on the local model store in this process. `--local`
+/// forces the local store, and so do `--models DIR` and `--models-readonly`.
 #[derive(Parser, Debug)]
-#[command(name = "corral", version, about, long_about = None)]
+#[command(name = "corral", version, about)]
 struct Cli {
     /// Config file (default: ~/.config/corral/config.toml, then /etc/corral/config.toml).
     #[arg(long, global = true, env = "CORRAL_CONFIG", value_name = "FILE")]
@@ -34,12 +40,19 @@ enum Command {
     /// Start the HTTP server (Ollama and OpenAI APIs).
     Serve(cli_serve::ServeArgs),
     /// Run a model: one-shot with a prompt, interactive chat without one.
+    ///
+    /// Through the `corral serve` at CORRAL_HOST when one answers there (the model stays
+    /// loaded in it between runs); in this process otherwise, or with `--local`.
     Run(cli_run::RunArgs),
     /// Measure prompt processing and generation speed (pp512, tg128).
     Bench(cli_run::BenchArgs),
     /// List the models a running server has loaded.
+    ///
+    /// Always asks the `corral serve` at CORRAL_HOST (default 127.0.0.1:11434).
     Ps(cli_client::PsArgs),
     /// Unload a model from a running server.
+    ///
+    /// Always asks the `corral serve` at CORRAL_HOST (default 127.0.0.1:11434).
     Stop(cli_client::StopArgs),
     /// Plugin tools.
     #[command(subcommand)]
@@ -48,19 +61,47 @@ enum Command {
     #[command(subcommand)]
     Model(ModelCommand),
     /// Create a model from a Modelfile.
+    ///
+    /// Through the `corral serve` at CORRAL_HOST (default 127.0.0.1:11434) when one
+    /// answers there, so it works on the server's store; on the local store otherwise,
+    /// or with `--local`, `--models DIR` or `--models-readonly`.
     Create(cli_models::CreateArgs),
     /// List the models in the store.
+    ///
+    /// Through the `corral serve` at CORRAL_HOST (default 127.0.0.1:11434) when one
+    /// answers there, so it works on the server's store; on the local store otherwise,
+    /// or with `--local`, `--models DIR` or `--models-readonly`.
     #[command(alias = "ls")]
     List(cli_models::ListArgs),
     /// Show a model's details, Modelfile, parameters, template, system or license.
+    ///
+    /// Through the `corral serve` at CORRAL_HOST (default 127.0.0.1:11434) when one
+    /// answers there, so it works on the server's store; on the local store otherwise,
+    /// or with `--local`, `--models DIR` or `--models-readonly`.
     Show(cli_models::ShowArgs),
     /// Copy a model under a new name.
+    ///
+    /// Through the `corral serve` at CORRAL_HOST (default 127.0.0.1:11434) when one
+    /// answers there, so it works on the server's store; on the local store otherwise,
+    /// or with `--local`, `--models DIR` or `--models-readonly`.
     Cp(cli_models::CpArgs),
     /// Remove models.
+    ///
+    /// Through the `corral serve` at CORRAL_HOST (default 127.0.0.1:11434) when one
+    /// answers there, so it works on the server's store; on the local store otherwise,
+    /// or with `--local`, `--models DIR` or `--models-readonly`.
     Rm(cli_models::RmArgs),
     /// Pull a model from a registry.
+    ///
+    /// Through the `corral serve` at CORRAL_HOST (default 127.0.0.1:11434) when one
+    /// answers there, so it works on the server's store; on the local store otherwise,
+    /// or with `--local`, `--models DIR` or `--models-readonly`.
     Pull(cli_models::TransferArgs),
     /// Push a model to a registry.
+    ///
+    /// Through the `corral serve` at CORRAL_HOST (default 127.0.0.1:11434) when one
+    /// answers there, so it works on the server's store; on the local store otherwise,
+    /// or with `--local`, `--models DIR` or `--models-readonly`.
     Push(cli_models::TransferArgs),
 }
 

@@ -1,5 +1,11 @@
 //! The model store commands: `corral create`, `list`, `show`, `cp`, `rm`, `pull`, `push`.
 //!
+//! Each goes through the `corral serve` answering at `CORRAL_HOST` when there is one, so
+//! it sees and changes the server's store (the rule of [`corral_host::client`]), and
+//! works on the local store in this process otherwise; `--local`, `--models DIR` and
+//! `--models-readonly` name the local store and so force it. Both paths print the same
+//! tables, sections and status lines.
+//!
 //! Errors carry their exit code through [`corral_host::errors`]: 2 for bad input (a bad
 //! name, a Modelfile error with line and column, a read-only store), 3 for a model or
 //! file that does not exist, 1 otherwise.
@@ -15,12 +21,19 @@ use std::{
 use anyhow::{Context as _, Result};
 use clap::Args;
 use corral_host::{
+    client::{Server, ServerError},
     config::Config,
     models::{self, ModelsError},
     runtime::GlobalOptions,
 };
-use corral_registry::{ModelName, Store, modelfile, oci};
+use corral_registry::{
+    ModelName, Store,
+    modelfile::{self, Directive, Modelfile},
+    oci,
+};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use reqwest::Method;
+use serde_json::{Map, Value, json};
 
 /// Where the store is (shared by every store command).
 #[derive(Args, Debug, Clone)]
@@ -32,9 +45,22 @@ pub struct StoreArgs {
     /// Open the store read-only: nothing is written there (also CORRAL_MODELS_READONLY=1).
     #[arg(long)]
     pub models_readonly: bool,
+    /// Work on the local store in this process even when a `corral serve` answers at
+    /// CORRAL_HOST (`--models` and `--models-readonly` imply it).
+    #[arg(long)]
+    pub local: bool,
 }
 
 impl StoreArgs {
+    /// The server to go through: the `corral serve` answering at `CORRAL_HOST`, unless
+    /// `--local`, `--models` or `--models-readonly` name the local store.
+    fn server(&self) -> Option<Server> {
+        if self.local || self.models.is_some() || self.models_readonly {
+            return None;
+        }
+        Server::reachable()
+    }
+
     /// Opens the store, creating it if needed (commands that write).
     fn open(&self, global: &GlobalOptions) -> Result<Store> {
         let (config, _) = Config::load(global.config.as_deref())?;
@@ -104,10 +130,182 @@ pub fn create(global: &GlobalOptions, a: &CreateArgs) -> Result<()> {
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .unwrap_or_else(|| PathBuf::from("."));
+    if let Some(server) = a.store.server() {
+        return create_remote(&server, &name, a, &mf, &base);
+    }
     let store = a.store.open(global)?;
     let opts = modelfile::CreateOptions { link: a.link };
     modelfile::create(&store, &name, &mf, &base, &opts, &mut |s| eprintln!("{s}"))?;
     Ok(())
+}
+
+/// A Modelfile error at `cmd`'s value (exit code 2, as the local path's).
+fn at(cmd: &modelfile::Command, message: String) -> anyhow::Error {
+    corral_registry::Error::Modelfile { line: cmd.value_pos.0, column: cmd.value_pos.1, message }
+        .into()
+}
+
+/// Whether a `FROM` value is meant as a path (the registry's rule for `create`).
+fn looks_like_path(v: &str) -> bool {
+    let b = v.as_bytes();
+    v.starts_with('/')
+        || v.starts_with("./")
+        || v.starts_with("../")
+        || v.starts_with('~')
+        || v.starts_with(".\\")
+        || v.to_ascii_lowercase().ends_with(".gguf")
+        || (b.len() > 2 && b[1] == b':' && b[0].is_ascii_alphabetic())
+}
+
+/// A `FROM` path: `~/` is the home directory, a relative path is the Modelfile's `base`.
+fn resolve_path(base: &Path, v: &str) -> PathBuf {
+    if let Some(rest) = v.strip_prefix("~/")
+        && let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty())
+    {
+        return PathBuf::from(home).join(rest);
+    }
+    base.join(v)
+}
+
+/// Refuses, at `cmd`, what a server cannot be given through its API.
+fn needs_local(cmd: &modelfile::Command, what: &str) -> anyhow::Error {
+    at(
+        cmd,
+        format!(
+            "{what} cannot be sent to the corral serve at {}: use --local to create the model \
+             in the local store",
+            corral_host::client::server_url()
+        ),
+    )
+}
+
+/// A GGUF file the Modelfile names, checked as the local path checks it.
+fn check_gguf(cmd: &modelfile::Command, path: &Path) -> Result<()> {
+    use std::io::Read as _;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .map_err(|e| at(cmd, format!("{}: {e}", path.display())))?;
+    if &magic != b"GGUF" {
+        return Err(at(cmd, format!("{} is not a GGUF file (bad magic)", path.display())));
+    }
+    Ok(())
+}
+
+/// What a Modelfile's `FROM` names.
+enum FromSource {
+    /// A GGUF file on this machine.
+    File(PathBuf),
+    /// A model in the server's store.
+    Model(String),
+}
+
+/// `corral create` through a server: the Modelfile is parsed here, a `FROM` file is
+/// uploaded as a blob (not sent when the server has it) and the model is created with
+/// Ollama's structured `/api/create`.
+fn create_remote(
+    server: &Server,
+    name: &ModelName,
+    a: &CreateArgs,
+    mf: &Modelfile,
+    base: &Path,
+) -> Result<()> {
+    if a.link {
+        return Err(corral_backend_api::BackendError::invalid(format!(
+            "--link keeps the FROM file where it is, which the corral serve at {} cannot do \
+             through its API: use --local to create the model in the local store",
+            server.url
+        ))
+        .into());
+    }
+    let mut from = None;
+    let (mut template, mut system) = (None, None);
+    let mut parameters = Map::new();
+    let mut messages = Vec::new();
+    let mut licenses = Vec::new();
+    for cmd in &mf.commands {
+        match &cmd.directive {
+            Directive::From(v) => {
+                if from.is_some() {
+                    return Err(needs_local(cmd, "a second FROM"));
+                }
+                let path = resolve_path(base, v);
+                if path.is_dir() {
+                    return Err(needs_local(
+                        cmd,
+                        &format!("FROM {v}, a directory (an ONNX model),"),
+                    ));
+                }
+                from = Some(if looks_like_path(v) || path.is_file() {
+                    check_gguf(cmd, &path)?;
+                    FromSource::File(path)
+                } else {
+                    ModelName::parse(v).map_err(|e| {
+                        at(
+                            cmd,
+                            format!("FROM {v:?} is neither an existing file nor a model name: {e}"),
+                        )
+                    })?;
+                    FromSource::Model(v.clone())
+                });
+            }
+            Directive::Adapter(v) => return Err(needs_local(cmd, &format!("ADAPTER {v}"))),
+            Directive::Template(t) => template = Some(t.clone()),
+            Directive::System(t) => system = Some(t.clone()),
+            Directive::License(t) => licenses.push(Value::String(t.clone())),
+            Directive::Message { role, content } => {
+                messages.push(json!({"role": role, "content": content}));
+            }
+            Directive::Parameter { name, value } if name == "stop" => {
+                // Several `PARAMETER stop` lines make one list.
+                let list = parameters.entry("stop").or_insert_with(|| Value::Array(Vec::new()));
+                if let Value::Array(items) = list {
+                    items.push(value.clone());
+                }
+            }
+            Directive::Parameter { name, value } => {
+                parameters.insert(name.clone(), value.clone());
+            }
+        }
+    }
+    let mut body = json!({"model": name.to_string(), "stream": true});
+    match from {
+        Some(FromSource::File(path)) => {
+            eprintln!("transferring model data");
+            let (digest, _) = corral_registry::store::hash_file(&path, |_| {})?;
+            let digest = digest.to_string();
+            server.upload_blob(&path, &digest)?;
+            let file = path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model.gguf".into());
+            body["files"] = json!({ file: digest });
+        }
+        Some(FromSource::Model(m)) => body["from"] = json!(m),
+        // The parser refuses a Modelfile without FROM; the server says so too.
+        None => {}
+    }
+    let optional = [
+        ("template", template.map(Value::String)),
+        ("system", system.map(Value::String)),
+        ("parameters", (!parameters.is_empty()).then_some(Value::Object(parameters))),
+        ("messages", (!messages.is_empty()).then_some(Value::Array(messages))),
+        ("license", (!licenses.is_empty()).then_some(Value::Array(licenses))),
+    ];
+    for (k, v) in optional {
+        if let Some(v) = v {
+            body[k] = v;
+        }
+    }
+    let mut last = String::new();
+    server.ndjson("/api/create", &body, |line| {
+        let status = line.get("status").and_then(Value::as_str).unwrap_or_default();
+        if !status.is_empty() && status != last {
+            eprintln!("{status}");
+            last = status.to_string();
+        }
+        Ok(())
+    })
 }
 
 /// `corral list`.
@@ -169,11 +367,73 @@ pub fn human_time(t: SystemTime, now: SystemTime) -> String {
     format!("{text} {suffix}")
 }
 
+/// One row of `corral list`.
+struct ListRow {
+    name: String,
+    /// The manifest digest's hex.
+    digest: String,
+    size: u64,
+    /// `None` when a server sent a time that does not parse.
+    modified: Option<SystemTime>,
+}
+
+/// An RFC 3339 time as servers send it (`2024-06-01T10:00:00.123456789Z`, or with an
+/// offset such as `-07:00`, which Ollama sends).
+fn parse_time(s: &str) -> Option<SystemTime> {
+    let b = s.as_bytes();
+    let n = b.len();
+    if n > 6 && matches!(b[n - 6], b'+' | b'-') && b[n - 3] == b':' {
+        let (hours, minutes): (u64, u64) =
+            (s.get(n - 5..n - 3)?.parse().ok()?, s.get(n - 2..)?.parse().ok()?);
+        let offset = std::time::Duration::from_secs(hours * 3600 + minutes * 60);
+        let local = humantime::parse_rfc3339_weak(s.get(..n - 6)?).ok()?;
+        // Local time = UTC + offset.
+        return if b[n - 6] == b'+' {
+            local.checked_sub(offset)
+        } else {
+            local.checked_add(offset)
+        };
+    }
+    humantime::parse_rfc3339_weak(s).ok()
+}
+
+/// The server's models (`GET /api/tags`).
+fn remote_models(server: &Server) -> Result<Vec<ListRow>> {
+    let v = server.json(Method::GET, "/api/tags", None)?;
+    Ok(v["models"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            let text = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or_default();
+            let name = if text("name").is_empty() { text("model") } else { text("name") };
+            ListRow {
+                name: name.to_string(),
+                digest: text("digest").trim_start_matches("sha256:").to_string(),
+                size: m.get("size").and_then(Value::as_u64).unwrap_or(0),
+                modified: parse_time(text("modified_at")),
+            }
+        })
+        .collect())
+}
+
 /// `corral list`: NAME, ID, SIZE, MODIFIED.
 pub fn list(global: &GlobalOptions, a: &ListArgs) -> Result<()> {
-    let mut models = match a.store.open_existing(global)? {
-        Some(store) => store.list()?,
-        None => Vec::new(),
+    let mut models = match a.store.server() {
+        Some(server) => remote_models(&server)?,
+        None => match a.store.open_existing(global)? {
+            Some(store) => store
+                .list()?
+                .into_iter()
+                .map(|m| ListRow {
+                    name: m.name.to_string(),
+                    digest: m.digest.hex(),
+                    size: m.size,
+                    modified: Some(m.modified),
+                })
+                .collect(),
+            None => Vec::new(),
+        },
     };
     models.sort_by_key(|m| std::cmp::Reverse(m.modified));
     let now = SystemTime::now();
@@ -181,10 +441,10 @@ pub fn list(global: &GlobalOptions, a: &ListArgs) -> Result<()> {
         .iter()
         .map(|m| {
             [
-                m.name.to_string(),
-                m.digest.hex()[..12].to_string(),
+                m.name.clone(),
+                m.digest.chars().take(12).collect(),
                 human_bytes(m.size),
-                human_time(m.modified, now),
+                m.modified.map_or_else(|| "-".to_string(), |t| human_time(t, now)),
             ]
         })
         .collect();
@@ -253,65 +513,181 @@ fn indent(text: &str, by: &str) -> String {
     text.trim_end().lines().map(|l| format!("{by}{l}\n")).collect()
 }
 
-/// `corral show NAME [--modelfile|--parameters|--template|--system|--license]`.
-pub fn show(global: &GlobalOptions, a: &ShowArgs) -> Result<()> {
-    let store = a.store.open_with(global, &a.name)?;
-    let r = get(&store, &a.name)?;
-    if a.modelfile {
-        print!("{}", modelfile::to_modelfile(&r));
-        return Ok(());
-    }
-    if a.parameters {
-        print!("{}", modelfile::parameters_text(&r));
-        return Ok(());
-    }
-    if a.template {
-        println!("{}", r.template.as_deref().unwrap_or_default());
-        return Ok(());
-    }
-    if a.system {
-        println!("{}", r.system.as_deref().unwrap_or_default());
-        return Ok(());
-    }
-    if a.license {
-        println!("{}", r.license.join("\n\n"));
-        return Ok(());
-    }
-    let mut out = String::from("  Model\n");
-    let mut row = |k: &str, v: String| out.push_str(&format!("    {k:<20}{v}\n"));
+/// What `corral show` prints, from the local store or from a server's `/api/show`.
+struct ShowData {
+    /// The rows of the `Model` section.
+    model: Vec<(&'static str, String)>,
+    /// The Modelfile (`--modelfile`).
+    modelfile: String,
+    /// The PARAMETER lines.
+    parameters: String,
+    /// The TEMPLATE as stored (Go or Jinja), empty when there is none.
+    template: String,
+    system: Option<String>,
+    licenses: Vec<String>,
+}
+
+/// What `show` prints of a store model (the `Model` rows read from its file).
+fn local_show(r: &corral_registry::ResolvedModel) -> ShowData {
+    let mut model = Vec::new();
     match corral_gguf::reader::GgufFile::open(&r.model_path) {
         Ok(g) => {
             let s = g.summary();
-            row("architecture", s.architecture.unwrap_or_else(|| "unknown".into()));
-            row("parameters", human_count(s.parameter_count));
+            model.push(("architecture", s.architecture.unwrap_or_else(|| "unknown".into())));
+            model.push(("parameters", human_count(s.parameter_count)));
             if let Some(c) = s.context_length {
-                row("context length", c.to_string());
+                model.push(("context length", c.to_string()));
             }
             if let Some(e) = s.embedding_length {
-                row("embedding length", e.to_string());
+                model.push(("embedding length", e.to_string()));
             }
-            row("quantization", s.quantization);
+            model.push(("quantization", s.quantization));
         }
         Err(e) => {
-            row("format", r.config.model_format.clone());
-            row("size", human_bytes(r.model_size));
+            model.push(("format", r.config.model_format.clone()));
+            model.push(("size", human_bytes(r.model_size)));
             tracing::debug!("not a readable GGUF: {e}");
         }
     }
     if let Some(l) = &r.link {
-        row("linked file", l.path.display().to_string());
+        model.push(("linked file", l.path.display().to_string()));
     }
-    if !r.params.is_empty() {
+    ShowData {
+        model,
+        modelfile: modelfile::to_modelfile(r),
+        parameters: modelfile::parameters_text(r),
+        template: r.template.clone().unwrap_or_default(),
+        system: r.system.clone(),
+        licenses: r.license.clone(),
+    }
+}
+
+/// Whether a path is a blob of a store (`sha256-<64 hex>`), not a linked file.
+fn is_blob_path(p: &Path) -> bool {
+    p.file_name()
+        .and_then(|f| f.to_str())
+        .and_then(|f| f.strip_prefix("sha256-"))
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The same from a server's `/api/show` (and `/api/tags` for the size of a model that
+/// is not GGUF). TEMPLATE and LICENSEs come from the Modelfile the server renders,
+/// which holds them as stored (its `template` field is what the server renders with).
+fn remote_show(server: &Server, name: &ModelName, arg: &str) -> Result<ShowData> {
+    let v =
+        server.json(Method::POST, "/api/show", Some(&json!({"model": arg, "verbose": false})))?;
+    let text = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+    let info = |k: &str| v.get("model_info").and_then(|i| i.get(k));
+    let details = |k: &str| v.get("details").and_then(|d| d.get(k)).and_then(Value::as_str);
+    let stored = modelfile::parse(&text("modelfile")).ok();
+    let directives = || stored.iter().flat_map(|m| &m.commands).map(|c| &c.directive);
+    let mut model = Vec::new();
+    let from = directives().find_map(|d| match d {
+        Directive::From(p) => Some(PathBuf::from(p)),
+        _ => None,
+    });
+    if details("format") == Some("gguf") {
+        let arch = info("general.architecture").and_then(Value::as_str).map(str::to_string);
+        let arch_key =
+            |k: &str| arch.as_ref().and_then(|a| info(&format!("{a}.{k}"))).and_then(Value::as_u64);
+        model.push(("architecture", arch.clone().unwrap_or_else(|| "unknown".into())));
+        let count = info("general.parameter_count").and_then(Value::as_u64).unwrap_or(0);
+        model.push(("parameters", human_count(count)));
+        if let Some(c) = arch_key("context_length") {
+            model.push(("context length", c.to_string()));
+        }
+        if let Some(e) = arch_key("embedding_length") {
+            model.push(("embedding length", e.to_string()));
+        }
+        model.push(("quantization", details("quantization_level").unwrap_or_default().to_string()));
+        if let Some(p) = from.filter(|p| !is_blob_path(p)) {
+            model.push(("linked file", p.display().to_string()));
+        }
+    } else {
+        let format = details("format").filter(|f| !f.is_empty()).unwrap_or("unknown");
+        model.push(("format", format.to_string()));
+        let wanted = name.to_string();
+        let size = remote_models(server)?
+            .into_iter()
+            .find(|m| ModelName::parse(&m.name).is_ok_and(|n| n.to_string() == wanted))
+            .map_or(0, |m| m.size);
+        model.push(("size", human_bytes(size)));
+    }
+    let (template, licenses) = match &stored {
+        Some(_) => (
+            directives()
+                .filter_map(|d| match d {
+                    Directive::Template(t) => Some(t.clone()),
+                    _ => None,
+                })
+                .next_back()
+                .unwrap_or_default(),
+            directives()
+                .filter_map(|d| match d {
+                    Directive::License(l) => Some(l.clone()),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        None => {
+            let license = text("license");
+            (text("template"), if license.is_empty() { Vec::new() } else { vec![license] })
+        }
+    };
+    Ok(ShowData {
+        model,
+        modelfile: text("modelfile"),
+        parameters: text("parameters"),
+        template,
+        system: v.get("system").and_then(Value::as_str).map(str::to_string),
+        licenses,
+    })
+}
+
+/// `corral show NAME [--modelfile|--parameters|--template|--system|--license]`.
+pub fn show(global: &GlobalOptions, a: &ShowArgs) -> Result<()> {
+    let d = match a.store.server() {
+        Some(server) => remote_show(&server, &parse_name(&a.name)?, &a.name)?,
+        None => {
+            let store = a.store.open_with(global, &a.name)?;
+            local_show(&get(&store, &a.name)?)
+        }
+    };
+    if a.modelfile {
+        print!("{}", d.modelfile);
+        return Ok(());
+    }
+    if a.parameters {
+        print!("{}", d.parameters);
+        return Ok(());
+    }
+    if a.template {
+        println!("{}", d.template);
+        return Ok(());
+    }
+    if a.system {
+        println!("{}", d.system.as_deref().unwrap_or_default());
+        return Ok(());
+    }
+    if a.license {
+        println!("{}", d.licenses.join("\n\n"));
+        return Ok(());
+    }
+    let mut out = String::from("  Model\n");
+    for (k, v) in &d.model {
+        out.push_str(&format!("    {k:<20}{v}\n"));
+    }
+    if !d.parameters.is_empty() {
         out.push_str("\n  Parameters\n");
-        out.push_str(&indent(&modelfile::parameters_text(&r).replace("PARAMETER ", ""), "    "));
+        out.push_str(&indent(&d.parameters.replace("PARAMETER ", ""), "    "));
     }
-    if let Some(s) = &r.system {
+    if let Some(s) = &d.system {
         out.push_str("\n  System\n");
         out.push_str(&indent(s, "    "));
     }
-    if !r.license.is_empty() {
+    if !d.licenses.is_empty() {
         out.push_str("\n  License\n");
-        for l in &r.license {
+        for l in &d.licenses {
             // The first lines, as Ollama shows them.
             let head: Vec<&str> = l.trim().lines().take(2).collect();
             out.push_str(&indent(&head.join("\n"), "    "));
@@ -335,6 +711,12 @@ pub struct CpArgs {
 /// `corral cp SRC DST`.
 pub fn cp(global: &GlobalOptions, a: &CpArgs) -> Result<()> {
     let (src, dst) = (parse_name(&a.source)?, parse_name(&a.destination)?);
+    if let Some(server) = a.store.server() {
+        let body = json!({"source": a.source, "destination": a.destination});
+        server.json(Method::POST, "/api/copy", Some(&body))?;
+        println!("copied '{}' to '{}'", a.source, a.destination);
+        return Ok(());
+    }
     let store = a.store.open_with(global, &a.source)?;
     match store.copy(&src, &dst) {
         Err(corral_registry::Error::ModelNotFound(_)) => {
@@ -359,6 +741,13 @@ pub struct RmArgs {
 /// `corral rm NAME...`: each model's manifest, then the blobs no other model uses.
 pub fn rm(global: &GlobalOptions, a: &RmArgs) -> Result<()> {
     let names = a.names.iter().map(|n| parse_name(n)).collect::<Result<Vec<_>>>()?;
+    if let Some(server) = a.store.server() {
+        for arg in &a.names {
+            server.json(Method::DELETE, "/api/delete", Some(&json!({"model": arg})))?;
+            println!("deleted '{arg}'");
+        }
+        return Ok(());
+    }
     let store = a.store.open_with(global, &a.names[0])?;
     for (arg, name) in a.names.iter().zip(&names) {
         match store.remove(name) {
@@ -451,8 +840,40 @@ impl ProgressUi {
     }
 }
 
+/// `pull`/`push` through a server: its `/api/pull` or `/api/push` progress lines, shown
+/// as the local transfer shows its own.
+fn transfer_remote(server: &Server, a: &TransferArgs, push: bool) -> Result<()> {
+    if push {
+        // A model the server does not have: its "not found" (exit code 3) before any
+        // registry is contacted, as the local path does.
+        server.json(Method::POST, "/api/show", Some(&json!({"model": a.name})))?;
+    }
+    let ui = ProgressUi::new();
+    let body = json!({"model": a.name, "insecure": a.insecure, "stream": true});
+    let path = if push { "/api/push" } else { "/api/pull" };
+    let result = server.ndjson(path, &body, |line| {
+        if let Ok(p) = serde_json::from_value::<oci::Progress>(line.clone()) {
+            ui.update(&p);
+        }
+        Ok(())
+    });
+    result.map_err(|e| {
+        // An error inside the stream has no status; the registry's "model not found"
+        // is a not-found (exit code 3), as the error mapping classes it locally.
+        let message = format!("{e:#}");
+        if e.downcast_ref::<ServerError>().is_none() && message.contains("model not found") {
+            ServerError { status: 404, message }.into()
+        } else {
+            e
+        }
+    })
+}
+
 fn transfer(global: &GlobalOptions, a: &TransferArgs, push: bool) -> Result<()> {
     let name = parse_name(&a.name)?;
+    if let Some(server) = a.store.server() {
+        return transfer_remote(&server, a, push);
+    }
     let store = if push { a.store.open_with(global, &a.name)? } else { a.store.open(global)? };
     let client =
         oci::Client::new(oci::ClientOptions { insecure: a.insecure, ..Default::default() })?;
@@ -499,5 +920,30 @@ mod tests {
         assert_eq!(ago(90), "About a minute ago");
         assert_eq!(ago(3600), "About an hour ago");
         assert_eq!(ago(3 * 86400), "3 days ago");
+    }
+
+    #[test]
+    fn server_times_parse_with_and_without_an_offset() {
+        let utc = parse_time("2024-06-01T10:00:00.5Z");
+        assert!(utc.is_some());
+        assert_eq!(parse_time("2024-06-01T03:00:00.5-07:00"), utc);
+        assert_eq!(parse_time("2024-06-01T12:30:00.5+02:30"), utc);
+        assert_eq!(parse_time("yesterday"), None);
+        assert_eq!(parse_time(""), None);
+    }
+
+    #[test]
+    fn blob_paths_and_from_paths() {
+        let hex = "a".repeat(64);
+        assert!(is_blob_path(Path::new(&format!("/s/blobs/sha256-{hex}"))));
+        assert!(!is_blob_path(Path::new("/models/tiny.gguf")));
+        assert!(!is_blob_path(Path::new("/s/blobs/sha256-abc")));
+        for p in ["./m.gguf", "/abs", "../up", "~/m", "model.GGUF", "C:\\m"] {
+            assert!(looks_like_path(p), "{p}");
+        }
+        for n in ["llama3", "ns/model:tag", "registry.example.com/ns/m"] {
+            assert!(!looks_like_path(n), "{n}");
+        }
+        assert_eq!(resolve_path(Path::new("/base"), "m.gguf"), Path::new("/base/m.gguf"));
     }
 }
