@@ -52,6 +52,13 @@ pub struct Config {
     pub server: ServerConfig,
     /// Where models are stored.
     pub models: Option<PathBuf>,
+    /// Where engines run: `process` (a worker process per loaded model; the default of
+    /// `corral serve`) or `in-process`. `[backends.NAME] isolation` overrides it per
+    /// backend.
+    pub isolation: Option<String>,
+    /// How long an engine may take to answer one call (a decode, a load) before its
+    /// worker counts as hung and is killed, e.g. `"5m"` (process isolation only).
+    pub engine_timeout: Option<String>,
 }
 
 /// `[server]`: settings of `corral serve`.

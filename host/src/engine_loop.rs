@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use corral_backend_api::{BackendError, BatchEntry, ContextParams, ErrorKind};
+use corral_backend_api::{BackendError, BatchEntry, Capabilities, ContextParams, ErrorKind};
 use corral_generation::{
     context::{DoneReason, effective_keep, length_limit, shift_discard},
     detok::Detokenizer,
@@ -113,6 +113,8 @@ pub struct LoopConfig {
     pub n_batch: u32,
     /// Threads.
     pub n_threads: u32,
+    /// The model's name, for messages.
+    pub model_name: String,
 }
 
 /// A handle to a running engine loop. Dropping it closes the loop's queue without
@@ -225,8 +227,12 @@ struct LoopState {
     slots: Vec<Slot>,
     waiting: std::collections::VecDeque<Request>,
     active: Arc<std::sync::atomic::AtomicUsize>,
-    /// The engine answered a context shift with `Unsupported`: end full sequences.
+    /// The engine cannot shift (it does not declare it, or answered `Unsupported`):
+    /// end full sequences.
     cannot_shift: bool,
+    /// Why the engine is gone for good (its worker crashed or hung): every request
+    /// still here, and every one that comes, ends with this.
+    gone: Option<String>,
 }
 
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
@@ -250,7 +256,9 @@ impl LoopState {
             slots,
             waiting: Default::default(),
             active,
-            cannot_shift: false,
+            // An engine shifts only when it says it can (ABI 1.2 capabilities).
+            cannot_shift: !model.capabilities.contains(Capabilities::CONTEXT_SHIFT),
+            gone: None,
         }
     }
 
@@ -277,9 +285,40 @@ impl LoopState {
                     }
                 }
             }
+            if self.gone.is_none()
+                && let Err(why) = self.model.health()
+            {
+                self.engine_gone(why);
+            }
+            if let Some(why) = &self.gone {
+                let why = why.clone();
+                for req in self.waiting.drain(..) {
+                    self.active.fetch_sub(1, Ordering::SeqCst);
+                    let _ = req.events.send(Event::Error(BackendError::internal(why.clone())));
+                }
+                continue;
+            }
             self.admit();
             self.step();
         }
+    }
+
+    /// The engine is gone for good: every running sequence ends with an error that says
+    /// what happened and that the model loads again on the next request.
+    fn engine_gone(&mut self, why: String) {
+        let msg = format!(
+            "{why} (model {}); it will be loaded again on the next request",
+            self.config.model_name
+        );
+        tracing::error!("{msg}");
+        for slot in 0..self.slots.len() {
+            if let Some(job) = self.slots[slot].job.take() {
+                self.active.fetch_sub(1, Ordering::SeqCst);
+                let _ = job.req.events.send(Event::Error(BackendError::internal(msg.clone())));
+            }
+            self.slots[slot].cached.clear();
+        }
+        self.gone = Some(msg);
     }
 
     fn finish(&mut self, slot: usize, outcome: Result<DoneReason, BackendError>) {
@@ -433,6 +472,10 @@ impl LoopState {
             return;
         }
         if let Err(e) = self.ctx.decode(&batch) {
+            if let Err(why) = self.model.health() {
+                self.engine_gone(why);
+                return;
+            }
             let slots: std::collections::BTreeSet<u32> = batch.iter().map(|b| b.seq).collect();
             let panicked = e.kind == ErrorKind::Panic;
             for s in slots {
@@ -466,7 +509,10 @@ impl LoopState {
         match self.sample_step(slot, index) {
             Ok(None) => {}
             Ok(Some(reason)) => self.finish(slot, Ok(reason)),
-            Err(e) => self.finish(slot, Err(e)),
+            Err(e) => match self.model.health() {
+                Err(why) => self.engine_gone(why),
+                Ok(()) => self.finish(slot, Err(e)),
+            },
         }
     }
 
@@ -543,7 +589,8 @@ impl LoopState {
 
     /// Ollama's context shift for a sequence that filled its window: keeps the first
     /// `num_keep` tokens, drops half of the rest, moves the remainder down. `false` when
-    /// it cannot (the engine lacks `kv_shift`, or nothing is left to drop).
+    /// it cannot (nothing is left to drop, or the shift failed). Only called for engines
+    /// that declare [`Capabilities::CONTEXT_SHIFT`].
     fn shift(&mut self, slot: usize) -> bool {
         let num_ctx = self.config.num_ctx as usize;
         let s = &self.slots[slot];
@@ -558,14 +605,6 @@ impl LoopState {
         else {
             return false;
         };
-        // Ask first with a shift by 0, which changes nothing, whether the engine can.
-        if let Err(e) = self.ctx.kv_shift(seq as u32, end, -1, 0) {
-            if e.kind == ErrorKind::Unsupported {
-                self.cannot_shift = true;
-            }
-            tracing::info!("context shift not possible ({e}); ending at the window");
-            return false;
-        }
         let shifted = self
             .ctx
             .kv_remove(seq, keep_pos, end)
@@ -579,6 +618,9 @@ impl LoopState {
                 true
             }
             Err(e) => {
+                if e.kind == ErrorKind::Unsupported {
+                    self.cannot_shift = true;
+                }
                 // The cache may be half-shifted: forget this sequence's cache.
                 let _ = self.ctx.kv_remove(seq, 0, -1);
                 self.slots[slot].cached.clear();

@@ -33,6 +33,13 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run one engine worker (started by corral itself for process isolation).
+    #[command(name = "engine-worker", hide = true)]
+    EngineWorker {
+        /// The host's pid: the worker ends when it is gone.
+        #[arg(long)]
+        parent: u32,
+    },
     /// Show what hardware this machine has (CPU, memory, GPUs, Vulkan devices).
     Probe(system::ProbeArgs),
     /// List backend plugins, which one would be chosen, and why.
@@ -154,8 +161,18 @@ fn init_tracing(default_filter: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" });
+    if let Command::EngineWorker { parent } = cli.command {
+        return match corral_plugin_host::worker::run_worker(parent) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let global = GlobalOptions { config: cli.config, plugin_dirs: cli.plugin_dirs };
     let result: Result<()> = match cli.command {
+        Command::EngineWorker { .. } => Ok(()),
         Command::Probe(a) => system::probe(&a),
         Command::Backends(a) => system::backends(&global, &a),
         Command::Serve(a) => cli_serve::serve(&global, a),

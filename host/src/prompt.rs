@@ -33,8 +33,8 @@ impl Templater {
         };
         Ok(Templater {
             template,
-            bos_text: text(model.special.bos.into_option()),
-            eos_text: text(model.special.eos.into_option()),
+            bos_text: text(model.special.bos),
+            eos_text: text(model.special.eos),
         })
     }
 

@@ -1,11 +1,19 @@
 //! What every command that needs an engine does first: read the config, probe the
 //! machine, find the plugins ([`corral_plugin_host::PluginCatalog`]), and choose one.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use corral_plugin_host::{Choice, LoadedPlugin, NoBackend, PluginCatalog, Selector};
+use corral_plugin_host::{
+    Choice, Isolation, LoadedPlugin, NoBackend, PluginCatalog, Selector, worker::WorkerCommand,
+};
 
 use crate::config::{Config, ConfigError};
+
+/// The default engine watchdog: a call unanswered this long counts as a hung engine.
+pub const DEFAULT_ENGINE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The hidden subcommand of `corral` that runs an engine worker.
+pub const WORKER_SUBCOMMAND: &str = "engine-worker";
 
 /// Options shared by every command (global CLI flags and their environment variables).
 #[derive(Debug, Clone, Default)]
@@ -39,6 +47,47 @@ impl Runtime {
         );
         let catalog = PluginCatalog::new(search_path, machine, config.backends.clone());
         Ok(Runtime { config, config_path, catalog })
+    }
+
+    /// [`Runtime::new`] with engines isolated as asked: `flag` (`--isolation`, merged
+    /// with `CORRAL_ISOLATION` by clap), else the config's `isolation`, else `default`.
+    pub fn with_isolation(
+        global: &GlobalOptions,
+        flag: Option<&str>,
+        default: Isolation,
+    ) -> Result<Runtime, ConfigError> {
+        let mut rt = Runtime::new(global)?;
+        let path = || rt.config_path.clone().unwrap_or_default();
+        let isolation = match flag.or(rt.config.isolation.as_deref()) {
+            Some(s) => s
+                .parse::<Isolation>()
+                .map_err(|message| ConfigError::Parse { path: path(), message })?,
+            None => default,
+        };
+        let timeout = std::env::var("CORRAL_ENGINE_TIMEOUT")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .or_else(|| rt.config.engine_timeout.clone());
+        let watchdog = match timeout {
+            Some(t) => crate::server::util::parse_duration(&t)
+                .flatten()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| ConfigError::Parse {
+                    path: path(),
+                    message: format!("engine timeout {t:?}: use a duration such as 300s or 5m"),
+                })?,
+            None => DEFAULT_ENGINE_TIMEOUT,
+        };
+        let worker = std::env::current_exe().ok().map(|exe| WorkerCommand {
+            exe,
+            args: vec![WORKER_SUBCOMMAND.into()],
+            watchdog,
+        });
+        if worker.is_none() && isolation == Isolation::Process {
+            tracing::warn!("cannot find corral's own executable: engines run in-process");
+        }
+        rt.catalog.set_isolation(isolation, worker);
+        Ok(rt)
     }
 
     /// The selector from a `--backend` flag (already merged with `CORRAL_BACKEND` by

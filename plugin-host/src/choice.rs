@@ -18,9 +18,11 @@ use crate::{discovery::Discovered, engine::LoadedPlugin, loader::load, manifest:
 /// plugin name, `name:variant` or `name-variant`.
 pub type BackendOptions = BTreeMap<String, toml::Table>;
 
-/// Merges a manifest's default options with the config's `[backends.NAME]` table (the
-/// config wins) and renders them as JSON for init.
-pub fn merged_options(manifest: &Manifest, options: &BackendOptions) -> String {
+/// The key of a `[backends.NAME]` table that is the host's, not the plugin's: where the
+/// engine runs (`isolation = "process" | "in-process"`).
+pub const ISOLATION_KEY: &str = "isolation";
+
+fn merged_table(manifest: &Manifest, options: &BackendOptions) -> toml::Table {
     let mut table = manifest.options.clone();
     for key in
         [manifest.name.clone(), manifest.id(), format!("{}-{}", manifest.name, manifest.variant)]
@@ -29,7 +31,48 @@ pub fn merged_options(manifest: &Manifest, options: &BackendOptions) -> String {
             table.extend(t.clone());
         }
     }
+    table
+}
+
+/// Merges a manifest's default options with the config's `[backends.NAME]` table (the
+/// config wins) and renders them as JSON for init; the host's own keys
+/// ([`ISOLATION_KEY`]) are left out.
+pub fn merged_options(manifest: &Manifest, options: &BackendOptions) -> String {
+    let mut table = merged_table(manifest, options);
+    table.remove(ISOLATION_KEY);
     serde_json::to_string(&table).unwrap_or_else(|_| "{}".into())
+}
+
+/// Where a plugin's engine runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// In a worker process per loaded model: a crash ends only that worker.
+    Process,
+    /// In the host process: the last percent of speed, and a crash ends the host.
+    InProcess,
+}
+
+impl Isolation {
+    /// `process` or `in-process`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Process => "process",
+            Isolation::InProcess => "in-process",
+        }
+    }
+}
+
+impl std::str::FromStr for Isolation {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "process" => Ok(Isolation::Process),
+            "in-process" | "inprocess" | "none" => Ok(Isolation::InProcess),
+            other => Err(format!("isolation {other:?}: use \"process\" or \"in-process\"")),
+        }
+    }
 }
 
 /// Every plugin manifest found on the search path, the machine they are matched
@@ -44,6 +87,10 @@ pub struct PluginCatalog {
     pub machine: corral_probe::MachineInfo,
     /// Options for the plugins' init.
     pub options: BackendOptions,
+    /// Where engines run unless a plugin's `[backends.NAME] isolation` says otherwise.
+    pub isolation: Isolation,
+    /// How to start a worker process (needed for [`Isolation::Process`]).
+    pub worker: Option<crate::worker::WorkerCommand>,
     opened: Mutex<HashMap<PathBuf, Arc<LoadedPlugin>>>,
 }
 
@@ -61,8 +108,89 @@ impl PluginCatalog {
             discovered,
             machine,
             options,
+            isolation: Isolation::InProcess,
+            worker: None,
             opened: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Runs engines with `isolation` by default, starting workers with `worker`.
+    pub fn set_isolation(&mut self, isolation: Isolation, worker: Option<crate::worker::WorkerCommand>) {
+        self.isolation = isolation;
+        self.worker = worker;
+    }
+
+    /// Where `manifest`'s engine runs: its `[backends.NAME] isolation`, else the default.
+    /// Process isolation needs a worker command; without one it is in-process.
+    pub fn isolation_for(&self, manifest: &Manifest) -> Result<Isolation, crate::loader::LoadError> {
+        let table = merged_table(manifest, &self.options);
+        let asked = match table.get(ISOLATION_KEY) {
+            Some(toml::Value::String(s)) => s.parse().map_err(|detail: String| {
+                crate::loader::LoadError::Init { plugin: manifest.id(), detail }
+            })?,
+            Some(other) => {
+                return Err(crate::loader::LoadError::Init {
+                    plugin: manifest.id(),
+                    detail: format!("isolation must be a string, got {other}"),
+                });
+            }
+            None => self.isolation,
+        };
+        Ok(if self.worker.is_some() { asked } else { Isolation::InProcess })
+    }
+
+    /// Opens and initialises the plugin of `manifest` the way its isolation says: in
+    /// this process, or in a worker process that checks it and ends (models then get
+    /// workers of their own).
+    fn open(&self, m: &Manifest, path: &Path) -> Result<LoadedPlugin, crate::loader::LoadError> {
+        match (self.isolation_for(m)?, &self.worker) {
+            (Isolation::Process, Some(cmd)) => {
+                let options = merged_options(m, &self.options);
+                let backend = crate::worker::WorkerBackend::start(
+                    cmd.clone(),
+                    path.to_path_buf(),
+                    options,
+                    m.id(),
+                )
+                .map_err(|e| crate::loader::LoadError::Worker {
+                    plugin: m.id(),
+                    detail: e.message().to_string(),
+                })?;
+                let library = path.parent().unwrap_or(Path::new(".")).join(&m.library);
+                Ok(LoadedPlugin {
+                    manifest: m.clone(),
+                    manifest_path: path.to_path_buf(),
+                    library_path: library,
+                    version: backend.version().to_string(),
+                    backend: Arc::new(backend),
+                })
+            }
+            _ => load(m, path, merged_options(m, &self.options)),
+        }
+    }
+
+    /// Opens every plugin that could run here (in a worker where isolation says so),
+    /// not just the best: `corral backends --check`. Those that fail are reported
+    /// unavailable with the reason.
+    pub fn check_all(&self, selector: &Selector) -> Result<Choice, ChoiceError> {
+        let mut choice = self.choose(selector)?;
+        for r in choice.reports.iter_mut().filter(|r| r.status == Status::Available) {
+            let Some(d) = self.discovered.iter().find(|d| d.manifest_path == r.manifest) else {
+                continue;
+            };
+            let Ok(m) = d.manifest.as_ref() else { continue };
+            match self.open(m, &d.manifest_path) {
+                Ok(p) => {
+                    r.reason = format!("{} (checked: it loads)", r.reason);
+                    r.engine = p.backend.describe();
+                }
+                Err(e) => {
+                    r.status = Status::Unavailable;
+                    r.reason = e.to_string();
+                }
+            }
+        }
+        Ok(choice)
     }
 
     /// Whether some manifest declares `format` (e.g. the example plugin's `toy`).
@@ -75,15 +203,26 @@ impl PluginCatalog {
     /// Checks requirements, ranks, and opens the best plugin that loads (reusing one
     /// opened before); see [`choose`].
     pub fn choose(&self, selector: &Selector) -> Result<Choice, ChoiceError> {
-        choose_with(&self.discovered, &self.machine, selector, &mut |m, path| {
+        let mut choice = choose_with(&self.discovered, &self.machine, selector, &mut |m, path| {
             let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(p) = opened.get(path) {
                 return Ok(p.clone());
             }
-            let p = Arc::new(load(m, path, merged_options(m, &self.options))?);
+            let p = Arc::new(self.open(m, path)?);
             opened.insert(path.to_path_buf(), p.clone());
             Ok(p)
-        })
+        })?;
+        for r in &mut choice.reports {
+            let manifest = self
+                .discovered
+                .iter()
+                .find(|d| d.manifest_path == r.manifest)
+                .and_then(|d| d.manifest.as_ref().ok());
+            if let Some(Ok(i)) = manifest.map(|m| self.isolation_for(m)) {
+                r.isolation = i.as_str().to_string();
+            }
+        }
+        Ok(choice)
     }
 
     /// Like [`PluginCatalog::choose`], but an error naming every plugin and why it could
@@ -169,6 +308,9 @@ pub struct PluginReport {
     /// The engine's self-description, for the chosen plugin.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub engine: String,
+    /// Where its engine runs (`process` or `in-process`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub isolation: String,
 }
 
 /// What the user asked for.
@@ -267,6 +409,7 @@ fn choose_with(
                     reason: e.to_string(),
                     devices: Vec::new(),
                     engine: String::new(),
+                    isolation: String::new(),
                 });
                 continue;
             }
@@ -284,6 +427,7 @@ fn choose_with(
             reason: String::new(),
             devices: Vec::new(),
             engine: String::new(),
+            isolation: String::new(),
         };
         let mut unmet = Vec::new();
         match m.abi_version() {

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use corral_backend_api::{BatchEntry, ContextParams, ErrorKind};
+use corral_backend_api::{BatchEntry, Capabilities, ContextParams, ErrorKind};
 use serde::Serialize;
 
 use crate::engine::{Context, Model};
@@ -514,9 +514,13 @@ fn kv_shift(model: &Model, tol: &Tolerance) -> Result<String, String> {
     let reference = single(model, &t)?;
     let mut c = ctx(model, 1)?;
     c.prefill(0, 0, &t[..n - 1]).map_err(|e| e.to_string())?;
+    let declared = model.capabilities.contains(Capabilities::CONTEXT_SHIFT);
     match c.kv_shift(0, 0, -1, 7) {
+        Err(e) if e.kind == ErrorKind::Unsupported && !declared => {
+            return Ok(format!("skip: the engine does not declare context-shift ({e})"));
+        }
         Err(e) if e.kind == ErrorKind::Unsupported => {
-            return Ok(format!("skip: the engine cannot shift ({e})"));
+            return Err(format!("the engine declares context-shift but kv_shift says: {e}"));
         }
         r => r.map_err(|e| format!("kv_shift(0, 0, -1, 7) failed: {e}"))?,
     }
@@ -596,9 +600,17 @@ fn embeddings(model: &Model, _: &Tolerance) -> Result<String, String> {
         embeddings: true,
         ..Default::default()
     };
+    let declared = model.capabilities.contains(Capabilities::EMBEDDINGS);
+    let skip = |e: &corral_backend_api::BackendError| -> Result<String, String> {
+        if declared {
+            Err(format!("the engine declares embeddings but answers: {e}"))
+        } else {
+            Ok(format!("skip: the engine does not declare embeddings ({e})"))
+        }
+    };
     let mut c = match model.new_context(&params) {
         Ok(c) => c,
-        Err(e) if e.kind == ErrorKind::Unsupported => return Ok(format!("skip: {e}")),
+        Err(e) if e.kind == ErrorKind::Unsupported => return skip(&e),
         Err(e) => return Err(format!("embeddings context: {e}")),
     };
     let a = toks(model, PROMPTS[0])?;
@@ -616,7 +628,7 @@ fn embeddings(model: &Model, _: &Tolerance) -> Result<String, String> {
     }));
     match c.decode(&batch) {
         Ok(()) => {}
-        Err(e) if e.kind == ErrorKind::Unsupported => return Ok(format!("skip: {e}")),
+        Err(e) if e.kind == ErrorKind::Unsupported => return skip(&e),
         Err(e) => return Err(format!("embeddings decode: {e}")),
     }
     let ea = c.embeddings(0).map_err(|e| e.to_string())?;

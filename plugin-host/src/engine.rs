@@ -36,9 +36,13 @@ pub enum ContextKind {
 /// An initialised backend: lists its devices and loads models.
 pub trait BackendHandle: Send + Sync {
     /// The compute devices this backend uses.
-    fn devices(&self) -> Vec<DeviceInfo>;
+    fn devices(&self) -> Vec<Device>;
     /// One line describing the engine build.
     fn describe(&self) -> String;
+    /// Where the engine runs: `in-process` or `process`.
+    fn isolation(&self) -> &'static str {
+        "in-process"
+    }
     /// Loads the model at `path` (of `format`).
     fn load_model(
         &self,
@@ -51,11 +55,22 @@ pub trait BackendHandle: Send + Sync {
 /// A model loaded by an engine.
 pub trait ModelHandle: Send + Sync {
     /// Metadata as the engine reports it.
-    fn metadata(&self) -> ModelMetadata;
+    fn metadata(&self) -> ModelInfo;
     /// Special tokens.
-    fn special_tokens(&self) -> SpecialTokens;
+    fn special_tokens(&self) -> SpecialTokenIds;
     /// Vocabulary size.
     fn vocab_size(&self) -> u32;
+    /// What the engine declares it can do with this model.
+    fn capabilities(&self) -> Capabilities;
+    /// `Err` with what happened once the engine is gone for good (its worker process
+    /// crashed or hung); every later call fails the same way.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
+    /// The pid of the worker process that runs the engine, if it runs in one.
+    fn worker_pid(&self) -> Option<u32> {
+        None
+    }
     /// Text to tokens.
     fn tokenize(
         &self,
@@ -125,7 +140,7 @@ impl LoadedPlugin {
     }
 
     /// Devices of the backend.
-    pub fn devices(&self) -> Vec<DeviceInfo> {
+    pub fn devices(&self) -> Vec<Device> {
         self.backend.devices()
     }
 }
@@ -136,11 +151,13 @@ pub struct Model {
     /// The plugin that loaded it (kept alive as long as the model).
     pub plugin: Arc<LoadedPlugin>,
     /// Metadata as the plugin reported it at load time.
-    pub meta: ModelMetadata,
+    pub meta: ModelInfo,
     /// Special tokens.
-    pub special: SpecialTokens,
+    pub special: SpecialTokenIds,
     /// Vocabulary size.
     pub vocab_size: u32,
+    /// What the engine declares it can do with this model.
+    pub capabilities: Capabilities,
 }
 
 impl Model {
@@ -155,7 +172,19 @@ impl Model {
         let meta = inner.metadata();
         let special = inner.special_tokens();
         let vocab_size = inner.vocab_size();
-        Ok(Model { inner, plugin, meta, special, vocab_size })
+        let capabilities = inner.capabilities();
+        Ok(Model { inner, plugin, meta, special, vocab_size, capabilities })
+    }
+
+    /// `Err` with what happened once the engine is gone for good (its worker crashed or
+    /// hung).
+    pub fn health(&self) -> Result<(), String> {
+        self.inner.health()
+    }
+
+    /// The pid of the engine's worker process, when it runs in one.
+    pub fn worker_pid(&self) -> Option<u32> {
+        self.inner.worker_pid()
     }
 
     /// Text to tokens.

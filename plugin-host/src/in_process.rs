@@ -3,8 +3,9 @@
 //! that aborts or segfaults takes the process with it.
 
 use corral_backend_api::{
-    BackendBox, BackendError, BatchEntry, ContextBox, ContextParams, DeviceInfo, LoadOptions,
-    ModelBox, ModelMetadata, ModelSpec, RString, RVec, SpecialTokens,
+    BackendBox, BackendError, BatchEntry, Capabilities, ContextBox, ContextParams, LoadOptions,
+    ModelBox, ModelSpec, RString, RVec,
+    plain::{Device, ModelInfo, SpecialTokenIds},
 };
 
 use crate::engine::{BackendHandle, ContextHandle, ContextKind, ModelHandle};
@@ -22,8 +23,8 @@ impl InProcessBackend {
 }
 
 impl BackendHandle for InProcessBackend {
-    fn devices(&self) -> Vec<DeviceInfo> {
-        self.inner.devices().into_vec()
+    fn devices(&self) -> Vec<Device> {
+        self.inner.devices().into_iter().map(Device::from).collect()
     }
 
     fn describe(&self) -> String {
@@ -47,12 +48,16 @@ struct InProcessModel {
 }
 
 impl ModelHandle for InProcessModel {
-    fn metadata(&self) -> ModelMetadata {
-        self.inner.metadata()
+    fn metadata(&self) -> ModelInfo {
+        self.inner.metadata().into()
     }
 
-    fn special_tokens(&self) -> SpecialTokens {
-        self.inner.special_tokens()
+    fn special_tokens(&self) -> SpecialTokenIds {
+        self.inner.special_tokens().into()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
     }
 
     fn vocab_size(&self) -> u32 {

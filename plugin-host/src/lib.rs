@@ -12,6 +12,8 @@
 //! - [`engine`]: the engine handles the host drives ([`BackendHandle`],
 //!   [`ModelHandle`], [`ContextHandle`]) and the [`Model`] / [`Context`] wrappers over
 //!   them; [`in_process`] is the implementation that calls the plugin in this process.
+//! - [`worker`]: engines in their own processes (process isolation): the worker side
+//!   and the handles over it.
 //! - [`conformance`]: the suite every backend must pass. Third parties run it in their
 //!   own `cargo test` with this crate as a dev-dependency:
 //!
@@ -34,9 +36,10 @@ pub mod format;
 pub mod in_process;
 pub mod loader;
 pub mod manifest;
+pub mod worker;
 
 pub use choice::{
-    BackendOptions, Choice, ChoiceError, NoBackend, PluginCatalog, PluginReport, Selector, Status,
+    BackendOptions, Choice, ChoiceError, Isolation, NoBackend, PluginCatalog, PluginReport, Selector, Status,
 };
 pub use discovery::{DIR_MANIFEST_NAME, Discovered, FLAT_MANIFEST_SUFFIX, discover, search_path};
 pub use engine::{

@@ -104,6 +104,14 @@ pub enum LoadError {
         /// From the manifest.
         expected: String,
     },
+    /// The plugin could not be opened or initialised in a worker process.
+    #[error("{plugin} failed in its worker process: {detail}")]
+    Worker {
+        /// `name:variant`.
+        plugin: String,
+        /// What the worker said, or how it died.
+        detail: String,
+    },
     /// The plugin's init returned an error.
     #[error("{plugin} failed to initialise: {detail}")]
     Init {

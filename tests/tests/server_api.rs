@@ -968,3 +968,70 @@ fn sha256_hex(p: &Path) -> String {
     let out = std::process::Command::new("sha256sum").arg(p).output().unwrap();
     String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
 }
+
+/// A request for a loaded model is served while another model loads: the scheduler's
+/// request path takes no global lock. The second model's load takes 3 s (the example
+/// plugin's `on_load=delay:3000` trigger); requests to the first answer meanwhile.
+#[test]
+fn a_loaded_model_answers_while_another_loads() {
+    let e = env();
+    let slow = e.models.parent().unwrap().join("slow.toy");
+    std::fs::write(&slow, "toy weights slow\non_load=delay:3000\n").unwrap();
+    let slow = slow.to_string_lossy().into_owned();
+    let s = start(&e, &[]);
+    let gen = |model: &str| {
+        post(
+            &s,
+            "/api/generate",
+            &json!({"model": model, "prompt": "hi", "stream": false, "options": {"num_predict": 2}}),
+        )
+    };
+    assert_eq!(gen(&e.model).0, 200);
+    let url = s.url.clone();
+    let loading = std::thread::spawn(move || {
+        let t = Instant::now();
+        let r = client()
+            .post(format!("{url}/api/generate"))
+            .json(&json!({"model": slow, "prompt": "hi", "stream": false,
+                          "options": {"num_predict": 2}}))
+            .send()
+            .unwrap();
+        (r.status().as_u16(), t.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let mut worst = Duration::ZERO;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let (st, v) = gen(&e.model);
+        assert_eq!(st, 200, "{v}");
+        worst = worst.max(t.elapsed());
+    }
+    let (st, load_took) = loading.join().unwrap();
+    assert_eq!(st, 200);
+    println!(
+        "while another model loaded for {:.2} s, the loaded model answered within {:.1} ms",
+        load_took.as_secs_f64(),
+        worst.as_secs_f64() * 1e3
+    );
+    assert!(load_took >= Duration::from_millis(2900), "the slow load took {load_took:?}");
+    assert!(worst < Duration::from_millis(1000), "the loaded model waited {worst:?}");
+}
+
+/// `corral serve` initialises the chosen plugin once (in-process engines: the startup
+/// choice and the scheduler share one plugin catalog).
+#[test]
+fn serve_initialises_the_plugin_once() {
+    let e = env();
+    let s = start(&e, &[("CORRAL_ISOLATION", "in-process")]);
+    for model in [&e.model, &e.model2] {
+        let (st, v) = post(
+            &s,
+            "/api/generate",
+            &json!({"model": model, "prompt": "hi", "stream": false, "options": {"num_predict": 2}}),
+        );
+        assert_eq!(st, 200, "{v}");
+    }
+    let log = s.log();
+    let inits = log.matches("example backend initialised").count();
+    assert_eq!(inits, 1, "init ran {inits} times:\n{log}");
+}

@@ -22,7 +22,7 @@ use corral_host::{
     prompt::{self, Message},
     runtime::{GlobalOptions, Runtime},
 };
-use corral_plugin_host::Model;
+use corral_plugin_host::{Isolation, Model};
 
 /// Options shared by `run` and `bench` for loading a model.
 #[derive(Args, Debug, Clone)]
@@ -39,6 +39,10 @@ pub struct LoadArgs {
     /// Model format (default: from the path: a directory or .onnx is onnx, else gguf).
     #[arg(long)]
     pub format: Option<String>,
+    /// Where the engine runs: `in-process` (the default here) or `process` (a worker
+    /// process, as `corral serve` does).
+    #[arg(long, env = "CORRAL_ISOLATION", value_name = "MODE")]
+    pub isolation: Option<String>,
 }
 
 /// Resolves a model argument (the one resolution of [`corral_host::models`]) and loads
@@ -48,7 +52,7 @@ pub fn load_model(
     load: &LoadArgs,
     arg: &str,
 ) -> Result<(ModelRef, Arc<Model>, std::time::Duration)> {
-    let rt = Runtime::new(global)?;
+    let rt = Runtime::with_isolation(global, load.isolation.as_deref(), Isolation::InProcess)?;
     let mref = corral_host::models::resolve_for(global, Some(&rt.catalog), arg)?;
     let path = mref.path.as_path();
     let format = load.format.as_deref().unwrap_or(mref.format.as_str());
@@ -227,7 +231,13 @@ pub fn run(global: &GlobalOptions, a: RunArgs) -> Result<()> {
     let num_ctx = context_length(options.num_ctx, None, model.meta.context_length);
     let engine = EngineHandle::start(
         model.clone(),
-        LoopConfig { n_parallel: 1, num_ctx, n_batch: 512, n_threads: a.load.threads.unwrap_or(0) },
+        LoopConfig {
+            n_parallel: 1,
+            num_ctx,
+            n_batch: 512,
+            n_threads: a.load.threads.unwrap_or(0),
+            model_name: mref.name.clone(),
+        },
     )?;
     let policy = if a.no_truncate { ContextPolicy::Refuse } else { ContextPolicy::Truncate };
     // The store model's TEMPLATE (Go templates translated), SYSTEM and MESSAGEs are the

@@ -9,7 +9,7 @@ use corral_host::{
     runtime::{GlobalOptions, Runtime},
     server::{ServeOptions, Settings, serve_blocking, util::parse_duration},
 };
-use corral_plugin_host::Status;
+use corral_plugin_host::{Isolation, Status};
 
 /// `corral serve`.
 #[derive(Args, Debug)]
@@ -45,13 +45,17 @@ pub struct ServeArgs {
     /// platform's data directory).
     #[arg(long)]
     pub models: Option<PathBuf>,
+    /// Where engines run: `process` (the default: a worker process per loaded model, so
+    /// an engine that crashes takes only its model down) or `in-process`.
+    #[arg(long, env = "CORRAL_ISOLATION", value_name = "MODE")]
+    pub isolation: Option<String>,
     /// Seconds running requests get to finish at shutdown before they are cancelled.
     #[arg(long, env = "CORRAL_SHUTDOWN_GRACE", default_value_t = 10)]
     pub shutdown_grace: u64,
 }
 
 pub fn serve(global: &GlobalOptions, a: ServeArgs) -> Result<()> {
-    let rt = Runtime::new(global)?;
+    let rt = Runtime::with_isolation(global, a.isolation.as_deref(), Isolation::Process)?;
     // Say which backend serves GGUF models; models of other formats choose their own
     // backend on first use.
     let selector = rt.selector(a.backend.as_deref(), Some("gguf"));

@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 use corral_host::runtime::{GlobalOptions, Runtime};
 use corral_plugin_host::{
-    PluginReport, Status,
+    Isolation, PluginReport, Status,
     conformance::{self, Outcome},
 };
 
@@ -52,6 +52,13 @@ pub struct BackendsArgs {
     /// Only consider plugins that run this model format (gguf, onnx).
     #[arg(long)]
     pub format: Option<String>,
+    /// Open every plugin that could run here (in a worker process, as `corral serve`
+    /// would) and report those that fail to load as unavailable, with the reason.
+    #[arg(long)]
+    pub check: bool,
+    /// Where engines run (as for `corral serve`): `process` (default) or `in-process`.
+    #[arg(long, env = "CORRAL_ISOLATION", value_name = "MODE")]
+    pub isolation: Option<String>,
 }
 
 fn print_reports(reports: &[PluginReport]) {
@@ -82,6 +89,9 @@ fn print_reports(reports: &[PluginReport]) {
         if !r.engine.is_empty() {
             println!("{:>16} engine: {}", "", r.engine);
         }
+        if r.status != Status::Unavailable && !r.isolation.is_empty() {
+            println!("{:>16} isolation: {}", "", r.isolation);
+        }
         for d in &r.devices {
             println!("{:>16} device: {d}", "");
         }
@@ -89,9 +99,10 @@ fn print_reports(reports: &[PluginReport]) {
 }
 
 pub fn backends(global: &GlobalOptions, a: &BackendsArgs) -> Result<()> {
-    let rt = Runtime::new(global)?;
+    let rt = Runtime::with_isolation(global, a.isolation.as_deref(), Isolation::Process)?;
     let selector = rt.selector(a.backend.as_deref(), a.format.as_deref());
-    let choice = rt.catalog.choose(&selector)?;
+    let choice =
+        if a.check { rt.catalog.check_all(&selector)? } else { rt.catalog.choose(&selector)? };
     if a.json {
         let out = serde_json::json!({
             "plugin_path": rt.catalog.search_path,

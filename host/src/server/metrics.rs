@@ -27,6 +27,10 @@ pub struct Metrics {
     ttft: Mutex<(Vec<u64>, f64, u64)>,
     /// Models loaded now.
     pub loaded_models: AtomicUsize,
+    /// Engine workers that crashed or hung.
+    pub worker_crashes: AtomicU64,
+    /// Models loaded again after their engine crashed.
+    pub worker_restarts: AtomicU64,
 }
 
 impl Metrics {
@@ -110,6 +114,22 @@ impl Metrics {
         let _ = writeln!(s, "# HELP corral_loaded_models Models loaded now.");
         let _ = writeln!(s, "# TYPE corral_loaded_models gauge");
         let _ = writeln!(s, "corral_loaded_models {}", per_model.len());
+        for (name, help, v) in [
+            (
+                "corral_worker_crashes_total",
+                "Engine worker processes that crashed or hung.",
+                &self.worker_crashes,
+            ),
+            (
+                "corral_worker_restarts_total",
+                "Models loaded again after their engine crashed.",
+                &self.worker_restarts,
+            ),
+        ] {
+            let _ = writeln!(s, "# HELP {name} {help}");
+            let _ = writeln!(s, "# TYPE {name} counter");
+            let _ = writeln!(s, "{name} {}", v.load(Ordering::Relaxed));
+        }
         let _ =
             writeln!(s, "# HELP corral_active_sequences Sequences decoding or waiting, per model.");
         let _ = writeln!(s, "# TYPE corral_active_sequences gauge");

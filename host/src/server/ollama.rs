@@ -701,6 +701,8 @@ pub async fn ps(State(state): State<Arc<AppState>>) -> Response {
                 "active_sequences": l.active(),
                 "queued_requests": l.queued(),
                 "num_parallel": l.engine.config.n_parallel,
+                "isolation": l.model.plugin.backend.isolation(),
+                "backend": l.model.plugin.id(),
             })
         })
         .collect();

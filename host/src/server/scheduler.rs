@@ -32,6 +32,8 @@ use serde_json::Value;
 
 use corral_generation::structured::TokenTable;
 
+use crate::errors::ErrorClass;
+
 use super::{metrics::Metrics, util::ApiError};
 use crate::{
     engine_loop::{EngineHandle, LoopConfig, Request},
@@ -73,6 +75,12 @@ impl Default for Settings {
         }
     }
 }
+
+/// After this many engine crashes in a row while loading a model, it is refused for a
+/// while instead of being loaded again in a loop.
+pub const CRASH_LOOP_LOADS: u32 = 3;
+/// How long a model that crash-loops is refused.
+pub const CRASH_LOOP_PAUSE: Duration = Duration::from_secs(60);
 
 /// A model as a request names it, before it is resolved.
 #[derive(Debug, Clone)]
@@ -122,7 +130,7 @@ impl Loaded {
         }
         let s = &self.model.special;
         let eog: Vec<u32> = s.eog.iter().copied().collect();
-        let never: Vec<u32> = s.bos.into_option().into_iter().collect();
+        let never: Vec<u32> = s.bos.into_iter().collect();
         let t = Arc::new(TokenTable::new(by_id, eog, &never));
         Ok(self.tokens.get_or_init(|| t).clone())
     }
@@ -202,6 +210,11 @@ pub struct Scheduler {
     rt: Runtime,
     models: Mutex<HashMap<String, Arc<Loaded>>>,
     loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Models whose engine died; their next load counts as a restart.
+    crashed: Mutex<std::collections::HashSet<String>>,
+    /// Engine crashes while loading, per model: how many in a row, when the last was,
+    /// and what it said.
+    load_crashes: Mutex<HashMap<String, (u32, Instant, String)>>,
     load_lock: tokio::sync::Mutex<()>,
     /// The model store, when one could be opened.
     pub store: Option<corral_registry::Store>,
@@ -244,6 +257,8 @@ impl Scheduler {
             rt,
             models: Mutex::new(HashMap::new()),
             loading: Mutex::new(HashMap::new()),
+            crashed: Mutex::new(Default::default()),
+            load_crashes: Mutex::new(HashMap::new()),
             load_lock: tokio::sync::Mutex::new(()),
             store,
             metrics,
@@ -281,11 +296,87 @@ impl Scheduler {
     }
 
     /// The loaded model under `key`, counted as in use.
+    /// A model whose engine is gone (its worker crashed or hung) is forgotten here, so
+    /// the request that finds it loads it again.
     fn use_loaded(&self, key: &str, keep_alive: Option<Duration>) -> Option<UseGuard> {
-        let models = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        let mut models = self.models.lock().unwrap_or_else(|e| e.into_inner());
         let l = models.get(key)?;
+        if let Err(why) = l.model.health() {
+            tracing::warn!(model = %key, "the model's engine is gone ({why}); loading it again");
+            models.remove(key);
+            drop(models);
+            self.engine_died(key);
+            return None;
+        }
         l.inflight.fetch_add(1, Ordering::SeqCst);
         Some(UseGuard { loaded: l.clone(), keep_alive })
+    }
+
+    /// Counts a dead engine and remembers its model, whose next load is a restart.
+    fn engine_died(&self, key: &str) {
+        self.metrics.worker_crashes.fetch_add(1, Ordering::Relaxed);
+        self.metrics.loaded_models.store(self.loaded().len(), Ordering::Relaxed);
+        self.crashed.lock().unwrap_or_else(|e| e.into_inner()).insert(key.to_string());
+    }
+
+    /// Forgets every loaded model whose engine is gone (the reaper calls it, so
+    /// `/api/ps` does not list dead models).
+    pub fn forget_dead(&self) {
+        let dead: Vec<String> = self
+            .models
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, l)| l.model.health().is_err())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in dead {
+            let removed = self.models.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+            if removed.is_some() {
+                tracing::warn!(model = %key, "the model's engine is gone; it loads again on the next request");
+                self.engine_died(&key);
+            }
+        }
+    }
+
+    /// Refuses a model whose engine crashed while loading [`CRASH_LOOP_LOADS`] times in
+    /// a row, for [`CRASH_LOOP_PAUSE`] after the last.
+    fn check_crash_loop(&self, key: &str) -> Result<(), ApiError> {
+        let failures = self.load_crashes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((n, last, why)) = failures.get(key)
+            && *n >= CRASH_LOOP_LOADS
+        {
+            let left = CRASH_LOOP_PAUSE.saturating_sub(last.elapsed());
+            if !left.is_zero() {
+                return Err(ApiError::busy(format!(
+                    "model {key} crashed its engine while loading {n} times in a row (last: {why}); \
+                     not loading it again for {} s",
+                    left.as_secs().max(1)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records how a load ended, for the crash-loop rule.
+    fn record_load(&self, key: &str, outcome: Result<(), &ApiError>) {
+        let mut failures = self.load_crashes.lock().unwrap_or_else(|e| e.into_inner());
+        match outcome {
+            Err(e) if e.message.contains(corral_plugin_host::worker::DEATH_MARK) => {
+                let entry = failures.entry(key.to_string()).or_insert((0, Instant::now(), String::new()));
+                // A crash long after the last starts a new run of crashes.
+                if entry.1.elapsed() > CRASH_LOOP_PAUSE {
+                    entry.0 = 0;
+                }
+                entry.0 += 1;
+                entry.1 = Instant::now();
+                entry.2 = e.message.clone();
+                self.metrics.worker_crashes.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                failures.remove(key);
+            }
+        }
     }
 
     /// The loaded models.
@@ -321,6 +412,7 @@ impl Scheduler {
         if let Some(g) = self.use_loaded(&key, keep_alive) {
             return Ok((g, Duration::ZERO));
         }
+        self.check_crash_loop(&key)?;
         let r = self.resolve(name)?;
         let n_parallel = self.settings.num_parallel.max(1);
         let requested = r
@@ -337,7 +429,12 @@ impl Scheduler {
         let t = Instant::now();
         let loaded = tokio::task::spawn_blocking(move || me.load_blocking(plugin, r, n_parallel))
             .await
-            .map_err(|e| ApiError::internal(format!("model load task failed: {e}")))??;
+            .map_err(|e| ApiError::internal(format!("model load task failed: {e}")))?;
+        self.record_load(&key, loaded.as_ref().map(|_| ()));
+        let loaded = loaded?;
+        if self.crashed.lock().unwrap_or_else(|e| e.into_inner()).remove(&key) {
+            self.metrics.worker_restarts.fetch_add(1, Ordering::Relaxed);
+        }
         let load_time = t.elapsed();
         tracing::info!(model = %loaded.model_ref.name, secs = load_time.as_secs_f64(), "model loaded");
         let loaded = Arc::new(loaded);
@@ -357,11 +454,11 @@ impl Scheduler {
         let options = LoadOptions { n_threads: self.settings.threads, ..Default::default() };
         let model = Model::load(plugin.clone(), &r.path.to_string_lossy(), &r.format, options)
             .map_err(|e| {
-                ApiError::internal(format!(
-                    "{} could not load {}: {e}",
-                    plugin.manifest.id(),
-                    r.path.display()
-                ))
+                // The class of the engine's error: an engine out of memory is a 507.
+                ApiError::of_class(
+                    ErrorClass::of_backend(e.kind),
+                    format!("{} could not load {}: {e}", plugin.manifest.id(), r.path.display()),
+                )
             })?;
         let model = Arc::new(model);
         let requested = r
@@ -380,7 +477,13 @@ impl Scheduler {
         .map_err(|e| ApiError::internal(format!("{e:#}")))?;
         let engine = EngineHandle::start(
             model.clone(),
-            LoopConfig { n_parallel, num_ctx, n_batch: 512, n_threads: self.settings.threads },
+            LoopConfig {
+                n_parallel,
+                num_ctx,
+                n_batch: 512,
+                n_threads: self.settings.threads,
+                model_name: r.name.clone(),
+            },
         )?;
         let size_estimate = estimate_memory(&r.path, Some(num_ctx), n_parallel);
         Ok(Loaded {
@@ -492,6 +595,7 @@ impl Scheduler {
 
     /// Unloads every idle model whose keep-alive has expired.
     pub async fn reap(&self) {
+        self.forget_dead();
         let now = Instant::now();
         let expired: Vec<String> = self
             .loaded()
