@@ -1,8 +1,29 @@
 //! The ABI proper: the root module and the trait objects that cross the library boundary.
 //!
-//! Plugin authors do not implement these traits themselves: they implement the safe
-//! traits of [`crate::plugin`], and [`crate::export_plugin!`] wraps them so that every call
-//! is guarded against panics. The host calls these objects directly.
+//! Hidden from the crate's documentation: plugin authors never touch it. They implement
+//! the safe traits of [`crate::plugin`] over plain Rust types, and
+//! [`crate::export_plugin!`] wraps them in guards that convert those types to the FFI
+//! structs of [`crate::types`] and catch panics. The host calls these objects directly.
+//!
+//! # How the host loads a plugin
+//!
+//! - It reads the plugin's manifest first, then opens the library once per process (a
+//!   library is never unloaded, as objects it made may outlive any scope) and reads the
+//!   exported `corral_plugin_abi_major` static: another major is refused with both
+//!   versions named.
+//! - It reads the ABI version from abi_stable's library header. A host of ABI 1.m loads
+//!   plugins built for 1.m or a **newer** minor, and refuses an **older** minor with a
+//!   message naming both versions and the fix (rebuild against the host's
+//!   corral-backend-api). That is abi_stable's rule: a library's vtables may have more
+//!   methods than its user's (the host never calls the ones it does not know), never
+//!   fewer, so an older plugin would fail the layout check anyway.
+//! - abi_stable's layout check of [`PluginRoot`] runs on every load.
+//! - It calls [`PluginRoot::init`] once per process and keeps the backend it returns.
+//!
+//! Minors grow the ABI by appending only: fields after the last field of
+//! [`PluginRoot`], methods after the last method of a `sabi_trait`, each appended block
+//! marked `// abi-1.N {` ... `// abi-1.N }` (the end-to-end tests strip them to build a
+//! plugin of an older minor).
 
 // sabi_trait generates impls inside constants.
 #![allow(non_local_definitions)]
@@ -47,12 +68,10 @@ pub struct HostServices {
 
 impl HostServices {
     /// Deserialises the plugin's options. An empty options table gives `T::default()`
-    /// through serde's `#[serde(default)]`; unknown keys are the plugin's call.
+    /// through serde's `#[serde(default)]`; unknown keys are the plugin's call. Plugin
+    /// code sees the same call on [`crate::InitContext::options`].
     pub fn options<T: serde::de::DeserializeOwned>(&self) -> Result<T, BackendError> {
-        let text =
-            if self.options_json.trim().is_empty() { "{}" } else { self.options_json.as_str() };
-        serde_json::from_str(text)
-            .map_err(|e| BackendError::invalid(format!("invalid backend options: {e}")))
+        crate::plain::parse_options(&self.options_json)
     }
 }
 
@@ -103,9 +122,16 @@ pub trait FfiModel: Send + Sync {
     /// which engines may use to attend over one sequence's cells only; an engine that
     /// gains nothing from it answers with a shared context. Such a context may copy only
     /// whole sequences in `kv_copy` (`ErrorKind::Unsupported` for a range). Absent from
-    /// 1.0 plugins: the host checks the plugin's `abi_minor` before calling it.
+    /// 1.0 plugins, which a 1.1 or newer host refuses to load.
     fn new_context_per_sequence(&self, params: &ContextParams) -> BackendResult<ContextBox>;
     // abi-1.1 }
+    // abi-1.2 {  (tests/tests/plugins.rs strips these blocks too)
+    /// ABI 1.2. What the model can do: a [`Capabilities`] set the engine declares
+    /// (generation, embeddings, context shift, a real per-sequence context). Infallible;
+    /// a plugin that panics here answers [`Capabilities::empty`]. Absent from 1.0 and 1.1
+    /// plugins, which a 1.2 host refuses to load.
+    fn capabilities(&self) -> Capabilities;
+    // abi-1.2 }
 }
 
 /// An owned, type-erased [`FfiModel`].
@@ -140,8 +166,9 @@ pub trait FfiContext: Send {
     /// ABI 1.1. Adds `delta` to the positions `[p0, p1)` of sequence `seq` (`p1 < 0`: to
     /// the end), re-encoding whatever depends on position (RoPE'd keys), so that a
     /// sequence can continue after `kv_remove` cut a hole in it (a context shift).
-    /// `ErrorKind::Unsupported` when the engine cannot. Absent from 1.0 plugins: the host
-    /// checks the plugin's `abi_minor` before calling it.
+    /// `ErrorKind::Unsupported` when the engine cannot (see
+    /// [`Capabilities::CONTEXT_SHIFT`]). Absent from 1.0 plugins, which a 1.1 or newer host
+    /// refuses to load.
     fn kv_shift(&mut self, seq: u32, p0: i32, p1: i32, delta: i32) -> BackendResult<()>;
     // abi-1.1 }
 }
@@ -158,11 +185,14 @@ pub type ContextBox = FfiContext_TO<'static, RBox<()>>;
 pub struct PluginRoot {
     /// ABI major the plugin was built for; the host refuses any other.
     pub abi_major: u32,
-    /// ABI minor the plugin was built for; a host accepts any minor of its major.
+    /// ABI minor the plugin was built for. A host loads plugins of its own minor or a
+    /// newer one and refuses an older minor (it reads the version from the library
+    /// header, before this struct).
     pub abi_minor: u32,
     /// The plugin's identity.
     pub info: extern "C" fn() -> PluginInfo,
-    /// Initialises the engine. Called at most once per process.
+    /// Initialises the engine. The host opens a plugin library once per process and calls
+    /// its `init` once per process; the backend it returns lives until the process ends.
     #[sabi(last_prefix_field)]
     pub init: extern "C" fn(services: HostServices) -> BackendResult<BackendBox>,
 }

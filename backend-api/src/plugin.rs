@@ -1,9 +1,12 @@
 //! The side a plugin author writes: safe Rust traits, the panic guard and the log bridge.
 //!
 //! Implement [`Backend`], [`Model`] and [`Context`] for your engine, then export it with
-//! [`crate::export_plugin!`]. Every call the host makes goes through a guard that catches
-//! panics and turns them into [`ErrorKind::Panic`] errors, so a bug in your engine never
-//! unwinds into the host.
+//! [`crate::export_plugin!`]. The traits speak plain Rust (`String`, `Option<u32>`,
+//! `Vec<u32>`, `Vec<(String, String)>`, `&str`, `&[T]` and the plain types of
+//! [`crate::plain`]); no abi_stable type appears in them. Every call the host makes goes
+//! through a guard that converts those types to the FFI structs and catches panics,
+//! turning them into [`ErrorKind::Panic`] errors, so a bug in your engine never unwinds
+//! into the host.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -14,6 +17,7 @@ use abi_stable::{
 };
 
 use crate::ffi::*;
+use crate::plain::{Device, InitContext, LoadRequest, ModelInfo, SpecialTokenIds};
 use crate::types::*;
 
 /// A backend engine, as its author writes it.
@@ -21,11 +25,11 @@ pub trait Backend: Send + Sync + 'static {
     /// The engine's model type.
     type Model: Model;
     /// Devices the engine computes on.
-    fn devices(&self) -> Vec<DeviceInfo>;
+    fn devices(&self) -> Vec<Device>;
     /// Loads a model. Report a file that does not exist as [`ErrorKind::NotFound`], a file
     /// that does not parse as [`ErrorKind::InvalidInput`] and an architecture the engine
     /// lacks as [`ErrorKind::Unsupported`].
-    fn load_model(&self, spec: &ModelSpec) -> Result<Self::Model, BackendError>;
+    fn load_model(&self, request: &LoadRequest) -> Result<Self::Model, BackendError>;
     /// One line about the engine build.
     fn describe(&self) -> String;
 }
@@ -35,11 +39,21 @@ pub trait Model: Send + Sync + 'static {
     /// The engine's context type.
     type Context: Context;
     /// Architecture, sizes and raw metadata.
-    fn metadata(&self) -> ModelMetadata;
+    fn metadata(&self) -> ModelInfo;
     /// Vocabulary size.
     fn vocab_size(&self) -> u32;
     /// Special tokens.
-    fn special_tokens(&self) -> SpecialTokens;
+    fn special_tokens(&self) -> SpecialTokenIds;
+    /// What this model can do with this engine (ABI 1.2). Required, with no default: an
+    /// engine must say what it can do, and claim nothing it has not implemented:
+    /// [`Capabilities::GENERATION`] when contexts give logits,
+    /// [`Capabilities::EMBEDDINGS`] when embedding contexts answer
+    /// [`Context::embeddings`], [`Capabilities::CONTEXT_SHIFT`] when [`Context::kv_shift`]
+    /// works, [`Capabilities::PER_SEQUENCE_CONTEXT`] when
+    /// [`Model::new_context_per_sequence`] is implemented with a real per-sequence KV
+    /// split (not the default, which makes a shared context). A panic here gives
+    /// [`Capabilities::empty`].
+    fn capabilities(&self) -> Capabilities;
     /// Text to tokens.
     fn tokenize(
         &self,
@@ -61,9 +75,11 @@ pub trait Model: Send + Sync + 'static {
     /// Creates a context.
     fn new_context(&self, params: &ContextParams) -> Result<Self::Context, BackendError>;
     // abi-1.1 {
-    /// Creates a context whose KV cache is split evenly between its sequences (see
-    /// [`FfiModel::new_context_per_sequence`]). The default makes a shared context, which
-    /// keeps that promise too.
+    /// Creates a context whose KV cache is split evenly between its sequences: each of
+    /// the `n_seq_max` sequences may hold up to `n_ctx / n_seq_max` positions (the engine
+    /// may round that up), and may copy only whole sequences in `kv_copy`. The default
+    /// makes a shared context, which keeps that promise too; an engine that overrides it
+    /// with a real split declares [`Capabilities::PER_SEQUENCE_CONTEXT`].
     fn new_context_per_sequence(
         &self,
         params: &ContextParams,
@@ -77,24 +93,32 @@ pub trait Model: Send + Sync + 'static {
 pub trait Context: Send + 'static {
     /// Effective parameters.
     fn params(&self) -> ContextParams;
-    /// Decodes a batch; see [`FfiContext::decode`]. Validate every entry (token, position,
-    /// sequence id) and answer [`ErrorKind::InvalidInput`] for one out of range.
+    /// Runs the model over a batch. Entries may belong to different sequences; each
+    /// sequence's positions must continue what its KV cache holds. Validate every entry
+    /// (token, position, sequence id) and answer [`ErrorKind::InvalidInput`] for one out
+    /// of range ([`check_batch`] does that).
     fn decode(&mut self, batch: &[BatchEntry]) -> Result<(), BackendError>;
-    /// Logits of batch entry `index` of the last decode.
+    /// Logits of batch entry `index` of the last decode (which must have asked for them).
     fn logits(&self, index: u32) -> Result<&[f32], BackendError>;
-    /// Pooled embedding of a sequence.
+    /// The pooled embedding of sequence `seq` after the last decode (contexts made with
+    /// `embeddings: true`).
     fn embeddings(&self, seq: u32) -> Result<Vec<f32>, BackendError>;
-    /// See [`FfiContext::kv_remove`].
+    /// Removes positions `[p0, p1)` of sequence `seq` from the KV cache; `p1 < 0` means
+    /// to the end; `seq < 0` means every sequence.
     fn kv_remove(&mut self, seq: i32, p0: i32, p1: i32) -> Result<(), BackendError>;
-    /// See [`FfiContext::kv_copy`].
+    /// Makes positions `[p0, p1)` of `src` visible to `dst` as well (`p1 < 0`: to the end).
     fn kv_copy(&mut self, src: u32, dst: u32, p0: i32, p1: i32) -> Result<(), BackendError>;
-    /// See [`FfiContext::kv_pos_max`].
+    /// The largest position sequence `seq` holds, or `-1` when it is empty.
     fn kv_pos_max(&self, seq: u32) -> i32;
     /// Empties the KV cache.
     fn kv_clear(&mut self) -> Result<(), BackendError>;
     // abi-1.1 {
-    /// See [`FfiContext::kv_shift`]. The default answers `Unsupported`: the host then
-    /// ends a generation that fills the context instead of shifting it.
+    /// Adds `delta` to the positions `[p0, p1)` of sequence `seq` (`p1 < 0`: to the end),
+    /// re-encoding whatever depends on position (RoPE'd keys), so that a sequence can
+    /// continue after `kv_remove` cut a hole in it (a context shift). The default answers
+    /// `Unsupported`: the host then ends a generation that fills the context instead of
+    /// shifting it. An engine that implements it declares
+    /// [`Capabilities::CONTEXT_SHIFT`].
     fn kv_shift(&mut self, seq: u32, p0: i32, p1: i32, delta: i32) -> Result<(), BackendError> {
         let _ = (seq, p0, p1, delta);
         Err(BackendError::unsupported("this engine cannot shift positions in its KV cache"))
@@ -164,7 +188,7 @@ pub fn check_batch(batch: &[BatchEntry], limits: &BatchLimits) -> Result<(), Bac
             )));
         }
         check_seq(e.seq, limits.n_seq_max)
-            .map_err(|err| BackendError::invalid(format!("batch entry {i}: {}", err.message)))?;
+            .map_err(|err| BackendError::invalid(format!("batch entry {i}: {}", err.message())))?;
         if e.pos >= limits.positions {
             return Err(BackendError::invalid(format!(
                 "batch entry {i}: position {} is out of range: a sequence of this context holds \
@@ -213,11 +237,14 @@ struct GuardedContext<C: Context>(C);
 
 impl<B: Backend> FfiBackend for GuardedBackend<B> {
     fn devices(&self) -> RVec<DeviceInfo> {
-        guard_infallible("devices", Vec::new(), || self.0.devices()).into()
+        guard_infallible("devices", Vec::new(), || {
+            self.0.devices().into_iter().map(DeviceInfo::from).collect()
+        })
+        .into()
     }
     fn load_model(&self, spec: &ModelSpec) -> BackendResult<ModelBox> {
         guard("load_model", || {
-            let model = self.0.load_model(spec)?;
+            let model = self.0.load_model(&LoadRequest::from(spec))?;
             Ok(ModelBox::from_value(GuardedModel(model), TD_Opaque))
         })
     }
@@ -228,24 +255,14 @@ impl<B: Backend> FfiBackend for GuardedBackend<B> {
 
 impl<M: Model> FfiModel for GuardedModel<M> {
     fn metadata(&self) -> ModelMetadata {
-        let empty = ModelMetadata {
-            architecture: RString::new(),
-            name: RString::new(),
-            parameter_count: 0,
-            context_length: 0,
-            embedding_length: 0,
-            block_count: 0,
-            quantization: RString::new(),
-            size_bytes: 0,
-            kv: RVec::new(),
-        };
-        guard_infallible("metadata", empty, || self.0.metadata())
+        guard_infallible("metadata", ModelInfo::default(), || self.0.metadata()).into()
     }
     fn vocab_size(&self) -> u32 {
         guard_infallible("vocab_size", 0, || self.0.vocab_size())
     }
     fn special_tokens(&self) -> SpecialTokens {
-        guard_infallible("special_tokens", SpecialTokens::default(), || self.0.special_tokens())
+        guard_infallible("special_tokens", SpecialTokenIds::default(), || self.0.special_tokens())
+            .into()
     }
     fn tokenize(
         &self,
@@ -275,6 +292,11 @@ impl<M: Model> FfiModel for GuardedModel<M> {
         })
     }
     // abi-1.1 }
+    // abi-1.2 {
+    fn capabilities(&self) -> Capabilities {
+        guard_infallible("capabilities", Capabilities::empty(), || self.0.capabilities())
+    }
+    // abi-1.2 }
 }
 
 impl<C: Context> FfiContext for GuardedContext<C> {
@@ -363,11 +385,12 @@ impl FfiLogSink for NullSink {
 #[doc(hidden)]
 pub fn __init_guarded<B: Backend>(
     mut services: HostServices,
-    init: fn(&HostServices) -> Result<B, BackendError>,
+    init: fn(&InitContext) -> Result<B, BackendError>,
 ) -> BackendResult<BackendBox> {
     install_logger(&mut services);
+    let context = InitContext::from(&services);
     guard("init", || {
-        let backend = init(&services)?;
+        let backend = init(&context)?;
         Ok(BackendBox::from_value(GuardedBackend(backend), TD_Opaque))
     })
 }
@@ -388,7 +411,7 @@ pub fn __make_root(
 ///     name: "my-engine",
 ///     variant: "cpu",
 ///     version: env!("CARGO_PKG_VERSION"),
-///     init: MyBackend::init,   // fn(&HostServices) -> Result<MyBackend, BackendError>
+///     init: MyBackend::init,   // fn(&InitContext) -> Result<MyBackend, BackendError>
 /// }
 /// ```
 ///

@@ -1,4 +1,11 @@
-//! Plain FFI-safe data types shared by host and plugins.
+//! FFI-safe data types shared by host and plugins.
+//!
+//! The structs that hold abi_stable containers (`RString`, `RVec`, `ROption`, `Tuple2`:
+//! [`ModelMetadata`], [`SpecialTokens`], [`DeviceInfo`], [`ModelSpec`], [`LoadOptions`])
+//! cross the boundary but never reach plugin code: authors use their plain counterparts
+//! in [`crate::plain`], and the host converts with the same `From` impls. The rest
+//! ([`ContextParams`], [`BatchEntry`], [`ErrorKind`], [`BackendError`],
+//! [`Capabilities`], [`LogLevel`], [`DeviceKind`]) are used as they are on both sides.
 
 use abi_stable::{
     StableAbi,
@@ -74,6 +81,14 @@ impl BackendError {
     /// Shorthand for [`ErrorKind::NotFound`].
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::NotFound, message)
+    }
+    /// What went wrong, coarsely.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+    /// The message for a person, as plain text.
+    pub fn message(&self) -> &str {
+        self.message.as_str()
     }
 }
 
@@ -287,4 +302,109 @@ pub struct SpecialTokens {
     pub add_bos: bool,
     /// Whether tokenize with `add_special` appends eos.
     pub add_eos: bool,
+}
+
+/// What a model can do, as its engine declares it (ABI 1.2: `Model::capabilities`).
+///
+/// A set of flags over a `u64`, so that the host can say "this model cannot embed" or
+/// "this engine cannot shift its context" before it tries. Later ABI minors may append
+/// flags (new bits, never a reused one); a host ignores the bits it does not know, and
+/// [`Capabilities::names`] lists the known ones only. A plugin built before ABI 1.2 has
+/// no `capabilities` call at all; the host checks the plugin's minor first.
+#[repr(transparent)]
+#[derive(StableAbi, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Capabilities {
+    bits: u64,
+}
+
+impl Capabilities {
+    /// Next-token decoding: contexts made with `embeddings: false` give logits for the
+    /// batch entries that ask for them, so the model can generate text.
+    pub const GENERATION: Capabilities = Capabilities { bits: 1 << 0 };
+    /// Pooled embeddings: contexts made with `embeddings: true` answer
+    /// `embeddings(seq)` with one vector per sequence.
+    pub const EMBEDDINGS: Capabilities = Capabilities { bits: 1 << 1 };
+    /// Context shift: `kv_shift` moves positions of a sequence (re-encoding what depends
+    /// on them) instead of answering [`ErrorKind::Unsupported`].
+    pub const CONTEXT_SHIFT: Capabilities = Capabilities { bits: 1 << 2 };
+    /// `new_context_per_sequence` gives a real per-sequence KV split (each sequence
+    /// attends over its own cells), rather than falling back to a shared context.
+    pub const PER_SEQUENCE_CONTEXT: Capabilities = Capabilities { bits: 1 << 3 };
+
+    /// Every flag this version of the crate knows, with its name for messages.
+    const NAMED: [(Capabilities, &'static str); 4] = [
+        (Capabilities::GENERATION, "generation"),
+        (Capabilities::EMBEDDINGS, "embeddings"),
+        (Capabilities::CONTEXT_SHIFT, "context-shift"),
+        (Capabilities::PER_SEQUENCE_CONTEXT, "per-sequence-context"),
+    ];
+
+    /// No capability at all (what a panicking `capabilities` call gives).
+    pub const fn empty() -> Capabilities {
+        Capabilities { bits: 0 }
+    }
+
+    /// The set with exactly these bits, unknown ones included (they are kept, and
+    /// ignored by [`Capabilities::names`]).
+    pub const fn from_bits(bits: u64) -> Capabilities {
+        Capabilities { bits }
+    }
+
+    /// The raw bits.
+    pub const fn bits(self) -> u64 {
+        self.bits
+    }
+
+    /// Whether no flag is set.
+    pub const fn is_empty(self) -> bool {
+        self.bits == 0
+    }
+
+    /// Whether every flag of `other` is set in `self` (true for an empty `other`).
+    pub const fn contains(self, other: Capabilities) -> bool {
+        self.bits & other.bits == other.bits
+    }
+
+    /// The flags of both sets; the same as `self | other`.
+    pub const fn union(self, other: Capabilities) -> Capabilities {
+        Capabilities { bits: self.bits | other.bits }
+    }
+
+    /// The flags set in both.
+    pub const fn intersection(self, other: Capabilities) -> Capabilities {
+        Capabilities { bits: self.bits & other.bits }
+    }
+
+    /// The names of the known flags that are set, in bit order, for messages:
+    /// `["generation", "context-shift"]`.
+    pub fn names(self) -> Vec<&'static str> {
+        Self::NAMED.iter().filter(|(c, _)| self.contains(*c)).map(|(_, n)| *n).collect()
+    }
+}
+
+impl std::ops::BitOr for Capabilities {
+    type Output = Capabilities;
+    fn bitor(self, rhs: Capabilities) -> Capabilities {
+        self.union(rhs)
+    }
+}
+
+impl std::ops::BitOrAssign for Capabilities {
+    fn bitor_assign(&mut self, rhs: Capabilities) {
+        *self = self.union(rhs);
+    }
+}
+
+impl std::fmt::Debug for Capabilities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Capabilities({:#x}: {})", self.bits, self)
+    }
+}
+
+/// The known names joined with `, `, or `none`.
+impl std::fmt::Display for Capabilities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = self.names();
+        if names.is_empty() { f.write_str("none") } else { f.write_str(&names.join(", ")) }
+    }
 }

@@ -83,6 +83,10 @@ pub fn plugin_dir(dir: &Path, name: &str, manifest: &str, library: Option<&Path>
     d
 }
 
+/// The ABI (`MAJOR.MINOR`) this tree's plugins are built for, as their manifests say it:
+/// corral-backend-api's `ABI_MAJOR.ABI_MINOR`.
+pub const ABI: &str = "1.2";
+
 /// A manifest for the example plugin under another identity or ABI.
 pub fn example_manifest(variant: &str, abi: &str, library: &str) -> String {
     format!(
@@ -208,7 +212,7 @@ pub fn example_plugin_dir(dir: &Path) -> PathBuf {
     plugin_dir(
         dir,
         "example",
-        &example_manifest("cpu", "1.0", "libcorral_plugin_example.so"),
+        &example_manifest("cpu", ABI, "libcorral_plugin_example.so"),
         Some(&plugin_lib("libcorral_plugin_example.so")),
     )
 }

@@ -30,13 +30,13 @@ fn example_plugin_is_listed_and_chosen() {
     plugin_dir(
         dir.path(),
         "example",
-        &example_manifest("cpu", "1.0", "libexample.so"),
+        &example_manifest("cpu", ABI, "libexample.so"),
         Some(&example_lib()),
     );
     let v = backends_json(&[dir.path()], &[]);
     let r = report(&v, "cpu");
     assert_eq!(r["status"], "chosen", "{v:#}");
-    assert_eq!(r["abi"], "1.0");
+    assert_eq!(r["abi"], ABI);
     assert!(r["engine"].as_str().unwrap().contains("example toy engine"), "{r}");
 }
 
@@ -45,22 +45,22 @@ fn broken_plugins_are_each_explained_and_the_good_one_still_loads() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // A good plugin, so the host has something to choose.
-    plugin_dir(d, "good", &example_manifest("cpu", "1.0", "libexample.so"), Some(&example_lib()));
+    plugin_dir(d, "good", &example_manifest("cpu", ABI, "libexample.so"), Some(&example_lib()));
     // A file that is not a shared library.
     let not_lib = d.join("notlib.so");
     std::fs::write(&not_lib, "this is text, not ELF").unwrap();
-    plugin_dir(d, "notlib", &example_manifest("notlib", "1.0", "libnotlib.so"), Some(&not_lib));
+    plugin_dir(d, "notlib", &example_manifest("notlib", ABI, "libnotlib.so"), Some(&not_lib));
     // A shared library that is not a corral plugin.
     let plain = cc_shared(d, "plain", "int answer(void) { return 42; }\n", &[]);
     if let Some(plain) = &plain {
-        plugin_dir(d, "plain", &example_manifest("plain", "1.0", "libplain.so"), Some(plain));
+        plugin_dir(d, "plain", &example_manifest("plain", ABI, "libplain.so"), Some(plain));
     } else {
         eprintln!("skipping the not-a-plugin case: no C compiler (cc) on this machine");
     }
     // A plugin built against another ABI major (the exported major patched to 2).
     let abi2 = d.join("abi2.so");
     patch_abi_major(&example_lib(), &abi2, 2);
-    plugin_dir(d, "abi2", &example_manifest("abi2", "1.0", "libabi2.so"), Some(&abi2));
+    plugin_dir(d, "abi2", &example_manifest("abi2", ABI, "libabi2.so"), Some(&abi2));
     // A manifest that declares another ABI.
     plugin_dir(
         d,
@@ -71,7 +71,7 @@ fn broken_plugins_are_each_explained_and_the_good_one_still_loads() {
     // A manifest that does not parse.
     plugin_dir(d, "garbled", "name = \"example\"\nvariant = [oops\n", None);
     // A manifest naming a library that is not there.
-    plugin_dir(d, "nolib", &example_manifest("nolib", "1.0", "libmissing-plugin.so"), None);
+    plugin_dir(d, "nolib", &example_manifest("nolib", ABI, "libmissing-plugin.so"), None);
     // A plugin whose library needs a shared object the machine lacks.
     let needs_missing =
         cc_shared(d, "gone", "int gone(void) { return 1; }\n", &[]).and_then(|_| {
@@ -85,7 +85,7 @@ fn broken_plugins_are_each_explained_and_the_good_one_still_loads() {
             lib
         });
     if let Some(lib) = &needs_missing {
-        plugin_dir(d, "needy", &example_manifest("needy", "1.0", "libneedy.so"), Some(lib));
+        plugin_dir(d, "needy", &example_manifest("needy", ABI, "libneedy.so"), Some(lib));
     }
 
     let v = backends_json(&[d], &[]);
@@ -142,7 +142,7 @@ fn init_error_falls_back_and_says_why() {
     plugin_dir(
         dir.path(),
         "a",
-        &example_manifest("cpu", "1.0", "libexample.so"),
+        &example_manifest("cpu", ABI, "libexample.so"),
         Some(&example_lib()),
     );
     let cfg = dir.path().join("config.toml");
@@ -167,7 +167,7 @@ fn unknown_backend_fails_at_once_listing_what_is_installed() {
     plugin_dir(
         dir.path(),
         "a",
-        &example_manifest("cpu", "1.0", "libexample.so"),
+        &example_manifest("cpu", ABI, "libexample.so"),
         Some(&example_lib()),
     );
     let mut c = corral(&[dir.path()]);
@@ -204,7 +204,7 @@ fn panic_in_decode_is_an_error_not_a_crash() {
     plugin_dir(
         dir.path(),
         "a",
-        &example_manifest("cpu", "1.0", "libexample.so"),
+        &example_manifest("cpu", ABI, "libexample.so"),
         Some(&example_lib()),
     );
     let cfg = dir.path().join("config.toml");
@@ -232,7 +232,7 @@ fn conformance_suite_passes_on_the_example_plugin() {
     let p = plugin_dir(
         dir.path(),
         "a",
-        &example_manifest("cpu", "1.0", "libexample.so"),
+        &example_manifest("cpu", ABI, "libexample.so"),
         Some(&example_lib()),
     );
     let mut c = corral(&[]);
@@ -249,9 +249,9 @@ fn conformance_suite_passes_on_the_example_plugin() {
 fn vulkan_requirement_is_matched_against_the_probe() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    plugin_dir(d, "cpu", &example_manifest("cpu", "1.0", "libexample.so"), Some(&example_lib()));
+    plugin_dir(d, "cpu", &example_manifest("cpu", ABI, "libexample.so"), Some(&example_lib()));
     let vk =
-        example_manifest("vulkan", "1.0", "libexample.so") + "[requires]\ngpu_api = \"vulkan\"\n";
+        example_manifest("vulkan", ABI, "libexample.so") + "[requires]\ngpu_api = \"vulkan\"\n";
     plugin_dir(d, "vulkan", &vk, Some(&example_lib()));
 
     // No Vulkan driver visible: the vulkan variant is unavailable, cpu is chosen.
@@ -300,30 +300,42 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-/// backend-api's sources as they were at ABI 1.0: the `// abi-1.1 {` ... `// abi-1.1 }`
-/// blocks (the items 1.1 appended) removed and the version constants set back.
+/// The minors after 1.0, whose appended items are marked `// abi-1.N {` ... `// abi-1.N }`
+/// in backend-api's sources.
+const LATER_MINORS: [&str; 2] = ["1.1", "1.2"];
+
+/// backend-api's sources as they were at ABI 1.0: the `// abi-1.N {` ... `// abi-1.N }`
+/// blocks of every later minor (the vtable methods they appended, and the guard code that
+/// forwards them) removed and the version constants set back. Author-side items that are
+/// no part of a vtable stay (the `Capabilities` type and the required
+/// `Model::capabilities`), so the example, which implements that method, still builds.
 fn strip_to_abi_1_0(src: &str) -> String {
     let mut out = String::new();
     let mut skipping = false;
     for line in src.lines() {
         let t = line.trim_start();
-        if t.starts_with("// abi-1.1 {") {
+        if LATER_MINORS.iter().any(|m| t.starts_with(&format!("// abi-{m} {{"))) {
             skipping = true;
-        } else if t.starts_with("// abi-1.1 }") {
+        } else if LATER_MINORS.iter().any(|m| t.starts_with(&format!("// abi-{m} }}"))) {
             skipping = false;
         } else if !skipping {
-            out.push_str(line);
+            if t.starts_with("pub const ABI_MINOR: u32 =") {
+                out.push_str("pub const ABI_MINOR: u32 = 0;");
+            } else if t.starts_with("pub const ABI_VERSION: &str =") {
+                out.push_str("pub const ABI_VERSION: &str = \"1.0.0\";");
+            } else {
+                out.push_str(line);
+            }
             out.push('\n');
         }
     }
-    out.replace("pub const ABI_MINOR: u32 = 1;", "pub const ABI_MINOR: u32 = 0;").replace(
-        "pub const ABI_VERSION: &str = \"1.1.0\";",
-        "pub const ABI_VERSION: &str = \"1.0.0\";",
-    )
+    assert!(!skipping, "an `// abi-1.N {{` block is not closed");
+    out
 }
 
 /// Builds the example plugin against backend-api 1.0 (this tree's backend-api with the
-/// 1.1 items stripped) in its own workspace and target directory; the library's path.
+/// 1.1 and 1.2 items stripped) in its own workspace and target directory; the library's
+/// path.
 fn build_example_for_abi_1_0() -> std::path::PathBuf {
     let root = repo_root();
     let base = profile_dir().parent().unwrap().join("abi-1.0-fixture");
@@ -334,12 +346,30 @@ fn build_example_for_abi_1_0() -> std::path::PathBuf {
     for file in ["ffi.rs", "plugin.rs", "lib.rs"] {
         let p = tree.join("backend-api/src").join(file);
         let stripped = strip_to_abi_1_0(&std::fs::read_to_string(&p).unwrap());
+        let gone: &[&str] = match file {
+            "ffi.rs" => &["fn new_context_per_sequence", "fn kv_shift", "fn capabilities"],
+            _ => &[],
+        };
+        for item in gone {
+            assert!(!stripped.contains(item), "{file} still has `{item}` at ABI 1.0");
+        }
+        if file == "lib.rs" {
+            assert!(stripped.contains("pub const ABI_VERSION: &str = \"1.0.0\";"));
+        }
         std::fs::write(&p, stripped).unwrap();
     }
     let toml = tree.join("backend-api/Cargo.toml");
-    let t = std::fs::read_to_string(&toml)
+    let t: String = std::fs::read_to_string(&toml)
         .unwrap()
-        .replace("version = \"1.1.0\"", "version = \"1.0.0\"");
+        .lines()
+        .map(|l| {
+            if l.starts_with("version = ") {
+                "version = \"1.0.0\"\n".into()
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
     std::fs::write(&toml, t).unwrap();
     // A workspace of the two crates, with the root's versions of their dependencies.
     let root_toml = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
@@ -374,10 +404,10 @@ fn build_example_for_abi_1_0() -> std::path::PathBuf {
     base.join("target/debug/libcorral_plugin_example.so")
 }
 
-/// A plugin really built against ABI 1.0 (before `new_context_per_sequence` and
-/// `kv_shift` were appended to the vtables) is refused by this 1.1 host with a message
-/// that says why and what to do, not with abi_stable's layout dump: abi_stable lets a
-/// plugin be newer than its host (extra methods are ignored), never older.
+/// A plugin really built against ABI 1.0 (before `new_context_per_sequence`, `kv_shift`
+/// and `capabilities` were appended to the vtables) is refused by this 1.2 host with a
+/// message that says why and what to do, not with abi_stable's layout dump: abi_stable
+/// lets a plugin be newer than its host (extra methods are ignored), never older.
 #[test]
 fn a_plugin_built_for_an_older_abi_minor_is_refused_with_a_clear_message() {
     let lib = build_example_for_abi_1_0();
@@ -388,13 +418,13 @@ fn a_plugin_built_for_an_older_abi_minor_is_refused_with_a_clear_message() {
     assert_eq!(r["status"], "unavailable", "{r}");
     let reason = r["reason"].as_str().unwrap();
     assert!(
-        reason.contains("was built for corral plugin ABI 1.0, older than this host's ABI 1.1")
-            && reason.contains("rebuild it against corral-backend-api 1.1"),
+        reason.contains("was built for corral plugin ABI 1.0, older than this host's ABI 1.2")
+            && reason.contains("rebuild it against corral-backend-api 1.2"),
         "{reason}"
     );
     let mut c = corral(&[]);
     c.args(["plugin", "check"]).arg(&p);
     let (out, stdout, stderr) = run(c);
     assert!(!out.status.success(), "{stdout}");
-    assert!(stderr.contains("older than this host's ABI 1.1"), "{stderr}");
+    assert!(stderr.contains("older than this host's ABI 1.2"), "{stderr}");
 }

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use corral_backend_api::{
-    BatchEntry, ContextParams, LoadOptions, ModelSpec,
+    BatchEntry, ContextParams, LoadRequest,
     plugin::{Backend, Context, Model},
 };
 use corral_backend_cpu::{CpuBackend, CpuContext, CpuModel, CpuOptions};
@@ -64,12 +64,7 @@ fn parse() -> Result<Args, String> {
 
 fn load(a: &Args) -> Result<CpuModel, String> {
     let b = CpuBackend::with_options(CpuOptions::default());
-    b.load_model(&ModelSpec {
-        path: a.model.as_str().into(),
-        format: "gguf".into(),
-        options: LoadOptions::default(),
-    })
-    .map_err(|e| e.to_string())
+    b.load_model(&LoadRequest::new(a.model.as_str(), "gguf")).map_err(|e| e.to_string())
 }
 
 fn ctx(m: &CpuModel, a: &Args, n_ctx: u32, n_batch: u32) -> Result<CpuContext, String> {

@@ -25,7 +25,7 @@ pub mod tokenizer;
 pub mod weights;
 
 use corral_backend_api::{
-    BackendError, DeviceInfo, DeviceKind, HostServices, ModelSpec, plugin::Backend,
+    BackendError, Device, DeviceKind, InitContext, LoadRequest, plugin::Backend,
 };
 use serde::Deserialize;
 
@@ -94,8 +94,8 @@ pub struct CpuBackend {
 
 impl CpuBackend {
     /// Plugin entry point.
-    pub fn init(services: &HostServices) -> Result<Self, BackendError> {
-        let options: CpuOptions = services.options()?;
+    pub fn init(init: &InitContext) -> Result<Self, BackendError> {
+        let options: CpuOptions = init.options()?;
         log::info!("cpu backend {} ({VARIANT}, {SIMD}) initialised", env!("CARGO_PKG_VERSION"));
         Ok(CpuBackend { options })
     }
@@ -109,28 +109,28 @@ impl CpuBackend {
 impl Backend for CpuBackend {
     type Model = CpuModel;
 
-    fn devices(&self) -> Vec<DeviceInfo> {
-        vec![DeviceInfo {
+    fn devices(&self) -> Vec<Device> {
+        vec![Device {
             index: 0,
-            name: format!("CPU ({SIMD})").into(),
+            name: format!("CPU ({SIMD})"),
             kind: DeviceKind::Cpu,
             memory_total: 0,
             memory_free: 0,
         }]
     }
 
-    fn load_model(&self, spec: &ModelSpec) -> Result<CpuModel, BackendError> {
-        if !spec.format.as_str().eq_ignore_ascii_case("gguf") {
+    fn load_model(&self, request: &LoadRequest) -> Result<CpuModel, BackendError> {
+        if !request.format.eq_ignore_ascii_case("gguf") {
             return Err(BackendError::unsupported(format!(
                 "the cpu backend runs GGUF models, not '{}'",
-                spec.format
+                request.format
             )));
         }
         let mut options = self.options.clone();
-        if spec.options.n_threads > 0 && options.n_threads.is_none() {
-            options.n_threads = Some(spec.options.n_threads);
+        if request.settings.n_threads > 0 && options.n_threads.is_none() {
+            options.n_threads = Some(request.settings.n_threads);
         }
-        model::load(spec.path.as_str(), options)
+        model::load(&request.path, options)
     }
 
     fn describe(&self) -> String {

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use corral_backend_api::{
-    BackendError, ContextParams, ModelMetadata, RString, RVec, SpecialTokens, Tuple2, plugin::Model,
+    BackendError, Capabilities, ContextParams, ModelInfo, SpecialTokenIds, plugin::Model,
 };
 use corral_gguf::{GgufError, Value, reader::GgufFile};
 use memmap2::Mmap;
@@ -110,9 +110,9 @@ pub struct ModelInner {
     /// Tokenizer.
     pub tokenizer: Tokenizer,
     /// Special tokens.
-    pub special: SpecialTokens,
+    pub special: SpecialTokenIds,
     /// Metadata for the host.
-    pub metadata: ModelMetadata,
+    pub metadata: ModelInfo,
     /// Engine options.
     pub options: CpuOptions,
 }
@@ -329,9 +329,9 @@ pub fn load(path: &str, options: CpuOptions) -> Result<CpuModel, BackendError> {
     Ok(CpuModel { inner: Arc::new(inner) })
 }
 
-fn metadata(file: &GgufFile, hp: &Hparams, map: &Mmap) -> ModelMetadata {
+fn metadata(file: &GgufFile, hp: &Hparams, map: &Mmap) -> ModelInfo {
     let summary = file.summary();
-    let mut kv: Vec<Tuple2<RString, RString>> = file
+    let mut kv: Vec<(String, String)> = file
         .metadata()
         .iter()
         .map(|(k, v)| {
@@ -340,21 +340,21 @@ fn metadata(file: &GgufFile, hp: &Hparams, map: &Mmap) -> ModelMetadata {
                 Value::String(s) => s.clone(),
                 v => v.display_short(),
             };
-            Tuple2(RString::from(k.as_str()), RString::from(text))
+            (k.to_string(), text)
         })
         .collect();
     kv.sort_by(|a, b| a.0.cmp(&b.0));
     let data: u64 = file.tensors().iter().map(|t| t.size).sum();
-    ModelMetadata {
+    ModelInfo {
         architecture: hp.arch.as_str().into(),
-        name: summary.name.unwrap_or_default().into(),
+        name: summary.name.unwrap_or_default(),
         parameter_count: summary.parameter_count,
         context_length: hp.n_ctx_train as u32,
         embedding_length: hp.n_embd as u32,
         block_count: hp.n_layer as u32,
-        quantization: summary.quantization.into(),
+        quantization: summary.quantization,
         size_bytes: data.min(map.len() as u64),
-        kv: RVec::from(kv),
+        kv,
     }
 }
 
@@ -374,7 +374,7 @@ impl CpuModel {
 impl Model for CpuModel {
     type Context = CpuContext;
 
-    fn metadata(&self) -> ModelMetadata {
+    fn metadata(&self) -> ModelInfo {
         self.inner.metadata.clone()
     }
 
@@ -382,8 +382,17 @@ impl Model for CpuModel {
         self.inner.hp.n_vocab as u32
     }
 
-    fn special_tokens(&self) -> SpecialTokens {
+    fn special_tokens(&self) -> SpecialTokenIds {
         self.inner.special.clone()
+    }
+
+    /// Logits and mean-pooled embeddings (the final hidden states) for every supported
+    /// architecture, and context shift: `kv_shift` re-rotates the cached keys (all three
+    /// architectures use RoPE). Not [`Capabilities::PER_SEQUENCE_CONTEXT`]:
+    /// `new_context_per_sequence` keeps the default, a shared context (whose KV caches
+    /// are kept per sequence already, with the cells counted against one `n_ctx`).
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::GENERATION | Capabilities::EMBEDDINGS | Capabilities::CONTEXT_SHIFT
     }
 
     fn tokenize(

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use corral_backend_api::{RVec, SpecialTokens};
+use corral_backend_api::SpecialTokenIds;
 use corral_gguf::{bpe::Bpe, reader::GgufFile};
 
 use crate::Error;
@@ -114,10 +114,10 @@ impl Tokenizer {
         text: &str,
         add_special: bool,
         parse_special: bool,
-        special: &SpecialTokens,
+        special: &SpecialTokenIds,
     ) -> Vec<u32> {
         let mut out = Vec::new();
-        if let (true, Some(b)) = (add_special && special.add_bos, special.bos.into_option()) {
+        if let (true, Some(b)) = (add_special && special.add_bos, special.bos) {
             out.push(b);
         }
         match self {
@@ -130,14 +130,14 @@ impl Tokenizer {
             }
             Tokenizer::Spm(s) => s.encode(text, parse_special, &mut out),
         }
-        if let (true, Some(e)) = (add_special && special.add_eos, special.eos.into_option()) {
+        if let (true, Some(e)) = (add_special && special.add_eos, special.eos) {
             out.push(e);
         }
         out
     }
 
     /// The special tokens, as llama.cpp derives them from the file.
-    pub fn special_tokens(&self, file: &GgufFile) -> SpecialTokens {
+    pub fn special_tokens(&self, file: &GgufFile) -> SpecialTokenIds {
         let n = self.vocab_size();
         let id = |k: &str| file.get_u32(k).filter(|&t| (t as usize) < n);
         let texts = self.texts();
@@ -169,11 +169,11 @@ impl Tokenizer {
         eog.extend(eos.iter().chain(eot.iter()).copied());
         eog.sort_unstable();
         eog.dedup();
-        SpecialTokens {
-            bos: bos.into(),
-            eos: eos.into(),
-            eot: eot.into(),
-            eog: RVec::from(eog),
+        SpecialTokenIds {
+            bos,
+            eos,
+            eot,
+            eog,
             add_bos: file.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(is_spm),
             add_eos: file.get_bool("tokenizer.ggml.add_eos_token").unwrap_or(false),
         }

@@ -2,7 +2,7 @@
 //! single decodes, KV edits, embeddings, tokenization, and bad files as clear errors.
 
 use corral_backend_api::{
-    BatchEntry, ContextParams, ErrorKind, LoadOptions, ModelSpec,
+    BatchEntry, Capabilities, ContextParams, ErrorKind, LoadRequest,
     plugin::{Backend, Context, Model},
 };
 use corral_backend_cpu::{CpuBackend, CpuModel, CpuOptions};
@@ -22,11 +22,8 @@ fn model(dir: &std::path::Path, ty: WeightType) -> (CpuModel, std::path::PathBuf
 }
 
 fn load(path: &std::path::Path) -> Result<CpuModel, corral_backend_api::BackendError> {
-    CpuBackend::with_options(CpuOptions::default()).load_model(&ModelSpec {
-        path: path.to_string_lossy().as_ref().into(),
-        format: "gguf".into(),
-        options: LoadOptions::default(),
-    })
+    CpuBackend::with_options(CpuOptions::default())
+        .load_model(&LoadRequest::new(path.to_string_lossy(), "gguf"))
 }
 
 fn params(n_seq: u32) -> ContextParams {
@@ -158,12 +155,12 @@ fn tokenizer_round_trips_and_specials() {
         assert_eq!(m.detokenize(&t).unwrap(), text);
     }
     let sp = m.special_tokens();
-    let bos = sp.bos.into_option().unwrap();
+    let bos = sp.bos.unwrap();
     let t = m.tokenize("<|im_start|>hi", true, true).unwrap();
     assert_eq!(t[0], bos);
     assert_eq!(m.detokenize(&t[1..2]).unwrap(), "<|im_start|>");
-    assert!(sp.eog.contains(&sp.eos.into_option().unwrap()));
-    assert!(sp.eog.contains(&sp.eot.into_option().unwrap()));
+    assert!(sp.eog.contains(&sp.eos.unwrap()));
+    assert!(sp.eog.contains(&sp.eot.unwrap()));
     assert_eq!(m.token_to_bytes(m.vocab_size()).unwrap_err().kind, ErrorKind::InvalidInput);
 }
 
@@ -177,13 +174,13 @@ fn bad_files_are_clear_errors() {
     std::fs::write(&not, b"hello, not a model").unwrap();
     let e = load(&not).err().unwrap();
     assert_eq!(e.kind, ErrorKind::InvalidInput);
-    assert!(e.message.contains("not a GGUF file"), "{e}");
+    assert!(e.message().contains("not a GGUF file"), "{e}");
     let bytes = std::fs::read(&good).unwrap();
     let cut = dir.path().join("cut.gguf");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
     let e = load(&cut).err().unwrap();
     assert_eq!(e.kind, ErrorKind::InvalidInput);
-    assert!(e.message.contains("truncated"), "{e}");
+    assert!(e.message().contains("truncated"), "{e}");
     // Another architecture: patch the architecture string in the header.
     let mut patched = bytes.clone();
     let pos = patched.windows(5).position(|w| w == b"llama").unwrap();
@@ -192,4 +189,24 @@ fn bad_files_are_clear_errors() {
     std::fs::write(&other, &patched).unwrap();
     let e = load(&other).err().unwrap();
     assert!(matches!(e.kind, ErrorKind::Unsupported | ErrorKind::InvalidInput), "{e}");
+}
+
+/// The capabilities the engine declares are the ones it has: logits, embeddings and a
+/// working `kv_shift`; no per-sequence context of its own.
+#[test]
+fn declared_capabilities_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, _) = model(dir.path(), WeightType::F32);
+    let caps = m.capabilities();
+    assert_eq!(caps.names(), ["generation", "embeddings", "context-shift"]);
+    assert!(!caps.contains(Capabilities::PER_SEQUENCE_CONTEXT));
+    let toks = m.tokenize("Once upon a time there was", true, false).unwrap();
+    let mut c = m.new_context(&params(1)).unwrap();
+    prefill(&mut c, 0, 0, &toks);
+    c.kv_remove(0, 1, 3).unwrap();
+    c.kv_shift(0, 3, -1, -2).unwrap();
+    assert_eq!(c.kv_pos_max(0), toks.len() as i32 - 3);
+    let mut e = m.new_context(&ContextParams { embeddings: true, ..params(1) }).unwrap();
+    e.decode(&[BatchEntry { token: toks[0], pos: 0, seq: 0, logits: false }]).unwrap();
+    assert_eq!(e.embeddings(0).unwrap().len(), m.hparams().n_embd);
 }

@@ -5,8 +5,7 @@ use std::path::Path;
 use std::sync::{Arc, Once};
 
 use corral_backend_api::{
-    BackendError, DeviceInfo, DeviceKind, ErrorKind, HostServices, ModelSpec, RString,
-    plugin::Backend,
+    BackendError, Device, DeviceKind, ErrorKind, InitContext, LoadRequest, plugin::Backend,
 };
 use llama_cpp_sys_2 as sys;
 use serde::Deserialize;
@@ -89,8 +88,8 @@ pub(crate) fn init_llama(options: &LlamaOptions) {
 
 impl LlamaBackend {
     /// Initialises llama.cpp (once per process) with options from the host.
-    pub fn init(services: &HostServices) -> Result<Self, BackendError> {
-        let options: LlamaOptions = services.options()?;
+    pub fn init(init: &InitContext) -> Result<Self, BackendError> {
+        let options: LlamaOptions = init.options()?;
         Self::with_options(options)
     }
 
@@ -119,7 +118,7 @@ fn cstr_or_empty(p: *const std::ffi::c_char) -> String {
 impl Backend for LlamaBackend {
     type Model = LlamaModel;
 
-    fn devices(&self) -> Vec<DeviceInfo> {
+    fn devices(&self) -> Vec<Device> {
         let mut gpus = Vec::new();
         let mut others = Vec::new();
         // SAFETY: the registry is initialised by llama_backend_init; indices stay below the
@@ -143,9 +142,9 @@ impl Backend for LlamaBackend {
                 };
                 let label =
                     if desc.is_empty() || desc == name { name } else { format!("{desc} ({name})") };
-                let info = DeviceInfo {
+                let info = Device {
                     index: 0,
-                    name: RString::from(label),
+                    name: label,
                     kind,
                     memory_total: total as u64,
                     memory_free: free as u64,
@@ -164,17 +163,17 @@ impl Backend for LlamaBackend {
             .collect()
     }
 
-    fn load_model(&self, spec: &ModelSpec) -> Result<LlamaModel, BackendError> {
-        if !spec.format.is_empty() && !spec.format.eq_ignore_ascii_case("gguf") {
+    fn load_model(&self, request: &LoadRequest) -> Result<LlamaModel, BackendError> {
+        if !request.format.is_empty() && !request.format.eq_ignore_ascii_case("gguf") {
             return Err(BackendError::unsupported(format!(
                 "the llama-cpp backend loads GGUF files, not '{}'",
-                spec.format
+                request.format
             )));
         }
-        let path = Path::new(spec.path.as_str());
+        let path = Path::new(&request.path);
         let summary = check_gguf(path)?;
-        let opts = &spec.options;
-        let cpath = CString::new(spec.path.as_str())
+        let opts = &request.settings;
+        let cpath = CString::new(request.path.as_str())
             .map_err(|_| BackendError::invalid("model path contains a NUL byte"))?;
 
         // SAFETY: returns a plain struct by value.

@@ -184,9 +184,9 @@ mod tests {
         std::fs::write(&p, b"PK\x03\x04 not a model").unwrap();
         let e = check_gguf(&p).unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidInput);
-        assert!(e.message.contains("not a GGUF file"), "{}", e.message);
+        assert!(e.message().contains("not a GGUF file"), "{}", e.message());
         std::fs::write(&p, b"GG").unwrap();
-        assert!(check_gguf(&p).unwrap_err().message.contains("not a GGUF file"));
+        assert!(check_gguf(&p).unwrap_err().message().contains("not a GGUF file"));
     }
 
     #[test]

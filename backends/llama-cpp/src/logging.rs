@@ -26,6 +26,8 @@ struct LineState {
     buf: String,
     level: Option<log::Level>,
     errors: Vec<String>,
+    /// Inside [`quietly`]: every line is logged at trace level and no error is kept.
+    quiet: bool,
 }
 
 thread_local! {
@@ -46,7 +48,8 @@ fn map_level(level: sys::ggml_log_level) -> Option<log::Level> {
 fn emit(state: &mut LineState) {
     let line = state.buf.trim_end();
     if !line.is_empty() {
-        let level = state.level.unwrap_or(log::Level::Debug);
+        let level =
+            if state.quiet { log::Level::Trace } else { state.level.unwrap_or(log::Level::Debug) };
         if level == log::Level::Error {
             if state.errors.len() == MAX_ERRORS {
                 state.errors.remove(0);
@@ -111,6 +114,25 @@ pub(crate) fn install() {
     // SAFETY: the callback is a plain function valid for the life of the process and
     // ignores its user data.
     unsafe { sys::llama_log_set(Some(log_callback), std::ptr::null_mut()) };
+}
+
+/// Runs `f` with what llama.cpp logs on this thread demoted to trace level and kept out
+/// of [`take_errors`]: for calls whose failure the caller handles itself (a probe).
+pub(crate) fn quietly<T>(f: impl FnOnce() -> T) -> T {
+    let set = |quiet: bool| {
+        STATE.with(|cell| {
+            if let Ok(mut s) = cell.try_borrow_mut() {
+                if !s.buf.is_empty() {
+                    emit(&mut s);
+                }
+                s.quiet = quiet;
+            }
+        });
+    };
+    set(true);
+    let out = f();
+    set(false);
+    out
 }
 
 /// Forgets the error lines this thread collected so far.

@@ -1,16 +1,17 @@
 //! A loaded model: metadata, vocabulary and llama.cpp's tokenizer, contexts.
 
 use std::ffi::c_char;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use corral_backend_api::{
-    BackendError, ContextParams, ModelMetadata, RString, RVec, SpecialTokens, Tuple2, plugin::Model,
+    BackendError, Capabilities, ContextParams, ModelInfo, SpecialTokenIds, plugin::Model,
 };
 use llama_cpp_sys_2 as sys;
 
 use crate::backend::LlamaOptions;
 use crate::context::LlamaContext;
 use crate::gguf_check::{GgufSummary, file_type_name};
+use crate::logging;
 
 /// Owns the `llama_model` and frees it when the last model handle or context goes.
 pub(crate) struct ModelInner {
@@ -18,8 +19,10 @@ pub(crate) struct ModelInner {
     pub(crate) vocab: *const sys::llama_vocab,
     pub(crate) n_vocab: u32,
     pub(crate) options: Arc<LlamaOptions>,
-    metadata: ModelMetadata,
-    special: SpecialTokens,
+    metadata: ModelInfo,
+    special: SpecialTokenIds,
+    /// What the model can do, asked of llama.cpp on first use ([`ModelInner::probe`]).
+    capabilities: OnceLock<Capabilities>,
 }
 
 // SAFETY: a llama_model is immutable after loading; llama.cpp documents its tokenizer API
@@ -90,19 +93,17 @@ impl ModelInner {
                 .or_else(|| get("general.architecture"))
                 .unwrap_or_default();
             let name = get("general.name").unwrap_or_default();
-            let mut kv_out: Vec<Tuple2<RString, RString>> =
-                kv.into_iter().map(|(k, v)| Tuple2(k.into(), v.into())).collect();
-            kv_out.push(Tuple2("llama_cpp.description".into(), desc.into()));
-            let metadata = ModelMetadata {
-                architecture: architecture.into(),
-                name: name.into(),
+            kv.push(("llama_cpp.description".into(), desc));
+            let metadata = ModelInfo {
+                architecture,
+                name,
                 parameter_count: sys::llama_model_n_params(ptr),
                 context_length: sys::llama_model_n_ctx_train(ptr).max(0) as u32,
                 embedding_length: sys::llama_model_n_embd(ptr).max(0) as u32,
                 block_count: sys::llama_model_n_layer(ptr).max(0) as u32,
-                quantization: quantization.into(),
+                quantization,
                 size_bytes: sys::llama_model_size(ptr),
-                kv: RVec::from(kv_out),
+                kv,
             };
 
             let tok = |t: sys::llama_token| {
@@ -111,16 +112,72 @@ impl ModelInner {
             let eog: Vec<u32> = (0..n_vocab)
                 .filter(|&t| sys::llama_vocab_is_eog(vocab, t as sys::llama_token))
                 .collect();
-            let special = SpecialTokens {
-                bos: tok(sys::llama_vocab_bos(vocab)).into(),
-                eos: tok(sys::llama_vocab_eos(vocab)).into(),
-                eot: tok(sys::llama_vocab_eot(vocab)).into(),
-                eog: RVec::from(eog),
+            let special = SpecialTokenIds {
+                bos: tok(sys::llama_vocab_bos(vocab)),
+                eos: tok(sys::llama_vocab_eos(vocab)),
+                eot: tok(sys::llama_vocab_eot(vocab)),
+                eog,
                 add_bos: sys::llama_vocab_get_add_bos(vocab),
                 add_eos: sys::llama_vocab_get_add_eos(vocab),
             };
-            ModelInner { ptr, vocab, n_vocab, options, metadata, special }
+            let capabilities = OnceLock::new();
+            ModelInner { ptr, vocab, n_vocab, options, metadata, special, capabilities }
         }
+    }
+
+    /// What this model can do here, asked of llama.cpp. llama.cpp answers per context, so
+    /// a small throwaway context is made with the defaults [`LlamaContext`] keeps
+    /// (`swa_full`, on which a sliding-window model's shift depends), and asked whether
+    /// its attention is causal (a model that can generate; BERT-style encoders and
+    /// diffusion models are not) and whether its memory can shift
+    /// (`llama_memory_can_shift`: false for M-RoPE models, models without a KV cache,
+    /// ...). Embeddings: every model, mean-pooled by llama.cpp. A per-sequence context
+    /// unless the `kv_unified = true` option makes every context shared. When even the
+    /// small context cannot be made, generation is declared from
+    /// `llama_model_has_decoder` alone and context shift not at all.
+    fn probe(&self) -> Capabilities {
+        let mut caps = Capabilities::EMBEDDINGS;
+        if self.options.kv_unified != Some(true) {
+            caps |= Capabilities::PER_SEQUENCE_CONTEXT;
+        }
+        // SAFETY: returns a plain struct by value.
+        let mut cp = unsafe { sys::llama_context_default_params() };
+        cp.n_ctx = 256;
+        cp.n_batch = 32;
+        cp.n_ubatch = 32;
+        cp.n_seq_max = 1;
+        cp.n_threads = 1;
+        cp.n_threads_batch = 1;
+        // SAFETY: the model is alive (`self` owns it); `cp` is fully initialised. A probe
+        // that fails only logs, at trace level.
+        let ctx = logging::quietly(|| unsafe { sys::llama_init_from_model(self.ptr, cp) });
+        // SAFETY: `self.ptr` is a live model.
+        let has_decoder = unsafe { sys::llama_model_has_decoder(self.ptr) };
+        if ctx.is_null() {
+            log::debug!("llama.cpp could not make a probe context; context shift not declared");
+            if has_decoder {
+                caps |= Capabilities::GENERATION;
+            }
+            return caps;
+        }
+        // SAFETY: `ctx` is a live context, freed once right after; its memory handle (null
+        // for a model without one, which `llama_memory_can_shift` answers false) lives as
+        // long as it.
+        let (causal, can_shift) = unsafe {
+            let answer = (
+                sys::llama_get_causal_attn(ctx),
+                sys::llama_memory_can_shift(sys::llama_get_memory(ctx)),
+            );
+            sys::llama_free(ctx);
+            answer
+        };
+        if has_decoder && causal {
+            caps |= Capabilities::GENERATION;
+        }
+        if can_shift {
+            caps |= Capabilities::CONTEXT_SHIFT;
+        }
+        caps
     }
 
     pub(crate) fn check_token(&self, token: u32) -> Result<sys::llama_token, BackendError> {
@@ -155,7 +212,7 @@ impl LlamaModel {
 impl Model for LlamaModel {
     type Context = LlamaContext;
 
-    fn metadata(&self) -> ModelMetadata {
+    fn metadata(&self) -> ModelInfo {
         self.inner.metadata.clone()
     }
 
@@ -163,8 +220,16 @@ impl Model for LlamaModel {
         self.inner.n_vocab
     }
 
-    fn special_tokens(&self) -> SpecialTokens {
+    fn special_tokens(&self) -> SpecialTokenIds {
         self.inner.special.clone()
+    }
+
+    /// Generation and context shift as llama.cpp answers for this model, embeddings, and
+    /// a per-sequence context (one KV stream per sequence) unless the backend's
+    /// `kv_unified = true` option shares every context; see [`ModelInner::probe`]. Asked
+    /// once per model, on the first call.
+    fn capabilities(&self) -> Capabilities {
+        *self.inner.capabilities.get_or_init(|| self.inner.probe())
     }
 
     fn tokenize(

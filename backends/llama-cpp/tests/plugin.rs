@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use corral_backend_api::plugin::{Backend, Context, Model};
-use corral_backend_api::{BatchEntry, ContextParams, ErrorKind, LoadOptions, ModelSpec};
+use corral_backend_api::{BatchEntry, Capabilities, ContextParams, ErrorKind, LoadRequest};
 use corral_backend_llama_cpp::{LlamaBackend, LlamaContext, LlamaModel, LlamaOptions};
 use corral_gguf::generate::{GenerateOptions, ModelShape, WeightType, generate_llama};
 
@@ -38,12 +38,10 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-fn spec(path: &Path) -> ModelSpec {
-    ModelSpec {
-        path: path.to_string_lossy().into_owned().into(),
-        format: "gguf".into(),
-        options: LoadOptions { n_threads: 2, ..Default::default() },
-    }
+fn spec(path: &Path) -> LoadRequest {
+    let mut r = LoadRequest::new(path.to_string_lossy(), "gguf");
+    r.settings.n_threads = 2;
+    r
 }
 
 fn ctx(n_seq_max: u32, embeddings: bool) -> LlamaContext {
@@ -109,6 +107,26 @@ fn loads_and_reports_metadata() {
     println!("devices: {devices:?}\n{}", f.backend.describe());
 }
 
+/// llama.cpp says the tiny llama model's memory can shift and its attention is causal;
+/// the plugin makes per-sequence contexts unless `kv_unified = true` shares them all.
+#[test]
+fn declares_capabilities_as_llama_cpp_answers() {
+    let f = fixture();
+    let caps = f.model.capabilities();
+    assert_eq!(
+        caps.names(),
+        ["generation", "embeddings", "context-shift", "per-sequence-context"],
+        "{caps:?}"
+    );
+    assert_eq!(f.model.capabilities(), caps, "asked once, answered the same");
+    let unified =
+        LlamaBackend::with_options(LlamaOptions { kv_unified: Some(true), ..Default::default() })
+            .expect("init");
+    let m = unified.load_model(&spec(&f.f32_path)).expect("load");
+    assert!(!m.capabilities().contains(Capabilities::PER_SEQUENCE_CONTEXT));
+    assert!(m.capabilities().contains(Capabilities::GENERATION | Capabilities::CONTEXT_SHIFT));
+}
+
 #[test]
 fn tokenize_detokenize_round_trip() {
     let m = &fixture().model;
@@ -122,7 +140,7 @@ fn tokenize_detokenize_round_trip() {
     let sp = m.special_tokens();
     let with = m.tokenize(PROMPT, true, false).unwrap();
     if sp.add_bos {
-        assert_eq!(Some(with[0]), sp.bos.into_option());
+        assert_eq!(Some(with[0]), sp.bos);
     }
     // Special token text is parsed only when asked.
     let bos = sp.bos.unwrap();
@@ -278,20 +296,20 @@ fn bad_batches_are_refused_before_llama_cpp() {
     let e = |token, pos, seq| BatchEntry { token, pos, seq, logits: true };
     let err = c.decode(&[e(512, 0, 0)]).unwrap_err();
     assert_eq!(err.kind, ErrorKind::InvalidInput);
-    assert!(err.message.contains("token 512"), "{}", err.message);
+    assert!(err.message().contains("token 512"), "{}", err.message());
     let err = c.decode(&[e(1, 0, 2)]).unwrap_err();
     assert_eq!(err.kind, ErrorKind::InvalidInput);
-    assert!(err.message.contains("sequence id 2"), "{}", err.message);
+    assert!(err.message().contains("sequence id 2"), "{}", err.message());
     let err = c.decode(&[e(1, n_ctx, 0)]).unwrap_err();
     assert_eq!(err.kind, ErrorKind::InvalidInput);
-    assert!(err.message.contains("position"), "{}", err.message);
+    assert!(err.message().contains("position"), "{}", err.message());
     assert_eq!(c.decode(&[]).unwrap_err().kind, ErrorKind::InvalidInput);
     let too_big: Vec<_> = (0..129).map(|i| e(1, i, 0)).collect();
     assert_eq!(c.decode(&too_big).unwrap_err().kind, ErrorKind::InvalidInput);
     // A position that does not continue the sequence: llama.cpp refuses it, no abort.
     c.decode(&[e(1, 0, 0)]).unwrap();
     let err = c.decode(&[e(1, 5, 0)]).unwrap_err();
-    assert_eq!(err.kind, ErrorKind::InvalidInput, "{}", err.message);
+    assert_eq!(err.kind, ErrorKind::InvalidInput, "{}", err.message());
     // The context still works afterwards.
     c.decode(&[e(1, 1, 0)]).unwrap();
     assert_eq!(c.kv_remove(3, 0, -1).unwrap_err().kind, ErrorKind::InvalidInput);
@@ -317,7 +335,7 @@ fn full_kv_cache_is_context_full() {
         c.decode(&entries(chunk, 0, start)).unwrap();
     }
     let err = c.decode(&entries(&[1], 1, 0)).unwrap_err();
-    assert_eq!(err.kind, ErrorKind::ContextFull, "{}", err.message);
+    assert_eq!(err.kind, ErrorKind::ContextFull, "{}", err.message());
     c.kv_remove(0, 0, -1).unwrap();
     c.decode(&entries(&[1], 1, 0)).unwrap();
 }
@@ -336,19 +354,19 @@ fn bad_files_are_clear_errors() {
     std::fs::write(&not_gguf, b"\x89PNG\r\n\x1a\nthis is no model").unwrap();
     let err = b.load_model(&spec(&not_gguf)).err().unwrap();
     assert_eq!(err.kind, ErrorKind::InvalidInput);
-    assert!(err.message.contains("not a GGUF file"), "{}", err.message);
+    assert!(err.message().contains("not a GGUF file"), "{}", err.message());
 
     let bytes = std::fs::read(&f.f32_path).unwrap();
     let truncated = dir.path().join("truncated.gguf");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     let err = b.load_model(&spec(&truncated)).err().unwrap();
     assert_eq!(err.kind, ErrorKind::InvalidInput);
-    assert!(err.message.contains("truncated"), "{}", err.message);
+    assert!(err.message().contains("truncated"), "{}", err.message());
 
     let header_only = dir.path().join("header.gguf");
     std::fs::write(&header_only, &bytes[..100]).unwrap();
     let err = b.load_model(&spec(&header_only)).err().unwrap();
-    assert_eq!(err.kind, ErrorKind::InvalidInput, "{}", err.message);
+    assert_eq!(err.kind, ErrorKind::InvalidInput, "{}", err.message());
 
     // Same file, architecture renamed to one llama.cpp does not know.
     let needle = b"general.architecture";
@@ -360,8 +378,8 @@ fn bad_files_are_clear_errors() {
     let unknown = dir.path().join("unknown-arch.gguf");
     std::fs::write(&unknown, &other).unwrap();
     let err = b.load_model(&spec(&unknown)).err().unwrap();
-    assert_eq!(err.kind, ErrorKind::Unsupported, "{}", err.message);
-    assert!(err.message.contains("zzzzz"), "{}", err.message);
+    assert_eq!(err.kind, ErrorKind::Unsupported, "{}", err.message());
+    assert!(err.message().contains("zzzzz"), "{}", err.message());
 
     let mut onnx = spec(&f.f32_path);
     onnx.format = "onnx".into();

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use corral_backend_api::{
-    BackendError, DeviceInfo, DeviceKind, HostServices, ModelSpec, plugin::Backend,
+    BackendError, Device, DeviceKind, InitContext, LoadRequest, plugin::Backend,
 };
 use serde::Deserialize;
 
@@ -78,8 +78,8 @@ pub struct OnnxBackend {
 
 impl OnnxBackend {
     /// Plugin entry point: finds and loads ONNX Runtime.
-    pub fn init(services: &HostServices) -> Result<Self, BackendError> {
-        let options: OnnxOptions = services.options()?;
+    pub fn init(init: &InitContext) -> Result<Self, BackendError> {
+        let options: OnnxOptions = init.options()?;
         Self::with_options(options)
     }
 
@@ -140,8 +140,8 @@ fn available_memory() -> u64 {
 impl Backend for OnnxBackend {
     type Model = OnnxModel;
 
-    fn devices(&self) -> Vec<DeviceInfo> {
-        let mut out = vec![DeviceInfo {
+    fn devices(&self) -> Vec<Device> {
+        let mut out = vec![Device {
             index: 0,
             name: "CPU (ONNX Runtime CPUExecutionProvider)".into(),
             kind: DeviceKind::Cpu,
@@ -149,9 +149,9 @@ impl Backend for OnnxBackend {
             memory_free: available_memory(),
         }];
         if let Some(gpu) = self.providers.iter().find(|p| **p != Provider::Cpu) {
-            out.push(DeviceInfo {
+            out.push(Device {
                 index: 1,
-                name: format!("GPU {} ({})", self.options.device_id, gpu.ort_name()).into(),
+                name: format!("GPU {} ({})", self.options.device_id, gpu.ort_name()),
                 kind: DeviceKind::Gpu,
                 memory_total: 0,
                 memory_free: 0,
@@ -160,33 +160,34 @@ impl Backend for OnnxBackend {
         out
     }
 
-    fn load_model(&self, spec: &ModelSpec) -> Result<OnnxModel, BackendError> {
-        if spec.format.as_str() != "onnx" {
+    fn load_model(&self, request: &LoadRequest) -> Result<OnnxModel, BackendError> {
+        if request.format != "onnx" {
             return Err(BackendError::unsupported(format!(
                 "format {:?}: this backend runs ONNX models (a directory or a .onnx file)",
-                spec.format.as_str()
+                request.format
             )));
         }
+        let settings = &request.settings;
         let threads = if self.options.n_threads > 0 {
             self.options.n_threads
         } else {
-            spec.options.n_threads as usize
+            settings.n_threads as usize
         };
         // n_gpu_layers = 0 asks for no GPU: the CPU only.
         let cpu_only = [Provider::Cpu];
         let providers: &[Provider] =
-            if spec.options.n_gpu_layers == 0 { &cpu_only } else { &self.providers };
-        let settings = model::SessionSettings {
+            if settings.n_gpu_layers == 0 { &cpu_only } else { &self.providers };
+        let session = model::SessionSettings {
             env: &self.env,
             providers,
             threads,
             device_id: if self.options.device_id != 0 {
                 self.options.device_id
             } else {
-                spec.options.main_gpu
+                settings.main_gpu
             },
         };
-        let m = OnnxModel::load(Path::new(spec.path.as_str()), &settings)?;
+        let m = OnnxModel::load(Path::new(&request.path), &session)?;
         *self.last_provider.lock().unwrap_or_else(|e| e.into_inner()) = Some(m.shared.provider);
         Ok(m)
     }

@@ -4,10 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use corral_backend_api::{
-    BackendError, ContextParams, ModelMetadata, RString, RVec, SpecialTokens, Tuple2,
-    abi_stable::std_types::ROption,
-};
+use corral_backend_api::{BackendError, Capabilities, ContextParams, ModelInfo, SpecialTokenIds};
 use ort::session::Session;
 use ort::value::ValueType;
 use serde_json::Value;
@@ -99,9 +96,9 @@ pub struct Shared {
     /// Vocabulary size (rows of the logits / embedding table).
     pub vocab: u32,
     /// Metadata.
-    pub meta: ModelMetadata,
+    pub meta: ModelInfo,
     /// Special tokens.
-    pub special: SpecialTokens,
+    pub special: SpecialTokenIds,
     /// The execution provider the session runs on.
     pub provider: Provider,
 }
@@ -572,19 +569,20 @@ impl OnnxModel {
         if let Some(t) = tok_config.as_ref().and_then(|c| str_at(c, &["chat_template"])) {
             kv.push(("tokenizer.chat_template".into(), t.to_string()));
         }
-        let meta = ModelMetadata {
-            architecture: RString::from(arch),
-            name: RString::from(name),
+        let meta = ModelInfo {
+            architecture: arch,
+            name,
             parameter_count: size_bytes / 4,
             context_length: ctx_len,
             embedding_length: hidden_size,
             block_count: n_layer,
-            quantization: RString::from(match &kind {
+            quantization: match &kind {
                 Kind::Decoder(d) if d.kv_f16 => "F16",
                 _ => "F32",
-            }),
+            }
+            .into(),
             size_bytes,
-            kv: kv.into_iter().map(|(k, v)| Tuple2(RString::from(k), RString::from(v))).collect(),
+            kv,
         };
         Ok(OnnxModel {
             shared: Arc::new(Shared {
@@ -642,7 +640,7 @@ fn special_tokens(
     genai: Option<&Value>,
     tok_config: Option<&Value>,
     config: Option<&Value>,
-) -> SpecialTokens {
+) -> SpecialTokenIds {
     let by_name = |key: &str| tok_config.and_then(|c| token_name(c, key)).and_then(|n| tok.id(&n));
     let mut eos_ids = genai.map(|g| ids_at(g, &["model", "eos_token_id"])).unwrap_or_default();
     if eos_ids.is_empty() {
@@ -673,23 +671,13 @@ fn special_tokens(
     let bare = tok.encode("a", false, false).unwrap_or_default();
     let add_bos = probe.len() > bare.len() && bos.is_some_and(|b| probe.first() == Some(&b));
     let add_eos = probe.len() > bare.len() && eos.is_some_and(|e| probe.last() == Some(&e));
-    SpecialTokens {
-        bos: bos.into(),
-        eos: eos.into(),
-        eot: match eot {
-            Some(t) => ROption::RSome(t),
-            None => ROption::RNone,
-        },
-        eog: RVec::from(eog),
-        add_bos,
-        add_eos,
-    }
+    SpecialTokenIds { bos, eos, eot, eog, add_bos, add_eos }
 }
 
 impl corral_backend_api::plugin::Model for OnnxModel {
     type Context = crate::context::OnnxContext;
 
-    fn metadata(&self) -> ModelMetadata {
+    fn metadata(&self) -> ModelInfo {
         self.shared.meta.clone()
     }
 
@@ -697,8 +685,23 @@ impl corral_backend_api::plugin::Model for OnnxModel {
         self.shared.vocab
     }
 
-    fn special_tokens(&self) -> SpecialTokens {
+    fn special_tokens(&self) -> SpecialTokenIds {
         self.shared.special.clone()
+    }
+
+    /// A decoder generates; it also embeds when its graph has a hidden-state output
+    /// (`last_hidden_state`), which embedding contexts mean-pool. An encoder embeds only.
+    /// Neither shifts (`kv_shift` keeps the default `Unsupported`: the cached keys are
+    /// RoPE'd inside the graph) nor has a per-sequence context of its own
+    /// (`new_context_per_sequence` keeps the default, a shared context).
+    fn capabilities(&self) -> Capabilities {
+        match &self.shared.kind {
+            Kind::Decoder(d) if d.hidden.is_some() => {
+                Capabilities::GENERATION | Capabilities::EMBEDDINGS
+            }
+            Kind::Decoder(_) => Capabilities::GENERATION,
+            Kind::Encoder(_) => Capabilities::EMBEDDINGS,
+        }
     }
 
     fn tokenize(

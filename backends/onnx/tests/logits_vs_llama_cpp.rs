@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use corral_backend_api::plugin::{Backend, Context, Model};
-use corral_backend_api::{BatchEntry, ContextParams, LoadOptions, ModelSpec};
+use corral_backend_api::{BatchEntry, Capabilities, ContextParams, LoadRequest};
 use corral_backend_onnx::{OnnxBackend, OnnxOptions};
 
 fn repo_root() -> PathBuf {
@@ -58,12 +58,9 @@ fn llama_raw() -> Option<PathBuf> {
 }
 
 fn onnx_logits(backend: &OnnxBackend, dir: &Path, prompt: &str) -> (Vec<u32>, Vec<f32>) {
-    let spec = ModelSpec {
-        path: dir.display().to_string().into(),
-        format: "onnx".into(),
-        options: LoadOptions::default(),
-    };
-    let model = backend.load_model(&spec).unwrap();
+    let model = backend.load_model(&LoadRequest::new(dir.display().to_string(), "onnx")).unwrap();
+    assert!(model.capabilities().contains(Capabilities::GENERATION));
+    assert!(!model.capabilities().contains(Capabilities::CONTEXT_SHIFT));
     let tokens = model.tokenize(prompt, true, false).unwrap();
     let mut ctx = model.new_context(&ContextParams::default()).unwrap();
     // Feed the prompt in two batches to exercise the KV cache path too.

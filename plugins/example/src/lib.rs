@@ -17,9 +17,8 @@
 use std::collections::BTreeMap;
 
 use corral_backend_api::{
-    BackendError, BatchEntry, ContextParams, DeviceInfo, DeviceKind, ErrorKind, HostServices,
-    ModelMetadata, ModelSpec, RString, RVec, SpecialTokens, Tuple2,
-    abi_stable::std_types::ROption,
+    BackendError, BatchEntry, Capabilities, ContextParams, Device, DeviceKind, ErrorKind,
+    InitContext, LoadRequest, ModelInfo, SpecialTokenIds,
     plugin::{Backend, BatchLimits, Context, Model, check_batch},
 };
 use serde::Deserialize;
@@ -53,12 +52,12 @@ pub struct ExampleBackend {
 
 impl ExampleBackend {
     /// Plugin entry point, called by the host through `init`.
-    pub fn init(services: &HostServices) -> Result<Self, BackendError> {
-        let options: ExampleOptions = services.options()?;
+    pub fn init(init: &InitContext) -> Result<Self, BackendError> {
+        let options: ExampleOptions = init.options()?;
         if options.fail_init {
             return Err(BackendError::internal("init failed because the option fail_init is set"));
         }
-        log::info!("example backend initialised (host {})", services.host_version);
+        log::info!("example backend initialised (host {})", init.host_version());
         Ok(ExampleBackend { options })
     }
 }
@@ -66,18 +65,17 @@ impl ExampleBackend {
 impl Backend for ExampleBackend {
     type Model = ExampleModel;
 
-    fn devices(&self) -> Vec<DeviceInfo> {
-        vec![DeviceInfo {
+    fn devices(&self) -> Vec<Device> {
+        vec![Device {
             index: 0,
             name: "toy CPU".into(),
             kind: DeviceKind::Cpu,
-            memory_total: 0,
-            memory_free: 0,
+            ..Device::default()
         }]
     }
 
-    fn load_model(&self, spec: &ModelSpec) -> Result<ExampleModel, BackendError> {
-        let path = spec.path.as_str();
+    fn load_model(&self, request: &LoadRequest) -> Result<ExampleModel, BackendError> {
+        let path = request.path.as_str();
         let meta = std::fs::metadata(path)
             .map_err(|e| BackendError::not_found(format!("cannot open model {path}: {e}")))?;
         if !meta.is_file() {
@@ -106,8 +104,8 @@ pub struct ExampleModel {
 impl Model for ExampleModel {
     type Context = ExampleContext;
 
-    fn metadata(&self) -> ModelMetadata {
-        ModelMetadata {
+    fn metadata(&self) -> ModelInfo {
+        ModelInfo {
             architecture: "toy".into(),
             name: "example".into(),
             parameter_count: u64::from(VOCAB) * EMBD as u64,
@@ -116,10 +114,7 @@ impl Model for ExampleModel {
             block_count: 0,
             quantization: "F32".into(),
             size_bytes: self.size,
-            kv: RVec::from(vec![Tuple2(
-                RString::from("general.architecture"),
-                RString::from("toy"),
-            )]),
+            kv: vec![("general.architecture".into(), "toy".into())],
         }
     }
 
@@ -127,15 +122,22 @@ impl Model for ExampleModel {
         VOCAB
     }
 
-    fn special_tokens(&self) -> SpecialTokens {
-        SpecialTokens {
-            bos: ROption::RSome(BOS),
-            eos: ROption::RSome(EOS),
-            eot: ROption::RSome(EOT),
-            eog: RVec::from(vec![EOS, EOT]),
+    fn special_tokens(&self) -> SpecialTokenIds {
+        SpecialTokenIds {
+            bos: Some(BOS),
+            eos: Some(EOS),
+            eot: Some(EOT),
+            eog: vec![EOS, EOT],
             add_bos: true,
             add_eos: false,
         }
+    }
+
+    /// Logits and (toy) pooled embeddings. No context shift (`kv_shift` keeps the
+    /// default `Unsupported`) and no per-sequence split (`new_context_per_sequence` keeps
+    /// the default, a shared context): claim only what is implemented.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::GENERATION | Capabilities::EMBEDDINGS
     }
 
     fn tokenize(
@@ -355,6 +357,15 @@ mod tests {
         c.decode(&[e(1, 0, 0), e(2, 1, 0), e(1, 0, 1), e(3, 1, 1)]).unwrap();
         assert_eq!(c.logits(0).unwrap(), c.logits(2).unwrap());
         assert_ne!(c.logits(1).unwrap(), c.logits(3).unwrap());
+    }
+
+    #[test]
+    fn declares_what_it_implements() {
+        let m = ExampleModel { seed: 1, size: 1, panic_on_token: None };
+        let caps = m.capabilities();
+        assert_eq!(caps.names(), ["generation", "embeddings"]);
+        let mut c = ctx(1);
+        assert_eq!(c.kv_shift(0, 0, -1, 1).unwrap_err().kind(), ErrorKind::Unsupported);
     }
 
     #[test]
