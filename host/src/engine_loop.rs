@@ -249,6 +249,7 @@ impl LoopState {
         let slots = (0..config.n_parallel)
             .map(|_| Slot { cached: Vec::new(), exact: usize::MAX, job: None })
             .collect();
+        let cannot_shift = !model.capabilities.contains(Capabilities::CONTEXT_SHIFT);
         LoopState {
             model,
             ctx,
@@ -257,7 +258,7 @@ impl LoopState {
             waiting: Default::default(),
             active,
             // An engine shifts only when it says it can (ABI 1.2 capabilities).
-            cannot_shift: !model.capabilities.contains(Capabilities::CONTEXT_SHIFT),
+            cannot_shift,
             gone: None,
         }
     }

@@ -73,9 +73,9 @@ impl Runtime {
                 .flatten()
                 .filter(|d| !d.is_zero())
                 .ok_or_else(|| ConfigError::Parse {
-                    path: path(),
-                    message: format!("engine timeout {t:?}: use a duration such as 300s or 5m"),
-                })?,
+                path: path(),
+                message: format!("engine timeout {t:?}: use a duration such as 300s or 5m"),
+            })?,
             None => DEFAULT_ENGINE_TIMEOUT,
         };
         let worker = std::env::current_exe().ok().map(|exe| WorkerCommand {

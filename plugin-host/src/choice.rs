@@ -115,14 +115,21 @@ impl PluginCatalog {
     }
 
     /// Runs engines with `isolation` by default, starting workers with `worker`.
-    pub fn set_isolation(&mut self, isolation: Isolation, worker: Option<crate::worker::WorkerCommand>) {
+    pub fn set_isolation(
+        &mut self,
+        isolation: Isolation,
+        worker: Option<crate::worker::WorkerCommand>,
+    ) {
         self.isolation = isolation;
         self.worker = worker;
     }
 
     /// Where `manifest`'s engine runs: its `[backends.NAME] isolation`, else the default.
     /// Process isolation needs a worker command; without one it is in-process.
-    pub fn isolation_for(&self, manifest: &Manifest) -> Result<Isolation, crate::loader::LoadError> {
+    pub fn isolation_for(
+        &self,
+        manifest: &Manifest,
+    ) -> Result<Isolation, crate::loader::LoadError> {
         let table = merged_table(manifest, &self.options);
         let asked = match table.get(ISOLATION_KEY) {
             Some(toml::Value::String(s)) => s.parse().map_err(|detail: String| {

@@ -17,7 +17,8 @@
 use std::{path::PathBuf, sync::Arc};
 
 use corral_backend_api::{
-    BackendError, BatchEntry, ContextParams, DeviceInfo, LoadOptions, ModelMetadata, SpecialTokens,
+    BackendError, BatchEntry, Capabilities, ContextParams, Device, LoadOptions, ModelInfo,
+    SpecialTokenIds,
 };
 
 use crate::manifest::Manifest;

@@ -39,7 +39,8 @@ pub mod manifest;
 pub mod worker;
 
 pub use choice::{
-    BackendOptions, Choice, ChoiceError, Isolation, NoBackend, PluginCatalog, PluginReport, Selector, Status,
+    BackendOptions, Choice, ChoiceError, Isolation, NoBackend, PluginCatalog, PluginReport,
+    Selector, Status,
 };
 pub use discovery::{DIR_MANIFEST_NAME, Discovered, FLAT_MANIFEST_SUFFIX, discover, search_path};
 pub use engine::{

@@ -146,7 +146,10 @@ fn a_fault_during_decode_ends_only_that_models_worker() {
             worst.as_secs_f64() * 1e3
         );
         assert!(chunks > 100, "{fault}: the healthy stream ended early ({chunks} chunks)");
-        assert!(worst < Duration::from_millis(500), "{fault}: the healthy stream stalled {worst:?}");
+        assert!(
+            worst < Duration::from_millis(500),
+            "{fault}: the healthy stream stalled {worst:?}"
+        );
         // The next request loads the model again, in a new worker.
         let (st, v) = generate(&s, &faulty, "fine again", 3);
         assert_eq!(st, 200, "{fault}: after the crash: {v}");
@@ -260,9 +263,11 @@ fn workers_leave_nothing_behind() {
     let pid = s.child.id();
     // One cycle first, so lazily created things (thread pools, ...) exist before counting.
     let cycle = |i: usize| {
-        let (st, v) = post(&s, "/api/generate", &json!({"model": m, "prompt": "", "keep_alive": "1m"}));
+        let (st, v) =
+            post(&s, "/api/generate", &json!({"model": m, "prompt": "", "keep_alive": "1m"}));
         assert_eq!(st, 200, "cycle {i}: {v}");
-        let (st, v) = post(&s, "/api/generate", &json!({"model": m, "prompt": "", "keep_alive": 0}));
+        let (st, v) =
+            post(&s, "/api/generate", &json!({"model": m, "prompt": "", "keep_alive": 0}));
         assert_eq!(st, 200, "cycle {i}: {v}");
     };
     cycle(0);
@@ -281,7 +286,11 @@ fn workers_leave_nothing_behind() {
     assert_eq!(procs1, procs0, "worker processes left behind");
     assert_eq!(fds1, fds0, "file descriptors left behind");
     let shm_left: Vec<_> = std::fs::read_dir("/dev/shm")
-        .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("corral-logits-")).count())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("corral-logits-"))
+                .count()
+        })
         .into_iter()
         .collect();
     println!("shared-memory files left in /dev/shm: {shm_left:?}");

@@ -979,14 +979,14 @@ fn a_loaded_model_answers_while_another_loads() {
     std::fs::write(&slow, "toy weights slow\non_load=delay:3000\n").unwrap();
     let slow = slow.to_string_lossy().into_owned();
     let s = start(&e, &[]);
-    let gen = |model: &str| {
+    let generate = |model: &str| {
         post(
             &s,
             "/api/generate",
             &json!({"model": model, "prompt": "hi", "stream": false, "options": {"num_predict": 2}}),
         )
     };
-    assert_eq!(gen(&e.model).0, 200);
+    assert_eq!(generate(&e.model).0, 200);
     let url = s.url.clone();
     let loading = std::thread::spawn(move || {
         let t = Instant::now();
@@ -1002,7 +1002,7 @@ fn a_loaded_model_answers_while_another_loads() {
     let mut worst = Duration::ZERO;
     for _ in 0..5 {
         let t = Instant::now();
-        let (st, v) = gen(&e.model);
+        let (st, v) = generate(&e.model);
         assert_eq!(st, 200, "{v}");
         worst = worst.max(t.elapsed());
     }

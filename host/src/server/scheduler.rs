@@ -363,7 +363,8 @@ impl Scheduler {
         let mut failures = self.load_crashes.lock().unwrap_or_else(|e| e.into_inner());
         match outcome {
             Err(e) if e.message.contains(corral_plugin_host::worker::DEATH_MARK) => {
-                let entry = failures.entry(key.to_string()).or_insert((0, Instant::now(), String::new()));
+                let entry =
+                    failures.entry(key.to_string()).or_insert((0, Instant::now(), String::new()));
                 // A crash long after the last starts a new run of crashes.
                 if entry.1.elapsed() > CRASH_LOOP_PAUSE {
                     entry.0 = 0;

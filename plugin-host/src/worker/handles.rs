@@ -247,12 +247,13 @@ impl WorkerContext {
 
 impl ContextHandle for WorkerContext {
     fn params(&self) -> ContextParams {
-        self.params
+        self.params.clone()
     }
 
     fn decode(&mut self, batch: &[BatchEntry]) -> Result<(), BackendError> {
         self.in_rows.clear();
-        let call = Call::Decode { ctx: self.id, batch: batch.iter().map(WireEntry::from).collect() };
+        let call =
+            Call::Decode { ctx: self.id, batch: batch.iter().map(WireEntry::from).collect() };
         match self.call(&call)? {
             Answer::Decoded { indices } => {
                 self.in_rows = indices;

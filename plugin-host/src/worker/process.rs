@@ -108,7 +108,11 @@ impl WorkerProcess {
     }
 
     /// Makes one call on `channel` and waits for its answer.
-    pub(crate) fn call(&self, channel: &Mutex<Channel>, call: &Call) -> Result<Answer, BackendError> {
+    pub(crate) fn call(
+        &self,
+        channel: &Mutex<Channel>,
+        call: &Call,
+    ) -> Result<Answer, BackendError> {
         if let Some(why) = self.dead() {
             return Err(BackendError::internal(why));
         }

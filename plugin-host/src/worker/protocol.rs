@@ -316,7 +316,7 @@ impl From<Device> for WireDevice {
 impl From<WireDevice> for Device {
     fn from(d: WireDevice) -> Self {
         use corral_backend_api::DeviceKind as K;
-        let kind = [K::Cpu, K::Gpu, K::IntegratedGpu, K::Accelerator]
+        let kind = [K::Cpu, K::Gpu, K::Accelerator]
             .into_iter()
             .find(|k| format!("{k:?}") == d.kind)
             .unwrap_or(K::Cpu);

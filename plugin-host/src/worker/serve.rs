@@ -216,11 +216,7 @@ fn context_call(
             Answer::Unit
         }
         Call::KvShift { ctx, seq, p0, p1, delta } => {
-            contexts
-                .get_mut(&ctx)
-                .ok_or_else(|| no_ctx(ctx))?
-                .ctx
-                .kv_shift(seq, p0, p1, delta)?;
+            contexts.get_mut(&ctx).ok_or_else(|| no_ctx(ctx))?.ctx.kv_shift(seq, p0, p1, delta)?;
             Answer::Unit
         }
         Call::DropContext { ctx } => {

@@ -48,7 +48,11 @@ impl SharedRows {
     }
 
     /// The host side: opens the worker's file, maps it, and unlinks it.
-    pub(crate) fn open_host(path: &Path, rows: u32, n_vocab: u32) -> Result<SharedRows, BackendError> {
+    pub(crate) fn open_host(
+        path: &Path,
+        rows: u32,
+        n_vocab: u32,
+    ) -> Result<SharedRows, BackendError> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)

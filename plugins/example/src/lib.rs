@@ -12,7 +12,9 @@
 //!
 //! Options (`[backends.example]` in the host config) make it misbehave on purpose:
 //! `fail_init = true` makes init fail, `panic_on_token = N` panics in decode when token
-//! N is decoded.
+//! N is decoded. Lines of a model file make that model crash, hang or fail ([`faults`]).
+
+pub mod faults;
 
 use std::collections::BTreeMap;
 
@@ -81,11 +83,16 @@ impl Backend for ExampleBackend {
         if !meta.is_file() {
             return Err(BackendError::invalid(format!("model {path} is not a file")));
         }
+        let triggers = faults::Triggers::of_file(path);
+        if let Some(f) = triggers.on_load {
+            f.fire(&format!("loading {path}"))?;
+        }
         // The file's length seeds the toy weights: different files, different logits.
         Ok(ExampleModel {
             seed: meta.len() ^ 0x9e37_79b9_7f4a_7c15,
             size: meta.len(),
             panic_on_token: self.options.panic_on_token,
+            triggers,
         })
     }
 
@@ -99,6 +106,7 @@ pub struct ExampleModel {
     seed: u64,
     size: u64,
     panic_on_token: Option<u32>,
+    triggers: faults::Triggers,
 }
 
 impl Model for ExampleModel {
@@ -189,6 +197,8 @@ impl Model for ExampleModel {
             params: params.clone(),
             seed: self.seed,
             panic_on_token: self.panic_on_token,
+            triggers: self.triggers.clone(),
+            decodes: 0,
             seqs: vec![BTreeMap::new(); params.n_seq_max as usize],
             logits: Vec::new(),
         })
@@ -200,6 +210,9 @@ pub struct ExampleContext {
     params: ContextParams,
     seed: u64,
     panic_on_token: Option<u32>,
+    triggers: faults::Triggers,
+    /// Decode calls so far (for `on_decode` triggers).
+    decodes: u64,
     seqs: Vec<BTreeMap<u32, u32>>,
     logits: Vec<Option<Vec<f32>>>,
 }
@@ -259,6 +272,17 @@ impl Context for ExampleContext {
             && batch.iter().any(|e| e.token == t)
         {
             panic!("decode saw token {t} (panic_on_token is set)");
+        }
+        self.decodes += 1;
+        if let Some((n, f)) = self.triggers.on_decode
+            && n == self.decodes
+        {
+            f.fire(&format!("decode call {n} (on_decode trigger)"))?;
+        }
+        if let Some((t, f)) = self.triggers.on_token
+            && batch.iter().any(|e| e.token == t)
+        {
+            f.fire(&format!("decode of token {t} (on_token trigger)"))?;
         }
         let mut logits = Vec::with_capacity(batch.len());
         for e in batch {
@@ -343,7 +367,8 @@ mod tests {
     use super::*;
 
     fn ctx(n_seq: u32) -> ExampleContext {
-        let m = ExampleModel { seed: 1, size: 1, panic_on_token: None };
+        let m =
+            ExampleModel { seed: 1, size: 1, panic_on_token: None, triggers: Default::default() };
         m.new_context(&ContextParams { n_seq_max: n_seq, n_ctx: 64, ..Default::default() }).unwrap()
     }
 
@@ -361,7 +386,8 @@ mod tests {
 
     #[test]
     fn declares_what_it_implements() {
-        let m = ExampleModel { seed: 1, size: 1, panic_on_token: None };
+        let m =
+            ExampleModel { seed: 1, size: 1, panic_on_token: None, triggers: Default::default() };
         let caps = m.capabilities();
         assert_eq!(caps.names(), ["generation", "embeddings"]);
         let mut c = ctx(1);
