@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use futures_util::StreamExt;
 use serde_json::Value;
 
@@ -131,7 +131,16 @@ impl Server {
                     let v: Value = serde_json::from_slice(&line)
                         .context("the server sent a line that is not JSON")?;
                     if let Some(e) = v.get("error").and_then(Value::as_str) {
-                        bail!("{e}");
+                        // Error lines carry the status the error would have had as an
+                        // answer (`code`); older servers send none.
+                        return match v.get("code").and_then(Value::as_u64) {
+                            Some(code) => Err(ServerError {
+                                status: u16::try_from(code).unwrap_or(500),
+                                message: e.to_string(),
+                            }
+                            .into()),
+                            None => Err(anyhow::anyhow!("{e}")),
+                        };
                     }
                     on_line(&v)?;
                 }

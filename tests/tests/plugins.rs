@@ -343,6 +343,23 @@ fn build_example_for_abi_1_0() -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&tree);
     copy_tree(&root.join("backend-api"), &tree.join("backend-api"));
     copy_tree(&root.join("plugins/example"), &tree.join("plugins/example"));
+    // The fixture builds the library only: no tests, dev-dependencies or workspace lints.
+    let _ = std::fs::remove_dir_all(tree.join("plugins/example/tests"));
+    for krate in ["backend-api", "plugins/example"] {
+        let toml = tree.join(krate).join("Cargo.toml");
+        let mut kept = String::new();
+        let mut dropping = false;
+        for line in std::fs::read_to_string(&toml).unwrap().lines() {
+            if line.starts_with('[') {
+                dropping = matches!(line.trim(), "[dev-dependencies]" | "[lints]");
+            }
+            if !dropping {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+        }
+        std::fs::write(&toml, kept).unwrap();
+    }
     for file in ["ffi.rs", "plugin.rs", "lib.rs"] {
         let p = tree.join("backend-api/src").join(file);
         let stripped = strip_to_abi_1_0(&std::fs::read_to_string(&p).unwrap());

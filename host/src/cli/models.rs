@@ -857,16 +857,7 @@ fn transfer_remote(server: &Server, a: &TransferArgs, push: bool) -> Result<()> 
         }
         Ok(())
     });
-    result.map_err(|e| {
-        // An error inside the stream has no status; the registry's "model not found"
-        // is a not-found (exit code 3), as the error mapping classes it locally.
-        let message = format!("{e:#}");
-        if e.downcast_ref::<ServerError>().is_none() && message.contains("model not found") {
-            ServerError { status: 404, message }.into()
-        } else {
-            e
-        }
-    })
+    result
 }
 
 fn transfer(global: &GlobalOptions, a: &TransferArgs, push: bool) -> Result<()> {

@@ -40,7 +40,8 @@ pub struct LoadArgs {
     #[arg(long)]
     pub format: Option<String>,
     /// Where the engine runs: `in-process` (the default here) or `process` (a worker
-    /// process, as `corral serve` does).
+    /// process, as `corral serve` does); `bench` also takes `both`, and reports the
+    /// ratio.
     #[arg(long, env = "CORRAL_ISOLATION", value_name = "MODE")]
     pub isolation: Option<String>,
 }
@@ -437,7 +438,7 @@ pub fn bench_corral(model: &Model, a: &BenchArgs) -> Result<Vec<BenchResult>> {
         x ^= x << 17;
         (x % u64::from(vocab - 1)) as u32 + 1
     };
-    let engine = format!("corral ({})", model.plugin.manifest.id());
+    let engine = format!("corral ({}, {})", model.plugin.id(), model.plugin.backend.isolation());
     // Warm-up, as llama-bench does.
     ctx.kv_clear()?;
     ctx.decode(&[BatchEntry { token: next_token(), pos: 0, seq: 0, logits: true }])?;
@@ -544,8 +545,20 @@ pub fn bench(global: &GlobalOptions, a: &BenchArgs) -> Result<()> {
     if a.reps == 0 {
         bail!("--reps must be at least 1");
     }
-    let (mref, model, _) = load_model(global, &a.load, &a.model)?;
-    let path = mref.path;
+    // `--isolation both`: the engine in this process and in a worker, measured in turn.
+    let modes: Vec<Option<String>> = match a.load.isolation.as_deref() {
+        Some("both") => vec![Some("in-process".into()), Some("process".into())],
+        other => vec![other.map(str::to_string)],
+    };
+    let mut models = Vec::new();
+    let mut path = PathBuf::new();
+    for isolation in modes {
+        let load = LoadArgs { isolation, ..a.load.clone() };
+        let (mref, model, _) = load_model(global, &load, &a.model)?;
+        path = mref.path;
+        models.push(model);
+    }
+    let model = models[0].clone();
     let raw_bin = if a.no_raw { None } else { find_raw_bin(a, &model) };
     let raw_note = (raw_bin.is_none() && !a.no_raw).then(|| {
         "llama-raw not found (build backends/llama-cpp or pass --raw-bin); no ratio".to_string()
@@ -563,12 +576,15 @@ pub fn bench(global: &GlobalOptions, a: &BenchArgs) -> Result<()> {
         }
     };
     for _ in 0..a.reps {
-        add(bench_corral(&model, &one)?);
+        for m in &models {
+            add(bench_corral(m, &one)?);
+        }
         if let Some(bin) = &raw_bin {
             add(bench_raw(bin, &path, &one)?);
         }
     }
     drop(model);
+    drop(models);
     let results: Vec<BenchResult> =
         samples.into_iter().map(|(e, t, v)| summarize(&e, t, v)).collect();
     let raw_of = |test: &str| {
@@ -616,6 +632,19 @@ pub fn bench(global: &GlobalOptions, a: &BenchArgs) -> Result<()> {
         }
         if let Some(n) = raw_note {
             println!("note: {n}");
+        }
+        // With both isolation modes measured: the worker's cost as a ratio.
+        for r in results.iter().filter(|r| r.engine.ends_with(", process)")) {
+            let inproc = results.iter().find(|x| {
+                x.test == r.test && x.engine.ends_with(", in-process)") && x.median_tps > 0.0
+            });
+            if let Some(x) = inproc {
+                println!(
+                    "{}: process / in-process = {:.3}",
+                    r.test,
+                    r.median_tps / x.median_tps
+                );
+            }
         }
     }
     Ok(())

@@ -627,18 +627,11 @@ pub async fn show(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Res
     let _ = (&req.verbose, &req.system, &req.template, &req.options);
     let name = req.model.or(req.name).unwrap_or_default();
     let model = state.sched.resolve(&name)?;
-    let store = state.sched.store.clone();
     let v = tokio::task::spawn_blocking(move || -> Result<Value, ApiError> {
         let (details, info) = details_of(&model.path);
-        let resolved = if std::path::Path::new(&name).is_absolute() {
-            None
-        } else {
-            match (&store, corral_registry::ModelName::parse(&name)) {
-                (Some(s), Ok(n)) => s.get(&n).ok(),
-                _ => None,
-            }
-        };
-        let template = model.template.clone().unwrap_or_else(|| {
+        let resolved = model.resolved.as_deref();
+        // The TEMPLATE as stored (Ollama sends its Go template, not a translation).
+        let template = model.template_source.clone().unwrap_or_else(|| {
             corral_gguf::reader::GgufFile::open(&model.path)
                 .ok()
                 .and_then(|g| g.get_str("tokenizer.chat_template").map(str::to_string))
@@ -651,7 +644,7 @@ pub async fn show(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Res
             "modified_at": rfc3339(model.modified),
             "capabilities": ["completion"],
         });
-        match &resolved {
+        match resolved {
             Some(r) => {
                 v["modelfile"] = json!(corral_registry::modelfile::to_modelfile(r));
                 v["parameters"] = json!(corral_registry::modelfile::parameters_text(r));

@@ -98,7 +98,7 @@ async fn transfer(state: Arc<AppState>, body: Bytes, push: bool) -> Result<Respo
     let tail = futures_util::stream::once(async move {
         match task.await {
             Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(json!({"error": e.message})),
+            Ok(Err(e)) => Some(json!({"error": e.message, "code": e.status.as_u16()})),
             Err(e) => Some(json!({"error": e.to_string()})),
         }
     })

@@ -177,7 +177,9 @@ fn context_call(
                     continue;
                 }
                 let index = i as u32;
-                let row = c.ctx.logits(index)?;
+                // An engine may refuse logits here (an embeddings context): the host then
+                // asks for the row itself and gets the engine's answer.
+                let Ok(row) = c.ctx.logits(index) else { break };
                 let slot = c.rows.row_mut(indices.len())?;
                 if slot.len() != row.len() {
                     return Err(BackendError::internal(format!(
