@@ -763,7 +763,7 @@ fn json_key(field: &str) -> String {
             let next = chars.get(i + 1);
             let boundary = prev.is_some_and(|p| p.is_ascii_lowercase() || p.is_ascii_digit())
                 || (prev.is_some_and(|p| p.is_ascii_uppercase())
-                    && next.is_some_and(|n| n.is_ascii_lowercase()));
+                    && next.is_some_and(char::is_ascii_lowercase));
             if boundary {
                 out.push('_');
             }

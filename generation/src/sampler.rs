@@ -395,8 +395,7 @@ fn random_seed() -> u64 {
         Err(_) => {
             let t = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0);
+                .map_or(0, |d| d.as_nanos() as u64);
             t ^ (u64::from(std::process::id()) << 32)
         }
     }
@@ -420,7 +419,7 @@ mod tests {
     }
 
     fn softmax(l: &[f32], t: f64) -> Vec<f64> {
-        let max = l.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
         let e: Vec<f64> = l.iter().map(|&x| ((x as f64 - max) / t).exp()).collect();
         let s: f64 = e.iter().sum();
         e.iter().map(|x| x / s).collect()

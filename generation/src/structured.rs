@@ -662,7 +662,7 @@ fn step(g: &Grammar, mut st: Stack, b: u8, out: &mut Vec<Stack>) {
                 ObjSt::Colon if b == b':' => {
                     let value = match free_value {
                         Some(v) => *v,
-                        None => props.get(*pending as usize).map(|p| p.1).unwrap_or(u32::MAX),
+                        None => props.get(*pending as usize).map_or(u32::MAX, |p| p.1),
                     };
                     if value == u32::MAX {
                         return;
@@ -681,10 +681,7 @@ fn step(g: &Grammar, mut st: Stack, b: u8, out: &mut Vec<Stack>) {
                 Some(Frame::Obj { seen, .. }) => *seen,
                 _ => return,
             };
-            let mut buf = match st.pop() {
-                Some(Frame::Key { buf, .. }) => buf,
-                _ => return,
-            };
+            let Some(Frame::Key { mut buf, .. }) = st.pop() else { return };
             let node = match st.last() {
                 Some(Frame::Obj { node, .. }) => *node,
                 _ => return,

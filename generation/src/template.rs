@@ -221,8 +221,7 @@ fn environment() -> Environment<'static> {
     env.add_function("strftime_now", |fmt: String| -> String {
         let secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+            .map_or(0, |d| d.as_secs() as i64);
         strftime(&fmt, secs)
     });
     env.add_filter("tojson", tojson);

@@ -144,7 +144,7 @@ impl Bpe {
                 }
             };
             merges.push((a, b, id));
-            for (w, f) in words.iter_mut() {
+            for (w, f) in &mut words {
                 if !w.windows(2).any(|p| p[0] == a && p[1] == b) {
                     continue;
                 }

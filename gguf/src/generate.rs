@@ -512,7 +512,7 @@ pub fn generate_llama(path: &Path, opts: &GenerateOptions) -> Result<GenerateRep
 }
 
 fn partial_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path.file_name().map(std::ffi::OsStr::to_os_string).unwrap_or_default();
     name.push(".partial");
     path.with_file_name(name)
 }

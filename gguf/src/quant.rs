@@ -79,10 +79,10 @@ pub fn dequantize(ty: GgmlType, src: &[u8], n: usize) -> Result<Vec<f32>, GgufEr
     let mut out = Vec::with_capacity(n);
     match ty {
         GgmlType::F32 => {
-            out.extend(src.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+            out.extend(src.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
         }
         GgmlType::F16 => {
-            out.extend(src.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()))
+            out.extend(src.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()));
         }
         GgmlType::Q8_0 => {
             for b in src.chunks_exact(Q8_0_BLOCK_BYTES) {

@@ -104,7 +104,7 @@ fn tiny_model_in_every_weight_type_reads_back() {
         }
         assert_eq!(end.div_ceil(32) * 32, f.file_len());
         assert_eq!(
-            f.tensors().iter().map(|t| t.n_elements()).sum::<u64>(),
+            f.tensors().iter().map(corral_gguf::reader::TensorInfo::n_elements).sum::<u64>(),
             shape.parameter_count()
         );
 

@@ -165,7 +165,12 @@ impl EngineHandle {
     /// Queues a request.
     pub fn submit(&self, request: Request) -> Result<(), BackendError> {
         let stopped = || BackendError::internal("the engine loop has stopped");
-        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone().ok_or_else(stopped)?;
+        let tx = self
+            .tx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .ok_or_else(stopped)?;
         self.active.fetch_add(1, Ordering::SeqCst);
         tx.send(request).map_err(|_| {
             self.active.fetch_sub(1, Ordering::SeqCst);
@@ -176,8 +181,8 @@ impl EngineHandle {
     /// Closes the queue and waits until the loop's thread has ended (its running
     /// sequences finish first). Blocking: never call it on an async worker.
     pub fn shutdown(&self) {
-        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.tx.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let thread = self.thread.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         if let Some(t) = thread {
             let _ = t.join();
         }
@@ -188,7 +193,7 @@ impl Drop for EngineHandle {
     fn drop(&mut self) {
         // Closing the channel ends the loop once its sequences finish; the thread is
         // detached, not joined, so dropping never blocks the caller.
-        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.tx.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
     }
 }
 

@@ -184,7 +184,7 @@ impl Resolver<'_> {
         let p = expand_tilde(Path::new(arg));
         let path_ok = self.paths == PathRule::Any || p.is_absolute();
         if path_ok && p.exists() {
-            return self.from_path(arg, &p);
+            return self.resolve_path(arg, &p);
         }
         let name = match ModelName::parse(arg) {
             Ok(n) => n,
@@ -195,7 +195,7 @@ impl Resolver<'_> {
         };
         let Some(store) = self.store else { return Err(ModelsError::NotFound(arg.to_string())) };
         match store.get(&name) {
-            Ok(r) => Ok(self.from_store(r)),
+            Ok(r) => Ok(self.resolve_stored(r)),
             Err(corral_registry::Error::ModelNotFound(_)) => {
                 Err(ModelsError::NotFound(arg.to_string()))
             }
@@ -203,7 +203,7 @@ impl Resolver<'_> {
         }
     }
 
-    fn from_path(&self, arg: &str, path: &Path) -> Result<ModelRef, ModelsError> {
+    fn resolve_path(&self, arg: &str, path: &Path) -> Result<ModelRef, ModelsError> {
         let meta = std::fs::metadata(path).map_err(|_| ModelsError::NoSuchFile(arg.to_string()))?;
         let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
         Ok(ModelRef {
@@ -222,7 +222,7 @@ impl Resolver<'_> {
         })
     }
 
-    fn from_store(&self, r: corral_registry::ResolvedModel) -> ModelRef {
+    fn resolve_stored(&self, r: corral_registry::ResolvedModel) -> ModelRef {
         let name = r.name.to_string();
         ModelRef {
             format: sniff(&r.model_path, Some(r.config.model_format.as_str()), self.plugin_formats),

@@ -211,7 +211,7 @@ impl PluginCatalog {
     /// opened before); see [`choose`].
     pub fn choose(&self, selector: &Selector) -> Result<Choice, ChoiceError> {
         let mut choice = choose_with(&self.discovered, &self.machine, selector, &mut |m, path| {
-            let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
+            let mut opened = self.opened.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(p) = opened.get(path) {
                 return Ok(p.clone());
             }
@@ -373,12 +373,16 @@ pub fn choose(
     })
 }
 
+/// The step of a choice that opens one plugin.
+type OpenPlugin<'a> =
+    dyn FnMut(&Manifest, &Path) -> Result<Arc<LoadedPlugin>, crate::loader::LoadError> + 'a;
+
 /// [`choose`] with the step that opens a plugin given by the caller.
 fn choose_with(
     discovered: &[Discovered],
     machine: &corral_probe::MachineInfo,
     selector: &Selector,
-    open: &mut dyn FnMut(&Manifest, &Path) -> Result<Arc<LoadedPlugin>, crate::loader::LoadError>,
+    open: &mut OpenPlugin<'_>,
 ) -> Result<Choice, ChoiceError> {
     let explicit = selector.explicit();
     if let Some(asked) = explicit {

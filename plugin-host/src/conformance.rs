@@ -244,7 +244,7 @@ pub fn check_plugin_with(
     };
     let sniffed =
         crate::format::sniff(&model_path, None, &|f| manifest.formats.iter().any(|x| x == f));
-    let format = if manifest.formats.iter().any(|f| *f == sniffed) {
+    let format = if manifest.formats.contains(&sniffed) {
         sniffed
     } else {
         manifest.formats.first().cloned().unwrap_or_else(|| "gguf".into())

@@ -132,15 +132,15 @@ impl FfiLogSink for TracingSink {
         let (plugin, target, message) = (self.plugin.as_str(), target.as_str(), message.as_str());
         match level {
             LogLevel::Error => {
-                tracing::error!(target: "corral::plugin", plugin, target, "{message}")
+                tracing::error!(target: "corral::plugin", plugin, target, "{message}");
             }
             LogLevel::Warn => tracing::warn!(target: "corral::plugin", plugin, target, "{message}"),
             LogLevel::Info => tracing::info!(target: "corral::plugin", plugin, target, "{message}"),
             LogLevel::Debug => {
-                tracing::debug!(target: "corral::plugin", plugin, target, "{message}")
+                tracing::debug!(target: "corral::plugin", plugin, target, "{message}");
             }
             LogLevel::Trace => {
-                tracing::trace!(target: "corral::plugin", plugin, target, "{message}")
+                tracing::trace!(target: "corral::plugin", plugin, target, "{message}");
             }
         }
     }

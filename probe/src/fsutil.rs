@@ -74,7 +74,7 @@ pub(crate) fn colon_value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 /// Natural ordering of numbered directory names (`node10` after `node9`).
 pub(crate) fn numeric_suffix(path: &Path) -> Option<u64> {
     let name = path.file_name()?.to_str()?;
-    let digits: String = name.chars().rev().take_while(|c| c.is_ascii_digit()).collect();
+    let digits: String = name.chars().rev().take_while(char::is_ascii_digit).collect();
     let digits: String = digits.chars().rev().collect();
     digits.parse().ok()
 }

@@ -149,13 +149,13 @@ fn probe_procfs(opts: &ProbeOptions, notes: &mut Vec<String>) -> Vec<GpuInfo> {
     let mut gpus = Vec::new();
     for (index, (bus, (info, device_id))) in devices.into_iter().enumerate() {
         let info = info.unwrap_or_default();
-        let name = colon_value(&info, "Model")
-            .filter(|m| !m.is_empty())
-            .map(str::to_string)
-            .unwrap_or_else(|| match device_id {
+        let name = colon_value(&info, "Model").filter(|m| !m.is_empty()).map_or_else(
+            || match device_id {
                 Some(id) => format!("NVIDIA GPU [10de:{id:04x}]"),
                 None => "NVIDIA GPU".to_string(),
-            });
+            },
+            str::to_string,
+        );
         if colon_value(&info, "GPU Excluded").is_some_and(|v| v.eq_ignore_ascii_case("yes")) {
             notes.push(format!("NVIDIA: {name} at {bus} is excluded by the driver"));
         }

@@ -50,7 +50,7 @@ fn gpu_lines(out: &mut String, g: &GpuInfo) {
     }
     match (&g.gfx_target, &g.effective_gfx_target) {
         (Some(real), Some(eff)) if real != eff => {
-            facts.push(format!("{real}, used as {eff} (HSA_OVERRIDE_GFX_VERSION)"))
+            facts.push(format!("{real}, used as {eff} (HSA_OVERRIDE_GFX_VERSION)"));
         }
         (Some(real), _) => facts.push(real.clone()),
         (None, Some(eff)) => facts.push(format!("used as {eff}")),

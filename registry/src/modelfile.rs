@@ -351,9 +351,9 @@ fn onnx_dir_files(dir: &Path) -> std::result::Result<Vec<(String, PathBuf)>, Str
     ) -> std::result::Result<(), String> {
         let mut entries: Vec<_> = std::fs::read_dir(dir)
             .map_err(|e| format!("{}: {e}", dir.display()))?
-            .filter_map(|e| e.ok())
+            .filter_map(std::result::Result::ok)
             .collect();
-        entries.sort_by_key(|e| e.file_name());
+        entries.sort_by_key(std::fs::DirEntry::file_name);
         for e in entries {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with('.') {
@@ -777,7 +777,7 @@ LICENSE """MIT"""
         let name = ModelName::parse("tiny").unwrap();
         let mut lines = Vec::new();
         let r = create(&store, &name, &mf, dir.path(), &CreateOptions::default(), &mut |s| {
-            lines.push(s.to_string())
+            lines.push(s.to_string());
         })
         .unwrap();
         assert!(lines.contains(&"success".to_string()));

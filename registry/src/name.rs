@@ -88,7 +88,7 @@ fn check_part(full: &str, kind: Kind, part: &str) -> Result<()> {
             }
         };
         if !ok {
-            let shown = if c.is_control() { format!("{:?}", c) } else { format!("'{c}'") };
+            let shown = if c.is_control() { format!("{c:?}") } else { format!("'{c}'") };
             return Err(err(format!(
                 "character {shown} is not allowed {} in the {} {:?}",
                 if i == 0 { "at the start" } else { "" },
@@ -120,7 +120,7 @@ impl ModelName {
             None => (s, None),
         };
         // The tag is after the last ':' that comes after the last '/'.
-        let last_slash = rest.rfind('/').map(|i| i + 1).unwrap_or(0);
+        let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
         let (path, tag) = match rest[last_slash..].rfind(':') {
             Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
             None => (rest, None),

@@ -215,8 +215,7 @@ fn mtime_ns(meta: &fs::Metadata) -> u128 {
     meta.modified()
         .ok()
         .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
+        .map_or(0, |d| d.as_nanos())
 }
 
 /// Hashes a whole file (streaming, 1 MiB buffer).
@@ -499,7 +498,7 @@ impl Store {
         m.blobs()
             .map(|l| {
                 if l.media_type == MEDIA_TYPE_LINK {
-                    self.read_link(&l.digest).map(|li| li.size).unwrap_or(l.size)
+                    self.read_link(&l.digest).map_or(l.size, |li| li.size)
                 } else {
                     l.size
                 }
@@ -757,7 +756,7 @@ impl Store {
 
     fn remove_blob(&self, d: &Digest, report: &mut PruneReport) {
         let p = self.blob_path(d);
-        let size = fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+        let size = fs::metadata(&p).map_or(0, |m| m.len());
         if fs::remove_file(&p).is_ok() {
             report.removed.push(*d);
             report.freed_bytes += size;

@@ -163,24 +163,21 @@ impl Server {
                 if let Some(addr) = line.strip_prefix("listening on ") {
                     let _ = tx.send(addr.trim().to_string());
                 }
-                let mut l = log2.lock().unwrap_or_else(|e| e.into_inner());
+                let mut l = log2.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 l.push_str(&line);
                 l.push('\n');
             }
         });
-        let url = match rx.recv_timeout(std::time::Duration::from_secs(60)) {
-            Ok(u) => u,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("corral serve did not start:\n{}", log.lock().unwrap());
-            }
+        let Ok(url) = rx.recv_timeout(std::time::Duration::from_secs(60)) else {
+            let _ = child.kill();
+            panic!("corral serve did not start:\n{}", log.lock().unwrap());
         };
         Server { child, url, log }
     }
 
     /// The server's log so far.
     pub fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Sends SIGTERM and waits up to `timeout` for the exit; true if it exited.
@@ -352,8 +349,7 @@ pub fn cpu_plugin_dir(dir: &Path) -> Option<PathBuf> {
 /// the tests; `None` (with the reason printed) when there is none.
 pub fn llama_raw_bin() -> Option<PathBuf> {
     let p = std::env::var_os("CORRAL_LLAMA_RAW")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| profile_dir().join("llama-raw"));
+        .map_or_else(|| profile_dir().join("llama-raw"), PathBuf::from);
     if p.is_file() {
         Some(p)
     } else {

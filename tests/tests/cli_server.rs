@@ -214,8 +214,7 @@ struct Registry {
 impl Registry {
     fn start() -> Option<Registry> {
         let bin = std::env::var_os("CORRAL_DOCKER_REGISTRY")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/usr/bin/docker-registry"));
+            .map_or_else(|| PathBuf::from("/usr/bin/docker-registry"), PathBuf::from);
         if !bin.is_file() {
             eprintln!(
                 "SKIP: {} not found (install Debian's docker-registry package)",

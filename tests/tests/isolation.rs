@@ -245,7 +245,7 @@ fn children_of(pid: u32) -> Vec<u32> {
 }
 
 fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, std::iter::Iterator::count)
 }
 
 fn alive(pid: u32) -> bool {

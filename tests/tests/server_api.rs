@@ -374,10 +374,8 @@ fn bad_input_gets_clear_errors_and_the_server_stays_up() {
     for (path, body, status, needle) in cases {
         let (st, v) = post_raw(&s, path, body.clone());
         assert_eq!(st, status, "{path} {}: {v}", String::from_utf8_lossy(&body));
-        let msg = v["error"]
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| v["error"]["message"].to_string());
+        let msg =
+            v["error"].as_str().map_or_else(|| v["error"]["message"].to_string(), str::to_string);
         assert!(msg.contains(needle), "{path}: {msg:?} should mention {needle:?}");
         println!("{status} {path}: {msg}");
     }

@@ -282,7 +282,7 @@ impl Context for CpuContext {
                 continue;
             }
             cache.pos[c] = (i64::from(cache.pos[c]) + i64::from(delta)) as u32;
-            for layer in cache.k.iter_mut() {
+            for layer in &mut cache.k {
                 crate::forward::rerotate_keys(
                     &self.model,
                     &mut layer[c * kv_dim..(c + 1) * kv_dim],

@@ -340,7 +340,7 @@ fn metadata(file: &GgufFile, hp: &Hparams, map: &Mmap) -> ModelInfo {
                 Value::String(s) => s.clone(),
                 v => v.display_short(),
             };
-            (k.to_string(), text)
+            (k.clone(), text)
         })
         .collect();
     kv.sort_by(|a, b| a.0.cmp(&b.0));
@@ -406,7 +406,7 @@ impl Model for CpuModel {
 
     fn token_to_bytes(&self, token: u32) -> Result<Vec<u8>, BackendError> {
         self.inner.check_token(token)?;
-        Ok(self.inner.tokenizer.token_bytes(token).unwrap_or_default().to_vec())
+        Ok(self.inner.tokenizer.token_bytes(token).unwrap_or_default().clone())
     }
 
     fn detokenize(&self, tokens: &[u32]) -> Result<String, BackendError> {

@@ -46,7 +46,7 @@ impl LlamaOptions {
         } else if self.n_threads > 0 {
             self.n_threads
         } else {
-            std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(4)
+            std::thread::available_parallelism().map_or(4, |n| n.get() as u32)
         };
         n.min(i32::MAX as u32) as i32
     }

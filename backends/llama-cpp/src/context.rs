@@ -338,7 +338,7 @@ impl Context for LlamaContext {
                 dst as sys::llama_seq_id,
                 p0,
                 p1,
-            )
+            );
         };
         Ok(())
     }

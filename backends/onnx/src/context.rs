@@ -253,7 +253,8 @@ impl OnnxContext {
                 inputs.push((Cow::from(pk.as_str()), k));
                 inputs.push((Cow::from(pv.as_str()), v));
             }
-            let mut session = shared.session.lock().unwrap_or_else(|e| e.into_inner());
+            let mut session =
+                shared.session.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let outputs = session.run(inputs).map_err(|e| ort_err("running the decoder", e))?;
             let (_, logits) = floats(&outputs[io.logits.as_str()], "the logits")?;
             if logits.len() < n * vocab {
@@ -368,7 +369,8 @@ impl OnnxContext {
                     TensorRef::from_array_view(([1usize, n], &zeros[..])).map_err(t)?.into(),
                 ));
             }
-            let mut session = shared.session.lock().unwrap_or_else(|e| e.into_inner());
+            let mut session =
+                shared.session.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let outputs = session.run(inputs).map_err(|e| ort_err("running the encoder", e))?;
             let (shape, h) = outputs[io.output.as_str()]
                 .try_extract_tensor::<f32>()

@@ -188,21 +188,26 @@ impl Backend for OnnxBackend {
             },
         };
         let m = OnnxModel::load(Path::new(&request.path), &session)?;
-        *self.last_provider.lock().unwrap_or_else(|e| e.into_inner()) = Some(m.shared.provider);
+        *self.last_provider.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(m.shared.provider);
         Ok(m)
     }
 
     fn describe(&self) -> String {
-        let used = self.last_provider.lock().unwrap_or_else(|e| e.into_inner()).map_or_else(
-            || {
-                format!(
-                    "execution provider: {} (first of {})",
-                    self.providers[0].ort_name(),
-                    self.providers.iter().map(|p| p.key()).collect::<Vec<_>>().join(" > ")
-                )
-            },
-            |p| format!("execution provider in use: {}", p.ort_name()),
-        );
+        let used = self
+            .last_provider
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .map_or_else(
+                || {
+                    format!(
+                        "execution provider: {} (first of {})",
+                        self.providers[0].ort_name(),
+                        self.providers.iter().map(|p| p.key()).collect::<Vec<_>>().join(" > ")
+                    )
+                },
+                |p| format!("execution provider in use: {}", p.ort_name()),
+            );
         format!(
             "ONNX Runtime {} from {} (found via {}); {used}",
             self.runtime.version,

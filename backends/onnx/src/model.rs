@@ -168,7 +168,7 @@ fn locate(path: &Path) -> Result<Located, BackendError> {
                 path.display()
             )));
         }
-        let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        let dir = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
         let genai = read_json(&dir.join("genai_config.json"))?;
         return Ok(Located { dir, graph: path.to_path_buf(), genai });
     }
@@ -490,7 +490,7 @@ impl OnnxModel {
                 .and_then(|v| u64_at(v, &["max_seq_length"]))
                 .or_else(|| u64_at(&c, &["max_position_embeddings"]))
                 .unwrap_or(512) as usize;
-            let vocab = u64_at(&c, &["vocab_size"]).map(|v| v as u32).unwrap_or(tok.len() as u32);
+            let vocab = u64_at(&c, &["vocab_size"]).map_or(tok.len() as u32, |v| v as u32);
             let io = EncoderIo {
                 input_ids: "input_ids".into(),
                 attention_mask: has_in("attention_mask").then(|| "attention_mask".into()),
@@ -540,18 +540,16 @@ impl OnnxModel {
             .unwrap_or_else(|| {
                 loc.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
             });
-        let size_bytes = std::fs::read_dir(&loc.dir)
-            .map(|rd| {
-                rd.filter_map(Result::ok)
-                    .filter(|e| {
-                        let n = e.file_name().to_string_lossy().into_owned();
-                        n.ends_with(".onnx") || n.ends_with(".onnx.data") || n.ends_with(".data")
-                    })
-                    .filter_map(|e| e.metadata().ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0);
+        let size_bytes = std::fs::read_dir(&loc.dir).map_or(0, |rd| {
+            rd.filter_map(Result::ok)
+                .filter(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.ends_with(".onnx") || n.ends_with(".onnx.data") || n.ends_with(".data")
+                })
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        });
         let mut kv: Vec<(String, String)> = vec![
             ("general.architecture".into(), arch.clone()),
             ("onnx.model_file".into(), loc.graph.display().to_string()),

@@ -8,7 +8,7 @@ use corral_host::client::Server;
 
 /// `corral ps`.
 #[derive(Args, Debug)]
-pub struct PsArgs {
+pub(crate) struct PsArgs {
     /// Print the server's JSON.
     #[arg(long)]
     pub json: bool,
@@ -20,7 +20,7 @@ fn human_size(n: u64) -> String {
 }
 
 /// Lists the models the server has loaded.
-pub fn ps(a: &PsArgs) -> Result<()> {
+pub(crate) fn ps(a: &PsArgs) -> Result<()> {
     let v = Server::configured()?.json(reqwest::Method::GET, "/api/ps", None)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -44,13 +44,13 @@ pub fn ps(a: &PsArgs) -> Result<()> {
 
 /// `corral stop`.
 #[derive(Args, Debug)]
-pub struct StopArgs {
+pub(crate) struct StopArgs {
     /// The model to unload.
     pub model: String,
 }
 
 /// Unloads a model from the server (a generate request with `keep_alive: 0`).
-pub fn stop(a: &StopArgs) -> Result<()> {
+pub(crate) fn stop(a: &StopArgs) -> Result<()> {
     let body =
         serde_json::json!({"model": a.model, "prompt": "", "keep_alive": 0, "stream": false});
     Server::configured()?.json(reqwest::Method::POST, "/api/generate", Some(&body))?;

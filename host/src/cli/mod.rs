@@ -1,16 +1,16 @@
 //! The command line: one file per command family. The library (`corral_host`) holds no
 //! clap types; these modules turn arguments into its calls and print the results.
 //!
-//! - [`system`]: `probe`, `backends`, `plugin check`, `model generate`.
-//! - [`serve`]: `serve`.
-//! - [`run`]: `run` and `bench` in this process.
-//! - [`remote`]: `run` through a running server.
-//! - [`models`]: `create`, `list`, `show`, `cp`, `rm`, `pull`, `push`.
-//! - [`client`]: `ps`, `stop`.
+//! - `system` holds `probe`, `backends`, `plugin check` and `model generate`;
+//! - `serve` holds `serve`;
+//! - `run` holds `run` and `bench` in this process;
+//! - `remote` holds `run` through a running server;
+//! - `models` holds `create`, `list`, `show`, `cp`, `rm`, `pull` and `push`;
+//! - `client` holds `ps` and `stop`.
 
-pub mod client;
-pub mod models;
-pub mod remote;
-pub mod run;
-pub mod serve;
-pub mod system;
+pub(crate) mod client;
+pub(crate) mod models;
+pub(crate) mod remote;
+pub(crate) mod run;
+pub(crate) mod serve;
+pub(crate) mod system;

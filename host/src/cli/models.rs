@@ -21,7 +21,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use clap::Args;
 use corral_host::{
-    client::{Server, ServerError},
+    client::Server,
     config::Config,
     models::{self, ModelsError},
     runtime::GlobalOptions,
@@ -37,7 +37,7 @@ use serde_json::{Map, Value, json};
 
 /// Where the store is (shared by every store command).
 #[derive(Args, Debug, Clone)]
-pub struct StoreArgs {
+pub(crate) struct StoreArgs {
     /// Model store directory (default: $CORRAL_MODELS, the config's `models`, else the
     /// platform's data directory; an Ollama models directory works as is).
     #[arg(long, value_name = "DIR")]
@@ -103,7 +103,7 @@ fn get(store: &Store, arg: &str) -> Result<corral_registry::ResolvedModel> {
 
 /// `corral create`.
 #[derive(Args, Debug)]
-pub struct CreateArgs {
+pub(crate) struct CreateArgs {
     /// Name of the model to create (e.g. `mymodel`, `mymodel:v2`).
     pub name: String,
     /// The Modelfile.
@@ -117,7 +117,7 @@ pub struct CreateArgs {
 }
 
 /// `corral create NAME -f Modelfile [--link]`.
-pub fn create(global: &GlobalOptions, a: &CreateArgs) -> Result<()> {
+pub(crate) fn create(global: &GlobalOptions, a: &CreateArgs) -> Result<()> {
     let name = parse_name(&a.name)?;
     if !a.file.is_file() {
         return Err(ModelsError::NoSuchFile(a.file.display().to_string()))
@@ -277,8 +277,7 @@ fn create_remote(
             server.upload_blob(&path, &digest)?;
             let file = path
                 .file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "model.gguf".into());
+                .map_or_else(|| "model.gguf".into(), |f| f.to_string_lossy().into_owned());
             body["files"] = json!({ file: digest });
         }
         Some(FromSource::Model(m)) => body["from"] = json!(m),
@@ -310,13 +309,13 @@ fn create_remote(
 
 /// `corral list`.
 #[derive(Args, Debug)]
-pub struct ListArgs {
+pub(crate) struct ListArgs {
     #[command(flatten)]
     pub store: StoreArgs,
 }
 
 /// Bytes as Ollama prints them (decimal units): `620 MB`, `4.7 GB`, `12 KB`.
-pub fn human_bytes(b: u64) -> String {
+pub(crate) fn human_bytes(b: u64) -> String {
     const UNITS: [(&str, f64); 4] = [("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)];
     for (unit, size) in UNITS {
         if b as f64 >= size {
@@ -332,7 +331,7 @@ pub fn human_bytes(b: u64) -> String {
 }
 
 /// A time as Ollama's `list` prints it: `2 minutes ago`, `About an hour ago`, `3 days ago`.
-pub fn human_time(t: SystemTime, now: SystemTime) -> String {
+pub(crate) fn human_time(t: SystemTime, now: SystemTime) -> String {
     let (d, suffix) = match now.duration_since(t) {
         Ok(d) => (d, "ago"),
         Err(e) => (e.duration(), "from now"),
@@ -418,7 +417,7 @@ fn remote_models(server: &Server) -> Result<Vec<ListRow>> {
 }
 
 /// `corral list`: NAME, ID, SIZE, MODIFIED.
-pub fn list(global: &GlobalOptions, a: &ListArgs) -> Result<()> {
+pub(crate) fn list(global: &GlobalOptions, a: &ListArgs) -> Result<()> {
     let mut models = match a.store.server() {
         Some(server) => remote_models(&server)?,
         None => match a.store.open_existing(global)? {
@@ -472,7 +471,7 @@ pub fn list(global: &GlobalOptions, a: &ListArgs) -> Result<()> {
 
 /// `corral show`.
 #[derive(Args, Debug)]
-pub struct ShowArgs {
+pub(crate) struct ShowArgs {
     /// The model.
     pub name: String,
     /// Print the model's Modelfile.
@@ -495,7 +494,7 @@ pub struct ShowArgs {
 }
 
 /// A count as Ollama prints it: `8.0B`, `1.2M`, `25K`.
-pub fn human_count(n: u64) -> String {
+pub(crate) fn human_count(n: u64) -> String {
     for (unit, size) in [("B", 1e9), ("M", 1e6), ("K", 1e3)] {
         if n as f64 >= size {
             let v = n as f64 / size;
@@ -645,7 +644,7 @@ fn remote_show(server: &Server, name: &ModelName, arg: &str) -> Result<ShowData>
 }
 
 /// `corral show NAME [--modelfile|--parameters|--template|--system|--license]`.
-pub fn show(global: &GlobalOptions, a: &ShowArgs) -> Result<()> {
+pub(crate) fn show(global: &GlobalOptions, a: &ShowArgs) -> Result<()> {
     let d = match a.store.server() {
         Some(server) => remote_show(&server, &parse_name(&a.name)?, &a.name)?,
         None => {
@@ -699,7 +698,7 @@ pub fn show(global: &GlobalOptions, a: &ShowArgs) -> Result<()> {
 
 /// `corral cp`.
 #[derive(Args, Debug)]
-pub struct CpArgs {
+pub(crate) struct CpArgs {
     /// The model to copy.
     pub source: String,
     /// The new name.
@@ -709,7 +708,7 @@ pub struct CpArgs {
 }
 
 /// `corral cp SRC DST`.
-pub fn cp(global: &GlobalOptions, a: &CpArgs) -> Result<()> {
+pub(crate) fn cp(global: &GlobalOptions, a: &CpArgs) -> Result<()> {
     let (src, dst) = (parse_name(&a.source)?, parse_name(&a.destination)?);
     if let Some(server) = a.store.server() {
         let body = json!({"source": a.source, "destination": a.destination});
@@ -730,7 +729,7 @@ pub fn cp(global: &GlobalOptions, a: &CpArgs) -> Result<()> {
 
 /// `corral rm`.
 #[derive(Args, Debug)]
-pub struct RmArgs {
+pub(crate) struct RmArgs {
     /// The models to remove.
     #[arg(required = true)]
     pub names: Vec<String>,
@@ -739,7 +738,7 @@ pub struct RmArgs {
 }
 
 /// `corral rm NAME...`: each model's manifest, then the blobs no other model uses.
-pub fn rm(global: &GlobalOptions, a: &RmArgs) -> Result<()> {
+pub(crate) fn rm(global: &GlobalOptions, a: &RmArgs) -> Result<()> {
     let names = a.names.iter().map(|n| parse_name(n)).collect::<Result<Vec<_>>>()?;
     if let Some(server) = a.store.server() {
         for arg in &a.names {
@@ -763,7 +762,7 @@ pub fn rm(global: &GlobalOptions, a: &RmArgs) -> Result<()> {
 
 /// `corral pull` / `corral push`.
 #[derive(Args, Debug)]
-pub struct TransferArgs {
+pub(crate) struct TransferArgs {
     /// The model (`llama3`, `registry.example.com/ns/model:tag`).
     pub name: String,
     /// Speak plain HTTP to the registry (local registries).
@@ -805,15 +804,14 @@ impl ProgressUi {
     fn update(&self, p: &oci::Progress) {
         match (&p.digest, p.total) {
             (Some(d), Some(total)) => {
-                let mut bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
+                let mut bars = self.bars.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 let pb = bars.entry(d.clone()).or_insert_with(|| {
                     let pb = self.multi.add(ProgressBar::new(total));
                     let style = ProgressStyle::with_template(
                         "{msg}... {percent:>3}% ▕{bar:25}▏ {decimal_bytes}/{decimal_total_bytes}  \
                          {decimal_bytes_per_sec} {eta}",
                     )
-                    .map(|s| s.progress_chars("█ "))
-                    .unwrap_or_else(|_| ProgressStyle::default_bar());
+                    .map_or_else(|_| ProgressStyle::default_bar(), |s| s.progress_chars("█ "));
                     pb.set_style(style);
                     pb.set_message(p.status.clone());
                     pb
@@ -823,14 +821,14 @@ impl ProgressUi {
                 if done >= total && !pb.is_finished() {
                     pb.finish();
                     // The next status line (verifying, writing) is new again.
-                    self.last.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                    self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
                     if !self.tty {
                         eprintln!("{}... 100% {}", p.status, human_bytes(total));
                     }
                 }
             }
             _ => {
-                let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+                let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 if *last != p.status {
                     last.clone_from(&p.status);
                     self.line(&p.status);
@@ -851,13 +849,13 @@ fn transfer_remote(server: &Server, a: &TransferArgs, push: bool) -> Result<()> 
     let ui = ProgressUi::new();
     let body = json!({"model": a.name, "insecure": a.insecure, "stream": true});
     let path = if push { "/api/push" } else { "/api/pull" };
-    let result = server.ndjson(path, &body, |line| {
+
+    server.ndjson(path, &body, |line| {
         if let Ok(p) = serde_json::from_value::<oci::Progress>(line.clone()) {
             ui.update(&p);
         }
         Ok(())
-    });
-    result
+    })
 }
 
 fn transfer(global: &GlobalOptions, a: &TransferArgs, push: bool) -> Result<()> {
@@ -883,12 +881,12 @@ fn transfer(global: &GlobalOptions, a: &TransferArgs, push: bool) -> Result<()> 
 }
 
 /// `corral pull NAME [--insecure]`.
-pub fn pull(global: &GlobalOptions, a: &TransferArgs) -> Result<()> {
+pub(crate) fn pull(global: &GlobalOptions, a: &TransferArgs) -> Result<()> {
     transfer(global, a, false)
 }
 
 /// `corral push NAME [--insecure]`.
-pub fn push(global: &GlobalOptions, a: &TransferArgs) -> Result<()> {
+pub(crate) fn push(global: &GlobalOptions, a: &TransferArgs) -> Result<()> {
     transfer(global, a, true)
 }
 

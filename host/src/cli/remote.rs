@@ -124,7 +124,7 @@ async fn stream(client: &reqwest::Client, url: &str, body: Value, verbose: bool)
 }
 
 /// `corral run` against the server at `url`.
-pub fn run(url: &str, a: &RunArgs) -> Result<()> {
+pub(crate) fn run(url: &str, a: &RunArgs) -> Result<()> {
     let options = options_json(a)?;
     let model = model_arg(a);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

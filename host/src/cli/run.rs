@@ -26,7 +26,7 @@ use corral_plugin_host::{Isolation, Model};
 
 /// Options shared by `run` and `bench` for loading a model.
 #[derive(Args, Debug, Clone)]
-pub struct LoadArgs {
+pub(crate) struct LoadArgs {
     /// Backend to use (name, variant or name:variant); default auto.
     #[arg(long, env = "CORRAL_BACKEND")]
     pub backend: Option<String>,
@@ -48,7 +48,7 @@ pub struct LoadArgs {
 
 /// Resolves a model argument (the one resolution of [`corral_host::models`]) and loads
 /// it through the chosen backend.
-pub fn load_model(
+pub(crate) fn load_model(
     global: &GlobalOptions,
     load: &LoadArgs,
     arg: &str,
@@ -72,7 +72,7 @@ pub fn load_model(
 
 /// `corral run`.
 #[derive(Args, Debug)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// Model: a GGUF file.
     pub model: String,
     /// Prompt; without one, read stdin (when it is not a terminal) or chat interactively.
@@ -172,7 +172,7 @@ fn sampling_options(
 }
 
 /// Generates one answer, streaming its text to `out`. Returns the text and stats.
-pub fn generate(
+pub(crate) fn generate(
     engine: &EngineHandle,
     prompt: Vec<u32>,
     options: SamplingOptions,
@@ -216,11 +216,14 @@ fn print_stats(load: std::time::Duration, s: &Stats) {
     eprintln!("eval count:           {} token(s)", s.eval_count);
     eprintln!("eval duration:        {:.3}s", s.eval.as_secs_f64());
     eprintln!("eval rate:            {:.2} tokens/s", rate(s.eval_count, s.eval));
-    eprintln!("done reason:          {}", s.done_reason.map(|r| r.as_str()).unwrap_or("-"));
+    eprintln!(
+        "done reason:          {}",
+        s.done_reason.map_or("-", corral_generation::DoneReason::as_str)
+    );
 }
 
 /// `corral run`.
-pub fn run(global: &GlobalOptions, a: RunArgs) -> Result<()> {
+pub(crate) fn run(global: &GlobalOptions, a: RunArgs) -> Result<()> {
     if !a.local
         && let Some(url) = corral_host::client::reachable_server()
     {
@@ -303,7 +306,7 @@ pub fn run(global: &GlobalOptions, a: RunArgs) -> Result<()> {
 
 /// The prompt of a one-shot run: the arguments joined, else all of stdin when it is not
 /// a terminal; `None` means an interactive chat.
-pub fn one_shot_prompt(args: &[String]) -> Result<Option<String>> {
+pub(crate) fn one_shot_prompt(args: &[String]) -> Result<Option<String>> {
     if !args.is_empty() {
         return Ok(Some(args.join(" ")));
     }
@@ -316,7 +319,7 @@ pub fn one_shot_prompt(args: &[String]) -> Result<Option<String>> {
 }
 
 /// What the user typed in the interactive chat.
-pub enum ChatLine<'a> {
+pub(crate) enum ChatLine<'a> {
     /// `/clear`: forget the conversation (keep the system prompt).
     Clear,
     /// A message.
@@ -326,7 +329,7 @@ pub enum ChatLine<'a> {
 /// The interactive chat of `corral run`: reads lines at a `>>> ` prompt until `/bye` (or
 /// `/exit`, `/quit`) or the end of input, and hands each to `on_line`; an error is printed
 /// and the chat goes on.
-pub fn chat_loop(mut on_line: impl FnMut(ChatLine<'_>) -> Result<()>) -> Result<()> {
+pub(crate) fn chat_loop(mut on_line: impl FnMut(ChatLine<'_>) -> Result<()>) -> Result<()> {
     let stdin = std::io::stdin();
     loop {
         eprint!(">>> ");
@@ -353,7 +356,7 @@ pub fn chat_loop(mut on_line: impl FnMut(ChatLine<'_>) -> Result<()>) -> Result<
 
 /// `corral bench`.
 #[derive(Args, Debug, Clone)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// Model: a GGUF file.
     pub model: String,
     #[command(flatten)]
@@ -381,7 +384,7 @@ pub struct BenchArgs {
 
 /// One measured test.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct BenchResult {
+pub(crate) struct BenchResult {
     /// `corral (llama-cpp:cpu)` or `llama.cpp (raw)`.
     pub engine: String,
     /// `pp512` or `tg128`.
@@ -396,7 +399,7 @@ pub struct BenchResult {
 
 fn summarize(engine: &str, test: String, samples: Vec<f64>) -> BenchResult {
     let mut s = samples.clone();
-    s.sort_by(|a, b| a.total_cmp(b));
+    s.sort_by(f64::total_cmp);
     let median = if s.is_empty() {
         0.0
     } else if s.len() % 2 == 1 {
@@ -416,7 +419,7 @@ fn summarize(engine: &str, test: String, samples: Vec<f64>) -> BenchResult {
 }
 
 /// Measures pp and tg through corral's plugin path, the way llama-bench does.
-pub fn bench_corral(model: &Model, a: &BenchArgs) -> Result<Vec<BenchResult>> {
+pub(crate) fn bench_corral(model: &Model, a: &BenchArgs) -> Result<Vec<BenchResult>> {
     // The context-length rule with the size the test needs, as llama-raw (and
     // llama-bench) ask for.
     let n_ctx = context_length(Some((a.pp + a.tg).max(16)), None, model.meta.context_length);
@@ -491,7 +494,7 @@ fn find_raw_bin(a: &BenchArgs, model: &Model) -> Option<PathBuf> {
 }
 
 /// Runs `llama-raw bench` on the same file and parses its JSON results.
-pub fn bench_raw(
+pub(crate) fn bench_raw(
     bin: &std::path::Path,
     path: &std::path::Path,
     a: &BenchArgs,
@@ -541,7 +544,7 @@ pub fn bench_raw(
 }
 
 /// `corral bench`.
-pub fn bench(global: &GlobalOptions, a: &BenchArgs) -> Result<()> {
+pub(crate) fn bench(global: &GlobalOptions, a: &BenchArgs) -> Result<()> {
     if a.reps == 0 {
         bail!("--reps must be at least 1");
     }
@@ -639,11 +642,7 @@ pub fn bench(global: &GlobalOptions, a: &BenchArgs) -> Result<()> {
                 x.test == r.test && x.engine.ends_with(", in-process)") && x.median_tps > 0.0
             });
             if let Some(x) = inproc {
-                println!(
-                    "{}: process / in-process = {:.3}",
-                    r.test,
-                    r.median_tps / x.median_tps
-                );
+                println!("{}: process / in-process = {:.3}", r.test, r.median_tps / x.median_tps);
             }
         }
     }

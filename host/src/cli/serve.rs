@@ -13,7 +13,7 @@ use corral_plugin_host::{Isolation, Status};
 
 /// `corral serve`.
 #[derive(Args, Debug)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// Backend to use (name, variant or name:variant); default auto.
     #[arg(long, env = "CORRAL_BACKEND")]
     pub backend: Option<String>,
@@ -54,7 +54,7 @@ pub struct ServeArgs {
     pub shutdown_grace: u64,
 }
 
-pub fn serve(global: &GlobalOptions, a: ServeArgs) -> Result<()> {
+pub(crate) fn serve(global: &GlobalOptions, a: ServeArgs) -> Result<()> {
     let rt = Runtime::with_isolation(global, a.isolation.as_deref(), Isolation::Process)?;
     // Say which backend serves GGUF models; models of other formats choose their own
     // backend on first use.

@@ -12,7 +12,7 @@ use corral_plugin_host::{
 
 /// `corral probe`.
 #[derive(Args, Debug)]
-pub struct ProbeArgs {
+pub(crate) struct ProbeArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -22,7 +22,7 @@ pub struct ProbeArgs {
     pub root: Option<PathBuf>,
 }
 
-pub fn probe(a: &ProbeArgs) -> Result<()> {
+pub(crate) fn probe(a: &ProbeArgs) -> Result<()> {
     let opts = match &a.root {
         Some(root) => corral_probe::ProbeOptions {
             root: root.clone(),
@@ -42,7 +42,7 @@ pub fn probe(a: &ProbeArgs) -> Result<()> {
 
 /// `corral backends`.
 #[derive(Args, Debug)]
-pub struct BackendsArgs {
+pub(crate) struct BackendsArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -98,7 +98,7 @@ fn print_reports(reports: &[PluginReport]) {
     }
 }
 
-pub fn backends(global: &GlobalOptions, a: &BackendsArgs) -> Result<()> {
+pub(crate) fn backends(global: &GlobalOptions, a: &BackendsArgs) -> Result<()> {
     let rt = Runtime::with_isolation(global, a.isolation.as_deref(), Isolation::Process)?;
     let selector = rt.selector(a.backend.as_deref(), a.format.as_deref());
     let choice =
@@ -127,7 +127,7 @@ pub fn backends(global: &GlobalOptions, a: &BackendsArgs) -> Result<()> {
 
 /// `corral plugin check`.
 #[derive(Args, Debug)]
-pub struct CheckArgs {
+pub(crate) struct CheckArgs {
     /// The plugin: its manifest, its directory, or its library (with a manifest beside it).
     pub path: PathBuf,
     /// Model to run the checks on (default: a tiny generated GGUF model).
@@ -139,7 +139,7 @@ pub struct CheckArgs {
 }
 
 /// `corral plugin check`: the conformance suite on one plugin, in this process.
-pub fn plugin_check(global: &GlobalOptions, a: &CheckArgs) -> Result<()> {
+pub(crate) fn plugin_check(global: &GlobalOptions, a: &CheckArgs) -> Result<()> {
     let rt = Runtime::new(global)?;
     let manifest_path = conformance::find_manifest(&a.path)?;
     let manifest = corral_plugin_host::Manifest::load(&manifest_path)?;
@@ -160,7 +160,7 @@ pub fn plugin_check(global: &GlobalOptions, a: &CheckArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn generate_model(a: &crate::GenerateArgs) -> Result<()> {
+pub(crate) fn generate_model(a: &crate::GenerateArgs) -> Result<()> {
     use corral_gguf::generate::{GenerateOptions, ModelShape, WeightType, generate_llama};
     let shape = ModelShape::parse(&a.shape)?;
     let weight_type = WeightType::parse(&a.weight_type)?;

@@ -26,15 +26,24 @@ use crate::{
 
 /// What to generate from.
 pub enum PromptSpec {
-    /// A chat: messages, tools.
-    Chat { messages: Vec<Message>, tools: Option<Vec<Value>> },
-    /// A completion prompt: text, system, raw (no template), earlier context tokens,
-    /// a per-request template override.
+    /// A chat.
+    Chat {
+        /// The request's messages.
+        messages: Vec<Message>,
+        /// Tools offered to the model.
+        tools: Option<Vec<Value>>,
+    },
+    /// A completion prompt.
     Completion {
+        /// The text.
         prompt: String,
+        /// A system prompt overriding the model's SYSTEM.
         system: Option<String>,
+        /// Send the prompt as is, without the template.
         raw: bool,
+        /// Earlier context tokens (Ollama's `context`).
         context: Vec<u32>,
+        /// A per-request template (a Go template) overriding the model's.
         template: Option<String>,
     },
 }

@@ -36,13 +36,13 @@ pub struct Metrics {
 impl Metrics {
     /// Counts one answered request.
     pub fn request(&self, endpoint: &str, status: u16) {
-        let mut m = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = self.requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         *m.entry((endpoint.to_string(), status)).or_insert(0) += 1;
     }
 
     /// Records a time to first token.
     pub fn ttft(&self, secs: f64) {
-        let mut h = self.ttft.lock().unwrap_or_else(|e| e.into_inner());
+        let mut h = self.ttft.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if h.0.is_empty() {
             h.0 = vec![0; TTFT_BUCKETS.len()];
         }
@@ -70,7 +70,9 @@ impl Metrics {
             "# HELP corral_requests_total HTTP requests answered, by endpoint and status."
         );
         let _ = writeln!(s, "# TYPE corral_requests_total counter");
-        for ((ep, st), n) in self.requests.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for ((ep, st), n) in
+            self.requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter()
+        {
             let _ = writeln!(s, "corral_requests_total{{endpoint=\"{ep}\",status=\"{st}\"}} {n}");
         }
         let pt = self.prompt_tokens.load(Ordering::Relaxed);
@@ -102,7 +104,7 @@ impl Metrics {
         );
         let _ = writeln!(s, "# TYPE corral_time_to_first_token_seconds histogram");
         {
-            let h = self.ttft.lock().unwrap_or_else(|e| e.into_inner());
+            let h = self.ttft.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             for (i, b) in TTFT_BUCKETS.iter().enumerate() {
                 let n = h.0.get(i).copied().unwrap_or(0);
                 let _ = writeln!(s, "corral_time_to_first_token_seconds_bucket{{le=\"{b}\"}} {n}");

@@ -157,8 +157,7 @@ async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: 
     let path = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "other".to_string());
+        .map_or_else(|| "other".to_string(), |p| p.as_str().to_string());
     let method = req.method().clone();
     let t = std::time::Instant::now();
     let resp = next.run(req).await;

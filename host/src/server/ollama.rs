@@ -119,7 +119,10 @@ where
 fn final_fields(v: &mut Value, s: &Stats, r: &Running) {
     let o = v.as_object_mut();
     let Some(o) = o else { return };
-    o.insert("done_reason".into(), json!(s.done_reason.map(|d| d.as_str()).unwrap_or("stop")));
+    o.insert(
+        "done_reason".into(),
+        json!(s.done_reason.map_or("stop", corral_generation::DoneReason::as_str)),
+    );
     o.insert("total_duration".into(), json!(nanos(r.started.elapsed())));
     o.insert("load_duration".into(), json!(nanos(r.load)));
     o.insert("prompt_eval_count".into(), json!(evaluated(s)));
@@ -560,7 +563,7 @@ pub fn details_of(path: &std::path::Path) -> (Value, Value) {
             if a.len() > 64 {
                 Value::Null
             } else {
-                json!(a.iter().map(|x| x.to_string()).collect::<Vec<_>>())
+                json!(a.iter().map(std::string::ToString::to_string).collect::<Vec<_>>())
             }
         } else if let Some(i) = v.as_i64() {
             json!(i)
@@ -583,10 +586,8 @@ pub async fn tags(State(state): State<Arc<AppState>>) -> Result<Response, ApiErr
     let models = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, ApiError> {
         let mut out = Vec::new();
         for m in store.list()? {
-            let details = store
-                .get(&m.name)
-                .map(|r| details_of(&r.model_path).0)
-                .unwrap_or_else(|_| json!({}));
+            let details =
+                store.get(&m.name).map_or_else(|_| json!({}), |r| details_of(&r.model_path).0);
             out.push(json!({
                 "name": m.name.to_string(),
                 "model": m.name.to_string(),
@@ -676,7 +677,7 @@ pub async fn ps(State(state): State<Arc<AppState>>) -> Response {
             let expires = if l.inflight.load(std::sync::atomic::Ordering::SeqCst) > 0 {
                 None
             } else {
-                *l.expires_wall.lock().unwrap_or_else(|e| e.into_inner())
+                *l.expires_wall.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
             };
             let expires_at = match expires {
                 Some(t) => rfc3339(t),

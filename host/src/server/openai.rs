@@ -287,7 +287,7 @@ fn message_of(i: usize, v: &Value) -> Result<Message, ApiError> {
 }
 
 fn finish_reason(s: &Stats) -> &'static str {
-    s.done_reason.map(|d| d.as_str()).unwrap_or("stop")
+    s.done_reason.map_or("stop", corral_generation::DoneReason::as_str)
 }
 
 fn usage(s: &Stats) -> Value {
@@ -730,8 +730,7 @@ pub async fn models(State(state): State<Arc<AppState>>) -> OaiResult {
     let data: Vec<Value> = list
         .iter()
         .map(|m| {
-            let t =
-                m.modified.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let t = m.modified.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
             model_obj(&m.name.to_string(), t)
         })
         .collect();
@@ -741,6 +740,6 @@ pub async fn models(State(state): State<Arc<AppState>>) -> OaiResult {
 /// `GET /v1/models/{model}`.
 pub async fn model(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> OaiResult {
     let r = state.sched.resolve(&name)?;
-    let t = r.modified.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let t = r.modified.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     Ok(axum::Json(model_obj(&r.name, t)).into_response())
 }

@@ -129,7 +129,7 @@ impl Loaded {
             by_id.push(self.model.token_bytes(id).unwrap_or_default());
         }
         let s = &self.model.special;
-        let eog: Vec<u32> = s.eog.iter().copied().collect();
+        let eog: Vec<u32> = s.eog.clone();
         let never: Vec<u32> = s.bos.into_iter().collect();
         let t = Arc::new(TokenTable::new(by_id, eog, &never));
         Ok(self.tokens.get_or_init(|| t).clone())
@@ -137,7 +137,7 @@ impl Loaded {
 
     /// Queues a generation, or 503 when the queue is full.
     pub fn submit(&self, req: Request, max_queue: usize) -> Result<(), ApiError> {
-        let _g = self.admission.lock().unwrap_or_else(|e| e.into_inner());
+        let _g = self.admission.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let active = self.engine.active.load(Ordering::SeqCst);
         let queued = active.saturating_sub(self.engine.config.n_parallel as usize);
         if active >= self.engine.config.n_parallel as usize && queued >= max_queue {
@@ -164,7 +164,7 @@ impl Loaded {
 
     /// Pooled embedding of `tokens` (blocking: call from `spawn_blocking`).
     pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>, ApiError> {
-        let mut guard = self.embed_ctx.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.embed_ctx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if guard.is_none() {
             let params = ContextParams {
                 n_ctx: self.num_ctx,
@@ -194,10 +194,10 @@ pub struct UseGuard {
 impl Drop for UseGuard {
     fn drop(&mut self) {
         let now = Instant::now();
-        *self.loaded.last_used.lock().unwrap_or_else(|e| e.into_inner()) = now;
-        *self.loaded.expires.lock().unwrap_or_else(|e| e.into_inner()) =
+        *self.loaded.last_used.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = now;
+        *self.loaded.expires.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
             self.keep_alive.map(|d| now + d);
-        *self.loaded.expires_wall.lock().unwrap_or_else(|e| e.into_inner()) =
+        *self.loaded.expires_wall.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
             self.keep_alive.map(|d| SystemTime::now() + d);
         self.loaded.inflight.fetch_sub(1, Ordering::SeqCst);
     }
@@ -226,7 +226,7 @@ pub struct Scheduler {
 /// of `num_ctx` positions (2 × n_layer × n_ctx × n_embd_kv × 2 bytes); `num_ctx: None`
 /// takes the context-length rule's default for the file's own training context.
 pub fn estimate_memory(path: &std::path::Path, num_ctx: Option<u32>, n_parallel: u32) -> u64 {
-    let file = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let file = std::fs::metadata(path).map_or(0, |m| m.len());
     let Ok(g) = corral_gguf::reader::GgufFile::open(path) else { return file };
     let arch = g.architecture().unwrap_or("llama").to_string();
     let get = |k: &str| {
@@ -299,7 +299,7 @@ impl Scheduler {
     /// A model whose engine is gone (its worker crashed or hung) is forgotten here, so
     /// the request that finds it loads it again.
     fn use_loaded(&self, key: &str, keep_alive: Option<Duration>) -> Option<UseGuard> {
-        let mut models = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        let mut models = self.models.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let l = models.get(key)?;
         if let Err(why) = l.model.health() {
             tracing::warn!(model = %key, "the model's engine is gone ({why}); loading it again");
@@ -316,7 +316,10 @@ impl Scheduler {
     fn engine_died(&self, key: &str) {
         self.metrics.worker_crashes.fetch_add(1, Ordering::Relaxed);
         self.metrics.loaded_models.store(self.loaded().len(), Ordering::Relaxed);
-        self.crashed.lock().unwrap_or_else(|e| e.into_inner()).insert(key.to_string());
+        self.crashed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key.to_string());
     }
 
     /// Forgets every loaded model whose engine is gone (the reaper calls it, so
@@ -325,13 +328,14 @@ impl Scheduler {
         let dead: Vec<String> = self
             .models
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
             .filter(|(_, l)| l.model.health().is_err())
             .map(|(k, _)| k.clone())
             .collect();
         for key in dead {
-            let removed = self.models.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+            let removed =
+                self.models.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key);
             if removed.is_some() {
                 tracing::warn!(model = %key, "the model's engine is gone; it loads again on the next request");
                 self.engine_died(&key);
@@ -342,7 +346,7 @@ impl Scheduler {
     /// Refuses a model whose engine crashed while loading [`CRASH_LOOP_LOADS`] times in
     /// a row, for [`CRASH_LOOP_PAUSE`] after the last.
     fn check_crash_loop(&self, key: &str) -> Result<(), ApiError> {
-        let failures = self.load_crashes.lock().unwrap_or_else(|e| e.into_inner());
+        let failures = self.load_crashes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some((n, last, why)) = failures.get(key)
             && *n >= CRASH_LOOP_LOADS
         {
@@ -360,7 +364,8 @@ impl Scheduler {
 
     /// Records how a load ended, for the crash-loop rule.
     fn record_load(&self, key: &str, outcome: Result<(), &ApiError>) {
-        let mut failures = self.load_crashes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut failures =
+            self.load_crashes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match outcome {
             Err(e) if e.message.contains(corral_plugin_host::worker::DEATH_MARK) => {
                 let entry =
@@ -382,8 +387,13 @@ impl Scheduler {
 
     /// The loaded models.
     pub fn loaded(&self) -> Vec<Arc<Loaded>> {
-        let mut v: Vec<Arc<Loaded>> =
-            self.models.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let mut v: Vec<Arc<Loaded>> = self
+            .models
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
         v.sort_by(|a, b| a.model_ref.name.cmp(&b.model_ref.name));
         v
     }
@@ -405,7 +415,7 @@ impl Scheduler {
         let model_lock = self
             .loading
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(key.clone())
             .or_default()
             .clone();
@@ -433,15 +443,18 @@ impl Scheduler {
             .map_err(|e| ApiError::internal(format!("model load task failed: {e}")))?;
         self.record_load(&key, loaded.as_ref().map(|_| ()));
         let loaded = loaded?;
-        if self.crashed.lock().unwrap_or_else(|e| e.into_inner()).remove(&key) {
+        if self.crashed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key) {
             self.metrics.worker_restarts.fetch_add(1, Ordering::Relaxed);
         }
         let load_time = t.elapsed();
         tracing::info!(model = %loaded.model_ref.name, secs = load_time.as_secs_f64(), "model loaded");
         let loaded = Arc::new(loaded);
         loaded.inflight.fetch_add(1, Ordering::SeqCst);
-        self.models.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), loaded.clone());
-        self.loading.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+        self.models
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key.clone(), loaded.clone());
+        self.loading.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key);
         self.metrics.loaded_models.store(self.loaded().len(), Ordering::Relaxed);
         Ok((UseGuard { loaded, keep_alive }, load_time))
     }
@@ -531,7 +544,9 @@ impl Scheduler {
             let victim = loaded
                 .iter()
                 .filter(|l| l.inflight.load(Ordering::SeqCst) == 0)
-                .min_by_key(|l| *l.last_used.lock().unwrap_or_else(|e| e.into_inner()))
+                .min_by_key(|l| {
+                    *l.last_used.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+                })
                 .cloned();
             match victim {
                 Some(v) => {
@@ -571,7 +586,9 @@ impl Scheduler {
     /// running on the old one finish on it.
     pub fn forget(&self, name: &str) {
         let key = crate::models::load_key(name);
-        if let Some(l) = self.models.lock().unwrap_or_else(|e| e.into_inner()).remove(&key) {
+        if let Some(l) =
+            self.models.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key)
+        {
             tracing::info!(model = %key, "forgetting the loaded model: its name changed");
             self.metrics.loaded_models.store(self.loaded().len(), Ordering::Relaxed);
             // Its engine ends when the last request on it does.
@@ -582,7 +599,8 @@ impl Scheduler {
     /// Unloads `name` now (waits, on the blocking pool, for its engine thread to end).
     pub async fn unload(&self, name: &str) -> bool {
         let key = crate::models::load_key(name);
-        let removed = self.models.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+        let removed =
+            self.models.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key);
         self.metrics.loaded_models.store(self.loaded().len(), Ordering::Relaxed);
         match removed {
             Some(l) => {
@@ -604,7 +622,10 @@ impl Scheduler {
             .filter(|l| {
                 l.inflight.load(Ordering::SeqCst) == 0
                     && l.active() == 0
-                    && l.expires.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|t| t <= now)
+                    && l.expires
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .is_some_and(|t| t <= now)
             })
             .map(|l| l.model_ref.name.clone())
             .collect();
@@ -614,7 +635,7 @@ impl Scheduler {
             let still = self
                 .models
                 .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .get(&name)
                 .is_some_and(|l| l.inflight.load(Ordering::SeqCst) == 0);
             if still {

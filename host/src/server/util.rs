@@ -185,7 +185,7 @@ pub fn now_rfc3339() -> String {
 
 /// Seconds since the epoch.
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Nanoseconds of a duration as Ollama's integer fields carry them.

@@ -79,7 +79,7 @@ impl WorkerProcess {
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
                     tracing::info!(target: "corral::worker", worker = %label, "{line}");
-                    let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut t = tail.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                     if t.len() == TAIL_LINES {
                         t.pop_front();
                     }
@@ -99,12 +99,12 @@ impl WorkerProcess {
 
     /// The worker's pid.
     pub(crate) fn pid(&self) -> u32 {
-        self.child.lock().unwrap_or_else(|e| e.into_inner()).id()
+        self.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner).id()
     }
 
     /// Why the worker is gone, if it is.
     pub(crate) fn dead(&self) -> Option<String> {
-        self.dead.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.dead.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Makes one call on `channel` and waits for its answer.
@@ -116,7 +116,7 @@ impl WorkerProcess {
         if let Some(why) = self.dead() {
             return Err(BackendError::internal(why));
         }
-        let mut ch = channel.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ch = channel.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let t = Instant::now();
         let outcome = write_message(&mut ch.stream, call)
             .and_then(|()| read_message::<Reply>(&mut ch.stream));
@@ -139,11 +139,11 @@ impl WorkerProcess {
     /// Records that the worker is gone (killing it when it hangs) and returns the error
     /// that says so.
     fn fail(&self, hung_for: Option<Duration>) -> BackendError {
-        let mut dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
+        let mut dead = self.dead.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(why) = dead.as_ref() {
             return BackendError::internal(why.clone());
         }
-        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        let mut child = self.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let how = match hung_for {
             Some(d) => {
                 let _ = child.kill();
@@ -169,7 +169,7 @@ impl WorkerProcess {
     /// The most telling of the worker's last stderr lines (an assertion, a panic, an
     /// error), else the last one.
     fn last_words(&self) -> String {
-        let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        let tail = self.tail.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let telling = |l: &&String| {
             let l = l.to_ascii_lowercase();
             ["assert", "panick", "error", "abort", "fault", "fatal"].iter().any(|w| l.contains(w))
@@ -186,10 +186,10 @@ impl WorkerProcess {
     /// seconds, then kills it. Reaps the process either way.
     pub(crate) fn shutdown(&self) {
         for ch in [&self.model_channel, &self.context_channel] {
-            let ch = ch.lock().unwrap_or_else(|e| e.into_inner());
+            let ch = ch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let _ = ch.stream.shutdown(std::net::Shutdown::Both);
         }
-        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        let mut child = self.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {

@@ -84,7 +84,7 @@ fn serve(mut stream: UnixStream, mut answer: impl FnMut(Call) -> Reply) {
 fn model(state: &Mutex<State>) -> Result<Arc<dyn ModelHandle>, BackendError> {
     state
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .model
         .clone()
         .ok_or_else(|| BackendError::internal("no model is loaded in this worker"))
@@ -102,11 +102,13 @@ fn model_call(state: &Mutex<State>, call: Call) -> Reply {
                 devices: plugin.devices().into_iter().map(WireDevice::from).collect(),
                 describe: plugin.backend.describe(),
             };
-            state.lock().unwrap_or_else(|e| e.into_inner()).plugin = Some(Arc::new(plugin));
+            state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).plugin =
+                Some(Arc::new(plugin));
             answer
         }
         Call::LoadModel { path, format, options } => {
-            let plugin = state.lock().unwrap_or_else(|e| e.into_inner()).plugin.clone();
+            let plugin =
+                state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).plugin.clone();
             let plugin = plugin.ok_or_else(|| BackendError::internal("the plugin is not open"))?;
             let m: Arc<dyn ModelHandle> =
                 Arc::from(plugin.backend.load_model(&path, &format, options.into())?);
@@ -116,7 +118,7 @@ fn model_call(state: &Mutex<State>, call: Call) -> Reply {
                 vocab_size: m.vocab_size(),
                 capabilities: m.capabilities().bits(),
             };
-            state.lock().unwrap_or_else(|e| e.into_inner()).model = Some(m);
+            state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).model = Some(m);
             answer
         }
         Call::Tokenize { text, add_special, parse_special } => {

@@ -16,7 +16,10 @@ fn the_example_plugin_passes_the_conformance_suite() {
     let manifest = profile_dir().join("example.corral-plugin.toml");
     let library = profile_dir().join("libcorral_plugin_example.so");
     if !library.is_file() {
-        eprintln!("SKIP: {} not built yet (cargo build -p corral-plugin-example)", library.display());
+        eprintln!(
+            "SKIP: {} not built yet (cargo build -p corral-plugin-example)",
+            library.display()
+        );
         return;
     }
     // The toy engine runs any file; the suite's own model is a generated GGUF.

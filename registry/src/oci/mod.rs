@@ -398,7 +398,7 @@ impl Client {
                     }
                     q.append_pair(
                         "scope",
-                        params.get("scope").map(String::as_str).unwrap_or(&default_scope),
+                        params.get("scope").map_or(&default_scope, String::as_str),
                     );
                 }
                 let mut rb = self.http.get(url.clone());

@@ -312,7 +312,7 @@ impl Client {
         }
         let part_path = tmp.join(format!("{base}.partial"));
         let state_path = tmp.join(format!("{base}.partial.json"));
-        let resumable = fs::metadata(&part_path).map(|m| m.len() == size).unwrap_or(false);
+        let resumable = fs::metadata(&part_path).is_ok_and(|m| m.len() == size);
         let parts = if resumable { load_state(&state_path, size) } else { None };
         let file = OpenOptions::new()
             .read(true)

@@ -129,7 +129,7 @@ impl Client {
                 digest: Some(d.to_string()),
                 total: Some(l.size),
                 completed: Some(done),
-            })
+            });
         };
         let blob_url = self.url(ctx, &format!("blobs/{d}"));
         let resp = self.send(ctx, "checking for a blob", |c| c.head(&blob_url)).await?;

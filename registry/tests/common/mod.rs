@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Where the reference registry lives (Debian's `docker-registry` package).
-pub fn registry_binary() -> Option<PathBuf> {
+pub(crate) fn registry_binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("CORRAL_DOCKER_REGISTRY") {
         return Some(PathBuf::from(p));
     }
@@ -18,12 +18,12 @@ pub fn registry_binary() -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap()
 }
 
 /// A running docker-registry, killed on drop.
-pub struct Registry {
+pub(crate) struct Registry {
     child: Child,
     pub port: u16,
     pub dir: tempfile::TempDir,
@@ -31,7 +31,7 @@ pub struct Registry {
 
 impl Registry {
     /// Starts the registry, or returns None (after printing why) if the binary is missing.
-    pub fn start() -> Option<Registry> {
+    pub(crate) fn start() -> Option<Registry> {
         let Some(bin) = registry_binary() else {
             eprintln!("SKIP: docker-registry not found (install Debian's docker-registry package)");
             return None;
@@ -66,12 +66,12 @@ impl Registry {
         Some(reg)
     }
 
-    pub fn host(&self) -> String {
+    pub(crate) fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
     /// The file holding a blob on the registry's disk.
-    pub fn blob_data_path(&self, hex: &str) -> PathBuf {
+    pub(crate) fn blob_data_path(&self, hex: &str) -> PathBuf {
         self.dir
             .path()
             .join("data/docker/registry/v2/blobs/sha256")
@@ -90,20 +90,20 @@ impl Drop for Registry {
 
 /// A request seen by the fake registry.
 #[derive(Debug, Clone)]
-pub struct Req {
+pub(crate) struct Req {
     pub method: String,
     pub path: String,
     pub headers: Vec<(String, String)>,
 }
 
 impl Req {
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
 /// What the fake registry answers.
-pub enum Resp {
+pub(crate) enum Resp {
     /// status, extra headers, body.
     Full(u16, Vec<(String, String)>, Vec<u8>),
     /// Announces `len` bytes, sends `body`, closes.
@@ -113,7 +113,9 @@ pub enum Resp {
 }
 
 /// Starts a fake HTTP server on a free port; returns its port.
-pub async fn fake_server(handler: impl Fn(&Req, u16) -> Resp + Send + Sync + 'static) -> u16 {
+pub(crate) async fn fake_server(
+    handler: impl Fn(&Req, u16) -> Resp + Send + Sync + 'static,
+) -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let handler = Arc::new(handler);
@@ -192,7 +194,7 @@ pub async fn fake_server(handler: impl Fn(&Req, u16) -> Resp + Send + Sync + 'st
 }
 
 /// Random bytes that start like a GGUF file.
-pub fn fake_gguf(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn fake_gguf(len: usize, seed: u64) -> Vec<u8> {
     let mut v = Vec::with_capacity(len);
     v.extend_from_slice(b"GGUF\x03\0\0\0");
     let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) | 1;
@@ -207,7 +209,7 @@ pub fn fake_gguf(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// Makes a model in `store` from a fresh fake GGUF of `len` bytes written under `dir`.
-pub fn make_model(
+pub(crate) fn make_model(
     store: &corral_registry::Store,
     dir: &Path,
     name: &str,

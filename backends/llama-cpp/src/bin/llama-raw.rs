@@ -61,7 +61,7 @@ fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         cmd,
         model,
-        threads: std::thread::available_parallelism().map(|n| n.get() as i32).unwrap_or(4),
+        threads: std::thread::available_parallelism().map_or(4, |n| n.get() as i32),
         pp: 512,
         tg: 128,
         reps: 5,
@@ -94,7 +94,7 @@ fn parse_args() -> Result<Args, String> {
                 a.nps = val
                     .split(',')
                     .map(|v| num(v.trim()).map(|n| n.clamp(1, 256) as usize))
-                    .collect::<Result<_, _>>()?
+                    .collect::<Result<_, _>>()?;
             }
             "--unified" => a.unified = num(&val)? != 0,
             "--fa" => a.flash_attn = Some(num(&val)? != 0),
@@ -219,7 +219,7 @@ fn clear(c: &Ctx) {
 
 fn stats(samples: &[f64]) -> serde_json::Value {
     let mut s = samples.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
+    s.sort_by(f64::total_cmp);
     let n = s.len();
     let median = if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 };
     let mean = s.iter().sum::<f64>() / n as f64;
