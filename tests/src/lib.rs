@@ -446,3 +446,39 @@ pub fn assert_bad_model_files_are_clear(plugin: &Path, run_args: &[&str], dir: &
     }
     good
 }
+
+/// Copies the GGUF model `src` to `dst` with one vocabulary entry overwritten by another
+/// of the same length, so the vocabulary holds one token string twice: a file that makes
+/// llama.cpp abort while it loads (`GGML_ASSERT` in its vocabulary code).
+pub fn duplicate_vocab_entry(src: &Path, dst: &Path) {
+    let g = corral_gguf::reader::GgufFile::open(src).expect("read the model");
+    let tokens = g.get_str_array("tokenizer.ggml.tokens").expect("a vocabulary");
+    let mut bytes = std::fs::read(src).expect("read the model");
+    // Two distinct plain tokens of the same length, the second of which occurs once as a
+    // length-prefixed string in the file.
+    let framed = |t: &str| {
+        let mut f = (t.len() as u64).to_le_bytes().to_vec();
+        f.extend_from_slice(t.as_bytes());
+        f
+    };
+    let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).position(|w| w == needle);
+    let count =
+        |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).filter(|w| *w == needle).count();
+    for (i, a) in tokens.iter().enumerate().skip(300) {
+        if a.len() < 3 || a.contains('<') {
+            continue;
+        }
+        let Some(b) = tokens.iter().skip(i + 1).find(|b| b.len() == a.len() && *b != a) else {
+            continue;
+        };
+        let fb = framed(b);
+        if count(&bytes, &fb) != 1 {
+            continue;
+        }
+        let at = find(&bytes, &fb).expect("found once");
+        bytes[at + 8..at + fb.len()].copy_from_slice(a.as_bytes());
+        std::fs::write(dst, bytes).expect("write the model");
+        return;
+    }
+    panic!("no pair of tokens to duplicate in {}", src.display());
+}

@@ -245,3 +245,66 @@ fn modelfile_messages_reach_api_chat() {
     assert_eq!(plain, want_plain);
     assert_eq!(primed, want_primed, "the MESSAGEs come before the request's messages");
 }
+
+/// The real case of an engine that aborts: a GGUF whose vocabulary holds one token
+/// string twice makes llama.cpp abort while it loads. In `corral serve`'s default
+/// process isolation that ends only the model's worker: the request gets a clear error,
+/// the server and a second model keep serving, through `/api/generate` and through
+/// `/api/create` followed by `/api/chat`.
+#[test]
+fn a_gguf_that_aborts_llama_cpp_ends_only_its_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(plugin) = llama_cpp_plugin_dir(dir.path()) else { return };
+    let good = dir.path().join("good.gguf");
+    generate_model(&good, "tiny", "f32");
+    let bad = dir.path().join("dup-vocab.gguf");
+    duplicate_vocab_entry(&good, &bad);
+    let store = dir.path().join("store").to_string_lossy().into_owned();
+    let server = Server::start(
+        &[plugin.as_path()],
+        &[("CORRAL_MODELS", store.as_str()), ("CORRAL_BACKEND", "llama-cpp")],
+        &[],
+    );
+    let client = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let post = |path: &str, body: serde_json::Value| {
+        let r = client.post(format!("{}{path}", server.url)).json(&body).send().unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().unwrap();
+        (status, serde_json::from_str::<serde_json::Value>(&text).unwrap_or(text.into()))
+    };
+    let generate = |model: &str| {
+        post(
+            "/api/generate",
+            serde_json::json!({"model": model, "prompt": "Hello", "stream": false,
+                               "options": {"num_predict": 4}}),
+        )
+    };
+    let good_s = good.to_string_lossy().into_owned();
+    assert_eq!(generate(&good_s).0, 200, "the good model serves");
+    let (st, v) = generate(&bad.to_string_lossy());
+    println!("/api/generate on the duplicated vocabulary: {st} {v}");
+    assert!(st >= 400, "{v}");
+    let msg = v["error"].as_str().unwrap_or_default();
+    assert!(msg.contains("could not load"), "{msg}");
+    assert!(msg.contains("SIGABRT") && msg.contains("GGML_ASSERT"), "{msg}");
+    let r = client.get(format!("{}/api/version", server.url)).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200, "the server is still up");
+    assert_eq!(generate(&good_s).0, 200, "the good model still serves");
+    // Through the store: create from the bad file, then chat with it.
+    let (st, v) =
+        post("/api/create", serde_json::json!({"model": "dup", "from": bad, "stream": false}));
+    assert_eq!(st, 200, "create: {v}");
+    let (st, v) = post(
+        "/api/chat",
+        serde_json::json!({"model": "dup", "stream": false,
+                           "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    println!("/api/chat on the created model: {st} {v}");
+    assert!(st >= 400, "{v}");
+    assert_eq!(generate(&good_s).0, 200, "the good model still serves after the chat");
+    let log = server.log();
+    assert!(log.contains("engine worker"), "the worker's end is in the log:\n{log}");
+}

@@ -17,7 +17,7 @@ use corral_backend_api::BackendError;
 use super::protocol::{Answer, Call, Reply, read_message, write_message};
 
 /// How many of a worker's last stderr lines are kept for the crash message.
-const TAIL_LINES: usize = 40;
+const TAIL_LINES: usize = 200;
 
 /// How to start a worker: the executable and the arguments that make it one (for
 /// `corral`, its hidden `engine-worker` subcommand).
@@ -166,17 +166,26 @@ impl WorkerProcess {
         BackendError::internal(why)
     }
 
-    /// The most telling of the worker's last stderr lines (an assertion, a panic, an
-    /// error), else the last one.
+    /// The most telling of the worker's last stderr lines: an assertion or a panic
+    /// first, then an error line that is not part of a backtrace, else the last line.
     fn last_words(&self) -> String {
         let tail = self.tail.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let telling = |l: &&String| {
-            let l = l.to_ascii_lowercase();
-            ["assert", "panick", "error", "abort", "fault", "fatal"].iter().any(|w| l.contains(w))
+        let strong = ["GGML_ASSERT", "GGML_ABORT", "panicked at", "Assertion", "terminate called"];
+        let in_backtrace = |l: &str| {
+            let t = l.trim_start();
+            t.starts_with('#')
+                || t.starts_with(|c: char| c.is_ascii_digit())
+                || t.starts_with("at ")
+        };
+        let weak = |l: &&String| {
+            let lower = l.to_ascii_lowercase();
+            !in_backtrace(l)
+                && ["error", "abort", "fault", "fatal"].iter().any(|w| lower.contains(w))
         };
         tail.iter()
             .rev()
-            .find(telling)
+            .find(|l| strong.iter().any(|m| l.contains(m)))
+            .or_else(|| tail.iter().rev().find(weak))
             .or_else(|| tail.back())
             .map(|l| l.chars().take(400).collect())
             .unwrap_or_default()
