@@ -131,9 +131,11 @@ def raw_batched(args, model, levels, prompt_tokens):
     return {r["n_seq"]: r["with_prompt"]["median_tps"] for r in json.loads(out)["rows"]}
 
 
-def start_server(args):
+def start_server(args, isolation=None):
     env = dict(os.environ, CORRAL_PLUGIN_PATH_ONLY="1", XDG_CONFIG_HOME="/nonexistent-corral-bench",
                CORRAL_LOG="warn", CORRAL_NUM_PARALLEL=str(max(args.concurrency)))
+    if isolation:
+        env["CORRAL_ISOLATION"] = isolation
     cmd = [args.corral, "--plugin-dir", args.plugin_dir, "serve", "--host", "127.0.0.1:0",
            "--threads", str(args.threads)]
     p = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
@@ -159,6 +161,9 @@ def main():
     ap.add_argument("--engine-bench", action="store_true",
                     help="also run `corral bench` tg on the same model first, for the HTTP/engine ratio")
     ap.add_argument("--raw-bin", help="llama-raw of the same build: adds llama.cpp's batched ceiling")
+    ap.add_argument("--compare-isolation", action="store_true",
+                    help="run a server with engines in worker processes (the default) and one with "
+                         "engines in-process, repetitions interleaved, and report their ratio")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     args.concurrency = [int(x) for x in args.concurrency.split(",")]
@@ -171,19 +176,28 @@ def main():
     if not url:
         if not (args.corral and args.plugin_dir and model):
             ap.error("give --url and --model, or --corral, --plugin-dir and --gguf")
-        proc, url = start_server(args)
+    modes = ["process", "in-process"] if args.compare_isolation else [None]
+    servers = {}
     try:
-        # Warm-up: load the model and run a short generation.
-        one_stream(url, model, "warm up", 8, 0, [])
-        samples = {n: [] for n in args.concurrency}
+        for mode in modes:
+            if args.url:
+                servers[mode] = (None, args.url)
+            else:
+                servers[mode] = start_server(args, mode)
+            # Warm-up: load the model and run a short generation.
+            one_stream(servers[mode][1], model, "warm up", 8, 0, [])
+        samples = {(m, n): [] for m in modes for n in args.concurrency}
         for rep in range(max(1, args.reps)):
-            for n in args.concurrency:
-                samples[n].append(run_level(url, model, n, args.tokens, rep))
-        rows = [median_row(samples[n]) for n in args.concurrency]
+            for mode in modes:
+                for n in args.concurrency:
+                    samples[(mode, n)].append(run_level(servers[mode][1], model, n, args.tokens, rep))
+        by_mode = {m: [median_row(samples[(m, n)]) for n in args.concurrency] for m in modes}
+        rows = by_mode[modes[0]]
     finally:
-        if proc:
-            proc.terminate()
-            proc.wait(30)
+        for p, _ in servers.values():
+            if p:
+                p.terminate()
+                p.wait(30)
     raw = None
     if args.raw_bin:
         if not model:
@@ -192,7 +206,10 @@ def main():
         for r in rows:
             r["llama_cpp_batched_tps"] = raw.get(r["streams"])
     if args.json:
-        print(json.dumps({"engine_bench": engine, "levels": rows}, indent=2))
+        out = {"engine_bench": engine, "levels": rows}
+        if args.compare_isolation:
+            out["in_process_levels"] = by_mode["in-process"]
+        print(json.dumps(out, indent=2))
         return
     base = rows[0]["aggregate_tps"]
     print(f"medians of {rows[0]['reps']} repetitions per level, {args.tokens} tokens per stream")
@@ -209,6 +226,13 @@ def main():
                      f"{lc / raw[rows[0]['streams']]:>15.2f}")
         print(line)
 
+    if args.compare_isolation:
+        print("engines in worker processes (default) vs in-process, aggregate t/s:")
+        for r, q in zip(by_mode["process"], by_mode["in-process"]):
+            print(f"{r['streams']:>7} streams: process {r['aggregate_tps']:.2f}, in-process "
+                  f"{q['aggregate_tps']:.2f}, ratio {r['aggregate_tps'] / q['aggregate_tps']:.3f}; "
+                  f"per-stream (server) ratio "
+                  f"{r['per_stream_server_tps'] / q['per_stream_server_tps']:.3f}")
     if engine:
         one = rows[0]["per_stream_server_tps"]
         print(f"single stream through HTTP: {one:.2f} t/s (server eval rate) vs {engine['engine']} "

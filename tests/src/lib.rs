@@ -482,3 +482,68 @@ pub fn duplicate_vocab_entry(src: &Path, dst: &Path) {
     }
     panic!("no pair of tokens to duplicate in {}", src.display());
 }
+
+/// A running docker-registry with a temporary filesystem store, killed on drop.
+pub struct Registry {
+    child: std::process::Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// Starts one, or `None` (with the reason printed) when the binary is missing.
+    pub fn start() -> Option<Registry> {
+        let bin = std::env::var_os("CORRAL_DOCKER_REGISTRY").map_or_else(
+            || std::path::PathBuf::from("/usr/bin/docker-registry"),
+            std::path::PathBuf::from,
+        );
+        if !bin.is_file() {
+            eprintln!(
+                "SKIP: {} not found (install Debian's docker-registry package)",
+                bin.display()
+            );
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let cfg = dir.path().join("config.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  \
+                 filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: \
+                 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let reg = Registry { child, port, _dir: dir };
+        let t = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(20),
+                "docker-registry did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Some(reg)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

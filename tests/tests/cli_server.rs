@@ -5,8 +5,8 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::Command,
+    time::Duration,
 };
 
 use corral_e2e::*;
@@ -202,64 +202,6 @@ fn store_commands_and_run_go_through_a_running_server() {
     assert_eq!(names(&stdout), ["shell-only:latest"], "{stdout}");
     let (code, _, stderr) = go(&store_b, &host, &["show", "m"]);
     assert_eq!(code, 3, "{stderr}");
-}
-
-/// A running docker-registry with a temporary filesystem store, killed on drop.
-struct Registry {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start() -> Option<Registry> {
-        let bin = std::env::var_os("CORRAL_DOCKER_REGISTRY")
-            .map_or_else(|| PathBuf::from("/usr/bin/docker-registry"), PathBuf::from);
-        if !bin.is_file() {
-            eprintln!(
-                "SKIP: {} not found (install Debian's docker-registry package)",
-                bin.display()
-            );
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap();
-        let cfg = dir.path().join("config.yml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  \
-                 filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: \
-                 127.0.0.1:{port}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(bin)
-            .arg("serve")
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let reg = Registry { child, port, _dir: dir };
-        let t = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(20), "docker-registry did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(reg)
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

@@ -3,10 +3,10 @@
 //! stays loaded between runs (the rule of [`corral_host::client`]). `--local` runs
 //! in-process instead.
 
-use std::{io::Write, time::Duration};
+use std::io::Write;
 
 use anyhow::{Context as _, Result, bail};
-use futures_util::StreamExt;
+use corral_host::client::Server;
 use serde_json::{Map, Value, json};
 
 use super::run::{ChatLine, RunArgs};
@@ -64,71 +64,49 @@ fn model_arg(a: &RunArgs) -> String {
 }
 
 /// Streams one request's NDJSON answer, printing text as it comes; returns the text.
-async fn stream(client: &reqwest::Client, url: &str, body: Value, verbose: bool) -> Result<String> {
-    let resp =
-        client.post(url).json(&body).send().await.with_context(|| format!("cannot reach {url}"))?;
-    let status = resp.status();
-    if !status.is_success() {
-        let text = resp.text().await.unwrap_or_default();
-        let msg = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
-            .unwrap_or(text);
-        bail!("{msg} (server answered {status})");
-    }
-    let mut bytes = resp.bytes_stream();
-    let mut buf = Vec::new();
+fn stream(server: &Server, path: &str, body: &Value, verbose: bool) -> Result<String> {
     let mut text = String::new();
     let mut out = std::io::stdout();
-    while let Some(chunk) = bytes.next().await {
-        buf.extend_from_slice(&chunk.context("the server's stream broke off")?);
-        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=nl).collect();
-            let v: Value =
-                serde_json::from_slice(&line).context("the server sent a line that is not JSON")?;
-            if let Some(e) = v.get("error").and_then(Value::as_str) {
-                bail!("{e}");
-            }
-            let piece = v
-                .pointer("/message/content")
-                .or_else(|| v.get("response"))
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let _ = out.write_all(piece.as_bytes());
-            let _ = out.flush();
-            text.push_str(piece);
-            if v.get("done").and_then(Value::as_bool) == Some(true) && verbose {
-                let ns = |k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(0.0) / 1e9;
-                let n = |k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(0.0);
-                eprintln!();
-                eprintln!("load duration:        {:.3}s", ns("load_duration"));
-                eprintln!("prompt eval count:    {} token(s)", n("prompt_eval_count"));
-                eprintln!("prompt eval duration: {:.3}s", ns("prompt_eval_duration"));
-                eprintln!("eval count:           {} token(s)", n("eval_count"));
-                eprintln!("eval duration:        {:.3}s", ns("eval_duration"));
-                if ns("eval_duration") > 0.0 {
-                    eprintln!(
-                        "eval rate:            {:.2} tokens/s",
-                        n("eval_count") / ns("eval_duration")
-                    );
-                }
+    server.ndjson(path, body, |v| {
+        let piece = v
+            .pointer("/message/content")
+            .or_else(|| v.get("response"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let _ = out.write_all(piece.as_bytes());
+        let _ = out.flush();
+        text.push_str(piece);
+        if v.get("done").and_then(Value::as_bool) == Some(true) && verbose {
+            let ns = |k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(0.0) / 1e9;
+            let n = |k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+            eprintln!();
+            eprintln!("load duration:        {:.3}s", ns("load_duration"));
+            eprintln!("prompt eval count:    {} token(s)", n("prompt_eval_count"));
+            eprintln!("prompt eval duration: {:.3}s", ns("prompt_eval_duration"));
+            eprintln!("eval count:           {} token(s)", n("eval_count"));
+            eprintln!("eval duration:        {:.3}s", ns("eval_duration"));
+            if ns("eval_duration") > 0.0 {
                 eprintln!(
-                    "done reason:          {}",
-                    v.get("done_reason").and_then(Value::as_str).unwrap_or("-")
+                    "eval rate:            {:.2} tokens/s",
+                    n("eval_count") / ns("eval_duration")
                 );
             }
+            eprintln!(
+                "done reason:          {}",
+                v.get("done_reason").and_then(Value::as_str).unwrap_or("-")
+            );
         }
-    }
+        Ok(())
+    })?;
     println!();
     Ok(text)
 }
 
-/// `corral run` against the server at `url`.
-pub(crate) fn run(url: &str, a: &RunArgs) -> Result<()> {
+/// `corral run` against `server`.
+pub(crate) fn run(server: &Server, a: &RunArgs) -> Result<()> {
     let options = options_json(a)?;
     let model = model_arg(a);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let client = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build()?;
+    let url = &server.url;
     let one_shot = super::run::one_shot_prompt(&a.prompt)?;
     let mut messages: Vec<Value> = Vec::new();
     if let Some(s) = &a.system {
@@ -140,12 +118,12 @@ pub(crate) fn run(url: &str, a: &RunArgs) -> Result<()> {
         }
         if a.raw {
             let body = json!({"model": model, "prompt": prompt, "raw": true, "stream": true, "options": options});
-            rt.block_on(stream(&client, &format!("{url}/api/generate"), body, a.verbose))?;
+            stream(server, "/api/generate", &body, a.verbose)?;
         } else {
             messages.push(json!({"role": "user", "content": prompt}));
             let body =
                 json!({"model": model, "messages": messages, "stream": true, "options": options});
-            match rt.block_on(stream(&client, &format!("{url}/api/chat"), body, a.verbose)) {
+            match stream(server, "/api/chat", &body, a.verbose) {
                 Ok(answer) => messages.push(json!({"role": "assistant", "content": answer})),
                 Err(e) => {
                     messages.pop();

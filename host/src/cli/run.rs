@@ -225,9 +225,9 @@ fn print_stats(load: std::time::Duration, s: &Stats) {
 /// `corral run`.
 pub(crate) fn run(global: &GlobalOptions, a: RunArgs) -> Result<()> {
     if !a.local
-        && let Some(url) = corral_host::client::reachable_server()
+        && let Some(server) = corral_host::client::Server::reachable()
     {
-        return super::remote::run(&url, &a);
+        return super::remote::run(&server, &a);
     }
     let (mref, model, load_time) = load_model(global, &a.load, &a.model)?;
     let options = sampling_options(&a, &mref.params)?;
