@@ -58,7 +58,18 @@ impl Server {
     }
 
     fn at(url: String) -> Result<Server> {
-        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build()?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        // The key the server requires, if it does (`CORRAL_API_KEY`).
+        if let Some(key) = std::env::var("CORRAL_API_KEY").ok().filter(|k| !k.trim().is_empty()) {
+            let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.trim()))
+                .context("CORRAL_API_KEY holds characters a header cannot carry")?;
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .default_headers(headers)
+            .build()?;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         Ok(Server { url, http, rt })
     }
@@ -147,6 +158,16 @@ impl Server {
             }
             Ok(())
         })
+    }
+
+    /// Hashes a local file and uploads it as a blob (unless the server has it); returns
+    /// its digest (`sha256:...`).
+    pub fn upload_file(&self, path: &std::path::Path) -> Result<String> {
+        let (digest, _) = corral_registry::store::hash_file(path, |_| {})
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let digest = digest.to_string();
+        self.upload_blob(path, &digest)?;
+        Ok(digest)
     }
 
     /// Uploads a file as a blob (`HEAD` first: a blob the server has is not sent).

@@ -81,6 +81,13 @@ pub struct ServerConfig {
     pub num_ctx: Option<u32>,
     /// Compute threads.
     pub threads: Option<u32>,
+    /// API keys requests must carry (one of them).
+    pub api_keys: Vec<String>,
+    /// A file of API keys, one per line.
+    pub api_key_file: Option<PathBuf>,
+    /// Directories whose model files may be named by path over HTTP (otherwise only
+    /// store names are accepted).
+    pub allow_model_paths: Vec<PathBuf>,
 }
 
 impl Config {

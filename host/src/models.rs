@@ -33,6 +33,11 @@ pub enum ModelsError {
     /// A path-like argument that names no file.
     #[error("model file {0} not found: it does not exist")]
     NoSuchFile(String),
+    /// A path from the network that the server does not serve.
+    #[error(
+        "model {0:?} is a file path, and this server takes model names only (start it with --allow-model-paths DIR to serve files under DIR)"
+    )]
+    PathNotAllowed(String),
     /// Not a valid model name.
     #[error("{0}")]
     InvalidName(#[source] corral_registry::Error),
@@ -47,6 +52,7 @@ impl ModelsError {
         match self {
             ModelsError::NotFound(_) | ModelsError::NoSuchFile(_) => ErrorClass::NotFound,
             ModelsError::InvalidName(_) => ErrorClass::BadInput,
+            ModelsError::PathNotAllowed(_) => ErrorClass::Forbidden,
             ModelsError::Store(e) => ErrorClass::of_registry(e),
         }
     }
@@ -151,13 +157,29 @@ pub fn jinja_template(name: &str, source: Option<&str>) -> Option<String> {
 }
 
 /// Which file paths a resolution accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathRule {
-    /// Any path that exists, relative to the working directory or absolute (the CLI).
+    /// Any path that exists, relative to the working directory or absolute (the CLI:
+    /// the person at the keyboard).
     Any,
-    /// Absolute paths only (the server: a client's working directory means nothing
-    /// there).
-    AbsoluteOnly,
+    /// Over the network: absolute paths of files under these directories only
+    /// (`--allow-model-paths`); none when empty, so a model name is a name, never a path.
+    Under(Vec<PathBuf>),
+}
+
+impl PathRule {
+    /// Whether `path` (which exists) may be used under this rule.
+    pub fn allows(&self, path: &Path) -> bool {
+        match self {
+            PathRule::Any => true,
+            PathRule::Under(dirs) => {
+                path.is_absolute()
+                    && path.canonicalize().is_ok_and(|p| {
+                        dirs.iter().any(|d| d.canonicalize().is_ok_and(|d| p.starts_with(d)))
+                    })
+            }
+        }
+    }
 }
 
 /// What a resolution needs besides the argument: the store (if any), which formats the
@@ -181,10 +203,25 @@ impl Resolver<'_> {
                 reason: "the model name is empty".into(),
             }));
         }
-        let p = expand_tilde(Path::new(arg));
-        let path_ok = self.paths == PathRule::Any || p.is_absolute();
-        if path_ok && p.exists() {
-            return self.resolve_path(arg, &p);
+        let p = if self.paths == PathRule::Any {
+            expand_tilde(Path::new(arg))
+        } else {
+            PathBuf::from(arg)
+        };
+        if p.is_absolute() || self.paths == PathRule::Any {
+            if p.exists() {
+                if !self.paths.allows(&p) {
+                    return Err(ModelsError::PathNotAllowed(arg.to_string()));
+                }
+                return self.resolve_path(arg, &p);
+            }
+            if self.paths != PathRule::Any && looks_like_path(arg) {
+                // Say the same for a path that does not exist: nothing about the server's
+                // disk is revealed.
+                if !matches!(&self.paths, PathRule::Under(d) if !d.is_empty()) {
+                    return Err(ModelsError::PathNotAllowed(arg.to_string()));
+                }
+            }
         }
         let name = match ModelName::parse(arg) {
             Ok(n) => n,
@@ -324,7 +361,7 @@ mod tests {
             .unwrap();
         let none = |_: &str| false;
         let r =
-            Resolver { store: Some(&store), plugin_formats: &none, paths: PathRule::AbsoluteOnly }
+            Resolver { store: Some(&store), plugin_formats: &none, paths: PathRule::Under(vec![]) }
                 .resolve("tiny")
                 .unwrap();
         assert_eq!(r.name, "tiny:latest");

@@ -149,6 +149,9 @@ impl Server {
         let mut c = corral(plugin_dirs);
         c.args(["serve", "--host", "127.0.0.1:0"]).args(args);
         c.env("CORRAL_LOG", "info");
+        // Tests name their generated model files by path: allow the temp directory (a
+        // server takes only store names unless told otherwise).
+        c.env("CORRAL_ALLOW_MODEL_PATHS", std::env::temp_dir());
         for (k, v) in env {
             c.env(k, v);
         }

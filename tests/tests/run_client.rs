@@ -29,11 +29,13 @@ fn run_talks_to_a_running_server_and_agrees_with_local_run() {
     assert!(out.status.success(), "{stderr}\nserver log:\n{}", server.log());
     assert_eq!(remote, local, "the server's greedy text differs from the in-process run");
     assert!(stderr.contains("eval count:"), "{stderr}");
+    assert!(stderr.contains("uploaded"), "{stderr}");
 
-    // The model stays loaded in the server: `corral ps` lists it.
+    // The file was uploaded and created as `tiny:<digest>`; it stays loaded in the
+    // server: `corral ps` lists it.
     let mut c = corral(&[]);
     c.env("CORRAL_HOST", &host).arg("ps");
     let (out, ps, stderr) = run(c);
     assert!(out.status.success(), "{stderr}");
-    assert!(ps.contains("tiny.gguf"), "{ps}");
+    assert!(ps.contains("tiny:"), "{ps}");
 }

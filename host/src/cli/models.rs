@@ -272,9 +272,7 @@ fn create_remote(
     match from {
         Some(FromSource::File(path)) => {
             eprintln!("transferring model data");
-            let (digest, _) = corral_registry::store::hash_file(&path, |_| {})?;
-            let digest = digest.to_string();
-            server.upload_blob(&path, &digest)?;
+            let digest = server.upload_file(&path)?;
             let file = path
                 .file_name()
                 .map_or_else(|| "model.gguf".into(), |f| f.to_string_lossy().into_owned());

@@ -55,12 +55,49 @@ fn options_json(a: &RunArgs) -> Result<Map<String, Value>> {
     Ok(o)
 }
 
-fn model_arg(a: &RunArgs) -> String {
-    // A file path travels as an absolute path, which the server accepts.
-    match std::path::Path::new(&a.model).canonicalize() {
-        Ok(p) if std::path::Path::new(&a.model).exists() => p.to_string_lossy().into_owned(),
-        _ => a.model.clone(),
+/// The model as the server knows it. A local file is uploaded (once: the server keeps
+/// its blobs) and created as `<file stem>:<first 12 hex digits of its digest>`, since a
+/// server takes model names, not paths of the client's disk.
+fn model_arg(server: &Server, a: &RunArgs) -> Result<String> {
+    let path = std::path::Path::new(&a.model);
+    if !path.exists() {
+        return Ok(a.model.clone());
     }
+    if path.is_dir() {
+        bail!(
+            "{} is a directory: run it in this process with --local, or create a model from it \
+             on the server's machine",
+            path.display()
+        );
+    }
+    let digest = server.upload_file(path)?;
+    let hex = digest.trim_start_matches("sha256:");
+    let stem: String = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default()
+        .chars()
+        .map(
+            |c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '-' },
+        )
+        .take(64)
+        .collect();
+    let stem = stem.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    let mut name =
+        format!("{}:{}", if stem.is_empty() { "model" } else { stem }, &hex[..12.min(hex.len())]);
+    if corral_registry::ModelName::parse(&name).is_err() {
+        name = format!("model:{}", &hex[..12.min(hex.len())]);
+    }
+    let known = server.json(reqwest::Method::POST, "/api/show", Some(&json!({"model": name})));
+    if known.is_err() {
+        let file = path
+            .file_name()
+            .map_or_else(|| "model.gguf".into(), |f| f.to_string_lossy().into_owned());
+        let body = json!({"model": name, "files": {file: digest}, "stream": false});
+        server.json(reqwest::Method::POST, "/api/create", Some(&body))?;
+        eprintln!("corral: uploaded {} to the server at {} as {name}", path.display(), server.url);
+    }
+    Ok(name)
 }
 
 /// Streams one request's NDJSON answer, printing text as it comes; returns the text.
@@ -105,7 +142,7 @@ fn stream(server: &Server, path: &str, body: &Value, verbose: bool) -> Result<St
 /// `corral run` against `server`.
 pub(crate) fn run(server: &Server, a: &RunArgs) -> Result<()> {
     let options = options_json(a)?;
-    let model = model_arg(a);
+    let model = model_arg(server, a)?;
     let url = &server.url;
     let one_shot = super::run::one_shot_prompt(&a.prompt)?;
     let mut messages: Vec<Value> = Vec::new();

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result};
 use clap::Args;
 use corral_host::{
+    config::ServerConfig,
     runtime::{GlobalOptions, Runtime},
-    server::{ServeOptions, Settings, serve_blocking, util::parse_duration},
+    server::{ServeOptions, Settings, guard::ApiKeys, serve_blocking, util::parse_duration},
 };
 use corral_plugin_host::{Isolation, Status};
 
@@ -52,6 +53,15 @@ pub(crate) struct ServeArgs {
     /// Seconds running requests get to finish at shutdown before they are cancelled.
     #[arg(long, env = "CORRAL_SHUTDOWN_GRACE", default_value_t = 10)]
     pub shutdown_grace: u64,
+    /// A file of API keys, one per line; requests must then carry one (`Authorization:
+    /// Bearer KEY` or `x-api-key: KEY`). Also `CORRAL_API_KEYS` (comma-separated) and the
+    /// config's `[server] api_keys` / `api_key_file`.
+    #[arg(long, env = "CORRAL_API_KEY_FILE", value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Let requests name model files under DIR by absolute path (repeatable; also
+    /// `CORRAL_ALLOW_MODEL_PATHS`, `:`-separated). Without it, a model is a store name.
+    #[arg(long = "allow-model-paths", value_name = "DIR")]
+    pub allow_model_paths: Vec<PathBuf>,
 }
 
 pub(crate) fn serve(global: &GlobalOptions, a: ServeArgs) -> Result<()> {
@@ -105,6 +115,7 @@ pub(crate) fn serve(global: &GlobalOptions, a: ServeArgs) -> Result<()> {
         num_ctx: a.num_ctx.or(cfg.num_ctx),
         threads: a.threads.or(cfg.threads).unwrap_or(0),
         backend: a.backend.clone(),
+        allow_model_paths: model_paths(&a.allow_model_paths, &cfg.allow_model_paths)?,
     };
     let mut origins = a.origins.clone();
     origins.extend(cfg.origins.iter().cloned());
@@ -117,6 +128,45 @@ pub(crate) fn serve(global: &GlobalOptions, a: ServeArgs) -> Result<()> {
         origins,
         models: a.models,
         shutdown_grace: std::time::Duration::from_secs(a.shutdown_grace),
+        api_keys: api_keys(a.api_key_file.as_deref(), cfg)?,
     };
     serve_blocking(rt, opts)
+}
+
+/// The API keys from `CORRAL_API_KEYS`, the key file (flag, else config) and the
+/// config's list. A key file that cannot be read is an error, not an open server.
+fn api_keys(flag_file: Option<&std::path::Path>, cfg: &ServerConfig) -> Result<ApiKeys> {
+    let mut keys: Vec<String> = std::env::var("CORRAL_API_KEYS")
+        .map(|v| v.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    keys.extend(cfg.api_keys.iter().cloned());
+    if let Some(file) = flag_file.or(cfg.api_key_file.as_deref()) {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the API key file {}", file.display()))?;
+        keys.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string),
+        );
+    }
+    Ok(ApiKeys::new(keys.iter().map(String::as_str)))
+}
+
+/// The directories whose files requests may name by path: flags, then
+/// `CORRAL_ALLOW_MODEL_PATHS`, then the config. Each must be an existing directory.
+fn model_paths(flags: &[PathBuf], cfg: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut dirs: Vec<PathBuf> = flags.to_vec();
+    if let Ok(env) = std::env::var("CORRAL_ALLOW_MODEL_PATHS") {
+        dirs.extend(env.split(':').filter(|s| !s.is_empty()).map(PathBuf::from));
+    }
+    dirs.extend(cfg.iter().cloned());
+    dirs.into_iter()
+        .map(|d| {
+            d.canonicalize()
+                .ok()
+                .filter(|c| c.is_dir())
+                .with_context(|| format!("--allow-model-paths {}: not a directory", d.display()))
+        })
+        .collect()
 }

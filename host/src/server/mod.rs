@@ -18,6 +18,7 @@
 //! running requests a grace period (`CORRAL_SHUTDOWN_GRACE`, 10 s) and then cancel them.
 
 pub mod generation;
+pub mod guard;
 pub mod logprobs;
 pub mod metrics;
 pub mod ollama;
@@ -67,6 +68,8 @@ pub struct AppState {
     pub origins: Vec<String>,
     /// The bound address.
     pub bound: SocketAddr,
+    /// API keys; when any is set, requests must carry one.
+    pub api_keys: guard::ApiKeys,
 }
 
 impl AppState {
@@ -89,68 +92,8 @@ pub struct ServeOptions {
     pub models: Option<std::path::PathBuf>,
     /// Grace period at shutdown before running requests are cancelled.
     pub shutdown_grace: Duration,
-}
-
-/// Whether `origin` is a local one (allowed by default), as Ollama's defaults.
-pub fn is_local_origin(origin: &str) -> bool {
-    for scheme in ["http://", "https://"] {
-        if let Some(rest) = origin.strip_prefix(scheme) {
-            let host = match rest.strip_prefix('[') {
-                Some(r) => r.split(']').next().unwrap_or(""),
-                None => rest.split(':').next().unwrap_or(""),
-            };
-            return matches!(host, "localhost" | "127.0.0.1" | "::1" | "0.0.0.0");
-        }
-    }
-    ["app://", "file://", "tauri://", "vscode-webview://", "vscode-file://"]
-        .iter()
-        .any(|p| origin.starts_with(p))
-}
-
-fn origin_allowed(origin: &str, extra: &[String]) -> bool {
-    is_local_origin(origin)
-        || extra.iter().any(|o| {
-            o == "*"
-                || o == origin
-                || o.strip_suffix('*').is_some_and(|prefix| origin.starts_with(prefix))
-        })
-}
-
-/// The DNS-rebinding check: with a loopback bind, `Host` must name this machine.
-pub fn host_allowed(host: Option<&str>, bound: &SocketAddr) -> bool {
-    if !bound.ip().is_loopback() {
-        return true;
-    }
-    let Some(host) = host else { return true };
-    let name = if let Some(r) = host.strip_prefix('[') {
-        r.split(']').next().unwrap_or("")
-    } else {
-        match host.rsplit_once(':') {
-            Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
-            _ => host,
-        }
-    };
-    let name = name.to_ascii_lowercase();
-    if name == "localhost" || name.ends_with(".localhost") {
-        return true;
-    }
-    match name.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip.is_loopback() || ip == bound.ip() || ip.is_unspecified(),
-        Err(_) => false,
-    }
-}
-
-async fn host_check(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
-    if !host_allowed(host, &state.bound) {
-        tracing::warn!(host = host.unwrap_or(""), "refused a request with a foreign Host header");
-        return ApiError {
-            status: StatusCode::FORBIDDEN,
-            message: "forbidden: the Host header does not name this server".into(),
-        }
-        .into_response();
-    }
-    next.run(req).await
+    /// API keys (`CORRAL_API_KEYS`, `--api-key-file`, config `api_keys`/`api_key_file`).
+    pub api_keys: guard::ApiKeys,
 }
 
 async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
@@ -245,7 +188,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let extra = state.origins.clone();
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::predicate(move |origin: &HeaderValue, _| {
-            origin.to_str().is_ok_and(|o| origin_allowed(o, &extra))
+            origin.to_str().is_ok_and(|o| guard::origin_allowed(o, &extra))
         }))
         .allow_methods([
             Method::GET,
@@ -272,9 +215,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .merge(api)
         .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn_with_state(state.clone(), guard::api_key_check))
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .layer(cors)
-        .layer(middleware::from_fn_with_state(state.clone(), host_check))
+        .layer(middleware::from_fn_with_state(state.clone(), guard::origin_check))
+        .layer(middleware::from_fn_with_state(state.clone(), guard::host_check))
         .with_state(state)
 }
 
@@ -323,6 +268,7 @@ pub fn serve_blocking(rt: Runtime, opts: ServeOptions) -> Result<()> {
             cancel_all: generation::new_cancel_flag(),
             origins: opts.origins.clone(),
             bound,
+            api_keys: opts.api_keys.clone(),
         });
         let reaper = {
             let sched = sched.clone();
@@ -340,6 +286,13 @@ pub fn serve_blocking(rt: Runtime, opts: ServeOptions) -> Result<()> {
             keep_alive = ?opts.settings.keep_alive,
             "scheduler settings"
         );
+        if !bound.ip().is_loopback() && !opts.api_keys.required() {
+            tracing::warn!(
+                "listening on {bound}, which other machines can reach, with no API key: anyone \
+                 who can reach it can run, pull, push and delete models; set CORRAL_API_KEYS \
+                 (or --api-key-file, or [server] api_keys) to require a key"
+            );
+        }
         eprintln!("listening on http://{bound}");
         let app = router(state.clone());
         let cancel = state.cancel_all.clone();
@@ -360,37 +313,4 @@ pub fn serve_blocking(rt: Runtime, opts: ServeOptions) -> Result<()> {
         tracing::info!("stopped");
         Ok(())
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_header_check() {
-        let lo: SocketAddr = "127.0.0.1:11434".parse().unwrap();
-        for ok in
-            ["localhost", "localhost:11434", "127.0.0.1:11434", "[::1]:11434", "app.localhost"]
-        {
-            assert!(host_allowed(Some(ok), &lo), "{ok}");
-        }
-        for bad in ["evil.com", "evil.com:11434", "127.0.0.1.nip.io", "localhost.evil.com"] {
-            assert!(!host_allowed(Some(bad), &lo), "{bad}");
-        }
-        assert!(host_allowed(None, &lo));
-        let any: SocketAddr = "0.0.0.0:11434".parse().unwrap();
-        assert!(host_allowed(Some("evil.com"), &any));
-    }
-
-    #[test]
-    fn cors_origins() {
-        assert!(is_local_origin("http://localhost:3000"));
-        assert!(is_local_origin("https://127.0.0.1"));
-        assert!(is_local_origin("http://[::1]:8080"));
-        assert!(!is_local_origin("http://evil.com"));
-        assert!(!is_local_origin("http://localhost.evil.com"));
-        assert!(origin_allowed("https://chat.example.org", &["https://chat.example.org".into()]));
-        assert!(origin_allowed("https://a.example.org", &["https://*".into()]));
-        assert!(!origin_allowed("https://chat.example.org", &[]));
-    }
 }

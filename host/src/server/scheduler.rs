@@ -60,6 +60,9 @@ pub struct Settings {
     pub threads: u32,
     /// Backend selector (`--backend`).
     pub backend: Option<String>,
+    /// Directories whose files requests may name by path (`--allow-model-paths`);
+    /// empty: model names only.
+    pub allow_model_paths: Vec<std::path::PathBuf>,
 }
 
 impl Default for Settings {
@@ -72,6 +75,7 @@ impl Default for Settings {
             num_ctx: None,
             threads: 0,
             backend: None,
+            allow_model_paths: Vec::new(),
         }
     }
 }
@@ -274,7 +278,7 @@ impl Scheduler {
         let resolver = Resolver {
             store: self.store.as_ref(),
             plugin_formats: &declares,
-            paths: PathRule::AbsoluteOnly,
+            paths: PathRule::Under(self.settings.allow_model_paths.clone()),
         };
         resolver.resolve(name).map_err(ApiError::from)
     }

@@ -211,6 +211,42 @@ fn structured_modelfile(store: &Store, req: &CreateRequest) -> Result<Modelfile,
     Ok(Modelfile { commands })
 }
 
+/// Refuses a Modelfile whose `FROM` or `ADAPTER` names a file of the server's machine
+/// outside the directories `--allow-model-paths` allows: over the network a model comes
+/// from the store or from blobs the client uploaded, never from an arbitrary path.
+fn check_local_files(
+    mf: &Modelfile,
+    store: &Store,
+    allowed: &crate::models::PathRule,
+) -> Result<(), ApiError> {
+    let blobs = store.root().join("blobs");
+    for cmd in &mf.commands {
+        let (Directive::From(v) | Directive::Adapter(v)) = &cmd.directive else { continue };
+        let p = std::path::Path::new(v);
+        let path_like = p.is_absolute()
+            || v.starts_with("./")
+            || v.starts_with("../")
+            || v.starts_with('~')
+            || v.to_ascii_lowercase().ends_with(".gguf")
+            || std::path::Path::new("/").join(p).exists() && v.contains('/');
+        if !path_like {
+            continue;
+        }
+        let uploaded =
+            p.canonicalize().is_ok_and(|c| blobs.canonicalize().is_ok_and(|b| c.starts_with(b)));
+        if uploaded || (p.is_absolute() && p.exists() && allowed.allows(p)) {
+            continue;
+        }
+        return Err(ApiError::forbidden(format!(
+            "line {}: {v:?} is a file path; over HTTP a model comes from the store or from uploaded blobs \
+             (POST /api/blobs/DIGEST, then files in /api/create; `corral create` does this), or from \
+             files under a directory the server allows with --allow-model-paths",
+            cmd.line
+        )));
+    }
+    Ok(())
+}
+
 /// `POST /api/create`.
 pub async fn create(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let req: CreateRequest = parse_body(&body)?;
@@ -222,6 +258,7 @@ pub async fn create(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
     let store = store_of(&state)?;
     let stream = req.stream != Some(false);
     let created = name.to_string();
+    let allowed = crate::models::PathRule::Under(state.sched.settings.allow_model_paths.clone());
     let lines = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, ApiError> {
         let mf = match &req.modelfile {
             Some(text) if !text.trim().is_empty() => {
@@ -229,6 +266,7 @@ pub async fn create(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
             }
             _ => structured_modelfile(&store, &req)?,
         };
+        check_local_files(&mf, &store, &allowed)?;
         let mut lines = Vec::new();
         let mut progress = |s: &str| lines.push(json!({"status": s}));
         modelfile::create(

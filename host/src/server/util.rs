@@ -36,6 +36,10 @@ impl ApiError {
     pub fn busy(msg: impl Into<String>) -> Self {
         ApiError { status: StatusCode::SERVICE_UNAVAILABLE, message: msg.into() }
     }
+    /// 403 with `msg`.
+    pub fn forbidden(msg: impl Into<String>) -> Self {
+        ApiError { status: StatusCode::FORBIDDEN, message: msg.into() }
+    }
     /// The model was not found (Ollama's wording).
     pub fn model_not_found(name: &str) -> Self {
         Self::not_found(format!("model \"{name}\" not found, try pulling it first"))

@@ -1,0 +1,232 @@
+//! A server that is safe to expose, end to end against the real binary: API keys, no
+//! cross-site requests, and no file paths from the network. After each attack the
+//! server still serves.
+
+use std::{path::Path, time::Duration};
+
+use corral_e2e::*;
+use serde_json::{Value, json};
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
+}
+
+fn status_and_json(r: reqwest::blocking::Response) -> (u16, Value) {
+    let status = r.status().as_u16();
+    let text = r.text().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// A server on a fresh store with the example plugin, a toy model file, and `vars`.
+fn start(dir: &Path, vars: &[(&str, &str)]) -> (Server, String) {
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    example_plugin_dir(&plugins);
+    let model = dir.join("m.toy");
+    std::fs::write(&model, "toy weights").unwrap();
+    let store = dir.join("store").to_string_lossy().into_owned();
+    let mut all = vec![("CORRAL_MODELS", store.as_str())];
+    all.extend_from_slice(vars);
+    (Server::start(&[plugins.as_path()], &all, &[]), model.to_string_lossy().into_owned())
+}
+
+#[test]
+fn api_keys_guard_every_endpoint_but_health_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, model) = start(dir.path(), &[("CORRAL_API_KEYS", "k-one, k-two")]);
+    let get = |path: &str, auth: Option<(&str, &str)>| {
+        let mut r = client().get(format!("{}{path}", s.url));
+        if let Some((h, v)) = auth {
+            r = r.header(h, v);
+        }
+        status_and_json(r.send().unwrap())
+    };
+    // Health checks stay open.
+    assert_eq!(get("/", None).0, 200);
+    assert_eq!(get("/api/version", None).0, 200);
+    assert_eq!(client().head(&s.url).send().unwrap().status().as_u16(), 200);
+    // Everything else needs a key, in the API's own error shape.
+    let (st, v) = get("/api/tags", None);
+    assert_eq!(st, 401, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("API key"), "{v}");
+    let (st, v) = get("/v1/models", None);
+    assert_eq!(st, 401, "{v}");
+    assert_eq!(v["error"]["code"], "invalid_api_key", "{v}");
+    let (st, _) = get("/api/tags", Some(("Authorization", "Bearer wrong")));
+    assert_eq!(st, 401);
+    assert_eq!(get("/api/tags", Some(("Authorization", "Bearer k-one"))).0, 200);
+    assert_eq!(get("/api/tags", Some(("authorization", "bearer k-two"))).0, 200);
+    assert_eq!(get("/v1/models", Some(("x-api-key", "k-two"))).0, 200);
+    let body =
+        json!({"model": model, "prompt": "hi", "stream": false, "options": {"num_predict": 2}});
+    let r = client().post(format!("{}/api/generate", s.url)).json(&body).send().unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = client()
+        .post(format!("{}/api/generate", s.url))
+        .bearer_auth("k-one")
+        .json(&body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    // The CLI sends CORRAL_API_KEY.
+    let host = s.url.trim_start_matches("http://").to_string();
+    let mut c = corral(&[]);
+    c.env("CORRAL_HOST", &host).env("CORRAL_API_KEY", "k-two").arg("ps");
+    let (out, stdout, stderr) = run(c);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("m.toy"), "{stdout}");
+    let mut c = corral(&[]);
+    c.env("CORRAL_HOST", &host).env_remove("CORRAL_API_KEY").arg("ps");
+    let (out, _, stderr) = run(c);
+    assert!(!out.status.success(), "ps without a key: {stderr}");
+    assert!(stderr.contains("API key"), "{stderr}");
+    // Keys never reach the log.
+    let log = s.log();
+    assert!(!log.contains("k-one") && !log.contains("k-two") && !log.contains("wrong"), "{log}");
+}
+
+#[test]
+fn a_key_file_and_the_warning_for_an_open_network_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "# operators\nfile-key\n\n").unwrap();
+    let keys_s = keys.to_string_lossy().into_owned();
+    let (s, _) = start(dir.path(), &[("CORRAL_API_KEY_FILE", keys_s.as_str())]);
+    let r = client().get(format!("{}/api/tags", s.url)).send().unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = client().get(format!("{}/api/tags", s.url)).bearer_auth("file-key").send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    drop(s);
+    // Bound to every interface with no key: a warning that names the risk and the fix.
+    let plugins = dir.path().join("plugins");
+    let mut c = corral(&[plugins.as_path()]);
+    c.args(["serve", "--host", "0.0.0.0:0"]).env("CORRAL_LOG", "info");
+    c.stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut log = String::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+        log.push_str(&line);
+        log.push('\n');
+        if line.starts_with("listening on") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(log.contains("no API key") && log.contains("CORRAL_API_KEYS"), "{log}");
+}
+
+#[test]
+fn cross_site_requests_are_refused_before_any_handler() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, model) = start(dir.path(), &[("CORRAL_ORIGINS", "https://*.example.com")]);
+    // A model loaded, so the server is warm.
+    let body = json!({"model": model, "prompt": "", "stream": false});
+    assert_eq!(
+        client()
+            .post(format!("{}/api/generate", s.url))
+            .json(&body)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    let copy = |headers: &[(&str, &str)], dst: &str| {
+        let mut r = client()
+            .post(format!("{}/api/copy", s.url))
+            .header("Content-Type", "text/plain")
+            .body(json!({"source": "nothing-here", "destination": dst}).to_string());
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        status_and_json(r.send().unwrap())
+    };
+    // A simple (no-preflight) cross-site POST from a page the user visits.
+    let (st, v) = copy(&[("Origin", "https://evil.example")], "stolen");
+    assert_eq!(st, 403, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("evil.example"), "{v}");
+    let (st, _) = copy(&[("Sec-Fetch-Site", "cross-site")], "stolen");
+    assert_eq!(st, 403);
+    let (st, _) = copy(&[("Origin", "https://app.example.com.evil.net")], "stolen");
+    assert_eq!(st, 403);
+    let (st, _) = copy(&[("Origin", "null")], "stolen");
+    assert_eq!(st, 403);
+    // The same preflight is refused too.
+    let r = client()
+        .request(reqwest::Method::OPTIONS, format!("{}/api/delete", s.url))
+        .header("Origin", "https://evil.example")
+        .header("Access-Control-Request-Method", "DELETE")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    // Allowed origins and clients without one reach the handler (which says the source
+    // model is missing: 404, not 403).
+    for headers in [
+        vec![("Origin", "http://localhost:3000")],
+        vec![("Origin", "https://app.example.com")],
+        vec![("Sec-Fetch-Site", "same-origin")],
+        vec![],
+    ] {
+        let (st, v) = copy(&headers, "fine");
+        assert_eq!(st, 404, "{headers:?}: {v}");
+    }
+    // curl -d without a content type still works.
+    let r = client()
+        .post(format!("{}/api/show", s.url))
+        .body(json!({"model": "nothing-here"}).to_string())
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let (st, tags) = status_and_json(client().get(format!("{}/api/tags", s.url)).send().unwrap());
+    assert_eq!(st, 200);
+    assert!(!tags.to_string().contains("stolen"), "{tags}");
+}
+
+#[test]
+fn model_names_are_never_paths_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    // No --allow-model-paths: the test helper's default (the temp directory) is cleared.
+    let (s, model) = start(dir.path(), &[("CORRAL_ALLOW_MODEL_PATHS", "")]);
+    let post = |path: &str, body: Value| {
+        status_and_json(client().post(format!("{}{path}", s.url)).json(&body).send().unwrap())
+    };
+    for name in [model.as_str(), "/etc/passwd", "/nonexistent/x.gguf"] {
+        let (st, v) =
+            post("/api/generate", json!({"model": name, "prompt": "hi", "stream": false}));
+        assert_eq!(st, 403, "{name}: {v}");
+        assert!(v["error"].as_str().unwrap().contains("--allow-model-paths"), "{v}");
+    }
+    let (st, v) = post("/api/create", json!({"model": "x", "modelfile": "FROM /etc/passwd\n"}));
+    assert_eq!(st, 403, "{v}");
+    let (st, v) = post("/api/create", json!({"model": "x", "from": model}));
+    assert_eq!(st, 403, "{v}");
+    let (st, v) = post("/api/create", json!({"model": "x", "modelfile": "FROM ../../etc/hosts\n"}));
+    assert_eq!(st, 403, "{v}");
+    drop(s);
+    // Allowed under one directory: files there work, others do not.
+    let allowed = dir.path().join("allowed");
+    std::fs::create_dir_all(&allowed).unwrap();
+    let inside = allowed.join("in.toy");
+    std::fs::write(&inside, "toy weights inside").unwrap();
+    let allowed_s = allowed.to_string_lossy().into_owned();
+    let (s, outside) = start(dir.path(), &[("CORRAL_ALLOW_MODEL_PATHS", allowed_s.as_str())]);
+    let post = |path: &str, body: Value| {
+        status_and_json(client().post(format!("{}{path}", s.url)).json(&body).send().unwrap())
+    };
+    let (st, v) = post(
+        "/api/generate",
+        json!({"model": inside, "prompt": "hi", "stream": false, "options": {"num_predict": 2}}),
+    );
+    assert_eq!(st, 200, "{v}");
+    let (st, _) = post("/api/generate", json!({"model": outside, "prompt": "hi", "stream": false}));
+    assert_eq!(st, 403);
+    // A symbolic link out of the allowed directory does not count as inside.
+    let link = allowed.join("escape.toy");
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+    let (st, _) = post("/api/generate", json!({"model": link, "prompt": "hi", "stream": false}));
+    assert_eq!(st, 403);
+    let r = client().get(format!("{}/api/version", s.url)).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
