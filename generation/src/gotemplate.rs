@@ -73,9 +73,62 @@ pub fn is_go_template(src: &str) -> bool {
     !any
 }
 
-/// A template ready for the Jinja renderer: Go templates translated, Jinja as is.
+/// The largest template source accepted (Go or Jinja): real chat templates are a few KiB.
+pub const MAX_TEMPLATE_BYTES: usize = 256 << 10;
+/// The deepest nesting of `if`/`range`/`with`/`block`/`define` accepted; real templates
+/// nest a handful of levels. Deeper ones are refused before the parser recurses.
+pub const MAX_NESTING: usize = 64;
+/// The deepest nesting of parentheses in one action.
+pub const MAX_PARENS: usize = 32;
+
+/// A template ready for the Jinja renderer: Go templates translated, Jinja as is. A
+/// source over [`MAX_TEMPLATE_BYTES`] is refused.
 pub fn prepare(src: &str) -> Result<String> {
+    if src.len() > MAX_TEMPLATE_BYTES {
+        return err(
+            0,
+            format!(
+                "the template has {} bytes; at most {MAX_TEMPLATE_BYTES} are accepted",
+                src.len()
+            ),
+        );
+    }
     if is_go_template(src) { to_jinja(src) } else { Ok(src.to_string()) }
+}
+
+/// Refuses templates that nest deeper than [`MAX_NESTING`] blocks or [`MAX_PARENS`]
+/// parentheses, before anything recurses over them.
+fn check_nesting(items: &[Item]) -> Result<()> {
+    let mut depth = 0usize;
+    for item in items {
+        let Item::Action { line, toks } = item else { continue };
+        let mut parens = 0usize;
+        for t in toks {
+            match t.tok {
+                Tok::LParen => {
+                    parens += 1;
+                    if parens > MAX_PARENS {
+                        return err(*line, format!("parentheses nest deeper than {MAX_PARENS}"));
+                    }
+                }
+                Tok::RParen => parens = parens.saturating_sub(1),
+                _ => {}
+            }
+        }
+        match toks.first().map(|t| &t.tok) {
+            Some(Tok::Ident(k))
+                if matches!(k.as_str(), "if" | "range" | "with" | "block" | "define") =>
+            {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return err(*line, format!("blocks nest deeper than {MAX_NESTING} levels"));
+                }
+            }
+            Some(Tok::Ident(k)) if k == "end" => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1217,6 +1270,7 @@ const COLLATE: &str = concat!(
 /// output for the conversations Ollama renders (see the module docs).
 pub fn to_jinja(src: &str) -> Result<String> {
     let items = lex(src)?;
+    check_nesting(&items)?;
     let mut parser = Parser { items, pos: 0 };
     let (mut nodes, _) = parser.parse_list(true)?;
     let mut idents = BTreeSet::new();
@@ -1702,6 +1756,25 @@ last={{ $lastUser }} n={{ len .Messages }}
             "<|im_start|>user\nA<|im_end|>\n<|im_start|>assistant\nB<|im_end|>\n\
              <|im_start|>user\nC /no_think<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
         );
+    }
+
+    #[test]
+    fn hostile_nesting_and_size_are_refused() {
+        // The attack as sent: 20,000 nested blocks are refused (by size, here) ...
+        let deep = format!("{}x{}", "{{if .System}}".repeat(20_000), "{{end}}".repeat(20_000));
+        assert!(prepare(&deep).is_err());
+        // ... and so are 2,000, by depth, before the parser recurses.
+        let deep = format!("{}x{}", "{{if .System}}".repeat(2_000), "{{end}}".repeat(2_000));
+        let e = prepare(&deep).unwrap_err().to_string();
+        assert!(e.contains("nest deeper"), "{e}");
+        let parens =
+            format!("{{{{ .Prompt }}}}{{{{ {}.System{} }}}}", "(".repeat(1000), ")".repeat(1000));
+        let e = prepare(&parens).unwrap_err().to_string();
+        assert!(e.contains("parentheses"), "{e}");
+        let big = "{{ .Prompt }}".to_string() + &"x".repeat(MAX_TEMPLATE_BYTES);
+        assert!(prepare(&big).unwrap_err().to_string().contains("bytes"));
+        let ok = format!("{}x{}", "{{if .System}}".repeat(10), "{{end}}".repeat(10));
+        assert!(prepare(&ok).is_ok());
     }
 
     #[test]

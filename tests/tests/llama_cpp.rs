@@ -247,10 +247,13 @@ fn modelfile_messages_reach_api_chat() {
 }
 
 /// The real case of an engine that aborts: a GGUF whose vocabulary holds one token
-/// string twice makes llama.cpp abort while it loads. In `corral serve`'s default
-/// process isolation that ends only the model's worker: the request gets a clear error,
-/// the server and a second model keep serving, through `/api/generate` and through
-/// `/api/create` followed by `/api/chat`.
+/// string twice makes llama.cpp abort while it loads (`GGML_ASSERT`). Two lines of
+/// defence: the plugin checks the vocabulary first and refuses the file with a clear
+/// error; with that check switched off (`skip_vocabulary_check`, for this test), llama.cpp
+/// aborts, and in `corral serve`'s default process isolation that ends only the model's
+/// worker. Either way the request gets a clear error and the server and a second model
+/// keep serving, through `/api/generate` and through `/api/create` followed by
+/// `/api/chat`.
 #[test]
 fn a_gguf_that_aborts_llama_cpp_ends_only_its_worker() {
     let dir = tempfile::tempdir().unwrap();
@@ -259,52 +262,104 @@ fn a_gguf_that_aborts_llama_cpp_ends_only_its_worker() {
     generate_model(&good, "tiny", "f32");
     let bad = dir.path().join("dup-vocab.gguf");
     duplicate_vocab_entry(&good, &bad);
-    let store = dir.path().join("store").to_string_lossy().into_owned();
+    let unchecked = dir.path().join("unchecked.toml");
+    std::fs::write(&unchecked, "[backends.llama-cpp]\nskip_vocabulary_check = true\n").unwrap();
+    for (checked, says) in [(true, "appears twice"), (false, "GGML_ASSERT")] {
+        let store = dir.path().join(format!("store-{checked}")).to_string_lossy().into_owned();
+        let mut args: Vec<&str> = Vec::new();
+        let unchecked_s = unchecked.to_string_lossy().into_owned();
+        if !checked {
+            args.extend(["--config", unchecked_s.as_str()]);
+        }
+        let server = Server::start(
+            &[plugin.as_path()],
+            &[("CORRAL_MODELS", store.as_str()), ("CORRAL_BACKEND", "llama-cpp")],
+            &args,
+        );
+        let client = reqwest::blocking::Client::builder()
+            .timeout(std::time::Duration::from_secs(120))
+            .build()
+            .unwrap();
+        let post = |path: &str, body: serde_json::Value| {
+            let r = client.post(format!("{}{path}", server.url)).json(&body).send().unwrap();
+            let status = r.status().as_u16();
+            let text = r.text().unwrap();
+            (status, serde_json::from_str::<serde_json::Value>(&text).unwrap_or(text.into()))
+        };
+        let generate = |model: &str| {
+            post(
+                "/api/generate",
+                serde_json::json!({"model": model, "prompt": "Hello", "stream": false,
+                                   "options": {"num_predict": 4}}),
+            )
+        };
+        let good_s = good.to_string_lossy().into_owned();
+        assert_eq!(generate(&good_s).0, 200, "the good model serves");
+        let (st, v) = generate(&bad.to_string_lossy());
+        println!("vocabulary check {checked}: /api/generate: {st} {v}");
+        assert!(st >= 400, "{v}");
+        let msg = v["error"].as_str().unwrap_or_default();
+        assert!(msg.contains("could not load") && msg.contains(says), "{msg}");
+        if !checked {
+            assert!(msg.contains("SIGABRT"), "{msg}");
+        }
+        let r = client.get(format!("{}/api/version", server.url)).send().unwrap();
+        assert_eq!(r.status().as_u16(), 200, "the server is still up");
+        assert_eq!(generate(&good_s).0, 200, "the good model still serves");
+        // Through the store: create from the bad file, then chat with it.
+        let (st, v) =
+            post("/api/create", serde_json::json!({"model": "dup", "from": bad, "stream": false}));
+        assert_eq!(st, 200, "create: {v}");
+        let (st, v) = post(
+            "/api/chat",
+            serde_json::json!({"model": "dup", "stream": false,
+                               "messages": [{"role": "user", "content": "hi"}]}),
+        );
+        println!("vocabulary check {checked}: /api/chat on the created model: {st} {v}");
+        assert!(st >= 400, "{v}");
+        assert!(v["error"].as_str().unwrap_or_default().contains(says), "{v}");
+        assert_eq!(generate(&good_s).0, 200, "the good model still serves after the chat");
+    }
+}
+
+/// A model whose `num_ctx` asks for a KV cache larger than the machine's memory is
+/// refused with the numbers (507, as an engine out of memory), before anything is
+/// allocated; the server goes on serving.
+#[test]
+fn a_kv_cache_that_cannot_fit_is_refused_before_loading() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(plugin) = llama_cpp_plugin_dir(dir.path()) else { return };
+    let model = dir.path().join("tiny-f32.gguf");
+    generate_model(&model, "tiny", "f32");
+    let store = dir.path().join("store");
+    let modelfile = dir.path().join("Modelfile");
+    std::fs::write(&modelfile, format!("FROM {}\nPARAMETER num_ctx 2000000000\n", model.display()))
+        .unwrap();
+    let mut c = corral(&[plugin.as_path()]);
+    c.env("CORRAL_MODELS", &store).args(["create", "huge", "--local", "-f"]).arg(&modelfile);
+    let (out, _, stderr) = run(c);
+    assert!(out.status.success(), "{stderr}");
+    let store_s = store.to_string_lossy().into_owned();
     let server = Server::start(
         &[plugin.as_path()],
-        &[("CORRAL_MODELS", store.as_str()), ("CORRAL_BACKEND", "llama-cpp")],
+        &[("CORRAL_MODELS", store_s.as_str()), ("CORRAL_BACKEND", "llama-cpp")],
         &[],
     );
-    let client = reqwest::blocking::Client::builder()
-        .timeout(std::time::Duration::from_secs(120))
-        .build()
-        .unwrap();
-    let post = |path: &str, body: serde_json::Value| {
-        let r = client.post(format!("{}{path}", server.url)).json(&body).send().unwrap();
+    let post = |model: &str| {
+        let r = reqwest::blocking::Client::new()
+            .post(format!("{}/api/generate", server.url))
+            .json(&serde_json::json!({"model": model, "prompt": "hi", "stream": false,
+                                      "options": {"num_predict": 2}}))
+            .timeout(std::time::Duration::from_secs(120))
+            .send()
+            .unwrap();
         let status = r.status().as_u16();
-        let text = r.text().unwrap();
-        (status, serde_json::from_str::<serde_json::Value>(&text).unwrap_or(text.into()))
+        (status, r.json::<serde_json::Value>().unwrap())
     };
-    let generate = |model: &str| {
-        post(
-            "/api/generate",
-            serde_json::json!({"model": model, "prompt": "Hello", "stream": false,
-                               "options": {"num_predict": 4}}),
-        )
-    };
-    let good_s = good.to_string_lossy().into_owned();
-    assert_eq!(generate(&good_s).0, 200, "the good model serves");
-    let (st, v) = generate(&bad.to_string_lossy());
-    println!("/api/generate on the duplicated vocabulary: {st} {v}");
-    assert!(st >= 400, "{v}");
+    let (st, v) = post("huge");
+    println!("{st} {v}");
+    assert_eq!(st, 507, "{v}");
     let msg = v["error"].as_str().unwrap_or_default();
-    assert!(msg.contains("could not load"), "{msg}");
-    assert!(msg.contains("SIGABRT") && msg.contains("GGML_ASSERT"), "{msg}");
-    let r = client.get(format!("{}/api/version", server.url)).send().unwrap();
-    assert_eq!(r.status().as_u16(), 200, "the server is still up");
-    assert_eq!(generate(&good_s).0, 200, "the good model still serves");
-    // Through the store: create from the bad file, then chat with it.
-    let (st, v) =
-        post("/api/create", serde_json::json!({"model": "dup", "from": bad, "stream": false}));
-    assert_eq!(st, 200, "create: {v}");
-    let (st, v) = post(
-        "/api/chat",
-        serde_json::json!({"model": "dup", "stream": false,
-                           "messages": [{"role": "user", "content": "hi"}]}),
-    );
-    println!("/api/chat on the created model: {st} {v}");
-    assert!(st >= 400, "{v}");
-    assert_eq!(generate(&good_s).0, 200, "the good model still serves after the chat");
-    let log = server.log();
-    assert!(log.contains("engine worker"), "the worker's end is in the log:\n{log}");
+    assert!(msg.contains("num_ctx") && msg.contains("MiB"), "{msg}");
+    assert_eq!(post(&model.to_string_lossy()).0, 200, "the server still serves");
 }

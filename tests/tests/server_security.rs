@@ -230,3 +230,39 @@ fn model_names_are_never_paths_unless_allowed() {
     let r = client().get(format!("{}/api/version", s.url)).send().unwrap();
     assert_eq!(r.status().as_u16(), 200);
 }
+
+/// The request that used to overflow the server's stack: a template of 20,000 nested
+/// blocks. It gets a 400 that says why, and the server goes on serving.
+#[test]
+fn a_hostile_template_is_refused_and_the_server_stays_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, model) = start(dir.path(), &[]);
+    let post = |body: Value| {
+        status_and_json(
+            client().post(format!("{}/api/generate", s.url)).json(&body).send().unwrap(),
+        )
+    };
+    for (what, template) in [
+        (
+            "20,000 nested blocks",
+            format!("{}x{}", "{{if .System}}".repeat(20_000), "{{end}}".repeat(20_000)),
+        ),
+        (
+            "2,000 nested blocks",
+            format!("{}x{}", "{{if .System}}".repeat(2_000), "{{end}}".repeat(2_000)),
+        ),
+        (
+            "deep Jinja",
+            format!("{}x{}", "{% if true %}".repeat(5_000), "{% endif %}".repeat(5_000)),
+        ),
+    ] {
+        let (st, v) =
+            post(json!({"model": model, "prompt": "hi", "stream": false, "template": template}));
+        println!("{what}: {st} {}", v["error"]);
+        assert_eq!(st, 400, "{what}: {v}");
+    }
+    let (st, v) = post(
+        json!({"model": model, "prompt": "hi", "stream": false, "options": {"num_predict": 2}}),
+    );
+    assert_eq!(st, 200, "{v}");
+}

@@ -30,7 +30,7 @@ pub struct GgufSummary {
 }
 
 /// Checks `path` as described in the module docs and summarises its metadata.
-pub fn check_gguf(path: &Path) -> Result<GgufSummary, BackendError> {
+pub fn check_gguf(path: &Path, vocabulary: bool) -> Result<GgufSummary, BackendError> {
     let meta = std::fs::metadata(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             BackendError::not_found(format!("model file {} does not exist", path.display()))
@@ -76,7 +76,60 @@ pub fn check_gguf(path: &Path) -> Result<GgufSummary, BackendError> {
     let guard = GgufCtx(ctx);
     let summary = summarise(&guard, path, meta.len());
     drop(guard);
-    summary
+    let summary = summary?;
+    if vocabulary {
+        check_vocabulary(path)?;
+    }
+    Ok(summary)
+}
+
+/// The vocabulary checks llama.cpp asserts on instead of failing: a token string held
+/// twice (`GGML_ASSERT(id_to_token.size() == token_to_id.size())` aborts the process), a
+/// vocabulary whose size differs from the embedding and output tensors' rows, and BPE
+/// merges that name tokens the vocabulary lacks. Metadata only, read with corral-gguf's
+/// bounded reader.
+fn check_vocabulary(path: &Path) -> Result<(), BackendError> {
+    let bad = |what: String| {
+        BackendError::invalid(format!(
+            "{} has a broken vocabulary: {what}; llama.cpp would abort on it",
+            path.display()
+        ))
+    };
+    let Ok(g) = corral_gguf::reader::GgufFile::open(path) else { return Ok(()) };
+    let Some(tokens) = g.get_str_array("tokenizer.ggml.tokens") else { return Ok(()) };
+    let mut ids: std::collections::HashMap<&str, usize> =
+        std::collections::HashMap::with_capacity(tokens.len());
+    for (id, t) in tokens.iter().enumerate() {
+        if let Some(first) = ids.insert(t, id) {
+            return Err(bad(format!("the token {t:?} appears twice (ids {first} and {id})")));
+        }
+    }
+    for name in ["token_embd.weight", "output.weight"] {
+        if let Some(rows) = g.tensor(name).and_then(|t| t.dims.get(1).copied())
+            && rows != tokens.len() as u64
+        {
+            return Err(bad(format!(
+                "it lists {} tokens but {name} has {rows} rows",
+                tokens.len()
+            )));
+        }
+    }
+    if let Some(merges) = g.get_str_array("tokenizer.ggml.merges") {
+        for (i, m) in merges.iter().enumerate() {
+            let Some((a, b)) = m.split_once(' ') else {
+                return Err(bad(format!("merge {i} ({m:?}) is not two tokens")));
+            };
+            let joined = format!("{a}{b}");
+            for part in [a, b, joined.as_str()] {
+                if !ids.contains_key(part) {
+                    return Err(bad(format!(
+                        "merge {i} ({m:?}) names {part:?}, which is no token"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Owns a `gguf_context` and frees it.
@@ -173,7 +226,7 @@ mod tests {
 
     #[test]
     fn missing_file_is_not_found() {
-        let e = check_gguf(Path::new("/nonexistent/model.gguf")).unwrap_err();
+        let e = check_gguf(Path::new("/nonexistent/model.gguf"), true).unwrap_err();
         assert_eq!(e.kind, ErrorKind::NotFound);
     }
 
@@ -182,11 +235,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.gguf");
         std::fs::write(&p, b"PK\x03\x04 not a model").unwrap();
-        let e = check_gguf(&p).unwrap_err();
+        let e = check_gguf(&p, true).unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidInput);
         assert!(e.message().contains("not a GGUF file"), "{}", e.message());
         std::fs::write(&p, b"GG").unwrap();
-        assert!(check_gguf(&p).unwrap_err().message().contains("not a GGUF file"));
+        assert!(check_gguf(&p, true).unwrap_err().message().contains("not a GGUF file"));
     }
 
     #[test]
@@ -194,7 +247,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.gguf");
         std::fs::write(&p, b"GGUF\x03\x00\x00\x00\xff\xff").unwrap();
-        let e = check_gguf(&p).unwrap_err();
+        let e = check_gguf(&p, true).unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidInput);
     }
 

@@ -63,6 +63,10 @@ pub struct Settings {
     /// Directories whose files requests may name by path (`--allow-model-paths`);
     /// empty: model names only.
     pub allow_model_paths: Vec<std::path::PathBuf>,
+    /// Whether `/api/pull` and `/api/push` may speak plain HTTP to a registry when a
+    /// request asks for it (`insecure: true`); otherwise such a request gets 403
+    /// (`--allow-insecure-registries`).
+    pub allow_insecure_registries: bool,
 }
 
 impl Default for Settings {
@@ -76,6 +80,7 @@ impl Default for Settings {
             threads: 0,
             backend: None,
             allow_model_paths: Vec::new(),
+            allow_insecure_registries: false,
         }
     }
 }
@@ -226,26 +231,43 @@ pub struct Scheduler {
     pub metrics: Arc<Metrics>,
 }
 
-/// Memory estimate: the weights file plus an f16 KV cache for `n_parallel` sequences
-/// of `num_ctx` positions (2 × n_layer × n_ctx × n_embd_kv × 2 bytes); `num_ctx: None`
-/// takes the context-length rule's default for the file's own training context.
-pub fn estimate_memory(path: &std::path::Path, num_ctx: Option<u32>, n_parallel: u32) -> u64 {
+/// What a model needs in memory, estimated before it loads.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryEstimate {
+    /// Bytes: the weights file plus an f16 KV cache for every sequence.
+    pub bytes: u64,
+    /// The context per sequence the estimate assumes.
+    pub num_ctx: u32,
+}
+
+/// Memory estimate: the weights file plus an f16 KV cache for `n_parallel` sequences of
+/// `num_ctx` positions (2 × n_layer × n_ctx × n_embd_kv × 2 bytes, saturating: a file's
+/// hostile hyperparameters cannot overflow it); `num_ctx: None` takes the context-length
+/// rule's default for the file's own training context.
+pub fn estimate_memory(
+    path: &std::path::Path,
+    num_ctx: Option<u32>,
+    n_parallel: u32,
+) -> MemoryEstimate {
     let file = std::fs::metadata(path).map_or(0, |m| m.len());
-    let Ok(g) = corral_gguf::reader::GgufFile::open(path) else { return file };
+    let Ok(g) = corral_gguf::reader::GgufFile::open(path) else {
+        return MemoryEstimate { bytes: file, num_ctx: num_ctx.unwrap_or(0) };
+    };
     let arch = g.architecture().unwrap_or("llama").to_string();
     let get = |k: &str| {
         g.get_u64(&format!("{arch}.{k}"))
             .or_else(|| g.get_u32(&format!("{arch}.{k}")).map(u64::from))
     };
     let trained = get("context_length").and_then(|c| u32::try_from(c).ok()).unwrap_or(0);
-    let n_ctx_total = u64::from(num_ctx.unwrap_or_else(|| context_length(None, None, trained)))
-        * u64::from(n_parallel);
+    let num_ctx = num_ctx.unwrap_or_else(|| context_length(None, None, trained));
+    let n_ctx_total = u64::from(num_ctx).saturating_mul(u64::from(n_parallel));
     let n_layer = get("block_count").unwrap_or(0);
     let n_embd = get("embedding_length").unwrap_or(0);
     let n_head = get("attention.head_count").unwrap_or(1).max(1);
     let n_head_kv = get("attention.head_count_kv").unwrap_or(n_head);
-    let n_embd_kv = n_embd * n_head_kv / n_head;
-    file + 2 * n_layer * n_ctx_total * n_embd_kv * 2
+    let n_embd_kv = n_embd.saturating_mul(n_head_kv) / n_head;
+    let kv = 4u64.saturating_mul(n_layer).saturating_mul(n_ctx_total).saturating_mul(n_embd_kv);
+    MemoryEstimate { bytes: file.saturating_add(kv), num_ctx }
 }
 
 impl Scheduler {
@@ -435,7 +457,27 @@ impl Scheduler {
             .get("num_ctx")
             .and_then(Value::as_u64)
             .map(|n| n.min(u64::from(u32::MAX)) as u32);
-        let estimate = estimate_memory(&r.path, requested.or(self.settings.num_ctx), n_parallel);
+        let need = estimate_memory(&r.path, requested.or(self.settings.num_ctx), n_parallel);
+        // A model whose weights and KV cache cannot fit even alone is refused here, with
+        // the numbers, rather than allocated until the kernel kills something.
+        if let Some(avail) = self.available_memory()
+            && need.bytes > avail
+        {
+            return Err(ApiError::of_class(
+                ErrorClass::OutOfMemory,
+                format!(
+                    "model {} needs about {} MiB (its weights and a KV cache of {n_parallel} \
+                     sequence(s) × {} positions) but {} MiB of memory are available; lower \
+                     num_ctx (the model's PARAMETER num_ctx or CORRAL_CONTEXT_LENGTH) or \
+                     CORRAL_NUM_PARALLEL",
+                    r.name,
+                    need.bytes >> 20,
+                    need.num_ctx,
+                    avail >> 20
+                ),
+            ));
+        }
+        let estimate = need.bytes;
         // Loads and evictions of different models, one at a time.
         let _lock = self.load_lock.lock().await;
         self.make_room(estimate).await?;
@@ -503,7 +545,7 @@ impl Scheduler {
                 model_name: r.name.clone(),
             },
         )?;
-        let size_estimate = estimate_memory(&r.path, Some(num_ctx), n_parallel);
+        let size_estimate = estimate_memory(&r.path, Some(num_ctx), n_parallel).bytes;
         Ok(Loaded {
             model_ref: r,
             model,
