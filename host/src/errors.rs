@@ -52,6 +52,15 @@ impl ErrorClass {
         }
     }
 
+    /// The class of an error raised while turning a request into a prompt (templates,
+    /// tokenizing): an engine's error keeps its class (an engine that died is a 500, not
+    /// the client's fault); anything else is the request's, bad input.
+    pub fn of_request(e: &anyhow::Error) -> ErrorClass {
+        e.chain()
+            .find_map(|c| c.downcast_ref::<BackendError>())
+            .map_or(ErrorClass::BadInput, |b| ErrorClass::of_backend(b.kind))
+    }
+
     /// The class of a backend error kind.
     pub fn of_backend(kind: ErrorKind) -> ErrorClass {
         match kind {

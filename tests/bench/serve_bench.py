@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 
 PROMPTS = [
@@ -58,7 +59,11 @@ def one_stream(url, model, prompt, tokens, seed, out):
     first = None
     last = None
     final = None
-    with urllib.request.urlopen(req, timeout=600) as r:
+    try:
+        r = urllib.request.urlopen(req, timeout=600)
+    except urllib.error.HTTPError as e:
+        raise RuntimeError(f"{url}: HTTP {e.code}: {e.read().decode(errors='replace')}") from None
+    with r:
         for line in r:
             v = json.loads(line)
             if "error" in v:
@@ -138,6 +143,9 @@ def start_server(args, isolation=None):
         env["CORRAL_ISOLATION"] = isolation
     cmd = [args.corral, "--plugin-dir", args.plugin_dir, "serve", "--host", "127.0.0.1:0",
            "--threads", str(args.threads)]
+    if args.gguf:
+        # The model is named by path: let the server read files in its directory.
+        cmd += ["--allow-model-paths", os.path.dirname(os.path.abspath(args.gguf))]
     p = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     for line in p.stderr:
         m = re.match(r"listening on (http://\S+)", line)

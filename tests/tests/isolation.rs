@@ -360,3 +360,18 @@ fn ps_shows_the_isolation_mode() {
         assert_eq!(v["models"][0]["isolation"], want, "{v}");
     }
 }
+
+/// A worker outlives the thread that started it: the kernel's parent-death signal
+/// follows the spawning thread, and the server's blocking threads end after 10 s idle.
+/// A model left idle for longer still answers, and no worker died meanwhile.
+#[test]
+fn a_worker_survives_its_spawning_thread() {
+    let e = env();
+    let m = e.model("patient", "");
+    let s = e.start(&[]);
+    assert_eq!(generate(&s, &m, "hi", 2).0, 200);
+    std::thread::sleep(Duration::from_secs(13));
+    let (st, v) = generate(&s, &m, "still there?", 2);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(metric(&s, "corral_worker_crashes_total"), 0.0);
+}

@@ -332,7 +332,11 @@ fn build(
     let model = &loaded.model_ref;
     // The Modelfile's MESSAGEs: a conversation put before the request's.
     let model_messages = model.messages.iter().map(|x| Message::new(&x.role, &x.content));
-    let bad = |e: anyhow::Error| ApiError::bad_request(format!("{e:#}"));
+    // Template errors are the request's (400); an engine's error keeps its class (an
+    // engine that died is a 500, not the client's fault).
+    let bad = |e: anyhow::Error| {
+        ApiError::of_class(crate::errors::ErrorClass::of_request(&e), format!("{e:#}"))
+    };
     // (thinks, opens_think) of the template used and the text it rendered.
     let think_of =
         |source: &str, text: &str| (template_thinks(source), text.trim_end().ends_with("<think>"));

@@ -70,7 +70,8 @@ impl WorkerProcess {
             .stdin(Stdio::from(std::os::fd::OwnedFd::from(model_child)))
             .stdout(Stdio::from(std::os::fd::OwnedFd::from(ctx_child)))
             .stderr(Stdio::piped());
-        let mut child = command.spawn().map_err(|e| io(&cmd.exe.display().to_string(), e))?;
+        let mut child =
+            spawn_from_keeper(command).map_err(|e| io(&cmd.exe.display().to_string(), e))?;
         let label = format!("{label} (pid {})", child.id());
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
         if let Some(stderr) = child.stderr.take() {
@@ -215,6 +216,36 @@ impl Drop for WorkerProcess {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Spawns `command` from one thread that lives as long as the process. A worker asks the
+/// kernel to kill it when its parent dies (`PR_SET_PDEATHSIG`), and "parent" there means
+/// the thread that forked it: a worker spawned from a pool thread that later exits (tokio's
+/// blocking threads do after 10 s idle) would be killed with it.
+fn spawn_from_keeper(command: Command) -> std::io::Result<Child> {
+    type Job = (Command, std::sync::mpsc::Sender<std::io::Result<Child>>);
+    static KEEPER: std::sync::OnceLock<Mutex<std::sync::mpsc::Sender<Job>>> =
+        std::sync::OnceLock::new();
+    let keeper = KEEPER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let started =
+            std::thread::Builder::new().name("corral-worker-spawner".into()).spawn(move || {
+                for (mut command, reply) in rx {
+                    let _ = reply.send(command.spawn());
+                }
+            });
+        if let Err(e) = started {
+            tracing::error!("cannot start the worker spawner thread: {e}");
+        }
+        Mutex::new(tx)
+    });
+    let (reply_tx, reply_rx) = std::sync::mpsc::channel();
+    keeper
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .send((command, reply_tx))
+        .map_err(|_| std::io::Error::other("the worker spawner thread is gone"))?;
+    reply_rx.recv().map_err(|_| std::io::Error::other("the worker spawner thread is gone"))?
 }
 
 /// "exited with status 3" / "was killed by SIGABRT", after waiting up to a second for
