@@ -196,7 +196,8 @@ def main():
             one_stream(servers[mode][1], model, "warm up", 8, 0, [])
         samples = {(m, n): [] for m in modes for n in args.concurrency}
         for rep in range(max(1, args.reps)):
-            for mode in modes:
+            # Alternate which server goes first, so neither always follows the other.
+            for mode in (modes if rep % 2 == 0 else modes[::-1]):
                 for n in args.concurrency:
                     samples[(mode, n)].append(run_level(servers[mode][1], model, n, args.tokens, rep))
         by_mode = {m: [median_row(samples[(m, n)]) for n in args.concurrency] for m in modes}
