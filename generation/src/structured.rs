@@ -533,14 +533,23 @@ fn lit_complete(g: &Grammar, node: u32, alts: &[u16], pos: u16) -> bool {
     alts.iter().any(|&a| l[a as usize].len() == pos as usize)
 }
 
+/// The most interpretations the matcher follows at once. A schema whose alternatives
+/// (`anyOf`, enums with shared prefixes) multiply beyond this at one position keeps the
+/// first ones: the cost of masking a token stays bounded by this many stacks.
+pub const MAX_STATES: usize = 64;
+
 fn advance(g: &Grammar, states: &[Stack], b: u8) -> Vec<Stack> {
     let mut out: Vec<Stack> = Vec::new();
     for s in states {
         step(g, s.clone(), b, &mut out);
     }
-    // Drop duplicate interpretations (anyOf branches that converged).
-    let mut uniq: Vec<Stack> = Vec::with_capacity(out.len());
+    // Drop duplicate interpretations (anyOf branches that converged), and keep at most
+    // MAX_STATES.
+    let mut uniq: Vec<Stack> = Vec::with_capacity(out.len().min(MAX_STATES));
     for s in out {
+        if uniq.len() == MAX_STATES {
+            break;
+        }
         if !uniq.contains(&s) {
             uniq.push(s);
         }

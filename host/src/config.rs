@@ -88,6 +88,9 @@ pub struct ServerConfig {
     /// Directories whose model files may be named by path over HTTP (otherwise only
     /// store names are accepted).
     pub allow_model_paths: Vec<PathBuf>,
+    /// Let `/api/pull` and `/api/push` requests with `insecure: true` speak plain HTTP to
+    /// registries (off: such requests get 403).
+    pub allow_insecure_registries: Option<bool>,
 }
 
 impl Config {

@@ -266,3 +266,43 @@ fn a_hostile_template_is_refused_and_the_server_stays_up() {
     );
     assert_eq!(st, 200, "{v}");
 }
+
+/// Uploads are bounded: a blob over `CORRAL_MAX_BLOB_SIZE` is refused with 413, and a
+/// client that stops sending mid-body is dropped after `CORRAL_READ_TIMEOUT`; the server
+/// serves on.
+#[test]
+fn uploads_and_bodies_are_bounded_in_size_and_time() {
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = start(dir.path(), &[("CORRAL_MAX_BLOB_SIZE", "1k"), ("CORRAL_READ_TIMEOUT", "2")]);
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let url = format!("{}/api/blobs/{digest}", s.url);
+    let r = client().post(&url).body(vec![b'x'; 4096]).send().unwrap();
+    assert_eq!(r.status().as_u16(), 413, "{}", r.text().unwrap_or_default());
+    // Headers announce 1000 bytes; 10 come, then nothing.
+    let addr = s.url.trim_start_matches("http://").to_string();
+    for (path, ctype) in [
+        (format!("/api/blobs/{digest}"), "application/octet-stream"),
+        ("/api/show".to_string(), "application/json"),
+    ] {
+        let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            tcp,
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {ctype}\r\nContent-Length: 1000\r\n\r\n0123456789"
+        )
+        .unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let t = std::time::Instant::now();
+        let mut answer = String::new();
+        let _ = tcp.read_to_string(&mut answer);
+        println!(
+            "{path}: answered after {:.1} s: {}",
+            t.elapsed().as_secs_f64(),
+            answer.lines().next().unwrap_or("")
+        );
+        assert!(answer.starts_with("HTTP/1.1 408"), "{path}: {answer}");
+        assert!(t.elapsed() < Duration::from_secs(15));
+    }
+    let r = client().get(format!("{}/api/version", s.url)).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}

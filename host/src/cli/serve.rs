@@ -62,6 +62,13 @@ pub(crate) struct ServeArgs {
     /// `CORRAL_ALLOW_MODEL_PATHS`, `:`-separated). Without it, a model is a store name.
     #[arg(long = "allow-model-paths", value_name = "DIR")]
     pub allow_model_paths: Vec<PathBuf>,
+    /// Let `/api/pull` and `/api/push` requests ask for plain HTTP to a registry
+    /// (`insecure: true`, `corral pull --insecure` through this server). Without it such
+    /// requests get 403, so a client cannot make the server fetch plain-HTTP URLs. Also
+    /// `CORRAL_ALLOW_INSECURE_REGISTRIES=1` and the config's `[server]
+    /// allow_insecure_registries`.
+    #[arg(long, env = "CORRAL_ALLOW_INSECURE_REGISTRIES")]
+    pub allow_insecure_registries: bool,
 }
 
 pub(crate) fn serve(global: &GlobalOptions, a: ServeArgs) -> Result<()> {
@@ -116,6 +123,8 @@ pub(crate) fn serve(global: &GlobalOptions, a: ServeArgs) -> Result<()> {
         threads: a.threads.or(cfg.threads).unwrap_or(0),
         backend: a.backend.clone(),
         allow_model_paths: model_paths(&a.allow_model_paths, &cfg.allow_model_paths)?,
+        allow_insecure_registries: a.allow_insecure_registries
+            || cfg.allow_insecure_registries.unwrap_or(false),
     };
     let mut origins = a.origins.clone();
     origins.extend(cfg.origins.iter().cloned());

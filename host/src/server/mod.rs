@@ -53,6 +53,16 @@ use crate::runtime::Runtime;
 
 pub use scheduler::Settings;
 
+/// How long a request body may take to arrive, and a blob upload may go without a byte:
+/// `CORRAL_READ_TIMEOUT` seconds, 60 by default.
+pub fn read_timeout() -> Duration {
+    std::env::var("CORRAL_READ_TIMEOUT")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&s| s > 0)
+        .map_or(Duration::from_secs(60), Duration::from_secs)
+}
+
 /// Largest request body accepted (blob uploads excepted).
 pub const MAX_BODY: usize = 32 << 20;
 
@@ -156,7 +166,15 @@ async fn limit_body(req: Request, next: Next) -> Result<Response, ApiError> {
     {
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| too_large())?;
+    // A client that sends its body slowly is dropped after the read timeout.
+    let limit = read_timeout();
+    let bytes = tokio::time::timeout(limit, axum::body::to_bytes(body, MAX_BODY))
+        .await
+        .map_err(|_| ApiError {
+            status: StatusCode::REQUEST_TIMEOUT,
+            message: format!("the request body did not arrive within {} s", limit.as_secs()),
+        })?
+        .map_err(|_| too_large())?;
     Ok(next.run(Request::from_parts(parts, Body::from(bytes))).await)
 }
 

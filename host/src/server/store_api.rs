@@ -60,12 +60,20 @@ async fn transfer(state: Arc<AppState>, body: Bytes, push: bool) -> Result<Respo
     let req: TransferRequest = parse_body(&body)?;
     let _ = (&req.username, &req.password);
     let name = name_of(&req.model.or(req.name).unwrap_or_default())?;
+    let insecure = req.insecure.unwrap_or(false);
+    // A client must not make the server speak plain HTTP (to any host it names) unless
+    // the operator allowed it.
+    if insecure && !state.sched.settings.allow_insecure_registries {
+        return Err(ApiError::forbidden(
+            "this server does not speak plain HTTP to registries (insecure: true); its \
+             operator can allow it with `corral serve --allow-insecure-registries`, \
+             CORRAL_ALLOW_INSECURE_REGISTRIES=1 or `allow_insecure_registries = true` in \
+             the config's [server] section",
+        ));
+    }
     let store = store_of(&state)?;
-    let client = oci::Client::new(oci::ClientOptions {
-        insecure: req.insecure.unwrap_or(false),
-        ..Default::default()
-    })
-    .map_err(ApiError::from)?;
+    let client = oci::Client::new(oci::ClientOptions { insecure, ..Default::default() })
+        .map_err(ApiError::from)?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
     let sched = state.sched.clone();
     let task = tokio::spawn(async move {
@@ -369,7 +377,9 @@ impl std::io::Read for ChanReader {
 }
 
 /// `POST /api/blobs/{digest}`: streams the body into the store, verified against the
-/// digest; 201 when stored, 400 on a mismatch.
+/// digest (201 when stored, 400 on a mismatch), at most `CORRAL_MAX_BLOB_SIZE` bytes (413
+/// beyond), each chunk within the read timeout ([`super::read_timeout`]) of the last (408
+/// otherwise).
 pub async fn blob_post(
     State(state): State<Arc<AppState>>,
     Path(digest): Path<String>,
@@ -385,11 +395,41 @@ pub async fn blob_post(
     let writer = tokio::task::spawn_blocking(move || {
         store.write_blob_from_reader(ChanReader { rx, cur: Bytes::new() }, Some(&d2), |_| {})
     });
+    let max = corral_registry::oci::ClientOptions::default().max_blob_size;
+    let idle = super::read_timeout();
     let mut s = body.into_data_stream();
     let mut failed = None;
-    while let Some(chunk) = s.next().await {
+    let mut received = 0u64;
+    loop {
+        // A client that stops sending is dropped: each chunk must come within the read
+        // timeout of the last.
+        let chunk = match tokio::time::timeout(idle, s.next()).await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(_) => {
+                failed = Some(ApiError {
+                    status: StatusCode::REQUEST_TIMEOUT,
+                    message: format!(
+                        "upload stalled: no data for {} s; send the blob again",
+                        idle.as_secs()
+                    ),
+                });
+                break;
+            }
+        };
         match chunk {
             Ok(c) => {
+                received += c.len() as u64;
+                if received > max {
+                    failed = Some(ApiError {
+                        status: StatusCode::PAYLOAD_TOO_LARGE,
+                        message: format!(
+                            "blob larger than the server's limit of {max} bytes \
+                             (CORRAL_MAX_BLOB_SIZE)"
+                        ),
+                    });
+                    break;
+                }
                 let tx = tx.clone();
                 // A bounded channel: wait off the async threads when the writer lags.
                 if tokio::task::spawn_blocking(move || tx.send(c))
@@ -400,14 +440,16 @@ pub async fn blob_post(
                 }
             }
             Err(e) => {
-                failed = Some(e.to_string());
+                failed = Some(ApiError::bad_request(format!("upload interrupted: {e}")));
                 break;
             }
         }
     }
     drop(tx);
     if let Some(e) = failed {
-        return Err(ApiError::bad_request(format!("upload interrupted: {e}")));
+        // The writer sees the channel close early and discards its partial file.
+        let _ = writer.await;
+        return Err(e);
     }
     writer.await.map_err(|e| ApiError::internal(e.to_string()))?.map_err(ApiError::from)?;
     Ok(StatusCode::CREATED.into_response())
