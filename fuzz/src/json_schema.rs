@@ -15,6 +15,14 @@ const MAX_DOC: usize = 4096;
 /// Most tokens sampled through the constraint.
 const MAX_STEPS: usize = 48;
 
+/// Multi-byte tokens, as a BPE vocabulary has them.
+#[rustfmt::skip]
+const MULTI_BYTE: &[&str] = &[
+    "{\"", "\":", "\",\"", "\"}", "true", "false", "null", "name", "12", "\"a\"", ",\"",
+    "}", "]", "[\"", "[]", "{}", "hello", " world", "0.5", "-0", "e+", "E-", "\\n",
+    "\\\"", "\\u00", "é", "日本", "\u{1F600}", "\"\"", "1e5", "00",
+];
+
 /// Byte tokens, some multi-byte tokens as a BPE vocabulary has, an end-of-generation
 /// token and a control token that is never allowed.
 struct Vocab {
@@ -27,13 +35,7 @@ fn vocab() -> &'static Vocab {
     static VOCAB: OnceLock<Vocab> = OnceLock::new();
     VOCAB.get_or_init(|| {
         let mut bytes: Vec<Vec<u8>> = (0u8..=255).map(|b| vec![b]).collect();
-        for s in [
-            "{\"", "\":", "\",\"", "\"}", "true", "false", "null", "name", "12", "\"a\"", ",\"",
-            "}", "]", "[\"", "[]", "{}", "hello", " world", "0.5", "-0", "e+", "E-", "\\n",
-            "\\\"", "\\u00", "é", "日本", "\u{1F600}", "\"\"", "1e5", "00",
-        ] {
-            bytes.push(s.as_bytes().to_vec());
-        }
+        bytes.extend(MULTI_BYTE.iter().map(|s| s.as_bytes().to_vec()));
         let eog = bytes.len() as u32;
         bytes.push(b"</s>".to_vec());
         let never = bytes.len() as u32;

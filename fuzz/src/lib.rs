@@ -61,11 +61,7 @@ pub const TARGETS: &[Target] = &[
         about: "corral_gguf::reader::GgufFile::parse (default and tight limits) and summary",
         run: gguf_reader,
     },
-    Target {
-        name: "modelfile",
-        about: "corral_registry::modelfile::parse",
-        run: modelfile,
-    },
+    Target { name: "modelfile", about: "corral_registry::modelfile::parse", run: modelfile },
     Target {
         name: "gotemplate",
         about: "corral_generation::gotemplate::prepare, then the Jinja render of the result",

@@ -3,9 +3,9 @@
 
 use std::sync::OnceLock;
 
+use corral_registry::Manifest;
 use corral_registry::manifest::{Layer, MEDIA_TYPE_MODEL, MEDIA_TYPE_TEMPLATE, ModelConfig};
 use corral_registry::store::{Store, StoreOptions};
-use corral_registry::Manifest;
 
 fn store() -> &'static Store {
     static STORE: OnceLock<Store> = OnceLock::new();

@@ -64,7 +64,8 @@ fn check_name(name: &ModelName) {
     let again = ModelName::parse(&fq).unwrap_or_else(|e| panic!("{fq:?} does not parse: {e}"));
     assert_eq!(&again, name, "the fully qualified form {fq:?} parses to another name");
     let short = name.to_string();
-    let again = ModelName::parse(&short).unwrap_or_else(|e| panic!("{short:?} does not parse: {e}"));
+    let again =
+        ModelName::parse(&short).unwrap_or_else(|e| panic!("{short:?} does not parse: {e}"));
     assert_eq!(&again, name, "the short form {short:?} parses to another name");
     assert!(again.eq_ignore_case(name));
     let _ = name.repository();

@@ -110,10 +110,7 @@ fn run(dir: &Path) -> Result<(), GgufError> {
     )?;
     b.add_metadata("tokenizer.ggml.bos_token_id", Value::U32(0))?;
     b.add_metadata("tokenizer.ggml.eos_token_id", Value::U32(1))?;
-    b.add_metadata(
-        "tokenizer.chat_template",
-        Value::String(chatml().into()),
-    )?;
+    b.add_metadata("tokenizer.chat_template", Value::String(chatml().into()))?;
     b.add_tensor("token_embd.weight", &[8, 8], GgmlType::F16)?;
     b.add_tensor("output_norm.weight", &[8], GgmlType::F32)?;
     save("llama_small.gguf", build(b)?)?;
