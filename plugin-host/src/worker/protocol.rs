@@ -335,15 +335,18 @@ pub(crate) fn capabilities(bits: u64) -> Capabilities {
     Capabilities::from_bits(bits)
 }
 
-/// Writes one framed message.
+/// Writes one framed message, length and body in a single write: a reader woken by a
+/// length alone would wait again for the body, and on a busy machine the writer may be
+/// preempted between two writes.
 pub(crate) fn write_message<T: Serialize>(w: &mut impl Write, m: &T) -> std::io::Result<()> {
-    let bytes = postcard::to_allocvec(m).map_err(std::io::Error::other)?;
-    let len = u32::try_from(bytes.len())
+    let framed = postcard::to_extend(m, vec![0u8; 4]).map_err(std::io::Error::other)?;
+    let len = u32::try_from(framed.len() - 4)
         .ok()
         .filter(|&l| l as usize <= MAX_MESSAGE)
         .ok_or_else(|| std::io::Error::other("message too large"))?;
-    w.write_all(&len.to_le_bytes())?;
-    w.write_all(&bytes)?;
+    let mut framed = framed;
+    framed[..4].copy_from_slice(&len.to_le_bytes());
+    w.write_all(&framed)?;
     w.flush()
 }
 
