@@ -77,10 +77,62 @@ pub fn check_gguf(path: &Path, vocabulary: bool) -> Result<GgufSummary, BackendE
     let summary = summarise(&guard, path, meta.len());
     drop(guard);
     let summary = summary?;
+    check_hyperparameters(path)?;
     if vocabulary {
         check_vocabulary(path)?;
     }
     Ok(summary)
+}
+
+/// Hyperparameters that make llama.cpp divide by zero, allocate absurd buffers or
+/// overflow: a block count, embedding length, head counts and context length that are
+/// zero where they must not be, beyond any real model, or inconsistent (the heads must
+/// divide the embedding; the KV heads must divide the heads).
+fn check_hyperparameters(path: &Path) -> Result<(), BackendError> {
+    let bad = |what: String| {
+        BackendError::invalid(format!("{} has impossible hyperparameters: {what}", path.display()))
+    };
+    let Ok(g) = corral_gguf::reader::GgufFile::open(path) else { return Ok(()) };
+    let Some(arch) = g.architecture().map(str::to_string) else { return Ok(()) };
+    let get = |k: &str| {
+        g.get_u64(&format!("{arch}.{k}"))
+            .or_else(|| g.get_u32(&format!("{arch}.{k}")).map(u64::from))
+    };
+    let limits: [(&str, u64); 5] = [
+        ("block_count", 4096),
+        ("embedding_length", 1 << 18),
+        ("attention.head_count", 1 << 14),
+        ("attention.head_count_kv", 1 << 14),
+        ("context_length", 1 << 31),
+    ];
+    for (key, max) in limits {
+        if let Some(v) = get(key)
+            && v > max
+        {
+            return Err(bad(format!("{arch}.{key} is {v}, beyond any real model (at most {max})")));
+        }
+    }
+    let (Some(n_embd), Some(n_head)) = (get("embedding_length"), get("attention.head_count"))
+    else {
+        return Ok(());
+    };
+    if n_embd == 0 || n_head == 0 {
+        return Err(bad(format!("{arch}.embedding_length {n_embd}, head_count {n_head}")));
+    }
+    // Models with explicit head sizes (key_length) need not divide evenly.
+    if get("attention.key_length").is_none() && n_embd % n_head != 0 {
+        return Err(bad(format!(
+            "{arch}.embedding_length {n_embd} is not a multiple of head_count {n_head}"
+        )));
+    }
+    if let Some(n_kv) = get("attention.head_count_kv")
+        && (n_kv == 0 || n_head % n_kv != 0)
+    {
+        return Err(bad(format!(
+            "{arch}.head_count {n_head} is not a multiple of head_count_kv {n_kv}"
+        )));
+    }
+    Ok(())
 }
 
 /// The vocabulary checks llama.cpp asserts on instead of failing: a token string held
