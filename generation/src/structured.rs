@@ -139,6 +139,16 @@ impl Compiler<'_> {
         Ok((self.nodes.len() - 1) as u32)
     }
 
+    /// The values of an `enum` or a `const`. The matcher numbers them, and the bytes read
+    /// into one, with u16: more would wrap (found by reading the fuzz target's code).
+    fn literals(&mut self, lits: Vec<Vec<u8>>) -> Result<u32, SchemaError> {
+        let max = usize::from(u16::MAX);
+        if lits.len() > max || lits.iter().any(|l| l.len() > max) {
+            return err("`enum` and `const` take at most 65535 values of at most 65535 bytes");
+        }
+        self.push(Node::Literals(lits))
+    }
+
     /// Any JSON value, nested at most `depth` more levels.
     fn any(&mut self, depth: usize) -> Result<u32, SchemaError> {
         if let Some(id) = self.any[depth] {
@@ -225,7 +235,7 @@ impl Compiler<'_> {
         }
         if let Some(c) = obj.get("const") {
             let lit = serde_json::to_vec(c).map_err(|e| SchemaError(e.to_string()))?;
-            return self.push(Node::Literals(vec![lit]));
+            return self.literals(vec![lit]);
         }
         if let Some(e) = obj.get("enum") {
             let Some(items) = e.as_array().filter(|a| !a.is_empty()) else {
@@ -235,7 +245,7 @@ impl Compiler<'_> {
                 .iter()
                 .map(|x| serde_json::to_vec(x).map_err(|e| SchemaError(e.to_string())))
                 .collect::<Result<Vec<_>, _>>()?;
-            return self.push(Node::Literals(lits));
+            return self.literals(lits);
         }
         for key in ["anyOf", "oneOf"] {
             if let Some(a) = obj.get(key) {
@@ -418,6 +428,10 @@ impl Grammar {
         if c.nodes.iter().any(|n| matches!(n, Node::Pending)) {
             return err("unresolved $ref");
         }
+        if has_empty_cycle(&c.nodes) {
+            return err("a $ref refers back to itself before any value starts (e.g. \
+                 `{\"$ref\": \"#\"}`): such a schema admits no document");
+        }
         Ok(Grammar { nodes: c.nodes, root })
     }
 
@@ -432,6 +446,45 @@ impl Grammar {
             other => err(format!("format must be \"json\" or a JSON schema object, got {other}")),
         }
     }
+}
+
+/// Whether a node reaches itself through `anyOf` edges alone (a `$ref` cycle that reads
+/// no byte, as in `{"$ref": "#"}`): the matcher would start that value forever.
+fn has_empty_cycle(nodes: &[Node]) -> bool {
+    // Iterative depth-first search: 0 unvisited, 1 on the current path, 2 done.
+    let mut state = vec![0u8; nodes.len()];
+    for start in 0..nodes.len() {
+        if state[start] != 0 {
+            continue;
+        }
+        state[start] = 1;
+        let mut path: Vec<(usize, usize)> = vec![(start, 0)];
+        while let Some(top) = path.last_mut() {
+            let (n, i) = *top;
+            let next = match &nodes[n] {
+                Node::AnyOf(alts) => alts.get(i).map(|&a| a as usize),
+                _ => None,
+            };
+            match next {
+                Some(next) => {
+                    top.1 += 1;
+                    match state.get(next) {
+                        Some(1) => return true,
+                        Some(0) => {
+                            state[next] = 1;
+                            path.push((next, 0));
+                        }
+                        _ => {}
+                    }
+                }
+                None => {
+                    state[n] = 2;
+                    path.pop();
+                }
+            }
+        }
+    }
+    false
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -1062,6 +1115,39 @@ mod tests {
         assert!(!accepts(&g, "-0"));
         let n = Grammar::from_schema(&json!({"type": "number"})).unwrap();
         assert!(accepts(&n, "-0.5"));
+    }
+
+    /// Found by fuzzing (fuzz/regressions/json_schema/): a `$ref` back to itself through
+    /// `anyOf` alone made the matcher recurse until the stack overflowed.
+    #[test]
+    fn ref_cycles_without_nesting_are_refused() {
+        for s in [
+            json!({"$ref": "#"}),
+            json!({"anyOf": [{"$ref": "#"}, {"type": "null"}]}),
+            json!({"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"allOf": [{"$ref": "#/$defs/a"}]}},
+                   "$ref": "#/$defs/a"}),
+        ] {
+            let e = Grammar::from_schema(&s).unwrap_err();
+            assert!(e.0.contains("refers back to itself"), "{s}: {e}");
+        }
+        // A recursive schema that nests (reads `[` or `{` before recursing) is fine.
+        let g = Grammar::from_schema(&json!({"anyOf": [{"type": "null"},
+            {"type": "array", "items": {"$ref": "#"}, "maxItems": 2}]}))
+        .unwrap();
+        assert!(accepts(&g, "[[null],[]]"));
+    }
+
+    /// Literal positions and indices are u16 in the matcher: longer or more literals are
+    /// refused instead of wrapping (or panicking with overflow checks on).
+    #[test]
+    fn oversized_literals_are_refused() {
+        let long = "a".repeat(70_000);
+        assert!(Grammar::from_schema(&json!({"const": long})).is_err());
+        let many: Vec<u32> = (0..70_000).collect();
+        assert!(Grammar::from_schema(&json!({"enum": many})).is_err());
+        let fits = "a".repeat(65_000);
+        let g = Grammar::from_schema(&json!({"const": fits})).unwrap();
+        assert!(accepts(&g, &format!("\"{fits}\"")));
     }
 
     #[test]
