@@ -172,7 +172,9 @@ fn lex(src: &str) -> Result<Vec<Item>> {
     let mut items = Vec::new();
     let mut pos = 0;
     let mut trim_next = false;
-    let line_of = |p: usize| src[..p].matches('\n').count() + 1;
+    // Lines are counted as the lexer moves on (counting from the start for every action
+    // made a long template quadratic).
+    let (mut line, mut counted) = (1, 0);
     while pos <= src.len() {
         let Some(rel) = src[pos..].find("{{") else {
             let mut t = &src[pos..];
@@ -202,7 +204,8 @@ fn lex(src: &str) -> Result<Vec<Item>> {
         if !text.is_empty() {
             items.push(Item::Text(text.to_string()));
         }
-        let line = line_of(open);
+        line += src[counted..open].matches('\n').count();
+        counted = open;
         let (toks, end, trim_right) = lex_action(src, inner, line)?;
         if let Some(toks) = toks {
             items.push(Item::Action { line, toks });
@@ -232,21 +235,22 @@ fn lex_action(src: &str, start: usize, line: usize) -> Result<(Option<Vec<Token>
         }
         return err(line, "comment must be followed by }}");
     }
-    let chars: Vec<(usize, char)> = s.char_indices().collect();
+    let mut chars = Chars { iter: s.char_indices(), seen: Vec::new() };
     let mut toks = Vec::new();
     let mut i = 0;
     let mut joined = false;
-    while i < chars.len() {
-        let (off, c) = chars[i];
+    while let Some((off, c)) = chars.get(i) {
         let next = chars.get(i + 1).map(|x| x.1);
         if is_space(c) {
+            // A run of white space at once (one char per byte: it is ASCII).
+            let rest = &s[off..];
+            let run = rest.len() - rest.trim_start_matches(is_space).len();
             // ` -}}` ends the action with trimming.
-            if s[off..].trim_start_matches(is_space).starts_with("-}}") {
-                let dash = off + (s[off..].len() - s[off..].trim_start_matches(is_space).len());
-                return Ok((Some(toks), start + dash + 3, true));
+            if rest[run..].starts_with("-}}") {
+                return Ok((Some(toks), start + off + run + 3, true));
             }
             joined = false;
-            i += 1;
+            i += run;
             continue;
         }
         if c == '}' && next == Some('}') {
@@ -284,14 +288,14 @@ fn lex_action(src: &str, start: usize, line: usize) -> Result<(Option<Vec<Token>
                 let mut out = String::new();
                 let mut j = i + 1;
                 loop {
-                    let Some(&(_, ch)) = chars.get(j) else {
+                    let Some((_, ch)) = chars.get(j) else {
                         return err(line, "unterminated string");
                     };
                     match ch {
                         '"' => break,
                         '\n' => return err(line, "newline in string"),
                         '\\' => {
-                            let Some(&(_, e)) = chars.get(j + 1) else {
+                            let Some((_, e)) = chars.get(j + 1) else {
                                 return err(line, "unterminated string");
                             };
                             j += 1;
@@ -312,8 +316,10 @@ fn lex_action(src: &str, start: usize, line: usize) -> Result<(Option<Vec<Token>
                                         'u' => 4,
                                         _ => 8,
                                     };
-                                    let hex: String =
-                                        chars.iter().skip(j + 1).take(n).map(|x| x.1).collect();
+                                    let hex: String = (j + 1..j + 1 + n)
+                                        .map_while(|k| chars.get(k))
+                                        .map(|x| x.1)
+                                        .collect();
                                     let v = u32::from_str_radix(&hex, 16)
                                         .ok()
                                         .filter(|_| hex.len() == n)
@@ -338,7 +344,7 @@ fn lex_action(src: &str, start: usize, line: usize) -> Result<(Option<Vec<Token>
                 let mut out = String::new();
                 let mut j = i + 1;
                 loop {
-                    let Some(&(_, ch)) = chars.get(j) else {
+                    let Some((_, ch)) = chars.get(j) else {
                         return err(line, "unterminated raw string");
                     };
                     if ch == '`' {
@@ -351,7 +357,7 @@ fn lex_action(src: &str, start: usize, line: usize) -> Result<(Option<Vec<Token>
                 i = j + 1;
             }
             '.' if next.is_some_and(|n| n.is_alphabetic() || n == '_') => {
-                let (name, j) = scan_name(&chars, i + 1);
+                let (name, j) = scan_name(&mut chars, i + 1);
                 push(Tok::Field(name), &mut toks);
                 i = j;
             }
@@ -360,14 +366,14 @@ fn lex_action(src: &str, start: usize, line: usize) -> Result<(Option<Vec<Token>
                 i += 1;
             }
             '$' => {
-                let (name, j) = scan_name(&chars, i + 1);
+                let (name, j) = scan_name(&mut chars, i + 1);
                 push(Tok::Var(name), &mut toks);
                 i = j;
             }
             c if c.is_ascii_digit() || c == '-' || c == '+' || c == '.' => {
                 let mut j = i;
                 let mut num = String::new();
-                while let Some(&(_, ch)) = chars.get(j) {
+                while let Some((_, ch)) = chars.get(j) {
                     if ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-' | '+') {
                         // A sign only leads or follows an exponent.
                         if matches!(ch, '-' | '+') && j != i && !num.ends_with(['e', 'E', 'p', 'P'])
@@ -394,7 +400,7 @@ fn lex_action(src: &str, start: usize, line: usize) -> Result<(Option<Vec<Token>
                 i = j;
             }
             c if c.is_alphabetic() || c == '_' => {
-                let (name, j) = scan_name(&chars, i);
+                let (name, j) = scan_name(&mut chars, i);
                 push(Tok::Ident(name), &mut toks);
                 i = j;
             }
@@ -405,14 +411,36 @@ fn lex_action(src: &str, start: usize, line: usize) -> Result<(Option<Vec<Token>
     err(line, "unclosed action: missing }}")
 }
 
+/// The characters of an action, read from the source only as far as the lexer looks
+/// (collecting the whole rest of the source for every action made lexing quadratic: a
+/// 256 KiB template of small actions took minutes; found with the fuzz target).
+struct Chars<'a> {
+    iter: std::str::CharIndices<'a>,
+    seen: Vec<(usize, char)>,
+}
+
+impl Chars<'_> {
+    /// The `i`-th character and its byte offset.
+    fn get(&mut self, i: usize) -> Option<(usize, char)> {
+        while self.seen.len() <= i {
+            let next = self.iter.next()?;
+            self.seen.push(next);
+        }
+        Some(self.seen[i])
+    }
+}
+
 /// The name (letters, digits, `_`) starting at `chars[start]`, and the index after it.
-fn scan_name(chars: &[(usize, char)], start: usize) -> (String, usize) {
-    let name: String = chars[start.min(chars.len())..]
-        .iter()
-        .map(|&(_, ch)| ch)
-        .take_while(|&ch| ch.is_alphanumeric() || ch == '_')
-        .collect();
-    let end = start + name.chars().count();
+fn scan_name(chars: &mut Chars<'_>, start: usize) -> (String, usize) {
+    let mut name = String::new();
+    let mut end = start;
+    while let Some((_, ch)) = chars.get(end) {
+        if !(ch.is_alphanumeric() || ch == '_') {
+            break;
+        }
+        name.push(ch);
+        end += 1;
+    }
     (name, end)
 }
 
@@ -1775,6 +1803,20 @@ last={{ $lastUser }} n={{ len .Messages }}
         assert!(prepare(&big).unwrap_err().to_string().contains("bytes"));
         let ok = format!("{}x{}", "{{if .System}}".repeat(10), "{{end}}".repeat(10));
         assert!(prepare(&ok).is_ok());
+    }
+
+    /// Found with the fuzz target (fuzz/regressions/gotemplate/): the lexer collected the
+    /// whole rest of the source for every action, and looked at the rest of a run of
+    /// blanks for every blank, so templates well within MAX_TEMPLATE_BYTES took minutes.
+    #[test]
+    fn long_templates_lex_in_linear_time() {
+        let t0 = std::time::Instant::now();
+        let many = "{{ .Prompt }}".repeat(MAX_TEMPLATE_BYTES / 14);
+        let jinja = to_jinja(&many).unwrap();
+        assert!(jinja.matches("Prompt").count() >= MAX_TEMPLATE_BYTES / 14);
+        let blanks = format!("{{{{{}.Prompt -}}}}x", " ".repeat(MAX_TEMPLATE_BYTES - 20));
+        assert_eq!(render(&blanks, &[("user", "Hi")]), "Hix");
+        assert!(t0.elapsed() < std::time::Duration::from_secs(30), "{:?}", t0.elapsed());
     }
 
     #[test]
