@@ -27,7 +27,7 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::*;
 use crate::name::ModelName;
-use crate::store::{Message, ResolvedModel, Store, link_info_for};
+use crate::store::{Message, Pin, ResolvedModel, Store, link_info_for};
 
 /// One directive with its value.
 #[derive(Clone, Debug, PartialEq)]
@@ -403,8 +403,8 @@ fn check_gguf(path: &Path, cmd: &Command) -> Result<()> {
     Ok(())
 }
 
-fn text_layer(store: &Store, media_type: &str, text: &str) -> Result<Layer> {
-    let digest = store.write_blob_bytes(text.as_bytes())?;
+fn text_layer(pin: &Pin, media_type: &str, text: &str) -> Result<Layer> {
+    let digest = pin.write_blob_bytes(text.as_bytes())?;
     Ok(Layer {
         media_type: media_type.into(),
         digest,
@@ -426,6 +426,9 @@ pub fn create(
     progress: &mut dyn FnMut(&str),
 ) -> Result<ResolvedModel> {
     store.check_writable()?;
+    // Every blob the new manifest will name is pinned before it is checked or written,
+    // so a concurrent `rm` or `prune` (any process) cannot delete it meanwhile.
+    let pin = store.pin()?;
     progress("parsing modelfile");
     let mut layers: Vec<Layer> = Vec::new();
     let mut config = ModelConfig {
@@ -458,7 +461,7 @@ pub fn create(
                     });
                     progress(&format!("copying {} ONNX model files", files.len()));
                     for (rel, abs) in files {
-                        let (digest, size) = store.import_file(&abs, |_| {})?;
+                        let (digest, size) = pin.import_file(&abs, |_| {})?;
                         let mut ann = std::collections::BTreeMap::new();
                         ann.insert(ANNOTATION_TITLE.to_string(), rel);
                         layers.push(Layer {
@@ -479,7 +482,7 @@ pub fn create(
                         progress("hashing model file");
                         let li = link_info_for(&path, |_| {})?;
                         let json = serde_json::to_vec(&li).unwrap_or_default();
-                        let digest = store.write_blob_bytes(&json)?;
+                        let digest = pin.write_blob_bytes(&json)?;
                         progress(&format!("linking {}", li.path.display()));
                         Layer {
                             media_type: MEDIA_TYPE_LINK.into(),
@@ -490,7 +493,7 @@ pub fn create(
                         }
                     } else {
                         progress("copying model data");
-                        let (digest, size) = store.import_file(&path, |_| {})?;
+                        let (digest, size) = pin.import_file(&path, |_| {})?;
                         Layer {
                             media_type: MEDIA_TYPE_MODEL.into(),
                             digest,
@@ -512,6 +515,9 @@ pub fn create(
                         other => other,
                     })?;
                     progress(&format!("using existing model {base}"));
+                    // Pinned now; `write_manifest` below checks that they are all still
+                    // here (a concurrent `rm` of the base may have won the race before).
+                    pin.add_all(r.manifest.blobs().map(|l| l.digest))?;
                     layers = r
                         .manifest
                         .layers
@@ -530,7 +536,7 @@ pub fn create(
                 let path = resolve_path(base_dir, v);
                 check_gguf(&path, cmd)?;
                 progress("copying adapter");
-                let (digest, size) = store.import_file(&path, |_| {})?;
+                let (digest, size) = pin.import_file(&path, |_| {})?;
                 layers.push(Layer {
                     media_type: MEDIA_TYPE_ADAPTER.into(),
                     digest,
@@ -541,13 +547,13 @@ pub fn create(
             }
             Directive::Template(t) => {
                 layers.retain(|l| l.media_type != MEDIA_TYPE_TEMPLATE);
-                layers.push(text_layer(store, MEDIA_TYPE_TEMPLATE, t)?);
+                layers.push(text_layer(&pin, MEDIA_TYPE_TEMPLATE, t)?);
             }
             Directive::System(t) => {
                 layers.retain(|l| l.media_type != MEDIA_TYPE_SYSTEM);
-                layers.push(text_layer(store, MEDIA_TYPE_SYSTEM, t)?);
+                layers.push(text_layer(&pin, MEDIA_TYPE_SYSTEM, t)?);
             }
-            Directive::License(t) => layers.push(text_layer(store, MEDIA_TYPE_LICENSE, t)?),
+            Directive::License(t) => layers.push(text_layer(&pin, MEDIA_TYPE_LICENSE, t)?),
             Directive::Message { role, content } => {
                 if !new_messages {
                     messages.clear();
@@ -576,11 +582,11 @@ pub fn create(
     }
     if !params.is_empty() {
         let json = serde_json::to_string(&params).unwrap_or_default();
-        layers.push(text_layer(store, MEDIA_TYPE_PARAMS, &json)?);
+        layers.push(text_layer(&pin, MEDIA_TYPE_PARAMS, &json)?);
     }
     if !messages.is_empty() {
         let json = serde_json::to_string(&messages).unwrap_or_default();
-        layers.push(text_layer(store, MEDIA_TYPE_MESSAGES, &json)?);
+        layers.push(text_layer(&pin, MEDIA_TYPE_MESSAGES, &json)?);
     }
     if !layers.iter().any(|l| {
         l.media_type == MEDIA_TYPE_MODEL
@@ -598,7 +604,7 @@ pub fn create(
         diff_ids: layers.iter().map(|l| l.digest).collect::<Vec<Digest>>(),
     });
     let cfg_json = serde_json::to_vec(&config).unwrap_or_default();
-    let cfg_digest = store.write_blob_bytes(&cfg_json)?;
+    let cfg_digest = pin.write_blob_bytes(&cfg_json)?;
     let manifest = Manifest::new(
         Layer {
             media_type: MEDIA_TYPE_CONFIG.into(),
@@ -611,6 +617,7 @@ pub fn create(
     );
     progress("writing manifest");
     store.write_manifest(&name.without_digest(), &manifest)?;
+    drop(pin);
     let r = store.get(&name.without_digest())?;
     progress("success");
     Ok(r)

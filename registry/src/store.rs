@@ -24,13 +24,20 @@
 //! file as an ordinary `application/vnd.ollama.image.model` layer, so registries and
 //! Ollama never see the link layer. A store made by Ollama never holds link layers and
 //! opens unchanged.
+//!
+//! # Concurrent writers and collectors
+//!
+//! Writers that reference blobs in a new manifest hold a [`Pin`] on them, and
+//! [`Store::remove`] / [`Store::prune`] keep every blob a manifest or a live pin names,
+//! across processes; what a killed process left in `corral-tmp/` is swept when a store
+//! opens. See [`gc`] for the rules and the locks.
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -39,6 +46,10 @@ use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::*;
 use crate::name::ModelName;
+
+pub mod gc;
+
+pub use gc::{PARTIAL_KEEP, Pin};
 
 /// Largest manifest accepted from disk or from a registry.
 pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
@@ -137,13 +148,18 @@ pub struct ResolvedModel {
     pub modified: SystemTime,
 }
 
-/// What [`Store::prune`] removed.
+/// What [`Store::prune`] or [`Store::remove`] removed, and what it kept for safety.
 #[derive(Clone, Debug, Default)]
 pub struct PruneReport {
     /// Blobs removed.
     pub removed: Vec<Digest>,
     /// Bytes freed.
     pub freed_bytes: u64,
+    /// Temporary and partial files left by dead processes that were removed.
+    pub removed_temporaries: Vec<PathBuf>,
+    /// Why no blob was removed although some may be unused: a manifest or pin file that
+    /// could not be read (its blobs are unknown, so every blob is kept).
+    pub kept_because: Vec<String>,
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -254,7 +270,11 @@ impl Store {
                 fs::create_dir_all(&p).ctx("creating directory", &p)?;
             }
         }
-        Ok(Store { root, read_only: opts.read_only })
+        let store = Store { root, read_only: opts.read_only };
+        if !store.read_only {
+            store.clean_stale();
+        }
+        Ok(store)
     }
 
     /// The default store location: `$CORRAL_MODELS` if set and not empty, else
@@ -339,11 +359,15 @@ impl Store {
         if self.read_only { Err(Error::ReadOnly(self.root.clone())) } else { Ok(()) }
     }
 
-    /// A new uniquely named temporary file in the store's temp area.
+    /// A new uniquely named temporary file in the store's temp area, locked by this
+    /// process for as long as it lives (so a cleaner knows it is not an orphan).
     pub(crate) fn temp_file(&self, prefix: &str) -> Result<TempFile> {
         self.check_writable()?;
         let dir = self.tmp_dir();
         fs::create_dir_all(&dir).ctx("creating directory", &dir)?;
+        // Created and locked under the shared collector lock, so a cleaner (exclusive)
+        // never sees it unlocked.
+        let _gc = self.gc_shared()?;
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let path = dir.join(format!(
             "{prefix}.{}.{n}.{:08x}.tmp",
@@ -355,12 +379,30 @@ impl Store {
             .create_new(true)
             .open(&path)
             .ctx("creating temporary file", &path)?;
-        Ok(TempFile { path, file, committed: false })
+        let t = TempFile { path, file, committed: false };
+        t.file
+            .try_lock()
+            .map_err(|e| Error::io("locking", &t.path, std::io::Error::other(e.to_string())))?;
+        Ok(t)
     }
 
-    /// Stores `bytes` as a blob and returns its digest.
+    /// Stores `bytes` as a blob and returns its digest. Nothing keeps an unreferenced
+    /// blob from a concurrent `rm` or `prune`: a writer that will name it in a manifest
+    /// uses [`Pin::write_blob_bytes`].
     pub fn write_blob_bytes(&self, bytes: &[u8]) -> Result<Digest> {
+        self.write_blob_bytes_pinned(bytes, None)
+    }
+
+    pub(crate) fn write_blob_bytes_pinned(
+        &self,
+        bytes: &[u8],
+        pin: Option<&Pin>,
+    ) -> Result<Digest> {
+        self.check_writable()?;
         let d = Digest::of_bytes(bytes);
+        if let Some(pin) = pin {
+            pin.add(&d)?;
+        }
         if self.has_blob(&d) {
             return Ok(d);
         }
@@ -372,12 +414,24 @@ impl Store {
 
     /// Streams `reader` into a blob, hashing as it goes. With `expected`, the content must
     /// hash to it or nothing becomes visible ([`Error::DigestMismatch`]). `progress` gets
-    /// the number of bytes written so far.
+    /// the number of bytes written so far. Nothing keeps an unreferenced blob from a
+    /// concurrent `rm` or `prune`: a writer that will name it in a manifest uses
+    /// [`Pin::write_blob_from_reader`].
     pub fn write_blob_from_reader(
+        &self,
+        reader: impl Read,
+        expected: Option<&Digest>,
+        progress: impl FnMut(u64),
+    ) -> Result<(Digest, u64)> {
+        self.write_blob_from_reader_pinned(reader, expected, progress, None)
+    }
+
+    pub(crate) fn write_blob_from_reader_pinned(
         &self,
         mut reader: impl Read,
         expected: Option<&Digest>,
         mut progress: impl FnMut(u64),
+        pin: Option<&Pin>,
     ) -> Result<(Digest, u64)> {
         let mut t = self.temp_file("blob")?;
         let mut h = Sha256::new();
@@ -406,13 +460,16 @@ impl Store {
                 actual: d.to_string(),
             });
         }
+        if let Some(pin) = pin {
+            pin.add(&d)?;
+        }
         if !self.has_blob(&d) {
             t.commit(&self.blob_path(&d))?;
         }
         Ok((d, n))
     }
 
-    /// Copies a file into the store as a blob.
+    /// Copies a file into the store as a blob (unpinned: see [`Pin::import_file`]).
     pub fn import_file(&self, path: &Path, progress: impl FnMut(u64)) -> Result<(Digest, u64)> {
         let f = File::open(path).ctx("opening", path)?;
         self.write_blob_from_reader(f, None, progress)
@@ -468,8 +525,9 @@ impl Store {
         Ok(Digest::of_bytes(bytes))
     }
 
-    /// Every model in the store. Entries whose path is not a valid name or whose manifest
-    /// cannot be read are skipped with a warning.
+    /// Every usable model in the store. Entries whose path is not a valid name, whose
+    /// manifest cannot be read, or whose manifest names a blob the store lacks are skipped
+    /// with a warning.
     pub fn list(&self) -> Result<Vec<ModelSummary>> {
         let mut out = Vec::new();
         for (name, path) in self.manifest_files()? {
@@ -481,6 +539,18 @@ impl Store {
                 }
             };
             match self.read_manifest(&name) {
+                Ok((m, _)) if m.blobs().any(|l| !self.has_blob(&l.digest)) => {
+                    let missing: Vec<String> = m
+                        .blobs()
+                        .filter(|l| !self.has_blob(&l.digest))
+                        .map(|l| l.digest.to_string())
+                        .collect();
+                    tracing::warn!(
+                        "not listing {name}: blob(s) {} missing from the store; \
+                         pull or create it again",
+                        missing.join(", ")
+                    );
+                }
                 Ok((m, digest)) => out.push(ModelSummary {
                     size: self.displayed_size(&m),
                     name,
@@ -506,34 +576,17 @@ impl Store {
             .sum()
     }
 
-    /// (name, manifest path) of every manifest file with a valid name.
+    /// (name, manifest path) of every manifest file with a valid name (others are logged
+    /// and skipped; their blobs are still kept by collectors).
     fn manifest_files(&self) -> Result<Vec<(ModelName, PathBuf)>> {
         let mut out = Vec::new();
-        let base = self.root.join("manifests");
-        if !base.is_dir() {
-            return Ok(out);
-        }
-        for host in read_dir_sorted(&base)? {
-            for ns in read_dir_sorted(&host)? {
-                for model in read_dir_sorted(&ns)? {
-                    for tag in read_dir_sorted(&model)? {
-                        if !tag.is_file() {
-                            continue;
-                        }
-                        let part = |p: &Path| {
-                            p.file_name().and_then(|s| s.to_str()).unwrap_or("").to_string()
-                        };
-                        match ModelName::from_parts(
-                            &part(&host),
-                            &part(&ns),
-                            &part(&model),
-                            &part(&tag),
-                        ) {
-                            Ok(n) => out.push((n, tag)),
-                            Err(e) => tracing::warn!("skipping {}: {e}", tag.display()),
-                        }
-                    }
-                }
+        for (path, name) in self.manifest_tree() {
+            match name {
+                Some(n) => out.push((n, path)),
+                None => tracing::debug!(
+                    "skipping {}: not named like a model (host/namespace/model/tag)",
+                    path.display()
+                ),
             }
         }
         Ok(out)
@@ -716,7 +769,9 @@ impl Store {
         Ok(r)
     }
 
-    /// Copies a model under a new name (the manifest only; blobs are shared).
+    /// Copies a model under a new name (the manifest only; blobs are shared). The blobs
+    /// are pinned first, so a concurrent `rm` of the source cannot leave the copy without
+    /// them.
     pub fn copy(&self, src: &ModelName, dst: &ModelName) -> Result<()> {
         self.check_writable()?;
         let path = self.manifest_path(src);
@@ -724,11 +779,30 @@ impl Store {
             return Err(Error::ModelNotFound(src.to_string()));
         }
         let bytes = read_bounded(&path, MAX_MANIFEST_BYTES)?;
+        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::InvalidManifest {
+            model: src.to_string(),
+            reason: e.to_string(),
+        })?;
+        let pin = self.pin()?;
+        pin.add_all(m.blobs().map(|l| l.digest))?;
+        for l in m.blobs() {
+            if !self.has_blob(&l.digest) {
+                return Err(Error::BlobMissing {
+                    model: src.to_string(),
+                    digest: l.digest.to_string(),
+                    path: self.blob_path(&l.digest),
+                });
+            }
+        }
         self.write_manifest_bytes(dst, &bytes)?;
+        drop(pin);
         Ok(())
     }
 
-    /// Removes a model, then the blobs it used that no other model references.
+    /// Removes a model, then the blobs it used that no other model and no running writer
+    /// (a create, pull or copy holding a [`Pin`], in any process) references. If some
+    /// manifest cannot be read, its blobs are unknown and every blob is kept (the report
+    /// says why); the model is removed all the same.
     pub fn remove(&self, name: &ModelName) -> Result<PruneReport> {
         self.check_writable()?;
         let (m, _) = self.read_manifest(name)?;
@@ -743,12 +817,39 @@ impl Store {
             }
             dir = d.parent().map(Path::to_path_buf);
         }
-        let referenced = self.referenced_blobs()?;
-        let mut report = PruneReport::default();
         let candidates: BTreeSet<Digest> = m.blobs().map(|l| l.digest).collect();
+        self.collect(Some(&candidates))
+    }
+
+    /// Deletes the `candidates` (every blob when `None`) that no manifest and no live pin
+    /// names, under the exclusive collector lock.
+    fn collect(&self, candidates: Option<&BTreeSet<Digest>>) -> Result<PruneReport> {
+        let _gc = self.gc_exclusive()?;
+        let keep = self.keep_set();
+        let mut report = PruneReport::default();
+        if !keep.unknown.is_empty() {
+            for u in &keep.unknown {
+                tracing::warn!("keeping every blob: {u}");
+            }
+            report.kept_because = keep.unknown;
+            return Ok(report);
+        }
+        let all;
+        let candidates = match candidates {
+            Some(c) => c,
+            None => {
+                let blobs = self.root.join("blobs");
+                all = read_dir_sorted(&blobs)?
+                    .iter()
+                    .filter_map(|p| p.file_name().and_then(|s| s.to_str()))
+                    .filter_map(|n| Digest::from_blob_file_name(n).ok())
+                    .collect::<BTreeSet<Digest>>();
+                &all
+            }
+        };
         for d in candidates {
-            if !referenced.contains(&d) {
-                self.remove_blob(&d, &mut report);
+            if !keep.digests.contains(d) {
+                self.remove_blob(d, &mut report);
             }
         }
         Ok(report)
@@ -781,39 +882,31 @@ impl Store {
         out
     }
 
-    /// Digests referenced by any manifest. Fails if any manifest cannot be read, so that
-    /// pruning never deletes blobs of a model it failed to understand.
+    /// Digests referenced by any file of the manifests tree (whether or not its path is a
+    /// valid model name) or by a running writer's [`Pin`]. Fails if a manifest cannot be
+    /// read, so that nothing deletes blobs of a model it failed to understand.
     pub fn referenced_blobs(&self) -> Result<HashSet<Digest>> {
-        let mut set = HashSet::new();
-        for (name, _) in self.manifest_files()? {
-            let (m, _) = self.read_manifest(&name)?;
-            set.extend(m.blobs().map(|l| l.digest));
+        let _gc = if self.read_only { None } else { Some(self.gc_exclusive()?) };
+        let keep = self.keep_set();
+        if let Some(u) = keep.unknown.first() {
+            return Err(Error::io(
+                "reading the manifests",
+                self.root.join("manifests"),
+                std::io::Error::other(u.clone()),
+            ));
         }
-        Ok(set)
+        Ok(keep.digests)
     }
 
-    /// Removes blobs no manifest references, and temporary files older than an hour that
-    /// no one holds a lock on. Partial downloads are kept so that pulls can resume.
+    /// Removes blobs that no manifest (whatever its file name) and no running writer
+    /// references, and what dead processes left in `corral-tmp/`: temporary files nobody
+    /// holds, and partial downloads nobody holds that are older than [`PARTIAL_KEEP`] or
+    /// whose blob is complete (younger ones are kept so that a pull resumes them).
     pub fn prune(&self) -> Result<PruneReport> {
         self.check_writable()?;
-        let referenced = self.referenced_blobs()?;
-        let mut report = PruneReport::default();
-        let blobs = self.root.join("blobs");
-        for p in read_dir_sorted(&blobs)? {
-            let Some(fname) = p.file_name().and_then(|s| s.to_str()) else { continue };
-            let Ok(d) = Digest::from_blob_file_name(fname) else { continue };
-            if !referenced.contains(&d) {
-                self.remove_blob(&d, &mut report);
-            }
-        }
-        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
-        for p in read_dir_sorted(&self.tmp_dir()).unwrap_or_default() {
-            let is_tmp = p.extension().is_some_and(|e| e == "tmp");
-            let old = fs::metadata(&p).and_then(|m| m.modified()).is_ok_and(|t| t < hour_ago);
-            if is_tmp && old {
-                let _ = fs::remove_file(&p);
-            }
-        }
+        let mut report = self.collect(None)?;
+        let _gc = self.gc_exclusive()?;
+        report.removed_temporaries = self.clean_temporaries(SystemTime::now());
         Ok(report)
     }
 }
@@ -867,6 +960,14 @@ mod tests {
         (dir, s)
     }
 
+    /// Temporary files in the temp area (not the collector lock or the pins directory).
+    fn temporaries(s: &Store) -> usize {
+        fs::read_dir(s.tmp_dir())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "tmp"))
+            .count()
+    }
+
     #[test]
     fn blob_digest_checked_before_visible() {
         let (_d, s) = store();
@@ -875,7 +976,7 @@ mod tests {
         assert!(matches!(e, Error::DigestMismatch { .. }), "{e}");
         assert!(!s.has_blob(&wrong));
         assert!(!s.has_blob(&Digest::of_bytes(b"hello")));
-        assert_eq!(fs::read_dir(s.tmp_dir()).unwrap().count(), 0, "temp file left behind");
+        assert_eq!(temporaries(&s), 0, "temp file left behind");
     }
 
     struct FailingReader(usize);
@@ -896,7 +997,7 @@ mod tests {
         let (_d, s) = store();
         assert!(s.write_blob_from_reader(FailingReader(5000), None, |_| {}).is_err());
         assert_eq!(fs::read_dir(s.root.join("blobs")).unwrap().count(), 0);
-        assert_eq!(fs::read_dir(s.tmp_dir()).unwrap().count(), 0);
+        assert_eq!(temporaries(&s), 0);
     }
 
     #[test]
