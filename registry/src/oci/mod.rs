@@ -22,6 +22,16 @@
 //!   gzip/brotli/deflate), so no decompression bomb can be served.
 //! - Several pulls of the same model at once are safe: a blob is downloaded under a lock
 //!   file (`corral-tmp/sha256-<hex>.lock`); the others wait and then find it present.
+//! - A pull pins every blob its manifest names (see [`crate::store::gc`]) before it checks
+//!   for them, so `rm` or `prune` of another model cannot delete them before the manifest
+//!   is written.
+//! - Limits on what a registry can make us do: a layer larger than
+//!   [`ClientOptions::max_blob_size`] (`CORRAL_MAX_BLOB_SIZE`, 256 GiB by default) is
+//!   refused before any byte is written; every request has a connect timeout and a read
+//!   timeout, the token request a total timeout; plain HTTP is spoken only with
+//!   [`ClientOptions::insecure`]; a token realm or a redirect must use https (or http when
+//!   insecure) and may not point at a loopback, link-local or unspecified address unless
+//!   the registry itself is on one (see [`check_target`]).
 
 mod pull;
 mod push;
@@ -66,6 +76,43 @@ impl Progress {
 /// The progress callback: called from the pulling task, must be cheap.
 pub type ProgressFn<'a> = &'a (dyn Fn(&Progress) + Send + Sync);
 
+/// The environment variable that sets [`ClientOptions::max_blob_size`] (bytes, or with a
+/// `K`, `M`, `G` or `T` suffix in powers of 1024, e.g. `300G`).
+pub const MAX_BLOB_SIZE_ENV: &str = "CORRAL_MAX_BLOB_SIZE";
+
+/// The default [`ClientOptions::max_blob_size`]: 256 GiB.
+pub const DEFAULT_MAX_BLOB_SIZE: u64 = 256 << 30;
+
+/// Parses a size: bytes, or a number with a `K`, `M`, `G` or `T` suffix (powers of 1024;
+/// `KiB`, `KB` and the like are accepted too).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(digits);
+    let n: u64 = n.parse().ok()?;
+    let shift = match unit.trim().to_ascii_lowercase().trim_end_matches('b').trim_end_matches('i') {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => return None,
+    };
+    n.checked_mul(1u64 << shift)
+}
+
+fn max_blob_size_from_env() -> u64 {
+    match std::env::var(MAX_BLOB_SIZE_ENV) {
+        Ok(v) if !v.trim().is_empty() => parse_size(&v).unwrap_or_else(|| {
+            tracing::warn!(
+                "{MAX_BLOB_SIZE_ENV}={v:?} is not a size (e.g. 300G); using {DEFAULT_MAX_BLOB_SIZE}"
+            );
+            DEFAULT_MAX_BLOB_SIZE
+        }),
+        _ => DEFAULT_MAX_BLOB_SIZE,
+    }
+}
+
 /// Options of a [`Client`].
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
@@ -83,8 +130,16 @@ pub struct ClientOptions {
     pub max_retries: u32,
     /// First backoff delay; doubled at every retry, capped at 10 s.
     pub retry_backoff: Duration,
-    /// Connect timeout.
+    /// Connect timeout of every request.
     pub connect_timeout: Duration,
+    /// Read timeout of every request: the longest wait for an answer's headers, and for
+    /// each read of its body (uploads get this plus time for their body at 256 KiB/s).
+    pub read_timeout: Duration,
+    /// Total timeout of a bearer-token request (a `WWW-Authenticate` realm).
+    pub token_timeout: Duration,
+    /// The largest blob a pull accepts: a manifest that declares a larger layer is refused
+    /// before anything is written. Default: `CORRAL_MAX_BLOB_SIZE`, else 256 GiB.
+    pub max_blob_size: u64,
     /// Redirects followed at most.
     pub max_redirects: usize,
     /// Chunk size of uploads.
@@ -102,6 +157,9 @@ impl Default for ClientOptions {
             max_retries: 5,
             retry_backoff: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(60),
+            token_timeout: Duration::from_secs(30),
+            max_blob_size: max_blob_size_from_env(),
             max_redirects: 10,
             upload_chunk_size: 64 << 20,
         }
@@ -208,6 +266,9 @@ enum AuthState {
 /// An OCI registry client. One per process is enough; it is `Sync`.
 pub struct Client {
     http: reqwest::Client,
+    /// For uploads: no read timeout (the answer comes after the body is sent), a total
+    /// timeout per request instead.
+    upload_http: reqwest::Client,
     opts: ClientOptions,
     creds: Credentials,
     auth: Mutex<HashMap<String, AuthState>>,
@@ -243,7 +304,7 @@ impl Ctx {
 /// A readable description of a reqwest error, with its causes.
 pub(crate) fn describe(e: &reqwest::Error) -> String {
     let mut s = if e.is_redirect() {
-        "too many redirects (redirect loop?)".to_string()
+        "redirect refused".to_string()
     } else if e.is_timeout() {
         "timed out".to_string()
     } else if e.is_connect() {
@@ -279,18 +340,27 @@ impl Client {
 
     /// A client with explicit credentials.
     pub fn with_credentials(opts: ClientOptions, creds: Credentials) -> Result<Client> {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("corral/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::limited(opts.max_redirects))
-            .connect_timeout(opts.connect_timeout)
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| Error::Registry {
-                registry: String::new(),
-                model: String::new(),
-                message: format!("building the HTTP client: {}", describe(&e)),
-            })?;
-        Ok(Client { http, opts, creds, auth: Mutex::new(HashMap::new()) })
+        let builder = || {
+            reqwest::Client::builder()
+                .user_agent(concat!("corral/", env!("CARGO_PKG_VERSION")))
+                .redirect(redirect_policy(opts.max_redirects, opts.insecure))
+                .connect_timeout(opts.connect_timeout)
+                .tcp_nodelay(true)
+        };
+        let fail = |e: reqwest::Error| Error::Registry {
+            registry: String::new(),
+            model: String::new(),
+            message: format!("building the HTTP client: {}", describe(&e)),
+        };
+        let http = builder().read_timeout(opts.read_timeout).build().map_err(fail)?;
+        let upload_http = builder().build().map_err(fail)?;
+        Ok(Client { http, upload_http, opts, creds, auth: Mutex::new(HashMap::new()) })
+    }
+
+    /// The total timeout of an upload request carrying `body_len` bytes: the read timeout
+    /// plus the time to send the body at 256 KiB/s.
+    pub(crate) fn upload_timeout(&self, body_len: u64) -> Duration {
+        self.opts.read_timeout.saturating_add(Duration::from_secs(body_len / (256 << 10)))
     }
 
     /// The options in use.
@@ -332,9 +402,30 @@ impl Client {
         what: &str,
         build: impl Fn(&reqwest::Client) -> RequestBuilder,
     ) -> Result<Response> {
+        self.send_on(&self.http, ctx, what, build).await
+    }
+
+    /// [`Client::send`] on the upload client (no read timeout: `build` sets a total one,
+    /// see [`Client::upload_timeout`]).
+    pub(crate) async fn send_upload(
+        &self,
+        ctx: &Ctx,
+        what: &str,
+        build: impl Fn(&reqwest::Client) -> RequestBuilder,
+    ) -> Result<Response> {
+        self.send_on(&self.upload_http, ctx, what, build).await
+    }
+
+    async fn send_on(
+        &self,
+        http: &reqwest::Client,
+        ctx: &Ctx,
+        what: &str,
+        build: impl Fn(&reqwest::Client) -> RequestBuilder,
+    ) -> Result<Response> {
         let mut challenged = false;
         loop {
-            let rb = self.apply_auth(&ctx.host, build(&self.http));
+            let rb = self.apply_auth(&ctx.host, build(http));
             let resp = rb.send().await.map_err(|e| ctx.err(format!("{what}: {}", describe(&e))))?;
             if resp.status() == StatusCode::UNAUTHORIZED && !challenged {
                 challenged = true;
@@ -386,6 +477,9 @@ impl Client {
                     .ok_or_else(|| ctx.err("Bearer challenge without a realm"))?;
                 let mut url = reqwest::Url::parse(realm)
                     .map_err(|e| ctx.err(format!("bad token realm {realm:?}: {e}")))?;
+                check_realm(&ctx.host, &url, self.opts.insecure)
+                    .await
+                    .map_err(|m| ctx.err(format!("refusing the token realm {realm:?}: {m}")))?;
                 let default_scope = format!(
                     "repository:{}:{}",
                     ctx.repo,
@@ -401,7 +495,7 @@ impl Client {
                         params.get("scope").map_or(&default_scope, String::as_str),
                     );
                 }
-                let mut rb = self.http.get(url.clone());
+                let mut rb = self.http.get(url.clone()).timeout(self.opts.token_timeout);
                 if let Some((u, p)) = self.creds.get(&ctx.host) {
                     rb = rb.basic_auth(u, Some(p));
                 }
@@ -500,6 +594,136 @@ impl Client {
         }
         Ok((m, bytes, digest))
     }
+}
+
+/// Whether `host` (a host name or an IP address, IPv6 in brackets or not) is a loopback,
+/// link-local or unspecified address, or `localhost`: the machine's own services and
+/// cloud metadata endpoints (169.254.169.254), where a registry must not send us.
+pub fn is_local_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    match h.parse::<std::net::IpAddr>() {
+        Ok(ip) => is_local_ip(ip),
+        Err(_) => {
+            let h = h.trim_end_matches('.').to_ascii_lowercase();
+            h == "localhost" || h.ends_with(".localhost")
+        }
+    }
+}
+
+fn is_local_ip(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            v4.is_loopback() || v4.is_link_local() || v4.is_unspecified() || v4.octets()[0] == 0
+        }
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6.to_ipv4_mapped().is_some_and(|v4| is_local_ip(v4.into()))
+        }
+    }
+}
+
+/// The host part of a registry (`host[:port]`, `[v6]:port`).
+fn registry_host_is_local(registry: &str) -> bool {
+    reqwest::Url::parse(&format!("http://{registry}/"))
+        .ok()
+        .and_then(|u| u.host_str().map(is_local_host))
+        .unwrap_or(false)
+}
+
+/// Checks a URL a registry sends us to (a `WWW-Authenticate` token realm, a redirect):
+///
+/// - its scheme must be `https`, or `http` when `insecure` (plain HTTP allowed);
+/// - its host may not be a loopback, link-local or unspecified address, or `localhost`
+///   ([`is_local_host`]), unless the registry itself (`registry`, `host[:port]`) is on
+///   one: a registry on the internet cannot make us call the services of our own machine
+///   or a cloud metadata endpoint.
+///
+/// Returns why it is refused.
+pub fn check_target(
+    registry: &str,
+    target: &reqwest::Url,
+    insecure: bool,
+) -> std::result::Result<(), String> {
+    match target.scheme() {
+        "https" => {}
+        "http" if insecure => {}
+        "http" => {
+            return Err("plain http is not allowed (the client is not in insecure mode)".into());
+        }
+        s => return Err(format!("the scheme {s:?} is neither https nor http")),
+    }
+    let host = target.host_str().unwrap_or("");
+    if host.is_empty() {
+        return Err("no host".into());
+    }
+    if is_local_host(host) && !registry_host_is_local(registry) {
+        return Err(format!(
+            "{host} is a loopback, link-local or unspecified address and the registry \
+             {registry} is not"
+        ));
+    }
+    Ok(())
+}
+
+/// [`check_target`] for a token realm, plus the same rule for the addresses its host
+/// name resolves to now (a check of intent: the request resolves the name again).
+async fn check_realm(
+    registry: &str,
+    realm: &reqwest::Url,
+    insecure: bool,
+) -> std::result::Result<(), String> {
+    check_target(registry, realm, insecure)?;
+    let Some(host) = realm.host_str() else { return Ok(()) };
+    if registry_host_is_local(registry)
+        || host.starts_with('[')
+        || host.parse::<std::net::IpAddr>().is_ok()
+    {
+        return Ok(());
+    }
+    let port = realm.port_or_known_default().unwrap_or(443);
+    let lookup =
+        tokio::time::timeout(Duration::from_secs(10), tokio::net::lookup_host((host, port)));
+    if let Ok(Ok(addrs)) = lookup.await {
+        for a in addrs {
+            if is_local_ip(a.ip()) {
+                return Err(format!(
+                    "{host} resolves to {}, a loopback, link-local or unspecified address, and \
+                     the registry {registry} is not on one",
+                    a.ip()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Follows at most `max` redirects, each allowed by [`check_target`] against the host of
+/// the first URL of the chain (the registry, or the token realm already checked).
+fn redirect_policy(max: usize, insecure: bool) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= max {
+            return attempt.error(format!("more than {max} redirects (redirect loop?)"));
+        }
+        let origin = attempt
+            .previous()
+            .first()
+            .and_then(|u| {
+                u.host_str().map(|h| match u.port() {
+                    Some(p) => format!("{h}:{p}"),
+                    None => h.to_string(),
+                })
+            })
+            .unwrap_or_default();
+        match check_target(&origin, attempt.url(), insecure) {
+            Ok(()) => attempt.follow(),
+            Err(m) => {
+                let m = format!("to {}: {m}", attempt.url());
+                attempt.error(m)
+            }
+        }
+    })
 }
 
 /// Reads a whole body, refusing more than `max` bytes.

@@ -12,12 +12,13 @@ use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::{Client, Ctx, Progress, ProgressFn, describe};
+use super::{Client, Ctx, MAX_BLOB_SIZE_ENV, Progress, ProgressFn, describe};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{Layer, MEDIA_TYPE_LINK};
 use crate::name::ModelName;
-use crate::store::Store;
+use crate::store::gc::{is_same_file, open_lock_file};
+use crate::store::{Pin, Store};
 
 /// What a pull did.
 #[derive(Clone, Debug)]
@@ -238,6 +239,29 @@ impl Client {
                 ctx.err("the manifest holds a corral link layer, which only local models may have")
             );
         }
+        // Declared sizes are checked before any byte is written (a partial file is
+        // allocated at its declared size).
+        let max = self.opts.max_blob_size;
+        if let Some(l) = m.blobs().find(|l| l.size > max) {
+            return Err(ctx.err(format!(
+                "layer {} declares {} bytes, more than the largest blob this client accepts \
+                 ({max} bytes; raise it with {MAX_BLOB_SIZE_ENV})",
+                l.digest, l.size
+            )));
+        }
+        // Every blob the manifest names is pinned before its presence is checked, and
+        // stays pinned until the manifest is written: a concurrent `rm` or `prune` (in
+        // any process) cannot delete one in between. (Blocking file work: off the
+        // async threads.)
+        let digests: Vec<Digest> = m.blobs().map(|l| l.digest).collect();
+        let pin_store = store.clone();
+        let pin = tokio::task::spawn_blocking(move || -> Result<Pin> {
+            let pin = pin_store.pin()?;
+            pin.add_all(digests)?;
+            Ok(pin)
+        })
+        .await
+        .map_err(|e| ctx.err(format!("pinning the blobs: {e}")))??;
         let mut out =
             PullOutcome { manifest_digest, bytes_fetched: 0, blobs_fetched: 0, blobs_present: 0 };
         let mut seen = HashSet::new();
@@ -267,6 +291,7 @@ impl Client {
             }
         }
         store.write_manifest_bytes(&name.without_digest(), &bytes)?;
+        drop(pin);
         progress(&Progress::status("success"));
         Ok(out)
     }
@@ -284,16 +309,14 @@ impl Client {
         fs::create_dir_all(&tmp).ctx("creating directory", &tmp)?;
         let base = d.blob_file_name();
         let lock_path = tmp.join(format!("{base}.lock"));
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .ctx("opening lock file", &lock_path)?;
         let mut told = false;
-        loop {
+        let lock = loop {
+            let lock = open_lock_file(&lock_path)?;
             match lock.try_lock() {
-                Ok(()) => break,
+                // A cleaner may have deleted the (then unheld) lock file after we opened
+                // it: locking that one proves nothing, so open the current one again.
+                Ok(()) if !is_same_file(&lock, &lock_path) => {}
+                Ok(()) => break lock,
                 Err(fs::TryLockError::WouldBlock) => {
                     if !told {
                         told = true;
@@ -306,7 +329,7 @@ impl Client {
                 }
                 Err(fs::TryLockError::Error(e)) => return Err(Error::io("locking", &lock_path, e)),
             }
-        }
+        };
         if store.has_blob(&d) {
             return Ok(0);
         }

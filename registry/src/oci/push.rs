@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use bytes::Bytes;
 use reqwest::StatusCode;
@@ -181,9 +182,11 @@ impl Client {
             let body = Bytes::from(buf);
             let range = format!("{}-{}", sent, sent + n as u64 - 1);
             let url = loc.clone();
+            let timeout = self.upload_timeout(n as u64);
             let resp = self
-                .send(ctx, "uploading a blob chunk", |c| {
+                .send_upload(ctx, "uploading a blob chunk", |c| {
                     c.patch(&url)
+                        .timeout(timeout)
                         .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
                         .header(reqwest::header::CONTENT_RANGE, &range)
                         .header(reqwest::header::CONTENT_LENGTH, n)
@@ -211,9 +214,12 @@ impl Client {
         let mut u = reqwest::Url::parse(&loc).map_err(|e| ctx.err(e.to_string()))?;
         u.query_pairs_mut().append_pair("digest", &d.to_string());
         let url = u.to_string();
+        // The registry may verify the whole blob before it answers: allow for reading it
+        // at 16 MiB/s.
+        let timeout = self.opts.read_timeout.saturating_add(Duration::from_secs(l.size >> 24));
         let resp = self
-            .send(ctx, "finishing an upload", |c| {
-                c.put(&url).header(reqwest::header::CONTENT_LENGTH, 0)
+            .send_upload(ctx, "finishing an upload", |c| {
+                c.put(&url).timeout(timeout).header(reqwest::header::CONTENT_LENGTH, 0)
             })
             .await?;
         if resp.status() != StatusCode::CREATED && !resp.status().is_success() {
