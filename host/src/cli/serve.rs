@@ -67,7 +67,11 @@ pub(crate) struct ServeArgs {
     /// requests get 403, so a client cannot make the server fetch plain-HTTP URLs. Also
     /// `CORRAL_ALLOW_INSECURE_REGISTRIES=1` and the config's `[server]
     /// allow_insecure_registries`.
-    #[arg(long, env = "CORRAL_ALLOW_INSECURE_REGISTRIES")]
+    #[arg(
+        long,
+        env = "CORRAL_ALLOW_INSECURE_REGISTRIES",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub allow_insecure_registries: bool,
 }
 

@@ -110,6 +110,8 @@ pub(crate) enum Resp {
     Truncated(u64, Vec<u8>),
     /// Streams `len` zero bytes with a chunked body (no length).
     Endless(u64),
+    /// Waits, then answers.
+    Delayed(Duration, Box<Resp>),
 }
 
 /// Starts a fake HTTP server on a free port; returns its port.
@@ -145,7 +147,12 @@ pub(crate) async fn fake_server(
                     .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
                     .collect();
                 let req = Req { method, path, headers };
-                match handler(&req, port) {
+                let mut resp = handler(&req, port);
+                while let Resp::Delayed(d, inner) = resp {
+                    tokio::time::sleep(d).await;
+                    resp = *inner;
+                }
+                match resp {
                     Resp::Full(status, headers, body) => {
                         let mut head = format!(
                             "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
@@ -185,6 +192,7 @@ pub(crate) async fn fake_server(
                         }
                         let _ = sock.write_all(b"0\r\n\r\n").await;
                     }
+                    Resp::Delayed(..) => unreachable!("unwrapped above"),
                 }
                 let _ = sock.shutdown().await;
             });
