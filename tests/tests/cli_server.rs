@@ -213,7 +213,12 @@ fn push_and_pull_go_through_a_running_server() {
     let mf = dir.path().join("Modelfile");
     std::fs::write(&mf, format!("FROM ./tiny.gguf\nTEMPLATE \"\"\"{TEMPLATE}\"\"\"\n")).unwrap();
     let store_a_env = store_a.to_str().unwrap();
-    let server = Server::start(&[], &[("CORRAL_MODELS", store_a_env)], &[]);
+    // The test registry speaks plain HTTP: the operator allows it (a client cannot).
+    let server = Server::start(
+        &[],
+        &[("CORRAL_MODELS", store_a_env), ("CORRAL_ALLOW_INSECURE_REGISTRIES", "1")],
+        &[],
+    );
     let host = server.url.trim_start_matches("http://").to_string();
     let name = format!("127.0.0.1:{}/test/tiny:latest", reg.port);
 
