@@ -80,13 +80,13 @@ fn feed_bytes(grammar: &Arc<Grammar>, doc: &[u8]) {
 }
 
 fn check_complete(m: &Matcher, bytes: &[u8]) {
-    if m.is_complete() {
-        if let Err(e) = serde_json::from_slice::<Value>(bytes) {
-            panic!(
-                "the matcher calls {:?} a complete document, but it is not JSON: {e}",
-                String::from_utf8_lossy(bytes)
-            );
-        }
+    if m.is_complete()
+        && let Err(e) = serde_json::from_slice::<Value>(bytes)
+    {
+        panic!(
+            "the matcher calls {:?} a complete document, but it is not JSON: {e}",
+            String::from_utf8_lossy(bytes)
+        );
     }
 }
 
