@@ -90,9 +90,9 @@ impl Manifest {
         self.layers.iter().find(|l| l.media_type == media_type)
     }
 
-    /// Total size of config and layers.
+    /// Total size of config and layers, saturating: the sizes are what the manifest says.
     pub fn total_size(&self) -> u64 {
-        self.blobs().map(|l| l.size).sum()
+        self.blobs().fold(0u64, |n, l| n.saturating_add(l.size))
     }
 
     /// Serializes as compact JSON (the bytes that are hashed and stored).
@@ -153,5 +153,17 @@ mod tests {
         assert!(m.layer(MEDIA_TYPE_TEMPLATE).is_none());
         let bad = json.replace("sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\",\"size\":0,\"from", "sha256:../../etc/passwd\",\"size\":0,\"from");
         assert!(serde_json::from_str::<Manifest>(&bad).is_err());
+    }
+
+    /// Found with the fuzz target (fuzz/regressions/oci_manifest/): sizes that add past
+    /// u64::MAX made `total_size` panic with overflow checks on (and wrap without).
+    #[test]
+    fn total_size_saturates() {
+        let d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let json = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"x","digest":"{d}","size":18446744073709551615}},"layers":[{{"mediaType":"y","digest":"{d}","size":1}}]}}"#
+        );
+        let m: Manifest = serde_json::from_str(&json).unwrap();
+        assert_eq!(m.total_size(), u64::MAX);
     }
 }
