@@ -71,15 +71,23 @@ fn render(template: &ChatTemplate) {
     let _ = template.render(&input);
 }
 
+/// With `CORRAL_FUZZ_STRICT=1`, a Go template that translates must give Jinja that
+/// compiles (a translator bug otherwise, not a crash: off by default).
+fn strict() -> bool {
+    static STRICT: OnceLock<bool> = OnceLock::new();
+    *STRICT.get_or_init(|| std::env::var_os("CORRAL_FUZZ_STRICT").is_some_and(|v| v == "1"))
+}
+
 /// A Modelfile TEMPLATE or a registry's template layer: detected, translated when it is
 /// a Go template, compiled and rendered.
 pub fn gotemplate(data: &[u8]) {
     let src = crate::text(data);
-    let _ = gotemplate::is_go_template(&src);
-    if let Ok(jinja) = gotemplate::prepare(&src)
-        && let Ok(template) = ChatTemplate::new(jinja)
-    {
-        render(&template);
+    let is_go = gotemplate::is_go_template(&src);
+    let Ok(jinja) = gotemplate::prepare(&src) else { return };
+    match ChatTemplate::new(jinja) {
+        Ok(template) => render(&template),
+        Err(e) if is_go && strict() => panic!("a translated Go template is not Jinja: {e}"),
+        Err(_) => {}
     }
 }
 
