@@ -11,14 +11,13 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # The e2e tests run the binaries and plugins that this build puts in the target dir.
 cargo build --workspace --all-targets
 cargo test --workspace --no-fail-fast
+# The fuzz targets, briefly: every seed and every fixed past crash replayed through its
+# target (fuzz/ci.sh also runs each under AFL when cargo-afl is installed; see
+# fuzz/README.md and fuzz/run.sh for the long runs).
+cargo test --manifest-path fuzz/Cargo.toml --tests
 
 venv="${CORRAL_VENV:-$here/target/pyenv}"
 target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 if [ -d tests/python ] && ls tests/python/test_*.py >/dev/null 2>&1; then
   CORRAL_TARGET_DIR="$target_dir/debug" "$venv/bin/pytest" -q tests/python
 fi
-
-# The fuzz targets, briefly: every seed and every fixed past crash replayed through its
-# target (fuzz/ci.sh also runs each under AFL when cargo-afl is installed; see
-# fuzz/README.md and fuzz/run.sh for the long runs).
-cargo test --manifest-path fuzz/Cargo.toml
