@@ -139,6 +139,7 @@ pub struct Server {
     pub url: String,
     /// Everything the server printed on stderr so far.
     pub log: std::sync::Arc<std::sync::Mutex<String>>,
+    _store: Option<tempfile::TempDir>,
 }
 
 impl Server {
@@ -152,6 +153,13 @@ impl Server {
         // Tests name their generated model files by path: allow the temp directory (a
         // server takes only store names unless told otherwise).
         c.env("CORRAL_ALLOW_MODEL_PATHS", std::env::temp_dir());
+        // A store of its own unless the test names one: a test never writes to the
+        // store of the user running it.
+        let own_store = (!env.iter().any(|(k, _)| *k == "CORRAL_MODELS"))
+            .then(|| tempfile::tempdir().expect("a temporary store"));
+        if let Some(d) = &own_store {
+            c.env("CORRAL_MODELS", d.path());
+        }
         for (k, v) in env {
             c.env(k, v);
         }
@@ -175,7 +183,7 @@ impl Server {
             let _ = child.kill();
             panic!("corral serve did not start:\n{}", log.lock().unwrap());
         };
-        Server { child, url, log }
+        Server { child, url, log, _store: own_store }
     }
 
     /// The server's log so far.

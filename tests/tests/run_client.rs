@@ -16,7 +16,9 @@ fn run_talks_to_a_running_server_and_agrees_with_local_run() {
     let (out, local, stderr) = run(c);
     assert!(out.status.success(), "{stderr}");
 
-    let server = Server::start(&[&plugin], &[], &[]);
+    // The server's own store, so the upload below happens on every run.
+    let store = dir.path().join("server-store").to_string_lossy().into_owned();
+    let server = Server::start(&[&plugin], &[("CORRAL_MODELS", store.as_str())], &[]);
     let host = server.url.trim_start_matches("http://").to_string();
     let mut c = corral(&[]);
     c.env("CORRAL_HOST", &host)
