@@ -573,7 +573,8 @@ impl Store {
                     l.size
                 }
             })
-            .sum()
+            // Sizes come from a manifest: saturate rather than overflow.
+            .fold(0u64, u64::saturating_add)
     }
 
     /// (name, manifest path) of every manifest file with a valid name (others are logged
@@ -756,7 +757,7 @@ impl Store {
         }
         if !onnx_files.is_empty() && !have_model {
             have_model = true;
-            r.model_size = onnx_files.iter().map(|f| f.2).sum();
+            r.model_size = onnx_files.iter().map(|f| f.2).fold(0u64, u64::saturating_add);
             r.model_path = self.materialize_onnx(&r.manifest_digest, &onnx_files)?;
             r.config.model_format = "onnx".into();
         }
