@@ -558,3 +558,23 @@ impl Drop for Registry {
         let _ = self.child.wait();
     }
 }
+
+/// A `corral` command whose own store is `store` and whose server is `host`.
+pub fn cli(store: &Path, host: &str) -> Command {
+    let mut c = corral(&[]);
+    c.env("CORRAL_MODELS", store).env("CORRAL_HOST", host).env_remove("CORRAL_MODELS_READONLY");
+    c
+}
+
+/// Runs `corral ARGS` with `store` and `host`; (exit code, stdout, stderr).
+pub fn go(store: &Path, host: &str, args: &[&str]) -> (i32, String, String) {
+    let mut c = cli(store, host);
+    c.args(args);
+    let (out, stdout, stderr) = run(c);
+    (out.status.code().unwrap_or(-1), stdout, stderr)
+}
+
+/// The NAME column of `corral list`'s output.
+pub fn names(list: &str) -> Vec<String> {
+    list.lines().skip(1).filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect()
+}

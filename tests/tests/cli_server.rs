@@ -5,33 +5,12 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
     time::Duration,
 };
 
 use corral_e2e::*;
 
 const TEMPLATE: &str = "{{ if .System }}<|system|>\n{{ .System }}<|end|>\n{{ end }}{{ if .Prompt }}<|user|>\n{{ .Prompt }}<|end|>\n{{ end }}<|assistant|>\n{{ .Response }}<|end|>\n";
-
-/// A `corral` command whose own store is `store` and whose server is `host`.
-fn cli(store: &Path, host: &str) -> Command {
-    let mut c = corral(&[]);
-    c.env("CORRAL_MODELS", store).env("CORRAL_HOST", host).env_remove("CORRAL_MODELS_READONLY");
-    c
-}
-
-/// Runs `corral ARGS` with `store` and `host`; (exit code, stdout, stderr).
-fn go(store: &Path, host: &str, args: &[&str]) -> (i32, String, String) {
-    let mut c = cli(store, host);
-    c.args(args);
-    let (out, stdout, stderr) = run(c);
-    (out.status.code().unwrap_or(-1), stdout, stderr)
-}
-
-/// The NAME column of `corral list`'s output.
-fn names(list: &str) -> Vec<String> {
-    list.lines().skip(1).filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect()
-}
 
 /// A plugin that runs GGUF models (llama.cpp, else the pure-Rust cpu engine), if built.
 fn gguf_plugin(dir: &Path) -> Option<PathBuf> {

@@ -10,31 +10,13 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use corral_e2e::*;
 
 /// Nothing listens here: the CLI works on its local store.
 const NO_SERVER: &str = "127.0.0.1:9";
-
-fn cli(store: &Path, host: &str) -> Command {
-    let mut c = corral(&[]);
-    c.env("CORRAL_MODELS", store).env("CORRAL_HOST", host).env_remove("CORRAL_MODELS_READONLY");
-    c
-}
-
-fn go(store: &Path, host: &str, args: &[&str]) -> (i32, String, String) {
-    let mut c = cli(store, host);
-    c.args(args);
-    let (out, stdout, stderr) = run(c);
-    (out.status.code().unwrap_or(-1), stdout, stderr)
-}
-
-/// The NAME column of `corral list`'s output.
-fn names(list: &str) -> Vec<String> {
-    list.lines().skip(1).filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect()
-}
 
 /// A TCP proxy on a free loopback port to `127.0.0.1:upstream` that sends what comes
 /// back at most `rate` bytes per second per connection. Its threads end with the test
