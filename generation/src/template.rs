@@ -34,9 +34,11 @@ const NAME: &str = "chat_template";
 const RAISED: &str = "raise_exception: ";
 /// Instruction budget of one render: generous for long chats, finite for hostile loops.
 const FUEL: u64 = 5_000_000;
+/// The longest prompt a render may produce (far past any model's context).
+pub const MAX_OUTPUT_BYTES: usize = 16 << 20;
 
 /// A chat template that cannot be used or refused the conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Error, Serialize, Deserialize)]
 pub enum TemplateError {
     /// The template does not parse.
     #[error("the model's chat template is not valid Jinja: {0}")]
@@ -99,6 +101,54 @@ pub struct ChatInput<'a> {
     /// Further template variables (`enable_thinking`, `date_string`, ...); the names
     /// above take precedence.
     pub extra: Option<&'a Map<String, serde_json::Value>>,
+}
+
+/// A [`ChatInput`] that owns its parts: what crosses a process boundary to be rendered
+/// elsewhere (the server renders untrusted templates in a sandbox process).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OwnedChatInput {
+    /// See [`ChatInput::messages`].
+    pub messages: Vec<ChatMessage>,
+    /// See [`ChatInput::system`].
+    pub system: Option<String>,
+    /// See [`ChatInput::tools`].
+    pub tools: Option<Vec<serde_json::Value>>,
+    /// See [`ChatInput::add_generation_prompt`].
+    pub add_generation_prompt: bool,
+    /// See [`ChatInput::bos_token`].
+    pub bos_token: String,
+    /// See [`ChatInput::eos_token`].
+    pub eos_token: String,
+    /// See [`ChatInput::extra`].
+    pub extra: Option<Map<String, serde_json::Value>>,
+}
+
+impl OwnedChatInput {
+    /// A copy of `input`.
+    pub fn of(input: &ChatInput<'_>) -> Self {
+        OwnedChatInput {
+            messages: input.messages.to_vec(),
+            system: input.system.map(str::to_owned),
+            tools: input.tools.map(<[serde_json::Value]>::to_vec),
+            add_generation_prompt: input.add_generation_prompt,
+            bos_token: input.bos_token.to_owned(),
+            eos_token: input.eos_token.to_owned(),
+            extra: input.extra.cloned(),
+        }
+    }
+
+    /// The borrowed view that [`ChatTemplate::render`] takes.
+    pub fn as_input(&self) -> ChatInput<'_> {
+        ChatInput {
+            messages: &self.messages,
+            system: self.system.as_deref(),
+            tools: self.tools.as_deref(),
+            add_generation_prompt: self.add_generation_prompt,
+            bos_token: &self.bos_token,
+            eos_token: &self.eos_token,
+            extra: self.extra.as_ref(),
+        }
+    }
 }
 
 /// A compiled chat template.
@@ -177,12 +227,42 @@ impl ChatTemplate {
         ctx.insert("eos_token".into(), input.eos_token.into());
 
         let tmpl = self.env.get_template(NAME).map_err(|e| TemplateError::Render(describe(&e)))?;
-        tmpl.render(Value::from_serialize(&ctx)).map_err(|e| match e.detail() {
-            Some(d) if e.kind() == ErrorKind::InvalidOperation && d.starts_with(RAISED) => {
-                TemplateError::Raised(d[RAISED.len()..].to_owned())
-            }
-            _ => TemplateError::Render(describe(&e)),
-        })
+        let mut out = BoundedOutput { text: Vec::new(), full: false };
+        match tmpl.render_captured_to(Value::from_serialize(&ctx), &mut out) {
+            Ok(_) => String::from_utf8(out.text).map_err(|e| TemplateError::Render(e.to_string())),
+            Err(_) if out.full => Err(TemplateError::Render(format!(
+                "the rendered prompt is longer than {} MiB",
+                MAX_OUTPUT_BYTES >> 20
+            ))),
+            Err(e) => Err(match e.detail() {
+                Some(d) if e.kind() == ErrorKind::InvalidOperation && d.starts_with(RAISED) => {
+                    TemplateError::Raised(d[RAISED.len()..].to_owned())
+                }
+                _ => TemplateError::Render(describe(&e)),
+            }),
+        }
+    }
+}
+
+/// Collects a render's output and refuses bytes past [`MAX_OUTPUT_BYTES`], so a template
+/// that prints in an endless-looking loop stops at the bound instead of at the fuel limit.
+struct BoundedOutput {
+    text: Vec<u8>,
+    full: bool,
+}
+
+impl std::io::Write for BoundedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.text.len() + buf.len() > MAX_OUTPUT_BYTES {
+            self.full = true;
+            return Err(std::io::Error::other("output bound reached"));
+        }
+        self.text.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

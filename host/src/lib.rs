@@ -10,6 +10,8 @@
 //!   store-root rule.
 //! - [`errors`]: the one mapping from an error to an exit code and an HTTP status.
 //! - [`prompt`]: chat templates → tokens.
+//! - [`template_sandbox`]: untrusted templates rendered in a sandbox process with bounded
+//!   memory, stack and time.
 //! - [`engine_loop`]: continuous batching over one model's context, one thread per
 //!   loaded model.
 //! - [`client`]: talking to a running `corral serve` (finding it, requests, streams).
@@ -24,3 +26,4 @@ pub mod models;
 pub mod prompt;
 pub mod runtime;
 pub mod server;
+pub mod template_sandbox;

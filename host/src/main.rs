@@ -40,6 +40,13 @@ enum Command {
         #[arg(long)]
         parent: u32,
     },
+    /// Render chat templates for the host in a sandbox (started by corral itself).
+    #[command(name = "template-sandbox", hide = true)]
+    TemplateSandbox {
+        /// Address-space limit in bytes.
+        #[arg(long)]
+        memory: u64,
+    },
     /// Show what hardware this machine has (CPU, memory, GPUs, Vulkan devices).
     Probe(system::ProbeArgs),
     /// List backend plugins, which one would be chosen, and why.
@@ -158,6 +165,24 @@ fn init_tracing(default_filter: &str) {
     }
 }
 
+/// The template sandboxes' limits: the defaults, or `CORRAL_TEMPLATE_TIMEOUT` (a duration
+/// such as `10s`) and `CORRAL_TEMPLATE_MEMORY` (MiB).
+fn template_limits() -> corral_host::template_sandbox::SandboxLimits {
+    let mut limits = corral_host::template_sandbox::SandboxLimits::default();
+    if let Some(t) = std::env::var("CORRAL_TEMPLATE_TIMEOUT")
+        .ok()
+        .and_then(|v| humantime::parse_duration(&v).ok())
+    {
+        limits.time = t;
+    }
+    if let Some(mib) =
+        std::env::var("CORRAL_TEMPLATE_MEMORY").ok().and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        limits.memory_bytes = mib.saturating_mul(1 << 20).max(64 << 20);
+    }
+    limits
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" });
@@ -170,9 +195,22 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::TemplateSandbox { memory } = cli.command {
+        return match corral_host::template_sandbox::run_sandbox(memory) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    // Chat templates come from model files and requests: render them in sandboxes.
+    if let Ok(exe) = std::env::current_exe() {
+        corral_host::template_sandbox::install(exe, template_limits());
+    }
     let global = GlobalOptions { config: cli.config, plugin_dirs: cli.plugin_dirs };
     let result: Result<()> = match cli.command {
-        Command::EngineWorker { .. } => Ok(()),
+        Command::EngineWorker { .. } | Command::TemplateSandbox { .. } => Ok(()),
         Command::Probe(a) => system::probe(&a),
         Command::Backends(a) => system::backends(&global, &a),
         Command::Serve(a) => cli_serve::serve(&global, a),

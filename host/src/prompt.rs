@@ -1,4 +1,5 @@
-//! Prompts: chat templates rendered and tokenized for a model.
+//! Prompts: chat templates rendered (in a sandbox process when the binary installed one,
+//! see [`crate::template_sandbox`]) and tokenized for a model.
 
 use anyhow::{Context as _, Result};
 use corral_generation::template::{ChatInput, ChatTemplate};
@@ -72,7 +73,12 @@ impl Templater {
             eos_token: &self.eos_text,
             extra: extra.as_ref(),
         };
-        Ok(self.template.render(&input)?)
+        match crate::template_sandbox::render(&self.template, &input) {
+            Ok(text) => Ok(text),
+            // The template's own failure keeps its type: the request's fault (400).
+            Err(crate::template_sandbox::SandboxError::Template(e)) => Err(e.into()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Tokenizes rendered text: special tokens parsed, BOS added unless the template

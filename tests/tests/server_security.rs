@@ -267,6 +267,123 @@ fn a_hostile_template_is_refused_and_the_server_stays_up() {
     assert_eq!(st, 200, "{v}");
 }
 
+/// Jinja templates that exhaust a process: values nested 20,000 deep (their print, drop,
+/// comparison or `tojson` overflows any stack), a namespace that holds itself, strings of
+/// gigabytes, `format` padding, renders that run for seconds. Every template that crashes
+/// the in-process renderer (the fuzz target's open regressions) is sent to a server, which
+/// renders in a sandbox process: each request gets a 400 that names the bound it hit, and
+/// a stream of another model that runs meanwhile goes on undisturbed.
+#[test]
+fn templates_that_exhaust_a_renderer_end_in_a_400_and_the_server_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, model) =
+        start(dir.path(), &[("CORRAL_TEMPLATE_TIMEOUT", "3s"), ("CORRAL_TEMPLATE_MEMORY", "512")]);
+    let other = dir.path().join("other.toy");
+    std::fs::write(&other, "other weights").unwrap();
+    // Streams on the other model, one after another, while the hostile renders run: the
+    // longest gap between two chunks is measured.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let streaming = {
+        let url = format!("{}/api/generate", s.url);
+        let other = other.to_string_lossy().into_owned();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            let (mut streams, mut longest) = (0, Duration::ZERO);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = client()
+                    .post(&url)
+                    .json(&json!({"model": other, "prompt": "go", "options": {"num_predict": 64}}))
+                    .send()
+                    .unwrap();
+                assert_eq!(r.status().as_u16(), 200);
+                let mut last = String::new();
+                let mut at = std::time::Instant::now();
+                for line in std::io::BufReader::new(r).lines() {
+                    last = line.unwrap();
+                    longest = longest.max(at.elapsed());
+                    at = std::time::Instant::now();
+                }
+                assert!(last.contains("\"done\":true"), "a stream ended with {last}");
+                streams += 1;
+            }
+            (streams, longest)
+        })
+    };
+    let open = repo_root().join("fuzz/regressions/chat_template/open");
+    let mut files: Vec<_> = std::fs::read_dir(&open)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jinja"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 10, "{}", open.display());
+    let mut deep = vec![
+        (
+            "a list nested 1,000,000 deep".to_string(),
+            "{% set ns = namespace(v=1) %}{% for i in range(1000) %}{% for j in range(1000) %}\
+             {% set ns.v = [ns.v] %}{% endfor %}{% endfor %}{{ ns.v | length }}"
+                .to_string(),
+        ),
+        (
+            "a string doubled 40 times".to_string(),
+            "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}\
+             {% endfor %}{{ ns.s | length }}"
+                .to_string(),
+        ),
+        (
+            "endless output".to_string(),
+            "{% for i in range(10000) %}{% for j in range(10000) %}xxxxxxxxxxxxxxxx{% endfor %}\
+             {% endfor %}"
+                .into(),
+        ),
+        (
+            "seconds of work".to_string(),
+            "{% for i in range(1000) %}{{ ('x' * 99999999) | length }}{% endfor %}".into(),
+        ),
+    ];
+    for f in &files {
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        deep.push((name, String::from_utf8_lossy(&std::fs::read(f).unwrap()).into_owned()));
+    }
+    for (what, template) in deep {
+        let t = std::time::Instant::now();
+        let r = client()
+            .post(format!("{}/api/generate", s.url))
+            .json(&json!({"model": model, "prompt": "hi", "stream": false, "template": template}))
+            .send()
+            .unwrap();
+        let (st, v) = status_and_json(r);
+        println!("{what}: {st} in {:.1} s: {}", t.elapsed().as_secs_f64(), v["error"]);
+        assert!(st == 400 || st == 200, "{what}: {st} {v}");
+        if st == 400 {
+            assert!(v["error"].as_str().unwrap().contains("template"), "{what}: {v}");
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "{what}");
+        let r = client().get(format!("{}/api/version", s.url)).send().unwrap();
+        assert_eq!(r.status().as_u16(), 200, "after {what}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (streams, longest) = streaming.join().unwrap();
+    println!("the other model: {streams} streams, longest gap {longest:?}");
+    assert!(streams > 3, "{streams}");
+    assert!(longest < Duration::from_secs(2), "a stream stalled for {longest:?}");
+    // The model whose templates were hostile serves with its own template.
+    let r = client()
+        .post(format!("{}/api/generate", s.url))
+        .json(&json!({"model": model, "prompt": "hi", "stream": false, "options": {"num_predict": 2}}))
+        .send()
+        .unwrap();
+    let (st, v) = status_and_json(r);
+    assert_eq!(st, 200, "{v}");
+    // No sandbox outlives the server's need: at most the idle ones remain.
+    let sandboxes = std::process::Command::new("pgrep")
+        .args(["-f", "-P", &s.child.id().to_string(), "template-sandbox"])
+        .output()
+        .map_or(0, |o| String::from_utf8_lossy(&o.stdout).lines().count());
+    assert!(sandboxes <= 2, "{sandboxes} sandboxes");
+}
+
 /// Uploads are bounded: a blob over `CORRAL_MAX_BLOB_SIZE` is refused with 413, and a
 /// client that stops sending mid-body is dropped after `CORRAL_READ_TIMEOUT`; the server
 /// serves on.
