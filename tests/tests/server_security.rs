@@ -420,6 +420,35 @@ fn uploads_and_bodies_are_bounded_in_size_and_time() {
         assert!(answer.starts_with("HTTP/1.1 408"), "{path}: {answer}");
         assert!(t.elapsed() < Duration::from_secs(15));
     }
+    // Headers, or a request line, that trickle in (a byte every 0.9 s):
+    // both closed after the read timeout.
+    for (what, start) in
+        [("trickled headers", "GET /api/version HTTP/1.1\r\n"), ("a trickled request line", "")]
+    {
+        let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
+        tcp.write_all(start.as_bytes()).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_millis(900))).unwrap();
+        let t = std::time::Instant::now();
+        let mut closed = false;
+        while t.elapsed() < Duration::from_secs(15) {
+            let _ = tcp.write_all(b"X");
+            let mut buf = [0u8; 512];
+            match tcp.read(&mut buf) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        println!("{what}: closed after {:.1} s", t.elapsed().as_secs_f64());
+        assert!(closed && t.elapsed() < Duration::from_secs(6), "{what}: {:?}", t.elapsed());
+    }
     let r = client().get(format!("{}/api/version", s.url)).send().unwrap();
     assert_eq!(r.status().as_u16(), 200);
 }

@@ -262,6 +262,53 @@ async fn shutdown_signal() {
     }
 }
 
+/// Accepts connections and serves `app` on each until `shutdown` completes, then waits for
+/// the open connections to finish their requests.
+///
+/// hyper's HTTP/1 connection with a timer, rather than `axum::serve`, which sets none: a
+/// client must send a request's headers within `header_timeout` of starting it (or of
+/// the previous response on a kept-alive connection), so a client that opens
+/// connections and trickles header bytes cannot hold them open (slowloris); bodies have
+/// their own timeout in [`limit_body`].
+async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!("accepting a connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("connection from {peer} ended: {e}");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
 /// Binds and serves until SIGINT/SIGTERM.
 pub fn serve_blocking(rt: Runtime, opts: ServeOptions) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -315,17 +362,16 @@ pub fn serve_blocking(rt: Runtime, opts: ServeOptions) -> Result<()> {
         let app = router(state.clone());
         let cancel = state.cancel_all.clone();
         let grace = opts.shutdown_grace;
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown_signal().await;
-                tracing::info!("shutting down: waiting up to {grace:?} for running requests");
-                tokio::spawn(async move {
-                    tokio::time::sleep(grace).await;
-                    tracing::info!("grace period over: cancelling running requests");
-                    cancel.store(true, Ordering::SeqCst);
-                });
-            })
-            .await?;
+        let shutdown = async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: waiting up to {grace:?} for running requests");
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                tracing::info!("grace period over: cancelling running requests");
+                cancel.store(true, Ordering::SeqCst);
+            });
+        };
+        serve_connections(listener, app, read_timeout(), shutdown).await;
         reaper.abort();
         sched.unload_all().await;
         tracing::info!("stopped");
