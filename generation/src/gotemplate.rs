@@ -367,6 +367,14 @@ fn lex_action(src: &str, start: usize, line: usize) -> Result<(Option<Vec<Token>
             }
             '$' => {
                 let (name, j) = scan_name(&mut chars, i + 1);
+                // Go names may hold any Unicode letter, Jinja's only ASCII: spell the
+                // others out (`$é` → `v__ue9`).
+                let name = name
+                    .chars()
+                    .map(
+                        |c| if c.is_ascii() { c.to_string() } else { format!("__u{:x}", c as u32) },
+                    )
+                    .collect();
                 push(Tok::Var(name), &mut toks);
                 i = j;
             }
@@ -392,9 +400,16 @@ fn lex_action(src: &str, start: usize, line: usize) -> Result<(Option<Vec<Token>
                 if !valid {
                     return err(line, format!("bad number {num:?}"));
                 }
-                let clean = match clean.strip_prefix("0x") {
-                    Some(h) => i64::from_str_radix(h, 16).unwrap_or(0).to_string(),
-                    None => clean,
+                // A literal Jinja reads the same way: `+1` → `1`, `.5` → `0.5`, `0x1F` → `31`.
+                let clean = if let Some(h) = clean.strip_prefix("0x") {
+                    i64::from_str_radix(h, 16).unwrap_or(0).to_string()
+                } else if let Ok(n) = clean.parse::<i64>() {
+                    n.to_string()
+                } else {
+                    match clean.parse::<f64>() {
+                        Ok(f) if f.is_finite() => format!("{f:?}"),
+                        _ => return err(line, format!("number {num:?} out of range")),
+                    }
                 };
                 push(Tok::Num(clean), &mut toks);
                 i = j;
@@ -485,6 +500,8 @@ enum Node {
 struct Parser {
     items: Vec<Item>,
     pos: usize,
+    /// `range` bodies the parser is inside (where `break` and `continue` may stand).
+    ranges: usize,
 }
 
 /// How a list of nodes ended.
@@ -495,6 +512,26 @@ enum End {
 }
 
 impl Parser {
+    /// A range's body and `else` branch, after its opening action.
+    fn parse_range_rest(&mut self, line: usize) -> Result<(Vec<Node>, Vec<Node>)> {
+        let (body, end) = self.parse_list(false)?;
+        let else_ = match end {
+            End::Eof => return err(line, "unclosed {{range}}"),
+            End::Close => Vec::new(),
+            End::Else { line, rest } => {
+                if !rest.is_empty() {
+                    return err(line, "range has only a plain {{else}}");
+                }
+                let (body, end) = self.parse_list(false)?;
+                if !matches!(end, End::Close) {
+                    return err(line, "{{else}} of range not closed");
+                }
+                body
+            }
+        };
+        Ok((body, else_))
+    }
+
     fn parse_list(&mut self, top: bool) -> Result<(Vec<Node>, End)> {
         let mut nodes = Vec::new();
         while self.pos < self.items.len() {
@@ -560,25 +597,23 @@ impl Parser {
                 }
                 "range" => {
                     let pipe = parse_pipe(&toks[1..], line, true)?;
-                    let (body, end) = self.parse_list(false)?;
-                    let else_ = match end {
-                        End::Eof => return err(line, "unclosed {{range}}"),
-                        End::Close => Vec::new(),
-                        End::Else { line, rest } => {
-                            if !rest.is_empty() {
-                                return err(line, "range has only a plain {{else}}");
-                            }
-                            let (body, end) = self.parse_list(false)?;
-                            if !matches!(end, End::Close) {
-                                return err(line, "{{else}} of range not closed");
-                            }
-                            body
-                        }
-                    };
+                    // Go counts the whole control, `else` included.
+                    self.ranges += 1;
+                    let parsed = self.parse_range_rest(line);
+                    self.ranges -= 1;
+                    let (body, else_) = parsed?;
                     nodes.push(Node::Range { pipe, body, else_ });
                 }
-                "break" => nodes.push(Node::Break),
-                "continue" => nodes.push(Node::Continue),
+                "break" | "continue" => {
+                    // As Go's parser: only inside a range's body, and alone.
+                    if self.ranges == 0 {
+                        return err(line, format!("{{{{{kw}}}}} outside {{{{range}}}}"));
+                    }
+                    if toks.len() > 1 {
+                        return err(line, format!("unexpected tokens after {{{{{kw}}}}}"));
+                    }
+                    nodes.push(if kw == "break" { Node::Break } else { Node::Continue });
+                }
                 "define" | "template" | "block" => {
                     return err(line, format!("{{{{{kw}}}}} is not supported"));
                 }
@@ -1037,7 +1072,9 @@ impl Emitter {
             "print" | "println" => {
                 let mut parts: Vec<String> = args.iter().map(|a| format!("({a})")).collect();
                 if name == "println" {
-                    parts = vec![parts.join(" ~ \" \" ~ "), "\"\\n\"".into()];
+                    let line = parts.join(" ~ \" \" ~ ");
+                    parts = if line.is_empty() { Vec::new() } else { vec![line] };
+                    parts.push("\"\\n\"".into());
                 }
                 if parts.is_empty() { "\"\"".into() } else { format!("({})", parts.join(" ~ ")) }
             }
@@ -1299,7 +1336,7 @@ const COLLATE: &str = concat!(
 pub fn to_jinja(src: &str) -> Result<String> {
     let items = lex(src)?;
     check_nesting(&items)?;
-    let mut parser = Parser { items, pos: 0 };
+    let mut parser = Parser { items, pos: 0, ranges: 0 };
     let (mut nodes, _) = parser.parse_list(true)?;
     let mut idents = BTreeSet::new();
     let mut assigned = BTreeSet::new();
@@ -1380,6 +1417,30 @@ mod tests {
     fn render(go: &str, messages: &[(&str, &str)]) -> String {
         let m: Vec<ChatMessage> = messages.iter().map(|(r, c)| msg(r, c)).collect();
         render_with(go, &m, None)
+    }
+
+    /// What the fuzz target's strict mode found: Go refuses `break`/`continue` outside a
+    /// range, and signed or dotted numbers and a bare `println` must give Jinja that parses.
+    #[test]
+    fn strict_go_rules_and_literals_that_jinja_reads() {
+        for (src, want) in [
+            ("{{ break }}", "outside {{range}}"),
+            ("{{ if true }}{{ continue }}{{ end }}", "outside {{range}}"),
+            ("{{ range .Messages }}{{ break 1 }}{{ end }}", "unexpected tokens after"),
+            ("{{ 1e999 }}", "out of range"),
+        ] {
+            let e = to_jinja(src).unwrap_err().to_string();
+            assert!(e.contains(want), "{src}: {e}");
+        }
+        let chat = [("user", "a"), ("assistant", "b")];
+        assert_eq!(render("{{ range .Messages }}{{ .Content }}{{ break }}{{ end }}", &chat), "a");
+        assert_eq!(render("{{ range .Messages }}{{ continue }}{{ else }}{{ end }}x", &chat), "x");
+        assert_eq!(
+            render("{{ +1 }} {{ .5 }} {{ -2 }} {{ 0x1F }} {{ 1_000 }}", &[]),
+            "1 0.5 -2 31 1000"
+        );
+        assert_eq!(render("{{ println }}{{ println 1 2 }}", &[]), "\n1 2\n");
+        assert_eq!(render("{{ $é := 1 }}{{ $é }}", &[]), "1");
     }
 
     const PHI3: &str = "{{ if .System }}<|system|>\n{{ .System }}<|end|>\n{{ end }}{{ if .Prompt }}<|user|>\n{{ .Prompt }}<|end|>\n{{ end }}<|assistant|>\n{{ .Response }}<|end|>\n";
