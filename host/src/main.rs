@@ -183,7 +183,27 @@ fn template_limits() -> corral_host::template_sandbox::SandboxLimits {
     limits
 }
 
+/// `corral list | head` closes stdout early; `println!` then panics. End quietly instead,
+/// as a Unix tool killed by SIGPIPE does (Rust ignores SIGPIPE, and resetting it takes
+/// `unsafe`, which this crate forbids).
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if text.starts_with("failed printing to std") && text.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_on_broken_pipe();
     let cli = Cli::parse();
     init_tracing(if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" });
     if let Command::EngineWorker { parent } = cli.command {

@@ -2,7 +2,10 @@
 //! see [`crate::template_sandbox`]) and tokenized for a model.
 
 use anyhow::{Context as _, Result};
-use corral_generation::template::{ChatInput, ChatTemplate};
+use corral_generation::{
+    known_templates::{self, TemplateChoice},
+    template::{ChatInput, ChatTemplate},
+};
 
 use corral_plugin_host::Model;
 
@@ -11,22 +14,72 @@ pub use corral_generation::template::ChatMessage as Message;
 
 /// A model's chat template with its special-token texts.
 pub struct Templater {
-    /// The compiled template (the model's, or ChatML when it has none).
+    /// The compiled template (the model's, or one chosen for it when it has none).
     pub template: ChatTemplate,
+    /// Where the template came from, in words (for logs and `corral show`).
+    pub origin: String,
     bos_text: String,
     eos_text: String,
 }
 
+/// Whether `text` is a single token of `model`'s vocabulary.
+pub fn has_token(model: &Model, text: &str) -> bool {
+    matches!(model.tokenize(text, false, true).as_deref(), Ok([t])
+        if model.token_bytes(*t).is_ok_and(|b| b == text.as_bytes()))
+}
+
+/// The template for a model file without one, chosen from its vocabulary and
+/// architecture ([`corral_generation::known_templates`]).
+pub fn choose_template(model: &Model) -> TemplateChoice {
+    known_templates::choose(&model.meta.architecture, &|t| has_token(model, t))
+}
+
+/// A GGUF file's chat template and where it came from: its own
+/// `tokenizer.chat_template`, or one chosen from its vocabulary
+/// (`tokenizer.ggml.tokens`) and architecture. `None` for a file that is not a readable
+/// GGUF (an ONNX model, say): its engine reports the template when it loads.
+pub fn file_template(path: &std::path::Path) -> Option<(String, String)> {
+    let gguf = corral_gguf::reader::GgufFile::open(path).ok()?;
+    if let Some(own) = gguf.get_str("tokenizer.chat_template").filter(|t| !t.trim().is_empty()) {
+        return Some((own.to_string(), "the model file's template".into()));
+    }
+    let tokens: std::collections::HashSet<&str> = match gguf.get("tokenizer.ggml.tokens") {
+        Some(corral_gguf::Value::Array { values, .. }) => {
+            values.iter().filter_map(corral_gguf::Value::as_str).collect()
+        }
+        _ => std::collections::HashSet::new(),
+    };
+    let arch = gguf.get_str("general.architecture").unwrap_or_default();
+    let choice = known_templates::choose(arch, &|t| tokens.contains(t));
+    Some((choice.source.to_string(), choice.reason))
+}
+
 impl Templater {
-    /// The template of `model` (`tokenizer.chat_template`), or ChatML as a fallback.
+    /// The template of `model` (`tokenizer.chat_template`), or one chosen for it from its
+    /// vocabulary and architecture when the file carries none.
     pub fn for_model(model: &Model) -> Result<Templater> {
-        Self::with_source(model, model.chat_template())
+        match model.chat_template().filter(|t| !t.trim().is_empty()) {
+            Some(own) => Self::compile(model, own, "the model file's template".into()),
+            None => {
+                let choice = choose_template(model);
+                tracing::info!("chat template: {}", choice.reason);
+                Self::compile(model, choice.source, choice.reason)
+            }
+        }
     }
 
-    /// A template from `source` (a Modelfile's TEMPLATE, say) for `model`.
+    /// A template from `source` (a Modelfile's TEMPLATE, say) for `model`; the model's own
+    /// (or a chosen one) when `source` is `None` or blank.
     pub fn with_source(model: &Model, source: Option<&str>) -> Result<Templater> {
-        let template = ChatTemplate::from_model(source)
-            .context("the model's chat template does not compile")?;
+        match source.filter(|t| !t.trim().is_empty()) {
+            Some(t) => Self::compile(model, t, "the TEMPLATE given for the model".into()),
+            None => Self::for_model(model),
+        }
+    }
+
+    fn compile(model: &Model, source: &str, origin: String) -> Result<Templater> {
+        let template =
+            ChatTemplate::new(source).context("the model's chat template does not compile")?;
         let text = |t: Option<u32>| {
             t.and_then(|t| model.token_bytes(t).ok())
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -34,6 +87,7 @@ impl Templater {
         };
         Ok(Templater {
             template,
+            origin,
             bos_text: text(model.special.bos),
             eos_text: text(model.special.eos),
         })

@@ -518,7 +518,7 @@ struct ShowData {
     modelfile: String,
     /// The PARAMETER lines.
     parameters: String,
-    /// The TEMPLATE as stored (Go or Jinja), empty when there is none.
+    /// The TEMPLATE as stored (Go or Jinja), or the file's own or chosen template.
     template: String,
     system: Option<String>,
     licenses: Vec<String>,
@@ -549,11 +549,18 @@ fn local_show(r: &corral_registry::ResolvedModel) -> ShowData {
     if let Some(l) = &r.link {
         model.push(("linked file", l.path.display().to_string()));
     }
+    let (template, origin) = match &r.template {
+        Some(t) => (t.clone(), "the Modelfile's TEMPLATE".to_string()),
+        None => corral_host::prompt::file_template(&r.model_path).unwrap_or_default(),
+    };
+    if !origin.is_empty() {
+        model.push(("chat template", origin));
+    }
     ShowData {
         model,
         modelfile: modelfile::to_modelfile(r),
         parameters: modelfile::parameters_text(r),
-        template: r.template.clone().unwrap_or_default(),
+        template,
         system: r.system.clone(),
         licenses: r.license.clone(),
     }
@@ -618,7 +625,7 @@ fn remote_show(server: &Server, name: &ModelName, arg: &str) -> Result<ShowData>
                     _ => None,
                 })
                 .next_back()
-                .unwrap_or_default(),
+                .unwrap_or_else(|| text("template")),
             directives()
                 .filter_map(|d| match d {
                     Directive::License(l) => Some(l.clone()),
@@ -631,6 +638,10 @@ fn remote_show(server: &Server, name: &ModelName, arg: &str) -> Result<ShowData>
             (text("template"), if license.is_empty() { Vec::new() } else { vec![license] })
         }
     };
+    let origin = text("template_origin");
+    if !origin.is_empty() {
+        model.push(("chat template", origin));
+    }
     Ok(ShowData {
         model,
         modelfile: text("modelfile"),

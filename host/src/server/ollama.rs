@@ -631,15 +631,15 @@ pub async fn show(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Res
     let v = tokio::task::spawn_blocking(move || -> Result<Value, ApiError> {
         let (details, info) = details_of(&model.path);
         let resolved = model.resolved.as_deref();
-        // The TEMPLATE as stored (Ollama sends its Go template, not a translation).
-        let template = model.template_source.clone().unwrap_or_else(|| {
-            corral_gguf::reader::GgufFile::open(&model.path)
-                .ok()
-                .and_then(|g| g.get_str("tokenizer.chat_template").map(str::to_string))
-                .unwrap_or_default()
-        });
+        // The TEMPLATE as stored (Ollama sends its Go template, not a translation); for a
+        // file, its own template or the one chosen for it.
+        let (template, origin) = match model.template_source.clone() {
+            Some(t) => (t, "the Modelfile's TEMPLATE".to_string()),
+            None => crate::prompt::file_template(&model.path).unwrap_or_default(),
+        };
         let mut v = json!({
             "template": template,
+            "template_origin": origin,
             "details": details,
             "model_info": info,
             "modified_at": rfc3339(model.modified),
