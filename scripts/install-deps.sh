@@ -26,7 +26,7 @@ fi
 
 # Python clients for the end-to-end API tests, and onnxruntime for the ONNX backend.
 venv="${CORRAL_VENV:-$here/target/pyenv}"
-if [ ! -x "$venv/bin/pytest" ] || ! "$venv/bin/python" -c "import ollama, openai, jsonschema, onnx, onnxruntime, numpy, tokenizers, gguf" 2>/dev/null; then
+if [ ! -x "$venv/bin/pytest" ] || ! "$venv/bin/python" -c "import ollama, openai, jsonschema, onnx, onnxruntime, numpy, tokenizers, gguf, jinja2" 2>/dev/null; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --upgrade pip
   "$venv/bin/pip" install -q -r "$here/tests/python/requirements.txt"

@@ -1313,12 +1313,12 @@ const COLLATE: &str = concat!(
     "{%- if __m.role == \"system\" %}{% set __ns.sys = __ns.sys + [__c] %}{% endif -%}",
     "{%- if __ns.cur is not none and __ns.cur.role == __m.role -%}",
     "{%- set __ns.cur = {\"role\": __ns.cur.role, \"content\": __ns.cur.content ~ \"\\n\\n\" ~ __c, ",
-    "\"images\": __ns.cur.images, \"tool_calls\": __ns.cur.tool_calls, \"thinking\": __ns.cur.thinking, ",
+    "\"thinking\": __ns.cur.thinking, \"images\": __ns.cur.images, \"tool_calls\": __ns.cur.tool_calls, ",
     "\"tool_name\": __ns.cur.tool_name, \"tool_call_id\": __ns.cur.tool_call_id} -%}",
     "{%- else -%}",
     "{%- if __ns.cur is not none %}{% set __ns.msgs = __ns.msgs + [__ns.cur] %}{% endif -%}",
-    "{%- set __ns.cur = {\"role\": __m.role, \"content\": __c, \"images\": __m.images or [], ",
-    "\"tool_calls\": __m.tool_calls or [], \"thinking\": __m.thinking or \"\", ",
+    "{%- set __ns.cur = {\"role\": __m.role, \"content\": __c, \"thinking\": __m.thinking or \"\", ",
+    "\"images\": __m.images or [], \"tool_calls\": __m.tool_calls or [], ",
     "\"tool_name\": __m.tool_name or __m.name or \"\", \"tool_call_id\": __m.tool_call_id or \"\"} -%}",
     "{%- endif -%}",
     "{%- endfor -%}",
@@ -1755,9 +1755,9 @@ last={{ $lastUser }} n={{ len .Messages }}
         assert_eq!(
             out,
             "last=3 n=4\nfirst=\"S\"\nsys=S\n\
-             [{\"content\":\"u\\\"1\",\"images\":[],\"role\":\"user\",\"thinking\":\"\",\"tool_call_id\":\"\",\"tool_calls\":[],\"tool_name\":\"\"},\
-             {\"content\":\"a\",\"images\":[],\"role\":\"assistant\",\"thinking\":\"\",\"tool_call_id\":\"\",\"tool_calls\":[],\"tool_name\":\"\"},\
-             {\"content\":\"u2\",\"images\":[],\"role\":\"user\",\"thinking\":\"\",\"tool_call_id\":\"\",\"tool_calls\":[],\"tool_name\":\"\"}] a1 no tools\nSu\"1"
+             [{\"role\":\"user\",\"content\":\"u\\\"1\",\"thinking\":\"\",\"images\":[],\"tool_calls\":[],\"tool_name\":\"\",\"tool_call_id\":\"\"},\
+             {\"role\":\"assistant\",\"content\":\"a\",\"thinking\":\"\",\"images\":[],\"tool_calls\":[],\"tool_name\":\"\",\"tool_call_id\":\"\"},\
+             {\"role\":\"user\",\"content\":\"u2\",\"thinking\":\"\",\"images\":[],\"tool_calls\":[],\"tool_name\":\"\",\"tool_call_id\":\"\"}] a1 no tools\nSu\"1"
         );
     }
 

@@ -123,3 +123,124 @@ fn gemma_serves_show_chat_and_embeddings() {
         assert!((norm - 1.0).abs() < 1e-3, "{norm}");
     }
 }
+
+/// The unpacked all-MiniLM-L6-v2 files, or `None` with the reason printed.
+fn minilm() -> Option<PathBuf> {
+    let cache = std::env::var_os("CORRAL_MODEL_CACHE")
+        .map_or_else(|| PathBuf::from("/var/tmp/corral-models"), PathBuf::from);
+    let path = cache.join("all-MiniLM-L6-v2");
+    if path.join("model.safetensors").is_file() {
+        Some(path)
+    } else {
+        eprintln!("SKIP: {} missing (run scripts/fetch-models.sh)", path.display());
+        None
+    }
+}
+
+/// Runs `scripts/convert_bert.py ARGS` with `python`; its stdout.
+fn convert_bert(python: &std::path::Path, args: &[&std::ffi::OsStr]) -> String {
+    let out = std::process::Command::new(python)
+        .arg(repo_root().join("scripts/convert_bert.py"))
+        .args(args)
+        .output()
+        .expect("run convert_bert.py");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn vector(v: &Value) -> Vec<f64> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+}
+
+/// Documents ordered by cosine similarity to the query (vectors are unit length).
+fn ranking(query: &[f64], docs: &[Vec<f64>]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..docs.len()).collect();
+    let dot = |d: &Vec<f64>| d.iter().zip(query).map(|(a, b)| a * b).sum::<f64>();
+    order.sort_by(|&a, &b| dot(&docs[b]).total_cmp(&dot(&docs[a])));
+    order
+}
+
+/// The real all-MiniLM-L6-v2 weights, exported to ONNX and converted to GGUF by the
+/// project's own script, served by the ONNX engine and by llama.cpp (`/api/embed` and
+/// `/v1/embeddings`): each gives the embeddings that numpy computes from the safetensors
+/// within 1e-4, llama.cpp against the reference with its tanh-approximated GELU (2.4e-4
+/// from the exact one, which ONNX matches to 1e-7), and both rank a small retrieval set
+/// as the reference does.
+#[test]
+fn minilm_embeddings_equal_a_numpy_reference_on_onnx_and_llama_cpp() {
+    let Some(src) = minilm() else { return };
+    let Some(python) = onnx_python() else { return };
+    let Some(ort) = onnxruntime_library(&python) else {
+        eprintln!("SKIP: no libonnxruntime in {}", python.display());
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(onnx_plugin) = onnx_plugin_dir(&dir.path().join("p1"), Some(&ort)) else { return };
+    let Some(llama_plugin) = llama_cpp_plugin_dir(&dir.path().join("p2")) else { return };
+    let onnx_dir = dir.path().join("minilm-onnx");
+    let gguf = dir.path().join("minilm.gguf");
+    convert_bert(&python, &["onnx".as_ref(), src.as_os_str(), onnx_dir.as_os_str()]);
+    convert_bert(&python, &["gguf".as_ref(), src.as_os_str(), gguf.as_os_str()]);
+    let query = "Where do cats like to sleep?";
+    let docs = [
+        "Cats often nap in warm, sunny spots such as windowsills.",
+        "The stock market fell sharply after the announcement.",
+        "A kitten curled up on the sofa cushion for an afternoon nap.",
+        "Rust's borrow checker prevents data races at compile time.",
+        "Dogs need daily walks and plenty of exercise.",
+    ];
+    let mut texts = vec![query];
+    texts.extend(docs);
+    let reference_with = |flags: &[&str]| -> Vec<Vec<f64>> {
+        let mut args: Vec<&std::ffi::OsStr> = vec!["reference".as_ref(), src.as_os_str()];
+        args.extend(flags.iter().chain(&texts).map(std::ffi::OsStr::new));
+        let v: Value = serde_json::from_str(&convert_bert(&python, &args)).unwrap();
+        v.as_array().unwrap().iter().map(|r| vector(&r["embedding"])).collect()
+    };
+    let reference = reference_with(&[]);
+    // llama.cpp's BERT graph computes GELU with the tanh approximation (and ggml's F16
+    // table); the same reference with that GELU tells it apart from any other difference.
+    let reference_tanh = reference_with(&["--gelu-tanh"]);
+    let want = ranking(&reference[0], &reference[1..]);
+    println!("reference ranking: {want:?}");
+    assert_eq!(want[0], 0, "the reference itself should put the cat document first");
+
+    let s =
+        Server::start(&[onnx_plugin.parent().unwrap(), llama_plugin.parent().unwrap()], &[], &[]);
+    let post = |path: &str, body: Value| -> Value {
+        let r = client().post(format!("{}{path}", s.url)).json(&body).send().unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().unwrap();
+        assert_eq!(status, 200, "{path}: {text}");
+        serde_json::from_str(&text).unwrap()
+    };
+    let max_diff = |a: &[Vec<f64>], b: &[Vec<f64>]| {
+        a.iter()
+            .zip(b)
+            .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
+            .fold(0f64, f64::max)
+    };
+    println!("erf vs tanh GELU reference: {:.2e}", max_diff(&reference, &reference_tanh));
+    // (engine, its reference, tolerance against the exact reference)
+    let engines =
+        [("onnx", &onnx_dir, &reference, 1e-4), ("llama.cpp", &gguf, &reference_tanh, 5e-4)];
+    for (engine, model, own_reference, exact_tolerance) in engines {
+        let name = model.to_string_lossy().into_owned();
+        let v = post("/api/embed", json!({"model": name, "input": texts}));
+        let got: Vec<Vec<f64>> = v["embeddings"].as_array().unwrap().iter().map(vector).collect();
+        assert_eq!(got.len(), texts.len());
+        assert!(got.iter().all(|g| g.len() == 384));
+        let exact = max_diff(&got, &reference);
+        let own = max_diff(&got, own_reference);
+        println!(
+            "{engine}: max |diff| {exact:.2e} against the exact reference, {own:.2e} against its own"
+        );
+        assert!(own < 1e-4, "{engine}: {own:.2e} against the reference with its GELU");
+        assert!(exact < exact_tolerance, "{engine}: {exact:.2e}");
+        assert_eq!(ranking(&got[0], &got[1..]), want, "{engine}: ranking");
+        let one = post("/v1/embeddings", json!({"model": name, "input": query}));
+        let g = vector(&one["data"][0]["embedding"]);
+        let d = max_diff(&[g], &own_reference[..1]);
+        assert!(d < 1e-4, "{engine} /v1/embeddings: {d}");
+    }
+}

@@ -94,9 +94,18 @@ impl LlamaContext {
         cp.kv_unified = opts.kv_unified.unwrap_or(!per_sequence);
         cp.embeddings = p.embeddings;
         if p.embeddings {
-            cp.pooling_type = sys::LLAMA_POOLING_TYPE_MEAN;
+            // The file's own pooling (a CLS-pooled encoder stays CLS-pooled), else mean.
+            cp.pooling_type = if model.declares_pooling() {
+                sys::LLAMA_POOLING_TYPE_UNSPECIFIED
+            } else {
+                sys::LLAMA_POOLING_TYPE_MEAN
+            };
         }
-        if let Some(fa) = opts.flash_attn {
+        // Flash attention on the CPU rounds Q, K and V to F16, which moves embeddings by
+        // ~3e-4 (all-MiniLM-L6-v2 against its float64 reference): embedding contexts turn
+        // it off unless the options say otherwise.
+        let flash_attn = opts.flash_attn.or(if p.embeddings { Some(false) } else { None });
+        if let Some(fa) = flash_attn {
             cp.flash_attn_type = if fa {
                 sys::LLAMA_FLASH_ATTN_TYPE_ENABLED
             } else {

@@ -59,6 +59,13 @@ fn read_string(mut f: impl FnMut(*mut c_char, usize) -> i32) -> Option<String> {
 }
 
 impl ModelInner {
+    /// Whether the file names its pooling (`<arch>.pooling_type`: BERT-family encoders
+    /// do, mean or CLS); decoders do not, and are mean-pooled for embeddings.
+    pub(crate) fn declares_pooling(&self) -> bool {
+        let key = format!("{}.pooling_type", self.metadata.architecture);
+        self.metadata.get(&key).is_some()
+    }
+
     pub(crate) fn new(
         ptr: *mut sys::llama_model,
         summary: GgufSummary,

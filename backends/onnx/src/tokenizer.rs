@@ -103,9 +103,16 @@ impl Tok {
         let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
             BackendError::invalid(format!("{} is not valid JSON: {e}", path.display()))
         })?;
-        let parse = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| {
+        let mut parse = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| {
             BackendError::invalid(format!("{} is not a usable tokenizer: {e}", path.display()))
         })?;
+        // sentence-transformers exports often pad to a fixed length (128 [PAD]s) and
+        // truncate there: the engine wants a text's own tokens (the context length and
+        // `truncate` are the host's business), and pads nothing it then attends to.
+        parse.with_padding(None);
+        parse
+            .with_truncation(None)
+            .map_err(|e| BackendError::invalid(format!("{}: {e}", path.display())))?;
         let mut plain = parse.clone();
         plain.set_encode_special_tokens(true);
         let kind = decoder_kind(&json);

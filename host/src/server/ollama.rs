@@ -470,7 +470,8 @@ pub async fn embed_texts(
     Ok((vecs, count, load))
 }
 
-fn normalize(v: &mut [f32]) {
+/// Scales `v` to unit length (what `/api/embed` and `/v1/embeddings` return, as Ollama's do).
+pub(super) fn normalize(v: &mut [f32]) {
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     if n > 0.0 {
         v.iter_mut().for_each(|x| *x /= n);

@@ -696,6 +696,9 @@ pub async fn embeddings(State(state): State<Arc<AppState>>, body: Bytes) -> OaiR
             if let Some(d) = req.dimensions.filter(|&d| d > 0 && d < v.len()) {
                 v.truncate(d);
             }
+            // As Ollama's /v1/embeddings (which goes through /api/embed): unit vectors,
+            // whatever the engine's pooling gave.
+            super::ollama::normalize(&mut v);
             let emb = if b64 {
                 let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
                 json!(base64(&bytes))
