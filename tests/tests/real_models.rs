@@ -113,6 +113,30 @@ fn gemma_serves_show_chat_and_embeddings() {
     let want = reference["prompt_tokens"].as_array().map_or(0, Vec::len);
     assert_eq!(chat["prompt_eval_count"].as_u64(), Some(want as u64), "{chat}");
 
+    // The memory estimate (`size` in /api/ps) against what the engine's worker process
+    // holds resident after load and a prompt.
+    let ps: Value = client().get(format!("{}/api/ps", s.url)).send().unwrap().json().unwrap();
+    let estimate = ps["models"][0]["size"].as_u64().unwrap() as f64;
+    let workers = std::process::Command::new("pgrep")
+        .args(["-P", &s.child.id().to_string(), "-f", "engine-worker"])
+        .output()
+        .unwrap();
+    let pid = String::from_utf8_lossy(&workers.stdout).trim().to_string();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    let rss = rss_kib * 1024.0;
+    println!(
+        "memory: estimate {:.0} MiB, worker resident {:.0} MiB ({:+.1}%)",
+        estimate / 1048576.0,
+        rss / 1048576.0,
+        (estimate / rss - 1.0) * 100.0
+    );
+    assert!((estimate / rss - 1.0).abs() < 0.10, "estimate {estimate} vs resident {rss}");
+
     let embed = post("/api/embed", json!({"model": "gemma3:270m", "input": ["Paris", "Berlin"]}));
     let vectors = embed["embeddings"].as_array().unwrap();
     assert_eq!(vectors.len(), 2);
