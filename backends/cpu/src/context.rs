@@ -282,9 +282,10 @@ impl Context for CpuContext {
                 continue;
             }
             cache.pos[c] = (i64::from(cache.pos[c]) + i64::from(delta)) as u32;
-            for layer in &mut cache.k {
+            for (l, layer) in cache.k.iter_mut().enumerate() {
                 crate::forward::rerotate_keys(
                     &self.model,
+                    l,
                     &mut layer[c * kv_dim..(c + 1) * kv_dim],
                     delta,
                 );

@@ -12,7 +12,7 @@ use corral_backend_api::BatchEntry;
 
 use crate::kernels;
 use crate::kv::SeqCache;
-use crate::model::{ModelInner, RopeKind};
+use crate::model::{Activation, ModelInner, RopeKind};
 use crate::weights::{Prepared, Weight, matmul, matmul_multi};
 
 /// Reusable buffers of a context.
@@ -79,11 +79,36 @@ fn rms_norm(x: &[f32], w: &[f32], out: &mut [f32], eps: f32) {
     });
 }
 
-/// Fills `table` with (cos, sin) of each rotated pair for each batch position.
-fn rope_table(m: &ModelInner, batch: &[BatchEntry], table: &mut Vec<f32>) {
+/// RMS-normalises every `w.len()`-wide chunk of `x` in place (per-head q/k norms, the
+/// post-norms), using `tmp` as scratch.
+fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32, tmp: &mut Vec<f32>) {
+    tmp.clear();
+    tmp.extend_from_slice(x);
+    rms_norm(tmp, w, x, eps);
+}
+
+/// GELU as ggml's CPU backend computes it: the tanh approximation read from a table of
+/// f16 inputs and outputs (`GGML_GELU_FP16`), 0 below -10 and the identity above 10.
+fn gelu_ggml(x: f32) -> f32 {
+    if x <= -10.0 {
+        return 0.0;
+    }
+    if x >= 10.0 {
+        return x;
+    }
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    const COEF_A: f32 = 0.044_715;
+    let x = f16::from_f32(x).to_f32();
+    let y = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF_A * x * x)).tanh());
+    f16::from_f32(y).to_f32()
+}
+
+/// Fills `table` with (cos, sin) of each rotated pair for each batch position, for RoPE
+/// base `base`.
+fn rope_table(m: &ModelInner, batch: &[BatchEntry], base: f32, table: &mut Vec<f32>) {
     let hp = &m.hp;
     let half = hp.n_rot / 2;
-    let theta_scale = hp.rope_base.powf(-2.0 / hp.n_rot as f32);
+    let theta_scale = base.powf(-2.0 / hp.n_rot as f32);
     table.resize(batch.len() * half * 2, 0.0);
     for (e, t) in batch.iter().zip(table.chunks_mut(half * 2)) {
         let mut theta = e.pos as f32;
@@ -119,11 +144,11 @@ fn apply_rope(m: &ModelInner, x: &mut [f32], n_heads: usize, table: &[f32]) {
 
 /// Rotates the cached keys of one cell (`kv_dim` F16 values, every KV head) further by
 /// `delta` positions: RoPE rotations compose, so keys stored at position p become the keys
-/// of position p + delta (a context shift).
-pub(crate) fn rerotate_keys(m: &ModelInner, k: &mut [f16], delta: i32) {
+/// of position p + delta (a context shift). `layer` chooses the RoPE base.
+pub(crate) fn rerotate_keys(m: &ModelInner, layer: usize, k: &mut [f16], delta: i32) {
     let hp = &m.hp;
     let (hd, half) = (hp.head_dim, hp.n_rot / 2);
-    let theta_scale = hp.rope_base.powf(-2.0 / hp.n_rot as f32);
+    let theta_scale = hp.rope_base_of(layer).powf(-2.0 / hp.n_rot as f32);
     let mut theta = delta as f32;
     let mut table = Vec::with_capacity(half);
     for _ in 0..half {
@@ -205,8 +230,16 @@ pub fn forward(
     s.x.resize(n * d, 0.0);
     for (e, row) in batch.iter().zip(s.x.chunks_mut(d)) {
         m.tok_embd.dequantize_row(map, e.token as usize, row);
+        if hp.embd_scale != 1.0 {
+            row.iter_mut().for_each(|v| *v *= hp.embd_scale);
+        }
     }
-    rope_table(m, batch, &mut s.rope);
+    // One table per RoPE base (sliding-window layers may use another).
+    rope_table(m, batch, hp.rope_base, &mut s.rope);
+    let mut rope_swa = Vec::new();
+    if hp.swa_window > 0 && hp.rope_base_swa != hp.rope_base {
+        rope_table(m, batch, hp.rope_base_swa, &mut rope_swa);
+    }
 
     // Each entry's cell index in its sequence's cache; positions are appended now, keys
     // and values layer by layer.
@@ -226,7 +259,8 @@ pub fn forward(
     }
     timer.lap(&mut prof, "embed");
 
-    let scale = 1.0 / (hd as f32).sqrt();
+    // Scores are scaled, or (gemma) the queries before attention.
+    let score_scale = if hp.scale_queries { 1.0 } else { hp.attn_scale };
     let mut compacted = false;
     let group = hp.n_head / hp.n_head_kv;
     for (l, layer) in m.layers.iter().enumerate() {
@@ -255,8 +289,21 @@ pub fn forward(
         add_bias(&mut s.q, &layer.bq);
         add_bias(&mut s.k, &layer.bk);
         add_bias(&mut s.v, &layer.bv);
-        apply_rope(m, &mut s.q, hp.n_head, &s.rope);
-        apply_rope(m, &mut s.k, hp.n_head_kv, &s.rope);
+        if let Some(w) = &layer.q_norm {
+            rms_norm_in_place(&mut s.q, w, hp.eps, &mut s.tmp);
+        }
+        if let Some(w) = &layer.k_norm {
+            rms_norm_in_place(&mut s.k, w, hp.eps, &mut s.tmp);
+        }
+        let swa = hp.is_swa(l);
+        let table = if swa && !rope_swa.is_empty() { &rope_swa } else { &s.rope };
+        apply_rope(m, &mut s.q, hp.n_head, table);
+        apply_rope(m, &mut s.k, hp.n_head_kv, table);
+        if hp.scale_queries {
+            let a = hp.attn_scale;
+            s.q.par_iter_mut().for_each(|v| *v *= a);
+        }
+        let window = if swa { hp.swa_window as u32 } else { u32::MAX };
         for (i, e) in batch.iter().enumerate() {
             let c = &mut caches[e.seq as usize];
             let at = cell[i] * kv_dim;
@@ -289,11 +336,13 @@ pub fn forward(
                 let mut max = f32::NEG_INFINITY;
                 out.fill(0.0);
                 for (cidx, &p) in c.pos.iter().enumerate() {
-                    if p > e.pos {
+                    // Causal, and within the window on sliding-window layers (llama.cpp
+                    // masks a cell when query pos - cell pos >= window).
+                    if p > e.pos || e.pos - p >= window {
                         continue;
                     }
                     let row = cidx * kv_dim + g * hd..cidx * kv_dim + (g + 1) * hd;
-                    let sc = kernels::dot_f32_f16(qh, &ks[row.clone()]) * scale;
+                    let sc = kernels::dot_f32_f16(qh, &ks[row.clone()]) * score_scale;
                     let (ms, w) = if sc > max {
                         let ms = (max - sc).exp();
                         max = sc;
@@ -328,6 +377,9 @@ pub fn forward(
         }
         mm(map, &layer.wo, &mut s.prep, &s.att, n, &mut s.tmp, false);
         timer.lap(&mut prof, "matmul wo");
+        if let Some(w) = &layer.post_attn_norm {
+            rms_norm_in_place(&mut s.tmp, w, hp.eps, &mut s.h);
+        }
         add_in_place(&mut s.x, &s.tmp);
 
         rms_norm(&s.x, &layer.ffn_norm, &mut resize(&mut s.h, n * d)[..], hp.eps);
@@ -347,14 +399,21 @@ pub fn forward(
         }
         timer.lap(&mut prof, "matmul gate+up");
         let nff = hp.n_ff;
+        let act = hp.act;
         s.gate.par_chunks_mut(nff).zip(s.up.par_chunks(nff)).for_each(|(g, u)| {
             for (g, u) in g.iter_mut().zip(u) {
-                *g = *g / (1.0 + (-*g).exp()) * u;
+                *g = match act {
+                    Activation::Silu => *g / (1.0 + (-*g).exp()) * u,
+                    Activation::GeluTanh => gelu_ggml(*g) * u,
+                };
             }
         });
-        timer.lap(&mut prof, "swiglu");
+        timer.lap(&mut prof, "glu");
         mm(map, &layer.w_down, &mut s.prep, &s.gate, n, &mut s.tmp, false);
         timer.lap(&mut prof, "matmul down");
+        if let Some(w) = &layer.post_ffn_norm {
+            rms_norm_in_place(&mut s.tmp, w, hp.eps, &mut s.h);
+        }
         add_in_place(&mut s.x, &s.tmp);
     }
 
@@ -373,6 +432,9 @@ pub fn forward(
         let mut logits = Vec::new();
         if r > 0 {
             mm(map, &m.output, &mut s.prep, &normed, r, &mut logits, false);
+            if let Some(cap) = hp.final_softcap {
+                logits.par_iter_mut().for_each(|l| *l = (*l / cap).tanh() * cap);
+            }
         }
         Output::Logits(logits)
     };

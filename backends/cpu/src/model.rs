@@ -20,8 +20,17 @@ use crate::{CpuOptions, Error};
 pub enum RopeKind {
     /// Adjacent pairs `(2i, 2i+1)`: llama, mistral (ggml's "normal" mode).
     Norm,
-    /// Halves `(i, i + d/2)`: qwen2 (ggml's "neox" mode).
+    /// Halves `(i, i + d/2)`: qwen2, gemma3 (ggml's "neox" mode).
     Neox,
+}
+
+/// The feed-forward activation of the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// SiLU (SwiGLU): llama, mistral, qwen2.
+    Silu,
+    /// GELU, tanh approximation (GeGLU): gemma.
+    GeluTanh,
 }
 
 /// The hyperparameters of a llama-family model.
@@ -55,12 +64,41 @@ pub struct Hparams {
     pub rope_kind: RopeKind,
     /// Context length the model was trained with.
     pub n_ctx_train: usize,
+    /// Factor on the token embeddings (gemma: `sqrt(n_embd)`; else 1).
+    pub embd_scale: f32,
+    /// Attention scale (`1/sqrt(head_dim)`).
+    pub attn_scale: f32,
+    /// Whether the scale multiplies the queries before attention (gemma, as llama.cpp's
+    /// graph does) rather than the scores.
+    pub scale_queries: bool,
+    /// Feed-forward activation.
+    pub act: Activation,
+    /// Sliding-window attention: the window (0: none) and the layer pattern (every
+    /// `swa_pattern`-th layer is global, the others see the last `swa_window` positions).
+    pub swa_window: usize,
+    /// See `swa_window`.
+    pub swa_pattern: usize,
+    /// RoPE base of the sliding-window layers.
+    pub rope_base_swa: f32,
+    /// Final logit soft-capping (`cap · tanh(logit / cap)`), when the model has it.
+    pub final_softcap: Option<f32>,
 }
 
 impl Hparams {
     /// Width of the keys (and values) of all KV heads together.
     pub fn kv_dim(&self) -> usize {
         self.n_head_kv * self.head_dim
+    }
+
+    /// Whether layer `l` attends through the sliding window (llama.cpp's
+    /// `set_swa_pattern`: all but every `swa_pattern`-th layer).
+    pub fn is_swa(&self, l: usize) -> bool {
+        self.swa_window > 0 && self.swa_pattern > 0 && l % self.swa_pattern < self.swa_pattern - 1
+    }
+
+    /// The RoPE base of layer `l`.
+    pub fn rope_base_of(&self, l: usize) -> f32 {
+        if self.is_swa(l) { self.rope_base_swa } else { self.rope_base }
     }
 }
 
@@ -83,8 +121,16 @@ pub struct Layer {
     pub bv: Option<Vec<f32>>,
     /// Attention output projection.
     pub wo: Weight,
+    /// RMS norm of each query head (gemma3, qwen3), `head_dim` wide.
+    pub q_norm: Option<Vec<f32>>,
+    /// RMS norm of each key head.
+    pub k_norm: Option<Vec<f32>>,
+    /// RMS norm of the attention output before the residual (gemma).
+    pub post_attn_norm: Option<Vec<f32>>,
     /// RMS norm before the feed-forward.
     pub ffn_norm: Vec<f32>,
+    /// RMS norm of the feed-forward output before the residual (gemma).
+    pub post_ffn_norm: Option<Vec<f32>>,
     /// Gate projection.
     pub w_gate: Weight,
     /// Up projection.
@@ -154,14 +200,14 @@ pub fn load(path: &str, options: CpuOptions) -> Result<CpuModel, BackendError> {
     let arch = file.architecture().unwrap_or("").to_string();
     let rope_kind = match arch.as_str() {
         "llama" | "mistral" => RopeKind::Norm,
-        "qwen2" => RopeKind::Neox,
+        "qwen2" | "gemma3" => RopeKind::Neox,
         "" => {
             return Err(BackendError::invalid(format!("{path}: general.architecture is missing")));
         }
         other => {
             return Err(BackendError::unsupported(format!(
                 "architecture '{other}' is not supported by the cpu backend (it runs llama, \
-                 mistral and qwen2); use the llama-cpp backend for this model"
+                 mistral, qwen2 and gemma3); use the llama-cpp backend for this model"
             )));
         }
     };
@@ -230,7 +276,30 @@ pub fn load(path: &str, options: CpuOptions) -> Result<CpuModel, BackendError> {
         rope_freq_scale,
         rope_kind,
         n_ctx_train: file.get_u64(&key("context_length")).unwrap_or(2048) as usize,
+        embd_scale: 1.0,
+        attn_scale: 1.0 / (head_dim as f32).sqrt(),
+        scale_queries: false,
+        act: Activation::Silu,
+        swa_window: 0,
+        swa_pattern: 0,
+        rope_base_swa: 10000.0,
+        final_softcap: None,
     };
+    let mut hp = hp;
+    if arch == "gemma3" {
+        // As llama.cpp's gemma3: embeddings scaled by sqrt(n_embd), queries scaled before
+        // attention, GeGLU, and five sliding-window layers (RoPE base 10000) to every
+        // global one.
+        hp.embd_scale = (n_embd as f32).sqrt();
+        hp.scale_queries = true;
+        hp.act = Activation::GeluTanh;
+        hp.swa_window = file.get_u64(&key("attention.sliding_window")).unwrap_or(0) as usize;
+        hp.swa_pattern = 6;
+        hp.rope_base_swa = file.get_f64(&key("rope.freq_base_swa")).map_or(10000.0, |b| b as f32);
+        hp.final_softcap =
+            file.get_f64(&key("final_logit_softcapping")).filter(|c| *c > 0.0).map(|c| c as f32);
+    }
+    let hp = hp;
 
     let data_offset = file.data_offset() as usize;
     let tensor = |name: &str, cols: usize, rows: usize| -> Result<Weight, BackendError> {
@@ -300,7 +369,11 @@ pub fn load(path: &str, options: CpuOptions) -> Result<CpuModel, BackendError> {
             bk: opt_vector(&b("attn_k.bias"), kv_dim)?,
             bv: opt_vector(&b("attn_v.bias"), kv_dim)?,
             wo: tensor(&b("attn_output.weight"), q_dim, n_embd)?,
+            q_norm: opt_vector(&b("attn_q_norm.weight"), head_dim)?,
+            k_norm: opt_vector(&b("attn_k_norm.weight"), head_dim)?,
+            post_attn_norm: opt_vector(&b("post_attention_norm.weight"), n_embd)?,
             ffn_norm: vector(&b("ffn_norm.weight"), n_embd)?,
+            post_ffn_norm: opt_vector(&b("post_ffw_norm.weight"), n_embd)?,
             w_gate: tensor(&b("ffn_gate.weight"), n_embd, n_ff)?,
             w_up: tensor(&b("ffn_up.weight"), n_embd, n_ff)?,
             w_down: tensor(&b("ffn_down.weight"), n_ff, n_embd)?,

@@ -47,7 +47,7 @@ struct Args {
     flash_attn: Option<bool>,
 }
 
-const USAGE: &str = "usage: llama-raw (bench|greedy|logits|batched) MODEL [--threads N] \
+const USAGE: &str = "usage: llama-raw (bench|greedy|logits|batched|tokenize) MODEL [--threads N] \
 [--pp N] [--tg N] [--reps N] [--prompt TEXT] [--n N] [--ctx N] [--gpu-layers N] \
 [--np N,N,..] [--unified 0|1] [--fa 0|1] [--json]";
 
@@ -534,6 +534,22 @@ fn greedy(a: &Args, logits_only: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// `tokenize`: a JSON array of strings on stdin, the JSON array of their tokens (BOS as
+/// the vocabulary asks, special-token texts parsed) on stdout.
+fn tokenize_many(a: &Args) -> Result<(), String> {
+    use std::io::Read as _;
+    let mut input = String::new();
+    std::io::stdin().read_to_string(&mut input).map_err(|e| e.to_string())?;
+    let texts: Vec<String> = serde_json::from_str(&input).map_err(|e| e.to_string())?;
+    let m = load(a)?;
+    let mut out = Vec::with_capacity(texts.len());
+    for t in &texts {
+        out.push(if t.is_empty() { Vec::new() } else { tokenize(&m, t)? });
+    }
+    println!("{}", json!(out));
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let a = match parse_args() {
         Ok(a) => a,
@@ -547,6 +563,7 @@ fn main() -> ExitCode {
         "greedy" => greedy(&a, false),
         "logits" => greedy(&a, true),
         "batched" => batched(&a),
+        "tokenize" => tokenize_many(&a),
         other => Err(format!("unknown command {other}\n{USAGE}")),
     };
     match r {
