@@ -268,3 +268,28 @@ fn minilm_embeddings_equal_a_numpy_reference_on_onnx_and_llama_cpp() {
         assert!(d < 1e-4, "{engine} /v1/embeddings: {d}");
     }
 }
+
+/// The pure-Rust cpu engine runs the Gemma file through `corral run`, and its greedy text
+/// (repeat penalty off) equals raw llama.cpp's on a prompt where llama.cpp's own
+/// configurations agree (see backends/cpu/tests/real_gemma.rs for the closeness rule).
+#[test]
+fn gemma_runs_on_the_pure_rust_engine() {
+    let Some(model) = gemma() else { return };
+    let Some(raw) = llama_raw_bin() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(plugin) = cpu_plugin_dir(dir.path()) else { return };
+    let prompt = PROMPTS[0];
+    let v = raw_greedy(&raw, &model, prompt, 16);
+    let expected = v["text"].as_str().unwrap_or_default();
+    let mut c = corral(&[plugin.parent().unwrap()]);
+    c.args(["run", "--backend", "cpu", "--raw", "--temperature", "0"])
+        .args(["--repeat-penalty", "1", "--num-predict", "16"])
+        .arg(&model)
+        .arg(prompt);
+    let (out, stdout, stderr) = run(c);
+    assert!(out.status.success(), "{stderr}");
+    let got = stdout.strip_suffix('\n').unwrap_or(&stdout);
+    println!("cpu engine: {got:?}");
+    assert_eq!(got, expected);
+    assert!(got.trim_start().starts_with("Berlin"));
+}

@@ -329,6 +329,14 @@ pub fn dequantize_row(ty: crate::weights::WType, w: &[u8], out: &mut [f32]) {
                 }
             }
         }
+        WType::BF16 => crate::kquants::dequantize_bf16(w, out),
+        WType::Q5_0 => crate::kquants::dequantize_q5_0(w, out),
+        WType::Q5_1 => crate::kquants::dequantize_q5_1(w, out),
+        WType::Q2_K => crate::kquants::dequantize_q2_k(w, out),
+        WType::Q3_K => crate::kquants::dequantize_q3_k(w, out),
+        WType::Q4_K => crate::kquants::dequantize_q4_k(w, out),
+        WType::Q5_K => crate::kquants::dequantize_q5_k(w, out),
+        WType::Q6_K => crate::kquants::dequantize_q6_k(w, out),
     }
 }
 

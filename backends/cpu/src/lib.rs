@@ -1,8 +1,8 @@
 //! # corral-backend-cpu
 //!
-//! corral's pure-Rust CPU engine: a backend plugin that runs llama-family GGUF models
-//! (llama, mistral, qwen2) in F32, F16, Q8_0 and Q4_0 with no C or C++ code and no
-//! system library. It builds with cargo alone.
+//! corral's pure-Rust CPU engine: a backend plugin that runs GGUF models (llama, mistral,
+//! qwen2, gemma3) in F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q5_1 and the k-quants Q2_K to Q6_K
+//! with no C or C++ code and no system library. It builds with cargo alone.
 //!
 //! - [`model`]: loads a GGUF file by memory-mapping it; weights are used in place.
 //! - [`tokenizer`]: byte-level BPE (`gpt2`) and SentencePiece-style (`llama`) vocabularies.
@@ -19,6 +19,7 @@
 pub mod context;
 pub mod forward;
 pub mod kernels;
+pub mod kquants;
 pub mod kv;
 pub mod model;
 pub mod tokenizer;

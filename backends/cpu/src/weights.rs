@@ -4,8 +4,10 @@
 use rayon::prelude::*;
 
 use crate::kernels::{self, Q4_0_BYTES, Q8_0_BYTES, Q8Rows, QK};
+use crate::kquants::{self as kq, Q8KRows, QK_K};
 
-/// The element types this engine computes with.
+/// The element types this engine computes with (named as ggml names them).
+#[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WType {
     /// 32-bit float.
@@ -16,6 +18,22 @@ pub enum WType {
     Q8_0,
     /// ggml Q4_0: blocks of 32 nibbles (offset 8) with an f16 scale.
     Q4_0,
+    /// ggml Q5_0: blocks of 32 5-bit values (offset 16) with an f16 scale.
+    Q5_0,
+    /// ggml Q5_1: blocks of 32 5-bit values with an f16 scale and an f16 min.
+    Q5_1,
+    /// ggml Q2_K: super-blocks of 256 2-bit values, 4-bit scales and mins per 16.
+    Q2_K,
+    /// ggml Q3_K: super-blocks of 256 3-bit values, 6-bit scales per 16.
+    Q3_K,
+    /// ggml Q4_K: super-blocks of 256 nibbles, 6-bit scales and mins per 32.
+    Q4_K,
+    /// ggml Q5_K: super-blocks of 256 5-bit values, 6-bit scales and mins per 32.
+    Q5_K,
+    /// ggml Q6_K: super-blocks of 256 6-bit values (offset 32), 8-bit scales per 16.
+    Q6_K,
+    /// bfloat16.
+    BF16,
 }
 
 impl WType {
@@ -27,6 +45,14 @@ impl WType {
             G::F16 => Some(WType::F16),
             G::Q8_0 => Some(WType::Q8_0),
             G::Q4_0 => Some(WType::Q4_0),
+            G::Q5_0 => Some(WType::Q5_0),
+            G::Q5_1 => Some(WType::Q5_1),
+            G::Q2_K => Some(WType::Q2_K),
+            G::Q3_K => Some(WType::Q3_K),
+            G::Q4_K => Some(WType::Q4_K),
+            G::Q5_K => Some(WType::Q5_K),
+            G::Q6_K => Some(WType::Q6_K),
+            G::BF16 => Some(WType::BF16),
             _ => None,
         }
     }
@@ -35,18 +61,32 @@ impl WType {
     pub fn row_bytes(self, n: usize) -> usize {
         match self {
             WType::F32 => 4 * n,
-            WType::F16 => 2 * n,
+            WType::F16 | WType::BF16 => 2 * n,
             WType::Q8_0 => n / QK * Q8_0_BYTES,
             WType::Q4_0 => n / QK * Q4_0_BYTES,
+            WType::Q5_0 => n / QK * kq::Q5_0_BYTES,
+            WType::Q5_1 => n / QK * kq::Q5_1_BYTES,
+            WType::Q2_K => n / QK_K * kq::Q2_K_BYTES,
+            WType::Q3_K => n / QK_K * kq::Q3_K_BYTES,
+            WType::Q4_K => n / QK_K * kq::Q4_K_BYTES,
+            WType::Q5_K => n / QK_K * kq::Q5_K_BYTES,
+            WType::Q6_K => n / QK_K * kq::Q6_K_BYTES,
         }
     }
 
     /// Elements per block.
     pub fn block(self) -> usize {
         match self {
-            WType::F32 | WType::F16 => 1,
-            WType::Q8_0 | WType::Q4_0 => QK,
+            WType::F32 | WType::F16 | WType::BF16 => 1,
+            WType::Q8_0 | WType::Q4_0 | WType::Q5_0 | WType::Q5_1 => QK,
+            WType::Q2_K | WType::Q3_K | WType::Q4_K | WType::Q5_K | WType::Q6_K => QK_K,
         }
+    }
+
+    /// Whether weights of `self` and `other` multiply the same prepared activations, so
+    /// that they can share one [`Prepared`] (and one [`matmul_multi`]).
+    pub fn shares_activations(self, other: WType) -> bool {
+        self.acts() == other.acts()
     }
 
     /// How activations must be prepared for this weight type.
@@ -54,7 +94,9 @@ impl WType {
         match self {
             WType::F32 => ActKind::F32,
             WType::F16 => ActKind::F16,
-            WType::Q8_0 | WType::Q4_0 => ActKind::Q8,
+            WType::BF16 => ActKind::Bf16,
+            WType::Q8_0 | WType::Q4_0 | WType::Q5_0 | WType::Q5_1 => ActKind::Q8,
+            WType::Q2_K | WType::Q3_K | WType::Q4_K | WType::Q5_K | WType::Q6_K => ActKind::Q8K,
         }
     }
 }
@@ -92,16 +134,20 @@ impl Weight {
 enum ActKind {
     F32,
     F16,
+    Bf16,
     Q8,
+    Q8K,
 }
 
-/// Activations prepared for one weight type: F32 as they are, rounded to f16 (as ggml
-/// converts them for F16 weights), or quantized to Q8_0.
+/// Activations prepared for one weight type: F32 as they are, rounded to f16 or bf16 (as
+/// ggml converts them for F16/BF16 weights), quantized to Q8_0 (Q4_0, Q5_0, Q5_1, Q8_0
+/// weights) or to Q8_K (k-quant weights).
 #[derive(Default)]
 pub struct Prepared {
     kind: Option<ActKind>,
     f: Vec<f32>,
     q: Q8Rows,
+    qk: Q8KRows,
     n: usize,
     k: usize,
 }
@@ -125,6 +171,23 @@ impl Prepared {
                         *o = half::f16::from_f32(*i).to_f32();
                     }
                 });
+            }
+            ActKind::Bf16 => {
+                self.f.resize(n * k, 0.0);
+                self.f.par_chunks_mut(k).zip(x.par_chunks(k)).for_each(|(o, i)| {
+                    for (o, i) in o.iter_mut().zip(i) {
+                        *o = kq::round_bf16(*i);
+                    }
+                });
+            }
+            ActKind::Q8K => {
+                self.qk.resize(n, k);
+                let Q8KRows { qs, d, bsums, .. } = &mut self.qk;
+                qs.par_chunks_mut(k)
+                    .zip(d.par_chunks_mut(k / QK_K))
+                    .zip(bsums.par_chunks_mut(k / 16))
+                    .zip(x.par_chunks(k))
+                    .for_each(|(((qs, d), bsums), x)| kq::quantize_row_q8_k(x, qs, d, bsums));
             }
             ActKind::Q8 => {
                 self.q.resize(n, k);
@@ -203,54 +266,34 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
         };
         match w.ty.acts() {
             ActKind::Q8 => {
-                let dot_tile = match w.ty {
-                    WType::Q4_0 => kernels::dot_q4_0::<TILE>,
-                    _ => kernels::dot_q8_0::<TILE>,
+                let dots = match w.ty {
+                    WType::Q4_0 => dots!(kernels::dot_q4_0),
+                    WType::Q5_0 => dots!(kq::dot_q5_0),
+                    WType::Q5_1 => dots!(kq::dot_q5_1),
+                    _ => dots!(kernels::dot_q8_0),
                 };
-                let dot1 = match w.ty {
-                    WType::Q4_0 => kernels::dot_q4_0::<1>,
-                    _ => kernels::dot_q8_0::<1>,
-                };
-                let mut t = 0;
-                while t + TILE <= n {
-                    let rows: [_; TILE] = std::array::from_fn(|i| a.q.row(t + i));
-                    for r in r0..r1 {
-                        let v = dot_tile(w.row(map, r), rows);
-                        for (i, v) in v.into_iter().enumerate() {
-                            put(t + i, r, v);
-                        }
-                    }
-                    t += TILE;
-                }
-                let dot4 = match w.ty {
-                    WType::Q4_0 => kernels::dot_q4_0::<4>,
-                    _ => kernels::dot_q8_0::<4>,
-                };
-                while TILE > 4 && t + 4 <= n {
-                    let rows: [_; 4] = std::array::from_fn(|i| a.q.row(t + i));
-                    for r in r0..r1 {
-                        for (i, v) in dot4(w.row(map, r), rows).into_iter().enumerate() {
-                            put(t + i, r, v);
-                        }
-                    }
-                    t += 4;
-                }
-                for t in t..n {
-                    for r in r0..r1 {
-                        put(t, r, dot1(w.row(map, r), [a.q.row(t)])[0]);
-                    }
-                }
+                tiles(map, w, (r0, r1), n, |t| a.q.row(t), &dots, put);
             }
-            ActKind::F32 | ActKind::F16 => {
+            ActKind::Q8K => {
+                let dots = match w.ty {
+                    WType::Q2_K => dots!(kq::dot_q2_k),
+                    WType::Q3_K => dots!(kq::dot_q3_k),
+                    WType::Q4_K => dots!(kq::dot_q4_k),
+                    WType::Q5_K => dots!(kq::dot_q5_k),
+                    _ => dots!(kq::dot_q6_k),
+                };
+                tiles(map, w, (r0, r1), n, |t| a.qk.row(t), &dots, put);
+            }
+            ActKind::F32 | ActKind::F16 | ActKind::Bf16 => {
                 let k = a.k;
                 for r in r0..r1 {
                     let row = w.row(map, r);
                     for t in 0..n {
                         let x = &a.f[t * k..(t + 1) * k];
-                        let v = if w.ty == WType::F32 {
-                            kernels::dot_f32(row, x)
-                        } else {
-                            kernels::dot_f16(row, x)
+                        let v = match w.ty {
+                            WType::F32 => kernels::dot_f32(row, x),
+                            WType::BF16 => kq::dot_bf16(row, x),
+                            _ => kernels::dot_f16(row, x),
                         };
                         put(t, r, v);
                     }
@@ -258,4 +301,156 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
             }
         }
     });
+}
+
+/// The dot-product kernel of one weight type for a full tile, 4 and 1 activation rows.
+struct Dots<R> {
+    tile: fn(&[u8], [R; TILE]) -> [f32; TILE],
+    four: fn(&[u8], [R; 4]) -> [f32; 4],
+    one: fn(&[u8], [R; 1]) -> [f32; 1],
+}
+
+/// [`Dots`] of a kernel generic over its number of activation rows.
+macro_rules! dots {
+    ($($f:ident)::+) => {
+        Dots { tile: $($f)::+::<TILE>, four: $($f)::+::<4>, one: $($f)::+::<1> }
+    };
+}
+use dots;
+
+/// Weight rows `r0..r1` times the `n` activation rows `row(t)`: tiles of `TILE` tokens
+/// (each weight row unpacked once per tile), then 4, then single tokens.
+fn tiles<R: Copy>(
+    map: &[u8],
+    w: &Weight,
+    (r0, r1): (usize, usize),
+    n: usize,
+    row: impl Fn(usize) -> R,
+    dots: &Dots<R>,
+    put: impl Fn(usize, usize, f32),
+) {
+    let mut t = 0;
+    while t + TILE <= n {
+        let rows: [R; TILE] = std::array::from_fn(|i| row(t + i));
+        for r in r0..r1 {
+            for (i, v) in (dots.tile)(w.row(map, r), rows).into_iter().enumerate() {
+                put(t + i, r, v);
+            }
+        }
+        t += TILE;
+    }
+    while TILE > 4 && t + 4 <= n {
+        let rows: [R; 4] = std::array::from_fn(|i| row(t + i));
+        for r in r0..r1 {
+            for (i, v) in (dots.four)(w.row(map, r), rows).into_iter().enumerate() {
+                put(t + i, r, v);
+            }
+        }
+        t += 4;
+    }
+    for t in t..n {
+        for r in r0..r1 {
+            put(t, r, (dots.one)(w.row(map, r), [row(t)])[0]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+    }
+
+    /// A random valid row of `ty`: floats quantized with the gguf crate where it can, else
+    /// random bytes with moderate f16 scales at the block's scale fields.
+    fn random_row(ty: WType, k: usize, seed: &mut u64) -> Vec<u8> {
+        let mut w: Vec<u8> =
+            (0..ty.row_bytes(k)).map(|_| (lcg(seed) * 127.0 + 128.0) as u8).collect();
+        let (bytes, f16s): (usize, &[usize]) = match ty {
+            WType::F32 => {
+                return (0..k).flat_map(|_| lcg(seed).to_le_bytes()).collect();
+            }
+            WType::F16 => {
+                return (0..k).flat_map(|_| half::f16::from_f32(lcg(seed)).to_le_bytes()).collect();
+            }
+            WType::BF16 => {
+                return (0..k)
+                    .flat_map(|_| ((lcg(seed).to_bits() >> 16) as u16).to_le_bytes())
+                    .collect();
+            }
+            WType::Q8_0 => (Q8_0_BYTES, &[0]),
+            WType::Q4_0 => (Q4_0_BYTES, &[0]),
+            WType::Q5_0 => (kq::Q5_0_BYTES, &[0]),
+            WType::Q5_1 => (kq::Q5_1_BYTES, &[0, 2]),
+            WType::Q2_K => (kq::Q2_K_BYTES, &[80, 82]),
+            WType::Q3_K => (kq::Q3_K_BYTES, &[108]),
+            WType::Q4_K => (kq::Q4_K_BYTES, &[0, 2]),
+            WType::Q5_K => (kq::Q5_K_BYTES, &[0, 2]),
+            WType::Q6_K => (kq::Q6_K_BYTES, &[208]),
+        };
+        for blk in w.chunks_exact_mut(bytes) {
+            for &at in f16s {
+                let v = half::f16::from_f32(lcg(seed) * 0.05);
+                blk[at..at + 2].copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        w
+    }
+
+    /// `matmul` over every weight type, with a batch that exercises full tiles, a tile of
+    /// 4 and single tokens, equals the dequantized weights times the prepared activations.
+    #[test]
+    fn matmul_every_type_matches_dequantized_reference() {
+        let mut seed = 21;
+        let (k, rows, n) = (512, 13, 2 * TILE + 4 + 3);
+        for ty in [
+            WType::F32,
+            WType::F16,
+            WType::BF16,
+            WType::Q8_0,
+            WType::Q4_0,
+            WType::Q5_0,
+            WType::Q5_1,
+            WType::Q2_K,
+            WType::Q3_K,
+            WType::Q4_K,
+            WType::Q5_K,
+            WType::Q6_K,
+        ] {
+            let pad = 7;
+            let mut map = vec![0u8; pad];
+            for _ in 0..rows {
+                map.extend(random_row(ty, k, &mut seed));
+            }
+            let w = Weight { ty, rows, cols: k, offset: pad, row_bytes: ty.row_bytes(k) };
+            let x: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed) * 2.0).collect();
+            let mut a = Prepared::default();
+            a.prepare(ty, &x, n, k);
+            let mut y = vec![0f32; n * rows];
+            matmul(&map, &w, &a, &mut y);
+            // The activations as the kernels see them.
+            let xd: Vec<f32> = match ty.acts() {
+                ActKind::F32 | ActKind::F16 | ActKind::Bf16 => a.f.clone(),
+                ActKind::Q8 => (0..n * k).map(|i| a.q.qs[i] as f32 * a.q.d[i / QK]).collect(),
+                ActKind::Q8K => (0..n * k).map(|i| a.qk.qs[i] as f32 * a.qk.d[i / QK_K]).collect(),
+            };
+            let mut wd = vec![0f32; k];
+            for r in 0..rows {
+                w.dequantize_row(&map, r, &mut wd);
+                for t in 0..n {
+                    let terms = wd.iter().zip(&xd[t * k..(t + 1) * k]);
+                    let want: f64 = terms.clone().map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
+                    let mag: f64 = terms.map(|(a, b)| (f64::from(*a) * f64::from(*b)).abs()).sum();
+                    let got = f64::from(y[t * rows + r]);
+                    assert!(
+                        (got - want).abs() <= 1e-5 * mag,
+                        "{ty:?} row {r} token {t}: {got} vs {want} (Σ|·| {mag})"
+                    );
+                }
+            }
+        }
+    }
 }
