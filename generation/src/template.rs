@@ -228,7 +228,23 @@ impl ChatTemplate {
 
         let tmpl = self.env.get_template(NAME).map_err(|e| TemplateError::Render(describe(&e)))?;
         let mut out = BoundedOutput { text: Vec::new(), full: false };
-        match tmpl.render_captured_to(Value::from_serialize(&ctx), &mut out) {
+        // minijinja itself can panic on odd input (`''[::-1]` indexes an empty string, found
+        // by the fuzz target): a panic is a failed render, not a dead thread.
+        let rendered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tmpl.render_captured_to(Value::from_serialize(&ctx), &mut out).map(|_| ())
+        }));
+        let rendered = match rendered {
+            Ok(r) => r,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("a panic");
+                return Err(TemplateError::Render(format!("the template engine failed: {what}")));
+            }
+        };
+        match rendered {
             Ok(_) => String::from_utf8(out.text).map_err(|e| TemplateError::Render(e.to_string())),
             Err(_) if out.full => Err(TemplateError::Render(format!(
                 "the rendered prompt is longer than {} MiB",

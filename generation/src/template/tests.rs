@@ -274,3 +274,15 @@ fn message_extra_keys_and_images_pass_through() {
     );
     assert_eq!(out, "call_10;1;");
 }
+
+/// Found by the fuzz target (fuzz/regressions/chat_template/reverse_slice_empty.jinja):
+/// minijinja panics reversing an empty string with `[::-1]`; the render fails instead.
+#[test]
+fn a_panic_inside_the_template_engine_is_a_render_error() {
+    let t = ChatTemplate::new("{{ messages[0]['content'][::-1] }}").unwrap();
+    let m = msgs(&[("user", "")]);
+    let e = t.render(&ChatInput { messages: &m, ..Default::default() }).unwrap_err();
+    assert!(matches!(&e, TemplateError::Render(m) if m.contains("template engine failed")), "{e}");
+    let ok = msgs(&[("user", "abc")]);
+    assert_eq!(t.render(&ChatInput { messages: &ok, ..Default::default() }).unwrap(), "cba");
+}
