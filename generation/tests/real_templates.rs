@@ -30,43 +30,19 @@ fn fixture(name: &str) -> String {
 }
 
 /// The reference renders with strftime_now fixed at 2026-01-15; put that date where
-/// this render wrote today's.
+/// this render wrote today's (in the formats the fixtures use, as `strftime_now` itself
+/// writes them).
 fn fix_dates(text: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let (y, m, d) = civil(now.div_euclid(86_400));
-    const MONTHS: [&str; 12] = [
-        "January",
-        "February",
-        "March",
-        "April",
-        "May",
-        "June",
-        "July",
-        "August",
-        "September",
-        "October",
-        "November",
-        "December",
-    ];
-    let month = MONTHS[m as usize - 1];
-    text.replace(&format!("{y:04}-{m:02}-{d:02}"), "2026-01-15")
-        .replace(&format!("{d:02} {} {y:04}", &month[..3]), "15 Jan 2026")
-        .replace(&format!("{month} {d:02}, {y:04}"), "January 15, 2026")
-}
-
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian.
-fn civil(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+    let today = ChatTemplate::new(
+        "{{ strftime_now('%Y-%m-%d') }}|{{ strftime_now('%d %b %Y') }}|{{ strftime_now('%B %d, %Y') }}",
+    )
+    .and_then(|t| t.render(&ChatInput::default()))
+    .unwrap();
+    let mut out = text.to_string();
+    for (now, fixed) in today.split('|').zip(["2026-01-15", "15 Jan 2026", "January 15, 2026"]) {
+        out = out.replace(now, fixed);
+    }
+    out
 }
 
 #[test]
