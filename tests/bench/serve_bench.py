@@ -170,8 +170,9 @@ def main():
                     help="also run `corral bench` tg on the same model first, for the HTTP/engine ratio")
     ap.add_argument("--raw-bin", help="llama-raw of the same build: adds llama.cpp's batched ceiling")
     ap.add_argument("--compare-isolation", action="store_true",
-                    help="run a server with engines in worker processes (the default) and one with "
-                         "engines in-process, repetitions interleaved, and report their ratio")
+                    help="measure engines in worker processes (the default) against engines "
+                         "in-process: one server at a time, restarted for every repetition, "
+                         "modes alternating; report their ratio")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     args.concurrency = [int(x) for x in args.concurrency.split(",")]
@@ -185,28 +186,44 @@ def main():
         if not (args.corral and args.plugin_dir and model):
             ap.error("give --url and --model, or --corral, --plugin-dir and --gguf")
     modes = ["process", "in-process"] if args.compare_isolation else [None]
-    servers = {}
-    try:
-        for mode in modes:
-            if args.url:
-                servers[mode] = (None, args.url)
-            else:
-                servers[mode] = start_server(args, mode)
-            # Warm-up: load the model and run a short generation.
-            one_stream(servers[mode][1], model, "warm up", 8, 0, [])
-        samples = {(m, n): [] for m in modes for n in args.concurrency}
+    samples = {(m, n): [] for m in modes for n in args.concurrency}
+    if args.compare_isolation and not args.url:
+        # One server alive at a time: each repetition starts the mode's server, warms it
+        # up, runs every level and stops it (alternating which mode goes first), so an
+        # idle second server holding its own copy of the model shares nothing with the
+        # measured one.
         for rep in range(max(1, args.reps)):
-            # Alternate which server goes first, so neither always follows the other.
             for mode in (modes if rep % 2 == 0 else modes[::-1]):
-                for n in args.concurrency:
-                    samples[(mode, n)].append(run_level(servers[mode][1], model, n, args.tokens, rep))
-        by_mode = {m: [median_row(samples[(m, n)]) for n in args.concurrency] for m in modes}
-        rows = by_mode[modes[0]]
-    finally:
-        for p, _ in servers.values():
-            if p:
-                p.terminate()
-                p.wait(30)
+                p, url_m = start_server(args, mode)
+                try:
+                    one_stream(url_m, model, "warm up", 8, 0, [])
+                    for n in args.concurrency:
+                        samples[(mode, n)].append(run_level(url_m, model, n, args.tokens, rep))
+                finally:
+                    p.terminate()
+                    p.wait(30)
+    else:
+        servers = {}
+        try:
+            for mode in modes:
+                if args.url:
+                    servers[mode] = (None, args.url)
+                else:
+                    servers[mode] = start_server(args, mode)
+                # Warm-up: load the model and run a short generation.
+                one_stream(servers[mode][1], model, "warm up", 8, 0, [])
+            for rep in range(max(1, args.reps)):
+                # Alternate which server goes first, so neither always follows the other.
+                for mode in (modes if rep % 2 == 0 else modes[::-1]):
+                    for n in args.concurrency:
+                        samples[(mode, n)].append(run_level(servers[mode][1], model, n, args.tokens, rep))
+        finally:
+            for p, _ in servers.values():
+                if p:
+                    p.terminate()
+                    p.wait(30)
+    by_mode = {m: [median_row(samples[(m, n)]) for n in args.concurrency] for m in modes}
+    rows = by_mode[modes[0]]
     raw = None
     if args.raw_bin:
         if not model:
