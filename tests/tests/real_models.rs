@@ -26,6 +26,34 @@ fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder().timeout(Duration::from_secs(300)).build().unwrap()
 }
 
+/// `corral run --backend BACKEND --raw` at temperature 0, repeat penalty off: the greedy
+/// continuation of `prompt`, `n` tokens.
+fn greedy_run(
+    plugin: &std::path::Path,
+    backend: &str,
+    model: &std::path::Path,
+    prompt: &str,
+    n: usize,
+) -> String {
+    let mut c = corral(&[plugin.parent().unwrap()]);
+    c.args(["run", "--backend", backend, "--raw", "--temperature", "0"])
+        .args(["--repeat-penalty", "1", "--num-predict", &n.to_string()])
+        .arg(model)
+        .arg(prompt);
+    let (out, stdout, stderr) = run(c);
+    assert!(out.status.success(), "{stderr}");
+    stdout.strip_suffix('\n').unwrap_or(&stdout).to_string()
+}
+
+/// POSTs `body` to `url` + `path`, asserts 200 and returns the JSON answer.
+fn post_ok(url: &str, path: &str, body: Value) -> Value {
+    let r = client().post(format!("{url}{path}")).json(&body).send().unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().unwrap();
+    assert_eq!(status, 200, "{path}: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
 /// Prompts whose continuations show real weights, and more text to compare on.
 const PROMPTS: &[&str] = &[
     "The capital city of France is Paris. The capital city of Germany is",
@@ -46,14 +74,7 @@ fn gemma_greedy_text_equals_raw_llama_cpp() {
     for prompt in PROMPTS {
         let v = raw_greedy(&raw, &model, prompt, 32);
         let expected = v["text"].as_str().unwrap_or_default();
-        let mut c = corral(&[plugin.parent().unwrap()]);
-        c.args(["run", "--backend", "llama-cpp", "--raw", "--temperature", "0"])
-            .args(["--repeat-penalty", "1", "--num-predict", "32"])
-            .arg(&model)
-            .arg(prompt);
-        let (out, stdout, stderr) = run(c);
-        assert!(out.status.success(), "{stderr}");
-        let got = stdout.strip_suffix('\n').unwrap_or(&stdout);
+        let got = greedy_run(&plugin, "llama-cpp", &model, prompt, 32);
         println!("{prompt:?} -> {got:?}");
         assert_eq!(got, expected, "{prompt:?}: corral run vs llama-raw");
         if prompt.contains("Germany") {
@@ -77,13 +98,7 @@ fn gemma_serves_show_chat_and_embeddings() {
         &[("CORRAL_MODELS", store.to_str().unwrap())],
         &["--allow-model-paths", model.parent().unwrap().to_str().unwrap()],
     );
-    let post = |path: &str, body: Value| -> Value {
-        let r = client().post(format!("{}{path}", s.url)).json(&body).send().unwrap();
-        let status = r.status().as_u16();
-        let text = r.text().unwrap();
-        assert_eq!(status, 200, "{path}: {text}");
-        serde_json::from_str(&text).unwrap()
-    };
+    let post = |path: &str, body: Value| post_ok(&s.url, path, body);
     let create = post(
         "/api/create",
         json!({"model": "gemma3:270m", "files": {}, "from": model.to_str().unwrap(), "stream": false}),
@@ -231,13 +246,7 @@ fn minilm_embeddings_equal_a_numpy_reference_on_onnx_and_llama_cpp() {
 
     let s =
         Server::start(&[onnx_plugin.parent().unwrap(), llama_plugin.parent().unwrap()], &[], &[]);
-    let post = |path: &str, body: Value| -> Value {
-        let r = client().post(format!("{}{path}", s.url)).json(&body).send().unwrap();
-        let status = r.status().as_u16();
-        let text = r.text().unwrap();
-        assert_eq!(status, 200, "{path}: {text}");
-        serde_json::from_str(&text).unwrap()
-    };
+    let post = |path: &str, body: Value| post_ok(&s.url, path, body);
     let max_diff = |a: &[Vec<f64>], b: &[Vec<f64>]| {
         a.iter()
             .zip(b)
@@ -281,14 +290,7 @@ fn gemma_runs_on_the_pure_rust_engine() {
     let prompt = PROMPTS[0];
     let v = raw_greedy(&raw, &model, prompt, 16);
     let expected = v["text"].as_str().unwrap_or_default();
-    let mut c = corral(&[plugin.parent().unwrap()]);
-    c.args(["run", "--backend", "cpu", "--raw", "--temperature", "0"])
-        .args(["--repeat-penalty", "1", "--num-predict", "16"])
-        .arg(&model)
-        .arg(prompt);
-    let (out, stdout, stderr) = run(c);
-    assert!(out.status.success(), "{stderr}");
-    let got = stdout.strip_suffix('\n').unwrap_or(&stdout);
+    let got = greedy_run(&plugin, "cpu", &model, prompt, 16);
     println!("cpu engine: {got:?}");
     assert_eq!(got, expected);
     assert!(got.trim_start().starts_with("Berlin"));
