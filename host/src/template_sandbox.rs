@@ -23,7 +23,7 @@
 //! the library's unit tests do.
 
 use std::{
-    io::{Read, Write},
+    io::Read,
     os::unix::net::UnixStream,
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -32,6 +32,7 @@ use std::{
 };
 
 use corral_generation::template::{ChatInput, ChatTemplate, OwnedChatInput, TemplateError};
+use corral_plugin_host::worker::{read_frame, write_frame};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -133,9 +134,9 @@ struct Sandbox {
 impl Sandbox {
     fn render(&self, source: &str, input: &ChatInput<'_>) -> Result<String, SandboxError> {
         let request = RenderRequest { source: source.to_owned(), input: OwnedChatInput::of(input) };
-        let frame = serde_json::to_vec(&request)
+        let frame = json_frame(&request)
             .map_err(|e| TemplateError::Render(format!("cannot encode the conversation: {e}")))?;
-        if frame.len() > MAX_FRAME {
+        if frame.len() - 4 > MAX_FRAME {
             return Err(TemplateError::Render(format!(
                 "the conversation is larger than {} MiB",
                 MAX_FRAME >> 20
@@ -148,7 +149,7 @@ impl Sandbox {
             Some(p) => p,
             None => self.spawn()?,
         };
-        match process.exchange(&frame, self.limits.time) {
+        match process.exchange(frame, self.limits.time) {
             Ok(reply) => {
                 let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
                 if idle.len() < KEEP_IDLE {
@@ -216,15 +217,15 @@ struct SandboxProcess {
 
 impl SandboxProcess {
     /// Sends one request and reads its reply.
-    fn exchange(&mut self, frame: &[u8], time: Duration) -> Result<RenderReply, Failure> {
+    fn exchange(&mut self, frame: Vec<u8>, time: Duration) -> Result<RenderReply, Failure> {
         let io = |e: std::io::Error| match e.kind() {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => Failure::TimedOut,
             _ => Failure::Broken(e.to_string()),
         };
         self.stream.set_write_timeout(Some(time)).map_err(io)?;
         self.stream.set_read_timeout(Some(time)).map_err(io)?;
-        write_frame(&mut self.stream, frame).map_err(io)?;
-        let reply = read_frame(&mut self.stream).map_err(io)?;
+        write_frame(&mut self.stream, frame, MAX_FRAME).map_err(io)?;
+        let reply = read_frame(&mut self.stream, MAX_FRAME).map_err(io)?;
         let Some(reply) = reply else { return Err(Failure::Broken("end of stream".into())) };
         serde_json::from_slice(&reply).map_err(|e| Failure::Broken(e.to_string()))
     }
@@ -296,30 +297,11 @@ fn wait_briefly(child: &mut Child) -> String {
     }
 }
 
-fn write_frame(w: &mut impl Write, frame: &[u8]) -> std::io::Result<()> {
-    let len = u32::try_from(frame.len()).map_err(std::io::Error::other)?;
-    let mut buf = Vec::with_capacity(4 + frame.len());
-    buf.extend_from_slice(&len.to_le_bytes());
-    buf.extend_from_slice(frame);
-    w.write_all(&buf)?;
-    w.flush()
-}
-
-/// One frame, or `None` at end of stream before its first byte.
-fn read_frame(r: &mut impl Read) -> std::io::Result<Option<Vec<u8>>> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(std::io::Error::other(format!("a frame of {len} bytes is too large")));
-    }
-    let mut frame = vec![0u8; len];
-    r.read_exact(&mut frame)?;
-    Ok(Some(frame))
+/// `v` as JSON after 4 placeholder bytes, ready for [`write_frame`].
+fn json_frame<T: Serialize>(v: &T) -> serde_json::Result<Vec<u8>> {
+    let mut framed = vec![0u8; 4];
+    serde_json::to_writer(&mut framed, v)?;
+    Ok(framed)
 }
 
 /// The sandbox's side (`corral template-sandbox`): limits its own address space to
@@ -347,7 +329,7 @@ fn serve_renders() -> anyhow::Result<()> {
     let mut input = std::io::stdin().lock();
     let mut output = std::io::stdout().lock();
     let mut cache: Vec<ChatTemplate> = Vec::with_capacity(CACHED_TEMPLATES);
-    while let Some(frame) = read_frame(&mut input)? {
+    while let Some(frame) = read_frame(&mut input, MAX_FRAME)? {
         let reply: RenderReply = match serde_json::from_slice::<RenderRequest>(&frame) {
             Err(e) => Err(TemplateError::Render(format!("a malformed render request: {e}"))),
             Ok(request) => {
@@ -369,7 +351,7 @@ fn serve_renders() -> anyhow::Result<()> {
                 }
             }
         };
-        write_frame(&mut output, &serde_json::to_vec(&reply)?)?;
+        write_frame(&mut output, json_frame(&reply)?, MAX_FRAME)?;
     }
     Ok(())
 }
@@ -377,19 +359,6 @@ fn serve_renders() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn frames_round_trip_and_bound_their_size() {
-        let mut buf = Vec::new();
-        write_frame(&mut buf, b"hello").unwrap();
-        write_frame(&mut buf, b"").unwrap();
-        let mut r = buf.as_slice();
-        assert_eq!(read_frame(&mut r).unwrap().as_deref(), Some(&b"hello"[..]));
-        assert_eq!(read_frame(&mut r).unwrap().as_deref(), Some(&b""[..]));
-        assert_eq!(read_frame(&mut r).unwrap(), None);
-        let huge = ((MAX_FRAME + 1) as u32).to_le_bytes();
-        assert!(read_frame(&mut &huge[..]).is_err());
-    }
 
     #[test]
     fn without_install_renders_in_process() {

@@ -517,9 +517,10 @@ impl Scheduler {
         let plugin = self.plugin_for(&r.format)?;
         let me = self.clone();
         let t = Instant::now();
-        let loaded = tokio::task::spawn_blocking(move || me.load_blocking(plugin, r, n_parallel))
-            .await
-            .map_err(|e| ApiError::internal(format!("model load task failed: {e}")))?;
+        let loaded =
+            tokio::task::spawn_blocking(move || me.load_blocking(plugin, r, n_parallel, need))
+                .await
+                .map_err(|e| ApiError::internal(format!("model load task failed: {e}")))?;
         self.record_load(&key, loaded.as_ref().map(|_| ()));
         let loaded = loaded?;
         if self.crashed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key) {
@@ -543,6 +544,7 @@ impl Scheduler {
         plugin: Arc<LoadedPlugin>,
         r: ModelRef,
         n_parallel: u32,
+        need: MemoryEstimate,
     ) -> Result<Loaded, ApiError> {
         let options = LoadOptions { n_threads: self.settings.threads, ..Default::default() };
         let model = Model::load(plugin.clone(), &r.path.to_string_lossy(), &r.format, options)
@@ -578,7 +580,13 @@ impl Scheduler {
                 model_name: r.name.clone(),
             },
         )?;
-        let size_estimate = estimate_memory(&r.path, Some(num_ctx), n_parallel).bytes;
+        // The estimate made before loading, unless the engine's training context changed
+        // the context chosen (reading the GGUF again costs a parse of its vocabulary).
+        let size_estimate = if need.num_ctx == num_ctx {
+            need.bytes
+        } else {
+            estimate_memory(&r.path, Some(num_ctx), n_parallel).bytes
+        };
         Ok(Loaded {
             model_ref: r,
             model,

@@ -19,4 +19,5 @@ pub const DEATH_MARK: &str = "the engine worker ";
 
 pub use handles::WorkerBackend;
 pub use process::WorkerCommand;
+pub use protocol::{read_frame, write_frame};
 pub use serve::{WorkerError, run_worker};

@@ -335,23 +335,24 @@ pub(crate) fn capabilities(bits: u64) -> Capabilities {
     Capabilities::from_bits(bits)
 }
 
-/// Writes one framed message, length and body in a single write: a reader woken by a
-/// length alone would wait again for the body, and on a busy machine the writer may be
-/// preempted between two writes.
-pub(crate) fn write_message<T: Serialize>(w: &mut impl Write, m: &T) -> std::io::Result<()> {
-    let framed = postcard::to_extend(m, vec![0u8; 4]).map_err(std::io::Error::other)?;
-    let len = u32::try_from(framed.len() - 4)
-        .ok()
-        .filter(|&l| l as usize <= MAX_MESSAGE)
+/// Sends `framed` (a payload after 4 placeholder bytes) as one frame: its length in the
+/// 4 bytes (little-endian), then the payload, in a single write, so a frame never reaches
+/// the peer in two pieces when the writer is preempted between two writes. Refuses
+/// payloads over `max`.
+pub fn write_frame(w: &mut impl Write, mut framed: Vec<u8>, max: usize) -> std::io::Result<()> {
+    let len = framed
+        .len()
+        .checked_sub(4)
+        .and_then(|l| u32::try_from(l).ok())
+        .filter(|&l| l as usize <= max)
         .ok_or_else(|| std::io::Error::other("message too large"))?;
-    let mut framed = framed;
     framed[..4].copy_from_slice(&len.to_le_bytes());
     w.write_all(&framed)?;
     w.flush()
 }
 
-/// Reads one framed message; `Ok(None)` at a clean end of stream.
-pub(crate) fn read_message<T: DeserializeOwned>(r: &mut impl Read) -> std::io::Result<Option<T>> {
+/// Reads one frame's payload (at most `max` bytes); `Ok(None)` at a clean end of stream.
+pub fn read_frame(r: &mut impl Read, max: usize) -> std::io::Result<Option<Vec<u8>>> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len) {
         Ok(()) => {}
@@ -359,17 +360,46 @@ pub(crate) fn read_message<T: DeserializeOwned>(r: &mut impl Read) -> std::io::R
         Err(e) => return Err(e),
     }
     let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_MESSAGE {
+    if len > max {
         return Err(std::io::Error::other(format!("message of {len} bytes is over the limit")));
     }
     let mut buf = vec![0u8; len];
     r.read_exact(&mut buf)?;
-    postcard::from_bytes(&buf).map(Some).map_err(std::io::Error::other)
+    Ok(Some(buf))
+}
+
+/// Writes one message as a frame ([`write_frame`]).
+pub(crate) fn write_message<T: Serialize>(w: &mut impl Write, m: &T) -> std::io::Result<()> {
+    let framed = postcard::to_extend(m, vec![0u8; 4]).map_err(std::io::Error::other)?;
+    write_frame(w, framed, MAX_MESSAGE)
+}
+
+/// Reads one framed message; `Ok(None)` at a clean end of stream.
+pub(crate) fn read_message<T: DeserializeOwned>(r: &mut impl Read) -> std::io::Result<Option<T>> {
+    match read_frame(r, MAX_MESSAGE)? {
+        Some(buf) => postcard::from_bytes(&buf).map(Some).map_err(std::io::Error::other),
+        None => Ok(None),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frames_round_trip_and_bound_their_size() {
+        let mut buf = Vec::new();
+        let framed = |p: &[u8]| [&[0u8; 4][..], p].concat();
+        write_frame(&mut buf, framed(b"hello"), 16).unwrap();
+        write_frame(&mut buf, framed(b""), 16).unwrap();
+        assert!(write_frame(&mut Vec::new(), framed(&[1; 17]), 16).is_err());
+        let mut r = buf.as_slice();
+        assert_eq!(read_frame(&mut r, 16).unwrap().as_deref(), Some(&b"hello"[..]));
+        assert_eq!(read_frame(&mut r, 16).unwrap().as_deref(), Some(&b""[..]));
+        assert_eq!(read_frame(&mut r, 16).unwrap(), None);
+        let huge = 17u32.to_le_bytes();
+        assert!(read_frame(&mut &huge[..], 16).is_err());
+    }
 
     #[test]
     fn round_trip_and_bounds() {
