@@ -136,14 +136,14 @@ def reference(model, texts, gelu="erf"):
     return out
 
 
-def to_onnx(model, out):
-    """The encoder as an ONNX graph (opset 17): input_ids, attention_mask, token_type_ids
-    [B,S] int64 → last_hidden_state [B,S,H]; pooling stays with the engine, configured by
-    the copied sentence-transformers files."""
+def onnx_graph(w, H, NH, L, eps, graph_name="bert"):
+    """A BERT encoder as an ONNX model (opset 17) from weights `w` in Hugging Face's names
+    (float32 numpy arrays, linear weights [out, in]): input_ids, attention_mask,
+    token_type_ids [B,S] int64 → last_hidden_state [B,S,H]. Also used by
+    tests/python/gen_onnx/gen_bert.py with random weights."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    H, NH = model.H, model.NH
     D = H // NH
     inits, nodes = [], []
     counter = [0]
@@ -169,20 +169,20 @@ def to_onnx(model, out):
         return init(np.array(v, dtype=np.float32))
 
     def layer_norm_node(x, prefix):
-        return node("LayerNormalization", [x, init(model.w[prefix + ".weight"]), init(model.w[prefix + ".bias"])],
-                    axis=-1, epsilon=model.eps)
+        return node("LayerNormalization", [x, init(w[prefix + ".weight"]), init(w[prefix + ".bias"])],
+                    axis=-1, epsilon=eps)
 
     def linear(x, prefix):
-        return node("Add", [node("MatMul", [x, init(model.w[prefix + ".weight"].T)]), init(model.w[prefix + ".bias"])])
+        return node("Add", [node("MatMul", [x, init(w[prefix + ".weight"].T)]), init(w[prefix + ".bias"])])
 
     shape = node("Shape", ["input_ids"])
     batch = node("Gather", [shape, i64(0)], axis=0)
     seq = node("Gather", [shape, i64(1)], axis=0)
     pos = node("Unsqueeze", [node("Range", [init(np.array(0, dtype=np.int64)), node("Squeeze", [seq]),
                                             init(np.array(1, dtype=np.int64))]), i64(0)])
-    h = node("Add", [node("Gather", [init(model.w["embeddings.word_embeddings.weight"]), "input_ids"], axis=0),
-                     node("Gather", [init(model.w["embeddings.position_embeddings.weight"]), pos], axis=0)])
-    h = node("Add", [h, node("Gather", [init(model.w["embeddings.token_type_embeddings.weight"]), "token_type_ids"], axis=0)])
+    h = node("Add", [node("Gather", [init(w["embeddings.word_embeddings.weight"]), "input_ids"], axis=0),
+                     node("Gather", [init(w["embeddings.position_embeddings.weight"]), pos], axis=0)])
+    h = node("Add", [h, node("Gather", [init(w["embeddings.token_type_embeddings.weight"]), "token_type_ids"], axis=0)])
     h = layer_norm_node(h, "embeddings.LayerNorm")
     m = node("Cast", [node("Unsqueeze", ["attention_mask", i64(1, 2)])], to=TensorProto.FLOAT)
     bias = node("Mul", [node("Sub", [f32(1.0), m]), f32(-3.4e38)])
@@ -191,7 +191,7 @@ def to_onnx(model, out):
     def heads(x):
         return node("Transpose", [node("Reshape", [x, node("Concat", [batch, seq, i64(NH, D)], axis=0)])], perm=[0, 2, 1, 3])
 
-    for i in range(model.L):
+    for i in range(L):
         p = f"encoder.layer.{i}."
         q = heads(linear(h, p + "attention.self.query"))
         k = heads(linear(h, p + "attention.self.key"))
@@ -207,10 +207,19 @@ def to_onnx(model, out):
     ins = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch_size", "sequence_length"])
            for n in ("input_ids", "attention_mask", "token_type_ids")]
     outs = [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch_size", "sequence_length", H])]
-    graph = helper.make_graph(nodes, "bert", ins, outs, inits)
+    graph = helper.make_graph(nodes, graph_name, ins, outs, inits)
     onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="corral convert_bert.py")
     onnx_model.ir_version = 8
     onnx.checker.check_model(onnx_model)
+    return onnx_model
+
+
+def to_onnx(model, out):
+    """The encoder as an ONNX graph ([`onnx_graph`]); pooling stays with the engine,
+    configured by the copied sentence-transformers files."""
+    import onnx
+
+    onnx_model = onnx_graph(model.w, model.H, model.NH, model.L, model.eps)
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     onnx.save(onnx_model, str(out / "model.onnx"))
@@ -220,7 +229,7 @@ def to_onnx(model, out):
             shutil.copy(model.src / f, out / f)
     if (model.src / "1_Pooling").is_dir():
         shutil.copytree(model.src / "1_Pooling", out / "1_Pooling", dirs_exist_ok=True)
-    print(f"wrote {out}/model.onnx: bert, {model.L} layers, {H} wide")
+    print(f"wrote {out}/model.onnx: bert, {model.L} layers, {model.H} wide")
 
 
 def to_gguf(model, out):

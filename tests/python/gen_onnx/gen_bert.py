@@ -21,7 +21,6 @@ import os
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 WORDS = """the of and to a in is it you that he was for on are with as i his they be at one have
@@ -36,6 +35,16 @@ home read hand port large spell add even land here must big high such follow act
 change went light kind off need house picture try us again animal point mother world near build
 self earth father quick brown fox jumps over lazy dog once upon land far away hello there""".split()
 SUFFIXES = ["s", "ed", "ing", "er", "ly", "est", "ion", "al", "y", "e", "es", "en", "ness"]
+
+
+def convert_bert():
+    """scripts/convert_bert.py, whose ONNX graph builder this generator feeds."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "scripts", "convert_bert.py")
+    spec = importlib.util.spec_from_file_location("convert_bert", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def build_vocab():
@@ -83,75 +92,36 @@ def main():
     vocab = build_vocab()
     V, H, L, NH, P = len(vocab), a.hidden, a.layers, a.heads, a.max_pos
     FF = 4 * H
-    D = H // NH
 
-    inits, nodes = [], []
-    counter = [0]
-
-    def name(p):
-        counter[0] += 1
-        return f"{p}_{counter[0]}"
-
-    def init(arr, n=None):
-        n = n or name("w")
-        inits.append(numpy_helper.from_array(np.asarray(arr), n))
-        return n
-
+    # Random weights in Hugging Face's names, built into a graph by the project's converter.
     def rand(*shape, std=0.02):
-        return init((rng.standard_normal(shape) * std).astype(np.float32))
+        return (rng.standard_normal(shape) * std).astype(np.float32)
 
-    def node(op, ins, n_out=1, **attrs):
-        outs = [name(op.lower()) for _ in range(n_out)]
-        nodes.append(helper.make_node(op, ins, outs, **attrs))
-        return outs[0] if n_out == 1 else outs
+    def norm(prefix):
+        w[prefix + ".weight"] = (1.0 + rng.standard_normal(H) * 0.1).astype(np.float32)
+        w[prefix + ".bias"] = (rng.standard_normal(H) * 0.1).astype(np.float32)
 
-    def i64(*v):
-        return init(np.array(v, dtype=np.int64))
+    def linear(prefix, i, o, std):
+        w[prefix + ".weight"] = rand(o, i, std=std)
+        w[prefix + ".bias"] = rand(o)
 
-    def layer_norm(x):
-        g = init((1.0 + rng.standard_normal(H) * 0.1).astype(np.float32))
-        b = init((rng.standard_normal(H) * 0.1).astype(np.float32))
-        return node("LayerNormalization", [x, g, b], axis=-1, epsilon=1e-12)
-
-    def linear(x, i, o, std):
-        return node("Add", [node("MatMul", [x, rand(i, o, std=std)]), rand(o, std=0.02)])
-
-    shape = node("Shape", ["input_ids"])
-    batch = node("Gather", [shape, i64(0)], axis=0)
-    seq = node("Gather", [shape, i64(1)], axis=0)
-    pos = node("Unsqueeze", [node("Range", [init(np.array(0, dtype=np.int64)), node("Squeeze", [seq]), init(np.array(1, dtype=np.int64))]), i64(0)])
-    h = node("Add", [node("Gather", [rand(V, H, std=1.0), "input_ids"], axis=0), node("Gather", [rand(P, H, std=0.5), pos], axis=0)])
-    h = node("Add", [h, node("Gather", [rand(2, H, std=0.5), "token_type_ids"], axis=0)])
-    h = layer_norm(h)
-    # Extended mask [B,1,1,S]: 0 where attended, -10000 on padding.
-    m = node("Cast", [node("Unsqueeze", ["attention_mask", i64(1, 2)])], to=TensorProto.FLOAT)
-    bias = node("Mul", [node("Sub", [init(np.array(1.0, dtype=np.float32)), m]), init(np.array(-10000.0, dtype=np.float32))])
-    scale = init(np.array(1.0 / np.sqrt(D), dtype=np.float32))
-
-    def heads(x):
-        shp = node("Concat", [batch, seq, i64(NH, D)], axis=0)
-        return node("Transpose", [node("Reshape", [x, shp])], perm=[0, 2, 1, 3])
-
-    for _ in range(L):
+    w = {
+        "embeddings.word_embeddings.weight": rand(V, H, std=1.0),
+        "embeddings.position_embeddings.weight": rand(P, H, std=0.5),
+        "embeddings.token_type_embeddings.weight": rand(2, H, std=0.5),
+    }
+    norm("embeddings.LayerNorm")
+    for i in range(L):
+        p = f"encoder.layer.{i}."
         std = 1.0 / np.sqrt(H)
-        q, k, v = heads(linear(h, H, H, std)), heads(linear(h, H, H, std)), heads(linear(h, H, H, std))
-        s = node("Add", [node("Mul", [node("MatMul", [q, node("Transpose", [k], perm=[0, 1, 3, 2])]), scale]), bias])
-        c = node("Transpose", [node("MatMul", [node("Softmax", [s], axis=-1), v])], perm=[0, 2, 1, 3])
-        shp = node("Concat", [batch, seq, i64(H)], axis=0)
-        c = node("Reshape", [c, shp])
-        h = layer_norm(node("Add", [h, linear(c, H, H, std)]))
-        f = linear(h, H, FF, std)
-        # GELU (erf form).
-        f = node("Mul", [node("Mul", [f, node("Add", [node("Erf", [node("Div", [f, init(np.array(np.sqrt(2.0), dtype=np.float32))])]), init(np.array(1.0, dtype=np.float32))])]), init(np.array(0.5, dtype=np.float32))])
-        h = layer_norm(node("Add", [h, linear(f, FF, H, 1.0 / np.sqrt(FF))]))
-    nodes.append(helper.make_node("Identity", [h], ["last_hidden_state"]))
-
-    ins = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch_size", "sequence_length"]) for n in ("input_ids", "attention_mask", "token_type_ids")]
-    outs = [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch_size", "sequence_length", H])]
-    graph = helper.make_graph(nodes, "corral-tiny-bert", ins, outs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="corral gen_bert.py")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
+        for part in ("query", "key", "value"):
+            linear(p + "attention.self." + part, H, H, std)
+        linear(p + "attention.output.dense", H, H, std)
+        norm(p + "attention.output.LayerNorm")
+        linear(p + "intermediate.dense", H, FF, std)
+        linear(p + "output.dense", FF, H, 1.0 / np.sqrt(FF))
+        norm(p + "output.LayerNorm")
+    model = convert_bert().onnx_graph(w, H, NH, L, 1e-12, graph_name="corral-tiny-bert")
     onnx.save(model, os.path.join(a.out, "model.onnx"))
 
     make_tokenizer(vocab).save(os.path.join(a.out, "tokenizer.json"))
