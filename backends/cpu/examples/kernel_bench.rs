@@ -1,7 +1,7 @@
 //! `kernel-bench`: throughput of the matmul kernels on random weights, n tokens at a time.
 //!
 //! ```text
-//! kernel-bench [TYPE q4_0|q8_0] [ROWS 5632] [COLS 2048] [N 1] [THREADS 1] [REPS 50]
+//! kernel-bench [TYPE q4_0|q8_0|f16|q5_0|q5_1|q2_k..q6_k] [ROWS 5632] [COLS 2048] [N 1] [THREADS 1] [REPS 50]
 //! ```
 //! Prints the best time per multiplication, the weight bytes per second and the integer
 //! multiply-adds per second.
@@ -14,6 +14,13 @@ fn main() {
     let ty = match arg(0, "q4_0").as_str() {
         "q8_0" => WType::Q8_0,
         "f16" => WType::F16,
+        "q5_0" => WType::Q5_0,
+        "q5_1" => WType::Q5_1,
+        "q2_k" => WType::Q2_K,
+        "q3_k" => WType::Q3_K,
+        "q4_k" => WType::Q4_K,
+        "q5_k" => WType::Q5_K,
+        "q6_k" => WType::Q6_K,
         _ => WType::Q4_0,
     };
     let rows: usize = arg(1, "5632").parse().unwrap_or(5632);

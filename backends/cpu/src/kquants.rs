@@ -18,7 +18,7 @@
 
 use half::f16;
 
-use crate::kernels::{ActRow, QK};
+use crate::kernels::{ActRow, Isa, QK, check_rows, dispatch, q8_blocks};
 
 /// Elements per k-quant super-block (ggml's `QK_K`).
 pub const QK_K: usize = 256;
@@ -308,34 +308,50 @@ fn dot_k<const T: usize>(
     out
 }
 
-/// Dot products of one Q2_K weight row with `T` Q8_K activation rows.
+/// Q8_K activation rows' super-block count, after checking them against a weight row.
 #[inline]
-pub fn dot_q2_k<const T: usize>(w: &[u8], a: [Q8KRow<'_>; T]) -> [f32; T] {
-    dot_k(w, a, Q2_K_BYTES, unpack_q2_k)
+fn q8k_blocks<const T: usize>(w: &[u8], a: &[Q8KRow<'_>; T], bytes: usize) -> usize {
+    let nb = a[0].d.len();
+    for r in a {
+        assert!(r.d.len() >= nb && r.bsums.len() >= 16 * nb, "activation scales short");
+    }
+    check_rows(w, nb, bytes, a.map(|r| r.qs.len()), QK_K);
+    nb
 }
 
-/// Dot products of one Q3_K weight row with `T` Q8_K activation rows.
+/// Dot products of one Q2_K weight row with `T` Q8_K activation rows, at level `isa`.
 #[inline]
-pub fn dot_q3_k<const T: usize>(w: &[u8], a: [Q8KRow<'_>; T]) -> [f32; T] {
-    dot_k(w, a, Q3_K_BYTES, unpack_q3_k)
+pub fn dot_q2_k<const T: usize>(isa: Isa, w: &[u8], a: [Q8KRow<'_>; T]) -> [f32; T] {
+    let nb = q8k_blocks(w, &a, Q2_K_BYTES);
+    dispatch!(isa, dot_q2_k::<T>(w, a, nb), dot_k(w, a, Q2_K_BYTES, unpack_q2_k))
 }
 
-/// Dot products of one Q4_K weight row with `T` Q8_K activation rows.
+/// Dot products of one Q3_K weight row with `T` Q8_K activation rows, at level `isa`.
 #[inline]
-pub fn dot_q4_k<const T: usize>(w: &[u8], a: [Q8KRow<'_>; T]) -> [f32; T] {
-    dot_k(w, a, Q4_K_BYTES, unpack_q4_k)
+pub fn dot_q3_k<const T: usize>(isa: Isa, w: &[u8], a: [Q8KRow<'_>; T]) -> [f32; T] {
+    let nb = q8k_blocks(w, &a, Q3_K_BYTES);
+    dispatch!(isa, dot_q3_k::<T>(w, a, nb), dot_k(w, a, Q3_K_BYTES, unpack_q3_k))
 }
 
-/// Dot products of one Q5_K weight row with `T` Q8_K activation rows.
+/// Dot products of one Q4_K weight row with `T` Q8_K activation rows, at level `isa`.
 #[inline]
-pub fn dot_q5_k<const T: usize>(w: &[u8], a: [Q8KRow<'_>; T]) -> [f32; T] {
-    dot_k(w, a, Q5_K_BYTES, unpack_q5_k)
+pub fn dot_q4_k<const T: usize>(isa: Isa, w: &[u8], a: [Q8KRow<'_>; T]) -> [f32; T] {
+    let nb = q8k_blocks(w, &a, Q4_K_BYTES);
+    dispatch!(isa, dot_q4_k::<T>(w, a, nb), dot_k(w, a, Q4_K_BYTES, unpack_q4_k))
 }
 
-/// Dot products of one Q6_K weight row with `T` Q8_K activation rows.
+/// Dot products of one Q5_K weight row with `T` Q8_K activation rows, at level `isa`.
 #[inline]
-pub fn dot_q6_k<const T: usize>(w: &[u8], a: [Q8KRow<'_>; T]) -> [f32; T] {
-    dot_k(w, a, Q6_K_BYTES, unpack_q6_k)
+pub fn dot_q5_k<const T: usize>(isa: Isa, w: &[u8], a: [Q8KRow<'_>; T]) -> [f32; T] {
+    let nb = q8k_blocks(w, &a, Q5_K_BYTES);
+    dispatch!(isa, dot_q5_k::<T>(w, a, nb), dot_k(w, a, Q5_K_BYTES, unpack_q5_k))
+}
+
+/// Dot products of one Q6_K weight row with `T` Q8_K activation rows, at level `isa`.
+#[inline]
+pub fn dot_q6_k<const T: usize>(isa: Isa, w: &[u8], a: [Q8KRow<'_>; T]) -> [f32; T] {
+    let nb = q8k_blocks(w, &a, Q6_K_BYTES);
+    dispatch!(isa, dot_q6_k::<T>(w, a, nb), dot_k(w, a, Q6_K_BYTES, unpack_q6_k))
 }
 
 /// The 32 5-bit values of a Q5_0/Q5_1 block (`qh` the 32 high bits, `qs` 16 bytes of
@@ -358,11 +374,14 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 }
 
 /// Dot products of one Q5_0 weight row with `T` Q8_0 activation rows: per block
-/// `sumi = Σ (q5 − 16)·q8`, `sumf += (d_x·d_y)·sumi` (ggml's `ggml_vec_dot_q5_0_q8_0`).
+/// `sumi = Σ (q5 − 16)·q8`, `sumf += (d_x·d_y)·sumi` (ggml's `ggml_vec_dot_q5_0_q8_0`), at level `isa`.
 #[inline]
-pub fn dot_q5_0<const T: usize>(w: &[u8], a: [ActRow<'_>; T]) -> [f32; T] {
-    let nb = a[0].d.len();
-    debug_assert!(w.len() >= nb * Q5_0_BYTES);
+pub fn dot_q5_0<const T: usize>(isa: Isa, w: &[u8], a: [ActRow<'_>; T]) -> [f32; T] {
+    let nb = q8_blocks(w, &a, Q5_0_BYTES);
+    dispatch!(isa, dot_q5_0::<T>(w, a, nb), dot_q5_0_portable(w, a, nb))
+}
+
+fn dot_q5_0_portable<const T: usize>(w: &[u8], a: [ActRow<'_>; T], nb: usize) -> [f32; T] {
     let mut out = [0f32; T];
     for b in 0..nb {
         let blk = &w[b * Q5_0_BYTES..(b + 1) * Q5_0_BYTES];
@@ -381,9 +400,12 @@ pub fn dot_q5_0<const T: usize>(w: &[u8], a: [ActRow<'_>; T]) -> [f32; T] {
 /// `(d_x·d_y)·Σ q5·q8 + m_x·s_y` with `s_y = d_y·Σ q8` (ggml's `ggml_vec_dot_q5_1_q8_1`,
 /// with the activation sum kept in f32 where Q8_1 stores it as f16).
 #[inline]
-pub fn dot_q5_1<const T: usize>(w: &[u8], a: [ActRow<'_>; T]) -> [f32; T] {
-    let nb = a[0].d.len();
-    debug_assert!(w.len() >= nb * Q5_1_BYTES);
+pub fn dot_q5_1<const T: usize>(isa: Isa, w: &[u8], a: [ActRow<'_>; T]) -> [f32; T] {
+    let nb = q8_blocks(w, &a, Q5_1_BYTES);
+    dispatch!(isa, dot_q5_1::<T>(w, a, nb), dot_q5_1_portable(w, a, nb))
+}
+
+fn dot_q5_1_portable<const T: usize>(w: &[u8], a: [ActRow<'_>; T], nb: usize) -> [f32; T] {
     let mut out = [0f32; T];
     for b in 0..nb {
         let blk = &w[b * Q5_1_BYTES..(b + 1) * Q5_1_BYTES];
@@ -629,15 +651,22 @@ mod tests {
         w
     }
 
-    type Dot<R, const T: usize> = fn(&[u8], [R; T]) -> [f32; T];
+    type Dot<R, const T: usize> = fn(Isa, &[u8], [R; T]) -> [f32; T];
 
     const TYPES: [WType; 7] =
         [WType::Q5_0, WType::Q5_1, WType::Q2_K, WType::Q3_K, WType::Q4_K, WType::Q5_K, WType::Q6_K];
 
     /// `dot(w, quantized x)` equals `Σ dequantize(w)·dequantize(q8(x))` (in f64) within
-    /// 1e-5 of `Σ |w·x|`, for one row and a tile of three, for every new quantized type.
+    /// 1e-5 of `Σ |w·x|`, for one row and a tile of three, for every new quantized type, at
+    /// every instruction-set level this CPU runs.
     #[test]
     fn dots_match_dequantized_reference() {
+        for isa in Isa::available() {
+            dots_match_dequantized_reference_at(isa);
+        }
+    }
+
+    fn dots_match_dequantized_reference_at(isa: Isa) {
         let mut seed = 11;
         let k = 2 * QK_K;
         for ty in TYPES {
@@ -663,22 +692,22 @@ mod tests {
                             &mut q.bsums[t * 32..(t + 1) * 32],
                         );
                     }
-                    let f: fn(&[u8], [Q8KRow<'_>; 1]) -> [f32; 1] = match ty {
+                    let f: fn(Isa, &[u8], [Q8KRow<'_>; 1]) -> [f32; 1] = match ty {
                         WType::Q2_K => dot_q2_k::<1>,
                         WType::Q3_K => dot_q3_k::<1>,
                         WType::Q4_K => dot_q4_k::<1>,
                         WType::Q5_K => dot_q5_k::<1>,
                         _ => dot_q6_k::<1>,
                     };
-                    let f3: fn(&[u8], [Q8KRow<'_>; 3]) -> [f32; 3] = match ty {
+                    let f3: fn(Isa, &[u8], [Q8KRow<'_>; 3]) -> [f32; 3] = match ty {
                         WType::Q2_K => dot_q2_k::<3>,
                         WType::Q3_K => dot_q3_k::<3>,
                         WType::Q4_K => dot_q4_k::<3>,
                         WType::Q5_K => dot_q5_k::<3>,
                         _ => dot_q6_k::<3>,
                     };
-                    let got1 = (0..3).map(|t| f(&w, [q.row(t)])[0]).collect();
-                    let got3 = f3(&w, [q.row(0), q.row(1), q.row(2)]);
+                    let got1 = (0..3).map(|t| f(isa, &w, [q.row(t)])[0]).collect();
+                    let got3 = f3(isa, &w, [q.row(0), q.row(1), q.row(2)]);
                     let xd = (0..3)
                         .map(|t| {
                             let r = q.row(t);
@@ -705,8 +734,8 @@ mod tests {
                     } else {
                         (dot_q5_1::<1>, dot_q5_1::<3>)
                     };
-                    let got1 = (0..3).map(|t| f(&w, [q.row(t)])[0]).collect();
-                    let got3 = f3(&w, [q.row(0), q.row(1), q.row(2)]);
+                    let got1 = (0..3).map(|t| f(isa, &w, [q.row(t)])[0]).collect();
+                    let got3 = f3(isa, &w, [q.row(0), q.row(1), q.row(2)]);
                     let xd = (0..3)
                         .map(|t| {
                             let r = q.row(t);
@@ -726,10 +755,10 @@ mod tests {
                     let err = (f64::from(got1[t]) - want).abs();
                     assert!(
                         err <= 1e-5 * mag.max(1e-30),
-                        "{ty:?} rep {rep} row {t}: {} vs {want} (Σ|·| {mag})",
+                        "{isa:?} {ty:?} rep {rep} row {t}: {} vs {want} (Σ|·| {mag})",
                         got1[t]
                     );
-                    assert_eq!(got1[t], got3[t], "{ty:?}: tile of 3 differs from one row");
+                    assert_eq!(got1[t], got3[t], "{isa:?} {ty:?}: tile of 3 differs from one row");
                 }
             }
         }

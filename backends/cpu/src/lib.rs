@@ -7,8 +7,10 @@
 //! - [`model`]: loads a GGUF file by memory-mapping it; weights are used in place.
 //! - [`tokenizer`]: byte-level BPE (`gpt2`) and SentencePiece-style (`llama`) vocabularies.
 //! - [`forward`]: the transformer over a batch that mixes sequences.
-//! - [`kernels`]: SIMD dot products (AVX-512 VNNI, AVX2/FMA/F16C or scalar, chosen at
-//!   compile time; one plugin variant per x86-64 level), llama.cpp's quantized scheme.
+//! - [`kernels`]: the dot products (llama.cpp's quantized scheme) and the run-time choice
+//!   of their instruction set ([`kernels::isa`]): AVX-512 VNNI and AVX2/FMA/F16C kernels
+//!   (`simd`, compiled into every build with `#[target_feature]`) or portable code, so one
+//!   library built by a plain `cargo build` runs at full speed on every x86-64 CPU.
 //! - [`weights`]: the threaded matrix multiplication over mapped weights.
 //! - [`kv`]: the per-sequence KV cache.
 //! - [`context`]: the backend-api context: validation, decode, logits, embeddings, KV ops.
@@ -22,6 +24,8 @@ pub mod kernels;
 pub mod kquants;
 pub mod kv;
 pub mod model;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 pub mod tokenizer;
 pub mod weights;
 
@@ -44,19 +48,15 @@ pub enum Error {
     Invalid(String),
 }
 
-/// The SIMD level this build was compiled for.
-pub const SIMD: &str = if cfg!(all(
-    target_arch = "x86_64",
-    target_feature = "avx512vnni",
-    target_feature = "avx512vl",
-    target_feature = "avx2"
-)) {
-    "AVX-512 VNNI"
-} else if cfg!(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")) {
-    "AVX2+FMA"
-} else {
-    "scalar"
-};
+/// The SIMD level the kernels use on this CPU ([`kernels::isa`]), for logs and
+/// device names.
+pub fn simd() -> &'static str {
+    match kernels::isa() {
+        kernels::Isa::Avx512Vnni => "AVX-512 VNNI",
+        kernels::Isa::Avx2 => "AVX2+FMA",
+        kernels::Isa::Portable => "portable",
+    }
+}
 
 /// The variant name this build reports: `CORRAL_CPU_VARIANT` at build time, else derived
 /// from the target features (`cpu-x86-64-v4`, `cpu-x86-64-v3`, `cpu`).
@@ -97,7 +97,7 @@ impl CpuBackend {
     /// Plugin entry point.
     pub fn init(init: &InitContext) -> Result<Self, BackendError> {
         let options: CpuOptions = init.options()?;
-        log::info!("cpu backend {} ({VARIANT}, {SIMD}) initialised", env!("CARGO_PKG_VERSION"));
+        log::info!("cpu backend {} ({VARIANT}, {}) initialised", env!("CARGO_PKG_VERSION"), simd());
         Ok(CpuBackend { options })
     }
 
@@ -113,7 +113,7 @@ impl Backend for CpuBackend {
     fn devices(&self) -> Vec<Device> {
         vec![Device {
             index: 0,
-            name: format!("CPU ({SIMD})"),
+            name: format!("CPU ({})", simd()),
             kind: DeviceKind::Cpu,
             memory_total: 0,
             memory_free: 0,
@@ -135,7 +135,7 @@ impl Backend for CpuBackend {
     }
 
     fn describe(&self) -> String {
-        format!("corral cpu engine {} ({VARIANT}, {SIMD})", env!("CARGO_PKG_VERSION"))
+        format!("corral cpu engine {} ({VARIANT}, {})", env!("CARGO_PKG_VERSION"), simd())
     }
 }
 

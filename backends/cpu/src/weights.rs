@@ -213,9 +213,9 @@ unsafe impl Send for OutPtr {}
 // SAFETY: as above.
 unsafe impl Sync for OutPtr {}
 
-/// Tokens per tile in the batched kernels: 8 accumulators fit AVX-512's 32 vector
-/// registers, 4 fit AVX2's 16.
-const TILE: usize = if cfg!(target_feature = "avx512f") { 8 } else { 4 };
+/// Tokens per tile in the batched kernels when AVX-512 is in use: 8 accumulators fit its
+/// 32 vector registers; other levels use tiles of 4 (AVX2 has 16 registers).
+const TILE: usize = 8;
 
 /// `y[t][r] = W[r] · x[t]` for the `n` prepared rows, `y` laid out `n × w.rows`. Runs on
 /// the current rayon pool, splitting the weight's rows.
@@ -256,6 +256,8 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
         outs.push((OutPtr(y.as_mut_ptr()), *w));
     }
     let outs = &outs;
+    let isa = kernels::isa();
+    let big_tiles = isa == kernels::Isa::Avx512Vnni;
     chunks.into_par_iter().for_each(|(ji, r0, r1)| {
         let (out, w) = outs[ji];
         let m = w.rows;
@@ -272,7 +274,7 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
                     WType::Q5_1 => dots!(kq::dot_q5_1),
                     _ => dots!(kernels::dot_q8_0),
                 };
-                tiles(map, w, (r0, r1), n, |t| a.q.row(t), &dots, put);
+                tiles(map, w, (r0, r1), n, |t| a.q.row(t), &dots, (isa, big_tiles), put);
             }
             ActKind::Q8K => {
                 let dots = match w.ty {
@@ -282,7 +284,7 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
                     WType::Q5_K => dots!(kq::dot_q5_k),
                     _ => dots!(kq::dot_q6_k),
                 };
-                tiles(map, w, (r0, r1), n, |t| a.qk.row(t), &dots, put);
+                tiles(map, w, (r0, r1), n, |t| a.qk.row(t), &dots, (isa, big_tiles), put);
             }
             ActKind::F32 | ActKind::F16 | ActKind::Bf16 => {
                 let k = a.k;
@@ -305,9 +307,9 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
 
 /// The dot-product kernel of one weight type for a full tile, 4 and 1 activation rows.
 struct Dots<R> {
-    tile: fn(&[u8], [R; TILE]) -> [f32; TILE],
-    four: fn(&[u8], [R; 4]) -> [f32; 4],
-    one: fn(&[u8], [R; 1]) -> [f32; 1],
+    tile: fn(kernels::Isa, &[u8], [R; TILE]) -> [f32; TILE],
+    four: fn(kernels::Isa, &[u8], [R; 4]) -> [f32; 4],
+    one: fn(kernels::Isa, &[u8], [R; 1]) -> [f32; 1],
 }
 
 /// [`Dots`] of a kernel generic over its number of activation rows.
@@ -318,8 +320,10 @@ macro_rules! dots {
 }
 use dots;
 
-/// Weight rows `r0..r1` times the `n` activation rows `row(t)`: tiles of `TILE` tokens
-/// (each weight row unpacked once per tile), then 4, then single tokens.
+/// Weight rows `r0..r1` times the `n` activation rows `row(t)` at level `isa`: tiles of
+/// `TILE` tokens when `big_tiles` (each weight row unpacked once per tile), then 4, then
+/// single tokens.
+#[allow(clippy::too_many_arguments)]
 fn tiles<R: Copy>(
     map: &[u8],
     w: &Weight,
@@ -327,22 +331,23 @@ fn tiles<R: Copy>(
     n: usize,
     row: impl Fn(usize) -> R,
     dots: &Dots<R>,
+    (isa, big_tiles): (kernels::Isa, bool),
     put: impl Fn(usize, usize, f32),
 ) {
     let mut t = 0;
-    while t + TILE <= n {
+    while big_tiles && t + TILE <= n {
         let rows: [R; TILE] = std::array::from_fn(|i| row(t + i));
         for r in r0..r1 {
-            for (i, v) in (dots.tile)(w.row(map, r), rows).into_iter().enumerate() {
+            for (i, v) in (dots.tile)(isa, w.row(map, r), rows).into_iter().enumerate() {
                 put(t + i, r, v);
             }
         }
         t += TILE;
     }
-    while TILE > 4 && t + 4 <= n {
+    while t + 4 <= n {
         let rows: [R; 4] = std::array::from_fn(|i| row(t + i));
         for r in r0..r1 {
-            for (i, v) in (dots.four)(w.row(map, r), rows).into_iter().enumerate() {
+            for (i, v) in (dots.four)(isa, w.row(map, r), rows).into_iter().enumerate() {
                 put(t + i, r, v);
             }
         }
@@ -350,7 +355,7 @@ fn tiles<R: Copy>(
     }
     for t in t..n {
         for r in r0..r1 {
-            put(t, r, (dots.one)(w.row(map, r), [row(t)])[0]);
+            put(t, r, (dots.one)(isa, w.row(map, r), [row(t)])[0]);
         }
     }
 }

@@ -260,17 +260,46 @@ fn gemma_greedy_tokens_and_logits_equal_llama_cpp() {
         };
         let max_diff =
             |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        // llama.cpp's own variants (flash attention off, weights not repacked) differ from
+        // its default only in float summation order; on Gemma that alone moves single
+        // logits by about 1 (and this engine's portable and SIMD paths differ from each
+        // other as much). The bounds: the max |diff| within 1.5x the largest difference
+        // among llama.cpp's three variants, and the KL divergence of the softmax within 2x
+        // the largest KL of a variant from llama.cpp's default (llama-perplexity's
+        // `--kl-divergence` measure).
         let reference = logits_of(&[], &[]);
-        let spread = max_diff(&reference, &logits_of(&["--fa", "0"], &[]))
-            .max(max_diff(&reference, &logits_of(&[], &[("LLAMA_RAW_NO_REPACK", "1")])));
+        let fa_off = logits_of(&["--fa", "0"], &[]);
+        let no_repack = logits_of(&[], &[("LLAMA_RAW_NO_REPACK", "1")]);
+        let spread = max_diff(&reference, &fa_off)
+            .max(max_diff(&reference, &no_repack))
+            .max(max_diff(&fa_off, &no_repack));
+        let kl_spread =
+            kl_divergence(&reference, &fa_off).max(kl_divergence(&reference, &no_repack));
         let range = reference.iter().fold(f32::MIN, |a, &b| a.max(b))
             - reference.iter().fold(f32::MAX, |a, &b| a.min(b));
         let diff = max_diff(&first, &reference);
+        let kl = kl_divergence(&reference, &first);
         println!(
-            "  last-position logits: max |diff| {diff:.3}; llama.cpp's own spread {spread:.3}; \
-             range {range:.1}"
+            "  last-position logits: max |diff| {diff:.3}, llama.cpp's own spread {spread:.3}; \
+             KL {kl:.2e}, llama.cpp's own {kl_spread:.2e}; range {range:.1}"
         );
-        let tolerance = (1.25 * spread).max(0.01 * range);
+        assert!(
+            kl <= 2.0 * kl_spread.max(1e-4),
+            "{prompt:?}: KL divergence {kl} (own {kl_spread})"
+        );
+        let tolerance = (1.5 * spread).max(0.01 * range);
         assert!(diff <= tolerance, "{prompt:?}: logits differ by {diff} (tolerance {tolerance})");
     }
+}
+
+/// KL(p‖q) of the softmax distributions of two logit vectors, in nats.
+fn kl_divergence(p: &[f32], q: &[f32]) -> f64 {
+    let softmax = |l: &[f32]| -> Vec<f64> {
+        let m = l.iter().fold(f32::MIN, |a, &b| a.max(b));
+        let e: Vec<f64> = l.iter().map(|&x| f64::from(x - m).exp()).collect();
+        let s: f64 = e.iter().sum();
+        e.into_iter().map(|x| x / s).collect()
+    };
+    let (p, q) = (softmax(p), softmax(q));
+    p.iter().zip(&q).filter(|(a, _)| **a > 0.0).map(|(a, b)| a * (a / b.max(1e-300)).ln()).sum()
 }

@@ -1,0 +1,716 @@
+//! x86-64 SIMD kernels, compiled twice into one library and chosen at run time (see
+//! [`crate::kernels::isa`]): [`avx2`] (AVX2, FMA, F16C: `vpmaddubsw` integer dot products)
+//! and [`avx512`] (the same code with AVX-512 F/BW/VL/VNNI enabled, so that the Q4_0/Q8_0
+//! integer dots use `vpdpbusd` and the compiler may use all 32 vector registers). This is
+//! how memchr and simdutf ship one binary fast on every CPU: each function carries
+//! `#[target_feature(enable = ...)]`, so a plain `cargo build` (baseline x86-64) compiles
+//! them all, and [`crate::kernels`] calls one only after `is_x86_feature_detected!` saw
+//! its features.
+//!
+//! The kernels compute the integer block sums exactly as the portable code does (and as
+//! ggml does); they differ from it only in the order of the float additions.
+//!
+//! Every function is `unsafe`: the caller guarantees that the CPU has the module's
+//! features and that each slice holds the blocks or elements the loop reads (the safe
+//! wrappers in `kernels` and `kquants` assert the lengths).
+
+#![allow(unsafe_op_in_unsafe_fn)]
+
+/// The kernels, instantiated once per feature set. `dot_u8_i8` (unsigned bytes times
+/// signed bytes, summed in fours into i32 lanes) must be defined by the including module.
+macro_rules! x86_kernels {
+    ($features:literal) => {
+        use std::arch::x86_64::*;
+
+        use crate::kernels::{ActRow, Q4_0_BYTES, Q8_0_BYTES, QK};
+        use crate::kquants::{
+            Q2_K_BYTES, Q3_K_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q5_K_BYTES, Q6_K_BYTES,
+            Q8KRow, QK_K,
+        };
+
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn hsum(v: __m256) -> f32 {
+            let lo = _mm256_castps256_ps128(v);
+            let hi = _mm256_extractf128_ps::<1>(v);
+            let s = _mm_add_ps(lo, hi);
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+            _mm_cvtss_f32(s)
+        }
+
+        /// The f16 at `p` (unaligned) as f32, with F16C.
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn scale(p: *const u8) -> f32 {
+            let bits = u16::from_le_bytes([*p, *p.add(1)]);
+            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+        }
+
+        /// The f16 scales of four consecutive blocks `stride` bytes apart.
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn scales4(p: *const u8, stride: usize) -> __m128 {
+            let h = |j: usize| i16::from_le_bytes([*p.add(j * stride), *p.add(j * stride + 1)]);
+            _mm_cvtph_ps(_mm_set_epi16(0, 0, 0, 0, h(3), h(2), h(1), h(0)))
+        }
+
+        /// 16 bytes of nibbles at `qs` as 32 unsigned bytes, low nibbles first (the element
+        /// order of Q4_0, Q5_0 and Q5_1 blocks).
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn nibbles(qs: *const u8) -> __m256i {
+            let raw = _mm_loadu_si128(qs.cast());
+            let both = _mm256_set_m128i(_mm_srli_epi16::<4>(raw), raw);
+            _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
+        }
+
+        /// The 32 bits at `p` spread to 32 bytes, 0x10 where the bit is set (the fifth
+        /// bit of Q5_0/Q5_1 values, bit `i` for element `i`).
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn fifth_bits(p: *const u8) -> __m256i {
+            let x = i32::from_le_bytes([*p, *p.add(1), *p.add(2), *p.add(3)]);
+            let spread = _mm256_shuffle_epi8(
+                _mm256_set1_epi32(x),
+                _mm256_set_epi64x(
+                    0x0303_0303_0303_0303,
+                    0x0202_0202_0202_0202,
+                    0x0101_0101_0101_0101,
+                    0,
+                ),
+            );
+            let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+            let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+            _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+        }
+
+        /// Sums each of four i32x8 block products to one lane per 128-bit half:
+        /// `[p0 p1 p2 p3 | p0' p1' p2' p3']` (the two halves add up to the block sums).
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn reduce4(p0: __m256i, p1: __m256i, p2: __m256i, p3: __m256i) -> __m256 {
+            let h = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));
+            _mm256_cvtepi32_ps(h)
+        }
+
+        /// Integer dot of unsigned block values `wu` with activation block `b`, starting
+        /// from `start` (the offset correction: `-8·Σa` for Q4_0, `-16·Σa` for Q5_0).
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn block_int(wu: __m256i, a: &ActRow<'_>, b: usize, start: i32) -> __m256i {
+            let start = _mm256_zextsi128_si256(_mm_cvtsi32_si128(start));
+            let av = _mm256_loadu_si256(a.qs.as_ptr().add(b * QK).cast());
+            dot_u8_i8(start, wu, av)
+        }
+
+        /// Q4_0 (`FIVE` false) or Q5_0 (`FIVE` true) row times `T` activation rows, four
+        /// blocks at a time: the four blocks' integer sums are gathered into one vector so
+        /// that converting to float and applying the scales costs one instruction each per
+        /// four blocks.
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn dot_q4_q5_0<const T: usize, const FIVE: bool>(
+            w: &[u8],
+            a: [ActRow<'_>; T],
+            nb: usize,
+        ) -> [f32; T] {
+            let (bytes, qs_at, mul) = if FIVE { (Q5_0_BYTES, 6, 2) } else { (Q4_0_BYTES, 2, 1) };
+            let values = |blk: *const u8| {
+                let n = nibbles(blk.add(qs_at));
+                if FIVE { _mm256_or_si256(n, fifth_bits(blk.add(2))) } else { n }
+            };
+            let wp = w.as_ptr();
+            let mut acc = [_mm256_setzero_ps(); T];
+            let mut b = 0;
+            while b + 4 <= nb {
+                let blk = wp.add(b * bytes);
+                let dw = scales4(blk, bytes);
+                let w0 = values(blk);
+                let w1 = values(blk.add(bytes));
+                let w2 = values(blk.add(2 * bytes));
+                let w3 = values(blk.add(3 * bytes));
+                for t in 0..T {
+                    let r = &a[t];
+                    let c = |j: usize| mul * *r.c.get_unchecked(b + j);
+                    let f = reduce4(
+                        block_int(w0, r, b, c(0)),
+                        block_int(w1, r, b + 1, c(1)),
+                        block_int(w2, r, b + 2, c(2)),
+                        block_int(w3, r, b + 3, c(3)),
+                    );
+                    let s4 = _mm_mul_ps(dw, _mm_loadu_ps(r.d.as_ptr().add(b)));
+                    acc[t] = _mm256_fmadd_ps(f, _mm256_set_m128(s4, s4), acc[t]);
+                }
+                b += 4;
+            }
+            while b < nb {
+                let blk = wp.add(b * bytes);
+                let dw = scale(blk);
+                let wu = values(blk);
+                for t in 0..T {
+                    let r = &a[t];
+                    let p = _mm256_cvtepi32_ps(block_int(wu, r, b, mul * *r.c.get_unchecked(b)));
+                    let sc = dw * *r.d.get_unchecked(b);
+                    acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(sc), acc[t]);
+                }
+                b += 1;
+            }
+            let mut out = [0f32; T];
+            for t in 0..T {
+                out[t] = hsum(acc[t]);
+            }
+            out
+        }
+
+        /// Q4_0 row times `T` Q8_0 activation rows.
+        #[target_feature(enable = $features)]
+        #[inline]
+        pub(crate) unsafe fn dot_q4_0<const T: usize>(
+            w: &[u8],
+            a: [ActRow<'_>; T],
+            nb: usize,
+        ) -> [f32; T] {
+            dot_q4_q5_0::<T, false>(w, a, nb)
+        }
+
+        /// Q5_0 row times `T` Q8_0 activation rows.
+        #[target_feature(enable = $features)]
+        #[inline]
+        pub(crate) unsafe fn dot_q5_0<const T: usize>(
+            w: &[u8],
+            a: [ActRow<'_>; T],
+            nb: usize,
+        ) -> [f32; T] {
+            dot_q4_q5_0::<T, true>(w, a, nb)
+        }
+
+        /// Q5_1 row times `T` Q8_0 activation rows: `(d·d_y)·Σ q5·q8 + m·s_y` per block.
+        #[target_feature(enable = $features)]
+        #[inline]
+        pub(crate) unsafe fn dot_q5_1<const T: usize>(
+            w: &[u8],
+            a: [ActRow<'_>; T],
+            nb: usize,
+        ) -> [f32; T] {
+            let wp = w.as_ptr();
+            let mut acc = [_mm256_setzero_ps(); T];
+            let mut mins = [0f32; T];
+            for b in 0..nb {
+                let blk = wp.add(b * Q5_1_BYTES);
+                let (dw, mw) = (scale(blk), scale(blk.add(2)));
+                let wu = _mm256_or_si256(nibbles(blk.add(8)), fifth_bits(blk.add(4)));
+                for t in 0..T {
+                    let r = &a[t];
+                    let p = _mm256_cvtepi32_ps(block_int(wu, r, b, 0));
+                    let sc = dw * *r.d.get_unchecked(b);
+                    acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(sc), acc[t]);
+                    mins[t] += mw * *r.s.get_unchecked(b);
+                }
+            }
+            let mut out = [0f32; T];
+            for t in 0..T {
+                out[t] = hsum(acc[t]) + mins[t];
+            }
+            out
+        }
+
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn q8_block(blk: *const u8, a: &ActRow<'_>, b: usize) -> __m256 {
+            let wv = _mm256_loadu_si256(blk.add(2).cast());
+            let av = _mm256_loadu_si256(a.qs.as_ptr().add(b * QK).cast());
+            let p = dot_u8_i8(
+                _mm256_setzero_si256(),
+                _mm256_sign_epi8(wv, wv),
+                _mm256_sign_epi8(av, wv),
+            );
+            _mm256_cvtepi32_ps(p)
+        }
+
+        /// Q8_0 row times `T` Q8_0 activation rows.
+        #[target_feature(enable = $features)]
+        #[inline]
+        pub(crate) unsafe fn dot_q8_0<const T: usize>(
+            w: &[u8],
+            a: [ActRow<'_>; T],
+            nb: usize,
+        ) -> [f32; T] {
+            let wp = w.as_ptr();
+            if T == 1 {
+                let a0 = &a[0];
+                let mut acc = [_mm256_setzero_ps(); 4];
+                let mut b = 0;
+                while b + 4 <= nb {
+                    for (j, acc) in acc.iter_mut().enumerate() {
+                        let blk = wp.add((b + j) * Q8_0_BYTES);
+                        let sc = scale(blk) * *a0.d.get_unchecked(b + j);
+                        *acc = _mm256_fmadd_ps(q8_block(blk, a0, b + j), _mm256_set1_ps(sc), *acc);
+                    }
+                    b += 4;
+                }
+                while b < nb {
+                    let blk = wp.add(b * Q8_0_BYTES);
+                    let sc = scale(blk) * *a0.d.get_unchecked(b);
+                    acc[0] = _mm256_fmadd_ps(q8_block(blk, a0, b), _mm256_set1_ps(sc), acc[0]);
+                    b += 1;
+                }
+                let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+                let mut out = [0f32; T];
+                out[0] = hsum(s);
+                return out;
+            }
+            let mut acc = [_mm256_setzero_ps(); T];
+            for b in 0..nb {
+                let blk = wp.add(b * Q8_0_BYTES);
+                let dw = scale(blk);
+                let wv = _mm256_loadu_si256(blk.add(2).cast());
+                let wabs = _mm256_sign_epi8(wv, wv);
+                for t in 0..T {
+                    let av = _mm256_loadu_si256(a[t].qs.as_ptr().add(b * QK).cast());
+                    let sa = _mm256_sign_epi8(av, wv);
+                    let p = _mm256_cvtepi32_ps(dot_u8_i8(_mm256_setzero_si256(), wabs, sa));
+                    let sc = dw * *a[t].d.get_unchecked(b);
+                    acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(sc), acc[t]);
+                }
+            }
+            let mut out = [0f32; T];
+            for t in 0..T {
+                out[t] = hsum(acc[t]);
+            }
+            out
+        }
+
+        /// A k-quant super-block unpacked into registers: 256 unsigned weight values in 8
+        /// vectors of 32, the sub-block scale of each 16 as i16 pairs per vector, `off·sc`
+        /// per 16 (the value offset folded into the activation sums: 4 for Q3_K, 32 for
+        /// Q6_K, 0 otherwise), the mins per 16 (Q2_K, Q4_K, Q5_K) and the float scales.
+        struct KRegs {
+            u: [__m256i; 8],
+            sp: [__m256i; 8],
+            offsc: __m256i,
+            mins: __m256i,
+            d: f32,
+            dmin: f32,
+        }
+
+        /// The scale pair of each weight vector: vector `r` covers groups of 16 `2r` and
+        /// `2r + 1`, whose i16 scales `sc16` holds in lanes `2r` and `2r + 1`; the result
+        /// repeats the first over the low 8 i16 lanes and the second over the high 8.
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn scale_pairs(sc16: __m256i) -> [__m256i; 8] {
+            let halves = [_mm256_castsi256_si128(sc16), _mm256_extracti128_si256::<1>(sc16)];
+            let lane = |e: i32| _mm_set1_epi16((((2 * e + 1) << 8) | (2 * e)) as i16);
+            let mut sp = [_mm256_setzero_si256(); 8];
+            for (r, s) in sp.iter_mut().enumerate() {
+                let (src, k) = (halves[r / 4], (r % 4) as i32);
+                *s = _mm256_set_m128i(
+                    _mm_shuffle_epi8(src, lane(2 * k + 1)),
+                    _mm_shuffle_epi8(src, lane(2 * k)),
+                );
+            }
+            sp
+        }
+
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn u32_at(p: *const u8) -> u32 {
+            p.cast::<u32>().read_unaligned()
+        }
+
+        /// The low two bits of each byte of `q` shifted right by `shift`.
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn bits2(q: __m256i, shift: i32) -> __m256i {
+            _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(shift)), _mm256_set1_epi8(3))
+        }
+
+        /// Bit `bit` of each byte of `q`, moved to bit `to`.
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn bit_to(q: __m256i, bit: i32, to: i32) -> __m256i {
+            let one =
+                _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(bit)), _mm256_set1_epi8(1));
+            _mm256_sll_epi16(one, _mm_cvtsi32_si128(to))
+        }
+
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn unpack_q2_k(blk: *const u8) -> KRegs {
+            let raw = _mm_loadu_si128(blk.cast());
+            let m4 = _mm_set1_epi8(0x0f);
+            let sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(raw, m4));
+            let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(raw), m4));
+            let mut u = [_mm256_setzero_si256(); 8];
+            for h in 0..2 {
+                let q = _mm256_loadu_si256(blk.add(16 + 32 * h).cast());
+                for s in 0..4 {
+                    u[4 * h + s] = bits2(q, 2 * s as i32);
+                }
+            }
+            KRegs {
+                u,
+                sp: scale_pairs(sc16),
+                offsc: _mm256_setzero_si256(),
+                mins,
+                d: scale(blk.add(80)),
+                dmin: scale(blk.add(82)),
+            }
+        }
+
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn unpack_q3_k(blk: *const u8) -> KRegs {
+            // ggml's Q3_K scale unpacking (6-bit scales, offset 32), four lanes at once.
+            const KMASK1: u32 = 0x0303_0303;
+            const KMASK2: u32 = 0x0f0f_0f0f;
+            let (a0, a1, tmp) = (u32_at(blk.add(96)), u32_at(blk.add(100)), u32_at(blk.add(104)));
+            let aux = [
+                (a0 & KMASK2) | ((tmp & KMASK1) << 4),
+                (a1 & KMASK2) | (((tmp >> 2) & KMASK1) << 4),
+                ((a0 >> 4) & KMASK2) | (((tmp >> 4) & KMASK1) << 4),
+                ((a1 >> 4) & KMASK2) | (((tmp >> 6) & KMASK1) << 4),
+            ];
+            let raw = _mm_set_epi32(aux[3] as i32, aux[2] as i32, aux[1] as i32, aux[0] as i32);
+            let sc16 = _mm256_sub_epi16(_mm256_cvtepu8_epi16(raw), _mm256_set1_epi16(32));
+            let hm = _mm256_loadu_si256(blk.cast());
+            let mut u = [_mm256_setzero_si256(); 8];
+            for h in 0..2 {
+                let q = _mm256_loadu_si256(blk.add(32 + 32 * h).cast());
+                for s in 0..4 {
+                    let hi = bit_to(hm, (4 * h + s) as i32, 2);
+                    u[4 * h + s] = _mm256_or_si256(bits2(q, 2 * s as i32), hi);
+                }
+            }
+            KRegs {
+                u,
+                sp: scale_pairs(sc16),
+                offsc: _mm256_slli_epi16::<2>(sc16),
+                mins: _mm256_setzero_si256(),
+                d: scale(blk.add(108)),
+                dmin: 0.0,
+            }
+        }
+
+        /// Q4_K (`FIVE` false) and Q5_K: 8 sub-blocks of 32 with 6-bit scales and mins,
+        /// unpacked as ggml's AVX2 code does (four bytes at a time).
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn unpack_q45_k<const FIVE: bool>(blk: *const u8) -> KRegs {
+            const KMASK1: u32 = 0x3f3f_3f3f;
+            const KMASK2: u32 = 0x0f0f_0f0f;
+            const KMASK3: u32 = 0x0303_0303;
+            let (a0, a1, a2) = (u32_at(blk.add(4)), u32_at(blk.add(8)), u32_at(blk.add(12)));
+            let s_lo = a0 & KMASK1;
+            let s_hi = (a2 & KMASK2) | (((a0 >> 6) & KMASK3) << 4);
+            let m_lo = a1 & KMASK1;
+            let m_hi = ((a2 >> 4) & KMASK2) | (((a1 >> 6) & KMASK3) << 4);
+            let sm = _mm256_cvtepu8_epi16(_mm_set_epi32(
+                m_hi as i32,
+                m_lo as i32,
+                s_hi as i32,
+                s_lo as i32,
+            ));
+            let (sc8, m8) = (_mm256_castsi256_si128(sm), _mm256_extracti128_si256::<1>(sm));
+            let sc16 = _mm256_set_m128i(_mm_unpackhi_epi16(sc8, sc8), _mm_unpacklo_epi16(sc8, sc8));
+            let mins = _mm256_set_m128i(_mm_unpackhi_epi16(m8, m8), _mm_unpacklo_epi16(m8, m8));
+            let qs = blk.add(if FIVE { 48 } else { 16 });
+            let m4 = _mm256_set1_epi8(0x0f);
+            let hb =
+                if FIVE { _mm256_loadu_si256(blk.add(16).cast()) } else { _mm256_setzero_si256() };
+            let mut u = [_mm256_setzero_si256(); 8];
+            for j in 0..4 {
+                let q = _mm256_loadu_si256(qs.add(32 * j).cast());
+                let mut lo = _mm256_and_si256(q, m4);
+                let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+                if FIVE {
+                    lo = _mm256_or_si256(lo, bit_to(hb, 2 * j as i32, 4));
+                    hi = _mm256_or_si256(hi, bit_to(hb, 2 * j as i32 + 1, 4));
+                }
+                u[2 * j] = lo;
+                u[2 * j + 1] = hi;
+            }
+            KRegs {
+                u,
+                sp: scale_pairs(sc16),
+                offsc: _mm256_setzero_si256(),
+                mins,
+                d: scale(blk),
+                dmin: scale(blk.add(2)),
+            }
+        }
+
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn unpack_q6_k(blk: *const u8) -> KRegs {
+            let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(192).cast()));
+            let m4 = _mm256_set1_epi8(0x0f);
+            let mut u = [_mm256_setzero_si256(); 8];
+            for h in 0..2 {
+                let l0 = _mm256_loadu_si256(blk.add(64 * h).cast());
+                let l1 = _mm256_loadu_si256(blk.add(64 * h + 32).cast());
+                let hh = _mm256_loadu_si256(blk.add(128 + 32 * h).cast());
+                let high = |shift: i32| _mm256_slli_epi16::<4>(bits2(hh, shift));
+                u[4 * h] = _mm256_or_si256(_mm256_and_si256(l0, m4), high(0));
+                u[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(l1, m4), high(2));
+                u[4 * h + 2] =
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(l0), m4), high(4));
+                u[4 * h + 3] =
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(l1), m4), high(6));
+            }
+            KRegs {
+                u,
+                sp: scale_pairs(sc16),
+                offsc: _mm256_slli_epi16::<5>(sc16),
+                mins: _mm256_setzero_si256(),
+                d: scale(blk.add(208)),
+                dmin: 0.0,
+            }
+        }
+
+        /// A k-quant row times `T` Q8_K activation rows: per super-block the exact
+        /// integer sums `Σ_g sc[g]·(Σ u·q8 − off·bsums[g])` and `Σ_g min[g]·bsums[g]`,
+        /// then `d·d_y` and `dmin·d_y` applied in f32 (ggml's AVX2 k-quant kernels).
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn dot_k<const T: usize, const KIND: u8>(
+            w: &[u8],
+            a: [Q8KRow<'_>; T],
+            nb: usize,
+        ) -> [f32; T] {
+            let (bytes, mins) = match KIND {
+                2 => (Q2_K_BYTES, true),
+                3 => (Q3_K_BYTES, false),
+                4 => (Q4_K_BYTES, true),
+                5 => (Q5_K_BYTES, true),
+                _ => (Q6_K_BYTES, false),
+            };
+            let wp = w.as_ptr();
+            let mut acc = [_mm256_setzero_ps(); T];
+            for b in 0..nb {
+                let blk = wp.add(b * bytes);
+                let k = match KIND {
+                    2 => unpack_q2_k(blk),
+                    3 => unpack_q3_k(blk),
+                    4 => unpack_q45_k::<false>(blk),
+                    5 => unpack_q45_k::<true>(blk),
+                    _ => unpack_q6_k(blk),
+                };
+                let mut iv = [_mm256_setzero_si256(); T];
+                for r in 0..8 {
+                    for t in 0..T {
+                        let y = _mm256_loadu_si256(a[t].qs.as_ptr().add(b * QK_K + 32 * r).cast());
+                        let p = _mm256_maddubs_epi16(k.u[r], y);
+                        iv[t] = _mm256_add_epi32(iv[t], _mm256_madd_epi16(p, k.sp[r]));
+                    }
+                }
+                for t in 0..T {
+                    let bs = _mm256_loadu_si256(a[t].bsums.as_ptr().add(16 * b).cast());
+                    let yd = *a[t].d.get_unchecked(b);
+                    let isum = _mm256_sub_epi32(iv[t], _mm256_madd_epi16(k.offsc, bs));
+                    acc[t] =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(k.d * yd), acc[t]);
+                    if mins {
+                        let m = _mm256_cvtepi32_ps(_mm256_madd_epi16(k.mins, bs));
+                        acc[t] = _mm256_fnmadd_ps(m, _mm256_set1_ps(k.dmin * yd), acc[t]);
+                    }
+                }
+            }
+            let mut out = [0f32; T];
+            for t in 0..T {
+                out[t] = hsum(acc[t]);
+            }
+            out
+        }
+
+        /// Q2_K row times `T` Q8_K activation rows.
+        #[target_feature(enable = $features)]
+        #[inline]
+        pub(crate) unsafe fn dot_q2_k<const T: usize>(
+            w: &[u8],
+            a: [Q8KRow<'_>; T],
+            nb: usize,
+        ) -> [f32; T] {
+            dot_k::<T, 2>(w, a, nb)
+        }
+
+        /// Q3_K row times `T` Q8_K activation rows.
+        #[target_feature(enable = $features)]
+        #[inline]
+        pub(crate) unsafe fn dot_q3_k<const T: usize>(
+            w: &[u8],
+            a: [Q8KRow<'_>; T],
+            nb: usize,
+        ) -> [f32; T] {
+            dot_k::<T, 3>(w, a, nb)
+        }
+
+        /// Q4_K row times `T` Q8_K activation rows.
+        #[target_feature(enable = $features)]
+        #[inline]
+        pub(crate) unsafe fn dot_q4_k<const T: usize>(
+            w: &[u8],
+            a: [Q8KRow<'_>; T],
+            nb: usize,
+        ) -> [f32; T] {
+            dot_k::<T, 4>(w, a, nb)
+        }
+
+        /// Q5_K row times `T` Q8_K activation rows.
+        #[target_feature(enable = $features)]
+        #[inline]
+        pub(crate) unsafe fn dot_q5_k<const T: usize>(
+            w: &[u8],
+            a: [Q8KRow<'_>; T],
+            nb: usize,
+        ) -> [f32; T] {
+            dot_k::<T, 5>(w, a, nb)
+        }
+
+        /// Q6_K row times `T` Q8_K activation rows.
+        #[target_feature(enable = $features)]
+        #[inline]
+        pub(crate) unsafe fn dot_q6_k<const T: usize>(
+            w: &[u8],
+            a: [Q8KRow<'_>; T],
+            nb: usize,
+        ) -> [f32; T] {
+            dot_k::<T, 6>(w, a, nb)
+        }
+
+        /// An F16 row (`x.len()` halves at `w`) times an F32 row.
+        #[target_feature(enable = $features)]
+        #[inline]
+        pub(crate) unsafe fn dot_f16_bytes(w: *const u8, x: &[f32]) -> f32 {
+            let n = x.len();
+            let xp = x.as_ptr();
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut i = 0;
+            while i + 32 <= n {
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let wv = _mm256_cvtph_ps(_mm_loadu_si128(w.add(2 * (i + 8 * j)).cast()));
+                    *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xp.add(i + 8 * j)), *a);
+                }
+                i += 32;
+            }
+            while i + 8 <= n {
+                let wv = _mm256_cvtph_ps(_mm_loadu_si128(w.add(2 * i).cast()));
+                acc[0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xp.add(i)), acc[0]);
+                i += 8;
+            }
+            let mut s =
+                hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+            while i < n {
+                s += scale(w.add(2 * i)) * x[i];
+                i += 1;
+            }
+            s
+        }
+
+        /// An F32 row (`x.len()` floats at `w`, unaligned) times an F32 row.
+        #[target_feature(enable = $features)]
+        #[inline]
+        pub(crate) unsafe fn dot_f32_ptr(w: *const f32, x: &[f32]) -> f32 {
+            let n = x.len();
+            let xp = x.as_ptr();
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut i = 0;
+            while i + 32 <= n {
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let wv = _mm256_loadu_ps(w.add(i + 8 * j));
+                    *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xp.add(i + 8 * j)), *a);
+                }
+                i += 32;
+            }
+            while i + 8 <= n {
+                acc[0] =
+                    _mm256_fmadd_ps(_mm256_loadu_ps(w.add(i)), _mm256_loadu_ps(xp.add(i)), acc[0]);
+                i += 8;
+            }
+            let mut s =
+                hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+            while i < n {
+                s += w.add(i).read_unaligned() * x[i];
+                i += 1;
+            }
+            s
+        }
+
+        /// `acc = f16(f16(acc·ms) + p·v)` element-wise (`acc.len()` halves at `v`).
+        #[target_feature(enable = $features)]
+        #[inline]
+        pub(crate) unsafe fn fa_step_f16(acc: &mut [f32], ms: f32, p: f32, v: *const u8) {
+            const R: i32 = _MM_FROUND_TO_NEAREST_INT;
+            let n = acc.len();
+            let ap = acc.as_mut_ptr();
+            let pv = _mm256_set1_ps(p);
+            let msv = _mm256_set1_ps(ms);
+            let mut i = 0;
+            while i + 8 <= n {
+                let mut a = _mm256_loadu_ps(ap.add(i));
+                if ms != 1.0 {
+                    a = _mm256_cvtph_ps(_mm256_cvtps_ph::<R>(_mm256_mul_ps(a, msv)));
+                }
+                let vv = _mm256_cvtph_ps(_mm_loadu_si128(v.add(2 * i).cast()));
+                let r = _mm256_cvtph_ps(_mm256_cvtps_ph::<R>(_mm256_fmadd_ps(vv, pv, a)));
+                _mm256_storeu_ps(ap.add(i), r);
+                i += 8;
+            }
+            while i < n {
+                let mut a = *ap.add(i);
+                if ms != 1.0 {
+                    a = half::f16::from_f32(a * ms).to_f32();
+                }
+                *ap.add(i) = half::f16::from_f32(scale(v.add(2 * i)).mul_add(p, a)).to_f32();
+                i += 1;
+            }
+        }
+
+        /// `out += p·v` (`out.len()` halves at `v`).
+        #[target_feature(enable = $features)]
+        #[inline]
+        pub(crate) unsafe fn axpy_f16(out: &mut [f32], p: f32, v: *const u8) {
+            let n = out.len();
+            let op = out.as_mut_ptr();
+            let pv = _mm256_set1_ps(p);
+            let mut i = 0;
+            while i + 8 <= n {
+                let vv = _mm256_cvtph_ps(_mm_loadu_si128(v.add(2 * i).cast()));
+                _mm256_storeu_ps(op.add(i), _mm256_fmadd_ps(pv, vv, _mm256_loadu_ps(op.add(i))));
+                i += 8;
+            }
+            while i < n {
+                *op.add(i) += p * scale(v.add(2 * i));
+                i += 1;
+            }
+        }
+    };
+}
+
+/// AVX2 + FMA + F16C (x86-64-v3: Haswell, Zen 1 and later).
+pub(crate) mod avx2 {
+    x86_kernels!("avx2,fma,f16c");
+
+    /// `acc` plus unsigned bytes `u` times signed bytes `s`, summed in fours into 8 i32
+    /// lanes. `|u·s|` pairs stay below 2·128·127 (values ≤ 31 or sign-folded Q8_0), so
+    /// `vpmaddubsw` never saturates.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn dot_u8_i8(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)))
+    }
+}
+
+/// The same kernels with AVX-512 F/BW/VL/VNNI (Ice Lake, Zen 4 and later): `vpdpbusd`
+/// for the integer dots.
+pub(crate) mod avx512 {
+    x86_kernels!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni");
+
+    /// `acc` plus unsigned bytes `u` times signed bytes `s`, summed in fours (`vpdpbusd`).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn dot_u8_i8(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(acc, u, s)
+    }
+}
