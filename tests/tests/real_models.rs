@@ -54,6 +54,32 @@ fn post_ok(url: &str, path: &str, body: Value) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// Asserts that the memory estimate of the one model `s` has loaded (`size` in /api/ps)
+/// is within 10% of its engine worker's resident memory, printing both.
+fn assert_estimate_near_resident(s: &Server, engine: &str) {
+    let ps: Value = client().get(format!("{}/api/ps", s.url)).send().unwrap().json().unwrap();
+    let estimate = ps["models"][0]["size"].as_u64().unwrap() as f64;
+    let workers = std::process::Command::new("pgrep")
+        .args(["-P", &s.child.id().to_string(), "-f", "engine-worker"])
+        .output()
+        .unwrap();
+    let pid = String::from_utf8_lossy(&workers.stdout).trim().to_string();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    let rss = rss_kib * 1024.0;
+    println!(
+        "memory ({engine}): estimate {:.0} MiB, worker resident {:.0} MiB ({:+.1}%)",
+        estimate / 1048576.0,
+        rss / 1048576.0,
+        (estimate / rss - 1.0) * 100.0
+    );
+    assert!((estimate / rss - 1.0).abs() < 0.10, "{engine}: estimate {estimate} vs resident {rss}");
+}
+
 /// Prompts whose continuations show real weights, and more text to compare on.
 const PROMPTS: &[&str] = &[
     "The capital city of France is Paris. The capital city of Germany is",
@@ -129,28 +155,9 @@ fn gemma_serves_show_chat_and_embeddings() {
     assert_eq!(chat["prompt_eval_count"].as_u64(), Some(want as u64), "{chat}");
 
     // The memory estimate (`size` in /api/ps) against what the engine's worker process
-    // holds resident after load and a prompt.
-    let ps: Value = client().get(format!("{}/api/ps", s.url)).send().unwrap().json().unwrap();
-    let estimate = ps["models"][0]["size"].as_u64().unwrap() as f64;
-    let workers = std::process::Command::new("pgrep")
-        .args(["-P", &s.child.id().to_string(), "-f", "engine-worker"])
-        .output()
-        .unwrap();
-    let pid = String::from_utf8_lossy(&workers.stdout).trim().to_string();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss_kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    let rss = rss_kib * 1024.0;
-    println!(
-        "memory: estimate {:.0} MiB, worker resident {:.0} MiB ({:+.1}%)",
-        estimate / 1048576.0,
-        rss / 1048576.0,
-        (estimate / rss - 1.0) * 100.0
-    );
-    assert!((estimate / rss - 1.0).abs() < 0.10, "estimate {estimate} vs resident {rss}");
+    // holds resident after load and a prompt (llama.cpp allocates its whole KV cache at
+    // load).
+    assert_estimate_near_resident(&s, "llama.cpp");
 
     let embed = post("/api/embed", json!({"model": "gemma3:270m", "input": ["Paris", "Berlin"]}));
     let vectors = embed["embeddings"].as_array().unwrap();
@@ -294,4 +301,32 @@ fn gemma_runs_on_the_pure_rust_engine() {
     println!("cpu engine: {got:?}");
     assert_eq!(got, expected);
     assert!(got.trim_start().starts_with("Berlin"));
+
+    // The memory estimate against the worker's resident memory once the context is full
+    // (this engine's KV cache grows with use; the estimate is its peak): one sequence of
+    // 512 positions, filled by a prompt the server truncates to fit.
+    let s = Server::start(
+        &[plugin.parent().unwrap()],
+        &[("CORRAL_MODELS", dir.path().join("store").to_str().unwrap())],
+        &[
+            "--backend",
+            "cpu",
+            "--num-parallel",
+            "1",
+            "--num-ctx",
+            "512",
+            "--allow-model-paths",
+            model.parent().unwrap().to_str().unwrap(),
+        ],
+    );
+    let words: Vec<String> = (0..400).map(|i| format!("word{i}")).collect();
+    let r = post_ok(
+        &s.url,
+        "/api/generate",
+        json!({"model": model.to_str().unwrap(), "prompt": words.join(" "), "stream": false,
+               "options": {"temperature": 0, "num_predict": 4}}),
+    );
+    println!("prompt_eval_count {}", r["prompt_eval_count"]);
+    assert!(r["prompt_eval_count"].as_u64().unwrap_or(0) > 400, "{r}");
+    assert_estimate_near_resident(&s, "cpu engine, context full");
 }

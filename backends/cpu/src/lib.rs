@@ -58,24 +58,11 @@ pub fn simd() -> &'static str {
     }
 }
 
-/// The variant name this build reports: `CORRAL_CPU_VARIANT` at build time, else derived
-/// from the target features (`cpu-x86-64-v4`, `cpu-x86-64-v3`, `cpu`).
+/// The variant name this build reports: `CORRAL_CPU_VARIANT` at build time, else `cpu`
+/// (the one variant: its kernels are chosen at run time, see [`kernels::isa`]).
 pub const VARIANT: &str = match option_env!("CORRAL_CPU_VARIANT") {
     Some(v) => v,
-    None => {
-        if cfg!(all(
-            target_arch = "x86_64",
-            target_feature = "avx512vnni",
-            target_feature = "avx512bw"
-        )) {
-            "cpu-x86-64-v4"
-        } else if cfg!(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))
-        {
-            "cpu-x86-64-v3"
-        } else {
-            "cpu"
-        }
-    }
+    None => "cpu",
 };
 
 /// Engine options from the host config.

@@ -260,13 +260,23 @@ pub const ENGINE_OVERHEAD: u64 = 64 << 20;
 ///   vocabulary);
 /// - [`ENGINE_OVERHEAD`].
 ///
+/// - with `engine` [`EngineMemory::GgmlCpuRepack`], the weights llama.cpp's CPU backend
+///   copies into its repacked layout ([`ggml_cpu_repacked_bytes`]): the mapped original
+///   stays resident beside the copy;
+/// - with [`EngineMemory::PureRust`], the engine's f32 scratch for a batch of
+///   [`BATCH_TOKENS`] tokens (hidden state, queries, keys, values, attention output and
+///   the feed-forward's gate and up, per token), less the token-embedding matrix of a
+///   model with a separate output matrix (the engine reads it in place, a row per token
+///   seen, so it is never all resident).
+///
 /// `num_ctx: None` takes the context-length rule's default for the file's own training
-/// context. Not counted: weights an engine repacks into a copy (llama.cpp's CPU_REPACK
-/// for Q4_0 on AVX2 and newer keeps the mapped original resident too).
+/// context. An engine whose KV cache grows with use (the pure-Rust cpu engine) reaches
+/// the estimate when its context is full and holds less before.
 pub fn estimate_memory(
     path: &std::path::Path,
     num_ctx: Option<u32>,
     n_parallel: u32,
+    engine: EngineMemory,
 ) -> MemoryEstimate {
     let file = std::fs::metadata(path).map_or(0, |m| m.len());
     let Ok(g) = corral_gguf::reader::GgufFile::open(path) else {
@@ -299,8 +309,95 @@ pub fn estimate_memory(
         _ => get("vocab_size").unwrap_or(0),
     };
     let outputs = u64::from(n_parallel).saturating_mul(n_vocab).saturating_mul(4);
-    let bytes = file.saturating_add(kv).saturating_add(outputs).saturating_add(ENGINE_OVERHEAD);
+    let (extra, lazy) = match engine {
+        EngineMemory::GgmlCpuRepack => (ggml_cpu_repacked_bytes(g.tensors()), 0),
+        EngineMemory::PureRust => {
+            let n_ff = get("feed_forward_length").unwrap_or(0);
+            let q_dim = n_head.saturating_mul(key_length);
+            let kv_dim = n_head_kv.saturating_mul(key_length);
+            let per_token = [2 * n_embd, 2 * q_dim, 2 * kv_dim, 3 * n_ff]
+                .into_iter()
+                .fold(0u64, u64::saturating_add)
+                .saturating_mul(4);
+            let scratch = per_token.saturating_mul(cells.clamp(1, BATCH_TOKENS));
+            let untied_embeddings = match (g.tensor("token_embd.weight"), g.tensor("output.weight"))
+            {
+                (Some(e), Some(_)) => e.size,
+                _ => 0,
+            };
+            (scratch, untied_embeddings)
+        }
+        EngineMemory::Plain => (0, 0),
+    };
+    let bytes = file
+        .saturating_sub(lazy)
+        .saturating_add(kv)
+        .saturating_add(outputs)
+        .saturating_add(extra)
+        .saturating_add(ENGINE_OVERHEAD);
     MemoryEstimate { bytes, num_ctx }
+}
+
+/// The tokens of one batch the host decodes at most ([`LoopConfig::n_batch`]).
+pub const BATCH_TOKENS: u64 = 512;
+
+/// How an engine holds a model, as far as the memory estimate cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineMemory {
+    /// Weights, KV cache and outputs only: ONNX Runtime, llama.cpp on a GPU, third-party
+    /// engines.
+    Plain,
+    /// llama.cpp's CPU backend: besides the mapping, a repacked copy of some matrices.
+    GgmlCpuRepack,
+    /// corral's pure-Rust engine: weights used in place, f32 scratch per batch token, a
+    /// KV cache that grows with use (the estimate is its peak).
+    PureRust,
+}
+
+impl EngineMemory {
+    /// The memory behaviour of a plugin, from its manifest: llama.cpp's CPU variants
+    /// repack; `cpu` is the pure-Rust engine.
+    pub fn of_plugin(manifest: &corral_plugin_host::Manifest) -> EngineMemory {
+        let cpu_variant = manifest.variant == "cpu" || manifest.variant.starts_with("cpu-");
+        match manifest.name.as_str() {
+            "llama-cpp" if cpu_variant => EngineMemory::GgmlCpuRepack,
+            "cpu" => EngineMemory::PureRust,
+            _ => EngineMemory::Plain,
+        }
+    }
+}
+
+/// Bytes of the weight matrices llama.cpp's CPU backend repacks on this machine
+/// (`ggml_repack_get_optimal_repack_type` in ggml-cpu's `repack.cpp`): on x86-64 with
+/// AVX2, Q4_0, Q4_K, IQ4_NL and MXFP4 matrices, and with AVX-512 also Q2_K, whose row
+/// count is a multiple of 8. The token embeddings are read by row lookups, which the
+/// repacked layout does not serve, so they stay in place (also when the output reuses
+/// them). Other CPUs: none counted.
+pub fn ggml_cpu_repacked_bytes(tensors: &[corral_gguf::reader::TensorInfo]) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use corral_gguf::GgmlType as G;
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return 0;
+        }
+        let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+        tensors
+            .iter()
+            .filter(|t| t.name != "token_embd.weight" && t.dims.len() >= 2)
+            .filter(|t| t.dims[1] % 8 == 0)
+            .filter(|t| match t.ggml_type {
+                G::Q4_0 | G::Q4_K | G::IQ4_NL | G::MXFP4 => true,
+                G::Q2_K => avx512,
+                _ => false,
+            })
+            .map(|t| t.size)
+            .sum()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = tensors;
+        0
+    }
 }
 
 impl Scheduler {
@@ -490,7 +587,14 @@ impl Scheduler {
             .get("num_ctx")
             .and_then(Value::as_u64)
             .map(|n| n.min(u64::from(u32::MAX)) as u32);
-        let need = estimate_memory(&r.path, requested.or(self.settings.num_ctx), n_parallel);
+        let plugin = self.plugin_for(&r.format)?;
+        let engine_memory = EngineMemory::of_plugin(&plugin.manifest);
+        let need = estimate_memory(
+            &r.path,
+            requested.or(self.settings.num_ctx),
+            n_parallel,
+            engine_memory,
+        );
         // A model whose weights and KV cache cannot fit even alone is refused here, with
         // the numbers, rather than allocated until the kernel kills something.
         if let Some(avail) = self.available_memory()
@@ -514,7 +618,6 @@ impl Scheduler {
         // Loads and evictions of different models, one at a time.
         let _lock = self.load_lock.lock().await;
         self.make_room(estimate).await?;
-        let plugin = self.plugin_for(&r.format)?;
         let me = self.clone();
         let t = Instant::now();
         let loaded =
@@ -575,7 +678,7 @@ impl Scheduler {
             LoopConfig {
                 n_parallel,
                 num_ctx,
-                n_batch: 512,
+                n_batch: BATCH_TOKENS as u32,
                 n_threads: self.settings.threads,
                 model_name: r.name.clone(),
             },
@@ -585,7 +688,13 @@ impl Scheduler {
         let size_estimate = if need.num_ctx == num_ctx {
             need.bytes
         } else {
-            estimate_memory(&r.path, Some(num_ctx), n_parallel).bytes
+            estimate_memory(
+                &r.path,
+                Some(num_ctx),
+                n_parallel,
+                EngineMemory::of_plugin(&plugin.manifest),
+            )
+            .bytes
         };
         Ok(Loaded {
             model_ref: r,
