@@ -46,6 +46,55 @@ pub const GPT2_SPLIT_REGEX: &str =
 /// [`GPT2_SPLIT_REGEX`], as [`Bpe::encode`] does.
 pub const LLAMA_CPP_PRE: &str = "gpt-2";
 
+/// Llama 3's pre-tokenizer regex, as llama.cpp adapts it (case-insensitive contractions
+/// spelled out, numbers in groups of at most three digits).
+pub const LLAMA3_SPLIT_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Qwen 2's pre-tokenizer regex (Llama 3's with single digits).
+pub const QWEN2_SPLIT_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The pre-tokenizers this encoder reproduces (llama.cpp's `tokenizer.ggml.pre`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PreTokenizer {
+    /// GPT-2's (`gpt-2`).
+    Gpt2,
+    /// Llama 3's (`llama-bpe`, also `llama3`, `llama-v3`): a pre-token that is itself in
+    /// the vocabulary is taken whole, without merges (llama.cpp's `ignore_merges`).
+    Llama3,
+    /// Qwen 2's (`qwen2`, also `deepseek-r1-qwen`).
+    Qwen2,
+}
+
+impl PreTokenizer {
+    /// The name written to `tokenizer.ggml.pre`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PreTokenizer::Gpt2 => LLAMA_CPP_PRE,
+            PreTokenizer::Llama3 => "llama-bpe",
+            PreTokenizer::Qwen2 => "qwen2",
+        }
+    }
+
+    /// The pre-tokenizer llama.cpp uses for a `tokenizer.ggml.pre` value, if this encoder
+    /// reproduces it (a missing value is GPT-2's, as in llama.cpp's older files).
+    pub fn from_gguf_name(name: Option<&str>) -> Option<PreTokenizer> {
+        match name {
+            None | Some("gpt-2") => Some(PreTokenizer::Gpt2),
+            Some("llama-bpe" | "llama3" | "llama-v3") => Some(PreTokenizer::Llama3),
+            Some("qwen2" | "deepseek-r1-qwen") => Some(PreTokenizer::Qwen2),
+            Some(_) => None,
+        }
+    }
+
+    fn regex(self) -> &'static str {
+        match self {
+            PreTokenizer::Gpt2 => GPT2_SPLIT_REGEX,
+            PreTokenizer::Llama3 => LLAMA3_SPLIT_REGEX,
+            PreTokenizer::Qwen2 => QWEN2_SPLIT_REGEX,
+        }
+    }
+}
+
 /// Longest token (in bytes) the seeded filler merges make.
 const MAX_FILLER_TOKEN_BYTES: usize = 16;
 
@@ -87,6 +136,9 @@ pub struct Bpe {
     eos: Option<u32>,
     eot: Option<u32>,
     split: Regex,
+    pre: PreTokenizer,
+    /// Token ids by GGUF text, for [`PreTokenizer::Llama3`]'s whole-word lookups.
+    text_ids: HashMap<String, u32>,
 }
 
 impl Bpe {
@@ -219,6 +271,7 @@ impl Bpe {
             learned_merges,
             [Some(n), Some(n + 1), Some(n + 3)],
             split,
+            PreTokenizer::Gpt2,
         ))
     }
 
@@ -230,6 +283,7 @@ impl Bpe {
         learned_merges: usize,
         [bos, eos, eot]: [Option<u32>; 3],
         split: Regex,
+        pre: PreTokenizer,
     ) -> Bpe {
         let ranks =
             merges.iter().enumerate().map(|(r, &(a, b, id))| ((a, b), (r as u32, id))).collect();
@@ -247,6 +301,11 @@ impl Bpe {
             .map(|(id, (t, _))| (t.clone(), id as u32))
             .collect();
         specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+        let text_ids = if pre == PreTokenizer::Llama3 {
+            tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect()
+        } else {
+            HashMap::new()
+        };
         Bpe {
             tokens,
             token_bytes,
@@ -260,13 +319,16 @@ impl Bpe {
             eos,
             eot,
             split,
+            pre,
+            text_ids,
         }
     }
 
     /// Builds the tokenizer of a GGUF file with a GPT-2 style vocabulary
     /// (`tokenizer.ggml.model` "gpt2": tokens, token types and merges). Use it to
     /// tokenize the way llama.cpp does for files made by [`crate::generate`] (whose
-    /// `tokenizer.ggml.pre` is "gpt-2"); other pre-tokenizers are not reproduced.
+    /// `tokenizer.ggml.pre` is "gpt-2"), and for files with Llama 3's or Qwen 2's
+    /// pre-tokenizer ([`PreTokenizer`]); other pre-tokenizers are refused.
     pub fn from_gguf(file: &crate::reader::GgufFile) -> Result<Bpe, GgufError> {
         let model = file.get_str("tokenizer.ggml.model").unwrap_or("");
         if model != "gpt2" {
@@ -274,6 +336,14 @@ impl Bpe {
                 "tokenizer.ggml.model is '{model}', not a GPT-2 style BPE ('gpt2')"
             )));
         }
+        let pre_name = file.get_str("tokenizer.ggml.pre");
+        let pre = PreTokenizer::from_gguf_name(pre_name).ok_or_else(|| {
+            GgufError::Invalid(format!(
+                "pre-tokenizer '{}' (tokenizer.ggml.pre) is not reproduced; known: gpt-2, \
+                 llama-bpe, qwen2",
+                pre_name.unwrap_or_default()
+            ))
+        })?;
         let tokens = file.get_str_array("tokenizer.ggml.tokens").ok_or_else(|| {
             GgufError::Invalid("tokenizer.ggml.tokens is missing or not strings".into())
         })?;
@@ -327,8 +397,8 @@ impl Bpe {
         let n_tokens = tokens.len();
         let special = |key: &str| file.get_u32(key).filter(|&id| (id as usize) < n_tokens);
         let tokens: Vec<String> = tokens.into_iter().map(str::to_string).collect();
-        let split = Regex::new(GPT2_SPLIT_REGEX)
-            .map_err(|e| GgufError::Invalid(format!("GPT-2 split regex: {e}")))?;
+        let split = Regex::new(pre.regex())
+            .map_err(|e| GgufError::Invalid(format!("{} split regex: {e}", pre.name())))?;
         let n_merges = merges.len();
         Ok(Bpe::assemble(
             tokens,
@@ -342,7 +412,27 @@ impl Bpe {
                 special("tokenizer.ggml.eot_token_id"),
             ],
             split,
+            pre,
         ))
+    }
+
+    /// The same vocabulary with pre-tokenizer `pre` (what the generator writes to
+    /// `tokenizer.ggml.pre` and [`Bpe::encode`] splits with).
+    pub fn with_pre(mut self, pre: PreTokenizer) -> Result<Bpe, GgufError> {
+        self.split = Regex::new(pre.regex())
+            .map_err(|e| GgufError::Generate(format!("{} split regex: {e}", pre.name())))?;
+        self.text_ids = if pre == PreTokenizer::Llama3 {
+            self.tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect()
+        } else {
+            HashMap::new()
+        };
+        self.pre = pre;
+        Ok(self)
+    }
+
+    /// The pre-tokenizer.
+    pub fn pre(&self) -> PreTokenizer {
+        self.pre
     }
 
     /// Number of tokens, special ones included.
@@ -413,6 +503,14 @@ impl Bpe {
     pub fn encode(&self, text: &str) -> Vec<u32> {
         let mut out = Vec::new();
         for piece in split_pieces(&self.split, text) {
+            if self.pre == PreTokenizer::Llama3 {
+                let mapped: String =
+                    piece.bytes().map(|b| bytes_to_unicode()[b as usize]).collect();
+                if let Some(&id) = self.text_ids.get(&mapped) {
+                    out.push(id);
+                    continue;
+                }
+            }
             self.encode_piece(piece.as_bytes(), &mut out);
         }
         out

@@ -4,8 +4,12 @@
 //! `CORRAL_LLAMA_RAW`). Each test skips, saying why, when the file or `llama-raw` is
 //! missing.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+
+use common::{assert_tokenization_equals_llama_cpp, llama_raw, varied_strings};
 
 use corral_backend_cpu::tokenizer::Tokenizer;
 use corral_gguf::reader::GgufFile;
@@ -22,123 +26,15 @@ fn gemma() -> Option<PathBuf> {
     }
 }
 
-fn llama_raw() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("CORRAL_LLAMA_RAW").map(PathBuf::from),
-        std::env::var_os("CARGO_TARGET_DIR").map(|d| PathBuf::from(d).join("debug/llama-raw")),
-        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/llama-raw")),
-    ];
-    let found = candidates.into_iter().flatten().find(|p| p.is_file());
-    if found.is_none() {
-        eprintln!("SKIP: llama-raw not built (cargo build -p corral-backend-llama-cpp)");
-    }
-    found
-}
-
-/// 1,000 varied strings: prose, code, numbers, emoji, CJK and other scripts, runs of
-/// spaces, tabs and newlines, special-token texts, and random mixtures of all of them.
-fn varied_strings() -> Vec<String> {
-    let fragments = [
-        "Hello world",
-        "The capital city of France is Paris.",
-        " leading space",
-        "trailing space ",
-        "  two leading",
-        "fn main() {\n    println!(\"hi\");\n}",
-        "def fibonacci(n):\n\treturn n if n < 2 else fibonacci(n-1) + fibonacci(n-2)",
-        "<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n",
-        "<bos>",
-        "<eos>",
-        "<unused0>",
-        "東京は日本の首都です。",
-        "中文分词测试",
-        "한국어 문장",
-        "Ünïcödé ñ ç ß",
-        "Привет, мир!",
-        "مرحبا بالعالم",
-        "🌸🌸 😀👍🏽 👨‍👩‍👧",
-        "3.14159 2718 1,000,000 0x1F 1e-9",
-        "https://example.com/path?q=1&r=2#frag",
-        "a  b   c\t\td\n\n\ne",
-        "\n",
-        "   ",
-        "\t",
-        "{\"key\": [1, 2, {\"nested\": null}]}",
-        "SELECT * FROM users WHERE id = 42;",
-        "<html><body class=\"x\">&amp;</body></html>",
-        "CamelCaseIdentifiers and snake_case_ones",
-        "!!!???...---___",
-        "don't won't it's",
-    ];
-    let mut out: Vec<String> = fragments.iter().map(|s| (*s).to_string()).collect();
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    let seps = ["", " ", "  ", "\n", "\t", "\n\n", " \n ", "   "];
-    while out.len() < 1000 {
-        let parts = 1 + (next() % 4) as usize;
-        let mut s = String::new();
-        for _ in 0..parts {
-            s.push_str(fragments[(next() % fragments.len() as u64) as usize]);
-            s.push_str(seps[(next() % seps.len() as u64) as usize]);
-        }
-        // Cut at a random character boundary now and then: partial words and UTF-8 runs.
-        if next() % 3 == 0 {
-            let cut = (next() as usize) % (s.chars().count() + 1);
-            s = s.chars().take(cut).collect();
-        }
-        if !s.is_empty() {
-            out.push(s);
-        }
-    }
-    out
-}
-
 /// The cpu engine's tokenizer gives llama.cpp's ids on 1,000 varied strings with the real
 /// 262,144-token SentencePiece vocabulary (BOS added, special-token texts parsed).
 #[test]
 fn gemma_tokenization_equals_llama_cpp_on_1000_strings() {
     let Some(path) = gemma() else { return };
     let Some(raw) = llama_raw() else { return };
-    let texts = varied_strings();
-    let mut child = Command::new(&raw)
-        .arg("tokenize")
-        .arg(&path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run llama-raw");
-    {
-        use std::io::Write as _;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(serde_json::to_string(&texts).unwrap().as_bytes()).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let want: Vec<Vec<u32>> = serde_json::from_slice(&out.stdout).unwrap();
     let file = GgufFile::open(&path).unwrap();
-    let tok = Tokenizer::from_gguf(&file).unwrap();
-    assert_eq!(tok.vocab_size(), 262_144);
-    let special = tok.special_tokens(&file);
-    let mut differ = Vec::new();
-    for (text, want) in texts.iter().zip(&want) {
-        let got =
-            if text.is_empty() { Vec::new() } else { tok.tokenize(text, true, true, &special) };
-        if &got != want {
-            differ.push(format!("{text:?}\n  cpu:       {got:?}\n  llama.cpp: {want:?}"));
-        }
-    }
-    println!("{} strings, {} differ", texts.len(), differ.len());
-    assert!(
-        differ.is_empty(),
-        "{}",
-        differ.iter().take(10).cloned().collect::<Vec<_>>().join("\n")
-    );
+    assert_eq!(Tokenizer::from_gguf(&file).unwrap().vocab_size(), 262_144);
+    assert_tokenization_equals_llama_cpp(&raw, &path, &varied_strings());
 }
 
 fn raw_json(raw: &std::path::Path, args: &[&str]) -> serde_json::Value {
