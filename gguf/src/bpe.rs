@@ -275,6 +275,7 @@ impl Bpe {
         ))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn assemble(
         tokens: Vec<String>,
         token_bytes: Vec<Vec<u8>>,

@@ -1,17 +1,20 @@
-//! The model generator: llama-architecture GGUF files with random weights and a real
-//! byte-level BPE vocabulary, loadable by llama.cpp.
+//! The model generator: GGUF files with random weights and a real vocabulary, in the
+//! architectures llama.cpp runs (llama, Llama 3.1, qwen2, qwen3, gemma2, gemma3, phi3;
+//! see [`Arch`]), stored as F32, F16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K or llama.cpp's
+//! `Q4_K_M` mix ([`WeightType`]).
 //!
 //! ```no_run
-//! use corral_gguf::generate::{generate_llama, GenerateOptions, ModelShape, WeightType};
+//! use corral_gguf::generate::{generate_model, Arch, GenerateOptions, ModelShape, WeightType};
 //! # fn main() -> Result<(), corral_gguf::GgufError> {
 //! let opts = GenerateOptions {
+//!     arch: Arch::Qwen3,
 //!     shape: ModelShape::tiny(),
-//!     weight_type: WeightType::F16,
+//!     weight_type: WeightType::Q4_K_M,
 //!     seed: 1,
 //!     name: "tiny-test".into(),
-//!     chat_template: None,
+//!     ..Default::default()
 //! };
-//! let report = generate_llama("tiny.gguf".as_ref(), &opts)?;
+//! let report = generate_model("tiny.gguf".as_ref(), &opts)?;
 //! println!("{report}");
 //! # Ok(()) }
 //! ```
@@ -19,9 +22,12 @@
 //! Weights: 1-D norm weights are F32 near 1.0; matrices are normal with standard
 //! deviation `1/sqrt(row length)` (the output matrix scaled by [`OUTPUT_GAIN`] so the
 //! logits spread widely and greedy decoding never ties); the token embeddings have
-//! standard deviation 1. Data are generated in chunks of rows, each chunk from its own
+//! standard deviation 1, or are scaled like the output matrix when they are also the
+//! output (tied embeddings). Data are generated in chunks of rows, each chunk from its own
 //! RNG stream derived from (seed, tensor, chunk), on every core, so the file is the same
-//! whatever the thread count, and only a few MiB are in memory at any time.
+//! whatever the thread count, and only a few MiB are in memory at any time. The values
+//! do not depend on the weight type: a `Q4_K_M` file holds exactly what
+//! `llama-quantize` makes of the `F32` file of the same options.
 
 use std::fmt;
 use std::fs::File;
@@ -34,11 +40,16 @@ use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
-use crate::bpe::{Bpe, LLAMA_CPP_PRE};
+use crate::bpe::{Bpe, PreTokenizer};
 use crate::error::GgufError;
 use crate::quant;
 use crate::types::{GgmlType, Value, ValueType};
 use crate::writer::{GgufBuilder, GgufWriter};
+
+mod arch;
+mod mix;
+
+pub use arch::{Arch, llama3_rope_factors};
 
 /// The ChatML template written to `tokenizer.chat_template` unless another is given.
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + \
@@ -48,16 +59,17 @@ message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor 
 /// Scale of the output matrix relative to `1/sqrt(n_embd)`: the logits come out with a
 /// standard deviation of about this much.
 pub const OUTPUT_GAIN: f32 = 3.0;
-/// `llama.rope.freq_base`.
+/// `llama.rope.freq_base` of [`Arch::Llama`] (the other architectures: see [`Arch`]).
 pub const ROPE_FREQ_BASE: f32 = 10_000.0;
-/// `llama.attention.layer_norm_rms_epsilon`.
+/// `llama.attention.layer_norm_rms_epsilon` of [`Arch::Llama`].
 pub const RMS_NORM_EPS: f32 = 1e-5;
 /// Elements generated per RNG stream (rounded to whole rows).
 const CHUNK_ELEMS: usize = 1 << 16;
 /// Chunks each thread handles per batch.
 const CHUNKS_PER_THREAD: usize = 16;
 
-/// The hyperparameters of a llama-architecture model.
+/// The hyperparameters of a model (the architecture adds its own fixed ones, see
+/// [`Arch`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ModelShape {
     /// Vocabulary size, the 4 special tokens included.
@@ -72,8 +84,15 @@ pub struct ModelShape {
     pub n_head: u32,
     /// Key/value heads (grouped-query attention when fewer than `n_head`).
     pub n_head_kv: u32,
-    /// Training context length (`llama.context_length`).
+    /// Training context length (`{arch}.context_length`).
     pub n_ctx_train: u32,
+    /// Size of one attention head when it is not `n_embd / n_head` (Qwen3 and Gemma
+    /// models have such heads; written as `attention.key_length`/`value_length`).
+    /// `None`: `n_embd / n_head`.
+    pub n_embd_head: Option<u32>,
+    /// Sliding-window size for the architectures with one (Gemma 2 and 3; Phi-3 only
+    /// when set). `None`: the architecture's default, see [`Arch::sliding_window`].
+    pub n_swa: Option<u32>,
 }
 
 impl ModelShape {
@@ -88,6 +107,8 @@ impl ModelShape {
             n_head: 4,
             n_head_kv: 2,
             n_ctx_train: 512,
+            n_embd_head: None,
+            n_swa: None,
         }
     }
 
@@ -101,6 +122,8 @@ impl ModelShape {
             n_head: 8,
             n_head_kv: 4,
             n_ctx_train: 1024,
+            n_embd_head: None,
+            n_swa: None,
         }
     }
 
@@ -114,6 +137,8 @@ impl ModelShape {
             n_head: 12,
             n_head_kv: 4,
             n_ctx_train: 2048,
+            n_embd_head: None,
+            n_swa: None,
         }
     }
 
@@ -128,12 +153,15 @@ impl ModelShape {
             n_head: 32,
             n_head_kv: 4,
             n_ctx_train: 2048,
+            n_embd_head: None,
+            n_swa: None,
         }
     }
 
     /// Parses a preset name ("tiny", "small", "medium", "tinyllama" or "1b"), optionally
     /// followed by overrides: `tiny:n_layer=4,n_ctx_train=1024`. The keys are the field
-    /// names, also accepted without the `n_` prefix (`layer=4`).
+    /// names, also accepted without the `n_` prefix (`layer=4`); `head_dim` sets
+    /// `n_embd_head` and `swa` / `sliding_window` sets `n_swa`.
     pub fn parse(spec: &str) -> Result<ModelShape, GgufError> {
         let (name, overrides) = spec.split_once(':').unwrap_or((spec, ""));
         let mut shape = match name.trim().to_ascii_lowercase().as_str() {
@@ -155,6 +183,17 @@ impl ModelShape {
                 GgufError::Generate(format!("shape override '{kv}': not a whole number"))
             })?;
             let k = k.trim();
+            match k.strip_prefix("n_").unwrap_or(k) {
+                "embd_head" | "head_dim" => {
+                    shape.n_embd_head = Some(v);
+                    continue;
+                }
+                "swa" | "sliding_window" => {
+                    shape.n_swa = Some(v);
+                    continue;
+                }
+                _ => {}
+            }
             let field = match k.strip_prefix("n_").unwrap_or(k) {
                 "vocab" => &mut shape.n_vocab,
                 "embd" => &mut shape.n_embd,
@@ -166,7 +205,7 @@ impl ModelShape {
                 _ => {
                     return Err(GgufError::Generate(format!(
                         "unknown shape field '{k}' (n_vocab, n_embd, n_layer, n_ff, n_head, \
-                         n_head_kv, n_ctx_train)"
+                         n_head_kv, n_ctx_train, head_dim, swa)"
                     )));
                 }
             };
@@ -176,8 +215,9 @@ impl ModelShape {
         Ok(shape)
     }
 
-    /// Checks the shape is consistent: everything positive, heads divide the width,
-    /// KV heads divide the heads, an even head size (for RoPE), room for the vocabulary.
+    /// Checks the shape is consistent: everything positive, heads divide the width
+    /// (unless a head size is given), KV heads divide the heads, an even head size (for
+    /// RoPE), room for the vocabulary.
     pub fn validate(&self) -> Result<(), GgufError> {
         let bad = |m: String| Err(GgufError::Generate(format!("invalid shape {self:?}: {m}")));
         let s = self;
@@ -187,8 +227,17 @@ impl ModelShape {
         if s.n_vocab < 260 {
             return bad("n_vocab must be at least 260 (256 bytes and 4 special tokens)".into());
         }
-        if !s.n_embd.is_multiple_of(s.n_head) || !(s.n_embd / s.n_head).is_multiple_of(2) {
-            return bad("n_embd must be n_head times an even head size".into());
+        match s.n_embd_head {
+            Some(h) if h == 0 || !h.is_multiple_of(2) => {
+                return bad("the head size must be positive and even".into());
+            }
+            Some(_) => {}
+            None if !s.n_embd.is_multiple_of(s.n_head)
+                || !(s.n_embd / s.n_head).is_multiple_of(2) =>
+            {
+                return bad("n_embd must be n_head times an even head size".into());
+            }
+            None => {}
         }
         if !s.n_head.is_multiple_of(s.n_head_kv) {
             return bad("n_head must be a multiple of n_head_kv".into());
@@ -196,9 +245,9 @@ impl ModelShape {
         Ok(())
     }
 
-    /// Size of one attention head.
+    /// Size of one attention head: `n_embd_head`, else `n_embd / n_head`.
     pub fn head_dim(&self) -> u32 {
-        self.n_embd / self.n_head
+        self.n_embd_head.unwrap_or(self.n_embd / self.n_head)
     }
 
     /// Width of the K and V projections.
@@ -206,11 +255,13 @@ impl ModelShape {
         self.head_dim() * self.n_head_kv
     }
 
-    /// Total parameters (tensor elements) of the generated model.
+    /// Total parameters (tensor elements) of the generated [`Arch::Llama`] model
+    /// ([`GenerateReport::parameter_count`] has the count of any architecture).
     pub fn parameter_count(&self) -> u64 {
         let (e, v, f, kv) =
             (self.n_embd as u64, self.n_vocab as u64, self.n_ff as u64, self.n_embd_kv() as u64);
-        let block = 2 * e + 2 * e * e + 2 * e * kv + 3 * e * f;
+        let q = u64::from(self.n_head) * u64::from(self.head_dim());
+        let block = 2 * e + 2 * e * q + 2 * e * kv + 3 * e * f;
         2 * e * v + e + self.n_layer as u64 * block
     }
 }
@@ -222,7 +273,8 @@ impl FromStr for ModelShape {
     }
 }
 
-/// The storage type of the weight matrices (norm weights are always F32).
+/// The storage type of the weight matrices (norm weights, biases and other 1-D tensors
+/// are always F32).
 #[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WeightType {
@@ -234,20 +286,47 @@ pub enum WeightType {
     Q8_0,
     /// Matrices Q4_0 (file type 2, MOSTLY_Q4_0).
     Q4_0,
+    /// Every matrix Q4_K (file type 14, MOSTLY_Q4_K_S), Q5_0 where rows are not whole
+    /// 256-blocks: what `llama-quantize --pure F32.gguf out.gguf Q4_K_S` writes.
+    Q4_K,
+    /// Every matrix Q5_K (file type 16, MOSTLY_Q5_K_S), Q5_1 where rows are not whole
+    /// 256-blocks: `llama-quantize --pure ... Q5_K_S`.
+    Q5_K,
+    /// Every matrix Q6_K (file type 18, MOSTLY_Q6_K), Q8_0 where rows are not whole
+    /// 256-blocks: `llama-quantize ... Q6_K`.
+    Q6_K,
+    /// llama.cpp's Q4_K_M mix (file type 15): Q4_K, with Q6_K for the output, for
+    /// attn_v (or a fused attn_qkv) and ffn_down in the first and last eighth of the
+    /// layers and every third layer between, the fallbacks where rows are not whole
+    /// 256-blocks (Q4_K→Q5_0, Q6_K→Q8_0, a tied output's type for the token embeddings):
+    /// exactly `llama-quantize F32.gguf out.gguf Q4_K_M`.
+    Q4_K_M,
 }
 
 impl WeightType {
-    /// All four, in order of decreasing precision.
-    pub const ALL: [WeightType; 4] =
-        [WeightType::F32, WeightType::F16, WeightType::Q8_0, WeightType::Q4_0];
+    /// All of them, in order of decreasing precision (roughly).
+    pub const ALL: [WeightType; 8] = [
+        WeightType::F32,
+        WeightType::F16,
+        WeightType::Q8_0,
+        WeightType::Q6_K,
+        WeightType::Q5_K,
+        WeightType::Q4_K_M,
+        WeightType::Q4_K,
+        WeightType::Q4_0,
+    ];
 
-    /// The ggml type of the matrices.
+    /// The ggml type of the matrices (for `Q4_K_M`, its default type Q4_K; see
+    /// [`GenerateReport::tensor_types`] for what each tensor got).
     pub fn ggml_type(self) -> GgmlType {
         match self {
             WeightType::F32 => GgmlType::F32,
             WeightType::F16 => GgmlType::F16,
             WeightType::Q8_0 => GgmlType::Q8_0,
             WeightType::Q4_0 => GgmlType::Q4_0,
+            WeightType::Q4_K | WeightType::Q4_K_M => GgmlType::Q4_K,
+            WeightType::Q5_K => GgmlType::Q5_K,
+            WeightType::Q6_K => GgmlType::Q6_K,
         }
     }
 
@@ -258,18 +337,31 @@ impl WeightType {
             WeightType::F16 => 1,
             WeightType::Q4_0 => 2,
             WeightType::Q8_0 => 7,
+            WeightType::Q4_K => 14,
+            WeightType::Q4_K_M => 15,
+            WeightType::Q5_K => 16,
+            WeightType::Q6_K => 18,
         }
     }
 
-    /// "F32", "F16", "Q8_0" or "Q4_0".
+    /// "F32", "F16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K" or "Q4_K_M".
     pub fn name(self) -> &'static str {
-        self.ggml_type().name()
+        match self {
+            WeightType::Q4_K_M => "Q4_K_M",
+            other => other.ggml_type().name(),
+        }
     }
 
-    /// Parses a name, case-insensitively ("q4_0", "Q8_0", "f16", "f32").
+    /// Whether any tensor is quantized (`general.quantization_version` is written).
+    pub fn is_quantized(self) -> bool {
+        !matches!(self, WeightType::F32 | WeightType::F16)
+    }
+
+    /// Parses a name, case-insensitively ("q4_k_m", "Q8_0", "f16", "q6_k", ...).
     pub fn parse(s: &str) -> Result<WeightType, GgufError> {
         Self::ALL.into_iter().find(|w| w.name().eq_ignore_ascii_case(s.trim())).ok_or_else(|| {
-            GgufError::Generate(format!("unknown weight type '{s}' (F32, F16, Q8_0, Q4_0)"))
+            let known: Vec<&str> = Self::ALL.iter().map(|w| w.name()).collect();
+            GgufError::Generate(format!("unknown weight type '{s}' (known: {})", known.join(", ")))
         })
     }
 }
@@ -287,9 +379,49 @@ impl fmt::Display for WeightType {
     }
 }
 
+/// The kind of vocabulary a generated file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VocabKind {
+    /// GPT-2 byte-level BPE (`tokenizer.ggml.model = "gpt2"`; pre-tokenizer `llama-bpe`
+    /// for [`Arch::Llama3`], `qwen2` for Qwen, `gpt-2` otherwise),
+    /// trained on the embedded corpus; ChatML special tokens (see [`crate::bpe`]).
+    Bpe,
+    /// SentencePiece (`tokenizer.ggml.model = "llama"`): pieces with scores, byte
+    /// fallback tokens `<0x00>`..`<0xFF>`, the architecture's special tokens (see
+    /// [`crate::spm`]).
+    SentencePiece,
+}
+
+impl VocabKind {
+    /// "bpe" or "spm".
+    pub fn name(self) -> &'static str {
+        match self {
+            VocabKind::Bpe => "bpe",
+            VocabKind::SentencePiece => "spm",
+        }
+    }
+
+    /// Parses "bpe" / "gpt2" or "spm" / "sentencepiece" / "llama".
+    pub fn parse(s: &str) -> Result<VocabKind, GgufError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "bpe" | "gpt2" => Ok(VocabKind::Bpe),
+            "spm" | "sentencepiece" | "llama" => Ok(VocabKind::SentencePiece),
+            _ => Err(GgufError::Generate(format!("unknown vocabulary '{s}' (bpe, spm)"))),
+        }
+    }
+}
+
+impl fmt::Display for VocabKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// What to generate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerateOptions {
+    /// The architecture (default [`Arch::Llama`]).
+    pub arch: Arch,
     /// The hyperparameters.
     pub shape: ModelShape,
     /// Storage type of the weight matrices.
@@ -299,39 +431,72 @@ pub struct GenerateOptions {
     pub seed: u64,
     /// `general.name`.
     pub name: String,
-    /// `tokenizer.chat_template`; `None` writes [`CHATML_TEMPLATE`].
+    /// `tokenizer.chat_template`; `None` writes the vocabulary's template: ChatML
+    /// ([`CHATML_TEMPLATE`]) for BPE, the Gemma or Phi-3 format for SentencePiece.
     pub chat_template: Option<String>,
+    /// Whether the output projection is the token embedding matrix (no `output.weight`);
+    /// `None`: the architecture's default ([`Arch::ties_embeddings_by_default`]).
+    pub tied_embeddings: Option<bool>,
+    /// The vocabulary; `None`: the architecture's default
+    /// ([`Arch::uses_sentencepiece_by_default`]).
+    pub vocab: Option<VocabKind>,
 }
 
 impl Default for GenerateOptions {
-    /// The tiny shape in F16, seed 0, named "corral-random-tiny".
+    /// The tiny llama shape in F16, seed 0, named "corral-random-tiny".
     fn default() -> Self {
         GenerateOptions {
+            arch: Arch::Llama,
             shape: ModelShape::tiny(),
             weight_type: WeightType::F16,
             seed: 0,
             name: "corral-random-tiny".into(),
             chat_template: None,
+            tied_embeddings: None,
+            vocab: None,
         }
     }
 }
 
-/// What [`generate_llama`] wrote.
+impl GenerateOptions {
+    /// Whether the file will tie the output to the token embeddings.
+    pub fn ties_embeddings(&self) -> bool {
+        self.tied_embeddings.unwrap_or(self.arch.ties_embeddings_by_default())
+    }
+
+    /// The vocabulary the file will hold.
+    pub fn vocab_kind(&self) -> VocabKind {
+        self.vocab.unwrap_or(if self.arch.uses_sentencepiece_by_default() {
+            VocabKind::SentencePiece
+        } else {
+            VocabKind::Bpe
+        })
+    }
+}
+
+/// What [`generate_model`] wrote.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerateReport {
     /// The file written.
     pub path: PathBuf,
+    /// The architecture.
+    pub arch: Arch,
     /// Its size in bytes.
     pub file_size: u64,
     /// Total tensor elements.
     pub parameter_count: u64,
     /// Number of tensors.
     pub tensor_count: usize,
+    /// Each tensor's name and storage type, in file order.
+    pub tensor_types: Vec<(String, GgmlType)>,
+    /// The vocabulary's kind.
+    pub vocab_kind: VocabKind,
     /// Vocabulary size.
     pub vocab_size: usize,
-    /// Merges learned from the corpus (the rest are seeded filler).
+    /// BPE: merges learned from the corpus (the rest are seeded filler); SentencePiece:
+    /// pieces learned from the corpus.
     pub learned_merges: usize,
-    /// Total merges.
+    /// BPE: total merges; SentencePiece: 0.
     pub merges: usize,
     /// Threads used to make the weights.
     pub threads: usize,
@@ -341,17 +506,24 @@ pub struct GenerateReport {
 
 impl fmt::Display for GenerateReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let vocab = match self.vocab_kind {
+            VocabKind::Bpe => format!(
+                "{} BPE tokens ({} merges, {} learned)",
+                self.vocab_size, self.merges, self.learned_merges
+            ),
+            VocabKind::SentencePiece => format!(
+                "{} SentencePiece tokens ({} pieces learned)",
+                self.vocab_size, self.learned_merges
+            ),
+        };
         write!(
             f,
-            "{}: {:.1} MB, {} parameters in {} tensors, {} tokens ({} merges, {} learned), \
-             {:.2} s on {} threads",
+            "{} ({}): {:.1} MB, {} parameters in {} tensors, {vocab}, {:.2} s on {} threads",
             self.path.display(),
+            self.arch,
             self.file_size as f64 / 1e6,
             self.parameter_count,
             self.tensor_count,
-            self.vocab_size,
-            self.merges,
-            self.learned_merges,
             self.elapsed.as_secs_f64(),
             self.threads
         )
@@ -363,8 +535,17 @@ impl fmt::Display for GenerateReport {
 enum Init {
     /// Norm weights: 1 + 0.05 * N(0, 1).
     Norm,
+    /// Norm weights with a gain: gain * (1 + 0.05 * N(0, 1)).
+    ScaledNorm(f32),
     /// N(0, std^2).
     Normal(f32),
+    /// Llama 3.1's RoPE frequency factors ([`llama3_rope_factors`]), not random.
+    Llama3RopeFactors {
+        /// `rope.freq_base`.
+        freq_base: f32,
+        /// The head size (the tensor has half as many values).
+        head_dim: u32,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -375,101 +556,133 @@ struct Plan {
     init: Init,
 }
 
-fn plan_tensors(shape: &ModelShape, wt: WeightType) -> Vec<Plan> {
-    let (e, v, f, kv) =
-        (shape.n_embd as u64, shape.n_vocab as u64, shape.n_ff as u64, shape.n_embd_kv() as u64);
-    let matrix_type = |row: u64| {
-        let t = wt.ggml_type();
-        if t.row_bytes(row).is_some() {
-            t
-        } else if wt == WeightType::F32 {
-            GgmlType::F32
-        } else {
-            GgmlType::F16
-        }
+/// The tensors of the file, with their storage types chosen.
+fn plan_tensors(opts: &GenerateOptions) -> Vec<Plan> {
+    let shape = &opts.shape;
+    let mut plans = arch::plan_tensors(opts.arch, shape, opts.ties_embeddings());
+    let refs: Vec<mix::TensorRef<'_>> =
+        plans.iter().map(|p| mix::TensorRef { name: &p.name, dims: &p.dims }).collect();
+    let facts = mix::ModelFacts {
+        arch: opts.arch,
+        n_layer: shape.n_layer,
+        n_head: shape.n_head,
+        n_head_kv: shape.n_head_kv,
     };
-    let mat = |name: String, row: u64, rows: u64, std: f32| Plan {
-        name,
-        dims: vec![row, rows],
-        ty: matrix_type(row),
-        init: Init::Normal(std),
-    };
-    let norm = |name: String| Plan { name, dims: vec![e], ty: GgmlType::F32, init: Init::Norm };
-    let inv = |n: u64| 1.0 / (n as f32).sqrt();
-
-    let mut plans = vec![
-        mat("token_embd.weight".into(), e, v, 1.0),
-        norm("output_norm.weight".into()),
-        mat("output.weight".into(), e, v, OUTPUT_GAIN * inv(e)),
-    ];
-    for i in 0..shape.n_layer {
-        let p = |s: &str| format!("blk.{i}.{s}.weight");
-        plans.push(norm(p("attn_norm")));
-        plans.push(mat(p("attn_q"), e, e, inv(e)));
-        plans.push(mat(p("attn_k"), e, kv, inv(e)));
-        plans.push(mat(p("attn_v"), e, kv, inv(e)));
-        plans.push(mat(p("attn_output"), e, e, inv(e)));
-        plans.push(norm(p("ffn_norm")));
-        plans.push(mat(p("ffn_gate"), e, f, inv(e)));
-        plans.push(mat(p("ffn_up"), e, f, inv(e)));
-        plans.push(mat(p("ffn_down"), f, e, inv(f)));
+    let types = mix::choose_types(facts, opts.weight_type, &refs);
+    for (p, ty) in plans.iter_mut().zip(types) {
+        p.ty = ty;
     }
     plans
 }
 
-/// Writes a llama-architecture GGUF with random weights to `path` (through a
-/// `.partial` file renamed at the end, so an interrupted run leaves no broken model).
-pub fn generate_llama(path: &Path, opts: &GenerateOptions) -> Result<GenerateReport, GgufError> {
+/// The vocabulary written to a file.
+enum Vocab {
+    Bpe(Box<Bpe>),
+    Spm(crate::spm::Spm),
+}
+
+impl Vocab {
+    fn build(opts: &GenerateOptions) -> Result<Vocab, GgufError> {
+        let n_vocab = opts.shape.n_vocab as usize;
+        Ok(match opts.vocab_kind() {
+            VocabKind::Bpe => {
+                // The pre-tokenizer of the family's real files: Llama 3's for llama3,
+                // Qwen 2's for qwen2/qwen3, GPT-2's otherwise.
+                let pre = match opts.arch {
+                    Arch::Llama3 => PreTokenizer::Llama3,
+                    Arch::Qwen2 | Arch::Qwen3 => PreTokenizer::Qwen2,
+                    _ => PreTokenizer::Gpt2,
+                };
+                Vocab::Bpe(Box::new(Bpe::train(n_vocab, opts.seed)?.with_pre(pre)?))
+            }
+            VocabKind::SentencePiece => {
+                let style = match opts.arch {
+                    Arch::Gemma2 | Arch::Gemma3 => crate::spm::SpecialStyle::Gemma,
+                    Arch::Phi3 => crate::spm::SpecialStyle::Phi3,
+                    _ => crate::spm::SpecialStyle::Llama,
+                };
+                Vocab::Spm(crate::spm::Spm::train(n_vocab, style, opts.seed)?)
+            }
+        })
+    }
+
+    fn size(&self) -> usize {
+        match self {
+            Vocab::Bpe(b) => b.vocab_size(),
+            Vocab::Spm(s) => s.vocab_size(),
+        }
+    }
+
+    /// Writes the `tokenizer.*` keys.
+    fn add_metadata(
+        &self,
+        b: &mut GgufBuilder,
+        add_bos: bool,
+        template: Option<&str>,
+    ) -> Result<(), GgufError> {
+        match self {
+            Vocab::Bpe(bpe) => {
+                b.add_metadata("tokenizer.ggml.model", Value::String("gpt2".into()))?;
+                b.add_metadata("tokenizer.ggml.pre", Value::String(bpe.pre().name().into()))?;
+                b.add_metadata(
+                    "tokenizer.ggml.tokens",
+                    Value::string_array(bpe.tokens().iter().cloned()),
+                )?;
+                b.add_metadata(
+                    "tokenizer.ggml.token_type",
+                    Value::Array {
+                        elem_type: ValueType::I32,
+                        values: bpe.token_types().iter().map(|&t| Value::I32(t)).collect(),
+                    },
+                )?;
+                b.add_metadata("tokenizer.ggml.merges", Value::string_array(bpe.merges_text()))?;
+                let special = |id: Option<u32>, what: &str| {
+                    id.map(Value::U32).ok_or_else(|| {
+                        GgufError::Generate(format!("the vocabulary has no {what} token"))
+                    })
+                };
+                b.add_metadata("tokenizer.ggml.bos_token_id", special(bpe.bos_id(), "BOS")?)?;
+                b.add_metadata("tokenizer.ggml.eos_token_id", special(bpe.eos_id(), "EOS")?)?;
+                b.add_metadata(
+                    "tokenizer.ggml.eot_token_id",
+                    special(bpe.eot_id(), "end-of-turn")?,
+                )?;
+                b.add_metadata("tokenizer.ggml.add_bos_token", Value::Bool(add_bos))?;
+                b.add_metadata("tokenizer.ggml.add_eos_token", Value::Bool(false))?;
+                let template = template.unwrap_or(CHATML_TEMPLATE);
+                b.add_metadata("tokenizer.chat_template", Value::String(template.into()))?;
+            }
+            Vocab::Spm(spm) => spm.add_metadata(b, template)?,
+        }
+        Ok(())
+    }
+}
+
+/// Writes a GGUF model with random weights to `path`, in the architecture, shape and
+/// weight type of `opts` (through a `.partial` file renamed at the end, so an
+/// interrupted run leaves no broken model).
+pub fn generate_model(path: &Path, opts: &GenerateOptions) -> Result<GenerateReport, GgufError> {
     let start = Instant::now();
     let shape = &opts.shape;
     shape.validate()?;
-    let bpe = Bpe::train(shape.n_vocab as usize, opts.seed)?;
-    let plans = plan_tensors(shape, opts.weight_type);
+    opts.arch.check_shape(shape, opts.ties_embeddings())?;
+    let vocab = Vocab::build(opts)?;
+    let plans = plan_tensors(opts);
+    let spec = opts.arch.spec();
 
     let mut b = GgufBuilder::new();
-    let arch = "llama";
     let u32v = Value::U32;
-    b.add_metadata("general.architecture", Value::String(arch.into()))?;
+    b.add_metadata("general.architecture", Value::String(opts.arch.gguf_name().into()))?;
     b.add_metadata("general.name", Value::String(opts.name.clone()))?;
     b.add_metadata("general.alignment", u32v(32))?;
     b.add_metadata("general.file_type", u32v(opts.weight_type.file_type()))?;
-    if matches!(opts.weight_type, WeightType::Q4_0 | WeightType::Q8_0) {
+    if opts.weight_type.is_quantized() {
         b.add_metadata("general.quantization_version", u32v(2))?;
     }
     b.add_metadata("general.random_weights", Value::Bool(true))?;
     b.add_metadata("corral.generator.seed", Value::U64(opts.seed))?;
-    b.add_metadata(format!("{arch}.vocab_size"), u32v(shape.n_vocab))?;
-    b.add_metadata(format!("{arch}.context_length"), u32v(shape.n_ctx_train))?;
-    b.add_metadata(format!("{arch}.embedding_length"), u32v(shape.n_embd))?;
-    b.add_metadata(format!("{arch}.block_count"), u32v(shape.n_layer))?;
-    b.add_metadata(format!("{arch}.feed_forward_length"), u32v(shape.n_ff))?;
-    b.add_metadata(format!("{arch}.attention.head_count"), u32v(shape.n_head))?;
-    b.add_metadata(format!("{arch}.attention.head_count_kv"), u32v(shape.n_head_kv))?;
-    b.add_metadata(format!("{arch}.rope.dimension_count"), u32v(shape.head_dim()))?;
-    b.add_metadata(format!("{arch}.rope.freq_base"), Value::F32(ROPE_FREQ_BASE))?;
-    b.add_metadata(format!("{arch}.attention.layer_norm_rms_epsilon"), Value::F32(RMS_NORM_EPS))?;
-    b.add_metadata("tokenizer.ggml.model", Value::String("gpt2".into()))?;
-    b.add_metadata("tokenizer.ggml.pre", Value::String(LLAMA_CPP_PRE.into()))?;
-    b.add_metadata("tokenizer.ggml.tokens", Value::string_array(bpe.tokens().iter().cloned()))?;
-    b.add_metadata(
-        "tokenizer.ggml.token_type",
-        Value::Array {
-            elem_type: ValueType::I32,
-            values: bpe.token_types().iter().map(|&t| Value::I32(t)).collect(),
-        },
-    )?;
-    b.add_metadata("tokenizer.ggml.merges", Value::string_array(bpe.merges_text()))?;
-    let special = |id: Option<u32>, what: &str| {
-        id.map(Value::U32)
-            .ok_or_else(|| GgufError::Generate(format!("the vocabulary has no {what} token")))
-    };
-    b.add_metadata("tokenizer.ggml.bos_token_id", special(bpe.bos_id(), "BOS")?)?;
-    b.add_metadata("tokenizer.ggml.eos_token_id", special(bpe.eos_id(), "EOS")?)?;
-    b.add_metadata("tokenizer.ggml.eot_token_id", special(bpe.eot_id(), "end-of-turn")?)?;
-    b.add_metadata("tokenizer.ggml.add_bos_token", Value::Bool(true))?;
-    b.add_metadata("tokenizer.ggml.add_eos_token", Value::Bool(false))?;
-    let template = opts.chat_template.clone().unwrap_or_else(|| CHATML_TEMPLATE.to_string());
-    b.add_metadata("tokenizer.chat_template", Value::String(template))?;
+    arch::add_hparams(&mut b, opts.arch, shape)?;
+    vocab.add_metadata(&mut b, spec.add_bos, opts.chat_template.as_deref())?;
     for p in &plans {
         b.add_tensor(p.name.clone(), &p.dims, p.ty)?;
     }
@@ -498,17 +711,30 @@ pub fn generate_llama(path: &Path, opts: &GenerateOptions) -> Result<GenerateRep
     let file_size = std::fs::metadata(path)
         .map_err(|e| GgufError::io(format!("reading the size of {}", path.display()), e))?
         .len();
+    let (learned_merges, merges) = match &vocab {
+        Vocab::Bpe(bpe) => (bpe.learned_merges(), bpe.n_merges()),
+        Vocab::Spm(spm) => (spm.learned_pieces(), 0),
+    };
     Ok(GenerateReport {
         path: path.to_path_buf(),
+        arch: opts.arch,
         file_size,
-        parameter_count: shape.parameter_count(),
+        parameter_count: plans.iter().map(|p| p.dims.iter().product::<u64>()).sum(),
         tensor_count: plans.len(),
-        vocab_size: bpe.vocab_size(),
-        learned_merges: bpe.learned_merges(),
-        merges: bpe.n_merges(),
+        tensor_types: plans.iter().map(|p| (p.name.clone(), p.ty)).collect(),
+        vocab_kind: opts.vocab_kind(),
+        vocab_size: vocab.size(),
+        learned_merges,
+        merges,
         threads,
         elapsed: start.elapsed(),
     })
+}
+
+/// [`generate_model`] under its first name, from when it wrote llama only: it writes the
+/// architecture of `opts.arch` like [`generate_model`].
+pub fn generate_llama(path: &Path, opts: &GenerateOptions) -> Result<GenerateReport, GgufError> {
+    generate_model(path, opts)
 }
 
 fn partial_path(path: &Path) -> PathBuf {
@@ -538,9 +764,21 @@ fn fill(init: Init, base: u64, chunk: u64, out: &mut [f32]) {
                 *x = 1.0 + 0.05 * rng.sample::<f32, _>(StandardNormal);
             }
         }
+        Init::ScaledNorm(gain) => {
+            for x in out {
+                *x = gain * (1.0 + 0.05 * rng.sample::<f32, _>(StandardNormal));
+            }
+        }
         Init::Normal(std) => {
             for x in out {
                 *x = std * rng.sample::<f32, _>(StandardNormal);
+            }
+        }
+        Init::Llama3RopeFactors { freq_base, head_dim } => {
+            let factors = llama3_rope_factors(freq_base, head_dim);
+            let first = chunk as usize * out.len();
+            for (i, x) in out.iter_mut().enumerate() {
+                *x = factors.get(first + i).copied().unwrap_or(1.0);
             }
         }
     }
@@ -630,8 +868,15 @@ mod tests {
     fn weight_types() {
         assert_eq!(WeightType::parse("q4_0").unwrap(), WeightType::Q4_0);
         assert_eq!("F16".parse::<WeightType>().unwrap(), WeightType::F16);
-        assert!(WeightType::parse("q5_k").is_err());
+        assert_eq!(WeightType::parse("q4_k_m").unwrap(), WeightType::Q4_K_M);
+        assert_eq!(WeightType::parse("Q5_K").unwrap(), WeightType::Q5_K);
+        assert!(WeightType::parse("q3_k").unwrap_err().to_string().contains("Q4_K_M"));
         assert_eq!(WeightType::Q8_0.file_type(), 7);
+        assert_eq!(WeightType::Q4_K_M.file_type(), 15);
+        for w in WeightType::ALL {
+            assert_eq!(w.name().parse::<WeightType>().unwrap(), w);
+            assert!(crate::types::file_type_name(w.file_type()).is_some());
+        }
     }
 
     #[test]

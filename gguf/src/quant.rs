@@ -1,4 +1,5 @@
-//! f32 to F16, Q8_0 and Q4_0 in ggml's exact block layouts, and back.
+//! f32 to F16, Q8_0, Q4_0, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K in ggml's exact block
+//! layouts, and back.
 //!
 //! - F16: IEEE half precision, round to nearest even (the `half` crate, as ggml).
 //! - Q8_0: blocks of 32 values, 34 bytes: f16 scale `d = amax / 127`, then 32 `i8`
@@ -8,13 +9,17 @@
 //!   `q = min(15, trunc(x / d + 8.5))`; the low nibbles hold elements 0..16 and the high
 //!   nibbles elements 16..32. The value is `(q - 8) * d`.
 //!
+//! - Q5_0, Q5_1, Q4_K, Q5_K, Q6_K: see [`crate::kquant`].
+//!
 //! The quantizers follow ggml's reference `quantize_row_*_ref` operation for operation
 //! (multiplying by `1/d` computed in f32), so their output is byte-identical to
-//! llama.cpp's for the same input.
+//! llama.cpp's for the same input (`ggml_quantize_chunk` without an importance matrix,
+//! which is what `llama-quantize` uses when given none).
 
 use half::f16;
 
 use crate::error::GgufError;
+use crate::kquant::{self, QK_K};
 use crate::types::GgmlType;
 
 /// Elements per Q8_0 / Q4_0 block.
@@ -24,9 +29,17 @@ pub const Q8_0_BLOCK_BYTES: usize = 34;
 /// Bytes per Q4_0 block.
 pub const Q4_0_BLOCK_BYTES: usize = 18;
 
-/// The types [`quantize`] can produce.
+/// The types [`quantize`] can produce (and [`dequantize`] can read).
 pub fn can_quantize_to(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::Q8_0 | GgmlType::Q4_0)
+    use GgmlType::*;
+    matches!(ty, F32 | F16 | Q8_0 | Q4_0 | Q5_0 | Q5_1 | Q4_K | Q5_K | Q6_K)
+}
+
+/// Encodes `src` block by block with `f`, blocks of `n` values into `bytes` bytes.
+fn blocks(src: &[f32], dst: &mut [u8], n: usize, bytes: usize, f: fn(&[f32], &mut [u8])) {
+    for (x, y) in src.chunks_exact(n).zip(dst.chunks_exact_mut(bytes)) {
+        f(x, y);
+    }
 }
 
 fn check_len(ty: GgmlType, n: usize, dst_len: usize) -> Result<(), GgufError> {
@@ -42,7 +55,8 @@ fn check_len(ty: GgmlType, n: usize, dst_len: usize) -> Result<(), GgufError> {
 }
 
 /// Encodes `src` as `ty` into `dst`, which must be exactly the encoded size
-/// (`ty.row_bytes(src.len())`). Supports F32, F16, Q8_0 and Q4_0.
+/// (`ty.row_bytes(src.len())`). Supports the types of [`can_quantize_to`]. The K types
+/// work on 256-value super-blocks independently, so `src` may hold several rows.
 pub fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), GgufError> {
     check_len(ty, src.len(), dst.len())?;
     match ty {
@@ -66,6 +80,21 @@ pub fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), GgufErr
                 quantize_block_q4_0(x, d);
             }
         }
+        GgmlType::Q5_0 => {
+            blocks(src, dst, QK, kquant::Q5_0_BLOCK_BYTES, kquant::quantize_block_q5_0);
+        }
+        GgmlType::Q5_1 => {
+            blocks(src, dst, QK, kquant::Q5_1_BLOCK_BYTES, kquant::quantize_block_q5_1);
+        }
+        GgmlType::Q4_K => {
+            blocks(src, dst, QK_K, kquant::Q4_K_BLOCK_BYTES, kquant::quantize_block_q4_k);
+        }
+        GgmlType::Q5_K => {
+            blocks(src, dst, QK_K, kquant::Q5_K_BLOCK_BYTES, kquant::quantize_block_q5_k);
+        }
+        GgmlType::Q6_K => {
+            blocks(src, dst, QK_K, kquant::Q6_K_BLOCK_BYTES, kquant::quantize_block_q6_k);
+        }
         other => {
             return Err(GgufError::Invalid(format!("quantizing to {other} is not supported")));
         }
@@ -73,7 +102,8 @@ pub fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), GgufErr
     Ok(())
 }
 
-/// Decodes `n` values of type `ty` from `src`. Supports F32, F16, Q8_0 and Q4_0.
+/// Decodes `n` values of type `ty` from `src`. Supports the types of
+/// [`can_quantize_to`], as ggml's `dequantize_row_*` do.
 pub fn dequantize(ty: GgmlType, src: &[u8], n: usize) -> Result<Vec<f32>, GgufError> {
     check_len(ty, n, src.len())?;
     let mut out = Vec::with_capacity(n);
@@ -96,6 +126,31 @@ pub fn dequantize(ty: GgmlType, src: &[u8], n: usize) -> Result<Vec<f32>, GgufEr
                 let qs = &b[2..];
                 out.extend(qs.iter().map(|&q| (f32::from(q & 0x0f) - 8.0) * d));
                 out.extend(qs.iter().map(|&q| (f32::from(q >> 4) - 8.0) * d));
+            }
+        }
+        GgmlType::Q5_0 => {
+            for b in src.chunks_exact(kquant::Q5_0_BLOCK_BYTES) {
+                kquant::dequantize_block_q5_0(b, &mut out);
+            }
+        }
+        GgmlType::Q5_1 => {
+            for b in src.chunks_exact(kquant::Q5_1_BLOCK_BYTES) {
+                kquant::dequantize_block_q5_1(b, &mut out);
+            }
+        }
+        GgmlType::Q4_K => {
+            for b in src.chunks_exact(kquant::Q4_K_BLOCK_BYTES) {
+                kquant::dequantize_block_q4_k(b, &mut out);
+            }
+        }
+        GgmlType::Q5_K => {
+            for b in src.chunks_exact(kquant::Q5_K_BLOCK_BYTES) {
+                kquant::dequantize_block_q5_k(b, &mut out);
+            }
+        }
+        GgmlType::Q6_K => {
+            for b in src.chunks_exact(kquant::Q6_K_BLOCK_BYTES) {
+                kquant::dequantize_block_q6_k(b, &mut out);
             }
         }
         other => {
@@ -223,11 +278,49 @@ mod tests {
     }
 
     #[test]
+    fn k_types_and_q5_round_trip_closely() {
+        // Relative RMS error of each scheme on N(0, 0.01) data, and its bits per weight.
+        let x = random(256 * 32, 9);
+        let rms_x = (x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32).sqrt();
+        for (ty, limit) in [
+            (GgmlType::Q6_K, 0.02),
+            (GgmlType::Q5_K, 0.04),
+            (GgmlType::Q4_K, 0.08),
+            (GgmlType::Q5_0, 0.05),
+            (GgmlType::Q5_1, 0.05),
+        ] {
+            let y = round_trip(ty, &x);
+            let err = (x.iter().zip(&y).map(|(a, b)| (a - b) * (a - b)).sum::<f32>()
+                / x.len() as f32)
+                .sqrt();
+            assert!(err / rms_x < limit, "{ty}: relative rms error {}", err / rms_x);
+        }
+    }
+
+    #[test]
+    fn special_rows_stay_finite_and_exact_where_they_can() {
+        for ty in [GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::Q5_0, GgmlType::Q5_1] {
+            assert!(round_trip(ty, &[0.0; 256]).iter().all(|&v| v == 0.0), "{ty}: zeros");
+            for c in [1.0f32, -3.5, 1e-20, 1e4] {
+                // Below f16's range the scales flush to zero, and so do the values.
+                let tolerance = if c.abs() < 1e-7 { c.abs() } else { c.abs() * 0.07 };
+                let y = round_trip(ty, &[c; 256]);
+                assert!(
+                    y.iter().all(|v| v.is_finite() && (v - c).abs() <= tolerance),
+                    "{ty} {c}: {y:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn bad_lengths_are_errors() {
         let mut buf = [0u8; 18];
         assert!(quantize(GgmlType::Q4_0, &[0.0; 31], &mut buf).is_err());
         assert!(quantize(GgmlType::Q4_0, &[0.0; 32], &mut buf[..17]).is_err());
-        assert!(quantize(GgmlType::Q6_K, &[0.0; 256], &mut [0u8; 210]).is_err());
+        assert!(quantize(GgmlType::Q6_K, &[0.0; 256], &mut [0u8; 209]).is_err());
+        assert!(quantize(GgmlType::Q4_K, &[0.0; 255], &mut [0u8; 144]).is_err());
+        assert!(quantize(GgmlType::IQ2_XXS, &[0.0; 256], &mut [0u8; 66]).is_err());
         assert!(dequantize(GgmlType::Q8_0, &buf, 32).is_err());
     }
 }

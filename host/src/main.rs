@@ -127,7 +127,8 @@ enum PluginCommand {
 
 #[derive(Subcommand, Debug)]
 enum ModelCommand {
-    /// Write a GGUF model with random weights and a real BPE vocabulary.
+    /// Write a GGUF model with random weights and a real vocabulary (any of the generator's
+    /// architectures and weight types).
     Generate(GenerateArgs),
 }
 
@@ -136,12 +137,21 @@ enum ModelCommand {
 pub struct GenerateArgs {
     /// Output file.
     pub output: PathBuf,
-    /// Shape preset: tiny, small, tinyllama.
+    /// Architecture: llama, llama3 (Llama 3.1 RoPE scaling), qwen2, qwen3, gemma2,
+    /// gemma3, phi3.
+    #[arg(long, default_value = "llama")]
+    pub arch: String,
+    /// Shape preset (tiny, small, medium, tinyllama), optionally with overrides:
+    /// `tiny:n_layer=4,head_dim=32,swa=64`.
     #[arg(long, default_value = "tiny")]
     pub shape: String,
-    /// Weight type: f32, f16, q8_0, q4_0.
+    /// Weight type: f32, f16, q8_0, q6_k, q5_k, q4_k_m (llama.cpp's mix), q4_k, q4_0.
     #[arg(long = "type", default_value = "f32")]
     pub weight_type: String,
+    /// Vocabulary: bpe (byte-level BPE) or spm (SentencePiece); default: the
+    /// architecture's (spm for gemma2, gemma3, phi3).
+    #[arg(long)]
+    pub vocab: Option<String>,
     /// Random seed.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,

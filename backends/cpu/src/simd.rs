@@ -479,12 +479,13 @@ macro_rules! x86_kernels {
             a: [Q8KRow<'_>; T],
             nb: usize,
         ) -> [f32; T] {
-            let (bytes, mins) = match KIND {
-                2 => (Q2_K_BYTES, true),
-                3 => (Q3_K_BYTES, false),
-                4 => (Q4_K_BYTES, true),
-                5 => (Q5_K_BYTES, true),
-                _ => (Q6_K_BYTES, false),
+            // (bytes per block, mins, value offset)
+            let (bytes, mins, offset) = match KIND {
+                2 => (Q2_K_BYTES, true, false),
+                3 => (Q3_K_BYTES, false, true),
+                4 => (Q4_K_BYTES, true, false),
+                5 => (Q5_K_BYTES, true, false),
+                _ => (Q6_K_BYTES, false, true),
             };
             let wp = w.as_ptr();
             let mut acc = [_mm256_setzero_ps(); T];
@@ -508,7 +509,11 @@ macro_rules! x86_kernels {
                 for t in 0..T {
                     let bs = _mm256_loadu_si256(a[t].bsums.as_ptr().add(16 * b).cast());
                     let yd = *a[t].d.get_unchecked(b);
-                    let isum = _mm256_sub_epi32(iv[t], _mm256_madd_epi16(k.offsc, bs));
+                    let isum = if offset {
+                        _mm256_sub_epi32(iv[t], _mm256_madd_epi16(k.offsc, bs))
+                    } else {
+                        iv[t]
+                    };
                     acc[t] =
                         _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(k.d * yd), acc[t]);
                     if mins {

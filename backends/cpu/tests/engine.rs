@@ -15,7 +15,7 @@ fn model(dir: &std::path::Path, ty: WeightType) -> (CpuModel, std::path::PathBuf
         weight_type: ty,
         seed: 3,
         name: "tiny".into(),
-        chat_template: None,
+        ..Default::default()
     };
     generate_llama(&path, &opts).expect("generate");
     (load(&path).expect("load"), path)

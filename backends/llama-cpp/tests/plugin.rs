@@ -27,7 +27,7 @@ fn fixture() -> &'static Fixture {
             weight_type: WeightType::F32,
             seed: 7,
             name: "corral-test-tiny".into(),
-            chat_template: None,
+            ..Default::default()
         };
         generate_llama(&f32_path, &opts).expect("generate tiny model");
         let backend =

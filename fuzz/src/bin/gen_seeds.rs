@@ -124,6 +124,7 @@ fn run(dir: &Path) -> Result<(), GgufError> {
         n_head: 2,
         n_head_kv: 1,
         n_ctx_train: 64,
+        ..ModelShape::tiny()
     };
     let path = dir.join("generated_llama.gguf");
     let opts = GenerateOptions {
@@ -131,7 +132,7 @@ fn run(dir: &Path) -> Result<(), GgufError> {
         weight_type: WeightType::F16,
         seed: 1,
         name: "seed".into(),
-        chat_template: None,
+        ..Default::default()
     };
     let report = generate_llama(&path, &opts)?;
     println!("{} ({} bytes)", path.display(), report.file_size);

@@ -161,13 +161,30 @@ pub(crate) fn plugin_check(global: &GlobalOptions, a: &CheckArgs) -> Result<()> 
 }
 
 pub(crate) fn generate_model(a: &crate::GenerateArgs) -> Result<()> {
-    use corral_gguf::generate::{GenerateOptions, ModelShape, WeightType, generate_llama};
+    use corral_gguf::generate::{
+        Arch, GenerateOptions, ModelShape, VocabKind, WeightType, generate_model,
+    };
+    let arch = Arch::parse(&a.arch)?;
     let shape = ModelShape::parse(&a.shape)?;
     let weight_type = WeightType::parse(&a.weight_type)?;
-    let name = format!("corral-random-{}", a.shape.split(':').next().unwrap_or("model"));
-    let opts = GenerateOptions { shape, weight_type, seed: a.seed, name, chat_template: None };
+    let vocab = a.vocab.as_deref().map(VocabKind::parse).transpose()?;
+    let preset = a.shape.split(':').next().unwrap_or("model");
+    let name = if arch == Arch::Llama {
+        format!("corral-random-{preset}")
+    } else {
+        format!("corral-random-{arch}-{preset}")
+    };
+    let opts = GenerateOptions {
+        arch,
+        shape,
+        weight_type,
+        seed: a.seed,
+        name,
+        vocab,
+        ..Default::default()
+    };
     let t = std::time::Instant::now();
-    let report = generate_llama(&a.output, &opts)?;
-    eprintln!("wrote {} in {:.1}s: {report:?}", a.output.display(), t.elapsed().as_secs_f64());
+    let report = generate_model(&a.output, &opts)?;
+    eprintln!("wrote {report} ({:.1}s)", t.elapsed().as_secs_f64());
     Ok(())
 }
