@@ -176,9 +176,10 @@ impl Context for CpuContext {
             _ => &self.pool,
         };
         let model = &self.model;
+        let factors = model.rope_factors(self.params.n_ctx as usize);
         let caches = &mut self.caches;
         let scratch = &mut self.scratch;
-        let out = pool.install(|| forward(model, caches, batch, &out_rows, emb, scratch));
+        let out = pool.install(|| forward(model, caches, batch, &out_rows, emb, factors, scratch));
         match out {
             Output::Logits(l) => {
                 self.logits = l;
@@ -277,6 +278,10 @@ impl Context for CpuContext {
             return Ok(());
         }
         let kv_dim = self.model.hp.kv_dim();
+        // The context's KV cells are shared by all sequences, so one sequence may use all
+        // n_ctx of them: that is the per-sequence context size llama.cpp's choice between
+        // long and short LongRoPE factors looks at (as in decode).
+        let factors = self.model.rope_factors(self.params.n_ctx as usize);
         for c in 0..cache.pos.len() {
             if !r(cache.pos[c]) {
                 continue;
@@ -288,6 +293,7 @@ impl Context for CpuContext {
                     l,
                     &mut layer[c * kv_dim..(c + 1) * kv_dim],
                     delta,
+                    factors,
                 );
             }
         }

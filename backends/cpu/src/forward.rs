@@ -2,8 +2,10 @@
 //!
 //! Numerics follow llama.cpp's CPU backend where it matters for agreement: RMS norm with a
 //! double-precision sum, RoPE angles built by repeated multiplication as ggml's cache
-//! does, activations rounded to f16 for F16 weights and quantized to Q8_0 for Q8_0/Q4_0
-//! weights, keys and values stored as F16.
+//! does (with its frequency factors, linear scale and attention factor), activations
+//! rounded to f16 for F16 weights and quantized to Q8_0 for Q8_0/Q4_0 weights, keys and
+//! values stored as F16, attention scores soft-capped inside the flash-attention loop as
+//! ggml's `flash_attn_ext` does.
 
 use half::f16;
 use rayon::prelude::*;
@@ -12,7 +14,7 @@ use corral_backend_api::BatchEntry;
 
 use crate::kernels;
 use crate::kv::SeqCache;
-use crate::model::{Activation, ModelInner, RopeKind};
+use crate::model::{Activation, Hparams, ModelInner, RopeKind};
 use crate::weights::{Prepared, Weight, matmul, matmul_multi};
 
 /// Reusable buffers of a context.
@@ -103,21 +105,49 @@ fn gelu_ggml(x: f32) -> f32 {
     f16::from_f32(y).to_f32()
 }
 
-/// Fills `table` with (cos, sin) of each rotated pair for each batch position, for RoPE
-/// base `base`.
-fn rope_table(m: &ModelInner, batch: &[BatchEntry], base: f32, table: &mut Vec<f32>) {
-    let hp = &m.hp;
+/// The RoPE of one layer: base, linear scale and frequency factors.
+#[derive(Clone, Copy)]
+struct RopeParams<'a> {
+    base: f32,
+    scale: f32,
+    factors: Option<&'a [f32]>,
+}
+
+impl<'a> RopeParams<'a> {
+    fn of_layer(hp: &Hparams, l: usize, factors: Option<&'a [f32]>) -> Self {
+        RopeParams { base: hp.rope_base_of(l), scale: hp.rope_scale_of(l), factors }
+    }
+
+    fn same(&self, other: &RopeParams) -> bool {
+        self.base == other.base && self.scale == other.scale
+    }
+}
+
+/// Writes (cos, sin) of each rotated pair at position `pos` into `out` (`n_rot` values)
+/// as ggml's rope cache (`ggml_rope_cache_init`, no YaRN) computes them: the angle of
+/// pair i is `pos · base^(-2i/n_rot)` (by repeated multiplication), divided by the pair's
+/// frequency factor, times the linear scale; cosine and sine are multiplied by the
+/// attention factor.
+fn rope_angles(hp: &Hparams, rope: &RopeParams, pos: f32, out: &mut [f32]) {
     let half = hp.n_rot / 2;
-    let theta_scale = base.powf(-2.0 / hp.n_rot as f32);
-    table.resize(batch.len() * half * 2, 0.0);
-    for (e, t) in batch.iter().zip(table.chunks_mut(half * 2)) {
-        let mut theta = e.pos as f32;
-        for i in 0..half {
-            let th = hp.rope_freq_scale * theta;
-            t[2 * i] = th.cos();
-            t[2 * i + 1] = th.sin();
-            theta *= theta_scale;
-        }
+    let theta_scale = rope.base.powf(-2.0 / hp.n_rot as f32);
+    let mscale = hp.rope_attn_factor;
+    let mut theta = pos;
+    for i in 0..half {
+        let ff = rope.factors.map_or(1.0, |f| f[i]);
+        let th = rope.scale * (theta / ff);
+        out[2 * i] = th.cos() * mscale;
+        out[2 * i + 1] = th.sin() * mscale;
+        theta *= theta_scale;
+    }
+}
+
+/// Fills `table` with (cos, sin) of each rotated pair for each batch position.
+fn rope_table(hp: &Hparams, batch: &[BatchEntry], rope: &RopeParams, table: &mut Vec<f32>) {
+    let n = hp.n_rot;
+    table.resize(batch.len() * n, 0.0);
+    for (e, t) in batch.iter().zip(table.chunks_mut(n)) {
+        rope_angles(hp, rope, e.pos as f32, t);
     }
 }
 
@@ -144,20 +174,23 @@ fn apply_rope(m: &ModelInner, x: &mut [f32], n_heads: usize, table: &[f32]) {
 
 /// Rotates the cached keys of one cell (`kv_dim` F16 values, every KV head) further by
 /// `delta` positions: RoPE rotations compose, so keys stored at position p become the keys
-/// of position p + delta (a context shift). `layer` chooses the RoPE base.
-pub(crate) fn rerotate_keys(m: &ModelInner, layer: usize, k: &mut [f16], delta: i32) {
+/// of position p + delta (a context shift). `layer` chooses the RoPE base and scale,
+/// `factors` are the context's frequency factors ([`ModelInner::rope_factors`]). As
+/// llama.cpp's K-shift, the rotation includes the attention factor.
+pub(crate) fn rerotate_keys(
+    m: &ModelInner,
+    layer: usize,
+    k: &mut [f16],
+    delta: i32,
+    factors: Option<&[f32]>,
+) {
     let hp = &m.hp;
     let (hd, half) = (hp.head_dim, hp.n_rot / 2);
-    let theta_scale = hp.rope_base_of(layer).powf(-2.0 / hp.n_rot as f32);
-    let mut theta = delta as f32;
-    let mut table = Vec::with_capacity(half);
-    for _ in 0..half {
-        let th = hp.rope_freq_scale * theta;
-        table.push((th.cos(), th.sin()));
-        theta *= theta_scale;
-    }
+    let mut angles = vec![0f32; hp.n_rot];
+    rope_angles(hp, &RopeParams::of_layer(hp, layer, factors), delta as f32, &mut angles);
+    let table: Vec<(f32, f32)> = angles.chunks(2).map(|cs| (cs[0], cs[1])).collect();
     for head in k.chunks_mut(hd) {
-        for (i, &(c, s)) in table.iter().enumerate() {
+        for (i, &(c, s)) in table.iter().enumerate().take(half) {
             let (a, b) = match hp.rope_kind {
                 RopeKind::Norm => (2 * i, 2 * i + 1),
                 RopeKind::Neox => (i, i + half),
@@ -207,13 +240,15 @@ pub enum Output {
 
 /// Runs the model over `batch`, appending each entry's keys and values to its
 /// sequence's cache (`caches[seq]`), and returns the output of the entries in `out_rows`
-/// (batch indices, ascending). Must run inside the context's thread pool.
+/// (batch indices, ascending). `rope_factors` are the context's RoPE frequency factors
+/// ([`ModelInner::rope_factors`]). Must run inside the context's thread pool.
 pub fn forward(
     m: &ModelInner,
     caches: &mut [SeqCache],
     batch: &[BatchEntry],
     out_rows: &[usize],
     hidden: bool,
+    rope_factors: Option<&[f32]>,
     s: &mut Scratch,
 ) -> Output {
     let hp = &m.hp;
@@ -222,7 +257,7 @@ pub fn forward(
     let d = hp.n_embd;
     let hd = hp.head_dim;
     let kv_dim = hp.kv_dim();
-    let q_dim = hp.n_head * hd;
+    let q_dim = hp.q_dim();
     let mut prof = s.profile.take();
     let mut timer = Timer::start(prof.is_some());
 
@@ -234,11 +269,17 @@ pub fn forward(
             row.iter_mut().for_each(|v| *v *= hp.embd_scale);
         }
     }
-    // One table per RoPE base (sliding-window layers may use another).
-    rope_table(m, batch, hp.rope_base, &mut s.rope);
+    // One table for the global layers, and one for the sliding-window layers when their
+    // RoPE base or scale differs.
+    let rope_global =
+        RopeParams { base: hp.rope_base, scale: hp.rope_freq_scale, factors: rope_factors };
+    rope_table(hp, batch, &rope_global, &mut s.rope);
     let mut rope_swa = Vec::new();
-    if hp.swa_window > 0 && hp.rope_base_swa != hp.rope_base {
-        rope_table(m, batch, hp.rope_base_swa, &mut rope_swa);
+    if let Some(l) = (0..hp.n_layer).find(|&l| hp.swa_layers[l]) {
+        let swa = RopeParams::of_layer(hp, l, rope_factors);
+        if !swa.same(&rope_global) {
+            rope_table(hp, batch, &swa, &mut rope_swa);
+        }
     }
 
     // Each entry's cell index in its sequence's cache; positions are appended now, keys
@@ -259,8 +300,14 @@ pub fn forward(
     }
     timer.lap(&mut prof, "embed");
 
-    // Scores are scaled, or (gemma) the queries before attention.
-    let score_scale = if hp.scale_queries { 1.0 } else { hp.attn_scale };
+    // Scores are scaled, or (gemma, phi3) the queries before attention. With soft-capping
+    // (gemma2) a score is `cap · tanh(q·k · scale/cap)`, as ggml's flash attention divides
+    // its scale by the cap once.
+    let kq_scale = if hp.scale_queries { 1.0 } else { hp.attn_scale };
+    let (score_scale, softcap) = match hp.attn_softcap {
+        Some(cap) => (kq_scale / cap, cap),
+        None => (kq_scale, 0.0),
+    };
     let mut compacted = false;
     let group = hp.n_head / hp.n_head_kv;
     for (l, layer) in m.layers.iter().enumerate() {
@@ -296,7 +343,7 @@ pub fn forward(
             rms_norm_in_place(&mut s.k, w, hp.eps, &mut s.tmp);
         }
         let swa = hp.is_swa(l);
-        let table = if swa && !rope_swa.is_empty() { &rope_swa } else { &s.rope };
+        let table = if hp.swa_layers[l] && !rope_swa.is_empty() { &rope_swa } else { &s.rope };
         apply_rope(m, &mut s.q, hp.n_head, table);
         apply_rope(m, &mut s.k, hp.n_head_kv, table);
         if hp.scale_queries {
@@ -317,45 +364,39 @@ pub fn forward(
         timer.lap(&mut prof, "rope+kv store");
 
         // Attention, one task per (entry, head), computed as llama.cpp's CPU flash
-        // attention does: the query rounded to f16, an online softmax over the cells in
-        // cache order, and an f16 accumulator for the weighted values.
+        // attention does: for batches of fewer than FA_TILE_Q rows its one-row path (the
+        // query rounded to f16, an online softmax over the cells in cache order, an f16
+        // accumulator for the weighted values), for larger batches its tiled path (f32
+        // query and accumulator, the softmax's maximum moved once per tile of cells).
         let caches_ro: &[SeqCache] = caches;
         let q = &s.q;
+        let tiled = batch.len() >= FA_TILE_Q;
         resize(&mut s.att, n * q_dim).par_chunks_mut(hd).enumerate().for_each_init(
-            || vec![0f32; hd],
-            |qh: &mut Vec<f32>, (idx, out)| {
+            || (vec![0f32; hd], vec![0f32; FA_TILE_KV]),
+            |(qh, scores), (idx, out)| {
                 let (i, h) = (idx / hp.n_head, idx % hp.n_head);
                 let e = &batch[i];
                 let c = &caches_ro[e.seq as usize];
-                let g = h / group;
                 qh.copy_from_slice(&q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd]);
-                kernels::round_f16(qh);
-                let ks = &c.k[l];
-                let vs = &c.v[l];
-                let mut sum = 0f32;
-                let mut max = f32::NEG_INFINITY;
-                out.fill(0.0);
-                for (cidx, &p) in c.pos.iter().enumerate() {
-                    // Causal, and within the window on sliding-window layers (llama.cpp
-                    // masks a cell when query pos - cell pos >= window).
-                    if p > e.pos || e.pos - p >= window {
-                        continue;
-                    }
-                    let row = cidx * kv_dim + g * hd..cidx * kv_dim + (g + 1) * hd;
-                    let sc = kernels::dot_f32_f16(qh, &ks[row.clone()]) * score_scale;
-                    let (ms, w) = if sc > max {
-                        let ms = (max - sc).exp();
-                        max = sc;
-                        (ms, 1.0)
-                    } else {
-                        (1.0, (sc - max).exp())
-                    };
-                    kernels::fa_step_f16(out, ms, w, &vs[row]);
-                    sum = sum * ms + w;
+                if !tiled {
+                    kernels::round_f16(qh);
                 }
-                let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
-                for o in out.iter_mut() {
-                    *o *= inv;
+                let head = Head {
+                    q: qh,
+                    k: &c.k[l],
+                    v: &c.v[l],
+                    pos: &c.pos,
+                    query_pos: e.pos,
+                    window,
+                    kv_dim,
+                    offset: (h / group) * hd,
+                    scale: score_scale,
+                    softcap,
+                };
+                if tiled {
+                    head.attend_tiled(out, scores);
+                } else {
+                    head.attend_one_row(out);
                 }
             },
         );
@@ -376,6 +417,7 @@ pub fn forward(
             }
         }
         mm(map, &layer.wo, &mut s.prep, &s.att, n, &mut s.tmp, false);
+        add_bias(&mut s.tmp, &layer.bo);
         timer.lap(&mut prof, "matmul wo");
         if let Some(w) = &layer.post_attn_norm {
             rms_norm_in_place(&mut s.tmp, w, hp.eps, &mut s.h);
@@ -397,6 +439,8 @@ pub fn forward(
             mm(map, &layer.w_gate, &mut s.prep, &s.h, n, &mut s.gate, false);
             mm(map, &layer.w_up, &mut s.prep, &s.h, n, &mut s.up, false);
         }
+        add_bias(&mut s.gate, &layer.b_gate);
+        add_bias(&mut s.up, &layer.b_up);
         timer.lap(&mut prof, "matmul gate+up");
         let nff = hp.n_ff;
         let act = hp.act;
@@ -410,6 +454,7 @@ pub fn forward(
         });
         timer.lap(&mut prof, "glu");
         mm(map, &layer.w_down, &mut s.prep, &s.gate, n, &mut s.tmp, false);
+        add_bias(&mut s.tmp, &layer.b_down);
         timer.lap(&mut prof, "matmul down");
         if let Some(w) = &layer.post_ffn_norm {
             rms_norm_in_place(&mut s.tmp, w, hp.eps, &mut s.h);
@@ -432,6 +477,7 @@ pub fn forward(
         let mut logits = Vec::new();
         if r > 0 {
             mm(map, &m.output, &mut s.prep, &normed, r, &mut logits, false);
+            add_bias(&mut logits, &m.output_b);
             if let Some(cap) = hp.final_softcap {
                 logits.par_iter_mut().for_each(|l| *l = (*l / cap).tanh() * cap);
             }
@@ -441,6 +487,126 @@ pub fn forward(
     timer.lap(&mut prof, "output");
     s.profile = prof;
     out
+}
+
+/// llama.cpp's CPU flash attention (`ggml_compute_forward_flash_attn_ext_f16`) takes its
+/// tiled path when a batch has at least this many query rows (`GGML_FA_TILE_Q`), its
+/// one-row path below.
+const FA_TILE_Q: usize = 64;
+/// Cells per tile of the tiled path (`GGML_FA_TILE_KV`).
+const FA_TILE_KV: usize = 64;
+
+/// One query head's attention over the cells of its sequence in one layer.
+struct Head<'a> {
+    /// The query (rounded to f16 for the one-row path).
+    q: &'a [f32],
+    /// The layer's cached keys and values, `cells × kv_dim`.
+    k: &'a [f16],
+    v: &'a [f16],
+    /// Position of each cell.
+    pos: &'a [u32],
+    /// The query's position.
+    query_pos: u32,
+    /// Sliding window (`u32::MAX`: none).
+    window: u32,
+    kv_dim: usize,
+    /// Offset of the query's KV head in a cell.
+    offset: usize,
+    /// Factor on `q·k` (divided by the cap when soft-capping).
+    scale: f32,
+    /// Soft-cap of the scores (0: none).
+    softcap: f32,
+}
+
+impl Head<'_> {
+    /// Whether a cell at position `p` is visible: causal, and within the window on
+    /// sliding-window layers (llama.cpp masks a cell when query pos - cell pos >= window).
+    #[inline]
+    fn visible(&self, p: u32) -> bool {
+        p <= self.query_pos && self.query_pos - p < self.window
+    }
+
+    #[inline]
+    fn row(&self, cell: usize) -> std::ops::Range<usize> {
+        let at = cell * self.kv_dim + self.offset;
+        at..at + self.q.len()
+    }
+
+    /// The score of cell `cell`: `q·k · scale`, soft-capped as ggml's flash attention
+    /// does (`cap · tanh(q·k · scale/cap)`).
+    #[inline]
+    fn score(&self, cell: usize) -> f32 {
+        let sc = kernels::dot_f32_f16(self.q, &self.k[self.row(cell)]) * self.scale;
+        if self.softcap != 0.0 { self.softcap * sc.tanh() } else { sc }
+    }
+
+    /// llama.cpp's one-row path: an online softmax cell by cell with an f16 accumulator.
+    fn attend_one_row(&self, out: &mut [f32]) {
+        let mut sum = 0f32;
+        let mut max = f32::NEG_INFINITY;
+        out.fill(0.0);
+        for (cell, &p) in self.pos.iter().enumerate() {
+            if !self.visible(p) {
+                continue;
+            }
+            let sc = self.score(cell);
+            let (ms, w) = if sc > max {
+                let ms = (max - sc).exp();
+                max = sc;
+                (ms, 1.0)
+            } else {
+                (1.0, (sc - max).exp())
+            };
+            kernels::fa_step_f16(out, ms, w, &self.v[self.row(cell)]);
+            sum = sum * ms + w;
+        }
+        let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+        for o in out.iter_mut() {
+            *o *= inv;
+        }
+    }
+
+    /// llama.cpp's tiled path: per tile of `FA_TILE_KV` cells, all scores, the running
+    /// maximum moved once to the tile's, the tile's exponentials summed (in f64, as
+    /// `ggml_vec_soft_max_f32`) and their values accumulated in f32.
+    fn attend_tiled(&self, out: &mut [f32], scores: &mut [f32]) {
+        let mut sum = 0f32;
+        let mut max = f32::NEG_INFINITY;
+        out.fill(0.0);
+        for (t, tile) in self.pos.chunks(FA_TILE_KV).enumerate() {
+            let first = t * FA_TILE_KV;
+            let mut tile_max = f32::NEG_INFINITY;
+            for (j, &p) in tile.iter().enumerate() {
+                scores[j] = if self.visible(p) { self.score(first + j) } else { f32::NEG_INFINITY };
+                tile_max = tile_max.max(scores[j]);
+            }
+            if tile_max == f32::NEG_INFINITY {
+                continue;
+            }
+            if tile_max > max {
+                let ms = (max - tile_max).exp();
+                for o in out.iter_mut() {
+                    *o *= ms;
+                }
+                sum *= ms;
+                max = tile_max;
+            }
+            let mut tile_sum = 0f64;
+            for (j, &sc) in scores[..tile.len()].iter().enumerate() {
+                if sc == f32::NEG_INFINITY {
+                    continue;
+                }
+                let w = (sc - max).exp();
+                tile_sum += f64::from(w);
+                kernels::axpy_f16(out, w, &self.v[self.row(first + j)]);
+            }
+            sum += tile_sum as f32;
+        }
+        let inv = if sum != 0.0 { 1.0 / sum } else { 0.0 };
+        for o in out.iter_mut() {
+            *o *= inv;
+        }
+    }
 }
 
 fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {

@@ -1,7 +1,8 @@
 //! # corral-backend-cpu
 //!
-//! corral's pure-Rust CPU engine: a backend plugin that runs GGUF models (llama, mistral,
-//! qwen2, gemma3) in F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q5_1 and the k-quants Q2_K to Q6_K
+//! corral's pure-Rust CPU engine: a backend plugin that runs GGUF models (llama with
+//! Llama 3's RoPE factors, mistral, qwen2, qwen3, gemma2, gemma3, phi3; see
+//! [`model::Arch`]) in F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q5_1 and the k-quants Q2_K to Q6_K
 //! with no C or C++ code and no system library. It builds with cargo alone.
 //!
 //! - [`model`]: loads a GGUF file by memory-mapping it; weights are used in place.

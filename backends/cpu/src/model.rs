@@ -1,13 +1,22 @@
-//! Loading a llama-family GGUF model: hyperparameters, the weights (memory-mapped, never
+//! Loading a GGUF model of one of the architectures this engine runs (llama, mistral,
+//! qwen2, qwen3, gemma2, gemma3, phi3): hyperparameters, the weights (memory-mapped, never
 //! copied), the tokenizer and the metadata the host shows.
+//!
+//! Every architecture is read as llama.cpp reads it (`src/models/<arch>.cpp`,
+//! `load_arch_hparams` and `load_arch_tensors`, and the shared `load_hparams`): the same
+//! metadata keys with the same defaults, the same required and optional tensors (fused
+//! `attn_qkv` wherever llama.cpp accepts it), and, as llama.cpp's loader does, a file with
+//! a tensor that its architecture does not use is refused rather than run without it.
 
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
 use corral_backend_api::{
     BackendError, Capabilities, ContextParams, ModelInfo, SpecialTokenIds, plugin::Model,
 };
-use corral_gguf::{GgufError, Value, reader::GgufFile};
+use corral_gguf::{GgmlType, GgufError, Value, reader::GgufFile};
 use memmap2::Mmap;
 
 use crate::context::CpuContext;
@@ -15,29 +24,89 @@ use crate::tokenizer::Tokenizer;
 use crate::weights::{WType, Weight};
 use crate::{CpuOptions, Error};
 
+/// The architectures this engine runs, as a sentence (for messages and docs).
+pub const SUPPORTED_ARCHITECTURES: &str = "llama (with Llama 3 RoPE frequency factors), \
+     mistral, qwen2, qwen3, gemma2, gemma3 and phi3";
+
+/// The model architectures this engine runs (GGUF `general.architecture`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// `llama`: Llama 1–3 and the many models converted to it (optional biases,
+    /// `rope_freqs` for Llama 3.1+).
+    Llama,
+    /// `mistral`: read as llama.
+    Mistral,
+    /// `qwen2`: q/k/v biases, NEOX RoPE, optional output bias.
+    Qwen2,
+    /// `qwen3`: per-head RMS norms of q and k, `key_length` heads, NEOX RoPE.
+    Qwen3,
+    /// `gemma2`: attention and final logit soft-capping, alternating sliding-window
+    /// layers, post-norms, GeGLU, scaled embeddings.
+    Gemma2,
+    /// `gemma3`: like gemma2 with q/k norms and 5 sliding-window layers per global one.
+    Gemma3,
+    /// `phi3`: fused `attn_qkv` and gate+up, NEOX RoPE, LongRoPE factors.
+    Phi3,
+}
+
+impl Arch {
+    /// The architecture named `name`, if this engine runs it.
+    pub fn from_name(name: &str) -> Option<Arch> {
+        Some(match name {
+            "llama" => Arch::Llama,
+            "mistral" => Arch::Mistral,
+            "qwen2" => Arch::Qwen2,
+            "qwen3" => Arch::Qwen3,
+            "gemma2" => Arch::Gemma2,
+            "gemma3" => Arch::Gemma3,
+            "phi3" => Arch::Phi3,
+            _ => return None,
+        })
+    }
+
+    /// How RoPE pairs dimensions in this architecture (llama.cpp's
+    /// `llama_model_rope_type`).
+    pub fn rope_kind(self) -> RopeKind {
+        match self {
+            Arch::Llama | Arch::Mistral => RopeKind::Norm,
+            Arch::Qwen2 | Arch::Qwen3 | Arch::Gemma2 | Arch::Gemma3 | Arch::Phi3 => RopeKind::Neox,
+        }
+    }
+
+    fn is_llama(self) -> bool {
+        matches!(self, Arch::Llama | Arch::Mistral)
+    }
+
+    fn is_gemma(self) -> bool {
+        matches!(self, Arch::Gemma2 | Arch::Gemma3)
+    }
+}
+
 /// How rotary embeddings pair the dimensions of a head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RopeKind {
     /// Adjacent pairs `(2i, 2i+1)`: llama, mistral (ggml's "normal" mode).
     Norm,
-    /// Halves `(i, i + d/2)`: qwen2, gemma3 (ggml's "neox" mode).
+    /// Halves `(i, i + n_rot/2)`: qwen2, qwen3, gemma2, gemma3, phi3 (ggml's "neox" mode).
     Neox,
 }
 
 /// The feed-forward activation of the gate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
-    /// SiLU (SwiGLU): llama, mistral, qwen2.
+    /// SiLU (SwiGLU): llama, mistral, qwen2, qwen3, phi3.
     Silu,
-    /// GELU, tanh approximation (GeGLU): gemma.
+    /// GELU, tanh approximation (GeGLU): gemma2, gemma3.
     GeluTanh,
 }
 
-/// The hyperparameters of a llama-family model.
+/// The hyperparameters of a model.
 #[derive(Debug, Clone)]
 pub struct Hparams {
     /// GGUF architecture name.
     pub arch: String,
+    /// The architecture.
+    pub kind: Arch,
     /// Vocabulary size.
     pub n_vocab: usize,
     /// Hidden width.
@@ -50,36 +119,48 @@ pub struct Hparams {
     pub n_head: usize,
     /// Key/value heads.
     pub n_head_kv: usize,
-    /// Width of one head.
+    /// Width of one head (`{arch}.attention.key_length`, else `n_embd / n_head`).
     pub head_dim: usize,
     /// Dimensions of each head that rotary embeddings rotate.
     pub n_rot: usize,
     /// RMS norm epsilon.
     pub eps: f32,
-    /// RoPE base frequency.
+    /// RoPE base frequency of the global layers.
     pub rope_base: f32,
-    /// RoPE linear scaling (positions are multiplied by it).
+    /// RoPE linear scaling of the global layers (angles are multiplied by it:
+    /// `1 / rope.scaling.factor`).
     pub rope_freq_scale: f32,
+    /// RoPE base of the sliding-window layers.
+    pub rope_base_swa: f32,
+    /// RoPE linear scaling of the sliding-window layers.
+    pub rope_freq_scale_swa: f32,
+    /// Factor on the RoPE cosines and sines (`rope.scaling.attn_factor`, LongRoPE; 1
+    /// otherwise), ggml's `attn_factor`.
+    pub rope_attn_factor: f32,
     /// RoPE pairing.
     pub rope_kind: RopeKind,
     /// Context length the model was trained with.
     pub n_ctx_train: usize,
+    /// The original context length of a RoPE-extended model
+    /// (`rope.scaling.original_context_length`, else `n_ctx_train`): contexts longer than
+    /// this use the long LongRoPE factors.
+    pub n_ctx_orig: usize,
     /// Factor on the token embeddings (gemma: `sqrt(n_embd)`; else 1).
     pub embd_scale: f32,
-    /// Attention scale (`1/sqrt(head_dim)`).
+    /// Attention scale (`1/sqrt(head_dim)`, or gemma 27B's `1/sqrt(n_embd/n_head)`).
     pub attn_scale: f32,
-    /// Whether the scale multiplies the queries before attention (gemma, as llama.cpp's
-    /// graph does) rather than the scores.
+    /// Whether the scale multiplies the queries before attention (gemma, phi3, as
+    /// llama.cpp's graphs do) rather than the scores.
     pub scale_queries: bool,
     /// Feed-forward activation.
     pub act: Activation,
-    /// Sliding-window attention: the window (0: none) and the layer pattern (every
-    /// `swa_pattern`-th layer is global, the others see the last `swa_window` positions).
+    /// Attention logit soft-capping (`cap · tanh(score / cap)`), gemma2.
+    pub attn_softcap: Option<f32>,
+    /// Sliding-window attention: the window (0: none). A token at position p on a
+    /// sliding-window layer sees the cells at positions q with `p - q < swa_window`.
     pub swa_window: usize,
-    /// See `swa_window`.
-    pub swa_pattern: usize,
-    /// RoPE base of the sliding-window layers.
-    pub rope_base_swa: f32,
+    /// Which layers attend through the sliding window (llama.cpp's `is_swa`).
+    pub swa_layers: Vec<bool>,
     /// Final logit soft-capping (`cap · tanh(logit / cap)`), when the model has it.
     pub final_softcap: Option<f32>,
 }
@@ -90,16 +171,46 @@ impl Hparams {
         self.n_head_kv * self.head_dim
     }
 
-    /// Whether layer `l` attends through the sliding window (llama.cpp's
-    /// `set_swa_pattern`: all but every `swa_pattern`-th layer).
-    pub fn is_swa(&self, l: usize) -> bool {
-        self.swa_window > 0 && self.swa_pattern > 0 && l % self.swa_pattern < self.swa_pattern - 1
+    /// Width of the queries of all heads together.
+    pub fn q_dim(&self) -> usize {
+        self.n_head * self.head_dim
     }
 
-    /// The RoPE base of layer `l`.
-    pub fn rope_base_of(&self, l: usize) -> f32 {
-        if self.is_swa(l) { self.rope_base_swa } else { self.rope_base }
+    /// Whether layer `l` attends through the sliding window.
+    pub fn is_swa(&self, l: usize) -> bool {
+        self.swa_window > 0 && self.swa_layers.get(l).copied().unwrap_or(false)
     }
+
+    /// The RoPE base of layer `l` (llama.cpp's `get_rope_freq_base`).
+    pub fn rope_base_of(&self, l: usize) -> f32 {
+        if self.swa_layers.get(l).copied().unwrap_or(false) {
+            self.rope_base_swa
+        } else {
+            self.rope_base
+        }
+    }
+
+    /// The RoPE linear scaling of layer `l` (llama.cpp's `get_rope_freq_scale`).
+    pub fn rope_scale_of(&self, l: usize) -> f32 {
+        if self.swa_layers.get(l).copied().unwrap_or(false) {
+            self.rope_freq_scale_swa
+        } else {
+            self.rope_freq_scale
+        }
+    }
+}
+
+/// RoPE frequency factors, ggml's `freq_factors`: the angle of pair `i` is divided by
+/// factor `i` (`n_rot / 2` of them, F32 in the file).
+#[derive(Debug, Clone, Default)]
+pub struct RopeFactors {
+    /// `rope_freqs.weight` (Llama 3.1+ frequency scaling), used at every context size.
+    pub freqs: Option<Vec<f32>>,
+    /// `rope_factors_long.weight` (LongRoPE: phi3): for contexts longer than
+    /// [`Hparams::n_ctx_orig`].
+    pub long: Option<Vec<f32>>,
+    /// `rope_factors_short.weight` (LongRoPE): for contexts up to [`Hparams::n_ctx_orig`].
+    pub short: Option<Vec<f32>>,
 }
 
 /// One transformer block's weights.
@@ -107,7 +218,7 @@ impl Hparams {
 pub struct Layer {
     /// RMS norm before attention.
     pub attn_norm: Vec<f32>,
-    /// Query projection.
+    /// Query projection (rows of a fused `attn_qkv` when the file has one).
     pub wq: Weight,
     /// Key projection.
     pub wk: Weight,
@@ -121,6 +232,8 @@ pub struct Layer {
     pub bv: Option<Vec<f32>>,
     /// Attention output projection.
     pub wo: Weight,
+    /// Attention output bias (llama, optional).
+    pub bo: Option<Vec<f32>>,
     /// RMS norm of each query head (gemma3, qwen3), `head_dim` wide.
     pub q_norm: Option<Vec<f32>>,
     /// RMS norm of each key head.
@@ -131,12 +244,18 @@ pub struct Layer {
     pub ffn_norm: Vec<f32>,
     /// RMS norm of the feed-forward output before the residual (gemma).
     pub post_ffn_norm: Option<Vec<f32>>,
-    /// Gate projection.
+    /// Gate projection (phi3: the first `n_ff` rows of the fused `ffn_up`).
     pub w_gate: Weight,
-    /// Up projection.
+    /// Up projection (phi3: the last `n_ff` rows of the fused `ffn_up`).
     pub w_up: Weight,
     /// Down projection.
     pub w_down: Weight,
+    /// Feed-forward biases (llama, optional): gate, up, down.
+    pub b_gate: Option<Vec<f32>>,
+    /// Up bias.
+    pub b_up: Option<Vec<f32>>,
+    /// Down bias.
+    pub b_down: Option<Vec<f32>>,
 }
 
 /// Everything a context needs of a model, shared by all its contexts.
@@ -151,6 +270,10 @@ pub struct ModelInner {
     pub output_norm: Vec<f32>,
     /// Output projection (the token embeddings when tied).
     pub output: Weight,
+    /// Output bias (qwen2, optional).
+    pub output_b: Option<Vec<f32>>,
+    /// RoPE frequency factors.
+    pub rope_factors: RopeFactors,
     /// Blocks.
     pub layers: Vec<Layer>,
     /// Tokenizer.
@@ -181,10 +304,40 @@ impl ModelInner {
             )))
         }
     }
+
+    /// The RoPE frequency factors for a context of `n_ctx_seq` cells per sequence, as
+    /// llama.cpp's `get_rope_factors` chooses them: `rope_freqs` when the file has it,
+    /// else the long LongRoPE factors above the original context length and the short
+    /// ones up to it.
+    pub fn rope_factors(&self, n_ctx_seq: usize) -> Option<&[f32]> {
+        let f = &self.rope_factors;
+        if let Some(v) = &f.freqs {
+            return Some(v);
+        }
+        if n_ctx_seq > self.hp.n_ctx_orig { f.long.as_deref() } else { f.short.as_deref() }
+    }
 }
 
 fn gguf_err(path: &str, e: GgufError) -> BackendError {
     BackendError::invalid(format!("cannot load {path}: {e}"))
+}
+
+/// The rows `[r0, r0 + n)` of `w` as a weight of their own (a part of a fused tensor:
+/// rows are contiguous in the file, whatever the element type).
+fn row_range(w: &Weight, r0: usize, n: usize) -> Weight {
+    Weight {
+        ty: w.ty,
+        rows: n,
+        cols: w.cols,
+        offset: w.offset + r0 * w.row_bytes,
+        row_bytes: w.row_bytes,
+    }
+}
+
+/// llama.cpp's `set_swa_pattern(n, dense_first = false)`: every `n`-th layer is global,
+/// the others slide (`n == 0`: all slide).
+fn swa_pattern(n: usize, n_layer: usize) -> Vec<bool> {
+    (0..n_layer).map(|l| n == 0 || l % n < n - 1).collect()
 }
 
 /// Loads a GGUF model.
@@ -198,16 +351,15 @@ pub fn load(path: &str, options: CpuOptions) -> Result<CpuModel, BackendError> {
         e => gguf_err(path, e),
     })?;
     let arch = file.architecture().unwrap_or("").to_string();
-    let rope_kind = match arch.as_str() {
-        "llama" | "mistral" => RopeKind::Norm,
-        "qwen2" | "gemma3" => RopeKind::Neox,
-        "" => {
+    let kind = match Arch::from_name(&arch) {
+        Some(k) => k,
+        None if arch.is_empty() => {
             return Err(BackendError::invalid(format!("{path}: general.architecture is missing")));
         }
-        other => {
+        None => {
             return Err(BackendError::unsupported(format!(
-                "architecture '{other}' is not supported by the cpu backend (it runs llama, \
-                 mistral, qwen2 and gemma3); use the llama-cpp backend for this model"
+                "architecture '{arch}' is not supported by the cpu backend (it runs \
+                 {SUPPORTED_ARCHITECTURES}); use the llama-cpp backend for this model"
             )));
         }
     };
@@ -226,86 +378,18 @@ pub fn load(path: &str, options: CpuOptions) -> Result<CpuModel, BackendError> {
         Error::Unsupported(m) => BackendError::unsupported(format!("{path}: {m}")),
         e => BackendError::invalid(format!("{path}: {e}")),
     })?;
-    let key = |k: &str| format!("{arch}.{k}");
-    let need = |k: &str| -> Result<usize, BackendError> {
-        file.get_u64(&key(k)).map(|v| v as usize).ok_or_else(|| {
-            BackendError::invalid(format!("{path}: metadata key {} is missing", key(k)))
-        })
-    };
-    let n_embd = need("embedding_length")?;
-    let n_layer = need("block_count")?;
-    let n_ff = need("feed_forward_length")?;
-    let n_head = need("attention.head_count")?;
-    let n_head_kv = file.get_u64(&key("attention.head_count_kv")).map_or(n_head, |v| v as usize);
-    if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 || n_embd % n_head != 0 {
-        return Err(BackendError::invalid(format!(
-            "{path}: {n_head} heads and {n_head_kv} KV heads do not fit a width of {n_embd}"
-        )));
-    }
-    let head_dim =
-        file.get_u64(&key("attention.key_length")).map_or(n_embd / n_head, |v| v as usize);
-    let n_rot = file.get_u64(&key("rope.dimension_count")).map_or(head_dim, |v| v as usize);
-    if n_rot > head_dim || n_rot % 2 != 0 || head_dim == 0 {
-        return Err(BackendError::invalid(format!(
-            "{path}: rope dimension {n_rot} does not fit heads of {head_dim}"
-        )));
-    }
-    let rope_freq_scale = match file.get_str(&key("rope.scaling.type")) {
-        None | Some("none") => 1.0,
-        Some("linear") => {
-            file.get_f64(&key("rope.scaling.factor")).filter(|f| *f > 0.0).map_or(1.0, |f| 1.0 / f)
-        }
-        Some(other) => {
-            return Err(BackendError::unsupported(format!(
-                "{path}: rope scaling '{other}' is not supported by the cpu backend"
-            )));
-        }
-    } as f32;
-    let hp = Hparams {
-        arch: arch.clone(),
-        n_vocab: tokenizer.vocab_size(),
-        n_embd,
-        n_layer,
-        n_ff,
-        n_head,
-        n_head_kv,
-        head_dim,
-        n_rot,
-        eps: file.get_f64(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f32,
-        rope_base: file.get_f64(&key("rope.freq_base")).unwrap_or(10000.0) as f32,
-        rope_freq_scale,
-        rope_kind,
-        n_ctx_train: file.get_u64(&key("context_length")).unwrap_or(2048) as usize,
-        embd_scale: 1.0,
-        attn_scale: 1.0 / (head_dim as f32).sqrt(),
-        scale_queries: false,
-        act: Activation::Silu,
-        swa_window: 0,
-        swa_pattern: 0,
-        rope_base_swa: 10000.0,
-        final_softcap: None,
-    };
-    let mut hp = hp;
-    if arch == "gemma3" {
-        // As llama.cpp's gemma3: embeddings scaled by sqrt(n_embd), queries scaled before
-        // attention, GeGLU, and five sliding-window layers (RoPE base 10000) to every
-        // global one.
-        hp.embd_scale = (n_embd as f32).sqrt();
-        hp.scale_queries = true;
-        hp.act = Activation::GeluTanh;
-        hp.swa_window = file.get_u64(&key("attention.sliding_window")).unwrap_or(0) as usize;
-        hp.swa_pattern = 6;
-        hp.rope_base_swa = file.get_f64(&key("rope.freq_base_swa")).map_or(10000.0, |b| b as f32);
-        hp.final_softcap =
-            file.get_f64(&key("final_logit_softcapping")).filter(|c| *c > 0.0).map(|c| c as f32);
-    }
-    let hp = hp;
+    let hp = hparams(&file, path, &arch, kind, tokenizer.vocab_size())?;
+    let (n_embd, n_layer, n_ff, head_dim) = (hp.n_embd, hp.n_layer, hp.n_ff, hp.head_dim);
 
+    // Every tensor the architecture reads is recorded; any other is refused at the end.
+    let used: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
+    let has = |name: &str| file.tensor(name).is_some();
     let data_offset = file.data_offset() as usize;
     let tensor = |name: &str, cols: usize, rows: usize| -> Result<Weight, BackendError> {
         let t = file
             .tensor(name)
             .ok_or_else(|| BackendError::invalid(format!("{path}: tensor {name} is missing")))?;
+        used.borrow_mut().insert(name.to_string());
         let dims: Vec<u64> = t.dims.iter().copied().chain(std::iter::repeat(1)).take(2).collect();
         if dims != [cols as u64, rows as u64] || t.dims.iter().skip(2).any(|&d| d != 1) {
             return Err(BackendError::invalid(format!(
@@ -316,7 +400,7 @@ pub fn load(path: &str, options: CpuOptions) -> Result<CpuModel, BackendError> {
         let ty = WType::from_ggml(t.ggml_type).ok_or_else(|| {
             BackendError::unsupported(format!(
                 "{path}: tensor {name} is {}, which the cpu backend does not support (it \
-                 runs F32, F16, Q8_0 and Q4_0)",
+                 runs F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q5_1 and Q2_K-Q6_K)",
                 t.ggml_type.name()
             ))
         })?;
@@ -339,16 +423,31 @@ pub fn load(path: &str, options: CpuOptions) -> Result<CpuModel, BackendError> {
         Ok(v)
     };
     let opt_vector = |name: &str, n: usize| -> Result<Option<Vec<f32>>, BackendError> {
-        if file.tensor(name).is_some() { vector(name, n).map(Some) } else { Ok(None) }
+        if has(name) { vector(name, n).map(Some) } else { Ok(None) }
     };
+    // RoPE factors: F32 only, as ggml's rope requires.
+    let factors = |name: &str| -> Result<Option<Vec<f32>>, BackendError> {
+        match file.tensor(name) {
+            None => Ok(None),
+            Some(t) if t.ggml_type != GgmlType::F32 => Err(BackendError::invalid(format!(
+                "{path}: tensor {name} is {}; RoPE frequency factors must be F32",
+                t.ggml_type.name()
+            ))),
+            Some(_) => vector(name, hp.n_rot / 2).map(Some),
+        }
+    };
+
     let kv_dim = hp.kv_dim();
-    let q_dim = n_head * head_dim;
+    let q_dim = hp.q_dim();
     let tok_embd = tensor("token_embd.weight", n_embd, hp.n_vocab)?;
-    let output = if file.tensor("output.weight").is_some() {
+    // gemma2 always ties the output to the token embeddings (llama.cpp reads no
+    // output.weight for it); the others use output.weight when the file has one.
+    let output = if kind != Arch::Gemma2 && has("output.weight") {
         tensor("output.weight", n_embd, hp.n_vocab)?
     } else {
         tok_embd.clone()
     };
+    let output_b = if kind == Arch::Qwen2 { opt_vector("output.bias", hp.n_vocab)? } else { None };
     // Matmul kernels need whole Q8_0 blocks of activations.
     for (what, n) in [("embedding", n_embd), ("feed-forward", n_ff), ("attention", q_dim)] {
         if n % 32 != 0 {
@@ -357,29 +456,120 @@ pub fn load(path: &str, options: CpuOptions) -> Result<CpuModel, BackendError> {
             )));
         }
     }
+    let longrope = file.get_str(&format!("{arch}.rope.scaling.type")) == Some("longrope");
+    // As llama.cpp: llama reads rope_freqs (or, with LongRoPE scaling, the long and short
+    // factors), phi3 the long and short factors, the others none (such a tensor in their
+    // files is refused below as unused).
+    let rope_factors = match kind {
+        k if k.is_llama() && !longrope => {
+            RopeFactors { freqs: factors("rope_freqs.weight")?, ..Default::default() }
+        }
+        k if k.is_llama() || k == Arch::Phi3 => RopeFactors {
+            freqs: None,
+            long: factors("rope_factors_long.weight")?,
+            short: factors("rope_factors_short.weight")?,
+        },
+        _ => RopeFactors::default(),
+    };
+
     let mut layers = Vec::with_capacity(n_layer);
     for i in 0..n_layer {
         let b = |s: &str| format!("blk.{i}.{s}");
+        // q, k and v: one fused tensor (its rows are q, then k, then v) or three.
+        let (wq, wk, wv, bq, bk, bv) = if has(&b("attn_qkv.weight")) {
+            let w = tensor(&b("attn_qkv.weight"), n_embd, q_dim + 2 * kv_dim)?;
+            let (bq, bk, bv) = if has(&b("attn_qkv.bias")) {
+                let v = vector(&b("attn_qkv.bias"), q_dim + 2 * kv_dim)?;
+                let (q, kv) = v.split_at(q_dim);
+                let (k, v) = kv.split_at(kv_dim);
+                (Some(q.to_vec()), Some(k.to_vec()), Some(v.to_vec()))
+            } else {
+                // llama.cpp adds separate biases to a fused product only when all three
+                // are there.
+                let q = opt_vector(&b("attn_q.bias"), q_dim)?;
+                let k = opt_vector(&b("attn_k.bias"), kv_dim)?;
+                let v = opt_vector(&b("attn_v.bias"), kv_dim)?;
+                if q.is_some() && k.is_some() && v.is_some() {
+                    (q, k, v)
+                } else {
+                    (None, None, None)
+                }
+            };
+            let (q, k, v) = (
+                row_range(&w, 0, q_dim),
+                row_range(&w, q_dim, kv_dim),
+                row_range(&w, q_dim + kv_dim, kv_dim),
+            );
+            (q, k, v, bq, bk, bv)
+        } else {
+            (
+                tensor(&b("attn_q.weight"), n_embd, q_dim)?,
+                tensor(&b("attn_k.weight"), n_embd, kv_dim)?,
+                tensor(&b("attn_v.weight"), n_embd, kv_dim)?,
+                opt_vector(&b("attn_q.bias"), q_dim)?,
+                opt_vector(&b("attn_k.bias"), kv_dim)?,
+                opt_vector(&b("attn_v.bias"), kv_dim)?,
+            )
+        };
+        // Gate and up: phi3 fuses them in ffn_up (gate rows first, as ggml_swiglu splits
+        // a row: silu(first half) * second half).
+        let (w_gate, w_up) = if kind == Arch::Phi3 {
+            let w = tensor(&b("ffn_up.weight"), n_embd, 2 * n_ff)?;
+            (row_range(&w, 0, n_ff), row_range(&w, n_ff, n_ff))
+        } else {
+            (
+                tensor(&b("ffn_gate.weight"), n_embd, n_ff)?,
+                tensor(&b("ffn_up.weight"), n_embd, n_ff)?,
+            )
+        };
+        let qk_norms = matches!(kind, Arch::Qwen3 | Arch::Gemma3);
+        let llama_bias = |name: &str, n: usize| -> Result<Option<Vec<f32>>, BackendError> {
+            if kind.is_llama() { opt_vector(&b(name), n) } else { Ok(None) }
+        };
         layers.push(Layer {
             attn_norm: vector(&b("attn_norm.weight"), n_embd)?,
-            wq: tensor(&b("attn_q.weight"), n_embd, q_dim)?,
-            wk: tensor(&b("attn_k.weight"), n_embd, kv_dim)?,
-            wv: tensor(&b("attn_v.weight"), n_embd, kv_dim)?,
-            bq: opt_vector(&b("attn_q.bias"), q_dim)?,
-            bk: opt_vector(&b("attn_k.bias"), kv_dim)?,
-            bv: opt_vector(&b("attn_v.bias"), kv_dim)?,
+            wq,
+            wk,
+            wv,
+            bq,
+            bk,
+            bv,
             wo: tensor(&b("attn_output.weight"), q_dim, n_embd)?,
-            q_norm: opt_vector(&b("attn_q_norm.weight"), head_dim)?,
-            k_norm: opt_vector(&b("attn_k_norm.weight"), head_dim)?,
-            post_attn_norm: opt_vector(&b("post_attention_norm.weight"), n_embd)?,
+            bo: llama_bias("attn_output.bias", n_embd)?,
+            q_norm: if qk_norms { Some(vector(&b("attn_q_norm.weight"), head_dim)?) } else { None },
+            k_norm: if qk_norms { Some(vector(&b("attn_k_norm.weight"), head_dim)?) } else { None },
+            post_attn_norm: if kind.is_gemma() {
+                Some(vector(&b("post_attention_norm.weight"), n_embd)?)
+            } else {
+                None
+            },
             ffn_norm: vector(&b("ffn_norm.weight"), n_embd)?,
-            post_ffn_norm: opt_vector(&b("post_ffw_norm.weight"), n_embd)?,
-            w_gate: tensor(&b("ffn_gate.weight"), n_embd, n_ff)?,
-            w_up: tensor(&b("ffn_up.weight"), n_embd, n_ff)?,
+            post_ffn_norm: if kind.is_gemma() {
+                Some(vector(&b("post_ffw_norm.weight"), n_embd)?)
+            } else {
+                None
+            },
+            w_gate,
+            w_up,
             w_down: tensor(&b("ffn_down.weight"), n_ff, n_embd)?,
+            b_gate: llama_bias("ffn_gate.bias", n_ff)?,
+            b_up: llama_bias("ffn_up.bias", n_ff)?,
+            b_down: llama_bias("ffn_down.bias", n_embd)?,
         });
     }
     let output_norm = vector("output_norm.weight", n_embd)?;
+    // As llama.cpp's loader ("wrong number of tensors"): a tensor the architecture does
+    // not read means a variant this engine would run wrongly.
+    let used = used.into_inner();
+    if let Some(t) = file.tensors().iter().find(|t| !used.contains(&t.name)) {
+        let n = file.tensors().iter().filter(|t| !used.contains(&t.name)).count();
+        return Err(BackendError::unsupported(format!(
+            "{path}: tensor {} ({n} unused in all) is not part of a {arch} model as the cpu \
+             backend reads it (llama.cpp would refuse the file too, or it is a variant the \
+             engine does not run); use the llama-cpp backend for this model",
+            t.name
+        )));
+    }
     let special = tokenizer.special_tokens(&file);
     let metadata = metadata(&file, &hp, &map);
     log::info!(
@@ -393,6 +583,8 @@ pub fn load(path: &str, options: CpuOptions) -> Result<CpuModel, BackendError> {
         tok_embd,
         output_norm,
         output,
+        output_b,
+        rope_factors,
         layers,
         tokenizer,
         special,
@@ -400,6 +592,249 @@ pub fn load(path: &str, options: CpuOptions) -> Result<CpuModel, BackendError> {
         options,
     };
     Ok(CpuModel { inner: Arc::new(inner) })
+}
+
+/// Reads the hyperparameters of `kind` as llama.cpp's `load_hparams` and the
+/// architecture's `load_arch_hparams` do.
+fn hparams(
+    file: &GgufFile,
+    path: &str,
+    arch: &str,
+    kind: Arch,
+    n_vocab: usize,
+) -> Result<Hparams, BackendError> {
+    let key = |k: &str| format!("{arch}.{k}");
+    let invalid = |m: String| BackendError::invalid(format!("{path}: {m}"));
+    // A count that llama.cpp accepts as one number or as one per layer: per-layer arrays
+    // are run only when every layer has the same value.
+    let count = |k: &str| -> Result<Option<usize>, BackendError> {
+        match file.get(&key(k)) {
+            None => Ok(None),
+            Some(Value::Array { values, .. }) => {
+                let vals: Option<Vec<u64>> = values.iter().map(Value::as_u64).collect();
+                match vals.as_deref() {
+                    Some([first, rest @ ..]) if rest.iter().all(|v| v == first) => {
+                        Ok(Some(*first as usize))
+                    }
+                    _ => Err(BackendError::unsupported(format!(
+                        "{path}: {} differs between layers, which the cpu backend does not \
+                         support; use the llama-cpp backend for this model",
+                        key(k)
+                    ))),
+                }
+            }
+            Some(v) => v
+                .as_u64()
+                .map(|v| Some(v as usize))
+                .ok_or_else(|| invalid(format!("metadata key {} is not a count", key(k)))),
+        }
+    };
+    let need = |k: &str| -> Result<usize, BackendError> {
+        count(k)?.ok_or_else(|| invalid(format!("metadata key {} is missing", key(k))))
+    };
+    if file.get_u64(&key("expert_count")).is_some_and(|n| n > 0) {
+        return Err(BackendError::unsupported(format!(
+            "{path}: mixture-of-experts models ({}) are not supported by the cpu backend; use \
+             the llama-cpp backend for this model",
+            key("expert_count")
+        )));
+    }
+    let n_embd = need("embedding_length")?;
+    let n_layer = need("block_count")?;
+    let n_ff = need("feed_forward_length")?;
+    let n_head = need("attention.head_count")?;
+    let n_head_kv = count("attention.head_count_kv")?.unwrap_or(n_head);
+    if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
+        return Err(invalid(format!("{n_head} heads cannot share {n_head_kv} KV heads")));
+    }
+    // Sizes are multiplied together below; no real model comes near these bounds.
+    const MAX_DIM: usize = 1 << 20;
+    let head_dim_key = file.get_u64(&key("attention.key_length")).unwrap_or(0) as usize;
+    for (what, v) in [
+        ("embedding_length", n_embd),
+        ("block_count", n_layer),
+        ("feed_forward_length", n_ff),
+        ("attention.head_count", n_head),
+        ("attention.key_length", head_dim_key),
+    ] {
+        if v > MAX_DIM {
+            return Err(invalid(format!("{} is {v}, beyond any model's", key(what))));
+        }
+    }
+    let head_dim = match file.get_u64(&key("attention.key_length")) {
+        Some(d) => d as usize,
+        None if n_embd % n_head == 0 => n_embd / n_head,
+        None => {
+            return Err(invalid(format!("{n_head} heads do not fit a width of {n_embd}")));
+        }
+    };
+    let head_dim_v =
+        file.get_u64(&key("attention.value_length")).map_or(n_embd / n_head, |v| v as usize);
+    if head_dim_v != head_dim {
+        return Err(BackendError::unsupported(format!(
+            "{path}: keys of {head_dim} and values of {head_dim_v} per head; the cpu backend \
+             needs them equal (use the llama-cpp backend for this model)"
+        )));
+    }
+    let n_rot = file.get_u64(&key("rope.dimension_count")).map_or(head_dim, |v| v as usize);
+    if n_rot > head_dim || !n_rot.is_multiple_of(2) || head_dim == 0 {
+        return Err(invalid(format!("rope dimension {n_rot} does not fit heads of {head_dim}")));
+    }
+    // llama.cpp refuses llama files whose rotation is partial ("invalid n_rot") and
+    // asserts a whole rotation for qwen3.
+    if n_rot != head_dim && (kind.is_llama() || kind == Arch::Qwen3) {
+        return Err(invalid(format!(
+            "rope dimension {n_rot} differs from the head width {head_dim}, which {arch} \
+             does not allow"
+        )));
+    }
+
+    // RoPE scaling as llama.cpp's load_hparams: the type defaults to linear, the factor
+    // is read whatever the type, and "none" turns scaling off.
+    let factor = file
+        .get_f64(&key("rope.scaling.factor"))
+        .or_else(|| file.get_f64(&key("rope.scale_linear")))
+        .unwrap_or(0.0) as f32;
+    if !factor.is_finite() || factor < 0.0 {
+        return Err(invalid(format!("rope scaling factor {factor} is not a positive number")));
+    }
+    let train_scale = if factor == 0.0 { 1.0 } else { 1.0 / factor };
+    let rope_freq_scale = match file.get_str(&key("rope.scaling.type")).unwrap_or("linear") {
+        "none" => 1.0,
+        "linear" | "longrope" => train_scale,
+        "yarn" => {
+            return Err(BackendError::unsupported(format!(
+                "{path}: YaRN rope scaling is not supported by the cpu backend; use the \
+                 llama-cpp backend for this model"
+            )));
+        }
+        other => return Err(invalid(format!("unknown rope scaling type '{other}'"))),
+    };
+    let rope_attn_factor = file.get_f64(&key("rope.scaling.attn_factor")).unwrap_or(1.0) as f32;
+    let rope_base = file.get_f64(&key("rope.freq_base")).unwrap_or(10000.0) as f32;
+    let n_ctx_train = file.get_u64(&key("context_length")).unwrap_or(2048) as usize;
+    let n_ctx_orig = file
+        .get_u64(&key("rope.scaling.original_context_length"))
+        .filter(|&n| n > 0)
+        .map_or(n_ctx_train, |n| n as usize);
+
+    let mut hp = Hparams {
+        arch: arch.to_string(),
+        kind,
+        n_vocab,
+        n_embd,
+        n_layer,
+        n_ff,
+        n_head,
+        n_head_kv,
+        head_dim,
+        n_rot,
+        eps: file.get_f64(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f32,
+        rope_base,
+        rope_freq_scale,
+        rope_base_swa: 10000.0,
+        rope_freq_scale_swa: 1.0,
+        rope_attn_factor,
+        rope_kind: kind.rope_kind(),
+        n_ctx_train,
+        n_ctx_orig,
+        embd_scale: 1.0,
+        attn_scale: 1.0 / (head_dim as f32).sqrt(),
+        scale_queries: false,
+        act: Activation::Silu,
+        attn_softcap: None,
+        swa_window: 0,
+        swa_layers: vec![false; n_layer],
+        final_softcap: None,
+    };
+    // llama.cpp's load_swa_pattern: `attention.sliding_window_pattern` as one flag per
+    // layer, or as the period n (every n-th layer global), else the architecture's n.
+    let swa_layers = |default: usize| -> Result<Vec<bool>, BackendError> {
+        let k = key("attention.sliding_window_pattern");
+        match file.get(&k) {
+            None => Ok(swa_pattern(default, n_layer)),
+            Some(Value::Array { values, .. }) => {
+                let mut v = vec![false; n_layer];
+                for (dst, x) in v.iter_mut().zip(values) {
+                    *dst = match x {
+                        Value::Bool(b) => *b,
+                        x => {
+                            x.as_u64().ok_or_else(|| {
+                                invalid(format!("{k} holds {}, not flags", x.display_short()))
+                            })? != 0
+                        }
+                    };
+                }
+                Ok(v)
+            }
+            Some(x) => {
+                let n = x.as_u64().ok_or_else(|| invalid(format!("{k} is not a count")))?;
+                Ok(swa_pattern(n as usize, n_layer))
+            }
+        }
+    };
+    let softcap = |k: &str, default: Option<f64>| {
+        file.get_f64(&key(k)).or(default).filter(|c| *c > 0.0).map(|c| c as f32)
+    };
+    // gemma 27B (46 layers for gemma2, 62 for gemma3) scales queries by the width per
+    // head of n_embd, as llama.cpp does after gemma_pytorch.
+    let gemma_scale = |n_layer_27b: usize| {
+        if n_layer == n_layer_27b {
+            1.0 / ((n_embd / n_head) as f32).sqrt()
+        } else {
+            1.0 / (head_dim as f32).sqrt()
+        }
+    };
+    match kind {
+        Arch::Gemma2 => {
+            // llama_model_gemma2::load_arch_hparams: sliding window (4096 unless set) on
+            // every other layer, soft-capped attention scores (50) and logits (30).
+            hp.embd_scale = (n_embd as f32).sqrt();
+            hp.scale_queries = true;
+            hp.act = Activation::GeluTanh;
+            hp.swa_window = file.get_u64(&key("attention.sliding_window")).unwrap_or(4096) as usize;
+            if hp.swa_window == 0 {
+                return Err(invalid(format!("{} is 0", key("attention.sliding_window"))));
+            }
+            hp.swa_layers = swa_layers(2)?;
+            hp.rope_base_swa =
+                file.get_f64(&key("rope.freq_base_swa")).map_or(rope_base, |b| b as f32);
+            hp.rope_freq_scale_swa = train_scale;
+            hp.attn_softcap = softcap("attn_logit_softcapping", Some(50.0));
+            hp.final_softcap = softcap("final_logit_softcapping", Some(30.0));
+            hp.attn_scale = gemma_scale(46);
+        }
+        Arch::Gemma3 => {
+            // Embeddings scaled by sqrt(n_embd), queries scaled before attention, GeGLU,
+            // and (when the file sets a window) five sliding-window layers (RoPE base
+            // 10000 unless set, no linear scaling) to every global one.
+            hp.embd_scale = (n_embd as f32).sqrt();
+            hp.scale_queries = true;
+            hp.act = Activation::GeluTanh;
+            hp.swa_window = file.get_u64(&key("attention.sliding_window")).unwrap_or(0) as usize;
+            if hp.swa_window > 0 {
+                hp.swa_layers = swa_layers(6)?;
+                hp.rope_base_swa =
+                    file.get_f64(&key("rope.freq_base_swa")).map_or(10000.0, |b| b as f32);
+            }
+            hp.final_softcap = softcap("final_logit_softcapping", None);
+            hp.attn_scale = gemma_scale(62);
+        }
+        Arch::Phi3 => {
+            // Queries are scaled before attention. llama.cpp turns phi3's sliding window
+            // off (its conversion does not describe which layers slide), so this engine
+            // does too, to compute what llama.cpp computes.
+            hp.scale_queries = true;
+            if file.get_u64(&key("attention.sliding_window")).is_some_and(|w| w > 0) {
+                log::warn!(
+                    "{path}: phi3's sliding window is ignored, as llama.cpp ignores it \
+                     (attention is global on every layer)"
+                );
+            }
+        }
+        Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Qwen3 => {}
+    }
+    Ok(hp)
 }
 
 fn metadata(file: &GgufFile, hp: &Hparams, map: &Mmap) -> ModelInfo {
@@ -460,8 +895,8 @@ impl Model for CpuModel {
     }
 
     /// Logits and mean-pooled embeddings (the final hidden states) for every supported
-    /// architecture, and context shift: `kv_shift` re-rotates the cached keys (all three
-    /// architectures use RoPE). Not [`Capabilities::PER_SEQUENCE_CONTEXT`]:
+    /// architecture, and context shift: `kv_shift` re-rotates the cached keys (every
+    /// supported architecture uses RoPE). Not [`Capabilities::PER_SEQUENCE_CONTEXT`]:
     /// `new_context_per_sequence` keeps the default, a shared context (whose KV caches
     /// are kept per sequence already, with the cells counted against one `n_ctx`).
     fn capabilities(&self) -> Capabilities {

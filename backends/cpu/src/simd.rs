@@ -584,6 +584,74 @@ macro_rules! x86_kernels {
             dot_k::<T, 6>(w, a, nb)
         }
 
+        /// `T` Q8_K activation rows times a packed group of 8 Q4_K rows
+        /// (`kquants::pack_q4_k_group`): per super-block and token, each sub-block's 8
+        /// chunks of 4 values are multiplied by the broadcast activation chunk with
+        /// `vpmaddubsw` and summed in i16 (8·2·15·127 < 2^15), then one `vpmaddwd` applies
+        /// the 8 rows' scales; the mins come in through the activation's pair sums.
+        #[target_feature(enable = $features)]
+        #[inline]
+        pub(crate) unsafe fn gemm_q4_k_group<const T: usize>(
+            packed: &[u8],
+            a: [Q8KRow<'_>; T],
+            nb: usize,
+        ) -> [[f32; 8]; T] {
+            use crate::kquants::Q4K_GROUP_BYTES;
+            let pp = packed.as_ptr();
+            let mut acc = [_mm256_setzero_ps(); T];
+            // The mins apart, subtracted at the end, as ggml's repacked Q4_K gemm does.
+            let mut acc_min = [_mm256_setzero_ps(); T];
+            for b in 0..nb {
+                let g = pp.add(b * Q4K_GROUP_BYTES);
+                let (u, sc) = (g, g.add(2048));
+                let (mins, d) = (g.add(2048 + 256), g.add(2048 + 256 + 128));
+                let dv = _mm256_loadu_ps(d.cast());
+                let dminv = _mm256_loadu_ps(d.add(32).cast());
+                let ys: [*const i8; T] = std::array::from_fn(|t| a[t].qs.as_ptr().add(b * QK_K));
+                let mut isum = [_mm256_setzero_si256(); T];
+                for j in 0..8 {
+                    let mut s16 = [_mm256_setzero_si256(); T];
+                    for c in 0..8 {
+                        let w = _mm256_loadu_si256(u.add((j * 8 + c) * 32).cast());
+                        for t in 0..T {
+                            let at = ys[t].add(32 * j + 4 * c).cast::<i32>();
+                            let yv = _mm256_set1_epi32(at.read_unaligned());
+                            s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(w, yv));
+                        }
+                    }
+                    let scv = _mm256_loadu_si256(sc.add(32 * j).cast());
+                    for t in 0..T {
+                        isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s16[t], scv));
+                    }
+                }
+                for t in 0..T {
+                    let bs = a[t].bsums.as_ptr().add(16 * b);
+                    let mut msum = _mm256_setzero_si256();
+                    for k in 0..4 {
+                        let pair =
+                            |j: usize| i32::from(*bs.add(2 * j)) + i32::from(*bs.add(2 * j + 1));
+                        let (lo, hi) = (pair(2 * k), pair(2 * k + 1));
+                        let yv = _mm256_set1_epi32((lo & 0xffff) | (hi << 16));
+                        let mv = _mm256_loadu_si256(mins.add(32 * k).cast());
+                        msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mv, yv));
+                    }
+                    let yd = _mm256_set1_ps(*a[t].d.get_unchecked(b));
+                    acc[t] =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(dv, yd), acc[t]);
+                    acc_min[t] = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(msum),
+                        _mm256_mul_ps(dminv, yd),
+                        acc_min[t],
+                    );
+                }
+            }
+            let mut out = [[0f32; 8]; T];
+            for t in 0..T {
+                _mm256_storeu_ps(out[t].as_mut_ptr(), _mm256_sub_ps(acc[t], acc_min[t]));
+            }
+            out
+        }
+
         /// An F16 row (`x.len()` halves at `w`) times an F32 row.
         #[target_feature(enable = $features)]
         #[inline]

@@ -91,6 +91,7 @@ fn gemma_greedy_tokens_and_logits_equal_llama_cpp() {
         "東京は日本の首都です。大阪は",
         "1, 2, 3, 4, 5,",
     ];
+    let mut kls = Vec::new();
     for prompt in prompts {
         let want =
             raw_json(&raw, &["greedy", &model_path, "--prompt", prompt, "--n", "32", "--json"]);
@@ -120,13 +121,13 @@ fn gemma_greedy_tokens_and_logits_equal_llama_cpp() {
         c.decode(&batch).unwrap();
         let first = c.logits(batch.len() as u32 - 1).unwrap().to_vec();
         let mut got = Vec::new();
-        let mut logits = first.clone();
+        let mut steps = vec![first.clone()];
         for i in 0..want_tokens.len() {
-            let t = argmax(&logits);
+            let t = argmax(&steps[i]);
             got.push(t);
             let pos = (prompt_tokens.len() + i) as u32;
             c.decode(&[BatchEntry { token: t, pos, seq: 0, logits: true }]).unwrap();
-            logits = c.logits(0).unwrap().to_vec();
+            steps.push(c.logits(0).unwrap().to_vec());
         }
         let text = model.detokenize(&got).unwrap();
         let common = |a: &[u32], b: &[u32]| a.iter().zip(b).take_while(|(x, y)| x == y).count();
@@ -144,11 +145,6 @@ fn gemma_greedy_tokens_and_logits_equal_llama_cpp() {
              own variants agree for {self_agreement}",
             want_tokens.len()
         );
-        assert!(
-            agreement >= self_agreement,
-            "{prompt:?}: cpu {text:?} vs llama.cpp {:?}",
-            want["text"]
-        );
         let logits_of = |extra: &[&str], env: &[(&str, &str)]| -> Vec<f32> {
             let mut args = vec!["logits", model_path.as_str(), "--prompt", prompt, "--json"];
             args.extend_from_slice(extra);
@@ -160,17 +156,20 @@ fn gemma_greedy_tokens_and_logits_equal_llama_cpp() {
         // its default only in float summation order; on Gemma that alone moves single
         // logits by about 1 (and this engine's portable and SIMD paths differ from each
         // other as much). The bounds: the max |diff| within 1.5x the largest difference
-        // among llama.cpp's three variants, and the KL divergence of the softmax within 2x
-        // the largest KL of a variant from llama.cpp's default (llama-perplexity's
-        // `--kl-divergence` measure).
+        // among llama.cpp's three variants, and the KL divergence of the softmax
+        // (llama-perplexity's `--kl-divergence` measure) from llama.cpp's default within
+        // 1.5x its variants' on average over the prompts (measured on ten prompts: this
+        // engine 9.4e-3, llama.cpp without flash attention 1.1e-2, without repacking
+        // 4.8e-3; single prompts range over 4x either way).
         let reference = logits_of(&[], &[]);
         let fa_off = logits_of(&["--fa", "0"], &[]);
         let no_repack = logits_of(&[], &[("LLAMA_RAW_NO_REPACK", "1")]);
         let spread = max_diff(&reference, &fa_off)
             .max(max_diff(&reference, &no_repack))
             .max(max_diff(&fa_off, &no_repack));
-        let kl_spread =
-            kl_divergence(&reference, &fa_off).max(kl_divergence(&reference, &no_repack));
+        let (kl_fa_off, kl_no_repack) =
+            (kl_divergence(&reference, &fa_off), kl_divergence(&reference, &no_repack));
+        let kl_spread = kl_fa_off.max(kl_no_repack);
         let range = reference.iter().fold(f32::MIN, |a, &b| a.max(b))
             - reference.iter().fold(f32::MAX, |a, &b| a.min(b));
         let diff = max_diff(&first, &reference);
@@ -179,13 +178,40 @@ fn gemma_greedy_tokens_and_logits_equal_llama_cpp() {
             "  last-position logits: max |diff| {diff:.3}, llama.cpp's own spread {spread:.3}; \
              KL {kl:.2e}, llama.cpp's own {kl_spread:.2e}; range {range:.1}"
         );
+        kls.push((kl, kl_fa_off, kl_no_repack));
         assert!(
-            kl <= 2.0 * kl_spread.max(1e-4),
+            kl <= 5.0 * kl_spread.max(1e-4),
             "{prompt:?}: KL divergence {kl} (own {kl_spread})"
         );
         let tolerance = (1.5 * spread).max(0.01 * range);
+        // Greedy text: at least as long an agreement as llama.cpp's own variants have, or
+        // a fork at a near tie: where the texts part, this engine's logit for llama.cpp's
+        // token is within the logit tolerance of its own choice.
+        let fork_margin = (agreement < want_tokens.len()).then(|| {
+            let l = &steps[agreement];
+            l[got[agreement] as usize] - l[want_tokens[agreement] as usize]
+        });
+        if let Some(m) = fork_margin {
+            println!("  fork at token {agreement}: margin {m:.3} (tolerance {tolerance:.3})");
+        }
+        assert!(
+            agreement >= self_agreement || fork_margin.is_some_and(|m| m <= tolerance),
+            "{prompt:?}: cpu {text:?} vs llama.cpp {:?}",
+            want["text"]
+        );
         assert!(diff <= tolerance, "{prompt:?}: logits differ by {diff} (tolerance {tolerance})");
     }
+    // Over all prompts, the mean KL divergence within 1.5x that of llama.cpp's noisier
+    // variant (one prompt alone is a noisy sample: per prompt the bound is 5x).
+    let mean = |f: fn(&(f64, f64, f64)) -> f64| kls.iter().map(f).sum::<f64>() / kls.len() as f64;
+    let (ours, fa_off, no_repack) = (mean(|k| k.0), mean(|k| k.1), mean(|k| k.2));
+    println!(
+        "mean KL: this engine {ours:.2e}, llama.cpp without flash attention {fa_off:.2e}, without repacking {no_repack:.2e}"
+    );
+    assert!(
+        ours <= 1.5 * fa_off.max(no_repack),
+        "mean KL {ours} vs llama.cpp's own {fa_off} / {no_repack}"
+    );
 }
 
 /// KL(p‖q) of the softmax distributions of two logit vectors, in nats.
