@@ -188,16 +188,16 @@ pub fn isa() -> Isa {
 /// The level is first capped at [`Isa::detected`], so a SIMD function runs only on a CPU
 /// that has its features.
 macro_rules! dispatch {
-    ($isa:expr, $f:ident $(::<$t:ident>)? ($($arg:expr),*), $portable:expr) => {{
+    ($isa:expr, $f:ident $(::<$($t:tt),+>)? ($($arg:expr),*), $portable:expr) => {{
         match $isa.min($crate::kernels::Isa::detected()) {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the CPU has the level's features (capped at the detected level just
             // above), and the callers asserted that every slice holds the blocks or
             // elements the kernel reads.
-            $crate::kernels::Isa::Avx512Vnni => unsafe { $crate::simd::avx512::$f$(::<$t>)?($($arg),*) },
+            $crate::kernels::Isa::Avx512Vnni => unsafe { $crate::simd::avx512::$f$(::<$($t),+>)?($($arg),*) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
-            $crate::kernels::Isa::Avx2 => unsafe { $crate::simd::avx2::$f$(::<$t>)?($($arg),*) },
+            $crate::kernels::Isa::Avx2 => unsafe { $crate::simd::avx2::$f$(::<$($t),+>)?($($arg),*) },
             _ => $portable,
         }
     }};
@@ -275,6 +275,50 @@ pub fn dot_q8_0<const T: usize>(isa: Isa, w: &[u8], a: [ActRow<'_>; T]) -> [f32;
         }
         out
     })
+}
+
+/// `out[r] = w_r · a` for the `out.len()` rows of `row_bytes` at the start of `w`, all of
+/// weight type `ty` (Q4_0, Q8_0, Q5_0 or Q5_1) against `T` Q8_0 activation rows, at
+/// level `isa`. The bounds are checked once for the whole range.
+pub fn rows_q8<const T: usize>(
+    isa: Isa,
+    ty: crate::weights::WType,
+    w: &[u8],
+    row_bytes: usize,
+    a: [ActRow<'_>; T],
+    out: &mut [[f32; T]],
+) {
+    use crate::kquants as kq;
+    use crate::weights::WType;
+    let bytes = match ty {
+        WType::Q4_0 => Q4_0_BYTES,
+        WType::Q5_0 => kq::Q5_0_BYTES,
+        WType::Q5_1 => kq::Q5_1_BYTES,
+        _ => Q8_0_BYTES,
+    };
+    if out.is_empty() {
+        return;
+    }
+    assert!(w.len() >= out.len() * row_bytes, "weight rows outside the slice");
+    let nb = q8_blocks(&w[..row_bytes.min(w.len())], &a, bytes);
+    assert!(nb * bytes <= row_bytes, "rows shorter than their blocks");
+    match (isa.min(Isa::detected()), ty) {
+        (Isa::Portable, _) => {
+            for (r, o) in out.iter_mut().enumerate() {
+                let row = &w[r * row_bytes..(r + 1) * row_bytes];
+                *o = match ty {
+                    WType::Q4_0 => dot_q4_0::<T>(Isa::Portable, row, a),
+                    WType::Q5_0 => kq::dot_q5_0::<T>(Isa::Portable, row, a),
+                    WType::Q5_1 => kq::dot_q5_1::<T>(Isa::Portable, row, a),
+                    _ => dot_q8_0::<T>(Isa::Portable, row, a),
+                };
+            }
+        }
+        (_, WType::Q4_0) => dispatch!(isa, rows_q8::<T, 0>(w, row_bytes, a, nb, out), ()),
+        (_, WType::Q5_0) => dispatch!(isa, rows_q8::<T, 2>(w, row_bytes, a, nb, out), ()),
+        (_, WType::Q5_1) => dispatch!(isa, rows_q8::<T, 3>(w, row_bytes, a, nb, out), ()),
+        _ => dispatch!(isa, rows_q8::<T, 1>(w, row_bytes, a, nb, out), ()),
+    }
 }
 
 /// Dot product of an F16 weight row (raw little-endian bytes) with an F32 row.

@@ -354,6 +354,52 @@ pub fn dot_q6_k<const T: usize>(isa: Isa, w: &[u8], a: [Q8KRow<'_>; T]) -> [f32;
     dispatch!(isa, dot_q6_k::<T>(w, a, nb), dot_k(w, a, Q6_K_BYTES, unpack_q6_k))
 }
 
+/// `out[r] = w_r · a` for the `out.len()` k-quant rows of `row_bytes` at the start of
+/// `w`, all of type `ty` (Q2_K to Q6_K), against `T` Q8_K activation rows, at level
+/// `isa`. The bounds are checked once for the whole range.
+pub fn rows_q8k<const T: usize>(
+    isa: Isa,
+    ty: crate::weights::WType,
+    w: &[u8],
+    row_bytes: usize,
+    a: [Q8KRow<'_>; T],
+    out: &mut [[f32; T]],
+) {
+    use crate::weights::WType;
+    let (bytes, kind): (usize, u8) = match ty {
+        WType::Q2_K => (Q2_K_BYTES, 2),
+        WType::Q3_K => (Q3_K_BYTES, 3),
+        WType::Q4_K => (Q4_K_BYTES, 4),
+        WType::Q5_K => (Q5_K_BYTES, 5),
+        _ => (Q6_K_BYTES, 6),
+    };
+    if out.is_empty() {
+        return;
+    }
+    assert!(w.len() >= out.len() * row_bytes, "weight rows outside the slice");
+    let nb = q8k_blocks(&w[..row_bytes.min(w.len())], &a, bytes);
+    assert!(nb * bytes <= row_bytes, "rows shorter than their blocks");
+    match (isa.min(Isa::detected()), kind) {
+        (Isa::Portable, _) => {
+            for (r, o) in out.iter_mut().enumerate() {
+                let row = &w[r * row_bytes..(r + 1) * row_bytes];
+                *o = match kind {
+                    2 => dot_q2_k::<T>(Isa::Portable, row, a),
+                    3 => dot_q3_k::<T>(Isa::Portable, row, a),
+                    4 => dot_q4_k::<T>(Isa::Portable, row, a),
+                    5 => dot_q5_k::<T>(Isa::Portable, row, a),
+                    _ => dot_q6_k::<T>(Isa::Portable, row, a),
+                };
+            }
+        }
+        (_, 2) => dispatch!(isa, rows_q8k::<T, 2>(w, row_bytes, a, nb, out), ()),
+        (_, 3) => dispatch!(isa, rows_q8k::<T, 3>(w, row_bytes, a, nb, out), ()),
+        (_, 4) => dispatch!(isa, rows_q8k::<T, 4>(w, row_bytes, a, nb, out), ()),
+        (_, 5) => dispatch!(isa, rows_q8k::<T, 5>(w, row_bytes, a, nb, out), ()),
+        _ => dispatch!(isa, rows_q8k::<T, 6>(w, row_bytes, a, nb, out), ()),
+    }
+}
+
 /// Rows of a Q4_K matrix the grouped kernel handles at once.
 pub const Q4K_GROUP: usize = 8;
 /// Bytes of one super-block of a packed group of [`Q4K_GROUP`] Q4_K rows (see

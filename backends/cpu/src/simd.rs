@@ -652,6 +652,47 @@ macro_rules! x86_kernels {
             out
         }
 
+        /// Rows `w[r·row_bytes..]` for `r < out.len()` times `T` Q8_0 activation rows with
+        /// the kernel `KIND` (0 Q4_0, 1 Q8_0, 2 Q5_0, 3 Q5_1): one call per chunk of rows,
+        /// so the per-call work (dispatch, checks, passing the activation rows) is not
+        /// paid per row.
+        #[target_feature(enable = $features)]
+        #[inline]
+        pub(crate) unsafe fn rows_q8<const T: usize, const KIND: u8>(
+            w: &[u8],
+            row_bytes: usize,
+            a: [ActRow<'_>; T],
+            nb: usize,
+            out: &mut [[f32; T]],
+        ) {
+            for (r, o) in out.iter_mut().enumerate() {
+                let row = w.get_unchecked(r * row_bytes..(r + 1) * row_bytes);
+                *o = match KIND {
+                    0 => dot_q4_0::<T>(row, a, nb),
+                    1 => dot_q8_0::<T>(row, a, nb),
+                    2 => dot_q5_0::<T>(row, a, nb),
+                    _ => dot_q5_1::<T>(row, a, nb),
+                };
+            }
+        }
+
+        /// As [`rows_q8`] for k-quant rows and Q8_K activations (`KIND` 2 to 6: Q2_K to
+        /// Q6_K).
+        #[target_feature(enable = $features)]
+        #[inline]
+        pub(crate) unsafe fn rows_q8k<const T: usize, const KIND: u8>(
+            w: &[u8],
+            row_bytes: usize,
+            a: [Q8KRow<'_>; T],
+            nb: usize,
+            out: &mut [[f32; T]],
+        ) {
+            for (r, o) in out.iter_mut().enumerate() {
+                let row = w.get_unchecked(r * row_bytes..(r + 1) * row_bytes);
+                *o = dot_k::<T, KIND>(row, a, nb);
+            }
+        }
+
         /// An F16 row (`x.len()` halves at `w`) times an F32 row.
         #[target_feature(enable = $features)]
         #[inline]

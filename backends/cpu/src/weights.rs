@@ -268,12 +268,7 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
         };
         match w.ty.acts() {
             ActKind::Q8 => {
-                let dots = match w.ty {
-                    WType::Q4_0 => dots!(kernels::dot_q4_0),
-                    WType::Q5_0 => dots!(kq::dot_q5_0),
-                    WType::Q5_1 => dots!(kq::dot_q5_1),
-                    _ => dots!(kernels::dot_q8_0),
-                };
+                let dots = dots!(kernels::rows_q8);
                 tiles(map, w, (r0, r1), n, |t| a.q.row(t), &dots, (isa, big_tiles), put);
             }
             ActKind::Q8K => {
@@ -284,13 +279,7 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
                 } else {
                     r0
                 };
-                let dots = match w.ty {
-                    WType::Q2_K => dots!(kq::dot_q2_k),
-                    WType::Q3_K => dots!(kq::dot_q3_k),
-                    WType::Q4_K => dots!(kq::dot_q4_k),
-                    WType::Q5_K => dots!(kq::dot_q5_k),
-                    _ => dots!(kq::dot_q6_k),
-                };
+                let dots = dots!(kq::rows_q8k);
                 tiles(map, w, (r0, r1), n, |t| a.qk.row(t), &dots, (isa, big_tiles), put);
             }
             ActKind::F32 | ActKind::F16 | ActKind::Bf16 => {
@@ -347,14 +336,17 @@ fn q4_k_groups(
     r
 }
 
-/// The dot-product kernel of one weight type for a full tile, 4 and 1 activation rows.
+/// The row-range kernel of one activation kind for a full tile, 4 and 1 activation rows:
+/// `(isa, weight type, rows' bytes, row_bytes, activation rows, one output per row)`.
 struct Dots<R> {
-    tile: fn(kernels::Isa, &[u8], [R; TILE]) -> [f32; TILE],
-    four: fn(kernels::Isa, &[u8], [R; 4]) -> [f32; 4],
-    one: fn(kernels::Isa, &[u8], [R; 1]) -> [f32; 1],
+    tile: RowsFn<R, TILE>,
+    four: RowsFn<R, 4>,
+    one: RowsFn<R, 1>,
 }
 
-/// [`Dots`] of a kernel generic over its number of activation rows.
+type RowsFn<R, const T: usize> = fn(kernels::Isa, WType, &[u8], usize, [R; T], &mut [[f32; T]]);
+
+/// [`Dots`] of a row-range kernel generic over its number of activation rows.
 macro_rules! dots {
     ($($f:ident)::+) => {
         Dots { tile: $($f)::+::<TILE>, four: $($f)::+::<4>, one: $($f)::+::<1> }
@@ -364,7 +356,7 @@ use dots;
 
 /// Weight rows `r0..r1` times the `n` activation rows `row(t)` at level `isa`: tiles of
 /// `TILE` tokens when `big_tiles` (each weight row unpacked once per tile), then 4, then
-/// single tokens.
+/// single tokens; each tile is one kernel call over the whole row range.
 #[allow(clippy::too_many_arguments)]
 fn tiles<R: Copy>(
     map: &[u8],
@@ -376,28 +368,53 @@ fn tiles<R: Copy>(
     (isa, big_tiles): (kernels::Isa, bool),
     put: impl Fn(usize, usize, f32),
 ) {
+    let rows = &map[w.offset + r0 * w.row_bytes..w.offset + r1 * w.row_bytes];
     let mut t = 0;
-    while big_tiles && t + TILE <= n {
-        let rows: [R; TILE] = std::array::from_fn(|i| row(t + i));
-        for r in r0..r1 {
-            for (i, v) in (dots.tile)(isa, w.row(map, r), rows).into_iter().enumerate() {
-                put(t + i, r, v);
+    if big_tiles && t + TILE <= n {
+        let mut out = vec![[0f32; TILE]; r1 - r0];
+        while t + TILE <= n {
+            (dots.tile)(
+                isa,
+                w.ty,
+                rows,
+                w.row_bytes,
+                std::array::from_fn(|i| row(t + i)),
+                &mut out,
+            );
+            for (r, o) in out.iter().enumerate() {
+                for (i, &v) in o.iter().enumerate() {
+                    put(t + i, r0 + r, v);
+                }
             }
+            t += TILE;
         }
-        t += TILE;
     }
-    while t + 4 <= n {
-        let rows: [R; 4] = std::array::from_fn(|i| row(t + i));
-        for r in r0..r1 {
-            for (i, v) in (dots.four)(isa, w.row(map, r), rows).into_iter().enumerate() {
-                put(t + i, r, v);
+    if t + 4 <= n {
+        let mut out = vec![[0f32; 4]; r1 - r0];
+        while t + 4 <= n {
+            (dots.four)(
+                isa,
+                w.ty,
+                rows,
+                w.row_bytes,
+                std::array::from_fn(|i| row(t + i)),
+                &mut out,
+            );
+            for (r, o) in out.iter().enumerate() {
+                for (i, &v) in o.iter().enumerate() {
+                    put(t + i, r0 + r, v);
+                }
             }
+            t += 4;
         }
-        t += 4;
     }
-    for t in t..n {
-        for r in r0..r1 {
-            put(t, r, (dots.one)(isa, w.row(map, r), [row(t)])[0]);
+    if t < n {
+        let mut out = vec![[0f32; 1]; r1 - r0];
+        for t in t..n {
+            (dots.one)(isa, w.ty, rows, w.row_bytes, [row(t)], &mut out);
+            for (r, o) in out.iter().enumerate() {
+                put(t, r0 + r, o[0]);
+            }
         }
     }
 }
