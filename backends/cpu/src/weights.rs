@@ -369,54 +369,36 @@ fn tiles<R: Copy>(
     put: impl Fn(usize, usize, f32),
 ) {
     let rows = &map[w.offset + r0 * w.row_bytes..w.offset + r1 * w.row_bytes];
+    // Tokens t.. in tiles of T while whole tiles remain; returns the first token left.
+    fn run<R, const T: usize>(
+        kernel: RowsFn<R, T>,
+        (isa, ty, rows, row_bytes): (kernels::Isa, WType, &[u8], usize),
+        (mut t, n, r0, r1): (usize, usize, usize, usize),
+        row: &impl Fn(usize) -> R,
+        put: &impl Fn(usize, usize, f32),
+    ) -> usize {
+        if t + T > n {
+            return t;
+        }
+        let mut out = vec![[0f32; T]; r1 - r0];
+        while t + T <= n {
+            kernel(isa, ty, rows, row_bytes, std::array::from_fn(|i| row(t + i)), &mut out);
+            for (r, o) in out.iter().enumerate() {
+                for (i, &v) in o.iter().enumerate() {
+                    put(t + i, r0 + r, v);
+                }
+            }
+            t += T;
+        }
+        t
+    }
+    let shape = (isa, w.ty, rows, w.row_bytes);
     let mut t = 0;
-    if big_tiles && t + TILE <= n {
-        let mut out = vec![[0f32; TILE]; r1 - r0];
-        while t + TILE <= n {
-            (dots.tile)(
-                isa,
-                w.ty,
-                rows,
-                w.row_bytes,
-                std::array::from_fn(|i| row(t + i)),
-                &mut out,
-            );
-            for (r, o) in out.iter().enumerate() {
-                for (i, &v) in o.iter().enumerate() {
-                    put(t + i, r0 + r, v);
-                }
-            }
-            t += TILE;
-        }
+    if big_tiles {
+        t = run(dots.tile, shape, (t, n, r0, r1), &row, &put);
     }
-    if t + 4 <= n {
-        let mut out = vec![[0f32; 4]; r1 - r0];
-        while t + 4 <= n {
-            (dots.four)(
-                isa,
-                w.ty,
-                rows,
-                w.row_bytes,
-                std::array::from_fn(|i| row(t + i)),
-                &mut out,
-            );
-            for (r, o) in out.iter().enumerate() {
-                for (i, &v) in o.iter().enumerate() {
-                    put(t + i, r0 + r, v);
-                }
-            }
-            t += 4;
-        }
-    }
-    if t < n {
-        let mut out = vec![[0f32; 1]; r1 - r0];
-        for t in t..n {
-            (dots.one)(isa, w.ty, rows, w.row_bytes, [row(t)], &mut out);
-            for (r, o) in out.iter().enumerate() {
-                put(t, r0 + r, o[0]);
-            }
-        }
-    }
+    t = run(dots.four, shape, (t, n, r0, r1), &row, &put);
+    run(dots.one, shape, (t, n, r0, r1), &row, &put);
 }
 
 #[cfg(test)]

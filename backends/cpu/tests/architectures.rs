@@ -12,6 +12,9 @@
 //! tolerance, see the crate README); quantized types `5e-2 · max|logit|` (activations are
 //! quantized to 8 bits, so both engines round differently now and then; the suite allows
 //! 5%). `CORRAL_TEST_WEIGHT_TYPES=f32,q4_0,q4_k_m` compares other weight types.
+mod common;
+
+use common::{argmax, llama_raw};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -42,22 +45,6 @@ fn prompts() -> Vec<String> {
         "fn main() { let x = vec![1, 2, 3]; println!(\"{x:?}\"); }".into(),
         long,
     ]
-}
-
-fn llama_raw() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("CORRAL_LLAMA_RAW").map(PathBuf::from),
-        std::env::var_os("CARGO_TARGET_DIR").map(|d| PathBuf::from(d).join("debug/llama-raw")),
-        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/llama-raw")),
-    ];
-    let found = candidates.into_iter().flatten().find(|p| p.is_file());
-    if found.is_none() {
-        eprintln!(
-            "SKIP: llama-raw not found (set CORRAL_LLAMA_RAW, or cargo build -p \
-             corral-backend-llama-cpp)"
-        );
-    }
-    found
 }
 
 /// Runs llama-raw with `args` (and any extra arguments in `CORRAL_TEST_RAW_ARGS`,
@@ -95,16 +82,6 @@ fn generate(dir: &Path, arch: Arch, shape: ModelShape, ty: WeightType) -> PathBu
 fn load(path: &Path) -> Result<CpuModel, corral_backend_api::BackendError> {
     CpuBackend::with_options(CpuOptions::default())
         .load_model(&LoadRequest::new(path.to_string_lossy(), "gguf"))
-}
-
-fn argmax(l: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in l.iter().enumerate() {
-        if v > l[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 fn max_abs(l: &[f32]) -> f32 {

@@ -9,7 +9,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use common::{assert_tokenization_equals_llama_cpp, llama_raw, varied_strings};
+use common::{argmax, assert_tokenization_equals_llama_cpp, llama_raw, varied_strings};
 
 use corral_backend_cpu::tokenizer::Tokenizer;
 use corral_gguf::reader::GgufFile;
@@ -50,16 +50,6 @@ fn raw_json_env(raw: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> s
         .expect("run llama-raw");
     assert!(out.status.success(), "llama-raw {args:?} failed");
     serde_json::from_slice(&out.stdout).expect("llama-raw prints JSON")
-}
-
-fn argmax(l: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in l.iter().enumerate() {
-        if v > l[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 /// On the Gemma file (gemma3: sliding-window and global layers, QK norms, GeGLU,

@@ -141,3 +141,14 @@ pub(crate) fn assert_tokenization_equals_llama_cpp(
         differ.iter().take(10).cloned().collect::<Vec<_>>().join("\n")
     );
 }
+
+/// The index of the largest value (the first on ties), as greedy sampling picks it.
+pub(crate) fn argmax(l: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in l.iter().enumerate() {
+        if v > l[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
