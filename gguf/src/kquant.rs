@@ -251,14 +251,7 @@ fn get_scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 
 /// One Q5_0 block: `x` has 32 values, `y` 22 bytes.
 pub fn quantize_block_q5_0(x: &[f32], y: &mut [u8]) {
-    let mut amax = 0.0f32;
-    let mut max = 0.0f32;
-    for &v in x {
-        if amax < v.abs() {
-            amax = v.abs();
-            max = v;
-        }
-    }
+    let max = crate::quant::signed_absmax(x);
     let d = max / -16.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     write_f16(y, 0, d);

@@ -173,17 +173,23 @@ fn quantize_block_q8_0(x: &[f32], y: &mut [u8]) {
     }
 }
 
-/// One Q4_0 block: `x` has 32 values, `y` 18 bytes.
-#[inline]
-fn quantize_block_q4_0(x: &[f32], y: &mut [u8]) {
-    let mut amax = 0.0f32;
-    let mut max = 0.0f32;
+/// The value of largest magnitude in `x` (the first of equal magnitudes), with its sign,
+/// or 0: the scale source of ggml's Q4_0, Q5_0 and Q8_K reference quantizers.
+pub(crate) fn signed_absmax(x: &[f32]) -> f32 {
+    let (mut amax, mut max) = (0.0f32, 0.0f32);
     for &v in x {
         if amax < v.abs() {
             amax = v.abs();
             max = v;
         }
     }
+    max
+}
+
+/// One Q4_0 block: `x` has 32 values, `y` 18 bytes.
+#[inline]
+fn quantize_block_q4_0(x: &[f32], y: &mut [u8]) {
+    let max = signed_absmax(x);
     let d = max / -8.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     y[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
