@@ -321,6 +321,50 @@ pub fn rows_q8<const T: usize>(
     }
 }
 
+/// Rows of a Q4_0 matrix the grouped kernel handles at once.
+pub const Q4_0_GROUP: usize = 8;
+/// Bytes of one block of a packed group of [`Q4_0_GROUP`] Q4_0 rows.
+pub const Q4_0_GROUP_BYTES: usize = 8 * 32 + 32;
+
+/// Repacks the blocks of 8 Q4_0 rows for [`gemm_q4_0_group`]: per block, 8 vectors of 32
+/// bytes, vector `c` holding the unsigned values `4c..4c+4` of every row, then the rows'
+/// scales as f32 (the layout of `kquants::pack_q4_k_group`, one block of 32 at a time).
+pub fn pack_q4_0_group(rows: [&[u8]; Q4_0_GROUP], nb: usize, out: &mut Vec<u8>) {
+    out.clear();
+    out.resize(nb * Q4_0_GROUP_BYTES, 0);
+    for b in 0..nb {
+        let (u, d) = out[b * Q4_0_GROUP_BYTES..(b + 1) * Q4_0_GROUP_BYTES].split_at_mut(256);
+        for (r, row) in rows.iter().enumerate() {
+            let blk = &row[b * Q4_0_BYTES..(b + 1) * Q4_0_BYTES];
+            for l in 0..QK {
+                let v = if l < 16 { blk[2 + l] & 0x0f } else { blk[2 + l - 16] >> 4 };
+                u[(l / 4) * 32 + 4 * r + l % 4] = v;
+            }
+            d[4 * r..4 * r + 4].copy_from_slice(&f16_at(blk, 0).to_le_bytes());
+        }
+    }
+}
+
+/// `T` Q8_0 activation rows times a packed group of [`Q4_0_GROUP`] Q4_0 rows
+/// ([`pack_q4_0_group`]): `out[t][r]`, at level `isa`; `None` at the portable level (the
+/// caller uses [`rows_q8`]).
+#[inline]
+pub fn gemm_q4_0_group<const T: usize>(
+    isa: Isa,
+    packed: &[u8],
+    a: [ActRow<'_>; T],
+) -> Option<[[f32; Q4_0_GROUP]; T]> {
+    let nb = a[0].d.len();
+    assert!(packed.len() >= nb * Q4_0_GROUP_BYTES, "packed group shorter than its blocks");
+    for r in &a {
+        assert!(r.d.len() >= nb && r.c.len() >= nb && r.qs.len() >= nb * QK);
+    }
+    match isa.min(Isa::detected()) {
+        Isa::Portable => None,
+        _ => Some(dispatch!(isa, gemm_q4_0_group::<T>(packed, a, nb), unreachable!())),
+    }
+}
+
 /// Dot product of an F16 weight row (raw little-endian bytes) with an F32 row.
 #[inline]
 pub fn dot_f16(w: &[u8], x: &[f32]) -> f32 {
@@ -482,6 +526,58 @@ mod tests {
         let [got4, ..] = dot_q8_0::<4>(isa, &wq8, [a.row(0); 4]);
         assert!((got4 - want).abs() < 1e-3 * want.abs().max(1.0), "{got4} vs {want}");
         assert!((got - want).abs() < 1e-3 * want.abs().max(1.0), "{got} vs {want}");
+    }
+
+    /// The grouped Q4_0 kernel over 8 packed rows equals the row kernel on each row (to
+    /// float summation order), at every SIMD level.
+    #[test]
+    fn grouped_q4_0_equals_row_dots() {
+        let mut seed = 9;
+        let k = 5 * QK;
+        let rows: Vec<Vec<u8>> = (0..Q4_0_GROUP)
+            .map(|_| {
+                let w: Vec<f32> = (0..k).map(|_| lcg(&mut seed)).collect();
+                let mut q = vec![0u8; k / QK * Q4_0_BYTES];
+                corral_gguf::quant::quantize(corral_gguf::types::GgmlType::Q4_0, &w, &mut q)
+                    .expect("quantize");
+                q
+            })
+            .collect();
+        let mut acts = Q8Rows::default();
+        acts.resize(4, k);
+        let nb = k / QK;
+        for t in 0..4 {
+            let x: Vec<f32> = (0..k).map(|_| lcg(&mut seed) * 2.0).collect();
+            let Q8Rows { qs, d, s, c, .. } = &mut acts;
+            quantize_row_q8_0(
+                &x,
+                &mut qs[t * k..(t + 1) * k],
+                &mut d[t * nb..(t + 1) * nb],
+                &mut s[t * nb..(t + 1) * nb],
+                &mut c[t * nb..(t + 1) * nb],
+            );
+        }
+        let mut packed = Vec::new();
+        pack_q4_0_group(std::array::from_fn(|r| rows[r].as_slice()), nb, &mut packed);
+        let a: [ActRow<'_>; 4] = std::array::from_fn(|t| acts.row(t));
+        for isa in Isa::available() {
+            let Some(got) = gemm_q4_0_group::<4>(isa, &packed, a) else {
+                assert_eq!(isa, Isa::Portable);
+                continue;
+            };
+            for (r, row) in rows.iter().enumerate() {
+                let want = dot_q4_0::<4>(Isa::Portable, row, a);
+                for t in 0..4 {
+                    let tol = 1e-5 * want[t].abs().max(1.0);
+                    assert!(
+                        (got[t][r] - want[t]).abs() <= tol,
+                        "{isa:?} row {r} token {t}: {} vs {}",
+                        got[t][r],
+                        want[t]
+                    );
+                }
+            }
+        }
     }
 
     #[test]

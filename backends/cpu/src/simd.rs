@@ -652,6 +652,49 @@ macro_rules! x86_kernels {
             out
         }
 
+        /// `T` Q8_0 activation rows times a packed group of 8 Q4_0 rows
+        /// (`kernels::pack_q4_0_group`): per block and token, 8 `vpmaddubsw` of the
+        /// broadcast activation chunks summed in i16, widened, offset by `-8·Σa`, scaled
+        /// by each row's `d` times the activation's.
+        #[target_feature(enable = $features)]
+        #[inline]
+        pub(crate) unsafe fn gemm_q4_0_group<const T: usize>(
+            packed: &[u8],
+            a: [ActRow<'_>; T],
+            nb: usize,
+        ) -> [[f32; 8]; T] {
+            use crate::kernels::Q4_0_GROUP_BYTES;
+            let pp = packed.as_ptr();
+            let ones = _mm256_set1_epi16(1);
+            let mut acc = [_mm256_setzero_ps(); T];
+            for b in 0..nb {
+                let g = pp.add(b * Q4_0_GROUP_BYTES);
+                let dv = _mm256_loadu_ps(g.add(256).cast());
+                let mut s16 = [_mm256_setzero_si256(); T];
+                for c in 0..8 {
+                    let w = _mm256_loadu_si256(g.add(32 * c).cast());
+                    for t in 0..T {
+                        let at = a[t].qs.as_ptr().add(b * QK + 4 * c).cast::<i32>();
+                        let yv = _mm256_set1_epi32(at.read_unaligned());
+                        s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(w, yv));
+                    }
+                }
+                for t in 0..T {
+                    let isum = _mm256_add_epi32(
+                        _mm256_madd_epi16(s16[t], ones),
+                        _mm256_set1_epi32(*a[t].c.get_unchecked(b)),
+                    );
+                    let sc = _mm256_mul_ps(dv, _mm256_set1_ps(*a[t].d.get_unchecked(b)));
+                    acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), sc, acc[t]);
+                }
+            }
+            let mut out = [[0f32; 8]; T];
+            for t in 0..T {
+                _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+            }
+            out
+        }
+
         /// Rows `w[r·row_bytes..]` for `r < out.len()` times `T` Q8_0 activation rows with
         /// the kernel `KIND` (0 Q4_0, 1 Q8_0, 2 Q5_0, 3 Q5_1): one call per chunk of rows,
         /// so the per-call work (dispatch, checks, passing the activation rows) is not

@@ -268,6 +268,22 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
         };
         match w.ty.acts() {
             ActKind::Q8 => {
+                // Batches of Q4_0: grouped as Q4_K's are.
+                let r0 = if w.ty == WType::Q4_0 && n >= 4 && isa != kernels::Isa::Portable {
+                    let nb = w.cols / QK;
+                    groups(
+                        map,
+                        w,
+                        (r0, r1),
+                        n,
+                        |t| a.q.row(t),
+                        |rows, out| kernels::pack_q4_0_group(rows, nb, out),
+                        |p, rows| kernels::gemm_q4_0_group::<4>(isa, p, rows),
+                        &put,
+                    )
+                } else {
+                    r0
+                };
                 let dots = dots!(kernels::rows_q8);
                 tiles(map, w, (r0, r1), n, |t| a.q.row(t), &dots, (isa, big_tiles), put);
             }
@@ -275,7 +291,17 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
                 // Batches of Q4_K: groups of 8 rows packed once per chunk (see
                 // `kq::pack_q4_k_group`); the rows left over go through the row kernels.
                 let r0 = if w.ty == WType::Q4_K && n >= 4 && isa != kernels::Isa::Portable {
-                    q4_k_groups(map, w, (r0, r1), n, &a.qk, isa, &put)
+                    let nb = w.cols / QK_K;
+                    groups(
+                        map,
+                        w,
+                        (r0, r1),
+                        n,
+                        |t| a.qk.row(t),
+                        |rows, out| kq::pack_q4_k_group(rows, nb, out),
+                        |p, rows| kq::gemm_q4_k_group::<4>(isa, p, rows),
+                        &put,
+                    )
                 } else {
                     r0
                 };
@@ -301,29 +327,30 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
     });
 }
 
-/// Rows `r0..` of a Q4_K weight times `n` (at least 4) Q8_K activation rows through the
-/// grouped kernel, 8 rows at a time, 4 tokens per call (the last 1-3 tokens padded with
-/// a repeated row; 8 tokens per call measured no faster at the AVX-512 level); returns
-/// the first row it did not handle.
-fn q4_k_groups(
+/// Rows `r0..` of a weight times `n` (at least 4) activation rows `row(t)` through a
+/// grouped kernel (`pack` 8 rows, then `gemm` them against 4 tokens per call, the last
+/// 1-3 tokens padded with a repeated row; 8 tokens per call measured no faster at the
+/// AVX-512 level); returns the first row it did not handle (all of them when `gemm`
+/// answers `None`, at the portable level).
+#[allow(clippy::too_many_arguments)]
+fn groups<R: Copy>(
     map: &[u8],
     w: &Weight,
     (r0, r1): (usize, usize),
     n: usize,
-    a: &Q8KRows,
-    isa: kernels::Isa,
+    row: impl Fn(usize) -> R,
+    pack: impl Fn([&[u8]; 8], &mut Vec<u8>),
+    gemm: impl Fn(&[u8], [R; 4]) -> Option<[[f32; 8]; 4]>,
     put: &impl Fn(usize, usize, f32),
 ) -> usize {
-    const G: usize = kq::Q4K_GROUP;
-    let nb = w.cols / QK_K;
     let mut packed = Vec::new();
     let mut r = r0;
-    while r + G <= r1 {
-        kq::pack_q4_k_group(std::array::from_fn(|i| w.row(map, r + i)), nb, &mut packed);
+    while r + 8 <= r1 {
+        pack(std::array::from_fn(|i| w.row(map, r + i)), &mut packed);
         let mut t = 0;
         while t < n {
-            let rows: [kq::Q8KRow<'_>; 4] = std::array::from_fn(|i| a.row((t + i).min(n - 1)));
-            let Some(out) = kq::gemm_q4_k_group::<4>(isa, &packed, rows) else { return r };
+            let rows: [R; 4] = std::array::from_fn(|i| row((t + i).min(n - 1)));
+            let Some(out) = gemm(&packed, rows) else { return r };
             for (i, lanes) in out.iter().enumerate().take(n - t) {
                 for (g, &v) in lanes.iter().enumerate() {
                     put(t + i, r + g, v);
@@ -331,7 +358,7 @@ fn q4_k_groups(
             }
             t += 4;
         }
-        r += G;
+        r += 8;
     }
     r
 }
