@@ -354,11 +354,7 @@ pub fn gemm_q4_0_group<const T: usize>(
     packed: &[u8],
     a: [ActRow<'_>; T],
 ) -> Option<[[f32; Q4_0_GROUP]; T]> {
-    let nb = a[0].d.len();
-    assert!(packed.len() >= nb * Q4_0_GROUP_BYTES, "packed group shorter than its blocks");
-    for r in &a {
-        assert!(r.d.len() >= nb && r.c.len() >= nb && r.qs.len() >= nb * QK);
-    }
+    let nb = q8_blocks(packed, &a, Q4_0_GROUP_BYTES);
     match isa.min(Isa::detected()) {
         Isa::Portable => None,
         _ => Some(dispatch!(isa, gemm_q4_0_group::<T>(packed, a, nb), unreachable!())),

@@ -454,11 +454,7 @@ pub fn gemm_q4_k_group<const T: usize>(
     packed: &[u8],
     a: [Q8KRow<'_>; T],
 ) -> Option<[[f32; Q4K_GROUP]; T]> {
-    let nb = a[0].d.len();
-    assert!(packed.len() >= nb * Q4K_GROUP_BYTES, "packed group shorter than its blocks");
-    for r in &a {
-        assert!(r.d.len() >= nb && r.bsums.len() >= 16 * nb && r.qs.len() >= nb * QK_K);
-    }
+    let nb = q8k_blocks(packed, &a, Q4K_GROUP_BYTES);
     match isa.min(Isa::detected()) {
         Isa::Portable => None,
         _ => Some(dispatch!(isa, gemm_q4_k_group::<T>(packed, a, nb), unreachable!())),

@@ -584,6 +584,27 @@ macro_rules! x86_kernels {
             dot_k::<T, 6>(w, a, nb)
         }
 
+        /// One packed block of 32 values of 8 rows (8 vectors at `u`, vector `c` holding
+        /// values `4c..4c+4` of every row) times 32 activation bytes at each `ys[t]`: the
+        /// rows' products summed in i16 pairs (`vpmaddubsw` of the broadcast chunks; at most
+        /// 8·2·15·127 < 2^15 for 4-bit values).
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn group_block_sums<const T: usize>(
+            u: *const u8,
+            ys: [*const i8; T],
+        ) -> [__m256i; T] {
+            let mut s16 = [_mm256_setzero_si256(); T];
+            for c in 0..8 {
+                let w = _mm256_loadu_si256(u.add(32 * c).cast());
+                for t in 0..T {
+                    let yv = _mm256_set1_epi32(ys[t].add(4 * c).cast::<i32>().read_unaligned());
+                    s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(w, yv));
+                }
+            }
+            s16
+        }
+
         /// `T` Q8_K activation rows times a packed group of 8 Q4_K rows
         /// (`kquants::pack_q4_k_group`): per super-block and token, each sub-block's 8
         /// chunks of 4 values are multiplied by the broadcast activation chunk with
@@ -610,15 +631,7 @@ macro_rules! x86_kernels {
                 let ys: [*const i8; T] = std::array::from_fn(|t| a[t].qs.as_ptr().add(b * QK_K));
                 let mut isum = [_mm256_setzero_si256(); T];
                 for j in 0..8 {
-                    let mut s16 = [_mm256_setzero_si256(); T];
-                    for c in 0..8 {
-                        let w = _mm256_loadu_si256(u.add((j * 8 + c) * 32).cast());
-                        for t in 0..T {
-                            let at = ys[t].add(32 * j + 4 * c).cast::<i32>();
-                            let yv = _mm256_set1_epi32(at.read_unaligned());
-                            s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(w, yv));
-                        }
-                    }
+                    let s16 = group_block_sums::<T>(u.add(j * 256), ys.map(|y| y.add(32 * j)));
                     let scv = _mm256_loadu_si256(sc.add(32 * j).cast());
                     for t in 0..T {
                         isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s16[t], scv));
@@ -670,15 +683,8 @@ macro_rules! x86_kernels {
             for b in 0..nb {
                 let g = pp.add(b * Q4_0_GROUP_BYTES);
                 let dv = _mm256_loadu_ps(g.add(256).cast());
-                let mut s16 = [_mm256_setzero_si256(); T];
-                for c in 0..8 {
-                    let w = _mm256_loadu_si256(g.add(32 * c).cast());
-                    for t in 0..T {
-                        let at = a[t].qs.as_ptr().add(b * QK + 4 * c).cast::<i32>();
-                        let yv = _mm256_set1_epi32(at.read_unaligned());
-                        s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(w, yv));
-                    }
-                }
+                let s16 =
+                    group_block_sums::<T>(g, std::array::from_fn(|t| a[t].qs.as_ptr().add(b * QK)));
                 for t in 0..T {
                     let isum = _mm256_add_epi32(
                         _mm256_madd_epi16(s16[t], ones),
