@@ -83,6 +83,8 @@ enum Node {
 pub struct Grammar {
     nodes: Vec<Node>,
     root: u32,
+    /// What it was made from: `"json"` or the schema (sent as is to a remote model).
+    format: Value,
 }
 
 struct Compiler<'a> {
@@ -412,6 +414,11 @@ impl Compiler<'_> {
 }
 
 impl Grammar {
+    /// The `format` it was made from: `"json"` or the JSON schema.
+    pub fn format(&self) -> &Value {
+        &self.format
+    }
+
     /// Any JSON value (`format: "json"`).
     pub fn any_json() -> Grammar {
         let mut c = Compiler {
@@ -422,7 +429,7 @@ impl Grammar {
         };
         // Cannot fail: a few nodes.
         let root = c.any(MAX_DEPTH).unwrap_or(0);
-        Grammar { nodes: c.nodes, root }
+        Grammar { nodes: c.nodes, root, format: Value::String("json".into()) }
     }
 
     /// Compiles a JSON schema.
@@ -441,7 +448,7 @@ impl Grammar {
             return err("a $ref refers back to itself before any value starts (e.g. \
                  `{\"$ref\": \"#\"}`): such a schema admits no document");
         }
-        Ok(Grammar { nodes: c.nodes, root })
+        Ok(Grammar { nodes: c.nodes, root, format: schema.clone() })
     }
 
     /// From a request's `format` value: `"json"`, a schema object, or `""`/null (none).

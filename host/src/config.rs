@@ -59,6 +59,36 @@ pub struct Config {
     /// How long an engine may take to answer one call (a decode, a load) before its
     /// worker counts as hung and is killed, e.g. `"5m"` (process isolation only).
     pub engine_timeout: Option<String>,
+    /// Other servers that serve models for this one: `[remotes.NAME]`.
+    pub remotes: BTreeMap<String, RemoteConfig>,
+    /// Turns every remote off (as `CORRAL_NO_REMOTE=1` does): remote models then answer
+    /// 503 and nothing is sent to another machine.
+    pub no_remote: bool,
+}
+
+/// `[remotes.NAME]`: another server (or several that serve the same models) that remote
+/// models are sent to.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RemoteConfig {
+    /// The API it speaks: `ollama` (another corral, or Ollama; the default) or `openai`
+    /// (any OpenAI-compatible server: llama-server, vLLM, a hosted API).
+    pub kind: Option<String>,
+    /// Its base URL, e.g. `http://10.0.0.5:11434` (`openai`: with or without `/v1`).
+    pub url: Option<String>,
+    /// Several servers that serve the same models: requests go to the least busy one
+    /// that answers, and move on when one stops answering.
+    pub urls: Vec<String>,
+    /// The environment variable that holds its API key (never the key itself here).
+    pub api_key_env: Option<String>,
+    /// A file whose first line is its API key.
+    pub api_key_file: Option<PathBuf>,
+    /// Models named `MODEL:TAG-cloud` or `MODEL:cloud` (Ollama's cloud naming) go to the
+    /// remotes marked default.
+    pub default: bool,
+    /// How long it may take to start answering, and to send the next part of a stream,
+    /// e.g. `"2m"` (default 5 minutes).
+    pub timeout: Option<String>,
 }
 
 /// `[server]`: settings of `corral serve`.

@@ -129,6 +129,20 @@ pub struct ModelConfig {
     /// Docker field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rootfs: Option<RootFs>,
+    /// A remote model: the server that runs it (Ollama's field; corral stores the name of
+    /// a remote of its config here, Ollama a URL).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub remote_host: String,
+    /// A remote model: the model's name on that server.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub remote_model: String,
+}
+
+impl ModelConfig {
+    /// Whether this is a remote model (no weights here; requests go to `remote_host`).
+    pub fn is_remote(&self) -> bool {
+        !self.remote_host.is_empty()
+    }
 }
 
 /// Docker's rootfs description in the config.

@@ -761,7 +761,7 @@ impl Store {
             r.model_path = self.materialize_onnx(&r.manifest_digest, &onnx_files)?;
             r.config.model_format = "onnx".into();
         }
-        if !have_model {
+        if !have_model && !r.config.is_remote() {
             return Err(Error::InvalidManifest {
                 model: name.to_string(),
                 reason: "the manifest has no model layer".into(),

@@ -112,6 +112,11 @@ pub(crate) struct CreateArgs {
     /// Reference a FROM GGUF file where it is instead of copying it into the store.
     #[arg(long)]
     pub link: bool,
+    /// Make a remote model: MODEL on REMOTE (a `[remotes.REMOTE]` of the server's
+    /// config), e.g. `--remote lab:llama3.1:70b`. A Modelfile, if there is one, may add
+    /// SYSTEM, PARAMETER and MESSAGE lines (the same as `FROM MODEL` + `REMOTE REMOTE`).
+    #[arg(long, value_name = "REMOTE:MODEL")]
+    pub remote: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -119,11 +124,16 @@ pub(crate) struct CreateArgs {
 /// `corral create NAME -f Modelfile [--link]`.
 pub(crate) fn create(global: &GlobalOptions, a: &CreateArgs) -> Result<()> {
     let name = parse_name(&a.name)?;
-    if !a.file.is_file() {
-        return Err(ModelsError::NoSuchFile(a.file.display().to_string()))
-            .context("the Modelfile (-f FILE) is missing");
-    }
-    let mf = modelfile::parse_file(&a.file).with_context(|| format!("in {}", a.file.display()))?;
+    let mf = match &a.remote {
+        Some(spec) => remote_modelfile(spec, &a.file)?,
+        None => {
+            if !a.file.is_file() {
+                return Err(ModelsError::NoSuchFile(a.file.display().to_string()))
+                    .context("the Modelfile (-f FILE) is missing");
+            }
+            modelfile::parse_file(&a.file).with_context(|| format!("in {}", a.file.display()))?
+        }
+    };
     let base = a
         .file
         .canonicalize()
@@ -137,6 +147,32 @@ pub(crate) fn create(global: &GlobalOptions, a: &CreateArgs) -> Result<()> {
     let opts = modelfile::CreateOptions { link: a.link };
     modelfile::create(&store, &name, &mf, &base, &opts, &mut |s| eprintln!("{s}"))?;
     Ok(())
+}
+
+/// The Modelfile of `create --remote REMOTE:MODEL`: `FROM MODEL` and `REMOTE REMOTE`, with
+/// the SYSTEM, PARAMETER and MESSAGE lines of `file` when it exists.
+fn remote_modelfile(spec: &str, file: &Path) -> Result<Modelfile> {
+    let usage = || {
+        corral_backend_api::BackendError::invalid(format!(
+            "--remote {spec:?}: give REMOTE:MODEL, e.g. lab:llama3.1:70b"
+        ))
+    };
+    let (remote, model) = spec.split_once(':').ok_or_else(usage)?;
+    if remote.is_empty() || model.is_empty() {
+        return Err(usage().into());
+    }
+    let mut mf = if file.is_file() {
+        modelfile::parse_file(file).with_context(|| format!("in {}", file.display()))?
+    } else {
+        Modelfile::default()
+    };
+    if let Some(c) = mf.commands.iter().find(|c| matches!(c.directive, Directive::From(_))) {
+        return Err(at(c, "--remote names the model: drop FROM from the Modelfile".into()));
+    }
+    let cmd = |directive| modelfile::Command { line: 1, column: 1, value_pos: (1, 1), directive };
+    mf.commands.insert(0, cmd(Directive::From(model.to_string())));
+    mf.commands.push(cmd(Directive::Remote(remote.to_string())));
+    Ok(mf)
 }
 
 /// A Modelfile error at `cmd`'s value (exit code 2, as the local path's).
@@ -219,12 +255,17 @@ fn create_remote(
         .into());
     }
     let mut from = None;
+    let mut remote_host = None;
+    // With REMOTE, FROM names the model on the remote: no file is read or sent.
+    let remote = mf.commands.iter().any(|c| matches!(c.directive, Directive::Remote(_)));
     let (mut template, mut system) = (None, None);
     let mut parameters = Map::new();
     let mut messages = Vec::new();
     let mut licenses = Vec::new();
     for cmd in &mf.commands {
         match &cmd.directive {
+            Directive::Remote(r) => remote_host = Some(r.clone()),
+            Directive::From(v) if remote => from = Some(FromSource::Model(v.clone())),
             Directive::From(v) => {
                 if from.is_some() {
                     return Err(needs_local(cmd, "a second FROM"));
@@ -283,6 +324,7 @@ fn create_remote(
         None => {}
     }
     let optional = [
+        ("remote_host", remote_host.map(Value::String)),
         ("template", template.map(Value::String)),
         ("system", system.map(Value::String)),
         ("parameters", (!parameters.is_empty()).then_some(Value::Object(parameters))),
@@ -372,6 +414,8 @@ struct ListRow {
     size: u64,
     /// `None` when a server sent a time that does not parse.
     modified: Option<SystemTime>,
+    /// The remote of a remote model.
+    remote: Option<String>,
 }
 
 /// An RFC 3339 time as servers send it (`2024-06-01T10:00:00.123456789Z`, or with an
@@ -409,6 +453,7 @@ fn remote_models(server: &Server) -> Result<Vec<ListRow>> {
                 digest: text("digest").trim_start_matches("sha256:").to_string(),
                 size: m.get("size").and_then(Value::as_u64).unwrap_or(0),
                 modified: parse_time(text("modified_at")),
+                remote: Some(text("remote_host").to_string()).filter(|r| !r.is_empty()),
             }
         })
         .collect())
@@ -423,6 +468,11 @@ pub(crate) fn list(global: &GlobalOptions, a: &ListArgs) -> Result<()> {
                 .list()?
                 .into_iter()
                 .map(|m| ListRow {
+                    remote: store
+                        .get(&m.name)
+                        .ok()
+                        .filter(|r| r.config.is_remote())
+                        .map(|r| r.config.remote_host),
                     name: m.name.to_string(),
                     digest: m.digest.hex(),
                     size: m.size,
@@ -440,7 +490,11 @@ pub(crate) fn list(global: &GlobalOptions, a: &ListArgs) -> Result<()> {
             [
                 m.name.clone(),
                 m.digest.chars().take(12).collect(),
-                human_bytes(m.size),
+                // A remote model's weights are elsewhere, as `ollama list` shows cloud models.
+                match &m.remote {
+                    Some(r) => format!("- (remote {r})"),
+                    None => human_bytes(m.size),
+                },
                 m.modified.map_or_else(|| "-".to_string(), |t| human_time(t, now)),
             ]
         })

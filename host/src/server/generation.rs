@@ -48,12 +48,19 @@ pub enum PromptSpec {
     },
 }
 
+/// Where a running generation's output comes from.
+enum Source {
+    /// A local engine loop; the guard keeps the model loaded and starts its keep-alive
+    /// when dropped.
+    Local { rx: UnboundedReceiver<Event>, _guard: UseGuard },
+    /// A remote model ([`super::remote`]): pieces already parsed by the remote; dropping
+    /// the receiver cancels the remote request.
+    Remote(UnboundedReceiver<Piece>),
+}
+
 /// A running generation: the events, the model in use, and timing.
 pub struct Running {
-    /// Engine events.
-    pub rx: UnboundedReceiver<Event>,
-    /// Keeps the model loaded; starts its keep-alive when dropped.
-    pub guard: UseGuard,
+    source: Source,
     /// When the request arrived.
     pub started: Instant,
     /// Time spent loading the model for it.
@@ -93,6 +100,10 @@ impl Running {
     /// starts like a tool call is held back and comes out as [`Piece::ToolCalls`] (or as
     /// text, if it is not one).
     pub fn with_tools(mut self, tools: Option<&[Value]>) -> Self {
+        if matches!(self.source, Source::Remote(_)) {
+            // A remote model's tool calls come parsed.
+            return self;
+        }
         self.tools = tools.filter(|t| !t.is_empty()).map(ToolCallParser::new);
         self
     }
@@ -108,9 +119,25 @@ impl Running {
         if let Some(p) = self.pending.pop_front() {
             return Some(p);
         }
+        let rx = match &mut self.source {
+            Source::Local { rx, .. } => rx,
+            Source::Remote(rx) => {
+                let p = rx.recv().await;
+                if self.first && matches!(p, Some(Piece::Text(_) | Piece::Thinking(_))) {
+                    self.first = false;
+                    self.state.metrics.ttft(self.started.elapsed().as_secs_f64());
+                }
+                return match p {
+                    None if self.state.shutting_down() => {
+                        Some(Piece::Error(ApiError::busy("the server is shutting down")))
+                    }
+                    other => other,
+                };
+            }
+        };
         loop {
-            let Some(ev) = self.rx.recv().await else {
-                self.rx.close();
+            let Some(ev) = rx.recv().await else {
+                rx.close();
                 return if self.state.shutting_down() {
                     Some(Piece::Error(ApiError::busy("the server is shutting down")))
                 } else {
@@ -259,6 +286,23 @@ pub async fn start(state: &Arc<AppState>, req: GenRequest) -> Result<Running, Ap
         check.apply_json(o)?;
         check.validate()?;
     }
+    if let Some(target) = state.remotes.resolve(&state.sched, &req.model)? {
+        let model = target.name.clone();
+        let rx = super::remote::start(&state.remotes, target, req).await?;
+        return Ok(Running {
+            source: Source::Remote(rx),
+            started,
+            load: Duration::ZERO,
+            prompt: Vec::new(),
+            model,
+            state: state.clone(),
+            first: true,
+            thinking: None,
+            tools: None,
+            pending: Default::default(),
+            logprobs: Vec::new(),
+        });
+    }
     let (guard, load) = state.sched.acquire(&req.model, req.keep_alive).await?;
     let loaded = guard.loaded.clone();
     let options =
@@ -294,8 +338,7 @@ pub async fn start(state: &Arc<AppState>, req: GenRequest) -> Result<Running, Ap
         state2.sched.settings.max_queue,
     )?;
     Ok(Running {
-        rx,
-        guard,
+        source: Source::Local { rx, _guard: guard },
         started,
         load,
         prompt,

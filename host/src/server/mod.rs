@@ -8,6 +8,7 @@
 //!   `/api/blobs/{digest}`, through corral-registry.
 //! - [`scheduler`]: loading, keep-alive, LRU eviction, memory estimate, queue bound.
 //! - [`generation`]: prompt, options, constraint, submission, event streams.
+//! - [`remote`]: remote models, sent to other servers (`[remotes.NAME]` of the config).
 //! - [`metrics`]: `/metrics` in Prometheus text format.
 //!
 //! Safety nets: request bodies are bounded (32 MiB, 413 beyond; blob uploads are
@@ -23,6 +24,7 @@ pub mod logprobs;
 pub mod metrics;
 pub mod ollama;
 pub mod openai;
+pub mod remote;
 pub mod scheduler;
 pub mod store_api;
 pub mod util;
@@ -80,6 +82,8 @@ pub struct AppState {
     pub bound: SocketAddr,
     /// API keys; when any is set, requests must carry one.
     pub api_keys: guard::ApiKeys,
+    /// Other servers that remote models are sent to.
+    pub remotes: Arc<remote::Remotes>,
 }
 
 impl AppState {
@@ -325,6 +329,11 @@ pub fn serve_blocking(rt: Runtime, opts: ServeOptions) -> Result<()> {
                 None
             }
         };
+        let remotes = Arc::new(remote::Remotes::from_config(&rt.config)?);
+        let health = remotes.spawn_health_checks();
+        if remotes.off() && !remotes.names().is_empty() {
+            tracing::info!("remotes are turned off: remote models answer 503");
+        }
         let metrics = Arc::new(Metrics::default());
         let sched = Arc::new(Scheduler::new(opts.settings.clone(), rt, store, metrics.clone()));
         let state = Arc::new(AppState {
@@ -334,6 +343,7 @@ pub fn serve_blocking(rt: Runtime, opts: ServeOptions) -> Result<()> {
             origins: opts.origins.clone(),
             bound,
             api_keys: opts.api_keys.clone(),
+            remotes,
         });
         let reaper = {
             let sched = sched.clone();
@@ -373,6 +383,9 @@ pub fn serve_blocking(rt: Runtime, opts: ServeOptions) -> Result<()> {
         };
         serve_connections(listener, app, read_timeout(), shutdown).await;
         reaper.abort();
+        if let Some(h) = health {
+            h.abort();
+        }
         sched.unload_all().await;
         tracing::info!("stopped");
         Ok(())

@@ -139,7 +139,11 @@ async fn load_only(
     chat: bool,
 ) -> Result<Response, ApiError> {
     let unload = keep_alive == Some(Some(Duration::ZERO));
-    let reason = if unload {
+    // A remote model is never loaded here: nothing to do.
+    let remote = state.remotes.resolve(&state.sched, &model.name)?.is_some();
+    let reason = if remote {
+        if unload { "unload" } else { "load" }
+    } else if unload {
         state.sched.unload(&model.name).await;
         "unload"
     } else {
@@ -439,6 +443,10 @@ pub async fn embed_texts(
     inputs: Vec<String>,
     truncate: bool,
 ) -> Result<(Vec<Vec<f32>>, usize, Duration), ApiError> {
+    if let Some(target) = state.remotes.resolve(&state.sched, &model.name)? {
+        let (vecs, count) = super::remote::embed(&state.remotes, &target, inputs, truncate).await?;
+        return Ok((vecs, count, Duration::ZERO));
+    }
     let (guard, load) = state.sched.acquire(&model.name, keep_alive).await?;
     let loaded = guard.loaded.clone();
     let (vecs, count) = tokio::task::spawn_blocking(move || {
@@ -587,16 +595,26 @@ pub async fn tags(State(state): State<Arc<AppState>>) -> Result<Response, ApiErr
     let models = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, ApiError> {
         let mut out = Vec::new();
         for m in store.list()? {
-            let details =
-                store.get(&m.name).map_or_else(|_| json!({}), |r| details_of(&r.model_path).0);
-            out.push(json!({
+            let resolved = store.get(&m.name).ok();
+            let details = match &resolved {
+                Some(r) if r.config.is_remote() => json!({"format": "remote"}),
+                Some(r) => details_of(&r.model_path).0,
+                None => json!({}),
+            };
+            let mut entry = json!({
                 "name": m.name.to_string(),
                 "model": m.name.to_string(),
                 "modified_at": rfc3339(m.modified),
                 "size": m.size,
                 "digest": m.digest.to_string().trim_start_matches("sha256:"),
                 "details": details,
-            }));
+            });
+            // Marked as Ollama marks its cloud models.
+            if let Some(r) = resolved.filter(|r| r.config.is_remote()) {
+                entry["remote_host"] = json!(r.config.remote_host);
+                entry["remote_model"] = json!(r.config.remote_model);
+            }
+            out.push(entry);
         }
         Ok(out)
     })
@@ -628,6 +646,9 @@ pub async fn show(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Res
     let req: ShowRequest = parse_body(&body)?;
     let _ = (&req.verbose, &req.system, &req.template, &req.options);
     let name = req.model.or(req.name).unwrap_or_default();
+    if let Some(target) = state.remotes.resolve(&state.sched, &name)? {
+        return Ok(axum::Json(super::remote::show(&state.remotes, &target).await?).into_response());
+    }
     let model = state.sched.resolve(&name)?;
     let v = tokio::task::spawn_blocking(move || -> Result<Value, ApiError> {
         let (details, info) = details_of(&model.path);

@@ -726,15 +726,34 @@ pub async fn models(State(state): State<Arc<AppState>>) -> OaiResult {
     let Some(store) = state.sched.store.clone() else {
         return Ok(axum::Json(json!({"object": "list", "data": []})).into_response());
     };
-    let list = tokio::task::spawn_blocking(move || store.list())
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(ApiError::from)?;
+    let list = tokio::task::spawn_blocking(move || {
+        store.list().map(|l| {
+            l.into_iter()
+                .map(|m| {
+                    // A remote model is owned by its remote.
+                    let remote = store
+                        .get(&m.name)
+                        .ok()
+                        .filter(|r| r.config.is_remote())
+                        .map(|r| r.config.remote_host);
+                    (m, remote)
+                })
+                .collect::<Vec<_>>()
+        })
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(ApiError::from)?;
     let data: Vec<Value> = list
         .iter()
-        .map(|m| {
+        .map(|(m, remote)| {
             let t = m.modified.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            model_obj(&m.name.to_string(), t)
+            let mut o = model_obj(&m.name.to_string(), t);
+            if let Some(r) = remote {
+                o["owned_by"] = json!(r);
+                o["remote_host"] = json!(r);
+            }
+            o
         })
         .collect();
     Ok(axum::Json(json!({"object": "list", "data": data})).into_response())
@@ -742,6 +761,11 @@ pub async fn models(State(state): State<Arc<AppState>>) -> OaiResult {
 
 /// `GET /v1/models/{model}`.
 pub async fn model(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> OaiResult {
+    if let Some(t) = state.remotes.resolve(&state.sched, &name)? {
+        let mut o = model_obj(&t.name, 0);
+        o["owned_by"] = json!(t.remote);
+        return Ok(axum::Json(o).into_response());
+    }
     let r = state.sched.resolve(&name)?;
     let t = r.modified.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     Ok(axum::Json(model_obj(&r.name, t)).into_response())

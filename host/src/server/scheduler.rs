@@ -432,7 +432,22 @@ impl Scheduler {
             plugin_formats: &declares,
             paths: PathRule::Under(self.settings.allow_model_paths.clone()),
         };
-        resolver.resolve(name).map_err(ApiError::from)
+        let r = resolver.resolve(name).map_err(ApiError::from)?;
+        if let Some(stored) = r.resolved.as_deref()
+            && stored.config.is_remote()
+        {
+            // Requests route remote models before they get here; what does not (a
+            // remote that is not configured) cannot be loaded either.
+            return Err(ApiError::busy(format!(
+                "\"{}\" is model \"{}\" on remote \"{}\", which this server cannot reach; \
+                 check [remotes.{}] in its config",
+                r.name,
+                stored.config.remote_model,
+                stored.config.remote_host,
+                stored.config.remote_host
+            )));
+        }
+        Ok(r)
     }
 
     /// A request's `model` in the form models are loaded under (see

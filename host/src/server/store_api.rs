@@ -162,6 +162,9 @@ pub struct CreateRequest {
     stream: Option<bool>,
     #[serde(default)]
     path: Option<String>,
+    /// A remote model: `from` is the model's name on this remote (Ollama's field).
+    #[serde(default)]
+    remote_host: Option<String>,
 }
 
 fn cmd(directive: Directive) -> Command {
@@ -186,6 +189,9 @@ fn structured_modelfile(store: &Store, req: &CreateRequest) -> Result<Modelfile,
         _ => return Err(ApiError::bad_request("neither from nor files nor modelfile given")),
     };
     commands.push(cmd(Directive::From(from)));
+    if let Some(r) = req.remote_host.as_ref().filter(|r| !r.is_empty()) {
+        commands.push(cmd(Directive::Remote(r.clone())));
+    }
     if let Some(t) = &req.template {
         commands.push(cmd(Directive::Template(t.clone())));
     }
@@ -228,7 +234,12 @@ fn check_local_files(
     allowed: &crate::models::PathRule,
 ) -> Result<(), ApiError> {
     let blobs = store.root().join("blobs");
+    // A remote model's FROM is a name on the remote, never a file here.
+    let remote = mf.commands.iter().any(|c| matches!(c.directive, Directive::Remote(_)));
     for cmd in &mf.commands {
+        if remote && matches!(cmd.directive, Directive::From(_)) {
+            continue;
+        }
         let (Directive::From(v) | Directive::Adapter(v)) = &cmd.directive else { continue };
         let p = std::path::Path::new(v);
         let path_like = p.is_absolute()
@@ -267,6 +278,7 @@ pub async fn create(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
     let stream = req.stream != Some(false);
     let created = name.to_string();
     let allowed = crate::models::PathRule::Under(state.sched.settings.allow_model_paths.clone());
+    let remotes = state.remotes.clone();
     let lines = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, ApiError> {
         let mf = match &req.modelfile {
             Some(text) if !text.trim().is_empty() => {
@@ -274,6 +286,12 @@ pub async fn create(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
             }
             _ => structured_modelfile(&store, &req)?,
         };
+        // A remote model must name a remote this server knows.
+        for c in &mf.commands {
+            if let Directive::Remote(r) = &c.directive {
+                remotes.check_name(r)?;
+            }
+        }
         check_local_files(&mf, &store, &allowed)?;
         let mut lines = Vec::new();
         let mut progress = |s: &str| lines.push(json!({"status": s}));

@@ -1,0 +1,453 @@
+//! Remote models end to end: a second `corral serve` on another loopback port plays the
+//! remote, as an `ollama`-kind remote and (the same server through `/v1`) as an
+//! `openai`-kind one. Answers equal the remote's own; a remote that is down, slow,
+//! refuses the key or redirects elsewhere gives a clear error and leaves local models
+//! alone; servers of one remote share the load and fail over; a client that goes away
+//! cancels the remote request; `CORRAL_NO_REMOTE` turns remotes off; no prompt or answer
+//! reaches the log.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpListener,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use corral_e2e::*;
+use serde_json::{Value, json};
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
+}
+
+fn post(s: &Server, path: &str, body: &Value) -> (u16, Value) {
+    let r = client().post(format!("{}{path}", s.url)).json(body).send().unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+fn get(s: &Server, path: &str) -> (u16, Value) {
+    let r = client().get(format!("{}{path}", s.url)).send().unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// The lines of a streamed answer (NDJSON, or the `data:` events of SSE).
+fn stream_lines(s: &Server, path: &str, body: &Value) -> Vec<Value> {
+    let r = client().post(format!("{}{path}", s.url)).json(body).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{path}");
+    r.text()
+        .unwrap()
+        .lines()
+        .map(|l| l.strip_prefix("data: ").unwrap_or(l))
+        .filter(|l| !l.trim().is_empty() && *l != "[DONE]")
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    plugins: PathBuf,
+    /// A toy model file (the example plugin's format): the remote serves it by path.
+    model: String,
+}
+
+fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    example_plugin_dir(&plugins);
+    let model = dir.path().join("big.toy");
+    std::fs::write(&model, "toy weights of the big model").unwrap();
+    Env { plugins, model: model.to_string_lossy().into_owned(), dir }
+}
+
+/// A server with the example plugin, its own store, and `config` (TOML) as its config.
+fn serve(e: &Env, name: &str, config: &str, vars: &[(&str, &str)]) -> Server {
+    let cfg = e.dir.path().join(format!("{name}.toml"));
+    std::fs::write(&cfg, config).unwrap();
+    let store = e.dir.path().join(format!("{name}-store"));
+    let (cfg, store) = (cfg.to_string_lossy().into_owned(), store.to_string_lossy().into_owned());
+    let mut all: Vec<(&str, &str)> = vec![("CORRAL_CONFIG", &cfg), ("CORRAL_MODELS", &store)];
+    all.extend_from_slice(vars);
+    Server::start(&[e.plugins.as_path()], &all, &[])
+}
+
+/// Creates remote model `name` for `model` on `remote` through `/api/create`.
+fn create_remote(s: &Server, name: &str, remote: &str, model: &str) {
+    let (st, v) = post(
+        s,
+        "/api/create",
+        &json!({"model": name, "from": model, "remote_host": remote, "stream": false}),
+    );
+    assert_eq!(st, 200, "{v}");
+}
+
+fn gen_body(model: &str, prompt: &str, stream: bool) -> Value {
+    json!({"model": model, "prompt": prompt, "stream": stream,
+           "options": {"num_predict": 12, "temperature": 0}})
+}
+
+/// A request that runs until cancelled: a string schema too long to finish keeps the toy
+/// model from ending.
+fn endless(model: &str) -> Value {
+    json!({"model": model, "prompt": "go on", "stream": true,
+           "format": {"type": "string", "minLength": 900000},
+           "options": {"num_predict": 100000, "temperature": 0}})
+}
+
+#[test]
+fn remote_models_answer_as_the_remote_does_through_every_api() {
+    let e = env();
+    let remote = serve(&e, "remote", "", &[]);
+    let config = format!(
+        "[remotes.lab]\nurl = \"{0}\"\n\n[remotes.labv1]\nkind = \"openai\"\nurl = \"{0}/v1\"\n",
+        remote.url
+    );
+    let s = serve(&e, "front", &config, &[]);
+    create_remote(&s, "big", "lab", &e.model);
+    create_remote(&s, "big-oai", "labv1", &e.model);
+    // An unknown remote is refused at create time, naming the ones there are.
+    let (st, v) =
+        post(&s, "/api/create", &json!({"model": "x", "from": "m", "remote_host": "nope"}));
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("lab, labv1"), "{v}");
+
+    // Ollama's generate, whole and streamed, from both kinds of remote: the remote's text.
+    let (st, direct) = post(&remote, "/api/generate", &gen_body(&e.model, "Hello there", false));
+    assert_eq!(st, 200, "{direct}");
+    let want = direct["response"].as_str().unwrap().to_string();
+    assert!(!want.is_empty());
+    for name in ["big", "big-oai"] {
+        let (st, v) = post(&s, "/api/generate", &gen_body(name, "Hello there", false));
+        assert_eq!(st, 200, "{name}: {v}");
+        assert_eq!(v["response"], want.as_str(), "{name}");
+        assert_eq!(v["model"], format!("{name}:latest"));
+        assert_eq!(v["done"], true);
+        assert!(v["eval_count"].as_u64().unwrap() > 0, "{v}");
+        let lines = stream_lines(&s, "/api/generate", &gen_body(name, "Hello there", true));
+        let text: String = lines.iter().filter_map(|l| l["response"].as_str()).collect();
+        assert_eq!(text, want, "{name} streamed");
+        assert_eq!(lines.last().unwrap()["done"], true);
+    }
+
+    // Chat through Ollama's API and OpenAI's, on each remote.
+    let chat = |model: &str| {
+        json!({"model": model, "stream": false, "options": {"num_predict": 10, "temperature": 0},
+               "messages": [{"role": "system", "content": "be brief"},
+                            {"role": "user", "content": "What is 2+2?"}]})
+    };
+    let (_, direct) = post(&remote, "/api/chat", &chat(&e.model));
+    let want = direct["message"]["content"].as_str().unwrap().to_string();
+    for name in ["big", "big-oai"] {
+        let (st, v) = post(&s, "/api/chat", &chat(name));
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["message"]["content"], want.as_str(), "{name}");
+        let body = json!({"model": name, "max_tokens": 10, "temperature": 0,
+            "messages": [{"role": "system", "content": "be brief"},
+                         {"role": "user", "content": "What is 2+2?"}]});
+        let (st, v) = post(&s, "/v1/chat/completions", &body);
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["choices"][0]["message"]["content"], want.as_str(), "{name} via /v1");
+        let mut streamed = body.clone();
+        streamed["stream"] = json!(true);
+        let events = stream_lines(&s, "/v1/chat/completions", &streamed);
+        let text: String =
+            events.iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect();
+        assert_eq!(text, want, "{name} streamed via /v1");
+    }
+
+    // Embeddings.
+    let (_, direct) = post(&remote, "/api/embed", &json!({"model": e.model, "input": ["a", "b"]}));
+    for name in ["big", "big-oai"] {
+        let (st, v) = post(&s, "/api/embed", &json!({"model": name, "input": ["a", "b"]}));
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["embeddings"].as_array().unwrap().len(), 2);
+        let (a, b) = (&v["embeddings"][0], &direct["embeddings"][0]);
+        for i in 0..4 {
+            let d = a[i].as_f64().unwrap() - b[i].as_f64().unwrap();
+            assert!(d.abs() < 1e-5, "{name}: {a} vs {b}");
+        }
+    }
+
+    // Listed and shown as remote.
+    let (_, tags) = get(&s, "/api/tags");
+    let big = tags["models"].as_array().unwrap().iter().find(|m| m["name"] == "big:latest");
+    let big = big.unwrap_or_else(|| panic!("{tags}"));
+    assert_eq!(big["remote_host"], "lab");
+    assert_eq!(big["remote_model"], e.model.as_str());
+    let (_, models) = get(&s, "/v1/models");
+    assert!(
+        models["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == "big-oai:latest" && m["owned_by"] == "labv1"),
+        "{models}"
+    );
+    let (st, show) = post(&s, "/api/show", &json!({"model": "big"}));
+    assert_eq!(st, 200, "{show}");
+    assert_eq!(show["remote_host"], "lab");
+    // Nothing is loaded here for them.
+    assert_eq!(get(&s, "/api/ps").1["models"], json!([]));
+
+    // `corral create --remote` and `corral list` through the server.
+    let store = e.dir.path().join("front-store");
+    let host = s.url.trim_start_matches("http://").to_string();
+    let spec = format!("lab:{}", e.model);
+    let (code, _, err) = go(&store, &host, &["create", "big2", "--remote", &spec]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = go(&store, &host, &["list"]);
+    assert_eq!(code, 0, "{err}");
+    let row = out.lines().find(|l| l.starts_with("big2:latest")).unwrap_or_else(|| panic!("{out}"));
+    assert!(row.contains("remote lab"), "{row}");
+    let (st, v) = post(&s, "/api/generate", &gen_body("big2", "Hello there", false));
+    assert_eq!(st, 200, "{v}");
+}
+
+#[test]
+fn a_remote_that_is_down_slow_or_refuses_the_key_says_so_and_local_models_go_on() {
+    let e = env();
+    // A port nothing listens on, a server that accepts and never answers, and a server
+    // that wants a key.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in silent.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    let keyed = serve(&e, "keyed", "", &[("CORRAL_API_KEYS", "right-key")]);
+    let config = format!(
+        "[remotes.down]\nurl = \"http://{closed}\"\n\n\
+         [remotes.slow]\nurl = \"http://{silent_addr}\"\ntimeout = \"1s\"\n\n\
+         [remotes.keyed]\nurl = \"{}\"\napi_key_env = \"TEST_REMOTE_KEY\"\n\n\
+         [remotes.keyed-ok]\nurl = \"{}\"\napi_key_file = \"{}\"\n",
+        keyed.url,
+        keyed.url,
+        e.dir.path().join("key.txt").display()
+    );
+    std::fs::write(e.dir.path().join("key.txt"), "right-key\n").unwrap();
+    let s = serve(&e, "front", &config, &[("TEST_REMOTE_KEY", "wrong-key")]);
+    for (name, remote) in [("d", "down"), ("sl", "slow"), ("k", "keyed"), ("ok", "keyed-ok")] {
+        create_remote(&s, name, remote, &e.model);
+    }
+    let (st, v) = post(&s, "/api/generate", &gen_body("d", "hi", false));
+    assert_eq!(st, 502, "{v}");
+    let msg = v["error"].as_str().unwrap();
+    assert!(msg.contains("remote \"down\"") && msg.contains("not answering"), "{msg}");
+    let t = Instant::now();
+    let (st, v) = post(
+        &s,
+        "/api/chat",
+        &json!({"model": "sl", "stream": false,
+        "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    assert_eq!(st, 504, "{v}");
+    assert!(t.elapsed() < Duration::from_secs(20));
+    assert!(v["error"].as_str().unwrap().contains("remote \"slow\""), "{v}");
+    let (st, v) = post(&s, "/api/generate", &gen_body("k", "hi", false));
+    assert_eq!(st, 401, "{v}");
+    let msg = v["error"].as_str().unwrap();
+    assert!(msg.contains("refused the API key") && msg.contains("$TEST_REMOTE_KEY"), "{msg}");
+    let (st, v) = post(&s, "/api/generate", &gen_body("ok", "hi", false));
+    assert_eq!(st, 200, "{v}");
+    // OpenAI's API gives the same errors in its own shape.
+    let (st, v) = post(
+        &s,
+        "/v1/chat/completions",
+        &json!({"model": "d",
+        "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    assert_eq!(st, 502, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("remote \"down\""), "{v}");
+    // A local model on the same server is not disturbed.
+    let (st, v) = post(&s, "/api/generate", &gen_body(&e.model, "hi", false));
+    assert_eq!(st, 200, "{v}");
+}
+
+#[test]
+fn servers_of_a_remote_share_the_load_and_fail_over() {
+    let e = env();
+    let mut a = serve(&e, "a", "", &[]);
+    let b = serve(&e, "b", "", &[]);
+    let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let config =
+        format!("[remotes.pool]\nurls = [\"http://{dead}\", \"{}\", \"{}\"]\n", a.url, b.url);
+    let s = serve(&e, "front", &config, &[]);
+    create_remote(&s, "big", "pool", &e.model);
+    // The dead server is skipped: the request is served.
+    let (st, v) = post(&s, "/api/generate", &gen_body("big", "hi", false));
+    assert_eq!(st, 200, "{v}");
+    // Two long streams at once go to different servers (least busy first).
+    let open = |body: &Value| {
+        let r = client().post(format!("{}/api/generate", s.url)).json(body).send().unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let mut lines = BufReader::new(r);
+        let mut first = String::new();
+        lines.read_line(&mut first).unwrap();
+        assert!(first.contains("\"response\""), "{first}");
+        lines
+    };
+    let s1 = open(&endless("big"));
+    let s2 = open(&endless("big"));
+    let active = |x: &Server| -> u64 {
+        get(x, "/api/ps").1["models"]
+            .as_array()
+            .map_or(0, |m| m.iter().map(|m| m["active_sequences"].as_u64().unwrap_or(0)).sum())
+    };
+    assert_eq!((active(&a), active(&b)), (1, 1), "the streams were not spread");
+    // Kill server a mid-stream: its stream ends with an error that names the remote; the
+    // other stream goes on; the next request goes to b.
+    let t = Instant::now();
+    a.child.kill().unwrap();
+    let _ = a.child.wait();
+    // Each stream is read until it ends or 15 s pass: the one on a ends with an error,
+    // the other does not.
+    let readers: Vec<_> = [s1, s2]
+        .into_iter()
+        .map(|mut reader| {
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                let mut line = String::new();
+                while t.elapsed() < Duration::from_secs(15) {
+                    line.clear();
+                    // The other stream may finish (at its context's end) with `done`.
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return None;
+                    }
+                    if line.contains("\"error\"") {
+                        return Some(line);
+                    }
+                }
+                None
+            })
+        })
+        .collect();
+    let ends: Vec<Option<String>> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    assert_eq!(ends.iter().filter(|e| e.is_some()).count(), 1, "{ends:?}");
+    let failed = ends.into_iter().flatten().next();
+    let failed = failed.expect("the stream on the killed server did not end with an error");
+    assert!(failed.contains("pool"), "{failed}");
+    assert!(t.elapsed() < Duration::from_secs(30));
+    let (st, v) = post(&s, "/api/generate", &gen_body("big", "hi", false));
+    assert_eq!(st, 200, "{v}");
+}
+
+#[test]
+fn a_client_that_goes_away_cancels_the_remote_request() {
+    let e = env();
+    let remote = serve(&e, "remote", "", &[]);
+    let s = serve(&e, "front", &format!("[remotes.lab]\nurl = \"{}\"\n", remote.url), &[]);
+    create_remote(&s, "big", "lab", &e.model);
+    let r = client().post(format!("{}/api/generate", s.url)).json(&endless("big")).send().unwrap();
+    let mut reader = BufReader::new(r);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let busy = |x: &Server| -> u64 {
+        get(x, "/api/ps").1["models"][0]["active_sequences"].as_u64().unwrap_or(0)
+    };
+    assert_eq!(busy(&remote), 1);
+    drop(reader);
+    let t = Instant::now();
+    while busy(&remote) != 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "the remote still generates");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn no_remote_turns_remotes_off_and_cloud_names_go_to_the_default_remote() {
+    let e = env();
+    let remote = serve(&e, "remote", "", &[]);
+    let config = format!("[remotes.lab]\nurl = \"{}\"\ndefault = true\n", remote.url);
+    let s = serve(&e, "front", &config, &[]);
+    create_remote(&s, "big", "lab", &e.model);
+    // `MODEL:TAG-cloud` is MODEL:TAG on the default remote, which lacks it: its 404 names
+    // the remote and the translated name.
+    let (st, v) = post(&s, "/api/generate", &gen_body("qwen3:8b-cloud", "hi", false));
+    assert_eq!(st, 404, "{v}");
+    let msg = v["error"].as_str().unwrap();
+    assert!(msg.contains("remote \"lab\"") && msg.contains("\"qwen3:8b\""), "{msg}");
+    drop(s);
+    let off = serve(&e, "off", &config, &[("CORRAL_NO_REMOTE", "1")]);
+    create_remote(&off, "big", "lab", &e.model);
+    let (st, v) = post(&off, "/api/generate", &gen_body("big", "hi", false));
+    assert_eq!(st, 503, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("CORRAL_NO_REMOTE"), "{v}");
+    let (st, _) = post(&off, "/api/generate", &gen_body("qwen3:cloud", "hi", false));
+    assert_eq!(st, 503);
+    // A config switch does the same.
+    let off2 = serve(&e, "off2", &format!("no_remote = true\n{config}"), &[]);
+    create_remote(&off2, "big", "lab", &e.model);
+    assert_eq!(post(&off2, "/api/generate", &gen_body("big", "hi", false)).0, 503);
+}
+
+/// A one-shot HTTP server that answers every request with `response` and records what
+/// it received.
+fn fake_server(response: &'static str) -> (String, std::sync::mpsc::Receiver<String>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = vec![0u8; 65536];
+            let n = c.read(&mut buf).unwrap_or(0);
+            let _ = tx.send(String::from_utf8_lossy(&buf[..n]).into_owned());
+            let _ = c.write_all(response.as_bytes());
+        }
+    });
+    (addr, rx)
+}
+
+#[test]
+fn a_key_never_follows_a_redirect_to_another_server_and_prompts_stay_out_of_the_log() {
+    let e = env();
+    let (elsewhere, seen_elsewhere) = fake_server("HTTP/1.1 500 x\r\nContent-Length: 0\r\n\r\n");
+    let redirect: &'static str = Box::leak(
+        format!(
+            "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://{elsewhere}/api/generate\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .into_boxed_str(),
+    );
+    let (redirector, seen_here) = fake_server(redirect);
+    let config = format!("[remotes.r]\nurl = \"http://{redirector}\"\napi_key_env = \"K\"\n");
+    let s = serve(&e, "front", &config, &[("K", "the-secret-key")]);
+    create_remote(&s, "big", "r", &e.model);
+    let (st, v) = post(&s, "/api/generate", &gen_body("big", "hi", false));
+    assert_eq!(st, 502, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("redirect"), "{v}");
+    let first = seen_here.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(first.contains("the-secret-key"), "the remote itself gets the key");
+    assert!(
+        seen_elsewhere.recv_timeout(Duration::from_secs(1)).is_err(),
+        "the redirect target was contacted"
+    );
+
+    // Prompts and answers never reach the log, even at debug level.
+    let remote = serve(&e, "remote", "", &[]);
+    let s = serve(
+        &e,
+        "front2",
+        &format!("[remotes.lab]\nurl = \"{}\"\n", remote.url),
+        &[("CORRAL_LOG", "debug")],
+    );
+    create_remote(&s, "big", "lab", &e.model);
+    let secret = "MY-PRIVATE-PROMPT-7731";
+    let (st, v) = post(&s, "/api/generate", &gen_body("big", secret, false));
+    assert_eq!(st, 200, "{v}");
+    let answer = v["response"].as_str().unwrap().to_string();
+    let log = s.log();
+    assert!(log.contains("remote request answered"), "{log}");
+    assert!(!log.contains(secret), "the prompt is in the log:\n{log}");
+    if answer.trim().len() >= 8 {
+        assert!(!log.contains(answer.trim()), "the answer is in the log");
+    }
+    assert!(!Path::new(&e.dir.path().join("front2-store")).join(secret).exists());
+}
