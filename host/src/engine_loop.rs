@@ -238,7 +238,13 @@ struct LoopState {
     /// Why the engine is gone for good (its worker crashed or hung): every request
     /// still here, and every one that comes, ends with this.
     gone: Option<String>,
+    /// The engine cannot copy one sequence's cache into another: no prefix sharing.
+    cannot_copy: bool,
 }
+
+/// Shortest prefix worth copying from another sequence (or waiting for) rather than
+/// computing; a copy costs a whole sequence's cache in memory traffic.
+const MIN_SHARED: usize = 32;
 
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
@@ -265,6 +271,7 @@ impl LoopState {
             // An engine shifts only when it says it can (ABI 1.2 capabilities).
             cannot_shift,
             gone: None,
+            cannot_copy: false,
         }
     }
 
@@ -358,27 +365,91 @@ impl LoopState {
         }
     }
 
+    /// Tokens of `slot`'s cache that `prompt` can use: the shared prefix, up to where the
+    /// cache is exact.
+    fn usable(&self, slot: usize, prompt: &[u32]) -> usize {
+        let s = &self.slots[slot];
+        common_prefix(&s.cached, prompt).min(s.exact)
+    }
+
+    /// Whether `prompt` should wait a little: another sequence is computing a prefix of
+    /// it right now, longer by [`MIN_SHARED`] than any cache holds, that it can copy
+    /// once computed instead of computing it again.
+    fn prefix_coming(&self, prompt: &[u32], held: usize) -> bool {
+        if self.cannot_copy {
+            return false;
+        }
+        self.slots.iter().any(|s| {
+            s.job.as_ref().is_some_and(|job| {
+                let in_prefill = job.next.is_none() && job.first_logits.is_none();
+                let shared = common_prefix(&job.req.prompt, prompt);
+                in_prefill && shared > s.cached.len() && shared >= held + MIN_SHARED
+            })
+        })
+    }
+
     fn admit(&mut self) {
-        while !self.waiting.is_empty() {
+        let mut index = 0;
+        while index < self.waiting.len() {
             let free: Vec<usize> =
                 (0..self.slots.len()).filter(|&i| self.slots[i].job.is_none()).collect();
             if free.is_empty() {
                 return;
             }
-            let Some(mut req) = self.waiting.pop_front() else { return };
+            let req = &self.waiting[index];
             if req.cancel.load(Ordering::Relaxed) || req.events.is_closed() {
+                self.waiting.remove(index);
                 self.active.fetch_sub(1, Ordering::SeqCst);
                 continue;
             }
-            // Prefix caching: the free slot whose cached tokens share the longest prefix.
-            let (slot, mut reuse) = free
+            // Prefix caching: the free slot whose cached tokens share the longest prefix,
+            // unless another sequence (running or not) holds a longer one by MIN_SHARED
+            // tokens: then that prefix is copied into the free slot whose cache is
+            // smallest (the least lost), instead of computed again.
+            let (mut slot, mut reuse) = free
                 .iter()
-                .map(|&i| {
-                    let s = &self.slots[i];
-                    (i, common_prefix(&s.cached, &req.prompt).min(s.exact))
-                })
+                .map(|&i| (i, self.usable(i, &req.prompt)))
                 .max_by_key(|&(i, n)| (n, std::cmp::Reverse(i)))
                 .unwrap_or((free[0], 0));
+            let mut source = None;
+            if !self.cannot_copy {
+                let best_held = (0..self.slots.len())
+                    .filter(|&j| j != slot)
+                    .map(|j| (j, self.usable(j, &req.prompt)))
+                    .max_by_key(|&(j, n)| (n, std::cmp::Reverse(j)));
+                if let Some((src, held)) = best_held
+                    && held >= reuse + MIN_SHARED
+                {
+                    source = Some((src, held));
+                }
+            }
+            let held = source.map_or(reuse, |(_, n)| n);
+            if self.prefix_coming(&req.prompt, held) {
+                // Others behind it may start meanwhile.
+                index += 1;
+                continue;
+            }
+            let Some(mut req) = self.waiting.remove(index) else { return };
+            if let Some((src, shared)) = source {
+                slot = free
+                    .iter()
+                    .copied()
+                    .filter(|&i| i != src)
+                    .min_by_key(|&i| (self.slots[i].cached.len(), i))
+                    .unwrap_or(slot);
+                match self.copy_prefix(src, slot, shared) {
+                    Ok(()) => reuse = shared,
+                    Err(e) => {
+                        if e.kind == ErrorKind::Unsupported {
+                            self.cannot_copy = true;
+                        }
+                        tracing::debug!("copying a shared prefix failed ({e}); computing it");
+                        let _ = self.ctx.kv_remove(slot as i32, 0, -1);
+                        self.slots[slot].cached.clear();
+                        reuse = 0;
+                    }
+                }
+            }
             if reuse >= req.prompt.len() {
                 reuse = req.prompt.len().saturating_sub(1); // re-decode one token for logits
             }
@@ -417,6 +488,24 @@ impl LoopState {
             };
             self.slots[slot].job = Some(job);
         }
+    }
+
+    /// Makes `dst` hold the first `n` tokens of `src`'s cache: the whole sequence is
+    /// copied (what every engine can do: llama.cpp copies between per-sequence streams
+    /// only whole) and the rest removed.
+    fn copy_prefix(&mut self, src: usize, dst: usize, n: usize) -> Result<(), BackendError> {
+        let (Ok(s), Ok(d), Ok(end)) = (u32::try_from(src), u32::try_from(dst), i32::try_from(n))
+        else {
+            return Err(BackendError::invalid("sequence or position out of range"));
+        };
+        self.ctx.kv_remove(d as i32, 0, -1)?;
+        self.slots[dst].cached.clear();
+        self.ctx.kv_copy(s, d, 0, -1)?;
+        self.ctx.kv_remove(d as i32, end, -1)?;
+        let prefix = self.slots[src].cached[..n].to_vec();
+        self.slots[dst].cached = prefix;
+        tracing::debug!(src, dst, tokens = n, "shared prefix copied");
+        Ok(())
     }
 
     /// One decode step over every active sequence.

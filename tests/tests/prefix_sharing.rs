@@ -1,0 +1,96 @@
+//! Work shared across requests: a prompt prefix that another sequence holds, or is
+//! computing right now, is copied into the new request's sequence instead of computed
+//! again, and the answers are exactly those computed without sharing. On the example
+//! plugin (whose logits hash everything a sequence's cache holds, so a wrong copy
+//! changes the answer) and on llama.cpp (which copies between per-sequence streams only
+//! whole: the host copies the whole sequence and cuts it).
+
+use std::{path::Path, time::Duration};
+
+use corral_e2e::*;
+use serde_json::{Value, json};
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(300)).build().unwrap()
+}
+
+fn generate(url: &str, model: &str, prompt: &str) -> Value {
+    let r = client()
+        .post(format!("{url}/api/generate"))
+        .json(&json!({"model": model, "prompt": prompt, "raw": true, "stream": false,
+                      "options": {"num_predict": 12, "temperature": 0}}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    r.json().unwrap()
+}
+
+/// Sends `prompts` at once; returns (response, prompt_eval_count) in order.
+fn concurrently(url: &str, model: &str, prompts: &[String]) -> Vec<(String, u64)> {
+    let threads: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let (url, model, p) = (url.to_string(), model.to_string(), p.clone());
+            std::thread::spawn(move || {
+                let v = generate(&url, &model, &p);
+                (
+                    v["response"].as_str().unwrap().to_string(),
+                    v["prompt_eval_count"].as_u64().unwrap(),
+                )
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+/// Four requests sharing a long prefix, one by one on fresh servers and then at once:
+/// the same answers, and the shared part computed about once.
+fn check_sharing(plugins: &Path, model: &str, shared: &str) {
+    let prompts: Vec<String> =
+        (0..4).map(|i| format!("{shared} Question {i}: what is item {i}?")).collect();
+    let vars = [("CORRAL_NUM_PARALLEL", "4")];
+    let alone: Vec<(String, u64)> = prompts
+        .iter()
+        .map(|p| {
+            let s = Server::start(&[plugins], &vars, &[]);
+            let v = generate(&s.url, model, p);
+            (v["response"].as_str().unwrap().to_string(), v["prompt_eval_count"].as_u64().unwrap())
+        })
+        .collect();
+    let s = Server::start(&[plugins], &vars, &[]);
+    let together = concurrently(&s.url, model, &prompts);
+    for i in 0..4 {
+        assert_eq!(together[i].0, alone[i].0, "prompt {i}: sharing changed the answer");
+    }
+    let total: u64 = together.iter().map(|r| r.1).sum();
+    let one = alone.iter().map(|r| r.1).min().unwrap();
+    // Computed about once: far less than four times.
+    assert!(
+        total < one * 2,
+        "{total} prompt tokens evaluated for 4 prompts of ~{one}: {together:?}"
+    );
+}
+
+#[test]
+fn a_shared_prefix_is_computed_once_and_answers_do_not_change_on_the_example_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    example_plugin_dir(&plugins);
+    let model = dir.path().join("m.toy");
+    std::fs::write(&model, "toy weights").unwrap();
+    // The toy tokenizer is bytes: 1,500 tokens of shared prompt.
+    let shared: String = (0..150).map(|i| format!("line {i:04}.")).collect();
+    check_sharing(&plugins, &model.to_string_lossy(), &shared);
+}
+
+#[test]
+fn a_shared_prefix_is_computed_once_and_answers_do_not_change_on_llama_cpp() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(_) = llama_cpp_plugin_dir(dir.path()) else { return };
+    let model = dir.path().join("tiny.gguf");
+    generate_model(&model, "tiny", "f32");
+    let shared: String = (0..50).map(|i| format!("Fact {i}: the sky is blue. ")).collect();
+    // About 400 tokens: inside the generated model's 512-token window.
+    check_sharing(dir.path(), &model.to_string_lossy(), &shared);
+}
