@@ -6,7 +6,10 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$here"
 "$here/scripts/install-deps.sh"
-cargo build --release -p corral -p corral-backend-llama-cpp
+# Built for this machine's CPU, as llama.cpp's own default build is (GGML_NATIVE): the
+# plugin's manifest then requires the features the build used. Packages build the
+# portable variants with backends/llama-cpp/build-variant.sh instead.
+RUSTFLAGS="${RUSTFLAGS:--C target-cpu=native}" cargo build --release -p corral -p corral-backend-llama-cpp
 bin="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release"
 models="${CORRAL_MODELS:-$HOME/.local/share/corral/models}"
 mkdir -p "$models"

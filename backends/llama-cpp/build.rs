@@ -5,10 +5,55 @@
 //! The variant comes from `CORRAL_LLAMA_VARIANT` (set by build-variant.sh), else from the
 //! cargo feature. A plain x86-64 build without build-variant.sh is llama.cpp's default
 //! CPU build, which enables AVX, AVX2, FMA, F16C and BMI2: that is the x86-64-v3 variant,
-//! so its manifest (and its requirements) are the ones used.
+//! so its manifest (and its requirements) are the ones used. A build with `-C
+//! target-cpu=native` (what `scripts/quickstart.sh` does, as llama.cpp's own default
+//! build is native) is the `cpu-native` variant: llama-cpp-sys-2 then builds ggml with
+//! GGML_NATIVE, and the manifest written here requires exactly the CPU features the
+//! build used, so the library is refused, not crashed, on a machine that lacks one.
+
+/// CPU features a native build's manifest requires when the build used them (Rust's
+/// names; the host normalises spellings).
+const NATIVE_FEATURES: &[&str] = &[
+    "sse4.2", "avx", "avx2", "fma", "f16c", "bmi2", "movbe", "avx512f", "avx512bw",
+    "avx512cd", "avx512dq", "avx512vl", "avx512vnni", "avx512vbmi", "avx512bf16", "avxvnni",
+    "neon", "dotprod", "i8mm", "sve",
+];
+
+/// The manifest of a `-C target-cpu=native` build: the portable one's fields, with the
+/// build machine's features as requirements.
+fn native_manifest() -> String {
+    let features = std::env::var("CARGO_CFG_TARGET_FEATURE").unwrap_or_default();
+    let used: Vec<String> = features
+        .split(',')
+        .filter(|f| NATIVE_FEATURES.contains(f))
+        .map(|f| format!("\"{f}\""))
+        .collect();
+    let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
+    format!(
+        "# llama.cpp on the CPU built for the build machine (-C target-cpu=native, GGML_NATIVE):\n\
+         # written by build.rs; it requires the CPU features the build used.\n\
+         name = \"llama-cpp\"\nvariant = \"cpu-native\"\nversion = \"0.1.0\"\nabi = \"1.2\"\n\
+         library = \"libcorral_backend_llama_cpp.so\"\nformats = [\"gguf\"]\npriority = 16\n\
+         description = \"llama.cpp on the CPU (built for this machine's CPU)\"\n\n\
+         [requires]\narch = \"{arch}\"\ncpu_features = [{}]\n\n[options]\n",
+        used.join(", ")
+    )
+}
 
 fn main() {
     println!("cargo:rerun-if-env-changed=CORRAL_LLAMA_VARIANT");
+    let native = std::env::var("CARGO_ENCODED_RUSTFLAGS")
+        .is_ok_and(|f| f.split('\x1f').any(|f| f.ends_with("target-cpu=native")));
+    if native && std::env::var("CORRAL_LLAMA_VARIANT").is_err() {
+        println!("cargo:rustc-env=CORRAL_LLAMA_VARIANT=cpu-native");
+        let Ok(out_dir) = std::env::var("OUT_DIR") else { return };
+        let Some(profile_dir) = std::path::Path::new(&out_dir).ancestors().nth(3) else { return };
+        if let Err(e) = std::fs::write(profile_dir.join("llama-cpp.corral-plugin.toml"), native_manifest())
+        {
+            println!("cargo:warning=could not install the dev manifest: {e}");
+        }
+        return;
+    }
     let feature = |f: &str| std::env::var_os(format!("CARGO_FEATURE_{f}")).is_some();
     let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
     let variant = match std::env::var("CORRAL_LLAMA_VARIANT") {
