@@ -4,6 +4,7 @@
 //!   `/api/tags`, `/api/show`, `/api/ps`, `/api/version`.
 //! - [`openai`]: `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
 //!   `/v1/models`, `/v1/models/{model}`.
+//! - [`anthropic`]: Anthropic's Messages API, `/v1/messages`, `/v1/messages/count_tokens`.
 //! - [`store_api`]: `/api/pull`, `/api/push`, `/api/create`, `/api/copy`, `/api/delete`,
 //!   `/api/blobs/{digest}`, through corral-registry.
 //! - [`scheduler`]: loading, keep-alive, LRU eviction, memory estimate, queue bound.
@@ -17,6 +18,7 @@
 //! rebinding defence of CVE-2024-28224). SIGINT/SIGTERM stop accepting connections, give
 //! running requests a grace period (`CORRAL_SHUTDOWN_GRACE`, 10 s) and then cancel them.
 
+pub mod anthropic;
 pub mod generation;
 pub mod guard;
 pub mod logprobs;
@@ -203,6 +205,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/embeddings", post(openai::embeddings))
         .layer(middleware::from_fn(limit_body))
         .layer(DefaultBodyLimit::max(MAX_BODY));
+    // Anthropic's routes answer every error in Anthropic's shape.
+    let anthropic_api = Router::new()
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
+        .layer(middleware::from_fn(limit_body))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(anthropic::error_shape));
     let extra = state.origins.clone();
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::predicate(move |origin: &HeaderValue, _| {
@@ -232,6 +241,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .layer(DefaultBodyLimit::disable()),
         )
         .merge(api)
+        .merge(anthropic_api)
         .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(state.clone(), guard::api_key_check))
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
