@@ -5,6 +5,8 @@
 //! - [`openai`]: `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
 //!   `/v1/models`, `/v1/models/{model}`.
 //! - [`anthropic`]: Anthropic's Messages API, `/v1/messages`, `/v1/messages/count_tokens`.
+//! - [`responses`]: OpenAI's Responses API, `/v1/responses`, `/v1/responses/{id}`, with
+//!   the bounded in-memory store behind `previous_response_id`.
 //! - [`store_api`]: `/api/pull`, `/api/push`, `/api/create`, `/api/copy`, `/api/delete`,
 //!   `/api/blobs/{digest}`, through corral-registry.
 //! - [`scheduler`]: loading, keep-alive, LRU eviction, memory estimate, queue bound.
@@ -25,6 +27,7 @@ pub mod logprobs;
 pub mod metrics;
 pub mod ollama;
 pub mod openai;
+pub mod responses;
 pub mod scheduler;
 pub mod store_api;
 pub mod util;
@@ -82,6 +85,8 @@ pub struct AppState {
     pub bound: SocketAddr,
     /// API keys; when any is set, requests must carry one.
     pub api_keys: guard::ApiKeys,
+    /// Responses API answers kept for `previous_response_id` (bounded).
+    pub responses: responses::ResponseStore,
 }
 
 impl AppState {
@@ -212,6 +217,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn(limit_body))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(anthropic::error_shape));
+    // So do the Responses API's, in OpenAI's.
+    let responses_api = Router::new()
+        .route("/v1/responses", post(responses::create))
+        .layer(middleware::from_fn(limit_body))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .route("/v1/responses/{id}", get(responses::get))
+        .layer(middleware::from_fn(responses::error_shape));
     let extra = state.origins.clone();
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::predicate(move |origin: &HeaderValue, _| {
@@ -242,6 +254,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .merge(api)
         .merge(anthropic_api)
+        .merge(responses_api)
         .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(state.clone(), guard::api_key_check))
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
@@ -344,6 +357,7 @@ pub fn serve_blocking(rt: Runtime, opts: ServeOptions) -> Result<()> {
             origins: opts.origins.clone(),
             bound,
             api_keys: opts.api_keys.clone(),
+            responses: responses::ResponseStore::default(),
         });
         let reaper = {
             let sched = sched.clone();
