@@ -21,12 +21,12 @@ use axum::{
 use corral_generation::{DoneReason, structured::Grammar, toolcall::ToolCall};
 use futures_util::stream;
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::{
     AppState,
     generation::{self, GenRequest, Piece, PromptSpec, Running, SamplingFields},
-    util::{ApiError, parse_body},
+    util::{ApiError, parse_body_lenient},
 };
 use crate::{engine_loop::Stats, prompt::Message};
 
@@ -125,8 +125,30 @@ pub struct MessagesRequest {
     thinking: Option<Value>,
     #[serde(default)]
     stream: Option<bool>,
-    #[serde(flatten)]
-    unknown: Map<String, Value>,
+}
+
+/// The fields of [`MessagesRequest`]; others are ignored.
+const KNOWN_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "max_tokens",
+    "system",
+    "stop_sequences",
+    "temperature",
+    "top_p",
+    "top_k",
+    "metadata",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "stream",
+];
+
+/// The request of `body`; its unknown fields are logged and ignored.
+fn parse_request(body: &[u8]) -> Result<MessagesRequest, ApiError> {
+    let (req, unknown) = parse_body_lenient(body, KNOWN_FIELDS)?;
+    generation::log_ignored_fields("anthropic", &unknown);
+    Ok(req)
 }
 
 /// What `tool_choice` asks.
@@ -416,7 +438,6 @@ struct Parsed {
 }
 
 fn parse(req: &MessagesRequest) -> Result<Parsed, ApiError> {
-    generation::log_ignored_fields("anthropic", &req.unknown);
     let _ = &req.metadata;
     Ok(Parsed {
         messages: messages_of(req.system.as_ref(), &req.messages)?,
@@ -658,7 +679,7 @@ fn forced_call(
 
 /// `POST /v1/messages`.
 pub async fn messages(State(state): State<Arc<AppState>>, body: Bytes) -> AnthropicResult {
-    let req: MessagesRequest = parse_body(&body)?;
+    let req = parse_request(&body)?;
     let Some(max_tokens) = req.max_tokens else {
         return Err(ApiError::bad_request("max_tokens: Field required").into());
     };
@@ -721,7 +742,7 @@ pub async fn messages(State(state): State<Arc<AppState>>, body: Bytes) -> Anthro
 /// `POST /v1/messages/count_tokens`: the prompt's tokens with the model's template and
 /// tokenizer.
 pub async fn count_tokens(State(state): State<Arc<AppState>>, body: Bytes) -> AnthropicResult {
-    let req: MessagesRequest = parse_body(&body)?;
+    let req = parse_request(&body)?;
     let Parsed { messages, tools, think, .. } = parse(&req)?;
     let model = state.sched.named(&req.model)?;
     let think = think_setting(&state, &model.name, think).await?;
@@ -732,6 +753,7 @@ pub async fn count_tokens(State(state): State<Arc<AppState>>, body: Bytes) -> An
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Map;
 
     #[test]
     fn conversation_maps_onto_chat_messages() {

@@ -601,11 +601,11 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}{nanos:x}{n:06x}")
 }
 
-/// Names of unknown top-level fields of a request, logged at debug level and otherwise
-/// ignored (the APIs that accept anything their clients add).
-pub fn log_ignored_fields(api: &str, unknown: &serde_json::Map<String, Value>) {
+/// Logs the unknown top-level fields of a request at debug level (the APIs that accept
+/// anything their clients add, and ignore it).
+pub fn log_ignored_fields(api: &str, unknown: &[String]) {
     if !unknown.is_empty() {
-        let names: Vec<&str> = unknown.keys().map(String::as_str).take(32).collect();
+        let names: Vec<&str> = unknown.iter().map(String::as_str).take(32).collect();
         tracing::debug!(api, fields = ?names, "ignored unknown request fields");
     }
 }

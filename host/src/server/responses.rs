@@ -22,13 +22,13 @@ use axum::{
 use corral_generation::{DoneReason, structured::Grammar, toolcall::ToolCall};
 use futures_util::stream;
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::{
     AppState,
     generation::{self, GenRequest, Piece, PromptSpec, Running, SamplingFields},
     openai::OaiError,
-    util::{ApiError, parse_body, unix_now},
+    util::{ApiError, parse_body_lenient, unix_now},
 };
 use crate::{engine_loop::Stats, prompt::Message};
 
@@ -181,9 +181,26 @@ pub struct ResponsesRequest {
     metadata: Option<Value>,
     #[serde(default)]
     parallel_tool_calls: Option<bool>,
-    #[serde(flatten)]
-    unknown: Map<String, Value>,
 }
+
+/// The fields of [`ResponsesRequest`]; others are ignored.
+const KNOWN_FIELDS: &[&str] = &[
+    "model",
+    "input",
+    "instructions",
+    "tools",
+    "tool_choice",
+    "text",
+    "max_output_tokens",
+    "temperature",
+    "top_p",
+    "previous_response_id",
+    "store",
+    "stream",
+    "reasoning",
+    "metadata",
+    "parallel_tool_calls",
+];
 
 /// What `tool_choice` asks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -797,8 +814,8 @@ async fn think_setting(
 
 /// `POST /v1/responses`.
 pub async fn create(State(state): State<Arc<AppState>>, body: Bytes) -> OaiResult {
-    let req: ResponsesRequest = parse_body(&body)?;
-    generation::log_ignored_fields("responses", &req.unknown);
+    let (req, unknown): (ResponsesRequest, _) = parse_body_lenient(&body, KNOWN_FIELDS)?;
+    generation::log_ignored_fields("responses", &unknown);
     let options = SamplingFields {
         max_tokens: req.max_output_tokens,
         temperature: req.temperature,
@@ -935,6 +952,7 @@ pub async fn get(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Map;
 
     #[test]
     fn input_items_map_onto_chat_messages() {
