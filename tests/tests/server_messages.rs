@@ -1,8 +1,9 @@
 //! Anthropic's Messages API and OpenAI's Responses API of `corral serve` end to end on
 //! the example plugin (format `toy`): the real binary, real HTTP. The JSON and event
 //! stream shapes, tools (forced through `tool_choice`, fed back as results), stop
-//! sequences, token limits, `count_tokens`, `previous_response_id`, structured output,
-//! the error shapes, and an API-key-protected server that takes `x-api-key`.
+//! sequences, token limits, `count_tokens`, `previous_response_id`, structured output
+//! (`output_config` and `text.format`), the error shapes, and an API-key-protected
+//! server that takes `x-api-key`.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -168,12 +169,11 @@ fn anthropic_stop_sequences_end_with_stop_sequence() {
     assert_eq!(st, 200, "{v}");
     let text = v["content"][0]["text"].as_str().unwrap().to_string();
     // Stop at the first plain character after the first few (greedy output repeats).
-    let (at, stop) = text
-        .char_indices()
-        .skip(2)
-        .find(|(_, c)| c.is_ascii_alphanumeric())
-        .map(|(i, c)| (i, c.to_string()))
-        .unwrap_or_else(|| panic!("no plain character in {text:?}"));
+    let Some((at, stop)) = text.char_indices().skip(2).find(|(_, c)| c.is_ascii_alphanumeric())
+    else {
+        panic!("no plain character in {text:?}");
+    };
+    let stop = stop.to_string();
     let (st, v) = post(&s, "/v1/messages", &body(Some(&stop), false));
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["stop_reason"], "stop_sequence", "{v}");
@@ -240,6 +240,21 @@ fn anthropic_tools_come_back_as_tool_use_and_results_go_in() {
     let (st, c) = post(&s, "/v1/messages/count_tokens", &follow_up);
     assert_eq!(st, 200, "{c}");
     assert_eq!(c["input_tokens"], v["usage"]["input_tokens"]);
+    // output_config.format json_schema: the answer is JSON that matches.
+    let (st, v) = post(
+        &s,
+        "/v1/messages",
+        &json!({"model": e.model, "max_tokens": 100,
+                "messages": [{"role": "user", "content": "weather?"}],
+                "output_config": {"format": {"type": "json_schema", "schema":
+                    {"type": "object", "properties": {"sky": {"enum": ["clear", "grey"]}},
+                     "required": ["sky"]}}}}),
+    );
+    assert_eq!(st, 200, "{v}");
+    let text = v["content"][0]["text"].as_str().unwrap();
+    let parsed: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert!(matches!(parsed["sky"].as_str(), Some("clear" | "grey")), "{parsed}");
+    assert_eq!(v["stop_reason"], "end_turn", "{v}");
     // tool_choice naming a tool that is not offered.
     let (st, v) = post(&s, "/v1/messages", &body(false, json!({"type": "tool", "name": "nope"})));
     assert_eq!(st, 400, "{v}");

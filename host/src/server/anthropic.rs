@@ -3,7 +3,8 @@
 //! A request becomes a chat for the model's template: `system` first, user and assistant
 //! turns as they come, `tool_use` blocks as the assistant's tool calls and `tool_result`
 //! blocks as tool messages; `tools` become function tools, and a `tool_choice` of `any`
-//! or `tool` forces a call through the structured-output constraint. The answer comes
+//! or `tool` forces a call through the structured-output constraint, as
+//! `output_config.format` (`json_schema`) constrains the answer. The answer comes
 //! back as content blocks (`thinking`, `text`, `tool_use`), or as Anthropic's event
 //! stream ([`BlockSequencer`] decides the events). Errors use Anthropic's shape
 //! ([`AnthropicError`]), mid-stream too (an `error` event). Unknown top-level fields are
@@ -124,6 +125,8 @@ pub struct MessagesRequest {
     #[serde(default)]
     thinking: Option<Value>,
     #[serde(default)]
+    output_config: Option<Value>,
+    #[serde(default)]
     stream: Option<bool>,
 }
 
@@ -141,6 +144,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "tools",
     "tool_choice",
     "thinking",
+    "output_config",
     "stream",
 ];
 
@@ -191,10 +195,12 @@ fn thinking_of(v: Option<&Value>) -> Result<Option<bool>, ApiError> {
                 "thinking.budget_tokens must be a positive integer, got {b}"
             ))),
         },
+        // The model decides when to think: a thinking model thinks.
+        Some("adaptive" | "between_tools") => Ok(Some(true)),
         Some("disabled") => Ok(Some(false)),
         _ => Err(ApiError::bad_request(format!(
-            "thinking must be {{\"type\": \"enabled\", \"budget_tokens\": N}} or \
-             {{\"type\": \"disabled\"}}, got {v}"
+            "thinking must be {{\"type\": \"enabled\", \"budget_tokens\": N}}, \
+             {{\"type\": \"adaptive\"}} or {{\"type\": \"disabled\"}}, got {v}"
         ))),
     }
 }
@@ -677,6 +683,25 @@ fn forced_call(
     }
 }
 
+/// The grammar of `output_config.format` (structured outputs:
+/// `{"type": "json_schema", "schema": {...}}`); `effort` is accepted and ignored.
+fn output_format_grammar(config: Option<&Value>) -> Result<Option<Arc<Grammar>>, ApiError> {
+    let Some(format) = config.and_then(|c| c.get("format")).filter(|f| !f.is_null()) else {
+        return Ok(None);
+    };
+    if format.get("type").and_then(Value::as_str) != Some("json_schema") {
+        return Err(ApiError::bad_request(format!(
+            "output_config.format must be {{\"type\": \"json_schema\", \"schema\": ...}}, got {format}"
+        )));
+    }
+    let schema = format.get("schema").filter(|s| s.is_object()).ok_or_else(|| {
+        ApiError::bad_request("output_config.format.schema: a JSON schema object is required")
+    })?;
+    Grammar::from_schema(schema)
+        .map(|g| Some(Arc::new(g)))
+        .map_err(|e| ApiError::bad_request(format!("output_config.format.schema: {e}")))
+}
+
 /// `POST /v1/messages`.
 pub async fn messages(State(state): State<Arc<AppState>>, body: Bytes) -> AnthropicResult {
     let req = parse_request(&body)?;
@@ -685,7 +710,11 @@ pub async fn messages(State(state): State<Arc<AppState>>, body: Bytes) -> Anthro
     };
     let options = options_of(&req, max_tokens)?;
     let Parsed { messages, tools, choice, think } = parse(&req)?;
-    let grammar = forced_call(&choice, tools.as_deref())?;
+    // A forced tool call's grammar, else the structured output's.
+    let grammar = match forced_call(&choice, tools.as_deref())? {
+        Some(g) => Some(g),
+        None => output_format_grammar(req.output_config.as_ref())?,
+    };
     let model = state.sched.named(&req.model)?;
     let think = think_setting(&state, &model.name, think).await?;
     let parse_tools = choice != ToolChoice::None;
@@ -811,6 +840,10 @@ mod tests {
             thinking_of(Some(&json!({"type": "enabled", "budget_tokens": 2048}))).unwrap(),
             Some(true)
         );
+        assert_eq!(thinking_of(Some(&json!({"type": "adaptive"}))).unwrap(), Some(true));
+        assert!(output_format_grammar(Some(&json!({"format": {"type": "xml"}}))).is_err());
+        let format = json!({"format": {"type": "json_schema", "schema": {"type": "object"}}});
+        assert!(output_format_grammar(Some(&format)).unwrap().is_some());
         assert!(tools_of(Some(&[json!({"name": "f"})])).is_err());
         assert!(tools_of(Some(&[json!({"type": "web_search_20250305", "name": "w"})])).is_err());
         let tools = tools_of(Some(&[json!({"name": "f", "description": "d",

@@ -408,13 +408,11 @@ fn input_messages(input: &Value, earlier: &[Message]) -> Result<Vec<Message>, Ap
                 };
                 let (call_id, name, arguments) =
                     (field("call_id")?, field("name")?, field("arguments")?);
-                let arguments = match serde_json::from_str::<Value>(arguments) {
-                    Ok(obj @ Value::Object(_)) => obj,
-                    _ => {
-                        return Err(ApiError::bad_request(format!(
-                            "{at}.arguments is not a JSON object"
-                        )));
-                    }
+                let Ok(arguments @ Value::Object(_)) = serde_json::from_str::<Value>(arguments)
+                else {
+                    return Err(ApiError::bad_request(format!(
+                        "{at}.arguments is not a JSON object"
+                    )));
                 };
                 names.insert(call_id.to_string(), name.to_string());
                 let call = json!({"id": call_id, "type": "function",
