@@ -1,4 +1,5 @@
-//! `corral serve`: Ollama's and OpenAI's HTTP APIs over the scheduler and engine loops.
+//! `corral serve`: Ollama's, OpenAI's and Anthropic's HTTP APIs over the scheduler and
+//! engine loops.
 //!
 //! - [`ollama`]: `/api/generate`, `/api/chat`, `/api/embed`, `/api/embeddings`,
 //!   `/api/tags`, `/api/show`, `/api/ps`, `/api/version`.
