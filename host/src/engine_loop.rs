@@ -76,6 +76,8 @@ pub struct Stats {
     pub queued: Duration,
     /// Why it ended.
     pub done_reason: Option<DoneReason>,
+    /// The stop string that ended it, if one did.
+    pub stop_sequence: Option<String>,
     /// The generated token ids (for the `context` field and tests).
     pub tokens: Vec<u32>,
 }
@@ -351,6 +353,7 @@ impl LoopState {
                     let _ = job.req.events.send(Event::Text(text));
                 }
                 job.stats.done_reason = Some(reason);
+                job.stats.stop_sequence = job.stop.matched().map(str::to_string);
                 if let Some(t) = job.first_logits {
                     job.stats.eval = t.elapsed();
                 }

@@ -159,6 +159,35 @@ fn remote_models_answer_as_the_remote_does_through_every_api() {
         assert_eq!(text, want, "{name} streamed via /v1");
     }
 
+    // Anthropic's Messages API and OpenAI's Responses API on remote models too.
+    for name in ["big", "big-oai"] {
+        let (st, v) = post(
+            &s,
+            "/v1/messages",
+            &json!({"model": name, "max_tokens": 10,
+            "temperature": 0, "system": "be brief",
+            "messages": [{"role": "user", "content": "What is 2+2?"}]}),
+        );
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["content"][0]["text"], want.as_str(), "{name} via /v1/messages");
+        let (st, v) = post(
+            &s,
+            "/v1/responses",
+            &json!({"model": name, "max_output_tokens": 10,
+            "temperature": 0, "instructions": "be brief", "input": "What is 2+2?"}),
+        );
+        assert_eq!(st, 200, "{v}");
+        let text = v["output"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o["type"] == "message")
+            .flat_map(|o| o["content"].as_array().unwrap().clone())
+            .filter_map(|c| c["text"].as_str().map(str::to_string))
+            .collect::<String>();
+        assert_eq!(text, want, "{name} via /v1/responses");
+    }
+
     // Embeddings.
     let (_, direct) = post(&remote, "/api/embed", &json!({"model": e.model, "input": ["a", "b"]}));
     for name in ["big", "big-oai"] {

@@ -386,20 +386,9 @@ fn build(
     let mut thinking = (false, false);
     let tokens = match spec {
         PromptSpec::Chat { messages: asked, tools } => {
-            let mut messages: Vec<Message> = Vec::with_capacity(asked.len() + 1);
-            if let Some(sys) = &model.system
-                && asked.first().is_none_or(|m| m.role != "system")
-            {
-                messages.push(Message::new("system", sys));
-            }
-            messages.extend(model_messages);
-            messages.extend(asked);
-            let text = loaded
-                .templater
-                .render_thinking(&messages, None, tools.as_deref(), true, think)
-                .map_err(bad)?;
+            let (tokens, text) = chat_tokens(loaded, asked, tools.as_deref(), think)?;
             thinking = think_of(loaded.templater.template.source(), &text);
-            loaded.templater.tokenize(m, &text).map_err(bad)?
+            tokens
         }
         PromptSpec::Completion { prompt, system, raw, context, template } => {
             let mut tokens = context;
@@ -444,6 +433,224 @@ fn build(
     };
     let (thinks, opens_think) = thinking;
     Ok(Built { tokens, constraint, options, thinks, opens_think })
+}
+
+/// A chat rendered with the model's template (its SYSTEM and MESSAGEs first) and
+/// tokenized: the tokens and the rendered text.
+fn chat_tokens(
+    loaded: &super::scheduler::Loaded,
+    asked: Vec<Message>,
+    tools: Option<&[Value]>,
+    think: Option<bool>,
+) -> Result<(Vec<u32>, String), ApiError> {
+    let model = &loaded.model_ref;
+    let bad = |e: anyhow::Error| {
+        ApiError::of_class(crate::errors::ErrorClass::of_request(&e), format!("{e:#}"))
+    };
+    let mut messages: Vec<Message> = Vec::with_capacity(asked.len() + 1);
+    if let Some(sys) = &model.system
+        && asked.first().is_none_or(|m| m.role != "system")
+    {
+        messages.push(Message::new("system", sys));
+    }
+    messages.extend(model.messages.iter().map(|x| Message::new(&x.role, &x.content)));
+    messages.extend(asked);
+    let text =
+        loaded.templater.render_thinking(&messages, None, tools, true, think).map_err(bad)?;
+    let tokens = loaded.templater.tokenize(&loaded.model, &text).map_err(bad)?;
+    Ok((tokens, text))
+}
+
+/// The number of tokens a chat's prompt takes with `model`'s template and tokenizer
+/// (loading the model if it is not loaded), as it would be submitted before fitting to
+/// the context window.
+pub async fn count_chat_tokens(
+    state: &Arc<AppState>,
+    model: &str,
+    messages: Vec<Message>,
+    tools: Option<Vec<Value>>,
+    think: Option<bool>,
+) -> Result<usize, ApiError> {
+    let (guard, _) = state.sched.acquire(model, None).await?;
+    let loaded = guard.loaded.clone();
+    let (tokens, _) = tokio::task::spawn_blocking(move || {
+        chat_tokens(&loaded, messages, tools.as_deref(), think)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("prompt task failed: {e}")))??;
+    drop(guard);
+    Ok(tokens.len())
+}
+
+/// Whether `model`'s chat template thinks (loading the model if it is not loaded): APIs
+/// whose clients ask for thinking whatever the model use it to ask only thinking models.
+pub async fn model_thinks(state: &Arc<AppState>, model: &str) -> Result<bool, ApiError> {
+    let (guard, _) = state.sched.acquire(model, None).await?;
+    Ok(template_thinks(guard.loaded.templater.template.source()))
+}
+
+/// Most stop strings one request may give.
+pub const MAX_STOP_STRINGS: usize = 64;
+
+/// The sampling fields the OpenAI- and Anthropic-style APIs share, in their own names.
+#[derive(Debug, Default, Clone)]
+pub struct SamplingFields {
+    /// Most tokens to generate (`max_tokens`, `max_output_tokens`).
+    pub max_tokens: Option<i64>,
+    /// Softmax temperature.
+    pub temperature: Option<f64>,
+    /// The largest temperature the API allows (2 for OpenAI, 1 for Anthropic).
+    pub max_temperature: f64,
+    /// Nucleus sampling.
+    pub top_p: Option<f64>,
+    /// Top-k sampling.
+    pub top_k: Option<i64>,
+    /// Stop strings.
+    pub stop: Vec<String>,
+    /// Seed.
+    pub seed: Option<i64>,
+}
+
+impl SamplingFields {
+    /// Ollama's `options` object for these fields; 400 for a value out of range.
+    pub fn to_options(&self, max_tokens_name: &str) -> Result<Value, ApiError> {
+        let mut o = serde_json::Map::new();
+        if let Some(m) = self.max_tokens {
+            if m < 1 {
+                return Err(ApiError::bad_request(format!(
+                    "{max_tokens_name} must be at least 1, got {m}"
+                )));
+            }
+            o.insert("num_predict".into(), Value::from(m.min(i64::from(i32::MAX))));
+        }
+        if let Some(t) = self.temperature {
+            if !(0.0..=self.max_temperature).contains(&t) {
+                return Err(ApiError::bad_request(format!(
+                    "temperature must be in [0, {}], got {t}",
+                    self.max_temperature
+                )));
+            }
+            o.insert("temperature".into(), Value::from(t));
+        }
+        if let Some(p) = self.top_p {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(ApiError::bad_request(format!("top_p must be in [0, 1], got {p}")));
+            }
+            o.insert("top_p".into(), Value::from(p));
+        }
+        if let Some(k) = self.top_k {
+            if !(0..=i64::from(i32::MAX)).contains(&k) {
+                return Err(ApiError::bad_request(format!("top_k must be >= 0, got {k}")));
+            }
+            o.insert("top_k".into(), Value::from(k));
+        }
+        if self.stop.len() > MAX_STOP_STRINGS {
+            return Err(ApiError::bad_request(format!(
+                "at most {MAX_STOP_STRINGS} stop sequences are accepted, got {}",
+                self.stop.len()
+            )));
+        }
+        if let Some(empty) = self.stop.iter().position(String::is_empty) {
+            return Err(ApiError::bad_request(format!("stop sequence {empty} is empty")));
+        }
+        if !self.stop.is_empty() {
+            o.insert("stop".into(), Value::from(self.stop.clone()));
+        }
+        if let Some(s) = self.seed {
+            o.insert("seed".into(), Value::from(s));
+        }
+        Ok(Value::Object(o))
+    }
+}
+
+/// The name of a tool in OpenAI's chat shape (`{"type": "function", "function": {...}}`).
+pub fn tool_name(tool: &Value) -> Option<&str> {
+    tool.get("function")?.get("name")?.as_str()
+}
+
+/// A grammar that makes the model call a tool: one of `tools` (OpenAI's chat shape), or
+/// the one named `only`. The output is the JSON object `{"name", "arguments"}` the
+/// tool-call parser reads, its arguments constrained by the tool's parameter schema.
+pub fn forced_tool_call_grammar(
+    tools: &[Value],
+    only: Option<&str>,
+) -> Result<Arc<Grammar>, ApiError> {
+    let calls: Vec<Value> = tools
+        .iter()
+        .filter(|t| only.is_none_or(|name| tool_name(t) == Some(name)))
+        .filter_map(|t| {
+            let name = tool_name(t)?;
+            let parameters = t
+                .get("function")
+                .and_then(|f| f.get("parameters"))
+                .filter(|p| p.is_object())
+                .cloned()
+                .unwrap_or_else(|| serde_json::json!({"type": "object"}));
+            Some(serde_json::json!({
+                "type": "object",
+                "properties": {"name": {"const": name}, "arguments": parameters},
+                "required": ["name", "arguments"],
+            }))
+        })
+        .collect();
+    let schema = match (calls.len(), only) {
+        (0, Some(name)) => {
+            return Err(ApiError::bad_request(format!(
+                "tool_choice names the tool {name:?}, which is not among the tools"
+            )));
+        }
+        (0, None) => {
+            return Err(ApiError::bad_request(
+                "tool_choice asks for a tool call, but no tools are given",
+            ));
+        }
+        (1, _) => calls.into_iter().next().unwrap_or_default(),
+        _ => serde_json::json!({"anyOf": calls}),
+    };
+    Grammar::from_schema(&schema).map(Arc::new).map_err(|e| {
+        ApiError::bad_request(format!("a tool's input schema cannot constrain a forced call: {e}"))
+    })
+}
+
+/// A `text/event-stream` response of the lines `events` yields.
+pub fn sse_response<S>(events: S) -> axum::response::Response
+where
+    S: futures_util::Stream<Item = String> + Send + 'static,
+{
+    use axum::{http::header, response::IntoResponse as _};
+    use futures_util::StreamExt as _;
+    let body = events.map(|text| Ok::<_, std::io::Error>(axum::body::Bytes::from(text)));
+    axum::response::Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(axum::body::Body::from_stream(body))
+        .unwrap_or_else(|_| axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// One server-sent event with a name: `event: NAME` and its JSON `data`.
+pub fn sse_event(name: &str, data: &Value) -> String {
+    format!("event: {name}\ndata: {data}\n\n")
+}
+
+/// A new identifier: `prefix`, then the time and a counter in hex (unique within a
+/// server's lifetime, and across restarts unless the clock goes back).
+pub fn new_id(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{prefix}{nanos:x}{n:06x}")
+}
+
+/// Logs the unknown top-level fields of a request at debug level (the APIs that accept
+/// anything their clients add, and ignore it).
+pub fn log_ignored_fields(api: &str, unknown: &[String]) {
+    if !unknown.is_empty() {
+        let names: Vec<&str> = unknown.iter().map(String::as_str).take(32).collect();
+        tracing::debug!(api, fields = ?names, "ignored unknown request fields");
+    }
 }
 
 /// Parses `format` (Ollama) into a grammar; 400 on an invalid schema.

@@ -10,9 +10,10 @@
 //!    pass.
 //! 3. **API key** (`api_key_check`): when keys are configured, every request but `GET /`,
 //!    `HEAD /` and `/api/version` must carry one, as `Authorization: Bearer KEY` or
-//!    `x-api-key: KEY`; 401 otherwise, in the API's own error shape. Keys are compared
-//!    in constant time (as SHA-256 digests, so their length leaks nothing) and never
-//!    logged.
+//!    `x-api-key: KEY` (what Anthropic's clients send); 401 otherwise, in the API's own
+//!    error shape (Anthropic's for `/v1/messages`, OpenAI's for the rest of `/v1/`).
+//!    Keys are compared in constant time (as SHA-256 digests, so their length leaks
+//!    nothing) and never logged.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -242,7 +243,11 @@ pub(crate) async fn api_key_check(
         }
     };
     tracing::warn!(path = req.uri().path(), "refused a request without a valid API key");
-    let mut resp = if req.uri().path().starts_with("/v1/") {
+    let mut resp = if req.uri().path().starts_with("/v1/messages") {
+        // Anthropic's shape.
+        let body = super::anthropic::error_body(StatusCode::UNAUTHORIZED, message);
+        (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response()
+    } else if req.uri().path().starts_with("/v1/") {
         // OpenAI's shape.
         let body = serde_json::json!({"error": {
             "message": message, "type": "invalid_request_error", "param": null,

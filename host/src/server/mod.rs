@@ -1,9 +1,13 @@
-//! `corral serve`: Ollama's and OpenAI's HTTP APIs over the scheduler and engine loops.
+//! `corral serve`: Ollama's, OpenAI's and Anthropic's HTTP APIs over the scheduler and
+//! engine loops.
 //!
 //! - [`ollama`]: `/api/generate`, `/api/chat`, `/api/embed`, `/api/embeddings`,
 //!   `/api/tags`, `/api/show`, `/api/ps`, `/api/version`.
 //! - [`openai`]: `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
 //!   `/v1/models`, `/v1/models/{model}`.
+//! - [`anthropic`]: Anthropic's Messages API, `/v1/messages`, `/v1/messages/count_tokens`.
+//! - [`responses`]: OpenAI's Responses API, `/v1/responses`, `/v1/responses/{id}`, with
+//!   the bounded in-memory store behind `previous_response_id`.
 //! - [`store_api`]: `/api/pull`, `/api/push`, `/api/create`, `/api/copy`, `/api/delete`,
 //!   `/api/blobs/{digest}`, through corral-registry.
 //! - [`scheduler`]: loading, keep-alive, LRU eviction, memory estimate, queue bound.
@@ -18,6 +22,7 @@
 //! rebinding defence of CVE-2024-28224). SIGINT/SIGTERM stop accepting connections, give
 //! running requests a grace period (`CORRAL_SHUTDOWN_GRACE`, 10 s) and then cancel them.
 
+pub mod anthropic;
 pub mod generation;
 pub mod guard;
 pub mod logprobs;
@@ -25,6 +30,7 @@ pub mod metrics;
 pub mod ollama;
 pub mod openai;
 pub mod remote;
+pub mod responses;
 pub mod scheduler;
 pub mod store_api;
 pub mod util;
@@ -84,6 +90,8 @@ pub struct AppState {
     pub api_keys: guard::ApiKeys,
     /// Other servers that remote models are sent to.
     pub remotes: Arc<remote::Remotes>,
+    /// Responses API answers kept for `previous_response_id` (bounded).
+    pub responses: responses::ResponseStore,
 }
 
 impl AppState {
@@ -207,6 +215,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/embeddings", post(openai::embeddings))
         .layer(middleware::from_fn(limit_body))
         .layer(DefaultBodyLimit::max(MAX_BODY));
+    // Anthropic's routes answer every error in Anthropic's shape.
+    let anthropic_api = Router::new()
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
+        .layer(middleware::from_fn(limit_body))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(anthropic::error_shape));
+    // So do the Responses API's, in OpenAI's.
+    let responses_api = Router::new()
+        .route("/v1/responses", post(responses::create))
+        .layer(middleware::from_fn(limit_body))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .route("/v1/responses/{id}", get(responses::get))
+        .layer(middleware::from_fn(responses::error_shape));
     let extra = state.origins.clone();
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::predicate(move |origin: &HeaderValue, _| {
@@ -236,6 +258,8 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .layer(DefaultBodyLimit::disable()),
         )
         .merge(api)
+        .merge(anthropic_api)
+        .merge(responses_api)
         .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(state.clone(), guard::api_key_check))
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
@@ -344,6 +368,7 @@ pub fn serve_blocking(rt: Runtime, opts: ServeOptions) -> Result<()> {
             bound,
             api_keys: opts.api_keys.clone(),
             remotes,
+            responses: responses::ResponseStore::default(),
         });
         let reaper = {
             let sched = sched.clone();

@@ -109,6 +109,30 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })
 }
 
+/// Parses a JSON request body (an object) into `T` for the APIs that accept fields they
+/// do not know: a malformed known field is a 400 that names it
+/// (`messages[2].content: invalid type: ...`); the names of the top-level fields not in
+/// `known` are returned (for a debug log), and otherwise ignored.
+pub fn parse_body_lenient<T: DeserializeOwned>(
+    body: &[u8],
+    known: &[&str],
+) -> Result<(T, Vec<String>), ApiError> {
+    let value: serde_json::Value = parse_body(body)?;
+    let Some(fields) = value.as_object() else {
+        return Err(ApiError::bad_request("the request body must be a JSON object"));
+    };
+    let unknown = fields.keys().filter(|k| !known.contains(&k.as_str())).cloned().collect();
+    let parsed = serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            ApiError::bad_request(format!("invalid request: {}", e.inner()))
+        } else {
+            ApiError::bad_request(format!("invalid request: {path}: {}", e.inner()))
+        }
+    })?;
+    Ok((parsed, unknown))
+}
+
 /// `keep_alive` as Ollama accepts it: a number of seconds, or a Go duration string
 /// (`"5m"`, `"1h30m"`, `"10s"`, `"-1"`, `"0"`). `None` means "forever" (negative).
 pub fn parse_keep_alive(v: &serde_json::Value) -> Result<Option<Duration>, ApiError> {
@@ -255,5 +279,19 @@ mod tests {
         assert!(e.message.contains("invalid JSON"), "{}", e.message);
         let e = parse_body::<serde_json::Value>(b"").unwrap_err();
         assert!(e.message.contains("missing request body"));
+    }
+
+    #[test]
+    fn lenient_bodies_name_the_bad_field_and_list_unknown_ones() {
+        #[derive(serde::Deserialize, Debug)]
+        struct Body {
+            #[allow(dead_code)]
+            n: Option<i64>,
+        }
+        let (_, unknown) = parse_body_lenient::<Body>(br#"{"n": 1, "x": 2}"#, &["n"]).unwrap();
+        assert_eq!(unknown, ["x"]);
+        let e = parse_body_lenient::<Body>(br#"{"n": "one"}"#, &["n"]).unwrap_err();
+        assert!(e.message.starts_with("invalid request: n: invalid type"), "{}", e.message);
+        assert!(parse_body_lenient::<Body>(b"[1]", &["n"]).is_err());
     }
 }
