@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""corral serve against llama-server on the same GGUF file, same client, same run.
+
+Workloads (each server runs alone, one after the other, order alternating per repetition):
+
+  plain   N concurrent /v1/completions of --tokens tokens (N in --concurrency): aggregate
+          generated tokens per second of wall time.
+  shared  4 concurrent streaming chats that share one system prompt of about
+          --system-tokens tokens (a RAG or agent prompt), then --rounds - 1 more rounds of
+          4 in which each chat asks a new question after its own answer: wall time per
+          round and mean time to first token.
+
+The peer is llama-server built by scripts/build-llama-server.sh (from the llama.cpp that
+llama-cpp-python vendors), run with `-t THREADS -np 4 -c 4*CTX`; corral serve runs with
+4 parallel sequences of CTX tokens each and THREADS threads. Ratios are corral's speed
+over llama-server's (above 1: corral is faster).
+
+  tests/bench/vs_llama_server.py --corral target/release/corral \\
+      --plugin-dir target/release --gguf model.gguf \\
+      --llama-server "$(scripts/build-llama-server.sh)"
+"""
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url, proc, what, timeout=300):
+    t = time.time()
+    while time.time() - t < timeout:
+        if proc.poll() is not None:
+            sys.exit(f"{what} exited with {proc.returncode}")
+        for path in ("/health", "/api/version"):
+            try:
+                with urllib.request.urlopen(url + path, timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except Exception:
+                pass
+        time.sleep(0.3)
+    sys.exit(f"{what} did not start within {timeout} s")
+
+
+def post(url, path, body, timeout=1800):
+    req = urllib.request.Request(url + path, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def stream_chat(url, model, messages, max_tokens):
+    """A streaming /v1/chat/completions: (text, seconds to first token, total seconds)."""
+    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "stream": True,
+            "temperature": 0, "seed": 1}
+    req = urllib.request.Request(url + "/v1/chat/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    t0 = time.time()
+    first = None
+    text = []
+    with urllib.request.urlopen(req, timeout=1800) as r:
+        for raw in r:
+            line = raw.decode("utf-8", "replace").strip()
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            ev = json.loads(data)
+            for ch in ev.get("choices", []):
+                piece = (ch.get("delta") or {}).get("content")
+                if piece:
+                    if first is None:
+                        first = time.time() - t0
+                    text.append(piece)
+    return "".join(text), (first if first is not None else time.time() - t0), time.time() - t0
+
+
+class Peer:
+    def __init__(self, name, cmd, env, model):
+        self.name, self.cmd, self.env, self.model = name, cmd, env, model
+
+    def __enter__(self):
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        cmd = [c.replace("{port}", str(port)) for c in self.cmd]
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=self.log)
+        wait_ready(self.url, self.proc, self.name)
+        return self
+
+    def __exit__(self, *a):
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def plain(peer, n, tokens):
+    """Aggregate tokens/s of n concurrent completions."""
+    results = [None] * n
+
+    def one(i):
+        v = post(peer.url, "/v1/completions",
+                 {"model": peer.model, "prompt": f"Once upon a time, story {i}:",
+                  "max_tokens": tokens, "temperature": 0, "seed": i, "ignore_eos": True})
+        results[i] = v["usage"]["completion_tokens"]
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    t = time.time()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return sum(results) / (time.time() - t)
+
+
+def system_prompt(tokens):
+    # About 1.3 tokens per word in English-like text.
+    words = []
+    i = 0
+    while len(words) < tokens * 0.75:
+        words += f"Section {i}: the service keeps records of orders, invoices and shipments; " \
+                 f"each record {i} has an owner, a date and a status.".split()
+        i += 1
+    return "You answer questions about this document.\n\n" + " ".join(words)
+
+
+def shared(peer, system_tokens, rounds, answer_tokens):
+    """Per round: (wall seconds, mean time to first token)."""
+    system = system_prompt(system_tokens)
+    chats = [[{"role": "system", "content": system}] for _ in range(4)]
+    out = []
+    for r in range(rounds):
+        ttfts = [0.0] * 4
+
+        def one(i):
+            chats[i].append({"role": "user", "content": f"Question {r}.{i}: what is the status of record {i * 7 + r}?"})
+            text, ttft, _ = stream_chat(peer.url, peer.model, chats[i], answer_tokens)
+            chats[i].append({"role": "assistant", "content": text})
+            ttfts[i] = ttft
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+        t = time.time()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        out.append((time.time() - t, statistics.mean(ttfts)))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corral", required=True)
+    ap.add_argument("--plugin-dir", required=True)
+    ap.add_argument("--gguf", required=True)
+    ap.add_argument("--llama-server", required=True)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ctx", type=int, default=2048, help="context per sequence")
+    ap.add_argument("--tokens", type=int, default=96)
+    ap.add_argument("--concurrency", default="1,4")
+    ap.add_argument("--workloads", default="plain,shared")
+    ap.add_argument("--system-tokens", type=int, default=1200)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--answer-tokens", type=int, default=48)
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--isolation", default="process")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    gguf = os.path.abspath(args.gguf)
+    store = tempfile.mkdtemp(prefix="corral-bench-store-")
+    cenv = dict(os.environ, CORRAL_PLUGIN_PATH_ONLY="1", CORRAL_NUM_PARALLEL="4",
+                CORRAL_NUM_THREADS=str(args.threads), CORRAL_CONTEXT_LENGTH=str(args.ctx),
+                CORRAL_MODELS=store, CORRAL_ALLOW_MODEL_PATHS=os.path.dirname(gguf),
+                CORRAL_ISOLATION=args.isolation, CORRAL_KEEP_ALIVE="-1", CORRAL_LOG="warn",
+                XDG_CONFIG_HOME="/nonexistent-corral-bench")
+    peers = {
+        "corral": lambda: Peer("corral", [args.corral, "--plugin-dir", args.plugin_dir, "serve",
+                                          "--host", "127.0.0.1:{port}"], cenv, gguf),
+        "llama-server": lambda: Peer("llama-server", [args.llama_server, "-m", gguf, "-t", str(args.threads),
+                                                      "-tb", str(args.threads), "-np", "4", "-c", str(4 * args.ctx),
+                                                      "--host", "127.0.0.1", "--port", "{port}"],
+                                     dict(os.environ), "model"),
+    }
+    levels = [int(x) for x in args.concurrency.split(",") if x]
+    workloads = args.workloads.split(",")
+    res = {name: {} for name in peers}
+    for rep in range(args.reps):
+        order = list(peers) if rep % 2 == 0 else list(reversed(list(peers)))
+        for name in order:
+            with peers[name]() as peer:
+                # Warm-up: load the model, touch the weights.
+                post(peer.url, "/v1/completions", {"model": peer.model, "prompt": "Hi", "max_tokens": 8})
+                if "plain" in workloads:
+                    for n in levels:
+                        res[name].setdefault(f"plain x{n} t/s", []).append(plain(peer, n, args.tokens))
+                if "shared" in workloads:
+                    for r, (wall, ttft) in enumerate(shared(peer, args.system_tokens, args.rounds, args.answer_tokens)):
+                        res[name].setdefault(f"shared round {r + 1} s", []).append(wall)
+                        res[name].setdefault(f"shared round {r + 1} ttft s", []).append(ttft)
+            print(f"rep {rep + 1} {name}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in res[name].items()),
+                  file=sys.stderr, flush=True)
+    rows = []
+    for key in res["corral"]:
+        c, l = statistics.median(res["corral"][key]), statistics.median(res["llama-server"][key])
+        # Ratios as speed-ups: for rates corral/llama, for times llama/corral.
+        ratio = c / l if key.endswith("t/s") else l / c
+        rows.append((key, c, l, ratio))
+    if args.json:
+        print(json.dumps([{"metric": k, "corral": c, "llama_server": l, "speedup": r} for k, c, l, r in rows], indent=1))
+        return
+    print(f"{'metric':<28}{'corral':>10}{'llama-server':>14}{'speed-up':>10}")
+    for k, c, l, r in rows:
+        print(f"{k:<28}{c:>10.2f}{l:>14.2f}{r:>9.2f}x")
+
+
+if __name__ == "__main__":
+    main()
