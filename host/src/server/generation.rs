@@ -12,7 +12,7 @@ use corral_generation::{
     context::{ContextPolicy, fit_prompt},
     options::SamplingOptions,
     sampler::Constraint,
-    thinking::{ThinkingParser, template_thinks},
+    thinking::{Think, ThinkingParser, template_thinks},
     toolcall::{ToolCall, ToolCallParser},
 };
 use serde_json::Value;
@@ -244,22 +244,29 @@ pub struct GenRequest {
     /// A prompt longer than the window keeps its start and end (`true`, Ollama's
     /// default) or is refused with 400 (`"truncate": false`).
     pub truncate: bool,
-    /// Ollama's `think`: `Some(true)` asks for thinking (400 for a model that does not
-    /// think), `Some(false)` leaves `<think>` blocks in the content, `None` splits them
-    /// out for a thinking model.
-    pub think: Option<bool>,
+    /// Ollama's `think`: on (or an effort level, passed to the template as
+    /// `reasoning_effort`) asks for thinking (400 for a model that does not think), off
+    /// leaves `<think>` blocks in the content, `None` splits them out for a thinking model.
+    pub think: Option<Think>,
+    /// Generate past end-of-generation tokens (see [`Request::ignore_eos`]).
+    pub ignore_eos: bool,
+    /// Reuse a cached prompt prefix (see [`Request::cache_prompt`]).
+    pub cache_prompt: bool,
 }
 
 /// Starts a generation.
 pub async fn start(state: &Arc<AppState>, req: GenRequest) -> Result<Running, ApiError> {
     let started = Instant::now();
     // Bad options are a 400 before any model is loaded for them.
+    let mut num_ctx = None;
     if let Some(o) = &req.options {
         let mut check = SamplingOptions::default();
         check.apply_json(o)?;
         check.validate()?;
+        num_ctx = check.num_ctx;
     }
-    let (guard, load) = state.sched.acquire(&req.model, req.keep_alive).await?;
+    // The request's num_ctx (re)loads the model with that context, as Ollama does.
+    let (guard, load) = state.sched.acquire(&req.model, req.keep_alive, num_ctx).await?;
     let loaded = guard.loaded.clone();
     let options =
         super::scheduler::Scheduler::options_for(&loaded.model_ref, req.options.as_ref())?;
@@ -275,10 +282,10 @@ pub async fn start(state: &Arc<AppState>, req: GenRequest) -> Result<Running, Ap
     .await
     .map_err(|e| ApiError::internal(format!("prompt task failed: {e}")))??;
     let Built { tokens: prompt, constraint, options, thinks, opens_think } = built;
-    if think == Some(true) && !thinks {
+    if think.is_some_and(Think::enabled) && !thinks {
         return Err(ApiError::bad_request(format!("\"{model_name}\" does not support thinking")));
     }
-    let thinking = (thinks && think != Some(false)).then(|| ThinkingParser::new(opens_think));
+    let thinking = (thinks && think != Some(Think::Off)).then(|| ThinkingParser::new(opens_think));
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     guard.loaded.submit(
         Request {
@@ -290,6 +297,8 @@ pub async fn start(state: &Arc<AppState>, req: GenRequest) -> Result<Running, Ap
             submitted: Instant::now(),
             shift,
             logprobs,
+            ignore_eos: req.ignore_eos,
+            cache_prompt: req.cache_prompt,
         },
         state2.sched.settings.max_queue,
     )?;
@@ -326,7 +335,7 @@ fn build(
     grammar: Option<Arc<Grammar>>,
     options: SamplingOptions,
     policy: ContextPolicy,
-    think: Option<bool>,
+    think: Option<Think>,
 ) -> Result<Built, ApiError> {
     let m = &loaded.model;
     let model = &loaded.model_ref;
