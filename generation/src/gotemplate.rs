@@ -901,8 +901,17 @@ enum DotVal {
 }
 
 /// Root variables of the template's data.
-const ROOT_VARS: &[&str] =
-    &["System", "Prompt", "Response", "Messages", "Tools", "Suffix", "Think", "IsThinkSet"];
+const ROOT_VARS: &[&str] = &[
+    "System",
+    "Prompt",
+    "Response",
+    "Messages",
+    "Tools",
+    "Suffix",
+    "Think",
+    "IsThinkSet",
+    "ThinkLevel",
+];
 
 /// Fields whose value is text; printed without the JSON check.
 const TEXT_FIELDS: &[&str] =
@@ -1328,6 +1337,7 @@ const COLLATE: &str = concat!(
     "{%- set Tools = tools if tools else [] -%}",
     "{%- set Think = (enable_thinking is defined and enable_thinking) -%}",
     "{%- set IsThinkSet = enable_thinking is defined -%}",
+    "{%- set ThinkLevel = reasoning_effort if reasoning_effort is defined else \"\" -%}",
     "{%- set Suffix = \"\" -%}",
 );
 
@@ -1845,6 +1855,25 @@ last={{ $lastUser }} n={{ len .Messages }}
             "<|im_start|>user\nA<|im_end|>\n<|im_start|>assistant\nB<|im_end|>\n\
              <|im_start|>user\nC /no_think<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
         );
+    }
+
+    #[test]
+    fn think_level_reads_reasoning_effort() {
+        let go = "{{ if .ThinkLevel }}Reasoning: {{ .ThinkLevel }}\n{{ end }}{{ .Prompt }}";
+        assert_eq!(render(go, &[("user", "Hi")]), "Hi");
+        let t = ChatTemplate::new(to_jinja(go).unwrap()).unwrap();
+        let mut extra = serde_json::Map::new();
+        extra.insert("reasoning_effort".into(), json!("high"));
+        let msgs = [msg("user", "Hi")];
+        let out = t
+            .render(&ChatInput {
+                messages: &msgs,
+                add_generation_prompt: true,
+                extra: Some(&extra),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(out, "Reasoning: high\nHi");
     }
 
     #[test]

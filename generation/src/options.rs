@@ -5,7 +5,9 @@
 //! arrive as integral floats (`"top_k": 40.0`, as Python clients send them), `null` means
 //! "not given", `stop` may be a single string, and options this crate does not use
 //! (`num_gpu`, `num_thread`, `mirostat`, ...) are kept in [`SamplingOptions::extra`] for
-//! the host. Range checks live in [`SamplingOptions::validate`].
+//! the host. Keys that are no option of Ollama's at all are kept there too, and
+//! [`SamplingOptions::unknown_options`] names them (Ollama warns "invalid option provided"
+//! and ignores them). Range checks live in [`SamplingOptions::validate`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -109,6 +111,32 @@ impl Default for SamplingOptions {
         }
     }
 }
+
+/// Options of Ollama's API that this crate does not interpret: runner settings the host
+/// chooses for itself (`num_gpu`, `num_thread`, ...) and samplers it does not have
+/// (`mirostat`, `tfs_z`, ...). They are accepted and kept in [`SamplingOptions::extra`];
+/// any other key is an unknown option ([`SamplingOptions::unknown_options`]).
+pub const UNINTERPRETED_OPTIONS: &[&str] = &[
+    "num_batch",
+    "num_gpu",
+    "main_gpu",
+    "use_mmap",
+    "use_mlock",
+    "num_thread",
+    "numa",
+    "low_vram",
+    "f16_kv",
+    "logits_all",
+    "vocab_only",
+    "num_gqa",
+    "rope_frequency_base",
+    "rope_frequency_scale",
+    "mirostat",
+    "mirostat_tau",
+    "mirostat_eta",
+    "penalize_newline",
+    "tfs_z",
+];
 
 fn ser_seed<S: Serializer>(seed: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
     match seed {
@@ -286,6 +314,13 @@ impl SamplingOptions {
         Ok(())
     }
 
+    /// The keys of [`extra`](Self::extra) that are no option of Ollama's (neither one
+    /// this crate interprets nor one of [`UNINTERPRETED_OPTIONS`]): typos, or options of
+    /// another program. They have no effect.
+    pub fn unknown_options(&self) -> impl Iterator<Item = &str> {
+        self.extra.keys().map(String::as_str).filter(|k| !UNINTERPRETED_OPTIONS.contains(k))
+    }
+
     /// True when sampling is greedy (temperature 0 or top_k 1).
     pub fn is_greedy(&self) -> bool {
         self.temperature <= 0.0 || self.top_k == 1
@@ -347,6 +382,18 @@ mod tests {
         assert_eq!(o.min_p, 0.0);
         assert_eq!(o.extra.get("num_gpu"), Some(&json!(99)));
         assert!(o.is_greedy());
+    }
+
+    #[test]
+    fn unknown_options_are_kept_and_named() {
+        let o = SamplingOptions::from_json(
+            &json!({"num_gpu": 1, "mirostat": 2, "tmperature": 0.5, "top_k": 3}),
+        )
+        .unwrap();
+        assert_eq!(o.top_k, 3);
+        assert_eq!(o.unknown_options().collect::<Vec<_>>(), ["tmperature"]);
+        assert_eq!(o.extra.len(), 3);
+        assert!(o.validate().is_ok());
     }
 
     #[test]

@@ -7,6 +7,79 @@
 //! [`ThinkingParser`] does this on streamed text, holding back only what could be the
 //! start of a tag.
 
+/// A request's thinking setting: Ollama's `think` (a boolean or an effort level, as
+/// gpt-oss takes it) or OpenAI's `reasoning_effort`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Think {
+    /// Thinking off (`false`, OpenAI's `"none"`).
+    Off,
+    /// Thinking on (`true`).
+    On,
+    /// Thinking on at an effort level; templates read it as `reasoning_effort`.
+    Level(Effort),
+}
+
+impl From<bool> for Think {
+    fn from(on: bool) -> Think {
+        if on { Think::On } else { Think::Off }
+    }
+}
+
+impl Think {
+    /// Whether the request asks for thinking (any level counts).
+    pub fn enabled(self) -> bool {
+        !matches!(self, Think::Off)
+    }
+
+    /// The effort level, if one was given.
+    pub fn effort(self) -> Option<Effort> {
+        match self {
+            Think::Level(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// A reasoning effort level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effort {
+    /// `"minimal"` (OpenAI's `reasoning_effort` only).
+    Minimal,
+    /// `"low"`.
+    Low,
+    /// `"medium"`.
+    Medium,
+    /// `"high"`.
+    High,
+}
+
+impl Effort {
+    /// The level of Ollama's `think` (`"low"`, `"medium"`, `"high"`); `None` otherwise.
+    pub fn of_ollama(s: &str) -> Option<Effort> {
+        match s {
+            "low" => Some(Effort::Low),
+            "medium" => Some(Effort::Medium),
+            "high" => Some(Effort::High),
+            _ => None,
+        }
+    }
+
+    /// The level of OpenAI's `reasoning_effort` (Ollama's and `"minimal"`).
+    pub fn of_openai(s: &str) -> Option<Effort> {
+        if s == "minimal" { Some(Effort::Minimal) } else { Effort::of_ollama(s) }
+    }
+
+    /// The name, as templates receive it in `reasoning_effort`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effort::Minimal => "minimal",
+            Effort::Low => "low",
+            Effort::Medium => "medium",
+            Effort::High => "high",
+        }
+    }
+}
+
 const OPEN: &str = "<think>";
 const CLOSE: &str = "</think>";
 
@@ -123,6 +196,22 @@ impl ThinkingParser {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn think_levels() {
+        assert!(!Think::Off.enabled());
+        assert!(Think::On.enabled());
+        let high = Think::Level(Effort::High);
+        assert!(high.enabled());
+        assert_eq!(high.effort().map(Effort::as_str), Some("high"));
+        assert_eq!(Think::On.effort(), None);
+        for l in ["low", "medium", "high"] {
+            assert_eq!(Effort::of_ollama(l).map(Effort::as_str), Some(l));
+        }
+        assert_eq!(Effort::of_ollama("minimal"), None);
+        assert_eq!(Effort::of_openai("minimal"), Some(Effort::Minimal));
+        assert_eq!(Effort::of_ollama("HIGH"), None);
+    }
 
     fn run(in_block: bool, pieces: &[&str]) -> Split {
         let mut p = ThinkingParser::new(in_block);

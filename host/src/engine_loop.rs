@@ -102,6 +102,14 @@ pub struct Request {
     /// Send [`Event::Logprob`] for every sampled token, with this many alternatives
     /// (at most 20); `None`: no log-probabilities.
     pub logprobs: Option<u8>,
+    /// Generate past the end-of-generation tokens (vLLM's and llama-server's
+    /// `ignore_eos`): their logits are masked, so only `num_predict`, a stop string or the
+    /// context ends the sequence. Ignored with a `constraint`, whose grammar decides
+    /// where its output ends.
+    pub ignore_eos: bool,
+    /// Reuse the longest cached prefix of a free slot (llama-server's `cache_prompt`,
+    /// default true); `false` evaluates the whole prompt anew.
+    pub cache_prompt: bool,
 }
 
 /// Sizes of the loop.
@@ -414,8 +422,13 @@ impl LoopState {
                 .map(|&i| (i, self.usable(i, &req.prompt)))
                 .max_by_key(|&(i, n)| (n, std::cmp::Reverse(i)))
                 .unwrap_or((free[0], 0));
+            // `cache_prompt: false` evaluates the whole prompt anew.
+            let cache_prompt = req.cache_prompt;
+            if !cache_prompt {
+                reuse = 0;
+            }
             let mut source = None;
-            if !self.cannot_copy {
+            if !self.cannot_copy && cache_prompt {
                 let best_held = (0..self.slots.len())
                     .filter(|&j| j != slot)
                     .map(|j| (j, self.usable(j, &req.prompt)))
@@ -427,7 +440,7 @@ impl LoopState {
                 }
             }
             let held = source.map_or(reuse, |(_, n)| n);
-            if self.prefix_coming(&req.prompt, held) {
+            if cache_prompt && self.prefix_coming(&req.prompt, held) {
                 // Others behind it may start meanwhile.
                 index += 1;
                 continue;
@@ -470,6 +483,9 @@ impl LoopState {
                     continue;
                 }
             };
+            if req.constraint.is_some() {
+                req.ignore_eos = false;
+            }
             sampler.set_constraint(req.constraint.take());
             let stats = Stats {
                 prompt_tokens: req.prompt.len(),
@@ -637,6 +653,13 @@ impl LoopState {
             let s = StepLogprobs::of(logits, usize::from(n.min(20)));
             (s, logits.to_vec())
         });
+        if job.req.ignore_eos {
+            for &t in &self.model.special.eog {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
         let token = job.sampler.sample(logits, cached);
         if self.model.is_eog(token) {
             return Ok(Some(DoneReason::Stop));

@@ -5,6 +5,7 @@ use anyhow::{Context as _, Result};
 use corral_generation::{
     known_templates::{self, TemplateChoice},
     template::{ChatInput, ChatTemplate},
+    thinking::Think,
 };
 
 use corral_plugin_host::Model;
@@ -106,17 +107,24 @@ impl Templater {
 
     /// Renders a conversation with the request's `think` setting as the template's
     /// `enable_thinking` (what Hugging Face thinking templates read, and what translated
-    /// Ollama templates turn into `.Think` / `.IsThinkSet`); `None` leaves it undefined.
+    /// Ollama templates turn into `.Think` / `.IsThinkSet`) and an effort level as
+    /// `reasoning_effort` (gpt-oss's templates; `.ThinkLevel` in Ollama's); `None` leaves
+    /// both undefined.
     pub fn render_thinking(
         &self,
         messages: &[Message],
         system: Option<&str>,
         tools: Option<&[serde_json::Value]>,
         add_generation_prompt: bool,
-        think: Option<bool>,
+        think: Option<Think>,
     ) -> Result<String> {
         let extra: Option<serde_json::Map<String, serde_json::Value>> = think.map(|t| {
-            [("enable_thinking".to_string(), serde_json::Value::Bool(t))].into_iter().collect()
+            let mut m = serde_json::Map::new();
+            m.insert("enable_thinking".into(), serde_json::Value::Bool(t.enabled()));
+            if let Some(e) = t.effort() {
+                m.insert("reasoning_effort".into(), serde_json::Value::from(e.as_str()));
+            }
+            m
         });
         let input = ChatInput {
             messages,

@@ -188,6 +188,8 @@ pub(crate) fn generate(
         submitted: Instant::now(),
         shift: true,
         logprobs: None,
+        ignore_eos: false,
+        cache_prompt: true,
     })?;
     let mut text = String::new();
     while let Some(ev) = rx.blocking_recv() {

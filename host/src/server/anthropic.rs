@@ -728,7 +728,9 @@ pub async fn messages(State(state): State<Arc<AppState>>, body: Bytes) -> Anthro
             shift: true,
             truncate: true,
             logprobs: None,
-            think,
+            think: think.map(corral_generation::thinking::Think::from),
+            ignore_eos: false,
+            cache_prompt: true,
             prompt: PromptSpec::Chat { messages, tools: tools.clone() },
         },
     )

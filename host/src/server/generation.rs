@@ -12,7 +12,7 @@ use corral_generation::{
     context::{ContextPolicy, fit_prompt},
     options::SamplingOptions,
     sampler::Constraint,
-    thinking::{ThinkingParser, template_thinks},
+    thinking::{Think, ThinkingParser, template_thinks},
     toolcall::{ToolCall, ToolCallParser},
 };
 use serde_json::Value;
@@ -271,20 +271,26 @@ pub struct GenRequest {
     /// A prompt longer than the window keeps its start and end (`true`, Ollama's
     /// default) or is refused with 400 (`"truncate": false`).
     pub truncate: bool,
-    /// Ollama's `think`: `Some(true)` asks for thinking (400 for a model that does not
-    /// think), `Some(false)` leaves `<think>` blocks in the content, `None` splits them
-    /// out for a thinking model.
-    pub think: Option<bool>,
+    /// Ollama's `think`: on (or an effort level, passed to the template as
+    /// `reasoning_effort`) asks for thinking (400 for a model that does not think), off
+    /// leaves `<think>` blocks in the content, `None` splits them out for a thinking model.
+    pub think: Option<Think>,
+    /// Generate past end-of-generation tokens (see [`Request::ignore_eos`]).
+    pub ignore_eos: bool,
+    /// Reuse a cached prompt prefix (see [`Request::cache_prompt`]).
+    pub cache_prompt: bool,
 }
 
 /// Starts a generation.
 pub async fn start(state: &Arc<AppState>, req: GenRequest) -> Result<Running, ApiError> {
     let started = Instant::now();
     // Bad options are a 400 before any model is loaded for them.
+    let mut num_ctx = None;
     if let Some(o) = &req.options {
         let mut check = SamplingOptions::default();
         check.apply_json(o)?;
         check.validate()?;
+        num_ctx = check.num_ctx;
     }
     if let Some(target) = state.remotes.resolve(&state.sched, &req.model)? {
         let model = target.name.clone();
@@ -303,7 +309,8 @@ pub async fn start(state: &Arc<AppState>, req: GenRequest) -> Result<Running, Ap
             logprobs: Vec::new(),
         });
     }
-    let (guard, load) = state.sched.acquire(&req.model, req.keep_alive).await?;
+    // The request's num_ctx (re)loads the model with that context, as Ollama does.
+    let (guard, load) = state.sched.acquire(&req.model, req.keep_alive, num_ctx).await?;
     let loaded = guard.loaded.clone();
     let options =
         super::scheduler::Scheduler::options_for(&loaded.model_ref, req.options.as_ref())?;
@@ -319,10 +326,10 @@ pub async fn start(state: &Arc<AppState>, req: GenRequest) -> Result<Running, Ap
     .await
     .map_err(|e| ApiError::internal(format!("prompt task failed: {e}")))??;
     let Built { tokens: prompt, constraint, options, thinks, opens_think } = built;
-    if think == Some(true) && !thinks {
+    if think.is_some_and(Think::enabled) && !thinks {
         return Err(ApiError::bad_request(format!("\"{model_name}\" does not support thinking")));
     }
-    let thinking = (thinks && think != Some(false)).then(|| ThinkingParser::new(opens_think));
+    let thinking = (thinks && think != Some(Think::Off)).then(|| ThinkingParser::new(opens_think));
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     guard.loaded.submit(
         Request {
@@ -334,6 +341,8 @@ pub async fn start(state: &Arc<AppState>, req: GenRequest) -> Result<Running, Ap
             submitted: Instant::now(),
             shift,
             logprobs,
+            ignore_eos: req.ignore_eos,
+            cache_prompt: req.cache_prompt,
         },
         state2.sched.settings.max_queue,
     )?;
@@ -369,7 +378,7 @@ fn build(
     grammar: Option<Arc<Grammar>>,
     options: SamplingOptions,
     policy: ContextPolicy,
-    think: Option<bool>,
+    think: Option<Think>,
 ) -> Result<Built, ApiError> {
     let m = &loaded.model;
     let model = &loaded.model_ref;
@@ -441,7 +450,7 @@ fn chat_tokens(
     loaded: &super::scheduler::Loaded,
     asked: Vec<Message>,
     tools: Option<&[Value]>,
-    think: Option<bool>,
+    think: Option<Think>,
 ) -> Result<(Vec<u32>, String), ApiError> {
     let model = &loaded.model_ref;
     let bad = |e: anyhow::Error| {
@@ -471,10 +480,16 @@ pub async fn count_chat_tokens(
     tools: Option<Vec<Value>>,
     think: Option<bool>,
 ) -> Result<usize, ApiError> {
-    let (guard, _) = state.sched.acquire(model, None).await?;
+    if state.remotes.resolve(&state.sched, model)?.is_some() {
+        return Err(ApiError::bad_request(format!(
+            "\"{model}\" is a remote model: its tokens are counted on the remote, which has no \
+             token-counting API"
+        )));
+    }
+    let (guard, _) = state.sched.acquire(model, None, None).await?;
     let loaded = guard.loaded.clone();
     let (tokens, _) = tokio::task::spawn_blocking(move || {
-        chat_tokens(&loaded, messages, tools.as_deref(), think)
+        chat_tokens(&loaded, messages, tools.as_deref(), think.map(Think::from))
     })
     .await
     .map_err(|e| ApiError::internal(format!("prompt task failed: {e}")))??;
@@ -485,7 +500,11 @@ pub async fn count_chat_tokens(
 /// Whether `model`'s chat template thinks (loading the model if it is not loaded): APIs
 /// whose clients ask for thinking whatever the model use it to ask only thinking models.
 pub async fn model_thinks(state: &Arc<AppState>, model: &str) -> Result<bool, ApiError> {
-    let (guard, _) = state.sched.acquire(model, None).await?;
+    // A remote model's server decides.
+    if state.remotes.resolve(&state.sched, model)?.is_some() {
+        return Ok(true);
+    }
+    let (guard, _) = state.sched.acquire(model, None, None).await?;
     Ok(template_thinks(guard.loaded.templater.template.source()))
 }
 

@@ -10,23 +10,41 @@ use axum::{
 };
 use futures_util::stream;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::{
     AppState,
     generation::{self, GenRequest, Piece, PromptSpec, Running, evaluated},
     logprobs,
     scheduler::Named,
-    util::{ApiError, nanos, now_rfc3339, parse_body, parse_keep_alive, rfc3339},
+    util::{ApiError, Lenient, lenient, nanos, now_rfc3339, parse_keep_alive, rfc3339},
 };
-use corral_generation::toolcall::ToolCall;
+use corral_generation::{
+    options::SamplingOptions,
+    thinking::{Effort, Think},
+    toolcall::ToolCall,
+};
 
 use crate::{engine_loop::Stats, prompt::Message};
 
-/// `POST /api/generate` body. Fields Ollama accepts but corral ignores are listed so a
-/// client sending them is not refused; anything else is.
+/// Implements [`Lenient`] for request types with `extra` (and `options`).
+macro_rules! lenient_request {
+    ($t:ty) => {
+        impl Lenient for $t {
+            fn extra(&self) -> &Map<String, Value> {
+                &self.extra
+            }
+            fn options(&self) -> Option<&Value> {
+                self.options.as_ref()
+            }
+        }
+    };
+}
+
+/// `POST /api/generate` body. Fields it does not know are accepted and ignored, as
+/// Ollama does (named in the `X-Corral-Ignored-Fields` header); a known field of the
+/// wrong type is a 400.
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct GenerateRequest {
     model: String,
     #[serde(default)]
@@ -61,11 +79,14 @@ pub struct GenerateRequest {
     logprobs: Option<bool>,
     #[serde(default)]
     top_logprobs: Option<u32>,
+    /// Fields this endpoint does not know.
+    #[serde(flatten)]
+    extra: Map<String, Value>,
 }
+lenient_request!(GenerateRequest);
 
-/// `POST /api/chat` body.
+/// `POST /api/chat` body (unknown fields as [`GenerateRequest`]).
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct ChatRequest {
     model: String,
     #[serde(default)]
@@ -90,7 +111,11 @@ pub struct ChatRequest {
     logprobs: Option<bool>,
     #[serde(default)]
     top_logprobs: Option<u32>,
+    /// Fields this endpoint does not know.
+    #[serde(flatten)]
+    extra: Map<String, Value>,
 }
+lenient_request!(ChatRequest);
 
 fn keep_alive_of(v: &Option<Value>) -> Result<Option<Option<Duration>>, ApiError> {
     match v {
@@ -131,11 +156,21 @@ fn final_fields(v: &mut Value, s: &Stats, r: &Running) {
     o.insert("eval_duration".into(), json!(nanos(s.eval)));
 }
 
-/// Load-only / unload-only answer (empty prompt or messages).
+/// The `num_ctx` of a request's `options` (validated: a bad value is a 400).
+pub(super) fn num_ctx_of(options: Option<&Value>) -> Result<Option<u32>, ApiError> {
+    let Some(o) = options else { return Ok(None) };
+    let parsed = SamplingOptions::from_json(o)?;
+    parsed.validate()?;
+    Ok(parsed.num_ctx)
+}
+
+/// Load-only / unload-only answer (empty prompt or messages). `options.num_ctx` loads
+/// the model with that context.
 async fn load_only(
     state: &Arc<AppState>,
     model: &Named,
     keep_alive: Option<Option<Duration>>,
+    options: Option<&Value>,
     chat: bool,
 ) -> Result<Response, ApiError> {
     let unload = keep_alive == Some(Some(Duration::ZERO));
@@ -147,7 +182,8 @@ async fn load_only(
         state.sched.unload(&model.name).await;
         "unload"
     } else {
-        let (guard, _) = state.sched.acquire(&model.name, keep_alive).await?;
+        let num_ctx = num_ctx_of(options)?;
+        let (guard, _) = state.sched.acquire(&model.name, keep_alive, num_ctx).await?;
         drop(guard);
         "load"
     };
@@ -161,11 +197,17 @@ async fn load_only(
 }
 
 /// `POST /api/generate`.
-pub async fn generate(
-    State(state): State<Arc<AppState>>,
-    body: Bytes,
+pub async fn generate(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    lenient::<GenerateRequest, ApiError, _>("/api/generate", &body, |req| {
+        generate_request(state, req)
+    })
+    .await
+}
+
+async fn generate_request(
+    state: Arc<AppState>,
+    req: GenerateRequest,
 ) -> Result<Response, ApiError> {
-    let req: GenerateRequest = parse_body(&body)?;
     if req.images.as_ref().is_some_and(|i| !i.is_empty()) {
         return Err(no_vision(&req.model));
     }
@@ -178,7 +220,7 @@ pub async fn generate(
     let model = state.sched.named(&req.model)?;
     let prompt = req.prompt.clone().unwrap_or_default();
     if prompt.is_empty() && req.context.as_ref().is_none_or(Vec::is_empty) {
-        return load_only(&state, &model, keep_alive, false).await;
+        return load_only(&state, &model, keep_alive, req.options.as_ref(), false).await;
     }
     let spec = PromptSpec::Completion {
         prompt,
@@ -199,6 +241,8 @@ pub async fn generate(
             logprobs,
             truncate: req.truncate.unwrap_or(true),
             think: think_of(&req.think)?,
+            ignore_eos: false,
+            cache_prompt: true,
         },
     )
     .await?;
@@ -253,12 +297,15 @@ pub async fn generate(
 }
 
 /// Ollama's `think`: a boolean, or an effort level (`"low"`, `"medium"`, `"high"`) that
-/// asks for thinking too.
-fn think_of(v: &Option<Value>) -> Result<Option<bool>, ApiError> {
+/// asks for thinking too and reaches the template as `reasoning_effort`.
+fn think_of(v: &Option<Value>) -> Result<Option<Think>, ApiError> {
     match v {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(Value::String(s)) if matches!(s.as_str(), "low" | "medium" | "high") => Ok(Some(true)),
+        Some(Value::Bool(true)) => Ok(Some(Think::On)),
+        Some(Value::Bool(false)) => Ok(Some(Think::Off)),
+        Some(Value::String(s)) if Effort::of_ollama(s).is_some() => {
+            Ok(Effort::of_ollama(s).map(Think::Level))
+        }
         Some(other) => Err(ApiError::bad_request(format!(
             "think must be true, false, \"low\", \"medium\" or \"high\", not {other}"
         ))),
@@ -303,8 +350,11 @@ fn check_messages(model: &str, messages: &[Message]) -> Result<(), ApiError> {
 }
 
 /// `POST /api/chat`.
-pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
-    let req: ChatRequest = parse_body(&body)?;
+pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    lenient::<ChatRequest, ApiError, _>("/api/chat", &body, |req| chat_request(state, req)).await
+}
+
+async fn chat_request(state: Arc<AppState>, req: ChatRequest) -> Result<Response, ApiError> {
     let logprobs = logprobs::requested(req.logprobs, req.top_logprobs, false)?;
     let grammar = generation::grammar_of(req.format.as_ref())?;
     let keep_alive = keep_alive_of(&req.keep_alive)?;
@@ -312,7 +362,7 @@ pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Res
     check_messages(&req.model, &messages)?;
     let model = state.sched.named(&req.model)?;
     if messages.is_empty() {
-        return load_only(&state, &model, keep_alive, true).await;
+        return load_only(&state, &model, keep_alive, req.options.as_ref(), true).await;
     }
     let tools = req.tools.clone().filter(|t| !t.is_empty());
     let spec = PromptSpec::Chat { messages, tools: tools.clone() };
@@ -328,6 +378,8 @@ pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Res
             logprobs,
             truncate: req.truncate.unwrap_or(true),
             think: think_of(&req.think)?,
+            ignore_eos: false,
+            cache_prompt: true,
         },
     )
     .await?
@@ -384,9 +436,8 @@ pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Res
     })))
 }
 
-/// `POST /api/embed` body.
+/// `POST /api/embed` body (unknown fields as [`GenerateRequest`]).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct EmbedRequest {
     model: String,
     #[serde(default)]
@@ -399,11 +450,14 @@ pub struct EmbedRequest {
     keep_alive: Option<Value>,
     #[serde(default)]
     dimensions: Option<usize>,
+    /// Fields this endpoint does not know.
+    #[serde(flatten)]
+    extra: Map<String, Value>,
 }
+lenient_request!(EmbedRequest);
 
-/// `POST /api/embeddings` (legacy) body.
+/// `POST /api/embeddings` (legacy) body (unknown fields as [`GenerateRequest`]).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct EmbeddingsRequest {
     model: String,
     #[serde(default)]
@@ -412,7 +466,11 @@ pub struct EmbeddingsRequest {
     options: Option<Value>,
     #[serde(default)]
     keep_alive: Option<Value>,
+    /// Fields this endpoint does not know.
+    #[serde(flatten)]
+    extra: Map<String, Value>,
 }
+lenient_request!(EmbeddingsRequest);
 
 /// Inputs of an embedding request: a string or a list of strings.
 pub fn embed_inputs(v: Option<&Value>) -> Result<Vec<String>, ApiError> {
@@ -435,11 +493,14 @@ pub fn embed_inputs(v: Option<&Value>) -> Result<Vec<String>, ApiError> {
     }
 }
 
-/// Embeds `inputs`; returns vectors, tokens evaluated and load time.
+/// Embeds `inputs`; returns vectors, tokens evaluated and load time. An input longer
+/// than the context is cut to it (`truncate`) or refused with a 400 naming the limit;
+/// `num_ctx` (the request's option) reloads the model with that context.
 pub async fn embed_texts(
     state: &Arc<AppState>,
     model: &Named,
     keep_alive: Option<Option<Duration>>,
+    num_ctx: Option<u32>,
     inputs: Vec<String>,
     truncate: bool,
 ) -> Result<(Vec<Vec<f32>>, usize, Duration), ApiError> {
@@ -447,7 +508,7 @@ pub async fn embed_texts(
         let (vecs, count) = super::remote::embed(&state.remotes, &target, inputs, truncate).await?;
         return Ok((vecs, count, Duration::ZERO));
     }
-    let (guard, load) = state.sched.acquire(&model.name, keep_alive).await?;
+    let (guard, load) = state.sched.acquire(&model.name, keep_alive, num_ctx).await?;
     let loaded = guard.loaded.clone();
     let (vecs, count) = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
@@ -458,7 +519,8 @@ pub async fn embed_texts(
             if tokens.len() > n_ctx {
                 if !truncate {
                     return Err(ApiError::bad_request(format!(
-                        "input of {} tokens exceeds the context length {n_ctx}",
+                        "input of {} tokens exceeds the context length {n_ctx} (num_ctx); \
+                         shorten it, raise num_ctx or allow truncate",
                         tokens.len()
                     )));
                 }
@@ -478,6 +540,29 @@ pub async fn embed_texts(
     Ok((vecs, count, load))
 }
 
+/// Cuts each embedding to its first `dimensions` values (as Ollama's and OpenAI's
+/// `dimensions`; 0 or `None` keeps them all) and scales it to unit length. More than the
+/// model has is a 400.
+pub(super) fn shape_embeddings(
+    vecs: &mut [Vec<f32>],
+    dimensions: Option<usize>,
+) -> Result<(), ApiError> {
+    for v in vecs {
+        match dimensions {
+            Some(d) if d > v.len() => {
+                return Err(ApiError::bad_request(format!(
+                    "dimensions is {d}, but the model's embeddings have {} dimensions",
+                    v.len()
+                )));
+            }
+            Some(d) if d > 0 => v.truncate(d),
+            _ => {}
+        }
+        normalize(v);
+    }
+    Ok(())
+}
+
 /// Scales `v` to unit length (what `/api/embed` and `/v1/embeddings` return, as Ollama's do).
 pub(super) fn normalize(v: &mut [f32]) {
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -487,26 +572,25 @@ pub(super) fn normalize(v: &mut [f32]) {
 }
 
 /// `POST /api/embed`.
-pub async fn embed(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn embed(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    lenient::<EmbedRequest, ApiError, _>("/api/embed", &body, |req| embed_request(state, req)).await
+}
+
+async fn embed_request(state: Arc<AppState>, req: EmbedRequest) -> Result<Response, ApiError> {
     let t = std::time::Instant::now();
-    let req: EmbedRequest = parse_body(&body)?;
-    let _ = &req.options;
     let keep_alive = keep_alive_of(&req.keep_alive)?;
+    let num_ctx = num_ctx_of(req.options.as_ref())?;
     let inputs = embed_inputs(req.input.as_ref())?;
     let model = state.sched.named(&req.model)?;
     if inputs.is_empty() {
-        let (g, _) = state.sched.acquire(&model.name, keep_alive).await?;
+        let (g, _) = state.sched.acquire(&model.name, keep_alive, num_ctx).await?;
         drop(g);
         return Ok(axum::Json(json!({"model": model.name, "embeddings": []})).into_response());
     }
     let (mut vecs, count, load) =
-        embed_texts(&state, &model, keep_alive, inputs, req.truncate.unwrap_or(true)).await?;
-    for v in &mut vecs {
-        if let Some(d) = req.dimensions.filter(|&d| d > 0 && d < v.len()) {
-            v.truncate(d);
-        }
-        normalize(v);
-    }
+        embed_texts(&state, &model, keep_alive, num_ctx, inputs, req.truncate.unwrap_or(true))
+            .await?;
+    shape_embeddings(&mut vecs, req.dimensions)?;
     Ok(axum::Json(json!({
         "model": model.name,
         "embeddings": vecs,
@@ -518,21 +602,28 @@ pub async fn embed(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Re
 }
 
 /// `POST /api/embeddings` (legacy: one prompt, not normalized).
-pub async fn embeddings(
-    State(state): State<Arc<AppState>>,
-    body: Bytes,
+pub async fn embeddings(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    lenient::<EmbeddingsRequest, ApiError, _>("/api/embeddings", &body, |req| {
+        embeddings_request(state, req)
+    })
+    .await
+}
+
+async fn embeddings_request(
+    state: Arc<AppState>,
+    req: EmbeddingsRequest,
 ) -> Result<Response, ApiError> {
-    let req: EmbeddingsRequest = parse_body(&body)?;
-    let _ = &req.options;
     let keep_alive = keep_alive_of(&req.keep_alive)?;
+    let num_ctx = num_ctx_of(req.options.as_ref())?;
     let model = state.sched.named(&req.model)?;
     let prompt = req.prompt.unwrap_or_default();
     if prompt.is_empty() {
-        let (g, _) = state.sched.acquire(&model.name, keep_alive).await?;
+        let (g, _) = state.sched.acquire(&model.name, keep_alive, num_ctx).await?;
         drop(g);
         return Ok(axum::Json(json!({"embedding": []})).into_response());
     }
-    let (mut vecs, _, _) = embed_texts(&state, &model, keep_alive, vec![prompt], true).await?;
+    let (mut vecs, _, _) =
+        embed_texts(&state, &model, keep_alive, num_ctx, vec![prompt], true).await?;
     Ok(axum::Json(json!({"embedding": vecs.pop().unwrap_or_default()})).into_response())
 }
 
@@ -623,9 +714,8 @@ pub async fn tags(State(state): State<Arc<AppState>>) -> Result<Response, ApiErr
     Ok(axum::Json(json!({"models": models})).into_response())
 }
 
-/// `POST /api/show` body.
+/// `POST /api/show` body (unknown fields as [`GenerateRequest`]).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ShowRequest {
     #[serde(default)]
     model: Option<String>,
@@ -639,19 +729,35 @@ pub struct ShowRequest {
     template: Option<String>,
     #[serde(default)]
     options: Option<Value>,
+    /// Fields this endpoint does not know.
+    #[serde(flatten)]
+    extra: Map<String, Value>,
 }
+lenient_request!(ShowRequest);
 
 /// `POST /api/show`.
-pub async fn show(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
-    let req: ShowRequest = parse_body(&body)?;
+pub async fn show(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    lenient::<ShowRequest, ApiError, _>("/api/show", &body, |req| show_request(state, req)).await
+}
+
+async fn show_request(state: Arc<AppState>, req: ShowRequest) -> Result<Response, ApiError> {
     let _ = (&req.verbose, &req.system, &req.template, &req.options);
     let name = req.model.or(req.name).unwrap_or_default();
     if let Some(target) = state.remotes.resolve(&state.sched, &name)? {
         return Ok(axum::Json(super::remote::show(&state.remotes, &target).await?).into_response());
     }
     let model = state.sched.resolve(&name)?;
+    // What the engine declared, when the model is loaded (for files that are no GGUF).
+    let key = crate::models::load_key(&name);
+    let engine = state
+        .sched
+        .loaded()
+        .iter()
+        .find(|l| crate::models::load_key(&l.model_ref.name) == key)
+        .map(|l| l.model.capabilities);
     let v = tokio::task::spawn_blocking(move || -> Result<Value, ApiError> {
         let (details, info) = details_of(&model.path);
+        let projectors = model.resolved.as_ref().is_some_and(|r| !r.projectors.is_empty());
         let resolved = model.resolved.as_deref();
         // The TEMPLATE as stored (Ollama sends its Go template, not a translation); for a
         // file, its own template or the one chosen for it.
@@ -659,13 +765,14 @@ pub async fn show(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Res
             Some(t) => (t, "the Modelfile's TEMPLATE".to_string()),
             None => crate::prompt::file_template(&model.path).unwrap_or_default(),
         };
+        let capabilities = capabilities(&info, &template, projectors, engine);
         let mut v = json!({
             "template": template,
             "template_origin": origin,
             "details": details,
             "model_info": info,
             "modified_at": rfc3339(model.modified),
-            "capabilities": ["completion"],
+            "capabilities": capabilities,
         });
         match resolved {
             Some(r) => {
@@ -686,6 +793,48 @@ pub async fn show(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Res
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
     Ok(axum::Json(v).into_response())
+}
+
+/// The `capabilities` of `/api/show`, decided as Ollama does:
+///
+/// - `embedding` for an embedding model: its GGUF metadata (`model_info`) has
+///   `{arch}.pooling_type` or says `{arch}.attention.causal = false`; a file of another
+///   format is one when its loaded engine declares embeddings and not generation;
+/// - `completion` for every other (generative) model;
+/// - `tools` when the chat template mentions tools (`tools` in Jinja, `.Tools` in Go);
+/// - `thinking` when the template is a thinking model's
+///   ([`corral_generation::thinking::template_thinks`], the rule generation uses);
+/// - `vision` when the model has a projector layer or vision tensors (`{arch}.vision.*`,
+///   `clip.*` metadata).
+pub(super) fn capabilities(
+    info: &Value,
+    template: &str,
+    projectors: bool,
+    engine: Option<corral_backend_api::Capabilities>,
+) -> Vec<&'static str> {
+    use corral_backend_api::Capabilities as C;
+    let arch = info.get("general.architecture").and_then(Value::as_str).unwrap_or("");
+    let has = |k: &str| info.get(k).is_some_and(|v| !v.is_null());
+    let embedding = if arch.is_empty() {
+        engine.is_some_and(|c| c.contains(C::EMBEDDINGS) && !c.contains(C::GENERATION))
+    } else {
+        has(&format!("{arch}.pooling_type"))
+            || info.get(format!("{arch}.attention.causal")) == Some(&Value::Bool(false))
+    };
+    let mut out = vec![if embedding { "embedding" } else { "completion" }];
+    if !embedding && (template.contains("tools") || template.contains(".Tools")) {
+        out.push("tools");
+    }
+    if !embedding && corral_generation::thinking::template_thinks(template) {
+        out.push("thinking");
+    }
+    let vision_keys = info.as_object().is_some_and(|m| {
+        m.keys().any(|k| k.starts_with("clip.") || k.starts_with(&format!("{arch}.vision.")))
+    });
+    if projectors || (!arch.is_empty() && vision_keys) {
+        out.push("vision");
+    }
+    out
 }
 
 /// `GET /api/ps`.
@@ -712,7 +861,7 @@ pub async fn ps(State(state): State<Arc<AppState>>) -> Response {
                 "digest": r.digest,
                 "details": details_of(&r.path).0,
                 "expires_at": expires_at,
-                "size_vram": 0,
+                "size_vram": l.size_vram,
                 "context_length": l.num_ctx,
                 "active_sequences": l.active(),
                 "queued_requests": l.queued(),

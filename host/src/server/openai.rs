@@ -16,9 +16,13 @@ use super::{
     AppState,
     generation::{self, GenRequest, Piece, PromptSpec, Running},
     logprobs,
-    util::{ApiError, base64, parse_body, unix_now},
+    util::{ApiError, Ignored, Lenient, base64, lenient, unix_now},
 };
-use corral_generation::{structured::Grammar, toolcall::ToolCall};
+use corral_generation::{
+    structured::Grammar,
+    thinking::{Effort, Think},
+    toolcall::ToolCall,
+};
 
 use crate::{engine_loop::Stats, prompt::Message};
 
@@ -46,9 +50,10 @@ impl IntoResponse for OaiError {
 
 type OaiResult = Result<Response, OaiError>;
 
-/// `POST /v1/chat/completions` body.
+/// `POST /v1/chat/completions` body: OpenAI's fields, the sampling extensions of vLLM
+/// and llama-server that corral honours, and anything else accepted and ignored (named
+/// in the `X-Corral-Ignored-Fields` header). A known field of the wrong type is a 400.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ChatCompletionRequest {
     model: String,
     messages: Vec<Value>,
@@ -100,19 +105,65 @@ pub struct ChatCompletionRequest {
     reasoning_effort: Option<Value>,
     #[serde(default)]
     modalities: Option<Value>,
+    /// vLLM / llama-server: keep the `top_k` most likely tokens (0 or less: all).
+    #[serde(default)]
+    top_k: Option<i64>,
+    /// vLLM / llama-server: drop tokens below `min_p` times the top one's probability.
+    #[serde(default)]
+    min_p: Option<f64>,
+    /// vLLM: the repeat penalty (Ollama's `repeat_penalty`).
+    #[serde(default)]
+    repetition_penalty: Option<f64>,
+    /// llama-server: the repeat penalty.
+    #[serde(default)]
+    repeat_penalty: Option<f64>,
+    /// llama-server: how many last tokens the penalties look at.
+    #[serde(default)]
+    repeat_last_n: Option<i64>,
+    /// llama-server: locally typical sampling.
+    #[serde(default)]
+    typical_p: Option<f64>,
+    /// vLLM / llama-server: generate past the end-of-sequence token.
+    #[serde(default)]
+    ignore_eos: Option<bool>,
+    /// llama-server: reuse a cached prompt prefix (default true).
+    #[serde(default)]
+    cache_prompt: Option<bool>,
+    /// Fields this endpoint does not know: accepted and ignored.
+    #[serde(flatten)]
+    extra: Map<String, Value>,
 }
 
 /// `stream_options`.
 #[derive(Deserialize, Default, Clone)]
-#[serde(deny_unknown_fields)]
 pub struct StreamOptions {
     #[serde(default)]
     include_usage: bool,
+    /// Fields it does not know: accepted and ignored.
+    #[serde(flatten)]
+    extra: Map<String, Value>,
 }
 
-/// `POST /v1/completions` body.
+/// Implements [`Lenient`] for the generating requests (`stream_options` nested).
+macro_rules! lenient_request {
+    ($t:ty) => {
+        impl Lenient for $t {
+            fn extra(&self) -> &Map<String, Value> {
+                &self.extra
+            }
+            fn nested(&self, ignored: &mut Ignored) {
+                if let Some(so) = &self.stream_options {
+                    ignored.add("stream_options.", so.extra.keys().cloned());
+                }
+            }
+        }
+    };
+}
+lenient_request!(ChatCompletionRequest);
+lenient_request!(CompletionRequest);
+
+/// `POST /v1/completions` body (fields as [`ChatCompletionRequest`]).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CompletionRequest {
     model: String,
     prompt: Value,
@@ -148,6 +199,82 @@ pub struct CompletionRequest {
     logit_bias: Option<Value>,
     #[serde(default)]
     best_of: Option<u32>,
+    /// vLLM / llama-server: keep the `top_k` most likely tokens (0 or less: all).
+    #[serde(default)]
+    top_k: Option<i64>,
+    /// vLLM / llama-server: drop tokens below `min_p` times the top one's probability.
+    #[serde(default)]
+    min_p: Option<f64>,
+    /// vLLM: the repeat penalty (Ollama's `repeat_penalty`).
+    #[serde(default)]
+    repetition_penalty: Option<f64>,
+    /// llama-server: the repeat penalty.
+    #[serde(default)]
+    repeat_penalty: Option<f64>,
+    /// llama-server: how many last tokens the penalties look at.
+    #[serde(default)]
+    repeat_last_n: Option<i64>,
+    /// llama-server: locally typical sampling.
+    #[serde(default)]
+    typical_p: Option<f64>,
+    /// vLLM / llama-server: generate past the end-of-sequence token.
+    #[serde(default)]
+    ignore_eos: Option<bool>,
+    /// llama-server: reuse a cached prompt prefix (default true).
+    #[serde(default)]
+    cache_prompt: Option<bool>,
+    /// Fields this endpoint does not know: accepted and ignored.
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+/// The sampling extensions of vLLM and llama-server a request carried, in the terms of
+/// corral's options.
+struct Extensions {
+    top_k: Option<i64>,
+    min_p: Option<f64>,
+    repeat_penalty: Option<f64>,
+    repeat_last_n: Option<i64>,
+    typical_p: Option<f64>,
+    ignore_eos: bool,
+    cache_prompt: bool,
+}
+
+/// [`Extensions`] from the fields of a request type.
+macro_rules! extensions_of {
+    ($r:expr) => {
+        Extensions {
+            top_k: $r.top_k,
+            min_p: $r.min_p,
+            repeat_penalty: $r.repetition_penalty.or($r.repeat_penalty),
+            repeat_last_n: $r.repeat_last_n,
+            typical_p: $r.typical_p,
+            ignore_eos: $r.ignore_eos.unwrap_or(false),
+            cache_prompt: $r.cache_prompt.unwrap_or(true),
+        }
+    };
+}
+
+impl Extensions {
+    /// Adds the sampling options to `o` (Ollama's names; ranges are checked with the
+    /// rest). vLLM's `top_k: -1` (and any value up to 0) means all tokens: 0.
+    fn apply(&self, o: &mut Map<String, Value>) {
+        if let Some(k) = self.top_k {
+            o.insert("top_k".into(), json!(k.clamp(0, i64::from(i32::MAX))));
+        }
+        if let Some(p) = self.min_p {
+            o.insert("min_p".into(), json!(p));
+        }
+        if let Some(p) = self.repeat_penalty {
+            o.insert("repeat_penalty".into(), json!(p));
+        }
+        if let Some(n) = self.repeat_last_n {
+            o.insert("repeat_last_n".into(), json!(n));
+        }
+        if let Some(p) = self.typical_p {
+            o.insert("typical_p".into(), json!(p));
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -159,8 +286,10 @@ fn options_json(
     stop: &Option<Value>,
     frequency_penalty: Option<f64>,
     presence_penalty: Option<f64>,
+    ext: &Extensions,
 ) -> Result<Value, ApiError> {
     let mut o = Map::new();
+    ext.apply(&mut o);
     if let Some(m) = max_tokens {
         if m < 1 {
             return Err(ApiError::bad_request(format!("max_tokens must be at least 1, got {m}")));
@@ -473,18 +602,25 @@ fn stream_response(
 }
 
 /// `POST /v1/chat/completions`.
-pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> OaiResult {
-    let req: ChatCompletionRequest = parse_body(&body)?;
+pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    lenient::<ChatCompletionRequest, OaiError, _>("/v1/chat/completions", &body, |req| {
+        chat_completions_request(state, req)
+    })
+    .await
+}
+
+async fn chat_completions_request(state: Arc<AppState>, req: ChatCompletionRequest) -> OaiResult {
     let _ = (&req.parallel_tool_calls, &req.user);
     let logprobs = logprobs::requested(req.logprobs, req.top_logprobs, true)?;
     refuse_logit_bias(req.logit_bias.as_ref())?;
     let _ = (&req.metadata, &req.store, &req.service_tier, &req.modalities);
-    // As Ollama's compatibility layer: an effort asks for thinking, "none" turns it off.
+    // As Ollama's compatibility layer: an effort asks for thinking (and reaches the
+    // template as `reasoning_effort`), "none" turns it off.
     let think = match &req.reasoning_effort {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s == "none" => Some(false),
-        Some(Value::String(s)) if matches!(s.as_str(), "minimal" | "low" | "medium" | "high") => {
-            Some(true)
+        Some(Value::String(s)) if s == "none" => Some(Think::Off),
+        Some(Value::String(s)) if Effort::of_openai(s).is_some() => {
+            Effort::of_openai(s).map(Think::Level)
         }
         Some(other) => {
             return Err(ApiError::bad_request(format!(
@@ -507,6 +643,7 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -
         return Err(ApiError::bad_request("messages must not be empty").into());
     }
     let grammar = grammar_of_response_format(req.response_format.as_ref())?;
+    let ext = extensions_of!(req);
     let options = options_json(
         req.max_completion_tokens.or(req.max_tokens),
         req.temperature,
@@ -515,6 +652,7 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -
         &req.stop,
         req.frequency_penalty,
         req.presence_penalty,
+        &ext,
     )?;
     let model = state.sched.named(&req.model)?;
     let tools = req.tools.clone().filter(|t| !t.is_empty());
@@ -531,6 +669,8 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -
             truncate: true,
             logprobs,
             think,
+            ignore_eos: ext.ignore_eos,
+            cache_prompt: ext.cache_prompt,
             prompt: PromptSpec::Chat { messages, tools: tools.clone() },
         },
     )
@@ -570,8 +710,14 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -
 }
 
 /// `POST /v1/completions`.
-pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> OaiResult {
-    let req: CompletionRequest = parse_body(&body)?;
+pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    lenient::<CompletionRequest, OaiError, _>("/v1/completions", &body, |req| {
+        completions_request(state, req)
+    })
+    .await
+}
+
+async fn completions_request(state: Arc<AppState>, req: CompletionRequest) -> OaiResult {
     let _ = &req.user;
     if req.n.is_some_and(|n| n != 1) {
         return Err(ApiError::bad_request("n must be 1").into());
@@ -605,6 +751,7 @@ pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Oai
     if prompt.is_empty() {
         return Err(ApiError::bad_request("prompt must not be empty").into());
     }
+    let ext = extensions_of!(req);
     let options = options_json(
         req.max_tokens,
         req.temperature,
@@ -613,6 +760,7 @@ pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Oai
         &req.stop,
         req.frequency_penalty,
         req.presence_penalty,
+        &ext,
     )?;
     let model = state.sched.named(&req.model)?;
     let running = generation::start(
@@ -626,6 +774,8 @@ pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Oai
             truncate: true,
             logprobs,
             think: None,
+            ignore_eos: ext.ignore_eos,
+            cache_prompt: ext.cache_prompt,
             prompt: PromptSpec::Completion {
                 prompt: prompt.clone(),
                 system: None,
@@ -656,9 +806,8 @@ pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Oai
     .into_response())
 }
 
-/// `POST /v1/embeddings` body.
+/// `POST /v1/embeddings` body (unknown fields accepted and ignored).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct EmbeddingRequest {
     model: String,
     input: Value,
@@ -668,11 +817,26 @@ pub struct EmbeddingRequest {
     dimensions: Option<usize>,
     #[serde(default)]
     user: Option<String>,
+    /// Fields this endpoint does not know.
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+impl Lenient for EmbeddingRequest {
+    fn extra(&self) -> &Map<String, Value> {
+        &self.extra
+    }
 }
 
 /// `POST /v1/embeddings`.
-pub async fn embeddings(State(state): State<Arc<AppState>>, body: Bytes) -> OaiResult {
-    let req: EmbeddingRequest = parse_body(&body)?;
+pub async fn embeddings(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    lenient::<EmbeddingRequest, OaiError, _>("/v1/embeddings", &body, |req| {
+        embeddings_request(state, req)
+    })
+    .await
+}
+
+async fn embeddings_request(state: Arc<AppState>, req: EmbeddingRequest) -> OaiResult {
     let _ = &req.user;
     let b64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
@@ -688,17 +852,15 @@ pub async fn embeddings(State(state): State<Arc<AppState>>, body: Bytes) -> OaiR
         return Err(ApiError::bad_request("input must not be empty").into());
     }
     let model = state.sched.named(&req.model)?;
-    let (vecs, count, _) = super::ollama::embed_texts(&state, &model, None, inputs, true).await?;
+    let (mut vecs, count, _) =
+        super::ollama::embed_texts(&state, &model, None, None, inputs, true).await?;
+    // As Ollama's /v1/embeddings (which goes through /api/embed): unit vectors, whatever
+    // the engine's pooling gave, cut to `dimensions`.
+    super::ollama::shape_embeddings(&mut vecs, req.dimensions)?;
     let data: Vec<Value> = vecs
         .into_iter()
         .enumerate()
-        .map(|(i, mut v)| {
-            if let Some(d) = req.dimensions.filter(|&d| d > 0 && d < v.len()) {
-                v.truncate(d);
-            }
-            // As Ollama's /v1/embeddings (which goes through /api/embed): unit vectors,
-            // whatever the engine's pooling gave.
-            super::ollama::normalize(&mut v);
+        .map(|(i, v)| {
             let emb = if b64 {
                 let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
                 json!(base64(&bytes))

@@ -865,7 +865,7 @@ struct Ask {
     spec: PromptSpec,
     format: Option<Value>,
     options: Map<String, Value>,
-    think: Option<bool>,
+    think: Option<corral_generation::thinking::Think>,
     keep_alive: Option<Value>,
 }
 
@@ -943,7 +943,12 @@ impl Ask {
             b["format"] = f.clone();
         }
         if let Some(t) = self.think {
-            b["think"] = json!(t);
+            use corral_generation::thinking::Think;
+            b["think"] = match t {
+                Think::Off => json!(false),
+                Think::On => json!(true),
+                Think::Level(e) => json!(e.as_str()),
+            };
         }
         if let Some(k) = &self.keep_alive {
             b["keep_alive"] = k.clone();

@@ -112,6 +112,10 @@ pub struct Loaded {
     pub num_ctx: u32,
     /// Memory estimate in bytes.
     pub size_estimate: u64,
+    /// Of which in GPU memory (`size_vram` of `/api/ps`): the whole estimate when the
+    /// engine computes on a GPU or other accelerator with every layer offloaded (the
+    /// default), 0 on a CPU.
+    pub size_vram: u64,
     /// When it was loaded.
     pub loaded_at: Instant,
     /// Requests using it now.
@@ -191,6 +195,11 @@ impl Loaded {
         ctx.prefill(0, 0, tokens)?;
         Ok(ctx.embeddings(0)?)
     }
+}
+
+/// The model's `num_ctx` PARAMETER, if it has one.
+fn param_num_ctx(r: &ModelRef) -> Option<u32> {
+    r.params.get("num_ctx").and_then(Value::as_u64).map(|n| n.min(u64::from(u32::MAX)) as u32)
 }
 
 /// Holds a model in use; when dropped, the model's keep-alive timer starts.
@@ -469,7 +478,14 @@ impl Scheduler {
     /// The loaded model under `key`, counted as in use.
     /// A model whose engine is gone (its worker crashed or hung) is forgotten here, so
     /// the request that finds it loads it again.
-    fn use_loaded(&self, key: &str, keep_alive: Option<Duration>) -> Option<UseGuard> {
+    /// `None` too when `num_ctx` is given and the model is loaded with another context
+    /// (the caller reloads it).
+    fn use_loaded(
+        &self,
+        key: &str,
+        keep_alive: Option<Duration>,
+        num_ctx: Option<u32>,
+    ) -> Option<UseGuard> {
         let mut models = self.models.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let l = models.get(key)?;
         if let Err(why) = l.model.health() {
@@ -477,6 +493,9 @@ impl Scheduler {
             models.remove(key);
             drop(models);
             self.engine_died(key);
+            return None;
+        }
+        if num_ctx.is_some_and(|n| n != l.num_ctx) {
             return None;
         }
         l.inflight.fetch_add(1, Ordering::SeqCst);
@@ -572,14 +591,20 @@ impl Scheduler {
     /// Uses the model a request names (resolving and loading it if it is not loaded)
     /// for one request. Returns the guard and the load time (zero when it was loaded
     /// already). A loaded model is served without waiting for any other model's load.
+    ///
+    /// `num_ctx` is the request's `options.num_ctx`: a model loaded with another
+    /// context is reloaded with this one, as Ollama reloads its runner (see
+    /// [`Scheduler::reload_wait`]); `None` uses the model as it is loaded.
     pub async fn acquire(
         self: &Arc<Self>,
         name: &str,
         keep_alive: Option<Option<Duration>>,
+        num_ctx: Option<u32>,
     ) -> Result<(UseGuard, Duration), ApiError> {
         let keep_alive = keep_alive.unwrap_or(self.settings.keep_alive);
         let key = crate::models::load_key(name);
-        if let Some(g) = self.use_loaded(&key, keep_alive) {
+        let num_ctx = num_ctx.map(|n| n.max(1));
+        if let Some(g) = self.use_loaded(&key, keep_alive, num_ctx) {
             return Ok((g, Duration::ZERO));
         }
         // One load per model: requests for the same model wait for it here.
@@ -591,17 +616,23 @@ impl Scheduler {
             .or_default()
             .clone();
         let _model_guard = model_lock.lock().await;
-        if let Some(g) = self.use_loaded(&key, keep_alive) {
+        if let Some(g) = self.use_loaded(&key, keep_alive, num_ctx) {
             return Ok((g, Duration::ZERO));
         }
+        // Loaded, but with another context than the request asks for.
+        let stale = self
+            .models
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+            .cloned();
         self.check_crash_loop(&key)?;
-        let r = self.resolve(name)?;
+        let r = match &stale {
+            Some(l) => l.model_ref.clone(),
+            None => self.resolve(name)?,
+        };
         let n_parallel = self.settings.num_parallel.max(1);
-        let requested = r
-            .params
-            .get("num_ctx")
-            .and_then(Value::as_u64)
-            .map(|n| n.min(u64::from(u32::MAX)) as u32);
+        let requested = num_ctx.or_else(|| param_num_ctx(&r));
         let plugin = self.plugin_for(&r.format)?;
         let engine_memory = EngineMemory::of_plugin(&plugin.manifest);
         let need = estimate_memory(
@@ -620,25 +651,33 @@ impl Scheduler {
                 format!(
                     "model {} needs about {} MiB (its weights and a KV cache of {n_parallel} \
                      sequence(s) × {} positions) but {} MiB of memory are available; lower \
-                     num_ctx (the model's PARAMETER num_ctx or CORRAL_CONTEXT_LENGTH) or \
-                     CORRAL_NUM_PARALLEL",
+                     num_ctx ({}) or CORRAL_NUM_PARALLEL",
                     r.name,
                     need.bytes >> 20,
                     need.num_ctx,
-                    avail >> 20
+                    avail >> 20,
+                    if num_ctx.is_some() {
+                        "the request's options.num_ctx"
+                    } else {
+                        "the model's PARAMETER num_ctx or CORRAL_CONTEXT_LENGTH"
+                    }
                 ),
             ));
         }
         let estimate = need.bytes;
         // Loads and evictions of different models, one at a time.
         let _lock = self.load_lock.lock().await;
+        if let Some(old) = stale {
+            self.retire(&key, old, num_ctx.unwrap_or(0)).await?;
+        }
         self.make_room(estimate).await?;
         let me = self.clone();
         let t = Instant::now();
-        let loaded =
-            tokio::task::spawn_blocking(move || me.load_blocking(plugin, r, n_parallel, need))
-                .await
-                .map_err(|e| ApiError::internal(format!("model load task failed: {e}")))?;
+        let loaded = tokio::task::spawn_blocking(move || {
+            me.load_blocking(plugin, r, n_parallel, requested, need)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("model load task failed: {e}")))?;
         self.record_load(&key, loaded.as_ref().map(|_| ()));
         let loaded = loaded?;
         if self.crashed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key) {
@@ -657,14 +696,66 @@ impl Scheduler {
         Ok((UseGuard { loaded, keep_alive }, load_time))
     }
 
+    /// Takes `old`, loaded under `key` with another context than a request asks for
+    /// (`num_ctx`), out of use so that it can be loaded again: it leaves the map at once,
+    /// so new requests for the model wait for the reload rather than keep it busy; the
+    /// requests running on it finish first (up to [`Scheduler::reload_wait`]), then its
+    /// engine stops. When they do not finish in time it is put back and the request is
+    /// answered 503.
+    async fn retire(&self, key: &str, old: Arc<Loaded>, num_ctx: u32) -> Result<(), ApiError> {
+        tracing::info!(
+            model = %key,
+            from = old.num_ctx,
+            to = num_ctx,
+            "reloading the model with the context a request asks for"
+        );
+        {
+            let mut models = self.models.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if models.get(key).is_some_and(|l| Arc::ptr_eq(l, &old)) {
+                models.remove(key);
+            }
+        }
+        let deadline = Instant::now() + self.reload_wait();
+        while old.inflight.load(Ordering::SeqCst) > 0 || old.active() > 0 {
+            if Instant::now() > deadline {
+                let from = old.num_ctx;
+                self.models
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .entry(key.to_string())
+                    .or_insert(old);
+                return Err(ApiError::busy(format!(
+                    "model {key} is in use with num_ctx {from}; it can be reloaded with num_ctx \
+                     {num_ctx} once its requests finish; retry later"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.metrics.loaded_models.store(self.loaded().len(), Ordering::Relaxed);
+        let _ = tokio::task::spawn_blocking(move || old.engine.shutdown()).await;
+        Ok(())
+    }
+
+    /// How long a reload for another `num_ctx` waits for the model's running requests:
+    /// `CORRAL_RELOAD_WAIT` seconds, 30 by default.
+    pub fn reload_wait(&self) -> Duration {
+        std::env::var("CORRAL_RELOAD_WAIT")
+            .ok()
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9)
+            .map_or(Duration::from_secs(30), Duration::from_secs_f64)
+    }
+
     fn load_blocking(
         &self,
         plugin: Arc<LoadedPlugin>,
         r: ModelRef,
         n_parallel: u32,
+        requested: Option<u32>,
         need: MemoryEstimate,
     ) -> Result<Loaded, ApiError> {
         let options = LoadOptions { n_threads: self.settings.threads, ..Default::default() };
+        let n_gpu_layers = options.n_gpu_layers;
         let model = Model::load(plugin.clone(), &r.path.to_string_lossy(), &r.format, options)
             .map_err(|e| {
                 // The class of the engine's error: an engine out of memory is a 507.
@@ -674,11 +765,6 @@ impl Scheduler {
                 )
             })?;
         let model = Arc::new(model);
-        let requested = r
-            .params
-            .get("num_ctx")
-            .and_then(Value::as_u64)
-            .map(|n| n.min(u64::from(u32::MAX)) as u32);
         let num_ctx = context_length(requested, self.settings.num_ctx, model.meta.context_length);
         let templater = match r.template.as_deref() {
             Some(t) => Templater::with_source(&model, Some(t)).or_else(|e| {
@@ -711,6 +797,8 @@ impl Scheduler {
             )
             .bytes
         };
+        let offloaded = n_gpu_layers != 0
+            && plugin.devices().iter().any(|d| d.kind != corral_backend_api::DeviceKind::Cpu);
         Ok(Loaded {
             model_ref: r,
             model,
@@ -718,6 +806,7 @@ impl Scheduler {
             templater,
             num_ctx,
             size_estimate,
+            size_vram: if offloaded { size_estimate } else { 0 },
             loaded_at: Instant::now(),
             inflight: AtomicUsize::new(0),
             expires: Mutex::new(None),

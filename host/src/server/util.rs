@@ -1,14 +1,16 @@
 //! Shared pieces of the HTTP layer: the error type with Ollama's status codes, request
-//! body parsing with clear messages, durations (`keep_alive`) and timestamps.
+//! body parsing with clear messages, the fields a request sent that the server ignores
+//! ([`Ignored`]), durations (`keep_alive`) and timestamps.
 
 use crate::errors::ErrorClass;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::{
-    http::StatusCode,
+    http::{HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
 use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
 
 /// An error answered as `{"error": "..."}` with a status code.
 #[derive(Debug)]
@@ -92,21 +94,152 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Parses a JSON request body into `T`, with a message that says what is wrong and where.
-/// An empty body is refused (Ollama: "missing request body").
+/// Parses a JSON request body into `T`, with a message that says what is wrong and where
+/// (the field, for a value of the wrong type: `invalid request: top_k: invalid type:
+/// ...`). An empty body is refused (Ollama: "missing request body").
 pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("missing request body"));
     }
-    serde_json::from_slice(body).map_err(|e| {
-        let what = match e.classify() {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let what = match e.inner().classify() {
             serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
                 "invalid JSON in the request body"
             }
             _ => "invalid request",
         };
-        ApiError::bad_request(format!("{what}: {e}"))
-    })
+        let path = e.path().to_string();
+        let at = if path.is_empty() || path == "." { String::new() } else { format!("{path}: ") };
+        ApiError::bad_request(format!("{what}: {at}{}", e.inner()))
+    })?;
+    de.end()
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON in the request body: {e}")))?;
+    Ok(parsed)
+}
+
+/// The response header that names the request fields the server ignored.
+pub const IGNORED_FIELDS_HEADER: &str = "x-corral-ignored-fields";
+
+/// Names at most this many ignored fields in [`IGNORED_FIELDS_HEADER`] (then `...`).
+const MAX_IGNORED_NAMED: usize = 32;
+/// Characters of one field name kept in the header.
+const MAX_IGNORED_NAME: usize = 64;
+
+/// The fields of a request that the server accepted without acting on them: top-level
+/// fields the endpoint does not know (a newer client's, another server's extension, a
+/// typo) and keys of Ollama's `options` that are no option at all. Each is logged at
+/// debug level, and [`Ignored::apply`] names them in the [`IGNORED_FIELDS_HEADER`]
+/// response header, so that a typo can still be found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Ignored {
+    endpoint: &'static str,
+    names: Vec<String>,
+}
+
+impl Ignored {
+    /// The unknown top-level fields of a request to `endpoint` (its flattened `extra`).
+    pub fn of(endpoint: &'static str, extra: &Map<String, Value>) -> Self {
+        let mut me = Ignored { endpoint, names: Vec::new() };
+        me.add("", extra.keys().cloned());
+        me
+    }
+
+    /// Adds ignored `names` found under `prefix` (`"options."`, `"stream_options."`).
+    pub fn add(&mut self, prefix: &str, names: impl IntoIterator<Item = String>) {
+        for name in names {
+            let name = format!("{prefix}{name}");
+            tracing::debug!(endpoint = self.endpoint, field = %name, "ignoring a request field");
+            self.names.push(name);
+        }
+    }
+
+    /// Adds the keys of Ollama's `options` object that are no option (Ollama warns
+    /// "invalid option provided" and ignores them; so does corral). An `options` value
+    /// that does not parse is left to the request's own check (a 400).
+    pub fn add_options(&mut self, options: Option<&Value>) {
+        let Some(o) = options else { return };
+        let Ok(parsed) = corral_generation::options::SamplingOptions::from_json(o) else {
+            return;
+        };
+        let unknown: Vec<String> = parsed.unknown_options().map(str::to_string).collect();
+        for name in &unknown {
+            tracing::warn!(endpoint = self.endpoint, option = %name, "invalid option provided; ignored");
+        }
+        self.add("options.", unknown);
+    }
+
+    /// The names, in the order found.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The header's value: the names (control characters, commas and non-ASCII shown as
+    /// `?`, each cut at 64 characters), at most 32 of them; `None` when there are none.
+    pub fn header_value(&self) -> Option<HeaderValue> {
+        if self.names.is_empty() {
+            return None;
+        }
+        let mut parts: Vec<String> = self
+            .names
+            .iter()
+            .take(MAX_IGNORED_NAMED)
+            .map(|n| {
+                n.chars()
+                    .take(MAX_IGNORED_NAME)
+                    .map(|c| if c.is_ascii_graphic() && c != ',' { c } else { '?' })
+                    .collect()
+            })
+            .collect();
+        if self.names.len() > MAX_IGNORED_NAMED {
+            parts.push("...".into());
+        }
+        HeaderValue::from_str(&parts.join(", ")).ok()
+    }
+
+    /// `resp` with the [`IGNORED_FIELDS_HEADER`] header when fields were ignored.
+    pub fn apply(&self, mut resp: Response) -> Response {
+        if let Some(v) = self.header_value() {
+            resp.headers_mut().insert(IGNORED_FIELDS_HEADER, v);
+        }
+        resp
+    }
+}
+
+/// A request body that accepts fields it does not know (see [`Ignored`]): they land in a
+/// flattened `extra` map.
+pub trait Lenient {
+    /// The request's unknown top-level fields.
+    fn extra(&self) -> &Map<String, Value>;
+    /// Ollama's `options`, whose unknown keys are named too.
+    fn options(&self) -> Option<&Value> {
+        None
+    }
+    /// Adds ignored fields of nested objects (`stream_options.x`).
+    fn nested(&self, _ignored: &mut Ignored) {}
+}
+
+/// Parses `body` as a `T`, runs `handler` on it and names the fields it ignored in the
+/// response ([`IGNORED_FIELDS_HEADER`], errors included). A body that does not parse,
+/// or a known field of the wrong type, is a 400 in the endpoint's error shape (`E`).
+pub async fn lenient<T, E, Fut>(
+    endpoint: &'static str,
+    body: &[u8],
+    handler: impl FnOnce(T) -> Fut,
+) -> Response
+where
+    T: DeserializeOwned + Lenient,
+    E: IntoResponse + From<ApiError>,
+    Fut: std::future::Future<Output = Result<Response, E>>,
+{
+    let req: T = match parse_body(body) {
+        Ok(r) => r,
+        Err(e) => return E::from(e).into_response(),
+    };
+    let mut ignored = Ignored::of(endpoint, req.extra());
+    ignored.add_options(req.options());
+    req.nested(&mut ignored);
+    ignored.apply(handler(req).await.unwrap_or_else(IntoResponse::into_response))
 }
 
 /// Parses a JSON request body (an object) into `T` for the APIs that accept fields they
@@ -274,11 +407,48 @@ mod tests {
     }
 
     #[test]
+    fn ignored_fields_are_named_in_a_bounded_header() {
+        use serde_json::json;
+        let extra: Map<String, Value> =
+            serde_json::from_value(json!({"foo": 1, "b\u{e9}r,\n": true})).unwrap();
+        let mut ig = Ignored::of("/test", &extra);
+        ig.add_options(Some(&json!({"top_k": 3, "num_gpu": 1, "tmperature": 0.1})));
+        // In the request's order (serde_json keeps it: `preserve_order`).
+        assert_eq!(ig.names(), ["foo", "b\u{e9}r,\n", "options.tmperature"]);
+        let v = ig.header_value().unwrap();
+        assert_eq!(v.to_str().unwrap(), "foo, b?r??, options.tmperature");
+        let resp = ig.apply(axum::http::StatusCode::OK.into_response());
+        assert_eq!(resp.headers()[IGNORED_FIELDS_HEADER], "foo, b?r??, options.tmperature");
+        // Wrongly typed options are the request's 400, not an ignored field.
+        let mut ig = Ignored::default();
+        ig.add_options(Some(&json!({"top_k": "x", "bogus": 1})));
+        assert!(ig.header_value().is_none());
+        let many: Map<String, Value> = (0..40).map(|i| (format!("f{i:02}"), json!(i))).collect();
+        let v = Ignored::of("/t", &many).header_value().unwrap();
+        assert!(v.to_str().unwrap().ends_with("f31, ..."), "{v:?}");
+        let long: Map<String, Value> = [("x".repeat(200), json!(1))].into_iter().collect();
+        assert_eq!(Ignored::of("/t", &long).header_value().unwrap().len(), 64);
+    }
+
+    #[test]
     fn body_errors_are_clear() {
         let e = parse_body::<serde_json::Value>(b"{oops").unwrap_err();
         assert!(e.message.contains("invalid JSON"), "{}", e.message);
         let e = parse_body::<serde_json::Value>(b"").unwrap_err();
         assert!(e.message.contains("missing request body"));
+        let e = parse_body::<serde_json::Value>(b"{} x").unwrap_err();
+        assert!(e.message.contains("invalid JSON"), "{}", e.message);
+        #[derive(serde::Deserialize, Debug)]
+        struct Req {
+            #[allow(dead_code)]
+            top_k: Option<i64>,
+            #[serde(flatten)]
+            extra: Map<String, Value>,
+        }
+        let e = parse_body::<Req>(br#"{"top_k": "x", "foo": 1}"#).unwrap_err();
+        assert!(e.message.starts_with("invalid request: top_k: invalid type"), "{}", e.message);
+        let ok = parse_body::<Req>(br#"{"top_k": 1, "foo": 1}"#).unwrap();
+        assert_eq!(ok.extra.keys().collect::<Vec<_>>(), ["foo"]);
     }
 
     #[test]
