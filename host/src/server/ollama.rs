@@ -878,3 +878,52 @@ pub async fn ps(State(state): State<Arc<AppState>>) -> Response {
 pub async fn version() -> Response {
     axum::Json(json!({"version": env!("CARGO_PKG_VERSION")})).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corral_backend_api::Capabilities as C;
+
+    #[test]
+    fn capabilities_as_ollama_decides_them() {
+        let llama = json!({"general.architecture": "llama"});
+        assert_eq!(capabilities(&llama, "{{ .Prompt }}", false, None), ["completion"]);
+        assert_eq!(
+            capabilities(&llama, "{{ if .Tools }}x{{ end }}<think>", false, None),
+            ["completion", "tools", "thinking"]
+        );
+        let bert = json!({"general.architecture": "bert", "bert.pooling_type": 1});
+        assert_eq!(capabilities(&bert, "", false, None), ["embedding"]);
+        let causal = json!({"general.architecture": "x", "x.attention.causal": false});
+        assert_eq!(capabilities(&causal, "", false, None), ["embedding"]);
+        let gemma = json!({"general.architecture": "gemma3", "gemma3.vision.block_count": 2});
+        assert_eq!(capabilities(&gemma, "", false, None), ["completion", "vision"]);
+        assert_eq!(capabilities(&llama, "", true, None), ["completion", "vision"]);
+        // Not a GGUF: the loaded engine's declaration.
+        assert_eq!(capabilities(&json!({}), "", false, Some(C::EMBEDDINGS)), ["embedding"]);
+        let both = C::EMBEDDINGS | C::GENERATION;
+        assert_eq!(capabilities(&json!({}), "", false, Some(both)), ["completion"]);
+    }
+
+    #[test]
+    fn dimensions_cut_and_renormalize() {
+        let mut v = vec![vec![3.0, 4.0, 12.0]];
+        shape_embeddings(&mut v, Some(2)).unwrap();
+        assert_eq!(v, [[0.6, 0.8]]);
+        let mut v = vec![vec![3.0, 4.0]];
+        shape_embeddings(&mut v, Some(0)).unwrap();
+        assert_eq!(v, [[0.6, 0.8]]);
+        let e = shape_embeddings(&mut [vec![1.0, 0.0]], Some(3)).unwrap_err();
+        assert!(e.message.contains("2 dimensions"), "{}", e.message);
+    }
+
+    #[test]
+    fn think_values() {
+        assert_eq!(think_of(&None).unwrap(), None);
+        assert_eq!(think_of(&Some(json!(true))).unwrap(), Some(Think::On));
+        assert_eq!(think_of(&Some(json!(false))).unwrap(), Some(Think::Off));
+        assert_eq!(think_of(&Some(json!("high"))).unwrap(), Some(Think::Level(Effort::High)));
+        assert!(think_of(&Some(json!("minimal"))).is_err());
+        assert!(think_of(&Some(json!(1))).is_err());
+    }
+}
