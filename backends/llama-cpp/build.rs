@@ -14,9 +14,26 @@
 /// CPU features a native build's manifest requires when the build used them (Rust's
 /// names; the host normalises spellings).
 const NATIVE_FEATURES: &[&str] = &[
-    "sse4.2", "avx", "avx2", "fma", "f16c", "bmi2", "movbe", "avx512f", "avx512bw",
-    "avx512cd", "avx512dq", "avx512vl", "avx512vnni", "avx512vbmi", "avx512bf16", "avxvnni",
-    "neon", "dotprod", "i8mm", "sve",
+    "sse4.2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "bmi2",
+    "movbe",
+    "avx512f",
+    "avx512bw",
+    "avx512cd",
+    "avx512dq",
+    "avx512vl",
+    "avx512vnni",
+    "avx512vbmi",
+    "avx512bf16",
+    "avxvnni",
+    "neon",
+    "dotprod",
+    "i8mm",
+    "sve",
 ];
 
 /// The manifest of a `-C target-cpu=native` build: the portable one's fields, with the
@@ -48,7 +65,8 @@ fn main() {
         println!("cargo:rustc-env=CORRAL_LLAMA_VARIANT=cpu-native");
         let Ok(out_dir) = std::env::var("OUT_DIR") else { return };
         let Some(profile_dir) = std::path::Path::new(&out_dir).ancestors().nth(3) else { return };
-        if let Err(e) = std::fs::write(profile_dir.join("llama-cpp.corral-plugin.toml"), native_manifest())
+        if let Err(e) =
+            std::fs::write(profile_dir.join("llama-cpp.corral-plugin.toml"), native_manifest())
         {
             println!("cargo:warning=could not install the dev manifest: {e}");
         }
