@@ -206,6 +206,14 @@ pub struct ModelSpec {
     pub options: LoadOptions,
 }
 
+/// The engine-specific load option (`LoadOptions::extra`) naming the KV cache's element
+/// type: `f16` (the default), `q8_0` or `q4_0`. Engines that declare
+/// [`Capabilities::KV_CACHE_TYPES`] honour it.
+pub const EXTRA_KV_CACHE_TYPE: &str = "kv_cache_type";
+/// The engine-specific load option turning flash attention `on`, `off` or `auto` (the
+/// engine decides). Engines that declare [`Capabilities::FLASH_ATTENTION`] honour it.
+pub const EXTRA_FLASH_ATTENTION: &str = "flash_attention";
+
 /// Parameters of a context: the KV cache and the batch it decodes.
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq)]
@@ -330,13 +338,22 @@ impl Capabilities {
     /// `new_context_per_sequence` gives a real per-sequence KV split (each sequence
     /// attends over its own cells), rather than falling back to a shared context.
     pub const PER_SEQUENCE_CONTEXT: Capabilities = Capabilities { bits: 1 << 3 };
+    /// The model's contexts keep their KV cache in the type the load's
+    /// [`EXTRA_KV_CACHE_TYPE`] names (`f16`, `q8_0`, `q4_0`); without this flag the host
+    /// refuses any type but the default. (A bit added within 1.2: the layout is unchanged.)
+    pub const KV_CACHE_TYPES: Capabilities = Capabilities { bits: 1 << 4 };
+    /// The model's contexts follow the load's [`EXTRA_FLASH_ATTENTION`] (`on`, `off`,
+    /// `auto`); without this flag the host refuses `on`. (A bit added within 1.2.)
+    pub const FLASH_ATTENTION: Capabilities = Capabilities { bits: 1 << 5 };
 
     /// Every flag this version of the crate knows, with its name for messages.
-    const NAMED: [(Capabilities, &'static str); 4] = [
+    const NAMED: [(Capabilities, &'static str); 6] = [
         (Capabilities::GENERATION, "generation"),
         (Capabilities::EMBEDDINGS, "embeddings"),
         (Capabilities::CONTEXT_SHIFT, "context-shift"),
         (Capabilities::PER_SEQUENCE_CONTEXT, "per-sequence-context"),
+        (Capabilities::KV_CACHE_TYPES, "kv-cache-types"),
+        (Capabilities::FLASH_ATTENTION, "flash-attention"),
     ];
 
     /// No capability at all (what a panicking `capabilities` call gives).

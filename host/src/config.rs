@@ -121,6 +121,12 @@ pub struct ServerConfig {
     /// Let `/api/pull` and `/api/push` requests with `insecure: true` speak plain HTTP to
     /// registries (off: such requests get 403).
     pub allow_insecure_registries: Option<bool>,
+    /// The KV cache's element type for every model: `f16` (default), `q8_0`, `q4_0`
+    /// (a model's `PARAMETER kv_cache_type` wins).
+    pub kv_cache_type: Option<String>,
+    /// Flash attention for every model: `on`, `off` or `auto` (default; a model's
+    /// `PARAMETER flash_attention` wins).
+    pub flash_attention: Option<String>,
 }
 
 impl Config {

@@ -87,6 +87,8 @@ enum ParamType {
     Float,
     Bool,
     StringList,
+    /// One string (checked by whoever uses it).
+    Text,
 }
 
 /// Ollama's known parameters and their types.
@@ -100,6 +102,8 @@ fn param_type(name: &str) -> Option<ParamType> {
         "penalize_newline" | "numa" | "use_mmap" | "use_mlock" | "low_vram" | "f16_kv"
         | "vocab_only" | "logits_all" => Bool,
         "stop" => StringList,
+        // corral's load settings: the KV cache's type and flash attention.
+        "kv_cache_type" | "flash_attention" => Text,
         _ => return None,
     })
 }
@@ -278,7 +282,7 @@ pub fn parse(text: &str) -> Result<Modelfile> {
                     ParamType::Bool => {
                         Value::Bool(raw.parse::<bool>().map_err(|_| bad("true or false"))?)
                     }
-                    ParamType::StringList => Value::String(raw),
+                    ParamType::StringList | ParamType::Text => Value::String(raw),
                 };
                 (vpos, Directive::Parameter { name, value })
             }

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::gguf_check::{self, check_gguf};
 use crate::logging;
-use crate::model::{LlamaModel, ModelInner};
+use crate::model::{KvSettings, LlamaModel, ModelInner};
 
 /// The plugin's options: the `[options]` table of its manifest, overridden by the host
 /// config's `[backends.llama-cpp]` table. Unknown keys are ignored.
@@ -175,8 +175,10 @@ impl Backend for LlamaBackend {
             )));
         }
         let path = Path::new(&request.path);
-        let summary = check_gguf(path, !self.options.skip_vocabulary_check)?;
         let opts = &request.settings;
+        // Checked before anything is read: a bad setting is the request's error.
+        let kv = KvSettings::from_extra(opts)?;
+        let summary = check_gguf(path, !self.options.skip_vocabulary_check)?;
         let cpath = CString::new(request.path.as_str())
             .map_err(|_| BackendError::invalid("model path contains a NUL byte"))?;
 
@@ -219,7 +221,7 @@ impl Backend for LlamaBackend {
             };
             return Err(BackendError::new(kind, message));
         }
-        let inner = ModelInner::new(model, summary, self.options.clone());
+        let inner = ModelInner::new(model, summary, self.options.clone(), kv);
         Ok(LlamaModel::new(Arc::new(inner)))
     }
 

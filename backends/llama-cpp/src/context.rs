@@ -104,7 +104,22 @@ impl LlamaContext {
         // Flash attention on the CPU rounds Q, K and V to F16, which moves embeddings by
         // ~3e-4 (all-MiniLM-L6-v2 against its float64 reference): embedding contexts turn
         // it off unless the options say otherwise.
-        let flash_attn = opts.flash_attn.or(if p.embeddings { Some(false) } else { None });
+        // The load's setting first, then the backend option.
+        let flash_attn = model.kv.flash_attention.or(opts.flash_attn).or(if p.embeddings {
+            Some(false)
+        } else {
+            None
+        });
+        if let Some(t) = model.kv.cache_type {
+            cp.type_k = t;
+            cp.type_v = t;
+            if flash_attn == Some(false) {
+                return Err(BackendError::invalid(
+                    "a quantized KV cache needs flash attention in llama.cpp (the backend \
+                     option flash_attn = false turns it off)",
+                ));
+            }
+        }
         if let Some(fa) = flash_attn {
             cp.flash_attn_type = if fa {
                 sys::LLAMA_FLASH_ATTN_TYPE_ENABLED

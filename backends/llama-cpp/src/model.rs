@@ -23,6 +23,53 @@ pub(crate) struct ModelInner {
     special: SpecialTokenIds,
     /// What the model can do, asked of llama.cpp on first use ([`ModelInner::probe`]).
     capabilities: OnceLock<Capabilities>,
+    /// The load's KV cache type and flash attention setting, for every context.
+    pub(crate) kv: KvSettings,
+}
+
+/// The KV cache's element type and flash attention, from a load's engine-specific
+/// options (`kv_cache_type`, `flash_attention`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct KvSettings {
+    /// `None`: llama.cpp's default (f16).
+    pub(crate) cache_type: Option<sys::ggml_type>,
+    /// `None`: the backend option `flash_attn`, else llama.cpp's auto.
+    pub(crate) flash_attention: Option<bool>,
+}
+
+impl KvSettings {
+    /// Reads and checks the settings of a load.
+    pub(crate) fn from_extra(
+        s: &corral_backend_api::LoadSettings,
+    ) -> Result<KvSettings, BackendError> {
+        let cache_type = match s.extra(corral_backend_api::EXTRA_KV_CACHE_TYPE) {
+            None | Some("") | Some("f16") => None,
+            Some("q8_0") => Some(sys::GGML_TYPE_Q8_0),
+            Some("q4_0") => Some(sys::GGML_TYPE_Q4_0),
+            Some(other) => {
+                return Err(BackendError::invalid(format!(
+                    "kv_cache_type {other:?}: llama.cpp takes f16, q8_0 or q4_0"
+                )));
+            }
+        };
+        let flash_attention = match s.extra(corral_backend_api::EXTRA_FLASH_ATTENTION) {
+            None | Some("") | Some("auto") => None,
+            Some("on") => Some(true),
+            Some("off") => Some(false),
+            Some(other) => {
+                return Err(BackendError::invalid(format!(
+                    "flash_attention {other:?}: use on, off or auto"
+                )));
+            }
+        };
+        if cache_type.is_some() && flash_attention == Some(false) {
+            return Err(BackendError::invalid(
+                "a quantized KV cache needs flash attention in llama.cpp: set flash_attention \
+                 to on or auto, or kv_cache_type to f16",
+            ));
+        }
+        Ok(KvSettings { cache_type, flash_attention })
+    }
 }
 
 // SAFETY: a llama_model is immutable after loading; llama.cpp documents its tokenizer API
@@ -70,6 +117,7 @@ impl ModelInner {
         ptr: *mut sys::llama_model,
         summary: GgufSummary,
         options: Arc<LlamaOptions>,
+        kv_settings: KvSettings,
     ) -> Self {
         // SAFETY (whole block): `ptr` is a live model; the vocab pointer lives as long as it;
         // token ids passed are below n_tokens; buffers passed to the meta functions have the
@@ -128,7 +176,16 @@ impl ModelInner {
                 add_eos: sys::llama_vocab_get_add_eos(vocab),
             };
             let capabilities = OnceLock::new();
-            ModelInner { ptr, vocab, n_vocab, options, metadata, special, capabilities }
+            ModelInner {
+                ptr,
+                vocab,
+                n_vocab,
+                options,
+                metadata,
+                special,
+                capabilities,
+                kv: kv_settings,
+            }
         }
     }
 
@@ -143,7 +200,9 @@ impl ModelInner {
     /// small context cannot be made, generation is declared from
     /// `llama_model_has_decoder` alone and context shift not at all.
     fn probe(&self) -> Capabilities {
-        let mut caps = Capabilities::EMBEDDINGS;
+        // Every context applies the load's kv_cache_type and flash_attention.
+        let mut caps =
+            Capabilities::EMBEDDINGS | Capabilities::KV_CACHE_TYPES | Capabilities::FLASH_ATTENTION;
         if self.options.kv_unified != Some(true) {
             caps |= Capabilities::PER_SEQUENCE_CONTEXT;
         }
