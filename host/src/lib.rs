@@ -22,6 +22,7 @@ pub mod client;
 pub mod config;
 pub mod engine_loop;
 pub mod errors;
+pub mod kv_cache;
 pub mod models;
 pub mod prompt;
 pub mod runtime;

@@ -134,6 +134,9 @@ impl LlamaContext {
             let errors = logging::take_errors();
             let kind = if errors.iter().any(|e| e.contains("alloc") || e.contains("memory")) {
                 ErrorKind::OutOfMemory
+            } else if errors.iter().any(|e| e.contains("cache type")) {
+                // A KV cache type this model's head sizes cannot take: the setting's fault.
+                ErrorKind::InvalidInput
             } else {
                 ErrorKind::Internal
             };

@@ -43,7 +43,7 @@ impl KvSettings {
         s: &corral_backend_api::LoadSettings,
     ) -> Result<KvSettings, BackendError> {
         let cache_type = match s.extra(corral_backend_api::EXTRA_KV_CACHE_TYPE) {
-            None | Some("") | Some("f16") => None,
+            None | Some("" | "f16") => None,
             Some("q8_0") => Some(sys::GGML_TYPE_Q8_0),
             Some("q4_0") => Some(sys::GGML_TYPE_Q4_0),
             Some(other) => {
@@ -53,7 +53,7 @@ impl KvSettings {
             }
         };
         let flash_attention = match s.extra(corral_backend_api::EXTRA_FLASH_ATTENTION) {
-            None | Some("") | Some("auto") => None,
+            None | Some("" | "auto") => None,
             Some("on") => Some(true),
             Some("off") => Some(false),
             Some(other) => {

@@ -73,6 +73,29 @@ pub(crate) struct ServeArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub allow_insecure_registries: bool,
+    /// The KV cache's element type for every model: f16 (default), q8_0 (about half the
+    /// memory) or q4_0; also `CORRAL_KV_CACHE_TYPE`, Ollama's `OLLAMA_KV_CACHE_TYPE` and
+    /// the config's `[server] kv_cache_type`. A model's `PARAMETER kv_cache_type` wins.
+    #[arg(long, value_name = "TYPE")]
+    pub kv_cache_type: Option<String>,
+    /// Flash attention for every model: on, off or auto (default); also
+    /// `CORRAL_FLASH_ATTENTION`, Ollama's `OLLAMA_FLASH_ATTENTION` and `[server]
+    /// flash_attention`. A model's `PARAMETER flash_attention` wins.
+    #[arg(long, value_name = "MODE")]
+    pub flash_attention: Option<String>,
+}
+
+/// The global KV settings: flag, then environment, then config.
+fn kv_settings(a: &ServeArgs, cfg: &ServerConfig) -> Result<corral_host::kv_cache::KvSettings> {
+    use corral_host::kv_cache::{FlashAttention, KvCacheType, KvSettings};
+    let mut kv = KvSettings::global(cfg.kv_cache_type.as_deref(), cfg.flash_attention.as_deref())?;
+    if let Some(t) = &a.kv_cache_type {
+        kv.cache_type = KvCacheType::parse(t)?;
+    }
+    if let Some(f) = &a.flash_attention {
+        kv.flash_attention = FlashAttention::parse(f)?;
+    }
+    Ok(kv)
 }
 
 pub(crate) fn serve(global: &GlobalOptions, a: ServeArgs) -> Result<()> {
@@ -129,6 +152,7 @@ pub(crate) fn serve(global: &GlobalOptions, a: ServeArgs) -> Result<()> {
         allow_model_paths: model_paths(&a.allow_model_paths, &cfg.allow_model_paths)?,
         allow_insecure_registries: a.allow_insecure_registries
             || cfg.allow_insecure_registries.unwrap_or(false),
+        kv: kv_settings(&a, cfg)?,
     };
     let mut origins = a.origins.clone();
     origins.extend(cfg.origins.iter().cloned());

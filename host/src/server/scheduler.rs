@@ -26,6 +26,8 @@ use std::{
 };
 
 use corral_backend_api::{ContextParams, LoadOptions};
+
+use crate::kv_cache::{FlashAttention, KvCacheType, KvSettings};
 use corral_generation::{context::context_length, options::SamplingOptions};
 use corral_plugin_host::{Context, LoadedPlugin, Model};
 use serde_json::Value;
@@ -67,6 +69,8 @@ pub struct Settings {
     /// request asks for it (`insecure: true`); otherwise such a request gets 403
     /// (`--allow-insecure-registries`).
     pub allow_insecure_registries: bool,
+    /// The KV cache type and flash attention for every model (a model's PARAMETERs win).
+    pub kv: crate::kv_cache::KvSettings,
 }
 
 impl Default for Settings {
@@ -81,6 +85,7 @@ impl Default for Settings {
             backend: None,
             allow_model_paths: Vec::new(),
             allow_insecure_registries: false,
+            kv: Default::default(),
         }
     }
 }
@@ -116,6 +121,10 @@ pub struct Loaded {
     /// engine computes on a GPU or other accelerator with every layer offloaded (the
     /// default), 0 on a CPU.
     pub size_vram: u64,
+    /// The KV cache type and flash attention it was loaded with (what the engine honours).
+    pub kv: KvSettings,
+    /// Bytes of KV cache per position of one sequence (`/api/ps`).
+    pub kv_bytes_per_token: u64,
     /// When it was loaded.
     pub loaded_at: Instant,
     /// Requests using it now.
@@ -248,6 +257,8 @@ pub struct MemoryEstimate {
     pub bytes: u64,
     /// The context per sequence the estimate assumes.
     pub num_ctx: u32,
+    /// Bytes of KV cache per position of one sequence, in the cache type assumed.
+    pub kv_bytes_per_token: u64,
 }
 
 /// What a loaded model costs beyond its weights, KV cache and output rows: the engine's
@@ -280,16 +291,22 @@ pub const ENGINE_OVERHEAD: u64 = 64 << 20;
 ///
 /// `num_ctx: None` takes the context-length rule's default for the file's own training
 /// context. An engine whose KV cache grows with use (the pure-Rust cpu engine) reaches
-/// the estimate when its context is full and holds less before.
+/// the estimate when its context is full and holds less before. The KV cache is counted
+/// in `kv_type`'s bytes per element.
 pub fn estimate_memory(
     path: &std::path::Path,
     num_ctx: Option<u32>,
     n_parallel: u32,
     engine: EngineMemory,
+    kv_type: crate::kv_cache::KvCacheType,
 ) -> MemoryEstimate {
     let file = std::fs::metadata(path).map_or(0, |m| m.len());
     let Ok(g) = corral_gguf::reader::GgufFile::open(path) else {
-        return MemoryEstimate { bytes: file, num_ctx: num_ctx.unwrap_or(0) };
+        return MemoryEstimate {
+            bytes: file,
+            num_ctx: num_ctx.unwrap_or(0),
+            kv_bytes_per_token: 0,
+        };
     };
     let arch = g.architecture().unwrap_or("llama").to_string();
     let get = |k: &str| {
@@ -306,13 +323,15 @@ pub fn estimate_memory(
     let key_length = get("attention.key_length").unwrap_or(n_embd / n_head);
     let value_length = get("attention.value_length").unwrap_or(n_embd / n_head);
     let causal = g.get_bool(&format!("{arch}.attention.causal")).unwrap_or(true);
-    let kv = if causal {
-        2u64.saturating_mul(n_layer)
-            .saturating_mul(cells)
-            .saturating_mul(n_head_kv.saturating_mul(key_length.saturating_add(value_length)))
+    // K and V of every layer, in the cache's element type (f16: 2 bytes).
+    let kv_bytes_per_token = if causal {
+        let elements = n_layer
+            .saturating_mul(n_head_kv.saturating_mul(key_length.saturating_add(value_length)));
+        (elements as f64 * kv_type.bytes_per_element()).ceil() as u64
     } else {
         0
     };
+    let kv = kv_bytes_per_token.saturating_mul(cells);
     let n_vocab = match g.get("tokenizer.ggml.tokens") {
         Some(corral_gguf::Value::Array { values, .. }) => values.len() as u64,
         _ => get("vocab_size").unwrap_or(0),
@@ -344,7 +363,45 @@ pub fn estimate_memory(
         .saturating_add(outputs)
         .saturating_add(extra)
         .saturating_add(ENGINE_OVERHEAD);
-    MemoryEstimate { bytes, num_ctx }
+    MemoryEstimate { bytes, num_ctx, kv_bytes_per_token }
+}
+
+/// The KV settings an engine with `caps` honours: a model's own setting that it cannot
+/// is refused (400, with the reason); a global one falls back to the default with a
+/// warning.
+fn honoured_kv(
+    kv: KvSettings,
+    caps: corral_backend_api::Capabilities,
+    engine: &str,
+    model: &str,
+) -> Result<KvSettings, ApiError> {
+    use corral_backend_api::Capabilities;
+    let mut out = kv;
+    if kv.cache_type != KvCacheType::F16 && !caps.contains(Capabilities::KV_CACHE_TYPES) {
+        let why = format!(
+            "the {engine} engine cannot keep its KV cache as {} (it declares no \
+             kv-cache-types capability)",
+            kv.cache_type.as_str()
+        );
+        if kv.cache_type_is_models {
+            return Err(ApiError::bad_request(format!(
+                "model {model}: {why}; remove its PARAMETER kv_cache_type or use f16"
+            )));
+        }
+        tracing::warn!(model, "{why}: using f16");
+        out.cache_type = KvCacheType::F16;
+    }
+    if kv.flash_attention == FlashAttention::On && !caps.contains(Capabilities::FLASH_ATTENTION) {
+        let why = format!("the {engine} engine has no flash attention setting");
+        if kv.flash_attention_is_models {
+            return Err(ApiError::bad_request(format!(
+                "model {model}: {why}; remove its PARAMETER flash_attention"
+            )));
+        }
+        tracing::warn!(model, "{why}: flash_attention = on ignored");
+        out.flash_attention = FlashAttention::Auto;
+    }
+    Ok(out)
 }
 
 /// The tokens of one batch the host decodes at most ([`LoopConfig::n_batch`]).
@@ -635,11 +692,17 @@ impl Scheduler {
         let requested = num_ctx.or_else(|| param_num_ctx(&r));
         let plugin = self.plugin_for(&r.format)?;
         let engine_memory = EngineMemory::of_plugin(&plugin.manifest);
+        let kv = self
+            .settings
+            .kv
+            .for_model(&r.params)
+            .map_err(|e| ApiError::bad_request(format!("model {}: PARAMETER {e}", r.name)))?;
         let need = estimate_memory(
             &r.path,
             requested.or(self.settings.num_ctx),
             n_parallel,
             engine_memory,
+            kv.cache_type,
         );
         // A model whose weights and KV cache cannot fit even alone is refused here, with
         // the numbers, rather than allocated until the kernel kills something.
@@ -674,7 +737,7 @@ impl Scheduler {
         let me = self.clone();
         let t = Instant::now();
         let loaded = tokio::task::spawn_blocking(move || {
-            me.load_blocking(plugin, r, n_parallel, requested, need)
+            me.load_blocking(plugin, r, n_parallel, requested, need, kv)
         })
         .await
         .map_err(|e| ApiError::internal(format!("model load task failed: {e}")))?;
@@ -753,8 +816,17 @@ impl Scheduler {
         n_parallel: u32,
         requested: Option<u32>,
         need: MemoryEstimate,
+        kv: KvSettings,
     ) -> Result<Loaded, ApiError> {
-        let options = LoadOptions { n_threads: self.settings.threads, ..Default::default() };
+        let options = LoadOptions {
+            n_threads: self.settings.threads,
+            extra: kv
+                .extra()
+                .into_iter()
+                .map(|(k, v)| corral_backend_api::Tuple2(k.into(), v.into()))
+                .collect(),
+            ..Default::default()
+        };
         let n_gpu_layers = options.n_gpu_layers;
         let model = Model::load(plugin.clone(), &r.path.to_string_lossy(), &r.format, options)
             .map_err(|e| {
@@ -765,6 +837,7 @@ impl Scheduler {
                 )
             })?;
         let model = Arc::new(model);
+        let kv = honoured_kv(kv, model.capabilities, &plugin.manifest.id(), &r.name)?;
         let num_ctx = context_length(requested, self.settings.num_ctx, model.meta.context_length);
         let templater = match r.template.as_deref() {
             Some(t) => Templater::with_source(&model, Some(t)).or_else(|e| {
@@ -786,17 +859,18 @@ impl Scheduler {
         )?;
         // The estimate made before loading, unless the engine's training context changed
         // the context chosen (reading the GGUF again costs a parse of its vocabulary).
-        let size_estimate = if need.num_ctx == num_ctx {
-            need.bytes
+        let need = if need.num_ctx == num_ctx {
+            need
         } else {
             estimate_memory(
                 &r.path,
                 Some(num_ctx),
                 n_parallel,
                 EngineMemory::of_plugin(&plugin.manifest),
+                kv.cache_type,
             )
-            .bytes
         };
+        let size_estimate = need.bytes;
         let offloaded = n_gpu_layers != 0
             && plugin.devices().iter().any(|d| d.kind != corral_backend_api::DeviceKind::Cpu);
         Ok(Loaded {
@@ -807,6 +881,8 @@ impl Scheduler {
             num_ctx,
             size_estimate,
             size_vram: if offloaded { size_estimate } else { 0 },
+            kv,
+            kv_bytes_per_token: need.kv_bytes_per_token,
             loaded_at: Instant::now(),
             inflight: AtomicUsize::new(0),
             expires: Mutex::new(None),
