@@ -136,9 +136,12 @@ impl RemoteServer {
         format!("remote \"{}\" ({})", self.remote, self.url)
     }
 
-    /// A request to `path` with this server's key.
-    fn post(&self, client: &reqwest::Client, path: &str, body: &Value) -> reqwest::RequestBuilder {
-        let mut b = client.post(self.endpoint(path)).json(body);
+    /// A request to `path` with this server's key; `body` is JSON.
+    fn post(&self, client: &reqwest::Client, path: &str, body: Vec<u8>) -> reqwest::RequestBuilder {
+        let mut b = client
+            .post(self.endpoint(path))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
         if let Some(k) = &self.key {
             b = b.bearer_auth(k);
         }
@@ -367,6 +370,10 @@ impl Remotes {
             return Ok(None);
         }
         let local = parsed.to_string();
+        // A model loaded here is local: no store lookup on the hot path.
+        if sched.is_loaded(&crate::models::load_key(name)) {
+            return Ok(None);
+        }
         // Ollama's cloud naming, unless the store has a model of that very name.
         let cloud_base = local
             .strip_suffix(":cloud")
@@ -519,8 +526,9 @@ async fn send(
     for server in order(&target.servers) {
         let started = Instant::now();
         let guard = InFlight::new(&server);
-        let body = body_of(server.kind);
-        let request = server.post(client, path_of(server.kind), &body);
+        let body = serde_json::to_vec(&body_of(server.kind)).unwrap_or_default();
+        let request_bytes = body.len();
+        let request = server.post(client, path_of(server.kind), body);
         let result = tokio::time::timeout(server.timeout, request.send()).await;
         let failure = match result {
             Err(_) => {
@@ -557,7 +565,7 @@ async fn send(
                     remote = %server.remote,
                     server = %server.url,
                     status = resp.status().as_u16(),
-                    request_bytes = body.to_string().len(),
+                    request_bytes,
                     ms = started.elapsed().as_millis() as u64,
                     "remote request answered"
                 );

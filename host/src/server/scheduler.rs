@@ -633,6 +633,12 @@ impl Scheduler {
     }
 
     /// The loaded models.
+    /// Whether a model is loaded under `key` (a [`crate::models::load_key`]) now.
+    pub fn is_loaded(&self, key: &str) -> bool {
+        self.models.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(key)
+    }
+
+    /// The loaded models, by name.
     pub fn loaded(&self) -> Vec<Arc<Loaded>> {
         let mut v: Vec<Arc<Loaded>> = self
             .models
