@@ -578,3 +578,29 @@ pub fn go(store: &Path, host: &str, args: &[&str]) -> (i32, String, String) {
 pub fn names(list: &str) -> Vec<String> {
     list.lines().skip(1).filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect()
 }
+
+/// A blocking HTTP client for the end-to-end tests (a generous timeout: debug builds
+/// under load are slow).
+pub fn http_client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(300))
+        .build()
+        .expect("an HTTP client")
+}
+
+/// `POST url+path` with a JSON body: the status and the answer as JSON (a string when
+/// it is not JSON).
+pub fn post_json(url: &str, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let r = http_client().post(format!("{url}{path}")).json(body).send().expect("POST");
+    let status = r.status().as_u16();
+    let text = r.text().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+}
+
+/// `GET url+path`: the status and the answer as JSON (a string when it is not JSON).
+pub fn get_json(url: &str, path: &str) -> (u16, serde_json::Value) {
+    let r = http_client().get(format!("{url}{path}")).send().expect("GET");
+    let status = r.status().as_u16();
+    let text = r.text().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+}

@@ -4,25 +4,17 @@
 //! a reason by an engine that cannot (the pure-Rust cpu engine), or by a combination
 //! llama.cpp cannot do (a quantized cache without flash attention).
 
-use std::{path::Path, time::Duration};
+use std::path::Path;
 
 use corral_e2e::*;
 use serde_json::{Value, json};
 
-fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder().timeout(Duration::from_secs(300)).build().unwrap()
-}
-
 fn post(url: &str, path: &str, body: &Value) -> (u16, Value) {
-    let r = client().post(format!("{url}{path}")).json(body).send().unwrap();
-    let status = r.status().as_u16();
-    let text = r.text().unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    post_json(url, path, body)
 }
 
 fn ps(url: &str) -> Value {
-    client().get(format!("{url}/api/ps")).send().unwrap().json::<Value>().unwrap()["models"][0]
-        .clone()
+    get_json(url, "/api/ps").1["models"][0].clone()
 }
 
 fn generate(url: &str, model: &str) -> (u16, Value) {

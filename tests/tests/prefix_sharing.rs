@@ -5,24 +5,20 @@
 //! changes the answer) and on llama.cpp (which copies between per-sequence streams only
 //! whole: the host copies the whole sequence and cuts it).
 
-use std::{path::Path, time::Duration};
+use std::path::Path;
 
 use corral_e2e::*;
 use serde_json::{Value, json};
 
-fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder().timeout(Duration::from_secs(300)).build().unwrap()
-}
-
 fn generate(url: &str, model: &str, prompt: &str) -> Value {
-    let r = client()
-        .post(format!("{url}/api/generate"))
-        .json(&json!({"model": model, "prompt": prompt, "raw": true, "stream": false,
-                      "options": {"num_predict": 12, "temperature": 0}}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    r.json().unwrap()
+    let (status, v) = post_json(
+        url,
+        "/api/generate",
+        &json!({"model": model, "prompt": prompt,
+        "raw": true, "stream": false, "options": {"num_predict": 12, "temperature": 0}}),
+    );
+    assert_eq!(status, 200, "{v}");
+    v
 }
 
 /// Sends `prompts` at once; returns (response, prompt_eval_count) in order.

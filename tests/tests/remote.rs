@@ -17,21 +17,15 @@ use corral_e2e::*;
 use serde_json::{Value, json};
 
 fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
+    http_client()
 }
 
 fn post(s: &Server, path: &str, body: &Value) -> (u16, Value) {
-    let r = client().post(format!("{}{path}", s.url)).json(body).send().unwrap();
-    let status = r.status().as_u16();
-    let text = r.text().unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    post_json(&s.url, path, body)
 }
 
 fn get(s: &Server, path: &str) -> (u16, Value) {
-    let r = client().get(format!("{}{path}", s.url)).send().unwrap();
-    let status = r.status().as_u16();
-    let text = r.text().unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    get_json(&s.url, path)
 }
 
 /// The lines of a streamed answer (NDJSON, or the `data:` events of SSE).
