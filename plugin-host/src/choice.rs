@@ -169,6 +169,7 @@ impl PluginCatalog {
                     manifest_path: path.to_path_buf(),
                     library_path: library,
                     version: backend.version().to_string(),
+                    abi_minor: None,
                     backend: Arc::new(backend),
                 })
             }
