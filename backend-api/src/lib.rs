@@ -62,6 +62,9 @@ pub use types::*;
 #[doc(hidden)]
 pub use abi_stable;
 // abi_stable containers of the FFI structs, for the host; plugin code needs none of them.
+/// The option type of the FFI structs' optional fields ([`SpecialTokens`]'s `bos`, ...),
+/// for code that reads those structs; the author traits use `Option`.
+pub use abi_stable::std_types::ROption;
 #[doc(hidden)]
 pub use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec, Tuple2};
 

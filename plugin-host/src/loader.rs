@@ -205,6 +205,77 @@ pub fn load(
     manifest_path: &Path,
     options_json: String,
 ) -> Result<LoadedPlugin, LoadError> {
+    let Opened { root, library, minor, version, .. } = open(manifest, manifest_path)?;
+    let services = HostServices {
+        log: LogSinkBox::from_value(TracingSink { plugin: manifest.id() }, TD_Opaque),
+        options_json: RString::from(options_json),
+        host_version: RString::from(env!("CARGO_PKG_VERSION")),
+        max_log_level: host_max_log_level(),
+    };
+    let backend = (root.init())(services)
+        .into_result()
+        .map_err(|e| LoadError::Init { plugin: manifest.id(), detail: e.to_string() })?;
+    Ok(LoadedPlugin {
+        manifest: manifest.clone(),
+        manifest_path: manifest_path.to_path_buf(),
+        library_path: library,
+        version,
+        abi_minor: Some(minor),
+        backend: Arc::new(InProcessBackend::new(backend, minor)),
+    })
+}
+
+/// What opening a plugin library (without its init) tells: `corral backends` runs it in a
+/// worker process for every plugin it does not load, `corral plugin install` before it
+/// copies one.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Inspection {
+    /// `name:variant` the library reports.
+    pub plugin: String,
+    /// The version the library reports.
+    pub version: String,
+    /// The ABI it was built for, `MAJOR.MINOR`.
+    pub abi: String,
+    /// Set when the manifest's `abi` says otherwise.
+    pub abi_note: Option<String>,
+    /// The engine's self-description, when init was run too.
+    pub engine: Option<String>,
+}
+
+/// Opens the plugin a manifest describes and checks it as [`load`] does (library, ABI
+/// major, layout, identity), then runs its init only when `init_options` is given. The
+/// library stays loaded: run this in a process of its own (`corral plugin-inspect`).
+pub fn inspect(
+    manifest: &Manifest,
+    manifest_path: &Path,
+    init_options: Option<String>,
+) -> Result<Inspection, LoadError> {
+    let opened = open(manifest, manifest_path)?;
+    let mut inspection = Inspection {
+        plugin: opened.id.clone(),
+        version: opened.version.clone(),
+        abi: format!("{ABI_MAJOR}.{}", opened.minor),
+        abi_note: abi_disagreement(manifest, opened.minor),
+        engine: None,
+    };
+    if let Some(options) = init_options {
+        let plugin = load(manifest, manifest_path, options)?;
+        inspection.engine = Some(plugin.backend.describe());
+    }
+    Ok(inspection)
+}
+
+/// A library opened and checked, before its init.
+struct Opened {
+    root: PluginRootRef,
+    library: PathBuf,
+    minor: u32,
+    /// `name:variant` the library reports.
+    id: String,
+    version: String,
+}
+
+fn open(manifest: &Manifest, manifest_path: &Path) -> Result<Opened, LoadError> {
     let library = manifest_path.parent().unwrap_or(Path::new(".")).join(&manifest.library);
     if !library.is_file() {
         return Err(LoadError::MissingLibrary { library, manifest: manifest_path.to_path_buf() });
@@ -288,22 +359,12 @@ pub fn load(
             manifest.variant
         );
     }
-    let services = HostServices {
-        log: LogSinkBox::from_value(TracingSink { plugin: manifest.id() }, TD_Opaque),
-        options_json: RString::from(options_json),
-        host_version: RString::from(env!("CARGO_PKG_VERSION")),
-        max_log_level: host_max_log_level(),
-    };
-    let backend = (root.init())(services)
-        .into_result()
-        .map_err(|e| LoadError::Init { plugin: manifest.id(), detail: e.to_string() })?;
-    Ok(LoadedPlugin {
-        manifest: manifest.clone(),
-        manifest_path: manifest_path.to_path_buf(),
-        library_path: library,
+    Ok(Opened {
+        root,
+        library,
+        minor,
+        id: format!("{}:{}", info.name, info.variant),
         version: info.version.into_string(),
-        abi_minor: Some(minor),
-        backend: Arc::new(InProcessBackend::new(backend, minor)),
     })
 }
 

@@ -542,4 +542,163 @@ fn a_manifest_abi_that_disagrees_with_the_library_is_reported() {
         stderr.contains("its manifest says abi = \"1.2\" but the library was built for ABI 1.0"),
         "{stderr}"
     );
+    let v = backends_json(&[dir.path()], &[]);
+    let r = report(&v, "cpu");
+    assert_eq!(r["status"], "chosen", "{v:#}");
+    assert!(r["reason"].as_str().unwrap().contains("the library was built for ABI 1.0"), "{r}");
+}
+
+/// The default `corral backends` (no `--check`, nothing forced) opens every plugin it
+/// lists as available in a worker process, and reports one whose library cannot be
+/// loaded as unavailable with the reason; a `.toml` that looks like a manifest under
+/// another name gets a warning.
+#[test]
+fn the_default_listing_reports_libraries_that_cannot_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    plugin_dir(d, "good", &example_manifest("cpu", ABI, "libexample.so"), Some(&example_lib()));
+    let not_lib = d.join("notlib.so");
+    std::fs::write(&not_lib, "this is text, not ELF").unwrap();
+    plugin_dir(d, "notlib", &example_manifest("notlib", ABI, "libnotlib.so"), Some(&not_lib));
+    let abi2 = d.join("abi2.so");
+    patch_abi_major(&example_lib(), &abi2, 2);
+    plugin_dir(d, "abi2", &example_manifest("abi2", ABI, "libabi2.so"), Some(&abi2));
+    // A plugin whose manifest is misnamed: not read, but warned about.
+    let misnamed = d.join("misnamed");
+    std::fs::create_dir_all(&misnamed).unwrap();
+    std::fs::write(misnamed.join("example.toml"), example_manifest("mis", ABI, "libx.so")).unwrap();
+
+    let mut c = corral(&[d]);
+    c.args(["backends", "--json"]);
+    let (out, stdout, stderr) = run(c);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report(&v, "cpu")["status"], "chosen", "{v:#}");
+    let r = report(&v, "notlib");
+    assert_eq!(r["status"], "unavailable", "{r}");
+    assert!(r["reason"].as_str().unwrap().contains("is not a shared library"), "{r}");
+    let r = report(&v, "abi2");
+    assert_eq!(r["status"], "unavailable", "{r}");
+    assert!(r["reason"].as_str().unwrap().contains("built for corral plugin ABI 2.x"), "{r}");
+    assert!(v["plugins"].as_array().unwrap().iter().all(|p| p["variant"] != "mis"), "{v:#}");
+    assert!(
+        stderr.contains("example.toml looks like a plugin manifest but is not read")
+            && stderr.contains("manifest.toml"),
+        "{stderr}"
+    );
+    assert!(v["warnings"].as_array().is_some_and(|w| w.len() == 1), "{v:#}");
+}
+
+fn timed<T>(what: &str, f: impl FnOnce() -> T) -> T {
+    let t = std::time::Instant::now();
+    let r = f();
+    eprintln!("TIMING {what}: {:.1}s", t.elapsed().as_secs_f64());
+    r
+}
+
+/// The newcomer's path of `plugins/example/README.md`: `corral plugin new`, `cargo build`
+/// (offline: every dependency is in the lock file `plugin new` writes and cargo's cache),
+/// the crate's own conformance test, `corral plugin install` into a temporary HOME,
+/// `corral backends` lists it from the default search path, `corral plugin check` passes
+/// on the installed copy, `corral plugin remove` takes it away.
+#[test]
+fn a_new_plugin_builds_installs_and_passes_the_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let krate = dir.path().join("my-engine");
+    let user = |c: &mut std::process::Command| {
+        c.env_remove("CORRAL_PLUGIN_PATH_ONLY").env("HOME", &home);
+    };
+    timed("plugin new", || {
+        let mut c = corral(&[]);
+        c.args(["plugin", "new", "my-engine", "--dir"]).arg(&krate);
+        let (out, stdout, stderr) = run(c);
+        assert!(
+            out.status.success(),
+            "{stdout}
+{stderr}"
+        );
+    });
+    let target = profile_dir().parent().unwrap().join("abi-fixtures/target");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    for args in [&["build", "--offline"][..], &["test", "--offline"][..]] {
+        timed(&format!("cargo {}", args[0]), || {
+            let out = std::process::Command::new(&cargo)
+                .args(args)
+                .arg("--manifest-path")
+                .arg(krate.join("Cargo.toml"))
+                .env("CARGO_TARGET_DIR", &target)
+                .env("CORRAL_BIN", corral_bin())
+                .env_remove("RUSTFLAGS")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "cargo {args:?}: {}
+{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        });
+    }
+    let lib = target.join("debug/libmy_engine.so");
+    assert!(target.join("debug/my-engine.corral-plugin.toml").is_file());
+    timed("plugin install", || {
+        let mut c = corral(&[]);
+        user(&mut c);
+        c.args(["plugin", "install"]).arg(&lib);
+        let (out, stdout, stderr) = run(c);
+        assert!(
+            out.status.success(),
+            "{stdout}
+{stderr}"
+        );
+        assert!(stdout.contains("installed my-engine:cpu (ABI 1.2"), "{stdout}");
+    });
+    let installed = home.join(".local/lib/corral/backends/my-engine-cpu");
+    assert!(
+        installed.join("manifest.toml").is_file() && installed.join("libmy_engine.so").is_file()
+    );
+    let v = timed("backends", || {
+        let mut c = corral(&[]);
+        user(&mut c);
+        c.args(["backends", "--json", "--format", "toy", "--backend", "my-engine"]);
+        let (out, stdout, stderr) = run(c);
+        assert!(out.status.success(), "{stderr}");
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()
+    });
+    let r = v["plugins"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["name"] == "my-engine"))
+        .unwrap_or_else(|| panic!("my-engine is not listed: {v:#}"));
+    assert_eq!(r["status"], "chosen", "{r}");
+    assert!(r["manifest"].as_str().unwrap().starts_with(&home.display().to_string()), "{r}");
+    timed("plugin check", || {
+        let mut c = corral(&[]);
+        user(&mut c);
+        c.args(["plugin", "check"]).arg(&installed);
+        let (out, stdout, stderr) = run(c);
+        assert!(
+            out.status.success(),
+            "{stdout}
+{stderr}"
+        );
+        assert!(stdout.contains(" 0 failed"), "{stdout}");
+    });
+    let mut c = corral(&[]);
+    user(&mut c);
+    c.args(["plugin", "remove", "my-engine"]);
+    let (out, stdout, stderr) = run(c);
+    assert!(
+        out.status.success() && stdout.contains("removed"),
+        "{stdout}
+{stderr}"
+    );
+    assert!(!installed.exists());
+    let mut c = corral(&[]);
+    user(&mut c);
+    c.args(["plugin", "remove", "my-engine"]);
+    let (out, _, stderr) = run(c);
+    assert!(!out.status.success() && stderr.contains("no plugin called"), "{stderr}");
 }
