@@ -11,19 +11,23 @@
 //!   library is never unloaded, as objects it made may outlive any scope) and reads the
 //!   exported `corral_plugin_abi_major` static: another major is refused with both
 //!   versions named.
-//! - It reads the ABI version from abi_stable's library header. A host of ABI 1.m loads
-//!   plugins built for 1.m or a **newer** minor, and refuses an **older** minor with a
-//!   message naming both versions and the fix (rebuild against the host's
-//!   corral-backend-api). That is abi_stable's rule: a library's vtables may have more
-//!   methods than its user's (the host never calls the ones it does not know), never
-//!   fewer, so an older plugin would fail the layout check anyway.
-//! - abi_stable's layout check of [`PluginRoot`] runs on every load.
+//! - It reads the ABI version from abi_stable's library header (`1.N.0`). A host loads
+//!   a plugin of any minor of its major. For its own minor or a newer one, abi_stable's
+//!   layout check runs as usual (a library's vtables may have more methods than its
+//!   user's; the host never calls the ones it does not know). For an **older** minor it
+//!   runs the other way round (the plugin's layout as the interface, the host's as the
+//!   implementation), and the calls the plugin lacks are answered on the host's side:
+//!   each method appended after 1.0 has a body here, which abi_stable runs when the
+//!   plugin's vtable lacks the method (it checks the vtable's own field bits).
+//! - abi_stable's layout check of [`PluginRoot`] runs on every load, in one direction
+//!   or the other.
 //! - It calls [`PluginRoot::init`] once per process and keeps the backend it returns.
 //!
 //! Minors grow the ABI by appending only: fields after the last field of
 //! [`PluginRoot`], methods after the last method of a `sabi_trait`, each appended block
 //! marked `// abi-1.N {` ... `// abi-1.N }` (the end-to-end tests strip them to build a
-//! plugin of an older minor).
+//! plugin of an older minor). An appended method needs a body: the answer for plugins
+//! that lack it.
 
 // sabi_trait generates impls inside constants.
 #![allow(non_local_definitions)]
@@ -121,16 +125,26 @@ pub trait FfiModel: Send + Sync {
     /// (the engine may round that up). A weaker promise than [`FfiModel::new_context`],
     /// which engines may use to attend over one sequence's cells only; an engine that
     /// gains nothing from it answers with a shared context. Such a context may copy only
-    /// whole sequences in `kv_copy` (`ErrorKind::Unsupported` for a range). Absent from
-    /// 1.0 plugins, which a 1.1 or newer host refuses to load.
-    fn new_context_per_sequence(&self, params: &ContextParams) -> BackendResult<ContextBox>;
+    /// whole sequences in `kv_copy` (`ErrorKind::Unsupported` for a range).
+    ///
+    /// The body is the host's answer for a plugin built against 1.0, whose vtable lacks
+    /// the method (abi_stable runs it when the field is missing): a shared context.
+    fn new_context_per_sequence(&self, params: &ContextParams) -> BackendResult<ContextBox> {
+        self.new_context(params)
+    }
     // abi-1.1 }
     // abi-1.2 {  (tests/tests/plugins.rs strips these blocks too)
     /// ABI 1.2. What the model can do: a [`Capabilities`] set the engine declares
     /// (generation, embeddings, context shift, a real per-sequence context). Infallible;
-    /// a plugin that panics here answers [`Capabilities::empty`]. Absent from 1.0 and 1.1
-    /// plugins, which a 1.2 host refuses to load.
-    fn capabilities(&self) -> Capabilities;
+    /// a plugin that panics here answers [`Capabilities::empty`].
+    ///
+    /// The body is the answer for a plugin built against 1.0 or 1.1, whose vtable lacks
+    /// the method: generation only, the one thing every engine of those minors did. The
+    /// host's loader derives a better answer for such plugins (it asks a 1.1 plugin's
+    /// `kv_shift`), see `corral_plugin_host::in_process`.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::GENERATION
+    }
     // abi-1.2 }
 }
 
@@ -167,9 +181,16 @@ pub trait FfiContext: Send {
     /// the end), re-encoding whatever depends on position (RoPE'd keys), so that a
     /// sequence can continue after `kv_remove` cut a hole in it (a context shift).
     /// `ErrorKind::Unsupported` when the engine cannot (see
-    /// [`Capabilities::CONTEXT_SHIFT`]). Absent from 1.0 plugins, which a 1.1 or newer host
-    /// refuses to load.
-    fn kv_shift(&mut self, seq: u32, p0: i32, p1: i32, delta: i32) -> BackendResult<()>;
+    /// [`Capabilities::CONTEXT_SHIFT`]).
+    ///
+    /// The body is the host's answer for a plugin built against 1.0, whose vtable lacks
+    /// the method: `Unsupported`.
+    fn kv_shift(&mut self, seq: u32, p0: i32, p1: i32, delta: i32) -> BackendResult<()> {
+        let _ = (seq, p0, p1, delta);
+        abi_stable::std_types::RResult::RErr(BackendError::unsupported(
+            "kv_shift: the plugin was built against corral-backend-api 1.0, which has no kv_shift",
+        ))
+    }
     // abi-1.1 }
 }
 
@@ -185,9 +206,9 @@ pub type ContextBox = FfiContext_TO<'static, RBox<()>>;
 pub struct PluginRoot {
     /// ABI major the plugin was built for; the host refuses any other.
     pub abi_major: u32,
-    /// ABI minor the plugin was built for. A host loads plugins of its own minor or a
-    /// newer one and refuses an older minor (it reads the version from the library
-    /// header, before this struct).
+    /// ABI minor the plugin was built for. A host loads plugins of any minor of its
+    /// major (it reads the version from the library header, before this struct, to
+    /// choose the direction of the layout check).
     pub abi_minor: u32,
     /// The plugin's identity.
     pub info: extern "C" fn() -> PluginInfo,

@@ -27,14 +27,26 @@
 //! [`ABI_MAJOR`] changes only with a breaking change; the host refuses a plugin of another
 //! major and says both versions. Minors grow the ABI by appending: fields after the last
 //! field of the prefix-typed root module and methods after the last method of the
-//! `sabi_trait`s. A host loads plugins built for its own minor or a **newer** one (it
-//! never calls the methods it does not know) and refuses a plugin built for an **older**
-//! minor with a message that says to rebuild it against this crate's newer version:
-//! abi_stable lets a library have more vtable methods than its user, not fewer. So a
+//! `sabi_trait`s. **A host loads a plugin of any minor of its major:**
+//!
+//! - a plugin of the host's minor or a **newer** one: abi_stable's layout check as is
+//!   (the plugin's vtables may have more methods; the host never calls those);
+//! - an **older** plugin: the host runs abi_stable's layout check the other way round
+//!   (the plugin's layout as the interface, the host's as the implementation, which
+//!   abi_stable allows to have more fields), and answers the calls the plugin lacks on
+//!   its own side. Every appended `ffi` method has a body abi_stable runs when the
+//!   plugin's vtable lacks it (its accessors check the plugin vtable's own field bits):
+//!   1.1's `new_context_per_sequence` is a shared context (`new_context`) and
+//!   `kv_shift` is `Unsupported`; 1.2's `capabilities` is derived by the host from what
+//!   it asked before 1.2 (generation; context shift when a 1.1 plugin's `kv_shift` by 0
+//!   succeeds).
+//!
+//! The plugin's minor is read from abi_stable's library header (`1.N.0`, the
+//! [`ABI_VERSION`] it was built with); abi_stable itself compares only the major. A
 //! plugin rebuilt against a newer 1.x keeps compiling (appended author-side methods get
-//! defaults where a sensible one exists; 1.2's `capabilities` has none on purpose), and
-//! an old plugin binary does not load in a newer host. abi_stable's layout check runs on
-//! every load and catches what the version numbers miss.
+//! defaults where a sensible one exists; 1.2's `capabilities` has none on purpose).
+//! abi_stable's layout check runs on every load and catches what the version numbers
+//! miss.
 
 #[doc(hidden)]
 pub mod ffi;
@@ -50,6 +62,9 @@ pub use types::*;
 #[doc(hidden)]
 pub use abi_stable;
 // abi_stable containers of the FFI structs, for the host; plugin code needs none of them.
+/// The option type of the FFI structs' optional fields ([`SpecialTokens`]'s `bos`, ...),
+/// for code that reads those structs; the author traits use `Option`.
+pub use abi_stable::std_types::ROption;
 #[doc(hidden)]
 pub use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec, Tuple2};
 

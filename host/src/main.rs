@@ -40,6 +40,16 @@ enum Command {
         #[arg(long)]
         parent: u32,
     },
+    /// Open one plugin library and print what was found as JSON (started by corral
+    /// itself, so a library that crashes takes only this process down).
+    #[command(name = "plugin-inspect", hide = true)]
+    PluginInspect {
+        /// The plugin's manifest.
+        manifest: PathBuf,
+        /// Also run the plugin's init with these options (a JSON object).
+        #[arg(long)]
+        init: Option<String>,
+    },
     /// Render chat templates for the host in a sandbox (started by corral itself).
     #[command(name = "template-sandbox", hide = true)]
     TemplateSandbox {
@@ -123,6 +133,14 @@ enum Command {
 enum PluginCommand {
     /// Run the backend conformance suite against a plugin.
     Check(system::CheckArgs),
+    /// Write a new plugin crate (a toy engine to start from) that builds into a
+    /// loadable plugin.
+    New(system::NewArgs),
+    /// Check a built plugin (manifest, ABI, that it loads, in a worker process) and copy
+    /// it into the user's plugin directory (~/.local/lib/corral/backends).
+    Install(system::InstallArgs),
+    /// Remove a plugin from the user's plugin directory.
+    Remove(system::RemoveArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -225,6 +243,10 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::PluginInspect { manifest, init } = cli.command {
+        let ok = corral_plugin_host::inspect::run_inspect_worker(&manifest, init);
+        return if ok { ExitCode::SUCCESS } else { ExitCode::from(1) };
+    }
     if let Command::TemplateSandbox { memory } = cli.command {
         return match corral_host::template_sandbox::run_sandbox(memory) {
             Ok(()) => ExitCode::SUCCESS,
@@ -240,7 +262,9 @@ fn main() -> ExitCode {
     }
     let global = GlobalOptions { config: cli.config, plugin_dirs: cli.plugin_dirs };
     let result: Result<()> = match cli.command {
-        Command::EngineWorker { .. } | Command::TemplateSandbox { .. } => Ok(()),
+        Command::EngineWorker { .. }
+        | Command::TemplateSandbox { .. }
+        | Command::PluginInspect { .. } => Ok(()),
         Command::Probe(a) => system::probe(&a),
         Command::Backends(a) => system::backends(&global, &a),
         Command::Serve(a) => cli_serve::serve(&global, a),
@@ -249,6 +273,9 @@ fn main() -> ExitCode {
         Command::Ps(a) => cli_client::ps(&a),
         Command::Stop(a) => cli_client::stop(&a),
         Command::Plugin(PluginCommand::Check(a)) => system::plugin_check(&global, &a),
+        Command::Plugin(PluginCommand::New(a)) => system::plugin_new(&a),
+        Command::Plugin(PluginCommand::Install(a)) => system::plugin_install(&global, &a),
+        Command::Plugin(PluginCommand::Remove(a)) => system::plugin_remove(&a),
         Command::Model(ModelCommand::Generate(a)) => system::generate_model(&a),
         Command::Create(a) => cli_models::create(&global, &a),
         Command::List(a) => cli_models::list(&global, &a),

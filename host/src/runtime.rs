@@ -15,6 +15,13 @@ pub const DEFAULT_ENGINE_TIMEOUT: Duration = Duration::from_secs(300);
 /// The hidden subcommand of `corral` that runs an engine worker.
 pub const WORKER_SUBCOMMAND: &str = "engine-worker";
 
+/// The hidden subcommand of `corral` that opens one plugin library in a worker process
+/// and says what it found (`corral_plugin_host::inspect`).
+pub const INSPECT_SUBCOMMAND: &str = "plugin-inspect";
+
+/// How long opening (and initialising) one plugin in an inspection worker may take.
+pub const INSPECT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Options shared by every command (global CLI flags and their environment variables).
 #[derive(Debug, Clone, Default)]
 pub struct GlobalOptions {
@@ -45,7 +52,13 @@ impl Runtime {
             env_path.as_deref(),
             &config.plugin_dirs,
         );
-        let catalog = PluginCatalog::new(search_path, machine, config.backends.clone());
+        let mut catalog = PluginCatalog::new(search_path, machine, config.backends.clone());
+        catalog.inspector =
+            std::env::current_exe().ok().map(|exe| corral_plugin_host::inspect::Inspector {
+                exe,
+                args: vec![INSPECT_SUBCOMMAND.into()],
+                timeout: INSPECT_TIMEOUT,
+            });
         Ok(Runtime { config, config_path, catalog })
     }
 

@@ -91,6 +91,9 @@ pub struct PluginCatalog {
     pub isolation: Isolation,
     /// How to start a worker process (needed for [`Isolation::Process`]).
     pub worker: Option<crate::worker::WorkerCommand>,
+    /// How to check a library in a worker process without loading it here
+    /// ([`PluginCatalog::verify`]).
+    pub inspector: Option<crate::inspect::Inspector>,
     opened: Mutex<HashMap<PathBuf, Arc<LoadedPlugin>>>,
 }
 
@@ -110,6 +113,7 @@ impl PluginCatalog {
             options,
             isolation: Isolation::InProcess,
             worker: None,
+            inspector: None,
             opened: Mutex::new(HashMap::new()),
         }
     }
@@ -169,6 +173,7 @@ impl PluginCatalog {
                     manifest_path: path.to_path_buf(),
                     library_path: library,
                     version: backend.version().to_string(),
+                    abi_minor: None,
                     backend: Arc::new(backend),
                 })
             }
@@ -198,6 +203,42 @@ impl PluginCatalog {
             }
         }
         Ok(choice)
+    }
+
+    /// Makes a choice's listing honest about libraries it did not load: every plugin
+    /// reported available is opened (not initialised) in a worker process of its own
+    /// ([`crate::inspect`]), and one whose library cannot be loaded (not a shared
+    /// library, a dependency missing, another ABI, not a corral plugin, it crashes) is
+    /// reported unavailable with the reason. A manifest whose `abi` disagrees with its
+    /// library's header gets a note, the chosen plugin's too. Without an inspector it
+    /// changes nothing.
+    pub fn verify(&self, choice: &mut Choice) {
+        let Some(inspector) = &self.inspector else { return };
+        let idx: Vec<usize> = choice
+            .reports
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.status != Status::Unavailable)
+            .map(|(i, _)| i)
+            .collect();
+        let manifests: Vec<PathBuf> =
+            idx.iter().map(|&i| choice.reports[i].manifest.clone()).collect();
+        for (i, result) in idx.into_iter().zip(inspector.inspect_all(&manifests)) {
+            let r = &mut choice.reports[i];
+            match result {
+                Ok(inspection) => {
+                    if let Some(note) = inspection.abi_note {
+                        r.reason = format!("{}; note: {note}", r.reason);
+                    }
+                }
+                // The chosen plugin loaded already: a failed inspection changes nothing.
+                Err(e) if r.status == Status::Available => {
+                    r.status = Status::Unavailable;
+                    r.reason = e;
+                }
+                Err(e) => tracing::debug!("inspection of the chosen {} failed: {e}", r.name),
+            }
+        }
     }
 
     /// Whether some manifest declares `format` (e.g. the example plugin's `toy`).

@@ -12,11 +12,19 @@ pub const FLAT_MANIFEST_SUFFIX: &str = ".corral-plugin.toml";
 /// `lib/corral/backends/llama-cpp-vulkan/manifest.toml`).
 pub const DIR_MANIFEST_NAME: &str = "manifest.toml";
 
+/// The user's plugin directory, where `corral plugin install` puts plugins:
+/// `$HOME/.local/lib/corral/backends` (`None` without `HOME`).
+pub fn user_plugin_dir() -> Option<PathBuf> {
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty())?;
+    Some(PathBuf::from(home).join(".local/lib/corral/backends"))
+}
+
 /// The plugin search path, in order, without duplicates: `--plugin-dir` flags,
-/// `CORRAL_PLUGIN_PATH` entries, the config's `plugin_dirs`, then
-/// `<exe>/../lib/corral/backends` (installed) and the executable's own directory (a
-/// cargo target directory during development). With `CORRAL_PLUGIN_PATH_ONLY=1` the last
-/// two are left out, so only the named directories are searched.
+/// `CORRAL_PLUGIN_PATH` entries, the config's `plugin_dirs`, then the user's plugin
+/// directory ([`user_plugin_dir`]), `<exe>/../lib/corral/backends` (installed) and the
+/// executable's own directory (a cargo target directory during development). With
+/// `CORRAL_PLUGIN_PATH_ONLY=1` the last three are left out, so only the named
+/// directories are searched.
 pub fn search_path(flags: &[PathBuf], env: Option<&str>, config: &[PathBuf]) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = flags.to_vec();
     if let Some(env) = env {
@@ -24,6 +32,9 @@ pub fn search_path(flags: &[PathBuf], env: Option<&str>, config: &[PathBuf]) -> 
     }
     dirs.extend(config.iter().cloned());
     let only_named = std::env::var("CORRAL_PLUGIN_PATH_ONLY").is_ok_and(|v| v == "1");
+    if !only_named && let Some(user) = user_plugin_dir() {
+        dirs.push(user);
+    }
     if !only_named
         && let Ok(exe) = std::env::current_exe()
         && let Some(bin_dir) = exe.parent()
@@ -88,4 +99,52 @@ pub fn discover(dirs: &[PathBuf]) -> Vec<Discovered> {
         }
     }
     found
+}
+
+/// Files on the search path that look like a plugin manifest (they parse as one) but are
+/// not named so the host finds them: a `*.toml` other than `manifest.toml` in a plugin's
+/// own directory, or a flat `*.toml` not ending in `.corral-plugin.toml`. One warning line
+/// each; `corral backends` prints them.
+pub fn misnamed_manifests(dirs: &[PathBuf]) -> Vec<String> {
+    let tomls = |dir: &Path| -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+        let mut v: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        v.sort();
+        v
+    };
+    let named = |p: &Path| {
+        p.file_name()
+            .and_then(|f| f.to_str())
+            .is_some_and(|f| f == DIR_MANIFEST_NAME || f.ends_with(FLAT_MANIFEST_SUFFIX))
+    };
+    let mut warnings = Vec::new();
+    let mut check = |p: PathBuf, what: &str| {
+        if !named(&p) && Manifest::load(&p).is_ok() {
+            warnings.push(format!(
+                "{} looks like a plugin manifest but is not read: {what}",
+                p.display()
+            ));
+        }
+    };
+    for dir in dirs {
+        if dir.join(DIR_MANIFEST_NAME).is_file() {
+            continue;
+        }
+        for p in tomls(dir) {
+            check(p, "a manifest beside its library is named NAME.corral-plugin.toml");
+        }
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        let mut subdirs: Vec<PathBuf> =
+            entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
+        subdirs.sort();
+        for sub in subdirs.into_iter().filter(|d| !d.join(DIR_MANIFEST_NAME).is_file()) {
+            for p in tomls(&sub) {
+                check(p, "a manifest in a plugin's own directory is named manifest.toml");
+            }
+        }
+    }
+    warnings
 }

@@ -124,6 +124,9 @@ pub struct LoadedPlugin {
     pub library_path: PathBuf,
     /// The version the library reports.
     pub version: String,
+    /// The ABI minor the library was built for (from its header), when this process
+    /// opened it; `None` when only a worker process did.
+    pub abi_minor: Option<u32>,
     /// The initialised backend.
     pub backend: Arc<dyn BackendHandle>,
 }

@@ -1,6 +1,13 @@
 //! The in-process engine handles: the plugin's objects called directly, in this
 //! process. Fastest (no copy beyond the logits into a host-owned buffer), but a plugin
 //! that aborts or segfaults takes the process with it.
+//!
+//! A plugin built against an older ABI minor lacks the calls appended since; the host
+//! answers them here, from the minor the loader read in the library header:
+//! `new_context_per_sequence` (1.1) is a shared context (`new_context`), `kv_shift`
+//! (1.1) is `Unsupported`, and `capabilities` (1.2) is derived as the host did before
+//! 1.2: generation, plus context shift when a 1.1 plugin's `kv_shift` by 0 on a small
+//! probe context succeeds (see [`derived_capabilities`]).
 
 use corral_backend_api::{
     BackendBox, BackendError, BatchEntry, Capabilities, ContextBox, ContextParams, LoadOptions,
@@ -13,13 +20,47 @@ use crate::engine::{BackendHandle, ContextHandle, ContextKind, ModelHandle};
 /// A backend object of a plugin loaded into this process.
 pub struct InProcessBackend {
     inner: BackendBox,
+    /// The ABI minor the plugin was built for.
+    abi_minor: u32,
 }
 
 impl InProcessBackend {
-    /// Wraps the backend a plugin's init returned.
-    pub(crate) fn new(inner: BackendBox) -> InProcessBackend {
-        InProcessBackend { inner }
+    /// Wraps the backend a plugin's init returned; `abi_minor` is the minor the plugin
+    /// was built for.
+    pub(crate) fn new(inner: BackendBox, abi_minor: u32) -> InProcessBackend {
+        InProcessBackend { inner, abi_minor }
     }
+}
+
+/// The ABI minor that appended `Model::new_context_per_sequence` and `Context::kv_shift`.
+const MINOR_PER_SEQUENCE_AND_SHIFT: u32 = 1;
+/// The ABI minor that appended `Model::capabilities`.
+const MINOR_CAPABILITIES: u32 = 2;
+
+/// What a model of a plugin built for `abi_minor` can do: its own answer from 1.2 on;
+/// for older plugins, what the host assumed before 1.2 asked: every engine generates,
+/// and a 1.1 engine shifts when `kv_shift` by 0 on a small context succeeds (the
+/// question the engine loop asked then). Nothing else is claimed: an older engine that
+/// does embeddings still answers them, it just does not declare them.
+pub fn derived_capabilities(model: &ModelBox, abi_minor: u32) -> Capabilities {
+    if abi_minor >= MINOR_CAPABILITIES {
+        return model.capabilities();
+    }
+    let mut caps = Capabilities::GENERATION;
+    if abi_minor >= MINOR_PER_SEQUENCE_AND_SHIFT {
+        let params = ContextParams { n_ctx: 64, n_batch: 64, n_seq_max: 1, ..Default::default() };
+        match model.new_context(&params).into_result() {
+            Ok(mut ctx) => {
+                if ctx.kv_shift(0, 0, -1, 0).into_result().is_ok() {
+                    caps |= Capabilities::CONTEXT_SHIFT;
+                }
+            }
+            Err(e) => tracing::debug!(
+                "no probe context for the capabilities of an ABI 1.{abi_minor} plugin: {e}"
+            ),
+        }
+    }
+    caps
 }
 
 impl BackendHandle for InProcessBackend {
@@ -39,12 +80,16 @@ impl BackendHandle for InProcessBackend {
     ) -> Result<Box<dyn ModelHandle>, BackendError> {
         let spec = ModelSpec { path: RString::from(path), format: RString::from(format), options };
         let inner = self.inner.load_model(&spec).into_result()?;
-        Ok(Box::new(InProcessModel { inner }))
+        let capabilities = derived_capabilities(&inner, self.abi_minor);
+        Ok(Box::new(InProcessModel { inner, abi_minor: self.abi_minor, capabilities }))
     }
 }
 
 struct InProcessModel {
     inner: ModelBox,
+    abi_minor: u32,
+    /// Asked (or derived) once at load.
+    capabilities: Capabilities,
 }
 
 impl ModelHandle for InProcessModel {
@@ -57,7 +102,7 @@ impl ModelHandle for InProcessModel {
     }
 
     fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+        self.capabilities
     }
 
     fn vocab_size(&self) -> u32 {
@@ -86,9 +131,12 @@ impl ModelHandle for InProcessModel {
         params: &ContextParams,
         kind: ContextKind,
     ) -> Result<Box<dyn ContextHandle>, BackendError> {
-        let inner = match kind {
-            ContextKind::Shared => self.inner.new_context(params),
-            ContextKind::PerSequence => self.inner.new_context_per_sequence(params),
+        let per_sequence =
+            kind == ContextKind::PerSequence && self.abi_minor >= MINOR_PER_SEQUENCE_AND_SHIFT;
+        let inner = if per_sequence {
+            self.inner.new_context_per_sequence(params)
+        } else {
+            self.inner.new_context(params)
         }
         .into_result()?;
         Ok(Box::new(InProcessContext { inner, logits: RVec::new() }))

@@ -6,6 +6,9 @@
 //! - [`manifest`]: the TOML beside each plugin library, read before anything is opened.
 //! - [`discovery`]: the plugin search path and the manifests on it.
 //! - [`loader`]: opening one plugin in checked steps, each failure one clear line.
+//! - [`inspect`]: the same checks in a short-lived worker process, for plugins the host
+//!   lists but does not load (`corral backends`) and before an install.
+//! - [`install`]: the user's plugin directory, `corral plugin install` and `remove`.
 //! - [`choice`]: requirements against the probe, ranking, fallback, and
 //!   [`PluginCatalog`], which opens each plugin at most once per process.
 //! - [`format`]: the one rule that names a model file's format.
@@ -34,6 +37,8 @@ pub mod discovery;
 pub mod engine;
 pub mod format;
 pub mod in_process;
+pub mod inspect;
+pub mod install;
 pub mod loader;
 pub mod manifest;
 pub mod worker;
@@ -42,7 +47,10 @@ pub use choice::{
     BackendOptions, Choice, ChoiceError, Isolation, NoBackend, PluginCatalog, PluginReport,
     Selector, Status,
 };
-pub use discovery::{DIR_MANIFEST_NAME, Discovered, FLAT_MANIFEST_SUFFIX, discover, search_path};
+pub use discovery::{
+    DIR_MANIFEST_NAME, Discovered, FLAT_MANIFEST_SUFFIX, discover, misnamed_manifests, search_path,
+    user_plugin_dir,
+};
 pub use engine::{
     BackendHandle, Context, ContextHandle, ContextKind, LoadedPlugin, Model, ModelHandle,
 };

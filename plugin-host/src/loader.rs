@@ -1,8 +1,25 @@
 //! Loading one plugin in checked steps, each with its own message: the library file
 //! exists and `dlopen` accepts it; it exports `corral_plugin_abi_major` (else it is not a
-//! corral plugin) with this host's major; its ABI minor is this host's or newer;
-//! abi_stable's version and layout check of the root module passes; the identity matches
-//! the manifest; `init` succeeds. This file holds all of the host's `unsafe` code.
+//! corral plugin) with this host's major; abi_stable's layout check of the root module
+//! passes, run from the older side (below); the identity matches the manifest; `init`
+//! succeeds. This file holds all of the host's `unsafe` code.
+//!
+//! # Plugins of other minors
+//!
+//! A plugin built against any 1.x loads. Its minor comes from the library header's
+//! version string (`1.N.0`). abi_stable's layout checker lets the *implementation* of a
+//! prefix type (a vtable, the root module) have more fields than the *interface*, never
+//! fewer. So for a plugin of this host's minor or a newer one, the plugin's layout is the
+//! implementation (abi_stable's own `init_root_module`: the host never calls the methods
+//! it does not know); for an **older** plugin the roles swap: the plugin's layout is
+//! checked as the interface against the host's as the implementation, which checks every
+//! field the plugin has, recursively, against the host's, and lets the host's layout
+//! have the methods appended since. The root module is then taken without abi_stable's
+//! second (one-way) check. Calling a method the older plugin's vtable lacks is safe: the
+//! accessor reads the field-accessibility bits of the plugin's own vtable, and the
+//! appended `ffi` methods have bodies abi_stable runs instead (`new_context_per_sequence`
+//! → `new_context`, `kv_shift` → `Unsupported`, `capabilities` → generation), which
+//! [`crate::in_process`] refines from the plugin's minor.
 
 use std::{
     path::{Path, PathBuf},
@@ -10,7 +27,9 @@ use std::{
 };
 
 use abi_stable::{
-    library::{LibraryError, lib_header_from_path},
+    StableAbi,
+    abi_stability::abi_checking::check_layout_compatibility,
+    library::lib_header_from_path,
     sabi_trait::TD_Opaque,
     std_types::{RStr, RString},
 };
@@ -76,15 +95,13 @@ pub enum LoadError {
         /// The plugin's major.
         found: u32,
     },
-    /// The plugin was built for an older minor of this ABI major.
-    #[error(
-        "{library} was built for corral plugin ABI {ABI_MAJOR}.{found}, older than this host's ABI {ABI_MAJOR}.{ABI_MINOR} (a host loads plugins built for its own ABI minor or a newer one); rebuild it against corral-backend-api {ABI_MAJOR}.{ABI_MINOR}"
-    )]
-    AbiMinor {
+    /// The library header's ABI version is not `MAJOR.MINOR.PATCH`.
+    #[error("{library} carries an ABI version this host cannot read: {version:?}")]
+    AbiVersion {
         /// Library path.
         library: PathBuf,
-        /// The plugin's minor.
-        found: u32,
+        /// What the header says.
+        version: String,
     },
     /// abi_stable's header, version or layout check failed.
     #[error("{library} failed the ABI layout check (its types differ from this host's): {detail}")]
@@ -173,7 +190,7 @@ fn classify_dlopen_error(library: &Path, e: &libloading::Error) -> LoadError {
     }
 }
 
-fn layout_error(library: &Path, e: LibraryError) -> LoadError {
+fn layout_error(library: &Path, e: impl std::fmt::Display) -> LoadError {
     let text = e.to_string();
     tracing::debug!(library = %library.display(), "ABI layout check failed in full:\n{text}");
     let detail: String =
@@ -188,6 +205,77 @@ pub fn load(
     manifest_path: &Path,
     options_json: String,
 ) -> Result<LoadedPlugin, LoadError> {
+    let Opened { root, library, minor, version, .. } = open(manifest, manifest_path)?;
+    let services = HostServices {
+        log: LogSinkBox::from_value(TracingSink { plugin: manifest.id() }, TD_Opaque),
+        options_json: RString::from(options_json),
+        host_version: RString::from(env!("CARGO_PKG_VERSION")),
+        max_log_level: host_max_log_level(),
+    };
+    let backend = (root.init())(services)
+        .into_result()
+        .map_err(|e| LoadError::Init { plugin: manifest.id(), detail: e.to_string() })?;
+    Ok(LoadedPlugin {
+        manifest: manifest.clone(),
+        manifest_path: manifest_path.to_path_buf(),
+        library_path: library,
+        version,
+        abi_minor: Some(minor),
+        backend: Arc::new(InProcessBackend::new(backend, minor)),
+    })
+}
+
+/// What opening a plugin library (without its init) tells: `corral backends` runs it in a
+/// worker process for every plugin it does not load, `corral plugin install` before it
+/// copies one.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Inspection {
+    /// `name:variant` the library reports.
+    pub plugin: String,
+    /// The version the library reports.
+    pub version: String,
+    /// The ABI it was built for, `MAJOR.MINOR`.
+    pub abi: String,
+    /// Set when the manifest's `abi` says otherwise.
+    pub abi_note: Option<String>,
+    /// The engine's self-description, when init was run too.
+    pub engine: Option<String>,
+}
+
+/// Opens the plugin a manifest describes and checks it as [`load`] does (library, ABI
+/// major, layout, identity), then runs its init only when `init_options` is given. The
+/// library stays loaded: run this in a process of its own (`corral plugin-inspect`).
+pub fn inspect(
+    manifest: &Manifest,
+    manifest_path: &Path,
+    init_options: Option<String>,
+) -> Result<Inspection, LoadError> {
+    let opened = open(manifest, manifest_path)?;
+    let mut inspection = Inspection {
+        plugin: opened.id.clone(),
+        version: opened.version.clone(),
+        abi: format!("{ABI_MAJOR}.{}", opened.minor),
+        abi_note: abi_disagreement(manifest, opened.minor),
+        engine: None,
+    };
+    if let Some(options) = init_options {
+        let plugin = load(manifest, manifest_path, options)?;
+        inspection.engine = Some(plugin.backend.describe());
+    }
+    Ok(inspection)
+}
+
+/// A library opened and checked, before its init.
+struct Opened {
+    root: PluginRootRef,
+    library: PathBuf,
+    minor: u32,
+    /// `name:variant` the library reports.
+    id: String,
+    version: String,
+}
+
+fn open(manifest: &Manifest, manifest_path: &Path) -> Result<Opened, LoadError> {
     let library = manifest_path.parent().unwrap_or(Path::new(".")).join(&manifest.library);
     if !library.is_file() {
         return Err(LoadError::MissingLibrary { library, manifest: manifest_path.to_path_buf() });
@@ -224,15 +312,35 @@ pub fn load(
     std::mem::forget(lib);
 
     let header = lib_header_from_path(&library).map_err(|e| layout_error(&library, e))?;
-    // abi_stable lets a library be newer than its user, not older: a plugin's vtables must
-    // have every method this host's have. Say so plainly before the layout check would.
-    let version = header.version_strings();
-    let minor = version.version.as_str().split('.').nth(1).and_then(|m| m.parse::<u32>().ok());
-    if let Some(minor) = minor.filter(|&m| m < ABI_MINOR) {
-        return Err(LoadError::AbiMinor { library, found: minor });
+    let version = header.version_strings().version.as_str().to_string();
+    let Some(minor) = parse_minor(&version) else {
+        return Err(LoadError::AbiVersion { library, version });
+    };
+    let root: PluginRootRef = if minor < ABI_MINOR {
+        // An older plugin: its layout is the interface, the host's the implementation
+        // (see the module docs). A library built without the layout constant is refused.
+        let Some(plugin_layout) = header.layout() else {
+            return Err(LoadError::Layout {
+                library,
+                detail: "the library carries no root-module layout to check".into(),
+            });
+        };
+        check_layout_compatibility(plugin_layout, <PluginRootRef as StableAbi>::LAYOUT)
+            .map_err(|e| layout_error(&library, e))?;
+        // SAFETY: the layout check above compared the plugin's root module, and every
+        // type it reaches, with this host's: each field the plugin has matches the
+        // host's, and the host's layout only has fields appended after the last prefix
+        // field of a prefix type (vtables), which the accessors of `PluginRootRef` and
+        // the `sabi_trait` objects read only after checking the plugin vtable's own
+        // field-accessibility bits. The version check inside passes (same major).
+        unsafe { header.init_root_module_with_unchecked_layout::<PluginRootRef>() }
+            .map_err(|e| layout_error(&library, e))?
+    } else {
+        header.init_root_module::<PluginRootRef>().map_err(|e| layout_error(&library, e))?
+    };
+    if let Some(note) = abi_disagreement(manifest, minor) {
+        tracing::warn!("{}: {note}", library.display());
     }
-    let root: PluginRootRef =
-        header.init_root_module::<PluginRootRef>().map_err(|e| layout_error(&library, e))?;
     let info = (root.info())();
     // The name must match; a variant may differ, because one library can serve several
     // manifests (a multi-device build listed once per device API, with different options).
@@ -251,20 +359,30 @@ pub fn load(
             manifest.variant
         );
     }
-    let services = HostServices {
-        log: LogSinkBox::from_value(TracingSink { plugin: manifest.id() }, TD_Opaque),
-        options_json: RString::from(options_json),
-        host_version: RString::from(env!("CARGO_PKG_VERSION")),
-        max_log_level: host_max_log_level(),
-    };
-    let backend = (root.init())(services)
-        .into_result()
-        .map_err(|e| LoadError::Init { plugin: manifest.id(), detail: e.to_string() })?;
-    Ok(LoadedPlugin {
-        manifest: manifest.clone(),
-        manifest_path: manifest_path.to_path_buf(),
-        library_path: library,
+    Ok(Opened {
+        root,
+        library,
+        minor,
+        id: format!("{}:{}", info.name, info.variant),
         version: info.version.into_string(),
-        backend: Arc::new(InProcessBackend::new(backend)),
     })
+}
+
+/// The minor of an ABI version string `MAJOR.MINOR[.PATCH]`.
+pub fn parse_minor(version: &str) -> Option<u32> {
+    version.split('.').nth(1).and_then(|m| m.trim().parse::<u32>().ok())
+}
+
+/// What to say when a manifest's `abi` is not the ABI the library was built for (the
+/// plugin still loads: the library's own header decides how the host talks to it).
+pub fn abi_disagreement(manifest: &Manifest, library_minor: u32) -> Option<String> {
+    let library = format!("{ABI_MAJOR}.{library_minor}");
+    match manifest.abi_version() {
+        Ok((major, minor)) if major == ABI_MAJOR && minor == library_minor => None,
+        _ => Some(format!(
+            "its manifest says abi = \"{}\" but the library was built for ABI {library}; \
+             set abi = \"{library}\" in the manifest",
+            manifest.abi
+        )),
+    }
 }

@@ -302,44 +302,69 @@ fn copy_tree(from: &Path, to: &Path) {
 
 /// The minors after 1.0, whose appended items are marked `// abi-1.N {` ... `// abi-1.N }`
 /// in backend-api's sources.
-const LATER_MINORS: [&str; 2] = ["1.1", "1.2"];
+const LATER_MINORS: [u32; 2] = [1, 2];
 
-/// backend-api's sources as they were at ABI 1.0: the `// abi-1.N {` ... `// abi-1.N }`
+/// The vtable method a fixture of ABI 1.3 (newer than this host) appends to `FfiModel`,
+/// with a body so the guards need not implement it; this host never calls it.
+const ABI_1_3_METHOD: &str = "    // abi-1.3 {\n    /// A call of a future minor.\n    fn future_call(&self) -> u32 {\n        13\n    }\n    // abi-1.3 }\n";
+
+/// backend-api's sources as they were at ABI 1.`minor`: the `// abi-1.N {` ... `// abi-1.N }`
 /// blocks of every later minor (the vtable methods they appended, and the guard code that
-/// forwards them) removed and the version constants set back. Author-side items that are
-/// no part of a vtable stay (the `Capabilities` type and the required
+/// forwards them) removed and the version constants set to 1.`minor`. Author-side items
+/// that are no part of a vtable stay (the `Capabilities` type and the required
 /// `Model::capabilities`), so the example, which implements that method, still builds.
-fn strip_to_abi_1_0(src: &str) -> String {
+/// A minor past the current one keeps every block and appends [`ABI_1_3_METHOD`] to
+/// `FfiModel` after its last block.
+fn source_at_abi(src: &str, minor: u32) -> String {
     let mut out = String::new();
     let mut skipping = false;
     for line in src.lines() {
         let t = line.trim_start();
-        if LATER_MINORS.iter().any(|m| t.starts_with(&format!("// abi-{m} {{"))) {
+        if LATER_MINORS.iter().any(|m| *m > minor && t.starts_with(&format!("// abi-1.{m} {{"))) {
             skipping = true;
-        } else if LATER_MINORS.iter().any(|m| t.starts_with(&format!("// abi-{m} }}"))) {
+        } else if LATER_MINORS
+            .iter()
+            .any(|m| *m > minor && t.starts_with(&format!("// abi-1.{m} }}")))
+        {
             skipping = false;
         } else if !skipping {
             if t.starts_with("pub const ABI_MINOR: u32 =") {
-                out.push_str("pub const ABI_MINOR: u32 = 0;");
+                out.push_str(&format!("pub const ABI_MINOR: u32 = {minor};"));
             } else if t.starts_with("pub const ABI_VERSION: &str =") {
-                out.push_str("pub const ABI_VERSION: &str = \"1.0.0\";");
+                out.push_str(&format!("pub const ABI_VERSION: &str = \"1.{minor}.0\";"));
             } else {
                 out.push_str(line);
             }
             out.push('\n');
+            if minor == 3 && t.starts_with("// abi-1.2 }") {
+                out.push_str(ABI_1_3_METHOD);
+            }
         }
     }
     assert!(!skipping, "an `// abi-1.N {{` block is not closed");
     out
 }
 
-/// Builds the example plugin against backend-api 1.0 (this tree's backend-api with the
-/// 1.1 and 1.2 items stripped) in its own workspace and target directory; the library's
-/// path.
-fn build_example_for_abi_1_0() -> std::path::PathBuf {
+/// Builds the example plugin against backend-api 1.`minor` (this tree's backend-api cut
+/// back, or for 1.3 extended, by [`source_at_abi`]) in a workspace of its own; every
+/// fixture shares one target directory, so the dependencies build once. The library's
+/// path. Built once per test process and minor.
+fn example_for_abi(minor: u32) -> std::path::PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(u32, std::path::PathBuf)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, p)) = built.iter().find(|(m, _)| *m == minor) {
+        return p.clone();
+    }
+    let lib = build_example_for_abi(minor);
+    built.push((minor, lib.clone()));
+    lib
+}
+
+fn build_example_for_abi(minor: u32) -> std::path::PathBuf {
     let root = repo_root();
-    let base = profile_dir().parent().unwrap().join("abi-1.0-fixture");
-    let tree = base.join("src");
+    let base = profile_dir().parent().unwrap().join("abi-fixtures");
+    let tree = base.join(format!("src-1.{minor}"));
     let _ = std::fs::remove_dir_all(&tree);
     copy_tree(&root.join("backend-api"), &tree.join("backend-api"));
     copy_tree(&root.join("plugins/example"), &tree.join("plugins/example"));
@@ -362,18 +387,22 @@ fn build_example_for_abi_1_0() -> std::path::PathBuf {
     }
     for file in ["ffi.rs", "plugin.rs", "lib.rs"] {
         let p = tree.join("backend-api/src").join(file);
-        let stripped = strip_to_abi_1_0(&std::fs::read_to_string(&p).unwrap());
-        let gone: &[&str] = match file {
-            "ffi.rs" => &["fn new_context_per_sequence", "fn kv_shift", "fn capabilities"],
+        let changed = source_at_abi(&std::fs::read_to_string(&p).unwrap(), minor);
+        let gone: &[&str] = match (file, minor) {
+            ("ffi.rs", 0) => &["fn new_context_per_sequence", "fn kv_shift", "fn capabilities"],
+            ("ffi.rs", 1) => &["fn capabilities"],
             _ => &[],
         };
         for item in gone {
-            assert!(!stripped.contains(item), "{file} still has `{item}` at ABI 1.0");
+            assert!(!changed.contains(item), "{file} still has `{item}` at ABI 1.{minor}");
+        }
+        if file == "ffi.rs" && minor == 3 {
+            assert!(changed.contains("fn future_call"), "the 1.3 method was not appended");
         }
         if file == "lib.rs" {
-            assert!(stripped.contains("pub const ABI_VERSION: &str = \"1.0.0\";"));
+            assert!(changed.contains(&format!("pub const ABI_VERSION: &str = \"1.{minor}.0\";")));
         }
-        std::fs::write(&p, stripped).unwrap();
+        std::fs::write(&p, changed).unwrap();
     }
     let toml = tree.join("backend-api/Cargo.toml");
     let t: String = std::fs::read_to_string(&toml)
@@ -381,7 +410,7 @@ fn build_example_for_abi_1_0() -> std::path::PathBuf {
         .lines()
         .map(|l| {
             if l.starts_with("version = ") {
-                "version = \"1.0.0\"\n".into()
+                format!("version = \"1.{minor}.0\"\n")
             } else {
                 format!("{l}\n")
             }
@@ -409,39 +438,267 @@ fn build_example_for_abi_1_0() -> std::path::PathBuf {
     std::fs::write(tree.join("Cargo.toml"), ws).unwrap();
     std::fs::copy(root.join("Cargo.lock"), tree.join("Cargo.lock")).unwrap();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let target = base.join("target");
     let out = std::process::Command::new(cargo)
-        .args(["build", "-p", "corral-plugin-example", "--manifest-path"])
+        .args(["build", "--offline", "-p", "corral-plugin-example", "--manifest-path"])
         .arg(tree.join("Cargo.toml"))
         .arg("--target-dir")
-        .arg(base.join("target"))
+        .arg(&target)
         .env_remove("RUSTFLAGS")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    base.join("target/debug/libcorral_plugin_example.so")
+    // The fixtures share a target directory: keep this one's library under its own name.
+    let lib = base.join(format!("libexample-abi-1.{minor}.so"));
+    std::fs::copy(target.join("debug/libcorral_plugin_example.so"), &lib).unwrap();
+    lib
 }
 
-/// A plugin really built against ABI 1.0 (before `new_context_per_sequence`, `kv_shift`
-/// and `capabilities` were appended to the vtables) is refused by this 1.2 host with a
-/// message that says why and what to do, not with abi_stable's layout dump: abi_stable
-/// lets a plugin be newer than its host (extra methods are ignored), never older.
+/// The text a greedy `corral run` of the toy engine gives with the plugin in `dir`.
+fn toy_run(dir: &Path, model: &Path) -> String {
+    let mut c = corral(&[dir]);
+    c.args(["run", "--format", "toy", "--temperature", "0", "--raw", "--num-predict", "12"])
+        .arg(model)
+        .arg("hello");
+    let (out, stdout, stderr) = run(c);
+    assert!(out.status.success(), "corral run failed: {stderr}");
+    assert!(!stdout.trim().is_empty(), "corral run printed nothing; stderr: {stderr}");
+    stdout
+}
+
+/// Plugins really built against ABI 1.0 and 1.1 (before `new_context_per_sequence`,
+/// `kv_shift` and `capabilities` were appended to the vtables) and 1.3 (a method this
+/// host does not know appended) load in this 1.2 host and work: `corral backends` chooses
+/// each, the conformance suite passes (the host answers the calls an older plugin lacks:
+/// a shared context for a per-sequence one, `Unsupported` for `kv_shift`, capabilities
+/// derived), `corral run` gives the same text as the current build of the same engine,
+/// and `corral serve` (engines in worker processes) answers `/api/generate` with it.
 #[test]
-fn a_plugin_built_for_an_older_abi_minor_is_refused_with_a_clear_message() {
-    let lib = build_example_for_abi_1_0();
+fn plugins_of_older_and_newer_abi_minors_load_and_work() {
     let dir = tempfile::tempdir().unwrap();
-    let p = plugin_dir(dir.path(), "old", &example_manifest("cpu", "1.0", "libold.so"), Some(&lib));
-    let v = backends_json(&[dir.path()], &[]);
-    let r = report(&v, "cpu");
-    assert_eq!(r["status"], "unavailable", "{r}");
-    let reason = r["reason"].as_str().unwrap();
-    assert!(
-        reason.contains("was built for corral plugin ABI 1.0, older than this host's ABI 1.2")
-            && reason.contains("rebuild it against corral-backend-api 1.2"),
-        "{reason}"
-    );
+    let model = dir.path().join("model.toy");
+    std::fs::write(&model, "toy weights").unwrap();
+    let current = dir.path().join("current");
+    plugin_dir(&current, "ex", &example_manifest("cpu", ABI, "libex.so"), Some(&example_lib()));
+    let expected = toy_run(&current, &model);
+
+    for minor in [0, 1, 3] {
+        let lib = example_for_abi(minor);
+        let abi = format!("1.{minor}");
+        let plugins = dir.path().join(format!("abi-{abi}"));
+        let p = plugin_dir(&plugins, "ex", &example_manifest("cpu", &abi, "libex.so"), Some(&lib));
+
+        let v = backends_json(&[plugins.as_path()], &["--check"]);
+        let r = report(&v, "cpu");
+        assert_eq!(r["status"], "chosen", "ABI {abi}: {v:#}");
+
+        let mut c = corral(&[]);
+        c.args(["plugin", "check"]).arg(&p);
+        let (out, stdout, stderr) = run(c);
+        assert!(out.status.success(), "ABI {abi}: {stdout}\n{stderr}");
+        assert!(stdout.contains(" 0 failed"), "ABI {abi}: {stdout}");
+        // The calls a 1.0 plugin lacks are answered by the host: no context shift.
+        let shift = stdout.lines().find(|l| l.contains("kv_shift")).unwrap_or_default();
+        assert!(shift.contains("SKIP"), "ABI {abi}: {stdout}");
+        if minor == 0 {
+            assert!(shift.contains("built against corral-backend-api 1.0"), "{stdout}");
+        }
+        assert!(!stderr.contains("manifest says abi"), "ABI {abi}: {stderr}");
+
+        assert_eq!(toy_run(&plugins, &model), expected, "ABI {abi}: another text");
+
+        let server = Server::start(&[plugins.as_path()], &[], &[]);
+        let body = serde_json::json!({
+            "model": model.to_string_lossy(),
+            "prompt": "hello",
+            "raw": true,
+            "stream": false,
+            "options": {"temperature": 0, "num_predict": 12},
+        });
+        let resp = reqwest::blocking::Client::new()
+            .post(format!("{}/api/generate", server.url))
+            .json(&body)
+            .send()
+            .unwrap();
+        let status = resp.status();
+        let v: serde_json::Value = resp.json().unwrap();
+        assert!(status.is_success(), "ABI {abi}: {status} {v}\n{}", server.log());
+        assert_eq!(v["response"].as_str().unwrap_or_default(), expected.trim_end_matches('\n'));
+    }
+}
+
+/// A manifest whose `abi` is not what the library was built for: the plugin loads (the
+/// library's header decides), and the host says they disagree.
+#[test]
+fn a_manifest_abi_that_disagrees_with_the_library_is_reported() {
+    let lib = example_for_abi(0);
+    let dir = tempfile::tempdir().unwrap();
+    let p = plugin_dir(dir.path(), "old", &example_manifest("cpu", ABI, "libold.so"), Some(&lib));
     let mut c = corral(&[]);
     c.args(["plugin", "check"]).arg(&p);
     let (out, stdout, stderr) = run(c);
-    assert!(!out.status.success(), "{stdout}");
-    assert!(stderr.contains("older than this host's ABI 1.2"), "{stderr}");
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("its manifest says abi = \"1.2\" but the library was built for ABI 1.0"),
+        "{stderr}"
+    );
+    let v = backends_json(&[dir.path()], &[]);
+    let r = report(&v, "cpu");
+    assert_eq!(r["status"], "chosen", "{v:#}");
+    assert!(r["reason"].as_str().unwrap().contains("the library was built for ABI 1.0"), "{r}");
+}
+
+/// The default `corral backends` (no `--check`, nothing forced) opens every plugin it
+/// lists as available in a worker process, and reports one whose library cannot be
+/// loaded as unavailable with the reason; a `.toml` that looks like a manifest under
+/// another name gets a warning.
+#[test]
+fn the_default_listing_reports_libraries_that_cannot_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    plugin_dir(d, "good", &example_manifest("cpu", ABI, "libexample.so"), Some(&example_lib()));
+    let not_lib = d.join("notlib.so");
+    std::fs::write(&not_lib, "this is text, not ELF").unwrap();
+    plugin_dir(d, "notlib", &example_manifest("notlib", ABI, "libnotlib.so"), Some(&not_lib));
+    let abi2 = d.join("abi2.so");
+    patch_abi_major(&example_lib(), &abi2, 2);
+    plugin_dir(d, "abi2", &example_manifest("abi2", ABI, "libabi2.so"), Some(&abi2));
+    // A plugin whose manifest is misnamed: not read, but warned about.
+    let misnamed = d.join("misnamed");
+    std::fs::create_dir_all(&misnamed).unwrap();
+    std::fs::write(misnamed.join("example.toml"), example_manifest("mis", ABI, "libx.so")).unwrap();
+
+    let mut c = corral(&[d]);
+    c.args(["backends", "--json"]);
+    let (out, stdout, stderr) = run(c);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report(&v, "cpu")["status"], "chosen", "{v:#}");
+    let r = report(&v, "notlib");
+    assert_eq!(r["status"], "unavailable", "{r}");
+    assert!(r["reason"].as_str().unwrap().contains("is not a shared library"), "{r}");
+    let r = report(&v, "abi2");
+    assert_eq!(r["status"], "unavailable", "{r}");
+    assert!(r["reason"].as_str().unwrap().contains("built for corral plugin ABI 2.x"), "{r}");
+    assert!(v["plugins"].as_array().unwrap().iter().all(|p| p["variant"] != "mis"), "{v:#}");
+    assert!(
+        stderr.contains("example.toml looks like a plugin manifest but is not read")
+            && stderr.contains("manifest.toml"),
+        "{stderr}"
+    );
+    assert!(v["warnings"].as_array().is_some_and(|w| w.len() == 1), "{v:#}");
+}
+
+fn timed<T>(what: &str, f: impl FnOnce() -> T) -> T {
+    let t = std::time::Instant::now();
+    let r = f();
+    eprintln!("TIMING {what}: {:.1}s", t.elapsed().as_secs_f64());
+    r
+}
+
+/// The newcomer's path of `plugins/example/README.md`: `corral plugin new`, `cargo build`
+/// (offline: every dependency is in the lock file `plugin new` writes and cargo's cache),
+/// the crate's own conformance test, `corral plugin install` into a temporary HOME,
+/// `corral backends` lists it from the default search path, `corral plugin check` passes
+/// on the installed copy, `corral plugin remove` takes it away.
+#[test]
+fn a_new_plugin_builds_installs_and_passes_the_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let krate = dir.path().join("my-engine");
+    let user = |c: &mut std::process::Command| {
+        c.env_remove("CORRAL_PLUGIN_PATH_ONLY").env("HOME", &home);
+    };
+    timed("plugin new", || {
+        let mut c = corral(&[]);
+        c.args(["plugin", "new", "my-engine", "--dir"]).arg(&krate);
+        let (out, stdout, stderr) = run(c);
+        assert!(
+            out.status.success(),
+            "{stdout}
+{stderr}"
+        );
+    });
+    let target = profile_dir().parent().unwrap().join("abi-fixtures/target");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    for args in [&["build", "--offline"][..], &["test", "--offline"][..]] {
+        timed(&format!("cargo {}", args[0]), || {
+            let out = std::process::Command::new(&cargo)
+                .args(args)
+                .arg("--manifest-path")
+                .arg(krate.join("Cargo.toml"))
+                .env("CARGO_TARGET_DIR", &target)
+                .env("CORRAL_BIN", corral_bin())
+                .env_remove("RUSTFLAGS")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "cargo {args:?}: {}
+{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        });
+    }
+    let lib = target.join("debug/libmy_engine.so");
+    assert!(target.join("debug/my-engine.corral-plugin.toml").is_file());
+    timed("plugin install", || {
+        let mut c = corral(&[]);
+        user(&mut c);
+        c.args(["plugin", "install"]).arg(&lib);
+        let (out, stdout, stderr) = run(c);
+        assert!(
+            out.status.success(),
+            "{stdout}
+{stderr}"
+        );
+        assert!(stdout.contains("installed my-engine:cpu (ABI 1.2"), "{stdout}");
+    });
+    let installed = home.join(".local/lib/corral/backends/my-engine-cpu");
+    assert!(
+        installed.join("manifest.toml").is_file() && installed.join("libmy_engine.so").is_file()
+    );
+    let v = timed("backends", || {
+        let mut c = corral(&[]);
+        user(&mut c);
+        c.args(["backends", "--json", "--format", "toy", "--backend", "my-engine"]);
+        let (out, stdout, stderr) = run(c);
+        assert!(out.status.success(), "{stderr}");
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()
+    });
+    let r = v["plugins"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["name"] == "my-engine"))
+        .unwrap_or_else(|| panic!("my-engine is not listed: {v:#}"));
+    assert_eq!(r["status"], "chosen", "{r}");
+    assert!(r["manifest"].as_str().unwrap().starts_with(&home.display().to_string()), "{r}");
+    timed("plugin check", || {
+        let mut c = corral(&[]);
+        user(&mut c);
+        c.args(["plugin", "check"]).arg(&installed);
+        let (out, stdout, stderr) = run(c);
+        assert!(
+            out.status.success(),
+            "{stdout}
+{stderr}"
+        );
+        assert!(stdout.contains(" 0 failed"), "{stdout}");
+    });
+    let mut c = corral(&[]);
+    user(&mut c);
+    c.args(["plugin", "remove", "my-engine"]);
+    let (out, stdout, stderr) = run(c);
+    assert!(
+        out.status.success() && stdout.contains("removed"),
+        "{stdout}
+{stderr}"
+    );
+    assert!(!installed.exists());
+    let mut c = corral(&[]);
+    user(&mut c);
+    c.args(["plugin", "remove", "my-engine"]);
+    let (out, _, stderr) = run(c);
+    assert!(!out.status.success() && stderr.contains("no plugin called"), "{stderr}");
 }

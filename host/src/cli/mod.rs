@@ -12,5 +12,6 @@ pub(crate) mod client;
 pub(crate) mod models;
 pub(crate) mod remote;
 pub(crate) mod run;
+pub(crate) mod scaffold;
 pub(crate) mod serve;
 pub(crate) mod system;

@@ -101,13 +101,20 @@ fn print_reports(reports: &[PluginReport]) {
 pub(crate) fn backends(global: &GlobalOptions, a: &BackendsArgs) -> Result<()> {
     let rt = Runtime::with_isolation(global, a.isolation.as_deref(), Isolation::Process)?;
     let selector = rt.selector(a.backend.as_deref(), a.format.as_deref());
-    let choice =
+    let mut choice =
         if a.check { rt.catalog.check_all(&selector)? } else { rt.catalog.choose(&selector)? };
+    // Every plugin listed as available has had its library opened in a worker process.
+    rt.catalog.verify(&mut choice);
+    let warnings = corral_plugin_host::misnamed_manifests(&rt.catalog.search_path);
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
     if a.json {
         let out = serde_json::json!({
             "plugin_path": rt.catalog.search_path,
             "config": rt.config_path,
             "plugins": choice.reports,
+            "warnings": warnings,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
@@ -186,5 +193,86 @@ pub(crate) fn generate_model(a: &crate::GenerateArgs) -> Result<()> {
     let t = std::time::Instant::now();
     let report = generate_model(&a.output, &opts)?;
     eprintln!("wrote {report} ({:.1}s)", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// `corral plugin new`.
+#[derive(Args, Debug)]
+pub(crate) struct NewArgs {
+    /// The plugin's name (lowercase letters, digits and '-'); also the crate's.
+    pub name: String,
+    /// Where to write the crate (default: ./NAME).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// `corral plugin new NAME [--dir DIR]`.
+pub(crate) fn plugin_new(a: &NewArgs) -> Result<()> {
+    let dir = a.dir.clone().unwrap_or_else(|| PathBuf::from(&a.name));
+    let corral = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("corral"));
+    let written = super::scaffold::write(&a.name, &dir, &corral)?;
+    println!("wrote {} files of plugin {} into {}", written.len(), a.name, dir.display());
+    println!("next: cd {} && cargo build --release && cargo test", dir.display());
+    println!("then: corral plugin install target/release/lib{}.so", a.name.replace('-', "_"));
+    Ok(())
+}
+
+/// `corral plugin install`.
+#[derive(Args, Debug)]
+pub(crate) struct InstallArgs {
+    /// The built plugin: its library (with its manifest beside it, as the crate's
+    /// build.rs writes it), its manifest, or its directory.
+    pub path: PathBuf,
+}
+
+/// `corral plugin install PATH`: checked in a worker process, then copied into the
+/// user's plugin directory.
+pub(crate) fn plugin_install(global: &GlobalOptions, a: &InstallArgs) -> Result<()> {
+    let rt = Runtime::new(global)?;
+    let manifest_path = conformance::find_manifest(&a.path)?;
+    let manifest = corral_plugin_host::Manifest::load(&manifest_path)?;
+    let Some(root) = corral_plugin_host::user_plugin_dir() else {
+        bail!("HOME is not set: there is no user plugin directory to install into");
+    };
+    let Some(inspector) = &rt.catalog.inspector else {
+        bail!("cannot find corral's own executable to check the plugin in a worker");
+    };
+    let options = corral_plugin_host::choice::merged_options(&manifest, &rt.catalog.options);
+    let done = corral_plugin_host::install::install(&manifest_path, inspector, &options, &root)?;
+    if let Some(note) = &done.inspection.abi_note {
+        eprintln!("warning: {}: {note}", done.plugin);
+    }
+    println!(
+        "{} {} (ABI {}, {}) into {}",
+        if done.replaced { "reinstalled" } else { "installed" },
+        done.plugin,
+        done.inspection.abi,
+        done.inspection.engine.as_deref().unwrap_or("engine not described"),
+        done.dir.display()
+    );
+    if !rt.catalog.search_path.iter().any(|d| d == &root) {
+        eprintln!(
+            "warning: {} is not on this plugin path (CORRAL_PLUGIN_PATH_ONLY?)",
+            root.display()
+        );
+    }
+    Ok(())
+}
+
+/// `corral plugin remove`.
+#[derive(Args, Debug)]
+pub(crate) struct RemoveArgs {
+    /// The plugin: its name, `name:variant` or `name-variant`.
+    pub name: String,
+}
+
+/// `corral plugin remove NAME`: from the user's plugin directory only.
+pub(crate) fn plugin_remove(a: &RemoveArgs) -> Result<()> {
+    let Some(root) = corral_plugin_host::user_plugin_dir() else {
+        bail!("HOME is not set: there is no user plugin directory");
+    };
+    for dir in corral_plugin_host::install::remove(&a.name, &root)? {
+        println!("removed {}", dir.display());
+    }
     Ok(())
 }
