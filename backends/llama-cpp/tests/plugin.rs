@@ -108,14 +108,22 @@ fn loads_and_reports_metadata() {
 }
 
 /// llama.cpp says the tiny llama model's memory can shift and its attention is causal;
-/// the plugin makes per-sequence contexts unless `kv_unified = true` shares them all.
+/// the plugin makes per-sequence contexts unless `kv_unified = true` shares them all, and
+/// every context takes the load's KV cache type and flash attention setting.
 #[test]
 fn declares_capabilities_as_llama_cpp_answers() {
     let f = fixture();
     let caps = f.model.capabilities();
     assert_eq!(
         caps.names(),
-        ["generation", "embeddings", "context-shift", "per-sequence-context"],
+        [
+            "generation",
+            "embeddings",
+            "context-shift",
+            "per-sequence-context",
+            "kv-cache-types",
+            "flash-attention"
+        ],
         "{caps:?}"
     );
     assert_eq!(f.model.capabilities(), caps, "asked once, answered the same");
