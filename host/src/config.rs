@@ -121,6 +121,12 @@ pub struct ServerConfig {
     /// Let `/api/pull` and `/api/push` requests with `insecure: true` speak plain HTTP to
     /// registries (off: such requests get 403).
     pub allow_insecure_registries: Option<bool>,
+    /// Speculative decoding by default: `auto` (the default: prompt-lookup drafts while
+    /// they are accepted), `ngram`, `draft` or `off`. Requests override it
+    /// (`options.speculative`).
+    pub speculative: Option<String>,
+    /// Most draft tokens per speculation round (default 8, at most 64).
+    pub draft_max: Option<u32>,
 }
 
 impl Config {

@@ -87,6 +87,7 @@ enum ParamType {
     Float,
     Bool,
     StringList,
+    Text,
 }
 
 /// Ollama's known parameters and their types.
@@ -100,6 +101,9 @@ fn param_type(name: &str) -> Option<ParamType> {
         "penalize_newline" | "numa" | "use_mmap" | "use_mlock" | "low_vram" | "f16_kv"
         | "vocab_only" | "logits_all" => Bool,
         "stop" => StringList,
+        // corral's own: speculative decoding (see the README).
+        "draft_model" | "speculative" => Text,
+        "draft_max" => Int,
         _ => return None,
     })
 }
@@ -278,7 +282,7 @@ pub fn parse(text: &str) -> Result<Modelfile> {
                     ParamType::Bool => {
                         Value::Bool(raw.parse::<bool>().map_err(|_| bad("true or false"))?)
                     }
-                    ParamType::StringList => Value::String(raw),
+                    ParamType::StringList | ParamType::Text => Value::String(raw),
                 };
                 (vpos, Directive::Parameter { name, value })
             }
