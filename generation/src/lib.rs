@@ -46,6 +46,8 @@
 //! - [`options`]: [`SamplingOptions`] with Ollama's names, defaults and validation.
 //! - [`sampler`]: [`Sampler`] (penalties, top_k, typical_p, top_p, min_p, temperature,
 //!   seeded draw) and the [`Constraint`] hook for structured output.
+//! - [`speculative`]: speculative decoding's drafts (prompt lookup), modes and
+//!   adaptive length; its acceptance rule is [`Sampler::verify`].
 //! - [`template`]: [`ChatTemplate`], Hugging Face chat templates rendered by minijinja.
 //! - [`detok`]: [`Detokenizer`], complete UTF-8 out of token bytes.
 //! - [`stop`]: [`StopMatcher`], stop strings across token boundaries.
@@ -64,6 +66,7 @@ pub mod known_templates;
 pub mod logprobs;
 pub mod options;
 pub mod sampler;
+pub mod speculative;
 pub mod stop;
 pub mod structured;
 pub mod template;

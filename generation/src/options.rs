@@ -16,6 +16,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
+use crate::speculative::{MAX_DRAFT_MAX, SpecMode};
+
 /// An invalid option value; the message names the option, the value and what is allowed.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum OptionsError {
@@ -84,6 +86,13 @@ pub struct SamplingOptions {
     /// Tokens at the start of the prompt kept when the context is truncated or shifted;
     /// -1 = the whole prompt. Default 4.
     pub num_keep: i32,
+    /// Speculative decoding for this request (`"off"`, `"auto"`, `"ngram"`, `"draft"`, or
+    /// a boolean: `true` = ngram); `None` = the server's setting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speculative: Option<SpecMode>,
+    /// Most draft tokens per speculation round (1 to 64); `None` = the server's setting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub draft_max: Option<u32>,
     /// Options this crate does not interpret (runner options such as `num_gpu`,
     /// `num_thread`, `num_batch`, or unsupported samplers such as `mirostat`), as given.
     #[serde(flatten)]
@@ -107,6 +116,8 @@ impl Default for SamplingOptions {
             stop: Vec::new(),
             num_ctx: None,
             num_keep: 4,
+            speculative: None,
+            draft_max: None,
             extra: BTreeMap::new(),
         }
     }
@@ -252,6 +263,16 @@ impl SamplingOptions {
                         })?);
                 }
                 "num_keep" => self.num_keep = get_i32("num_keep", v)?,
+                "speculative" => self.speculative = Some(parse_spec(v)?),
+                "draft_max" => {
+                    let n = get_i64("draft_max", v)?;
+                    self.draft_max =
+                        Some(u32::try_from(n).map_err(|_| OptionsError::OutOfRange {
+                            name: "draft_max",
+                            value: n.to_string(),
+                            allowed: "it must be between 1 and 64",
+                        })?);
+                }
                 _ => {
                     self.extra.insert(key.clone(), v.clone());
                 }
@@ -311,6 +332,9 @@ impl SamplingOptions {
             range("num_ctx", n, n >= 1, "it must be >= 1")?;
         }
         range("num_keep", self.num_keep, self.num_keep >= -1, "it must be >= -1 (-1 = all)")?;
+        if let Some(n) = self.draft_max {
+            range("draft_max", n, (1..=MAX_DRAFT_MAX).contains(&n), "it must be between 1 and 64")?;
+        }
         Ok(())
     }
 
@@ -324,6 +348,23 @@ impl SamplingOptions {
     /// True when sampling is greedy (temperature 0 or top_k 1).
     pub fn is_greedy(&self) -> bool {
         self.temperature <= 0.0 || self.top_k == 1
+    }
+}
+
+fn parse_spec(v: &Value) -> Result<SpecMode, OptionsError> {
+    match v {
+        Value::Bool(true) => Ok(SpecMode::Ngram),
+        Value::Bool(false) => Ok(SpecMode::Off),
+        Value::String(s) => s.parse().map_err(|_| OptionsError::OutOfRange {
+            name: "speculative",
+            value: show(v),
+            allowed: "it must be one of off, auto, ngram, draft (or true / false)",
+        }),
+        _ => Err(OptionsError::WrongType {
+            name: "speculative",
+            expected: "a string (off, auto, ngram, draft) or a boolean",
+            got: show(v),
+        }),
     }
 }
 
@@ -456,6 +497,25 @@ mod tests {
         let mut ok = SamplingOptions { temperature: 0.0, top_p: 1.0, ..Default::default() };
         ok.num_predict = -2;
         assert!(ok.validate().is_ok());
+    }
+
+    #[test]
+    fn speculation_options() {
+        let o =
+            SamplingOptions::from_json(&json!({"speculative": "ngram", "draft_max": 4.0})).unwrap();
+        assert_eq!((o.speculative, o.draft_max), (Some(SpecMode::Ngram), Some(4)));
+        assert!(o.validate().is_ok());
+        let o = SamplingOptions::from_json(&json!({"speculative": false})).unwrap();
+        assert_eq!(o.speculative, Some(SpecMode::Off));
+        let e = SamplingOptions::from_json(&json!({"speculative": "fast"})).unwrap_err();
+        assert!(e.to_string().contains("off, auto, ngram, draft"), "{e}");
+        assert!(SamplingOptions::from_json(&json!({"speculative": 3})).is_err());
+        assert!(invalid(|o| o.draft_max = Some(0)).contains("draft_max"));
+        assert!(invalid(|o| o.draft_max = Some(65)).contains("draft_max"));
+        assert!(SamplingOptions::from_json(&json!({"draft_max": -1})).is_err());
+        let v = serde_json::to_value(&o).unwrap();
+        assert_eq!(v["speculative"], json!("off"));
+        assert_eq!(serde_json::from_value::<SamplingOptions>(v).unwrap(), o);
     }
 
     #[test]

@@ -186,6 +186,120 @@ impl Sampler {
         token
     }
 
+    /// The processed distribution [`sample`](Self::sample) draws from: penalties over
+    /// `history`, then top_k, typical_p, top_p, min_p and temperature (greedy: the argmax
+    /// with probability 1). `logits` is modified in place as by `sample`. The constraint,
+    /// if any, is not applied: speculation, the only user, is off for constrained
+    /// requests.
+    pub fn distribution(&mut self, logits: &mut [f32], history: &[u32]) -> Dist {
+        let n = logits.len().min(self.vocab_size);
+        let logits = &mut logits[..n];
+        self.apply_penalties(logits, history);
+        if self.is_greedy() {
+            return Dist::one(argmax(logits));
+        }
+        self.filter(logits);
+        if self.cands.is_empty() {
+            return Dist::one(argmax(logits));
+        }
+        let inv_t = 1.0 / self.temperature as f64;
+        let max = self.cands.iter().map(|c| c.logit).fold(f32::NEG_INFINITY, f32::max) as f64;
+        let weights: Vec<f64> =
+            self.cands.iter().map(|c| exp((c.logit as f64 - max) * inv_t)).collect();
+        let total: f64 = weights.iter().sum();
+        Dist { probs: self.cands.iter().zip(weights).map(|(c, w)| (c.id, w / total)).collect() }
+    }
+
+    /// Draws a token from `dist` with this sampler's RNG.
+    pub fn draw(&mut self, dist: &Dist) -> u32 {
+        dist.draw(uniform(&mut self.rng))
+    }
+
+    /// The acceptance rule of speculative sampling for a draft token `draft` that was
+    /// drawn from `q` (`None`: a deterministic draft, `q` = certainty of `draft`), against
+    /// the target's processed distribution `p` at that position: accepted with
+    /// probability `min(1, p(draft) / q(draft))`; otherwise a token drawn from
+    /// `max(0, p - q)` normalized comes back instead. Either way the token that results is
+    /// distributed as `p`. A greedy `p` (one token of probability 1) accepts exactly its
+    /// argmax, so greedy text does not change.
+    pub fn verify(&mut self, p: &Dist, draft: u32, q: Option<&Dist>) -> Verdict {
+        let pd = p.prob(draft);
+        let qd = q.map_or(1.0, |q| q.prob(draft));
+        if pd > 0.0 && (pd >= qd || uniform(&mut self.rng) * qd < pd) {
+            return Verdict::Accept;
+        }
+        // The residual max(0, p - q), in p's order.
+        let residual: Vec<(u32, f64)> = p
+            .probs
+            .iter()
+            .map(|&(t, pt)| {
+                let qt = match q {
+                    Some(q) => q.prob(t),
+                    None if t == draft => 1.0,
+                    None => 0.0,
+                };
+                (t, (pt - qt).max(0.0))
+            })
+            .filter(|&(_, r)| r > 0.0)
+            .collect();
+        let total: f64 = residual.iter().map(|&(_, r)| r).sum();
+        if residual.is_empty() || total <= 0.0 {
+            // p <= q everywhere means p == q: the draft would have been accepted, short of
+            // rounding. Take p's most likely token other than the draft, or p's own draw.
+            let other = p.probs.iter().find(|&&(t, _)| t != draft).map(|&(t, _)| t);
+            return Verdict::Reject(other.unwrap_or_else(|| self.draw(p)));
+        }
+        let dist = Dist { probs: residual.into_iter().map(|(t, r)| (t, r / total)).collect() };
+        Verdict::Reject(self.draw(&dist))
+    }
+
+    /// Runs the candidate filters of a sampled (non-greedy) step: fills `self.cands`
+    /// with the survivors of top_k, typical_p, top_p and min_p, in canonical order.
+    fn filter(&mut self, logits: &[f32]) {
+        let mut order = Order::ById;
+        let cand = |(id, &l): (usize, &f32)| {
+            if l.is_nan() || l == f32::NEG_INFINITY {
+                None
+            } else {
+                Some(Cand { logit: l.min(f32::MAX), id: id as u32 })
+            }
+        };
+        let mut cands = std::mem::take(&mut self.cands);
+        cands.clear();
+        if self.top_k > 0 && self.top_k < logits.len() {
+            let mut heap = BinaryHeap::from(cands);
+            for c in logits.iter().enumerate().filter_map(cand) {
+                if heap.len() < self.top_k {
+                    heap.push(c);
+                } else if let Some(mut top) = heap.peek_mut()
+                    && c < *top
+                {
+                    *top = c;
+                }
+            }
+            cands = heap.into_vec();
+            cands.sort_unstable();
+            order = Order::Sorted;
+        } else {
+            cands.extend(logits.iter().enumerate().filter_map(cand));
+        }
+        self.cands = cands;
+        if self.cands.is_empty() {
+            return;
+        }
+        if self.typical_p < 1.0 && self.cands.len() > 1 {
+            self.typical(&mut order);
+        }
+        if self.top_p < 1.0 && self.cands.len() > 1 {
+            self.top_p_filter(&mut order);
+        }
+        if self.min_p > 0.0 && self.cands.len() > 1 {
+            let max = self.cands.iter().map(|c| c.logit).fold(f32::NEG_INFINITY, f32::max);
+            let min_logit = max + libm::log(self.min_p as f64) as f32;
+            self.cands.retain(|c| c.logit >= min_logit);
+        }
+    }
+
     /// Repeat (llama.cpp: divide a positive logit, multiply a negative one), frequency and
     /// presence penalties over the last `penalty_last_n` tokens of `history`.
     fn apply_penalties(&mut self, logits: &mut [f32], history: &[u32]) {
@@ -360,6 +474,73 @@ impl Sampler {
             k = (k * 4).min(len);
         }
     }
+}
+
+/// A processed next-token distribution: tokens with their probabilities (summing to 1),
+/// in the sampler's canonical order. What [`Sampler::distribution`] gives and
+/// [`Sampler::verify`] compares.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dist {
+    probs: Vec<(u32, f64)>,
+}
+
+impl Dist {
+    /// Certainty of one token (a greedy step, a deterministic draft).
+    pub fn one(token: u32) -> Self {
+        Dist { probs: vec![(token, 1.0)] }
+    }
+
+    /// A distribution from (token, weight) pairs, normalized; `None` when no weight is
+    /// positive and finite.
+    pub fn from_weights(weights: impl IntoIterator<Item = (u32, f64)>) -> Option<Self> {
+        let probs: Vec<(u32, f64)> =
+            weights.into_iter().filter(|&(_, w)| w.is_finite() && w > 0.0).collect();
+        let total: f64 = probs.iter().map(|&(_, w)| w).sum();
+        (total > 0.0)
+            .then(|| Dist { probs: probs.into_iter().map(|(t, w)| (t, w / total)).collect() })
+    }
+
+    /// The probability of `token` (0 when it is not a candidate).
+    pub fn prob(&self, token: u32) -> f64 {
+        self.probs.iter().find(|&&(t, _)| t == token).map_or(0.0, |&(_, p)| p)
+    }
+
+    /// The tokens and probabilities.
+    pub fn probs(&self) -> &[(u32, f64)] {
+        &self.probs
+    }
+
+    /// The most likely token (the first, in canonical order; ties by the lowest id).
+    pub fn top(&self) -> u32 {
+        let mut best = (0u32, f64::NEG_INFINITY);
+        for &(t, p) in &self.probs {
+            if p > best.1 || (p == best.1 && t < best.0) {
+                best = (t, p);
+            }
+        }
+        best.0
+    }
+
+    /// The token where the cumulative probability first exceeds `u` in [0, 1).
+    fn draw(&self, u: f64) -> u32 {
+        let mut cum = 0.0;
+        for &(t, p) in &self.probs {
+            cum += p;
+            if cum > u {
+                return t;
+            }
+        }
+        self.probs.last().map_or(0, |&(t, _)| t)
+    }
+}
+
+/// What [`Sampler::verify`] decided about a draft token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The draft token stands.
+    Accept,
+    /// The draft token is rejected; this token takes its place.
+    Reject(u32),
 }
 
 /// Greedy pick: the highest logit, ties by the lowest id; NaN counts as -inf. Returns 0
@@ -650,6 +831,133 @@ mod tests {
     fn invalid_options_are_refused() {
         let o = SamplingOptions { top_k: -5, ..opts() };
         assert!(Sampler::new(&o, 10).is_err());
+    }
+
+    /// Pearson's chi-square of observed counts against expected probabilities (cells
+    /// with zero expectation must be empty: they add infinity otherwise).
+    fn chi_square(counts: &[usize], want: &[f64]) -> f64 {
+        let n: usize = counts.iter().sum();
+        counts
+            .iter()
+            .zip(want)
+            .map(|(&c, &w)| {
+                let e = w * n as f64;
+                if e == 0.0 {
+                    if c == 0 { 0.0 } else { f64::INFINITY }
+                } else {
+                    (c as f64 - e).powi(2) / e
+                }
+            })
+            .sum()
+    }
+
+    /// The tokens speculation leaves, over many rounds: a draft `draft_of(rng)` drawn
+    /// from `q` (or fixed), checked against the target's `p`.
+    fn speculate(
+        o: &SamplingOptions,
+        logits: &[f32],
+        q: Option<&Dist>,
+        fixed: u32,
+        draws: usize,
+    ) -> Vec<usize> {
+        let mut target = Sampler::new(o, logits.len()).unwrap();
+        let mut drafter =
+            Sampler::new(&SamplingOptions { seed: Some(99), ..o.clone() }, logits.len()).unwrap();
+        let mut counts = vec![0usize; logits.len()];
+        for _ in 0..draws {
+            let draft = match q {
+                Some(q) => drafter.draw(q),
+                None => fixed,
+            };
+            let p = target.distribution(&mut logits.to_vec(), &[]);
+            let token = match target.verify(&p, draft, q) {
+                Verdict::Accept => draft,
+                Verdict::Reject(t) => {
+                    assert_ne!(t, draft, "a rejected draft never comes back");
+                    t
+                }
+            };
+            counts[token as usize] += 1;
+        }
+        counts
+    }
+
+    // chi-square 0.999 quantile for 5 degrees of freedom (6 tokens).
+    const CHI2_5_999: f64 = 20.515;
+
+    #[test]
+    fn distribution_is_what_sample_draws_from() {
+        let o = SamplingOptions { top_k: 4, top_p: 0.95, ..opts() };
+        let mut s = Sampler::new(&o, LOGITS.len()).unwrap();
+        let d = s.distribution(&mut LOGITS.clone(), &[]);
+        let total: f64 = d.probs().iter().map(|&(_, p)| p).sum();
+        assert!((total - 1.0).abs() < 1e-9);
+        // top_k 4 keeps 0, 5, 1, 2; their softmax.
+        let want = softmax(&[2.0, 1.5, 1.0, 0.5], 1.0);
+        for (&(t, p), (id, w)) in d.probs().iter().zip([0u32, 5, 1, 2].iter().zip(want)) {
+            assert_eq!(t, *id);
+            assert!((p - w).abs() < 1e-9, "{d:?}");
+        }
+        let freq = histogram(&o, &LOGITS, 20000);
+        for &(t, p) in d.probs() {
+            assert!((freq[t as usize] - p).abs() < 0.012, "{freq:?} {d:?}");
+        }
+        let g = SamplingOptions { temperature: 0.0, ..opts() };
+        let mut s = Sampler::new(&g, LOGITS.len()).unwrap();
+        assert_eq!(s.distribution(&mut LOGITS.clone(), &[]), Dist::one(0));
+    }
+
+    #[test]
+    fn deterministic_drafts_keep_the_target_distribution() {
+        let want = softmax(&LOGITS, 1.0);
+        // A likely draft, an unlikely one: either way the tokens follow p.
+        for draft in [0u32, 4] {
+            let counts = speculate(&opts(), &LOGITS, None, draft, 30000);
+            let chi = chi_square(&counts, &want);
+            assert!(chi < CHI2_5_999, "draft {draft}: chi2 {chi} counts {counts:?} want {want:?}");
+        }
+        // With top_k 2 the target is {0, 5} only; a draft outside it is always rejected.
+        let o = SamplingOptions { top_k: 2, ..opts() };
+        let p2 = softmax(&[2.0, 1.5], 1.0);
+        let want = [p2[0], 0.0, 0.0, 0.0, 0.0, p2[1]];
+        let counts = speculate(&o, &LOGITS, None, 3, 20000);
+        assert_eq!(counts[3], 0);
+        let chi = chi_square(&counts, &want);
+        assert!(chi < 10.83, "chi2 {chi} counts {counts:?}"); // 1 degree of freedom
+    }
+
+    #[test]
+    fn drafts_from_a_draft_distribution_keep_the_target_distribution() {
+        let want = softmax(&LOGITS, 1.0);
+        // A draft model that disagrees a lot: the reverse preference.
+        let q = Dist::from_weights([(0, 0.05), (1, 0.1), (2, 0.15), (3, 0.2), (4, 0.4), (5, 0.1)])
+            .unwrap();
+        let counts = speculate(&opts(), &LOGITS, Some(&q), 0, 30000);
+        let chi = chi_square(&counts, &want);
+        assert!(chi < CHI2_5_999, "chi2 {chi} counts {counts:?} want {want:?}");
+        // A draft model that agrees exactly accepts everything.
+        let same =
+            Dist::from_weights(want.iter().enumerate().map(|(i, &p)| (i as u32, p))).unwrap();
+        let mut t = Sampler::new(&opts(), 6).unwrap();
+        let p = t.distribution(&mut LOGITS.clone(), &[]);
+        for d in 0..6 {
+            assert_eq!(t.verify(&p, d, Some(&same)), Verdict::Accept);
+        }
+        // What always accepting would give is far from p: the test can tell.
+        let mut wrong = vec![0usize; 6];
+        wrong[4] = 30000;
+        assert!(chi_square(&wrong, &want) > CHI2_5_999);
+    }
+
+    #[test]
+    fn greedy_verification_accepts_exactly_the_argmax() {
+        let g = SamplingOptions { temperature: 0.0, repeat_penalty: 1.5, ..opts() };
+        let mut s = Sampler::new(&g, 3).unwrap();
+        // With history [0] the penalty moves the argmax to 1, as `sample` would.
+        let p = s.distribution(&mut [3.0, 2.5, 0.0], &[0]);
+        assert_eq!(s.verify(&p, 1, None), Verdict::Accept);
+        assert_eq!(s.verify(&p, 0, None), Verdict::Reject(1));
+        assert_eq!(s.sample(&mut [3.0, 2.5, 0.0], &[0]), 1);
     }
 
     #[test]

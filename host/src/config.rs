@@ -127,6 +127,12 @@ pub struct ServerConfig {
     /// Flash attention for every model: `on`, `off` or `auto` (default; a model's
     /// `PARAMETER flash_attention` wins).
     pub flash_attention: Option<String>,
+    /// Speculative decoding by default: `off` (the default), `auto` (prompt-lookup drafts
+    /// while they are accepted), `ngram` or `draft`. Requests override it
+    /// (`options.speculative`).
+    pub speculative: Option<String>,
+    /// Most draft tokens per speculation round (default 8, at most 64).
+    pub draft_max: Option<u32>,
 }
 
 impl Config {

@@ -5,6 +5,16 @@
 //!
 //! Sampling, stop strings, UTF-8 streaming and length limits come from
 //! `corral-generation`, so every backend behaves the same.
+//!
+//! Speculative decoding lives here too, for every engine: a generating sequence may
+//! decode its pending token plus up to K draft tokens in one step (one batch entry each,
+//! logits for all), proposed by prompt lookup over its own tokens
+//! (`corral_generation::speculative::ngram_draft`) or by a draft model run K steps ahead
+//! in a context of its own. The target's logits check the drafts with
+//! [`Sampler::verify`](corral_generation::sampler::Sampler::verify) (greedy: exactly the
+//! argmax, so greedy text does not change; sampled: the acceptance rule that keeps the
+//! target distribution), the accepted ones are emitted as if sampled one by one, and the
+//! rejected ones leave the KV cache (`kv_remove(seq, pos, -1)`) and the slot's `cached`.
 
 use std::{
     sync::{
@@ -21,7 +31,8 @@ use corral_generation::{
     detok::Detokenizer,
     logprobs::StepLogprobs,
     options::SamplingOptions,
-    sampler::{Constraint, Sampler},
+    sampler::{Constraint, Dist, Sampler, Verdict},
+    speculative::{Adaptive, DEFAULT_DRAFT_MAX, NGRAM_MAX, SpecMode, ngram_draft},
     stop::StopMatcher,
 };
 use tokio::sync::mpsc::UnboundedSender;
@@ -80,6 +91,10 @@ pub struct Stats {
     pub stop_sequence: Option<String>,
     /// The generated token ids (for the `context` field and tests).
     pub tokens: Vec<u32>,
+    /// Draft tokens decoded by speculative decoding.
+    pub draft_tokens: usize,
+    /// Draft tokens accepted (part of `eval_count`).
+    pub draft_accepted: usize,
 }
 
 /// A generation request.
@@ -113,7 +128,7 @@ pub struct Request {
 }
 
 /// Sizes of the loop.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LoopConfig {
     /// Parallel sequences.
     pub n_parallel: u32,
@@ -125,6 +140,60 @@ pub struct LoopConfig {
     pub n_threads: u32,
     /// The model's name, for messages.
     pub model_name: String,
+    /// Speculative decoding's defaults (a request's options override them).
+    pub speculation: SpecSettings,
+    /// A draft model (same engine, same vocabulary) for `SpecMode::Draft`.
+    pub draft: Option<Arc<Model>>,
+}
+
+impl std::fmt::Debug for LoopConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoopConfig")
+            .field("n_parallel", &self.n_parallel)
+            .field("num_ctx", &self.num_ctx)
+            .field("n_batch", &self.n_batch)
+            .field("n_threads", &self.n_threads)
+            .field("model_name", &self.model_name)
+            .field("speculation", &self.speculation)
+            .field("draft", &self.draft.as_ref().map(|d| d.meta.name.clone()))
+            .finish()
+    }
+}
+
+impl SpecSettings {
+    /// The settings from a mode and a draft length given as text (flags, environment,
+    /// config), each `None` for the default.
+    pub fn parse(mode: Option<&str>, draft_max: Option<u32>) -> Result<Self, String> {
+        let d = SpecSettings::default();
+        let mode = match mode {
+            Some(m) => m.parse::<SpecMode>().map_err(|e| e.to_string())?,
+            None => d.mode,
+        };
+        let draft_max = draft_max.unwrap_or(d.draft_max);
+        if !(1..=corral_generation::speculative::MAX_DRAFT_MAX).contains(&draft_max) {
+            return Err(format!("draft_max is {draft_max}, but it must be between 1 and 64"));
+        }
+        Ok(SpecSettings { mode, draft_max })
+    }
+}
+
+/// Speculative decoding's settings for a loop: `CORRAL_SPECULATIVE` / `[server]
+/// speculative` and `CORRAL_DRAFT_MAX` / `[server] draft_max`; a request's
+/// `options.speculative` and `options.draft_max` override them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpecSettings {
+    /// Where drafts come from by default.
+    pub mode: SpecMode,
+    /// Most drafts per round by default.
+    pub draft_max: u32,
+}
+
+impl Default for SpecSettings {
+    fn default() -> Self {
+        // Off until a quiet-machine measurement shows `auto` is never slower than plain
+        // decoding; requests and the server's settings turn it on.
+        SpecSettings { mode: SpecMode::Off, draft_max: DEFAULT_DRAFT_MAX }
+    }
 }
 
 /// A handle to a running engine loop. Dropping it closes the loop's queue without
@@ -159,6 +228,15 @@ impl EngineHandle {
         let (tx, rx) = mpsc::channel();
         let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut state = LoopState::new(model.clone(), ctx, config.clone(), active.clone());
+        if let Some(draft) = &config.draft {
+            check_draft_vocabulary(&model, draft)?;
+            let ctx = draft.new_context_per_sequence(&params)?;
+            state.draft = Some(DraftState {
+                model: draft.clone(),
+                ctx,
+                cached: vec![Vec::new(); config.n_parallel as usize],
+            });
+        }
         let thread = std::thread::Builder::new()
             .name("corral-engine".into())
             .spawn(move || state.run(rx))
@@ -207,6 +285,47 @@ impl Drop for EngineHandle {
     }
 }
 
+/// Refuses a draft model whose vocabulary is not the target's: its tokens would mean
+/// other things to the target.
+pub fn check_draft_vocabulary(target: &Model, draft: &Model) -> Result<(), BackendError> {
+    if draft.vocab_size != target.vocab_size {
+        return Err(BackendError::invalid(format!(
+            "the draft model's vocabulary has {} tokens but the model's has {}: a draft model \
+             must share its model's vocabulary",
+            draft.vocab_size, target.vocab_size
+        )));
+    }
+    for t in 0..target.vocab_size {
+        let (a, b) = (target.token_bytes(t)?, draft.token_bytes(t)?);
+        if a != b {
+            return Err(BackendError::invalid(format!(
+                "the draft model's token {t} is {:?} but the model's is {:?}: a draft model \
+                 must share its model's vocabulary",
+                String::from_utf8_lossy(&b),
+                String::from_utf8_lossy(&a)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The speculation a request gets: its own `options.speculative` or the loop's default,
+/// off where exactness cannot be kept cheaply (a grammar constraint, log-probabilities,
+/// mirostat), `draft` falling back to prompt lookup without a draft model.
+fn spec_for(req: &Request, settings: SpecSettings, has_draft: bool) -> Adaptive {
+    let mut mode = req.options.speculative.unwrap_or(settings.mode);
+    let mirostat =
+        req.options.extra.get("mirostat").is_some_and(|v| v.as_f64().is_some_and(|m| m != 0.0));
+    if req.constraint.is_some() || req.logprobs.is_some() || mirostat {
+        mode = SpecMode::Off;
+    }
+    if mode == SpecMode::Draft && !has_draft {
+        mode = SpecMode::Ngram;
+    }
+    let max = req.options.draft_max.unwrap_or(settings.draft_max) as usize;
+    Adaptive::new(mode, max)
+}
+
 struct Slot {
     /// Tokens whose KV entries this sequence holds (prefix cache).
     cached: Vec<u32>,
@@ -233,6 +352,19 @@ struct Job {
     /// detokenizer or the stop matcher); they go out just before that text, and those of
     /// a stop string's tokens are dropped with it.
     logprobs: Vec<TokenLogprob>,
+    /// This sequence's speculation: mode, draft length, counters.
+    spec: Adaptive,
+    /// The draft model's sampler (same options, another seed), made on first use.
+    draft_sampler: Option<Sampler>,
+}
+
+/// One sequence's speculation in a step: its pending token's batch index and the drafts
+/// that follow it (with the draft model's distributions, when it made them).
+struct Round {
+    slot: usize,
+    first: usize,
+    drafts: Vec<u32>,
+    q: Vec<Dist>,
 }
 
 struct LoopState {
@@ -250,6 +382,19 @@ struct LoopState {
     gone: Option<String>,
     /// The engine cannot copy one sequence's cache into another: no prefix sharing.
     cannot_copy: bool,
+    /// The engine cannot remove the end of a sequence's cache: no speculation.
+    cannot_trim: bool,
+    /// The draft model's context and what each of its sequences holds.
+    draft: Option<DraftState>,
+}
+
+/// A draft model run beside the target: its own context, one sequence per slot, kept in
+/// step with the target's accepted tokens.
+struct DraftState {
+    model: Arc<Model>,
+    ctx: Context,
+    /// Tokens whose KV entries each draft sequence holds.
+    cached: Vec<Vec<u32>>,
 }
 
 /// Shortest prefix worth copying from another sequence (or waiting for) rather than
@@ -282,6 +427,8 @@ impl LoopState {
             cannot_shift,
             gone: None,
             cannot_copy: false,
+            cannot_trim: false,
+            draft: None,
         }
     }
 
@@ -486,6 +633,7 @@ impl LoopState {
             if req.constraint.is_some() {
                 req.ignore_eos = false;
             }
+            let spec = spec_for(&req, self.config.speculation, self.draft.is_some());
             sampler.set_constraint(req.constraint.take());
             let stats = Stats {
                 prompt_tokens: req.prompt.len(),
@@ -503,6 +651,8 @@ impl LoopState {
                 admitted: Instant::now(),
                 first_logits: None,
                 logprobs: Vec::new(),
+                spec,
+                draft_sampler: None,
                 req,
             };
             self.slots[slot].job = Some(job);
@@ -542,18 +692,32 @@ impl LoopState {
         let mut batch: Vec<BatchEntry> = Vec::with_capacity(n_batch);
         // (slot, batch index) of entries whose logits we will sample from.
         let mut wants: Vec<(usize, usize)> = Vec::new();
-        // Generating sequences first: one token each, so streams keep flowing.
-        for (i, slot) in self.slots.iter().enumerate() {
-            if let Some(job) = &slot.job
-                && let Some(t) = job.next
-            {
-                wants.push((i, batch.len()));
+        // Sequences that speculate this step.
+        let mut rounds: Vec<Round> = Vec::new();
+        // Generating sequences first: one token each, so streams keep flowing, plus the
+        // drafts of those that speculate, in the room the others leave.
+        let generating: Vec<(usize, u32)> = (0..self.slots.len())
+            .filter_map(|i| self.slots[i].job.as_ref().and_then(|j| j.next).map(|t| (i, t)))
+            .collect();
+        let mut room = n_batch.saturating_sub(generating.len());
+        for &(i, t) in &generating {
+            let (drafts, q) = self.propose(i, t, room);
+            room -= drafts.len();
+            let pos = self.slots[i].cached.len();
+            let first = batch.len();
+            batch.push(BatchEntry { token: t, pos: pos as u32, seq: i as u32, logits: true });
+            for (j, &d) in drafts.iter().enumerate() {
                 batch.push(BatchEntry {
-                    token: t,
-                    pos: slot.cached.len() as u32,
+                    token: d,
+                    pos: (pos + 1 + j) as u32,
                     seq: i as u32,
                     logits: true,
                 });
+            }
+            if drafts.is_empty() {
+                wants.push((i, first));
+            } else {
+                rounds.push(Round { slot: i, first, drafts, q });
             }
         }
         // Then prompt chunks in the room left.
@@ -602,13 +766,18 @@ impl LoopState {
             }
             return;
         }
-        // Book-keeping: what is now in each sequence's KV cache.
-        for b in &batch {
-            let slot = &mut self.slots[b.seq as usize];
+        // Book-keeping: what is now in each sequence's KV cache. A generating sequence's
+        // entries are its pending token (then no longer pending) and its drafts.
+        for (k, b) in batch.iter().enumerate() {
+            let seq = b.seq as usize;
+            let generates = generating.iter().any(|&(i, _)| i == seq);
+            let slot = &mut self.slots[seq];
             slot.cached.push(b.token);
             if let Some(job) = &mut slot.job {
-                if job.next == Some(b.token) && b.logits {
-                    job.next = None;
+                if generates {
+                    if batch.get(k.wrapping_sub(1)).is_none_or(|p| p.seq != b.seq) {
+                        job.next = None;
+                    }
                 } else if job.pending < job.req.prompt.len() {
                     job.pending += 1;
                 }
@@ -617,10 +786,135 @@ impl LoopState {
         for (slot, index) in wants {
             self.sample_one(slot, index);
         }
+        for round in rounds {
+            let slot = round.slot;
+            let outcome = self.verify_round(round);
+            self.settle(slot, outcome);
+        }
     }
 
-    fn sample_one(&mut self, slot: usize, index: usize) {
-        match self.sample_step(slot, index) {
+    /// Draft tokens for the generating sequence `slot` whose pending token is `t`: none
+    /// when it does not speculate this step, else up to its budget, `room` in the batch,
+    /// what its window and `num_predict` leave. With a draft model, also the draft's
+    /// distribution at each draft.
+    fn propose(&mut self, slot: usize, t: u32, room: usize) -> (Vec<u32>, Vec<Dist>) {
+        let num_ctx = self.config.num_ctx as usize;
+        let cannot_trim = self.cannot_trim;
+        let s = &mut self.slots[slot];
+        let Some(job) = s.job.as_mut() else { return (Vec::new(), Vec::new()) };
+        if cannot_trim || room == 0 {
+            return (Vec::new(), Vec::new());
+        }
+        let pos = s.cached.len();
+        // Drafts stay clear of the window's end, so no context shift happens inside a
+        // round; and never go past num_predict.
+        let predict_cap = match job.req.options.num_predict {
+            n if n > 0 => n as usize,
+            _ => num_ctx.saturating_mul(10),
+        };
+        let cap = room
+            .min(num_ctx.saturating_sub(pos + 3))
+            .min(predict_cap.saturating_sub(job.stats.eval_count));
+        if cap == 0 {
+            return (Vec::new(), Vec::new());
+        }
+        let k = job.spec.budget().min(cap);
+        if k == 0 {
+            return (Vec::new(), Vec::new());
+        }
+        let mut history = Vec::with_capacity(pos + 1);
+        history.extend_from_slice(&s.cached);
+        history.push(t);
+        if job.spec.mode() == SpecMode::Draft && self.draft.is_some() {
+            match self.draft_propose(slot, &history, k) {
+                Ok(out) => return out,
+                Err(e) => {
+                    tracing::warn!(
+                        slot,
+                        "the draft model failed ({e}); this request goes on with prompt lookup"
+                    );
+                    if let Some(d) = self.draft.as_mut() {
+                        let _ = d.ctx.kv_remove(slot as i32, 0, -1);
+                        d.cached[slot].clear();
+                    }
+                    if let Some(job) = self.slots[slot].job.as_mut() {
+                        job.spec = Adaptive::new(SpecMode::Ngram, k);
+                    }
+                }
+            }
+        }
+        (ngram_draft(&history, NGRAM_MAX, 1, k), Vec::new())
+    }
+
+    /// Runs the draft model `k` steps after `history` (the target's tokens and pending
+    /// token) for `slot`: first it catches up with what the target holds (its cache
+    /// keeps the common prefix), then drafts one token a step, drawn from its own
+    /// processed distribution with the request's options (greedy: its argmax).
+    fn draft_propose(
+        &mut self,
+        slot: usize,
+        history: &[u32],
+        k: usize,
+    ) -> Result<(Vec<u32>, Vec<Dist>), BackendError> {
+        let n_batch = self.config.n_batch.max(1) as usize;
+        let Some(d) = self.draft.as_mut() else { return Ok((Vec::new(), Vec::new())) };
+        let Some(job) = self.slots[slot].job.as_mut() else { return Ok((Vec::new(), Vec::new())) };
+        let seq = slot as u32;
+        // Keep the common prefix, but decode at least the last token again for logits.
+        let common = common_prefix(&d.cached[slot], history).min(history.len() - 1);
+        d.ctx.kv_remove(seq as i32, common as i32, -1)?;
+        d.cached[slot].truncate(common);
+        let mut index = 0;
+        for chunk in history[common..].chunks(n_batch) {
+            let base = d.cached[slot].len();
+            let batch: Vec<BatchEntry> = chunk
+                .iter()
+                .enumerate()
+                .map(|(j, &tok)| BatchEntry {
+                    token: tok,
+                    pos: (base + j) as u32,
+                    seq,
+                    logits: j + 1 == chunk.len(),
+                })
+                .collect();
+            d.ctx.decode(&batch)?;
+            d.cached[slot].extend_from_slice(chunk);
+            index = chunk.len() - 1;
+        }
+        if job.draft_sampler.is_none() {
+            let mut o = job.req.options.clone();
+            o.seed = Some(job.sampler.seed() ^ 0x5eed_d4af_7000_0001);
+            let s = Sampler::new(&o, d.model.vocab_size as usize)
+                .map_err(|e| BackendError::invalid(e.to_string()))?;
+            job.draft_sampler = Some(s);
+        }
+        let Some(sampler) = job.draft_sampler.as_mut() else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let mut drafts = Vec::with_capacity(k);
+        let mut qs = Vec::with_capacity(k);
+        let mut seen = history.to_vec();
+        for step in 0..k {
+            let logits = d.ctx.logits_mut(index)?;
+            let q = sampler.distribution(logits, &seen);
+            let tok = if sampler.is_greedy() { q.top() } else { sampler.draw(&q) };
+            drafts.push(tok);
+            qs.push(q);
+            seen.push(tok);
+            if step + 1 == k || d.model.is_eog(tok) {
+                break;
+            }
+            let pos = d.cached[slot].len() as u32;
+            d.ctx.decode(&[BatchEntry { token: tok, pos, seq, logits: true }])?;
+            d.cached[slot].push(tok);
+            index = 0;
+        }
+        Ok((drafts, qs))
+    }
+
+    /// Ends `slot` as `outcome` says (a sampling or verification step's result).
+    fn settle(&mut self, slot: usize, outcome: Result<Option<DoneReason>, BackendError>) {
+        match outcome {
             Ok(None) => {}
             Ok(Some(reason)) => self.finish(slot, Ok(reason)),
             Err(e) => match self.model.health() {
@@ -630,6 +924,76 @@ impl LoopState {
         }
     }
 
+    /// Checks a speculation round of `r.slot` against the target's logits: each draft in
+    /// turn by the acceptance rule, the first rejection replaced by the token the rule
+    /// gives, or, when all are accepted, one more token sampled after the last. The
+    /// rejected drafts leave the KV cache; the accepted tokens are emitted in order, as
+    /// if sampled one step at a time, and the last becomes the pending token.
+    fn verify_round(&mut self, r: Round) -> Result<Option<DoneReason>, BackendError> {
+        let Round { slot, first, drafts, q } = r;
+        let k = drafts.len();
+        let Some(base) = self.slots[slot].cached.len().checked_sub(k + 1) else {
+            return Err(BackendError::internal("speculation book-keeping is inconsistent"));
+        };
+        let mut accepted = 0;
+        let mut last = None;
+        for i in 0..=k {
+            let logits = self.ctx.logits_mut(first + i)?;
+            let Slot { cached, job, .. } = &mut self.slots[slot];
+            let Some(job) = job.as_mut() else { return Ok(None) };
+            // What precedes position base + i + 1: the penalties see exactly that.
+            let history = &cached[..base + i + 1];
+            if i < k {
+                let p = job.sampler.distribution(logits, history);
+                match job.sampler.verify(&p, drafts[i], q.get(i)) {
+                    Verdict::Accept => accepted += 1,
+                    Verdict::Reject(t) => {
+                        last = Some(t);
+                        break;
+                    }
+                }
+            } else {
+                last = Some(job.sampler.sample(logits, history));
+            }
+        }
+        if let Some(job) = self.slots[slot].job.as_mut() {
+            job.spec.record(k, accepted);
+            job.stats.draft_tokens += k;
+            job.stats.draft_accepted += accepted;
+        }
+        let keep = base + 1 + accepted;
+        if keep < self.slots[slot].cached.len() {
+            if let Err(e) = self.ctx.kv_remove(slot as i32, keep as i32, -1) {
+                self.cannot_trim = true;
+                return Err(BackendError::new(
+                    e.kind,
+                    format!(
+                        "the engine could not drop rejected draft tokens from its cache ({e}); \
+                         speculative decoding is now off for this model"
+                    ),
+                ));
+            }
+            self.slots[slot].cached.truncate(keep);
+        }
+        for (j, &d) in drafts[..accepted].iter().enumerate() {
+            if let Some(reason) = self.emit(slot, d, base + 1 + j, None, false)? {
+                return Ok(Some(reason));
+            }
+            if self.slots[slot].job.is_none() {
+                return Ok(None);
+            }
+        }
+        match last {
+            Some(t) => self.emit(slot, t, keep, None, true),
+            None => Ok(None),
+        }
+    }
+
+    fn sample_one(&mut self, slot: usize, index: usize) {
+        let outcome = self.sample_step(slot, index);
+        self.settle(slot, outcome);
+    }
+
     /// Samples the next token of `slot` from batch entry `index`; `Some` when the
     /// sequence is done.
     fn sample_step(
@@ -637,7 +1001,6 @@ impl LoopState {
         slot: usize,
         index: usize,
     ) -> Result<Option<DoneReason>, BackendError> {
-        let num_ctx = self.config.num_ctx as usize;
         let logits = self.ctx.logits_mut(index)?;
         let Slot { cached, job, .. } = &mut self.slots[slot];
         let Some(job) = job.as_mut() else { return Ok(None) };
@@ -661,6 +1024,24 @@ impl LoopState {
             }
         }
         let token = job.sampler.sample(logits, cached);
+        let pos = cached.len();
+        self.emit(slot, token, pos, step_logprobs, true)
+    }
+
+    /// Emits `token` of `slot`, which sits at position `pos` (`pending`: it is to be
+    /// decoded next step; else a draft already decoded and accepted): ends at an end of
+    /// generation, counts it, streams its text, checks stop strings and length limits,
+    /// and, for a pending token, shifts a full window. `Some` when the sequence is done.
+    fn emit(
+        &mut self,
+        slot: usize,
+        token: u32,
+        pos: usize,
+        step_logprobs: Option<(StepLogprobs, Vec<f32>)>,
+        pending: bool,
+    ) -> Result<Option<DoneReason>, BackendError> {
+        let num_ctx = self.config.num_ctx as usize;
+        let Some(job) = self.slots[slot].job.as_mut() else { return Ok(None) };
         if self.model.is_eog(token) {
             return Ok(Some(DoneReason::Stop));
         }
@@ -694,15 +1075,18 @@ impl LoopState {
         let can_shift = job.req.shift && !self.cannot_shift;
         if let Some(r) = length_limit(
             job.stats.eval_count,
-            cached.len() + 1,
+            pos + 1,
             num_ctx,
             job.req.options.num_predict,
             can_shift,
         ) {
             return Ok(Some(r));
         }
+        if !pending {
+            return Ok(None);
+        }
         job.next = Some(token);
-        if cached.len() + 1 >= num_ctx && !self.shift(slot) {
+        if pos + 1 >= num_ctx && !self.shift(slot) {
             return Ok(Some(DoneReason::Length));
         }
         Ok(None)

@@ -104,6 +104,9 @@ fn param_type(name: &str) -> Option<ParamType> {
         "stop" => StringList,
         // corral's load settings: the KV cache's type and flash attention.
         "kv_cache_type" | "flash_attention" => Text,
+        // corral's own: speculative decoding (see the README).
+        "draft_model" | "speculative" => Text,
+        "draft_max" => Int,
         _ => return None,
     })
 }

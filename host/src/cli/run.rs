@@ -17,7 +17,7 @@ use corral_generation::{
 use serde::Serialize;
 
 use corral_host::{
-    engine_loop::{EngineHandle, Event, LoopConfig, Request, Stats},
+    engine_loop::{EngineHandle, Event, LoopConfig, Request, SpecSettings, Stats},
     models::ModelRef,
     prompt::{self, Message},
     runtime::{GlobalOptions, Runtime},
@@ -243,6 +243,18 @@ pub(crate) fn run(global: &GlobalOptions, a: RunArgs) -> Result<()> {
             n_batch: 512,
             n_threads: a.load.threads.unwrap_or(0),
             model_name: mref.name.clone(),
+            // The server's environment settings; a draft model is the server's alone.
+            speculation: SpecSettings::parse(
+                std::env::var("CORRAL_SPECULATIVE").ok().as_deref(),
+                match std::env::var("CORRAL_DRAFT_MAX") {
+                    Ok(v) => Some(v.trim().parse().map_err(|_| {
+                        anyhow::anyhow!("CORRAL_DRAFT_MAX={v:?} is not a number from 1 to 64")
+                    })?),
+                    Err(_) => None,
+                },
+            )
+            .map_err(|e| anyhow::anyhow!("invalid speculative decoding setting: {e}"))?,
+            draft: None,
         },
     )?;
     let policy = if a.no_truncate { ContextPolicy::Refuse } else { ContextPolicy::Truncate };

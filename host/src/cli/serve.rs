@@ -7,6 +7,7 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 use corral_host::{
     config::ServerConfig,
+    engine_loop::SpecSettings,
     runtime::{GlobalOptions, Runtime},
     server::{ServeOptions, Settings, guard::ApiKeys, serve_blocking, util::parse_duration},
 };
@@ -83,6 +84,15 @@ pub(crate) struct ServeArgs {
     /// flash_attention`. A model's `PARAMETER flash_attention` wins.
     #[arg(long, value_name = "MODE")]
     pub flash_attention: Option<String>,
+    /// Speculative decoding by default: `off` (the default), `auto` (prompt-lookup
+    /// drafts while they are accepted), `ngram` (on every step that finds a match),
+    /// `draft` (the model's `PARAMETER draft_model`). Requests override it with
+    /// `options.speculative`.
+    #[arg(long, env = "CORRAL_SPECULATIVE", value_name = "MODE")]
+    pub speculative: Option<String>,
+    /// Most draft tokens per speculation round (default 8; requests: `options.draft_max`).
+    #[arg(long, env = "CORRAL_DRAFT_MAX", value_name = "N")]
+    pub draft_max: Option<u32>,
 }
 
 /// The global KV settings: flag, then environment, then config.
@@ -153,6 +163,11 @@ pub(crate) fn serve(global: &GlobalOptions, a: ServeArgs) -> Result<()> {
         allow_insecure_registries: a.allow_insecure_registries
             || cfg.allow_insecure_registries.unwrap_or(false),
         kv: kv_settings(&a, cfg)?,
+        speculation: SpecSettings::parse(
+            a.speculative.as_deref().or(cfg.speculative.as_deref()),
+            a.draft_max.or(cfg.draft_max),
+        )
+        .map_err(|e| anyhow::anyhow!("invalid speculative decoding setting: {e}"))?,
     };
     let mut origins = a.origins.clone();
     origins.extend(cfg.origins.iter().cloned());

@@ -183,6 +183,7 @@ impl Running {
                         s.eval_count,
                         s.eval,
                     );
+                    self.state.metrics.speculation(s.draft_tokens, s.draft_accepted);
                     let mut tail = String::new();
                     if let Some(parser) = self.thinking.take() {
                         let split = parser.finish();

@@ -31,6 +31,10 @@ pub struct Metrics {
     pub worker_crashes: AtomicU64,
     /// Models loaded again after their engine crashed.
     pub worker_restarts: AtomicU64,
+    /// Draft tokens decoded by speculative decoding.
+    pub draft_tokens: AtomicU64,
+    /// Draft tokens accepted.
+    pub draft_accepted: AtomicU64,
 }
 
 impl Metrics {
@@ -60,6 +64,12 @@ impl Metrics {
         self.prompt_tokens.fetch_add(prompt_evaluated as u64, Ordering::Relaxed);
         self.generated_tokens.fetch_add(generated as u64, Ordering::Relaxed);
         self.eval_micros.fetch_add(eval.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Records a finished generation's speculation.
+    pub fn speculation(&self, drafted: usize, accepted: usize) {
+        self.draft_tokens.fetch_add(drafted as u64, Ordering::Relaxed);
+        self.draft_accepted.fetch_add(accepted as u64, Ordering::Relaxed);
     }
 
     /// The exposition text. `per_model` gives (model, active sequences, queued requests).
@@ -93,6 +103,17 @@ impl Metrics {
         );
         let _ = writeln!(s, "# TYPE corral_generation_seconds_total counter");
         let _ = writeln!(s, "corral_generation_seconds_total {}", us as f64 / 1e6);
+        let dt = self.draft_tokens.load(Ordering::Relaxed);
+        let da = self.draft_accepted.load(Ordering::Relaxed);
+        let _ = writeln!(
+            s,
+            "# HELP corral_draft_tokens_total Draft tokens decoded by speculative decoding."
+        );
+        let _ = writeln!(s, "# TYPE corral_draft_tokens_total counter");
+        let _ = writeln!(s, "corral_draft_tokens_total {dt}");
+        let _ = writeln!(s, "# HELP corral_draft_accepted_total Draft tokens accepted.");
+        let _ = writeln!(s, "# TYPE corral_draft_accepted_total counter");
+        let _ = writeln!(s, "corral_draft_accepted_total {da}");
         let tps = if us > 0 { gt as f64 / (us as f64 / 1e6) } else { 0.0 };
         let _ =
             writeln!(s, "# HELP corral_tokens_per_second Mean per-request generation rate so far.");

@@ -38,7 +38,7 @@ use crate::errors::ErrorClass;
 
 use super::{metrics::Metrics, util::ApiError};
 use crate::{
-    engine_loop::{EngineHandle, LoopConfig, Request},
+    engine_loop::{EngineHandle, LoopConfig, Request, SpecSettings},
     models::{ModelRef, PathRule, Resolver},
     prompt::Templater,
     runtime::Runtime,
@@ -71,6 +71,8 @@ pub struct Settings {
     pub allow_insecure_registries: bool,
     /// The KV cache type and flash attention for every model (a model's PARAMETERs win).
     pub kv: crate::kv_cache::KvSettings,
+    /// Speculative decoding's defaults (`--speculative`, `--draft-max`).
+    pub speculation: SpecSettings,
 }
 
 impl Default for Settings {
@@ -86,6 +88,7 @@ impl Default for Settings {
             allow_model_paths: Vec::new(),
             allow_insecure_registries: false,
             kv: Default::default(),
+            speculation: SpecSettings::default(),
         }
     }
 }
@@ -815,6 +818,44 @@ impl Scheduler {
             .map_or(Duration::from_secs(30), Duration::from_secs_f64)
     }
 
+    /// The model's draft model (`PARAMETER draft_model NAME`), loaded by the same
+    /// plugin; `None` when it names none. Its vocabulary is checked against the model's
+    /// when the engine loop starts.
+    fn load_draft(
+        &self,
+        plugin: &Arc<LoadedPlugin>,
+        r: &ModelRef,
+    ) -> Result<Option<Arc<Model>>, ApiError> {
+        let Some(name) = r.params.get("draft_model") else { return Ok(None) };
+        let Some(name) = name.as_str().filter(|n| !n.trim().is_empty()) else {
+            return Err(ApiError::bad_request(format!(
+                "model {}: PARAMETER draft_model must name a model, got {name}",
+                r.name
+            )));
+        };
+        let d = self.resolve(name).map_err(|e| ApiError {
+            status: e.status,
+            message: format!("draft model {name} of {}: {}", r.name, e.message),
+        })?;
+        if d.format != r.format {
+            return Err(ApiError::bad_request(format!(
+                "draft model {name} is a {} model but {} is {}: a draft model runs on its \
+                 model's engine",
+                d.format, r.name, r.format
+            )));
+        }
+        let options = LoadOptions { n_threads: self.settings.threads, ..Default::default() };
+        let model = Model::load(plugin.clone(), &d.path.to_string_lossy(), &d.format, options)
+            .map_err(|e| {
+                ApiError::of_class(
+                    ErrorClass::of_backend(e.kind),
+                    format!("{} could not load the draft model {name}: {e}", plugin.manifest.id()),
+                )
+            })?;
+        tracing::info!(model = %r.name, draft = %d.name, "draft model loaded");
+        Ok(Some(Arc::new(model)))
+    }
+
     fn load_blocking(
         &self,
         plugin: Arc<LoadedPlugin>,
@@ -853,6 +894,7 @@ impl Scheduler {
             None => Templater::for_model(&model),
         }
         .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        let draft = self.load_draft(&plugin, &r)?;
         let engine = EngineHandle::start(
             model.clone(),
             LoopConfig {
@@ -861,6 +903,8 @@ impl Scheduler {
                 n_batch: BATCH_TOKENS as u32,
                 n_threads: self.settings.threads,
                 model_name: r.name.clone(),
+                speculation: self.settings.speculation,
+                draft,
             },
         )?;
         // The estimate made before loading, unless the engine's training context changed
