@@ -7,8 +7,9 @@ Workloads (each server runs alone, one after the other, order alternating per re
           generated tokens per second of wall time.
   shared  4 concurrent streaming chats that share one system prompt of about
           --system-tokens tokens (a RAG or agent prompt), then --rounds - 1 more rounds of
-          4 in which each chat asks a new question after its own answer: wall time per
-          round and mean time to first token.
+          4 in which each chat asks a new question after its earlier turns (the history
+          holds fixed answers, so both servers get the same prompts): wall time per round
+          and mean time to first token.
 
 The peer is llama-server built by scripts/build-llama-server.sh (from the llama.cpp that
 llama-cpp-python vendors), run with `-t THREADS -np 4 -c 4*CTX`; corral serve runs with
@@ -129,20 +130,34 @@ def plain(peer, n, tokens):
     return sum(results) / (time.time() - t)
 
 
-def system_prompt(tokens):
-    # About 1.3 tokens per word in English-like text.
+def document(n_words):
     words = []
     i = 0
-    while len(words) < tokens * 0.75:
+    while len(words) < n_words:
         words += f"Section {i}: the service keeps records of orders, invoices and shipments; " \
                  f"each record {i} has an owner, a date and a status.".split()
         i += 1
-    return "You answer questions about this document.\n\n" + " ".join(words)
+    return "You answer questions about this document.\n\n" + " ".join(words[:n_words])
+
+
+SYSTEM = {}
+
+
+def system_prompt(peer, tokens):
+    """A document of about `tokens` tokens of the model's vocabulary: the words per token
+    are measured once on a sample (a generated vocabulary splits words more finely than
+    a trained one)."""
+    if tokens not in SYSTEM:
+        sample = document(200)
+        v = post(peer.url, "/v1/completions", {"model": peer.model, "prompt": sample, "max_tokens": 1})
+        per_word = v["usage"]["prompt_tokens"] / 200
+        SYSTEM[tokens] = document(int(tokens / per_word))
+    return SYSTEM[tokens]
 
 
 def shared(peer, system_tokens, rounds, answer_tokens):
     """Per round: (wall seconds, mean time to first token)."""
-    system = system_prompt(system_tokens)
+    system = system_prompt(peer, system_tokens)
     chats = [[{"role": "system", "content": system}] for _ in range(4)]
     out = []
     for r in range(rounds):
@@ -150,8 +165,12 @@ def shared(peer, system_tokens, rounds, answer_tokens):
 
         def one(i):
             chats[i].append({"role": "user", "content": f"Question {r}.{i}: what is the status of record {i * 7 + r}?"})
-            text, ttft, _ = stream_chat(peer.url, peer.model, chats[i], answer_tokens)
-            chats[i].append({"role": "assistant", "content": text})
+            _, ttft, _ = stream_chat(peer.url, peer.model, chats[i], answer_tokens)
+            # The history carries a fixed answer, not the generated one: both servers then
+            # see the same prompts (a random-weight model's answers differ per engine
+            # and re-tokenize into arbitrary lengths).
+            chats[i].append({"role": "assistant", "content":
+                             f"Record {i * 7 + r} was shipped on day {r + i}; its owner confirmed the invoice."})
             ttfts[i] = ttft
 
         threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
@@ -171,7 +190,7 @@ def main():
     ap.add_argument("--gguf", required=True)
     ap.add_argument("--llama-server", required=True)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--ctx", type=int, default=2048, help="context per sequence")
+    ap.add_argument("--ctx", type=int, default=4096, help="context per sequence")
     ap.add_argument("--tokens", type=int, default=96)
     ap.add_argument("--concurrency", default="1,4")
     ap.add_argument("--workloads", default="plain,shared")
