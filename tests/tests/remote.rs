@@ -182,6 +182,39 @@ fn remote_models_answer_as_the_remote_does_through_every_api() {
         assert_eq!(text, want, "{name} via /v1/responses");
     }
 
+    // Tool calls come back through both kinds of remote (forced with tool_choice), and
+    // count_tokens counts on the remote what the local model would.
+    let tools = json!([{"name": "get_weather", "description": "weather",
+        "input_schema": {"type": "object",
+                         "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
+                         "required": ["city"]}}]);
+    let (_, direct) = post(
+        &remote,
+        "/v1/messages/count_tokens",
+        &json!({"model": e.model,
+        "messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": tools}),
+    );
+    for name in ["big", "big-oai"] {
+        let (st, v) = post(
+            &s,
+            "/v1/messages",
+            &json!({"model": name, "max_tokens": 120,
+            "messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": tools,
+            "tool_choice": {"type": "any"}}),
+        );
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["stop_reason"], "tool_use", "{name}: {v}");
+        assert_eq!(v["content"][0]["name"], "get_weather", "{name}: {v}");
+        let (st, v) = post(
+            &s,
+            "/v1/messages/count_tokens",
+            &json!({"model": name,
+            "messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": tools}),
+        );
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["input_tokens"], direct["input_tokens"], "{name}");
+    }
+
     // Embeddings.
     let (_, direct) = post(&remote, "/api/embed", &json!({"model": e.model, "input": ["a", "b"]}));
     for name in ["big", "big-oai"] {
@@ -228,6 +261,12 @@ fn remote_models_answer_as_the_remote_does_through_every_api() {
     assert!(row.contains("remote lab"), "{row}");
     let (st, v) = post(&s, "/api/generate", &gen_body("big2", "Hello there", false));
     assert_eq!(st, 200, "{v}");
+    // `corral run NAME` through the server, as with a local model.
+    let mut run = cli(&store, &host);
+    run.args(["run", "big2", "Hello there", "--temperature", "0"]);
+    let (out, stdout, stderr) = corral_e2e::run(run);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stdout.trim().is_empty(), "{stderr}");
 }
 
 #[test]

@@ -481,11 +481,8 @@ pub async fn count_chat_tokens(
     tools: Option<Vec<Value>>,
     think: Option<bool>,
 ) -> Result<usize, ApiError> {
-    if state.remotes.resolve(&state.sched, model)?.is_some() {
-        return Err(ApiError::bad_request(format!(
-            "\"{model}\" is a remote model: its tokens are counted on the remote, which has no \
-             token-counting API"
-        )));
+    if let Some(target) = state.remotes.resolve(&state.sched, model)? {
+        return super::remote::count_tokens(&state.remotes, &target, messages, tools).await;
     }
     let (guard, _) = state.sched.acquire(model, None, None).await?;
     let loaded = guard.loaded.clone();

@@ -1320,6 +1320,36 @@ pub async fn embed(
     Ok((vectors, count))
 }
 
+/// The prompt tokens a chat takes on a remote model (Anthropic's `count_tokens`). No API
+/// that every kind of server speaks counts tokens, but every one (Ollama, corral,
+/// llama-server, vLLM, hosted APIs) serves OpenAI's chat completions and reports the
+/// whole prompt in `usage.prompt_tokens`: a one-token completion of the same chat.
+pub async fn count_tokens(
+    remotes: &Remotes,
+    target: &Target,
+    messages: Vec<Message>,
+    tools: Option<Vec<Value>>,
+) -> Result<usize, ApiError> {
+    let mut body = json!({"model": target.model, "stream": false, "max_tokens": 1,
+        "messages": openai_messages(&chat_messages(target, messages))});
+    if let Some(t) = tools.filter(|t| !t.is_empty()) {
+        body["tools"] = json!(t);
+    }
+    let (resp, in_flight) =
+        send(&remotes.client, target, |_| "/v1/chat/completions", |_| body.clone()).await?;
+    let bad = |why: String| ApiError {
+        status: StatusCode::BAD_GATEWAY,
+        message: format!("{}: {why}", in_flight.0.label()),
+    };
+    let bytes = read_limited(resp, MAX_BODY).await.map_err(&bad)?;
+    let v: Value =
+        serde_json::from_slice(&bytes).map_err(|e| bad(format!("answered no JSON: {e}")))?;
+    v.pointer("/usage/prompt_tokens")
+        .and_then(Value::as_u64)
+        .map(|n| n as usize)
+        .ok_or_else(|| bad("reported no usage.prompt_tokens to count the tokens with".into()))
+}
+
 /// `/api/show` of a remote model: what the remote reports, marked remote.
 pub async fn show(remotes: &Remotes, target: &Target) -> Result<Value, ApiError> {
     let mut v = match order(&target.servers).first().map(|s| s.kind) {
