@@ -282,6 +282,34 @@ pub struct GenRequest {
     pub cache_prompt: bool,
 }
 
+impl GenRequest {
+    /// A chat with the defaults of the agent APIs (Anthropic's Messages, OpenAI's
+    /// Responses): the server's keep-alive, context shift and truncation on, no
+    /// log-probabilities, the end-of-sequence token honoured, prompt prefixes reused.
+    pub fn chat(
+        model: String,
+        options: Value,
+        grammar: Option<Arc<Grammar>>,
+        think: Option<bool>,
+        messages: Vec<Message>,
+        tools: Option<Vec<Value>>,
+    ) -> GenRequest {
+        GenRequest {
+            model,
+            keep_alive: None,
+            options: Some(options),
+            grammar,
+            shift: true,
+            truncate: true,
+            logprobs: None,
+            think: think.map(Think::from),
+            ignore_eos: false,
+            cache_prompt: true,
+            prompt: PromptSpec::Chat { messages, tools },
+        }
+    }
+}
+
 /// Starts a generation.
 pub async fn start(state: &Arc<AppState>, req: GenRequest) -> Result<Running, ApiError> {
     let started = Instant::now();

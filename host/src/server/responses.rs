@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 
 use super::{
     AppState,
-    generation::{self, GenRequest, Piece, PromptSpec, Running, SamplingFields},
+    generation::{self, GenRequest, Piece, Running, SamplingFields},
     openai::OaiError,
     util::{ApiError, parse_body_lenient, unix_now},
 };
@@ -865,19 +865,7 @@ pub async fn create(State(state): State<Arc<AppState>>, body: Bytes) -> OaiResul
     let parse_tools = choice != ToolChoice::None;
     let running = generation::start(
         &state,
-        GenRequest {
-            model: model.name.clone(),
-            keep_alive: None,
-            options: Some(options),
-            grammar,
-            shift: true,
-            truncate: true,
-            logprobs: None,
-            think: think.map(corral_generation::thinking::Think::from),
-            ignore_eos: false,
-            cache_prompt: true,
-            prompt: PromptSpec::Chat { messages, tools: tools.clone() },
-        },
+        GenRequest::chat(model.name.clone(), options, grammar, think, messages, tools.clone()),
     )
     .await?
     .with_tools(tools.as_deref().filter(|_| parse_tools));
