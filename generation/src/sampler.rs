@@ -254,9 +254,11 @@ impl Sampler {
     }
 
     /// Runs the candidate filters of a sampled (non-greedy) step: fills `self.cands`
-    /// with the survivors of top_k, typical_p, top_p and min_p, in canonical order.
-    fn filter(&mut self, logits: &[f32]) {
+    /// with the survivors of top_k, typical_p, top_p and min_p, in canonical order, and
+    /// says which order that is.
+    fn filter(&mut self, logits: &[f32]) -> Order {
         let mut order = Order::ById;
+        // Masked (-inf) and NaN logits are never candidates; +inf is the certain pick.
         let cand = |(id, &l): (usize, &f32)| {
             if l.is_nan() || l == f32::NEG_INFINITY {
                 None
@@ -267,6 +269,8 @@ impl Sampler {
         let mut cands = std::mem::take(&mut self.cands);
         cands.clear();
         if self.top_k > 0 && self.top_k < logits.len() {
+            // top_k in one pass: a heap of the best k with the worst on top, so most
+            // tokens cost one comparison.
             let mut heap = BinaryHeap::from(cands);
             for c in logits.iter().enumerate().filter_map(cand) {
                 if heap.len() < self.top_k {
@@ -285,7 +289,7 @@ impl Sampler {
         }
         self.cands = cands;
         if self.cands.is_empty() {
-            return;
+            return order;
         }
         if self.typical_p < 1.0 && self.cands.len() > 1 {
             self.typical(&mut order);
@@ -298,6 +302,7 @@ impl Sampler {
             let min_logit = max + libm::log(self.min_p as f64) as f32;
             self.cands.retain(|c| c.logit >= min_logit);
         }
+        order
     }
 
     /// Repeat (llama.cpp: divide a positive logit, multiply a negative one), frequency and
@@ -337,56 +342,9 @@ impl Sampler {
     }
 
     fn sample_dist(&mut self, logits: &[f32]) -> u32 {
-        let mut order = Order::ById;
-        // Masked (-inf) and NaN logits are never candidates; +inf is the certain pick.
-        let cand = |(id, &l): (usize, &f32)| {
-            if l.is_nan() || l == f32::NEG_INFINITY {
-                None
-            } else {
-                Some(Cand { logit: l.min(f32::MAX), id: id as u32 })
-            }
-        };
-        let mut cands = std::mem::take(&mut self.cands);
-        cands.clear();
-        if self.top_k > 0 && self.top_k < logits.len() {
-            // top_k in one pass: a heap of the best k with the worst on top, so most
-            // tokens cost one comparison.
-            let mut heap = BinaryHeap::from(cands);
-            for c in logits.iter().enumerate().filter_map(cand) {
-                if heap.len() < self.top_k {
-                    heap.push(c);
-                } else if let Some(mut top) = heap.peek_mut()
-                    && c < *top
-                {
-                    *top = c;
-                }
-            }
-            cands = heap.into_vec();
-            cands.sort_unstable();
-            order = Order::Sorted;
-        } else {
-            cands.extend(logits.iter().enumerate().filter_map(cand));
-        }
-        self.cands = cands;
+        let order = self.filter(logits);
         if self.cands.is_empty() {
             return argmax(logits);
-        }
-
-        // typical_p
-        if self.typical_p < 1.0 && self.cands.len() > 1 {
-            self.typical(&mut order);
-        }
-
-        // top_p
-        if self.top_p < 1.0 && self.cands.len() > 1 {
-            self.top_p_filter(&mut order);
-        }
-
-        // min_p
-        if self.min_p > 0.0 && self.cands.len() > 1 {
-            let max = self.cands.iter().map(|c| c.logit).fold(f32::NEG_INFINITY, f32::max);
-            let min_logit = max + libm::log(self.min_p as f64) as f32;
-            self.cands.retain(|c| c.logit >= min_logit);
         }
 
         // temperature, softmax and the draw, in canonical order.
