@@ -12,9 +12,11 @@ slow minute of a shared machine does not land on one level only; the table gives
 Either point it at a running server (--url, --model), or let it start one:
   serve_bench.py --corral target/release/corral --plugin-dir DIR --gguf /tmp/tl.gguf --threads 2
 
-With --engine-bench (needs --corral), it first runs `corral bench --pp 0 --tg TOKENS` on the
-same file, plugin and threads, before the server starts, and reports the single stream's
-server-side rate (eval_count / eval_duration) as a ratio to the engine's own tg rate.
+With --engine-bench (needs --corral), it runs `corral bench --pp 0 --tg TOKENS` on the
+same file, plugin and threads while no server runs (with --compare-isolation, once before
+each repetition, so both figures come from the same stretches of time), and reports the
+single stream's server-side rate (eval_count / eval_duration) as a ratio to the median of
+the engine's own tg rates.
 
 With --raw-bin PATH (the `llama-raw` built with the plugin), after the server has stopped
 it runs `llama-raw batched` on the same file and threads: raw llama.cpp decoding N
@@ -181,7 +183,14 @@ def main():
     model = args.model or (os.path.abspath(args.gguf) if args.gguf else None)
     if args.engine_bench and not (args.corral and args.plugin_dir and model):
         ap.error("--engine-bench needs --corral, --plugin-dir and --gguf")
-    engine = engine_bench(args, model) if args.engine_bench else None
+    # With --engine-bench, `corral bench` runs once before each repetition (no server
+    # running then), so its rate and the server's come from the same stretches of time
+    # on a machine whose speed drifts; the median of those runs is the engine's rate.
+    engine_runs = []
+
+    def bench_engine():
+        if args.engine_bench:
+            engine_runs.append(engine_bench(args, model))
     if not url:
         if not (args.corral and args.plugin_dir and model):
             ap.error("give --url and --model, or --corral, --plugin-dir and --gguf")
@@ -193,6 +202,7 @@ def main():
         # idle second server holding its own copy of the model shares nothing with the
         # measured one.
         for rep in range(max(1, args.reps)):
+            bench_engine()
             for mode in (modes if rep % 2 == 0 else modes[::-1]):
                 p, url_m = start_server(args, mode)
                 try:
@@ -203,6 +213,8 @@ def main():
                     p.terminate()
                     p.wait(30)
     else:
+        # The servers stay up here, so the engine is measured once, before they start.
+        bench_engine()
         servers = {}
         try:
             for mode in modes:
@@ -222,6 +234,10 @@ def main():
                 if p:
                     p.terminate()
                     p.wait(30)
+    engine = None
+    if engine_runs:
+        engine = dict(engine_runs[0], median_tps=statistics.median(r["median_tps"] for r in engine_runs),
+                      runs=[r["median_tps"] for r in engine_runs])
     by_mode = {m: [median_row(samples[(m, n)]) for n in args.concurrency] for m in modes}
     rows = by_mode[modes[0]]
     raw = None
