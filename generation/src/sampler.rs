@@ -277,12 +277,12 @@ impl Sampler {
             let mut heap = BinaryHeap::from(cands);
             let mut worst = f32::NEG_INFINITY;
             for (b, block) in logits.chunks(TOPK_BLOCK).enumerate() {
-                if heap.len() == self.top_k && !(block_max(block) > worst) {
+                if heap.len() == self.top_k && block_max(block) <= worst {
                     continue;
                 }
                 let base = b * TOPK_BLOCK;
                 for (i, l) in block.iter().enumerate() {
-                    if heap.len() == self.top_k && !(*l > worst) {
+                    if heap.len() == self.top_k && *l <= worst {
                         continue;
                     }
                     let Some(c) = cand((base + i, l)) else { continue };
@@ -526,7 +526,7 @@ pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0usize;
     let mut best_v = f32::NEG_INFINITY;
     for (b, block) in logits.chunks(TOPK_BLOCK).enumerate() {
-        if !(block_max(block) > best_v) {
+        if block_max(block) <= best_v {
             continue;
         }
         for (i, &v) in block.iter().enumerate() {
