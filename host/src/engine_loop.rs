@@ -397,6 +397,11 @@ struct DraftState {
     cached: Vec<Vec<u32>>,
 }
 
+/// Prompt tokens after which a step takes no further prompt (see `step`): enough for
+/// the engine's prompt kernels to run at full speed, so evaluating prompts one after the
+/// other costs little against evaluating them together.
+const PREFILL_STEP: usize = 64;
+
 /// Shortest prefix worth copying from another sequence (or waiting for) rather than
 /// computing; a copy costs a whole sequence's cache in memory traffic.
 const MIN_SHARED: usize = 32;
@@ -655,6 +660,13 @@ impl LoopState {
                 draft_sampler: None,
                 req,
             };
+            tracing::debug!(
+                slot,
+                prompt = job.stats.prompt_tokens,
+                reused = reuse,
+                queued_ms = job.stats.queued.as_millis() as u64,
+                "request admitted"
+            );
             self.slots[slot].job = Some(job);
         }
     }
@@ -720,18 +732,30 @@ impl LoopState {
                 rounds.push(Round { slot: i, first, drafts, q });
             }
         }
-        // Then prompt chunks in the room left.
-        for (i, slot) in self.slots.iter().enumerate() {
+        // Then prompt chunks in the room left, oldest request first, and no further
+        // prompt once the step holds PREFILL_STEP prompt tokens: prompts that arrive
+        // together are evaluated one after the other, so the first starts streaming
+        // after its own prompt instead of after all of them (the mean time to first token
+        // falls by up to half), at the cost of a few more, still efficient, steps.
+        let mut prefilling: Vec<(Instant, usize)> = (0..self.slots.len())
+            .filter_map(|i| {
+                let job = self.slots[i].job.as_ref()?;
+                (job.next.is_none() && job.pending < job.req.prompt.len())
+                    .then_some((job.admitted, i))
+            })
+            .collect();
+        prefilling.sort_unstable();
+        let mut prompt_tokens = 0;
+        for (_, i) in prefilling {
+            let slot = &self.slots[i];
             let Some(job) = &slot.job else { continue };
             let pending = &job.req.prompt[job.pending..];
-            if job.next.is_some() || pending.is_empty() {
-                continue;
-            }
             let room = n_batch - batch.len();
-            if room == 0 {
+            if room == 0 || prompt_tokens >= PREFILL_STEP {
                 break;
             }
             let take = room.min(pending.len());
+            prompt_tokens += take;
             let base = slot.cached.len();
             for (k, &t) in pending[..take].iter().enumerate() {
                 let last = take == pending.len() && k + 1 == take;
@@ -749,7 +773,15 @@ impl LoopState {
         if batch.is_empty() {
             return;
         }
-        if let Err(e) = self.ctx.decode(&batch) {
+        let started = Instant::now();
+        let decoded = self.ctx.decode(&batch);
+        tracing::trace!(
+            tokens = batch.len(),
+            generating = generating.len(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "step decoded"
+        );
+        if let Err(e) = decoded {
             if let Err(why) = self.model.health() {
                 self.engine_gone(why);
                 return;

@@ -6,6 +6,9 @@
 //! - `on_token=N:FAULT`: when a decode batch holds token `N` (a byte: `X` is 88);
 //! - `on_decode=N:FAULT`: on a context's `N`th decode call (the prompt is the first).
 //!
+//! - `token_cost=US`: every decode takes `US` microseconds per batch entry (a slow,
+//!   compute-bound engine, for tests of how the host schedules work).
+//!
 //! `FAULT` is `abort` (SIGABRT, as llama.cpp's `GGML_ASSERT`), `segv` (a write through a
 //! null pointer), `exit` (the process exits with status 3), `hang` (never answers),
 //! `oom` (an `OutOfMemory` error, no crash) or `delay:MS` (a slow but successful step).
@@ -84,6 +87,8 @@ pub struct Triggers {
     pub on_token: Option<(u32, Fault)>,
     /// On this decode call of a context (1-based).
     pub on_decode: Option<(u64, Fault)>,
+    /// Time each batch entry costs a decode.
+    pub token_cost: Option<Duration>,
 }
 
 impl Triggers {
@@ -105,6 +110,9 @@ impl Triggers {
                 "on_load" => t.on_load = Fault::parse(value),
                 "on_token" => t.on_token = numbered().map(|(n, f): (u64, Fault)| (n as u32, f)),
                 "on_decode" => t.on_decode = numbered(),
+                "token_cost" => {
+                    t.token_cost = value.trim().parse().ok().map(Duration::from_micros);
+                }
                 _ => {}
             }
         }
@@ -120,13 +128,14 @@ mod tests {
     fn parses_triggers() {
         let dir =
             std::env::temp_dir().join(format!("corral-example-faults-{}", std::process::id()));
-        std::fs::write(&dir, "toy\non_load=delay:250\non_token=88:abort\non_decode=6:segv\n")
+        std::fs::write(&dir, "toy\non_load=delay:250\non_token=88:abort\non_decode=6:segv\ntoken_cost=1500\n")
             .unwrap();
         let t = Triggers::of_file(dir.to_str().unwrap());
         let _ = std::fs::remove_file(&dir);
         assert_eq!(t.on_load, Some(Fault::Delay(Duration::from_millis(250))));
         assert_eq!(t.on_token, Some((88, Fault::Abort)));
         assert_eq!(t.on_decode, Some((6, Fault::Segv)));
+        assert_eq!(t.token_cost, Some(Duration::from_micros(1500)));
         assert!(Fault::Oom.fire("test").is_err());
     }
 }

@@ -284,6 +284,9 @@ impl Context for ExampleContext {
         {
             f.fire(&format!("decode of token {t} (on_token trigger)"))?;
         }
+        if let Some(cost) = self.triggers.token_cost {
+            std::thread::sleep(cost.saturating_mul(batch.len().try_into().unwrap_or(u32::MAX)));
+        }
         let mut logits = Vec::with_capacity(batch.len());
         for e in batch {
             self.seqs[e.seq as usize].insert(e.pos, e.token);
