@@ -5,6 +5,9 @@ Workloads (each server runs alone, one after the other, order alternating per re
 
   plain   N concurrent /v1/completions of --tokens tokens (N in --concurrency): aggregate
           generated tokens per second of wall time.
+  prefill N concurrent one-token completions whose prompts (--prefill-tokens each) share
+          nothing: prompt tokens per second of wall time, prompt processing with N
+          sequences in flight.
   shared  4 concurrent streaming chats that share one system prompt of about
           --system-tokens tokens (a RAG or agent prompt), then --rounds - 1 more rounds of
           4 in which each chat asks a new question after its earlier turns (the history
@@ -130,6 +133,28 @@ def plain(peer, n, tokens):
     return sum(results) / (time.time() - t)
 
 
+def prefill(peer, n, tokens):
+    """Prompt tokens/s of n concurrent completions of one token whose prompts of about
+    `tokens` tokens share nothing (each starts with its own words), so every prompt is
+    evaluated in full: prompt processing with n sequences in flight."""
+    body = system_prompt(peer, tokens)
+    results = [None] * n
+
+    def one(i):
+        v = post(peer.url, "/v1/completions",
+                 {"model": peer.model, "prompt": f"Reader {i * 7919} asks. " + body,
+                  "max_tokens": 1, "temperature": 0, "cache_prompt": False})
+        results[i] = v["usage"]["prompt_tokens"]
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    t = time.time()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return sum(results) / (time.time() - t)
+
+
 def document(n_words):
     words = []
     i = 0
@@ -193,7 +218,9 @@ def main():
     ap.add_argument("--ctx", type=int, default=4096, help="context per sequence")
     ap.add_argument("--tokens", type=int, default=96)
     ap.add_argument("--concurrency", default="1,4")
-    ap.add_argument("--workloads", default="plain,shared")
+    ap.add_argument("--workloads", default="plain,prefill,shared")
+    ap.add_argument("--prefill-tokens", type=int, default=512,
+                    help="prompt length of the prefill workload")
     ap.add_argument("--system-tokens", type=int, default=1200)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--answer-tokens", type=int, default=48)
@@ -228,6 +255,10 @@ def main():
                 if "plain" in workloads:
                     for n in levels:
                         res[name].setdefault(f"plain x{n} t/s", []).append(plain(peer, n, args.tokens))
+                if "prefill" in workloads:
+                    for n in levels:
+                        res[name].setdefault(f"prefill x{n} t/s", []).append(
+                            prefill(peer, n, args.prefill_tokens))
                 if "shared" in workloads:
                     for r, (wall, ttft) in enumerate(shared(peer, args.system_tokens, args.rounds, args.answer_tokens)):
                         res[name].setdefault(f"shared round {r + 1} s", []).append(wall)
