@@ -90,7 +90,8 @@ fn prompts_that_arrive_together_are_evaluated_one_after_the_other() {
     };
     let mut ttft: Vec<f64> = results.iter().map(|r| server_ttft(&r.1)).collect();
     ttft.sort_by(f64::total_cmp);
-    let prompt_tokens: u64 = results.iter().map(|r| r.1["prompt_eval_count"].as_u64().unwrap()).sum();
+    let prompt_tokens: u64 =
+        results.iter().map(|r| r.1["prompt_eval_count"].as_u64().unwrap()).sum();
     let one_prompt = prompt_tokens as f64 / 4.0 * TOKEN_COST_US as f64 / 1e6;
     eprintln!("times to first token {ttft:?}, wall {wall:.2} s, one prompt {one_prompt:.2} s");
     // One after the other: the first token of the first request comes after about one

@@ -128,8 +128,11 @@ mod tests {
     fn parses_triggers() {
         let dir =
             std::env::temp_dir().join(format!("corral-example-faults-{}", std::process::id()));
-        std::fs::write(&dir, "toy\non_load=delay:250\non_token=88:abort\non_decode=6:segv\ntoken_cost=1500\n")
-            .unwrap();
+        std::fs::write(
+            &dir,
+            "toy\non_load=delay:250\non_token=88:abort\non_decode=6:segv\ntoken_cost=1500\n",
+        )
+        .unwrap();
         let t = Triggers::of_file(dir.to_str().unwrap());
         let _ = std::fs::remove_file(&dir);
         assert_eq!(t.on_load, Some(Fault::Delay(Duration::from_millis(250))));
