@@ -1,7 +1,7 @@
 //! `kernel-bench`: throughput of the matmul kernels on random weights, n tokens at a time.
 //!
 //! ```text
-//! kernel-bench [TYPE q4_0|q8_0|f16|q5_0|q5_1|q2_k..q6_k] [ROWS 5632] [COLS 2048] [N 1] [THREADS 1] [REPS 50]
+//! kernel-bench [TYPE q4_0|q8_0|f16|q5_0|q5_1|q2_k..q6_k] [ROWS 5632] [COLS 2048] [N 1] [THREADS 1] [REPS 50] [file|repack]
 //! ```
 //! Prints the best time per multiplication, the weight bytes per second and the integer
 //! multiply-adds per second.
@@ -43,7 +43,10 @@ fn main() {
             rnd() as u8
         };
     }
-    let w = Weight { ty, rows, cols, offset: 0, row_bytes };
+    let mut w = Weight::in_file(ty, rows, cols, 0);
+    if arg(6, "file") == "repack" && !w.repack(&map) {
+        eprintln!("{ty:?} × {rows} rows cannot be repacked; timing the file's layout");
+    }
     let x: Vec<f32> = (0..n * cols).map(|_| (rnd() % 1000) as f32 / 500.0 - 1.0).collect();
     let mut y = vec![0f32; n * rows];
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");

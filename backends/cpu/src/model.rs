@@ -331,8 +331,57 @@ fn row_range(w: &Weight, r0: usize, n: usize) -> Weight {
         cols: w.cols,
         offset: w.offset + r0 * w.row_bytes,
         row_bytes: w.row_bytes,
+        packed: None,
     }
 }
+
+/// Repacks the Q4_K matmul weights ([`Weight::repack`]) and releases the file's pages of
+/// each, so that the process holds one copy: the pages are clean and would come back from
+/// the file if read again (only the token embeddings are read by row, and a weight they
+/// share is left in place).
+fn repack_weights(map: &Mmap, layers: &mut [Layer], output: &mut Weight, tok_embd: &Weight) {
+    let start = std::time::Instant::now();
+    let mut weights: Vec<&mut Weight> = layers
+        .iter_mut()
+        .flat_map(|l| {
+            [&mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo, &mut l.w_gate, &mut l.w_up, &mut l.w_down]
+        })
+        .collect();
+    if output.offset != tok_embd.offset {
+        weights.push(output);
+    }
+    let (mut count, mut bytes) = (0usize, 0usize);
+    for w in weights {
+        if w.repack(map) {
+            count += 1;
+            bytes += w.repacked_bytes();
+            release_pages(map, w.offset, w.rows * w.row_bytes);
+        }
+    }
+    if count > 0 {
+        log::info!(
+            "cpu backend repacked {count} Q4_K weights ({:.1} MiB) in {:.2} s",
+            bytes as f64 / (1u64 << 20) as f64,
+            start.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// Drops the resident pages of `len` bytes at `offset` in the mapped file.
+#[cfg(unix)]
+fn release_pages(map: &Mmap, offset: usize, len: usize) {
+    // SAFETY: the map is a private read-only file mapping that nothing writes, so
+    // MADV_DONTNEED only drops resident pages, and a later read of the range faults them
+    // in from the file again: every reference into the map stays valid.
+    let released =
+        unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len) };
+    if let Err(e) = released {
+        log::debug!("cannot release the file pages of a repacked weight: {e}");
+    }
+}
+
+#[cfg(not(unix))]
+fn release_pages(_map: &Mmap, _offset: usize, _len: usize) {}
 
 /// llama.cpp's `set_swa_pattern(n, dense_first = false)`: every `n`-th layer is global,
 /// the others slide (`n == 0`: all slide).
@@ -414,7 +463,7 @@ pub fn load(path: &str, options: CpuOptions) -> Result<CpuModel, BackendError> {
                 "{path}: tensor {name} is truncated (the file ends before its data)"
             )));
         }
-        Ok(Weight { ty, rows, cols, offset, row_bytes })
+        Ok(Weight { ty, rows, cols, offset, row_bytes, packed: None })
     };
     let vector = |name: &str, n: usize| -> Result<Vec<f32>, BackendError> {
         let w = tensor(name, n, 1)?;
@@ -442,7 +491,7 @@ pub fn load(path: &str, options: CpuOptions) -> Result<CpuModel, BackendError> {
     let tok_embd = tensor("token_embd.weight", n_embd, hp.n_vocab)?;
     // gemma2 always ties the output to the token embeddings (llama.cpp reads no
     // output.weight for it); the others use output.weight when the file has one.
-    let output = if kind != Arch::Gemma2 && has("output.weight") {
+    let mut output = if kind != Arch::Gemma2 && has("output.weight") {
         tensor("output.weight", n_embd, hp.n_vocab)?
     } else {
         tok_embd.clone()
@@ -569,6 +618,9 @@ pub fn load(path: &str, options: CpuOptions) -> Result<CpuModel, BackendError> {
              engine does not run); use the llama-cpp backend for this model",
             t.name
         )));
+    }
+    if options.repack.unwrap_or(true) {
+        repack_weights(&map, &mut layers, &mut output, &tok_embd);
     }
     let special = tokenizer.special_tokens(&file);
     let metadata = metadata(&file, &hp, &map);

@@ -665,6 +665,87 @@ macro_rules! x86_kernels {
             out
         }
 
+        /// `T` Q8_K activation rows times 8 Q4_K rows interleaved by
+        /// `kquants::repack_q4_k_x8`: per sub-block, 4 loads give the 8 rows' 32 values as
+        /// low and high nibbles; each half times the broadcast activation chunk
+        /// (`vpmaddubsw`) is summed in i16 (8·2·15·127 < 2^15), then one `vpmaddwd`
+        /// applies the rows' scales (the scale bytes spread to i16 pairs by one
+        /// `vpshufb`); the mins come in through the activation's pair sums, apart, as in
+        /// [`gemm_q4_k_group`].
+        #[target_feature(enable = $features)]
+        #[inline]
+        pub(crate) unsafe fn gemm_q4_k_x8<const T: usize>(
+            packed: &[u8],
+            a: [Q8KRow<'_>; T],
+            nb: usize,
+        ) -> [[f32; 8]; T] {
+            use crate::kquants::Q4K_X8_BYTES;
+            let pp = packed.as_ptr();
+            let m4 = _mm256_set1_epi8(0x0f);
+            // Scale byte r to i16 lanes 2r and 2r + 1 (rows 0-3 in the low half, 4-7 in
+            // the high half of the 8 bytes broadcast to both halves).
+            let spread = _mm256_setr_epi8(
+                0, -1, 0, -1, 1, -1, 1, -1, 2, -1, 2, -1, 3, -1, 3, -1, //
+                4, -1, 4, -1, 5, -1, 5, -1, 6, -1, 6, -1, 7, -1, 7, -1,
+            );
+            let mut acc = [_mm256_setzero_ps(); T];
+            let mut acc_min = [_mm256_setzero_ps(); T];
+            for b in 0..nb {
+                let g = pp.add(b * Q4K_X8_BYTES);
+                let ys: [*const i8; T] = std::array::from_fn(|t| a[t].qs.as_ptr().add(b * QK_K));
+                let bcast = |y: *const i8| _mm256_set1_epi32(y.cast::<i32>().read_unaligned());
+                let mut isum = [_mm256_setzero_si256(); T];
+                for j in 0..8 {
+                    let mut s16 = [_mm256_setzero_si256(); T];
+                    for q in 0..4 {
+                        let v = _mm256_loadu_si256(g.add((4 * j + q) * 32).cast());
+                        let lo = _mm256_and_si256(v, m4);
+                        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+                        for t in 0..T {
+                            let y = ys[t].add(32 * j + 4 * q);
+                            let p = _mm256_add_epi16(
+                                _mm256_maddubs_epi16(lo, bcast(y)),
+                                _mm256_maddubs_epi16(hi, bcast(y.add(16))),
+                            );
+                            s16[t] = _mm256_add_epi16(s16[t], p);
+                        }
+                    }
+                    let sc = _mm256_set1_epi64x(g.add(1024 + 8 * j).cast::<i64>().read_unaligned());
+                    let scv = _mm256_shuffle_epi8(sc, spread);
+                    for t in 0..T {
+                        isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s16[t], scv));
+                    }
+                }
+                let dv = _mm256_cvtph_ps(_mm_loadu_si128(g.add(1152).cast()));
+                let dminv = _mm256_cvtph_ps(_mm_loadu_si128(g.add(1168).cast()));
+                for t in 0..T {
+                    let bs = a[t].bsums.as_ptr().add(16 * b);
+                    let mut msum = _mm256_setzero_si256();
+                    for k in 0..4 {
+                        let pair =
+                            |j: usize| i32::from(*bs.add(2 * j)) + i32::from(*bs.add(2 * j + 1));
+                        let (lo, hi) = (pair(2 * k), pair(2 * k + 1));
+                        let yv = _mm256_set1_epi32((lo & 0xffff) | (hi << 16));
+                        let mv = _mm256_cvtepu8_epi16(_mm_loadu_si128(g.add(1088 + 16 * k).cast()));
+                        msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mv, yv));
+                    }
+                    let yd = _mm256_set1_ps(*a[t].d.get_unchecked(b));
+                    acc[t] =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(dv, yd), acc[t]);
+                    acc_min[t] = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(msum),
+                        _mm256_mul_ps(dminv, yd),
+                        acc_min[t],
+                    );
+                }
+            }
+            let mut out = [[0f32; 8]; T];
+            for t in 0..T {
+                _mm256_storeu_ps(out[t].as_mut_ptr(), _mm256_sub_ps(acc[t], acc_min[t]));
+            }
+            out
+        }
+
         /// `T` Q8_0 activation rows times a packed group of 8 Q4_0 rows
         /// (`kernels::pack_q4_0_group`): per block and token, 8 `vpmaddubsw` of the
         /// broadcast activation chunks summed in i16, widened, offset by `-8·Σa`, scaled

@@ -288,7 +288,8 @@ pub const ENGINE_OVERHEAD: u64 = 64 << 20;
 ///   stays resident beside the copy;
 /// - with [`EngineMemory::PureRust`], the engine's f32 scratch for a batch of
 ///   [`BATCH_TOKENS`] tokens (hidden state, queries, keys, values, attention output and
-///   the feed-forward's gate and up, per token), less the token-embedding matrix of a
+///   the feed-forward's gate and up, per token) and the growth of its repacked Q4_K
+///   weights ([`pure_rust_repack_growth`]), less the token-embedding matrix of a
 ///   model with a separate output matrix (the engine reads it in place, a row per token
 ///   seen, so it is never all resident).
 ///
@@ -350,7 +351,9 @@ pub fn estimate_memory(
                 .into_iter()
                 .fold(0u64, u64::saturating_add)
                 .saturating_mul(4);
-            let scratch = per_token.saturating_mul(cells.clamp(1, BATCH_TOKENS));
+            let scratch = per_token
+                .saturating_mul(cells.clamp(1, BATCH_TOKENS))
+                .saturating_add(pure_rust_repack_growth(g.tensors()));
             let untied_embeddings = match (g.tensor("token_embd.weight"), g.tensor("output.weight"))
             {
                 (Some(e), Some(_)) => e.size,
@@ -434,6 +437,18 @@ impl EngineMemory {
             _ => EngineMemory::Plain,
         }
     }
+}
+
+/// What the pure-Rust engine's load-time repacking of Q4_K matmul weights adds: its
+/// interleaved layout holds 32 bytes more per 8 rows' super-block of 1,152 (the file's
+/// pages of the originals are released). The token embeddings are read in place.
+pub fn pure_rust_repack_growth(tensors: &[corral_gguf::reader::TensorInfo]) -> u64 {
+    tensors
+        .iter()
+        .filter(|t| t.name != "token_embd.weight" && t.dims.len() >= 2 && t.dims[1] % 8 == 0)
+        .filter(|t| t.ggml_type == corral_gguf::GgmlType::Q4_K)
+        .map(|t| t.size / 36)
+        .sum()
 }
 
 /// Bytes of the weight matrices llama.cpp's CPU backend repacks on this machine
