@@ -48,7 +48,7 @@ pub use choice::{
     Selector, Status,
 };
 pub use discovery::{
-    DIR_MANIFEST_NAME, Discovered, FLAT_MANIFEST_SUFFIX, discover, misnamed_manifests, search_path,
+    DIR_MANIFEST_NAME, Discovered, FLAT_MANIFEST_SUFFIX, INSTALLED_PLUGIN_DIR, discover, misnamed_manifests, search_path,
     user_plugin_dir,
 };
 pub use engine::{
