@@ -23,6 +23,8 @@
 #   --onnxruntime FILE ship this libonnxruntime.so beside the ONNX plugin (the plugin
 #                      finds a library there; without it the package documents how to
 #                      point at one)
+#   --no-host          plugins only: no host binary or package (a variant built on
+#                      another machine, with its toolkit)
 #   --no-deb           tarballs only (no dpkg-deb needed)
 #   --no-strip         keep debug symbols
 #   --fast             gzip -1 for tarballs and .debs (tests), not xz/gzip -9
@@ -46,7 +48,7 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,44p' "$0" >&2
+    sed -n '2,46p' "$0" >&2
     exit 2
 }
 
@@ -56,6 +58,7 @@ OUT=""
 VARIANTS=""
 PREBUILT=""
 ORT_LIB=""
+HOST=1
 DEB=1
 STRIP=1
 FAST=0
@@ -65,6 +68,7 @@ while [[ $# -gt 0 ]]; do
         --variants) VARIANTS=${2:?--variants needs a list}; shift 2 ;;
         --prebuilt) PREBUILT=${2:?--prebuilt needs a directory}; shift 2 ;;
         --onnxruntime) ORT_LIB=${2:?--onnxruntime needs a file}; shift 2 ;;
+        --no-host) HOST=0; shift ;;
         --no-deb) DEB=0; shift ;;
         --no-strip) STRIP=0; shift ;;
         --fast) FAST=1; shift ;;
@@ -169,8 +173,10 @@ find_manifest() {
 }
 
 if [[ -n "$PREBUILT" ]]; then
-    [[ -x "$PREBUILT/corral" ]] || die "$PREBUILT/corral is missing (build it first)"
-    install -m 0755 "$PREBUILT/corral" "$PREFIX/bin/corral"
+    if [[ $HOST == 1 ]]; then
+        [[ -x "$PREBUILT/corral" ]] || die "$PREBUILT/corral is missing (build it first)"
+        install -m 0755 "$PREBUILT/corral" "$PREFIX/bin/corral"
+    fi
     for s in "${SPECS[@]}"; do
         read -r name variant <<< "$s"
         m=$(find_manifest "$PREBUILT" "$name" "$variant")
@@ -179,7 +185,8 @@ if [[ -n "$PREBUILT" ]]; then
     done
 else
     # The host and the Rust plugins: one cargo invocation, one target directory.
-    packages=(-p corral)
+    packages=()
+    if [[ $HOST == 1 ]]; then packages+=(-p corral); fi
     for s in "${SPECS[@]}"; do
         read -r name _ <<< "$s"
         case "$name" in
@@ -189,11 +196,15 @@ else
         esac
     done
     rust_target="$TARGET_ROOT/dist"
-    say "building ${packages[*]} (release, RUSTFLAGS='$RUSTFLAGS', target $rust_target)"
-    start=$SECONDS
-    (cd "$REPO" && cargo build --release "${packages[@]}" --target-dir "$rust_target")
-    say "built the host and the Rust plugins in $((SECONDS - start)) s"
-    install -m 0755 "$rust_target/release/corral" "$PREFIX/bin/corral"
+    if [[ ${#packages[@]} -gt 0 ]]; then
+        say "building ${packages[*]} (release, RUSTFLAGS='$RUSTFLAGS', target $rust_target)"
+        start=$SECONDS
+        (cd "$REPO" && cargo build --release "${packages[@]}" --target-dir "$rust_target")
+        say "built ${packages[*]} in $((SECONDS - start)) s"
+    fi
+    if [[ $HOST == 1 ]]; then
+        install -m 0755 "$rust_target/release/corral" "$PREFIX/bin/corral"
+    fi
     for s in "${SPECS[@]}"; do
         read -r name variant <<< "$s"
         case "$name" in
@@ -224,9 +235,6 @@ if [[ $STRIP == 1 ]] && command -v strip >/dev/null 2>&1; then
 fi
 
 # --- 2. Package -------------------------------------------------------------------------
-
-VERSION=$("$PREFIX/bin/corral" --version 2>/dev/null | awk '{print $2}')
-[[ -n "$VERSION" ]] || die "$PREFIX/bin/corral --version printed no version"
 
 if [[ $FAST == 1 ]]; then GZIP_LEVEL=1; DEB_Z=(-Zgzip -z1); else GZIP_LEVEL=9; DEB_Z=(-Zxz); fi
 
@@ -298,12 +306,16 @@ deb() {
 }
 
 # The host.
-tarball corral "$VERSION" bin/corral
-deb corral "$VERSION" "$(join_depends "$(shlib_depends "$PREFIX/bin/corral")")" \
-    "run language models on any hardware, engines as plugins" \
-    "corral runs language models the way Ollama does (Ollama's, OpenAI's and Anthropic's HTTP APIs, an Ollama-compatible model store) with its inference engines as plugins, which it finds in /usr/lib/corral/backends and chooses at start from the machine's hardware. Install at least one engine package (corral-backend-*)." \
-    "corral $VERSION. Engines: the corral-backend-* packages, installed in /usr/lib/corral/backends; \`corral backends\` lists them and says which it chooses and why." \
-    bin/corral
+if [[ $HOST == 1 ]]; then
+    VERSION=$("$PREFIX/bin/corral" --version 2>/dev/null | awk '{print $2}')
+    [[ -n "$VERSION" ]] || die "$PREFIX/bin/corral --version printed no version"
+    tarball corral "$VERSION" bin/corral
+    deb corral "$VERSION" "$(join_depends "$(shlib_depends "$PREFIX/bin/corral")")" \
+        "run language models on any hardware, engines as plugins" \
+        "corral runs language models the way Ollama does (Ollama's, OpenAI's and Anthropic's HTTP APIs, an Ollama-compatible model store) with its inference engines as plugins, which it finds in /usr/lib/corral/backends and chooses at start from the machine's hardware. Install at least one engine package (corral-backend-*)." \
+        "corral $VERSION. Engines: the corral-backend-* packages, installed in /usr/lib/corral/backends; \`corral backends\` lists them and says which it chooses and why." \
+        bin/corral
+fi
 
 # Each plugin.
 for dir in "$BACKENDS"/*/; do
