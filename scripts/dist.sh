@@ -211,10 +211,8 @@ else
             llama-cpp)
                 start=$SECONDS
                 LLAMA_TARGET_ROOT="$TARGET_ROOT" "$REPO/backends/llama-cpp/build-variant.sh" \
-                    "$variant" "$BACKENDS" >/dev/null
-                mv "$BACKENDS/llama-cpp-$variant" "$STAGE/llama-cpp-$variant"
-                install_plugin "$STAGE/llama-cpp-$variant/manifest.toml"
-                rm -rf "${STAGE:?}/llama-cpp-$variant"
+                    "$variant" "$STAGE/built" >/dev/null
+                install_plugin "$STAGE/built/llama-cpp-$variant/manifest.toml"
                 say "built llama-cpp:$variant in $((SECONDS - start)) s"
                 ;;
             *)
@@ -332,9 +330,12 @@ for dir in "$BACKENDS"/*/; do
     doc="corral plugin $name:$variant ($desc): /usr/lib/corral/backends/$id. \`corral backends\` shows whether it can run on this machine and whether the host chooses it."
     case "$name:$variant" in
         llama-cpp:vulkan) extra="libvulkan1" ;;
-        # Debian's CUDA 12 runtime (non-free; NVIDIA's own repository names them
-        # cuda-cudart-12-X and libcublas-12-X, which provide the same libraries).
-        llama-cpp:cuda12) extra="libcudart12, libcublas12, libcublaslt12" ;;
+        # llama-cpp-sys-2 links the CUDA runtime and cuBLAS statically (cudart_static,
+        # cublas_static, cublasLt_static); what the library loads is the driver's
+        # libcuda.so.1, from a driver of CUDA 12 (>= 525.60, the manifest's min_driver):
+        # Debian's libcuda1 (non-free), whose virtual libcuda-12.0-1 other builds of the
+        # driver provide too.
+        llama-cpp:cuda12) extra="libcuda1 (>= 525.60) | libcuda-12.0-1" ;;
         llama-cpp:cpu-native)
             doc="$doc Built for the CPU of the machine that built it (GGML_NATIVE): its manifest requires that CPU's features, so the host will not choose it on another CPU." ;;
         onnx:*)
