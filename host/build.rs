@@ -49,8 +49,13 @@ fn main() {
         files.extend(sources);
         for f in files {
             println!("cargo:rerun-if-changed={}", f.display());
-            let rel = f.strip_prefix(&base).expect("under the crate").to_string_lossy().to_string();
-            let _ = writeln!(code, "    ({name:?}, {rel:?}, include_str!({:?})),", f.display().to_string());
+            let rel =
+                f.strip_prefix(&base).expect("under the crate").to_string_lossy().into_owned();
+            let _ = writeln!(
+                code,
+                "    ({name:?}, {rel:?}, include_str!({:?})),",
+                f.display().to_string()
+            );
         }
     }
     code.push_str("];\n");

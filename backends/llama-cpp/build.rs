@@ -17,14 +17,14 @@
 /// CPU features a native build's manifest requires when the build machine has them
 /// (Rust's names; the host normalises spellings to /proc/cpuinfo's). GGML_NATIVE compiles
 /// with `-march=native`, which lets the C compiler use every extension of the build CPU,
-/// so the list holds every x86 and Arm extension a compiler emits code for, not only the
-/// ones ggml names.
+/// so the list holds every x86 and Arm extension a compiler emits code for that the
+/// host's probe reports (`probe/src/cpu.rs`: a feature it does not know would make the
+/// plugin unavailable everywhere), not only the ones ggml names.
 const NATIVE_FEATURES: &[&str] = &[
     "sse3",
     "ssse3",
     "sse4.1",
     "sse4.2",
-    "sse4a",
     "popcnt",
     "pclmulqdq",
     "aes",
@@ -36,9 +36,7 @@ const NATIVE_FEATURES: &[&str] = &[
     "bmi2",
     "lzcnt",
     "movbe",
-    "adx",
     "sha",
-    "xsave",
     "gfni",
     "vaes",
     "vpclmulqdq",
@@ -91,7 +89,8 @@ fn native_manifest() -> String {
     let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
     format!(
         "# llama.cpp on the CPU built for the build machine (-C target-cpu=native, GGML_NATIVE):\n\
-         # written by build.rs; it requires the CPU features the build used.\n\
+         # written by build.rs; it requires every extension of the build machine's CPU\n\
+         # that the compiler may have used, so other CPUs refuse it instead of crashing.\n\
          name = \"llama-cpp\"\nvariant = \"cpu-native\"\nversion = \"0.1.0\"\nabi = \"1.2\"\n\
          library = \"libcorral_backend_llama_cpp.so\"\nformats = [\"gguf\"]\npriority = 16\n\
          description = \"llama.cpp on the CPU (built for this machine's CPU)\"\n\n\

@@ -216,10 +216,7 @@ mod tests {
         let found = discover(&dirs);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].manifest_path, plugin.join(DIR_MANIFEST_NAME));
-        assert_eq!(
-            found[0].library_path().unwrap(),
-            plugin.join("libcorral_plugin_example.so")
-        );
+        assert_eq!(found[0].library_path().unwrap(), plugin.join("libcorral_plugin_example.so"));
 
         // Only the named directories with CORRAL_PLUGIN_PATH_ONLY=1; duplicates once.
         let named = search_path_with(&[PathBuf::from("/a")], Some("/a:/b"), &[], None);

@@ -105,10 +105,7 @@ fn check_installed(prefix: &Path, home: &Path, llama_variant: &str) {
     let (llama, cpu, example) = (report("llama-cpp"), report("cpu"), report("example"));
     assert_eq!(plugins.len(), 3, "{v:#}");
     for r in [llama, cpu, example] {
-        assert!(
-            r["manifest"].as_str().unwrap().starts_with(backends_dir.to_str().unwrap()),
-            "{r}"
-        );
+        assert!(r["manifest"].as_str().unwrap().starts_with(backends_dir.to_str().unwrap()), "{r}");
     }
     // Ranked: llama.cpp over the pure-Rust engine for GGUF, each with its reason.
     assert_eq!(llama["variant"], llama_variant);

@@ -644,7 +644,10 @@ fn a_new_plugin_builds_installs_and_passes_the_suite() {
             );
             // The crate's test ran the suite (vendored corral-plugin-host) on its library.
             if args[0] == "test" {
-                assert!(stdout.contains(" 0 failed") && stdout.contains("test result: ok. 1 passed"), "{stdout}");
+                assert!(
+                    stdout.contains(" 0 failed") && stdout.contains("test result: ok. 1 passed"),
+                    "{stdout}"
+                );
             }
         });
     }

@@ -291,7 +291,10 @@ mod tests {
             assert!(toml.contains("version = \"") && !toml.contains("workspace"), "{toml}");
             assert!(f.iter().any(|(p, _)| p == Path::new(&format!("vendor/{krate}/src/lib.rs"))));
         }
-        assert!(get("Cargo.toml").contains("corral-plugin-host = { path = \"vendor/corral-plugin-host\" }"));
+        assert!(
+            get("Cargo.toml")
+                .contains("corral-plugin-host = { path = \"vendor/corral-plugin-host\" }")
+        );
         assert!(get("tests/conformance.rs").contains("check_plugin(&manifest"));
     }
 }
