@@ -596,9 +596,10 @@ fn timed<T>(what: &str, f: impl FnOnce() -> T) -> T {
     r
 }
 
-/// The newcomer's path of `plugins/example/README.md`: `corral plugin new`, `cargo build`
-/// (offline: every dependency is in the lock file `plugin new` writes and cargo's cache),
-/// the crate's own conformance test, `corral plugin install` into a temporary HOME,
+/// The newcomer's path of `plugins/example/README.md`: `corral plugin new` into a
+/// directory outside the repository, `cargo build` there (offline: every dependency is in
+/// the lock file `plugin new` writes and cargo's cache), the crate's own `cargo test`,
+/// which runs the conformance suite's library (vendored) on the library it built, `corral plugin install` into a temporary HOME,
 /// `corral backends` lists it from the default search path, `corral plugin check` passes
 /// on the installed copy, `corral plugin remove` takes it away.
 #[test]
@@ -626,20 +627,28 @@ fn a_new_plugin_builds_installs_and_passes_the_suite() {
         timed(&format!("cargo {}", args[0]), || {
             let out = std::process::Command::new(&cargo)
                 .args(args)
-                .arg("--manifest-path")
-                .arg(krate.join("Cargo.toml"))
+                .args(["--", "--nocapture"].iter().filter(|_| args[0] == "test"))
+                // From the crate's own directory, as its author runs it: no setting of
+                // this repository's (.cargo/config.toml) applies.
+                .current_dir(&krate)
                 .env("CARGO_TARGET_DIR", &target)
-                .env("CORRAL_BIN", corral_bin())
                 .env_remove("RUSTFLAGS")
                 .output()
                 .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
             assert!(
                 out.status.success(),
-                "cargo {args:?}: {}
+                "cargo {args:?}: {stdout}
 {}",
-                String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
+            // The crate's test ran the suite (vendored corral-plugin-host) on its library.
+            if args[0] == "test" {
+                assert!(
+                    stdout.contains(" 0 failed") && stdout.contains("test result: ok. 1 passed"),
+                    "{stdout}"
+                );
+            }
         });
     }
     let lib = target.join("debug/libmy_engine.so");

@@ -209,8 +209,7 @@ pub(crate) struct NewArgs {
 /// `corral plugin new NAME [--dir DIR]`.
 pub(crate) fn plugin_new(a: &NewArgs) -> Result<()> {
     let dir = a.dir.clone().unwrap_or_else(|| PathBuf::from(&a.name));
-    let corral = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("corral"));
-    let written = super::scaffold::write(&a.name, &dir, &corral)?;
+    let written = super::scaffold::write(&a.name, &dir)?;
     println!("wrote {} files of plugin {} into {}", written.len(), a.name, dir.display());
     println!("next: cd {} && cargo build --release && cargo test", dir.display());
     println!("then: corral plugin install target/release/lib{}.so", a.name.replace('-', "_"));
