@@ -34,7 +34,7 @@ fn a_model_spread_over_two_workers_generates_as_llama_cpp_and_survives_losing_on
 
     let mut w1 = Worker::start(&[&plugin], 1);
     let w2 = Worker::start(&[&plugin], 1);
-    assert!(w1.log().contains("corral worker") && w1.log().contains("lends CPU"), "{}", w1.log());
+    assert!(w1.log().contains("corral worker") && w1.log().contains(" (CPU), "), "{}", w1.log());
     let rpc = format!("{},{}", w1.endpoint, w2.endpoint);
 
     // `corral backends` (and `probe`) list what the workers lend.
@@ -101,6 +101,7 @@ fn a_model_spread_over_two_workers_generates_as_llama_cpp_and_survives_losing_on
     let layers: Vec<u64> = devices.iter().map(|d| d["n_layers"].as_u64().unwrap()).collect();
     assert_eq!(layers, [2, 2, 2], "{ps:#}");
     assert!(devices.iter().all(|d| d["memory_total"].as_u64() > Some(0)), "{ps:#}");
+    eprintln!("/api/ps devices: {}", m["devices"]);
 
     let toy_body = json!({"model": toy.to_string_lossy(), "prompt": "hi", "stream": false,
         "options": {"num_predict": 4}});
@@ -127,6 +128,7 @@ fn a_model_spread_over_two_workers_generates_as_llama_cpp_and_survives_losing_on
     let last: serde_json::Value = serde_json::from_str(&last).unwrap();
     let error = last["error"].as_str().unwrap_or_else(|| panic!("no error: {last}"));
     assert!(error.contains("an RPC worker was lost"), "{error}\n{}", server.log());
+    eprintln!("the stream ended with: {error}");
 
     // The server keeps serving: the other model answers, and the spread model loads
     // again without the dead worker (skipped, with the reason).
