@@ -159,7 +159,8 @@ impl Placement {
             .devices
             .iter()
             .map(|d| {
-                let at = if d.endpoint.is_empty() { String::new() } else { format!(" {}", d.endpoint) };
+                let at =
+                    if d.endpoint.is_empty() { String::new() } else { format!(" {}", d.endpoint) };
                 format!(
                     "{}{at} ({}): layers {}-{}{}, {:.1} GiB free of {:.1} GiB",
                     d.name,
@@ -218,7 +219,10 @@ pub fn render_workers(reports: &[WorkerReport]) -> String {
     for r in reports {
         match (&r.worker, &r.error) {
             (Some(w), _) if w.devices.is_empty() => {
-                out.push_str(&format!("  {} (protocol {}): lends no device\n", r.endpoint, w.version));
+                out.push_str(&format!(
+                    "  {} (protocol {}): lends no device\n",
+                    r.endpoint, w.version
+                ));
             }
             (Some(w), _) => {
                 for d in &w.devices {

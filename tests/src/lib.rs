@@ -656,8 +656,7 @@ impl Worker {
             if let Ok(Some(status)) = w.child.try_wait() {
                 panic!("corral worker exited ({status}):\n{}", w.log());
             }
-            if w.log().contains("listening on")
-                && std::net::TcpStream::connect(&w.endpoint).is_ok()
+            if w.log().contains("listening on") && std::net::TcpStream::connect(&w.endpoint).is_ok()
             {
                 return w;
             }

@@ -43,7 +43,10 @@ fn a_model_spread_over_two_workers_generates_as_llama_cpp_and_survives_losing_on
     let (out, stdout, stderr) = run(c);
     assert!(out.status.success(), "{stderr}");
     for w in [&w1, &w2] {
-        assert!(stdout.contains(&format!("{} device 0 (protocol 7.0.0): ", w.endpoint)), "{stdout}");
+        assert!(
+            stdout.contains(&format!("{} device 0 (protocol 7.0.0): ", w.endpoint)),
+            "{stdout}"
+        );
     }
     let mut c = corral(&[&plugin]);
     c.args(["probe", "--json", "--rpc", &rpc]);

@@ -207,8 +207,9 @@ impl Backend for LlamaBackend {
             .extra(corral_backend_api::EXTRA_RPC)
             .map(corral_probe::rpc::parse_endpoints)
             .unwrap_or_default();
-        let split_given =
-            opts.extra(corral_backend_api::EXTRA_TENSOR_SPLIT).is_some_and(|t| !t.trim().is_empty());
+        let split_given = opts
+            .extra(corral_backend_api::EXTRA_TENSOR_SPLIT)
+            .is_some_and(|t| !t.trim().is_empty());
         let mut plan = if endpoints.is_empty() && !split_given {
             None
         } else {

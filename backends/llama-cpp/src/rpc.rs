@@ -165,14 +165,15 @@ pub(crate) fn lend(
 /// One line of ggml's RPC server that means a client of another protocol version was
 /// turned away, said so a person knows what to do (`None` for every other line).
 pub(crate) fn explain_server_line(line: &str) -> Option<String> {
-    (line.contains("HELLO request size mismatch") || line.contains("Expected HELLO command"))
-        .then(|| {
+    (line.contains("HELLO request size mismatch") || line.contains("Expected HELLO command")).then(
+        || {
             format!(
                 "a client of another RPC protocol version was refused (this worker speaks {}); \
                  run the same corral version on both machines [ggml: {line}]",
                 wire::PROTOCOL
             )
-        })
+        },
+    )
 }
 
 /// One device of a load's placement, as [`corral_backend_api::META_PLACEMENT`] lists it.
@@ -322,10 +323,8 @@ pub(crate) fn plan_load(
     let mut remote = Vec::new();
     for endpoint in endpoints {
         match wire::probe_worker(endpoint, wire::PROTOCOL, wire::DEFAULT_TIMEOUT) {
-            Ok(w) if w.devices.is_empty() => skipped.push(Skipped {
-                endpoint: endpoint.clone(),
-                reason: "it lends no device".into(),
-            }),
+            Ok(w) if w.devices.is_empty() => skipped
+                .push(Skipped { endpoint: endpoint.clone(), reason: "it lends no device".into() }),
             Ok(_) => {
                 let c = CString::new(endpoint.as_str())
                     .map_err(|_| BackendError::invalid("an RPC endpoint contains a NUL byte"))?;
@@ -395,12 +394,12 @@ pub(crate) fn plan_load(
         return Err(BackendError::new(
             corral_backend_api::ErrorKind::OutOfMemory,
             format!(
-            "{} needs {} MiB for its weights but the devices left have {} MiB free without \
+                "{} needs {} MiB for its weights but the devices left have {} MiB free without \
              the RPC worker(s) that could not be used: {}",
-            path.display(),
-            file_size >> 20,
-            free >> 20,
-            who.join("; ")
+                path.display(),
+                file_size >> 20,
+                free >> 20,
+                who.join("; ")
             ),
         ));
     }
@@ -467,14 +466,14 @@ fn block_count(path: &Path) -> Result<u32, BackendError> {
         .map_err(|e| BackendError::invalid(format!("cannot read {}: {e}", path.display())))?;
     let arch = g.architecture().unwrap_or_default().to_string();
     let key = format!("{arch}.block_count");
-    g.get_u32(&key)
-        .or_else(|| g.get_u64(&key).and_then(|v| u32::try_from(v).ok()))
-        .ok_or_else(|| {
+    g.get_u32(&key).or_else(|| g.get_u64(&key).and_then(|v| u32::try_from(v).ok())).ok_or_else(
+        || {
             BackendError::invalid(format!(
                 "{} has no {key}: cannot split its layers over devices",
                 path.display()
             ))
-        })
+        },
+    )
 }
 
 /// Logs what the placement says, once per load.

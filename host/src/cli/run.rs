@@ -622,8 +622,11 @@ pub(crate) fn bench(global: &GlobalOptions, a: &BenchArgs) -> Result<()> {
     let spreads: &[bool] = if a.load.rpc.is_empty() { &[false] } else { &[false, true] };
     for isolation in modes {
         for &spread in spreads {
-            let load =
-                LoadArgs { isolation: isolation.clone(), local_only: spreads.len() > 1 && !spread, ..a.load.clone() };
+            let load = LoadArgs {
+                isolation: isolation.clone(),
+                local_only: spreads.len() > 1 && !spread,
+                ..a.load.clone()
+            };
             let (mref, model, _) = load_model(global, &load, &a.model)?;
             path = mref.path;
             models.push(model);

@@ -98,8 +98,11 @@ pub(crate) fn worker(global: &GlobalOptions, a: &WorkerArgs) -> Result<()> {
             dir.to_string_lossy().into_owned().into(),
         ));
     }
-    let options =
-        LoadOptions { n_threads: a.threads.unwrap_or(0), extra: extra.into(), ..Default::default() };
+    let options = LoadOptions {
+        n_threads: a.threads.unwrap_or(0),
+        extra: extra.into(),
+        ..Default::default()
+    };
     plugin
         .backend
         .lend_devices(&a.listen, options)
