@@ -53,8 +53,7 @@ impl RemoteDevices {
             flag.iter().flat_map(|f| corral_probe::rpc::parse_endpoints(f)).collect();
         let endpoints = if listed.is_empty() {
             table_value(config, "rpc")
-                .map(|s| corral_probe::rpc::parse_endpoints(&s))
-                .unwrap_or_default()
+                .map_or_else(Vec::new, |s| corral_probe::rpc::parse_endpoints(&s))
         } else {
             listed
         };

@@ -386,7 +386,7 @@ pub(crate) fn plan_load(
     }
     let mut all: Vec<Candidate> = local.into_iter().chain(remote).collect();
 
-    let file_size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let file_size = std::fs::metadata(path).map_or(0, |m| m.len());
     let free: u64 = all.iter().map(|c| c.placed.memory_free).sum();
     if !skipped.is_empty() && file_size > free {
         let who: Vec<String> =
@@ -480,12 +480,15 @@ fn block_count(path: &Path) -> Result<u32, BackendError> {
 pub(crate) fn log_placement(p: &Placement) {
     for d in &p.devices {
         let at = if d.endpoint.is_empty() { String::new() } else { format!(" at {}", d.endpoint) };
+        let [first, last] = d.layers;
+        let what = match (d.output, first == last) {
+            (true, true) => "the output layer".to_string(),
+            (true, false) => format!("layers {first}-{} and the output", last - 1),
+            (false, _) => format!("layers {first}-{last}"),
+        };
         log::info!(
-            "{}{at}: layers {}-{}{} ({} MiB free of {} MiB)",
+            "{}{at}: {what} ({} MiB free of {} MiB)",
             d.name,
-            d.layers[0],
-            d.layers[1],
-            if d.output { " (output)" } else { "" },
             d.memory_free >> 20,
             d.memory_total >> 20
         );

@@ -521,18 +521,16 @@ pub(crate) fn bench_corral(model: &Model, a: &BenchArgs) -> Result<Vec<BenchResu
 /// `corral (llama-cpp:cpu, in-process)`, with `, RPC ×2` when the model is spread over
 /// two workers' devices.
 fn engine_label(model: &Model) -> String {
-    let workers = corral_host::rpc::Placement::of(&model.meta)
-        .map(|p| {
-            let mut eps: Vec<&str> = p
-                .devices
-                .iter()
-                .filter(|d| !d.endpoint.is_empty())
-                .map(|d| d.endpoint.as_str())
-                .collect();
-            eps.dedup();
-            eps.len()
-        })
-        .unwrap_or(0);
+    let workers = corral_host::rpc::Placement::of(&model.meta).map_or(0, |p| {
+        let mut eps: Vec<&str> = p
+            .devices
+            .iter()
+            .filter(|d| !d.endpoint.is_empty())
+            .map(|d| d.endpoint.as_str())
+            .collect();
+        eps.dedup();
+        eps.len()
+    });
     let rpc = if workers > 0 { format!(", RPC ×{workers}") } else { String::new() };
     format!("corral ({}, {}{rpc})", model.plugin.id(), model.plugin.backend.isolation())
 }
