@@ -91,7 +91,7 @@ fn native_manifest() -> String {
         "# llama.cpp on the CPU built for the build machine (-C target-cpu=native, GGML_NATIVE):\n\
          # written by build.rs; it requires every extension of the build machine's CPU\n\
          # that the compiler may have used, so other CPUs refuse it instead of crashing.\n\
-         name = \"llama-cpp\"\nvariant = \"cpu-native\"\nversion = \"0.1.0\"\nabi = \"1.2\"\n\
+         name = \"llama-cpp\"\nvariant = \"cpu-native\"\nversion = \"0.1.0\"\nabi = \"1.3\"\n\
          library = \"libcorral_backend_llama_cpp.so\"\nformats = [\"gguf\"]\npriority = 16\n\
          description = \"llama.cpp on the CPU (built for this machine's CPU)\"\n\n\
          [requires]\narch = \"{arch}\"\ncpu_features = [{}]\n\n[options]\n",
@@ -101,6 +101,17 @@ fn native_manifest() -> String {
 
 fn main() {
     println!("cargo:rerun-if-env-changed=CORRAL_LLAMA_VARIANT");
+    // ggml's RPC backend (corral worker, `rpc` workers) is part of every variant; the
+    // workspace's .cargo/config.toml sets GGML_RPC=ON, which llama-cpp-sys-2 forwards to
+    // CMake. Without it the plugin would not link.
+    println!("cargo:rerun-if-env-changed=GGML_RPC");
+    if !std::env::var("GGML_RPC").is_ok_and(|v| v.eq_ignore_ascii_case("ON")) {
+        panic!(
+            "GGML_RPC=ON is needed to build the llama.cpp plugin (ggml's RPC backend): run \
+             cargo from the repository, whose .cargo/config.toml sets it, or export \
+             GGML_RPC=ON"
+        );
+    }
     let target_cpu = std::env::var("CARGO_ENCODED_RUSTFLAGS").ok().and_then(|flags| {
         flags.split('\x1f').find_map(|f| f.split("target-cpu=").nth(1).map(str::to_string))
     });
