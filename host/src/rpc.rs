@@ -119,6 +119,19 @@ pub struct PlacedDevice {
     pub output: bool,
 }
 
+/// `layers 2-3`, `layer 4 and the output`, `the output layer`: `layers` counts the output
+/// layer as the one after the last repeating layer.
+pub fn layer_text(layers: [u32; 2], output: bool) -> String {
+    let [first, last] = layers;
+    if output && first == last {
+        return "the output layer".to_string();
+    }
+    let last = if output { last - 1 } else { last };
+    let range =
+        if first == last { format!("layer {first}") } else { format!("layers {first}-{last}") };
+    if output { format!("{range} and the output") } else { range }
+}
+
 /// A worker that was named but not used, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SkippedWorker {
@@ -161,12 +174,10 @@ impl Placement {
                 let at =
                     if d.endpoint.is_empty() { String::new() } else { format!(" {}", d.endpoint) };
                 format!(
-                    "{}{at} ({}): layers {}-{}{}, {:.1} GiB free of {:.1} GiB",
+                    "{}{at} ({}): {}, {:.1} GiB free of {:.1} GiB",
                     d.name,
                     d.kind,
-                    d.layers[0],
-                    d.layers[1],
-                    if d.output { " and the output" } else { "" },
+                    layer_text(d.layers, d.output),
                     gib(d.memory_free),
                     gib(d.memory_total)
                 )
@@ -274,6 +285,15 @@ mod tests {
     }
 
     #[test]
+    fn layers_read_as_a_person_says_them() {
+        assert_eq!(layer_text([0, 1], false), "layers 0-1");
+        assert_eq!(layer_text([3, 3], false), "layer 3");
+        assert_eq!(layer_text([4, 5], true), "layer 4 and the output");
+        assert_eq!(layer_text([2, 5], true), "layers 2-4 and the output");
+        assert_eq!(layer_text([5, 5], true), "the output layer");
+    }
+
+    #[test]
     fn placements_read_back_and_print() {
         let json = r#"{"devices":[{"name":"CPU","kind":"cpu","endpoint":"","memory_total":2147483648,"memory_free":1073741824,"layers":[0,1],"n_layers":2,"output":false},{"name":"RPC0","kind":"remote","endpoint":"127.0.0.1:50052","memory_total":2147483648,"memory_free":1073741824,"layers":[2,4],"n_layers":3,"output":true}],"skipped":[{"endpoint":"h:1","reason":"cannot be reached"}]}"#;
         let meta = ModelInfo {
@@ -286,7 +306,7 @@ mod tests {
             p.lines(),
             [
                 "CPU (cpu): layers 0-1, 1.0 GiB free of 2.0 GiB",
-                "RPC0 127.0.0.1:50052 (remote): layers 2-4 and the output, 1.0 GiB free of 2.0 GiB",
+                "RPC0 127.0.0.1:50052 (remote): layers 2-3 and the output, 1.0 GiB free of 2.0 GiB",
                 "h:1 not used: cannot be reached",
             ]
         );
