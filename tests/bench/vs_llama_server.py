@@ -114,6 +114,17 @@ class Peer:
             self.proc.kill()
 
 
+def at_once(one, n):
+    """Runs one(0) .. one(n - 1) on n threads at once; the wall seconds they took."""
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    t = time.time()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return time.time() - t
+
+
 def plain(peer, n, tokens):
     """Aggregate tokens/s of n concurrent completions."""
     results = [None] * n
@@ -124,13 +135,8 @@ def plain(peer, n, tokens):
                   "max_tokens": tokens, "temperature": 0, "seed": i, "ignore_eos": True})
         results[i] = v["usage"]["completion_tokens"]
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
-    t = time.time()
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    return sum(results) / (time.time() - t)
+    wall = at_once(one, n)
+    return sum(results) / wall
 
 
 def prefill(peer, n, tokens):
@@ -146,13 +152,8 @@ def prefill(peer, n, tokens):
                   "max_tokens": 1, "temperature": 0, "cache_prompt": False})
         results[i] = v["usage"]["prompt_tokens"]
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
-    t = time.time()
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    return sum(results) / (time.time() - t)
+    wall = at_once(one, n)
+    return sum(results) / wall
 
 
 def document(n_words):
