@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing corral needs on a fresh Debian machine:
 # the C/C++ toolchain for llama.cpp, Vulkan (Mesa's software driver), the reference
-# OCI registry for the registry tests, and a Python venv with the official clients.
+# OCI registry for the registry tests, dpkg-dev (dpkg-deb and dpkg-shlibdeps, for
+# scripts/dist.sh and its test), and a Python venv with the official clients.
 # Idempotent: a second run only checks.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -9,7 +10,7 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 need_apt=()
 for pkg in cmake libclang-dev clang build-essential pkg-config git curl \
            docker-registry mesa-vulkan-drivers libvulkan1 vulkan-tools glslc glslang-tools \
-           python3-venv; do
+           python3-venv dpkg-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

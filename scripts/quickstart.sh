@@ -7,9 +7,10 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$here"
 "$here/scripts/install-deps.sh"
 # Built for this machine's CPU, as llama.cpp's own default build is (GGML_NATIVE): the
-# plugin's manifest then requires the features the build used. Packages build the
-# portable variants with backends/llama-cpp/build-variant.sh instead.
-RUSTFLAGS="${RUSTFLAGS:--C target-cpu=native}" cargo build --release -p corral -p corral-backend-llama-cpp
+# repository's .cargo/config.toml gives every plain cargo build `-C target-cpu=native`,
+# and the plugin's manifest then requires the features the build used. Distributions
+# build portable variants instead (scripts/dist.sh).
+cargo build --release -p corral -p corral-backend-llama-cpp
 bin="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release"
 models="${CORRAL_MODELS:-$HOME/.local/share/corral/models}"
 mkdir -p "$models"

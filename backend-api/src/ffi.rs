@@ -89,6 +89,22 @@ pub trait FfiBackend: Send + Sync {
     /// A one-line description of the engine build (version, compiled features).
     #[sabi(last_prefix_field)]
     fn describe(&self) -> RString;
+    // abi-1.3 {  (tests/tests/plugins.rs strips these blocks to build older plugins)
+    /// ABI 1.3. Lends this machine's devices to engines in other processes or on other
+    /// machines: serves them on `endpoint` (`ADDR:PORT`) in the engine's own remote
+    /// protocol (llama.cpp: ggml's RPC server) and blocks for as long as it serves. It
+    /// returns only when serving fails or cannot start (an error saying why). `options`
+    /// carries `n_threads` and engine-specific keys (`cache_dir`).
+    ///
+    /// The body is the answer for a plugin built before 1.3, whose vtable lacks the
+    /// method, and the default of engines that cannot lend: `Unsupported`.
+    fn lend_devices(&self, endpoint: RStr<'_>, options: &LoadOptions) -> BackendResult<()> {
+        let _ = (endpoint, options);
+        abi_stable::std_types::RResult::RErr(BackendError::unsupported(
+            "this engine cannot lend its devices to other machines",
+        ))
+    }
+    // abi-1.3 }
 }
 
 /// An owned, type-erased [`FfiBackend`].

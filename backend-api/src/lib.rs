@@ -71,9 +71,9 @@ pub use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec, Tuple2};
 /// ABI major version: plugins of another major are refused.
 pub const ABI_MAJOR: u32 = 1;
 /// ABI minor version: grows when the ABI gains appended items.
-pub const ABI_MINOR: u32 = 2;
+pub const ABI_MINOR: u32 = 3;
 /// The ABI version as abi_stable checks it (`MAJOR.MINOR.0`).
-pub const ABI_VERSION: &str = "1.2.0";
+pub const ABI_VERSION: &str = "1.3.0";
 /// Name of the exported static holding the ABI major, read before the root module.
 pub const ABI_MAJOR_SYMBOL: &str = "corral_plugin_abi_major";
 

@@ -17,7 +17,7 @@ use abi_stable::{
 };
 
 use crate::ffi::*;
-use crate::plain::{Device, InitContext, LoadRequest, ModelInfo, SpecialTokenIds};
+use crate::plain::{Device, InitContext, LoadRequest, LoadSettings, ModelInfo, SpecialTokenIds};
 use crate::types::*;
 
 /// A backend engine, as its author writes it.
@@ -32,6 +32,17 @@ pub trait Backend: Send + Sync + 'static {
     fn load_model(&self, request: &LoadRequest) -> Result<Self::Model, BackendError>;
     /// One line about the engine build.
     fn describe(&self) -> String;
+    // abi-1.3 {
+    /// ABI 1.3. Serves this machine's devices on `endpoint` (`ADDR:PORT`) to engines in
+    /// other processes or machines, in the engine's own remote protocol, and blocks while
+    /// it serves (`corral worker` calls it). Return only on failure, with the reason.
+    /// `settings` carries `n_threads` and engine-specific keys such as
+    /// [`crate::EXTRA_CACHE_DIR`]. The default answers [`ErrorKind::Unsupported`].
+    fn lend_devices(&self, endpoint: &str, settings: &LoadSettings) -> Result<(), BackendError> {
+        let _ = (endpoint, settings);
+        Err(BackendError::unsupported("this engine cannot lend its devices to other machines"))
+    }
+    // abi-1.3 }
 }
 
 /// A loaded model, as its author writes it.
@@ -251,6 +262,13 @@ impl<B: Backend> FfiBackend for GuardedBackend<B> {
     fn describe(&self) -> RString {
         guard_infallible("describe", String::new(), || self.0.describe()).into()
     }
+    // abi-1.3 {
+    fn lend_devices(&self, endpoint: RStr<'_>, options: &LoadOptions) -> BackendResult<()> {
+        guard("lend_devices", || {
+            self.0.lend_devices(endpoint.as_str(), &LoadSettings::from(options.clone()))
+        })
+    }
+    // abi-1.3 }
 }
 
 impl<M: Model> FfiModel for GuardedModel<M> {

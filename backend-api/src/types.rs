@@ -213,6 +213,25 @@ pub const EXTRA_KV_CACHE_TYPE: &str = "kv_cache_type";
 /// The engine-specific load option turning flash attention `on`, `off` or `auto` (the
 /// engine decides). Engines that declare [`Capabilities::FLASH_ATTENTION`] honour it.
 pub const EXTRA_FLASH_ATTENTION: &str = "flash_attention";
+/// The engine-specific load option naming remote workers whose devices the model may
+/// use beside the local ones: `host:port` endpoints separated by commas (llama.cpp: ggml
+/// RPC servers, which `corral worker` runs). Engines that declare
+/// [`Capabilities::REMOTE_DEVICES`] honour it.
+pub const EXTRA_RPC: &str = "rpc";
+/// The engine-specific load option that overrides how a model's layers are split over
+/// its devices: one non-negative proportion per device, comma-separated, in the order
+/// the engine documents (llama.cpp: the local devices, then each worker's).
+pub const EXTRA_TENSOR_SPLIT: &str = "tensor_split";
+/// The option of [`crate::plugin::Backend::lend_devices`] naming a directory where the
+/// engine may cache what peers send it (llama.cpp: tensors by hash, so a reload of the
+/// same model sends hashes instead of weights).
+pub const EXTRA_CACHE_DIR: &str = "cache_dir";
+/// The metadata key (`ModelInfo::kv`) under which an engine says where a model's layers
+/// are: a JSON array of objects `{name, kind, endpoint, memory_total, memory_free,
+/// layers: [first, last], n_layers, output}` (`endpoint` empty for a local device), one
+/// per device that holds layers. The host shows it in `/api/ps` and `corral run`'s
+/// verbose output.
+pub const META_PLACEMENT: &str = "corral.placement";
 
 /// Parameters of a context: the KV cache and the batch it decodes.
 #[repr(C)]
@@ -345,15 +364,21 @@ impl Capabilities {
     /// The model's contexts follow the load's [`EXTRA_FLASH_ATTENTION`] (`on`, `off`,
     /// `auto`); without this flag the host refuses `on`. (A bit added within 1.2.)
     pub const FLASH_ATTENTION: Capabilities = Capabilities { bits: 1 << 5 };
+    /// The model was loaded over the remote workers the load's [`EXTRA_RPC`] named (those
+    /// that answered), as well as the local devices; its metadata says where each layer
+    /// went under [`META_PLACEMENT`]. Without this flag the host warns that the workers
+    /// were not used. (A bit of 1.3: the layout is unchanged.)
+    pub const REMOTE_DEVICES: Capabilities = Capabilities { bits: 1 << 6 };
 
     /// Every flag this version of the crate knows, with its name for messages.
-    const NAMED: [(Capabilities, &'static str); 6] = [
+    const NAMED: [(Capabilities, &'static str); 7] = [
         (Capabilities::GENERATION, "generation"),
         (Capabilities::EMBEDDINGS, "embeddings"),
         (Capabilities::CONTEXT_SHIFT, "context-shift"),
         (Capabilities::PER_SEQUENCE_CONTEXT, "per-sequence-context"),
         (Capabilities::KV_CACHE_TYPES, "kv-cache-types"),
         (Capabilities::FLASH_ATTENTION, "flash-attention"),
+        (Capabilities::REMOTE_DEVICES, "remote-devices"),
     ];
 
     /// No capability at all (what a panicking `capabilities` call gives).

@@ -3,38 +3,79 @@
 //! from the same target directory finds the plugin with no install step.
 //!
 //! The variant comes from `CORRAL_LLAMA_VARIANT` (set by build-variant.sh), else from the
-//! cargo feature. A plain x86-64 build without build-variant.sh is llama.cpp's default
-//! CPU build, which enables AVX, AVX2, FMA, F16C and BMI2: that is the x86-64-v3 variant,
-//! so its manifest (and its requirements) are the ones used. A build with `-C
-//! target-cpu=native` (what `scripts/quickstart.sh` does, as llama.cpp's own default
-//! build is native) is the `cpu-native` variant: llama-cpp-sys-2 then builds ggml with
-//! GGML_NATIVE, and the manifest written here requires exactly the CPU features the
-//! build used, so the library is refused, not crashed, on a machine that lacks one.
+//! cargo feature, else from the target CPU:
+//!
+//! - `-C target-cpu=native` (the repository's `.cargo/config.toml` gives it to every plain
+//!   `cargo build`, as llama.cpp's own default build is native) is the `cpu-native`
+//!   variant: llama-cpp-sys-2 then builds ggml with GGML_NATIVE, and the manifest written
+//!   here requires every CPU feature the build could use (the build machine's, as rustc
+//!   names them), so the library is refused, not crashed, on a machine that lacks one.
+//! - another target CPU, or none (`RUSTFLAGS=`): llama.cpp's non-native build, which
+//!   enables AVX, AVX2, FMA, F16C and BMI2 on its own, at least; the variant is the
+//!   x86-64 level the target features reach (`cpu-x86-64-v3`, `-v4`, `-v4-vnni`).
 
-/// CPU features a native build's manifest requires when the build used them (Rust's
-/// names; the host normalises spellings).
+/// CPU features a native build's manifest requires when the build machine has them
+/// (Rust's names; the host normalises spellings to /proc/cpuinfo's). GGML_NATIVE compiles
+/// with `-march=native`, which lets the C compiler use every extension of the build CPU,
+/// so the list holds every x86 and Arm extension a compiler emits code for that the
+/// host's probe reports (`probe/src/cpu.rs`: a feature it does not know would make the
+/// plugin unavailable everywhere), not only the ones ggml names.
 const NATIVE_FEATURES: &[&str] = &[
+    "sse3",
+    "ssse3",
+    "sse4.1",
     "sse4.2",
+    "popcnt",
+    "pclmulqdq",
+    "aes",
     "avx",
     "avx2",
     "fma",
     "f16c",
+    "bmi1",
     "bmi2",
+    "lzcnt",
     "movbe",
+    "sha",
+    "gfni",
+    "vaes",
+    "vpclmulqdq",
     "avx512f",
     "avx512bw",
     "avx512cd",
     "avx512dq",
     "avx512vl",
-    "avx512vnni",
+    "avx512ifma",
     "avx512vbmi",
+    "avx512vbmi2",
+    "avx512vnni",
+    "avx512bitalg",
+    "avx512vpopcntdq",
     "avx512bf16",
+    "avx512fp16",
     "avxvnni",
     "neon",
     "dotprod",
     "i8mm",
+    "fp16",
     "sve",
+    "sve2",
 ];
+
+/// The x86-64 level variant a non-native CPU build is: llama.cpp enables AVX2, FMA, F16C
+/// and BMI2 itself in a non-native build, so the floor is `cpu-x86-64-v3`; the target
+/// features (from `-C target-cpu=...` or `target-feature`) may raise it.
+fn x86_variant(features: &[&str]) -> &'static str {
+    let has = |f: &[&str]| f.iter().all(|x| features.contains(x));
+    let v4 = has(&["avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx2"]);
+    if v4 && has(&["avx512vnni", "avx512vbmi"]) {
+        "cpu-x86-64-v4-vnni"
+    } else if v4 {
+        "cpu-x86-64-v4"
+    } else {
+        "cpu-x86-64-v3"
+    }
+}
 
 /// The manifest of a `-C target-cpu=native` build: the portable one's fields, with the
 /// build machine's features as requirements.
@@ -48,8 +89,9 @@ fn native_manifest() -> String {
     let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
     format!(
         "# llama.cpp on the CPU built for the build machine (-C target-cpu=native, GGML_NATIVE):\n\
-         # written by build.rs; it requires the CPU features the build used.\n\
-         name = \"llama-cpp\"\nvariant = \"cpu-native\"\nversion = \"0.1.0\"\nabi = \"1.2\"\n\
+         # written by build.rs; it requires every extension of the build machine's CPU\n\
+         # that the compiler may have used, so other CPUs refuse it instead of crashing.\n\
+         name = \"llama-cpp\"\nvariant = \"cpu-native\"\nversion = \"0.1.0\"\nabi = \"1.3\"\n\
          library = \"libcorral_backend_llama_cpp.so\"\nformats = [\"gguf\"]\npriority = 16\n\
          description = \"llama.cpp on the CPU (built for this machine's CPU)\"\n\n\
          [requires]\narch = \"{arch}\"\ncpu_features = [{}]\n\n[options]\n",
@@ -59,39 +101,51 @@ fn native_manifest() -> String {
 
 fn main() {
     println!("cargo:rerun-if-env-changed=CORRAL_LLAMA_VARIANT");
-    let native = std::env::var("CARGO_ENCODED_RUSTFLAGS")
-        .is_ok_and(|f| f.split('\x1f').any(|f| f.ends_with("target-cpu=native")));
-    if native && std::env::var("CORRAL_LLAMA_VARIANT").is_err() {
+    // ggml's RPC backend (corral worker, `rpc` workers) is part of every variant; the
+    // workspace's .cargo/config.toml sets GGML_RPC=ON, which llama-cpp-sys-2 forwards to
+    // CMake. Without it the plugin would not link.
+    println!("cargo:rerun-if-env-changed=GGML_RPC");
+    if !std::env::var("GGML_RPC").is_ok_and(|v| v.eq_ignore_ascii_case("ON")) {
+        panic!(
+            "GGML_RPC=ON is needed to build the llama.cpp plugin (ggml's RPC backend): run \
+             cargo from the repository, whose .cargo/config.toml sets it, or export \
+             GGML_RPC=ON"
+        );
+    }
+    let target_cpu = std::env::var("CARGO_ENCODED_RUSTFLAGS").ok().and_then(|flags| {
+        flags.split('\x1f').find_map(|f| f.split("target-cpu=").nth(1).map(str::to_string))
+    });
+    let explicit = std::env::var("CORRAL_LLAMA_VARIANT").ok().filter(|v| !v.is_empty());
+    let Ok(out_dir) = std::env::var("OUT_DIR") else { return };
+    // OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out.
+    let Some(profile_dir) = std::path::Path::new(&out_dir).ancestors().nth(3) else { return };
+    let dev_manifest = profile_dir.join("llama-cpp.corral-plugin.toml");
+    if target_cpu.as_deref() == Some("native") && explicit.is_none() {
         println!("cargo:rustc-env=CORRAL_LLAMA_VARIANT=cpu-native");
-        let Ok(out_dir) = std::env::var("OUT_DIR") else { return };
-        let Some(profile_dir) = std::path::Path::new(&out_dir).ancestors().nth(3) else { return };
-        if let Err(e) =
-            std::fs::write(profile_dir.join("llama-cpp.corral-plugin.toml"), native_manifest())
-        {
+        if let Err(e) = std::fs::write(&dev_manifest, native_manifest()) {
             println!("cargo:warning=could not install the dev manifest: {e}");
         }
         return;
     }
     let feature = |f: &str| std::env::var_os(format!("CARGO_FEATURE_{f}")).is_some();
     let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
-    let variant = match std::env::var("CORRAL_LLAMA_VARIANT") {
-        Ok(v) if !v.is_empty() => v,
-        _ if feature("VULKAN") => "vulkan".into(),
-        _ if feature("CUDA") => "cuda12".into(),
-        _ if feature("ROCM") => "rocm6".into(),
-        _ if feature("METAL") => "metal".into(),
-        _ if arch == "x86_64" => {
-            println!("cargo:rustc-env=CORRAL_LLAMA_VARIANT=cpu-x86-64-v3");
-            "cpu-x86-64-v3".into()
+    let target_features = std::env::var("CARGO_CFG_TARGET_FEATURE").unwrap_or_default();
+    let variant = match explicit {
+        Some(v) => v,
+        None if feature("VULKAN") => "vulkan".into(),
+        None if feature("CUDA") => "cuda12".into(),
+        None if feature("ROCM") => "rocm6".into(),
+        None if feature("METAL") => "metal".into(),
+        None if arch == "x86_64" => {
+            let v = x86_variant(&target_features.split(',').collect::<Vec<_>>());
+            println!("cargo:rustc-env=CORRAL_LLAMA_VARIANT={v}");
+            v.into()
         }
-        _ => "cpu".into(),
+        None => "cpu".into(),
     };
     let manifest = format!("manifests/llama-cpp-{variant}.toml");
     println!("cargo:rerun-if-changed={manifest}");
-    let Ok(out_dir) = std::env::var("OUT_DIR") else { return };
-    // OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out.
-    let Some(profile_dir) = std::path::Path::new(&out_dir).ancestors().nth(3) else { return };
-    if let Err(e) = std::fs::copy(&manifest, profile_dir.join("llama-cpp.corral-plugin.toml")) {
+    if let Err(e) = std::fs::copy(&manifest, &dev_manifest) {
         println!("cargo:warning=could not install the dev manifest {manifest}: {e}");
     }
 }

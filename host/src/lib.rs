@@ -25,6 +25,7 @@ pub mod errors;
 pub mod kv_cache;
 pub mod models;
 pub mod prompt;
+pub mod rpc;
 pub mod runtime;
 pub mod server;
 pub mod template_sandbox;

@@ -63,6 +63,11 @@ enum Command {
     Backends(system::BackendsArgs),
     /// Start the HTTP server (Ollama and OpenAI APIs).
     Serve(cli_serve::ServeArgs),
+    /// Lend this machine's devices to corral servers on other machines (their --rpc).
+    ///
+    /// Runs ggml's RPC server through the llama.cpp backend chosen as `serve` chooses
+    /// it, on loopback unless told otherwise. Stop it with Ctrl-C.
+    Worker(cli::worker::WorkerArgs),
     /// Run a model: one-shot with a prompt, interactive chat without one.
     ///
     /// Through the `corral serve` at CORRAL_HOST when one answers there (the model stays
@@ -265,9 +270,10 @@ fn main() -> ExitCode {
         Command::EngineWorker { .. }
         | Command::TemplateSandbox { .. }
         | Command::PluginInspect { .. } => Ok(()),
-        Command::Probe(a) => system::probe(&a),
+        Command::Probe(a) => system::probe(&global, &a),
         Command::Backends(a) => system::backends(&global, &a),
         Command::Serve(a) => cli_serve::serve(&global, a),
+        Command::Worker(a) => cli::worker::worker(&global, &a),
         Command::Run(a) => cli_run::run(&global, a),
         Command::Bench(a) => cli_run::bench(&global, &a),
         Command::Ps(a) => cli_client::ps(&a),

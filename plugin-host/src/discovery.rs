@@ -25,29 +25,55 @@ pub fn user_plugin_dir() -> Option<PathBuf> {
 /// executable's own directory (a cargo target directory during development). With
 /// `CORRAL_PLUGIN_PATH_ONLY=1` the last three are left out, so only the named
 /// directories are searched.
+///
+/// The executable is the running one as the kernel names it (`/proc/self/exe` on Linux:
+/// symbolic links resolved), so a prefix is relocatable: `bin/corral` unpacked anywhere
+/// finds the plugins unpacked beside it in `lib/corral/backends/`, and a link to it from
+/// another `bin/` finds the same ones.
 pub fn search_path(flags: &[PathBuf], env: Option<&str>, config: &[PathBuf]) -> Vec<PathBuf> {
+    let only_named = std::env::var("CORRAL_PLUGIN_PATH_ONLY").is_ok_and(|v| v == "1");
+    let exe = std::env::current_exe().ok();
+    let defaults = DefaultDirs { user: user_plugin_dir(), exe: exe.as_deref() };
+    search_path_with(flags, env, config, (!only_named).then_some(defaults))
+}
+
+/// Where the default part of the search path comes from: the user's plugin directory and
+/// the running executable.
+#[derive(Debug)]
+struct DefaultDirs<'a> {
+    user: Option<PathBuf>,
+    exe: Option<&'a Path>,
+}
+
+/// [`search_path`] with the defaults given (`None`: only the named directories).
+fn search_path_with(
+    flags: &[PathBuf],
+    env: Option<&str>,
+    config: &[PathBuf],
+    defaults: Option<DefaultDirs<'_>>,
+) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = flags.to_vec();
     if let Some(env) = env {
         dirs.extend(env.split(':').filter(|s| !s.is_empty()).map(PathBuf::from));
     }
     dirs.extend(config.iter().cloned());
-    let only_named = std::env::var("CORRAL_PLUGIN_PATH_ONLY").is_ok_and(|v| v == "1");
-    if !only_named && let Some(user) = user_plugin_dir() {
-        dirs.push(user);
-    }
-    if !only_named
-        && let Ok(exe) = std::env::current_exe()
-        && let Some(bin_dir) = exe.parent()
-    {
-        if let Some(prefix) = bin_dir.parent() {
-            dirs.push(prefix.join("lib/corral/backends"));
+    if let Some(defaults) = defaults {
+        dirs.extend(defaults.user);
+        if let Some(bin_dir) = defaults.exe.and_then(Path::parent) {
+            if let Some(prefix) = bin_dir.parent() {
+                dirs.push(prefix.join(INSTALLED_PLUGIN_DIR));
+            }
+            dirs.push(bin_dir.to_path_buf());
         }
-        dirs.push(bin_dir.to_path_buf());
     }
     let mut seen = std::collections::HashSet::new();
     dirs.retain(|d| seen.insert(d.canonicalize().unwrap_or_else(|_| d.clone())));
     dirs
 }
+
+/// Where an installed prefix keeps its plugins, relative to the prefix (`bin/corral` is
+/// the host): `lib/corral/backends`, one directory per plugin variant.
+pub const INSTALLED_PLUGIN_DIR: &str = "lib/corral/backends";
 
 /// A manifest found on the search path, parsed or not.
 #[derive(Debug)]
@@ -147,4 +173,53 @@ pub fn misnamed_manifests(dirs: &[PathBuf]) -> Vec<String> {
         }
     }
     warnings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An installed prefix is found from the executable alone: `<prefix>/bin/corral` looks
+    /// in `<prefix>/lib/corral/backends` and in `<prefix>/bin`, wherever the prefix is.
+    #[test]
+    fn the_prefix_beside_the_executable_is_searched() {
+        let tmp = tempfile::tempdir().unwrap();
+        let prefix = tmp.path().join("anywhere/opt/corral");
+        let plugin = prefix.join(INSTALLED_PLUGIN_DIR).join("example-cpu");
+        std::fs::create_dir_all(&plugin).unwrap();
+        std::fs::create_dir_all(prefix.join("bin")).unwrap();
+        std::fs::write(
+            plugin.join(DIR_MANIFEST_NAME),
+            "name = \"example\"\nvariant = \"cpu\"\nversion = \"0.1.0\"\nabi = \"1.2\"\n\
+             library = \"libcorral_plugin_example.so\"\nformats = [\"toy\"]\n",
+        )
+        .unwrap();
+        let exe = prefix.join("bin/corral");
+        let user = tmp.path().join("home/.local/lib/corral/backends");
+        let flag = tmp.path().join("flag");
+        let dirs = search_path_with(
+            std::slice::from_ref(&flag),
+            Some("/env/a::/env/b"),
+            &[PathBuf::from("/config")],
+            Some(DefaultDirs { user: Some(user.clone()), exe: Some(&exe) }),
+        );
+        let expected = [
+            flag,
+            "/env/a".into(),
+            "/env/b".into(),
+            "/config".into(),
+            user,
+            prefix.join("lib/corral/backends"),
+            prefix.join("bin"),
+        ];
+        assert_eq!(dirs, expected);
+        let found = discover(&dirs);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].manifest_path, plugin.join(DIR_MANIFEST_NAME));
+        assert_eq!(found[0].library_path().unwrap(), plugin.join("libcorral_plugin_example.so"));
+
+        // Only the named directories with CORRAL_PLUGIN_PATH_ONLY=1; duplicates once.
+        let named = search_path_with(&[PathBuf::from("/a")], Some("/a:/b"), &[], None);
+        assert_eq!(named, [PathBuf::from("/a"), PathBuf::from("/b")]);
+    }
 }

@@ -51,6 +51,15 @@ pub trait BackendHandle: Send + Sync {
         format: &str,
         options: LoadOptions,
     ) -> Result<Box<dyn ModelHandle>, BackendError>;
+    /// Serves this machine's devices to other machines on `endpoint` (ABI 1.3
+    /// `Backend::lend_devices`; `corral worker`) and blocks while it serves. Only an
+    /// engine in this process can: the default answers `Unsupported`.
+    fn lend_devices(&self, endpoint: &str, options: LoadOptions) -> Result<(), BackendError> {
+        let _ = (endpoint, options);
+        Err(BackendError::unsupported(
+            "devices are lent by an engine opened in this process, not in a worker",
+        ))
+    }
 }
 
 /// A model loaded by an engine.

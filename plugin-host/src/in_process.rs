@@ -83,6 +83,12 @@ impl BackendHandle for InProcessBackend {
         let capabilities = derived_capabilities(&inner, self.abi_minor);
         Ok(Box::new(InProcessModel { inner, abi_minor: self.abi_minor, capabilities }))
     }
+
+    /// A plugin built before 1.3 lacks the call: abi_stable runs the body of
+    /// `FfiBackend::lend_devices`, which answers `Unsupported`.
+    fn lend_devices(&self, endpoint: &str, options: LoadOptions) -> Result<(), BackendError> {
+        self.inner.lend_devices(endpoint.into(), &options).into_result()
+    }
 }
 
 struct InProcessModel {

@@ -48,8 +48,8 @@ pub use choice::{
     Selector, Status,
 };
 pub use discovery::{
-    DIR_MANIFEST_NAME, Discovered, FLAT_MANIFEST_SUFFIX, discover, misnamed_manifests, search_path,
-    user_plugin_dir,
+    DIR_MANIFEST_NAME, Discovered, FLAT_MANIFEST_SUFFIX, INSTALLED_PLUGIN_DIR, discover,
+    misnamed_manifests, search_path, user_plugin_dir,
 };
 pub use engine::{
     BackendHandle, Context, ContextHandle, ContextKind, LoadedPlugin, Model, ModelHandle,

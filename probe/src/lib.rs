@@ -28,6 +28,7 @@ mod memory;
 mod nvidia;
 mod render;
 mod requirements;
+pub mod rpc;
 mod visibility;
 mod vulkan;
 

@@ -85,7 +85,7 @@ pub fn plugin_dir(dir: &Path, name: &str, manifest: &str, library: Option<&Path>
 
 /// The ABI (`MAJOR.MINOR`) this tree's plugins are built for, as their manifests say it:
 /// corral-backend-api's `ABI_MAJOR.ABI_MINOR`.
-pub const ABI: &str = "1.2";
+pub const ABI: &str = "1.3";
 
 /// A manifest for the example plugin under another identity or ABI.
 pub fn example_manifest(variant: &str, abi: &str, library: &str) -> String {
@@ -603,4 +603,82 @@ pub fn get_json(url: &str, path: &str) -> (u16, serde_json::Value) {
     let status = r.status().as_u16();
     let text = r.text().unwrap_or_default();
     (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+}
+
+/// A free loopback port (bound and released; another process may take it first, which
+/// the callers' start-up checks notice).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local address").port()
+}
+
+/// A running `corral worker` (ggml's RPC server) on a loopback port, killed when dropped.
+pub struct Worker {
+    /// The child process.
+    pub child: std::process::Child,
+    /// `127.0.0.1:PORT`.
+    pub endpoint: String,
+    /// What it printed on stdout and stderr so far.
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Worker {
+    /// Starts `corral worker --listen 127.0.0.1:PORT --threads THREADS` seeing only
+    /// `plugin_dirs`, and waits until it accepts connections.
+    pub fn start(plugin_dirs: &[&Path], threads: u32) -> Worker {
+        use std::io::BufRead;
+        let endpoint = format!("127.0.0.1:{}", free_port());
+        let mut c = corral(plugin_dirs);
+        c.args(["worker", "--listen", &endpoint, "--threads", &threads.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().expect("start corral worker");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let pipes: [Box<dyn std::io::Read + Send>; 2] = [
+            Box::new(child.stdout.take().expect("stdout")),
+            Box::new(child.stderr.take().expect("stderr")),
+        ];
+        for pipe in pipes {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let mut l = log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        let t = std::time::Instant::now();
+        let mut w = Worker { child, endpoint, log };
+        // Listening once its line is out and a connection is accepted (ggml's server
+        // then sees a client that closes at once, and waits for the next).
+        while t.elapsed() < std::time::Duration::from_secs(60) {
+            if let Ok(Some(status)) = w.child.try_wait() {
+                panic!("corral worker exited ({status}):\n{}", w.log());
+            }
+            if w.log().contains("listening on") && std::net::TcpStream::connect(&w.endpoint).is_ok()
+            {
+                return w;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("corral worker did not start listening:\n{}", w.log());
+    }
+
+    /// What it printed so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Kills it (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

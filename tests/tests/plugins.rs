@@ -302,18 +302,18 @@ fn copy_tree(from: &Path, to: &Path) {
 
 /// The minors after 1.0, whose appended items are marked `// abi-1.N {` ... `// abi-1.N }`
 /// in backend-api's sources.
-const LATER_MINORS: [u32; 2] = [1, 2];
+const LATER_MINORS: [u32; 3] = [1, 2, 3];
 
-/// The vtable method a fixture of ABI 1.3 (newer than this host) appends to `FfiModel`,
+/// The vtable method a fixture of ABI 1.4 (newer than this host) appends to `FfiModel`,
 /// with a body so the guards need not implement it; this host never calls it.
-const ABI_1_3_METHOD: &str = "    // abi-1.3 {\n    /// A call of a future minor.\n    fn future_call(&self) -> u32 {\n        13\n    }\n    // abi-1.3 }\n";
+const ABI_1_4_METHOD: &str = "    // abi-1.4 {\n    /// A call of a future minor.\n    fn future_call(&self) -> u32 {\n        14\n    }\n    // abi-1.4 }\n";
 
 /// backend-api's sources as they were at ABI 1.`minor`: the `// abi-1.N {` ... `// abi-1.N }`
 /// blocks of every later minor (the vtable methods they appended, and the guard code that
 /// forwards them) removed and the version constants set to 1.`minor`. Author-side items
 /// that are no part of a vtable stay (the `Capabilities` type and the required
 /// `Model::capabilities`), so the example, which implements that method, still builds.
-/// A minor past the current one keeps every block and appends [`ABI_1_3_METHOD`] to
+/// A minor past the current one keeps every block and appends [`ABI_1_4_METHOD`] to
 /// `FfiModel` after its last block.
 fn source_at_abi(src: &str, minor: u32) -> String {
     let mut out = String::new();
@@ -336,8 +336,8 @@ fn source_at_abi(src: &str, minor: u32) -> String {
                 out.push_str(line);
             }
             out.push('\n');
-            if minor == 3 && t.starts_with("// abi-1.2 }") {
-                out.push_str(ABI_1_3_METHOD);
+            if minor == 4 && t.starts_with("// abi-1.2 }") {
+                out.push_str(ABI_1_4_METHOD);
             }
         }
     }
@@ -346,7 +346,7 @@ fn source_at_abi(src: &str, minor: u32) -> String {
 }
 
 /// Builds the example plugin against backend-api 1.`minor` (this tree's backend-api cut
-/// back, or for 1.3 extended, by [`source_at_abi`]) in a workspace of its own; every
+/// back, or for 1.4 extended, by [`source_at_abi`]) in a workspace of its own; every
 /// fixture shares one target directory, so the dependencies build once. The library's
 /// path. Built once per test process and minor.
 fn example_for_abi(minor: u32) -> std::path::PathBuf {
@@ -389,15 +389,21 @@ fn build_example_for_abi(minor: u32) -> std::path::PathBuf {
         let p = tree.join("backend-api/src").join(file);
         let changed = source_at_abi(&std::fs::read_to_string(&p).unwrap(), minor);
         let gone: &[&str] = match (file, minor) {
-            ("ffi.rs", 0) => &["fn new_context_per_sequence", "fn kv_shift", "fn capabilities"],
-            ("ffi.rs", 1) => &["fn capabilities"],
+            ("ffi.rs", 0) => &[
+                "fn new_context_per_sequence",
+                "fn kv_shift",
+                "fn capabilities",
+                "fn lend_devices",
+            ],
+            ("ffi.rs", 1) => &["fn capabilities", "fn lend_devices"],
+            ("ffi.rs" | "plugin.rs", 2) => &["fn lend_devices"],
             _ => &[],
         };
         for item in gone {
             assert!(!changed.contains(item), "{file} still has `{item}` at ABI 1.{minor}");
         }
-        if file == "ffi.rs" && minor == 3 {
-            assert!(changed.contains("fn future_call"), "the 1.3 method was not appended");
+        if file == "ffi.rs" && minor == 4 {
+            assert!(changed.contains("fn future_call"), "the 1.4 method was not appended");
         }
         if file == "lib.rs" {
             assert!(changed.contains(&format!("pub const ABI_VERSION: &str = \"1.{minor}.0\";")));
@@ -467,8 +473,8 @@ fn toy_run(dir: &Path, model: &Path) -> String {
 }
 
 /// Plugins really built against ABI 1.0 and 1.1 (before `new_context_per_sequence`,
-/// `kv_shift` and `capabilities` were appended to the vtables) and 1.3 (a method this
-/// host does not know appended) load in this 1.2 host and work: `corral backends` chooses
+/// `kv_shift` and `capabilities` were appended to the vtables), 1.2 (before
+/// `lend_devices`) and 1.4 (a method this host does not know appended) load in this 1.3 host and work: `corral backends` chooses
 /// each, the conformance suite passes (the host answers the calls an older plugin lacks:
 /// a shared context for a per-sequence one, `Unsupported` for `kv_shift`, capabilities
 /// derived), `corral run` gives the same text as the current build of the same engine,
@@ -482,7 +488,7 @@ fn plugins_of_older_and_newer_abi_minors_load_and_work() {
     plugin_dir(&current, "ex", &example_manifest("cpu", ABI, "libex.so"), Some(&example_lib()));
     let expected = toy_run(&current, &model);
 
-    for minor in [0, 1, 3] {
+    for minor in [0, 1, 2, 4] {
         let lib = example_for_abi(minor);
         let abi = format!("1.{minor}");
         let plugins = dir.path().join(format!("abi-{abi}"));
@@ -539,7 +545,9 @@ fn a_manifest_abi_that_disagrees_with_the_library_is_reported() {
     let (out, stdout, stderr) = run(c);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(
-        stderr.contains("its manifest says abi = \"1.2\" but the library was built for ABI 1.0"),
+        stderr.contains(&format!(
+            "its manifest says abi = \"{ABI}\" but the library was built for ABI 1.0"
+        )),
         "{stderr}"
     );
     let v = backends_json(&[dir.path()], &[]);
@@ -596,9 +604,10 @@ fn timed<T>(what: &str, f: impl FnOnce() -> T) -> T {
     r
 }
 
-/// The newcomer's path of `plugins/example/README.md`: `corral plugin new`, `cargo build`
-/// (offline: every dependency is in the lock file `plugin new` writes and cargo's cache),
-/// the crate's own conformance test, `corral plugin install` into a temporary HOME,
+/// The newcomer's path of `plugins/example/README.md`: `corral plugin new` into a
+/// directory outside the repository, `cargo build` there (offline: every dependency is in
+/// the lock file `plugin new` writes and cargo's cache), the crate's own `cargo test`,
+/// which runs the conformance suite's library (vendored) on the library it built, `corral plugin install` into a temporary HOME,
 /// `corral backends` lists it from the default search path, `corral plugin check` passes
 /// on the installed copy, `corral plugin remove` takes it away.
 #[test]
@@ -626,20 +635,28 @@ fn a_new_plugin_builds_installs_and_passes_the_suite() {
         timed(&format!("cargo {}", args[0]), || {
             let out = std::process::Command::new(&cargo)
                 .args(args)
-                .arg("--manifest-path")
-                .arg(krate.join("Cargo.toml"))
+                .args(["--", "--nocapture"].iter().filter(|_| args[0] == "test"))
+                // From the crate's own directory, as its author runs it: no setting of
+                // this repository's (.cargo/config.toml) applies.
+                .current_dir(&krate)
                 .env("CARGO_TARGET_DIR", &target)
-                .env("CORRAL_BIN", corral_bin())
                 .env_remove("RUSTFLAGS")
                 .output()
                 .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
             assert!(
                 out.status.success(),
-                "cargo {args:?}: {}
+                "cargo {args:?}: {stdout}
 {}",
-                String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
+            // The crate's test ran the suite (vendored corral-plugin-host) on its library.
+            if args[0] == "test" {
+                assert!(
+                    stdout.contains(" 0 failed") && stdout.contains("test result: ok. 1 passed"),
+                    "{stdout}"
+                );
+            }
         });
     }
     let lib = target.join("debug/libmy_engine.so");
@@ -654,7 +671,7 @@ fn a_new_plugin_builds_installs_and_passes_the_suite() {
             "{stdout}
 {stderr}"
         );
-        assert!(stdout.contains("installed my-engine:cpu (ABI 1.2"), "{stdout}");
+        assert!(stdout.contains(&format!("installed my-engine:cpu (ABI {ABI}")), "{stdout}");
     });
     let installed = home.join(".local/lib/corral/backends/my-engine-cpu");
     assert!(

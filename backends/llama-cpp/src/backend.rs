@@ -13,6 +13,7 @@ use serde::Deserialize;
 use crate::gguf_check::{self, check_gguf};
 use crate::logging;
 use crate::model::{KvSettings, LlamaModel, ModelInner};
+use crate::rpc;
 
 /// The plugin's options: the `[options]` table of its manifest, overridden by the host
 /// config's `[backends.llama-cpp]` table. Unknown keys are ignored.
@@ -85,6 +86,7 @@ pub(crate) fn init_llama(options: &LlamaOptions) {
             log::info!("allow_cpu_devices: GGML_VK_VISIBLE_DEVICES=0 (CPU Vulkan devices allowed)");
         }
         logging::install();
+        rpc::install_abort_message();
         // SAFETY: called once per process, before any other llama.cpp call of this plugin.
         unsafe { sys::llama_backend_init() };
     });
@@ -111,7 +113,7 @@ impl LlamaBackend {
     }
 }
 
-fn cstr_or_empty(p: *const std::ffi::c_char) -> String {
+pub(crate) fn cstr_or_empty(p: *const std::ffi::c_char) -> String {
     if p.is_null() {
         return String::new();
     }
@@ -199,9 +201,32 @@ impl Backend for LlamaBackend {
             )));
         }
 
+        // Other machines' devices (`rpc`) or a split of its own (`tensor_split`): the
+        // devices and the split are planned here, and must outlive the load.
+        let endpoints = opts
+            .extra(corral_backend_api::EXTRA_RPC)
+            .map(corral_probe::rpc::parse_endpoints)
+            .unwrap_or_default();
+        let split_given = opts
+            .extra(corral_backend_api::EXTRA_TENSOR_SPLIT)
+            .is_some_and(|t| !t.trim().is_empty());
+        let mut plan = if endpoints.is_empty() && !split_given {
+            None
+        } else {
+            Some(rpc::plan_load(path, &endpoints, opts)?)
+        };
+        if let Some(plan) = plan.as_mut() {
+            params.devices = plan.devices.as_mut_ptr();
+            params.tensor_split = plan.tensor_split.as_ptr();
+            params.n_gpu_layers = plan.n_gpu_layers;
+            params.split_mode = sys::LLAMA_SPLIT_MODE_LAYER;
+            rpc::log_placement(&plan.placement);
+        }
+
         logging::clear_errors();
         // SAFETY: `cpath` is a valid C string; params is a fully initialised struct whose
-        // pointers are the defaults (null).
+        // pointers are the defaults (null) or point into `plan`, alive until this returns
+        // (llama.cpp copies both arrays).
         let model = unsafe { sys::llama_model_load_from_file(cpath.as_ptr(), params) };
         if model.is_null() {
             let errors = logging::take_errors();
@@ -221,8 +246,17 @@ impl Backend for LlamaBackend {
             };
             return Err(BackendError::new(kind, message));
         }
-        let inner = ModelInner::new(model, summary, self.options.clone(), kv);
+        let placement = plan.map(|p| (p.placement, !endpoints.is_empty()));
+        let inner = ModelInner::new(model, summary, self.options.clone(), kv, placement);
         Ok(LlamaModel::new(Arc::new(inner)))
+    }
+
+    fn lend_devices(
+        &self,
+        endpoint: &str,
+        settings: &corral_backend_api::LoadSettings,
+    ) -> Result<(), BackendError> {
+        rpc::lend(&self.options, endpoint, settings)
     }
 
     fn describe(&self) -> String {

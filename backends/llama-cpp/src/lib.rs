@@ -22,6 +22,7 @@ mod context;
 mod gguf_check;
 mod logging;
 mod model;
+mod rpc;
 
 pub use backend::{LlamaBackend, LlamaOptions};
 pub use context::LlamaContext;

@@ -56,7 +56,10 @@ fn emit(state: &mut LineState) {
             }
             state.errors.push(line.to_string());
         }
-        log::log!(target: TARGET, level, "{line}");
+        match crate::rpc::explain_server_line(line) {
+            Some(explained) => log::error!(target: TARGET, "{explained}"),
+            None => log::log!(target: TARGET, level, "{line}"),
+        }
     }
     state.buf.clear();
     state.level = None;

@@ -25,6 +25,8 @@ pub(crate) struct ModelInner {
     capabilities: OnceLock<Capabilities>,
     /// The load's KV cache type and flash attention setting, for every context.
     pub(crate) kv: KvSettings,
+    /// Whether the load's `rpc` option was honoured (the model may use other machines).
+    remote: bool,
 }
 
 /// The KV cache's element type and flash attention, from a load's engine-specific
@@ -118,6 +120,7 @@ impl ModelInner {
         summary: GgufSummary,
         options: Arc<LlamaOptions>,
         kv_settings: KvSettings,
+        placement: Option<(crate::rpc::Placement, bool)>,
     ) -> Self {
         // SAFETY (whole block): `ptr` is a live model; the vocab pointer lives as long as it;
         // token ids passed are below n_tokens; buffers passed to the meta functions have the
@@ -149,6 +152,12 @@ impl ModelInner {
                 .unwrap_or_default();
             let name = get("general.name").unwrap_or_default();
             kv.push(("llama_cpp.description".into(), desc));
+            let remote = placement.as_ref().is_some_and(|(_, remote)| *remote);
+            if let Some((p, _)) = &placement
+                && let Ok(json) = serde_json::to_string(p)
+            {
+                kv.push((corral_backend_api::META_PLACEMENT.into(), json));
+            }
             let metadata = ModelInfo {
                 architecture,
                 name,
@@ -185,6 +194,7 @@ impl ModelInner {
                 special,
                 capabilities,
                 kv: kv_settings,
+                remote,
             }
         }
     }
@@ -205,6 +215,9 @@ impl ModelInner {
             Capabilities::EMBEDDINGS | Capabilities::KV_CACHE_TYPES | Capabilities::FLASH_ATTENTION;
         if self.options.kv_unified != Some(true) {
             caps |= Capabilities::PER_SEQUENCE_CONTEXT;
+        }
+        if self.remote {
+            caps |= Capabilities::REMOTE_DEVICES;
         }
         // SAFETY: returns a plain struct by value.
         let mut cp = unsafe { sys::llama_context_default_params() };

@@ -38,6 +38,14 @@ pub(crate) fn ps(a: &PsArgs) -> Result<()> {
             m["active_sequences"].as_u64().unwrap_or(0),
             m["expires_at"].as_str().unwrap_or(""),
         );
+        if let Some(p) = m
+            .get("devices")
+            .and_then(|d| serde_json::from_value::<corral_host::rpc::Placement>(d.clone()).ok())
+        {
+            for line in p.lines() {
+                println!("    {line}");
+            }
+        }
     }
     Ok(())
 }

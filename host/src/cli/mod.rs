@@ -3,6 +3,7 @@
 //!
 //! - `system` holds `probe`, `backends`, `plugin check` and `model generate`;
 //! - `serve` holds `serve`;
+//! - `worker` holds `worker` (lending this machine's devices over RPC);
 //! - `run` holds `run` and `bench` in this process;
 //! - `remote` holds `run` through a running server;
 //! - `models` holds `create`, `list`, `show`, `cp`, `rm`, `pull` and `push`;
@@ -15,3 +16,4 @@ pub(crate) mod run;
 pub(crate) mod scaffold;
 pub(crate) mod serve;
 pub(crate) mod system;
+pub(crate) mod worker;

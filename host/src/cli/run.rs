@@ -44,6 +44,15 @@ pub(crate) struct LoadArgs {
     /// ratio.
     #[arg(long, env = "CORRAL_ISOLATION", value_name = "MODE")]
     pub isolation: Option<String>,
+    /// RPC workers (`corral worker` on other machines) whose devices the model may use
+    /// beside this machine's: `host:port`, comma-separated or repeated; also `CORRAL_RPC`
+    /// and the config's `[backends.llama-cpp] rpc`. `bench` measures the model spread
+    /// over them against all of it here, in the same run.
+    #[arg(long, env = "CORRAL_RPC", value_name = "HOST:PORT", value_delimiter = ',')]
+    pub rpc: Vec<String>,
+    /// Load without the RPC workers (bench's all-local comparison).
+    #[arg(skip)]
+    pub local_only: bool,
 }
 
 /// Resolves a model argument (the one resolution of [`corral_host::models`]) and loads
@@ -59,14 +68,35 @@ pub(crate) fn load_model(
     let format = load.format.as_deref().unwrap_or(mref.format.as_str());
     let (plugin, _) = rt.choose(&rt.selector(load.backend.as_deref(), Some(format)))?;
     tracing::info!("backend {}", plugin.manifest.id());
+    let remote = if load.local_only {
+        corral_host::rpc::RemoteDevices::default()
+    } else {
+        corral_host::rpc::RemoteDevices::from_settings(&load.rpc, &rt.config)
+    };
     let options = LoadOptions {
         n_threads: load.threads.unwrap_or(0),
         n_gpu_layers: load.n_gpu_layers,
+        extra: remote
+            .extra()
+            .into_iter()
+            .map(|(k, v)| corral_backend_api::Tuple2(k.into(), v.into()))
+            .collect(),
         ..Default::default()
     };
     let t = Instant::now();
     let model = Model::load(plugin.clone(), &path.to_string_lossy(), format, options)
         .with_context(|| format!("{} could not load {}", plugin.manifest.id(), path.display()))?;
+    if let Some(w) = remote.unused_warning(model.capabilities, &plugin.manifest.id()) {
+        tracing::warn!("{w}");
+    }
+    if let Some(p) = corral_host::rpc::Placement::of(&model.meta) {
+        for s in &p.skipped {
+            tracing::warn!("RPC worker {} not used: {}", s.endpoint, s.reason);
+        }
+        for line in p.lines() {
+            tracing::info!("{line}");
+        }
+    }
     Ok((mref, Arc::new(model), t.elapsed()))
 }
 
@@ -455,7 +485,7 @@ pub(crate) fn bench_corral(model: &Model, a: &BenchArgs) -> Result<Vec<BenchResu
         x ^= x << 17;
         (x % u64::from(vocab - 1)) as u32 + 1
     };
-    let engine = format!("corral ({}, {})", model.plugin.id(), model.plugin.backend.isolation());
+    let engine = engine_label(model);
     // Warm-up, as llama-bench does.
     ctx.kv_clear()?;
     ctx.decode(&[BatchEntry { token: next_token(), pos: 0, seq: 0, logits: true }])?;
@@ -486,6 +516,23 @@ pub(crate) fn bench_corral(model: &Model, a: &BenchArgs) -> Result<Vec<BenchResu
         out.push(summarize(&engine, format!("tg{}", a.tg), samples));
     }
     Ok(out)
+}
+
+/// `corral (llama-cpp:cpu, in-process)`, with `, RPC ×2` when the model is spread over
+/// two workers' devices.
+fn engine_label(model: &Model) -> String {
+    let workers = corral_host::rpc::Placement::of(&model.meta).map_or(0, |p| {
+        let mut eps: Vec<&str> = p
+            .devices
+            .iter()
+            .filter(|d| !d.endpoint.is_empty())
+            .map(|d| d.endpoint.as_str())
+            .collect();
+        eps.dedup();
+        eps.len()
+    });
+    let rpc = if workers > 0 { format!(", RPC ×{workers}") } else { String::new() };
+    format!("corral ({}, {}{rpc})", model.plugin.id(), model.plugin.backend.isolation())
 }
 
 fn find_raw_bin(a: &BenchArgs, model: &Model) -> Option<PathBuf> {
@@ -569,11 +616,19 @@ pub(crate) fn bench(global: &GlobalOptions, a: &BenchArgs) -> Result<()> {
     };
     let mut models = Vec::new();
     let mut path = PathBuf::new();
+    // With RPC workers: the model all here, and spread over the workers, in turn.
+    let spreads: &[bool] = if a.load.rpc.is_empty() { &[false] } else { &[false, true] };
     for isolation in modes {
-        let load = LoadArgs { isolation, ..a.load.clone() };
-        let (mref, model, _) = load_model(global, &load, &a.model)?;
-        path = mref.path;
-        models.push(model);
+        for &spread in spreads {
+            let load = LoadArgs {
+                isolation: isolation.clone(),
+                local_only: spreads.len() > 1 && !spread,
+                ..a.load.clone()
+            };
+            let (mref, model, _) = load_model(global, &load, &a.model)?;
+            path = mref.path;
+            models.push(model);
+        }
     }
     let model = models[0].clone();
     let raw_bin = if a.no_raw { None } else { find_raw_bin(a, &model) };

@@ -1,30 +1,30 @@
 //! `corral plugin new`: a plugin crate that builds into a loadable plugin on its own,
-//! outside this repository. `corral-backend-api` is not on crates.io, so the crate gets a
-//! vendored copy of the one this `corral` was built with (`vendor/corral-backend-api`,
-//! its sources embedded in the binary), and the lock file this `corral` was built with,
-//! so the dependencies resolve to tested versions (and offline, from cargo's cache).
+//! outside this repository, and whose `cargo test` runs the backend conformance suite on
+//! the library it builds. No corral crate is on crates.io, so the crate gets vendored
+//! copies (under `vendor/`) of what this `corral` was built with, their sources embedded
+//! in the binary by `build.rs`: `corral-backend-api` (the plugin's one dependency) and the
+//! suite, `corral-plugin-host`, with the crates it needs (`corral-probe`, `corral-gguf`),
+//! as a dev-dependency. The lock file this `corral` was built with comes along, so every
+//! dependency resolves to a tested version (and offline, from cargo's cache).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use corral_backend_api::{ABI_MAJOR, ABI_MINOR};
 
-const API_FILES: [(&str, &str); 7] = [
-    ("README.md", include_str!("../../../backend-api/README.md")),
-    ("src/lib.rs", include_str!("../../../backend-api/src/lib.rs")),
-    ("src/ffi.rs", include_str!("../../../backend-api/src/ffi.rs")),
-    ("src/plain.rs", include_str!("../../../backend-api/src/plain.rs")),
-    ("src/plugin.rs", include_str!("../../../backend-api/src/plugin.rs")),
-    ("src/types.rs", include_str!("../../../backend-api/src/types.rs")),
-    ("Cargo.toml", include_str!("../../../backend-api/Cargo.toml")),
-];
+include!(concat!(env!("OUT_DIR"), "/vendored.rs"));
+
 const ROOT_TOML: &str = include_str!("../../../Cargo.toml");
 const LOCK: &str = include_str!("../../../Cargo.lock");
 const ENGINE: &str = include_str!("../../../plugins/example/src/lib.rs");
 const FAULTS: &str = include_str!("../../../plugins/example/src/faults.rs");
 
-/// A `[workspace.dependencies]` line of the repository's root Cargo.toml.
+/// A `[workspace.dependencies]` line of the repository's root Cargo.toml; corral's own
+/// crates point at their vendored copies (siblings under `vendor/`).
 fn workspace_dep(name: &str) -> Result<String> {
+    if VENDORED.iter().any(|(krate, _, _)| *krate == name) {
+        return Ok(format!("{name} = {{ path = \"../{name}\" }}"));
+    }
     ROOT_TOML
         .lines()
         .find(|l| l.starts_with(&format!("{name} = ")))
@@ -32,25 +32,39 @@ fn workspace_dep(name: &str) -> Result<String> {
         .with_context(|| format!("{name} is missing from corral's own workspace dependencies"))
 }
 
-/// backend-api's Cargo.toml made standalone: workspace-inherited keys spelled out, the
-/// workspace lints dropped.
-fn vendored_api_toml(original: &str) -> Result<String> {
+/// A vendored crate's Cargo.toml made standalone: workspace-inherited keys spelled out,
+/// corral's crates as sibling paths, and only what building it as a dependency reads
+/// (`[package]`, `[lib]`, `[features]`, `[dependencies]`): no dev-dependencies, lints,
+/// tests or benches.
+fn vendored_toml(original: &str) -> Result<String> {
+    const KEPT: [&str; 4] = ["[package]", "[lib]", "[features]", "[dependencies]"];
+    let version = ROOT_TOML
+        .lines()
+        .find_map(|l| l.strip_prefix("version = "))
+        .context("corral's workspace has no version")?;
     let mut out = String::new();
     let mut dropping = false;
     for line in original.lines() {
         if line.starts_with('[') {
-            dropping = line.trim() == "[lints]";
+            dropping = !KEPT.contains(&line.trim());
         }
         if dropping {
             continue;
         }
         let t = line.trim();
-        if let Some(dep) = t.strip_suffix(".workspace = true") {
-            match dep {
+        let inherited = t
+            .strip_suffix(".workspace = true")
+            .or_else(|| t.strip_suffix(" = { workspace = true }"));
+        if let Some(key) = inherited {
+            match key {
+                "version" => out.push_str(&format!("version = {version}")),
                 "edition" => out.push_str("edition = \"2024\""),
                 "license" => out.push_str("license = \"MIT OR Apache-2.0\""),
-                _ => out.push_str(&workspace_dep(dep)?),
+                "rust-version" => {}
+                _ => out.push_str(&workspace_dep(key)?),
             }
+        } else if t.contains("workspace = true") {
+            bail!("cannot vendor the Cargo.toml line {t:?}");
         } else {
             out.push_str(line);
         }
@@ -66,9 +80,8 @@ fn valid_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
-/// The files of a new plugin crate `name`, relative to its directory. `corral` is the
-/// binary its conformance test runs by default.
-pub(crate) fn files(name: &str, corral: &Path) -> Result<Vec<(PathBuf, String)>> {
+/// The files of a new plugin crate `name`, relative to its directory.
+pub(crate) fn files(name: &str) -> Result<Vec<(PathBuf, String)>> {
     if !valid_name(name) {
         bail!("plugin name {name:?}: lowercase letters, digits and '-', starting with a letter");
     }
@@ -97,6 +110,11 @@ crate-type = ["cdylib"]
 corral-backend-api = {{ path = "vendor/corral-backend-api" }}
 serde = {{ version = "1", features = ["derive"] }}
 log = "0.4"
+
+[dev-dependencies]
+# The backend conformance suite (`corral_plugin_host::conformance`), vendored with the
+# crates it needs from the same corral; `tests/conformance.rs` runs it.
+corral-plugin-host = {{ path = "vendor/corral-plugin-host" }}
 
 # A workspace of its own, even when created inside another one.
 [workspace]
@@ -157,33 +175,27 @@ os = "linux"
     add(
         "tests/conformance.rs",
         format!(
-            r#"//! The corral backend conformance suite on this plugin, as the host runs it: after
-//! `cargo build`, `corral plugin check` on the built library (its manifest beside it)
-//! with a tiny generated GGUF model (the toy engine takes any file). `CORRAL_BIN` names
-//! the corral binary; the default is the one that wrote this crate.
+            r#"//! The corral backend conformance suite on the library this crate builds, run in this
+//! test's process by the suite's library (`corral_plugin_host::conformance`, vendored):
+//! the same checks as `corral plugin check`. The model is a tiny generated GGUF file
+//! (the toy engine takes any file), or the file `CORRAL_CHECK_MODEL` names.
 
-use std::path::PathBuf;
-
-const CORRAL: &str = {corral:?};
+use corral_plugin_host::conformance::{{Outcome, check_plugin}};
 
 #[test]
 fn the_plugin_passes_the_conformance_suite() {{
-    // tests run from target/<profile>/deps/.
+    // Tests run from target/<profile>/deps/; `cargo test` builds the library and
+    // build.rs puts the manifest beside it in target/<profile>/.
     let exe = std::env::current_exe().expect("test executable");
     let profile = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
-    let manifest: PathBuf = profile.join("{name}.corral-plugin.toml");
+    let manifest = profile.join("{name}.corral-plugin.toml");
     assert!(manifest.is_file(), "{{}} is missing: run `cargo build` first", manifest.display());
-    let corral = std::env::var_os("CORRAL_BIN").unwrap_or_else(|| CORRAL.into());
-    let out = std::process::Command::new(&corral)
-        .args(["plugin", "check"])
-        .arg(&manifest)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {{corral:?}} (set CORRAL_BIN): {{e}}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{{stdout}}");
-    assert!(out.status.success(), "conformance failed:\n{{stdout}}\n{{stderr}}");
-    assert!(stdout.contains(" 0 failed"), "{{stdout}}");
+    let model = std::env::var_os("CORRAL_CHECK_MODEL").map(std::path::PathBuf::from);
+    let report = check_plugin(&manifest, model.as_deref())
+        .unwrap_or_else(|e| panic!("the conformance suite could not run: {{e}}"));
+    println!("{{report}}");
+    assert_eq!(report.count(Outcome::Fail), 0, "conformance failed:\n{{report}}");
+    assert!(report.count(Outcome::Pass) > 0, "{{report}}");
 }}
 "#
         ),
@@ -202,6 +214,11 @@ takes is any file; its format is `toy` (`corral run --format toy FILE`).
 - `vendor/corral-backend-api`: the ABI crate (ABI {abi}), vendored from the corral that
   wrote this crate, since it is not on crates.io. A plugin built against it loads in
   that host and every later {ABI_MAJOR}.x host.
+- `vendor/corral-plugin-host` (with `corral-probe` and `corral-gguf`, which it needs): the
+  conformance suite, a dev-dependency only; `tests/conformance.rs` calls
+  `corral_plugin_host::conformance::check_plugin` on the library `cargo test` builds.
+  `Cargo.lock` pins every dependency to what that corral was tested with, so
+  `cargo build --offline` works wherever corral itself was built.
 - `manifest.toml`: what the host reads before it opens the library. The host finds it
   as `manifest.toml` in a plugin's own directory, or as `{name}.corral-plugin.toml`
   beside the library (`build.rs` copies it there). Any other name is not read
@@ -209,7 +226,7 @@ takes is any file; its format is `toy` (`corral run --format toy FILE`).
 
 ```sh
 cargo build --release                        # add --offline without a network
-cargo test                                   # the conformance suite through `corral plugin check`
+cargo test                                   # the conformance suite on the built library (vendor/corral-plugin-host)
 corral plugin install target/release/{lib}   # checks it in a worker, copies it to ~/.local/lib/corral/backends/{name}-cpu/
 corral backends                              # lists it
 corral plugin check ~/.local/lib/corral/backends/{name}-cpu
@@ -219,9 +236,9 @@ corral plugin remove {name}
 "#
         ),
     );
-    for (file, text) in API_FILES {
-        let text = if file == "Cargo.toml" { vendored_api_toml(text)? } else { text.to_string() };
-        add(&format!("vendor/corral-backend-api/{file}"), text);
+    for (krate, file, text) in VENDORED {
+        let text = if *file == "Cargo.toml" { vendored_toml(text)? } else { (*text).to_string() };
+        add(&format!("vendor/{krate}/{file}"), text);
     }
     add("Cargo.lock", LOCK.to_string());
     add(".gitignore", "/target\n".to_string());
@@ -229,8 +246,8 @@ corral plugin remove {name}
 }
 
 /// Writes the crate `name` into `dir` (which must not exist or be empty).
-pub(crate) fn write(name: &str, dir: &Path, corral: &Path) -> Result<Vec<PathBuf>> {
-    let files = files(name, corral)?;
+pub(crate) fn write(name: &str, dir: &Path) -> Result<Vec<PathBuf>> {
+    let files = files(name)?;
     if dir.exists() && std::fs::read_dir(dir).map_or(true, |mut d| d.next().is_some()) {
         bail!("{} exists and is not empty", dir.display());
     }
@@ -253,9 +270,9 @@ mod tests {
 
     #[test]
     fn names_are_checked_and_the_manifest_speaks_this_abi() {
-        assert!(files("Bad Name", Path::new("corral")).is_err());
-        assert!(files("9lives", Path::new("corral")).is_err());
-        let f = files("my-engine", Path::new("/bin/corral")).unwrap();
+        assert!(files("Bad Name").is_err());
+        assert!(files("9lives").is_err());
+        let f = files("my-engine").unwrap();
         let get = |p: &str| &f.iter().find(|(r, _)| r == Path::new(p)).unwrap().1;
         let m = get("manifest.toml");
         assert!(m.contains(&format!("abi = \"{ABI_MAJOR}.{ABI_MINOR}\"")), "{m}");
@@ -264,5 +281,20 @@ mod tests {
         assert!(get("src/lib.rs").contains("name: \"my-engine\","));
         let api = get("vendor/corral-backend-api/Cargo.toml");
         assert!(!api.contains("workspace = true") && api.contains("abi_stable = "), "{api}");
+        // The conformance suite comes with what it needs, every path inside vendor/.
+        let host = get("vendor/corral-plugin-host/Cargo.toml");
+        assert!(host.contains("corral-backend-api = { path = \"../corral-backend-api\" }"));
+        assert!(host.contains("corral-probe = { path = \"../corral-probe\" }"), "{host}");
+        assert!(!host.contains("[dev-dependencies]") && !host.contains("[lints]"), "{host}");
+        for krate in ["corral-plugin-host", "corral-probe", "corral-gguf"] {
+            let toml = get(&format!("vendor/{krate}/Cargo.toml"));
+            assert!(toml.contains("version = \"") && !toml.contains("workspace"), "{toml}");
+            assert!(f.iter().any(|(p, _)| p == Path::new(&format!("vendor/{krate}/src/lib.rs"))));
+        }
+        assert!(
+            get("Cargo.toml")
+                .contains("corral-plugin-host = { path = \"vendor/corral-plugin-host\" }")
+        );
+        assert!(get("tests/conformance.rs").contains("check_plugin(&manifest"));
     }
 }

@@ -93,6 +93,11 @@ pub(crate) struct ServeArgs {
     /// Most draft tokens per speculation round (default 8; requests: `options.draft_max`).
     #[arg(long, env = "CORRAL_DRAFT_MAX", value_name = "N")]
     pub draft_max: Option<u32>,
+    /// RPC workers (`corral worker` on other machines) whose devices models may use
+    /// beside this machine's: `host:port`, comma-separated or repeated; also
+    /// `CORRAL_RPC` and the config's `[backends.llama-cpp] rpc`.
+    #[arg(long, env = "CORRAL_RPC", value_name = "HOST:PORT", value_delimiter = ',')]
+    pub rpc: Vec<String>,
 }
 
 /// The global KV settings: flag, then environment, then config.
@@ -168,7 +173,11 @@ pub(crate) fn serve(global: &GlobalOptions, a: ServeArgs) -> Result<()> {
             a.draft_max.or(cfg.draft_max),
         )
         .map_err(|e| anyhow::anyhow!("invalid speculative decoding setting: {e}"))?,
+        rpc: corral_host::rpc::RemoteDevices::from_settings(&a.rpc, &rt.config),
     };
+    if !settings.rpc.is_empty() {
+        eprintln!("  RPC workers: {}", settings.rpc.endpoints.join(", "));
+    }
     let mut origins = a.origins.clone();
     origins.extend(cfg.origins.iter().cloned());
     origins.retain(|o| !o.trim().is_empty());

@@ -20,9 +20,22 @@ pub(crate) struct ProbeArgs {
     /// machine; GPU runtime libraries are not opened then.
     #[arg(long, value_name = "DIR", hide = true)]
     pub root: Option<PathBuf>,
+    /// RPC workers to ask what they lend (`host:port`, comma-separated); also
+    /// `CORRAL_RPC` and the config's `[backends.llama-cpp] rpc`.
+    #[arg(long, env = "CORRAL_RPC", value_name = "HOST:PORT", value_delimiter = ',')]
+    pub rpc: Vec<String>,
 }
 
-pub(crate) fn probe(a: &ProbeArgs) -> Result<()> {
+/// The RPC workers the settings name, asked what they lend.
+fn rpc_workers(global: &GlobalOptions, flag: &[String]) -> Vec<corral_host::rpc::WorkerReport> {
+    let config = corral_host::config::Config::load(global.config.as_deref())
+        .map(|(c, _)| c)
+        .unwrap_or_default();
+    let remote = corral_host::rpc::RemoteDevices::from_settings(flag, &config);
+    corral_host::rpc::probe_workers(&remote.endpoints)
+}
+
+pub(crate) fn probe(global: &GlobalOptions, a: &ProbeArgs) -> Result<()> {
     let opts = match &a.root {
         Some(root) => corral_probe::ProbeOptions {
             root: root.clone(),
@@ -32,10 +45,18 @@ pub(crate) fn probe(a: &ProbeArgs) -> Result<()> {
         None => corral_probe::ProbeOptions::system(),
     };
     let machine = corral_probe::probe(&opts);
+    let workers = rpc_workers(global, &a.rpc);
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&machine)?);
+        let mut v = serde_json::to_value(&machine)?;
+        if !workers.is_empty() {
+            v["rpc_workers"] = serde_json::to_value(&workers)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", machine.render_text());
+        if !workers.is_empty() {
+            print!("{}", corral_host::rpc::render_workers(&workers));
+        }
     }
     Ok(())
 }
@@ -59,6 +80,10 @@ pub(crate) struct BackendsArgs {
     /// Where engines run (as for `corral serve`): `process` (default) or `in-process`.
     #[arg(long, env = "CORRAL_ISOLATION", value_name = "MODE")]
     pub isolation: Option<String>,
+    /// RPC workers whose devices models may use (`host:port`, comma-separated): listed
+    /// with what they lend; also `CORRAL_RPC` and the config's `[backends.llama-cpp] rpc`.
+    #[arg(long, env = "CORRAL_RPC", value_name = "HOST:PORT", value_delimiter = ',')]
+    pub rpc: Vec<String>,
 }
 
 fn print_reports(reports: &[PluginReport]) {
@@ -109,12 +134,15 @@ pub(crate) fn backends(global: &GlobalOptions, a: &BackendsArgs) -> Result<()> {
     for w in &warnings {
         eprintln!("warning: {w}");
     }
+    let remote = corral_host::rpc::RemoteDevices::from_settings(&a.rpc, &rt.config);
+    let workers = corral_host::rpc::probe_workers(&remote.endpoints);
     if a.json {
         let out = serde_json::json!({
             "plugin_path": rt.catalog.search_path,
             "config": rt.config_path,
             "plugins": choice.reports,
             "warnings": warnings,
+            "rpc_workers": workers,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
@@ -128,6 +156,9 @@ pub(crate) fn backends(global: &GlobalOptions, a: &BackendsArgs) -> Result<()> {
                 .join(":")
         );
         print_reports(&choice.reports);
+        if !workers.is_empty() {
+            print!("{}", corral_host::rpc::render_workers(&workers));
+        }
     }
     Ok(())
 }
@@ -209,8 +240,7 @@ pub(crate) struct NewArgs {
 /// `corral plugin new NAME [--dir DIR]`.
 pub(crate) fn plugin_new(a: &NewArgs) -> Result<()> {
     let dir = a.dir.clone().unwrap_or_else(|| PathBuf::from(&a.name));
-    let corral = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("corral"));
-    let written = super::scaffold::write(&a.name, &dir, &corral)?;
+    let written = super::scaffold::write(&a.name, &dir)?;
     println!("wrote {} files of plugin {} into {}", written.len(), a.name, dir.display());
     println!("next: cd {} && cargo build --release && cargo test", dir.display());
     println!("then: corral plugin install target/release/lib{}.so", a.name.replace('-', "_"));

@@ -854,7 +854,7 @@ pub async fn ps(State(state): State<Arc<AppState>>) -> Response {
                 Some(t) => rfc3339(t),
                 None => "2318-08-23T00:00:00Z".to_string(),
             };
-            json!({
+            let mut v = json!({
                 "name": r.name,
                 "model": r.name,
                 "size": l.size_estimate,
@@ -871,7 +871,12 @@ pub async fn ps(State(state): State<Arc<AppState>>) -> Response {
                 "num_parallel": l.engine.config.n_parallel,
                 "isolation": l.model.plugin.backend.isolation(),
                 "backend": l.model.plugin.id(),
-            })
+            });
+            // Where its layers are, when the engine says (several devices or machines).
+            if let Some(p) = crate::rpc::Placement::of(&l.model.meta) {
+                v["devices"] = p.to_json();
+            }
+            v
         })
         .collect();
     axum::Json(json!({"models": models})).into_response()

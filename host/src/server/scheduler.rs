@@ -73,6 +73,9 @@ pub struct Settings {
     pub kv: crate::kv_cache::KvSettings,
     /// Speculative decoding's defaults (`--speculative`, `--draft-max`).
     pub speculation: SpecSettings,
+    /// RPC workers every model may use, and the split (`--rpc`, `CORRAL_RPC`, the
+    /// config's `[backends.llama-cpp] rpc`).
+    pub rpc: crate::rpc::RemoteDevices,
 }
 
 impl Default for Settings {
@@ -89,6 +92,7 @@ impl Default for Settings {
             allow_insecure_registries: false,
             kv: Default::default(),
             speculation: SpecSettings::default(),
+            rpc: crate::rpc::RemoteDevices::default(),
         }
     }
 }
@@ -730,8 +734,11 @@ impl Scheduler {
         );
         // A model whose weights and KV cache cannot fit even alone is refused here, with
         // the numbers, rather than allocated until the kernel kills something.
+        // With RPC workers, part of the model goes to other machines: the engine plans
+        // the split over every device's free memory and refuses what does not fit.
         if let Some(avail) = self.available_memory()
             && need.bytes > avail
+            && self.settings.rpc.is_empty()
         {
             return Err(ApiError::of_class(
                 ErrorClass::OutOfMemory,
@@ -885,6 +892,7 @@ impl Scheduler {
             extra: kv
                 .extra()
                 .into_iter()
+                .chain(self.settings.rpc.extra())
                 .map(|(k, v)| corral_backend_api::Tuple2(k.into(), v.into()))
                 .collect(),
             ..Default::default()
@@ -899,6 +907,18 @@ impl Scheduler {
                 )
             })?;
         let model = Arc::new(model);
+        if let Some(w) = self.settings.rpc.unused_warning(model.capabilities, &plugin.manifest.id())
+        {
+            tracing::warn!(model = %r.name, "{w}");
+        }
+        if let Some(p) = crate::rpc::Placement::of(&model.meta) {
+            for line in p.lines() {
+                tracing::info!(model = %r.name, "{line}");
+            }
+            for s in &p.skipped {
+                tracing::warn!(model = %r.name, worker = %s.endpoint, "RPC worker not used: {}", s.reason);
+            }
+        }
         let kv = honoured_kv(kv, model.capabilities, &plugin.manifest.id(), &r.name)?;
         let num_ctx = context_length(requested, self.settings.num_ctx, model.meta.context_length);
         let templater = match r.template.as_deref() {
