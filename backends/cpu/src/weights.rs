@@ -117,7 +117,51 @@ pub struct Weight {
     pub row_bytes: usize,
     /// The rows interleaved by [`kq::repack_q4_k_x8`] (groups of 8 rows, one after the
     /// other), which the matmul reads instead of the file when present.
-    pub packed: Option<std::sync::Arc<[u8]>>,
+    pub packed: Option<std::sync::Arc<PackedBytes>>,
+}
+
+/// Memory for repacked weights: an anonymous mapping whose used range starts on a 2 MiB
+/// boundary and is advised for transparent huge pages (`MADV_HUGEPAGE`; on a system whose
+/// THP setting is `madvise`, the usual default, nothing else gets them), so that the decode
+/// kernels' streaming reads are not slowed by TLB misses.
+pub struct PackedBytes {
+    map: memmap2::MmapMut,
+    start: usize,
+    len: usize,
+}
+
+impl PackedBytes {
+    const HUGE_PAGE: usize = 2 << 20;
+
+    /// `len` zeroed bytes.
+    fn zeroed(len: usize) -> std::io::Result<PackedBytes> {
+        let map = memmap2::MmapMut::map_anon(len + Self::HUGE_PAGE)?;
+        let start = map.as_ptr().align_offset(Self::HUGE_PAGE).min(Self::HUGE_PAGE);
+        #[cfg(target_os = "linux")]
+        if let Err(e) = map.advise_range(memmap2::Advice::HugePage, start, len) {
+            log::debug!("no transparent huge pages for repacked weights: {e}");
+        }
+        Ok(PackedBytes { map, start, len })
+    }
+}
+
+impl std::ops::Deref for PackedBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.map[self.start..self.start + self.len]
+    }
+}
+
+impl std::ops::DerefMut for PackedBytes {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.map[self.start..self.start + self.len]
+    }
+}
+
+impl std::fmt::Debug for PackedBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedBytes({} bytes)", self.len)
+    }
 }
 
 impl Weight {
@@ -157,13 +201,16 @@ impl Weight {
         assert!(self.offset + self.rows * self.row_bytes <= map.len(), "weight outside the file");
         let nb = self.cols / QK_K;
         let group_bytes = nb * kq::Q4K_X8_BYTES;
-        let mut packed = vec![0u8; self.repacked_bytes()];
+        let Ok(mut packed) = PackedBytes::zeroed(self.repacked_bytes()) else {
+            log::warn!("cannot map memory for a repacked weight; reading it in place");
+            return false;
+        };
         let w = &*self;
         packed.par_chunks_mut(group_bytes).enumerate().for_each(|(g, out)| {
             let rows = std::array::from_fn(|i| w.row(map, g * kq::Q4K_GROUP + i));
             kq::repack_q4_k_x8(rows, nb, out);
         });
-        self.packed = Some(packed.into());
+        self.packed = Some(std::sync::Arc::new(packed));
         true
     }
 
@@ -310,6 +357,10 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
             // r0..r1 belong to this task alone.
             unsafe { *out.0.add(t * m + r) = v };
         };
+        if let Some(packed) = w.packed.as_deref() {
+            repacked(packed, w, (r0, r1), n, |t| a.qk.row(t), isa, &put);
+            return;
+        }
         match w.ty.acts() {
             ActKind::Q8 => {
                 // Batches of Q4_0: grouped as Q4_K's are.
@@ -330,10 +381,6 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
                 };
                 let dots = dots!(kernels::rows_q8);
                 tiles(map, w, (r0, r1), n, |t| a.q.row(t), &dots, (isa, big_tiles), put);
-            }
-            ActKind::Q8K if w.packed.is_some() => {
-                let packed = w.packed.as_deref().unwrap_or_default();
-                repacked(packed, w, (r0, r1), n, |t| a.qk.row(t), isa, &put);
             }
             ActKind::Q8K => {
                 // Batches of Q4_K: groups of 8 rows packed once per chunk (see
