@@ -74,10 +74,10 @@ pub struct CpuOptions {
     pub n_threads: Option<u32>,
     /// Threads for batches when a context asks for 0.
     pub n_threads_batch: Option<u32>,
-    /// Whether Q4_K matmul weights are copied at load into the interleaved layout the
-    /// decode kernels read (`weights::Weight::repack`; default on). Off: every weight is
-    /// read in place from the mapped file.
-    pub repack: Option<bool>,
+    /// Whether the matmul weights are copied at load into the engine's memory (huge
+    /// pages; Q4_K interleaved for the decode kernels: `weights::Weight::copy_to_memory`;
+    /// default on). Off: every weight is read in place from the mapped file.
+    pub copy_weights: Option<bool>,
 }
 
 /// The backend.

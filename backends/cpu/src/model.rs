@@ -331,15 +331,16 @@ fn row_range(w: &Weight, r0: usize, n: usize) -> Weight {
         cols: w.cols,
         offset: w.offset + r0 * w.row_bytes,
         row_bytes: w.row_bytes,
-        packed: None,
+        copy: None,
     }
 }
 
-/// Repacks the Q4_K matmul weights ([`Weight::repack`]) and releases the file's pages of
-/// each, so that the process holds one copy: the pages are clean and would come back from
-/// the file if read again (only the token embeddings are read by row, and a weight they
-/// share is left in place).
-fn repack_weights(map: &Mmap, layers: &mut [Layer], output: &mut Weight, tok_embd: &Weight) {
+/// Copies the matmul weights into the engine's memory ([`Weight::copy_to_memory`]: huge
+/// pages, Q4_K interleaved for the decode kernels) and releases the file's pages of each,
+/// so that the process holds one copy: the pages are clean and would come back from the
+/// file if read again. The token embeddings are read by row and stay in the file, and so
+/// does an output matrix tied to them.
+fn copy_weights(map: &Mmap, layers: &mut [Layer], output: &mut Weight, tok_embd: &Weight) {
     let start = std::time::Instant::now();
     let mut weights: Vec<&mut Weight> = layers
         .iter_mut()
@@ -350,17 +351,19 @@ fn repack_weights(map: &Mmap, layers: &mut [Layer], output: &mut Weight, tok_emb
     if output.offset != tok_embd.offset {
         weights.push(output);
     }
-    let (mut count, mut bytes) = (0usize, 0usize);
+    let (mut count, mut interleaved, mut bytes) = (0usize, 0usize, 0usize);
     for w in weights {
-        if w.repack(map) {
+        if w.copy_to_memory(map) {
             count += 1;
-            bytes += w.repacked_bytes();
+            interleaved += usize::from(w.interleavable());
+            bytes += w.copy_bytes();
             release_pages(map, w.offset, w.rows * w.row_bytes);
         }
     }
     if count > 0 {
         log::info!(
-            "cpu backend repacked {count} Q4_K weights ({:.1} MiB) in {:.2} s",
+            "cpu backend copied {count} weights ({:.1} MiB, {interleaved} Q4_K interleaved) \
+             in {:.2} s",
             bytes as f64 / (1u64 << 20) as f64,
             start.elapsed().as_secs_f64()
         );
@@ -376,7 +379,7 @@ fn release_pages(map: &Mmap, offset: usize, len: usize) {
     let released =
         unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len) };
     if let Err(e) = released {
-        log::debug!("cannot release the file pages of a repacked weight: {e}");
+        log::debug!("cannot release the file pages of a copied weight: {e}");
     }
 }
 
@@ -463,7 +466,7 @@ pub fn load(path: &str, options: CpuOptions) -> Result<CpuModel, BackendError> {
                 "{path}: tensor {name} is truncated (the file ends before its data)"
             )));
         }
-        Ok(Weight { ty, rows, cols, offset, row_bytes, packed: None })
+        Ok(Weight { ty, rows, cols, offset, row_bytes, copy: None })
     };
     let vector = |name: &str, n: usize| -> Result<Vec<f32>, BackendError> {
         let w = tensor(name, n, 1)?;
@@ -619,8 +622,8 @@ pub fn load(path: &str, options: CpuOptions) -> Result<CpuModel, BackendError> {
             t.name
         )));
     }
-    if options.repack.unwrap_or(true) {
-        repack_weights(&map, &mut layers, &mut output, &tok_embd);
+    if options.copy_weights.unwrap_or(true) {
+        copy_weights(&map, &mut layers, &mut output, &tok_embd);
     }
     let special = tokenizer.special_tokens(&file);
     let metadata = metadata(&file, &hp, &map);

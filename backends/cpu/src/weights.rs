@@ -101,8 +101,9 @@ impl WType {
     }
 }
 
-/// A matrix of `rows` rows of `cols` elements at `offset` in the mapped file, or, for
-/// Q4_K matmul weights after [`Weight::repack`], in the engine's interleaved layout.
+/// A matrix of `rows` rows of `cols` elements at `offset` in the mapped file, or, after
+/// [`Weight::copy_to_memory`], in the engine's own memory (Q4_K in its interleaved
+/// layout).
 #[derive(Debug, Clone)]
 pub struct Weight {
     /// Element type.
@@ -115,12 +116,21 @@ pub struct Weight {
     pub offset: usize,
     /// Bytes per row.
     pub row_bytes: usize,
-    /// The rows interleaved by [`kq::repack_q4_k_x8`] (groups of 8 rows, one after the
-    /// other), which the matmul reads instead of the file when present.
-    pub packed: Option<std::sync::Arc<PackedBytes>>,
+    /// The copy the matmul reads instead of the file, when there is one.
+    pub copy: Option<std::sync::Arc<WeightCopy>>,
 }
 
-/// Memory for repacked weights: an anonymous mapping whose used range starts on a 2 MiB
+/// A weight's rows copied out of the file by [`Weight::copy_to_memory`].
+#[derive(Debug)]
+pub struct WeightCopy {
+    /// The rows: as in the file, or (Q4_K) interleaved by [`kq::repack_q4_k_x8`] in
+    /// groups of 8 rows, one group after the other.
+    pub bytes: PackedBytes,
+    /// Whether the rows are interleaved.
+    pub interleaved: bool,
+}
+
+/// Memory for copied weights: an anonymous mapping whose used range starts on a 2 MiB
 /// boundary and is advised for transparent huge pages (`MADV_HUGEPAGE`; on a system whose
 /// THP setting is `madvise`, the usual default, nothing else gets them), so that the decode
 /// kernels' streaming reads are not slowed by TLB misses.
@@ -139,7 +149,7 @@ impl PackedBytes {
         let start = map.as_ptr().align_offset(Self::HUGE_PAGE).min(Self::HUGE_PAGE);
         #[cfg(target_os = "linux")]
         if let Err(e) = map.advise_range(memmap2::Advice::HugePage, start, len) {
-            log::debug!("no transparent huge pages for repacked weights: {e}");
+            log::debug!("no transparent huge pages for copied weights: {e}");
         }
         Ok(PackedBytes { map, start, len })
     }
@@ -167,7 +177,7 @@ impl std::fmt::Debug for PackedBytes {
 impl Weight {
     /// A weight read in place from the mapped file.
     pub fn in_file(ty: WType, rows: usize, cols: usize, offset: usize) -> Weight {
-        Weight { ty, rows, cols, offset, row_bytes: ty.row_bytes(cols), packed: None }
+        Weight { ty, rows, cols, offset, row_bytes: ty.row_bytes(cols), copy: None }
     }
 
     /// The raw bytes of row `r` in the file.
@@ -177,40 +187,53 @@ impl Weight {
         &map[at..at + self.row_bytes]
     }
 
-    /// Whether [`Weight::repack`] applies: Q4_K, whole groups of 8 rows.
-    pub fn repackable(&self) -> bool {
+    /// Whether [`Weight::copy_to_memory`] interleaves the rows: Q4_K, whole groups of 8.
+    pub fn interleavable(&self) -> bool {
         self.ty == WType::Q4_K && self.rows.is_multiple_of(kq::Q4K_GROUP) && self.rows > 0
     }
 
-    /// The bytes the interleaved copy of a repackable weight takes.
-    pub fn repacked_bytes(&self) -> usize {
-        self.rows / kq::Q4K_GROUP * (self.cols / QK_K) * kq::Q4K_X8_BYTES
+    /// The bytes the copy of this weight takes: the file's rows, or 32 bytes more per
+    /// super-block of 8 rows when interleaved.
+    pub fn copy_bytes(&self) -> usize {
+        if self.interleavable() {
+            self.rows / kq::Q4K_GROUP * (self.cols / QK_K) * kq::Q4K_X8_BYTES
+        } else {
+            self.rows * self.row_bytes
+        }
     }
 
-    /// Copies a Q4_K weight's rows into the interleaved layout the decode kernels read
-    /// ([`kq::repack_q4_k_x8`]: 2.8% larger, no 6-bit scale decoding per token), in
-    /// parallel on the current rayon pool. A weight that is not [repackable] is left as
-    /// it is. Returns whether it was repacked; the caller may then release the file's
-    /// pages of it.
-    ///
-    /// [repackable]: Weight::repackable
-    pub fn repack(&mut self, map: &[u8]) -> bool {
-        if !self.repackable() || self.packed.is_some() {
+    /// Copies the weight's rows into memory of the engine's own ([`PackedBytes`]: huge
+    /// pages where the system allows them), in parallel on the current rayon pool; Q4_K
+    /// rows go into the interleaved layout the decode kernels read
+    /// ([`kq::repack_q4_k_x8`]: 2.8% larger, no 6-bit scale decoding per token), other
+    /// types as they are in the file. Returns whether it copied (not when a copy exists or
+    /// no memory could be mapped); the caller may then release the file's pages.
+    pub fn copy_to_memory(&mut self, map: &[u8]) -> bool {
+        if self.copy.is_some() || self.rows == 0 {
             return false;
         }
-        assert!(self.offset + self.rows * self.row_bytes <= map.len(), "weight outside the file");
-        let nb = self.cols / QK_K;
-        let group_bytes = nb * kq::Q4K_X8_BYTES;
-        let Ok(mut packed) = PackedBytes::zeroed(self.repacked_bytes()) else {
-            log::warn!("cannot map memory for a repacked weight; reading it in place");
+        let len = self.rows * self.row_bytes;
+        assert!(self.offset + len <= map.len(), "weight outside the file");
+        let Ok(mut bytes) = PackedBytes::zeroed(self.copy_bytes()) else {
+            log::warn!("cannot map memory for a weight's copy; reading it in place");
             return false;
         };
-        let w = &*self;
-        packed.par_chunks_mut(group_bytes).enumerate().for_each(|(g, out)| {
-            let rows = std::array::from_fn(|i| w.row(map, g * kq::Q4K_GROUP + i));
-            kq::repack_q4_k_x8(rows, nb, out);
-        });
-        self.packed = Some(std::sync::Arc::new(packed));
+        let interleaved = self.interleavable();
+        if interleaved {
+            let nb = self.cols / QK_K;
+            let w = &*self;
+            bytes.par_chunks_mut(nb * kq::Q4K_X8_BYTES).enumerate().for_each(|(g, out)| {
+                let rows = std::array::from_fn(|i| w.row(map, g * kq::Q4K_GROUP + i));
+                kq::repack_q4_k_x8(rows, nb, out);
+            });
+        } else {
+            const CHUNK: usize = 1 << 20;
+            let from = &map[self.offset..self.offset + len];
+            bytes.par_chunks_mut(CHUNK).zip(from.par_chunks(CHUNK)).for_each(|(o, i)| {
+                o.copy_from_slice(i);
+            });
+        }
+        self.copy = Some(std::sync::Arc::new(WeightCopy { bytes, interleaved }));
         true
     }
 
@@ -323,17 +346,26 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
     let mut chunks = Vec::new();
     let mut outs = Vec::with_capacity(jobs.len());
     for (ji, (w, y)) in jobs.iter_mut().enumerate() {
+        // Where the rows are read: the weight's copy (its rows from offset 0) or the file.
+        let (src, w): (&[u8], Weight) = match &w.copy {
+            Some(c) => (&c.bytes, Weight { offset: 0, ..(*w).clone() }),
+            None => (map, (*w).clone()),
+        };
+        let interleaved = w.copy.as_ref().is_some_and(|c| c.interleaved);
         let m = w.rows;
         assert_eq!(a.kind, Some(w.ty.acts()), "activations prepared for another weight type");
         assert_eq!(a.k, w.cols, "activation width differs from the weight's row length");
         assert!(y.len() >= n * m, "output buffer too small");
-        assert!(w.offset + m * w.row_bytes <= map.len(), "weight outside the mapped file");
+        assert!(
+            interleaved || w.offset + m * w.row_bytes <= src.len(),
+            "weight outside the mapped file"
+        );
         // Enough chunks to balance the threads, rows per chunk a multiple of 4. Batches
         // use small chunks so that a chunk's weights stay in L1/L2 while every token tile
         // of the batch streams past them.
         let share = (m * threads * 8).div_ceil(total_rows.max(1)).max(1);
         let chunk = if n == 1 {
-            let unit = if w.packed.is_some() { kq::Q4K_GROUP } else { 4 };
+            let unit = if interleaved { kq::Q4K_GROUP } else { 4 };
             m.div_ceil(share).next_multiple_of(unit).max(unit)
         } else {
             let by_cache = (16 * 1024 / w.row_bytes.max(1)).clamp(8, 64) / 8 * 8;
@@ -344,21 +376,21 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
             chunks.push((ji, r0, (r0 + chunk).min(m)));
             r0 += chunk;
         }
-        outs.push((OutPtr(y.as_mut_ptr()), *w));
+        outs.push((OutPtr(y.as_mut_ptr()), w, src, interleaved));
     }
     let outs = &outs;
     let isa = kernels::isa();
     let big_tiles = isa == kernels::Isa::Avx512Vnni;
     chunks.into_par_iter().for_each(|(ji, r0, r1)| {
-        let (out, w) = outs[ji];
+        let (out, ref w, map, interleaved) = outs[ji];
         let m = w.rows;
         let put = |t: usize, r: usize, v: f32| {
             // SAFETY: t < n and r < m, so the index is inside y (checked above); rows
             // r0..r1 belong to this task alone.
             unsafe { *out.0.add(t * m + r) = v };
         };
-        if let Some(packed) = w.packed.as_deref() {
-            repacked(packed, w, (r0, r1), n, |t| a.qk.row(t), isa, &put);
+        if interleaved {
+            interleaved_q4_k(map, w, (r0, r1), n, |t| a.qk.row(t), isa, &put);
             return;
         }
         match w.ty.acts() {
@@ -422,9 +454,9 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
     });
 }
 
-/// Rows `r0..r1` (whole groups of 8) of a weight repacked by [`Weight::repack`] times the
+/// Rows `r0..r1` (whole groups of 8) of a weight interleaved by [`Weight::copy_to_memory`] times the
 /// `n` activation rows `row(t)`: 4 tokens per kernel call, then single tokens.
-fn repacked<'a>(
+fn interleaved_q4_k<'a>(
     packed: &[u8],
     w: &Weight,
     (r0, r1): (usize, usize),
@@ -610,9 +642,9 @@ mod tests {
     fn matmul_every_type_matches_dequantized_reference() {
         let mut seed = 21;
         let (k, n) = (512, 2 * TILE + 4 + 3);
-        // The types in the file's layout (13 rows: the row kernels' leftovers too), then
-        // Q4_K repacked at load (whole groups of 8 rows).
-        let cases = [
+        // Every type read in the file (13 rows: the row kernels' leftovers too), then
+        // copied to memory (Q4_K interleaved: whole groups of 8 rows).
+        let types = [
             WType::F32,
             WType::F16,
             WType::BF16,
@@ -625,18 +657,22 @@ mod tests {
             WType::Q4_K,
             WType::Q5_K,
             WType::Q6_K,
-        ]
-        .map(|ty| (ty, 13, false))
-        .into_iter()
-        .chain([(WType::Q4_K, 24, true)]);
-        for (ty, rows, repack) in cases {
+        ];
+        let cases = types
+            .map(|ty| (ty, 13, false))
+            .into_iter()
+            .chain(types.map(|ty| (ty, if ty == WType::Q4_K { 24 } else { 13 }, true)));
+        for (ty, rows, copy) in cases {
             let pad = 7;
             let mut map = vec![0u8; pad];
             for _ in 0..rows {
                 map.extend(random_row(ty, k, &mut seed));
             }
             let mut w = Weight::in_file(ty, rows, k, pad);
-            assert_eq!(w.repack(&map), repack, "{ty:?} × {rows} rows repacked");
+            if copy {
+                assert!(w.copy_to_memory(&map), "{ty:?} × {rows} rows copied");
+                assert_eq!(w.copy.as_ref().map(|c| c.interleaved), Some(ty == WType::Q4_K));
+            }
             let x: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed) * 2.0).collect();
             let mut a = Prepared::default();
             a.prepare(ty, &x, n, k);
@@ -658,7 +694,7 @@ mod tests {
                     let got = f64::from(y[t * rows + r]);
                     assert!(
                         (got - want).abs() <= 1e-5 * mag,
-                        "{ty:?} (repacked: {repack}) row {r} token {t}: {got} vs {want} (Σ|·| {mag})"
+                        "{ty:?} (copied: {copy}) row {r} token {t}: {got} vs {want} (Σ|·| {mag})"
                     );
                 }
             }
