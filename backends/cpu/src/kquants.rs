@@ -523,6 +523,28 @@ pub fn gemm_q4_k_x8<const T: usize>(
     dispatch!(isa, gemm_q4_k_x8::<T>(packed, a, nb), gemm_q4_k_x8_portable(packed, a, nb))
 }
 
+/// [`gemm_q4_k_x8`] over consecutive groups of 8 rows (`packed` holds `out.len()` groups
+/// of `a`'s super-block count each), one dispatch for all of them: `out[g][t][r]`.
+pub fn gemm_q4_k_x8_groups<const T: usize>(
+    isa: Isa,
+    packed: &[u8],
+    a: [Q8KRow<'_>; T],
+    out: &mut [[[f32; Q4K_GROUP]; T]],
+) {
+    let nb = a[0].d.len();
+    let group = nb * Q4K_X8_BYTES;
+    assert!(packed.len() >= out.len() * group, "packed groups shorter than the output");
+    if out.is_empty() {
+        return;
+    }
+    q8k_blocks(&packed[..group], &a, Q4K_X8_BYTES);
+    dispatch!(isa, gemm_q4_k_x8_groups::<T>(packed, a, nb, out), {
+        for (g, o) in out.iter_mut().enumerate() {
+            *o = gemm_q4_k_x8_portable(&packed[g * group..(g + 1) * group], a, nb);
+        }
+    })
+}
+
 fn gemm_q4_k_x8_portable<const T: usize>(
     packed: &[u8],
     a: [Q8KRow<'_>; T],

@@ -746,6 +746,21 @@ macro_rules! x86_kernels {
             out
         }
 
+        /// [`gemm_q4_k_x8`] over `out.len()` consecutive groups.
+        #[target_feature(enable = $features)]
+        #[inline]
+        pub(crate) unsafe fn gemm_q4_k_x8_groups<const T: usize>(
+            packed: &[u8],
+            a: [Q8KRow<'_>; T],
+            nb: usize,
+            out: &mut [[[f32; 8]; T]],
+        ) {
+            let group = nb * crate::kquants::Q4K_X8_BYTES;
+            for (g, o) in out.iter_mut().enumerate() {
+                *o = gemm_q4_k_x8::<T>(packed.get_unchecked(g * group..(g + 1) * group), a, nb);
+            }
+        }
+
         /// `T` Q8_0 activation rows times a packed group of 8 Q4_0 rows
         /// (`kernels::pack_q4_0_group`): per block and token, 8 `vpmaddubsw` of the
         /// broadcast activation chunks summed in i16, widened, offset by `-8·Σa`, scaled

@@ -467,26 +467,33 @@ fn interleaved_q4_k<'a>(
 ) {
     let group_bytes = w.cols / QK_K * kq::Q4K_X8_BYTES;
     debug_assert!(r0 % kq::Q4K_GROUP == 0 && r1 % kq::Q4K_GROUP == 0);
-    for g in r0 / kq::Q4K_GROUP..r1 / kq::Q4K_GROUP {
-        let p = &packed[g * group_bytes..(g + 1) * group_bytes];
-        let r = g * kq::Q4K_GROUP;
-        let mut t = 0;
-        while t + 4 <= n {
-            let out = kq::gemm_q4_k_x8::<4>(isa, p, std::array::from_fn(|i| row(t + i)));
-            for (i, lanes) in out.iter().enumerate() {
+    let (g0, g1) = (r0 / kq::Q4K_GROUP, r1 / kq::Q4K_GROUP);
+    let p = &packed[g0 * group_bytes..g1 * group_bytes];
+    fn run<'a, const T: usize>(
+        (isa, p, r0): (kernels::Isa, &[u8], usize),
+        groups: usize,
+        t: usize,
+        row: &impl Fn(usize) -> kq::Q8KRow<'a>,
+        put: &impl Fn(usize, usize, f32),
+    ) {
+        let mut out = vec![[[0f32; kq::Q4K_GROUP]; T]; groups];
+        kq::gemm_q4_k_x8_groups::<T>(isa, p, std::array::from_fn(|i| row(t + i)), &mut out);
+        for (g, tokens) in out.iter().enumerate() {
+            for (i, lanes) in tokens.iter().enumerate() {
                 for (j, &v) in lanes.iter().enumerate() {
-                    put(t + i, r + j, v);
+                    put(t + i, r0 + g * kq::Q4K_GROUP + j, v);
                 }
             }
-            t += 4;
         }
-        while t < n {
-            let [lanes] = kq::gemm_q4_k_x8::<1>(isa, p, [row(t)]);
-            for (j, &v) in lanes.iter().enumerate() {
-                put(t, r + j, v);
-            }
-            t += 1;
-        }
+    }
+    let mut t = 0;
+    while t + 4 <= n {
+        run::<4>((isa, p, r0), g1 - g0, t, &row, put);
+        t += 4;
+    }
+    while t < n {
+        run::<1>((isa, p, r0), g1 - g0, t, &row, put);
+        t += 1;
     }
 }
 
