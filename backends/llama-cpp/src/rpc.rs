@@ -388,21 +388,7 @@ pub(crate) fn plan_load(
 
     let file_size = std::fs::metadata(path).map_or(0, |m| m.len());
     let free: u64 = all.iter().map(|c| c.placed.memory_free).sum();
-    if !skipped.is_empty() && file_size > free {
-        let who: Vec<String> =
-            skipped.iter().map(|s| format!("{} ({})", s.endpoint, s.reason)).collect();
-        return Err(BackendError::new(
-            corral_backend_api::ErrorKind::OutOfMemory,
-            format!(
-                "{} needs {} MiB for its weights but the devices left have {} MiB free without \
-             the RPC worker(s) that could not be used: {}",
-                path.display(),
-                file_size >> 20,
-                free >> 20,
-                who.join("; ")
-            ),
-        ));
-    }
+    fits_without_skipped(path, file_size, free, &skipped)?;
 
     let n_layer = block_count(path)?;
     // llama.cpp counts the output layer as one more layer to place.
@@ -495,9 +481,54 @@ pub(crate) fn log_placement(p: &Placement) {
     }
 }
 
+/// Refuses a load that needs the workers which could not be used: the weights
+/// (`file_size`) exceed the `free` memory of the devices left. A model that fits without
+/// them loads (they were skipped with a warning).
+fn fits_without_skipped(
+    path: &Path,
+    file_size: u64,
+    free: u64,
+    skipped: &[Skipped],
+) -> Result<(), BackendError> {
+    if skipped.is_empty() || file_size <= free {
+        return Ok(());
+    }
+    let who: Vec<String> =
+        skipped.iter().map(|s| format!("{} ({})", s.endpoint, s.reason)).collect();
+    Err(BackendError::new(
+        corral_backend_api::ErrorKind::OutOfMemory,
+        format!(
+            "{} needs {} MiB for its weights but the devices left have {} MiB free without \
+             the RPC worker(s) that could not be used: {}",
+            path.display(),
+            file_size >> 20,
+            free >> 20,
+            who.join("; ")
+        ),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_model_that_needs_a_lost_worker_is_refused_naming_it() {
+        let lost = [Skipped {
+            endpoint: "10.0.0.5:50052".into(),
+            reason: "cannot be reached: connection refused".into(),
+        }];
+        let path = Path::new("/m/big.gguf");
+        let e = fits_without_skipped(path, 40 << 30, 23 << 30, &lost).unwrap_err();
+        assert_eq!(e.kind, corral_backend_api::ErrorKind::OutOfMemory);
+        let m = e.to_string();
+        assert!(m.contains("40960 MiB") && m.contains("23552 MiB free"), "{m}");
+        assert!(m.contains("10.0.0.5:50052 (cannot be reached: connection refused)"), "{m}");
+        // It fits without the worker: the load goes on (the worker was skipped with a
+        // warning); nothing skipped: no refusal here, the engine says what it must.
+        assert!(fits_without_skipped(path, 1 << 30, 23 << 30, &lost).is_ok());
+        assert!(fits_without_skipped(path, 40 << 30, 23 << 30, &[]).is_ok());
+    }
 
     #[test]
     fn layers_split_in_proportion_and_add_up() {
