@@ -542,7 +542,7 @@ pub fn gemm_q4_k_x8_groups<const T: usize>(
         for (g, o) in out.iter_mut().enumerate() {
             *o = gemm_q4_k_x8_portable(&packed[g * group..(g + 1) * group], a, nb);
         }
-    })
+    });
 }
 
 fn gemm_q4_k_x8_portable<const T: usize>(
