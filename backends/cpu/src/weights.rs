@@ -471,13 +471,12 @@ fn interleaved_q4_k<'a>(
     let p = &packed[g0 * group_bytes..g1 * group_bytes];
     fn run<'a, const T: usize>(
         (isa, p, r0): (kernels::Isa, &[u8], usize),
-        groups: usize,
+        out: &mut [[[f32; kq::Q4K_GROUP]; T]],
         t: usize,
         row: &impl Fn(usize) -> kq::Q8KRow<'a>,
         put: &impl Fn(usize, usize, f32),
     ) {
-        let mut out = vec![[[0f32; kq::Q4K_GROUP]; T]; groups];
-        kq::gemm_q4_k_x8_groups::<T>(isa, p, std::array::from_fn(|i| row(t + i)), &mut out);
+        kq::gemm_q4_k_x8_groups::<T>(isa, p, std::array::from_fn(|i| row(t + i)), out);
         for (g, tokens) in out.iter().enumerate() {
             for (i, lanes) in tokens.iter().enumerate() {
                 for (j, &v) in lanes.iter().enumerate() {
@@ -487,13 +486,19 @@ fn interleaved_q4_k<'a>(
         }
     }
     let mut t = 0;
-    while t + 4 <= n {
-        run::<4>((isa, p, r0), g1 - g0, t, &row, put);
-        t += 4;
+    if n >= 4 {
+        let mut out = vec![[[0f32; kq::Q4K_GROUP]; 4]; g1 - g0];
+        while t + 4 <= n {
+            run::<4>((isa, p, r0), &mut out, t, &row, put);
+            t += 4;
+        }
     }
-    while t < n {
-        run::<1>((isa, p, r0), g1 - g0, t, &row, put);
-        t += 1;
+    if t < n {
+        let mut out = vec![[[0f32; kq::Q4K_GROUP]; 1]; g1 - g0];
+        while t < n {
+            run::<1>((isa, p, r0), &mut out, t, &row, put);
+            t += 1;
+        }
     }
 }
 
