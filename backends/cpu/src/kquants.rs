@@ -893,14 +893,10 @@ mod tests {
         }
     }
 
-    /// The grouped Q4_K kernel over 8 packed rows equals the row kernel on each row (to
-    /// float summation order), at every SIMD level.
-    #[test]
-    fn grouped_q4_k_equals_row_dots() {
-        let mut seed = 5;
-        let k = 3 * QK_K;
-        let rows: Vec<Vec<u8>> =
-            (0..Q4K_GROUP).map(|_| random_row(WType::Q4_K, k, &mut seed)).collect();
+    /// 8 random Q4_K rows of `k` values and 4 rows of Q8_K activations.
+    fn q4_k_group_and_acts(k: usize, mut seed: u64) -> (Vec<Vec<u8>>, Q8KRows) {
+        let nb = k / QK_K;
+        let rows = (0..Q4K_GROUP).map(|_| random_row(WType::Q4_K, k, &mut seed)).collect();
         let mut q = Q8KRows::default();
         q.resize(4, k);
         for t in 0..4 {
@@ -908,10 +904,19 @@ mod tests {
             quantize_row_q8_k(
                 &x,
                 &mut q.qs[t * k..(t + 1) * k],
-                &mut q.d[t * 3..(t + 1) * 3],
-                &mut q.bsums[t * 48..(t + 1) * 48],
+                &mut q.d[t * nb..(t + 1) * nb],
+                &mut q.bsums[t * 16 * nb..(t + 1) * 16 * nb],
             );
         }
+        (rows, q)
+    }
+
+    /// The grouped Q4_K kernel over 8 packed rows equals the row kernel on each row (to
+    /// float summation order), at every SIMD level.
+    #[test]
+    fn grouped_q4_k_equals_row_dots() {
+        let k = 3 * QK_K;
+        let (rows, q) = q4_k_group_and_acts(k, 5);
         let mut packed = Vec::new();
         pack_q4_k_group(std::array::from_fn(|r| rows[r].as_slice()), k / QK_K, &mut packed);
         let acts: [Q8KRow<'_>; 4] = std::array::from_fn(|t| q.row(t));
@@ -940,22 +945,9 @@ mod tests {
     /// SIMD level, including the portable one.
     #[test]
     fn repacked_q4_k_x8_equals_row_dots() {
-        let mut seed = 9;
         let k = 3 * QK_K;
         let nb = k / QK_K;
-        let rows: Vec<Vec<u8>> =
-            (0..Q4K_GROUP).map(|_| random_row(WType::Q4_K, k, &mut seed)).collect();
-        let mut q = Q8KRows::default();
-        q.resize(4, k);
-        for t in 0..4 {
-            let x: Vec<f32> = (0..k).map(|_| lcg(&mut seed) * 3.0).collect();
-            quantize_row_q8_k(
-                &x,
-                &mut q.qs[t * k..(t + 1) * k],
-                &mut q.d[t * nb..(t + 1) * nb],
-                &mut q.bsums[t * 16 * nb..(t + 1) * 16 * nb],
-            );
-        }
+        let (rows, q) = q4_k_group_and_acts(k, 9);
         let mut packed = vec![0u8; nb * Q4K_X8_BYTES];
         repack_q4_k_x8(std::array::from_fn(|r| rows[r].as_slice()), nb, &mut packed);
         let acts: [Q8KRow<'_>; 4] = std::array::from_fn(|t| q.row(t));

@@ -605,6 +605,35 @@ macro_rules! x86_kernels {
             s16
         }
 
+        /// Adds super-block `b` of 8 Q4_K rows to one token's accumulators: the rows'
+        /// integer sums `isum` times `d·d_y` into `acc`, and the mins (`mins[k]`: i16 pairs,
+        /// the rows' mins of sub-blocks `2k` and `2k + 1`) times the activation's sums of
+        /// those sub-blocks, times `dmin·d_y`, into `acc_min` (subtracted at the end, as
+        /// ggml's repacked Q4_K gemm does).
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn q4k_group_add(
+            isum: __m256i,
+            mins: &[__m256i; 4],
+            a: &Q8KRow<'_>,
+            b: usize,
+            (dv, dminv): (__m256, __m256),
+            (acc, acc_min): (&mut __m256, &mut __m256),
+        ) {
+            let bs = a.bsums.as_ptr().add(16 * b);
+            let pair = |j: usize| i32::from(*bs.add(2 * j)) + i32::from(*bs.add(2 * j + 1));
+            let mut msum = _mm256_setzero_si256();
+            for (k, mv) in mins.iter().enumerate() {
+                let (lo, hi) = (pair(2 * k), pair(2 * k + 1));
+                let yv = _mm256_set1_epi32((lo & 0xffff) | (hi << 16));
+                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(*mv, yv));
+            }
+            let yd = _mm256_set1_ps(*a.d.get_unchecked(b));
+            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dv, yd), *acc);
+            *acc_min =
+                _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dminv, yd), *acc_min);
+        }
+
         /// `T` Q8_K activation rows times a packed group of 8 Q4_K rows
         /// (`kquants::pack_q4_k_group`): per super-block and token, each sub-block's 8
         /// chunks of 4 values are multiplied by the broadcast activation chunk with
@@ -637,25 +666,11 @@ macro_rules! x86_kernels {
                         isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s16[t], scv));
                     }
                 }
+                let mins: [__m256i; 4] =
+                    std::array::from_fn(|k| _mm256_loadu_si256(mins.add(32 * k).cast()));
                 for t in 0..T {
-                    let bs = a[t].bsums.as_ptr().add(16 * b);
-                    let mut msum = _mm256_setzero_si256();
-                    for k in 0..4 {
-                        let pair =
-                            |j: usize| i32::from(*bs.add(2 * j)) + i32::from(*bs.add(2 * j + 1));
-                        let (lo, hi) = (pair(2 * k), pair(2 * k + 1));
-                        let yv = _mm256_set1_epi32((lo & 0xffff) | (hi << 16));
-                        let mv = _mm256_loadu_si256(mins.add(32 * k).cast());
-                        msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mv, yv));
-                    }
-                    let yd = _mm256_set1_ps(*a[t].d.get_unchecked(b));
-                    acc[t] =
-                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(dv, yd), acc[t]);
-                    acc_min[t] = _mm256_fmadd_ps(
-                        _mm256_cvtepi32_ps(msum),
-                        _mm256_mul_ps(dminv, yd),
-                        acc_min[t],
-                    );
+                    let (ai, am) = (&mut acc[t], &mut acc_min[t]);
+                    q4k_group_add(isum[t], &mins, &a[t], b, (dv, dminv), (ai, am));
                 }
             }
             let mut out = [[0f32; 8]; T];
@@ -718,25 +733,12 @@ macro_rules! x86_kernels {
                 }
                 let dv = _mm256_cvtph_ps(_mm_loadu_si128(g.add(1152).cast()));
                 let dminv = _mm256_cvtph_ps(_mm_loadu_si128(g.add(1168).cast()));
+                let mins: [__m256i; 4] = std::array::from_fn(|k| {
+                    _mm256_cvtepu8_epi16(_mm_loadu_si128(g.add(1088 + 16 * k).cast()))
+                });
                 for t in 0..T {
-                    let bs = a[t].bsums.as_ptr().add(16 * b);
-                    let mut msum = _mm256_setzero_si256();
-                    for k in 0..4 {
-                        let pair =
-                            |j: usize| i32::from(*bs.add(2 * j)) + i32::from(*bs.add(2 * j + 1));
-                        let (lo, hi) = (pair(2 * k), pair(2 * k + 1));
-                        let yv = _mm256_set1_epi32((lo & 0xffff) | (hi << 16));
-                        let mv = _mm256_cvtepu8_epi16(_mm_loadu_si128(g.add(1088 + 16 * k).cast()));
-                        msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mv, yv));
-                    }
-                    let yd = _mm256_set1_ps(*a[t].d.get_unchecked(b));
-                    acc[t] =
-                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(dv, yd), acc[t]);
-                    acc_min[t] = _mm256_fmadd_ps(
-                        _mm256_cvtepi32_ps(msum),
-                        _mm256_mul_ps(dminv, yd),
-                        acc_min[t],
-                    );
+                    let (ai, am) = (&mut acc[t], &mut acc_min[t]);
+                    q4k_group_add(isum[t], &mins, &a[t], b, (dv, dminv), (ai, am));
                 }
             }
             let mut out = [[0f32; 8]; T];
