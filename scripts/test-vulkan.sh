@@ -25,12 +25,13 @@ corral backends --backend vulkan
 echo "== conformance on the vulkan variant"
 corral plugin check "$out/llama-cpp-vulkan" --model "$tmp/m.gguf"
 echo "== greedy text: vulkan vs cpu"
-args=(run --raw --temperature 0 --repeat-penalty 1 --num-predict 32 "$tmp/m.gguf" "The capital of France is")
-a="$(corral --backend vulkan "${args[@]}" 2>/dev/null | md5sum)"
+args=(--raw --temperature 0 --repeat-penalty 1 --num-predict 32 "$tmp/m.gguf" "The capital of France is")
+a="$(corral run --backend vulkan "${args[@]}" 2>/dev/null | md5sum)"
 # The plain build's CPU variant (cpu-native: .cargo/config.toml builds for this CPU).
 cpu_variant="$(sed -n 's/^variant = "\(.*\)"/\1/p' "$rel/llama-cpp.corral-plugin.toml")"
-b="$(corral --backend "llama-cpp:$cpu_variant" "${args[@]}" 2>/dev/null | md5sum)"
-echo "vulkan $a / cpu $b"; [ "$a" = "$b" ]
+b="$(corral run --backend "llama-cpp:$cpu_variant" "${args[@]}" 2>/dev/null | md5sum)"
+empty="$(printf '' | md5sum)"
+echo "vulkan $a / cpu $b"; [ "$a" = "$b" ] && [ "$a" != "$empty" ]
 echo "== logits: vulkan vs cpu"
 vk_raw="${LLAMA_TARGET_ROOT:-$here/target}/llama-vulkan/release/llama-raw"
 "$vk_raw" logits "$tmp/m.gguf" --prompt "The quick brown fox" --gpu-layers 99 --json 2>/dev/null > "$tmp/vk.json"
