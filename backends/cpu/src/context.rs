@@ -34,6 +34,61 @@ fn default_threads() -> u32 {
     std::thread::available_parallelism().map_or(4, |n| n.get() as u32)
 }
 
+fn keep_awake() -> bool {
+    static K: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *K.get_or_init(|| std::env::var("CORRAL_CPU_SPIN").map_or(true, |v| v != "0"))
+}
+
+/// Runs `f` on the current pool thread while every other thread of the pool stays awake:
+/// each runs a task that takes the pool's pending work as soon as it appears
+/// (`rayon::yield_now`) and spins while there is none, until `f` returns. A single-token
+/// step has 4-5 parallel regions per layer with a little serial work between them, and
+/// rayon's idle threads otherwise fall asleep there and must be woken for the next
+/// region (llama.cpp's threads spin at barriers for the same reason).
+fn with_threads_awake<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    let others = rayon::current_num_threads().saturating_sub(1);
+    if others == 0 {
+        return f();
+    }
+    use std::sync::atomic::{AtomicBool, Ordering};
+    /// Ends the spinning when `f` returns or unwinds (the scope waits for its tasks, so a
+    /// panic in `f` must stop them too).
+    struct Done<'a>(&'a AtomicBool);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+    let done = AtomicBool::new(false);
+    let mut out = None;
+    rayon::scope(|s| {
+        for _ in 0..others {
+            s.spawn(|_| {
+                let mut idle = 0u32;
+                while !done.load(Ordering::Acquire) {
+                    match rayon::yield_now() {
+                        Some(rayon::Yield::Executed) => idle = 0,
+                        Some(rayon::Yield::Idle) => {
+                            idle = idle.wrapping_add(1);
+                            // Give the core away now and then, should the pool have more
+                            // threads than the machine has cores.
+                            if idle.is_multiple_of(256) {
+                                std::thread::yield_now();
+                            } else {
+                                std::hint::spin_loop();
+                            }
+                        }
+                        None => break,
+                    }
+                }
+            });
+        }
+        let _done = Done(&done);
+        out = Some(f());
+    });
+    out.expect("the scope ran f")
+}
+
 fn build_pool(n: u32) -> Result<rayon::ThreadPool, BackendError> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(n as usize)
@@ -179,7 +234,15 @@ impl Context for CpuContext {
         let factors = model.rope_factors(self.params.n_ctx as usize);
         let caches = &mut self.caches;
         let scratch = &mut self.scratch;
-        let out = pool.install(|| forward(model, caches, batch, &out_rows, emb, factors, scratch));
+        let out = pool.install(|| {
+            if batch.len() == 1 && keep_awake() {
+                with_threads_awake(|| {
+                    forward(model, caches, batch, &out_rows, emb, factors, scratch)
+                })
+            } else {
+                forward(model, caches, batch, &out_rows, emb, factors, scratch)
+            }
+        });
         match out {
             Output::Logits(l) => {
                 self.logits = l;
@@ -331,5 +394,28 @@ impl Context for CpuContext {
         self.logits.clear();
         self.pooled.clear();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The threads kept awake take the parallel work, the result comes back, and a panic
+    /// in the step ends the spinning instead of hanging the scope.
+    #[test]
+    fn threads_kept_awake_do_the_work_and_stop_on_panic() {
+        use rayon::prelude::*;
+        let pool = build_pool(2).expect("pool");
+        let sum = pool.install(|| {
+            with_threads_awake(|| (0..100_000u64).into_par_iter().map(|i| i * 2).sum::<u64>())
+        });
+        assert_eq!(sum, 99_999 * 100_000);
+        let caught = pool.install(|| {
+            std::panic::catch_unwind(|| with_threads_awake(|| -> u32 { panic!("step failed") }))
+        });
+        assert!(caught.is_err());
+        // The pool still works afterwards.
+        assert_eq!(pool.install(|| with_threads_awake(|| 7)), 7);
     }
 }
