@@ -703,6 +703,20 @@ fn a_new_plugin_builds_installs_and_passes_the_suite() {
         );
         assert!(stdout.contains(" 0 failed"), "{stdout}");
     });
+    // By name, as `--backend` names it; a name nothing carries is one clear error.
+    let mut c = corral(&[]);
+    user(&mut c);
+    c.args(["plugin", "check", "my-engine"]);
+    let (out, stdout, stderr) = run(c);
+    assert!(out.status.success() && stdout.contains(" 0 failed"), "{stdout}\n{stderr}");
+    let mut c = corral(&[]);
+    user(&mut c);
+    c.args(["plugin", "check", "no-such-engine"]);
+    let (out, _, stderr) = run(c);
+    assert!(
+        !out.status.success() && stderr.contains("neither a path nor a plugin on the plugin path"),
+        "{stderr}"
+    );
     let mut c = corral(&[]);
     user(&mut c);
     c.args(["plugin", "remove", "my-engine"]);

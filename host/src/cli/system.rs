@@ -166,7 +166,8 @@ pub(crate) fn backends(global: &GlobalOptions, a: &BackendsArgs) -> Result<()> {
 /// `corral plugin check`.
 #[derive(Args, Debug)]
 pub(crate) struct CheckArgs {
-    /// The plugin: its manifest, its directory, or its library (with a manifest beside it).
+    /// The plugin: its manifest, its directory, its library (with a manifest beside it),
+    /// or the name of one on the plugin path (`my-engine`, `llama-cpp:vulkan`).
     pub path: PathBuf,
     /// Model to run the checks on (default: a tiny generated GGUF model).
     #[arg(long)]
@@ -179,7 +180,11 @@ pub(crate) struct CheckArgs {
 /// `corral plugin check`: the conformance suite on one plugin, in this process.
 pub(crate) fn plugin_check(global: &GlobalOptions, a: &CheckArgs) -> Result<()> {
     let rt = Runtime::new(global)?;
-    let manifest_path = conformance::find_manifest(&a.path)?;
+    let manifest_path = if a.path.exists() {
+        conformance::find_manifest(&a.path)?
+    } else {
+        manifest_named(&rt.catalog, &a.path.to_string_lossy())?
+    };
     let manifest = corral_plugin_host::Manifest::load(&manifest_path)?;
     if let Err(unmet) = corral_probe::check(&manifest.requires, &rt.catalog.machine) {
         eprintln!("warning: {} says it cannot run here: {unmet}; checking anyway", manifest.id());
@@ -196,6 +201,31 @@ pub(crate) fn plugin_check(global: &GlobalOptions, a: &CheckArgs) -> Result<()> 
         bail!("{} failed {failed} conformance check(s)", manifest.id());
     }
     Ok(())
+}
+
+/// The manifest of the one plugin on the search path that `selector` names (as
+/// `--backend` names plugins), for `plugin check NAME`.
+fn manifest_named(catalog: &corral_plugin_host::PluginCatalog, selector: &str) -> Result<PathBuf> {
+    let named: Vec<_> = catalog
+        .discovered
+        .iter()
+        .filter(|d| d.manifest.as_ref().is_ok_and(|m| m.matches(selector)))
+        .collect();
+    let ids = || {
+        let ids: Vec<String> =
+            named.iter().filter_map(|d| d.manifest.as_ref().ok().map(|m| m.id())).collect();
+        ids.join(", ")
+    };
+    match named.as_slice() {
+        [one] => Ok(one.manifest_path.clone()),
+        [] => bail!(
+            "{selector} is neither a path nor a plugin on the plugin path ({}); `corral \
+             backends` lists the plugins found",
+            std::env::join_paths(&catalog.search_path)
+                .map_or_else(|_| "?".into(), |p| p.to_string_lossy().into_owned())
+        ),
+        _ => bail!("{selector} names several plugins ({}); give NAME:VARIANT or a path", ids()),
+    }
 }
 
 pub(crate) fn generate_model(a: &crate::GenerateArgs) -> Result<()> {
