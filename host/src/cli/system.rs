@@ -212,8 +212,10 @@ fn manifest_named(catalog: &corral_plugin_host::PluginCatalog, selector: &str) -
         .filter(|d| d.manifest.as_ref().is_ok_and(|m| m.matches(selector)))
         .collect();
     let ids = || {
-        let ids: Vec<String> =
-            named.iter().filter_map(|d| d.manifest.as_ref().ok().map(|m| m.id())).collect();
+        let ids: Vec<String> = named
+            .iter()
+            .filter_map(|d| d.manifest.as_ref().ok().map(corral_plugin_host::Manifest::id))
+            .collect();
         ids.join(", ")
     };
     match named.as_slice() {
