@@ -328,7 +328,7 @@ pub const Q4_0_GROUP_BYTES: usize = 8 * 32 + 32;
 
 /// Repacks the blocks of 8 Q4_0 rows for [`gemm_q4_0_group`]: per block, 8 vectors of 32
 /// bytes, vector `c` holding the unsigned values `4c..4c+4` of every row, then the rows'
-/// scales as f32 (the layout of `kquants::pack_q4_k_group`, one block of 32 at a time).
+/// scales as f32 (8 rows' values side by side, as in `kquants::repack_q4_k_x8`, unpacked to bytes, one block of 32 at a time).
 pub fn pack_q4_0_group(rows: [&[u8]; Q4_0_GROUP], nb: usize, out: &mut Vec<u8>) {
     out.clear();
     out.resize(nb * Q4_0_GROUP_BYTES, 0);

@@ -400,67 +400,8 @@ pub fn rows_q8k<const T: usize>(
     }
 }
 
-/// Rows of a Q4_K matrix the grouped kernel handles at once.
+/// Rows of a Q4_K matrix the interleaved kernel handles at once.
 pub const Q4K_GROUP: usize = 8;
-/// Bytes of one super-block of a packed group of [`Q4K_GROUP`] Q4_K rows (see
-/// [`pack_q4_k_group`]).
-pub const Q4K_GROUP_BYTES: usize = 8 * 8 * 32 + 8 * 32 + 4 * 32 + 32 + 32;
-
-/// Repacks super-blocks of 8 Q4_K rows for [`gemm_q4_k_group`], llama.cpp's idea of
-/// interleaved rows (its `block_q4_Kx8`) in this engine's own layout. Per super-block:
-/// for each sub-block `j` and each 4-value chunk `c`, 32 bytes holding the 4 unsigned
-/// values of every row (row-major within the vector); for each `j` the rows' scales as
-/// i16 pairs; for each pair of sub-blocks the rows' two mins as i16; the rows' `d` and
-/// `dmin` as f32. A batch multiplies one broadcast activation chunk against 8 rows at a
-/// time and sums in 16 bits before applying the scales, so most of the work is one
-/// `vpmaddubsw` per 32 products. The packing is done per chunk of a matmul and reused by
-/// every token tile, so the weights stay in place in the mapped file.
-pub fn pack_q4_k_group(rows: [&[u8]; Q4K_GROUP], nb: usize, out: &mut Vec<u8>) {
-    out.clear();
-    out.resize(nb * Q4K_GROUP_BYTES, 0);
-    for b in 0..nb {
-        let o = &mut out[b * Q4K_GROUP_BYTES..(b + 1) * Q4K_GROUP_BYTES];
-        let (u, rest) = o.split_at_mut(8 * 8 * 32);
-        let (sc, rest) = rest.split_at_mut(8 * 32);
-        let (mins, rest) = rest.split_at_mut(4 * 32);
-        let (d, dmin) = rest.split_at_mut(32);
-        for (r, row) in rows.iter().enumerate() {
-            let blk = &row[b * Q4_K_BYTES..(b + 1) * Q4_K_BYTES];
-            let qs = &blk[16..144];
-            for j in 0..8 {
-                for l in 0..32 {
-                    let v = (qs[32 * (j / 2) + l] >> (4 * (j % 2))) & 0x0f;
-                    u[(j * 8 + l / 4) * 32 + 4 * r + l % 4] = v;
-                }
-                let (s, m) = scale_min_k4(j, &blk[4..16]);
-                let s2 = i16::from(s).to_le_bytes();
-                sc[j * 32 + 4 * r..j * 32 + 4 * r + 4]
-                    .copy_from_slice(&[s2[0], s2[1], s2[0], s2[1]]);
-                let at = (j / 2) * 32 + 4 * r + 2 * (j % 2);
-                mins[at..at + 2].copy_from_slice(&i16::from(m).to_le_bytes());
-            }
-            d[4 * r..4 * r + 4].copy_from_slice(&f16_at(blk, 0).to_le_bytes());
-            dmin[4 * r..4 * r + 4].copy_from_slice(&f16_at(blk, 2).to_le_bytes());
-        }
-    }
-}
-
-/// `T` Q8_K activation rows times a packed group of [`Q4K_GROUP`] Q4_K rows
-/// ([`pack_q4_k_group`]): `out[t][r]`, at level `isa` (the portable level unpacks the
-/// original rows instead; `None` asks the caller to use [`dot_q4_k`]).
-#[inline]
-pub fn gemm_q4_k_group<const T: usize>(
-    isa: Isa,
-    packed: &[u8],
-    a: [Q8KRow<'_>; T],
-) -> Option<[[f32; Q4K_GROUP]; T]> {
-    let nb = q8k_blocks(packed, &a, Q4K_GROUP_BYTES);
-    match isa.min(Isa::detected()) {
-        Isa::Portable => None,
-        _ => Some(dispatch!(isa, gemm_q4_k_group::<T>(packed, a, nb), unreachable!())),
-    }
-}
-
 /// Bytes of one super-block of [`Q4K_GROUP`] Q4_K rows in the interleaved layout that
 /// [`repack_q4_k_x8`] makes at load time: the 8 rows' 1,152 bytes plus 32 (their scales
 /// and mins unpacked to bytes).
@@ -909,35 +850,6 @@ mod tests {
             );
         }
         (rows, q)
-    }
-
-    /// The grouped Q4_K kernel over 8 packed rows equals the row kernel on each row (to
-    /// float summation order), at every SIMD level.
-    #[test]
-    fn grouped_q4_k_equals_row_dots() {
-        let k = 3 * QK_K;
-        let (rows, q) = q4_k_group_and_acts(k, 5);
-        let mut packed = Vec::new();
-        pack_q4_k_group(std::array::from_fn(|r| rows[r].as_slice()), k / QK_K, &mut packed);
-        let acts: [Q8KRow<'_>; 4] = std::array::from_fn(|t| q.row(t));
-        for isa in Isa::available() {
-            let Some(got) = gemm_q4_k_group::<4>(isa, &packed, acts) else {
-                assert_eq!(isa, Isa::Portable);
-                continue;
-            };
-            for (r, row) in rows.iter().enumerate() {
-                let want = dot_q4_k::<4>(Isa::Portable, row, acts);
-                for t in 0..4 {
-                    let tol = 1e-5 * want[t].abs().max(1.0);
-                    assert!(
-                        (got[t][r] - want[t]).abs() <= tol,
-                        "{isa:?} row {r} token {t}: {} vs {}",
-                        got[t][r],
-                        want[t]
-                    );
-                }
-            }
-        }
     }
 
     /// The interleaved Q4_K layout made at load time, times 1 and 4 activation rows,

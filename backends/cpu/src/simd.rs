@@ -634,59 +634,13 @@ macro_rules! x86_kernels {
                 _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dminv, yd), *acc_min);
         }
 
-        /// `T` Q8_K activation rows times a packed group of 8 Q4_K rows
-        /// (`kquants::pack_q4_k_group`): per super-block and token, each sub-block's 8
-        /// chunks of 4 values are multiplied by the broadcast activation chunk with
-        /// `vpmaddubsw` and summed in i16 (8·2·15·127 < 2^15), then one `vpmaddwd` applies
-        /// the 8 rows' scales; the mins come in through the activation's pair sums.
-        #[target_feature(enable = $features)]
-        #[inline]
-        pub(crate) unsafe fn gemm_q4_k_group<const T: usize>(
-            packed: &[u8],
-            a: [Q8KRow<'_>; T],
-            nb: usize,
-        ) -> [[f32; 8]; T] {
-            use crate::kquants::Q4K_GROUP_BYTES;
-            let pp = packed.as_ptr();
-            let mut acc = [_mm256_setzero_ps(); T];
-            // The mins apart, subtracted at the end, as ggml's repacked Q4_K gemm does.
-            let mut acc_min = [_mm256_setzero_ps(); T];
-            for b in 0..nb {
-                let g = pp.add(b * Q4K_GROUP_BYTES);
-                let (u, sc) = (g, g.add(2048));
-                let (mins, d) = (g.add(2048 + 256), g.add(2048 + 256 + 128));
-                let dv = _mm256_loadu_ps(d.cast());
-                let dminv = _mm256_loadu_ps(d.add(32).cast());
-                let ys: [*const i8; T] = std::array::from_fn(|t| a[t].qs.as_ptr().add(b * QK_K));
-                let mut isum = [_mm256_setzero_si256(); T];
-                for j in 0..8 {
-                    let s16 = group_block_sums::<T>(u.add(j * 256), ys.map(|y| y.add(32 * j)));
-                    let scv = _mm256_loadu_si256(sc.add(32 * j).cast());
-                    for t in 0..T {
-                        isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s16[t], scv));
-                    }
-                }
-                let mins: [__m256i; 4] =
-                    std::array::from_fn(|k| _mm256_loadu_si256(mins.add(32 * k).cast()));
-                for t in 0..T {
-                    let (ai, am) = (&mut acc[t], &mut acc_min[t]);
-                    q4k_group_add(isum[t], &mins, &a[t], b, (dv, dminv), (ai, am));
-                }
-            }
-            let mut out = [[0f32; 8]; T];
-            for t in 0..T {
-                _mm256_storeu_ps(out[t].as_mut_ptr(), _mm256_sub_ps(acc[t], acc_min[t]));
-            }
-            out
-        }
-
         /// `T` Q8_K activation rows times 8 Q4_K rows interleaved by
         /// `kquants::repack_q4_k_x8`: per sub-block, 4 loads give the 8 rows' 32 values as
         /// low and high nibbles; each half times the broadcast activation chunk
         /// (`vpmaddubsw`) is summed in i16 (8·2·15·127 < 2^15), then one `vpmaddwd`
         /// applies the rows' scales (the scale bytes spread to i16 pairs by one
-        /// `vpshufb`); the mins come in through the activation's pair sums, apart, as in
-        /// [`gemm_q4_k_group`].
+        /// `vpshufb`); the mins come in through the activation's pair sums, apart
+        /// ([`q4k_group_add`]).
         #[target_feature(enable = $features)]
         #[inline]
         pub(crate) unsafe fn gemm_q4_k_x8<const T: usize>(

@@ -347,11 +347,12 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
     let mut outs = Vec::with_capacity(jobs.len());
     for (ji, (w, y)) in jobs.iter_mut().enumerate() {
         // Where the rows are read: the weight's copy (its rows from offset 0) or the file.
-        let (src, w): (&[u8], Weight) = match &w.copy {
-            Some(c) => (&c.bytes, Weight { offset: 0, ..(*w).clone() }),
-            None => (map, (*w).clone()),
+        // (A view of the weight without its copy: no reference count touched per call.)
+        let (src, offset, interleaved) = match &w.copy {
+            Some(c) => (&c.bytes[..], 0, c.interleaved),
+            None => (map, w.offset, false),
         };
-        let interleaved = w.copy.as_ref().is_some_and(|c| c.interleaved);
+        let w = Weight { offset, copy: None, ..Weight::in_file(w.ty, w.rows, w.cols, 0) };
         let m = w.rows;
         assert_eq!(a.kind, Some(w.ty.acts()), "activations prepared for another weight type");
         assert_eq!(a.k, w.cols, "activation width differs from the weight's row length");
@@ -415,8 +416,9 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
                 tiles(map, w, (r0, r1), n, |t| a.q.row(t), &dots, (isa, big_tiles), put);
             }
             ActKind::Q8K => {
-                // Batches of Q4_K: groups of 8 rows packed once per chunk (see
-                // `kq::pack_q4_k_group`); the rows left over go through the row kernels.
+                // Batches of Q4_K read in the file: groups of 8 rows interleaved once per
+                // chunk as a weight copy is at load (`kq::repack_q4_k_x8`); the rows left
+                // over go through the row kernels.
                 let r0 = if w.ty == WType::Q4_K && n >= 4 && isa != kernels::Isa::Portable {
                     let nb = w.cols / QK_K;
                     groups(
@@ -425,8 +427,11 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
                         (r0, r1),
                         n,
                         |t| a.qk.row(t),
-                        |rows, out| kq::pack_q4_k_group(rows, nb, out),
-                        |p, rows| kq::gemm_q4_k_group::<4>(isa, p, rows),
+                        |rows, out| {
+                            out.resize(nb * kq::Q4K_X8_BYTES, 0);
+                            kq::repack_q4_k_x8(rows, nb, out);
+                        },
+                        |p, rows| Some(kq::gemm_q4_k_x8::<4>(isa, p, rows)),
                         &put,
                     )
                 } else {
