@@ -227,6 +227,8 @@ def main():
     ap.add_argument("--answer-tokens", type=int, default=48)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--isolation", default="process")
+    ap.add_argument("--backend", default=None,
+                    help="corral's engine (`corral serve --backend`); default: the host's choice")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     gguf = os.path.abspath(args.gguf)
@@ -238,7 +240,8 @@ def main():
                 XDG_CONFIG_HOME="/nonexistent-corral-bench")
     peers = {
         "corral": lambda: Peer("corral", [args.corral, "--plugin-dir", args.plugin_dir, "serve",
-                                          "--host", "127.0.0.1:{port}"], cenv, gguf),
+                                          "--host", "127.0.0.1:{port}"]
+                               + (["--backend", args.backend] if args.backend else []), cenv, gguf),
         "llama-server": lambda: Peer("llama-server", [args.llama_server, "-m", gguf, "-t", str(args.threads),
                                                       "-tb", str(args.threads), "-np", "4", "-c", str(4 * args.ctx),
                                                       "--host", "127.0.0.1", "--port", "{port}"],

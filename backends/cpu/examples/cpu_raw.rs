@@ -5,7 +5,12 @@
 //! cpu-raw logits MODEL --prompt TEXT [--json]
 //! cpu-raw greedy MODEL --prompt TEXT [--n 32] [--json]
 //! cpu-raw bench  MODEL [--threads N] [--pp 512] [--tg 128] [--reps 3] [--json]
+//! cpu-raw batched MODEL [--threads N] [--np 4] [--pp 128] [--tg 64]
 //! ```
+//! `batched` follows `llama-raw batched`: a context with `--np` sequences, a prompt of
+//! `--pp` random tokens per sequence, then `--tg` steps that decode one token of every
+//! sequence in one batch; it prints the time per step and the aggregate tokens/s (the
+//! ceiling for a server's `--np` streams at that context length).
 //! Set `CORRAL_CPU_PROFILE=1` to print time per forward-pass phase after `bench`.
 
 use std::process::ExitCode;
@@ -26,12 +31,13 @@ struct Args {
     pp: u32,
     tg: u32,
     reps: usize,
+    np: u32,
     json: bool,
 }
 
 fn parse() -> Result<Args, String> {
-    let usage = "usage: cpu-raw (logits|greedy|bench) MODEL [--prompt T] [--n N] [--threads N] \
-                 [--pp N] [--tg N] [--reps N] [--json]";
+    let usage = "usage: cpu-raw (logits|greedy|bench|batched) MODEL [--prompt T] [--n N] \
+                 [--threads N] [--pp N] [--tg N] [--reps N] [--np N] [--json]";
     let mut it = std::env::args().skip(1);
     let cmd = it.next().ok_or(usage)?;
     let model = it.next().ok_or(usage)?;
@@ -44,6 +50,7 @@ fn parse() -> Result<Args, String> {
         pp: 512,
         tg: 128,
         reps: 3,
+        np: 4,
         json: false,
     };
     while let Some(flag) = it.next() {
@@ -55,6 +62,7 @@ fn parse() -> Result<Args, String> {
             "--pp" => a.pp = val()?.parse().map_err(|e| format!("--pp: {e}"))?,
             "--tg" => a.tg = val()?.parse().map_err(|e| format!("--tg: {e}"))?,
             "--reps" => a.reps = val()?.parse().map_err(|e| format!("--reps: {e}"))?,
+            "--np" => a.np = val()?.parse().map_err(|e| format!("--np: {e}"))?,
             "--json" => a.json = true,
             other => return Err(format!("unknown argument {other}\n{usage}")),
         }
@@ -231,11 +239,69 @@ fn bench(a: &Args) -> Result<(), String> {
     Ok(())
 }
 
+fn batched(a: &Args) -> Result<(), String> {
+    let m = load(a)?;
+    let nv = m.vocab_size();
+    let np = a.np.max(1);
+    let mut c = m
+        .new_context(&ContextParams {
+            n_ctx: np * (a.pp + a.tg + 16),
+            n_batch: a.pp.max(np),
+            n_seq_max: np,
+            n_threads: a.threads,
+            n_threads_batch: a.threads,
+            ..Default::default()
+        })
+        .map_err(|e| e.to_string())?;
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % u64::from(nv - 1)) as u32 + 1
+    };
+    let t = Instant::now();
+    for seq in 0..np {
+        let batch: Vec<BatchEntry> = (0..a.pp)
+            .map(|pos| BatchEntry { token: next(), pos, seq, logits: pos + 1 == a.pp })
+            .collect();
+        c.decode(&batch).map_err(|e| e.to_string())?;
+    }
+    let prompt_s = t.elapsed().as_secs_f64();
+    let _ = c.take_profile();
+    let t = Instant::now();
+    for step in 0..a.tg {
+        let batch: Vec<BatchEntry> = (0..np)
+            .map(|seq| BatchEntry { token: next(), pos: a.pp + step, seq, logits: true })
+            .collect();
+        c.decode(&batch).map_err(|e| e.to_string())?;
+    }
+    let tg_s = t.elapsed().as_secs_f64();
+    let step_ms = 1e3 * tg_s / f64::from(a.tg.max(1));
+    println!(
+        "np {np}, pp {} per sequence: prompts {:.2} t/s; step {step_ms:.2} ms, {:.2} t/s aggregate",
+        a.pp,
+        f64::from(np * a.pp) / prompt_s,
+        f64::from(np * a.tg) / tg_s
+    );
+    if let Some(p) = c.take_profile() {
+        let total: f64 = p.phases.iter().map(|x| x.1).sum();
+        for (phase, secs, calls) in p.phases {
+            eprintln!(
+                "  {phase:<16} {secs:>8.3} s {:>5.1}%  ({calls} calls)",
+                100.0 * secs / total
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let r = parse().and_then(|a| match a.cmd.as_str() {
         "logits" => greedy(&a, true),
         "greedy" => greedy(&a, false),
         "bench" => bench(&a),
+        "batched" => batched(&a),
         other => Err(format!("unknown command {other}")),
     });
     match r {

@@ -363,43 +363,92 @@ pub fn forward(
         }
         timer.lap(&mut prof, "rope+kv store");
 
-        // Attention, one task per (entry, head), computed as llama.cpp's CPU flash
-        // attention does: for batches of fewer than FA_TILE_Q rows its one-row path (the
-        // query rounded to f16, an online softmax over the cells in cache order, an f16
-        // accumulator for the weighted values), for larger batches its tiled path (f32
-        // query and accumulator, the softmax's maximum moved once per tile of cells).
+        // Attention, computed as llama.cpp's CPU flash attention does: for batches of
+        // fewer than FA_TILE_Q rows its one-row path (the query rounded to f16, an online
+        // softmax over the cells in cache order, an f16 accumulator for the weighted
+        // values), for larger batches its tiled path (f32 query and accumulator, the
+        // softmax's maximum moved once per tile of cells).
         let caches_ro: &[SeqCache] = caches;
         let q = &s.q;
-        let tiled = batch.len() >= FA_TILE_Q;
-        resize(&mut s.att, n * q_dim).par_chunks_mut(hd).enumerate().for_each_init(
-            || (vec![0f32; hd], vec![0f32; FA_TILE_KV]),
-            |(qh, scores), (idx, out)| {
-                let (i, h) = (idx / hp.n_head, idx % hp.n_head);
-                let e = &batch[i];
-                let c = &caches_ro[e.seq as usize];
-                qh.copy_from_slice(&q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd]);
-                if !tiled {
-                    kernels::round_f16(qh);
-                }
-                let head = Head {
-                    q: qh,
-                    k: &c.k[l],
-                    v: &c.v[l],
-                    pos: &c.pos,
-                    query_pos: e.pos,
-                    window,
-                    kv_dim,
-                    offset: (h / group) * hd,
-                    scale: score_scale,
-                    softcap,
-                };
-                if tiled {
+        let att = resize(&mut s.att, n * q_dim);
+        if batch.len() >= FA_TILE_Q {
+            // One task per (entry, head).
+            att.par_chunks_mut(hd).enumerate().for_each_init(
+                || (vec![0f32; hd], vec![0f32; FA_TILE_KV]),
+                |(qh, scores), (idx, out)| {
+                    let (i, h) = (idx / hp.n_head, idx % hp.n_head);
+                    let e = &batch[i];
+                    let c = &caches_ro[e.seq as usize];
+                    qh.copy_from_slice(&q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd]);
+                    let head = Head {
+                        q: qh,
+                        k: &c.k[l],
+                        v: &c.v[l],
+                        pos: &c.pos,
+                        query_pos: e.pos,
+                        window,
+                        kv_dim,
+                        offset: (h / group) * hd,
+                        scale: score_scale,
+                        softcap,
+                    };
                     head.attend_tiled(out, scores);
-                } else {
-                    head.attend_one_row(out);
-                }
-            },
-        );
+                },
+            );
+        } else {
+            // One task per (entry, heads sharing a KV head): the heads read each cell's
+            // key and value once. A group is split when there would be fewer than two
+            // tasks per thread.
+            let threads = rayon::current_num_threads().max(1);
+            let mut per_task = group;
+            while per_task > 1
+                && n * hp.n_head / per_task < 2 * threads
+                && per_task.is_multiple_of(2)
+            {
+                per_task /= 2;
+            }
+            let tasks_per_entry = hp.n_head / per_task;
+            att.par_chunks_mut(per_task * hd).enumerate().for_each_init(
+                || (Vec::new(), vec![0f32; per_task * hd], vec![f16::ZERO; per_task * hd]),
+                |(cells, qg, acc), (idx, out)| {
+                    let (i, first) = (idx / tasks_per_entry, (idx % tasks_per_entry) * per_task);
+                    let e = &batch[i];
+                    let c = &caches_ro[e.seq as usize];
+                    cells.clear();
+                    cells.extend(
+                        c.pos
+                            .iter()
+                            .enumerate()
+                            .filter(|&(_, &p)| visible(p, e.pos, window))
+                            .map(|(cell, _)| cell as u32),
+                    );
+                    let at = i * q_dim + first * hd;
+                    qg.copy_from_slice(&q[at..at + per_task * hd]);
+                    kernels::round_f16(qg);
+                    acc.fill(f16::ZERO);
+                    let mut max = [f32::NEG_INFINITY; 64];
+                    let mut sum = [0f32; 64];
+                    let kv = kernels::KvHead {
+                        k: &c.k[l],
+                        v: &c.v[l],
+                        kv_dim,
+                        offset: (first / group) * hd,
+                    };
+                    let state = kernels::OnlineSoftmax {
+                        acc,
+                        max: &mut max[..per_task],
+                        sum: &mut sum[..per_task],
+                    };
+                    kernels::attend_heads_f16(qg, kv, cells, (score_scale, softcap), state);
+                    for (h, o) in out.chunks_mut(hd).enumerate() {
+                        let inv = if sum[h] > 0.0 { 1.0 / sum[h] } else { 0.0 };
+                        for (o, a) in o.iter_mut().zip(&acc[h * hd..(h + 1) * hd]) {
+                            *o = a.to_f32() * inv;
+                        }
+                    }
+                },
+            );
+        }
         timer.lap(&mut prof, "attention");
         // After the last layer's attention only the rows that produce output matter (as
         // llama.cpp's inp_out_ids): keep those rows of x and att.
@@ -496,9 +545,17 @@ const FA_TILE_Q: usize = 64;
 /// Cells per tile of the tiled path (`GGML_FA_TILE_KV`).
 const FA_TILE_KV: usize = 64;
 
+/// Whether a cell at position `p` is visible from a query at `query_pos`: causal, and
+/// within the window on sliding-window layers (llama.cpp masks a cell when query pos -
+/// cell pos >= window).
+#[inline]
+fn visible(p: u32, query_pos: u32, window: u32) -> bool {
+    p <= query_pos && query_pos - p < window
+}
+
 /// One query head's attention over the cells of its sequence in one layer.
 struct Head<'a> {
-    /// The query (rounded to f16 for the one-row path).
+    /// The query.
     q: &'a [f32],
     /// The layer's cached keys and values, `cells × kv_dim`.
     k: &'a [f16],
@@ -523,7 +580,7 @@ impl Head<'_> {
     /// sliding-window layers (llama.cpp masks a cell when query pos - cell pos >= window).
     #[inline]
     fn visible(&self, p: u32) -> bool {
-        p <= self.query_pos && self.query_pos - p < self.window
+        visible(p, self.query_pos, self.window)
     }
 
     #[inline]
@@ -538,32 +595,6 @@ impl Head<'_> {
     fn score(&self, cell: usize) -> f32 {
         let sc = kernels::dot_f32_f16(self.q, &self.k[self.row(cell)]) * self.scale;
         if self.softcap != 0.0 { self.softcap * sc.tanh() } else { sc }
-    }
-
-    /// llama.cpp's one-row path: an online softmax cell by cell with an f16 accumulator.
-    fn attend_one_row(&self, out: &mut [f32]) {
-        let mut sum = 0f32;
-        let mut max = f32::NEG_INFINITY;
-        out.fill(0.0);
-        for (cell, &p) in self.pos.iter().enumerate() {
-            if !self.visible(p) {
-                continue;
-            }
-            let sc = self.score(cell);
-            let (ms, w) = if sc > max {
-                let ms = (max - sc).exp();
-                max = sc;
-                (ms, 1.0)
-            } else {
-                (1.0, (sc - max).exp())
-            };
-            kernels::fa_step_f16(out, ms, w, &self.v[self.row(cell)]);
-            sum = sum * ms + w;
-        }
-        let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
-        for o in out.iter_mut() {
-            *o *= inv;
-        }
     }
 
     /// llama.cpp's tiled path: per tile of `FA_TILE_KV` cells, all scores, the running

@@ -321,44 +321,97 @@ pub fn rows_q8<const T: usize>(
     }
 }
 
-/// Rows of a Q4_0 matrix the grouped kernel handles at once.
+/// Rows of a Q4_0 matrix the interleaved kernel handles at once.
 pub const Q4_0_GROUP: usize = 8;
-/// Bytes of one block of a packed group of [`Q4_0_GROUP`] Q4_0 rows.
-pub const Q4_0_GROUP_BYTES: usize = 8 * 32 + 32;
+/// Bytes of one block of [`Q4_0_GROUP`] Q4_0 rows in the interleaved layout of
+/// [`repack_q4_0_x8`]: the 8 rows' f16 scales, then their 128 bytes of nibbles (the same
+/// 144 bytes as the 8 blocks it replaces).
+pub const Q4_0_X8_BYTES: usize = 16 + 128;
 
-/// Repacks the blocks of 8 Q4_0 rows for [`gemm_q4_0_group`]: per block, 8 vectors of 32
-/// bytes, vector `c` holding the unsigned values `4c..4c+4` of every row, then the rows'
-/// scales as f32 (8 rows' values side by side, as in `kquants::repack_q4_k_x8`, unpacked to bytes, one block of 32 at a time).
-pub fn pack_q4_0_group(rows: [&[u8]; Q4_0_GROUP], nb: usize, out: &mut Vec<u8>) {
-    out.clear();
-    out.resize(nb * Q4_0_GROUP_BYTES, 0);
+/// Interleaves blocks of 8 Q4_0 rows for [`gemm_q4_0_x8`], the layout the engine keeps
+/// Q4_0 matmul weights in after load (llama.cpp's `block_q4_0x8` idea, in this engine's
+/// own layout). Per block of 32 values ([`Q4_0_X8_BYTES`]): the rows' `d` as f16, then 4
+/// chunks of 32 bytes, chunk `q` holding bytes `4q..4q + 4` of each row's nibbles side by
+/// side (byte `4r + i`: value `4q + i` of row `r` in its low nibble, value `16 + 4q + i`
+/// in its high nibble), so that one load and a mask give 4 values of every row that one
+/// broadcast activation chunk multiplies.
+pub fn repack_q4_0_x8(rows: [&[u8]; Q4_0_GROUP], nb: usize, out: &mut [u8]) {
+    assert!(out.len() >= nb * Q4_0_X8_BYTES, "repack output too short");
+    for row in rows {
+        assert!(row.len() >= nb * Q4_0_BYTES, "Q4_0 row shorter than its blocks");
+    }
     for b in 0..nb {
-        let (u, d) = out[b * Q4_0_GROUP_BYTES..(b + 1) * Q4_0_GROUP_BYTES].split_at_mut(256);
+        let (d, qs) = out[b * Q4_0_X8_BYTES..(b + 1) * Q4_0_X8_BYTES].split_at_mut(16);
         for (r, row) in rows.iter().enumerate() {
             let blk = &row[b * Q4_0_BYTES..(b + 1) * Q4_0_BYTES];
-            for l in 0..QK {
-                let v = if l < 16 { blk[2 + l] & 0x0f } else { blk[2 + l - 16] >> 4 };
-                u[(l / 4) * 32 + 4 * r + l % 4] = v;
+            d[2 * r..2 * r + 2].copy_from_slice(&blk[0..2]);
+            for q in 0..4 {
+                qs[32 * q + 4 * r..32 * q + 4 * r + 4].copy_from_slice(&blk[2 + 4 * q..6 + 4 * q]);
             }
-            d[4 * r..4 * r + 4].copy_from_slice(&f16_at(blk, 0).to_le_bytes());
         }
     }
 }
 
-/// `T` Q8_0 activation rows times a packed group of [`Q4_0_GROUP`] Q4_0 rows
-/// ([`pack_q4_0_group`]): `out[t][r]`, at level `isa`; `None` at the portable level (the
-/// caller uses [`rows_q8`]).
+/// `T` Q8_0 activation rows times 8 Q4_0 rows in the layout of [`repack_q4_0_x8`]:
+/// `out[t][r]`, at level `isa`. The integer sums are the row kernel's; per block the float
+/// step is the row kernel's too (`acc += isum · (d_w · d_a)`).
 #[inline]
-pub fn gemm_q4_0_group<const T: usize>(
+pub fn gemm_q4_0_x8<const T: usize>(
     isa: Isa,
     packed: &[u8],
     a: [ActRow<'_>; T],
-) -> Option<[[f32; Q4_0_GROUP]; T]> {
-    let nb = q8_blocks(packed, &a, Q4_0_GROUP_BYTES);
-    match isa.min(Isa::detected()) {
-        Isa::Portable => None,
-        _ => Some(dispatch!(isa, gemm_q4_0_group::<T>(packed, a, nb), unreachable!())),
+) -> [[f32; Q4_0_GROUP]; T] {
+    let nb = q8_blocks(packed, &a, Q4_0_X8_BYTES);
+    dispatch!(isa, gemm_q4_0_x8::<T>(packed, a, nb), gemm_q4_0_x8_portable(packed, a, nb))
+}
+
+/// [`gemm_q4_0_x8`] over consecutive groups of 8 rows (`packed` holds `out.len()` groups
+/// of `a`'s block count each), one dispatch for all of them: `out[g][t][r]`.
+pub fn gemm_q4_0_x8_groups<const T: usize>(
+    isa: Isa,
+    packed: &[u8],
+    a: [ActRow<'_>; T],
+    out: &mut [[[f32; Q4_0_GROUP]; T]],
+) {
+    let nb = a[0].d.len();
+    let group = nb * Q4_0_X8_BYTES;
+    assert!(packed.len() >= out.len() * group, "packed groups shorter than the output");
+    if out.is_empty() {
+        return;
     }
+    q8_blocks(&packed[..group], &a, Q4_0_X8_BYTES);
+    dispatch!(isa, gemm_q4_0_x8_groups::<T>(packed, a, nb, out), {
+        for (g, o) in out.iter_mut().enumerate() {
+            *o = gemm_q4_0_x8_portable(&packed[g * group..(g + 1) * group], a, nb);
+        }
+    });
+}
+
+fn gemm_q4_0_x8_portable<const T: usize>(
+    packed: &[u8],
+    a: [ActRow<'_>; T],
+    nb: usize,
+) -> [[f32; Q4_0_GROUP]; T] {
+    let mut out = [[0f32; Q4_0_GROUP]; T];
+    for b in 0..nb {
+        let g = &packed[b * Q4_0_X8_BYTES..(b + 1) * Q4_0_X8_BYTES];
+        for r in 0..Q4_0_GROUP {
+            let dw = f16_at(g, 2 * r);
+            for (o, y) in out.iter_mut().zip(&a) {
+                let q8 = &y.qs[b * QK..(b + 1) * QK];
+                let mut sum = y.c[b];
+                for q in 0..4 {
+                    for i in 0..4 {
+                        let v = g[16 + 32 * q + 4 * r + i];
+                        sum += i32::from(v & 0x0f) * i32::from(q8[4 * q + i]);
+                        sum += i32::from(v >> 4) * i32::from(q8[16 + 4 * q + i]);
+                    }
+                }
+                o[r] += sum as f32 * (dw * y.d[b]);
+            }
+        }
+    }
+    out
 }
 
 /// Dot product of an F16 weight row (raw little-endian bytes) with an F32 row.
@@ -405,19 +458,109 @@ pub fn axpy_f16(out: &mut [f32], p: f32, v: &[f16]) {
     });
 }
 
-/// `acc = f16(f16(acc * ms) + p * v)` element-wise: one step of llama.cpp's CPU flash
-/// attention with an F16 accumulator (`ms` is 1 when the running maximum did not move).
-/// The rounding to f16 after each step is llama.cpp's; keeping it makes this engine's
-/// attention agree with llama.cpp's to float-summation order.
-#[inline]
-pub fn fa_step_f16(acc: &mut [f32], ms: f32, p: f32, v: &[f16]) {
-    assert_eq!(acc.len(), v.len());
-    dispatch!(isa(), fa_step_f16(acc, ms, p, v.as_ptr().cast()), {
-        for (a, x) in acc.iter_mut().zip(v) {
-            let scaled = if ms != 1.0 { f16::from_f32(*a * ms).to_f32() } else { *a };
-            *a = f16::from_f32(x.to_f32().mul_add(p, scaled)).to_f32();
+/// Where one KV head's rows lie in a layer's cache: `cells × kv_dim` keys and values, the
+/// head's `hd` values at `offset` in each cell.
+#[derive(Clone, Copy)]
+pub struct KvHead<'a> {
+    /// Keys.
+    pub k: &'a [f16],
+    /// Values.
+    pub v: &'a [f16],
+    /// Values per cell.
+    pub kv_dim: usize,
+    /// The head's offset in a cell.
+    pub offset: usize,
+}
+
+/// The running state of llama.cpp's one-row flash attention for `g` query heads of `hd`
+/// values: the f16 accumulators of the weighted values (`g × hd`), and per head the
+/// running maximum score and the sum of the weights.
+pub struct OnlineSoftmax<'a> {
+    /// Accumulated values, f16 as llama.cpp keeps them (`VKQ16`).
+    pub acc: &'a mut [f16],
+    /// Running maximum of each head's scores.
+    pub max: &'a mut [f32],
+    /// Each head's sum of `exp(score - max)`.
+    pub sum: &'a mut [f32],
+}
+
+/// llama.cpp's CPU flash attention, one-row path (`ggml_compute_forward_flash_attn_ext_f16`
+/// for fewer than 64 query rows), for the `g = state.max.len()` query heads in `q` (`g ×
+/// hd`, already rounded to f16) that share the KV head `kv`, over the cells `cells` in
+/// order: per cell the score `q·k·scale` (soft-capped as `cap·tanh(score)` when `softcap`
+/// is not 0), then the online softmax step `acc = f16(f16(acc·ms) + w·v)` with `ms`
+/// rescaling the accumulator when the maximum moves. The rounding to f16 after each step
+/// is llama.cpp's; keeping it makes this engine's attention agree with llama.cpp's to
+/// float-summation order. The heads share each cell's key and value loads.
+pub fn attend_heads_f16(
+    q: &[f32],
+    kv: KvHead<'_>,
+    cells: &[u32],
+    (scale, softcap): (f32, f32),
+    state: OnlineSoftmax<'_>,
+) {
+    let g = state.max.len();
+    assert!(g > 0 && q.len().is_multiple_of(g), "query heads and state disagree");
+    let hd = q.len() / g;
+    assert!(state.acc.len() == q.len() && state.sum.len() == g, "state sizes");
+    assert!(kv.offset + hd <= kv.kv_dim, "head outside the cell");
+    let n_cells = kv.k.len().min(kv.v.len()) / kv.kv_dim.max(1);
+    assert!(cells.iter().all(|&c| (c as usize) < n_cells), "cell outside the cache");
+    if hd.is_multiple_of(8) && hd <= 256 {
+        // f16 is a transparent u16.
+        let (k, v) = (kv.k.as_ptr().cast::<u8>(), kv.v.as_ptr().cast::<u8>());
+        let acc = state.acc.as_mut_ptr().cast::<u8>();
+        let dims = (kv.kv_dim, kv.offset);
+        let OnlineSoftmax { acc: acc16, max, sum } = state;
+        dispatch!(
+            isa(),
+            attend_heads_f16(q, (k, v), dims, cells, (scale, softcap), acc, max, sum),
+            attend_heads_f16_portable(
+                q,
+                kv,
+                cells,
+                (scale, softcap),
+                OnlineSoftmax { acc: acc16, max, sum }
+            )
+        );
+    } else {
+        attend_heads_f16_portable(q, kv, cells, (scale, softcap), state);
+    }
+}
+
+fn attend_heads_f16_portable(
+    q: &[f32],
+    kv: KvHead<'_>,
+    cells: &[u32],
+    (scale, softcap): (f32, f32),
+    state: OnlineSoftmax<'_>,
+) {
+    let g = state.max.len();
+    let hd = q.len() / g;
+    for &cell in cells {
+        let at = cell as usize * kv.kv_dim + kv.offset;
+        let (k, v) = (&kv.k[at..at + hd], &kv.v[at..at + hd]);
+        for h in 0..g {
+            let qh = &q[h * hd..(h + 1) * hd];
+            let mut sc = qh.iter().zip(k).map(|(a, b)| a * b.to_f32()).sum::<f32>() * scale;
+            if softcap != 0.0 {
+                sc = softcap * sc.tanh();
+            }
+            let (ms, w) = if sc > state.max[h] {
+                let ms = (state.max[h] - sc).exp();
+                state.max[h] = sc;
+                (ms, 1.0)
+            } else {
+                (1.0, (sc - state.max[h]).exp())
+            };
+            state.sum[h] = state.sum[h] * ms + w;
+            for (a, x) in state.acc[h * hd..(h + 1) * hd].iter_mut().zip(v) {
+                let scaled =
+                    if ms != 1.0 { f16::from_f32(a.to_f32() * ms).to_f32() } else { a.to_f32() };
+                *a = f16::from_f32(x.to_f32().mul_add(w, scaled));
+            }
         }
-    });
+    }
 }
 
 /// Rounds every element to the nearest f16 value (as ggml converts a row for F16 dots).
@@ -524,10 +667,10 @@ mod tests {
         assert!((got - want).abs() < 1e-3 * want.abs().max(1.0), "{got} vs {want}");
     }
 
-    /// The grouped Q4_0 kernel over 8 packed rows equals the row kernel on each row (to
-    /// float summation order), at every SIMD level.
+    /// The interleaved Q4_0 kernel over 8 rows equals the row kernel on each row (to
+    /// float summation order), for 1 and 4 tokens at every level.
     #[test]
-    fn grouped_q4_0_equals_row_dots() {
+    fn interleaved_q4_0_equals_row_dots() {
         let mut seed = 9;
         let k = 5 * QK;
         let rows: Vec<Vec<u8>> = (0..Q4_0_GROUP)
@@ -553,24 +696,95 @@ mod tests {
                 &mut c[t * nb..(t + 1) * nb],
             );
         }
-        let mut packed = Vec::new();
-        pack_q4_0_group(std::array::from_fn(|r| rows[r].as_slice()), nb, &mut packed);
+        let mut packed = vec![0u8; nb * Q4_0_X8_BYTES];
+        repack_q4_0_x8(std::array::from_fn(|r| rows[r].as_slice()), nb, &mut packed);
         let a: [ActRow<'_>; 4] = std::array::from_fn(|t| acts.row(t));
         for isa in Isa::available() {
-            let Some(got) = gemm_q4_0_group::<4>(isa, &packed, a) else {
-                assert_eq!(isa, Isa::Portable);
-                continue;
-            };
+            let four = gemm_q4_0_x8::<4>(isa, &packed, a);
+            let one = gemm_q4_0_x8::<1>(isa, &packed, [a[2]]);
+            let mut groups = [[[0f32; Q4_0_GROUP]; 4]; 2];
+            let twice = [packed.clone(), packed.clone()].concat();
+            gemm_q4_0_x8_groups::<4>(isa, &twice, a, &mut groups);
+            assert_eq!(groups[0], four, "{isa:?}: groups differ from one call");
+            assert_eq!(groups[1], four, "{isa:?}: groups differ from one call");
             for (r, row) in rows.iter().enumerate() {
                 let want = dot_q4_0::<4>(Isa::Portable, row, a);
                 for t in 0..4 {
                     let tol = 1e-5 * want[t].abs().max(1.0);
                     assert!(
-                        (got[t][r] - want[t]).abs() <= tol,
+                        (four[t][r] - want[t]).abs() <= tol,
                         "{isa:?} row {r} token {t}: {} vs {}",
-                        got[t][r],
+                        four[t][r],
                         want[t]
                     );
+                }
+                assert!((one[0][r] - want[2]).abs() <= 1e-5 * want[2].abs().max(1.0));
+            }
+        }
+    }
+
+    /// The attention kernel at every level equals the portable one (to the summation
+    /// order of the scores) and a plain f64 softmax-weighted sum (to f16 accumulation),
+    /// with and without soft-capping, for 1 and 4 heads sharing a KV head.
+    #[test]
+    fn attention_heads_agree_at_every_level_and_with_a_plain_softmax() {
+        let mut seed = 5;
+        let (hd, kv_dim, cells_n) = (64, 3 * 64, 37);
+        let k: Vec<f16> = (0..cells_n * kv_dim).map(|_| f16::from_f32(lcg(&mut seed))).collect();
+        let v: Vec<f16> = (0..cells_n * kv_dim).map(|_| f16::from_f32(lcg(&mut seed))).collect();
+        // Cells out of order and some skipped, as a sliding window or a cache with holes.
+        let cells: Vec<u32> = (0..cells_n as u32).rev().filter(|c| c % 5 != 2).collect();
+        let kv = KvHead { k: &k, v: &v, kv_dim, offset: hd };
+        for g in [1usize, 4] {
+            let mut q: Vec<f32> = (0..g * hd).map(|_| lcg(&mut seed) * 2.0).collect();
+            round_f16(&mut q);
+            for softcap in [0.0f32, 5.0] {
+                let scale = if softcap != 0.0 { 0.125 / softcap } else { 0.125 };
+                let run = |isa: Isa| {
+                    let mut acc = vec![f16::ZERO; g * hd];
+                    let (mut max, mut sum) = (vec![f32::NEG_INFINITY; g], vec![0f32; g]);
+                    let state = OnlineSoftmax { acc: &mut acc, max: &mut max, sum: &mut sum };
+                    if isa == Isa::Portable {
+                        attend_heads_f16_portable(&q, kv, &cells, (scale, softcap), state);
+                    } else {
+                        assert!(isa <= Isa::detected());
+                        attend_heads_f16(&q, kv, &cells, (scale, softcap), state);
+                    }
+                    (0..g * hd).map(|i| acc[i].to_f32() / sum[i / hd]).collect::<Vec<f32>>()
+                };
+                let portable = run(Isa::Portable);
+                let simd = run(Isa::detected());
+                for h in 0..g {
+                    let qh = &q[h * hd..(h + 1) * hd];
+                    let scores: Vec<f64> = cells
+                        .iter()
+                        .map(|&c| {
+                            let at = c as usize * kv_dim + hd;
+                            let d: f64 = (0..hd)
+                                .map(|i| f64::from(qh[i]) * f64::from(k[at + i].to_f32()))
+                                .sum();
+                            let sc = d * f64::from(scale);
+                            if softcap != 0.0 { f64::from(softcap) * sc.tanh() } else { sc }
+                        })
+                        .collect();
+                    let m = scores.iter().copied().fold(f64::MIN, f64::max);
+                    let z: f64 = scores.iter().map(|s| (s - m).exp()).sum();
+                    for i in 0..hd {
+                        let want: f64 = cells
+                            .iter()
+                            .zip(&scores)
+                            .map(|(&c, s)| {
+                                (s - m).exp() / z
+                                    * f64::from(v[c as usize * kv_dim + hd + i].to_f32())
+                            })
+                            .sum();
+                        let (p, x) = (portable[h * hd + i], simd[h * hd + i]);
+                        assert!(
+                            (f64::from(p) - want).abs() < 5e-3,
+                            "head {h} [{i}]: {p} vs {want}"
+                        );
+                        assert!((p - x).abs() < 2e-3, "head {h} [{i}]: portable {p} simd {x}");
+                    }
                 }
             }
         }

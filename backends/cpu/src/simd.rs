@@ -17,7 +17,8 @@
 #![allow(unsafe_op_in_unsafe_fn)]
 
 /// The kernels, instantiated once per feature set. `dot_u8_i8` (unsigned bytes times
-/// signed bytes, summed in fours into i32 lanes) must be defined by the including module.
+/// signed bytes, summed in fours into i32 lanes) and `dot2_u8_i8` (the same of two pairs)
+/// must be defined by the including module.
 macro_rules! x86_kernels {
     ($features:literal) => {
         use std::arch::x86_64::*;
@@ -584,27 +585,6 @@ macro_rules! x86_kernels {
             dot_k::<T, 6>(w, a, nb)
         }
 
-        /// One packed block of 32 values of 8 rows (8 vectors at `u`, vector `c` holding
-        /// values `4c..4c+4` of every row) times 32 activation bytes at each `ys[t]`: the
-        /// rows' products summed in i16 pairs (`vpmaddubsw` of the broadcast chunks; at most
-        /// 8·2·15·127 < 2^15 for 4-bit values).
-        #[target_feature(enable = $features)]
-        #[inline]
-        unsafe fn group_block_sums<const T: usize>(
-            u: *const u8,
-            ys: [*const i8; T],
-        ) -> [__m256i; T] {
-            let mut s16 = [_mm256_setzero_si256(); T];
-            for c in 0..8 {
-                let w = _mm256_loadu_si256(u.add(32 * c).cast());
-                for t in 0..T {
-                    let yv = _mm256_set1_epi32(ys[t].add(4 * c).cast::<i32>().read_unaligned());
-                    s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(w, yv));
-                }
-            }
-            s16
-        }
-
         /// Adds super-block `b` of 8 Q4_K rows to one token's accumulators: the rows'
         /// integer sums `isum` times `d·d_y` into `acc`, and the mins (`mins[k]`: i16 pairs,
         /// the rows' mins of sub-blocks `2k` and `2k + 1`) times the activation's sums of
@@ -717,33 +697,41 @@ macro_rules! x86_kernels {
             }
         }
 
-        /// `T` Q8_0 activation rows times a packed group of 8 Q4_0 rows
-        /// (`kernels::pack_q4_0_group`): per block and token, 8 `vpmaddubsw` of the
-        /// broadcast activation chunks summed in i16, widened, offset by `-8·Σa`, scaled
-        /// by each row's `d` times the activation's.
+        /// `T` Q8_0 activation rows times 8 Q4_0 rows interleaved by
+        /// `kernels::repack_q4_0_x8`: per block, 4 loads give the 8 rows' 32 values as low
+        /// and high nibbles; each half times the broadcast activation chunk goes into the
+        /// rows' i32 lanes ([`dot2_u8_i8`]), starting from `-8·Σa`; then one conversion and
+        /// one multiply-add by `d_w·d_a` per block and token.
         #[target_feature(enable = $features)]
         #[inline]
-        pub(crate) unsafe fn gemm_q4_0_group<const T: usize>(
+        pub(crate) unsafe fn gemm_q4_0_x8<const T: usize>(
             packed: &[u8],
             a: [ActRow<'_>; T],
             nb: usize,
         ) -> [[f32; 8]; T] {
-            use crate::kernels::Q4_0_GROUP_BYTES;
+            use crate::kernels::Q4_0_X8_BYTES;
             let pp = packed.as_ptr();
-            let ones = _mm256_set1_epi16(1);
+            let m4 = _mm256_set1_epi8(0x0f);
+            let bcast = |y: *const i8| _mm256_set1_epi32(y.cast::<i32>().read_unaligned());
             let mut acc = [_mm256_setzero_ps(); T];
             for b in 0..nb {
-                let g = pp.add(b * Q4_0_GROUP_BYTES);
-                let dv = _mm256_loadu_ps(g.add(256).cast());
-                let s16 =
-                    group_block_sums::<T>(g, std::array::from_fn(|t| a[t].qs.as_ptr().add(b * QK)));
+                let g = pp.add(b * Q4_0_X8_BYTES);
+                let ys: [*const i8; T] = std::array::from_fn(|t| a[t].qs.as_ptr().add(b * QK));
+                let mut isum: [__m256i; T] =
+                    std::array::from_fn(|t| _mm256_set1_epi32(*a[t].c.get_unchecked(b)));
+                for q in 0..4 {
+                    let v = _mm256_loadu_si256(g.add(16 + 32 * q).cast());
+                    let lo = _mm256_and_si256(v, m4);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+                    for t in 0..T {
+                        let y = ys[t].add(4 * q);
+                        isum[t] = dot2_u8_i8(isum[t], (lo, bcast(y)), (hi, bcast(y.add(16))));
+                    }
+                }
+                let dv = _mm256_cvtph_ps(_mm_loadu_si128(g.cast()));
                 for t in 0..T {
-                    let isum = _mm256_add_epi32(
-                        _mm256_madd_epi16(s16[t], ones),
-                        _mm256_set1_epi32(*a[t].c.get_unchecked(b)),
-                    );
                     let sc = _mm256_mul_ps(dv, _mm256_set1_ps(*a[t].d.get_unchecked(b)));
-                    acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), sc, acc[t]);
+                    acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), sc, acc[t]);
                 }
             }
             let mut out = [[0f32; 8]; T];
@@ -751,6 +739,21 @@ macro_rules! x86_kernels {
                 _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
             }
             out
+        }
+
+        /// [`gemm_q4_0_x8`] over `out.len()` consecutive groups.
+        #[target_feature(enable = $features)]
+        #[inline]
+        pub(crate) unsafe fn gemm_q4_0_x8_groups<const T: usize>(
+            packed: &[u8],
+            a: [ActRow<'_>; T],
+            nb: usize,
+            out: &mut [[[f32; 8]; T]],
+        ) {
+            let group = nb * crate::kernels::Q4_0_X8_BYTES;
+            for (g, o) in out.iter_mut().enumerate() {
+                *o = gemm_q4_0_x8::<T>(packed.get_unchecked(g * group..(g + 1) * group), a, nb);
+            }
         }
 
         /// Rows `w[r·row_bytes..]` for `r < out.len()` times `T` Q8_0 activation rows with
@@ -852,33 +855,79 @@ macro_rules! x86_kernels {
             s
         }
 
-        /// `acc = f16(f16(acc·ms) + p·v)` element-wise (`acc.len()` halves at `v`).
+        /// `kernels::attend_heads_f16` for `max.len()` heads of `q.len() / max.len()`
+        /// values (a multiple of 8, at most 256): keys and values at `k`/`v` (f16, cell
+        /// `c`'s head at `c·kv_dim + offset`), the f16 accumulators at `acc`. Each cell's
+        /// key and value are widened once into f32 buffers that every head then reads.
         #[target_feature(enable = $features)]
-        #[inline]
-        pub(crate) unsafe fn fa_step_f16(acc: &mut [f32], ms: f32, p: f32, v: *const u8) {
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) unsafe fn attend_heads_f16(
+            q: &[f32],
+            (k, v): (*const u8, *const u8),
+            (kv_dim, offset): (usize, usize),
+            cells: &[u32],
+            (scale, softcap): (f32, f32),
+            acc: *mut u8,
+            max: &mut [f32],
+            sum: &mut [f32],
+        ) {
             const R: i32 = _MM_FROUND_TO_NEAREST_INT;
-            let n = acc.len();
-            let ap = acc.as_mut_ptr();
-            let pv = _mm256_set1_ps(p);
-            let msv = _mm256_set1_ps(ms);
-            let mut i = 0;
-            while i + 8 <= n {
-                let mut a = _mm256_loadu_ps(ap.add(i));
-                if ms != 1.0 {
-                    a = _mm256_cvtph_ps(_mm256_cvtps_ph::<R>(_mm256_mul_ps(a, msv)));
+            let g = max.len();
+            let hd = q.len() / g;
+            let chunks = hd / 8;
+            let mut kf = [0f32; 256];
+            let mut vf = [0f32; 256];
+            let (kfp, vfp) = (kf.as_mut_ptr(), vf.as_mut_ptr());
+            let qp = q.as_ptr();
+            let fma_at = |a: *const f32, b: *const f32, c: usize, s: __m256| {
+                _mm256_fmadd_ps(_mm256_loadu_ps(a.add(8 * c)), _mm256_loadu_ps(b.add(8 * c)), s)
+            };
+            for &cell in cells {
+                let at = 2 * (cell as usize * kv_dim + offset);
+                for c in 0..chunks {
+                    let kv = _mm256_cvtph_ps(_mm_loadu_si128(k.add(at + 16 * c).cast()));
+                    _mm256_storeu_ps(kfp.add(8 * c), kv);
+                    let vv = _mm256_cvtph_ps(_mm_loadu_si128(v.add(at + 16 * c).cast()));
+                    _mm256_storeu_ps(vfp.add(8 * c), vv);
                 }
-                let vv = _mm256_cvtph_ps(_mm_loadu_si128(v.add(2 * i).cast()));
-                let r = _mm256_cvtph_ps(_mm256_cvtps_ph::<R>(_mm256_fmadd_ps(vv, pv, a)));
-                _mm256_storeu_ps(ap.add(i), r);
-                i += 8;
-            }
-            while i < n {
-                let mut a = *ap.add(i);
-                if ms != 1.0 {
-                    a = half::f16::from_f32(a * ms).to_f32();
+                for h in 0..g {
+                    let qh = qp.add(h * hd);
+                    let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                    let mut c = 0;
+                    while c + 2 <= chunks {
+                        s0 = fma_at(kfp, qh, c, s0);
+                        s1 = fma_at(kfp, qh, c + 1, s1);
+                        c += 2;
+                    }
+                    if c < chunks {
+                        s0 = fma_at(kfp, qh, c, s0);
+                    }
+                    let mut sc = hsum(_mm256_add_ps(s0, s1)) * scale;
+                    if softcap != 0.0 {
+                        sc = softcap * sc.tanh();
+                    }
+                    let m = max.get_unchecked_mut(h);
+                    let (ms, w) = if sc > *m {
+                        let ms = (*m - sc).exp();
+                        *m = sc;
+                        (ms, 1.0)
+                    } else {
+                        (1.0, (sc - *m).exp())
+                    };
+                    let s = sum.get_unchecked_mut(h);
+                    *s = *s * ms + w;
+                    let ah = acc.add(2 * h * hd);
+                    let wv = _mm256_set1_ps(w);
+                    let msv = _mm256_set1_ps(ms);
+                    for c in 0..chunks {
+                        let mut a = _mm256_cvtph_ps(_mm_loadu_si128(ah.add(16 * c).cast()));
+                        if ms != 1.0 {
+                            a = _mm256_cvtph_ps(_mm256_cvtps_ph::<R>(_mm256_mul_ps(a, msv)));
+                        }
+                        let r = _mm256_fmadd_ps(_mm256_loadu_ps(vfp.add(8 * c)), wv, a);
+                        _mm_storeu_si128(ah.add(16 * c).cast(), _mm256_cvtps_ph::<R>(r));
+                    }
                 }
-                *ap.add(i) = half::f16::from_f32(scale(v.add(2 * i)).mul_add(p, a)).to_f32();
-                i += 1;
             }
         }
 
@@ -915,6 +964,19 @@ pub(crate) mod avx2 {
     unsafe fn dot_u8_i8(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
         _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)))
     }
+
+    /// [`dot_u8_i8`] of two pairs, the two products summed in i16 first (values ≤ 15, so
+    /// `2·2·15·127` fits) and widened once.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn dot2_u8_i8(
+        acc: __m256i,
+        (u0, s0): (__m256i, __m256i),
+        (u1, s1): (__m256i, __m256i),
+    ) -> __m256i {
+        let p = _mm256_add_epi16(_mm256_maddubs_epi16(u0, s0), _mm256_maddubs_epi16(u1, s1));
+        _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)))
+    }
 }
 
 /// The same kernels with AVX-512 F/BW/VL/VNNI (Ice Lake, Zen 4 and later): `vpdpbusd`
@@ -927,5 +989,16 @@ pub(crate) mod avx512 {
     #[inline]
     unsafe fn dot_u8_i8(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
         _mm256_dpbusd_epi32(acc, u, s)
+    }
+
+    /// [`dot_u8_i8`] of two pairs.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn dot2_u8_i8(
+        acc: __m256i,
+        (u0, s0): (__m256i, __m256i),
+        (u1, s1): (__m256i, __m256i),
+    ) -> __m256i {
+        _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(acc, u0, s0), u1, s1)
     }
 }

@@ -187,16 +187,33 @@ impl Weight {
         &map[at..at + self.row_bytes]
     }
 
-    /// Whether [`Weight::copy_to_memory`] interleaves the rows: Q4_K, whole groups of 8.
+    /// Whether [`Weight::copy_to_memory`] interleaves the rows: Q4_K and Q4_0, whole
+    /// groups of 8.
     pub fn interleavable(&self) -> bool {
-        self.ty == WType::Q4_K && self.rows.is_multiple_of(kq::Q4K_GROUP) && self.rows > 0
+        matches!(self.ty, WType::Q4_K | WType::Q4_0) && self.rows.is_multiple_of(8) && self.rows > 0
     }
 
-    /// The bytes the copy of this weight takes: the file's rows, or 32 bytes more per
-    /// super-block of 8 rows when interleaved.
+    /// Bytes of one group of 8 interleaved rows, for an interleavable weight.
+    fn group_bytes(&self) -> usize {
+        match self.ty {
+            WType::Q4_K => self.cols / QK_K * kq::Q4K_X8_BYTES,
+            _ => self.cols / QK * kernels::Q4_0_X8_BYTES,
+        }
+    }
+
+    /// Interleaves 8 rows of an interleavable weight into `out` ([`Weight::group_bytes`]).
+    fn repack_group(&self, rows: [&[u8]; 8], out: &mut [u8]) {
+        match self.ty {
+            WType::Q4_K => kq::repack_q4_k_x8(rows, self.cols / QK_K, out),
+            _ => kernels::repack_q4_0_x8(rows, self.cols / QK, out),
+        }
+    }
+
+    /// The bytes the copy of this weight takes: the file's rows, or for interleaved Q4_K
+    /// 32 bytes more per super-block of 8 rows (interleaved Q4_0 takes what the file does).
     pub fn copy_bytes(&self) -> usize {
         if self.interleavable() {
-            self.rows / kq::Q4K_GROUP * (self.cols / QK_K) * kq::Q4K_X8_BYTES
+            self.rows / 8 * self.group_bytes()
         } else {
             self.rows * self.row_bytes
         }
@@ -204,9 +221,9 @@ impl Weight {
 
     /// Copies the weight's rows into memory of the engine's own ([`PackedBytes`]: huge
     /// pages where the system allows them), in parallel on the current rayon pool; Q4_K
-    /// rows go into the interleaved layout the decode kernels read
-    /// ([`kq::repack_q4_k_x8`]: 2.8% larger, no 6-bit scale decoding per token), other
-    /// types as they are in the file. Returns whether it copied (not when a copy exists or
+    /// and Q4_0 rows go into the interleaved layouts the kernels read
+    /// ([`kq::repack_q4_k_x8`]: 2.8% larger, no 6-bit scale decoding per token;
+    /// [`kernels::repack_q4_0_x8`]: the same size), other types as they are in the file. Returns whether it copied (not when a copy exists or
     /// no memory could be mapped); the caller may then release the file's pages.
     pub fn copy_to_memory(&mut self, map: &[u8]) -> bool {
         if self.copy.is_some() || self.rows == 0 {
@@ -220,11 +237,9 @@ impl Weight {
         };
         let interleaved = self.interleavable();
         if interleaved {
-            let nb = self.cols / QK_K;
             let w = &*self;
-            bytes.par_chunks_mut(nb * kq::Q4K_X8_BYTES).enumerate().for_each(|(g, out)| {
-                let rows = std::array::from_fn(|i| w.row(map, g * kq::Q4K_GROUP + i));
-                kq::repack_q4_k_x8(rows, nb, out);
+            bytes.par_chunks_mut(self.group_bytes()).enumerate().for_each(|(g, out)| {
+                w.repack_group(std::array::from_fn(|i| w.row(map, g * 8 + i)), out);
             });
         } else {
             const CHUNK: usize = 1 << 20;
@@ -391,22 +406,45 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
             unsafe { *out.0.add(t * m + r) = v };
         };
         if interleaved {
-            interleaved_q4_k(map, w, (r0, r1), n, |t| a.qk.row(t), isa, &put);
+            match w.ty {
+                WType::Q4_K => matmul_interleaved(
+                    (map, w.group_bytes()),
+                    (r0, r1),
+                    n,
+                    |t| a.qk.row(t),
+                    isa,
+                    (kq::gemm_q4_k_x8_groups::<4>, kq::gemm_q4_k_x8_groups::<1>),
+                    &put,
+                ),
+                _ => matmul_interleaved(
+                    (map, w.group_bytes()),
+                    (r0, r1),
+                    n,
+                    |t| a.q.row(t),
+                    isa,
+                    (kernels::gemm_q4_0_x8_groups::<4>, kernels::gemm_q4_0_x8_groups::<1>),
+                    &put,
+                ),
+            }
             return;
         }
         match w.ty.acts() {
             ActKind::Q8 => {
-                // Batches of Q4_0: grouped as Q4_K's are.
+                // Batches of Q4_0 read in the file: groups of 8 rows interleaved once per
+                // chunk as a weight copy is at load; the rows left over go through the row
+                // kernels.
                 let r0 = if w.ty == WType::Q4_0 && n >= 4 && isa != kernels::Isa::Portable {
-                    let nb = w.cols / QK;
                     groups(
                         map,
                         w,
                         (r0, r1),
                         n,
                         |t| a.q.row(t),
-                        |rows, out| kernels::pack_q4_0_group(rows, nb, out),
-                        |p, rows| kernels::gemm_q4_0_group::<4>(isa, p, rows),
+                        |rows, out| {
+                            out.resize(w.group_bytes(), 0);
+                            w.repack_group(rows, out);
+                        },
+                        |p, rows| kernels::gemm_q4_0_x8::<4>(isa, p, rows),
                         &put,
                     )
                 } else {
@@ -420,7 +458,6 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
                 // chunk as a weight copy is at load (`kq::repack_q4_k_x8`); the rows left
                 // over go through the row kernels.
                 let r0 = if w.ty == WType::Q4_K && n >= 4 && isa != kernels::Isa::Portable {
-                    let nb = w.cols / QK_K;
                     groups(
                         map,
                         w,
@@ -428,10 +465,10 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
                         n,
                         |t| a.qk.row(t),
                         |rows, out| {
-                            out.resize(nb * kq::Q4K_X8_BYTES, 0);
-                            kq::repack_q4_k_x8(rows, nb, out);
+                            out.resize(w.group_bytes(), 0);
+                            w.repack_group(rows, out);
                         },
-                        |p, rows| Some(kq::gemm_q4_k_x8::<4>(isa, p, rows)),
+                        |p, rows| kq::gemm_q4_k_x8::<4>(isa, p, rows),
                         &put,
                     )
                 } else {
@@ -459,49 +496,55 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
     });
 }
 
-/// Rows `r0..r1` (whole groups of 8) of a weight interleaved by [`Weight::copy_to_memory`] times the
-/// `n` activation rows `row(t)`: 4 tokens per kernel call, then single tokens.
-fn interleaved_q4_k<'a>(
-    packed: &[u8],
-    w: &Weight,
+/// The grouped kernel of an interleaved weight for 4 and for 1 activation rows:
+/// `(level, groups' bytes, activation rows, out[group][token][row])`.
+type GroupsFns<R> = (
+    fn(kernels::Isa, &[u8], [R; 4], &mut [[[f32; 8]; 4]]),
+    fn(kernels::Isa, &[u8], [R; 1], &mut [[[f32; 8]; 1]]),
+);
+
+/// Rows `r0..r1` (whole groups of 8) of a weight interleaved by
+/// [`Weight::copy_to_memory`] (`packed`, `group_bytes` per group of 8 rows) times the `n`
+/// activation rows `row(t)`: 4 tokens per kernel call, then single tokens.
+fn matmul_interleaved<R: Copy>(
+    (packed, group_bytes): (&[u8], usize),
     (r0, r1): (usize, usize),
     n: usize,
-    row: impl Fn(usize) -> kq::Q8KRow<'a>,
+    row: impl Fn(usize) -> R,
     isa: kernels::Isa,
+    (four, one): GroupsFns<R>,
     put: &impl Fn(usize, usize, f32),
 ) {
-    let group_bytes = w.cols / QK_K * kq::Q4K_X8_BYTES;
-    debug_assert!(r0 % kq::Q4K_GROUP == 0 && r1 % kq::Q4K_GROUP == 0);
-    let (g0, g1) = (r0 / kq::Q4K_GROUP, r1 / kq::Q4K_GROUP);
+    debug_assert!(r0 % 8 == 0 && r1 % 8 == 0);
+    let (g0, g1) = (r0 / 8, r1 / 8);
     let p = &packed[g0 * group_bytes..g1 * group_bytes];
-    fn run<'a, const T: usize>(
-        (isa, p, r0): (kernels::Isa, &[u8], usize),
-        out: &mut [[[f32; kq::Q4K_GROUP]; T]],
-        t: usize,
-        row: &impl Fn(usize) -> kq::Q8KRow<'a>,
+    fn spread<const T: usize>(
+        out: &[[[f32; 8]; T]],
+        (t, r0): (usize, usize),
         put: &impl Fn(usize, usize, f32),
     ) {
-        kq::gemm_q4_k_x8_groups::<T>(isa, p, std::array::from_fn(|i| row(t + i)), out);
         for (g, tokens) in out.iter().enumerate() {
             for (i, lanes) in tokens.iter().enumerate() {
                 for (j, &v) in lanes.iter().enumerate() {
-                    put(t + i, r0 + g * kq::Q4K_GROUP + j, v);
+                    put(t + i, r0 + g * 8 + j, v);
                 }
             }
         }
     }
     let mut t = 0;
     if n >= 4 {
-        let mut out = vec![[[0f32; kq::Q4K_GROUP]; 4]; g1 - g0];
+        let mut out = vec![[[0f32; 8]; 4]; g1 - g0];
         while t + 4 <= n {
-            run::<4>((isa, p, r0), &mut out, t, &row, put);
+            four(isa, p, std::array::from_fn(|i| row(t + i)), &mut out);
+            spread(&out, (t, r0), put);
             t += 4;
         }
     }
     if t < n {
-        let mut out = vec![[[0f32; kq::Q4K_GROUP]; 1]; g1 - g0];
+        let mut out = vec![[[0f32; 8]; 1]; g1 - g0];
         while t < n {
-            run::<1>((isa, p, r0), &mut out, t, &row, put);
+            one(isa, p, [row(t)], &mut out);
+            spread(&out, (t, r0), put);
             t += 1;
         }
     }
@@ -510,8 +553,7 @@ fn interleaved_q4_k<'a>(
 /// Rows `r0..` of a weight times `n` (at least 4) activation rows `row(t)` through a
 /// grouped kernel (`pack` 8 rows, then `gemm` them against 4 tokens per call, the last
 /// 1-3 tokens padded with a repeated row; 8 tokens per call measured no faster at the
-/// AVX-512 level); returns the first row it did not handle (all of them when `gemm`
-/// answers `None`, at the portable level).
+/// AVX-512 level); returns the first row it did not handle (the last 0-7).
 #[allow(clippy::too_many_arguments)]
 fn groups<R: Copy>(
     map: &[u8],
@@ -520,7 +562,7 @@ fn groups<R: Copy>(
     n: usize,
     row: impl Fn(usize) -> R,
     pack: impl Fn([&[u8]; 8], &mut Vec<u8>),
-    gemm: impl Fn(&[u8], [R; 4]) -> Option<[[f32; 8]; 4]>,
+    gemm: impl Fn(&[u8], [R; 4]) -> [[f32; 8]; 4],
     put: &impl Fn(usize, usize, f32),
 ) -> usize {
     let mut packed = Vec::new();
@@ -530,7 +572,7 @@ fn groups<R: Copy>(
         let mut t = 0;
         while t < n {
             let rows: [R; 4] = std::array::from_fn(|i| row((t + i).min(n - 1)));
-            let Some(out) = gemm(&packed, rows) else { return r };
+            let out = gemm(&packed, rows);
             for (i, lanes) in out.iter().enumerate().take(n - t) {
                 for (g, &v) in lanes.iter().enumerate() {
                     put(t + i, r + g, v);
@@ -657,10 +699,11 @@ mod tests {
     /// 4 and single tokens, equals the dequantized weights times the prepared activations.
     #[test]
     fn matmul_every_type_matches_dequantized_reference() {
+        let interleaves = |ty| matches!(ty, WType::Q4_K | WType::Q4_0);
         let mut seed = 21;
         let (k, n) = (512, 2 * TILE + 4 + 3);
         // Every type read in the file (13 rows: the row kernels' leftovers too), then
-        // copied to memory (Q4_K interleaved: whole groups of 8 rows).
+        // copied to memory (Q4_K and Q4_0 interleaved: whole groups of 8 rows).
         let types = [
             WType::F32,
             WType::F16,
@@ -678,7 +721,7 @@ mod tests {
         let cases = types
             .map(|ty| (ty, 13, false))
             .into_iter()
-            .chain(types.map(|ty| (ty, if ty == WType::Q4_K { 24 } else { 13 }, true)));
+            .chain(types.map(|ty| (ty, if interleaves(ty) { 24 } else { 13 }, true)));
         for (ty, rows, copy) in cases {
             let pad = 7;
             let mut map = vec![0u8; pad];
@@ -688,7 +731,7 @@ mod tests {
             let mut w = Weight::in_file(ty, rows, k, pad);
             if copy {
                 assert!(w.copy_to_memory(&map), "{ty:?} × {rows} rows copied");
-                assert_eq!(w.copy.as_ref().map(|c| c.interleaved), Some(ty == WType::Q4_K));
+                assert_eq!(w.copy.as_ref().map(|c| c.interleaved), Some(interleaves(ty)));
             }
             let x: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed) * 2.0).collect();
             let mut a = Prepared::default();
