@@ -506,7 +506,7 @@ pub fn attend_heads_f16(
     assert!(kv.offset + hd <= kv.kv_dim, "head outside the cell");
     let n_cells = kv.k.len().min(kv.v.len()) / kv.kv_dim.max(1);
     assert!(cells.iter().all(|&c| (c as usize) < n_cells), "cell outside the cache");
-    if hd.is_multiple_of(8) && hd <= 256 {
+    if hd.is_multiple_of(8) && hd <= 256 && g <= 64 {
         // f16 is a transparent u16.
         let (k, v) = (kv.k.as_ptr().cast::<u8>(), kv.v.as_ptr().cast::<u8>());
         let acc = state.acc.as_mut_ptr().cast::<u8>();

@@ -17,8 +17,9 @@
 #![allow(unsafe_op_in_unsafe_fn)]
 
 /// The kernels, instantiated once per feature set. `dot_u8_i8` (unsigned bytes times
-/// signed bytes, summed in fours into i32 lanes) and `dot2_u8_i8` (the same of two pairs)
-/// must be defined by the including module.
+/// signed bytes, summed in fours into i32 lanes), `dot2_u8_i8` (the same of two pairs),
+/// `dot_f32_x8` (a dot product of two f32 rows of a multiple of 8) and `fa_accumulate`
+/// (one step of an f16 attention accumulator) must be defined by the including module.
 macro_rules! x86_kernels {
     ($features:literal) => {
         use std::arch::x86_64::*;
@@ -855,10 +856,13 @@ macro_rules! x86_kernels {
             s
         }
 
-        /// `kernels::attend_heads_f16` for `max.len()` heads of `q.len() / max.len()`
-        /// values (a multiple of 8, at most 256): keys and values at `k`/`v` (f16, cell
-        /// `c`'s head at `c·kv_dim + offset`), the f16 accumulators at `acc`. Each cell's
-        /// key and value are widened once into f32 buffers that every head then reads.
+        /// `kernels::attend_heads_f16` for `max.len()` heads (at most 64) of
+        /// `q.len() / max.len()` values (a multiple of 8, at most 256): keys and values at
+        /// `k`/`v` (f16, cell `c`'s head at `c·kv_dim + offset`), the f16 accumulators at
+        /// `acc`. Cells go in blocks of `BLOCK`: first every head's scores (each key
+        /// widened once), then each head's softmax steps (the exponentials, free of the
+        /// value loads), then the values (each widened once) into every head's
+        /// accumulator, cell by cell in order as llama.cpp's one-row path adds them.
         #[target_feature(enable = $features)]
         #[allow(clippy::too_many_arguments)]
         pub(crate) unsafe fn attend_heads_f16(
@@ -871,61 +875,50 @@ macro_rules! x86_kernels {
             max: &mut [f32],
             sum: &mut [f32],
         ) {
-            const R: i32 = _MM_FROUND_TO_NEAREST_INT;
+            const BLOCK: usize = 16;
             let g = max.len();
             let hd = q.len() / g;
             let chunks = hd / 8;
-            let mut kf = [0f32; 256];
-            let mut vf = [0f32; 256];
-            let (kfp, vfp) = (kf.as_mut_ptr(), vf.as_mut_ptr());
+            let mut buf = [0f32; 256];
+            let bp = buf.as_mut_ptr();
+            // Per head and cell of the block: the score, then the (rescale, weight) pair.
+            let mut step = [[(0f32, 0f32); BLOCK]; 64];
             let qp = q.as_ptr();
-            let fma_at = |a: *const f32, b: *const f32, c: usize, s: __m256| {
-                _mm256_fmadd_ps(_mm256_loadu_ps(a.add(8 * c)), _mm256_loadu_ps(b.add(8 * c)), s)
-            };
-            for &cell in cells {
-                let at = 2 * (cell as usize * kv_dim + offset);
+            let widen = |src: *const u8, at: usize| {
                 for c in 0..chunks {
-                    let kv = _mm256_cvtph_ps(_mm_loadu_si128(k.add(at + 16 * c).cast()));
-                    _mm256_storeu_ps(kfp.add(8 * c), kv);
-                    let vv = _mm256_cvtph_ps(_mm_loadu_si128(v.add(at + 16 * c).cast()));
-                    _mm256_storeu_ps(vfp.add(8 * c), vv);
+                    let x = _mm256_cvtph_ps(_mm_loadu_si128(src.add(at + 16 * c).cast()));
+                    _mm256_storeu_ps(bp.add(8 * c), x);
+                }
+            };
+            for block in cells.chunks(BLOCK) {
+                for (j, &cell) in block.iter().enumerate() {
+                    widen(k, 2 * (cell as usize * kv_dim + offset));
+                    for h in 0..g {
+                        step.get_unchecked_mut(h)[j].0 = dot_f32_x8(bp, qp.add(h * hd), hd) * scale;
+                    }
                 }
                 for h in 0..g {
-                    let qh = qp.add(h * hd);
-                    let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-                    let mut c = 0;
-                    while c + 2 <= chunks {
-                        s0 = fma_at(kfp, qh, c, s0);
-                        s1 = fma_at(kfp, qh, c + 1, s1);
-                        c += 2;
-                    }
-                    if c < chunks {
-                        s0 = fma_at(kfp, qh, c, s0);
-                    }
-                    let mut sc = hsum(_mm256_add_ps(s0, s1)) * scale;
-                    if softcap != 0.0 {
-                        sc = softcap * sc.tanh();
-                    }
-                    let m = max.get_unchecked_mut(h);
-                    let (ms, w) = if sc > *m {
-                        let ms = (*m - sc).exp();
-                        *m = sc;
-                        (ms, 1.0)
-                    } else {
-                        (1.0, (sc - *m).exp())
-                    };
-                    let s = sum.get_unchecked_mut(h);
-                    *s = *s * ms + w;
-                    let ah = acc.add(2 * h * hd);
-                    let wv = _mm256_set1_ps(w);
-                    let msv = _mm256_set1_ps(ms);
-                    for c in 0..chunks {
-                        let mut a = _mm256_cvtph_ps(_mm_loadu_si128(ah.add(16 * c).cast()));
-                        if ms != 1.0 {
-                            a = _mm256_cvtph_ps(_mm256_cvtps_ph::<R>(_mm256_mul_ps(a, msv)));
+                    let (m, s) = (max.get_unchecked_mut(h), sum.get_unchecked_mut(h));
+                    for st in step.get_unchecked_mut(h)[..block.len()].iter_mut() {
+                        let mut sc = st.0;
+                        if softcap != 0.0 {
+                            sc = softcap * sc.tanh();
                         }
-                        let r = _mm256_fmadd_ps(_mm256_loadu_ps(vfp.add(8 * c)), wv, a);
-                        _mm_storeu_si128(ah.add(16 * c).cast(), _mm256_cvtps_ph::<R>(r));
+                        *st = if sc > *m {
+                            let ms = (*m - sc).exp();
+                            *m = sc;
+                            (ms, 1.0)
+                        } else {
+                            (1.0, (sc - *m).exp())
+                        };
+                        *s = *s * st.0 + st.1;
+                    }
+                }
+                for (j, &cell) in block.iter().enumerate() {
+                    widen(v, 2 * (cell as usize * kv_dim + offset));
+                    for h in 0..g {
+                        let (ms, w) = step.get_unchecked(h)[j];
+                        fa_accumulate(acc.add(2 * h * hd), bp, hd, (ms, w));
                     }
                 }
             }
@@ -977,6 +970,40 @@ pub(crate) mod avx2 {
         let p = _mm256_add_epi16(_mm256_maddubs_epi16(u0, s0), _mm256_maddubs_epi16(u1, s1));
         _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)))
     }
+
+    /// `a · b` for `n` (a multiple of 8) f32 at each pointer.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn dot_f32_x8(a: *const f32, b: *const f32, n: usize) -> f32 {
+        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        while i + 16 <= n {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i)), _mm256_loadu_ps(b.add(i)), s0);
+            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i + 8)), _mm256_loadu_ps(b.add(i + 8)), s1);
+            i += 16;
+        }
+        if i < n {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i)), _mm256_loadu_ps(b.add(i)), s0);
+        }
+        hsum(_mm256_add_ps(s0, s1))
+    }
+
+    /// `acc = f16(f16(acc·ms) + w·v)` for `n` (a multiple of 8) f16 accumulators at `acc`
+    /// and f32 values at `v` (the rescale only when `ms` is not 1).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn fa_accumulate(acc: *mut u8, v: *const f32, n: usize, (ms, w): (f32, f32)) {
+        const R: i32 = _MM_FROUND_TO_NEAREST_INT;
+        let (wv, msv) = (_mm256_set1_ps(w), _mm256_set1_ps(ms));
+        for i in (0..n).step_by(8) {
+            let mut a = _mm256_cvtph_ps(_mm_loadu_si128(acc.add(2 * i).cast()));
+            if ms != 1.0 {
+                a = _mm256_cvtph_ps(_mm256_cvtps_ph::<R>(_mm256_mul_ps(a, msv)));
+            }
+            let r = _mm256_fmadd_ps(_mm256_loadu_ps(v.add(i)), wv, a);
+            _mm_storeu_si128(acc.add(2 * i).cast(), _mm256_cvtps_ph::<R>(r));
+        }
+    }
 }
 
 /// The same kernels with AVX-512 F/BW/VL/VNNI (Ice Lake, Zen 4 and later): `vpdpbusd`
@@ -1000,5 +1027,50 @@ pub(crate) mod avx512 {
         (u1, s1): (__m256i, __m256i),
     ) -> __m256i {
         _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(acc, u0, s0), u1, s1)
+    }
+
+    /// `a · b` for `n` (a multiple of 8) f32 at each pointer, 16 lanes at a time.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn dot_f32_x8(a: *const f32, b: *const f32, n: usize) -> f32 {
+        let mut s = _mm512_setzero_ps();
+        let mut i = 0;
+        while i + 16 <= n {
+            s = _mm512_fmadd_ps(_mm512_loadu_ps(a.add(i)), _mm512_loadu_ps(b.add(i)), s);
+            i += 16;
+        }
+        let mut s8 = _mm256_add_ps(_mm512_castps512_ps256(s), _mm512_extractf32x8_ps::<1>(s));
+        if i < n {
+            s8 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i)), _mm256_loadu_ps(b.add(i)), s8);
+        }
+        hsum(s8)
+    }
+
+    /// `acc = f16(f16(acc·ms) + w·v)` for `n` (a multiple of 8) f16 accumulators at `acc`
+    /// and f32 values at `v`, 16 lanes at a time.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn fa_accumulate(acc: *mut u8, v: *const f32, n: usize, (ms, w): (f32, f32)) {
+        const R: i32 = _MM_FROUND_TO_NEAREST_INT;
+        let (wv, msv) = (_mm512_set1_ps(w), _mm512_set1_ps(ms));
+        let mut i = 0;
+        while i + 16 <= n {
+            let mut a = _mm512_cvtph_ps(_mm256_loadu_si256(acc.add(2 * i).cast()));
+            if ms != 1.0 {
+                a = _mm512_cvtph_ps(_mm512_cvtps_ph::<R>(_mm512_mul_ps(a, msv)));
+            }
+            let r = _mm512_fmadd_ps(_mm512_loadu_ps(v.add(i)), wv, a);
+            _mm256_storeu_si256(acc.add(2 * i).cast(), _mm512_cvtps_ph::<R>(r));
+            i += 16;
+        }
+        if i < n {
+            let (wv, msv) = (_mm256_set1_ps(w), _mm256_set1_ps(ms));
+            let mut a = _mm256_cvtph_ps(_mm_loadu_si128(acc.add(2 * i).cast()));
+            if ms != 1.0 {
+                a = _mm256_cvtph_ps(_mm256_cvtps_ph::<R>(_mm256_mul_ps(a, msv)));
+            }
+            let r = _mm256_fmadd_ps(_mm256_loadu_ps(v.add(i)), wv, a);
+            _mm_storeu_si128(acc.add(2 * i).cast(), _mm256_cvtps_ph::<R>(r));
+        }
     }
 }
