@@ -336,11 +336,12 @@ fn row_range(w: &Weight, r0: usize, n: usize) -> Weight {
 }
 
 /// Copies the matmul weights into the engine's memory ([`Weight::copy_to_memory`]: huge
-/// pages, Q4_K interleaved for the decode kernels) and releases the file's pages of each,
-/// so that the process holds one copy: the pages are clean and would come back from the
-/// file if read again. The token embeddings are read by row and stay in the file, and so
-/// does an output matrix tied to them.
-fn copy_weights(map: &Mmap, layers: &mut [Layer], output: &mut Weight, tok_embd: &Weight) {
+/// pages, Q4_K and Q4_0 interleaved for the kernels) and releases the file's pages of
+/// each, so that the process holds one copy: the pages are clean and would come back from
+/// the file if read again. The token embeddings are read by row and stay in the file; an
+/// output matrix tied to them is copied too (every token reads all of it), and the few
+/// embedding rows a batch reads come back from the page cache.
+fn copy_weights(map: &Mmap, layers: &mut [Layer], output: &mut Weight) {
     let start = std::time::Instant::now();
     let mut weights: Vec<&mut Weight> = layers
         .iter_mut()
@@ -348,9 +349,7 @@ fn copy_weights(map: &Mmap, layers: &mut [Layer], output: &mut Weight, tok_embd:
             [&mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo, &mut l.w_gate, &mut l.w_up, &mut l.w_down]
         })
         .collect();
-    if output.offset != tok_embd.offset {
-        weights.push(output);
-    }
+    weights.push(output);
     let (mut count, mut interleaved, mut bytes) = (0usize, 0usize, 0usize);
     for w in weights {
         if w.copy_to_memory(map) {
@@ -362,8 +361,7 @@ fn copy_weights(map: &Mmap, layers: &mut [Layer], output: &mut Weight, tok_embd:
     }
     if count > 0 {
         log::info!(
-            "cpu backend copied {count} weights ({:.1} MiB, {interleaved} Q4_K interleaved) \
-             in {:.2} s",
+            "cpu backend copied {count} weights ({:.1} MiB, {interleaved} interleaved) in {:.2} s",
             bytes as f64 / (1u64 << 20) as f64,
             start.elapsed().as_secs_f64()
         );
@@ -623,7 +621,7 @@ pub fn load(path: &str, options: CpuOptions) -> Result<CpuModel, BackendError> {
         )));
     }
     if options.copy_weights.unwrap_or(true) {
-        copy_weights(&map, &mut layers, &mut output, &tok_embd);
+        copy_weights(&map, &mut layers, &mut output);
     }
     let special = tokenizer.special_tokens(&file);
     let metadata = metadata(&file, &hp, &map);
