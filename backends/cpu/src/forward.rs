@@ -98,11 +98,24 @@ fn gelu_ggml(x: f32) -> f32 {
     if x >= 10.0 {
         return x;
     }
+    f16::from_bits(gelu_table()[usize::from(f16::from_f32(x).to_bits())]).to_f32()
+}
+
+/// The tanh-approximated GELU of every f16 value, rounded to f16 (ggml's
+/// `ggml_table_gelu_f16`), built once: 128 KiB.
+fn gelu_table() -> &'static [u16] {
+    static TABLE: std::sync::OnceLock<Vec<u16>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| (0..=u16::MAX).map(|bits| gelu_f16_entry(f16::from_bits(bits))).collect())
+}
+
+/// One entry of [`gelu_table`]: `0.5·x·(1 + tanh(√(2/π)·x·(1 + 0.044715·x²)))` in f32,
+/// rounded to f16.
+fn gelu_f16_entry(x: f16) -> u16 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     const COEF_A: f32 = 0.044_715;
-    let x = f16::from_f32(x).to_f32();
+    let x = x.to_f32();
     let y = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF_A * x * x)).tanh());
-    f16::from_f32(y).to_f32()
+    f16::from_f32(y).to_bits()
 }
 
 /// The RoPE of one layer: base, linear scale and frequency factors.
@@ -648,5 +661,32 @@ fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
 fn add_in_place(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a += b;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table gives what rounding the input to f16, computing the tanh GELU in f32 and
+    /// rounding the result to f16 gives, bit for bit; the ends are 0 and the identity.
+    #[test]
+    fn gelu_table_equals_the_direct_f16_computation() {
+        let mut x = -12.0f32;
+        while x < 12.0 {
+            let got = gelu_ggml(x);
+            let want = if x <= -10.0 {
+                0.0
+            } else if x >= 10.0 {
+                x
+            } else {
+                f16::from_bits(gelu_f16_entry(f16::from_f32(x))).to_f32()
+            };
+            assert_eq!(got.to_bits(), want.to_bits(), "gelu({x})");
+            x += 0.000_731;
+        }
+        assert_eq!(gelu_ggml(0.0), 0.0);
+        assert!((gelu_ggml(1.0) - 0.8412).abs() < 1e-3, "{}", gelu_ggml(1.0));
+        assert!((gelu_ggml(-1.0) + 0.1588).abs() < 1e-3, "{}", gelu_ggml(-1.0));
     }
 }
