@@ -321,12 +321,20 @@ pub fn rows_q8<const T: usize>(
     }
 }
 
-/// Rows of a Q4_0 matrix the interleaved kernel handles at once.
+/// Rows of a Q4_0 or Q5_0 matrix the interleaved kernels handle at once.
 pub const Q4_0_GROUP: usize = 8;
 /// Bytes of one block of [`Q4_0_GROUP`] Q4_0 rows in the interleaved layout of
 /// [`repack_q4_0_x8`]: the 8 rows' f16 scales, then their 128 bytes of nibbles (the same
 /// 144 bytes as the 8 blocks it replaces).
 pub const Q4_0_X8_BYTES: usize = 16 + 128;
+/// Bytes of one block of 8 Q5_0 rows in the interleaved layout of [`repack_q5_0_x8`]: the
+/// scales, 32 bytes of fifth bits, the 128 bytes of nibbles (176, as the 8 blocks).
+pub const Q5_0_X8_BYTES: usize = 16 + 32 + 128;
+
+/// Bytes of one interleaved block of 8 rows: Q4_0 or (`FIVE`) Q5_0.
+const fn x8_bytes<const FIVE: bool>() -> usize {
+    if FIVE { Q5_0_X8_BYTES } else { Q4_0_X8_BYTES }
+}
 
 /// Interleaves blocks of 8 Q4_0 rows for [`gemm_q4_0_x8`], the layout the engine keeps
 /// Q4_0 matmul weights in after load (llama.cpp's `block_q4_0x8` idea, in this engine's
@@ -336,17 +344,41 @@ pub const Q4_0_X8_BYTES: usize = 16 + 128;
 /// in its high nibble), so that one load and a mask give 4 values of every row that one
 /// broadcast activation chunk multiplies.
 pub fn repack_q4_0_x8(rows: [&[u8]; Q4_0_GROUP], nb: usize, out: &mut [u8]) {
-    assert!(out.len() >= nb * Q4_0_X8_BYTES, "repack output too short");
+    repack_x8::<false>(rows, nb, out);
+}
+
+/// Interleaves blocks of 8 Q5_0 rows for [`gemm_q5_0_x8`]: as [`repack_q4_0_x8`] with
+/// the rows' fifth bits between the scales and the nibbles, 8 bytes per chunk `q`: byte
+/// `r` holds bits `4q..4q + 4` of row `r`'s `qh` (the fifth bits of the low nibbles the
+/// chunk holds) in its low half and bits `16 + 4q..20 + 4q` in its high half.
+pub fn repack_q5_0_x8(rows: [&[u8]; Q4_0_GROUP], nb: usize, out: &mut [u8]) {
+    repack_x8::<true>(rows, nb, out);
+}
+
+fn repack_x8<const FIVE: bool>(rows: [&[u8]; Q4_0_GROUP], nb: usize, out: &mut [u8]) {
+    let (blk_bytes, qs_at) = if FIVE { (crate::kquants::Q5_0_BYTES, 6) } else { (Q4_0_BYTES, 2) };
+    let bytes = x8_bytes::<FIVE>();
+    assert!(out.len() >= nb * bytes, "repack output too short");
     for row in rows {
-        assert!(row.len() >= nb * Q4_0_BYTES, "Q4_0 row shorter than its blocks");
+        assert!(row.len() >= nb * blk_bytes, "row shorter than its blocks");
     }
     for b in 0..nb {
-        let (d, qs) = out[b * Q4_0_X8_BYTES..(b + 1) * Q4_0_X8_BYTES].split_at_mut(16);
+        let (d, rest) = out[b * bytes..(b + 1) * bytes].split_at_mut(16);
+        let (hb, qs) = rest.split_at_mut(if FIVE { 32 } else { 0 });
         for (r, row) in rows.iter().enumerate() {
-            let blk = &row[b * Q4_0_BYTES..(b + 1) * Q4_0_BYTES];
+            let blk = &row[b * blk_bytes..(b + 1) * blk_bytes];
             d[2 * r..2 * r + 2].copy_from_slice(&blk[0..2]);
             for q in 0..4 {
-                qs[32 * q + 4 * r..32 * q + 4 * r + 4].copy_from_slice(&blk[2 + 4 * q..6 + 4 * q]);
+                qs[32 * q + 4 * r..32 * q + 4 * r + 4]
+                    .copy_from_slice(&blk[qs_at + 4 * q..qs_at + 4 + 4 * q]);
+            }
+            if FIVE {
+                let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+                for q in 0..4 {
+                    let lo = (qh >> (4 * q)) & 0x0f;
+                    let hi = (qh >> (16 + 4 * q)) & 0x0f;
+                    hb[8 * q + r] = (lo | (hi << 4)) as u8;
+                }
             }
         }
     }
@@ -361,8 +393,27 @@ pub fn gemm_q4_0_x8<const T: usize>(
     packed: &[u8],
     a: [ActRow<'_>; T],
 ) -> [[f32; Q4_0_GROUP]; T] {
-    let nb = q8_blocks(packed, &a, Q4_0_X8_BYTES);
-    dispatch!(isa, gemm_q4_0_x8::<T>(packed, a, nb), gemm_q4_0_x8_portable(packed, a, nb))
+    gemm_x8::<T, false>(isa, packed, a)
+}
+
+/// As [`gemm_q4_0_x8`] for 8 Q5_0 rows in the layout of [`repack_q5_0_x8`].
+#[inline]
+pub fn gemm_q5_0_x8<const T: usize>(
+    isa: Isa,
+    packed: &[u8],
+    a: [ActRow<'_>; T],
+) -> [[f32; Q4_0_GROUP]; T] {
+    gemm_x8::<T, true>(isa, packed, a)
+}
+
+#[inline]
+fn gemm_x8<const T: usize, const FIVE: bool>(
+    isa: Isa,
+    packed: &[u8],
+    a: [ActRow<'_>; T],
+) -> [[f32; Q4_0_GROUP]; T] {
+    let nb = q8_blocks(packed, &a, x8_bytes::<FIVE>());
+    dispatch!(isa, gemm_x8::<T, FIVE>(packed, a, nb), gemm_x8_portable::<T, FIVE>(packed, a, nb))
 }
 
 /// [`gemm_q4_0_x8`] over consecutive groups of 8 rows (`packed` holds `out.len()` groups
@@ -373,38 +424,63 @@ pub fn gemm_q4_0_x8_groups<const T: usize>(
     a: [ActRow<'_>; T],
     out: &mut [[[f32; Q4_0_GROUP]; T]],
 ) {
+    gemm_x8_groups::<T, false>(isa, packed, a, out);
+}
+
+/// [`gemm_q5_0_x8`] over consecutive groups of 8 rows.
+pub fn gemm_q5_0_x8_groups<const T: usize>(
+    isa: Isa,
+    packed: &[u8],
+    a: [ActRow<'_>; T],
+    out: &mut [[[f32; Q4_0_GROUP]; T]],
+) {
+    gemm_x8_groups::<T, true>(isa, packed, a, out);
+}
+
+fn gemm_x8_groups<const T: usize, const FIVE: bool>(
+    isa: Isa,
+    packed: &[u8],
+    a: [ActRow<'_>; T],
+    out: &mut [[[f32; Q4_0_GROUP]; T]],
+) {
     let nb = a[0].d.len();
-    let group = nb * Q4_0_X8_BYTES;
+    let group = nb * x8_bytes::<FIVE>();
     assert!(packed.len() >= out.len() * group, "packed groups shorter than the output");
     if out.is_empty() {
         return;
     }
-    q8_blocks(&packed[..group], &a, Q4_0_X8_BYTES);
-    dispatch!(isa, gemm_q4_0_x8_groups::<T>(packed, a, nb, out), {
+    q8_blocks(&packed[..group], &a, x8_bytes::<FIVE>());
+    dispatch!(isa, gemm_x8_groups::<T, FIVE>(packed, a, nb, out), {
         for (g, o) in out.iter_mut().enumerate() {
-            *o = gemm_q4_0_x8_portable(&packed[g * group..(g + 1) * group], a, nb);
+            *o = gemm_x8_portable::<T, FIVE>(&packed[g * group..(g + 1) * group], a, nb);
         }
     });
 }
 
-fn gemm_q4_0_x8_portable<const T: usize>(
+fn gemm_x8_portable<const T: usize, const FIVE: bool>(
     packed: &[u8],
     a: [ActRow<'_>; T],
     nb: usize,
 ) -> [[f32; Q4_0_GROUP]; T] {
+    let bytes = x8_bytes::<FIVE>();
+    let qs_at = if FIVE { 48 } else { 16 };
     let mut out = [[0f32; Q4_0_GROUP]; T];
     for b in 0..nb {
-        let g = &packed[b * Q4_0_X8_BYTES..(b + 1) * Q4_0_X8_BYTES];
+        let g = &packed[b * bytes..(b + 1) * bytes];
         for r in 0..Q4_0_GROUP {
             let dw = f16_at(g, 2 * r);
             for (o, y) in out.iter_mut().zip(&a) {
                 let q8 = &y.qs[b * QK..(b + 1) * QK];
-                let mut sum = y.c[b];
+                // The offset of 8 (Q4_0) or 16 (Q5_0) times the activations' sum.
+                let mut sum = if FIVE { 2 * y.c[b] } else { y.c[b] };
                 for q in 0..4 {
+                    let h = if FIVE { g[16 + 8 * q + r] } else { 0 };
                     for i in 0..4 {
-                        let v = g[16 + 32 * q + 4 * r + i];
-                        sum += i32::from(v & 0x0f) * i32::from(q8[4 * q + i]);
-                        sum += i32::from(v >> 4) * i32::from(q8[16 + 4 * q + i]);
+                        let v = g[qs_at + 32 * q + 4 * r + i];
+                        let lo = (v & 0x0f) | (((h >> i) & 1) << 4);
+                        let hi = (v >> 4) | (((h >> (4 + i)) & 1) << 4);
+                        sum += i32::from(lo) * i32::from(q8[4 * q + i]);
+                        sum += i32::from(hi) * i32::from(q8[16 + 4 * q + i]);
                     }
                 }
                 o[r] += sum as f32 * (dw * y.d[b]);
@@ -667,58 +743,81 @@ mod tests {
         assert!((got - want).abs() < 1e-3 * want.abs().max(1.0), "{got} vs {want}");
     }
 
-    /// The interleaved Q4_0 kernel over 8 rows equals the row kernel on each row (to
-    /// float summation order), for 1 and 4 tokens at every level.
+    /// The interleaved Q4_0 and Q5_0 kernels over 8 rows equal the row kernels on each
+    /// row (to float summation order), for 1 and 4 tokens at every level.
     #[test]
-    fn interleaved_q4_0_equals_row_dots() {
-        let mut seed = 9;
-        let k = 5 * QK;
-        let rows: Vec<Vec<u8>> = (0..Q4_0_GROUP)
-            .map(|_| {
-                let w: Vec<f32> = (0..k).map(|_| lcg(&mut seed)).collect();
-                let mut q = vec![0u8; k / QK * Q4_0_BYTES];
-                corral_gguf::quant::quantize(corral_gguf::types::GgmlType::Q4_0, &w, &mut q)
-                    .expect("quantize");
-                q
-            })
-            .collect();
-        let mut acts = Q8Rows::default();
-        acts.resize(4, k);
-        let nb = k / QK;
-        for t in 0..4 {
-            let x: Vec<f32> = (0..k).map(|_| lcg(&mut seed) * 2.0).collect();
-            let Q8Rows { qs, d, s, c, .. } = &mut acts;
-            quantize_row_q8_0(
-                &x,
-                &mut qs[t * k..(t + 1) * k],
-                &mut d[t * nb..(t + 1) * nb],
-                &mut s[t * nb..(t + 1) * nb],
-                &mut c[t * nb..(t + 1) * nb],
-            );
-        }
-        let mut packed = vec![0u8; nb * Q4_0_X8_BYTES];
-        repack_q4_0_x8(std::array::from_fn(|r| rows[r].as_slice()), nb, &mut packed);
-        let a: [ActRow<'_>; 4] = std::array::from_fn(|t| acts.row(t));
-        for isa in Isa::available() {
-            let four = gemm_q4_0_x8::<4>(isa, &packed, a);
-            let one = gemm_q4_0_x8::<1>(isa, &packed, [a[2]]);
-            let mut groups = [[[0f32; Q4_0_GROUP]; 4]; 2];
-            let twice = [packed.clone(), packed.clone()].concat();
-            gemm_q4_0_x8_groups::<4>(isa, &twice, a, &mut groups);
-            assert_eq!(groups[0], four, "{isa:?}: groups differ from one call");
-            assert_eq!(groups[1], four, "{isa:?}: groups differ from one call");
-            for (r, row) in rows.iter().enumerate() {
-                let want = dot_q4_0::<4>(Isa::Portable, row, a);
-                for t in 0..4 {
-                    let tol = 1e-5 * want[t].abs().max(1.0);
-                    assert!(
-                        (four[t][r] - want[t]).abs() <= tol,
-                        "{isa:?} row {r} token {t}: {} vs {}",
-                        four[t][r],
-                        want[t]
-                    );
+    fn interleaved_q4_0_and_q5_0_equal_row_dots() {
+        use corral_gguf::types::GgmlType;
+        for five in [false, true] {
+            let (ty, bytes) = if five {
+                (GgmlType::Q5_0, crate::kquants::Q5_0_BYTES)
+            } else {
+                (GgmlType::Q4_0, Q4_0_BYTES)
+            };
+            let mut seed = 9;
+            let k = 5 * QK;
+            let rows: Vec<Vec<u8>> = (0..Q4_0_GROUP)
+                .map(|_| {
+                    let w: Vec<f32> = (0..k).map(|_| lcg(&mut seed)).collect();
+                    let mut q = vec![0u8; k / QK * bytes];
+                    corral_gguf::quant::quantize(ty, &w, &mut q).expect("quantize");
+                    q
+                })
+                .collect();
+            let mut acts = Q8Rows::default();
+            acts.resize(4, k);
+            let nb = k / QK;
+            for t in 0..4 {
+                let x: Vec<f32> = (0..k).map(|_| lcg(&mut seed) * 2.0).collect();
+                let Q8Rows { qs, d, s, c, .. } = &mut acts;
+                quantize_row_q8_0(
+                    &x,
+                    &mut qs[t * k..(t + 1) * k],
+                    &mut d[t * nb..(t + 1) * nb],
+                    &mut s[t * nb..(t + 1) * nb],
+                    &mut c[t * nb..(t + 1) * nb],
+                );
+            }
+            let row_refs = std::array::from_fn(|r| rows[r].as_slice());
+            let mut packed = vec![0u8; nb * if five { Q5_0_X8_BYTES } else { Q4_0_X8_BYTES }];
+            if five {
+                repack_q5_0_x8(row_refs, nb, &mut packed);
+            } else {
+                repack_q4_0_x8(row_refs, nb, &mut packed);
+            }
+            let a: [ActRow<'_>; 4] = std::array::from_fn(|t| acts.row(t));
+            for isa in Isa::available() {
+                let (four, one) = if five {
+                    (gemm_q5_0_x8::<4>(isa, &packed, a), gemm_q5_0_x8::<1>(isa, &packed, [a[2]]))
+                } else {
+                    (gemm_q4_0_x8::<4>(isa, &packed, a), gemm_q4_0_x8::<1>(isa, &packed, [a[2]]))
+                };
+                let mut groups = [[[0f32; Q4_0_GROUP]; 4]; 2];
+                let twice = [packed.clone(), packed.clone()].concat();
+                if five {
+                    gemm_q5_0_x8_groups::<4>(isa, &twice, a, &mut groups);
+                } else {
+                    gemm_q4_0_x8_groups::<4>(isa, &twice, a, &mut groups);
                 }
-                assert!((one[0][r] - want[2]).abs() <= 1e-5 * want[2].abs().max(1.0));
+                assert_eq!(groups[0], four, "{isa:?}: groups differ from one call");
+                assert_eq!(groups[1], four, "{isa:?}: groups differ from one call");
+                for (r, row) in rows.iter().enumerate() {
+                    let want = if five {
+                        crate::kquants::dot_q5_0::<4>(Isa::Portable, row, a)
+                    } else {
+                        dot_q4_0::<4>(Isa::Portable, row, a)
+                    };
+                    for t in 0..4 {
+                        let tol = 1e-5 * want[t].abs().max(1.0);
+                        assert!(
+                            (four[t][r] - want[t]).abs() <= tol,
+                            "five {five} {isa:?} row {r} token {t}: {} vs {}",
+                            four[t][r],
+                            want[t]
+                        );
+                    }
+                    assert!((one[0][r] - want[2]).abs() <= 1e-5 * want[2].abs().max(1.0));
+                }
             }
         }
     }

@@ -699,31 +699,55 @@ macro_rules! x86_kernels {
         }
 
         /// `T` Q8_0 activation rows times 8 Q4_0 rows interleaved by
-        /// `kernels::repack_q4_0_x8`: per block, 4 loads give the 8 rows' 32 values as low
-        /// and high nibbles; each half times the broadcast activation chunk goes into the
-        /// rows' i32 lanes ([`dot2_u8_i8`]), starting from `-8·Σa`; then one conversion and
-        /// one multiply-add by `d_w·d_a` per block and token.
+        /// `kernels::repack_q4_0_x8`, or (`FIVE`) 8 Q5_0 rows by `repack_q5_0_x8`: per
+        /// block, 4 loads give the 8 rows' 32 values as low and high nibbles (Q5_0: each
+        /// with its fifth bit, spread from one broadcast byte per row by a `vpshufb` and a
+        /// compare); each half times the broadcast activation chunk goes into the rows'
+        /// i32 lanes ([`dot2_u8_i8`]), starting from `-8·Σa` (Q5_0: `-16·Σa`); then one
+        /// conversion and one multiply-add by `d_w·d_a` per block and token.
         #[target_feature(enable = $features)]
         #[inline]
-        pub(crate) unsafe fn gemm_q4_0_x8<const T: usize>(
+        pub(crate) unsafe fn gemm_x8<const T: usize, const FIVE: bool>(
             packed: &[u8],
             a: [ActRow<'_>; T],
             nb: usize,
         ) -> [[f32; 8]; T] {
-            use crate::kernels::Q4_0_X8_BYTES;
+            let bytes =
+                if FIVE { crate::kernels::Q5_0_X8_BYTES } else { crate::kernels::Q4_0_X8_BYTES };
+            let qs_at = if FIVE { 48 } else { 16 };
             let pp = packed.as_ptr();
             let m4 = _mm256_set1_epi8(0x0f);
+            let m5 = _mm256_set1_epi8(0x10);
+            // Byte `4r + i` takes byte `r` of the broadcast fifth bits; bit `i` (low
+            // nibbles) or `4 + i` (high nibbles) of it.
+            let spread = _mm256_setr_epi8(
+                0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, //
+                4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7,
+            );
+            let bit_lo = _mm256_set1_epi32(0x0804_0201);
+            let bit_hi = _mm256_set1_epi32(0x8040_2010u32 as i32);
             let bcast = |y: *const i8| _mm256_set1_epi32(y.cast::<i32>().read_unaligned());
             let mut acc = [_mm256_setzero_ps(); T];
             for b in 0..nb {
-                let g = pp.add(b * Q4_0_X8_BYTES);
+                let g = pp.add(b * bytes);
                 let ys: [*const i8; T] = std::array::from_fn(|t| a[t].qs.as_ptr().add(b * QK));
-                let mut isum: [__m256i; T] =
-                    std::array::from_fn(|t| _mm256_set1_epi32(*a[t].c.get_unchecked(b)));
+                let mut isum: [__m256i; T] = std::array::from_fn(|t| {
+                    let c = *a[t].c.get_unchecked(b);
+                    _mm256_set1_epi32(if FIVE { 2 * c } else { c })
+                });
                 for q in 0..4 {
-                    let v = _mm256_loadu_si256(g.add(16 + 32 * q).cast());
-                    let lo = _mm256_and_si256(v, m4);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+                    let v = _mm256_loadu_si256(g.add(qs_at + 32 * q).cast());
+                    let mut lo = _mm256_and_si256(v, m4);
+                    let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+                    if FIVE {
+                        let h =
+                            _mm256_set1_epi64x(g.add(16 + 8 * q).cast::<i64>().read_unaligned());
+                        let h = _mm256_shuffle_epi8(h, spread);
+                        let f_lo = _mm256_cmpeq_epi8(_mm256_and_si256(h, bit_lo), bit_lo);
+                        let f_hi = _mm256_cmpeq_epi8(_mm256_and_si256(h, bit_hi), bit_hi);
+                        lo = _mm256_or_si256(lo, _mm256_and_si256(f_lo, m5));
+                        hi = _mm256_or_si256(hi, _mm256_and_si256(f_hi, m5));
+                    }
                     for t in 0..T {
                         let y = ys[t].add(4 * q);
                         isum[t] = dot2_u8_i8(isum[t], (lo, bcast(y)), (hi, bcast(y.add(16))));
@@ -742,18 +766,20 @@ macro_rules! x86_kernels {
             out
         }
 
-        /// [`gemm_q4_0_x8`] over `out.len()` consecutive groups.
+        /// [`gemm_x8`] over `out.len()` consecutive groups.
         #[target_feature(enable = $features)]
         #[inline]
-        pub(crate) unsafe fn gemm_q4_0_x8_groups<const T: usize>(
+        pub(crate) unsafe fn gemm_x8_groups<const T: usize, const FIVE: bool>(
             packed: &[u8],
             a: [ActRow<'_>; T],
             nb: usize,
             out: &mut [[[f32; 8]; T]],
         ) {
-            let group = nb * crate::kernels::Q4_0_X8_BYTES;
+            let bytes =
+                if FIVE { crate::kernels::Q5_0_X8_BYTES } else { crate::kernels::Q4_0_X8_BYTES };
+            let group = nb * bytes;
             for (g, o) in out.iter_mut().enumerate() {
-                *o = gemm_q4_0_x8::<T>(packed.get_unchecked(g * group..(g + 1) * group), a, nb);
+                *o = gemm_x8::<T, FIVE>(packed.get_unchecked(g * group..(g + 1) * group), a, nb);
             }
         }
 

@@ -187,16 +187,19 @@ impl Weight {
         &map[at..at + self.row_bytes]
     }
 
-    /// Whether [`Weight::copy_to_memory`] interleaves the rows: Q4_K and Q4_0, whole
-    /// groups of 8.
+    /// Whether [`Weight::copy_to_memory`] interleaves the rows: Q4_K, Q4_0 and Q5_0,
+    /// whole groups of 8.
     pub fn interleavable(&self) -> bool {
-        matches!(self.ty, WType::Q4_K | WType::Q4_0) && self.rows.is_multiple_of(8) && self.rows > 0
+        matches!(self.ty, WType::Q4_K | WType::Q4_0 | WType::Q5_0)
+            && self.rows.is_multiple_of(8)
+            && self.rows > 0
     }
 
     /// Bytes of one group of 8 interleaved rows, for an interleavable weight.
     fn group_bytes(&self) -> usize {
         match self.ty {
             WType::Q4_K => self.cols / QK_K * kq::Q4K_X8_BYTES,
+            WType::Q5_0 => self.cols / QK * kernels::Q5_0_X8_BYTES,
             _ => self.cols / QK * kernels::Q4_0_X8_BYTES,
         }
     }
@@ -205,6 +208,7 @@ impl Weight {
     fn repack_group(&self, rows: [&[u8]; 8], out: &mut [u8]) {
         match self.ty {
             WType::Q4_K => kq::repack_q4_k_x8(rows, self.cols / QK_K, out),
+            WType::Q5_0 => kernels::repack_q5_0_x8(rows, self.cols / QK, out),
             _ => kernels::repack_q4_0_x8(rows, self.cols / QK, out),
         }
     }
@@ -416,6 +420,15 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
                     (kq::gemm_q4_k_x8_groups::<4>, kq::gemm_q4_k_x8_groups::<1>),
                     &put,
                 ),
+                WType::Q5_0 => matmul_interleaved(
+                    (map, w.group_bytes()),
+                    (r0, r1),
+                    n,
+                    |t| a.q.row(t),
+                    isa,
+                    (kernels::gemm_q5_0_x8_groups::<4>, kernels::gemm_q5_0_x8_groups::<1>),
+                    &put,
+                ),
                 _ => matmul_interleaved(
                     (map, w.group_bytes()),
                     (r0, r1),
@@ -430,10 +443,12 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
         }
         match w.ty.acts() {
             ActKind::Q8 => {
-                // Batches of Q4_0 read in the file: groups of 8 rows interleaved once per
-                // chunk as a weight copy is at load; the rows left over go through the row
-                // kernels.
-                let r0 = if w.ty == WType::Q4_0 && n >= 4 && isa != kernels::Isa::Portable {
+                // Batches of Q4_0 and Q5_0 read in the file: groups of 8 rows interleaved
+                // once per chunk as a weight copy is at load; the rows left over go
+                // through the row kernels.
+                let five = w.ty == WType::Q5_0;
+                let grouped = matches!(w.ty, WType::Q4_0 | WType::Q5_0);
+                let r0 = if grouped && n >= 4 && isa != kernels::Isa::Portable {
                     groups(
                         map,
                         w,
@@ -444,7 +459,13 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
                             out.resize(w.group_bytes(), 0);
                             w.repack_group(rows, out);
                         },
-                        |p, rows| kernels::gemm_q4_0_x8::<4>(isa, p, rows),
+                        |p, rows| {
+                            if five {
+                                kernels::gemm_q5_0_x8::<4>(isa, p, rows)
+                            } else {
+                                kernels::gemm_q4_0_x8::<4>(isa, p, rows)
+                            }
+                        },
                         &put,
                     )
                 } else {
@@ -699,11 +720,11 @@ mod tests {
     /// 4 and single tokens, equals the dequantized weights times the prepared activations.
     #[test]
     fn matmul_every_type_matches_dequantized_reference() {
-        let interleaves = |ty| matches!(ty, WType::Q4_K | WType::Q4_0);
+        let interleaves = |ty| matches!(ty, WType::Q4_K | WType::Q4_0 | WType::Q5_0);
         let mut seed = 21;
         let (k, n) = (512, 2 * TILE + 4 + 3);
         // Every type read in the file (13 rows: the row kernels' leftovers too), then
-        // copied to memory (Q4_K and Q4_0 interleaved: whole groups of 8 rows).
+        // copied to memory (Q4_K, Q4_0 and Q5_0 interleaved: whole groups of 8 rows).
         let types = [
             WType::F32,
             WType::F16,
