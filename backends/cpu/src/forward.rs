@@ -410,16 +410,11 @@ pub fn forward(
             );
         } else {
             // One task per (entry, heads sharing a KV head): the heads read each cell's
-            // key and value once. A group is split when there would be fewer than two
-            // tasks per thread.
+            // key and value once. A group is split (into its next smaller divisor) while
+            // there would be fewer than two tasks per thread, and always into at most
+            // MAX_HEADS_PER_TASK heads.
             let threads = rayon::current_num_threads().max(1);
-            let mut per_task = group;
-            while per_task > 1
-                && n * hp.n_head / per_task < 2 * threads
-                && per_task.is_multiple_of(2)
-            {
-                per_task /= 2;
-            }
+            let per_task = heads_per_task(group, hp.n_head, n, threads);
             let tasks_per_entry = hp.n_head / per_task;
             att.par_chunks_mut(per_task * hd).enumerate().for_each_init(
                 || (Vec::new(), vec![0f32; per_task * hd], vec![f16::ZERO; per_task * hd]),
@@ -439,8 +434,8 @@ pub fn forward(
                     qg.copy_from_slice(&q[at..at + per_task * hd]);
                     kernels::round_f16(qg);
                     acc.fill(f16::ZERO);
-                    let mut max = [f32::NEG_INFINITY; 64];
-                    let mut sum = [0f32; 64];
+                    let mut max = [f32::NEG_INFINITY; MAX_HEADS_PER_TASK];
+                    let mut sum = [0f32; MAX_HEADS_PER_TASK];
                     let kv = kernels::KvHead {
                         k: &c.k[l],
                         v: &c.v[l],
@@ -557,6 +552,20 @@ pub fn forward(
 const FA_TILE_Q: usize = 64;
 /// Cells per tile of the tiled path (`GGML_FA_TILE_KV`).
 const FA_TILE_KV: usize = 64;
+/// Query heads one attention task of the one-row path handles at most (the kernel's
+/// limit, `kernels::attend_heads_f16`).
+const MAX_HEADS_PER_TASK: usize = 64;
+
+/// Query heads per attention task for `n` entries of `n_head` heads in KV groups of
+/// `group`: the whole group, split into its next smaller divisor while there would be
+/// fewer than two tasks per thread or more than [`MAX_HEADS_PER_TASK`] heads per task.
+fn heads_per_task(group: usize, n_head: usize, n: usize, threads: usize) -> usize {
+    let mut per_task = group.max(1);
+    while per_task > 1 && (per_task > MAX_HEADS_PER_TASK || n * n_head / per_task < 2 * threads) {
+        per_task = (1..per_task).rev().find(|d| group.is_multiple_of(*d)).unwrap_or(1);
+    }
+    per_task
+}
 
 /// Whether a cell at position `p` is visible from a query at `query_pos`: causal, and
 /// within the window on sliding-window layers (llama.cpp masks a cell when query pos -
@@ -667,6 +676,28 @@ fn add_in_place(x: &mut [f32], y: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Tasks take whole divisors of a KV group, at most 64 heads, and at least two tasks
+    /// per thread where the heads allow it.
+    #[test]
+    fn attention_tasks_split_groups_by_their_divisors() {
+        // (group, n_head, entries, threads) -> heads per task
+        for (case, want) in [
+            ((8, 32, 1, 2), 8),     // TinyLlama, one token: 4 tasks
+            ((8, 32, 4, 2), 8),     // four sequences: 16 tasks
+            ((4, 4, 1, 2), 1),      // Gemma 3 270M, one token: one task per head
+            ((4, 4, 4, 2), 4),      // four tokens: 4 tasks, two per thread
+            ((7, 28, 4, 2), 7),     // a group of 7 stays whole when there are tasks enough
+            ((7, 28, 1, 8), 1),     // or drops to 1
+            ((128, 128, 8, 2), 64), // never more than 64 heads per task
+            ((71, 71, 8, 2), 1),    // a prime group over 64: one head per task
+        ] {
+            let (g, h, n, t) = case;
+            let got = heads_per_task(g, h, n, t);
+            assert_eq!(got, want, "{case:?}");
+            assert!(g % got == 0 && got <= MAX_HEADS_PER_TASK);
+        }
+    }
 
     /// The table gives what rounding the input to f16, computing the tanh GELU in f32 and
     /// rounding the result to f16 gives, bit for bit; the ends are 0 and the identity.
