@@ -214,7 +214,8 @@ impl Weight {
     }
 
     /// The bytes the copy of this weight takes: the file's rows, or for interleaved Q4_K
-    /// 32 bytes more per super-block of 8 rows (interleaved Q4_0 takes what the file does).
+    /// 32 bytes more per super-block of 8 rows (interleaved Q4_0 and Q5_0 take what the
+    /// file does).
     pub fn copy_bytes(&self) -> usize {
         if self.interleavable() {
             self.rows / 8 * self.group_bytes()
@@ -224,10 +225,11 @@ impl Weight {
     }
 
     /// Copies the weight's rows into memory of the engine's own ([`PackedBytes`]: huge
-    /// pages where the system allows them), in parallel on the current rayon pool; Q4_K
-    /// and Q4_0 rows go into the interleaved layouts the kernels read
+    /// pages where the system allows them), in parallel on the current rayon pool; Q4_K,
+    /// Q4_0 and Q5_0 rows go into the interleaved layouts the kernels read
     /// ([`kq::repack_q4_k_x8`]: 2.8% larger, no 6-bit scale decoding per token;
-    /// [`kernels::repack_q4_0_x8`]: the same size), other types as they are in the file. Returns whether it copied (not when a copy exists or
+    /// [`kernels::repack_q4_0_x8`], [`kernels::repack_q5_0_x8`]: the same size), other
+    /// types as they are in the file. Returns whether it copied (not when a copy exists or
     /// no memory could be mapped); the caller may then release the file's pages.
     pub fn copy_to_memory(&mut self, map: &[u8]) -> bool {
         if self.copy.is_some() || self.rows == 0 {
@@ -410,34 +412,18 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
             unsafe { *out.0.add(t * m + r) = v };
         };
         if interleaved {
-            match w.ty {
-                WType::Q4_K => matmul_interleaved(
-                    (map, w.group_bytes()),
-                    (r0, r1),
-                    n,
-                    |t| a.qk.row(t),
-                    isa,
-                    (kq::gemm_q4_k_x8_groups::<4>, kq::gemm_q4_k_x8_groups::<1>),
-                    &put,
-                ),
-                WType::Q5_0 => matmul_interleaved(
-                    (map, w.group_bytes()),
-                    (r0, r1),
-                    n,
-                    |t| a.q.row(t),
-                    isa,
-                    (kernels::gemm_q5_0_x8_groups::<4>, kernels::gemm_q5_0_x8_groups::<1>),
-                    &put,
-                ),
-                _ => matmul_interleaved(
-                    (map, w.group_bytes()),
-                    (r0, r1),
-                    n,
-                    |t| a.q.row(t),
-                    isa,
-                    (kernels::gemm_q4_0_x8_groups::<4>, kernels::gemm_q4_0_x8_groups::<1>),
-                    &put,
-                ),
+            let packed = (map, w.group_bytes());
+            if w.ty == WType::Q4_K {
+                let fns: GroupsFns<_> =
+                    (kq::gemm_q4_k_x8_groups::<4>, kq::gemm_q4_k_x8_groups::<1>);
+                matmul_interleaved(packed, (r0, r1), n, |t| a.qk.row(t), isa, fns, &put);
+            } else {
+                let fns: GroupsFns<_> = if w.ty == WType::Q5_0 {
+                    (kernels::gemm_q5_0_x8_groups::<4>, kernels::gemm_q5_0_x8_groups::<1>)
+                } else {
+                    (kernels::gemm_q4_0_x8_groups::<4>, kernels::gemm_q4_0_x8_groups::<1>)
+                };
+                matmul_interleaved(packed, (r0, r1), n, |t| a.q.row(t), isa, fns, &put);
             }
             return;
         }
