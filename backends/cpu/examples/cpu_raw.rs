@@ -161,6 +161,26 @@ fn greedy(a: &Args, logits_only: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// A fixed stream of pseudo-random token ids in `1..nv` (xorshift), the same every run.
+fn random_tokens(nv: u32) -> impl FnMut() -> u32 {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % u64::from(nv.saturating_sub(1).max(1))) as u32 + 1
+    }
+}
+
+/// Prints a context's phase profile to stderr.
+fn print_profile(name: &str, p: corral_backend_cpu::forward::Profile) {
+    let total: f64 = p.phases.iter().map(|x| x.1).sum();
+    eprintln!("profile {name}: total {total:.3} s");
+    for (phase, secs, calls) in p.phases {
+        eprintln!("  {phase:<16} {secs:>8.3} s {:>5.1}%  ({calls} calls)", 100.0 * secs / total);
+    }
+}
+
 fn stats(s: &mut [f64]) -> (f64, f64, f64, f64) {
     s.sort_by(f64::total_cmp);
     let med = s[s.len() / 2];
@@ -173,13 +193,7 @@ fn bench(a: &Args) -> Result<(), String> {
     let nv = m.vocab_size();
     let n_ctx = (a.pp + a.tg + 16).next_power_of_two().max(256);
     let mut c = ctx(&m, a, n_ctx, a.pp.max(1))?;
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x % u64::from(nv - 1)) as u32 + 1
-    };
+    let mut next = random_tokens(nv);
     decode(&mut c, 0, &[next()])?;
     c.kv_clear().map_err(|e| e.to_string())?;
     let _ = c.take_profile();
@@ -226,14 +240,7 @@ fn bench(a: &Args) -> Result<(), String> {
     }
     for (name, p) in [("pp", pp_prof), ("tg", tg_prof)] {
         if let Some(p) = p {
-            let total: f64 = p.phases.iter().map(|x| x.1).sum();
-            eprintln!("profile {name}: total {total:.3} s");
-            for (phase, secs, calls) in p.phases {
-                eprintln!(
-                    "  {phase:<16} {secs:>8.3} s {:>5.1}%  ({calls} calls)",
-                    100.0 * secs / total
-                );
-            }
+            print_profile(name, p);
         }
     }
     Ok(())
@@ -253,13 +260,7 @@ fn batched(a: &Args) -> Result<(), String> {
             ..Default::default()
         })
         .map_err(|e| e.to_string())?;
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x % u64::from(nv - 1)) as u32 + 1
-    };
+    let mut next = random_tokens(nv);
     let t = Instant::now();
     for seq in 0..np {
         let batch: Vec<BatchEntry> = (0..a.pp)
@@ -285,13 +286,7 @@ fn batched(a: &Args) -> Result<(), String> {
         f64::from(np * a.tg) / tg_s
     );
     if let Some(p) = c.take_profile() {
-        let total: f64 = p.phases.iter().map(|x| x.1).sum();
-        for (phase, secs, calls) in p.phases {
-            eprintln!(
-                "  {phase:<16} {secs:>8.3} s {:>5.1}%  ({calls} calls)",
-                100.0 * secs / total
-            );
-        }
+        print_profile("steps", p);
     }
     Ok(())
 }
