@@ -384,79 +384,60 @@ pub fn forward(
         let caches_ro: &[SeqCache] = caches;
         let q = &s.q;
         let att = resize(&mut s.att, n * q_dim);
-        if batch.len() >= FA_TILE_Q {
-            // One task per (entry, head).
-            att.par_chunks_mut(hd).enumerate().for_each_init(
-                || (vec![0f32; hd], vec![0f32; FA_TILE_KV]),
-                |(qh, scores), (idx, out)| {
-                    let (i, h) = (idx / hp.n_head, idx % hp.n_head);
-                    let e = &batch[i];
-                    let c = &caches_ro[e.seq as usize];
-                    qh.copy_from_slice(&q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd]);
-                    let head = Head {
-                        q: qh,
-                        k: &c.k[l],
-                        v: &c.v[l],
-                        pos: &c.pos,
-                        query_pos: e.pos,
-                        window,
-                        kv_dim,
-                        offset: (h / group) * hd,
-                        scale: score_scale,
-                        softcap,
-                    };
-                    head.attend_tiled(out, scores);
-                },
-            );
-        } else {
-            // One task per (entry, heads sharing a KV head): the heads read each cell's
-            // key and value once. A group is split (into its next smaller divisor) while
-            // there would be fewer than two tasks per thread, and always into at most
-            // MAX_HEADS_PER_TASK heads.
-            let threads = rayon::current_num_threads().max(1);
-            let per_task = heads_per_task(group, hp.n_head, n, threads);
-            let tasks_per_entry = hp.n_head / per_task;
-            att.par_chunks_mut(per_task * hd).enumerate().for_each_init(
-                || (Vec::new(), vec![0f32; per_task * hd], vec![f16::ZERO; per_task * hd]),
-                |(cells, qg, acc), (idx, out)| {
-                    let (i, first) = (idx / tasks_per_entry, (idx % tasks_per_entry) * per_task);
-                    let e = &batch[i];
-                    let c = &caches_ro[e.seq as usize];
-                    cells.clear();
-                    cells.extend(
-                        c.pos
-                            .iter()
-                            .enumerate()
-                            .filter(|&(_, &p)| visible(p, e.pos, window))
-                            .map(|(cell, _)| cell as u32),
-                    );
-                    let at = i * q_dim + first * hd;
-                    qg.copy_from_slice(&q[at..at + per_task * hd]);
+        let tiled = batch.len() >= FA_TILE_Q;
+        // One task per (entry, heads sharing a KV head): the heads read each cell's key
+        // and value once.
+        let threads = rayon::current_num_threads().max(1);
+        let per_task = heads_per_task(group, hp.n_head, n, threads);
+        let tasks_per_entry = hp.n_head / per_task;
+        att.par_chunks_mut(per_task * hd).enumerate().for_each_init(
+            || (Vec::new(), vec![0f32; per_task * hd], vec![f16::ZERO; per_task * hd]),
+            |(cells, qg, acc16), (idx, out)| {
+                let (i, first) = (idx / tasks_per_entry, (idx % tasks_per_entry) * per_task);
+                let e = &batch[i];
+                let c = &caches_ro[e.seq as usize];
+                cells.clear();
+                cells.extend(
+                    c.pos
+                        .iter()
+                        .enumerate()
+                        .filter(|&(_, &p)| visible(p, e.pos, window))
+                        .map(|(cell, _)| cell as u32),
+                );
+                let at = i * q_dim + first * hd;
+                qg.copy_from_slice(&q[at..at + per_task * hd]);
+                let mut max = [f32::NEG_INFINITY; MAX_HEADS_PER_TASK];
+                let mut sum = [0f32; MAX_HEADS_PER_TASK];
+                let (max, sum) = (&mut max[..per_task], &mut sum[..per_task]);
+                let kv = kernels::KvHead {
+                    k: &c.k[l],
+                    v: &c.v[l],
+                    kv_dim,
+                    offset: (first / group) * hd,
+                };
+                let scale = (score_scale, softcap);
+                if tiled {
+                    out.fill(0.0);
+                    let state = kernels::TiledSoftmax { acc: out, max, sum };
+                    kernels::attend_heads_tiled(qg, kv, cells, scale, state);
+                    for (h, o) in out.chunks_mut(hd).enumerate() {
+                        let inv = if sum[h] != 0.0 { 1.0 / sum[h] } else { 0.0 };
+                        o.iter_mut().for_each(|o| *o *= inv);
+                    }
+                } else {
                     kernels::round_f16(qg);
-                    acc.fill(f16::ZERO);
-                    let mut max = [f32::NEG_INFINITY; MAX_HEADS_PER_TASK];
-                    let mut sum = [0f32; MAX_HEADS_PER_TASK];
-                    let kv = kernels::KvHead {
-                        k: &c.k[l],
-                        v: &c.v[l],
-                        kv_dim,
-                        offset: (first / group) * hd,
-                    };
-                    let state = kernels::OnlineSoftmax {
-                        acc,
-                        max: &mut max[..per_task],
-                        sum: &mut sum[..per_task],
-                    };
-                    kernels::attend_heads_f16(qg, kv, cells, (score_scale, softcap), state);
+                    acc16.fill(f16::ZERO);
+                    let state = kernels::OnlineSoftmax { acc: acc16, max, sum };
+                    kernels::attend_heads_f16(qg, kv, cells, scale, state);
                     for (h, o) in out.chunks_mut(hd).enumerate() {
                         let inv = if sum[h] > 0.0 { 1.0 / sum[h] } else { 0.0 };
-                        for (o, a) in o.iter_mut().zip(&acc[h * hd..(h + 1) * hd]) {
+                        for (o, a) in o.iter_mut().zip(&acc16[h * hd..(h + 1) * hd]) {
                             *o = a.to_f32() * inv;
                         }
                     }
-                },
-            );
-        }
+                }
+            },
+        );
         timer.lap(&mut prof, "attention");
         // After the last layer's attention only the rows that produce output matter (as
         // llama.cpp's inp_out_ids): keep those rows of x and att.
@@ -550,8 +531,6 @@ pub fn forward(
 /// tiled path when a batch has at least this many query rows (`GGML_FA_TILE_Q`), its
 /// one-row path below.
 const FA_TILE_Q: usize = 64;
-/// Cells per tile of the tiled path (`GGML_FA_TILE_KV`).
-const FA_TILE_KV: usize = 64;
 /// Query heads one attention task of the one-row path handles at most (the kernel's
 /// limit, `kernels::attend_heads_f16`).
 const MAX_HEADS_PER_TASK: usize = 64;
@@ -573,93 +552,6 @@ fn heads_per_task(group: usize, n_head: usize, n: usize, threads: usize) -> usiz
 #[inline]
 fn visible(p: u32, query_pos: u32, window: u32) -> bool {
     p <= query_pos && query_pos - p < window
-}
-
-/// One query head's attention over the cells of its sequence in one layer.
-struct Head<'a> {
-    /// The query.
-    q: &'a [f32],
-    /// The layer's cached keys and values, `cells × kv_dim`.
-    k: &'a [f16],
-    v: &'a [f16],
-    /// Position of each cell.
-    pos: &'a [u32],
-    /// The query's position.
-    query_pos: u32,
-    /// Sliding window (`u32::MAX`: none).
-    window: u32,
-    kv_dim: usize,
-    /// Offset of the query's KV head in a cell.
-    offset: usize,
-    /// Factor on `q·k` (divided by the cap when soft-capping).
-    scale: f32,
-    /// Soft-cap of the scores (0: none).
-    softcap: f32,
-}
-
-impl Head<'_> {
-    /// Whether a cell at position `p` is visible: causal, and within the window on
-    /// sliding-window layers (llama.cpp masks a cell when query pos - cell pos >= window).
-    #[inline]
-    fn visible(&self, p: u32) -> bool {
-        visible(p, self.query_pos, self.window)
-    }
-
-    #[inline]
-    fn row(&self, cell: usize) -> std::ops::Range<usize> {
-        let at = cell * self.kv_dim + self.offset;
-        at..at + self.q.len()
-    }
-
-    /// The score of cell `cell`: `q·k · scale`, soft-capped as ggml's flash attention
-    /// does (`cap · tanh(q·k · scale/cap)`).
-    #[inline]
-    fn score(&self, cell: usize) -> f32 {
-        let sc = kernels::dot_f32_f16(self.q, &self.k[self.row(cell)]) * self.scale;
-        if self.softcap != 0.0 { self.softcap * sc.tanh() } else { sc }
-    }
-
-    /// llama.cpp's tiled path: per tile of `FA_TILE_KV` cells, all scores, the running
-    /// maximum moved once to the tile's, the tile's exponentials summed (in f64, as
-    /// `ggml_vec_soft_max_f32`) and their values accumulated in f32.
-    fn attend_tiled(&self, out: &mut [f32], scores: &mut [f32]) {
-        let mut sum = 0f32;
-        let mut max = f32::NEG_INFINITY;
-        out.fill(0.0);
-        for (t, tile) in self.pos.chunks(FA_TILE_KV).enumerate() {
-            let first = t * FA_TILE_KV;
-            let mut tile_max = f32::NEG_INFINITY;
-            for (j, &p) in tile.iter().enumerate() {
-                scores[j] = if self.visible(p) { self.score(first + j) } else { f32::NEG_INFINITY };
-                tile_max = tile_max.max(scores[j]);
-            }
-            if tile_max == f32::NEG_INFINITY {
-                continue;
-            }
-            if tile_max > max {
-                let ms = (max - tile_max).exp();
-                for o in out.iter_mut() {
-                    *o *= ms;
-                }
-                sum *= ms;
-                max = tile_max;
-            }
-            let mut tile_sum = 0f64;
-            for (j, &sc) in scores[..tile.len()].iter().enumerate() {
-                if sc == f32::NEG_INFINITY {
-                    continue;
-                }
-                let w = (sc - max).exp();
-                tile_sum += f64::from(w);
-                kernels::axpy_f16(out, w, &self.v[self.row(first + j)]);
-            }
-            sum += tile_sum as f32;
-        }
-        let inv = if sum != 0.0 { 1.0 / sum } else { 0.0 };
-        for o in out.iter_mut() {
-            *o *= inv;
-        }
-    }
 }
 
 fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {

@@ -588,17 +588,28 @@ pub fn attend_heads_f16(
         let acc = state.acc.as_mut_ptr().cast::<u8>();
         let dims = (kv.kv_dim, kv.offset);
         let OnlineSoftmax { acc: acc16, max, sum } = state;
-        dispatch!(
-            isa(),
-            attend_heads_f16(q, (k, v), dims, cells, (scale, softcap), acc, max, sum),
-            attend_heads_f16_portable(
-                q,
-                kv,
-                cells,
-                (scale, softcap),
-                OnlineSoftmax { acc: acc16, max, sum }
+        with_scratch(2 * g * FA_BLOCK, |scratch| {
+            dispatch!(
+                isa(),
+                attend_heads_f16(
+                    q,
+                    (k, v),
+                    dims,
+                    cells,
+                    (scale, softcap),
+                    acc,
+                    (max, sum),
+                    scratch
+                ),
+                attend_heads_f16_portable(
+                    q,
+                    kv,
+                    cells,
+                    (scale, softcap),
+                    OnlineSoftmax { acc: acc16, max, sum }
+                )
             )
-        );
+        });
     } else {
         attend_heads_f16_portable(q, kv, cells, (scale, softcap), state);
     }
@@ -634,6 +645,138 @@ fn attend_heads_f16_portable(
                 let scaled =
                     if ms != 1.0 { f16::from_f32(a.to_f32() * ms).to_f32() } else { a.to_f32() };
                 *a = f16::from_f32(x.to_f32().mul_add(w, scaled));
+            }
+        }
+    }
+}
+
+/// Cells per tile of llama.cpp's tiled flash attention (`GGML_FA_TILE_KV`).
+pub const FA_TILE_KV: usize = 64;
+/// Cells per block of the one-row attention kernel (scores, then softmax steps, then
+/// values).
+pub const FA_BLOCK: usize = 16;
+
+/// Runs `f` with a pointer to at least `len` floats of this thread's scratch memory
+/// (kept between calls, so the attention kernels neither allocate nor clear per call).
+fn with_scratch<R>(len: usize, f: impl FnOnce(*mut f32) -> R) -> R {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < len {
+            s.resize(len, 0.0);
+        }
+        f(s.as_mut_ptr())
+    })
+}
+
+/// The running state of llama.cpp's tiled flash attention for `g` query heads: f32
+/// accumulators (`g × hd`), and per head the running maximum and the sum of the weights.
+pub struct TiledSoftmax<'a> {
+    /// Accumulated values.
+    pub acc: &'a mut [f32],
+    /// Running maximum of each head's scores.
+    pub max: &'a mut [f32],
+    /// Each head's sum of `exp(score - max)`.
+    pub sum: &'a mut [f32],
+}
+
+/// llama.cpp's CPU flash attention, tiled path (64 query rows or more), for the
+/// `g = state.max.len()` query heads in `q` (`g × hd`, f32) that share the KV head `kv`,
+/// over the visible cells `cells` (ascending; tile `t` is cells `64t..64t + 64` of the
+/// cache): per tile every head's scores (soft-capped as in [`attend_heads_f16`]), the
+/// running maximum moved once to the tile's (the accumulator and sum rescaled), the tile's
+/// weights `exp(score - max)` summed in f64 (as `ggml_vec_soft_max_f32`) and their values
+/// added to an f32 accumulator. The heads share each cell's key and value loads.
+pub fn attend_heads_tiled(
+    q: &[f32],
+    kv: KvHead<'_>,
+    cells: &[u32],
+    (scale, softcap): (f32, f32),
+    state: TiledSoftmax<'_>,
+) {
+    let g = state.max.len();
+    assert!(g > 0 && q.len().is_multiple_of(g), "query heads and state disagree");
+    let hd = q.len() / g;
+    assert!(state.acc.len() == q.len() && state.sum.len() == g, "state sizes");
+    assert!(kv.offset + hd <= kv.kv_dim, "head outside the cell");
+    let n_cells = kv.k.len().min(kv.v.len()) / kv.kv_dim.max(1);
+    assert!(cells.iter().all(|&c| (c as usize) < n_cells), "cell outside the cache");
+    assert!(cells.windows(2).all(|w| w[0] < w[1]), "cells out of order");
+    if hd.is_multiple_of(8) && hd <= 256 && g <= 64 {
+        let (k, v) = (kv.k.as_ptr().cast::<u8>(), kv.v.as_ptr().cast::<u8>());
+        let dims = (kv.kv_dim, kv.offset);
+        let TiledSoftmax { acc, max, sum } = state;
+        with_scratch(g * FA_TILE_KV, |scratch| {
+            dispatch!(
+                isa(),
+                attend_heads_tiled(
+                    q,
+                    (k, v),
+                    dims,
+                    cells,
+                    (scale, softcap),
+                    acc,
+                    (max, sum),
+                    scratch
+                ),
+                attend_heads_tiled_portable(
+                    q,
+                    kv,
+                    cells,
+                    (scale, softcap),
+                    TiledSoftmax { acc, max, sum }
+                )
+            )
+        });
+    } else {
+        attend_heads_tiled_portable(q, kv, cells, (scale, softcap), state);
+    }
+}
+
+fn attend_heads_tiled_portable(
+    q: &[f32],
+    kv: KvHead<'_>,
+    cells: &[u32],
+    (scale, softcap): (f32, f32),
+    state: TiledSoftmax<'_>,
+) {
+    let g = state.max.len();
+    let hd = q.len() / g;
+    let mut weights = vec![0f32; FA_TILE_KV];
+    for tile in cells.chunk_by(|a, b| a / FA_TILE_KV as u32 == b / FA_TILE_KV as u32) {
+        for h in 0..g {
+            let qh = &q[h * hd..(h + 1) * hd];
+            for (w, &cell) in weights.iter_mut().zip(tile) {
+                let at = cell as usize * kv.kv_dim + kv.offset;
+                let k = &kv.k[at..at + hd];
+                let mut sc = qh.iter().zip(k).map(|(a, b)| a * b.to_f32()).sum::<f32>() * scale;
+                if softcap != 0.0 {
+                    sc = softcap * sc.tanh();
+                }
+                *w = sc;
+            }
+            let ws = &mut weights[..tile.len()];
+            let tile_max = ws.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let acc = &mut state.acc[h * hd..(h + 1) * hd];
+            if tile_max > state.max[h] {
+                let ms = (state.max[h] - tile_max).exp();
+                acc.iter_mut().for_each(|a| *a *= ms);
+                state.sum[h] *= ms;
+                state.max[h] = tile_max;
+            }
+            let mut tile_sum = 0f64;
+            for w in ws.iter_mut() {
+                *w = (*w - state.max[h]).exp();
+                tile_sum += f64::from(*w);
+            }
+            state.sum[h] += tile_sum as f32;
+            for (&w, &cell) in ws.iter().zip(tile) {
+                let at = cell as usize * kv.kv_dim + kv.offset;
+                for (a, x) in acc.iter_mut().zip(&kv.v[at..at + hd]) {
+                    *a += w * x.to_f32();
+                }
             }
         }
     }
@@ -883,6 +1026,70 @@ mod tests {
                             "head {h} [{i}]: {p} vs {want}"
                         );
                         assert!((p - x).abs() < 2e-3, "head {h} [{i}]: portable {p} simd {x}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The tiled attention kernel at every level equals the portable one and a plain f64
+    /// softmax-weighted sum, over cells in three tiles with holes, with and without
+    /// soft-capping, for 1 and 8 heads sharing a KV head.
+    #[test]
+    fn tiled_attention_agrees_at_every_level_and_with_a_plain_softmax() {
+        let mut seed = 11;
+        let (hd, kv_dim, cells_n) = (64, 2 * 64, 150);
+        let k: Vec<f16> = (0..cells_n * kv_dim).map(|_| f16::from_f32(lcg(&mut seed))).collect();
+        let v: Vec<f16> = (0..cells_n * kv_dim).map(|_| f16::from_f32(lcg(&mut seed))).collect();
+        let cells: Vec<u32> =
+            (0..cells_n as u32).filter(|c| c % 7 != 3 && !(70..90).contains(c)).collect();
+        let kv = KvHead { k: &k, v: &v, kv_dim, offset: hd };
+        for g in [1usize, 8] {
+            let q: Vec<f32> = (0..g * hd).map(|_| lcg(&mut seed) * 2.0).collect();
+            for softcap in [0.0f32, 5.0] {
+                let scale = if softcap != 0.0 { 0.125 / softcap } else { 0.125 };
+                let run = |portable: bool| {
+                    let mut acc = vec![0f32; g * hd];
+                    let (mut max, mut sum) = (vec![f32::NEG_INFINITY; g], vec![0f32; g]);
+                    let state = TiledSoftmax { acc: &mut acc, max: &mut max, sum: &mut sum };
+                    if portable {
+                        attend_heads_tiled_portable(&q, kv, &cells, (scale, softcap), state);
+                    } else {
+                        attend_heads_tiled(&q, kv, &cells, (scale, softcap), state);
+                    }
+                    (0..g * hd).map(|i| acc[i] / sum[i / hd]).collect::<Vec<f32>>()
+                };
+                let (portable, simd) = (run(true), run(false));
+                for h in 0..g {
+                    let qh = &q[h * hd..(h + 1) * hd];
+                    let scores: Vec<f64> = cells
+                        .iter()
+                        .map(|&c| {
+                            let at = c as usize * kv_dim + hd;
+                            let d: f64 = (0..hd)
+                                .map(|i| f64::from(qh[i]) * f64::from(k[at + i].to_f32()))
+                                .sum();
+                            let sc = d * f64::from(scale);
+                            if softcap != 0.0 { f64::from(softcap) * sc.tanh() } else { sc }
+                        })
+                        .collect();
+                    let m = scores.iter().copied().fold(f64::MIN, f64::max);
+                    let z: f64 = scores.iter().map(|s| (s - m).exp()).sum();
+                    for i in 0..hd {
+                        let want: f64 = cells
+                            .iter()
+                            .zip(&scores)
+                            .map(|(&c, s)| {
+                                (s - m).exp() / z
+                                    * f64::from(v[c as usize * kv_dim + hd + i].to_f32())
+                            })
+                            .sum();
+                        let (p, x) = (portable[h * hd + i], simd[h * hd + i]);
+                        assert!(
+                            (f64::from(p) - want).abs() < 1e-5,
+                            "head {h} [{i}]: {p} vs {want}"
+                        );
+                        assert!((p - x).abs() < 1e-5, "head {h} [{i}]: portable {p} simd {x}");
                     }
                 }
             }

@@ -898,17 +898,19 @@ macro_rules! x86_kernels {
             cells: &[u32],
             (scale, softcap): (f32, f32),
             acc: *mut u8,
-            max: &mut [f32],
-            sum: &mut [f32],
+            (max, sum): (&mut [f32], &mut [f32]),
+            scratch: *mut f32,
         ) {
-            const BLOCK: usize = 16;
+            const BLOCK: usize = crate::kernels::FA_BLOCK;
             let g = max.len();
             let hd = q.len() / g;
             let chunks = hd / 8;
             let mut buf = [0f32; 256];
             let bp = buf.as_mut_ptr();
             // Per head and cell of the block: the score, then the (rescale, weight) pair.
-            let mut step = [[(0f32, 0f32); BLOCK]; 64];
+            // Per head and cell of the block: the score, then (rescale, weight), at
+            // `scratch[2·(h·BLOCK + j)..]`.
+            let step = |h: usize, j: usize| scratch.add(2 * (h * BLOCK + j));
             let qp = q.as_ptr();
             let widen = |src: *const u8, at: usize| {
                 for c in 0..chunks {
@@ -920,31 +922,116 @@ macro_rules! x86_kernels {
                 for (j, &cell) in block.iter().enumerate() {
                     widen(k, 2 * (cell as usize * kv_dim + offset));
                     for h in 0..g {
-                        step.get_unchecked_mut(h)[j].0 = dot_f32_x8(bp, qp.add(h * hd), hd) * scale;
+                        *step(h, j) = dot_f32_x8(bp, qp.add(h * hd), hd) * scale;
                     }
                 }
                 for h in 0..g {
                     let (m, s) = (max.get_unchecked_mut(h), sum.get_unchecked_mut(h));
-                    for st in step.get_unchecked_mut(h)[..block.len()].iter_mut() {
-                        let mut sc = st.0;
+                    for j in 0..block.len() {
+                        let st = step(h, j);
+                        let mut sc = *st;
                         if softcap != 0.0 {
                             sc = softcap * sc.tanh();
                         }
-                        *st = if sc > *m {
+                        let (ms, w) = if sc > *m {
                             let ms = (*m - sc).exp();
                             *m = sc;
                             (ms, 1.0)
                         } else {
                             (1.0, (sc - *m).exp())
                         };
-                        *s = *s * st.0 + st.1;
+                        (*st, *st.add(1)) = (ms, w);
+                        *s = *s * ms + w;
                     }
                 }
                 for (j, &cell) in block.iter().enumerate() {
                     widen(v, 2 * (cell as usize * kv_dim + offset));
                     for h in 0..g {
-                        let (ms, w) = step.get_unchecked(h)[j];
+                        let (ms, w) = (*step(h, j), *step(h, j).add(1));
                         fa_accumulate(acc.add(2 * h * hd), bp, hd, (ms, w));
+                    }
+                }
+            }
+        }
+
+        /// `kernels::attend_heads_tiled` for `max.len()` heads (at most 64) of
+        /// `q.len() / max.len()` values (a multiple of 8, at most 256), the f32
+        /// accumulators at `acc`: per tile, each cell's key widened once for every head's
+        /// score, then each head's softmax step, then each cell's value widened once and
+        /// added to every head's accumulator.
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) unsafe fn attend_heads_tiled(
+            q: &[f32],
+            (k, v): (*const u8, *const u8),
+            (kv_dim, offset): (usize, usize),
+            cells: &[u32],
+            (scale, softcap): (f32, f32),
+            acc: &mut [f32],
+            (max, sum): (&mut [f32], &mut [f32]),
+            scratch: *mut f32,
+        ) {
+            const TILE: usize = crate::kernels::FA_TILE_KV;
+            let g = max.len();
+            let hd = q.len() / g;
+            let mut buf = [0f32; 256];
+            let bp = buf.as_mut_ptr();
+            // Per head and cell of the tile: the score, then the weight, at
+            // `scratch[h·TILE + j]`.
+            let weight = |h: usize, j: usize| scratch.add(h * TILE + j);
+            let (qp, ap) = (q.as_ptr(), acc.as_mut_ptr());
+            let widen = |src: *const u8, cell: u32| {
+                let at = 2 * (cell as usize * kv_dim + offset);
+                for c in 0..hd / 8 {
+                    let x = _mm256_cvtph_ps(_mm_loadu_si128(src.add(at + 16 * c).cast()));
+                    _mm256_storeu_ps(bp.add(8 * c), x);
+                }
+            };
+            for tile in cells.chunk_by(|a, b| a / TILE as u32 == b / TILE as u32) {
+                for (j, &cell) in tile.iter().enumerate() {
+                    widen(k, cell);
+                    for h in 0..g {
+                        let mut sc = dot_f32_x8(bp, qp.add(h * hd), hd) * scale;
+                        if softcap != 0.0 {
+                            sc = softcap * sc.tanh();
+                        }
+                        *weight(h, j) = sc;
+                    }
+                }
+                for h in 0..g {
+                    let ws = std::slice::from_raw_parts_mut(weight(h, 0), tile.len());
+                    let tile_max = ws.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                    let (m, s) = (max.get_unchecked_mut(h), sum.get_unchecked_mut(h));
+                    if tile_max > *m {
+                        let ms = (*m - tile_max).exp();
+                        let msv = _mm256_set1_ps(ms);
+                        for c in 0..hd / 8 {
+                            let a = ap.add(h * hd + 8 * c);
+                            _mm256_storeu_ps(a, _mm256_mul_ps(_mm256_loadu_ps(a), msv));
+                        }
+                        *s *= ms;
+                        *m = tile_max;
+                    }
+                    let mut tile_sum = 0f64;
+                    for w in ws.iter_mut() {
+                        *w = (*w - *m).exp();
+                        tile_sum += f64::from(*w);
+                    }
+                    *s += tile_sum as f32;
+                }
+                for (j, &cell) in tile.iter().enumerate() {
+                    widen(v, cell);
+                    for h in 0..g {
+                        let wv = _mm256_set1_ps(*weight(h, j));
+                        for c in 0..hd / 8 {
+                            let a = ap.add(h * hd + 8 * c);
+                            let x = _mm256_fmadd_ps(
+                                wv,
+                                _mm256_loadu_ps(bp.add(8 * c)),
+                                _mm256_loadu_ps(a),
+                            );
+                            _mm256_storeu_ps(a, x);
+                        }
                     }
                 }
             }
