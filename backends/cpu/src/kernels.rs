@@ -608,7 +608,7 @@ pub fn attend_heads_f16(
                     (scale, softcap),
                     OnlineSoftmax { acc: acc16, max, sum }
                 )
-            )
+            );
         });
     } else {
         attend_heads_f16_portable(q, kv, cells, (scale, softcap), state);
@@ -728,7 +728,7 @@ pub fn attend_heads_tiled(
                     (scale, softcap),
                     TiledSoftmax { acc, max, sum }
                 )
-            )
+            );
         });
     } else {
         attend_heads_tiled_portable(q, kv, cells, (scale, softcap), state);
