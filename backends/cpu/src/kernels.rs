@@ -560,6 +560,26 @@ pub struct OnlineSoftmax<'a> {
     pub sum: &'a mut [f32],
 }
 
+/// Checks what the attention kernels read unchecked: `q` holds whole heads of the state's
+/// count, the accumulators (`lens.0`) match the query and the per-head vectors (`lens.1`,
+/// `lens.2`) its head count, the head lies inside a cell and every cell inside the cache.
+/// Returns (heads, head size).
+fn check_attention(
+    q: &[f32],
+    kv: KvHead<'_>,
+    cells: &[u32],
+    lens: (usize, usize, usize),
+) -> (usize, usize) {
+    let g = lens.1;
+    assert!(g > 0 && q.len().is_multiple_of(g), "query heads and state disagree");
+    let hd = q.len() / g;
+    assert!(lens.0 == q.len() && lens.2 == g, "state sizes");
+    assert!(kv.offset + hd <= kv.kv_dim, "head outside the cell");
+    let n_cells = kv.k.len().min(kv.v.len()) / kv.kv_dim.max(1);
+    assert!(cells.iter().all(|&c| (c as usize) < n_cells), "cell outside the cache");
+    (g, hd)
+}
+
 /// llama.cpp's CPU flash attention, one-row path (`ggml_compute_forward_flash_attn_ext_f16`
 /// for fewer than 64 query rows), for the `g = state.max.len()` query heads in `q` (`g ×
 /// hd`, already rounded to f16) that share the KV head `kv`, over the cells `cells` in
@@ -575,13 +595,8 @@ pub fn attend_heads_f16(
     (scale, softcap): (f32, f32),
     state: OnlineSoftmax<'_>,
 ) {
-    let g = state.max.len();
-    assert!(g > 0 && q.len().is_multiple_of(g), "query heads and state disagree");
-    let hd = q.len() / g;
-    assert!(state.acc.len() == q.len() && state.sum.len() == g, "state sizes");
-    assert!(kv.offset + hd <= kv.kv_dim, "head outside the cell");
-    let n_cells = kv.k.len().min(kv.v.len()) / kv.kv_dim.max(1);
-    assert!(cells.iter().all(|&c| (c as usize) < n_cells), "cell outside the cache");
+    let (g, hd) =
+        check_attention(q, kv, cells, (state.acc.len(), state.max.len(), state.sum.len()));
     if hd.is_multiple_of(8) && hd <= 256 && g <= 64 {
         // f16 is a transparent u16.
         let (k, v) = (kv.k.as_ptr().cast::<u8>(), kv.v.as_ptr().cast::<u8>());
@@ -696,13 +711,8 @@ pub fn attend_heads_tiled(
     (scale, softcap): (f32, f32),
     state: TiledSoftmax<'_>,
 ) {
-    let g = state.max.len();
-    assert!(g > 0 && q.len().is_multiple_of(g), "query heads and state disagree");
-    let hd = q.len() / g;
-    assert!(state.acc.len() == q.len() && state.sum.len() == g, "state sizes");
-    assert!(kv.offset + hd <= kv.kv_dim, "head outside the cell");
-    let n_cells = kv.k.len().min(kv.v.len()) / kv.kv_dim.max(1);
-    assert!(cells.iter().all(|&c| (c as usize) < n_cells), "cell outside the cache");
+    let (g, hd) =
+        check_attention(q, kv, cells, (state.acc.len(), state.max.len(), state.sum.len()));
     assert!(cells.windows(2).all(|w| w[0] < w[1]), "cells out of order");
     if hd.is_multiple_of(8) && hd <= 256 && g <= 64 {
         let (k, v) = (kv.k.as_ptr().cast::<u8>(), kv.v.as_ptr().cast::<u8>());
@@ -965,6 +975,39 @@ mod tests {
         }
     }
 
+    /// Attention of one query head over `cells` in f64: the softmax of
+    /// `q·k·scale` (soft-capped when `softcap` is not 0) times the values.
+    fn reference_attention(
+        qh: &[f32],
+        kv: KvHead<'_>,
+        cells: &[u32],
+        scale: f32,
+        softcap: f32,
+    ) -> Vec<f64> {
+        let hd = qh.len();
+        let row = |c: u32| c as usize * kv.kv_dim + kv.offset;
+        let scores: Vec<f64> = cells
+            .iter()
+            .map(|&c| {
+                let d: f64 =
+                    (0..hd).map(|i| f64::from(qh[i]) * f64::from(kv.k[row(c) + i].to_f32())).sum();
+                let sc = d * f64::from(scale);
+                if softcap != 0.0 { f64::from(softcap) * sc.tanh() } else { sc }
+            })
+            .collect();
+        let m = scores.iter().copied().fold(f64::MIN, f64::max);
+        let z: f64 = scores.iter().map(|s| (s - m).exp()).sum();
+        (0..hd)
+            .map(|i| {
+                cells
+                    .iter()
+                    .zip(&scores)
+                    .map(|(&c, s)| (s - m).exp() / z * f64::from(kv.v[row(c) + i].to_f32()))
+                    .sum()
+            })
+            .collect()
+    }
+
     /// The attention kernel at every level equals the portable one (to the summation
     /// order of the scores) and a plain f64 softmax-weighted sum (to f16 accumulation),
     /// with and without soft-capping, for 1 and 4 heads sharing a KV head.
@@ -997,29 +1040,9 @@ mod tests {
                 let portable = run(Isa::Portable);
                 let simd = run(Isa::detected());
                 for h in 0..g {
-                    let qh = &q[h * hd..(h + 1) * hd];
-                    let scores: Vec<f64> = cells
-                        .iter()
-                        .map(|&c| {
-                            let at = c as usize * kv_dim + hd;
-                            let d: f64 = (0..hd)
-                                .map(|i| f64::from(qh[i]) * f64::from(k[at + i].to_f32()))
-                                .sum();
-                            let sc = d * f64::from(scale);
-                            if softcap != 0.0 { f64::from(softcap) * sc.tanh() } else { sc }
-                        })
-                        .collect();
-                    let m = scores.iter().copied().fold(f64::MIN, f64::max);
-                    let z: f64 = scores.iter().map(|s| (s - m).exp()).sum();
-                    for i in 0..hd {
-                        let want: f64 = cells
-                            .iter()
-                            .zip(&scores)
-                            .map(|(&c, s)| {
-                                (s - m).exp() / z
-                                    * f64::from(v[c as usize * kv_dim + hd + i].to_f32())
-                            })
-                            .sum();
+                    let want =
+                        reference_attention(&q[h * hd..(h + 1) * hd], kv, &cells, scale, softcap);
+                    for (i, want) in want.into_iter().enumerate() {
                         let (p, x) = (portable[h * hd + i], simd[h * hd + i]);
                         assert!(
                             (f64::from(p) - want).abs() < 5e-3,
@@ -1061,29 +1084,9 @@ mod tests {
                 };
                 let (portable, simd) = (run(true), run(false));
                 for h in 0..g {
-                    let qh = &q[h * hd..(h + 1) * hd];
-                    let scores: Vec<f64> = cells
-                        .iter()
-                        .map(|&c| {
-                            let at = c as usize * kv_dim + hd;
-                            let d: f64 = (0..hd)
-                                .map(|i| f64::from(qh[i]) * f64::from(k[at + i].to_f32()))
-                                .sum();
-                            let sc = d * f64::from(scale);
-                            if softcap != 0.0 { f64::from(softcap) * sc.tanh() } else { sc }
-                        })
-                        .collect();
-                    let m = scores.iter().copied().fold(f64::MIN, f64::max);
-                    let z: f64 = scores.iter().map(|s| (s - m).exp()).sum();
-                    for i in 0..hd {
-                        let want: f64 = cells
-                            .iter()
-                            .zip(&scores)
-                            .map(|(&c, s)| {
-                                (s - m).exp() / z
-                                    * f64::from(v[c as usize * kv_dim + hd + i].to_f32())
-                            })
-                            .sum();
+                    let want =
+                        reference_attention(&q[h * hd..(h + 1) * hd], kv, &cells, scale, softcap);
+                    for (i, want) in want.into_iter().enumerate() {
                         let (p, x) = (portable[h * hd + i], simd[h * hd + i]);
                         assert!(
                             (f64::from(p) - want).abs() < 1e-5,
