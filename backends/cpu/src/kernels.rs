@@ -513,27 +513,6 @@ pub fn dot_f32(w: &[u8], x: &[f32]) -> f32 {
     })
 }
 
-/// `q · k` for an F32 query and an F16 key (attention scores).
-#[inline]
-pub fn dot_f32_f16(q: &[f32], k: &[f16]) -> f32 {
-    assert_eq!(q.len(), k.len());
-    // f16 is a transparent u16: `k` is `q.len()` halves.
-    dispatch!(isa(), dot_f16_bytes(k.as_ptr().cast(), q), {
-        q.iter().zip(k).map(|(a, b)| a * b.to_f32()).sum()
-    })
-}
-
-/// `out += p * v` for an F16 value row (attention output).
-#[inline]
-pub fn axpy_f16(out: &mut [f32], p: f32, v: &[f16]) {
-    assert_eq!(out.len(), v.len());
-    dispatch!(isa(), axpy_f16(out, p, v.as_ptr().cast()), {
-        for (o, x) in out.iter_mut().zip(v) {
-            *o += p * x.to_f32();
-        }
-    });
-}
-
 /// Where one KV head's rows lie in a layer's cache: `cells × kv_dim` keys and values, the
 /// head's `hd` values at `offset` in each cell.
 #[derive(Clone, Copy)]
@@ -1100,7 +1079,7 @@ mod tests {
     }
 
     #[test]
-    fn float_dots_and_axpy() {
+    fn float_dots() {
         let mut seed = 3;
         for n in [1usize, 7, 8, 31, 32, 33, 100] {
             let w: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
@@ -1112,12 +1091,6 @@ mod tests {
             let want16: f32 = h.iter().zip(&x).map(|(a, b)| a.to_f32() * b).sum();
             let hb: Vec<u8> = h.iter().flat_map(|v| v.to_le_bytes()).collect();
             assert!((dot_f16(&hb, &x) - want16).abs() < 1e-4);
-            assert!((dot_f32_f16(&x, &h) - want16).abs() < 1e-4);
-            let mut out = x.clone();
-            axpy_f16(&mut out, 0.5, &h);
-            for i in 0..n {
-                assert!((out[i] - (x[i] + 0.5 * h[i].to_f32())).abs() < 1e-6);
-            }
         }
     }
 

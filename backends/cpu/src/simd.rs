@@ -882,6 +882,16 @@ macro_rules! x86_kernels {
             s
         }
 
+        /// `n` (a multiple of 8) f16 values at `src` widened into f32 at `dst`.
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn widen_f16(src: *const u8, n: usize, dst: *mut f32) {
+            for c in 0..n / 8 {
+                let x = _mm256_cvtph_ps(_mm_loadu_si128(src.add(16 * c).cast()));
+                _mm256_storeu_ps(dst.add(8 * c), x);
+            }
+        }
+
         /// `kernels::attend_heads_f16` for `max.len()` heads (at most 64) of
         /// `q.len() / max.len()` values (a multiple of 8, at most 256): keys and values at
         /// `k`/`v` (f16, cell `c`'s head at `c·kv_dim + offset`), the f16 accumulators at
@@ -904,7 +914,6 @@ macro_rules! x86_kernels {
             const BLOCK: usize = crate::kernels::FA_BLOCK;
             let g = max.len();
             let hd = q.len() / g;
-            let chunks = hd / 8;
             let mut buf = [0f32; 256];
             let bp = buf.as_mut_ptr();
             // Per head and cell of the block: the score, then the (rescale, weight) pair.
@@ -912,12 +921,7 @@ macro_rules! x86_kernels {
             // `scratch[2·(h·BLOCK + j)..]`.
             let step = |h: usize, j: usize| scratch.add(2 * (h * BLOCK + j));
             let qp = q.as_ptr();
-            let widen = |src: *const u8, at: usize| {
-                for c in 0..chunks {
-                    let x = _mm256_cvtph_ps(_mm_loadu_si128(src.add(at + 16 * c).cast()));
-                    _mm256_storeu_ps(bp.add(8 * c), x);
-                }
-            };
+            let widen = |src: *const u8, at: usize| widen_f16(src.add(at), hd, bp);
             for block in cells.chunks(BLOCK) {
                 for (j, &cell) in block.iter().enumerate() {
                     widen(k, 2 * (cell as usize * kv_dim + offset));
@@ -981,11 +985,7 @@ macro_rules! x86_kernels {
             let weight = |h: usize, j: usize| scratch.add(h * TILE + j);
             let (qp, ap) = (q.as_ptr(), acc.as_mut_ptr());
             let widen = |src: *const u8, cell: u32| {
-                let at = 2 * (cell as usize * kv_dim + offset);
-                for c in 0..hd / 8 {
-                    let x = _mm256_cvtph_ps(_mm_loadu_si128(src.add(at + 16 * c).cast()));
-                    _mm256_storeu_ps(bp.add(8 * c), x);
-                }
+                widen_f16(src.add(2 * (cell as usize * kv_dim + offset)), hd, bp);
             };
             for tile in cells.chunk_by(|a, b| a / TILE as u32 == b / TILE as u32) {
                 for (j, &cell) in tile.iter().enumerate() {
@@ -1034,25 +1034,6 @@ macro_rules! x86_kernels {
                         }
                     }
                 }
-            }
-        }
-
-        /// `out += p·v` (`out.len()` halves at `v`).
-        #[target_feature(enable = $features)]
-        #[inline]
-        pub(crate) unsafe fn axpy_f16(out: &mut [f32], p: f32, v: *const u8) {
-            let n = out.len();
-            let op = out.as_mut_ptr();
-            let pv = _mm256_set1_ps(p);
-            let mut i = 0;
-            while i + 8 <= n {
-                let vv = _mm256_cvtph_ps(_mm_loadu_si128(v.add(2 * i).cast()));
-                _mm256_storeu_ps(op.add(i), _mm256_fmadd_ps(pv, vv, _mm256_loadu_ps(op.add(i))));
-                i += 8;
-            }
-            while i < n {
-                *op.add(i) += p * scale(v.add(2 * i));
-                i += 1;
             }
         }
     };

@@ -191,7 +191,7 @@ impl Weight {
     /// whole groups of 8.
     pub fn interleavable(&self) -> bool {
         matches!(self.ty, WType::Q4_K | WType::Q4_0 | WType::Q5_0)
-            && self.rows.is_multiple_of(8)
+            && self.rows.is_multiple_of(GROUP)
             && self.rows > 0
     }
 
@@ -205,7 +205,7 @@ impl Weight {
     }
 
     /// Interleaves 8 rows of an interleavable weight into `out` ([`Weight::group_bytes`]).
-    fn repack_group(&self, rows: [&[u8]; 8], out: &mut [u8]) {
+    fn repack_group(&self, rows: [&[u8]; GROUP], out: &mut [u8]) {
         match self.ty {
             WType::Q4_K => kq::repack_q4_k_x8(rows, self.cols / QK_K, out),
             WType::Q5_0 => kernels::repack_q5_0_x8(rows, self.cols / QK, out),
@@ -218,7 +218,7 @@ impl Weight {
     /// file does).
     pub fn copy_bytes(&self) -> usize {
         if self.interleavable() {
-            self.rows / 8 * self.group_bytes()
+            self.rows / GROUP * self.group_bytes()
         } else {
             self.rows * self.row_bytes
         }
@@ -245,7 +245,7 @@ impl Weight {
         if interleaved {
             let w = &*self;
             bytes.par_chunks_mut(self.group_bytes()).enumerate().for_each(|(g, out)| {
-                w.repack_group(std::array::from_fn(|i| w.row(map, g * 8 + i)), out);
+                w.repack_group(std::array::from_fn(|i| w.row(map, g * GROUP + i)), out);
             });
         } else {
             const CHUNK: usize = 1 << 20;
@@ -347,6 +347,10 @@ unsafe impl Send for OutPtr {}
 // SAFETY: as above.
 unsafe impl Sync for OutPtr {}
 
+/// Rows per interleaved group: the same for every interleaved type (Q4_K, Q4_0, Q5_0).
+const GROUP: usize = kq::Q4K_GROUP;
+const _: () = assert!(kernels::Q4_0_GROUP == GROUP, "one group size for every layout");
+
 /// Tokens per tile in the batched kernels when AVX-512 is in use: 8 accumulators fit its
 /// 32 vector registers; other levels use tiles of 4 (AVX2 has 16 registers).
 const TILE: usize = 8;
@@ -387,7 +391,7 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
         // of the batch streams past them.
         let share = (m * threads * 8).div_ceil(total_rows.max(1)).max(1);
         let chunk = if n == 1 {
-            let unit = if interleaved { kq::Q4K_GROUP } else { 4 };
+            let unit = if interleaved { GROUP } else { 4 };
             m.div_ceil(share).next_multiple_of(unit).max(unit)
         } else {
             let by_cache = (16 * 1024 / w.row_bytes.max(1)).clamp(8, 64) / 8 * 8;
@@ -441,10 +445,6 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
                         (r0, r1),
                         n,
                         |t| a.q.row(t),
-                        |rows, out| {
-                            out.resize(w.group_bytes(), 0);
-                            w.repack_group(rows, out);
-                        },
                         |p, rows| {
                             if five {
                                 kernels::gemm_q5_0_x8::<4>(isa, p, rows)
@@ -471,10 +471,6 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
                         (r0, r1),
                         n,
                         |t| a.qk.row(t),
-                        |rows, out| {
-                            out.resize(w.group_bytes(), 0);
-                            w.repack_group(rows, out);
-                        },
                         |p, rows| kq::gemm_q4_k_x8::<4>(isa, p, rows),
                         &put,
                     )
@@ -506,8 +502,8 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
 /// The grouped kernel of an interleaved weight for 4 and for 1 activation rows:
 /// `(level, groups' bytes, activation rows, out[group][token][row])`.
 type GroupsFns<R> = (
-    fn(kernels::Isa, &[u8], [R; 4], &mut [[[f32; 8]; 4]]),
-    fn(kernels::Isa, &[u8], [R; 1], &mut [[[f32; 8]; 1]]),
+    fn(kernels::Isa, &[u8], [R; 4], &mut [[[f32; GROUP]; 4]]),
+    fn(kernels::Isa, &[u8], [R; 1], &mut [[[f32; GROUP]; 1]]),
 );
 
 /// Rows `r0..r1` (whole groups of 8) of a weight interleaved by
@@ -522,25 +518,25 @@ fn matmul_interleaved<R: Copy>(
     (four, one): GroupsFns<R>,
     put: &impl Fn(usize, usize, f32),
 ) {
-    debug_assert!(r0 % 8 == 0 && r1 % 8 == 0);
-    let (g0, g1) = (r0 / 8, r1 / 8);
+    debug_assert!(r0 % GROUP == 0 && r1 % GROUP == 0);
+    let (g0, g1) = (r0 / GROUP, r1 / GROUP);
     let p = &packed[g0 * group_bytes..g1 * group_bytes];
     fn spread<const T: usize>(
-        out: &[[[f32; 8]; T]],
+        out: &[[[f32; GROUP]; T]],
         (t, r0): (usize, usize),
         put: &impl Fn(usize, usize, f32),
     ) {
         for (g, tokens) in out.iter().enumerate() {
             for (i, lanes) in tokens.iter().enumerate() {
                 for (j, &v) in lanes.iter().enumerate() {
-                    put(t + i, r0 + g * 8 + j, v);
+                    put(t + i, r0 + g * GROUP + j, v);
                 }
             }
         }
     }
     let mut t = 0;
     if n >= 4 {
-        let mut out = vec![[[0f32; 8]; 4]; g1 - g0];
+        let mut out = vec![[[0f32; GROUP]; 4]; g1 - g0];
         while t + 4 <= n {
             four(isa, p, std::array::from_fn(|i| row(t + i)), &mut out);
             spread(&out, (t, r0), put);
@@ -548,7 +544,7 @@ fn matmul_interleaved<R: Copy>(
         }
     }
     if t < n {
-        let mut out = vec![[[0f32; 8]; 1]; g1 - g0];
+        let mut out = vec![[[0f32; GROUP]; 1]; g1 - g0];
         while t < n {
             one(isa, p, [row(t)], &mut out);
             spread(&out, (t, r0), put);
@@ -557,25 +553,24 @@ fn matmul_interleaved<R: Copy>(
     }
 }
 
-/// Rows `r0..` of a weight times `n` (at least 4) activation rows `row(t)` through a
-/// grouped kernel (`pack` 8 rows, then `gemm` them against 4 tokens per call, the last
+/// Rows `r0..` of an interleavable weight read in the file times `n` (at least 4)
+/// activation rows `row(t)` through a grouped kernel (8 rows interleaved as
+/// [`Weight::copy_to_memory`] does, then `gemm` against 4 tokens per call, the last
 /// 1-3 tokens padded with a repeated row; 8 tokens per call measured no faster at the
 /// AVX-512 level); returns the first row it did not handle (the last 0-7).
-#[allow(clippy::too_many_arguments)]
 fn groups<R: Copy>(
     map: &[u8],
     w: &Weight,
     (r0, r1): (usize, usize),
     n: usize,
     row: impl Fn(usize) -> R,
-    pack: impl Fn([&[u8]; 8], &mut Vec<u8>),
-    gemm: impl Fn(&[u8], [R; 4]) -> [[f32; 8]; 4],
+    gemm: impl Fn(&[u8], [R; 4]) -> [[f32; GROUP]; 4],
     put: &impl Fn(usize, usize, f32),
 ) -> usize {
-    let mut packed = Vec::new();
+    let mut packed = vec![0u8; w.group_bytes()];
     let mut r = r0;
-    while r + 8 <= r1 {
-        pack(std::array::from_fn(|i| w.row(map, r + i)), &mut packed);
+    while r + GROUP <= r1 {
+        w.repack_group(std::array::from_fn(|i| w.row(map, r + i)), &mut packed);
         let mut t = 0;
         while t < n {
             let rows: [R; 4] = std::array::from_fn(|i| row((t + i).min(n - 1)));
@@ -587,7 +582,7 @@ fn groups<R: Copy>(
             }
             t += 4;
         }
-        r += 8;
+        r += GROUP;
     }
     r
 }
