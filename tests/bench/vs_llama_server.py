@@ -1,7 +1,14 @@
 #!/usr/bin/env python3
 """corral serve against llama-server on the same GGUF file, same client, same run.
 
-Workloads (each server runs alone, one after the other, order alternating per repetition):
+Both servers stay up for the whole run (each idle while the other works) and every
+measurement runs on one, then the other, the order alternating per repetition, so the
+pairs see the same minute of this machine (a virtual machine's memory bandwidth drifts by
+more than the differences measured). `--one-at-a-time` starts each server alone per
+repetition instead. Every prompt carries the repetition's tag, so no server answers one
+from a prefix cached by an earlier measurement.
+
+Workloads:
 
   plain   N concurrent /v1/completions of --tokens tokens (N in --concurrency): aggregate
           generated tokens per second of wall time.
@@ -125,13 +132,13 @@ def at_once(one, n):
     return time.time() - t
 
 
-def plain(peer, n, tokens):
+def plain(peer, n, tokens, tag=""):
     """Aggregate tokens/s of n concurrent completions."""
     results = [None] * n
 
     def one(i):
         v = post(peer.url, "/v1/completions",
-                 {"model": peer.model, "prompt": f"Once upon a time, story {i}:",
+                 {"model": peer.model, "prompt": f"Once upon a time, story {tag}{i}:",
                   "max_tokens": tokens, "temperature": 0, "seed": i, "ignore_eos": True})
         results[i] = v["usage"]["completion_tokens"]
 
@@ -139,7 +146,7 @@ def plain(peer, n, tokens):
     return sum(results) / wall
 
 
-def prefill(peer, n, tokens):
+def prefill(peer, n, tokens, tag=""):
     """Prompt tokens/s of n concurrent completions of one token whose prompts of about
     `tokens` tokens share nothing (each starts with its own words), so every prompt is
     evaluated in full: prompt processing with n sequences in flight."""
@@ -148,7 +155,7 @@ def prefill(peer, n, tokens):
 
     def one(i):
         v = post(peer.url, "/v1/completions",
-                 {"model": peer.model, "prompt": f"Reader {i * 7919} asks. " + body,
+                 {"model": peer.model, "prompt": f"Reader {tag}{i * 7919} asks. " + body,
                   "max_tokens": 1, "temperature": 0, "cache_prompt": False})
         results[i] = v["usage"]["prompt_tokens"]
 
@@ -181,9 +188,9 @@ def system_prompt(peer, tokens):
     return SYSTEM[tokens]
 
 
-def shared(peer, system_tokens, rounds, answer_tokens):
+def shared(peer, system_tokens, rounds, answer_tokens, tag=""):
     """Per round: (wall seconds, mean time to first token)."""
-    system = system_prompt(peer, system_tokens)
+    system = f"Case {tag}. " + system_prompt(peer, system_tokens)
     chats = [[{"role": "system", "content": system}] for _ in range(4)]
     out = []
     for r in range(rounds):
@@ -229,6 +236,8 @@ def main():
     ap.add_argument("--isolation", default="process")
     ap.add_argument("--backend", default=None,
                     help="corral's engine (`corral serve --backend`); default: the host's choice")
+    ap.add_argument("--one-at-a-time", action="store_true",
+                    help="start each server alone per repetition (default: both stay up, measurements interleaved)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     gguf = os.path.abspath(args.gguf)
@@ -249,38 +258,71 @@ def main():
     }
     levels = [int(x) for x in args.concurrency.split(",") if x]
     workloads = args.workloads.split(",")
+    # The measurements, each a function of (server, tag) returning {metric: value}.
+    cases = []
+    if "plain" in workloads:
+        cases += [lambda p, tag, n=n: {f"plain x{n} t/s": plain(p, n, args.tokens, tag)} for n in levels]
+    if "prefill" in workloads:
+        cases += [lambda p, tag, n=n: {f"prefill x{n} t/s": prefill(p, n, args.prefill_tokens, tag)}
+                  for n in levels]
+    if "shared" in workloads:
+        def shared_case(p, tag):
+            out = {}
+            for r, (wall, ttft) in enumerate(shared(p, args.system_tokens, args.rounds, args.answer_tokens, tag)):
+                out[f"shared round {r + 1} s"] = wall
+                out[f"shared round {r + 1} ttft s"] = ttft
+            return out
+        cases.append(shared_case)
     res = {name: {} for name in peers}
-    for rep in range(args.reps):
-        order = list(peers) if rep % 2 == 0 else list(reversed(list(peers)))
-        for name in order:
-            with peers[name]() as peer:
-                # Warm-up: load the model, touch the weights.
-                post(peer.url, "/v1/completions", {"model": peer.model, "prompt": "Hi", "max_tokens": 8})
-                if "plain" in workloads:
-                    for n in levels:
-                        res[name].setdefault(f"plain x{n} t/s", []).append(plain(peer, n, args.tokens))
-                if "prefill" in workloads:
-                    for n in levels:
-                        res[name].setdefault(f"prefill x{n} t/s", []).append(
-                            prefill(peer, n, args.prefill_tokens))
-                if "shared" in workloads:
-                    for r, (wall, ttft) in enumerate(shared(peer, args.system_tokens, args.rounds, args.answer_tokens)):
-                        res[name].setdefault(f"shared round {r + 1} s", []).append(wall)
-                        res[name].setdefault(f"shared round {r + 1} ttft s", []).append(ttft)
-            print(f"rep {rep + 1} {name}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in res[name].items()),
-                  file=sys.stderr, flush=True)
+
+    def record(name, values):
+        for k, v in values.items():
+            res[name].setdefault(k, []).append(v)
+
+    def warm(peer):
+        # Load the model, touch the weights.
+        post(peer.url, "/v1/completions", {"model": peer.model, "prompt": "Hi", "max_tokens": 8})
+
+    if args.one_at_a_time:
+        for rep in range(args.reps):
+            order = list(peers) if rep % 2 == 0 else list(reversed(list(peers)))
+            for name in order:
+                with peers[name]() as peer:
+                    warm(peer)
+                    for i, case in enumerate(cases):
+                        record(name, case(peer, f"{rep}.{i}."))
+                print(f"rep {rep + 1} {name}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in res[name].items()),
+                      file=sys.stderr, flush=True)
+    else:
+        with peers["corral"]() as corral, peers["llama-server"]() as llama:
+            running = {"corral": corral, "llama-server": llama}
+            for peer in running.values():
+                warm(peer)
+            for rep in range(args.reps):
+                for i, case in enumerate(cases):
+                    order = list(running) if (rep + i) % 2 == 0 else list(reversed(list(running)))
+                    for name in order:
+                        time.sleep(0.5)  # let the other server's threads settle
+                        record(name, case(running[name], f"{rep}.{i}."))
+                for name in running:
+                    print(f"rep {rep + 1} {name}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in res[name].items()),
+                          file=sys.stderr, flush=True)
     rows = []
     for key in res["corral"]:
-        c, l = statistics.median(res["corral"][key]), statistics.median(res["llama-server"][key])
-        # Ratios as speed-ups: for rates corral/llama, for times llama/corral.
-        ratio = c / l if key.endswith("t/s") else l / c
-        rows.append((key, c, l, ratio))
+        cs, ls = res["corral"][key], res["llama-server"][key]
+        # Speed-ups: for rates corral/llama, for times llama/corral; the median of the
+        # medians' ratio and of each repetition's own ratio (the pairs measured together).
+        speedup = (lambda c, l: c / l) if key.endswith("t/s") else (lambda c, l: l / c)
+        c, l = statistics.median(cs), statistics.median(ls)
+        paired = statistics.median(speedup(a, b) for a, b in zip(cs, ls))
+        rows.append((key, c, l, speedup(c, l), paired))
     if args.json:
-        print(json.dumps([{"metric": k, "corral": c, "llama_server": l, "speedup": r} for k, c, l, r in rows], indent=1))
+        print(json.dumps([{"metric": k, "corral": c, "llama_server": l, "speedup": r, "paired_speedup": pr}
+                          for k, c, l, r, pr in rows], indent=1))
         return
-    print(f"{'metric':<28}{'corral':>10}{'llama-server':>14}{'speed-up':>10}")
-    for k, c, l, r in rows:
-        print(f"{k:<28}{c:>10.2f}{l:>14.2f}{r:>9.2f}x")
+    print(f"{'metric':<28}{'corral':>10}{'llama-server':>14}{'speed-up':>10}{'paired':>9}")
+    for k, c, l, r, pr in rows:
+        print(f"{k:<28}{c:>10.2f}{l:>14.2f}{r:>9.2f}x{pr:>8.2f}x")
 
 
 if __name__ == "__main__":

@@ -294,6 +294,22 @@ fn a_draft_model_on_llama_cpp() {
         "small draft: {accepted_small} accepted of {after_small}; self-draft: {accepted} of {drafted}"
     );
     assert!(accepted * 2 > drafted, "the target as its own draft is mostly accepted");
+    // A draft model's weights and cache count in its model's memory (`/api/ps`, and so
+    // in what the scheduler evicts for): the target as its own draft costs twice the
+    // target alone.
+    let ps: Value = client().get(format!("{}/api/ps", s.url)).send().unwrap().json().unwrap();
+    let size_of = |name: &str| {
+        ps["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name || m["name"] == format!("{name}:latest"))
+            .and_then(|m| m["size"].as_u64())
+            .unwrap_or_else(|| panic!("{name} is not in {ps}"))
+    };
+    let alone = size_of(&target.to_string_lossy());
+    assert_eq!(size_of("with-self"), 2 * alone, "{ps}");
+    assert!(size_of("with-small") > alone, "{ps}");
     // Sampling with a draft model answers with the right count.
     let v = generate(
         &s.url,

@@ -28,10 +28,71 @@ pub struct LlamaContext {
     n_ctx_seq: u32,
     /// One KV buffer for every sequence (`kv_unified`); otherwise a stream each.
     unified: bool,
+    /// The CPU thread pools attached to the context (freed after it).
+    pools: ThreadPools,
+}
+
+/// ggml CPU thread pools attached to a context, as llama.cpp's own tools (llama-server,
+/// llama-cli, llama-bench) attach them. Without one, ggml starts and joins its worker
+/// threads for every graph it computes, that is once per decoded token. A pool's threads
+/// poll briefly for the next graph, then sleep until one comes.
+struct ThreadPools {
+    decode: *mut sys::ggml_threadpool,
+    /// Null when prompt batches use the decode pool.
+    batch: *mut sys::ggml_threadpool,
+}
+
+impl ThreadPools {
+    /// Pools of `n_threads` (single tokens) and `n_threads_batch` (prompt batches), attached
+    /// to `ctx`; none attached (ggml's per-graph threads) when ggml cannot create them.
+    ///
+    /// # Safety
+    /// `ctx` is a live context that outlives the attachment; the pools are freed only
+    /// after the context (see `LlamaContext`'s `Drop`).
+    unsafe fn attach(ctx: *mut sys::llama_context, n_threads: i32, n_threads_batch: i32) -> Self {
+        let new_pool = |n: i32, paused: bool| {
+            // SAFETY: plain constructors over a parameter struct ggml initialises.
+            unsafe {
+                let mut params = sys::ggml_threadpool_params_default(n);
+                params.paused = paused;
+                sys::ggml_threadpool_new(&mut params)
+            }
+        };
+        let mut pools = ThreadPools { decode: std::ptr::null_mut(), batch: std::ptr::null_mut() };
+        if n_threads_batch != n_threads {
+            pools.batch = new_pool(n_threads_batch, false);
+            if pools.batch.is_null() {
+                return pools;
+            }
+        }
+        // As llama.cpp's common_threadpools: with two pools the decode pool starts paused
+        // (ggml resumes a pool when it computes a graph on it and pauses the other).
+        pools.decode = new_pool(n_threads, !pools.batch.is_null());
+        if pools.decode.is_null() {
+            pools.free();
+            return pools;
+        }
+        let batch = if pools.batch.is_null() { pools.decode } else { pools.batch };
+        // SAFETY: per this function's contract; both pools are live.
+        unsafe { sys::llama_attach_threadpool(ctx, pools.decode, batch) };
+        pools
+    }
+
+    fn free(&mut self) {
+        for pool in [&mut self.decode, &mut self.batch] {
+            if !pool.is_null() {
+                // SAFETY: created by ggml_threadpool_new and freed once (nulled here);
+                // no context uses it any more (see `attach`).
+                unsafe { sys::ggml_threadpool_free(*pool) };
+                *pool = std::ptr::null_mut();
+            }
+        }
+    }
 }
 
 // SAFETY: a llama_context may move between threads; the host drives it from one thread
-// at a time (the type is not Sync), and the model it uses is kept alive by the Arc.
+// at a time (the type is not Sync), and the model it uses is kept alive by the Arc. Its
+// thread pools are driven only through the context, from whichever thread decodes.
 unsafe impl Send for LlamaContext {}
 
 impl Drop for LlamaContext {
@@ -42,6 +103,7 @@ impl Drop for LlamaContext {
             sys::llama_batch_free(self.batch);
             sys::llama_free(self.ptr);
         }
+        self.pools.free();
     }
 }
 
@@ -159,6 +221,9 @@ impl LlamaContext {
                 sys::llama_n_ctx_seq(ptr),
             )
         };
+        // SAFETY: `ptr` is live; `pools` goes into the context, whose Drop frees it after
+        // `llama_free`.
+        let pools = unsafe { ThreadPools::attach(ptr, cp.n_threads, cp.n_threads_batch) };
         let params = ContextParams {
             n_ctx,
             n_batch: n_batch.min(cp.n_batch),
@@ -178,6 +243,7 @@ impl LlamaContext {
             decoded_seqs: Vec::new(),
             n_ctx_seq: n_ctx_seq.min(n_ctx),
             unified: cp.kv_unified,
+            pools,
         })
     }
 

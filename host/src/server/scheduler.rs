@@ -732,6 +732,7 @@ impl Scheduler {
             engine_memory,
             kv.cache_type,
         );
+        let need = self.with_draft(&r, need, n_parallel, engine_memory);
         // A model whose weights and KV cache cannot fit even alone is refused here, with
         // the numbers, rather than allocated until the kernel kills something.
         // With RPC workers, part of the model goes to other machines: the engine plans
@@ -838,6 +839,32 @@ impl Scheduler {
             .and_then(|v| v.trim().parse::<f64>().ok())
             .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9)
             .map_or(Duration::from_secs(30), Duration::from_secs_f64)
+    }
+
+    /// `need` plus what the model's draft model (`PARAMETER draft_model`) costs: its
+    /// weights and a context of the same sequences and positions, whose KV cache is in
+    /// the engine's default type (the draft loads without the model's KV settings).
+    /// `kv_bytes_per_token` stays the model's own. A draft that cannot be resolved adds
+    /// nothing here; loading it reports why.
+    fn with_draft(
+        &self,
+        r: &ModelRef,
+        mut need: MemoryEstimate,
+        n_parallel: u32,
+        engine: EngineMemory,
+    ) -> MemoryEstimate {
+        let draft = r.params.get("draft_model").and_then(|v| v.as_str()).map(str::trim);
+        if let Some(d) = draft.filter(|n| !n.is_empty()).and_then(|n| self.resolve(n).ok()) {
+            let draft_need = estimate_memory(
+                &d.path,
+                Some(need.num_ctx),
+                n_parallel,
+                engine,
+                crate::kv_cache::KvCacheType::default(),
+            );
+            need.bytes = need.bytes.saturating_add(draft_need.bytes);
+        }
+        need
     }
 
     /// The model's draft model (`PARAMETER draft_model NAME`), loaded by the same
@@ -947,13 +974,10 @@ impl Scheduler {
         let need = if need.num_ctx == num_ctx {
             need
         } else {
-            estimate_memory(
-                &r.path,
-                Some(num_ctx),
-                n_parallel,
-                EngineMemory::of_plugin(&plugin.manifest),
-                kv.cache_type,
-            )
+            let engine_memory = EngineMemory::of_plugin(&plugin.manifest);
+            let need =
+                estimate_memory(&r.path, Some(num_ctx), n_parallel, engine_memory, kv.cache_type);
+            self.with_draft(&r, need, n_parallel, engine_memory)
         };
         let size_estimate = need.bytes;
         let offloaded = n_gpu_layers != 0
