@@ -6,6 +6,7 @@
 //! llama-raw greedy MODEL --prompt TEXT [--n 32] [--json]
 //! llama-raw logits MODEL --prompt TEXT [--json]
 //! llama-raw batched MODEL [--np 1,2,4,8] [--pp 128] [--tg 64] [--unified 1] [--json]
+//! llama-raw chunks MODEL [--np 4] [--pp 1200] [--unified 0|1] [--fa 0|1] [--reps 5]
 //! common: [--ctx N] [--gpu-layers N] [--threads N]
 //! ```
 //!
@@ -21,6 +22,11 @@
 //! tokens/s, which is the ceiling for a server's n parallel streams; and the same with
 //! the prompts' time counted (all n prompts decoded in one batch first), the ceiling for a
 //! benchmark whose streams each start with a prompt.
+//! `chunks` measures what a server step costs on top of a long context: `--np` sequences
+//! (the first of `--np`) hold `--pp` tokens each, then one sequence gets a prompt chunk
+//! of 1, 16, 32, 48, 63, 64, 65, 96 and 128 tokens, alone and in one batch with a decode
+//! token of another sequence (a server's continuous batching), each undone after it is
+//! timed; medians of `--reps`.
 
 use std::ffi::{CStr, CString};
 use std::process::ExitCode;
@@ -47,7 +53,7 @@ struct Args {
     flash_attn: Option<bool>,
 }
 
-const USAGE: &str = "usage: llama-raw (bench|greedy|logits|batched|tokenize) MODEL [--threads N] \
+const USAGE: &str = "usage: llama-raw (bench|greedy|logits|batched|chunks|tokenize) MODEL [--threads N] \
 [--pp N] [--tg N] [--reps N] [--prompt TEXT] [--n N] [--ctx N] [--gpu-layers N] \
 [--np N,N,..] [--unified 0|1] [--fa 0|1] [--json]";
 
@@ -336,6 +342,62 @@ fn decode_entries(c: &Ctx, entries: &[(i32, i32, i32, bool)]) -> Result<(), Stri
     Ok(())
 }
 
+/// `chunks`: the time of a prompt chunk of each size on top of `--pp` cached tokens, alone
+/// and batched with one decode token of another sequence.
+fn chunks(a: &Args) -> Result<(), String> {
+    let m = load(a)?;
+    let np = a.nps.first().copied().unwrap_or(4).max(2);
+    let sizes = [1usize, 16, 32, 48, 63, 64, 65, 96, 128];
+    let n_ctx = ((a.pp + 130) * np) as u32;
+    let c = new_ctx_seqs(&m, a, n_ctx, 512, np as u32, a.unified)?;
+    let nv = n_vocab(&m) as i32;
+    let token = |k: usize| (100 + (k as i32 * 7919) % (nv - 200).max(1)).min(nv - 1);
+    for s in 0..np {
+        let prompt: Vec<_> =
+            (0..a.pp).map(|p| (token(p + s), p as i32, s as i32, p + 1 == a.pp)).collect();
+        for chunk in prompt.chunks(512) {
+            decode_entries(&c, chunk)?;
+        }
+    }
+    let undo = || {
+        for s in 0..np as i32 {
+            // SAFETY: live context and memory; removing positions past the prompt.
+            unsafe { sys::llama_memory_seq_rm(sys::llama_get_memory(c.0), s, a.pp as i32, -1) };
+        }
+    };
+    let time = |batch: &[(i32, i32, i32, bool)]| -> Result<f64, String> {
+        let mut ms = Vec::new();
+        for _ in 0..a.reps {
+            undo();
+            let t = Instant::now();
+            decode_entries(&c, batch)?;
+            // SAFETY: live context.
+            unsafe { sys::llama_synchronize(c.0) };
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        undo();
+        ms.sort_by(f64::total_cmp);
+        Ok(ms[ms.len() / 2])
+    };
+    println!(
+        "{} threads, {np} sequences of {} cached tokens, kv_unified {}, flash attention {}",
+        a.threads,
+        a.pp,
+        a.unified,
+        a.flash_attn.map_or("auto", |f| if f { "on" } else { "off" })
+    );
+    println!("| chunk | alone ms | ms per token | with a decode token of another sequence ms |");
+    for n in sizes {
+        let chunk: Vec<_> = (0..n).map(|k| (token(k), (a.pp + k) as i32, 1, k + 1 == n)).collect();
+        let alone = time(&chunk)?;
+        let mut mixed = vec![(token(7), a.pp as i32, 0, true)];
+        mixed.extend_from_slice(&chunk);
+        let with_decode = time(&mixed)?;
+        println!("| {n} | {alone:.1} | {:.2} | {with_decode:.1} |", alone / n as f64);
+    }
+    Ok(())
+}
+
 fn batched(a: &Args) -> Result<(), String> {
     let m = load(a)?;
     let nv = n_vocab(&m) as u64;
@@ -563,6 +625,7 @@ fn main() -> ExitCode {
         "greedy" => greedy(&a, false),
         "logits" => greedy(&a, true),
         "batched" => batched(&a),
+        "chunks" => chunks(&a),
         "tokenize" => tokenize_many(&a),
         other => Err(format!("unknown command {other}\n{USAGE}")),
     };
