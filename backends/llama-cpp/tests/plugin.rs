@@ -248,6 +248,47 @@ fn kv_remove_then_redecode_gives_identical_logits() {
     assert_eq!(c.kv_pos_max(0), -1);
 }
 
+/// Prompt batches and single tokens on thread pools of different sizes (the decode pool
+/// starts paused and is resumed by its first graph, the other paused in turn) compute
+/// what one pool computes, through every switch between them.
+#[test]
+fn separate_prompt_and_decode_thread_pools_give_the_same_logits() {
+    let m = &fixture().model;
+    let p = m.tokenize(PROMPT, true, false).unwrap();
+    let n = p.len() as u32;
+    let run = |n_threads: u32| {
+        let params = ContextParams {
+            n_ctx: 256,
+            n_batch: 128,
+            n_seq_max: 1,
+            n_threads,
+            n_threads_batch: 2,
+            embeddings: false,
+            seed: 0,
+        };
+        let mut c = m.new_context(&params).expect("context");
+        let mut rows = Vec::new();
+        let mut pos = 0;
+        for round in 0..2 {
+            // A prompt chunk (the batch pool), then three single tokens (the decode pool).
+            c.decode(&entries(&p, 0, pos)).unwrap();
+            pos += n;
+            rows.push(c.logits(n - 1).unwrap().to_vec());
+            for t in 0..3 {
+                c.decode(&entries(&[10 + t + round], 0, pos)).unwrap();
+                pos += 1;
+                rows.push(c.logits(0).unwrap().to_vec());
+            }
+        }
+        rows
+    };
+    let (one_pool, two_pools) = (run(2), run(1));
+    for (i, (a, b)) in one_pool.iter().zip(&two_pools).enumerate() {
+        let d = rel_diff(a, b);
+        assert!(d < 1e-4, "step {i}: relative difference {d}");
+    }
+}
+
 #[test]
 fn kv_copy_shares_a_prefix() {
     let m = &fixture().model;
