@@ -987,6 +987,48 @@ mod tests {
             .collect()
     }
 
+    /// Random f16 keys and values, `n` of each.
+    fn random_kv(seed: &mut u64, n: usize) -> (Vec<f16>, Vec<f16>) {
+        let k = (0..n).map(|_| f16::from_f32(lcg(seed))).collect();
+        let v = (0..n).map(|_| f16::from_f32(lcg(seed))).collect();
+        (k, v)
+    }
+
+    /// Queries of `q.len() / head_dim` heads sharing one KV head, over `cells`.
+    struct AttentionCase<'a> {
+        head_dim: usize,
+        q: &'a [f32],
+        kv: KvHead<'a>,
+        cells: &'a [u32],
+        scale: f32,
+        softcap: f32,
+    }
+
+    impl AttentionCase<'_> {
+        /// Every head's portable output within `to_reference` of the f64 softmax, and the
+        /// SIMD output within `to_portable` of the portable one.
+        fn assert_heads(
+            &self,
+            portable: &[f32],
+            simd: &[f32],
+            (to_reference, to_portable): (f64, f32),
+        ) {
+            let hd = self.head_dim;
+            for h in 0..self.q.len() / hd {
+                let qh = &self.q[h * hd..(h + 1) * hd];
+                let want = reference_attention(qh, self.kv, self.cells, self.scale, self.softcap);
+                for (i, want) in want.into_iter().enumerate() {
+                    let (p, x) = (portable[h * hd + i], simd[h * hd + i]);
+                    assert!(
+                        (f64::from(p) - want).abs() < to_reference,
+                        "head {h} [{i}]: {p} vs {want}"
+                    );
+                    assert!((p - x).abs() < to_portable, "head {h} [{i}]: portable {p} simd {x}");
+                }
+            }
+        }
+    }
+
     /// The attention kernel at every level equals the portable one (to the summation
     /// order of the scores) and a plain f64 softmax-weighted sum (to f16 accumulation),
     /// with and without soft-capping, for 1 and 4 heads sharing a KV head.
@@ -994,8 +1036,7 @@ mod tests {
     fn attention_heads_agree_at_every_level_and_with_a_plain_softmax() {
         let mut seed = 5;
         let (hd, kv_dim, cells_n) = (64, 3 * 64, 37);
-        let k: Vec<f16> = (0..cells_n * kv_dim).map(|_| f16::from_f32(lcg(&mut seed))).collect();
-        let v: Vec<f16> = (0..cells_n * kv_dim).map(|_| f16::from_f32(lcg(&mut seed))).collect();
+        let (k, v) = random_kv(&mut seed, cells_n * kv_dim);
         // Cells out of order and some skipped, as a sliding window or a cache with holes.
         let cells: Vec<u32> = (0..cells_n as u32).rev().filter(|c| c % 5 != 2).collect();
         let kv = KvHead { k: &k, v: &v, kv_dim, offset: hd };
@@ -1016,20 +1057,9 @@ mod tests {
                     }
                     (0..g * hd).map(|i| acc[i].to_f32() / sum[i / hd]).collect::<Vec<f32>>()
                 };
-                let portable = run(Isa::Portable);
-                let simd = run(Isa::detected());
-                for h in 0..g {
-                    let want =
-                        reference_attention(&q[h * hd..(h + 1) * hd], kv, &cells, scale, softcap);
-                    for (i, want) in want.into_iter().enumerate() {
-                        let (p, x) = (portable[h * hd + i], simd[h * hd + i]);
-                        assert!(
-                            (f64::from(p) - want).abs() < 5e-3,
-                            "head {h} [{i}]: {p} vs {want}"
-                        );
-                        assert!((p - x).abs() < 2e-3, "head {h} [{i}]: portable {p} simd {x}");
-                    }
-                }
+                let (portable, simd) = (run(Isa::Portable), run(Isa::detected()));
+                let case = AttentionCase { head_dim: hd, q: &q, kv, cells: &cells, scale, softcap };
+                case.assert_heads(&portable, &simd, (5e-3, 2e-3));
             }
         }
     }
@@ -1041,8 +1071,7 @@ mod tests {
     fn tiled_attention_agrees_at_every_level_and_with_a_plain_softmax() {
         let mut seed = 11;
         let (hd, kv_dim, cells_n) = (64, 2 * 64, 150);
-        let k: Vec<f16> = (0..cells_n * kv_dim).map(|_| f16::from_f32(lcg(&mut seed))).collect();
-        let v: Vec<f16> = (0..cells_n * kv_dim).map(|_| f16::from_f32(lcg(&mut seed))).collect();
+        let (k, v) = random_kv(&mut seed, cells_n * kv_dim);
         let cells: Vec<u32> =
             (0..cells_n as u32).filter(|c| c % 7 != 3 && !(70..90).contains(c)).collect();
         let kv = KvHead { k: &k, v: &v, kv_dim, offset: hd };
@@ -1062,18 +1091,8 @@ mod tests {
                     (0..g * hd).map(|i| acc[i] / sum[i / hd]).collect::<Vec<f32>>()
                 };
                 let (portable, simd) = (run(true), run(false));
-                for h in 0..g {
-                    let want =
-                        reference_attention(&q[h * hd..(h + 1) * hd], kv, &cells, scale, softcap);
-                    for (i, want) in want.into_iter().enumerate() {
-                        let (p, x) = (portable[h * hd + i], simd[h * hd + i]);
-                        assert!(
-                            (f64::from(p) - want).abs() < 1e-5,
-                            "head {h} [{i}]: {p} vs {want}"
-                        );
-                        assert!((p - x).abs() < 1e-5, "head {h} [{i}]: portable {p} simd {x}");
-                    }
-                }
+                let case = AttentionCase { head_dim: hd, q: &q, kv, cells: &cells, scale, softcap };
+                case.assert_heads(&portable, &simd, (1e-5, 1e-5));
             }
         }
     }

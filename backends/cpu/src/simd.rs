@@ -916,7 +916,6 @@ macro_rules! x86_kernels {
             let hd = q.len() / g;
             let mut buf = [0f32; 256];
             let bp = buf.as_mut_ptr();
-            // Per head and cell of the block: the score, then the (rescale, weight) pair.
             // Per head and cell of the block: the score, then (rescale, weight), at
             // `scratch[2·(h·BLOCK + j)..]`.
             let step = |h: usize, j: usize| scratch.add(2 * (h * BLOCK + j));

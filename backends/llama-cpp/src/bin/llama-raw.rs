@@ -6,7 +6,7 @@
 //! llama-raw greedy MODEL --prompt TEXT [--n 32] [--json]
 //! llama-raw logits MODEL --prompt TEXT [--json]
 //! llama-raw batched MODEL [--np 1,2,4,8] [--pp 128] [--tg 64] [--unified 1] [--json]
-//! llama-raw chunks MODEL [--np 4] [--pp 1200] [--unified 0|1] [--fa 0|1] [--reps 5]
+//! llama-raw chunks MODEL [--np N] [--pp N] [--unified 0|1] [--fa 0|1] [--reps N]
 //! common: [--ctx N] [--gpu-layers N] [--threads N]
 //! ```
 //!
@@ -23,7 +23,7 @@
 //! the prompts' time counted (all n prompts decoded in one batch first), the ceiling for a
 //! benchmark whose streams each start with a prompt.
 //! `chunks` measures what a server step costs on top of a long context: `--np` sequences
-//! (the first of `--np`) hold `--pp` tokens each, then one sequence gets a prompt chunk
+//! (its first value, at least 2) hold `--pp` tokens each, then one sequence gets a prompt chunk
 //! of 1, 16, 32, 48, 63, 64, 65, 96 and 128 tokens, alone and in one batch with a decode
 //! token of another sequence (a server's continuous batching), each undone after it is
 //! timed; medians of `--reps`.
