@@ -8,7 +8,7 @@
 # Variants (comma-separated):
 #   llama-cpp:VARIANT  the llama.cpp plugin, built by backends/llama-cpp/build-variant.sh
 #                      (cpu, cpu-x86-64-v3, cpu-x86-64-v4, cpu-x86-64-v4-vnni, vulkan,
-#                      cuda12, rocm6, metal); a bare `llama-cpp` takes cpu
+#                      cuda12, cuda13, rocm6, metal); a bare `llama-cpp` takes cpu
 #   cpu-rust           the pure-Rust CPU engine (one variant: kernels chosen at run time)
 #   onnx               the ONNX Runtime engine (CPU execution provider)
 #   example            the toy engine of the third-party walk-through
@@ -336,6 +336,12 @@ for dir in "$BACKENDS"/*/; do
         # Debian's libcuda1 (non-free), whose virtual libcuda-12.0-1 other builds of the
         # driver provide too.
         llama-cpp:cuda12) extra="libcuda1 (>= 525.60) | libcuda-12.0-1" ;;
+        # Built against CUDA 13 from NVIDIA's PyPI wheels (cuda-toolkit.sh): the runtime is
+        # static, cuBLAS shared (the wheels carry no static cuBLAS), and no Debian package
+        # provides libcublas.so.13.
+        llama-cpp:cuda13)
+            extra="libcuda1 (>= 580.65) | libcuda-13.0-1"
+            doc="$doc It needs the driver of CUDA 13 (>= 580.65) and cuBLAS 13 (libcublas.so.13 and libcublasLt.so.13): NVIDIA's libcublas-13-0 package, the nvidia-cublas wheel's nvidia/cu13/lib on LD_LIBRARY_PATH, or the two libraries copied beside the plugin in /usr/lib/corral/backends/$id/ (its run path includes its own directory)." ;;
         llama-cpp:cpu-native)
             doc="$doc Built for the CPU of the machine that built it (GGML_NATIVE): its manifest requires that CPU's features, so the host will not choose it on another CPU." ;;
         onnx:*)

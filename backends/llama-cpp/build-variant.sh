@@ -2,11 +2,12 @@
 # build-variant.sh VARIANT OUTDIR: builds one variant of the llama.cpp plugin and installs
 # it as OUTDIR/llama-cpp-VARIANT/{manifest.toml, libcorral_backend_llama_cpp.so}.
 #
-# VARIANT: cpu | cpu-x86-64-v3 | cpu-x86-64-v4 | cpu-x86-64-v4-vnni | vulkan | cuda12 | rocm6 | metal
+# VARIANT: cpu | cpu-x86-64-v3 | cpu-x86-64-v4 | cpu-x86-64-v4-vnni | vulkan | cuda12 | cuda13 | rocm6 | metal
 #
 # Each variant builds in its own target dir, target/llama-VARIANT under the repository
 # root (LLAMA_TARGET_ROOT overrides the parent), because variants differ in RUSTFLAGS and
-# features. The vulkan variant fetches Vulkan headers with vulkan-sdk.sh into
+# features. The cuda13 variant assembles a CUDA 13 toolkit from PyPI with cuda-toolkit.sh
+# into target/cuda-toolkit when no toolkit is installed. The vulkan variant fetches Vulkan headers with vulkan-sdk.sh into
 # target/vulkan-sdk when VULKAN_SDK is not set. Extra cargo arguments: CARGO_ARGS.
 set -euo pipefail
 
@@ -51,7 +52,17 @@ case "$VARIANT" in
             eval "$("$HERE/vulkan-sdk.sh" "$TARGET_ROOT/vulkan-sdk")"
         fi
         ;;
-    cuda12) FEATURES=cuda ;;
+    cuda12|cuda13)
+        # The plugin is a shared library: CMake must compile the .cu files with -fPIC as
+        # well (llama-cpp-sys-2 passes it to the C and C++ compilers only).
+        export CMAKE_POSITION_INDEPENDENT_CODE=ON
+        FEATURES=cuda
+        # cuda13 without a CUDA toolkit (nvcc on PATH or CUDA_PATH): assemble CUDA 13
+        # from NVIDIA's PyPI wheels (cuda-toolkit.sh says how cuBLAS is then linked).
+        if [[ $VARIANT == cuda13 && -z "${CUDA_PATH:-}" ]] && ! command -v nvcc >/dev/null; then
+            eval "$("$HERE/cuda-toolkit.sh" "$TARGET_ROOT/cuda-toolkit")"
+        fi
+        ;;
     rocm6) FEATURES=rocm ;;
     metal) FEATURES=metal ;;
     *) echo "build-variant.sh: no build recipe for '$VARIANT'" >&2; exit 2 ;;

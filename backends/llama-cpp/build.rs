@@ -99,6 +99,24 @@ fn native_manifest() -> String {
     )
 }
 
+/// CUDA builds against a toolkit without cuBLAS's static archives (NVIDIA's PyPI wheels,
+/// assembled by cuda-toolkit.sh, which puts empty stand-ins where llama-cpp-sys-2 expects
+/// them): link the plugin, llama-raw and the tests to the shared cuBLAS in
+/// `CORRAL_CUDA_SHARED_CUBLAS`, and to the driver's libcuda.so.1 through the stub there.
+fn link_shared_cublas() {
+    println!("cargo:rerun-if-env-changed=CORRAL_CUDA_SHARED_CUBLAS");
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
+        return;
+    }
+    let Some(dir) = std::env::var_os("CORRAL_CUDA_SHARED_CUBLAS") else { return };
+    let dir = std::path::PathBuf::from(dir);
+    println!("cargo:rustc-link-arg=-L{}", dir.display());
+    // $ORIGIN: a package may ship libcublas.so.13 and libcublasLt.so.13 beside the plugin.
+    for arg in ["-lcublas", "-lcublasLt", "-lcuda", "-Wl,-rpath,$ORIGIN"] {
+        println!("cargo:rustc-link-arg={arg}");
+    }
+}
+
 fn main() {
     println!("cargo:rerun-if-env-changed=CORRAL_LLAMA_VARIANT");
     // ggml's RPC backend (corral worker, `rpc` workers) is part of every variant; the
@@ -112,6 +130,7 @@ fn main() {
              GGML_RPC=ON"
         );
     }
+    link_shared_cublas();
     let target_cpu = std::env::var("CARGO_ENCODED_RUSTFLAGS").ok().and_then(|flags| {
         flags.split('\x1f').find_map(|f| f.split("target-cpu=").nth(1).map(str::to_string))
     });

@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use corral_backend_api::plugin::{Backend, Context, Model};
-use corral_backend_api::{BatchEntry, Capabilities, ContextParams, ErrorKind, LoadRequest};
+use corral_backend_api::{
+    BatchEntry, Capabilities, ContextParams, DeviceKind, ErrorKind, LoadRequest,
+};
 use corral_backend_llama_cpp::{LlamaBackend, LlamaContext, LlamaModel, LlamaOptions};
 use corral_gguf::generate::{GenerateOptions, ModelShape, WeightType, generate_llama};
 
@@ -15,6 +17,11 @@ struct Fixture {
     f32_path: PathBuf,
     backend: LlamaBackend,
     model: LlamaModel,
+    /// Largest relative difference allowed between logits that one computation reaches
+    /// through two batch shapes: 1e-4 on the CPU; 5e-3 when the model runs on a GPU,
+    /// whose matrix products change kernels (and precision: TF32, f16 accumulation)
+    /// with the batch size (measured on an H200 with CUDA 13: 4.1e-4).
+    tolerance: f32,
 }
 
 fn fixture() -> &'static Fixture {
@@ -34,7 +41,9 @@ fn fixture() -> &'static Fixture {
             LlamaBackend::with_options(LlamaOptions { n_threads: 2, ..Default::default() })
                 .expect("init");
         let model = backend.load_model(&spec(&f32_path)).expect("load tiny model");
-        Fixture { _dir: dir, f32_path, backend, model }
+        let on_gpu = backend.devices().iter().any(|d| d.kind != DeviceKind::Cpu);
+        let tolerance = if on_gpu { 5e-3 } else { 1e-4 };
+        Fixture { _dir: dir, f32_path, backend, model, tolerance }
     })
 }
 
@@ -205,7 +214,7 @@ fn mixed_batch_matches_sequences_one_by_one() {
         let idx = batch.iter().position(|e| e.seq == s as u32 && e.pos == p.len() as u32 - 1);
         let got = mixed.logits(idx.unwrap() as u32).unwrap();
         let d = rel_diff(got, &expected[s].0);
-        assert!(d < 1e-4, "sequence {s}: relative difference {d}");
+        assert!(d < fixture().tolerance, "sequence {s}: relative difference {d}");
     }
     // One more step for all three in one batch.
     let step: Vec<BatchEntry> = prompts
@@ -221,7 +230,7 @@ fn mixed_batch_matches_sequences_one_by_one() {
     mixed.decode(&step).unwrap();
     for (s, exp) in expected.iter().enumerate() {
         let d = rel_diff(mixed.logits(s as u32).unwrap(), &exp.2);
-        assert!(d < 1e-4, "sequence {s} step 2: relative difference {d}");
+        assert!(d < fixture().tolerance, "sequence {s} step 2: relative difference {d}");
     }
     // Entries that did not ask for logits have none.
     mixed.decode(&entries(&[5, 6], 0, prompts[0].len() as u32 + 1)).unwrap();
@@ -285,7 +294,7 @@ fn separate_prompt_and_decode_thread_pools_give_the_same_logits() {
     let (one_pool, two_pools) = (run(2), run(1));
     for (i, (a, b)) in one_pool.iter().zip(&two_pools).enumerate() {
         let d = rel_diff(a, b);
-        assert!(d < 1e-4, "step {i}: relative difference {d}");
+        assert!(d < fixture().tolerance, "step {i}: relative difference {d}");
     }
 }
 
@@ -306,7 +315,7 @@ fn kv_copy_shares_a_prefix() {
     .unwrap();
     let a = c.logits(0).unwrap().to_vec();
     let d = rel_diff(c.logits(1).unwrap(), &a);
-    assert!(d < 1e-4, "relative difference {d}");
+    assert!(d < fixture().tolerance, "relative difference {d}");
     assert_eq!(c.kv_copy(0, 2, 0, -1).unwrap_err().kind, ErrorKind::InvalidInput);
     c.kv_clear().unwrap();
     assert_eq!(c.kv_pos_max(0), -1);
@@ -333,7 +342,7 @@ fn embeddings_context() {
     let mut solo = ctx(1, true);
     solo.decode(&entries(&a, 0, 0)).unwrap();
     let d = rel_diff(&solo.embeddings(0).unwrap(), &ea);
-    assert!(d < 1e-4, "relative difference {d}");
+    assert!(d < fixture().tolerance, "relative difference {d}");
     // A logits context has no embeddings.
     assert_eq!(ctx(1, false).embeddings(0).unwrap_err().kind, ErrorKind::InvalidInput);
 }

@@ -287,6 +287,17 @@ pub(crate) fn run(global: &GlobalOptions, a: RunArgs) -> Result<()> {
             draft: None,
         },
     )?;
+    // The engine's thread frees its context when it ends: wait for that before `run`
+    // returns, so no context is freed while the process exits. A GPU context freed then
+    // aborts the process (CUDA's driver is already shutting down and ggml aborts on the
+    // error: seen with the cuda13 variant on an H200).
+    struct JoinEngineOnReturn<'a>(&'a EngineHandle);
+    impl Drop for JoinEngineOnReturn<'_> {
+        fn drop(&mut self) {
+            self.0.shutdown();
+        }
+    }
+    let _join_engine = JoinEngineOnReturn(&engine);
     let policy = if a.no_truncate { ContextPolicy::Refuse } else { ContextPolicy::Truncate };
     // The store model's TEMPLATE (Go templates translated), SYSTEM and MESSAGEs are the
     // defaults; --system overrides SYSTEM.
@@ -486,7 +497,15 @@ pub(crate) fn bench_corral(model: &Model, a: &BenchArgs) -> Result<Vec<BenchResu
         (x % u64::from(vocab - 1)) as u32 + 1
     };
     let engine = engine_label(model);
-    // Warm-up, as llama-bench does.
+    // Warm-up, as llama-bench and llama-raw do: one prompt of the test's size, then one
+    // token (a GPU loads each kernel at its first use, and the prompt's matrix kernels
+    // are not the single token's).
+    if a.pp > 0 {
+        ctx.kv_clear()?;
+        let tokens: Vec<u32> = (0..a.pp).map(|_| next_token()).collect();
+        let i = ctx.prefill(0, 0, &tokens)?;
+        ctx.logits(i)?;
+    }
     ctx.kv_clear()?;
     ctx.decode(&[BatchEntry { token: next_token(), pos: 0, seq: 0, logits: true }])?;
     let mut out = Vec::new();

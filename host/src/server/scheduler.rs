@@ -275,6 +275,14 @@ pub struct MemoryEstimate {
 /// and outputs.
 pub const ENGINE_OVERHEAD: u64 = 64 << 20;
 
+/// What the CUDA runtime takes on the GPU per engine process, beside llama.cpp's own
+/// buffers: its context, the plugin's kernels once loaded, cuBLAS's handle and
+/// workspace. Measured with the cuda13 variant on an NVIDIA H200 (driver 580.159, CUDA
+/// 13.0): a TinyLlama-shaped Q4_K_M served with 4 sequences of 2,048 positions held
+/// 1,448 MiB (nvidia-smi, the engine worker) against 857.5 MiB of llama.cpp buffers
+/// (601 model, 176 KV, 80.5 compute).
+pub const CUDA_RUNTIME_OVERHEAD: u64 = 590 << 20;
+
 /// Memory estimate, saturating (a file's hostile hyperparameters cannot overflow it):
 ///
 /// - the weights file (memory-mapped, all of it touched by a forward pass);
@@ -295,7 +303,8 @@ pub const ENGINE_OVERHEAD: u64 = 64 << 20;
 ///   the feed-forward's gate and up, per token) and the growth of its repacked Q4_K
 ///   weights ([`pure_rust_repack_growth`]), less the token-embedding matrix of a
 ///   model with a separate output matrix (the engine reads it in place, a row per token
-///   seen, so it is never all resident).
+///   seen, so it is never all resident);
+/// - with [`EngineMemory::CudaRuntime`], [`CUDA_RUNTIME_OVERHEAD`].
 ///
 /// `num_ctx: None` takes the context-length rule's default for the file's own training
 /// context. An engine whose KV cache grows with use (the pure-Rust cpu engine) reaches
@@ -365,6 +374,7 @@ pub fn estimate_memory(
             };
             (scratch, untied_embeddings)
         }
+        EngineMemory::CudaRuntime => (CUDA_RUNTIME_OVERHEAD, 0),
         EngineMemory::Plain => (0, 0),
     };
     let bytes = file
@@ -420,9 +430,11 @@ pub const BATCH_TOKENS: u64 = 512;
 /// How an engine holds a model, as far as the memory estimate cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EngineMemory {
-    /// Weights, KV cache and outputs only: ONNX Runtime, llama.cpp on a GPU, third-party
-    /// engines.
+    /// Weights, KV cache and outputs only: ONNX Runtime, llama.cpp on Vulkan, ROCm or
+    /// Metal, third-party engines.
     Plain,
+    /// llama.cpp through CUDA: the buffers, and the CUDA runtime's own share of the GPU.
+    CudaRuntime,
     /// llama.cpp's CPU backend: besides the mapping, a repacked copy of some matrices.
     GgmlCpuRepack,
     /// corral's pure-Rust engine: weights used in place, f32 scratch per batch token, a
@@ -432,11 +444,13 @@ pub enum EngineMemory {
 
 impl EngineMemory {
     /// The memory behaviour of a plugin, from its manifest: llama.cpp's CPU variants
-    /// repack; `cpu` is the pure-Rust engine.
+    /// repack, its CUDA variants (`cuda12`, `cuda13`, ...) pay for the CUDA runtime;
+    /// `cpu` is the pure-Rust engine.
     pub fn of_plugin(manifest: &corral_plugin_host::Manifest) -> EngineMemory {
         let cpu_variant = manifest.variant == "cpu" || manifest.variant.starts_with("cpu-");
         match manifest.name.as_str() {
             "llama-cpp" if cpu_variant => EngineMemory::GgmlCpuRepack,
+            "llama-cpp" if manifest.variant.starts_with("cuda") => EngineMemory::CudaRuntime,
             "cpu" => EngineMemory::PureRust,
             _ => EngineMemory::Plain,
         }
@@ -1146,5 +1160,47 @@ impl Scheduler {
         }
         o.validate()?;
         Ok(o)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corral_gguf::generate::{GenerateOptions, ModelShape, generate_llama};
+
+    fn manifest(rel: &str) -> corral_plugin_host::Manifest {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        corral_plugin_host::Manifest::load(&root.join(rel)).expect("manifest")
+    }
+
+    #[test]
+    fn engine_memory_follows_the_shipped_manifests() {
+        let cases = [
+            ("backends/llama-cpp/manifests/llama-cpp-cpu.toml", EngineMemory::GgmlCpuRepack),
+            (
+                "backends/llama-cpp/manifests/llama-cpp-cpu-x86-64-v4.toml",
+                EngineMemory::GgmlCpuRepack,
+            ),
+            ("backends/llama-cpp/manifests/llama-cpp-cuda12.toml", EngineMemory::CudaRuntime),
+            ("backends/llama-cpp/manifests/llama-cpp-cuda13.toml", EngineMemory::CudaRuntime),
+            ("backends/llama-cpp/manifests/llama-cpp-vulkan.toml", EngineMemory::Plain),
+            ("backends/cpu/manifests/cpu.toml", EngineMemory::PureRust),
+        ];
+        for (rel, want) in cases {
+            assert_eq!(EngineMemory::of_plugin(&manifest(rel)), want, "{rel}");
+        }
+    }
+
+    #[test]
+    fn a_cuda_engine_counts_the_cuda_runtime_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        let opts = GenerateOptions { shape: ModelShape::tiny(), ..Default::default() };
+        generate_llama(&path, &opts).unwrap();
+        let kv = crate::kv_cache::KvCacheType::F16;
+        let plain = estimate_memory(&path, Some(512), 4, EngineMemory::Plain, kv);
+        let cuda = estimate_memory(&path, Some(512), 4, EngineMemory::CudaRuntime, kv);
+        assert_eq!(cuda.bytes, plain.bytes + CUDA_RUNTIME_OVERHEAD);
+        assert_eq!(cuda.kv_bytes_per_token, plain.kv_bytes_per_token);
     }
 }
