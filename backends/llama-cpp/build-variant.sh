@@ -63,7 +63,10 @@ case "$VARIANT" in
             eval "$("$HERE/cuda-toolkit.sh" "$TARGET_ROOT/cuda-toolkit")"
         fi
         ;;
-    rocm6) FEATURES=rocm ;;
+    rocm6)
+        # As for CUDA: the HIP objects go into a shared library (untested here: no ROCm).
+        export CMAKE_POSITION_INDEPENDENT_CODE=ON
+        FEATURES=rocm ;;
     metal) FEATURES=metal ;;
     *) echo "build-variant.sh: no build recipe for '$VARIANT'" >&2; exit 2 ;;
 esac

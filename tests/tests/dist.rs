@@ -243,7 +243,7 @@ fn gpu_variant_packages_depend_on_their_runtimes() {
     let built = tmp.path().join("built");
     let example = profile_dir().join("libcorral_plugin_example.so");
     assert!(example.is_file(), "{} is missing: run `cargo build --workspace`", example.display());
-    for variant in ["vulkan", "cuda12"] {
+    for variant in ["vulkan", "cuda12", "cuda13"] {
         let dir = built.join(format!("llama-cpp-{variant}"));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::copy(
@@ -261,7 +261,7 @@ fn gpu_variant_packages_depend_on_their_runtimes() {
             "--no-host",
             "--no-strip",
             "--variants",
-            "llama-cpp:vulkan,llama-cpp:cuda12",
+            "llama-cpp:vulkan,llama-cpp:cuda12,llama-cpp:cuda13",
         ],
     );
     assert!(packages(&pkgs, "corral", "").iter().all(|p| {
@@ -279,4 +279,8 @@ fn gpu_variant_packages_depend_on_their_runtimes() {
     // The CUDA runtime and cuBLAS are linked in; the driver's libcuda.so.1 is not.
     let cuda = depends("cuda12");
     assert!(cuda.starts_with("corral, libcuda1 (>= 525.60) | libcuda-12.0-1"), "{cuda}");
+    // The CUDA 13 build links cuBLAS as a shared library no Debian package provides; the
+    // description says where it may come from.
+    let cuda13 = depends("cuda13");
+    assert!(cuda13.starts_with("corral, libcuda1 (>= 580.65) | libcuda-13.0-1"), "{cuda13}");
 }
