@@ -163,7 +163,8 @@ fn a_fault_during_decode_ends_only_that_models_worker() {
 
 /// A streaming request whose engine dies mid-stream (the example engine aborts on its
 /// sixth decode: the prompt, then five tokens) ends with an error object after the
-/// chunks it already sent.
+/// chunks it already sent. Greedy: a sampled token may be the toy vocabulary's end of
+/// sequence before the fault (seen once in CI: two chunks, then `done`).
 #[test]
 fn a_running_stream_ends_with_an_error_object() {
     let e = env();
@@ -172,7 +173,7 @@ fn a_running_stream_ends_with_an_error_object() {
     let r = client()
         .post(format!("{}/api/chat", s.url))
         .json(&json!({"model": faulty, "messages": [{"role": "user", "content": "go on"}],
-                      "options": {"num_predict": 50}}))
+                      "options": {"num_predict": 50, "temperature": 0}}))
         .send()
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
