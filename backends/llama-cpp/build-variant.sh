@@ -7,12 +7,13 @@
 # Each variant builds in its own target dir, target/llama-VARIANT under the repository
 # root (LLAMA_TARGET_ROOT overrides the parent), because variants differ in RUSTFLAGS and
 # features. The cuda13 variant assembles a CUDA 13 toolkit from PyPI with cuda-toolkit.sh
-# into target/cuda-toolkit when no toolkit is installed. The vulkan variant fetches Vulkan headers with vulkan-sdk.sh into
-# target/vulkan-sdk when VULKAN_SDK is not set. Extra cargo arguments: CARGO_ARGS.
+# into target/cuda-toolkit when no toolkit is installed. The vulkan variant fetches Vulkan
+# headers with vulkan-sdk.sh into target/vulkan-sdk when VULKAN_SDK is not set. Extra
+# cargo arguments: CARGO_ARGS.
 set -euo pipefail
 
 if [[ $# -ne 2 ]]; then
-    sed -n '2,10p' "$0" >&2
+    sed -n '2,12p' "$0" >&2
     exit 2
 fi
 VARIANT=$1
