@@ -229,7 +229,9 @@ pub struct CompletionRequest {
 }
 
 /// The sampling extensions of vLLM and llama-server a request carried, in the terms of
-/// corral's options.
+/// corral's options. Both request types declare the fields themselves rather than
+/// flattening one shared struct: serde's errors from inside a flattened struct do not name
+/// the field (`invalid type: string "x", expected i64`, where a client needs `top_k`).
 struct Extensions {
     top_k: Option<i64>,
     min_p: Option<f64>,
