@@ -13,10 +13,11 @@
 # PyPI ships cuBLAS as shared libraries only, while llama-cpp-sys-2 links cublas_static,
 # cublasLt_static and culibos on Linux. Empty archives of those names stand in, and
 # CORRAL_CUDA_SHARED_CUBLAS (printed below) makes the plugin's build.rs link it to
-# libcublas.so.13 and libcublasLt.so.13 instead (and to the driver's libcuda.so.1 through
-# a link-time stub, since no driver is installed here): the plugin then needs the CUDA 13 cuBLAS libraries at run time (Debian:
-# libcublas13; or the nvidia-cublas wheel's lib directory on LD_LIBRARY_PATH). The CUDA
-# runtime itself stays static (libcudart_static.a is in the wheel).
+# libcublas.so.13 (which loads libcublasLt.so.13) instead, and to the driver's
+# libcuda.so.1 through a link-time stub, since no driver is installed here. The plugin
+# then needs cuBLAS 13 at run time: NVIDIA's libcublas-13-0 package (Debian has none),
+# the nvidia-cublas wheel's nvidia/cu13/lib on LD_LIBRARY_PATH, or the two libraries
+# beside the plugin. The CUDA runtime stays static (libcudart_static.a is in the wheel).
 #
 # Needs: python3 with pip, unzip, gcc, ar. Idempotent: a second run with the toolkit
 # assembled only prints the environment.

@@ -23,7 +23,7 @@
 set -uo pipefail
 
 if [[ $# -lt 2 ]]; then
-    sed -n '2,13p' "$0" >&2
+    sed -n '2,22p' "$0" >&2
     exit 2
 fi
 CORRAL=$(realpath "$1")
@@ -72,16 +72,16 @@ if command -v script >/dev/null; then
 fi
 
 step "serve: the estimate against the GPU, 1 and 4 streams"
-export CORRAL_HOST=127.0.0.1:11577
+export CORRAL_HOST=127.0.0.1:11577 URL=http://127.0.0.1:11577
 c serve --models "$WORK/store" >serve.log 2>&1 &
 SERVE=$!
-up() { python3 -c 'import urllib.request; urllib.request.urlopen("http://127.0.0.1:11577/api/version", timeout=1)' 2>/dev/null; }
+up() { python3 -c 'import os, urllib.request; urllib.request.urlopen(os.environ["URL"] + "/api/version", timeout=1)' 2>/dev/null; }
 for _ in $(seq 100); do up && break; sleep 0.1; done
 printf 'FROM %s\n' "$WORK/tl.gguf" >Modelfile
 check c create tl -f Modelfile >/dev/null
 check python3 - <<'PY'
-import json, threading, time, urllib.request
-URL = "http://127.0.0.1:11577"
+import json, os, threading, time, urllib.request
+URL = os.environ["URL"]
 def gen(i, out):
     body = json.dumps({"model": "tl", "prompt": f"Stream {i}: tell me a story", "stream": False,
                        "options": {"num_predict": 256, "temperature": 0}}).encode()
