@@ -121,6 +121,22 @@ pub(crate) fn cstr_or_empty(p: *const std::ffi::c_char) -> String {
     unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
 }
 
+/// Whether ggml registered a GPU (discrete or integrated) that layers can be offloaded to.
+fn has_gpu_device() -> bool {
+    // SAFETY: the registry is initialised by llama_backend_init; indices stay below the
+    // count it reports.
+    unsafe {
+        (0..sys::ggml_backend_dev_count()).any(|i| {
+            let dev = sys::ggml_backend_dev_get(i);
+            !dev.is_null()
+                && matches!(
+                    sys::ggml_backend_dev_type(dev),
+                    sys::GGML_BACKEND_DEVICE_TYPE_GPU | sys::GGML_BACKEND_DEVICE_TYPE_IGPU
+                )
+        })
+    }
+}
+
 impl Backend for LlamaBackend {
     type Model = LlamaModel;
 
@@ -246,8 +262,11 @@ impl Backend for LlamaBackend {
             };
             return Err(BackendError::new(kind, message));
         }
+        // Every layer on this machine's CPU: no split over devices or machines, and no GPU
+        // to offload to (or offloading turned off).
+        let cpu_only = plan.is_none() && (params.n_gpu_layers == 0 || !has_gpu_device());
         let placement = plan.map(|p| (p.placement, !endpoints.is_empty()));
-        let inner = ModelInner::new(model, summary, self.options.clone(), kv, placement);
+        let inner = ModelInner::new(model, summary, self.options.clone(), kv, placement, cpu_only);
         Ok(LlamaModel::new(Arc::new(inner)))
     }
 

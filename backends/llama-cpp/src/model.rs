@@ -27,6 +27,15 @@ pub(crate) struct ModelInner {
     pub(crate) kv: KvSettings,
     /// Whether the load's `rpc` option was honoured (the model may use other machines).
     remote: bool,
+    /// Whether every layer computes on this machine's CPU (no GPU device, or
+    /// `n_gpu_layers = 0`, and no other machine): where flash attention's `auto` means off
+    /// ([`crate::context::cpu_attention_ubatch`]).
+    pub(crate) cpu_only: bool,
+    /// Attention heads (llama.cpp's `n_head`), for the size of the attention scores.
+    pub(crate) n_head: u32,
+    /// Elements per head of keys and of values (`attention.key_length` and
+    /// `value_length`, else `n_embd / n_head`).
+    pub(crate) head_sizes: (u32, u32),
 }
 
 /// The KV cache's element type and flash attention, from a load's engine-specific
@@ -121,6 +130,7 @@ impl ModelInner {
         options: Arc<LlamaOptions>,
         kv_settings: KvSettings,
         placement: Option<(crate::rpc::Placement, bool)>,
+        cpu_only: bool,
     ) -> Self {
         // SAFETY (whole block): `ptr` is a live model; the vocab pointer lives as long as it;
         // token ids passed are below n_tokens; buffers passed to the meta functions have the
@@ -151,6 +161,14 @@ impl ModelInner {
                 .or_else(|| get("general.architecture"))
                 .unwrap_or_default();
             let name = get("general.name").unwrap_or_default();
+            let n_head = sys::llama_model_n_head(ptr).max(1) as u32;
+            let n_embd = sys::llama_model_n_embd(ptr).max(0) as u32;
+            let head_size = |key: &str| {
+                get(&format!("{architecture}.attention.{key}"))
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .unwrap_or(n_embd / n_head)
+            };
+            let head_sizes = (head_size("key_length"), head_size("value_length"));
             kv.push(("llama_cpp.description".into(), desc));
             let remote = placement.as_ref().is_some_and(|(_, remote)| *remote);
             if let Some((p, _)) = &placement
@@ -195,6 +213,9 @@ impl ModelInner {
                 capabilities,
                 kv: kv_settings,
                 remote,
+                cpu_only,
+                n_head,
+                head_sizes,
             }
         }
     }

@@ -309,14 +309,15 @@ pub const CUDA_RUNTIME_OVERHEAD: u64 = 590 << 20;
 /// `num_ctx: None` takes the context-length rule's default for the file's own training
 /// context. An engine whose KV cache grows with use (the pure-Rust cpu engine) reaches
 /// the estimate when its context is full and holds less before. The KV cache is counted
-/// in `kv_type`'s bytes per element.
+/// in `kv_settings`' cache type, bytes per element.
 pub fn estimate_memory(
     path: &std::path::Path,
     num_ctx: Option<u32>,
     n_parallel: u32,
     engine: EngineMemory,
-    kv_type: crate::kv_cache::KvCacheType,
+    kv_settings: crate::kv_cache::KvSettings,
 ) -> MemoryEstimate {
+    let kv_type = kv_settings.cache_type;
     let file = std::fs::metadata(path).map_or(0, |m| m.len());
     let Ok(g) = corral_gguf::reader::GgufFile::open(path) else {
         return MemoryEstimate {
@@ -355,7 +356,21 @@ pub fn estimate_memory(
     };
     let outputs = u64::from(n_parallel).saturating_mul(n_vocab).saturating_mul(4);
     let (extra, lazy) = match engine {
-        EngineMemory::GgmlCpuRepack => (ggml_cpu_repacked_bytes(g.tensors()), 0),
+        EngineMemory::GgmlCpuRepack { f16_step } => {
+            // A quantized cache needs flash attention: no scores then.
+            let scores = if kv_type == crate::kv_cache::KvCacheType::F16 && causal {
+                ggml_cpu_attention_scores_bytes(
+                    kv_settings.flash_attention,
+                    num_ctx,
+                    n_head,
+                    (key_length, value_length),
+                    f16_step,
+                )
+            } else {
+                0
+            };
+            (ggml_cpu_repacked_bytes(g.tensors()).saturating_add(scores), 0)
+        }
         EngineMemory::PureRust => {
             let n_ff = get("feed_forward_length").unwrap_or(0);
             let q_dim = n_head.saturating_mul(key_length);
@@ -435,8 +450,14 @@ pub enum EngineMemory {
     Plain,
     /// llama.cpp through CUDA: the buffers, and the CUDA runtime's own share of the GPU.
     CudaRuntime,
-    /// llama.cpp's CPU backend: besides the mapping, a repacked copy of some matrices.
-    GgmlCpuRepack,
+    /// llama.cpp's CPU backend: besides the mapping, a repacked copy of some matrices,
+    /// and the attention scores where it runs without flash attention. `f16_step`: ggml's
+    /// F16 SIMD step in the plugin's build, from the CPU features its manifest requires
+    /// ([`ggml_f16_step`]).
+    GgmlCpuRepack {
+        /// `GGML_F16_STEP`: 128 with AVX512-FP16, 64 with AVX-512, 32 with AVX.
+        f16_step: Option<u32>,
+    },
     /// corral's pure-Rust engine: weights used in place, f32 scratch per batch token, a
     /// KV cache that grows with use (the estimate is its peak).
     PureRust,
@@ -449,12 +470,73 @@ impl EngineMemory {
     pub fn of_plugin(manifest: &corral_plugin_host::Manifest) -> EngineMemory {
         let cpu_variant = manifest.variant == "cpu" || manifest.variant.starts_with("cpu-");
         match manifest.name.as_str() {
-            "llama-cpp" if cpu_variant => EngineMemory::GgmlCpuRepack,
+            "llama-cpp" if cpu_variant => {
+                EngineMemory::GgmlCpuRepack { f16_step: ggml_f16_step(&manifest.requires) }
+            }
             "llama-cpp" if manifest.variant.starts_with("cuda") => EngineMemory::CudaRuntime,
             "cpu" => EngineMemory::PureRust,
             _ => EngineMemory::Plain,
         }
     }
+}
+
+/// ggml's `GGML_F16_STEP` for a llama.cpp build that requires `requires`' CPU features
+/// (the plugin's build and its manifest come from the same compiler flags): 128 with
+/// AVX512-FP16, 64 with AVX-512, 32 with AVX; `None` off x86-64 or without AVX.
+pub fn ggml_f16_step(requires: &corral_probe::Requirements) -> Option<u32> {
+    if requires.arch.as_deref().is_some_and(|a| a != "x86_64" && a != "amd64") {
+        return None;
+    }
+    let has =
+        |f: &str| requires.cpu_features.iter().any(|c| corral_probe::normalize_cpu_feature(c) == f);
+    if has("avx512fp16") {
+        Some(128)
+    } else if has("avx512f") {
+        Some(64)
+    } else if has("avx") {
+        Some(32)
+    } else {
+        None
+    }
+}
+
+/// What llama.cpp's CPU backend holds for attention without flash attention: the f32
+/// scores of one micro-batch against every position of a sequence's context, per head,
+/// and the f16 copy the product with the values converts them to. The llama-cpp plugin
+/// turns flash attention off under `auto` where ggml's kernel would walk a head
+/// element by element (a key or value head size that `f16_step` does not divide) and
+/// the scores fit 256 MiB with a micro-batch of at least 64 tokens (512, shrunk in steps
+/// of 32): its `cpu_flash_attention_is_scalar` and `cpu_attention_ubatch`, mirrored
+/// here. `flash_attention` off: the whole 512-token micro-batch, whatever the size.
+pub fn ggml_cpu_attention_scores_bytes(
+    flash_attention: crate::kv_cache::FlashAttention,
+    num_ctx: u32,
+    n_head: u64,
+    head_sizes: (u64, u64),
+    f16_step: Option<u32>,
+) -> u64 {
+    use crate::kv_cache::FlashAttention;
+    const BUDGET: u64 = 256 << 20;
+    let per_token = u64::from(num_ctx.max(1)).saturating_mul(n_head.max(1)).saturating_mul(4);
+    let ubatch = match flash_attention {
+        FlashAttention::On => return 0,
+        FlashAttention::Off => BATCH_TOKENS,
+        FlashAttention::Auto => {
+            let scalar = f16_step.is_some_and(|s| {
+                let s = u64::from(s);
+                head_sizes.0 % s != 0 || head_sizes.1 % s != 0
+            });
+            let fits = BUDGET / per_token;
+            match (scalar, fits >= BATCH_TOKENS) {
+                (false, _) => return 0,
+                (true, true) => BATCH_TOKENS,
+                (true, false) if fits / 32 * 32 >= 64 => fits / 32 * 32,
+                (true, false) => return 0,
+            }
+        }
+    };
+    // f32 scores and their f16 copy.
+    ubatch.saturating_mul(per_token).saturating_mul(3) / 2
 }
 
 /// What the pure-Rust engine's load-time repacking of Q4_K matmul weights adds: its
@@ -744,7 +826,7 @@ impl Scheduler {
             requested.or(self.settings.num_ctx),
             n_parallel,
             engine_memory,
-            kv.cache_type,
+            kv,
         );
         let need = self.with_draft(&r, need, n_parallel, engine_memory);
         // A model whose weights and KV cache cannot fit even alone is refused here, with
@@ -874,7 +956,7 @@ impl Scheduler {
                 Some(need.num_ctx),
                 n_parallel,
                 engine,
-                crate::kv_cache::KvCacheType::default(),
+                crate::kv_cache::KvSettings::default(),
             );
             need.bytes = need.bytes.saturating_add(draft_need.bytes);
         }
@@ -989,8 +1071,7 @@ impl Scheduler {
             need
         } else {
             let engine_memory = EngineMemory::of_plugin(&plugin.manifest);
-            let need =
-                estimate_memory(&r.path, Some(num_ctx), n_parallel, engine_memory, kv.cache_type);
+            let need = estimate_memory(&r.path, Some(num_ctx), n_parallel, engine_memory, kv);
             self.with_draft(&r, need, n_parallel, engine_memory)
         };
         let size_estimate = need.bytes;
@@ -1176,10 +1257,17 @@ mod tests {
     #[test]
     fn engine_memory_follows_the_shipped_manifests() {
         let cases = [
-            ("backends/llama-cpp/manifests/llama-cpp-cpu.toml", EngineMemory::GgmlCpuRepack),
+            (
+                "backends/llama-cpp/manifests/llama-cpp-cpu.toml",
+                EngineMemory::GgmlCpuRepack { f16_step: None },
+            ),
+            (
+                "backends/llama-cpp/manifests/llama-cpp-cpu-x86-64-v3.toml",
+                EngineMemory::GgmlCpuRepack { f16_step: Some(32) },
+            ),
             (
                 "backends/llama-cpp/manifests/llama-cpp-cpu-x86-64-v4.toml",
-                EngineMemory::GgmlCpuRepack,
+                EngineMemory::GgmlCpuRepack { f16_step: Some(64) },
             ),
             ("backends/llama-cpp/manifests/llama-cpp-cuda12.toml", EngineMemory::CudaRuntime),
             ("backends/llama-cpp/manifests/llama-cpp-cuda13.toml", EngineMemory::CudaRuntime),
@@ -1197,10 +1285,48 @@ mod tests {
         let path = dir.path().join("tiny.gguf");
         let opts = GenerateOptions { shape: ModelShape::tiny(), ..Default::default() };
         generate_llama(&path, &opts).unwrap();
-        let kv = crate::kv_cache::KvCacheType::F16;
+        let kv = crate::kv_cache::KvSettings::default();
         let plain = estimate_memory(&path, Some(512), 4, EngineMemory::Plain, kv);
         let cuda = estimate_memory(&path, Some(512), 4, EngineMemory::CudaRuntime, kv);
         assert_eq!(cuda.bytes, plain.bytes + CUDA_RUNTIME_OVERHEAD);
         assert_eq!(cuda.kv_bytes_per_token, plain.kv_bytes_per_token);
+    }
+
+    #[test]
+    fn attention_scores_count_where_llama_cpp_attends_without_flash_attention() {
+        use crate::kv_cache::FlashAttention::{Auto, Off, On};
+        const MIB: u64 = 1 << 20;
+        // TinyLlama (32 heads of 64) at 4,096 positions with AVX512-FP16's step of 128:
+        // 512 x 4,096 x 32 f32 scores (256 MiB) and their f16 copy.
+        assert_eq!(ggml_cpu_attention_scores_bytes(Auto, 4096, 32, (64, 64), Some(128)), 384 * MIB);
+        // With AVX-512's 64 (or Gemma 3's heads of 256) flash attention stays: nothing.
+        assert_eq!(ggml_cpu_attention_scores_bytes(Auto, 4096, 32, (64, 64), Some(64)), 0);
+        assert_eq!(ggml_cpu_attention_scores_bytes(Auto, 4096, 4, (256, 256), Some(128)), 0);
+        // 8,192 positions: the micro-batch halves, the scores stay at 256 MiB.
+        assert_eq!(ggml_cpu_attention_scores_bytes(Auto, 8192, 32, (64, 64), Some(128)), 384 * MIB);
+        // 131,072 positions: flash attention stays on.
+        assert_eq!(ggml_cpu_attention_scores_bytes(Auto, 131_072, 32, (64, 64), Some(128)), 0);
+        // Set by hand: off costs the full micro-batch, on nothing.
+        assert_eq!(ggml_cpu_attention_scores_bytes(Off, 8192, 32, (128, 128), None), 768 * MIB);
+        assert_eq!(ggml_cpu_attention_scores_bytes(On, 4096, 32, (64, 64), Some(128)), 0);
+
+        // Through the estimate: a generated model with 64-element heads.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        let opts = GenerateOptions { shape: ModelShape::tiny(), ..Default::default() };
+        generate_llama(&path, &opts).unwrap();
+        let kv = crate::kv_cache::KvSettings::default();
+        let at = |f16_step| {
+            estimate_memory(&path, Some(512), 4, EngineMemory::GgmlCpuRepack { f16_step }, kv).bytes
+        };
+        let g = corral_gguf::reader::GgufFile::open(&path).unwrap();
+        let n_head = u64::from(g.get_u32("llama.attention.head_count").unwrap());
+        let head = u64::from(g.get_u32("llama.embedding_length").unwrap()) / n_head;
+        // A step larger than the head: the scores count, as the formula has them.
+        let step = ((head + 1).next_power_of_two() * 2) as u32;
+        let expected = ggml_cpu_attention_scores_bytes(Auto, 512, n_head, (head, head), Some(step));
+        assert!(expected > 0);
+        assert_eq!(at(Some(step)) - at(None), expected, "head {head}, step {step}");
+        assert_eq!(at(Some(1)), at(None), "a step of 1 divides every head size");
     }
 }
