@@ -516,7 +516,7 @@ pub(crate) const GGML_F16_STEP: Option<u32> = if !cfg!(target_arch = "x86_64") {
 /// the step (Gemma 3's 256) flash attention was the faster (12% at 1,700 positions), so
 /// it stays. Figures: the backend's README.
 pub(crate) fn cpu_flash_attention_is_scalar(head_sizes: (u32, u32), step: Option<u32>) -> bool {
-    step.is_some_and(|s| head_sizes.0 % s != 0 || head_sizes.1 % s != 0)
+    step.is_some_and(|s| !head_sizes.0.is_multiple_of(s) || !head_sizes.1.is_multiple_of(s))
 }
 
 /// Bytes of attention scores llama.cpp's CPU path without flash attention may hold at

@@ -524,7 +524,7 @@ pub fn ggml_cpu_attention_scores_bytes(
         FlashAttention::Auto => {
             let scalar = f16_step.is_some_and(|s| {
                 let s = u64::from(s);
-                head_sizes.0 % s != 0 || head_sizes.1 % s != 0
+                !head_sizes.0.is_multiple_of(s) || !head_sizes.1.is_multiple_of(s)
             });
             let fits = BUDGET / per_token;
             match (scalar, fits >= BATCH_TOKENS) {
