@@ -4,7 +4,8 @@
 //! (honouring cgroup limits) and GPUs (NVIDIA, AMD, Apple, and every Vulkan device). The
 //! host uses the result for `corral probe`, `corral probe --json` and for choosing a backend
 //! plugin through [`check`], which matches a plugin manifest's [`Requirements`] against a
-//! [`MachineInfo`].
+//! [`MachineInfo`]. [`ggml`] holds the rule the llama.cpp plugin and the host's memory
+//! estimate share for flash attention on the CPU.
 //!
 //! The crate links no GPU library. NVML (`libnvidia-ml.so.1`) and the Vulkan loader are
 //! opened at run time only, and their absence is a normal result recorded as a note, never
@@ -24,6 +25,7 @@ mod amd;
 mod apple;
 mod cpu;
 mod fsutil;
+pub mod ggml;
 mod memory;
 mod nvidia;
 mod render;

@@ -6,6 +6,7 @@ use corral_backend_api::{
     BackendError, BatchEntry, ContextParams, ErrorKind,
     plugin::{BatchLimits, Context, check_batch, check_seq},
 };
+use corral_probe::ggml;
 use llama_cpp_sys_2 as sys;
 
 use crate::logging;
@@ -157,15 +158,21 @@ impl LlamaContext {
         });
         // `auto` on a model computed wholly on the CPU with an f16 cache, whose head size
         // ggml's flash attention would walk element by element: off, with a micro-batch
-        // whose attention scores fit their budget (`cpu_attention_ubatch`).
+        // whose attention scores fit their budget (`corral_probe::ggml`).
+        let (head_k, head_v) = model.head_sizes;
         if flash_attn.is_none()
             && model.cpu_only
             && model.kv.cache_type.is_none()
-            && cpu_flash_attention_is_scalar(model.head_sizes, GGML_F16_STEP)
+            && ggml::flash_attention_is_scalar((head_k.into(), head_v.into()), ggml_f16_step())
         {
             let n_kv = if kv_unified { p.n_ctx } else { p.n_ctx.div_ceil(p.n_seq_max) };
-            if let Some(u) = cpu_attention_ubatch(n_ubatch, n_kv, model.n_head) {
-                n_ubatch = u;
+            if let Some(u) = ggml::ubatch_without_flash_attention(
+                n_ubatch.into(),
+                n_kv.into(),
+                model.n_head.into(),
+            ) {
+                // At most the n_ubatch given, a u32.
+                n_ubatch = u as u32;
                 flash_attn = Some(false);
             }
         }
@@ -488,100 +495,17 @@ impl Context for LlamaContext {
     }
 }
 
-/// ggml's `GGML_F16_STEP` in this build of llama.cpp: its F16 vector operations
-/// (`ggml_vec_dot_f16`, `ggml_vec_mad_f16`, `ggml_vec_scale_f16`) take that many elements
-/// a loop iteration and the rest one at a time. 128 with AVX512-FP16, 64 with AVX-512, 32
-/// with AVX; `None` elsewhere (ARM's 16 and 32 divide every usual head size). llama.cpp
-/// is compiled for the same CPU features as this crate (`-C target-cpu=native` turns into
-/// GGML_NATIVE; the variants set both), so the crate's target features tell.
-pub(crate) const GGML_F16_STEP: Option<u32> = if !cfg!(target_arch = "x86_64") {
-    None
-} else if cfg!(target_feature = "avx512fp16") {
-    Some(128)
-} else if cfg!(target_feature = "avx512f") {
-    Some(64)
-} else if cfg!(target_feature = "avx") {
-    Some(32)
-} else {
-    None
-};
-
-/// Whether ggml's CPU flash attention would run its per-position work on keys or values
-/// of `head_sizes` (partly) one element at a time: a head size that is not a multiple
-/// of `step`. Its kernel decodes one query against the cache cell by cell, a dot
-/// product, a scalar `expf` and an F16 accumulator update for every cached position;
-/// with a 64-element head and a step of 128 (TinyLlama's heads, a Xeon with AVX512-FP16)
-/// all three are scalar loops, and a decode step at 1,500 cached positions took twice
-/// as long as without flash attention (2.3x at 2,900). With heads that are multiples of
-/// the step (Gemma 3's 256) flash attention was the faster (12% at 1,700 positions), so
-/// it stays. Figures: the backend's README.
-pub(crate) fn cpu_flash_attention_is_scalar(head_sizes: (u32, u32), step: Option<u32>) -> bool {
-    step.is_some_and(|s| !head_sizes.0.is_multiple_of(s) || !head_sizes.1.is_multiple_of(s))
-}
-
-/// Bytes of attention scores llama.cpp's CPU path without flash attention may hold at
-/// once: f32 scores of one micro-batch's queries against every cached position, per head.
-pub(crate) const CPU_ATTENTION_SCORES_BUDGET: u64 = 256 << 20;
-
-/// The smallest micro-batch worth giving flash attention up for (prompt processing
-/// slows when matrix products see fewer rows).
-pub(crate) const CPU_MIN_UBATCH_WITHOUT_FLASH_ATTENTION: u32 = 64;
-
-/// The micro-batch to run without flash attention on the CPU, or `None` to keep it: the
-/// scores, `n_ubatch × n_kv × n_head × 4` bytes, sit in the compute buffer, so the
-/// micro-batch shrinks (in steps of 32) to keep them within
-/// [`CPU_ATTENTION_SCORES_BUDGET`], and where that would take it below
-/// [`CPU_MIN_UBATCH_WITHOUT_FLASH_ATTENTION`] (very long contexts), flash attention stays.
-pub(crate) fn cpu_attention_ubatch(n_ubatch: u32, n_kv: u32, n_head: u32) -> Option<u32> {
-    let per_token = u64::from(n_kv.max(1)) * u64::from(n_head.max(1)) * 4;
-    let fits = CPU_ATTENTION_SCORES_BUDGET / per_token;
-    if fits >= u64::from(n_ubatch) {
-        return Some(n_ubatch);
-    }
-    // fits < n_ubatch, so it fits in a u32.
-    let u = fits as u32 / 32 * 32;
-    (u >= CPU_MIN_UBATCH_WITHOUT_FLASH_ATTENTION).then_some(u)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cpu_attention_keeps_the_micro_batch_while_the_scores_fit() {
-        // TinyLlama (32 heads), 4 sequences of 4,096: 512 x 4,096 x 32 x 4 = 256 MiB.
-        assert_eq!(cpu_attention_ubatch(512, 4096, 32), Some(512));
-        // Gemma 3 270M (4 heads) with 32,768 positions: 256 MiB again.
-        assert_eq!(cpu_attention_ubatch(512, 32_768, 4), Some(512));
-        // A smaller micro-batch asked for stays as it is.
-        assert_eq!(cpu_attention_ubatch(16, 4096, 32), Some(16));
-    }
-
-    #[test]
-    fn cpu_attention_shrinks_the_micro_batch_then_gives_up() {
-        // 8,192 positions x 32 heads: 256 of 512 fit.
-        assert_eq!(cpu_attention_ubatch(512, 8192, 32), Some(256));
-        // 12,000 positions x 32 heads: 174 fit, rounded down to 160.
-        assert_eq!(cpu_attention_ubatch(512, 12_000, 32), Some(160));
-        // 32,768 x 32: 64 fit, the floor.
-        assert_eq!(cpu_attention_ubatch(512, 32_768, 32), Some(64));
-        // 131,072 x 32: 16 would fit, below the floor: flash attention stays on.
-        assert_eq!(cpu_attention_ubatch(512, 131_072, 32), None);
-        // Degenerate sizes do not divide by zero.
-        assert_eq!(cpu_attention_ubatch(512, 0, 0), Some(512));
-    }
-
-    #[test]
-    fn flash_attention_is_scalar_where_the_head_size_is_not_a_multiple_of_the_step() {
-        // TinyLlama's 64: scalar with AVX512-FP16's 128, vectorised with AVX-512's 64.
-        assert!(cpu_flash_attention_is_scalar((64, 64), Some(128)));
-        assert!(!cpu_flash_attention_is_scalar((64, 64), Some(64)));
-        // Phi-3's 96 has a scalar tail with 64; Gemma 3's 256 never.
-        assert!(cpu_flash_attention_is_scalar((96, 96), Some(64)));
-        assert!(!cpu_flash_attention_is_scalar((256, 256), Some(128)));
-        // Keys and values count apart (MLA-style heads: 192 and 128).
-        assert!(cpu_flash_attention_is_scalar((192, 128), Some(128)));
-        // No x86 SIMD step known: llama.cpp's choice stands.
-        assert!(!cpu_flash_attention_is_scalar((64, 64), None));
-    }
+/// ggml's `GGML_F16_STEP` in this build of llama.cpp
+/// ([`corral_probe::ggml::f16_step`]). llama.cpp is compiled for the same CPU features as
+/// this crate (`-C target-cpu=native` turns into GGML_NATIVE; the variants set both), so
+/// the crate's target features tell.
+fn ggml_f16_step() -> Option<u32> {
+    const BUILT_WITH: [(&str, bool); 3] = [
+        ("avx512fp16", cfg!(target_feature = "avx512fp16")),
+        ("avx512f", cfg!(target_feature = "avx512f")),
+        ("avx", cfg!(target_feature = "avx")),
+    ];
+    ggml::f16_step(cfg!(target_arch = "x86_64"), |feature| {
+        BUILT_WITH.iter().any(|&(name, on)| on && name == feature)
+    })
 }

@@ -29,7 +29,7 @@ pub(crate) struct ModelInner {
     remote: bool,
     /// Whether every layer computes on this machine's CPU (no GPU device, or
     /// `n_gpu_layers = 0`, and no other machine): where flash attention's `auto` means off
-    /// ([`crate::context::cpu_attention_ubatch`]).
+    /// ([`corral_probe::ggml`]).
     pub(crate) cpu_only: bool,
     /// Attention heads (llama.cpp's `n_head`), for the size of the attention scores.
     pub(crate) n_head: u32,

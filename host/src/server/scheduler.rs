@@ -481,33 +481,22 @@ impl EngineMemory {
 }
 
 /// ggml's `GGML_F16_STEP` for a llama.cpp build that requires `requires`' CPU features
-/// (the plugin's build and its manifest come from the same compiler flags): 128 with
-/// AVX512-FP16, 64 with AVX-512, 32 with AVX; `None` off x86-64 or without AVX.
+/// (the plugin's build and its manifest come from the same compiler flags):
+/// [`corral_probe::ggml::f16_step`].
 pub fn ggml_f16_step(requires: &corral_probe::Requirements) -> Option<u32> {
-    if requires.arch.as_deref().is_some_and(|a| a != "x86_64" && a != "amd64") {
-        return None;
-    }
-    let has =
-        |f: &str| requires.cpu_features.iter().any(|c| corral_probe::normalize_cpu_feature(c) == f);
-    if has("avx512fp16") {
-        Some(128)
-    } else if has("avx512f") {
-        Some(64)
-    } else if has("avx") {
-        Some(32)
-    } else {
-        None
-    }
+    let x86_64 = requires.arch.as_deref().is_none_or(|a| a == "x86_64" || a == "amd64");
+    corral_probe::ggml::f16_step(x86_64, |f| {
+        requires.cpu_features.iter().any(|c| corral_probe::normalize_cpu_feature(c) == f)
+    })
 }
 
 /// What llama.cpp's CPU backend holds for attention without flash attention: the f32
 /// scores of one micro-batch against every position of a sequence's context, per head,
-/// and the f16 copy the product with the values converts them to. The llama-cpp plugin
-/// turns flash attention off under `auto` where ggml's kernel would walk a head
-/// element by element (a key or value head size that `f16_step` does not divide) and
-/// the scores fit 256 MiB with a micro-batch of at least 64 tokens (512, shrunk in steps
-/// of 32): its `cpu_flash_attention_is_scalar` and `cpu_attention_ubatch`, mirrored
-/// here. `flash_attention` off: the whole 512-token micro-batch, whatever the size.
+/// and the f16 copy the product with the values converts them to. Under `auto` the
+/// llama-cpp plugin decides by [`corral_probe::ggml`]'s rule, applied here the same way:
+/// off where ggml's kernel would walk a head element by element, with a micro-batch
+/// (512, shrunk) whose scores fit the budget. `flash_attention` off: the whole 512-token
+/// micro-batch, whatever the size.
 pub fn ggml_cpu_attention_scores_bytes(
     flash_attention: crate::kv_cache::FlashAttention,
     num_ctx: u32,
@@ -516,27 +505,17 @@ pub fn ggml_cpu_attention_scores_bytes(
     f16_step: Option<u32>,
 ) -> u64 {
     use crate::kv_cache::FlashAttention;
-    const BUDGET: u64 = 256 << 20;
+    use corral_probe::ggml;
     let per_token = u64::from(num_ctx.max(1)).saturating_mul(n_head.max(1)).saturating_mul(4);
     let ubatch = match flash_attention {
-        FlashAttention::On => return 0,
-        FlashAttention::Off => BATCH_TOKENS,
-        FlashAttention::Auto => {
-            let scalar = f16_step.is_some_and(|s| {
-                let s = u64::from(s);
-                !head_sizes.0.is_multiple_of(s) || !head_sizes.1.is_multiple_of(s)
-            });
-            let fits = BUDGET / per_token;
-            match (scalar, fits >= BATCH_TOKENS) {
-                (false, _) => return 0,
-                (true, true) => BATCH_TOKENS,
-                (true, false) if fits / 32 * 32 >= 64 => fits / 32 * 32,
-                (true, false) => return 0,
-            }
-        }
+        FlashAttention::On => None,
+        FlashAttention::Off => Some(BATCH_TOKENS),
+        FlashAttention::Auto => ggml::flash_attention_is_scalar(head_sizes, f16_step)
+            .then(|| ggml::ubatch_without_flash_attention(BATCH_TOKENS, num_ctx.into(), n_head))
+            .flatten(),
     };
     // f32 scores and their f16 copy.
-    ubatch.saturating_mul(per_token).saturating_mul(3) / 2
+    ubatch.map_or(0, |u| u.saturating_mul(per_token).saturating_mul(3) / 2)
 }
 
 /// What the pure-Rust engine's load-time repacking of Q4_K matmul weights adds: its
