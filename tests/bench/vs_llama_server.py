@@ -238,6 +238,8 @@ def main():
                     help="corral's engine (`corral serve --backend`); default: the host's choice")
     ap.add_argument("--one-at-a-time", action="store_true",
                     help="start each server alone per repetition (default: both stay up, measurements interleaved)")
+    ap.add_argument("--llama-server-args", default="",
+                    help="extra llama-server arguments, space-separated (e.g. \"-fa off\")")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     gguf = os.path.abspath(args.gguf)
@@ -253,7 +255,8 @@ def main():
                                + (["--backend", args.backend] if args.backend else []), cenv, gguf),
         "llama-server": lambda: Peer("llama-server", [args.llama_server, "-m", gguf, "-t", str(args.threads),
                                                       "-tb", str(args.threads), "-np", "4", "-c", str(4 * args.ctx),
-                                                      "--host", "127.0.0.1", "--port", "{port}"],
+                                                      "--host", "127.0.0.1", "--port", "{port}"]
+                                     + args.llama_server_args.split(),
                                      dict(os.environ), "model"),
     }
     levels = [int(x) for x in args.concurrency.split(",") if x]

@@ -53,7 +53,7 @@ struct Args {
     flash_attn: Option<bool>,
 }
 
-const USAGE: &str = "usage: llama-raw (bench|greedy|logits|batched|chunks|tokenize) MODEL [--threads N] \
+const USAGE: &str = "usage: llama-raw (bench|greedy|logits|batched|chunks|shared|tokenize) MODEL [--threads N] \
 [--pp N] [--tg N] [--reps N] [--prompt TEXT] [--n N] [--ctx N] [--gpu-layers N] \
 [--np N,N,..] [--unified 0|1] [--fa 0|1] [--json]";
 
@@ -485,6 +485,93 @@ fn batched(a: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// `shared`: one round of the shared-prompt workload on llama.cpp alone. `--pp` prompt
+/// tokens are decoded once on sequence 0 and copied to the other `--np` sequences
+/// (`llama_memory_seq_cp`: shared cells in a unified cache, a copy per stream otherwise);
+/// then each sequence's own `--n` question tokens, one sequence per call (as corral's
+/// host does) and all in one call (as llama-server does); then `--tg` steps of one token
+/// per sequence. Prints the milliseconds of each phase, per repetition's median.
+fn shared(a: &Args) -> Result<(), String> {
+    let m = load(a)?;
+    let np = a.nps.first().copied().unwrap_or(4).max(1);
+    let n_ctx =
+        if a.ctx > 0 { a.ctx } else { ((a.pp + a.n + a.tg + 1) * np).next_multiple_of(256) as u32 };
+    let c = new_ctx_seqs(&m, a, n_ctx, 2048, np as u32, a.unified)?;
+    let nv = n_vocab(&m) as i32;
+    let token = |k: usize| (100 + (k as i32 * 7919) % (nv - 200).max(1)).min(nv - 1);
+    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+    let mut rows: Vec<[f64; 4]> = Vec::new();
+    for rep in 0..=a.reps {
+        let mut phase = [0f64; 4];
+        for (together, slot) in [(false, 1usize), (true, 2)] {
+            clear(&c);
+            let t = Instant::now();
+            let prefix: Vec<_> = (0..a.pp).map(|p| (token(p), p as i32, 0, false)).collect();
+            for chunk in prefix.chunks(512) {
+                decode_entries(&c, chunk)?;
+            }
+            for s in 1..np {
+                // SAFETY: live context; sequence ids below n_seq_max.
+                unsafe {
+                    sys::llama_memory_seq_cp(sys::llama_get_memory(c.0), 0, s as i32, -1, -1)
+                };
+            }
+            // SAFETY: live context.
+            unsafe { sys::llama_synchronize(c.0) };
+            phase[0] = ms(t);
+            let question = |s: usize| -> Vec<(i32, i32, i32, bool)> {
+                (0..a.n)
+                    .map(|k| {
+                        (token(10_000 + s * 1000 + k), (a.pp + k) as i32, s as i32, k + 1 == a.n)
+                    })
+                    .collect()
+            };
+            let t = Instant::now();
+            if together {
+                let all: Vec<_> = (0..np).flat_map(question).collect();
+                decode_entries(&c, &all)?;
+            } else {
+                for s in 0..np {
+                    decode_entries(&c, &question(s))?;
+                }
+            }
+            // SAFETY: live context.
+            unsafe { sys::llama_synchronize(c.0) };
+            phase[slot] = ms(t);
+            if together {
+                let t = Instant::now();
+                for i in 0..a.tg {
+                    let step: Vec<_> = (0..np)
+                        .map(|s| (token(20_000 + i), (a.pp + a.n + i) as i32, s as i32, true))
+                        .collect();
+                    decode_entries(&c, &step)?;
+                }
+                // SAFETY: live context.
+                unsafe { sys::llama_synchronize(c.0) };
+                phase[3] = ms(t) / a.tg.max(1) as f64;
+            }
+        }
+        if rep > 0 {
+            rows.push(phase);
+        }
+    }
+    let median = |i: usize| {
+        let mut v: Vec<f64> = rows.iter().map(|r| r[i]).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let out = json!({"threads": a.threads, "unified": a.unified, "flash_attn": a.flash_attn,
+        "n_seq": np, "prefix": a.pp, "question": a.n,
+        "prefix_ms": median(0), "questions_one_by_one_ms": median(1),
+        "questions_together_ms": median(2), "step_ms": median(3)});
+    if a.json {
+        println!("{out}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    }
+    Ok(())
+}
+
 fn tokenize(m: &Model, text: &str) -> Result<Vec<i32>, String> {
     let len = i32::try_from(text.len()).map_err(|_| "prompt too long")?;
     let mut cap = text.len() + 4;
@@ -631,6 +718,7 @@ fn main() -> ExitCode {
         "logits" => greedy(&a, true),
         "batched" => batched(&a),
         "chunks" => chunks(&a),
+        "shared" => shared(&a),
         "tokenize" => tokenize_many(&a),
         other => Err(format!("unknown command {other}\n{USAGE}")),
     };
