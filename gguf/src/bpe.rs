@@ -13,6 +13,7 @@
 //! [`Bpe::encode`] is a reference encoder (GPT-2's rank-based merge loop), which gives
 //! the same ids as llama.cpp's BPE tokenizer with the "gpt-2" pre-tokenizer.
 
+use crate::special::{Fragment, SpecialMatcher, SpecialToken};
 use std::collections::HashMap;
 
 use fancy_regex::Regex;
@@ -130,8 +131,8 @@ pub struct Bpe {
     learned_merges: usize,
     /// Token id of each byte value, if the vocabulary has one.
     byte_ids: [Option<u32>; 256],
-    /// Control tokens recognised by [`Bpe::encode_with_special`], longest first.
-    specials: Vec<(String, u32)>,
+    /// Control, unknown and user-defined tokens, found by [`Bpe::encode_with_special`].
+    specials: SpecialMatcher,
     bos: Option<u32>,
     eos: Option<u32>,
     eot: Option<u32>,
@@ -294,14 +295,7 @@ impl Bpe {
                 byte_ids[*byte as usize] = Some(id as u32);
             }
         }
-        let mut specials: Vec<(String, u32)> = tokens
-            .iter()
-            .zip(&token_types)
-            .enumerate()
-            .filter(|(_, (t, ty))| **ty == TOKEN_TYPE_CONTROL && !t.is_empty())
-            .map(|(id, (t, _))| (t.clone(), id as u32))
-            .collect();
-        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+        let specials = SpecialMatcher::from_vocab(&tokens, &token_types, false);
         let text_ids = if pre == PreTokenizer::Llama3 {
             tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect()
         } else {
@@ -494,9 +488,9 @@ impl Bpe {
         self.eot
     }
 
-    /// The control tokens, longest text first.
-    pub fn special_tokens(&self) -> &[(String, u32)] {
-        &self.specials
+    /// The control, unknown and user-defined tokens, in id order.
+    pub fn special_tokens(&self) -> &[SpecialToken] {
+        self.specials.tokens()
     }
 
     /// Encodes `text` as plain text (no BOS is added): special-token strings in it are
@@ -517,30 +511,26 @@ impl Bpe {
         out
     }
 
-    /// Encodes `text`, turning occurrences of the special-token strings into their ids.
+    /// Encodes `text` as `llama_tokenize(..., add_special = false, parse_special = true)`
+    /// does: the texts of control, unknown and user-defined tokens become those tokens
+    /// (found as llama.cpp finds them: [`SpecialMatcher::partition`]), the text between
+    /// them is encoded.
     pub fn encode_with_special(&self, text: &str) -> Vec<u32> {
+        self.encode_parsing(text, true)
+    }
+
+    /// Encodes `text` as `llama_tokenize(..., add_special = false, parse_special)` does:
+    /// user-defined tokens' texts become those tokens always, control and unknown
+    /// tokens' only with `parse_special`.
+    pub fn encode_parsing(&self, text: &str, parse_special: bool) -> Vec<u32> {
         let mut out = Vec::new();
-        let mut rest = text;
-        loop {
-            // The leftmost special token; at equal positions the longest.
-            let next = self
-                .specials
-                .iter()
-                .enumerate()
-                .filter_map(|(i, (s, id))| rest.find(s.as_str()).map(|at| (at, i, *id, s.len())))
-                .min();
-            match next {
-                Some((at, _, id, len)) => {
-                    out.extend(self.encode(&rest[..at]));
-                    out.push(id);
-                    rest = &rest[at + len..];
-                }
-                None => {
-                    out.extend(self.encode(rest));
-                    return out;
-                }
+        for fragment in self.specials.partition(text, parse_special) {
+            match fragment {
+                Fragment::Text(t) => out.extend(self.encode(t)),
+                Fragment::Token(id) => out.push(id),
             }
         }
+        out
     }
 
     /// GPT-2's merge loop on one pre-token: repeatedly merge every occurrence of the

@@ -28,6 +28,7 @@ pub mod generate;
 pub mod kquant;
 pub mod quant;
 pub mod reader;
+pub mod special;
 pub mod spm;
 pub mod types;
 pub mod writer;

@@ -544,47 +544,9 @@ impl Spm {
     /// after each special token when the vocabulary adds a space prefix. Add BOS
     /// yourself ([`Spm::bos_id`]).
     pub fn encode_with_special(&self, text: &str) -> Vec<u32> {
-        enum Frag<'a> {
-            Text(&'a str),
-            Token(u32),
-        }
-        let mut specials: Vec<u32> = (0..self.tokens.len() as u32)
-            .filter(|&i| {
-                matches!(
-                    self.types[i as usize],
-                    TOKEN_TYPE_CONTROL | TOKEN_TYPE_UNKNOWN | TOKEN_TYPE_USER_DEFINED
-                ) && !self.tokens[i as usize].is_empty()
-            })
-            .collect();
-        specials.sort_by_key(|&i| std::cmp::Reverse(self.tokens[i as usize].len()));
-        let mut frags = vec![Frag::Text(text)];
-        for id in specials {
-            let pat = self.tokens[id as usize].as_str();
-            let mut next = Vec::with_capacity(frags.len());
-            for f in frags {
-                let Frag::Text(mut rest) = f else {
-                    next.push(f);
-                    continue;
-                };
-                let rstrip =
-                    self.rstrip_specials && !["<unk>", "<s>", "<|endoftext|>"].contains(&pat);
-                while let Some(pos) = rest.find(pat) {
-                    if pos > 0 {
-                        next.push(Frag::Text(&rest[..pos]));
-                    }
-                    next.push(Frag::Token(id));
-                    rest = &rest[pos + pat.len()..];
-                    if rstrip {
-                        // C's isspace.
-                        rest = rest.trim_start_matches([' ', '\t', '\n', '\x0b', '\x0c', '\r']);
-                    }
-                }
-                if !rest.is_empty() {
-                    next.push(Frag::Text(rest));
-                }
-            }
-            frags = next;
-        }
+        use crate::special::{Fragment as Frag, SpecialMatcher};
+        let frags = SpecialMatcher::from_vocab(&self.tokens, &self.types, self.rstrip_specials)
+            .partition(text, true);
         let mut out = Vec::new();
         let mut prev_special = true;
         for f in frags {

@@ -356,6 +356,48 @@ pub fn cpu_plugin_dir(dir: &Path) -> Option<PathBuf> {
     Some(plugin_dir(dir, "cpu", &manifest, Some(&lib)))
 }
 
+/// A chat of 100,000 short turns (200,000 special-token texts in its ChatML prompt,
+/// 3.7 MB) sent to `corral serve` with `plugin`'s engine: answered (truncated to its
+/// `num_ctx`) within a minute, and the engine answers the next request, instead of being
+/// held for the better part of an hour by a tokenizer's special-token pass (llama.cpp's is
+/// quadratic in the matches; the engine worker's watchdog would kill it after five
+/// minutes and every request on the model would fail meanwhile).
+pub fn assert_a_chat_of_100000_turns_is_answered_promptly(plugin: &Path, dir: &Path) {
+    let model = dir.join("chat.gguf");
+    generate_model(&model, "tiny", "f32");
+    let model = model.to_string_lossy().into_owned();
+    let server = Server::start(&[plugin], &[], &[]);
+    let messages: Vec<serde_json::Value> = (0..100_000)
+        .map(|i| {
+            let role = if i % 2 == 0 { "user" } else { "assistant" };
+            serde_json::json!({"role": role, "content": "hi there"})
+        })
+        .chain([serde_json::json!({"role": "user", "content": "and now?"})])
+        .collect();
+    let started = std::time::Instant::now();
+    let (status, v) = post_json(
+        &server.url,
+        "/api/chat",
+        &serde_json::json!({"model": model, "messages": messages, "stream": false,
+            "options": {"num_ctx": 512, "num_predict": 2, "temperature": 0}}),
+    );
+    let took = started.elapsed();
+    assert_eq!(status, 200, "{v}\n{}", server.log());
+    assert_eq!(v["done"], true, "{v}");
+    println!(
+        "a chat of 100,000 turns: {took:?}, {} prompt tokens evaluated",
+        v["prompt_eval_count"]
+    );
+    assert!(took < std::time::Duration::from_secs(60), "took {took:?}");
+    let (status, v) = post_json(
+        &server.url,
+        "/api/generate",
+        &serde_json::json!({"model": model, "prompt": "hello", "stream": false,
+            "options": {"num_predict": 2}}),
+    );
+    assert_eq!(status, 200, "{v}");
+}
+
 /// The `llama-raw` reference binary: `CORRAL_LLAMA_RAW` if set, else the one built beside
 /// the tests; `None` (with the reason printed) when there is none.
 pub fn llama_raw_bin() -> Option<PathBuf> {

@@ -17,6 +17,13 @@ fn conformance_suite_passes_on_cpu_backend() {
 }
 
 #[test]
+fn a_chat_of_100000_turns_is_answered_promptly_on_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(plugin) = cpu_plugin_dir(dir.path()) else { return };
+    assert_a_chat_of_100000_turns_is_answered_promptly(&plugin, dir.path());
+}
+
+#[test]
 fn greedy_run_on_cpu_equals_raw_llama_cpp() {
     let dir = tempfile::tempdir().unwrap();
     let Some(plugin) = cpu_plugin_dir(dir.path()) else { return };

@@ -39,6 +39,13 @@ fn bad_model_files_are_clear_errors() {
 }
 
 #[test]
+fn a_chat_of_100000_turns_is_answered_promptly() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(plugin) = llama_cpp_plugin_dir(dir.path()) else { return };
+    assert_a_chat_of_100000_turns_is_answered_promptly(&plugin, dir.path());
+}
+
+#[test]
 fn prompt_longer_than_context_is_truncated_or_refused() {
     let dir = tempfile::tempdir().unwrap();
     let Some(plugin) = llama_cpp_plugin_dir(dir.path()) else { return };

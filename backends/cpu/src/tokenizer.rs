@@ -6,6 +6,8 @@
 use std::collections::HashMap;
 
 use corral_backend_api::SpecialTokenIds;
+use corral_gguf::special::{Fragment, SpecialMatcher};
+use corral_gguf::spm::is_phi3_name;
 use corral_gguf::{bpe::Bpe, reader::GgufFile};
 
 use crate::Error;
@@ -121,13 +123,7 @@ impl Tokenizer {
             out.push(b);
         }
         match self {
-            Tokenizer::Bpe(b) => {
-                if parse_special {
-                    out.extend(b.encode_with_special(text));
-                } else {
-                    out.extend(b.encode(text));
-                }
-            }
+            Tokenizer::Bpe(b) => out.extend(b.encode_parsing(text, parse_special)),
             Tokenizer::Spm(s) => s.encode(text, parse_special, &mut out),
         }
         if let (true, Some(e)) = (add_special && special.add_eos, special.eos) {
@@ -190,8 +186,8 @@ pub struct Spm {
     byte_ids: [Option<u32>; 256],
     unk: Option<u32>,
     add_space_prefix: bool,
-    /// Control and user-defined tokens, longest first, for `parse_special`.
-    specials: Vec<(String, u32)>,
+    /// Control, unknown and user-defined tokens, found as llama.cpp finds them.
+    specials: SpecialMatcher,
 }
 
 impl Spm {
@@ -224,13 +220,9 @@ impl Spm {
         for (b, slot) in byte_ids.iter_mut().enumerate() {
             *slot = ids.get(&format!("<0x{b:02X}>")).copied();
         }
-        let mut specials: Vec<(String, u32)> = tokens
-            .iter()
-            .enumerate()
-            .filter(|(i, t)| !t.is_empty() && matches!(types[*i], TYPE_CONTROL | TYPE_USER_DEFINED))
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
-        specials.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
+        // llama.cpp's Phi-3 quirk: special tokens strip the whitespace after them.
+        let phi3 = file.get_str("general.name").is_some_and(is_phi3_name);
+        let specials = SpecialMatcher::from_vocab(&tokens, &types, phi3);
         let unk = file
             .get_u32("tokenizer.ggml.unknown_token_id")
             .or_else(|| types.iter().position(|&t| t == TYPE_UNKNOWN).map(|i| i as u32))
@@ -260,36 +252,20 @@ impl Spm {
         Some(t.replace('\u{2581}', " ").into_bytes())
     }
 
+    /// llama.cpp's SPM over the fragments between special tokens: a space prefix (when
+    /// the vocabulary adds one) at the start and after every special token.
     fn encode(&self, text: &str, parse_special: bool, out: &mut Vec<u32>) {
-        let mut first = true;
-        let mut rest = text;
-        loop {
-            let next = if parse_special {
-                self.specials
-                    .iter()
-                    .filter_map(|(s, id)| {
-                        rest.find(s.as_str()).map(|at| (at, std::cmp::Reverse(s.len()), *id))
-                    })
-                    .min()
-            } else {
-                None
-            };
-            let (piece, special) = match next {
-                Some((at, std::cmp::Reverse(len), id)) => {
-                    let p = &rest[..at];
-                    rest = &rest[at + len..];
-                    (p, Some(id))
+        let mut prev_special = true;
+        for fragment in self.specials.partition(text, parse_special) {
+            match fragment {
+                Fragment::Text(piece) => {
+                    self.encode_fragment(piece, prev_special && self.add_space_prefix, out);
+                    prev_special = false;
                 }
-                None => (std::mem::take(&mut rest), None),
-            };
-            if !piece.is_empty() {
-                // llama.cpp adds the space prefix only before the first text fragment.
-                self.encode_fragment(piece, first && self.add_space_prefix, out);
-                first = false;
-            }
-            match special {
-                Some(id) => out.push(id),
-                None => return,
+                Fragment::Token(id) => {
+                    out.push(id);
+                    prev_special = true;
+                }
             }
         }
     }

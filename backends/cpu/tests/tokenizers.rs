@@ -1,15 +1,24 @@
 //! The engine's BPE tokenizer against llama.cpp's on generated vocabularies with each
 //! pre-tokenizer it reproduces: GPT-2's (`gpt-2`), Llama 3's (`llama-bpe`, with its
-//! whole-word lookups) and Qwen 2's (`qwen2`), 1,000 varied strings each. Skips, saying
-//! why, when `llama-raw` is missing.
+//! whole-word lookups) and Qwen 2's (`qwen2`), and its SentencePiece tokenizer on Llama 2
+//! style (space prefix) and Phi-3 style (special tokens strip the whitespace after them)
+//! vocabularies: 1,000 varied strings each, and long texts dense with special-token texts
+//! (found in one pass, as llama.cpp finds them one by one). Skips, saying why, when
+//! `llama-raw` is missing.
 
 mod common;
 
 use common::{assert_tokenization_equals_llama_cpp, llama_raw, varied_strings};
-use corral_gguf::generate::{Arch, GenerateOptions, ModelShape, WeightType, generate_model};
+use corral_gguf::generate::{
+    Arch, GenerateOptions, ModelShape, VocabKind, WeightType, generate_model,
+};
 use corral_gguf::reader::GgufFile;
 
 fn check(arch: Arch, pre: &str) {
+    check_vocab(arch, None, Some(pre));
+}
+
+fn check_vocab(arch: Arch, vocab: Option<VocabKind>, pre: Option<&str>) {
     let Some(raw) = llama_raw() else { return };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(format!("{arch:?}.gguf"));
@@ -18,12 +27,64 @@ fn check(arch: Arch, pre: &str) {
         shape: ModelShape { n_vocab: 8000, ..ModelShape::tiny() },
         weight_type: WeightType::F32,
         seed: 5,
+        vocab,
+        name: format!("corral-{}", arch.name()),
         ..Default::default()
     };
     generate_model(&path, &opts).unwrap();
     let file = GgufFile::open(&path).unwrap();
-    assert_eq!(file.get_str("tokenizer.ggml.pre"), Some(pre));
-    assert_tokenization_equals_llama_cpp(&raw, &path, &varied_strings());
+    if let Some(pre) = pre {
+        assert_eq!(file.get_str("tokenizer.ggml.pre"), Some(pre));
+    }
+    let mut texts = varied_strings();
+    texts.extend((0..2).map(|seed| special_heavy_text(4000, seed)));
+    assert_tokenization_equals_llama_cpp(&raw, &path, &texts);
+}
+
+/// `turns` special-token texts of several families (plain text where the vocabulary
+/// lacks them), each followed by up to two pieces of text, whitespace or near-misses.
+fn special_heavy_text(turns: usize, seed: u64) -> String {
+    const SPECIAL: [&str; 12] = [
+        "<|im_start|>",
+        "<|im_end|>",
+        "<s>",
+        "</s>",
+        "<start_of_turn>",
+        "<end_of_turn>",
+        "<unk>",
+        "<|user|>",
+        "<|assistant|>",
+        "<|end|>",
+        "<|endoftext|>",
+        "<|eot_id|>",
+    ];
+    const TEXT: [&str; 10] =
+        ["user\n", " Hello world", "  ", "\n\n", " ", "日本語", " 🙂", "<", "|>", "<start_of"];
+    let mut state = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut next = |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let mut s = String::new();
+    for _ in 0..turns {
+        s.push_str(SPECIAL[next(SPECIAL.len())]);
+        for _ in 0..next(3) {
+            s.push_str(TEXT[next(TEXT.len())]);
+        }
+    }
+    s
+}
+
+#[test]
+fn llama2_style_sentencepiece_equals_llama_cpp() {
+    check_vocab(Arch::Llama, Some(VocabKind::SentencePiece), None);
+}
+
+#[test]
+fn phi3_sentencepiece_equals_llama_cpp() {
+    check_vocab(Arch::Phi3, None, None);
 }
 
 #[test]

@@ -23,6 +23,7 @@ mod gguf_check;
 mod logging;
 mod model;
 mod rpc;
+mod special_split;
 
 pub use backend::{LlamaBackend, LlamaOptions};
 pub use context::LlamaContext;

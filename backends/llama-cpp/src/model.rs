@@ -3,6 +3,8 @@
 use std::ffi::c_char;
 use std::sync::{Arc, OnceLock};
 
+use crate::special_split::{Affixes, SpecialSplitter, SpecialText, WHOLE_BELOW};
+
 use corral_backend_api::{
     BackendError, Capabilities, ContextParams, ModelInfo, SpecialTokenIds, plugin::Model,
 };
@@ -36,6 +38,12 @@ pub(crate) struct ModelInner {
     /// Elements per head of keys and of values (`attention.key_length` and
     /// `value_length`, else `n_embd / n_head`).
     pub(crate) head_sizes: (u32, u32),
+    /// The vocabulary's special-token texts, for cutting long texts before
+    /// `llama_tokenize` (built on the first long text).
+    splitter: OnceLock<SpecialSplitter>,
+    /// What `add_special` adds around a text, for texts tokenized in pieces (`None`: not
+    /// derivable; such texts go whole).
+    affixes: OnceLock<Option<Affixes>>,
 }
 
 /// The KV cache's element type and flash attention, from a load's engine-specific
@@ -216,8 +224,126 @@ impl ModelInner {
                 cpu_only,
                 n_head,
                 head_sizes,
+                splitter: OnceLock::new(),
+                affixes: OnceLock::new(),
             }
         }
+    }
+
+    /// The special-token texts llama.cpp's tokenizer parses (control, user-defined and
+    /// unknown tokens, as its `cache_special_tokens`).
+    fn splitter(&self) -> &SpecialSplitter {
+        self.splitter.get_or_init(|| {
+            let mut tokens = Vec::new();
+            for id in 0..self.n_vocab as sys::llama_token {
+                // SAFETY: live vocabulary; `id` below its token count. The text pointer
+                // is NUL-terminated and lives as long as the vocabulary; it is copied.
+                let (attr, text) = unsafe {
+                    let attr = sys::llama_vocab_get_attr(self.vocab, id);
+                    let text = sys::llama_vocab_get_text(self.vocab, id);
+                    let bytes = if text.is_null() {
+                        Vec::new()
+                    } else {
+                        std::ffi::CStr::from_ptr(text).to_bytes().to_vec()
+                    };
+                    (attr, bytes)
+                };
+                let control =
+                    attr & (sys::LLAMA_TOKEN_ATTR_CONTROL | sys::LLAMA_TOKEN_ATTR_UNKNOWN);
+                if control == 0 && attr & sys::LLAMA_TOKEN_ATTR_USER_DEFINED == 0 {
+                    continue;
+                }
+                tokens.push((
+                    text,
+                    SpecialText {
+                        only_when_parsing_special: control != 0,
+                        strips_left: attr & sys::LLAMA_TOKEN_ATTR_LSTRIP != 0,
+                    },
+                ));
+            }
+            SpecialSplitter::new(tokens)
+        })
+    }
+
+    /// The tokens `add_special` adds before and after a text ([`Affixes::derive`]).
+    fn affixes(&self) -> Option<&Affixes> {
+        self.affixes
+            .get_or_init(|| {
+                let both = self.tokenize_whole(b"", true, false).ok()?;
+                let with = self.tokenize_whole(b"a", true, false).ok()?;
+                let bare = self.tokenize_whole(b"a", false, false).ok()?;
+                Affixes::derive(&both, &with, &bare)
+            })
+            .as_ref()
+    }
+
+    /// `llama_tokenize` over the whole of `text`.
+    fn tokenize_whole(
+        &self,
+        text: &[u8],
+        add_special: bool,
+        parse_special: bool,
+    ) -> Result<Vec<sys::llama_token>, BackendError> {
+        let len = i32::try_from(text.len()).map_err(|_| {
+            BackendError::invalid(format!("text of {} bytes is too long to tokenize", text.len()))
+        })?;
+        // A token covers at least one byte, plus bos/eos.
+        let mut cap = text.len() + 4;
+        for _ in 0..2 {
+            let mut out: Vec<sys::llama_token> = vec![0; cap];
+            let cap_i32 = i32::try_from(cap)
+                .map_err(|_| BackendError::invalid("text too long to tokenize"))?;
+            // SAFETY: `text` is valid for `len` bytes (it need not be NUL-terminated: the
+            // length is given); `out` holds `cap` tokens.
+            let n = unsafe {
+                sys::llama_tokenize(
+                    self.vocab,
+                    text.as_ptr().cast(),
+                    len,
+                    out.as_mut_ptr(),
+                    cap_i32,
+                    add_special,
+                    parse_special,
+                )
+            };
+            if n == i32::MIN {
+                return Err(BackendError::invalid("tokenization result too large"));
+            }
+            if n >= 0 {
+                out.truncate(n as usize);
+                return Ok(out);
+            }
+            cap = n.unsigned_abs() as usize;
+        }
+        Err(BackendError::internal("llama_tokenize kept asking for a larger buffer"))
+    }
+
+    /// Tokenizes `text` as `llama_tokenize` does; a long text in pieces cut where the
+    /// result cannot change ([`crate::special_split`]), so that llama.cpp's
+    /// special-token pass, quadratic in its matches, stays short.
+    pub(crate) fn tokenize(
+        &self,
+        text: &[u8],
+        add_special: bool,
+        parse_special: bool,
+    ) -> Result<Vec<u32>, BackendError> {
+        let as_ids = |v: Vec<sys::llama_token>| v.into_iter().map(|t| t as u32).collect();
+        if text.len() < WHOLE_BELOW {
+            return self.tokenize_whole(text, add_special, parse_special).map(as_ids);
+        }
+        let cuts = self.splitter().cuts(text, parse_special).map_err(BackendError::invalid)?;
+        let affixes = if add_special { self.affixes().cloned() } else { Some(Affixes::default()) };
+        let Some(affixes) = affixes.filter(|_| !cuts.is_empty()) else {
+            return self.tokenize_whole(text, add_special, parse_special).map(as_ids);
+        };
+        let mut out = affixes.before;
+        let mut start = 0;
+        for end in cuts.into_iter().chain([text.len()]) {
+            out.extend(self.tokenize_whole(&text[start..end], false, parse_special)?);
+            start = end;
+        }
+        out.extend(affixes.after);
+        Ok(as_ids(out))
     }
 
     /// What this model can do here, asked of llama.cpp. llama.cpp answers per context, so
@@ -338,38 +464,7 @@ impl Model for LlamaModel {
         add_special: bool,
         parse_special: bool,
     ) -> Result<Vec<u32>, BackendError> {
-        let len = i32::try_from(text.len()).map_err(|_| {
-            BackendError::invalid(format!("text of {} bytes is too long to tokenize", text.len()))
-        })?;
-        // A token covers at least one byte, plus bos/eos.
-        let mut cap = text.len() + 4;
-        for _ in 0..2 {
-            let mut out: Vec<sys::llama_token> = vec![0; cap];
-            let cap_i32 = i32::try_from(cap)
-                .map_err(|_| BackendError::invalid("text too long to tokenize"))?;
-            // SAFETY: `text` is valid for `len` bytes (it need not be NUL-terminated: the
-            // length is given); `out` holds `cap` tokens.
-            let n = unsafe {
-                sys::llama_tokenize(
-                    self.inner.vocab,
-                    text.as_ptr().cast(),
-                    len,
-                    out.as_mut_ptr(),
-                    cap_i32,
-                    add_special,
-                    parse_special,
-                )
-            };
-            if n == i32::MIN {
-                return Err(BackendError::invalid("tokenization result too large"));
-            }
-            if n >= 0 {
-                out.truncate(n as usize);
-                return Ok(out.into_iter().map(|t| t as u32).collect());
-            }
-            cap = n.unsigned_abs() as usize;
-        }
-        Err(BackendError::internal("llama_tokenize kept asking for a larger buffer"))
+        self.inner.tokenize(text.as_bytes(), add_special, parse_special)
     }
 
     fn token_to_bytes(&self, token: u32) -> Result<Vec<u8>, BackendError> {

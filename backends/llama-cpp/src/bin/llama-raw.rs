@@ -513,7 +513,7 @@ fn shared(a: &Args) -> Result<(), String> {
             for s in 1..np {
                 // SAFETY: live context; sequence ids below n_seq_max.
                 unsafe {
-                    sys::llama_memory_seq_cp(sys::llama_get_memory(c.0), 0, s as i32, -1, -1)
+                    sys::llama_memory_seq_cp(sys::llama_get_memory(c.0), 0, s as i32, -1, -1);
                 };
             }
             // SAFETY: live context.
