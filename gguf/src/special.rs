@@ -106,38 +106,84 @@ impl SpecialMatcher {
         &self.tokens
     }
 
-    /// `text` cut at the special-token texts llama.cpp would take as tokens (with
-    /// `parse_special`, control and unknown tokens too).
-    pub fn partition<'a>(&self, text: &'a str, parse_special: bool) -> Vec<Fragment<'a>> {
-        let Some(matcher) = &self.matcher else {
-            return if text.is_empty() { Vec::new() } else { vec![Fragment::Text(text)] };
-        };
-        // Every occurrence: (rank, start, end, token index).
-        let mut found: Vec<(usize, usize, usize, usize)> = matcher
-            .find_overlapping_iter(text)
-            .filter_map(|m| {
-                let i = m.pattern().as_usize();
-                let usable = parse_special || !self.tokens[i].only_when_parsing_special;
-                usable.then(|| (self.rank[i], m.start(), m.end(), i))
-            })
-            .collect();
-        found.sort_unstable();
-        // Accepted occurrences, start -> (end, token index); they never overlap.
-        let mut taken: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
-        for (_, start, end, i) in found {
-            let clear_left =
-                taken.range(..=start).next_back().is_none_or(|(_, &(e, _))| e <= start);
-            let clear_right = taken.range(start..).next().is_none_or(|(&s, _)| s >= end);
-            if clear_left && clear_right {
-                taken.insert(start, (end, i));
+    /// The occurrences of special-token texts in `text` that llama.cpp takes as tokens
+    /// (with `parse_special`, control and unknown tokens too), in order: (start, end,
+    /// index into [`SpecialMatcher::tokens`]).
+    ///
+    /// Every overlapping occurrence is collected in one Aho-Corasick pass and accepted in
+    /// llama.cpp's order. Texts whose special texts overlap densely (a vocabulary with
+    /// tokens for runs of 1 to 31 newlines or spaces, as Gemma's has, over a long run of
+    /// them: 31 occurrences a byte) would make that list far longer than the text, so past
+    /// `len / 2 + 4096` occurrences it is dropped, and each token that occurs is instead
+    /// searched for (`memchr::memmem`, leftmost and non-overlapping, as llama.cpp does) in
+    /// the gaps the tokens before it left, in llama.cpp's order: exact too, and bounded in
+    /// memory.
+    pub fn find(&self, text: &[u8], parse_special: bool) -> Vec<(usize, usize, usize)> {
+        let Some(matcher) = &self.matcher else { return Vec::new() };
+        let cap = text.len() / 2 + 4096;
+        let mut occurs = vec![false; self.tokens.len()];
+        // (rank, start, end, token index), while under the cap.
+        let mut found: Vec<(u32, u32, u32, u32)> = Vec::new();
+        let mut dense = u32::try_from(text.len()).is_err();
+        for m in matcher.find_overlapping_iter(text) {
+            let i = m.pattern().as_usize();
+            if !parse_special && self.tokens[i].only_when_parsing_special {
+                continue;
+            }
+            occurs[i] = true;
+            if !dense {
+                if found.len() >= cap {
+                    dense = true;
+                    found = Vec::new();
+                } else {
+                    found.push((self.rank[i] as u32, m.start() as u32, m.end() as u32, i as u32));
+                }
             }
         }
+        // Accepted occurrences, start -> (end, token index); they never overlap.
+        let mut taken: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
+        if !dense {
+            found.sort_unstable();
+            for (_, start, end, i) in found {
+                let (start, end) = (start as usize, end as usize);
+                let clear_left =
+                    taken.range(..=start).next_back().is_none_or(|(_, &(e, _))| e <= start);
+                let clear_right = taken.range(start..).next().is_none_or(|(&s, _)| s >= end);
+                if clear_left && clear_right {
+                    taken.insert(start, (end, i as usize));
+                }
+            }
+        } else {
+            let mut order: Vec<usize> = (0..self.tokens.len()).filter(|&i| occurs[i]).collect();
+            order.sort_by_key(|&i| self.rank[i]);
+            for i in order {
+                let finder = memchr::memmem::Finder::new(self.tokens[i].text.as_bytes());
+                let mut gaps = Vec::new();
+                let mut at = 0;
+                for (&s, &(e, _)) in &taken {
+                    gaps.push((at, s));
+                    at = e;
+                }
+                gaps.push((at, text.len()));
+                for (a, b) in gaps {
+                    for hit in finder.find_iter(&text[a..b]) {
+                        let start = a + hit;
+                        taken.insert(start, (start + finder.needle().len(), i));
+                    }
+                }
+            }
+        }
+        taken.into_iter().map(|(s, (e, i))| (s, e, i)).collect()
+    }
+
+    /// `text` cut at the special-token texts llama.cpp would take as tokens (with
+    /// `parse_special`, control and unknown tokens too): [`SpecialMatcher::find`].
+    pub fn partition<'a>(&self, text: &'a str, parse_special: bool) -> Vec<Fragment<'a>> {
+        let taken = self.find(text.as_bytes(), parse_special);
         // Fragments, with the whitespace the tokens strip removed from their neighbours.
         let mut out = Vec::with_capacity(2 * taken.len() + 1);
         let mut at = 0;
         let mut strip_next = false;
-        let taken: Vec<(usize, usize, usize)> =
-            taken.into_iter().map(|(s, (e, i))| (s, e, i)).collect();
         for &(start, end, i) in &taken {
             let mut piece = &text[at..start];
             if strip_next {
@@ -221,6 +267,40 @@ mod tests {
             m.partition("a \t<u>\n b<c>", false),
             vec![Fragment::Text("a"), Fragment::Token(5), Fragment::Text("b<c>")]
         );
+    }
+
+    /// Tokens for runs of 1 to 31 newlines (Gemma's) over a long run: the dense path,
+    /// which must give what the overlap list gives on a shorter text of the same kind.
+    #[test]
+    fn densely_overlapping_texts_take_the_gap_search_and_agree() {
+        let runs: Vec<SpecialToken> = (1..=31)
+            .map(|n| SpecialToken {
+                text: "\n".repeat(n),
+                id: 100 + n as u32,
+                only_when_parsing_special: false,
+                lstrip: false,
+                rstrip: false,
+            })
+            .chain([tok("<s>", 1), tok("<ss>", 2)])
+            .collect();
+        let m = SpecialMatcher::new(runs);
+        // A mixed text, short enough for the overlap list, and the same text repeated
+        // past its cap: the repeated text's result is the short one's, repeated.
+        let unit = "<s>a\n\n\nb<ss>\n<s><s>\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\nc";
+        let short = m.find(unit.as_bytes(), true);
+        assert!(short.len() < unit.len() / 2 + 4096);
+        let long_text = unit.repeat(20_000);
+        let long = m.find(long_text.as_bytes(), true);
+        assert_eq!(long.len(), short.len() * 20_000);
+        for (k, &(s, e, i)) in long.iter().enumerate() {
+            let (s0, e0, i0) = short[k % short.len()];
+            let shift = (k / short.len()) * unit.len();
+            assert_eq!((s, e, i), (s0 + shift, e0 + shift, i0), "occurrence {k}");
+        }
+        // The longest run first: 34 newlines are 31 + 3.
+        let t = "\n".repeat(34);
+        let f: Vec<_> = m.find(t.as_bytes(), true).iter().map(|o| o.1 - o.0).collect();
+        assert_eq!(f, vec![31, 3]);
     }
 
     #[test]

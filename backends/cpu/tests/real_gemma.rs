@@ -34,7 +34,15 @@ fn gemma_tokenization_equals_llama_cpp_on_1000_strings() {
     let Some(raw) = llama_raw() else { return };
     let file = GgufFile::open(&path).unwrap();
     assert_eq!(Tokenizer::from_gguf(&file).unwrap().vocab_size(), 262_144);
-    assert_tokenization_equals_llama_cpp(&raw, &path, &varied_strings());
+    let mut texts = varied_strings();
+    // Long texts whose special texts overlap densely: Gemma's user-defined tokens for runs
+    // of 1 to 31 newlines, spaces and tabs, over longer runs, between turn markers.
+    texts.push(
+        "<start_of_turn>user\nhi\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n  there\t\t\t   <end_of_turn>\n"
+            .repeat(3000),
+    );
+    texts.push(format!("{}x{}", "\n".repeat(100_000), " ".repeat(70_001)));
+    assert_tokenization_equals_llama_cpp(&raw, &path, &texts);
 }
 
 fn raw_json(raw: &std::path::Path, args: &[&str]) -> serde_json::Value {

@@ -3,7 +3,9 @@
 use std::ffi::c_char;
 use std::sync::{Arc, OnceLock};
 
-use crate::special_split::{Affixes, SpecialSplitter, SpecialText, WHOLE_BELOW};
+use corral_gguf::special::SpecialMatcher;
+
+use crate::special_split::{self, Affixes, WHOLE_BELOW};
 
 use corral_backend_api::{
     BackendError, Capabilities, ContextParams, ModelInfo, SpecialTokenIds, plugin::Model,
@@ -38,9 +40,9 @@ pub(crate) struct ModelInner {
     /// Elements per head of keys and of values (`attention.key_length` and
     /// `value_length`, else `n_embd / n_head`).
     pub(crate) head_sizes: (u32, u32),
-    /// The vocabulary's special-token texts, for cutting long texts before
-    /// `llama_tokenize` (built on the first long text).
-    splitter: OnceLock<SpecialSplitter>,
+    /// The vocabulary's special tokens, for cutting long texts before `llama_tokenize`
+    /// (built on the first long text).
+    special_matcher: OnceLock<SpecialMatcher>,
     /// What `add_special` adds around a text, for texts tokenized in pieces (`None`: not
     /// derivable; such texts go whole).
     affixes: OnceLock<Option<Affixes>>,
@@ -224,7 +226,7 @@ impl ModelInner {
                 cpu_only,
                 n_head,
                 head_sizes,
-                splitter: OnceLock::new(),
+                special_matcher: OnceLock::new(),
                 affixes: OnceLock::new(),
             }
         }
@@ -232,13 +234,12 @@ impl ModelInner {
 
     /// The special-token texts llama.cpp's tokenizer parses (control, user-defined and
     /// unknown tokens, as its `cache_special_tokens`).
-    fn splitter(&self) -> &SpecialSplitter {
-        self.splitter.get_or_init(|| {
-            let mut tokens = Vec::new();
-            for id in 0..self.n_vocab as sys::llama_token {
+    fn special_matcher(&self) -> &SpecialMatcher {
+        self.special_matcher.get_or_init(|| {
+            special_split::matcher((0..self.n_vocab as sys::llama_token).map(|id| {
                 // SAFETY: live vocabulary; `id` below its token count. The text pointer
                 // is NUL-terminated and lives as long as the vocabulary; it is copied.
-                let (attr, text) = unsafe {
+                unsafe {
                     let attr = sys::llama_vocab_get_attr(self.vocab, id);
                     let text = sys::llama_vocab_get_text(self.vocab, id);
                     let bytes = if text.is_null() {
@@ -246,22 +247,9 @@ impl ModelInner {
                     } else {
                         std::ffi::CStr::from_ptr(text).to_bytes().to_vec()
                     };
-                    (attr, bytes)
-                };
-                let control =
-                    attr & (sys::LLAMA_TOKEN_ATTR_CONTROL | sys::LLAMA_TOKEN_ATTR_UNKNOWN);
-                if control == 0 && attr & sys::LLAMA_TOKEN_ATTR_USER_DEFINED == 0 {
-                    continue;
+                    (bytes, id as u32, attr)
                 }
-                tokens.push((
-                    text,
-                    SpecialText {
-                        only_when_parsing_special: control != 0,
-                        strips_left: attr & sys::LLAMA_TOKEN_ATTR_LSTRIP != 0,
-                    },
-                ));
-            }
-            SpecialSplitter::new(tokens)
+            }))
         })
     }
 
@@ -331,7 +319,7 @@ impl ModelInner {
         if text.len() < WHOLE_BELOW {
             return self.tokenize_whole(text, add_special, parse_special).map(as_ids);
         }
-        let cuts = self.splitter().cuts(text, parse_special).map_err(BackendError::invalid)?;
+        let cuts = special_split::cuts(self.special_matcher(), text, parse_special);
         let affixes = if add_special { self.affixes().cloned() } else { Some(Affixes::default()) };
         let Some(affixes) = affixes.filter(|_| !cuts.is_empty()) else {
             return self.tokenize_whole(text, add_special, parse_special).map(as_ids);

@@ -54,7 +54,9 @@ fn special_heavy_text(turns: usize, seed: u64) -> String {
         "<|eot_id|>",
         "<|start_header_id|>",
     ];
-    const TEXT: [&str; 14] = [
+    const TEXT: [&str; 16] = [
+        "\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n",
+        "\t\t\t    \t        \n",
         "user\n",
         "model\n",
         "Hello world",
