@@ -533,31 +533,56 @@ impl Bpe {
         out
     }
 
-    /// GPT-2's merge loop on one pre-token: repeatedly merge every occurrence of the
-    /// adjacent pair of lowest rank.
+    /// GPT-2's merge loop on one pre-token: repeatedly merge the adjacent pair of lowest
+    /// rank, leftmost first. As llama.cpp's `llm_tokenizer_bpe_session` does it: the adjacent pairs in a heap
+    /// by (rank, position), the lowest merged first and its new neighbours pushed, so a
+    /// piece of n bytes takes O(n log n) (merging every occurrence of the best pair per
+    /// pass over the piece took O(n) per merge rank used: a 1.6 MB word took 21 s).
     fn encode_piece(&self, bytes: &[u8], out: &mut Vec<u32>) {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        const NONE: usize = usize::MAX;
         // A byte without a token (never in a trained vocabulary) is dropped.
         let mut syms: Vec<u32> = bytes.iter().filter_map(|&b| self.byte_ids[b as usize]).collect();
-        while syms.len() > 1 {
-            let best = syms
-                .windows(2)
-                .filter_map(|p| self.ranks.get(&(p[0], p[1])).map(|&(r, id)| (r, p[0], p[1], id)))
-                .min();
-            let Some((_, a, b, id)) = best else { break };
-            let mut merged = Vec::with_capacity(syms.len());
-            let mut i = 0;
-            while i < syms.len() {
-                if i + 1 < syms.len() && syms[i] == a && syms[i + 1] == b {
-                    merged.push(id);
-                    i += 2;
-                } else {
-                    merged.push(syms[i]);
-                    i += 1;
-                }
-            }
-            syms = merged;
+        let n = syms.len();
+        if n < 2 {
+            out.extend(syms);
+            return;
         }
-        out.extend(syms);
+        let mut next: Vec<usize> = (1..=n).map(|j| if j < n { j } else { NONE }).collect();
+        let mut prev: Vec<usize> = (0..n).map(|i| if i > 0 { i - 1 } else { NONE }).collect();
+        let mut alive = vec![true; n];
+        // (rank, left position, left id, right id), lowest first.
+        let mut heap: BinaryHeap<Reverse<(u32, usize, u32, u32)>> = BinaryHeap::new();
+        let pair = |syms: &[u32], i: usize, j: usize| {
+            self.ranks.get(&(syms[i], syms[j])).map(|&(r, _)| Reverse((r, i, syms[i], syms[j])))
+        };
+        heap.extend((0..n - 1).filter_map(|i| pair(&syms, i, i + 1)));
+        while let Some(Reverse((_, i, a, b))) = heap.pop() {
+            let j = next[i];
+            // Skip a pair one of whose symbols has since been merged away or changed.
+            if !alive[i] || j == NONE || syms[i] != a || syms[j] != b {
+                continue;
+            }
+            let Some(&(_, id)) = self.ranks.get(&(a, b)) else { continue };
+            syms[i] = id;
+            alive[j] = false;
+            next[i] = next[j];
+            if next[j] != NONE {
+                prev[next[j]] = i;
+            }
+            if prev[i] != NONE {
+                heap.extend(pair(&syms, prev[i], i));
+            }
+            if next[i] != NONE {
+                heap.extend(pair(&syms, i, next[i]));
+            }
+        }
+        let mut i = 0;
+        while i != NONE {
+            out.push(syms[i]);
+            i = next[i];
+        }
     }
 
     /// The bytes of a token sequence; unknown ids are skipped. Special tokens decode to
@@ -729,6 +754,28 @@ mod tests {
             let t = b.token_bytes(id).unwrap();
             assert!(!t[1..].contains(&b' '));
         }
+    }
+
+    /// One pre-token of 4 MB (random letters: a single GPT-2 piece) is merged in
+    /// seconds: the heap takes O(n log n); a pass per merge rank took minutes.
+    #[test]
+    fn a_word_of_four_megabytes_encodes_in_seconds() {
+        let b = Bpe::train(32_000, 3).unwrap();
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let word: String = (0..4 << 20)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                char::from(b'a' + (state % 26) as u8)
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        let ids = b.encode(&word);
+        let took = started.elapsed();
+        assert_eq!(b.decode(&ids), word.as_bytes());
+        assert!(ids.len() < word.len(), "merges applied");
+        assert!(took < std::time::Duration::from_secs(30), "took {took:?}");
     }
 
     #[test]

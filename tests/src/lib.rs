@@ -361,7 +361,8 @@ pub fn cpu_plugin_dir(dir: &Path) -> Option<PathBuf> {
 /// `num_ctx`) within a minute, and the engine answers the next request, instead of being
 /// held for the better part of an hour by a tokenizer's special-token pass (llama.cpp's is
 /// quadratic in the matches; the engine worker's watchdog would kill it after five
-/// minutes and every request on the model would fail meanwhile).
+/// minutes and every request on the model would fail meanwhile); then one word of 2 MB
+/// (a BPE merge loop that rescans the word per merge is quadratic too).
 pub fn assert_a_chat_of_100000_turns_is_answered_promptly(plugin: &Path, dir: &Path) {
     let model = dir.join("chat.gguf");
     generate_model(&model, "tiny", "f32");
@@ -388,6 +389,27 @@ pub fn assert_a_chat_of_100000_turns_is_answered_promptly(plugin: &Path, dir: &P
         "a chat of 100,000 turns: {took:?}, {} prompt tokens evaluated",
         v["prompt_eval_count"]
     );
+    assert!(took < std::time::Duration::from_secs(60), "took {took:?}");
+    // One word of 2 MB (a single pre-token): merged in O(n log n), as llama.cpp does.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let word: String = (0..2 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            char::from(b'a' + (state % 26) as u8)
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let (status, v) = post_json(
+        &server.url,
+        "/api/generate",
+        &serde_json::json!({"model": model, "prompt": word, "raw": true, "stream": false,
+            "options": {"num_ctx": 512, "num_predict": 2}}),
+    );
+    let took = started.elapsed();
+    assert_eq!(status, 200, "{v}");
+    println!("a word of 2 MB: {took:?}");
     assert!(took < std::time::Duration::from_secs(60), "took {took:?}");
     let (status, v) = post_json(
         &server.url,

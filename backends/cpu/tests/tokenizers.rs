@@ -38,6 +38,23 @@ fn check_vocab(arch: Arch, vocab: Option<VocabKind>, pre: Option<&str>) {
     }
     let mut texts = varied_strings();
     texts.extend((0..2).map(|seed| special_heavy_text(4000, seed)));
+    // Long pre-tokens: 200,000 random letters (one GPT-2 piece), digits, CJK.
+    texts.extend(
+        ["abcdefghijklmnopqrstuvwxyz", "0123456789", "日本語の文字列東京大阪"].iter().map(
+            |alphabet| {
+                let chars: Vec<char> = alphabet.chars().collect();
+                let mut state = 0x9e37_79b9_7f4a_7c15u64;
+                (0..200_000)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        chars[(state % chars.len() as u64) as usize]
+                    })
+                    .collect::<String>()
+            },
+        ),
+    );
     assert_tokenization_equals_llama_cpp(&raw, &path, &texts);
 }
 
