@@ -368,19 +368,40 @@ fn parse_spec(v: &Value) -> Result<SpecMode, OptionsError> {
     }
 }
 
+/// Most stop strings one request may give.
+pub const MAX_STOP_STRINGS: usize = 64;
+/// Longest stop string, in bytes.
+pub const MAX_STOP_BYTES: usize = 4096;
+
 fn parse_stop(v: &Value) -> Result<Vec<String>, OptionsError> {
     let wrong = || OptionsError::WrongType {
         name: "stop",
         expected: "a string or a list of strings",
         got: show(v),
     };
-    match v {
-        Value::String(s) => Ok(vec![s.clone()]),
-        Value::Array(items) => {
-            items.iter().map(|i| i.as_str().map(str::to_owned).ok_or_else(wrong)).collect()
-        }
-        _ => Err(wrong()),
+    let stops: Vec<String> = match v {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) => items
+            .iter()
+            .map(|i| i.as_str().map(str::to_owned).ok_or_else(wrong))
+            .collect::<Result<_, _>>()?,
+        _ => return Err(wrong()),
+    };
+    if stops.len() > MAX_STOP_STRINGS {
+        return Err(OptionsError::OutOfRange {
+            name: "stop",
+            value: format!("a list of {} strings", stops.len()),
+            allowed: "at most 64 stop strings are accepted",
+        });
     }
+    if let Some(long) = stops.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(OptionsError::OutOfRange {
+            name: "stop",
+            value: format!("a string of {} bytes", long.len()),
+            allowed: "a stop string may be at most 4096 bytes",
+        });
+    }
+    Ok(stops)
 }
 
 #[cfg(test)]
@@ -435,6 +456,18 @@ mod tests {
         assert_eq!(o.unknown_options().collect::<Vec<_>>(), ["tmperature"]);
         assert_eq!(o.extra.len(), 3);
         assert!(o.validate().is_ok());
+    }
+
+    #[test]
+    fn stop_strings_are_bounded_in_count_and_length() {
+        let many: Vec<String> = (0..65).map(|i| i.to_string()).collect();
+        let e = SamplingOptions::from_json(&json!({ "stop": many })).unwrap_err();
+        assert!(e.to_string().contains("at most 64"), "{e}");
+        let long = "x".repeat(MAX_STOP_BYTES + 1);
+        let e = SamplingOptions::from_json(&json!({ "stop": long })).unwrap_err();
+        assert!(e.to_string().contains("4096 bytes"), "{e}");
+        let ok: Vec<String> = (0..64).map(|_| "y".repeat(MAX_STOP_BYTES)).collect();
+        assert_eq!(SamplingOptions::from_json(&json!({ "stop": ok })).unwrap().stop.len(), 64);
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub struct StopMatcher {
     stopped: bool,
     /// The stop string that matched, once one has.
     matched: Option<usize>,
+    /// The prefix function of each stop string ([`prefix_function`]).
+    borders: Vec<Vec<usize>>,
 }
 
 impl StopMatcher {
@@ -32,8 +34,10 @@ impl StopMatcher {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let stops = stops.into_iter().map(Into::into).filter(|s: &String| !s.is_empty()).collect();
-        StopMatcher { stops, held: String::new(), stopped: false, matched: None }
+        let stops: Vec<String> =
+            stops.into_iter().map(Into::into).filter(|s: &String| !s.is_empty()).collect();
+        let borders = stops.iter().map(|s| prefix_function(s.as_bytes())).collect();
+        StopMatcher { stops, held: String::new(), stopped: false, matched: None, borders }
     }
 
     /// Feeds the next piece of text. Returns the text that can be emitted and whether a
@@ -79,19 +83,24 @@ impl StopMatcher {
     }
 
     /// Length in bytes of the longest suffix of the held text that is a proper prefix
-    /// of some stop string (and starts on a character boundary).
+    /// of some stop string (and starts on a character boundary). Per stop string, the
+    /// prefix function (KMP) of the stop string followed by the held text's last bytes:
+    /// linear in their lengths, where comparing every candidate length was quadratic.
     fn partial_suffix_len(&self) -> usize {
         let held = self.held.as_bytes();
         let mut best = 0;
-        for stop in &self.stops {
+        for (stop, pi) in self.stops.iter().zip(&self.borders) {
             let stop = stop.as_bytes();
-            let max = (stop.len() - 1).min(held.len());
-            for len in (best + 1..=max).rev() {
-                let start = held.len() - len;
-                if self.held.is_char_boundary(start) && held[start..] == stop[..len] {
-                    best = len;
+            let tail = &held[held.len() - (stop.len() - 1).min(held.len())..];
+            // Every length k such that the last k bytes of `tail` are the first k of
+            // `stop`, longest first, through the prefix function's chain.
+            let mut k = suffix_prefix_len(stop, pi, tail);
+            while k > best {
+                if self.held.is_char_boundary(held.len() - k) {
+                    best = k;
                     break;
                 }
+                k = pi[k - 1];
             }
         }
         best
@@ -120,9 +129,88 @@ impl StopMatcher {
     }
 }
 
+/// The prefix function of `s`: `pi[i]` is the length of the longest proper prefix of
+/// `s[..=i]` that is also its suffix.
+fn prefix_function(s: &[u8]) -> Vec<usize> {
+    let mut pi = vec![0; s.len()];
+    for i in 1..s.len() {
+        let mut k = pi[i - 1];
+        while k > 0 && s[i] != s[k] {
+            k = pi[k - 1];
+        }
+        if s[i] == s[k] {
+            k += 1;
+        }
+        pi[i] = k;
+    }
+    pi
+}
+
+/// The length of the longest suffix of `text` that is a proper prefix of `pattern`
+/// (`text` is at most `pattern.len() - 1` bytes), by running KMP (`pi`: the pattern's
+/// prefix function) over `text`.
+fn suffix_prefix_len(pattern: &[u8], pi: &[usize], text: &[u8]) -> usize {
+    if pattern.is_empty() {
+        return 0;
+    }
+    let mut k = 0;
+    for &c in text {
+        while k > 0 && (k == pattern.len() || pattern[k] != c) {
+            k = pi[k - 1];
+        }
+        if pattern[k] == c {
+            k += 1;
+        }
+    }
+    if k == pattern.len() { pi[k - 1] } else { k }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The prefix-function search gives what comparing every length gives.
+    #[test]
+    fn partial_suffix_matches_the_direct_definition() {
+        let direct = |held: &str, stop: &str| {
+            (1..stop.len().min(held.len() + 1))
+                .rev()
+                .find(|&k| {
+                    held.is_char_boundary(held.len() - k)
+                        && held.as_bytes()[held.len() - k..] == stop.as_bytes()[..k]
+                })
+                .unwrap_or(0)
+        };
+        let cases = [
+            ("xxaba", "abab"),
+            ("aaaa", "aaaaa"),
+            ("abcab", "abcabd"),
+            ("zzz", "abc"),
+            ("ab", "ab"),
+            ("aab", "aabaab"),
+            ("é»", "»»"),
+            ("xa", "a"),
+        ];
+        for (held, stop) in cases {
+            let m = StopMatcher { held: held.to_string(), ..StopMatcher::new([stop]) };
+            assert_eq!(m.partial_suffix_len(), direct(held, stop), "{held:?} / {stop:?}");
+        }
+    }
+
+    /// A 4 KiB stop string that the output keeps matching the start of: each piece costs
+    /// time linear in the stop string, not quadratic.
+    #[test]
+    fn a_long_stop_string_held_back_for_long_is_linear() {
+        let stop = "a".repeat(4095) + "b";
+        let mut m = StopMatcher::new([stop.as_str()]);
+        let started = std::time::Instant::now();
+        for _ in 0..8000 {
+            let step = m.push("a");
+            assert!(!step.stopped);
+        }
+        assert!(m.push("b").stopped);
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    }
 
     fn run(stops: &[&str], pieces: &[&str]) -> (Vec<String>, bool, String) {
         let mut m = StopMatcher::new(stops.iter().copied());

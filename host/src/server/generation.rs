@@ -534,8 +534,9 @@ pub async fn model_thinks(state: &Arc<AppState>, model: &str) -> Result<bool, Ap
     Ok(template_thinks(guard.loaded.templater.template.source()))
 }
 
-/// Most stop strings one request may give.
-pub const MAX_STOP_STRINGS: usize = 64;
+/// Most stop strings one request may give (the options parser's bound, checked here
+/// first for the APIs' own message).
+pub use corral_generation::options::MAX_STOP_STRINGS;
 
 /// The sampling fields the OpenAI- and Anthropic-style APIs share, in their own names.
 #[derive(Debug, Default, Clone)]
