@@ -761,15 +761,7 @@ mod tests {
     #[test]
     fn a_word_of_four_megabytes_encodes_in_seconds() {
         let b = Bpe::train(32_000, 3).unwrap();
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let word: String = (0..4 << 20)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                char::from(b'a' + (state % 26) as u8)
-            })
-            .collect();
+        let word = crate::test_texts::random_word("abcdefghijklmnopqrstuvwxyz", 4 << 20, 1);
         let started = std::time::Instant::now();
         let ids = b.encode(&word);
         let took = started.elapsed();

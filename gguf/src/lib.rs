@@ -30,6 +30,7 @@ pub mod quant;
 pub mod reader;
 pub mod special;
 pub mod spm;
+pub mod test_texts;
 pub mod types;
 pub mod writer;
 

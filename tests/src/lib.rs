@@ -391,15 +391,7 @@ pub fn assert_a_chat_of_100000_turns_is_answered_promptly(plugin: &Path, dir: &P
     );
     assert!(took < std::time::Duration::from_secs(60), "took {took:?}");
     // One word of 2 MB (a single pre-token): merged in O(n log n), as llama.cpp does.
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let word: String = (0..2 << 20)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            char::from(b'a' + (state % 26) as u8)
-        })
-        .collect();
+    let word = corral_gguf::test_texts::random_word("abcdefghijklmnopqrstuvwxyz", 2 << 20, 1);
     let started = std::time::Instant::now();
     let (status, v) = post_json(
         &server.url,

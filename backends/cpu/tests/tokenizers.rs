@@ -13,6 +13,7 @@ use corral_gguf::generate::{
     Arch, GenerateOptions, ModelShape, VocabKind, WeightType, generate_model,
 };
 use corral_gguf::reader::GgufFile;
+use corral_gguf::test_texts;
 
 fn check(arch: Arch, pre: &str) {
     check_vocab(arch, None, Some(pre));
@@ -37,61 +38,14 @@ fn check_vocab(arch: Arch, vocab: Option<VocabKind>, pre: Option<&str>) {
         assert_eq!(file.get_str("tokenizer.ggml.pre"), Some(pre));
     }
     let mut texts = varied_strings();
-    texts.extend((0..2).map(|seed| special_heavy_text(4000, seed)));
+    texts.extend((0..2).map(|seed| test_texts::special_heavy(4000, seed)));
     // Long pre-tokens: 200,000 random letters (one GPT-2 piece), digits, CJK.
     texts.extend(
-        ["abcdefghijklmnopqrstuvwxyz", "0123456789", "日本語の文字列東京大阪"].iter().map(
-            |alphabet| {
-                let chars: Vec<char> = alphabet.chars().collect();
-                let mut state = 0x9e37_79b9_7f4a_7c15u64;
-                (0..200_000)
-                    .map(|_| {
-                        state ^= state << 13;
-                        state ^= state >> 7;
-                        state ^= state << 17;
-                        chars[(state % chars.len() as u64) as usize]
-                    })
-                    .collect::<String>()
-            },
-        ),
+        ["abcdefghijklmnopqrstuvwxyz", "0123456789", "日本語の文字列東京大阪"]
+            .iter()
+            .map(|alphabet| test_texts::random_word(alphabet, 200_000, 7)),
     );
     assert_tokenization_equals_llama_cpp(&raw, &path, &texts);
-}
-
-/// `turns` special-token texts of several families (plain text where the vocabulary
-/// lacks them), each followed by up to two pieces of text, whitespace or near-misses.
-fn special_heavy_text(turns: usize, seed: u64) -> String {
-    const SPECIAL: [&str; 12] = [
-        "<|im_start|>",
-        "<|im_end|>",
-        "<s>",
-        "</s>",
-        "<start_of_turn>",
-        "<end_of_turn>",
-        "<unk>",
-        "<|user|>",
-        "<|assistant|>",
-        "<|end|>",
-        "<|endoftext|>",
-        "<|eot_id|>",
-    ];
-    const TEXT: [&str; 10] =
-        ["user\n", " Hello world", "  ", "\n\n", " ", "日本語", " 🙂", "<", "|>", "<start_of"];
-    let mut state = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut next = |n: usize| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % n as u64) as usize
-    };
-    let mut s = String::new();
-    for _ in 0..turns {
-        s.push_str(SPECIAL[next(SPECIAL.len())]);
-        for _ in 0..next(3) {
-            s.push_str(TEXT[next(TEXT.len())]);
-        }
-    }
-    s
 }
 
 #[test]

@@ -13,6 +13,7 @@ use corral_backend_api::LoadRequest;
 use corral_backend_api::plugin::{Backend, Model};
 use corral_backend_llama_cpp::{LlamaBackend, LlamaOptions};
 use corral_gguf::generate::{Arch, GenerateOptions, ModelShape, generate_model};
+use corral_gguf::test_texts;
 
 const LLAMA_RAW: &str = env!("CARGO_BIN_EXE_llama-raw");
 
@@ -32,62 +33,6 @@ fn llama_cpp_tokens(model: &Path, texts: &[String]) -> Vec<Vec<u32>> {
     serde_json::from_slice(&out.stdout).expect("token lists")
 }
 
-/// A text of `turns` pieces mixing special-token texts of several families (which are
-/// plain text where the vocabulary lacks them), near-misses, whitespace around them, and
-/// prose, code, CJK and emoji; deterministic for a seed.
-fn special_heavy_text(turns: usize, seed: u64) -> String {
-    const SPECIAL: [&str; 16] = [
-        "<|im_start|>",
-        "<|im_end|>",
-        "<s>",
-        "</s>",
-        "<start_of_turn>",
-        "<end_of_turn>",
-        "<bos>",
-        "<eos>",
-        "<unk>",
-        "<|user|>",
-        "<|assistant|>",
-        "<|end|>",
-        "<|endoftext|>",
-        "<|begin_of_text|>",
-        "<|eot_id|>",
-        "<|start_header_id|>",
-    ];
-    const TEXT: [&str; 16] = [
-        "\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n",
-        "\t\t\t    \t        \n",
-        "user\n",
-        "model\n",
-        "Hello world",
-        " the café is open",
-        "  ",
-        "\n\n",
-        " ",
-        "日本語の文",
-        " 🙂",
-        "fn main() { x <| y |> z }",
-        "<",
-        "|>",
-        "<start_of",
-        "turn>",
-    ];
-    let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-    let mut next = |n: usize| {
-        state =
-            state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-        ((state >> 33) as usize) % n
-    };
-    let mut s = String::new();
-    for _ in 0..turns {
-        s.push_str(SPECIAL[next(SPECIAL.len())]);
-        for _ in 0..next(3) {
-            s.push_str(TEXT[next(TEXT.len())]);
-        }
-    }
-    s
-}
-
 fn load(path: &Path) -> corral_backend_llama_cpp::LlamaModel {
     let backend = LlamaBackend::with_options(LlamaOptions { n_threads: 1, ..Default::default() })
         .expect("init");
@@ -100,7 +45,7 @@ fn load(path: &Path) -> corral_backend_llama_cpp::LlamaModel {
 fn check_equal_to_llama_cpp(path: &Path, what: &str) {
     let model = load(path);
     let texts: Vec<String> =
-        (0..3).map(|seed| special_heavy_text(3000 + 500 * seed as usize, seed)).collect();
+        (0..3).map(|seed| test_texts::special_heavy(3000 + 500 * seed as usize, seed)).collect();
     let want = llama_cpp_tokens(path, &texts);
     for (text, want) in texts.iter().zip(&want) {
         assert!(text.len() > 32 * 1024, "the text is long enough to be cut");
