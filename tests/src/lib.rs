@@ -366,6 +366,12 @@ pub fn cpu_plugin_dir(dir: &Path) -> Option<PathBuf> {
 pub fn assert_a_chat_of_100000_turns_is_answered_promptly(plugin: &Path, dir: &Path) {
     let model = dir.join("chat.gguf");
     generate_model(&model, "tiny", "f32");
+    assert_huge_prompts_are_answered_promptly(plugin, &model);
+}
+
+/// [`assert_a_chat_of_100000_turns_is_answered_promptly`] on a given model (a file or a
+/// model directory that `plugin`'s engine runs).
+pub fn assert_huge_prompts_are_answered_promptly(plugin: &Path, model: &Path) {
     let model = model.to_string_lossy().into_owned();
     let server = Server::start(&[plugin], &[], &[]);
     let messages: Vec<serde_json::Value> = (0..100_000)

@@ -69,6 +69,15 @@ fn conformance_suite_passes_on_onnx_decoder() {
     }
 }
 
+/// A 100,000-turn chat and a 2 MB word (Hugging Face `tokenizers` behind the engine) are
+/// answered within a minute and the engine serves on.
+#[test]
+fn huge_prompts_are_answered_promptly_on_onnx() {
+    let Some(s) = setup() else { return };
+    let (_, onnx) = llama_pair(&s, "f32");
+    assert_huge_prompts_are_answered_promptly(&s.plugin, &onnx);
+}
+
 #[test]
 fn greedy_run_equals_llama_cpp_on_the_same_weights() {
     let Some(s) = setup() else { return };
