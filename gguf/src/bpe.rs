@@ -13,7 +13,6 @@
 //! [`Bpe::encode`] is a reference encoder (GPT-2's rank-based merge loop), which gives
 //! the same ids as llama.cpp's BPE tokenizer with the "gpt-2" pre-tokenizer.
 
-use crate::special::{Fragment, SpecialMatcher, SpecialToken};
 use std::collections::HashMap;
 
 use fancy_regex::Regex;
@@ -22,6 +21,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 
 use crate::corpus::CORPUS;
 use crate::error::GgufError;
+use crate::special::{Fragment, SpecialMatcher, SpecialToken};
 
 /// Beginning of text; the BOS token.
 pub const BOS_TOKEN: &str = "<|begin_of_text|>";
@@ -534,10 +534,11 @@ impl Bpe {
     }
 
     /// GPT-2's merge loop on one pre-token: repeatedly merge the adjacent pair of lowest
-    /// rank, leftmost first. As llama.cpp's `llm_tokenizer_bpe_session` does it: the adjacent pairs in a heap
-    /// by (rank, position), the lowest merged first and its new neighbours pushed, so a
-    /// piece of n bytes takes O(n log n) (merging every occurrence of the best pair per
-    /// pass over the piece took O(n) per merge rank used: a 1.6 MB word took 21 s).
+    /// rank, leftmost first. As llama.cpp's `llm_tokenizer_bpe_session` does it: the
+    /// adjacent pairs in a heap by (rank, position), the lowest merged first and its new
+    /// neighbours pushed, so a piece of n bytes takes O(n log n) (merging every occurrence
+    /// of the best pair per pass over the piece took O(n) per merge rank used: a 1.6 MB
+    /// word took 21 s).
     fn encode_piece(&self, bytes: &[u8], out: &mut Vec<u32>) {
         use std::cmp::Reverse;
         use std::collections::BinaryHeap;
@@ -552,19 +553,20 @@ impl Bpe {
         let mut next: Vec<usize> = (1..=n).map(|j| if j < n { j } else { NONE }).collect();
         let mut prev: Vec<usize> = (0..n).map(|i| if i > 0 { i - 1 } else { NONE }).collect();
         let mut alive = vec![true; n];
-        // (rank, left position, left id, right id), lowest first.
-        let mut heap: BinaryHeap<Reverse<(u32, usize, u32, u32)>> = BinaryHeap::new();
+        // (rank, left position, left id, right id, merged id), lowest first.
+        type Pair = (u32, usize, u32, u32, u32);
+        let mut heap: BinaryHeap<Reverse<Pair>> = BinaryHeap::new();
         let pair = |syms: &[u32], i: usize, j: usize| {
-            self.ranks.get(&(syms[i], syms[j])).map(|&(r, _)| Reverse((r, i, syms[i], syms[j])))
+            let (a, b) = (syms[i], syms[j]);
+            self.ranks.get(&(a, b)).map(|&(r, id)| Reverse((r, i, a, b, id)))
         };
         heap.extend((0..n - 1).filter_map(|i| pair(&syms, i, i + 1)));
-        while let Some(Reverse((_, i, a, b))) = heap.pop() {
+        while let Some(Reverse((_, i, a, b, id))) = heap.pop() {
             let j = next[i];
             // Skip a pair one of whose symbols has since been merged away or changed.
             if !alive[i] || j == NONE || syms[i] != a || syms[j] != b {
                 continue;
             }
-            let Some(&(_, id)) = self.ranks.get(&(a, b)) else { continue };
             syms[i] = id;
             alive[j] = false;
             next[i] = next[j];

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use corral_backend_api::SpecialTokenIds;
 use corral_gguf::special::{Fragment, SpecialMatcher};
-use corral_gguf::spm::is_phi3_name;
+use corral_gguf::spm::{is_phi3_name, merge_by_score};
 use corral_gguf::{bpe::Bpe, reader::GgufFile};
 
 use crate::Error;
@@ -279,59 +279,11 @@ impl Spm {
             s.push('\u{2581}');
         }
         s.push_str(&text.replace(' ', "\u{2581}"));
-        // Symbols are contiguous spans of `s` (one character each at first) in a linked
-        // list; a merge widens the left one. As llama.cpp's `llm_tokenizer_spm_session`:
-        // the pairs whose joined text is a token wait in a heap, highest score first and
-        // leftmost among equals; a popped pair whose symbols have since changed is
-        // skipped (its size no longer matches). O(n log n) in the characters; merging the
-        // best pair after a scan of all of them was quadratic (80,000 letters: 16 s).
-        let mut spans: Vec<(usize, usize)> = Vec::with_capacity(s.len());
-        let mut starts = s.char_indices().map(|(i, _)| i).peekable();
-        while let Some(a) = starts.next() {
-            spans.push((a, starts.peek().copied().unwrap_or(s.len())));
-        }
-        let n = spans.len();
-        const NONE: usize = usize::MAX;
-        let mut next: Vec<usize> = (1..=n).map(|j| if j < n { j } else { NONE }).collect();
-        let mut prev: Vec<usize> = (0..n).map(|i| if i > 0 { i - 1 } else { NONE }).collect();
-        let mut heap = std::collections::BinaryHeap::new();
-        let bigram = |spans: &[(usize, usize)], left: usize, right: usize| {
-            let joined = &s[spans[left].0..spans[right].1];
-            self.ids.get(joined).map(|&id| SpmBigram {
-                score: self.scores[id as usize],
-                left,
-                right,
-                size: joined.len(),
-            })
-        };
-        heap.extend((1..n).filter_map(|i| bigram(&spans, i - 1, i)));
-        while let Some(b) = heap.pop() {
-            let (l, r) = (spans[b.left], spans[b.right]);
-            if l.0 == l.1 || r.0 == r.1 || (l.1 - l.0) + (r.1 - r.0) != b.size {
-                continue;
-            }
-            spans[b.left].1 = r.1;
-            spans[b.right] = (r.1, r.1);
-            next[b.left] = next[b.right];
-            if next[b.right] != NONE {
-                prev[next[b.right]] = b.left;
-            }
-            if prev[b.left] != NONE {
-                heap.extend(bigram(&spans, prev[b.left], b.left));
-            }
-            if next[b.left] != NONE {
-                heap.extend(bigram(&spans, b.left, next[b.left]));
-            }
-        }
-        let mut order = Vec::new();
-        let mut i = if n > 0 { 0 } else { NONE };
-        while i != NONE {
-            order.push(spans[i]);
-            i = next[i];
-        }
-        let spans = order;
-        for (a, b) in spans {
-            let piece = &s[a..b];
+        // llama.cpp's merge by score, O(n log n) in the characters.
+        let spans =
+            merge_by_score(&s, |piece| self.ids.get(piece).map(|&id| self.scores[id as usize]));
+        for range in spans {
+            let piece = &s[range];
             match self.ids.get(piece) {
                 Some(&id) => out.push(id),
                 None => {
@@ -345,32 +297,3 @@ impl Spm {
         }
     }
 }
-
-/// A pair of adjacent symbols whose joined text is a token, in [`Spm`]'s merge heap:
-/// the highest score first, the leftmost among equal scores (llama.cpp's order).
-struct SpmBigram {
-    score: f32,
-    left: usize,
-    right: usize,
-    size: usize,
-}
-
-impl Ord for SpmBigram {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.score.total_cmp(&other.score).then(other.left.cmp(&self.left))
-    }
-}
-
-impl PartialOrd for SpmBigram {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl PartialEq for SpmBigram {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other).is_eq()
-    }
-}
-
-impl Eq for SpmBigram {}

@@ -42,6 +42,17 @@ fn load(path: &Path) -> corral_backend_llama_cpp::LlamaModel {
     backend.load_model(&r).expect("load")
 }
 
+/// A tiny generated llama model (byte-level BPE with ChatML's special tokens), loaded;
+/// the directory holding its file comes first.
+fn tiny_llama() -> (tempfile::TempDir, corral_backend_llama_cpp::LlamaModel) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("llama.gguf");
+    let opts = GenerateOptions { shape: ModelShape::tiny(), seed: 3, ..Default::default() };
+    generate_model(&path, &opts).expect("generate");
+    let model = load(&path);
+    (dir, model)
+}
+
 fn check_equal_to_llama_cpp(path: &Path, what: &str) {
     let model = load(path);
     let texts: Vec<String> =
@@ -93,11 +104,7 @@ fn long_texts_tokenize_as_llama_cpp_does_whole_on_the_real_gemma_vocabulary() {
 /// vocabulary, growing with their square); in pieces it is a matter of seconds.
 #[test]
 fn a_chat_of_100000_turns_tokenizes_in_seconds() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("llama.gguf");
-    let opts = GenerateOptions { shape: ModelShape::tiny(), seed: 3, ..Default::default() };
-    generate_model(&path, &opts).expect("generate");
-    let model = load(&path);
+    let (_dir, model) = tiny_llama();
     let turn = "<|im_start|>user\nhi there<|im_end|>\n";
     let text = turn.repeat(100_000);
     let one = model.tokenize(turn, false, true).expect("one turn");
@@ -113,11 +120,7 @@ fn a_chat_of_100000_turns_tokenizes_in_seconds() {
 /// Special-token texts back to back, with no text between them, are each a place to cut.
 #[test]
 fn back_to_back_special_texts_are_cut() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("llama.gguf");
-    let opts = GenerateOptions { shape: ModelShape::tiny(), seed: 3, ..Default::default() };
-    generate_model(&path, &opts).expect("generate");
-    let model = load(&path);
+    let (_dir, model) = tiny_llama();
     let one = model.tokenize("<|im_end|>", false, true).expect("one");
     assert_eq!(one.len(), 1);
     let ids = model.tokenize(&"<|im_end|>".repeat(50_000), false, true).expect("tokenize");
