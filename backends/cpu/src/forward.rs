@@ -17,6 +17,25 @@ use crate::kv::SeqCache;
 use crate::model::{Activation, Hparams, ModelInner, RopeKind};
 use crate::weights::{Prepared, Weight, matmul, matmul_multi};
 
+/// `CORRAL_CPU_DUMP=DIR`: the forward pass writes its intermediate values under
+/// llama.cpp's graph names (`attn_norm-3`, `l_out-17`, `result_output`) to
+/// `DIR/NAME.f32` (raw little-endian f32, every row of the batch), as `llama-raw` does
+/// with `LLAMA_RAW_DUMP`, so the two engines can be compared stage by stage.
+fn dump(name: &str, layer: Option<usize>, data: &[f32]) {
+    static DIR: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    let Some(dir) = DIR.get_or_init(|| std::env::var_os("CORRAL_CPU_DUMP").map(Into::into)) else {
+        return;
+    };
+    let file = match layer {
+        Some(l) => format!("{name}-{l}.f32"),
+        None => format!("{name}.f32"),
+    };
+    let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    if let Err(e) = std::fs::write(dir.join(file), bytes) {
+        log::warn!("CORRAL_CPU_DUMP: {e}");
+    }
+}
+
 /// Reusable buffers of a context.
 #[derive(Default)]
 pub struct Scratch {
@@ -311,6 +330,7 @@ pub fn forward(
             c.v[l].resize(cells * kv_dim, f16::ZERO);
         }
     }
+    dump("inp_scaled", None, &s.x);
     timer.lap(&mut prof, "embed");
 
     // Scores are scaled, or (gemma, phi3) the queries before attention. With soft-capping
@@ -325,6 +345,7 @@ pub fn forward(
     let group = hp.n_head / hp.n_head_kv;
     for (l, layer) in m.layers.iter().enumerate() {
         rms_norm(&s.x, &layer.attn_norm, &mut resize(&mut s.h, n * d)[..], hp.eps);
+        dump("attn_norm", Some(l), &s.h);
         timer.lap(&mut prof, "norm");
         if layer.wk.ty == layer.wq.ty && layer.wv.ty == layer.wq.ty {
             s.prep.prepare(layer.wq.ty, &s.h, n, d);
@@ -349,16 +370,21 @@ pub fn forward(
         add_bias(&mut s.q, &layer.bq);
         add_bias(&mut s.k, &layer.bk);
         add_bias(&mut s.v, &layer.bv);
+        dump("Vcur", Some(l), &s.v);
         if let Some(w) = &layer.q_norm {
             rms_norm_in_place(&mut s.q, w, hp.eps, &mut s.tmp);
+            dump("Qcur_normed", Some(l), &s.q);
         }
         if let Some(w) = &layer.k_norm {
             rms_norm_in_place(&mut s.k, w, hp.eps, &mut s.tmp);
+            dump("Kcur_normed", Some(l), &s.k);
         }
         let swa = hp.is_swa(l);
         let table = if hp.swa_layers[l] && !rope_swa.is_empty() { &rope_swa } else { &s.rope };
         apply_rope(m, &mut s.q, hp.n_head, table);
         apply_rope(m, &mut s.k, hp.n_head_kv, table);
+        dump("Qcur", Some(l), &s.q);
+        dump("Kcur", Some(l), &s.k);
         if hp.scale_queries {
             let a = hp.attn_scale;
             s.q.par_iter_mut().for_each(|v| *v *= a);
@@ -438,6 +464,7 @@ pub fn forward(
                 }
             },
         );
+        dump("kqv_out", Some(l), &s.att);
         timer.lap(&mut prof, "attention");
         // After the last layer's attention only the rows that produce output matter (as
         // llama.cpp's inp_out_ids): keep those rows of x and att.
@@ -457,12 +484,16 @@ pub fn forward(
         mm(map, &layer.wo, &mut s.prep, &s.att, n, &mut s.tmp, false);
         add_bias(&mut s.tmp, &layer.bo);
         timer.lap(&mut prof, "matmul wo");
+        dump("attn_out", Some(l), &s.tmp);
         if let Some(w) = &layer.post_attn_norm {
             rms_norm_in_place(&mut s.tmp, w, hp.eps, &mut s.h);
+            dump("attn_post_norm", Some(l), &s.tmp);
         }
         add_in_place(&mut s.x, &s.tmp);
+        dump("sa_out", Some(l), &s.x);
 
         rms_norm(&s.x, &layer.ffn_norm, &mut resize(&mut s.h, n * d)[..], hp.eps);
+        dump("ffn_norm", Some(l), &s.h);
         timer.lap(&mut prof, "norm");
         if layer.w_up.ty == layer.w_gate.ty {
             s.prep.prepare(layer.w_gate.ty, &s.h, n, d);
@@ -479,6 +510,8 @@ pub fn forward(
         }
         add_bias(&mut s.gate, &layer.b_gate);
         add_bias(&mut s.up, &layer.b_up);
+        dump("ffn_gate", Some(l), &s.gate);
+        dump("ffn_up", Some(l), &s.up);
         timer.lap(&mut prof, "matmul gate+up");
         let nff = hp.n_ff;
         let act = hp.act;
@@ -490,14 +523,18 @@ pub fn forward(
                 };
             }
         });
+        dump("ffn_gelu_par", Some(l), &s.gate);
         timer.lap(&mut prof, "glu");
         mm(map, &layer.w_down, &mut s.prep, &s.gate, n, &mut s.tmp, false);
         add_bias(&mut s.tmp, &layer.b_down);
         timer.lap(&mut prof, "matmul down");
+        dump("ffn_out", Some(l), &s.tmp);
         if let Some(w) = &layer.post_ffn_norm {
             rms_norm_in_place(&mut s.tmp, w, hp.eps, &mut s.h);
+            dump("ffn_post_norm", Some(l), &s.tmp);
         }
         add_in_place(&mut s.x, &s.tmp);
+        dump("l_out", Some(l), &s.x);
     }
 
     // Output rows only.
@@ -509,6 +546,7 @@ pub fn forward(
     }
     let mut normed = vec![0f32; r * d];
     rms_norm(&hsel, &m.output_norm, &mut normed, hp.eps);
+    dump("result_norm", None, &normed);
     let out = if hidden {
         Output::Hidden(normed)
     } else {
@@ -520,6 +558,7 @@ pub fn forward(
                 logits.par_iter_mut().for_each(|l| *l = (*l / cap).tanh() * cap);
             }
         }
+        dump("result_output", None, &logits);
         Output::Logits(logits)
     };
     timer.lap(&mut prof, "output");

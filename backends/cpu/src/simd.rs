@@ -898,7 +898,8 @@ macro_rules! x86_kernels {
         /// `acc`. Cells go in blocks of `BLOCK`: first every head's scores (each key
         /// widened once), then each head's softmax steps (the exponentials, free of the
         /// value loads), then the values (each widened once) into every head's
-        /// accumulator, cell by cell in order as llama.cpp's one-row path adds them.
+        /// accumulator, cell by cell in order as llama.cpp's one-row path adds them
+        /// (`f16_native`: in f16 arithmetic, `kernels::FaRounding::F16Native`).
         #[target_feature(enable = $features)]
         #[allow(clippy::too_many_arguments)]
         pub(crate) unsafe fn attend_heads_f16(
@@ -910,6 +911,7 @@ macro_rules! x86_kernels {
             acc: *mut u8,
             (max, sum): (&mut [f32], &mut [f32]),
             scratch: *mut f32,
+            f16_native: bool,
         ) {
             const BLOCK: usize = crate::kernels::FA_BLOCK;
             let g = max.len();
@@ -925,7 +927,7 @@ macro_rules! x86_kernels {
                 for (j, &cell) in block.iter().enumerate() {
                     widen(k, 2 * (cell as usize * kv_dim + offset));
                     for h in 0..g {
-                        *step(h, j) = dot_f32_x8(bp, qp.add(h * hd), hd) * scale;
+                        *step(h, j) = dot_ggml_f16(bp, qp.add(h * hd), hd) * scale;
                     }
                 }
                 for h in 0..g {
@@ -944,14 +946,18 @@ macro_rules! x86_kernels {
                             (1.0, (sc - *m).exp())
                         };
                         (*st, *st.add(1)) = (ms, w);
-                        *s = *s * ms + w;
+                        *s = (*s).mul_add(ms, w);
                     }
                 }
                 for (j, &cell) in block.iter().enumerate() {
                     widen(v, 2 * (cell as usize * kv_dim + offset));
                     for h in 0..g {
                         let (ms, w) = (*step(h, j), *step(h, j).add(1));
-                        fa_accumulate(acc.add(2 * h * hd), bp, hd, (ms, w));
+                        if f16_native {
+                            fa_accumulate_f16(acc.add(2 * h * hd), bp, hd, (ms, w));
+                        } else {
+                            fa_accumulate(acc.add(2 * h * hd), bp, hd, (ms, w));
+                        }
                     }
                 }
             }
@@ -1097,6 +1103,66 @@ pub(crate) mod avx2 {
             _mm_storeu_si128(acc.add(2 * i).cast(), _mm256_cvtps_ph::<R>(r));
         }
     }
+
+    /// [`fa_accumulate`] in f16 arithmetic (`kernels::fa_step` with `F16Native`), one
+    /// value at a time: only a CPU with AVX-512 rounds so, and there the AVX-512 kernel
+    /// runs unless the level is forced down.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn fa_accumulate_f16(acc: *mut u8, v: *const f32, n: usize, ms_w: (f32, f32)) {
+        super::f16_accumulate_tail(acc, v, 0, n, ms_w);
+    }
+
+    /// `k · q` for `n` f32 at each pointer in `ggml_vec_dot_f16`'s order on AVX2: four
+    /// 8-lane accumulators over steps of 32, added as `(a0 + a2) + (a1 + a3)` and then
+    /// across lanes with two horizontal adds; the remainder added in f64.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn dot_ggml_f16(k: *const f32, q: *const f32, n: usize) -> f32 {
+        let np = n & !31;
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i < np {
+            for (j, a) in acc.iter_mut().enumerate() {
+                let at = i + 8 * j;
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(k.add(at)), _mm256_loadu_ps(q.add(at)), *a);
+            }
+            i += 32;
+        }
+        let x = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
+        let t0 = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
+        let t1 = _mm_hadd_ps(t0, t0);
+        let mut sum = f64::from(_mm_cvtss_f32(_mm_hadd_ps(t1, t1)));
+        while i < n {
+            sum += f64::from(*k.add(i) * *q.add(i));
+            i += 1;
+        }
+        sum as f32
+    }
+}
+
+/// Values `from..to` of an f16 accumulator step in f16 arithmetic, one at a time
+/// (`kernels::fa_step` with `F16Native`).
+///
+/// # Safety
+/// `acc` holds at least `to` f16 values and `v` at least `to` f32 values.
+unsafe fn f16_accumulate_tail(
+    acc: *mut u8,
+    v: *const f32,
+    from: usize,
+    to: usize,
+    ms_w: (f32, f32),
+) {
+    use crate::kernels::{FaRounding, fa_step};
+    for i in from..to {
+        // SAFETY: i < to: inside both rows (the caller's guarantee); f16 is a u16.
+        unsafe {
+            let a = acc.add(2 * i).cast::<u16>();
+            let old = half::f16::from_bits(a.read_unaligned());
+            let r = fa_step(old, *v.add(i), ms_w, FaRounding::F16Native);
+            a.write_unaligned(r.to_bits());
+        }
+    }
 }
 
 /// The same kernels with AVX-512 F/BW/VL/VNNI (Ice Lake, Zen 4 and later): `vpdpbusd`
@@ -1165,5 +1231,73 @@ pub(crate) mod avx512 {
             let r = _mm256_fmadd_ps(_mm256_loadu_ps(v.add(i)), wv, a);
             _mm_storeu_si128(acc.add(2 * i).cast(), _mm256_cvtps_ph::<R>(r));
         }
+    }
+
+    /// [`fa_accumulate`] in f16 arithmetic, as ggml built with AVX512-FP16 computes it
+    /// (`kernels::fa_step` with `F16Native`), 16 lanes at a time: `ms` and `w` rounded to
+    /// f16; `f16(acc·ms)` (the product of two f16 values is exact in f32, so one rounding);
+    /// then `acc + v·w` (`v·w` exact again) summed in f32 and rounded to odd (two-sum gives
+    /// the error exactly; the f32 under the sum when the sum lies below it, then the lowest
+    /// bit set when inexact), so that the conversion to f16 rounds the exact sum once.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    pub(crate) unsafe fn fa_accumulate_f16(
+        acc: *mut u8,
+        v: *const f32,
+        n: usize,
+        (ms, w): (f32, f32),
+    ) {
+        const R: i32 = _MM_FROUND_TO_NEAREST_INT;
+        let round16 = |x: f32| half::f16::from_f32(x).to_f32();
+        let (wv, msv) = (_mm512_set1_ps(round16(w)), _mm512_set1_ps(round16(ms)));
+        let (zero, one) = (_mm512_setzero_ps(), _mm512_set1_epi32(1));
+        let mut i = 0;
+        while i + 16 <= n {
+            let mut a = _mm512_cvtph_ps(_mm256_loadu_si256(acc.add(2 * i).cast()));
+            if ms != 1.0 {
+                a = _mm512_cvtph_ps(_mm512_cvtps_ph::<R>(_mm512_mul_ps(a, msv)));
+            }
+            let p = _mm512_mul_ps(_mm512_loadu_ps(v.add(i)), wv);
+            let r = _mm512_add_ps(a, p);
+            let bb = _mm512_sub_ps(r, a);
+            let err = _mm512_add_ps(_mm512_sub_ps(a, _mm512_sub_ps(r, bb)), _mm512_sub_ps(p, bb));
+            let inexact = _mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(err, zero);
+            let bits = _mm512_castps_si512(r);
+            // -1 where the error's sign differs from the sum's (the exact sum lies below).
+            let down = _mm512_srai_epi32::<31>(_mm512_xor_si512(_mm512_castps_si512(err), bits));
+            let bits = _mm512_mask_add_epi32(bits, inexact, bits, down);
+            let bits = _mm512_mask_or_epi32(bits, inexact, bits, one);
+            let out = _mm512_cvtps_ph::<R>(_mm512_castsi512_ps(bits));
+            _mm256_storeu_si256(acc.add(2 * i).cast(), out);
+            i += 16;
+        }
+        super::f16_accumulate_tail(acc, v, i, n, (ms, w));
+    }
+
+    /// `k · q` for `n` f32 at each pointer in `ggml_vec_dot_f16`'s order on AVX-512: four
+    /// 16-lane accumulators over steps of 64, added as `(a0 + a2) + (a1 + a3)`, then
+    /// across lanes by halves (`_mm512_reduce_add_ps` as GCC expands it); the remainder
+    /// added in f64.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn dot_ggml_f16(k: *const f32, q: *const f32, n: usize) -> f32 {
+        let np = n & !63;
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i < np {
+            for (j, a) in acc.iter_mut().enumerate() {
+                let at = i + 16 * j;
+                *a = _mm512_fmadd_ps(_mm512_loadu_ps(k.add(at)), _mm512_loadu_ps(q.add(at)), *a);
+            }
+            i += 64;
+        }
+        let x = _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3]));
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(x)));
+        let mut sum = f64::from(hsum(_mm256_add_ps(_mm512_castps512_ps256(x), hi)));
+        while i < n {
+            sum += f64::from(*k.add(i) * *q.add(i));
+            i += 1;
+        }
+        sum as f32
     }
 }

@@ -65,10 +65,14 @@ fn raw_json_env(raw: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> s
 /// last position's logits are as close to llama.cpp's as llama.cpp's own configurations
 /// are to each other. llama.cpp's default (repacked Q4_K, flash attention) against no
 /// repacking and against no flash attention differs by about 2% of the logit range on
-/// this model, and on one prompt of five its greedy text already forks at the third
-/// token. So: the 32 greedy tokens equal llama.cpp's default wherever its variants all
-/// agree with it, and elsewhere agree at least as long as its variants do; the logits
-/// are within 1.25 times llama.cpp's own spread.
+/// this model, and on 9 of these 16 prompts one of those variants' greedy text forks from
+/// the default within 32 tokens (at near-ties of 0.01 to 0.2 logits; one at the first
+/// token). So: the 32 greedy tokens equal llama.cpp's default wherever its variants all
+/// agree with it, and elsewhere agree at least as long as its variants do or fork at a
+/// near-tie; the logits are within the tolerance below of llama.cpp's own spread. Stage
+/// by stage (`CORRAL_CPU_DUMP` / `LLAMA_RAW_DUMP`, `scripts/compare-dumps.py`) the
+/// embeddings and the first norm are bit for bit llama.cpp's; the first difference is
+/// the float order inside the Q5_0/Q8_0 matrix products (about 1e-6).
 #[test]
 fn gemma_greedy_tokens_and_logits_equal_llama_cpp() {
     use corral_backend_api::{
@@ -88,8 +92,21 @@ fn gemma_greedy_tokens_and_logits_equal_llama_cpp() {
         "Once upon a time, in a small village,",
         "東京は日本の首都です。大阪は",
         "1, 2, 3, 4, 5,",
+        "The quick brown fox",
+        "Water boils at a temperature of",
+        "import numpy as np\n",
+        "The largest planet in our solar system is",
+        "Question: What is 2 + 2?\nAnswer:",
+        "<start_of_turn>user\nWrite a haiku about the sea.<end_of_turn>\n<start_of_turn>model\n",
+        "La capitale de la France est",
+        "In 1492, Christopher Columbus",
+        "SELECT name FROM users WHERE",
+        "The first law of thermodynamics states that",
+        "Dear Sir or Madam,",
     ];
     let mut kls = Vec::new();
+    // (this engine's agreement, llama.cpp's variants' agreement) per prompt.
+    let mut agreements = Vec::new();
     for prompt in prompts {
         let want =
             raw_json(&raw, &["greedy", &model_path, "--prompt", prompt, "--n", "32", "--json"]);
@@ -138,6 +155,7 @@ fn gemma_greedy_tokens_and_logits_equal_llama_cpp() {
         let self_agreement = common(&variant_tokens(&["--fa", "0"], &[]), &want_tokens)
             .min(common(&variant_tokens(&[], &[("LLAMA_RAW_NO_REPACK", "1")]), &want_tokens));
         let agreement = common(&got, &want_tokens);
+        agreements.push((agreement == want_tokens.len(), self_agreement == want_tokens.len()));
         println!(
             "{prompt:?} -> {text:?}\n  greedy: {agreement} of {} tokens equal llama.cpp's; its \
              own variants agree for {self_agreement}",
@@ -201,6 +219,15 @@ fn gemma_greedy_tokens_and_logits_equal_llama_cpp() {
     }
     // Over all prompts, the mean KL divergence within 1.5x that of llama.cpp's noisier
     // variant (one prompt alone is a noisy sample: per prompt the bound is 5x).
+    let all = agreements.iter().filter(|a| a.0).count();
+    let conditioned: Vec<_> = agreements.iter().filter(|a| a.1).collect();
+    println!(
+        "greedy: {all} of {} prompts equal llama.cpp's for all 32 tokens; on the {} where \
+         llama.cpp's own variants all agree with it, {} do",
+        agreements.len(),
+        conditioned.len(),
+        conditioned.iter().filter(|a| a.0).count()
+    );
     let mean = |f: fn(&(f64, f64, f64)) -> f64| kls.iter().map(f).sum::<f64>() / kls.len() as f64;
     let (ours, fa_off, no_repack) = (mean(|k| k.0), mean(|k| k.1), mean(|k| k.2));
     println!(

@@ -136,6 +136,41 @@ unsafe extern "C" fn quiet_log(
     }
 }
 
+/// `LLAMA_RAW_DUMP=DIR`: llama.cpp's graph callback writes every contiguous f32 tensor
+/// whose name is a plain graph name (`attn_norm-3`, `result_output`) to `DIR/NAME.f32`
+/// (raw little-endian f32, the last evaluation of that name wins), for comparing an
+/// engine's intermediate values with llama.cpp's stage by stage.
+unsafe extern "C" fn dump_tensor(
+    t: *mut sys::ggml_tensor,
+    ask: bool,
+    _: *mut std::ffi::c_void,
+) -> bool {
+    // SAFETY: ggml passes a live tensor whose name is a NUL-terminated array.
+    let (name, ty, contiguous, bytes) = unsafe {
+        (
+            CStr::from_ptr(sys::ggml_get_name(t)).to_string_lossy().into_owned(),
+            (*t).type_,
+            sys::ggml_is_contiguous(t),
+            sys::ggml_nbytes(t),
+        )
+    };
+    let plain = !name.is_empty()
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && !name.starts_with("leaf")
+        && !name.starts_with("node");
+    let wanted = plain && ty == sys::GGML_TYPE_F32 && contiguous;
+    if ask {
+        return wanted;
+    }
+    if wanted && let Some(dir) = std::env::var_os("LLAMA_RAW_DUMP") {
+        let mut buf = vec![0u8; bytes];
+        // SAFETY: `buf` holds the tensor's nbytes; the tensor is computed (ask == false).
+        unsafe { sys::ggml_backend_tensor_get(t, buf.as_mut_ptr().cast(), 0, bytes) };
+        let _ = std::fs::write(std::path::Path::new(&dir).join(format!("{name}.f32")), &buf);
+    }
+    true
+}
+
 fn load(a: &Args) -> Result<Model, String> {
     let meta = std::fs::metadata(&a.model).map_err(|e| format!("{}: {e}", a.model))?;
     if !meta.is_file() {
@@ -190,6 +225,9 @@ fn new_ctx_seqs(
             } else {
                 sys::LLAMA_FLASH_ATTN_TYPE_DISABLED
             };
+        }
+        if std::env::var_os("LLAMA_RAW_DUMP").is_some() {
+            cp.cb_eval = Some(dump_tensor);
         }
         let c = sys::llama_init_from_model(m.0, cp);
         if c.is_null() {
