@@ -127,13 +127,16 @@ fn gelu_table() -> &'static [u16] {
     TABLE.get_or_init(|| (0..=u16::MAX).map(|bits| gelu_f16_entry(f16::from_bits(bits))).collect())
 }
 
-/// One entry of [`gelu_table`]: `0.5·x·(1 + tanh(√(2/π)·x·(1 + 0.044715·x²)))` in f32,
-/// rounded to f16.
+/// One entry of [`gelu_table`]: `0.5·x·(1 + tanh(√(2/π)·x·(1 + 0.044715·x²)))` in f32
+/// (`1 + 0.044715·x·x` in one fused multiply-add, as ggml's table comes out of its
+/// compiler), rounded to f16.
 fn gelu_f16_entry(x: f16) -> u16 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     const COEF_A: f32 = 0.044_715;
     let x = x.to_f32();
-    let y = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF_A * x * x)).tanh());
+    // `1 + a·x·x` fused as the compiler contracts ggml's `ggml_gelu_f32`.
+    let inner = (COEF_A * x).mul_add(x, 1.0);
+    let y = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * inner).tanh());
     f16::from_f32(y).to_bits()
 }
 
@@ -197,11 +200,18 @@ fn apply_rope(m: &ModelInner, x: &mut [f32], n_heads: usize, table: &[f32]) {
                     RopeKind::Neox => (i, i + half),
                 };
                 let (x0, x1) = (head[a], head[b]);
-                head[a] = x0 * c - x1 * s;
-                head[b] = x0 * s + x1 * c;
+                (head[a], head[b]) = rotate(x0, x1, c, s);
             }
         }
     });
+}
+
+/// One rotated pair, `(x0·cos − x1·sin, x0·sin + x1·cos)`, with the fused multiply-adds the
+/// compiler makes of ggml's `rotate_pairs` (the first product of each fused, the second
+/// rounded): the rotated queries and keys equal llama.cpp's bit for bit.
+#[inline]
+fn rotate(x0: f32, x1: f32, c: f32, s: f32) -> (f32, f32) {
+    (x0.mul_add(c, -(x1 * s)), x0.mul_add(s, x1 * c))
 }
 
 /// Rotates the cached keys of one cell (`kv_dim` F16 values, every KV head) further by
@@ -227,9 +237,8 @@ pub(crate) fn rerotate_keys(
                 RopeKind::Norm => (2 * i, 2 * i + 1),
                 RopeKind::Neox => (i, i + half),
             };
-            let (x0, x1) = (head[a].to_f32(), head[b].to_f32());
-            head[a] = f16::from_f32(x0 * c - x1 * s);
-            head[b] = f16::from_f32(x0 * s + x1 * c);
+            let (y0, y1) = rotate(head[a].to_f32(), head[b].to_f32(), c, s);
+            (head[a], head[b]) = (f16::from_f32(y0), f16::from_f32(y1));
         }
     }
 }
@@ -523,7 +532,7 @@ pub fn forward(
                 };
             }
         });
-        dump("ffn_gelu_par", Some(l), &s.gate);
+        dump("ffn_geglu", Some(l), &s.gate);
         timer.lap(&mut prof, "glu");
         mm(map, &layer.w_down, &mut s.prep, &s.gate, n, &mut s.tmp, false);
         add_bias(&mut s.tmp, &layer.b_down);
@@ -648,6 +657,10 @@ mod tests {
             x += 0.000_731;
         }
         assert_eq!(gelu_ggml(0.0), 0.0);
+        // llama.cpp's GeGLU on Gemma 3 270M (layer 0, `LLAMA_RAW_DUMP`): the table entry at
+        // -1.998 differs in its last bit unless `1 + a·x·x` is fused as ggml's compiler does.
+        let (gate, up) = (f32::from_bits(0xbfff_dd67), f32::from_bits(0xbff0_24bf));
+        assert_eq!((gelu_ggml(gate) * up).to_bits(), 0x3dae_d4c1);
         assert!((gelu_ggml(1.0) - 0.8412).abs() < 1e-3, "{}", gelu_ggml(1.0));
         assert!((gelu_ggml(-1.0) + 0.1588).abs() < 1e-3, "{}", gelu_ggml(-1.0));
     }

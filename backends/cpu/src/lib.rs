@@ -21,6 +21,7 @@
 
 pub mod context;
 pub mod forward;
+pub mod ggml_order;
 pub mod kernels;
 pub mod kquants;
 pub mod kv;
@@ -78,6 +79,10 @@ pub struct CpuOptions {
     /// pages; Q4_K interleaved for the decode kernels: `weights::Weight::copy_to_memory`;
     /// default on). Off: every weight is read in place from the mapped file.
     pub copy_weights: Option<bool>,
+    /// Matrix products of Q5_0, Q8_0, Q4_K and Q6_K weights in llama.cpp's float order
+    /// (`ggml_order`), so that greedy text equals llama.cpp's on x86 (default off: the
+    /// engine's own kernels are faster). `CORRAL_CPU_MATCH_LLAMA_CPP=1` turns it on too.
+    pub match_llama_cpp: Option<bool>,
 }
 
 /// The backend.
@@ -89,14 +94,28 @@ impl CpuBackend {
     /// Plugin entry point.
     pub fn init(init: &InitContext) -> Result<Self, BackendError> {
         let options: CpuOptions = init.options()?;
+        apply_match_llama_cpp(&options);
         log::info!("cpu backend {} ({VARIANT}, {}) initialised", env!("CARGO_PKG_VERSION"), simd());
         Ok(CpuBackend { options })
     }
 
     /// A backend with the given options, for use without the host.
     pub fn with_options(options: CpuOptions) -> Self {
+        apply_match_llama_cpp(&options);
         CpuBackend { options }
     }
+}
+
+/// Sets the process-wide agreement mode from the options or `CORRAL_CPU_MATCH_LLAMA_CPP`
+/// (an engine worker serves one backend, so process-wide is per backend there).
+fn apply_match_llama_cpp(options: &CpuOptions) {
+    let env = std::env::var("CORRAL_CPU_MATCH_LLAMA_CPP").ok();
+    let on = options.match_llama_cpp.unwrap_or(false)
+        || env.as_deref().is_some_and(|v| !matches!(v.trim(), "" | "0" | "false"));
+    if on {
+        log::info!("cpu backend: matrix products in llama.cpp's float order (match_llama_cpp)");
+    }
+    ggml_order::set_match_llama_cpp(on);
 }
 
 impl Backend for CpuBackend {

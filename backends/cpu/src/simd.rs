@@ -586,6 +586,160 @@ macro_rules! x86_kernels {
             dot_k::<T, 6>(w, a, nb)
         }
 
+        /// The sum of the eight i32 lanes (exact: integer).
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn hsum_i32(v: __m256i) -> i32 {
+            let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+            _mm_cvtsi128_si32(s)
+        }
+
+        /// Q5_0 (`FIVE`) or Q8_0 row times `T` Q8_0 activation rows in ggml's float order
+        /// (`ggml_vec_dot_q5_0_q8_0`/`ggml_vec_dot_q8_0_q8_0` for one row, llamafile's
+        /// tinyBLAS for batches: the same arithmetic): 8 f32 lanes per token, lane `l` adding
+        /// `fma(d_w·d_a, Σ products of the block's bytes 4l..4l+3)` block by block, the lanes
+        /// summed at the end as `hsum_float_8`.
+        #[target_feature(enable = $features)]
+        #[inline]
+        pub(crate) unsafe fn dot_q0_ggml<const T: usize, const FIVE: bool>(
+            w: &[u8],
+            a: [ActRow<'_>; T],
+            nb: usize,
+        ) -> [f32; T] {
+            let bytes = if FIVE { Q5_0_BYTES } else { Q8_0_BYTES };
+            let wp = w.as_ptr();
+            let mut acc = [_mm256_setzero_ps(); T];
+            for b in 0..nb {
+                let blk = wp.add(b * bytes);
+                let dw = scale(blk);
+                let wv = if FIVE {
+                    let u = _mm256_or_si256(nibbles(blk.add(6)), fifth_bits(blk.add(2)));
+                    _mm256_sub_epi8(u, _mm256_set1_epi8(16))
+                } else {
+                    _mm256_loadu_si256(blk.add(2).cast())
+                };
+                let wabs = _mm256_sign_epi8(wv, wv);
+                for t in 0..T {
+                    let y = _mm256_loadu_si256(a[t].qs.as_ptr().add(b * QK).cast());
+                    let lanes = dot_u8_i8(_mm256_setzero_si256(), wabs, _mm256_sign_epi8(y, wv));
+                    let d = _mm256_set1_ps(dw * *a[t].d.get_unchecked(b));
+                    acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(lanes), acc[t]);
+                }
+            }
+            let mut out = [0f32; T];
+            for t in 0..T {
+                out[t] = hsum(acc[t]);
+            }
+            out
+        }
+
+        /// Q4_K row times `T` Q8_K activation rows in the order of ggml's repacked Q4_K
+        /// kernels: per super-block the scaled integer sum times `d·d_a` and the mins' sum
+        /// times `dmin·d_a` go into two accumulators (subtracted at the end), once per
+        /// super-block (`ggml_gemv_q4_K_8x8_q8_K`) or, for the tokens `chunked` marks, once
+        /// per 64 values (`ggml_gemm_q4_K_8x8_q8_K` at the AVX-512 level, which takes the
+        /// tokens of a batch in fours).
+        #[target_feature(enable = $features)]
+        #[inline]
+        pub(crate) unsafe fn dot_q4_k_ggml<const T: usize>(
+            w: &[u8],
+            a: [Q8KRow<'_>; T],
+            nb: usize,
+            chunked: [bool; T],
+        ) -> [f32; T] {
+            let wp = w.as_ptr();
+            let m4 = _mm256_set1_epi8(0x0f);
+            let (mut acc, mut acc_min) = ([0f32; T], [0f32; T]);
+            for b in 0..nb {
+                let blk = wp.add(b * Q4_K_BYTES);
+                let (d, dmin) = (scale(blk), scale(blk.add(2)));
+                let scales = std::slice::from_raw_parts(blk.add(4), 12);
+                let (mut sc, mut mn) = ([0i16; 8], [0i32; 8]);
+                for j in 0..8 {
+                    let (s, m) = crate::kquants::scale_min_k4(j, scales);
+                    (sc[j], mn[j]) = (i16::from(s), i32::from(m));
+                }
+                let mut lo = [_mm256_setzero_si256(); 4];
+                let mut hi = [_mm256_setzero_si256(); 4];
+                for c in 0..4 {
+                    let v = _mm256_loadu_si256(blk.add(16 + 32 * c).cast());
+                    lo[c] = _mm256_and_si256(v, m4);
+                    hi[c] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+                }
+                for t in 0..T {
+                    let y = a[t].qs.as_ptr().add(b * QK_K);
+                    let bs = a[t].bsums.as_ptr().add(16 * b);
+                    let yd = *a[t].d.get_unchecked(b);
+                    let (dd, dm) = (d * yd, dmin * yd);
+                    let (mut isum, mut imin) = (0i32, 0i32);
+                    for c in 0..4 {
+                        let yl = _mm256_loadu_si256(y.add(64 * c).cast());
+                        let yh = _mm256_loadu_si256(y.add(64 * c + 32).cast());
+                        let pl = _mm256_madd_epi16(
+                            _mm256_maddubs_epi16(lo[c], yl),
+                            _mm256_set1_epi16(sc[2 * c]),
+                        );
+                        let ph = _mm256_madd_epi16(
+                            _mm256_maddubs_epi16(hi[c], yh),
+                            _mm256_set1_epi16(sc[2 * c + 1]),
+                        );
+                        let bsum =
+                            |j: usize| i32::from(*bs.add(2 * j)) + i32::from(*bs.add(2 * j + 1));
+                        let s = hsum_i32(_mm256_add_epi32(pl, ph));
+                        let m = mn[2 * c] * bsum(2 * c) + mn[2 * c + 1] * bsum(2 * c + 1);
+                        if chunked[t] {
+                            acc[t] = (s as f32).mul_add(dd, acc[t]);
+                            acc_min[t] = (m as f32).mul_add(dm, acc_min[t]);
+                        } else {
+                            (isum, imin) = (isum + s, imin + m);
+                        }
+                    }
+                    if !chunked[t] {
+                        acc[t] = (isum as f32).mul_add(dd, acc[t]);
+                        acc_min[t] = (imin as f32).mul_add(dm, acc_min[t]);
+                    }
+                }
+            }
+            let mut out = [0f32; T];
+            for t in 0..T {
+                out[t] = acc[t] - acc_min[t];
+            }
+            out
+        }
+
+        /// Q6_K row times `T` Q8_K activation rows in the order of ggml's tiled K-quant
+        /// matmul (batches of 8 rows or more): per block the exact integer sum of the scaled
+        /// sub-block products (values offset by 32), times `d_w`, then times `d_a` added to
+        /// the result with one fused multiply-add.
+        #[target_feature(enable = $features)]
+        #[inline]
+        pub(crate) unsafe fn dot_q6_k_tiled<const T: usize>(
+            w: &[u8],
+            a: [Q8KRow<'_>; T],
+            nb: usize,
+        ) -> [f32; T] {
+            let wp = w.as_ptr();
+            let mut out = [0f32; T];
+            for b in 0..nb {
+                let k = unpack_q6_k(wp.add(b * Q6_K_BYTES));
+                for t in 0..T {
+                    let mut iv = _mm256_setzero_si256();
+                    for r in 0..8 {
+                        let y = _mm256_loadu_si256(a[t].qs.as_ptr().add(b * QK_K + 32 * r).cast());
+                        let p = _mm256_maddubs_epi16(k.u[r], y);
+                        iv = _mm256_add_epi32(iv, _mm256_madd_epi16(p, k.sp[r]));
+                    }
+                    let bs = _mm256_loadu_si256(a[t].bsums.as_ptr().add(16 * b).cast());
+                    let s1 = hsum_i32(_mm256_sub_epi32(iv, _mm256_madd_epi16(k.offsc, bs)));
+                    let result = s1 as f32 * k.d;
+                    out[t] = result.mul_add(*a[t].d.get_unchecked(b), out[t]);
+                }
+            }
+            out
+        }
+
         /// Adds super-block `b` of 8 Q4_K rows to one token's accumulators: the rows'
         /// integer sums `isum` times `d·d_y` into `acc`, and the mins (`mins[k]`: i16 pairs,
         /// the rows' mins of sub-blocks `2k` and `2k + 1`) times the activation's sums of

@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use crate::ggml_order;
 use crate::kernels::{self, Q4_0_BYTES, Q8_0_BYTES, Q8Rows, QK};
 use crate::kquants::{self as kq, Q8KRows, QK_K};
 
@@ -191,6 +192,7 @@ impl Weight {
     /// whole groups of 8.
     pub fn interleavable(&self) -> bool {
         matches!(self.ty, WType::Q4_K | WType::Q4_0 | WType::Q5_0)
+            && !(ggml_order::match_llama_cpp() && matches!(self.ty, WType::Q4_K | WType::Q5_0))
             && self.rows.is_multiple_of(GROUP)
             && self.rows > 0
     }
@@ -431,6 +433,12 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
             }
             return;
         }
+        if ggml_order::match_llama_cpp()
+            && matches!(w.ty, WType::Q5_0 | WType::Q8_0 | WType::Q4_K | WType::Q6_K)
+        {
+            rows_in_ggml_order(map, w, (r0, r1), n, a, isa, &put);
+            return;
+        }
         match w.ty.acts() {
             ActKind::Q8 => {
                 // Batches of Q4_0 and Q5_0 read in the file: groups of 8 rows interleaved
@@ -497,6 +505,56 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
             }
         }
     });
+}
+
+/// Rows `r0..r1` of a Q5_0, Q8_0, Q4_K or Q6_K weight (rows in file order) times the `n`
+/// prepared activation rows in llama.cpp's float order ([`ggml_order`]): tokens in fours,
+/// then singles, as ggml's repacked Q4_K kernels split a batch.
+fn rows_in_ggml_order(
+    map: &[u8],
+    w: &Weight,
+    (r0, r1): (usize, usize),
+    n: usize,
+    a: &Prepared,
+    isa: kernels::Isa,
+    put: &impl Fn(usize, usize, f32),
+) {
+    fn tile<const T: usize>(
+        ty: WType,
+        row: &[u8],
+        a: &Prepared,
+        (t0, n): (usize, usize),
+        isa: kernels::Isa,
+    ) -> [f32; T] {
+        match ty {
+            WType::Q4_K => {
+                let rows = std::array::from_fn(|i| a.qk.row(t0 + i));
+                // ggml's gemm takes the batch's tokens in fours, its gemv the rest.
+                ggml_order::q4k_rows::<T>(isa, row, rows, [T == 4; T])
+            }
+            WType::Q6_K => {
+                ggml_order::q6k_rows::<T>(isa, row, std::array::from_fn(|i| a.qk.row(t0 + i)), n)
+            }
+            _ => {
+                let rows = std::array::from_fn(|i| a.q.row(t0 + i));
+                ggml_order::q0_rows::<T>(isa, ty == WType::Q5_0, row, rows)
+            }
+        }
+    }
+    for r in r0..r1 {
+        let row = w.row(map, r);
+        let mut t = 0;
+        while t + 4 <= n {
+            for (i, v) in tile::<4>(w.ty, row, a, (t, n), isa).into_iter().enumerate() {
+                put(t + i, r, v);
+            }
+            t += 4;
+        }
+        while t < n {
+            put(t, r, tile::<1>(w.ty, row, a, (t, n), isa)[0]);
+            t += 1;
+        }
+    }
 }
 
 /// The grouped kernel of an interleaved weight for 4 and for 1 activation rows:

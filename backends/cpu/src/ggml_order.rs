@@ -1,0 +1,314 @@
+//! Matrix products in llama.cpp's float order, for the agreement mode
+//! ([`match_llama_cpp`]): the same integer sums as the engine's fast kernels, with the
+//! float additions in the order and grouping of the ggml CPU kernels that llama.cpp runs on
+//! x86 with AVX2 or AVX-512 for the weight types of the common K-quant mixes:
+//!
+//! - Q5_0, Q8_0 ([`q0_rows`]): `ggml_vec_dot_q5_0_q8_0`/`ggml_vec_dot_q8_0_q8_0` for one
+//!   token and llamafile's tinyBLAS for batches, both 8 f32 lanes per output, lane `l`
+//!   taking `fma(d_w·d_a, Σ products of bytes 4l..4l+3)` block by block, then
+//!   `hsum_float_8`.
+//! - Q4_K ([`q4k_rows`]): the repacked kernels ggml uses on AVX2 machines, one fused
+//!   multiply-add per super-block for single tokens (`ggml_gemv_q4_K_8x8_q8_K`) and one per
+//!   64 values for the tokens of a batch taken in fours (`ggml_gemm_q4_K_8x8_q8_K`, AVX-512
+//!   path), the mins in a second accumulator subtracted at the end.
+//! - Q6_K ([`q6k_rows`]): `ggml_vec_dot_q6_K_q8_K` (the engine's own Q6_K kernel already
+//!   adds in that order) for batches of fewer than 8 tokens, ggml's tiled K-quant matmul
+//!   (one exact integer sum per block, times `d_w`, times `d_a` added with one fused
+//!   multiply-add) for larger ones.
+//!
+//! With these, the flash-attention rounding ([`crate::kernels::FaRounding`]), RoPE and the
+//! GELU table as ggml's compiler contracts them, and Q8_0/Q8_K activations quantized as
+//! ggml does, the engine's logits on Gemma 3 270M Q4_K_M equal llama.cpp's bit for bit
+//! (`scripts/compare-dumps.py` shows every stage equal) on an AVX-512 machine. Other weight
+//! types keep the engine's own order.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use half::f16;
+
+use crate::kernels::{ActRow, Isa, Q8_0_BYTES, QK, dispatch};
+use crate::kquants::{Q4_K_BYTES, Q5_0_BYTES, Q6_K_BYTES, Q8KRow, QK_K, scale_min_k4};
+
+static MATCH_LLAMA_CPP: AtomicBool = AtomicBool::new(false);
+
+/// Whether matrix products of the types above run in llama.cpp's float order (the
+/// `match_llama_cpp` option of the cpu backend, or `CORRAL_CPU_MATCH_LLAMA_CPP=1`). Off by
+/// default: the engine's own kernels are faster (they sum each block's integers once for
+/// 8 rows) and agree with llama.cpp to float-summation order.
+pub fn match_llama_cpp() -> bool {
+    MATCH_LLAMA_CPP.load(Ordering::Relaxed)
+}
+
+/// Sets [`match_llama_cpp`] for this process (the backend does at initialisation; weights
+/// loaded afterwards keep their rows in file order so the row kernels can read them).
+pub fn set_match_llama_cpp(on: bool) {
+    MATCH_LLAMA_CPP.store(on, Ordering::Relaxed);
+}
+
+/// One Q5_0 (`five`) or Q8_0 weight row times `T` Q8_0 activation rows.
+pub fn q0_rows<const T: usize>(isa: Isa, five: bool, w: &[u8], a: [ActRow<'_>; T]) -> [f32; T] {
+    let bytes = if five { Q5_0_BYTES } else { Q8_0_BYTES };
+    let nb = w.len() / bytes;
+    for r in &a {
+        assert!(
+            r.qs.len() >= nb * QK && r.d.len() >= nb,
+            "activation row shorter than the weight row"
+        );
+    }
+    if five {
+        dispatch!(isa, dot_q0_ggml::<T, true>(w, a, nb), q0_portable(true, w, a, nb))
+    } else {
+        dispatch!(isa, dot_q0_ggml::<T, false>(w, a, nb), q0_portable(false, w, a, nb))
+    }
+}
+
+/// One Q4_K weight row times `T` Q8_K activation rows; `chunked[t]`: token `t` is one of a
+/// batch's fours (ggml's gemm), else a single (its gemv).
+pub fn q4k_rows<const T: usize>(
+    isa: Isa,
+    w: &[u8],
+    a: [Q8KRow<'_>; T],
+    chunked: [bool; T],
+) -> [f32; T] {
+    let nb = w.len() / Q4_K_BYTES;
+    check_q8k(&a, nb);
+    dispatch!(isa, dot_q4_k_ggml::<T>(w, a, nb, chunked), q4k_portable(w, a, nb, chunked))
+}
+
+/// One Q6_K weight row times `T` Q8_K activation rows of a batch of `n` tokens (ggml's
+/// tiled order from 8 tokens on).
+pub fn q6k_rows<const T: usize>(isa: Isa, w: &[u8], a: [Q8KRow<'_>; T], n: usize) -> [f32; T] {
+    let nb = w.len() / Q6_K_BYTES;
+    check_q8k(&a, nb);
+    if n >= 8 {
+        dispatch!(isa, dot_q6_k_tiled::<T>(w, a, nb), q6k_tiled_portable(w, a, nb))
+    } else {
+        dispatch!(isa, dot_q6_k::<T>(w, a, nb), q6k_lanes_portable(w, a, nb))
+    }
+}
+
+fn check_q8k<const T: usize>(a: &[Q8KRow<'_>; T], nb: usize) {
+    for r in a {
+        assert!(
+            r.qs.len() >= nb * QK_K && r.d.len() >= nb && r.bsums.len() >= 16 * nb,
+            "activation row shorter than the weight row"
+        );
+    }
+}
+
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// `hsum_float_8`: the upper half onto the lower, then pairs two apart, then neighbours.
+fn hsum8(lanes: [f32; 8]) -> f32 {
+    let t: [f32; 4] = std::array::from_fn(|l| lanes[l + 4] + lanes[l]);
+    (t[0] + t[2]) + (t[1] + t[3])
+}
+
+fn q0_portable<const T: usize>(five: bool, w: &[u8], a: [ActRow<'_>; T], nb: usize) -> [f32; T] {
+    let bytes = if five { Q5_0_BYTES } else { Q8_0_BYTES };
+    let mut lanes = [[0f32; 8]; T];
+    for b in 0..nb {
+        let blk = &w[b * bytes..(b + 1) * bytes];
+        let dw = f16_at(blk, 0);
+        let mut v = [0i32; QK];
+        if five {
+            let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+            for j in 0..16 {
+                let lo = i32::from(blk[6 + j] & 0x0f) | (((qh >> j) & 1) as i32) << 4;
+                let hi = i32::from(blk[6 + j] >> 4) | (((qh >> (j + 16)) & 1) as i32) << 4;
+                (v[j], v[j + 16]) = (lo - 16, hi - 16);
+            }
+        } else {
+            for (j, x) in v.iter_mut().enumerate() {
+                *x = i32::from(blk[2 + j] as i8);
+            }
+        }
+        for (lanes, r) in lanes.iter_mut().zip(&a) {
+            let y = &r.qs[b * QK..(b + 1) * QK];
+            let d = dw * r.d[b];
+            for (l, lane) in lanes.iter_mut().enumerate() {
+                let s: i32 = (4 * l..4 * l + 4).map(|i| v[i] * i32::from(y[i])).sum();
+                *lane = d.mul_add(s as f32, *lane);
+            }
+        }
+    }
+    lanes.map(hsum8)
+}
+
+fn q4k_portable<const T: usize>(
+    w: &[u8],
+    a: [Q8KRow<'_>; T],
+    nb: usize,
+    chunked: [bool; T],
+) -> [f32; T] {
+    let (mut acc, mut acc_min) = ([0f32; T], [0f32; T]);
+    for b in 0..nb {
+        let blk = &w[b * Q4_K_BYTES..(b + 1) * Q4_K_BYTES];
+        let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+        let qs = &blk[16..144];
+        for t in 0..T {
+            let y = &a[t].qs[b * QK_K..(b + 1) * QK_K];
+            let bs = &a[t].bsums[16 * b..16 * b + 16];
+            let (dd, dm) = (d * a[t].d[b], dmin * a[t].d[b]);
+            let (mut isum, mut imin) = (0i32, 0i32);
+            for c in 0..4 {
+                let (mut s, mut m) = (0i32, 0i32);
+                for half in 0..2 {
+                    let j = 2 * c + half;
+                    let (sc, mn) = scale_min_k4(j, &blk[4..16]);
+                    let dot: i32 = (0..32)
+                        .map(|i| {
+                            let q =
+                                if half == 0 { qs[32 * c + i] & 0x0f } else { qs[32 * c + i] >> 4 };
+                            i32::from(q) * i32::from(y[32 * j + i])
+                        })
+                        .sum();
+                    s += i32::from(sc) * dot;
+                    m += i32::from(mn) * (i32::from(bs[2 * j]) + i32::from(bs[2 * j + 1]));
+                }
+                if chunked[t] {
+                    acc[t] = (s as f32).mul_add(dd, acc[t]);
+                    acc_min[t] = (m as f32).mul_add(dm, acc_min[t]);
+                } else {
+                    (isum, imin) = (isum + s, imin + m);
+                }
+            }
+            if !chunked[t] {
+                acc[t] = (isum as f32).mul_add(dd, acc[t]);
+                acc_min[t] = (imin as f32).mul_add(dm, acc_min[t]);
+            }
+        }
+    }
+    std::array::from_fn(|t| acc[t] - acc_min[t])
+}
+
+/// A Q6_K block's unsigned 6-bit values in element order.
+fn q6_values(blk: &[u8]) -> [i32; QK_K] {
+    let (ql, qh) = (&blk[0..128], &blk[128..192]);
+    let mut q = [0i32; QK_K];
+    for h in 0..2 {
+        let (ql, qh, base) = (&ql[64 * h..64 * h + 64], &qh[32 * h..32 * h + 32], 128 * h);
+        for l in 0..32 {
+            q[base + l] = i32::from((ql[l] & 0xf) | ((qh[l] & 3) << 4));
+            q[base + l + 32] = i32::from((ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4));
+            q[base + l + 64] = i32::from((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4));
+            q[base + l + 96] = i32::from((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4));
+        }
+    }
+    q
+}
+
+/// `ggml_vec_dot_q6_K_q8_K` (AVX2): lane `l` the scaled products of bytes `4l..4l+3` of
+/// each 32-value chunk, less `32·(sc[2l]·bsum[2l] + sc[2l+1]·bsum[2l+1])`.
+fn q6k_lanes_portable<const T: usize>(w: &[u8], a: [Q8KRow<'_>; T], nb: usize) -> [f32; T] {
+    let mut lanes = [[0f32; 8]; T];
+    for b in 0..nb {
+        let blk = &w[b * Q6_K_BYTES..(b + 1) * Q6_K_BYTES];
+        let q = q6_values(blk);
+        let sc: [i32; 16] = std::array::from_fn(|i| i32::from(blk[192 + i] as i8));
+        for (lanes, r) in lanes.iter_mut().zip(&a) {
+            let y = &r.qs[b * QK_K..(b + 1) * QK_K];
+            let bs = &r.bsums[16 * b..16 * b + 16];
+            let d = r.d[b] * f16_at(blk, 208);
+            for (l, lane) in lanes.iter_mut().enumerate() {
+                let mut s: i32 = (0..8)
+                    .flat_map(|k| (4 * l..4 * l + 4).map(move |i| 32 * k + i))
+                    .map(|e| sc[e / 16] * q[e] * i32::from(y[e]))
+                    .sum();
+                s -= 32
+                    * (i32::from(bs[2 * l]) * sc[2 * l] + i32::from(bs[2 * l + 1]) * sc[2 * l + 1]);
+                *lane = d.mul_add(s as f32, *lane);
+            }
+        }
+    }
+    lanes.map(hsum8)
+}
+
+fn q6k_tiled_portable<const T: usize>(w: &[u8], a: [Q8KRow<'_>; T], nb: usize) -> [f32; T] {
+    let mut out = [0f32; T];
+    for b in 0..nb {
+        let blk = &w[b * Q6_K_BYTES..(b + 1) * Q6_K_BYTES];
+        let q = q6_values(blk);
+        let dw = f16_at(blk, 208);
+        for (o, r) in out.iter_mut().zip(&a) {
+            let y = &r.qs[b * QK_K..(b + 1) * QK_K];
+            let s1: i32 = (0..16)
+                .map(|s| {
+                    let raw: i32 =
+                        (16 * s..16 * s + 16).map(|e| (q[e] - 32) * i32::from(y[e])).sum();
+                    i32::from(blk[192 + s] as i8) * raw
+                })
+                .sum();
+            *o = (s1 as f32 * dw).mul_add(r.d[b], *o);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::{Q8Rows, quantize_row_q8_0};
+    use crate::kquants::{Q8KRows, quantize_row_q8_k};
+    use corral_gguf::types::GgmlType;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+    }
+
+    fn quantized(ty: GgmlType, seed: &mut u64, k: usize) -> Vec<u8> {
+        let w: Vec<f32> = (0..k).map(|_| lcg(seed) * 0.2).collect();
+        let bytes = ty.row_bytes(k as u64).expect("a whole row") as usize;
+        let mut out = vec![0u8; bytes];
+        corral_gguf::quant::quantize(ty, &w, &mut out).expect("quantize");
+        out
+    }
+
+    /// Every SIMD level gives the portable code's results bit for bit: the same integers
+    /// and the same float operations in the same order.
+    #[test]
+    fn every_level_sums_in_the_same_order() {
+        let mut seed = 31;
+        let k = 4 * QK_K;
+        let mut q8 = Q8Rows::default();
+        q8.resize(4, k);
+        let mut q8k = Q8KRows::default();
+        q8k.resize(4, k);
+        for t in 0..4 {
+            let x: Vec<f32> = (0..k).map(|_| lcg(&mut seed) * (t + 1) as f32).collect();
+            let r = t * k..(t + 1) * k;
+            let (b, bk) = (t * k / QK..(t + 1) * k / QK, t * k / QK_K..(t + 1) * k / QK_K);
+            quantize_row_q8_0(
+                &x,
+                &mut q8.qs[r.clone()],
+                &mut q8.d[b.clone()],
+                &mut q8.s[b.clone()],
+                &mut q8.c[b],
+            );
+            let bs = t * k / 16..(t + 1) * k / 16;
+            quantize_row_q8_k(&x, &mut q8k.qs[r], &mut q8k.d[bk], &mut q8k.bsums[bs]);
+        }
+        let a4 = [q8.row(0), q8.row(1), q8.row(2), q8.row(3)];
+        let k4 = [q8k.row(0), q8k.row(1), q8k.row(2), q8k.row(3)];
+        let q5 = quantized(GgmlType::Q5_0, &mut seed, k);
+        let q80 = quantized(GgmlType::Q8_0, &mut seed, k);
+        let q4k = quantized(GgmlType::Q4_K, &mut seed, k);
+        let q6k = quantized(GgmlType::Q6_K, &mut seed, k);
+        for isa in Isa::available() {
+            let p = Isa::Portable;
+            assert_eq!(q0_rows(isa, true, &q5, a4), q0_rows(p, true, &q5, a4), "{isa:?}");
+            assert_eq!(q0_rows(isa, false, &q80, a4), q0_rows(p, false, &q80, a4), "{isa:?}");
+            for chunked in [[true; 4], [false; 4], [true, false, true, false]] {
+                let (got, want) =
+                    (q4k_rows(isa, &q4k, k4, chunked), q4k_rows(p, &q4k, k4, chunked));
+                assert_eq!(got, want, "{isa:?} {chunked:?}");
+            }
+            for n in [1, 8] {
+                assert_eq!(q6k_rows(isa, &q6k, k4, n), q6k_rows(p, &q6k, k4, n), "{isa:?} {n}");
+            }
+        }
+    }
+}
