@@ -72,7 +72,9 @@ fn raw_json_env(raw: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> s
 /// near-tie; the logits are within the tolerance below of llama.cpp's own spread. Stage
 /// by stage (`CORRAL_CPU_DUMP` / `LLAMA_RAW_DUMP`, `scripts/compare-dumps.py`) the
 /// embeddings and the first norm are bit for bit llama.cpp's; the first difference is
-/// the float order inside the Q5_0/Q8_0 matrix products (about 1e-6).
+/// the float order inside the Q5_0/Q8_0 matrix products (about 1e-6), which the
+/// agreement mode removes (`real_gemma_exact.rs`: every logit and every greedy token
+/// equal).
 #[test]
 fn gemma_greedy_tokens_and_logits_equal_llama_cpp() {
     use corral_backend_api::{
