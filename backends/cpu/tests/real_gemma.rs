@@ -6,31 +6,19 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-
-use common::{argmax, assert_tokenization_equals_llama_cpp, llama_raw, varied_strings};
+use common::{
+    GEMMA_PROMPTS, argmax, assert_tokenization_equals_llama_cpp, decode_prompt, gemma_file,
+    llama_raw, raw_json, raw_json_env, varied_strings,
+};
 
 use corral_backend_cpu::tokenizer::Tokenizer;
 use corral_gguf::reader::GgufFile;
-
-fn gemma() -> Option<PathBuf> {
-    let cache = std::env::var_os("CORRAL_MODEL_CACHE")
-        .map_or_else(|| PathBuf::from("/var/tmp/corral-models"), PathBuf::from);
-    let path = cache.join("gemma-3-270m-q4_k_m.gguf");
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!("SKIP: {} missing (run scripts/fetch-models.sh)", path.display());
-        None
-    }
-}
 
 /// The cpu engine's tokenizer gives llama.cpp's ids on 1,000 varied strings with the real
 /// 262,144-token SentencePiece vocabulary (BOS added, special-token texts parsed).
 #[test]
 fn gemma_tokenization_equals_llama_cpp_on_1000_strings() {
-    let Some(path) = gemma() else { return };
+    let Some(path) = gemma_file() else { return };
     let Some(raw) = llama_raw() else { return };
     let file = GgufFile::open(&path).unwrap();
     assert_eq!(Tokenizer::from_gguf(&file).unwrap().vocab_size(), 262_144);
@@ -43,21 +31,6 @@ fn gemma_tokenization_equals_llama_cpp_on_1000_strings() {
     );
     texts.push(format!("{}x{}", "\n".repeat(100_000), " ".repeat(70_001)));
     assert_tokenization_equals_llama_cpp(&raw, &path, &texts);
-}
-
-fn raw_json(raw: &std::path::Path, args: &[&str]) -> serde_json::Value {
-    raw_json_env(raw, args, &[])
-}
-
-fn raw_json_env(raw: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
-    let out = Command::new(raw)
-        .args(args)
-        .envs(env.iter().copied())
-        .stderr(Stdio::null())
-        .output()
-        .expect("run llama-raw");
-    assert!(out.status.success(), "llama-raw {args:?} failed");
-    serde_json::from_slice(&out.stdout).expect("llama-raw prints JSON")
 }
 
 /// On the Gemma file (gemma3: sliding-window and global layers, QK norms, GeGLU,
@@ -78,65 +51,27 @@ fn raw_json_env(raw: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> s
 #[test]
 fn gemma_greedy_tokens_and_logits_equal_llama_cpp() {
     use corral_backend_api::{
-        BatchEntry, ContextParams, LoadRequest,
+        BatchEntry, LoadRequest,
         plugin::{Backend, Context, Model},
     };
     use corral_backend_cpu::{CpuBackend, CpuOptions};
-    let Some(path) = gemma() else { return };
+    let Some(path) = gemma_file() else { return };
     let Some(raw) = llama_raw() else { return };
     let model = CpuBackend::with_options(CpuOptions::default())
         .load_model(&LoadRequest::new(path.to_string_lossy(), "gguf"))
         .expect("the cpu engine loads the Gemma file");
     let model_path = path.to_string_lossy().into_owned();
-    let prompts = [
-        "The capital city of France is Paris. The capital city of Germany is",
-        "def fibonacci(n):",
-        "Once upon a time, in a small village,",
-        "東京は日本の首都です。大阪は",
-        "1, 2, 3, 4, 5,",
-        "The quick brown fox",
-        "Water boils at a temperature of",
-        "import numpy as np\n",
-        "The largest planet in our solar system is",
-        "Question: What is 2 + 2?\nAnswer:",
-        "<start_of_turn>user\nWrite a haiku about the sea.<end_of_turn>\n<start_of_turn>model\n",
-        "La capitale de la France est",
-        "In 1492, Christopher Columbus",
-        "SELECT name FROM users WHERE",
-        "The first law of thermodynamics states that",
-        "Dear Sir or Madam,",
-    ];
     let mut kls = Vec::new();
     // (this engine's agreement, llama.cpp's variants' agreement) per prompt.
     let mut agreements = Vec::new();
-    for prompt in prompts {
+    for prompt in GEMMA_PROMPTS {
         let want =
             raw_json(&raw, &["greedy", &model_path, "--prompt", prompt, "--n", "32", "--json"]);
         let prompt_tokens: Vec<u32> =
             serde_json::from_value(want["prompt_tokens"].clone()).unwrap();
         let want_tokens: Vec<u32> = serde_json::from_value(want["tokens"].clone()).unwrap();
         assert_eq!(model.tokenize(prompt, true, true).unwrap(), prompt_tokens, "{prompt:?}");
-        let mut c = model
-            .new_context(&ContextParams {
-                n_ctx: 512,
-                n_batch: 512,
-                n_seq_max: 1,
-                n_threads: 2,
-                ..Default::default()
-            })
-            .unwrap();
-        let batch: Vec<BatchEntry> = prompt_tokens
-            .iter()
-            .enumerate()
-            .map(|(i, &t)| BatchEntry {
-                token: t,
-                pos: i as u32,
-                seq: 0,
-                logits: i + 1 == prompt_tokens.len(),
-            })
-            .collect();
-        c.decode(&batch).unwrap();
-        let first = c.logits(batch.len() as u32 - 1).unwrap().to_vec();
+        let (mut c, first) = decode_prompt(&model, &prompt_tokens);
         let mut got = Vec::new();
         let mut steps = vec![first.clone()];
         for i in 0..want_tokens.len() {

@@ -11,58 +11,17 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-
-use common::{argmax, llama_raw};
+use common::{GEMMA_PROMPTS, argmax, decode_prompt, gemma_file, llama_raw, raw_json};
 use corral_backend_api::{
-    BatchEntry, ContextParams, LoadRequest,
-    plugin::{Backend, Context, Model},
+    BatchEntry, LoadRequest,
+    plugin::{Backend, Context},
 };
 use corral_backend_cpu::kernels::Isa;
 use corral_backend_cpu::{CpuBackend, CpuOptions};
 
-const PROMPTS: [&str; 16] = [
-    "The capital city of France is Paris. The capital city of Germany is",
-    "def fibonacci(n):",
-    "Once upon a time, in a small village,",
-    "東京は日本の首都です。大阪は",
-    "1, 2, 3, 4, 5,",
-    "The quick brown fox",
-    "Water boils at a temperature of",
-    "import numpy as np\n",
-    "The largest planet in our solar system is",
-    "Question: What is 2 + 2?\nAnswer:",
-    "<start_of_turn>user\nWrite a haiku about the sea.<end_of_turn>\n<start_of_turn>model\n",
-    "La capitale de la France est",
-    "In 1492, Christopher Columbus",
-    "SELECT name FROM users WHERE",
-    "The first law of thermodynamics states that",
-    "Dear Sir or Madam,",
-];
-
-fn gemma() -> Option<PathBuf> {
-    let cache = std::env::var_os("CORRAL_MODEL_CACHE")
-        .map_or_else(|| PathBuf::from("/var/tmp/corral-models"), PathBuf::from);
-    let path = cache.join("gemma-3-270m-q4_k_m.gguf");
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!("SKIP: {} missing (run scripts/fetch-models.sh)", path.display());
-        None
-    }
-}
-
-fn raw_json(raw: &std::path::Path, args: &[&str]) -> serde_json::Value {
-    let out =
-        Command::new(raw).args(args).stderr(Stdio::inherit()).output().expect("llama-raw runs");
-    assert!(out.status.success(), "llama-raw {args:?} failed");
-    serde_json::from_slice(&out.stdout).expect("llama-raw prints JSON")
-}
-
 #[test]
 fn gemma_in_llama_cpp_order_equals_llama_cpp_bit_for_bit() {
-    let Some(path) = gemma() else { return };
+    let Some(path) = gemma_file() else { return };
     let Some(raw) = llama_raw() else { return };
     let options = CpuOptions { match_llama_cpp: Some(true), ..CpuOptions::default() };
     let model = CpuBackend::with_options(options)
@@ -71,7 +30,7 @@ fn gemma_in_llama_cpp_order_equals_llama_cpp_bit_for_bit() {
     let model_path = path.to_string_lossy().into_owned();
     let checked = Isa::detected() == Isa::Avx512Vnni;
     let (mut equal_logits, mut equal_text) = (0, 0);
-    for prompt in PROMPTS {
+    for prompt in GEMMA_PROMPTS {
         let want =
             raw_json(&raw, &["greedy", &model_path, "--prompt", prompt, "--n", "32", "--json"]);
         let prompt_tokens: Vec<u32> =
@@ -82,27 +41,7 @@ fn gemma_in_llama_cpp_order_equals_llama_cpp_bit_for_bit() {
                 .clone(),
         )
         .unwrap();
-        let mut c = model
-            .new_context(&ContextParams {
-                n_ctx: 512,
-                n_batch: 512,
-                n_seq_max: 1,
-                n_threads: 2,
-                ..Default::default()
-            })
-            .unwrap();
-        let batch: Vec<BatchEntry> = prompt_tokens
-            .iter()
-            .enumerate()
-            .map(|(i, &t)| BatchEntry {
-                token: t,
-                pos: i as u32,
-                seq: 0,
-                logits: i + 1 == prompt_tokens.len(),
-            })
-            .collect();
-        c.decode(&batch).unwrap();
-        let logits = c.logits(batch.len() as u32 - 1).unwrap().to_vec();
+        let (mut c, logits) = decode_prompt(&model, &prompt_tokens);
         let differ =
             logits.iter().zip(&want_logits).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
         let mut got = Vec::new();
@@ -129,6 +68,6 @@ fn gemma_in_llama_cpp_order_equals_llama_cpp_bit_for_bit() {
     println!(
         "{equal_logits} of {n} prompts' logits and {equal_text} of {n} greedy texts equal llama.cpp's{}",
         if checked { "" } else { " (not asserted: no AVX-512 here)" },
-        n = PROMPTS.len()
+        n = GEMMA_PROMPTS.len()
     );
 }

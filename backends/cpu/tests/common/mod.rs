@@ -5,8 +5,94 @@
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
+use corral_backend_api::plugin::{Context, Model};
+use corral_backend_api::{BatchEntry, ContextParams};
 use corral_backend_cpu::tokenizer::Tokenizer;
 use corral_gguf::reader::GgufFile;
+
+/// The real Gemma 3 270M Q4_K_M file (`scripts/fetch-models.sh` puts it in
+/// `CORRAL_MODEL_CACHE`, default `/var/tmp/corral-models`); `None`, saying so, when missing.
+pub(crate) fn gemma_file() -> Option<PathBuf> {
+    let cache = std::env::var_os("CORRAL_MODEL_CACHE")
+        .map_or_else(|| PathBuf::from("/var/tmp/corral-models"), PathBuf::from);
+    let path = cache.join("gemma-3-270m-q4_k_m.gguf");
+    if path.is_file() {
+        Some(path)
+    } else {
+        eprintln!("SKIP: {} missing (run scripts/fetch-models.sh)", path.display());
+        None
+    }
+}
+
+/// Prompts for greedy agreement on the Gemma file: prose, code, Japanese, numbers, a chat
+/// turn; on 9 of them llama.cpp's own variants (flash attention off, no repacking) fork
+/// from its default within 32 tokens.
+pub(crate) const GEMMA_PROMPTS: [&str; 16] = [
+    "The capital city of France is Paris. The capital city of Germany is",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village,",
+    "東京は日本の首都です。大阪は",
+    "1, 2, 3, 4, 5,",
+    "The quick brown fox",
+    "Water boils at a temperature of",
+    "import numpy as np\n",
+    "The largest planet in our solar system is",
+    "Question: What is 2 + 2?\nAnswer:",
+    "<start_of_turn>user\nWrite a haiku about the sea.<end_of_turn>\n<start_of_turn>model\n",
+    "La capitale de la France est",
+    "In 1492, Christopher Columbus",
+    "SELECT name FROM users WHERE",
+    "The first law of thermodynamics states that",
+    "Dear Sir or Madam,",
+];
+
+/// `llama-raw ARGS` (with `env` set) run to completion; its JSON output.
+pub(crate) fn raw_json_env(
+    raw: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> serde_json::Value {
+    let out = Command::new(raw)
+        .args(args)
+        .envs(env.iter().copied())
+        .stderr(Stdio::null())
+        .output()
+        .expect("run llama-raw");
+    assert!(out.status.success(), "llama-raw {args:?} failed");
+    serde_json::from_slice(&out.stdout).expect("llama-raw prints JSON")
+}
+
+/// `llama-raw ARGS`; its JSON output.
+pub(crate) fn raw_json(raw: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    raw_json_env(raw, args, &[])
+}
+
+/// A 512-cell, 2-thread context of `model` with `prompt` decoded in one batch, and the
+/// logits of its last position.
+pub(crate) fn decode_prompt<M: Model>(model: &M, prompt: &[u32]) -> (M::Context, Vec<f32>) {
+    let mut c = model
+        .new_context(&ContextParams {
+            n_ctx: 512,
+            n_batch: 512,
+            n_seq_max: 1,
+            n_threads: 2,
+            ..Default::default()
+        })
+        .expect("context");
+    let batch: Vec<BatchEntry> = prompt
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| BatchEntry {
+            token: t,
+            pos: i as u32,
+            seq: 0,
+            logits: i + 1 == prompt.len(),
+        })
+        .collect();
+    c.decode(&batch).expect("decode the prompt");
+    let logits = c.logits(batch.len() as u32 - 1).expect("logits").to_vec();
+    (c, logits)
+}
 
 /// `llama-raw` (llama.cpp through llama-cpp-sys-2): `CORRAL_LLAMA_RAW`, or the one the
 /// llama-cpp backend crate builds in the target dir; `None`, saying so, when missing.
