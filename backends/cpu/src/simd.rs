@@ -18,8 +18,10 @@
 
 /// The kernels, instantiated once per feature set. `dot_u8_i8` (unsigned bytes times
 /// signed bytes, summed in fours into i32 lanes), `dot2_u8_i8` (the same of two pairs),
-/// `dot_f32_x8` (a dot product of two f32 rows of a multiple of 8) and `fa_accumulate`
-/// (one step of an f16 attention accumulator) must be defined by the including module.
+/// `dot_f32_x8` (a dot product of two f32 rows of a multiple of 8), `fa_accumulate` and
+/// `fa_accumulate_f16` (one step of an f16 attention accumulator), `dot_ggml_f16` (a dot
+/// product in ggml's order) and `q4k_sub_add`/`q4k_sub_scaled` (a Q4_K sub-block of 8
+/// interleaved rows) must be defined by the including module.
 macro_rules! x86_kernels {
     ($features:literal) => {
         use std::arch::x86_64::*;
@@ -786,12 +788,6 @@ macro_rules! x86_kernels {
             use crate::kquants::Q4K_X8_BYTES;
             let pp = packed.as_ptr();
             let m4 = _mm256_set1_epi8(0x0f);
-            // Scale byte r to i16 lanes 2r and 2r + 1 (rows 0-3 in the low half, 4-7 in
-            // the high half of the 8 bytes broadcast to both halves).
-            let spread = _mm256_setr_epi8(
-                0, -1, 0, -1, 1, -1, 1, -1, 2, -1, 2, -1, 3, -1, 3, -1, //
-                4, -1, 4, -1, 5, -1, 5, -1, 6, -1, 6, -1, 7, -1, 7, -1,
-            );
             let mut acc = [_mm256_setzero_ps(); T];
             let mut acc_min = [_mm256_setzero_ps(); T];
             for b in 0..nb {
@@ -800,24 +796,19 @@ macro_rules! x86_kernels {
                 let bcast = |y: *const i8| _mm256_set1_epi32(y.cast::<i32>().read_unaligned());
                 let mut isum = [_mm256_setzero_si256(); T];
                 for j in 0..8 {
-                    let mut s16 = [_mm256_setzero_si256(); T];
+                    let mut sub = [_mm256_setzero_si256(); T];
                     for q in 0..4 {
                         let v = _mm256_loadu_si256(g.add((4 * j + q) * 32).cast());
                         let lo = _mm256_and_si256(v, m4);
                         let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
                         for t in 0..T {
                             let y = ys[t].add(32 * j + 4 * q);
-                            let p = _mm256_add_epi16(
-                                _mm256_maddubs_epi16(lo, bcast(y)),
-                                _mm256_maddubs_epi16(hi, bcast(y.add(16))),
-                            );
-                            s16[t] = _mm256_add_epi16(s16[t], p);
+                            sub[t] = q4k_sub_add(sub[t], (lo, hi), (bcast(y), bcast(y.add(16))));
                         }
                     }
-                    let sc = _mm256_set1_epi64x(g.add(1024 + 8 * j).cast::<i64>().read_unaligned());
-                    let scv = _mm256_shuffle_epi8(sc, spread);
+                    let sc = g.add(1024 + 8 * j);
                     for t in 0..T {
-                        isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s16[t], scv));
+                        isum[t] = _mm256_add_epi32(isum[t], q4k_sub_scaled(sub[t], sc));
                     }
                 }
                 let dv = _mm256_cvtph_ps(_mm_loadu_si128(g.add(1152).cast()));
@@ -1224,6 +1215,35 @@ pub(crate) mod avx2 {
         _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)))
     }
 
+    /// One step of a Q4_K sub-block's sums for 8 interleaved rows: the low and high
+    /// nibbles times the broadcast activation bytes, added into i16 pairs per row
+    /// (`vpmaddubsw`; 8·2·15·127 < 2^15 over a sub-block).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn q4k_sub_add(
+        acc: __m256i,
+        (lo, hi): (__m256i, __m256i),
+        (y0, y1): (__m256i, __m256i),
+    ) -> __m256i {
+        let p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, y0), _mm256_maddubs_epi16(hi, y1));
+        _mm256_add_epi16(acc, p)
+    }
+
+    /// A sub-block's sums ([`q4k_sub_add`]) times the 8 rows' scale bytes at `sc`, as one
+    /// i32 per row: each scale spread to its row's i16 pair (rows 0-3 in the low half, 4-7
+    /// in the high half), then `vpmaddwd`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn q4k_sub_scaled(sub: __m256i, sc: *const u8) -> __m256i {
+        let spread = _mm256_setr_epi8(
+            0, -1, 0, -1, 1, -1, 1, -1, 2, -1, 2, -1, 3, -1, 3, -1, //
+            4, -1, 4, -1, 5, -1, 5, -1, 6, -1, 6, -1, 7, -1, 7, -1,
+        );
+        let scv =
+            _mm256_shuffle_epi8(_mm256_set1_epi64x(sc.cast::<i64>().read_unaligned()), spread);
+        _mm256_madd_epi16(sub, scv)
+    }
+
     /// `a · b` for `n` (a multiple of 8) f32 at each pointer.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
@@ -1340,6 +1360,27 @@ pub(crate) mod avx512 {
         (u1, s1): (__m256i, __m256i),
     ) -> __m256i {
         _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(acc, u0, s0), u1, s1)
+    }
+
+    /// One step of a Q4_K sub-block's sums for 8 interleaved rows: the low and high
+    /// nibbles times the broadcast activation bytes added straight into one i32 per row
+    /// (`vpdpbusd`, two instructions where AVX2 needs four).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn q4k_sub_add(
+        acc: __m256i,
+        (lo, hi): (__m256i, __m256i),
+        (y0, y1): (__m256i, __m256i),
+    ) -> __m256i {
+        _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(acc, lo, y0), hi, y1)
+    }
+
+    /// A sub-block's sums ([`q4k_sub_add`], one i32 per row) times the 8 rows' scale bytes
+    /// at `sc`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn q4k_sub_scaled(sub: __m256i, sc: *const u8) -> __m256i {
+        _mm256_mullo_epi32(sub, _mm256_cvtepu8_epi32(_mm_loadl_epi64(sc.cast())))
     }
 
     /// `a · b` for `n` (a multiple of 8) f32 at each pointer, 16 lanes at a time.
