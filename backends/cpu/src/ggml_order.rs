@@ -27,7 +27,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use half::f16;
 
 use crate::kernels::{ActRow, Isa, Q8_0_BYTES, QK, dispatch};
-use crate::kquants::{Q4_K_BYTES, Q5_0_BYTES, Q6_K_BYTES, Q8KRow, QK_K, scale_min_k4};
+use crate::kquants::{
+    KBlock, Q4_K_BYTES, Q5_0_BYTES, Q6_K_BYTES, Q8KRow, QK_K, unpack_q4_k, unpack_q6_k,
+};
 
 static MATCH_LLAMA_CPP: AtomicBool = AtomicBool::new(false);
 
@@ -144,29 +146,22 @@ fn q4k_portable<const T: usize>(
     chunked: [bool; T],
 ) -> [f32; T] {
     let (mut acc, mut acc_min) = ([0f32; T], [0f32; T]);
+    let mut kb = KBlock::default();
     for b in 0..nb {
-        let blk = &w[b * Q4_K_BYTES..(b + 1) * Q4_K_BYTES];
-        let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
-        let qs = &blk[16..144];
+        unpack_q4_k(&w[b * Q4_K_BYTES..(b + 1) * Q4_K_BYTES], &mut kb);
         for t in 0..T {
             let y = &a[t].qs[b * QK_K..(b + 1) * QK_K];
             let bs = &a[t].bsums[16 * b..16 * b + 16];
-            let (dd, dm) = (d * a[t].d[b], dmin * a[t].d[b]);
+            let (dd, dm) = (kb.d * a[t].d[b], kb.dmin * a[t].d[b]);
             let (mut isum, mut imin) = (0i32, 0i32);
+            // 64 values (two sub-blocks, four 16-value groups) at a time.
             for c in 0..4 {
                 let (mut s, mut m) = (0i32, 0i32);
-                for half in 0..2 {
-                    let j = 2 * c + half;
-                    let (sc, mn) = scale_min_k4(j, &blk[4..16]);
-                    let dot: i32 = (0..32)
-                        .map(|i| {
-                            let q =
-                                if half == 0 { qs[32 * c + i] & 0x0f } else { qs[32 * c + i] >> 4 };
-                            i32::from(q) * i32::from(y[32 * j + i])
-                        })
-                        .sum();
-                    s += i32::from(sc) * dot;
-                    m += i32::from(mn) * (i32::from(bs[2 * j]) + i32::from(bs[2 * j + 1]));
+                for (g, &bsum) in bs.iter().enumerate().skip(4 * c).take(4) {
+                    let dot: i32 =
+                        (16 * g..16 * g + 16).map(|e| i32::from(kb.q[e]) * i32::from(y[e])).sum();
+                    s += kb.sc[g] * dot;
+                    m += kb.mins[g] * i32::from(bsum);
                 }
                 if chunked[t] {
                     acc[t] = (s as f32).mul_add(dd, acc[t]);
@@ -184,41 +179,26 @@ fn q4k_portable<const T: usize>(
     std::array::from_fn(|t| acc[t] - acc_min[t])
 }
 
-/// A Q6_K block's unsigned 6-bit values in element order.
-fn q6_values(blk: &[u8]) -> [i32; QK_K] {
-    let (ql, qh) = (&blk[0..128], &blk[128..192]);
-    let mut q = [0i32; QK_K];
-    for h in 0..2 {
-        let (ql, qh, base) = (&ql[64 * h..64 * h + 64], &qh[32 * h..32 * h + 32], 128 * h);
-        for l in 0..32 {
-            q[base + l] = i32::from((ql[l] & 0xf) | ((qh[l] & 3) << 4));
-            q[base + l + 32] = i32::from((ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4));
-            q[base + l + 64] = i32::from((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4));
-            q[base + l + 96] = i32::from((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4));
-        }
-    }
-    q
-}
-
 /// `ggml_vec_dot_q6_K_q8_K` (AVX2): lane `l` the scaled products of bytes `4l..4l+3` of
 /// each 32-value chunk, less `32·(sc[2l]·bsum[2l] + sc[2l+1]·bsum[2l+1])`.
 fn q6k_lanes_portable<const T: usize>(w: &[u8], a: [Q8KRow<'_>; T], nb: usize) -> [f32; T] {
     let mut lanes = [[0f32; 8]; T];
+    let mut kb = KBlock::default();
     for b in 0..nb {
-        let blk = &w[b * Q6_K_BYTES..(b + 1) * Q6_K_BYTES];
-        let q = q6_values(blk);
-        let sc: [i32; 16] = std::array::from_fn(|i| i32::from(blk[192 + i] as i8));
+        // `kb.q` holds the values less 32; ggml's lanes take them unsigned.
+        unpack_q6_k(&w[b * Q6_K_BYTES..(b + 1) * Q6_K_BYTES], &mut kb);
         for (lanes, r) in lanes.iter_mut().zip(&a) {
             let y = &r.qs[b * QK_K..(b + 1) * QK_K];
             let bs = &r.bsums[16 * b..16 * b + 16];
-            let d = r.d[b] * f16_at(blk, 208);
+            let d = r.d[b] * kb.d;
             for (l, lane) in lanes.iter_mut().enumerate() {
                 let mut s: i32 = (0..8)
                     .flat_map(|k| (4 * l..4 * l + 4).map(move |i| 32 * k + i))
-                    .map(|e| sc[e / 16] * q[e] * i32::from(y[e]))
+                    .map(|e| kb.sc[e / 16] * (i32::from(kb.q[e]) + 32) * i32::from(y[e]))
                     .sum();
                 s -= 32
-                    * (i32::from(bs[2 * l]) * sc[2 * l] + i32::from(bs[2 * l + 1]) * sc[2 * l + 1]);
+                    * (i32::from(bs[2 * l]) * kb.sc[2 * l]
+                        + i32::from(bs[2 * l + 1]) * kb.sc[2 * l + 1]);
                 *lane = d.mul_add(s as f32, *lane);
             }
         }
@@ -228,20 +208,19 @@ fn q6k_lanes_portable<const T: usize>(w: &[u8], a: [Q8KRow<'_>; T], nb: usize) -
 
 fn q6k_tiled_portable<const T: usize>(w: &[u8], a: [Q8KRow<'_>; T], nb: usize) -> [f32; T] {
     let mut out = [0f32; T];
+    let mut kb = KBlock::default();
     for b in 0..nb {
-        let blk = &w[b * Q6_K_BYTES..(b + 1) * Q6_K_BYTES];
-        let q = q6_values(blk);
-        let dw = f16_at(blk, 208);
+        unpack_q6_k(&w[b * Q6_K_BYTES..(b + 1) * Q6_K_BYTES], &mut kb);
         for (o, r) in out.iter_mut().zip(&a) {
             let y = &r.qs[b * QK_K..(b + 1) * QK_K];
             let s1: i32 = (0..16)
-                .map(|s| {
+                .map(|g| {
                     let raw: i32 =
-                        (16 * s..16 * s + 16).map(|e| (q[e] - 32) * i32::from(y[e])).sum();
-                    i32::from(blk[192 + s] as i8) * raw
+                        (16 * g..16 * g + 16).map(|e| i32::from(kb.q[e]) * i32::from(y[e])).sum();
+                    kb.sc[g] * raw
                 })
                 .sum();
-            *o = (s1 as f32 * dw).mul_add(r.d[b], *o);
+            *o = (s1 as f32 * kb.d).mul_add(r.d[b], *o);
         }
     }
     out

@@ -161,12 +161,12 @@ fn q3_k_scales(s: &[u8]) -> [u8; 16] {
 
 /// A k-quant super-block unpacked for the integer dot product: 256 small signed values,
 /// a scale and a min per 16 values, and the block's float scales.
-struct KBlock {
-    q: [i8; QK_K],
-    sc: [i32; 16],
-    mins: [i32; 16],
-    d: f32,
-    dmin: f32,
+pub(crate) struct KBlock {
+    pub(crate) q: [i8; QK_K],
+    pub(crate) sc: [i32; 16],
+    pub(crate) mins: [i32; 16],
+    pub(crate) d: f32,
+    pub(crate) dmin: f32,
 }
 
 impl Default for KBlock {
@@ -242,7 +242,7 @@ fn unpack_q45_k(blk: &[u8], qh: Option<&[u8]>, qs: &[u8], kb: &mut KBlock) {
     }
 }
 
-fn unpack_q4_k(blk: &[u8], kb: &mut KBlock) {
+pub(crate) fn unpack_q4_k(blk: &[u8], kb: &mut KBlock) {
     unpack_q45_k(blk, None, &blk[16..144], kb);
 }
 
@@ -250,7 +250,7 @@ fn unpack_q5_k(blk: &[u8], kb: &mut KBlock) {
     unpack_q45_k(blk, Some(&blk[16..48]), &blk[48..176], kb);
 }
 
-fn unpack_q6_k(blk: &[u8], kb: &mut KBlock) {
+pub(crate) fn unpack_q6_k(blk: &[u8], kb: &mut KBlock) {
     let (ql, qh, scales) = (&blk[..128], &blk[128..192], &blk[192..208]);
     kb.d = f16_at(blk, 208);
     kb.dmin = 0.0;

@@ -89,6 +89,13 @@ macro_rules! x86_kernels {
             _mm256_and_si256(set, _mm256_set1_epi8(0x10))
         }
 
+        /// The 32 values of the Q5_0 block at `blk`, unsigned (0..32), in element order.
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn q5_0_values(blk: *const u8) -> __m256i {
+            _mm256_or_si256(nibbles(blk.add(6)), fifth_bits(blk.add(2)))
+        }
+
         /// Sums each of four i32x8 block products to one lane per 128-bit half:
         /// `[p0 p1 p2 p3 | p0' p1' p2' p3']` (the two halves add up to the block sums).
         #[target_feature(enable = $features)]
@@ -119,11 +126,8 @@ macro_rules! x86_kernels {
             a: [ActRow<'_>; T],
             nb: usize,
         ) -> [f32; T] {
-            let (bytes, qs_at, mul) = if FIVE { (Q5_0_BYTES, 6, 2) } else { (Q4_0_BYTES, 2, 1) };
-            let values = |blk: *const u8| {
-                let n = nibbles(blk.add(qs_at));
-                if FIVE { _mm256_or_si256(n, fifth_bits(blk.add(2))) } else { n }
-            };
+            let (bytes, mul) = if FIVE { (Q5_0_BYTES, 2) } else { (Q4_0_BYTES, 1) };
+            let values = |blk: *const u8| if FIVE { q5_0_values(blk) } else { nibbles(blk.add(2)) };
             let wp = w.as_ptr();
             let mut acc = [_mm256_setzero_ps(); T];
             let mut b = 0;
@@ -617,8 +621,7 @@ macro_rules! x86_kernels {
                 let blk = wp.add(b * bytes);
                 let dw = scale(blk);
                 let wv = if FIVE {
-                    let u = _mm256_or_si256(nibbles(blk.add(6)), fifth_bits(blk.add(2)));
-                    _mm256_sub_epi8(u, _mm256_set1_epi8(16))
+                    _mm256_sub_epi8(q5_0_values(blk), _mm256_set1_epi8(16))
                 } else {
                     _mm256_loadu_si256(blk.add(2).cast())
                 };

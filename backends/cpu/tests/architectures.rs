@@ -103,27 +103,7 @@ fn engine_greedy(
     n: usize,
     n_ctx: u32,
 ) -> (Vec<f32>, Vec<(u32, Vec<f32>)>) {
-    let mut c = m
-        .new_context(&ContextParams {
-            n_ctx,
-            n_batch: 512,
-            n_seq_max: 1,
-            n_threads: 2,
-            ..Default::default()
-        })
-        .expect("context");
-    let batch: Vec<BatchEntry> = prompt
-        .iter()
-        .enumerate()
-        .map(|(i, &t)| BatchEntry {
-            token: t,
-            pos: i as u32,
-            seq: 0,
-            logits: i + 1 == prompt.len(),
-        })
-        .collect();
-    c.decode(&batch).expect("decode the prompt");
-    let first = c.logits(batch.len() as u32 - 1).expect("logits").to_vec();
+    let (mut c, first) = common::decode_prompt(m, prompt, n_ctx);
     let eog = m.special_tokens().eog;
     let mut steps = Vec::new();
     let mut logits = first.clone();

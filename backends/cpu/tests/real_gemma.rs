@@ -71,7 +71,7 @@ fn gemma_greedy_tokens_and_logits_equal_llama_cpp() {
             serde_json::from_value(want["prompt_tokens"].clone()).unwrap();
         let want_tokens: Vec<u32> = serde_json::from_value(want["tokens"].clone()).unwrap();
         assert_eq!(model.tokenize(prompt, true, true).unwrap(), prompt_tokens, "{prompt:?}");
-        let (mut c, first) = decode_prompt(&model, &prompt_tokens);
+        let (mut c, first) = decode_prompt(&model, &prompt_tokens, 512);
         let mut got = Vec::new();
         let mut steps = vec![first.clone()];
         for i in 0..want_tokens.len() {

@@ -41,7 +41,7 @@ fn gemma_in_llama_cpp_order_equals_llama_cpp_bit_for_bit() {
                 .clone(),
         )
         .unwrap();
-        let (mut c, logits) = decode_prompt(&model, &prompt_tokens);
+        let (mut c, logits) = decode_prompt(&model, &prompt_tokens, 512);
         let differ =
             logits.iter().zip(&want_logits).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
         let mut got = Vec::new();

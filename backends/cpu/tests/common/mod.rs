@@ -67,12 +67,16 @@ pub(crate) fn raw_json(raw: &std::path::Path, args: &[&str]) -> serde_json::Valu
     raw_json_env(raw, args, &[])
 }
 
-/// A 512-cell, 2-thread context of `model` with `prompt` decoded in one batch, and the
-/// logits of its last position.
-pub(crate) fn decode_prompt<M: Model>(model: &M, prompt: &[u32]) -> (M::Context, Vec<f32>) {
+/// An `n_ctx`-cell, 2-thread context of `model` with `prompt` decoded in one batch, and
+/// the logits of its last position.
+pub(crate) fn decode_prompt<M: Model>(
+    model: &M,
+    prompt: &[u32],
+    n_ctx: u32,
+) -> (M::Context, Vec<f32>) {
     let mut c = model
         .new_context(&ContextParams {
-            n_ctx: 512,
+            n_ctx,
             n_batch: 512,
             n_seq_max: 1,
             n_threads: 2,
