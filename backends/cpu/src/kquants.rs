@@ -883,6 +883,44 @@ mod tests {
         }
     }
 
+    /// Consecutive groups through [`gemm_q4_k_x8_groups`] (which the AVX-512 level takes
+    /// in pairs, 16 rows per register, an odd last group alone) equal each group through
+    /// [`gemm_q4_k_x8`] bit for bit, at every level, for 1 and 4 tokens.
+    #[test]
+    fn q4_k_groups_equal_single_groups_bit_for_bit() {
+        let k = 2 * QK_K;
+        let nb = k / QK_K;
+        let groups = 3;
+        let mut packed = vec![0u8; groups * nb * Q4K_X8_BYTES];
+        for (g, chunk) in packed.chunks_mut(nb * Q4K_X8_BYTES).enumerate() {
+            let (rows, _) = q4_k_group_and_acts(k, 100 + g as u64);
+            repack_q4_k_x8(std::array::from_fn(|r| rows[r].as_slice()), nb, chunk);
+        }
+        let (_, q) = q4_k_group_and_acts(k, 7);
+        let acts: [Q8KRow<'_>; 4] = std::array::from_fn(|t| q.row(t));
+        for isa in Isa::available() {
+            let mut four = vec![[[0f32; Q4K_GROUP]; 4]; groups];
+            gemm_q4_k_x8_groups::<4>(isa, &packed, acts, &mut four);
+            let mut one = vec![[[0f32; Q4K_GROUP]; 1]; groups];
+            gemm_q4_k_x8_groups::<1>(isa, &packed, [acts[1]], &mut one);
+            for (g, chunk) in packed.chunks(nb * Q4K_X8_BYTES).enumerate() {
+                let bits = |v: &[[f32; Q4K_GROUP]]| -> Vec<u32> {
+                    v.iter().flatten().map(|x| x.to_bits()).collect()
+                };
+                assert_eq!(
+                    bits(&four[g]),
+                    bits(&gemm_q4_k_x8::<4>(isa, chunk, acts)),
+                    "{isa:?} {g}"
+                );
+                assert_eq!(
+                    bits(&one[g]),
+                    bits(&gemm_q4_k_x8::<1>(isa, chunk, [acts[1]])),
+                    "{isa:?}"
+                );
+            }
+        }
+    }
+
     fn dots_match_dequantized_reference_at(isa: Isa) {
         let mut seed = 11;
         let k = 2 * QK_K;

@@ -831,21 +831,6 @@ macro_rules! x86_kernels {
             out
         }
 
-        /// [`gemm_q4_k_x8`] over `out.len()` consecutive groups.
-        #[target_feature(enable = $features)]
-        #[inline]
-        pub(crate) unsafe fn gemm_q4_k_x8_groups<const T: usize>(
-            packed: &[u8],
-            a: [Q8KRow<'_>; T],
-            nb: usize,
-            out: &mut [[[f32; 8]; T]],
-        ) {
-            let group = nb * crate::kquants::Q4K_X8_BYTES;
-            for (g, o) in out.iter_mut().enumerate() {
-                *o = gemm_q4_k_x8::<T>(packed.get_unchecked(g * group..(g + 1) * group), a, nb);
-            }
-        }
-
         /// `T` Q8_0 activation rows times 8 Q4_0 rows interleaved by
         /// `kernels::repack_q4_0_x8`, or (`FIVE`) 8 Q5_0 rows by `repack_q5_0_x8`: per
         /// block, 4 loads give the 8 rows' 32 values as low and high nibbles (Q5_0: each
@@ -1196,6 +1181,21 @@ macro_rules! x86_kernels {
 pub(crate) mod avx2 {
     x86_kernels!("avx2,fma,f16c");
 
+    /// [`gemm_q4_k_x8`] over `out.len()` consecutive groups.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    pub(crate) unsafe fn gemm_q4_k_x8_groups<const T: usize>(
+        packed: &[u8],
+        a: [Q8KRow<'_>; T],
+        nb: usize,
+        out: &mut [[[f32; 8]; T]],
+    ) {
+        let group = nb * crate::kquants::Q4K_X8_BYTES;
+        for (g, o) in out.iter_mut().enumerate() {
+            *o = gemm_q4_k_x8::<T>(packed.get_unchecked(g * group..(g + 1) * group), a, nb);
+        }
+    }
+
     /// `acc` plus unsigned bytes `u` times signed bytes `s`, summed in fours into 8 i32
     /// lanes. `|u·s|` pairs stay below 2·128·127 (values ≤ 31 or sign-folded Q8_0), so
     /// `vpmaddubsw` never saturates.
@@ -1346,6 +1346,109 @@ unsafe fn f16_accumulate_tail(
 /// for the integer dots.
 pub(crate) mod avx512 {
     x86_kernels!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni");
+
+    /// [`gemm_q4_k_x8`] over `out.len()` consecutive groups, two at a time in 512-bit
+    /// registers ([`gemm_q4_k_x16`]), an odd last one alone.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    pub(crate) unsafe fn gemm_q4_k_x8_groups<const T: usize>(
+        packed: &[u8],
+        a: [Q8KRow<'_>; T],
+        nb: usize,
+        out: &mut [[[f32; 8]; T]],
+    ) {
+        let group = nb * crate::kquants::Q4K_X8_BYTES;
+        let pairs = out.len() / 2;
+        for p in 0..pairs {
+            let g0 = packed.as_ptr().add(2 * p * group);
+            let both = gemm_q4_k_x16::<T>((g0, g0.add(group)), a, nb);
+            for t in 0..T {
+                out[2 * p][t].copy_from_slice(&both[t][..8]);
+                out[2 * p + 1][t].copy_from_slice(&both[t][8..]);
+            }
+        }
+        if out.len() % 2 == 1 {
+            let g = out.len() - 1;
+            out[g] = gemm_q4_k_x8::<T>(packed.get_unchecked(g * group..(g + 1) * group), a, nb);
+        }
+    }
+
+    /// [`gemm_q4_k_x8`] for two groups of 8 rows at once (`out[t]`: the first group's
+    /// rows, then the second's): each step's two 32-byte chunks go into one 512-bit
+    /// register, so every `vpdpbusd` and activation broadcast serves 16 rows. Per row the
+    /// same integer sums and float operations in the same order as [`gemm_q4_k_x8`], so
+    /// the results are bit for bit its results.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn gemm_q4_k_x16<const T: usize>(
+        (p0, p1): (*const u8, *const u8),
+        a: [Q8KRow<'_>; T],
+        nb: usize,
+    ) -> [[f32; 16]; T] {
+        use crate::kquants::Q4K_X8_BYTES;
+        let m4 = _mm512_set1_epi8(0x0f);
+        let mut acc = [_mm512_setzero_ps(); T];
+        let mut acc_min = [_mm512_setzero_ps(); T];
+        for b in 0..nb {
+            let (g0, g1) = (p0.add(b * Q4K_X8_BYTES), p1.add(b * Q4K_X8_BYTES));
+            let ys: [*const i8; T] = std::array::from_fn(|t| a[t].qs.as_ptr().add(b * QK_K));
+            let bcast = |y: *const i8| _mm512_set1_epi32(y.cast::<i32>().read_unaligned());
+            let both = |off: usize| {
+                let lo = _mm256_loadu_si256(g0.add(off).cast());
+                let hi = _mm256_loadu_si256(g1.add(off).cast());
+                _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+            };
+            let mut isum = [_mm512_setzero_si512(); T];
+            for j in 0..8 {
+                let mut sub = [_mm512_setzero_si512(); T];
+                for q in 0..4 {
+                    let v = both((4 * j + q) * 32);
+                    let lo = _mm512_and_si512(v, m4);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4);
+                    for t in 0..T {
+                        let y = ys[t].add(32 * j + 4 * q);
+                        let s = _mm512_dpbusd_epi32(sub[t], lo, bcast(y));
+                        sub[t] = _mm512_dpbusd_epi32(s, hi, bcast(y.add(16)));
+                    }
+                }
+                let sc_at = |g: *const u8| g.add(1024 + 8 * j).cast::<i64>().read_unaligned();
+                let sc = _mm512_cvtepu8_epi32(_mm_set_epi64x(sc_at(g1), sc_at(g0)));
+                for t in 0..T {
+                    isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(sub[t], sc));
+                }
+            }
+            let halves = |off: usize| {
+                _mm256_set_m128i(
+                    _mm_loadu_si128(g1.add(off).cast()),
+                    _mm_loadu_si128(g0.add(off).cast()),
+                )
+            };
+            let dv = _mm512_cvtph_ps(halves(1152));
+            let dminv = _mm512_cvtph_ps(halves(1168));
+            let mins: [__m512i; 4] =
+                std::array::from_fn(|k| _mm512_cvtepu8_epi16(halves(1088 + 16 * k)));
+            for t in 0..T {
+                let bs = a[t].bsums.as_ptr().add(16 * b);
+                let pair = |j: usize| i32::from(*bs.add(2 * j)) + i32::from(*bs.add(2 * j + 1));
+                let mut msum = _mm512_setzero_si512();
+                for (k, mv) in mins.iter().enumerate() {
+                    let (lo, hi) = (pair(2 * k), pair(2 * k + 1));
+                    let yv = _mm512_set1_epi32((lo & 0xffff) | (hi << 16));
+                    msum = _mm512_add_epi32(msum, _mm512_madd_epi16(*mv, yv));
+                }
+                let yd = _mm512_set1_ps(*a[t].d.get_unchecked(b));
+                acc[t] =
+                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(dv, yd), acc[t]);
+                acc_min[t] =
+                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(dminv, yd), acc_min[t]);
+            }
+        }
+        let mut out = [[0f32; 16]; T];
+        for t in 0..T {
+            _mm512_storeu_ps(out[t].as_mut_ptr(), _mm512_sub_ps(acc[t], acc_min[t]));
+        }
+        out
+    }
 
     /// `acc` plus unsigned bytes `u` times signed bytes `s`, summed in fours (`vpdpbusd`).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]

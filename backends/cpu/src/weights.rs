@@ -396,8 +396,11 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
             let unit = if interleaved { GROUP } else { 4 };
             m.div_ceil(share).next_multiple_of(unit).max(unit)
         } else {
-            let by_cache = (16 * 1024 / w.row_bytes.max(1)).clamp(8, 64) / 8 * 8;
-            by_cache.min(m.div_ceil(threads * 4).next_multiple_of(8)).max(8)
+            // The AVX-512 Q4_K kernel takes interleaved groups in pairs: 16 rows at least.
+            let least =
+                if interleaved && kernels::isa() == kernels::Isa::Avx512Vnni { 16 } else { 8 };
+            let by_cache = (16 * 1024 / w.row_bytes.max(1)).clamp(least, 64) / 8 * 8;
+            by_cache.min(m.div_ceil(threads * 4).next_multiple_of(8)).max(least)
         };
         let mut r0 = 0;
         while r0 < m {
