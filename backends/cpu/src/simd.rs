@@ -26,6 +26,24 @@ macro_rules! x86_kernels {
     ($features:literal) => {
         use std::arch::x86_64::*;
 
+        /// Bytes ahead of a single-token weight walk that the kernels ask the cache to
+        /// fetch: one token's products are memory-bound, and the hardware prefetchers alone
+        /// reached about half the machine's read bandwidth (Gemma's 178 MB output matrix:
+        /// 12 ms a token before, 7.2 ms after; 1-8 KiB measured, 4 KiB kept).
+        const PREFETCH_AHEAD: usize = 4096;
+
+        /// `prefetcht0` for the `bytes` that lie [`PREFETCH_AHEAD`] past `p`, a line at a
+        /// time. A prefetch never faults, so an address past the weight's end is harmless
+        /// (and is only computed, with `wrapping_add`, never read).
+        #[inline(always)]
+        unsafe fn prefetch_ahead(p: *const u8, bytes: usize) {
+            let mut o = 0;
+            while o < bytes {
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_AHEAD + o).cast());
+                o += 64;
+            }
+        }
+
         use crate::kernels::{ActRow, Q4_0_BYTES, Q8_0_BYTES, QK};
         use crate::kquants::{
             Q2_K_BYTES, Q3_K_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q5_K_BYTES, Q6_K_BYTES,
@@ -133,6 +151,9 @@ macro_rules! x86_kernels {
             let mut b = 0;
             while b + 4 <= nb {
                 let blk = wp.add(b * bytes);
+                if T == 1 {
+                    prefetch_ahead(blk, 4 * bytes);
+                }
                 let dw = scales4(blk, bytes);
                 let w0 = values(blk);
                 let w1 = values(blk.add(bytes));
@@ -250,6 +271,7 @@ macro_rules! x86_kernels {
                 let mut acc = [_mm256_setzero_ps(); 4];
                 let mut b = 0;
                 while b + 4 <= nb {
+                    prefetch_ahead(wp.add(b * Q8_0_BYTES), 4 * Q8_0_BYTES);
                     for (j, acc) in acc.iter_mut().enumerate() {
                         let blk = wp.add((b + j) * Q8_0_BYTES);
                         let sc = scale(blk) * *a0.d.get_unchecked(b + j);
@@ -499,6 +521,9 @@ macro_rules! x86_kernels {
             let mut acc = [_mm256_setzero_ps(); T];
             for b in 0..nb {
                 let blk = wp.add(b * bytes);
+                if T == 1 {
+                    prefetch_ahead(blk, bytes);
+                }
                 let k = match KIND {
                     2 => unpack_q2_k(blk),
                     3 => unpack_q3_k(blk),
@@ -795,6 +820,9 @@ macro_rules! x86_kernels {
             let mut acc_min = [_mm256_setzero_ps(); T];
             for b in 0..nb {
                 let g = pp.add(b * Q4K_X8_BYTES);
+                if T == 1 {
+                    prefetch_ahead(g, Q4K_X8_BYTES);
+                }
                 let ys: [*const i8; T] = std::array::from_fn(|t| a[t].qs.as_ptr().add(b * QK_K));
                 let bcast = |y: *const i8| _mm256_set1_epi32(y.cast::<i32>().read_unaligned());
                 let mut isum = [_mm256_setzero_si256(); T];
@@ -863,6 +891,9 @@ macro_rules! x86_kernels {
             let mut acc = [_mm256_setzero_ps(); T];
             for b in 0..nb {
                 let g = pp.add(b * bytes);
+                if T == 1 {
+                    prefetch_ahead(g, bytes);
+                }
                 let ys: [*const i8; T] = std::array::from_fn(|t| a[t].qs.as_ptr().add(b * QK));
                 let mut isum: [__m256i; T] = std::array::from_fn(|t| {
                     let c = *a[t].c.get_unchecked(b);
@@ -1391,6 +1422,10 @@ pub(crate) mod avx512 {
         let mut acc_min = [_mm512_setzero_ps(); T];
         for b in 0..nb {
             let (g0, g1) = (p0.add(b * Q4K_X8_BYTES), p1.add(b * Q4K_X8_BYTES));
+            if T == 1 {
+                prefetch_ahead(g0, Q4K_X8_BYTES);
+                prefetch_ahead(g1, Q4K_X8_BYTES);
+            }
             let ys: [*const i8; T] = std::array::from_fn(|t| a[t].qs.as_ptr().add(b * QK_K));
             let bcast = |y: *const i8| _mm512_set1_epi32(y.cast::<i32>().read_unaligned());
             let both = |off: usize| {
