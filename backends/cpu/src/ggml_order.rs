@@ -290,4 +290,46 @@ mod tests {
             }
         }
     }
+
+    /// The interleaved Q4_K kernels the agreement mode keeps (weights repacked at load) give
+    /// `q4k_rows`'s results bit for bit: tokens in fours in ggml's gemm order (`C`), single
+    /// tokens in its gemv order (the fast path's own), at every level; 3 groups of 8 rows,
+    /// so the AVX-512 level's pairs and its odd group are both covered.
+    #[test]
+    fn interleaved_q4_k_in_ggml_order_equals_the_row_kernels() {
+        use crate::kquants::{Q4K_GROUP, Q4K_X8_BYTES, gemm_q4_k_x8_groups, repack_q4_k_x8};
+        let mut seed = 77;
+        let k = 3 * QK_K;
+        let nb = k / QK_K;
+        let mut q8k = Q8KRows::default();
+        q8k.resize(4, k);
+        for t in 0..4 {
+            let x: Vec<f32> = (0..k).map(|_| lcg(&mut seed) * (t + 1) as f32).collect();
+            let (r, bk) = (t * k..(t + 1) * k, t * nb..(t + 1) * nb);
+            let bs = t * k / 16..(t + 1) * k / 16;
+            quantize_row_q8_k(&x, &mut q8k.qs[r], &mut q8k.d[bk], &mut q8k.bsums[bs]);
+        }
+        let k4 = [q8k.row(0), q8k.row(1), q8k.row(2), q8k.row(3)];
+        let rows: Vec<Vec<u8>> =
+            (0..3 * Q4K_GROUP).map(|_| quantized(GgmlType::Q4_K, &mut seed, k)).collect();
+        let mut packed = vec![0u8; 3 * nb * Q4K_X8_BYTES];
+        for (g, chunk) in packed.chunks_mut(nb * Q4K_X8_BYTES).enumerate() {
+            let group: [&[u8]; Q4K_GROUP] = std::array::from_fn(|r| &rows[8 * g + r][..]);
+            repack_q4_k_x8(group, nb, chunk);
+        }
+        for isa in Isa::available() {
+            let mut four = vec![[[0f32; Q4K_GROUP]; 4]; 3];
+            gemm_q4_k_x8_groups::<4, true>(isa, &packed, k4, &mut four);
+            let mut one = vec![[[0f32; Q4K_GROUP]; 1]; 3];
+            gemm_q4_k_x8_groups::<1, false>(isa, &packed, [k4[2]], &mut one);
+            for (i, row) in rows.iter().enumerate() {
+                let (g, r) = (i / Q4K_GROUP, i % Q4K_GROUP);
+                let want4 = q4k_rows(Isa::Portable, row, k4, [true; 4]);
+                let got4: [f32; 4] = std::array::from_fn(|t| four[g][t][r]);
+                assert_eq!(got4.map(f32::to_bits), want4.map(f32::to_bits), "{isa:?} row {i}");
+                let want1 = q4k_rows(Isa::Portable, row, [k4[2]], [false]);
+                assert_eq!(one[g][0][r].to_bits(), want1[0].to_bits(), "{isa:?} row {i}, one");
+            }
+        }
+    }
 }

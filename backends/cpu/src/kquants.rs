@@ -461,12 +461,20 @@ pub fn gemm_q4_k_x8<const T: usize>(
     a: [Q8KRow<'_>; T],
 ) -> [[f32; Q4K_GROUP]; T] {
     let nb = q8k_blocks(packed, &a, Q4K_X8_BYTES);
-    dispatch!(isa, gemm_q4_k_x8::<T>(packed, a, nb), gemm_q4_k_x8_portable(packed, a, nb))
+    dispatch!(
+        isa,
+        gemm_q4_k_x8::<T, false>(packed, a, nb),
+        gemm_q4_k_x8_portable::<T, false>(packed, a, nb)
+    )
 }
 
 /// [`gemm_q4_k_x8`] over consecutive groups of 8 rows (`packed` holds `out.len()` groups
-/// of `a`'s super-block count each), one dispatch for all of them: `out[g][t][r]`.
-pub fn gemm_q4_k_x8_groups<const T: usize>(
+/// of `a`'s super-block count each), one dispatch for all of them: `out[g][t][r]`. With
+/// `C` the floats follow ggml's repacked gemm (`ggml_gemm_q4_K_8x8_q8_K`, which takes a
+/// batch's tokens in fours): one fused multiply-add per 64 values, the agreement mode's
+/// order ([`crate::ggml_order`]); without it one per super-block, which for single
+/// tokens is ggml's gemv order too.
+pub fn gemm_q4_k_x8_groups<const T: usize, const C: bool>(
     isa: Isa,
     packed: &[u8],
     a: [Q8KRow<'_>; T],
@@ -479,26 +487,29 @@ pub fn gemm_q4_k_x8_groups<const T: usize>(
         return;
     }
     q8k_blocks(&packed[..group], &a, Q4K_X8_BYTES);
-    dispatch!(isa, gemm_q4_k_x8_groups::<T>(packed, a, nb, out), {
+    dispatch!(isa, gemm_q4_k_x8_groups::<T, C>(packed, a, nb, out), {
         for (g, o) in out.iter_mut().enumerate() {
-            *o = gemm_q4_k_x8_portable(&packed[g * group..(g + 1) * group], a, nb);
+            *o = gemm_q4_k_x8_portable::<T, C>(&packed[g * group..(g + 1) * group], a, nb);
         }
     });
 }
 
-fn gemm_q4_k_x8_portable<const T: usize>(
+fn gemm_q4_k_x8_portable<const T: usize, const C: bool>(
     packed: &[u8],
     a: [Q8KRow<'_>; T],
     nb: usize,
 ) -> [[f32; Q4K_GROUP]; T] {
-    let mut out = [[0f32; Q4K_GROUP]; T];
+    // acc - acc_min, as the SIMD kernels (and ggml) keep them.
+    let mut acc = [[0f32; Q4K_GROUP]; T];
+    let mut acc_min = [[0f32; Q4K_GROUP]; T];
     for b in 0..nb {
         let g = &packed[b * Q4K_X8_BYTES..(b + 1) * Q4K_X8_BYTES];
         for r in 0..Q4K_GROUP {
             let d = f16_at(g, 1152 + 2 * r);
             let dmin = f16_at(g, 1168 + 2 * r);
-            for (o, y) in out.iter_mut().zip(&a) {
+            for (t, y) in a.iter().enumerate() {
                 let q8 = &y.qs[b * QK_K..(b + 1) * QK_K];
+                let yd = y.d[b];
                 let (mut isum, mut msum) = (0i32, 0i32);
                 for j in 0..8 {
                     let mut s = 0i32;
@@ -513,13 +524,20 @@ fn gemm_q4_k_x8_portable<const T: usize>(
                     let bs =
                         i32::from(y.bsums[16 * b + 2 * j]) + i32::from(y.bsums[16 * b + 2 * j + 1]);
                     msum += i32::from(g[1088 + 16 * (j / 2) + 2 * r + j % 2]) * bs;
+                    if C && j % 2 == 1 {
+                        acc[t][r] = (isum as f32).mul_add(d * yd, acc[t][r]);
+                        acc_min[t][r] = (msum as f32).mul_add(dmin * yd, acc_min[t][r]);
+                        (isum, msum) = (0, 0);
+                    }
                 }
-                let yd = y.d[b];
-                o[r] += (d * yd) * isum as f32 - (dmin * yd) * msum as f32;
+                if !C {
+                    acc[t][r] = (isum as f32).mul_add(d * yd, acc[t][r]);
+                    acc_min[t][r] = (msum as f32).mul_add(dmin * yd, acc_min[t][r]);
+                }
             }
         }
     }
-    out
+    std::array::from_fn(|t| std::array::from_fn(|r| acc[t][r] - acc_min[t][r]))
 }
 
 /// The 32 5-bit values of a Q5_0/Q5_1 block (`qh` the 32 high bits, `qs` 16 bytes of
@@ -900,9 +918,9 @@ mod tests {
         let acts: [Q8KRow<'_>; 4] = std::array::from_fn(|t| q.row(t));
         for isa in Isa::available() {
             let mut four = vec![[[0f32; Q4K_GROUP]; 4]; groups];
-            gemm_q4_k_x8_groups::<4>(isa, &packed, acts, &mut four);
+            gemm_q4_k_x8_groups::<4, false>(isa, &packed, acts, &mut four);
             let mut one = vec![[[0f32; Q4K_GROUP]; 1]; groups];
-            gemm_q4_k_x8_groups::<1>(isa, &packed, [acts[1]], &mut one);
+            gemm_q4_k_x8_groups::<1, false>(isa, &packed, [acts[1]], &mut one);
             for (g, chunk) in packed.chunks(nb * Q4K_X8_BYTES).enumerate() {
                 let bits = |v: &[[f32; Q4K_GROUP]]| -> Vec<u32> {
                     v.iter().flatten().map(|x| x.to_bits()).collect()

@@ -770,6 +770,17 @@ macro_rules! x86_kernels {
             out
         }
 
+        /// The activation's sums of sub-blocks `2k` and `2k + 1` of super-block `b` as an
+        /// i16 pair (low, high) in one i32, for `vpmaddwd` against the rows' mins of those
+        /// sub-blocks (each sum of 32 bytes fits i16).
+        #[inline(always)]
+        unsafe fn q4k_bsum_pairs(a: &Q8KRow<'_>, b: usize, k: usize) -> i32 {
+            let bs = a.bsums.as_ptr().add(16 * b + 4 * k);
+            let lo = i32::from(*bs) + i32::from(*bs.add(1));
+            let hi = i32::from(*bs.add(2)) + i32::from(*bs.add(3));
+            (lo & 0xffff) | (hi << 16)
+        }
+
         /// Adds super-block `b` of 8 Q4_K rows to one token's accumulators: the rows'
         /// integer sums `isum` times `d·d_y` into `acc`, and the mins (`mins[k]`: i16 pairs,
         /// the rows' mins of sub-blocks `2k` and `2k + 1`) times the activation's sums of
@@ -785,16 +796,35 @@ macro_rules! x86_kernels {
             (dv, dminv): (__m256, __m256),
             (acc, acc_min): (&mut __m256, &mut __m256),
         ) {
-            let bs = a.bsums.as_ptr().add(16 * b);
-            let pair = |j: usize| i32::from(*bs.add(2 * j)) + i32::from(*bs.add(2 * j + 1));
             let mut msum = _mm256_setzero_si256();
             for (k, mv) in mins.iter().enumerate() {
-                let (lo, hi) = (pair(2 * k), pair(2 * k + 1));
-                let yv = _mm256_set1_epi32((lo & 0xffff) | (hi << 16));
+                let yv = _mm256_set1_epi32(q4k_bsum_pairs(a, b, k));
                 msum = _mm256_add_epi32(msum, _mm256_madd_epi16(*mv, yv));
             }
             let yd = _mm256_set1_ps(*a.d.get_unchecked(b));
             *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dv, yd), *acc);
+            *acc_min =
+                _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dminv, yd), *acc_min);
+        }
+
+        /// Adds chunk `k` (sub-blocks `2k`, `2k + 1`: 64 values) of super-block `b` of 8
+        /// Q4_K rows to one token's accumulators, in the order of ggml's repacked gemm:
+        /// the chunk's scaled integer sums `isum` times `d·d_y` into `acc`, the rows' two
+        /// mins (`mins_k`, i16 pairs) times the activation's sums of the two sub-blocks,
+        /// times `dmin·d_y`, into `acc_min`.
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn q4k_chunk_add(
+            isum: __m256i,
+            mins_k: __m256i,
+            a: &Q8KRow<'_>,
+            (b, k): (usize, usize),
+            (dv, dminv): (__m256, __m256),
+            (acc, acc_min): (&mut __m256, &mut __m256),
+        ) {
+            let yd = _mm256_set1_ps(*a.d.get_unchecked(b));
+            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dv, yd), *acc);
+            let msum = _mm256_madd_epi16(mins_k, _mm256_set1_epi32(q4k_bsum_pairs(a, b, k)));
             *acc_min =
                 _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dminv, yd), *acc_min);
         }
@@ -805,10 +835,12 @@ macro_rules! x86_kernels {
         /// (`vpmaddubsw`) is summed in i16 (8·2·15·127 < 2^15), then one `vpmaddwd`
         /// applies the rows' scales (the scale bytes spread to i16 pairs by one
         /// `vpshufb`); the mins come in through the activation's pair sums, apart
-        /// ([`q4k_group_add`]).
+        /// ([`q4k_group_add`]). With `C` (ggml's order for the tokens of a batch, as
+        /// `ggml_gemm_q4_K_8x8_q8_K` takes them in fours) the floats take each 64 values'
+        /// sums instead of each super-block's ([`q4k_chunk_add`]).
         #[target_feature(enable = $features)]
         #[inline]
-        pub(crate) unsafe fn gemm_q4_k_x8<const T: usize>(
+        pub(crate) unsafe fn gemm_q4_k_x8<const T: usize, const C: bool>(
             packed: &[u8],
             a: [Q8KRow<'_>; T],
             nb: usize,
@@ -825,6 +857,11 @@ macro_rules! x86_kernels {
                 }
                 let ys: [*const i8; T] = std::array::from_fn(|t| a[t].qs.as_ptr().add(b * QK_K));
                 let bcast = |y: *const i8| _mm256_set1_epi32(y.cast::<i32>().read_unaligned());
+                let dv = _mm256_cvtph_ps(_mm_loadu_si128(g.add(1152).cast()));
+                let dminv = _mm256_cvtph_ps(_mm_loadu_si128(g.add(1168).cast()));
+                let mins: [__m256i; 4] = std::array::from_fn(|k| {
+                    _mm256_cvtepu8_epi16(_mm_loadu_si128(g.add(1088 + 16 * k).cast()))
+                });
                 let mut isum = [_mm256_setzero_si256(); T];
                 for j in 0..8 {
                     let mut sub = [_mm256_setzero_si256(); T];
@@ -841,15 +878,26 @@ macro_rules! x86_kernels {
                     for t in 0..T {
                         isum[t] = _mm256_add_epi32(isum[t], q4k_sub_scaled(sub[t], sc));
                     }
+                    if C && j % 2 == 1 {
+                        for t in 0..T {
+                            let (ai, am) = (&mut acc[t], &mut acc_min[t]);
+                            q4k_chunk_add(
+                                isum[t],
+                                mins[j / 2],
+                                &a[t],
+                                (b, j / 2),
+                                (dv, dminv),
+                                (ai, am),
+                            );
+                            isum[t] = _mm256_setzero_si256();
+                        }
+                    }
                 }
-                let dv = _mm256_cvtph_ps(_mm_loadu_si128(g.add(1152).cast()));
-                let dminv = _mm256_cvtph_ps(_mm_loadu_si128(g.add(1168).cast()));
-                let mins: [__m256i; 4] = std::array::from_fn(|k| {
-                    _mm256_cvtepu8_epi16(_mm_loadu_si128(g.add(1088 + 16 * k).cast()))
-                });
-                for t in 0..T {
-                    let (ai, am) = (&mut acc[t], &mut acc_min[t]);
-                    q4k_group_add(isum[t], &mins, &a[t], b, (dv, dminv), (ai, am));
+                if !C {
+                    for t in 0..T {
+                        let (ai, am) = (&mut acc[t], &mut acc_min[t]);
+                        q4k_group_add(isum[t], &mins, &a[t], b, (dv, dminv), (ai, am));
+                    }
                 }
             }
             let mut out = [[0f32; 8]; T];
@@ -1215,7 +1263,7 @@ pub(crate) mod avx2 {
     /// [`gemm_q4_k_x8`] over `out.len()` consecutive groups.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    pub(crate) unsafe fn gemm_q4_k_x8_groups<const T: usize>(
+    pub(crate) unsafe fn gemm_q4_k_x8_groups<const T: usize, const C: bool>(
         packed: &[u8],
         a: [Q8KRow<'_>; T],
         nb: usize,
@@ -1223,7 +1271,7 @@ pub(crate) mod avx2 {
     ) {
         let group = nb * crate::kquants::Q4K_X8_BYTES;
         for (g, o) in out.iter_mut().enumerate() {
-            *o = gemm_q4_k_x8::<T>(packed.get_unchecked(g * group..(g + 1) * group), a, nb);
+            *o = gemm_q4_k_x8::<T, C>(packed.get_unchecked(g * group..(g + 1) * group), a, nb);
         }
     }
 
@@ -1382,7 +1430,7 @@ pub(crate) mod avx512 {
     /// registers ([`gemm_q4_k_x16`]), an odd last one alone.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     #[inline]
-    pub(crate) unsafe fn gemm_q4_k_x8_groups<const T: usize>(
+    pub(crate) unsafe fn gemm_q4_k_x8_groups<const T: usize, const C: bool>(
         packed: &[u8],
         a: [Q8KRow<'_>; T],
         nb: usize,
@@ -1392,7 +1440,7 @@ pub(crate) mod avx512 {
         let pairs = out.len() / 2;
         for p in 0..pairs {
             let g0 = packed.as_ptr().add(2 * p * group);
-            let both = gemm_q4_k_x16::<T>((g0, g0.add(group)), a, nb);
+            let both = gemm_q4_k_x16::<T, C>((g0, g0.add(group)), a, nb);
             for t in 0..T {
                 out[2 * p][t].copy_from_slice(&both[t][..8]);
                 out[2 * p + 1][t].copy_from_slice(&both[t][8..]);
@@ -1400,7 +1448,7 @@ pub(crate) mod avx512 {
         }
         if out.len() % 2 == 1 {
             let g = out.len() - 1;
-            out[g] = gemm_q4_k_x8::<T>(packed.get_unchecked(g * group..(g + 1) * group), a, nb);
+            out[g] = gemm_q4_k_x8::<T, C>(packed.get_unchecked(g * group..(g + 1) * group), a, nb);
         }
     }
 
@@ -1408,10 +1456,10 @@ pub(crate) mod avx512 {
     /// rows, then the second's): each step's two 32-byte chunks go into one 512-bit
     /// register, so every `vpdpbusd` and activation broadcast serves 16 rows. Per row the
     /// same integer sums and float operations in the same order as [`gemm_q4_k_x8`], so
-    /// the results are bit for bit its results.
+    /// the results are bit for bit its results (with `C`, its chunked order).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     #[inline]
-    unsafe fn gemm_q4_k_x16<const T: usize>(
+    unsafe fn gemm_q4_k_x16<const T: usize, const C: bool>(
         (p0, p1): (*const u8, *const u8),
         a: [Q8KRow<'_>; T],
         nb: usize,
@@ -1433,6 +1481,14 @@ pub(crate) mod avx512 {
                 let hi = _mm256_loadu_si256(g1.add(off).cast());
                 _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
             };
+            let halves = |off: usize| {
+                let (lo, hi) = (g0.add(off).cast(), g1.add(off).cast());
+                _mm256_set_m128i(_mm_loadu_si128(hi), _mm_loadu_si128(lo))
+            };
+            let dv = _mm512_cvtph_ps(halves(1152));
+            let dminv = _mm512_cvtph_ps(halves(1168));
+            let mins: [__m512i; 4] =
+                std::array::from_fn(|k| _mm512_cvtepu8_epi16(halves(1088 + 16 * k)));
             let mut isum = [_mm512_setzero_si512(); T];
             for j in 0..8 {
                 let mut sub = [_mm512_setzero_si512(); T];
@@ -1451,24 +1507,27 @@ pub(crate) mod avx512 {
                 for t in 0..T {
                     isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(sub[t], sc));
                 }
+                if C && j % 2 == 1 {
+                    // ggml's gemm order: the floats take each 64 values' sums.
+                    for t in 0..T {
+                        let yd = _mm512_set1_ps(*a[t].d.get_unchecked(b));
+                        let yv = _mm512_set1_epi32(q4k_bsum_pairs(&a[t], b, j / 2));
+                        let msum = _mm512_madd_epi16(mins[j / 2], yv);
+                        let di = _mm512_cvtepi32_ps(isum[t]);
+                        acc[t] = _mm512_fmadd_ps(di, _mm512_mul_ps(dv, yd), acc[t]);
+                        let dm = _mm512_cvtepi32_ps(msum);
+                        acc_min[t] = _mm512_fmadd_ps(dm, _mm512_mul_ps(dminv, yd), acc_min[t]);
+                        isum[t] = _mm512_setzero_si512();
+                    }
+                }
             }
-            let halves = |off: usize| {
-                _mm256_set_m128i(
-                    _mm_loadu_si128(g1.add(off).cast()),
-                    _mm_loadu_si128(g0.add(off).cast()),
-                )
-            };
-            let dv = _mm512_cvtph_ps(halves(1152));
-            let dminv = _mm512_cvtph_ps(halves(1168));
-            let mins: [__m512i; 4] =
-                std::array::from_fn(|k| _mm512_cvtepu8_epi16(halves(1088 + 16 * k)));
+            if C {
+                continue;
+            }
             for t in 0..T {
-                let bs = a[t].bsums.as_ptr().add(16 * b);
-                let pair = |j: usize| i32::from(*bs.add(2 * j)) + i32::from(*bs.add(2 * j + 1));
                 let mut msum = _mm512_setzero_si512();
                 for (k, mv) in mins.iter().enumerate() {
-                    let (lo, hi) = (pair(2 * k), pair(2 * k + 1));
-                    let yv = _mm512_set1_epi32((lo & 0xffff) | (hi << 16));
+                    let yv = _mm512_set1_epi32(q4k_bsum_pairs(&a[t], b, k));
                     msum = _mm512_add_epi32(msum, _mm512_madd_epi16(*mv, yv));
                 }
                 let yd = _mm512_set1_ps(*a[t].d.get_unchecked(b));

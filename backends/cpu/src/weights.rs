@@ -192,7 +192,7 @@ impl Weight {
     /// whole groups of 8.
     pub fn interleavable(&self) -> bool {
         matches!(self.ty, WType::Q4_K | WType::Q4_0 | WType::Q5_0)
-            && !(ggml_order::match_llama_cpp() && matches!(self.ty, WType::Q4_K | WType::Q5_0))
+            && !(ggml_order::match_llama_cpp() && self.ty == WType::Q5_0)
             && self.rows.is_multiple_of(GROUP)
             && self.rows > 0
     }
@@ -423,8 +423,13 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
         if interleaved {
             let packed = (map, w.group_bytes());
             if w.ty == WType::Q4_K {
-                let fns: GroupsFns<_> =
-                    (kq::gemm_q4_k_x8_groups::<4>, kq::gemm_q4_k_x8_groups::<1>);
+                // The agreement mode takes a batch's fours in ggml's gemm order; single
+                // tokens are in its gemv order either way.
+                let fns: GroupsFns<_> = if ggml_order::match_llama_cpp() {
+                    (kq::gemm_q4_k_x8_groups::<4, true>, kq::gemm_q4_k_x8_groups::<1, false>)
+                } else {
+                    (kq::gemm_q4_k_x8_groups::<4, false>, kq::gemm_q4_k_x8_groups::<1, false>)
+                };
                 matmul_interleaved(packed, (r0, r1), n, |t| a.qk.row(t), isa, fns, &put);
             } else {
                 let fns: GroupsFns<_> = if w.ty == WType::Q5_0 {
