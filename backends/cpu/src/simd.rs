@@ -644,6 +644,9 @@ macro_rules! x86_kernels {
             let mut acc = [_mm256_setzero_ps(); T];
             for b in 0..nb {
                 let blk = wp.add(b * bytes);
+                if T == 1 {
+                    prefetch_ahead(blk, bytes);
+                }
                 let dw = scale(blk);
                 let wv = if FIVE {
                     _mm256_sub_epi8(q5_0_values(blk), _mm256_set1_epi8(16))
@@ -684,6 +687,9 @@ macro_rules! x86_kernels {
             let (mut acc, mut acc_min) = ([0f32; T], [0f32; T]);
             for b in 0..nb {
                 let blk = wp.add(b * Q4_K_BYTES);
+                if T == 1 {
+                    prefetch_ahead(blk, Q4_K_BYTES);
+                }
                 let (d, dmin) = (scale(blk), scale(blk.add(2)));
                 let scales = std::slice::from_raw_parts(blk.add(4), 12);
                 let (mut sc, mut mn) = ([0i16; 8], [0i32; 8]);
