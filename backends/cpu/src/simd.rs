@@ -27,9 +27,10 @@ macro_rules! x86_kernels {
         use std::arch::x86_64::*;
 
         /// Bytes ahead of a single-token weight walk that the kernels ask the cache to
-        /// fetch: one token's products are memory-bound, and the hardware prefetchers alone
-        /// reached about half the machine's read bandwidth (Gemma's 178 MB output matrix:
-        /// 12 ms a token before, 7.2 ms after; 1-8 KiB measured, 4 KiB kept).
+        /// fetch where [`crate::kernels::prefetch_weights`] says so: one token's products
+        /// are memory-bound, and on Sapphire Rapids the hardware prefetchers alone reached
+        /// about half the machine's read bandwidth (Gemma's 178 MB output matrix: 12 ms a
+        /// token before, 7.2 ms after; 1-8 KiB measured, 4 KiB kept).
         const PREFETCH_AHEAD: usize = 4096;
 
         /// `prefetcht0` for the `bytes` that lie [`PREFETCH_AHEAD`] past `p`, a line at a
@@ -144,6 +145,7 @@ macro_rules! x86_kernels {
             a: [ActRow<'_>; T],
             nb: usize,
         ) -> [f32; T] {
+            let pf = T == 1 && crate::kernels::prefetch_weights();
             let (bytes, mul) = if FIVE { (Q5_0_BYTES, 2) } else { (Q4_0_BYTES, 1) };
             let values = |blk: *const u8| if FIVE { q5_0_values(blk) } else { nibbles(blk.add(2)) };
             let wp = w.as_ptr();
@@ -151,7 +153,7 @@ macro_rules! x86_kernels {
             let mut b = 0;
             while b + 4 <= nb {
                 let blk = wp.add(b * bytes);
-                if T == 1 {
+                if pf {
                     prefetch_ahead(blk, 4 * bytes);
                 }
                 let dw = scales4(blk, bytes);
@@ -270,8 +272,11 @@ macro_rules! x86_kernels {
                 let a0 = &a[0];
                 let mut acc = [_mm256_setzero_ps(); 4];
                 let mut b = 0;
+                let pf = crate::kernels::prefetch_weights();
                 while b + 4 <= nb {
-                    prefetch_ahead(wp.add(b * Q8_0_BYTES), 4 * Q8_0_BYTES);
+                    if pf {
+                        prefetch_ahead(wp.add(b * Q8_0_BYTES), 4 * Q8_0_BYTES);
+                    }
                     for (j, acc) in acc.iter_mut().enumerate() {
                         let blk = wp.add((b + j) * Q8_0_BYTES);
                         let sc = scale(blk) * *a0.d.get_unchecked(b + j);
@@ -509,6 +514,7 @@ macro_rules! x86_kernels {
             a: [Q8KRow<'_>; T],
             nb: usize,
         ) -> [f32; T] {
+            let pf = T == 1 && crate::kernels::prefetch_weights();
             // (bytes per block, mins, value offset)
             let (bytes, mins, offset) = match KIND {
                 2 => (Q2_K_BYTES, true, false),
@@ -521,7 +527,7 @@ macro_rules! x86_kernels {
             let mut acc = [_mm256_setzero_ps(); T];
             for b in 0..nb {
                 let blk = wp.add(b * bytes);
-                if T == 1 {
+                if pf {
                     prefetch_ahead(blk, bytes);
                 }
                 let k = match KIND {
@@ -639,12 +645,13 @@ macro_rules! x86_kernels {
             a: [ActRow<'_>; T],
             nb: usize,
         ) -> [f32; T] {
+            let pf = T == 1 && crate::kernels::prefetch_weights();
             let bytes = if FIVE { Q5_0_BYTES } else { Q8_0_BYTES };
             let wp = w.as_ptr();
             let mut acc = [_mm256_setzero_ps(); T];
             for b in 0..nb {
                 let blk = wp.add(b * bytes);
-                if T == 1 {
+                if pf {
                     prefetch_ahead(blk, bytes);
                 }
                 let dw = scale(blk);
@@ -682,12 +689,13 @@ macro_rules! x86_kernels {
             nb: usize,
             chunked: [bool; T],
         ) -> [f32; T] {
+            let pf = T == 1 && crate::kernels::prefetch_weights();
             let wp = w.as_ptr();
             let m4 = _mm256_set1_epi8(0x0f);
             let (mut acc, mut acc_min) = ([0f32; T], [0f32; T]);
             for b in 0..nb {
                 let blk = wp.add(b * Q4_K_BYTES);
-                if T == 1 {
+                if pf {
                     prefetch_ahead(blk, Q4_K_BYTES);
                 }
                 let (d, dmin) = (scale(blk), scale(blk.add(2)));
@@ -851,6 +859,7 @@ macro_rules! x86_kernels {
             a: [Q8KRow<'_>; T],
             nb: usize,
         ) -> [[f32; 8]; T] {
+            let pf = T == 1 && crate::kernels::prefetch_weights();
             use crate::kquants::Q4K_X8_BYTES;
             let pp = packed.as_ptr();
             let m4 = _mm256_set1_epi8(0x0f);
@@ -858,7 +867,7 @@ macro_rules! x86_kernels {
             let mut acc_min = [_mm256_setzero_ps(); T];
             for b in 0..nb {
                 let g = pp.add(b * Q4K_X8_BYTES);
-                if T == 1 {
+                if pf {
                     prefetch_ahead(g, Q4K_X8_BYTES);
                 }
                 let ys: [*const i8; T] = std::array::from_fn(|t| a[t].qs.as_ptr().add(b * QK_K));
@@ -927,6 +936,7 @@ macro_rules! x86_kernels {
             a: [ActRow<'_>; T],
             nb: usize,
         ) -> [[f32; 8]; T] {
+            let pf = T == 1 && crate::kernels::prefetch_weights();
             let bytes =
                 if FIVE { crate::kernels::Q5_0_X8_BYTES } else { crate::kernels::Q4_0_X8_BYTES };
             let qs_at = if FIVE { 48 } else { 16 };
@@ -945,7 +955,7 @@ macro_rules! x86_kernels {
             let mut acc = [_mm256_setzero_ps(); T];
             for b in 0..nb {
                 let g = pp.add(b * bytes);
-                if T == 1 {
+                if pf {
                     prefetch_ahead(g, bytes);
                 }
                 let ys: [*const i8; T] = std::array::from_fn(|t| a[t].qs.as_ptr().add(b * QK));
@@ -1470,13 +1480,14 @@ pub(crate) mod avx512 {
         a: [Q8KRow<'_>; T],
         nb: usize,
     ) -> [[f32; 16]; T] {
+        let pf = T == 1 && crate::kernels::prefetch_weights();
         use crate::kquants::Q4K_X8_BYTES;
         let m4 = _mm512_set1_epi8(0x0f);
         let mut acc = [_mm512_setzero_ps(); T];
         let mut acc_min = [_mm512_setzero_ps(); T];
         for b in 0..nb {
             let (g0, g1) = (p0.add(b * Q4K_X8_BYTES), p1.add(b * Q4K_X8_BYTES));
-            if T == 1 {
+            if pf {
                 prefetch_ahead(g0, Q4K_X8_BYTES);
                 prefetch_ahead(g1, Q4K_X8_BYTES);
             }
