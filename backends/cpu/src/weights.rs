@@ -189,7 +189,8 @@ impl Weight {
     }
 
     /// Whether [`Weight::copy_to_memory`] interleaves the rows: Q4_K, Q4_0 and Q5_0,
-    /// whole groups of 8.
+    /// whole groups of 8 (not Q5_0 in the agreement mode, whose Q5_0 products need ggml's
+    /// per-output lanes from rows in file order).
     pub fn interleavable(&self) -> bool {
         matches!(self.ty, WType::Q4_K | WType::Q4_0 | WType::Q5_0)
             && !(ggml_order::match_llama_cpp() && self.ty == WType::Q5_0)
