@@ -199,6 +199,28 @@ pub fn prefetch_weights() -> bool {
     })
 }
 
+thread_local! {
+    static SMALL_BATCH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the products this thread runs next as part of a small batch (a decode step of a
+/// few sequences, [`SMALL_BATCH_TOKENS`] tokens or fewer), whose weight walks stream from
+/// memory as a single token's do and so prefetch too; a prefill's token tiles re-read
+/// cached weights, where prefetching measured 2-6% slower. `weights::matmul_multi` sets it
+/// in every task.
+pub fn set_small_batch(small: bool) {
+    SMALL_BATCH.with(|c| c.set(small));
+}
+
+/// Whether this thread's products belong to a small batch ([`set_small_batch`]).
+#[inline]
+pub fn small_batch() -> bool {
+    SMALL_BATCH.with(std::cell::Cell::get)
+}
+
+/// Batches of up to this many tokens count as small ([`set_small_batch`]).
+pub const SMALL_BATCH_TOKENS: usize = 8;
+
 /// The CPU's vendor string (`GenuineIntel`, `AuthenticAMD`, ...); zeros off x86-64.
 fn cpu_vendor() -> [u8; 12] {
     #[cfg(target_arch = "x86_64")]

@@ -145,7 +145,8 @@ macro_rules! x86_kernels {
             a: [ActRow<'_>; T],
             nb: usize,
         ) -> [f32; T] {
-            let pf = T == 1 && crate::kernels::prefetch_weights();
+            let pf =
+                crate::kernels::prefetch_weights() && (T == 1 || crate::kernels::small_batch());
             let (bytes, mul) = if FIVE { (Q5_0_BYTES, 2) } else { (Q4_0_BYTES, 1) };
             let values = |blk: *const u8| if FIVE { q5_0_values(blk) } else { nibbles(blk.add(2)) };
             let wp = w.as_ptr();
@@ -272,7 +273,8 @@ macro_rules! x86_kernels {
                 let a0 = &a[0];
                 let mut acc = [_mm256_setzero_ps(); 4];
                 let mut b = 0;
-                let pf = crate::kernels::prefetch_weights();
+                let pf =
+                    crate::kernels::prefetch_weights() && (T == 1 || crate::kernels::small_batch());
                 while b + 4 <= nb {
                     if pf {
                         prefetch_ahead(wp.add(b * Q8_0_BYTES), 4 * Q8_0_BYTES);
@@ -514,7 +516,8 @@ macro_rules! x86_kernels {
             a: [Q8KRow<'_>; T],
             nb: usize,
         ) -> [f32; T] {
-            let pf = T == 1 && crate::kernels::prefetch_weights();
+            let pf =
+                crate::kernels::prefetch_weights() && (T == 1 || crate::kernels::small_batch());
             // (bytes per block, mins, value offset)
             let (bytes, mins, offset) = match KIND {
                 2 => (Q2_K_BYTES, true, false),
@@ -645,7 +648,8 @@ macro_rules! x86_kernels {
             a: [ActRow<'_>; T],
             nb: usize,
         ) -> [f32; T] {
-            let pf = T == 1 && crate::kernels::prefetch_weights();
+            let pf =
+                crate::kernels::prefetch_weights() && (T == 1 || crate::kernels::small_batch());
             let bytes = if FIVE { Q5_0_BYTES } else { Q8_0_BYTES };
             let wp = w.as_ptr();
             let mut acc = [_mm256_setzero_ps(); T];
@@ -689,7 +693,8 @@ macro_rules! x86_kernels {
             nb: usize,
             chunked: [bool; T],
         ) -> [f32; T] {
-            let pf = T == 1 && crate::kernels::prefetch_weights();
+            let pf =
+                crate::kernels::prefetch_weights() && (T == 1 || crate::kernels::small_batch());
             let wp = w.as_ptr();
             let m4 = _mm256_set1_epi8(0x0f);
             let (mut acc, mut acc_min) = ([0f32; T], [0f32; T]);
@@ -859,7 +864,8 @@ macro_rules! x86_kernels {
             a: [Q8KRow<'_>; T],
             nb: usize,
         ) -> [[f32; 8]; T] {
-            let pf = T == 1 && crate::kernels::prefetch_weights();
+            let pf =
+                crate::kernels::prefetch_weights() && (T == 1 || crate::kernels::small_batch());
             use crate::kquants::Q4K_X8_BYTES;
             let pp = packed.as_ptr();
             let m4 = _mm256_set1_epi8(0x0f);
@@ -936,7 +942,8 @@ macro_rules! x86_kernels {
             a: [ActRow<'_>; T],
             nb: usize,
         ) -> [[f32; 8]; T] {
-            let pf = T == 1 && crate::kernels::prefetch_weights();
+            let pf =
+                crate::kernels::prefetch_weights() && (T == 1 || crate::kernels::small_batch());
             let bytes =
                 if FIVE { crate::kernels::Q5_0_X8_BYTES } else { crate::kernels::Q4_0_X8_BYTES };
             let qs_at = if FIVE { 48 } else { 16 };
@@ -1480,7 +1487,7 @@ pub(crate) mod avx512 {
         a: [Q8KRow<'_>; T],
         nb: usize,
     ) -> [[f32; 16]; T] {
-        let pf = T == 1 && crate::kernels::prefetch_weights();
+        let pf = crate::kernels::prefetch_weights() && (T == 1 || crate::kernels::small_batch());
         use crate::kquants::Q4K_X8_BYTES;
         let m4 = _mm512_set1_epi8(0x0f);
         let mut acc = [_mm512_setzero_ps(); T];

@@ -413,7 +413,9 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
     let outs = &outs;
     let isa = kernels::isa();
     let big_tiles = isa == kernels::Isa::Avx512Vnni;
+    let small_batch = n > 1 && n <= kernels::SMALL_BATCH_TOKENS;
     chunks.into_par_iter().for_each(|(ji, r0, r1)| {
+        kernels::set_small_batch(small_batch);
         let (out, ref w, map, interleaved) = outs[ji];
         let m = w.rows;
         let put = |t: usize, r: usize, v: f32| {
