@@ -184,12 +184,13 @@ pub fn isa() -> Isa {
     })
 }
 
-/// Whether single-token products prefetch their weights ahead in software
-/// (`prefetcht0` 4 KiB ahead of the walk). On by default on Intel CPUs: on Sapphire Rapids
-/// the hardware prefetchers alone streamed the weights at about half the measured read
-/// bandwidth, and prefetching raised decode 1.3-1.5x. Off elsewhere: on the AMD EPYC
-/// of an earlier measurement software prefetching made the streaming 10-20% slower (its
-/// hardware prefetchers already kept up). `CORRAL_CPU_PREFETCH=1` or `0` overrides; read once per process.
+/// Whether products that stream their weights from memory (single tokens, and small
+/// batches: [`small_batch`]) prefetch them in software, `prefetcht0` 4 KiB ahead of the
+/// walk. On by default on Intel CPUs: on Sapphire Rapids the hardware prefetchers alone
+/// streamed the weights at about half the measured read bandwidth, and prefetching raised
+/// decode 1.3-1.5x. Off elsewhere: on the AMD EPYC of an earlier measurement software
+/// prefetching made the streaming 10-20% slower (its hardware prefetchers already kept
+/// up). `CORRAL_CPU_PREFETCH=1` or `0` overrides; read once per process.
 pub fn prefetch_weights() -> bool {
     static CHOSEN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *CHOSEN.get_or_init(|| match std::env::var("CORRAL_CPU_PREFETCH").ok().as_deref() {
