@@ -219,6 +219,13 @@ pub fn small_batch() -> bool {
     SMALL_BATCH.with(std::cell::Cell::get)
 }
 
+/// Whether a product of `tokens` activation rows at once prefetches its weights: where
+/// [`prefetch_weights`] allows, for single tokens and within a [`small_batch`].
+#[inline]
+pub fn prefetching(tokens: usize) -> bool {
+    prefetch_weights() && (tokens == 1 || small_batch())
+}
+
 /// Batches of up to this many tokens count as small ([`set_small_batch`]).
 pub const SMALL_BATCH_TOKENS: usize = 8;
 

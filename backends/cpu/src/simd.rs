@@ -20,8 +20,9 @@
 /// signed bytes, summed in fours into i32 lanes), `dot2_u8_i8` (the same of two pairs),
 /// `dot_f32_x8` (a dot product of two f32 rows of a multiple of 8), `fa_accumulate` and
 /// `fa_accumulate_f16` (one step of an f16 attention accumulator), `dot_ggml_f16` (a dot
-/// product in ggml's order) and `q4k_sub_add`/`q4k_sub_scaled` (a Q4_K sub-block of 8
-/// interleaved rows) must be defined by the including module.
+/// product in ggml's order), `q4k_sub_add`/`q4k_sub_scaled` (a Q4_K sub-block of 8
+/// interleaved rows) and `gemm_q4_k_x8_pairs` (interleaved Q4_K groups two at a time, where
+/// the level can) must be defined by the including module.
 macro_rules! x86_kernels {
     ($features:literal) => {
         use std::arch::x86_64::*;
@@ -145,8 +146,7 @@ macro_rules! x86_kernels {
             a: [ActRow<'_>; T],
             nb: usize,
         ) -> [f32; T] {
-            let pf =
-                crate::kernels::prefetch_weights() && (T == 1 || crate::kernels::small_batch());
+            let pf = crate::kernels::prefetching(T);
             let (bytes, mul) = if FIVE { (Q5_0_BYTES, 2) } else { (Q4_0_BYTES, 1) };
             let values = |blk: *const u8| if FIVE { q5_0_values(blk) } else { nibbles(blk.add(2)) };
             let wp = w.as_ptr();
@@ -273,8 +273,7 @@ macro_rules! x86_kernels {
                 let a0 = &a[0];
                 let mut acc = [_mm256_setzero_ps(); 4];
                 let mut b = 0;
-                let pf =
-                    crate::kernels::prefetch_weights() && (T == 1 || crate::kernels::small_batch());
+                let pf = crate::kernels::prefetching(T);
                 while b + 4 <= nb {
                     if pf {
                         prefetch_ahead(wp.add(b * Q8_0_BYTES), 4 * Q8_0_BYTES);
@@ -516,8 +515,7 @@ macro_rules! x86_kernels {
             a: [Q8KRow<'_>; T],
             nb: usize,
         ) -> [f32; T] {
-            let pf =
-                crate::kernels::prefetch_weights() && (T == 1 || crate::kernels::small_batch());
+            let pf = crate::kernels::prefetching(T);
             // (bytes per block, mins, value offset)
             let (bytes, mins, offset) = match KIND {
                 2 => (Q2_K_BYTES, true, false),
@@ -648,8 +646,7 @@ macro_rules! x86_kernels {
             a: [ActRow<'_>; T],
             nb: usize,
         ) -> [f32; T] {
-            let pf =
-                crate::kernels::prefetch_weights() && (T == 1 || crate::kernels::small_batch());
+            let pf = crate::kernels::prefetching(T);
             let bytes = if FIVE { Q5_0_BYTES } else { Q8_0_BYTES };
             let wp = w.as_ptr();
             let mut acc = [_mm256_setzero_ps(); T];
@@ -693,8 +690,7 @@ macro_rules! x86_kernels {
             nb: usize,
             chunked: [bool; T],
         ) -> [f32; T] {
-            let pf =
-                crate::kernels::prefetch_weights() && (T == 1 || crate::kernels::small_batch());
+            let pf = crate::kernels::prefetching(T);
             let wp = w.as_ptr();
             let m4 = _mm256_set1_epi8(0x0f);
             let (mut acc, mut acc_min) = ([0f32; T], [0f32; T]);
@@ -864,8 +860,7 @@ macro_rules! x86_kernels {
             a: [Q8KRow<'_>; T],
             nb: usize,
         ) -> [[f32; 8]; T] {
-            let pf =
-                crate::kernels::prefetch_weights() && (T == 1 || crate::kernels::small_batch());
+            let pf = crate::kernels::prefetching(T);
             use crate::kquants::Q4K_X8_BYTES;
             let pp = packed.as_ptr();
             let m4 = _mm256_set1_epi8(0x0f);
@@ -928,6 +923,24 @@ macro_rules! x86_kernels {
             out
         }
 
+        /// [`gemm_q4_k_x8`] over `out.len()` consecutive groups: those the level takes in
+        /// pairs first (`gemm_q4_k_x8_pairs`: 512-bit registers at AVX-512, none at AVX2),
+        /// the rest one by one.
+        #[target_feature(enable = $features)]
+        #[inline]
+        pub(crate) unsafe fn gemm_q4_k_x8_groups<const T: usize, const C: bool>(
+            packed: &[u8],
+            a: [Q8KRow<'_>; T],
+            nb: usize,
+            out: &mut [[[f32; 8]; T]],
+        ) {
+            let group = nb * crate::kquants::Q4K_X8_BYTES;
+            let paired = gemm_q4_k_x8_pairs::<T, C>(packed, a, nb, out);
+            for (g, o) in out.iter_mut().enumerate().skip(paired) {
+                *o = gemm_q4_k_x8::<T, C>(packed.get_unchecked(g * group..(g + 1) * group), a, nb);
+            }
+        }
+
         /// `T` Q8_0 activation rows times 8 Q4_0 rows interleaved by
         /// `kernels::repack_q4_0_x8`, or (`FIVE`) 8 Q5_0 rows by `repack_q5_0_x8`: per
         /// block, 4 loads give the 8 rows' 32 values as low and high nibbles (Q5_0: each
@@ -942,8 +955,7 @@ macro_rules! x86_kernels {
             a: [ActRow<'_>; T],
             nb: usize,
         ) -> [[f32; 8]; T] {
-            let pf =
-                crate::kernels::prefetch_weights() && (T == 1 || crate::kernels::small_batch());
+            let pf = crate::kernels::prefetching(T);
             let bytes =
                 if FIVE { crate::kernels::Q5_0_X8_BYTES } else { crate::kernels::Q4_0_X8_BYTES };
             let qs_at = if FIVE { 48 } else { 16 };
@@ -1283,19 +1295,15 @@ macro_rules! x86_kernels {
 pub(crate) mod avx2 {
     x86_kernels!("avx2,fma,f16c");
 
-    /// [`gemm_q4_k_x8`] over `out.len()` consecutive groups.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    pub(crate) unsafe fn gemm_q4_k_x8_groups<const T: usize, const C: bool>(
-        packed: &[u8],
-        a: [Q8KRow<'_>; T],
-        nb: usize,
-        out: &mut [[[f32; 8]; T]],
-    ) {
-        let group = nb * crate::kquants::Q4K_X8_BYTES;
-        for (g, o) in out.iter_mut().enumerate() {
-            *o = gemm_q4_k_x8::<T, C>(packed.get_unchecked(g * group..(g + 1) * group), a, nb);
-        }
+    /// No 512-bit registers at this level: every group goes through [`gemm_q4_k_x8`] alone.
+    #[inline(always)]
+    unsafe fn gemm_q4_k_x8_pairs<const T: usize, const C: bool>(
+        _packed: &[u8],
+        _a: [Q8KRow<'_>; T],
+        _nb: usize,
+        _out: &mut [[[f32; 8]; T]],
+    ) -> usize {
+        0
     }
 
     /// `acc` plus unsigned bytes `u` times signed bytes `s`, summed in fours into 8 i32
@@ -1449,16 +1457,16 @@ unsafe fn f16_accumulate_tail(
 pub(crate) mod avx512 {
     x86_kernels!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni");
 
-    /// [`gemm_q4_k_x8`] over `out.len()` consecutive groups, two at a time in 512-bit
-    /// registers ([`gemm_q4_k_x16`]), an odd last one alone.
+    /// The leading groups of `out` taken two at a time in 512-bit registers
+    /// ([`gemm_q4_k_x16`]); returns how many it filled (an odd last one is left).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     #[inline]
-    pub(crate) unsafe fn gemm_q4_k_x8_groups<const T: usize, const C: bool>(
+    unsafe fn gemm_q4_k_x8_pairs<const T: usize, const C: bool>(
         packed: &[u8],
         a: [Q8KRow<'_>; T],
         nb: usize,
         out: &mut [[[f32; 8]; T]],
-    ) {
+    ) -> usize {
         let group = nb * crate::kquants::Q4K_X8_BYTES;
         let pairs = out.len() / 2;
         for p in 0..pairs {
@@ -1469,10 +1477,7 @@ pub(crate) mod avx512 {
                 out[2 * p + 1][t].copy_from_slice(&both[t][8..]);
             }
         }
-        if out.len() % 2 == 1 {
-            let g = out.len() - 1;
-            out[g] = gemm_q4_k_x8::<T, C>(packed.get_unchecked(g * group..(g + 1) * group), a, nb);
-        }
+        2 * pairs
     }
 
     /// [`gemm_q4_k_x8`] for two groups of 8 rows at once (`out[t]`: the first group's
@@ -1487,7 +1492,7 @@ pub(crate) mod avx512 {
         a: [Q8KRow<'_>; T],
         nb: usize,
     ) -> [[f32; 16]; T] {
-        let pf = crate::kernels::prefetch_weights() && (T == 1 || crate::kernels::small_batch());
+        let pf = crate::kernels::prefetching(T);
         use crate::kquants::Q4K_X8_BYTES;
         let m4 = _mm512_set1_epi8(0x0f);
         let mut acc = [_mm512_setzero_ps(); T];
