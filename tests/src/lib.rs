@@ -520,6 +520,29 @@ pub fn assert_bad_model_files_are_clear(plugin: &Path, run_args: &[&str], dir: &
     good
 }
 
+/// Copies the GGUF model `src` to `dst` with the metadata `set` (keys replaced or added).
+pub fn rewrite_metadata(src: &Path, dst: &Path, set: &[(&str, corral_gguf::Value)]) {
+    let file = corral_gguf::reader::GgufFile::open(src).expect("read the model");
+    let mut b = corral_gguf::writer::GgufBuilder::new();
+    for (k, v) in file.metadata() {
+        if !set.iter().any(|(s, _)| s == k) {
+            b.add_metadata(k.clone(), v.clone()).expect("metadata");
+        }
+    }
+    for (k, v) in set {
+        b.add_metadata(*k, v.clone()).expect("metadata");
+    }
+    for t in file.tensors() {
+        b.add_tensor(t.name.clone(), &t.dims, t.ggml_type).expect("tensor");
+    }
+    let out = std::fs::File::create(dst).expect("create the model");
+    let mut w = b.begin(std::io::BufWriter::new(out)).expect("begin");
+    for t in file.tensors() {
+        w.write_tensor(&t.name, &file.read_tensor_bytes(t).expect("read")).expect("write");
+    }
+    w.finish().expect("finish");
+}
+
 /// Copies the GGUF model `src` to `dst` with one vocabulary entry overwritten by another
 /// of the same length, so the vocabulary holds one token string twice: a file that makes
 /// llama.cpp abort while it loads (`GGML_ASSERT` in its vocabulary code).

@@ -9,7 +9,7 @@ use corral_backend_api::{
 
 use crate::forward::{Output, Profile, Scratch, forward};
 use crate::kv::{SeqCache, range};
-use crate::model::ModelInner;
+use crate::model::{ModelInner, Pooling};
 
 /// Largest number of sequences a context accepts.
 pub const MAX_SEQ: u32 = 256;
@@ -136,6 +136,14 @@ impl CpuContext {
             embeddings: p.embeddings,
             seed: p.seed,
         };
+        if p.embeddings && matches!(model.hp.pooling, Pooling::None | Pooling::Rank) {
+            return Err(BackendError::unsupported(format!(
+                "this model's pooling ({}.pooling_type: {}) gives no sequence embedding the \
+                 cpu backend computes; use the llama-cpp backend for it",
+                model.hp.arch,
+                if model.hp.pooling == Pooling::None { "none" } else { "rank" }
+            )));
+        }
         let n_layer = model.hp.n_layer;
         let mut scratch = Scratch::default();
         scratch.profile = std::env::var_os("CORRAL_CPU_PROFILE").map(|_| Profile::default());
@@ -257,21 +265,15 @@ impl Context for CpuContext {
                 }
             }
             Output::Hidden(h) => {
-                // Mean pooling per sequence over its entries of this batch.
                 let d = self.model.hp.n_embd;
-                let mut sums: Vec<Option<(Vec<f64>, usize)>> =
-                    vec![None; self.params.n_seq_max as usize];
-                for (row, &i) in out_rows.iter().enumerate() {
-                    let slot = sums[batch[i].seq as usize].get_or_insert_with(|| (vec![0.0; d], 0));
-                    for (s, v) in slot.0.iter_mut().zip(&h[row * d..(row + 1) * d]) {
-                        *s += *v as f64;
-                    }
-                    slot.1 += 1;
-                }
-                self.pooled = sums
-                    .into_iter()
-                    .map(|s| s.map(|(v, n)| v.into_iter().map(|x| (x / n as f64) as f32).collect()))
-                    .collect();
+                let rows = out_rows.iter().map(|&i| &batch[i]);
+                self.pooled = pool_sequences(
+                    self.model.hp.pooling,
+                    rows,
+                    &h,
+                    d,
+                    self.params.n_seq_max as usize,
+                );
                 self.out_index = vec![None; batch.len()];
             }
         }
@@ -397,9 +399,74 @@ impl Context for CpuContext {
     }
 }
 
+/// Each sequence's embedding from the hidden rows `h` (`d` wide, one per entry of `rows`,
+/// in order), pooled as llama.cpp pools a batch: the mean of the sequence's rows, the row
+/// at position 0 (CLS), or the row at its highest position (last). `None` for a sequence
+/// with no row (or, CLS, none at position 0).
+fn pool_sequences<'a>(
+    pooling: Pooling,
+    rows: impl Iterator<Item = &'a BatchEntry>,
+    h: &[f32],
+    d: usize,
+    n_seq: usize,
+) -> Vec<Option<Vec<f32>>> {
+    let row_of = |r: usize| &h[r * d..(r + 1) * d];
+    match pooling {
+        Pooling::Cls | Pooling::Last => {
+            // The chosen row per sequence and its position.
+            let mut pick: Vec<Option<(usize, u32)>> = vec![None; n_seq];
+            for (r, e) in rows.enumerate() {
+                let slot = &mut pick[e.seq as usize];
+                let better = match pooling {
+                    Pooling::Cls => e.pos == 0,
+                    _ => slot.is_none_or(|(_, p)| e.pos >= p),
+                };
+                if better {
+                    *slot = Some((r, e.pos));
+                }
+            }
+            pick.into_iter().map(|p| p.map(|(r, _)| row_of(r).to_vec())).collect()
+        }
+        _ => {
+            let mut sums: Vec<Option<(Vec<f64>, usize)>> = vec![None; n_seq];
+            for (r, e) in rows.enumerate() {
+                let slot = sums[e.seq as usize].get_or_insert_with(|| (vec![0.0; d], 0));
+                for (s, v) in slot.0.iter_mut().zip(row_of(r)) {
+                    *s += *v as f64;
+                }
+                slot.1 += 1;
+            }
+            sums.into_iter()
+                .map(|s| s.map(|(v, n)| v.into_iter().map(|x| (x / n as f64) as f32).collect()))
+                .collect()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Mean, CLS and last pooling pick per sequence what llama.cpp's graph picks, with
+    /// two sequences interleaved in one batch.
+    #[test]
+    fn pooling_takes_the_rows_llama_cpp_takes() {
+        let e = |seq, pos| BatchEntry { token: 0, pos, seq, logits: false };
+        // Sequence 0 at positions 0, 1, 2 and sequence 1 at 5, 6 (a later batch of it).
+        let rows = [e(0, 0), e(1, 5), e(0, 1), e(1, 6), e(0, 2)];
+        let h: Vec<f32> = (0..rows.len()).flat_map(|r| [r as f32, 10.0 * r as f32]).collect();
+        let pooled = |p| pool_sequences(p, rows.iter(), &h, 2, 3);
+        let mean = pooled(Pooling::Mean);
+        assert_eq!(mean[0], Some(vec![2.0, 20.0]));
+        assert_eq!(mean[1], Some(vec![2.0, 20.0]));
+        assert_eq!(mean[2], None);
+        let cls = pooled(Pooling::Cls);
+        assert_eq!(cls[0], Some(vec![0.0, 0.0]));
+        assert_eq!(cls[1], None, "sequence 1 has no token at position 0 in this batch");
+        let last = pooled(Pooling::Last);
+        assert_eq!(last[0], Some(vec![4.0, 40.0]));
+        assert_eq!(last[1], Some(vec![3.0, 30.0]));
+    }
 
     /// The threads kept awake take the parallel work, the result comes back, and a panic
     /// in the step ends the spinning instead of hanging the scope.

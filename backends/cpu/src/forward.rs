@@ -436,7 +436,7 @@ pub fn forward(
                     c.pos
                         .iter()
                         .enumerate()
-                        .filter(|&(_, &p)| visible(p, e.pos, window))
+                        .filter(|&(_, &p)| visible(p, e.pos, window, hp.causal))
                         .map(|(cell, _)| cell as u32),
                 );
                 let at = i * q_dim + first * hd;
@@ -594,12 +594,13 @@ fn heads_per_task(group: usize, n_head: usize, n: usize, threads: usize) -> usiz
     per_task
 }
 
-/// Whether a cell at position `p` is visible from a query at `query_pos`: causal, and
-/// within the window on sliding-window layers (llama.cpp masks a cell when query pos -
-/// cell pos >= window).
+/// Whether a cell at position `p` is visible from a query at `query_pos`: at or before
+/// it (every later cell too when attention is not causal), and within the window on
+/// sliding-window layers (llama.cpp masks a cell when query pos - cell pos >= window,
+/// which never masks a later cell).
 #[inline]
-fn visible(p: u32, query_pos: u32, window: u32) -> bool {
-    p <= query_pos && query_pos - p < window
+fn visible(p: u32, query_pos: u32, window: u32, causal: bool) -> bool {
+    if p > query_pos { !causal } else { query_pos - p < window }
 }
 
 fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {

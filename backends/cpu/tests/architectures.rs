@@ -598,3 +598,96 @@ fn batches_and_context_shift_agree() {
         assert!(d < 1e-2 * scale.max(1.0), "{arch}: shifted differs by {d}");
     }
 }
+
+/// The engine's pooled embedding of `prompt` (one batch, as the host embeds).
+fn engine_embedding(
+    m: &CpuModel,
+    prompt: &str,
+) -> Result<Vec<f32>, corral_backend_api::BackendError> {
+    let toks = m.tokenize(prompt, true, true)?;
+    let mut c = m.new_context(&ContextParams { embeddings: true, ..params(1) })?;
+    let batch: Vec<BatchEntry> = toks
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| BatchEntry { token: t, pos: i as u32, seq: 0, logits: true })
+        .collect();
+    c.decode(&batch)?;
+    c.embeddings(0)
+}
+
+/// Embeddings pool as the file says (`{arch}.pooling_type`: mean, CLS, last; mean when
+/// absent) and attend as it says (`{arch}.attention.causal = false`: every token sees the
+/// whole text), equal to llama.cpp's within the float tolerance; the poolings the engine
+/// cannot give (none, rank) refuse an embedding context.
+#[test]
+fn embeddings_pool_and_attend_as_llama_cpp() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let prompt = "The quick brown fox jumps over the lazy dog";
+    let (rel, abs) = tolerance(WeightType::F32);
+    type Variant<'a> = (Arch, &'a str, &'a [(&'a str, Value)]);
+    let variants: [Variant; 5] = [
+        (Arch::Llama, "no key: mean", &[]),
+        (Arch::Llama, "cls", &[("llama.pooling_type", Value::U32(2))]),
+        (Arch::Qwen3, "last", &[("qwen3.pooling_type", Value::U32(3))]),
+        (
+            Arch::Qwen2,
+            "mean, not causal",
+            &[
+                ("qwen2.pooling_type", Value::U32(1)),
+                ("qwen2.attention.causal", Value::Bool(false)),
+            ],
+        ),
+        (
+            Arch::Qwen2,
+            "last, not causal",
+            &[
+                ("qwen2.pooling_type", Value::U32(3)),
+                ("qwen2.attention.causal", Value::Bool(false)),
+            ],
+        ),
+    ];
+    let raw = llama_raw();
+    let mut seen: Vec<Vec<f32>> = Vec::new();
+    for (i, (arch, what, set)) in variants.iter().enumerate() {
+        let src = generate(dir.path(), *arch, ModelShape::tiny(), WeightType::F32);
+        let path = dir.path().join(format!("embed-{i}.gguf"));
+        rewrite(&src, &path, set, &[], &[]);
+        let m = load(&path).unwrap_or_else(|e| panic!("{what}: load: {e}"));
+        let got = engine_embedding(&m, prompt).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(got.iter().all(|x| x.is_finite()), "{what}: not finite");
+        // Each variant changes the vector (so the comparison below can tell them apart).
+        for s in seen.iter().filter(|s| s.len() == got.len()) {
+            assert!(max_diff(s, &got) > 1e-3, "{what}: same vector as an earlier variant");
+        }
+        seen.push(got.clone());
+        if let Some(raw) = &raw {
+            let model = path.to_string_lossy().into_owned();
+            let want: Vec<f32> = serde_json::from_value(
+                raw_json(raw, &["embed", &model, "--prompt", prompt])["embedding"].clone(),
+            )
+            .expect("llama-raw embedding");
+            let tol = abs + rel * max_abs(&want);
+            let diff = max_diff(&got, &want);
+            println!("{arch} {what}: max |diff| {diff:.2e} (tolerance {tol:.2e})");
+            assert!(diff <= tol, "{arch} {what}: embedding differs from llama.cpp's by {diff}");
+        }
+    }
+    // Pooling none (per-token vectors) and rank (a classifier's scores): refused.
+    let src = generate(dir.path(), Arch::Llama, ModelShape::tiny(), WeightType::F32);
+    for (v, name) in [(0, "none"), (4, "rank")] {
+        let path = dir.path().join(format!("embed-{name}.gguf"));
+        rewrite(&src, &path, &[("llama.pooling_type", Value::U32(v))], &[], &[]);
+        let m = load(&path).expect("a generator with any pooling loads");
+        let e = engine_embedding(&m, prompt).expect_err("no sequence embedding");
+        assert_eq!(e.kind, ErrorKind::Unsupported, "{e}");
+        assert!(e.message.contains(name) && e.message.contains("llama-cpp"), "{e}");
+        // Generation is unaffected.
+        assert!(m.new_context(&params(1)).is_ok());
+    }
+    // A value llama.cpp does not define is a bad file.
+    let path = dir.path().join("embed-bad.gguf");
+    rewrite(&src, &path, &[("llama.pooling_type", Value::U32(9))], &[], &[]);
+    let e = load(&path).err().expect("pooling type 9 refused");
+    assert_eq!(e.kind, ErrorKind::InvalidInput, "{e}");
+    assert!(e.message.contains("pooling_type"), "{e}");
+}

@@ -7,6 +7,7 @@
 //! llama-raw logits MODEL --prompt TEXT [--json]
 //! llama-raw batched MODEL [--np 1,2,4,8] [--pp 128] [--tg 64] [--unified 1] [--json]
 //! llama-raw chunks MODEL [--np N] [--pp N] [--unified 0|1] [--fa 0|1] [--reps N]
+//! llama-raw embed  MODEL --prompt TEXT
 //! common: [--ctx N] [--gpu-layers N] [--threads N]
 //! ```
 //!
@@ -27,6 +28,9 @@
 //! of 1, 16, 32, 48, 63, 64, 65, 96 and 128 tokens, alone and in one batch with a decode
 //! token of another sequence (a server's continuous batching), each undone after it is
 //! timed; medians of `--reps`.
+//! `embed` prints the prompt's pooled embedding as the llama.cpp plugin computes it: the
+//! file's pooling (`<arch>.pooling_type`) when it names one, else mean; the whole prompt in
+//! one batch (non-causal models need that).
 
 use std::ffi::{CStr, CString};
 use std::process::ExitCode;
@@ -53,7 +57,7 @@ struct Args {
     flash_attn: Option<bool>,
 }
 
-const USAGE: &str = "usage: llama-raw (bench|greedy|logits|batched|chunks|shared|tokenize) MODEL [--threads N] \
+const USAGE: &str = "usage: llama-raw (bench|greedy|logits|batched|chunks|shared|tokenize|embed) MODEL [--threads N] \
 [--pp N] [--tg N] [--reps N] [--prompt TEXT] [--n N] [--ctx N] [--gpu-layers N] \
 [--np N,N,..] [--unified 0|1] [--fa 0|1] [--json]";
 
@@ -742,6 +746,68 @@ fn tokenize_many(a: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// A metadata value of the model as text, if the file has the key.
+fn meta(m: &Model, key: &str) -> Option<String> {
+    let key = CString::new(key).ok()?;
+    let mut buf = vec![0u8; 256];
+    // SAFETY: live model; buf holds 256 bytes and llama.cpp writes at most that many,
+    // NUL-terminated.
+    let n = unsafe {
+        sys::llama_model_meta_val_str(m.0, key.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+    };
+    if n < 0 {
+        return None;
+    }
+    buf.truncate((n as usize).min(buf.len() - 1));
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// `embed`: the prompt's pooled embedding, pooled as the plugin does.
+fn embed(a: &Args) -> Result<(), String> {
+    let prompt = a.prompt.as_deref().ok_or("--prompt is required")?;
+    let m = load(a)?;
+    let toks = tokenize(&m, prompt)?;
+    if toks.is_empty() {
+        return Err("the prompt tokenizes to nothing".into());
+    }
+    let arch = meta(&m, "general.architecture").unwrap_or_default();
+    let declared = meta(&m, &format!("{arch}.pooling_type")).is_some();
+    let n = (toks.len() as u32).max(16);
+    // SAFETY: model is live; params by value; the batch holds toks.len() entries with one
+    // sequence id each, all written; the embedding read is n_embd floats when not null.
+    unsafe {
+        let mut cp = sys::llama_context_default_params();
+        cp.n_ctx = n + 16;
+        cp.n_batch = n;
+        cp.n_ubatch = n;
+        cp.n_seq_max = 1;
+        cp.n_threads = a.threads;
+        cp.n_threads_batch = a.threads;
+        cp.embeddings = true;
+        cp.pooling_type = if declared {
+            sys::LLAMA_POOLING_TYPE_UNSPECIFIED
+        } else {
+            sys::LLAMA_POOLING_TYPE_MEAN
+        };
+        let c = sys::llama_init_from_model(m.0, cp);
+        if c.is_null() {
+            return Err("llama.cpp could not create an embedding context".into());
+        }
+        let c = Ctx(c);
+        let entries: Vec<_> =
+            toks.iter().enumerate().map(|(i, &t)| (t, i as i32, 0, true)).collect();
+        decode_entries(&c, &entries)?;
+        let p = sys::llama_get_embeddings_seq(c.0, 0);
+        if p.is_null() {
+            return Err("llama.cpp gave no pooled embedding (pooling none?)".into());
+        }
+        let d = sys::llama_model_n_embd(m.0).max(0) as usize;
+        let e = std::slice::from_raw_parts(p, d).to_vec();
+        println!("{}", json!({"prompt_tokens": toks, "embedding": e}));
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let a = match parse_args() {
         Ok(a) => a,
@@ -758,6 +824,7 @@ fn main() -> ExitCode {
         "chunks" => chunks(&a),
         "shared" => shared(&a),
         "tokenize" => tokenize_many(&a),
+        "embed" => embed(&a),
         other => Err(format!("unknown command {other}\n{USAGE}")),
     };
     match r {
