@@ -522,6 +522,17 @@ pub fn assert_bad_model_files_are_clear(plugin: &Path, run_args: &[&str], dir: &
 
 /// Copies the GGUF model `src` to `dst` with the metadata `set` (keys replaced or added).
 pub fn rewrite_metadata(src: &Path, dst: &Path, set: &[(&str, corral_gguf::Value)]) {
+    rewrite_gguf(src, dst, set, &|_, _| {});
+}
+
+/// Copies the GGUF model `src` to `dst` with the metadata `set` (keys replaced or added),
+/// every tensor's bytes passed through `edit(name, bytes)` on the way.
+pub fn rewrite_gguf(
+    src: &Path,
+    dst: &Path,
+    set: &[(&str, corral_gguf::Value)],
+    edit: &dyn Fn(&str, &mut Vec<u8>),
+) {
     let file = corral_gguf::reader::GgufFile::open(src).expect("read the model");
     let mut b = corral_gguf::writer::GgufBuilder::new();
     for (k, v) in file.metadata() {
@@ -538,7 +549,9 @@ pub fn rewrite_metadata(src: &Path, dst: &Path, set: &[(&str, corral_gguf::Value
     let out = std::fs::File::create(dst).expect("create the model");
     let mut w = b.begin(std::io::BufWriter::new(out)).expect("begin");
     for t in file.tensors() {
-        w.write_tensor(&t.name, &file.read_tensor_bytes(t).expect("read")).expect("write");
+        let mut bytes = file.read_tensor_bytes(t).expect("read");
+        edit(&t.name, &mut bytes);
+        w.write_tensor(&t.name, &bytes).expect("write");
     }
     w.finish().expect("finish");
 }

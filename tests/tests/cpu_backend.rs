@@ -73,3 +73,68 @@ fn a_last_token_embedding_model_embeds_as_on_llama_cpp() {
     assert!(diff(&on_cpu, &on_llama) < 2e-3, "cpu vs llama.cpp: {}", diff(&on_cpu, &on_llama));
     assert!(diff(&on_cpu, &mean_on_cpu) > 2e-2, "last vs mean: {}", diff(&on_cpu, &mean_on_cpu));
 }
+
+/// A file whose pooling gives no sequence embedding (rank: a reranker's scores; none:
+/// vectors per token) is a clear refusal on both engines, not a vector read past the
+/// scores llama.cpp holds (its `llama_get_embeddings_seq` gives a reranker's `n_cls_out`
+/// floats, not `n_embd`); the server goes on serving.
+#[test]
+fn rerankers_and_unpooled_files_are_refused_for_embeddings() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(cpu) = cpu_plugin_dir(&dir.path().join("cpu")) else { return };
+    let Some(llama) = llama_cpp_plugin_dir(&dir.path().join("llama")) else { return };
+    let plain = dir.path().join("qwen3.gguf");
+    let mut c = corral(&[]);
+    c.args(["model", "generate"]).arg(&plain).args(["--arch", "qwen3"]);
+    let (out, _, err) = run(c);
+    assert!(out.status.success(), "{err}");
+    for (v, name) in [(4, "rank"), (0, "no pooling")] {
+        let path = dir.path().join(format!("qwen3-pooling-{v}.gguf"));
+        rewrite_metadata(&plain, &path, &[("qwen3.pooling_type", corral_gguf::Value::U32(v))]);
+        for plugin in [&cpu, &llama] {
+            let s = Server::start(&[plugin], &[], &[]);
+            let body = serde_json::json!({"model": path, "input": "The quick brown fox"});
+            let (status, v) = post_json(&s.url, "/api/embed", &body);
+            let msg = v["error"].as_str().unwrap_or_default().to_string();
+            assert!((400..500).contains(&status), "{plugin:?} {name}: {status} {v}");
+            assert!(msg.contains(name), "{plugin:?}: {msg}");
+            // Still serving: the same file generates text.
+            let body = serde_json::json!({"model": path, "prompt": "Hello", "stream": false,
+                                          "options": {"num_predict": 4}});
+            let (status, v) = post_json(&s.url, "/api/generate", &body);
+            assert_eq!(status, 200, "{plugin:?} {name}: {v}");
+        }
+    }
+}
+
+/// A file whose weights make the embedding NaN (its output norm is NaN) is a 500 that
+/// says so on both engines, not a vector of JSON nulls.
+#[test]
+fn a_nan_embedding_is_an_error_not_nulls() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(cpu) = cpu_plugin_dir(&dir.path().join("cpu")) else { return };
+    let Some(llama) = llama_cpp_plugin_dir(&dir.path().join("llama")) else { return };
+    let plain = dir.path().join("llama.gguf");
+    let mut c = corral(&[]);
+    c.args(["model", "generate"]).arg(&plain);
+    let (out, _, err) = run(c);
+    assert!(out.status.success(), "{err}");
+    let nan = dir.path().join("llama-nan.gguf");
+    rewrite_gguf(&plain, &nan, &[], &|name, bytes| {
+        if name == "output_norm.weight" {
+            for f in bytes.chunks_exact_mut(4) {
+                f.copy_from_slice(&f32::NAN.to_le_bytes());
+            }
+        }
+    });
+    for plugin in [&cpu, &llama] {
+        let s = Server::start(&[plugin], &[], &[]);
+        let body = serde_json::json!({"model": nan, "input": "The quick brown fox"});
+        let (status, v) = post_json(&s.url, "/api/embed", &body);
+        assert_eq!(status, 500, "{plugin:?}: {v}");
+        assert!(v["error"].as_str().unwrap_or_default().contains("NaN"), "{plugin:?}: {v}");
+        let (status, v) =
+            post_json(&s.url, "/api/embed", &serde_json::json!({"model": plain, "input": "x"}));
+        assert_eq!(status, 200, "{plugin:?}: still serving: {v}");
+    }
+}

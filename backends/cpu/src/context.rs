@@ -137,11 +137,15 @@ impl CpuContext {
             seed: p.seed,
         };
         if p.embeddings && matches!(model.hp.pooling, Pooling::None | Pooling::Rank) {
+            let what = if model.hp.pooling == Pooling::None {
+                "no pooling (vectors per token)"
+            } else {
+                "rank pooling (a reranker's scores)"
+            };
             return Err(BackendError::unsupported(format!(
-                "this model's pooling ({}.pooling_type: {}) gives no sequence embedding the \
-                 cpu backend computes; use the llama-cpp backend for it",
-                model.hp.arch,
-                if model.hp.pooling == Pooling::None { "none" } else { "rank" }
+                "this model's file asks for {what} ({}.pooling_type), not a sequence \
+                 embedding; corral embeds with mean, CLS or last-token pooling only",
+                model.hp.arch
             )));
         }
         let n_layer = model.hp.n_layer;

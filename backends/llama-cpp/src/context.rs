@@ -233,6 +233,26 @@ impl LlamaContext {
                 ),
             ));
         }
+        if p.embeddings {
+            // SAFETY: `ptr` is a live context.
+            let pooling = unsafe { sys::llama_pooling_type(ptr) };
+            // No pooling gives vectors per token, rank a classifier's scores (n_cls_out
+            // floats, which `embeddings` must not read as n_embd): neither is a sequence
+            // embedding.
+            let what = match pooling {
+                sys::LLAMA_POOLING_TYPE_NONE => Some("no pooling (vectors per token)"),
+                sys::LLAMA_POOLING_TYPE_RANK => Some("rank pooling (a reranker's scores)"),
+                _ => None,
+            };
+            if let Some(what) = what {
+                // SAFETY: created above, freed once, nothing else holds it.
+                unsafe { sys::llama_free(ptr) };
+                return Err(BackendError::unsupported(format!(
+                    "this model's file asks for {what}, not a sequence embedding; \
+                     corral embeds with mean, CLS or last-token pooling only"
+                )));
+            }
+        }
         // SAFETY: `ptr` is a live context; the batch holds n_batch entries of one seq id.
         let (mem, batch, n_ctx, n_batch, n_ctx_seq) = unsafe {
             (

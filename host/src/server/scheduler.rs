@@ -209,7 +209,16 @@ impl Loaded {
         let Some(ctx) = guard.as_mut() else { return Err(ApiError::internal("no context")) };
         ctx.kv_clear()?;
         ctx.prefill(0, 0, tokens)?;
-        Ok(ctx.embeddings(0)?)
+        let v = ctx.embeddings(0)?;
+        // JSON has no NaN: a broken file's vector would reach the client as nulls.
+        if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
+            return Err(ApiError::internal(format!(
+                "the engine computed an embedding holding {bad} for {}; its weights may be \
+                 broken",
+                self.model_ref.name
+            )));
+        }
+        Ok(v)
     }
 }
 
