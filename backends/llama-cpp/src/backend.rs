@@ -262,6 +262,12 @@ impl Backend for LlamaBackend {
             };
             return Err(BackendError::new(kind, message));
         }
+        // SAFETY: `model` is live and not shared yet; it is freed here when refused.
+        if let Err(why) = unsafe { gguf_check::check_loaded_vocab(model) } {
+            // SAFETY: as above; nothing else holds the model.
+            unsafe { sys::llama_model_free(model) };
+            return Err(BackendError::invalid(format!("{}: {why}", path.display())));
+        }
         // Every layer on this machine's CPU: no split over devices or machines, and no GPU
         // to offload to (or offloading turned off).
         let cpu_only = plan.is_none() && (params.n_gpu_layers == 0 || !has_gpu_device());

@@ -186,6 +186,14 @@ impl LlamaContext {
         cp.n_threads_batch = opts.threads_batch(p.n_threads_batch);
         cp.kv_unified = kv_unified;
         cp.embeddings = p.embeddings;
+        if p.embeddings
+            && let Some(what) = model.declared_pooling().and_then(|v| pooling_refusal(&v))
+        {
+            return Err(BackendError::unsupported(format!(
+                "this model's file asks for {what}, not a sequence embedding; corral embeds \
+                 with mean, CLS or last-token pooling only"
+            )));
+        }
         if p.embeddings {
             // The file's own pooling (a CLS-pooled encoder stays CLS-pooled), else mean.
             cp.pooling_type = if model.declares_pooling() {
@@ -232,26 +240,6 @@ impl LlamaContext {
                     if errors.is_empty() { "no reason given".into() } else { errors.join("; ") }
                 ),
             ));
-        }
-        if p.embeddings {
-            // SAFETY: `ptr` is a live context.
-            let pooling = unsafe { sys::llama_pooling_type(ptr) };
-            // No pooling gives vectors per token, rank a classifier's scores (n_cls_out
-            // floats, which `embeddings` must not read as n_embd): neither is a sequence
-            // embedding.
-            let what = match pooling {
-                sys::LLAMA_POOLING_TYPE_NONE => Some("no pooling (vectors per token)"),
-                sys::LLAMA_POOLING_TYPE_RANK => Some("rank pooling (a reranker's scores)"),
-                _ => None,
-            };
-            if let Some(what) = what {
-                // SAFETY: created above, freed once, nothing else holds it.
-                unsafe { sys::llama_free(ptr) };
-                return Err(BackendError::unsupported(format!(
-                    "this model's file asks for {what}, not a sequence embedding; \
-                     corral embeds with mean, CLS or last-token pooling only"
-                )));
-            }
         }
         // SAFETY: `ptr` is a live context; the batch holds n_batch entries of one seq id.
         let (mem, batch, n_ctx, n_batch, n_ctx_seq) = unsafe {
@@ -439,7 +427,9 @@ impl Context for LlamaContext {
         if seq >= 0 {
             self.check_seq(seq as u32)?;
         }
-        // SAFETY: live memory handle; seq is negative (all) or in range.
+        // Any negative id means every sequence; llama.cpp asserts on all but -1.
+        let seq = seq.max(-1);
+        // SAFETY: live memory handle; seq is -1 (all) or in range.
         let ok = unsafe { sys::llama_memory_seq_rm(self.mem, seq, p0, p1) };
         if ok {
             Ok(())
@@ -528,4 +518,36 @@ fn ggml_f16_step() -> Option<u32> {
     ggml::f16_step(cfg!(target_arch = "x86_64"), |feature| {
         BUILT_WITH.iter().any(|&(name, on)| on && name == feature)
     })
+}
+/// Why an embedding context cannot use the file's `{arch}.pooling_type` (its metadata
+/// text), or `None` for mean, CLS and last. No pooling gives vectors per token, rank a
+/// reranker's scores (`n_cls_out` floats, which `embeddings` must not read as `n_embd`);
+/// llama.cpp takes any other number as it is and aborts on it while it reserves the
+/// context's graphs.
+fn pooling_refusal(declared: &str) -> Option<String> {
+    match declared.trim().parse::<i64>() {
+        Ok(1..=3) => None,
+        Ok(0) => Some("no pooling (vectors per token)".into()),
+        Ok(4) => Some("rank pooling (a reranker's scores)".into()),
+        _ => Some(format!("pooling type {}, which llama.cpp does not define", declared.trim())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pooling_refusal;
+
+    /// Mean, CLS and last embed; none, rank and numbers llama.cpp has no pooling for
+    /// (on which it aborts) are refused, naming what the file asked for.
+    #[test]
+    fn only_mean_cls_and_last_pooling_embed() {
+        for ok in ["1", "2", "3", " 3 "] {
+            assert_eq!(pooling_refusal(ok), None, "{ok}");
+        }
+        assert!(pooling_refusal("0").is_some_and(|w| w.contains("no pooling")));
+        assert!(pooling_refusal("4").is_some_and(|w| w.contains("rank")));
+        for bad in ["7", "-1", "4294967295", "mean", ""] {
+            assert!(pooling_refusal(bad).is_some_and(|w| w.contains("does not define")), "{bad:?}");
+        }
+    }
 }

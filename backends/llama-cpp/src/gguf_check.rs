@@ -166,6 +166,23 @@ fn check_vocabulary(path: &Path) -> Result<(), BackendError> {
             )));
         }
     }
+    // SentencePiece vocabularies spell a piece they lack as its bytes, each as `<0xXX>` or
+    // the byte itself; llama.cpp looks a missing one up with `std::map::at`, whose
+    // exception crosses its C API and ends the process.
+    if g.get_str("tokenizer.ggml.model") == Some("llama") {
+        for b in 0..=255u8 {
+            let raw = if b < 0x80 { Some(char::from(b).to_string()) } else { None };
+            let raw = raw.map(|r| if b == 0 { String::new() } else { r });
+            if !ids.contains_key(format!("<0x{b:02X}>").as_str())
+                && !raw.as_deref().is_some_and(|r| ids.contains_key(r))
+            {
+                return Err(bad(format!(
+                    "it is a SentencePiece vocabulary without the byte token <0x{b:02X}>, \
+                     which spells text its pieces do not cover"
+                )));
+            }
+        }
+    }
     if let Some(merges) = g.get_str_array("tokenizer.ggml.merges") {
         for (i, m) in merges.iter().enumerate() {
             let Some((a, b)) = m.split_once(' ') else {
@@ -179,6 +196,51 @@ fn check_vocabulary(path: &Path) -> Result<(), BackendError> {
                     )));
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// What llama.cpp loads without complaint but then asserts on at the first tokenization
+/// (a `GGML_ASSERT` aborts the process): a file without a tokenizer
+/// (`tokenizer.ggml.model` "no_vocab"), or one that asks to add a BOS, EOS or (BERT
+/// vocabularies, which always add both) SEP token whose id llama.cpp disabled because it
+/// is not in the vocabulary.
+///
+/// # Safety
+///
+/// `model` must be a live model.
+pub(crate) unsafe fn check_loaded_vocab(model: *const sys::llama_model) -> Result<(), String> {
+    // SAFETY: the caller's model is live; these read fields of its vocabulary.
+    let (kind, bos, eos, sep, add_bos, add_eos) = unsafe {
+        let v = sys::llama_model_get_vocab(model);
+        (
+            sys::llama_vocab_type(v),
+            sys::llama_vocab_bos(v),
+            sys::llama_vocab_eos(v),
+            sys::llama_vocab_sep(v),
+            sys::llama_vocab_get_add_bos(v),
+            sys::llama_vocab_get_add_eos(v),
+        )
+    };
+    // llama.h's LLAMA_TOKEN_NULL (a macro bindgen does not carry over).
+    let null: sys::llama_token = -1;
+    if kind == sys::LLAMA_VOCAB_TYPE_NONE {
+        return Err("the file has no tokenizer (tokenizer.ggml.model is no_vocab or missing), \
+                    so no text can be turned into its tokens"
+            .into());
+    }
+    let wpm = kind == sys::LLAMA_VOCAB_TYPE_WPM;
+    for (needed, id, what, key) in [
+        (add_bos || wpm, bos, "BOS", "bos_token_id"),
+        (add_eos, eos, "EOS", "eos_token_id"),
+        (wpm, sep, "SEP", "seperator_token_id"),
+    ] {
+        if needed && id == null {
+            return Err(format!(
+                "its vocabulary adds a {what} token to every text but has none \
+                 (tokenizer.ggml.{key} is missing or not a token id); llama.cpp would abort"
+            ));
         }
     }
     Ok(())

@@ -130,8 +130,13 @@ impl ModelInner {
     /// Whether the file names its pooling (`<arch>.pooling_type`: BERT-family encoders
     /// do, mean or CLS); decoders do not, and are mean-pooled for embeddings.
     pub(crate) fn declares_pooling(&self) -> bool {
+        self.declared_pooling().is_some()
+    }
+
+    /// The file's `<arch>.pooling_type`, as llama.cpp's metadata text.
+    pub(crate) fn declared_pooling(&self) -> Option<String> {
         let key = format!("{}.pooling_type", self.metadata.architecture);
-        self.metadata.get(&key).is_some()
+        self.metadata.get(&key).map(str::to_string)
     }
 
     pub(crate) fn new(
@@ -315,14 +320,27 @@ impl ModelInner {
         add_special: bool,
         parse_special: bool,
     ) -> Result<Vec<u32>, BackendError> {
-        let as_ids = |v: Vec<sys::llama_token>| v.into_iter().map(|t| t as u32).collect();
+        // llama.cpp gives -1 (no token) for text its vocabulary has no unknown token for
+        // (BERT, RWKV and T5 vocabularies without one).
+        let as_ids = |v: Vec<sys::llama_token>| -> Result<Vec<u32>, BackendError> {
+            v.into_iter()
+                .map(|t| {
+                    u32::try_from(t).map_err(|_| {
+                        BackendError::invalid(
+                            "the text holds something this vocabulary has no token for, \
+                             not even an unknown token",
+                        )
+                    })
+                })
+                .collect()
+        };
         if text.len() < WHOLE_BELOW {
-            return self.tokenize_whole(text, add_special, parse_special).map(as_ids);
+            return self.tokenize_whole(text, add_special, parse_special).and_then(as_ids);
         }
         let cuts = special_split::cuts(self.special_matcher(), text, parse_special);
         let affixes = if add_special { self.affixes().cloned() } else { Some(Affixes::default()) };
         let Some(affixes) = affixes.filter(|_| !cuts.is_empty()) else {
-            return self.tokenize_whole(text, add_special, parse_special).map(as_ids);
+            return self.tokenize_whole(text, add_special, parse_special).and_then(as_ids);
         };
         let mut out = affixes.before;
         let mut start = 0;
@@ -331,7 +349,7 @@ impl ModelInner {
             start = end;
         }
         out.extend(affixes.after);
-        Ok(as_ids(out))
+        as_ids(out)
     }
 
     /// What this model can do here, asked of llama.cpp. llama.cpp answers per context, so

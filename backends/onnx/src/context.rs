@@ -256,22 +256,27 @@ impl OnnxContext {
             let mut session =
                 shared.session.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let outputs = session.run(inputs).map_err(|e| ort_err("running the decoder", e))?;
-            let (_, logits) = floats(&outputs[io.logits.as_str()], "the logits")?;
-            if logits.len() < n * vocab {
+            let (shape, logits) = floats(&outputs[io.logits.as_str()], "the logits")?;
+            // Rows of `vocab` logits, as the run's own shape says (a graph may compute
+            // another shape than it declares, and genai_config's vocab_size may be wrong):
+            // one per position, or one for the last position only (some exports).
+            let rows = logit_rows(&shape, logits.len(), vocab).ok_or_else(|| {
+                BackendError::internal(format!(
+                    "the logits output has shape {shape:?}, not [.., {n}, {vocab}] or \
+                     [.., 1, {vocab}] (vocab_size {vocab})"
+                ))
+            })?;
+            if rows != n && rows != 1 {
                 return Err(BackendError::internal(format!(
-                    "the logits output has {} values, expected {n} x {vocab}",
-                    logits.len()
+                    "the logits output has {rows} rows for a batch of {n} positions"
                 )));
             }
-            // Logits may come for the last position only (some exports); then only the
-            // last entry can have them.
-            let per_pos = logits.len() / vocab;
             for (j, &i) in idx.iter().enumerate() {
                 if batch[i].logits {
-                    let row = if per_pos == n {
+                    let row = if rows == n {
                         j
                     } else if j + 1 == n {
-                        per_pos - 1
+                        0
                     } else {
                         return Err(BackendError::unsupported(
                             "this graph returns logits for the last token only; request logits \
@@ -298,8 +303,9 @@ impl OnnxContext {
                     [(&io.present_key[l], &mut new_k), (&io.present_value[l], &mut new_v)]
                 {
                     let (shape, data) = floats(&outputs[name.as_str()], name)?;
-                    let expect = heads * (past + n) * hd;
-                    if data.len() != expect {
+                    // The whole shape, not the count: cells are cut and copied per head.
+                    let expect = [1, heads, past + n, hd].map(|d| d as i64);
+                    if shape[..] != expect[..] {
                         return Err(BackendError::internal(format!(
                             "{name} has shape {shape:?}, expected [1, {heads}, {}, {hd}]",
                             past + n
@@ -563,9 +569,36 @@ impl corral_backend_api::plugin::Context for OnnxContext {
     }
 }
 
+/// How many rows of `vocab` logits an output of `shape` holding `len` values has: its
+/// last dimension must be `vocab` and the others must multiply to the rest.
+fn logit_rows(shape: &[i64], len: usize, vocab: usize) -> Option<usize> {
+    let (&last, rest) = shape.split_last()?;
+    if vocab == 0 || usize::try_from(last).ok()? != vocab {
+        return None;
+    }
+    let rows = rest.iter().try_fold(1usize, |acc, &d| acc.checked_mul(usize::try_from(d).ok()?))?;
+    (rows.checked_mul(vocab)? == len).then_some(rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Logit rows come from the run's shape: per position or last only, and a last
+    /// dimension other than the vocabulary (a wrong vocab_size, a transposed layout) or a
+    /// shape that does not match the data is refused instead of read at the wrong stride.
+    #[test]
+    fn logit_rows_follow_the_output_shape() {
+        assert_eq!(logit_rows(&[1, 5, 100], 500, 100), Some(5));
+        assert_eq!(logit_rows(&[1, 1, 100], 100, 100), Some(1));
+        assert_eq!(logit_rows(&[1, 5, 104], 520, 100), None);
+        assert_eq!(logit_rows(&[1, 100, 5], 500, 100), None);
+        assert_eq!(logit_rows(&[1, 5, 100], 400, 100), None);
+        assert_eq!(logit_rows(&[-1, 5, 100], 500, 100), None);
+        assert_eq!(logit_rows(&[i64::MAX, i64::MAX, 100], 500, 100), None);
+        assert_eq!(logit_rows(&[], 0, 100), None);
+        assert_eq!(logit_rows(&[1, 0], 0, 0), None);
+    }
 
     fn seq(cells: &[u32], heads: usize, hd: usize) -> Seq {
         let n = cells.len();

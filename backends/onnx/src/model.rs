@@ -348,6 +348,15 @@ impl OnnxModel {
                 )));
             }
             let n_layer = match u64_at(&g, &["model", "decoder", "num_hidden_layers"]) {
+                // Two past inputs a layer: a count beyond that cannot be right, and the
+                // names below are built before they are checked against the graph.
+                Some(n) if n > (inputs.len() / 2) as u64 => {
+                    return Err(BackendError::invalid(format!(
+                        "genai_config.json says num_hidden_layers = {n}, but the graph has {} \
+                         inputs (a layer takes a past key and a past value)",
+                        inputs.len()
+                    )));
+                }
                 Some(n) => n as usize,
                 None => (0..).take_while(|i| has_in(&pk.replace("%d", &i.to_string()))).count(),
             };

@@ -150,7 +150,10 @@ fn try_load(c: &Candidate) -> Result<Runtime, RuntimeError> {
 
 /// Opens the library and reads `OrtGetApiBase()->GetVersionString()`.
 fn library_version(path: &Path) -> Result<String, String> {
-    // SAFETY: loading a shared library runs its initialisers; libonnxruntime's are benign.
+    // SAFETY: loading a shared library runs its initialisers; libonnxruntime's are benign,
+    // and every candidate comes from a place only the user or root can write (the
+    // configured path, ORT_DYLIB_PATH, beside the plugin, the user's venvs, system
+    // directories; see `venv_prefixes`), so the file is the library it claims to be.
     // The library stays loaded (ort opens it again and keeps it for the process).
     let lib =
         unsafe { libloading::Library::new(path) }.map_err(|e| format!("dlopen failed: {e}"))?;
@@ -297,11 +300,10 @@ fn venv_prefixes() -> Vec<(PathBuf, String)> {
             out.push((PathBuf::from(v), format!("${var}")));
         }
     }
-    if let Ok(cwd) = std::env::current_dir() {
-        out.push((cwd.join("target/pyenv"), "./target/pyenv".into()));
-        out.push((cwd.join(".venv"), "./.venv".into()));
-    }
-    out.push((PathBuf::from("/var/tmp/corral-ci-venv"), "/var/tmp/corral-ci-venv".into()));
+    // Nothing relative to the working directory and nothing under a world-writable
+    // directory: a library found there is opened (its initialisers run) before any check,
+    // so a `.venv` planted in the directory `corral serve` starts from, or a venv another
+    // user created in /var/tmp, would run code as the server.
     if let Some(home) = std::env::var_os("HOME") {
         out.push((PathBuf::from(&home).join(".local"), "~/.local".into()));
     }
@@ -316,8 +318,11 @@ fn python_package_dir() -> Option<PathBuf> {
     let code = "import importlib.util,os;s=importlib.util.find_spec('onnxruntime');\
                 print(os.path.dirname(s.origin) if s and s.origin else '')";
     for py in ["python3", "python"] {
+        // `-I`: isolated, so the working directory is not on the interpreter's path (an
+        // `onnxruntime` directory planted there would be "found") and PYTHON* variables
+        // are ignored.
         let Ok(out) = std::process::Command::new(py)
-            .args(["-c", code])
+            .args(["-I", "-c", code])
             .stdin(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .output()
@@ -409,8 +414,8 @@ fn searched_places(library_path: Option<&Path>) -> String {
     places.push("ORT_DYLIB_PATH (unset)".into());
     places.push("beside the plugin".into());
     places.push(
-        "the onnxruntime python package in $CORRAL_VENV, $VIRTUAL_ENV, ./target/pyenv, \
-         /var/tmp/corral-ci-venv, ~/.local, /usr and python3's path"
+        "the onnxruntime python package in $CORRAL_VENV, $VIRTUAL_ENV, $CONDA_PREFIX, \
+         ~/.local, /usr/local, /usr and python3's path"
             .into(),
     );
     places.push("/usr/lib, /usr/local/lib".into());
@@ -575,6 +580,22 @@ pub fn provider_plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The library is opened before it can be checked: no place it is looked for may be
+    /// one another user can write (/tmp, /var/tmp) or one the working directory chooses
+    /// (the variables the user sets, `$CORRAL_VENV` and the like, are theirs to point).
+    #[test]
+    fn no_library_is_searched_where_others_or_the_working_directory_decide() {
+        let cwd = std::env::current_dir().expect("a working directory");
+        for (p, why) in venv_prefixes().into_iter().filter(|(_, why)| !why.starts_with('$')) {
+            assert!(
+                !p.starts_with("/tmp") && !p.starts_with("/var/tmp"),
+                "{} ({why})",
+                p.display()
+            );
+            assert!(!p.starts_with(&cwd) || cwd == Path::new("/"), "{} ({why})", p.display());
+        }
+    }
 
     #[test]
     fn provider_names_parse() {

@@ -6,6 +6,10 @@ use std::path::Path;
 
 use corral_backend_api::BackendError;
 
+/// Ids above this are refused unless the vocabulary is dense enough to fill a quarter of
+/// the table (the largest real vocabularies hold about 260,000 tokens).
+const MAX_TOKEN_ID_SPAN: usize = 1 << 20;
+
 /// How token strings map to bytes, from the tokenizer's decoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PieceKind {
@@ -119,6 +123,16 @@ impl Tok {
         let vocab = parse.get_vocab(true);
         let added = parse.get_added_tokens_decoder();
         let n = vocab.values().copied().max().map_or(0, |m| m as usize + 1);
+        // The table is indexed by id: a file whose ids leave most of it empty (one id of
+        // 4,294,967,295 would ask for 100 GB) is not a vocabulary.
+        if n > MAX_TOKEN_ID_SPAN.max(4 * vocab.len()) {
+            return Err(BackendError::invalid(format!(
+                "{}: token ids reach {} for {} tokens; a vocabulary's ids are dense",
+                path.display(),
+                n - 1,
+                vocab.len()
+            )));
+        }
         let mut pieces = vec![Vec::new(); n];
         let u2b = unicode_to_byte();
         for (text, &id) in &vocab {

@@ -210,6 +210,12 @@ impl Loaded {
         ctx.kv_clear()?;
         ctx.prefill(0, 0, tokens)?;
         let v = ctx.embeddings(0)?;
+        if v.is_empty() {
+            return Err(ApiError::internal(format!(
+                "the engine computed an empty embedding for {}",
+                self.model_ref.name
+            )));
+        }
         // JSON has no NaN: a broken file's vector would reach the client as nulls.
         if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
             return Err(ApiError::internal(format!(
