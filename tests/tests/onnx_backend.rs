@@ -195,6 +195,14 @@ fn bad_model_directories_are_clear_errors() {
         cfg.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3"),
     )
     .unwrap();
+    // A layer count no graph has: refused before a name per layer is built (10^12 of them
+    // would exhaust memory and abort the process).
+    let huge_layers = copy("huge-layers");
+    std::fs::write(
+        huge_layers.join("genai_config.json"),
+        cfg.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 1000000000000"),
+    )
+    .unwrap();
     let renamed = copy("renamed-input");
     let cfg = std::fs::read_to_string(renamed.join("genai_config.json")).unwrap();
     std::fs::write(
@@ -206,10 +214,11 @@ fn bad_model_directories_are_clear_errors() {
     std::fs::copy(enc.join("tokenizer.json"), wrong_tok.join("tokenizer.json")).unwrap();
     let no_tok = copy("no-tokenizer");
     std::fs::remove_file(no_tok.join("tokenizer.json")).unwrap();
-    let cases: [(&Path, &str); 7] = [
+    let cases: [(&Path, &str); 8] = [
         (&empty, "holds no ONNX model"),
         (&garbage, "Protobuf parsing failed"),
         (&more_layers, "has no input \"past_key_values.2.key\""),
+        (&huge_layers, "num_hidden_layers = 1000000000000"),
         (&renamed, "has no input \"tokens\""),
         (&wrong_tok, "the tokenizer does not belong to this model"),
         (&no_tok, "no tokenizer.json"),

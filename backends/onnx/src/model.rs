@@ -132,11 +132,27 @@ fn u64_at(v: &Value, path: &[&str]) -> Option<u64> {
     path.iter().try_fold(v, |v, k| v.get(k)).and_then(Value::as_u64)
 }
 
+/// A count or id at `path` that must fit 32 bits: a larger number is a broken config (it
+/// would otherwise be cut to its low bits), named in the error.
+fn u32_at(v: &Value, path: &[&str]) -> Result<Option<u32>, BackendError> {
+    u64_at(v, path)
+        .map(|n| {
+            u32::try_from(n).map_err(|_| {
+                BackendError::invalid(format!("{} is {n}, beyond any model's", path.join(".")))
+            })
+        })
+        .transpose()
+}
+
 /// Ids in a field that may be a number or a list of numbers.
 fn ids_at(v: &Value, path: &[&str]) -> Vec<u32> {
     match path.iter().try_fold(v, |v, k| v.get(k)) {
-        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect(),
+        Some(Value::Number(n)) => {
+            n.as_u64().and_then(|x| u32::try_from(x).ok()).into_iter().collect()
+        }
+        Some(Value::Array(a)) => {
+            a.iter().filter_map(Value::as_u64).filter_map(|x| u32::try_from(x).ok()).collect()
+        }
         _ => Vec::new(),
     }
 }
@@ -450,8 +466,8 @@ impl OnnxModel {
                 .and_then(tensor_shape)
                 .and_then(|s| s.last().copied())
                 .filter(|&d| d > 0)
-                .map(|d| d as u32);
-            let from_cfg = u64_at(&g, &["model", "vocab_size"]).map(|v| v as u32);
+                .and_then(|d| u32::try_from(d).ok());
+            let from_cfg = u32_at(&g, &["model", "vocab_size"])?;
             if let (Some(a), Some(b)) = (from_graph, from_cfg)
                 && a != b
             {
@@ -465,8 +481,8 @@ impl OnnxModel {
                      dimension and genai_config.json has no model.vocab_size",
                 ));
             };
-            let hidden = u64_at(&g, &["model", "decoder", "hidden_size"]).unwrap_or(0) as u32;
-            let ctx = u64_at(&g, &["model", "context_length"]).unwrap_or(0) as u32;
+            let hidden = u32_at(&g, &["model", "decoder", "hidden_size"])?.unwrap_or(0);
+            let ctx = u32_at(&g, &["model", "context_length"])?.unwrap_or(0);
             let io = DecoderIo { n_kv_heads: heads, head_dim: hd, kv_f16, ..io };
             (Kind::Decoder(io), vocab, n_layer as u32, hidden, ctx)
         } else {
@@ -499,7 +515,7 @@ impl OnnxModel {
                 .and_then(|v| u64_at(v, &["max_seq_length"]))
                 .or_else(|| u64_at(&c, &["max_position_embeddings"]))
                 .unwrap_or(512) as usize;
-            let vocab = u64_at(&c, &["vocab_size"]).map_or(tok.len() as u32, |v| v as u32);
+            let vocab = u32_at(&c, &["vocab_size"])?.unwrap_or(tok.len() as u32);
             let io = EncoderIo {
                 input_ids: "input_ids".into(),
                 attention_mask: has_in("attention_mask").then(|| "attention_mask".into()),
@@ -509,9 +525,9 @@ impl OnnxModel {
                 normalize,
                 max_len,
             };
-            let hidden = u64_at(&c, &["hidden_size"]).unwrap_or(0) as u32;
-            let layers = u64_at(&c, &["num_hidden_layers"]).unwrap_or(0) as u32;
-            (Kind::Encoder(io), vocab, layers, hidden, max_len as u32)
+            let hidden = u32_at(&c, &["hidden_size"])?.unwrap_or(0);
+            let layers = u32_at(&c, &["num_hidden_layers"])?.unwrap_or(0);
+            (Kind::Encoder(io), vocab, layers, hidden, u32::try_from(max_len).unwrap_or(u32::MAX))
         };
 
         // The tokenizer must produce ids the graph can embed. A few padding rows beyond the
@@ -660,9 +676,11 @@ fn special_tokens(
     }
     let bos = genai
         .and_then(|g| u64_at(g, &["model", "bos_token_id"]))
-        .map(|b| b as u32)
+        .and_then(|b| u32::try_from(b).ok())
         .or_else(|| by_name("bos_token"))
-        .or_else(|| config.and_then(|c| u64_at(c, &["bos_token_id"])).map(|b| b as u32));
+        .or_else(|| {
+            config.and_then(|c| u64_at(c, &["bos_token_id"])).and_then(|b| u32::try_from(b).ok())
+        });
     let eot = ["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"]
         .into_iter()
         .find_map(|t| tok.id(t));

@@ -234,4 +234,25 @@ mod tests {
         assert_eq!(piece_bytes(PieceKind::WordPiece, "##ing", &t), b"ing");
         assert_eq!(piece_bytes(PieceKind::WordPiece, "run", &t), b" run");
     }
+
+    /// A tokenizer.json whose ids are sparse (one id of 4,294,967,295 would size the
+    /// pieces table at 100 GB and abort the process) is refused; a dense one loads.
+    #[test]
+    fn sparse_token_ids_are_refused_before_a_table_is_sized_by_them() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = |ids: [u64; 3]| {
+            let json = format!(
+                r#"{{"version":"1.0","model":{{"type":"WordLevel","unk_token":"[UNK]",
+                "vocab":{{"[UNK]":{},"a":{},"b":{}}}}},
+                "pre_tokenizer":{{"type":"Whitespace"}}}}"#,
+                ids[0], ids[1], ids[2]
+            );
+            let path = dir.path().join(format!("tok-{}.json", ids[2]));
+            std::fs::write(&path, json).expect("write");
+            path
+        };
+        assert!(Tok::load(&file([0, 1, 2])).is_ok());
+        let e = Tok::load(&file([0, 1, 4_294_967_295])).err().expect("refused");
+        assert!(e.message.contains("dense"), "{e}");
+    }
 }
