@@ -16,6 +16,11 @@ use std::collections::BTreeMap;
 
 use aho_corasick::AhoCorasick;
 
+/// Total special-token text above which the matcher is built as a contiguous NFA rather
+/// than whatever the builder picks (a DFA for few patterns, whose size grows with the
+/// text times the alphabet). Real vocabularies hold a few KiB of special texts.
+const DFA_BYTES: usize = 64 << 10;
+
 /// A special token the tokenizer cuts texts at.
 #[derive(Debug, Clone)]
 pub struct SpecialToken {
@@ -70,7 +75,16 @@ impl SpecialMatcher {
         let matcher = if tokens.is_empty() {
             None
         } else {
-            AhoCorasick::new(tokens.iter().map(|t| t.text.as_bytes())).ok()
+            // A DFA (what the builder picks for few patterns) has a state per pattern byte
+            // times the alphabet: a file with one special text of a megabyte held the
+            // engine for minutes building it. Past DFA_BYTES of text, a contiguous NFA,
+            // linear to build.
+            let bytes: usize = tokens.iter().map(|t| t.text.len()).sum();
+            let kind = (bytes > DFA_BYTES).then_some(aho_corasick::AhoCorasickKind::ContiguousNFA);
+            aho_corasick::AhoCorasickBuilder::new()
+                .kind(kind)
+                .build(tokens.iter().map(|t| t.text.as_bytes()))
+                .ok()
         };
         SpecialMatcher { tokens, rank, matcher }
     }

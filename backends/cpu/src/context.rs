@@ -99,6 +99,18 @@ fn build_pool(n: u32) -> Result<rayon::ThreadPool, BackendError> {
 
 impl CpuContext {
     pub(crate) fn new(model: Arc<ModelInner>, p: &ContextParams) -> Result<Self, BackendError> {
+        if p.embeddings && matches!(model.hp.pooling, Pooling::None | Pooling::Rank) {
+            let what = if model.hp.pooling == Pooling::None {
+                "no pooling (vectors per token)"
+            } else {
+                "rank pooling (a reranker's scores)"
+            };
+            return Err(BackendError::unsupported(format!(
+                "this model's file asks for {what} ({}.pooling_type), not a sequence \
+                 embedding; corral embeds with mean, CLS or last-token pooling only",
+                model.hp.arch
+            )));
+        }
         if p.n_ctx == 0 || p.n_batch == 0 || p.n_seq_max == 0 {
             return Err(BackendError::invalid(format!(
                 "context sizes must be positive (n_ctx {}, n_batch {}, n_seq_max {})",
@@ -136,18 +148,6 @@ impl CpuContext {
             embeddings: p.embeddings,
             seed: p.seed,
         };
-        if p.embeddings && matches!(model.hp.pooling, Pooling::None | Pooling::Rank) {
-            let what = if model.hp.pooling == Pooling::None {
-                "no pooling (vectors per token)"
-            } else {
-                "rank pooling (a reranker's scores)"
-            };
-            return Err(BackendError::unsupported(format!(
-                "this model's file asks for {what} ({}.pooling_type), not a sequence \
-                 embedding; corral embeds with mean, CLS or last-token pooling only",
-                model.hp.arch
-            )));
-        }
         let n_layer = model.hp.n_layer;
         let mut scratch = Scratch::default();
         scratch.profile = std::env::var_os("CORRAL_CPU_PROFILE").map(|_| Profile::default());

@@ -734,6 +734,13 @@ fn hparams(
     }
     let n_embd = need("embedding_length")?;
     let n_layer = need("block_count")?;
+    if n_layer == 0 || n_embd == 0 {
+        return Err(invalid(format!(
+            "{} is {n_layer} and {} is {n_embd}: a model has layers and a width",
+            key("block_count"),
+            key("embedding_length")
+        )));
+    }
     let n_ff = need("feed_forward_length")?;
     let n_head = need("attention.head_count")?;
     let n_head_kv = count("attention.head_count_kv")?.unwrap_or(n_head);
@@ -770,7 +777,7 @@ fn hparams(
         )));
     }
     let n_rot = file.get_u64(&key("rope.dimension_count")).map_or(head_dim, |v| v as usize);
-    if n_rot > head_dim || !n_rot.is_multiple_of(2) || head_dim == 0 {
+    if n_rot == 0 || n_rot > head_dim || !n_rot.is_multiple_of(2) || head_dim == 0 {
         return Err(invalid(format!("rope dimension {n_rot} does not fit heads of {head_dim}")));
     }
     // llama.cpp refuses llama files whose rotation is partial ("invalid n_rot") and
@@ -933,6 +940,24 @@ fn hparams(
             }
         }
         Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Qwen3 => {}
+    }
+    // Numbers that would turn every activation into NaN: refused with the key, as the
+    // llama.cpp plugin refuses them.
+    for (what, v, min) in [
+        ("attention.layer_norm_rms_epsilon", hp.eps, 0.0),
+        ("rope.freq_base", hp.rope_base, 1.0),
+        ("rope.freq_base_swa", hp.rope_base_swa, 1.0),
+        ("rope.scaling.attn_factor", hp.rope_attn_factor, 0.0),
+    ] {
+        if !(v.is_finite() && v >= min) || (what == "rope.scaling.attn_factor" && v > 1e3) {
+            return Err(invalid(format!("{} is {v}", key(what))));
+        }
+    }
+    if !hp.rope_freq_scale.is_finite() || !hp.rope_freq_scale_swa.is_finite() {
+        return Err(invalid(format!(
+            "{} makes the RoPE scale infinite",
+            key("rope.scaling.factor")
+        )));
     }
     Ok(hp)
 }

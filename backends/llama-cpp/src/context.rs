@@ -519,6 +519,7 @@ fn ggml_f16_step() -> Option<u32> {
         BUILT_WITH.iter().any(|&(name, on)| on && name == feature)
     })
 }
+
 /// Why an embedding context cannot use the file's `{arch}.pooling_type` (its metadata
 /// text), or `None` for mean, CLS and last. No pooling gives vectors per token, rank a
 /// reranker's scores (`n_cls_out` floats, which `embeddings` must not read as `n_embd`);

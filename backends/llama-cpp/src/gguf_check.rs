@@ -84,53 +84,260 @@ pub fn check_gguf(path: &Path, vocabulary: bool) -> Result<GgufSummary, BackendE
     Ok(summary)
 }
 
-/// Hyperparameters that make llama.cpp divide by zero, allocate absurd buffers or
-/// overflow: a block count, embedding length, head counts and context length that are
-/// zero where they must not be, beyond any real model, or inconsistent (the heads must
-/// divide the embedding; the KV heads must divide the heads).
+/// Architectures whose graphs assert that RoPE turns the whole head
+/// (`GGML_ASSERT(n_embd_head == n_rot)` in llama.cpp's `src/models/<arch>.cpp`), with `_`
+/// written `-`.
+const WHOLE_HEAD_ROPE: &[&str] = &[
+    "apertus",
+    "arcee",
+    "arctic",
+    "baichuan",
+    "chameleon",
+    "codeshell",
+    "cogvlm",
+    "cohere2moe",
+    "dbrx",
+    "deci",
+    "deepseek",
+    "dots1",
+    "dream",
+    "ernie4-5-moe",
+    "ernie4-5",
+    "exaone-moe",
+    "exaone",
+    "exaone4",
+    "falcon",
+    "granite-swa",
+    "granite",
+    "grok",
+    "grovemoe",
+    "hunyuan-moe",
+    "internlm2",
+    "jais2",
+    "llada-moe",
+    "llada",
+    "llama",
+    "llama4",
+    "mellum",
+    "minimax-m2",
+    "mistral3",
+    "nemotron",
+    "olmo",
+    "olmo2",
+    "olmoe",
+    "orion",
+    "plamo",
+    "qwen2",
+    "qwen2moe",
+    "qwen2vl",
+    "qwen3",
+    "qwen3moe",
+    "qwen3vl",
+    "qwen3vlmoe",
+    "seed-oss",
+    "smallthinker",
+    "smollm3",
+    "starcoder2",
+    "xverse",
+];
+
+/// llama.cpp's `LLAMA_MAX_LAYERS` and `LLAMA_MAX_EXPERTS`.
+const MAX_LAYERS: i64 = 512;
+const MAX_EXPERTS: i64 = 1024;
+
+/// Hyperparameters that make llama.cpp divide by zero, allocate absurd buffers, overflow,
+/// hang or abort (each rule below was a `GGML_ASSERT`, a segfault or a hang in a sweep of
+/// mutated files): counts that are zero where they must not be, beyond any real model or
+/// llama.cpp's limits, of a type no count has, or inconsistent (heads must divide the
+/// embedding, KV heads the heads; experts used at most the experts; RoPE turns an even
+/// number of a head's dimensions, the whole head where the graph asserts it); RoPE
+/// scaling types and bases, norm epsilons and sliding-window patterns llama.cpp cannot
+/// use; tensor data aligned below ggml's 32 bytes; weights declared as integers.
 fn check_hyperparameters(path: &Path) -> Result<(), BackendError> {
     let bad = |what: String| {
         BackendError::invalid(format!("{} has impossible hyperparameters: {what}", path.display()))
     };
     let Ok(g) = corral_gguf::reader::GgufFile::open(path) else { return Ok(()) };
-    let Some(arch) = g.architecture().map(str::to_string) else { return Ok(()) };
-    let get = |k: &str| {
-        g.get_u64(&format!("{arch}.{k}"))
-            .or_else(|| g.get_u32(&format!("{arch}.{k}")).map(u64::from))
-    };
-    let limits: [(&str, u64); 5] = [
-        ("block_count", 4096),
-        ("embedding_length", 1 << 18),
-        ("attention.head_count", 1 << 14),
-        ("attention.head_count_kv", 1 << 14),
-        ("context_length", 1 << 31),
-    ];
-    for (key, max) in limits {
-        if let Some(v) = get(key)
-            && v > max
-        {
-            return Err(bad(format!("{arch}.{key} is {v}, beyond any real model (at most {max})")));
+    if let Some(a) = g.get("general.alignment") {
+        match a.as_u64() {
+            Some(n) if n >= 32 && n.is_power_of_two() => {}
+            _ => {
+                return Err(bad(format!(
+                    "general.alignment is {}; llama.cpp maps tensors in place and needs a power \
+                     of two of at least 32",
+                    a.display_short()
+                )));
+            }
         }
     }
-    let (Some(n_embd), Some(n_head)) = (get("embedding_length"), get("attention.head_count"))
+    use corral_gguf::GgmlType as T;
+    if let Some(t) = g.tensors().iter().find(|t| {
+        matches!(t.ggml_type, T::I8 | T::I16 | T::I32 | T::I64 | T::F64)
+            && (t.name.ends_with(".weight") || t.name.ends_with(".bias"))
+    }) {
+        return Err(bad(format!("the weight {} is declared {:?}", t.name, t.ggml_type)));
+    }
+    let Some(arch) = g.architecture().map(str::to_string) else { return Ok(()) };
+    let key = |k: &str| format!("{arch}.{k}");
+    // Every element of a count (a number, or per layer an array of numbers or flags).
+    let ints = |k: &str| -> Result<Option<Vec<i64>>, BackendError> {
+        let Some(v) = g.get(&key(k)) else { return Ok(None) };
+        let one = |v: &corral_gguf::Value| match v {
+            corral_gguf::Value::Bool(b) => Some(i64::from(*b)),
+            v => v.as_i64(),
+        };
+        let all = match v {
+            corral_gguf::Value::Array { values, .. } => values.iter().map(one).collect(),
+            v => one(v).map(|x| vec![x]),
+        };
+        all.map(Some)
+            .ok_or_else(|| bad(format!("{} is {}, not a count", key(k), v.display_short())))
+    };
+    let max_of = |k: &str| -> Result<Option<i64>, BackendError> {
+        Ok(ints(k)?.map(|v| v.into_iter().max().unwrap_or(0)))
+    };
+    let first = |k: &str| -> Result<Option<i64>, BackendError> {
+        Ok(ints(k)?.and_then(|v| v.first().copied()))
+    };
+    let limits: [(&str, i64); 11] = [
+        ("block_count", MAX_LAYERS),
+        ("attention.sliding_window", i64::from(i32::MAX)),
+        ("embedding_length", 1 << 18),
+        ("feed_forward_length", 1 << 20),
+        ("attention.head_count", 1 << 14),
+        ("attention.head_count_kv", 1 << 14),
+        ("attention.key_length", 1 << 16),
+        ("attention.value_length", 1 << 16),
+        ("context_length", 1 << 31),
+        ("expert_count", MAX_EXPERTS),
+        ("expert_used_count", MAX_EXPERTS),
+    ];
+    for (k, max) in limits {
+        for v in ints(k)?.unwrap_or_default() {
+            if !(0..=max).contains(&v) {
+                return Err(bad(format!("{} is {v}, beyond any real model (0 to {max})", key(k))));
+            }
+        }
+    }
+    if let Some(n) = first("block_count")?
+        && n < 1
+    {
+        return Err(bad(format!("{} is 0", key("block_count"))));
+    }
+    // Experts, as llama.cpp's load_hparams asserts them.
+    let experts = first("expert_count")?.unwrap_or(0);
+    let used = max_of("expert_used_count")?.unwrap_or(0);
+    if used > experts || (experts > 0 && used == 0) {
+        return Err(bad(format!(
+            "{} experts with {used} used per token ({} and {})",
+            experts,
+            key("expert_count"),
+            key("expert_used_count")
+        )));
+    }
+    let groups = first("expert_group_count")?.unwrap_or(0);
+    let group_used = first("expert_group_used_count")?.unwrap_or(0);
+    if experts > 0
+        && (groups >= experts
+            || (groups > 1 && (experts % groups != 0 || group_used == 0 || group_used >= groups)))
+    {
+        return Err(bad(format!(
+            "{experts} experts in {groups} groups with {group_used} used ({})",
+            key("expert_group_count")
+        )));
+    }
+    if let Some(t) = g.get(&key("rope.scaling.type")) {
+        let known = ["none", "linear", "yarn", "longrope"];
+        if !t.as_str().is_some_and(|t| known.contains(&t)) {
+            return Err(bad(format!(
+                "{} is {}, not one of {}",
+                key("rope.scaling.type"),
+                t.display_short(),
+                known.join(", ")
+            )));
+        }
+    }
+    // Each number finite and at least its minimum (a RoPE base below 1 or a NaN scale
+    // turns every activation into NaN; a negative epsilon is a GGML_ASSERT).
+    for (k, min, want) in [
+        ("attention.layer_norm_rms_epsilon", 0.0, "a number >= 0"),
+        ("attention.layer_norm_epsilon", 0.0, "a number >= 0"),
+        ("rope.freq_base", 1.0, "a base >= 1"),
+        ("rope.freq_base_swa", 1.0, "a base >= 1"),
+        ("rope.scaling.factor", 0.0, "a number >= 0"),
+        ("rope.scaling.attn_factor", 0.0, "a number >= 0"),
+    ] {
+        if let Some(v) = g.get(&key(k))
+            && !v.as_f64().is_some_and(|x| x.is_finite() && x >= min)
+        {
+            return Err(bad(format!("{} is {}, not {want}", key(k), v.display_short())));
+        }
+    }
+    // llama.cpp divides by the scaling factor: one so small that 1/factor overflows is no
+    // factor.
+    if let Some(v) = g.get(&key("rope.scaling.factor"))
+        && v.as_f64().is_some_and(|x| x > 0.0 && x < 1e-6)
+    {
+        return Err(bad(format!("{} is {}", key("rope.scaling.factor"), v.display_short())));
+    }
+    if let Some(v) = g.get(&key("rope.scaling.attn_factor"))
+        && v.as_f64().is_some_and(|x| x > 1e3)
+    {
+        return Err(bad(format!("{} is {}", key("rope.scaling.attn_factor"), v.display_short())));
+    }
+    let (Some(n_embd), Some(n_head)) = (first("embedding_length")?, first("attention.head_count")?)
     else {
         return Ok(());
     };
     if n_embd == 0 || n_head == 0 {
         return Err(bad(format!("{arch}.embedding_length {n_embd}, head_count {n_head}")));
     }
+    let head_key = first("attention.key_length")?;
     // Models with explicit head sizes (key_length) need not divide evenly.
-    if get("attention.key_length").is_none() && n_embd % n_head != 0 {
+    if head_key.is_none() && n_embd % n_head != 0 {
         return Err(bad(format!(
             "{arch}.embedding_length {n_embd} is not a multiple of head_count {n_head}"
         )));
     }
-    if let Some(n_kv) = get("attention.head_count_kv")
-        && (n_kv == 0 || n_head % n_kv != 0)
+    for n_kv in ints("attention.head_count_kv")?.unwrap_or_default() {
+        if n_kv == 0 || n_head % n_kv != 0 {
+            return Err(bad(format!(
+                "{arch}.head_count {n_head} is not a multiple of head_count_kv {n_kv}"
+            )));
+        }
+    }
+    let head = head_key.unwrap_or(n_embd / n_head);
+    if let Some(n_rot) = first("rope.dimension_count")? {
+        let whole = WHOLE_HEAD_ROPE.contains(&arch.replace('_', "-").as_str());
+        if n_rot < 2 || n_rot % 2 != 0 || n_rot > head || (whole && n_rot != head) {
+            return Err(bad(format!(
+                "{} is {n_rot} for heads of {head}; RoPE turns an even number of a head's \
+                 dimensions{}",
+                key("rope.dimension_count"),
+                if whole { format!(", and all of them in {arch}") } else { String::new() }
+            )));
+        }
+    }
+    // A sliding-window architecture whose pattern leaves no layer sliding (llama.cpp
+    // asserts one when it makes the cache).
+    if g.get(&key("attention.sliding_window")).is_some()
+        && let Some(p) = ints("attention.sliding_window_pattern")?
     {
-        return Err(bad(format!(
-            "{arch}.head_count {n_head} is not a multiple of head_count_kv {n_kv}"
-        )));
+        let any_swa = match p.as_slice() {
+            [n] if g
+                .get(&key("attention.sliding_window_pattern"))
+                .is_some_and(|v| !matches!(v, corral_gguf::Value::Array { .. })) =>
+            {
+                *n != 1
+            }
+            flags => flags.iter().any(|&f| f != 0),
+        };
+        if !any_swa {
+            return Err(bad(format!(
+                "{} leaves no layer with a sliding window",
+                key("attention.sliding_window_pattern")
+            )));
+        }
     }
     Ok(())
 }
@@ -165,6 +372,24 @@ fn check_vocabulary(path: &Path) -> Result<(), BackendError> {
                 tokens.len()
             )));
         }
+    }
+    // A tokenizer of another family than its tokens: a BERT (WordPiece) tokenizer over
+    // byte tokens aborts while llama.cpp loads, an RWKV one over another model's tokens
+    // hung it.
+    let model = g.get_str("tokenizer.ggml.model");
+    if model == Some("bert")
+        && g.get("tokenizer.ggml.token_type").is_some_and(|t| match t {
+            corral_gguf::Value::Array { values, .. } => {
+                values.iter().any(|v| v.as_i64() == Some(6))
+            }
+            _ => false,
+        })
+    {
+        return Err(bad("a WordPiece (bert) tokenizer over byte tokens".into()));
+    }
+    let arch = g.architecture().unwrap_or_default();
+    if model == Some("rwkv") && !arch.contains("rwkv") {
+        return Err(bad(format!("an RWKV tokenizer on a {arch} model")));
     }
     // SentencePiece vocabularies spell a piece they lack as its bytes, each as `<0xXX>` or
     // the byte itself; llama.cpp looks a missing one up with `std::map::at`, whose

@@ -831,6 +831,21 @@ impl Scheduler {
             && need.bytes > avail
             && self.settings.rpc.is_empty()
         {
+            // When a context of one position cannot fit either although the weights do,
+            // no num_ctx helps: the file's hyperparameters are impossible (layer, head or
+            // width counts beyond any real model), which is the file's fault, not a lack
+            // of memory.
+            let weights = std::fs::metadata(&r.path).map_or(0, |m| m.len());
+            let minimal = estimate_memory(&r.path, Some(1), n_parallel, engine_memory, kv);
+            if minimal.bytes > avail && weights <= avail {
+                return Err(ApiError::bad_request(format!(
+                    "model {} has impossible hyperparameters: even a context of one position \
+                     would take {} MiB (its layer, head and width counts are beyond any real \
+                     model)",
+                    r.name,
+                    minimal.bytes >> 20
+                )));
+            }
             return Err(ApiError::of_class(
                 ErrorClass::OutOfMemory,
                 format!(
