@@ -253,6 +253,17 @@ pub fn generate_model(path: &Path, shape: &str, weight_type: &str) {
     assert!(out.status.success(), "model generate failed: {stderr}");
 }
 
+/// Generates a tiny model of architecture `arch` with `corral model generate --arch`, at
+/// `dir/name`; its path.
+pub fn generate_arch_model(dir: &Path, name: &str, arch: &str) -> PathBuf {
+    let path = dir.join(name);
+    let mut c = corral(&[]);
+    c.args(["model", "generate"]).arg(&path).args(["--arch", arch]);
+    let (out, _, stderr) = run(c);
+    assert!(out.status.success(), "model generate --arch {arch} failed: {stderr}");
+    path
+}
+
 /// A Python interpreter that has what the ONNX test-model generators need (onnx,
 /// onnxruntime, numpy, tokenizers, gguf): `$CORRAL_VENV`, ./target/pyenv, the CI venv, then
 /// `python3`. `None` (with the reason printed) when there is none.

@@ -47,11 +47,7 @@ fn a_last_token_embedding_model_embeds_as_on_llama_cpp() {
     let dir = tempfile::tempdir().unwrap();
     let Some(cpu) = cpu_plugin_dir(&dir.path().join("cpu")) else { return };
     let Some(llama) = llama_cpp_plugin_dir(&dir.path().join("llama")) else { return };
-    let plain = dir.path().join("qwen3.gguf");
-    let mut c = corral(&[]);
-    c.args(["model", "generate"]).arg(&plain).args(["--arch", "qwen3"]);
-    let (out, _, err) = run(c);
-    assert!(out.status.success(), "{err}");
+    let plain = generate_arch_model(dir.path(), "qwen3.gguf", "qwen3");
     let last = dir.path().join("qwen3-embed.gguf");
     rewrite_metadata(&plain, &last, &[("qwen3.pooling_type", corral_gguf::Value::U32(3))]);
     let embed = |plugin: &std::path::Path, model: &std::path::Path| -> Vec<f32> {
@@ -83,11 +79,7 @@ fn rerankers_and_unpooled_files_are_refused_for_embeddings() {
     let dir = tempfile::tempdir().unwrap();
     let Some(cpu) = cpu_plugin_dir(&dir.path().join("cpu")) else { return };
     let Some(llama) = llama_cpp_plugin_dir(&dir.path().join("llama")) else { return };
-    let plain = dir.path().join("qwen3.gguf");
-    let mut c = corral(&[]);
-    c.args(["model", "generate"]).arg(&plain).args(["--arch", "qwen3"]);
-    let (out, _, err) = run(c);
-    assert!(out.status.success(), "{err}");
+    let plain = generate_arch_model(dir.path(), "qwen3.gguf", "qwen3");
     for (v, name) in [(4, "rank"), (0, "no pooling")] {
         let path = dir.path().join(format!("qwen3-pooling-{v}.gguf"));
         rewrite_metadata(&plain, &path, &[("qwen3.pooling_type", corral_gguf::Value::U32(v))]);
@@ -114,11 +106,7 @@ fn a_nan_embedding_is_an_error_not_nulls() {
     let dir = tempfile::tempdir().unwrap();
     let Some(cpu) = cpu_plugin_dir(&dir.path().join("cpu")) else { return };
     let Some(llama) = llama_cpp_plugin_dir(&dir.path().join("llama")) else { return };
-    let plain = dir.path().join("llama.gguf");
-    let mut c = corral(&[]);
-    c.args(["model", "generate"]).arg(&plain);
-    let (out, _, err) = run(c);
-    assert!(out.status.success(), "{err}");
+    let plain = generate_arch_model(dir.path(), "llama.gguf", "llama");
     let nan = dir.path().join("llama-nan.gguf");
     rewrite_gguf(&plain, &nan, &[], &|name, bytes| {
         if name == "output_norm.weight" {

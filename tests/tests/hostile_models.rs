@@ -3,19 +3,10 @@
 //! engine hang or panic) before the checks these tests hold in place. Every one is now a
 //! 4xx that names what is wrong, on both engines, with no engine worker lost.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use corral_e2e::*;
 use corral_gguf::Value;
-
-fn generated(dir: &Path, name: &str, arch: &str) -> PathBuf {
-    let path = dir.join(name);
-    let mut c = corral(&[]);
-    c.args(["model", "generate"]).arg(&path).args(["--arch", arch]);
-    let (out, _, err) = run(c);
-    assert!(out.status.success(), "{err}");
-    path
-}
 
 fn worker_crashes(s: &Server) -> String {
     let metrics = http_client().get(format!("{}/metrics", s.url)).send().unwrap().text().unwrap();
@@ -32,9 +23,9 @@ fn hostile_hyperparameters_are_refused_on_both_engines() {
     let dir = tempfile::tempdir().unwrap();
     let Some(llama_cpp) = llama_cpp_plugin_dir(&dir.path().join("llama-cpp")) else { return };
     let Some(cpu) = cpu_plugin_dir(&dir.path().join("cpu")) else { return };
-    let llama = generated(dir.path(), "llama.gguf", "llama");
-    let qwen3 = generated(dir.path(), "qwen3.gguf", "qwen3");
-    let gemma3 = generated(dir.path(), "gemma3.gguf", "gemma3");
+    let llama = generate_arch_model(dir.path(), "llama.gguf", "llama");
+    let qwen3 = generate_arch_model(dir.path(), "qwen3.gguf", "qwen3");
+    let gemma3 = generate_arch_model(dir.path(), "gemma3.gguf", "gemma3");
     let head = |file: &Path, arch: &str| {
         corral_gguf::reader::GgufFile::open(file)
             .unwrap()
@@ -133,7 +124,7 @@ fn hostile_hyperparameters_are_refused_on_both_engines() {
 fn a_megabyte_vocabulary_entry_loads_promptly() {
     let dir = tempfile::tempdir().unwrap();
     let Some(cpu) = cpu_plugin_dir(&dir.path().join("cpu")) else { return };
-    let llama = generated(dir.path(), "llama.gguf", "llama");
+    let llama = generate_arch_model(dir.path(), "llama.gguf", "llama");
     let mut tokens: Vec<String> = corral_gguf::reader::GgufFile::open(&llama)
         .unwrap()
         .get_str_array("tokenizer.ggml.tokens")

@@ -381,16 +381,8 @@ fn a_kv_cache_that_cannot_fit_is_refused_before_loading() {
 fn ggufs_that_abort_llama_cpp_at_first_use_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let Some(plugin) = llama_cpp_plugin_dir(dir.path()) else { return };
-    let generated = |name: &str, arch: &str| {
-        let path = dir.path().join(name);
-        let mut c = corral(&[]);
-        c.args(["model", "generate"]).arg(&path).args(["--arch", arch]);
-        let (out, _, err) = run(c);
-        assert!(out.status.success(), "{err}");
-        path
-    };
-    let spm = generated("gemma3.gguf", "gemma3");
-    let bpe = generated("llama.gguf", "llama");
+    let spm = generate_arch_model(dir.path(), "gemma3.gguf", "gemma3");
+    let bpe = generate_arch_model(dir.path(), "llama.gguf", "llama");
     let tokens: Vec<String> = corral_gguf::reader::GgufFile::open(&spm)
         .unwrap()
         .get_str_array("tokenizer.ggml.tokens")
