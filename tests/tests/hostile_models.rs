@@ -26,6 +26,8 @@ fn hostile_hyperparameters_are_refused_on_both_engines() {
     let llama = generate_arch_model(dir.path(), "llama.gguf", "llama");
     let qwen3 = generate_arch_model(dir.path(), "qwen3.gguf", "qwen3");
     let gemma3 = generate_arch_model(dir.path(), "gemma3.gguf", "gemma3");
+    let qwen2 = generate_arch_model(dir.path(), "qwen2.gguf", "qwen2");
+    let gemma2 = generate_arch_model(dir.path(), "gemma2.gguf", "gemma2");
     let head = |file: &Path, arch: &str| {
         corral_gguf::reader::GgufFile::open(file)
             .unwrap()
@@ -33,10 +35,16 @@ fn hostile_hyperparameters_are_refused_on_both_engines() {
             .map(|k| k as u32)
     };
     let qwen3_head = head(&qwen3, "qwen3").unwrap_or(16);
+    let qwen2_head = {
+        let g = corral_gguf::reader::GgufFile::open(&qwen2).unwrap();
+        let n = |k: &str| g.get_u64(&format!("qwen2.{k}")).unwrap() as u32;
+        n("embedding_length") / n("attention.head_count")
+    };
     // (base, what was done, the keys set, a word the refusal says). What each did before
-    // to llama.cpp is in the comment. The pure-Rust engine runs a sliding-window pattern
-    // without sliding layers as global attention, so that case is llama.cpp's only.
-    type Case<'a> = (&'a Path, &'a str, Vec<(&'a str, Value)>, &'a str);
+    // to llama.cpp is in the comment; last, whether the pure-Rust engine refuses it too (it
+    // runs a sliding-window pattern without sliding layers as global attention, and a
+    // soft-cap of 0 as none).
+    type Case<'a> = (&'a Path, &'a str, Vec<(&'a str, Value)>, &'a str, bool);
     let cases: Vec<Case> = vec![
         // GGML_ASSERT(n_expert_used_max <= hparams.n_expert)
         (
@@ -44,15 +52,17 @@ fn hostile_hyperparameters_are_refused_on_both_engines() {
             "more experts used than exist",
             vec![("llama.expert_count", Value::U32(4)), ("llama.expert_used_count", Value::U32(8))],
             "expert",
+            true,
         ),
         // GGML_ASSERT(n_layer_all > 0 && n_layer_all <= LLAMA_MAX_LAYERS)
-        (&llama, "no layers", vec![("llama.block_count", Value::U32(0))], "block_count"),
+        (&llama, "no layers", vec![("llama.block_count", Value::U32(0))], "block_count", true),
         // GGML_ASSERT(rope_scaling_type_train != UNSPECIFIED)
         (
             &llama,
             "an unknown RoPE scaling",
             vec![("llama.rope.scaling.type", Value::String("bogus".into()))],
             "bogus",
+            true,
         ),
         // GGML_ASSERT(eps >= 0.0f) at the first decode
         (
@@ -60,15 +70,23 @@ fn hostile_hyperparameters_are_refused_on_both_engines() {
             "a negative norm epsilon",
             vec![("llama.attention.layer_norm_rms_epsilon", Value::F32(-1.0))],
             "epsilon",
+            true,
         ),
         // NaN everywhere
-        (&llama, "a RoPE base of 0", vec![("llama.rope.freq_base", Value::F32(0.0))], "freq_base"),
+        (
+            &llama,
+            "a RoPE base of 0",
+            vec![("llama.rope.freq_base", Value::F32(0.0))],
+            "freq_base",
+            true,
+        ),
         // GGML_ASSERT(n_embd_head == n_rot) at the first decode
         (
             &qwen3,
             "RoPE over half the head",
             vec![("qwen3.rope.dimension_count", Value::U32(qwen3_head / 2))],
             "rope",
+            true,
         ),
         // llama.cpp hung at 100% CPU; the cpu engine panicked ("chunk size must be non-zero")
         (
@@ -76,6 +94,7 @@ fn hostile_hyperparameters_are_refused_on_both_engines() {
             "RoPE over nothing",
             vec![("gemma3.rope.dimension_count", Value::U32(0))],
             "rope",
+            true,
         ),
         // GGML_ASSERT(hparams.is_swa_any())
         (
@@ -83,6 +102,23 @@ fn hostile_hyperparameters_are_refused_on_both_engines() {
             "a sliding-window pattern with no sliding layer",
             vec![("gemma3.attention.sliding_window_pattern", Value::U32(1))],
             "sliding",
+            false,
+        ),
+        // GGML_ASSERT(n_embd_head == hparams.n_embd_head_k()) when the context is made
+        (
+            &qwen2,
+            "keys twice as wide as values",
+            vec![("qwen2.attention.key_length", Value::U32(2 * qwen2_head))],
+            "values of",
+            true,
+        ),
+        // NaN from the first token (scores divided by a cap of 0)
+        (
+            &gemma2,
+            "a soft-cap of 0",
+            vec![("gemma2.attn_logit_softcapping", Value::F32(0.0))],
+            "softcapping",
+            false,
         ),
         // the host estimated 2^31 heads' KV cache and answered 507 "lower num_ctx"
         (
@@ -90,12 +126,13 @@ fn hostile_hyperparameters_are_refused_on_both_engines() {
             "2^31 KV heads",
             vec![("llama.attention.head_count_kv", Value::U32(1 << 31))],
             "impossible hyperparameters",
+            true,
         ),
     ];
     for (plugin, engine) in [(&llama_cpp, "llama-cpp"), (&cpu, "cpu")] {
         let s = Server::start(&[plugin.as_path()], &[], &[]);
-        for (i, (base, what, set, says)) in cases.iter().enumerate() {
-            if engine == "cpu" && what.contains("sliding") {
+        for (i, (base, what, set, says, both)) in cases.iter().enumerate() {
+            if engine == "cpu" && !both {
                 continue;
             }
             let path = dir.path().join(format!("case-{i}.gguf"));

@@ -141,6 +141,92 @@ const WHOLE_HEAD_ROPE: &[&str] = &[
     "xverse",
 ];
 
+/// Architectures whose graphs assert that keys and values have the same head size
+/// (`GGML_ASSERT(n_embd_head == hparams.n_embd_head_k())` in `src/models/<arch>.cpp`).
+const EQUAL_KV_HEADS: &[&str] = &[
+    "afmoe",
+    "apertus",
+    "arcee",
+    "arctic",
+    "baichuan",
+    "bailingmoe2",
+    "bert",
+    "bitnet",
+    "bloom",
+    "chameleon",
+    "chatglm",
+    "clef",
+    "codeshell",
+    "cogvlm",
+    "cohere2",
+    "cohere2moe",
+    "command-r",
+    "dbrx",
+    "deci",
+    "deepseek",
+    "dots1",
+    "dream",
+    "ernie4-5-moe",
+    "ernie4-5",
+    "eurobert",
+    "exaone",
+    "falcon",
+    "glm4-moe",
+    "glm4",
+    "gpt2",
+    "gptneox",
+    "granite-hybrid",
+    "granite-swa",
+    "granite",
+    "grok",
+    "grovemoe",
+    "hunyuan-moe",
+    "hunyuan-vl",
+    "internlm2",
+    "jais",
+    "jais2",
+    "llada-moe",
+    "llada",
+    "llama",
+    "llama4",
+    "mellum",
+    "minimax-01",
+    "minimax-m2",
+    "mistral3",
+    "modern-bert",
+    "mpt",
+    "nemotron-h-moe",
+    "nemotron-h",
+    "nemotron",
+    "neo-bert",
+    "olmo",
+    "olmo2",
+    "olmoe",
+    "openelm",
+    "orion",
+    "phi2",
+    "phi3",
+    "plamo",
+    "qwen",
+    "qwen2",
+    "qwen2moe",
+    "qwen2vl",
+    "qwen3",
+    "qwen3moe",
+    "qwen3next",
+    "qwen3vl",
+    "qwen3vlmoe",
+    "refact",
+    "seed-oss",
+    "smallthinker",
+    "smollm3",
+    "stablelm",
+    "starcoder",
+    "starcoder2",
+    "t5",
+    "xverse",
+];
+
 /// llama.cpp's `LLAMA_MAX_LAYERS` and `LLAMA_MAX_EXPERTS`.
 const MAX_LAYERS: i64 = 512;
 const MAX_EXPERTS: i64 = 1024;
@@ -177,8 +263,33 @@ fn check_hyperparameters(path: &Path) -> Result<(), BackendError> {
     }) {
         return Err(bad(format!("the weight {} is declared {:?}", t.name, t.ggml_type)));
     }
+    // RoPE factor tensors go into ggml_rope_ext, which asserts F32.
+    if let Some(t) = g.tensors().iter().find(|t| {
+        t.ggml_type != T::F32
+            && (t.name.starts_with("rope_freqs.") || t.name.starts_with("rope_factors_"))
+    }) {
+        return Err(bad(format!("the RoPE factors {} are {:?}, not F32", t.name, t.ggml_type)));
+    }
     let Some(arch) = g.architecture().map(str::to_string) else { return Ok(()) };
     let key = |k: &str| format!("{arch}.{k}");
+    // Soft-caps divide the scores; a window of 0 on an architecture that always slides
+    // hides every cell. Either turns every activation into NaN.
+    for k in ["attn_logit_softcapping", "final_logit_softcapping"] {
+        if let Some(v) = g.get(&key(k))
+            && !v.as_f64().is_some_and(|x| x.is_finite() && x >= 1e-3)
+        {
+            return Err(bad(format!(
+                "{} is {}, not a cap of at least 0.001",
+                key(k),
+                v.display_short()
+            )));
+        }
+    }
+    if matches!(arch.as_str(), "gemma2" | "gemma3")
+        && g.get(&key("attention.sliding_window")).and_then(corral_gguf::Value::as_u64) == Some(0)
+    {
+        return Err(bad(format!("{} is 0", key("attention.sliding_window"))));
+    }
     // Every element of a count (a number, or per layer an array of numbers or flags).
     let ints = |k: &str| -> Result<Option<Vec<i64>>, BackendError> {
         let Some(v) = g.get(&key(k)) else { return Ok(None) };
@@ -307,6 +418,14 @@ fn check_hyperparameters(path: &Path) -> Result<(), BackendError> {
         }
     }
     let head = head_key.unwrap_or(n_embd / n_head);
+    let head_v = first("attention.value_length")?.unwrap_or(n_embd / n_head);
+    if head != head_v && EQUAL_KV_HEADS.contains(&arch.replace('_', "-").as_str()) {
+        return Err(bad(format!(
+            "keys of {head} and values of {head_v} per head ({} and {}); {arch} needs them equal",
+            key("attention.key_length"),
+            key("attention.value_length")
+        )));
+    }
     if let Some(n_rot) = first("rope.dimension_count")? {
         let whole = WHOLE_HEAD_ROPE.contains(&arch.replace('_', "-").as_str());
         if n_rot < 2 || n_rot % 2 != 0 || n_rot > head || (whole && n_rot != head) {
