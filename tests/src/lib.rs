@@ -697,6 +697,16 @@ pub fn http_client() -> reqwest::blocking::Client {
         .expect("an HTTP client")
 }
 
+/// The value of the Prometheus metric `name` on `s`'s `/metrics` (e.g.
+/// `corral_worker_crashes_total`).
+pub fn metric(s: &Server, name: &str) -> f64 {
+    let text = http_client().get(format!("{}/metrics", s.url)).send().unwrap().text().unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+}
+
 /// `POST url+path` with a JSON body: the status and the answer as JSON (a string when
 /// it is not JSON).
 pub fn post_json(url: &str, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {

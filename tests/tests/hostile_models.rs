@@ -8,16 +8,6 @@ use std::path::Path;
 use corral_e2e::*;
 use corral_gguf::Value;
 
-fn worker_crashes(s: &Server) -> String {
-    let metrics = http_client().get(format!("{}/metrics", s.url)).send().unwrap().text().unwrap();
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("corral_worker_crashes_total "))
-        .unwrap_or_else(|| panic!("no crash counter in /metrics:\n{metrics}"))
-        .trim()
-        .to_string()
-}
-
 #[test]
 fn hostile_hyperparameters_are_refused_on_both_engines() {
     let dir = tempfile::tempdir().unwrap();
@@ -144,7 +134,11 @@ fn hostile_hyperparameters_are_refused_on_both_engines() {
             assert!((400..500).contains(&status), "{engine}, {what}: {status} {v}");
             assert!(msg.contains(says), "{engine}, {what}: {msg}");
         }
-        assert_eq!(worker_crashes(&s), "0", "{engine}: no engine worker died");
+        assert_eq!(
+            metric(&s, "corral_worker_crashes_total"),
+            0.0,
+            "{engine}: no engine worker died"
+        );
         // Still serving.
         let body = serde_json::json!({"model": llama, "prompt": "Hi", "stream": false,
                                       "options": {"num_predict": 2}});

@@ -68,14 +68,6 @@ fn version_answers(s: &Server) {
     assert_eq!(r.status().as_u16(), 200);
 }
 
-fn metric(s: &Server, name: &str) -> f64 {
-    let text = client().get(format!("{}/metrics", s.url)).send().unwrap().text().unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
-}
-
 /// Streams a long generation from `model` in a thread; returns the largest gap between
 /// two chunks, and how many chunks came.
 fn stream_in_background(
