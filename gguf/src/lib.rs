@@ -15,6 +15,8 @@
 //!   with a reference encoder and decoder.
 //! - [`spm`]: a SentencePiece vocabulary trained on the same corpus (Gemma, Phi-3), with
 //!   llama.cpp's SPM tokenizer as reference.
+//! - [`pooling`]: how a file's sequence embeddings pool ([`pooling::Pooling`]), one
+//!   reading of `{arch}.pooling_type` for every engine.
 //! - [`generate`]: the model generator ([`generate::generate_model`]): llama, Llama 3.1,
 //!   qwen2, qwen3, gemma2, gemma3 and phi3 files, up to llama.cpp's Q4_K_M mix.
 //!
@@ -26,6 +28,7 @@ mod corpus;
 pub mod error;
 pub mod generate;
 pub mod kquant;
+pub mod pooling;
 pub mod quant;
 pub mod reader;
 pub mod special;

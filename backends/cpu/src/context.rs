@@ -9,7 +9,9 @@ use corral_backend_api::{
 
 use crate::forward::{Output, Profile, Scratch, forward};
 use crate::kv::{SeqCache, range};
-use crate::model::{ModelInner, Pooling};
+use corral_gguf::pooling::Pooling;
+
+use crate::model::ModelInner;
 
 /// Largest number of sequences a context accepts.
 pub const MAX_SEQ: u32 = 256;
@@ -99,17 +101,10 @@ fn build_pool(n: u32) -> Result<rayon::ThreadPool, BackendError> {
 
 impl CpuContext {
     pub(crate) fn new(model: Arc<ModelInner>, p: &ContextParams) -> Result<Self, BackendError> {
-        if p.embeddings && matches!(model.hp.pooling, Pooling::None | Pooling::Rank) {
-            let what = if model.hp.pooling == Pooling::None {
-                "no pooling (vectors per token)"
-            } else {
-                "rank pooling (a reranker's scores)"
-            };
-            return Err(BackendError::unsupported(format!(
-                "this model's file asks for {what} ({}.pooling_type), not a sequence \
-                 embedding; corral embeds with mean, CLS or last-token pooling only",
-                model.hp.arch
-            )));
+        if p.embeddings
+            && let Err(why) = &model.hp.pooling
+        {
+            return Err(BackendError::unsupported(why.clone()));
         }
         if p.n_ctx == 0 || p.n_batch == 0 || p.n_seq_max == 0 {
             return Err(BackendError::invalid(format!(
@@ -271,13 +266,9 @@ impl Context for CpuContext {
             Output::Hidden(h) => {
                 let d = self.model.hp.n_embd;
                 let rows = out_rows.iter().map(|&i| &batch[i]);
-                self.pooled = pool_sequences(
-                    self.model.hp.pooling,
-                    rows,
-                    &h,
-                    d,
-                    self.params.n_seq_max as usize,
-                );
+                // Embedding contexts exist only where the pooling is one (`new`).
+                let pooling = *self.model.hp.pooling.as_ref().unwrap_or(&Pooling::Mean);
+                self.pooled = pool_sequences(pooling, rows, &h, d, self.params.n_seq_max as usize);
                 self.out_index = vec![None; batch.len()];
             }
         }

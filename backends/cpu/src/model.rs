@@ -16,7 +16,7 @@ use std::sync::Arc;
 use corral_backend_api::{
     BackendError, Capabilities, ContextParams, ModelInfo, SpecialTokenIds, plugin::Model,
 };
-use corral_gguf::{GgmlType, GgufError, Value, reader::GgufFile};
+use corral_gguf::{GgmlType, GgufError, Value, pooling::Pooling, reader::GgufFile};
 use memmap2::Mmap;
 
 use crate::context::CpuContext;
@@ -91,41 +91,6 @@ pub enum RopeKind {
     Neox,
 }
 
-/// How an embedding pools a sequence's tokens: llama.cpp's `llama_pooling_type`, read from
-/// `{arch}.pooling_type` (a decoder without the key is mean-pooled, as the llama.cpp
-/// plugin pools it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pooling {
-    /// No pooling (0): embeddings per token, which the backend-api contract has no room
-    /// for; an embedding context is refused.
-    None,
-    /// The mean of the sequence's tokens (1).
-    Mean,
-    /// The token at position 0 (2, CLS).
-    Cls,
-    /// The token at the sequence's highest position (3; Qwen3-Embedding and other
-    /// decoder embedders).
-    Last,
-    /// A classifier head's scores (4, rerankers); refused as `None` is.
-    Rank,
-}
-
-impl Pooling {
-    /// The pooling that `{arch}.pooling_type`'s value `v` names (llama.cpp's -1,
-    /// unspecified, is mean here as in the plugin); `None` for a value llama.cpp does not
-    /// define.
-    pub fn from_gguf(v: i64) -> Option<Pooling> {
-        Some(match v {
-            -1 | 1 => Pooling::Mean,
-            0 => Pooling::None,
-            2 => Pooling::Cls,
-            3 => Pooling::Last,
-            4 => Pooling::Rank,
-            _ => return None,
-        })
-    }
-}
-
 /// The feed-forward activation of the gate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
@@ -198,8 +163,9 @@ pub struct Hparams {
     pub swa_layers: Vec<bool>,
     /// Final logit soft-capping (`cap · tanh(logit / cap)`), when the model has it.
     pub final_softcap: Option<f32>,
-    /// How embedding contexts pool a sequence (`{arch}.pooling_type`, default mean).
-    pub pooling: Pooling,
+    /// How embedding contexts pool a sequence (`{arch}.pooling_type`, default mean), or
+    /// why this file makes no sequence embedding (generation is unaffected).
+    pub pooling: Result<Pooling, String>,
     /// Whether a token attends only to positions up to its own (`{arch}.attention.causal`,
     /// default true); false: to every cell of its sequence, as an encoder does.
     pub causal: bool,
@@ -846,14 +812,9 @@ fn hparams(
         swa_window: 0,
         swa_layers: vec![false; n_layer],
         final_softcap: None,
-        pooling: Pooling::Mean,
+        pooling: Pooling::for_sequence_embedding(file),
         causal: file.get_bool(&key("attention.causal")).unwrap_or(true),
     };
-    if let Some(v) = file.get(&key("pooling_type")) {
-        hp.pooling = v.as_i64().and_then(Pooling::from_gguf).ok_or_else(|| {
-            invalid(format!("{} is {}, not a pooling type", key("pooling_type"), v.display_short()))
-        })?;
-    }
     // llama.cpp's load_swa_pattern: `attention.sliding_window_pattern` as one flag per
     // layer, or as the period n (every n-th layer global), else the architecture's n.
     let swa_layers = |default: usize| -> Result<Vec<bool>, BackendError> {

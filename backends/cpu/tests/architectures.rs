@@ -684,10 +684,11 @@ fn embeddings_pool_and_attend_as_llama_cpp() {
         // Generation is unaffected.
         assert!(m.new_context(&params(1)).is_ok());
     }
-    // A value llama.cpp does not define is a bad file.
+    // A value llama.cpp does not define: no embedding either (llama.cpp aborts on it).
     let path = dir.path().join("embed-bad.gguf");
     rewrite(&src, &path, &[("llama.pooling_type", Value::U32(9))], &[], &[]);
-    let e = load(&path).err().expect("pooling type 9 refused");
-    assert_eq!(e.kind, ErrorKind::InvalidInput, "{e}");
-    assert!(e.message.contains("pooling_type"), "{e}");
+    let m = load(&path).expect("generation does not read the pooling");
+    let e = engine_embedding(&m, prompt).expect_err("pooling type 9 embeds nothing");
+    assert_eq!(e.kind, ErrorKind::Unsupported, "{e}");
+    assert!(e.message.contains("does not define") && e.message.contains("pooling_type"), "{e}");
 }

@@ -6,6 +6,7 @@ use corral_backend_api::{
     BackendError, BatchEntry, ContextParams, ErrorKind,
     plugin::{BatchLimits, Context, check_batch, check_seq},
 };
+use corral_gguf::pooling::Pooling;
 use corral_probe::ggml;
 use llama_cpp_sys_2 as sys;
 
@@ -186,20 +187,15 @@ impl LlamaContext {
         cp.n_threads_batch = opts.threads_batch(p.n_threads_batch);
         cp.kv_unified = kv_unified;
         cp.embeddings = p.embeddings;
-        if p.embeddings
-            && let Some(what) = model.declared_pooling().and_then(|v| pooling_refusal(&v))
-        {
-            return Err(BackendError::unsupported(format!(
-                "this model's file asks for {what}, not a sequence embedding; corral embeds \
-                 with mean, CLS or last-token pooling only"
-            )));
-        }
         if p.embeddings {
-            // The file's own pooling (a CLS-pooled encoder stays CLS-pooled), else mean.
-            cp.pooling_type = if model.declares_pooling() {
-                sys::LLAMA_POOLING_TYPE_UNSPECIFIED
-            } else {
-                sys::LLAMA_POOLING_TYPE_MEAN
+            // The file's own pooling, else mean; none, rank and undefined numbers refused
+            // (rank's output is `n_cls_out` floats, which `embeddings` must not read as
+            // `n_embd`; llama.cpp aborts on an undefined one while it makes the context).
+            cp.pooling_type = match &model.embedding_pooling {
+                Ok(Pooling::Cls) => sys::LLAMA_POOLING_TYPE_CLS,
+                Ok(Pooling::Last) => sys::LLAMA_POOLING_TYPE_LAST,
+                Ok(_) => sys::LLAMA_POOLING_TYPE_MEAN,
+                Err(why) => return Err(BackendError::unsupported(why.clone())),
             };
         }
         if let Some(t) = model.kv.cache_type {
@@ -518,37 +514,4 @@ fn ggml_f16_step() -> Option<u32> {
     ggml::f16_step(cfg!(target_arch = "x86_64"), |feature| {
         BUILT_WITH.iter().any(|&(name, on)| on && name == feature)
     })
-}
-
-/// Why an embedding context cannot use the file's `{arch}.pooling_type` (its metadata
-/// text), or `None` for mean, CLS and last. No pooling gives vectors per token, rank a
-/// reranker's scores (`n_cls_out` floats, which `embeddings` must not read as `n_embd`);
-/// llama.cpp takes any other number as it is and aborts on it while it reserves the
-/// context's graphs.
-fn pooling_refusal(declared: &str) -> Option<String> {
-    match declared.trim().parse::<i64>() {
-        Ok(1..=3) => None,
-        Ok(0) => Some("no pooling (vectors per token)".into()),
-        Ok(4) => Some("rank pooling (a reranker's scores)".into()),
-        _ => Some(format!("pooling type {}, which llama.cpp does not define", declared.trim())),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::pooling_refusal;
-
-    /// Mean, CLS and last embed; none, rank and numbers llama.cpp has no pooling for
-    /// (on which it aborts) are refused, naming what the file asked for.
-    #[test]
-    fn only_mean_cls_and_last_pooling_embed() {
-        for ok in ["1", "2", "3", " 3 "] {
-            assert_eq!(pooling_refusal(ok), None, "{ok}");
-        }
-        assert!(pooling_refusal("0").is_some_and(|w| w.contains("no pooling")));
-        assert!(pooling_refusal("4").is_some_and(|w| w.contains("rank")));
-        for bad in ["7", "-1", "4294967295", "mean", ""] {
-            assert!(pooling_refusal(bad).is_some_and(|w| w.contains("does not define")), "{bad:?}");
-        }
-    }
 }

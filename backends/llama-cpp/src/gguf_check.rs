@@ -11,12 +11,14 @@ use std::ffi::{CStr, CString};
 use std::path::Path;
 
 use corral_backend_api::{BackendError, ErrorKind};
+use corral_gguf::pooling::Pooling;
+use corral_gguf::reader::GgufFile;
 use llama_cpp_sys_2 as sys;
 
 use crate::logging;
 
 /// What the pre-check learned about a GGUF file.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GgufSummary {
     /// `general.architecture`, if present.
     pub architecture: Option<String>,
@@ -27,6 +29,9 @@ pub struct GgufSummary {
     /// Array-valued keys, summarised as `[N × TYPE]` (llama.cpp's own metadata API skips
     /// arrays).
     pub arrays: Vec<(String, String)>,
+    /// How a sequence embedding of this file pools, or why the file makes none
+    /// ([`Pooling::for_sequence_embedding`]).
+    pub embedding_pooling: Result<Pooling, String>,
 }
 
 /// Checks `path` as described in the module docs and summarises its metadata.
@@ -74,12 +79,21 @@ pub fn check_gguf(path: &Path, vocabulary: bool) -> Result<GgufSummary, BackendE
         )));
     }
     let guard = GgufCtx(ctx);
-    let summary = summarise(&guard, path, meta.len());
+    // corral-gguf's bounded reader, for the checks ggml's reader gives no access to. A
+    // file it refuses (beyond its bounds) that ggml parsed goes on unchecked.
+    let file = GgufFile::open(path);
+    let embedding_pooling = match &file {
+        Ok(f) => Pooling::for_sequence_embedding(f),
+        Err(e) => Err(format!("corral cannot read this file's metadata ({e}), so not its pooling")),
+    };
+    let summary = summarise(&guard, path, meta.len(), embedding_pooling);
     drop(guard);
     let summary = summary?;
-    check_hyperparameters(path)?;
-    if vocabulary {
-        check_vocabulary(path)?;
+    if let Ok(file) = &file {
+        check_hyperparameters(file, path)?;
+        if vocabulary {
+            check_vocabulary(file, path)?;
+        }
     }
     Ok(summary)
 }
@@ -127,11 +141,10 @@ const MAX_EXPERTS: i64 = 1024;
 /// number of a head's dimensions, the whole head where the graph asserts it); RoPE
 /// scaling types and bases, norm epsilons and sliding-window patterns llama.cpp cannot
 /// use; tensor data aligned below ggml's 32 bytes; weights declared as integers.
-fn check_hyperparameters(path: &Path) -> Result<(), BackendError> {
+fn check_hyperparameters(g: &GgufFile, path: &Path) -> Result<(), BackendError> {
     let bad = |what: String| {
         BackendError::invalid(format!("{} has impossible hyperparameters: {what}", path.display()))
     };
-    let Ok(g) = corral_gguf::reader::GgufFile::open(path) else { return Ok(()) };
     if let Some(a) = g.get("general.alignment") {
         match a.as_u64() {
             Some(n) if n >= 32 && n.is_power_of_two() => {}
@@ -354,14 +367,13 @@ fn check_hyperparameters(path: &Path) -> Result<(), BackendError> {
 /// vocabulary whose size differs from the embedding and output tensors' rows, and BPE
 /// merges that name tokens the vocabulary lacks. Metadata only, read with corral-gguf's
 /// bounded reader.
-fn check_vocabulary(path: &Path) -> Result<(), BackendError> {
+fn check_vocabulary(g: &GgufFile, path: &Path) -> Result<(), BackendError> {
     let bad = |what: String| {
         BackendError::invalid(format!(
             "{} has a broken vocabulary: {what}; llama.cpp would abort on it",
             path.display()
         ))
     };
-    let Ok(g) = corral_gguf::reader::GgufFile::open(path) else { return Ok(()) };
     let Some(tokens) = g.get_str_array("tokenizer.ggml.tokens") else { return Ok(()) };
     let mut ids: std::collections::HashMap<&str, usize> =
         std::collections::HashMap::with_capacity(tokens.len());
@@ -497,9 +509,20 @@ fn cstr(p: *const std::ffi::c_char) -> String {
     unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
 }
 
-fn summarise(g: &GgufCtx, path: &Path, file_len: u64) -> Result<GgufSummary, BackendError> {
+fn summarise(
+    g: &GgufCtx,
+    path: &Path,
+    file_len: u64,
+    embedding_pooling: Result<Pooling, String>,
+) -> Result<GgufSummary, BackendError> {
     let ctx = g.0;
-    let mut s = GgufSummary::default();
+    let mut s = GgufSummary {
+        architecture: None,
+        file_type: None,
+        n_tensors: 0,
+        arrays: Vec::new(),
+        embedding_pooling,
+    };
     // SAFETY (all calls below): `ctx` is a live gguf context; indices are in range of the
     // counts ggml reports.
     unsafe {

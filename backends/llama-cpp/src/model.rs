@@ -14,6 +14,8 @@ use llama_cpp_sys_2 as sys;
 
 use crate::backend::LlamaOptions;
 use crate::context::LlamaContext;
+use corral_gguf::pooling::Pooling;
+
 use crate::gguf_check::{GgufSummary, file_type_name};
 use crate::logging;
 
@@ -40,6 +42,8 @@ pub(crate) struct ModelInner {
     /// Elements per head of keys and of values (`attention.key_length` and
     /// `value_length`, else `n_embd / n_head`).
     pub(crate) head_sizes: (u32, u32),
+    /// How an embedding context pools, or why this file makes no sequence embedding.
+    pub(crate) embedding_pooling: Result<Pooling, String>,
     /// The vocabulary's special tokens, for cutting long texts before `llama_tokenize`
     /// (built on the first long text).
     special_matcher: OnceLock<SpecialMatcher>,
@@ -127,18 +131,6 @@ fn read_string(mut f: impl FnMut(*mut c_char, usize) -> i32) -> Option<String> {
 }
 
 impl ModelInner {
-    /// Whether the file names its pooling (`<arch>.pooling_type`: BERT-family encoders
-    /// do, mean or CLS); decoders do not, and are mean-pooled for embeddings.
-    pub(crate) fn declares_pooling(&self) -> bool {
-        self.declared_pooling().is_some()
-    }
-
-    /// The file's `<arch>.pooling_type`, as llama.cpp's metadata text.
-    pub(crate) fn declared_pooling(&self) -> Option<String> {
-        let key = format!("{}.pooling_type", self.metadata.architecture);
-        self.metadata.get(&key).map(str::to_string)
-    }
-
     pub(crate) fn new(
         ptr: *mut sys::llama_model,
         summary: GgufSummary,
@@ -231,6 +223,7 @@ impl ModelInner {
                 cpu_only,
                 n_head,
                 head_sizes,
+                embedding_pooling: summary.embedding_pooling,
                 special_matcher: OnceLock::new(),
                 affixes: OnceLock::new(),
             }
