@@ -35,38 +35,68 @@ pub fn choose_template(model: &Model) -> TemplateChoice {
     known_templates::choose(&model.meta.architecture, &|t| has_token(model, t))
 }
 
-/// A GGUF file's chat template and where it came from: its own
-/// `tokenizer.chat_template`, or one chosen from its vocabulary
-/// (`tokenizer.ggml.tokens`) and architecture. `None` for a file that is not a readable
-/// GGUF (an ONNX model, say): its engine reports the template when it loads.
+/// A GGUF file's chat template and where it came from, without loading it: the one
+/// [`Templater::for_model`] would use ([`effective_template`]). `None` for a file that is
+/// not a readable GGUF (an ONNX model, say): its engine reports the template when it loads.
 pub fn file_template(path: &std::path::Path) -> Option<(String, String)> {
     let gguf = corral_gguf::reader::GgufFile::open(path).ok()?;
-    if let Some(own) = gguf.get_str("tokenizer.chat_template").filter(|t| !t.trim().is_empty()) {
-        return Some((own.to_string(), "the model file's template".into()));
-    }
-    let tokens: std::collections::HashSet<&str> = match gguf.get("tokenizer.ggml.tokens") {
-        Some(corral_gguf::Value::Array { values, .. }) => {
-            values.iter().filter_map(corral_gguf::Value::as_str).collect()
-        }
-        _ => std::collections::HashSet::new(),
+    let choose = || {
+        let tokens: std::collections::HashSet<&str> = match gguf.get("tokenizer.ggml.tokens") {
+            Some(corral_gguf::Value::Array { values, .. }) => {
+                values.iter().filter_map(corral_gguf::Value::as_str).collect()
+            }
+            _ => std::collections::HashSet::new(),
+        };
+        let arch = gguf.get_str("general.architecture").unwrap_or_default();
+        known_templates::choose(arch, &|t| tokens.contains(t))
     };
-    let arch = gguf.get_str("general.architecture").unwrap_or_default();
-    let choice = known_templates::choose(arch, &|t| tokens.contains(t));
-    Some((choice.source.to_string(), choice.reason))
+    let (template, origin) =
+        effective_template(gguf.get_str("tokenizer.chat_template"), choose).ok()?;
+    Some((template.source().to_string(), origin))
+}
+
+/// The chat template a GGUF model runs with, compiled, and where it came from in words:
+/// its own (`own`, `tokenizer.chat_template`) when it has one that compiles, else the
+/// one `choose` picks from its vocabulary and architecture. A file whose own template
+/// does not compile (a syntax error, nesting past the parser's limit) falls back as
+/// llama.cpp falls back to its built-in formats, so the model still chats, generates raw
+/// and embeds; the origin says so.
+fn effective_template(
+    own: Option<&str>,
+    choose: impl FnOnce() -> TemplateChoice,
+) -> Result<(ChatTemplate, String)> {
+    let broken = match own.filter(|t| !t.trim().is_empty()) {
+        Some(own) => match ChatTemplate::new(own) {
+            Ok(t) => return Ok((t, "the model file's template".into())),
+            Err(e) => Some(e),
+        },
+        None => None,
+    };
+    let choice = choose();
+    let origin = match broken {
+        Some(why) => format!(
+            "{}, in place of the model file's template, which does not compile: {why}",
+            choice.name
+        ),
+        None => choice.reason,
+    };
+    let template = ChatTemplate::new(choice.source).context("a built-in chat template")?;
+    Ok((template, origin))
 }
 
 impl Templater {
-    /// The template of `model` (`tokenizer.chat_template`), or one chosen for it from its
-    /// vocabulary and architecture when the file carries none.
+    /// The template of `model`: its own, or one chosen for it from its vocabulary and
+    /// architecture when the file carries none or one that does not compile
+    /// ([`effective_template`]).
     pub fn for_model(model: &Model) -> Result<Templater> {
-        match model.chat_template().filter(|t| !t.trim().is_empty()) {
-            Some(own) => Self::compile(model, own, "the model file's template".into()),
-            None => {
-                let choice = choose_template(model);
-                tracing::info!("chat template: {}", choice.reason);
-                Self::compile(model, choice.source, choice.reason)
-            }
+        let own = model.chat_template().filter(|t| !t.trim().is_empty());
+        let (template, origin) = effective_template(own, || choose_template(model))?;
+        match own {
+            Some(own) if own != template.source() => tracing::warn!("chat template: {origin}"),
+            Some(_) => {}
+            None => tracing::info!("chat template: {origin}"),
         }
+        Ok(Self::with_template(model, template, origin))
     }
 
     /// A template from `source` (a Modelfile's TEMPLATE, say) for `model`; the model's own
@@ -81,17 +111,21 @@ impl Templater {
     fn compile(model: &Model, source: &str, origin: String) -> Result<Templater> {
         let template =
             ChatTemplate::new(source).context("the model's chat template does not compile")?;
+        Ok(Self::with_template(model, template, origin))
+    }
+
+    fn with_template(model: &Model, template: ChatTemplate, origin: String) -> Templater {
         let text = |t: Option<u32>| {
             t.and_then(|t| model.token_bytes(t).ok())
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
                 .unwrap_or_default()
         };
-        Ok(Templater {
+        Templater {
             template,
             origin,
             bos_text: text(model.special.bos),
             eos_text: text(model.special.eos),
-        })
+        }
     }
 
     /// Renders a conversation.

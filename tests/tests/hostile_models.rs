@@ -179,3 +179,37 @@ fn a_megabyte_vocabulary_entry_loads_promptly() {
     let r = r.expect("an answer within a minute");
     assert_eq!(r.status().as_u16(), 200, "{:?}", r.text());
 }
+
+/// A chat template that does not compile (a syntax error; nesting past the parser's
+/// limit) used to fail the model's load with a 500, so the file could not even embed or
+/// generate raw. Now the template chosen from the vocabulary stands in (as llama.cpp
+/// falls back to its built-in formats), `/api/show` says so, and every endpoint answers.
+#[test]
+fn a_chat_template_that_does_not_compile_falls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(llama_cpp) = llama_cpp_plugin_dir(&dir.path().join("llama-cpp")) else { return };
+    let qwen3 = generate_arch_model(dir.path(), "qwen3.gguf", "qwen3");
+    let s = Server::start(&[llama_cpp.as_path()], &[], &[]);
+    let nested = format!("{}x{}", "{% if true %}".repeat(2000), "{% endif %}".repeat(2000));
+    for (what, template) in [("syntax", "{{ messages[0]['content'] }"), ("nesting", &nested)] {
+        let path = dir.path().join(format!("broken-{what}.gguf"));
+        let set = [("tokenizer.chat_template", Value::String(template.to_string()))];
+        rewrite_metadata(&qwen3, &path, &set);
+        let model = path.to_string_lossy().to_string();
+        let chat = serde_json::json!({"model": model, "stream": false, "options": {"num_predict": 3},
+            "messages": [{"role": "user", "content": "Hello"}]});
+        let (status, v) = post_json(&s.url, "/api/chat", &chat);
+        assert_eq!(status, 200, "{what}: chat {v}");
+        let raw = serde_json::json!({"model": model, "prompt": "Hello", "raw": true,
+                                     "stream": false, "options": {"num_predict": 3}});
+        let (status, v) = post_json(&s.url, "/api/generate", &raw);
+        assert_eq!(status, 200, "{what}: raw generate {v}");
+        let (status, v) =
+            post_json(&s.url, "/api/embed", &serde_json::json!({"model": model, "input": "Hello"}));
+        assert_eq!(status, 200, "{what}: embed {v}");
+        let (status, v) = post_json(&s.url, "/api/show", &serde_json::json!({"model": model}));
+        assert_eq!(status, 200, "{what}: show {v}");
+        let shown = v.to_string();
+        assert!(shown.contains("chatml") && shown.contains("does not compile"), "{what}: {shown}");
+    }
+}

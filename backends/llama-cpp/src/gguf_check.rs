@@ -129,6 +129,31 @@ const EQUAL_KV_HEADS: &[&str] = &[
     "starcoder", "starcoder2", "t5", "xverse",
 ];
 
+/// (architecture, key) pairs whose soft-cap llama.cpp divides by without checking for 0
+/// (`models/gemma2.cpp`, `gemma3n.cpp`; grok's attention cap in `llama-graph.cpp`).
+const UNGUARDED_SOFTCAPS: &[(&str, &str)] = &[
+    ("gemma2", "attn_logit_softcapping"),
+    ("gemma2", "final_logit_softcapping"),
+    ("gemma3n", "final_logit_softcapping"),
+    ("grok", "attn_logit_softcapping"),
+];
+
+/// A layer's attention weights (`blk.N.<name>.weight`, llama.cpp's `llama-arch.cpp`):
+/// plain, fused, and multi-head latent attention's.
+const ATTENTION_WEIGHTS: &[&str] = &[
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_qkv",
+    "attn_kv",
+    "attn_q_a",
+    "attn_q_b",
+    "attn_kv_a_mqa",
+    "attn_kv_b",
+    "attn_k_b",
+    "attn_v_b",
+];
+
 /// llama.cpp's `LLAMA_MAX_LAYERS` and `LLAMA_MAX_EXPERTS`.
 const MAX_LAYERS: i64 = 512;
 const MAX_EXPERTS: i64 = 1024;
@@ -173,12 +198,13 @@ fn check_hyperparameters(g: &GgufFile, path: &Path) -> Result<(), BackendError> 
     }
     let Some(arch) = g.architecture().map(str::to_string) else { return Ok(()) };
     let key = |k: &str| format!("{arch}.{k}");
-    // Soft-caps divide the scores; a window of 0 on an architecture that always slides
-    // hides every cell. Either turns every activation into NaN.
+    // Soft-caps divide the scores; a cap of 0 where the graph divides by it regardless
+    // turns every activation into NaN (elsewhere 0 means no cap, as gemma3's, gemma4's and
+    // grok's final cap: llama.cpp skips it).
     for k in ["attn_logit_softcapping", "final_logit_softcapping"] {
-        if let Some(v) = g.get(&key(k))
-            && !v.as_f64().is_some_and(|x| x.is_finite() && x >= 1e-3)
-        {
+        let Some(v) = g.get(&key(k)) else { continue };
+        let zero_is_none = !UNGUARDED_SOFTCAPS.contains(&(arch.as_str(), k));
+        if !v.as_f64().is_some_and(|x| x.is_finite() && (x >= 1e-3 || (x == 0.0 && zero_is_none))) {
             return Err(bad(format!(
                 "{} is {}, not a cap of at least 0.001",
                 key(k),
@@ -297,12 +323,48 @@ fn check_hyperparameters(g: &GgufFile, path: &Path) -> Result<(), BackendError> 
     {
         return Err(bad(format!("{} is {}", key("rope.scaling.attn_factor"), v.display_short())));
     }
-    let (Some(n_embd), Some(n_head)) = (first("embedding_length")?, first("attention.head_count")?)
-    else {
+    // Heads per layer (a count, or an array per layer). A layer with attention weights
+    // needs heads and KV heads that divide them; a layer without (a recurrent layer of a
+    // hybrid model: Jamba, LFM2, Nemotron-H, granite-hybrid; DeciLM's skipped attention)
+    // has 0 KV heads, and a model with none (Mamba, RWKV) 0 heads.
+    let n_layer = usize::try_from(first("block_count")?.unwrap_or(0)).unwrap_or(0);
+    let heads = ints("attention.head_count")?;
+    let kv_heads = ints("attention.head_count_kv")?;
+    let at = |v: &Option<Vec<i64>>, il: usize| match v.as_deref() {
+        Some([one]) => Some(*one),
+        Some(per_layer) => per_layer.get(il).copied(),
+        None => None,
+    };
+    let attending: std::collections::HashSet<usize> = g
+        .tensors()
+        .iter()
+        .filter_map(|t| {
+            let (layer, name) = t.name.strip_prefix("blk.")?.split_once('.')?;
+            let weight = name.strip_suffix(".weight")?;
+            ATTENTION_WEIGHTS.contains(&weight).then(|| layer.parse().ok())?
+        })
+        .collect();
+    for il in 0..n_layer {
+        let Some(n_head) = at(&heads, il) else { break };
+        let n_kv = at(&kv_heads, il).unwrap_or(n_head);
+        if attending.contains(&il) && (n_head == 0 || n_kv == 0 || n_head % n_kv != 0) {
+            return Err(bad(format!(
+                "layer {il} has attention weights, {n_head} heads and {n_kv} KV heads ({} and \
+                 {}); the heads must be a non-zero multiple of the KV heads",
+                key("attention.head_count"),
+                key("attention.head_count_kv")
+            )));
+        }
+    }
+    // The head size from layer 0's heads, as llama.cpp takes it; none without heads.
+    let (Some(n_embd), Some(n_head)) = (first("embedding_length")?, at(&heads, 0)) else {
         return Ok(());
     };
-    if n_embd == 0 || n_head == 0 {
-        return Err(bad(format!("{arch}.embedding_length {n_embd}, head_count {n_head}")));
+    if n_head == 0 {
+        return Ok(());
+    }
+    if n_embd == 0 {
+        return Err(bad(format!("{arch}.embedding_length is 0")));
     }
     let head_key = first("attention.key_length")?;
     // Models with explicit head sizes (key_length) need not divide evenly.
@@ -310,13 +372,6 @@ fn check_hyperparameters(g: &GgufFile, path: &Path) -> Result<(), BackendError> 
         return Err(bad(format!(
             "{arch}.embedding_length {n_embd} is not a multiple of head_count {n_head}"
         )));
-    }
-    for n_kv in ints("attention.head_count_kv")?.unwrap_or_default() {
-        if n_kv == 0 || n_head % n_kv != 0 {
-            return Err(bad(format!(
-                "{arch}.head_count {n_head} is not a multiple of head_count_kv {n_kv}"
-            )));
-        }
     }
     let head = head_key.unwrap_or(n_embd / n_head);
     let head_v = first("attention.value_length")?.unwrap_or(n_embd / n_head);
@@ -592,6 +647,7 @@ pub(crate) fn load_error_kind(errors: &[String]) -> ErrorKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use corral_gguf::Value;
 
     #[test]
     fn missing_file_is_not_found() {
@@ -618,6 +674,107 @@ mod tests {
         std::fs::write(&p, b"GGUF\x03\x00\x00\x00\xff\xff").unwrap();
         let e = check_gguf(&p, true).unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidInput);
+    }
+
+    /// A file of `arch` with these keys, and for each listed layer the named weights
+    /// (1-element F32 tensors: only the table matters here).
+    fn metadata_file(arch: &str, keys: Vec<(&str, Value)>, weights: &[(usize, &str)]) -> GgufFile {
+        use corral_gguf::writer::GgufBuilder;
+        let mut b = GgufBuilder::new();
+        b.add_metadata("general.architecture", Value::String(arch.into())).unwrap();
+        for (k, v) in keys {
+            b.add_metadata(format!("{arch}.{k}"), v).unwrap();
+        }
+        for (il, w) in weights {
+            b.add_tensor(format!("blk.{il}.{w}.weight"), &[1], corral_gguf::GgmlType::F32).unwrap();
+        }
+        let mut w = b.begin(Vec::new()).unwrap();
+        for _ in weights {
+            w.write_data(&[0; 4]).unwrap();
+        }
+        GgufFile::from_bytes(&w.finish().unwrap()).unwrap()
+    }
+
+    fn heads(n: &[i64]) -> Value {
+        Value::Array {
+            elem_type: corral_gguf::ValueType::I32,
+            values: n.iter().map(|&h| Value::I32(h as i32)).collect(),
+        }
+    }
+
+    /// Real models the head rules must not refuse: recurrent models without heads (Mamba),
+    /// hybrids whose recurrent layers have 0 KV heads (Jamba, LFM2, Nemotron-H), per-layer
+    /// heads (OpenELM), and 0 as "no final soft-cap" where llama.cpp skips the cap.
+    #[test]
+    fn real_head_layouts_and_disabled_caps_pass() {
+        let path = Path::new("m.gguf");
+        let base = |n_layer: u32| {
+            vec![
+                ("block_count", Value::U32(n_layer)),
+                ("embedding_length", Value::U32(64)),
+                ("rope.dimension_count", Value::U32(16)),
+            ]
+        };
+        let mut mamba = base(2);
+        mamba.push(("attention.head_count", Value::U32(0)));
+        mamba.push(("attention.head_count_kv", Value::U32(0)));
+        mamba.retain(|(k, _)| *k != "rope.dimension_count");
+        let f = metadata_file("mamba", mamba, &[(0, "ssm_in"), (1, "ssm_in")]);
+        check_hyperparameters(&f, path).expect("mamba");
+
+        let mut jamba = base(4);
+        jamba.push(("attention.head_count", Value::U32(4)));
+        jamba.push(("attention.head_count_kv", heads(&[0, 0, 2, 0])));
+        let f = metadata_file(
+            "jamba",
+            jamba,
+            &[(0, "ssm_in"), (1, "ssm_in"), (2, "attn_q"), (3, "ssm_in")],
+        );
+        check_hyperparameters(&f, path).expect("jamba");
+
+        let mut openelm = base(3);
+        openelm.push(("attention.key_length", Value::U32(16)));
+        openelm.push(("attention.value_length", Value::U32(16)));
+        openelm.push(("attention.head_count", heads(&[3, 4, 6])));
+        openelm.push(("attention.head_count_kv", heads(&[3, 2, 3])));
+        let f =
+            metadata_file("openelm", openelm, &[(0, "attn_qkv"), (1, "attn_qkv"), (2, "attn_qkv")]);
+        check_hyperparameters(&f, path).expect("openelm");
+
+        let mut gemma3 = base(1);
+        gemma3.push(("attention.head_count", Value::U32(4)));
+        gemma3.push(("final_logit_softcapping", Value::F32(0.0)));
+        gemma3.retain(|(k, _)| *k != "rope.dimension_count");
+        let f = metadata_file("gemma3", gemma3, &[(0, "attn_q")]);
+        check_hyperparameters(&f, path).expect("gemma3 without a final cap");
+    }
+
+    /// What llama.cpp divides by zero on or asserts: an attending layer without (KV)
+    /// heads, heads that are no multiple of the KV heads, a cap of 0 where it always divides.
+    #[test]
+    fn heads_an_attending_layer_cannot_use_are_refused() {
+        let path = Path::new("m.gguf");
+        let file = |arch: &str, kv: Value, extra: Vec<(&str, Value)>| {
+            let mut keys = vec![
+                ("block_count", Value::U32(2)),
+                ("embedding_length", Value::U32(64)),
+                ("attention.head_count", Value::U32(4)),
+                ("attention.head_count_kv", kv),
+            ];
+            keys.extend(extra);
+            metadata_file(arch, keys, &[(0, "attn_q"), (1, "attn_q")])
+        };
+        for (kv, what) in [
+            (Value::U32(0), "0 KV heads"),
+            (heads(&[2, 0]), "layer 1"),
+            (Value::U32(3), "3 KV heads"),
+        ] {
+            let e = check_hyperparameters(&file("llama", kv, vec![]), path).unwrap_err();
+            assert!(e.message().contains(what), "{what}: {}", e.message());
+        }
+        let capped = vec![("final_logit_softcapping", Value::F32(0.0))];
+        let e = check_hyperparameters(&file("gemma2", Value::U32(2), capped), path).unwrap_err();
+        assert!(e.message().contains("final_logit_softcapping"), "{}", e.message());
     }
 
     #[test]
