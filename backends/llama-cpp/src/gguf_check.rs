@@ -32,6 +32,80 @@ pub struct GgufSummary {
     /// How a sequence embedding of this file pools, or why the file makes none
     /// ([`Pooling::for_sequence_embedding`]).
     pub embedding_pooling: Result<Pooling, String>,
+    /// For a SentencePiece vocabulary that lacks byte tokens: what it cannot spell
+    /// ([`SpmGaps`]); `None` for every other vocabulary.
+    pub spm_gaps: Option<std::sync::Arc<SpmGaps>>,
+}
+
+/// The characters a SentencePiece vocabulary without all 256 byte tokens cannot spell.
+/// llama.cpp's SPM tokenizer spells a character its vocabulary has no piece for as the
+/// character's bytes, each as `<0xXX>` or the byte itself, and looks a missing one up
+/// with `std::map::at`: the exception crosses its C API and ends the process. Such
+/// vocabularies exist (SentencePiece models trained without byte fallback), and spell
+/// most text, so the model loads and only a text holding such a character is refused.
+#[derive(Debug, PartialEq)]
+pub struct SpmGaps {
+    /// The bytes with no token of their own.
+    missing: [bool; 256],
+    /// Every piece of the vocabulary (a character that is one is spelled by it).
+    pieces: std::collections::HashSet<String>,
+}
+
+impl SpmGaps {
+    /// The gaps of the file's vocabulary, or `None` when it is no SentencePiece one or
+    /// has a token for every byte.
+    fn of(g: &GgufFile) -> Option<SpmGaps> {
+        if g.get_str("tokenizer.ggml.model") != Some("llama") {
+            return None;
+        }
+        let tokens = g.get_str_array("tokenizer.ggml.tokens")?;
+        let mut missing = [true; 256];
+        for t in &tokens {
+            let byte = match t.as_bytes() {
+                [b'<', b'0', b'x', hex @ .., b'>'] if hex.len() == 2 => {
+                    std::str::from_utf8(hex).ok().and_then(|h| u8::from_str_radix(h, 16).ok())
+                }
+                // The byte itself, as llama.cpp's fallback looks it up (ASCII only: a lone
+                // byte above 0x7F is no UTF-8 string a vocabulary could hold).
+                [b] if *b < 0x80 => Some(*b),
+                [] => Some(0),
+                _ => None,
+            };
+            if let Some(b) = byte {
+                missing[b as usize] = false;
+            }
+        }
+        missing
+            .iter()
+            .any(|&m| m)
+            .then(|| SpmGaps { missing, pieces: tokens.iter().map(|t| t.to_string()).collect() })
+    }
+
+    /// The first character of `text` the vocabulary cannot spell (as text), with a byte
+    /// it lacks. Spaces are spelled as SentencePiece's `▁`, which also starts the text;
+    /// bytes that are no UTF-8 go one by one, as llama.cpp takes them.
+    pub fn unspellable(&self, text: &[u8]) -> Option<(String, u8)> {
+        let lacks = |bytes: &[u8]| bytes.iter().copied().find(|&b| self.missing[b as usize]);
+        let mut buf = [0u8; 4];
+        let mut check = |c: char| {
+            let c = if c == ' ' { '\u{2581}' } else { c };
+            let piece = c.encode_utf8(&mut buf);
+            if self.pieces.contains(piece as &str) { None } else { lacks(piece.as_bytes()) }
+                .map(|b| (c.to_string(), b))
+        };
+        if let Some(gap) = check(' ') {
+            return Some(gap);
+        }
+        for chunk in text.utf8_chunks() {
+            if let Some(gap) = chunk.valid().chars().find_map(&mut check) {
+                return Some(gap);
+            }
+            if let Some(b) = lacks(chunk.invalid()) {
+                return Some((format!("\\x{b:02X}"), b));
+            }
+        }
+        None
+    }
 }
 
 /// Checks `path` as described in the module docs and summarises its metadata.
@@ -86,7 +160,8 @@ pub fn check_gguf(path: &Path, vocabulary: bool) -> Result<GgufSummary, BackendE
         Ok(f) => Pooling::for_sequence_embedding(f),
         Err(e) => Err(format!("corral cannot read this file's metadata ({e}), so not its pooling")),
     };
-    let summary = summarise(&guard, path, meta.len(), embedding_pooling);
+    let spm_gaps = file.as_ref().ok().and_then(SpmGaps::of).map(std::sync::Arc::new);
+    let summary = summarise(&guard, path, meta.len(), embedding_pooling, spm_gaps);
     drop(guard);
     let summary = summary?;
     if let Ok(file) = &file {
@@ -465,23 +540,6 @@ fn check_vocabulary(g: &GgufFile, path: &Path) -> Result<(), BackendError> {
     if model == Some("rwkv") && !arch.contains("rwkv") {
         return Err(bad(format!("an RWKV tokenizer on a {arch} model")));
     }
-    // SentencePiece vocabularies spell a piece they lack as its bytes, each as `<0xXX>` or
-    // the byte itself; llama.cpp looks a missing one up with `std::map::at`, whose
-    // exception crosses its C API and ends the process.
-    if g.get_str("tokenizer.ggml.model") == Some("llama") {
-        for b in 0..=255u8 {
-            let raw = if b < 0x80 { Some(char::from(b).to_string()) } else { None };
-            let raw = raw.map(|r| if b == 0 { String::new() } else { r });
-            if !ids.contains_key(format!("<0x{b:02X}>").as_str())
-                && !raw.as_deref().is_some_and(|r| ids.contains_key(r))
-            {
-                return Err(bad(format!(
-                    "it is a SentencePiece vocabulary without the byte token <0x{b:02X}>, \
-                     which spells text its pieces do not cover"
-                )));
-            }
-        }
-    }
     if let Some(merges) = g.get_str_array("tokenizer.ggml.merges") {
         for (i, m) in merges.iter().enumerate() {
             let Some((a, b)) = m.split_once(' ') else {
@@ -569,6 +627,7 @@ fn summarise(
     path: &Path,
     file_len: u64,
     embedding_pooling: Result<Pooling, String>,
+    spm_gaps: Option<std::sync::Arc<SpmGaps>>,
 ) -> Result<GgufSummary, BackendError> {
     let ctx = g.0;
     let mut s = GgufSummary {
@@ -577,6 +636,7 @@ fn summarise(
         n_tensors: 0,
         arrays: Vec::new(),
         embedding_pooling,
+        spm_gaps,
     };
     // SAFETY (all calls below): `ctx` is a live gguf context; indices are in range of the
     // counts ggml reports.
@@ -775,6 +835,33 @@ mod tests {
         let capped = vec![("final_logit_softcapping", Value::F32(0.0))];
         let e = check_hyperparameters(&file("gemma2", Value::U32(2), capped), path).unwrap_err();
         assert!(e.message().contains("final_logit_softcapping"), "{}", e.message());
+    }
+
+    /// A SentencePiece vocabulary without every byte token spells what its pieces or
+    /// byte tokens cover and names the first character it cannot, with the byte it lacks;
+    /// spaces are `▁`; bytes that are no UTF-8 go one by one.
+    #[test]
+    fn spm_gaps_name_what_the_vocabulary_cannot_spell() {
+        use corral_gguf::writer::GgufBuilder;
+        let vocab = |tokens: Vec<String>| {
+            let mut b = GgufBuilder::new();
+            b.add_metadata("tokenizer.ggml.model", Value::String("llama".into())).unwrap();
+            b.add_metadata("tokenizer.ggml.tokens", Value::string_array(tokens)).unwrap();
+            GgufFile::from_bytes(&b.begin(Vec::new()).unwrap().finish().unwrap()).unwrap()
+        };
+        let all: Vec<String> = (0..=255u8).map(|b| format!("<0x{b:02X}>")).collect();
+        assert!(SpmGaps::of(&vocab(all.clone())).is_none(), "every byte has its token");
+        let mut tokens: Vec<String> =
+            all.into_iter().filter(|t| t != "<0xE2>" && t != "<0xFF>").collect();
+        tokens.extend(["\u{2581}", "é", "☕"].map(String::from));
+        let gaps = SpmGaps::of(&vocab(tokens.clone())).expect("two bytes lack tokens");
+        assert_eq!(gaps.unspellable("a café ☕ ok".as_bytes()), None, "☕ is a piece");
+        assert_eq!(gaps.unspellable("a – b".as_bytes()), Some(("–".into(), 0xE2)));
+        assert_eq!(gaps.unspellable(b"ok \xFF"), Some(("\\xFF".into(), 0xFF)));
+        // Without a `▁` piece every text needs <0xE2>: the space prefix is one.
+        tokens.retain(|t| t != "\u{2581}");
+        let gaps = SpmGaps::of(&vocab(tokens)).unwrap();
+        assert_eq!(gaps.unspellable(b"ok"), Some(("\u{2581}".into(), 0xE2)));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::backend::LlamaOptions;
 use crate::context::LlamaContext;
 use corral_gguf::pooling::Pooling;
 
-use crate::gguf_check::{GgufSummary, file_type_name};
+use crate::gguf_check::{GgufSummary, SpmGaps, file_type_name};
 use crate::logging;
 
 /// Owns the `llama_model` and frees it when the last model handle or context goes.
@@ -44,6 +44,9 @@ pub(crate) struct ModelInner {
     pub(crate) head_sizes: (u32, u32),
     /// How an embedding context pools, or why this file makes no sequence embedding.
     pub(crate) embedding_pooling: Result<Pooling, String>,
+    /// What a SentencePiece vocabulary without every byte token cannot spell; texts with
+    /// such a character are refused before llama.cpp's tokenizer throws on them.
+    spm_gaps: Option<Arc<SpmGaps>>,
     /// The vocabulary's special tokens, for cutting long texts before `llama_tokenize`
     /// (built on the first long text).
     special_matcher: OnceLock<SpecialMatcher>,
@@ -224,6 +227,7 @@ impl ModelInner {
                 n_head,
                 head_sizes,
                 embedding_pooling: summary.embedding_pooling,
+                spm_gaps: summary.spm_gaps,
                 special_matcher: OnceLock::new(),
                 affixes: OnceLock::new(),
             }
@@ -313,6 +317,12 @@ impl ModelInner {
         add_special: bool,
         parse_special: bool,
     ) -> Result<Vec<u32>, BackendError> {
+        if let Some((what, byte)) = self.spm_gaps.as_ref().and_then(|g| g.unspellable(text)) {
+            return Err(BackendError::invalid(format!(
+                "this model's vocabulary cannot spell {what:?}: it has no piece for it and no \
+                 byte token <0x{byte:02X}> (a SentencePiece vocabulary without byte fallback)"
+            )));
+        }
         // llama.cpp gives -1 (no token) for text its vocabulary has no unknown token for
         // (BERT, RWKV and T5 vocabularies without one).
         let as_ids = |v: Vec<sys::llama_token>| -> Result<Vec<u32>, BackendError> {
