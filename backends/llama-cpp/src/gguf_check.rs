@@ -78,7 +78,7 @@ impl SpmGaps {
         missing
             .iter()
             .any(|&m| m)
-            .then(|| SpmGaps { missing, pieces: tokens.iter().map(|t| t.to_string()).collect() })
+            .then(|| SpmGaps { missing, pieces: tokens.iter().map(ToString::to_string).collect() })
     }
 
     /// The first character of `text` the vocabulary cannot spell (as text), with a byte
