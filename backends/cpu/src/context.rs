@@ -6,11 +6,10 @@ use corral_backend_api::{
     BackendError, BatchEntry, ContextParams, ErrorKind,
     plugin::{BatchLimits, Context, check_batch, check_seq},
 };
+use corral_gguf::pooling::Pooling;
 
 use crate::forward::{Output, Profile, Scratch, forward};
 use crate::kv::{SeqCache, range};
-use corral_gguf::pooling::Pooling;
-
 use crate::model::ModelInner;
 
 /// Largest number of sequences a context accepts.
