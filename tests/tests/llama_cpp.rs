@@ -441,3 +441,51 @@ fn ggufs_that_abort_llama_cpp_at_first_use_are_refused() {
     assert_eq!(status, 200, "a pooling type matters only to embeddings: {v}");
     assert_eq!(metric(&s, "corral_worker_crashes_total"), 0.0, "no engine worker died");
 }
+
+/// Copying or creating onto the name of a loaded model makes the scheduler forget the
+/// loaded one (the name now means other weights). That once held the scheduler's lock
+/// into `loaded()`, which took it again: the copy and every later request hung until
+/// SIGKILL. Both answer now, and the next request loads the model under its new meaning.
+#[test]
+fn copying_onto_a_loaded_models_name_does_not_hang_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(plugin) = llama_cpp_plugin_dir(&dir.path().join("plugins")) else { return };
+    let gguf = generate_arch_model(dir.path(), "llama.gguf", "llama");
+    let store = dir.path().join("store");
+    let s = Server::start(&[plugin.as_path()], &[("CORRAL_MODELS", store.to_str().unwrap())], &[]);
+    let quick = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let post = |path: &str, body: &serde_json::Value| {
+        let r = quick.post(format!("{}{path}", s.url)).json(body).send();
+        let r = r.unwrap_or_else(|err| panic!("{path} hung: {err}\n{}", s.log()));
+        (r.status().as_u16(), r.json::<serde_json::Value>().unwrap_or(serde_json::Value::Null))
+    };
+    for name in ["first", "second"] {
+        let (st, v) = post(
+            "/api/create",
+            &serde_json::json!({"model": name, "modelfile": format!("FROM {}", gguf.display())}),
+        );
+        assert_eq!(st, 200, "{v}");
+    }
+    let generate = serde_json::json!({"model": "victim", "prompt": "hi", "stream": false, "options": {"num_predict": 2}});
+    assert_eq!(
+        post("/api/copy", &serde_json::json!({"source": "first", "destination": "victim"})).0,
+        200
+    );
+    assert_eq!(post("/api/generate", &generate).0, 200, "victim loads");
+    assert_eq!(
+        post("/api/copy", &serde_json::json!({"source": "second", "destination": "victim"})).0,
+        200
+    );
+    assert_eq!(post("/api/generate", &generate).0, 200, "victim loads again");
+    let (st, v) = post(
+        "/api/create",
+        &serde_json::json!({"model": "victim", "from": "first", "stream": false}),
+    );
+    assert_eq!(st, 200, "create onto a loaded name: {v}");
+    let r = quick.get(format!("{}/api/ps", s.url)).send().expect("the server still answers");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(post("/api/generate", &generate).0, 200);
+}

@@ -1175,9 +1175,12 @@ impl Scheduler {
     /// running on the old one finish on it.
     pub fn forget(&self, name: &str) {
         let key = crate::models::load_key(name);
-        if let Some(l) =
-            self.models.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key)
-        {
+        // The lock ends with this statement: `loaded()` below takes it again (held through
+        // an `if let` body, it deadlocked every later request; `significant_drop_in_scrutinee`
+        // now denies the pattern).
+        let removed =
+            self.models.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key);
+        if let Some(l) = removed {
             tracing::info!(model = %key, "forgetting the loaded model: its name changed");
             self.metrics.loaded_models.store(self.loaded().len(), Ordering::Relaxed);
             // Its engine ends when the last request on it does.
