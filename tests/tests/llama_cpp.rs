@@ -489,3 +489,46 @@ fn copying_onto_a_loaded_models_name_does_not_hang_the_server() {
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(post("/api/generate", &generate).0, 200);
 }
+
+/// An embedding request holds at most 10,000 texts (100,000 one-word inputs held a core
+/// for minutes), and one whose client goes away stops at its next
+/// input instead of embedding the rest for nobody while other requests wait behind it.
+#[test]
+fn embedding_requests_are_bounded_and_stop_when_the_client_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(plugin) = llama_cpp_plugin_dir(&dir.path().join("plugins")) else { return };
+    let gguf = generate_arch_model(dir.path(), "llama.gguf", "llama");
+    let model = gguf.to_string_lossy().to_string();
+    let s = Server::start(&[plugin.as_path()], &[], &[]);
+    let too_many = vec!["word"; 10_001];
+    for path in ["/api/embed", "/v1/embeddings"] {
+        let (st, v) =
+            post_json(&s.url, path, &serde_json::json!({"model": model, "input": too_many}));
+        let v: String = v.to_string().chars().take(300).collect();
+        assert_eq!(st, 400, "{path}: {v}");
+        assert!(v.contains("10000"), "{path}: {v}");
+    }
+    // 2,048 long texts: ~27 s of work on a 2-core machine. The client leaves after half a
+    // second; before, the next request waited for all of it.
+    let long = "the quick brown fox jumps over the lazy dog ".repeat(40);
+    let inputs = vec![long.as_str(); 2048];
+    let impatient = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let t = std::time::Instant::now();
+    let r = impatient
+        .post(format!("{}/api/embed", s.url))
+        .json(&serde_json::json!({"model": model, "input": inputs}))
+        .send();
+    assert!(r.is_err(), "2,048 long texts took under half a second: the test needs more work");
+    let (st, v) =
+        post_json(&s.url, "/api/embed", &serde_json::json!({"model": model, "input": "hi"}));
+    assert_eq!(st, 200, "{v}");
+    let waited = t.elapsed();
+    println!("a one-word embedding answered {waited:?} after the abandoned request began");
+    assert!(
+        waited < std::time::Duration::from_secs(10),
+        "waited {waited:?} behind an abandoned request"
+    );
+}

@@ -477,6 +477,11 @@ pub fn embed_inputs(v: Option<&Value>) -> Result<Vec<String>, ApiError> {
     match v {
         None | Some(Value::Null) => Ok(vec![]),
         Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Array(a)) if a.len() > MAX_EMBED_INPUTS => Err(ApiError::bad_request(format!(
+            "input holds {} texts; at most {MAX_EMBED_INPUTS} are embedded per request: send \
+             the rest in further requests",
+            a.len()
+        ))),
         Some(Value::Array(a)) => a
             .iter()
             .map(|x| {
@@ -493,9 +498,26 @@ pub fn embed_inputs(v: Option<&Value>) -> Result<Vec<String>, ApiError> {
     }
 }
 
+/// Texts one embedding request may hold, as many as the Anthropic and Responses APIs'
+/// items. Ollama sets none (100,000 one-word inputs held a core for minutes and answered
+/// 132 MB); OpenAI's is 2,048, but LangChain's `OllamaEmbeddings` sends a whole corpus in
+/// one request.
+pub const MAX_EMBED_INPUTS: usize = 10_000;
+
+/// Sets its flag when dropped: the request future that owns it was dropped (the client
+/// went away), so work done for it on the blocking pool can stop.
+struct CancelOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Embeds `inputs`; returns vectors, tokens evaluated and load time. An input longer
 /// than the context is cut to it (`truncate`) or refused with a 400 naming the limit;
-/// `num_ctx` (the request's option) reloads the model with that context.
+/// `num_ctx` (the request's option) reloads the model with that context. A client that
+/// goes away stops the work at the next input.
 pub async fn embed_texts(
     state: &Arc<AppState>,
     model: &Named,
@@ -510,10 +532,15 @@ pub async fn embed_texts(
     }
     let (guard, load) = state.sched.acquire(&model.name, keep_alive, num_ctx).await?;
     let loaded = guard.loaded.clone();
+    let cancelled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _cancel_on_drop = CancelOnDrop(cancelled.clone());
     let (vecs, count) = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
         let mut count = 0;
         for text in &inputs {
+            if cancelled.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(ApiError::bad_request("the client went away"));
+            }
             let mut tokens = loaded.model.tokenize(text, true, false)?;
             let n_ctx = loaded.num_ctx as usize;
             if tokens.len() > n_ctx {
