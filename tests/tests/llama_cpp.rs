@@ -532,3 +532,72 @@ fn embedding_requests_are_bounded_and_stop_when_the_client_leaves() {
         "waited {waited:?} behind an abandoned request"
     );
 }
+
+/// Deleting a model while requests run on it: they finish (the engine was stopped under
+/// requests still being set up, which answered 500 "the engine loop has stopped"), the
+/// model leaves `/api/ps` (a request that resolved the name before the delete loaded a
+/// deleted model back), the next request is a 404, and no worker "crash" is reported
+/// for an engine the server stopped itself.
+#[test]
+fn deleting_a_model_in_use_lets_its_requests_finish() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let Some(plugin) = llama_cpp_plugin_dir(&dir.path().join("plugins")) else { return };
+    let gguf = generate_arch_model(dir.path(), "llama.gguf", "llama");
+    let store = dir.path().join("store");
+    let s = Server::start(&[plugin.as_path()], &[("CORRAL_MODELS", store.to_str().unwrap())], &[]);
+    let modelfile = format!("FROM {}", gguf.display());
+    let (st, v) = post_json(
+        &s.url,
+        "/api/create",
+        &serde_json::json!({"model": "victim", "modelfile": modelfile}),
+    );
+    assert_eq!(st, 200, "{v}");
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let streams: Vec<_> = (0..20)
+        .map(|i| {
+            let url = s.url.clone();
+            let started = started_tx.clone();
+            std::thread::spawn(move || {
+                let options = serde_json::json!({"num_predict": 300, "temperature": 0});
+                let content = format!("story {i}");
+                let (path, body) = if i % 2 == 0 {
+                    let body = serde_json::json!({"model": "victim", "prompt": content, "options": options});
+                    ("/api/generate", body)
+                } else {
+                    let messages = [serde_json::json!({"role": "user", "content": content})];
+                    let body = serde_json::json!({"model": "victim", "messages": messages, "options": options});
+                    ("/api/chat", body)
+                };
+                let r = http_client().post(format!("{url}{path}")).json(&body).send().unwrap();
+                let status = r.status().as_u16();
+                let mut last = serde_json::Value::Null;
+                for line in std::io::BufReader::new(r).lines() {
+                    let _ = started.send(());
+                    last = serde_json::from_str(&line.unwrap()).unwrap_or_default();
+                }
+                (status, last)
+            })
+        })
+        .collect();
+    // Delete while they stream (and, for the ones still starting, while they set up).
+    started_rx.recv_timeout(std::time::Duration::from_secs(60)).expect("a stream started");
+    let r = http_client()
+        .delete(format!("{}/api/delete", s.url))
+        .json(&serde_json::json!({"model": "victim"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    for t in streams {
+        let (status, last) = t.join().unwrap();
+        assert_eq!(status, 200, "{last}");
+        assert_eq!(last["done"], true, "a request running when its model was deleted: {last}");
+    }
+    let (st, ps) = get_json(&s.url, "/api/ps");
+    assert_eq!(st, 200);
+    assert!(!ps.to_string().contains("victim"), "a deleted model stays loaded: {ps}");
+    let again = serde_json::json!({"model": "victim", "prompt": "hi", "stream": false});
+    assert_eq!(post_json(&s.url, "/api/generate", &again).0, 404);
+    assert_eq!(metric(&s, "corral_worker_crashes_total"), 0.0, "{}", s.log());
+    assert!(!s.log().contains("crashed"), "{}", s.log());
+}

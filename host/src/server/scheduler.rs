@@ -915,21 +915,17 @@ impl Scheduler {
                 models.remove(key);
             }
         }
-        let deadline = Instant::now() + self.reload_wait();
-        while old.inflight.load(Ordering::SeqCst) > 0 || old.active() > 0 {
-            if Instant::now() > deadline {
-                let from = old.num_ctx;
-                self.models
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .entry(key.to_string())
-                    .or_insert(old);
-                return Err(ApiError::busy(format!(
-                    "model {key} is in use with num_ctx {from}; it can be reloaded with num_ctx \
-                     {num_ctx} once its requests finish; retry later"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if !Self::wait_idle(&old, Instant::now() + self.reload_wait()).await {
+            let from = old.num_ctx;
+            self.models
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(key.to_string())
+                .or_insert(old);
+            return Err(ApiError::busy(format!(
+                "model {key} is in use with num_ctx {from}; it can be reloaded with num_ctx \
+                 {num_ctx} once its requests finish; retry later"
+            )));
         }
         self.metrics.loaded_models.store(self.loaded().len(), Ordering::Relaxed);
         let _ = tokio::task::spawn_blocking(move || old.engine.shutdown()).await;
@@ -1188,20 +1184,52 @@ impl Scheduler {
         }
     }
 
-    /// Unloads `name` now (waits, on the blocking pool, for its engine thread to end).
+    /// Unloads `name`: it leaves the map at once (the next request loads it again), the
+    /// requests that hold it finish first (up to [`Scheduler::reload_wait`]; an engine
+    /// stopped under them answered 500 "the engine loop has stopped"), then its engine
+    /// stops (waited for on the blocking pool). Past the wait the engine ends when its last
+    /// request does. False when it was not loaded.
     pub async fn unload(&self, name: &str) -> bool {
         let key = crate::models::load_key(name);
         let removed =
             self.models.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key);
         self.metrics.loaded_models.store(self.loaded().len(), Ordering::Relaxed);
-        match removed {
-            Some(l) => {
-                tracing::info!(model = %key, "unloading");
-                let _ = tokio::task::spawn_blocking(move || l.engine.shutdown()).await;
-                true
-            }
-            None => false,
+        let Some(l) = removed else { return false };
+        tracing::info!(model = %key, "unloading");
+        if !Self::wait_idle(&l, Instant::now() + self.reload_wait()).await {
+            tracing::info!(model = %key, "its requests still run; its engine ends when they do");
+            return true;
         }
+        let _ = tokio::task::spawn_blocking(move || l.engine.shutdown()).await;
+        true
+    }
+
+    /// Waits until no request holds `l` and its engine runs no sequence; false if that
+    /// did not happen by `deadline`.
+    async fn wait_idle(l: &Loaded, deadline: Instant) -> bool {
+        while l.inflight.load(Ordering::SeqCst) > 0 || l.active() > 0 {
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    /// Holds `name`'s loads off: a load of it in flight finishes (and is in the map)
+    /// before this returns, and none starts until the guard drops. `/api/delete` removes
+    /// the model under it, so no load that resolved the name before the removal puts a
+    /// deleted model back in the map.
+    pub async fn hold_loads(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let key = crate::models::load_key(name);
+        let lock = self
+            .loading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(key)
+            .or_default()
+            .clone();
+        lock.lock_owned().await
     }
 
     /// Unloads every idle model whose keep-alive has expired.

@@ -358,11 +358,17 @@ pub async fn delete(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
     let req: DeleteRequest = parse_body(&body)?;
     let name = name_of(&req.model.or(req.name).unwrap_or_default())?;
     let store = store_of(&state)?;
-    state.sched.unload(&name.to_string()).await;
+    let key = name.to_string();
+    // Under the model's load lock, so that a load that resolved the name before it is
+    // removed is in the map (and unloaded below), not put back after.
+    let hold = state.sched.hold_loads(&key).await;
     tokio::task::spawn_blocking(move || store.remove(&name))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(ApiError::from)?;
+    drop(hold);
+    // Requests running on it finish; new ones find no such model.
+    state.sched.unload(&key).await;
     Ok(StatusCode::OK.into_response())
 }
 

@@ -49,6 +49,9 @@ pub(crate) struct WorkerProcess {
     tail: Arc<Mutex<VecDeque<String>>>,
     /// Why the worker is gone, once it is.
     dead: Mutex<Option<String>>,
+    /// Set by [`WorkerProcess::shutdown`]: the worker's end from then on is ours, not a
+    /// crash (a call racing the shutdown saw it exit with status 0 and reported a crash).
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl WorkerProcess {
@@ -95,6 +98,7 @@ impl WorkerProcess {
             context_channel: Mutex::new(Channel { stream: ctx_host }),
             tail,
             dead: Mutex::new(None),
+            closing: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -140,6 +144,12 @@ impl WorkerProcess {
     /// Records that the worker is gone (killing it when it hangs) and returns the error
     /// that says so.
     fn fail(&self, hung_for: Option<Duration>) -> BackendError {
+        if self.closing.load(std::sync::atomic::Ordering::SeqCst) {
+            return BackendError::internal(format!(
+                "{} was stopped: its model was unloaded",
+                self.label
+            ));
+        }
         let mut dead = self.dead.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(why) = dead.as_ref() {
             return BackendError::internal(why.clone());
@@ -195,6 +205,7 @@ impl WorkerProcess {
     /// Ends the worker: closes its channels (it exits on end of stream), waits up to two
     /// seconds, then kills it. Reaps the process either way.
     pub(crate) fn shutdown(&self) {
+        self.closing.store(true, std::sync::atomic::Ordering::SeqCst);
         for ch in [&self.model_channel, &self.context_channel] {
             let ch = ch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let _ = ch.stream.shutdown(std::net::Shutdown::Both);
