@@ -111,6 +111,20 @@ fn param_type(name: &str) -> Option<ParamType> {
     })
 }
 
+/// A structured `PARAMETER` (Ollama's `/api/create` `parameters`): `value` as the JSON
+/// type the parameter takes (an integer, a finite number, a bool, a string), as the
+/// Modelfile parser types its text. An error names the parameter and what it must be.
+pub fn typed_parameter(name: &str, value: &Value) -> Result<(), String> {
+    let Some(ty) = param_type(name) else { return Err(format!("unknown parameter {name:?}")) };
+    let (ok, want) = match ty {
+        ParamType::Int => (value.is_i64() || value.is_u64(), "an integer"),
+        ParamType::Float => (value.as_f64().is_some_and(f64::is_finite), "a number"),
+        ParamType::Bool => (value.is_boolean(), "true or false"),
+        ParamType::StringList | ParamType::Text => (value.is_string(), "a string"),
+    };
+    if ok { Ok(()) } else { Err(format!("parameter {name}: {value} is not {want}")) }
+}
+
 struct Scanner<'a> {
     s: &'a str,
     pos: usize,

@@ -963,6 +963,40 @@ fn store_endpoints_create_copy_show_delete() {
         post(&s, "/api/create", &json!({"model": "x", "modelfile": "FROM tiny\nBOGUS 1\n"}));
     assert_eq!(st, 400, "{v}");
     assert!(v["error"].as_str().unwrap().contains("line 2"), "{v}");
+    // Parameters, messages and licenses of the wrong type or out of range are refused
+    // when the model is made, not stored to fail every later request on it.
+    for (body, says) in [
+        (json!({"parameters": {"num_ctx": "x"}}), "num_ctx"),
+        (json!({"parameters": {"stop": 5}}), "stop"),
+        (json!({"parameters": {"top_k": "abc"}}), "top_k"),
+        (json!({"parameters": {"temperature": -5}}), "temperature"),
+        (json!({"parameters": {"nope": 1}}), "nope"),
+        (json!({"messages": [1]}), "messages"),
+        (json!({"messages": [{"role": 5}]}), "role"),
+        (json!({"license": ["a", 1]}), "license"),
+    ] {
+        let mut body = body;
+        body["model"] = json!("typed");
+        body["from"] = json!("tiny");
+        body["stream"] = json!(false);
+        let (st, v) = post(&s, "/api/create", &body);
+        assert_eq!(st, 400, "{body}: {v}");
+        assert!(v["error"].as_str().unwrap_or_default().contains(says), "{body}: {v}");
+    }
+    let (st, v) = post(
+        &s,
+        "/api/create",
+        &json!({"model": "x", "modelfile": "FROM tiny\nPARAMETER top_p 7\n"}),
+    );
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("top_p"), "{v}");
+    let (st, v) = post(
+        &s,
+        "/api/create",
+        &json!({"model": "typed", "from": "tiny", "stream": false,
+        "parameters": {"temperature": 0.3, "stop": ["a", "b"], "num_ctx": 512}}),
+    );
+    assert_eq!(st, 200, "good parameters: {v}");
 }
 
 fn sha256_hex(p: &Path) -> String {

@@ -198,31 +198,74 @@ fn structured_modelfile(store: &Store, req: &CreateRequest) -> Result<Modelfile,
     if let Some(s) = &req.system {
         commands.push(cmd(Directive::System(s.clone())));
     }
+    // Typed as the Modelfile parser types a PARAMETER line: a model whose stored
+    // parameter has the wrong type failed every later request with a 400 that blamed the
+    // request (`check_parameter_ranges` then checks the values for both paths).
+    let bad = |what: String| ApiError::bad_request(what);
     for (k, v) in req.parameters.iter().flatten() {
-        match v {
-            Value::Array(a) => {
-                for x in a {
-                    commands.push(cmd(Directive::Parameter { name: k.clone(), value: x.clone() }));
-                }
-            }
-            v => commands.push(cmd(Directive::Parameter { name: k.clone(), value: v.clone() })),
+        let values = match v {
+            Value::Array(a) => a.iter().collect(),
+            v => vec![v],
+        };
+        for x in values {
+            modelfile::typed_parameter(k, x).map_err(bad)?;
+            commands.push(cmd(Directive::Parameter { name: k.clone(), value: x.clone() }));
         }
     }
     for m in req.messages.iter().flatten() {
-        let role = m.get("role").and_then(Value::as_str).unwrap_or("user").to_string();
-        let content = m.get("content").and_then(Value::as_str).unwrap_or("").to_string();
+        if !m.is_object() {
+            return Err(bad(format!("messages: {m} is not a message object")));
+        }
+        let text = |key: &str| match m.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(bad(format!("messages: {key} must be a string, not {other}"))),
+        };
+        let role = text("role")?.unwrap_or_else(|| "user".into());
+        if !matches!(role.as_str(), "system" | "user" | "assistant") {
+            return Err(bad(format!(
+                "messages: role {role:?} is not one of system, user, assistant"
+            )));
+        }
+        let content = text("content")?.unwrap_or_default();
         commands.push(cmd(Directive::Message { role, content }));
     }
     match &req.license {
         Some(Value::String(s)) => commands.push(cmd(Directive::License(s.clone()))),
         Some(Value::Array(a)) => {
-            for l in a.iter().filter_map(Value::as_str) {
+            for l in a {
+                let l = l.as_str().ok_or_else(|| bad(format!("license: {l} is not a string")))?;
                 commands.push(cmd(Directive::License(l.to_string())));
             }
         }
-        _ => {}
+        None | Some(Value::Null) => {}
+        Some(other) => return Err(bad(format!("license: {other} is not a string or a list"))),
     }
     Ok(Modelfile { commands })
+}
+
+/// Refuses PARAMETERs a request's options would refuse (a temperature below 0, a `top_p`
+/// above 1, ...): stored in the model, they would fail every request on it with a 400 that
+/// blames the request.
+fn check_parameter_ranges(mf: &Modelfile) -> Result<(), ApiError> {
+    let mut params = serde_json::Map::new();
+    for c in &mf.commands {
+        if let Directive::Parameter { name, value } = &c.directive {
+            if name == "stop" {
+                let stops = params.entry(name.clone()).or_insert_with(|| Value::Array(vec![]));
+                if let Value::Array(a) = stops {
+                    a.push(value.clone());
+                }
+            } else {
+                params.insert(name.clone(), value.clone());
+            }
+        }
+    }
+    let mut options = corral_generation::options::SamplingOptions::default();
+    options
+        .apply_json(&Value::Object(params))
+        .and_then(|()| options.validate())
+        .map_err(|e| ApiError::bad_request(format!("PARAMETER {e}")))
 }
 
 /// Refuses a Modelfile whose `FROM` or `ADAPTER` names a file of the server's machine
@@ -293,6 +336,7 @@ pub async fn create(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
             }
         }
         check_local_files(&mf, &store, &allowed)?;
+        check_parameter_ranges(&mf)?;
         let mut lines = Vec::new();
         let mut progress = |s: &str| lines.push(json!({"status": s}));
         modelfile::create(
