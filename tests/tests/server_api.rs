@@ -75,6 +75,25 @@ fn oversized_request(s: &Server, path: &str, len: usize) -> (u16, String) {
     (status, answer)
 }
 
+/// Sends a POST whose body is `chunks` (chunked transfer encoding, as written) and
+/// returns the status and text of the answer.
+fn chunked_request(s: &Server, path: &str, chunks: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = s.url.trim_start_matches("http://");
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).unwrap();
+    let _ = tcp.write_all(chunks.as_bytes());
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, answer)
+}
+
 fn post_raw(s: &Server, path: &str, body: Vec<u8>) -> (u16, Value) {
     let r = client()
         .post(format!("{}{path}", s.url))
@@ -406,6 +425,16 @@ fn bad_input_gets_clear_errors_and_the_server_stays_up() {
     let (st, text) = oversized_request(&s, "/api/generate", 33 << 20);
     assert_eq!(st, 413, "{text}");
     assert!(text.contains("too large"), "{text}");
+    // A chunked body over the limit is a 413 too; one whose chunk sizes are no numbers is
+    // malformed, a 400 (it was called "too large").
+    let chunk = format!("{:x}\r\n{}\r\n", 1 << 20, "a".repeat(1 << 20));
+    let (st, text) = chunked_request(&s, "/api/generate", &chunk.repeat(33));
+    assert_eq!(st, 413, "{text}");
+    for bad in ["zz\r\nabc\r\n0\r\n\r\n", "-5\r\nabc\r\n0\r\n\r\n"] {
+        let (st, text) = chunked_request(&s, "/api/generate", bad);
+        assert_eq!(st, 400, "{bad:?}: {text}");
+        assert!(text.contains("could not be read"), "{text}");
+    }
     // DNS rebinding: a foreign Host header is refused.
     let r = client()
         .get(format!("{}/api/tags", s.url))

@@ -186,7 +186,16 @@ async fn limit_body(req: Request, next: Next) -> Result<Response, ApiError> {
             status: StatusCode::REQUEST_TIMEOUT,
             message: format!("the request body did not arrive within {} s", limit.as_secs()),
         })?
-        .map_err(|_| too_large())?;
+        .map_err(|e| {
+            // Over the limit is a 413; anything else is a body that could not be read (a
+            // malformed chunked encoding, a connection cut mid-body): a 400.
+            let e = e.into_inner();
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                too_large()
+            } else {
+                ApiError::bad_request(format!("the request body could not be read: {e}"))
+            }
+        })?;
     Ok(next.run(Request::from_parts(parts, Body::from(bytes))).await)
 }
 
