@@ -435,6 +435,12 @@ fn bad_input_gets_clear_errors_and_the_server_stays_up() {
         assert_eq!(st, 400, "{bad:?}: {text}");
         assert!(text.contains("could not be read"), "{text}");
     }
+    // An unknown path is Ollama's 404 (`error` a string, as Ollama's clients read it), not
+    // the Anthropic or Responses APIs' error object.
+    for path in ["/api/nope", "/v1/nope", "/nope"] {
+        let (st, v) = get(&s, path);
+        assert_eq!((st, &v), (404, &json!({"error": "404 page not found"})), "{path}");
+    }
     // DNS rebinding: a foreign Host header is refused.
     let r = client()
         .get(format!("{}/api/tags", s.url))

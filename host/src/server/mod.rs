@@ -230,14 +230,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .layer(middleware::from_fn(limit_body))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(middleware::from_fn(anthropic::error_shape));
+        // `route_layer`: a layer would wrap this router's fallback too, and the merged
+        // router's 404s (`/api/nope`) came out in another API's shape.
+        .route_layer(middleware::from_fn(anthropic::error_shape));
     // So do the Responses API's, in OpenAI's.
     let responses_api = Router::new()
         .route("/v1/responses", post(responses::create))
         .layer(middleware::from_fn(limit_body))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .route("/v1/responses/{id}", get(responses::get))
-        .layer(middleware::from_fn(responses::error_shape));
+        .route_layer(middleware::from_fn(responses::error_shape));
     let extra = state.origins.clone();
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::predicate(move |origin: &HeaderValue, _| {
