@@ -28,6 +28,9 @@ pub enum ErrorClass {
     OutOfMemory,
     /// A failure at run time.
     Internal,
+    /// Another server this one relies on (a registry) failed or could not be reached:
+    /// HTTP 502, not the server's own fault.
+    Upstream,
 }
 
 impl ErrorClass {
@@ -36,7 +39,10 @@ impl ErrorClass {
         match self {
             ErrorClass::BadInput | ErrorClass::Forbidden => 2,
             ErrorClass::NotFound => 3,
-            ErrorClass::Busy | ErrorClass::OutOfMemory | ErrorClass::Internal => 1,
+            ErrorClass::Busy
+            | ErrorClass::OutOfMemory
+            | ErrorClass::Internal
+            | ErrorClass::Upstream => 1,
         }
     }
 
@@ -49,6 +55,7 @@ impl ErrorClass {
             ErrorClass::Busy => 503,
             ErrorClass::OutOfMemory => 507,
             ErrorClass::Internal => 500,
+            ErrorClass::Upstream => 502,
         }
     }
 
@@ -87,6 +94,8 @@ impl ErrorClass {
             E::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 ErrorClass::NotFound
             }
+            // The registry answered with an error or could not be reached.
+            E::Registry { .. } => ErrorClass::Upstream,
             _ => ErrorClass::Internal,
         }
     }

@@ -1032,6 +1032,15 @@ fn store_endpoints_create_copy_show_delete() {
         "parameters": {"temperature": 0.3, "stop": ["a", "b"], "num_ctx": 512}}),
     );
     assert_eq!(st, 200, "good parameters: {v}");
+    // A registry that cannot be reached is the upstream's failure: 502, saying so.
+    let port = free_port();
+    let (st, v) = post(
+        &s,
+        "/api/pull",
+        &json!({"model": format!("127.0.0.1:{port}/ns/m:t"), "stream": false}),
+    );
+    assert_eq!(st, 502, "{v}");
+    assert!(v["error"].as_str().unwrap_or_default().contains("127.0.0.1"), "{v}");
 }
 
 fn sha256_hex(p: &Path) -> String {
