@@ -38,6 +38,12 @@ pub enum ModelsError {
         "model {0:?} is a file path, and this server takes model names only (start it with --allow-model-paths DIR to serve files under DIR)"
     )]
     PathNotAllowed(String),
+    /// A relative path from the network (`./m.gguf`, `../x`): relative to nothing the
+    /// client knows, so never resolved.
+    #[error(
+        "model {0:?} is a relative file path; over the network a model file is named by its absolute path, under a directory the server allows with --allow-model-paths"
+    )]
+    RelativePath(String),
     /// Not a valid model name.
     #[error("{0}")]
     InvalidName(#[source] corral_registry::Error),
@@ -52,7 +58,7 @@ impl ModelsError {
         match self {
             ModelsError::NotFound(_) | ModelsError::NoSuchFile(_) => ErrorClass::NotFound,
             ModelsError::InvalidName(_) => ErrorClass::BadInput,
-            ModelsError::PathNotAllowed(_) => ErrorClass::Forbidden,
+            ModelsError::PathNotAllowed(_) | ModelsError::RelativePath(_) => ErrorClass::Forbidden,
             ModelsError::Store(e) => ErrorClass::of_registry(e),
         }
     }
@@ -225,6 +231,9 @@ impl Resolver<'_> {
         }
         let name = match ModelName::parse(arg) {
             Ok(n) => n,
+            Err(_) if looks_like_path(arg) && self.paths != PathRule::Any && !p.is_absolute() => {
+                return Err(ModelsError::RelativePath(arg.to_string()));
+            }
             Err(_) if looks_like_path(arg) => {
                 return Err(ModelsError::NoSuchFile(arg.to_string()));
             }
@@ -342,6 +351,16 @@ mod tests {
         let e = resolve("./missing.gguf", Some(&store)).unwrap_err();
         assert_eq!(e.class().exit_code(), 3, "{e}");
         assert!(e.to_string().contains("does not exist"), "{e}");
+        // Over the network a relative path is refused as one, existing or not (it was
+        // "does not exist" for a file that does, relative to the server's directory).
+        let allowed = PathRule::Under(vec![dir.path().to_path_buf()]);
+        for arg in ["./m.gguf", "../../../../etc/passwd", "./missing.gguf"] {
+            let e = Resolver { store: Some(&store), plugin_formats: &none, paths: allowed.clone() }
+                .resolve(arg)
+                .unwrap_err();
+            assert_eq!(e.class().http_status(), 403, "{arg}: {e}");
+            assert!(e.to_string().contains("relative file path"), "{arg}: {e}");
+        }
     }
 
     #[test]
