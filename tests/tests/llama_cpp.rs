@@ -442,6 +442,16 @@ fn ggufs_that_abort_llama_cpp_at_first_use_are_refused() {
     assert_eq!(metric(&s, "corral_worker_crashes_total"), 0.0, "no engine worker died");
 }
 
+/// A server on the llama.cpp plugin with a model store in `dir`, and a generated llama
+/// file to create models from; `None` when the plugin is not built.
+fn server_with_a_store(dir: &std::path::Path) -> Option<(Server, std::path::PathBuf)> {
+    let plugin = llama_cpp_plugin_dir(&dir.join("plugins"))?;
+    let gguf = generate_arch_model(dir, "llama.gguf", "llama");
+    let store = dir.join("store");
+    let s = Server::start(&[plugin.as_path()], &[("CORRAL_MODELS", store.to_str()?)], &[]);
+    Some((s, gguf))
+}
+
 /// Copying or creating onto the name of a loaded model makes the scheduler forget the
 /// loaded one (the name now means other weights). That once held the scheduler's lock
 /// into `loaded()`, which took it again: the copy and every later request hung until
@@ -449,10 +459,7 @@ fn ggufs_that_abort_llama_cpp_at_first_use_are_refused() {
 #[test]
 fn copying_onto_a_loaded_models_name_does_not_hang_the_server() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(plugin) = llama_cpp_plugin_dir(&dir.path().join("plugins")) else { return };
-    let gguf = generate_arch_model(dir.path(), "llama.gguf", "llama");
-    let store = dir.path().join("store");
-    let s = Server::start(&[plugin.as_path()], &[("CORRAL_MODELS", store.to_str().unwrap())], &[]);
+    let Some((s, gguf)) = server_with_a_store(dir.path()) else { return };
     let quick = reqwest::blocking::Client::builder()
         .timeout(std::time::Duration::from_secs(20))
         .build()
@@ -542,10 +549,7 @@ fn embedding_requests_are_bounded_and_stop_when_the_client_leaves() {
 fn deleting_a_model_in_use_lets_its_requests_finish() {
     use std::io::BufRead as _;
     let dir = tempfile::tempdir().unwrap();
-    let Some(plugin) = llama_cpp_plugin_dir(&dir.path().join("plugins")) else { return };
-    let gguf = generate_arch_model(dir.path(), "llama.gguf", "llama");
-    let store = dir.path().join("store");
-    let s = Server::start(&[plugin.as_path()], &[("CORRAL_MODELS", store.to_str().unwrap())], &[]);
+    let Some((s, gguf)) = server_with_a_store(dir.path()) else { return };
     let modelfile = format!("FROM {}", gguf.display());
     let (st, v) = post_json(
         &s.url,
