@@ -1232,6 +1232,16 @@ impl Scheduler {
         lock.lock_owned().await
     }
 
+    /// Drops `name`'s entry in the load locks once nobody holds or waits on it (after
+    /// [`Scheduler::hold_loads`]: one entry per deleted name would otherwise stay).
+    pub fn release_loads(&self, name: &str) {
+        let key = crate::models::load_key(name);
+        let mut loading = self.loading.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if loading.get(&key).is_some_and(|l| Arc::strong_count(l) == 1) {
+            loading.remove(&key);
+        }
+    }
+
     /// Unloads every idle model whose keep-alive has expired.
     pub async fn reap(&self) {
         self.forget_dead();

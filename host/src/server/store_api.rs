@@ -406,11 +406,10 @@ pub async fn delete(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
     // Under the model's load lock, so that a load that resolved the name before it is
     // removed is in the map (and unloaded below), not put back after.
     let hold = state.sched.hold_loads(&key).await;
-    tokio::task::spawn_blocking(move || store.remove(&name))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(ApiError::from)?;
+    let removed = tokio::task::spawn_blocking(move || store.remove(&name)).await;
     drop(hold);
+    state.sched.release_loads(&key);
+    removed.map_err(|e| ApiError::internal(e.to_string()))?.map_err(ApiError::from)?;
     // Requests running on it finish; new ones find no such model.
     state.sched.unload(&key).await;
     Ok(StatusCode::OK.into_response())
