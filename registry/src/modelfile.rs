@@ -81,6 +81,26 @@ pub struct Modelfile {
     pub commands: Vec<Command>,
 }
 
+impl Modelfile {
+    /// Its PARAMETERs as one map, as a model stores them: several `stop` lines make one
+    /// list; any other name given twice keeps the last value.
+    pub fn parameters(&self) -> Map<String, Value> {
+        let mut params = Map::new();
+        for c in &self.commands {
+            let Directive::Parameter { name, value } = &c.directive else { continue };
+            if name == "stop" {
+                let list = params.entry("stop").or_insert_with(|| Value::Array(Vec::new()));
+                if let Value::Array(a) = list {
+                    a.push(value.clone());
+                }
+            } else {
+                params.insert(name.clone(), value.clone());
+            }
+        }
+        params
+    }
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum ParamType {
     Int,
@@ -465,7 +485,6 @@ pub fn create(
     let mut params: Map<String, Value> = Map::new();
     let mut messages: Vec<Message> = Vec::new();
     let mut new_messages = false;
-    let mut new_params = false;
 
     // `REMOTE r` makes the FROM a model name on remote `r`: nothing is read here.
     let remote = remote_of(modelfile)?;
@@ -602,25 +621,16 @@ pub fn create(
                 }
                 messages.push(Message { role: role.clone(), content: content.clone() });
             }
-            Directive::Parameter { name, value } => {
-                if !new_params {
-                    new_params = true;
-                    // Stop lists from the base are replaced, not extended.
-                    if modelfile.commands.iter().any(|c| matches!(&c.directive, Directive::Parameter { name, .. } if name == "stop")) {
-                        params.remove("stop");
-                    }
-                }
-                if name == "stop" {
-                    let list = params.entry("stop").or_insert_with(|| Value::Array(Vec::new()));
-                    if let Value::Array(a) = list {
-                        a.push(value.clone());
-                    }
-                } else {
-                    params.insert(name.clone(), value.clone());
-                }
-            }
+            // Taken together below (`Modelfile::parameters`).
+            Directive::Parameter { .. } => {}
         }
     }
+    let new_params = modelfile.parameters();
+    // Stop lists from the base are replaced, not extended.
+    if new_params.contains_key("stop") {
+        params.remove("stop");
+    }
+    params.extend(new_params);
     if !params.is_empty() {
         let json = serde_json::to_string(&params).unwrap_or_default();
         layers.push(text_layer(&pin, MEDIA_TYPE_PARAMS, &json)?);

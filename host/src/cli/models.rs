@@ -33,7 +33,7 @@ use corral_registry::{
 };
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use reqwest::Method;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 /// Where the store is (shared by every store command).
 #[derive(Args, Debug, Clone)]
@@ -259,7 +259,7 @@ fn create_remote(
     // With REMOTE, FROM names the model on the remote: no file is read or sent.
     let remote = mf.commands.iter().any(|c| matches!(c.directive, Directive::Remote(_)));
     let (mut template, mut system) = (None, None);
-    let mut parameters = Map::new();
+    let parameters = mf.parameters();
     let mut messages = Vec::new();
     let mut licenses = Vec::new();
     for cmd in &mf.commands {
@@ -297,16 +297,8 @@ fn create_remote(
             Directive::Message { role, content } => {
                 messages.push(json!({"role": role, "content": content}));
             }
-            Directive::Parameter { name, value } if name == "stop" => {
-                // Several `PARAMETER stop` lines make one list.
-                let list = parameters.entry("stop").or_insert_with(|| Value::Array(Vec::new()));
-                if let Value::Array(items) = list {
-                    items.push(value.clone());
-                }
-            }
-            Directive::Parameter { name, value } => {
-                parameters.insert(name.clone(), value.clone());
-            }
+            // Taken together below (`Modelfile::parameters`).
+            Directive::Parameter { .. } => {}
         }
     }
     let mut body = json!({"model": name.to_string(), "stream": true});

@@ -248,22 +248,9 @@ fn structured_modelfile(store: &Store, req: &CreateRequest) -> Result<Modelfile,
 /// above 1, ...): stored in the model, they would fail every request on it with a 400 that
 /// blames the request.
 fn check_parameter_ranges(mf: &Modelfile) -> Result<(), ApiError> {
-    let mut params = serde_json::Map::new();
-    for c in &mf.commands {
-        if let Directive::Parameter { name, value } = &c.directive {
-            if name == "stop" {
-                let stops = params.entry(name.clone()).or_insert_with(|| Value::Array(vec![]));
-                if let Value::Array(a) = stops {
-                    a.push(value.clone());
-                }
-            } else {
-                params.insert(name.clone(), value.clone());
-            }
-        }
-    }
     let mut options = corral_generation::options::SamplingOptions::default();
     options
-        .apply_json(&Value::Object(params))
+        .apply_json(&Value::Object(mf.parameters()))
         .and_then(|()| options.validate())
         .map_err(|e| ApiError::bad_request(format!("PARAMETER {e}")))
 }
