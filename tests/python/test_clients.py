@@ -141,6 +141,37 @@ def test_openai_tool_calls(ai):
     assert json.loads(call.function.arguments)["city"] in ("Paris", "Oslo")
 
 
+def test_openai_tool_choice(ai):
+    """tool_choice "required" and a named function force the call (no response_format
+    needed); a name not among the tools, an unknown choice and malformed tools are 400s."""
+    msgs = [{"role": "user", "content": "Weather in Oslo?"}]
+    for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+        r = ai.chat.completions.create(model="tiny", messages=msgs, tools=[WEATHER_TOOL],
+                                       tool_choice=choice, max_tokens=200, seed=4)
+        call = r.choices[0].message.tool_calls[0]
+        assert r.choices[0].finish_reason == "tool_calls"
+        assert call.function.name == "get_weather"
+        assert isinstance(json.loads(call.function.arguments)["city"], str)
+    bad = [
+        dict(tools=[WEATHER_TOOL], tool_choice={"type": "function", "function": {"name": "nope"}}),
+        dict(tools=[WEATHER_TOOL], tool_choice="sometimes"),
+        dict(tool_choice="required"),
+        dict(tools=["get_weather"]),
+        dict(tools=[{"type": "function", "function": {"description": "no name"}}]),
+        dict(tools=[{"type": "function", "function": {"name": "f", "parameters": "x"}}]),
+    ]
+    for kwargs in bad:
+        with pytest.raises(openai.BadRequestError):
+            ai.chat.completions.create(model="tiny", messages=msgs, max_tokens=5, **kwargs)
+
+
+def test_malformed_tools_are_refused(oc):
+    with pytest.raises(ollama.ResponseError) as e:
+        oc.chat(model="tiny", messages=[{"role": "user", "content": "x"}],
+                tools=[{"type": "function", "function": {"parameters": {}}}])
+    assert e.value.status_code == 400 and "tools[0].function.name" in str(e.value)
+
+
 def test_logprobs(oc, ai):
     r = ai.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}],
                                    max_tokens=6, temperature=0, logprobs=True, top_logprobs=2)

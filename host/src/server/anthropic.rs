@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 
 use super::{
     AppState,
-    generation::{self, GenRequest, Piece, Running, SamplingFields},
+    generation::{self, GenRequest, MAX_TOOLS, Piece, Running, SamplingFields, ToolChoice},
     util::{ApiError, parse_body_lenient},
 };
 use crate::{engine_loop::Stats, prompt::Message};
@@ -35,8 +35,6 @@ use crate::{engine_loop::Stats, prompt::Message};
 const MAX_MESSAGES: usize = 10_000;
 /// Most content blocks one message (or `system`, or a tool result) may carry.
 const MAX_BLOCKS: usize = 10_000;
-/// Most tools one request may offer.
-const MAX_TOOLS: usize = 1_000;
 
 /// An error in Anthropic's shape: `{"type": "error", "error": {"type", "message"}}`.
 pub struct AnthropicError(pub ApiError);
@@ -155,27 +153,15 @@ fn parse_request(body: &[u8]) -> Result<MessagesRequest, ApiError> {
     Ok(req)
 }
 
-/// What `tool_choice` asks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum ToolChoice {
-    /// The model decides (the default).
-    Auto,
-    /// The model must call one of the tools.
-    Any,
-    /// The model must call this tool.
-    Tool(String),
-    /// The model must not call tools.
-    None,
-}
-
+/// Anthropic's `tool_choice`: `{"type": "auto" | "any" | "tool" | "none"}`.
 fn tool_choice_of(v: Option<&Value>) -> Result<ToolChoice, ApiError> {
     let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(ToolChoice::Auto) };
     match v.get("type").and_then(Value::as_str) {
         Some("auto") => Ok(ToolChoice::Auto),
-        Some("any") => Ok(ToolChoice::Any),
+        Some("any") => Ok(ToolChoice::Required),
         Some("none") => Ok(ToolChoice::None),
         Some("tool") => match v.get("name").and_then(Value::as_str) {
-            Some(name) => Ok(ToolChoice::Tool(name.to_string())),
+            Some(name) => Ok(ToolChoice::Named(name.to_string())),
             None => Err(ApiError::bad_request("tool_choice.name: a string is required")),
         },
         _ => Err(ApiError::bad_request(format!(
@@ -670,19 +656,6 @@ fn options_of(req: &MessagesRequest, max_tokens: i64) -> Result<Value, ApiError>
     .to_options("max_tokens")
 }
 
-/// The grammar that forces a tool call, when `tool_choice` asks for one.
-fn forced_call(
-    choice: &ToolChoice,
-    tools: Option<&[Value]>,
-) -> Result<Option<Arc<Grammar>>, ApiError> {
-    let tools = tools.unwrap_or_default();
-    match choice {
-        ToolChoice::Any => generation::forced_tool_call_grammar(tools, None).map(Some),
-        ToolChoice::Tool(name) => generation::forced_tool_call_grammar(tools, Some(name)).map(Some),
-        ToolChoice::Auto | ToolChoice::None => Ok(None),
-    }
-}
-
 /// The grammar of `output_config.format` (structured outputs:
 /// `{"type": "json_schema", "schema": {...}}`); `effort` is accepted and ignored.
 fn output_format_grammar(config: Option<&Value>) -> Result<Option<Arc<Grammar>>, ApiError> {
@@ -711,7 +684,7 @@ pub async fn messages(State(state): State<Arc<AppState>>, body: Bytes) -> Anthro
     let options = options_of(&req, max_tokens)?;
     let Parsed { messages, tools, choice, think } = parse(&req)?;
     // A forced tool call's grammar, else the structured output's.
-    let grammar = match forced_call(&choice, tools.as_deref())? {
+    let grammar = match choice.forced_call_grammar(tools.as_deref())? {
         Some(g) => Some(g),
         None => output_format_grammar(req.output_config.as_ref())?,
     };
@@ -824,7 +797,7 @@ mod tests {
         assert!(e.message.contains("\"video\""), "{}", e.message);
         assert!(system_text(&json!(5)).is_err());
         assert!(tool_choice_of(Some(&json!({"type": "tool"}))).is_err());
-        assert_eq!(tool_choice_of(Some(&json!({"type": "any"}))).unwrap(), ToolChoice::Any);
+        assert_eq!(tool_choice_of(Some(&json!({"type": "any"}))).unwrap(), ToolChoice::Required);
         assert!(thinking_of(Some(&json!({"type": "enabled", "budget_tokens": -1}))).is_err());
         assert_eq!(
             thinking_of(Some(&json!({"type": "enabled", "budget_tokens": 2048}))).unwrap(),

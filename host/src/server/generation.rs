@@ -614,6 +614,139 @@ pub fn tool_name(tool: &Value) -> Option<&str> {
     tool.get("function")?.get("name")?.as_str()
 }
 
+/// Most tools one request may offer, on every API.
+pub const MAX_TOOLS: usize = 1_000;
+
+/// The tools of a request in the chat shape that OpenAI's `/v1/chat/completions` and
+/// Ollama's `/api/chat` share (`{"type": "function", "function": {"name", "description",
+/// "parameters"}}`), checked so that a malformed entry is a 400 naming it rather than
+/// something the template or the tool-call parser trips over: at most [`MAX_TOOLS`], each
+/// an object whose `type` (when given) is `"function"`, whose `function` is an object
+/// with a non-empty string `name`, a string `description` if any and a JSON schema
+/// object (or null) as `parameters`. Entries are kept as sent (templates read their other
+/// fields); an empty list is no tools.
+pub fn chat_tools(tools: Option<&[Value]>) -> Result<Option<Vec<Value>>, ApiError> {
+    let Some(tools) = tools.filter(|t| !t.is_empty()) else { return Ok(None) };
+    if tools.len() > MAX_TOOLS {
+        return Err(ApiError::bad_request(format!(
+            "{} tools offered; at most {MAX_TOOLS} are accepted",
+            tools.len()
+        )));
+    }
+    for (i, tool) in tools.iter().enumerate() {
+        if !tool.is_object() {
+            return Err(ApiError::bad_request(format!(
+                "tools[{i}] must be an object like {{\"type\": \"function\", \"function\": \
+                 {{\"name\": ...}}}}, got {}",
+                json_kind(tool)
+            )));
+        }
+        match tool.get("type") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(t)) if t == "function" => {}
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "tools[{i}].type: only \"function\" tools are supported, got {other}"
+                )));
+            }
+        }
+        let Some(function) = tool.get("function").filter(|f| f.is_object()) else {
+            return Err(ApiError::bad_request(format!(
+                "tools[{i}].function: an object with the function's name is required"
+            )));
+        };
+        if !function.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
+            return Err(ApiError::bad_request(format!(
+                "tools[{i}].function.name: a non-empty string is required"
+            )));
+        }
+        if function.get("description").is_some_and(|d| !d.is_string() && !d.is_null()) {
+            return Err(ApiError::bad_request(format!(
+                "tools[{i}].function.description must be a string"
+            )));
+        }
+        if function.get("parameters").is_some_and(|p| !p.is_object() && !p.is_null()) {
+            return Err(ApiError::bad_request(format!(
+                "tools[{i}].function.parameters must be a JSON schema object"
+            )));
+        }
+    }
+    Ok(Some(tools.to_vec()))
+}
+
+/// A JSON value's kind, for messages.
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// What a request's `tool_choice` asks, whichever API spelled it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolChoice {
+    /// The model decides (the default).
+    Auto,
+    /// The model must call one of the tools (OpenAI's `required`, Anthropic's `any`).
+    Required,
+    /// The model must call this tool.
+    Named(String),
+    /// The model does not call tools: they stay in the prompt, the output is not parsed.
+    None,
+}
+
+impl ToolChoice {
+    /// OpenAI's `tool_choice`: `"auto"`, `"required"`, `"none"`, or a function, nested as
+    /// chat completions send it (`{"type": "function", "function": {"name"}}`) or flat as
+    /// the Responses API does (`{"type": "function", "name"}`).
+    pub fn of_openai(v: Option<&Value>) -> Result<Self, ApiError> {
+        const EXPECTED: &str = "tool_choice must be \"auto\", \"required\", \"none\" or \
+             {\"type\": \"function\", \"function\": {\"name\": ...}}";
+        match v {
+            None | Some(Value::Null) => Ok(Self::Auto),
+            Some(Value::String(s)) => match s.as_str() {
+                "auto" => Ok(Self::Auto),
+                "required" => Ok(Self::Required),
+                "none" => Ok(Self::None),
+                other => Err(ApiError::bad_request(format!("{EXPECTED}, got {other:?}"))),
+            },
+            Some(v) if v.get("type").and_then(Value::as_str) == Some("function") => {
+                let name = v
+                    .get("function")
+                    .and_then(|f| f.get("name"))
+                    .or_else(|| v.get("name"))
+                    .and_then(Value::as_str);
+                match name {
+                    Some(name) => Ok(Self::Named(name.to_string())),
+                    None => Err(ApiError::bad_request(
+                        "tool_choice.function.name: the name of one of the tools is required",
+                    )),
+                }
+            }
+            Some(other) => Err(ApiError::bad_request(format!("{EXPECTED}, got {other}"))),
+        }
+    }
+
+    /// The grammar that forces the call this choice asks for (`None` when it asks none),
+    /// over `tools` in the chat shape; a 400 when the named tool is not among them or
+    /// a call is required of no tools.
+    pub fn forced_call_grammar(
+        &self,
+        tools: Option<&[Value]>,
+    ) -> Result<Option<Arc<Grammar>>, ApiError> {
+        let tools = tools.unwrap_or_default();
+        match self {
+            Self::Required => forced_tool_call_grammar(tools, None).map(Some),
+            Self::Named(name) => forced_tool_call_grammar(tools, Some(name)).map(Some),
+            Self::Auto | Self::None => Ok(None),
+        }
+    }
+}
+
 /// A grammar that makes the model call a tool: one of `tools` (OpenAI's chat shape), or
 /// the one named `only`. The output is the JSON object `{"name", "arguments"}` the
 /// tool-call parser reads, its arguments constrained by the tool's parameter schema.
@@ -712,4 +845,54 @@ pub fn grammar_of(format: Option<&Value>) -> Result<Option<Arc<Grammar>>, ApiErr
 /// A shared flag for cancelling every request (shutdown).
 pub fn new_cancel_flag() -> Arc<AtomicBool> {
     Arc::new(AtomicBool::new(false))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn chat_tools_refuse_malformed_entries_by_index() {
+        let good = json!({"type": "function", "function": {"name": "f", "parameters": {}}});
+        assert_eq!(chat_tools(Some(&[good.clone()])).unwrap(), Some(vec![good.clone()]));
+        assert_eq!(chat_tools(Some(&[])).unwrap(), None);
+        let no_type = json!({"function": {"name": "f"}});
+        assert!(chat_tools(Some(&[no_type])).is_ok(), "Ollama's clients may omit the type");
+        for (bad, says) in [
+            (json!("f"), "tools[1] must be an object"),
+            (json!({"type": "retrieval", "function": {"name": "f"}}), "tools[1].type"),
+            (json!({"type": "function"}), "tools[1].function"),
+            (json!({"type": "function", "function": {"name": ""}}), "tools[1].function.name"),
+            (json!({"type": "function", "function": {"name": 3}}), "tools[1].function.name"),
+            (json!({"function": {"name": "f", "parameters": []}}), "tools[1].function.parameters"),
+            (json!({"function": {"name": "f", "description": {}}}), "description"),
+        ] {
+            let e = chat_tools(Some(&[good.clone(), bad.clone()])).unwrap_err();
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+        }
+        let many = vec![good; MAX_TOOLS + 1];
+        assert!(chat_tools(Some(&many)).unwrap_err().to_string().contains("at most"));
+    }
+
+    #[test]
+    fn tool_choice_reads_both_openai_shapes_and_forces_only_known_tools() {
+        let named = ToolChoice::Named("f".into());
+        let nested = json!({"type": "function", "function": {"name": "f"}});
+        assert_eq!(ToolChoice::of_openai(Some(&nested)).unwrap(), named);
+        let flat = json!({"type": "function", "name": "f"});
+        assert_eq!(ToolChoice::of_openai(Some(&flat)).unwrap(), named);
+        assert_eq!(ToolChoice::of_openai(None).unwrap(), ToolChoice::Auto);
+        assert_eq!(ToolChoice::of_openai(Some(&json!("none"))).unwrap(), ToolChoice::None);
+        for bad in [json!("sometimes"), json!({"type": "function"}), json!(3)] {
+            assert!(ToolChoice::of_openai(Some(&bad)).is_err(), "{bad}");
+        }
+        let tools = [json!({"type": "function", "function": {"name": "f"}})];
+        assert!(named.forced_call_grammar(Some(&tools)).unwrap().is_some());
+        assert!(ToolChoice::Auto.forced_call_grammar(Some(&tools)).unwrap().is_none());
+        let absent = ToolChoice::Named("g".into()).forced_call_grammar(Some(&tools));
+        assert!(absent.unwrap_err().to_string().contains("\"g\""));
+        assert!(ToolChoice::Required.forced_call_grammar(None).is_err());
+    }
 }

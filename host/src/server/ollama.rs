@@ -360,11 +360,11 @@ async fn chat_request(state: Arc<AppState>, req: ChatRequest) -> Result<Response
     let keep_alive = keep_alive_of(&req.keep_alive)?;
     let messages = req.messages.clone().unwrap_or_default();
     check_messages(&req.model, &messages)?;
+    let tools = generation::chat_tools(req.tools.as_deref())?;
     let model = state.sched.named(&req.model)?;
     if messages.is_empty() {
         return load_only(&state, &model, keep_alive, req.options.as_ref(), true).await;
     }
-    let tools = req.tools.clone().filter(|t| !t.is_empty());
     let spec = PromptSpec::Chat { messages, tools: tools.clone() };
     let running = generation::start(
         &state,

@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 
 use super::{
     AppState,
-    generation::{self, GenRequest, Piece, PromptSpec, Running},
+    generation::{self, GenRequest, Piece, PromptSpec, Running, ToolChoice},
     logprobs,
     util::{ApiError, Ignored, Lenient, base64, lenient, unix_now},
 };
@@ -644,7 +644,13 @@ async fn chat_completions_request(state: Arc<AppState>, req: ChatCompletionReque
     if messages.is_empty() {
         return Err(ApiError::bad_request("messages must not be empty").into());
     }
-    let grammar = grammar_of_response_format(req.response_format.as_ref())?;
+    let tools = generation::chat_tools(req.tools.as_deref())?;
+    let choice = ToolChoice::of_openai(req.tool_choice.as_ref())?;
+    // A forced tool call's grammar, else the structured output's.
+    let grammar = match choice.forced_call_grammar(tools.as_deref())? {
+        Some(g) => Some(g),
+        None => grammar_of_response_format(req.response_format.as_ref())?,
+    };
     let ext = extensions_of!(req);
     let options = options_json(
         req.max_completion_tokens.or(req.max_tokens),
@@ -657,9 +663,8 @@ async fn chat_completions_request(state: Arc<AppState>, req: ChatCompletionReque
         &ext,
     )?;
     let model = state.sched.named(&req.model)?;
-    let tools = req.tools.clone().filter(|t| !t.is_empty());
     // tool_choice "none": the tools stay in the prompt, but the output is not parsed.
-    let parse_tools = req.tool_choice.as_ref().and_then(Value::as_str) != Some("none");
+    let parse_tools = choice != ToolChoice::None;
     let running = generation::start(
         &state,
         GenRequest {

@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 
 use super::{
     AppState,
-    generation::{self, GenRequest, Piece, Running, SamplingFields},
+    generation::{self, GenRequest, MAX_TOOLS, Piece, Running, SamplingFields, ToolChoice},
     openai::OaiError,
     util::{ApiError, parse_body_lenient, unix_now},
 };
@@ -37,7 +37,6 @@ const MAX_ITEMS: usize = 10_000;
 /// Most content parts one message item may carry.
 const MAX_PARTS: usize = 10_000;
 /// Most tools one request may offer.
-const MAX_TOOLS: usize = 1_000;
 /// Most responses kept for `previous_response_id`.
 pub const MAX_STORED_RESPONSES: usize = 1_000;
 /// Most bytes (of their JSON) the kept responses may take together.
@@ -201,39 +200,6 @@ const KNOWN_FIELDS: &[&str] = &[
     "metadata",
     "parallel_tool_calls",
 ];
-
-/// What `tool_choice` asks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum ToolChoice {
-    Auto,
-    Required,
-    Function(String),
-    None,
-}
-
-fn tool_choice_of(v: Option<&Value>) -> Result<ToolChoice, ApiError> {
-    match v {
-        None | Some(Value::Null) => Ok(ToolChoice::Auto),
-        Some(Value::String(s)) => match s.as_str() {
-            "auto" => Ok(ToolChoice::Auto),
-            "required" => Ok(ToolChoice::Required),
-            "none" => Ok(ToolChoice::None),
-            other => Err(ApiError::bad_request(format!(
-                "tool_choice must be \"auto\", \"required\", \"none\" or a function, got {other:?}"
-            ))),
-        },
-        Some(v) if v.get("type").and_then(Value::as_str) == Some("function") => {
-            match v.get("name").and_then(Value::as_str) {
-                Some(name) => Ok(ToolChoice::Function(name.to_string())),
-                None => Err(ApiError::bad_request("tool_choice.name: a string is required")),
-            }
-        }
-        Some(other) => Err(ApiError::bad_request(format!(
-            "tool_choice must be \"auto\", \"required\", \"none\" or {{\"type\": \"function\", \
-             \"name\": ...}}, got {other}"
-        ))),
-    }
-}
 
 /// Responses' flat function tools as chat function tools.
 fn tools_of(tools: Option<&[Value]>) -> Result<Option<Vec<Value>>, ApiError> {
@@ -823,16 +789,11 @@ pub async fn create(State(state): State<Arc<AppState>>, body: Bytes) -> OaiResul
     }
     .to_options("max_output_tokens")?;
     let tools = tools_of(req.tools.as_deref())?;
-    let choice = tool_choice_of(req.tool_choice.as_ref())?;
-    let grammar = match &choice {
-        ToolChoice::Required => {
-            Some(generation::forced_tool_call_grammar(tools.as_deref().unwrap_or_default(), None)?)
-        }
-        ToolChoice::Function(name) => Some(generation::forced_tool_call_grammar(
-            tools.as_deref().unwrap_or_default(),
-            Some(name),
-        )?),
-        ToolChoice::Auto | ToolChoice::None => text_format_grammar(req.text.as_ref())?,
+    let choice = ToolChoice::of_openai(req.tool_choice.as_ref())?;
+    // A forced tool call's grammar, else the structured output's.
+    let grammar = match choice.forced_call_grammar(tools.as_deref())? {
+        Some(g) => Some(g),
+        None => text_format_grammar(req.text.as_ref())?,
     };
     let earlier = match req.previous_response_id.as_deref() {
         None => Vec::new(),
@@ -992,8 +953,8 @@ mod tests {
             .unwrap()[0],
             json!({"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}})
         );
-        assert_eq!(tool_choice_of(Some(&json!("required"))).unwrap(), ToolChoice::Required);
-        assert!(tool_choice_of(Some(&json!("sometimes"))).is_err());
+        assert_eq!(ToolChoice::of_openai(Some(&json!("required"))).unwrap(), ToolChoice::Required);
+        assert!(ToolChoice::of_openai(Some(&json!("sometimes"))).is_err());
         assert!(text_format_grammar(Some(&json!({"format": {"type": "json_schema"}}))).is_err());
         assert!(
             text_format_grammar(Some(&json!({"format": {"type": "json_object"}})))
