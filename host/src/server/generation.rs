@@ -655,7 +655,7 @@ pub fn chat_tools(tools: Option<&[Value]>) -> Result<Option<Vec<Value>>, ApiErro
                 "tools[{i}].function: an object with the function's name is required"
             )));
         };
-        if !function.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
+        if function.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
             return Err(ApiError::bad_request(format!(
                 "tools[{i}].function.name: a non-empty string is required"
             )));
@@ -856,7 +856,10 @@ mod tests {
     #[test]
     fn chat_tools_refuse_malformed_entries_by_index() {
         let good = json!({"type": "function", "function": {"name": "f", "parameters": {}}});
-        assert_eq!(chat_tools(Some(&[good.clone()])).unwrap(), Some(vec![good.clone()]));
+        assert_eq!(
+            chat_tools(Some(std::slice::from_ref(&good))).unwrap(),
+            Some(vec![good.clone()])
+        );
         assert_eq!(chat_tools(Some(&[])).unwrap(), None);
         let no_type = json!({"function": {"name": "f"}});
         assert!(chat_tools(Some(&[no_type])).is_ok(), "Ollama's clients may omit the type");
