@@ -30,11 +30,27 @@ pub const MAX_DEFAULT_NUM_CTX: u32 = 4096;
 /// 3. else the model's training context (`model_max`), at most [`MAX_DEFAULT_NUM_CTX`];
 /// 4. else, for a model that does not say (`model_max == 0`), [`FALLBACK_NUM_CTX`].
 ///
+/// A request or setting past the training context of a model that says it gets the
+/// training context, as Ollama clamps `num_ctx` (positions the model never saw, and a
+/// KV cache of memory no prompt can use well; a client that asks every model for 128k
+/// works with each at its own size). [`exceeds_training`] tells when that happened.
+/// `corral bench` asks for exactly what its test needs and does not use this rule.
+///
 /// The result is at least 1.
 pub fn context_length(requested: Option<u32>, setting: Option<u32>, model_max: u32) -> u32 {
     let default =
         if model_max == 0 { FALLBACK_NUM_CTX } else { model_max.min(MAX_DEFAULT_NUM_CTX) };
-    requested.or(setting).unwrap_or(default).max(1)
+    let asked = requested.or(setting).map_or(default, |n| match model_max {
+        0 => n,
+        max => n.min(max),
+    });
+    asked.max(1)
+}
+
+/// The window `requested` or `setting` asked for, when [`context_length`] cut it to the
+/// model's training context `model_max`.
+pub fn exceeds_training(requested: Option<u32>, setting: Option<u32>, model_max: u32) -> Option<u32> {
+    requested.or(setting).filter(|&n| model_max > 0 && n > model_max)
 }
 
 /// What to do with a prompt longer than the context window.
@@ -197,6 +213,13 @@ mod tests {
         assert_eq!(context_length(None, None, 512), 512);
         assert_eq!(context_length(None, None, 0), FALLBACK_NUM_CTX);
         assert_eq!(context_length(Some(0), None, 0), 1);
+        // Past the training context: the training context (Ollama's clamp).
+        assert_eq!(context_length(Some(1 << 30), None, 2048), 2048);
+        assert_eq!(context_length(None, Some(100_000), 32768), 32768);
+        assert_eq!(context_length(Some(1 << 30), None, 0), 1 << 30);
+        assert_eq!(exceeds_training(Some(4096), None, 2048), Some(4096));
+        assert_eq!(exceeds_training(Some(2048), Some(9999), 2048), None);
+        assert_eq!(exceeds_training(None, Some(9999), 0), None);
     }
 
     fn seq(n: u32) -> Vec<u32> {

@@ -336,8 +336,9 @@ fn a_gguf_that_aborts_llama_cpp_ends_only_its_worker() {
 fn a_kv_cache_that_cannot_fit_is_refused_before_loading() {
     let dir = tempfile::tempdir().unwrap();
     let Some(plugin) = llama_cpp_plugin_dir(dir.path()) else { return };
+    // Trained on 2e9 positions, so that num_ctx is not cut to the training context.
     let model = dir.path().join("tiny-f32.gguf");
-    generate_model(&model, "tiny", "f32");
+    generate_model(&model, "tiny:ctx=2000000000", "f32");
     let store = dir.path().join("store");
     let modelfile = dir.path().join("Modelfile");
     std::fs::write(&modelfile, format!("FROM {}\nPARAMETER num_ctx 2000000000\n", model.display()))

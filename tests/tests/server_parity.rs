@@ -329,7 +329,7 @@ fn num_ctx_reloads_the_model_and_shows_in_ps() {
         &big,
         &[
             ("general.architecture", G::String("llama".into())),
-            ("llama.context_length", G::U32(131_072)),
+            ("llama.context_length", G::U32(1_000_000_000)),
             ("llama.block_count", G::U32(32)),
             ("llama.embedding_length", G::U32(4096)),
             ("llama.attention.head_count", G::U32(32)),

@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use corral_backend_api::{BatchEntry, ContextParams, LoadOptions};
 use corral_generation::{
-    context::{ContextPolicy, context_length, fit_prompt},
+    context::{ContextPolicy, context_length, exceeds_training, fit_prompt},
     options::SamplingOptions,
 };
 use serde::Serialize;
@@ -265,6 +265,11 @@ pub(crate) fn run(global: &GlobalOptions, a: RunArgs) -> Result<()> {
     let options = sampling_options(&a, &mref.params)?;
     // The one context-length rule; `corral run` has no server-wide setting.
     let num_ctx = context_length(options.num_ctx, None, model.meta.context_length);
+    if let Some(asked) = exceeds_training(options.num_ctx, None, model.meta.context_length) {
+        tracing::warn!(
+            "num_ctx {asked} is past the model's training context; using {num_ctx} (its own)"
+        );
+    }
     let engine = EngineHandle::start(
         model.clone(),
         LoopConfig {
@@ -475,9 +480,9 @@ fn summarize(engine: &str, test: String, samples: Vec<f64>) -> BenchResult {
 
 /// Measures pp and tg through corral's plugin path, the way llama-bench does.
 pub(crate) fn bench_corral(model: &Model, a: &BenchArgs) -> Result<Vec<BenchResult>> {
-    // The context-length rule with the size the test needs, as llama-raw (and
-    // llama-bench) ask for.
-    let n_ctx = context_length(Some((a.pp + a.tg).max(16)), None, model.meta.context_length);
+    // Exactly the size the test needs, as llama-raw (and llama-bench) ask for: not cut
+    // to the training context as a served model's window is.
+    let n_ctx = (a.pp + a.tg).max(16);
     let threads = a.load.threads.unwrap_or(0);
     let mut ctx = model.new_context(&ContextParams {
         n_ctx,

@@ -28,7 +28,10 @@ use std::{
 use corral_backend_api::{ContextParams, LoadOptions};
 
 use crate::kv_cache::{FlashAttention, KvCacheType, KvSettings};
-use corral_generation::{context::context_length, options::SamplingOptions};
+use corral_generation::{
+    context::{context_length, exceeds_training},
+    options::SamplingOptions,
+};
 use corral_plugin_host::{Context, LoadedPlugin, Model};
 use serde_json::Value;
 
@@ -347,7 +350,7 @@ pub fn estimate_memory(
             .or_else(|| g.get_u32(&format!("{arch}.{k}")).map(u64::from))
     };
     let trained = get("context_length").and_then(|c| u32::try_from(c).ok()).unwrap_or(0);
-    let num_ctx = num_ctx.unwrap_or_else(|| context_length(None, None, trained));
+    let num_ctx = context_length(num_ctx, None, trained);
     let cells = u64::from(num_ctx).saturating_mul(u64::from(n_parallel));
     let n_layer = get("block_count").unwrap_or(0);
     let n_embd = get("embedding_length").unwrap_or(0);
@@ -664,7 +667,9 @@ impl Scheduler {
             self.engine_died(key);
             return None;
         }
-        if num_ctx.is_some_and(|n| n != l.num_ctx) {
+        // The window the request asks for, as the load would cut it (Ollama's clamp).
+        let trained = l.model.meta.context_length;
+        if num_ctx.is_some_and(|n| context_length(Some(n), None, trained) != l.num_ctx) {
             return None;
         }
         l.inflight.fetch_add(1, Ordering::SeqCst);
@@ -1048,7 +1053,16 @@ impl Scheduler {
             }
         }
         let kv = honoured_kv(kv, model.capabilities, &plugin.manifest.id(), &r.name)?;
-        let num_ctx = context_length(requested, self.settings.num_ctx, model.meta.context_length);
+        let trained = model.meta.context_length;
+        let num_ctx = context_length(requested, self.settings.num_ctx, trained);
+        if let Some(asked) = exceeds_training(requested, self.settings.num_ctx, trained) {
+            tracing::warn!(
+                model = %r.name,
+                num_ctx = asked,
+                n_ctx_train = trained,
+                "requested context size too large for model; using its training context"
+            );
+        }
         let templater = match r.template.as_deref() {
             Some(t) => Templater::with_source(&model, Some(t)).or_else(|e| {
                 tracing::warn!(model = %r.name, "TEMPLATE not usable ({e:#}); using the model's own");

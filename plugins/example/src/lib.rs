@@ -117,7 +117,10 @@ impl Model for ExampleModel {
             architecture: "toy".into(),
             name: "example".into(),
             parameter_count: u64::from(VOCAB) * EMBD as u64,
-            context_length: 4096,
+            // Trained on a million positions: the toy model keeps tokens, not a KV
+            // cache, and tests ask it for long windows (a served window stops at the
+            // training context; the default stays 4096).
+            context_length: 1 << 20,
             embedding_length: EMBD as u32,
             block_count: 0,
             quantization: "F32".into(),
