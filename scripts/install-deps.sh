@@ -2,7 +2,8 @@
 # Installs what building and testing corral needs on a fresh Debian machine:
 # the C/C++ toolchain for llama.cpp, Vulkan (Mesa's software driver), the reference
 # OCI registry for the registry tests, dpkg-dev (dpkg-deb and dpkg-shlibdeps, for
-# scripts/dist.sh and its test), and a Python venv with the official clients.
+# scripts/dist.sh and its test), a Python venv with the official clients, and the
+# official npm clients (tests/js).
 # Idempotent: a second run only checks.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -32,4 +33,15 @@ if [ ! -x "$venv/bin/pytest" ] || ! "$venv/bin/python" -c "import ollama, openai
   "$venv/bin/pip" install -q --upgrade pip
   "$venv/bin/pip" install -q -r "$here/tests/python/requirements.txt"
 fi
-echo "dependencies ready (python venv: $venv)"
+# Node and the official npm clients for tests/js (Node 18 or later; Debian's nodejs when
+# none is installed). Installed into tests/js/node_modules from its lock file.
+if ! command -v npm >/dev/null 2>&1; then
+  echo "installing: nodejs npm"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
+fi
+if [ ! -d "$here/tests/js/node_modules/ollama" ] || [ ! -d "$here/tests/js/node_modules/openai" ]; then
+  (cd "$here/tests/js" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+echo "dependencies ready (python venv: $venv; npm clients: tests/js/node_modules)"

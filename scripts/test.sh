@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: build every crate and plugin, run the Rust tests (unit and
 # end-to-end: the real binary, real plugins, real HTTP, a real registry), then the
-# Python client tests against a real `corral serve`.
+# Python and JavaScript client tests against a real `corral serve`.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$here"
@@ -27,4 +27,8 @@ cargo test --manifest-path fuzz/Cargo.toml --tests
 target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 if [ -d tests/python ] && ls tests/python/test_*.py >/dev/null 2>&1; then
   CORRAL_TARGET_DIR="$target_dir/debug" "$venv/bin/pytest" -q tests/python
+fi
+# The official npm clients (ollama, openai) against a real `corral serve`.
+if [ -f tests/js/package.json ]; then
+  (cd tests/js && CORRAL_TARGET_DIR="$target_dir/debug" npm test --silent)
 fi
