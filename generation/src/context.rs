@@ -49,7 +49,11 @@ pub fn context_length(requested: Option<u32>, setting: Option<u32>, model_max: u
 
 /// The window `requested` or `setting` asked for, when [`context_length`] cut it to the
 /// model's training context `model_max`.
-pub fn exceeds_training(requested: Option<u32>, setting: Option<u32>, model_max: u32) -> Option<u32> {
+pub fn exceeds_training(
+    requested: Option<u32>,
+    setting: Option<u32>,
+    model_max: u32,
+) -> Option<u32> {
     requested.or(setting).filter(|&n| model_max > 0 && n > model_max)
 }
 

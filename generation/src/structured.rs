@@ -194,7 +194,12 @@ impl Compiler<'_> {
             let mut v = self.root_schema;
             for part in path.split('/') {
                 let part = part.replace("~1", "/").replace("~0", "~");
-                v = match v.get(&part) {
+                // A JSON pointer indexes arrays by number (`#/anyOf/0`).
+                let next = match v {
+                    Value::Array(a) => part.parse::<usize>().ok().and_then(|i| a.get(i)),
+                    _ => v.get(&part),
+                };
+                v = match next {
                     Some(x) => x,
                     None => return err(format!("$ref {r:?} points at nothing")),
                 };
@@ -448,7 +453,14 @@ impl Grammar {
             return err("a $ref refers back to itself before any value starts (e.g. \
                  `{\"$ref\": \"#\"}`): such a schema admits no document");
         }
-        Ok(Grammar { nodes: c.nodes, root, format: schema.clone() })
+        let mut nodes = c.nodes;
+        let finite = can_finish(&nodes);
+        if !finite[root as usize] {
+            return err("the schema admits no finite document: every value it allows must \
+                 contain another one (e.g. an array of at least one item of its own kind)");
+        }
+        prune_endless(&mut nodes, &finite);
+        Ok(Grammar { nodes, root, format: schema.clone() })
     }
 
     /// From a request's `format` value: `"json"`, a schema object, or `""`/null (none).
@@ -460,6 +472,69 @@ impl Grammar {
             Value::String(s) => err(format!("format must be \"json\" or a JSON schema, got {s:?}")),
             Value::Object(_) => Grammar::from_schema(format).map(Some),
             other => err(format!("format must be \"json\" or a JSON schema object, got {other}")),
+        }
+    }
+}
+
+/// Which nodes admit a finite document, by fixpoint from the leaves: strings, numbers and
+/// literals do; an `anyOf` when one alternative does; an array when it may be empty or its
+/// items do; an object when every required property's value does.
+fn can_finish(nodes: &[Node]) -> Vec<bool> {
+    let mut finite = vec![false; nodes.len()];
+    loop {
+        let mut changed = false;
+        for (i, node) in nodes.iter().enumerate() {
+            if finite[i] {
+                continue;
+            }
+            let ok = match node {
+                Node::Pending => false,
+                Node::String { .. } | Node::Number { .. } | Node::Literals(_) => true,
+                Node::AnyOf(alts) => alts.iter().any(|&a| finite[a as usize]),
+                Node::Array { items, min, .. } => *min == 0 || finite[*items as usize],
+                Node::Object { props, required, .. } => props
+                    .iter()
+                    .enumerate()
+                    .all(|(j, (_, v))| required & (1 << j) == 0 || finite[*v as usize]),
+            };
+            if ok {
+                finite[i] = true;
+                changed = true;
+            }
+        }
+        if !changed {
+            return finite;
+        }
+    }
+}
+
+/// Takes out of the grammar what can never end, so the matcher cannot start it and then
+/// nest until the token limit: `anyOf` alternatives without a finite document, array
+/// items of that kind (the array stays empty), optional properties of that kind.
+fn prune_endless(nodes: &mut [Node], finite: &[bool]) {
+    for node in nodes.iter_mut() {
+        match node {
+            Node::AnyOf(alts) => alts.retain(|&a| finite[a as usize]),
+            Node::Array { items, max, .. } if !finite[*items as usize] => *max = 0,
+            Node::Object { props, required, .. } => {
+                if props.iter().all(|(_, v)| finite[*v as usize]) {
+                    continue;
+                }
+                let mut kept = Vec::with_capacity(props.len());
+                let mut mask = 0u64;
+                for (j, (key, v)) in std::mem::take(props).into_iter().enumerate() {
+                    let is_required = *required & (1 << j) != 0;
+                    if finite[v as usize] || is_required {
+                        if is_required {
+                            mask |= 1 << kept.len();
+                        }
+                        kept.push((key, v));
+                    }
+                }
+                *props = kept;
+                *required = mask;
+            }
+            _ => {}
         }
     }
 }
@@ -648,14 +723,30 @@ fn is_digit(b: u8) -> bool {
     b.is_ascii_digit()
 }
 
-fn start_value(g: &Grammar, mut st: Stack, n: u32, b: u8, out: &mut Vec<Stack>) {
-    match &g.nodes[n as usize] {
-        Node::Pending => {}
-        Node::AnyOf(alts) => {
-            for &a in alts {
-                start_value(g, st.clone(), a, b, out);
-            }
+/// Starts the value of node `n` with byte `b` on every alternative `n` leads to through
+/// `anyOf` edges. Each node is tried once per call, in the alternatives' order: shared
+/// `$ref`s make the `anyOf` graph a DAG whose paths can number 2^depth (`a0: anyOf [a1,
+/// a1]`, `a1: anyOf [a2, a2]`, ...), and two paths to one node start the same value on
+/// the same stack.
+fn start_value(g: &Grammar, st: Stack, n: u32, b: u8, out: &mut Vec<Stack>) {
+    let mut tried: Vec<u32> = Vec::new();
+    let mut pending = vec![n];
+    while let Some(n) = pending.pop() {
+        if tried.contains(&n) {
+            continue;
         }
+        tried.push(n);
+        match &g.nodes[n as usize] {
+            Node::AnyOf(alts) => pending.extend(alts.iter().rev()),
+            _ => start_leaf(g, st.clone(), n, b, out),
+        }
+    }
+}
+
+/// [`start_value`] on a node that is not an `anyOf`.
+fn start_leaf(g: &Grammar, mut st: Stack, n: u32, b: u8, out: &mut Vec<Stack>) {
+    match &g.nodes[n as usize] {
+        Node::Pending | Node::AnyOf(_) => {}
         Node::Object { .. } => {
             if b == b'{' {
                 st.push(Frame::Obj { node: n, seen: 0, count: 0, st: ObjSt::Open, pending: 0 });
@@ -764,7 +855,10 @@ fn step(g: &Grammar, mut st: Stack, b: u8, out: &mut Vec<Stack>) {
                 Some(Frame::Obj { node, .. }) => *node,
                 _ => return,
             };
-            if b == b'"' {
+            // A `"` after an odd number of backslashes is part of the key (a property
+            // name with a quote in it, stored JSON-escaped), not its end.
+            let escaped = buf.iter().rev().take_while(|&&c| c == b'\\').count() % 2 == 1;
+            if b == b'"' && !escaped {
                 let Some(i) = (0..props.len())
                     .find(|&i| seen & (1 << i) == 0 && props[i].0 == buf.as_slice())
                 else {
@@ -1164,6 +1258,70 @@ mod tests {
         assert!(!accepts(&g, "-0"));
         let n = Grammar::from_schema(&json!({"type": "number"})).unwrap();
         assert!(accepts(&n, "-0.5"));
+    }
+
+    /// Found by an outside sweep: `$defs` a0..a(d-1), each `anyOf` of two `$ref`s to the
+    /// next, made one value's start take 2^d steps (d = 22: over a minute of CPU and
+    /// 900 MB, the model's other requests waiting).
+    #[test]
+    fn shared_refs_start_each_value_once() {
+        let depth = 30;
+        let mut defs = serde_json::Map::new();
+        for i in 0..depth {
+            let next = format!("#/$defs/a{}", i + 1);
+            defs.insert(format!("a{i}"), json!({"anyOf": [{"$ref": next}, {"$ref": next}]}));
+        }
+        defs.insert(format!("a{depth}"), json!({"type": "null"}));
+        let g = Grammar::from_schema(&json!({"$defs": defs, "$ref": "#/$defs/a0"})).unwrap();
+        let t = std::time::Instant::now();
+        assert!(accepts(&g, "null"));
+        assert!(!accepts(&g, "nul1"));
+        assert!(t.elapsed() < std::time::Duration::from_secs(5), "{:?}", t.elapsed());
+    }
+
+    /// Found by an outside sweep: a property named `a"b` (stored JSON-escaped, `a\"b`)
+    /// ended its key at the escaped quote, so no token could follow and the output was
+    /// cut (`{"a\`) as if the model had stopped.
+    #[test]
+    fn property_names_with_quotes_and_backslashes_match_escaped() {
+        let g = Grammar::from_schema(&json!({"type": "object",
+            "properties": {"a\"b": {"type": "integer"}, "c\\": {"type": "integer"}},
+            "required": ["a\"b", "c\\"]}))
+        .unwrap();
+        assert!(accepts(&g, r#"{"a\"b":1,"c\\":2}"#));
+        assert!(!accepts(&g, r#"{"a"b":1,"c\\":2}"#));
+    }
+
+    /// Found by an outside sweep: a schema whose every value holds another (an array of at
+    /// least one of its own kind) was accepted, and the model nested `[[[[...` until the
+    /// token limit, each token dearer than the last. Such schemas are refused; branches of
+    /// that kind inside a schema with finite documents are taken out.
+    #[test]
+    fn schemas_without_a_finite_document_are_refused_and_endless_branches_pruned() {
+        for s in [
+            json!({"type": "array", "items": {"$ref": "#"}, "minItems": 1}),
+            json!({"type": "object", "properties": {"c": {"$ref": "#"}}, "required": ["c"]}),
+        ] {
+            let e = Grammar::from_schema(&s).unwrap_err();
+            assert!(e.0.contains("no finite document"), "{s}: {e}");
+        }
+        let g = Grammar::from_schema(&json!({"anyOf": [
+            {"type": "array", "items": {"$ref": "#/anyOf/0"}, "minItems": 1},
+            {"type": "null"}]}))
+        .unwrap();
+        assert!(accepts(&g, "null"));
+        assert!(!Matcher::new(std::sync::Arc::new(g)).feed(b"["), "the endless branch is gone");
+        let g = Grammar::from_schema(&json!({"type": "object", "properties": {
+            "ok": {"type": "integer"},
+            "loop": {"type": "array", "items": {"$ref": "#/properties/loop"}, "minItems": 1}}}))
+        .unwrap();
+        assert!(accepts(&g, r#"{"ok":1}"#));
+        assert!(!accepts(&g, r#"{"loop":[]}"#), "an optional endless property is gone");
+        // Optional recursion has finite documents and stays.
+        let g = Grammar::from_schema(&json!({"type": "object",
+            "properties": {"c": {"$ref": "#"}}}))
+        .unwrap();
+        assert!(accepts(&g, r#"{"c":{"c":{}}}"#));
     }
 
     /// Found while writing the fuzz target, confirmed through it

@@ -197,6 +197,7 @@ fn tools_of(tools: Option<&[Value]>) -> Result<Option<Vec<Value>>, ApiError> {
     if tools.len() > MAX_TOOLS {
         return Err(ApiError::bad_request(format!("at most {MAX_TOOLS} tools are accepted")));
     }
+    generation::check_tools_size(tools)?;
     let mut out = Vec::with_capacity(tools.len());
     for (i, t) in tools.iter().enumerate() {
         match t.get("type").and_then(Value::as_str) {
@@ -282,7 +283,8 @@ fn tool_result_content(where_: &str, v: Option<&Value>) -> Result<(String, Vec<S
                     Some("image") => images.push(image_data(&format!("{where_}[{k}]"), b)?),
                     other => {
                         return Err(ApiError::bad_request(format!(
-                            "{where_}[{k}]: block type {other:?} is not supported in a tool result"
+                            "{where_}[{k}]: block type {} is not supported in a tool result",
+                            generation::shown_type(other)
                         )));
                     }
                 }

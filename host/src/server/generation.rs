@@ -617,6 +617,36 @@ pub fn tool_name(tool: &Value) -> Option<&str> {
 /// Most tools one request may offer, on every API.
 pub const MAX_TOOLS: usize = 1_000;
 
+/// Most bytes the tools of one request may take as JSON, on every API. A MiB of tool
+/// definitions is some 250,000 tokens, past any model's window, while the template and
+/// its sandbox hold the tools many times over (13 MB of tools took 2 GB).
+pub const MAX_TOOLS_BYTES: usize = 1 << 20;
+
+/// Refuses tools whose JSON is longer than [`MAX_TOOLS_BYTES`] (counted without copying).
+pub fn check_tools_size(tools: &[Value]) -> Result<(), ApiError> {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            if self.0 > MAX_TOOLS_BYTES {
+                return Err(std::io::Error::other("too long"));
+            }
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, tools) {
+        Ok(()) => Ok(()),
+        Err(_) => Err(ApiError::bad_request(format!(
+            "the tools take more than {} KiB as JSON; offer fewer or shorter tools",
+            MAX_TOOLS_BYTES >> 10
+        ))),
+    }
+}
+
 /// The tools of a request in the chat shape that OpenAI's `/v1/chat/completions` and
 /// Ollama's `/api/chat` share (`{"type": "function", "function": {"name", "description",
 /// "parameters"}}`), checked so that a malformed entry is a 400 naming it rather than
@@ -633,6 +663,7 @@ pub fn chat_tools(tools: Option<&[Value]>) -> Result<Option<Vec<Value>>, ApiErro
             tools.len()
         )));
     }
+    check_tools_size(tools)?;
     for (i, tool) in tools.iter().enumerate() {
         if !tool.is_object() {
             return Err(ApiError::bad_request(format!(
@@ -672,6 +703,11 @@ pub fn chat_tools(tools: Option<&[Value]>) -> Result<Option<Vec<Value>>, ApiErro
         }
     }
     Ok(Some(tools.to_vec()))
+}
+
+/// A request field's `type` for a message: quoted, or "missing".
+pub fn shown_type(t: Option<&str>) -> String {
+    t.map_or_else(|| "missing".to_string(), |t| format!("{t:?}"))
 }
 
 /// A JSON value's kind, for messages.
@@ -754,7 +790,7 @@ pub fn forced_tool_call_grammar(
     tools: &[Value],
     only: Option<&str>,
 ) -> Result<Arc<Grammar>, ApiError> {
-    let calls: Vec<Value> = tools
+    let chosen: Vec<(&str, Value)> = tools
         .iter()
         .filter(|t| only.is_none_or(|name| tool_name(t) == Some(name)))
         .filter_map(|t| {
@@ -765,11 +801,27 @@ pub fn forced_tool_call_grammar(
                 .filter(|p| p.is_object())
                 .cloned()
                 .unwrap_or_else(|| serde_json::json!({"type": "object"}));
-            Some(serde_json::json!({
+            Some((name, parameters))
+        })
+        .collect();
+    // Each tool's schema moves under `properties/arguments` of its call (and under
+    // `anyOf/i` when several tools may be called), so its local `$ref`s move with it.
+    let several = chosen.len() > 1;
+    let calls: Vec<Value> = chosen
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, mut parameters))| {
+            let at = if several {
+                format!("#/anyOf/{i}/properties/arguments")
+            } else {
+                "#/properties/arguments".to_string()
+            };
+            rebase_local_refs(&mut parameters, &at);
+            serde_json::json!({
                 "type": "object",
                 "properties": {"name": {"const": name}, "arguments": parameters},
                 "required": ["name", "arguments"],
-            }))
+            })
         })
         .collect();
     let schema = match (calls.len(), only) {
@@ -789,6 +841,29 @@ pub fn forced_tool_call_grammar(
     Grammar::from_schema(&schema).map(Arc::new).map_err(|e| {
         ApiError::bad_request(format!("a tool's input schema cannot constrain a forced call: {e}"))
     })
+}
+
+/// Rewrites the local `$ref`s of a schema that moves from a document's root to the JSON
+/// pointer `at` (`#` → `at`, `#/$defs/x` → `at/$defs/x`). Values that are data, not
+/// schemas (`const`, `enum`, `default`, `examples`), are left as they are.
+fn rebase_local_refs(schema: &mut Value, at: &str) {
+    match schema {
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                match (key.as_str(), v) {
+                    ("$ref", Value::String(r)) => {
+                        if let Some(rest) = r.strip_prefix('#') {
+                            *r = format!("{at}{rest}");
+                        }
+                    }
+                    ("const" | "enum" | "default" | "examples", _) => {}
+                    (_, v) => rebase_local_refs(v, at),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| rebase_local_refs(v, at)),
+        _ => {}
+    }
 }
 
 /// A `text/event-stream` response of the lines `events` yields.
@@ -877,6 +952,41 @@ mod tests {
         }
         let many = vec![good; MAX_TOOLS + 1];
         assert!(chat_tools(Some(&many)).unwrap_err().to_string().contains("at most"));
+        let long = json!({"function": {"name": "f", "description": "x".repeat(MAX_TOOLS_BYTES)}});
+        assert!(chat_tools(Some(&[long])).unwrap_err().to_string().contains("KiB"));
+    }
+
+    /// Found by an outside sweep: a forced call nests the tool's schema under the call's
+    /// `arguments`, so its `#/$defs/...` pointed at nothing (400) and `#` at the wrapper
+    /// (calls nested inside calls).
+    #[test]
+    fn forced_calls_keep_the_tools_local_refs() {
+        use corral_generation::structured::Matcher;
+        let addr = json!({"type": "function", "function": {"name": "addr", "parameters": {
+            "$defs": {"Addr": {"type": "object", "properties": {"city": {"enum": ["Oslo"]}},
+                               "required": ["city"]}},
+            "type": "object", "properties": {"to": {"$ref": "#/$defs/Addr"}},
+            "required": ["to"]}}});
+        let tree = json!({"type": "function", "function": {"name": "tree", "parameters": {
+            "type": "object", "properties": {"v": {"type": "integer"},
+                "kids": {"type": "array", "items": {"$ref": "#"}, "maxItems": 2}},
+            "required": ["v"]}}});
+        for tools in [vec![addr.clone()], vec![tree.clone()], vec![addr, tree]] {
+            let g = ToolChoice::Required.forced_call_grammar(Some(&tools)).unwrap().unwrap();
+            let fits = |doc: &str| {
+                let mut m = Matcher::new(g.clone());
+                m.feed(doc.as_bytes()) && m.is_complete()
+            };
+            let names: Vec<_> = tools.iter().filter_map(tool_name).collect();
+            if names.contains(&"addr") {
+                assert!(fits(r#"{"name":"addr","arguments":{"to":{"city":"Oslo"}}}"#));
+            }
+            if names.contains(&"tree") {
+                assert!(fits(r#"{"name":"tree","arguments":{"v":1,"kids":[{"v":2}]}}"#));
+                let wrapper_inside = r#"{"name":"tree","arguments":{"v":1,"kids":[{"name":"tree","arguments":{"v":2}}]}}"#;
+                assert!(!fits(wrapper_inside), "{names:?}");
+            }
+        }
     }
 
     #[test]

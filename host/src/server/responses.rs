@@ -207,13 +207,15 @@ fn tools_of(tools: Option<&[Value]>) -> Result<Option<Vec<Value>>, ApiError> {
     if tools.len() > MAX_TOOLS {
         return Err(ApiError::bad_request(format!("at most {MAX_TOOLS} tools are accepted")));
     }
+    generation::check_tools_size(tools)?;
     let mut out = Vec::with_capacity(tools.len());
     for (i, t) in tools.iter().enumerate() {
         match t.get("type").and_then(Value::as_str) {
             Some("function") => {}
             other => {
                 return Err(ApiError::bad_request(format!(
-                    "tools[{i}]: tool type {other:?} is not supported (only \"function\" is)"
+                    "tools[{i}]: tool type {} is not supported (only \"function\" is)",
+                    generation::shown_type(other)
                 )));
             }
         }
@@ -256,7 +258,8 @@ fn text_format_grammar(text: Option<&Value>) -> Result<Option<Arc<Grammar>>, Api
                 .map_err(|e| ApiError::bad_request(format!("text.format.schema: {e}")))
         }
         other => Err(ApiError::bad_request(format!(
-            "text.format.type must be \"text\", \"json_object\" or \"json_schema\", got {other:?}"
+            "text.format.type must be \"text\", \"json_object\" or \"json_schema\", got {}",
+            generation::shown_type(other)
         ))),
     }
 }
@@ -293,7 +296,8 @@ fn content_of(at: &str, v: Option<&Value>) -> Result<(String, Vec<String>), ApiE
                     }
                     other => {
                         return Err(ApiError::bad_request(format!(
-                            "{at}[{j}]: content part type {other:?} is not supported"
+                            "{at}[{j}]: content part type {} is not supported",
+                            generation::shown_type(other)
                         )));
                     }
                 }
@@ -434,8 +438,9 @@ fn input_messages(input: &Value, earlier: &[Message]) -> Result<Vec<Message>, Ap
             }
             other => {
                 return Err(ApiError::bad_request(format!(
-                    "{at}: input item type {other:?} is not supported (messages, function_call, \
-                     function_call_output and reasoning are)"
+                    "{at}: input item type {} is not supported (messages, function_call, \
+                     function_call_output and reasoning are)",
+                    generation::shown_type(other)
                 )));
             }
         }
