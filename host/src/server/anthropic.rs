@@ -171,11 +171,22 @@ fn tool_choice_of(v: Option<&Value>) -> Result<ToolChoice, ApiError> {
 }
 
 /// What `thinking` asks: `Some(true)` enabled, `Some(false)` disabled.
-fn thinking_of(v: Option<&Value>) -> Result<Option<bool>, ApiError> {
+/// `budget_tokens` must be below `max_tokens`, as Anthropic's API requires (the budget is
+/// part of the answer's tokens).
+fn thinking_of(v: Option<&Value>, max_tokens: Option<i64>) -> Result<Option<bool>, ApiError> {
     let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(None) };
     match v.get("type").and_then(Value::as_str) {
         Some("enabled") => match v.get("budget_tokens") {
             None => Ok(Some(true)),
+            Some(b)
+                if b.as_u64()
+                    .zip(max_tokens)
+                    .is_some_and(|(b, max)| i64::try_from(b).is_ok_and(|b| b >= max)) =>
+            {
+                Err(ApiError::bad_request(format!(
+                    "max_tokens must be greater than thinking.budget_tokens ({b})"
+                )))
+            }
             Some(b) if b.as_u64().is_some_and(|b| b > 0) => Ok(Some(true)),
             Some(b) => Err(ApiError::bad_request(format!(
                 "thinking.budget_tokens must be a positive integer, got {b}"
@@ -437,7 +448,7 @@ fn parse(req: &MessagesRequest) -> Result<Parsed, ApiError> {
         messages: messages_of(req.system.as_ref(), &req.messages)?,
         tools: tools_of(req.tools.as_deref())?,
         choice: tool_choice_of(req.tool_choice.as_ref())?,
-        think: thinking_of(req.thinking.as_ref())?,
+        think: thinking_of(req.thinking.as_ref(), req.max_tokens)?,
     })
 }
 
@@ -800,12 +811,12 @@ mod tests {
         assert!(system_text(&json!(5)).is_err());
         assert!(tool_choice_of(Some(&json!({"type": "tool"}))).is_err());
         assert_eq!(tool_choice_of(Some(&json!({"type": "any"}))).unwrap(), ToolChoice::Required);
-        assert!(thinking_of(Some(&json!({"type": "enabled", "budget_tokens": -1}))).is_err());
-        assert_eq!(
-            thinking_of(Some(&json!({"type": "enabled", "budget_tokens": 2048}))).unwrap(),
-            Some(true)
-        );
-        assert_eq!(thinking_of(Some(&json!({"type": "adaptive"}))).unwrap(), Some(true));
+        let enabled = |b: i64| json!({"type": "enabled", "budget_tokens": b});
+        assert!(thinking_of(Some(&enabled(-1)), Some(4096)).is_err());
+        assert_eq!(thinking_of(Some(&enabled(2048)), Some(4096)).unwrap(), Some(true));
+        let e = thinking_of(Some(&enabled(4096)), Some(4096)).unwrap_err();
+        assert!(e.message.contains("greater than thinking.budget_tokens"), "{}", e.message);
+        assert_eq!(thinking_of(Some(&json!({"type": "adaptive"})), None).unwrap(), Some(true));
         assert!(output_format_grammar(Some(&json!({"format": {"type": "xml"}}))).is_err());
         let format = json!({"format": {"type": "json_schema", "schema": {"type": "object"}}});
         assert!(output_format_grammar(Some(&format)).unwrap().is_some());
