@@ -147,7 +147,7 @@ fn anthropic_messages_answer_and_stream_in_anthropic_shapes() {
 
     // Thinking asked of a model that does not think: answered without thinking.
     let mut thinking = body(false);
-    thinking["thinking"] = json!({"type": "enabled", "budget_tokens": 1024});
+    thinking["thinking"] = json!({"type": "enabled", "budget_tokens": 4});
     let (st, v) = post(&s, "/v1/messages", &thinking);
     assert_eq!(st, 200, "{v}");
     assert!(v["content"].as_array().unwrap().iter().all(|b| b["type"] != "thinking"), "{v}");
