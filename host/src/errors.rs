@@ -81,20 +81,26 @@ impl ErrorClass {
     /// The class of a registry or store error.
     pub fn of_registry(e: &corral_registry::Error) -> ErrorClass {
         use corral_registry::Error as E;
+        // By variant only, never by words in a message: a registry's 500 whose body says
+        // "model not found" is a failing registry (502), its 404 is `RegistryModelNotFound`.
         match e {
+            // `DigestMismatch` is content the user gave (an uploaded blob, a linked file);
+            // wrong bytes from a registry are a `Registry` error.
+            // `InvalidManifest`: a stored model that cannot be opened (no model layer,
+            // parameters that are not JSON, ...): the request names an unusable model,
+            // the same answer for `show`, a load and `push`, locally and over HTTP.
             E::InvalidName { .. }
             | E::InvalidDigest { .. }
             | E::DigestMismatch { .. }
+            | E::InvalidManifest { .. }
             | E::Modelfile { .. } => ErrorClass::BadInput,
             E::ReadOnly(_) => ErrorClass::Forbidden,
-            E::ModelNotFound(_) => ErrorClass::NotFound,
-            E::Registry { message, .. } if message.contains("model not found") => {
-                ErrorClass::NotFound
-            }
+            E::ModelNotFound(_) | E::RegistryModelNotFound { .. } => ErrorClass::NotFound,
             E::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 ErrorClass::NotFound
             }
-            // The registry answered with an error or could not be reached.
+            // The registry answered with an error, sent what it must not, or could not be
+            // reached.
             E::Registry { .. } => ErrorClass::Upstream,
             _ => ErrorClass::Internal,
         }
@@ -162,5 +168,23 @@ mod tests {
             (3, 404)
         );
         assert_eq!(ErrorClass::of(&anyhow::anyhow!("boom")).http_status(), 500);
+    }
+
+    /// A registry's faults are upstream (502, exit 1) whatever its message says; its 404
+    /// is "not found"; an unusable stored model is the request's (400).
+    #[test]
+    fn registry_errors_by_variant_not_by_words() {
+        use corral_registry::Error as E;
+        let class = |e: E| ErrorClass::of_registry(&e);
+        let upstream = E::Registry {
+            registry: "r".into(),
+            model: "m".into(),
+            message: "fetching the manifest: 500: {\"error\":\"model not found\"}".into(),
+        };
+        assert_eq!(class(upstream), ErrorClass::Upstream);
+        let gone = E::RegistryModelNotFound { registry: "r".into(), model: "m".into() };
+        assert_eq!(class(gone).http_status(), 404);
+        let unusable = E::InvalidManifest { model: "m".into(), reason: "no model layer".into() };
+        assert_eq!((class(unusable).http_status(), ErrorClass::BadInput.exit_code()), (400, 2));
     }
 }

@@ -30,6 +30,10 @@ pub enum ModelsError {
     /// Neither a file nor a model in the store.
     #[error("model {0:?} not found, try pulling it first")]
     NotFound(String),
+    /// A model `rm` (or another command that only touches what is there) did not find:
+    /// no hint to pull it, which would be the wrong advice.
+    #[error("model {0:?} not found")]
+    NotInStore(String),
     /// A path-like argument that names no file.
     #[error("model file {0} not found: it does not exist")]
     NoSuchFile(String),
@@ -56,7 +60,9 @@ impl ModelsError {
     /// What kind of failure this is (see [`crate::errors`]).
     pub fn class(&self) -> ErrorClass {
         match self {
-            ModelsError::NotFound(_) | ModelsError::NoSuchFile(_) => ErrorClass::NotFound,
+            ModelsError::NotFound(_) | ModelsError::NotInStore(_) | ModelsError::NoSuchFile(_) => {
+                ErrorClass::NotFound
+            }
             ModelsError::InvalidName(_) => ErrorClass::BadInput,
             ModelsError::PathNotAllowed(_) | ModelsError::RelativePath(_) => ErrorClass::Forbidden,
             ModelsError::Store(e) => ErrorClass::of_registry(e),

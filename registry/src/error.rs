@@ -97,6 +97,17 @@ pub enum Error {
         /// What failed.
         message: String,
     },
+    /// The registry answered that it does not have the model (its manifest `GET` was a
+    /// 404). A variant of its own, so that "not found" is decided by the registry's HTTP
+    /// status, never by words in a message (a registry's 500 whose body says "model not
+    /// found" is still a failing registry).
+    #[error("registry {registry}, model {model}: model not found on the registry (manifest 404)")]
+    RegistryModelNotFound {
+        /// The registry host.
+        registry: String,
+        /// The model (fully qualified).
+        model: String,
+    },
     /// The operation was cancelled.
     #[error("cancelled")]
     Cancelled,

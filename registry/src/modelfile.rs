@@ -471,6 +471,7 @@ pub fn create(
     progress: &mut dyn FnMut(&str),
 ) -> Result<ResolvedModel> {
     store.check_writable()?;
+    name.check_destination()?;
     // Every blob the new manifest will name is pinned before it is checked or written,
     // so a concurrent `rm` or `prune` (any process) cannot delete it meanwhile.
     let pin = store.pin()?;

@@ -6,12 +6,14 @@
 //!
 //! | part      | length | first character      | other characters            |
 //! |-----------|--------|----------------------|-----------------------------|
-//! | host      | 1-350  | letter, digit or `_` | letters, digits, `_ - . :`  |
+//! | host      | 1-255  | letter, digit or `_` | letters, digits, `_ - . :`  |
 //! | namespace | 1-80   | letter, digit or `_` | letters, digits, `_ -`      |
 //! | model     | 1-80   | letter, digit or `_` | letters, digits, `_ - .`    |
 //! | tag       | 1-80   | letter, digit or `_` | letters, digits, `_ - .`    |
 //!
-//! So no part can be empty, be `.` or `..`, or hold a slash, a backslash or a NUL.
+//! So no part can be empty, be `.` or `..`, or hold a slash, a backslash or a NUL. Every
+//! part becomes a file name of the store, so none is longer than 255 bytes (Ollama allows
+//! 350 for the host). A `:` in the host must be followed by a port, 1 to 65535.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -54,9 +56,13 @@ impl Kind {
             Kind::Tag => "tag",
         }
     }
+    /// Ollama allows hosts of 350 characters, but every part of a name becomes a
+    /// directory or file name of the store (`manifests/<host>/<namespace>/<model>/<tag>`),
+    /// and file systems refuse names over 255 bytes: a longer host could be parsed and
+    /// then fail every write with an I/O error (a 500 naming the server's paths).
     fn max_len(self) -> usize {
         match self {
-            Kind::Host => 350,
+            Kind::Host => 255,
             _ => 80,
         }
     }
@@ -96,6 +102,23 @@ fn check_part(full: &str, kind: Kind, part: &str) -> Result<()> {
                 part.chars().take(100).collect::<String>()
             )
             .replace("  ", " ")));
+        }
+    }
+    // `host:port`: one colon, then a port number (caught here, not as a registry's
+    // "invalid port number" when the URL is built).
+    if kind == Kind::Host
+        && let Some((_, port)) = part.split_once(':')
+    {
+        let valid = !port.is_empty()
+            && port.len() <= 5
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u32>().is_ok_and(|p| (1..=65535).contains(&p));
+        if !valid {
+            return Err(err(format!(
+                "the host {:?} has an invalid port {:?} (a number from 1 to 65535)",
+                part.chars().take(100).collect::<String>(),
+                port.chars().take(20).collect::<String>()
+            )));
         }
     }
     Ok(())
@@ -193,6 +216,20 @@ impl ModelName {
         n.digest = self.digest;
         Ok(n)
     }
+    /// Refuses a name with a pinned digest as the name a model is written under (`cp`,
+    /// `create`): the digest would be dropped silently (a manifest's digest is that of
+    /// its bytes, not a name's wish).
+    pub fn check_destination(&self) -> Result<()> {
+        match self.digest {
+            Some(_) => Err(Error::InvalidName {
+                name: self.to_string(),
+                reason: "a model is written under a name without a digest (drop the @sha256:...)"
+                    .into(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// The same name without a pinned digest.
     pub fn without_digest(&self) -> ModelName {
         ModelName { digest: None, ..self.clone() }
@@ -316,6 +353,23 @@ mod tests {
         let long = "m".repeat(81);
         assert!(ModelName::parse(&long).is_err());
         assert!(ModelName::parse(&"m".repeat(80)).is_ok());
+    }
+
+    /// Every part becomes a file name of the store: none may exceed 255 bytes (a host of
+    /// 256-350 characters passed and every write failed with a 500), and a port must be a
+    /// port (`:99999` passed and failed later as a registry error, a 502).
+    #[test]
+    fn parts_fit_a_file_name_and_ports_are_ports() {
+        let host = "h".repeat(256);
+        let e = ModelName::parse(&format!("{host}/n/m")).unwrap_err().to_string();
+        assert!(e.contains("at most 255"), "{e}");
+        assert!(ModelName::parse(&format!("{}/n/m", "h".repeat(255))).is_ok());
+        assert!(ModelName::parse(&format!("{}/n/m", "a".repeat(350))).is_err());
+        for bad in ["127.0.0.1:99999/x/y:z", "h:0/n/m", "h:/n/m", "h:1:2/n/m", "h:x1/n/m"] {
+            let e = ModelName::parse(bad).map(|n| n.to_string()).unwrap_err().to_string();
+            assert!(e.contains("port"), "{bad}: {e}");
+        }
+        assert_eq!(ModelName::parse("h:65535/n/m").unwrap().host(), "h:65535");
     }
 
     #[test]

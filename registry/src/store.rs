@@ -658,6 +658,39 @@ impl Store {
         let modified = fs::metadata(self.manifest_path(name))
             .and_then(|m| m.modified())
             .unwrap_or(SystemTime::UNIX_EPOCH);
+        self.resolve(name, manifest, manifest_digest, modified, true)
+    }
+
+    /// Checks that a stored model can be opened, by the rules of [`Store::get`] (without
+    /// making an ONNX model's directory). Push runs it first, so that a model that could
+    /// never be used is refused the same way through a server and locally.
+    pub fn check(&self, name: &ModelName) -> Result<()> {
+        let (manifest, digest) = self.read_manifest(name)?;
+        self.resolve(name, manifest, digest, SystemTime::UNIX_EPOCH, false).map(|_| ())
+    }
+
+    /// Checks that a manifest about to be written (a pull's, whose blobs are all present)
+    /// could be opened by [`Store::get`]: the same rules, so that no model is stored that
+    /// every use would refuse.
+    pub(crate) fn check_manifest(
+        &self,
+        name: &ModelName,
+        manifest: &Manifest,
+        digest: Digest,
+    ) -> Result<()> {
+        self.resolve(name, manifest.clone(), digest, SystemTime::UNIX_EPOCH, false).map(|_| ())
+    }
+
+    /// The one set of rules that turns a manifest into a [`ResolvedModel`] (`materialize`:
+    /// also make an ONNX model's directory of links).
+    fn resolve(
+        &self,
+        name: &ModelName,
+        manifest: Manifest,
+        manifest_digest: Digest,
+        modified: SystemTime,
+        materialize: bool,
+    ) -> Result<ResolvedModel> {
         let missing = |l: &Layer| Error::BlobMissing {
             model: name.to_string(),
             digest: l.digest.to_string(),
@@ -755,10 +788,15 @@ impl Store {
                 _ => {}
             }
         }
+        if let Some(reason) = onnx_title_clash(&onnx_files) {
+            return Err(Error::InvalidManifest { model: name.to_string(), reason });
+        }
         if !onnx_files.is_empty() && !have_model {
             have_model = true;
             r.model_size = onnx_files.iter().map(|f| f.2).fold(0u64, u64::saturating_add);
-            r.model_path = self.materialize_onnx(&r.manifest_digest, &onnx_files)?;
+            if materialize {
+                r.model_path = self.materialize_onnx(&r.manifest_digest, &onnx_files)?;
+            }
             r.config.model_format = "onnx".into();
         }
         if !have_model && !r.config.is_remote() {
@@ -775,6 +813,7 @@ impl Store {
     /// them.
     pub fn copy(&self, src: &ModelName, dst: &ModelName) -> Result<()> {
         self.check_writable()?;
+        dst.check_destination()?;
         let path = self.manifest_path(src);
         if !path.is_file() {
             return Err(Error::ModelNotFound(src.to_string()));
@@ -824,7 +863,7 @@ impl Store {
 
     /// Deletes the `candidates` (every blob when `None`) that no manifest and no live pin
     /// names, under the exclusive collector lock.
-    fn collect(&self, candidates: Option<&BTreeSet<Digest>>) -> Result<PruneReport> {
+    pub(crate) fn collect(&self, candidates: Option<&BTreeSet<Digest>>) -> Result<PruneReport> {
         let _gc = self.gc_exclusive()?;
         let keep = self.keep_set();
         let mut report = PruneReport::default();
@@ -943,6 +982,25 @@ pub fn link_info_for(path: &Path, progress: impl FnMut(u64)) -> Result<LinkInfo>
     Ok(LinkInfo { path: abs, size, mtime_ns: mtime_ns(&meta), digest })
 }
 
+/// Two ONNX file layers whose paths cannot both be files of one directory: the same path
+/// twice (`a` and `a/`), or one path inside another (`a` and `a/b`: `a` cannot be a file
+/// and a directory). The paths have passed [`safe_relative_path`].
+fn onnx_title_clash(files: &[(String, PathBuf, u64)]) -> Option<String> {
+    let mut paths: Vec<(Vec<&str>, &str)> = files
+        .iter()
+        .map(|(t, _, _)| {
+            (Path::new(t).components().filter_map(|c| c.as_os_str().to_str()).collect(), t.as_str())
+        })
+        .collect();
+    paths.sort();
+    paths.windows(2).find(|w| w[1].0.starts_with(&w[0].0)).map(|w| {
+        format!(
+            "ONNX file layers {:?} and {:?} cannot both be files of one directory",
+            w[0].1, w[1].1
+        )
+    })
+}
+
 /// Whether a layer's path annotation is a plain relative path (no `..`, not absolute).
 fn safe_relative_path(p: &str) -> bool {
     !p.is_empty()
@@ -1053,6 +1111,18 @@ mod tests {
         assert_eq!(rep.removed.len(), 3);
         assert!(s.list().unwrap().is_empty());
         assert!(matches!(s.get(&b), Err(Error::ModelNotFound(_))));
+    }
+
+    /// A copy to `name@sha256:...` is refused (the digest was dropped silently).
+    #[test]
+    fn copy_to_a_name_with_a_digest_is_refused() {
+        let (_d, s) = store();
+        let d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let src = ModelName::parse("a").unwrap();
+        let dst = ModelName::parse(&format!("b@{d}")).unwrap();
+        let e = s.copy(&src, &dst).unwrap_err();
+        assert!(matches!(e, Error::InvalidName { .. }), "{e}");
+        assert!(!s.manifest_path(&dst).exists());
     }
 
     #[test]

@@ -802,12 +802,14 @@ pub(crate) fn rm(global: &GlobalOptions, a: &RmArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let store = a.store.open_with(global, &a.names[0])?;
+    let Some(store) = a.store.open_existing(global)? else {
+        return Err(ModelsError::NotInStore(a.names[0].clone()).into());
+    };
     for (arg, name) in a.names.iter().zip(&names) {
         match store.remove(name) {
             Ok(_) => println!("deleted '{arg}'"),
             Err(corral_registry::Error::ModelNotFound(_)) => {
-                return Err(ModelsError::NotFound(arg.clone()).into());
+                return Err(ModelsError::NotInStore(arg.clone()).into());
             }
             Err(e) => return Err(e.into()),
         }

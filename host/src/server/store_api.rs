@@ -38,6 +38,18 @@ fn name_of(s: &str) -> Result<ModelName, ApiError> {
     ModelName::parse(s).map_err(ApiError::from)
 }
 
+/// A name a model is written under (create, copy): a `@sha256:...` digest there would
+/// be dropped (the manifest's digest is what it is), so it is refused.
+fn destination_name(s: &str) -> Result<ModelName, ApiError> {
+    let name = name_of(s)?;
+    if name.digest().is_some() {
+        return Err(ApiError::bad_request(format!(
+            "{s:?}: a model is written under a name without a digest (drop the @sha256:...)"
+        )));
+    }
+    Ok(name)
+}
+
 /// `POST /api/pull` and `/api/push` body.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,6 +68,22 @@ pub struct TransferRequest {
     password: Option<String>,
 }
 
+/// The transfer task of one `/api/pull` or `/api/push` request, aborted when dropped.
+///
+/// The handle lives in the request's handler (`"stream": false`) or in its response body
+/// (streamed): when the client goes away, hyper drops them, and the transfer stops, as
+/// Ollama's runs under its request's context. Without this a pull outlived its client
+/// (a registry trickling bytes kept it, a hashing thread and its files, and the blob's
+/// lock, for ever). What was downloaded stays as a partial file the next pull resumes;
+/// the blob's lock is released, so a pull waiting for it goes on.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn transfer(state: Arc<AppState>, body: Bytes, push: bool) -> Result<Response, ApiError> {
     let req: TransferRequest = parse_body(&body)?;
     let _ = (&req.username, &req.password);
@@ -72,11 +100,20 @@ async fn transfer(state: Arc<AppState>, body: Bytes, push: bool) -> Result<Respo
         ));
     }
     let store = store_of(&state)?;
+    if push {
+        // A model that is missing or cannot be opened is refused with its status (404,
+        // 400) before any registry is contacted or a stream starts.
+        let (s, n) = (store.clone(), name.clone());
+        tokio::task::spawn_blocking(move || s.check(&n))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(ApiError::from)?;
+    }
     let client = oci::Client::new(oci::ClientOptions { insecure, ..Default::default() })
         .map_err(ApiError::from)?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
     let sched = state.sched.clone();
-    let task = tokio::spawn(async move {
+    let task = AbortOnDrop(tokio::spawn(async move {
         let progress = |p: &oci::Progress| {
             let _ = tx.send(serde_json::to_value(p).unwrap_or_default());
         };
@@ -95,16 +132,19 @@ async fn transfer(state: Arc<AppState>, body: Bytes, push: bool) -> Result<Respo
             }
             Err(e) => Err(ApiError::from(e)),
         }
-    });
+    }));
     if req.stream == Some(false) {
-        let result = task.await.map_err(|e| ApiError::internal(e.to_string()))?;
+        let mut task = task;
+        let result = (&mut task.0).await.map_err(|e| ApiError::internal(e.to_string()))?;
         result?;
         return Ok(axum::Json(json!({"status": "success"})).into_response());
     }
-    // Progress lines, then an error line if the transfer failed.
+    // Progress lines, then an error line if the transfer failed. The tail owns the task:
+    // the body dropped (the client left) aborts the transfer.
     let progress = tokio_stream_from(rx);
     let tail = futures_util::stream::once(async move {
-        match task.await {
+        let mut task = task;
+        match (&mut task.0).await {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(json!({"error": e.message, "code": e.status.as_u16()})),
             Err(e) => Some(json!({"error": e.to_string()})),
@@ -171,24 +211,56 @@ fn cmd(directive: Directive) -> Command {
     Command { line: 1, column: 1, value_pos: (1, 1), directive }
 }
 
+/// The store path of a blob a client uploaded (`POST /api/blobs/DIGEST`), named in
+/// `files` or `adapters` as `name → digest`.
+fn uploaded_blob(store: &Store, field: &str, file: &str, digest: &str) -> Result<String, ApiError> {
+    let d = Digest::parse(digest)
+        .map_err(|e| ApiError::bad_request(format!("{field}: {file:?}: {e}")))?;
+    if !store.has_blob(&d) {
+        return Err(ApiError::bad_request(format!(
+            "{field}: {file:?}: blob {d} was not uploaded (POST /api/blobs/{d} first)"
+        )));
+    }
+    Ok(store.blob_path(&d).to_string_lossy().into_owned())
+}
+
+/// Ollama's structured create as a Modelfile. `files` (name → digest of an uploaded
+/// blob) is one GGUF model file, the FROM; `adapters` (the same, LoRA GGUF files) become
+/// ADAPTER layers, as a Modelfile's ADAPTER lines do. What this server cannot do is
+/// refused by name, never dropped: several model files (a safetensors set, to convert),
+/// `files` beside `from`.
 fn structured_modelfile(store: &Store, req: &CreateRequest) -> Result<Modelfile, ApiError> {
     let mut commands = Vec::new();
-    let from = match (&req.from, &req.files) {
-        (Some(f), _) if !f.is_empty() => f.clone(),
-        (_, Some(files)) if !files.is_empty() => {
-            let digest =
-                files.values().next().ok_or_else(|| ApiError::bad_request("files is empty"))?;
-            let d = Digest::parse(digest).map_err(ApiError::from)?;
-            if !store.has_blob(&d) {
+    let files = req.files.as_ref().filter(|f| !f.is_empty());
+    let from = match (&req.from, files) {
+        (Some(f), Some(_)) if !f.is_empty() => {
+            return Err(ApiError::bad_request(
+                "give either from (a model) or files (uploaded model files), not both",
+            ));
+        }
+        (Some(f), None) if !f.is_empty() => f.clone(),
+        (_, Some(files)) => {
+            if files.len() > 1 {
+                let names: Vec<&str> = files.keys().map(String::as_str).take(10).collect();
                 return Err(ApiError::bad_request(format!(
-                    "blob {d} was not uploaded (POST /api/blobs/{d} first)"
+                    "files names {} files ({}); this server creates a model from one GGUF \
+                     file (converting safetensors or other multi-file models is not \
+                     supported)",
+                    files.len(),
+                    names.join(", ")
                 )));
             }
-            store.blob_path(&d).to_string_lossy().into_owned()
+            let Some((file, digest)) = files.iter().next() else {
+                return Err(ApiError::bad_request("files is empty"));
+            };
+            uploaded_blob(store, "files", file, digest)?
         }
         _ => return Err(ApiError::bad_request("neither from nor files nor modelfile given")),
     };
     commands.push(cmd(Directive::From(from)));
+    for (file, digest) in req.adapters.iter().flatten() {
+        commands.push(cmd(Directive::Adapter(uploaded_blob(store, "adapters", file, digest)?)));
+    }
     if let Some(r) = req.remote_host.as_ref().filter(|r| !r.is_empty()) {
         commands.push(cmd(Directive::Remote(r.clone())));
     }
@@ -299,11 +371,21 @@ fn check_local_files(
 /// `POST /api/create`.
 pub async fn create(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let req: CreateRequest = parse_body(&body)?;
-    let _ = (&req.path, &req.adapters);
+    let _ = &req.path;
     if req.quantize.as_deref().is_some_and(|q| !q.is_empty()) {
         return Err(ApiError::bad_request("quantize is not supported"));
     }
-    let name = name_of(&req.model.clone().or(req.name.clone()).unwrap_or_default())?;
+    let has_modelfile = req.modelfile.as_ref().is_some_and(|t| !t.trim().is_empty());
+    let non_empty = |m: &Option<std::collections::BTreeMap<String, String>>| {
+        m.as_ref().is_some_and(|m| !m.is_empty())
+    };
+    if has_modelfile && (non_empty(&req.files) || non_empty(&req.adapters)) {
+        return Err(ApiError::bad_request(
+            "give either a modelfile or files/adapters, not both (name the blobs in the \
+             Modelfile's FROM and ADAPTER lines, or use the structured fields only)",
+        ));
+    }
+    let name = destination_name(&req.model.clone().or(req.name.clone()).unwrap_or_default())?;
     let store = store_of(&state)?;
     let stream = req.stream != Some(false);
     let created = name.to_string();
@@ -363,7 +445,7 @@ pub struct CopyRequest {
 /// `POST /api/copy`.
 pub async fn copy(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let req: CopyRequest = parse_body(&body)?;
-    let (src, dst) = (name_of(&req.source)?, name_of(&req.destination)?);
+    let (src, dst) = (name_of(&req.source)?, destination_name(&req.destination)?);
     let store = store_of(&state)?;
     let copied = dst.to_string();
     tokio::task::spawn_blocking(move || store.copy(&src, &dst))

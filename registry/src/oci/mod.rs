@@ -113,6 +113,16 @@ fn max_blob_size_from_env() -> u64 {
     }
 }
 
+/// The default [`ClientOptions::min_speed`]: 8 KiB/s (averaged over
+/// [`DEFAULT_SPEED_WINDOW`]). Below any link a model can usefully be pulled over (a 4 GB
+/// model at 8 KiB/s takes six days), far above a registry dribbling bytes to hold a
+/// download open.
+pub const DEFAULT_MIN_SPEED: u64 = 8 << 10;
+
+/// The default [`ClientOptions::speed_window`]: 120 s (so one stall of 30 s and a few
+/// retries with backoff fit in a window without failing it).
+pub const DEFAULT_SPEED_WINDOW: Duration = Duration::from_secs(120);
+
 /// Options of a [`Client`].
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
@@ -144,6 +154,17 @@ pub struct ClientOptions {
     pub max_redirects: usize,
     /// Chunk size of uploads.
     pub upload_chunk_size: u64,
+    /// The slowest a blob download may be: if, over any [`ClientOptions::speed_window`],
+    /// a blob receives less than `min_speed` bytes per second (and less than what it
+    /// still lacked), the download is abandoned as an upstream failure (its partial file
+    /// is kept for a later pull to resume). Without it a registry that sends one byte
+    /// every few seconds never trips the [`stall_timeout`](ClientOptions::stall_timeout)
+    /// and holds a download (a hashing thread, file descriptors, the blob's lock) for
+    /// ever. Default: [`DEFAULT_MIN_SPEED`] (8 KiB/s) over [`DEFAULT_SPEED_WINDOW`] (120 s);
+    /// 0 disables the check.
+    pub min_speed: u64,
+    /// The window over which [`ClientOptions::min_speed`] is measured. Default: 120 s.
+    pub speed_window: Duration,
 }
 
 impl Default for ClientOptions {
@@ -162,6 +183,8 @@ impl Default for ClientOptions {
             max_blob_size: max_blob_size_from_env(),
             max_redirects: 10,
             upload_chunk_size: 64 << 20,
+            min_speed: DEFAULT_MIN_SPEED,
+            speed_window: DEFAULT_SPEED_WINDOW,
         }
     }
 }
@@ -363,6 +386,23 @@ impl Client {
         self.opts.read_timeout.saturating_add(Duration::from_secs(body_len / (256 << 10)))
     }
 
+    /// [`describe`], plus a hint when a TLS handshake met plain HTTP (rustls reports it
+    /// as "received corrupt message of type InvalidContentType", which says nothing to a
+    /// person): the registry speaks plain HTTP and the client must be told to.
+    pub(crate) fn describe(&self, e: &reqwest::Error) -> String {
+        let s = describe(e);
+        if !self.opts.insecure
+            && (s.contains("InvalidContentType") || s.contains("corrupt message"))
+        {
+            format!(
+                "{s} (the registry seems to speak plain HTTP, not HTTPS: pull or push with \
+                 --insecure, or \"insecure\": true in /api/pull and /api/push)"
+            )
+        } else {
+            s
+        }
+    }
+
     /// The options in use.
     pub fn options(&self) -> &ClientOptions {
         &self.opts
@@ -373,14 +413,35 @@ impl Client {
         format!("{scheme}://{}/v2/{}/{rest}", ctx.host, ctx.repo)
     }
 
-    /// Resolves a `Location` header against the registry's base URL.
-    pub(crate) fn resolve_location(&self, ctx: &Ctx, loc: &str) -> Result<String> {
+    /// The registry's base URL, `http(s)://<host>/`.
+    fn registry_base(&self, ctx: &Ctx) -> Result<reqwest::Url> {
         let scheme = if self.opts.insecure { "http" } else { "https" };
-        let base = reqwest::Url::parse(&format!("{scheme}://{}/", ctx.host))
-            .map_err(|e| ctx.err(format!("bad registry URL: {e}")))?;
-        base.join(loc)
-            .map(|u| u.to_string())
-            .map_err(|e| ctx.err(format!("bad Location {loc:?}: {e}")))
+        reqwest::Url::parse(&format!("{scheme}://{}/", ctx.host))
+            .map_err(|e| ctx.err(format!("bad registry URL: {e}")))
+    }
+
+    /// Resolves a `Location` header (an upload URL) against the registry's base URL, and
+    /// checks it with [`check_target`] as redirects and token realms are: a registry on
+    /// the internet cannot steer a push (and its bytes) to our loopback or a metadata
+    /// endpoint. (The registry's credentials go only to the registry's own host: see
+    /// [`Client::send`].)
+    pub(crate) fn resolve_location(&self, ctx: &Ctx, loc: &str) -> Result<String> {
+        let url = self
+            .registry_base(ctx)?
+            .join(loc)
+            .map_err(|e| ctx.err(format!("bad Location {loc:?}: {e}")))?;
+        check_target(&ctx.host, &url, self.opts.insecure)
+            .map_err(|m| ctx.err(format!("refusing the upload Location {loc:?}: {m}")))?;
+        Ok(url.to_string())
+    }
+
+    /// Whether `url` is on the registry itself (same host and port), the only place its
+    /// credentials and tokens may be sent.
+    fn is_registry_url(&self, ctx: &Ctx, url: &reqwest::Url) -> bool {
+        self.registry_base(ctx).is_ok_and(|b| {
+            b.host_str() == url.host_str()
+                && b.port_or_known_default() == url.port_or_known_default()
+        })
     }
 
     fn apply_auth(&self, host: &str, rb: RequestBuilder) -> RequestBuilder {
@@ -395,7 +456,10 @@ impl Client {
         }
     }
 
-    /// Sends a request built by `build`, following one auth challenge.
+    /// Sends a request built by `build`, following one auth challenge. The registry's
+    /// credentials (basic or a bearer token) are attached only when the request goes to
+    /// the registry's own host and port: an upload `Location` may name another host (a
+    /// storage back end), which must not receive them.
     pub(crate) async fn send(
         &self,
         ctx: &Ctx,
@@ -425,8 +489,12 @@ impl Client {
     ) -> Result<Response> {
         let mut challenged = false;
         loop {
-            let rb = self.apply_auth(&ctx.host, build(http));
-            let resp = rb.send().await.map_err(|e| ctx.err(format!("{what}: {}", describe(&e))))?;
+            let fail = |e: reqwest::Error| ctx.err(format!("{what}: {}", self.describe(&e)));
+            let req = build(http).build().map_err(fail)?;
+            let own = self.is_registry_url(ctx, req.url());
+            let rb = RequestBuilder::from_parts(http.clone(), req);
+            let rb = if own { self.apply_auth(&ctx.host, rb) } else { rb };
+            let resp = rb.send().await.map_err(fail)?;
             if resp.status() == StatusCode::UNAUTHORIZED && !challenged {
                 challenged = true;
                 let header = resp
@@ -500,7 +568,7 @@ impl Client {
                     rb = rb.basic_auth(u, Some(p));
                 }
                 let resp = rb.send().await.map_err(|e| {
-                    ctx.err(format!("fetching a token from {realm}: {}", describe(&e)))
+                    ctx.err(format!("fetching a token from {realm}: {}", self.describe(&e)))
                 })?;
                 if !resp.status().is_success() {
                     return Err(
@@ -567,7 +635,10 @@ impl Client {
             .await?;
         let status = resp.status();
         if status == StatusCode::NOT_FOUND {
-            return Err(ctx.err("model not found on the registry (manifest 404)".to_string()));
+            return Err(Error::RegistryModelNotFound {
+                registry: ctx.host.clone(),
+                model: ctx.model.clone(),
+            });
         }
         if !status.is_success() {
             let body = error_body(resp).await;
@@ -578,14 +649,15 @@ impl Client {
             .await
             .map_err(|m| ctx.err(format!("reading the manifest: {m}")))?;
         let digest = crate::Digest::of_bytes(&bytes);
+        // The registry sent other bytes than the digest asked for: its fault (upstream),
+        // not the request's.
         if let Some(want) = name.digest()
             && *want != digest
         {
-            return Err(Error::DigestMismatch {
-                what: format!("manifest of {} from {}", ctx.model, ctx.host),
-                expected: want.to_string(),
-                actual: digest.to_string(),
-            });
+            return Err(ctx.err(format!(
+                "the manifest the registry sent does not match the digest asked for: \
+                 expected {want}, got {digest}"
+            )));
         }
         let m: crate::Manifest = serde_json::from_slice(&bytes)
             .map_err(|e| ctx.err(format!("the manifest is not valid: {e}")))?;
@@ -818,6 +890,49 @@ mod tests {
         let (s, p) = parse_challenge(r#"Basic realm="Registry Realm""#);
         assert_eq!(s, "Basic");
         assert_eq!(p["realm"], "Registry Realm");
+    }
+
+    /// An upload `Location` is checked as redirects and token realms are: a registry
+    /// that is not on a loopback address cannot send a push to one (or to a metadata
+    /// endpoint), nor downgrade it to plain HTTP; a local test registry may.
+    #[test]
+    fn upload_locations_are_checked_like_redirects() {
+        let client = |insecure| {
+            Client::with_credentials(
+                ClientOptions { insecure, ..Default::default() },
+                Credentials::default(),
+            )
+            .unwrap()
+        };
+        let ctx = |host: &str| Ctx {
+            host: host.into(),
+            model: format!("{host}/ns/m:1"),
+            repo: "ns/m".into(),
+            push: true,
+        };
+        let c = client(true);
+        let remote = ctx("192.0.2.2:5000");
+        for bad in [
+            "http://127.0.0.1:9/v2/ns/m/blobs/uploads/1",
+            "http://localhost:9/x",
+            "http://169.254.169.254/latest/meta-data",
+            "http://[::1]:9/x",
+            "file:///etc/passwd",
+        ] {
+            let e = c.resolve_location(&remote, bad).unwrap_err().to_string();
+            assert!(e.contains("refusing the upload Location"), "{bad}: {e}");
+        }
+        assert_eq!(
+            c.resolve_location(&remote, "/v2/ns/m/blobs/uploads/1?x=1").unwrap(),
+            "http://192.0.2.2:5000/v2/ns/m/blobs/uploads/1?x=1"
+        );
+        assert!(c.resolve_location(&remote, "http://storage.example/up").is_ok());
+        let e = client(false)
+            .resolve_location(&ctx("registry.example"), "http://storage.example/up")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("plain http"), "{e}");
+        assert!(c.resolve_location(&ctx("127.0.0.1:5000"), "http://127.0.0.1:6000/u").is_ok());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `Client::pull`: manifest, then every missing blob in parallel ranges, resumable.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::{Client, Ctx, MAX_BLOB_SIZE_ENV, Progress, ProgressFn, describe};
+use super::{Client, Ctx, MAX_BLOB_SIZE_ENV, Progress, ProgressFn};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{Layer, MEDIA_TYPE_LINK};
@@ -188,6 +188,15 @@ fn hash_follow(f: &File, sh: &Shared) -> std::io::Result<Option<Digest>> {
     Ok(Some(Digest::from_hasher(h)))
 }
 
+/// How one download of a blob ended (errors aside).
+enum Fetched {
+    /// The digest matched; the blob is in the store.
+    Done,
+    /// The bytes have another digest (`got`); the partial file is deleted. `resumed`: the
+    /// download continued a partial file left earlier.
+    Mismatch { resumed: bool, got: Digest },
+}
+
 enum PartErr {
     Retry(String),
     Fatal(Error),
@@ -265,6 +274,7 @@ impl Client {
         let mut out =
             PullOutcome { manifest_digest, bytes_fetched: 0, blobs_fetched: 0, blobs_present: 0 };
         let mut seen = HashSet::new();
+        let mut fetched_now = BTreeSet::new();
         for l in m.blobs() {
             if !seen.insert(l.digest) {
                 continue;
@@ -281,6 +291,7 @@ impl Client {
             }
             out.bytes_fetched += self.download_blob(&ctx, store, l, progress).await?;
             out.blobs_fetched += 1;
+            fetched_now.insert(l.digest);
         }
         progress(&Progress::status("writing manifest"));
         for l in m.blobs() {
@@ -290,12 +301,29 @@ impl Client {
                 );
             }
         }
-        store.write_manifest_bytes(&name.without_digest(), &bytes)?;
+        // The rules every later use applies (a model layer, JSON parameters, ONNX file
+        // paths that fit in one directory, ...), checked before the manifest is stored: a
+        // model that can never be opened is the registry's fault, not a model to list.
+        let stored_as = name.without_digest();
+        if let Err(e) = store.check_manifest(&stored_as, &m, manifest_digest) {
+            drop(pin);
+            // The blobs this pull brought serve no model: delete those nothing else uses.
+            let _ = store.collect(Some(&fetched_now));
+            let why = match e {
+                Error::InvalidManifest { reason, .. } => reason,
+                e => e.to_string(),
+            };
+            return Err(ctx.err(format!("the model cannot be used, so it was not stored: {why}")));
+        }
+        store.write_manifest_bytes(&stored_as, &bytes)?;
         drop(pin);
         progress(&Progress::status("success"));
         Ok(out)
     }
 
+    /// Downloads one blob into the store, under its lock file (a second pull of the same
+    /// blob waits for the lock, then finds the blob, or resumes the partial the first one
+    /// left if that one failed or was cancelled: dropping the future releases the lock).
     async fn download_blob(
         &self,
         ctx: &Ctx,
@@ -304,7 +332,6 @@ impl Client {
         progress: ProgressFn<'_>,
     ) -> Result<u64> {
         let d = layer.digest;
-        let size = layer.size;
         let tmp = store.tmp_dir();
         fs::create_dir_all(&tmp).ctx("creating directory", &tmp)?;
         let base = d.blob_file_name();
@@ -333,9 +360,59 @@ impl Client {
         if store.has_blob(&d) {
             return Ok(0);
         }
+        // A partial may have been left by a pull from another registry (or a broken
+        // one): if a download that resumed it ends with the wrong digest, the partial is
+        // discarded and the blob downloaded once more from its first byte, so a hostile
+        // registry cannot spoil the next honest pull of the same digest. (Simpler than
+        // keeping partials per registry, and it also mends a partial spoiled by a disk
+        // or a registry's glitch; the cost, one more download, is paid only on a
+        // mismatch after a resume.)
+        let mut fetched = 0;
+        let mut allow_resume = true;
+        loop {
+            let (n, result) =
+                self.download_locked(ctx, store, layer, progress, allow_resume).await?;
+            fetched += n;
+            match result {
+                Fetched::Done => break,
+                Fetched::Mismatch { resumed: true, got } if allow_resume => {
+                    tracing::warn!(
+                        "{}: blob {d} resumed from an earlier partial download has digest \
+                         {got}; downloading it again from the start",
+                        ctx.model
+                    );
+                    allow_resume = false;
+                }
+                Fetched::Mismatch { got, .. } => {
+                    return Err(ctx.err(format!(
+                        "blob {d}: the registry sent bytes whose digest is {got} (digest \
+                         mismatch); the download was discarded"
+                    )));
+                }
+            }
+        }
+        drop(lock);
+        Ok(fetched)
+    }
+
+    /// One download of a blob whose lock is held: resumes the partial file (when
+    /// `allow_resume` and its saved progress fits), else starts from zero. Returns the
+    /// bytes received and whether the digest matched (then the blob is in place).
+    async fn download_locked(
+        &self,
+        ctx: &Ctx,
+        store: &Store,
+        layer: &Layer,
+        progress: ProgressFn<'_>,
+        allow_resume: bool,
+    ) -> Result<(u64, Fetched)> {
+        let d = layer.digest;
+        let size = layer.size;
+        let tmp = store.tmp_dir();
+        let base = d.blob_file_name();
         let part_path = tmp.join(format!("{base}.partial"));
         let state_path = tmp.join(format!("{base}.partial.json"));
-        let resumable = fs::metadata(&part_path).is_ok_and(|m| m.len() == size);
+        let resumable = allow_resume && fs::metadata(&part_path).is_ok_and(|m| m.len() == size);
         let parts = if resumable { load_state(&state_path, size) } else { None };
         let file = OpenOptions::new()
             .read(true)
@@ -360,6 +437,7 @@ impl Client {
             fetched: AtomicU64::new(0),
             last_emit: AtomicU64::new(0),
         });
+        let resumed = shared.completed() > 0;
         let mut guard =
             Guard { shared: shared.clone(), state_path: state_path.clone(), size, save: true };
         save_state(&state_path, &shared, size);
@@ -386,8 +464,38 @@ impl Client {
         job.emit(true);
         let mut tasks: FuturesUnordered<_> =
             (0..shared.parts.len()).map(|i| self.fetch_part(&job, i, &state_path)).collect();
-        while let Some(r) = tasks.next().await {
-            r?;
+        // The throughput floor (`min_speed` over `speed_window`): a registry that keeps
+        // every part alive with a trickle of bytes is abandoned (the guard keeps the
+        // partial for a later pull).
+        let window = self.opts.speed_window;
+        let check_speed = self.opts.min_speed > 0 && !window.is_zero();
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + window, window);
+        let mut window_fetched = 0u64;
+        let mut window_missing = size - shared.completed().min(size);
+        loop {
+            tokio::select! {
+                r = tasks.next() => match r {
+                    Some(r) => r?,
+                    None => break,
+                },
+                _ = ticker.tick(), if check_speed => {
+                    let now = shared.fetched.load(Ordering::Acquire);
+                    let got = now - window_fetched;
+                    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+                    let floor = (self.opts.min_speed as f64 * window.as_secs_f64()) as u64;
+                    if got < floor.min(window_missing) {
+                        return Err(ctx.err(format!(
+                            "downloading blob {d}: the registry sent {got} bytes in the last \
+                             {} s, less than the {} bytes/s this client requires; download \
+                             abandoned (a later pull resumes it)",
+                            window.as_secs_f64(),
+                            self.opts.min_speed
+                        )));
+                    }
+                    window_fetched = now;
+                    window_missing = size - shared.completed().min(size);
+                }
+            }
         }
         drop(tasks);
         job.emit(true);
@@ -403,13 +511,10 @@ impl Client {
         guard.save = false;
         drop(guard);
         if got != d {
+            drop(file);
             let _ = fs::remove_file(&part_path);
             let _ = fs::remove_file(&state_path);
-            return Err(Error::DigestMismatch {
-                what: format!("blob of {} from registry {}", ctx.model, ctx.host),
-                expected: d.to_string(),
-                actual: got.to_string(),
-            });
+            return Ok((fetched, Fetched::Mismatch { resumed, got }));
         }
         file.sync_all().ctx("syncing", &part_path)?;
         drop(file);
@@ -421,8 +526,7 @@ impl Client {
             let _ = dir.sync_all();
         }
         let _ = fs::remove_file(&state_path);
-        drop(lock);
-        Ok(fetched)
+        Ok((fetched, Fetched::Done))
     }
 
     async fn fetch_part(&self, job: &BlobJob<'_>, i: usize, state_path: &Path) -> Result<()> {
@@ -475,7 +579,9 @@ impl Client {
                 c.get(&job.url).header(reqwest::header::RANGE, &range)
             })
             .await
-            .map_err(|e| PartErr::Retry(e.to_string()))?;
+            // The message only: the error of the whole download names the registry and
+            // the model once.
+            .map_err(|e| PartErr::Retry(registry_message(e)))?;
         let status = resp.status();
         let mut skip = match status {
             StatusCode::PARTIAL_CONTENT => {
@@ -523,7 +629,7 @@ impl Client {
                         self.opts.stall_timeout
                     )));
                 }
-                Ok(Err(e)) => return Err(PartErr::Retry(describe(&e))),
+                Ok(Err(e)) => return Err(PartErr::Retry(self.describe(&e))),
                 Ok(Ok(None)) => break,
                 Ok(Ok(Some(c))) => c,
             };
@@ -562,6 +668,15 @@ impl Client {
             "the body ended early (truncated) at byte {pos}, expected up to {}",
             p.end
         )))
+    }
+}
+
+/// What a registry error says, without the "registry X, model Y:" its `Display` starts
+/// with (for messages that are wrapped in another registry error).
+fn registry_message(e: Error) -> String {
+    match e {
+        Error::Registry { message, .. } => message,
+        e => e.to_string(),
     }
 }
 

@@ -51,6 +51,10 @@ impl Client {
         progress: ProgressFn<'_>,
     ) -> Result<PushOutcome> {
         let ctx = Ctx::new(name, true);
+        // A model that cannot be opened here (no model layer, parameters that are not
+        // JSON, ...) is not pushed: no registry should hold what no client can use, and
+        // the refusal is the same locally and through a server.
+        store.check(name)?;
         let (mut manifest, _) = store.read_manifest(name)?;
         let mut raw = crate::store::read_bounded(
             &store.manifest_path(name),

@@ -112,6 +112,9 @@ pub(crate) enum Resp {
     Endless(u64),
     /// Waits, then answers.
     Delayed(Duration, Box<Resp>),
+    /// Announces `body.len()` bytes and sends them one at a time, one every `Duration`
+    /// (never stalled long enough for a stall timeout).
+    Drip(Vec<u8>, Duration),
 }
 
 /// Starts a fake HTTP server on a free port; returns its port.
@@ -191,6 +194,21 @@ pub(crate) async fn fake_server(
                             sent += chunk.len() as u64;
                         }
                         let _ = sock.write_all(b"0\r\n\r\n").await;
+                    }
+                    Resp::Drip(body, every) => {
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        if sock.write_all(head.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        for b in body {
+                            if sock.write_all(&[b]).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(every).await;
+                        }
                     }
                     Resp::Delayed(..) => unreachable!("unwrapped above"),
                 }
