@@ -71,6 +71,27 @@ async fn serve(manifest: String, blobs: Vec<Vec<u8>>) -> u16 {
     .await
 }
 
+/// A registry of one model whose config is `{}` and whose model blob `blob` is answered
+/// by `model_blob` (a trickle, a silence).
+async fn serve_model_blob(
+    blob: &[u8],
+    model_blob: impl Fn() -> Resp + Send + Sync + 'static,
+) -> u16 {
+    let config = b"{}".to_vec();
+    let m = manifest(&config, &[layer_json("application/vnd.ollama.image.model", blob, None)]);
+    let cfg = Digest::of_bytes(&config).to_string();
+    fake_server(move |r, _| {
+        if r.path.contains("/manifests/") {
+            Resp::Full(200, vec![], m.clone().into_bytes())
+        } else if r.path.ends_with(&cfg) {
+            Resp::Full(200, vec![], config.clone())
+        } else {
+            model_blob()
+        }
+    })
+    .await
+}
+
 fn blob_files(s: &Store) -> usize {
     std::fs::read_dir(s.root().join("blobs")).map_or(0, Iterator::count)
 }
@@ -81,19 +102,10 @@ fn blob_files(s: &Store) -> usize {
 #[tokio::test]
 async fn a_trickling_blob_is_abandoned_by_the_throughput_floor() {
     let blob = fake_gguf(100_000, 3);
-    let config = b"{}".to_vec();
-    let m = manifest(&config, &[layer_json("application/vnd.ollama.image.model", &blob, None)]);
-    let cfg = Digest::of_bytes(&config).to_string();
-    let port = fake_server(move |r, _| {
-        if r.path.contains("/manifests/") {
-            Resp::Full(200, vec![], m.clone().into_bytes())
-        } else if r.path.ends_with(&cfg) {
-            Resp::Full(200, vec![], config.clone())
-        } else {
-            Resp::Drip(blob.clone(), Duration::from_millis(50))
-        }
-    })
-    .await;
+    let dripped = blob.clone();
+    let port =
+        serve_model_blob(&blob, move || Resp::Drip(dripped.clone(), Duration::from_millis(50)))
+            .await;
     let (_d, s) = store();
     let c = Client::with_credentials(
         ClientOptions { min_speed: 1000, speed_window: Duration::from_secs(1), ..opts() },
@@ -356,18 +368,9 @@ async fn a_plain_http_registry_without_insecure_gets_a_hint() {
 /// the model once (it said "registry X, model Y: ... registry X, model Y: ...").
 #[tokio::test]
 async fn a_silent_blob_names_the_registry_once() {
-    let config = b"{}".to_vec();
     let blob = fake_gguf(1000, 2);
-    let m = manifest(&config, &[layer_json("application/vnd.ollama.image.model", &blob, None)]);
-    let cfg = Digest::of_bytes(&config).to_string();
-    let port = fake_server(move |r, _| {
-        if r.path.contains("/manifests/") {
-            Resp::Full(200, vec![], m.clone().into_bytes())
-        } else if r.path.ends_with(&cfg) {
-            Resp::Full(200, vec![], config.clone())
-        } else {
-            Resp::Delayed(Duration::from_secs(60), Box::new(Resp::Full(200, vec![], vec![])))
-        }
+    let port = serve_model_blob(&blob, || {
+        Resp::Delayed(Duration::from_secs(60), Box::new(Resp::Full(200, vec![], vec![])))
     })
     .await;
     let (_d, s) = store();
