@@ -30,6 +30,97 @@ pub const CHATML_TEMPLATE: &str = "{% for message in messages %}\
 
 /// The template name inside the environment.
 const NAME: &str = "chat_template";
+/// The stack a template is compiled on (see [`ChatTemplate::new`]).
+const COMPILE_STACK: usize = 64 << 20;
+/// The most operators, filters, attribute or index accesses and calls one `{{ }}` or
+/// `{% %}` tag may chain. The real chat templates of llama.cpp's collection use at most
+/// a few dozen in one tag.
+pub const MAX_EXPRESSION_OPERATORS: usize = 1_000;
+
+/// Refuses a template with a tag of more than [`MAX_EXPRESSION_OPERATORS`] operators
+/// (string literals, comments and `{% raw %}` blocks skipped): a lexical bound on how
+/// deep the tree of one expression can be.
+pub fn check_expression_lengths(source: &str) -> Result<(), TemplateError> {
+    let bytes = source.as_bytes();
+    let mut i = 0;
+    let mut line = 1;
+    let mut in_raw = false;
+    while i + 1 < bytes.len() {
+        if bytes[i] == b'\n' {
+            line += 1;
+        }
+        let open = (bytes[i], bytes[i + 1]);
+        let close = match open {
+            (b'{', b'{') if !in_raw => b'}',
+            (b'{', b'%') => b'%',
+            (b'{', b'#') if !in_raw => b'#',
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        let start_line = line;
+        let mut j = i + 2;
+        let mut operators = 0usize;
+        let mut quote: Option<u8> = None;
+        let mut word = String::new();
+        let tag_start = j;
+        while j + 1 < bytes.len() {
+            let b = bytes[j];
+            if b == b'\n' {
+                line += 1;
+            }
+            if let Some(q) = quote {
+                if b == b'\\' {
+                    j += 2;
+                    continue;
+                }
+                if b == q {
+                    quote = None;
+                }
+                j += 1;
+                continue;
+            }
+            if b == close && bytes[j + 1] == b'}' {
+                break;
+            }
+            if close != b'#' {
+                if b.is_ascii_alphanumeric() || b == b'_' {
+                    word.push(char::from(b));
+                } else {
+                    if matches!(word.as_str(), "and" | "or" | "not" | "in" | "is" | "if" | "else") {
+                        operators += 1;
+                    }
+                    word.clear();
+                    match b {
+                        b'\'' | b'"' => quote = Some(b),
+                        b'+' | b'-' | b'*' | b'/' | b'%' | b'~' | b'|' | b'.' | b'[' | b'('
+                        | b'<' | b'>' | b'=' | b'!' => operators += 1,
+                        _ => {}
+                    }
+                }
+                if operators > MAX_EXPRESSION_OPERATORS {
+                    return Err(TemplateError::Syntax(format!(
+                        "line {start_line}: an expression chains more than \
+                         {MAX_EXPRESSION_OPERATORS} operators, filters or accesses"
+                    )));
+                }
+            }
+            j += 1;
+        }
+        if close == b'%' {
+            let tag = source.get(tag_start..j).unwrap_or_default();
+            let tag = tag.trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
+            if tag == "raw" {
+                in_raw = true;
+            } else if tag == "endraw" {
+                in_raw = false;
+            }
+        }
+        i = j + 2;
+    }
+    Ok(())
+}
 /// Marks errors raised by the template itself through `raise_exception`.
 const RAISED: &str = "raise_exception: ";
 /// Instruction budget of one render: generous for long chats, finite for hostile loops.
@@ -170,11 +261,35 @@ impl std::fmt::Debug for ChatTemplate {
 
 impl ChatTemplate {
     /// Compiles a Hugging Face chat template (the `tokenizer.chat_template` string).
+    ///
+    /// minijinja parses a chain of operators, filters, attributes, indexes or calls
+    /// (`1+1+...`, `x|upper|upper...`, `a.a.a...`) in a loop, but the tree it builds is as
+    /// deep as the chain is long, and compiling that tree recurses: a 20 KB template of
+    /// 10,000 `+1` overflowed a 2 MiB stack and aborted the whole server. So an
+    /// expression is refused past [`MAX_EXPRESSION_OPERATORS`] operators
+    /// ([`check_expression_lengths`]), and the compile runs on a thread of
+    /// [`COMPILE_STACK`] bytes, far more than what is left can use.
     pub fn new(source: impl Into<String>) -> Result<Self, TemplateError> {
         let source = source.into();
-        let mut env = environment();
-        env.add_template_owned(NAME, source.clone())
-            .map_err(|e| TemplateError::Syntax(describe(&e)))?;
+        check_expression_lengths(&source)?;
+        let compile = || {
+            let mut env = environment();
+            env.add_template_owned(NAME, source.clone())
+                .map_err(|e| TemplateError::Syntax(describe(&e)))?;
+            Ok::<_, TemplateError>(env)
+        };
+        let env = std::thread::scope(|scope| {
+            let compiler = std::thread::Builder::new()
+                .name("corral-template-compile".into())
+                .stack_size(COMPILE_STACK)
+                .spawn_scoped(scope, compile)
+                .map_err(|e| {
+                    TemplateError::Render(format!("cannot start a compile thread: {e}"))
+                })?;
+            compiler.join().unwrap_or_else(|_| {
+                Err(TemplateError::Syntax("the template compiler failed on it".into()))
+            })
+        })?;
         Ok(ChatTemplate { env, source, is_fallback: false })
     }
 

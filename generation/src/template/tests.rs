@@ -286,3 +286,68 @@ fn a_panic_inside_the_template_engine_is_a_render_error() {
     let ok = msgs(&[("user", "abc")]);
     assert_eq!(t.render(&ChatInput { messages: &ok, ..Default::default() }).unwrap(), "cba");
 }
+
+/// Found by an outside sweep: 20 KB of `{{ 1+1+...+1 }}` (10,000 terms) overflowed the
+/// stack of the server's thread while compiling and aborted the process; so did long
+/// chains of every postfix and binary form, and 20,000 macros. Each compiles or is
+/// refused here on a thread with the 2 MiB stack of a tokio worker.
+#[test]
+fn deep_expression_chains_are_refused_without_overflowing_the_stack() {
+    let n = 20_000;
+    let chains = [
+        format!("{{% if true %}}{{{{ 1{} }}}}{{% endif %}}", "+1".repeat(n)),
+        format!("{{{{ 'a'{} }}}}", "~'a'".repeat(n)),
+        format!("{{{{ x{} }}}}", ".a".repeat(n)),
+        format!("{{{{ x{} }}}}", "[0]".repeat(n)),
+        format!("{{{{ 'a'{} }}}}", "|upper".repeat(n)),
+        format!("{{{{ true{} }}}}", " and true".repeat(n)),
+        format!("{{{{ range(1){} }}}}", "(1)".repeat(n)),
+        format!("{{{{ x{} }}}}", " is defined".repeat(n)),
+        format!("{{% set y = 1{} %}}", "-1".repeat(n)),
+    ];
+    let macros = (0..n).map(|i| format!("{{% macro m{i}() %}}{i}{{% endmacro %}}")).collect();
+    let on_small_stack = |source: String| {
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || ChatTemplate::new(source).map(|_| ()))
+            .unwrap()
+            .join()
+            .unwrap()
+    };
+    for chain in chains {
+        let e = on_small_stack(chain.clone()).unwrap_err();
+        assert!(e.to_string().contains("chains more than"), "{}: {e}", &chain[..40]);
+    }
+    // Many flat macros compile on the compile thread's stack.
+    assert!(on_small_stack(macros).is_ok());
+    // Long strings, comments and raw blocks are not expressions.
+    let quoted = format!("{{{{ '{}' }}}}{{# {} #}}", "+1".repeat(n), "+1".repeat(n));
+    assert!(on_small_stack(quoted).is_ok());
+    let raw = format!("{{% raw %}}{{{{ {} }}}}{{% endraw %}}", "+1".repeat(n));
+    assert!(on_small_stack(raw).is_ok());
+    // A chain within the bound still compiles.
+    let fits = format!("{{{{ 1{} }}}}", "+1".repeat(MAX_EXPRESSION_OPERATORS - 1));
+    assert!(on_small_stack(fits).is_ok());
+}
+
+/// Real chat templates pass the expression bound: the repository's fixtures, and every
+/// template of a llama.cpp checkout named by `CORRAL_TEMPLATES_DIR` (its
+/// `models/templates`; 70 in llama-cpp-python 0.3.36's, checked when this bound was set).
+#[test]
+fn real_templates_pass_the_expression_bound() {
+    let mut dirs =
+        vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/templates")];
+    dirs.extend(std::env::var_os("CORRAL_TEMPLATES_DIR").map(std::path::PathBuf::from));
+    let mut checked = 0;
+    for dir in dirs {
+        for t in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let Ok(source) = std::fs::read_to_string(t.path()) else { continue };
+            if let Err(e) = check_expression_lengths(&source) {
+                panic!("{}: {e}", t.path().display());
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "only {checked} templates found");
+    println!("{checked} real templates checked");
+}
