@@ -627,6 +627,16 @@ impl LoopState {
             }
             self.slots[slot].cached.truncate(reuse);
             self.slots[slot].exact = usize::MAX;
+            // A token the model does not have fails this request alone: in the shared
+            // batch it would fail every sequence stepped with it.
+            let vocab = self.model.vocab_size;
+            if let Some(bad) = req.prompt.iter().find(|&&t| t >= vocab) {
+                self.active.fetch_sub(1, Ordering::SeqCst);
+                let _ = req.events.send(Event::Error(BackendError::invalid(format!(
+                    "token {bad} is out of range (vocabulary size {vocab})"
+                ))));
+                continue;
+            }
             let mut sampler = match Sampler::new(&req.options, self.model.vocab_size as usize) {
                 Ok(s) => s,
                 Err(e) => {

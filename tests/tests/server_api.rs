@@ -810,6 +810,43 @@ fn a_client_that_disconnects_frees_its_slot() {
     assert!(m.contains(&format!("corral_active_sequences{{model=\"{}\"}} 0", e.model)), "{m}");
 }
 
+/// Found by an outside sweep: a `context` with a token beyond the vocabulary joined the
+/// shared batch and failed every request stepped with it (all 400 "batch entry N: token
+/// 999999 is out of range"). It is refused alone, and the others finish.
+#[test]
+fn a_forged_context_fails_only_its_own_request() {
+    let e = env();
+    let s = start(&e, &[("CORRAL_NUM_PARALLEL", "4"), ("CORRAL_CONTEXT_LENGTH", "100000")]);
+    let (url, model) = (s.url.clone(), e.model.clone());
+    let others: Vec<_> = (0..3)
+        .map(|i| {
+            let (url, model) = (url.clone(), model.clone());
+            std::thread::spawn(move || {
+                let r = client()
+                    .post(format!("{url}/api/generate"))
+                    .json(&long_request(&model, &format!("go {i}"), 15_000, false))
+                    .send()
+                    .unwrap();
+                (r.status().as_u16(), r.text().unwrap_or_default())
+            })
+        })
+        .collect();
+    wait_until("the requests to run", Duration::from_secs(10), || {
+        ps_models(&s).first().is_some_and(|m| m["active_sequences"].as_u64() >= Some(1))
+    });
+    let (st, v) = post(
+        &s,
+        "/api/generate",
+        &json!({"model": e.model, "prompt": "x", "stream": false, "context": [1, 999_999]}),
+    );
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("context holds token 999999"), "{v}");
+    for h in others {
+        let (st, body) = h.join().unwrap();
+        assert_eq!(st, 200, "{body}");
+    }
+}
+
 #[test]
 fn a_flood_beyond_the_queue_gets_503_and_the_rest_complete() {
     let e = env();

@@ -429,6 +429,13 @@ fn build(
             tokens
         }
         PromptSpec::Completion { prompt, system, raw, context, template } => {
+            if let Some(bad) = context.iter().find(|&&t| t >= m.vocab_size) {
+                return Err(ApiError::bad_request(format!(
+                    "context holds token {bad}, beyond this model's vocabulary of {} tokens \
+                     (context is the `context` of an earlier response of the same model)",
+                    m.vocab_size
+                )));
+            }
             let mut tokens = context;
             if raw {
                 tokens.extend(m.tokenize(&prompt, tokens.is_empty(), true)?);
