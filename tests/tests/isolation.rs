@@ -246,6 +246,36 @@ fn alive(pid: u32) -> bool {
         .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, r)| !r.trim_start().starts_with('Z')))
 }
 
+/// Found by an outside sweep: a worker killed while its model was idle stayed a zombie,
+/// `/api/ps` went on listing the model, and the next request got a 500 "crashed". The
+/// reaper now notices the exit: the model leaves `/api/ps`, the process is reaped, and
+/// the next request loads the model again.
+#[test]
+fn a_worker_killed_while_idle_is_noticed() {
+    let e = env();
+    let m = e.model("idle", "");
+    let s = e.start(&[]);
+    assert_eq!(generate(&s, &m, "hi", 2).0, 200);
+    let workers = children_of(s.child.id());
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    let _ = std::process::Command::new("kill").args(["-KILL", &workers[0].to_string()]).status();
+    let listed = || {
+        let ps: Value = client().get(format!("{}/api/ps", s.url)).send().unwrap().json().unwrap();
+        ps["models"].as_array().map_or(0, Vec::len)
+    };
+    let t = Instant::now();
+    while listed() > 0 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(listed(), 0, "the dead worker's model is still listed");
+    assert!(
+        std::fs::metadata(format!("/proc/{}", workers[0])).is_err(),
+        "the dead worker was not reaped"
+    );
+    let (st, v) = generate(&s, &m, "hi", 2);
+    assert_eq!(st, 200, "{v}");
+}
+
 /// Workers end with their model, and leave no process or file descriptor behind after
 /// 100 load/unload cycles; they end with the server even when it is killed with SIGKILL.
 #[test]

@@ -689,14 +689,16 @@ impl Scheduler {
     /// Forgets every loaded model whose engine is gone (the reaper calls it, so
     /// `/api/ps` does not list dead models).
     pub fn forget_dead(&self) {
-        let dead: Vec<String> = self
+        // Health is asked outside the map's lock: noticing a death reaps the worker.
+        let loaded: Vec<(String, Arc<Loaded>)> = self
             .models
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
-            .filter(|(_, l)| l.model.health().is_err())
-            .map(|(k, _)| k.clone())
+            .map(|(k, l)| (k.clone(), l.clone()))
             .collect();
+        let dead: Vec<String> =
+            loaded.into_iter().filter(|(_, l)| l.model.health().is_err()).map(|(k, _)| k).collect();
         for key in dead {
             let removed =
                 self.models.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key);

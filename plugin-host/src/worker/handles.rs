@@ -148,7 +148,7 @@ impl ModelHandle for WorkerModel {
     }
 
     fn health(&self) -> Result<(), String> {
-        match self.worker.dead() {
+        match self.worker.exited() {
             Some(why) => Err(why),
             None => Ok(()),
         }

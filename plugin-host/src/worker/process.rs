@@ -112,6 +112,23 @@ impl WorkerProcess {
         self.dead.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
+    /// Why the worker is gone, noticing an exit that no call has seen yet: a worker
+    /// killed while idle (the OOM killer, an operator's `kill`) was otherwise found only
+    /// by the next request, which failed with a 500, while `/api/ps` listed it loaded.
+    pub(crate) fn exited(&self) -> Option<String> {
+        if let Some(why) = self.dead() {
+            return Some(why);
+        }
+        if self.closing.load(std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
+        let gone = matches!(
+            self.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner).try_wait(),
+            Ok(Some(_))
+        );
+        gone.then(|| self.fail(None).message.to_string())
+    }
+
     /// Makes one call on `channel` and waits for its answer.
     pub(crate) fn call(
         &self,
@@ -193,12 +210,14 @@ impl WorkerProcess {
             !in_backtrace(l)
                 && ["error", "abort", "fault", "fatal"].iter().any(|w| lower.contains(w))
         };
+        // Only a line that tells why: the last line of a worker killed from outside is
+        // whatever it logged last (a llama.cpp warning, with paths and colour codes),
+        // which says nothing of the death and reached every client.
         tail.iter()
             .rev()
             .find(|l| strong.iter().any(|m| l.contains(m)))
             .or_else(|| tail.iter().rev().find(weak))
-            .or_else(|| tail.back())
-            .map(|l| l.chars().take(400).collect())
+            .map(|l| without_ansi(l).chars().take(400).collect())
             .unwrap_or_default()
     }
 
@@ -221,6 +240,28 @@ impl WorkerProcess {
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+/// `line` without ANSI escape sequences (the colours of a worker's log lines).
+fn without_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                // Parameters and intermediates, then one final byte in @..~.
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
 }
 
 impl Drop for WorkerProcess {
@@ -302,4 +343,16 @@ pub(crate) fn signal_name(sig: i32) -> String {
         _ => return format!("signal {sig}"),
     };
     name.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_ansi;
+
+    #[test]
+    fn log_colours_are_taken_out() {
+        let line = "\u{1b}[2m2026-12-01T18:03:44Z\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m load: x";
+        assert_eq!(without_ansi(line), "2026-12-01T18:03:44Z  WARN load: x");
+        assert_eq!(without_ansi("GGML_ASSERT(a) failed"), "GGML_ASSERT(a) failed");
+    }
 }
