@@ -552,6 +552,16 @@ impl LoopState {
     }
 
     fn admit(&mut self) {
+        // A waiting request whose client left gives its place in the queue back at once,
+        // not when a slot frees: until then it counted against CORRAL_MAX_QUEUE and new
+        // requests got 503 behind requests nobody waited for.
+        let before = self.waiting.len();
+        self.waiting.retain(|r| !r.cancel.load(Ordering::Relaxed) && !r.events.is_closed());
+        let abandoned = before - self.waiting.len();
+        if abandoned > 0 {
+            self.active.fetch_sub(abandoned, Ordering::SeqCst);
+            tracing::debug!(abandoned, "waiting requests whose clients left were dropped");
+        }
         let mut index = 0;
         while index < self.waiting.len() {
             let free: Vec<usize> =

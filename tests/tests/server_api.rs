@@ -847,6 +847,56 @@ fn a_forged_context_fails_only_its_own_request() {
     }
 }
 
+/// Found by an outside sweep: requests whose clients left while they waited kept their
+/// places in the queue until a slot freed, so new requests got 503 behind requests nobody
+/// waited for. They now leave the queue at once.
+#[test]
+fn a_request_whose_client_leaves_while_queued_leaves_the_queue() {
+    use std::io::Write;
+    let e = env();
+    let s = start(
+        &e,
+        &[
+            ("CORRAL_NUM_PARALLEL", "1"),
+            ("CORRAL_MAX_QUEUE", "2"),
+            ("CORRAL_CONTEXT_LENGTH", "400000"),
+        ],
+    );
+    // One long stream holds the only slot.
+    let long = client()
+        .post(format!("{}/api/generate", s.url))
+        .json(&long_request(&e.model, "go", 300_000, true))
+        .send()
+        .unwrap();
+    let mut reader = BufReader::new(long);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    // Two more wait, then their clients go away.
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let body = serde_json::to_vec(&long_request(&e.model, "wait", 10, true)).unwrap();
+    let waiting: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| {
+            let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
+            let head = format!(
+                "POST /api/generate HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            tcp.write_all(head.as_bytes()).unwrap();
+            tcp.write_all(&body).unwrap();
+            tcp
+        })
+        .collect();
+    let queued = || ps_models(&s).first().map_or(0, |m| m["queued_requests"].as_u64().unwrap_or(0));
+    wait_until("two requests to queue", Duration::from_secs(10), || queued() == 2);
+    drop(waiting);
+    wait_until("the abandoned requests to leave the queue", Duration::from_secs(5), || {
+        queued() == 0
+    });
+    // The queue has room again while the long stream still runs.
+    assert_eq!(ps_models(&s)[0]["active_sequences"], 1);
+    drop(reader);
+}
+
 #[test]
 fn a_flood_beyond_the_queue_gets_503_and_the_rest_complete() {
     let e = env();
