@@ -242,6 +242,23 @@ impl OwnedChatInput {
     }
 }
 
+/// Gives each tool call of a message the `type` (`"function"`) and `id` that OpenAI's
+/// shape has and Ollama's lacks, as llama.cpp does for its templates: templates that
+/// write `tool_call.type` or `tool_call.id` (Apertus, DeepSeek-R1 distills, Apriel)
+/// failed on an Ollama client's history with a 400. `count` numbers the calls of the
+/// conversation for the ids made up.
+fn normalize_tool_calls(message: &mut serde_json::Value, count: &mut usize) {
+    let Some(calls) = message.get_mut("tool_calls").and_then(serde_json::Value::as_array_mut)
+    else {
+        return;
+    };
+    for call in calls.iter_mut().filter_map(serde_json::Value::as_object_mut) {
+        call.entry("type").or_insert_with(|| "function".into());
+        call.entry("id").or_insert_with(|| format!("call_{count}").into());
+        *count += 1;
+    }
+}
+
 /// A compiled chat template.
 #[derive(Clone)]
 pub struct ChatTemplate {
@@ -327,8 +344,11 @@ impl ChatTemplate {
         {
             messages.push(serde_json::json!({"role": "system", "content": system}));
         }
+        let mut calls = 0usize;
         for m in input.messages {
-            let v = serde_json::to_value(m).map_err(|e| TemplateError::Render(e.to_string()))?;
+            let mut v =
+                serde_json::to_value(m).map_err(|e| TemplateError::Render(e.to_string()))?;
+            normalize_tool_calls(&mut v, &mut calls);
             messages.push(v);
         }
         let mut ctx = input.extra.cloned().unwrap_or_default();

@@ -351,3 +351,18 @@ fn real_templates_pass_the_expression_bound() {
     assert!(checked >= 10, "only {checked} templates found");
     println!("{checked} real templates checked");
 }
+
+/// Found by an outside sweep: an Ollama client's history of tool calls (no `type`, no
+/// `id`) failed templates that write them with a 400.
+#[test]
+fn tool_calls_get_the_type_and_id_templates_expect() {
+    let tmpl = "{% for m in messages %}{% for c in m.tool_calls or [] %}\
+                [{{ c.type + ':' + c.id + ':' + c.function.name }}]{% endfor %}{% endfor %}";
+    let mut call = ChatMessage::new("assistant", "");
+    call.tool_calls = Some(vec![
+        json!({"function": {"name": "f", "arguments": {}}}),
+        json!({"id": "mine", "type": "function", "function": {"name": "g", "arguments": {}}}),
+    ]);
+    let out = render(tmpl, &[ChatMessage::new("user", "hi"), call], ChatInput::default());
+    assert_eq!(out, "[function:call_0:f][function:mine:g]");
+}

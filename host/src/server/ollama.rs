@@ -341,7 +341,7 @@ fn check_messages(model: &str, messages: &[Message]) -> Result<(), ApiError> {
         }
         if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "tool") {
             return Err(ApiError::bad_request(format!(
-                "messages[{i}]: unknown role {:?} (system, user, assistant or tool)",
+                "messages[{i}]: unknown role {:?} (system, developer, user, assistant or tool)",
                 m.role
             )));
         }
@@ -358,7 +358,13 @@ async fn chat_request(state: Arc<AppState>, req: ChatRequest) -> Result<Response
     let logprobs = logprobs::requested(req.logprobs, req.top_logprobs, false)?;
     let grammar = generation::grammar_of(req.format.as_ref())?;
     let keep_alive = keep_alive_of(&req.keep_alive)?;
-    let messages = req.messages.clone().unwrap_or_default();
+    let mut messages = req.messages.clone().unwrap_or_default();
+    // OpenAI's `developer` role (newer clients send it here too) is a system message.
+    for m in &mut messages {
+        if m.role == "developer" {
+            m.role = "system".into();
+        }
+    }
     check_messages(&req.model, &messages)?;
     let tools = generation::chat_tools(req.tools.as_deref())?;
     let model = state.sched.named(&req.model)?;
