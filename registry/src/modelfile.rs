@@ -273,6 +273,8 @@ impl<'a> Scanner<'a> {
 
 /// Parses Modelfile text.
 pub fn parse(text: &str) -> Result<Modelfile> {
+    // Editors on Windows save a byte-order mark first.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut sc = Scanner { s: text, pos: 0, line: 1, col: 1 };
     let mut commands = Vec::new();
     loop {
@@ -322,6 +324,12 @@ pub fn parse(text: &str) -> Result<Modelfile> {
                     ParamType::StringList | ParamType::Text => Value::String(raw),
                 };
                 (vpos, Directive::Parameter { name, value })
+            }
+            // Ollama's minimum-version line: accepted, and nothing here depends on it.
+            "REQUIRES" => {
+                let (_, version) = sc.value("REQUIRES")?;
+                tracing::debug!(version, "REQUIRES ignored");
+                continue;
             }
             "MESSAGE" => {
                 sc.skip_blanks();
@@ -879,6 +887,15 @@ LICENSE """MIT"""
             Error::Modelfile { line, column, message } => (line, column, message),
             e => panic!("unexpected {e}"),
         }
+    }
+
+    /// Found by an outside sweep: a byte-order mark and Ollama's REQUIRES line were
+    /// "unknown directive" errors.
+    #[test]
+    fn a_byte_order_mark_and_requires_are_accepted() {
+        let m = parse("\u{feff}FROM x\nREQUIRES 0.5.0\nSYSTEM hi\n").unwrap();
+        assert_eq!(m.commands.len(), 2);
+        assert_eq!(m.commands[0].directive, Directive::From("x".into()));
     }
 
     #[test]
