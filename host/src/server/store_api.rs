@@ -417,9 +417,11 @@ pub async fn create(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
             &mut progress,
         )
         .map_err(|e| match e {
-            corral_registry::Error::ModelNotFound(m) => {
-                ApiError::bad_request(format!("FROM names model {m}, which is not in the store"))
-            }
+            // A FROM that names no model is a Modelfile error with its line; a model
+            // missing later was deleted while this create ran (a race with /api/delete).
+            corral_registry::Error::ModelNotFound(m) => ApiError::busy(format!(
+                "model {m} was deleted while {name} was being created; try again"
+            )),
             e => ApiError::from(e),
         })?;
         lines.push(json!({"status": "success"}));
