@@ -696,11 +696,8 @@ pub async fn messages(State(state): State<Arc<AppState>>, body: Bytes) -> Anthro
     };
     let options = options_of(&req, max_tokens)?;
     let Parsed { messages, tools, choice, think } = parse(&req)?;
-    // A forced tool call's grammar, else the structured output's.
-    let grammar = match choice.forced_call_grammar(tools.as_deref())? {
-        Some(g) => Some(g),
-        None => output_format_grammar(req.output_config.as_ref())?,
-    };
+    let grammar = choice
+        .grammar_or(tools.as_deref(), || output_format_grammar(req.output_config.as_ref()))?;
     let model = state.sched.named(&req.model)?;
     let think = think_setting(&state, &model.name, think).await?;
     let parse_tools = choice != ToolChoice::None;

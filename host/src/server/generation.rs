@@ -774,6 +774,19 @@ impl ToolChoice {
         }
     }
 
+    /// The grammar a request runs under: the forced call's when this choice asks for one,
+    /// else `otherwise` (the request's structured output).
+    pub fn grammar_or(
+        &self,
+        tools: Option<&[Value]>,
+        otherwise: impl FnOnce() -> Result<Option<Arc<Grammar>>, ApiError>,
+    ) -> Result<Option<Arc<Grammar>>, ApiError> {
+        match self.forced_call_grammar(tools)? {
+            Some(g) => Ok(Some(g)),
+            None => otherwise(),
+        }
+    }
+
     /// The grammar that forces the call this choice asks for (`None` when it asks none),
     /// over `tools` in the chat shape; a 400 when the named tool is not among them or
     /// a call is required of no tools.

@@ -646,11 +646,9 @@ async fn chat_completions_request(state: Arc<AppState>, req: ChatCompletionReque
     }
     let tools = generation::chat_tools(req.tools.as_deref())?;
     let choice = ToolChoice::of_openai(req.tool_choice.as_ref())?;
-    // A forced tool call's grammar, else the structured output's.
-    let grammar = match choice.forced_call_grammar(tools.as_deref())? {
-        Some(g) => Some(g),
-        None => grammar_of_response_format(req.response_format.as_ref())?,
-    };
+    let grammar = choice.grammar_or(tools.as_deref(), || {
+        grammar_of_response_format(req.response_format.as_ref())
+    })?;
     let ext = extensions_of!(req);
     let options = options_json(
         req.max_completion_tokens.or(req.max_tokens),

@@ -795,11 +795,7 @@ pub async fn create(State(state): State<Arc<AppState>>, body: Bytes) -> OaiResul
     .to_options("max_output_tokens")?;
     let tools = tools_of(req.tools.as_deref())?;
     let choice = ToolChoice::of_openai(req.tool_choice.as_ref())?;
-    // A forced tool call's grammar, else the structured output's.
-    let grammar = match choice.forced_call_grammar(tools.as_deref())? {
-        Some(g) => Some(g),
-        None => text_format_grammar(req.text.as_ref())?,
-    };
+    let grammar = choice.grammar_or(tools.as_deref(), || text_format_grammar(req.text.as_ref()))?;
     let earlier = match req.previous_response_id.as_deref() {
         None => Vec::new(),
         Some(id) => {
