@@ -56,6 +56,9 @@ export async function startServer() {
     env,
     stdio: ["ignore", "ignore", "pipe"],
   });
+  // However the test process ends, the server ends with it.
+  const killOnExit = () => proc.kill("SIGKILL");
+  process.on("exit", killOnExit);
   let log = "";
   const url = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`corral serve did not start:\n${log}`)), 60_000);
@@ -82,6 +85,7 @@ export async function startServer() {
     log: () => log,
     alive: () => proc.exitCode === null && proc.signalCode === null,
     async stop() {
+      process.off("exit", killOnExit);
       if (proc.exitCode === null) {
         const exited = new Promise((resolve) => proc.on("exit", resolve));
         proc.kill("SIGTERM");
