@@ -72,8 +72,10 @@ fn chunked_request(s: &Server, path: &str, chunks: &str) -> (u16, String) {
 
 /// Writes a POST with the framing header `framing` and these body bytes over a socket (a
 /// client may announce what it never sends), and returns the status and text answered.
-fn raw_post(s: &Server, path: &str, framing: &str, body: &[u8]) -> (u16, String) {
-    use std::io::{Read, Write};
+/// A POST written on a socket of its own (`framing`: the length or chunking header), the
+/// socket returned unread.
+fn send_raw_post(s: &Server, path: &str, framing: &str, body: &[u8]) -> std::net::TcpStream {
+    use std::io::Write;
     let addr = s.url.trim_start_matches("http://");
     let mut tcp = std::net::TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
@@ -83,6 +85,12 @@ fn raw_post(s: &Server, path: &str, framing: &str, body: &[u8]) -> (u16, String)
     tcp.write_all(head.as_bytes()).unwrap();
     // The server may answer before it has read everything and close the connection.
     let _ = tcp.write_all(body);
+    tcp
+}
+
+fn raw_post(s: &Server, path: &str, framing: &str, body: &[u8]) -> (u16, String) {
+    use std::io::Read;
+    let mut tcp = send_raw_post(s, path, framing, body);
     let mut answer = Vec::new();
     let _ = tcp.read_to_end(&mut answer);
     let answer = String::from_utf8_lossy(&answer).into_owned();
@@ -852,7 +860,6 @@ fn a_forged_context_fails_only_its_own_request() {
 /// waited for. They now leave the queue at once.
 #[test]
 fn a_request_whose_client_leaves_while_queued_leaves_the_queue() {
-    use std::io::Write;
     let e = env();
     let s = start(
         &e,
@@ -872,20 +879,10 @@ fn a_request_whose_client_leaves_while_queued_leaves_the_queue() {
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
     // Two more wait, then their clients go away.
-    let addr = s.url.trim_start_matches("http://").to_string();
     let body = serde_json::to_vec(&long_request(&e.model, "wait", 10, true)).unwrap();
-    let waiting: Vec<std::net::TcpStream> = (0..2)
-        .map(|_| {
-            let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
-            let head = format!(
-                "POST /api/generate HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            );
-            tcp.write_all(head.as_bytes()).unwrap();
-            tcp.write_all(&body).unwrap();
-            tcp
-        })
-        .collect();
+    let length = format!("Content-Length: {}", body.len());
+    let waiting: Vec<std::net::TcpStream> =
+        (0..2).map(|_| send_raw_post(&s, "/api/generate", &length, &body)).collect();
     let queued = || ps_models(&s).first().map_or(0, |m| m["queued_requests"].as_u64().unwrap_or(0));
     wait_until("two requests to queue", Duration::from_secs(10), || queued() == 2);
     drop(waiting);
