@@ -48,29 +48,114 @@ fn err<T>(line: usize, message: impl Into<String>) -> Result<T> {
 
 /// Whether `src` is a Go template (Ollama's TEMPLATE syntax) rather than Jinja.
 ///
-/// Jinja has `{%` blocks or prints plain expressions (`{{ messages[0] }}`); Go actions
-/// start with `.`, `$`, a keyword (`if`, `range`, `with`, `end`, `else`) or a comment.
-/// Text without any action is Go too (Ollama renders it as is).
+/// A `{%` block in the text between actions makes it Jinja. Otherwise it is Go when one
+/// action reads as Go and never as Jinja ([`action_is_go`]): it starts with `.`, `$`, a
+/// comment or a Go keyword (`if`, `range`, `with`, `end`, `else`, ...), it names a field
+/// (`.Prompt`) or a variable (`$x`), or it juxtaposes a function and its arguments
+/// (`printf "%s" x`), which Jinja's grammar has no reading for. Actions are scanned with
+/// Go's quoting, so a `}}` or `{%` inside a string literal neither ends an action nor
+/// counts as Jinja. Text without any action is Go too (Ollama renders it as is).
 pub fn is_go_template(src: &str) -> bool {
-    if src.contains("{%") {
+    let bytes = src.as_bytes();
+    let mut i = 0;
+    let mut any_action = false;
+    let mut go = false;
+    while i < bytes.len() {
+        match bytes.get(i..i + 2) {
+            Some(b"{%") => return false,
+            Some(b"{{") => {
+                any_action = true;
+                let body_start = i + 2;
+                let body_end = action_end(bytes, body_start);
+                go |= action_is_go(&src[body_start..body_end]);
+                i = body_end + 2;
+            }
+            _ => i += 1,
+        }
+    }
+    go || !any_action
+}
+
+/// Where the action whose body starts at `from` ends (the index of its `}}`, or the end
+/// of the source), skipping string and character literals.
+fn action_end(bytes: &[u8], from: usize) -> usize {
+    let mut i = from;
+    while i < bytes.len() {
+        match bytes[i] {
+            q @ (b'"' | b'\'' | b'`') => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != q {
+                    i += if bytes[i] == b'\\' && q != b'`' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'}' if bytes.get(i + 1) == Some(&b'}') => return i,
+            _ => i += 1,
+        }
+    }
+    bytes.len()
+}
+
+/// Whether one action's body (between `{{` and `}}`) can only be Go.
+fn action_is_go(body: &str) -> bool {
+    let body = body.strip_prefix('-').unwrap_or(body).trim();
+    if body.starts_with('.') || body.starts_with('$') || body.starts_with("/*") {
+        return true;
+    }
+    let word_len = body.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(body.len());
+    let (first, after) = body.split_at(word_len);
+    const GO_KEYWORDS: [&str; 10] =
+        ["if", "range", "with", "end", "else", "template", "define", "block", "break", "continue"];
+    if GO_KEYWORDS.contains(&first) && (after.is_empty() || after.starts_with(char::is_whitespace))
+    {
+        return true;
+    }
+    // A field (` .Name`, `(.Name`, a lone ` .`) or a variable anywhere outside literals.
+    let b = body.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            q @ (b'"' | b'\'' | b'`') => {
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    i += if b[i] == b'\\' && q != b'`' { 2 } else { 1 };
+                }
+            }
+            b'$' => return true,
+            b'.' if i > 0 && matches!(b[i - 1], b' ' | b'\t' | b'\n' | b'(') => {
+                if b.get(i + 1)
+                    .is_none_or(|c| c.is_ascii_alphabetic() || matches!(c, b'_' | b' ' | b')'))
+                {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    // A name followed by an operand with only blanks between (`printf "%s" x`, `len x`):
+    // Jinja only puts an operator or a keyword there.
+    const JINJA_WORDS: [&str; 9] = ["is", "in", "and", "or", "not", "if", "else", "true", "false"];
+    if word_len == 0
+        || first.starts_with(|c: char| c.is_ascii_digit())
+        || JINJA_WORDS.contains(&first)
+    {
         return false;
     }
-    let mut rest = src;
-    let mut any = false;
-    while let Some(i) = rest.find("{{") {
-        any = true;
-        let after = rest[i + 2..].trim_start_matches('-').trim_start();
-        if after.starts_with('.') || after.starts_with('$') || after.starts_with("/*") {
-            return true;
-        }
-        for kw in ["if ", "range ", "with ", "end", "else", "template ", "define ", "block "] {
-            if after.starts_with(kw) {
-                return true;
-            }
-        }
-        rest = &rest[i + 2..];
+    let rest = after.trim_start();
+    if rest.len() == after.len() || rest.is_empty() {
+        return false;
     }
-    !any
+    let next_len = rest.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(rest.len());
+    if next_len > 0 {
+        let next = &rest[..next_len];
+        return !JINJA_WORDS.contains(&next)
+            && next
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_alphabetic() || c == '_' || c.is_ascii_digit());
+    }
+    rest.starts_with(['"', '`', '\''])
 }
 
 /// The largest template source accepted (Go or Jinja): real chat templates are a few KiB.
@@ -844,6 +929,12 @@ fn cut(nodes: &[Node], done: &mut bool) -> Vec<Node> {
 // Emitting Jinja
 
 /// A Jinja string literal.
+/// A Jinja expression that prints `expr` as Go's `%v` would for text, numbers and
+/// booleans (`true`, not Jinja's `True`).
+fn go_text(expr: &str) -> String {
+    format!("(\"true\" if ({expr}) is true else (\"false\" if ({expr}) is false else ({expr})))")
+}
+
 fn lit(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
@@ -1134,13 +1225,11 @@ impl Emitter {
                         parts.push(lit(&std::mem::take(&mut text)));
                     }
                     let Some(a) = next_arg.next() else {
-                        return err(self.line, "printf: missing argument");
+                        // Go prints the verb with MISSING and goes on.
+                        text.push_str(&format!("%!{v}(MISSING)"));
+                        continue;
                     };
-                    parts.push(if v == 'q' {
-                        format!("({a}|{PRINT_JSON})")
-                    } else {
-                        format!("({a})")
-                    });
+                    parts.push(if v == 'q' { format!("({a}|{PRINT_JSON})") } else { go_text(a) });
                 }
                 other => {
                     return err(
@@ -1149,6 +1238,23 @@ impl Emitter {
                     );
                 }
             }
+        }
+        // Go reports arguments the format did not use: `%!(EXTRA string=x, int=1)`.
+        let extra: Vec<String> = next_arg
+            .map(|a| {
+                format!(
+                    "((\"string\" if ({a}) is string else (\"bool\" if ({a}) is boolean else \
+                     (\"int\" if ({a}) is integer else (\"float64\" if ({a}) is float else \
+                     \"interface {{}}\")))) ~ \"=\" ~ {})",
+                    go_text(a)
+                )
+            })
+            .collect();
+        if !extra.is_empty() {
+            text.push_str("%!(EXTRA ");
+            parts.push(lit(&std::mem::take(&mut text)));
+            parts.push(extra.join(" ~ \", \" ~ "));
+            text.push(')');
         }
         if !text.is_empty() {
             parts.push(lit(&text));
@@ -1172,8 +1278,16 @@ impl Emitter {
                 }
                 _ => false,
             };
-        let is_call = matches!(p.cmds.last().and_then(|c| c.first()), Some(Operand::Func(_)));
-        if textual || is_call {
+        // Functions that return text print as is; `eq`, `and`, `len`, `index` ... return
+        // booleans, numbers or values, which print as Go prints them.
+        let text_call = matches!(
+            p.cmds.last().and_then(|c| c.first()),
+            Some(Operand::Func(f)) if matches!(
+                f.as_str(),
+                "print" | "printf" | "println" | "json" | "html" | "urlquery" | "currentDate"
+            )
+        );
+        if textual || text_call {
             let _ = write!(self.out, "{{{{ {expr} }}}}");
         } else {
             let _ = write!(
@@ -1614,6 +1728,64 @@ For each function call, return a json object with function name and arguments wi
             assert!(!is_go_template(jinja), "{jinja}");
         }
         assert_eq!(prepare("{{ messages[0].content }}").unwrap(), "{{ messages[0].content }}");
+    }
+
+    /// Found by an outside sweep: Go templates whose actions all start with a function, or
+    /// that hold `{%` or `}}` inside a string, were read as Jinja (and rendered wrong);
+    /// Jinja that juxtaposes nothing stays Jinja.
+    #[test]
+    fn detection_reads_functions_strings_and_fields() {
+        for go in [
+            r#"{{ printf "%s" .Prompt }}"#,
+            r#"{{ json .Tools }}"#,
+            r#"{{- printf "<%s>" "x" }}"#,
+            r#"{{ if eq .Prompt "{%" }}a{{ end }}"#,
+            r#"{{ "}} {% x" }}{{ .Prompt }}"#,
+            r#"{{ len (index .Messages 0).Content }}"#,
+            r#"{{ $last := 1 }}"#,
+            r#"{{ not .Think }}"#,
+            "{{ range .Messages }}{{ end }}",
+            "{{end}}",
+        ] {
+            assert!(is_go_template(go), "{go}");
+        }
+        for jinja in [
+            "{{ range(3)|join(',') }}",
+            "{{ not x }}",
+            "{{ x is defined }}",
+            "{{ x if y else z }}",
+            "{{ 'a' 'b' }}",
+            "{{ raise_exception('no') }}",
+            "{{ x ~ y }}",
+            "{{ foo (bar) }}",
+            "{{ bos_token }}{% if x %}{{ '{{ .Prompt }}' }}{% endif %}",
+            "{# c #}{%- set y = 1 -%}{{ y }}",
+        ] {
+            assert!(!is_go_template(jinja), "{jinja}");
+        }
+    }
+
+    /// Go prints what functions return as Go would: booleans `true`/`false`, a printf
+    /// with too few or too many arguments with Go's `%!v(MISSING)` and `%!(EXTRA ...)`.
+    #[test]
+    fn function_results_print_as_go_prints_them() {
+        assert_eq!(
+            render(
+                "{{ true }} {{ eq 1 1 }} {{ not true }} {{ and true false }} {{ len .Prompt }} {{ .Prompt }}",
+                &[("user", "hi")]
+            ),
+            "true true false false 2 hi"
+        );
+        assert_eq!(
+            render(r#"{{ printf "%s %s %v" .Prompt }}"#, &[("user", "hi")]),
+            "hi %!s(MISSING) %!v(MISSING)"
+        );
+        assert_eq!(
+            render(r#"{{ printf "%s" .Prompt "extra" 3 true }}"#, &[("user", "hi")]),
+            "hi%!(EXTRA string=extra, int=3, bool=true)"
+        );
+        assert_eq!(render(r#"{{ printf "%v" (eq 1 2) }}"#, &[("user", "hi")]), "false");
+        assert_eq!(render(r#"{{ "{{" }}{{ .Prompt }}"#, &[("user", "hi")]), "{{hi");
     }
 
     #[test]

@@ -330,7 +330,8 @@ fn deep_expression_chains_are_refused_without_overflowing_the_stack() {
     assert!(on_small_stack(fits).is_ok());
 }
 
-/// Real chat templates pass the expression bound: the repository's fixtures, and every
+/// Real chat templates pass the expression bound and read as Jinja: the repository's
+/// fixtures, and every
 /// template of a llama.cpp checkout named by `CORRAL_TEMPLATES_DIR` (its
 /// `models/templates`; 70 in llama-cpp-python 0.3.36's, checked when this bound was set).
 #[test]
@@ -345,6 +346,12 @@ fn real_templates_pass_the_expression_bound() {
             if let Err(e) = check_expression_lengths(&source) {
                 panic!("{}: {e}", t.path().display());
             }
+            let jinja = t.path().extension().is_some_and(|e| e == "jinja");
+            assert!(
+                !jinja || !crate::gotemplate::is_go_template(&source),
+                "{} reads as a Go template",
+                t.path().display()
+            );
             checked += 1;
         }
     }
