@@ -122,12 +122,12 @@ fn action_is_go(body: &str) -> bool {
                 }
             }
             b'$' => return true,
-            b'.' if i > 0 && matches!(b[i - 1], b' ' | b'\t' | b'\n' | b'(') => {
-                if b.get(i + 1)
-                    .is_none_or(|c| c.is_ascii_alphabetic() || matches!(c, b'_' | b' ' | b')'))
-                {
-                    return true;
-                }
+            b'.' if i > 0
+                && matches!(b[i - 1], b' ' | b'\t' | b'\n' | b'(')
+                && b.get(i + 1)
+                    .is_none_or(|c| c.is_ascii_alphabetic() || matches!(c, b'_' | b' ' | b')')) =>
+            {
+                return true;
             }
             _ => {}
         }

@@ -456,6 +456,7 @@ fn environment() -> Environment<'static> {
         strftime(&fmt, secs)
     });
     env.add_filter("tojson", tojson);
+    env.add_function("namespace", lists::namespace);
     env
 }
 
@@ -714,5 +715,6 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+mod lists;
 #[cfg(test)]
 mod tests;

@@ -373,3 +373,60 @@ fn tool_calls_get_the_type_and_id_templates_expect() {
     let out = render(tmpl, &[ChatMessage::new("user", "hi"), call], ChatInput::default());
     assert_eq!(out, "[function:call_0:f][function:mine:g]");
 }
+
+/// Found by an outside sweep: Kimi K2's templates queue tool-call ids in a namespace's
+/// list (`ns.ids.append(id)`, later `ns.ids.pop(0)`), which failed with a 400 once a tool
+/// result was in the history. Lists given to `namespace()` change in place, as in Python.
+#[test]
+fn namespace_lists_change_in_place() {
+    let tmpl = "{%- set q = namespace(ids=[], n=0) -%}\
+                {%- for m in messages -%}{%- set _ = q.ids.append(m.content) -%}{%- endfor -%}\
+                {%- set _ = q.ids.insert(0, 'first') -%}{%- set _ = q.ids.extend(['x', 'y']) -%}\
+                {{ q.ids|length }}:{{ q.ids.pop(0) }}:{{ q.ids.pop() }}:{{ q.ids[-1] }}:\
+                {{ q.ids|join(',') }}:{{ q.ids|tojson }}:{{ q.ids.count('b') }}:\
+                {{ (q.ids + ['z'])|length }}:{% for i in q.ids %}[{{ i }}]{% endfor %}";
+    let msgs = [ChatMessage::new("user", "a"), ChatMessage::new("assistant", "b")];
+    let out = render(tmpl, &msgs, ChatInput::default());
+    assert_eq!(out, r#"5:first:y:x:a,b,x:["a", "b", "x"]:1:4:[a][b][x]"#);
+    // Out of range is an error naming it, not a crash; plain lists stay immutable.
+    let t = ChatTemplate::new("{% set q = namespace(ids=[]) %}{{ q.ids.pop(0) }}").unwrap();
+    let e = t.render(&ChatInput { messages: &msgs, ..Default::default() }).unwrap_err();
+    assert!(e.to_string().contains("out of range"), "{e}");
+    let t = ChatTemplate::new("{% set l = [] %}{{ l.append(1) }}").unwrap();
+    assert!(t.render(&ChatInput { messages: &msgs, ..Default::default() }).is_err());
+    // A loop that appends without end stops at the bound.
+    let t = ChatTemplate::new(
+        "{% set q = namespace(ids=[]) %}{% for i in range(100000) %}{% set _ = q.ids.append(i) %}{% endfor %}",
+    )
+    .unwrap();
+    assert!(t.render(&ChatInput { messages: &msgs, ..Default::default() }).is_err());
+}
+
+/// Kimi K2's real templates (`fixtures/llama-cpp-templates/`, copied from llama.cpp's
+/// `models/templates`, and those of `CORRAL_TEMPLATES_DIR` when set) render a history with
+/// tool calls and their results, each result under its call's id. Hugging Face's immutable
+/// sandbox refuses their `append`; llama.cpp renders them, and so does corral.
+#[test]
+fn kimi_k2_templates_render_tool_results() {
+    let mut dirs = vec![
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama-cpp-templates"),
+    ];
+    dirs.extend(std::env::var_os("CORRAL_TEMPLATES_DIR").map(std::path::PathBuf::from));
+    let mut call = ChatMessage::new("assistant", "");
+    call.tool_calls =
+        Some(vec![json!({"function": {"name": "get_weather", "arguments": {"city": "Oslo"}}})]);
+    let mut result = ChatMessage::new("tool", "12 C");
+    result.extra.insert("tool_call_id".into(), json!("whatever"));
+    let msgs = [ChatMessage::new("user", "weather?"), call, result];
+    let mut rendered = 0;
+    for dir in dirs {
+        for name in ["Kimi-K2-Instruct.jinja", "Kimi-K2-Thinking.jinja"] {
+            let Ok(source) = std::fs::read_to_string(dir.join(name)) else { continue };
+            let input = ChatInput { add_generation_prompt: true, ..Default::default() };
+            let out = render(&source, &msgs, input);
+            assert!(out.contains("## Return of functions.get_weather:0\n12 C"), "{name}:\n{out}");
+            rendered += 1;
+        }
+    }
+    assert!(rendered >= 1, "the fixture is missing");
+}
