@@ -19,6 +19,9 @@ pub struct Templater {
     pub template: ChatTemplate,
     /// Where the template came from, in words (for logs and `corral show`).
     pub origin: String,
+    /// Whether the template came with one request (rendered in the sandboxes' request
+    /// share, [`crate::template_sandbox::Origin::Request`]).
+    pub per_request: bool,
     bos_text: String,
     eos_text: String,
 }
@@ -108,6 +111,16 @@ impl Templater {
         }
     }
 
+    /// A template sent with one request (`/api/generate`'s `template`, Jinja already).
+    pub fn for_request(model: &Model, source: &str) -> Result<Templater> {
+        if source.trim().is_empty() {
+            return Self::for_model(model);
+        }
+        let mut templater = Self::compile(model, source, "the request's template".into())?;
+        templater.per_request = true;
+        Ok(templater)
+    }
+
     fn compile(model: &Model, source: &str, origin: String) -> Result<Templater> {
         let template =
             ChatTemplate::new(source).context("the model's chat template does not compile")?;
@@ -123,6 +136,7 @@ impl Templater {
         Templater {
             template,
             origin,
+            per_request: false,
             bos_text: text(model.special.bos),
             eos_text: text(model.special.eos),
         }
@@ -169,7 +183,12 @@ impl Templater {
             eos_token: &self.eos_text,
             extra: extra.as_ref(),
         };
-        match crate::template_sandbox::render(&self.template, &input) {
+        let origin = if self.per_request {
+            crate::template_sandbox::Origin::Request
+        } else {
+            crate::template_sandbox::Origin::Model
+        };
+        match crate::template_sandbox::render(&self.template, &input, origin) {
             Ok(text) => Ok(text),
             // The template's own failure keeps its type: the request's fault (400).
             Err(crate::template_sandbox::SandboxError::Template(e)) => Err(e.into()),

@@ -16,7 +16,10 @@
 //! one [`RenderReply`] out, over a Unix socket pair (the sandbox's stdin and stdout). A
 //! sandbox ends at end of input, so it goes when its host does. Idle sandboxes are kept
 //! for the next render (spawning one costs milliseconds; a round trip, tens of
-//! microseconds); at most [`SandboxLimits::processes`] run at once.
+//! microseconds); at most [`SandboxLimits::processes`] run at once, and templates that
+//! come with a request ([`Origin::Request`]) take at most half of them, so clients who
+//! send templates that run until the time limit cannot hold up the renders of the
+//! models' own templates.
 //!
 //! Whether a render goes through a sandbox is process-wide: [`install`] (the `corral`
 //! binary calls it at start) turns it on; without it [`render`] renders in-process, as
@@ -55,8 +58,18 @@ pub struct SandboxLimits {
     pub memory_bytes: u64,
     /// Wall time of one render before the sandbox is killed.
     pub time: Duration,
-    /// Sandboxes running at once; more renders wait for one.
+    /// Sandboxes running at once; more renders wait for one. Templates sent with requests
+    /// use at most half of them (at least one).
     pub processes: usize,
+}
+
+/// Where a template came from, which decides the sandboxes it may wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The model's own (its file's, its Modelfile's, or a built-in one).
+    Model,
+    /// Sent with one request (`/api/generate`'s `template`).
+    Request,
 }
 
 impl Default for SandboxLimits {
@@ -102,7 +115,7 @@ pub fn install(exe: PathBuf, limits: SandboxLimits) {
         exe,
         limits,
         idle: Mutex::new(Vec::new()),
-        running: Mutex::new(0),
+        running: Mutex::new(Running::default()),
         freed: Condvar::new(),
     });
 }
@@ -112,13 +125,24 @@ pub fn installed() -> bool {
     SANDBOX.get().is_some()
 }
 
-/// Renders `input` with `template`: in a sandbox when [`install`]ed, in this process
-/// otherwise.
-pub fn render(template: &ChatTemplate, input: &ChatInput<'_>) -> Result<String, SandboxError> {
+/// Renders `input` with `template` from `origin`: in a sandbox when [`install`]ed, in
+/// this process otherwise.
+pub fn render(
+    template: &ChatTemplate,
+    input: &ChatInput<'_>,
+    origin: Origin,
+) -> Result<String, SandboxError> {
     match SANDBOX.get() {
-        Some(sandbox) => sandbox.render(template.source(), input),
+        Some(sandbox) => sandbox.render(template.source(), input, origin),
         None => Ok(template.render(input)?),
     }
+}
+
+/// Sandboxes handed out, all and those rendering a request's template.
+#[derive(Debug, Default)]
+struct Running {
+    all: usize,
+    request: usize,
 }
 
 /// The sandboxes of this process.
@@ -127,12 +151,17 @@ struct Sandbox {
     limits: SandboxLimits,
     idle: Mutex<Vec<SandboxProcess>>,
     /// Sandboxes handed out (idle ones not counted).
-    running: Mutex<usize>,
+    running: Mutex<Running>,
     freed: Condvar,
 }
 
 impl Sandbox {
-    fn render(&self, source: &str, input: &ChatInput<'_>) -> Result<String, SandboxError> {
+    fn render(
+        &self,
+        source: &str,
+        input: &ChatInput<'_>,
+        origin: Origin,
+    ) -> Result<String, SandboxError> {
         let request = RenderRequest { source: source.to_owned(), input: OwnedChatInput::of(input) };
         let frame = json_frame(&request)
             .map_err(|e| TemplateError::Render(format!("cannot encode the conversation: {e}")))?;
@@ -143,7 +172,7 @@ impl Sandbox {
             ))
             .into());
         }
-        let _slot = self.slot();
+        let _slot = self.slot(origin);
         let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
         let mut process = match idle {
             Some(p) => p,
@@ -161,14 +190,18 @@ impl Sandbox {
         }
     }
 
-    /// Waits until fewer than `processes` sandboxes are in use.
-    fn slot(&self) -> Slot<'_> {
+    /// Waits until fewer than `processes` sandboxes are in use and, for a request's
+    /// template, fewer than half of them render requests' templates.
+    fn slot(&self, origin: Origin) -> Slot<'_> {
+        let all = self.limits.processes.max(1);
+        let request = (all / 2).max(1);
         let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-        while *running >= self.limits.processes.max(1) {
+        while running.all >= all || (origin == Origin::Request && running.request >= request) {
             running = self.freed.wait(running).unwrap_or_else(PoisonError::into_inner);
         }
-        *running += 1;
-        Slot(self)
+        running.all += 1;
+        running.request += usize::from(origin == Origin::Request);
+        Slot(self, origin)
     }
 
     fn spawn(&self) -> Result<SandboxProcess, SandboxError> {
@@ -191,13 +224,17 @@ impl Sandbox {
 }
 
 /// A place among the running sandboxes, given back on drop.
-struct Slot<'a>(&'a Sandbox);
+struct Slot<'a>(&'a Sandbox, Origin);
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         let mut running = self.0.running.lock().unwrap_or_else(PoisonError::into_inner);
-        *running = running.saturating_sub(1);
-        self.0.freed.notify_one();
+        running.all = running.all.saturating_sub(1);
+        if self.1 == Origin::Request {
+            running.request = running.request.saturating_sub(1);
+        }
+        // Waiters differ in what they wait for: wake them all to look.
+        self.0.freed.notify_all();
     }
 }
 

@@ -384,6 +384,55 @@ fn templates_that_exhaust_a_renderer_end_in_a_400_and_the_server_serves_on() {
     assert!(sandboxes <= 2, "{sandboxes} sandboxes");
 }
 
+/// Found by an outside sweep: six requests whose own templates run until the time limit
+/// held every sandbox, so a plain chat with the model's own template waited for them. A
+/// request's template takes at most half of the sandboxes; the model's template renders at
+/// once beside them.
+#[test]
+fn slow_request_templates_leave_sandboxes_for_the_models_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, model) = start(dir.path(), &[("CORRAL_TEMPLATE_TIMEOUT", "4s")]);
+    let chat = || {
+        let t = std::time::Instant::now();
+        let r = client()
+            .post(format!("{}/api/chat", s.url))
+            .json(&json!({"model": model, "stream": false, "options": {"num_predict": 2},
+                          "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .unwrap();
+        (status_and_json(r), t.elapsed())
+    };
+    // Loaded first, so the slow renders start at once.
+    let ((st, v), _) = chat();
+    assert_eq!(st, 200, "{v}");
+    let slow = "{% for i in range(100000) %}{{ ('x' * 99999999) | length }}{% endfor %}";
+    let bombs: Vec<_> = (0..6)
+        .map(|_| {
+            let url = format!("{}/api/generate", s.url);
+            let model = model.clone();
+            std::thread::spawn(move || {
+                let r = client()
+                    .post(&url)
+                    .json(&json!({"model": model, "prompt": "hi", "stream": false,
+                                  "template": slow, "options": {"num_predict": 1}}))
+                    .send()
+                    .unwrap();
+                status_and_json(r)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(800));
+    let ((st, v), waited) = chat();
+    println!("the chat waited {waited:?} beside six slow renders");
+    assert_eq!(st, 200, "{v}");
+    assert!(waited < Duration::from_secs(3), "the chat waited {waited:?} for the slow renders");
+    for b in bombs {
+        let (st, v) = b.join().unwrap();
+        assert_eq!(st, 400, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("longer than"), "{v}");
+    }
+}
+
 /// Uploads are bounded: a blob over `CORRAL_MAX_BLOB_SIZE` is refused with 413, and a
 /// client that stops sending mid-body is dropped after `CORRAL_READ_TIMEOUT`; the server
 /// serves on.

@@ -446,8 +446,7 @@ fn build(
                         // Ollama's clients send Go templates: translate as for the store.
                         let jinja = corral_generation::gotemplate::prepare(t)
                             .map_err(|e| ApiError::bad_request(format!("template: {e:#}")))?;
-                        own =
-                            crate::prompt::Templater::with_source(m, Some(&jinja)).map_err(bad)?;
+                        own = crate::prompt::Templater::for_request(m, &jinja).map_err(bad)?;
                         &own
                     }
                     None => &loaded.templater,
