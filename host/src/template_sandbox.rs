@@ -403,7 +403,7 @@ mod tests {
         let msgs = [corral_generation::template::ChatMessage::new("user", "hi")];
         let input =
             ChatInput { messages: &msgs, add_generation_prompt: true, ..Default::default() };
-        let text = render(&t, &input).unwrap();
+        let text = render(&t, &input, Origin::Model).unwrap();
         assert!(text.contains("<|im_start|>user\nhi<|im_end|>"), "{text}");
     }
 }
