@@ -293,11 +293,12 @@ impl Resolver<'_> {
     }
 }
 
-/// The key under which a model argument is loaded: a store name in its canonical form
-/// (`tiny` and `tiny:latest` are one model), a path as given. Needs no I/O.
+/// The key under which a model argument is loaded: a store name in its canonical form,
+/// in lower case (`tiny`, `tiny:latest` and `Tiny` are one model, as the store and Ollama
+/// compare names), a path as given. Needs no I/O.
 pub fn load_key(arg: &str) -> String {
     match ModelName::parse(arg) {
-        Ok(n) if !Path::new(arg).is_absolute() => n.to_string(),
+        Ok(n) if !Path::new(arg).is_absolute() => n.to_string().to_ascii_lowercase(),
         _ => arg.to_string(),
     }
 }
@@ -333,6 +334,13 @@ pub fn resolve_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn load_keys_ignore_case_and_the_default_tag() {
+        assert_eq!(load_key("Tiny"), load_key("tiny:latest"));
+        assert_eq!(load_key("Team/Tiny:Q4"), "team/tiny:q4");
+        assert_eq!(load_key("/Models/M.gguf"), "/Models/M.gguf");
+    }
 
     #[test]
     fn files_names_and_errors() {

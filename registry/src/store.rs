@@ -322,9 +322,20 @@ impl Store {
         self.blob_path(d).is_file()
     }
 
-    /// The path of a model's manifest file.
+    /// The path of a model's manifest file. Names compare as Ollama compares them,
+    /// ignoring case: when no manifest is spelled exactly so but one differs only in case,
+    /// its path is the model's (Ollama's `getExistingName`), so `Llama3` runs, shows,
+    /// copies, deletes and pulls onto the `llama3` already stored rather than beside it.
     pub fn manifest_path(&self, name: &ModelName) -> PathBuf {
-        self.root.join(name.manifest_rel_path())
+        let exact = self.root.join(name.manifest_rel_path());
+        if exact.is_file() {
+            return exact;
+        }
+        self.manifest_files()
+            .into_iter()
+            .flatten()
+            .find(|(stored, _)| stored.eq_ignore_case(name))
+            .map_or(exact, |(_, path)| path)
     }
 
     /// An ONNX model is a directory of files; its layers are blobs, so the directory is
@@ -1111,6 +1122,42 @@ mod tests {
         assert_eq!(rep.removed.len(), 3);
         assert!(s.list().unwrap().is_empty());
         assert!(matches!(s.get(&b), Err(Error::ModelNotFound(_))));
+    }
+
+    /// Names compare as Ollama's do, ignoring case: a model stored as `Mistral:Q4` is
+    /// found, copied, overwritten and removed as `mistral:q4`, and no second manifest
+    /// appears beside it.
+    #[test]
+    fn names_ignore_case() {
+        let (_d, s) = store();
+        let weights = s.write_blob_bytes(b"GGUF weights").unwrap();
+        let cfg = s.write_blob_bytes(br#"{"model_format":"gguf"}"#).unwrap();
+        let layer = |digest: &Digest, media: &str, size| Layer {
+            media_type: media.into(),
+            digest: digest.clone(),
+            size,
+            from: None,
+            annotations: None,
+        };
+        let m = Manifest::new(
+            layer(&cfg, MEDIA_TYPE_CONFIG, 23),
+            vec![layer(&weights, MEDIA_TYPE_MODEL, 12)],
+        );
+        let stored = ModelName::parse("Team/Mistral:Q4").unwrap();
+        s.write_manifest(&stored, &m).unwrap();
+        let lower = ModelName::parse("team/mistral:q4").unwrap();
+        assert_eq!(s.manifest_path(&lower), s.manifest_path(&stored));
+        assert!(s.get(&lower).is_ok());
+        // Written again under another case: the one manifest is replaced.
+        s.write_manifest(&lower, &m).unwrap();
+        assert_eq!(s.list().unwrap().len(), 1);
+        assert_eq!(s.list().unwrap()[0].name.to_string(), "Team/Mistral:Q4");
+        s.copy(&ModelName::parse("TEAM/MISTRAL:q4").unwrap(), &ModelName::parse("b").unwrap())
+            .unwrap();
+        s.remove(&ModelName::parse("team/MISTRAL:Q4").unwrap()).unwrap();
+        let names: Vec<String> = s.list().unwrap().iter().map(|m| m.name.to_string()).collect();
+        assert_eq!(names, ["b:latest"]);
+        assert!(matches!(s.get(&lower), Err(Error::ModelNotFound(_))));
     }
 
     /// A copy to `name@sha256:...` is refused (the digest was dropped silently).

@@ -1052,6 +1052,12 @@ fn store_endpoints_create_copy_show_delete() {
     assert_eq!(st, 200);
     assert_eq!(tags["models"][0]["name"], "tiny:latest", "{tags}");
     assert_eq!(tags["models"][0]["details"]["format"], "gguf");
+    // Names ignore case, as Ollama's do (loaded once whatever the spelling: `load_key`).
+    for name in ["TINY", "Tiny:Latest"] {
+        let (st, show) = post(&s, "/api/show", &json!({"model": name}));
+        assert_eq!(st, 200, "{name}: {show}");
+        assert_eq!(show["system"], "be brief");
+    }
     let (st, _) = post(&s, "/api/copy", &json!({"source": "tiny", "destination": "tiny2:v1"}));
     assert_eq!(st, 200);
     let (st, show) = post(&s, "/api/show", &json!({"model": "tiny2:v1"}));
