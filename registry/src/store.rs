@@ -1134,7 +1134,7 @@ mod tests {
         let cfg = s.write_blob_bytes(br#"{"model_format":"gguf"}"#).unwrap();
         let layer = |digest: &Digest, media: &str, size| Layer {
             media_type: media.into(),
-            digest: digest.clone(),
+            digest: *digest,
             size,
             from: None,
             annotations: None,
