@@ -928,13 +928,13 @@ fn cut(nodes: &[Node], done: &mut bool) -> Vec<Node> {
 // ---------------------------------------------------------------------------------------
 // Emitting Jinja
 
-/// A Jinja string literal.
 /// A Jinja expression that prints `expr` as Go's `%v` would for text, numbers and
 /// booleans (`true`, not Jinja's `True`).
 fn go_text(expr: &str) -> String {
     format!("(\"true\" if ({expr}) is true else (\"false\" if ({expr}) is false else ({expr})))")
 }
 
+/// A Jinja string literal.
 fn lit(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');

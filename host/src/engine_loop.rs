@@ -144,6 +144,17 @@ pub struct LoopConfig {
     pub speculation: SpecSettings,
     /// A draft model (same engine, same vocabulary) for `SpecMode::Draft`.
     pub draft: Option<Arc<Model>>,
+    /// Prompt rows the engine attends in whole tiles (1: no preference). llama.cpp's CPU
+    /// backend with flash attention and a KV stream per sequence computes attention for
+    /// 64 rows of one sequence at a time, and on micro-batches with fewer rows of a
+    /// sequence runs a per-row kernel that costs 1.7 times as much per row; a part tile
+    /// costs a whole one. Its batch splitter puts one token of every sequence of a batch
+    /// in a first micro-batch and the rest of a prompt in the next, and cuts prompts
+    /// that share a step into equal parts. So with a quantum `q` a prompt's rows past
+    /// that first token fill whole tiles, and a second prompt shares a step only when
+    /// neither fills a tile (see `step`). From the scheduler
+    /// (`scheduler::ggml_cpu_prompt_quantum`).
+    pub prompt_quantum: u32,
 }
 
 impl std::fmt::Debug for LoopConfig {
@@ -156,6 +167,7 @@ impl std::fmt::Debug for LoopConfig {
             .field("model_name", &self.model_name)
             .field("speculation", &self.speculation)
             .field("draft", &self.draft.as_ref().map(|d| d.meta.name.clone()))
+            .field("prompt_quantum", &self.prompt_quantum)
             .finish()
     }
 }
@@ -395,6 +407,24 @@ struct DraftState {
     ctx: Context,
     /// Tokens whose KV entries each draft sequence holds.
     cached: Vec<Vec<u32>>,
+}
+
+/// The prompt tokens a step takes when the engine attends in tiles of `quantum` rows
+/// ([`LoopConfig::prompt_quantum`]): `take` fits the step, `pending` remain, and
+/// `in_first` of them (1 beside decode tokens, else 0) go to the splitter's first
+/// micro-batch. The rows past those are cut to whole tiles when the step cannot take
+/// the whole prompt, or when the part tile would hold at most a quarter of a tile (it
+/// would cost a whole one; the few rows left run in the next step, where beside decode
+/// tokens the first of them rides in the first micro-batch). Fewer rows than a tile,
+/// or a part tile fuller than that, are taken as they are.
+fn aligned_chunk(take: usize, pending: usize, in_first: usize, quantum: usize) -> usize {
+    let rows = take.saturating_sub(in_first);
+    let part = rows % quantum;
+    if rows <= quantum || part == 0 || (take == pending && part > quantum / 4) {
+        take
+    } else {
+        take - part
+    }
 }
 
 /// Prompt tokens after which a step takes no further prompt (see `step`): enough for
@@ -728,9 +758,32 @@ impl LoopState {
         let mut rounds: Vec<Round> = Vec::new();
         // Generating sequences first: one token each, so streams keep flowing, plus the
         // drafts of those that speculate, in the room the others leave.
-        let generating: Vec<(usize, u32)> = (0..self.slots.len())
+        let mut generating: Vec<(usize, u32)> = (0..self.slots.len())
             .filter_map(|i| self.slots[i].job.as_ref().and_then(|j| j.next).map(|t| (i, t)))
             .collect();
+        let mut prefilling: Vec<(Instant, usize)> = (0..self.slots.len())
+            .filter_map(|i| {
+                let job = self.slots[i].job.as_ref()?;
+                (job.next.is_none() && job.pending < job.req.prompt.len())
+                    .then_some((job.admitted, i))
+            })
+            .collect();
+        prefilling.sort_unstable();
+        let quantum = self.config.prompt_quantum.max(1) as usize;
+        // A prompt whose rest is whole tiles runs alone: beside decode tokens its first
+        // token would go to the splitter's first micro-batch and the tiles lose a row.
+        // The generating sequences decode in the next step, no later than they would
+        // have after a step holding the prompt.
+        if quantum > 1
+            && !generating.is_empty()
+            && let Some(&(_, first)) = prefilling.first()
+            && let Some(job) = &self.slots[first].job
+        {
+            let pending = job.req.prompt.len() - job.pending;
+            if pending <= n_batch && pending % quantum == 0 {
+                generating.clear();
+            }
+        }
         let mut room = n_batch.saturating_sub(generating.len());
         for &(i, t) in &generating {
             let (drafts, q) = self.propose(i, t, room);
@@ -757,14 +810,11 @@ impl LoopState {
         // together are evaluated one after the other, so the first starts streaming
         // after its own prompt instead of after all of them (the mean time to first token
         // falls by up to half), at the cost of a few more, still efficient, steps.
-        let mut prefilling: Vec<(Instant, usize)> = (0..self.slots.len())
-            .filter_map(|i| {
-                let job = self.slots[i].job.as_ref()?;
-                (job.next.is_none() && job.pending < job.req.prompt.len())
-                    .then_some((job.admitted, i))
-            })
-            .collect();
-        prefilling.sort_unstable();
+        // With a prompt quantum (and no drafts, which change the splitter's shapes): a
+        // prompt's rows past the first micro-batch's token in whole tiles, and no second
+        // prompt beside one that fills a tile.
+        let aligned = quantum > 1 && rounds.is_empty();
+        let in_first_microbatch = usize::from(!generating.is_empty());
         let mut prompt_tokens = 0;
         for (_, i) in prefilling {
             let slot = &self.slots[i];
@@ -774,7 +824,15 @@ impl LoopState {
             if room == 0 || prompt_tokens >= PREFILL_STEP {
                 break;
             }
-            let take = room.min(pending.len());
+            let mut take = room.min(pending.len());
+            if aligned {
+                // The splitter cuts prompts that share a step into equal parts: a second
+                // prompt joins only when neither could fill a tile anyway.
+                if prompt_tokens > 0 && take >= quantum {
+                    break;
+                }
+                take = aligned_chunk(take, pending.len(), in_first_microbatch, quantum);
+            }
             prompt_tokens += take;
             let base = slot.cached.len();
             for (k, &t) in pending[..take].iter().enumerate() {
@@ -1185,5 +1243,31 @@ impl LoopState {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::aligned_chunk;
+
+    #[test]
+    fn prompt_chunks_fill_whole_tiles() {
+        // Beside decode tokens one prompt token goes to the first micro-batch: 65 is one
+        // whole tile; 66 leaves one row for the next step; 100 keeps its part tile.
+        assert_eq!(aligned_chunk(65, 65, 1, 64), 65);
+        assert_eq!(aligned_chunk(66, 66, 1, 64), 65);
+        assert_eq!(aligned_chunk(80, 80, 1, 64), 65);
+        assert_eq!(aligned_chunk(100, 100, 1, 64), 100);
+        // Alone: 128 is two tiles, 130 leaves two rows, fewer rows than a tile go as they are.
+        assert_eq!(aligned_chunk(128, 128, 0, 64), 128);
+        assert_eq!(aligned_chunk(130, 130, 0, 64), 128);
+        assert_eq!(aligned_chunk(63, 63, 0, 64), 63);
+        assert_eq!(aligned_chunk(61, 61, 1, 64), 61);
+        // A step that cannot take the whole prompt ends on a tile whatever the part.
+        assert_eq!(aligned_chunk(509, 1200, 1, 64), 449);
+        assert_eq!(aligned_chunk(512, 1200, 0, 64), 512);
+        assert_eq!(aligned_chunk(500, 1200, 0, 64), 448);
+        // No quantum: as asked.
+        assert_eq!(aligned_chunk(66, 66, 1, 1), 66);
     }
 }

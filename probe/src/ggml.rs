@@ -39,6 +39,13 @@ pub fn flash_attention_is_scalar(head_sizes: (u64, u64), step: Option<u32>) -> b
         .is_some_and(|s| !head_sizes.0.is_multiple_of(s) || !head_sizes.1.is_multiple_of(s))
 }
 
+/// Query rows ggml's CPU flash attention computes as one tile (`GGML_FA_TILE_Q`). A
+/// micro-batch that holds at least this many tokens of one sequence (with an f16 cache)
+/// runs the tiled kernel, whose part tiles cost whole ones; one with fewer runs the
+/// per-row kernel, which cost 1.7 times as much per row at 1,300 cached positions
+/// (`tests/bench/README.md`).
+pub const FLASH_ATTENTION_TILE_ROWS: u32 = 64;
+
 /// Bytes of attention scores llama.cpp's CPU path without flash attention may hold at
 /// once: f32 scores of one micro-batch's queries against every cached position, per head.
 pub const ATTENTION_SCORES_BUDGET: u64 = 256 << 20;

@@ -58,6 +58,11 @@ impl Object for TemplateList {
         method: &str,
         args: &[Value],
     ) -> Result<Value, Error> {
+        // The items to add are read before the lock is taken: `l.extend(l)` reads `l`.
+        let added: Option<Vec<Value>> = match (method, args) {
+            ("extend", [xs]) => Some(xs.try_iter()?.collect()),
+            _ => None,
+        };
         let mut items = self.items();
         let grow = |items: &Vec<Value>, by: usize| {
             if items.len() + by > MAX_ITEMS {
@@ -72,8 +77,8 @@ impl Object for TemplateList {
                 items.push(x.clone());
                 Ok(Value::from(()))
             }
-            ("extend", [xs]) => {
-                let new: Vec<Value> = xs.try_iter()?.collect();
+            ("extend", [_]) => {
+                let new = added.unwrap_or_default();
                 grow(&items, new.len())?;
                 items.extend(new);
                 Ok(Value::from(()))

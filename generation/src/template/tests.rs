@@ -388,6 +388,12 @@ fn namespace_lists_change_in_place() {
     let msgs = [ChatMessage::new("user", "a"), ChatMessage::new("assistant", "b")];
     let out = render(tmpl, &msgs, ChatInput::default());
     assert_eq!(out, r#"5:first:y:x:a,b,x:["a", "b", "x"]:1:4:[a][b][x]"#);
+    // A list extended with itself doubles (it is read before it changes).
+    let t = ChatTemplate::new(
+        "{% set q = namespace(ids=[1, 2]) %}{% set _ = q.ids.extend(q.ids) %}{{ q.ids|join(',') }}",
+    )
+    .unwrap();
+    assert_eq!(t.render(&ChatInput { messages: &msgs, ..Default::default() }).unwrap(), "1,2,1,2");
     // Out of range is an error naming it, not a crash; plain lists stay immutable.
     let t = ChatTemplate::new("{% set q = namespace(ids=[]) %}{{ q.ids.pop(0) }}").unwrap();
     let e = t.render(&ChatInput { messages: &msgs, ..Default::default() }).unwrap_err();

@@ -290,6 +290,8 @@ pub(crate) fn run(global: &GlobalOptions, a: RunArgs) -> Result<()> {
             )
             .map_err(|e| anyhow::anyhow!("invalid speculative decoding setting: {e}"))?,
             draft: None,
+            // A single stream: prompts in the engine's own chunks.
+            prompt_quantum: 1,
         },
     )?;
     // The engine's thread frees its context when it ends: wait for that before `run`

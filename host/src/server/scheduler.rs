@@ -284,6 +284,9 @@ pub struct MemoryEstimate {
     pub num_ctx: u32,
     /// Bytes of KV cache per position of one sequence, in the cache type assumed.
     pub kv_bytes_per_token: u64,
+    /// The prompt rows the engine attends in whole tiles ([`LoopConfig::prompt_quantum`]),
+    /// 1 when it has no such preference ([`ggml_cpu_prompt_quantum`]).
+    pub prompt_quantum: u32,
 }
 
 /// What a loaded model costs beyond its weights, KV cache and output rows: the engine's
@@ -342,6 +345,7 @@ pub fn estimate_memory(
             bytes: file,
             num_ctx: num_ctx.unwrap_or(0),
             kv_bytes_per_token: 0,
+            prompt_quantum: 1,
         };
     };
     let arch = g.architecture().unwrap_or("llama").to_string();
@@ -416,7 +420,15 @@ pub fn estimate_memory(
         .saturating_add(outputs)
         .saturating_add(extra)
         .saturating_add(ENGINE_OVERHEAD);
-    MemoryEstimate { bytes, num_ctx, kv_bytes_per_token }
+    let prompt_quantum = match engine {
+        EngineMemory::GgmlCpuRepack { f16_step } if causal => ggml_cpu_prompt_quantum(
+            kv_settings,
+            (key_length, value_length),
+            f16_step,
+        ),
+        _ => 1,
+    };
+    MemoryEstimate { bytes, num_ctx, kv_bytes_per_token, prompt_quantum }
 }
 
 /// The KV settings an engine with `caps` honours: a model's own setting that it cannot
@@ -534,6 +546,29 @@ pub fn ggml_cpu_attention_scores_bytes(
     };
     // f32 scores and their f16 copy.
     ubatch.map_or(0, |u| u.saturating_mul(per_token).saturating_mul(3) / 2)
+}
+
+/// The prompt rows llama.cpp's CPU backend attends in whole tiles: with flash attention
+/// on (asked for, or `auto` where [`corral_probe::ggml`]'s rule keeps it) and an f16
+/// cache, its kernel computes [`corral_probe::ggml::FLASH_ATTENTION_TILE_ROWS`] query
+/// rows of one sequence at a time and runs a slower per-row kernel on micro-batches with
+/// fewer; 1 (no preference) otherwise.
+pub fn ggml_cpu_prompt_quantum(
+    kv: crate::kv_cache::KvSettings,
+    head_sizes: (u64, u64),
+    f16_step: Option<u32>,
+) -> u32 {
+    use crate::kv_cache::{FlashAttention, KvCacheType};
+    let flash_attention = match kv.flash_attention {
+        FlashAttention::On => true,
+        FlashAttention::Off => false,
+        FlashAttention::Auto => !corral_probe::ggml::flash_attention_is_scalar(head_sizes, f16_step),
+    };
+    if flash_attention && kv.cache_type == KvCacheType::F16 {
+        corral_probe::ggml::FLASH_ATTENTION_TILE_ROWS
+    } else {
+        1
+    }
 }
 
 /// What the pure-Rust engine's load-time repacking of Q4_K matmul weights adds: its
@@ -1074,18 +1109,6 @@ impl Scheduler {
         }
         .map_err(|e| ApiError::internal(format!("{e:#}")))?;
         let draft = self.load_draft(&plugin, &r)?;
-        let engine = EngineHandle::start(
-            model.clone(),
-            LoopConfig {
-                n_parallel,
-                num_ctx,
-                n_batch: BATCH_TOKENS as u32,
-                n_threads: self.settings.threads,
-                model_name: r.name.clone(),
-                speculation: self.settings.speculation,
-                draft,
-            },
-        )?;
         // The estimate made before loading, unless the engine's training context changed
         // the context chosen (reading the GGUF again costs a parse of its vocabulary).
         let need = if need.num_ctx == num_ctx {
@@ -1098,6 +1121,29 @@ impl Scheduler {
         let size_estimate = need.bytes;
         let offloaded = n_gpu_layers != 0
             && plugin.devices().iter().any(|d| d.kind != corral_backend_api::DeviceKind::Cpu);
+        // Tiles hold one sequence's rows only with a KV stream per sequence.
+        let kv_unified = self
+            .rt
+            .config
+            .backends
+            .get(&plugin.manifest.name)
+            .and_then(|t| t.get("kv_unified"))
+            .and_then(toml::Value::as_bool)
+            == Some(true);
+        let prompt_quantum = if offloaded || kv_unified { 1 } else { need.prompt_quantum };
+        let engine = EngineHandle::start(
+            model.clone(),
+            LoopConfig {
+                n_parallel,
+                num_ctx,
+                n_batch: BATCH_TOKENS as u32,
+                n_threads: self.settings.threads,
+                model_name: r.name.clone(),
+                speculation: self.settings.speculation,
+                draft,
+                prompt_quantum,
+            },
+        )?;
         Ok(Loaded {
             model_ref: r,
             model,
@@ -1356,6 +1402,27 @@ mod tests {
         let cuda = estimate_memory(&path, Some(512), 4, EngineMemory::CudaRuntime, kv);
         assert_eq!(cuda.bytes, plain.bytes + CUDA_RUNTIME_OVERHEAD);
         assert_eq!(cuda.kv_bytes_per_token, plain.kv_bytes_per_token);
+    }
+
+    #[test]
+    fn llama_cpp_on_the_cpu_attends_prompts_in_tiles_where_flash_attention_runs() {
+        use crate::kv_cache::{FlashAttention, KvCacheType, KvSettings};
+        let kv = |flash_attention, cache_type| KvSettings {
+            flash_attention,
+            cache_type,
+            ..KvSettings::default()
+        };
+        let auto = kv(FlashAttention::Auto, KvCacheType::F16);
+        // AVX-512 (step 64) keeps flash attention for 64-wide heads: tiles of 64 rows.
+        assert_eq!(ggml_cpu_prompt_quantum(auto, (64, 64), Some(64)), 64);
+        // AVX512-FP16 (step 128) turns it off for them: no tiles.
+        assert_eq!(ggml_cpu_prompt_quantum(auto, (64, 64), Some(128)), 1);
+        assert_eq!(ggml_cpu_prompt_quantum(auto, (256, 256), Some(128)), 64);
+        let off = kv(FlashAttention::Off, KvCacheType::F16);
+        assert_eq!(ggml_cpu_prompt_quantum(off, (64, 64), Some(64)), 1);
+        // A quantized cache runs the per-row kernel.
+        let q8 = kv(FlashAttention::On, KvCacheType::Q8_0);
+        assert_eq!(ggml_cpu_prompt_quantum(q8, (64, 64), Some(64)), 1);
     }
 
     #[test]
