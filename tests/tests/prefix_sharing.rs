@@ -90,3 +90,36 @@ fn a_shared_prefix_is_computed_once_and_answers_do_not_change_on_llama_cpp() {
     // About 400 tokens: inside the generated model's 512-token window.
     check_sharing(dir.path(), &model.to_string_lossy(), &shared);
 }
+
+/// With llama.cpp's CPU flash attention on, prompt chunks are cut to its 64-row tiles
+/// (`LoopConfig::prompt_quantum`): prompts of a tile and a little more, two tiles and
+/// more, sent while others decode, all finish with the answers they get alone.
+#[test]
+fn prompts_cut_to_attention_tiles_answer_as_alone_on_llama_cpp() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(_) = llama_cpp_plugin_dir(dir.path()) else { return };
+    let model = dir.path().join("tiny.gguf");
+    generate_model(&model, "tiny", "f32");
+    let model = model.to_string_lossy().into_owned();
+    let vars = [("CORRAL_NUM_PARALLEL", "4"), ("CORRAL_FLASH_ATTENTION", "on")];
+    // Unrelated prompts of different lengths: no prefix to share.
+    let prompts: Vec<String> = [9, 17, 26, 40]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (0..n).map(|k| format!("w{i}x{k} ")).collect())
+        .collect();
+    let alone: Vec<String> = prompts
+        .iter()
+        .map(|p| {
+            let s = Server::start(&[dir.path()], &vars, &[]);
+            generate(&s.url, &model, p)["response"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let s = Server::start(&[dir.path()], &vars, &[]);
+    let together = concurrently(&s.url, &model, &prompts);
+    assert!(s.log().contains("attention tiles of 64 rows"), "{}", s.log());
+    for (i, (response, evaluated)) in together.iter().enumerate() {
+        println!("prompt {i}: {evaluated} tokens");
+        assert_eq!(response, &alone[i], "prompt {i}: the chunking changed the answer");
+    }
+}

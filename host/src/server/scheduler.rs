@@ -421,11 +421,9 @@ pub fn estimate_memory(
         .saturating_add(extra)
         .saturating_add(ENGINE_OVERHEAD);
     let prompt_quantum = match engine {
-        EngineMemory::GgmlCpuRepack { f16_step } if causal => ggml_cpu_prompt_quantum(
-            kv_settings,
-            (key_length, value_length),
-            f16_step,
-        ),
+        EngineMemory::GgmlCpuRepack { f16_step } if causal => {
+            ggml_cpu_prompt_quantum(kv_settings, (key_length, value_length), f16_step)
+        }
         _ => 1,
     };
     MemoryEstimate { bytes, num_ctx, kv_bytes_per_token, prompt_quantum }
@@ -562,7 +560,9 @@ pub fn ggml_cpu_prompt_quantum(
     let flash_attention = match kv.flash_attention {
         FlashAttention::On => true,
         FlashAttention::Off => false,
-        FlashAttention::Auto => !corral_probe::ggml::flash_attention_is_scalar(head_sizes, f16_step),
+        FlashAttention::Auto => {
+            !corral_probe::ggml::flash_attention_is_scalar(head_sizes, f16_step)
+        }
     };
     if flash_attention && kv.cache_type == KvCacheType::F16 {
         corral_probe::ggml::FLASH_ATTENTION_TILE_ROWS
@@ -1131,6 +1131,12 @@ impl Scheduler {
             .and_then(toml::Value::as_bool)
             == Some(true);
         let prompt_quantum = if offloaded || kv_unified { 1 } else { need.prompt_quantum };
+        if prompt_quantum > 1 {
+            tracing::info!(
+                model = %r.name,
+                "prompt chunks sized to the engine's attention tiles of {prompt_quantum} rows"
+            );
+        }
         let engine = EngineHandle::start(
             model.clone(),
             LoopConfig {
