@@ -38,13 +38,54 @@ pub struct GoTemplateError {
     pub line: usize,
     /// What is wrong or unsupported.
     pub message: String,
+    /// Valid Go that the translation does not take (`define`, a function Ollama has and
+    /// the translation lacks, a bound of this crate), as opposed to a template Go's own
+    /// parser refuses (a syntax error, an unknown function), which Ollama refuses when
+    /// the model is created.
+    pub unsupported: bool,
 }
 
 type Result<T> = std::result::Result<T, GoTemplateError>;
 
 fn err<T>(line: usize, message: impl Into<String>) -> Result<T> {
-    Err(GoTemplateError { line, message: message.into() })
+    Err(GoTemplateError { line, message: message.into(), unsupported: false })
 }
+
+/// [`err`] for valid Go the translation does not take.
+fn unsupported<T>(line: usize, message: impl Into<String>) -> Result<T> {
+    Err(GoTemplateError { line, message: message.into(), unsupported: true })
+}
+
+/// The functions Go templates know: Go's built-ins and Ollama's own (`json`,
+/// `currentDate`, `yesterdayDate`, `toTypeScriptType`). Any other is an error of Go's
+/// parser; those of these the translation lacks are [`GoTemplateError::unsupported`].
+const GO_FUNCTIONS: [&str; 25] = [
+    "and",
+    "call",
+    "html",
+    "index",
+    "slice",
+    "js",
+    "len",
+    "not",
+    "or",
+    "print",
+    "printf",
+    "println",
+    "urlquery",
+    "eq",
+    "ge",
+    "gt",
+    "le",
+    "lt",
+    "ne",
+    "json",
+    "currentDate",
+    "yesterdayDate",
+    "toTypeScriptType",
+    "template",
+    "block",
+];
 
 /// Whether `src` is a Go template (Ollama's TEMPLATE syntax) rather than Jinja.
 ///
@@ -193,7 +234,10 @@ fn check_nesting(items: &[Item]) -> Result<()> {
                 Tok::LParen => {
                     parens += 1;
                     if parens > MAX_PARENS {
-                        return err(*line, format!("parentheses nest deeper than {MAX_PARENS}"));
+                        return unsupported(
+                            *line,
+                            format!("parentheses nest deeper than {MAX_PARENS}"),
+                        );
                     }
                 }
                 Tok::RParen => parens = parens.saturating_sub(1),
@@ -206,7 +250,10 @@ fn check_nesting(items: &[Item]) -> Result<()> {
             {
                 depth += 1;
                 if depth > MAX_NESTING {
-                    return err(*line, format!("blocks nest deeper than {MAX_NESTING} levels"));
+                    return unsupported(
+                        *line,
+                        format!("blocks nest deeper than {MAX_NESTING} levels"),
+                    );
                 }
             }
             Some(Tok::Ident(k)) if k == "end" => depth = depth.saturating_sub(1),
@@ -700,7 +747,7 @@ impl Parser {
                     nodes.push(if kw == "break" { Node::Break } else { Node::Continue });
                 }
                 "define" | "template" | "block" => {
-                    return err(line, format!("{{{{{kw}}}}} is not supported"));
+                    return unsupported(line, format!("{{{{{kw}}}}} is not supported"));
                 }
                 _ => nodes.push(Node::Action(parse_pipe(&toks, line, false)?)),
             }
@@ -1167,7 +1214,7 @@ impl Emitter {
                 1 => args[0].clone(),
                 2 => format!("({})[{}:]", args[0], args[1]),
                 3 => format!("({})[{}:{}]", args[0], args[1], args[2]),
-                _ => return err(self.line, "slice with three indices is not supported"),
+                _ => return unsupported(self.line, "slice with three indices is not supported"),
             },
             "print" | "println" => {
                 let mut parts: Vec<String> = args.iter().map(|a| format!("({a})")).collect();
@@ -1198,14 +1245,17 @@ impl Emitter {
                 exact(0)?;
                 "strftime_now(\"%Y-%m-%d\")".into()
             }
-            other => return err(self.line, format!("function {other:?} is not supported")),
+            other if GO_FUNCTIONS.contains(&other) => {
+                return unsupported(self.line, format!("function {other:?} is not supported"));
+            }
+            other => return err(self.line, format!("function {other:?} not defined")),
         })
     }
 
     fn printf(&self, format: &str, args: &[String]) -> Result<String> {
         // The format must be a literal: "..." as emitted by `lit`.
         let Some(fmt) = format.strip_prefix('"').and_then(|f| f.strip_suffix('"')) else {
-            return err(self.line, "printf needs a literal format string");
+            return unsupported(self.line, "printf needs a literal format string");
         };
         let fmt = fmt.replace("\\n", "\n").replace("\\t", "\t").replace("\\\"", "\"");
         let fmt = fmt.replace("\\\\", "\\");
@@ -1232,7 +1282,7 @@ impl Emitter {
                     parts.push(if v == 'q' { format!("({a}|{PRINT_JSON})") } else { go_text(a) });
                 }
                 other => {
-                    return err(
+                    return unsupported(
                         self.line,
                         format!("printf verb %{} is not supported", other.unwrap_or(' ')),
                     );

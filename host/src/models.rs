@@ -168,6 +168,42 @@ pub fn jinja_template(name: &str, source: Option<&str>) -> Option<String> {
     }
 }
 
+/// Why a Modelfile TEMPLATE can never render, as Ollama refuses it when the model is
+/// created: a Go template Go's parser refuses (a syntax error, an unknown function) or
+/// a Jinja template that does not compile. Valid Go the translation does not take
+/// (`define`, `js`, ...) passes: the model then renders with its own template, with a
+/// warning at load ([`jinja_template`]).
+pub fn template_error(source: &str) -> Option<String> {
+    if source.trim().is_empty() {
+        return None;
+    }
+    match corral_generation::gotemplate::prepare(source) {
+        Err(e) if e.unsupported => None,
+        Err(e) => Some(e.to_string()),
+        Ok(jinja) => corral_generation::ChatTemplate::new(jinja).err().map(|e| e.to_string()),
+    }
+}
+
+/// Refuses a Modelfile whose TEMPLATE can never render ([`template_error`]), naming the
+/// line, before anything is written.
+pub fn check_templates(
+    mf: &corral_registry::modelfile::Modelfile,
+) -> Result<(), corral_registry::Error> {
+    use corral_registry::modelfile::Directive;
+    for c in &mf.commands {
+        if let Directive::Template(t) = &c.directive
+            && let Some(why) = template_error(t)
+        {
+            return Err(corral_registry::Error::Modelfile {
+                line: c.value_pos.0,
+                column: c.value_pos.1,
+                message: format!("TEMPLATE: {why}"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Which file paths a resolution accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathRule {
@@ -334,6 +370,34 @@ pub fn resolve_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Ollama refuses a TEMPLATE its parser refuses when the model is created; corral
+    /// did not, and the model fell back to its own template at every load.
+    #[test]
+    fn templates_that_can_never_render_are_refused_and_untranslatable_go_passes() {
+        for bad in [
+            "{{ if .Prompt }}unclosed",
+            "{{ .Prompt ",
+            "{{ frobnicate .Prompt }}",
+            "{{ \"unterminated }}",
+            "{% if messages %}no end",
+        ] {
+            assert!(template_error(bad).is_some(), "{bad}");
+        }
+        for good in [
+            "",
+            "{{ .System }} {{ .Prompt }}",
+            "{{ define \"x\" }}x{{ end }}{{ .Prompt }}",
+            "{{ js .Prompt }}",
+            "{% for m in messages %}{{ m.content }}{% endfor %}",
+        ] {
+            assert_eq!(template_error(good), None, "{good}");
+        }
+        let mf =
+            corral_registry::modelfile::parse("FROM x\nTEMPLATE \"{{ if .Prompt }}\"\n").unwrap();
+        let e = check_templates(&mf).unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("TEMPLATE"), "{e}");
+    }
 
     #[test]
     fn load_keys_ignore_case_and_the_default_tag() {

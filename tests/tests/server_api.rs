@@ -1084,6 +1084,21 @@ fn store_endpoints_create_copy_show_delete() {
         post(&s, "/api/create", &json!({"model": "x", "modelfile": "FROM tiny\nBOGUS 1\n"}));
     assert_eq!(st, 400, "{v}");
     assert!(v["error"].as_str().unwrap().contains("line 2"), "{v}");
+    // A TEMPLATE that can never render is refused as Ollama refuses it; valid Go the
+    // translation lacks is stored (the model renders with its own template).
+    for (template, status) in
+        [("{{ if .Prompt }}open", 400), ("{{ nosuch .Prompt }}", 400), ("{{ js .Prompt }}", 200)]
+    {
+        let (st, v) = post(
+            &s,
+            "/api/create",
+            &json!({"model": "tmpl", "from": "tiny", "template": template, "stream": false}),
+        );
+        assert_eq!(st, status, "{template}: {v}");
+        if status == 400 {
+            assert!(v["error"].as_str().unwrap().contains("TEMPLATE"), "{v}");
+        }
+    }
     // Parameters, messages and licenses of the wrong type or out of range are refused
     // when the model is made, not stored to fail every later request on it.
     for (body, says) in [

@@ -140,6 +140,7 @@ pub(crate) fn create(global: &GlobalOptions, a: &CreateArgs) -> Result<()> {
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .unwrap_or_else(|| PathBuf::from("."));
+    corral_host::models::check_templates(&mf)?;
     if let Some(server) = a.store.server() {
         return create_remote(&server, &name, a, &mf, &base);
     }

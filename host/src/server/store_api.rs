@@ -406,6 +406,7 @@ pub async fn create(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
         }
         check_local_files(&mf, &store, &allowed)?;
         check_parameter_ranges(&mf)?;
+        crate::models::check_templates(&mf).map_err(ApiError::from)?;
         let mut lines = Vec::new();
         let mut progress = |s: &str| lines.push(json!({"status": s}));
         modelfile::create(
