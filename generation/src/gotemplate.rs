@@ -117,19 +117,25 @@ pub fn is_go_template(src: &str) -> bool {
     go || !any_action
 }
 
+/// The index just past the string or character literal that opens at `start` (a `"`,
+/// `'` or `` ` ``), backslash escapes skipped except in raw strings; past the end when
+/// it is not closed.
+fn literal_end(bytes: &[u8], start: usize) -> usize {
+    let quote = bytes[start];
+    let mut i = start + 1;
+    while i < bytes.len() && bytes[i] != quote {
+        i += if bytes[i] == b'\\' && quote != b'`' { 2 } else { 1 };
+    }
+    i + 1
+}
+
 /// Where the action whose body starts at `from` ends (the index of its `}}`, or the end
 /// of the source), skipping string and character literals.
 fn action_end(bytes: &[u8], from: usize) -> usize {
     let mut i = from;
     while i < bytes.len() {
         match bytes[i] {
-            q @ (b'"' | b'\'' | b'`') => {
-                i += 1;
-                while i < bytes.len() && bytes[i] != q {
-                    i += if bytes[i] == b'\\' && q != b'`' { 2 } else { 1 };
-                }
-                i += 1;
-            }
+            b'"' | b'\'' | b'`' => i = literal_end(bytes, i),
             b'}' if bytes.get(i + 1) == Some(&b'}') => return i,
             _ => i += 1,
         }
@@ -156,11 +162,9 @@ fn action_is_go(body: &str) -> bool {
     let mut i = 0;
     while i < b.len() {
         match b[i] {
-            q @ (b'"' | b'\'' | b'`') => {
-                i += 1;
-                while i < b.len() && b[i] != q {
-                    i += if b[i] == b'\\' && q != b'`' { 2 } else { 1 };
-                }
+            b'"' | b'\'' | b'`' => {
+                i = literal_end(b, i);
+                continue;
             }
             b'$' => return true,
             b'.' if i > 0
