@@ -1221,13 +1221,26 @@ impl Emitter {
                 _ => return unsupported(self.line, "slice with three indices is not supported"),
             },
             "print" | "println" => {
-                let mut parts: Vec<String> = args.iter().map(|a| format!("({a})")).collect();
-                if name == "println" {
-                    let line = parts.join(" ~ \" \" ~ ");
-                    parts = if line.is_empty() { Vec::new() } else { vec![line] };
-                    parts.push("\"\\n\"".into());
+                // Go's Sprint puts a space between operands when neither is a string;
+                // Sprintln between all of them, and a newline after.
+                let mut out = Vec::new();
+                for (k, a) in args.iter().enumerate() {
+                    if k > 0 {
+                        out.push(if name == "println" {
+                            "\" \"".to_string()
+                        } else {
+                            let b = &args[k - 1];
+                            format!(
+                                "(\" \" if (({b}) is not string and ({a}) is not string) else \"\")"
+                            )
+                        });
+                    }
+                    out.push(go_text(a));
                 }
-                if parts.is_empty() { "\"\"".into() } else { format!("({})", parts.join(" ~ ")) }
+                if name == "println" {
+                    out.push("\"\\n\"".into());
+                }
+                if out.is_empty() { "\"\"".into() } else { format!("({})", out.join(" ~ ")) }
             }
             "printf" => {
                 need(1)?;
@@ -1839,6 +1852,9 @@ For each function call, return a json object with function name and arguments wi
             "hi%!(EXTRA string=extra, int=3, bool=true)"
         );
         assert_eq!(render(r#"{{ printf "%v" (eq 1 2) }}"#, &[("user", "hi")]), "false");
+        // Sprint spaces operands when neither is a string; Sprintln always.
+        assert_eq!(render(r#"{{ print "a" 1 2 "b" true }}"#, &[("user", "hi")]), "a1 2btrue");
+        assert_eq!(render(r#"{{ println "a" 1 }}"#, &[("user", "hi")]), "a 1\n");
         assert_eq!(render(r#"{{ "{{" }}{{ .Prompt }}"#, &[("user", "hi")]), "{{hi");
     }
 
