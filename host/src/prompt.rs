@@ -19,9 +19,8 @@ pub struct Templater {
     pub template: ChatTemplate,
     /// Where the template came from, in words (for logs and `corral show`).
     pub origin: String,
-    /// Whether the template came with one request (rendered in the sandboxes' request
-    /// share, [`crate::template_sandbox::Origin::Request`]).
-    pub per_request: bool,
+    /// Whose template it is, which decides the sandboxes it renders in.
+    pub sandbox_origin: crate::template_sandbox::Origin,
     bos_text: String,
     eos_text: String,
 }
@@ -112,12 +111,13 @@ impl Templater {
     }
 
     /// A template sent with one request (`/api/generate`'s `template`, Jinja already).
+    /// A blank one is the model's own ([`Self::with_source`]).
     pub fn for_request(model: &Model, source: &str) -> Result<Templater> {
-        if source.trim().is_empty() {
-            return Self::for_model(model);
+        let mut templater = Self::with_source(model, Some(source))?;
+        if !source.trim().is_empty() {
+            templater.origin = "the request's template".into();
+            templater.sandbox_origin = crate::template_sandbox::Origin::Request;
         }
-        let mut templater = Self::compile(model, source, "the request's template".into())?;
-        templater.per_request = true;
         Ok(templater)
     }
 
@@ -136,7 +136,7 @@ impl Templater {
         Templater {
             template,
             origin,
-            per_request: false,
+            sandbox_origin: crate::template_sandbox::Origin::Model,
             bos_text: text(model.special.bos),
             eos_text: text(model.special.eos),
         }
@@ -183,12 +183,7 @@ impl Templater {
             eos_token: &self.eos_text,
             extra: extra.as_ref(),
         };
-        let origin = if self.per_request {
-            crate::template_sandbox::Origin::Request
-        } else {
-            crate::template_sandbox::Origin::Model
-        };
-        match crate::template_sandbox::render(&self.template, &input, origin) {
+        match crate::template_sandbox::render(&self.template, &input, self.sandbox_origin) {
             Ok(text) => Ok(text),
             // The template's own failure keeps its type: the request's fault (400).
             Err(crate::template_sandbox::SandboxError::Template(e)) => Err(e.into()),
