@@ -501,3 +501,38 @@ fn uploads_and_bodies_are_bounded_in_size_and_time() {
     let r = client().get(format!("{}/api/version", s.url)).send().unwrap();
     assert_eq!(r.status().as_u16(), 200);
 }
+
+/// A body of many tiny JSON values (31 MiB of `{},` parsed into 890 MB) is refused
+/// before it is parsed, with a 413 in each API's shape; a body with many values under
+/// the bound is served as before.
+#[test]
+fn bodies_of_many_tiny_values_are_refused_unparsed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, model) = start(dir.path(), &[]);
+    let values = vec!["{}"; (1 << 21) + 1].join(",");
+    let tools = format!(r#"{{"model":"m","messages":[],"tools":[{values}]}}"#);
+    for path in ["/api/chat", "/v1/chat/completions", "/v1/messages", "/v1/responses"] {
+        let r = client()
+            .post(format!("{}{path}", s.url))
+            .header("content-type", "application/json")
+            .body(tools.clone())
+            .send()
+            .unwrap();
+        let (st, v) = status_and_json(r);
+        assert_eq!(st, 413, "{path}: {v}");
+        let message = v["error"]["message"].as_str().or(v["error"].as_str()).unwrap_or_default();
+        assert!(message.contains("more than 2097152 JSON values"), "{path}: {v}");
+    }
+    // 100,000 numbers in `context` are parsed and answered.
+    let context: Vec<u32> = (0..100_000).map(|i| i % 7).collect();
+    let r = client()
+        .post(format!("{}/api/generate", s.url))
+        .json(&json!({"model": model, "prompt": "hi", "context": context, "stream": false,
+                      "options": {"num_predict": 2}}))
+        .send()
+        .unwrap();
+    let (st, v) = status_and_json(r);
+    assert_eq!(st, 200, "{v}");
+    let r = client().get(format!("{}/api/version", s.url)).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}

@@ -196,6 +196,16 @@ async fn limit_body(req: Request, next: Next) -> Result<Response, ApiError> {
                 ApiError::bad_request(format!("the request body could not be read: {e}"))
             }
         })?;
+    // Parsing costs memory per value: a body of many tiny values is refused unparsed.
+    if util::json_values_up_to(&bytes, util::MAX_JSON_VALUES) > util::MAX_JSON_VALUES {
+        return Err(ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!(
+                "the request body holds more than {} JSON values",
+                util::MAX_JSON_VALUES
+            ),
+        });
+    }
     Ok(next.run(Request::from_parts(parts, Body::from(bytes))).await)
 }
 

@@ -118,6 +118,60 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     Ok(parsed)
 }
 
+/// Most JSON values (objects, arrays, strings, keys, numbers, literals) a request body
+/// may hold. Parsing costs memory per value, not per byte: 31 MiB of `{},{},...` in a
+/// `tools` array parsed into 890 MB; at this bound a body parses into at most ~200 MB.
+/// Real bodies hold far fewer (an image is one string; a 100,000-message conversation
+/// about half a million).
+pub const MAX_JSON_VALUES: usize = 1 << 21;
+
+/// The JSON values `body` holds, counted up to `limit` without parsing (a value past
+/// `limit` stops the count): an object, an array, a string (a key counts as one), or a
+/// number or literal. Malformed JSON counts somehow; the parser reports it.
+pub fn json_values_up_to(body: &[u8], limit: usize) -> usize {
+    let mut count = 0;
+    let mut in_string = false;
+    let mut escaped = false;
+    // Whether the last structural byte outside strings opens a place for a value.
+    let mut value_may_start = true;
+    for &b in body {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => {
+                in_string = true;
+                count += 1;
+                value_may_start = false;
+            }
+            b'{' | b'[' => {
+                count += 1;
+                value_may_start = true;
+            }
+            b',' | b':' => value_may_start = true,
+            b'}' | b']' => value_may_start = false,
+            b' ' | b'\t' | b'\n' | b'\r' => {}
+            _ => {
+                if value_may_start {
+                    count += 1;
+                    value_may_start = false;
+                }
+            }
+        }
+        if count > limit {
+            break;
+        }
+    }
+    count
+}
+
 /// The response header that names the request fields the server ignored.
 pub const IGNORED_FIELDS_HEADER: &str = "x-corral-ignored-fields";
 
@@ -449,6 +503,21 @@ mod tests {
         assert!(e.message.starts_with("invalid request: top_k: invalid type"), "{}", e.message);
         let ok = parse_body::<Req>(br#"{"top_k": 1, "foo": 1}"#).unwrap();
         assert_eq!(ok.extra.keys().collect::<Vec<_>>(), ["foo"]);
+    }
+
+    #[test]
+    fn json_values_are_counted_without_parsing() {
+        assert_eq!(json_values_up_to(b"{}", 10), 1);
+        // The object, 2 keys, a string, an array and its 3 numbers and literals.
+        assert_eq!(json_values_up_to(br#"{"a": "x,[{", "b": [1, -2.5e3, true]}"#, 100), 8);
+        // Escaped quotes stay inside the string.
+        assert_eq!(json_values_up_to(br#"["a\"b,c", null]"#, 100), 3);
+        // 1,000 empty objects and their array; the count stops past the limit.
+        let many = format!("[{}]", vec!["{}"; 1000].join(","));
+        assert_eq!(json_values_up_to(many.as_bytes(), 10_000), 1001);
+        assert_eq!(json_values_up_to(many.as_bytes(), 10), 11);
+        // Numbers, with and without spaces around the commas.
+        assert_eq!(json_values_up_to(b"[1,2 , 3,\n4]", 100), 5);
     }
 
     #[test]
