@@ -71,6 +71,9 @@ fn schemas() -> Vec<(&'static str, Value)> {
         json!({"type": "string"}),
         |inner, _| json!({"anyOf": [{"type": "array", "items": inner}, {"type": "string"}]}),
     );
+    // The most an enum may hold: 65,535 strings sharing a 24-byte prefix.
+    let big_enum: Vec<Value> =
+        (0..65_535).map(|i| json!(format!("a-long-shared-prefix-for-{i:05}"))).collect();
     vec![
         ("any JSON (format: json)", json!("json")),
         (
@@ -83,6 +86,7 @@ fn schemas() -> Vec<(&'static str, Value)> {
         ("anyOf 64 strings of different lengths", json!({"anyOf": many_strings})),
         ("anyOf 64 objects with different keys", json!({"anyOf": many_objects})),
         ("anyOf arrays or strings, 8 deep", nested_arrays),
+        ("enum of 65,535 strings with a shared prefix", json!({"enum": big_enum})),
     ]
 }
 
