@@ -51,10 +51,31 @@ mod mix;
 
 pub use arch::{Arch, llama3_rope_factors};
 
-/// The ChatML template written to `tokenizer.chat_template` unless another is given.
-pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + \
-message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}\
-{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+/// The ChatML template written to `tokenizer.chat_template` unless another is given,
+/// with tools as Qwen 2.5's ChatML offers them: a conversation without tools renders as
+/// plain ChatML (`<|im_start|>role\ncontent<|im_end|>\n` per message); with tools, a
+/// system turn lists them (after the first system message's text) and asks for calls
+/// in `<tool_call>` tags, and an assistant message's `tool_calls` render in those tags.
+pub const CHATML_TEMPLATE: &str = "{%- if tools %}{{ '<|im_start|>system\\n' }}\
+{%- if messages and messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\\n\\n' }}{% endif %}\
+{{- '# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n\
+You are provided with function signatures within <tools></tools> XML tags:\\n<tools>' }}\
+{%- for tool in tools %}{{ '\\n' + (tool | tojson) }}{% endfor %}\
+{{- '\\n</tools>\\n\\nFor each function call, return a json object with function name and \
+arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n\
+{\"name\": <function-name>, \"arguments\": <args-json-object>}\\n</tool_call><|im_end|>\\n' }}\
+{%- endif %}\
+{%- for message in messages %}\
+{%- if not (tools and loop.first and message['role'] == 'system') %}\
+{{- '<|im_start|>' + message['role'] + '\\n' + (message['content'] or '') }}\
+{%- for call in message['tool_calls'] or [] %}\
+{{- ('\\n' if message['content'] or not loop.first else '') + '<tool_call>\\n{\"name\": \"' + call['function']['name'] + '\", \"arguments\": ' + \
+(call['function']['arguments'] | tojson) + '}\\n</tool_call>' }}\
+{%- endfor %}\
+{{- '<|im_end|>\\n' }}\
+{%- endif %}\
+{%- endfor %}\
+{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
 /// Scale of the output matrix relative to `1/sqrt(n_embd)`: the logits come out with a
 /// standard deviation of about this much.

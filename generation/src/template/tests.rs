@@ -67,6 +67,42 @@ fn chatml_fallback() {
     );
 }
 
+/// The generator's ChatML (`corral_gguf::generate::CHATML_TEMPLATE`) renders a
+/// conversation without tools exactly as plain ChatML, and offers tools and renders
+/// tool calls as Qwen 2.5's ChatML does.
+#[test]
+fn generated_models_chatml_renders_plain_chatml_and_tools() {
+    let plain = ChatTemplate::chatml();
+    let generated = ChatTemplate::new(corral_gguf::generate::CHATML_TEMPLATE).unwrap();
+    let m = msgs(&[("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello"), ("user", "?")]);
+    for add_generation_prompt in [false, true] {
+        let input = ChatInput { messages: &m, add_generation_prompt, ..Default::default() };
+        assert_eq!(generated.render(&input).unwrap(), plain.render(&input).unwrap());
+    }
+    let tools = [json!({"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}})];
+    let mut call = ChatMessage::new("assistant", "");
+    call.tool_calls =
+        Some(vec![json!({"function": {"name": "get_weather", "arguments": {"city": "Oslo"}}})]);
+    let m = [ChatMessage::new("system", "Be brief."), ChatMessage::new("user", "Weather?"), call];
+    let out = generated
+        .render(&ChatInput { messages: &m, tools: Some(&tools), ..Default::default() })
+        .unwrap();
+    assert!(out.starts_with("<|im_start|>system\nBe brief.\n\n# Tools\n"), "{out}");
+    assert!(
+        out.contains("<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"get_weather\""),
+        "{out}"
+    );
+    assert_eq!(out.matches("Be brief.").count(), 1, "{out}");
+    assert!(
+        out.ends_with(
+            "<|im_start|>user\nWeather?<|im_end|>\n<|im_start|>assistant\n<tool_call>\n\
+             {\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call><|im_end|>\n"
+        ),
+        "{out}"
+    );
+}
+
 #[test]
 fn system_prompt_is_prepended_only_when_missing() {
     let t = ChatTemplate::chatml();

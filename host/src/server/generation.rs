@@ -310,6 +310,24 @@ impl GenRequest {
     }
 }
 
+/// Refuses, as Ollama does (400), what the model cannot do: generating with an embedding
+/// model, and tools offered to a model whose template has no place for them (the model
+/// would never see them; clients fall back to prompting on this error).
+fn check_capabilities(name: &str, caps: &[&str], prompt: &PromptSpec) -> Result<(), ApiError> {
+    let refuse =
+        |what: &str| Err(ApiError::bad_request(format!("\"{name}\" does not support {what}")));
+    match prompt {
+        PromptSpec::Chat { .. } if !caps.contains(&"completion") => refuse("chat"),
+        PromptSpec::Completion { .. } if !caps.contains(&"completion") => refuse("generate"),
+        PromptSpec::Chat { tools: Some(tools), .. }
+            if !tools.is_empty() && !caps.contains(&"tools") =>
+        {
+            refuse("tools")
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Starts a generation.
 pub async fn start(state: &Arc<AppState>, req: GenRequest) -> Result<Running, ApiError> {
     let started = Instant::now();
@@ -341,6 +359,7 @@ pub async fn start(state: &Arc<AppState>, req: GenRequest) -> Result<Running, Ap
     // The request's num_ctx (re)loads the model with that context, as Ollama does.
     let (guard, load) = state.sched.acquire(&req.model, req.keep_alive, num_ctx).await?;
     let loaded = guard.loaded.clone();
+    check_capabilities(&req.model, &loaded.capabilities, &req.prompt)?;
     let options =
         super::scheduler::Scheduler::options_for(&loaded.model_ref, req.options.as_ref())?;
     let model_name = loaded.model_ref.name.clone();
@@ -520,6 +539,9 @@ pub async fn count_chat_tokens(
     }
     let (guard, _) = state.sched.acquire(model, None, None).await?;
     let loaded = guard.loaded.clone();
+    // What the messages themselves would be refused for.
+    let chat = PromptSpec::Chat { messages: Vec::new(), tools: tools.clone() };
+    check_capabilities(model, &loaded.capabilities, &chat)?;
     let (tokens, _) = tokio::task::spawn_blocking(move || {
         chat_tokens(&loaded, messages, tools.as_deref(), think.map(Think::from))
     })

@@ -780,25 +780,20 @@ async fn show_request(state: Arc<AppState>, req: ShowRequest) -> Result<Response
         return Ok(axum::Json(super::remote::show(&state.remotes, &target).await?).into_response());
     }
     let model = state.sched.resolve(&name)?;
-    // What the engine declared, when the model is loaded (for files that are no GGUF).
+    // What the loaded model can do (for files that are no GGUF, what their engine said).
     let key = crate::models::load_key(&name);
-    let engine = state
+    let loaded = state
         .sched
         .loaded()
         .iter()
         .find(|l| crate::models::load_key(&l.model_ref.name) == key)
-        .map(|l| l.model.capabilities);
+        .map(|l| l.capabilities.clone());
     let v = tokio::task::spawn_blocking(move || -> Result<Value, ApiError> {
         let (details, info) = details_of(&model.path);
-        let projectors = model.resolved.as_ref().is_some_and(|r| !r.projectors.is_empty());
         let resolved = model.resolved.as_deref();
-        // The TEMPLATE as stored (Ollama sends its Go template, not a translation); for a
-        // file, its own template or the one chosen for it.
-        let (template, origin) = match model.template_source.clone() {
-            Some(t) => (t, "the Modelfile's TEMPLATE".to_string()),
-            None => crate::prompt::file_template(&model.path).unwrap_or_default(),
-        };
-        let capabilities = capabilities(&info, &template, projectors, engine);
+        let (template, origin) = shown_template(&model);
+        let capabilities =
+            loaded.unwrap_or_else(|| model_capabilities(&model, &info, &template, None));
         let mut v = json!({
             "template": template,
             "template_origin": origin,
@@ -826,6 +821,41 @@ async fn show_request(state: Arc<AppState>, req: ShowRequest) -> Result<Response
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
     Ok(axum::Json(v).into_response())
+}
+
+/// The TEMPLATE as stored (Ollama sends its Go template, not a translation); for a file,
+/// its own template or the one chosen for it; and where it came from.
+fn shown_template(model: &crate::models::ModelRef) -> (String, String) {
+    match model.template_source.clone() {
+        Some(t) => (t, "the Modelfile's TEMPLATE".to_string()),
+        None => crate::prompt::file_template(&model.path).unwrap_or_default(),
+    }
+}
+
+/// [`capabilities`] of a model whose metadata `details_of` read as `info`.
+fn model_capabilities(
+    model: &crate::models::ModelRef,
+    info: &Value,
+    template: &str,
+    engine: Option<corral_backend_api::Capabilities>,
+) -> Vec<&'static str> {
+    let projectors = model.resolved.as_ref().is_some_and(|r| !r.projectors.is_empty());
+    capabilities(info, template, projectors, engine)
+}
+
+/// What a loaded model can do, as `/api/show` lists it and requests are checked against
+/// ([`capabilities`]), with `template` the chat template it renders with (for a file
+/// that is no GGUF, its engine's); reads the model file's metadata, so it is computed
+/// at load.
+pub(super) fn capabilities_of(
+    model: &crate::models::ModelRef,
+    template: &str,
+    engine: corral_backend_api::Capabilities,
+) -> Vec<&'static str> {
+    let (_, info) = details_of(&model.path);
+    // A TEMPLATE as stored: a Go template's translation always names `tools`.
+    let template = model.template_source.as_deref().unwrap_or(template);
+    model_capabilities(model, &info, template, Some(engine))
 }
 
 /// The `capabilities` of `/api/show`, decided as Ollama does:

@@ -123,6 +123,9 @@ pub struct Loaded {
     pub engine: EngineHandle,
     /// Chat template.
     pub templater: Templater,
+    /// What the model can do (`completion` or `embedding`, `tools`, `thinking`,
+    /// `vision`), as `/api/show` lists it; requests that need more are refused.
+    pub capabilities: Vec<&'static str>,
     /// Context per sequence.
     pub num_ctx: u32,
     /// Memory estimate in bytes.
@@ -1150,11 +1153,14 @@ impl Scheduler {
                 prompt_quantum,
             },
         )?;
+        let capabilities =
+            super::ollama::capabilities_of(&r, templater.template.source(), model.capabilities);
         Ok(Loaded {
             model_ref: r,
             model,
             engine,
             templater,
+            capabilities,
             num_ctx,
             size_estimate,
             size_vram: if offloaded { size_estimate } else { 0 },

@@ -101,6 +101,15 @@ impl Backend for ExampleBackend {
     }
 }
 
+/// The toy model's chat template (a model reports its own, as GGUF files carry
+/// `tokenizer.chat_template`): ChatML, with the tools offered in a turn of their own and
+/// an assistant's tool calls as JSON, so the host knows the model takes tools.
+const CHAT_TEMPLATE: &str = "{%- if tools %}{{ '<|im_start|>tools\\n' + (tools | tojson) + \
+'<|im_end|>\\n' }}{% endif %}{%- for message in messages %}{{ '<|im_start|>' + message['role'] + \
+'\\n' + (message['content'] or '') }}{%- if message['tool_calls'] %}{{ message['tool_calls'] | \
+tojson }}{% endif %}{{ '<|im_end|>\\n' }}{%- endfor %}{%- if add_generation_prompt %}\
+{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
 /// The toy model.
 pub struct ExampleModel {
     seed: u64,
@@ -125,7 +134,10 @@ impl Model for ExampleModel {
             block_count: 0,
             quantization: "F32".into(),
             size_bytes: self.size,
-            kv: vec![("general.architecture".into(), "toy".into())],
+            kv: vec![
+                ("general.architecture".into(), "toy".into()),
+                ("tokenizer.chat_template".into(), CHAT_TEMPLATE.into()),
+            ],
         }
     }
 
