@@ -126,3 +126,71 @@ fn a_nan_embedding_is_an_error_not_nulls() {
         assert_eq!(status, 200, "{plugin:?}: still serving: {v}");
     }
 }
+
+/// What a model cannot do is refused with Ollama's 400s: generating or chatting with an
+/// embedding model (it still embeds); tools offered, on every API, to a model whose
+/// template has no place for them (the model would never see them), and counting such
+/// a prompt. `/api/show` lists the capabilities the checks use; a generated model's own
+/// template offers tools.
+#[test]
+fn requests_a_model_cannot_serve_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(cpu) = cpu_plugin_dir(&dir.path().join("cpu")) else { return };
+    let plain = generate_arch_model(dir.path(), "qwen3.gguf", "qwen3");
+    let embedder = dir.path().join("qwen3-embed.gguf");
+    rewrite_metadata(&plain, &embedder, &[("qwen3.pooling_type", corral_gguf::Value::U32(3))]);
+    let store = dir.path().join("store").to_string_lossy().into_owned();
+    let allow = dir.path().to_string_lossy().into_owned();
+    let s = Server::start(
+        &[cpu.as_path()],
+        &[("CORRAL_MODELS", &store), ("CORRAL_ALLOW_MODEL_PATHS", &allow)],
+        &[],
+    );
+    let msgs = serde_json::json!([{"role": "user", "content": "weather?"}]);
+    let e = embedder.to_string_lossy();
+    let (st, v) =
+        post_json(&s.url, "/api/generate", &serde_json::json!({"model": e, "prompt": "hi"}));
+    assert_eq!(
+        (st, v["error"].as_str()),
+        (400, Some(&*format!("\"{e}\" does not support generate")))
+    );
+    let (st, v) =
+        post_json(&s.url, "/api/chat", &serde_json::json!({"model": e, "messages": msgs}));
+    assert_eq!((st, v["error"].as_str()), (400, Some(&*format!("\"{e}\" does not support chat"))));
+    let (st, v) = post_json(&s.url, "/api/embed", &serde_json::json!({"model": e, "input": "hi"}));
+    assert_eq!(st, 200, "{v}");
+
+    let modelfile = format!("FROM {}\nTEMPLATE \"{{{{ .Prompt }}}}\"\n", plain.display());
+    let body = serde_json::json!({"model": "plain", "modelfile": modelfile, "stream": false});
+    let (st, v) = post_json(&s.url, "/api/create", &body);
+    assert_eq!(st, 200, "{v}");
+    let (_, v) = post_json(&s.url, "/api/show", &serde_json::json!({"model": "plain"}));
+    assert_eq!(v["capabilities"], serde_json::json!(["completion"]), "{v}");
+    let tool = serde_json::json!({"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}});
+    let chat = serde_json::json!({"model": "plain", "messages": msgs, "tools": [tool],
+        "stream": false});
+    let (st, v) = post_json(&s.url, "/api/chat", &chat);
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"].as_str().unwrap_or_default().ends_with("does not support tools"), "{v}");
+    let (st, v) = post_json(&s.url, "/v1/chat/completions", &chat);
+    assert_eq!((st, &v["error"]["type"]), (400, &serde_json::json!("invalid_request_error")));
+    let anthropic_tool = serde_json::json!({"name": "get_weather",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}});
+    for path in ["/v1/messages", "/v1/messages/count_tokens"] {
+        let body = serde_json::json!({"model": "plain", "max_tokens": 4, "messages": msgs,
+            "tools": [anthropic_tool]});
+        let (st, v) = post_json(&s.url, path, &body);
+        assert_eq!(st, 400, "{path}: {v}");
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("does not support tools"), "{path}: {v}");
+    }
+    // Without tools, or with none: answered.
+    let body = serde_json::json!({"model": "plain", "messages": msgs, "tools": [],
+        "stream": false, "options": {"num_predict": 2}});
+    assert_eq!(post_json(&s.url, "/api/chat", &body).0, 200);
+    // The generated file's own template offers tools.
+    let p = plain.to_string_lossy();
+    let (_, v) = post_json(&s.url, "/api/show", &serde_json::json!({"model": p}));
+    assert_eq!(v["capabilities"], serde_json::json!(["completion", "tools"]), "{v}");
+}
