@@ -1,6 +1,6 @@
 //! Structured output: a grammar-constrained sampler for JSON and JSON schemas.
 //!
-//! A schema (or `"json"` for any JSON value) compiles into a small grammar of nodes; a
+//! A schema (or `"json"` for any JSON object) compiles into a small grammar of nodes; a
 //! nondeterministic pushdown matcher follows the bytes generated so far (a set of frame
 //! stacks, one per live interpretation, so `anyOf` and enums with shared prefixes work).
 //! Before each token is sampled, [`JsonConstraint::mask`] forbids every token whose bytes
@@ -432,8 +432,10 @@ impl Grammar {
         &self.format
     }
 
-    /// Any JSON value (`format: "json"`).
-    pub fn any_json() -> Grammar {
+    /// Any JSON object (Ollama's `format: "json"`, whose grammar's root is an object, and
+    /// OpenAI's `json_object` mode): free-form keys, values of any kind, nested at most
+    /// `MAX_DEPTH` deep.
+    pub fn json_object() -> Grammar {
         let mut c = Compiler {
             root_schema: &Value::Null,
             nodes: vec![],
@@ -441,7 +443,10 @@ impl Grammar {
             any: vec![None; MAX_DEPTH + 1],
         };
         // Cannot fail: a few nodes.
-        let root = c.any(MAX_DEPTH).unwrap_or(0);
+        let values = c.any(MAX_DEPTH - 1).unwrap_or(0);
+        let root = c
+            .push(Node::Object { props: vec![], required: 0, free_value: Some(values) })
+            .unwrap_or(0);
         Grammar { nodes: c.nodes, root, format: Value::String("json".into()) }
     }
 
@@ -476,7 +481,7 @@ impl Grammar {
         match format {
             Value::Null => Ok(None),
             Value::String(s) if s.is_empty() => Ok(None),
-            Value::String(s) if s == "json" => Ok(Some(Grammar::any_json())),
+            Value::String(s) if s == "json" => Ok(Some(Grammar::json_object())),
             Value::String(s) => err(format!("format must be \"json\" or a JSON schema, got {s:?}")),
             Value::Object(_) => Grammar::from_schema(format).map(Some),
             other => err(format!("format must be \"json\" or a JSON schema object, got {other}")),
@@ -1291,9 +1296,14 @@ mod tests {
         assert!(!accepts(&g, r#"{"name":"b","name":"c","age":1}"#), "duplicate key");
         assert!(!accepts(&g, r#"{"name":"b","age":1,"tags":[1]}"#), "enum");
         assert!(!accepts(&g, r#"{"name":"b","age":1,"tags":[123]}"#), "enum number prefix");
-        let any = Grammar::any_json();
+        let any = Grammar::json_object();
         assert!(accepts(&any, r#"{"a":[1,2.5e3,{"b":null}],"c":true}"#));
-        assert!(accepts(&any, "-0.25"));
+        assert!(accepts(&any, r#"{"n":-0.25}"#));
+        assert!(accepts(&any, "{}"));
+        // Ollama's "json" and OpenAI's json_object mode give an object, nothing else.
+        for not_an_object in ["-0.25", "[1]", "\"x\"", "null", "true"] {
+            assert!(!accepts(&any, not_an_object), "{not_an_object}");
+        }
         assert!(!accepts(&any, "{} {}"));
     }
 

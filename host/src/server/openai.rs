@@ -338,7 +338,7 @@ fn grammar_of_response_format(rf: Option<&Value>) -> Result<Option<Arc<Grammar>>
     let bad = |m: String| ApiError::bad_request(m);
     match rf.get("type").and_then(Value::as_str) {
         None | Some("text") => Ok(None),
-        Some("json_object") => Ok(Some(Arc::new(Grammar::any_json()))),
+        Some("json_object") => Ok(Some(Arc::new(Grammar::json_object()))),
         Some("json_schema") => {
             let schema = rf.get("json_schema").and_then(|j| j.get("schema")).ok_or_else(|| {
                 bad("response_format json_schema needs json_schema.schema".into())

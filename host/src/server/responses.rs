@@ -248,7 +248,7 @@ fn text_format_grammar(text: Option<&Value>) -> Result<Option<Arc<Grammar>>, Api
     };
     match format.get("type").and_then(Value::as_str) {
         Some("text") => Ok(None),
-        Some("json_object") => Ok(Some(Arc::new(Grammar::any_json()))),
+        Some("json_object") => Ok(Some(Arc::new(Grammar::json_object()))),
         Some("json_schema") => {
             let schema = format.get("schema").filter(|s| s.is_object()).ok_or_else(|| {
                 ApiError::bad_request("text.format json_schema needs a schema object")
