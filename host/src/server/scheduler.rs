@@ -148,10 +148,29 @@ pub struct Loaded {
     pub expires_wall: Mutex<Option<SystemTime>>,
     /// Last use, for LRU.
     pub last_used: Mutex<Instant>,
-    embed_ctx: Mutex<Option<Context>>,
+    /// The context embeddings are computed in, and the positions it was made for.
+    embed_ctx: Mutex<Option<(u32, Context)>>,
+    /// Engine memory an embedding takes per input token beyond the model's estimate:
+    /// llama.cpp on the CPU keeps a row of logits for every position of a pooled
+    /// embedding (`n_vocab × 4` bytes, and as much again in its compute buffer); 0 where
+    /// that memory is not the host's (a GPU) or not taken (the pure-Rust engine).
+    embed_bytes_per_token: u64,
     tokens: OnceLock<Arc<TokenTable>>,
     admission: Mutex<()>,
 }
+
+/// Positions of the context that embeds `tokens` tokens of a model served with windows of
+/// `num_ctx`: the input rounded up to a multiple of 512, at most `num_ctx`, so that the
+/// buffers llama.cpp reserves for a whole context of pooled embeddings (a row of logits
+/// per position: 2 MiB each with Gemma 3's 262,144-token vocabulary) follow the input.
+fn embedding_context_size(tokens: usize, num_ctx: u32) -> u32 {
+    let rounded = u32::try_from(tokens.max(1).div_ceil(512) * 512).unwrap_or(u32::MAX);
+    rounded.min(num_ctx.max(1))
+}
+
+/// Embeddings whose engine rows take more than this are checked against the memory
+/// available first (the probe reads /proc files).
+const EMBEDDING_ROWS_CHECKED: u64 = 256 << 20;
 
 impl Loaded {
     /// The token table for structured output (built on first use).
@@ -200,19 +219,45 @@ impl Loaded {
     /// Pooled embedding of `tokens` (blocking: call from `spawn_blocking`).
     pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>, ApiError> {
         let mut guard = self.embed_ctx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if guard.is_none() {
+        let size = embedding_context_size(tokens.len(), self.num_ctx);
+        let rows = (tokens.len() as u64).saturating_mul(self.embed_bytes_per_token);
+        if rows > EMBEDDING_ROWS_CHECKED {
+            let available = corral_probe::probe(&corral_probe::ProbeOptions {
+                use_runtime_libraries: false,
+                ..corral_probe::ProbeOptions::system()
+            })
+            .memory
+            .effective_available_bytes;
+            if let Some(available) = available.filter(|&a| rows > a) {
+                let fits = available / self.embed_bytes_per_token.max(1);
+                return Err(ApiError::bad_request(format!(
+                    "embedding {} tokens with {} needs about {} MiB of engine memory (a row \
+                     of {} logits per token), and {} MiB are available: send inputs of at \
+                     most {fits} tokens",
+                    tokens.len(),
+                    self.model_ref.name,
+                    rows >> 20,
+                    self.model.vocab_size,
+                    available >> 20,
+                )));
+            }
+        }
+        let fits = guard.as_ref().is_some_and(|(made, _)| *made >= size && *made <= 2 * size);
+        if !fits {
+            // The old context's buffers go before the new one's are allocated.
+            *guard = None;
             let params = ContextParams {
-                n_ctx: self.num_ctx,
-                n_batch: self.num_ctx,
+                n_ctx: size,
+                n_batch: size,
                 n_seq_max: 1,
                 n_threads: self.engine.config.n_threads,
                 n_threads_batch: self.engine.config.n_threads,
                 embeddings: true,
                 seed: 0,
             };
-            *guard = Some(self.model.new_context(&params)?);
+            *guard = Some((size, self.model.new_context(&params)?));
         }
-        let Some(ctx) = guard.as_mut() else { return Err(ApiError::internal("no context")) };
+        let Some((_, ctx)) = guard.as_mut() else { return Err(ApiError::internal("no context")) };
         ctx.kv_clear()?;
         ctx.prefill(0, 0, tokens)?;
         let v = ctx.embeddings(0)?;
@@ -1155,6 +1200,10 @@ impl Scheduler {
         )?;
         let capabilities =
             super::ollama::capabilities_of(&r, templater.template.source(), model.capabilities);
+        let embed_bytes_per_token = match EngineMemory::of_plugin(&plugin.manifest) {
+            EngineMemory::GgmlCpuRepack { .. } => u64::from(model.vocab_size) * 8,
+            _ => 0,
+        };
         Ok(Loaded {
             model_ref: r,
             model,
@@ -1172,6 +1221,7 @@ impl Scheduler {
             expires_wall: Mutex::new(None),
             last_used: Mutex::new(Instant::now()),
             embed_ctx: Mutex::new(None),
+            embed_bytes_per_token,
             tokens: OnceLock::new(),
             admission: Mutex::new(()),
         })
@@ -1371,6 +1421,17 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn embedding_contexts_fit_their_input() {
+        assert_eq!(embedding_context_size(0, 4096), 512);
+        assert_eq!(embedding_context_size(7, 4096), 512);
+        assert_eq!(embedding_context_size(513, 4096), 1024);
+        assert_eq!(embedding_context_size(4096, 4096), 4096);
+        // Never past the window (the input is cut to it before).
+        assert_eq!(embedding_context_size(100, 256), 256);
+        assert_eq!(embedding_context_size(9000, 4096), 4096);
+    }
     use corral_gguf::generate::{GenerateOptions, ModelShape, generate_llama};
 
     fn manifest(rel: &str) -> corral_plugin_host::Manifest {
