@@ -37,6 +37,10 @@ pub enum ModelsError {
     /// A path-like argument that names no file.
     #[error("model file {0} not found: it does not exist")]
     NoSuchFile(String),
+    /// A path that names something other than a file or a directory (a named pipe, a
+    /// device, a socket): reading one could block forever or never end.
+    #[error("model file {0} is not a regular file (a pipe, a device or a socket)")]
+    NotAFile(String),
     /// A path from the network that the server does not serve.
     #[error(
         "model {0:?} is a file path, and this server takes model names only (start it with --allow-model-paths DIR to serve files under DIR)"
@@ -63,7 +67,7 @@ impl ModelsError {
             ModelsError::NotFound(_) | ModelsError::NotInStore(_) | ModelsError::NoSuchFile(_) => {
                 ErrorClass::NotFound
             }
-            ModelsError::InvalidName(_) => ErrorClass::BadInput,
+            ModelsError::InvalidName(_) | ModelsError::NotAFile(_) => ErrorClass::BadInput,
             ModelsError::PathNotAllowed(_) | ModelsError::RelativePath(_) => ErrorClass::Forbidden,
             ModelsError::Store(e) => ErrorClass::of_registry(e),
         }
@@ -293,6 +297,9 @@ impl Resolver<'_> {
 
     fn resolve_path(&self, arg: &str, path: &Path) -> Result<ModelRef, ModelsError> {
         let meta = std::fs::metadata(path).map_err(|_| ModelsError::NoSuchFile(arg.to_string()))?;
+        if !meta.is_file() && !meta.is_dir() {
+            return Err(ModelsError::NotAFile(arg.to_string()));
+        }
         let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
         Ok(ModelRef {
             name: arg.to_string(),

@@ -536,3 +536,38 @@ fn bodies_of_many_tiny_values_are_refused_unparsed() {
     let r = client().get(format!("{}/api/version", s.url)).send().unwrap();
     assert_eq!(r.status().as_u16(), 200);
 }
+
+/// A model path or a Modelfile's FROM that names a named pipe (or a device) under an
+/// allowed directory is refused at once: reading it would block the request forever.
+#[cfg(unix)]
+#[test]
+fn pipes_and_devices_are_not_model_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = start(dir.path(), &[]);
+    let fifo = dir.path().join("pipe.gguf");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if !made.is_ok_and(|st| st.success()) {
+        eprintln!("SKIP: mkfifo is not available");
+        return;
+    }
+    let fifo = fifo.to_string_lossy().into_owned();
+    let t = std::time::Instant::now();
+    let r = client()
+        .post(format!("{}/api/generate", s.url))
+        .json(&json!({"model": fifo, "prompt": "hi", "stream": false}))
+        .send()
+        .unwrap();
+    let (st, v) = status_and_json(r);
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("not a regular file"), "{v}");
+    let modelfile = format!("FROM {fifo}\n");
+    let r = client()
+        .post(format!("{}/api/create", s.url))
+        .json(&json!({"model": "piped", "modelfile": modelfile, "stream": false}))
+        .send()
+        .unwrap();
+    let (st, v) = status_and_json(r);
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("not a regular file"), "{v}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+}

@@ -356,6 +356,13 @@ fn check_local_files(
         let uploaded =
             p.canonicalize().is_ok_and(|c| blobs.canonicalize().is_ok_and(|b| c.starts_with(b)));
         if uploaded || (p.is_absolute() && p.exists() && allowed.allows(p)) {
+            // A pipe or a device would block the create (or never end) while it is hashed.
+            if std::fs::metadata(p).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+                return Err(ApiError::bad_request(format!(
+                    "line {}: {v:?} is not a regular file (a pipe, a device or a socket)",
+                    cmd.line
+                )));
+            }
             continue;
         }
         return Err(ApiError::forbidden(format!(
