@@ -36,7 +36,7 @@ pub const MAX_DEFAULT_NUM_CTX: u32 = 4096;
 /// works with each at its own size). [`exceeds_training`] tells when that happened.
 /// `corral bench` asks for exactly what its test needs and does not use this rule.
 ///
-/// The result is at least 1.
+/// The result is at least [`MIN_NUM_CTX`].
 pub fn context_length(requested: Option<u32>, setting: Option<u32>, model_max: u32) -> u32 {
     let default =
         if model_max == 0 { FALLBACK_NUM_CTX } else { model_max.min(MAX_DEFAULT_NUM_CTX) };
@@ -44,8 +44,12 @@ pub fn context_length(requested: Option<u32>, setting: Option<u32>, model_max: u
         0 => n,
         max => n.min(max),
     });
-    asked.max(1)
+    asked.max(MIN_NUM_CTX)
 }
+
+/// The smallest window a model is loaded with: Ollama's scheduler raises a smaller
+/// `num_ctx` to 4.
+pub const MIN_NUM_CTX: u32 = 4;
 
 /// The window `requested` or `setting` asked for, when [`context_length`] cut it to the
 /// model's training context `model_max`.
@@ -216,7 +220,8 @@ mod tests {
         assert_eq!(context_length(None, None, 32768), MAX_DEFAULT_NUM_CTX);
         assert_eq!(context_length(None, None, 512), 512);
         assert_eq!(context_length(None, None, 0), FALLBACK_NUM_CTX);
-        assert_eq!(context_length(Some(0), None, 0), 1);
+        assert_eq!(context_length(Some(0), None, 0), MIN_NUM_CTX);
+        assert_eq!(context_length(Some(1), None, 2048), 4);
         // Past the training context: the training context (Ollama's clamp).
         assert_eq!(context_length(Some(1 << 30), None, 2048), 2048);
         assert_eq!(context_length(None, Some(100_000), 32768), 32768);

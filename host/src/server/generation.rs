@@ -484,9 +484,20 @@ fn build(
             tokens
         }
     };
+    let asked = tokens.len();
     let tokens =
         fit_prompt(&tokens, loaded.num_ctx as usize, options.num_keep, options.num_predict, policy)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if tokens.len() < asked {
+        // As Ollama logs it: the window is the model's as loaded (a request's num_ctx
+        // reloads it for every client).
+        tracing::warn!(
+            model = %model.name,
+            "prompt of {asked} tokens truncated to {} to fit the context of {}",
+            tokens.len(),
+            loaded.num_ctx
+        );
+    }
     if tokens.is_empty() {
         return Err(ApiError::bad_request("the prompt is empty after tokenization"));
     }
