@@ -198,6 +198,18 @@ impl Templater {
         Ok(model.tokenize(text, add_special, true)?)
     }
 
+    /// Tokenizes rendered text that continues earlier tokens (`/api/generate`'s
+    /// `context`): no BOS, neither the tokenizer's nor a template's leading BOS text, as
+    /// Ollama tokenizes the earlier text and the new together with one BOS at the start.
+    pub fn tokenize_continuation(&self, model: &Model, text: &str) -> Result<Vec<u32>> {
+        let text = if self.bos_text.is_empty() {
+            text
+        } else {
+            text.strip_prefix(self.bos_text.as_str()).unwrap_or(text)
+        };
+        Ok(model.tokenize(text, false, true)?)
+    }
+
     /// Renders and tokenizes a conversation.
     pub fn tokenize_chat(
         &self,

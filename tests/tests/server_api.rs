@@ -1217,3 +1217,33 @@ fn serve_initialises_the_plugin_once() {
     let inits = log.matches("example backend initialised").count();
     assert_eq!(inits, 1, "init ran {inits} times:\n{log}");
 }
+
+/// A conversation continued through `context` holds one BOS, at its start (Ollama
+/// tokenizes the earlier text and the new together): the continuation's template text
+/// is tokenized without the tokenizer's BOS or a template's leading BOS text.
+#[test]
+fn context_continuations_hold_one_bos() {
+    let e = env();
+    let s = start(&e, &[]);
+    // The toy tokenizer: bytes, and BOS = 256; a template that writes BOS too.
+    let body = |prompt: &str, context: &Value| {
+        json!({"model": e.model, "prompt": prompt, "stream": false, "context": context,
+               "template": "{{ bos_token }}{% for m in messages %}<{{ m.content }}>{% endfor %}", "options": {"num_predict": 2, "seed": 1}})
+    };
+    let (st, first) = post(&s, "/api/generate", &body("My name is Bob.", &json!([])));
+    assert_eq!(st, 200, "{first}");
+    let bos_count = |v: &Value| {
+        v["context"].as_array().unwrap().iter().filter(|t| t.as_u64() == Some(256)).count()
+    };
+    assert_eq!(bos_count(&first), 1, "{first}");
+    assert_eq!(first["context"][0], 256, "{first}");
+    let (st, second) = post(&s, "/api/generate", &body("Who am I?", &first["context"]));
+    assert_eq!(st, 200, "{second}");
+    assert_eq!(bos_count(&second), 1, "{second}");
+    let n = first["context"].as_array().unwrap().len();
+    assert_eq!(
+        second["context"].as_array().unwrap()[..n],
+        first["context"].as_array().unwrap()[..],
+        "the earlier tokens come first"
+    );
+}

@@ -479,7 +479,12 @@ fn build(
                     .render_thinking(&msgs, system.as_deref(), None, true, think)
                     .map_err(bad)?;
                 thinking = think_of(templater.template.source(), &text);
-                tokens.extend(templater.tokenize(m, &text).map_err(bad)?);
+                let more = if tokens.is_empty() {
+                    templater.tokenize(m, &text)
+                } else {
+                    templater.tokenize_continuation(m, &text)
+                };
+                tokens.extend(more.map_err(bad)?);
             }
             tokens
         }
