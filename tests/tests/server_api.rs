@@ -589,7 +589,7 @@ fn tool_calls_in_the_output_come_back_as_tool_calls() {
     assert_eq!(choice["message"]["content"], Value::Null, "{v}");
     let call = &choice["message"]["tool_calls"][0];
     assert_eq!(call["type"], "function");
-    assert!(call["id"].as_str().is_some_and(|id| id.starts_with("call")), "{v}");
+    assert!(call["id"].as_str().is_some_and(|id| id.starts_with("call_")), "{v}");
     assert_eq!(call["function"]["name"], "get_weather");
     let args: Value =
         serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();

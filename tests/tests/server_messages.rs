@@ -435,6 +435,7 @@ fn responses_answer_stream_and_continue_from_a_previous_response() {
     assert_eq!(st, 404, "{v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("resp_nope"), "{v}");
     assert_eq!(v["error"]["type"], "not_found_error");
+    assert_eq!(v["error"]["code"], Value::Null, "{v}");
     // store: false keeps nothing.
     let (_, v) = post(
         &s,
@@ -538,4 +539,5 @@ fn responses_function_tools_and_structured_output() {
     let (st, v) = post(&s, "/v1/responses", &json!({"model": "no-such-model", "input": "x"}));
     assert_eq!(st, 404, "{v}");
     assert_eq!(v["error"]["type"], "not_found_error", "{v}");
+    assert_eq!(v["error"]["code"], "model_not_found", "{v}");
 }

@@ -43,7 +43,13 @@ impl IntoResponse for OaiError {
             503 => "server_busy",
             _ => "api_error",
         };
-        let body = json!({"error": {"message": self.0.message, "type": kind, "param": null, "code": null}});
+        // OpenAI's code for a model that does not exist.
+        let code = if self.0.status == StatusCode::NOT_FOUND && self.0.message.starts_with("model ") {
+            json!("model_not_found")
+        } else {
+            Value::Null
+        };
+        let body = json!({"error": {"message": self.0.message, "type": kind, "param": null, "code": code}});
         (self.0.status, axum::Json(body)).into_response()
     }
 }
@@ -447,11 +453,9 @@ fn data(v: &Value) -> String {
     format!("data: {v}\n\n")
 }
 
+/// An id as OpenAI's: `chatcmpl-...`, `cmpl-...`, `call_...`.
 fn new_id(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    format!("{prefix}-{:x}{n:04x}", unix_now())
+    generation::new_id(prefix)
 }
 
 struct SseState {
@@ -502,7 +506,7 @@ fn openai_tool_calls(calls: &[ToolCall], with_index: bool) -> Value {
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let mut v = json!({"id": new_id("call"), "type": "function",
+            let mut v = json!({"id": new_id("call_"), "type": "function",
                 "function": {"name": c.name, "arguments": Value::Object(c.arguments.clone()).to_string()}});
             if with_index {
                 v["index"] = json!(i);
@@ -539,7 +543,7 @@ fn stream_response(
 ) -> Response {
     let st = SseState {
         r: Some(running),
-        id: new_id(if chat { "chatcmpl" } else { "cmpl" }),
+        id: new_id(if chat { "chatcmpl-" } else { "cmpl-" }),
         created: unix_now(),
         chat,
         usage: include_usage,
@@ -702,7 +706,7 @@ async fn chat_completions_request(state: Arc<AppState>, req: ChatCompletionReque
         message["reasoning"] = json!(c.thinking);
     }
     Ok(axum::Json(json!({
-        "id": new_id("chatcmpl"),
+        "id": new_id("chatcmpl-"),
         "object": "chat.completion",
         "created": unix_now(),
         "model": r.model,
@@ -801,7 +805,7 @@ async fn completions_request(state: Arc<AppState>, req: CompletionRequest) -> Oa
     let lp = logprobs_value(Some(&mut r), logprobs.is_some(), false, echoed);
     let text = if req.echo == Some(true) { format!("{prompt}{text}") } else { text };
     Ok(axum::Json(json!({
-        "id": new_id("cmpl"),
+        "id": new_id("cmpl-"),
         "object": "text_completion",
         "created": unix_now(),
         "model": r.model,
