@@ -44,7 +44,8 @@ impl IntoResponse for OaiError {
             _ => "api_error",
         };
         // OpenAI's code for a model that does not exist.
-        let code = if self.0.status == StatusCode::NOT_FOUND && self.0.message.starts_with("model ") {
+        let code = if self.0.status == StatusCode::NOT_FOUND && self.0.message.starts_with("model ")
+        {
             json!("model_not_found")
         } else {
             Value::Null
