@@ -765,6 +765,29 @@ fn thinking_is_split_out_for_thinking_templates_and_refused_for_others() {
         &json!({"model": e.model, "prompt": "what is this?", "images": ["aGVsbG8="]}),
     );
     assert_eq!(st, 400);
+    // Nor through Anthropic's and the Responses API's image blocks (they were dropped).
+    let png = "iVBORw0KGgo=";
+    let image = json!({"type": "image",
+        "source": {"type": "base64", "media_type": "image/png", "data": png}});
+    for path in ["/v1/messages", "/v1/messages/count_tokens"] {
+        let (st, v) = post(
+            &s,
+            path,
+            &json!({"model": e.model, "max_tokens": 4,
+            "messages": [{"role": "user", "content": [image, {"type": "text", "text": "what?"}]}]}),
+        );
+        assert_eq!(st, 400, "{path}: {v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("does not support images"), "{v}");
+    }
+    let (st, v) = post(
+        &s,
+        "/v1/responses",
+        &json!({"model": e.model, "input": [{"role": "user",
+        "content": [{"type": "input_image", "image_url": format!("data:image/png;base64,{png}")},
+                    {"type": "input_text", "text": "what?"}]}]}),
+    );
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("does not support images"), "{v}");
     let (st, v) = post(&s, "/api/chat", &chat(json!(false)));
     assert_eq!(st, 200, "{v}");
     assert!(v["message"].get("thinking").is_none(), "{v}");

@@ -311,21 +311,30 @@ impl GenRequest {
 }
 
 /// Refuses, as Ollama does (400), what the model cannot do: generating with an embedding
-/// model, and tools offered to a model whose template has no place for them (the model
-/// would never see them; clients fall back to prompting on this error).
-fn check_capabilities(name: &str, caps: &[&str], prompt: &PromptSpec) -> Result<(), ApiError> {
+/// model, tools offered to a model whose template has no place for them (the model
+/// would never see them; clients fall back to prompting on this error), and images to a
+/// model without vision. `chat` is a chat's messages and tools, `None` a completion.
+fn check_capabilities(
+    name: &str,
+    caps: &[&str],
+    chat: Option<(&[Message], Option<&[Value]>)>,
+) -> Result<(), ApiError> {
     let refuse =
         |what: &str| Err(ApiError::bad_request(format!("\"{name}\" does not support {what}")));
-    match prompt {
-        PromptSpec::Chat { .. } if !caps.contains(&"completion") => refuse("chat"),
-        PromptSpec::Completion { .. } if !caps.contains(&"completion") => refuse("generate"),
-        PromptSpec::Chat { tools: Some(tools), .. }
-            if !tools.is_empty() && !caps.contains(&"tools") =>
-        {
-            refuse("tools")
-        }
-        _ => Ok(()),
+    let Some((messages, tools)) = chat else {
+        return if caps.contains(&"completion") { Ok(()) } else { refuse("generate") };
+    };
+    if !caps.contains(&"completion") {
+        return refuse("chat");
     }
+    if tools.is_some_and(|t| !t.is_empty()) && !caps.contains(&"tools") {
+        return refuse("tools");
+    }
+    // Every API's images: none may be dropped unseen.
+    if !caps.contains(&"vision") && messages.iter().any(|m| !m.images.is_empty()) {
+        return refuse("images (vision)");
+    }
+    Ok(())
 }
 
 /// Starts a generation.
@@ -359,7 +368,11 @@ pub async fn start(state: &Arc<AppState>, req: GenRequest) -> Result<Running, Ap
     // The request's num_ctx (re)loads the model with that context, as Ollama does.
     let (guard, load) = state.sched.acquire(&req.model, req.keep_alive, num_ctx).await?;
     let loaded = guard.loaded.clone();
-    check_capabilities(&req.model, &loaded.capabilities, &req.prompt)?;
+    let chat = match &req.prompt {
+        PromptSpec::Chat { messages, tools } => Some((messages.as_slice(), tools.as_deref())),
+        PromptSpec::Completion { .. } => None,
+    };
+    check_capabilities(&req.model, &loaded.capabilities, chat)?;
     let options =
         super::scheduler::Scheduler::options_for(&loaded.model_ref, req.options.as_ref())?;
     let model_name = loaded.model_ref.name.clone();
@@ -556,8 +569,7 @@ pub async fn count_chat_tokens(
     let (guard, _) = state.sched.acquire(model, None, None).await?;
     let loaded = guard.loaded.clone();
     // What the messages themselves would be refused for.
-    let chat = PromptSpec::Chat { messages: Vec::new(), tools: tools.clone() };
-    check_capabilities(model, &loaded.capabilities, &chat)?;
+    check_capabilities(model, &loaded.capabilities, Some((&messages, tools.as_deref())))?;
     let (tokens, _) = tokio::task::spawn_blocking(move || {
         chat_tokens(&loaded, messages, tools.as_deref(), think.map(Think::from))
     })
