@@ -1089,6 +1089,18 @@ fn store_endpoints_create_copy_show_delete() {
     assert_eq!(st, 200, "{show}");
     assert!(show["parameters"].as_str().unwrap().contains("temperature"), "{show}");
     assert_eq!(show["system"], "be brief");
+    // model_info as Ollama's: typed values, the vocabulary's arrays empty unless verbose,
+    // no name or chat template.
+    let info = &show["model_info"];
+    assert_eq!(info["tokenizer.ggml.add_bos_token"], json!(true), "{info}");
+    assert_eq!(info["tokenizer.ggml.model"], "gpt2", "{info}");
+    assert!(info["tokenizer.ggml.pre"].is_string(), "{info}");
+    assert_eq!(info["tokenizer.ggml.tokens"], json!([]), "{info}");
+    assert!(info["llama.block_count"].is_u64(), "{info}");
+    assert!(info.get("general.name").is_none() && info.get("tokenizer.chat_template").is_none());
+    let (_, verbose) = post(&s, "/api/show", &json!({"model": "tiny2:v1", "verbose": true}));
+    let tokens = verbose["model_info"]["tokenizer.ggml.tokens"].as_array().unwrap();
+    assert!(tokens.len() > 256 && tokens.iter().all(Value::is_string), "{}", tokens.len());
     let (st, m) = get(&s, "/v1/models/tiny2:v1");
     assert_eq!(st, 200, "{m}");
     let r = client()

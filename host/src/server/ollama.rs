@@ -660,8 +660,34 @@ async fn embeddings_request(
     Ok(axum::Json(json!({"embedding": vecs.pop().unwrap_or_default()})).into_response())
 }
 
-/// Details of a model file (`details` in tags/show/ps).
+/// A GGUF metadata value as JSON, typed (numbers, booleans, strings, arrays of them).
+fn gguf_json(v: &corral_gguf::Value) -> Value {
+    use corral_gguf::Value as G;
+    match v {
+        G::U8(x) => json!(x),
+        G::I8(x) => json!(x),
+        G::U16(x) => json!(x),
+        G::I16(x) => json!(x),
+        G::U32(x) => json!(x),
+        G::I32(x) => json!(x),
+        G::U64(x) => json!(x),
+        G::I64(x) => json!(x),
+        G::F32(x) => json!(x),
+        G::F64(x) => json!(x),
+        G::Bool(x) => json!(x),
+        G::String(x) => json!(x),
+        G::Array { values, .. } => Value::Array(values.iter().map(gguf_json).collect()),
+    }
+}
+
+/// Details of a model file (`details` in tags/show/ps), and its metadata as `/api/show`'s
+/// `model_info` (arrays of more than 5 values empty).
 pub fn details_of(path: &std::path::Path) -> (Value, Value) {
+    details_and_info(path, false)
+}
+
+/// [`details_of`], with every array of the metadata in full when `verbose`.
+fn details_and_info(path: &std::path::Path, verbose: bool) -> (Value, Value) {
     let Ok(g) = corral_gguf::reader::GgufFile::open(path) else {
         return (
             json!({"parent_model": "", "format": path.extension().and_then(|e| e.to_str()).unwrap_or(""),
@@ -681,29 +707,14 @@ pub fn details_of(path: &std::path::Path) -> (Value, Value) {
     });
     let mut info = serde_json::Map::new();
     for (k, v) in g.metadata() {
-        if k.starts_with("tokenizer.ggml.") && !k.ends_with("model") && !k.ends_with("_id") {
-            info.insert(k.clone(), Value::Null); // long arrays: named, not copied
+        // As Ollama's show: no name or chat template (the template has its own field),
+        // and arrays of more than 5 values (the vocabulary) empty unless `verbose`.
+        if k == "general.name" || k == "tokenizer.chat_template" {
             continue;
         }
-        if k == "tokenizer.chat_template" {
-            continue;
-        }
-        let val = if let Some(x) = v.as_str() {
-            json!(x)
-        } else if let Some(b) = v.as_bool() {
-            json!(b)
-        } else if let Some(a) = v.as_array() {
-            if a.len() > 64 {
-                Value::Null
-            } else {
-                json!(a.iter().map(std::string::ToString::to_string).collect::<Vec<_>>())
-            }
-        } else if let Some(i) = v.as_i64() {
-            json!(i)
-        } else if let Some(f) = v.as_f64() {
-            json!(f)
-        } else {
-            json!(v.to_string())
+        let val = match v {
+            corral_gguf::Value::Array { values, .. } if values.len() > 5 && !verbose => json!([]),
+            v => gguf_json(v),
         };
         info.insert(k.clone(), val);
     }
@@ -774,7 +785,8 @@ pub async fn show(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
 }
 
 async fn show_request(state: Arc<AppState>, req: ShowRequest) -> Result<Response, ApiError> {
-    let _ = (&req.verbose, &req.system, &req.template, &req.options);
+    let _ = (&req.system, &req.template, &req.options);
+    let verbose = req.verbose.unwrap_or(false);
     let name = req.model.or(req.name).unwrap_or_default();
     if let Some(target) = state.remotes.resolve(&state.sched, &name)? {
         return Ok(axum::Json(super::remote::show(&state.remotes, &target).await?).into_response());
@@ -789,7 +801,7 @@ async fn show_request(state: Arc<AppState>, req: ShowRequest) -> Result<Response
         .find(|l| crate::models::load_key(&l.model_ref.name) == key)
         .map(|l| l.capabilities.clone());
     let v = tokio::task::spawn_blocking(move || -> Result<Value, ApiError> {
-        let (details, info) = details_of(&model.path);
+        let (details, info) = details_and_info(&model.path, verbose);
         let resolved = model.resolved.as_deref();
         let (template, origin) = shown_template(&model);
         let capabilities =
