@@ -541,3 +541,31 @@ fn responses_function_tools_and_structured_output() {
     assert_eq!(v["error"]["type"], "not_found_error", "{v}");
     assert_eq!(v["error"]["code"], "model_not_found", "{v}");
 }
+
+/// A final assistant message is a prefill (Anthropic's Messages API): the prompt ends
+/// with its text, not with a closed turn and a new one, so the answer continues it;
+/// `count_tokens` counts the same prompt.
+#[test]
+fn anthropic_prefills_are_continued() {
+    let e = env();
+    let s = start(&e, &[]);
+    let user = json!({"role": "user", "content": "Count from 1 to 10."});
+    let prefill = json!({"role": "assistant", "content": "1, 2, 3,"});
+    let count = |messages: Value| {
+        let (st, v) =
+            post(&s, "/v1/messages/count_tokens", &json!({"model": e.model, "messages": messages}));
+        assert_eq!(st, 200, "{v}");
+        v["input_tokens"].as_u64().unwrap()
+    };
+    // The toy tokenizer takes a byte a token: the open turn plus the prefill's 8 bytes.
+    let open = count(json!([user]));
+    assert_eq!(count(json!([user, prefill])), open + 8);
+    let (st, v) = post(
+        &s,
+        "/v1/messages",
+        &json!({"model": e.model, "max_tokens": 4,
+        "messages": [user, prefill]}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["usage"]["input_tokens"].as_u64(), Some(open + 8), "{v}");
+}

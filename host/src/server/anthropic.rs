@@ -701,12 +701,15 @@ pub async fn messages(State(state): State<Arc<AppState>>, body: Bytes) -> Anthro
     let model = state.sched.named(&req.model)?;
     let think = think_setting(&state, &model.name, think).await?;
     let parse_tools = choice != ToolChoice::None;
-    let running = generation::start(
-        &state,
-        GenRequest::chat(model.name.clone(), options, grammar, think, messages, tools.clone()),
-    )
-    .await?
-    .with_tools(tools.as_deref().filter(|_| parse_tools));
+    let mut request =
+        GenRequest::chat(model.name.clone(), options, grammar, think, messages, tools.clone());
+    // A final assistant message is a prefill: the answer continues it.
+    if let generation::PromptSpec::Chat { continue_final, .. } = &mut request.prompt {
+        *continue_final = true;
+    }
+    let running = generation::start(&state, request)
+        .await?
+        .with_tools(tools.as_deref().filter(|_| parse_tools));
     let id = generation::new_id("msg_");
     if req.stream == Some(true) {
         return Ok(stream_response(running, id));
@@ -748,7 +751,8 @@ pub async fn count_tokens(State(state): State<Arc<AppState>>, body: Bytes) -> An
     let Parsed { messages, tools, think, .. } = parse(&req)?;
     let model = state.sched.named(&req.model)?;
     let think = think_setting(&state, &model.name, think).await?;
-    let n = generation::count_chat_tokens(&state, &model.name, messages, tools, think).await?;
+    let n =
+        generation::count_chat_tokens(&state, &model.name, messages, tools, think, true).await?;
     Ok(axum::Json(json!({"input_tokens": n})).into_response())
 }
 

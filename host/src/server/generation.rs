@@ -32,6 +32,9 @@ pub enum PromptSpec {
         messages: Vec<Message>,
         /// Tools offered to the model.
         tools: Option<Vec<Value>>,
+        /// A final assistant message is the start of the answer, which continues it
+        /// (Anthropic's prefill), rather than a finished turn.
+        continue_final: bool,
     },
     /// A completion prompt.
     Completion {
@@ -305,7 +308,7 @@ impl GenRequest {
             think: think.map(Think::from),
             ignore_eos: false,
             cache_prompt: true,
-            prompt: PromptSpec::Chat { messages, tools },
+            prompt: PromptSpec::Chat { messages, tools, continue_final: false },
         }
     }
 }
@@ -369,7 +372,7 @@ pub async fn start(state: &Arc<AppState>, req: GenRequest) -> Result<Running, Ap
     let (guard, load) = state.sched.acquire(&req.model, req.keep_alive, num_ctx).await?;
     let loaded = guard.loaded.clone();
     let chat = match &req.prompt {
-        PromptSpec::Chat { messages, tools } => Some((messages.as_slice(), tools.as_deref())),
+        PromptSpec::Chat { messages, tools, .. } => Some((messages.as_slice(), tools.as_deref())),
         PromptSpec::Completion { .. } => None,
     };
     check_capabilities(&req.model, &loaded.capabilities, chat)?;
@@ -455,8 +458,9 @@ fn build(
         |source: &str, text: &str| (template_thinks(source), text.trim_end().ends_with("<think>"));
     let mut thinking = (false, false);
     let tokens = match spec {
-        PromptSpec::Chat { messages: asked, tools } => {
-            let (tokens, text) = chat_tokens(loaded, asked, tools.as_deref(), think)?;
+        PromptSpec::Chat { messages: asked, tools, continue_final } => {
+            let (tokens, text) =
+                chat_tokens(loaded, asked, tools.as_deref(), think, continue_final)?;
             thinking = think_of(loaded.templater.template.source(), &text);
             tokens
         }
@@ -534,6 +538,7 @@ fn chat_tokens(
     asked: Vec<Message>,
     tools: Option<&[Value]>,
     think: Option<Think>,
+    continue_final: bool,
 ) -> Result<(Vec<u32>, String), ApiError> {
     let model = &loaded.model_ref;
     let bad = |e: anyhow::Error| {
@@ -547,21 +552,52 @@ fn chat_tokens(
     }
     messages.extend(model.messages.iter().map(|x| Message::new(&x.role, &x.content)));
     messages.extend(asked);
-    let text =
-        loaded.templater.render_thinking(&messages, None, tools, true, think).map_err(bad)?;
+    let prefill = messages
+        .last()
+        .filter(|m| continue_final && m.role == "assistant" && !m.content.trim().is_empty())
+        .map(|m| m.content.clone());
+    let text = match prefill {
+        None => {
+            loaded.templater.render_thinking(&messages, None, tools, true, think).map_err(bad)?
+        }
+        Some(start) => {
+            let closed = loaded
+                .templater
+                .render_thinking(&messages, None, tools, false, think)
+                .map_err(bad)?;
+            continue_from(closed, &start)
+        }
+    };
     let tokens = loaded.templater.tokenize(&loaded.model, &text).map_err(bad)?;
     Ok((tokens, text))
 }
 
+/// A conversation rendered with its final (assistant) message `start` as a finished
+/// turn, cut right after that message's text so that generation continues it, as
+/// Hugging Face's `continue_final_message` does: the last occurrence of the text (of
+/// the trimmed text, for a template that trims messages). A template that does not
+/// print it leaves the rendering as it is.
+fn continue_from(mut rendered: String, start: &str) -> String {
+    let cut = rendered
+        .rfind(start)
+        .map(|i| i + start.len())
+        .or_else(|| rendered.rfind(start.trim()).map(|i| i + start.trim().len()));
+    if let Some(end) = cut {
+        rendered.truncate(end);
+    }
+    rendered
+}
+
 /// The number of tokens a chat's prompt takes with `model`'s template and tokenizer
 /// (loading the model if it is not loaded), as it would be submitted before fitting to
-/// the context window.
+/// the context window; `continue_final` as [`PromptSpec::Chat`]'s.
 pub async fn count_chat_tokens(
     state: &Arc<AppState>,
     model: &str,
     messages: Vec<Message>,
     tools: Option<Vec<Value>>,
     think: Option<bool>,
+    continue_final: bool,
 ) -> Result<usize, ApiError> {
     if let Some(target) = state.remotes.resolve(&state.sched, model)? {
         return super::remote::count_tokens(&state.remotes, &target, messages, tools).await;
@@ -571,7 +607,7 @@ pub async fn count_chat_tokens(
     // What the messages themselves would be refused for.
     check_capabilities(model, &loaded.capabilities, Some((&messages, tools.as_deref())))?;
     let (tokens, _) = tokio::task::spawn_blocking(move || {
-        chat_tokens(&loaded, messages, tools.as_deref(), think.map(Think::from))
+        chat_tokens(&loaded, messages, tools.as_deref(), think.map(Think::from), continue_final)
     })
     .await
     .map_err(|e| ApiError::internal(format!("prompt task failed: {e}")))??;
@@ -994,6 +1030,18 @@ pub fn new_cancel_flag() -> Arc<AtomicBool> {
 #[cfg(test)]
 mod tests {
     use serde_json::json;
+
+    #[test]
+    fn prefills_cut_the_rendering_after_their_text() {
+        let closed = "<u>hi</u><a>1, 2, 3,</a>\n".to_string();
+        assert_eq!(continue_from(closed, "1, 2, 3,"), "<u>hi</u><a>1, 2, 3,");
+        // A template that trims the message: the trimmed text is found.
+        let trimmed = "<a>{ \"x\":</a>".to_string();
+        assert_eq!(continue_from(trimmed, " { \"x\": "), "<a>{ \"x\":");
+        // The last occurrence counts; a template that drops the text leaves it as is.
+        assert_eq!(continue_from("ab|ab|".into(), "ab"), "ab|ab");
+        assert_eq!(continue_from("<a></a>".into(), "gone"), "<a></a>");
+    }
 
     use super::*;
 

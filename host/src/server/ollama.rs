@@ -371,7 +371,7 @@ async fn chat_request(state: Arc<AppState>, req: ChatRequest) -> Result<Response
     if messages.is_empty() {
         return load_only(&state, &model, keep_alive, req.options.as_ref(), true).await;
     }
-    let spec = PromptSpec::Chat { messages, tools: tools.clone() };
+    let spec = PromptSpec::Chat { messages, tools: tools.clone(), continue_final: false };
     let running = generation::start(
         &state,
         GenRequest {

@@ -681,7 +681,7 @@ async fn chat_completions_request(state: Arc<AppState>, req: ChatCompletionReque
             think,
             ignore_eos: ext.ignore_eos,
             cache_prompt: ext.cache_prompt,
-            prompt: PromptSpec::Chat { messages, tools: tools.clone() },
+            prompt: PromptSpec::Chat { messages, tools: tools.clone(), continue_final: false },
         },
     )
     .await?

@@ -881,7 +881,7 @@ impl Ask {
     /// (path, body) for a server of `kind`.
     fn request(&self, target: &Target, kind: Kind) -> (&'static str, Value) {
         match (kind, &self.spec) {
-            (Kind::Ollama, PromptSpec::Chat { messages, tools }) => {
+            (Kind::Ollama, PromptSpec::Chat { messages, tools, .. }) => {
                 let mut b = json!({"model": target.model, "stream": true,
                     "messages": ollama_messages(&chat_messages(target, messages.clone()))});
                 if let Some(t) = tools.as_ref().filter(|t| !t.is_empty()) {
@@ -915,7 +915,7 @@ impl Ask {
             }
             (Kind::OpenAi, spec) => {
                 let (messages, tools) = match spec {
-                    PromptSpec::Chat { messages, tools } => {
+                    PromptSpec::Chat { messages, tools, .. } => {
                         (chat_messages(target, messages.clone()), tools.clone())
                     }
                     PromptSpec::Completion { prompt, system, .. } => {
