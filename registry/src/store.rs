@@ -530,6 +530,18 @@ impl Store {
     }
 
     pub(crate) fn write_manifest_bytes(&self, name: &ModelName, bytes: &[u8]) -> Result<Digest> {
+        // One the store could not read back would be a model nothing can show, load or
+        // delete (a Modelfile of 100,000 LICENSE lines made a 14.5 MB manifest).
+        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(Error::InvalidManifest {
+                model: name.to_string(),
+                reason: format!(
+                    "it would take {} bytes, more than the {MAX_MANIFEST_BYTES} a store reads \
+                     back (too many layers: LICENSE, MESSAGE, ADAPTER, ...)",
+                    bytes.len()
+                ),
+            });
+        }
         let mut t = self.temp_file("manifest")?;
         t.file().write_all(bytes).ctx("writing", &t.path)?;
         t.commit(&self.manifest_path(name))?;
@@ -856,7 +868,18 @@ impl Store {
     /// says why); the model is removed all the same.
     pub fn remove(&self, name: &ModelName) -> Result<PruneReport> {
         self.check_writable()?;
-        let (m, _) = self.read_manifest(name)?;
+        // A manifest that cannot be read (too large, not JSON) still goes: its blobs are
+        // unknown, so they are kept for a later prune.
+        let own = match self.read_manifest(name) {
+            Ok((m, _)) => Some(m),
+            Err(Error::ModelNotFound(n)) => return Err(Error::ModelNotFound(n)),
+            Err(e) => {
+                tracing::warn!(
+                    "removing {name}, whose manifest cannot be read ({e}); its blobs stay"
+                );
+                None
+            }
+        };
         let path = self.manifest_path(name);
         fs::remove_file(&path).ctx("removing", &path)?;
         // Remove now-empty directories up to manifests/.
@@ -868,7 +891,8 @@ impl Store {
             }
             dir = d.parent().map(Path::to_path_buf);
         }
-        let candidates: BTreeSet<Digest> = m.blobs().map(|l| l.digest).collect();
+        let candidates: BTreeSet<Digest> =
+            own.iter().flat_map(|m| m.blobs().map(|l| l.digest)).collect();
         self.collect(Some(&candidates))
     }
 
@@ -1068,6 +1092,26 @@ mod tests {
         assert!(s.write_blob_from_reader(FailingReader(5000), None, |_| {}).is_err());
         assert_eq!(fs::read_dir(s.root.join("blobs")).unwrap().count(), 0);
         assert_eq!(temporaries(&s), 0);
+    }
+
+    /// Found by an outside sweep: a manifest too large to read back was written (a
+    /// Modelfile of 100,000 LICENSE lines), and the model could then not be deleted.
+    #[test]
+    fn manifests_too_large_to_read_are_not_written_and_unreadable_ones_are_removed() {
+        let (_d, s) = store();
+        let name = ModelName::parse("big").unwrap();
+        let huge = vec![b' '; MAX_MANIFEST_BYTES as usize + 1];
+        let e = s.write_manifest_bytes(&name, &huge).unwrap_err();
+        assert!(matches!(e, Error::InvalidManifest { .. }), "{e}");
+        assert!(!s.manifest_path(&name).exists());
+        // One that is there but unreadable (written by another program) is removed.
+        let path = s.manifest_path(&name);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, &huge).unwrap();
+        assert!(s.read_manifest(&name).is_err());
+        s.remove(&name).unwrap();
+        assert!(!path.exists());
+        assert!(matches!(s.remove(&name), Err(Error::ModelNotFound(_))));
     }
 
     #[test]
