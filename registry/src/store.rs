@@ -491,6 +491,20 @@ impl Store {
         read_bounded(&self.blob_path(d), max)
     }
 
+    /// Bytes free to an unprivileged writer on the store's filesystem; `None` where it
+    /// cannot be known.
+    pub fn free_space(&self) -> Option<u64> {
+        #[cfg(unix)]
+        {
+            let st = rustix::fs::statvfs(&self.root).ok()?;
+            Some(st.f_bavail.saturating_mul(st.f_frsize))
+        }
+        #[cfg(not(unix))]
+        {
+            None
+        }
+    }
+
     /// Reads a model's manifest and the sha256 of its bytes.
     pub fn read_manifest(&self, name: &ModelName) -> Result<(Manifest, Digest)> {
         let path = self.manifest_path(name);

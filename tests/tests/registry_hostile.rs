@@ -384,3 +384,45 @@ fn cli_hints() {
     assert_eq!(code, 3, "{stderr}");
     assert!(!stderr.contains("pull"), "{stderr}");
 }
+
+/// A registry whose layers declare more bytes than the store's disk has free is refused
+/// before any byte is written, with a message that says so (it filled the disk before).
+#[test]
+fn a_pull_larger_than_the_free_disk_is_refused() {
+    let config = b"{}".to_vec();
+    // 32 PiB: larger than any test machine's disk, under the raised blob limit.
+    let huge = format!(
+        r#"{{"mediaType":"application/vnd.ollama.image.model","digest":"sha256:{}","size":{}}}"#,
+        "ab".repeat(32),
+        1u64 << 55
+    );
+    let body = manifest(&config, &[huge]);
+    let cfg = sha256(&config);
+    let port = fake_registry(move |_, path| {
+        if path.contains("/manifests/") {
+            Reply::Full(200, body.clone().into_bytes())
+        } else if path.ends_with(&cfg) {
+            Reply::Full(200, config.clone())
+        } else {
+            Reply::Full(200, vec![b'x'; 3000])
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        &[],
+        &[
+            ("CORRAL_MODELS", dir.path().to_str().unwrap()),
+            ("CORRAL_ALLOW_INSECURE_REGISTRIES", "1"),
+            ("CORRAL_MAX_BLOB_SIZE", "65536T"),
+        ],
+        &[],
+    );
+    let model = format!("127.0.0.1:{port}/x/m:huge");
+    let (status, body) =
+        post_json(&s.url, "/api/pull", &json!({"model": model, "insecure": true, "stream": false}));
+    assert_eq!(status, 502, "{body}");
+    assert!(body.to_string().contains("not enough disk space"), "{body}");
+    let blobs = dir.path().join("blobs");
+    let written = std::fs::read_dir(&blobs).map_or(0, |d| d.count());
+    assert_eq!(written, 0, "nothing is written");
+}

@@ -258,6 +258,22 @@ impl Client {
                 l.digest, l.size
             )));
         }
+        // And the disk must hold them: a registry that declares (or sends) more than the
+        // disk has would fill it.
+        let mut missing = HashSet::new();
+        let needed: u64 = m
+            .blobs()
+            .filter(|l| !store.has_blob(&l.digest) && missing.insert(l.digest))
+            .map(|l| l.size)
+            .fold(0, u64::saturating_add);
+        if let Some(free) = store.free_space()
+            && needed > free
+        {
+            return Err(ctx.err(format!(
+                "not enough disk space: the model's missing layers take {needed} bytes, and the \
+                 store's filesystem has {free} free"
+            )));
+        }
         // Every blob the manifest names is pinned before its presence is checked, and
         // stays pinned until the manifest is written: a concurrent `rm` or `prune` (in
         // any process) cannot delete one in between. (Blocking file work: off the
