@@ -423,6 +423,6 @@ fn a_pull_larger_than_the_free_disk_is_refused() {
     assert_eq!(status, 502, "{body}");
     assert!(body.to_string().contains("not enough disk space"), "{body}");
     let blobs = dir.path().join("blobs");
-    let written = std::fs::read_dir(&blobs).map_or(0, |d| d.count());
+    let written = std::fs::read_dir(&blobs).map_or(0, Iterator::count);
     assert_eq!(written, 0, "nothing is written");
 }
