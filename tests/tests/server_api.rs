@@ -1275,6 +1275,24 @@ fn context_continuations_hold_one_bos() {
     let (st, second) = post(&s, "/api/generate", &body("Who am I?", &first["context"]));
     assert_eq!(st, 200, "{second}");
     assert_eq!(bos_count(&second), 1, "{second}");
+    // Raw text has no template, system or context (Ollama's 400), and gives no context.
+    for extra in
+        [json!({"system": "S"}), json!({"template": "{{ .Prompt }}"}), json!({"context": [1]})]
+    {
+        let mut b = json!({"model": e.model, "prompt": "x", "raw": true, "stream": false});
+        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let (st, v) = post(&s, "/api/generate", &b);
+        assert_eq!(st, 400, "{extra}: {v}");
+        assert!(v["error"].as_str().unwrap().contains("raw mode"), "{v}");
+    }
+    let (st, v) = post(
+        &s,
+        "/api/generate",
+        &json!({"model": e.model, "prompt": "x", "raw": true,
+        "stream": false, "options": {"num_predict": 2}}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert!(v.get("context").is_none(), "{v}");
     let n = first["context"].as_array().unwrap().len();
     assert_eq!(
         second["context"].as_array().unwrap()[..n],

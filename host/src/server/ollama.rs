@@ -219,13 +219,25 @@ async fn generate_request(
     let keep_alive = keep_alive_of(&req.keep_alive)?;
     let model = state.sched.named(&req.model)?;
     let prompt = req.prompt.clone().unwrap_or_default();
+    let raw = req.raw.unwrap_or(false);
+    let given = |o: &Option<String>| o.as_deref().is_some_and(|t| !t.is_empty());
+    if raw
+        && (given(&req.system)
+            || given(&req.template)
+            || req.context.as_ref().is_some_and(|c| !c.is_empty()))
+    {
+        // As Ollama: raw text goes to the model as it is.
+        return Err(ApiError::bad_request(
+            "raw mode does not support template, system, or context",
+        ));
+    }
     if prompt.is_empty() && req.context.as_ref().is_none_or(Vec::is_empty) {
         return load_only(&state, &model, keep_alive, req.options.as_ref(), false).await;
     }
     let spec = PromptSpec::Completion {
         prompt,
         system: req.system.clone(),
-        raw: req.raw.unwrap_or(false),
+        raw,
         context: req.context.clone().unwrap_or_default(),
         template: req.template.clone().filter(|t| !t.is_empty()),
     };
@@ -256,9 +268,12 @@ async fn generate_request(
         }
         final_fields(&mut v, &s, &r);
         with_logprobs(&mut v, &mut r, logprobs.is_some());
-        let mut ctx = r.prompt.clone();
-        ctx.extend(&s.tokens);
-        v["context"] = json!(ctx);
+        // As Ollama, a raw answer has no context to continue from.
+        if !raw {
+            let mut ctx = r.prompt.clone();
+            ctx.extend(&s.tokens);
+            v["context"] = json!(ctx);
+        }
         return Ok(axum::Json(v).into_response());
     }
     let wanted = logprobs.is_some();
@@ -274,9 +289,11 @@ async fn generate_request(
                 let mut v = json!({"model": r.model, "created_at": now_rfc3339(), "response": "", "done": true});
                 final_fields(&mut v, &s, &r);
                 with_logprobs(&mut v, &mut r, wanted);
-                let mut ctx = r.prompt.clone();
-                ctx.extend(&s.tokens);
-                v["context"] = json!(ctx);
+                if !raw {
+                    let mut ctx = r.prompt.clone();
+                    ctx.extend(&s.tokens);
+                    v["context"] = json!(ctx);
+                }
                 Some((v, None))
             }
             Some(Piece::Thinking(t)) => {
