@@ -1083,6 +1083,11 @@ fn store_endpoints_create_copy_show_delete() {
         assert_eq!(st, 200, "{name}: {show}");
         assert_eq!(show["system"], "be brief");
     }
+    // A streamed create ends with one "success", as Ollama's.
+    let lines = ndjson_lines(&s, "/api/create", &json!({"model": "tiny3", "from": "tiny"}));
+    let successes = lines.iter().filter(|l| l["status"] == "success").count();
+    assert_eq!(successes, 1, "{lines:?}");
+    assert_eq!(lines.last().unwrap()["status"], "success", "{lines:?}");
     let (st, _) = post(&s, "/api/copy", &json!({"source": "tiny", "destination": "tiny2:v1"}));
     assert_eq!(st, 200);
     let (st, show) = post(&s, "/api/show", &json!({"model": "tiny2:v1"}));

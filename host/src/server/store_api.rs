@@ -114,8 +114,12 @@ async fn transfer(state: Arc<AppState>, body: Bytes, push: bool) -> Result<Respo
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
     let sched = state.sched.clone();
     let task = AbortOnDrop(tokio::spawn(async move {
+        // The transfer's own "success" is left out: this task sends one when its work
+        // is done (after the server forgets the model's old files).
         let progress = |p: &oci::Progress| {
-            let _ = tx.send(serde_json::to_value(p).unwrap_or_default());
+            if p.status != "success" {
+                let _ = tx.send(serde_json::to_value(p).unwrap_or_default());
+            }
         };
         let result = if push {
             client.push(&store, &name, &progress).await.map(|_| ())
@@ -415,7 +419,12 @@ pub async fn create(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
         check_parameter_ranges(&mf)?;
         crate::models::check_templates(&mf).map_err(ApiError::from)?;
         let mut lines = Vec::new();
-        let mut progress = |s: &str| lines.push(json!({"status": s}));
+        // One "success", at the end (the create's own is left out).
+        let mut progress = |s: &str| {
+            if s != "success" {
+                lines.push(json!({"status": s}));
+            }
+        };
         modelfile::create(
             &store,
             &name,
