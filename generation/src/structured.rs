@@ -139,7 +139,7 @@ fn get_u32(obj: &serde_json::Map<String, Value>, key: &str) -> Result<Option<u32
         None => Ok(None),
         Some(v) => match v.as_u64() {
             Some(n) if n <= 1_000_000 => Ok(Some(n as u32)),
-            _ => err(format!("`{key}` must be a non-negative integer, got {v}")),
+            _ => err(format!("`{key}` must be an integer from 0 to 1000000, got {v}")),
         },
     }
 }
