@@ -116,3 +116,13 @@ def test_errors(client):
                                   extra_body={"temperature": 3})
     assert e.value.body["error"]["type"] == "invalid_request_error"
     assert "temperature" in e.value.body["error"]["message"]
+
+
+def test_models_list_in_anthropics_shape(client):
+    """`/v1/models` serves both SDKs: Anthropic's reads its own fields from it."""
+    models = list(client.models.list())
+    tiny = next(m for m in models if m.id.startswith("tiny"))
+    assert tiny.type == "model" and tiny.display_name == tiny.id
+    assert tiny.created_at is not None
+    one = client.models.retrieve(tiny.id)
+    assert one.id == tiny.id and one.display_name == tiny.id

@@ -889,14 +889,27 @@ async fn embeddings_request(state: Arc<AppState>, req: EmbeddingRequest) -> OaiR
     .into_response())
 }
 
+/// A model in the shapes of both model lists that share `/v1/models`: OpenAI's (`object`,
+/// `created`, `owned_by`) and Anthropic's (`type`, `display_name`, `created_at`), so that
+/// either SDK reads its fields.
 fn model_obj(name: &str, created: u64) -> Value {
-    json!({"id": name, "object": "model", "created": created, "owned_by": "library"})
+    let at = super::util::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(created));
+    json!({"id": name, "object": "model", "created": created, "owned_by": "library",
+           "type": "model", "display_name": name, "created_at": at})
+}
+
+/// A list of models in both APIs' shapes (see [`model_obj`]): Anthropic's pages are
+/// `has_more`, `first_id` and `last_id`.
+fn model_list(data: Vec<Value>) -> Value {
+    let first = data.first().map_or(Value::Null, |m| m["id"].clone());
+    let last = data.last().map_or(Value::Null, |m| m["id"].clone());
+    json!({"object": "list", "data": data, "has_more": false, "first_id": first, "last_id": last})
 }
 
 /// `GET /v1/models`.
 pub async fn models(State(state): State<Arc<AppState>>) -> OaiResult {
     let Some(store) = state.sched.store.clone() else {
-        return Ok(axum::Json(json!({"object": "list", "data": []})).into_response());
+        return Ok(axum::Json(model_list(Vec::new())).into_response());
     };
     let list = tokio::task::spawn_blocking(move || {
         store.list().map(|l| {
@@ -928,7 +941,7 @@ pub async fn models(State(state): State<Arc<AppState>>) -> OaiResult {
             o
         })
         .collect();
-    Ok(axum::Json(json!({"object": "list", "data": data})).into_response())
+    Ok(axum::Json(model_list(data)).into_response())
 }
 
 /// `GET /v1/models/{model}`.
