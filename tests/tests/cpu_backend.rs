@@ -90,8 +90,9 @@ fn rerankers_and_unpooled_files_are_refused_for_embeddings() {
             let msg = v["error"].as_str().unwrap_or_default().to_string();
             assert!((400..500).contains(&status), "{plugin:?} {name}: {status} {v}");
             assert!(msg.contains(name), "{plugin:?}: {msg}");
-            // Still serving: the same file generates text.
-            let body = serde_json::json!({"model": path, "prompt": "Hello", "stream": false,
+            // Still serving: the file without the pooling key generates text (one with
+            // it is an embedding model, and refused generation as Ollama refuses it).
+            let body = serde_json::json!({"model": plain, "prompt": "Hello", "stream": false,
                                           "options": {"num_predict": 4}});
             let (status, v) = post_json(&s.url, "/api/generate", &body);
             assert_eq!(status, 200, "{plugin:?} {name}: {v}");

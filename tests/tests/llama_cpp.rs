@@ -438,8 +438,10 @@ fn ggufs_that_abort_llama_cpp_at_first_use_are_refused() {
     // Nothing died: the good files still answer.
     let (status, v) = generate(&spm);
     assert_eq!(status, 200, "{v}");
+    // A file with a pooling type is an embedding model (Ollama's rule): no generation.
     let (status, v) = generate(&pooling);
-    assert_eq!(status, 200, "a pooling type matters only to embeddings: {v}");
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap_or_default().contains("does not support generate"), "{v}");
     assert_eq!(metric(&s, "corral_worker_crashes_total"), 0.0, "no engine worker died");
 }
 
