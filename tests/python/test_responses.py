@@ -87,3 +87,21 @@ def test_previous_response_id(ai):
     assert r2.usage.input_tokens > alone.usage.input_tokens
     with pytest.raises(openai.NotFoundError):
         ai.responses.create(model="tiny", input="x", previous_response_id="resp_nope")
+
+
+def test_input_items_and_delete(ai):
+    """The SDK's `input_items.list` and `delete` on a kept response."""
+    first = ai.responses.create(model="tiny", input="Why is the sky blue?", instructions="Be brief.",
+                                max_output_tokens=4, temperature=0)
+    second = ai.responses.create(model="tiny", previous_response_id=first.id, input="And red?",
+                                 max_output_tokens=4, temperature=0)
+    items = list(ai.responses.input_items.list(second.id))
+    texts = [c.text for it in items if it.type == "message" for c in it.content]
+    assert "Why is the sky blue?" in texts and texts[-1] == "And red?", texts
+    # The earlier answer is among them, as the assistant's output text.
+    assert any(it.role == "assistant" for it in items if it.type == "message")
+    ai.responses.delete(second.id)
+    with pytest.raises(openai.NotFoundError):
+        ai.responses.retrieve(second.id)
+    with pytest.raises(openai.NotFoundError):
+        ai.responses.delete(second.id)

@@ -248,7 +248,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/responses", post(responses::create))
         .layer(middleware::from_fn(limit_body))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .route("/v1/responses/{id}", get(responses::get))
+        .route("/v1/responses/{id}", get(responses::get).delete(responses::delete))
+        .route("/v1/responses/{id}/input_items", get(responses::input_items))
         .route_layer(middleware::from_fn(responses::error_shape));
     let extra = state.origins.clone();
     let cors = CorsLayer::new()

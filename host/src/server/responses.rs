@@ -138,6 +138,18 @@ impl ResponseStore {
         Some((s.response.clone(), s.history.clone()))
     }
 
+    /// Forgets the response kept under `id`; whether there was one.
+    fn remove(&self, id: &str) -> bool {
+        let mut inner = self.lock();
+        match inner.entries.remove(id) {
+            Some(gone) => {
+                inner.bytes -= gone.bytes;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// How many responses are kept.
     pub fn len(&self) -> usize {
         self.lock().entries.len()
@@ -897,6 +909,65 @@ pub async fn get(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> 
         Some((response, _)) => Ok(axum::Json(response).into_response()),
         None => Err(ApiError::not_found(format!("response {id:?} not found")).into()),
     }
+}
+
+/// `DELETE /v1/responses/{id}`.
+pub async fn delete(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> OaiResult {
+    if state.responses.remove(&id) {
+        Ok(axum::Json(json!({"id": id, "object": "response", "deleted": true})).into_response())
+    } else {
+        Err(ApiError::not_found(format!("response {id:?} not found")).into())
+    }
+}
+
+/// `GET /v1/responses/{id}/input_items`: the conversation the response answered (the
+/// earlier responses' turns included), oldest first, as one page of items.
+pub async fn input_items(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> OaiResult {
+    let Some((_, mut history)) = state.responses.get(&id) else {
+        return Err(ApiError::not_found(format!("response {id:?} not found")).into());
+    };
+    // The last message is the response's own answer.
+    history.pop();
+    let data: Vec<Value> =
+        history.iter().enumerate().flat_map(|(i, m)| item_of(&id, i, m)).collect();
+    let first = data.first().map_or(Value::Null, |m| m["id"].clone());
+    let last = data.last().map_or(Value::Null, |m| m["id"].clone());
+    Ok(axum::Json(json!({"object": "list", "data": data, "has_more": false,
+        "first_id": first, "last_id": last}))
+    .into_response())
+}
+
+/// A kept message as Responses API items: a message (its text as `input_text`, or
+/// `output_text` for the assistant), an assistant's tool calls as `function_call`s, a
+/// tool result as a `function_call_output`.
+fn item_of(response: &str, index: usize, m: &Message) -> Vec<Value> {
+    let id = format!("msg_{index}_{}", response.trim_start_matches("resp_"));
+    let mut items = Vec::new();
+    if m.role == "tool" {
+        let call_id = m.extra.get("tool_call_id").cloned().unwrap_or(Value::Null);
+        items.push(json!({"id": id, "type": "function_call_output", "call_id": call_id,
+            "output": m.content}));
+        return items;
+    }
+    if !m.content.is_empty() || m.tool_calls.is_none() {
+        let kind = if m.role == "assistant" { "output_text" } else { "input_text" };
+        items.push(json!({"id": id, "type": "message", "role": m.role, "status": "completed",
+            "content": [{"type": kind, "text": m.content}]}));
+    }
+    for (k, call) in m.tool_calls.iter().flatten().enumerate() {
+        let f = &call["function"];
+        let arguments = match &f["arguments"] {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        items.push(
+            json!({"id": format!("fc_{index}_{k}_{}", response.trim_start_matches("resp_")),
+            "type": "function_call", "status": "completed",
+            "call_id": call.get("id").cloned().unwrap_or(Value::Null),
+            "name": f["name"], "arguments": arguments}),
+        );
+    }
+    items
 }
 
 #[cfg(test)]
