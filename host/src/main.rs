@@ -190,7 +190,14 @@ fn init_tracing(default_filter: &str) {
         .unwrap_or_else(|| default_filter.to_string());
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("warn"));
     let json = std::env::var("CORRAL_LOG_FORMAT").is_ok_and(|f| f == "json");
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(true);
+    // Colours only on a terminal: an engine worker's stderr is a pipe to the server,
+    // whose log showed its escape codes as text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(true)
+        .with_ansi(ansi);
     if json {
         builder.json().init();
     } else {
