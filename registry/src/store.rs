@@ -497,7 +497,8 @@ impl Store {
         #[cfg(unix)]
         {
             let st = rustix::fs::statvfs(&self.root).ok()?;
-            Some(st.f_bavail.saturating_mul(st.f_frsize))
+            // A filesystem that reports no blocks at all (some FUSE mounts) does not say.
+            (st.f_blocks > 0).then(|| st.f_bavail.saturating_mul(st.f_frsize))
         }
         #[cfg(not(unix))]
         {
@@ -886,7 +887,10 @@ impl Store {
         // unknown, so they are kept for a later prune.
         let own = match self.read_manifest(name) {
             Ok((m, _)) => Some(m),
-            Err(Error::ModelNotFound(n)) => return Err(Error::ModelNotFound(n)),
+            // A name pinned to a digest removes only the manifest with that digest.
+            Err(e) if name.digest().is_some() || matches!(e, Error::ModelNotFound(_)) => {
+                return Err(e);
+            }
             Err(e) => {
                 tracing::warn!(
                     "removing {name}, whose manifest cannot be read ({e}); its blobs stay"

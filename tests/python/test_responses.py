@@ -95,9 +95,11 @@ def test_input_items_and_delete(ai):
                                 max_output_tokens=4, temperature=0)
     second = ai.responses.create(model="tiny", previous_response_id=first.id, input="And red?",
                                  max_output_tokens=4, temperature=0)
-    items = list(ai.responses.input_items.list(second.id))
+    items = list(ai.responses.input_items.list(second.id))  # newest first, by pages
     texts = [c.text for it in items if it.type == "message" for c in it.content]
-    assert "Why is the sky blue?" in texts and texts[-1] == "And red?", texts
+    assert "Why is the sky blue?" in texts and texts[0] == "And red?", texts
+    oldest = list(ai.responses.input_items.list(second.id, order="asc", limit=1))
+    assert [it.id for it in oldest] == [it.id for it in reversed(items)]
     # The earlier answer is among them, as the assistant's output text.
     assert any(it.role == "assistant" for it in items if it.type == "message")
     ai.responses.delete(second.id)

@@ -315,8 +315,8 @@ impl GenRequest {
 
 /// Refuses, as Ollama does (400), what the model cannot do: generating with an embedding
 /// model, tools offered to a model whose template has no place for them (the model
-/// would never see them; clients fall back to prompting on this error), and images to a
-/// model without vision. `chat` is a chat's messages and tools, `None` a completion.
+/// would never see them; clients fall back to prompting on this error), and images (no
+/// engine takes them yet). `chat` is a chat's messages and tools, `None` a completion.
 fn check_capabilities(
     name: &str,
     caps: &[&str],
@@ -333,8 +333,9 @@ fn check_capabilities(
     if tools.is_some_and(|t| !t.is_empty()) && !caps.contains(&"tools") {
         return refuse("tools");
     }
-    // Every API's images: none may be dropped unseen.
-    if !caps.contains(&"vision") && messages.iter().any(|m| !m.images.is_empty()) {
+    // Every API's images: none may be dropped unseen, and no engine takes images yet
+    // (a model with a projector included; `/api/chat` refuses them as this does).
+    if messages.iter().any(|m| !m.images.is_empty()) {
         return refuse("images (vision)");
     }
     Ok(())
@@ -565,7 +566,26 @@ fn chat_tokens(
                 .templater
                 .render_thinking(&messages, None, tools, false, think)
                 .map_err(bad)?;
-            continue_from(closed, &start)
+            // Where the final message starts: the conversation before it, opened for
+            // the assistant, shares its text with the closed rendering up to there.
+            // (A template that refuses that conversation: searched from the start.)
+            let before = loaded.templater.render_thinking(
+                &messages[..messages.len() - 1],
+                None,
+                tools,
+                true,
+                think,
+            );
+            let from = before.map_or(0, |b| common_prefix_len(&b, &closed));
+            match continue_from(closed, from, &start) {
+                Some(open) => open,
+                // A template that rewrites the text: the turn stays closed, a new one
+                // opens (as without a prefill).
+                None => loaded
+                    .templater
+                    .render_thinking(&messages, None, tools, true, think)
+                    .map_err(bad)?,
+            }
         }
     };
     let tokens = loaded.templater.tokenize(&loaded.model, &text).map_err(bad)?;
@@ -574,18 +594,25 @@ fn chat_tokens(
 
 /// A conversation rendered with its final (assistant) message `start` as a finished
 /// turn, cut right after that message's text so that generation continues it, as
-/// Hugging Face's `continue_final_message` does: the last occurrence of the text (of
-/// the trimmed text, for a template that trims messages). A template that does not
-/// print it leaves the rendering as it is.
-fn continue_from(mut rendered: String, start: &str) -> String {
-    let cut = rendered
-        .rfind(start)
-        .map(|i| i + start.len())
-        .or_else(|| rendered.rfind(start.trim()).map(|i| i + start.trim().len()));
-    if let Some(end) = cut {
-        rendered.truncate(end);
-    }
-    rendered
+/// Hugging Face's `continue_final_message` does: the first occurrence of the text (of
+/// the trimmed text, for a template that trims messages) at or after byte `from`, where
+/// the message starts. `None` when the template does not print the text.
+fn continue_from(mut rendered: String, from: usize, start: &str) -> Option<String> {
+    let tail = rendered.get(from..)?;
+    let end = [start, start.trim()]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .find_map(|s| tail.find(s).map(|i| from + i + s.len()))?;
+    rendered.truncate(end);
+    Some(rendered)
+}
+
+/// Bytes two texts share at their start, on a character boundary of both.
+fn common_prefix_len(a: &str, b: &str) -> usize {
+    a.char_indices()
+        .zip(b.chars())
+        .find(|((_, x), y)| x != y)
+        .map_or(a.len().min(b.len()), |((i, _), _)| i)
 }
 
 /// The number of tokens a chat's prompt takes with `model`'s template and tokenizer
@@ -1034,13 +1061,21 @@ mod tests {
     #[test]
     fn prefills_cut_the_rendering_after_their_text() {
         let closed = "<u>hi</u><a>1, 2, 3,</a>\n".to_string();
-        assert_eq!(continue_from(closed, "1, 2, 3,"), "<u>hi</u><a>1, 2, 3,");
+        let from = common_prefix_len("<u>hi</u><a>", &closed);
+        assert_eq!(from, 12);
+        assert_eq!(continue_from(closed, from, "1, 2, 3,").unwrap(), "<u>hi</u><a>1, 2, 3,");
         // A template that trims the message: the trimmed text is found.
         let trimmed = "<a>{ \"x\":</a>".to_string();
-        assert_eq!(continue_from(trimmed, " { \"x\": "), "<a>{ \"x\":");
-        // The last occurrence counts; a template that drops the text leaves it as is.
-        assert_eq!(continue_from("ab|ab|".into(), "ab"), "ab|ab");
-        assert_eq!(continue_from("<a></a>".into(), "gone"), "<a></a>");
+        assert_eq!(continue_from(trimmed, 3, " { \"x\": ").unwrap(), "<a>{ \"x\":");
+        // The text in the closing tag does not count: the first match from the start.
+        let chatml = "<|im_start|>assistant\n<<|im_end|>\n".to_string();
+        assert_eq!(continue_from(chatml, 22, "<").unwrap(), "<|im_start|>assistant\n<");
+        // A template that drops the text: none.
+        assert_eq!(continue_from("<a></a>".into(), 3, "gone"), None);
+        assert_eq!(continue_from("ab".into(), 9, "a"), None);
+        // Prefixes end on character boundaries.
+        assert_eq!(common_prefix_len("héllo", "hèllo"), 1);
+        assert_eq!(common_prefix_len("ab", "abc"), 2);
     }
 
     use super::*;

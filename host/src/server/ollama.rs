@@ -873,17 +873,16 @@ fn model_capabilities(
 }
 
 /// What a loaded model can do, as `/api/show` lists it and requests are checked against
-/// ([`capabilities`]), with `template` the chat template it renders with (for a file
-/// that is no GGUF, its engine's); reads the model file's metadata, so it is computed
-/// at load.
+/// ([`capabilities`]), with `template` the chat template it renders with as written (a
+/// Modelfile's TEMPLATE as stored: a Go template's translation always names `tools`;
+/// for a file that is no GGUF, its engine's); reads the model file's metadata, so it is
+/// computed at load.
 pub(super) fn capabilities_of(
     model: &crate::models::ModelRef,
     template: &str,
     engine: corral_backend_api::Capabilities,
 ) -> Vec<&'static str> {
     let (_, info) = details_of(&model.path);
-    // A TEMPLATE as stored: a Go template's translation always names `tools`.
-    let template = model.template_source.as_deref().unwrap_or(template);
     model_capabilities(model, &info, template, Some(engine))
 }
 

@@ -921,20 +921,56 @@ pub async fn delete(State(state): State<Arc<AppState>>, Path(id): Path<String>) 
 }
 
 /// `GET /v1/responses/{id}/input_items`: the conversation the response answered (the
-/// earlier responses' turns included), oldest first, as one page of items.
-pub async fn input_items(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> OaiResult {
+/// earlier responses' turns included), as a page of items.
+pub async fn input_items(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    axum::extract::Query(page): axum::extract::Query<ItemsPage>,
+) -> OaiResult {
     let Some((_, mut history)) = state.responses.get(&id) else {
         return Err(ApiError::not_found(format!("response {id:?} not found")).into());
     };
     // The last message is the response's own answer.
     history.pop();
-    let data: Vec<Value> =
+    let mut data: Vec<Value> =
         history.iter().enumerate().flat_map(|(i, m)| item_of(&id, i, m)).collect();
+    // OpenAI's page: newest first unless `order=asc`, `limit` items (20; 1 to 100)
+    // after the item `after`.
+    match page.order.as_deref() {
+        None | Some("desc") => data.reverse(),
+        Some("asc") => {}
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "order must be \"asc\" or \"desc\", not {other:?}"
+            ))
+            .into());
+        }
+    }
+    if let Some(after) = &page.after {
+        let Some(i) = data.iter().position(|m| m["id"] == after.as_str()) else {
+            return Err(ApiError::bad_request(format!("no input item {after:?}")).into());
+        };
+        data.drain(..=i);
+    }
+    let limit = page.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be from 1 to 100").into());
+    }
+    let has_more = data.len() > limit;
+    data.truncate(limit);
     let first = data.first().map_or(Value::Null, |m| m["id"].clone());
     let last = data.last().map_or(Value::Null, |m| m["id"].clone());
-    Ok(axum::Json(json!({"object": "list", "data": data, "has_more": false,
+    Ok(axum::Json(json!({"object": "list", "data": data, "has_more": has_more,
         "first_id": first, "last_id": last}))
     .into_response())
+}
+
+/// The query of `GET /v1/responses/{id}/input_items`.
+#[derive(Deserialize)]
+pub struct ItemsPage {
+    order: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
 }
 
 /// A kept message as Responses API items: a message (its text as `input_text`, or

@@ -220,7 +220,8 @@ impl Loaded {
     pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>, ApiError> {
         let mut guard = self.embed_ctx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let size = embedding_context_size(tokens.len(), self.num_ctx);
-        let rows = (tokens.len() as u64).saturating_mul(self.embed_bytes_per_token);
+        // The buffers follow the context's positions, not the input's.
+        let rows = u64::from(size).saturating_mul(self.embed_bytes_per_token);
         if rows > EMBEDDING_ROWS_CHECKED {
             let available = corral_probe::probe(&corral_probe::ProbeOptions {
                 use_runtime_libraries: false,
@@ -229,7 +230,8 @@ impl Loaded {
             .memory
             .effective_available_bytes;
             if let Some(available) = available.filter(|&a| rows > a) {
-                let fits = available / self.embed_bytes_per_token.max(1);
+                // Contexts come in multiples of 512 positions.
+                let fits = available / self.embed_bytes_per_token.max(1) / 512 * 512;
                 return Err(ApiError::bad_request(format!(
                     "embedding {} tokens with {} needs about {} MiB of engine memory (a row \
                      of {} logits per token), and {} MiB are available: send inputs of at \
@@ -1148,9 +1150,13 @@ impl Scheduler {
                 "requested context size too large for model; using its training context"
             );
         }
+        // Whether the Modelfile's TEMPLATE is the one rendering (not blank, translated,
+        // compiled): the capabilities are judged from it, else from the model's own.
+        let mut stored_template = r.template.as_deref().is_some_and(|t| !t.trim().is_empty());
         let templater = match r.template.as_deref() {
             Some(t) => Templater::with_source(&model, Some(t)).or_else(|e| {
                 tracing::warn!(model = %r.name, "TEMPLATE not usable ({e:#}); using the model's own");
+                stored_template = false;
                 Templater::for_model(&model)
             }),
             None => Templater::for_model(&model),
@@ -1198,8 +1204,9 @@ impl Scheduler {
                 prompt_quantum,
             },
         )?;
-        let capabilities =
-            super::ollama::capabilities_of(&r, templater.template.source(), model.capabilities);
+        let template_source = r.template_source.as_deref().filter(|_| stored_template);
+        let template = template_source.unwrap_or(templater.template.source());
+        let capabilities = super::ollama::capabilities_of(&r, template, model.capabilities);
         let embed_bytes_per_token = match EngineMemory::of_plugin(&plugin.manifest) {
             EngineMemory::GgmlCpuRepack { .. } => u64::from(model.vocab_size) * 8,
             _ => 0,

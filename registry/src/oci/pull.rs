@@ -161,6 +161,23 @@ fn read_at(f: &File, mut buf: &mut [u8], mut off: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Disk bytes a partial download of `d` already holds (0 when there is none).
+fn partial_bytes(store: &Store, d: &Digest) -> u64 {
+    let path = store.tmp_dir().join(format!("{}.partial", d.blob_file_name()));
+    let Ok(meta) = fs::metadata(&path) else { return 0 };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        // Allocated, not declared: a partial file is as long as its blob from the start.
+        meta.blocks().saturating_mul(512).min(meta.len())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        0
+    }
+}
+
 /// Hashes the partial file in order, following the parts as they fill.
 fn hash_follow(f: &File, sh: &Shared) -> std::io::Result<Option<Digest>> {
     let mut h = Sha256::new();
@@ -260,11 +277,12 @@ impl Client {
         }
         // And the disk must hold them: a registry that declares (or sends) more than the
         // disk has would fill it.
+        // A partial file an interrupted pull left holds some of its layer already.
         let mut missing = HashSet::new();
         let needed: u64 = m
             .blobs()
             .filter(|l| !store.has_blob(&l.digest) && missing.insert(l.digest))
-            .map(|l| l.size)
+            .map(|l| l.size.saturating_sub(partial_bytes(store, &l.digest)))
             .fold(0, u64::saturating_add);
         if let Some(free) = store.free_space()
             && needed > free
