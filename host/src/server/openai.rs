@@ -454,11 +454,6 @@ fn data(v: &Value) -> String {
     format!("data: {v}\n\n")
 }
 
-/// An id as OpenAI's: `chatcmpl-...`, `cmpl-...`, `call_...`.
-fn new_id(prefix: &str) -> String {
-    generation::new_id(prefix)
-}
-
 struct SseState {
     r: Option<Running>,
     id: String,
@@ -507,7 +502,7 @@ fn openai_tool_calls(calls: &[ToolCall], with_index: bool) -> Value {
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let mut v = json!({"id": new_id("call_"), "type": "function",
+            let mut v = json!({"id": generation::new_id("call_"), "type": "function",
                 "function": {"name": c.name, "arguments": Value::Object(c.arguments.clone()).to_string()}});
             if with_index {
                 v["index"] = json!(i);
@@ -544,7 +539,7 @@ fn stream_response(
 ) -> Response {
     let st = SseState {
         r: Some(running),
-        id: new_id(if chat { "chatcmpl-" } else { "cmpl-" }),
+        id: generation::new_id(if chat { "chatcmpl-" } else { "cmpl-" }),
         created: unix_now(),
         chat,
         usage: include_usage,
@@ -707,7 +702,7 @@ async fn chat_completions_request(state: Arc<AppState>, req: ChatCompletionReque
         message["reasoning"] = json!(c.thinking);
     }
     Ok(axum::Json(json!({
-        "id": new_id("chatcmpl-"),
+        "id": generation::new_id("chatcmpl-"),
         "object": "chat.completion",
         "created": unix_now(),
         "model": r.model,
@@ -806,7 +801,7 @@ async fn completions_request(state: Arc<AppState>, req: CompletionRequest) -> Oa
     let lp = logprobs_value(Some(&mut r), logprobs.is_some(), false, echoed);
     let text = if req.echo == Some(true) { format!("{prompt}{text}") } else { text };
     Ok(axum::Json(json!({
-        "id": new_id("cmpl-"),
+        "id": generation::new_id("cmpl-"),
         "object": "text_completion",
         "created": unix_now(),
         "model": r.model,

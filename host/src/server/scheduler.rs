@@ -168,6 +168,17 @@ fn embedding_context_size(tokens: usize, num_ctx: u32) -> u32 {
     rounded.min(num_ctx.max(1))
 }
 
+/// The machine's memory available now (its cgroup's limit included): a probe of memory
+/// only, cheap (/proc/meminfo and cgroup files).
+fn memory_available_now() -> Option<u64> {
+    corral_probe::probe(&corral_probe::ProbeOptions {
+        use_runtime_libraries: false,
+        ..corral_probe::ProbeOptions::system()
+    })
+    .memory
+    .effective_available_bytes
+}
+
 /// Embeddings whose engine rows take more than this are checked against the memory
 /// available first (the probe reads /proc files).
 const EMBEDDING_ROWS_CHECKED: u64 = 256 << 20;
@@ -220,31 +231,27 @@ impl Loaded {
     pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>, ApiError> {
         let mut guard = self.embed_ctx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let size = embedding_context_size(tokens.len(), self.num_ctx);
-        // The buffers follow the context's positions, not the input's.
-        let rows = u64::from(size).saturating_mul(self.embed_bytes_per_token);
-        if rows > EMBEDDING_ROWS_CHECKED {
-            let available = corral_probe::probe(&corral_probe::ProbeOptions {
-                use_runtime_libraries: false,
-                ..corral_probe::ProbeOptions::system()
-            })
-            .memory
-            .effective_available_bytes;
-            if let Some(available) = available.filter(|&a| rows > a) {
-                // Contexts come in multiples of 512 positions.
-                let fits = available / self.embed_bytes_per_token.max(1) / 512 * 512;
-                return Err(ApiError::bad_request(format!(
-                    "embedding {} tokens with {} needs about {} MiB of engine memory (a row \
-                     of {} logits per token), and {} MiB are available: send inputs of at \
-                     most {fits} tokens",
-                    tokens.len(),
-                    self.model_ref.name,
-                    rows >> 20,
-                    self.model.vocab_size,
-                    available >> 20,
-                )));
-            }
-        }
         let fits = guard.as_ref().is_some_and(|(made, _)| *made >= size && *made <= 2 * size);
+        // The buffers follow the context's positions, not the input's, and a context that
+        // fits holds them already: only a new one is checked against the memory free.
+        let rows = u64::from(size).saturating_mul(self.embed_bytes_per_token);
+        if !fits
+            && rows > EMBEDDING_ROWS_CHECKED
+            && let Some(available) = memory_available_now().filter(|&a| rows > a)
+        {
+            // Contexts come in multiples of 512 positions.
+            let most = available / self.embed_bytes_per_token.max(1) / 512 * 512;
+            return Err(ApiError::bad_request(format!(
+                "embedding {} tokens with {} needs about {} MiB of engine memory (a row \
+                 of {} logits per token), and {} MiB are available: send inputs of at \
+                 most {most} tokens",
+                tokens.len(),
+                self.model_ref.name,
+                rows >> 20,
+                self.model.vocab_size,
+                available >> 20,
+            )));
+        }
         if !fits {
             // The old context's buffers go before the new one's are allocated.
             *guard = None;
@@ -1286,15 +1293,10 @@ impl Scheduler {
     }
 
     fn available_memory(&self) -> Option<u64> {
-        // Re-probe only memory: cheap (/proc/meminfo and cgroup files).
-        let m = corral_probe::probe(&corral_probe::ProbeOptions {
-            use_runtime_libraries: false,
-            ..corral_probe::ProbeOptions::system()
-        });
         let used_by_us: u64 = self.loaded().iter().map(|l| l.size_estimate).sum();
         // The probe sees our own models as used; add them back so the check compares the
         // new model against what is free beside them.
-        m.memory.effective_available_bytes.map(|a| a + used_by_us)
+        memory_available_now().map(|a| a + used_by_us)
     }
 
     /// Forgets the loaded model `name` (after its name was re-created, copied over or
