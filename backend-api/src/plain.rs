@@ -236,6 +236,12 @@ impl LoadSettings {
     pub fn extra(&self, key: &str) -> Option<&str> {
         lookup(&self.extra, key)
     }
+
+    /// Every value of the engine-specific option `key`, in the order given (options such
+    /// as [`crate::EXTRA_LORA_ADAPTER`] are repeated once per item).
+    pub fn extra_all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.extra.iter().filter(move |(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
 }
 
 impl Default for LoadSettings {

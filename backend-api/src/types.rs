@@ -226,6 +226,13 @@ pub const EXTRA_TENSOR_SPLIT: &str = "tensor_split";
 /// engine may cache what peers send it (llama.cpp: tensors by hash, so a reload of the
 /// same model sends hashes instead of weights).
 pub const EXTRA_CACHE_DIR: &str = "cache_dir";
+/// The engine-specific load option naming a LoRA adapter (a GGUF file of `lora_a` /
+/// `lora_b` pairs, as Ollama's Modelfile `ADAPTER` and llama.cpp's `--lora` take) to apply
+/// at scale 1 to every context of the model; repeated once per adapter
+/// ([`crate::LoadSettings::extra_all`]). Engines that declare
+/// [`Capabilities::LORA_ADAPTERS`] honour it; the host refuses a model with adapters on
+/// any other.
+pub const EXTRA_LORA_ADAPTER: &str = "lora_adapter";
 /// The metadata key (`ModelInfo::kv`) under which an engine says where a model's layers
 /// are: a JSON array of objects `{name, kind, endpoint, memory_total, memory_free,
 /// layers: [first, last], n_layers, output}` (`endpoint` empty for a local device), one
@@ -369,9 +376,14 @@ impl Capabilities {
     /// went under [`META_PLACEMENT`]. Without this flag the host warns that the workers
     /// were not used. (A bit of 1.3: the layout is unchanged.)
     pub const REMOTE_DEVICES: Capabilities = Capabilities { bits: 1 << 6 };
+    /// Every context of the model applies the LoRA adapters the load's
+    /// [`EXTRA_LORA_ADAPTER`] options named. Without this flag the host refuses a model
+    /// that has adapters rather than run it without them. (A bit added within 1.3: the
+    /// layout is unchanged.)
+    pub const LORA_ADAPTERS: Capabilities = Capabilities { bits: 1 << 7 };
 
     /// Every flag this version of the crate knows, with its name for messages.
-    const NAMED: [(Capabilities, &'static str); 7] = [
+    const NAMED: [(Capabilities, &'static str); 8] = [
         (Capabilities::GENERATION, "generation"),
         (Capabilities::EMBEDDINGS, "embeddings"),
         (Capabilities::CONTEXT_SHIFT, "context-shift"),
@@ -379,6 +391,7 @@ impl Capabilities {
         (Capabilities::KV_CACHE_TYPES, "kv-cache-types"),
         (Capabilities::FLASH_ATTENTION, "flash-attention"),
         (Capabilities::REMOTE_DEVICES, "remote-devices"),
+        (Capabilities::LORA_ADAPTERS, "lora-adapters"),
     ];
 
     /// No capability at all (what a panicking `capabilities` call gives).

@@ -47,6 +47,7 @@ use crate::types::{GgmlType, Value, ValueType};
 use crate::writer::{GgufBuilder, GgufWriter};
 
 mod arch;
+pub mod lora;
 mod mix;
 
 pub use arch::{Arch, llama3_rope_factors};

@@ -104,6 +104,52 @@ pub struct ModelRef {
     pub resolved: Option<Box<corral_registry::ResolvedModel>>,
 }
 
+impl ModelRef {
+    /// The model's LoRA adapters (Modelfile `ADAPTER`), in the order given.
+    pub fn adapters(&self) -> &[PathBuf] {
+        self.resolved.as_ref().map_or(&[], |r| r.adapters.as_slice())
+    }
+
+    /// The load options that hand the adapters to the engine
+    /// ([`corral_backend_api::EXTRA_LORA_ADAPTER`], once per adapter).
+    pub fn adapter_options(&self) -> Vec<(String, String)> {
+        self.adapters()
+            .iter()
+            .map(|p| {
+                (
+                    corral_backend_api::EXTRA_LORA_ADAPTER.to_string(),
+                    p.to_string_lossy().into_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// Why the model cannot run on an engine whose model declared `caps`: it has
+    /// adapters and the engine does not apply them (running it without them would answer
+    /// as another model).
+    pub fn adapters_refused(
+        &self,
+        caps: corral_backend_api::Capabilities,
+        engine: &str,
+    ) -> Option<String> {
+        let n = self.adapters().len();
+        (n > 0 && !caps.contains(corral_backend_api::Capabilities::LORA_ADAPTERS)).then(|| {
+            format!(
+                "model {} has {n} LoRA adapter{} (ADAPTER), which the {engine} engine cannot \
+                 apply (it declares no lora-adapters capability); load it with a backend \
+                 that does, such as llama-cpp",
+                self.name,
+                if n == 1 { "" } else { "s" }
+            )
+        })
+    }
+
+    /// The bytes of the adapters' files, for the memory estimate.
+    pub fn adapter_bytes(&self) -> u64 {
+        self.adapters().iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
+    }
+}
+
 fn truthy(v: &str) -> bool {
     matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
 }

@@ -272,7 +272,32 @@ impl Backend for LlamaBackend {
         // to offload to (or offloading turned off).
         let cpu_only = plan.is_none() && (params.n_gpu_layers == 0 || !has_gpu_device());
         let placement = plan.map(|p| (p.placement, !endpoints.is_empty()));
-        let inner = ModelInner::new(model, summary, self.options.clone(), kv, placement, cpu_only);
+        let arch = summary.architecture.clone().unwrap_or_default();
+        // SAFETY: `model` is live; the adapters are freed with it (by llama.cpp), and on
+        // an error here it is freed before anything else holds it.
+        let adapters = match unsafe {
+            crate::lora::Adapters::load(
+                model,
+                &arch,
+                opts.extra_all(corral_backend_api::EXTRA_LORA_ADAPTER),
+            )
+        } {
+            Ok(a) => a,
+            Err(e) => {
+                // SAFETY: as above; nothing else holds the model.
+                unsafe { sys::llama_model_free(model) };
+                return Err(e);
+            }
+        };
+        let inner = ModelInner::new(
+            model,
+            summary,
+            self.options.clone(),
+            kv,
+            placement,
+            cpu_only,
+            adapters,
+        );
         Ok(LlamaModel::new(Arc::new(inner)))
     }
 

@@ -237,6 +237,13 @@ impl LlamaContext {
                 ),
             ));
         }
+        // SAFETY: `ptr` is a live context of the model the adapters were loaded onto; on
+        // an error it is freed here, before anything else holds it.
+        if let Err(e) = unsafe { model.adapters.apply(ptr) } {
+            // SAFETY: as above.
+            unsafe { sys::llama_free(ptr) };
+            return Err(e);
+        }
         // SAFETY: `ptr` is a live context; the batch holds n_batch entries of one seq id.
         let (mem, batch, n_ctx, n_batch, n_ctx_seq) = unsafe {
             (

@@ -21,6 +21,7 @@ mod backend;
 mod context;
 mod gguf_check;
 mod logging;
+mod lora;
 mod model;
 mod rpc;
 mod special_split;

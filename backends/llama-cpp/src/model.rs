@@ -33,6 +33,8 @@ pub(crate) struct ModelInner {
     pub(crate) kv: KvSettings,
     /// Whether the load's `rpc` option was honoured (the model may use other machines).
     remote: bool,
+    /// The load's LoRA adapters, applied to every context.
+    pub(crate) adapters: crate::lora::Adapters,
     /// Whether every layer computes on this machine's CPU (no GPU device, or
     /// `n_gpu_layers = 0`, and no other machine): where flash attention's `auto` means off
     /// ([`corral_probe::ggml`]).
@@ -141,6 +143,7 @@ impl ModelInner {
         kv_settings: KvSettings,
         placement: Option<(crate::rpc::Placement, bool)>,
         cpu_only: bool,
+        adapters: crate::lora::Adapters,
     ) -> Self {
         // SAFETY (whole block): `ptr` is a live model; the vocab pointer lives as long as it;
         // token ids passed are below n_tokens; buffers passed to the meta functions have the
@@ -223,6 +226,7 @@ impl ModelInner {
                 capabilities,
                 kv: kv_settings,
                 remote,
+                adapters,
                 cpu_only,
                 n_head,
                 head_sizes,
@@ -366,9 +370,12 @@ impl ModelInner {
     /// small context cannot be made, generation is declared from
     /// `llama_model_has_decoder` alone and context shift not at all.
     fn probe(&self) -> Capabilities {
-        // Every context applies the load's kv_cache_type and flash_attention.
-        let mut caps =
-            Capabilities::EMBEDDINGS | Capabilities::KV_CACHE_TYPES | Capabilities::FLASH_ATTENTION;
+        // Every context applies the load's kv_cache_type and flash_attention,
+        // and its LoRA adapters.
+        let mut caps = Capabilities::EMBEDDINGS
+            | Capabilities::KV_CACHE_TYPES
+            | Capabilities::FLASH_ATTENTION
+            | Capabilities::LORA_ADAPTERS;
         if self.options.kv_unified != Some(true) {
             caps |= Capabilities::PER_SEQUENCE_CONTEXT;
         }

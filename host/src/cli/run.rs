@@ -79,6 +79,7 @@ pub(crate) fn load_model(
         extra: remote
             .extra()
             .into_iter()
+            .chain(mref.adapter_options())
             .map(|(k, v)| corral_backend_api::Tuple2(k.into(), v.into()))
             .collect(),
         ..Default::default()
@@ -86,6 +87,9 @@ pub(crate) fn load_model(
     let t = Instant::now();
     let model = Model::load(plugin.clone(), &path.to_string_lossy(), format, options)
         .with_context(|| format!("{} could not load {}", plugin.manifest.id(), path.display()))?;
+    if let Some(why) = mref.adapters_refused(model.capabilities, &plugin.manifest.id()) {
+        anyhow::bail!("{why}");
+    }
     if let Some(w) = remote.unused_warning(model.capabilities, &plugin.manifest.id()) {
         tracing::warn!("{w}");
     }

@@ -1045,7 +1045,8 @@ impl Scheduler {
     /// weights and a context of the same sequences and positions, whose KV cache is in
     /// the engine's default type (the draft loads without the model's KV settings).
     /// `kv_bytes_per_token` stays the model's own. A draft that cannot be resolved adds
-    /// nothing here; loading it reports why.
+    /// nothing here; loading it reports why. Its LoRA adapters' files too (llama.cpp
+    /// copies them into buffers of their own).
     fn with_draft(
         &self,
         r: &ModelRef,
@@ -1053,6 +1054,7 @@ impl Scheduler {
         n_parallel: u32,
         engine: EngineMemory,
     ) -> MemoryEstimate {
+        need.bytes = need.bytes.saturating_add(r.adapter_bytes());
         let draft = r.params.get("draft_model").and_then(|v| v.as_str()).map(str::trim);
         if let Some(d) = draft.filter(|n| !n.is_empty()).and_then(|n| self.resolve(n).ok()) {
             let draft_need = estimate_memory(
@@ -1120,6 +1122,7 @@ impl Scheduler {
                 .extra()
                 .into_iter()
                 .chain(self.settings.rpc.extra())
+                .chain(r.adapter_options())
                 .map(|(k, v)| corral_backend_api::Tuple2(k.into(), v.into()))
                 .collect(),
             ..Default::default()
@@ -1134,6 +1137,9 @@ impl Scheduler {
                 )
             })?;
         let model = Arc::new(model);
+        if let Some(why) = r.adapters_refused(model.capabilities, &plugin.manifest.id()) {
+            return Err(ApiError::bad_request(why));
+        }
         if let Some(w) = self.settings.rpc.unused_warning(model.capabilities, &plugin.manifest.id())
         {
             tracing::warn!(model = %r.name, "{w}");
