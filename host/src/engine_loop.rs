@@ -1006,6 +1006,7 @@ impl LoopState {
         let mut seen = history.to_vec();
         for step in 0..k {
             let logits = d.ctx.logits_mut(index)?;
+            check_logits(logits)?;
             let q = sampler.distribution(logits, &seen);
             let tok = if sampler.is_greedy() { q.top() } else { sampler.draw(&q) };
             drafts.push(tok);
@@ -1049,6 +1050,7 @@ impl LoopState {
         let mut last = None;
         for i in 0..=k {
             let logits = self.ctx.logits_mut(first + i)?;
+            check_logits(logits)?;
             let Slot { cached, job, .. } = &mut self.slots[slot];
             let Some(job) = job.as_mut() else { return Ok(None) };
             // What precedes position base + i + 1: the penalties see exactly that.
@@ -1112,6 +1114,7 @@ impl LoopState {
         index: usize,
     ) -> Result<Option<DoneReason>, BackendError> {
         let logits = self.ctx.logits_mut(index)?;
+        check_logits(logits)?;
         let Slot { cached, job, .. } = &mut self.slots[slot];
         let Some(job) = job.as_mut() else { return Ok(None) };
         if job.first_logits.is_none() {
@@ -1243,6 +1246,31 @@ impl LoopState {
                 false
             }
         }
+    }
+}
+
+/// Refuses logits a sampler cannot use: a NaN or a `+inf` anywhere, or no finite value at
+/// all (what broken weights, a bad quantization or an overflow in f16 give). Sampling
+/// them would answer token 0, or garbage, with every sign of success. `-inf` entries
+/// (masked tokens) are fine while one value is finite.
+fn check_logits(logits: &[f32]) -> Result<(), BackendError> {
+    let mut finite = false;
+    for &l in logits {
+        if l.is_nan() || l == f32::INFINITY {
+            return Err(BackendError::internal(format!(
+                "the engine computed {} logits; the model's weights may be broken or its \
+                 computation overflowed",
+                if l.is_nan() { "NaN" } else { "infinite" }
+            )));
+        }
+        finite |= l.is_finite();
+    }
+    if finite || logits.is_empty() {
+        Ok(())
+    } else {
+        Err(BackendError::internal(
+            "the engine computed no finite logit (all -inf); the model's weights may be broken",
+        ))
     }
 }
 

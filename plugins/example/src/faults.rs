@@ -11,7 +11,9 @@
 //!
 //! `FAULT` is `abort` (SIGABRT, as llama.cpp's `GGML_ASSERT`), `segv` (a write through a
 //! null pointer), `exit` (the process exits with status 3), `hang` (never answers),
-//! `oom` (an `OutOfMemory` error, no crash) or `delay:MS` (a slow but successful step).
+//! `oom` (an `OutOfMemory` error, no crash), `nan` (the step succeeds with every logit
+//! NaN, as broken weights or an f16 overflow give) or `delay:MS` (a slow but successful
+//! step).
 
 use std::time::Duration;
 
@@ -30,6 +32,8 @@ pub enum Fault {
     Hang,
     /// Returns `ErrorKind::OutOfMemory`.
     Oom,
+    /// Succeeds, with every logit of the step NaN.
+    Nan,
     /// Sleeps this long, then goes on.
     Delay(Duration),
 }
@@ -42,6 +46,7 @@ impl Fault {
             "exit" => Fault::Exit,
             "hang" => Fault::Hang,
             "oom" => Fault::Oom,
+            "nan" => Fault::Nan,
             other => {
                 Fault::Delay(Duration::from_millis(other.strip_prefix("delay:")?.parse().ok()?))
             }
@@ -50,7 +55,7 @@ impl Fault {
 
     /// Makes the fault happen; `Err` for the faults that are errors, `Ok` after a delay.
     pub fn fire(self, what: &str) -> Result<(), BackendError> {
-        if !matches!(self, Fault::Delay(_)) {
+        if !matches!(self, Fault::Delay(_) | Fault::Nan) {
             // The last words a crash leaves on stderr, as a real engine's assertion would.
             eprintln!("example plugin: {what}: {self:?} (test trigger)");
         }
@@ -74,6 +79,8 @@ impl Fault {
                 std::thread::sleep(d);
                 Ok(())
             }
+            // The caller poisons the step's logits.
+            Fault::Nan => Ok(()),
         }
     }
 }

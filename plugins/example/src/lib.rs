@@ -289,9 +289,11 @@ impl Context for ExampleContext {
             panic!("decode saw token {t} (panic_on_token is set)");
         }
         self.decodes += 1;
+        let mut poisoned = false;
         if let Some((n, f)) = self.triggers.on_decode
             && n == self.decodes
         {
+            poisoned = f == faults::Fault::Nan;
             f.fire(&format!("decode call {n} (on_decode trigger)"))?;
         }
         if let Some((t, f)) = self.triggers.on_token
@@ -306,6 +308,9 @@ impl Context for ExampleContext {
         for e in batch {
             self.seqs[e.seq as usize].insert(e.pos, e.token);
             logits.push(e.logits.then(|| self.compute_logits(e.seq as usize, e.pos)));
+        }
+        if poisoned {
+            logits.iter_mut().flatten().for_each(|l| l.fill(f32::NAN));
         }
         self.logits = logits;
         Ok(())

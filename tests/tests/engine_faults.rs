@@ -1,0 +1,53 @@
+//! Engine answers that are wrong rather than crashes: logits an engine computed as NaN
+//! (broken weights, a bad quantization, an f16 overflow) end the request with a 500 that
+//! says so, on every API, instead of a 200 of token 0 repeated. The faults come from the
+//! example plugin's test triggers (lines of its toy model file).
+
+use corral_e2e::*;
+use serde_json::json;
+
+#[test]
+fn nan_logits_end_the_request_with_a_clear_500() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    example_plugin_dir(&plugins);
+    let model = |name: &str, triggers: &str| {
+        let p = dir.path().join(format!("{name}.toy"));
+        std::fs::write(&p, format!("toy weights {name}\n{triggers}\n")).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    // The prompt's own decode computes NaN.
+    let first = model("nan-first", "on_decode=1:nan");
+    let s = Server::start(&[plugins.as_path()], &[], &[]);
+    let body = |m: &str| {
+        json!({"model": m, "prompt": "hello", "raw": true, "stream": false,
+               "options": {"num_predict": 8, "temperature": 0}})
+    };
+    let (st, v) = post_json(&s.url, "/api/generate", &body(&first));
+    assert_eq!(st, 500, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("NaN logits"), "{v}");
+    let (st, v) = post_json(
+        &s.url,
+        "/v1/chat/completions",
+        &json!({"model": model("nan-chat", "on_decode=1:nan"),
+                "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}),
+    );
+    assert_eq!(st, 500, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("NaN logits"), "{v}");
+    // Mid-stream: the chunks already sent, then an error object.
+    let later = model("nan-later", "on_decode=4:nan");
+    let r = http_client()
+        .post(format!("{}/api/generate", s.url))
+        .json(&json!({"model": later, "prompt": "hello", "raw": true,
+                      "options": {"num_predict": 20, "temperature": 0}}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let text = r.text().unwrap();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert!(last["error"].as_str().unwrap_or_default().contains("NaN logits"), "{text}");
+    // The server and the models go on: the poisoned step was one decode call.
+    let (st, v) = post_json(&s.url, "/api/generate", &body(&first));
+    assert_eq!(st, 200, "{v}");
+}
