@@ -32,6 +32,10 @@ pub enum ConfigError {
     /// `--config FILE` named a file that does not exist.
     #[error("config file {0} does not exist")]
     Missing(PathBuf),
+    /// A setting (flag, environment variable or config key) whose value cannot be used;
+    /// the message names it.
+    #[error("{0}")]
+    Setting(String),
 }
 
 /// The whole config file. Every field is optional.

@@ -70,11 +70,10 @@ impl Runtime {
         default: Isolation,
     ) -> Result<Runtime, ConfigError> {
         let mut rt = Runtime::new(global)?;
-        let path = || rt.config_path.clone().unwrap_or_default();
+        // The value may come from a flag, the environment or the file: the message names
+        // the setting, not a file it may not be in.
         let isolation = match flag.or(rt.config.isolation.as_deref()) {
-            Some(s) => s
-                .parse::<Isolation>()
-                .map_err(|message| ConfigError::Parse { path: path(), message })?,
+            Some(s) => s.parse::<Isolation>().map_err(ConfigError::Setting)?,
             None => default,
         };
         let timeout = std::env::var("CORRAL_ENGINE_TIMEOUT")
@@ -85,9 +84,11 @@ impl Runtime {
             Some(t) => crate::server::util::parse_duration(&t)
                 .flatten()
                 .filter(|d| !d.is_zero())
-                .ok_or_else(|| ConfigError::Parse {
-                path: path(),
-                message: format!("engine timeout {t:?}: use a duration such as 300s or 5m"),
+                .ok_or_else(|| {
+                ConfigError::Setting(format!(
+                    "engine timeout {t:?} (CORRAL_ENGINE_TIMEOUT or engine_timeout): use a \
+                         duration such as 300s or 5m"
+                ))
             })?,
             None => DEFAULT_ENGINE_TIMEOUT,
         };

@@ -185,6 +185,16 @@ impl LlamaContext {
         cp.n_seq_max = p.n_seq_max;
         cp.n_threads = opts.threads(p.n_threads);
         cp.n_threads_batch = opts.threads_batch(p.n_threads_batch);
+        // ggml's limit (GGML_MAX_N_THREADS): more would start that many threads and
+        // thrash the machine, or overrun ggml's per-thread arrays.
+        for n in [cp.n_threads, cp.n_threads_batch] {
+            if !(1..=512).contains(&n) {
+                return Err(BackendError::invalid(format!(
+                    "{n} threads: llama.cpp runs 1 to 512 (this machine has {} logical CPUs)",
+                    std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
+                )));
+            }
+        }
         cp.kv_unified = kv_unified;
         cp.embeddings = p.embeddings;
         if p.embeddings {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result};
 use clap::Args;
 use corral_host::{
-    config::ServerConfig,
+    config::{ConfigError, ServerConfig},
     engine_loop::SpecSettings,
     runtime::{GlobalOptions, Runtime},
     server::{ServeOptions, Settings, guard::ApiKeys, serve_blocking, util::parse_duration},
@@ -100,6 +100,9 @@ pub(crate) struct ServeArgs {
     pub rpc: Vec<String>,
 }
 
+/// The most parallel sequences per model: llama.cpp's `n_seq_max` limit.
+const MAX_NUM_PARALLEL: u32 = 256;
+
 /// The global KV settings: flag, then environment, then config.
 fn kv_settings(a: &ServeArgs, cfg: &ServerConfig) -> Result<corral_host::kv_cache::KvSettings> {
     use corral_host::kv_cache::{FlashAttention, KvCacheType, KvSettings};
@@ -113,7 +116,98 @@ fn kv_settings(a: &ServeArgs, cfg: &ServerConfig) -> Result<corral_host::kv_cach
     Ok(kv)
 }
 
+/// The environment variables read later (per request, per load) whose value cannot be
+/// used: refused at startup with the variable's name, rather than replaced by the default
+/// without a word (a typo in `CORRAL_MODELS_READONLY` left the store writable).
+fn check_environment() -> Result<(), ConfigError> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let bad =
+        |name: &str, v: &str, what: &str| ConfigError::Setting(format!("{name}={v:?}: {what}"));
+    if let Some(v) = var("CORRAL_READ_TIMEOUT")
+        && !v.trim().parse::<u64>().is_ok_and(|s| s > 0)
+    {
+        return Err(bad("CORRAL_READ_TIMEOUT", &v, "give a whole number of seconds above 0"));
+    }
+    if let Some(v) = var("CORRAL_RELOAD_WAIT")
+        && !v.trim().parse::<f64>().is_ok_and(|s| s.is_finite() && (0.0..1e9).contains(&s))
+    {
+        return Err(bad("CORRAL_RELOAD_WAIT", &v, "give a number of seconds, 0 or more"));
+    }
+    if let Some(v) = var(corral_registry::oci::MAX_BLOB_SIZE_ENV)
+        && corral_registry::oci::parse_size(&v).is_none()
+    {
+        return Err(bad(
+            corral_registry::oci::MAX_BLOB_SIZE_ENV,
+            &v,
+            "give a size in bytes or with K, M, G or T (e.g. 300G)",
+        ));
+    }
+    if let Some(v) = var("CORRAL_TEMPLATE_TIMEOUT")
+        && humantime::parse_duration(v.trim()).is_err()
+    {
+        return Err(bad("CORRAL_TEMPLATE_TIMEOUT", &v, "give a duration such as 10s or 500ms"));
+    }
+    if let Some(v) = var("CORRAL_TEMPLATE_MEMORY")
+        && !v.trim().parse::<u64>().is_ok_and(|m| m > 0)
+    {
+        return Err(bad("CORRAL_TEMPLATE_MEMORY", &v, "give a whole number of MiB above 0"));
+    }
+    for name in ["CORRAL_MODELS_READONLY", "CORRAL_NO_REMOTE"] {
+        if let Some(v) = var(name)
+            && !matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes" | "on" | "0" | "false" | "no" | "off"
+            )
+        {
+            return Err(bad(name, &v, "give 1, true, yes or on (or 0, false, no, off)"));
+        }
+    }
+    Ok(())
+}
+
+/// The listening address from a flag, `CORRAL_HOST` or the config: `HOST:PORT`, `HOST`
+/// (port 11434), `:PORT` (loopback), with or without `http://` (the form the client
+/// commands take from the same variable).
+fn listen_address(given: Option<String>) -> Result<String, ConfigError> {
+    let refuse = |raw: &str, what: &str| {
+        Err(ConfigError::Setting(format!("cannot listen on {raw:?}: give {what}")))
+    };
+    let raw = given.unwrap_or_default();
+    let mut host = raw.trim();
+    if let Some(rest) = host.strip_prefix("http://") {
+        host = rest;
+    } else if host.contains("://") {
+        return refuse(&raw, "HOST:PORT (or http://HOST:PORT)");
+    }
+    let host = host.trim_end_matches('/');
+    if host.contains('/') {
+        return refuse(&raw, "HOST:PORT, without a path");
+    }
+    Ok(match host {
+        "" => "127.0.0.1:11434".to_string(),
+        h if h.starts_with(':') => format!("127.0.0.1{h}"),
+        // An IPv6 address in brackets, or a host with a port.
+        h if h.ends_with(']') || !h.contains(':') => format!("{h}:11434"),
+        h => h.to_string(),
+    })
+}
+
+/// Compute threads: 0 (the engine's choice) or at most four per logical CPU (ggml's and
+/// the pure-Rust engine's limit is 512 in any case); more only thrash the machine.
+fn check_threads(threads: u32) -> Result<u32, ConfigError> {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as u32;
+    let max = (4 * cpus).min(512);
+    if threads > max {
+        return Err(ConfigError::Setting(format!(
+            "--threads {threads}: this machine has {cpus} logical CPUs; give at most {max} \
+             (0 lets the engine choose)"
+        )));
+    }
+    Ok(threads)
+}
+
 pub(crate) fn serve(global: &GlobalOptions, a: ServeArgs) -> Result<()> {
+    check_environment()?;
     let rt = Runtime::with_isolation(global, a.isolation.as_deref(), Isolation::Process)?;
     // Say which backend serves GGUF models; models of other formats choose their own
     // backend on first use.
@@ -155,14 +249,21 @@ pub(crate) fn serve(global: &GlobalOptions, a: ServeArgs) -> Result<()> {
             .or(cfg.max_loaded_models)
             .unwrap_or(defaults.max_loaded_models)
             .max(1),
-        num_parallel: a
-            .num_parallel
-            .or(cfg.num_parallel.map(|n| n as u32))
-            .unwrap_or(defaults.num_parallel)
-            .max(1),
+        num_parallel: match a.num_parallel.or(cfg.num_parallel.map(|n| n as u32)) {
+            // Ollama's OLLAMA_NUM_PARALLEL=0 is its default too.
+            None | Some(0) => defaults.num_parallel,
+            Some(n @ 1..=MAX_NUM_PARALLEL) => n,
+            Some(n) => {
+                return Err(ConfigError::Setting(format!(
+                    "--num-parallel {n}: at most {MAX_NUM_PARALLEL} sequences per model \
+                     (llama.cpp's limit)"
+                ))
+                .into());
+            }
+        },
         max_queue: a.max_queue.or(cfg.max_queue).unwrap_or(defaults.max_queue),
         num_ctx: a.num_ctx.or(cfg.num_ctx),
-        threads: a.threads.or(cfg.threads).unwrap_or(0),
+        threads: check_threads(a.threads.or(cfg.threads).unwrap_or(0))?,
         backend: a.backend.clone(),
         allow_model_paths: model_paths(&a.allow_model_paths, &cfg.allow_model_paths)?,
         allow_insecure_registries: a.allow_insecure_registries
@@ -181,8 +282,7 @@ pub(crate) fn serve(global: &GlobalOptions, a: ServeArgs) -> Result<()> {
     let mut origins = a.origins.clone();
     origins.extend(cfg.origins.iter().cloned());
     origins.retain(|o| !o.trim().is_empty());
-    let host = a.host.or_else(|| cfg.host.clone()).unwrap_or_else(|| "127.0.0.1:11434".to_string());
-    let host = if host.contains(':') { host } else { format!("{host}:11434") };
+    let host = listen_address(a.host.or_else(|| cfg.host.clone()))?;
     let opts = ServeOptions {
         host,
         settings,
@@ -201,15 +301,33 @@ fn api_keys(flag_file: Option<&std::path::Path>, cfg: &ServerConfig) -> Result<A
         .map(|v| v.split(',').map(str::to_string).collect())
         .unwrap_or_default();
     keys.extend(cfg.api_keys.iter().cloned());
+    keys.retain(|k| !k.trim().is_empty());
+    if std::env::var("CORRAL_API_KEYS").is_ok_and(|v| !v.trim().is_empty()) && keys.is_empty() {
+        return Err(ConfigError::Setting(
+            "CORRAL_API_KEYS holds no key (give keys separated by commas)".into(),
+        )
+        .into());
+    }
     if let Some(file) = flag_file.or(cfg.api_key_file.as_deref()) {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("cannot read the API key file {}", file.display()))?;
+        let before = keys.len();
         keys.extend(
             text.lines()
                 .map(str::trim)
                 .filter(|l| !l.is_empty() && !l.starts_with('#'))
                 .map(str::to_string),
         );
+        // A key file that was meant to lock the server must not leave it open (a secrets
+        // mount not populated yet, a template that wrote nothing).
+        if keys.len() == before {
+            return Err(ConfigError::Setting(format!(
+                "the API key file {} holds no key (one key per line; lines starting with # \
+                 are comments)",
+                file.display()
+            ))
+            .into());
+        }
     }
     Ok(ApiKeys::new(keys.iter().map(String::as_str)))
 }

@@ -368,13 +368,16 @@ pub fn serve_blocking(rt: Runtime, opts: ServeOptions) -> Result<()> {
             .with_context(|| format!("cannot listen on {}", opts.host))?;
         let bound = listener.local_addr()?;
         // The one store-root rule (`--models`, `CORRAL_MODELS`, the config, the default).
-        let store = match crate::models::open_store(opts.models.as_deref(), false, &rt.config) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!("model store unavailable: {e}");
-                None
-            }
-        };
+        // A store that cannot be opened stops the server here, as Ollama's does: serving
+        // without one answered `list` with an empty store and `create` with a broken pipe.
+        let store =
+            crate::models::open_store(opts.models.as_deref(), false, &rt.config).map_err(|e| {
+                anyhow::anyhow!(
+                    "the model store cannot be opened: {e}; set --models or CORRAL_MODELS to a \
+                     writable directory (CORRAL_MODELS_READONLY=1 for a read-only one)"
+                )
+            })?;
+        let store = Some(store);
         let remotes = Arc::new(remote::Remotes::from_config(&rt.config)?);
         let health = remotes.spawn_health_checks();
         if remotes.off() && !remotes.names().is_empty() {
