@@ -154,9 +154,16 @@ fn truthy(v: &str) -> bool {
     matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
 }
 
-/// Whether `CORRAL_MODELS_READONLY` asks for a read-only store.
+/// Whether `CORRAL_MODELS_READONLY` asks for a read-only store. A value that is neither
+/// true nor false (`maybe`, `enabled`) counts as true, with a warning: a typo must not
+/// leave a store writable that was meant to be read-only.
 pub fn env_read_only() -> bool {
-    std::env::var(READONLY_ENV).is_ok_and(|v| truthy(&v))
+    let Ok(v) = std::env::var(READONLY_ENV) else { return false };
+    let falsy = matches!(v.trim().to_ascii_lowercase().as_str(), "" | "0" | "false" | "no" | "off");
+    if !falsy && !truthy(&v) {
+        tracing::warn!("{READONLY_ENV}={v:?} is neither true nor false: the store is read-only");
+    }
+    !falsy
 }
 
 fn expand_tilde(p: &Path) -> PathBuf {

@@ -93,3 +93,15 @@ fn the_listening_address_takes_the_clients_forms() {
     }
     refused(&["--host", "ftp://127.0.0.1:1"], &[], "cannot listen on");
 }
+
+/// Unloading (`keep_alive: 0` with no prompt, what `corral stop` sends) a model that does
+/// not exist is a 404, as Ollama answers, not a success.
+#[test]
+fn unloading_a_model_that_does_not_exist_is_404() {
+    let s = Server::start(&[], &[], &[]);
+    for path in ["/api/generate", "/api/chat"] {
+        let (st, v) =
+            post_json(&s.url, path, &serde_json::json!({"model": "nosuch", "keep_alive": 0}));
+        assert_eq!(st, 404, "{path}: {v}");
+    }
+}

@@ -179,6 +179,10 @@ async fn load_only(
     let reason = if remote {
         if unload { "unload" } else { "load" }
     } else if unload {
+        // As Ollama: unloading a model that does not exist is its 404, not a success.
+        if !state.sched.is_loaded(&crate::models::load_key(&model.name)) {
+            state.sched.resolve(&model.name)?;
+        }
         state.sched.unload(&model.name).await;
         "unload"
     } else {
