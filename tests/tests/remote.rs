@@ -4,12 +4,19 @@
 //! refuses the key or redirects elsewhere gives a clear error and leaves local models
 //! alone; servers of one remote share the load and fail over; a client that goes away
 //! cancels the remote request; `CORRAL_NO_REMOTE` turns remotes off; no prompt or answer
-//! reaches the log.
+//! reaches the log. Hostile fakes (a `TcpListener` in the test) check the bounds: every
+//! body read ends by the remote's `timeout` (504), `num_predict` and a size cap end an
+//! endless or huge answer, a remote's error text is cut and stripped of credentials, a
+//! refused upstream key is a 502, and a remote that leads back here ends in a 508.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::TcpListener,
+    net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        mpsc::{Receiver, Sender},
+    },
     time::{Duration, Instant},
 };
 
@@ -312,10 +319,15 @@ fn a_remote_that_is_down_slow_or_refuses_the_key_says_so_and_local_models_go_on(
     assert_eq!(st, 504, "{v}");
     assert!(t.elapsed() < Duration::from_secs(20));
     assert!(v["error"].as_str().unwrap().contains("remote \"slow\""), "{v}");
+    // The remote refusing this server's key is a 502: a 401 would tell the client that
+    // its own key is wrong.
     let (st, v) = post(&s, "/api/generate", &gen_body("k", "hi", false));
-    assert_eq!(st, 401, "{v}");
+    assert_eq!(st, 502, "{v}");
     let msg = v["error"].as_str().unwrap();
-    assert!(msg.contains("refused the API key") && msg.contains("$TEST_REMOTE_KEY"), "{msg}");
+    assert!(
+        msg.contains("refused this server's credentials") && msg.contains("$TEST_REMOTE_KEY"),
+        "{msg}"
+    );
     let (st, v) = post(&s, "/api/generate", &gen_body("ok", "hi", false));
     assert_eq!(st, 200, "{v}");
     // OpenAI's API gives the same errors in its own shape.
@@ -512,4 +524,413 @@ fn a_key_never_follows_a_redirect_to_another_server_and_prompts_stay_out_of_the_
         assert!(!log.contains(answer.trim()), "the answer is in the log");
     }
     assert!(!Path::new(&e.dir.path().join("front2-store")).join(secret).exists());
+}
+
+/// What a fake remote does with one request (its request line and headers in `head`):
+/// it writes its answer to the connection, and may report on `events`.
+type Behaviour = fn(head: &str, c: &mut TcpStream, events: &Sender<String>);
+
+/// A fake remote on a loopback port: every connection's request is read (and its head
+/// sent on the channel), then `behave` answers it on a thread of its own. Health probes
+/// (GETs) get a plain 200.
+fn fake_remote(behave: Behaviour) -> (String, Receiver<String>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let Some(head) = read_request(&mut c) else { return };
+                let _ = tx.send(head.clone());
+                if head.starts_with("GET ") {
+                    let _ = c.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+                    );
+                    return;
+                }
+                behave(&head, &mut c, &tx);
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// Reads one request (head and a Content-Length body); returns its head.
+fn read_request(c: &mut TcpStream) -> Option<String> {
+    c.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = c.read(&mut chunk).ok().filter(|&n| n > 0)?;
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let len = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(str::to_string))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    while buf.len() < end + len {
+        let n = c.read(&mut chunk).ok().filter(|&n| n > 0)?;
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Some(head)
+}
+
+/// A request header's value in a request head.
+fn header_of(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+    })
+}
+
+/// Waits until this server drops the connection (or a minute passes).
+fn hold(c: &mut TcpStream) {
+    let _ = c.set_read_timeout(Some(Duration::from_secs(60)));
+    let mut b = [0u8; 64];
+    while matches!(c.read(&mut b), Ok(n) if n > 0) {}
+}
+
+const NDJSON_HEAD: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nConnection: close\r\n\r\n";
+
+fn json_answer(c: &mut TcpStream, status: &str, body: &str) {
+    let _ = write!(
+        c,
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+/// A server of `remotes` (each `(name, address, timeout)`), with remote model `r-NAME`
+/// for each; the remotes' key is `vars`' `FAKE_KEY`.
+fn front(e: &Env, remotes: &[(&str, &str, &str)], vars: &[(&str, &str)]) -> Server {
+    let config: String = remotes
+        .iter()
+        .map(|(name, addr, timeout)| {
+            format!(
+                "[remotes.{name}]\nurl = \"http://{addr}\"\ntimeout = \"{timeout}\"\n\
+                 api_key_env = \"FAKE_KEY\"\n\n"
+            )
+        })
+        .collect();
+    let s = serve(e, "front", &config, vars);
+    for (name, _, _) in remotes {
+        create_remote(&s, &format!("r-{name}"), name, "m");
+    }
+    s
+}
+
+fn chat_body(model: &str, stream: bool, num_predict: Option<u32>) -> Value {
+    let mut b = json!({"model": model, "stream": stream,
+        "messages": [{"role": "user", "content": "hi"}]});
+    if let Some(n) = num_predict {
+        b["options"] = json!({"num_predict": n});
+    }
+    b
+}
+
+#[test]
+fn a_remote_that_stops_mid_answer_ends_with_a_504_after_its_timeout_on_every_path() {
+    let e = env();
+    // Headers, then part of the body, then nothing (an error answer and a success).
+    let (stall500, _) = fake_remote(|_, c, _| {
+        let _ = c.write_all(
+            b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 1000\r\n\r\n{\"error\": \"sl",
+        );
+        hold(c);
+    });
+    let (stall200, _) = fake_remote(|_, c, _| {
+        let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n{\"usa");
+        hold(c);
+    });
+    // A stream that sends a space a second: bytes, but never a piece of an answer.
+    let (trickle, _) = fake_remote(|_, c, _| {
+        let _ = c.write_all(NDJSON_HEAD);
+        while c.write_all(b" ").is_ok() {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    let s = front(
+        &e,
+        &[
+            ("stall500", &stall500, "2s"),
+            ("stall200", &stall200, "2s"),
+            ("trickle", &trickle, "2s"),
+        ],
+        &[],
+    );
+    let within = |what: &str, t: Instant, msg: &str| {
+        assert!(t.elapsed() < Duration::from_secs(15), "{what} took {:?}", t.elapsed());
+        assert!(
+            msg.contains("did not") && msg.contains("within 2 s (its timeout)"),
+            "{what}: {msg}"
+        );
+    };
+    let cases: Vec<(&str, &str, Value)> = vec![
+        ("stall500 chat", "/api/chat", chat_body("r-stall500", false, None)),
+        ("stall500 openai", "/v1/chat/completions", chat_body("r-stall500", false, None)),
+        ("stall200 chat", "/api/chat", chat_body("r-stall200", false, None)),
+        ("stall200 show", "/api/show", json!({"model": "r-stall200"})),
+        ("stall200 embed", "/api/embed", json!({"model": "r-stall200", "input": ["a"]})),
+        (
+            "stall200 count_tokens",
+            "/v1/messages/count_tokens",
+            json!({"model": "r-stall200", "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        ("trickle chat", "/api/chat", chat_body("r-trickle", false, Some(8))),
+        ("trickle generate", "/api/generate", gen_body("r-trickle", "hi", false)),
+    ];
+    for (what, path, body) in cases {
+        let t = Instant::now();
+        let (st, v) = post(&s, path, &body);
+        assert_eq!(st, 504, "{what}: {v}");
+        let msg = v["error"].as_str().or(v["error"]["message"].as_str()).unwrap_or_default();
+        within(what, t, msg);
+    }
+    // Streamed: the stream ends with the error.
+    let t = Instant::now();
+    let lines = stream_lines(&s, "/api/chat", &chat_body("r-trickle", true, None));
+    let last = lines.last().unwrap();
+    within("trickle streamed", t, last["error"].as_str().unwrap_or_default());
+}
+
+#[test]
+fn a_remote_answer_is_bounded_by_num_predict_and_by_size() {
+    let e = env();
+    // Ignores num_predict and streams forever; reports when this server hangs up.
+    let (infinite, closed) = fake_remote(|head, c, events| {
+        let _ = c.write_all(NDJSON_HEAD);
+        let line = if head.contains("/v1/") {
+            "data: {\"choices\":[{\"delta\":{\"content\":\"tok \"}}]}\n\n"
+        } else {
+            "{\"message\":{\"role\":\"assistant\",\"content\":\"tok \"},\"done\":false}\n"
+        };
+        let t = Instant::now();
+        while c.write_all(line.as_bytes()).is_ok() && t.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let _ = events.send("hung up".into());
+    });
+    // 20 lines of 1 MiB each, then done.
+    let (big, _) = fake_remote(|_, c, _| {
+        let _ = c.write_all(NDJSON_HEAD);
+        let line = format!(
+            "{{\"message\":{{\"role\":\"assistant\",\"content\":\"{}\"}},\"done\":false}}\n",
+            "B".repeat(1 << 20)
+        );
+        for _ in 0..20 {
+            if c.write_all(line.as_bytes()).is_err() {
+                return;
+            }
+        }
+        let _ = c.write_all(b"{\"done\":true,\"done_reason\":\"stop\"}\n");
+    });
+    let config = format!(
+        "[remotes.infinite]\nurl = \"http://{infinite}\"\ntimeout = \"5s\"\n\n\
+         [remotes.infinite-oai]\nkind = \"openai\"\nurl = \"http://{infinite}\"\n\
+         timeout = \"5s\"\n\n[remotes.big]\nurl = \"http://{big}\"\ntimeout = \"20s\"\n"
+    );
+    let s = serve(&e, "front", &config, &[]);
+    for name in ["infinite", "infinite-oai", "big"] {
+        create_remote(&s, &format!("r-{name}"), name, "m");
+    }
+    let hung_up = |what: &str| {
+        // Drain the heads of requests; wait for the hang-up.
+        let t = Instant::now();
+        loop {
+            match closed.recv_timeout(Duration::from_secs(10)) {
+                Ok(ev) if ev == "hung up" => break,
+                Ok(_) => {}
+                Err(_) => panic!("{what}: the remote's stream was not dropped"),
+            }
+            assert!(t.elapsed() < Duration::from_secs(20), "{what}: not dropped");
+        }
+    };
+    // Whole, through Ollama's API: the answer ends at num_predict, as `length`.
+    let (st, v) = post(&s, "/api/chat", &chat_body("r-infinite", false, Some(8)));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["message"]["content"], "tok ".repeat(8), "{v}");
+    assert_eq!(v["done_reason"], "length", "{v}");
+    assert_eq!(v["eval_count"], 8, "{v}");
+    hung_up("chat");
+    // Streamed: it ends too, after num_predict pieces.
+    let lines = stream_lines(
+        &s,
+        "/api/generate",
+        &json!({"model": "r-infinite",
+        "prompt": "hi", "options": {"num_predict": 5}}),
+    );
+    let text: String = lines.iter().filter_map(|l| l["response"].as_str()).collect();
+    assert_eq!(text, "tok ".repeat(5));
+    assert_eq!(lines.last().unwrap()["done_reason"], "length");
+    hung_up("generate");
+    // OpenAI's max_tokens, from an OpenAI-kind remote.
+    let (st, v) = post(
+        &s,
+        "/v1/chat/completions",
+        &json!({"model": "r-infinite-oai", "max_tokens": 3,
+            "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], "tok ".repeat(3), "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
+    hung_up("openai");
+    // An answer larger than this server takes: a clear 502, not 20 MiB held in memory.
+    let (st, v) = post(&s, "/api/chat", &chat_body("r-big", false, None));
+    assert_eq!(st, 502, "{v}");
+    let msg = v["error"].as_str().unwrap();
+    assert!(msg.contains("remote \"big\"") && msg.contains("longer than 16 MiB"), "{msg}");
+}
+
+#[test]
+fn a_remotes_error_text_is_cut_and_a_refused_key_is_the_servers_not_the_clients() {
+    let e = env();
+    let key = "sk-upstream-secret-0123456789";
+    // Echoes the Authorization header it got, as some gateways do.
+    let (echo401, _) = fake_remote(|head, c, _| {
+        let auth = header_of(head, "authorization").unwrap_or_default();
+        json_answer(
+            c,
+            "401 Unauthorized",
+            &json!({"error": format!("bad key: {auth}")}).to_string(),
+        );
+    });
+    // A long, many-line error page with a credential in it.
+    let (leaky, _) = fake_remote(|_, c, _| {
+        let body = format!("upstream exploded\nx-api-key: abcdefgh12345678\n{}", "Z".repeat(5000));
+        json_answer(c, "500 Internal Server Error", &body);
+    });
+    // An error inside a stream, quoting the key.
+    let (said, _) = fake_remote(|head, c, _| {
+        let auth = header_of(head, "authorization").unwrap_or_default();
+        let _ = c.write_all(NDJSON_HEAD);
+        let line = json!({"error": format!("quota exceeded for {auth}")}).to_string();
+        let _ = writeln!(c, "{line}");
+    });
+    let s = front(
+        &e,
+        &[("echo401", &echo401, "5s"), ("leaky", &leaky, "5s"), ("said", &said, "5s")],
+        &[("FAKE_KEY", key)],
+    );
+    let no_secret = |what: &str, msg: &str| {
+        assert!(!msg.contains("0123456789") && !msg.contains("abcdefgh12345678"), "{what}: {msg}");
+        assert!(!msg.contains('\n') && msg.len() < 1500, "{what}: {msg}");
+    };
+    let chat = json!({"model": "r-echo401", "max_tokens": 5,
+        "messages": [{"role": "user", "content": "hi"}]});
+    for path in ["/api/chat", "/v1/chat/completions", "/v1/messages"] {
+        let (st, v) = post(&s, path, &chat);
+        assert_eq!(st, 502, "{path}: {v}");
+        let msg = v["error"].as_str().or(v["error"]["message"].as_str()).unwrap_or_default();
+        assert!(
+            msg.contains("refused this server's credentials") && msg.contains("$FAKE_KEY"),
+            "{msg}"
+        );
+        no_secret(path, msg);
+        if path == "/v1/messages" {
+            assert_eq!(v["error"]["type"], "api_error", "{v}");
+        }
+        if path == "/v1/chat/completions" {
+            assert_ne!(v["error"]["code"], "invalid_api_key", "{v}");
+        }
+    }
+    let (st, v) = post(&s, "/api/chat", &chat_body("r-leaky", false, None));
+    assert_eq!(st, 502, "{v}");
+    let msg = v["error"].as_str().unwrap();
+    assert!(msg.contains("upstream exploded"), "{msg}");
+    no_secret("leaky", msg);
+    let (st, v) = post(&s, "/api/chat", &chat_body("r-said", false, None));
+    assert_eq!(st, 502, "{v}");
+    let msg = v["error"].as_str().unwrap();
+    assert!(msg.contains("quota exceeded"), "{msg}");
+    no_secret("said", msg);
+}
+
+#[test]
+fn a_remote_that_leads_back_here_is_refused_as_a_loop() {
+    let e = env();
+    // The forwards a request went through travel with it, plus one.
+    let (recorder, heads) = fake_remote(|_, c, _| {
+        let _ = c.write_all(NDJSON_HEAD);
+        let _ = c.write_all(b"{\"message\":{\"content\":\"hi\"},\"done\":false}\n");
+        let _ = c.write_all(b"{\"done\":true,\"done_reason\":\"stop\",\"eval_count\":1}\n");
+    });
+    // A forwarding proxy in front of this very server: the loop goes through a hop that
+    // is not the server's own address.
+    let proxy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy_addr = proxy.local_addr().unwrap();
+    let back: Arc<Mutex<Option<String>>> = Arc::default();
+    let back2 = back.clone();
+    std::thread::spawn(move || {
+        for c in proxy.incoming().flatten() {
+            let Some(to) = back2.lock().unwrap().clone() else { continue };
+            let Ok(up) = TcpStream::connect(&to) else { continue };
+            let (mut a, mut b) = (c.try_clone().unwrap(), up.try_clone().unwrap());
+            let (mut c, mut up) = (c, up);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut a, &mut up);
+                let _ = up.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut b, &mut c);
+                let _ = c.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    let s = serve(
+        &e,
+        "front",
+        &format!(
+            "[remotes.rec]\nurl = \"http://{recorder}\"\n\n\
+             [remotes.self]\nurl = \"http://{proxy_addr}\"\ntimeout = \"60s\"\n"
+        ),
+        &[],
+    );
+    *back.lock().unwrap() = Some(s.url.trim_start_matches("http://").to_string());
+    create_remote(&s, "r-rec", "rec", "m");
+    create_remote(&s, "r-self", "self", "r-self");
+    let hops = |n: Option<u32>| {
+        let mut r = client().post(format!("{}/api/chat", s.url));
+        if let Some(n) = n {
+            r = r.header("X-Corral-Hops", n.to_string());
+        }
+        let r = r.json(&chat_body("r-rec", false, None)).send().unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    let sent = |heads: &Receiver<String>| loop {
+        let h = heads.recv_timeout(Duration::from_secs(5)).expect("the remote got no request");
+        if h.starts_with("POST ") {
+            return header_of(&h, "x-corral-hops");
+        }
+    };
+    assert_eq!(hops(None).0, 200);
+    assert_eq!(sent(&heads).as_deref(), Some("1"));
+    assert_eq!(hops(Some(2)).0, 200);
+    assert_eq!(sent(&heads).as_deref(), Some("3"));
+    let (st, text) = hops(Some(4));
+    assert_eq!(st, 508, "{text}");
+    assert!(heads.recv_timeout(Duration::from_millis(300)).is_err(), "a looping request was sent");
+
+    // The remote leads back here: a few forwards, then 508 naming the loop, at once.
+    let t = Instant::now();
+    for (path, body) in [
+        ("/api/chat", chat_body("r-self", false, None)),
+        ("/api/embed", json!({"model": "r-self", "input": ["a"]})),
+        ("/v1/chat/completions", chat_body("r-self", false, None)),
+    ] {
+        let (st, v) = post(&s, path, &body);
+        assert_eq!(st, 508, "{path}: {v}");
+        let msg = v["error"].as_str().or(v["error"]["message"].as_str()).unwrap_or_default();
+        assert!(msg.contains("remote \"self\"") && msg.contains("leads back"), "{msg}");
+    }
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    // The server is fine.
+    assert_eq!(get(&s, "/api/tags").0, 200);
 }

@@ -133,7 +133,8 @@ pub(crate) async fn host_check(
         }
         .into_response();
     }
-    next.run(req).await
+    // How many servers forwarded the request here, for the remote requests it makes.
+    super::remote::hops_layer(req, next).await
 }
 
 pub(crate) async fn origin_check(

@@ -17,10 +17,20 @@
 //! Promises, each tested in `tests/tests/remote.rs`:
 //! - nothing of a prompt or an answer is logged or written to disk: log lines carry the
 //!   remote, the status, sizes and timings;
-//! - a remote that is down (502), slow (504, after its `timeout`) or that refuses the key
-//!   (401, with a hint naming the key's source) gives an error that names it, and local
-//!   models are not disturbed; several servers of one remote share the load (the least
-//!   busy healthy one first) and a request moves on to the next when one does not answer;
+//! - a remote that is down (502), slow (504, after its `timeout`, for headers and every
+//!   body read alike) or that refuses this server's key (502, with a hint naming the key's
+//!   source: a 401 would tell the client its own key is wrong) gives an error that names
+//!   it, and local models are not disturbed; several servers of one remote share the load
+//!   (the least busy healthy one first) and a request moves on to the next when one does
+//!   not answer;
+//! - a remote's own error text reaches the client only as a short one-line excerpt, with
+//!   this server's key and anything that looks like a credential cut out;
+//! - a remote's answer is bounded: `num_predict` is enforced here too (the stream is cut
+//!   with done reason `length`), an answer's text is at most [`MAX_ANSWER`] bytes (502),
+//!   and a stream that brings no piece of the answer for `timeout` ends with a 504;
+//! - a remote that leads back to this server (directly or through other corrals) ends
+//!   after [`MAX_HOPS`] forwards with 508 Loop Detected: forwarded requests carry
+//!   [`HOPS_HEADER`]; one server gets at most [`MAX_IN_FLIGHT`] requests at a time;
 //! - a client that disconnects cancels the remote request (the connection is dropped);
 //! - `CORRAL_NO_REMOTE=1` or `no_remote = true` turns every remote off (503);
 //! - a key goes only to the server it belongs to: redirects are followed only within the
@@ -53,8 +63,18 @@ use crate::{config::Config, engine_loop::Stats, prompt::Message};
 pub const NO_REMOTE_ENV: &str = "CORRAL_NO_REMOTE";
 /// Longest line (NDJSON or SSE) read from a remote's stream.
 const MAX_LINE: usize = 16 << 20;
-/// Largest whole response (non-streaming answers, embeddings) read from a remote.
+/// Largest whole response (embeddings, `/api/show`, token counts) read from a remote.
 const MAX_BODY: usize = 64 << 20;
+/// Most text (and thinking) one generation of a remote may send back.
+pub const MAX_ANSWER: usize = 16 << 20;
+/// Most of a remote's own error text relayed to a client, in characters.
+const MAX_EXCERPT: usize = 300;
+/// The header that counts how many servers a request was forwarded through.
+pub const HOPS_HEADER: &str = "x-corral-hops";
+/// Forwards after which a request is refused (508): a remote leads back in a loop.
+pub const MAX_HOPS: u32 = 4;
+/// Requests in flight to one server of a remote at a time; more are refused (503).
+pub const MAX_IN_FLIGHT: usize = 256;
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the servers of every remote are probed.
@@ -136,6 +156,23 @@ impl RemoteServer {
         format!("remote \"{}\" ({})", self.remote, self.url)
     }
 
+    /// The 504 of a request that took longer than this server's `timeout`.
+    fn timed_out(&self) -> ApiError {
+        ApiError {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            message: format!(
+                "{} did not answer within {} s (its timeout)",
+                self.label(),
+                self.timeout.as_secs()
+            ),
+        }
+    }
+
+    /// A remote's own text as it may reach a client (see [`excerpt`]).
+    fn excerpt(&self, text: &str) -> String {
+        excerpt(text, self.key.as_deref())
+    }
+
     /// A request to `path` with this server's key; `body` is JSON.
     fn post(&self, client: &reqwest::Client, path: &str, body: Vec<u8>) -> reqwest::RequestBuilder {
         let mut b = client
@@ -177,6 +214,133 @@ fn env_off() -> bool {
     std::env::var(NO_REMOTE_ENV).is_ok_and(|v| {
         matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
     })
+}
+
+tokio::task_local! {
+    /// How many servers the request being handled was forwarded through already (its
+    /// [`HOPS_HEADER`]); set by [`hops_layer`] around every handler.
+    static HOPS: u32;
+}
+
+/// Middleware: reads the request's [`HOPS_HEADER`] (absent or unreadable: 0) for the
+/// remote requests its handler makes. The header itself is never passed on: a remote
+/// request carries this count plus one.
+pub async fn hops_layer(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let hops = req
+        .headers()
+        .get(HOPS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    HOPS.scope(hops, next.run(req)).await
+}
+
+/// The forwards the request being handled has been through (0 outside a request).
+fn current_hops() -> u32 {
+    HOPS.try_with(|h| *h).unwrap_or(0)
+}
+
+/// `url` as it may be printed: a password is masked.
+fn masked_url(u: &str) -> String {
+    match reqwest::Url::parse(u) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("***"));
+            }
+            url.to_string()
+        }
+        // Unparsable: whatever sits between the scheme and an `@` may be credentials.
+        Err(_) => match (u.find("://"), u.rfind('@')) {
+            (Some(a), Some(b)) if a + 3 <= b => format!("{}***{}", &u[..a + 3], &u[b..]),
+            _ => u.to_string(),
+        },
+    }
+}
+
+/// A remote's own text (an error body, an error in its stream) as it may reach a client:
+/// one line, at most [`MAX_EXCERPT`] characters, with `key` and whatever looks like a
+/// credential (`Bearer …`, `Basic …`, the value after `x-api-key`, `api_key`,
+/// `authorization` and the like) replaced by `[redacted]`.
+fn excerpt(text: &str, key: Option<&str>) -> String {
+    let mut t = text.to_string();
+    if let Some(k) = key.filter(|k| k.len() >= 4) {
+        t = t.replace(k, "[redacted]");
+    }
+    let t = redact_credentials(&t);
+    let mut one_line = String::with_capacity(t.len().min(MAX_EXCERPT * 4));
+    let mut space = false;
+    for c in t.chars() {
+        if c.is_whitespace() || c.is_control() {
+            space = !one_line.is_empty();
+            continue;
+        }
+        if space {
+            one_line.push(' ');
+            space = false;
+        }
+        one_line.push(c);
+    }
+    match one_line.char_indices().nth(MAX_EXCERPT) {
+        Some((i, _)) => format!("{}…", &one_line[..i]),
+        None => one_line,
+    }
+}
+
+/// Replaces the value after each credential-like word (see [`excerpt`]).
+fn redact_credentials(text: &str) -> String {
+    const WORDS: [&str; 8] = [
+        "bearer",
+        "basic",
+        "x-api-key",
+        "api-key",
+        "api_key",
+        "apikey",
+        "authorization",
+        "access_token",
+    ];
+    let lower = text.to_ascii_lowercase();
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    let mut copied = 0;
+    while i < bytes.len() {
+        let word = WORDS.iter().find(|w| {
+            lower.as_bytes()[i..].starts_with(w.as_bytes())
+                && (i == 0 || !bytes[i - 1].is_ascii_alphanumeric())
+                && bytes.get(i + w.len()).is_none_or(|b| !b.is_ascii_alphanumeric())
+        });
+        let Some(word) = word else {
+            i += 1;
+            continue;
+        };
+        // Past the word: separators (`: `, `=`, `"`, spaces), then the value.
+        let mut j = i + word.len();
+        while j < bytes.len() && matches!(bytes[j], b' ' | b'\t' | b':' | b'=' | b'"' | b'\'') {
+            j += 1;
+        }
+        let start = j;
+        while j < bytes.len()
+            && !matches!(bytes[j], b' ' | b'\t' | b'\r' | b'\n' | b'"' | b'\'' | b',' | b';' | b'}')
+        {
+            j += 1;
+        }
+        // `Authorization: Bearer xyz`: the scheme word is kept, its value cut next turn;
+        // short values ("Basic realm") are words, not secrets.
+        let value = &lower[start..j];
+        if j - start >= 8 && !matches!(value, "bearer" | "basic") {
+            out.push_str(&text[copied..start]);
+            out.push_str("[redacted]");
+            copied = j;
+            i = j;
+        } else {
+            i = start.max(i + 1);
+        }
+    }
+    out.push_str(&text[copied..]);
+    out
 }
 
 /// Follows a redirect only to the same scheme, host and port: a key must never reach
@@ -280,13 +444,17 @@ impl Remotes {
             }
             let mut servers = Vec::new();
             for u in urls {
-                let mut url = reqwest::Url::parse(u).map_err(|e| bad(format!("url {u:?}: {e}")))?;
+                // Printed with any password masked: these messages reach logs.
+                let shown = masked_url(u);
+                let mut url =
+                    reqwest::Url::parse(u).map_err(|e| bad(format!("url {shown:?}: {e}")))?;
                 if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-                    return Err(bad(format!("url {u:?}: only http:// and https:// URLs")));
+                    return Err(bad(format!("url {shown:?}: only http:// and https:// URLs")));
                 }
                 if !url.username().is_empty() || url.password().is_some() {
                     return Err(bad(format!(
-                        "url {u:?} holds credentials: put the key in api_key_env or api_key_file"
+                        "url {shown:?} holds credentials: put the key in api_key_env or \
+                         api_key_file"
                     )));
                 }
                 // `openai` URLs may be given with or without `/v1`.
@@ -492,13 +660,33 @@ fn order(servers: &[Arc<RemoteServer>]) -> Vec<Arc<RemoteServer>> {
     v
 }
 
-/// Counts a request in flight on a server while it lives.
-struct InFlight(Arc<RemoteServer>);
+/// Counts a request in flight on a server while it lives; the request's deadline (its
+/// start plus the server's `timeout`) bounds every read of a whole body.
+struct InFlight(Arc<RemoteServer>, tokio::time::Instant);
 
 impl InFlight {
-    fn new(s: &Arc<RemoteServer>) -> InFlight {
-        s.in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlight(s.clone())
+    /// `None` when the server has [`MAX_IN_FLIGHT`] requests already.
+    fn new(s: &Arc<RemoteServer>) -> Option<InFlight> {
+        let before = s.in_flight.fetch_add(1, Ordering::SeqCst);
+        let guard = InFlight(s.clone(), tokio::time::Instant::now() + s.timeout);
+        (before < MAX_IN_FLIGHT).then_some(guard)
+    }
+
+    /// A whole body of the answer, at most `limit` bytes, by the request's deadline
+    /// (504 after it, as when the headers are late).
+    async fn body(&self, resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, ApiError> {
+        let server = &self.0;
+        match tokio::time::timeout_at(self.1, read_limited(resp, limit)).await {
+            Err(_) => {
+                server.mark(false, Some(format!("no whole answer within {:?}", server.timeout)));
+                Err(server.timed_out())
+            }
+            Ok(Err(e)) => Err(ApiError {
+                status: StatusCode::BAD_GATEWAY,
+                message: format!("{}: {e}", server.label()),
+            }),
+            Ok(Ok(b)) => Ok(b),
+        }
     }
 }
 
@@ -522,28 +710,40 @@ async fn send(
     path_of: impl Fn(Kind) -> &'static str,
     body_of: impl Fn(Kind) -> Value,
 ) -> Result<(reqwest::Response, InFlight), ApiError> {
+    // A request that went round through MAX_HOPS servers already is in a loop: each of
+    // them would forward it again at once, until sockets run out.
+    let hops = current_hops();
+    if hops >= MAX_HOPS {
+        tracing::warn!(remote = %target.remote, hops, "remote request refused: a forwarding loop");
+        return Err(ApiError {
+            status: StatusCode::LOOP_DETECTED,
+            message: format!(
+                "remote \"{}\": this request was forwarded {hops} times already ({HOPS_HEADER}); \
+                 the remote leads back to this server, directly or through other servers: \
+                 check its url, and the remotes of the servers it names",
+                target.remote
+            ),
+        });
+    }
     let mut last: Option<ApiError> = None;
     for server in order(&target.servers) {
         let started = Instant::now();
-        let guard = InFlight::new(&server);
+        let Some(guard) = InFlight::new(&server) else {
+            last = Some(ApiError::busy(format!(
+                "{} has {MAX_IN_FLIGHT} requests from this server in flight already (the most \
+                 one server is sent at a time); try again later",
+                server.label()
+            )));
+            continue;
+        };
         let body = serde_json::to_vec(&body_of(server.kind)).unwrap_or_default();
         let request_bytes = body.len();
-        let request = server.post(client, path_of(server.kind), body);
-        let result = tokio::time::timeout(server.timeout, request.send()).await;
+        let request = server.post(client, path_of(server.kind), body).header(HOPS_HEADER, hops + 1);
+        let result = tokio::time::timeout_at(guard.1, request.send()).await;
         let failure = match result {
             Err(_) => {
                 server.mark(false, Some(format!("no answer within {:?}", server.timeout)));
-                Failure {
-                    error: ApiError {
-                        status: StatusCode::GATEWAY_TIMEOUT,
-                        message: format!(
-                            "{} did not answer within {} s (its timeout)",
-                            server.label(),
-                            server.timeout.as_secs()
-                        ),
-                    },
-                    try_next: true,
-                }
+                Failure { error: server.timed_out(), try_next: true }
             }
             Ok(Err(e)) => {
                 server.mark(false, Some(e.to_string()));
@@ -571,7 +771,7 @@ async fn send(
                 );
                 return Ok((resp, guard));
             }
-            Ok(Ok(resp)) => refused(&server, target, resp).await,
+            Ok(Ok(resp)) => refused(&guard, target, resp).await,
         };
         tracing::warn!(
             remote = %server.remote,
@@ -605,10 +805,18 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// A remote's non-success answer as this server's error.
-async fn refused(server: &RemoteServer, target: &Target, resp: reqwest::Response) -> Failure {
+/// A remote's non-success answer as this server's error. Its body is read by the
+/// request's deadline, and only an excerpt of what it says is relayed.
+async fn refused(guard: &InFlight, target: &Target, resp: reqwest::Response) -> Failure {
+    let server = &guard.0;
     let status = resp.status();
-    let text = read_limited(resp, 64 << 10).await.unwrap_or_default();
+    let text = match tokio::time::timeout_at(guard.1, read_limited(resp, 64 << 10)).await {
+        Ok(t) => t.unwrap_or_default(),
+        Err(_) => {
+            server.mark(false, Some(format!("no whole answer within {:?}", server.timeout)));
+            return Failure { error: server.timed_out(), try_next: true };
+        }
+    };
     let said = serde_json::from_slice::<Value>(&text)
         .ok()
         .and_then(|v| {
@@ -620,19 +828,34 @@ async fn refused(server: &RemoteServer, target: &Target, resp: reqwest::Response
                 })
                 .or_else(|| v.get("message").and_then(Value::as_str).map(str::to_string))
         })
-        .unwrap_or_else(|| String::from_utf8_lossy(&text).chars().take(300).collect());
+        .unwrap_or_else(|| String::from_utf8_lossy(&text).into_owned());
+    let said = server.excerpt(&said);
     let label = server.label();
     match status.as_u16() {
+        // This server's key, not the client's: a 401 would tell the client (and SDKs) that
+        // its own key is wrong.
         401 | 403 => Failure {
             error: ApiError {
-                status: StatusCode::UNAUTHORIZED,
+                status: StatusCode::BAD_GATEWAY,
                 message: format!(
-                    "{label} refused the API key ({status}: {said}); the key comes from {}: \
-                     check it is the key that server expects",
-                    server.key_source
+                    "{label} refused this server's credentials for it ({status}: {said}); the \
+                     key comes from {}: check api_key_env/api_key_file in [remotes.{}]",
+                    server.key_source, server.remote
                 ),
             },
             try_next: true,
+        },
+        // A corral further on found the request in a loop: so is this one.
+        508 => Failure {
+            error: ApiError {
+                status: StatusCode::LOOP_DETECTED,
+                message: format!(
+                    "{label} leads back to a server this request already passed through \
+                     (508 Loop Detected after {MAX_HOPS} forwards): check the remote's url, \
+                     and the remotes of the servers it names"
+                ),
+            },
+            try_next: false,
         },
         404 => Failure {
             error: ApiError::not_found(format!(
@@ -676,22 +899,22 @@ async fn read_limited(resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, 
     Ok(out)
 }
 
-/// Splits a byte stream into lines, each at most [`MAX_LINE`] bytes, with an idle
-/// timeout between chunks.
+/// Splits a byte stream into lines, each at most [`MAX_LINE`] bytes.
 struct Lines {
     stream: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
     buf: Vec<u8>,
-    idle: Duration,
     ended: bool,
 }
 
 impl Lines {
-    fn new(resp: reqwest::Response, idle: Duration) -> Lines {
-        Lines { stream: resp.bytes_stream().boxed(), buf: Vec::new(), idle, ended: false }
+    fn new(resp: reqwest::Response) -> Lines {
+        Lines { stream: resp.bytes_stream().boxed(), buf: Vec::new(), ended: false }
     }
 
-    /// The next line (without its end), `Ok(None)` at the end of the stream.
-    async fn next(&mut self) -> Result<Option<String>, String> {
+    /// The next line (without its end), `Ok(None)` at the end of the stream;
+    /// [`Stop::TimedOut`] when it is not complete by `deadline` (bytes that make no line,
+    /// a space a second, do not keep a stream alive).
+    async fn next(&mut self, deadline: tokio::time::Instant) -> Result<Option<String>, Stop> {
         loop {
             if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=i).collect();
@@ -706,13 +929,16 @@ impl Lines {
                 self.buf.clear();
                 return Ok(Some(text));
             }
-            match tokio::time::timeout(self.idle, self.stream.next()).await {
-                Err(_) => return Err(format!("sent nothing for {} s", self.idle.as_secs())),
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Err(_) => return Err(Stop::TimedOut),
                 Ok(None) => self.ended = true,
-                Ok(Some(Err(e))) => return Err(error_chain(&e)),
+                Ok(Some(Err(e))) => return Err(Stop::Failed(error_chain(&e))),
                 Ok(Some(Ok(chunk))) => {
                     if self.buf.len() + chunk.len() > MAX_LINE {
-                        return Err(format!("sent a line longer than {} MiB", MAX_LINE >> 20));
+                        return Err(Stop::Failed(format!(
+                            "sent a line longer than {} MiB",
+                            MAX_LINE >> 20
+                        )));
                     }
                     self.buf.extend_from_slice(&chunk);
                 }
@@ -1002,12 +1228,21 @@ pub async fn start(
         |kind| ask.request(&target, kind).1,
     )
     .await?;
+    // The request's own cap on tokens, enforced here too: a remote may not honour it.
+    let limit = ask
+        .options
+        .get("num_predict")
+        .and_then(Value::as_i64)
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|&n| n > 0);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let server = in_flight.0.clone();
     tokio::spawn(async move {
         let _in_flight = in_flight;
-        let mut lines = Lines::new(resp, server.timeout);
+        let mut lines = Lines::new(resp);
         let mut reader = Reader::new(server.kind, started);
+        reader.idle = server.timeout;
+        reader.limit = limit;
         let outcome = tokio::select! {
             r = reader.run(&mut lines, &tx) => r,
             () = tx.closed() => Err(Stop::Cancelled),
@@ -1028,12 +1263,43 @@ pub async fn start(
                     message: format!("{} stopped answering mid-answer: {why}", server.label()),
                 }));
             }
+            Err(Stop::TimedOut) => {
+                server.mark(
+                    false,
+                    Some(format!("no piece of an answer within {:?}", server.timeout)),
+                );
+                tracing::warn!(remote = %server.remote, server = %server.url,
+                    ms = started.elapsed().as_millis() as u64, "remote stream timed out");
+                let _ = tx.send(Piece::Error(ApiError {
+                    status: StatusCode::GATEWAY_TIMEOUT,
+                    message: format!(
+                        "{} did not go on answering within {} s (its timeout)",
+                        server.label(),
+                        server.timeout.as_secs()
+                    ),
+                }));
+            }
             Err(Stop::Said(message)) => {
                 let _ = tx.send(Piece::Error(ApiError {
                     status: StatusCode::BAD_GATEWAY,
-                    message: format!("{}: {message}", server.label()),
+                    message: format!("{}: {}", server.label(), server.excerpt(&message)),
                 }));
             }
+            Err(Stop::TooLarge) => {
+                tracing::warn!(remote = %server.remote, server = %server.url,
+                    ms = started.elapsed().as_millis() as u64, "remote answer too large");
+                let _ = tx.send(Piece::Error(ApiError {
+                    status: StatusCode::BAD_GATEWAY,
+                    message: format!(
+                        "{} sent an answer longer than {} MiB, more than this server takes \
+                         from a remote; ask for fewer tokens (num_predict, max_tokens)",
+                        server.label(),
+                        MAX_ANSWER >> 20
+                    ),
+                }));
+            }
+            // `run` finishes the answer at the limit.
+            Err(Stop::Limit) => {}
         }
         tracing::info!(remote = %server.remote, out_bytes = reader.out_bytes,
             tokens = reader.stats.eval_count, ms = started.elapsed().as_millis() as u64,
@@ -1047,8 +1313,14 @@ enum Stop {
     Cancelled,
     /// The connection failed or the stream was cut.
     Failed(String),
+    /// No piece of the answer came for the server's `timeout`.
+    TimedOut,
     /// The remote reported an error in its stream.
     Said(String),
+    /// The answer's text passed [`MAX_ANSWER`].
+    TooLarge,
+    /// The answer passed the request's `num_predict`: it ends there, as `length`.
+    Limit,
 }
 
 /// Turns a remote's stream (Ollama's NDJSON or OpenAI's SSE) into pieces.
@@ -1061,6 +1333,16 @@ struct Reader {
     calls: BTreeMap<u64, (String, String)>,
     done_reason: Option<corral_generation::DoneReason>,
     out_bytes: usize,
+    /// How long the stream may go without a piece of the answer.
+    idle: Duration,
+    /// When the last piece came (or the headers).
+    progress: tokio::time::Instant,
+    /// The request's `num_predict`.
+    limit: Option<usize>,
+    /// Lines (events) that brought text: a remote's tokens, near enough.
+    tokens: usize,
+    /// Whether the line being read brought text.
+    line_text: bool,
 }
 
 impl Reader {
@@ -1073,6 +1355,11 @@ impl Reader {
             calls: BTreeMap::new(),
             done_reason: None,
             out_bytes: 0,
+            idle: Duration::from_secs(300),
+            progress: tokio::time::Instant::now(),
+            limit: None,
+            tokens: 0,
+            line_text: false,
         }
     }
 
@@ -1081,15 +1368,41 @@ impl Reader {
             if t.is_empty() {
                 return Ok(());
             }
+            if self.limit.is_some_and(|n| self.tokens >= n) {
+                return Err(Stop::Limit);
+            }
+            if self.out_bytes + t.len() > MAX_ANSWER {
+                return Err(Stop::TooLarge);
+            }
             self.out_bytes += t.len();
+            self.line_text = true;
             self.first_token.get_or_insert_with(Instant::now);
         }
+        self.progress = tokio::time::Instant::now();
         tx.send(p).map_err(|_| Stop::Cancelled)
     }
 
+    /// Reads the stream to its end; at the request's `num_predict` the answer ends
+    /// there (done reason `length`) and the rest is not read.
     async fn run(&mut self, lines: &mut Lines, tx: &UnboundedSender<Piece>) -> Result<(), Stop> {
+        match self.read(lines, tx).await {
+            Err(Stop::Limit) => {
+                self.calls.clear();
+                self.done_reason = Some(corral_generation::DoneReason::Length);
+                self.stats.eval_count = self.stats.eval_count.max(self.tokens);
+                self.finish(tx)
+            }
+            r => r,
+        }
+    }
+
+    async fn read(&mut self, lines: &mut Lines, tx: &UnboundedSender<Piece>) -> Result<(), Stop> {
         loop {
-            let line = lines.next().await.map_err(Stop::Failed)?;
+            if self.line_text {
+                self.tokens += 1;
+                self.line_text = false;
+            }
+            let line = lines.next(self.progress + self.idle).await?;
             let Some(line) = line else {
                 return Err(Stop::Failed("the stream ended before the answer was complete".into()));
             };
@@ -1283,12 +1596,7 @@ pub async fn embed(
         status: StatusCode::BAD_GATEWAY,
         message: format!("{}: {why}", server.label()),
     };
-    let body = tokio::time::timeout(server.timeout, read_limited(resp, MAX_BODY))
-        .await
-        .map_err(|_| {
-            bad(format!("did not finish answering within {} s", server.timeout.as_secs()))
-        })?
-        .map_err(&bad)?;
+    let body = in_flight.body(resp, MAX_BODY).await?;
     drop(in_flight);
     let v: Value =
         serde_json::from_slice(&body).map_err(|e| bad(format!("answered no JSON: {e}")))?;
@@ -1341,7 +1649,7 @@ pub async fn count_tokens(
         status: StatusCode::BAD_GATEWAY,
         message: format!("{}: {why}", in_flight.0.label()),
     };
-    let bytes = read_limited(resp, MAX_BODY).await.map_err(&bad)?;
+    let bytes = in_flight.body(resp, MAX_BODY).await?;
     let v: Value =
         serde_json::from_slice(&bytes).map_err(|e| bad(format!("answered no JSON: {e}")))?;
     v.pointer("/usage/prompt_tokens")
@@ -1357,10 +1665,7 @@ pub async fn show(remotes: &Remotes, target: &Target) -> Result<Value, ApiError>
             let (resp, in_flight) =
                 send(&remotes.client, target, |_| "/api/show", |_| json!({"model": target.model}))
                     .await?;
-            let body = read_limited(resp, MAX_BODY).await.map_err(|e| ApiError {
-                status: StatusCode::BAD_GATEWAY,
-                message: format!("{}: {e}", in_flight.0.label()),
-            })?;
+            let body = in_flight.body(resp, MAX_BODY).await?;
             serde_json::from_slice::<Value>(&body).unwrap_or_else(|_| json!({}))
         }
         _ => {
@@ -1457,6 +1762,61 @@ mod tests {
     }
 
     #[test]
+    fn a_remotes_text_reaches_clients_as_a_short_line_without_credentials() {
+        let key = "sk-live-0123456789abcdef";
+        let said = format!(
+            "bad key: Bearer {key}\nAuthorization: Basic dXNlcjpwYXNzd29yZA==\n\
+             {{\"x-api-key\": \"abcdefgh12345678\", \"api_key\":\"zyxwvuts98765432\"}}\n\
+             your key {key} was refused; token 256 is out of range; Basic realm"
+        );
+        let e = excerpt(&said, Some(key));
+        for secret in [key, "dXNlcjpwYXNzd29yZA", "abcdefgh12345678", "zyxwvuts98765432"] {
+            assert!(!e.contains(secret), "{secret} in {e}");
+        }
+        assert!(!e.contains('\n'), "{e}");
+        // Ordinary words stay.
+        assert!(e.contains("token 256 is out of range") && e.contains("Basic realm"), "{e}");
+        assert!(e.starts_with("bad key: Bearer [redacted] Authorization: Basic [redacted]"), "{e}");
+        // A key with no marker around it is cut too, and the excerpt is bounded.
+        let long = format!("{}{key}", "é".repeat(5000));
+        let e = excerpt(&long, Some(key));
+        assert!(e.chars().count() <= MAX_EXCERPT + 1 && !e.contains("sk-live"), "{e}");
+        assert_eq!(excerpt("plain\r\n\t text  here", None), "plain text here");
+    }
+
+    #[test]
+    fn a_stream_past_num_predict_ends_as_length() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut r = Reader::new(Kind::Ollama, Instant::now());
+        r.limit = Some(2);
+        let line = json!({"message": {"content": "tok "}, "done": false});
+        let mut outcome = Ok(false);
+        for _ in 0..5 {
+            // What `read` does between lines.
+            if r.line_text {
+                r.tokens += 1;
+                r.line_text = false;
+            }
+            outcome = r.ollama_line(&line, &tx);
+            if outcome.is_err() {
+                break;
+            }
+        }
+        assert!(matches!(outcome, Err(Stop::Limit)));
+        assert_eq!(r.tokens, 2);
+        let mut text = String::new();
+        while let Ok(Piece::Text(t)) = rx.try_recv() {
+            text.push_str(&t);
+        }
+        assert_eq!(text, "tok tok ");
+        // Too much text in all is refused, whatever the limit.
+        let mut r = Reader::new(Kind::Ollama, Instant::now());
+        let big = json!({"message": {"content": "x".repeat(MAX_ANSWER / 2 + 1)}, "done": false});
+        assert!(r.ollama_line(&big, &tx).is_ok());
+        assert!(matches!(r.ollama_line(&big, &tx), Err(Stop::TooLarge)));
+    }
+
+    #[test]
     fn config_is_checked() {
         let cfg = |t: &str| Config::parse(t, std::path::Path::new("c.toml")).unwrap();
         assert!(
@@ -1466,6 +1826,14 @@ mod tests {
         assert!(Remotes::from_config(&cfg("[remotes.a]\nkind = \"ollama\"\n")).is_err());
         assert!(Remotes::from_config(&cfg("[remotes.a]\nurl = \"ftp://h\"\n")).is_err());
         assert!(Remotes::from_config(&cfg("[remotes.a]\nurl = \"http://u:p@h\"\n")).is_err());
+        // A refused URL is printed with its password masked.
+        for url in ["http://alice:S3cretPass@h:1", "http://alice:S3cretPass@h:bad"] {
+            let e = Remotes::from_config(&cfg(&format!("[remotes.a]\nurl = \"{url}\"\n")))
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(!e.contains("S3cretPass") && e.contains("***"), "{e}");
+        }
         let r = Remotes::from_config(&cfg(
             "[remotes.a]\nkind = \"openai\"\nurl = \"http://h:8080/v1/\"\ndefault = true\n",
         ))
