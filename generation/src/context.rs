@@ -189,7 +189,9 @@ impl fmt::Display for DoneReason {
 /// Whether generation must end for length before sampling another token.
 ///
 /// `generated` tokens have been produced so far and `used` positions of the window are
-/// filled. `num_predict` > 0 caps the generated count; -2 ends when the window is full;
+/// filled. `num_predict` > 0 caps the generated count; 0 ends after the first token, as
+/// Ollama's `n_predict: 0` to llama-server does (it was unlimited here); -2 ends when the
+/// window is full;
 /// -1 (unlimited) also ends when the window is full unless `can_shift` (the host will
 /// shift the context instead). Ollama additionally caps -1 at ten times `num_ctx`, which
 /// this also applies, so a looping model cannot run forever.
@@ -202,7 +204,7 @@ pub fn length_limit(
 ) -> Option<DoneReason> {
     let full = used >= num_ctx;
     let hit = match num_predict {
-        n if n > 0 => generated >= n as usize || (full && !can_shift),
+        n if n >= 0 => generated >= n as usize || (full && !can_shift),
         -2 => full,
         _ => generated >= num_ctx.saturating_mul(10) || (full && !can_shift),
     };
@@ -212,6 +214,13 @@ pub fn length_limit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn num_predict_zero_ends_after_one_token() {
+        assert_eq!(length_limit(1, 10, 512, 0, true), Some(DoneReason::Length));
+        assert_eq!(length_limit(1, 10, 512, -1, true), None);
+        assert_eq!(length_limit(1, 10, 512, 2, true), None);
+    }
 
     #[test]
     fn context_length_rule() {

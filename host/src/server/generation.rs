@@ -460,8 +460,26 @@ fn build(
     let mut thinking = (false, false);
     let tokens = match spec {
         PromptSpec::Chat { messages: asked, tools, continue_final } => {
-            let (tokens, text) =
-                chat_tokens(loaded, asked, tools.as_deref(), think, continue_final)?;
+            let render = |msgs: Vec<Message>| {
+                chat_tokens(loaded, msgs, tools.as_deref(), think, continue_final)
+            };
+            let num_ctx = loaded.num_ctx as usize;
+            let (mut tokens, mut text) = render(asked.clone())?;
+            if tokens.len() >= num_ctx && policy == ContextPolicy::Truncate && asked.len() > 1 {
+                // As Ollama's chatPrompt: whole old messages go first, the system messages
+                // and the last message stay (the tokens are cut below only when those
+                // alone do not fit).
+                if let Some((t, x, dropped)) = drop_old_messages(&asked, num_ctx, render)? {
+                    tracing::warn!(
+                        model = %model.name,
+                        "chat of {} messages truncated to its last {} (and its system \
+                         messages) to fit the context of {num_ctx}",
+                        asked.len(),
+                        asked.len() - dropped
+                    );
+                    (tokens, text) = (t, x);
+                }
+            }
             thinking = think_of(loaded.templater.template.source(), &text);
             tokens
         }
@@ -530,6 +548,42 @@ fn build(
     };
     let (thinks, opens_think) = thinking;
     Ok(Built { tokens, constraint, options, thinks, opens_think })
+}
+
+/// The chat `asked` without its oldest non-system messages, as few dropped as make its
+/// prompt (by `render`) shorter than `num_ctx` tokens; the last message always stays.
+/// `None` when even that does not fit. A binary search over how many go (each try renders
+/// the template once), with the prompt's length taken to shrink as messages go.
+#[allow(clippy::type_complexity)]
+fn drop_old_messages(
+    asked: &[Message],
+    num_ctx: usize,
+    render: impl Fn(Vec<Message>) -> Result<(Vec<u32>, String), ApiError>,
+) -> Result<Option<(Vec<u32>, String, usize)>, ApiError> {
+    let droppable: Vec<usize> =
+        (0..asked.len() - 1).filter(|&i| asked[i].role != "system").collect();
+    let without = |n: usize| -> Vec<Message> {
+        let gone = &droppable[..n];
+        asked
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !gone.contains(i))
+            .map(|(_, m)| m.clone())
+            .collect()
+    };
+    let (mut lo, mut hi) = (1, droppable.len());
+    let mut best = None;
+    while lo <= hi {
+        let mid = (lo + hi) / 2;
+        let (tokens, text) = render(without(mid))?;
+        if tokens.len() < num_ctx {
+            best = Some((tokens, text, mid));
+            hi = mid - 1;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok(best)
 }
 
 /// A chat rendered with the model's template (its SYSTEM and MESSAGEs first) and
@@ -1056,6 +1110,28 @@ pub fn new_cancel_flag() -> Arc<AtomicBool> {
 
 #[cfg(test)]
 mod tests {
+
+    /// Old messages go whole, the fewest that make the chat fit; system messages and the
+    /// last message stay; `None` when even those do not fit.
+    #[test]
+    fn a_long_chat_drops_its_oldest_messages_first() {
+        let m = |role: &str, n: usize| Message::new(role, "x".repeat(n));
+        // One token per byte of content.
+        let render = |msgs: Vec<Message>| -> Result<(Vec<u32>, String), ApiError> {
+            let text: String = msgs.iter().map(|m| format!("{}:{};", m.role, m.content)).collect();
+            Ok((vec![0; msgs.iter().map(|m| m.content.len()).sum()], text))
+        };
+        let chat =
+            [m("system", 10), m("user", 30), m("assistant", 30), m("user", 30), m("user", 5)];
+        let (tokens, text, dropped) = super::drop_old_messages(&chat, 50, render).unwrap().unwrap();
+        assert_eq!(dropped, 2);
+        assert_eq!(tokens.len(), 45);
+        assert!(text.starts_with("system:") && text.ends_with(&format!("user:{};", "x".repeat(5))));
+        let (_, _, dropped) = super::drop_old_messages(&chat, 80, render).unwrap().unwrap();
+        assert_eq!(dropped, 1);
+        // The system message and the last one alone are too long: nothing to drop to.
+        assert!(super::drop_old_messages(&chat, 15, render).unwrap().is_none());
+    }
     use serde_json::json;
 
     #[test]

@@ -392,7 +392,8 @@ async fn chat_request(state: Arc<AppState>, req: ChatRequest) -> Result<Response
     if messages.is_empty() {
         return load_only(&state, &model, keep_alive, req.options.as_ref(), true).await;
     }
-    let spec = PromptSpec::Chat { messages, tools: tools.clone(), continue_final: false };
+    // A final assistant message is continued (a prefill), as Ollama and llama-server do.
+    let spec = PromptSpec::Chat { messages, tools: tools.clone(), continue_final: true };
     let running = generation::start(
         &state,
         GenRequest {

@@ -676,7 +676,8 @@ async fn chat_completions_request(state: Arc<AppState>, req: ChatCompletionReque
             think,
             ignore_eos: ext.ignore_eos,
             cache_prompt: ext.cache_prompt,
-            prompt: PromptSpec::Chat { messages, tools: tools.clone(), continue_final: false },
+            // A final assistant message is continued (a prefill), as llama-server does.
+            prompt: PromptSpec::Chat { messages, tools: tools.clone(), continue_final: true },
         },
     )
     .await?
