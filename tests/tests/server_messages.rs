@@ -569,3 +569,27 @@ fn anthropic_prefills_are_continued() {
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["usage"]["input_tokens"].as_u64(), Some(open + 8), "{v}");
 }
+
+/// A final assistant message is continued (a prefill) on Ollama's and OpenAI's chat
+/// endpoints, as on Anthropic's: the prompt ends with its text, no new turn opened (the
+/// toy engine's tokens are bytes, so the prompt is the user-only prompt plus the text).
+#[test]
+fn a_final_assistant_message_is_continued_on_every_chat_api() {
+    let e = env();
+    let user = json!({"role": "user", "content": "Count to five."});
+    let prefill = json!({"role": "assistant", "content": "1, 2, 3,"});
+    // A server per request: no prompt cache to take from the count.
+    let count = |path: &str, messages: Value| -> u64 {
+        let s = start(&e, &[]);
+        let body = json!({"model": e.model, "messages": messages, "stream": false,
+                          "max_tokens": 2, "options": {"num_predict": 2}});
+        let (st, v) = post(&s, path, &body);
+        assert_eq!(st, 200, "{path}: {v}");
+        v["prompt_eval_count"].as_u64().or(v["usage"]["prompt_tokens"].as_u64()).unwrap()
+    };
+    for path in ["/api/chat", "/v1/chat/completions"] {
+        let alone = count(path, json!([user]));
+        let continued = count(path, json!([user, prefill]));
+        assert_eq!(continued, alone + "1, 2, 3,".len() as u64, "{path}");
+    }
+}
