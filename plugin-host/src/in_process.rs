@@ -100,7 +100,7 @@ struct InProcessModel {
 
 impl ModelHandle for InProcessModel {
     fn metadata(&self) -> ModelInfo {
-        self.inner.metadata().into()
+        lossy_metadata(&self.inner.metadata())
     }
 
     fn special_tokens(&self) -> SpecialTokenIds {
@@ -191,5 +191,56 @@ impl ContextHandle for InProcessContext {
 
     fn kv_shift(&mut self, seq: u32, p0: i32, p1: i32, delta: i32) -> Result<(), BackendError> {
         self.inner.kv_shift(seq, p0, p1, delta).into_result()
+    }
+}
+
+/// A string from a plugin, with any bytes that are not UTF-8 replaced (U+FFFD). An
+/// `RString` is meant to hold UTF-8, but nothing on the plugin's side enforces it, and
+/// one that does not broke the worker's channel (the host could not decode the answer).
+fn lossy(s: &RString) -> String {
+    String::from_utf8_lossy(s.as_bytes()).into_owned()
+}
+
+/// The plugin's metadata in plain form, every string made valid UTF-8 ([`lossy`]).
+pub(crate) fn lossy_metadata(m: &corral_backend_api::ModelMetadata) -> ModelInfo {
+    ModelInfo {
+        architecture: lossy(&m.architecture),
+        name: lossy(&m.name),
+        parameter_count: m.parameter_count,
+        context_length: m.context_length,
+        embedding_length: m.embedding_length,
+        block_count: m.block_count,
+        quantization: lossy(&m.quantization),
+        size_bytes: m.size_bytes,
+        kv: m.kv.iter().map(|t| (lossy(&t.0), lossy(&t.1))).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_strings_that_are_not_utf8_are_replaced() {
+        let bad = |bytes: &[u8]| {
+            // SAFETY: not UTF-8 on purpose: the bytes a plugin breaking the contract
+            // hands over; `lossy` reads them as bytes only.
+            RString::from(unsafe { std::str::from_utf8_unchecked(bytes) })
+        };
+        let m = corral_backend_api::ModelMetadata {
+            architecture: bad(b"lla\xffma"),
+            name: "ok".into(),
+            parameter_count: 1,
+            context_length: 2,
+            embedding_length: 3,
+            block_count: 4,
+            quantization: "F32".into(),
+            size_bytes: 5,
+            kv: vec![corral_backend_api::Tuple2(bad(b"k\xfe"), bad(b"\xc3"))].into(),
+        };
+        let info = lossy_metadata(&m);
+        assert_eq!(info.architecture, "lla\u{fffd}ma");
+        assert_eq!(info.kv, vec![("k\u{fffd}".to_string(), "\u{fffd}".to_string())]);
+        assert_eq!((info.name.as_str(), info.context_length), ("ok", 2));
     }
 }

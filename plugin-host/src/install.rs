@@ -50,6 +50,19 @@ pub enum InstallError {
         /// The user's plugin directory.
         dir: PathBuf,
     },
+    /// The selector names several installed plugins.
+    #[error(
+        "{asked:?} names {} installed plugins ({}); nothing removed: give NAME:VARIANT or \
+         the plugin's directory",
+        plugins.len(),
+        plugins.join(", ")
+    )]
+    Ambiguous {
+        /// What was asked.
+        asked: String,
+        /// `name:variant` of each plugin it names.
+        plugins: Vec<String>,
+    },
     /// Reading or writing files.
     #[error("{path}: {source}")]
     Io {
@@ -147,11 +160,13 @@ pub fn install(
     Ok(Installed { plugin: manifest.id(), dir, inspection, replaced })
 }
 
-/// Removes every plugin directory under `root` whose manifest `selector` names (a name,
-/// a variant, `name:variant` or `name-variant`, as `--backend` takes them); the
-/// directories removed.
+/// Removes the one plugin directory under `root` that `selector` names: an exact
+/// `name:variant` or `name-variant`, the path of the directory, or a name or a variant
+/// (as `--backend` takes them) that only one installed plugin carries. A name match wins
+/// over a variant match (`cpu` is the in-tree plugin's name and most plugins' variant).
+/// A name or variant several plugins carry removes nothing: [`InstallError::Ambiguous`]
+/// lists them. The directories removed.
 pub fn remove(selector: &str, root: &Path) -> Result<Vec<PathBuf>, InstallError> {
-    let mut removed = Vec::new();
     let entries = match std::fs::read_dir(root) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -165,15 +180,80 @@ pub fn remove(selector: &str, root: &Path) -> Result<Vec<PathBuf>, InstallError>
     let mut dirs: Vec<PathBuf> =
         entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
     dirs.sort();
-    for dir in dirs {
-        let Ok(m) = Manifest::load(&dir.join(DIR_MANIFEST_NAME)) else { continue };
-        if m.matches(selector) {
-            std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
-            removed.push(dir);
+    let installed: Vec<(PathBuf, Manifest)> = dirs
+        .into_iter()
+        .filter_map(|d| Manifest::load(&d.join(DIR_MANIFEST_NAME)).ok().map(|m| (d, m)))
+        .collect();
+    let s = selector.trim();
+    let by_path = Path::new(s).canonicalize().ok();
+    let exact: Vec<&(PathBuf, Manifest)> = installed
+        .iter()
+        .filter(|(d, m)| {
+            s == m.id()
+                || s == format!("{}-{}", m.name, m.variant)
+                || by_path.as_ref().is_some_and(|p| d.canonicalize().is_ok_and(|d| &d == p))
+        })
+        .collect();
+    let named: Vec<&(PathBuf, Manifest)> = installed.iter().filter(|(_, m)| m.name == s).collect();
+    let variants: Vec<&(PathBuf, Manifest)> =
+        installed.iter().filter(|(_, m)| m.variant == s).collect();
+    let chosen = [exact, named, variants].into_iter().find(|v| !v.is_empty()).unwrap_or_default();
+    match chosen.as_slice() {
+        [] => Err(InstallError::NotInstalled { asked: selector.into(), dir: root.to_path_buf() }),
+        [(dir, _)] => {
+            std::fs::remove_dir_all(dir).map_err(io(dir))?;
+            Ok(vec![dir.clone()])
         }
+        several => Err(InstallError::Ambiguous {
+            asked: selector.into(),
+            plugins: several.iter().map(|(_, m)| m.id()).collect(),
+        }),
     }
-    if removed.is_empty() {
-        return Err(InstallError::NotInstalled { asked: selector.into(), dir: root.to_path_buf() });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn installed(root: &Path, name: &str, variant: &str) -> PathBuf {
+        let dir = root.join(format!("{name}-{variant}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let manifest = format!(
+            "name = \"{name}\"\nversion = \"0.1.0\"\nvariant = \"{variant}\"\nlibrary = \"lib{name}.so\"\n\
+             abi = \"1.3\"\nformats = [\"gguf\"]\n"
+        );
+        std::fs::write(dir.join(DIR_MANIFEST_NAME), manifest).unwrap();
+        dir
     }
-    Ok(removed)
+
+    #[test]
+    fn remove_takes_one_plugin_or_refuses_and_lists() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let example = installed(root, "example", "cpu");
+        let hostile = installed(root, "hostile", "cpu");
+        let cpu = installed(root, "cpu", "avx2");
+        let vulkan = installed(root, "mine", "vulkan");
+        let mine_cpu = installed(root, "mine", "cpu");
+        // `cpu` is a name (one plugin) and a variant (three): the name wins.
+        assert_eq!(remove("cpu", root).unwrap(), vec![cpu.clone()]);
+        assert!(example.exists() && hostile.exists() && mine_cpu.exists());
+        // Now `cpu` is only a variant, of three plugins: nothing is removed.
+        match remove("cpu", root) {
+            Err(InstallError::Ambiguous { plugins, .. }) => {
+                assert_eq!(plugins, ["example:cpu", "hostile:cpu", "mine:cpu"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(example.exists() && hostile.exists() && mine_cpu.exists());
+        let e = remove("mine", root).unwrap_err().to_string();
+        assert!(e.contains("mine:cpu, mine:vulkan") && e.contains("NAME:VARIANT"), "{e}");
+        // Exact forms and paths remove exactly one.
+        assert_eq!(remove("mine:vulkan", root).unwrap(), vec![vulkan]);
+        assert_eq!(remove("hostile-cpu", root).unwrap(), vec![hostile]);
+        assert_eq!(remove(&example.to_string_lossy(), root).unwrap(), vec![example]);
+        // A single match by name or variant.
+        assert_eq!(remove("cpu", root).unwrap(), vec![mine_cpu]);
+        assert!(matches!(remove("cpu", root), Err(InstallError::NotInstalled { .. })));
+    }
 }

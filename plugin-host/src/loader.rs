@@ -85,6 +85,16 @@ pub enum LoadError {
         /// Library path.
         library: PathBuf,
     },
+    /// A library that exports corral's ABI symbol but no abi_stable root module (what
+    /// `export_plugin!` emits beside the symbol): it was not built as a corral plugin.
+    #[error(
+        "{library} is not a corral plugin library (no abi_stable root module): it exports \
+         `{ABI_MAJOR_SYMBOL}` but not what `export_plugin!` emits with it"
+    )]
+    NoRootModule {
+        /// Library path.
+        library: PathBuf,
+    },
     /// A plugin built against another ABI major.
     #[error(
         "{library} was built for corral plugin ABI {found}.x but this host speaks ABI {ABI_MAJOR}.{ABI_MINOR}; rebuild it against corral-backend-api {ABI_MAJOR}.x"
@@ -311,7 +321,12 @@ fn open(manifest: &Manifest, manifest_path: &Path) -> Result<Opened, LoadError> 
     // too): objects it created may outlive any scope we could give it.
     std::mem::forget(lib);
 
-    let header = lib_header_from_path(&library).map_err(|e| layout_error(&library, e))?;
+    let header = lib_header_from_path(&library).map_err(|e| match e {
+        abi_stable::library::LibraryError::GetSymbolError { .. } => {
+            LoadError::NoRootModule { library: library.clone() }
+        }
+        e => layout_error(&library, e),
+    })?;
     let version = header.version_strings().version.as_str().to_string();
     let Some(minor) = parse_minor(&version) else {
         return Err(LoadError::AbiVersion { library, version });

@@ -177,9 +177,12 @@ pub(crate) struct CheckArgs {
     pub json: bool,
 }
 
-/// `corral plugin check`: the conformance suite on one plugin, in this process.
+/// `corral plugin check`: the conformance suite on one plugin, in an engine worker
+/// process as `corral serve` runs it (its watchdog `CORRAL_ENGINE_TIMEOUT`), so that a
+/// plugin that aborts, segfaults or hangs fails the check that was running; each line
+/// is printed as its check ends.
 pub(crate) fn plugin_check(global: &GlobalOptions, a: &CheckArgs) -> Result<()> {
-    let rt = Runtime::new(global)?;
+    let rt = Runtime::with_isolation(global, Some("process"), Isolation::Process)?;
     let manifest_path = if a.path.exists() {
         conformance::find_manifest(&a.path)?
     } else {
@@ -190,11 +193,44 @@ pub(crate) fn plugin_check(global: &GlobalOptions, a: &CheckArgs) -> Result<()> 
         eprintln!("warning: {} says it cannot run here: {unmet}; checking anyway", manifest.id());
     }
     let options = corral_plugin_host::choice::merged_options(&manifest, &rt.catalog.options);
-    let report = conformance::check_plugin_with(&manifest_path, a.model.as_deref(), Some(options))?;
+    let report = match rt.catalog.worker.clone() {
+        Some(worker) => {
+            let json = a.json;
+            let mut progress = |p: conformance::Progress<'_>| {
+                if json {
+                    return;
+                }
+                match p {
+                    conformance::Progress::Start { plugin, model } => {
+                        println!("{}", conformance::Report::heading(plugin, model));
+                    }
+                    conformance::Progress::Result(r) => println!("{r}"),
+                }
+            };
+            let report = conformance::check_plugin_isolated(
+                &manifest_path,
+                a.model.as_deref(),
+                options,
+                worker,
+                &mut progress,
+            )?;
+            if !json {
+                println!("{}", report.summary());
+            }
+            report
+        }
+        None => {
+            eprintln!("warning: cannot find corral's own executable: checking in this process");
+            let report =
+                conformance::check_plugin_with(&manifest_path, a.model.as_deref(), Some(options))?;
+            if !a.json {
+                println!("{report}");
+            }
+            report
+        }
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report.results)?);
-    } else {
-        println!("{report}");
     }
     let failed = report.count(Outcome::Fail);
     if failed > 0 {
@@ -324,7 +360,9 @@ pub(crate) fn plugin_install(global: &GlobalOptions, a: &InstallArgs) -> Result<
 /// `corral plugin remove`.
 #[derive(Args, Debug)]
 pub(crate) struct RemoveArgs {
-    /// The plugin: its name, `name:variant` or `name-variant`.
+    /// The plugin: its name, `name:variant`, `name-variant` or its directory. A name
+    /// or variant that several installed plugins carry removes nothing (a name match
+    /// wins over a variant match).
     pub name: String,
 }
 

@@ -30,6 +30,7 @@ pub struct WorkerBackend {
     devices: Vec<Device>,
     describe: String,
     version: String,
+    abi_note: Option<String>,
 }
 
 impl WorkerBackend {
@@ -42,9 +43,24 @@ impl WorkerBackend {
         label: String,
     ) -> Result<WorkerBackend, BackendError> {
         let worker = WorkerProcess::spawn(&cmd, &label)?;
-        let (version, devices, describe) = init(&worker, &manifest_path, &options_json)?;
+        let (version, devices, describe, abi_note) = init(&worker, &manifest_path, &options_json)?;
         worker.shutdown();
-        Ok(WorkerBackend { cmd, manifest_path, options_json, label, devices, describe, version })
+        Ok(WorkerBackend {
+            cmd,
+            manifest_path,
+            options_json,
+            label,
+            devices,
+            describe,
+            version,
+            abi_note,
+        })
+    }
+
+    /// How the manifest's `abi` disagrees with what the library was built for, if it
+    /// does (the library's header decides; this is worth a warning).
+    pub fn abi_note(&self) -> Option<&str> {
+        self.abi_note.as_deref()
     }
 
     /// The version the plugin reports.
@@ -57,14 +73,14 @@ fn init(
     worker: &WorkerProcess,
     manifest_path: &std::path::Path,
     options_json: &str,
-) -> Result<(String, Vec<Device>, String), BackendError> {
+) -> Result<(String, Vec<Device>, String, Option<String>), BackendError> {
     let call = Call::Init {
         manifest_path: manifest_path.to_path_buf(),
         options_json: options_json.to_string(),
     };
     match worker.call(&worker.model_channel, &call)? {
-        Answer::Inited { version, devices, describe } => {
-            Ok((version, devices.into_iter().map(Device::from).collect(), describe))
+        Answer::Inited { version, devices, describe, abi_note } => {
+            Ok((version, devices.into_iter().map(Device::from).collect(), describe, abi_note))
         }
         a => Err(unexpected("init", &a)),
     }
@@ -96,13 +112,22 @@ impl BackendHandle for WorkerBackend {
             format: format.to_string(),
             options: WireLoadOptions::from(&options),
         };
-        let (info, special, vocab_size, capabilities) =
+        let (mut info, special, vocab_size, capabilities) =
             match worker.call(&worker.model_channel, &call)? {
                 Answer::Loaded { info, special, vocab_size, capabilities } => {
                     (info.into(), special.into(), vocab_size, capabilities)
                 }
                 a => return Err(unexpected("load_model", &a)),
             };
+        let (keys, bytes) = bound_metadata(&mut info);
+        if keys > 0 {
+            tracing::warn!(
+                worker = %worker.label,
+                model = path,
+                "the engine's metadata is over the host's bounds ({MAX_META_KEYS} keys, \
+                 {MAX_META_BYTES} bytes): {keys} entries ({bytes} bytes) dropped"
+            );
+        }
         let table = match worker.call(&worker.model_channel, &Call::TokenTable)? {
             Answer::Table(t) => t,
             a => return Err(unexpected("token table", &a)),
@@ -117,6 +142,49 @@ impl BackendHandle for WorkerBackend {
             table,
         }))
     }
+}
+
+/// The most metadata entries the host keeps of a model from a worker.
+pub const MAX_META_KEYS: usize = 64 << 10;
+/// The most bytes of metadata (keys, values and the named strings) the host keeps of a
+/// model from a worker: a plugin once answered 2 million entries, which the server then
+/// held (570 MB) as long as the model stayed loaded.
+pub const MAX_META_BYTES: usize = 16 << 20;
+/// The most bytes of each named string (architecture, name, quantization).
+const MAX_META_NAME: usize = 4 << 10;
+
+/// Cuts `info` to [`MAX_META_KEYS`] entries and [`MAX_META_BYTES`] bytes, dropping the
+/// entries that do not fit (in order: an entry too big to fit is dropped, smaller ones
+/// after it may still fit) and cutting the named strings; how many entries were dropped,
+/// and their bytes.
+pub fn bound_metadata(info: &mut ModelInfo) -> (usize, usize) {
+    for s in [&mut info.architecture, &mut info.name, &mut info.quantization] {
+        if s.len() > MAX_META_NAME {
+            let mut cut = MAX_META_NAME;
+            while !s.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            s.truncate(cut);
+        }
+    }
+    let mut budget = MAX_META_BYTES
+        .saturating_sub(info.architecture.len() + info.name.len() + info.quantization.len());
+    let (mut dropped, mut dropped_bytes) = (0, 0);
+    let mut kept = 0;
+    info.kv.retain(|(k, v)| {
+        let size = k.len() + v.len();
+        if kept < MAX_META_KEYS && size <= budget {
+            kept += 1;
+            budget -= size;
+            true
+        } else {
+            dropped += 1;
+            dropped_bytes += size;
+            false
+        }
+    });
+    info.kv.shrink_to_fit();
+    (dropped, dropped_bytes)
 }
 
 /// A model loaded in a worker. Token bytes are answered from a copy of the vocabulary
@@ -312,5 +380,37 @@ impl Drop for WorkerContext {
         if self.worker.dead().is_none() {
             let _ = self.call(&Call::DropContext { ctx: self.id });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_from_a_worker_is_bounded() {
+        let mut info = ModelInfo {
+            name: "n".repeat(1 << 20),
+            kv: (0..100_000).map(|i| (format!("k{i}"), "v".into())).collect(),
+            ..ModelInfo::default()
+        };
+        let (dropped, _) = bound_metadata(&mut info);
+        assert_eq!(info.kv.len(), MAX_META_KEYS);
+        assert_eq!(dropped, 100_000 - MAX_META_KEYS);
+        assert_eq!(info.name.len(), MAX_META_NAME);
+        // One huge value is dropped; the small entries after it are kept.
+        let mut info = ModelInfo {
+            kv: vec![
+                ("general.name".into(), "tiny".into()),
+                ("huge".into(), "x".repeat(MAX_META_BYTES)),
+                ("tokenizer.chat_template".into(), "{{ messages }}".into()),
+            ],
+            ..ModelInfo::default()
+        };
+        let (dropped, bytes) = bound_metadata(&mut info);
+        assert_eq!((dropped, bytes), (1, 4 + MAX_META_BYTES));
+        let keys: Vec<&str> = info.kv.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["general.name", "tokenizer.chat_template"]);
+        assert_eq!(info.get("tokenizer.chat_template"), Some("{{ messages }}"));
     }
 }

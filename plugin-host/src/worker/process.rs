@@ -154,6 +154,12 @@ impl WorkerProcess {
             {
                 Err(self.fail(Some(t.elapsed())))
             }
+            // A frame over the bound, or one that does not decode (a string that is not
+            // UTF-8, say): the channel is out of step now, so the worker goes, with why.
+            Err(e) if e.kind() == std::io::ErrorKind::Other => Err(self.fail_with(
+                None,
+                Some(format!("sent an answer the host cannot read ({e}), killed")),
+            )),
             Err(_) => Err(self.fail(None)),
         }
     }
@@ -161,6 +167,12 @@ impl WorkerProcess {
     /// Records that the worker is gone (killing it when it hangs) and returns the error
     /// that says so.
     fn fail(&self, hung_for: Option<Duration>) -> BackendError {
+        self.fail_with(hung_for, None)
+    }
+
+    /// [`WorkerProcess::fail`], with `unreadable` saying why the worker was killed when it
+    /// answered something the host could not read.
+    fn fail_with(&self, hung_for: Option<Duration>, unreadable: Option<String>) -> BackendError {
         if self.closing.load(std::sync::atomic::Ordering::SeqCst) {
             return BackendError::internal(format!(
                 "{} was stopped: its model was unloaded",
@@ -172,13 +184,18 @@ impl WorkerProcess {
             return BackendError::internal(why.clone());
         }
         let mut child = self.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let how = match hung_for {
-            Some(d) => {
+        let how = match (hung_for, unreadable) {
+            (Some(d), _) => {
                 let _ = child.kill();
                 let _ = child.wait();
                 format!("hung: no answer within {:.0} s, killed", d.as_secs_f64())
             }
-            None => exit_description(&mut child),
+            (None, Some(why)) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                why
+            }
+            (None, None) => exit_description(&mut child),
         };
         // Give the log thread a moment to read the last lines the worker wrote.
         std::thread::sleep(Duration::from_millis(50));

@@ -57,7 +57,8 @@ pub(crate) enum Answer {
     /// Nothing to say.
     Unit,
     /// The plugin is initialised.
-    Inited { version: String, devices: Vec<WireDevice>, describe: String },
+    /// `abi_note`: how the manifest's `abi` disagrees with the library's, if it does.
+    Inited { version: String, devices: Vec<WireDevice>, describe: String, abi_note: Option<String> },
     /// The model is loaded.
     Loaded { info: WireModelInfo, special: WireSpecial, vocab_size: u32, capabilities: u64 },
     /// Token ids.
@@ -104,10 +105,29 @@ impl From<BackendError> for WireError {
     }
 }
 
+/// The most of an engine's error message the host keeps (it reaches clients, and a
+/// plugin once answered a 32 MiB one, which became a 33 MB HTTP error body).
+pub(crate) const MAX_ERROR_MESSAGE: usize = 4 << 10;
+
+/// `message` cut to [`MAX_ERROR_MESSAGE`] bytes at a character boundary, saying so.
+pub(crate) fn bounded_message(mut message: String) -> String {
+    if message.len() <= MAX_ERROR_MESSAGE {
+        return message;
+    }
+    let total = message.len();
+    let mut cut = MAX_ERROR_MESSAGE;
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    message.truncate(cut);
+    message.push_str(&format!("… (cut: the engine's message was {total} bytes)"));
+    message
+}
+
 impl From<WireError> for BackendError {
     fn from(e: WireError) -> Self {
         let kind = KINDS.get(usize::from(e.kind)).copied().unwrap_or(ErrorKind::Internal);
-        BackendError::new(kind, e.message)
+        BackendError::new(kind, bounded_message(e.message))
     }
 }
 
@@ -414,5 +434,15 @@ mod tests {
         let huge = (u32::MAX).to_le_bytes();
         assert!(read_message::<Call>(&mut huge.as_slice()).is_err());
         assert!(read_message::<Call>(&mut [].as_slice()).unwrap().is_none());
+    }
+
+    #[test]
+    fn engine_error_messages_are_bounded() {
+        let huge = WireError { kind: 5, message: "é".repeat(1 << 20) };
+        let e = BackendError::from(huge);
+        assert!(e.message.len() < MAX_ERROR_MESSAGE + 100, "{}", e.message.len());
+        assert!(e.message.ends_with("(cut: the engine's message was 2097152 bytes)"));
+        let small = WireError { kind: 0, message: "bad token".into() };
+        assert_eq!(BackendError::from(small), BackendError::invalid("bad token"));
     }
 }

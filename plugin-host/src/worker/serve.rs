@@ -97,7 +97,11 @@ fn model_call(state: &Mutex<State>, call: Call) -> Reply {
                 .map_err(|e| BackendError::invalid(e.to_string()))?;
             let plugin = crate::loader::load(&manifest, &manifest_path, options_json)
                 .map_err(|e| BackendError::invalid(e.to_string()))?;
+            let abi_note = plugin
+                .abi_minor
+                .and_then(|minor| crate::loader::abi_disagreement(&manifest, minor));
             let answer = Answer::Inited {
+                abi_note,
                 version: plugin.version.clone(),
                 devices: plugin.devices().into_iter().map(WireDevice::from).collect(),
                 describe: plugin.backend.describe(),
