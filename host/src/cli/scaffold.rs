@@ -80,10 +80,23 @@ fn valid_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
+/// Names a new plugin may not take: Rust's built-in crates (a crate of that name
+/// shadows them), and the in-tree plugins' (`--backend cpu` and `plugin remove cpu`
+/// would name both).
+const RESERVED_NAMES: [&str; 8] =
+    ["core", "std", "test", "alloc", "cpu", "llama-cpp", "onnx", "example"];
+
 /// The files of a new plugin crate `name`, relative to its directory.
 pub(crate) fn files(name: &str) -> Result<Vec<(PathBuf, String)>> {
     if !valid_name(name) {
         bail!("plugin name {name:?}: lowercase letters, digits and '-', starting with a letter");
+    }
+    if RESERVED_NAMES.contains(&name) {
+        bail!(
+            "plugin name {name:?} is taken (Rust's built-in crates and corral's own plugins: \
+             {}); choose another",
+            RESERVED_NAMES.join(", ")
+        );
     }
     let lib = format!("lib{}.so", name.replace('-', "_"));
     let abi = format!("{ABI_MAJOR}.{ABI_MINOR}");
@@ -169,7 +182,9 @@ os = "linux"
         .replace("name: \"example\",", &format!("name: \"{name}\","))
         .replace("name: \"example\".into()", &format!("name: \"{name}\".into()"))
         .replace("\"example toy engine {}\"", &format!("\"{name} toy engine {{}}\""))
-        .replace("//! # corral-plugin-example", &format!("//! # {name}"));
+        .replace("//! # corral-plugin-example", &format!("//! # {name}"))
+        .replace("[backends.example]", &format!("[backends.{name}]"))
+        .replace("\"example backend initialised", &format!("\"{name} backend initialised"));
     add("src/lib.rs", engine);
     add("src/faults.rs", FAULTS.to_string());
     add(
@@ -296,5 +311,21 @@ mod tests {
                 .contains("corral-plugin-host = { path = \"vendor/corral-plugin-host\" }")
         );
         assert!(get("tests/conformance.rs").contains("check_plugin(&manifest"));
+    }
+
+    #[test]
+    fn the_scaffold_names_the_new_plugin_and_refuses_taken_names() {
+        for taken in RESERVED_NAMES {
+            let e = files(taken).unwrap_err().to_string();
+            assert!(e.contains("is taken"), "{taken}: {e}");
+        }
+        let f = files("hostile").unwrap();
+        let lib = &f.iter().find(|(r, _)| r == Path::new("src/lib.rs")).unwrap().1;
+        assert!(lib.contains("[backends.hostile]") && !lib.contains("[backends.example]"));
+        assert!(lib.contains("\"hostile backend initialised") && !lib.contains("\"example "));
+        // The walk-through shows the manifest this ABI writes.
+        let readme = include_str!("../../../plugins/example/README.md");
+        let abi = format!("abi = \"{ABI_MAJOR}.{ABI_MINOR}\"");
+        assert!(readme.lines().any(|l| l.starts_with(&abi)), "README.md lacks {abi}");
     }
 }
