@@ -247,6 +247,16 @@ fn minilm_embeddings_equal_a_numpy_reference_on_onnx_and_llama_cpp() {
     // llama.cpp's BERT graph computes GELU with the tanh approximation (and ggml's F16
     // table); the same reference with that GELU tells it apart from any other difference.
     let reference_tanh = reference_with(&["--gelu-tanh"]);
+    let long = "word ".repeat(400);
+    let long_reference_of = |flags: &[&str]| -> Vec<Vec<f64>> {
+        let mut args: Vec<&std::ffi::OsStr> = vec!["reference".as_ref(), src.as_os_str()];
+        args.extend(flags.iter().map(std::ffi::OsStr::new));
+        args.push(long.as_ref());
+        let v: Value = serde_json::from_str(&convert_bert(&python, &args)).unwrap();
+        v.as_array().unwrap().iter().map(|r| vector(&r["embedding"])).collect()
+    };
+    let (long_reference, long_reference_tanh) =
+        (long_reference_of(&[]), long_reference_of(&["--gelu-tanh"]));
     let want = ranking(&reference[0], &reference[1..]);
     println!("reference ranking: {want:?}");
     assert_eq!(want[0], 0, "the reference itself should put the cat document first");
@@ -282,6 +292,16 @@ fn minilm_embeddings_equal_a_numpy_reference_on_onnx_and_llama_cpp() {
         let g = vector(&one["data"][0]["embedding"]);
         let d = max_diff(&[g], &own_reference[..1]);
         assert!(d < 1e-4, "{engine} /v1/embeddings: {d}");
+        // A text longer than the window is cut as sentence-transformers cuts it: its
+        // first 254 tokens between [CLS] and [SEP] (the [SEP] was lost before).
+        let v = post(
+            "/api/embed",
+            json!({"model": name, "input": [long.clone()], "options": {"num_ctx": 256}}),
+        );
+        assert_eq!(v["prompt_eval_count"], 256, "{engine}");
+        let own = if engine == "onnx" { &long_reference } else { &long_reference_tanh };
+        let d = max_diff(&[vector(&v["embeddings"][0])], own);
+        assert!(d < 1e-4, "{engine}: a truncated text is {d:.2e} from sentence-transformers'");
     }
 }
 

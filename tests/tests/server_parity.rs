@@ -360,6 +360,11 @@ fn embed_dimensions_and_truncate() {
     };
     let (st, full) = embed(json!({}));
     assert_eq!(st, 200, "{full}");
+    // As Ollama's: one empty string is no input; a list holding one is embedded.
+    let (st, v) = embed(json!({"input": ""}));
+    assert_eq!((st, v["embeddings"].as_array().map(Vec::len)), (200, Some(0)), "{v}");
+    let (st, v) = embed(json!({"input": [""]}));
+    assert_eq!(st, 200, "{v}");
     let n = full["embeddings"][0].as_array().unwrap().len();
     assert_eq!(n, 16, "the toy model's embedding size");
     let (st, v) = embed(json!({"dimensions": 4}));

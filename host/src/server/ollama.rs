@@ -579,7 +579,11 @@ pub async fn embed_texts(
                         tokens.len()
                     )));
                 }
-                tokens.truncate(n_ctx);
+                tracing::warn!(
+                    "embedding input of {} tokens truncated to the context of {n_ctx}",
+                    tokens.len()
+                );
+                tokens = truncate_keeping_affixes(&loaded.model, text, tokens, n_ctx)?;
             }
             if tokens.is_empty() {
                 return Err(ApiError::bad_request("cannot embed an empty input"));
@@ -593,6 +597,32 @@ pub async fn embed_texts(
     .map_err(|e| ApiError::internal(format!("embedding task failed: {e}")))??;
     drop(guard);
     Ok((vecs, count, load))
+}
+
+/// `tokens` (the text tokenized with the model's special tokens around it) cut to `n`
+/// tokens from the end of the text, keeping what the tokenizer adds before and after it
+/// (BERT's `[CLS]` and `[SEP]`), as sentence-transformers and Hugging Face tokenizers
+/// truncate: an encoder embeds a cut text closed by its `[SEP]` differently from one cut
+/// off mid-sequence.
+fn truncate_keeping_affixes(
+    model: &corral_plugin_host::Model,
+    text: &str,
+    mut tokens: Vec<u32>,
+    n: usize,
+) -> Result<Vec<u32>, ApiError> {
+    let bare = model.tokenize(text, false, false)?;
+    let extra = tokens.len().saturating_sub(bare.len());
+    let before = (0..=extra).find(|&b| tokens.get(b..b + bare.len()) == Some(bare.as_slice()));
+    match before {
+        Some(b) if extra < n => {
+            let after = tokens.split_off(b + bare.len());
+            tokens.truncate(n - after.len());
+            tokens.extend(after);
+        }
+        // Affixes not found around the text, or longer than the window: cut the end.
+        _ => tokens.truncate(n),
+    }
+    Ok(tokens)
 }
 
 /// Cuts each embedding to its first `dimensions` values (as Ollama's and OpenAI's
@@ -635,7 +665,12 @@ async fn embed_request(state: Arc<AppState>, req: EmbedRequest) -> Result<Respon
     let t = std::time::Instant::now();
     let keep_alive = keep_alive_of(&req.keep_alive)?;
     let num_ctx = num_ctx_of(req.options.as_ref())?;
-    let inputs = embed_inputs(req.input.as_ref())?;
+    let mut inputs = embed_inputs(req.input.as_ref())?;
+    // As Ollama's: one empty string is no input (the model loads, nothing is embedded);
+    // `[""]` stays an input.
+    if matches!(req.input.as_ref(), Some(Value::String(s)) if s.is_empty()) {
+        inputs.clear();
+    }
     let model = state.sched.named(&req.model)?;
     if inputs.is_empty() {
         let (g, _) = state.sched.acquire(&model.name, keep_alive, num_ctx).await?;
