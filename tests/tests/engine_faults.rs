@@ -51,3 +51,36 @@ fn nan_logits_end_the_request_with_a_clear_500() {
     let (st, v) = post_json(&s.url, "/api/generate", &body(&first));
     assert_eq!(st, 200, "{v}");
 }
+
+/// A model whose load hangs (until the engine timeout kills its worker) holds up no other
+/// model's load: the second model answers at once, the hung one with its timeout error.
+#[test]
+fn a_load_that_hangs_holds_up_no_other_models_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    example_plugin_dir(&plugins);
+    let model = |name: &str, triggers: &str| {
+        let p = dir.path().join(format!("{name}.toy"));
+        std::fs::write(&p, format!("toy weights {name}\n{triggers}\n")).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    let (hung, fine) = (model("hung", "on_load=hang"), model("fine", ""));
+    let s = Server::start(&[plugins.as_path()], &[("CORRAL_ENGINE_TIMEOUT", "6s")], &[]);
+    let body = |m: &str| {
+        json!({"model": m, "prompt": "hello", "raw": true, "stream": false,
+               "options": {"num_predict": 2, "temperature": 0}})
+    };
+    let url = s.url.clone();
+    let hung_body = body(&hung);
+    let waiting = std::thread::spawn(move || post_json(&url, "/api/generate", &hung_body));
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let t = std::time::Instant::now();
+    let (st, v) = post_json(&s.url, "/api/generate", &body(&fine));
+    let took = t.elapsed();
+    assert_eq!(st, 200, "{v}");
+    assert!(took.as_secs_f64() < 4.0, "the other model waited {took:?} for the hung load");
+    let (st, v) = waiting.join().unwrap();
+    assert_eq!(st, 500, "{v}");
+    assert!(v["error"].as_str().unwrap_or_default().contains("hung"), "{v}");
+}

@@ -1,6 +1,6 @@
 //! The scheduler: which models are loaded, for how long, and whether a request may run.
 //!
-//! Models load on first use (one load at a time), stay for their `keep_alive` after the
+//! Models load on first use, stay for their `keep_alive` after the
 //! last request ends (negative: forever; 0: unload as soon as idle), and are evicted
 //! least-recently-used first when `max_loaded_models` is reached or when the memory
 //! estimate (weights, f16 KV cache, output rows, engine overhead) of the new model does not fit beside the others
@@ -11,8 +11,9 @@
 //!
 //! Locks: a request for a loaded model takes only the short `models` map lock, never
 //! an await on a load; loads of one model are serialised by a per-model lock (so one
-//! load serves every request that waits for it), and loads and evictions of different
-//! models by `load_lock`. Resolution (store lookup, template translation) happens when
+//! load serves every request that waits for it); making room (evictions) for loads of
+//! different models is serialised by `load_lock`, which also reserves the load's
+//! estimate, and the engine's load itself runs outside it, beside other models' loads. Resolution (store lookup, template translation) happens when
 //! a model loads; a loaded model keeps its [`ModelRef`]. Engine threads are joined only
 //! on the blocking pool, never on an async worker.
 
@@ -324,7 +325,11 @@ pub struct Scheduler {
     /// Engine crashes while loading, per model: how many in a row, when the last was,
     /// and what it said.
     load_crashes: Mutex<HashMap<String, (u32, Instant, String)>>,
+    /// Held while the room for a load is made (evictions) and its memory reserved; not
+    /// during the engine's load itself, so a load that hangs holds up no other model's.
     load_lock: tokio::sync::Mutex<()>,
+    /// Loads in flight: how many, and the bytes their estimates reserve.
+    reserved: Mutex<(usize, u64)>,
     /// The model store, when one could be opened.
     pub store: Option<corral_registry::Store>,
     /// Metrics.
@@ -524,6 +529,30 @@ fn honoured_kv(
     Ok(out)
 }
 
+/// A load in flight's share of [`Scheduler`]'s reservations, given back when the load
+/// ends (loaded, failed or cancelled).
+struct Reservation<'a> {
+    reserved: &'a Mutex<(usize, u64)>,
+    bytes: u64,
+}
+
+impl<'a> Reservation<'a> {
+    fn new(reserved: &'a Mutex<(usize, u64)>, bytes: u64) -> Self {
+        let mut r = reserved.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        r.0 += 1;
+        r.1 = r.1.saturating_add(bytes);
+        Reservation { reserved, bytes }
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut r = self.reserved.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        r.0 = r.0.saturating_sub(1);
+        r.1 = r.1.saturating_sub(self.bytes);
+    }
+}
+
 /// The tokens of one batch the host decodes at most ([`LoopConfig::n_batch`]).
 pub const BATCH_TOKENS: u64 = 512;
 
@@ -689,6 +718,7 @@ impl Scheduler {
             crashed: Mutex::new(Default::default()),
             load_crashes: Mutex::new(HashMap::new()),
             load_lock: tokio::sync::Mutex::new(()),
+            reserved: Mutex::new((0, 0)),
             store,
             metrics,
         }
@@ -964,12 +994,17 @@ impl Scheduler {
             ));
         }
         let estimate = need.bytes;
-        // Loads and evictions of different models, one at a time.
-        let _lock = self.load_lock.lock().await;
-        if let Some(old) = stale {
-            self.retire(&key, old, num_ctx.unwrap_or(0)).await?;
-        }
-        self.make_room(estimate).await?;
+        // Room for loads of different models is made one at a time, and each load's
+        // estimate is reserved before the lock is released: the engine's load then runs
+        // beside other models' (one that hangs until the engine timeout holds up none).
+        let _reservation = {
+            let _lock = self.load_lock.lock().await;
+            if let Some(old) = stale {
+                self.retire(&key, old, num_ctx.unwrap_or(0)).await?;
+            }
+            self.make_room(estimate).await?;
+            Reservation::new(&self.reserved, estimate)
+        };
         let me = self.clone();
         let t = Instant::now();
         let loaded = tokio::task::spawn_blocking(move || {
@@ -1251,7 +1286,9 @@ impl Scheduler {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let loaded = self.loaded();
-            if loaded.is_empty() {
+            let (loading, reserved) =
+                *self.reserved.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if loaded.is_empty() && loading == 0 {
                 if let Some(avail) = self.available_memory()
                     && estimate > avail
                 {
@@ -1263,8 +1300,10 @@ impl Scheduler {
                 }
                 return Ok(());
             }
-            let used: u64 = loaded.iter().map(|l| l.size_estimate).sum();
-            let too_many = loaded.len() >= self.settings.max_loaded_models.max(1);
+            // Loads in flight count as loaded (their memory is not taken yet, so the
+            // probe does not see it).
+            let used: u64 = loaded.iter().map(|l| l.size_estimate).sum::<u64>() + reserved;
+            let too_many = loaded.len() + loading >= self.settings.max_loaded_models.max(1);
             let too_big =
                 self.available_memory().is_some_and(|avail| used > 0 && used + estimate > avail);
             if !too_many && !too_big {
