@@ -95,6 +95,8 @@ pub struct PluginCatalog {
     /// ([`PluginCatalog::verify`]).
     pub inspector: Option<crate::inspect::Inspector>,
     opened: Mutex<HashMap<PathBuf, Arc<LoadedPlugin>>>,
+    /// Plugins that failed to open, with why: not tried again in this process.
+    failed: Mutex<HashMap<PathBuf, String>>,
 }
 
 impl PluginCatalog {
@@ -115,6 +117,7 @@ impl PluginCatalog {
             worker: None,
             inspector: None,
             opened: Mutex::new(HashMap::new()),
+            failed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -256,9 +259,27 @@ impl PluginCatalog {
             if let Some(p) = opened.get(path) {
                 return Ok(p.clone());
             }
-            let p = Arc::new(self.open(m, path)?);
-            opened.insert(path.to_path_buf(), p.clone());
-            Ok(p)
+            // A plugin that failed to open is not tried again in this process (one whose
+            // init hung cost the timeout at startup and again at the first request).
+            if let Some(why) =
+                self.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(path)
+            {
+                return Err(crate::loader::LoadError::FailedBefore(why.clone()));
+            }
+            match self.open(m, path) {
+                Ok(p) => {
+                    let p = Arc::new(p);
+                    opened.insert(path.to_path_buf(), p.clone());
+                    Ok(p)
+                }
+                Err(e) => {
+                    self.failed
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(path.to_path_buf(), e.to_string());
+                    Err(e)
+                }
+            }
         })?;
         for r in &mut choice.reports {
             let manifest = self

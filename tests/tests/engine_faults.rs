@@ -84,3 +84,42 @@ fn a_load_that_hangs_holds_up_no_other_models_load() {
     assert_eq!(st, 500, "{v}");
     assert!(v["error"].as_str().unwrap_or_default().contains("hung"), "{v}");
 }
+
+/// A plugin whose init hangs costs `corral serve` the init timeout (here the engine
+/// timeout, below the 60 s cap) once: the first request for a model of its format fails
+/// with it, the next at once, naming the first failure, instead of waiting for it again.
+#[test]
+fn a_plugin_whose_init_hangs_is_waited_for_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    example_plugin_dir(&plugins);
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, "[backends.example]\nhang_init = true\n").unwrap();
+    let model = dir.path().join("a.toy");
+    std::fs::write(&model, "toy weights a\n").unwrap();
+    let cfg = cfg.to_string_lossy().into_owned();
+    let t = std::time::Instant::now();
+    let s = Server::start(
+        &[plugins.as_path()],
+        &[("CORRAL_ENGINE_TIMEOUT", "3s"), ("CORRAL_CONFIG", &cfg)],
+        &["--backend", "example"],
+    );
+    let started = t.elapsed();
+    assert!(started.as_secs_f64() < 20.0, "serve took {started:?} to start");
+    let generate = || {
+        let t = std::time::Instant::now();
+        let (st, v) = post_json(
+            &s.url,
+            "/api/generate",
+            &json!({"model": model.to_string_lossy(), "prompt": "hi", "stream": false}),
+        );
+        assert_ne!(st, 200, "{v}");
+        (v["error"].as_str().unwrap_or_default().to_string(), t.elapsed())
+    };
+    let (first, _) = generate();
+    assert!(first.contains("hung"), "{first}");
+    let (again, took) = generate();
+    assert!(again.contains("not tried again") && again.contains("hung"), "{again}");
+    assert!(took.as_secs_f64() < 2.0, "the request waited {took:?} for the hung init again");
+}

@@ -42,7 +42,10 @@ impl WorkerBackend {
         options_json: String,
         label: String,
     ) -> Result<WorkerBackend, BackendError> {
-        let worker = WorkerProcess::spawn(&cmd, &label)?;
+        // The startup check gets [`INIT_TIMEOUT`] at most: a plugin whose init hangs must
+        // not hold `corral serve` for the engine timeout (five minutes by default).
+        let check = WorkerCommand { watchdog: cmd.watchdog.min(INIT_TIMEOUT), ..cmd.clone() };
+        let worker = WorkerProcess::spawn(&check, &label)?;
         let (version, devices, describe, abi_note) = init(&worker, &manifest_path, &options_json)?;
         worker.shutdown();
         Ok(WorkerBackend {
@@ -68,6 +71,10 @@ impl WorkerBackend {
         &self.version
     }
 }
+
+/// How long a plugin's `init` may take in the worker that checks it
+/// ([`WorkerBackend::start`]), whatever the engine timeout.
+pub const INIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn init(
     worker: &WorkerProcess,

@@ -11,7 +11,8 @@
 //! copy or batch mix-up changes the logits.
 //!
 //! Options (`[backends.example]` in the host config) make it misbehave on purpose:
-//! `fail_init = true` makes init fail, `panic_on_token = N` panics in decode when token
+//! `fail_init = true` makes init fail, `hang_init = true` never returns from it,
+//! `panic_on_token = N` panics in decode when token
 //! N is decoded. Lines of a model file make that model crash, hang or fail ([`faults`]).
 
 pub mod faults;
@@ -45,6 +46,8 @@ pub struct ExampleOptions {
     pub fail_init: bool,
     /// Panic inside decode when this token is decoded (to test the panic guard).
     pub panic_on_token: Option<u32>,
+    /// Never return from init (to test the host's init timeout).
+    pub hang_init: bool,
 }
 
 /// The toy backend.
@@ -56,6 +59,11 @@ impl ExampleBackend {
     /// Plugin entry point, called by the host through `init`.
     pub fn init(init: &InitContext) -> Result<Self, BackendError> {
         let options: ExampleOptions = init.options()?;
+        if options.hang_init {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
         if options.fail_init {
             return Err(BackendError::internal("init failed because the option fail_init is set"));
         }
