@@ -270,10 +270,50 @@ pub(crate) fn generate_model(a: &crate::GenerateArgs) -> Result<()> {
     use corral_gguf::generate::{
         Arch, GenerateOptions, ModelShape, VocabKind, WeightType, generate_model,
     };
-    let arch = Arch::parse(&a.arch)?;
-    let shape = ModelShape::parse(&a.shape)?;
-    let weight_type = WeightType::parse(&a.weight_type)?;
-    let vocab = a.vocab.as_deref().map(VocabKind::parse).transpose()?;
+    // Argument errors are the user's (exit code 2), in plain words.
+    let usage = |flag: &str, e: &dyn std::fmt::Display| super::Usage(format!("{flag}: {e}"));
+    let arch = Arch::parse(&a.arch).map_err(|e| usage("--arch", &e))?;
+    check_shape_overrides(&a.shape)?;
+    let shape = ModelShape::parse(&a.shape)
+        .map_err(|e| usage(&format!("--shape {}", a.shape), &without_debug_struct(&e)))?;
+    let weight_type = WeightType::parse(&a.weight_type).map_err(|e| usage("--type", &e))?;
+    let vocab =
+        a.vocab.as_deref().map(VocabKind::parse).transpose().map_err(|e| usage("--vocab", &e))?;
+    if a.output.is_dir() {
+        return Err(super::Usage(format!(
+            "{} is a directory: name the model file to write",
+            a.output.display()
+        ))
+        .into());
+    }
+    let parent = a
+        .output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| std::path::Path::new("."));
+    if !parent.is_dir() {
+        return Err(super::Missing(format!(
+            "the directory {} (of {}) does not exist",
+            parent.display(),
+            a.output.display()
+        ))
+        .into());
+    }
+    // The size before a byte is written: a shape past the disk's free space is refused.
+    let estimate = estimated_size(&shape, weight_type.ggml_type());
+    if let Some(free) = free_space(parent)
+        && estimate > free as f64
+    {
+        return Err(super::Usage(format!(
+            "--shape {} --type {} makes a model of about {}, more than the {} free in {}",
+            a.shape,
+            a.weight_type,
+            super::models::human_bytes(estimate.min(u64::MAX as f64) as u64),
+            super::models::human_bytes(free),
+            parent.display()
+        ))
+        .into());
+    }
     let preset = a.shape.split(':').next().unwrap_or("model");
     let name = if arch == Arch::Llama {
         format!("corral-random-{preset}")
@@ -290,9 +330,83 @@ pub(crate) fn generate_model(a: &crate::GenerateArgs) -> Result<()> {
         ..Default::default()
     };
     let t = std::time::Instant::now();
-    let report = generate_model(&a.output, &opts)?;
+    // The generator writes `<output>.partial` and renames it at the end; a failure
+    // leaves no part of it behind.
+    let mut partial = a.output.clone().into_os_string();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let had_partial = partial.exists();
+    let report = match generate_model(&a.output, &opts) {
+        Ok(r) => r,
+        Err(e) => {
+            if !had_partial {
+                let _ = std::fs::remove_file(&partial);
+            }
+            return Err(match e {
+                corral_gguf::GgufError::Generate(m) => {
+                    super::Usage(without_debug_struct(&m)).into()
+                }
+                other => other.into(),
+            });
+        }
+    };
     eprintln!("wrote {report} ({:.1}s)", t.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// The overrides of `--shape PRESET:key=value,...` checked one by one, so an error names
+/// the field: a value that is not a whole number, one past the largest (2^32 - 1), a
+/// dimension of 0.
+fn check_shape_overrides(spec: &str) -> Result<()> {
+    let Some((_, overrides)) = spec.split_once(':') else { return Ok(()) };
+    for kv in overrides.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let Some((k, v)) = kv.split_once('=') else {
+            return Err(super::Usage(format!("--shape: {kv:?} is not key=value")).into());
+        };
+        let (k, v) = (k.trim(), v.trim());
+        let bad = |why: String| -> Result<()> {
+            Err(super::Usage(format!("--shape: {k}={v}: {why}")).into())
+        };
+        match v.parse::<u32>() {
+            Ok(0) if !matches!(k, "swa" | "sliding_window" | "n_swa") => {
+                return bad(format!("{k} must be at least 1"));
+            }
+            Ok(_) => {}
+            Err(_) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+                return bad(format!("{k} is too large (at most {})", u32::MAX));
+            }
+            Err(_) => return bad(format!("{k} must be a whole number")),
+        }
+    }
+    Ok(())
+}
+
+/// A generator message without the `ModelShape { .. }` it quotes (the user wrote a
+/// preset and overrides, not that struct).
+fn without_debug_struct(e: &dyn std::fmt::Display) -> String {
+    let m = e.to_string();
+    match m.find(" ModelShape {").and_then(|s| m[s..].find('}').map(|e| (s, s + e + 1))) {
+        Some((start, end)) => format!("{}{}", &m[..start], &m[end..]),
+        None => m,
+    }
+}
+
+/// About how many bytes a model of `shape` takes with weights of type `ty` (f64: an
+/// absurd shape does not overflow).
+fn estimated_size(shape: &corral_gguf::generate::ModelShape, ty: corral_gguf::GgmlType) -> f64 {
+    let f = |n: u32| f64::from(n);
+    let (e, v, ff) = (f(shape.n_embd), f(shape.n_vocab), f(shape.n_ff));
+    let head = f(shape.n_embd_head.unwrap_or(shape.n_embd / shape.n_head.max(1)));
+    let (q, kv) = (f(shape.n_head) * head, f(shape.n_head_kv) * head);
+    let block = 2.0 * e + 2.0 * e * q + 2.0 * e * kv + 3.0 * e * ff;
+    let params = 2.0 * e * v + e + f(shape.n_layer) * block;
+    params * ty.type_size() as f64 / ty.block_size().max(1) as f64
+}
+
+/// Bytes free to this user on the filesystem of `dir`; `None` where it cannot be known.
+fn free_space(dir: &std::path::Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    (st.f_blocks > 0).then(|| st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// `corral plugin new`.
