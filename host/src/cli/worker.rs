@@ -74,23 +74,27 @@ pub(crate) fn worker(global: &GlobalOptions, a: &WorkerArgs) -> Result<()> {
     } else {
         gpus
     };
-    let what: Vec<String> =
-        lent.iter().map(|d| format!("{}, {} free", d.name, gib(d.memory_free))).collect();
-    println!(
-        "corral worker {} ({}, RPC protocol {}): lends {}; listening on {}",
-        env!("CARGO_PKG_VERSION"),
-        plugin.id(),
-        corral_probe::rpc::PROTOCOL,
-        if what.is_empty() { "its devices".to_string() } else { what.join("; ") },
-        a.listen
-    );
-    if !loopback {
-        println!(
-            "warning: {} is reachable from the network without authentication; only trusted \
-             machines may reach it",
-            a.listen
-        );
-    }
+    // An engine reports no free memory for the CPU: the machine's memory available now
+    // (its cgroup's limit included) is what the CPU can give.
+    let ram_free = || {
+        corral_probe::probe(&corral_probe::ProbeOptions {
+            use_runtime_libraries: false,
+            ..corral_probe::ProbeOptions::system()
+        })
+        .memory
+        .effective_available_bytes
+    };
+    let what: Vec<String> = lent
+        .iter()
+        .map(|d| {
+            let free = if d.kind == DeviceKind::Cpu && d.memory_free == 0 {
+                ram_free().unwrap_or(0)
+            } else {
+                d.memory_free
+            };
+            if free == 0 { d.name.clone() } else { format!("{}, {} free", d.name, gib(free)) }
+        })
+        .collect();
     let mut extra = Vec::new();
     if let Some(dir) = &a.cache_dir {
         extra.push(Tuple2(
@@ -103,9 +107,42 @@ pub(crate) fn worker(global: &GlobalOptions, a: &WorkerArgs) -> Result<()> {
         extra: extra.into(),
         ..Default::default()
     };
-    plugin
-        .backend
-        .lend_devices(&a.listen, options)
-        .with_context(|| format!("{} cannot lend devices", plugin.id()))?;
-    Ok(())
+    // The engine serves until it is stopped; one that cannot lend its devices says so at
+    // once. The banner (on stderr, with the logs: stdout carries no data here) comes only
+    // once the engine has taken the work, so a script never sees "listening" from a
+    // worker that is not.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let listen = a.listen.clone();
+    let lender = plugin.clone();
+    let serving = std::thread::Builder::new()
+        .name("rpc-server".into())
+        .spawn(move || {
+            let r = lender.backend.lend_devices(&listen, options);
+            let _ = tx.send(());
+            r
+        })
+        .context("cannot start the worker's thread")?;
+    let id = plugin.id();
+    let refused = |r: std::thread::Result<Result<(), corral_backend_api::BackendError>>| match r {
+        Ok(r) => r.with_context(|| format!("{id} cannot lend devices")),
+        Err(_) => Err(anyhow::anyhow!("{id} failed while lending its devices")),
+    };
+    if rx.recv_timeout(std::time::Duration::from_millis(500)).is_ok() {
+        return refused(serving.join());
+    }
+    eprintln!(
+        "corral worker {} ({id}, RPC protocol {}): lends {}; listening on {}",
+        env!("CARGO_PKG_VERSION"),
+        corral_probe::rpc::PROTOCOL,
+        if what.is_empty() { "its devices".to_string() } else { what.join("; ") },
+        a.listen
+    );
+    if !loopback {
+        eprintln!(
+            "warning: {} is reachable from the network without authentication; only trusted \
+             machines may reach it",
+            a.listen
+        );
+    }
+    refused(serving.join())
 }
