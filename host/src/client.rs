@@ -1,13 +1,23 @@
-//! A client of a running `corral serve`, for the CLI: where the server is
-//! (`CORRAL_HOST`, default `127.0.0.1:11434`), whether one answers, and JSON and NDJSON
-//! requests with the server's error messages passed on.
+//! A client of a running `corral serve`, for the CLI: where the server is, whether one
+//! answers, and JSON and NDJSON requests with the server's error messages passed on.
+//!
+//! The address is the one `corral serve` listens on: `CORRAL_HOST`, then the config's
+//! `[server] host`, then `127.0.0.1:11434` ([`server_url`]). A value that is not an
+//! address, or a `CORRAL_API_KEY` that cannot be sent, is an error
+//! ([`ClientError::Setting`], exit code 2), never a reason to use the local store.
 //!
 //! The CLI's rule for every command that touches models (`run`, `list`, `show`,
 //! `create`, `cp`, `rm`, `pull`, `push`; `ps` and `stop` always): when a server answers
-//! at `CORRAL_HOST`, the command goes through it, so it sees and changes the server's
+//! at that address, the command goes through it, so it sees and changes the server's
 //! store and loaded models; when none answers, it works on the local store in-process.
 //! `--local` forces the local store, and so do `--models DIR` and `--models-readonly`
 //! (they name a local store).
+//!
+//! What answers must be corral: a request whose headers do not come within
+//! [`HEADER_TIMEOUT`] (a generation, which may load a model first, within
+//! [`LOAD_TIMEOUT`]) fails with one line; an error without a message, or an HTML page,
+//! is said in one line naming the server; an answer that is not the JSON a command
+//! expects, or a stream that ends before its last line, is an error.
 
 use std::{
     net::{TcpStream, ToSocketAddrs},
@@ -18,23 +28,85 @@ use anyhow::{Context as _, Result};
 use futures_util::StreamExt;
 use serde_json::Value;
 
-/// The server's base URL from `CORRAL_HOST` (`host:port`, `http://host:port` or a host).
-pub fn server_url() -> String {
-    let host = std::env::var("CORRAL_HOST").ok().filter(|h| !h.trim().is_empty());
-    let host = host.unwrap_or_else(|| "127.0.0.1:11434".to_string());
-    let host = host.trim_end_matches('/');
-    let url = if host.contains("://") { host.to_string() } else { format!("http://{host}") };
-    let after = url.split("://").nth(1).unwrap_or("");
-    if after.contains(':') { url } else { format!("{url}:11434") }
+/// The address when nothing sets one.
+pub const DEFAULT_HOST: &str = "127.0.0.1:11434";
+
+/// How long a request waits for the server's answer to begin (its headers).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The same for a request that may load a model or wait in the server's queue first
+/// (`/api/chat`, `/api/generate`): once headers came, a stream waits for its tokens as
+/// long as they take.
+pub const LOAD_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A client setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// `CORRAL_HOST` (or `[server] host`) is not an address, or `CORRAL_API_KEY` cannot be
+    /// sent as a header: the user's input (exit code 2).
+    #[error("{0}")]
+    Setting(String),
 }
 
-/// The server URL when something accepts connections there within 300 ms.
-pub fn reachable_server() -> Option<String> {
-    let url = server_url();
-    let authority = url.split("://").nth(1)?.split('/').next()?.to_string();
-    let addr = authority.to_socket_addrs().ok()?.next()?;
-    TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
-    Some(url)
+/// The server's base URL (`http://host:port`) from `CORRAL_HOST`, else `config_host` (the
+/// config's `[server] host`), else [`DEFAULT_HOST`]: the address `corral serve` listens
+/// on. A host without a port gets 11434, as `serve` gives it.
+pub fn server_url(config_host: Option<&str>) -> Result<String, ClientError> {
+    let env = std::env::var("CORRAL_HOST").ok().filter(|h| !h.trim().is_empty());
+    let (value, source) = match (env, config_host.filter(|h| !h.trim().is_empty())) {
+        (Some(e), _) => (e, "CORRAL_HOST"),
+        (None, Some(c)) => (c.to_string(), "the config's [server] host"),
+        (None, None) => (DEFAULT_HOST.to_string(), "the default address"),
+    };
+    parse_address(&value).map_err(|why| {
+        ClientError::Setting(format!(
+            "{source} {value:?} is not a server address (HOST:PORT or http://HOST:PORT): {why}"
+        ))
+    })
+}
+
+/// `host[:port]` or `http(s)://host[:port]` as a base URL, or why it is not one.
+fn parse_address(value: &str) -> Result<String, String> {
+    let v = value.trim().trim_end_matches('/');
+    let url = if v.contains("://") { v.to_string() } else { format!("http://{v}") };
+    let (scheme, rest) = url.split_once("://").unwrap_or(("http", ""));
+    if scheme != "http" && scheme != "https" {
+        return Err(format!("the scheme must be http or https, not {scheme:?}"));
+    }
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    if authority.is_empty() {
+        return Err("it names no host".into());
+    }
+    // A port after the last ':' that is not inside an IPv6 literal's brackets.
+    let has_port = authority.rsplit_once(':').is_some_and(|(_, p)| !p.contains(']'));
+    let url = if has_port {
+        url.clone()
+    } else {
+        let path = if path.is_empty() { String::new() } else { format!("/{path}") };
+        format!("{scheme}://{authority}:11434{path}")
+    };
+    let parsed = reqwest::Url::parse(&url).map_err(|e| e.to_string())?;
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("it names no host".into());
+    }
+    if has_port {
+        let port = authority.rsplit_once(':').map_or("", |(_, p)| p);
+        if port.is_empty() || port.parse::<u16>().is_err() {
+            return Err(format!("{port:?} is not a port number (1 to 65535)"));
+        }
+    }
+    Ok(url)
+}
+
+/// The server URL when something accepts connections there within 300 ms (`Ok(None)`
+/// when nothing does); an address that is not one is an error.
+pub fn reachable_server(config_host: Option<&str>) -> Result<Option<String>, ClientError> {
+    let url = server_url(config_host)?;
+    let authority = url.split("://").nth(1).and_then(|r| r.split('/').next()).unwrap_or("");
+    let Some(addr) = authority.to_socket_addrs().ok().and_then(|mut a| a.next()) else {
+        return Ok(None);
+    };
+    Ok(TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok().map(|_| url))
 }
 
 /// A connection to one server.
@@ -45,16 +117,76 @@ pub struct Server {
     rt: tokio::runtime::Runtime,
 }
 
+/// One line of a server's answer for a message: an HTML page's title or text, the first
+/// line of anything else, at most 200 characters.
+fn one_line(text: &str) -> String {
+    let t = text.trim();
+    let lower = t.to_ascii_lowercase();
+    let plain = if t.starts_with('<') {
+        let title = lower
+            .find("<title>")
+            .and_then(|s| lower[s..].find("</title>").map(|e| (s + 7, s + e)))
+            .and_then(|(s, e)| t.get(s..e))
+            .map(str::to_string);
+        title.unwrap_or_else(|| {
+            let mut out = String::new();
+            let mut in_tag = false;
+            for c in t.chars() {
+                match c {
+                    '<' => in_tag = true,
+                    '>' => {
+                        in_tag = false;
+                        out.push(' ');
+                    }
+                    c if !in_tag => out.push(c),
+                    _ => {}
+                }
+            }
+            out
+        })
+    } else {
+        t.lines().next().unwrap_or("").to_string()
+    };
+    let plain = plain.split_whitespace().collect::<Vec<_>>().join(" ");
+    if plain.chars().count() > 200 {
+        format!("{}…", plain.chars().take(200).collect::<String>())
+    } else {
+        plain
+    }
+}
+
+/// The message of an error answer: the server's `error`, else what the body says, in
+/// one line, naming the server.
+fn error_message(url: &str, status: u16, text: &str) -> String {
+    if let Some(e) = serde_json::from_str::<Value>(text)
+        .ok()
+        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
+        .filter(|e| !e.trim().is_empty())
+    {
+        return e;
+    }
+    let line = one_line(text);
+    if line.is_empty() {
+        format!("the server at {url} answered HTTP {status} with no message (is it corral?)")
+    } else {
+        format!("the server at {url} answered HTTP {status}: {line} (is it corral?)")
+    }
+}
+
 impl Server {
-    /// The server at `CORRAL_HOST` when one answers there.
-    pub fn reachable() -> Option<Server> {
-        Server::at(reachable_server()?).ok()
+    /// The server at the configured address when one answers there; `Ok(None)` when
+    /// none does.
+    pub fn reachable(config_host: Option<&str>) -> Result<Option<Server>> {
+        match reachable_server(config_host)? {
+            Some(url) => Ok(Some(Server::at(url)?)),
+            None => Ok(None),
+        }
     }
 
-    /// The server at `CORRAL_HOST`, answering or not (requests then fail with a message
-    /// that says so).
-    pub fn configured() -> Result<Server> {
-        Server::at(server_url())
+    /// The server at the configured address, answering or not (requests then fail with
+    /// a message that says so).
+    pub fn configured(config_host: Option<&str>) -> Result<Server> {
+        Server::at(server_url(config_host)?)
     }
 
     fn at(url: String) -> Result<Server> {
@@ -62,7 +194,13 @@ impl Server {
         // The key the server requires, if it does (`CORRAL_API_KEY`).
         if let Some(key) = std::env::var("CORRAL_API_KEY").ok().filter(|k| !k.trim().is_empty()) {
             let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.trim()))
-                .context("CORRAL_API_KEY holds characters a header cannot carry")?;
+                .map_err(|_| {
+                ClientError::Setting(
+                    "CORRAL_API_KEY holds characters an HTTP header cannot carry (a control \
+                     character, a line break or a non-ASCII one)"
+                        .into(),
+                )
+            })?;
             v.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, v);
         }
@@ -79,6 +217,36 @@ impl Server {
         self.rt.block_on(f)
     }
 
+    /// Sends a request and waits at most `limit` for its answer's headers; an error
+    /// status becomes a [`ServerError`].
+    async fn answer(
+        &self,
+        req: reqwest::RequestBuilder,
+        limit: Duration,
+    ) -> Result<reqwest::Response> {
+        let resp = match tokio::time::timeout(limit, req.send()).await {
+            Err(_) => anyhow::bail!(
+                "the server at {} accepted the connection but did not answer within {} s (is \
+                 it corral? is it stuck?)",
+                self.url,
+                limit.as_secs()
+            ),
+            Ok(r) => r.with_context(|| {
+                format!(
+                    "could not reach corral at {} (is `corral serve` running? set CORRAL_HOST)",
+                    self.url
+                )
+            })?,
+        };
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            let message = error_message(&self.url, status.as_u16(), &text);
+            return Err(ServerError { status: status.as_u16(), message }.into());
+        }
+        Ok(resp)
+    }
+
     async fn send(
         &self,
         method: reqwest::Method,
@@ -90,25 +258,16 @@ impl Server {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.with_context(|| {
-            format!(
-                "could not reach corral at {} (is `corral serve` running? set CORRAL_HOST)",
-                self.url
-            )
-        })?;
-        let status = resp.status();
-        if !status.is_success() {
-            let text = resp.text().await.unwrap_or_default();
-            let msg = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
-                .unwrap_or(text);
-            return Err(ServerError { status: status.as_u16(), message: msg }.into());
-        }
-        Ok(resp)
+        let limit = if matches!(path, "/api/chat" | "/api/generate") {
+            LOAD_TIMEOUT
+        } else {
+            HEADER_TIMEOUT
+        };
+        self.answer(req, limit).await
     }
 
-    /// One request with a JSON answer (`null` for an empty body).
+    /// One request with a JSON answer (`null` for an empty body); an answer that is not
+    /// JSON is an error.
     pub fn json(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Value> {
         self.block_on(async {
             let resp = self.send(method, path, body).await?;
@@ -116,31 +275,56 @@ impl Server {
             if text.trim().is_empty() {
                 return Ok(Value::Null);
             }
-            Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+            serde_json::from_str(&text).map_err(|_| self.unexpected(path, &text))
         })
     }
 
+    /// The error for an answer to `path` that is not what a corral server sends.
+    pub fn unexpected(&self, path: &str, text: &str) -> anyhow::Error {
+        let line = one_line(text);
+        let shown = if line.is_empty() { "nothing".to_string() } else { format!("{line:?}") };
+        anyhow::anyhow!(
+            "the server at {} answered {path} with {shown}, which is not what corral sends (is \
+             it corral?)",
+            self.url
+        )
+    }
+
     /// A request whose answer is a stream of JSON lines, each given to `on_line` as it
-    /// arrives; a line with an `error` ends the stream with that error.
+    /// arrives; a line with an `error` ends the stream with that error. Returns the last
+    /// line (`None` for an empty stream), so callers check that the stream was complete;
+    /// `None` too when `cancel` was notified, which ends the request.
     pub fn ndjson(
         &self,
         path: &str,
         body: &Value,
+        cancel: Option<&tokio::sync::Notify>,
         mut on_line: impl FnMut(&Value) -> Result<()>,
-    ) -> Result<()> {
-        self.block_on(async {
+    ) -> Result<Option<Value>> {
+        let work = async {
             let resp = self.send(reqwest::Method::POST, path, Some(body)).await?;
             let mut bytes = resp.bytes_stream();
             let mut buf = Vec::new();
-            while let Some(chunk) = bytes.next().await {
-                buf.extend_from_slice(&chunk.context("the server's stream broke off")?);
+            let mut last = None;
+            let mut ended = false;
+            while !ended {
+                match bytes.next().await {
+                    Some(chunk) => {
+                        buf.extend_from_slice(&chunk.context("the server's stream broke off")?);
+                    }
+                    // What follows the last newline is a line too.
+                    None => {
+                        buf.push(b'\n');
+                        ended = true;
+                    }
+                }
                 while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
                     let line: Vec<u8> = buf.drain(..=nl).collect();
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
                     let v: Value = serde_json::from_slice(&line)
-                        .context("the server sent a line that is not JSON")?;
+                        .map_err(|_| self.unexpected(path, &String::from_utf8_lossy(&line)))?;
                     if let Some(e) = v.get("error").and_then(Value::as_str) {
                         // Error lines carry the status the error would have had as an
                         // answer (`code`); older servers send none.
@@ -154,9 +338,19 @@ impl Server {
                         };
                     }
                     on_line(&v)?;
+                    last = Some(v);
                 }
             }
-            Ok(())
+            Ok(last)
+        };
+        self.block_on(async {
+            match cancel {
+                Some(c) => tokio::select! {
+                    r = work => r,
+                    () = c.notified() => Ok(None),
+                },
+                None => work.await,
+            }
         })
     }
 
@@ -174,10 +368,11 @@ impl Server {
     pub fn upload_blob(&self, path: &std::path::Path, digest: &str) -> Result<()> {
         let url = format!("{}/api/blobs/{digest}", self.url);
         self.block_on(async {
-            let head =
-                self.http.head(&url).send().await.with_context(|| format!("cannot reach {url}"))?;
-            if head.status().is_success() {
-                return Ok(());
+            match self.answer(self.http.head(&url), HEADER_TIMEOUT).await {
+                Ok(_) => return Ok(()),
+                // 404: the server does not have it.
+                Err(e) if e.downcast_ref::<ServerError>().is_some() => {}
+                Err(e) => return Err(e),
             }
             let file = tokio::fs::File::open(path)
                 .await
@@ -194,7 +389,8 @@ impl Server {
                 .with_context(|| format!("cannot upload {} to {url}", path.display()))?;
             if !resp.status().is_success() {
                 let status = resp.status().as_u16();
-                let message = resp.text().await.unwrap_or_default();
+                let text = resp.text().await.unwrap_or_default();
+                let message = error_message(&self.url, status, &text);
                 return Err(ServerError { status, message }.into());
             }
             Ok(())
@@ -203,8 +399,7 @@ impl Server {
 }
 
 /// An error answer of the server: its status and its message.
-#[derive(Debug, thiserror::Error)]
-#[error("{message} (server answered {status})")]
+#[derive(Debug)]
 pub struct ServerError {
     /// The HTTP status.
     pub status: u16,
@@ -212,13 +407,50 @@ pub struct ServerError {
     pub message: String,
 }
 
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A message made here for an answer without one already names the status.
+        if self.message.contains(&format!("answered HTTP {}", self.status)) {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{} (server answered {})", self.message, self.status)
+        }
+    }
+}
+
+impl std::error::Error for ServerError {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn urls() {
-        // Only the pure formatting; the env var is process-global, so not set here.
-        assert!(server_url().starts_with("http://"));
+    fn addresses_as_serve_takes_them() {
+        let ok = |v: &str| parse_address(v).unwrap();
+        assert_eq!(ok("127.0.0.1:12100"), "http://127.0.0.1:12100");
+        assert_eq!(ok("example.com"), "http://example.com:11434");
+        assert_eq!(ok("http://example.com/"), "http://example.com:11434");
+        assert_eq!(ok("https://h:443"), "https://h:443");
+        assert_eq!(ok("[::1]:8080"), "http://[::1]:8080");
+        assert_eq!(ok("[::1]"), "http://[::1]:11434");
+        for bad in ["127.0.0.1:99999", "garbage::::", "h:", "ftp://h:1", "http://", ":80"] {
+            assert!(parse_address(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn answers_of_other_servers_in_one_line() {
+        let u = "http://127.0.0.1:1";
+        assert_eq!(
+            error_message(u, 404, ""),
+            "the server at http://127.0.0.1:1 answered HTTP 404 with no message (is it corral?)"
+        );
+        assert_eq!(error_message(u, 400, r#"{"error":"bad name"}"#), "bad name");
+        let html = "<!DOCTYPE HTML>\n<html>\n<head><title>Error response</title></head>\n\
+                    <body>\n<h1>Error 501</h1>\n<p>Message: Unsupported method</p>\n</body>\n</html>\n";
+        let m = error_message(u, 501, html);
+        assert!(m.contains("Error response") && !m.contains('\n'), "{m}");
+        let long = "x".repeat(5000);
+        assert!(error_message(u, 500, &long).chars().count() < 300);
     }
 }

@@ -5,6 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
+
 use corral_host::runtime::GlobalOptions;
 
 mod cli;
@@ -242,10 +243,60 @@ fn quiet_on_broken_pipe() {
     }));
 }
 
+/// The exit code of an error: the command line's own bad input (2) and missing things
+/// (3), a client setting that is not usable (2), else the one mapping of
+/// [`corral_host::errors`].
+fn exit_code(e: &anyhow::Error) -> u8 {
+    use corral_host::client::ClientError;
+    for cause in e.chain() {
+        if cause.is::<cli::Usage>() || cause.is::<ClientError>() {
+            return 2;
+        }
+        if cause.is::<cli::Missing>() {
+            return 3;
+        }
+    }
+    corral_host::errors::ErrorClass::of(e).exit_code()
+}
+
+/// Parses the command line; `run` learns which load flags were given on it (not from
+/// the environment), since a run through a server refuses those.
+fn parse() -> Cli {
+    use clap::{CommandFactory as _, FromArgMatches as _, parser::ValueSource};
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let (Command::Run(a), Some(("run", m))) = (&mut cli.command, matches.subcommand()) {
+        a.load_flags = cli_run::LOAD_FLAGS
+            .iter()
+            .filter(|(id, _)| m.value_source(id) == Some(ValueSource::CommandLine))
+            .map(|(_, flag)| *flag)
+            .collect();
+    }
+    cli
+}
+
+/// The helpers corral starts (engine workers, template sandboxes) share the terminal's
+/// process group, so Ctrl-C reaches them too: it must not end them while `corral run`'s
+/// chat cancels only an answer. They end with their parent instead. (A handler stays
+/// installed after its listener is dropped, and signals nobody reads are ignored.)
+fn ignore_ctrl_c() {
+    let caught = tokio::runtime::Builder::new_current_thread().enable_all().build().map(|rt| {
+        rt.block_on(async {
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        })
+    });
+    if let Err(e) | Ok(Err(e)) = caught {
+        tracing::debug!("cannot ignore Ctrl-C: {e}");
+    }
+}
+
 fn main() -> ExitCode {
     quiet_on_broken_pipe();
-    let cli = Cli::parse();
+    let cli = parse();
     init_tracing(if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" });
+    if matches!(cli.command, Command::EngineWorker { .. } | Command::TemplateSandbox { .. }) {
+        ignore_ctrl_c();
+    }
     if let Command::EngineWorker { parent } = cli.command {
         return match corral_plugin_host::worker::run_worker(parent) {
             Ok(()) => ExitCode::SUCCESS,
@@ -283,8 +334,8 @@ fn main() -> ExitCode {
         Command::Worker(a) => cli::worker::worker(&global, &a),
         Command::Run(a) => cli_run::run(&global, a),
         Command::Bench(a) => cli_run::bench(&global, &a),
-        Command::Ps(a) => cli_client::ps(&a),
-        Command::Stop(a) => cli_client::stop(&a),
+        Command::Ps(a) => cli_client::ps(&global, &a),
+        Command::Stop(a) => cli_client::stop(&global, &a),
         Command::Plugin(PluginCommand::Check(a)) => system::plugin_check(&global, &a),
         Command::Plugin(PluginCommand::New(a)) => system::plugin_new(&a),
         Command::Plugin(PluginCommand::Install(a)) => system::plugin_install(&global, &a),
@@ -301,8 +352,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(corral_host::errors::ErrorClass::of(&e).exit_code())
+            eprintln!("error: {}", cli::error_line(&e));
+            ExitCode::from(exit_code(&e))
         }
     }
 }

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use clap::Args;
 
-use corral_host::client::Server;
+use corral_host::runtime::GlobalOptions;
 
 /// `corral ps`.
 #[derive(Args, Debug)]
@@ -20,8 +20,12 @@ fn human_size(n: u64) -> String {
 }
 
 /// Lists the models the server has loaded.
-pub(crate) fn ps(a: &PsArgs) -> Result<()> {
-    let v = Server::configured()?.json(reqwest::Method::GET, "/api/ps", None)?;
+pub(crate) fn ps(global: &GlobalOptions, a: &PsArgs) -> Result<()> {
+    let server = super::configured_server(global)?;
+    let v = server.json(reqwest::Method::GET, "/api/ps", None)?;
+    if !v.get("models").is_some_and(serde_json::Value::is_array) {
+        return Err(server.unexpected("/api/ps", &v.to_string()));
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -58,10 +62,14 @@ pub(crate) struct StopArgs {
 }
 
 /// Unloads a model from the server (a generate request with `keep_alive: 0`).
-pub(crate) fn stop(a: &StopArgs) -> Result<()> {
+pub(crate) fn stop(global: &GlobalOptions, a: &StopArgs) -> Result<()> {
     let body =
         serde_json::json!({"model": a.model, "prompt": "", "keep_alive": 0, "stream": false});
-    Server::configured()?.json(reqwest::Method::POST, "/api/generate", Some(&body))?;
+    let server = super::configured_server(global)?;
+    let v = server.json(reqwest::Method::POST, "/api/generate", Some(&body))?;
+    if v.get("done").and_then(serde_json::Value::as_bool) != Some(true) {
+        return Err(server.unexpected("/api/generate", &v.to_string()));
+    }
     eprintln!("stopped {}", a.model);
     Ok(())
 }

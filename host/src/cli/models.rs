@@ -54,11 +54,11 @@ pub(crate) struct StoreArgs {
 impl StoreArgs {
     /// The server to go through: the `corral serve` answering at `CORRAL_HOST`, unless
     /// `--local`, `--models` or `--models-readonly` name the local store.
-    fn server(&self) -> Option<Server> {
+    fn server(&self, global: &GlobalOptions) -> Result<Option<Server>> {
         if self.local || self.models.is_some() || self.models_readonly {
-            return None;
+            return Ok(None);
         }
-        Server::reachable()
+        super::reachable_server(global)
     }
 
     /// Opens the store, creating it if needed (commands that write).
@@ -141,7 +141,7 @@ pub(crate) fn create(global: &GlobalOptions, a: &CreateArgs) -> Result<()> {
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .unwrap_or_else(|| PathBuf::from("."));
     corral_host::models::check_templates(&mf)?;
-    if let Some(server) = a.store.server() {
+    if let Some(server) = a.store.server(global)? {
         return create_remote(&server, &name, a, &mf, &base);
     }
     let store = a.store.open(global)?;
@@ -205,13 +205,13 @@ fn resolve_path(base: &Path, v: &str) -> PathBuf {
 }
 
 /// Refuses, at `cmd`, what a server cannot be given through its API.
-fn needs_local(cmd: &modelfile::Command, what: &str) -> anyhow::Error {
+fn needs_local(server: &Server, cmd: &modelfile::Command, what: &str) -> anyhow::Error {
     at(
         cmd,
         format!(
             "{what} cannot be sent to the corral serve at {}: use --local to create the model \
              in the local store",
-            corral_host::client::server_url()
+            server.url
         ),
     )
 }
@@ -269,11 +269,12 @@ fn create_remote(
             Directive::From(v) if remote => from = Some(FromSource::Model(v.clone())),
             Directive::From(v) => {
                 if from.is_some() {
-                    return Err(needs_local(cmd, "a second FROM"));
+                    return Err(needs_local(server, cmd, "a second FROM"));
                 }
                 let path = resolve_path(base, v);
                 if path.is_dir() {
                     return Err(needs_local(
+                        server,
                         cmd,
                         &format!("FROM {v}, a directory (an ONNX model),"),
                     ));
@@ -291,7 +292,7 @@ fn create_remote(
                     FromSource::Model(v.clone())
                 });
             }
-            Directive::Adapter(v) => return Err(needs_local(cmd, &format!("ADAPTER {v}"))),
+            Directive::Adapter(v) => return Err(needs_local(server, cmd, &format!("ADAPTER {v}"))),
             Directive::Template(t) => template = Some(t.clone()),
             Directive::System(t) => system = Some(t.clone()),
             Directive::License(t) => licenses.push(Value::String(t.clone())),
@@ -330,14 +331,30 @@ fn create_remote(
         }
     }
     let mut last = String::new();
-    server.ndjson("/api/create", &body, |line| {
+    let end = server.ndjson("/api/create", &body, None, |line| {
         let status = line.get("status").and_then(Value::as_str).unwrap_or_default();
         if !status.is_empty() && status != last {
             eprintln!("{status}");
             last = status.to_string();
         }
         Ok(())
-    })
+    })?;
+    succeeded(server, "/api/create", end.as_ref())
+}
+
+/// A store stream (create, pull, push) ends with `{"status": "success"}`; one that ends
+/// without it did not finish.
+fn succeeded(server: &Server, path: &str, last: Option<&Value>) -> Result<()> {
+    match last {
+        Some(v) if v.get("status").and_then(Value::as_str) == Some("success") => Ok(()),
+        Some(v) => Err(anyhow::anyhow!(
+            "the server at {}'s answer to {path} ended before it was complete (its last line: \
+             {})",
+            server.url,
+            v
+        )),
+        None => Err(server.unexpected(path, "")),
+    }
 }
 
 /// `corral list`.
@@ -434,10 +451,11 @@ fn parse_time(s: &str) -> Option<SystemTime> {
 /// The server's models (`GET /api/tags`).
 fn remote_models(server: &Server) -> Result<Vec<ListRow>> {
     let v = server.json(Method::GET, "/api/tags", None)?;
-    Ok(v["models"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let Some(models) = v.get("models").and_then(Value::as_array) else {
+        return Err(server.unexpected("/api/tags", &v.to_string()));
+    };
+    Ok(models
+        .iter()
         .map(|m| {
             let text = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or_default();
             let name = if text("name").is_empty() { text("model") } else { text("name") };
@@ -454,7 +472,7 @@ fn remote_models(server: &Server) -> Result<Vec<ListRow>> {
 
 /// `corral list`: NAME, ID, SIZE, MODIFIED.
 pub(crate) fn list(global: &GlobalOptions, a: &ListArgs) -> Result<()> {
-    let mut models = match a.store.server() {
+    let mut models = match a.store.server(global)? {
         Some(server) => remote_models(&server)?,
         None => match a.store.open_existing(global)? {
             Some(store) => store
@@ -558,7 +576,7 @@ fn indent(text: &str, by: &str) -> String {
 }
 
 /// What `corral show` prints, from the local store or from a server's `/api/show`.
-struct ShowData {
+pub(crate) struct ShowData {
     /// The rows of the `Model` section.
     model: Vec<(&'static str, String)>,
     /// The Modelfile (`--modelfile`).
@@ -567,8 +585,85 @@ struct ShowData {
     parameters: String,
     /// The TEMPLATE as stored (Go or Jinja), or the file's own or chosen template.
     template: String,
-    system: Option<String>,
+    /// The SYSTEM message.
+    pub system: Option<String>,
     licenses: Vec<String>,
+}
+
+/// What `/show` in `corral run`'s chat shows of the model it runs: a store model's as
+/// `corral show` prints it, a file's from the file.
+pub(crate) fn run_show_data(mref: &corral_host::models::ModelRef) -> ShowData {
+    if let Some(r) = &mref.resolved {
+        return local_show(r);
+    }
+    let mut model = Vec::new();
+    match corral_gguf::reader::GgufFile::open(&mref.path) {
+        Ok(g) => {
+            let s = g.summary();
+            model.push(("architecture", s.architecture.unwrap_or_else(|| "unknown".into())));
+            model.push(("parameters", human_count(s.parameter_count)));
+            if let Some(c) = s.context_length {
+                model.push(("context length", c.to_string()));
+            }
+            if let Some(e) = s.embedding_length {
+                model.push(("embedding length", e.to_string()));
+            }
+            model.push(("quantization", s.quantization));
+        }
+        Err(_) => {
+            model.push(("format", mref.format.clone()));
+            model.push(("size", human_bytes(mref.size)));
+        }
+    }
+    let (template, origin) = match &mref.template_source {
+        Some(t) => (t.clone(), String::new()),
+        None => corral_host::prompt::file_template(&mref.path).unwrap_or_default(),
+    };
+    if !origin.is_empty() {
+        model.push(("chat template", origin));
+    }
+    ShowData {
+        model,
+        modelfile: format!("FROM {}\n", mref.path.display()),
+        parameters: String::new(),
+        template,
+        system: mref.system.clone(),
+        licenses: Vec::new(),
+    }
+}
+
+/// What `show` prints: the whole (`None`) or one part (`modelfile`, `parameters`,
+/// `template`, `system`, `license`; `info` is the whole).
+pub(crate) fn render_show(d: &ShowData, part: Option<&str>) -> String {
+    match part {
+        Some("modelfile") => return d.modelfile.clone(),
+        Some("parameters") => return d.parameters.clone(),
+        Some("template") => return format!("{}\n", d.template),
+        Some("system") => return format!("{}\n", d.system.as_deref().unwrap_or_default()),
+        Some("license") => return format!("{}\n", d.licenses.join("\n\n")),
+        _ => {}
+    }
+    let mut out = String::from("  Model\n");
+    for (k, v) in &d.model {
+        out.push_str(&format!("    {k:<20}{v}\n"));
+    }
+    if !d.parameters.is_empty() {
+        out.push_str("\n  Parameters\n");
+        out.push_str(&indent(&d.parameters.replace("PARAMETER ", ""), "    "));
+    }
+    if let Some(s) = &d.system {
+        out.push_str("\n  System\n");
+        out.push_str(&indent(s, "    "));
+    }
+    if !d.licenses.is_empty() {
+        out.push_str("\n  License\n");
+        for l in &d.licenses {
+            // The first lines, as Ollama shows them.
+            let head: Vec<&str> = l.trim().lines().take(2).collect();
+            out.push_str(&indent(&head.join("\n"), "    "));
+        }
+    }
+    out
 }
 
 /// What `show` prints of a store model (the `Model` rows read from its file).
@@ -624,9 +719,12 @@ fn is_blob_path(p: &Path) -> bool {
 /// The same from a server's `/api/show` (and `/api/tags` for the size of a model that
 /// is not GGUF). TEMPLATE and LICENSEs come from the Modelfile the server renders,
 /// which holds them as stored (its `template` field is what the server renders with).
-fn remote_show(server: &Server, name: &ModelName, arg: &str) -> Result<ShowData> {
+pub(crate) fn remote_show(server: &Server, name: &ModelName, arg: &str) -> Result<ShowData> {
     let v =
         server.json(Method::POST, "/api/show", Some(&json!({"model": arg, "verbose": false})))?;
+    if !v.get("modelfile").is_some_and(Value::is_string) {
+        return Err(server.unexpected("/api/show", &v.to_string()));
+    }
     let text = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
     let info = |k: &str| v.get("model_info").and_then(|i| i.get(k));
     let details = |k: &str| v.get("details").and_then(|d| d.get(k)).and_then(Value::as_str);
@@ -701,54 +799,23 @@ fn remote_show(server: &Server, name: &ModelName, arg: &str) -> Result<ShowData>
 
 /// `corral show NAME [--modelfile|--parameters|--template|--system|--license]`.
 pub(crate) fn show(global: &GlobalOptions, a: &ShowArgs) -> Result<()> {
-    let d = match a.store.server() {
+    let d = match a.store.server(global)? {
         Some(server) => remote_show(&server, &parse_name(&a.name)?, &a.name)?,
         None => {
             let store = a.store.open_with(global, &a.name)?;
             local_show(&get(&store, &a.name)?)
         }
     };
-    if a.modelfile {
-        print!("{}", d.modelfile);
-        return Ok(());
-    }
-    if a.parameters {
-        print!("{}", d.parameters);
-        return Ok(());
-    }
-    if a.template {
-        println!("{}", d.template);
-        return Ok(());
-    }
-    if a.system {
-        println!("{}", d.system.as_deref().unwrap_or_default());
-        return Ok(());
-    }
-    if a.license {
-        println!("{}", d.licenses.join("\n\n"));
-        return Ok(());
-    }
-    let mut out = String::from("  Model\n");
-    for (k, v) in &d.model {
-        out.push_str(&format!("    {k:<20}{v}\n"));
-    }
-    if !d.parameters.is_empty() {
-        out.push_str("\n  Parameters\n");
-        out.push_str(&indent(&d.parameters.replace("PARAMETER ", ""), "    "));
-    }
-    if let Some(s) = &d.system {
-        out.push_str("\n  System\n");
-        out.push_str(&indent(s, "    "));
-    }
-    if !d.licenses.is_empty() {
-        out.push_str("\n  License\n");
-        for l in &d.licenses {
-            // The first lines, as Ollama shows them.
-            let head: Vec<&str> = l.trim().lines().take(2).collect();
-            out.push_str(&indent(&head.join("\n"), "    "));
-        }
-    }
-    print!("{out}");
+    let part = [
+        (a.modelfile, "modelfile"),
+        (a.parameters, "parameters"),
+        (a.template, "template"),
+        (a.system, "system"),
+        (a.license, "license"),
+    ]
+    .into_iter()
+    .find_map(|(given, part)| given.then_some(part));
+    print!("{}", render_show(&d, part));
     Ok(())
 }
 
@@ -766,9 +833,12 @@ pub(crate) struct CpArgs {
 /// `corral cp SRC DST`.
 pub(crate) fn cp(global: &GlobalOptions, a: &CpArgs) -> Result<()> {
     let (src, dst) = (parse_name(&a.source)?, parse_name(&a.destination)?);
-    if let Some(server) = a.store.server() {
+    if let Some(server) = a.store.server(global)? {
         let body = json!({"source": a.source, "destination": a.destination});
-        server.json(Method::POST, "/api/copy", Some(&body))?;
+        let v = server.json(Method::POST, "/api/copy", Some(&body))?;
+        if !(v.is_null() || v.is_object()) {
+            return Err(server.unexpected("/api/copy", &v.to_string()));
+        }
         println!("copied '{}' to '{}'", a.source, a.destination);
         return Ok(());
     }
@@ -796,9 +866,12 @@ pub(crate) struct RmArgs {
 /// `corral rm NAME...`: each model's manifest, then the blobs no other model uses.
 pub(crate) fn rm(global: &GlobalOptions, a: &RmArgs) -> Result<()> {
     let names = a.names.iter().map(|n| parse_name(n)).collect::<Result<Vec<_>>>()?;
-    if let Some(server) = a.store.server() {
+    if let Some(server) = a.store.server(global)? {
         for arg in &a.names {
-            server.json(Method::DELETE, "/api/delete", Some(&json!({"model": arg})))?;
+            let v = server.json(Method::DELETE, "/api/delete", Some(&json!({"model": arg})))?;
+            if !(v.is_null() || v.is_object()) {
+                return Err(server.unexpected("/api/delete", &v.to_string()));
+            }
             println!("deleted '{arg}'");
         }
         return Ok(());
@@ -908,17 +981,18 @@ fn transfer_remote(server: &Server, a: &TransferArgs, push: bool) -> Result<()> 
     let body = json!({"model": a.name, "insecure": a.insecure, "stream": true});
     let path = if push { "/api/push" } else { "/api/pull" };
 
-    server.ndjson(path, &body, |line| {
+    let end = server.ndjson(path, &body, None, |line| {
         if let Ok(p) = serde_json::from_value::<oci::Progress>(line.clone()) {
             ui.update(&p);
         }
         Ok(())
-    })
+    })?;
+    succeeded(server, path, end.as_ref())
 }
 
 fn transfer(global: &GlobalOptions, a: &TransferArgs, push: bool) -> Result<()> {
     let name = parse_name(&a.name)?;
-    if let Some(server) = a.store.server() {
+    if let Some(server) = a.store.server(global)? {
         return transfer_remote(&server, a, push);
     }
     let store = if push { a.store.open_with(global, &a.name)? } else { a.store.open(global)? };

@@ -5,18 +5,20 @@
 
 use std::io::Write;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use corral_host::client::Server;
 use serde_json::{Map, Value, json};
 
-use super::run::{ChatLine, RunArgs};
+use super::{chat::ChatLine, run::RunArgs};
 
 fn options_json(a: &RunArgs) -> Result<Map<String, Value>> {
     let mut o = match &a.options {
         Some(text) => {
-            match serde_json::from_str::<Value>(text).context("--options is not valid JSON")? {
+            match serde_json::from_str::<Value>(text)
+                .map_err(|e| super::Usage(format!("--options is not valid JSON: {e}")))?
+            {
                 Value::Object(m) => m,
-                _ => bail!("--options must be a JSON object"),
+                _ => return Err(super::Usage("--options must be a JSON object".into()).into()),
             }
         }
         None => Map::new(),
@@ -100,11 +102,14 @@ fn model_arg(server: &Server, a: &RunArgs) -> Result<String> {
     Ok(name)
 }
 
-/// Streams one request's NDJSON answer, printing text as it comes; returns the text.
-fn stream(server: &Server, path: &str, body: &Value, verbose: bool) -> Result<String> {
+/// Streams one request's NDJSON answer, printing text as it comes; returns the text, or
+/// `None` when Ctrl-C cancelled the answer. A stream that ends without its `done` line
+/// is an error.
+fn stream(server: &Server, path: &str, body: &Value, verbose: bool) -> Result<Option<String>> {
     let mut text = String::new();
     let mut out = std::io::stdout();
-    server.ndjson(path, body, |v| {
+    let turn = super::chat::start_turn();
+    let last = server.ndjson(path, body, Some(&turn.0.notify), |v| {
         let piece = v
             .pointer("/message/content")
             .or_else(|| v.get("response"))
@@ -135,13 +140,43 @@ fn stream(server: &Server, path: &str, body: &Value, verbose: bool) -> Result<St
         }
         Ok(())
     })?;
+    let cancelled = turn.0.cancelled();
+    drop(turn);
     println!();
-    Ok(text)
+    if cancelled {
+        return Ok(None);
+    }
+    match last {
+        Some(v) if v.get("done").and_then(Value::as_bool) == Some(true) => Ok(Some(text)),
+        Some(_) => bail!(
+            "the server at {}'s answer ended before it was complete (no line with \"done\": \
+             true)",
+            server.url
+        ),
+        None => Err(server.unexpected(path, "")),
+    }
+}
+
+/// The load flags given on the command line, which a server cannot apply: it loads its
+/// models with its own settings.
+fn refuse_load_flags(server: &Server, a: &RunArgs) -> Result<()> {
+    if a.load_flags.is_empty() {
+        return Ok(());
+    }
+    Err(super::Usage(format!(
+        "{} {} to a local run (--local) only: the model runs in the corral serve at {}, which \
+         loads it with its own settings",
+        a.load_flags.join(", "),
+        if a.load_flags.len() == 1 { "applies" } else { "apply" },
+        server.url
+    ))
+    .into())
 }
 
 /// `corral run` against `server`.
 pub(crate) fn run(server: &Server, a: &RunArgs) -> Result<()> {
-    let options = options_json(a)?;
+    refuse_load_flags(server, a)?;
+    let mut options = options_json(a)?;
     let model = model_arg(server, a)?;
     let url = &server.url;
     let one_shot = super::run::one_shot_prompt(&a.prompt)?;
@@ -149,19 +184,29 @@ pub(crate) fn run(server: &Server, a: &RunArgs) -> Result<()> {
     if let Some(s) = &a.system {
         messages.push(json!({"role": "system", "content": s}));
     }
-    let turn = |prompt: &str, messages: &mut Vec<Value>| -> Result<()> {
+    // `--no-truncate`: the server refuses a prompt longer than the context.
+    let truncate = !a.no_truncate;
+    let turn = |prompt: &str,
+                messages: &mut Vec<Value>,
+                options: &Map<String, Value>|
+     -> Result<()> {
         if prompt.trim().is_empty() {
             return Err(corral_backend_api::BackendError::invalid("the prompt is empty").into());
         }
         if a.raw {
-            let body = json!({"model": model, "prompt": prompt, "raw": true, "stream": true, "options": options});
+            let body = json!({"model": model, "prompt": prompt, "raw": true, "stream": true,
+                "options": options, "truncate": truncate});
             stream(server, "/api/generate", &body, a.verbose)?;
         } else {
             messages.push(json!({"role": "user", "content": prompt}));
-            let body =
-                json!({"model": model, "messages": messages, "stream": true, "options": options});
+            let body = json!({"model": model, "messages": messages, "stream": true,
+                "options": options, "truncate": truncate});
             match stream(server, "/api/chat", &body, a.verbose) {
-                Ok(answer) => messages.push(json!({"role": "assistant", "content": answer})),
+                Ok(Some(answer)) => messages.push(json!({"role": "assistant", "content": answer})),
+                // Ctrl-C: the turn is forgotten.
+                Ok(None) => {
+                    messages.pop();
+                }
                 Err(e) => {
                     messages.pop();
                     return Err(e);
@@ -171,14 +216,35 @@ pub(crate) fn run(server: &Server, a: &RunArgs) -> Result<()> {
         Ok(())
     };
     if let Some(p) = one_shot {
-        return turn(&p, &mut messages);
+        return turn(&p, &mut messages, &options);
     }
-    eprintln!("corral: chatting with {model} on {url} (type /bye to leave)");
-    super::run::chat_loop(|input| match input {
+    eprintln!("corral: chatting with {model} on {url} (type /bye to leave, /? for help)");
+    super::chat::chat_loop(|input| match input {
         ChatLine::Clear => {
             messages.retain(|m| m["role"] == "system");
             Ok(())
         }
-        ChatLine::Text(line) => turn(line, &mut messages),
+        ChatLine::Text(line) => turn(line, &mut messages, &options),
+        ChatLine::SetParameter(name, value) => {
+            options.insert(name.to_string(), value);
+            Ok(())
+        }
+        ChatLine::SetSystem(text) => {
+            let system = json!({"role": "system", "content": text});
+            match messages.iter_mut().find(|m| m["role"] == "system") {
+                Some(m) => *m = system,
+                None => messages.insert(0, system),
+            }
+            Ok(())
+        }
+        ChatLine::Show(part) => {
+            let name = corral_registry::ModelName::parse(&model)?;
+            let mut data = super::models::remote_show(server, &name, &model)?;
+            if let Some(s) = messages.iter().find(|m| m["role"] == "system") {
+                data.system = s["content"].as_str().map(str::to_string);
+            }
+            print!("{}", super::models::render_show(&data, Some(part)));
+            Ok(())
+        }
     })
 }

@@ -1,7 +1,7 @@
 //! `corral run` and `corral bench`.
 
 use std::{
-    io::{BufRead, IsTerminal, Write},
+    io::{IsTerminal, Write},
     path::PathBuf,
     sync::{Arc, atomic::AtomicBool},
     time::Instant,
@@ -23,6 +23,8 @@ use corral_host::{
     runtime::{GlobalOptions, Runtime},
 };
 use corral_plugin_host::{Isolation, Model};
+
+use super::chat::ChatLine;
 
 /// Options shared by `run` and `bench` for loading a model.
 #[derive(Args, Debug, Clone)]
@@ -158,7 +160,22 @@ pub(crate) struct RunArgs {
     /// Run in this process even when a `corral serve` answers at CORRAL_HOST.
     #[arg(long)]
     pub local: bool,
+    /// The load flags given on the command line (not from the environment), which a run
+    /// through a server cannot apply (filled in by `main` from [`LOAD_FLAGS`]).
+    #[arg(skip)]
+    pub load_flags: Vec<&'static str>,
 }
+
+/// The arguments of [`LoadArgs`] that set how this process loads the model (clap's id,
+/// the flag): a server loads its models with its own settings.
+pub(crate) const LOAD_FLAGS: [(&str, &str); 6] = [
+    ("backend", "--backend"),
+    ("threads", "--threads"),
+    ("n_gpu_layers", "--n-gpu-layers"),
+    ("format", "--format"),
+    ("isolation", "--isolation"),
+    ("rpc", "--rpc"),
+];
 
 fn sampling_options(
     a: &RunArgs,
@@ -169,8 +186,8 @@ fn sampling_options(
     o.apply_json(&serde_json::Value::Object(defaults.clone()))
         .context("the model's PARAMETERs are not valid options")?;
     if let Some(json) = &a.options {
-        let v: serde_json::Value =
-            serde_json::from_str(json).context("--options is not valid JSON")?;
+        let v: serde_json::Value = serde_json::from_str(json)
+            .map_err(|e| super::Usage(format!("--options is not valid JSON: {e}")))?;
         o.apply_json(&v)?;
     }
     // Flags are assigned directly (not through JSON, where NaN would become null).
@@ -205,20 +222,22 @@ fn sampling_options(
     Ok(o)
 }
 
-/// Generates one answer, streaming its text to `out`. Returns the text and stats.
+/// Generates one answer, streaming its text to `out`. Returns the text and stats, or
+/// `None` when `cancel` was set (Ctrl-C) before the answer was complete.
 pub(crate) fn generate(
     engine: &EngineHandle,
     prompt: Vec<u32>,
     options: SamplingOptions,
+    cancel: Arc<AtomicBool>,
     mut out: impl FnMut(&str),
-) -> Result<(String, Stats)> {
+) -> Result<Option<(String, Stats)>> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     engine.submit(Request {
         prompt,
         options,
         constraint: None,
         events: tx,
-        cancel: Arc::new(AtomicBool::new(false)),
+        cancel: cancel.clone(),
         submitted: Instant::now(),
         shift: true,
         logprobs: None,
@@ -233,9 +252,13 @@ pub(crate) fn generate(
                 out(&t);
                 text.push_str(&t);
             }
-            Event::Done(stats) => return Ok((text, stats)),
+            Event::Done(stats) => return Ok(Some((text, stats))),
             Event::Error(e) => return Err(e.into()),
         }
+    }
+    // A cancelled request is dropped by the engine loop, which closes its events.
+    if cancel.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(None);
     }
     bail!("the engine stopped before the answer was complete")
 }
@@ -261,12 +284,12 @@ fn print_stats(load: std::time::Duration, s: &Stats) {
 /// `corral run`.
 pub(crate) fn run(global: &GlobalOptions, a: RunArgs) -> Result<()> {
     if !a.local
-        && let Some(server) = corral_host::client::Server::reachable()
+        && let Some(server) = super::reachable_server(global)?
     {
         return super::remote::run(&server, &a);
     }
     let (mref, model, load_time) = load_model(global, &a.load, &a.model)?;
-    let options = sampling_options(&a, &mref.params)?;
+    let mut options = sampling_options(&a, &mref.params)?;
     // The one context-length rule; `corral run` has no server-wide setting.
     let num_ctx = context_length(options.num_ctx, None, model.meta.context_length);
     if let Some(asked) = exceeds_training(options.num_ctx, None, model.meta.context_length) {
@@ -327,97 +350,111 @@ pub(crate) fn run(global: &GlobalOptions, a: RunArgs) -> Result<()> {
 
     let one_shot = one_shot_prompt(&a.prompt)?;
 
-    let turn = |user: &str, history: &mut Vec<Message>| -> Result<()> {
+    let turn = |user: &str, history: &mut Vec<Message>, options: &SamplingOptions| -> Result<()> {
         if user.trim().is_empty() {
             return Err(corral_backend_api::BackendError::invalid("the prompt is empty").into());
         }
-        let tokens = if a.raw {
-            model.tokenize(user, true, true)?
-        } else {
-            history.push(Message::new("user", user));
-            template.tokenize_chat(&model, history, true)?
+        // On an error or Ctrl-C the conversation is as it was before this turn.
+        let before = history.len();
+        let mut answer = || -> Result<()> {
+            let tokens = if a.raw {
+                model.tokenize(user, true, true)?
+            } else {
+                history.push(Message::new("user", user));
+                template.tokenize_chat(&model, history, true)?
+            };
+            let tokens = fit_prompt(
+                &tokens,
+                num_ctx as usize,
+                options.num_keep,
+                options.num_predict,
+                policy,
+            )?;
+            let stdout = std::io::stdout();
+            let turn = super::chat::start_turn();
+            let done = generate(&engine, tokens, options.clone(), turn.0.cancel.clone(), |t| {
+                let mut o = stdout.lock();
+                let _ = o.write_all(t.as_bytes());
+                let _ = o.flush();
+            })?;
+            drop(turn);
+            println!();
+            let Some((text, stats)) = done else {
+                history.truncate(before);
+                return Ok(());
+            };
+            if !a.raw {
+                history.push(Message::new("assistant", &text));
+            }
+            if a.verbose {
+                print_stats(load_time, &stats);
+            }
+            Ok(())
         };
-        let tokens =
-            fit_prompt(&tokens, num_ctx as usize, options.num_keep, options.num_predict, policy)?;
-        let stdout = std::io::stdout();
-        let (text, stats) = generate(&engine, tokens, options.clone(), |t| {
-            let mut o = stdout.lock();
-            let _ = o.write_all(t.as_bytes());
-            let _ = o.flush();
-        })?;
-        println!();
-        if !a.raw {
-            history.push(Message::new("assistant", &text));
-        }
-        if a.verbose {
-            print_stats(load_time, &stats);
-        }
-        Ok(())
+        answer().inspect_err(|_| history.truncate(before))
     };
 
     if let Some(p) = one_shot {
-        return turn(&p, &mut history);
+        return turn(&p, &mut history, &options);
     }
-    eprintln!("corral: chatting with {} (type /bye to leave)", mref.name);
-    chat_loop(|input| match input {
+    eprintln!("corral: chatting with {} (type /bye to leave, /? for help)", mref.name);
+    super::chat::chat_loop(|input| match input {
         ChatLine::Clear => {
             history.retain(|m| m.role == "system");
             Ok(())
         }
-        ChatLine::Text(line) => turn(line, &mut history).inspect_err(|_| {
-            history.pop();
-        }),
+        ChatLine::Text(line) => turn(line, &mut history, &options),
+        ChatLine::SetParameter(name, value) => {
+            if name == "num_ctx" {
+                return Err(super::Usage(
+                    "num_ctx is fixed while the chat runs (its context is allocated): start \
+                     `corral run` again with --num-ctx"
+                        .into(),
+                )
+                .into());
+            }
+            let mut o = options.clone();
+            o.apply_json(&serde_json::json!({ name: value }))?;
+            o.validate()?;
+            options = o;
+            Ok(())
+        }
+        ChatLine::SetSystem(text) => {
+            match history.iter_mut().find(|m| m.role == "system") {
+                Some(m) => *m = Message::new("system", text),
+                None => history.insert(0, Message::new("system", text)),
+            }
+            Ok(())
+        }
+        ChatLine::Show(part) => {
+            let mut data = super::models::run_show_data(&mref);
+            data.system = history.iter().find(|m| m.role == "system").map(|m| m.content.clone());
+            print!("{}", super::models::render_show(&data, Some(part)));
+            Ok(())
+        }
     })
 }
 
-/// The prompt of a one-shot run: the arguments joined, else all of stdin when it is not
-/// a terminal; `None` means an interactive chat.
+/// The prompt of a one-shot run: the arguments joined, after all of stdin when it is
+/// not a terminal (a blank line between them: `cat notes | corral run m "Summarize:"`);
+/// `None` means an interactive chat. Bytes that are not UTF-8 are decoded lossily.
 pub(crate) fn one_shot_prompt(args: &[String]) -> Result<Option<String>> {
-    if !args.is_empty() {
-        return Ok(Some(args.join(" ")));
-    }
-    if std::io::stdin().is_terminal() {
-        return Ok(None);
-    }
-    let mut s = String::new();
-    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("cannot read stdin")?;
-    Ok(Some(s))
-}
-
-/// What the user typed in the interactive chat.
-pub(crate) enum ChatLine<'a> {
-    /// `/clear`: forget the conversation (keep the system prompt).
-    Clear,
-    /// A message.
-    Text(&'a str),
-}
-
-/// The interactive chat of `corral run`: reads lines at a `>>> ` prompt until `/bye` (or
-/// `/exit`, `/quit`) or the end of input, and hands each to `on_line`; an error is printed
-/// and the chat goes on.
-pub(crate) fn chat_loop(mut on_line: impl FnMut(ChatLine<'_>) -> Result<()>) -> Result<()> {
-    let stdin = std::io::stdin();
-    loop {
-        eprint!(">>> ");
-        let _ = std::io::stderr().flush();
-        let mut line = String::new();
-        if stdin.lock().read_line(&mut line)? == 0 {
-            return Ok(());
+    let piped = if std::io::stdin().is_terminal() {
+        None
+    } else {
+        let mut raw = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut raw).context("cannot read stdin")?;
+        Some(String::from_utf8_lossy(&raw).into_owned())
+    };
+    Ok(match (piped, args.is_empty()) {
+        (None, true) => None,
+        (None, false) => Some(args.join(" ")),
+        (Some(input), true) => Some(input),
+        (Some(input), false) if input.trim().is_empty() => Some(args.join(" ")),
+        (Some(input), false) => {
+            Some(format!("{}\n\n{}", input.trim_end_matches(['\n', '\r']), args.join(" ")))
         }
-        let line = line.trim_end_matches(['\n', '\r']);
-        let input = match line.trim() {
-            "/bye" | "/exit" | "/quit" => return Ok(()),
-            "" => continue,
-            "/clear" => ChatLine::Clear,
-            _ => ChatLine::Text(line),
-        };
-        let cleared = matches!(input, ChatLine::Clear);
-        match on_line(input) {
-            Err(e) => eprintln!("error: {e:#}"),
-            Ok(()) if cleared => eprintln!("cleared the conversation"),
-            Ok(()) => {}
-        }
-    }
+    })
 }
 
 /// `corral bench`.

@@ -1,0 +1,542 @@
+//! The CLI as a client: which server it talks to (the address `serve` uses), what it
+//! sends there (`run`'s flags, piped stdin, the interactive chat's commands), how Ctrl-C
+//! and odd input behave in the chat, and what it makes of answers that are not corral's.
+//! A small fake server in this file answers and records the requests, so each answer
+//! can be exactly the odd one wanted; the chat in this process runs the example plugin.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    path::Path,
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use corral_e2e::*;
+use serde_json::{Value, json};
+
+/// What the fake server answers to one request.
+#[derive(Clone)]
+enum Answer {
+    /// A status and a body, sent whole.
+    Full(u16, &'static str, String),
+    /// NDJSON lines, one every `gap`, then the end of the body.
+    Lines(Vec<Value>, Duration),
+    /// Accept, never answer.
+    Silence,
+}
+
+/// A request the fake server saw: method, path, body.
+type Seen = Arc<Mutex<Vec<(String, String, Value)>>>;
+
+/// An HTTP server on a free loopback port that answers with `answer(method, path, body)`
+/// and records every request. It runs until the test process ends.
+fn fake_server(
+    answer: impl Fn(&str, &str, &Value) -> Answer + Send + Sync + 'static,
+) -> (String, Seen) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let seen: Seen = Arc::default();
+    let (seen2, answer) = (seen.clone(), Arc::new(answer));
+    std::thread::spawn(move || {
+        for conn in listener.incoming().map_while(Result::ok) {
+            let (seen, answer) = (seen2.clone(), answer.clone());
+            std::thread::spawn(move || serve_one(conn, &seen, &*answer));
+        }
+    });
+    (host, seen)
+}
+
+fn serve_one(conn: TcpStream, seen: &Seen, answer: &dyn Fn(&str, &str, &Value) -> Answer) {
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).is_err() {
+        return;
+    }
+    let mut parts = request_line.split_whitespace();
+    let (method, path) =
+        (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+    let mut length = 0usize;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            length = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0u8; length];
+    let _ = reader.read_exact(&mut body);
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let a = answer(&method, &path, &body);
+    seen.lock().unwrap().push((method, path, body));
+    let mut w = conn;
+    match a {
+        Answer::Full(status, kind, text) => {
+            let _ = write!(
+                w,
+                "HTTP/1.1 {status} X\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{text}",
+                text.len()
+            );
+        }
+        Answer::Lines(lines, gap) => {
+            let _ = write!(
+                w,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nConnection: close\r\n\r\n"
+            );
+            for l in lines {
+                if writeln!(w, "{l}").and_then(|()| w.flush()).is_err() {
+                    return;
+                }
+                std::thread::sleep(gap);
+            }
+        }
+        Answer::Silence => std::thread::sleep(Duration::from_secs(120)),
+    }
+}
+
+/// A chat answer streamed as corral streams it: `text`, one character a line, then the
+/// `done` line unless `complete` is false.
+fn chat_lines(text: &str, complete: bool) -> Vec<Value> {
+    let mut v: Vec<Value> = text
+        .chars()
+        .map(|c| json!({"message": {"role": "assistant", "content": c.to_string()}, "done": false}))
+        .collect();
+    if complete {
+        v.push(json!({"message": {"role": "assistant", "content": ""}, "done": true,
+            "done_reason": "stop"}));
+    }
+    v
+}
+
+/// A fake corral: `/api/tags` lists `fake:latest`, `/api/show` shows it, `/api/chat`
+/// answers "OK" at once, or 1,000 tokens 20 ms apart when the last message says "long".
+fn fake_corral() -> (String, Seen) {
+    fake_server(|_, path, body| match path {
+        "/api/tags" => Answer::Full(
+            200,
+            "application/json",
+            json!({"models": [{"name": "fake:latest", "digest": "ab".repeat(32), "size": 1,
+                "modified_at": "2024-06-01T10:00:00Z"}]})
+            .to_string(),
+        ),
+        "/api/show" => Answer::Full(
+            200,
+            "application/json",
+            json!({"modelfile": "FROM /fake/weights.gguf\nPARAMETER temperature 0.7\n",
+                "parameters": "PARAMETER temperature 0.7\n", "template": "{{ .Prompt }}",
+                "details": {"format": "gguf", "quantization_level": "F32"},
+                "model_info": {"general.architecture": "llama"}})
+            .to_string(),
+        ),
+        "/api/chat" => {
+            let last = body["messages"].as_array().and_then(|m| m.last()).cloned();
+            let text = last.and_then(|m| m["content"].as_str().map(str::to_string));
+            if text.is_some_and(|t| t.contains("long")) {
+                Answer::Lines(chat_lines(&"x".repeat(1000), true), Duration::from_millis(20))
+            } else {
+                Answer::Lines(chat_lines("OK", true), Duration::ZERO)
+            }
+        }
+        _ => Answer::Full(404, "application/json", json!({"error": "no such path"}).to_string()),
+    })
+}
+
+/// `corral ARGS` with `CORRAL_HOST` as given (`None`: unset) and a store of its own.
+fn corral_at(host: Option<&str>, store: &Path, args: &[&str]) -> Command {
+    let mut c = corral(&[]);
+    match host {
+        Some(h) => c.env("CORRAL_HOST", h),
+        None => c.env_remove("CORRAL_HOST"),
+    };
+    c.env("CORRAL_MODELS", store).env_remove("CORRAL_API_KEY").args(args);
+    c
+}
+
+fn go_at(host: Option<&str>, store: &Path, args: &[&str]) -> (i32, String, String) {
+    let (out, stdout, stderr) = run(corral_at(host, store, args));
+    (out.status.code().unwrap_or(-1), stdout, stderr)
+}
+
+/// The chat requests the fake server saw.
+fn chats(seen: &Seen) -> Vec<Value> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, p, _)| p == "/api/chat")
+        .map(|(_, _, b)| b.clone())
+        .collect()
+}
+
+#[test]
+fn client_commands_use_the_address_serve_uses_and_refuse_bad_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let (host, _) = fake_corral();
+    // The config's `[server] host` moves the client as it moves `serve`.
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, format!("[server]\nhost = \"{host}\"\n")).unwrap();
+    let (code, stdout, stderr) = go_at(None, &store, &["--config", cfg.to_str().unwrap(), "list"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(names(&stdout), ["fake:latest"], "{stdout}");
+    // CORRAL_HOST comes first.
+    let (code, _, stderr) =
+        go_at(Some("127.0.0.1:9"), &store, &["--config", cfg.to_str().unwrap(), "ps"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("127.0.0.1:9"), "{stderr}");
+
+    // An address that is not one is an error, never the local store.
+    for bad in ["127.0.0.1:99999", "garbage::::", "ftp://127.0.0.1:1"] {
+        for cmd in [&["list"][..], &["ps"], &["rm", "x"], &["run", "m", "hi"]] {
+            let (code, _, stderr) = go_at(Some(bad), &store, cmd);
+            assert_eq!(code, 2, "{bad} {cmd:?}: {stderr}");
+            assert!(
+                stderr.contains("CORRAL_HOST") && stderr.trim().lines().count() == 1,
+                "{stderr}"
+            );
+        }
+    }
+    // A key that cannot be sent as a header.
+    let mut c = corral_at(Some(&host), &store, &["list"]);
+    c.env("CORRAL_API_KEY", "bad\u{1}key");
+    let (out, _, stderr) = run(c);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("CORRAL_API_KEY"), "{stderr}");
+}
+
+#[test]
+fn answers_that_are_not_corral_are_errors_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let (empty404, _) = fake_server(|_, _, _| Answer::Full(404, "text/plain", String::new()));
+    let html = "<!DOCTYPE HTML>\n<html>\n<head><title>Error response</title></head>\n<body>\n\
+                <h1>Error response</h1>\n<p>Error code: 501</p>\n</body>\n</html>\n";
+    let (html501, _) = fake_server(move |_, _, _| Answer::Full(501, "text/html", html.into()));
+    let (garbage, _) = fake_server(|_, path, _| match path {
+        "/api/tags" | "/api/ps" => {
+            Answer::Full(200, "application/json", r#"{"models":"oops"}"#.into())
+        }
+        "/api/chat" => Answer::Lines(chat_lines("cut", false), Duration::ZERO),
+        _ => Answer::Full(200, "text/plain", "not json at all".into()),
+    });
+    for cmd in [&["list"][..], &["ps"], &["show", "m"], &["rm", "m"], &["run", "m", "hi"]] {
+        let (code, _, stderr) = go_at(Some(&empty404), &store, cmd);
+        assert_eq!(code, 3, "{cmd:?}: {stderr}");
+        assert_eq!(
+            stderr.trim(),
+            format!(
+                "error: the server at http://{empty404} answered HTTP 404 with no message (is it corral?)"
+            )
+        );
+        let (code, _, stderr) = go_at(Some(&html501), &store, cmd);
+        assert_eq!(code, 1, "{cmd:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("HTTP 501: Error response"), "{stderr}");
+    }
+    // A 200 that is not what the command expects is not success.
+    for cmd in
+        [&["list"][..], &["ps"], &["show", "m"], &["rm", "m"], &["cp", "m", "n"], &["stop", "m"]]
+    {
+        let (code, stdout, stderr) = go_at(Some(&garbage), &store, cmd);
+        assert_eq!(code, 1, "{cmd:?}: {stdout}{stderr}");
+        assert!(stderr.contains("is it corral?") && !stdout.contains("deleted"), "{stderr}");
+    }
+    // A stream that ends without its `done` line.
+    let (code, _, stderr) = go_at(Some(&garbage), &store, &["run", "m", "hi"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("ended before it was complete"), "{stderr}");
+
+    // A server that accepts and never answers: one line after the header timeout.
+    let (silent, _) = fake_server(|_, _, _| Answer::Silence);
+    let t = Instant::now();
+    let (code, _, stderr) = go_at(Some(&silent), &store, &["list"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("did not answer within 30 s"), "{stderr}");
+    assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
+}
+
+#[test]
+fn run_through_a_server_sends_what_the_api_carries_and_refuses_load_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let (host, seen) = fake_corral();
+    for flags in [
+        &["--threads", "4"][..],
+        &["--backend", "cpu"],
+        &["--n-gpu-layers", "0"],
+        &["--isolation", "process"],
+        &["--rpc", "127.0.0.1:50052"],
+        &["--format", "json"],
+    ] {
+        let mut args = vec!["run", "fake", "hi"];
+        args.extend_from_slice(flags);
+        let (code, _, stderr) = go_at(Some(&host), &store, &args);
+        assert_eq!(code, 2, "{flags:?}: {stderr}");
+        assert!(stderr.contains(flags[0]) && stderr.contains("--local"), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+    assert!(chats(&seen).is_empty(), "a refused run sent a request");
+    // The same settings from the environment are the server's business, not refused.
+    let mut c = corral_at(Some(&host), &store, &["run", "fake", "hi"]);
+    c.env("CORRAL_BACKEND", "cpu").env("CORRAL_ISOLATION", "process");
+    let (out, stdout, stderr) = run(c);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.trim(), "OK");
+
+    // --no-truncate is the request's truncate setting.
+    let (code, _, stderr) = go_at(Some(&host), &store, &["run", "fake", "hi", "--no-truncate"]);
+    assert_eq!(code, 0, "{stderr}");
+    let sent = chats(&seen);
+    assert_eq!(sent[sent.len() - 2]["truncate"], json!(true), "{sent:?}");
+    assert_eq!(sent[sent.len() - 1]["truncate"], json!(false), "{sent:?}");
+
+    // --options that is not JSON is bad input.
+    let (code, _, stderr) = go_at(Some(&host), &store, &["run", "fake", "hi", "--options", "{bad"]);
+    assert_eq!(code, 2, "{stderr}");
+
+    // Piped stdin goes before the prompt, a blank line between; bytes that are not UTF-8
+    // are decoded lossily.
+    let mut c = corral_at(Some(&host), &store, &["run", "fake", "Summarize:"]);
+    c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"caf\xe9 notes\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let sent = chats(&seen);
+    let content = &sent[sent.len() - 1]["messages"][0]["content"];
+    assert_eq!(content, &json!("caf\u{fffd} notes\n\nSummarize:"));
+}
+
+/// Drives `cmd` through a pseudo-terminal with python3's `pty` (the steps: bytes to type,
+/// `sleep` in seconds, `ctrlc`, typed as the terminal's interrupt character); returns its
+/// exit code (-1: killed after the steps, -SIG: killed by a signal) and everything it
+/// wrote. `None` when there is no python3.
+fn in_a_terminal(cmd: &Command, steps: &Value) -> Option<(i32, String)> {
+    const DRIVER: &str = r#"
+import json, os, pty, select, sys, time
+steps = json.loads(sys.argv[1]); cmd = sys.argv[2:]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp(cmd[0], cmd)
+out = b""
+def pump(t):
+    global out
+    end = time.time() + t
+    while time.time() < end:
+        r, _, _ = select.select([fd], [], [], 0.05)
+        if r:
+            try:
+                d = os.read(fd, 65536)
+            except OSError:
+                return False
+            if not d:
+                return False
+            out += d
+    return True
+def wait_for(text, t):
+    end = time.time() + t
+    while text.encode() not in out and time.time() < end:
+        if not pump(0.1):
+            return
+for kind, arg in steps:
+    if kind == "type":
+        os.write(fd, bytes.fromhex(arg))
+    elif kind == "sleep":
+        pump(arg)
+    elif kind == "ctrlc":
+        os.write(fd, b"\x03")
+    elif kind == "wait_for":
+        wait_for(arg, 60)
+status = None
+end = time.time() + 30
+while time.time() < end:
+    p, st = os.waitpid(pid, os.WNOHANG)
+    if p:
+        status = os.waitstatus_to_exitcode(st)
+        break
+    pump(0.1)
+if status is None:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    status = -1
+pump(0.2)
+sys.stdout.write(json.dumps({"status": status, "out": out.decode("utf-8", "replace")}))
+"#;
+    let mut c = Command::new("python3");
+    c.arg("-c").arg(DRIVER).arg(steps.to_string()).arg(cmd.get_program()).args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    let out = match c.output() {
+        Ok(o) if o.status.success() => o,
+        _ => {
+            eprintln!("SKIP: no python3 with pty to drive a terminal");
+            return None;
+        }
+    };
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some((v["status"].as_i64().unwrap_or(-1) as i32, v["out"].as_str().unwrap_or("").to_string()))
+}
+
+/// Typed text as the driver's hex.
+fn typed(text: &[u8]) -> Value {
+    json!(["type", text.iter().map(|b| format!("{b:02x}")).collect::<String>()])
+}
+
+#[test]
+fn the_chat_through_a_server_has_ollamas_commands_and_survives_ctrl_c_and_bad_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let (host, seen) = fake_corral();
+    let cmd = corral_at(Some(&host), &store, &["run", "fake"]);
+    let steps = json!([
+        ["wait_for", ">>> "],
+        typed(b"/?\n"),
+        ["wait_for", "Available Commands"],
+        typed(b"/nosuch thing\n"),
+        ["wait_for", "Unknown command '/nosuch'. Type /? for help"],
+        typed(b"/set parameter temperature 0.25\n"),
+        ["wait_for", "Set parameter 'temperature' to '0.25'"],
+        typed(b"/set parameter temperature hot\n"),
+        ["wait_for", "Couldn't set parameter"],
+        typed(b"/set system Be brief.\n"),
+        ["wait_for", "Set system message."],
+        typed(b"/show modelfile\n"),
+        ["wait_for", "FROM /fake/weights.gguf"],
+        typed(b"\"\"\"first line\n"),
+        ["wait_for", "... "],
+        typed(b"second line\"\"\"\n"),
+        ["wait_for", "OK"],
+        // Ctrl-C during a long answer cancels it; the chat goes on.
+        typed(b"a long one\n"),
+        ["sleep", 1.0],
+        ["ctrlc", null],
+        ["sleep", 0.5],
+        // At an empty prompt it says how to leave.
+        ["ctrlc", null],
+        ["wait_for", "Use Ctrl + d or /bye to exit."],
+        typed(b"caf\xe9 au lait\n"),
+        ["sleep", 1.0],
+        typed(b"/bye\n"),
+    ]);
+    let t = Instant::now();
+    let Some((status, out)) = in_a_terminal(&cmd, &steps) else { return };
+    assert_eq!(status, 0, "{out}");
+    assert!(t.elapsed() < Duration::from_secs(20), "the long answer was not cancelled: {out}");
+    let sent = chats(&seen);
+    // Only messages reached the model: no command, and the cancelled turn is forgotten.
+    let users: Vec<String> = sent
+        .iter()
+        .map(|b| {
+            b["messages"].as_array().unwrap().last().unwrap()["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(users, ["first line\nsecond line", "a long one", "caf\u{fffd} au lait"], "{out}");
+    let last = &sent[2];
+    assert_eq!(last["options"]["temperature"], json!(0.25), "{last}");
+    let roles: Vec<&str> =
+        last["messages"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["system", "user", "assistant", "user"], "{last}");
+    assert_eq!(last["messages"][0]["content"], json!("Be brief."));
+}
+
+#[test]
+fn ctrl_c_in_a_chat_in_this_process_cancels_the_answer_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = example_plugin_dir(dir.path());
+    // The toy engine, 20 ms a token: 1,000 tokens take 20 s.
+    let model = dir.path().join("slow.toy");
+    std::fs::write(&model, "toy weights slow\ntoken_cost=20000\n").unwrap();
+    let mut cmd = corral(&[&plugin]);
+    cmd.arg("run").arg(&model).args(["--temperature", "0", "--num-predict", "1000"]);
+    // An engine worker shares the terminal too: Ctrl-C must not end it.
+    cmd.args(["--isolation", "process"]);
+    let steps = json!([
+        ["wait_for", ">>> "],
+        typed(b"hello\n"),
+        ["sleep", 1.5],
+        ["ctrlc", null],
+        ["sleep", 0.5],
+        ["ctrlc", null],
+        ["wait_for", "Use Ctrl + d or /bye to exit."],
+        typed(b"/show info\n"),
+        ["wait_for", "format"],
+        typed(b"/bogus\n"),
+        ["wait_for", "Unknown command '/bogus'"],
+        typed(b"\xff\xfe\n"),
+        ["sleep", 1.0],
+        ["ctrlc", null],
+        ["sleep", 0.5],
+        typed(b"/bye\n"),
+    ]);
+    let t = Instant::now();
+    let Some((status, out)) = in_a_terminal(&cmd, &steps) else { return };
+    assert_eq!(status, 0, "{out}");
+    assert!(t.elapsed() < Duration::from_secs(18), "the answer was not cancelled: {out}");
+    assert!(!out.contains("error"), "{out}");
+}
+
+#[test]
+fn worker_that_cannot_lend_says_so_without_a_banner() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(plugin) = cpu_plugin_dir(dir.path()) else { return };
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut c = corral(&[&plugin]);
+    c.args(["worker", "--backend", "cpu", "--listen", &listen]);
+    let (out, stdout, stderr) = run(c);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(!stderr.contains("listening"), "{stderr}");
+    assert!(stderr.contains("cannot lend"), "{stderr}");
+}
+
+#[test]
+fn model_generate_names_the_bad_argument_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("g.gguf");
+    let generate = |args: &[&str]| {
+        let mut c = corral(&[]);
+        c.args(["model", "generate"]).arg(&out_file).args(args);
+        let (out, _, stderr) = run(c);
+        (out.status.code(), stderr)
+    };
+    for (args, needle) in [
+        (&["--shape", "tiny:n_layer=0"][..], "n_layer must be at least 1"),
+        (&["--shape", "tiny:n_layer=99999999999"], "n_layer is too large"),
+        (&["--shape", "tiny:n_head=3"], "n_embd must be n_head times"),
+        (&["--shape", "tiny:n_embd=4000000,n_ff=4000000"], "free"),
+        (&["--type", "q9"], "--type"),
+    ] {
+        let (code, stderr) = generate(args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle) && !stderr.contains("ModelShape"), "{args:?}: {stderr}");
+    }
+    // A directory as the output: refused, and no `.partial` beside it.
+    let mut c = corral(&[]);
+    c.args(["model", "generate"]).arg(dir.path());
+    let (out, _, stderr) = run(c);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(dir.path().parent().unwrap())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&*dir.path().file_name().unwrap().to_string_lossy())
+        })
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(!out_file.exists());
+}
