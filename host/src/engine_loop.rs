@@ -668,12 +668,14 @@ impl LoopState {
             self.slots[slot].cached.truncate(reuse);
             self.slots[slot].exact = usize::MAX;
             // A token the model does not have fails this request alone: in the shared
-            // batch it would fail every sequence stepped with it.
+            // batch it would fail every sequence stepped with it. A client's own tokens
+            // (`context`) were checked before; these came from the engine's tokenizer, so
+            // the fault is the engine's (500), not the request's.
             let vocab = self.model.vocab_size;
             if let Some(bad) = req.prompt.iter().find(|&&t| t >= vocab) {
                 self.active.fetch_sub(1, Ordering::SeqCst);
-                let _ = req.events.send(Event::Error(BackendError::invalid(format!(
-                    "token {bad} is out of range (vocabulary size {vocab})"
+                let _ = req.events.send(Event::Error(BackendError::internal(format!(
+                    "the engine's tokenizer gave token {bad}, beyond its vocabulary of {vocab}"
                 ))));
                 continue;
             }

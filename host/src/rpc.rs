@@ -64,6 +64,38 @@ impl RemoteDevices {
         RemoteDevices { endpoints, tensor_split }
     }
 
+    /// What cannot work whatever the workers do, said before serving: an endpoint that is
+    /// not `HOST:PORT` (a port from 1 to 65535, no scheme or path), a split that is not
+    /// non-negative numbers, not all zero. (Whether a worker answers is seen per load.)
+    pub fn check(&self) -> Result<(), String> {
+        for e in &self.endpoints {
+            let bad = |why: &str| Err(format!("RPC worker {e:?}: {why}"));
+            if e.contains("://") || e.contains('/') {
+                return bad("give HOST:PORT, without a scheme or path");
+            }
+            let Some((host, port)) = e.rsplit_once(':') else { return bad("not HOST:PORT") };
+            if host.is_empty() || host.contains(':') && !host.starts_with('[') {
+                return bad("not HOST:PORT (an IPv6 address goes in brackets: [::1]:50052)");
+            }
+            if !port.parse::<u16>().is_ok_and(|p| p > 0) {
+                return bad("the port must be a number from 1 to 65535");
+            }
+        }
+        if let Some(split) = &self.tensor_split {
+            let parts: Vec<Option<f64>> = split
+                .split(',')
+                .map(|p| p.trim().parse::<f64>().ok().filter(|x| x.is_finite() && *x >= 0.0))
+                .collect();
+            if parts.iter().any(Option::is_none) || parts.iter().flatten().all(|x| *x == 0.0) {
+                return Err(format!(
+                    "tensor_split {split:?}: give one non-negative number per device, \
+                     comma-separated, not all zero"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Whether any worker is named.
     pub fn is_empty(&self) -> bool {
         self.endpoints.is_empty()
@@ -259,6 +291,22 @@ pub fn render_workers(reports: &[WorkerReport]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_and_splits_that_cannot_work_are_refused_before_serving() {
+        let with = |endpoints: &[&str], split: Option<&str>| RemoteDevices {
+            endpoints: endpoints.iter().map(|s| s.to_string()).collect(),
+            tensor_split: split.map(str::to_string),
+        };
+        assert_eq!(with(&["10.0.0.2:50052", "[::1]:50052", "gpu-box:1"], None).check(), Ok(()));
+        for bad in ["foo", "127.0.0.1:99999", ":80", "a:b:c", "http://h:1", "h:0", "h:1/x"] {
+            assert!(with(&[bad], None).check().is_err(), "{bad}");
+        }
+        assert_eq!(with(&[], Some("1,2.5,0")).check(), Ok(()));
+        for bad in ["abc", "0,0", "-1,1", "1,,2", "inf"] {
+            assert!(with(&[], Some(bad)).check().unwrap_err().contains("tensor_split"), "{bad}");
+        }
+    }
 
     fn config(toml_text: &str) -> Config {
         toml::from_str(toml_text).unwrap()

@@ -276,6 +276,7 @@ pub(crate) fn serve(global: &GlobalOptions, a: ServeArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("invalid speculative decoding setting: {e}"))?,
         rpc: corral_host::rpc::RemoteDevices::from_settings(&a.rpc, &rt.config),
     };
+    settings.rpc.check().map_err(ConfigError::Setting)?;
     if !settings.rpc.is_empty() {
         eprintln!("  RPC workers: {}", settings.rpc.endpoints.join(", "));
     }
