@@ -540,3 +540,38 @@ fn model_generate_names_the_bad_argument_and_leaves_nothing() {
     assert!(left.is_empty(), "{left:?}");
     assert!(!out_file.exists());
 }
+
+#[test]
+fn exit_codes_follow_the_error_classes_and_causes_are_said_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let plugin = example_plugin_dir(dir.path());
+    let model = dir.path().join("m.toy");
+    std::fs::write(&model, "toy weights\n").unwrap();
+    let code = |args: &[&str]| {
+        let mut c = corral(&[&plugin]);
+        c.env("HOME", &home).args(args);
+        let (out, _, stderr) = run(c);
+        (out.status.code(), stderr)
+    };
+    let m = model.to_str().unwrap();
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, "x").unwrap();
+    let f = file.to_str().unwrap();
+    for (args, expected, once) in [
+        (&["plugin", "check", "no-such-engine"][..], 3, ""),
+        (&["plugin", "install", "/nonexistent/plugin"], 3, ""),
+        (&["plugin", "remove", "no-such-engine"], 3, ""),
+        (&["plugin", "new", "Bad Name", "--dir", "/nonexistent/x"], 2, ""),
+        (&["run", m, "hi", "--temperature", "-1"], 2, ""),
+        (&["run", m, "hi", "--options", "{bad"], 2, ""),
+        (&["list", "--models", f], 1, "Not a directory"),
+        (&["--config", dir.path().to_str().unwrap(), "list"], 2, "Is a directory"),
+    ] {
+        let (got, stderr) = code(args);
+        assert_eq!(got, Some(expected), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(once.is_empty() || stderr.matches(once).count() == 1, "{args:?}: {stderr}");
+    }
+}

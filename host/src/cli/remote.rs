@@ -66,11 +66,12 @@ fn model_arg(server: &Server, a: &RunArgs) -> Result<String> {
         return Ok(a.model.clone());
     }
     if path.is_dir() {
-        bail!(
+        return Err(super::Usage(format!(
             "{} is a directory: run it in this process with --local, or create a model from it \
              on the server's machine",
             path.display()
-        );
+        ))
+        .into());
     }
     let digest = server.upload_file(path)?;
     let hex = digest.trim_start_matches("sha256:");

@@ -119,7 +119,8 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     /// Temperature (0 = greedy).
-    #[arg(long)]
+    // A negative value reaches the range check (a clap error said "unexpected argument").
+    #[arg(long, allow_hyphen_values = true)]
     pub temperature: Option<f32>,
     /// Tokens to generate at most (-1 no limit, -2 fill the context).
     #[arg(long, allow_hyphen_values = true)]
@@ -128,13 +129,13 @@ pub(crate) struct RunArgs {
     #[arg(long, allow_hyphen_values = true)]
     pub top_k: Option<i32>,
     /// Top-p.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub top_p: Option<f32>,
     /// Min-p.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub min_p: Option<f32>,
     /// Repeat penalty.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub repeat_penalty: Option<f32>,
     /// Context length.
     #[arg(long)]

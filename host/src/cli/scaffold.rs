@@ -89,14 +89,18 @@ const RESERVED_NAMES: [&str; 8] =
 /// The files of a new plugin crate `name`, relative to its directory.
 pub(crate) fn files(name: &str) -> Result<Vec<(PathBuf, String)>> {
     if !valid_name(name) {
-        bail!("plugin name {name:?}: lowercase letters, digits and '-', starting with a letter");
+        return Err(super::Usage(format!(
+            "plugin name {name:?}: lowercase letters, digits and '-', starting with a letter"
+        ))
+        .into());
     }
     if RESERVED_NAMES.contains(&name) {
-        bail!(
+        return Err(super::Usage(format!(
             "plugin name {name:?} is taken (Rust's built-in crates and corral's own plugins: \
              {}); choose another",
             RESERVED_NAMES.join(", ")
-        );
+        ))
+        .into());
     }
     let lib = format!("lib{}.so", name.replace('-', "_"));
     let abi = format!("{ABI_MAJOR}.{ABI_MINOR}");
@@ -264,7 +268,7 @@ corral plugin remove {name}
 pub(crate) fn write(name: &str, dir: &Path) -> Result<Vec<PathBuf>> {
     let files = files(name)?;
     if dir.exists() && std::fs::read_dir(dir).map_or(true, |mut d| d.next().is_some()) {
-        bail!("{} exists and is not empty", dir.display());
+        return Err(super::Usage(format!("{} exists and is not empty", dir.display())).into());
     }
     let mut written = Vec::new();
     for (rel, text) in files {

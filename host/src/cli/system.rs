@@ -186,7 +186,9 @@ pub(crate) fn plugin_check(global: &GlobalOptions, a: &CheckArgs) -> Result<()> 
     let manifest_path = if a.path.exists() {
         conformance::find_manifest(&a.path)?
     } else {
-        manifest_named(&rt.catalog, &a.path.to_string_lossy())?
+        // Neither a path nor an installed plugin: not found (exit code 3).
+        manifest_named(&rt.catalog, &a.path.to_string_lossy())
+            .map_err(|e| super::Missing(super::error_line(&e)))?
     };
     let manifest = corral_plugin_host::Manifest::load(&manifest_path)?;
     if let Err(unmet) = corral_probe::check(&manifest.requires, &rt.catalog.machine) {
@@ -441,6 +443,9 @@ pub(crate) struct InstallArgs {
 /// user's plugin directory.
 pub(crate) fn plugin_install(global: &GlobalOptions, a: &InstallArgs) -> Result<()> {
     let rt = Runtime::new(global)?;
+    if !a.path.exists() {
+        return Err(super::Missing(format!("{} does not exist", a.path.display())).into());
+    }
     let manifest_path = conformance::find_manifest(&a.path)?;
     let manifest = corral_plugin_host::Manifest::load(&manifest_path)?;
     let Some(root) = corral_plugin_host::user_plugin_dir() else {
@@ -485,7 +490,13 @@ pub(crate) fn plugin_remove(a: &RemoveArgs) -> Result<()> {
     let Some(root) = corral_plugin_host::user_plugin_dir() else {
         bail!("HOME is not set: there is no user plugin directory");
     };
-    for dir in corral_plugin_host::install::remove(&a.name, &root)? {
+    use corral_plugin_host::install::InstallError;
+    let removed = corral_plugin_host::install::remove(&a.name, &root).map_err(|e| match e {
+        InstallError::NotInstalled { .. } => anyhow::Error::from(super::Missing(e.to_string())),
+        InstallError::BadName(_) => super::Usage(e.to_string()).into(),
+        other => other.into(),
+    })?;
+    for dir in removed {
         println!("removed {}", dir.display());
     }
     Ok(())
