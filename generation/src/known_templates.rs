@@ -32,7 +32,8 @@ pub const BARE_PROMPT: &str = "{% for message in messages %}{% if message['role'
 {{ message['content'] }}{% endif %}{% endfor %}";
 
 /// Gemma 2 and 3 (`google/gemma-3-*-it`): no system role; a system prompt opens the first
-/// user turn.
+/// user turn, and any later system (or tool) message is a user turn (Gemma knows only
+/// `user` and `model`; Ollama's gemma3 template does the same).
 const GEMMA: &str = "{{ bos_token }}\
 {%- if messages[0]['role'] == 'system' -%}\
 {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}\
@@ -42,7 +43,7 @@ const GEMMA: &str = "{{ bos_token }}\
 {%- set loop_messages = messages -%}\
 {%- endif -%}\
 {%- for message in loop_messages -%}\
-{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}\
+{%- set role = 'model' if message['role'] == 'assistant' else 'user' -%}\
 {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}\
 {{- message['content'] | trim }}{{ '<end_of_turn>\n' }}\
 {%- endfor -%}\
@@ -278,6 +279,17 @@ mod tests {
             "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n\
              Hello.<end_of_turn>\n<start_of_turn>user\nCapital of France?<end_of_turn>\n\
              <start_of_turn>model\n"
+        );
+        // A second system message is a user turn: Gemma has no system role.
+        let two = [
+            ChatMessage::new("system", "Rule one."),
+            ChatMessage::new("system", "Rule two."),
+            ChatMessage::new("user", "Hi"),
+        ];
+        assert_eq!(
+            render(GEMMA, &two),
+            "<bos><start_of_turn>user\nRule one.\n\nRule two.<end_of_turn>\n<start_of_turn>user\n\
+             Hi<end_of_turn>\n<start_of_turn>model\n"
         );
     }
 
