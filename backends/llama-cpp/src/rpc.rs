@@ -403,9 +403,22 @@ pub(crate) fn plan_load(
             }
         })
         .collect();
+    let by_memory = || all.iter().map(|c| c.placed.memory_free as f64).collect::<Vec<_>>();
     let weights = match settings.extra(corral_backend_api::EXTRA_TENSOR_SPLIT) {
-        Some(t) if !t.trim().is_empty() => parse_split(t, &names)?,
-        _ => all.iter().map(|c| c.placed.memory_free as f64).collect(),
+        Some(t) if !t.trim().is_empty() => match parse_split(t, &names) {
+            Ok(w) => w,
+            // A split written for every worker cannot hold once one is skipped: the load
+            // goes on without the worker, as it does without a split.
+            Err(e) if !skipped.is_empty() => {
+                log::warn!(
+                    "{e}; skipped {}: the layers are split by free memory instead",
+                    skipped.iter().map(|s| s.endpoint.as_str()).collect::<Vec<_>>().join(", ")
+                );
+                by_memory()
+            }
+            Err(e) => return Err(e),
+        },
+        _ => by_memory(),
     };
     let counts = split_layers(units, &weights);
     let mut first = 0u32;
