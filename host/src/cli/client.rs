@@ -1,5 +1,5 @@
-//! `corral ps` and `corral stop`: clients of a running `corral serve` (at `CORRAL_HOST`,
-//! default 127.0.0.1:11434).
+//! `corral ps` and `corral stop`: clients of a running `corral serve` (at `CORRAL_HOST`, else
+//! the config's `[server] host`, default 127.0.0.1:11434).
 
 use anyhow::Result;
 use clap::Args;
