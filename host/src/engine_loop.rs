@@ -1256,16 +1256,17 @@ impl LoopState {
 /// them would answer token 0, or garbage, with every sign of success. `-inf` entries
 /// (masked tokens) are fine while one value is finite.
 fn check_logits(logits: &[f32]) -> Result<(), BackendError> {
-    let mut finite = false;
-    for &l in logits {
-        if l.is_nan() || l == f32::INFINITY {
-            return Err(BackendError::internal(format!(
-                "the engine computed {} logits; the model's weights may be broken or its \
-                 computation overflowed",
-                if l.is_nan() { "NaN" } else { "infinite" }
-            )));
-        }
-        finite |= l.is_finite();
+    // Branch-free folds the compiler vectorises (a vocabulary of 262k costs ~20 us):
+    // `!(l < inf)` holds for NaN and +inf, `l > -inf` for every finite value.
+    let bad = logits.iter().fold(false, |b, &l| b | !(l < f32::INFINITY));
+    let finite = logits.iter().fold(false, |f, &l| f | (l > f32::NEG_INFINITY));
+    if bad {
+        let nan = logits.iter().any(|l| l.is_nan());
+        return Err(BackendError::internal(format!(
+            "the engine computed {} logits; the model's weights may be broken or its \
+             computation overflowed",
+            if nan { "NaN" } else { "infinite" }
+        )));
     }
     if finite || logits.is_empty() {
         Ok(())
@@ -1278,7 +1279,16 @@ fn check_logits(logits: &[f32]) -> Result<(), BackendError> {
 
 #[cfg(test)]
 mod tests {
-    use super::aligned_chunk;
+    use super::{aligned_chunk, check_logits};
+
+    #[test]
+    fn logits_a_sampler_cannot_use_are_refused() {
+        assert!(check_logits(&[0.5, -1.0, f32::NEG_INFINITY]).is_ok());
+        let msg = |l: &[f32]| check_logits(l).unwrap_err().message;
+        assert!(msg(&[0.5, f32::NAN]).contains("NaN logits"));
+        assert!(msg(&[0.5, f32::INFINITY]).contains("infinite logits"));
+        assert!(msg(&[f32::NEG_INFINITY; 3]).contains("no finite logit"));
+    }
 
     #[test]
     fn prompt_chunks_fill_whole_tiles() {
