@@ -295,7 +295,7 @@ mod tests {
     #[test]
     fn endpoints_and_splits_that_cannot_work_are_refused_before_serving() {
         let with = |endpoints: &[&str], split: Option<&str>| RemoteDevices {
-            endpoints: endpoints.iter().map(|s| s.to_string()).collect(),
+            endpoints: endpoints.iter().map(ToString::to_string).collect(),
             tensor_split: split.map(str::to_string),
         };
         assert_eq!(with(&["10.0.0.2:50052", "[::1]:50052", "gpu-box:1"], None).check(), Ok(()));

@@ -173,6 +173,10 @@ pub struct Model {
     pub capabilities: Capabilities,
 }
 
+/// The largest vocabulary a model may report: 16 Mi tokens (the largest real ones hold
+/// about a million).
+pub const MAX_VOCAB: u32 = 1 << 24;
+
 impl Model {
     /// Loads `path` (of `format`) through `plugin`.
     pub fn load(
@@ -185,6 +189,15 @@ impl Model {
         let meta = inner.metadata();
         let special = inner.special_tokens();
         let vocab_size = inner.vocab_size();
+        // Every logits row the host keeps is `vocab_size` floats: an engine that reports
+        // an absurd vocabulary (2^28 made each row 1 GiB and the load look hung) is
+        // refused here, with the number.
+        if vocab_size > MAX_VOCAB {
+            return Err(BackendError::internal(format!(
+                "the engine reports a vocabulary of {vocab_size} tokens, beyond any real model \
+                 (at most {MAX_VOCAB})"
+            )));
+        }
         let capabilities = inner.capabilities();
         Ok(Model { inner, plugin, meta, special, vocab_size, capabilities })
     }

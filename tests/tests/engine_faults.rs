@@ -123,3 +123,28 @@ fn a_plugin_whose_init_hangs_is_waited_for_once() {
     assert!(again.contains("not tried again") && again.contains("hung"), "{again}");
     assert!(took.as_secs_f64() < 2.0, "the request waited {took:?} for the hung init again");
 }
+
+/// A model that reports an absurd vocabulary (every logits row and the token table are
+/// that wide) is refused at once, naming the number, not allocated until the load looks
+/// hung or the worker runs out of memory.
+#[test]
+fn an_absurd_vocabulary_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    example_plugin_dir(&plugins);
+    let s = Server::start(&[plugins.as_path()], &[], &[]);
+    for n in [268_435_456u64, 4_294_967_295] {
+        let p = dir.path().join(format!("v{n}.toy"));
+        std::fs::write(&p, format!("toy weights\nvocab={n}\n")).unwrap();
+        let t = std::time::Instant::now();
+        let (st, v) = post_json(
+            &s.url,
+            "/api/generate",
+            &json!({"model": p.to_string_lossy(), "prompt": "hi", "stream": false}),
+        );
+        assert_eq!(st, 500, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("beyond any real model"), "{v}");
+        assert!(t.elapsed().as_secs() < 10, "{n}: {:?}", t.elapsed());
+    }
+}

@@ -116,6 +116,17 @@ fn model_call(state: &Mutex<State>, call: Call) -> Reply {
             let plugin = plugin.ok_or_else(|| BackendError::internal("the plugin is not open"))?;
             let m: Arc<dyn ModelHandle> =
                 Arc::from(plugin.backend.load_model(&path, &format, options.into())?);
+            // Before anything sized by the vocabulary is made (the token table, logits
+            // rows): an absurd one would take the worker's memory or minutes.
+            if m.vocab_size() > crate::engine::MAX_VOCAB {
+                return Err(BackendError::internal(format!(
+                    "the engine reports a vocabulary of {} tokens, beyond any real model (at \
+                     most {})",
+                    m.vocab_size(),
+                    crate::engine::MAX_VOCAB
+                ))
+                .into());
+            }
             let answer = Answer::Loaded {
                 info: m.metadata().into(),
                 special: m.special_tokens().into(),

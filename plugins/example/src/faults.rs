@@ -8,6 +8,8 @@
 //!
 //! - `token_cost=US`: every decode takes `US` microseconds per batch entry (a slow,
 //!   compute-bound engine, for tests of how the host schedules work).
+//! - `vocab=N`: the model reports a vocabulary of `N` tokens (for tests of the host's
+//!   bounds; its logits stay 259 wide).
 //!
 //! `FAULT` is `abort` (SIGABRT, as llama.cpp's `GGML_ASSERT`), `segv` (a write through a
 //! null pointer), `exit` (the process exits with status 3), `hang` (never answers),
@@ -96,6 +98,8 @@ pub struct Triggers {
     pub on_decode: Option<(u64, Fault)>,
     /// Time each batch entry costs a decode.
     pub token_cost: Option<Duration>,
+    /// The vocabulary size the model reports instead of its own (`vocab=N`).
+    pub vocab: Option<u32>,
 }
 
 impl Triggers {
@@ -120,6 +124,7 @@ impl Triggers {
                 "token_cost" => {
                     t.token_cost = value.trim().parse().ok().map(Duration::from_micros);
                 }
+                "vocab" => t.vocab = value.trim().parse().ok(),
                 _ => {}
             }
         }
