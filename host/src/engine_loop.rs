@@ -1258,9 +1258,9 @@ impl LoopState {
 fn check_logits(logits: &[f32]) -> Result<(), BackendError> {
     // Branch-free folds the compiler vectorises (a vocabulary of 262k costs ~20 us):
     // NaN and +inf are the values not below +inf, `l > -inf` holds for every finite one.
-    let bad = logits.iter().fold(false, |b, &l| {
-        b | (l.partial_cmp(&f32::INFINITY) != Some(std::cmp::Ordering::Less))
-    });
+    let bad = logits
+        .iter()
+        .fold(false, |b, &l| b | (l.partial_cmp(&f32::INFINITY) != Some(std::cmp::Ordering::Less)));
     let finite = logits.iter().fold(false, |f, &l| f | (l > f32::NEG_INFINITY));
     if bad {
         let nan = logits.iter().any(|l| l.is_nan());
