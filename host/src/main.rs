@@ -212,7 +212,8 @@ fn template_limits() -> corral_host::template_sandbox::SandboxLimits {
     let mut limits = corral_host::template_sandbox::SandboxLimits::default();
     if let Some(t) = std::env::var("CORRAL_TEMPLATE_TIMEOUT")
         .ok()
-        .and_then(|v| humantime::parse_duration(&v).ok())
+        .and_then(|v| humantime::parse_duration(v.trim()).ok())
+        .filter(|t| !t.is_zero())
     {
         limits.time = t;
     }

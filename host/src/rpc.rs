@@ -82,8 +82,10 @@ impl RemoteDevices {
             }
         }
         if let Some(split) = &self.tensor_split {
+            // The separators the engine takes (llama.cpp's own `3/1` too).
             let parts: Vec<Option<f64>> = split
-                .split(',')
+                .split(|c: char| c == ',' || c == '/' || c.is_whitespace())
+                .filter(|p| !p.is_empty())
                 .map(|p| p.trim().parse::<f64>().ok().filter(|x| x.is_finite() && *x >= 0.0))
                 .collect();
             if parts.iter().any(Option::is_none) || parts.iter().flatten().all(|x| *x == 0.0) {
@@ -302,8 +304,10 @@ mod tests {
         for bad in ["foo", "127.0.0.1:99999", ":80", "a:b:c", "http://h:1", "h:0", "h:1/x"] {
             assert!(with(&[bad], None).check().is_err(), "{bad}");
         }
-        assert_eq!(with(&[], Some("1,2.5,0")).check(), Ok(()));
-        for bad in ["abc", "0,0", "-1,1", "1,,2", "inf"] {
+        for good in ["1,2.5,0", "3/1", "3 1"] {
+            assert_eq!(with(&[], Some(good)).check(), Ok(()), "{good}");
+        }
+        for bad in ["abc", "0,0", "-1,1", "inf", ","] {
             assert!(with(&[], Some(bad)).check().unwrap_err().contains("tensor_split"), "{bad}");
         }
     }

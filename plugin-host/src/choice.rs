@@ -95,9 +95,14 @@ pub struct PluginCatalog {
     /// ([`PluginCatalog::verify`]).
     pub inspector: Option<crate::inspect::Inspector>,
     opened: Mutex<HashMap<PathBuf, Arc<LoadedPlugin>>>,
-    /// Plugins that failed to open, with why: not tried again in this process.
-    failed: Mutex<HashMap<PathBuf, String>>,
+    /// Plugins that failed to open, when and why: not tried again for
+    /// [`RETRY_FAILED_AFTER`].
+    failed: Mutex<HashMap<PathBuf, (std::time::Instant, String)>>,
 }
+
+/// How long a plugin that failed to open is answered with that failure before it is
+/// tried again.
+pub const RETRY_FAILED_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl PluginCatalog {
     /// A catalog of the manifests on `search_path`.
@@ -259,10 +264,12 @@ impl PluginCatalog {
             if let Some(p) = opened.get(path) {
                 return Ok(p.clone());
             }
-            // A plugin that failed to open is not tried again in this process (one whose
-            // init hung cost the timeout at startup and again at the first request).
-            if let Some(why) =
+            // A plugin that failed to open is not tried again for a minute (one whose init
+            // hung cost the timeout at startup and again at the first request); after that
+            // it is, as a cause may pass (a GPU driver not up yet at boot).
+            if let Some((when, why)) =
                 self.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(path)
+                && when.elapsed() < RETRY_FAILED_AFTER
             {
                 return Err(crate::loader::LoadError::FailedBefore(why.clone()));
             }
@@ -276,7 +283,7 @@ impl PluginCatalog {
                     self.failed
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .insert(path.to_path_buf(), e.to_string());
+                        .insert(path.to_path_buf(), (std::time::Instant::now(), e.to_string()));
                     Err(e)
                 }
             }

@@ -139,9 +139,9 @@ pub enum LoadError {
         /// What the worker said, or how it died.
         detail: String,
     },
-    /// The plugin failed to open earlier in this process ([`crate::PluginCatalog`]
-    /// does not try it again); the message is that first failure's.
-    #[error("{0} (when first opened; not tried again)")]
+    /// The plugin failed to open less than a minute ago ([`crate::PluginCatalog`] does
+    /// not try it again sooner); the message is that failure's.
+    #[error("{0} (when last opened; tried again a minute after)")]
     FailedBefore(String),
     /// The plugin's init returned an error.
     #[error("{plugin} failed to initialise: {detail}")]

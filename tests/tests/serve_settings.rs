@@ -54,7 +54,7 @@ fn unusable_settings_stop_serve_with_the_settings_name() {
     std::fs::write(&keys, "# the keys\n\n   \n").unwrap();
     let keys = keys.to_string_lossy().into_owned();
     refused(&["--api-key-file", &keys], &[], "holds no key");
-    refused(&[], &[("CORRAL_API_KEYS", " , ,")], "CORRAL_API_KEYS holds no key");
+    refused(&[], &[("CORRAL_API_KEYS", " , ,")], "are all blank");
     refused(&["--threads", "100000"], &[], "--threads 100000");
     refused(&["--num-parallel", "100000"], &[], "--num-parallel 100000");
     refused(&[], &[("CORRAL_MODELS_READONLY", "maybe")], "CORRAL_MODELS_READONLY");
@@ -66,8 +66,10 @@ fn unusable_settings_stop_serve_with_the_settings_name() {
     std::fs::write(&file, "x").unwrap();
     let file = file.to_string_lossy().into_owned();
     let (code, err) = serve_outcome(&["--models", &file], &[]).expect("serve refuses");
-    assert_ne!(code, 0, "{err}");
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains("model store cannot be opened"), "{err}");
+    refused(&[], &[("CORRAL_TEMPLATE_TIMEOUT", "0s")], "CORRAL_TEMPLATE_TIMEOUT");
+    refused(&["--host", "127.0.0.1:99999"], &[], "cannot listen on");
     // A key file with a key starts; so does a plain one.
     std::fs::write(dir.path().join("keys.txt"), "# the keys\nsecret-1\n").unwrap();
     assert!(serve_outcome(&["--api-key-file", &keys], &[]).is_none());
@@ -76,7 +78,7 @@ fn unusable_settings_stop_serve_with_the_settings_name() {
 #[test]
 fn the_listening_address_takes_the_clients_forms() {
     use std::io::BufRead;
-    for form in ["http://127.0.0.1:{port}", "127.0.0.1:{port}/"] {
+    for form in ["http://127.0.0.1:{port}", "127.0.0.1:{port}/", "[::1]:{port}"] {
         let port = free_port();
         let host = form.replace("{port}", &port.to_string());
         let store = tempfile::tempdir().unwrap();
@@ -89,7 +91,7 @@ fn the_listening_address_takes_the_clients_forms() {
         let _ = child.kill();
         let _ = child.wait();
         let line = listening.unwrap_or_else(|| panic!("{host}: serve did not listen"));
-        assert!(line.ends_with(&format!("127.0.0.1:{port}")), "{host}: {line}");
+        assert!(line.ends_with(&format!(":{port}")), "{host}: {line}");
     }
     refused(&["--host", "ftp://127.0.0.1:1"], &[], "cannot listen on");
 }

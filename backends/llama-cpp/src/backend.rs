@@ -51,7 +51,9 @@ impl LlamaOptions {
         } else if self.n_threads > 0 {
             self.n_threads
         } else {
-            std::thread::available_parallelism().map_or(4, |n| n.get() as u32)
+            // ggml runs at most 512 threads (GGML_MAX_N_THREADS); a bigger machine's
+            // default is that many, an explicit count above it is refused.
+            std::thread::available_parallelism().map_or(4, |n| n.get() as u32).min(512)
         };
         n.min(i32::MAX as u32) as i32
     }
@@ -272,32 +274,27 @@ impl Backend for LlamaBackend {
         // to offload to (or offloading turned off).
         let cpu_only = plan.is_none() && (params.n_gpu_layers == 0 || !has_gpu_device());
         let placement = plan.map(|p| (p.placement, !endpoints.is_empty()));
-        let arch = summary.architecture.clone().unwrap_or_default();
-        // SAFETY: `model` is live; the adapters are freed with it (by llama.cpp), and on
-        // an error here it is freed before anything else holds it.
-        let adapters = match unsafe {
-            crate::lora::Adapters::load(
-                model,
-                &arch,
-                opts.extra_all(corral_backend_api::EXTRA_LORA_ADAPTER),
-            )
-        } {
-            Ok(a) => a,
-            Err(e) => {
-                // SAFETY: as above; nothing else holds the model.
-                unsafe { sys::llama_model_free(model) };
-                return Err(e);
-            }
-        };
-        let inner = ModelInner::new(
+        // The adapters load onto the model once it is owned (an error then frees it with
+        // `ModelInner`'s drop), checked against the architecture llama.cpp read.
+        let mut inner = ModelInner::new(
             model,
             summary,
             self.options.clone(),
             kv,
             placement,
             cpu_only,
-            adapters,
+            crate::lora::Adapters::default(),
         );
+        let arch = inner.metadata.architecture.clone();
+        // SAFETY: `inner` owns the live model and outlives the adapters' use (llama.cpp
+        // frees them with it).
+        inner.adapters = unsafe {
+            crate::lora::Adapters::load(
+                inner.ptr,
+                &arch,
+                opts.extra_all(corral_backend_api::EXTRA_LORA_ADAPTER),
+            )
+        }?;
         Ok(LlamaModel::new(Arc::new(inner)))
     }
 

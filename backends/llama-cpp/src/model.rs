@@ -25,7 +25,7 @@ pub(crate) struct ModelInner {
     pub(crate) vocab: *const sys::llama_vocab,
     pub(crate) n_vocab: u32,
     pub(crate) options: Arc<LlamaOptions>,
-    metadata: ModelInfo,
+    pub(crate) metadata: ModelInfo,
     special: SpecialTokenIds,
     /// What the model can do, asked of llama.cpp on first use ([`ModelInner::probe`]).
     capabilities: OnceLock<Capabilities>,

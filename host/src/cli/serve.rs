@@ -143,7 +143,7 @@ fn check_environment() -> Result<(), ConfigError> {
         ));
     }
     if let Some(v) = var("CORRAL_TEMPLATE_TIMEOUT")
-        && humantime::parse_duration(v.trim()).is_err()
+        && !humantime::parse_duration(v.trim()).is_ok_and(|d| !d.is_zero())
     {
         return Err(bad("CORRAL_TEMPLATE_TIMEOUT", &v, "give a duration such as 10s or 500ms"));
     }
@@ -183,13 +183,22 @@ fn listen_address(given: Option<String>) -> Result<String, ConfigError> {
     if host.contains('/') {
         return refuse(&raw, "HOST:PORT, without a path");
     }
-    Ok(match host {
+    // A bare IPv6 address (`::1`, `::`) is a host, not `:PORT`.
+    if host.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Ok(format!("[{host}]:11434"));
+    }
+    let address = match host {
         "" => "127.0.0.1:11434".to_string(),
         h if h.starts_with(':') => format!("127.0.0.1{h}"),
         // An IPv6 address in brackets, or a host with a port.
         h if h.ends_with(']') || !h.contains(':') => format!("{h}:11434"),
         h => h.to_string(),
-    })
+    };
+    // HOST:PORT with a port that is one: said here (exit 2), not as a bind error.
+    match address.rsplit_once(':') {
+        Some((h, port)) if !h.is_empty() && port.parse::<u16>().is_ok() => Ok(address),
+        _ => refuse(&raw, "HOST:PORT with a port from 0 to 65535"),
+    }
 }
 
 /// Compute threads: 0 (the engine's choice) or at most four per logical CPU (ggml's and
@@ -298,14 +307,18 @@ pub(crate) fn serve(global: &GlobalOptions, a: ServeArgs) -> Result<()> {
 /// The API keys from `CORRAL_API_KEYS`, the key file (flag, else config) and the
 /// config's list. A key file that cannot be read is an error, not an open server.
 fn api_keys(flag_file: Option<&std::path::Path>, cfg: &ServerConfig) -> Result<ApiKeys> {
-    let mut keys: Vec<String> = std::env::var("CORRAL_API_KEYS")
-        .map(|v| v.split(',').map(str::to_string).collect())
-        .unwrap_or_default();
+    // An empty CORRAL_API_KEYS is unset; one that names only blanks (`,`, `" "`), or a
+    // config list of blanks, meant to lock the server and must not leave it open.
+    let env = std::env::var("CORRAL_API_KEYS").ok().filter(|v| !v.is_empty());
+    let mut keys: Vec<String> = env.iter().flat_map(|v| v.split(',')).map(str::to_string).collect();
     keys.extend(cfg.api_keys.iter().cloned());
+    let listed = !keys.is_empty();
     keys.retain(|k| !k.trim().is_empty());
-    if std::env::var("CORRAL_API_KEYS").is_ok_and(|v| !v.trim().is_empty()) && keys.is_empty() {
+    if listed && keys.is_empty() {
         return Err(ConfigError::Setting(
-            "CORRAL_API_KEYS holds no key (give keys separated by commas)".into(),
+            "the API keys given (CORRAL_API_KEYS or [server] api_keys) are all blank: give \
+             keys separated by commas"
+                .into(),
         )
         .into());
     }

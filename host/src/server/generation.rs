@@ -466,10 +466,12 @@ fn build(
             let num_ctx = loaded.num_ctx as usize;
             let (mut tokens, mut text) = render(asked.clone())?;
             if tokens.len() >= num_ctx && policy == ContextPolicy::Truncate && asked.len() > 1 {
-                // As Ollama's chatPrompt: whole old messages go first, the system messages
-                // and the last message stay (the tokens are cut below only when those
-                // alone do not fit).
-                if let Some((t, x, dropped)) = drop_old_messages(&asked, num_ctx, render)? {
+                // As Ollama's chatPrompt: whole old turns go first, the system messages
+                // and the last turn stay (the tokens are cut below only when those alone
+                // do not fit).
+                if let Some((t, x, dropped)) =
+                    drop_old_turns(&asked, num_ctx, continue_final, render)
+                {
                     tracing::warn!(
                         model = %model.name,
                         "chat of {} messages truncated to its last {} (and its system \
@@ -550,40 +552,63 @@ fn build(
     Ok(Built { tokens, constraint, options, thinks, opens_think })
 }
 
-/// The chat `asked` without its oldest non-system messages, as few dropped as make its
-/// prompt (by `render`) shorter than `num_ctx` tokens; the last message always stays.
-/// `None` when even that does not fit. A binary search over how many go (each try renders
-/// the template once), with the prompt's length taken to shrink as messages go.
-#[allow(clippy::type_complexity)]
-fn drop_old_messages(
+/// The chat `asked` without its oldest turns: everything before a user message goes
+/// except the system messages, as few turns as make its prompt (by `render`) shorter
+/// than `num_ctx` tokens. A turn goes whole (a tool call stays with its results, and
+/// templates that insist on alternating roles still see them alternate); the last turn
+/// always stays (with `continue_final`, the user message an assistant prefill answers
+/// too). A cut whose chat the template refuses counts as one that does not fit. When
+/// no cut fits, the shortest chat the template takes (its tokens are cut afterwards);
+/// `None` when there is no cut to make or the template takes none. A binary search
+/// over the cuts (each try renders the template once), the prompt's length taken to
+/// shrink as turns go. Returns the tokens, the text, and how many messages went.
+fn drop_old_turns(
     asked: &[Message],
     num_ctx: usize,
+    continue_final: bool,
     render: impl Fn(Vec<Message>) -> Result<(Vec<u32>, String), ApiError>,
-) -> Result<Option<(Vec<u32>, String, usize)>, ApiError> {
-    let droppable: Vec<usize> =
-        (0..asked.len() - 1).filter(|&i| asked[i].role != "system").collect();
-    let without = |n: usize| -> Vec<Message> {
-        let gone = &droppable[..n];
-        asked
+) -> Option<(Vec<u32>, String, usize)> {
+    let last = asked.len().checked_sub(1)?;
+    // The last message a cut may not pass: the last user message when the final
+    // message is a prefill (its question stays), else the last message itself.
+    let keep = match asked.last() {
+        Some(m) if continue_final && m.role == "assistant" => {
+            asked.iter().rposition(|m| m.role == "user").unwrap_or(last)
+        }
+        _ => last,
+    };
+    let cuts: Vec<usize> = (1..=keep).filter(|&c| asked[c].role == "user").collect();
+    let without = |cut: usize| -> (Vec<Message>, usize) {
+        let kept: Vec<Message> = asked
             .iter()
             .enumerate()
-            .filter(|(i, _)| !gone.contains(i))
+            .filter(|(i, m)| *i >= cut || m.role == "system")
             .map(|(_, m)| m.clone())
-            .collect()
+            .collect();
+        let dropped = asked.len() - kept.len();
+        (kept, dropped)
     };
-    let (mut lo, mut hi) = (1, droppable.len());
+    let (mut lo, mut hi) = (0usize, cuts.len());
     let mut best = None;
-    while lo <= hi {
+    while lo < hi {
         let mid = (lo + hi) / 2;
-        let (tokens, text) = render(without(mid))?;
-        if tokens.len() < num_ctx {
-            best = Some((tokens, text, mid));
-            hi = mid - 1;
-        } else {
-            lo = mid + 1;
+        let (kept, dropped) = without(cuts[mid]);
+        match render(kept) {
+            Ok((tokens, text)) if tokens.len() < num_ctx => {
+                best = Some((tokens, text, dropped));
+                hi = mid;
+            }
+            _ => lo = mid + 1,
         }
     }
-    Ok(best)
+    if best.is_some() {
+        return best;
+    }
+    // Nothing fits: the shortest chat the template takes, from the last cut back.
+    cuts.iter().rev().find_map(|&c| {
+        let (kept, dropped) = without(c);
+        render(kept).ok().map(|(tokens, text)| (tokens, text, dropped))
+    })
 }
 
 /// A chat rendered with the model's template (its SYSTEM and MESSAGEs first) and
@@ -1111,26 +1136,49 @@ pub fn new_cancel_flag() -> Arc<AtomicBool> {
 #[cfg(test)]
 mod tests {
 
-    /// Old messages go whole, the fewest that make the chat fit; system messages and the
-    /// last message stay; `None` when even those do not fit.
+    /// Old turns go whole, the fewest that make the chat fit; system messages, the last
+    /// turn and a prefill's question stay; a cut the template refuses does not count.
     #[test]
-    fn a_long_chat_drops_its_oldest_messages_first() {
+    fn a_long_chat_drops_its_oldest_turns_first() {
         let m = |role: &str, n: usize| Message::new(role, "x".repeat(n));
-        // One token per byte of content.
+        // One token per byte of content; roles must alternate after the system messages
+        // (as Mistral's and Gemma 2's templates insist).
         let render = |msgs: Vec<Message>| -> Result<(Vec<u32>, String), ApiError> {
+            let turns: Vec<&Message> = msgs.iter().filter(|m| m.role != "system").collect();
+            let alternate = turns
+                .iter()
+                .enumerate()
+                .all(|(i, m)| m.role == if i % 2 == 0 { "user" } else { "assistant" });
+            if !alternate {
+                return Err(ApiError::bad_request("Conversation roles must alternate"));
+            }
             let text: String = msgs.iter().map(|m| format!("{}:{};", m.role, m.content)).collect();
             Ok((vec![0; msgs.iter().map(|m| m.content.len()).sum()], text))
         };
-        let chat =
-            [m("system", 10), m("user", 30), m("assistant", 30), m("user", 30), m("user", 5)];
-        let (tokens, text, dropped) = super::drop_old_messages(&chat, 50, render).unwrap().unwrap();
-        assert_eq!(dropped, 2);
-        assert_eq!(tokens.len(), 45);
+        let chat = [
+            m("system", 10),
+            m("user", 30),
+            m("assistant", 30),
+            m("user", 30),
+            m("assistant", 30),
+            m("user", 5),
+        ];
+        // Two turns go (a user and an assistant each), never one message alone.
+        let (tokens, text, dropped) = super::drop_old_turns(&chat, 50, false, render).unwrap();
+        assert_eq!((dropped, tokens.len()), (4, 15));
         assert!(text.starts_with("system:") && text.ends_with(&format!("user:{};", "x".repeat(5))));
-        let (_, _, dropped) = super::drop_old_messages(&chat, 80, render).unwrap().unwrap();
-        assert_eq!(dropped, 1);
-        // The system message and the last one alone are too long: nothing to drop to.
-        assert!(super::drop_old_messages(&chat, 15, render).unwrap().is_none());
+        let (_, _, dropped) = super::drop_old_turns(&chat, 120, false, render).unwrap();
+        assert_eq!(dropped, 2);
+        // Nothing fits: the shortest chat, whose tokens are cut afterwards.
+        let (tokens, _, dropped) = super::drop_old_turns(&chat, 12, false, render).unwrap();
+        assert_eq!((dropped, tokens.len()), (4, 15));
+        // A prefill keeps the question it answers.
+        let prefill = [m("user", 40), m("assistant", 40), m("user", 20), m("assistant", 5)];
+        let (_, text, dropped) = super::drop_old_turns(&prefill, 30, true, render).unwrap();
+        assert_eq!(dropped, 2);
+        assert!(text.starts_with(&format!("user:{};", "x".repeat(20))), "{text}");
+        // One user message: nothing to cut.
+        assert!(super::drop_old_turns(&[m("user", 99)], 10, false, render).is_none());
     }
     use serde_json::json;
 

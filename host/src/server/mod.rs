@@ -372,10 +372,10 @@ pub fn serve_blocking(rt: Runtime, opts: ServeOptions) -> Result<()> {
         // without one answered `list` with an empty store and `create` with a broken pipe.
         let store =
             crate::models::open_store(opts.models.as_deref(), false, &rt.config).map_err(|e| {
-                anyhow::anyhow!(
+                crate::config::ConfigError::Setting(format!(
                     "the model store cannot be opened: {e}; set --models or CORRAL_MODELS to a \
                      writable directory (CORRAL_MODELS_READONLY=1 for a read-only one)"
-                )
+                ))
             })?;
         let store = Some(store);
         let remotes = Arc::new(remote::Remotes::from_config(&rt.config)?);

@@ -1516,6 +1516,11 @@ impl Reader {
                             return Err(Stop::Failed("sent tool-call arguments too long".into()));
                         }
                         entry.1.push_str(a);
+                        // Arguments streaming in are the answer going on, though nothing is
+                        // emitted until the call is whole.
+                        if !a.is_empty() {
+                            self.progress = tokio::time::Instant::now();
+                        }
                     }
                 }
             }

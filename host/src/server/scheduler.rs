@@ -329,7 +329,7 @@ pub struct Scheduler {
     /// during the engine's load itself, so a load that hangs holds up no other model's.
     load_lock: tokio::sync::Mutex<()>,
     /// Loads in flight: how many, and the bytes their estimates reserve.
-    reserved: Mutex<(usize, u64)>,
+    reserved: Arc<Mutex<(usize, u64)>>,
     /// The model store, when one could be opened.
     pub store: Option<corral_registry::Store>,
     /// Metrics.
@@ -530,27 +530,36 @@ fn honoured_kv(
 }
 
 /// A load in flight's share of [`Scheduler`]'s reservations, given back when the load
-/// ends (loaded, failed or cancelled).
-struct Reservation<'a> {
-    reserved: &'a Mutex<(usize, u64)>,
+/// ends (loaded, failed, or its result dropped): it moves into the blocking load, so a
+/// request that goes away mid-load does not free the room the load still takes.
+struct Reservation {
+    reserved: Arc<Mutex<(usize, u64)>>,
     bytes: u64,
 }
 
-impl<'a> Reservation<'a> {
-    fn new(reserved: &'a Mutex<(usize, u64)>, bytes: u64) -> Self {
+impl Reservation {
+    fn new(reserved: &Arc<Mutex<(usize, u64)>>, bytes: u64) -> Self {
         let mut r = reserved.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         r.0 += 1;
         r.1 = r.1.saturating_add(bytes);
-        Reservation { reserved, bytes }
+        Reservation { reserved: reserved.clone(), bytes }
     }
 }
 
-impl Drop for Reservation<'_> {
+impl Drop for Reservation {
     fn drop(&mut self) {
         let mut r = self.reserved.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         r.0 = r.0.saturating_sub(1);
         r.1 = r.1.saturating_sub(self.bytes);
     }
+}
+
+/// What [`Scheduler::make_room`] found.
+enum Room {
+    /// Room is made: the load may go on.
+    Made,
+    /// Only loads in flight stand in the way: wait for one to end (without the lock).
+    WaitForLoads,
 }
 
 /// The tokens of one batch the host decodes at most ([`LoopConfig::n_batch`]).
@@ -718,7 +727,7 @@ impl Scheduler {
             crashed: Mutex::new(Default::default()),
             load_crashes: Mutex::new(HashMap::new()),
             load_lock: tokio::sync::Mutex::new(()),
-            reserved: Mutex::new((0, 0)),
+            reserved: Arc::new(Mutex::new((0, 0))),
             store,
             metrics,
         }
@@ -919,7 +928,9 @@ impl Scheduler {
             .entry(key.clone())
             .or_default()
             .clone();
-        let _model_guard = model_lock.lock().await;
+        // Owned: it moves into the load with the reservation, so a request that goes
+        // away mid-load does not let a retry start a second load beside it.
+        let model_guard = model_lock.lock_owned().await;
         if let Some(g) = self.use_loaded(&key, keep_alive, num_ctx) {
             return Ok((g, Duration::ZERO));
         }
@@ -997,18 +1008,29 @@ impl Scheduler {
         // Room for loads of different models is made one at a time, and each load's
         // estimate is reserved before the lock is released: the engine's load then runs
         // beside other models' (one that hangs until the engine timeout holds up none).
-        let _reservation = {
-            let _lock = self.load_lock.lock().await;
-            if let Some(old) = stale {
+        let mut stale = stale;
+        let reservation = loop {
+            let lock = self.load_lock.lock().await;
+            if let Some(old) = stale.take() {
                 self.retire(&key, old, num_ctx.unwrap_or(0)).await?;
             }
-            self.make_room(estimate).await?;
-            Reservation::new(&self.reserved, estimate)
+            match self.make_room(estimate).await? {
+                Room::Made => break Reservation::new(&self.reserved, estimate),
+                // Loads in flight cannot be evicted: wait for one to end, the lock free
+                // for loads that do fit meanwhile.
+                Room::WaitForLoads => {
+                    drop(lock);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
         };
         let me = self.clone();
         let t = Instant::now();
-        let loaded = tokio::task::spawn_blocking(move || {
-            me.load_blocking(plugin, r, n_parallel, requested, need, kv)
+        // The reservation and the model's lock go with the load and come back with its
+        // result: a request that goes away mid-load drops them only when the load ends.
+        let (loaded, _held) = tokio::task::spawn_blocking(move || {
+            let loaded = me.load_blocking(plugin, r, n_parallel, requested, need, kv);
+            (loaded, (reservation, model_guard))
         })
         .await
         .map_err(|e| ApiError::internal(format!("model load task failed: {e}")))?;
@@ -1282,7 +1304,7 @@ impl Scheduler {
         })
     }
 
-    async fn make_room(&self, estimate: u64) -> Result<(), ApiError> {
+    async fn make_room(&self, estimate: u64) -> Result<Room, ApiError> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let loaded = self.loaded();
@@ -1298,7 +1320,7 @@ impl Scheduler {
                         avail >> 20
                     );
                 }
-                return Ok(());
+                return Ok(Room::Made);
             }
             // Loads in flight count as loaded (their memory is not taken yet, so the
             // probe does not see it).
@@ -1307,7 +1329,7 @@ impl Scheduler {
             let too_big =
                 self.available_memory().is_some_and(|avail| used > 0 && used + estimate > avail);
             if !too_many && !too_big {
-                return Ok(());
+                return Ok(Room::Made);
             }
             let victim = loaded
                 .iter()
@@ -1325,6 +1347,8 @@ impl Scheduler {
                     );
                     self.unload(&v.model_ref.name).await;
                 }
+                // Only loads in flight (which cannot be evicted) are in the way.
+                None if loading > 0 => return Ok(Room::WaitForLoads),
                 None => {
                     if Instant::now() > deadline {
                         return Err(ApiError::busy(
