@@ -118,7 +118,8 @@ fn loads_and_reports_metadata() {
 
 /// llama.cpp says the tiny llama model's memory can shift and its attention is causal;
 /// the plugin makes per-sequence contexts unless `kv_unified = true` shares them all, and
-/// every context takes the load's KV cache type and flash attention setting.
+/// every context takes the load's KV cache type, flash attention setting and LoRA
+/// adapters.
 #[test]
 fn declares_capabilities_as_llama_cpp_answers() {
     let f = fixture();
@@ -131,7 +132,8 @@ fn declares_capabilities_as_llama_cpp_answers() {
             "context-shift",
             "per-sequence-context",
             "kv-cache-types",
-            "flash-attention"
+            "flash-attention",
+            "lora-adapters"
         ],
         "{caps:?}"
     );
