@@ -559,9 +559,10 @@ fn build(
 /// always stays (with `continue_final`, the user message an assistant prefill answers
 /// too). A cut whose chat the template refuses counts as one that does not fit. When
 /// no cut fits, the shortest chat the template takes (its tokens are cut afterwards);
-/// `None` when there is no cut to make or the template takes none. A binary search
-/// over the cuts (each try renders the template once), the prompt's length taken to
-/// shrink as turns go. Returns the tokens, the text, and how many messages went.
+/// `None` when there is no cut to make or the template takes none. The turns kept are
+/// found from the end, doubling, then by bisection (each try renders only what it keeps),
+/// the prompt's length taken to grow with them. Returns the tokens, the text, and how
+/// many messages went.
 fn drop_old_turns(
     asked: &[Message],
     num_ctx: usize,
@@ -588,27 +589,48 @@ fn drop_old_turns(
         let dropped = asked.len() - kept.len();
         (kept, dropped)
     };
-    let (mut lo, mut hi) = (0usize, cuts.len());
-    let mut best = None;
-    while lo < hi {
-        let mid = (lo + hi) / 2;
-        let (kept, dropped) = without(cuts[mid]);
-        match render(kept) {
-            Ok((tokens, text)) if tokens.len() < num_ctx => {
-                best = Some((tokens, text, dropped));
-                hi = mid;
-            }
-            _ => lo = mid + 1,
+    // Turns kept from the end: 1, 2, 4, ... while the chat fits (each try renders only
+    // what it keeps, so a chat of 100,000 turns of which a few dozen fit costs a few
+    // small renders), then a binary search between the last that fit and the first that
+    // did not. `kept(k)`: the chat from the k-th cut from the end.
+    let n = cuts.len();
+    if n == 0 {
+        return None;
+    }
+    let try_keep = |k: usize| {
+        let (kept, dropped) = without(cuts[n - k]);
+        render(kept).ok().map(|(tokens, text)| (tokens, text, dropped))
+    };
+    let fits = |r: &Option<(Vec<u32>, String, usize)>| {
+        r.as_ref().is_some_and(|(tokens, _, _)| tokens.len() < num_ctx)
+    };
+    let first = try_keep(1);
+    if !fits(&first) {
+        // Not even the last turn fits: the shortest chat the template takes.
+        return first.or_else(|| (2..=n).find_map(try_keep));
+    }
+    let (mut good, mut best, mut bad) = (1, first, None);
+    while bad.is_none() && good < n {
+        let k = (good * 2).min(n);
+        let r = try_keep(k);
+        if fits(&r) {
+            (good, best) = (k, r);
+        } else {
+            bad = Some(k);
         }
     }
-    if best.is_some() {
-        return best;
+    if let Some(mut bad) = bad {
+        while bad - good > 1 {
+            let k = good + (bad - good) / 2;
+            let r = try_keep(k);
+            if fits(&r) {
+                (good, best) = (k, r);
+            } else {
+                bad = k;
+            }
+        }
     }
-    // Nothing fits: the shortest chat the template takes, from the last cut back.
-    cuts.iter().rev().find_map(|&c| {
-        let (kept, dropped) = without(c);
-        render(kept).ok().map(|(tokens, text)| (tokens, text, dropped))
-    })
+    best
 }
 
 /// A chat rendered with the model's template (its SYSTEM and MESSAGEs first) and
