@@ -151,10 +151,17 @@ fn store_commands_and_run_go_through_a_running_server() {
     let (code, _, stderr) = go(&store_b, &host, &["create", "x", "-f", mf2.to_str().unwrap()]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--local") && stderr.contains("line 1"), "{stderr}");
-    std::fs::write(&mf2, "FROM ./tiny.gguf\nADAPTER ./tiny.gguf\n").unwrap();
+    std::fs::write(&mf2, "FROM ./tiny.gguf\nFROM ./tiny.gguf\n").unwrap();
     let (code, _, stderr) = go(&store_b, &host, &["create", "x", "-f", mf2.to_str().unwrap()]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("ADAPTER") && stderr.contains("--local"), "{stderr}");
+    assert!(stderr.contains("second FROM") && stderr.contains("--local"), "{stderr}");
+    // An ADAPTER that is not a GGUF file is the Modelfile's error, named by its line
+    // (a GGUF one is uploaded as a blob: tests/tests/lora.rs).
+    std::fs::write(dir.path().join("notes.txt"), "not a model").unwrap();
+    std::fs::write(&mf2, "FROM ./tiny.gguf\nADAPTER ./notes.txt\n").unwrap();
+    let (code, _, stderr) = go(&store_b, &host, &["create", "x", "-f", mf2.to_str().unwrap()]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("line 2") && stderr.contains("not a GGUF"), "{stderr}");
     let (code, _, stderr) = go(&store_b, &host, &["create", "x", "-f", mf, "--link"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--local"), "{stderr}");

@@ -111,6 +111,15 @@ fn llama_cpp_applies_adapters_as_their_merged_weights_and_refuses_bad_ones() {
     let msg = v["error"].as_str().unwrap();
     assert!(msg.contains("LoRA adapter") && msg.contains("architecture"), "{msg}");
     assert_eq!(text("tuned"), tuned_text, "the server stayed up and kept its models");
+    // `corral create` through the server uploads the adapter as a blob, as the FROM file.
+    let mf = d.join("Modelfile");
+    std::fs::write(&mf, format!("FROM {}\nADAPTER {}\n", base.display(), tuned.display())).unwrap();
+    let mut c = corral(&[d]);
+    c.env("CORRAL_HOST", s.url.trim_start_matches("http://"));
+    c.args(["create", "tuned-cli", "-f"]).arg(&mf);
+    let (out, _, stderr) = run(c);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(text("tuned-cli"), tuned_text, "created through the server with its adapter");
     drop(s);
 
     // `corral run` on the store applies them too.

@@ -263,6 +263,7 @@ fn create_remote(
     let parameters = mf.parameters();
     let mut messages = Vec::new();
     let mut licenses = Vec::new();
+    let mut adapters = Vec::new();
     for cmd in &mf.commands {
         match &cmd.directive {
             Directive::Remote(r) => remote_host = Some(r.clone()),
@@ -292,7 +293,12 @@ fn create_remote(
                     FromSource::Model(v.clone())
                 });
             }
-            Directive::Adapter(v) => return Err(needs_local(server, cmd, &format!("ADAPTER {v}"))),
+            // Uploaded as blobs below, as FROM files are (Ollama's `adapters`).
+            Directive::Adapter(v) => {
+                let path = resolve_path(base, v);
+                check_gguf(cmd, &path)?;
+                adapters.push(path);
+            }
             Directive::Template(t) => template = Some(t.clone()),
             Directive::System(t) => system = Some(t.clone()),
             Directive::License(t) => licenses.push(Value::String(t.clone())),
@@ -316,6 +322,19 @@ fn create_remote(
         Some(FromSource::Model(m)) => body["from"] = json!(m),
         // The parser refuses a Modelfile without FROM; the server says so too.
         None => {}
+    }
+    if !adapters.is_empty() {
+        let mut named = serde_json::Map::new();
+        for (i, path) in adapters.iter().enumerate() {
+            eprintln!("transferring adapter data");
+            let digest = server.upload_file(path)?;
+            // Names only key the map (in order): one per adapter, as given.
+            let file = path
+                .file_name()
+                .map_or_else(|| "adapter.gguf".into(), |f| f.to_string_lossy().into_owned());
+            named.insert(format!("{i:03}-{file}"), json!(digest));
+        }
+        body["adapters"] = Value::Object(named);
     }
     let optional = [
         ("remote_host", remote_host.map(Value::String)),
