@@ -6,17 +6,35 @@
 use corral_e2e::*;
 use serde_json::json;
 
-#[test]
-fn nan_logits_end_the_request_with_a_clear_500() {
-    let dir = tempfile::tempdir().unwrap();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
-    example_plugin_dir(&plugins);
-    let model = |name: &str, triggers: &str| {
-        let p = dir.path().join(format!("{name}.toy"));
+/// A temporary directory with the example plugin under `plugins/` and toy models beside.
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+        example_plugin_dir(&dir.path().join("plugins"));
+        Env { dir }
+    }
+
+    fn plugins(&self) -> std::path::PathBuf {
+        self.dir.path().join("plugins")
+    }
+
+    /// A toy model file whose lines are the example plugin's triggers; its path.
+    fn model(&self, name: &str, triggers: &str) -> String {
+        let p = self.dir.path().join(format!("{name}.toy"));
         std::fs::write(&p, format!("toy weights {name}\n{triggers}\n")).unwrap();
         p.to_string_lossy().into_owned()
-    };
+    }
+}
+
+#[test]
+fn nan_logits_end_the_request_with_a_clear_500() {
+    let e = Env::new();
+    let (plugins, model) = (e.plugins(), |name: &str, triggers: &str| e.model(name, triggers));
     // The prompt's own decode computes NaN.
     let first = model("nan-first", "on_decode=1:nan");
     let s = Server::start(&[plugins.as_path()], &[], &[]);
@@ -56,15 +74,8 @@ fn nan_logits_end_the_request_with_a_clear_500() {
 /// model's load: the second model answers at once, the hung one with its timeout error.
 #[test]
 fn a_load_that_hangs_holds_up_no_other_models_load() {
-    let dir = tempfile::tempdir().unwrap();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
-    example_plugin_dir(&plugins);
-    let model = |name: &str, triggers: &str| {
-        let p = dir.path().join(format!("{name}.toy"));
-        std::fs::write(&p, format!("toy weights {name}\n{triggers}\n")).unwrap();
-        p.to_string_lossy().into_owned()
-    };
+    let e = Env::new();
+    let (plugins, model) = (e.plugins(), |name: &str, triggers: &str| e.model(name, triggers));
     let (hung, fine) = (model("hung", "on_load=hang"), model("fine", ""));
     let s = Server::start(&[plugins.as_path()], &[("CORRAL_ENGINE_TIMEOUT", "6s")], &[]);
     let body = |m: &str| {
@@ -106,13 +117,11 @@ fn a_load_that_hangs_holds_up_no_other_models_load() {
 /// with it, the next at once, naming the first failure, instead of waiting for it again.
 #[test]
 fn a_plugin_whose_init_hangs_is_waited_for_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
-    example_plugin_dir(&plugins);
-    let cfg = dir.path().join("config.toml");
+    let e = Env::new();
+    let (dir, plugins) = (e.dir.path(), e.plugins());
+    let cfg = dir.join("config.toml");
     std::fs::write(&cfg, "[backends.example]\nhang_init = true\n").unwrap();
-    let model = dir.path().join("a.toy");
+    let model = dir.join("a.toy");
     std::fs::write(&model, "toy weights a\n").unwrap();
     let cfg = cfg.to_string_lossy().into_owned();
     let t = std::time::Instant::now();
@@ -145,13 +154,11 @@ fn a_plugin_whose_init_hangs_is_waited_for_once() {
 /// hung or the worker runs out of memory.
 #[test]
 fn an_absurd_vocabulary_is_refused_at_load() {
-    let dir = tempfile::tempdir().unwrap();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
-    example_plugin_dir(&plugins);
+    let e = Env::new();
+    let (dir, plugins) = (e.dir.path(), e.plugins());
     let s = Server::start(&[plugins.as_path()], &[], &[]);
     for n in [268_435_456u64, 4_294_967_295] {
-        let p = dir.path().join(format!("v{n}.toy"));
+        let p = dir.join(format!("v{n}.toy"));
         std::fs::write(&p, format!("toy weights\nvocab={n}\n")).unwrap();
         let t = std::time::Instant::now();
         let (st, v) = post_json(

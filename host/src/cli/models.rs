@@ -616,23 +616,10 @@ pub(crate) fn run_show_data(mref: &corral_host::models::ModelRef) -> ShowData {
         return local_show(r);
     }
     let mut model = Vec::new();
-    match corral_gguf::reader::GgufFile::open(&mref.path) {
-        Ok(g) => {
-            let s = g.summary();
-            model.push(("architecture", s.architecture.unwrap_or_else(|| "unknown".into())));
-            model.push(("parameters", human_count(s.parameter_count)));
-            if let Some(c) = s.context_length {
-                model.push(("context length", c.to_string()));
-            }
-            if let Some(e) = s.embedding_length {
-                model.push(("embedding length", e.to_string()));
-            }
-            model.push(("quantization", s.quantization));
-        }
-        Err(_) => {
-            model.push(("format", mref.format.clone()));
-            model.push(("size", human_bytes(mref.size)));
-        }
+    if let Err(e) = gguf_rows(&mref.path, &mut model) {
+        tracing::debug!("not a readable GGUF: {e}");
+        model.push(("format", mref.format.clone()));
+        model.push(("size", human_bytes(mref.size)));
     }
     let (template, origin) = match &mref.template_source {
         Some(t) => (t.clone(), String::new()),
@@ -685,27 +672,32 @@ pub(crate) fn render_show(d: &ShowData, part: Option<&str>) -> String {
     out
 }
 
+/// The `Model` rows `show` prints of a GGUF file: architecture, parameters, context and
+/// embedding lengths, quantization.
+fn gguf_rows(
+    path: &Path,
+    model: &mut Vec<(&'static str, String)>,
+) -> Result<(), corral_gguf::GgufError> {
+    let s = corral_gguf::reader::GgufFile::open(path)?.summary();
+    model.push(("architecture", s.architecture.unwrap_or_else(|| "unknown".into())));
+    model.push(("parameters", human_count(s.parameter_count)));
+    if let Some(c) = s.context_length {
+        model.push(("context length", c.to_string()));
+    }
+    if let Some(e) = s.embedding_length {
+        model.push(("embedding length", e.to_string()));
+    }
+    model.push(("quantization", s.quantization));
+    Ok(())
+}
+
 /// What `show` prints of a store model (the `Model` rows read from its file).
 fn local_show(r: &corral_registry::ResolvedModel) -> ShowData {
     let mut model = Vec::new();
-    match corral_gguf::reader::GgufFile::open(&r.model_path) {
-        Ok(g) => {
-            let s = g.summary();
-            model.push(("architecture", s.architecture.unwrap_or_else(|| "unknown".into())));
-            model.push(("parameters", human_count(s.parameter_count)));
-            if let Some(c) = s.context_length {
-                model.push(("context length", c.to_string()));
-            }
-            if let Some(e) = s.embedding_length {
-                model.push(("embedding length", e.to_string()));
-            }
-            model.push(("quantization", s.quantization));
-        }
-        Err(e) => {
-            model.push(("format", r.config.model_format.clone()));
-            model.push(("size", human_bytes(r.model_size)));
-            tracing::debug!("not a readable GGUF: {e}");
-        }
+    if let Err(e) = gguf_rows(&r.model_path, &mut model) {
+        tracing::debug!("not a readable GGUF: {e}");
+        model.push(("format", r.config.model_format.clone()));
+        model.push(("size", human_bytes(r.model_size)));
     }
     if let Some(l) = &r.link {
         model.push(("linked file", l.path.display().to_string()));
