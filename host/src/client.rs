@@ -68,6 +68,16 @@ pub fn server_url(config_host: Option<&str>) -> Result<String, ClientError> {
 /// `host[:port]` or `http(s)://host[:port]` as a base URL, or why it is not one.
 fn parse_address(value: &str) -> Result<String, String> {
     let v = value.trim().trim_end_matches('/');
+    // The forms `serve --host` takes beside HOST:PORT: a bare IPv6 address and `:PORT`
+    // (loopback).
+    let v = if v.parse::<std::net::Ipv6Addr>().is_ok() {
+        format!("[{v}]")
+    } else if v.starts_with(':') {
+        format!("127.0.0.1{v}")
+    } else {
+        v.to_string()
+    };
+    let v = v.as_str();
     let url = if v.contains("://") { v.to_string() } else { format!("http://{v}") };
     let (scheme, rest) = url.split_once("://").unwrap_or(("http", ""));
     if scheme != "http" && scheme != "https" {
@@ -433,7 +443,9 @@ mod tests {
         assert_eq!(ok("https://h:443"), "https://h:443");
         assert_eq!(ok("[::1]:8080"), "http://[::1]:8080");
         assert_eq!(ok("[::1]"), "http://[::1]:11434");
-        for bad in ["127.0.0.1:99999", "garbage::::", "h:", "ftp://h:1", "http://", ":80"] {
+        assert_eq!(ok("::1"), "http://[::1]:11434");
+        assert_eq!(ok(":8080"), "http://127.0.0.1:8080");
+        for bad in ["127.0.0.1:99999", "garbage::::", "h:", "ftp://h:1", "http://", ":"] {
             assert!(parse_address(bad).is_err(), "{bad}");
         }
     }
