@@ -43,7 +43,17 @@ def test_generate(oc):
     assert streamed == r.response
 
 
-def test_chat(oc):
+def _prompt_tokens_evaluated(url):
+    """The server's count of prompt tokens run through the engine (after prefix reuse)."""
+    import urllib.request
+    with urllib.request.urlopen(url + "/metrics") as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("corral_prompt_tokens_total "):
+                return float(line.split()[1])
+    raise AssertionError("no corral_prompt_tokens_total in /metrics")
+
+
+def test_chat(oc, corral_env):
     msgs = [{"role": "user", "content": "Hello there"}]
     r = oc.chat(model="tiny", messages=msgs, options=OPTS)
     assert r.message.role == "assistant"
@@ -54,8 +64,11 @@ def test_chat(oc):
     # The next turn reuses the first turn's KV cache.
     msgs2 = msgs + [{"role": "assistant", "content": r.message.content},
                     {"role": "user", "content": "And then?"}]
+    before = _prompt_tokens_evaluated(corral_env["url"])
     r2 = oc.chat(model="tiny", messages=msgs2, options=OPTS)
-    assert r2.prompt_eval_count < r.prompt_eval_count + 12
+    # prompt_eval_count is the whole prompt (as Ollama's); the engine ran only the new part.
+    assert r2.prompt_eval_count > r.prompt_eval_count
+    assert _prompt_tokens_evaluated(corral_env["url"]) - before < r.prompt_eval_count + 12
 
 
 def test_embeddings(oc):

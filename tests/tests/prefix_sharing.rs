@@ -45,20 +45,24 @@ fn check_sharing(plugins: &Path, model: &str, shared: &str) {
     let prompts: Vec<String> =
         (0..4).map(|i| format!("{shared} Question {i}: what is item {i}?")).collect();
     let vars = [("CORRAL_NUM_PARALLEL", "4")];
+    // Tokens run through the engine: the server's counter (prompt_eval_count is the whole
+    // prompt, cached prefix included, as Ollama reports it).
+    let evaluated = |s: &Server| metric(s, "corral_prompt_tokens_total") as u64;
     let alone: Vec<(String, u64)> = prompts
         .iter()
         .map(|p| {
             let s = Server::start(&[plugins], &vars, &[]);
             let v = generate(&s.url, model, p);
-            (v["response"].as_str().unwrap().to_string(), v["prompt_eval_count"].as_u64().unwrap())
+            (v["response"].as_str().unwrap().to_string(), evaluated(&s))
         })
         .collect();
     let s = Server::start(&[plugins], &vars, &[]);
     let together = concurrently(&s.url, model, &prompts);
     for i in 0..4 {
         assert_eq!(together[i].0, alone[i].0, "prompt {i}: sharing changed the answer");
+        assert_eq!(together[i].1, alone[i].1, "prompt {i}: the whole prompt is reported");
     }
-    let total: u64 = together.iter().map(|r| r.1).sum();
+    let total = evaluated(&s);
     let one = alone.iter().map(|r| r.1).min().unwrap();
     // Computed about once: far less than four times.
     assert!(

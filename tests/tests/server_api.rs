@@ -211,7 +211,10 @@ fn ollama_endpoints_answer_with_ollamas_fields() {
     );
     assert_eq!(st, 200, "{c1}");
     assert_eq!(c1["message"]["role"], "assistant");
-    let first_eval = c1["prompt_eval_count"].as_u64().unwrap();
+    let first_prompt = c1["prompt_eval_count"].as_u64().unwrap();
+    // Tokens run through the engine (prompt_eval_count is the whole prompt, as Ollama's).
+    let evaluated = || metric(&s, "corral_prompt_tokens_total") as u64;
+    let first_eval = evaluated();
     let mut turn2 = msgs.as_array().unwrap().clone();
     turn2.push(c1["message"].clone());
     turn2.push(json!({"role": "user", "content": "And then?"}));
@@ -222,7 +225,8 @@ fn ollama_endpoints_answer_with_ollamas_fields() {
     );
     let last = lines.last().unwrap();
     assert_eq!(last["done"], true, "{last}");
-    let second_eval = last["prompt_eval_count"].as_u64().unwrap();
+    assert!(last["prompt_eval_count"].as_u64().unwrap() > first_prompt, "{last}");
+    let second_eval = evaluated() - first_eval;
     println!(
         "prefix reuse: turn 1 evaluated {first_eval} prompt tokens, turn 2 evaluated {second_eval}"
     );

@@ -150,7 +150,10 @@ fn final_fields(v: &mut Value, s: &Stats, r: &Running) {
     );
     o.insert("total_duration".into(), json!(nanos(r.started.elapsed())));
     o.insert("load_duration".into(), json!(nanos(r.load)));
-    o.insert("prompt_eval_count".into(), json!(evaluated(s)));
+    // The whole prompt, cached prefix included, as Ollama reports it (llama-server's
+    // `cache_n + prompt_n`; its agent and Anthropic layer read it as the context used);
+    // the duration is that of the tokens evaluated.
+    o.insert("prompt_eval_count".into(), json!(s.prompt_tokens.max(1)));
     o.insert("prompt_eval_duration".into(), json!(nanos(s.prompt_eval)));
     o.insert("eval_count".into(), json!(s.eval_count));
     o.insert("eval_duration".into(), json!(nanos(s.eval)));
