@@ -250,12 +250,6 @@ pub struct Collected {
     pub stats: Stats,
 }
 
-/// Prompt tokens evaluated as reported in `prompt_eval_count`: the tokens actually run
-/// through the model (prefix-cache hits excluded; at least 1).
-pub fn evaluated(s: &Stats) -> usize {
-    (s.prompt_tokens - s.cached_tokens).max(1)
-}
-
 /// The parsed, validated parts of a generation request (before the model is loaded).
 pub struct GenRequest {
     /// The model as the request names it (resolved when it is loaded).

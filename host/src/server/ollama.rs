@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 
 use super::{
     AppState,
-    generation::{self, GenRequest, Piece, PromptSpec, Running, evaluated},
+    generation::{self, GenRequest, Piece, PromptSpec, Running},
     logprobs,
     scheduler::Named,
     util::{ApiError, Lenient, lenient, nanos, now_rfc3339, parse_keep_alive, rfc3339},
