@@ -65,8 +65,10 @@ pub fn server_url(config_host: Option<&str>) -> Result<String, ClientError> {
     })
 }
 
-/// `host[:port]` or `http(s)://host[:port]` as a base URL, or why it is not one.
-fn parse_address(value: &str) -> Result<String, String> {
+/// `host[:port]` or `http(s)://host[:port]` (also a bare IPv6 address and `:PORT`) as a
+/// base URL, or why it is not one: the one reading of `CORRAL_HOST`, for the client
+/// commands and for `serve`'s listening address.
+pub fn parse_address(value: &str) -> Result<String, String> {
     let v = value.trim().trim_end_matches('/');
     // The forms `serve --host` takes beside HOST:PORT: a bare IPv6 address and `:PORT`
     // (loopback).

@@ -150,8 +150,14 @@ impl ModelRef {
     }
 }
 
-fn truthy(v: &str) -> bool {
-    matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
+/// A switch's value: `1`, `true`, `yes`, `on` (true), `0`, `false`, `no`, `off` or empty
+/// (false), any case; `None` for anything else.
+pub fn switch_value(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "" | "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
 }
 
 /// Whether `CORRAL_MODELS_READONLY` asks for a read-only store. A value that is neither
@@ -159,11 +165,10 @@ fn truthy(v: &str) -> bool {
 /// leave a store writable that was meant to be read-only.
 pub fn env_read_only() -> bool {
     let Ok(v) = std::env::var(READONLY_ENV) else { return false };
-    let falsy = matches!(v.trim().to_ascii_lowercase().as_str(), "" | "0" | "false" | "no" | "off");
-    if !falsy && !truthy(&v) {
+    switch_value(&v).unwrap_or_else(|| {
         tracing::warn!("{READONLY_ENV}={v:?} is neither true nor false: the store is read-only");
-    }
-    !falsy
+        true
+    })
 }
 
 fn expand_tilde(p: &Path) -> PathBuf {

@@ -104,30 +104,16 @@ pub(crate) fn check_adapter(file: &GgufFile, arch: &str) -> Result<(), String> {
                 .ok_or_else(|| format!("{key} is {}, not a string", v.display_short())),
         }
     };
-    match string("general.type")? {
-        Some("adapter") => {}
-        other => {
+    for (key, want, what) in [
+        ("general.type", "adapter", "not an adapter"),
+        ("adapter.type", "lora", "not a LoRA adapter"),
+        ("general.architecture", arch, "not for this model's architecture"),
+    ] {
+        let got = string(key)?;
+        if got != Some(want) {
             return Err(format!(
-                "not an adapter (general.type is {}, llama.cpp needs \"adapter\")",
-                other.map_or("missing".to_string(), |t| format!("{t:?}"))
-            ));
-        }
-    }
-    match string("adapter.type")? {
-        Some("lora") => {}
-        other => {
-            return Err(format!(
-                "not a LoRA adapter (adapter.type is {}, llama.cpp applies \"lora\")",
-                other.map_or("missing".to_string(), |t| format!("{t:?}"))
-            ));
-        }
-    }
-    match string("general.architecture")? {
-        Some(a) if a == arch => {}
-        other => {
-            return Err(format!(
-                "made for the architecture {}, not this model's {arch:?}",
-                other.map_or("(none)".to_string(), |t| format!("{t:?}"))
+                "{what} ({key} is {}, llama.cpp needs {want:?})",
+                got.map_or("missing".to_string(), |t| format!("{t:?}"))
             ));
         }
     }

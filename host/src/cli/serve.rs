@@ -154,10 +154,7 @@ fn check_environment() -> Result<(), ConfigError> {
     }
     for name in ["CORRAL_MODELS_READONLY", "CORRAL_NO_REMOTE"] {
         if let Some(v) = var(name)
-            && !matches!(
-                v.trim().to_ascii_lowercase().as_str(),
-                "1" | "true" | "yes" | "on" | "0" | "false" | "no" | "off"
-            )
+            && corral_host::models::switch_value(&v).is_none()
         {
             return Err(bad(name, &v, "give 1, true, yes or on (or 0, false, no, off)"));
         }
@@ -169,36 +166,24 @@ fn check_environment() -> Result<(), ConfigError> {
 /// (port 11434), `:PORT` (loopback), with or without `http://` (the form the client
 /// commands take from the same variable).
 fn listen_address(given: Option<String>) -> Result<String, ConfigError> {
-    let refuse = |raw: &str, what: &str| {
-        Err(ConfigError::Setting(format!("cannot listen on {raw:?}: give {what}")))
-    };
     let raw = given.unwrap_or_default();
-    let mut host = raw.trim();
-    if let Some(rest) = host.strip_prefix("http://") {
-        host = rest;
-    } else if host.contains("://") {
-        return refuse(&raw, "HOST:PORT (or http://HOST:PORT)");
+    if raw.trim().trim_end_matches('/').is_empty() {
+        return Ok("127.0.0.1:11434".into());
     }
-    let host = host.trim_end_matches('/');
-    if host.contains('/') {
-        return refuse(&raw, "HOST:PORT, without a path");
-    }
-    // A bare IPv6 address (`::1`, `::`) is a host, not `:PORT`.
-    if host.parse::<std::net::Ipv6Addr>().is_ok() {
-        return Ok(format!("[{host}]:11434"));
-    }
-    let address = match host {
-        "" => "127.0.0.1:11434".to_string(),
-        h if h.starts_with(':') => format!("127.0.0.1{h}"),
-        // An IPv6 address in brackets, or a host with a port.
-        h if h.ends_with(']') || !h.contains(':') => format!("{h}:11434"),
-        h => h.to_string(),
+    let refuse =
+        |what: &str| Err(ConfigError::Setting(format!("cannot listen on {raw:?}: {what}")));
+    // The one reading of the address, the client's: the same forms on both sides.
+    let url = match corral_host::client::parse_address(&raw) {
+        Ok(u) => u,
+        Err(why) => return refuse(&why),
     };
-    // HOST:PORT with a port that is one: said here (exit 2), not as a bind error.
-    match address.rsplit_once(':') {
-        Some((h, port)) if !h.is_empty() && port.parse::<u16>().is_ok() => Ok(address),
-        _ => refuse(&raw, "HOST:PORT with a port from 0 to 65535"),
+    let Some(authority) = url.strip_prefix("http://") else {
+        return refuse("serve speaks plain HTTP: give HOST:PORT or http://HOST:PORT");
+    };
+    if authority.contains('/') {
+        return refuse("give HOST:PORT, without a path");
     }
+    Ok(authority.to_string())
 }
 
 /// Compute threads: 0 (the engine's choice) or at most four per logical CPU (ggml's and
