@@ -110,6 +110,23 @@ pub fn parse_address(value: &str) -> Result<String, String> {
     Ok(url)
 }
 
+/// Whether a base URL names this machine: `localhost` (and its subdomains) or a loopback
+/// IP address.
+pub fn is_loopback_url(url: &str) -> bool {
+    let Some(host) = reqwest::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_owned))
+    else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => {
+            let name = host.trim_end_matches('.').to_ascii_lowercase();
+            name == "localhost" || name.ends_with(".localhost")
+        }
+    }
+}
+
 /// The server URL when something accepts connections there within 300 ms (`Ok(None)`
 /// when nothing does); an address that is not one is an error.
 pub fn reachable_server(config_host: Option<&str>) -> Result<Option<String>, ClientError> {
@@ -216,10 +233,16 @@ impl Server {
             v.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, v);
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .default_headers(headers)
-            .build()?;
+            .default_headers(headers);
+        // A server on this machine is never reached through `HTTP_PROXY`/`HTTPS_PROXY` (a
+        // proxy cannot reach this machine's loopback, and Go's clients, Ollama's among them,
+        // make the same exception); other addresses follow the proxy settings as usual.
+        if is_loopback_url(&url) {
+            builder = builder.no_proxy();
+        }
+        let http = builder.build()?;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         Ok(Server { url, http, rt })
     }
@@ -434,6 +457,30 @@ impl std::error::Error for ServerError {}
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn loopback_urls_are_known() {
+        for url in [
+            "http://127.0.0.1:1",
+            "http://127.8.9.1",
+            "http://[::1]:11434",
+            "http://localhost:1",
+            "https://LocalHost./",
+            "http://a.localhost:2",
+        ] {
+            assert!(super::is_loopback_url(url), "{url}");
+        }
+        for url in [
+            "http://10.0.0.1:1",
+            "http://0.0.0.127:11434",
+            "http://example.com",
+            "http://localhost.example.com",
+            "http://[::2]:1",
+            "not a url",
+        ] {
+            assert!(!super::is_loopback_url(url), "{url}");
+        }
+    }
+
     use super::*;
 
     #[test]

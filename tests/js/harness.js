@@ -64,7 +64,9 @@ export async function startServer() {
     const timer = setTimeout(() => reject(new Error(`corral serve did not start:\n${log}`)), 60_000);
     proc.stderr.on("data", (chunk) => {
       log += chunk.toString();
-      const m = log.match(/listening on (http:\/\/\S+)/);
+      // Only a whole line: stderr arrives in chunks of any size, and a chunk that ends
+      // inside the address ("listening on http://127") must not be taken for it.
+      const m = log.match(/listening on (http:\/\/\S+)\r?\n/);
       if (m) {
         clearTimeout(timer);
         resolve(m[1]);

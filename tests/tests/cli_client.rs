@@ -190,6 +190,16 @@ fn client_commands_use_the_address_serve_uses_and_refuse_bad_settings() {
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("127.0.0.1:9"), "{stderr}");
 
+    // A proxy in the environment is not used for a server on this machine (a proxy cannot
+    // reach its loopback; here the proxy is a closed port, so using it would fail).
+    for proxy_var in ["HTTP_PROXY", "http_proxy", "ALL_PROXY"] {
+        let mut c = corral_at(Some(&host), &store, &["list"]);
+        c.env(proxy_var, "http://127.0.0.1:9").env_remove("NO_PROXY").env_remove("no_proxy");
+        let (out, stdout, stderr) = run(c);
+        assert_eq!(out.status.code(), Some(0), "{proxy_var}: {stderr}");
+        assert_eq!(names(&stdout), ["fake:latest"], "{stdout}");
+    }
+
     // An address that is not one is an error, never the local store.
     for bad in ["127.0.0.1:99999", "garbage::::", "ftp://127.0.0.1:1"] {
         for cmd in [&["list"][..], &["ps"], &["rm", "x"], &["run", "m", "hi"]] {

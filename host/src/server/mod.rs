@@ -418,7 +418,13 @@ pub fn serve_blocking(rt: Runtime, opts: ServeOptions) -> Result<()> {
                  (or --api-key-file, or [server] api_keys) to require a key"
             );
         }
-        eprintln!("listening on http://{bound}");
+        // One write of the whole line: scripts and tests wait for it, and `eprintln!` writes
+        // its pieces one by one to the unbuffered stderr, so a reader could see half of it.
+        {
+            use std::io::Write as _;
+            let line = format!("listening on http://{bound}\n");
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        }
         let app = router(state.clone());
         let cancel = state.cancel_all.clone();
         let grace = opts.shutdown_grace;
