@@ -33,7 +33,7 @@ fn a_model_spread_over_two_workers_generates_as_llama_cpp_and_survives_losing_on
     let expected = raw_greedy(&raw, &model, prompt, 24)["text"].as_str().unwrap().to_string();
 
     let mut w1 = Worker::start(&[&plugin], 1);
-    let w2 = Worker::start(&[&plugin], 1);
+    let mut w2 = Worker::start(&[&plugin], 1);
     assert!(w1.log().contains("corral worker") && w1.log().contains(" (CPU), "), "{}", w1.log());
     let rpc = format!("{},{}", w1.endpoint, w2.endpoint);
 
@@ -151,6 +151,23 @@ fn a_model_spread_over_two_workers_generates_as_llama_cpp_and_survives_losing_on
     assert_eq!(skipped[0]["endpoint"].as_str(), Some(w1.endpoint.as_str()), "{ps:#}");
     assert!(skipped[0]["reason"].as_str().unwrap().contains("cannot be reached"), "{ps:#}");
     assert_eq!(m["devices"]["devices"].as_array().map(Vec::len), Some(2), "{ps:#}");
+
+    // The other worker dies while the model sits idle: the engine learns it only at its
+    // next step, before the request's first token, and the request is tried once more
+    // on the model loaded again without that worker instead of failing.
+    w2.kill();
+    let (status, v) = post_json(&server.url, "/api/generate", &generate_body(false, 24));
+    assert_eq!(status, 200, "{v}\n{}", server.log());
+    assert_eq!(v["response"].as_str().unwrap(), expected, "after losing the other worker");
+    assert!(server.log().contains("trying once more"), "{}", server.log());
+    let (_, ps) = get_json(&server.url, "/api/ps");
+    let m = ps["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m.get("devices").is_some())
+        .unwrap_or_else(|| panic!("{ps:#}"));
+    assert_eq!(m["devices"]["skipped"].as_array().map(Vec::len), Some(2), "{ps:#}");
 }
 
 /// A worker of another RPC protocol version is one clear line on each side, not a crash:

@@ -25,6 +25,7 @@ use crate::{
 };
 
 /// What to generate from.
+#[derive(Clone)]
 pub enum PromptSpec {
     /// A chat.
     Chat {
@@ -82,6 +83,11 @@ pub struct Running {
     pending: std::collections::VecDeque<Piece>,
     /// Log-probabilities of tokens sampled since the last [`Running::take_logprobs`].
     logprobs: Vec<TokenLogprob>,
+    /// The request again, for one more try if the engine dies before any output: kept
+    /// for models spread over RPC workers, where a worker lost while the model sat idle
+    /// shows only at the next step, which then ends the engine (the retry loads the model
+    /// again without that worker).
+    retry: Option<GenRequest>,
 }
 
 /// One item of a generation's output.
@@ -213,9 +219,45 @@ impl Running {
                     self.pending.push_back(Piece::Done(s));
                     return self.pending.pop_front();
                 }
-                Event::Error(e) => return Some(Piece::Error(ApiError::from(e))),
+                Event::Error(e) => {
+                    if self.first
+                        && self.pending.is_empty()
+                        && let Some(again) = self.retry.take()
+                        && self.engine_is_gone().await
+                    {
+                        tracing::warn!(
+                            model = %self.model,
+                            "the engine ended before the request's first token ({e}); \
+                             loading the model again and trying once more"
+                        );
+                        return match Box::pin(start_once(&self.state, again, false)).await {
+                            Ok(mut next) => {
+                                next.started = self.started;
+                                next.load += self.load;
+                                next.tools = self.tools.take();
+                                *self = next;
+                                Box::pin(self.next()).await
+                            }
+                            Err(e2) => Some(Piece::Error(e2)),
+                        };
+                    }
+                    return Some(Piece::Error(ApiError::from(e)));
+                }
             }
         }
+    }
+
+    /// Whether this request's engine is gone for good (its worker ended); an engine
+    /// that reported an error is given a moment to be seen as ended.
+    async fn engine_is_gone(&self) -> bool {
+        let Source::Local { _guard: guard, .. } = &self.source else { return false };
+        for _ in 0..20 {
+            if guard.loaded.model.health().is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
     }
 
     /// Collects everything: the text, thinking, tool calls and the stats.
@@ -251,6 +293,7 @@ pub struct Collected {
 }
 
 /// The parsed, validated parts of a generation request (before the model is loaded).
+#[derive(Clone)]
 pub struct GenRequest {
     /// The model as the request names it (resolved when it is loaded).
     pub model: String,
@@ -337,6 +380,15 @@ fn check_capabilities(
 
 /// Starts a generation.
 pub async fn start(state: &Arc<AppState>, req: GenRequest) -> Result<Running, ApiError> {
+    start_once(state, req, true).await
+}
+
+/// [`start`]; `may_retry`: keep the request for one more try (see [`Running::retry`]).
+async fn start_once(
+    state: &Arc<AppState>,
+    req: GenRequest,
+    may_retry: bool,
+) -> Result<Running, ApiError> {
     let started = Instant::now();
     // Bad options are a 400 before any model is loaded for them.
     let mut num_ctx = None;
@@ -361,11 +413,13 @@ pub async fn start(state: &Arc<AppState>, req: GenRequest) -> Result<Running, Ap
             tools: None,
             pending: Default::default(),
             logprobs: Vec::new(),
+            retry: None,
         });
     }
     // The request's num_ctx (re)loads the model with that context, as Ollama does.
     let (guard, load) = state.sched.acquire(&req.model, req.keep_alive, num_ctx).await?;
     let loaded = guard.loaded.clone();
+    let retry = (may_retry && uses_remote_devices(&loaded.model.meta)).then(|| req.clone());
     let chat = match &req.prompt {
         PromptSpec::Chat { messages, tools, .. } => Some((messages.as_slice(), tools.as_deref())),
         PromptSpec::Completion { .. } => None,
@@ -417,7 +471,13 @@ pub async fn start(state: &Arc<AppState>, req: GenRequest) -> Result<Running, Ap
         tools: None,
         pending: Default::default(),
         logprobs: Vec::new(),
+        retry,
     })
+}
+
+/// Whether a loaded model holds layers on RPC workers.
+fn uses_remote_devices(meta: &corral_backend_api::ModelInfo) -> bool {
+    crate::rpc::Placement::of(meta).is_some_and(|p| p.devices.iter().any(|d| d.kind == "remote"))
 }
 
 /// A prompt ready for the engine loop.
