@@ -182,7 +182,8 @@ fn server_shifts_the_context_when_a_generation_fills_it() {
 /// A Modelfile's MESSAGE lines are a conversation put before the request's, in
 /// `/api/chat` as in `corral run` (they used to be dropped by the server). The TEMPLATE
 /// renders every message's content in order, so the prompt grows by exactly the
-/// MESSAGEs' tokens.
+/// MESSAGEs' tokens. A chat over the window drops whole old MESSAGE turns as it drops the
+/// request's (Ollama's chatPrompt; they used to be kept, and the tokens cut mid-message).
 #[test]
 fn modelfile_messages_reach_api_chat() {
     let dir = tempfile::tempdir().unwrap();
@@ -194,6 +195,13 @@ fn modelfile_messages_reach_api_chat() {
     for (name, messages) in [
         ("plain", String::new()),
         ("primed", "MESSAGE user Where is Paris?\nMESSAGE assistant In France.\n".to_string()),
+        (
+            "long",
+            format!(
+                "PARAMETER num_ctx 256\nMESSAGE user {0}\nMESSAGE assistant {0}\n",
+                "Tell me everything about the history of Paris. ".repeat(40)
+            ),
+        ),
     ] {
         let modelfile = dir.path().join(format!("{name}.Modelfile"));
         std::fs::write(
@@ -251,6 +259,14 @@ fn modelfile_messages_reach_api_chat() {
     );
     assert_eq!(plain, want_plain);
     assert_eq!(primed, want_primed, "the MESSAGEs come before the request's messages");
+    // Both long MESSAGEs go whole; the request's message stays whole.
+    let long = prompt_tokens("long");
+    assert_eq!(long, want_plain, "{}", server.log());
+    assert!(
+        server.log().contains("chat of 3 messages truncated to its last 1"),
+        "{}",
+        server.log()
+    );
 }
 
 /// The real case of an engine that aborts: a GGUF whose vocabulary holds one token

@@ -501,8 +501,6 @@ fn build(
 ) -> Result<Built, ApiError> {
     let m = &loaded.model;
     let model = &loaded.model_ref;
-    // The Modelfile's MESSAGEs: a conversation put before the request's.
-    let model_messages = model.messages.iter().map(|x| Message::new(&x.role, &x.content));
     // Template errors are the request's (400); an engine's error keeps its class (an
     // engine that died is a 500, not the client's fault).
     let bad = |e: anyhow::Error| {
@@ -514,8 +512,11 @@ fn build(
     let mut thinking = (false, false);
     let tokens = match spec {
         PromptSpec::Chat { messages: asked, tools, continue_final } => {
+            // The Modelfile's MESSAGEs are cut with the request's when the chat is
+            // truncated (as Ollama's chatPrompt).
+            let (asked, add_system) = with_model_messages(model, asked);
             let render = |msgs: Vec<Message>| {
-                chat_tokens(loaded, msgs, tools.as_deref(), think, continue_final)
+                chat_tokens(loaded, msgs, add_system, tools.as_deref(), think, continue_final)
             };
             let num_ctx = loaded.num_ctx as usize;
             let (mut tokens, mut text) = render(asked.clone())?;
@@ -564,8 +565,11 @@ fn build(
                 };
                 let system = system.or_else(|| model.system.clone());
                 // Earlier turns come as `context` tokens; the MESSAGEs start a fresh one.
-                let mut msgs: Vec<Message> =
-                    if tokens.is_empty() { model_messages.collect() } else { Vec::new() };
+                let mut msgs: Vec<Message> = if tokens.is_empty() {
+                    with_model_messages(model, Vec::new()).0
+                } else {
+                    Vec::new()
+                };
                 msgs.push(Message::new("user", prompt));
                 let text = templater
                     .render_thinking(&msgs, system.as_deref(), None, true, think)
@@ -689,9 +693,24 @@ fn drop_old_turns(
 
 /// A chat rendered with the model's template (its SYSTEM and MESSAGEs first) and
 /// tokenized: the tokens and the rendered text.
+/// The chat a model sees: the Modelfile's MESSAGEs (a conversation put before the
+/// request's), then the request's messages; and whether the model's SYSTEM goes first
+/// (unless the request brings its own system message).
+fn with_model_messages(
+    model: &crate::models::ModelRef,
+    asked: Vec<Message>,
+) -> (Vec<Message>, bool) {
+    let add_system = asked.first().is_none_or(|m| m.role != "system");
+    let all =
+        model.messages.iter().map(|x| Message::new(&x.role, &x.content)).chain(asked).collect();
+    (all, add_system)
+}
+
+/// The tokens and text of a chat (`asked` as [`with_model_messages`] made it).
 fn chat_tokens(
     loaded: &super::scheduler::Loaded,
     asked: Vec<Message>,
+    add_system: bool,
     tools: Option<&[Value]>,
     think: Option<Think>,
     continue_final: bool,
@@ -701,12 +720,9 @@ fn chat_tokens(
         ApiError::of_class(crate::errors::ErrorClass::of_request(&e), format!("{e:#}"))
     };
     let mut messages: Vec<Message> = Vec::with_capacity(asked.len() + 1);
-    if let Some(sys) = &model.system
-        && asked.first().is_none_or(|m| m.role != "system")
-    {
+    if let Some(sys) = model.system.as_ref().filter(|_| add_system) {
         messages.push(Message::new("system", sys));
     }
-    messages.extend(model.messages.iter().map(|x| Message::new(&x.role, &x.content)));
     messages.extend(asked);
     let prefill = messages
         .last()
@@ -789,7 +805,9 @@ pub async fn count_chat_tokens(
     // What the messages themselves would be refused for.
     check_capabilities(model, &loaded.capabilities, Some((&messages, tools.as_deref())))?;
     let (tokens, _) = tokio::task::spawn_blocking(move || {
-        chat_tokens(&loaded, messages, tools.as_deref(), think.map(Think::from), continue_final)
+        let (messages, add_system) = with_model_messages(&loaded.model_ref, messages);
+        let think = think.map(Think::from);
+        chat_tokens(&loaded, messages, add_system, tools.as_deref(), think, continue_final)
     })
     .await
     .map_err(|e| ApiError::internal(format!("prompt task failed: {e}")))??;
