@@ -2,9 +2,11 @@
 //! answers, and JSON and NDJSON requests with the server's error messages passed on.
 //!
 //! The address is the one `corral serve` listens on: `CORRAL_HOST`, then the config's
-//! `[server] host`, then `127.0.0.1:11434` ([`server_url`]). A value that is not an
-//! address, or a `CORRAL_API_KEY` that cannot be sent, is an error
-//! ([`ClientError::Setting`], exit code 2), never a reason to use the local store.
+//! `[server] host`, then Ollama's `OLLAMA_HOST`, then `127.0.0.1:11434` ([`server_url`],
+//! [`host_setting`]). A value that is not an address, or a `CORRAL_API_KEY` that cannot be
+//! sent, is an error ([`ClientError::Setting`], exit code 2), never a reason to use the
+//! local store. An unspecified address (`0.0.0.0`, `::`: what a server listening on every
+//! interface is given) is reached at loopback, as Ollama's client does.
 //!
 //! The CLI's rule for every command that touches models (`run`, `list`, `show`,
 //! `create`, `cp`, `rm`, `pull`, `push`; `ps` and `stop` always): when a server answers
@@ -48,21 +50,52 @@ pub enum ClientError {
     Setting(String),
 }
 
-/// The server's base URL (`http://host:port`) from `CORRAL_HOST`, else `config_host` (the
-/// config's `[server] host`), else [`DEFAULT_HOST`]: the address `corral serve` listens
-/// on. A host without a port gets 11434, as `serve` gives it.
+/// Ollama's variable for the same address, read where corral has no setting of its own.
+pub const OLLAMA_HOST: &str = "OLLAMA_HOST";
+
+/// The address setting and where it came from: `CORRAL_HOST`, else `config_host` (the
+/// config's `[server] host`), else `OLLAMA_HOST` (so an Ollama user's environment keeps
+/// working, without overriding anything written for corral), else `None` (the default).
+/// Blank values count as unset. `serve` and the client commands read the same one.
+pub fn host_setting(config_host: Option<&str>) -> Option<(String, &'static str)> {
+    let env = |name: &str| std::env::var(name).ok().filter(|h| !h.trim().is_empty());
+    if let Some(v) = env("CORRAL_HOST") {
+        return Some((v, "CORRAL_HOST"));
+    }
+    if let Some(c) = config_host.filter(|h| !h.trim().is_empty()) {
+        return Some((c.to_string(), "the config's [server] host"));
+    }
+    env(OLLAMA_HOST).map(|v| (v, "OLLAMA_HOST"))
+}
+
+/// The server's base URL (`http://host:port`) from [`host_setting`], else
+/// [`DEFAULT_HOST`]: the address `corral serve` listens on. A host without a port gets
+/// 11434, as `serve` gives it; an unspecified address (`0.0.0.0`, `::`) is reached at
+/// loopback (`127.0.0.1`, `::1`).
 pub fn server_url(config_host: Option<&str>) -> Result<String, ClientError> {
-    let env = std::env::var("CORRAL_HOST").ok().filter(|h| !h.trim().is_empty());
-    let (value, source) = match (env, config_host.filter(|h| !h.trim().is_empty())) {
-        (Some(e), _) => (e, "CORRAL_HOST"),
-        (None, Some(c)) => (c.to_string(), "the config's [server] host"),
-        (None, None) => (DEFAULT_HOST.to_string(), "the default address"),
-    };
-    parse_address(&value).map_err(|why| {
+    let (value, source) = host_setting(config_host)
+        .unwrap_or_else(|| (DEFAULT_HOST.to_string(), "the default address"));
+    parse_address(&value).map(|u| connectable(&u)).map_err(|why| {
         ClientError::Setting(format!(
             "{source} {value:?} is not a server address (HOST:PORT or http://HOST:PORT): {why}"
         ))
     })
+}
+
+/// A base URL with an unspecified IP address (`0.0.0.0`, `[::]`) turned into loopback:
+/// such an address is for listening on, and a client reaches that server at loopback.
+fn connectable(url: &str) -> String {
+    let Ok(mut u) = reqwest::Url::parse(url) else { return url.to_string() };
+    let host = u.host_str().unwrap_or_default();
+    let loopback = match host.trim_start_matches('[').trim_end_matches(']').parse() {
+        Ok(std::net::IpAddr::V4(ip)) if ip.is_unspecified() => "127.0.0.1",
+        Ok(std::net::IpAddr::V6(ip)) if ip.is_unspecified() => "[::1]",
+        _ => return url.to_string(),
+    };
+    if u.set_host(Some(loopback)).is_err() {
+        return url.to_string();
+    }
+    u.as_str().trim_end_matches('/').to_string()
 }
 
 /// `host[:port]` or `http(s)://host[:port]` (also a bare IPv6 address and `:PORT`) as a
@@ -497,6 +530,15 @@ mod tests {
         for bad in ["127.0.0.1:99999", "garbage::::", "h:", "ftp://h:1", "http://", ":"] {
             assert!(parse_address(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn unspecified_addresses_are_reached_at_loopback() {
+        assert_eq!(connectable("http://0.0.0.0:11434"), "http://127.0.0.1:11434");
+        assert_eq!(connectable("http://[::]:8080"), "http://[::1]:8080");
+        assert_eq!(connectable("http://0.0.0.0:1/base"), "http://127.0.0.1:1/base");
+        assert_eq!(connectable("http://10.0.0.1:1"), "http://10.0.0.1:1");
+        assert_eq!(connectable("http://example.com:1"), "http://example.com:1");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::{
     net::{TcpListener, TcpStream},
     path::Path,
     process::{Command, Stdio},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, atomic::Ordering},
     time::{Duration, Instant},
 };
 
@@ -115,7 +115,8 @@ fn chat_lines(text: &str, complete: bool) -> Vec<Value> {
 }
 
 /// A fake corral: `/api/tags` lists `fake:latest`, `/api/show` shows it, `/api/chat`
-/// answers "OK" at once, or 1,000 tokens 20 ms apart when the last message says "long".
+/// answers "OK" at once, or 1,000 tokens 20 ms apart when the last message says "long",
+/// or thinks "Let me see." before its "OK" when it says "think".
 fn fake_corral() -> (String, Seen) {
     fake_server(|_, path, body| match path {
         "/api/tags" => Answer::Full(
@@ -137,7 +138,16 @@ fn fake_corral() -> (String, Seen) {
         "/api/chat" => {
             let last = body["messages"].as_array().and_then(|m| m.last()).cloned();
             let text = last.and_then(|m| m["content"].as_str().map(str::to_string));
-            if text.is_some_and(|t| t.contains("long")) {
+            if text.as_deref().is_some_and(|t| t.contains("think")) {
+                // A thinking model's answer: thinking first, then the content.
+                let line = |thinking: &str, content: &str| {
+                    json!({"message": {"role": "assistant", "content": content,
+                        "thinking": thinking}, "done": false})
+                };
+                let mut lines = vec![line("Let me", ""), line(" see.", ""), line("", "OK")];
+                lines.extend(chat_lines("", true));
+                Answer::Lines(lines, Duration::ZERO)
+            } else if text.is_some_and(|t| t.contains("long")) {
                 Answer::Lines(chat_lines(&"x".repeat(1000), true), Duration::from_millis(20))
             } else {
                 Answer::Lines(chat_lines("OK", true), Duration::ZERO)
@@ -147,12 +157,14 @@ fn fake_corral() -> (String, Seen) {
     })
 }
 
-/// `corral ARGS` with `CORRAL_HOST` as given (`None`: unset) and a store of its own.
+/// `corral ARGS` with `CORRAL_HOST` as given (`None`: unset, and `OLLAMA_HOST` too) and
+/// a store of its own.
 fn corral_at(host: Option<&str>, store: &Path, args: &[&str]) -> Command {
     let mut c = corral(&[]);
     match host {
         Some(h) => c.env("CORRAL_HOST", h),
-        None => c.env_remove("CORRAL_HOST"),
+        // Nor Ollama's variable, which stands in for it.
+        None => c.env_remove("CORRAL_HOST").env_remove("OLLAMA_HOST"),
     };
     c.env("CORRAL_MODELS", store).env_remove("CORRAL_API_KEY").args(args);
     c
@@ -232,6 +244,9 @@ fn answers_that_are_not_corral_are_errors_in_one_line() {
             Answer::Full(200, "application/json", r#"{"models":"oops"}"#.into())
         }
         "/api/chat" => Answer::Lines(chat_lines("cut", false), Duration::ZERO),
+        // `run` asks whether the model is there (and pulls it if not) before it chats;
+        // `show` gets an object that is not a model's.
+        "/api/show" => Answer::Full(200, "application/json", "{}".into()),
         _ => Answer::Full(200, "text/plain", "not json at all".into()),
     });
     for cmd in [&["list"][..], &["ps"], &["show", "m"], &["rm", "m"], &["run", "m", "hi"]] {
@@ -281,7 +296,9 @@ fn run_through_a_server_sends_what_the_api_carries_and_refuses_load_flags() {
         &["--n-gpu-layers", "0"],
         &["--isolation", "process"],
         &["--rpc", "127.0.0.1:50052"],
-        &["--format", "json"],
+        // A model file's format; `--format json` is the answer's (tests/tests/cli_parity.rs).
+        &["--format", "gguf"],
+        &["--model-format", "gguf"],
     ] {
         let mut args = vec!["run", "fake", "hi"];
         args.extend_from_slice(flags);
@@ -584,4 +601,414 @@ fn exit_codes_follow_the_error_classes_and_causes_are_said_once() {
         assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
         assert!(once.is_empty() || stderr.matches(once).count() == 1, "{args:?}: {stderr}");
     }
+}
+
+/// An RFC 3339 UTC time `secs` seconds from now (negative: ago), as servers send times.
+fn rfc3339_in(secs: i64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let t = now.as_secs() as i64 + secs;
+    let (days, rem) = (t.div_euclid(86_400), t.rem_euclid(86_400));
+    // Days since 1970-01-01 as a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+/// The cell of `row` in the column whose header is `name` (columns start where their
+/// header starts, as Ollama's tables align them).
+fn cell<'a>(header: &str, row: &'a str, name: &str) -> &'a str {
+    let at = header.find(name).unwrap_or_else(|| panic!("no {name} in {header:?}"));
+    let rest = row.get(at..).unwrap_or_else(|| panic!("{row:?} is shorter than {header:?}"));
+    let end = rest.find("    ").unwrap_or(rest.len());
+    rest[..end].trim_end()
+}
+
+#[test]
+fn ps_and_list_print_ollamas_columns_and_relative_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let (in_10m, ago_2h, ago_3d) = (rfc3339_in(630), rfc3339_in(-7260), rfc3339_in(-259_300));
+    let (host, _) = fake_server(move |_, path, _| match path {
+        "/api/ps" => Answer::Full(
+            200,
+            "application/json",
+            json!({"models": [
+                {"name": "alpha:latest", "model": "alpha:latest", "digest": "ab".repeat(32),
+                 "size": 2_000_000_000u64, "size_vram": 0, "context_length": 4096,
+                 "expires_at": in_10m},
+                {"name": "beta:7b", "digest": "cd".repeat(32), "size": 4_700_000_000u64,
+                 "size_vram": 4_700_000_000u64, "context_length": 8192,
+                 "expires_at": "2318-08-23T00:00:00Z"},
+                {"name": "gamma:1b", "digest": "ef".repeat(32), "size": 1_000_000_000u64,
+                 "size_vram": 750_000_000u64, "context_length": 2048,
+                 "expires_at": "2001-01-01T00:00:00Z"},
+            ]})
+            .to_string(),
+        ),
+        "/api/tags" => Answer::Full(
+            200,
+            "application/json",
+            json!({"models": [
+                {"name": "beta:7b", "digest": "cd".repeat(32), "size": 4_700_000_000u64,
+                 "modified_at": ago_3d},
+                {"name": "Alpha:latest", "digest": "ab".repeat(32), "size": 620_000_000u64,
+                 "modified_at": ago_2h},
+            ]})
+            .to_string(),
+        ),
+        _ => Answer::Full(404, "application/json", json!({"error": "no"}).to_string()),
+    });
+
+    // `ollama ps`: NAME, ID, SIZE, PROCESSOR, CONTEXT, UNTIL.
+    let (code, stdout, stderr) = go_at(Some(&host), &store, &["ps"]);
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"],
+        "{stdout}"
+    );
+    assert_eq!(lines.len(), 4, "{stdout}");
+    let row = |name: &str| *lines.iter().find(|l| l.starts_with(name)).unwrap();
+    let h = lines[0];
+    for (name, id, size, processor, context, until) in [
+        ("alpha:latest", "abababababab", "2 GB", "100% CPU", "4096", "10 minutes from now"),
+        ("beta:7b", "cdcdcdcdcdcd", "4.7 GB", "100% GPU", "8192", "Forever"),
+        ("gamma:1b", "efefefefefef", "1 GB", "25%/75% CPU/GPU", "2048", "Stopping..."),
+    ] {
+        let r = row(name);
+        assert_eq!(cell(h, r, "ID"), id, "{stdout}");
+        assert_eq!(cell(h, r, "SIZE"), size, "{stdout}");
+        assert_eq!(cell(h, r, "PROCESSOR"), processor, "{stdout}");
+        assert_eq!(cell(h, r, "CONTEXT"), context, "{stdout}");
+        // A slow machine may print it a minute later than it was sent.
+        let u = cell(h, r, "UNTIL");
+        assert!(
+            u == until || (until.contains("minutes") && u.ends_with("minutes from now")),
+            "{u}"
+        );
+    }
+    // `ollama ps NAME`: the models whose name starts with it.
+    let (code, stdout, _) = go_at(Some(&host), &store, &["ps", "be"]);
+    assert_eq!(code, 0);
+    assert_eq!(names(&stdout), ["beta:7b"], "{stdout}");
+
+    // `ollama list`: NAME, ID, SIZE, MODIFIED, newest first, times relative.
+    let (code, stdout, stderr) = go_at(Some(&host), &store, &["list"]);
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["NAME", "ID", "SIZE", "MODIFIED"],
+        "{stdout}"
+    );
+    assert_eq!(names(&stdout), ["Alpha:latest", "beta:7b"], "{stdout}");
+    assert_eq!(cell(lines[0], lines[1], "MODIFIED"), "2 hours ago", "{stdout}");
+    assert_eq!(cell(lines[0], lines[2], "MODIFIED"), "3 days ago", "{stdout}");
+    assert_eq!(cell(lines[0], lines[1], "SIZE"), "620 MB", "{stdout}");
+    // `ollama list NAME`, any case.
+    let (_, stdout, _) = go_at(Some(&host), &store, &["list", "al"]);
+    assert_eq!(names(&stdout), ["Alpha:latest"], "{stdout}");
+}
+
+#[test]
+fn run_through_a_server_sends_ollamas_think_keepalive_and_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let (host, seen) = fake_corral();
+    for (flags, key, want) in [
+        (&["--keepalive", "10m"][..], "keep_alive", json!("10m")),
+        (&["--keepalive", "-1"], "keep_alive", json!("-1")),
+        (&["--think"], "think", json!(true)),
+        (&["--think=true"], "think", json!(true)),
+        (&["--think=false"], "think", json!(false)),
+        (&["--think=high"], "think", json!("high")),
+        (&["--format", "json"], "format", json!("json")),
+        (&["--format", r#"{"type":"object"}"#], "format", json!({"type": "object"})),
+        // Accepted and without effect: corral does not wrap words.
+        (&["--nowordwrap"], "format", Value::Null),
+        (&[], "think", Value::Null),
+    ] {
+        let mut args = vec!["run", "fake", "hi"];
+        args.extend_from_slice(flags);
+        let (code, stdout, stderr) = go_at(Some(&host), &store, &args);
+        assert_eq!(code, 0, "{flags:?}: {stderr}");
+        assert_eq!(stdout, "OK\n", "{flags:?}");
+        let sent = chats(&seen);
+        let body = sent.last().unwrap();
+        assert_eq!(body.get(key).cloned().unwrap_or(Value::Null), want, "{flags:?}: {body}");
+    }
+    // Values that are not Ollama's are refused before anything is sent.
+    let before = chats(&seen).len();
+    for flags in [
+        &["--think=maybe"][..],
+        &["--think=max"],
+        &["--keepalive", "soon"],
+        &["--format", "{not json"],
+        &["--format", r#"{"type":"object","required":["a"],"additionalProperties":false}"#],
+    ] {
+        let mut args = vec!["run", "fake", "hi"];
+        args.extend_from_slice(flags);
+        let (code, _, stderr) = go_at(Some(&host), &store, &args);
+        assert_eq!(code, 2, "{flags:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{flags:?}: {stderr}");
+        assert!(stderr.contains(flags[0].split('=').next().unwrap()), "{stderr}");
+    }
+    assert_eq!(chats(&seen).len(), before, "a refused run sent a request");
+
+    // Thinking is shown as `ollama run` shows it (plain: stdout is not a terminal), or
+    // not at all with --hidethinking; the conversation keeps the answer only.
+    let (code, stdout, stderr) = go_at(Some(&host), &store, &["run", "fake", "think"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "Thinking...\nLet me see.\n...done thinking.\n\nOK\n");
+    let (code, stdout, stderr) =
+        go_at(Some(&host), &store, &["run", "fake", "think", "--hidethinking"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "OK\n");
+}
+
+#[test]
+fn run_through_a_server_pulls_a_model_the_server_does_not_have() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let pulled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let p2 = pulled.clone();
+    let (host, seen) = fake_server(move |_, path, body| {
+        let model = body["model"].as_str().unwrap_or_default().to_string();
+        let status = |s: &str| json!({"status": s});
+        match path {
+            "/api/show" if model == "known" || (model == "new" && p2.load(Ordering::SeqCst)) => {
+                Answer::Full(200, "application/json", json!({"modelfile": "FROM x\n"}).to_string())
+            }
+            "/api/show" => Answer::Full(
+                404,
+                "application/json",
+                json!({"error": format!("model '{model}' not found")}).to_string(),
+            ),
+            "/api/pull" if model == "new" => {
+                p2.store(true, Ordering::SeqCst);
+                let part = |done: u64| {
+                    json!({"status": "pulling 0123456789ab", "digest": "sha256:0123456789ab",
+                        "total": 1000, "completed": done})
+                };
+                Answer::Lines(
+                    vec![
+                        status("pulling manifest"),
+                        part(0),
+                        part(500),
+                        part(1000),
+                        status("verifying sha256 digest"),
+                        status("writing manifest"),
+                        status("success"),
+                    ],
+                    Duration::ZERO,
+                )
+            }
+            "/api/pull" => {
+                let (error, code) = if model == "gone" {
+                    ("registry r, model gone: model not found on the registry (manifest 404)", 404)
+                } else {
+                    ("registry r, model down: could not connect", 502)
+                };
+                Answer::Lines(
+                    vec![status("pulling manifest"), json!({"error": error, "code": code})],
+                    Duration::ZERO,
+                )
+            }
+            "/api/chat" => Answer::Lines(chat_lines("OK", true), Duration::ZERO),
+            _ => Answer::Full(404, "application/json", json!({"error": "no"}).to_string()),
+        }
+    });
+    let paths = |seen: &Seen| -> Vec<String> {
+        // (The client's probe connects without a request: no path.)
+        let seen = seen.lock().unwrap();
+        seen.iter()
+            .filter(|(_, p, _)| !p.is_empty())
+            .map(|(_, p, b)| format!("{p} {}", b["model"]))
+            .collect()
+    };
+
+    // Missing: shown, pulled with its progress, then run.
+    let (code, stdout, stderr) = go_at(Some(&host), &store, &["run", "new", "hi", "--insecure"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "OK\n");
+    for needle in ["pulling manifest", "verifying sha256 digest", "writing manifest", "success"] {
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+    }
+    assert_eq!(
+        paths(&seen),
+        ["/api/show \"new\"", "/api/pull \"new\"", "/api/chat \"new\""],
+        "{stderr}"
+    );
+    let pull = seen.lock().unwrap().iter().find(|(_, p, _)| p == "/api/pull").unwrap().2.clone();
+    assert_eq!(pull["insecure"], json!(true), "{pull}");
+    seen.lock().unwrap().clear();
+
+    // There: not pulled.
+    let (code, _, stderr) = go_at(Some(&host), &store, &["run", "known", "hi"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("pulling"), "{stderr}");
+    assert_eq!(paths(&seen), ["/api/show \"known\"", "/api/chat \"known\""]);
+    seen.lock().unwrap().clear();
+
+    // Not on the registry (404: exit 3) or the registry unreachable (502: exit 1): the
+    // registry's message in one error line, and nothing is run.
+    for (model, expected) in [("gone", 3), ("down", 1)] {
+        let (code, _, stderr) = go_at(Some(&host), &store, &["run", model, "hi"]);
+        assert_eq!(code, expected, "{stderr}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{stderr}");
+        assert!(stderr.trim_end().ends_with(errors[0]), "the error is not the last line: {stderr}");
+        assert!(errors[0].contains(model), "{stderr}");
+    }
+    assert!(chats(&seen).is_empty(), "a model that could not be pulled was run");
+    seen.lock().unwrap().clear();
+
+    // A path is not a registry name: neither looked up nor pulled.
+    let (_, _, stderr) = go_at(Some(&host), &store, &["run", "./absent.gguf", "hi"]);
+    assert!(!paths(&seen).iter().any(|p| p.starts_with("/api/pull")), "{stderr}");
+}
+
+#[test]
+fn ollama_host_is_the_address_when_corral_has_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let (host, _) = fake_corral();
+    let port = host.rsplit(':').next().unwrap().to_string();
+    let with_ollama_host = |corral_host: Option<&str>, value: &str, args: &[&str]| {
+        let mut c = corral_at(corral_host, &store, args);
+        c.env("OLLAMA_HOST", value);
+        let (out, stdout, stderr) = run(c);
+        (out.status.code().unwrap_or(-1), stdout, stderr)
+    };
+    // Alone, in the forms Ollama takes; an address to listen on everywhere is reached at
+    // loopback.
+    for value in [host.clone(), format!("http://{host}"), format!("0.0.0.0:{port}")] {
+        let (code, stdout, stderr) = with_ollama_host(None, &value, &["list"]);
+        assert_eq!(code, 0, "{value}: {stderr}");
+        assert_eq!(names(&stdout), ["fake:latest"], "{value}: {stdout}");
+    }
+    // CORRAL_HOST comes first.
+    let (code, _, stderr) = with_ollama_host(Some("127.0.0.1:9"), &host, &["ps"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("127.0.0.1:9"), "{stderr}");
+    // So does the config's [server] host.
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, format!("[server]\nhost = \"{host}\"\n")).unwrap();
+    let cfg_arg = ["--config", cfg.to_str().unwrap(), "list"];
+    let (code, stdout, stderr) = with_ollama_host(None, "127.0.0.1:9", &cfg_arg);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(names(&stdout), ["fake:latest"], "{stdout}");
+    // A value that is not an address is an error that names it.
+    let (code, _, stderr) = with_ollama_host(None, "garbage::::", &["list"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("OLLAMA_HOST") && stderr.trim().lines().count() == 1, "{stderr}");
+
+    // `serve` listens where the client commands look: OLLAMA_HOST when nothing of
+    // corral's names an address.
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut c = corral(&[]);
+    c.env_remove("CORRAL_HOST")
+        .env("OLLAMA_HOST", &listen)
+        .env("CORRAL_MODELS", dir.path().join("server-store"))
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.starts_with("listening on") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let line = rx.recv_timeout(Duration::from_secs(120));
+    let listed = line.is_ok().then(|| with_ollama_host(None, &listen, &["list"]));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.expect("corral serve did not say where it listens");
+    assert!(line.contains(&listen), "{line}");
+    let (code, stdout, stderr) = listed.unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+}
+
+#[test]
+fn create_refuses_quantize_instead_of_ignoring_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let gguf = dir.path().join("tiny.gguf");
+    std::fs::write(&gguf, b"GGUF not really").unwrap();
+    let mf = dir.path().join("Modelfile");
+    std::fs::write(&mf, "FROM ./tiny.gguf\n").unwrap();
+    let mf = mf.to_str().unwrap();
+    let (host, seen) = fake_corral();
+    for (host, args) in [
+        (Some(host.as_str()), &["create", "m", "-f", mf, "-q", "q4_K_M"][..]),
+        (Some(host.as_str()), &["create", "m", "-f", mf, "--quantize", "q8_0"]),
+        (None, &["create", "m", "-f", mf, "-q", "q4_K_M", "--local"]),
+    ] {
+        let (code, _, stderr) = go_at(host, &store, args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("--quantize") && stderr.contains("llama-quantize"), "{stderr}");
+    }
+    assert!(seen.lock().unwrap().is_empty(), "a refused create sent a request");
+    assert!(!store.exists(), "a refused create wrote the store");
+}
+
+#[test]
+fn run_in_this_process_takes_ollamas_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = example_plugin_dir(dir.path());
+    let model = dir.path().join("m.toy");
+    std::fs::write(&model, "toy weights\n").unwrap();
+    let m = model.to_str().unwrap();
+    let go = |args: &[&str]| {
+        let mut c = corral(&[&plugin]);
+        c.env_remove("OLLAMA_HOST").arg("run").args(args);
+        let (out, stdout, stderr) = run(c);
+        (out.status.code().unwrap_or(-1), stdout, stderr)
+    };
+    let fixed = ["--temperature", "0", "--num-predict", "48"];
+    // --format json holds the toy engine's random text to a JSON object.
+    let (code, free, stderr) = go(&[&[m, "hi"][..], &fixed].concat());
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, stderr) = go(&[&[m, "hi", "--format", "json"][..], &fixed].concat());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.trim_start().starts_with('{') && stdout != free, "{stdout:?}");
+    // --format's older meaning, the model file's format, stays; --model-format says it
+    // beside an answer's format.
+    let plain = dir.path().join("weights");
+    std::fs::copy(&model, &plain).unwrap();
+    let p = plain.to_str().unwrap();
+    let (code, _, stderr) = go(&[&[p, "hi", "--format", "toy"][..], &fixed].concat());
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, stderr) =
+        go(&[&[p, "hi", "--model-format", "toy", "--format", "json"][..], &fixed].concat());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.trim_start().starts_with('{'), "{stdout:?}");
+    // --keepalive has no model to keep here: said, not an error; --nowordwrap is accepted.
+    let (code, _, stderr) =
+        go(&[&[m, "hi", "--keepalive", "5m", "--nowordwrap"][..], &fixed].concat());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("--keepalive"), "{stderr}");
+    // A model whose template does not think is refused thinking (exit 2), not answered
+    // without it; --think=false and --hidethinking are fine.
+    let (code, _, stderr) = go(&[&[m, "hi", "--think"][..], &fixed].concat());
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("does not support thinking"), "{stderr}");
+    let (code, stdout, stderr) =
+        go(&[&[m, "hi", "--think=false", "--hidethinking"][..], &fixed].concat());
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, free);
 }

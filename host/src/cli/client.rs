@@ -1,6 +1,8 @@
 //! `corral ps` and `corral stop`: clients of a running `corral serve` (at `CORRAL_HOST`, else
 //! the config's `[server] host`, default 127.0.0.1:11434).
 
+use std::time::SystemTime;
+
 use anyhow::Result;
 use clap::Args;
 
@@ -9,17 +11,42 @@ use corral_host::runtime::GlobalOptions;
 /// `corral ps`.
 #[derive(Args, Debug)]
 pub(crate) struct PsArgs {
+    /// Only the models whose name starts with this (as `ollama ps NAME`).
+    pub prefix: Option<String>,
     /// Print the server's JSON.
     #[arg(long)]
     pub json: bool,
 }
 
-fn human_size(n: u64) -> String {
-    let n = n as f64;
-    if n >= 1e9 { format!("{:.1} GB", n / 1e9) } else { format!("{:.0} MB", n / 1e6) }
+/// Where a loaded model is, as `ollama ps` says it: `100% GPU`, `100% CPU`, or the split
+/// `48%/52% CPU/GPU`, from its size and the part of it in GPU memory.
+pub(crate) fn processor(size: u64, size_vram: u64) -> String {
+    if size_vram == 0 {
+        "100% CPU".into()
+    } else if size_vram == size {
+        "100% GPU".into()
+    } else if size_vram > size || size == 0 {
+        "Unknown".into()
+    } else {
+        let cpu = ((size - size_vram) as f64 / size as f64 * 100.0).round() as u64;
+        format!("{cpu}%/{}% CPU/GPU", 100 - cpu)
+    }
 }
 
-/// Lists the models the server has loaded.
+/// When a loaded model unloads, as `ollama ps` says it: `4 minutes from now`, `Forever`
+/// (kept loaded, or in use: corral's server then sends a far-off time), `Stopping...`
+/// once the time has passed.
+pub(crate) fn until(expires_at: &str, now: SystemTime) -> String {
+    match super::models::parse_time(expires_at) {
+        None => "-".into(),
+        Some(t) if t <= now => "Stopping...".into(),
+        Some(t) => super::models::human_time(t, now),
+    }
+}
+
+/// Lists the models the server has loaded: NAME, ID, SIZE, PROCESSOR, CONTEXT, UNTIL, as
+/// `ollama ps` prints them; the devices of a model spread over several (RPC workers)
+/// below its row.
 pub(crate) fn ps(global: &GlobalOptions, a: &PsArgs) -> Result<()> {
     let server = super::configured_server(global)?;
     let v = server.json(reqwest::Method::GET, "/api/ps", None)?;
@@ -30,24 +57,40 @@ pub(crate) fn ps(global: &GlobalOptions, a: &PsArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("{:<40} {:<14} {:>10} {:>8} {:>7}  UNTIL", "NAME", "ID", "SIZE", "CONTEXT", "ACTIVE");
+    let now = SystemTime::now();
+    let mut rows = Vec::new();
+    let mut below = Vec::new();
     for m in v["models"].as_array().into_iter().flatten() {
-        let digest = m["digest"].as_str().unwrap_or("");
-        println!(
-            "{:<40} {:<14} {:>10} {:>8} {:>7}  {}",
-            m["name"].as_str().unwrap_or("?"),
-            &digest[..digest.len().min(12)],
-            human_size(m["size"].as_u64().unwrap_or(0)),
-            m["context_length"].as_u64().unwrap_or(0),
-            m["active_sequences"].as_u64().unwrap_or(0),
-            m["expires_at"].as_str().unwrap_or(""),
+        let text = |k: &str| m.get(k).and_then(serde_json::Value::as_str).unwrap_or_default();
+        let number = |k: &str| m.get(k).and_then(serde_json::Value::as_u64);
+        let name = if text("name").is_empty() { text("model") } else { text("name") };
+        if a.prefix.as_ref().is_some_and(|p| !name.starts_with(p.as_str())) {
+            continue;
+        }
+        let digest = text("digest").trim_start_matches("sha256:");
+        let size = number("size").unwrap_or(0);
+        rows.push(vec![
+            name.to_string(),
+            if digest.is_empty() { "-".into() } else { digest.chars().take(12).collect() },
+            super::models::human_bytes(size),
+            processor(size, number("size_vram").unwrap_or(0)),
+            number("context_length").map_or_else(|| "-".into(), |c| c.to_string()),
+            until(text("expires_at"), now),
+        ]);
+        below.push(
+            m.get("devices")
+                .and_then(|d| serde_json::from_value::<corral_host::rpc::Placement>(d.clone()).ok())
+                .map(|p| p.lines())
+                .unwrap_or_default(),
         );
-        if let Some(p) = m
-            .get("devices")
-            .and_then(|d| serde_json::from_value::<corral_host::rpc::Placement>(d.clone()).ok())
-        {
-            for line in p.lines() {
-                println!("    {line}");
+    }
+    let lines = super::table(&["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"], &rows);
+    let mut below = below.into_iter();
+    for (i, line) in lines.iter().enumerate() {
+        println!("{line}");
+        if i > 0 {
+            for extra in below.next().into_iter().flatten() {
+                println!("    {extra}");
             }
         }
     }

@@ -7,12 +7,14 @@
 //! - `run` holds `run` and `bench` in this process;
 //! - `chat` holds the interactive chat of `run` (both paths): its commands and Ctrl-C;
 //! - `remote` holds `run` through a running server;
+//! - `output` holds what `run` writes on both paths: the answer, its thinking;
 //! - `models` holds `create`, `list`, `show`, `cp`, `rm`, `pull` and `push`;
 //! - `client` holds `ps` and `stop`.
 
 pub(crate) mod chat;
 pub(crate) mod client;
 pub(crate) mod models;
+pub(crate) mod output;
 pub(crate) mod remote;
 pub(crate) mod run;
 pub(crate) mod scaffold;
@@ -62,4 +64,32 @@ pub(crate) fn error_line(e: &anyhow::Error) -> String {
         parts.push(s);
     }
     parts.join(": ")
+}
+
+/// A table as Ollama prints `list` and `ps` (its tablewriter settings): the header, then
+/// the rows, every column left-aligned and padded to its widest cell, four spaces between
+/// columns, no borders and no trailing blanks. One line each: the header's first.
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
+    let header: Vec<String> = header.iter().map(|h| (*h).to_string()).collect();
+    let mut widths = vec![0usize; header.len()];
+    for r in std::iter::once(&header).chain(rows) {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = Vec::new();
+    for r in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (i, (c, w)) in r.iter().zip(&widths).enumerate() {
+            if i > 0 {
+                line.push_str("    ");
+            }
+            line.push_str(c);
+            if i + 1 < r.len() {
+                line.extend(std::iter::repeat_n(' ', w.saturating_sub(c.chars().count())));
+            }
+        }
+        out.push(line.trim_end().to_string());
+    }
+    out
 }

@@ -117,12 +117,25 @@ pub(crate) struct CreateArgs {
     /// SYSTEM, PARAMETER and MESSAGE lines (the same as `FROM MODEL` + `REMOTE REMOTE`).
     #[arg(long, value_name = "REMOTE:MODEL")]
     pub remote: Option<String>,
+    /// Quantize the model to this type (Ollama's flag): refused, since corral has no
+    /// quantizer; quantize the GGUF file with llama.cpp's `llama-quantize` first.
+    #[arg(short = 'q', long, value_name = "TYPE")]
+    pub quantize: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
 }
 
 /// `corral create NAME -f Modelfile [--link]`.
 pub(crate) fn create(global: &GlobalOptions, a: &CreateArgs) -> Result<()> {
+    // Before anything is read or sent: a flag that would be ignored is refused.
+    if let Some(q) = a.quantize.as_deref().filter(|q| !q.trim().is_empty()) {
+        return Err(super::Usage(format!(
+            "--quantize {q}: corral cannot quantize models (it has no quantizer); quantize \
+             the GGUF file with llama.cpp's llama-quantize (e.g. `llama-quantize in.gguf \
+             out.gguf {q}`) and create the model FROM the result"
+        ))
+        .into());
+    }
     let name = parse_name(&a.name)?;
     let mf = match &a.remote {
         Some(spec) => remote_modelfile(spec, &a.file)?,
@@ -182,8 +195,9 @@ fn at(cmd: &modelfile::Command, message: String) -> anyhow::Error {
         .into()
 }
 
-/// Whether a `FROM` value is meant as a path (the registry's rule for `create`).
-fn looks_like_path(v: &str) -> bool {
+/// Whether a `FROM` value is meant as a path (the registry's rule for `create`); `run`
+/// does not pull a missing model whose name is one.
+pub(crate) fn looks_like_path(v: &str) -> bool {
     let b = v.as_bytes();
     v.starts_with('/')
         || v.starts_with("./")
@@ -379,6 +393,8 @@ fn succeeded(server: &Server, path: &str, last: Option<&Value>) -> Result<()> {
 /// `corral list`.
 #[derive(Args, Debug)]
 pub(crate) struct ListArgs {
+    /// Only the models whose name starts with this (as `ollama list NAME`; any case).
+    pub prefix: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -399,12 +415,17 @@ pub(crate) fn human_bytes(b: u64) -> String {
     format!("{b} B")
 }
 
-/// A time as Ollama's `list` prints it: `2 minutes ago`, `About an hour ago`, `3 days ago`.
+/// A time as Ollama's `list` and `ps` print it (its `format.HumanTime`): `2 minutes ago`,
+/// `About an hour ago`, `3 days ago`, `4 minutes from now`; `Forever` more than 20 years
+/// ahead.
 pub(crate) fn human_time(t: SystemTime, now: SystemTime) -> String {
     let (d, suffix) = match now.duration_since(t) {
         Ok(d) => (d, "ago"),
         Err(e) => (e.duration(), "from now"),
     };
+    if suffix == "from now" && d.as_secs() / 3600 / 24 / 365 > 20 {
+        return "Forever".into();
+    }
     let s = d.as_secs();
     let text = if s < 1 {
         "Less than a second".to_string()
@@ -429,7 +450,7 @@ pub(crate) fn human_time(t: SystemTime, now: SystemTime) -> String {
         } else if hours < 24 * 365 * 2 {
             format!("{} months", hours / 24 / 30)
         } else {
-            format!("{} years", hours / 24 / 365)
+            format!("{} years", d.as_secs() / 3600 / 24 / 365)
         }
     };
     format!("{text} {suffix}")
@@ -449,7 +470,7 @@ struct ListRow {
 
 /// An RFC 3339 time as servers send it (`2024-06-01T10:00:00.123456789Z`, or with an
 /// offset such as `-07:00`, which Ollama sends).
-fn parse_time(s: &str) -> Option<SystemTime> {
+pub(crate) fn parse_time(s: &str) -> Option<SystemTime> {
     let b = s.as_bytes();
     let n = b.len();
     if n > 6 && matches!(b[n - 6], b'+' | b'-') && b[n - 3] == b':' {
@@ -512,12 +533,16 @@ pub(crate) fn list(global: &GlobalOptions, a: &ListArgs) -> Result<()> {
             None => Vec::new(),
         },
     };
+    if let Some(p) = &a.prefix {
+        let p = p.to_lowercase();
+        models.retain(|m| m.name.to_lowercase().starts_with(&p));
+    }
     models.sort_by_key(|m| std::cmp::Reverse(m.modified));
     let now = SystemTime::now();
-    let rows: Vec<[String; 4]> = models
+    let rows: Vec<Vec<String>> = models
         .iter()
         .map(|m| {
-            [
+            vec![
                 m.name.clone(),
                 m.digest.chars().take(12).collect(),
                 // A remote model's weights are elsewhere, as `ollama list` shows cloud models.
@@ -529,24 +554,8 @@ pub(crate) fn list(global: &GlobalOptions, a: &ListArgs) -> Result<()> {
             ]
         })
         .collect();
-    let header = ["NAME", "ID", "SIZE", "MODIFIED"].map(String::from);
-    let mut widths = [0usize; 4];
-    for r in std::iter::once(&header).chain(&rows) {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    for r in std::iter::once(&header).chain(&rows) {
-        println!(
-            "{:<w0$}    {:<w1$}    {:<w2$}    {}",
-            r[0],
-            r[1],
-            r[2],
-            r[3],
-            w0 = widths[0],
-            w1 = widths[1],
-            w2 = widths[2]
-        );
+    for line in super::table(&["NAME", "ID", "SIZE", "MODIFIED"], &rows) {
+        println!("{line}");
     }
     Ok(())
 }
@@ -982,14 +991,14 @@ impl ProgressUi {
 
 /// `pull`/`push` through a server: its `/api/pull` or `/api/push` progress lines, shown
 /// as the local transfer shows its own.
-fn transfer_remote(server: &Server, a: &TransferArgs, push: bool) -> Result<()> {
+fn transfer_remote(server: &Server, name: &str, insecure: bool, push: bool) -> Result<()> {
     if push {
         // A model the server does not have: its "not found" (exit code 3) before any
         // registry is contacted, as the local path does.
-        server.json(Method::POST, "/api/show", Some(&json!({"model": a.name})))?;
+        server.json(Method::POST, "/api/show", Some(&json!({"model": name})))?;
     }
     let ui = ProgressUi::new();
-    let body = json!({"model": a.name, "insecure": a.insecure, "stream": true});
+    let body = json!({"model": name, "insecure": insecure, "stream": true});
     let path = if push { "/api/push" } else { "/api/pull" };
 
     let end = server.ndjson(path, &body, None, |line| {
@@ -1001,14 +1010,15 @@ fn transfer_remote(server: &Server, a: &TransferArgs, push: bool) -> Result<()> 
     succeeded(server, path, end.as_ref())
 }
 
-fn transfer(global: &GlobalOptions, a: &TransferArgs, push: bool) -> Result<()> {
-    let name = parse_name(&a.name)?;
-    if let Some(server) = a.store.server(global)? {
-        return transfer_remote(&server, a, push);
-    }
-    let store = if push { a.store.open_with(global, &a.name)? } else { a.store.open(global)? };
-    let client =
-        oci::Client::new(oci::ClientOptions { insecure: a.insecure, ..Default::default() })?;
+/// Pulls `name` into the server's store, showing its progress (`run` of a model the
+/// server does not have).
+pub(crate) fn pull_through(server: &Server, name: &str, insecure: bool) -> Result<()> {
+    transfer_remote(server, name, insecure, false)
+}
+
+/// Pushes or pulls `name` with the local store, showing progress.
+fn transfer_local(store: &Store, name: &ModelName, insecure: bool, push: bool) -> Result<()> {
+    let client = oci::Client::new(oci::ClientOptions { insecure, ..Default::default() })?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -1016,11 +1026,29 @@ fn transfer(global: &GlobalOptions, a: &TransferArgs, push: bool) -> Result<()> 
     let ui = ProgressUi::new();
     let cb = |p: &oci::Progress| ui.update(p);
     if push {
-        rt.block_on(client.push(&store, &name, &cb))?;
+        rt.block_on(client.push(store, name, &cb))?;
     } else {
-        rt.block_on(client.pull(&store, &name, &cb))?;
+        rt.block_on(client.pull(store, name, &cb))?;
     }
     Ok(())
+}
+
+/// Pulls `name` into the local store (created if needed; the store `CORRAL_MODELS`, the
+/// config and `CORRAL_MODELS_READONLY` name), showing progress (`run --local` of a model
+/// the store does not have).
+pub(crate) fn pull_local(global: &GlobalOptions, name: &ModelName, insecure: bool) -> Result<()> {
+    let (config, _) = Config::load(global.config.as_deref())?;
+    let store = models::open_store(None, false, &config)?;
+    transfer_local(&store, name, insecure, false)
+}
+
+fn transfer(global: &GlobalOptions, a: &TransferArgs, push: bool) -> Result<()> {
+    let name = parse_name(&a.name)?;
+    if let Some(server) = a.store.server(global)? {
+        return transfer_remote(&server, &a.name, a.insecure, push);
+    }
+    let store = if push { a.store.open_with(global, &a.name)? } else { a.store.open(global)? };
+    transfer_local(&store, &name, a.insecure, push)
 }
 
 /// `corral pull NAME [--insecure]`.
@@ -1052,6 +1080,10 @@ mod tests {
         assert_eq!(ago(90), "About a minute ago");
         assert_eq!(ago(3600), "About an hour ago");
         assert_eq!(ago(3 * 86400), "3 days ago");
+        assert_eq!(ago(3 * 365 * 86400), "3 years ago");
+        let ahead = |s: u64| human_time(now + std::time::Duration::from_secs(s), now);
+        assert_eq!(ahead(4 * 60 + 30), "4 minutes from now");
+        assert_eq!(ahead(30 * 365 * 86400), "Forever");
     }
 
     #[test]

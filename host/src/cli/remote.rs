@@ -3,10 +3,8 @@
 //! stays loaded between runs (the rule of [`corral_host::client`]). `--local` runs
 //! in-process instead.
 
-use std::io::Write;
-
 use anyhow::{Result, bail};
-use corral_host::client::Server;
+use corral_host::client::{Server, ServerError};
 use serde_json::{Map, Value, json};
 
 use super::{chat::ChatLine, run::RunArgs};
@@ -103,22 +101,25 @@ fn model_arg(server: &Server, a: &RunArgs) -> Result<String> {
     Ok(name)
 }
 
-/// Streams one request's NDJSON answer, printing text as it comes; returns the text, or
+/// Streams one request's NDJSON answer, printing text (and thinking, unless
+/// `hide_thinking`) as it comes; returns the answer's text without its thinking, or
 /// `None` when Ctrl-C cancelled the answer. A stream that ends without its `done` line
 /// is an error.
-fn stream(server: &Server, path: &str, body: &Value, verbose: bool) -> Result<Option<String>> {
-    let mut text = String::new();
-    let mut out = std::io::stdout();
+fn stream(
+    server: &Server,
+    path: &str,
+    body: &Value,
+    verbose: bool,
+    hide_thinking: bool,
+) -> Result<Option<String>> {
+    let mut answer = super::output::Answer::new(hide_thinking);
     let turn = super::chat::start_turn();
     let last = server.ndjson(path, body, Some(&turn.0.notify), |v| {
-        let piece = v
-            .pointer("/message/content")
-            .or_else(|| v.get("response"))
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let _ = out.write_all(piece.as_bytes());
-        let _ = out.flush();
-        text.push_str(piece);
+        let field = |chat: &str, generate: &str| {
+            v.pointer(chat).or_else(|| v.get(generate)).and_then(Value::as_str).unwrap_or("")
+        };
+        answer.thinking(field("/message/thinking", "thinking"));
+        answer.content(field("/message/content", "response"));
         if v.get("done").and_then(Value::as_bool) == Some(true) && verbose {
             let ns = |k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(0.0) / 1e9;
             let n = |k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(0.0);
@@ -140,15 +141,19 @@ fn stream(server: &Server, path: &str, body: &Value, verbose: bool) -> Result<Op
             );
         }
         Ok(())
-    })?;
+    });
     let cancelled = turn.0.cancelled();
     drop(turn);
-    println!();
+    let end_line = answer.finish();
+    let last = last?;
+    if end_line {
+        println!();
+    }
     if cancelled {
         return Ok(None);
     }
     match last {
-        Some(v) if v.get("done").and_then(Value::as_bool) == Some(true) => Ok(Some(text)),
+        Some(v) if v.get("done").and_then(Value::as_bool) == Some(true) => Ok(Some(answer.content)),
         Some(_) => bail!(
             "the server at {}'s answer ended before it was complete (no line with \"done\": \
              true)",
@@ -161,24 +166,57 @@ fn stream(server: &Server, path: &str, body: &Value, verbose: bool) -> Result<Op
 /// The load flags given on the command line, which a server cannot apply: it loads its
 /// models with its own settings.
 fn refuse_load_flags(server: &Server, a: &RunArgs) -> Result<()> {
-    if a.load_flags.is_empty() {
+    // `--format json` (or a schema) is the answer's format, which a request carries.
+    let answer_format = a.load.response_format().is_some();
+    let flags: Vec<&str> =
+        a.load_flags.iter().copied().filter(|f| !(answer_format && *f == "--format")).collect();
+    if flags.is_empty() {
         return Ok(());
     }
     Err(super::Usage(format!(
         "{} {} to a local run (--local) only: the model runs in the corral serve at {}, which \
          loads it with its own settings",
-        a.load_flags.join(", "),
-        if a.load_flags.len() == 1 { "applies" } else { "apply" },
+        flags.join(", "),
+        if flags.len() == 1 { "applies" } else { "apply" },
         server.url
     ))
     .into())
+}
+
+/// Pulls `model` into the server's store when the server does not have it and it is a
+/// registry name, as `ollama run` does (`showOrPullModel`: a 404 from `/api/show`, then
+/// `/api/pull` with its progress). A file path is the server's to refuse.
+fn pull_if_missing(server: &Server, model: &str, a: &RunArgs) -> Result<()> {
+    if !super::run::pullable(model) {
+        return Ok(());
+    }
+    match server.json(reqwest::Method::POST, "/api/show", Some(&json!({"model": model}))) {
+        Ok(v) if v.is_object() => Ok(()),
+        Ok(v) => Err(server.unexpected("/api/show", &v.to_string())),
+        Err(e) if e.downcast_ref::<ServerError>().is_some_and(|s| s.status == 404) => {
+            super::models::pull_through(server, model, a.insecure)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// `corral run` against `server`.
 pub(crate) fn run(server: &Server, a: &RunArgs) -> Result<()> {
     refuse_load_flags(server, a)?;
     let mut options = options_json(a)?;
+    // Ollama's request fields: `think`, `keep_alive`, `format`.
+    let mut fields = Map::new();
+    if let Some(t) = super::run::think_of(a)? {
+        fields.insert("think".into(), super::run::think_json(t));
+    }
+    if let Some(k) = super::run::keep_alive_of(a)? {
+        fields.insert("keep_alive".into(), Value::String(k));
+    }
+    if let Some(f) = a.load.response_format_value()? {
+        fields.insert("format".into(), f);
+    }
     let model = model_arg(server, a)?;
+    pull_if_missing(server, &model, a)?;
     let url = &server.url;
     let one_shot = super::run::one_shot_prompt(&a.prompt)?;
     let mut messages: Vec<Value> = Vec::new();
@@ -194,15 +232,21 @@ pub(crate) fn run(server: &Server, a: &RunArgs) -> Result<()> {
         if prompt.trim().is_empty() {
             return Err(corral_backend_api::BackendError::invalid("the prompt is empty").into());
         }
+        let with_fields = |mut body: Value| {
+            if let Some(b) = body.as_object_mut() {
+                b.extend(fields.clone());
+            }
+            body
+        };
         if a.raw {
-            let body = json!({"model": model, "prompt": prompt, "raw": true, "stream": true,
-                "options": options, "truncate": truncate});
-            stream(server, "/api/generate", &body, a.verbose)?;
+            let body = with_fields(json!({"model": model, "prompt": prompt, "raw": true,
+                "stream": true, "options": options, "truncate": truncate}));
+            stream(server, "/api/generate", &body, a.verbose, a.hidethinking)?;
         } else {
             messages.push(json!({"role": "user", "content": prompt}));
-            let body = json!({"model": model, "messages": messages, "stream": true,
-                "options": options, "truncate": truncate});
-            match stream(server, "/api/chat", &body, a.verbose) {
+            let body = with_fields(json!({"model": model, "messages": messages, "stream": true,
+                "options": options, "truncate": truncate}));
+            match stream(server, "/api/chat", &body, a.verbose, a.hidethinking) {
                 Ok(Some(answer)) => messages.push(json!({"role": "assistant", "content": answer})),
                 // Ctrl-C: the turn is forgotten.
                 Ok(None) => {

@@ -1,7 +1,7 @@
 //! `corral run` and `corral bench`.
 
 use std::{
-    io::{IsTerminal, Write},
+    io::IsTerminal,
     path::PathBuf,
     sync::{Arc, atomic::AtomicBool},
     time::Instant,
@@ -13,12 +13,15 @@ use corral_backend_api::{BatchEntry, ContextParams, LoadOptions};
 use corral_generation::{
     context::{ContextPolicy, context_length, exceeds_training, fit_prompt},
     options::SamplingOptions,
+    sampler::Constraint,
+    structured::{Grammar, JsonConstraint, TokenTable},
+    thinking::{Effort, Think, ThinkingParser, template_thinks},
 };
 use serde::Serialize;
 
 use corral_host::{
     engine_loop::{EngineHandle, Event, LoopConfig, Request, SpecSettings, Stats},
-    models::ModelRef,
+    models::{ModelRef, ModelsError},
     prompt::{self, Message},
     runtime::{GlobalOptions, Runtime},
 };
@@ -38,9 +41,14 @@ pub(crate) struct LoadArgs {
     /// Layers to offload to the GPU (-1 all, 0 none).
     #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
     pub n_gpu_layers: i32,
-    /// Model format (default: from the path: a directory or .onnx is onnx, else gguf).
-    #[arg(long)]
+    /// `json` or a JSON schema: the answer's format (Ollama's `--format`). Any other
+    /// value is the model file's format, as `--model-format` gives it.
+    #[arg(long, value_name = "FORMAT")]
     pub format: Option<String>,
+    /// Model file format (default: from the path: a directory or .onnx is onnx, else
+    /// gguf).
+    #[arg(long, value_name = "FORMAT")]
+    pub model_format: Option<String>,
     /// Where the engine runs: `in-process` (the default here) or `process` (a worker
     /// process, as `corral serve` does); `bench` also takes `both`, and reports the
     /// ratio.
@@ -57,6 +65,43 @@ pub(crate) struct LoadArgs {
     pub local_only: bool,
 }
 
+/// Whether a `--format` value is an answer's format (Ollama's meaning: `json` or a JSON
+/// schema) rather than a model file's (`gguf`, `onnx`, a plugin's own).
+fn is_response_format(v: &str) -> bool {
+    v.trim() == "json" || v.trim_start().starts_with('{')
+}
+
+impl LoadArgs {
+    /// `--format` when it names the answer's format.
+    pub(crate) fn response_format(&self) -> Option<&str> {
+        self.format.as_deref().filter(|f| is_response_format(f))
+    }
+
+    /// The model file's format: `--model-format`, else `--format` when it is not the
+    /// answer's format (corral's meaning of `--format` before Ollama's, kept).
+    pub(crate) fn model_format(&self) -> Option<&str> {
+        self.model_format
+            .as_deref()
+            .or_else(|| self.format.as_deref().filter(|f| !is_response_format(f)))
+    }
+
+    /// The answer's format as a request's `format` value: `"json"` or the schema.
+    pub(crate) fn response_format_value(&self) -> Result<Option<serde_json::Value>> {
+        let Some(f) = self.response_format() else { return Ok(None) };
+        let v = if f.trim() == "json" {
+            serde_json::Value::String("json".into())
+        } else {
+            serde_json::from_str::<serde_json::Value>(f).map_err(|e| {
+                super::Usage(format!("--format is neither json nor a JSON schema: {e}"))
+            })?
+        };
+        // A schema this side cannot compile is refused before anything loads or is sent.
+        corral_generation::structured::Grammar::from_format(&v)
+            .map_err(|e| super::Usage(format!("--format: {e}")))?;
+        Ok(Some(v))
+    }
+}
+
 /// Resolves a model argument (the one resolution of [`corral_host::models`]) and loads
 /// it through the chosen backend.
 pub(crate) fn load_model(
@@ -67,7 +112,7 @@ pub(crate) fn load_model(
     let rt = Runtime::with_isolation(global, load.isolation.as_deref(), Isolation::InProcess)?;
     let mref = corral_host::models::resolve_for(global, Some(&rt.catalog), arg)?;
     let path = mref.path.as_path();
-    let format = load.format.as_deref().unwrap_or(mref.format.as_str());
+    let format = load.model_format().unwrap_or(mref.format.as_str());
     let (plugin, _) = rt.choose(&rt.selector(load.backend.as_deref(), Some(format)))?;
     tracing::info!("backend {}", plugin.manifest.id());
     let remote = if load.local_only {
@@ -161,6 +206,30 @@ pub(crate) struct RunArgs {
     /// Run in this process even when a `corral serve` answers at CORRAL_HOST.
     #[arg(long)]
     pub local: bool,
+    /// Speak plain HTTP to the registry when the model is pulled (a model `run` does
+    /// not find is pulled first, as `ollama run` does).
+    #[arg(long)]
+    pub insecure: bool,
+    /// How long the server keeps the model loaded after this run (Ollama's
+    /// `keep_alive`: 5m, 1h30m, 0 unloads it at once, -1 keeps it).
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub keepalive: Option<String>,
+    /// Thinking models: `--think` (or `=true`) thinks, `--think=false` does not,
+    /// `--think=high|medium|low` thinks at that effort level. Default: the model's way.
+    #[arg(
+        long,
+        value_name = "LEVEL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub think: Option<String>,
+    /// Do not show a thinking model's thinking (it still thinks).
+    #[arg(long)]
+    pub hidethinking: bool,
+    /// Accepted as `ollama run` takes it; corral does not wrap words.
+    #[arg(long)]
+    pub nowordwrap: bool,
     /// The load flags given on the command line (not from the environment), which a run
     /// through a server cannot apply (filled in by `main` from [`LOAD_FLAGS`]).
     #[arg(skip)]
@@ -169,11 +238,13 @@ pub(crate) struct RunArgs {
 
 /// The arguments of [`LoadArgs`] that set how this process loads the model (clap's id,
 /// the flag): a server loads its models with its own settings.
-pub(crate) const LOAD_FLAGS: [(&str, &str); 6] = [
+pub(crate) const LOAD_FLAGS: [(&str, &str); 7] = [
     ("backend", "--backend"),
     ("threads", "--threads"),
     ("n_gpu_layers", "--n-gpu-layers"),
+    // `--format json` (the answer's format) is not one: `remote` lets it through.
     ("format", "--format"),
+    ("model_format", "--model-format"),
     ("isolation", "--isolation"),
     ("rpc", "--rpc"),
 ];
@@ -223,12 +294,78 @@ fn sampling_options(
     Ok(o)
 }
 
+/// `--think`'s value as a request's `think` (Ollama's values; `max`, which Ollama's
+/// newest models take, no corral template reads).
+pub(crate) fn think_of(a: &RunArgs) -> Result<Option<Think>> {
+    let Some(v) = a.think.as_deref() else { return Ok(None) };
+    match v.trim() {
+        "" | "true" => Ok(Some(Think::On)),
+        "false" => Ok(Some(Think::Off)),
+        level => match Effort::of_ollama(level) {
+            Some(e) => Ok(Some(Think::Level(e))),
+            None => Err(super::Usage(format!(
+                "invalid value for --think: {v:?} (must be true, false, high, medium or low)"
+            ))
+            .into()),
+        },
+    }
+}
+
+/// `think` as Ollama's API carries it: `true`, `false` or the level's name.
+pub(crate) fn think_json(t: Think) -> serde_json::Value {
+    match t {
+        Think::On => serde_json::Value::Bool(true),
+        Think::Off => serde_json::Value::Bool(false),
+        Think::Level(e) => serde_json::Value::from(e.as_str()),
+    }
+}
+
+/// `--keepalive` checked as the server reads `keep_alive` (a Go duration or seconds); the
+/// value to send.
+pub(crate) fn keep_alive_of(a: &RunArgs) -> Result<Option<String>> {
+    let Some(v) = a.keepalive.as_deref() else { return Ok(None) };
+    if corral_host::server::util::parse_duration(v).is_none() {
+        return Err(super::Usage(format!(
+            "--keepalive {v:?} is not a duration: give e.g. 5m, 1h30m, 90s, 0 (unload when \
+             done) or -1 (keep loaded)"
+        ))
+        .into());
+    }
+    Ok(Some(v.trim().to_string()))
+}
+
+/// Whether a model argument `run` does not find may be pulled: a registry name, not
+/// something meant as a file (`./m.gguf`, `/models/x`, `m.onnx`, `C:\\m`).
+pub(crate) fn pullable(arg: &str) -> bool {
+    let lower = arg.to_ascii_lowercase();
+    !super::models::looks_like_path(arg)
+        && !arg.contains('\\')
+        && ![".onnx", ".bin"].iter().any(|e| lower.ends_with(e))
+}
+
+/// Pulls the model `run` was given when it is a registry name the local store lacks, as
+/// `ollama run` does; anything else (a file, a model the store has, a name that is not
+/// one) is left to the load, which says what is wrong with it.
+fn pull_if_missing(global: &GlobalOptions, a: &RunArgs) -> Result<()> {
+    if !pullable(&a.model) {
+        return Ok(());
+    }
+    match corral_host::models::resolve_for(global, None, &a.model) {
+        Err(e) if matches!(e.downcast_ref::<ModelsError>(), Some(ModelsError::NotFound(_))) => {
+            let name = corral_registry::ModelName::parse(&a.model)?;
+            super::models::pull_local(global, &name, a.insecure)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Generates one answer, streaming its text to `out`. Returns the text and stats, or
 /// `None` when `cancel` was set (Ctrl-C) before the answer was complete.
 pub(crate) fn generate(
     engine: &EngineHandle,
     prompt: Vec<u32>,
     options: SamplingOptions,
+    constraint: Option<Box<dyn Constraint>>,
     cancel: Arc<AtomicBool>,
     mut out: impl FnMut(&str),
 ) -> Result<Option<(String, Stats)>> {
@@ -236,7 +373,7 @@ pub(crate) fn generate(
     engine.submit(Request {
         prompt,
         options,
-        constraint: None,
+        constraint,
         events: tx,
         cancel: cancel.clone(),
         submitted: Instant::now(),
@@ -289,6 +426,19 @@ pub(crate) fn run(global: &GlobalOptions, a: RunArgs) -> Result<()> {
     {
         return super::remote::run(&server, &a);
     }
+    // The flags are checked before a model is pulled or loaded.
+    let think = think_of(&a)?;
+    let grammar = match a.load.response_format_value()? {
+        Some(f) => Grammar::from_format(&f)?.map(Arc::new),
+        None => None,
+    };
+    if keep_alive_of(&a)?.is_some() {
+        eprintln!(
+            "corral: --keepalive is for a model in a corral serve; this run loads the model in \
+             this process, and it unloads when the run ends"
+        );
+    }
+    pull_if_missing(global, &a)?;
     let (mref, model, load_time) = load_model(global, &a.load, &a.model)?;
     let mut options = sampling_options(&a, &mref.params)?;
     // The one context-length rule; `corral run` has no server-wide setting.
@@ -351,6 +501,30 @@ pub(crate) fn run(global: &GlobalOptions, a: RunArgs) -> Result<()> {
 
     let one_shot = one_shot_prompt(&a.prompt)?;
 
+    // A thinking model's thinking is split from its answer, as the server splits it
+    // (unless `--think=false`, which leaves it in the text).
+    let thinks = !a.raw && template_thinks(template.template.source());
+    if think.is_some_and(Think::enabled) && !thinks {
+        return Err(corral_backend_api::BackendError::invalid(format!(
+            "\"{}\" does not support thinking{}",
+            mref.name,
+            if a.raw { " without its template (--raw)" } else { "" }
+        ))
+        .into());
+    }
+    // `--format`: the answer is held to the grammar, over the model's token bytes.
+    let tokens_table = grammar.as_ref().map(|_| {
+        let by_id = (0..model.vocab_size).map(|id| model.token_bytes(id).unwrap_or_default());
+        let never: Vec<u32> = model.special.bos.into_iter().collect();
+        Arc::new(TokenTable::new(by_id.collect(), model.special.eog.clone(), &never))
+    });
+    let constraint = || -> Option<Box<dyn Constraint>> {
+        match (&grammar, &tokens_table) {
+            (Some(g), Some(t)) => Some(Box::new(JsonConstraint::new(g.clone(), t.clone()))),
+            _ => None,
+        }
+    };
+
     let turn = |user: &str, history: &mut Vec<Message>, options: &SamplingOptions| -> Result<()> {
         if user.trim().is_empty() {
             return Err(corral_backend_api::BackendError::invalid("the prompt is empty").into());
@@ -358,11 +532,13 @@ pub(crate) fn run(global: &GlobalOptions, a: RunArgs) -> Result<()> {
         // On an error or Ctrl-C the conversation is as it was before this turn.
         let before = history.len();
         let mut answer = || -> Result<()> {
-            let tokens = if a.raw {
-                model.tokenize(user, true, true)?
+            let (tokens, opens_think) = if a.raw {
+                (model.tokenize(user, true, true)?, false)
             } else {
                 history.push(Message::new("user", user));
-                template.tokenize_chat(&model, history, true)?
+                let text = template.render_thinking(history, None, None, true, think)?;
+                let opens = text.trim_end().ends_with("<think>");
+                (template.tokenize(&model, &text)?, opens)
             };
             let tokens = fit_prompt(
                 &tokens,
@@ -371,21 +547,40 @@ pub(crate) fn run(global: &GlobalOptions, a: RunArgs) -> Result<()> {
                 options.num_predict,
                 policy,
             )?;
-            let stdout = std::io::stdout();
+            let mut parser =
+                (thinks && think != Some(Think::Off)).then(|| ThinkingParser::new(opens_think));
+            let mut shown = super::output::Answer::new(a.hidethinking);
             let turn = super::chat::start_turn();
-            let done = generate(&engine, tokens, options.clone(), turn.0.cancel.clone(), |t| {
-                let mut o = stdout.lock();
-                let _ = o.write_all(t.as_bytes());
-                let _ = o.flush();
-            })?;
+            let cancel = turn.0.cancel.clone();
+            let done =
+                generate(&engine, tokens, options.clone(), constraint(), cancel, |t| match parser
+                    .as_mut()
+                {
+                    Some(p) => {
+                        let split = p.push(t);
+                        shown.thinking(&split.thinking);
+                        shown.content(&split.content);
+                    }
+                    None => shown.content(t),
+                });
             drop(turn);
-            println!();
-            let Some((text, stats)) = done else {
+            if let Some(p) = parser.take() {
+                let split = p.finish();
+                shown.thinking(&split.thinking);
+                shown.content(&split.content);
+            }
+            let end_line = shown.finish();
+            let done = done?;
+            if end_line {
+                println!();
+            }
+            let Some((_, stats)) = done else {
                 history.truncate(before);
                 return Ok(());
             };
             if !a.raw {
-                history.push(Message::new("assistant", &text));
+                // The answer without its thinking, as Ollama keeps the conversation.
+                history.push(Message::new("assistant", &shown.content));
             }
             if a.verbose {
                 print_stats(load_time, &stats);
@@ -784,4 +979,45 @@ pub(crate) fn bench(global: &GlobalOptions, a: &BenchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_means_the_answer_for_json_and_schemas_else_the_file() {
+        let load = |f: &str| LoadArgs {
+            backend: None,
+            threads: None,
+            n_gpu_layers: -1,
+            format: Some(f.into()),
+            model_format: None,
+            isolation: None,
+            rpc: Vec::new(),
+            local_only: false,
+        };
+        for answer in ["json", " json ", r#"{"type":"object"}"#] {
+            assert_eq!(load(answer).response_format(), Some(answer), "{answer}");
+            assert_eq!(load(answer).model_format(), None, "{answer}");
+        }
+        for file in ["gguf", "onnx", "toy", "JSON"] {
+            assert_eq!(load(file).response_format(), None, "{file}");
+            assert_eq!(load(file).model_format(), Some(file), "{file}");
+        }
+        let both = LoadArgs { model_format: Some("toy".into()), ..load("json") };
+        assert_eq!((both.model_format(), both.response_format()), (Some("toy"), Some("json")));
+        assert!(load("{oops").response_format_value().is_err());
+    }
+
+    #[test]
+    fn only_registry_names_are_pulled() {
+        for name in ["llama3", "qwen2.5:7b", "registry.example.com/ns/m:tag", "127.0.0.1:5000/a/b"]
+        {
+            assert!(pullable(name), "{name}");
+        }
+        for path in ["./m.gguf", "/models/x", "~/m", "m.GGUF", "m.onnx", "w.bin", "C:\\m", "a\\b"] {
+            assert!(!pullable(path), "{path}");
+        }
+    }
 }

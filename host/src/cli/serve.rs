@@ -19,7 +19,8 @@ pub(crate) struct ServeArgs {
     /// Backend to use (name, variant or name:variant); default auto.
     #[arg(long, env = "CORRAL_BACKEND")]
     pub backend: Option<String>,
-    /// Address to listen on (default 127.0.0.1:11434; port 0 picks a free one).
+    /// Address to listen on (default: the config's `[server] host`, else OLLAMA_HOST, else
+    /// 127.0.0.1:11434; port 0 picks a free one).
     #[arg(long, env = "CORRAL_HOST")]
     pub host: Option<String>,
     /// How long a model stays loaded after its last request (5m, 30s, 0, -1 = forever).
@@ -277,7 +278,16 @@ pub(crate) fn serve(global: &GlobalOptions, a: ServeArgs) -> Result<()> {
     let mut origins = a.origins.clone();
     origins.extend(cfg.origins.iter().cloned());
     origins.retain(|o| !o.trim().is_empty());
-    let host = listen_address(a.host.or_else(|| cfg.host.clone()))?;
+    // `--host`/`CORRAL_HOST`, the config, then Ollama's `OLLAMA_HOST`: the order the
+    // client commands read them in (`client::host_setting`), so they find this server.
+    let blank = |h: &String| h.trim().is_empty();
+    let given = a.host.filter(|h| !blank(h)).map(|h| (h, "--host / CORRAL_HOST"));
+    let given = given.or_else(|| corral_host::client::host_setting(cfg.host.as_deref()));
+    let host = match given {
+        Some((value, corral_host::client::OLLAMA_HOST)) => listen_address(Some(value))
+            .map_err(|e| ConfigError::Setting(format!("{e} (from OLLAMA_HOST)")))?,
+        other => listen_address(other.map(|(v, _)| v))?,
+    };
     let opts = ServeOptions {
         host,
         settings,
