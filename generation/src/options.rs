@@ -93,6 +93,11 @@ pub struct SamplingOptions {
     /// Most draft tokens per speculation round (1 to 64); `None` = the server's setting.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub draft_max: Option<u32>,
+    /// Added to the logits of these tokens before sampling (OpenAI's and llama-server's
+    /// `logit_bias`): -100 all but bans a token, 100 all but forces it; `false` (as
+    /// llama-server takes it) bans it outright. At most [`MAX_LOGIT_BIAS`] tokens.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub logit_bias: Vec<(u32, f32)>,
     /// Options this crate does not interpret (runner options such as `num_gpu`,
     /// `num_thread`, `num_batch`, or unsupported samplers such as `mirostat`), as given.
     #[serde(flatten)]
@@ -118,6 +123,7 @@ impl Default for SamplingOptions {
             num_keep: 4,
             speculative: None,
             draft_max: None,
+            logit_bias: Vec::new(),
             extra: BTreeMap::new(),
         }
     }
@@ -253,6 +259,7 @@ impl SamplingOptions {
                 }
                 "num_predict" => self.num_predict = get_i32("num_predict", v)?,
                 "stop" => self.stop = parse_stop(v)?,
+                "logit_bias" => self.logit_bias = parse_logit_bias(v)?,
                 "num_ctx" => {
                     let n = get_i64("num_ctx", v)?;
                     self.num_ctx =
@@ -368,6 +375,70 @@ fn parse_spec(v: &Value) -> Result<SpecMode, OptionsError> {
     }
 }
 
+/// Most tokens one request's `logit_bias` may name.
+pub const MAX_LOGIT_BIAS: usize = 4096;
+
+/// `logit_bias` as OpenAI sends it (`{"15043": -100}`: token ids as strings) or as
+/// llama-server also takes it (`[[15043, -100], [50256, false]]`); `null` is none. A bias
+/// is a number in [-100, 100], or `false` for a ban.
+fn parse_logit_bias(v: &Value) -> Result<Vec<(u32, f32)>, OptionsError> {
+    let wrong = |got: &Value| OptionsError::WrongType {
+        name: "logit_bias",
+        expected: "an object of token ids to numbers in [-100, 100] (or a list of \
+                   [token id, number] pairs)",
+        got: show(got),
+    };
+    let bias = |b: &Value| -> Result<f32, OptionsError> {
+        match b {
+            Value::Bool(false) => Ok(f32::NEG_INFINITY),
+            Value::Number(n) => match n.as_f64() {
+                Some(x) if (-100.0..=100.0).contains(&x) => Ok(x as f32),
+                _ => Err(OptionsError::OutOfRange {
+                    name: "logit_bias",
+                    value: n.to_string(),
+                    allowed: "a bias must be between -100 and 100",
+                }),
+            },
+            other => Err(wrong(other)),
+        }
+    };
+    let id = |t: &Value| -> Result<u32, OptionsError> {
+        let parsed = match t {
+            Value::String(s) => s.trim().parse::<u32>().ok(),
+            Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+            _ => None,
+        };
+        parsed.ok_or_else(|| OptionsError::OutOfRange {
+            name: "logit_bias",
+            value: show(t),
+            allowed: "its keys must be token ids (whole numbers)",
+        })
+    };
+    let pairs: Vec<(u32, f32)> = match v {
+        Value::Null => Vec::new(),
+        Value::Object(m) if m.len() <= MAX_LOGIT_BIAS => m
+            .iter()
+            .map(|(k, b)| Ok((id(&Value::String(k.clone()))?, bias(b)?)))
+            .collect::<Result<_, OptionsError>>()?,
+        Value::Array(a) if a.len() <= MAX_LOGIT_BIAS => a
+            .iter()
+            .map(|pair| match pair.as_array().map(Vec::as_slice) {
+                Some([t, b]) => Ok((id(t)?, bias(b)?)),
+                _ => Err(wrong(pair)),
+            })
+            .collect::<Result<_, OptionsError>>()?,
+        Value::Object(_) | Value::Array(_) => {
+            return Err(OptionsError::OutOfRange {
+                name: "logit_bias",
+                value: "more tokens".into(),
+                allowed: "at most 4096 tokens may be biased",
+            });
+        }
+        other => return Err(wrong(other)),
+    };
+    Ok(pairs)
+}
+
 /// Most stop strings one request may give.
 pub const MAX_STOP_STRINGS: usize = 64;
 /// Longest stop string, in bytes.
@@ -406,6 +477,31 @@ fn parse_stop(v: &Value) -> Result<Vec<String>, OptionsError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn logit_bias_takes_openais_and_llama_servers_shapes() {
+        let parse = |v: Value| {
+            let mut o = SamplingOptions::default();
+            o.apply_json(&serde_json::json!({ "logit_bias": v })).map(|()| o.logit_bias)
+        };
+        assert_eq!(parse(serde_json::json!({"15043": -100, "7": 2.5})).unwrap().len(), 2);
+        let pairs = parse(serde_json::json!([[15043, -100], [50256, false]])).unwrap();
+        assert_eq!(pairs, [(15043, -100.0), (50256, f32::NEG_INFINITY)]);
+        assert!(parse(Value::Null).unwrap().is_empty());
+        for bad in [
+            serde_json::json!({"hello": 1}),
+            serde_json::json!({"1": 101}),
+            serde_json::json!({"-1": 1}),
+            serde_json::json!({"1": "x"}),
+            serde_json::json!([[1]]),
+            serde_json::json!("x"),
+        ] {
+            assert!(parse(bad.clone()).is_err(), "{bad}");
+        }
+        let many: serde_json::Map<String, Value> =
+            (0..=MAX_LOGIT_BIAS).map(|i| (i.to_string(), Value::from(1))).collect();
+        assert!(parse(Value::Object(many)).is_err());
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -79,6 +79,8 @@ enum Order {
 
 /// Samples tokens from logits with the options of one request. One per sequence.
 pub struct Sampler {
+    /// Added to these tokens' logits first (`logit_bias`).
+    logit_bias: Vec<(u32, f32)>,
     temperature: f32,
     top_k: usize,
     top_p: f32,
@@ -125,7 +127,16 @@ impl Sampler {
             n if n < 0 => usize::MAX,
             n => n as usize,
         };
+        if let Some(&(bad, _)) = options.logit_bias.iter().find(|(t, _)| *t as usize >= vocab_size)
+        {
+            return Err(OptionsError::OutOfRange {
+                name: "logit_bias",
+                value: format!("token {bad} (the vocabulary has {vocab_size})"),
+                allowed: "its token ids must be in the model's vocabulary",
+            });
+        }
         Ok(Sampler {
+            logit_bias: options.logit_bias.clone(),
             temperature: options.temperature,
             top_k: options.top_k.max(0) as usize,
             top_p: options.top_p,
@@ -178,6 +189,7 @@ impl Sampler {
         if let Some(c) = self.constraint.as_mut() {
             c.mask(logits);
         }
+        self.apply_bias(logits);
         self.apply_penalties(logits, history);
         let token = if self.is_greedy() { argmax(logits) } else { self.sample_dist(logits) };
         if let Some(c) = self.constraint.as_mut() {
@@ -194,6 +206,7 @@ impl Sampler {
     pub fn distribution(&mut self, logits: &mut [f32], history: &[u32]) -> Dist {
         let n = logits.len().min(self.vocab_size);
         let logits = &mut logits[..n];
+        self.apply_bias(logits);
         self.apply_penalties(logits, history);
         if self.is_greedy() {
             return Dist::one(argmax(logits));
@@ -320,6 +333,15 @@ impl Sampler {
             self.cands.retain(|c| c.logit >= min_logit);
         }
         order
+    }
+
+    /// Adds the request's `logit_bias` (first, as llama.cpp's sampler chain does).
+    fn apply_bias(&self, logits: &mut [f32]) {
+        for &(token, bias) in &self.logit_bias {
+            if let Some(l) = logits.get_mut(token as usize) {
+                *l += bias;
+            }
+        }
     }
 
     /// Repeat (llama.cpp: divide a positive logit, multiply a negative one), frequency and
@@ -795,6 +817,35 @@ mod tests {
         let mut s = Sampler::new(&o, 6).unwrap();
         s.sample(&mut l2, &[99, 100, 0]);
         assert_eq!(l2[0], 1.25);
+    }
+
+    #[test]
+    fn logit_bias_moves_bans_and_forces_tokens() {
+        let logits = [1.0f32, 3.0, 2.0, 0.5];
+        let greedy = |bias: Vec<(u32, f32)>| {
+            let o = SamplingOptions { temperature: 0.0, logit_bias: bias, ..opts() };
+            Sampler::new(&o, 4).unwrap().sample(&mut logits.clone(), &[])
+        };
+        assert_eq!(greedy(vec![]), 1);
+        assert_eq!(greedy(vec![(1, -100.0)]), 2, "-100 bans the argmax");
+        assert_eq!(greedy(vec![(3, 100.0)]), 3, "100 forces a token");
+        assert_eq!(greedy(vec![(1, f32::NEG_INFINITY), (2, -1.5)]), 0);
+        // Sampled: a banned token is never drawn, and the distribution speculation reads
+        // carries the bias too.
+        let o = SamplingOptions {
+            temperature: 1.0,
+            seed: Some(3),
+            logit_bias: vec![(1, -100.0)],
+            ..opts()
+        };
+        let mut s = Sampler::new(&o, 4).unwrap();
+        for _ in 0..200 {
+            assert_ne!(s.sample(&mut logits.clone(), &[]), 1);
+        }
+        assert!(s.distribution(&mut logits.clone(), &[]).prob(1) < 1e-30);
+        // A token outside the vocabulary is refused.
+        let o = SamplingOptions { logit_bias: vec![(4, 1.0)], ..opts() };
+        assert!(Sampler::new(&o, 4).is_err());
     }
 
     #[test]

@@ -308,12 +308,7 @@ fn bad_modelfiles_names_and_missing_models_have_clear_errors_and_exit_codes() {
     let (_, stdout, _) = go(&store, &["list"]);
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
 
-    for args in [
-        vec!["show", "nope"],
-        vec!["rm", "nope"],
-        vec!["cp", "nope", "other"],
-        vec!["run", "nope", "hi"],
-    ] {
+    for args in [vec!["show", "nope"], vec!["rm", "nope"], vec!["cp", "nope", "other"]] {
         let (code, _, stderr) = go(&store, &args);
         assert_eq!(code, 3, "{args:?}: {stderr}");
         // `rm` gets no advice to pull what it was asked to remove.

@@ -706,16 +706,67 @@ fn logprobs_of_every_token_in_both_apis() {
             "messages": [{"role": "user", "content": "hi"}]}),
             "needs logprobs: true",
         ),
-        (
-            "/v1/chat/completions",
-            json!({"model": e.model, "logit_bias": {"5": 10},
-            "messages": [{"role": "user", "content": "hi"}]}),
-            "logit_bias is not supported",
-        ),
     ] {
         let (st, v) = post(&s, path, &body);
         assert_eq!(st, 400, "{path}: {v}");
         assert!(v.to_string().contains(says), "{path}: {v}");
+    }
+}
+
+/// OpenAI's `logit_bias` (and the same option on Ollama's API, as llama-server takes it)
+/// moves the sampler: -100 bans the greedy token, 100 forces another; bad ids and
+/// values are 400s naming the option.
+#[test]
+fn logit_bias_bans_and_forces_tokens() {
+    let e = env();
+    let s = start(&e, &[]);
+    // The greedy first token of the answer, by id (`context` ends with it).
+    let next_token = |bias: Value| {
+        let (st, v) = post(
+            &s,
+            "/api/generate",
+            &json!({"model": e.model, "prompt": "Once upon a time", "stream": false,
+                    "options": {"temperature": 0, "num_predict": 1, "logit_bias": bias}}),
+        );
+        assert_eq!(st, 200, "{v}");
+        v["context"].as_array().unwrap().last().unwrap().as_u64().unwrap()
+    };
+    let greedy = next_token(Value::Null);
+    let banned = next_token(json!({ greedy.to_string(): -100 }));
+    assert_ne!(banned, greedy);
+    let forced = (greedy + 7) % 200 + 10;
+    assert_eq!(next_token(json!([[forced, 100]])), forced);
+    assert_ne!(next_token(json!([[greedy, false]])), greedy);
+    // Through the OpenAI API (the same prompt as a chat): the answer changes with the ban.
+    let first = |bias: Value| {
+        let (st, v) = post(
+            &s,
+            "/v1/chat/completions",
+            &json!({"model": e.model, "messages": [{"role": "user", "content": "Once upon a time"}],
+                    "max_tokens": 4, "temperature": 0, "logit_bias": bias}),
+        );
+        assert_eq!(st, 200, "{v}");
+        v["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+    };
+    let plain = first(Value::Null);
+    assert_eq!(plain, first(json!({})));
+    assert_ne!(plain, first(json!({ greedy.to_string(): -100 })));
+    for (bias, says) in [
+        (json!({"4000000000": 1}), "vocabulary"),
+        (json!({"5": 500}), "between -100 and 100"),
+        (json!({"hello": 1}), "token ids"),
+        (json!("x"), "logit_bias"),
+    ] {
+        for path in ["/v1/chat/completions", "/v1/completions"] {
+            let (st, v) = post(
+                &s,
+                path,
+                &json!({"model": e.model, "logit_bias": bias, "prompt": "hi",
+                        "messages": [{"role": "user", "content": "hi"}]}),
+            );
+            assert_eq!(st, 400, "{path} {bias}: {v}");
+            assert!(v.to_string().contains(says), "{path} {bias}: {v}");
+        }
     }
 }
 

@@ -486,13 +486,13 @@ fn logprobs_value(r: Option<&mut Running>, wanted: bool, chat: bool, offset: usi
     }
 }
 
-/// `logit_bias` is not applied by corral's sampler: refuse it rather than ignore it.
-fn refuse_logit_bias(bias: Option<&Value>) -> Result<(), ApiError> {
-    match bias {
-        None | Some(Value::Null) => Ok(()),
-        Some(Value::Object(m)) if m.is_empty() => Ok(()),
-        Some(_) => Err(ApiError::bad_request("logit_bias is not supported")),
+/// The request's `logit_bias` into the options (the sampler adds it to the logits;
+/// the options parser checks its shape and range, the sampler its token ids).
+fn with_logit_bias(mut options: Value, bias: Option<Value>) -> Value {
+    if let (Some(o), Some(b)) = (options.as_object_mut(), bias.filter(|b| !b.is_null())) {
+        o.insert("logit_bias".into(), b);
     }
+    options
 }
 
 /// Tool calls as OpenAI answers them (arguments as a JSON string); `index` for stream
@@ -611,10 +611,12 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -
     .await
 }
 
-async fn chat_completions_request(state: Arc<AppState>, req: ChatCompletionRequest) -> OaiResult {
+async fn chat_completions_request(
+    state: Arc<AppState>,
+    mut req: ChatCompletionRequest,
+) -> OaiResult {
     let _ = (&req.parallel_tool_calls, &req.user);
     let logprobs = logprobs::requested(req.logprobs, req.top_logprobs, true)?;
-    refuse_logit_bias(req.logit_bias.as_ref())?;
     let _ = (&req.metadata, &req.store, &req.service_tier, &req.modalities);
     // As Ollama's compatibility layer: an effort asks for thinking (and reaches the
     // template as `reasoning_effort`), "none" turns it off.
@@ -660,6 +662,7 @@ async fn chat_completions_request(state: Arc<AppState>, req: ChatCompletionReque
         req.presence_penalty,
         &ext,
     )?;
+    let options = with_logit_bias(options, req.logit_bias.take());
     let model = state.sched.named(&req.model)?;
     // tool_choice "none": the tools stay in the prompt, but the output is not parsed.
     let parse_tools = choice != ToolChoice::None;
@@ -723,7 +726,7 @@ pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Res
     .await
 }
 
-async fn completions_request(state: Arc<AppState>, req: CompletionRequest) -> OaiResult {
+async fn completions_request(state: Arc<AppState>, mut req: CompletionRequest) -> OaiResult {
     let _ = &req.user;
     if req.n.is_some_and(|n| n != 1) {
         return Err(ApiError::bad_request("n must be 1").into());
@@ -731,7 +734,6 @@ async fn completions_request(state: Arc<AppState>, req: CompletionRequest) -> Oa
     if req.best_of.is_some_and(|n| n != 1) {
         return Err(ApiError::bad_request("best_of must be 1").into());
     }
-    refuse_logit_bias(req.logit_bias.as_ref())?;
     if let Some(n) = req.logprobs.filter(|&n| n > 20) {
         return Err(ApiError::bad_request(format!(
             "logprobs is {n}, but it must be between 0 and 20"
@@ -768,6 +770,7 @@ async fn completions_request(state: Arc<AppState>, req: CompletionRequest) -> Oa
         req.presence_penalty,
         &ext,
     )?;
+    let options = with_logit_bias(options, req.logit_bias.take());
     let model = state.sched.named(&req.model)?;
     let running = generation::start(
         &state,
