@@ -15,7 +15,7 @@ use cli::{client as cli_client, models as cli_models, run as cli_run, serve as c
 /// Run language models on any hardware; engines are plugins.
 ///
 /// The commands that touch models (run, list, show, create, cp, rm, pull, push; ps and
-/// stop always) go through the `corral serve` at CORRAL_HOST (else the config's [server] host; default 127.0.0.1:11434)
+/// stop always) go through the `corral serve` at CORRAL_HOST (else the config's [server] host, else OLLAMA_HOST; default 127.0.0.1:11434)
 /// when one answers there, so they see and change the server's store and loaded models.
 /// When none answers, they work on the local model store in this process. `--local`
 /// forces the local store, and so do `--models DIR` and `--models-readonly`.
@@ -78,11 +78,11 @@ enum Command {
     Bench(cli_run::BenchArgs),
     /// List the models a running server has loaded.
     ///
-    /// Always asks the `corral serve` at CORRAL_HOST (else the config's [server] host; default 127.0.0.1:11434).
+    /// Always asks the `corral serve` at CORRAL_HOST (else the config's [server] host, else OLLAMA_HOST; default 127.0.0.1:11434).
     Ps(cli_client::PsArgs),
     /// Unload a model from a running server.
     ///
-    /// Always asks the `corral serve` at CORRAL_HOST (else the config's [server] host; default 127.0.0.1:11434).
+    /// Always asks the `corral serve` at CORRAL_HOST (else the config's [server] host, else OLLAMA_HOST; default 127.0.0.1:11434).
     Stop(cli_client::StopArgs),
     /// Plugin tools.
     #[command(subcommand)]
@@ -92,44 +92,44 @@ enum Command {
     Model(ModelCommand),
     /// Create a model from a Modelfile.
     ///
-    /// Through the `corral serve` at CORRAL_HOST (else the config's [server] host; default 127.0.0.1:11434) when one
+    /// Through the `corral serve` at CORRAL_HOST (else the config's [server] host, else OLLAMA_HOST; default 127.0.0.1:11434) when one
     /// answers there, so it works on the server's store; on the local store otherwise,
     /// or with `--local`, `--models DIR` or `--models-readonly`.
     Create(cli_models::CreateArgs),
     /// List the models in the store.
     ///
-    /// Through the `corral serve` at CORRAL_HOST (else the config's [server] host; default 127.0.0.1:11434) when one
+    /// Through the `corral serve` at CORRAL_HOST (else the config's [server] host, else OLLAMA_HOST; default 127.0.0.1:11434) when one
     /// answers there, so it works on the server's store; on the local store otherwise,
     /// or with `--local`, `--models DIR` or `--models-readonly`.
     #[command(alias = "ls")]
     List(cli_models::ListArgs),
     /// Show a model's details, Modelfile, parameters, template, system or license.
     ///
-    /// Through the `corral serve` at CORRAL_HOST (else the config's [server] host; default 127.0.0.1:11434) when one
+    /// Through the `corral serve` at CORRAL_HOST (else the config's [server] host, else OLLAMA_HOST; default 127.0.0.1:11434) when one
     /// answers there, so it works on the server's store; on the local store otherwise,
     /// or with `--local`, `--models DIR` or `--models-readonly`.
     Show(cli_models::ShowArgs),
     /// Copy a model under a new name.
     ///
-    /// Through the `corral serve` at CORRAL_HOST (else the config's [server] host; default 127.0.0.1:11434) when one
+    /// Through the `corral serve` at CORRAL_HOST (else the config's [server] host, else OLLAMA_HOST; default 127.0.0.1:11434) when one
     /// answers there, so it works on the server's store; on the local store otherwise,
     /// or with `--local`, `--models DIR` or `--models-readonly`.
     Cp(cli_models::CpArgs),
     /// Remove models.
     ///
-    /// Through the `corral serve` at CORRAL_HOST (else the config's [server] host; default 127.0.0.1:11434) when one
+    /// Through the `corral serve` at CORRAL_HOST (else the config's [server] host, else OLLAMA_HOST; default 127.0.0.1:11434) when one
     /// answers there, so it works on the server's store; on the local store otherwise,
     /// or with `--local`, `--models DIR` or `--models-readonly`.
     Rm(cli_models::RmArgs),
     /// Pull a model from a registry.
     ///
-    /// Through the `corral serve` at CORRAL_HOST (else the config's [server] host; default 127.0.0.1:11434) when one
+    /// Through the `corral serve` at CORRAL_HOST (else the config's [server] host, else OLLAMA_HOST; default 127.0.0.1:11434) when one
     /// answers there, so it works on the server's store; on the local store otherwise,
     /// or with `--local`, `--models DIR` or `--models-readonly`.
     Pull(cli_models::TransferArgs),
     /// Push a model to a registry.
     ///
-    /// Through the `corral serve` at CORRAL_HOST (else the config's [server] host; default 127.0.0.1:11434) when one
+    /// Through the `corral serve` at CORRAL_HOST (else the config's [server] host, else OLLAMA_HOST; default 127.0.0.1:11434) when one
     /// answers there, so it works on the server's store; on the local store otherwise,
     /// or with `--local`, `--models DIR` or `--models-readonly`.
     Push(cli_models::TransferArgs),
