@@ -15,6 +15,10 @@ Workloads:
   prefill N concurrent one-token completions whose prompts (--prefill-tokens each) share
           nothing: prompt tokens per second of wall time, prompt processing with N
           sequences in flight.
+  embed   N concurrent /v1/embeddings requests of --embed-batch texts of --embed-words
+          words: texts embedded per second. Needs an embedding model (a BERT GGUF, e.g.
+          from scripts/convert_bert.py) and runs alone (`--workloads embed`); llama-server
+          then gets `--embeddings`.
   shared  4 concurrent streaming chats that share one system prompt of about
           --system-tokens tokens (a RAG or agent prompt), then --rounds - 1 more rounds of
           4 in which each chat asks a new question after its earlier turns (the history
@@ -163,6 +167,23 @@ def prefill(peer, n, tokens, tag=""):
     return sum(results) / wall
 
 
+def embed(peer, n, batch, words, tag=""):
+    """Texts embedded per second by n concurrent /v1/embeddings requests of `batch`
+    texts of `words` words each (every text its own, so nothing is answered from a
+    cache): a retrieval index being built."""
+    results = [None] * n
+
+    def one(i):
+        texts = [f"Passage {tag}{i}.{j}: " + " ".join(document(words).split()[8 + j % 5:][:words])
+                 for j in range(batch)]
+        v = post(peer.url, "/v1/embeddings", {"model": peer.model, "input": texts})
+        assert len(v["data"]) == batch and all(len(d["embedding"]) > 0 for d in v["data"]), v
+        results[i] = batch
+
+    wall = at_once(one, n)
+    return sum(results) / wall
+
+
 def document(n_words):
     words = []
     i = 0
@@ -232,6 +253,8 @@ def main():
     ap.add_argument("--system-tokens", type=int, default=1200)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--answer-tokens", type=int, default=48)
+    ap.add_argument("--embed-batch", type=int, default=16, help="texts per request of the embed workload")
+    ap.add_argument("--embed-words", type=int, default=120, help="words per text of the embed workload")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--isolation", default="process")
     ap.add_argument("--backend", default=None,
@@ -256,6 +279,7 @@ def main():
         "llama-server": lambda: Peer("llama-server", [args.llama_server, "-m", gguf, "-t", str(args.threads),
                                                       "-tb", str(args.threads), "-np", "4", "-c", str(4 * args.ctx),
                                                       "--host", "127.0.0.1", "--port", "{port}"]
+                                     + (["--embeddings"] if "embed" in args.workloads.split(",") else [])
                                      + args.llama_server_args.split(),
                                      dict(os.environ), "model"),
     }
@@ -267,6 +291,9 @@ def main():
         cases += [lambda p, tag, n=n: {f"plain x{n} t/s": plain(p, n, args.tokens, tag)} for n in levels]
     if "prefill" in workloads:
         cases += [lambda p, tag, n=n: {f"prefill x{n} t/s": prefill(p, n, args.prefill_tokens, tag)}
+                  for n in levels]
+    if "embed" in workloads:
+        cases += [lambda p, tag, n=n: {f"embed x{n} texts/s": embed(p, n, args.embed_batch, args.embed_words, tag)}
                   for n in levels]
     if "shared" in workloads:
         def shared_case(p, tag):
@@ -284,7 +311,10 @@ def main():
 
     def warm(peer):
         # Load the model, touch the weights.
-        post(peer.url, "/v1/completions", {"model": peer.model, "prompt": "Hi", "max_tokens": 8})
+        if workloads == ["embed"]:
+            post(peer.url, "/v1/embeddings", {"model": peer.model, "input": "Hi"})
+        else:
+            post(peer.url, "/v1/completions", {"model": peer.model, "prompt": "Hi", "max_tokens": 8})
 
     if args.one_at_a_time:
         for rep in range(args.reps):
@@ -315,7 +345,7 @@ def main():
         cs, ls = res["corral"][key], res["llama-server"][key]
         # Speed-ups: for rates corral/llama, for times llama/corral; the median of the
         # medians' ratio and of each repetition's own ratio (the pairs measured together).
-        speedup = (lambda c, l: c / l) if key.endswith("t/s") else (lambda c, l: l / c)
+        speedup = (lambda c, l: c / l) if key.endswith("/s") else (lambda c, l: l / c)
         c, l = statistics.median(cs), statistics.median(ls)
         paired = statistics.median(speedup(a, b) for a, b in zip(cs, ls))
         rows.append((key, c, l, speedup(c, l), paired))

@@ -271,10 +271,14 @@ fn minilm_embeddings_equal_a_numpy_reference_on_onnx_and_llama_cpp() {
             .fold(0f64, f64::max)
     };
     println!("erf vs tanh GELU reference: {:.2e}", max_diff(&reference, &reference_tanh));
-    // (engine, its reference, tolerance against the exact reference)
-    let engines =
-        [("onnx", &onnx_dir, &reference, 1e-4), ("llama.cpp", &gguf, &reference_tanh, 5e-4)];
-    for (engine, model, own_reference, exact_tolerance) in engines {
+    // (engine, its reference, tolerance against the exact reference, against its own):
+    // llama.cpp embeds with flash attention, as llama-server does, which rounds Q, K and
+    // V to F16 (1e-4 to 3e-4).
+    let engines = [
+        ("onnx", &onnx_dir, &reference, 1e-4, 1e-4),
+        ("llama.cpp", &gguf, &reference_tanh, 5e-4, 4e-4),
+    ];
+    for (engine, model, own_reference, exact_tolerance, own_tolerance) in engines {
         let name = model.to_string_lossy().into_owned();
         let v = post("/api/embed", json!({"model": name, "input": texts}));
         let got: Vec<Vec<f64>> = v["embeddings"].as_array().unwrap().iter().map(vector).collect();
@@ -285,13 +289,13 @@ fn minilm_embeddings_equal_a_numpy_reference_on_onnx_and_llama_cpp() {
         println!(
             "{engine}: max |diff| {exact:.2e} against the exact reference, {own:.2e} against its own"
         );
-        assert!(own < 1e-4, "{engine}: {own:.2e} against the reference with its GELU");
+        assert!(own < own_tolerance, "{engine}: {own:.2e} against the reference with its GELU");
         assert!(exact < exact_tolerance, "{engine}: {exact:.2e}");
         assert_eq!(ranking(&got[0], &got[1..]), want, "{engine}: ranking");
         let one = post("/v1/embeddings", json!({"model": name, "input": query}));
         let g = vector(&one["data"][0]["embedding"]);
         let d = max_diff(&[g], &own_reference[..1]);
-        assert!(d < 1e-4, "{engine} /v1/embeddings: {d}");
+        assert!(d < own_tolerance, "{engine} /v1/embeddings: {d}");
         // A text longer than the window is cut as sentence-transformers cuts it: its
         // first 254 tokens between [CLS] and [SEP] (the [SEP] was lost before).
         let v = post(
@@ -301,7 +305,10 @@ fn minilm_embeddings_equal_a_numpy_reference_on_onnx_and_llama_cpp() {
         assert_eq!(v["prompt_eval_count"], 256, "{engine}");
         let own = if engine == "onnx" { &long_reference } else { &long_reference_tanh };
         let d = max_diff(&[vector(&v["embeddings"][0])], own);
-        assert!(d < 1e-4, "{engine}: a truncated text is {d:.2e} from sentence-transformers'");
+        assert!(
+            d < own_tolerance,
+            "{engine}: a truncated text is {d:.2e} from sentence-transformers'"
+        );
     }
 }
 

@@ -148,20 +148,20 @@ impl LlamaContext {
         // A shared context: one KV buffer, each sequence may use up to n_ctx. A
         // per-sequence one: a stream per sequence, so attention covers one sequence's cells.
         let kv_unified = opts.kv_unified.unwrap_or(!per_sequence);
-        // Flash attention on the CPU rounds Q, K and V to F16, which moves embeddings by
-        // ~3e-4 (all-MiniLM-L6-v2 against its float64 reference): embedding contexts turn
-        // it off unless the options say otherwise.
-        // The load's setting first, then the backend option.
-        let mut flash_attn = model.kv.flash_attention.or(opts.flash_attn).or(if p.embeddings {
-            Some(false)
-        } else {
-            None
-        });
+        // The load's setting first, then the backend option; else llama.cpp's `auto`.
+        // Embedding contexts keep `auto` as llama-server does (flash attention on the CPU):
+        // it rounds Q, K and V to F16, which moves an all-MiniLM-L6-v2 embedding by 1e-4
+        // to 3e-4 from its float64 reference (cosine similarities by ~1e-7), and embeds
+        // 1.5x as fast as ggml's unfused attention; `flash_attention = off` gives the
+        // exact path.
+        let mut flash_attn = model.kv.flash_attention.or(opts.flash_attn);
         // `auto` on a model computed wholly on the CPU with an f16 cache, whose head size
         // ggml's flash attention would walk element by element: off, with a micro-batch
-        // whose attention scores fit their budget (`corral_probe::ggml`).
+        // whose attention scores fit their budget (`corral_probe::ggml`). Not for
+        // embeddings: their whole input is one micro-batch, which the tiled kernel takes.
         let (head_k, head_v) = model.head_sizes;
         if flash_attn.is_none()
+            && !p.embeddings
             && model.cpu_only
             && model.kv.cache_type.is_none()
             && ggml::flash_attention_is_scalar((head_k.into(), head_v.into()), ggml_f16_step())
