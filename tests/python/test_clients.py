@@ -196,6 +196,19 @@ def test_logprobs(oc, ai):
     assert len(g.logprobs) == g.eval_count
 
 
+def test_openai_logit_bias(oc, ai):
+    # The greedy first token of the answer, by id (`context` ends with it), banned through
+    # the SDK's logit_bias: the answer changes; out-of-range ids are the SDK's 400.
+    g = oc.generate(model="tiny", prompt="Hi", options={"num_predict": 1, "temperature": 0})
+    first = g.context[-1]
+    ask = dict(model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0)
+    plain = ai.chat.completions.create(**ask).choices[0].message.content
+    banned = ai.chat.completions.create(**ask, logit_bias={str(first): -100}).choices[0].message.content
+    assert banned != plain
+    with pytest.raises(openai.BadRequestError):
+        ai.chat.completions.create(**ask, logit_bias={"4000000000": 5})
+
+
 def test_openai_embeddings_and_models(ai):
     r = ai.embeddings.create(model="tiny", input=["a", "b"])
     assert len(r.data) == 2 and len(r.data[0].embedding) > 0
