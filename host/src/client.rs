@@ -69,13 +69,22 @@ pub fn host_setting(config_host: Option<&str>) -> Option<(String, &'static str)>
 }
 
 /// The server's base URL (`http://host:port`) from [`host_setting`], else
-/// [`DEFAULT_HOST`]: the address `corral serve` listens on. A host without a port gets
-/// 11434, as `serve` gives it; an unspecified address (`0.0.0.0`, `::`) is reached at
-/// loopback (`127.0.0.1`, `::1`).
+/// [`DEFAULT_HOST`]: the address `corral serve` listens on. `CORRAL_HOST` and the config
+/// are read as `serve` reads them ([`parse_address`]: a host without a port gets 11434);
+/// `OLLAMA_HOST` as Ollama reads it ([`parse_ollama_host`]). An unspecified address
+/// (`0.0.0.0`, `::`) is reached at loopback (`127.0.0.1`, `::1`).
 pub fn server_url(config_host: Option<&str>) -> Result<String, ClientError> {
+    server_address(config_host).map(|(url, _)| url)
+}
+
+/// [`server_url`] and the setting it came from (`CORRAL_HOST`, `OLLAMA_HOST`, ...), for
+/// messages.
+pub fn server_address(config_host: Option<&str>) -> Result<(String, &'static str), ClientError> {
     let (value, source) = host_setting(config_host)
         .unwrap_or_else(|| (DEFAULT_HOST.to_string(), "the default address"));
-    parse_address(&value).map(|u| connectable(&u)).map_err(|why| {
+    let parsed =
+        if source == OLLAMA_HOST { parse_ollama_host(&value) } else { parse_address(&value) };
+    parsed.map(|u| (connectable(&u), source)).map_err(|why| {
         ClientError::Setting(format!(
             "{source} {value:?} is not a server address (HOST:PORT or http://HOST:PORT): {why}"
         ))
@@ -144,37 +153,138 @@ pub fn parse_address(value: &str) -> Result<String, String> {
 }
 
 /// Whether a base URL names this machine: `localhost` (and its subdomains) or a loopback
-/// IP address.
-pub fn is_loopback_url(url: &str) -> bool {
-    let Some(host) = reqwest::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_owned))
-    else {
-        return false;
+/// IP address; such a server is never reached through a proxy. The registry client makes
+/// the same exception (one rule, in `corral_registry`).
+pub use corral_registry::oci::is_loopback_url;
+
+/// `OLLAMA_HOST` as Ollama reads it (`envconfig.Host`), as a base URL, or why it is not
+/// one: blanks and quotes around it are dropped; without a scheme it is `http` and the
+/// port defaults to 11434, with `http://` to 80 and with `https://` to 443; a port that is
+/// not one (`:99999`) is that default, as Ollama takes it; `ollama.com` alone is
+/// `https://ollama.com:443`; a path is kept (a server behind a reverse proxy). Unlike
+/// Ollama, a scheme other than http and https is refused (this client speaks no other),
+/// and an empty host (`:PORT`) is `127.0.0.1`, where Go's dialer goes.
+pub fn parse_ollama_host(value: &str) -> Result<String, String> {
+    read_ollama_host(value).map(|(url, _)| url)
+}
+
+/// Where `corral serve` listens when its address comes from `OLLAMA_HOST` (nothing of
+/// corral's sets one): `HOST:PORT`, and whether that is not what the value names (the
+/// caller warns). A leftover `OLLAMA_HOST=0.0.0.0` (Ollama's FAQ sets it) must not open a
+/// server without API keys to the network, so `serve` takes only a port from it:
+///
+/// - a loopback address (`127.0.0.1`, `localhost`, `::1`) is kept;
+/// - an unspecified one (`0.0.0.0`, `::`) becomes the loopback address a client reading the
+///   same value goes to ([`server_url`]: `127.0.0.1`, `[::1]`), with its port;
+/// - any other host (another machine, a client-style `https://server`) becomes
+///   `127.0.0.1` with the port the value writes, else 11434: a client reading that value
+///   goes to the other machine anyway, and a scheme's own port (80, 443) is that
+///   machine's web server's.
+///
+/// The scheme and a path are ignored (`serve` speaks plain HTTP).
+pub fn ollama_host_listen_address(value: &str) -> Result<(String, bool), String> {
+    let (url, port_written) = read_ollama_host(value)?;
+    let u = reqwest::Url::parse(&url).map_err(|e| e.to_string())?;
+    let port = u.port_or_known_default().unwrap_or(11434);
+    let host = u.host_str().unwrap_or_default();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let unspecified = bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified());
+    Ok(if is_loopback_url(&url) {
+        (format!("{host}:{port}"), false)
+    } else if unspecified {
+        let loopback = if bare.contains(':') { "[::1]" } else { "127.0.0.1" };
+        (format!("{loopback}:{port}"), true)
+    } else {
+        (format!("127.0.0.1:{}", if port_written { port } else { 11434 }), true)
+    })
+}
+
+/// [`parse_ollama_host`], and whether the value writes its port.
+fn read_ollama_host(value: &str) -> Result<(String, bool), String> {
+    let s = value.trim().trim_matches(['"', '\'']).trim();
+    let (scheme, hostport, default_port) = match s.split_once("://") {
+        None if s == "ollama.com" => ("https", "ollama.com:443", 443),
+        None => ("http", s, 11434),
+        Some(("http", rest)) => ("http", rest, 80),
+        Some(("https", rest)) => ("https", rest, 443),
+        Some((other, _)) => return Err(format!("the scheme must be http or https, not {other:?}")),
     };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip.is_loopback(),
-        Err(_) => {
-            let name = host.trim_end_matches('.').to_ascii_lowercase();
-            name == "localhost" || name.ends_with(".localhost")
+    let (hostport, path) = hostport.split_once('/').unwrap_or((hostport, ""));
+    let (host, port) = match split_host_port(hostport) {
+        Some((h, p)) => (h.to_string(), Some(p)),
+        None => {
+            let bare = hostport.trim_start_matches('[').trim_end_matches(']');
+            match bare.parse::<std::net::IpAddr>() {
+                Ok(ip) => (ip.to_string(), None),
+                Err(_) => (hostport.to_string(), None),
+            }
         }
+    };
+    let port_written = port.is_some_and(|p| p.parse::<u16>().is_ok());
+    let port = match port.map(str::parse::<u16>) {
+        None => default_port,
+        Some(Ok(p)) => p,
+        Some(Err(_)) => {
+            let p = port.unwrap_or_default();
+            tracing::warn!("OLLAMA_HOST {value:?}: invalid port {p:?}, using {default_port}");
+            default_port
+        }
+    };
+    let host = match host.as_str() {
+        "" => "127.0.0.1".to_string(),
+        h if h.contains(':') => format!("[{h}]"),
+        h => h.to_string(),
+    };
+    let path = if path.is_empty() { String::new() } else { format!("/{path}") };
+    let url = format!("{scheme}://{host}:{port}{path}");
+    let parsed = reqwest::Url::parse(&url).map_err(|e| e.to_string())?;
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("it names no host".into());
+    }
+    Ok((url, port_written))
+}
+
+/// Go's `net.SplitHostPort`: `host:port` or `[v6]:port` (the host without brackets), or
+/// `None` for anything else (a host alone, an IPv6 address without brackets).
+fn split_host_port(hostport: &str) -> Option<(&str, &str)> {
+    if let Some(rest) = hostport.strip_prefix('[') {
+        let (host, port) = rest.split_once("]:")?;
+        (!host.contains(['[', ']']) && !port.contains([':', '[', ']'])).then_some((host, port))
+    } else {
+        let (host, port) = hostport.rsplit_once(':')?;
+        (!host.contains([':', '[', ']']) && !port.contains(['[', ']'])).then_some((host, port))
     }
 }
 
 /// The server URL when something accepts connections there within 300 ms (`Ok(None)`
 /// when nothing does); an address that is not one is an error.
 pub fn reachable_server(config_host: Option<&str>) -> Result<Option<String>, ClientError> {
-    let url = server_url(config_host)?;
-    let authority = url.split("://").nth(1).and_then(|r| r.split('/').next()).unwrap_or("");
-    let Some(addr) = authority.to_socket_addrs().ok().and_then(|mut a| a.next()) else {
+    Ok(reachable_address(config_host)?.map(|(url, _)| url))
+}
+
+/// [`reachable_server`] with the setting the address came from.
+fn reachable_address(
+    config_host: Option<&str>,
+) -> Result<Option<(String, &'static str)>, ClientError> {
+    let (url, source) = server_address(config_host)?;
+    // The port as the URL implies it (`http://h` is port 80, as `OLLAMA_HOST` may say).
+    let target = reqwest::Url::parse(&url).ok().and_then(|u| {
+        let host = u.host_str()?.trim_start_matches('[').trim_end_matches(']').to_string();
+        Some((host, u.port_or_known_default()?))
+    });
+    let Some(addr) = target.and_then(|t| t.to_socket_addrs().ok()).and_then(|mut a| a.next())
+    else {
         return Ok(None);
     };
-    Ok(TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok().map(|_| url))
+    Ok(TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok().map(|_| (url, source)))
 }
 
 /// A connection to one server.
 pub struct Server {
     /// Its base URL.
     pub url: String,
+    /// The setting the address came from (`CORRAL_HOST`, `OLLAMA_HOST`, ...).
+    source: &'static str,
     http: reqwest::Client,
     rt: tokio::runtime::Runtime,
 }
@@ -239,8 +349,8 @@ impl Server {
     /// The server at the configured address when one answers there; `Ok(None)` when
     /// none does.
     pub fn reachable(config_host: Option<&str>) -> Result<Option<Server>> {
-        match reachable_server(config_host)? {
-            Some(url) => Ok(Some(Server::at(url)?)),
+        match reachable_address(config_host)? {
+            Some((url, source)) => Ok(Some(Server::at(url, source)?)),
             None => Ok(None),
         }
     }
@@ -248,10 +358,11 @@ impl Server {
     /// The server at the configured address, answering or not (requests then fail with
     /// a message that says so).
     pub fn configured(config_host: Option<&str>) -> Result<Server> {
-        Server::at(server_url(config_host)?)
+        let (url, source) = server_address(config_host)?;
+        Server::at(url, source)
     }
 
-    fn at(url: String) -> Result<Server> {
+    fn at(url: String, source: &'static str) -> Result<Server> {
         let mut headers = reqwest::header::HeaderMap::new();
         // The key the server requires, if it does (`CORRAL_API_KEY`).
         if let Some(key) = std::env::var("CORRAL_API_KEY").ok().filter(|k| !k.trim().is_empty()) {
@@ -277,7 +388,7 @@ impl Server {
         }
         let http = builder.build()?;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        Ok(Server { url, http, rt })
+        Ok(Server { url, source, http, rt })
     }
 
     /// Runs a future on this client's runtime.
@@ -300,10 +411,16 @@ impl Server {
                 limit.as_secs()
             ),
             Ok(r) => r.with_context(|| {
-                format!(
-                    "could not reach corral at {} (is `corral serve` running? set CORRAL_HOST)",
-                    self.url
-                )
+                // Where the address came from, so the right setting is changed.
+                let set = match self.source {
+                    OLLAMA_HOST => "the address is OLLAMA_HOST's: set CORRAL_HOST or OLLAMA_HOST",
+                    "CORRAL_HOST" => "set CORRAL_HOST",
+                    s if s.starts_with("the config") => {
+                        "the address is the config's [server] host: set it or CORRAL_HOST"
+                    }
+                    _ => "set CORRAL_HOST",
+                };
+                format!("could not reach corral at {} (is `corral serve` running? {set})", self.url)
             })?,
         };
         let status = resp.status();
@@ -490,30 +607,6 @@ impl std::error::Error for ServerError {}
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn loopback_urls_are_known() {
-        for url in [
-            "http://127.0.0.1:1",
-            "http://127.8.9.1",
-            "http://[::1]:11434",
-            "http://localhost:1",
-            "https://LocalHost./",
-            "http://a.localhost:2",
-        ] {
-            assert!(super::is_loopback_url(url), "{url}");
-        }
-        for url in [
-            "http://10.0.0.1:1",
-            "http://0.0.0.127:11434",
-            "http://example.com",
-            "http://localhost.example.com",
-            "http://[::2]:1",
-            "not a url",
-        ] {
-            assert!(!super::is_loopback_url(url), "{url}");
-        }
-    }
-
     use super::*;
 
     #[test]
@@ -529,6 +622,80 @@ mod tests {
         assert_eq!(ok(":8080"), "http://127.0.0.1:8080");
         for bad in ["127.0.0.1:99999", "garbage::::", "h:", "ftp://h:1", "http://", ":"] {
             assert!(parse_address(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Ollama's own cases (`envconfig/config_test.go`, `TestHost`), where corral reads
+    /// them alike.
+    #[test]
+    fn ollama_host_as_ollama_reads_it() {
+        for (value, want) in [
+            ("1.2.3.4", "http://1.2.3.4:11434"),
+            (":1234", "http://127.0.0.1:1234"),
+            ("1.2.3.4:1234", "http://1.2.3.4:1234"),
+            ("example.com", "http://example.com:11434"),
+            ("example.com:1234", "http://example.com:1234"),
+            (":0", "http://127.0.0.1:0"),
+            (":66000", "http://127.0.0.1:11434"),
+            (":-1", "http://127.0.0.1:11434"),
+            ("[::1]", "http://[::1]:11434"),
+            ("[::]", "http://[::]:11434"),
+            ("::1", "http://[::1]:11434"),
+            ("[::1]:1337", "http://[::1]:1337"),
+            (" 1.2.3.4 ", "http://1.2.3.4:11434"),
+            ("\"1.2.3.4\"", "http://1.2.3.4:11434"),
+            (" \" 1.2.3.4 \" ", "http://1.2.3.4:11434"),
+            ("'1.2.3.4'", "http://1.2.3.4:11434"),
+            ("http://1.2.3.4", "http://1.2.3.4:80"),
+            ("http://1.2.3.4:4321", "http://1.2.3.4:4321"),
+            ("https://1.2.3.4", "https://1.2.3.4:443"),
+            ("https://1.2.3.4:4321", "https://1.2.3.4:4321"),
+            ("https://example.com/ollama", "https://example.com:443/ollama"),
+            ("ollama.com", "https://ollama.com:443"),
+            ("http://localhost", "http://localhost:80"),
+            ("0.0.0.0", "http://0.0.0.0:11434"),
+            ("http://", "http://127.0.0.1:80"),
+        ] {
+            assert_eq!(parse_ollama_host(value).as_deref(), Ok(want), "{value:?}");
+        }
+        for bad in ["garbage::::", "ftp://h:1", "http://a b"] {
+            assert!(parse_ollama_host(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn serve_takes_only_a_port_from_ollama_host() {
+        let at = |v: &str| ollama_host_listen_address(v).unwrap();
+        for (value, want) in [
+            ("127.0.0.1:8080", "127.0.0.1:8080"),
+            ("127.0.0.2", "127.0.0.2:11434"),
+            ("localhost:5", "localhost:5"),
+            ("[::1]:7", "[::1]:7"),
+            (":8080", "127.0.0.1:8080"),
+            ("http://127.0.0.1", "127.0.0.1:80"),
+        ] {
+            assert_eq!(at(value), (want.to_string(), false), "{value}");
+        }
+        for (value, want) in [
+            ("0.0.0.0", "127.0.0.1:11434"),
+            ("0.0.0.0:8080", "127.0.0.1:8080"),
+            ("http://0.0.0.0:8080", "127.0.0.1:8080"),
+            ("[::]:9", "[::1]:9"),
+            ("192.168.1.5:8080", "127.0.0.1:8080"),
+            ("example.com", "127.0.0.1:11434"),
+            ("https://ollama.example.com", "127.0.0.1:11434"),
+            ("https://ollama.example.com:8443/ollama", "127.0.0.1:8443"),
+        ] {
+            assert_eq!(at(value), (want.to_string(), true), "{value}");
+        }
+        // Every address a client reading the same value reaches at this machine is where
+        // serve listens.
+        for value in ["0.0.0.0:8080", "[::]:9", "127.0.0.1:3", "http://0.0.0.0"] {
+            let client = connectable(&parse_ollama_host(value).unwrap());
+            let u = reqwest::Url::parse(&client).unwrap();
+            let reached =
+                format!("{}:{}", u.host_str().unwrap(), u.port_or_known_default().unwrap());
+            assert_eq!(at(value).0, reached, "{value}");
         }
     }
 

@@ -699,6 +699,13 @@ fn ps_and_list_print_ollamas_columns_and_relative_times() {
     let (code, stdout, _) = go_at(Some(&host), &store, &["ps", "be"]);
     assert_eq!(code, 0);
     assert_eq!(names(&stdout), ["beta:7b"], "{stdout}");
+    // And in the JSON too.
+    let (code, stdout, stderr) = go_at(Some(&host), &store, &["ps", "be", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    let listed: Vec<&str> =
+        v["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(listed, ["beta:7b"], "{stdout}");
 
     // `ollama list`: NAME, ID, SIZE, MODIFIED, newest first, times relative.
     let (code, stdout, stderr) = go_at(Some(&host), &store, &["list"]);
@@ -725,12 +732,18 @@ fn run_through_a_server_sends_ollamas_think_keepalive_and_format() {
     let (host, seen) = fake_corral();
     for (flags, key, want) in [
         (&["--keepalive", "10m"][..], "keep_alive", json!("10m")),
-        (&["--keepalive", "-1"], "keep_alive", json!("-1")),
+        // A bare number is seconds, sent as a JSON number: Ollama reads a string with Go's
+        // ParseDuration, which refuses "-1" and "300".
+        (&["--keepalive", "-1"], "keep_alive", json!(-1)),
+        (&["--keepalive", "300"], "keep_alive", json!(300)),
+        (&["--keepalive", "1.5"], "keep_alive", json!(1.5)),
         (&["--think"], "think", json!(true)),
         (&["--think=true"], "think", json!(true)),
         (&["--think=false"], "think", json!(false)),
         (&["--think=high"], "think", json!("high")),
         (&["--format", "json"], "format", json!("json")),
+        (&["--format", "JSON"], "format", json!("json")),
+        (&["--format", "Json"], "format", json!("json")),
         (&["--format", r#"{"type":"object"}"#], "format", json!({"type": "object"})),
         // Accepted and without effect: corral does not wrap words.
         (&["--nowordwrap"], "format", Value::Null),
@@ -911,13 +924,68 @@ fn ollama_host_is_the_address_when_corral_has_none() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("OLLAMA_HOST") && stderr.trim().lines().count() == 1, "{stderr}");
 
+    // A server that does not answer there: the message names the setting to change.
+    let (code, _, stderr) = with_ollama_host(None, "127.0.0.1:9", &["ps"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("could not reach") && stderr.contains("OLLAMA_HOST"), "{stderr}");
+    // Read with Ollama's rules: a scheme without a port is 80 for http, 443 for https
+    // (corral's CORRAL_HOST keeps 11434); `ps` always asks the server, so its error names
+    // where it looked.
+    for (value, port) in [("http://127.0.0.1", ":80"), ("https://127.0.0.1", ":443")] {
+        let (code, _, stderr) = with_ollama_host(None, value, &["ps"]);
+        assert_ne!(code, 0, "{stderr}");
+        assert!(stderr.contains(&format!("127.0.0.1{port}")), "{value}: {stderr}");
+    }
+
     // `serve` listens where the client commands look: OLLAMA_HOST when nothing of
     // corral's names an address.
+    let store = dir.path().join("server-store");
     let listen = format!("127.0.0.1:{}", free_port());
+    let (line, log, (code, stdout, stderr)) =
+        serve_with_ollama_host(&listen, &store, || with_ollama_host(None, &listen, &["list"]));
+    assert!(line.contains(&listen), "{line}");
+    assert!(!log.contains("OLLAMA_HOST"), "{log}");
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+
+    // But only its port when it names anything else: a leftover OLLAMA_HOST=0.0.0.0
+    // (Ollama's FAQ has people set it) does not put a server without API keys on the
+    // network, and a client-style value does not stop serve. One warning says how to
+    // listen on the network; the clients reading the same value find the server.
+    for (value, port) in [
+        ("0.0.0.0:{}", free_port()),
+        ("http://0.0.0.0:{}", free_port()),
+        ("https://ollama.example.com:{}/ollama", free_port()),
+    ] {
+        let value = value.replace("{}", &port.to_string());
+        let reached = value.contains("0.0.0.0");
+        let (line, log, listed) = serve_with_ollama_host(&value, &store, || {
+            reached.then(|| with_ollama_host(None, &value, &["list"]))
+        });
+        assert!(line.contains(&format!("http://127.0.0.1:{port}")), "{value}: {line}\n{log}");
+        let warnings: Vec<&str> = log.lines().filter(|l| l.contains("OLLAMA_HOST")).collect();
+        assert_eq!(warnings.len(), 1, "{value}: {log}");
+        assert!(warnings[0].contains("CORRAL_HOST") && warnings[0].contains("API key"), "{log}");
+        assert!(!log.contains("which other machines can reach"), "{log}");
+        if let Some((code, stdout, stderr)) = listed {
+            assert_eq!(code, 0, "{value}: {stderr}");
+            assert_eq!(stdout.lines().count(), 1, "{stdout}");
+        }
+    }
+}
+
+/// Starts `corral serve` with `OLLAMA_HOST=value` and nothing of corral's naming an
+/// address, runs `beside` while it listens, and stops it: its `listening on` line, what it
+/// wrote before that line, and what `beside` returned.
+fn serve_with_ollama_host<T>(
+    value: &str,
+    store: &Path,
+    beside: impl FnOnce() -> T,
+) -> (String, String, T) {
     let mut c = corral(&[]);
     c.env_remove("CORRAL_HOST")
-        .env("OLLAMA_HOST", &listen)
-        .env("CORRAL_MODELS", dir.path().join("server-store"))
+        .env("OLLAMA_HOST", value)
+        .env("CORRAL_MODELS", store)
         .arg("serve")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -925,21 +993,25 @@ fn ollama_host_is_the_address_when_corral_has_none() {
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        let mut before = String::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if line.starts_with("listening on") {
-                let _ = tx.send(line);
+                let _ = tx.send((line, before.clone()));
+            } else {
+                before.push_str(&line);
+                before.push('\n');
             }
         }
+        // Ended without listening.
+        let _ = tx.send((String::new(), before));
     });
-    let line = rx.recv_timeout(Duration::from_secs(120));
-    let listed = line.is_ok().then(|| with_ollama_host(None, &listen, &["list"]));
+    let got = rx.recv_timeout(Duration::from_secs(120));
+    let besides = matches!(&got, Ok((line, _)) if !line.is_empty()).then(beside);
     let _ = child.kill();
     let _ = child.wait();
-    let line = line.expect("corral serve did not say where it listens");
-    assert!(line.contains(&listen), "{line}");
-    let (code, stdout, stderr) = listed.unwrap();
-    assert_eq!(code, 0, "{stderr}");
-    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let (line, log) = got.expect("corral serve said nothing within 120 s");
+    let Some(besides) = besides else { panic!("corral serve {value:?} did not listen:\n{log}") };
+    (line, log, besides)
 }
 
 #[test]
@@ -986,6 +1058,19 @@ fn run_in_this_process_takes_ollamas_flags() {
     let (code, stdout, stderr) = go(&[&[m, "hi", "--format", "json"][..], &fixed].concat());
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.trim_start().starts_with('{') && stdout != free, "{stdout:?}");
+    // In any case, as Ollama's `--format JSON`: the answer's format, not a file's.
+    let (code, upper, stderr) = go(&[&[m, "hi", "--format", "JSON"][..], &fixed].concat());
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(upper, stdout);
+    // `bench` has no answer to hold to a format: refused, not ignored.
+    for format in ["json", "JSON", r#"{"type":"object"}"#] {
+        let mut c = corral(&[&plugin]);
+        c.env_remove("OLLAMA_HOST").args(["bench", m, "--no-raw", "--reps", "1", "--format"]);
+        c.args([format, "--pp", "4", "--tg", "4"]);
+        let (out, _, stderr) = run(c);
+        assert_eq!(out.status.code(), Some(2), "{format}: {stderr}");
+        assert!(stderr.contains("--format") && stderr.contains("bench"), "{stderr}");
+    }
     // --format's older meaning, the model file's format, stays; --model-format says it
     // beside an answer's format.
     let plain = dir.path().join("weights");

@@ -2,9 +2,11 @@
 //! pulled from a real OCI registry (Debian's `docker-registry` on a loopback port) and
 //! then run, in this process and through `corral serve`; a name the registry does not
 //! have, or a registry nobody answers at, ends in one error line and its exit code; a
-//! thinking model's thinking is shown as Ollama shows it. The fake-server checks of the
-//! same flags are in `cli_client.rs`. Skips (printing why) without the registry binary or
-//! a GGUF engine plugin.
+//! thinking model's thinking is shown as Ollama shows it. Every command runs with proxy
+//! settings that point at a closed port: nothing on this machine is reached through a
+//! proxy, so the tests pass the same with a CI machine's `HTTP_PROXY` or without one. The
+//! fake-server checks of the same flags are in `cli_client.rs`. Skips (printing why)
+//! without the registry binary or a GGUF engine plugin.
 
 use std::{
     path::{Path, PathBuf},
@@ -18,12 +20,25 @@ fn gguf_plugin(dir: &Path) -> Option<PathBuf> {
     cpu_plugin_dir(dir).or_else(|| llama_cpp_plugin_dir(dir))
 }
 
-/// `corral ARGS` with `plugin`, store `store` and the server at `host`.
+/// Proxy settings that send everything to a closed port, as on a CI machine whose proxy
+/// refuses what it does not know: the registry and the server are on this machine, so
+/// nothing here may go through a proxy. `NO_PROXY` is set empty (it cannot be unset in a
+/// server started by `Server::start`): it excludes nothing.
+const CLOSED_PROXY: [(&str, &str); 4] = [
+    ("HTTP_PROXY", "http://127.0.0.1:9"),
+    ("HTTPS_PROXY", "http://127.0.0.1:9"),
+    ("ALL_PROXY", "http://127.0.0.1:9"),
+    ("NO_PROXY", ""),
+];
+
+/// `corral ARGS` with `plugin`, store `store`, the server at `host` and [`CLOSED_PROXY`].
 fn go_with(plugin: &Path, store: &Path, host: &str, args: &[&str]) -> (i32, String, String) {
     let mut c = corral(&[plugin]);
     c.env("CORRAL_MODELS", store)
         .env("CORRAL_HOST", host)
         .env_remove("CORRAL_MODELS_READONLY")
+        .env_remove("no_proxy")
+        .envs(CLOSED_PROXY)
         .args(args);
     let (out, stdout, stderr) = run(c);
     (out.status.code().unwrap_or(-1), stdout, stderr)
@@ -91,8 +106,9 @@ fn run_pulls_a_missing_model_from_a_registry_in_this_process_and_through_a_serve
     assert_eq!(code, 3, "{stderr}");
     assert!(!stderr.contains("pulling"), "{stderr}");
 
-    // Through a server: its store gets the model (the shell's store is not touched).
-    let server = Server::start(&[&plugin], &[], &["--allow-insecure-registries"]);
+    // Through a server: its store gets the model (the shell's store is not touched); it
+    // too reaches the registry on this machine without the proxy.
+    let server = Server::start(&[&plugin], &CLOSED_PROXY, &["--allow-insecure-registries"]);
     let host = server.url.trim_start_matches("http://").to_string();
     let shell_store = dir.path().join("shell-store");
     let (code, stdout, stderr) = go_with(&plugin, &shell_store, &host, &args);

@@ -49,9 +49,13 @@ pub(crate) fn until(expires_at: &str, now: SystemTime) -> String {
 /// below its row.
 pub(crate) fn ps(global: &GlobalOptions, a: &PsArgs) -> Result<()> {
     let server = super::configured_server(global)?;
-    let v = server.json(reqwest::Method::GET, "/api/ps", None)?;
+    let mut v = server.json(reqwest::Method::GET, "/api/ps", None)?;
     if !v.get("models").is_some_and(serde_json::Value::is_array) {
         return Err(server.unexpected("/api/ps", &v.to_string()));
+    }
+    // `ps NAME`: the models whose name starts with it, in the table and in the JSON alike.
+    if let (Some(p), Some(models)) = (&a.prefix, v["models"].as_array_mut()) {
+        models.retain(|m| model_name(m).starts_with(p.as_str()));
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -63,10 +67,7 @@ pub(crate) fn ps(global: &GlobalOptions, a: &PsArgs) -> Result<()> {
     for m in v["models"].as_array().into_iter().flatten() {
         let text = |k: &str| m.get(k).and_then(serde_json::Value::as_str).unwrap_or_default();
         let number = |k: &str| m.get(k).and_then(serde_json::Value::as_u64);
-        let name = if text("name").is_empty() { text("model") } else { text("name") };
-        if a.prefix.as_ref().is_some_and(|p| !name.starts_with(p.as_str())) {
-            continue;
-        }
+        let name = model_name(m);
         let digest = text("digest").trim_start_matches("sha256:");
         let size = number("size").unwrap_or(0);
         rows.push(vec![
@@ -95,6 +96,12 @@ pub(crate) fn ps(global: &GlobalOptions, a: &PsArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A loaded model's name in `/api/ps`: `name`, else `model`.
+fn model_name(m: &serde_json::Value) -> &str {
+    let text = |k: &str| m.get(k).and_then(serde_json::Value::as_str).unwrap_or_default();
+    if text("name").is_empty() { text("model") } else { text("name") }
 }
 
 /// `corral stop`.

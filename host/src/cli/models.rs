@@ -195,19 +195,6 @@ fn at(cmd: &modelfile::Command, message: String) -> anyhow::Error {
         .into()
 }
 
-/// Whether a `FROM` value is meant as a path (the registry's rule for `create`); `run`
-/// does not pull a missing model whose name is one.
-pub(crate) fn looks_like_path(v: &str) -> bool {
-    let b = v.as_bytes();
-    v.starts_with('/')
-        || v.starts_with("./")
-        || v.starts_with("../")
-        || v.starts_with('~')
-        || v.starts_with(".\\")
-        || v.to_ascii_lowercase().ends_with(".gguf")
-        || (b.len() > 2 && b[1] == b':' && b[0].is_ascii_alphabetic())
-}
-
 /// A `FROM` path: `~/` is the home directory, a relative path is the Modelfile's `base`.
 fn resolve_path(base: &Path, v: &str) -> PathBuf {
     if let Some(rest) = v.strip_prefix("~/")
@@ -294,7 +281,7 @@ fn create_remote(
                         &format!("FROM {v}, a directory (an ONNX model),"),
                     ));
                 }
-                from = Some(if looks_like_path(v) || path.is_file() {
+                from = Some(if corral_host::models::looks_like_path(v) || path.is_file() {
                     check_gguf(cmd, &path)?;
                     FromSource::File(path)
                 } else {
@@ -1103,10 +1090,10 @@ mod tests {
         assert!(!is_blob_path(Path::new("/models/tiny.gguf")));
         assert!(!is_blob_path(Path::new("/s/blobs/sha256-abc")));
         for p in ["./m.gguf", "/abs", "../up", "~/m", "model.GGUF", "C:\\m"] {
-            assert!(looks_like_path(p), "{p}");
+            assert!(corral_host::models::looks_like_path(p), "{p}");
         }
         for n in ["llama3", "ns/model:tag", "registry.example.com/ns/m"] {
-            assert!(!looks_like_path(n), "{n}");
+            assert!(!corral_host::models::looks_like_path(n), "{n}");
         }
         assert_eq!(resolve_path(Path::new("/base"), "m.gguf"), Path::new("/base/m.gguf"));
     }

@@ -210,10 +210,11 @@ pub(crate) fn run(server: &Server, a: &RunArgs) -> Result<()> {
         fields.insert("think".into(), super::run::think_json(t));
     }
     if let Some(k) = super::run::keep_alive_of(a)? {
-        fields.insert("keep_alive".into(), Value::String(k));
+        fields.insert("keep_alive".into(), k);
     }
-    if let Some(f) = a.load.response_format_value()? {
-        fields.insert("format".into(), f);
+    // Compiled here only to refuse what the server would refuse, before anything is sent.
+    if let Some(f) = a.load.response_format_compiled()? {
+        fields.insert("format".into(), f.value);
     }
     let model = model_arg(server, a)?;
     pull_if_missing(server, &model, a)?;

@@ -65,10 +65,20 @@ pub(crate) struct LoadArgs {
     pub local_only: bool,
 }
 
-/// Whether a `--format` value is an answer's format (Ollama's meaning: `json` or a JSON
-/// schema) rather than a model file's (`gguf`, `onnx`, a plugin's own).
+/// Whether a `--format` value is an answer's format (Ollama's meaning: `json` in any case,
+/// or a JSON schema) rather than a model file's (`gguf`, `onnx`, a plugin's own).
 fn is_response_format(v: &str) -> bool {
-    v.trim() == "json" || v.trim_start().starts_with('{')
+    v.trim().eq_ignore_ascii_case("json") || v.trim_start().starts_with('{')
+}
+
+/// The answer's format `--format` gives: the request's `format` value (`"json"` or the
+/// schema) and its grammar, compiled once, here, so a schema this side cannot compile is
+/// refused before anything loads or is sent.
+pub(crate) struct ResponseFormat {
+    /// The request's `format`.
+    pub value: serde_json::Value,
+    /// What holds a local run's answer to it.
+    pub grammar: Arc<Grammar>,
 }
 
 impl LoadArgs {
@@ -85,20 +95,20 @@ impl LoadArgs {
             .or_else(|| self.format.as_deref().filter(|f| !is_response_format(f)))
     }
 
-    /// The answer's format as a request's `format` value: `"json"` or the schema.
-    pub(crate) fn response_format_value(&self) -> Result<Option<serde_json::Value>> {
+    /// The answer's format, checked and compiled ([`ResponseFormat`]).
+    pub(crate) fn response_format_compiled(&self) -> Result<Option<ResponseFormat>> {
         let Some(f) = self.response_format() else { return Ok(None) };
-        let v = if f.trim() == "json" {
+        let value = if f.trim().eq_ignore_ascii_case("json") {
             serde_json::Value::String("json".into())
         } else {
             serde_json::from_str::<serde_json::Value>(f).map_err(|e| {
                 super::Usage(format!("--format is neither json nor a JSON schema: {e}"))
             })?
         };
-        // A schema this side cannot compile is refused before anything loads or is sent.
-        corral_generation::structured::Grammar::from_format(&v)
-            .map_err(|e| super::Usage(format!("--format: {e}")))?;
-        Ok(Some(v))
+        let grammar = Grammar::from_format(&value)
+            .map_err(|e| super::Usage(format!("--format: {e}")))?
+            .ok_or_else(|| super::Usage("--format: give json or a JSON schema".into()))?;
+        Ok(Some(ResponseFormat { value, grammar: Arc::new(grammar) }))
     }
 }
 
@@ -321,8 +331,10 @@ pub(crate) fn think_json(t: Think) -> serde_json::Value {
 }
 
 /// `--keepalive` checked as the server reads `keep_alive` (a Go duration or seconds); the
-/// value to send.
-pub(crate) fn keep_alive_of(a: &RunArgs) -> Result<Option<String>> {
+/// value to send: a bare number of seconds (`300`, `-1`) as a JSON number, a duration
+/// (`5m`) as a string. Ollama reads a string with Go's `time.ParseDuration`, which refuses
+/// a number without a unit, and a number as seconds; corral's server takes both.
+pub(crate) fn keep_alive_of(a: &RunArgs) -> Result<Option<serde_json::Value>> {
     let Some(v) = a.keepalive.as_deref() else { return Ok(None) };
     if corral_host::server::util::parse_duration(v).is_none() {
         return Err(super::Usage(format!(
@@ -331,16 +343,22 @@ pub(crate) fn keep_alive_of(a: &RunArgs) -> Result<Option<String>> {
         ))
         .into());
     }
-    Ok(Some(v.trim().to_string()))
+    let v = v.trim();
+    if let Ok(n) = v.parse::<i64>() {
+        return Ok(Some(n.into()));
+    }
+    match v.parse::<f64>() {
+        // Any negative number is "forever" (`-inf` too, which JSON cannot carry).
+        Ok(n) if n < 0.0 => Ok(Some((-1).into())),
+        Ok(n) => Ok(Some(serde_json::Number::from_f64(n).map_or_else(|| v.into(), Into::into))),
+        Err(_) => Ok(Some(v.into())),
+    }
 }
 
 /// Whether a model argument `run` does not find may be pulled: a registry name, not
-/// something meant as a file (`./m.gguf`, `/models/x`, `m.onnx`, `C:\\m`).
+/// something meant as a file (the one rule, [`corral_host::models::looks_like_path`]).
 pub(crate) fn pullable(arg: &str) -> bool {
-    let lower = arg.to_ascii_lowercase();
-    !super::models::looks_like_path(arg)
-        && !arg.contains('\\')
-        && ![".onnx", ".bin"].iter().any(|e| lower.ends_with(e))
+    !corral_host::models::looks_like_path(arg)
 }
 
 /// Pulls the model `run` was given when it is a registry name the local store lacks, as
@@ -428,10 +446,7 @@ pub(crate) fn run(global: &GlobalOptions, a: RunArgs) -> Result<()> {
     }
     // The flags are checked before a model is pulled or loaded.
     let think = think_of(&a)?;
-    let grammar = match a.load.response_format_value()? {
-        Some(f) => Grammar::from_format(&f)?.map(Arc::new),
-        None => None,
-    };
+    let grammar = a.load.response_format_compiled()?.map(|f| f.grammar);
     if keep_alive_of(&a)?.is_some() {
         eprintln!(
             "corral: --keepalive is for a model in a corral serve; this run loads the model in \
@@ -872,6 +887,15 @@ pub(crate) fn bench(global: &GlobalOptions, a: &BenchArgs) -> Result<()> {
     if a.reps == 0 {
         bail!("--reps must be at least 1");
     }
+    // An answer's format has no answer to hold here: refused, not ignored.
+    if let Some(f) = a.load.response_format() {
+        return Err(super::Usage(format!(
+            "--format {f:?} is an answer's format (json or a JSON schema), which bench does not \
+             produce (it times prompt processing and generation); for the model file's format \
+             give --model-format"
+        ))
+        .into());
+    }
     // `--isolation both`: the engine in this process and in a worker, measured in turn.
     let modes: Vec<Option<String>> = match a.load.isolation.as_deref() {
         Some("both") => vec![Some("in-process".into()), Some("process".into())],
@@ -997,17 +1021,19 @@ mod tests {
             rpc: Vec::new(),
             local_only: false,
         };
-        for answer in ["json", " json ", r#"{"type":"object"}"#] {
+        for answer in ["json", " json ", "JSON", "Json", r#"{"type":"object"}"#] {
             assert_eq!(load(answer).response_format(), Some(answer), "{answer}");
             assert_eq!(load(answer).model_format(), None, "{answer}");
         }
-        for file in ["gguf", "onnx", "toy", "JSON"] {
+        for file in ["gguf", "onnx", "toy", "jsonl"] {
             assert_eq!(load(file).response_format(), None, "{file}");
             assert_eq!(load(file).model_format(), Some(file), "{file}");
         }
         let both = LoadArgs { model_format: Some("toy".into()), ..load("json") };
         assert_eq!((both.model_format(), both.response_format()), (Some("toy"), Some("json")));
-        assert!(load("{oops").response_format_value().is_err());
+        assert!(load("{oops").response_format_compiled().is_err());
+        let json = load("JSON").response_format_compiled().unwrap().unwrap();
+        assert_eq!(json.value, serde_json::json!("json"));
     }
 
     #[test]
@@ -1016,7 +1042,9 @@ mod tests {
         {
             assert!(pullable(name), "{name}");
         }
-        for path in ["./m.gguf", "/models/x", "~/m", "m.GGUF", "m.onnx", "w.bin", "C:\\m", "a\\b"] {
+        for path in
+            ["./m.gguf", "/models/x", "~/m", "m.GGUF", "m.onnx", "w.bin", "C:\\m", "a\\b", "D:/m"]
+        {
             assert!(!pullable(path), "{path}");
         }
     }

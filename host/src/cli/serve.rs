@@ -19,8 +19,9 @@ pub(crate) struct ServeArgs {
     /// Backend to use (name, variant or name:variant); default auto.
     #[arg(long, env = "CORRAL_BACKEND")]
     pub backend: Option<String>,
-    /// Address to listen on (default: the config's `[server] host`, else OLLAMA_HOST, else
-    /// 127.0.0.1:11434; port 0 picks a free one).
+    /// Address to listen on (default: the config's `[server] host`, else 127.0.0.1:11434;
+    /// port 0 picks a free one). Ollama's OLLAMA_HOST comes after these, and only its port
+    /// is taken unless it names a loopback address.
     #[arg(long, env = "CORRAL_HOST")]
     pub host: Option<String>,
     /// How long a model stays loaded after its last request (5m, 30s, 0, -1 = forever).
@@ -187,6 +188,30 @@ fn listen_address(given: Option<String>) -> Result<String, ConfigError> {
     Ok(authority.to_string())
 }
 
+/// The listening address when it comes from Ollama's `OLLAMA_HOST` (neither `--host`,
+/// `CORRAL_HOST` nor the config sets one): read as Ollama reads it, but only its port is
+/// taken unless it names this machine's loopback
+/// ([`corral_host::client::ollama_host_listen_address`]): a leftover
+/// `OLLAMA_HOST=0.0.0.0`, which Ollama's FAQ has people set, must not put a server without
+/// API keys on the network, and a client-style value (`https://server`) must not stop
+/// `serve`. One warning says so.
+fn ollama_listen_address(value: &str) -> Result<String, ConfigError> {
+    let (address, moved) =
+        corral_host::client::ollama_host_listen_address(value).map_err(|why| {
+            ConfigError::Setting(format!("cannot listen on {value:?} (from OLLAMA_HOST): {why}"))
+        })?;
+    if moved {
+        tracing::warn!(
+            "OLLAMA_HOST={:?} is not an address on this machine's loopback: corral serve \
+             takes only a port from Ollama's OLLAMA_HOST and listens on {address}, which other \
+             machines cannot reach. To listen on the network, set CORRAL_HOST (e.g. \
+             CORRAL_HOST=0.0.0.0:11434) and an API key (CORRAL_API_KEYS or --api-key-file)",
+            value.trim()
+        );
+    }
+    Ok(address)
+}
+
 /// Compute threads: 0 (the engine's choice) or at most four per logical CPU (ggml's and
 /// the pure-Rust engine's limit is 512 in any case); more only thrash the machine.
 fn check_threads(threads: u32) -> Result<u32, ConfigError> {
@@ -284,8 +309,7 @@ pub(crate) fn serve(global: &GlobalOptions, a: ServeArgs) -> Result<()> {
     let given = a.host.filter(|h| !blank(h)).map(|h| (h, "--host / CORRAL_HOST"));
     let given = given.or_else(|| corral_host::client::host_setting(cfg.host.as_deref()));
     let host = match given {
-        Some((value, corral_host::client::OLLAMA_HOST)) => listen_address(Some(value))
-            .map_err(|e| ConfigError::Setting(format!("{e} (from OLLAMA_HOST)")))?,
+        Some((value, corral_host::client::OLLAMA_HOST)) => ollama_listen_address(&value)?,
         other => listen_address(other.map(|(v, _)| v))?,
     };
     let opts = ServeOptions {

@@ -375,6 +375,12 @@ impl Client {
             model: String::new(),
             message: format!("building the HTTP client: {}", describe(&e)),
         };
+        let proxies = env_proxies(&|name| std::env::var(name).ok());
+        let builder = || {
+            // The environment's proxies, the same reqwest would take, except for a registry
+            // on this machine ([`is_loopback_host`]), which no proxy can reach.
+            proxies.iter().cloned().fold(builder().no_proxy(), reqwest::ClientBuilder::proxy)
+        };
         let http = builder().read_timeout(opts.read_timeout).build().map_err(fail)?;
         let upload_http = builder().build().map_err(fail)?;
         Ok(Client { http, upload_http, opts, creds, auth: Mutex::new(HashMap::new()) })
@@ -668,6 +674,61 @@ impl Client {
     }
 }
 
+/// Whether `host` (a host name or an IP address, IPv6 in brackets or not) names this
+/// machine: `localhost` (and its subdomains) or a loopback IP address. No request to such a
+/// host goes through a proxy (`HTTP_PROXY`, ...: a proxy cannot reach this machine's
+/// loopback, and Go's clients, Ollama's among them, make the same exception): the registry
+/// client's ([`LOOPBACK_NO_PROXY`]) and `corral`'s client of a `corral serve`.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => {
+            let name = host.trim_end_matches('.').to_ascii_lowercase();
+            name == "localhost" || name.ends_with(".localhost")
+        }
+    }
+}
+
+/// [`is_loopback_host`] for a URL (`false` when it is not one).
+pub fn is_loopback_url(url: &str) -> bool {
+    reqwest::Url::parse(url).ok().and_then(|u| u.host_str().map(is_loopback_host)).unwrap_or(false)
+}
+
+/// The hosts of [`is_loopback_host`] as `NO_PROXY` entries (a name matches itself and its
+/// subdomains, an address block its addresses). The registry client talks to many hosts
+/// (token realms, storage redirects), so the exception is made per request by the proxies'
+/// exclusion list: reqwest 0.12's per-URL proxy (`Proxy::custom`) would drop the user's own
+/// `NO_PROXY`.
+pub const LOOPBACK_NO_PROXY: &str = "localhost,localhost.,127.0.0.0/8,::1";
+
+/// The proxies of the environment as reqwest reads them (`HTTP_PROXY`, `HTTPS_PROXY`,
+/// `ALL_PROXY` for what those leave, `NO_PROXY`; upper case first, then lower; none in a
+/// CGI program, where `REQUEST_METHOD` is set), with the hosts of [`LOOPBACK_NO_PROXY`]
+/// added to the exclusions. `var` reads a variable. A value reqwest cannot use as a proxy
+/// is ignored, as reqwest ignores it.
+fn env_proxies(var: &dyn Fn(&str) -> Option<String>) -> Vec<reqwest::Proxy> {
+    if var("REQUEST_METHOD").is_some() {
+        return Vec::new();
+    }
+    // The first of the names that is set, even when blank (as reqwest reads them).
+    let first = |names: [&str; 2]| names.iter().find_map(|n| var(n));
+    let given = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
+    let all = given(first(["ALL_PROXY", "all_proxy"]));
+    let http = given(first(["HTTP_PROXY", "http_proxy"])).or_else(|| all.clone());
+    let https = given(first(["HTTPS_PROXY", "https_proxy"])).or(all);
+    let user_list = first(["NO_PROXY", "no_proxy"]).unwrap_or_default();
+    let except = reqwest::NoProxy::from_string(&format!("{user_list},{LOOPBACK_NO_PROXY}"));
+    let mut proxies = Vec::new();
+    if let Some(Ok(p)) = http.map(|p| reqwest::Proxy::http(p.trim())) {
+        proxies.push(p.no_proxy(except.clone()));
+    }
+    if let Some(Ok(p)) = https.map(|p| reqwest::Proxy::https(p.trim())) {
+        proxies.push(p.no_proxy(except));
+    }
+    proxies
+}
+
 /// Whether `host` (a host name or an IP address, IPv6 in brackets or not) is a loopback,
 /// link-local or unspecified address, or `localhost`: the machine's own services and
 /// cloud metadata endpoints (169.254.169.254), where a registry must not send us.
@@ -952,5 +1013,82 @@ mod tests {
         let c = Credentials::load(&p).unwrap();
         assert_eq!(c.get("localhost:5000"), Some(&("al".to_string(), "pw".to_string())));
         assert_eq!(c.get("ghcr.io"), Some(&("bob".to_string(), "pw2".to_string())));
+    }
+
+    #[test]
+    fn loopback_hosts_are_known() {
+        for url in [
+            "http://127.0.0.1:1",
+            "http://127.8.9.1",
+            "http://[::1]:11434",
+            "http://localhost:1",
+            "https://LocalHost./",
+            "http://a.localhost:2",
+        ] {
+            assert!(is_loopback_url(url), "{url}");
+        }
+        for url in [
+            "http://10.0.0.1:1",
+            "http://0.0.0.127:11434",
+            "http://example.com",
+            "http://localhost.example.com",
+            "http://[::2]:1",
+            "not a url",
+        ] {
+            assert!(!is_loopback_url(url), "{url}");
+        }
+    }
+
+    /// The environment's proxies are used, except for this machine's hosts and what
+    /// `NO_PROXY` names; a proxy that is a closed port makes the difference visible.
+    #[tokio::test]
+    async fn proxies_skip_this_machine() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                    let mut buf = [0u8; 4096];
+                    let _ = conn.read(&mut buf).await;
+                    let _ = conn
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        )
+                        .await;
+                });
+            }
+        });
+        let client = |env: &[(&str, &str)]| {
+            let env: Vec<(String, String)> =
+                env.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect();
+            let proxies =
+                env_proxies(&|n| env.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone()));
+            proxies
+                .into_iter()
+                .fold(reqwest::Client::builder().no_proxy(), reqwest::ClientBuilder::proxy)
+                .build()
+                .unwrap()
+        };
+        let closed = "http://127.0.0.1:9";
+        for var in ["HTTP_PROXY", "http_proxy", "ALL_PROXY"] {
+            let c = client(&[(var, closed)]);
+            for host in ["127.0.0.1", "localhost", "127.0.0.1."] {
+                let r = c.get(format!("http://{host}:{port}/")).send().await;
+                assert!(r.is_ok_and(|r| r.status() == 200), "{var} {host}");
+            }
+            // Elsewhere the proxy is used: the closed port refuses, no name is looked up.
+            let e = c.get("http://registry.invalid/").send().await.unwrap_err();
+            assert!(e.is_connect() && !describe(&e).contains("dns"), "{var}: {}", describe(&e));
+        }
+        // NO_PROXY still excludes what it names (then the name is looked up, and fails).
+        let c = client(&[("HTTP_PROXY", closed), ("NO_PROXY", "registry.invalid")]);
+        let e = c.get("http://registry.invalid/").send().await.unwrap_err();
+        assert!(describe(&e).contains("dns"), "{}", describe(&e));
+        // In a CGI program the environment's proxies are not taken.
+        assert!(
+            env_proxies(&|n| (n == "REQUEST_METHOD" || n == "HTTP_PROXY").then(|| closed.into()))
+                .is_empty()
+        );
     }
 }
