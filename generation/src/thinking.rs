@@ -83,6 +83,12 @@ impl Effort {
 const OPEN: &str = "<think>";
 const CLOSE: &str = "</think>";
 
+/// Whether a rendered prompt ends inside an opened `<think>` block (the template opened
+/// it for the model).
+pub fn opens_think(rendered: &str) -> bool {
+    rendered.trim_end().ends_with(OPEN)
+}
+
 /// Whether a chat template is one of a thinking model (it writes or expects `<think>`).
 pub fn template_thinks(template_source: &str) -> bool {
     template_source.contains(OPEN)

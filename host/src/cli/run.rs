@@ -14,7 +14,7 @@ use corral_generation::{
     context::{ContextPolicy, context_length, exceeds_training, fit_prompt},
     options::SamplingOptions,
     sampler::Constraint,
-    structured::{Grammar, JsonConstraint, TokenTable},
+    structured::{Grammar, JsonConstraint},
     thinking::{Effort, Think, ThinkingParser, template_thinks},
 };
 use serde::Serialize;
@@ -528,11 +528,8 @@ pub(crate) fn run(global: &GlobalOptions, a: RunArgs) -> Result<()> {
         .into());
     }
     // `--format`: the answer is held to the grammar, over the model's token bytes.
-    let tokens_table = grammar.as_ref().map(|_| {
-        let by_id = (0..model.vocab_size).map(|id| model.token_bytes(id).unwrap_or_default());
-        let never: Vec<u32> = model.special.bos.into_iter().collect();
-        Arc::new(TokenTable::new(by_id.collect(), model.special.eog.clone(), &never))
-    });
+    let tokens_table =
+        grammar.as_ref().map(|_| Arc::new(corral_host::server::scheduler::token_table(&model)));
     let constraint = || -> Option<Box<dyn Constraint>> {
         match (&grammar, &tokens_table) {
             (Some(g), Some(t)) => Some(Box::new(JsonConstraint::new(g.clone(), t.clone()))),
@@ -552,7 +549,7 @@ pub(crate) fn run(global: &GlobalOptions, a: RunArgs) -> Result<()> {
             } else {
                 history.push(Message::new("user", user));
                 let text = template.render_thinking(history, None, None, true, think)?;
-                let opens = text.trim_end().ends_with("<think>");
+                let opens = corral_generation::thinking::opens_think(&text);
                 (template.tokenize(&model, &text)?, opens)
             };
             let tokens = fit_prompt(

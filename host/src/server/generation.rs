@@ -12,7 +12,7 @@ use corral_generation::{
     context::{ContextPolicy, fit_prompt},
     options::SamplingOptions,
     sampler::Constraint,
-    thinking::{Think, ThinkingParser, template_thinks},
+    thinking::{Think, ThinkingParser, opens_think, template_thinks},
     toolcall::{ToolCall, ToolCallParser},
 };
 use serde_json::Value;
@@ -507,8 +507,7 @@ fn build(
         ApiError::of_class(crate::errors::ErrorClass::of_request(&e), format!("{e:#}"))
     };
     // (thinks, opens_think) of the template used and the text it rendered.
-    let think_of =
-        |source: &str, text: &str| (template_thinks(source), text.trim_end().ends_with("<think>"));
+    let think_of = |source: &str, text: &str| (template_thinks(source), opens_think(text));
     let mut thinking = (false, false);
     let tokens = match spec {
         PromptSpec::Chat { messages: asked, tools, continue_final } => {

@@ -184,20 +184,21 @@ fn memory_available_now() -> Option<u64> {
 /// available first (the probe reads /proc files).
 const EMBEDDING_ROWS_CHECKED: u64 = 256 << 20;
 
+/// A model's token table for structured output: every token's bytes, the end-of-generation
+/// tokens, and BOS as a token never allowed.
+pub fn token_table(model: &Model) -> TokenTable {
+    let by_id = (0..model.vocab_size).map(|id| model.token_bytes(id).unwrap_or_default());
+    let never: Vec<u32> = model.special.bos.into_iter().collect();
+    TokenTable::new(by_id.collect(), model.special.eog.clone(), &never)
+}
+
 impl Loaded {
     /// The token table for structured output (built on first use).
     pub fn token_table(&self) -> Result<Arc<TokenTable>, ApiError> {
         if let Some(t) = self.tokens.get() {
             return Ok(t.clone());
         }
-        let mut by_id = Vec::with_capacity(self.model.vocab_size as usize);
-        for id in 0..self.model.vocab_size {
-            by_id.push(self.model.token_bytes(id).unwrap_or_default());
-        }
-        let s = &self.model.special;
-        let eog: Vec<u32> = s.eog.clone();
-        let never: Vec<u32> = s.bos.into_iter().collect();
-        let t = Arc::new(TokenTable::new(by_id, eog, &never));
+        let t = Arc::new(token_table(&self.model));
         Ok(self.tokens.get_or_init(|| t).clone())
     }
 
