@@ -23,6 +23,20 @@ fn generate(dir: &std::path::Path) -> std::path::PathBuf {
 /// that stream with an error that says so, while the server keeps serving: another
 /// model (one that does not use the workers) answers, and the spread model loads again
 /// without the dead worker.
+/// The model `/api/ps` lists with its devices (the one spread over workers), and the
+/// whole answer for messages.
+fn spread_model(server: &Server) -> (serde_json::Value, serde_json::Value) {
+    let (_, ps) = get_json(&server.url, "/api/ps");
+    let m = ps["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m.get("devices").is_some())
+        .cloned()
+        .unwrap_or_else(|| panic!("{ps:#}"));
+    (m, ps)
+}
+
 #[test]
 fn a_model_spread_over_two_workers_generates_as_llama_cpp_and_survives_losing_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -89,13 +103,7 @@ fn a_model_spread_over_two_workers_generates_as_llama_cpp_and_survives_losing_on
     assert_eq!(v["response"].as_str().unwrap(), expected, "corral serve --rpc");
 
     // Three devices hold the layers: this machine's CPU and one per worker.
-    let (_, ps) = get_json(&server.url, "/api/ps");
-    let m = ps["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m.get("devices").is_some())
-        .unwrap_or_else(|| panic!("{ps:#}"));
+    let (m, ps) = spread_model(&server);
     let devices = m["devices"]["devices"].as_array().unwrap_or_else(|| panic!("{ps:#}"));
     let kinds: Vec<&str> = devices.iter().map(|d| d["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["cpu", "remote", "remote"], "{ps:#}");
@@ -140,13 +148,7 @@ fn a_model_spread_over_two_workers_generates_as_llama_cpp_and_survives_losing_on
     let (status, v) = post_json(&server.url, "/api/generate", &generate_body(false, 24));
     assert_eq!(status, 200, "{v}\n{}", server.log());
     assert_eq!(v["response"].as_str().unwrap(), expected, "after losing a worker");
-    let (_, ps) = get_json(&server.url, "/api/ps");
-    let m = ps["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m.get("devices").is_some())
-        .unwrap_or_else(|| panic!("{ps:#}"));
+    let (m, ps) = spread_model(&server);
     let skipped = m["devices"]["skipped"].as_array().unwrap();
     assert_eq!(skipped[0]["endpoint"].as_str(), Some(w1.endpoint.as_str()), "{ps:#}");
     assert!(skipped[0]["reason"].as_str().unwrap().contains("cannot be reached"), "{ps:#}");
@@ -160,13 +162,7 @@ fn a_model_spread_over_two_workers_generates_as_llama_cpp_and_survives_losing_on
     assert_eq!(status, 200, "{v}\n{}", server.log());
     assert_eq!(v["response"].as_str().unwrap(), expected, "after losing the other worker");
     assert!(server.log().contains("trying once more"), "{}", server.log());
-    let (_, ps) = get_json(&server.url, "/api/ps");
-    let m = ps["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m.get("devices").is_some())
-        .unwrap_or_else(|| panic!("{ps:#}"));
+    let (m, ps) = spread_model(&server);
     assert_eq!(m["devices"]["skipped"].as_array().map(Vec::len), Some(2), "{ps:#}");
 }
 
