@@ -22,8 +22,9 @@ Workloads:
   shared  4 concurrent streaming chats that share one system prompt of about
           --system-tokens tokens (a RAG or agent prompt), then --rounds - 1 more rounds of
           4 in which each chat asks a new question after its earlier turns (the history
-          holds fixed answers, so both servers get the same prompts): wall time per round
-          and mean time to first token.
+          holds fixed answers, so both servers get the same prompts): wall time per round,
+          mean time to first token, and the tokens the answers took (the same work on
+          both servers when these agree; both sample greedily without a repeat penalty).
 
 The peer is llama-server built by scripts/build-llama-server.sh (from the llama.cpp that
 llama-cpp-python vendors), run with `-t THREADS -np 4 -c 4*CTX`; corral serve runs with
@@ -77,15 +78,22 @@ def post(url, path, body, timeout=1800):
         return json.loads(r.read())
 
 
+# Both servers sample alike: corral's OpenAI endpoints default to Ollama's repeat penalty
+# of 1.1, llama-server's to 1.0, and on a real model the penalty changes where answers end.
+SAME_SAMPLING = {"temperature": 0, "repeat_penalty": 1.0}
+
+
 def stream_chat(url, model, messages, max_tokens):
-    """A streaming /v1/chat/completions: (text, seconds to first token, total seconds)."""
+    """A streaming /v1/chat/completions: (text, seconds to first token, total seconds,
+    tokens generated as the server's usage counts them)."""
     body = {"model": model, "messages": messages, "max_tokens": max_tokens, "stream": True,
-            "temperature": 0, "seed": 1}
+            "seed": 1, "stream_options": {"include_usage": True}, **SAME_SAMPLING}
     req = urllib.request.Request(url + "/v1/chat/completions", data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
     t0 = time.time()
     first = None
     text = []
+    tokens = 0
     with urllib.request.urlopen(req, timeout=1800) as r:
         for raw in r:
             line = raw.decode("utf-8", "replace").strip()
@@ -95,13 +103,15 @@ def stream_chat(url, model, messages, max_tokens):
             if data == "[DONE]":
                 break
             ev = json.loads(data)
+            if ev.get("usage"):
+                tokens = ev["usage"].get("completion_tokens", tokens)
             for ch in ev.get("choices", []):
                 piece = (ch.get("delta") or {}).get("content")
                 if piece:
                     if first is None:
                         first = time.time() - t0
                     text.append(piece)
-    return "".join(text), (first if first is not None else time.time() - t0), time.time() - t0
+    return "".join(text), (first if first is not None else time.time() - t0), time.time() - t0, tokens
 
 
 class Peer:
@@ -143,7 +153,7 @@ def plain(peer, n, tokens, tag=""):
     def one(i):
         v = post(peer.url, "/v1/completions",
                  {"model": peer.model, "prompt": f"Once upon a time, story {tag}{i}:",
-                  "max_tokens": tokens, "temperature": 0, "seed": i, "ignore_eos": True})
+                  "max_tokens": tokens, "seed": i, "ignore_eos": True, **SAME_SAMPLING})
         results[i] = v["usage"]["completion_tokens"]
 
     wall = at_once(one, n)
@@ -210,16 +220,17 @@ def system_prompt(peer, tokens):
 
 
 def shared(peer, system_tokens, rounds, answer_tokens, tag=""):
-    """Per round: (wall seconds, mean time to first token)."""
+    """Per round: (wall seconds, mean time to first token, tokens generated in all)."""
     system = f"Case {tag}. " + system_prompt(peer, system_tokens)
     chats = [[{"role": "system", "content": system}] for _ in range(4)]
     out = []
     for r in range(rounds):
         ttfts = [0.0] * 4
+        counts = [0] * 4
 
         def one(i):
             chats[i].append({"role": "user", "content": f"Question {r}.{i}: what is the status of record {i * 7 + r}?"})
-            _, ttft, _ = stream_chat(peer.url, peer.model, chats[i], answer_tokens)
+            _, ttft, _, counts[i] = stream_chat(peer.url, peer.model, chats[i], answer_tokens)
             # The history carries a fixed answer, not the generated one: both servers then
             # see the same prompts (a random-weight model's answers differ per engine
             # and re-tokenize into arbitrary lengths).
@@ -233,7 +244,7 @@ def shared(peer, system_tokens, rounds, answer_tokens, tag=""):
             th.start()
         for th in threads:
             th.join()
-        out.append((time.time() - t, statistics.mean(ttfts)))
+        out.append((time.time() - t, statistics.mean(ttfts), sum(counts)))
     return out
 
 
@@ -298,9 +309,13 @@ def main():
     if "shared" in workloads:
         def shared_case(p, tag):
             out = {}
-            for r, (wall, ttft) in enumerate(shared(p, args.system_tokens, args.rounds, args.answer_tokens, tag)):
+            for r, (wall, ttft, tokens) in enumerate(shared(p, args.system_tokens, args.rounds,
+                                                             args.answer_tokens, tag)):
                 out[f"shared round {r + 1} s"] = wall
                 out[f"shared round {r + 1} ttft s"] = ttft
+                # The answers' tokens: a round is the same work on both servers only when
+                # these agree (a real model may end an answer early).
+                out[f"shared round {r + 1} tokens"] = tokens
             return out
         cases.append(shared_case)
     res = {name: {} for name in peers}
@@ -345,7 +360,8 @@ def main():
         cs, ls = res["corral"][key], res["llama-server"][key]
         # Speed-ups: for rates corral/llama, for times llama/corral; the median of the
         # medians' ratio and of each repetition's own ratio (the pairs measured together).
-        speedup = (lambda c, l: c / l) if key.endswith("/s") else (lambda c, l: l / c)
+        # (Token counts: corral's over llama-server's, 1.00 when both did the same work.)
+        speedup = (lambda c, l: c / l) if key.endswith(("/s", "tokens")) else (lambda c, l: l / c)
         c, l = statistics.median(cs), statistics.median(ls)
         paired = statistics.median(speedup(a, b) for a, b in zip(cs, ls))
         rows.append((key, c, l, speedup(c, l), paired))
