@@ -95,7 +95,9 @@ pub struct SamplingOptions {
     pub draft_max: Option<u32>,
     /// Added to the logits of these tokens before sampling (OpenAI's and llama-server's
     /// `logit_bias`): -100 all but bans a token, 100 all but forces it; `false` (as
-    /// llama-server takes it) bans it outright. At most [`MAX_LOGIT_BIAS`] tokens.
+    /// llama-server takes it) bans it outright ([`LOGIT_BAN`]: finite, so a structured
+    /// output whose every allowed token is banned still picks one of them rather than a
+    /// token its grammar forbids). At most [`MAX_LOGIT_BIAS`] tokens.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub logit_bias: Vec<(u32, f32)>,
     /// Options this crate does not interpret (runner options such as `num_gpu`,
@@ -375,6 +377,9 @@ fn parse_spec(v: &Value) -> Result<SpecMode, OptionsError> {
     }
 }
 
+/// The bias of a token banned with `false`: below any logit, still finite.
+pub const LOGIT_BAN: f32 = -1.0e30;
+
 /// Most tokens one request's `logit_bias` may name.
 pub const MAX_LOGIT_BIAS: usize = 4096;
 
@@ -390,7 +395,7 @@ fn parse_logit_bias(v: &Value) -> Result<Vec<(u32, f32)>, OptionsError> {
     };
     let bias = |b: &Value| -> Result<f32, OptionsError> {
         match b {
-            Value::Bool(false) => Ok(f32::NEG_INFINITY),
+            Value::Bool(false) => Ok(LOGIT_BAN),
             Value::Number(n) => match n.as_f64() {
                 Some(x) if (-100.0..=100.0).contains(&x) => Ok(x as f32),
                 _ => Err(OptionsError::OutOfRange {
@@ -485,7 +490,7 @@ mod tests {
         };
         assert_eq!(parse(serde_json::json!({"15043": -100, "7": 2.5})).unwrap().len(), 2);
         let pairs = parse(serde_json::json!([[15043, -100], [50256, false]])).unwrap();
-        assert_eq!(pairs, [(15043, -100.0), (50256, f32::NEG_INFINITY)]);
+        assert_eq!(pairs, [(15043, -100.0), (50256, LOGIT_BAN)]);
         assert!(parse(Value::Null).unwrap().is_empty());
         for bad in [
             serde_json::json!({"hello": 1}),

@@ -1,6 +1,7 @@
 //! Token sampling over a logits vector, in llama.cpp's default order.
 //!
 //! [`Sampler::sample`] applies, in order: the [`Constraint`] mask (structured output), the
+//! request's `logit_bias` (finite, so a token the mask allows stays possible), the
 //! repetition penalties over the last `repeat_last_n` tokens of the history, top_k,
 //! typical_p, top_p, min_p, temperature, and a seeded draw. Temperature 0 or top_k 1 is
 //! greedy: the highest logit after the penalties, ties broken by the lowest token id.
@@ -335,7 +336,8 @@ impl Sampler {
         order
     }
 
-    /// Adds the request's `logit_bias` (first, as llama.cpp's sampler chain does).
+    /// Adds the request's `logit_bias` (before the penalties, as llama.cpp's sampler
+    /// chain does; after the constraint's mask, which its finite values cannot undo).
     fn apply_bias(&self, logits: &mut [f32]) {
         for &(token, bias) in &self.logit_bias {
             if let Some(l) = logits.get_mut(token as usize) {
@@ -829,7 +831,21 @@ mod tests {
         assert_eq!(greedy(vec![]), 1);
         assert_eq!(greedy(vec![(1, -100.0)]), 2, "-100 bans the argmax");
         assert_eq!(greedy(vec![(3, 100.0)]), 3, "100 forces a token");
-        assert_eq!(greedy(vec![(1, f32::NEG_INFINITY), (2, -1.5)]), 0);
+        assert_eq!(greedy(vec![(1, crate::options::LOGIT_BAN), (2, -1.5)]), 0);
+        // Every token a constraint allows banned: still one it allows (not token 0 of an
+        // all -inf row, which a grammar may forbid).
+        let ban_all: Vec<(u32, f32)> = (0..4).map(|t| (t, crate::options::LOGIT_BAN)).collect();
+        let o = SamplingOptions { temperature: 0.0, logit_bias: ban_all, ..opts() };
+        let mut s =
+            Sampler::new(&o, 4).unwrap().with_constraint(Box::new(OnlyEven { accepted: vec![] }));
+        let shifted = [1.0f32, 3.0, 0.5, 2.0];
+        assert_eq!(s.sample(&mut shifted.clone(), &[]) % 2, 0);
+        let o = SamplingOptions { temperature: 1.0, seed: Some(1), ..o };
+        let mut s =
+            Sampler::new(&o, 4).unwrap().with_constraint(Box::new(OnlyEven { accepted: vec![] }));
+        for _ in 0..50 {
+            assert_eq!(s.sample(&mut shifted.clone(), &[]) % 2, 0);
+        }
         // Sampled: a banned token is never drawn, and the distribution speculation reads
         // carries the bias too.
         let o = SamplingOptions {

@@ -996,6 +996,8 @@ impl LoopState {
         if job.draft_sampler.is_none() {
             let mut o = job.req.options.clone();
             o.seed = Some(job.sampler.seed() ^ 0x5eed_d4af_7000_0001);
+            // The target's bias, for the tokens the draft's vocabulary has.
+            o.logit_bias.retain(|&(t, _)| t < d.model.vocab_size);
             let s = Sampler::new(&o, d.model.vocab_size as usize)
                 .map_err(|e| BackendError::invalid(e.to_string()))?;
             job.draft_sampler = Some(s);

@@ -768,6 +768,14 @@ fn logit_bias_bans_and_forces_tokens() {
             assert!(v.to_string().contains(says), "{path} {bias}: {v}");
         }
     }
+    // A streamed request too is refused before its stream starts.
+    let (st, v) = post(
+        &s,
+        "/api/generate",
+        &json!({"model": e.model, "prompt": "hi", "options": {"logit_bias": {"4000000000": 1}}}),
+    );
+    assert_eq!(st, 400, "{v}");
+    assert!(v.to_string().contains("vocabulary"), "{v}");
 }
 
 #[test]

@@ -220,8 +220,12 @@ impl Running {
                     return self.pending.pop_front();
                 }
                 Event::Error(e) => {
+                    // Only the loss the retry is for (the llama.cpp plugin's abort line
+                    // for a lost RPC worker): a request that itself ended the engine is
+                    // not run again, and other errors are not delayed.
                     if self.first
                         && self.pending.is_empty()
+                        && e.message.contains(LOST_RPC_WORKER)
                         && let Some(again) = self.retry.take()
                         && self.engine_is_gone().await
                     {
@@ -427,6 +431,15 @@ async fn start_once(
     check_capabilities(&req.model, &loaded.capabilities, chat)?;
     let options =
         super::scheduler::Scheduler::options_for(&loaded.model_ref, req.options.as_ref())?;
+    // What the sampler would refuse in the engine loop, refused here: a 400 before the
+    // stream starts.
+    if let Some(&(bad, _)) = options.logit_bias.iter().find(|(t, _)| *t >= loaded.model.vocab_size)
+    {
+        return Err(ApiError::bad_request(format!(
+            "option `logit_bias` names token {bad}, but {} has a vocabulary of {} tokens",
+            loaded.model_ref.name, loaded.model.vocab_size
+        )));
+    }
     let model_name = loaded.model_ref.name.clone();
     let (shift, logprobs) = (req.shift, req.logprobs);
     let policy = if req.truncate { ContextPolicy::Truncate } else { ContextPolicy::Refuse };
@@ -474,6 +487,10 @@ async fn start_once(
         retry,
     })
 }
+
+/// What the llama.cpp plugin's abort message says when an RPC worker was lost; the engine
+/// worker's crash report carries it.
+const LOST_RPC_WORKER: &str = "an RPC worker was lost";
 
 /// Whether a loaded model holds layers on RPC workers.
 fn uses_remote_devices(meta: &corral_backend_api::ModelInfo) -> bool {
@@ -690,8 +707,6 @@ fn drop_old_turns(
     best
 }
 
-/// A chat rendered with the model's template (its SYSTEM and MESSAGEs first) and
-/// tokenized: the tokens and the rendered text.
 /// The chat a model sees: the Modelfile's MESSAGEs (a conversation put before the
 /// request's), then the request's messages; and whether the model's SYSTEM goes first
 /// (unless the request brings its own system message).
@@ -705,7 +720,8 @@ fn with_model_messages(
     (all, add_system)
 }
 
-/// The tokens and text of a chat (`asked` as [`with_model_messages`] made it).
+/// A chat rendered with the model's template (its SYSTEM first when `add_system`) and
+/// tokenized: the tokens and the rendered text (`asked` as [`with_model_messages`] made it).
 fn chat_tokens(
     loaded: &super::scheduler::Loaded,
     asked: Vec<Message>,

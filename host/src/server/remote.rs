@@ -1069,6 +1069,21 @@ fn openai_sampling(body: &mut Value, o: &Map<String, Value>) {
     if let Some(stop) = o.get("stop") {
         body["stop"] = stop.clone();
     }
+    // `logit_bias` in OpenAI's shape (the options take llama-server's pairs and `false`
+    // bans too; checked when the request was read).
+    if let Some(bias) = o.get("logit_bias").filter(|b| !b.is_null()) {
+        let mut parsed = corral_generation::options::SamplingOptions::default();
+        if parsed.apply_json(&json!({ "logit_bias": bias })).is_ok()
+            && !parsed.logit_bias.is_empty()
+        {
+            let shaped: Map<String, Value> = parsed
+                .logit_bias
+                .iter()
+                .map(|&(id, b)| (id.to_string(), json!(b.clamp(-100.0, 100.0))))
+                .collect();
+            body["logit_bias"] = Value::Object(shaped);
+        }
+    }
 }
 
 /// OpenAI's `response_format` for Ollama's `format`.
@@ -1697,6 +1712,20 @@ impl Remotes {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn logit_bias_goes_to_an_openai_remote_in_openais_shape() {
+        let mut body = serde_json::json!({});
+        let o = serde_json::json!({"logit_bias": [[15, false], [7, 2.5]]});
+        super::openai_sampling(&mut body, o.as_object().unwrap());
+        assert_eq!(body["logit_bias"], serde_json::json!({"15": -100.0, "7": 2.5}));
+        let mut body = serde_json::json!({});
+        super::openai_sampling(
+            &mut body,
+            serde_json::json!({"logit_bias": null}).as_object().unwrap(),
+        );
+        assert!(body.get("logit_bias").is_none());
+    }
+
     use super::*;
 
     fn msg(v: Value) -> Message {

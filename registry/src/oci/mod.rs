@@ -682,6 +682,10 @@ impl Client {
 pub fn is_loopback_host(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     match host.parse::<std::net::IpAddr>() {
+        // An IPv4-mapped loopback (`::ffff:127.0.0.1`) too, as Go counts it.
+        Ok(std::net::IpAddr::V6(v6)) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
         Ok(ip) => ip.is_loopback(),
         Err(_) => {
             let name = host.trim_end_matches('.').to_ascii_lowercase();
@@ -1021,6 +1025,7 @@ mod tests {
             "http://127.0.0.1:1",
             "http://127.8.9.1",
             "http://[::1]:11434",
+            "http://[::ffff:127.0.0.1]:1",
             "http://localhost:1",
             "https://LocalHost./",
             "http://a.localhost:2",
