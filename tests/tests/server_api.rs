@@ -713,6 +713,47 @@ fn logprobs_of_every_token_in_both_apis() {
     }
 }
 
+/// `/v1/completions` takes a prompt of token ids (OpenAI's other shape, as llama-server
+/// does): the tokens of a templated prompt give the same greedy token as that prompt.
+#[test]
+fn completions_take_token_id_prompts() {
+    let e = env();
+    let s = start(&e, &[]);
+    let (st, g) = post(
+        &s,
+        "/api/generate",
+        &json!({"model": e.model, "prompt": "Once upon a time", "stream": false,
+                "options": {"temperature": 0, "num_predict": 1}}),
+    );
+    assert_eq!(st, 200, "{g}");
+    let context: Vec<u64> =
+        g["context"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect();
+    let prompt = &context[..context.len() - 1];
+    for shape in [json!(prompt), json!([prompt])] {
+        let (st, v) = post(
+            &s,
+            "/v1/completions",
+            &json!({"model": e.model, "prompt": shape, "max_tokens": 1, "temperature": 0}),
+        );
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["choices"][0]["text"], g["response"], "{v}");
+        assert_eq!(v["usage"]["prompt_tokens"].as_u64(), Some(prompt.len() as u64), "{v}");
+    }
+    for (bad, says) in [
+        (json!([1, -2]), "whole numbers"),
+        (json!([1, 4_000_000_000u64]), "beyond this model's vocabulary"),
+        (json!([[1], [2]]), "a list of 2 items"),
+        (json!([]), "a list of 0 items"),
+    ] {
+        let (st, v) = post(&s, "/v1/completions", &json!({"model": e.model, "prompt": bad}));
+        assert_eq!(st, 400, "{bad}: {v}");
+        assert!(v.to_string().contains(says), "{bad}: {v}");
+    }
+    let (st, v) =
+        post(&s, "/v1/completions", &json!({"model": e.model, "prompt": [1, 2], "echo": true}));
+    assert_eq!(st, 400, "{v}");
+}
+
 /// OpenAI's `logit_bias` (and the same option on Ollama's API, as llama-server takes it)
 /// moves the sampler: -100 bans the greedy token, 100 forces another; bad ids and
 /// values are 400s naming the option.
@@ -936,7 +977,7 @@ fn a_forged_context_fails_only_its_own_request() {
         &json!({"model": e.model, "prompt": "x", "stream": false, "context": [1, 999_999]}),
     );
     assert_eq!(st, 400, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("context holds token 999999"), "{v}");
+    assert!(v["error"].as_str().unwrap().contains("token 999999 is beyond"), "{v}");
     for h in others {
         let (st, body) = h.join().unwrap();
         assert_eq!(st, 200, "{body}");

@@ -559,8 +559,9 @@ fn build(
         PromptSpec::Completion { prompt, system, raw, context, template } => {
             if let Some(bad) = context.iter().find(|&&t| t >= m.vocab_size) {
                 return Err(ApiError::bad_request(format!(
-                    "context holds token {bad}, beyond this model's vocabulary of {} tokens \
-                     (context is the `context` of an earlier response of the same model)",
+                    "token {bad} is beyond this model's vocabulary of {} tokens (a `context` \
+                     holds the tokens of an earlier response of the same model, a prompt of \
+                     token ids this model's own)",
                     m.vocab_size
                 )));
             }

@@ -744,20 +744,59 @@ async fn completions_request(state: Arc<AppState>, mut req: CompletionRequest) -
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::bad_request("suffix is not supported").into());
     }
-    let prompt = match &req.prompt {
-        Value::String(s) => s.clone(),
+    // A text, or token ids (OpenAI's and llama-server's other shape: `[1, 2, 3]`, or one
+    // such list in a list), sent to the model as they are.
+    let token_ids = |a: &[Value]| -> Option<Vec<u32>> {
+        a.iter().map(|t| t.as_u64().and_then(|t| u32::try_from(t).ok())).collect()
+    };
+    let (prompt, tokens) = match &req.prompt {
+        Value::String(s) => (s.clone(), Vec::new()),
         Value::Array(a) if a.len() == 1 && a[0].is_string() => {
-            a[0].as_str().unwrap_or("").to_string()
+            (a[0].as_str().unwrap_or("").to_string(), Vec::new())
+        }
+        Value::Array(a) if !a.is_empty() && a.iter().all(Value::is_number) => match token_ids(a) {
+            Some(t) => (String::new(), t),
+            None => {
+                return Err(ApiError::bad_request(
+                    "a prompt of token ids holds whole numbers from 0 to 4294967295",
+                )
+                .into());
+            }
+        },
+        Value::Array(a)
+            if a.len() == 1
+                && a[0]
+                    .as_array()
+                    .is_some_and(|t| !t.is_empty() && t.iter().all(Value::is_number)) =>
+        {
+            match a[0].as_array().and_then(|t| token_ids(t)) {
+                Some(t) => (String::new(), t),
+                None => {
+                    return Err(ApiError::bad_request(
+                        "a prompt of token ids holds whole numbers from 0 to 4294967295",
+                    )
+                    .into());
+                }
+            }
         }
         other => {
             return Err(ApiError::bad_request(format!(
-                "prompt must be a string (one prompt per request), got {other}"
+                "prompt must be a string or a list of token ids (one prompt per request), got \
+                 {}",
+                match other {
+                    Value::Array(a) => format!("a list of {} items", a.len()),
+                    Value::Object(_) => "an object".into(),
+                    v => v.to_string().chars().take(64).collect(),
+                }
             ))
             .into());
         }
     };
-    if prompt.is_empty() {
+    if prompt.is_empty() && tokens.is_empty() {
         return Err(ApiError::bad_request("prompt must not be empty").into());
+    }
+    if !tokens.is_empty() && req.echo == Some(true) {
+        return Err(ApiError::bad_request("echo needs a text prompt, not token ids").into());
     }
     let ext = extensions_of!(req);
     let options = options_json(
@@ -789,7 +828,7 @@ async fn completions_request(state: Arc<AppState>, mut req: CompletionRequest) -
                 prompt: prompt.clone(),
                 system: None,
                 raw: true,
-                context: vec![],
+                context: tokens,
                 template: None,
             },
         },
