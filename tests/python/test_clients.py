@@ -209,6 +209,14 @@ def test_openai_logit_bias(oc, ai):
         ai.chat.completions.create(**ask, logit_bias={"4000000000": 5})
 
 
+def test_openai_completion_of_token_ids(oc, ai):
+    # The tokens of a templated prompt (`context` less the answer's token) give the answer.
+    g = oc.generate(model="tiny", prompt="Hi", options={"num_predict": 1, "temperature": 0})
+    r = ai.completions.create(model="tiny", prompt=g.context[:-1], max_tokens=1, temperature=0)
+    assert r.choices[0].text == g.response
+    assert r.usage.prompt_tokens == len(g.context) - 1
+
+
 def test_openai_embeddings_and_models(ai):
     r = ai.embeddings.create(model="tiny", input=["a", "b"])
     assert len(r.data) == 2 and len(r.data[0].embedding) > 0
