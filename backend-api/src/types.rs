@@ -218,6 +218,10 @@ pub const EXTRA_FLASH_ATTENTION: &str = "flash_attention";
 /// RPC servers, which `corral worker` runs). Engines that declare
 /// [`Capabilities::REMOTE_DEVICES`] honour it.
 pub const EXTRA_RPC: &str = "rpc";
+/// What an engine writes in its abort message when a remote worker it computed on was
+/// lost (the engine process ends): the host tries the request that met it once more,
+/// on the model loaded again without that worker, when no output was sent yet.
+pub const RPC_WORKER_LOST: &str = "an RPC worker was lost";
 /// The engine-specific load option that overrides how a model's layers are split over
 /// its devices: one non-negative proportion per device, comma-separated, in the order
 /// the engine documents (llama.cpp: the local devices, then each worker's).

@@ -49,8 +49,9 @@ pub(crate) fn explain_abort(message: &str) -> String {
     let lost = ["Remote RPC server crashed", "Failed to connect to", "RPC handshake failed"];
     if lost.iter().any(|m| message.contains(m)) {
         format!(
-            "GGML_ABORT: an RPC worker was lost ({message}): it stopped, crashed or the \
-             network failed; this engine process ends and its requests fail"
+            "GGML_ABORT: {} ({message}): it stopped, crashed or the network failed; this \
+             engine process ends and its requests fail",
+            corral_backend_api::RPC_WORKER_LOST
         )
     } else {
         message.to_string()

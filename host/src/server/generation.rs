@@ -220,12 +220,12 @@ impl Running {
                     return self.pending.pop_front();
                 }
                 Event::Error(e) => {
-                    // Only the loss the retry is for (the llama.cpp plugin's abort line
-                    // for a lost RPC worker): a request that itself ended the engine is
+                    // Only the loss the retry is for (an engine's abort line for a lost
+                    // RPC worker, the crash report carries it): a request that itself ended the engine is
                     // not run again, and other errors are not delayed.
                     if self.first
                         && self.pending.is_empty()
-                        && e.message.contains(LOST_RPC_WORKER)
+                        && e.message.contains(corral_backend_api::RPC_WORKER_LOST)
                         && let Some(again) = self.retry.take()
                         && self.engine_is_gone().await
                     {
@@ -487,10 +487,6 @@ async fn start_once(
         retry,
     })
 }
-
-/// What the llama.cpp plugin's abort message says when an RPC worker was lost; the engine
-/// worker's crash report carries it.
-const LOST_RPC_WORKER: &str = "an RPC worker was lost";
 
 /// Whether a loaded model holds layers on RPC workers.
 fn uses_remote_devices(meta: &corral_backend_api::ModelInfo) -> bool {
