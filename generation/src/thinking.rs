@@ -38,6 +38,15 @@ impl Think {
             _ => None,
         }
     }
+
+    /// As Ollama's API carries `think`: `true`, `false` or the level's name.
+    pub fn to_ollama_json(self) -> serde_json::Value {
+        match self {
+            Think::On => serde_json::Value::Bool(true),
+            Think::Off => serde_json::Value::Bool(false),
+            Think::Level(e) => serde_json::Value::from(e.as_str()),
+        }
+    }
 }
 
 /// A reasoning effort level.

@@ -377,16 +377,15 @@ impl Server {
             v.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, v);
         }
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .default_headers(headers);
         // A server on this machine is never reached through `HTTP_PROXY`/`HTTPS_PROXY` (a
         // proxy cannot reach this machine's loopback, and Go's clients, Ollama's among them,
         // make the same exception); other addresses follow the proxy settings as usual.
-        if is_loopback_url(&url) {
-            builder = builder.no_proxy();
-        }
-        let http = builder.build()?;
+        let http = corral_registry::oci::with_env_proxies(
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .default_headers(headers),
+        )
+        .build()?;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         Ok(Server { url, source, http, rt })
     }

@@ -207,7 +207,7 @@ pub(crate) fn run(server: &Server, a: &RunArgs) -> Result<()> {
     // Ollama's request fields: `think`, `keep_alive`, `format`.
     let mut fields = Map::new();
     if let Some(t) = super::run::think_of(a)? {
-        fields.insert("think".into(), super::run::think_json(t));
+        fields.insert("think".into(), t.to_ollama_json());
     }
     if let Some(k) = super::run::keep_alive_of(a)? {
         fields.insert("keep_alive".into(), k);

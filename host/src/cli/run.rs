@@ -321,15 +321,6 @@ pub(crate) fn think_of(a: &RunArgs) -> Result<Option<Think>> {
     }
 }
 
-/// `think` as Ollama's API carries it: `true`, `false` or the level's name.
-pub(crate) fn think_json(t: Think) -> serde_json::Value {
-    match t {
-        Think::On => serde_json::Value::Bool(true),
-        Think::Off => serde_json::Value::Bool(false),
-        Think::Level(e) => serde_json::Value::from(e.as_str()),
-    }
-}
-
 /// `--keepalive` checked as the server reads `keep_alive` (a Go duration or seconds); the
 /// value to send: a bare number of seconds (`300`, `-1`) as a JSON number, a duration
 /// (`5m`) as a string. Ollama reads a string with Go's `time.ParseDuration`, which refuses

@@ -1192,12 +1192,7 @@ impl Ask {
             b["format"] = f.clone();
         }
         if let Some(t) = self.think {
-            use corral_generation::thinking::Think;
-            b["think"] = match t {
-                Think::Off => json!(false),
-                Think::On => json!(true),
-                Think::Level(e) => json!(e.as_str()),
-            };
+            b["think"] = t.to_ollama_json();
         }
         if let Some(k) = &self.keep_alive {
             b["keep_alive"] = k.clone();

@@ -375,12 +375,7 @@ impl Client {
             model: String::new(),
             message: format!("building the HTTP client: {}", describe(&e)),
         };
-        let proxies = env_proxies(&|name| std::env::var(name).ok());
-        let builder = || {
-            // The environment's proxies, the same reqwest would take, except for a registry
-            // on this machine ([`is_loopback_host`]), which no proxy can reach.
-            proxies.iter().cloned().fold(builder().no_proxy(), reqwest::ClientBuilder::proxy)
-        };
+        let builder = || with_env_proxies(builder());
         let http = builder().read_timeout(opts.read_timeout).build().map_err(fail)?;
         let upload_http = builder().build().map_err(fail)?;
         Ok(Client { http, upload_http, opts, creds, auth: Mutex::new(HashMap::new()) })
@@ -711,6 +706,15 @@ pub const LOOPBACK_NO_PROXY: &str = "localhost,localhost.,127.0.0.0/8,::1";
 /// CGI program, where `REQUEST_METHOD` is set), with the hosts of [`LOOPBACK_NO_PROXY`]
 /// added to the exclusions. `var` reads a variable. A value reqwest cannot use as a proxy
 /// is ignored, as reqwest ignores it.
+/// `builder` with the environment's proxies, the same reqwest would take, except for this
+/// machine ([`is_loopback_host`]), which no proxy can reach: the one proxy rule of every
+/// HTTP client corral builds (the registry's, the CLI's talking to a server).
+pub fn with_env_proxies(builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+    env_proxies(&|name| std::env::var(name).ok())
+        .into_iter()
+        .fold(builder.no_proxy(), reqwest::ClientBuilder::proxy)
+}
+
 fn env_proxies(var: &dyn Fn(&str) -> Option<String>) -> Vec<reqwest::Proxy> {
     if var("REQUEST_METHOD").is_some() {
         return Vec::new();
