@@ -554,6 +554,95 @@ fn gemm_x8_portable<const T: usize, const FIVE: bool>(
     out
 }
 
+/// Bytes of one block of [`Q4_0_GROUP`] Q8_0 rows in the interleaved layout of
+/// [`repack_q8_0_x8`]: the 8 rows' f16 scales, then their 256 signed bytes (272, the same
+/// as the 8 blocks it replaces).
+pub const Q8_0_X8_BYTES: usize = 16 + 256;
+
+/// Interleaves blocks of 8 Q8_0 rows for [`gemm_q8_0_x8`], the layout the engine keeps
+/// Q8_0 matmul weights in after load. Per block of 32 values ([`Q8_0_X8_BYTES`]): the
+/// rows' `d` as f16, then 8 chunks of 32 bytes, chunk `q` holding values `4q..4q + 4` of
+/// each row side by side (byte `32q + 4r + i`: value `4q + i` of row `r`), so that one
+/// load gives 4 values of every row that one broadcast activation chunk multiplies, and
+/// the float step (`acc += isum · d_w · d_a`) is one vector operation for 8 rows.
+pub fn repack_q8_0_x8(rows: [&[u8]; Q4_0_GROUP], nb: usize, out: &mut [u8]) {
+    assert!(out.len() >= nb * Q8_0_X8_BYTES, "repack output too short");
+    for row in rows {
+        assert!(row.len() >= nb * Q8_0_BYTES, "row shorter than its blocks");
+    }
+    for b in 0..nb {
+        let (d, qs) = out[b * Q8_0_X8_BYTES..(b + 1) * Q8_0_X8_BYTES].split_at_mut(16);
+        for (r, row) in rows.iter().enumerate() {
+            let blk = &row[b * Q8_0_BYTES..(b + 1) * Q8_0_BYTES];
+            d[2 * r..2 * r + 2].copy_from_slice(&blk[0..2]);
+            for q in 0..QK / 4 {
+                qs[32 * q + 4 * r..32 * q + 4 * r + 4].copy_from_slice(&blk[2 + 4 * q..6 + 4 * q]);
+            }
+        }
+    }
+}
+
+/// `T` Q8_0 activation rows times 8 Q8_0 rows in the layout of [`repack_q8_0_x8`]:
+/// `out[t][r]`, at level `isa`. The integer sums are the row kernel's (exact); the float
+/// additions run block by block per row.
+#[inline]
+pub fn gemm_q8_0_x8<const T: usize>(
+    isa: Isa,
+    packed: &[u8],
+    a: [ActRow<'_>; T],
+) -> [[f32; Q4_0_GROUP]; T] {
+    let nb = q8_blocks(packed, &a, Q8_0_X8_BYTES);
+    dispatch!(isa, gemm_q8_0_x8::<T>(packed, a, nb), gemm_q8_0_x8_portable::<T>(packed, a, nb))
+}
+
+/// [`gemm_q8_0_x8`] over consecutive groups of 8 rows (`packed` holds `out.len()` groups
+/// of `a`'s block count each), one dispatch for all of them: `out[g][t][r]`.
+pub fn gemm_q8_0_x8_groups<const T: usize>(
+    isa: Isa,
+    packed: &[u8],
+    a: [ActRow<'_>; T],
+    out: &mut [[[f32; Q4_0_GROUP]; T]],
+) {
+    let nb = a[0].d.len();
+    let group = nb * Q8_0_X8_BYTES;
+    assert!(packed.len() >= out.len() * group, "packed groups shorter than the output");
+    if out.is_empty() {
+        return;
+    }
+    q8_blocks(&packed[..group], &a, Q8_0_X8_BYTES);
+    dispatch!(isa, gemm_q8_0_x8_groups::<T>(packed, a, nb, out), {
+        for (g, o) in out.iter_mut().enumerate() {
+            *o = gemm_q8_0_x8_portable::<T>(&packed[g * group..(g + 1) * group], a, nb);
+        }
+    });
+}
+
+fn gemm_q8_0_x8_portable<const T: usize>(
+    packed: &[u8],
+    a: [ActRow<'_>; T],
+    nb: usize,
+) -> [[f32; Q4_0_GROUP]; T] {
+    let mut out = [[0f32; Q4_0_GROUP]; T];
+    for b in 0..nb {
+        let g = &packed[b * Q8_0_X8_BYTES..(b + 1) * Q8_0_X8_BYTES];
+        for r in 0..Q4_0_GROUP {
+            let dw = f16_at(g, 2 * r);
+            for (o, y) in out.iter_mut().zip(&a) {
+                let q8 = &y.qs[b * QK..(b + 1) * QK];
+                let mut sum = 0i32;
+                for q in 0..QK / 4 {
+                    for i in 0..4 {
+                        let w = g[16 + 32 * q + 4 * r + i] as i8;
+                        sum += i32::from(w) * i32::from(q8[4 * q + i]);
+                    }
+                }
+                o[r] += sum as f32 * (dw * y.d[b]);
+            }
+        }
+    }
+    out
+}
+
 /// Dot product of an F16 weight row (raw little-endian bytes) with an F32 row.
 #[inline]
 pub fn dot_f16(w: &[u8], x: &[f32]) -> f32 {
@@ -1034,21 +1123,37 @@ mod tests {
     /// The interleaved Q4_0 and Q5_0 kernels over 8 rows equal the row kernels on each
     /// row (to float summation order), for 1 and 4 tokens at every level.
     #[test]
-    fn interleaved_q4_0_and_q5_0_equal_row_dots() {
+    fn interleaved_q4_0_q5_0_and_q8_0_equal_row_dots() {
         use corral_gguf::types::GgmlType;
-        for five in [false, true] {
-            let (ty, bytes) = if five {
-                (GgmlType::Q5_0, crate::kquants::Q5_0_BYTES)
-            } else {
-                (GgmlType::Q4_0, Q4_0_BYTES)
+        #[derive(Debug, Clone, Copy, PartialEq)]
+        enum Kind {
+            Q4_0,
+            Q5_0,
+            Q8_0,
+            /// Q8_0 rows of random bytes: -128 included, which no quantizer writes.
+            Q8_0Raw,
+        }
+        for kind in [Kind::Q4_0, Kind::Q5_0, Kind::Q8_0, Kind::Q8_0Raw] {
+            let (ty, bytes, packed_bytes) = match kind {
+                Kind::Q5_0 => (GgmlType::Q5_0, crate::kquants::Q5_0_BYTES, Q5_0_X8_BYTES),
+                Kind::Q4_0 => (GgmlType::Q4_0, Q4_0_BYTES, Q4_0_X8_BYTES),
+                Kind::Q8_0 | Kind::Q8_0Raw => (GgmlType::Q8_0, Q8_0_BYTES, Q8_0_X8_BYTES),
             };
             let mut seed = 9;
             let k = 5 * QK;
             let rows: Vec<Vec<u8>> = (0..Q4_0_GROUP)
-                .map(|_| {
+                .map(|r| {
                     let w: Vec<f32> = (0..k).map(|_| lcg(&mut seed)).collect();
                     let mut q = vec![0u8; k / QK * bytes];
                     corral_gguf::quant::quantize(ty, &w, &mut q).expect("quantize");
+                    if kind == Kind::Q8_0Raw {
+                        for (i, b) in q.iter_mut().enumerate() {
+                            if i % Q8_0_BYTES >= 2 {
+                                *b = (lcg(&mut seed) * 128.0) as i8 as u8;
+                            }
+                        }
+                        q[2 + r] = 0x80;
+                    }
                     q
                 })
                 .collect();
@@ -1067,39 +1172,50 @@ mod tests {
                 );
             }
             let row_refs = std::array::from_fn(|r| rows[r].as_slice());
-            let mut packed = vec![0u8; nb * if five { Q5_0_X8_BYTES } else { Q4_0_X8_BYTES }];
-            if five {
-                repack_q5_0_x8(row_refs, nb, &mut packed);
-            } else {
-                repack_q4_0_x8(row_refs, nb, &mut packed);
+            let mut packed = vec![0u8; nb * packed_bytes];
+            match kind {
+                Kind::Q5_0 => repack_q5_0_x8(row_refs, nb, &mut packed),
+                Kind::Q4_0 => repack_q4_0_x8(row_refs, nb, &mut packed),
+                Kind::Q8_0 | Kind::Q8_0Raw => repack_q8_0_x8(row_refs, nb, &mut packed),
             }
             let a: [ActRow<'_>; 4] = std::array::from_fn(|t| acts.row(t));
             for isa in Isa::available() {
-                let (four, one) = if five {
-                    (gemm_q5_0_x8::<4>(isa, &packed, a), gemm_q5_0_x8::<1>(isa, &packed, [a[2]]))
-                } else {
-                    (gemm_q4_0_x8::<4>(isa, &packed, a), gemm_q4_0_x8::<1>(isa, &packed, [a[2]]))
+                let (four, one) = match kind {
+                    Kind::Q5_0 => (
+                        gemm_q5_0_x8::<4>(isa, &packed, a),
+                        gemm_q5_0_x8::<1>(isa, &packed, [a[2]]),
+                    ),
+                    Kind::Q4_0 => (
+                        gemm_q4_0_x8::<4>(isa, &packed, a),
+                        gemm_q4_0_x8::<1>(isa, &packed, [a[2]]),
+                    ),
+                    Kind::Q8_0 | Kind::Q8_0Raw => (
+                        gemm_q8_0_x8::<4>(isa, &packed, a),
+                        gemm_q8_0_x8::<1>(isa, &packed, [a[2]]),
+                    ),
                 };
                 let mut groups = [[[0f32; Q4_0_GROUP]; 4]; 2];
                 let twice = [packed.clone(), packed.clone()].concat();
-                if five {
-                    gemm_q5_0_x8_groups::<4>(isa, &twice, a, &mut groups);
-                } else {
-                    gemm_q4_0_x8_groups::<4>(isa, &twice, a, &mut groups);
+                match kind {
+                    Kind::Q5_0 => gemm_q5_0_x8_groups::<4>(isa, &twice, a, &mut groups),
+                    Kind::Q4_0 => gemm_q4_0_x8_groups::<4>(isa, &twice, a, &mut groups),
+                    Kind::Q8_0 | Kind::Q8_0Raw => {
+                        gemm_q8_0_x8_groups::<4>(isa, &twice, a, &mut groups);
+                    }
                 }
-                assert_eq!(groups[0], four, "{isa:?}: groups differ from one call");
-                assert_eq!(groups[1], four, "{isa:?}: groups differ from one call");
+                assert_eq!(groups[0], four, "{kind:?} {isa:?}: groups differ from one call");
+                assert_eq!(groups[1], four, "{kind:?} {isa:?}: groups differ from one call");
                 for (r, row) in rows.iter().enumerate() {
-                    let want = if five {
-                        crate::kquants::dot_q5_0::<4>(Isa::Portable, row, a)
-                    } else {
-                        dot_q4_0::<4>(Isa::Portable, row, a)
+                    let want = match kind {
+                        Kind::Q5_0 => crate::kquants::dot_q5_0::<4>(Isa::Portable, row, a),
+                        Kind::Q4_0 => dot_q4_0::<4>(Isa::Portable, row, a),
+                        Kind::Q8_0 | Kind::Q8_0Raw => dot_q8_0::<4>(Isa::Portable, row, a),
                     };
                     for t in 0..4 {
                         let tol = 1e-5 * want[t].abs().max(1.0);
                         assert!(
                             (four[t][r] - want[t]).abs() <= tol,
-                            "five {five} {isa:?} row {r} token {t}: {} vs {}",
+                            "{kind:?} {isa:?} row {r} token {t}: {} vs {}",
                             four[t][r],
                             want[t]
                         );
@@ -1335,6 +1451,45 @@ mod tests {
                 );
             }
             assert_eq!(got, want, "round {round}");
+        }
+    }
+
+    /// The f16-arithmetic accumulator step (AVX512-FP16 instructions, straight from f16
+    /// values) equals the scalar step bit for bit, the rescale, 32- and 8-wide chunks and
+    /// a scalar tail included.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn f16_arithmetic_accumulate_equals_the_scalar_step() {
+        if Isa::detected() < Isa::Avx512Vnni || !crate::simd::avx512::has_f16_arithmetic() {
+            eprintln!("SKIP: no AVX512-FP16 on this CPU");
+            return;
+        }
+        let mut seed = 29;
+        for (round, n) in (0..3000).zip([40usize, 64, 44, 8, 256, 3].into_iter().cycle()) {
+            let acc: Vec<f16> = (0..n).map(|_| f16::from_f32(lcg(&mut seed) * 50.0)).collect();
+            let v: Vec<f16> = (0..n).map(|_| f16::from_f32(lcg(&mut seed) * 8.0)).collect();
+            let ms = match round % 3 {
+                0 => 1.0,
+                1 => lcg(&mut seed).abs(),
+                _ => lcg(&mut seed).abs() * 1e-6,
+            };
+            let w = if round % 7 == 0 { lcg(&mut seed).abs() * 1e-6 } else { lcg(&mut seed).abs() };
+            let want: Vec<f16> = acc
+                .iter()
+                .zip(&v)
+                .map(|(&a, &x)| fa_step(a, x.to_f32(), (ms, w), FaRounding::F16Native))
+                .collect();
+            let mut got = acc.clone();
+            // SAFETY: AVX-512 and AVX512-FP16 checked above; both rows hold n values.
+            unsafe {
+                crate::simd::avx512::fa_accumulate_f16_values(
+                    got.as_mut_ptr().cast(),
+                    v.as_ptr().cast(),
+                    n,
+                    (ms, w),
+                );
+            }
+            assert_eq!(got, want, "round {round}, n {n}");
         }
     }
 

@@ -18,6 +18,8 @@
 
 /// The kernels, instantiated once per feature set. `dot_u8_i8` (unsigned bytes times
 /// signed bytes, summed in fours into i32 lanes), `dot2_u8_i8` (the same of two pairs),
+/// `dot_i8_i8` with `I8_BIAS` (signed bytes times signed bytes, the sums biased by
+/// `I8_BIAS` times the second operand's sum),
 /// `dot_f32_x8` (a dot product of two f32 rows of a multiple of 8), `fa_accumulate` and
 /// `fa_accumulate_f16` (one step of an f16 attention accumulator), `dot_ggml_f16` (a dot
 /// product in ggml's order), `q4k_sub_add`/`q4k_sub_scaled` (a Q4_K sub-block of 8
@@ -1013,6 +1015,67 @@ macro_rules! x86_kernels {
             out
         }
 
+        /// 8 Q8_0 rows interleaved by `kernels::repack_q8_0_x8` times `T` Q8_0 activation
+        /// rows: per block, 8 loads give the 8 rows' 32 values, each times the broadcast
+        /// activation chunk into the rows' i32 lanes ([`dot_i8_i8`], starting from
+        /// `-I8_BIAS·Σa`), then one conversion and one multiply-add by `d_w·d_a` per block
+        /// and token for all 8 rows.
+        #[target_feature(enable = $features)]
+        #[inline]
+        pub(crate) unsafe fn gemm_q8_0_x8<const T: usize>(
+            packed: &[u8],
+            a: [ActRow<'_>; T],
+            nb: usize,
+        ) -> [[f32; 8]; T] {
+            const BYTES: usize = crate::kernels::Q8_0_X8_BYTES;
+            let pf = crate::kernels::prefetching(T);
+            let pp = packed.as_ptr();
+            let bcast = |y: *const i8| _mm256_set1_epi32(y.cast::<i32>().read_unaligned());
+            let mut acc = [_mm256_setzero_ps(); T];
+            for b in 0..nb {
+                let g = pp.add(b * BYTES);
+                if pf {
+                    prefetch_ahead(g, BYTES);
+                }
+                let ys: [*const i8; T] = std::array::from_fn(|t| a[t].qs.as_ptr().add(b * QK));
+                // `c` is `-8·Σa`: the bias times `Σa`, negated.
+                let mut isum: [__m256i; T] = std::array::from_fn(|t| {
+                    _mm256_set1_epi32(*a[t].c.get_unchecked(b) * (I8_BIAS / 8))
+                });
+                for q in 0..QK / 4 {
+                    let w = _mm256_loadu_si256(g.add(16 + 32 * q).cast());
+                    for t in 0..T {
+                        isum[t] = dot_i8_i8(isum[t], w, bcast(ys[t].add(4 * q)));
+                    }
+                }
+                let dv = _mm256_cvtph_ps(_mm_loadu_si128(g.cast()));
+                for t in 0..T {
+                    let sc = _mm256_mul_ps(dv, _mm256_set1_ps(*a[t].d.get_unchecked(b)));
+                    acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), sc, acc[t]);
+                }
+            }
+            let mut out = [[0f32; 8]; T];
+            for t in 0..T {
+                _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+            }
+            out
+        }
+
+        /// [`gemm_q8_0_x8`] over `out.len()` consecutive groups.
+        #[target_feature(enable = $features)]
+        #[inline]
+        pub(crate) unsafe fn gemm_q8_0_x8_groups<const T: usize>(
+            packed: &[u8],
+            a: [ActRow<'_>; T],
+            nb: usize,
+            out: &mut [[[f32; 8]; T]],
+        ) {
+            let group = nb * crate::kernels::Q8_0_X8_BYTES;
+            for (g, o) in out.iter_mut().enumerate() {
+                *o = gemm_q8_0_x8::<T>(packed.get_unchecked(g * group..(g + 1) * group), a, nb);
+            }
+        }
+
         /// [`gemm_x8`] over `out.len()` consecutive groups.
         #[target_feature(enable = $features)]
         #[inline]
@@ -1196,11 +1259,18 @@ macro_rules! x86_kernels {
                         *s = (*s).mul_add(ms, w);
                     }
                 }
+                // In f16 arithmetic on a CPU that has it, straight from the f16 values.
+                let native = f16_native && has_f16_arithmetic();
                 for (j, &cell) in block.iter().enumerate() {
-                    widen(v, 2 * (cell as usize * kv_dim + offset));
+                    let at = 2 * (cell as usize * kv_dim + offset);
+                    if !native {
+                        widen(v, at);
+                    }
                     for h in 0..g {
                         let (ms, w) = (*step(h, j), *step(h, j).add(1));
-                        if f16_native {
+                        if native {
+                            fa_accumulate_f16_values(acc.add(2 * h * hd), v.add(at), hd, (ms, w));
+                        } else if f16_native {
                             fa_accumulate_f16(acc.add(2 * h * hd), bp, hd, (ms, w));
                         } else {
                             fa_accumulate(acc.add(2 * h * hd), bp, hd, (ms, w));
@@ -1315,6 +1385,18 @@ pub(crate) mod avx2 {
         _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)))
     }
 
+    /// Bias of [`dot_i8_i8`]'s sums: none here (the sign trick keeps the bytes signed).
+    const I8_BIAS: i32 = 0;
+
+    /// `acc` plus signed bytes `w` times signed bytes `s`, summed in fours into i32 lanes:
+    /// `|w|` times `s` with `w`'s sign (ggml's trick; `|w|·|s| ≤ 128·127`, so
+    /// `vpmaddubsw`'s pair sums never saturate).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn dot_i8_i8(acc: __m256i, w: __m256i, s: __m256i) -> __m256i {
+        dot_u8_i8(acc, _mm256_sign_epi8(w, w), _mm256_sign_epi8(s, w))
+    }
+
     /// [`dot_u8_i8`] of two pairs, the two products summed in i16 first (values ≤ 15, so
     /// `2·2·15·127` fits) and widened once.
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -1398,6 +1480,25 @@ pub(crate) mod avx2 {
     #[inline]
     unsafe fn fa_accumulate_f16(acc: *mut u8, v: *const f32, n: usize, ms_w: (f32, f32)) {
         super::f16_accumulate_tail(acc, v, 0, n, ms_w);
+    }
+
+    /// No f16 arithmetic at this level.
+    #[inline(always)]
+    fn has_f16_arithmetic() -> bool {
+        false
+    }
+
+    /// [`fa_accumulate_f16`] of `n` (at most 256) values given as f16 (unused at this
+    /// level, where [`has_f16_arithmetic`] is false; kept correct all the same).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn fa_accumulate_f16_values(acc: *mut u8, v: *const u8, n: usize, ms_w: (f32, f32)) {
+        let mut wide = [0f32; 256];
+        let n = n.min(256);
+        for (i, x) in wide[..n].iter_mut().enumerate() {
+            *x = half::f16::from_bits(v.add(2 * i).cast::<u16>().read_unaligned()).to_f32();
+        }
+        super::f16_accumulate_tail(acc, wide.as_ptr(), 0, n, ms_w);
     }
 
     /// `k · q` for `n` f32 at each pointer in `ggml_vec_dot_f16`'s order on AVX2: four
@@ -1580,6 +1681,18 @@ pub(crate) mod avx512 {
         _mm256_dpbusd_epi32(acc, u, s)
     }
 
+    /// Bias of [`dot_i8_i8`]'s sums: each weight byte counts 128 too much, which the
+    /// caller subtracts as `128·Σs`.
+    const I8_BIAS: i32 = 128;
+
+    /// `acc` plus signed bytes `w` (each read 128 higher: `w ^ 0x80` as unsigned) times
+    /// signed bytes `s`, summed in fours into i32 lanes (`vpdpbusd`, no saturation).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn dot_i8_i8(acc: __m256i, w: __m256i, s: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(acc, _mm256_xor_si256(w, _mm256_set1_epi8(-128)), s)
+    }
+
     /// [`dot_u8_i8`] of two pairs.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     #[inline]
@@ -1696,6 +1809,69 @@ pub(crate) mod avx512 {
             i += 16;
         }
         super::f16_accumulate_tail(acc, v, i, n, (ms, w));
+    }
+
+    /// Whether the CPU has AVX512-FP16's f16 arithmetic (Sapphire Rapids and later).
+    pub(crate) fn has_f16_arithmetic() -> bool {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| is_x86_feature_detected!("avx512fp16"))
+    }
+
+    /// [`fa_accumulate_f16`] with the `n` values given as f16, in f16 arithmetic as
+    /// llama.cpp built for such a CPU runs it (`vmulph` by the rounded `ms` unless it is
+    /// 1, then `vfmadd231ph` by the rounded `w`: each result rounded once from the exact
+    /// value, bit for bit what [`fa_accumulate_f16`] computes in f32 steps, at a tenth of
+    /// its instructions). The instructions are written as `asm!` because Rust's
+    /// AVX512-FP16 intrinsics are not stable; callers check [`has_f16_arithmetic`].
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    pub(crate) unsafe fn fa_accumulate_f16_values(
+        acc: *mut u8,
+        v: *const u8,
+        n: usize,
+        (ms, w): (f32, f32),
+    ) {
+        use std::arch::asm;
+        let bits = |x: f32| half::f16::from_f32(x).to_bits() as i16;
+        let (wv, msv) = (_mm512_set1_epi16(bits(w)), _mm512_set1_epi16(bits(ms)));
+        let scale = ms != 1.0;
+        let mut i = 0;
+        while i + 32 <= n {
+            let mut a = _mm512_loadu_si512(acc.add(2 * i).cast());
+            let x = _mm512_loadu_si512(v.add(2 * i).cast());
+            // SAFETY (both): register-only AVX512-FP16 arithmetic, which the caller
+            // checked the CPU has.
+            if scale {
+                asm!("vmulph {a}, {a}, {m}", a = inout(zmm_reg) a, m = in(zmm_reg) msv,
+                     options(pure, nomem, nostack));
+            }
+            asm!("vfmadd231ph {a}, {x}, {w}", a = inout(zmm_reg) a, x = in(zmm_reg) x,
+                 w = in(zmm_reg) wv, options(pure, nomem, nostack));
+            _mm512_storeu_si512(acc.add(2 * i).cast(), a);
+            i += 32;
+        }
+        let (wv, msv) = (_mm512_castsi512_si128(wv), _mm512_castsi512_si128(msv));
+        while i + 8 <= n {
+            let mut a = _mm_loadu_si128(acc.add(2 * i).cast());
+            let x = _mm_loadu_si128(v.add(2 * i).cast());
+            // SAFETY: as above.
+            if scale {
+                asm!("vmulph {a}, {a}, {m}", a = inout(xmm_reg) a, m = in(xmm_reg) msv,
+                     options(pure, nomem, nostack));
+            }
+            asm!("vfmadd231ph {a}, {x}, {w}", a = inout(xmm_reg) a, x = in(xmm_reg) x,
+                 w = in(xmm_reg) wv, options(pure, nomem, nostack));
+            _mm_storeu_si128(acc.add(2 * i).cast(), a);
+            i += 8;
+        }
+        while i < n {
+            let x = half::f16::from_bits(v.add(2 * i).cast::<u16>().read_unaligned()).to_f32();
+            let at = acc.add(2 * i).cast::<u16>();
+            let old = half::f16::from_bits(at.read_unaligned());
+            let r = crate::kernels::fa_step(old, x, (ms, w), crate::kernels::FaRounding::F16Native);
+            at.write_unaligned(r.to_bits());
+            i += 1;
+        }
     }
 
     /// `k · q` for `n` f32 at each pointer in `ggml_vec_dot_f16`'s order on AVX-512: four

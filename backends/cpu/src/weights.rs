@@ -188,12 +188,12 @@ impl Weight {
         &map[at..at + self.row_bytes]
     }
 
-    /// Whether [`Weight::copy_to_memory`] interleaves the rows: Q4_K, Q4_0 and Q5_0,
-    /// whole groups of 8 (not Q5_0 in the agreement mode, whose Q5_0 products need ggml's
-    /// per-output lanes from rows in file order).
+    /// Whether [`Weight::copy_to_memory`] interleaves the rows: Q4_K, Q4_0, Q5_0 and
+    /// Q8_0, whole groups of 8 (not Q5_0 and Q8_0 in the agreement mode, whose products
+    /// need ggml's per-output lanes from rows in file order).
     pub fn interleavable(&self) -> bool {
-        matches!(self.ty, WType::Q4_K | WType::Q4_0 | WType::Q5_0)
-            && !(ggml_order::match_llama_cpp() && self.ty == WType::Q5_0)
+        matches!(self.ty, WType::Q4_K | WType::Q4_0 | WType::Q5_0 | WType::Q8_0)
+            && !(ggml_order::match_llama_cpp() && matches!(self.ty, WType::Q5_0 | WType::Q8_0))
             && self.rows.is_multiple_of(GROUP)
             && self.rows > 0
     }
@@ -203,6 +203,7 @@ impl Weight {
         match self.ty {
             WType::Q4_K => self.cols / QK_K * kq::Q4K_X8_BYTES,
             WType::Q5_0 => self.cols / QK * kernels::Q5_0_X8_BYTES,
+            WType::Q8_0 => self.cols / QK * kernels::Q8_0_X8_BYTES,
             _ => self.cols / QK * kernels::Q4_0_X8_BYTES,
         }
     }
@@ -212,13 +213,14 @@ impl Weight {
         match self.ty {
             WType::Q4_K => kq::repack_q4_k_x8(rows, self.cols / QK_K, out),
             WType::Q5_0 => kernels::repack_q5_0_x8(rows, self.cols / QK, out),
+            WType::Q8_0 => kernels::repack_q8_0_x8(rows, self.cols / QK, out),
             _ => kernels::repack_q4_0_x8(rows, self.cols / QK, out),
         }
     }
 
     /// The bytes the copy of this weight takes: the file's rows, or for interleaved Q4_K
-    /// 32 bytes more per super-block of 8 rows (interleaved Q4_0 and Q5_0 take what the
-    /// file does).
+    /// 32 bytes more per super-block of 8 rows (interleaved Q4_0, Q5_0 and Q8_0 take what
+    /// the file does).
     pub fn copy_bytes(&self) -> usize {
         if self.interleavable() {
             self.rows / GROUP * self.group_bytes()
@@ -229,9 +231,10 @@ impl Weight {
 
     /// Copies the weight's rows into memory of the engine's own ([`PackedBytes`]: huge
     /// pages where the system allows them), in parallel on the current rayon pool; Q4_K,
-    /// Q4_0 and Q5_0 rows go into the interleaved layouts the kernels read
+    /// Q4_0, Q5_0 and Q8_0 rows go into the interleaved layouts the kernels read
     /// ([`kq::repack_q4_k_x8`]: 2.8% larger, no 6-bit scale decoding per token;
-    /// [`kernels::repack_q4_0_x8`], [`kernels::repack_q5_0_x8`]: the same size), other
+    /// [`kernels::repack_q4_0_x8`], [`kernels::repack_q5_0_x8`],
+    /// [`kernels::repack_q8_0_x8`]: the same size), other
     /// types as they are in the file. Returns whether it copied (not when a copy exists or
     /// no memory could be mapped); the caller may then release the file's pages.
     pub fn copy_to_memory(&mut self, map: &[u8]) -> bool {
@@ -350,7 +353,8 @@ unsafe impl Send for OutPtr {}
 // SAFETY: as above.
 unsafe impl Sync for OutPtr {}
 
-/// Rows per interleaved group: the same for every interleaved type (Q4_K, Q4_0, Q5_0).
+/// Rows per interleaved group: the same for every interleaved type (Q4_K, Q4_0, Q5_0,
+/// Q8_0).
 const GROUP: usize = kq::Q4K_GROUP;
 const _: () = assert!(kernels::Q4_0_GROUP == GROUP, "one group size for every layout");
 
@@ -435,10 +439,14 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
                 };
                 matmul_interleaved(packed, (r0, r1), n, |t| a.qk.row(t), isa, fns, &put);
             } else {
-                let fns: GroupsFns<_> = if w.ty == WType::Q5_0 {
-                    (kernels::gemm_q5_0_x8_groups::<4>, kernels::gemm_q5_0_x8_groups::<1>)
-                } else {
-                    (kernels::gemm_q4_0_x8_groups::<4>, kernels::gemm_q4_0_x8_groups::<1>)
+                let fns: GroupsFns<_> = match w.ty {
+                    WType::Q5_0 => {
+                        (kernels::gemm_q5_0_x8_groups::<4>, kernels::gemm_q5_0_x8_groups::<1>)
+                    }
+                    WType::Q8_0 => {
+                        (kernels::gemm_q8_0_x8_groups::<4>, kernels::gemm_q8_0_x8_groups::<1>)
+                    }
+                    _ => (kernels::gemm_q4_0_x8_groups::<4>, kernels::gemm_q4_0_x8_groups::<1>),
                 };
                 matmul_interleaved(packed, (r0, r1), n, |t| a.q.row(t), isa, fns, &put);
             }
@@ -452,11 +460,15 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
         }
         match w.ty.acts() {
             ActKind::Q8 => {
-                // Batches of Q4_0 and Q5_0 read in the file: groups of 8 rows interleaved
-                // once per chunk as a weight copy is at load; the rows left over go
-                // through the row kernels.
-                let five = w.ty == WType::Q5_0;
-                let grouped = matches!(w.ty, WType::Q4_0 | WType::Q5_0);
+                // Batches of Q4_0 and Q5_0 (Q8_0: of more than 8 tokens; below that the
+                // repacking cost more than it saved, `kernel-bench q8_0 262144 640 N 2 10
+                // file`) read in the file: groups of 8 rows interleaved once per chunk as
+                // a weight copy is at load; the rows left over go through the row kernels.
+                let grouped = match w.ty {
+                    WType::Q4_0 | WType::Q5_0 => true,
+                    WType::Q8_0 => n > 8,
+                    _ => false,
+                };
                 let r0 = if grouped && n >= 4 && isa != kernels::Isa::Portable {
                     groups(
                         map,
@@ -464,12 +476,10 @@ pub fn matmul_multi(map: &[u8], jobs: &mut [(&Weight, &mut [f32])], a: &Prepared
                         (r0, r1),
                         n,
                         |t| a.q.row(t),
-                        |p, rows| {
-                            if five {
-                                kernels::gemm_q5_0_x8::<4>(isa, p, rows)
-                            } else {
-                                kernels::gemm_q4_0_x8::<4>(isa, p, rows)
-                            }
+                        |p, rows| match w.ty {
+                            WType::Q5_0 => kernels::gemm_q5_0_x8::<4>(isa, p, rows),
+                            WType::Q8_0 => kernels::gemm_q8_0_x8::<4>(isa, p, rows),
+                            _ => kernels::gemm_q4_0_x8::<4>(isa, p, rows),
                         },
                         &put,
                     )
@@ -770,11 +780,11 @@ mod tests {
     /// 4 and single tokens, equals the dequantized weights times the prepared activations.
     #[test]
     fn matmul_every_type_matches_dequantized_reference() {
-        let interleaves = |ty| matches!(ty, WType::Q4_K | WType::Q4_0 | WType::Q5_0);
+        let interleaves = |ty| matches!(ty, WType::Q4_K | WType::Q4_0 | WType::Q5_0 | WType::Q8_0);
         let mut seed = 21;
         let (k, n) = (512, 2 * TILE + 4 + 3);
         // Every type read in the file (13 rows: the row kernels' leftovers too), then
-        // copied to memory (Q4_K, Q4_0 and Q5_0 interleaved: whole groups of 8 rows).
+        // copied to memory (Q4_K, Q4_0, Q5_0 and Q8_0 interleaved: whole groups of 8 rows).
         let types = [
             WType::F32,
             WType::F16,
