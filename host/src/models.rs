@@ -207,26 +207,9 @@ pub fn open_store(
     Store::open(root, StoreOptions { read_only }).map_err(ModelsError::Store)
 }
 
-/// Whether a model argument is meant as a file path rather than a model name: it starts
-/// with `/`, `./`, `../`, `~` or a drive (`C:\`, `C:/`), holds a `\`, or ends with
-/// `.gguf`, `.onnx` or `.bin` (any case). The one rule for the CLI and the resolution: a
-/// path is never pulled (`run`), is a file for `create`'s `FROM`, and an argument that is
-/// neither an existing file nor a valid name is reported as a missing file. The Modelfile
-/// parser (`corral_registry::modelfile`, below this crate) has its own copy for a local
-/// `create`: the same starts and `.gguf`; this one adds `.onnx`, `.bin` and backslashes,
-/// and takes a drive only with its separator (there `m:7b` is a drive).
-pub fn looks_like_path(arg: &str) -> bool {
-    let b = arg.as_bytes();
-    let drive =
-        b.len() > 2 && b[0].is_ascii_alphabetic() && b[1] == b':' && matches!(b[2], b'\\' | b'/');
-    arg.starts_with('/')
-        || arg.starts_with("./")
-        || arg.starts_with("../")
-        || arg.starts_with('~')
-        || arg.contains('\\')
-        || drive
-        || [".gguf", ".onnx", ".bin"].iter().any(|e| arg.to_ascii_lowercase().ends_with(e))
-}
+/// Whether a model argument is meant as a file path rather than a model name; one rule
+/// with the Modelfile parser's `FROM` (see there).
+pub use corral_registry::modelfile::looks_like_path;
 
 /// Translates a stored TEMPLATE for the Jinja renderer; a template that cannot be used is
 /// reported and dropped (the model's own template applies).

@@ -370,14 +370,24 @@ pub struct CreateOptions {
     pub link: bool,
 }
 
-fn looks_like_path(v: &str) -> bool {
-    v.starts_with('/')
-        || v.starts_with("./")
-        || v.starts_with("../")
-        || v.starts_with('~')
-        || v.starts_with(".\\")
-        || v.to_ascii_lowercase().ends_with(".gguf")
-        || (v.len() > 2 && v.as_bytes()[1] == b':' && v.as_bytes()[0].is_ascii_alphabetic())
+/// Whether a model argument (the CLI's, or a Modelfile's `FROM`) is meant as a file path
+/// rather than a model name: it starts with `/`, `./`, `../`, `~` or a drive (`C:\`,
+/// `C:/`; a drive only with its separator, since `m:7b` is a name with a tag), holds a
+/// `\`, or ends with `.gguf`, `.onnx` or `.bin` (any case). The one rule for `corral`'s
+/// CLI, the server's resolution and `create`: a path is never pulled, is a file for
+/// `FROM`, and an argument that is neither an existing file nor a valid name is reported as
+/// a missing file.
+pub fn looks_like_path(arg: &str) -> bool {
+    let b = arg.as_bytes();
+    let drive =
+        b.len() > 2 && b[0].is_ascii_alphabetic() && b[1] == b':' && matches!(b[2], b'\\' | b'/');
+    arg.starts_with('/')
+        || arg.starts_with("./")
+        || arg.starts_with("../")
+        || arg.starts_with('~')
+        || arg.contains('\\')
+        || drive
+        || [".gguf", ".onnx", ".bin"].iter().any(|e| arg.to_ascii_lowercase().ends_with(e))
 }
 
 fn resolve_path(base_dir: &Path, v: &str) -> PathBuf {
@@ -819,6 +829,18 @@ pub fn from_path_exists(base_dir: &Path, v: &str) -> bool {
 mod tests {
     use super::*;
     use crate::store::StoreOptions;
+
+    /// One rule for paths: a one-letter name with a tag is a name, not a drive; a drive
+    /// with its separator, backslashes and model-file endings are paths.
+    #[test]
+    fn paths_and_names() {
+        for p in ["./m.gguf", "/abs", "../up", "~/m", "m.GGUF", "C:\\m", "c:/m", "a\\b", "x.onnx"] {
+            assert!(looks_like_path(p), "{p}");
+        }
+        for n in ["m:7b", "llama3", "ns/model:tag", "registry.example.com/ns/m:q4"] {
+            assert!(!looks_like_path(n), "{n}");
+        }
+    }
 
     const MF: &str = r#"
 # a comment

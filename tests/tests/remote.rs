@@ -461,6 +461,33 @@ fn no_remote_turns_remotes_off_and_cloud_names_go_to_the_default_remote() {
     assert_eq!(post(&off2, "/api/generate", &gen_body("big", "hi", false)).0, 503);
 }
 
+/// The server's remote client takes the environment's proxies except for this machine,
+/// as every corral HTTP client does: a remote on loopback answers with `HTTP_PROXY` and
+/// `ALL_PROXY` pointing at a closed port and no `NO_PROXY`.
+#[test]
+fn a_remote_on_this_machine_is_reached_past_the_environments_proxies() {
+    let e = env();
+    let remote = serve(&e, "remote", "", &[]);
+    let config = format!("[remotes.lab]\nurl = \"{}\"\n", remote.url);
+    let closed = "http://127.0.0.1:9";
+    let s = serve(
+        &e,
+        "front",
+        &config,
+        &[
+            ("HTTP_PROXY", closed),
+            ("http_proxy", closed),
+            ("ALL_PROXY", closed),
+            ("NO_PROXY", ""),
+            ("no_proxy", ""),
+        ],
+    );
+    create_remote(&s, "big", "lab", &e.model);
+    let (st, v) = post(&s, "/api/generate", &gen_body("big", "hi", false));
+    assert_eq!(st, 200, "{v}");
+    assert!(v["response"].is_string(), "{v}");
+}
+
 /// A one-shot HTTP server that answers every request with `response` and records what
 /// it received.
 fn fake_server(response: &'static str) -> (String, std::sync::mpsc::Receiver<String>) {

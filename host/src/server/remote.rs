@@ -376,14 +376,18 @@ impl Remotes {
 
     /// The config's remotes; keys are read now (from their variable or file).
     pub fn from_config(cfg: &Config) -> Result<Remotes, RemoteConfigError> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .redirect(same_origin_redirects())
-            .build()
-            .map_err(|e| RemoteConfigError::Invalid {
-                remote: "*".into(),
-                message: format!("cannot build an HTTP client: {e}"),
-            })?;
+        // The environment's proxies, except for this machine (one rule for corral's
+        // HTTP clients: `corral_registry::oci::with_env_proxies`).
+        let client = corral_registry::oci::with_env_proxies(
+            reqwest::Client::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .redirect(same_origin_redirects()),
+        )
+        .build()
+        .map_err(|e| RemoteConfigError::Invalid {
+            remote: "*".into(),
+            message: format!("cannot build an HTTP client: {e}"),
+        })?;
         let mut pools = BTreeMap::new();
         let mut defaults = Vec::new();
         for (name, rc) in &cfg.remotes {

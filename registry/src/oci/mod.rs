@@ -699,7 +699,7 @@ pub fn is_loopback_url(url: &str) -> bool {
 /// (token realms, storage redirects), so the exception is made per request by the proxies'
 /// exclusion list: reqwest 0.12's per-URL proxy (`Proxy::custom`) would drop the user's own
 /// `NO_PROXY`.
-pub const LOOPBACK_NO_PROXY: &str = "localhost,localhost.,127.0.0.0/8,::1";
+pub const LOOPBACK_NO_PROXY: &str = "localhost,localhost.,127.0.0.0/8,::1,::ffff:127.0.0.0/104";
 
 /// The proxies of the environment as reqwest reads them (`HTTP_PROXY`, `HTTPS_PROXY`,
 /// `ALL_PROXY` for what those leave, `NO_PROXY`; upper case first, then lower; none in a
@@ -1080,9 +1080,16 @@ mod tests {
                 .unwrap()
         };
         let closed = "http://127.0.0.1:9";
+        // An IPv4-mapped loopback too, where this machine's IPv6 reaches the listener.
+        let mut hosts = vec!["127.0.0.1", "localhost", "127.0.0.1."];
+        if std::net::TcpStream::connect(("::ffff:127.0.0.1", port)).is_ok() {
+            hosts.push("[::ffff:127.0.0.1]");
+        } else {
+            eprintln!("no IPv4-mapped IPv6 here: that host is not checked");
+        }
         for var in ["HTTP_PROXY", "http_proxy", "ALL_PROXY"] {
             let c = client(&[(var, closed)]);
-            for host in ["127.0.0.1", "localhost", "127.0.0.1."] {
+            for host in &hosts {
                 let r = c.get(format!("http://{host}:{port}/")).send().await;
                 assert!(r.is_ok_and(|r| r.status() == 200), "{var} {host}");
             }
