@@ -973,8 +973,12 @@ impl LoopState {
         let Some(job) = self.slots[slot].job.as_mut() else { return Ok((Vec::new(), Vec::new())) };
         let seq = slot as u32;
         // Keep the common prefix, but decode at least the last token again for logits.
-        let common = common_prefix(&d.cached[slot], history).min(history.len() - 1);
-        d.ctx.kv_remove(seq as i32, common as i32, -1)?;
+        let mut common = common_prefix(&d.cached[slot], history).min(history.len() - 1);
+        if d.ctx.kv_remove(seq as i32, common as i32, -1).is_err() {
+            // An engine may refuse a cut (a sliding window it no longer holds): start over.
+            d.ctx.kv_remove(seq as i32, 0, -1)?;
+            common = 0;
+        }
         d.cached[slot].truncate(common);
         let mut index = 0;
         for chunk in history[common..].chunks(n_batch) {

@@ -37,6 +37,14 @@ pub struct LlamaOptions {
     /// own cells only, which is cheaper with many parallel sequences). Unset (default):
     /// shared for `new_context`, per sequence for `new_context_per_sequence` (the server).
     pub kv_unified: Option<bool>,
+    /// Full-size caches for the sliding-window layers of models that have them (Gemma 2
+    /// and 3, Mistral's, Llama 4...): `true` (unset: the default, llama.cpp's C API's)
+    /// keeps every position there too, as the global layers do, so that llama.cpp can
+    /// shift the context; `false` (llama-server's default) keeps only the window and a
+    /// micro-batch, which saves their memory and attention work at long contexts, and a
+    /// sequence can then only be cut back to a position whose window it still holds
+    /// (`kv_remove` refuses the others, and the host evaluates that prompt anew).
+    pub swa_full: Option<bool>,
     /// Skip the vocabulary checks made before llama.cpp sees a file (duplicate tokens,
     /// token count against the tensors, merges of missing tokens), which llama.cpp itself
     /// asserts on. Only for testing the host's isolation against a real abort.
@@ -44,6 +52,11 @@ pub struct LlamaOptions {
 }
 
 impl LlamaOptions {
+    /// Whether sliding-window layers keep full-size caches (the `swa_full` option).
+    pub(crate) fn swa_full(&self) -> bool {
+        self.swa_full.unwrap_or(true)
+    }
+
     /// Threads to use when a caller asks for `requested` (`0`: the default).
     pub(crate) fn threads(&self, requested: u32) -> i32 {
         let n = if requested > 0 {

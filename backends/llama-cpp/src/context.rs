@@ -30,6 +30,10 @@ pub struct LlamaContext {
     n_ctx_seq: u32,
     /// One KV buffer for every sequence (`kv_unified`); otherwise a stream each.
     unified: bool,
+    /// The sliding window whose older positions the cache drops (`llama_model_n_swa`
+    /// when the context keeps the sliding-window layers at window size, see the
+    /// `swa_full` option); 0 when it keeps every position.
+    pruned_window: i32,
     /// The CPU thread pools attached to the context (freed after it).
     pools: ThreadPools,
 }
@@ -196,6 +200,7 @@ impl LlamaContext {
             }
         }
         cp.kv_unified = kv_unified;
+        cp.swa_full = opts.swa_full();
         cp.embeddings = p.embeddings;
         if p.embeddings {
             // The file's own pooling, else mean; none, rank and undefined numbers refused
@@ -267,6 +272,9 @@ impl LlamaContext {
         // SAFETY: `ptr` is live; `pools` goes into the context, whose Drop frees it after
         // `llama_free`.
         let pools = unsafe { ThreadPools::attach(ptr, cp.n_threads, cp.n_threads_batch) };
+        // SAFETY: the model is alive (held by `model`).
+        let n_swa = unsafe { sys::llama_model_n_swa(model.ptr) };
+        let pruned_window = if cp.swa_full { 0 } else { n_swa.max(0) };
         let params = ContextParams {
             n_ctx,
             n_batch: n_batch.min(cp.n_batch),
@@ -286,6 +294,7 @@ impl LlamaContext {
             decoded_seqs: Vec::new(),
             n_ctx_seq: n_ctx_seq.min(n_ctx),
             unified: cp.kv_unified,
+            pruned_window,
             pools,
         })
     }
@@ -442,6 +451,24 @@ impl Context for LlamaContext {
         }
         // Any negative id means every sequence; llama.cpp asserts on all but -1.
         let seq = seq.max(-1);
+        // A sequence cut back to p0 continues at p0, whose sliding window reaches back to
+        // p0 - n_swa + 1: refuse when the cache dropped positions of that window (the
+        // sliding-window layers keep only the last window and micro-batch). Refused, not
+        // cut: the caller then empties the sequence and evaluates its prompt anew.
+        // llama-server's rule (`pos_min >= p0 - n_swa` is refused) covers chunked windows
+        // too, whose chunk starts after p0 - n_swa.
+        if seq >= 0 && p0 > 0 && p1 < 0 && self.pruned_window > 0 {
+            // SAFETY: live memory handle; seq in range (checked above).
+            let pos_min = unsafe { sys::llama_memory_seq_pos_min(self.mem, seq) };
+            if pos_min > 0 && pos_min >= p0 - self.pruned_window {
+                return Err(BackendError::invalid(format!(
+                    "sequence {seq} no longer holds the sliding window before position {p0} \
+                     (its oldest position is {pos_min}, the window {} positions; the \
+                     swa_full option keeps every position)",
+                    self.pruned_window
+                )));
+            }
+        }
         // SAFETY: live memory handle; seq is -1 (all) or in range.
         let ok = unsafe { sys::llama_memory_seq_rm(self.mem, seq, p0, p1) };
         if ok {

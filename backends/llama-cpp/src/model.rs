@@ -360,7 +360,7 @@ impl ModelInner {
     }
 
     /// What this model can do here, asked of llama.cpp. llama.cpp answers per context, so
-    /// a small throwaway context is made with the defaults [`LlamaContext`] keeps
+    /// a small throwaway context is made with the settings [`LlamaContext`] uses
     /// (`swa_full`, on which a sliding-window model's shift depends), and asked whether
     /// its attention is causal (a model that can generate; BERT-style encoders and
     /// diffusion models are not) and whether its memory can shift
@@ -388,6 +388,9 @@ impl ModelInner {
         cp.n_batch = 32;
         cp.n_ubatch = 32;
         cp.n_seq_max = 1;
+        // As every context of this backend makes it (a window-size sliding-window cache
+        // cannot shift).
+        cp.swa_full = self.options.swa_full();
         cp.n_threads = 1;
         cp.n_threads_batch = 1;
         // SAFETY: the model is alive (`self` owns it); `cp` is fully initialised. A probe
@@ -416,7 +419,12 @@ impl ModelInner {
         if has_decoder && causal {
             caps |= Capabilities::GENERATION;
         }
-        if can_shift {
+        // A sliding-window cache kept at window size cannot shift; the small probe context
+        // does not show it (its full cache is no larger than the window's, and llama.cpp
+        // answers from the two sizes), the server's contexts would.
+        // SAFETY: `self.ptr` is a live model.
+        let windowed = !self.options.swa_full() && unsafe { sys::llama_model_n_swa(self.ptr) } > 0;
+        if can_shift && !windowed {
             caps |= Capabilities::CONTEXT_SHIFT;
         }
         caps

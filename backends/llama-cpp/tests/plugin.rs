@@ -8,7 +8,9 @@ use corral_backend_api::{
     BatchEntry, Capabilities, ContextParams, DeviceKind, ErrorKind, LoadRequest,
 };
 use corral_backend_llama_cpp::{LlamaBackend, LlamaContext, LlamaModel, LlamaOptions};
-use corral_gguf::generate::{GenerateOptions, ModelShape, WeightType, generate_llama};
+use corral_gguf::generate::{
+    Arch, GenerateOptions, ModelShape, WeightType, generate_llama, generate_model,
+};
 
 const PROMPT: &str = "The quick brown fox jumps over the lazy dog.";
 
@@ -257,6 +259,82 @@ fn kv_remove_then_redecode_gives_identical_logits() {
     // Remove everything of every sequence.
     c.kv_remove(-1, 0, -1).unwrap();
     assert_eq!(c.kv_pos_max(0), -1);
+}
+
+/// With window-size caches for the sliding-window layers (`swa_full = false`, as llama-server),
+/// a sequence can be cut back only to a position whose window it still holds: further
+/// back `kv_remove` refuses (`InvalidInput`, which the host answers by evaluating the
+/// prompt anew) and leaves the sequence as it was; a cut inside the window re-decodes to
+/// what a fresh evaluation computes. Such a model cannot shift its context; with
+/// `swa_full = true` it can, and every cut is allowed.
+#[test]
+fn sliding_window_caches_refuse_cuts_behind_their_window() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gemma3-swa.gguf");
+    let opts = GenerateOptions {
+        arch: Arch::Gemma3,
+        shape: ModelShape { n_swa: Some(16), ..ModelShape::tiny() },
+        weight_type: WeightType::F32,
+        seed: 11,
+        name: "corral-test-swa".into(),
+        ..Default::default()
+    };
+    generate_model(&path, &opts).expect("generate");
+    // 300 positions: more than the window cache's 256 cells (16 + a micro-batch, padded
+    // to 256), so the oldest are gone.
+    let tokens: Vec<u32> = (0..300u32).map(|i| 3 + (i * 7) % 400).collect();
+    let params = ContextParams {
+        n_ctx: 512,
+        n_batch: 64,
+        n_seq_max: 1,
+        n_threads: 2,
+        n_threads_batch: 2,
+        embeddings: false,
+        seed: 0,
+    };
+    let prefill = |c: &mut LlamaContext, upto: usize| {
+        for start in (0..upto).step_by(64) {
+            let end = (start + 64).min(upto);
+            c.decode(&entries(&tokens[start..end], 0, start as u32)).unwrap();
+        }
+    };
+    for swa_full in [false, true] {
+        let backend = LlamaBackend::with_options(LlamaOptions {
+            n_threads: 2,
+            n_ubatch: 64,
+            swa_full: Some(swa_full),
+            ..Default::default()
+        })
+        .expect("init");
+        let model = backend.load_model(&spec(&path)).expect("load");
+        assert_eq!(
+            model.capabilities().contains(Capabilities::CONTEXT_SHIFT),
+            swa_full,
+            "swa_full {swa_full}: context shift"
+        );
+        let mut c = model.new_context(&params).expect("context");
+        prefill(&mut c, tokens.len());
+        assert_eq!(c.kv_pos_max(0), 299);
+        let behind = c.kv_remove(0, 20, -1);
+        if swa_full {
+            behind.expect("a full cache cuts anywhere");
+            assert_eq!(c.kv_pos_max(0), 19);
+        } else {
+            let e = behind.expect_err("the window before position 20 is gone");
+            assert_eq!(e.kind, ErrorKind::InvalidInput, "{e}");
+            assert!(e.message.contains("sliding window"), "{e}");
+            assert_eq!(c.kv_pos_max(0), 299, "a refused cut leaves the sequence");
+            // Cut inside the window, re-decode the tail: as a fresh evaluation.
+            c.kv_remove(0, 290, -1).expect("a cut inside the window");
+            c.decode(&entries(&tokens[290..], 0, 290)).unwrap();
+            let again = c.logits(9).unwrap().to_vec();
+            let mut fresh = model.new_context(&params).expect("context");
+            prefill(&mut fresh, tokens.len());
+            let want = fresh.logits((tokens.len() - 1 - 256) as u32).unwrap().to_vec();
+            let d = rel_diff(&again, &want);
+            assert!(d < 1e-4, "re-decoded after a cut: relative difference {d}");
+        }
+    }
 }
 
 /// Prompt batches and single tokens on thread pools of different sizes (the decode pool
