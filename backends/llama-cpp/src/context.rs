@@ -30,9 +30,8 @@ pub struct LlamaContext {
     n_ctx_seq: u32,
     /// One KV buffer for every sequence (`kv_unified`); otherwise a stream each.
     unified: bool,
-    /// The sliding window whose older positions the cache drops (`llama_model_n_swa`
-    /// when the context keeps the sliding-window layers at window size, see the
-    /// `swa_full` option); 0 when it keeps every position.
+    /// The sliding window whose older positions the cache drops
+    /// (`ModelInner::pruned_window`); 0 when it keeps every position.
     pruned_window: i32,
     /// The CPU thread pools attached to the context (freed after it).
     pools: ThreadPools,
@@ -272,9 +271,7 @@ impl LlamaContext {
         // SAFETY: `ptr` is live; `pools` goes into the context, whose Drop frees it after
         // `llama_free`.
         let pools = unsafe { ThreadPools::attach(ptr, cp.n_threads, cp.n_threads_batch) };
-        // SAFETY: the model is alive (held by `model`).
-        let n_swa = unsafe { sys::llama_model_n_swa(model.ptr) };
-        let pruned_window = if cp.swa_full { 0 } else { n_swa.max(0) };
+        let pruned_window = model.pruned_window();
         let params = ContextParams {
             n_ctx,
             n_batch: n_batch.min(cp.n_batch),

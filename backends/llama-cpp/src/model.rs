@@ -359,6 +359,17 @@ impl ModelInner {
         as_ids(out)
     }
 
+    /// The sliding window whose older positions this backend's contexts drop: the model's
+    /// `n_swa` when the `swa_full` option keeps those layers at window size, else 0 (every
+    /// position kept, or no sliding window).
+    pub(crate) fn pruned_window(&self) -> i32 {
+        if self.options.swa_full() {
+            return 0;
+        }
+        // SAFETY: `self.ptr` is a live model.
+        unsafe { sys::llama_model_n_swa(self.ptr) }.max(0)
+    }
+
     /// What this model can do here, asked of llama.cpp. llama.cpp answers per context, so
     /// a small throwaway context is made with the settings [`LlamaContext`] uses
     /// (`swa_full`, on which a sliding-window model's shift depends), and asked whether
@@ -422,9 +433,7 @@ impl ModelInner {
         // A sliding-window cache kept at window size cannot shift; the small probe context
         // does not show it (its full cache is no larger than the window's, and llama.cpp
         // answers from the two sizes), the server's contexts would.
-        // SAFETY: `self.ptr` is a live model.
-        let windowed = !self.options.swa_full() && unsafe { sys::llama_model_n_swa(self.ptr) } > 0;
-        if can_shift && !windowed {
+        if can_shift && self.pruned_window() == 0 {
             caps |= Capabilities::CONTEXT_SHIFT;
         }
         caps
