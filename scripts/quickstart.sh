@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One command on a fresh machine: install build dependencies, build corral and its
-# llama.cpp plugin (release), generate a small model with random weights (no download
+# One command on a fresh machine: install build dependencies, build corral, its llama.cpp
+# plugin and its pure-Rust CPU engine (release), generate a small model with random weights (no download
 # needed), register it as `corral-tiny`, and start `corral serve` on 127.0.0.1:11434.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -9,8 +9,9 @@ cd "$here"
 # Built for this machine's CPU, as llama.cpp's own default build is (GGML_NATIVE): the
 # repository's .cargo/config.toml gives every plain cargo build `-C target-cpu=native`,
 # and the plugin's manifest then requires the features the build used. Distributions
-# build portable variants instead (scripts/dist.sh).
-cargo build --release -p corral -p corral-backend-llama-cpp
+# build portable variants instead (scripts/dist.sh). On x86-64 the pure-Rust engine ranks
+# first and runs the models it supports; every other model loads on llama.cpp.
+cargo build --release -p corral -p corral-backend-llama-cpp -p corral-backend-cpu
 bin="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release"
 models="${CORRAL_MODELS:-$HOME/.local/share/corral/models}"
 mkdir -p "$models"

@@ -34,6 +34,7 @@ esac
 DEST="$OUTDIR/$VARIANT"
 mkdir -p "$DEST"
 install -m 0755 "$TARGET_DIR/release/$LIB" "$DEST/$LIB"
-install -m 0644 "$HERE/manifests/cpu.toml" "$DEST/manifest.toml"
+# The manifest build.rs chose for the target architecture.
+install -m 0644 "$TARGET_DIR/release/cpu.corral-plugin.toml" "$DEST/manifest.toml"
 echo "build-variant.sh: installed $DEST/manifest.toml and $DEST/$LIB" >&2
 echo "$DEST"

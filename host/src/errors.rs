@@ -78,6 +78,15 @@ impl ErrorClass {
         }
     }
 
+    /// The class of a failed backend choice: an unknown `--backend` is the user's; no
+    /// plugin able to run here is the installation's.
+    pub fn of_no_backend(n: &corral_plugin_host::NoBackend) -> ErrorClass {
+        match n {
+            corral_plugin_host::NoBackend::Choice(_) => ErrorClass::BadInput,
+            corral_plugin_host::NoBackend::None(_) => ErrorClass::Internal,
+        }
+    }
+
     /// The class of a registry or store error.
     pub fn of_registry(e: &corral_registry::Error) -> ErrorClass {
         use corral_registry::Error as E;
@@ -129,10 +138,10 @@ impl ErrorClass {
             return Some(m.class());
         }
         if let Some(n) = e.downcast_ref::<corral_plugin_host::NoBackend>() {
-            return Some(match n {
-                corral_plugin_host::NoBackend::Choice(_) => ErrorClass::BadInput,
-                corral_plugin_host::NoBackend::None(_) => ErrorClass::Internal,
-            });
+            return Some(ErrorClass::of_no_backend(n));
+        }
+        if let Some(m) = e.downcast_ref::<crate::runtime::ModelLoadError>() {
+            return Some(m.class());
         }
         let bad_input = e.is::<corral_plugin_host::ChoiceError>()
             || e.is::<crate::config::ConfigError>()

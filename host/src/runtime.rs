@@ -1,10 +1,16 @@
 //! What every command that needs an engine does first: read the config, probe the
 //! machine, find the plugins ([`corral_plugin_host::PluginCatalog`]), and choose one.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
+use corral_backend_api::{BackendError, ErrorKind, LoadOptions};
 use corral_plugin_host::{
-    Choice, Isolation, LoadedPlugin, NoBackend, PluginCatalog, Selector, worker::WorkerCommand,
+    Choice, Isolation, LoadedPlugin, Model, NoBackend, PluginCatalog, Selector,
+    worker::WorkerCommand,
 };
 
 use crate::config::{Config, ConfigError};
@@ -111,6 +117,7 @@ impl Runtime {
             backend: flag.map(str::to_string).or_else(|| self.config.backend.clone()),
             preference: self.config.preference.clone(),
             format: format.map(str::to_string),
+            passed_over: Vec::new(),
         }
     }
 
@@ -118,5 +125,169 @@ impl Runtime {
     /// plugin and why it cannot serve when none can.
     pub fn choose(&self, selector: &Selector) -> Result<(Arc<LoadedPlugin>, Choice), NoBackend> {
         self.catalog.choose_one(selector)
+    }
+}
+
+/// How well a loaded model's engine serves what the model and the settings ask for (the
+/// caller's judgement, given to [`Runtime::load_model`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fit {
+    /// It serves everything asked.
+    Runs,
+    /// It runs the model, but another engine would honour a setting this one cannot (a
+    /// KV cache type, RPC workers): with the choice automatic, the next engine that can
+    /// run the model is used instead; when none can, this one, and the caller warns.
+    Prefers(String),
+    /// It cannot serve the model as asked (LoRA adapters it cannot apply).
+    CannotRun(String),
+}
+
+/// An engine tried for a model and not used, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassedOver {
+    /// The plugin (`name:variant`).
+    pub engine: String,
+    /// Why.
+    pub why: String,
+}
+
+/// Why [`Runtime::load_model`] loaded nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelLoadError {
+    /// No plugin can run models of the format here at all.
+    #[error(transparent)]
+    NoBackend(#[from] NoBackend),
+    /// An engine failed to load the model for a reason another engine would share (the
+    /// file, memory, a crash): the error's kind says which.
+    #[error("{engine} could not load {path}: {error}")]
+    Engine {
+        /// The plugin (`name:variant`).
+        engine: String,
+        /// The model file.
+        path: String,
+        /// The engine's error.
+        error: BackendError,
+    },
+    /// No engine that may be used can run the model: each one tried, and why not.
+    #[error("{}", cannot_run_message(model, passed, explicit.as_deref()))]
+    CannotRun {
+        /// The model, as named.
+        model: String,
+        /// Every engine tried, in order.
+        passed: Vec<PassedOver>,
+        /// The backend asked for by name, when the choice was not automatic.
+        explicit: Option<String>,
+    },
+}
+
+impl ModelLoadError {
+    /// Its class (exit code, HTTP status): an engine's error keeps its kind's (out of
+    /// memory is a 507); a model no engine can run is the request's (400).
+    pub fn class(&self) -> crate::errors::ErrorClass {
+        use crate::errors::ErrorClass;
+        match self {
+            ModelLoadError::NoBackend(n) => ErrorClass::of_no_backend(n),
+            ModelLoadError::Engine { error, .. } => ErrorClass::of_backend(error.kind),
+            ModelLoadError::CannotRun { .. } => ErrorClass::BadInput,
+        }
+    }
+}
+
+fn cannot_run_message(model: &str, passed: &[PassedOver], explicit: Option<&str>) -> String {
+    match (passed, explicit) {
+        ([one], Some(asked)) => format!(
+            "the {} engine (backend {asked:?}) cannot run model {model}: {}; choose another \
+             backend, or none, to let corral pick an engine that can",
+            one.engine, one.why
+        ),
+        _ => {
+            let tried: Vec<String> =
+                passed.iter().map(|p| format!("{}: {}", p.engine, p.why)).collect();
+            format!("no installed engine can run model {model}: {}", tried.join("; "))
+        }
+    }
+}
+
+impl Runtime {
+    /// Loads a model through the engine the selector ranks first and, when the choice is
+    /// automatic, the next one whenever an engine cannot run it: its load says
+    /// `Unsupported` (an architecture or a quantization it lacks), or `fit` judges it
+    /// unable ([`Fit::CannotRun`]) or less able than another ([`Fit::Prefers`]). This is
+    /// how a faster engine that runs fewer models can rank first: every model still loads
+    /// where some engine can run it. With a backend named, only that one is tried.
+    /// Returns the model (its `plugin` says which engine) and the engines passed over.
+    pub fn load_model(
+        &self,
+        selector: &Selector,
+        model: &str,
+        (path, format): (&Path, &str),
+        options: &LoadOptions,
+        mut fit: impl FnMut(&Model) -> Fit,
+    ) -> Result<(Model, Vec<PassedOver>), ModelLoadError> {
+        let mut selector = selector.clone();
+        let explicit = selector.explicit().map(str::to_string);
+        let load = |plugin: &Arc<LoadedPlugin>| {
+            Model::load(plugin.clone(), &path.to_string_lossy(), format, options.clone()).map_err(
+                |error| ModelLoadError::Engine {
+                    engine: plugin.manifest.id(),
+                    path: path.display().to_string(),
+                    error,
+                },
+            )
+        };
+        let mut passed: Vec<PassedOver> = Vec::new();
+        // An engine that runs the model but honours less than a later one might, kept
+        // for when no later engine runs it at all.
+        let mut second_best: Option<PathBuf> = None;
+        let mut next = Some(self.choose(&selector)?.0);
+        while let Some(plugin) = next.take() {
+            let engine = plugin.manifest.id();
+            let why = match load(&plugin) {
+                Ok(m) => match fit(&m) {
+                    Fit::Runs => return Ok((m, passed)),
+                    Fit::CannotRun(why) => why,
+                    Fit::Prefers(why) => {
+                        // Named; or one that ran it passed over already; or no other
+                        // engine to try: this one serves.
+                        if explicit.is_some() || second_best.is_some() {
+                            return Ok((m, passed));
+                        }
+                        let mut rest = selector.clone();
+                        rest.passed_over.push((plugin.manifest_path.clone(), why.clone()));
+                        if self.choose(&rest).is_err() {
+                            return Ok((m, passed));
+                        }
+                        second_best = Some(plugin.manifest_path.clone());
+                        why
+                    }
+                },
+                Err(ModelLoadError::Engine { error, .. })
+                    if error.kind == ErrorKind::Unsupported =>
+                {
+                    error.message.to_string()
+                }
+                // One that ran it passed over already: it is used again.
+                Err(e) if second_best.is_some() => e.to_string(),
+                Err(e) => return Err(e),
+            };
+            passed.push(PassedOver { engine: engine.clone(), why: why.clone() });
+            if explicit.is_some() {
+                break;
+            }
+            selector.passed_over.push((plugin.manifest_path.clone(), why));
+            next = self.choose(&selector).ok().map(|(p, _)| p);
+            if let Some(p) = &next {
+                tracing::info!(model, engine, next = %p.manifest.id(), "{}; trying the next engine", passed[passed.len() - 1].why);
+            }
+        }
+        if let Some(manifest) = second_best {
+            // No engine after it runs the model: back to the one that runs it with less.
+            selector.passed_over.retain(|(p, _)| *p != manifest);
+            let plugin = self.choose(&selector)?.0;
+            let m = load(&plugin)?;
+            passed.retain(|p| p.engine != plugin.manifest.id());
+            return Ok((m, passed));
+        }
+        Err(ModelLoadError::CannotRun { model: model.to_string(), passed, explicit })
     }
 }

@@ -398,10 +398,15 @@ pub struct Selector {
     pub preference: Vec<String>,
     /// Model format that must be supported (`gguf`, ...), if any.
     pub format: Option<String>,
+    /// Plugins (by manifest path) already tried for the model at hand and found unable to
+    /// run it, each with the reason: they rank nowhere and are reported with it.
+    pub passed_over: Vec<(PathBuf, String)>,
 }
 
 impl Selector {
-    fn explicit(&self) -> Option<&str> {
+    /// The backend asked for by name (`--backend`, the config's `backend`), if any:
+    /// `None` when the choice is automatic (no name, or `auto`).
+    pub fn explicit(&self) -> Option<&str> {
         self.backend.as_deref().map(str::trim).filter(|b| !b.is_empty() && *b != "auto")
     }
 }
@@ -529,6 +534,9 @@ fn choose_with(
             && !lib.is_file()
         {
             unmet.push(format!("library {} does not exist", lib.display()));
+        }
+        if let Some((_, why)) = selector.passed_over.iter().find(|(p, _)| *p == d.manifest_path) {
+            unmet.push(format!("cannot run this model: {why}"));
         }
         if unmet.is_empty() {
             candidates.push((idx, m, &d.manifest_path));

@@ -195,3 +195,72 @@ fn requests_a_model_cannot_serve_are_refused() {
     let (_, v) = post_json(&s.url, "/api/show", &serde_json::json!({"model": p}));
     assert_eq!(v["capabilities"], serde_json::json!(["completion", "tools"]), "{v}");
 }
+
+/// With both engines installed and no backend named, each model runs on the first engine
+/// that can run it: the pure-Rust engine (which ranks first) runs what it supports; a
+/// file it refuses (YaRN RoPE scaling) and a KV cache type it cannot keep (q8_0) go to
+/// llama.cpp, through the server and `corral run` alike. Named with `--backend cpu`, the
+/// refusal is the answer: a 400 and exit code 2 that say which engine and why.
+#[test]
+fn the_automatic_choice_runs_each_model_on_the_first_engine_that_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(cpu) = cpu_plugin_dir(&dir.path().join("cpu")) else { return };
+    let Some(llama) = llama_cpp_plugin_dir(&dir.path().join("llama")) else { return };
+    // Heads of 32, which llama.cpp's q8_0 cache needs (blocks of 32).
+    let plain = dir.path().join("llama.gguf");
+    generate_model(&plain, "tiny:head_dim=32", "f32");
+    let yarn = dir.path().join("yarn.gguf");
+    rewrite_metadata(
+        &plain,
+        &yarn,
+        &[
+            ("llama.rope.scaling.type", corral_gguf::Value::String("yarn".into())),
+            ("llama.rope.scaling.factor", corral_gguf::Value::F32(2.0)),
+        ],
+    );
+    let allow = dir.path().to_string_lossy().into_owned();
+    let backend_of = |env: &[(&str, &str)], args: &[&str], model: &std::path::Path| {
+        let store = tempfile::tempdir().unwrap();
+        let store_path = store.path().to_string_lossy().into_owned();
+        let mut env = env.to_vec();
+        env.extend([("CORRAL_MODELS", &*store_path), ("CORRAL_ALLOW_MODEL_PATHS", &*allow)]);
+        let s = Server::start(&[cpu.as_path(), llama.as_path()], &env, args);
+        let body = serde_json::json!({"model": model, "prompt": "Hello", "stream": false,
+            "options": {"num_predict": 3, "temperature": 0}});
+        let (status, v) = post_json(&s.url, "/api/generate", &body);
+        if status != 200 {
+            return (status, v["error"].as_str().unwrap_or_default().to_string());
+        }
+        let (_, ps) = get_json(&s.url, "/api/ps");
+        (status, ps["models"][0]["backend"].as_str().unwrap_or_default().to_string())
+    };
+    let (status, engine) = backend_of(&[], &[], &plain);
+    assert_eq!(status, 200, "{engine}");
+    assert!(engine.starts_with("cpu"), "a llama file runs on the pure-Rust engine: {engine}");
+    let (status, engine) = backend_of(&[], &[], &yarn);
+    assert_eq!(status, 200, "{engine}");
+    assert!(engine.starts_with("llama-cpp"), "YaRN runs on llama.cpp: {engine}");
+    let (status, engine) = backend_of(&[("OLLAMA_KV_CACHE_TYPE", "q8_0")], &[], &plain);
+    assert_eq!(status, 200, "{engine}");
+    assert!(engine.starts_with("llama-cpp"), "a q8_0 KV cache is llama.cpp's: {engine}");
+    let (status, error) = backend_of(&[], &["--backend", "cpu"], &yarn);
+    assert_eq!(status, 400, "{error}");
+    assert!(
+        error.contains("cpu") && error.contains("YaRN") && error.contains("choose another backend"),
+        "{error}"
+    );
+
+    // `corral run`, in-process, follows the same rule.
+    let run = |args: &[&str]| {
+        let mut c = corral(&[cpu.as_path(), llama.as_path()]);
+        c.arg("run").arg(&yarn).args(["Hello", "--num-predict", "2", "--temperature", "0"]);
+        c.args(args).env("CORRAL_LOG", "info");
+        run(c)
+    };
+    let (out, _, stderr) = run(&[]);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("backend llama-cpp"), "{stderr}");
+    let (out, _, stderr) = run(&["--backend", "cpu"]);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("YaRN"), "{stderr}");
+}

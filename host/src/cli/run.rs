@@ -23,7 +23,7 @@ use corral_host::{
     engine_loop::{EngineHandle, Event, LoopConfig, Request, SpecSettings, Stats},
     models::{ModelRef, ModelsError},
     prompt::{self, Message},
-    runtime::{GlobalOptions, Runtime},
+    runtime::{Fit, GlobalOptions, Runtime},
 };
 use corral_plugin_host::{Isolation, Model};
 
@@ -123,8 +123,7 @@ pub(crate) fn load_model(
     let mref = corral_host::models::resolve_for(global, Some(&rt.catalog), arg)?;
     let path = mref.path.as_path();
     let format = load.model_format().unwrap_or(mref.format.as_str());
-    let (plugin, _) = rt.choose(&rt.selector(load.backend.as_deref(), Some(format)))?;
-    tracing::info!("backend {}", plugin.manifest.id());
+    let selector = rt.selector(load.backend.as_deref(), Some(format));
     let remote = if load.local_only {
         corral_host::rpc::RemoteDevices::default()
     } else {
@@ -142,11 +141,21 @@ pub(crate) fn load_model(
         ..Default::default()
     };
     let t = Instant::now();
-    let model = Model::load(plugin.clone(), &path.to_string_lossy(), format, options)
-        .with_context(|| format!("{} could not load {}", plugin.manifest.id(), path.display()))?;
-    if let Some(why) = mref.adapters_refused(model.capabilities, &plugin.manifest.id()) {
-        anyhow::bail!("{why}");
+    let (model, passed) = rt.load_model(&selector, &mref.name, (path, format), &options, |m| {
+        let engine = m.plugin.manifest.id();
+        if let Some(why) = mref.adapters_refused(m.capabilities, &engine) {
+            return Fit::CannotRun(why);
+        }
+        match remote.unused_warning(m.capabilities, &engine) {
+            Some(why) => Fit::Prefers(why),
+            None => Fit::Runs,
+        }
+    })?;
+    let plugin = model.plugin.clone();
+    for p in &passed {
+        tracing::info!("engine {} not used: {}", p.engine, p.why);
     }
+    tracing::info!("backend {}", plugin.manifest.id());
     if let Some(w) = remote.unused_warning(model.capabilities, &plugin.manifest.id()) {
         tracing::warn!("{w}");
     }

@@ -45,7 +45,7 @@ use crate::{
     engine_loop::{EngineHandle, LoopConfig, Request, SpecSettings},
     models::{ModelRef, PathRule, Resolver},
     prompt::Templater,
-    runtime::Runtime,
+    runtime::{Fit, ModelLoadError, Runtime},
 };
 
 /// Settings of the scheduler (flags, `CORRAL_*`, config file, defaults merged).
@@ -495,6 +495,23 @@ pub fn estimate_memory(
 /// The KV settings an engine with `caps` honours: a model's own setting that it cannot
 /// is refused (400, with the reason); a global one falls back to the default with a
 /// warning.
+/// Why an engine with `caps` cannot keep the KV cache as `kv` asks, if it cannot.
+fn kv_not_honoured(
+    kv: KvSettings,
+    caps: corral_backend_api::Capabilities,
+    engine: &str,
+) -> Option<String> {
+    (kv.cache_type != KvCacheType::F16
+        && !caps.contains(corral_backend_api::Capabilities::KV_CACHE_TYPES))
+    .then(|| {
+        format!(
+            "the {engine} engine cannot keep its KV cache as {} (it declares no \
+             kv-cache-types capability)",
+            kv.cache_type.as_str()
+        )
+    })
+}
+
 fn honoured_kv(
     kv: KvSettings,
     caps: corral_backend_api::Capabilities,
@@ -503,12 +520,7 @@ fn honoured_kv(
 ) -> Result<KvSettings, ApiError> {
     use corral_backend_api::Capabilities;
     let mut out = kv;
-    if kv.cache_type != KvCacheType::F16 && !caps.contains(Capabilities::KV_CACHE_TYPES) {
-        let why = format!(
-            "the {engine} engine cannot keep its KV cache as {} (it declares no \
-             kv-cache-types capability)",
-            kv.cache_type.as_str()
-        );
+    if let Some(why) = kv_not_honoured(kv, caps, engine) {
         if kv.cache_type_is_models {
             return Err(ApiError::bad_request(format!(
                 "model {model}: {why}; remove its PARAMETER kv_cache_type or use f16"
@@ -1186,15 +1198,31 @@ impl Scheduler {
             ..Default::default()
         };
         let n_gpu_layers = options.n_gpu_layers;
-        let model = Model::load(plugin.clone(), &r.path.to_string_lossy(), &r.format, options)
-            .map_err(|e| {
-                // The class of the engine's error: an engine out of memory is a 507.
-                ApiError::of_class(
-                    ErrorClass::of_backend(e.kind),
-                    format!("{} could not load {}: {e}", plugin.manifest.id(), r.path.display()),
-                )
-            })?;
+        let selector = self.rt.selector(self.settings.backend.as_deref(), Some(&r.format));
+        let (model, passed) = self
+            .rt
+            .load_model(&selector, &r.name, (&r.path, &r.format), &options, |m| {
+                let engine = m.plugin.manifest.id();
+                if let Some(why) = r.adapters_refused(m.capabilities, &engine) {
+                    return Fit::CannotRun(why);
+                }
+                if let Some(why) = kv_not_honoured(kv, m.capabilities, &engine) {
+                    return Fit::Prefers(why);
+                }
+                match self.settings.rpc.unused_warning(m.capabilities, &engine) {
+                    Some(why) => Fit::Prefers(why),
+                    None => Fit::Runs,
+                }
+            })
+            // The class of the engine's error: an engine out of memory is a 507.
+            .map_err(|e: ModelLoadError| ApiError::of_class(e.class(), e.to_string()))?;
         let model = Arc::new(model);
+        // The engine that runs it, when the first one chosen could not.
+        let first_choice = plugin.manifest_path.clone();
+        let plugin = model.plugin.clone();
+        for p in &passed {
+            tracing::info!(model = %r.name, engine = %p.engine, "engine not used: {}", p.why);
+        }
         if let Some(why) = r.adapters_refused(model.capabilities, &plugin.manifest.id()) {
             return Err(ApiError::bad_request(why));
         }
@@ -1235,8 +1263,9 @@ impl Scheduler {
         .map_err(|e| ApiError::internal(format!("{e:#}")))?;
         let draft = self.load_draft(&plugin, &r)?;
         // The estimate made before loading, unless the engine's training context changed
-        // the context chosen (reading the GGUF again costs a parse of its vocabulary).
-        let need = if need.num_ctx == num_ctx {
+        // the context chosen or another engine runs the model than the one the estimate
+        // was made for (reading the GGUF again costs a parse of its vocabulary).
+        let need = if need.num_ctx == num_ctx && plugin.manifest_path == first_choice {
             need
         } else {
             let engine_memory = EngineMemory::of_plugin(&plugin.manifest);
