@@ -214,8 +214,9 @@ impl Runtime {
     /// `Unsupported` (an architecture or a quantization it lacks), or `fit` judges it
     /// unable ([`Fit::CannotRun`]) or less able than another ([`Fit::Prefers`]). This is
     /// how a faster engine that runs fewer models can rank first: every model still loads
-    /// where some engine can run it. With a backend named, only that one is tried.
-    /// Returns the model (its `plugin` says which engine) and the engines passed over.
+    /// where some engine can run it. With a backend named, only that one is tried. Each
+    /// engine passed over is logged with the reason; the model's `plugin` says which
+    /// engine runs it.
     pub fn load_model(
         &self,
         selector: &Selector,
@@ -223,7 +224,7 @@ impl Runtime {
         (path, format): (&Path, &str),
         options: &LoadOptions,
         mut fit: impl FnMut(&Model) -> Fit,
-    ) -> Result<(Model, Vec<PassedOver>), ModelLoadError> {
+    ) -> Result<Model, ModelLoadError> {
         let mut selector = selector.clone();
         let explicit = selector.explicit().map(str::to_string);
         let load = |plugin: &Arc<LoadedPlugin>| {
@@ -244,18 +245,18 @@ impl Runtime {
             let engine = plugin.manifest.id();
             let why = match load(&plugin) {
                 Ok(m) => match fit(&m) {
-                    Fit::Runs => return Ok((m, passed)),
+                    Fit::Runs => return Ok(m),
                     Fit::CannotRun(why) => why,
                     Fit::Prefers(why) => {
                         // Named; or one that ran it passed over already; or no other
                         // engine to try: this one serves.
                         if explicit.is_some() || second_best.is_some() {
-                            return Ok((m, passed));
+                            return Ok(m);
                         }
                         let mut rest = selector.clone();
                         rest.passed_over.push((plugin.manifest_path.clone(), why.clone()));
                         if self.choose(&rest).is_err() {
-                            return Ok((m, passed));
+                            return Ok(m);
                         }
                         second_best = Some(plugin.manifest_path.clone());
                         why
@@ -274,19 +275,16 @@ impl Runtime {
             if explicit.is_some() {
                 break;
             }
+            tracing::info!(model, engine, "engine passed over: {why}");
             selector.passed_over.push((plugin.manifest_path.clone(), why));
             next = self.choose(&selector).ok().map(|(p, _)| p);
-            if let Some(p) = &next {
-                tracing::info!(model, engine, next = %p.manifest.id(), "{}; trying the next engine", passed[passed.len() - 1].why);
-            }
         }
         if let Some(manifest) = second_best {
             // No engine after it runs the model: back to the one that runs it with less.
             selector.passed_over.retain(|(p, _)| *p != manifest);
             let plugin = self.choose(&selector)?.0;
-            let m = load(&plugin)?;
-            passed.retain(|p| p.engine != plugin.manifest.id());
-            return Ok((m, passed));
+            tracing::info!(model, engine = %plugin.manifest.id(), "no other engine runs it: back to this one");
+            return load(&plugin);
         }
         Err(ModelLoadError::CannotRun { model: model.to_string(), passed, explicit })
     }

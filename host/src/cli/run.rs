@@ -141,7 +141,7 @@ pub(crate) fn load_model(
         ..Default::default()
     };
     let t = Instant::now();
-    let (model, passed) = rt.load_model(&selector, &mref.name, (path, format), &options, |m| {
+    let model = rt.load_model(&selector, &mref.name, (path, format), &options, |m| {
         let engine = m.plugin.manifest.id();
         if let Some(why) = mref.adapters_refused(m.capabilities, &engine) {
             return Fit::CannotRun(why);
@@ -152,9 +152,6 @@ pub(crate) fn load_model(
         }
     })?;
     let plugin = model.plugin.clone();
-    for p in &passed {
-        tracing::info!("engine {} not used: {}", p.engine, p.why);
-    }
     tracing::info!("backend {}", plugin.manifest.id());
     if let Some(w) = remote.unused_warning(model.capabilities, &plugin.manifest.id()) {
         tracing::warn!("{w}");

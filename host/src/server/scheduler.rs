@@ -492,9 +492,6 @@ pub fn estimate_memory(
     MemoryEstimate { bytes, num_ctx, kv_bytes_per_token, prompt_quantum }
 }
 
-/// The KV settings an engine with `caps` honours: a model's own setting that it cannot
-/// is refused (400, with the reason); a global one falls back to the default with a
-/// warning.
 /// Why an engine with `caps` cannot keep the KV cache as `kv` asks, if it cannot.
 fn kv_not_honoured(
     kv: KvSettings,
@@ -512,6 +509,9 @@ fn kv_not_honoured(
     })
 }
 
+/// The KV settings an engine with `caps` honours: a model's own setting that it cannot
+/// is refused (400, with the reason); a global one falls back to the default with a
+/// warning.
 fn honoured_kv(
     kv: KvSettings,
     caps: corral_backend_api::Capabilities,
@@ -1199,7 +1199,7 @@ impl Scheduler {
         };
         let n_gpu_layers = options.n_gpu_layers;
         let selector = self.rt.selector(self.settings.backend.as_deref(), Some(&r.format));
-        let (model, passed) = self
+        let model = self
             .rt
             .load_model(&selector, &r.name, (&r.path, &r.format), &options, |m| {
                 let engine = m.plugin.manifest.id();
@@ -1220,12 +1220,6 @@ impl Scheduler {
         // The engine that runs it, when the first one chosen could not.
         let first_choice = plugin.manifest_path.clone();
         let plugin = model.plugin.clone();
-        for p in &passed {
-            tracing::info!(model = %r.name, engine = %p.engine, "engine not used: {}", p.why);
-        }
-        if let Some(why) = r.adapters_refused(model.capabilities, &plugin.manifest.id()) {
-            return Err(ApiError::bad_request(why));
-        }
         if let Some(w) = self.settings.rpc.unused_warning(model.capabilities, &plugin.manifest.id())
         {
             tracing::warn!(model = %r.name, "{w}");
