@@ -159,7 +159,7 @@ pub enum ModelLoadError {
     NoBackend(#[from] NoBackend),
     /// An engine failed to load the model for a reason another engine would share (the
     /// file, memory, a crash): the error's kind says which.
-    #[error("{engine} could not load {path}: {error}")]
+    #[error("{engine} could not load {path}: {error}{}", then_tried(others))]
     Engine {
         /// The plugin (`name:variant`).
         engine: String,
@@ -167,6 +167,8 @@ pub enum ModelLoadError {
         path: String,
         /// The engine's error.
         error: BackendError,
+        /// The engines tried after it, and why each did not run the model either.
+        others: Vec<PassedOver>,
     },
     /// No engine that may be used can run the model: each one tried, and why not.
     #[error("{}", cannot_run_message(model, passed, explicit.as_deref()))]
@@ -193,6 +195,10 @@ impl ModelLoadError {
     }
 }
 
+fn then_tried(others: &[PassedOver]) -> String {
+    others.iter().map(|p| format!("; then {}: {}", p.engine, p.why)).collect()
+}
+
 fn cannot_run_message(model: &str, passed: &[PassedOver], explicit: Option<&str>) -> String {
     match (passed, explicit) {
         ([one], Some(asked)) => format!(
@@ -211,8 +217,9 @@ fn cannot_run_message(model: &str, passed: &[PassedOver], explicit: Option<&str>
 impl Runtime {
     /// Loads a model through the engine the selector ranks first and, when the choice is
     /// automatic, the next one whenever an engine cannot run it: its load says
-    /// `Unsupported` (an architecture or a quantization it lacks), or `fit` judges it
-    /// unable ([`Fit::CannotRun`]) or less able than another ([`Fit::Prefers`]). This is
+    /// `Unsupported` (an architecture or a quantization it lacks) or fails otherwise (the
+    /// first such failure is the answer when no engine loads the model), or `fit` judges
+    /// it unable ([`Fit::CannotRun`]) or less able than another ([`Fit::Prefers`]). This is
     /// how a faster engine that runs fewer models can rank first: every model still loads
     /// where some engine can run it. With a backend named, only that one is tried. Each
     /// engine passed over is logged with the reason; the model's `plugin` says which
@@ -233,6 +240,7 @@ impl Runtime {
                     engine: plugin.manifest.id(),
                     path: path.display().to_string(),
                     error,
+                    others: Vec::new(),
                 },
             )
         };
@@ -240,6 +248,7 @@ impl Runtime {
         // An engine that runs the model but honours less than a later one might, kept
         // for when no later engine runs it at all.
         let mut second_best: Option<PathBuf> = None;
+        let mut first_failure: Option<ModelLoadError> = None;
         let mut next = Some(self.choose(&selector)?.0);
         while let Some(plugin) = next.take() {
             let engine = plugin.manifest.id();
@@ -267,9 +276,16 @@ impl Runtime {
                 {
                     error.message.to_string()
                 }
-                // One that ran it passed over already: it is used again.
-                Err(e) if second_best.is_some() => e.to_string(),
-                Err(e) => return Err(e),
+                // Named: its error is the answer.
+                Err(e) if explicit.is_some() => return Err(e),
+                // Any other failure (a file this engine reads more strictly than another,
+                // memory, a crash) is tried on the next engine too; when none loads the
+                // model, the first such error is the answer (its kind gives the class).
+                Err(e) => {
+                    let why = e.to_string();
+                    first_failure.get_or_insert(e);
+                    why
+                }
             };
             passed.push(PassedOver { engine: engine.clone(), why: why.clone() });
             if explicit.is_some() {
@@ -286,6 +302,16 @@ impl Runtime {
             tracing::info!(model, engine = %plugin.manifest.id(), "no other engine runs it: back to this one");
             return load(&plugin);
         }
-        Err(ModelLoadError::CannotRun { model: model.to_string(), passed, explicit })
+        match first_failure {
+            // The engines after it are named with their reasons (a crash among them
+            // counts for the server's crash-loop rule, which reads the message).
+            Some(ModelLoadError::Engine { engine, path, error, .. }) => {
+                let at = passed.iter().position(|p| p.engine == engine).map_or(0, |i| i + 1);
+                let others = passed.split_off(at);
+                Err(ModelLoadError::Engine { engine, path, error, others })
+            }
+            Some(other) => Err(other),
+            None => Err(ModelLoadError::CannotRun { model: model.to_string(), passed, explicit }),
+        }
     }
 }

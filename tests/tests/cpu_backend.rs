@@ -199,7 +199,8 @@ fn requests_a_model_cannot_serve_are_refused() {
 /// With both engines installed and no backend named, each model runs on the first engine
 /// that can run it: the pure-Rust engine (which ranks first) runs what it supports; a
 /// file it refuses (YaRN RoPE scaling) and a KV cache type it cannot keep (q8_0) go to
-/// llama.cpp, through the server and `corral run` alike. Named with `--backend cpu`, the
+/// llama.cpp, through the server and `corral run` alike; a file neither reads gets the
+/// first engine's error with the next one's after it. Named with `--backend cpu`, the
 /// refusal is the answer: a 400 and exit code 2 that say which engine and why.
 #[test]
 fn the_automatic_choice_runs_each_model_on_the_first_engine_that_can() {
@@ -243,6 +244,15 @@ fn the_automatic_choice_runs_each_model_on_the_first_engine_that_can() {
     let (status, engine) = backend_of(&[("OLLAMA_KV_CACHE_TYPE", "q8_0")], &[], &plain);
     assert_eq!(status, 200, "{engine}");
     assert!(engine.starts_with("llama-cpp"), "a q8_0 KV cache is llama.cpp's: {engine}");
+    // A file no engine reads: the first engine's error, the next one's after it.
+    let not_gguf = dir.path().join("notes.gguf");
+    std::fs::write(&not_gguf, "this is not a model").unwrap();
+    let (status, error) = backend_of(&[], &[], &not_gguf);
+    assert_eq!(status, 400, "{error}");
+    assert!(
+        error.starts_with("cpu:cpu could not load") && error.contains("; then llama-cpp"),
+        "{error}"
+    );
     let (status, error) = backend_of(&[], &["--backend", "cpu"], &yarn);
     assert_eq!(status, 400, "{error}");
     assert!(
