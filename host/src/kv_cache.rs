@@ -125,6 +125,24 @@ pub struct KvSettings {
 }
 
 impl KvSettings {
+    /// Why an engine with `caps` (called `engine`) cannot keep the cache as these settings
+    /// ask, if it cannot.
+    pub fn not_honoured_by(
+        &self,
+        caps: corral_backend_api::Capabilities,
+        engine: &str,
+    ) -> Option<String> {
+        (self.cache_type != KvCacheType::F16
+            && !caps.contains(corral_backend_api::Capabilities::KV_CACHE_TYPES))
+        .then(|| {
+            format!(
+                "the {engine} engine cannot keep its KV cache as {} (it declares no \
+                 kv-cache-types capability)",
+                self.cache_type.as_str()
+            )
+        })
+    }
+
     /// The global settings: config values, overridden by the environment
     /// (`CORRAL_*`, then Ollama's names).
     pub fn global(

@@ -142,6 +142,31 @@ pub enum Fit {
     CannotRun(String),
 }
 
+impl Fit {
+    /// The one rule of how well `model`'s engine serves the model `r` with the KV cache
+    /// settings `kv` and the RPC workers `rpc`: LoRA adapters it cannot apply are
+    /// [`Fit::CannotRun`]; a cache type or RPC workers it cannot honour are
+    /// [`Fit::Prefers`].
+    pub fn judge(
+        model: &Model,
+        r: &crate::models::ModelRef,
+        kv: crate::kv_cache::KvSettings,
+        rpc: &crate::rpc::RemoteDevices,
+    ) -> Fit {
+        let engine = model.plugin.manifest.id();
+        if let Some(why) = r.adapters_refused(model.capabilities, &engine) {
+            return Fit::CannotRun(why);
+        }
+        match kv
+            .not_honoured_by(model.capabilities, &engine)
+            .or_else(|| rpc.unused_warning(model.capabilities, &engine))
+        {
+            Some(why) => Fit::Prefers(why),
+            None => Fit::Runs,
+        }
+    }
+}
+
 /// An engine tried for a model and not used, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PassedOver {
@@ -248,33 +273,28 @@ impl Runtime {
         // An engine that runs the model but honours less than a later one might, kept
         // for when no later engine runs it at all.
         let mut second_best: Option<PathBuf> = None;
-        let mut first_failure: Option<ModelLoadError> = None;
+        // The first load that failed for another reason than `Unsupported`, and its
+        // place in `passed`.
+        let mut first_failure: Option<(usize, ModelLoadError)> = None;
         let mut next = Some(self.choose(&selector)?.0);
         while let Some(plugin) = next.take() {
             let engine = plugin.manifest.id();
-            let why = match load(&plugin) {
+            // `kept`: a model that runs with less than asked, served when no other engine
+            // is left to try.
+            let (why, kept) = match load(&plugin) {
                 Ok(m) => match fit(&m) {
                     Fit::Runs => return Ok(m),
-                    Fit::CannotRun(why) => why,
-                    Fit::Prefers(why) => {
-                        // Named; or one that ran it passed over already; or no other
-                        // engine to try: this one serves.
-                        if explicit.is_some() || second_best.is_some() {
-                            return Ok(m);
-                        }
-                        let mut rest = selector.clone();
-                        rest.passed_over.push((plugin.manifest_path.clone(), why.clone()));
-                        if self.choose(&rest).is_err() {
-                            return Ok(m);
-                        }
-                        second_best = Some(plugin.manifest_path.clone());
-                        why
+                    Fit::CannotRun(why) => (why, None),
+                    // Named, or one that ran it passed over already: this one serves.
+                    Fit::Prefers(_) if explicit.is_some() || second_best.is_some() => {
+                        return Ok(m);
                     }
+                    Fit::Prefers(why) => (why, Some(m)),
                 },
                 Err(ModelLoadError::Engine { error, .. })
                     if error.kind == ErrorKind::Unsupported =>
                 {
-                    error.message.to_string()
+                    (error.message.to_string(), None)
                 }
                 // Named: its error is the answer.
                 Err(e) if explicit.is_some() => return Err(e),
@@ -283,17 +303,22 @@ impl Runtime {
                 // model, the first such error is the answer (its kind gives the class).
                 Err(e) => {
                     let why = e.to_string();
-                    first_failure.get_or_insert(e);
-                    why
+                    first_failure.get_or_insert((passed.len(), e));
+                    (why, None)
                 }
             };
             passed.push(PassedOver { engine: engine.clone(), why: why.clone() });
             if explicit.is_some() {
                 break;
             }
-            tracing::info!(model, engine, "engine passed over: {why}");
-            selector.passed_over.push((plugin.manifest_path.clone(), why));
+            selector.passed_over.push((plugin.manifest_path.clone(), why.clone()));
             next = self.choose(&selector).ok().map(|(p, _)| p);
+            match kept {
+                Some(m) if next.is_none() => return Ok(m),
+                Some(_) => second_best = Some(plugin.manifest_path.clone()),
+                None => {}
+            }
+            tracing::info!(model, engine, "engine passed over: {why}");
         }
         if let Some(manifest) = second_best {
             // No engine after it runs the model: back to the one that runs it with less.
@@ -305,12 +330,11 @@ impl Runtime {
         match first_failure {
             // The engines after it are named with their reasons (a crash among them
             // counts for the server's crash-loop rule, which reads the message).
-            Some(ModelLoadError::Engine { engine, path, error, .. }) => {
-                let at = passed.iter().position(|p| p.engine == engine).map_or(0, |i| i + 1);
-                let others = passed.split_off(at);
+            Some((at, ModelLoadError::Engine { engine, path, error, .. })) => {
+                let others = passed.split_off(at + 1);
                 Err(ModelLoadError::Engine { engine, path, error, others })
             }
-            Some(other) => Err(other),
+            Some((_, other)) => Err(other),
             None => Err(ModelLoadError::CannotRun { model: model.to_string(), passed, explicit }),
         }
     }

@@ -141,15 +141,10 @@ pub(crate) fn load_model(
         ..Default::default()
     };
     let t = Instant::now();
+    // The CLI has no KV cache settings: the engine's default cache.
+    let kv = corral_host::kv_cache::KvSettings::default();
     let model = rt.load_model(&selector, &mref.name, (path, format), &options, |m| {
-        let engine = m.plugin.manifest.id();
-        if let Some(why) = mref.adapters_refused(m.capabilities, &engine) {
-            return Fit::CannotRun(why);
-        }
-        match remote.unused_warning(m.capabilities, &engine) {
-            Some(why) => Fit::Prefers(why),
-            None => Fit::Runs,
-        }
+        Fit::judge(m, &mref, kv, &remote)
     })?;
     let plugin = model.plugin.clone();
     tracing::info!("backend {}", plugin.manifest.id());

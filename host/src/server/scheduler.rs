@@ -492,23 +492,6 @@ pub fn estimate_memory(
     MemoryEstimate { bytes, num_ctx, kv_bytes_per_token, prompt_quantum }
 }
 
-/// Why an engine with `caps` cannot keep the KV cache as `kv` asks, if it cannot.
-fn kv_not_honoured(
-    kv: KvSettings,
-    caps: corral_backend_api::Capabilities,
-    engine: &str,
-) -> Option<String> {
-    (kv.cache_type != KvCacheType::F16
-        && !caps.contains(corral_backend_api::Capabilities::KV_CACHE_TYPES))
-    .then(|| {
-        format!(
-            "the {engine} engine cannot keep its KV cache as {} (it declares no \
-             kv-cache-types capability)",
-            kv.cache_type.as_str()
-        )
-    })
-}
-
 /// The KV settings an engine with `caps` honours: a model's own setting that it cannot
 /// is refused (400, with the reason); a global one falls back to the default with a
 /// warning.
@@ -520,7 +503,7 @@ fn honoured_kv(
 ) -> Result<KvSettings, ApiError> {
     use corral_backend_api::Capabilities;
     let mut out = kv;
-    if let Some(why) = kv_not_honoured(kv, caps, engine) {
+    if let Some(why) = kv.not_honoured_by(caps, engine) {
         if kv.cache_type_is_models {
             return Err(ApiError::bad_request(format!(
                 "model {model}: {why}; remove its PARAMETER kv_cache_type or use f16"
@@ -1202,17 +1185,7 @@ impl Scheduler {
         let model = self
             .rt
             .load_model(&selector, &r.name, (&r.path, &r.format), &options, |m| {
-                let engine = m.plugin.manifest.id();
-                if let Some(why) = r.adapters_refused(m.capabilities, &engine) {
-                    return Fit::CannotRun(why);
-                }
-                if let Some(why) = kv_not_honoured(kv, m.capabilities, &engine) {
-                    return Fit::Prefers(why);
-                }
-                match self.settings.rpc.unused_warning(m.capabilities, &engine) {
-                    Some(why) => Fit::Prefers(why),
-                    None => Fit::Runs,
-                }
+                Fit::judge(m, &r, kv, &self.settings.rpc)
             })
             // The class of the engine's error: an engine out of memory is a 507.
             .map_err(|e: ModelLoadError| ApiError::of_class(e.class(), e.to_string()))?;
