@@ -311,15 +311,15 @@ impl Context for CpuContext {
     }
 
     fn kv_remove(&mut self, seq: i32, p0: i32, p1: i32) -> Result<(), BackendError> {
-        let kv_dim = self.model.hp.kv_dim();
+        let row_bytes = self.model.kv_row_bytes();
         let r = range(p0, p1);
         if seq < 0 {
             for c in &mut self.caches {
-                c.retain(kv_dim, |p| !r(p));
+                c.retain(row_bytes, |p| !r(p));
             }
         } else {
             self.check_seq(seq as u32)?;
-            self.caches[seq as usize].retain(kv_dim, |p| !r(p));
+            self.caches[seq as usize].retain(row_bytes, |p| !r(p));
         }
         Ok(())
     }
@@ -336,7 +336,7 @@ impl Context for CpuContext {
         if delta == 0 {
             return Ok(());
         }
-        let kv_dim = self.model.hp.kv_dim();
+        let row_bytes = self.model.kv_row_bytes();
         // The context's KV cells are shared by all sequences, so one sequence may use all
         // n_ctx of them: that is the per-sequence context size llama.cpp's choice between
         // long and short LongRoPE factors looks at (as in decode).
@@ -350,7 +350,7 @@ impl Context for CpuContext {
                 crate::forward::rerotate_keys(
                     &self.model,
                     l,
-                    &mut layer[c * kv_dim..(c + 1) * kv_dim],
+                    &mut layer[c * row_bytes..(c + 1) * row_bytes],
                     delta,
                     factors,
                 );
@@ -365,15 +365,15 @@ impl Context for CpuContext {
         if src == dst {
             return Ok(());
         }
-        let kv_dim = self.model.hp.kv_dim();
+        let row_bytes = self.model.kv_row_bytes();
         let r = range(p0, p1);
         let source = std::mem::take(&mut self.caches[src as usize]);
         let d = &mut self.caches[dst as usize];
         // Copied positions replace any the destination held.
         let copied: std::collections::HashSet<u32> =
             source.pos.iter().copied().filter(|&p| r(p)).collect();
-        d.retain(kv_dim, |p| !copied.contains(&p));
-        d.append_from(&source, kv_dim, &r);
+        d.retain(row_bytes, |p| !copied.contains(&p));
+        d.append_from(&source, row_bytes, &r);
         self.caches[src as usize] = source;
         Ok(())
     }

@@ -214,19 +214,22 @@ fn rotate(x0: f32, x1: f32, c: f32, s: f32) -> (f32, f32) {
     (x0.mul_add(c, -(x1 * s)), x0.mul_add(s, x1 * c))
 }
 
-/// Rotates the cached keys of one cell (`kv_dim` F16 values, every KV head) further by
-/// `delta` positions: RoPE rotations compose, so keys stored at position p become the keys
-/// of position p + delta (a context shift). `layer` chooses the RoPE base and scale,
-/// `factors` are the context's frequency factors ([`ModelInner::rope_factors`]). As
-/// llama.cpp's K-shift, the rotation includes the attention factor.
+/// Rotates the cached keys of one cell (`kv_dim` values of the cache's type, every KV
+/// head) further by `delta` positions: RoPE rotations compose, so keys stored at position
+/// p become the keys of position p + delta (a context shift). `layer` chooses the RoPE
+/// base and scale, `factors` are the context's frequency factors
+/// ([`ModelInner::rope_factors`]). As llama.cpp's K-shift, the rotation includes the
+/// attention factor, and a quantized cell is read into f32, rotated and stored again.
 pub(crate) fn rerotate_keys(
     m: &ModelInner,
     layer: usize,
-    k: &mut [f16],
+    cell: &mut [u8],
     delta: i32,
     factors: Option<&[f32]>,
 ) {
     let hp = &m.hp;
+    let mut k = vec![0f32; hp.kv_dim()];
+    m.kv_type.load(cell, &mut k);
     let (hd, half) = (hp.head_dim, hp.n_rot / 2);
     let mut angles = vec![0f32; hp.n_rot];
     rope_angles(hp, &RopeParams::of_layer(hp, layer, factors), delta as f32, &mut angles);
@@ -237,10 +240,10 @@ pub(crate) fn rerotate_keys(
                 RopeKind::Norm => (2 * i, 2 * i + 1),
                 RopeKind::Neox => (i, i + half),
             };
-            let (y0, y1) = rotate(head[a].to_f32(), head[b].to_f32(), c, s);
-            (head[a], head[b]) = (f16::from_f32(y0), f16::from_f32(y1));
+            (head[a], head[b]) = rotate(head[a], head[b], c, s);
         }
     }
+    m.kv_type.store(&k, cell);
 }
 
 fn add_bias(x: &mut [f32], bias: &Option<Vec<f32>>) {
@@ -298,6 +301,8 @@ pub fn forward(
     let d = hp.n_embd;
     let hd = hp.head_dim;
     let kv_dim = hp.kv_dim();
+    let kv_type = m.kv_type;
+    let row_bytes = kv_type.row_bytes(kv_dim);
     let q_dim = hp.q_dim();
     let mut prof = s.profile.take();
     let mut timer = Timer::start(prof.is_some());
@@ -335,8 +340,8 @@ pub fn forward(
         let c = &mut caches[e.seq as usize];
         let cells = c.pos.len();
         for l in 0..hp.n_layer {
-            c.k[l].resize(cells * kv_dim, f16::ZERO);
-            c.v[l].resize(cells * kv_dim, f16::ZERO);
+            c.k[l].resize(cells * row_bytes, 0);
+            c.v[l].resize(cells * row_bytes, 0);
         }
     }
     dump("inp_scaled", None, &s.x);
@@ -401,13 +406,10 @@ pub fn forward(
         let window = if swa { hp.swa_window as u32 } else { u32::MAX };
         for (i, e) in batch.iter().enumerate() {
             let c = &mut caches[e.seq as usize];
-            let at = cell[i] * kv_dim;
-            for (dst, src) in c.k[l][at..at + kv_dim].iter_mut().zip(&s.k[i * kv_dim..]) {
-                *dst = f16::from_f32(*src);
-            }
-            for (dst, src) in c.v[l][at..at + kv_dim].iter_mut().zip(&s.v[i * kv_dim..]) {
-                *dst = f16::from_f32(*src);
-            }
+            let at = cell[i] * row_bytes;
+            let row = i * kv_dim..(i + 1) * kv_dim;
+            kv_type.store(&s.k[row.clone()], &mut c.k[l][at..at + row_bytes]);
+            kv_type.store(&s.v[row], &mut c.v[l][at..at + row_bytes]);
         }
         timer.lap(&mut prof, "rope+kv store");
 
@@ -445,16 +447,21 @@ pub fn forward(
                 let mut sum = [0f32; MAX_HEADS_PER_TASK];
                 let (max, sum) = (&mut max[..per_task], &mut sum[..per_task]);
                 let kv = kernels::KvHead {
+                    ty: kv_type,
                     k: &c.k[l],
                     v: &c.v[l],
                     kv_dim,
                     offset: (first / group) * hd,
                 };
                 let scale = (score_scale, softcap);
-                if tiled {
+                if tiled || kv_type.is_quantized() {
                     out.fill(0.0);
-                    let state = kernels::TiledSoftmax { acc: out, max, sum };
-                    kernels::attend_heads_tiled(qg, kv, cells, scale, state);
+                    let state = kernels::SoftmaxF32 { acc: out, max, sum };
+                    if kv_type.is_quantized() {
+                        kernels::attend_heads_quantized(qg, kv, cells, scale, state);
+                    } else {
+                        kernels::attend_heads_tiled(qg, kv, cells, scale, state);
+                    }
                     for (h, o) in out.chunks_mut(hd).enumerate() {
                         let inv = if sum[h] != 0.0 { 1.0 / sum[h] } else { 0.0 };
                         o.iter_mut().for_each(|o| *o *= inv);

@@ -12,6 +12,8 @@
 
 use half::f16;
 
+use crate::kv::KvType;
+
 /// Elements per quantization block (Q4_0, Q8_0).
 pub const QK: usize = 32;
 /// Bytes of a Q4_0 block: an f16 scale and 16 bytes of nibbles.
@@ -77,20 +79,26 @@ pub struct ActRow<'a> {
 /// scale `max|x| / 127` rounded to f16, values `round_half_even(x * 127 / max|x|)`.
 pub fn quantize_row_q8_0(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], c: &mut [i32]) {
     for (b, xb) in x.chunks_exact(QK).enumerate() {
-        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let db = f16::from_f32(amax / 127.0).to_f32();
-        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-        let q = &mut qs[b * QK..(b + 1) * QK];
-        let mut sum = 0i32;
-        for (o, v) in q.iter_mut().zip(xb) {
-            let r = (v * id).round_ties_even() as i32;
-            *o = r as i8;
-            sum += r;
-        }
+        let (db, sum) = q8_0_block(xb, &mut qs[b * QK..(b + 1) * QK]);
         d[b] = db;
         s[b] = db * sum as f32;
         c[b] = -8 * sum;
     }
+}
+
+/// One block of 32 values as [`quantize_row_q8_0`] quantizes it into `q`; returns the
+/// scale (an f16 value) and the sum of the quantized values.
+pub fn q8_0_block(xb: &[f32], q: &mut [i8]) -> (f32, i32) {
+    let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let db = f16::from_f32(amax / 127.0).to_f32();
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    let mut sum = 0i32;
+    for (o, v) in q.iter_mut().zip(xb) {
+        let r = (v * id).round_ties_even() as i32;
+        *o = r as i8;
+        sum += r;
+    }
+    (db, sum)
 }
 
 #[inline]
@@ -666,18 +674,39 @@ pub fn dot_f32(w: &[u8], x: &[f32]) -> f32 {
     })
 }
 
-/// Where one KV head's rows lie in a layer's cache: `cells × kv_dim` keys and values, the
-/// head's `hd` values at `offset` in each cell.
+/// Where one KV head's rows lie in a layer's cache: `cells × ty.row_bytes(kv_dim)` bytes
+/// of keys and of values, the head's `hd` values at value `offset` of each cell.
 #[derive(Clone, Copy)]
 pub struct KvHead<'a> {
+    /// The cache's element type.
+    pub ty: KvType,
     /// Keys.
-    pub k: &'a [f16],
+    pub k: &'a [u8],
     /// Values.
-    pub v: &'a [f16],
+    pub v: &'a [u8],
     /// Values per cell.
     pub kv_dim: usize,
-    /// The head's offset in a cell.
+    /// The head's offset in a cell, in values.
     pub offset: usize,
+}
+
+impl<'a> KvHead<'a> {
+    /// Bytes per cell.
+    fn row_bytes(&self) -> usize {
+        self.ty.row_bytes(self.kv_dim)
+    }
+
+    /// The bytes of the head's `hd` values in cell `cell` of `store` (the keys or the
+    /// values).
+    fn head(&self, store: &'a [u8], cell: u32, hd: usize) -> &'a [u8] {
+        let at = cell as usize * self.row_bytes() + self.ty.row_bytes(self.offset);
+        &store[at..at + self.ty.row_bytes(hd)]
+    }
+
+    /// Value `i` of an F16 head's bytes.
+    fn f16_value(bytes: &[u8], i: usize) -> f32 {
+        f16_at(bytes, 2 * i)
+    }
 }
 
 /// The running state of llama.cpp's one-row flash attention for `g` query heads of `hd`
@@ -707,7 +736,13 @@ fn check_attention(
     let hd = q.len() / g;
     assert!(lens.0 == q.len() && lens.2 == g, "state sizes");
     assert!(kv.offset + hd <= kv.kv_dim, "head outside the cell");
-    let n_cells = kv.k.len().min(kv.v.len()) / kv.kv_dim.max(1);
+    if kv.ty.is_quantized() {
+        assert!(
+            [hd, kv.offset, kv.kv_dim].iter().all(|n| n.is_multiple_of(QK)),
+            "a quantized head is whole blocks"
+        );
+    }
+    let n_cells = kv.k.len().min(kv.v.len()) / kv.row_bytes().max(1);
     assert!(cells.iter().all(|&c| (c as usize) < n_cells), "cell outside the cache");
     (g, hd)
 }
@@ -810,11 +845,11 @@ fn attend_heads_f16_rounded(
     state: OnlineSoftmax<'_>,
     rounding: FaRounding,
 ) {
+    assert_eq!(kv.ty, KvType::F16, "an F16 cache");
     let (g, hd) =
         check_attention(q, kv, cells, (state.acc.len(), state.max.len(), state.sum.len()));
     if hd.is_multiple_of(8) && hd <= 256 && g <= 64 {
-        // f16 is a transparent u16.
-        let (k, v) = (kv.k.as_ptr().cast::<u8>(), kv.v.as_ptr().cast::<u8>());
+        let (k, v) = (kv.k.as_ptr(), kv.v.as_ptr());
         let acc = state.acc.as_mut_ptr().cast::<u8>();
         let dims = (kv.kv_dim, kv.offset);
         let OnlineSoftmax { acc: acc16, max, sum } = state;
@@ -858,11 +893,11 @@ fn attend_heads_f16_portable(
     let g = state.max.len();
     let hd = q.len() / g;
     for &cell in cells {
-        let at = cell as usize * kv.kv_dim + kv.offset;
-        let (k, v) = (&kv.k[at..at + hd], &kv.v[at..at + hd]);
+        let (k, v) = (kv.head(kv.k, cell, hd), kv.head(kv.v, cell, hd));
         for h in 0..g {
             let qh = &q[h * hd..(h + 1) * hd];
-            let mut sc = qh.iter().zip(k).map(|(a, b)| a * b.to_f32()).sum::<f32>() * scale;
+            let dot = qh.iter().enumerate().map(|(i, a)| a * KvHead::f16_value(k, i));
+            let mut sc = dot.sum::<f32>() * scale;
             if softcap != 0.0 {
                 sc = softcap * sc.tanh();
             }
@@ -874,8 +909,8 @@ fn attend_heads_f16_portable(
                 (1.0, (sc - state.max[h]).exp())
             };
             state.sum[h] = state.sum[h].mul_add(ms, w);
-            for (a, x) in state.acc[h * hd..(h + 1) * hd].iter_mut().zip(v) {
-                *a = fa_step(*a, x.to_f32(), (ms, w), rounding);
+            for (i, a) in state.acc[h * hd..(h + 1) * hd].iter_mut().enumerate() {
+                *a = fa_step(*a, KvHead::f16_value(v, i), (ms, w), rounding);
             }
         }
     }
@@ -902,9 +937,10 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(*mut f32) -> R) -> R {
     })
 }
 
-/// The running state of llama.cpp's tiled flash attention for `g` query heads: f32
-/// accumulators (`g × hd`), and per head the running maximum and the sum of the weights.
-pub struct TiledSoftmax<'a> {
+/// The running state of an attention with f32 accumulators (llama.cpp's tiled path, and
+/// its one-row path over a quantized cache) for `g` query heads: the accumulators
+/// (`g × hd`), and per head the running maximum and the sum of the weights.
+pub struct SoftmaxF32<'a> {
     /// Accumulated values.
     pub acc: &'a mut [f32],
     /// Running maximum of each head's scores.
@@ -925,15 +961,16 @@ pub fn attend_heads_tiled(
     kv: KvHead<'_>,
     cells: &[u32],
     (scale, softcap): (f32, f32),
-    state: TiledSoftmax<'_>,
+    state: SoftmaxF32<'_>,
 ) {
+    assert_eq!(kv.ty, KvType::F16, "an F16 cache");
     let (g, hd) =
         check_attention(q, kv, cells, (state.acc.len(), state.max.len(), state.sum.len()));
     assert!(cells.windows(2).all(|w| w[0] < w[1]), "cells out of order");
     if hd.is_multiple_of(8) && hd <= 256 && g <= 64 {
-        let (k, v) = (kv.k.as_ptr().cast::<u8>(), kv.v.as_ptr().cast::<u8>());
+        let (k, v) = (kv.k.as_ptr(), kv.v.as_ptr());
         let dims = (kv.kv_dim, kv.offset);
-        let TiledSoftmax { acc, max, sum } = state;
+        let SoftmaxF32 { acc, max, sum } = state;
         with_scratch(g * FA_TILE_KV, |scratch| {
             dispatch!(
                 isa(),
@@ -952,7 +989,7 @@ pub fn attend_heads_tiled(
                     kv,
                     cells,
                     (scale, softcap),
-                    TiledSoftmax { acc, max, sum }
+                    SoftmaxF32 { acc, max, sum }
                 )
             );
         });
@@ -966,7 +1003,7 @@ fn attend_heads_tiled_portable(
     kv: KvHead<'_>,
     cells: &[u32],
     (scale, softcap): (f32, f32),
-    state: TiledSoftmax<'_>,
+    state: SoftmaxF32<'_>,
 ) {
     let g = state.max.len();
     let hd = q.len() / g;
@@ -975,9 +1012,9 @@ fn attend_heads_tiled_portable(
         for h in 0..g {
             let qh = &q[h * hd..(h + 1) * hd];
             for (w, &cell) in weights.iter_mut().zip(tile) {
-                let at = cell as usize * kv.kv_dim + kv.offset;
-                let k = &kv.k[at..at + hd];
-                let mut sc = qh.iter().zip(k).map(|(a, b)| a * b.to_f32()).sum::<f32>() * scale;
+                let k = kv.head(kv.k, cell, hd);
+                let dot = qh.iter().enumerate().map(|(i, a)| a * KvHead::f16_value(k, i));
+                let mut sc = dot.sum::<f32>() * scale;
                 if softcap != 0.0 {
                     sc = softcap * sc.tanh();
                 }
@@ -999,11 +1036,111 @@ fn attend_heads_tiled_portable(
             }
             state.sum[h] += tile_sum as f32;
             for (&w, &cell) in ws.iter().zip(tile) {
-                let at = cell as usize * kv.kv_dim + kv.offset;
-                for (a, x) in acc.iter_mut().zip(&kv.v[at..at + hd]) {
-                    *a += w * x.to_f32();
+                let v = kv.head(kv.v, cell, hd);
+                for (i, a) in acc.iter_mut().enumerate() {
+                    *a += w * KvHead::f16_value(v, i);
                 }
             }
+        }
+    }
+}
+
+/// llama.cpp's CPU flash attention over a quantized cache (`kv.ty` Q8_0 or Q4_0), which
+/// takes its one-row path for every batch size (`ggml_compute_forward_flash_attn_ext_f16`
+/// tiles only F16 and F32 caches), for the `g = state.max.len()` query heads in `q` (`g ×
+/// hd`, f32) that share the KV head `kv`, over the cells `cells` in order: each head's
+/// query quantized to Q8_0 (K's dot type), per cell the score as
+/// `ggml_vec_dot_q8_0_q8_0`/`ggml_vec_dot_q4_0_q8_0` times `scale` (soft-capped as in
+/// [`attend_heads_f16`]), then the online softmax step: on a new maximum the f32
+/// accumulator scaled by `ms = exp(old - new)`, then the cell's value (dequantized once
+/// for all heads) added as `fma(v, w, acc)`, and the sum `sum·ms + w`. At the SIMD levels
+/// every step is ggml's to the bit; the heads share each cell's loads.
+pub fn attend_heads_quantized(
+    q: &[f32],
+    kv: KvHead<'_>,
+    cells: &[u32],
+    (scale, softcap): (f32, f32),
+    state: SoftmaxF32<'_>,
+) {
+    assert!(kv.ty.is_quantized(), "a quantized cache");
+    let (g, hd) =
+        check_attention(q, kv, cells, (state.acc.len(), state.max.len(), state.sum.len()));
+    thread_local! {
+        static QUERY: std::cell::RefCell<Q8Rows> = std::cell::RefCell::new(Q8Rows::default());
+    }
+    QUERY.with(|rows| {
+        let rows = &mut *rows.borrow_mut();
+        rows.resize(g, hd);
+        let nb = hd / QK;
+        for (h, qh) in q.chunks_exact(hd).enumerate() {
+            let (qs, d) = (&mut rows.qs[h * hd..(h + 1) * hd], &mut rows.d[h * nb..(h + 1) * nb]);
+            let (s, c) = (&mut rows.s[h * nb..(h + 1) * nb], &mut rows.c[h * nb..(h + 1) * nb]);
+            quantize_row_q8_0(qh, qs, d, s, c);
+        }
+        if hd <= 256 {
+            let dims = (kv.row_bytes(), kv.ty.row_bytes(kv.offset), kv.ty == KvType::Q4_0);
+            let SoftmaxF32 { acc, max, sum } = state;
+            dispatch!(
+                isa(),
+                attend_heads_quantized(
+                    (&rows.qs, &rows.d),
+                    (kv.k.as_ptr(), kv.v.as_ptr()),
+                    dims,
+                    cells,
+                    (scale, softcap),
+                    acc,
+                    (max, sum)
+                ),
+                attend_heads_quantized_portable(
+                    rows,
+                    kv,
+                    cells,
+                    (scale, softcap),
+                    SoftmaxF32 { acc, max, sum }
+                )
+            );
+        } else {
+            attend_heads_quantized_portable(rows, kv, cells, (scale, softcap), state);
+        }
+    });
+}
+
+fn attend_heads_quantized_portable(
+    query: &Q8Rows,
+    kv: KvHead<'_>,
+    cells: &[u32],
+    (scale, softcap): (f32, f32),
+    state: SoftmaxF32<'_>,
+) {
+    let g = state.max.len();
+    let hd = query.k;
+    let mut value = vec![0f32; hd];
+    for &cell in cells {
+        let k = kv.head(kv.k, cell, hd);
+        kv.ty.load(kv.head(kv.v, cell, hd), &mut value);
+        for h in 0..g {
+            let a = query.row(h);
+            let dot = match kv.ty {
+                KvType::Q4_0 => dot_q4_0::<1>(Isa::Portable, k, [a]),
+                _ => dot_q8_0::<1>(Isa::Portable, k, [a]),
+            };
+            let mut sc = dot[0] * scale;
+            if softcap != 0.0 {
+                sc = softcap * sc.tanh();
+            }
+            let acc = &mut state.acc[h * hd..(h + 1) * hd];
+            let (ms, w) = if sc > state.max[h] {
+                let ms = (state.max[h] - sc).exp();
+                state.max[h] = sc;
+                acc.iter_mut().for_each(|a| *a *= ms);
+                (ms, 1.0)
+            } else {
+                (1.0, (sc - state.max[h]).exp())
+            };
+            for (a, x) in acc.iter_mut().zip(&value) {
+                *a = x.mul_add(w, *a);
+            }
+            state.sum[h] = state.sum[h].mul_add(ms, w);
         }
     }
 }
@@ -1236,34 +1373,40 @@ mod tests {
         softcap: f32,
     ) -> Vec<f64> {
         let hd = qh.len();
-        let row = |c: u32| c as usize * kv.kv_dim + kv.offset;
+        let values = |store, c| {
+            let mut x = vec![0f32; hd];
+            kv.ty.load(kv.head(store, c, hd), &mut x);
+            x
+        };
         let scores: Vec<f64> = cells
             .iter()
             .map(|&c| {
-                let d: f64 =
-                    (0..hd).map(|i| f64::from(qh[i]) * f64::from(kv.k[row(c) + i].to_f32())).sum();
+                let k = values(kv.k, c);
+                let d: f64 = (0..hd).map(|i| f64::from(qh[i]) * f64::from(k[i])).sum();
                 let sc = d * f64::from(scale);
                 if softcap != 0.0 { f64::from(softcap) * sc.tanh() } else { sc }
             })
             .collect();
         let m = scores.iter().copied().fold(f64::MIN, f64::max);
         let z: f64 = scores.iter().map(|s| (s - m).exp()).sum();
-        (0..hd)
-            .map(|i| {
-                cells
-                    .iter()
-                    .zip(&scores)
-                    .map(|(&c, s)| (s - m).exp() / z * f64::from(kv.v[row(c) + i].to_f32()))
-                    .sum()
-            })
-            .collect()
+        let mut out = vec![0f64; hd];
+        for (&c, s) in cells.iter().zip(&scores) {
+            for (o, v) in out.iter_mut().zip(values(kv.v, c)) {
+                *o += (s - m).exp() / z * f64::from(v);
+            }
+        }
+        out
     }
 
-    /// Random f16 keys and values, `n` of each.
-    fn random_kv(seed: &mut u64, n: usize) -> (Vec<f16>, Vec<f16>) {
-        let k = (0..n).map(|_| f16::from_f32(lcg(seed))).collect();
-        let v = (0..n).map(|_| f16::from_f32(lcg(seed))).collect();
-        (k, v)
+    /// Random keys and values, `n` of each, stored as `ty`.
+    fn random_kv(seed: &mut u64, n: usize, ty: KvType) -> (Vec<u8>, Vec<u8>) {
+        let row = |seed: &mut u64| {
+            let x: Vec<f32> = (0..n).map(|_| lcg(seed)).collect();
+            let mut bytes = vec![0u8; ty.row_bytes(n)];
+            ty.store(&x, &mut bytes);
+            bytes
+        };
+        (row(seed), row(seed))
     }
 
     /// Queries of `q.len() / head_dim` heads sharing one KV head, over `cells`.
@@ -1309,10 +1452,10 @@ mod tests {
     fn attention_heads_agree_at_every_level_and_with_a_plain_softmax() {
         let mut seed = 5;
         let (hd, kv_dim, cells_n) = (64, 3 * 64, 37);
-        let (k, v) = random_kv(&mut seed, cells_n * kv_dim);
+        let (k, v) = random_kv(&mut seed, cells_n * kv_dim, KvType::F16);
         // Cells out of order and some skipped, as a sliding window or a cache with holes.
         let cells: Vec<u32> = (0..cells_n as u32).rev().filter(|c| c % 5 != 2).collect();
-        let kv = KvHead { k: &k, v: &v, kv_dim, offset: hd };
+        let kv = KvHead { ty: KvType::F16, k: &k, v: &v, kv_dim, offset: hd };
         for g in [1usize, 4] {
             let mut q: Vec<f32> = (0..g * hd).map(|_| lcg(&mut seed) * 2.0).collect();
             round_f16(&mut q);
@@ -1348,10 +1491,10 @@ mod tests {
     fn tiled_attention_agrees_at_every_level_and_with_a_plain_softmax() {
         let mut seed = 11;
         let (hd, kv_dim, cells_n) = (64, 2 * 64, 150);
-        let (k, v) = random_kv(&mut seed, cells_n * kv_dim);
+        let (k, v) = random_kv(&mut seed, cells_n * kv_dim, KvType::F16);
         let cells: Vec<u32> =
             (0..cells_n as u32).filter(|c| c % 7 != 3 && !(70..90).contains(c)).collect();
-        let kv = KvHead { k: &k, v: &v, kv_dim, offset: hd };
+        let kv = KvHead { ty: KvType::F16, k: &k, v: &v, kv_dim, offset: hd };
         for g in [1usize, 8] {
             let q: Vec<f32> = (0..g * hd).map(|_| lcg(&mut seed) * 2.0).collect();
             for softcap in [0.0f32, 5.0] {
@@ -1359,7 +1502,7 @@ mod tests {
                 let run = |portable: bool| {
                     let mut acc = vec![0f32; g * hd];
                     let (mut max, mut sum) = (vec![f32::NEG_INFINITY; g], vec![0f32; g]);
-                    let state = TiledSoftmax { acc: &mut acc, max: &mut max, sum: &mut sum };
+                    let state = SoftmaxF32 { acc: &mut acc, max: &mut max, sum: &mut sum };
                     if portable {
                         attend_heads_tiled_portable(&q, kv, &cells, (scale, softcap), state);
                     } else {
@@ -1370,6 +1513,71 @@ mod tests {
                 let (portable, simd) = (run(true), run(false));
                 let case = AttentionCase { head_dim: hd, q: &q, kv, cells: &cells, scale, softcap };
                 case.assert_heads(&portable, &simd, (1e-5, 1e-5));
+            }
+        }
+    }
+
+    /// Attention over a Q8_0 or Q4_0 cache at the detected level equals the portable
+    /// kernel (to the summation order of the scores) and a plain f64 softmax over the
+    /// dequantized keys and values (to the query's Q8_0 rounding), with and without
+    /// soft-capping, for 1 and 4 heads sharing a KV head of 64 and of 256 values, over
+    /// cells out of order with holes.
+    #[test]
+    fn quantized_attention_agrees_at_every_level_and_with_a_plain_softmax() {
+        let mut seed = 23;
+        for ty in [KvType::Q8_0, KvType::Q4_0] {
+            for hd in [64usize, 256] {
+                let (kv_dim, cells_n) = (2 * hd, 45);
+                let (k, v) = random_kv(&mut seed, cells_n * kv_dim, ty);
+                let cells: Vec<u32> = (0..cells_n as u32).rev().filter(|c| c % 6 != 1).collect();
+                let kv = KvHead { ty, k: &k, v: &v, kv_dim, offset: hd };
+                for g in [1usize, 4] {
+                    let q: Vec<f32> = (0..g * hd).map(|_| lcg(&mut seed) * 2.0).collect();
+                    for softcap in [0.0f32, 5.0] {
+                        let scale = if softcap != 0.0 { 0.125 / softcap } else { 0.125 };
+                        let run = |portable: bool| {
+                            let mut acc = vec![0f32; g * hd];
+                            let (mut max, mut sum) = (vec![f32::NEG_INFINITY; g], vec![0f32; g]);
+                            let state = SoftmaxF32 { acc: &mut acc, max: &mut max, sum: &mut sum };
+                            if portable {
+                                let mut rows = Q8Rows::default();
+                                rows.resize(g, hd);
+                                let Q8Rows { qs, d, s, c, .. } = &mut rows;
+                                for h in 0..g {
+                                    let (r, b) =
+                                        (h * hd..(h + 1) * hd, h * hd / QK..(h + 1) * hd / QK);
+                                    quantize_row_q8_0(
+                                        &q[r.clone()],
+                                        &mut qs[r],
+                                        &mut d[b.clone()],
+                                        &mut s[b.clone()],
+                                        &mut c[b],
+                                    );
+                                }
+                                attend_heads_quantized_portable(
+                                    &rows,
+                                    kv,
+                                    &cells,
+                                    (scale, softcap),
+                                    state,
+                                );
+                            } else {
+                                attend_heads_quantized(&q, kv, &cells, (scale, softcap), state);
+                            }
+                            (0..g * hd).map(|i| acc[i] / sum[i / hd]).collect::<Vec<f32>>()
+                        };
+                        let (portable, simd) = (run(true), run(false));
+                        let case = AttentionCase {
+                            head_dim: hd,
+                            q: &q,
+                            kv,
+                            cells: &cells,
+                            scale,
+                            softcap,
+                        };
+                        case.assert_heads(&portable, &simd, (2e-2, 1e-5));
+                    }
+                }
             }
         }
     }

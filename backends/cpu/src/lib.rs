@@ -13,7 +13,7 @@
 //!   (`simd`, compiled into every build with `#[target_feature]`) or portable code, so one
 //!   library built by a plain `cargo build` runs at full speed on every x86-64 CPU.
 //! - [`weights`]: the threaded matrix multiplication over mapped weights.
-//! - [`kv`]: the per-sequence KV cache.
+//! - [`kv`]: the per-sequence KV cache, in f16, q8_0 or q4_0 (the load's `kv_cache_type`).
 //! - [`context`]: the backend-api context: validation, decode, logits, embeddings, KV ops.
 //!
 //! Options (`[backends.cpu]` in the host config, or `[options]` in the manifest):
@@ -142,7 +142,10 @@ impl Backend for CpuBackend {
         if request.settings.n_threads > 0 && options.n_threads.is_none() {
             options.n_threads = Some(request.settings.n_threads);
         }
-        model::load(&request.path, options)
+        let kv_type =
+            kv::KvType::parse(request.settings.extra(corral_backend_api::EXTRA_KV_CACHE_TYPE))
+                .map_err(BackendError::invalid)?;
+        model::load(&request.path, options, kv_type)
     }
 
     fn describe(&self) -> String {

@@ -20,6 +20,7 @@ use corral_gguf::{GgmlType, GgufError, Value, pooling::Pooling, reader::GgufFile
 use memmap2::Mmap;
 
 use crate::context::CpuContext;
+use crate::kv::KvType;
 use crate::tokenizer::Tokenizer;
 use crate::weights::{WType, Weight};
 use crate::{CpuOptions, Error};
@@ -290,6 +291,8 @@ pub struct ModelInner {
     pub metadata: ModelInfo,
     /// Engine options.
     pub options: CpuOptions,
+    /// The element type of its contexts' KV caches (the load's `kv_cache_type`).
+    pub kv_type: KvType,
 }
 
 impl ModelInner {
@@ -297,6 +300,11 @@ impl ModelInner {
     #[inline]
     pub fn bytes(&self) -> &[u8] {
         &self.map
+    }
+
+    /// Bytes of one cell's keys (or values) in one layer of a context's KV cache.
+    pub fn kv_row_bytes(&self) -> usize {
+        self.kv_type.row_bytes(self.hp.kv_dim())
     }
 
     /// Checks a token id.
@@ -396,8 +404,8 @@ fn swa_pattern(n: usize, n_layer: usize) -> Vec<bool> {
     (0..n_layer).map(|l| n == 0 || l % n < n - 1).collect()
 }
 
-/// Loads a GGUF model.
-pub fn load(path: &str, options: CpuOptions) -> Result<CpuModel, BackendError> {
+/// Loads a GGUF model whose contexts keep their KV caches as `kv_type`.
+pub fn load(path: &str, options: CpuOptions, kv_type: KvType) -> Result<CpuModel, BackendError> {
     let p = Path::new(path);
     if !p.exists() {
         return Err(BackendError::not_found(format!("model file {path} does not exist")));
@@ -436,6 +444,14 @@ pub fn load(path: &str, options: CpuOptions) -> Result<CpuModel, BackendError> {
     })?;
     let hp = hparams(&file, path, &arch, kind, tokenizer.vocab_size())?;
     let (n_embd, n_layer, n_ff, head_dim) = (hp.n_embd, hp.n_layer, hp.n_ff, hp.head_dim);
+    if kv_type.is_quantized() && !head_dim.is_multiple_of(crate::kernels::QK) {
+        // As llama.cpp, which cannot store a head that is not whole blocks either.
+        return Err(BackendError::unsupported(format!(
+            "{path}: a {} KV cache needs heads of a multiple of 32 values; this model's have \
+             {head_dim}: use kv_cache_type f16",
+            kv_type.name()
+        )));
+    }
 
     // Every tensor the architecture reads is recorded; any other is refused at the end.
     let used: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
@@ -649,6 +665,7 @@ pub fn load(path: &str, options: CpuOptions) -> Result<CpuModel, BackendError> {
         special,
         metadata,
         options,
+        kv_type,
     };
     Ok(CpuModel { inner: Arc::new(inner) })
 }
@@ -981,12 +998,16 @@ impl Model for CpuModel {
     }
 
     /// Logits and mean-pooled embeddings (the final hidden states) for every supported
-    /// architecture, and context shift: `kv_shift` re-rotates the cached keys (every
+    /// architecture, KV caches of the load's `kv_cache_type` (f16, q8_0 or q4_0), and
+    /// context shift: `kv_shift` re-rotates the cached keys (every
     /// supported architecture uses RoPE). Not [`Capabilities::PER_SEQUENCE_CONTEXT`]:
     /// `new_context_per_sequence` keeps the default, a shared context (whose KV caches
     /// are kept per sequence already, with the cells counted against one `n_ctx`).
     fn capabilities(&self) -> Capabilities {
-        Capabilities::GENERATION | Capabilities::EMBEDDINGS | Capabilities::CONTEXT_SHIFT
+        Capabilities::GENERATION
+            | Capabilities::EMBEDDINGS
+            | Capabilities::CONTEXT_SHIFT
+            | Capabilities::KV_CACHE_TYPES
     }
 
     fn tokenize(

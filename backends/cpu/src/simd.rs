@@ -1358,6 +1358,104 @@ macro_rules! x86_kernels {
                 }
             }
         }
+
+        /// The 32 values of a Q8_0 (`q4` false) or Q4_0 block at `blk` as signed bytes
+        /// (Q4_0's nibbles less their offset of 8), in element order.
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn q0_bytes(blk: *const u8, q4: bool) -> __m256i {
+            if q4 {
+                _mm256_sub_epi8(nibbles(blk.add(2)), _mm256_set1_epi8(8))
+            } else {
+                _mm256_loadu_si256(blk.add(2).cast())
+            }
+        }
+
+        /// `kernels::attend_heads_quantized` for `max.len()` heads of `hd` values (whole
+        /// blocks, at most 256) whose queries are the Q8_0 rows `qs` (`g × hd`) with scales
+        /// `qd` (`g × hd/32`): keys and values Q8_0 (`q4` false) or Q4_0 blocks, cell `c`'s
+        /// head at byte `c·row_bytes + head_at`. Per cell: the value dequantized once
+        /// (`dequantize_row_q8_0`/`_q4_0`: each value times the block's scale), then per
+        /// head the score (`ggml_vec_dot_q8_0_q8_0`/`_q4_0_q8_0`: per block the 32 byte
+        /// products summed in fours into 8 lanes, added as `fma(d_k·d_q, lanes, acc)`, the
+        /// lanes summed as `hsum_float_8`), the softmax step, and the value added into the
+        /// head's f32 accumulator (`ggml_vec_scale_f32`, `ggml_vec_mad_f32`).
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) unsafe fn attend_heads_quantized(
+            (qs, qd): (&[i8], &[f32]),
+            (k, v): (*const u8, *const u8),
+            (row_bytes, head_at, q4): (usize, usize, bool),
+            cells: &[u32],
+            (kq_scale, softcap): (f32, f32),
+            acc: &mut [f32],
+            (max, sum): (&mut [f32], &mut [f32]),
+        ) {
+            let g = max.len();
+            let hd = acc.len() / g;
+            let nb = hd / QK;
+            let bytes = if q4 { Q4_0_BYTES } else { Q8_0_BYTES };
+            let mut buf = [0f32; 256];
+            let bp = buf.as_mut_ptr();
+            let (qp, dp, ap) = (qs.as_ptr(), qd.as_ptr(), acc.as_mut_ptr());
+            for &cell in cells {
+                let at = cell as usize * row_bytes + head_at;
+                let (kp, vp) = (k.add(at), v.add(at));
+                for b in 0..nb {
+                    let blk = vp.add(b * bytes);
+                    let d = _mm256_set1_ps(scale(blk));
+                    let x = q0_bytes(blk, q4);
+                    let halves = [_mm256_castsi256_si128(x), _mm256_extracti128_si256::<1>(x)];
+                    for (i, half) in halves.into_iter().enumerate() {
+                        for (j, part) in [half, _mm_srli_si128::<8>(half)].into_iter().enumerate() {
+                            let f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(part));
+                            _mm256_storeu_ps(bp.add(b * QK + 16 * i + 8 * j), _mm256_mul_ps(f, d));
+                        }
+                    }
+                }
+                for h in 0..g {
+                    let mut lanes_acc = _mm256_setzero_ps();
+                    for b in 0..nb {
+                        let blk = kp.add(b * bytes);
+                        let wv = q0_bytes(blk, q4);
+                        let y = _mm256_loadu_si256(qp.add(h * hd + b * QK).cast());
+                        let lanes = dot_u8_i8(
+                            _mm256_setzero_si256(),
+                            _mm256_sign_epi8(wv, wv),
+                            _mm256_sign_epi8(y, wv),
+                        );
+                        let d = _mm256_set1_ps(scale(blk) * *dp.add(h * nb + b));
+                        lanes_acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(lanes), lanes_acc);
+                    }
+                    let mut sc = hsum(lanes_acc) * kq_scale;
+                    if softcap != 0.0 {
+                        sc = softcap * sc.tanh();
+                    }
+                    let (m, s) = (max.get_unchecked_mut(h), sum.get_unchecked_mut(h));
+                    let head = ap.add(h * hd);
+                    let (ms, w) = if sc > *m {
+                        let ms = (*m - sc).exp();
+                        *m = sc;
+                        let msv = _mm256_set1_ps(ms);
+                        for c in 0..hd / 8 {
+                            let a = head.add(8 * c);
+                            _mm256_storeu_ps(a, _mm256_mul_ps(_mm256_loadu_ps(a), msv));
+                        }
+                        (ms, 1.0)
+                    } else {
+                        (1.0, (sc - *m).exp())
+                    };
+                    let wv = _mm256_set1_ps(w);
+                    for c in 0..hd / 8 {
+                        let a = head.add(8 * c);
+                        let x =
+                            _mm256_fmadd_ps(_mm256_loadu_ps(bp.add(8 * c)), wv, _mm256_loadu_ps(a));
+                        _mm256_storeu_ps(a, x);
+                    }
+                    *s = (*s).mul_add(ms, w);
+                }
+            }
+        }
     };
 }
 

@@ -26,6 +26,16 @@ fn load(path: &std::path::Path) -> Result<CpuModel, corral_backend_api::BackendE
         .load_model(&LoadRequest::new(path.to_string_lossy(), "gguf"))
 }
 
+/// Loads `path` with the load option `kv_cache_type` set to `kv`.
+fn load_with_kv(
+    path: &std::path::Path,
+    kv: &str,
+) -> Result<CpuModel, corral_backend_api::BackendError> {
+    let mut request = LoadRequest::new(path.to_string_lossy(), "gguf");
+    request.settings.extra.push((corral_backend_api::EXTRA_KV_CACHE_TYPE.into(), kv.into()));
+    CpuBackend::with_options(CpuOptions::default()).load_model(&request)
+}
+
 fn params(n_seq: u32) -> ContextParams {
     ContextParams { n_ctx: 256, n_batch: 256, n_seq_max: n_seq, n_threads: 2, ..Default::default() }
 }
@@ -191,14 +201,15 @@ fn bad_files_are_clear_errors() {
     assert!(matches!(e.kind, ErrorKind::Unsupported | ErrorKind::InvalidInput), "{e}");
 }
 
-/// The capabilities the engine declares are the ones it has: logits, embeddings and a
-/// working `kv_shift`; no per-sequence context of its own.
+/// The capabilities the engine declares are the ones it has: logits, embeddings, a
+/// working `kv_shift` and KV cache types (tested below); no per-sequence context of its
+/// own.
 #[test]
 fn declared_capabilities_hold() {
     let dir = tempfile::tempdir().unwrap();
     let (m, _) = model(dir.path(), WeightType::F32);
     let caps = m.capabilities();
-    assert_eq!(caps.names(), ["generation", "embeddings", "context-shift"]);
+    assert_eq!(caps.names(), ["generation", "embeddings", "context-shift", "kv-cache-types"]);
     assert!(!caps.contains(Capabilities::PER_SEQUENCE_CONTEXT));
     let toks = m.tokenize("Once upon a time there was", true, false).unwrap();
     let mut c = m.new_context(&params(1)).unwrap();
@@ -209,4 +220,70 @@ fn declared_capabilities_hold() {
     let mut e = m.new_context(&ContextParams { embeddings: true, ..params(1) }).unwrap();
     e.decode(&[BatchEntry { token: toks[0], pos: 0, seq: 0, logits: false }]).unwrap();
     assert_eq!(e.embeddings(0).unwrap().len(), m.hparams().n_embd);
+}
+
+/// A Q8_0 or Q4_0 KV cache (`kv_cache_type`) gives logits close to the F16 cache's, in
+/// one batch and token by token, and every KV edit works on it: removing and re-decoding
+/// a tail, copying a prefix to another sequence, and a context shift (keys read, rotated
+/// and quantized again) against decoding at the shifted positions from the start. A head
+/// that is not whole blocks of 32, and a type the engine does not know, are refused with
+/// the reason.
+#[test]
+fn quantized_kv_caches_follow_f16_through_decoding_and_kv_edits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("heads-of-32.gguf");
+    let shape = ModelShape { n_embd_head: Some(32), ..ModelShape::tiny() };
+    let opts = GenerateOptions {
+        shape,
+        weight_type: WeightType::F32,
+        seed: 5,
+        name: "tiny".into(),
+        ..Default::default()
+    };
+    generate_llama(&path, &opts).expect("generate");
+    let f16 = load_with_kv(&path, "f16").expect("load f16");
+    let toks = f16.tokenize("The quick brown fox jumps over the lazy dog", true, false).unwrap();
+    let n = toks.len();
+    let reference = prefill(&mut f16.new_context(&params(1)).unwrap(), 0, 0, &toks);
+    let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+    for (ty, tol) in [("q8_0", 0.02), ("q4_0", 0.15)] {
+        let m = load_with_kv(&path, ty).expect("load");
+        let close = |what: &str, got: &[f32], want: &[f32], tol: f32| {
+            let d = max_diff(got, want);
+            println!("{ty}: {what}: {d:.2e} (of logits up to {scale:.2})");
+            assert!(d < tol * scale, "{ty}: {what} differs by {d}");
+        };
+        let mut c = m.new_context(&params(2)).unwrap();
+        let full = prefill(&mut c, 0, 0, &toks);
+        close("one batch against f16", &full, &reference, tol);
+        let mut t = m.new_context(&params(1)).unwrap();
+        let mut last = Vec::new();
+        for (i, &tok) in toks.iter().enumerate() {
+            last = prefill(&mut t, 0, i as u32, &[tok]);
+        }
+        close("token by token against f16", &last, &reference, tol);
+        close("token by token against one batch", &last, &full, tol / 4.0);
+        // Remove the tail and decode it again; copy the prefix and continue elsewhere.
+        c.kv_remove(0, n as i32 - 2, -1).unwrap();
+        assert_eq!(c.kv_pos_max(0), n as i32 - 3);
+        let again = prefill(&mut c, 0, n as u32 - 2, &toks[n - 2..]);
+        close("tail decoded again", &again, &full, 1e-3);
+        c.kv_copy(0, 1, 0, n as i32 - 1).unwrap();
+        let copied = prefill(&mut c, 1, n as u32 - 1, &toks[n - 1..]);
+        close("copied prefix", &copied, &full, 1e-3);
+        // Shift by 37 against the prompt decoded at 37.. from the start.
+        let mut s = m.new_context(&params(1)).unwrap();
+        prefill(&mut s, 0, 0, &toks[..n - 1]);
+        s.kv_shift(0, 0, -1, 37).unwrap();
+        let shifted = prefill(&mut s, 0, 36 + n as u32, &toks[n - 1..]);
+        let fresh = prefill(&mut m.new_context(&params(1)).unwrap(), 0, 37, &toks);
+        close("context shift", &shifted, &fresh, tol);
+    }
+    let (_, tiny) = model(dir.path(), WeightType::F32);
+    let e = load_with_kv(&tiny, "q4_0").err().expect("heads of 16");
+    assert_eq!(e.kind, ErrorKind::Unsupported);
+    assert!(e.message().contains("multiple of 32") && e.message().contains("f16"), "{e}");
+    let e = load_with_kv(&path, "q5_9").err().expect("an unknown type");
+    assert_eq!(e.kind, ErrorKind::InvalidInput);
+    assert!(e.message().contains("f16, q8_0 or q4_0"), "{e}");
 }
