@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use corral_backend_api::BatchEntry;
 
 use crate::kernels;
-use crate::kv::SeqCache;
+use crate::kv::{SeqCache, hadamard};
 use crate::model::{Activation, Hparams, ModelInner, RopeKind};
 use crate::weights::{Prepared, Weight, matmul, matmul_multi};
 
@@ -219,7 +219,9 @@ fn rotate(x0: f32, x1: f32, c: f32, s: f32) -> (f32, f32) {
 /// p become the keys of position p + delta (a context shift). `layer` chooses the RoPE
 /// base and scale, `factors` are the context's frequency factors
 /// ([`ModelInner::rope_factors`]). As llama.cpp's K-shift, the rotation includes the
-/// attention factor, and a quantized cell is read into f32, rotated and stored again.
+/// attention factor, and a quantized cell is read into f32, rotated and stored again
+/// (keys kept under a Hadamard transform, `kv::KvRotation`, taken out of it first and put
+/// back after).
 pub(crate) fn rerotate_keys(
     m: &ModelInner,
     layer: usize,
@@ -230,6 +232,10 @@ pub(crate) fn rerotate_keys(
     let hp = &m.hp;
     let mut k = vec![0f32; hp.kv_dim()];
     m.kv_type.load(cell, &mut k);
+    let transform = m.kv_rotation.k;
+    if transform > 0 {
+        hadamard(&mut k, transform);
+    }
     let (hd, half) = (hp.head_dim, hp.n_rot / 2);
     let mut angles = vec![0f32; hp.n_rot];
     rope_angles(hp, &RopeParams::of_layer(hp, layer, factors), delta as f32, &mut angles);
@@ -242,6 +248,9 @@ pub(crate) fn rerotate_keys(
             };
             (head[a], head[b]) = rotate(head[a], head[b], c, s);
         }
+    }
+    if transform > 0 {
+        hadamard(&mut k, transform);
     }
     m.kv_type.store(&k, cell);
 }
@@ -403,6 +412,15 @@ pub fn forward(
             let a = hp.attn_scale;
             s.q.par_iter_mut().for_each(|v| *v *= a);
         }
+        // A quantized cache keeps rotated keys and values (kv::KvRotation).
+        let rot = m.kv_rotation;
+        if rot.k > 0 {
+            s.q.par_chunks_mut(rot.k * 16).for_each(|c| hadamard(c, rot.k));
+            s.k.par_chunks_mut(rot.k * 16).for_each(|c| hadamard(c, rot.k));
+        }
+        if rot.v > 0 {
+            s.v.par_chunks_mut(rot.v * 16).for_each(|c| hadamard(c, rot.v));
+        }
         let window = if swa { hp.swa_window as u32 } else { u32::MAX };
         for (i, e) in batch.iter().enumerate() {
             let c = &mut caches[e.seq as usize];
@@ -481,6 +499,9 @@ pub fn forward(
             },
         );
         dump("kqv_out", Some(l), &s.att);
+        if rot.v > 0 {
+            s.att.par_chunks_mut(rot.v * 16).for_each(|c| hadamard(c, rot.v));
+        }
         timer.lap(&mut prof, "attention");
         // After the last layer's attention only the rows that produce output matter (as
         // llama.cpp's inp_out_ids): keep those rows of x and att.

@@ -108,6 +108,64 @@ impl KvType {
     }
 }
 
+/// llama.cpp's rotation of the keys and values it keeps in a quantized cache
+/// (`llama_kv_cache`'s `n_rot_k`/`n_rot_v`): before a quantized cache stores them, the
+/// queries and keys go through an orthonormal Walsh-Hadamard transform of `k` values at a
+/// time and the values through one of `v`, and the attention's output through the `v`
+/// transform again (its own inverse), which leaves the attention unchanged but spreads
+/// each head's outliers over the block, so that Q8_0 and Q4_0 lose less. `k` is the
+/// largest power of two from 64 that divides the head, `v` is 64; none for an F16 cache,
+/// for heads that are not a multiple of 64, or when `LLAMA_ATTN_ROT_DISABLE` is a non-zero
+/// number (llama.cpp's switch, honoured the same way).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KvRotation {
+    /// Transform size of the queries and keys (0: none).
+    pub k: usize,
+    /// Transform size of the values and the attention's output (0: none).
+    pub v: usize,
+}
+
+impl KvRotation {
+    /// The rotation llama.cpp uses for a cache of `ty` and heads of `head_dim` values.
+    pub fn for_cache(ty: KvType, head_dim: usize) -> KvRotation {
+        let disabled = std::env::var("LLAMA_ATTN_ROT_DISABLE")
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .is_some_and(|v| v != 0);
+        if disabled || !ty.is_quantized() || head_dim == 0 || !head_dim.is_multiple_of(64) {
+            return KvRotation::default();
+        }
+        let mut k = 64;
+        while head_dim.is_multiple_of(2 * k) {
+            k *= 2;
+        }
+        KvRotation { k, v: 64 }
+    }
+}
+
+/// The orthonormal Walsh-Hadamard transform of each `n` values of `x` (`n` a power of
+/// two), as ggml's `ggml_compute_forward_fwht` computes it: the values scaled by
+/// `1/sqrt(n)`, then `log2(n)` passes of butterflies `(u + v, u - v)` at distances 1, 2,
+/// 4, ... Each output is the same sum in the same order at any vector width, so this
+/// equals ggml's to the bit. The transform is its own inverse.
+pub fn hadamard(x: &mut [f32], n: usize) {
+    debug_assert!(n.is_power_of_two() && x.len().is_multiple_of(n));
+    let scale = 1.0 / (n as f32).sqrt();
+    for block in x.chunks_exact_mut(n) {
+        block.iter_mut().for_each(|v| *v *= scale);
+        let mut len = 1;
+        while len < n {
+            for pair in block.chunks_exact_mut(2 * len) {
+                let (lo, hi) = pair.split_at_mut(len);
+                for (u, v) in lo.iter_mut().zip(hi) {
+                    (*u, *v) = (*u + *v, *u - *v);
+                }
+            }
+            len *= 2;
+        }
+    }
+}
+
 /// One block of 32 values as ggml's `quantize_row_q4_0_ref`: the value of largest
 /// magnitude `max` maps to -8, the scale `d = max / -8`, each value to
 /// `min(15, trunc(x/d + 8.5))`, element `j` in the low nibble of byte `j` and element
@@ -262,6 +320,34 @@ mod tests {
         dst.append_from(&src, 4, range(0, 2));
         assert_eq!(dst.pos, [0, 1]);
         assert_eq!(dst.k[0], src.k[0][..8]);
+    }
+
+    /// The rotation's sizes follow llama.cpp's rule, and the transform is orthonormal
+    /// and its own inverse: against the matrix `H[i][j] = (-1)^popcount(i & j) / sqrt(n)`.
+    #[test]
+    fn hadamard_rotations_are_orthonormal_and_sized_as_llama_cpp_sizes_them() {
+        assert_eq!(KvRotation::for_cache(KvType::F16, 256), KvRotation::default());
+        assert_eq!(KvRotation::for_cache(KvType::Q8_0, 256), KvRotation { k: 256, v: 64 });
+        assert_eq!(KvRotation::for_cache(KvType::Q4_0, 64), KvRotation { k: 64, v: 64 });
+        assert_eq!(KvRotation::for_cache(KvType::Q8_0, 192), KvRotation { k: 64, v: 64 });
+        assert_eq!(KvRotation::for_cache(KvType::Q8_0, 32), KvRotation::default());
+        let n = 64;
+        let x: Vec<f32> = (0..2 * n).map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.25).collect();
+        let mut y = x.clone();
+        hadamard(&mut y, n);
+        for (b, (xb, yb)) in x.chunks(n).zip(y.chunks(n)).enumerate() {
+            for (i, &got) in yb.iter().enumerate() {
+                let sign =
+                    |j: usize| if (i & j).count_ones().is_multiple_of(2) { 1.0 } else { -1.0 };
+                let want: f64 = xb.iter().enumerate().map(|(j, &v)| sign(j) * f64::from(v)).sum();
+                let want = want / (n as f64).sqrt();
+                assert!((f64::from(got) - want).abs() < 1e-5, "block {b} [{i}]: {got} vs {want}");
+            }
+        }
+        hadamard(&mut y, n);
+        for (a, b) in x.iter().zip(&y) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
     }
 
     #[test]

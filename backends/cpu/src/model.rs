@@ -20,7 +20,7 @@ use corral_gguf::{GgmlType, GgufError, Value, pooling::Pooling, reader::GgufFile
 use memmap2::Mmap;
 
 use crate::context::CpuContext;
-use crate::kv::KvType;
+use crate::kv::{KvRotation, KvType};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{WType, Weight};
 use crate::{CpuOptions, Error};
@@ -293,6 +293,8 @@ pub struct ModelInner {
     pub options: CpuOptions,
     /// The element type of its contexts' KV caches (the load's `kv_cache_type`).
     pub kv_type: KvType,
+    /// The rotation of the keys and values a quantized cache keeps, as llama.cpp's.
+    pub kv_rotation: KvRotation,
 }
 
 impl ModelInner {
@@ -666,6 +668,7 @@ pub fn load(path: &str, options: CpuOptions, kv_type: KvType) -> Result<CpuModel
         metadata,
         options,
         kv_type,
+        kv_rotation: KvRotation::for_cache(kv_type, head_dim),
     };
     Ok(CpuModel { inner: Arc::new(inner) })
 }

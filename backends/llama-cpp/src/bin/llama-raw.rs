@@ -8,7 +8,7 @@
 //! llama-raw batched MODEL [--np 1,2,4,8] [--pp 128] [--tg 64] [--unified 1] [--json]
 //! llama-raw chunks MODEL [--np N] [--pp N] [--unified 0|1] [--fa 0|1] [--reps N]
 //! llama-raw embed  MODEL --prompt TEXT
-//! common: [--ctx N] [--gpu-layers N] [--threads N]
+//! common: [--ctx N] [--gpu-layers N] [--threads N] [--cache-type f16|q8_0|q4_0]
 //! ```
 //!
 //! `bench` follows llama-bench: one warm-up, then per repetition pp = one batch of N
@@ -55,11 +55,13 @@ struct Args {
     unified: bool,
     /// Flash attention: `None` is llama.cpp's auto.
     flash_attn: Option<bool>,
+    /// The KV cache's type, keys and values (`None`: llama.cpp's default, f16).
+    cache_type: Option<sys::ggml_type>,
 }
 
 const USAGE: &str = "usage: llama-raw (bench|greedy|logits|batched|chunks|shared|tokenize|embed) MODEL [--threads N] \
 [--pp N] [--tg N] [--reps N] [--prompt TEXT] [--n N] [--ctx N] [--gpu-layers N] \
-[--np N,N,..] [--unified 0|1] [--fa 0|1] [--json]";
+[--np N,N,..] [--unified 0|1] [--fa 0|1] [--cache-type f16|q8_0|q4_0] [--json]";
 
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
@@ -83,6 +85,7 @@ fn parse_args() -> Result<Args, String> {
         nps: vec![1, 2, 4, 8],
         unified: true,
         flash_attn: None,
+        cache_type: None,
     };
     while let Some(flag) = it.next() {
         if flag == "--json" {
@@ -108,6 +111,14 @@ fn parse_args() -> Result<Args, String> {
             }
             "--unified" => a.unified = num(&val)? != 0,
             "--fa" => a.flash_attn = Some(num(&val)? != 0),
+            "--cache-type" => {
+                a.cache_type = Some(match val.as_str() {
+                    "f16" => sys::GGML_TYPE_F16,
+                    "q8_0" => sys::GGML_TYPE_Q8_0,
+                    "q4_0" => sys::GGML_TYPE_Q4_0,
+                    _ => return Err(format!("--cache-type: '{val}' is not f16, q8_0 or q4_0")),
+                });
+            }
             _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
         }
     }
@@ -229,6 +240,10 @@ fn new_ctx_seqs(
             } else {
                 sys::LLAMA_FLASH_ATTN_TYPE_DISABLED
             };
+        }
+        if let Some(t) = a.cache_type {
+            cp.type_k = t;
+            cp.type_v = t;
         }
         if std::env::var_os("LLAMA_RAW_DUMP").is_some() {
             cp.cb_eval = Some(dump_tensor);
