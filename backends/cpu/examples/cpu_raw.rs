@@ -6,6 +6,7 @@
 //! cpu-raw greedy MODEL --prompt TEXT [--n 32] [--json]
 //! cpu-raw bench  MODEL [--threads N] [--pp 512] [--tg 128] [--reps 3] [--json]
 //! cpu-raw batched MODEL [--threads N] [--np 4] [--pp 128] [--tg 64]
+//! common: [--cache-type f16|q8_0|q4_0] (the KV cache's type)
 //! ```
 //! `batched` follows `llama-raw batched`: a context with `--np` sequences, a prompt of
 //! `--pp` random tokens per sequence, then `--tg` steps that decode one token of every
@@ -33,11 +34,13 @@ struct Args {
     reps: usize,
     np: u32,
     json: bool,
+    /// The KV cache's type (`kv_cache_type`: f16, q8_0, q4_0).
+    cache_type: String,
 }
 
 fn parse() -> Result<Args, String> {
     let usage = "usage: cpu-raw (logits|greedy|bench|batched) MODEL [--prompt T] [--n N] \
-                 [--threads N] [--pp N] [--tg N] [--reps N] [--np N] [--json]";
+                 [--threads N] [--pp N] [--tg N] [--reps N] [--np N] [--cache-type f16|q8_0|q4_0] [--json]";
     let mut it = std::env::args().skip(1);
     let cmd = it.next().ok_or(usage)?;
     let model = it.next().ok_or(usage)?;
@@ -52,6 +55,7 @@ fn parse() -> Result<Args, String> {
         reps: 3,
         np: 4,
         json: false,
+        cache_type: "f16".into(),
     };
     while let Some(flag) = it.next() {
         let mut val = || it.next().ok_or(format!("{flag} needs a value"));
@@ -64,6 +68,7 @@ fn parse() -> Result<Args, String> {
             "--reps" => a.reps = val()?.parse().map_err(|e| format!("--reps: {e}"))?,
             "--np" => a.np = val()?.parse().map_err(|e| format!("--np: {e}"))?,
             "--json" => a.json = true,
+            "--cache-type" => a.cache_type = val()?,
             other => return Err(format!("unknown argument {other}\n{usage}")),
         }
     }
@@ -72,7 +77,12 @@ fn parse() -> Result<Args, String> {
 
 fn load(a: &Args) -> Result<CpuModel, String> {
     let b = CpuBackend::with_options(CpuOptions::default());
-    b.load_model(&LoadRequest::new(a.model.as_str(), "gguf")).map_err(|e| e.to_string())
+    let mut request = LoadRequest::new(a.model.as_str(), "gguf");
+    request
+        .settings
+        .extra
+        .push((corral_backend_api::EXTRA_KV_CACHE_TYPE.into(), a.cache_type.clone()));
+    b.load_model(&request).map_err(|e| e.to_string())
 }
 
 fn ctx(m: &CpuModel, a: &Args, n_ctx: u32, n_batch: u32) -> Result<CpuContext, String> {

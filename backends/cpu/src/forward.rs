@@ -255,6 +255,17 @@ pub(crate) fn rerotate_keys(
     m.kv_type.store(&k, cell);
 }
 
+/// [`hadamard`] of each `size` values of the `n` rows in `x`, on the pool's threads for a
+/// batch of more than a few rows (a token's rows take a few microseconds).
+fn transform_rows(x: &mut [f32], size: usize, n: usize) {
+    if n < 8 {
+        hadamard(x, size);
+    } else {
+        let per_task = size * (x.len() / size).div_ceil(rayon::current_num_threads() * 4).max(1);
+        x.par_chunks_mut(per_task).for_each(|c| hadamard(c, size));
+    }
+}
+
 fn add_bias(x: &mut [f32], bias: &Option<Vec<f32>>) {
     if let Some(b) = bias {
         for row in x.chunks_mut(b.len()) {
@@ -415,11 +426,11 @@ pub fn forward(
         // A quantized cache keeps rotated keys and values (kv::KvRotation).
         let rot = m.kv_rotation;
         if rot.k > 0 {
-            s.q.par_chunks_mut(rot.k * 16).for_each(|c| hadamard(c, rot.k));
-            s.k.par_chunks_mut(rot.k * 16).for_each(|c| hadamard(c, rot.k));
+            transform_rows(&mut s.q, rot.k, n);
+            transform_rows(&mut s.k, rot.k, n);
         }
         if rot.v > 0 {
-            s.v.par_chunks_mut(rot.v * 16).for_each(|c| hadamard(c, rot.v));
+            transform_rows(&mut s.v, rot.v, n);
         }
         let window = if swa { hp.swa_window as u32 } else { u32::MAX };
         for (i, e) in batch.iter().enumerate() {
@@ -500,7 +511,7 @@ pub fn forward(
         );
         dump("kqv_out", Some(l), &s.att);
         if rot.v > 0 {
-            s.att.par_chunks_mut(rot.v * 16).for_each(|c| hadamard(c, rot.v));
+            transform_rows(&mut s.att, rot.v, n);
         }
         timer.lap(&mut prof, "attention");
         // After the last layer's attention only the rows that produce output matter (as

@@ -1077,7 +1077,7 @@ pub fn attend_heads_quantized(
             let (s, c) = (&mut rows.s[h * nb..(h + 1) * nb], &mut rows.c[h * nb..(h + 1) * nb]);
             quantize_row_q8_0(qh, qs, d, s, c);
         }
-        if hd <= 256 {
+        if hd <= 256 && g <= 64 {
             let dims = (kv.row_bytes(), kv.ty.row_bytes(kv.offset), kv.ty == KvType::Q4_0);
             let SoftmaxF32 { acc, max, sum } = state;
             dispatch!(

@@ -154,6 +154,29 @@ pub fn hadamard(x: &mut [f32], n: usize) {
     for block in x.chunks_exact_mut(n) {
         block.iter_mut().for_each(|v| *v *= scale);
         let mut len = 1;
+        if n >= 8 {
+            // The passes at distances 1, 2 and 4 within each 8 values at once (the same
+            // additions in the same order, without a loop per pass).
+            for e in block.chunks_exact_mut(8) {
+                let [a0, a1, a2, a3, a4, a5, a6, a7] =
+                    [e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]];
+                let (b0, b1, b2, b3) = (a0 + a1, a0 - a1, a2 + a3, a2 - a3);
+                let (b4, b5, b6, b7) = (a4 + a5, a4 - a5, a6 + a7, a6 - a7);
+                let (c0, c1, c2, c3) = (b0 + b2, b1 + b3, b0 - b2, b1 - b3);
+                let (c4, c5, c6, c7) = (b4 + b6, b5 + b7, b4 - b6, b5 - b7);
+                e.copy_from_slice(&[
+                    c0 + c4,
+                    c1 + c5,
+                    c2 + c6,
+                    c3 + c7,
+                    c0 - c4,
+                    c1 - c5,
+                    c2 - c6,
+                    c3 - c7,
+                ]);
+            }
+            len = 8;
+        }
         while len < n {
             for pair in block.chunks_exact_mut(2 * len) {
                 let (lo, hi) = pair.split_at_mut(len);
@@ -347,6 +370,26 @@ mod tests {
         hadamard(&mut y, n);
         for (a, b) in x.iter().zip(&y) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        // The unrolled first passes are ggml's loop to the bit, at every size.
+        for n in [2usize, 4, 8, 16, 64, 256] {
+            let x: Vec<f32> = (0..n).map(|i| ((i * 7919 % 101) as f32 - 50.0) / 7.0).collect();
+            let mut plain = x.clone();
+            let scale = 1.0 / (n as f32).sqrt();
+            plain.iter_mut().for_each(|v| *v *= scale);
+            let mut len = 1;
+            while len < n {
+                for i in (0..n).step_by(2 * len) {
+                    for j in i..i + len {
+                        (plain[j], plain[j + len]) =
+                            (plain[j] + plain[j + len], plain[j] - plain[j + len]);
+                    }
+                }
+                len *= 2;
+            }
+            let mut fast = x;
+            hadamard(&mut fast, n);
+            assert!(fast.iter().zip(&plain).all(|(a, b)| a.to_bits() == b.to_bits()), "n = {n}");
         }
     }
 

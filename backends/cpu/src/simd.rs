@@ -1371,15 +1371,17 @@ macro_rules! x86_kernels {
             }
         }
 
-        /// `kernels::attend_heads_quantized` for `max.len()` heads of `hd` values (whole
-        /// blocks, at most 256) whose queries are the Q8_0 rows `qs` (`g × hd`) with scales
-        /// `qd` (`g × hd/32`): keys and values Q8_0 (`q4` false) or Q4_0 blocks, cell `c`'s
-        /// head at byte `c·row_bytes + head_at`. Per cell: the value dequantized once
-        /// (`dequantize_row_q8_0`/`_q4_0`: each value times the block's scale), then per
-        /// head the score (`ggml_vec_dot_q8_0_q8_0`/`_q4_0_q8_0`: per block the 32 byte
-        /// products summed in fours into 8 lanes, added as `fma(d_k·d_q, lanes, acc)`, the
-        /// lanes summed as `hsum_float_8`), the softmax step, and the value added into the
-        /// head's f32 accumulator (`ggml_vec_scale_f32`, `ggml_vec_mad_f32`).
+        /// `kernels::attend_heads_quantized` for `max.len()` heads (at most 64) of `hd`
+        /// values (whole blocks, at most 256) whose queries are the Q8_0 rows `qs` (`g ×
+        /// hd`) with scales `qd` (`g × hd/32`): keys and values Q8_0 (`q4` false) or Q4_0
+        /// blocks, cell `c`'s head at byte `c·row_bytes + head_at`. Cells go in blocks of
+        /// `kernels::FA_BLOCK`: first every head's scores (each key block unpacked once for
+        /// all heads; per block the 32 byte products summed in fours into 8 lanes, added as
+        /// `fma(d_k·d_q, lanes, acc)`, the lanes summed as `hsum_float_8`: ggml's
+        /// `vec_dot_q8_0_q8_0`/`q4_0_q8_0`), then each head's softmax steps, then each
+        /// cell's value dequantized once (`dequantize_row_q8_0`/`_q4_0`) and added to every
+        /// head's f32 accumulator, cell by cell in order (`ggml_vec_scale_f32` on a new
+        /// maximum, `ggml_vec_mad_f32`): per head the operations of ggml's one-row loop.
         #[target_feature(enable = $features)]
         #[allow(clippy::too_many_arguments)]
         pub(crate) unsafe fn attend_heads_quantized(
@@ -1391,68 +1393,108 @@ macro_rules! x86_kernels {
             acc: &mut [f32],
             (max, sum): (&mut [f32], &mut [f32]),
         ) {
+            const BLOCK: usize = crate::kernels::FA_BLOCK;
             let g = max.len();
             let hd = acc.len() / g;
             let nb = hd / QK;
             let bytes = if q4 { Q4_0_BYTES } else { Q8_0_BYTES };
+            // Per head and cell of the block: the score, then (rescale, weight).
+            let mut steps = [0f32; 2 * 64 * BLOCK];
+            let step = |h: usize, j: usize| 2 * (h * BLOCK + j);
             let mut buf = [0f32; 256];
             let bp = buf.as_mut_ptr();
             let (qp, dp, ap) = (qs.as_ptr(), qd.as_ptr(), acc.as_mut_ptr());
-            for &cell in cells {
-                let at = cell as usize * row_bytes + head_at;
-                let (kp, vp) = (k.add(at), v.add(at));
-                for b in 0..nb {
-                    let blk = vp.add(b * bytes);
-                    let d = _mm256_set1_ps(scale(blk));
-                    let x = q0_bytes(blk, q4);
-                    let halves = [_mm256_castsi256_si128(x), _mm256_extracti128_si256::<1>(x)];
-                    for (i, half) in halves.into_iter().enumerate() {
-                        for (j, part) in [half, _mm_srli_si128::<8>(half)].into_iter().enumerate() {
-                            let f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(part));
-                            _mm256_storeu_ps(bp.add(b * QK + 16 * i + 8 * j), _mm256_mul_ps(f, d));
-                        }
-                    }
-                }
-                for h in 0..g {
-                    let mut lanes_acc = _mm256_setzero_ps();
+            let head = |store: *const u8, cell: u32| store.add(cell as usize * row_bytes + head_at);
+            for block in cells.chunks(BLOCK) {
+                for (j, &cell) in block.iter().enumerate() {
+                    let kp = head(k, cell);
+                    // The key's blocks: |w| and w (for the signs), and the scales.
+                    let mut wabs = [_mm256_setzero_si256(); 8];
+                    let mut wsgn = [_mm256_setzero_si256(); 8];
+                    let mut dk = [0f32; 8];
                     for b in 0..nb {
                         let blk = kp.add(b * bytes);
                         let wv = q0_bytes(blk, q4);
-                        let y = _mm256_loadu_si256(qp.add(h * hd + b * QK).cast());
-                        let lanes = dot_u8_i8(
-                            _mm256_setzero_si256(),
-                            _mm256_sign_epi8(wv, wv),
-                            _mm256_sign_epi8(y, wv),
-                        );
-                        let d = _mm256_set1_ps(scale(blk) * *dp.add(h * nb + b));
-                        lanes_acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(lanes), lanes_acc);
+                        wabs[b] = _mm256_sign_epi8(wv, wv);
+                        wsgn[b] = wv;
+                        dk[b] = scale(blk);
                     }
-                    let mut sc = hsum(lanes_acc) * kq_scale;
-                    if softcap != 0.0 {
-                        sc = softcap * sc.tanh();
-                    }
-                    let (m, s) = (max.get_unchecked_mut(h), sum.get_unchecked_mut(h));
-                    let head = ap.add(h * hd);
-                    let (ms, w) = if sc > *m {
-                        let ms = (*m - sc).exp();
-                        *m = sc;
-                        let msv = _mm256_set1_ps(ms);
-                        for c in 0..hd / 8 {
-                            let a = head.add(8 * c);
-                            _mm256_storeu_ps(a, _mm256_mul_ps(_mm256_loadu_ps(a), msv));
+                    for h in 0..g {
+                        let mut lanes_acc = _mm256_setzero_ps();
+                        for b in 0..nb {
+                            let y = _mm256_loadu_si256(qp.add(h * hd + b * QK).cast());
+                            let lanes = dot_u8_i8(
+                                _mm256_setzero_si256(),
+                                wabs[b],
+                                _mm256_sign_epi8(y, wsgn[b]),
+                            );
+                            let d = _mm256_set1_ps(dk[b] * *dp.add(h * nb + b));
+                            lanes_acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(lanes), lanes_acc);
                         }
-                        (ms, 1.0)
-                    } else {
-                        (1.0, (sc - *m).exp())
-                    };
-                    let wv = _mm256_set1_ps(w);
-                    for c in 0..hd / 8 {
-                        let a = head.add(8 * c);
-                        let x =
-                            _mm256_fmadd_ps(_mm256_loadu_ps(bp.add(8 * c)), wv, _mm256_loadu_ps(a));
-                        _mm256_storeu_ps(a, x);
+                        *steps.get_unchecked_mut(step(h, j)) = hsum(lanes_acc) * kq_scale;
                     }
-                    *s = (*s).mul_add(ms, w);
+                }
+                for h in 0..g {
+                    let (m, s) = (max.get_unchecked_mut(h), sum.get_unchecked_mut(h));
+                    for j in 0..block.len() {
+                        let at = step(h, j);
+                        let mut sc = *steps.get_unchecked(at);
+                        if softcap != 0.0 {
+                            sc = softcap * sc.tanh();
+                        }
+                        let (ms, w) = if sc > *m {
+                            let ms = (*m - sc).exp();
+                            *m = sc;
+                            (ms, 1.0)
+                        } else {
+                            (1.0, (sc - *m).exp())
+                        };
+                        *steps.get_unchecked_mut(at) = ms;
+                        *steps.get_unchecked_mut(at + 1) = w;
+                        *s = (*s).mul_add(ms, w);
+                    }
+                }
+                for (j, &cell) in block.iter().enumerate() {
+                    let vp = head(v, cell);
+                    for b in 0..nb {
+                        let blk = vp.add(b * bytes);
+                        let d = _mm256_set1_ps(scale(blk));
+                        let x = q0_bytes(blk, q4);
+                        let halves = [_mm256_castsi256_si128(x), _mm256_extracti128_si256::<1>(x)];
+                        for (i, half) in halves.into_iter().enumerate() {
+                            for (l, part) in
+                                [half, _mm_srli_si128::<8>(half)].into_iter().enumerate()
+                            {
+                                let f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(part));
+                                _mm256_storeu_ps(
+                                    bp.add(b * QK + 16 * i + 8 * l),
+                                    _mm256_mul_ps(f, d),
+                                );
+                            }
+                        }
+                    }
+                    for h in 0..g {
+                        let at = step(h, j);
+                        let (ms, w) = (*steps.get_unchecked(at), *steps.get_unchecked(at + 1));
+                        let acc_h = ap.add(h * hd);
+                        if ms != 1.0 {
+                            let msv = _mm256_set1_ps(ms);
+                            for c in 0..hd / 8 {
+                                let a = acc_h.add(8 * c);
+                                _mm256_storeu_ps(a, _mm256_mul_ps(_mm256_loadu_ps(a), msv));
+                            }
+                        }
+                        let wv = _mm256_set1_ps(w);
+                        for c in 0..hd / 8 {
+                            let a = acc_h.add(8 * c);
+                            let x = _mm256_fmadd_ps(
+                                _mm256_loadu_ps(bp.add(8 * c)),
+                                wv,
+                                _mm256_loadu_ps(a),
+                            );
+                            _mm256_storeu_ps(a, x);
+                        }
+                    }
                 }
             }
         }
