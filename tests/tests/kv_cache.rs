@@ -27,6 +27,26 @@ fn generate(url: &str, model: &str) -> (u16, Value) {
     )
 }
 
+/// A server with `vars` and `args` answers a generation with `model`; the cache
+/// `/api/ps` then shows: its type, its bytes per token, and the engine.
+fn cache_of(
+    plugins: &[&Path],
+    model: &str,
+    vars: &[(&str, &str)],
+    args: &[&str],
+) -> (String, u64, String) {
+    let s = Server::start(plugins, vars, args);
+    let (st, v) = generate(&s.url, model);
+    assert_eq!(st, 200, "{vars:?}: {v}");
+    assert!(v["eval_count"].as_u64().unwrap() > 0);
+    let p = ps(&s.url);
+    (
+        p["kv_cache_type"].as_str().unwrap().to_string(),
+        p["kv_bytes_per_token"].as_u64().unwrap(),
+        p["backend"].as_str().unwrap().to_string(),
+    )
+}
+
 /// Creates `name` from `gguf` with extra Modelfile lines.
 fn create(url: &str, name: &str, gguf: &Path, lines: &str) -> (u16, Value) {
     post(
@@ -46,18 +66,7 @@ fn llama_cpp_keeps_its_kv_cache_in_the_type_asked_and_ps_shows_the_memory() {
     generate_model(&gguf, "small", "q8_0");
     let model = gguf.to_string_lossy().into_owned();
     let plugins = [dir.path()];
-    let per_token = |vars: &[(&str, &str)]| -> (String, u64, String) {
-        let s = Server::start(&plugins, vars, &[]);
-        let (st, v) = generate(&s.url, &model);
-        assert_eq!(st, 200, "{vars:?}: {v}");
-        assert!(v["eval_count"].as_u64().unwrap() > 0);
-        let p = ps(&s.url);
-        (
-            p["kv_cache_type"].as_str().unwrap().to_string(),
-            p["kv_bytes_per_token"].as_u64().unwrap(),
-            v["response"].as_str().unwrap().to_string(),
-        )
-    };
+    let per_token = |vars: &[(&str, &str)]| cache_of(&plugins, &model, vars, &[]);
     let (t, f16, _) = per_token(&[]);
     assert_eq!(t, "f16");
     let (t, q8, _) = per_token(&[("CORRAL_KV_CACHE_TYPE", "q8_0")]);
@@ -112,18 +121,7 @@ fn the_pure_rust_engine_keeps_its_kv_cache_in_the_type_asked() {
     generate_model(&gguf, "tiny:head_dim=32", "q8_0");
     let model = gguf.to_string_lossy().into_owned();
     let plugins = [dir.path()];
-    let per_token = |vars: &[(&str, &str)]| -> (String, u64, String) {
-        let s = Server::start(&plugins, vars, &["--backend", "cpu"]);
-        let (st, v) = generate(&s.url, &model);
-        assert_eq!(st, 200, "{vars:?}: {v}");
-        assert!(v["eval_count"].as_u64().unwrap() > 0);
-        let p = ps(&s.url);
-        (
-            p["kv_cache_type"].as_str().unwrap().to_string(),
-            p["kv_bytes_per_token"].as_u64().unwrap(),
-            p["backend"].as_str().unwrap().to_string(),
-        )
-    };
+    let per_token = |vars: &[(&str, &str)]| cache_of(&plugins, &model, vars, &["--backend", "cpu"]);
     let (t, f16, engine) = per_token(&[]);
     assert_eq!((t.as_str(), engine.starts_with("cpu")), ("f16", true), "{engine}");
     let (t, q8, engine) = per_token(&[("OLLAMA_KV_CACHE_TYPE", "q8_0")]);

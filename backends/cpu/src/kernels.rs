@@ -795,6 +795,22 @@ pub(crate) fn f16_of_exact_sum(a: f32, p: f32) -> f16 {
     f16::from_f32(f32::from_bits(bits))
 }
 
+/// One step of the online softmax over a score `sc` (before soft-capping): the score
+/// soft-capped as `cap·tanh(sc)` when `softcap` is not 0; on a new maximum `max` moves to
+/// it and the step is `(exp(old - new), 1)`, else `(1, exp(sc - max))`: the accumulator's
+/// rescale and the cell's weight, as ggml's one-row flash attention computes them.
+#[inline]
+pub(crate) fn softmax_step(sc: f32, softcap: f32, max: &mut f32) -> (f32, f32) {
+    let sc = if softcap != 0.0 { softcap * sc.tanh() } else { sc };
+    if sc > *max {
+        let ms = (*max - sc).exp();
+        *max = sc;
+        (ms, 1.0)
+    } else {
+        (1.0, (sc - *max).exp())
+    }
+}
+
 /// One step of the f16 accumulator, `acc = f16(f16(acc·ms) + w·x)` (the rescale only when
 /// `ms` is not 1), rounded as `rounding` says; `x` is an f16 value.
 #[inline]
@@ -897,17 +913,7 @@ fn attend_heads_f16_portable(
         for h in 0..g {
             let qh = &q[h * hd..(h + 1) * hd];
             let dot = qh.iter().enumerate().map(|(i, a)| a * KvHead::f16_value(k, i));
-            let mut sc = dot.sum::<f32>() * scale;
-            if softcap != 0.0 {
-                sc = softcap * sc.tanh();
-            }
-            let (ms, w) = if sc > state.max[h] {
-                let ms = (state.max[h] - sc).exp();
-                state.max[h] = sc;
-                (ms, 1.0)
-            } else {
-                (1.0, (sc - state.max[h]).exp())
-            };
+            let (ms, w) = softmax_step(dot.sum::<f32>() * scale, softcap, &mut state.max[h]);
             state.sum[h] = state.sum[h].mul_add(ms, w);
             for (i, a) in state.acc[h * hd..(h + 1) * hd].iter_mut().enumerate() {
                 *a = fa_step(*a, KvHead::f16_value(v, i), (ms, w), rounding);
@@ -1124,19 +1130,11 @@ fn attend_heads_quantized_portable(
                 KvType::Q4_0 => dot_q4_0::<1>(Isa::Portable, k, [a]),
                 _ => dot_q8_0::<1>(Isa::Portable, k, [a]),
             };
-            let mut sc = dot[0] * scale;
-            if softcap != 0.0 {
-                sc = softcap * sc.tanh();
-            }
             let acc = &mut state.acc[h * hd..(h + 1) * hd];
-            let (ms, w) = if sc > state.max[h] {
-                let ms = (state.max[h] - sc).exp();
-                state.max[h] = sc;
+            let (ms, w) = softmax_step(dot[0] * scale, softcap, &mut state.max[h]);
+            if ms != 1.0 {
                 acc.iter_mut().for_each(|a| *a *= ms);
-                (ms, 1.0)
-            } else {
-                (1.0, (sc - state.max[h]).exp())
-            };
+            }
             for (a, x) in acc.iter_mut().zip(&value) {
                 *a = x.mul_add(w, *a);
             }

@@ -1244,17 +1244,7 @@ macro_rules! x86_kernels {
                     let (m, s) = (max.get_unchecked_mut(h), sum.get_unchecked_mut(h));
                     for j in 0..block.len() {
                         let st = step(h, j);
-                        let mut sc = *st;
-                        if softcap != 0.0 {
-                            sc = softcap * sc.tanh();
-                        }
-                        let (ms, w) = if sc > *m {
-                            let ms = (*m - sc).exp();
-                            *m = sc;
-                            (ms, 1.0)
-                        } else {
-                            (1.0, (sc - *m).exp())
-                        };
+                        let (ms, w) = crate::kernels::softmax_step(*st, softcap, m);
                         (*st, *st.add(1)) = (ms, w);
                         *s = (*s).mul_add(ms, w);
                     }
@@ -1438,17 +1428,8 @@ macro_rules! x86_kernels {
                     let (m, s) = (max.get_unchecked_mut(h), sum.get_unchecked_mut(h));
                     for j in 0..block.len() {
                         let at = step(h, j);
-                        let mut sc = *steps.get_unchecked(at);
-                        if softcap != 0.0 {
-                            sc = softcap * sc.tanh();
-                        }
-                        let (ms, w) = if sc > *m {
-                            let ms = (*m - sc).exp();
-                            *m = sc;
-                            (ms, 1.0)
-                        } else {
-                            (1.0, (sc - *m).exp())
-                        };
+                        let (ms, w) =
+                            crate::kernels::softmax_step(*steps.get_unchecked(at), softcap, m);
                         *steps.get_unchecked_mut(at) = ms;
                         *steps.get_unchecked_mut(at + 1) = w;
                         *s = (*s).mul_add(ms, w);
