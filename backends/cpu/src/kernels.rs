@@ -1077,34 +1077,33 @@ pub fn attend_heads_quantized(
     QUERY.with(|rows| {
         let rows = &mut *rows.borrow_mut();
         rows.resize(g, hd);
-        let nb = hd / QK;
-        for (h, qh) in q.chunks_exact(hd).enumerate() {
-            let (qs, d) = (&mut rows.qs[h * hd..(h + 1) * hd], &mut rows.d[h * nb..(h + 1) * nb]);
-            let (s, c) = (&mut rows.s[h * nb..(h + 1) * nb], &mut rows.c[h * nb..(h + 1) * nb]);
-            quantize_row_q8_0(qh, qs, d, s, c);
-        }
+        // Blocks of 32 never straddle two heads, so the heads quantize as one row.
+        quantize_row_q8_0(q, &mut rows.qs, &mut rows.d, &mut rows.s, &mut rows.c);
         if hd <= 256 && g <= 64 {
             let dims = (kv.row_bytes(), kv.ty.row_bytes(kv.offset), kv.ty == KvType::Q4_0);
             let SoftmaxF32 { acc, max, sum } = state;
-            dispatch!(
-                isa(),
-                attend_heads_quantized(
-                    (&rows.qs, &rows.d),
-                    (kv.k.as_ptr(), kv.v.as_ptr()),
-                    dims,
-                    cells,
-                    (scale, softcap),
-                    acc,
-                    (max, sum)
-                ),
-                attend_heads_quantized_portable(
-                    rows,
-                    kv,
-                    cells,
-                    (scale, softcap),
-                    SoftmaxF32 { acc, max, sum }
-                )
-            );
+            with_scratch(2 * g * FA_BLOCK, |scratch| {
+                dispatch!(
+                    isa(),
+                    attend_heads_quantized(
+                        (&rows.qs, &rows.d),
+                        (kv.k.as_ptr(), kv.v.as_ptr()),
+                        dims,
+                        cells,
+                        (scale, softcap),
+                        acc,
+                        (max, sum),
+                        scratch
+                    ),
+                    attend_heads_quantized_portable(
+                        rows,
+                        kv,
+                        cells,
+                        (scale, softcap),
+                        SoftmaxF32 { acc, max, sum }
+                    )
+                );
+            });
         } else {
             attend_heads_quantized_portable(rows, kv, cells, (scale, softcap), state);
         }
@@ -1541,17 +1540,7 @@ mod tests {
                                 let mut rows = Q8Rows::default();
                                 rows.resize(g, hd);
                                 let Q8Rows { qs, d, s, c, .. } = &mut rows;
-                                for h in 0..g {
-                                    let (r, b) =
-                                        (h * hd..(h + 1) * hd, h * hd / QK..(h + 1) * hd / QK);
-                                    quantize_row_q8_0(
-                                        &q[r.clone()],
-                                        &mut qs[r],
-                                        &mut d[b.clone()],
-                                        &mut s[b.clone()],
-                                        &mut c[b],
-                                    );
-                                }
+                                quantize_row_q8_0(&q, qs, d, s, c);
                                 attend_heads_quantized_portable(
                                     &rows,
                                     kv,

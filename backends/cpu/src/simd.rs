@@ -1363,7 +1363,7 @@ macro_rules! x86_kernels {
 
         /// `kernels::attend_heads_quantized` for `max.len()` heads (at most 64) of `hd`
         /// values (whole blocks, at most 256) whose queries are the Q8_0 rows `qs` (`g ×
-        /// hd`) with scales `qd` (`g × hd/32`): keys and values Q8_0 (`q4` false) or Q4_0
+        /// hd`) with scales `qd` (`g × hd/32`), with `2·g·FA_BLOCK` floats of `scratch`: keys and values Q8_0 (`q4` false) or Q4_0
         /// blocks, cell `c`'s head at byte `c·row_bytes + head_at`. Cells go in blocks of
         /// `kernels::FA_BLOCK`: first every head's scores (each key block unpacked once for
         /// all heads; per block the 32 byte products summed in fours into 8 lanes, added as
@@ -1382,14 +1382,16 @@ macro_rules! x86_kernels {
             (kq_scale, softcap): (f32, f32),
             acc: &mut [f32],
             (max, sum): (&mut [f32], &mut [f32]),
+            scratch: *mut f32,
         ) {
             const BLOCK: usize = crate::kernels::FA_BLOCK;
             let g = max.len();
             let hd = acc.len() / g;
             let nb = hd / QK;
             let bytes = if q4 { Q4_0_BYTES } else { Q8_0_BYTES };
-            // Per head and cell of the block: the score, then (rescale, weight).
-            let mut steps = [0f32; 2 * 64 * BLOCK];
+            // Per head and cell of the block: the score, then (rescale, weight), at
+            // `scratch[2·(h·BLOCK + j)..]`.
+            let steps = std::slice::from_raw_parts_mut(scratch, 2 * g * BLOCK);
             let step = |h: usize, j: usize| 2 * (h * BLOCK + j);
             let mut buf = [0f32; 256];
             let bp = buf.as_mut_ptr();
